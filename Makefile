@@ -1,0 +1,43 @@
+# Two commands for a newcomer: `make serve` and `make test`. Both bootstrap .venv on a fresh
+# machine (python3 >= 3.11 and a C compiler are the only prerequisites).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+NATIVE := $(wildcard native/src/*.c native/include/*.h) native/build_native.py
+FUZZ_SECONDS ?= 60
+
+.PHONY: install serve test lint fuzz bench clean
+
+$(BIN)/python:
+	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "mailwarden needs Python 3.11+"'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+# Editable install: the native core is compiled by setup.py's cffi_modules into
+# native/mailwarden_native/; a change to the C sources re-runs it.
+$(STAMP): $(BIN)/python pyproject.toml setup.py $(NATIVE)
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+serve: install
+	$(BIN)/mailwarden serve
+
+test: install lint
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+fuzz: install
+	bash tests/fuzz/run.sh $(FUZZ_SECONDS)
+
+bench: install
+	$(BIN)/python benchmarks/mime/bench_parse.py
+
+clean:
+	rm -rf build native/mailwarden_native/_core*.so native/mailwarden_native/_core.c *.egg-info

@@ -1,0 +1,32 @@
+"""mailwarden: an email security gateway built as a plugin framework around a native core.
+
+Library use::
+
+    from mailwarden import Gateway
+    async with Gateway() as gateway:
+        decision = await gateway.scan(raw_bytes)
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("mailwarden")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0.0.0+unknown"
+
+from .config import Config, load_config
+from .errors import ConfigError, DeliveryError, MailwardenError, PluginError
+from .pipeline import Decision, Gateway, Outcome
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "Decision",
+    "DeliveryError",
+    "Gateway",
+    "MailwardenError",
+    "Outcome",
+    "PluginError",
+    "__version__",
+    "load_config",
+]

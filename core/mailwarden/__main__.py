@@ -1,0 +1,5 @@
+"""``python -m mailwarden`` is the ``mailwarden`` command."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,324 @@
+"""The ``mailwarden`` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+import msgspec
+
+from . import __version__
+from .config import default_home
+from .errors import MailwardenError
+from .events import EventQuery, MessageEventLog
+from .pipeline import Decision, Gateway
+from .plugins import build_plugin_manager
+
+EXIT_CLEAN, EXIT_DETECTED, EXIT_ERROR = 0, 1, 2
+
+
+def _config_path(explicit: str | None) -> str | None:
+    """``--config``, else ``$MAILWARDEN_CONFIG``, else ``<home>/mailwarden.toml`` if present."""
+    if explicit:
+        return explicit
+    if os.environ.get("MAILWARDEN_CONFIG"):
+        return os.environ["MAILWARDEN_CONFIG"]
+    candidate = default_home() / "mailwarden.toml"
+    return str(candidate) if candidate.exists() else None
+
+
+def _fail(message: str) -> None:
+    click.echo(f"mailwarden: {message}", err=True)
+    sys.exit(EXIT_ERROR)
+
+
+class _Cli(click.Group):
+    """The command group, with the commands plugins add through ``mailwarden_cli_commands``."""
+
+    _loaded: dict[str, click.Command] | None = None
+
+    def _plugin_commands(self) -> dict[str, click.Command]:
+        # Loaded only when a name is not a built-in command, so a broken plugin never stops
+        # `mailwarden config check` or `mailwarden plugins` from diagnosing it.
+        if self._loaded is None:
+            self._loaded = {}
+            try:
+                plugins = build_plugin_manager()
+            except MailwardenError:
+                return self._loaded
+            for impl in plugins.pm.hook.mailwarden_cli_commands.get_hookimpls():
+                produced: Any = impl.function()
+                for command in produced or ():
+                    if isinstance(command, click.Command) and command.name:
+                        self._loaded.setdefault(command.name, command)
+        return self._loaded
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self._plugin_commands()})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        return super().get_command(ctx, cmd_name) or self._plugin_commands().get(cmd_name)
+
+
+@click.group(cls=_Cli)
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+def cli(verbose: int) -> None:
+    """mailwarden: email security gateway."""
+    level = logging.WARNING - 10 * verbose
+    logging.basicConfig(
+        level=max(level, logging.DEBUG), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+@cli.command()
+def version() -> None:
+    """Print the version of mailwarden and of its native core."""
+    import mailwarden_native
+
+    click.echo(f"mailwarden {__version__}")
+    click.echo(f"native core {getattr(mailwarden_native, '__version__', __version__)}")
+    click.echo(f"python {sys.version.split()[0]}")
+
+
+@cli.command()
+@click.option(
+    "--home",
+    type=click.Path(file_okay=False),
+    help="Directory to initialise (default: $MAILWARDEN_HOME or ./var).",
+)
+def init(home: str | None) -> None:
+    """Write a default config file into the home directory (never overwrites)."""
+    from .serve import write_default_config
+
+    path = Path(home or default_home()) / "mailwarden.toml"
+    click.echo(f"{'wrote' if write_default_config(path) else 'kept existing'} {path}")
+
+
+@cli.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Config file.")
+def serve(config_path: str | None) -> None:
+    """Run the gateway: SMTP listener, pipeline, delivery, until SIGTERM/SIGINT.
+
+    Without a config file, one with the defaults is written to $MAILWARDEN_HOME (./var).
+    """
+    from .serve import run, write_default_config
+
+    path = _config_path(config_path)
+    if path is None:
+        target = default_home() / "mailwarden.toml"
+        write_default_config(target)
+        path = str(target)
+    try:
+        gateway = Gateway.from_file(path)
+        asyncio.run(run(gateway, announce=lambda line: click.echo(line)))
+    except MailwardenError as exc:
+        _fail(str(exc))
+    except OSError as exc:
+        _fail(f"cannot listen: {exc}")
+
+
+def _files(paths: tuple[str, ...]) -> Iterator[Path]:
+    for name in paths:
+        path = Path(name)
+        if path.is_dir():
+            yield from sorted(p for p in path.rglob("*") if p.is_file())
+        else:
+            yield path
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Config file.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per message (JSON lines).")
+@click.option("--sender", default="", help="Envelope sender to scan as.")
+@click.option("--rcpt", "recipients", multiple=True, help="Envelope recipient (repeatable).")
+def scan(
+    paths: tuple[str, ...],
+    config_path: str | None,
+    as_json: bool,
+    sender: str,
+    recipients: tuple[str, ...],
+) -> None:
+    """Scan message files (or directories of them) without delivering anything.
+
+    Exit status: 0 all clean, 1 something detected, 2 an error (unreadable file, scan error).
+    """
+    from mailwarden_sdk import Envelope
+
+    async def main() -> int:
+        worst = EXIT_CLEAN
+        async with Gateway.from_file(_config_path(config_path)) as gateway:
+            rows: list[tuple[str, Decision | None, str | None]] = []
+            for path in _files(paths):
+                try:
+                    raw = path.read_bytes()
+                except OSError as exc:
+                    rows.append((str(path), None, exc.strerror or str(exc)))
+                    continue
+                envelope = Envelope(mail_from=sender, rcpt_to=list(recipients))
+                rows.append((str(path), await gateway.scan(raw, envelope), None))
+            for _name, decision, _error in rows:
+                if decision is None:
+                    worst = EXIT_ERROR
+                elif decision.verdict.errors and worst != EXIT_ERROR:
+                    worst = EXIT_ERROR
+                elif decision.verdict.detected and worst == EXIT_CLEAN:
+                    worst = EXIT_DETECTED
+            _print_scan(rows, as_json)
+        return worst
+
+    try:
+        sys.exit(asyncio.run(main()))
+    except MailwardenError as exc:
+        _fail(str(exc))
+
+
+def _print_scan(rows: list[tuple[str, Decision | None, str | None]], as_json: bool) -> None:
+    if as_json:
+        for name, decision, error in rows:
+            record: dict[str, Any] = {"file": name}
+            if decision is None:
+                record["error"] = error
+            else:
+                record.update(
+                    rule=decision.rule.name,
+                    action=decision.action.kind.value,
+                    reason=decision.action.reason,
+                    verdict=msgspec.to_builtins(decision.verdict),
+                    parts=len(decision.message.parts),
+                    timings_ms=decision.timings_ms,
+                )
+            click.echo(json.dumps(record, sort_keys=True))
+        return
+    width = max([len(name) for name, _, _ in rows] + [4])
+    click.echo(f"{'FILE':<{width}}  {'ANTIVIRUS':<11}  {'SPAM':<13}  {'ACTION':<10}  FINDINGS")
+    for name, decision, error in rows:
+        if decision is None:
+            click.echo(f"{name:<{width}}  {'-':<11}  {'-':<13}  {'error':<10}  {error}")
+            continue
+        verdict = decision.verdict
+        codes = ", ".join(
+            f.code + (f"({f.details['signature']})" if "signature" in f.details else "")
+            for f in verdict.findings
+        )
+        click.echo(
+            f"{name:<{width}}  {verdict.antivirus.value:<11}  {verdict.spam.value:<13}  "
+            f"{decision.action.kind.value:<10}  {codes or '-'}"
+        )
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="JSON output.")
+def plugins(as_json: bool) -> None:
+    """List loaded plugins with their version and the hooks they implement."""
+    try:
+        plugin_set = build_plugin_manager()
+    except MailwardenError as exc:
+        _fail(str(exc))
+        return
+    items = list(plugin_set.plugins.values())
+    if as_json:
+        click.echo(
+            json.dumps(
+                [
+                    {
+                        "name": p.name,
+                        "distribution": p.distribution,
+                        "version": p.version,
+                        "hooks": list(p.hooks),
+                    }
+                    for p in items
+                ],
+                indent=2,
+            )
+        )
+        return
+    for p in items:
+        click.echo(f"{p.name:<12} {p.distribution or '-'} {p.version or '-'}")
+        click.echo(f"{'':<12} hooks: {', '.join(p.hooks)}")
+
+
+@cli.group()
+def config() -> None:
+    """Configuration tools."""
+
+
+@config.command("check")
+@click.argument("file", required=False, type=click.Path(dir_okay=False))
+def config_check(file: str | None) -> None:
+    """Validate a config file (default: the active one); errors name the key and the line."""
+    from .config import load_config
+
+    path = _config_path(file)
+    if path is None:
+        click.echo("no config file; the embedded defaults are valid")
+        return
+    try:
+        plugin_set = build_plugin_manager()
+        load_config(path, plugin_set.config_schemas())
+    except MailwardenError as exc:
+        _fail(str(exc))
+    click.echo(f"{path}: ok")
+
+
+@cli.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Config file.")
+@click.option("--since", help="ISO time or N[smhd] ago (e.g. 2h).")
+@click.option("--sender")
+@click.option("--rcpt", "recipient")
+@click.option("--subject")
+@click.option(
+    "--action", type=click.Choice(["deliver", "reject", "tempfail", "discard", "quarantine"])
+)
+@click.option("--status", help="Verdict status, e.g. infected, spam, clean.")
+@click.option("--message-id")
+@click.option("--client", "client_address")
+@click.option("--limit", default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="JSON lines.")
+def events(config_path: str | None, since: str | None, as_json: bool, **filters: Any) -> None:
+    """Search the message event log, newest first."""
+    from .config import load_config
+
+    try:
+        cfg = load_config(_config_path(config_path), build_plugin_manager().config_schemas())
+    except MailwardenError as exc:
+        _fail(str(exc))
+        return
+    log = MessageEventLog(cfg.path_in_home(cfg.events.path))
+    query = EventQuery(since=_parse_since(since) if since else None, **filters)
+    for event in log.search(query):
+        if as_json:
+            click.echo(msgspec.json.encode(event).decode())
+            continue
+        when = dt.datetime.fromtimestamp(event.time).isoformat(timespec="seconds")
+        verdict = event.verdict
+        av = verdict.antivirus.value + (
+            f"({','.join(verdict.virus_names)})" if verdict.virus_names else ""
+        )
+        click.echo(
+            f"{when}  {event.action.value:<10} av={av} spam={verdict.spam.value} "
+            f"from=<{event.mail_from}> to=<{','.join(event.rcpt_to)}> subject={event.subject!r}"
+        )
+
+
+def _parse_since(value: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if value[-1:] in units and value[:-1].isdigit():
+        return dt.datetime.now().timestamp() - int(value[:-1]) * units[value[-1]]
+    try:
+        return dt.datetime.fromisoformat(value).timestamp()
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is neither an ISO time nor N[smhd]") from None
+
+
+def main() -> None:
+    """Entry point of the ``mailwarden`` script."""
+    cli()

@@ -1,0 +1,334 @@
+"""The gateway's configuration: one TOML file decoded into msgspec Structs.
+
+The core owns the sections below; every other top-level section belongs to the plugin that
+declared it through ``mailwarden_config_schema``. An unknown key or a bad value is an error
+that names the key and the line, because a silently ignored typo in a mail filter's config
+is how mail gets lost.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from .errors import ConfigError
+
+__all__ = [
+    "Config",
+    "DeliveryConfig",
+    "DetectorsConfig",
+    "EventsConfig",
+    "GatewayConfig",
+    "RuleActions",
+    "RuleConfig",
+    "SmtpConfig",
+    "default_home",
+    "load_config",
+    "parse_config",
+]
+
+Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
+Positive = Annotated[int, msgspec.Meta(gt=0)]
+Seconds = Annotated[float, msgspec.Meta(gt=0)]
+ActionName = Literal["deliver", "reject", "tempfail", "discard", "quarantine"]
+
+
+class _Section(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    pass
+
+
+class GatewayConfig(_Section):
+    """``[gateway]``: where the gateway keeps its data and how it names itself."""
+
+    home: str = ""
+    hostname: str = "mailwarden.localhost"
+
+
+class SmtpConfig(_Section):
+    """``[smtp]``: the SMTP gateway listener."""
+
+    enabled: bool = True
+    listen: str = "127.0.0.1"
+    port: Port = 2525
+    max_message_size: Positive = 50 * 1024 * 1024
+    max_recipients: Positive = 1000
+    timeout: Seconds = 300.0
+
+
+class DeliveryConfig(_Section):
+    """``[delivery]``: where accepted mail goes. ``maildir`` is relative to the home."""
+
+    mode: Literal["maildir"] = "maildir"
+    maildir: str = "maildir"
+
+
+class DetectorsConfig(_Section):
+    """``[detectors]``: time budgets and which plugins run at all."""
+
+    timeout: Seconds = 30.0
+    timeouts: dict[str, Seconds] = msgspec.field(default_factory=dict)
+    disabled: list[str] = msgspec.field(default_factory=list)
+
+    def budget(self, detector: str) -> float:
+        """The time budget in seconds of one detector."""
+        return self.timeouts.get(detector, self.timeout)
+
+
+class EventsConfig(_Section):
+    """``[events]``: the message event log."""
+
+    enabled: bool = True
+    path: str = "events"
+
+
+class RuleActions(_Section):
+    """What a rule does for each status; the most severe applicable action wins."""
+
+    infected: ActionName = "reject"
+    suspicious: ActionName = "reject"
+    encrypted: ActionName = "deliver"
+    corrupted: ActionName = "deliver"
+    not_scanned: ActionName = "deliver"
+    spam: ActionName = "reject"
+    probable_spam: ActionName = "deliver"
+    bulk: ActionName = "deliver"
+    blocked: ActionName = "reject"
+    malicious: ActionName = "reject"
+    error: ActionName = "deliver"
+    clean: ActionName = "deliver"
+
+
+class RuleConfig(_Section):
+    """One ``[[rules]]`` entry: which mail it covers, which detectors run, what each status does.
+
+    ``senders`` and ``recipients`` are address patterns (``*`` wildcards, ``@domain`` or a full
+    address); the first rule that matches a recipient and the sender applies.
+    """
+
+    name: str
+    senders: list[str] = msgspec.field(default_factory=lambda: ["*"])
+    recipients: list[str] = msgspec.field(default_factory=lambda: ["*"])
+    detectors: list[str] = msgspec.field(default_factory=lambda: ["*"])
+    actions: RuleActions = msgspec.field(default_factory=RuleActions)
+    add_headers: bool = True
+    reject_text: str = "Message rejected by policy"
+
+
+def _default_rules() -> list[RuleConfig]:
+    return [RuleConfig(name="default")]
+
+
+class Config(_Section):
+    """The whole configuration. ``plugins`` holds each plugin's decoded section by name."""
+
+    gateway: GatewayConfig = msgspec.field(default_factory=GatewayConfig)
+    smtp: SmtpConfig = msgspec.field(default_factory=SmtpConfig)
+    delivery: DeliveryConfig = msgspec.field(default_factory=DeliveryConfig)
+    detectors: DetectorsConfig = msgspec.field(default_factory=DetectorsConfig)
+    events: EventsConfig = msgspec.field(default_factory=EventsConfig)
+    rules: list[RuleConfig] = msgspec.field(default_factory=_default_rules)
+    plugins: dict[str, Any] = msgspec.field(default_factory=dict)
+    source: str | None = None
+
+    @property
+    def home(self) -> Path:
+        """The directory all stores live under."""
+        return Path(self.gateway.home) if self.gateway.home else default_home()
+
+    def path_in_home(self, value: str) -> Path:
+        """``value`` if absolute, else resolved under :attr:`home`."""
+        path = Path(value)
+        return path if path.is_absolute() else self.home / path
+
+
+_CORE_SECTIONS: dict[str, type[Any]] = {
+    "gateway": GatewayConfig,
+    "smtp": SmtpConfig,
+    "delivery": DeliveryConfig,
+    "detectors": DetectorsConfig,
+    "events": EventsConfig,
+    "rules": list[RuleConfig],
+}
+
+
+def default_home() -> Path:
+    """``$MAILWARDEN_HOME`` or ``./var``: where config and stores live by default."""
+    return Path(os.environ.get("MAILWARDEN_HOME") or "var").absolute()
+
+
+def load_config(
+    path: str | os.PathLike[str] | None,
+    plugin_schemas: Mapping[str, type[msgspec.Struct]] | None = None,
+) -> Config:
+    """Read and validate a config file; ``None`` gives the embedded defaults."""
+    if path is None:
+        return parse_config("", plugin_schemas, source=None)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file: {exc}", path=str(path)) from exc
+    config = parse_config(text, plugin_schemas, source=str(path))
+    if not config.gateway.home:
+        # A relative or absent home is taken relative to the config file's folder, so a config
+        # means the same thing whatever directory the gateway is started from.
+        config.gateway.home = str(Path(path).absolute().parent)
+    elif not Path(config.gateway.home).is_absolute():
+        config.gateway.home = str(Path(path).absolute().parent / config.gateway.home)
+    return config
+
+
+def parse_config(
+    text: str,
+    plugin_schemas: Mapping[str, type[msgspec.Struct]] | None = None,
+    *,
+    source: str | None = None,
+) -> Config:
+    """Validate TOML ``text``; every error names the key and, when it can be found, the line."""
+    schemas = dict(plugin_schemas or {})
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        line = getattr(exc, "lineno", None) or _line_from_message(str(exc))
+        raise ConfigError(f"invalid TOML: {exc}", path=source, line=line) from exc
+
+    core: dict[str, Any] = {}
+    plugins: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in _CORE_SECTIONS:
+            core[key] = value
+        elif key in schemas:
+            plugins[key] = _convert(value, schemas[key], text, [key], source)
+        else:
+            known = sorted([*_CORE_SECTIONS, *schemas])
+            raise ConfigError(
+                f"unknown section or key {key!r} (known: {', '.join(known)})",
+                path=source,
+                key=key,
+                line=locate_key(text, [key]),
+            )
+    for name, schema in schemas.items():
+        plugins.setdefault(name, _convert({}, schema, text, [name], source))
+
+    config: Config = _convert(core, Config, text, [], source)
+    config.plugins = plugins
+    config.source = source
+    names = [rule.name for rule in config.rules]
+    for index, name in enumerate(names):
+        if names.index(name) != index:
+            raise ConfigError(
+                f"duplicate rule name {name!r}",
+                path=source,
+                key=f"rules[{index}].name",
+                line=locate_key(text, ["rules", index, "name"]),
+            )
+    return config
+
+
+_PATH_RE = re.compile(r" - at `\$(?P<path>[^`]*)`$")
+_UNKNOWN_RE = re.compile(r"unknown field `(?P<field>[^`]+)`")
+_STEP_RE = re.compile(r"\.([^.\[]+)|\[(\d+|\.\.\.)\]")
+
+
+def _convert(value: Any, typ: Any, text: str, prefix: list[str | int], source: str | None) -> Any:
+    try:
+        return msgspec.convert(value, typ, strict=True)
+    except msgspec.ValidationError as exc:
+        message = str(exc)
+        steps: list[str | int] = list(prefix)
+        match = _PATH_RE.search(message)
+        if match:
+            for name, index in _STEP_RE.findall(match["path"]):
+                if index == "...":
+                    # msgspec does not say which key of a table failed; point at the table.
+                    break
+                steps.append(int(index) if index else name)
+            message = message[: match.start()]
+        unknown = _UNKNOWN_RE.search(message)
+        if unknown:
+            steps.append(unknown["field"])
+        key = _format_key(steps)
+        raise ConfigError(
+            message, path=source, key=key or None, line=locate_key(text, steps)
+        ) from exc
+
+
+def _format_key(steps: list[str | int]) -> str:
+    out = ""
+    for step in steps:
+        out += f"[{step}]" if isinstance(step, int) else (f".{step}" if out else step)
+    return out
+
+
+def _line_from_message(message: str) -> int | None:
+    match = re.search(r"line (\d+)", message)
+    return int(match[1]) if match else None
+
+
+_TABLE_RE = re.compile(r"^\[\s*([^\[\]]+?)\s*\]\s*(#.*)?$")
+_ARRAY_RE = re.compile(r"^\[\[\s*([^\[\]]+?)\s*\]\]\s*(#.*)?$")
+_KEY_RE = re.compile(
+    r"""^((?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*')(?:\s*\.\s*(?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*'))*)\s*="""
+)
+
+
+def _split_key(key: str) -> list[str]:
+    parts = re.findall(r""""([^"]*)"|'([^']*)'|([A-Za-z0-9_-]+)""", key)
+    return [a or b or c for a, b, c in parts]
+
+
+def _with_indexes(keys: list[str], arrays: dict[tuple[str | int, ...], int]) -> list[str | int]:
+    # [rules.actions] after [[rules]] means "the actions of the last rule so far".
+    path: list[str | int] = []
+    for key in keys:
+        path.append(key)
+        if tuple(path) in arrays:
+            path.append(arrays[tuple(path)])
+    return path
+
+
+def locate_key(text: str, steps: list[str | int]) -> int | None:
+    """The 1-based line where the key at ``steps`` is written, else its nearest enclosing table.
+
+    tomllib keeps no positions, so this walks table headers and ``key =`` lines the way a TOML
+    reader would. Inline tables and multi-line values are attributed to the line their key is on.
+    """
+    target = list(steps)
+    current: list[str | int] = []
+    arrays: dict[tuple[str | int, ...], int] = {}
+    best_line: int | None = None
+    best_depth = 0
+    in_multiline: str | None = None
+    for lineno, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        if in_multiline:
+            if in_multiline in stripped:
+                in_multiline = None
+            continue
+        if not stripped or stripped.startswith("#"):
+            continue
+        if m := _ARRAY_RE.match(stripped):
+            keys = _split_key(m[1])
+            base = (*_with_indexes(keys[:-1], arrays), keys[-1])
+            arrays[base] = arrays.get(base, -1) + 1
+            current = [*base, arrays[base]]
+        elif m := _TABLE_RE.match(stripped):
+            current = _with_indexes(_split_key(m[1]), arrays)
+        elif m := _KEY_RE.match(stripped):
+            full = current + list(_split_key(m[1]))
+            for quote in ('"""', "'''"):
+                if stripped.count(quote) == 1:
+                    in_multiline = quote
+            if full == target[: len(full)] and len(full) > best_depth:
+                best_line, best_depth = lineno, len(full)
+            continue
+        else:
+            continue
+        if current == target[: len(current)] and len(current) >= best_depth and current:
+            best_line, best_depth = lineno, len(current)
+    return best_line

@@ -1,0 +1,1 @@
+"""Ingress adapters: each turns a protocol's conversation into (Envelope, raw bytes)."""

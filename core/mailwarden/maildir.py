@@ -1,0 +1,74 @@
+"""Local delivery into a Maildir, durable before the SMTP 250 is sent.
+
+The Maildir protocol (write in ``tmp/``, fsync, rename into ``new/``, fsync the directory) makes
+a message either fully there or absent after a crash, which is what lets the gateway answer
+250 only after the message is safe.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import socket
+import time
+from pathlib import Path
+
+from .errors import DeliveryError
+
+__all__ = ["Maildir"]
+
+_counter = itertools.count()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Maildir:
+    """A Maildir at ``root`` (``tmp``, ``new``, ``cur`` created on first use)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._host = socket.gethostname().replace("/", "\\057").replace(":", "\\072")
+
+    def _ensure(self) -> None:
+        for sub in ("tmp", "new", "cur"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+
+    def deliver(self, data: bytes) -> str:
+        """Store ``data`` durably and return its unique file name."""
+        try:
+            self._ensure()
+            now = time.time()
+            name = f"{int(now)}.M{int(now % 1 * 1e6)}P{os.getpid()}Q{next(_counter)}.{self._host}"
+            tmp = self.root / "tmp" / name
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                view = memoryview(data)
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(tmp, self.root / "new" / name)
+            _fsync_dir(self.root / "new")
+        except OSError as exc:
+            # A full disk or a permission problem is temporary from the sender's point of view:
+            # answering 4xx keeps the message at the client until an admin fixes it.
+            raise DeliveryError(f"Maildir delivery failed: {exc.strerror or exc}") from exc
+        return name
+
+    def messages(self) -> list[Path]:
+        """Delivered message files, oldest first."""
+        files = [
+            p
+            for sub in ("new", "cur")
+            if (self.root / sub).is_dir()
+            for p in (self.root / sub).iterdir()
+        ]
+        return sorted(files, key=lambda p: p.stat().st_mtime)

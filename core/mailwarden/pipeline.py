@@ -1,0 +1,370 @@
+"""The gateway: parse -> policy -> detect -> decide -> act -> record (DESIGN.md "One way through").
+
+Ingress adapters (SMTP, milter, content filter, the CLI, library callers) hand a message and
+its envelope to :meth:`Gateway.process` (or :meth:`Gateway.scan` when they act themselves) and
+carry out the returned :class:`Outcome` in their own protocol's terms.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from mailwarden_native import ParsedMessage, parse
+from mailwarden_sdk import (
+    Action,
+    ActionKind,
+    Category,
+    Envelope,
+    Finding,
+    MessageEvent,
+    ScanContext,
+    Verdict,
+)
+
+from .config import Config, RuleConfig, load_config
+from .errors import DeliveryError, PluginError
+from .events import MessageEventLog
+from .maildir import Maildir
+from .plugins import PluginSet, build_plugin_manager
+from .policy import decide_action, fold_findings, rule_for, rule_runs
+
+__all__ = ["Decision", "Gateway", "Outcome"]
+
+log = logging.getLogger(__name__)
+
+# Sync detectors run in threads so a slow one can be timed out without blocking the event
+# loop; native calls release the GIL, so these threads also use every core of the worker.
+_DETECTOR_THREADS = 32
+
+
+@dataclass
+class Decision:
+    """What the pipeline concluded about one message for one rule."""
+
+    id: str
+    envelope: Envelope
+    message: ParsedMessage
+    rule: RuleConfig
+    verdict: Verdict
+    action: Action
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    def with_headers(self) -> bytes:
+        """The message with the action's headers prepended, in the message's own line ending."""
+        if not self.action.add_headers:
+            return self.message.raw
+        raw = self.message.raw
+        eol = b"\r\n" if b"\r\n" in raw[:4096] else b"\n"
+        added = b"".join(
+            name.encode("ascii") + b": " + _header_safe(value) + eol
+            for name, value in self.action.add_headers
+        )
+        return added + raw
+
+
+def _header_safe(value: str) -> bytes:
+    return value.replace("\r", " ").replace("\n", " ").encode("utf-8", "replace")
+
+
+@dataclass
+class Outcome:
+    """A decision carried out: the reply the ingress gives and the recorded event."""
+
+    decision: Decision
+    reply_code: int
+    reply_text: str
+    event: MessageEvent | None
+
+    @property
+    def reply(self) -> str:
+        """The SMTP reply line, code and text."""
+        return f"{self.reply_code} {self.reply_text}"
+
+
+class _Host:
+    """The gateway as plugins see it (mailwarden_sdk.Host)."""
+
+    def __init__(self, config: Config) -> None:
+        self._config = config
+        self.data_dir: Path = config.home
+
+    def config_for(self, section: str) -> Any:
+        return self._config.plugins.get(section)
+
+
+class Gateway:
+    """One configured gateway with its own plugin manager and stores.
+
+    Use as ``async with Gateway(config) as gateway: await gateway.process(raw, envelope)``.
+    ``extra_plugins`` adds plugin objects or classes by name beside the installed ones (tests,
+    embedding applications); ``entry_points=False`` loads only those.
+    """
+
+    def __init__(
+        self,
+        config: Config | None = None,
+        *,
+        extra_plugins: Mapping[str, Any] | None = None,
+        entry_points: bool = True,
+        plugins: PluginSet | None = None,
+    ) -> None:
+        self.plugins = plugins or build_plugin_manager(
+            entry_points=entry_points, extra=extra_plugins
+        )
+        schemas = self.plugins.config_schemas()
+        if config is None:
+            config = load_config(None, schemas)
+        for section, schema in schemas.items():
+            # A Config built in code (not from a file) may lack a plugin's section: the plugin
+            # then runs on its declared defaults, exactly as with a file that omits it.
+            config.plugins.setdefault(section, msgspec.convert({}, schema))
+        self.config = config
+        self.host = _Host(config)
+        self.events = MessageEventLog(config.path_in_home(config.events.path))
+        self.maildir = Maildir(config.path_in_home(config.delivery.maildir))
+        self.quarantine = Maildir(config.home / "quarantine")
+        self._executor: ThreadPoolExecutor | None = None
+        self._started = False
+
+    @classmethod
+    def from_file(cls, path: str | None, **kwargs: Any) -> Gateway:
+        """A gateway for the config file at ``path`` (``None``: embedded defaults)."""
+        plugins = build_plugin_manager(
+            entry_points=kwargs.pop("entry_points", True), extra=kwargs.pop("extra_plugins", None)
+        )
+        return cls(load_config(path, plugins.config_schemas()), plugins=plugins, **kwargs)
+
+    # -- life cycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start every plugin (``mailwarden_startup``); a failing plugin stops the start."""
+        if self._started:
+            return
+        self._executor = ThreadPoolExecutor(_DETECTOR_THREADS, thread_name_prefix="detector")
+        for impl in self.plugins.pm.hook.mailwarden_startup.get_hookimpls():
+            try:
+                result = impl.function(**_kwargs(impl, host=self.host))
+                if inspect.isawaitable(result):
+                    await result
+            except Exception as exc:
+                raise PluginError(f"plugin {impl.plugin_name!r} failed to start: {exc!r}") from exc
+        self._started = True
+
+    async def stop(self) -> None:
+        """Shut every plugin down; errors are logged, every plugin gets its call."""
+        if not self._started:
+            return
+        for impl in self.plugins.pm.hook.mailwarden_shutdown.get_hookimpls():
+            try:
+                result = impl.function(**_kwargs(impl, host=self.host))
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                log.exception("plugin %s failed to shut down", impl.plugin_name)
+        if self._executor:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+        self._started = False
+
+    async def __aenter__(self) -> Gateway:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # -- policy ------------------------------------------------------------------------------
+
+    def rule_for(self, sender: str, recipient: str) -> RuleConfig:
+        """The rule covering ``recipient`` (the last rule applies when none matches)."""
+        return rule_for(self.config.rules, sender, recipient) or self.config.rules[-1]
+
+    def detectors_for(self, rule: RuleConfig) -> list[str]:
+        """Names of the detectors that run under ``rule``."""
+        disabled = set(self.config.detectors.disabled)
+        return [
+            impl.plugin_name
+            for impl in self.plugins.pm.hook.mailwarden_scan.get_hookimpls()
+            if impl.plugin_name not in disabled and rule_runs(rule, impl.plugin_name)
+        ]
+
+    # -- the pipeline ------------------------------------------------------------------------
+
+    async def scan(self, raw: bytes, envelope: Envelope | None = None) -> Decision:
+        """Parse, pick the rule, run the detectors, fold and decide. Does not act or record."""
+        if not self._started:
+            await self.start()
+        envelope = envelope or Envelope()
+        timings: dict[str, float] = {}
+        began = time.perf_counter()
+        message = parse(raw)
+        timings["parse"] = _ms(began)
+
+        first = envelope.rcpt_to[0] if envelope.rcpt_to else ""
+        rule = self.rule_for(envelope.mail_from, first)
+        ctx = ScanContext(envelope, message, rule.name)
+
+        began = time.perf_counter()
+        names = set(self.detectors_for(rule))
+        impls = [
+            i
+            for i in self.plugins.pm.hook.mailwarden_scan.get_hookimpls()
+            if i.plugin_name in names
+        ]
+        results = await asyncio.gather(*(self._run_detector(impl, ctx, timings) for impl in impls))
+        timings["detect"] = _ms(began)
+
+        began = time.perf_counter()
+        verdict = fold_findings(f for findings in results for f in findings)
+        try:
+            self.plugins.pm.hook.mailwarden_verdict(ctx=ctx, verdict=verdict)
+        except Exception as exc:
+            # pluggy stops at the first failing implementation; the folded verdict still stands
+            # and the failure is visible as an error, decided by the rule's error action.
+            log.exception("mailwarden_verdict failed")
+            verdict.findings.append(_error_finding("verdict", "DETECTOR_ERROR", repr(exc)))
+            verdict.errors = sorted({*verdict.errors, "verdict"})
+        action = decide_action(rule, verdict)
+        timings["decide"] = _ms(began)
+        return Decision(uuid.uuid4().hex, envelope, message, rule, verdict, action, timings)
+
+    async def _run_detector(
+        self, impl: Any, ctx: ScanContext, timings: dict[str, float]
+    ) -> list[Finding]:
+        name = impl.plugin_name
+        budget = self.config.detectors.budget(name)
+        began = time.perf_counter()
+        try:
+            async with asyncio.timeout(budget):
+                fn: Callable[..., Any] = partial(impl.function, **_kwargs(impl, ctx=ctx))
+                if inspect.iscoroutinefunction(impl.function):
+                    result = await fn()
+                else:
+                    loop = asyncio.get_running_loop()
+                    result = await loop.run_in_executor(self._executor, fn)
+                    if inspect.isawaitable(result):
+                        result = await result
+            return _checked_findings(name, result)
+        except TimeoutError:
+            return [_error_finding(name, "DETECTOR_TIMEOUT", f"no answer within {budget:g} s")]
+        except Exception as exc:
+            log.warning("detector %s failed: %r", name, exc)
+            return [_error_finding(name, "DETECTOR_ERROR", repr(exc))]
+        finally:
+            timings[f"detector.{name}"] = _ms(began)
+
+    async def process(self, raw: bytes, envelope: Envelope, *, ingress: str = "library") -> Outcome:
+        """Scan, then act locally (deliver to the Maildir, quarantine, drop) and record.
+
+        The reply is 250 only after a delivered or quarantined message is durable; a local
+        failure becomes a 451 so the sender keeps the message.
+        """
+        decision = await self.scan(raw, envelope)
+        code, text = decision.action.smtp_code, decision.action.smtp_text
+        kind = decision.action.kind
+        began = time.perf_counter()
+        try:
+            if kind is ActionKind.DELIVER:
+                name = await asyncio.to_thread(self.maildir.deliver, decision.with_headers())
+                text = f"2.0.0 Ok: delivered as {name.split('.', 1)[0]}-{decision.id[:12]}"
+            elif kind is ActionKind.QUARANTINE:
+                await asyncio.to_thread(self.quarantine.deliver, decision.with_headers())
+                text = f"2.0.0 Ok: held as {decision.id[:12]}"
+        except DeliveryError as exc:
+            code, text = 451, f"4.3.0 {exc}; try again later"
+        decision.timings_ms["act"] = _ms(began)
+        event = self.record(decision, ingress=ingress, reply=f"{code} {text}")
+        return Outcome(decision, code, text, event)
+
+    # -- record ------------------------------------------------------------------------------
+
+    def record(self, decision: Decision, *, ingress: str, reply: str) -> MessageEvent | None:
+        """Write the message event and tell observers (``mailwarden_message_processed``)."""
+        message = decision.message
+        envelope = decision.envelope
+        event = MessageEvent(
+            id=decision.id,
+            time=time.time(),
+            ingress=ingress,
+            mail_from=envelope.mail_from,
+            rcpt_to=list(envelope.rcpt_to),
+            client_address=envelope.client_address,
+            helo=envelope.helo,
+            queue_id=envelope.queue_id,
+            message_id=message.message_id,
+            subject=message.subject,
+            size=len(message.raw),
+            attachments=[p.filename for p in message.attachments() if p.filename],
+            rule=decision.rule.name,
+            verdict=decision.verdict,
+            action=decision.action.kind,
+            reply=reply,
+            timings_ms=decision.timings_ms,
+        )
+        if self.config.events.enabled:
+            try:
+                self.events.append(event)
+            except OSError:
+                log.exception("could not write the message event of %s", decision.id)
+        for impl in self.plugins.pm.hook.mailwarden_message_processed.get_hookimpls():
+            try:
+                impl.function(**_kwargs(impl, event=event))
+            except Exception:
+                log.exception("observer %s failed", impl.plugin_name)
+        return event
+
+
+def _kwargs(impl: Any, **available: Any) -> dict[str, Any]:
+    # pluggy allows an implementation to take fewer arguments than its spec.
+    return {name: available[name] for name in impl.argnames if name in available}
+
+
+def _ms(began: float) -> float:
+    return round((time.perf_counter() - began) * 1000.0, 3)
+
+
+def _error_finding(detector: str, code: str, error: str) -> Finding:
+    return Finding(
+        code=code,
+        detector=detector,
+        category=Category.OTHER,
+        status="error",
+        details={"error": error[:300]},
+    )
+
+
+def _checked_findings(detector: str, result: Any) -> list[Finding]:
+    if result is None:
+        return []
+    if isinstance(result, Finding):
+        return [result]
+    if not isinstance(result, Iterable) or isinstance(result, (str, bytes)):
+        return [_error_finding(detector, "DETECTOR_ERROR", f"returned {type(result).__name__}")]
+    findings: list[Finding] = []
+    for item in result:
+        if isinstance(item, Finding):
+            findings.append(item)
+        else:
+            findings.append(
+                _error_finding(
+                    detector, "DETECTOR_ERROR", f"returned {type(item).__name__}, not Finding"
+                )
+            )
+    return findings
+
+
+def event_json(event: MessageEvent) -> bytes:
+    """One event as a JSON line (what ``--json`` outputs print)."""
+    return msgspec.json.encode(event)

@@ -1,0 +1,66 @@
+"""What a detector sees of one message, and what it sees of the gateway running it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from mailwarden_native import ParsedMessage
+
+from .types import Envelope
+
+__all__ = ["Host", "ScanContext"]
+
+
+@runtime_checkable
+class Host(Protocol):
+    """The gateway as a plugin sees it at start-up and shutdown.
+
+    ``config_for(section)`` returns the decoded, validated Struct of the section the plugin
+    declared through ``mailwarden_config_schema`` (its defaults when the file has no such
+    section); ``data_dir`` is the directory under which a plugin keeps its own stores, one
+    sub-directory per plugin by convention.
+    """
+
+    data_dir: Path
+
+    def config_for(self, section: str) -> Any:
+        """The validated config Struct of ``section``."""
+        ...
+
+
+class ScanContext:
+    """One message on its way through the pipeline, as given to ``mailwarden_scan``.
+
+    The message is parsed once by the native core before any detector runs; ``message.parts``
+    are zero-copy views into ``raw`` and ``Part.decoded()`` is cached, so detectors share the
+    decoding work. ``stash`` is a per-message dict for plugins that cooperate (key it by your
+    plugin's name); detectors run concurrently, so never rely on another detector's entries
+    inside ``mailwarden_scan`` - read them in ``mailwarden_verdict`` instead.
+    """
+
+    __slots__ = ("envelope", "message", "rule", "stash")
+
+    def __init__(self, envelope: Envelope, message: ParsedMessage, rule: str = "default") -> None:
+        self.envelope = envelope
+        self.message = message
+        self.rule = rule
+        self.stash: dict[str, Any] = {}
+
+    @property
+    def raw(self) -> bytes:
+        """The message exactly as received."""
+        return self.message.raw
+
+    def __repr__(self) -> str:
+        return (
+            f"<ScanContext rule={self.rule!r} from={self.envelope.mail_from!r} "
+            f"parts={len(self.message.parts)} size={len(self.message.raw)}>"
+        )
+
+
+def plugin_data_dir(host: Host, name: str) -> Path:
+    """The directory a plugin called ``name`` keeps its files in, created on first use."""
+    path = host.data_dir / name
+    path.mkdir(parents=True, exist_ok=True)
+    return path

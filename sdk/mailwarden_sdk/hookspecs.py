@@ -1,0 +1,120 @@
+"""The hooks a mailwarden plugin may implement.
+
+The pipeline, in order (see DESIGN.md "One way through")::
+
+    mailwarden_config_schema      once, when the config is loaded
+    mailwarden_startup            once per gateway, before the first message
+    for each message:
+        mailwarden_scan           every detector, concurrently, each under its own time budget
+        mailwarden_verdict        folded verdict, adjustable (wrappers allowed)
+        mailwarden_message_processed   the recorded event, for observers
+    mailwarden_shutdown           once, when the gateway stops
+
+``mailwarden_data_stores``, ``mailwarden_web_routes`` and ``mailwarden_cli_commands`` are asked
+whenever the core needs the list (inventory, web app, command line).
+
+An implementation may accept fewer arguments than its spec names (pluggy's rule), so a spec can
+grow without breaking plugins.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Iterable
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    import msgspec
+
+    from .context import Host, ScanContext
+    from .stores import StoreDescriptor
+    from .types import Finding, MessageEvent, Verdict
+
+PROJECT_NAME = "mailwarden"
+
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+
+
+@hookspec
+def mailwarden_config_schema() -> tuple[str, type[msgspec.Struct]] | None:
+    """Declare the config section this plugin owns and the Struct it decodes into.
+
+    Runs when a config file is loaded or checked, before start-up. Return ``(section, Type)``;
+    the core decodes ``[section]`` of the TOML file into ``Type`` (defaults when absent) and
+    reports a bad value with its key and line. Synchronous.
+    """
+
+
+@hookspec
+def mailwarden_startup(host: Host) -> Awaitable[None] | None:
+    """Open resources (databases, connections, compiled signatures) for one gateway.
+
+    Runs once per gateway before the first message is scanned; ``host.config_for(section)``
+    gives the plugin's validated config. May be ``async``. An exception stops the gateway from
+    starting, with the plugin named in the error.
+    """
+
+
+@hookspec
+def mailwarden_shutdown(host: Host) -> Awaitable[None] | None:
+    """Close what ``mailwarden_startup`` opened. Runs once when the gateway stops; may be async."""
+
+
+@hookspec
+def mailwarden_scan(
+    ctx: ScanContext,
+) -> Iterable[Finding] | Awaitable[Iterable[Finding] | None] | None:
+    """Examine one message and return findings.
+
+    Runs for every message, after parsing and policy, for each detector the message's rule
+    enables. Return an iterable of :class:`~mailwarden_sdk.Finding` (empty or ``None`` means
+    nothing found), or make the implementation ``async`` (network lookups). Each implementation
+    is called on its own, concurrently with the others, under the time budget of
+    ``[detectors] timeout`` (or its per-detector override): an exception or a timeout becomes a
+    ``DETECTOR_ERROR``/``DETECTOR_TIMEOUT`` finding and never stops the other detectors.
+    Synchronous implementations run in a worker thread, so CPU-bound work should release the
+    GIL (the native core does). Wrappers are not allowed on this hook.
+    """
+
+
+@hookspec
+def mailwarden_verdict(ctx: ScanContext, verdict: Verdict) -> None:
+    """Adjust the folded verdict before the rule turns it into an action.
+
+    Runs once per message after every detector finished. Change ``verdict`` in place; use
+    ``@hookimpl(wrapper=True)`` and ``yield`` to run around the other implementations (for
+    example to override what they decided). Synchronous.
+    """
+
+
+@hookspec
+def mailwarden_message_processed(event: MessageEvent) -> None:
+    """Observe a message that was decided and acted on.
+
+    Runs once per message after the event was recorded; ``event`` must not be modified.
+    Synchronous and on the mail path: hand slow work (shipping events elsewhere) to a queue.
+    An exception here is logged and ignored.
+    """
+
+
+@hookspec
+def mailwarden_data_stores() -> Iterable[StoreDescriptor]:
+    """List the stores of user data this plugin keeps (path, what, retention, caps, readers).
+
+    Asked by ``mailwarden data-inventory`` and the retention enforcer. Synchronous.
+    """
+
+
+@hookspec
+def mailwarden_web_routes() -> Iterable[Any]:
+    """Return starlette routes this plugin adds to the web interface and REST API."""
+
+
+@hookspec
+def mailwarden_cli_commands() -> Iterable[Any]:
+    """Return click commands this plugin adds to the ``mailwarden`` command line.
+
+    Each is mounted as ``mailwarden <command.name>``; a group becomes a sub-command tree.
+    """

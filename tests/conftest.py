@@ -1,0 +1,72 @@
+"""Shared test helpers: corpus location, required-resource policy, message builders."""
+
+from __future__ import annotations
+
+import os
+import socket
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+REQUIRE_ALL = os.environ.get("MAILWARDEN_REQUIRE_ALL") == "1"
+
+# The EICAR test file, assembled at run time so that scanners on developers' machines do not
+# quarantine this source file.
+EICAR = b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS" + b"-TEST-FILE!$H+H*"
+
+
+def need(condition: bool, reason: str) -> None:
+    """Skip the test when a service or the corpus is missing; fail instead in CI.
+
+    ``MAILWARDEN_REQUIRE_ALL=1`` (set by .ci/run) turns every such skip into a failure, so CI
+    never goes green by skipping what it was meant to test.
+    """
+    if condition:
+        return
+    if REQUIRE_ALL:
+        pytest.fail(f"required resource missing (MAILWARDEN_REQUIRE_ALL=1): {reason}")
+    pytest.skip(reason)
+
+
+def corpus_dir() -> Path:
+    """``$MAILWARDEN_CORPUS`` or ``../shared/corpus`` beside the repository."""
+    return Path(os.environ.get("MAILWARDEN_CORPUS") or ROOT.parent / "shared" / "corpus")
+
+
+@pytest.fixture
+def corpus() -> Path:
+    """The shared corpus directory (skips, or fails in CI, when it is absent)."""
+    path = corpus_dir()
+    need(path.is_dir(), f"corpus not found at {path} (set MAILWARDEN_CORPUS)")
+    return path
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def make_message(
+    subject: str = "hello",
+    body: str = "Just a clean message.\n",
+    attachment: bytes | None = None,
+    filename: str = "file.bin",
+    sender: str = "alice@example.org",
+    recipient: str = "bob@example.net",
+) -> bytes:
+    """A well-formed message, optionally with a base64 attachment, as SMTP would carry it."""
+    msg = EmailMessage()
+    msg["From"] = sender
+    msg["To"] = recipient
+    msg["Subject"] = subject
+    msg["Message-ID"] = f"<{abs(hash((subject, body, filename)))}@example.org>"
+    msg.set_content(body)
+    if attachment is not None:
+        msg.add_attachment(
+            attachment, maintype="application", subtype="octet-stream", filename=filename
+        )
+    return msg.as_bytes(policy=msg.policy.clone(linesep="\r\n"))

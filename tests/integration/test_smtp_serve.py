@@ -1,0 +1,158 @@
+"""The vertical slice: `mailwarden serve` as a subprocess, real SMTP clients, Maildir, events."""
+
+from __future__ import annotations
+
+import json
+import os
+import smtplib
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import EICAR, free_port, make_message
+
+pytestmark = pytest.mark.integration
+
+
+class Server:
+    def __init__(self, process: subprocess.Popen[str], home: Path, port: int, log: Path) -> None:
+        self.process = process
+        self.home = home
+        self.port = port
+        self.log = log
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "mailwarden", *args],
+            capture_output=True,
+            text=True,
+            check=False,
+            env={**os.environ, "MAILWARDEN_HOME": str(self.home)},
+            timeout=60,
+        )
+
+
+def _wait_for_port(
+    port: int, process: subprocess.Popen[str], log: Path, limit: float = 30.0
+) -> None:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"mailwarden serve exited: {log.read_text()}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f"mailwarden serve did not listen on {port}: {log.read_text()}")
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    home = tmp_path / "home"
+    port = free_port()
+    home.mkdir()
+    (home / "mailwarden.toml").write_text(f"[smtp]\nport = {port}\n")
+    log = tmp_path / "serve.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "mailwarden", "serve"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "MAILWARDEN_HOME": str(home)},
+        )
+    srv = Server(process, home, port, log)
+    try:
+        _wait_for_port(port, process, log)
+        yield srv
+    finally:
+        srv.process.terminate()
+        try:
+            srv.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            srv.process.kill()
+            srv.process.wait()
+    # SIGTERM is the normal way to stop the gateway: it must exit cleanly.
+    assert srv.process.returncode == 0, log.read_text()
+
+
+def test_clean_is_delivered_eicar_is_rejected_and_both_are_recorded(server: Server) -> None:
+    clean = make_message(
+        subject="tour: clean", sender="alice@example.org", recipient="bob@example.net"
+    )
+    infected = make_message(
+        subject="tour: eicar", attachment=EICAR, filename="eicar.com", recipient="bob@example.net"
+    )
+    with smtplib.SMTP("127.0.0.1", server.port, timeout=30) as client:
+        code, _ = client.ehlo("client.example.org")
+        assert code == 250
+        refused = client.sendmail("alice@example.org", ["bob@example.net"], clean)
+        assert refused == {}
+        with pytest.raises(smtplib.SMTPDataError) as rejected:
+            client.sendmail("alice@example.org", ["bob@example.net"], infected)
+    assert rejected.value.smtp_code == 550
+    assert b"Eicar-Test-Signature" in rejected.value.smtp_error
+
+    delivered = sorted((server.home / "maildir" / "new").iterdir())
+    assert len(delivered) == 1
+    content = delivered[0].read_bytes()
+    assert b"Subject: tour: clean" in content
+    assert content.startswith(b"X-Mailwarden-Virus: clean")
+
+    result = server.cli("events", "--json")
+    assert result.returncode == 0, result.stderr
+    events = {e["subject"]: e for e in map(json.loads, result.stdout.splitlines())}
+    assert events["tour: clean"]["action"] == "deliver"
+    assert events["tour: clean"]["verdict"]["antivirus"] == "clean"
+    assert events["tour: clean"]["client_address"] == "127.0.0.1"
+    assert events["tour: clean"]["helo"] == "client.example.org"
+    assert events["tour: eicar"]["action"] == "reject"
+    assert events["tour: eicar"]["verdict"]["virus_names"] == ["Eicar-Test-Signature"]
+    assert events["tour: eicar"]["reply"].startswith("550 5.7.1")
+    assert events["tour: eicar"]["attachments"] == ["eicar.com"]
+
+    search = server.cli("events", "--status", "infected", "--json")
+    assert [json.loads(line)["subject"] for line in search.stdout.splitlines()] == ["tour: eicar"]
+
+
+def test_serve_announces_its_listeners(server: Server) -> None:
+    text = server.log.read_text()
+    assert f"smtp     127.0.0.1:{server.port}" in text
+    assert "antivirus" in text
+
+
+def test_recipients_under_different_rules_are_split_by_the_client(
+    tmp_path: Path, server: Server
+) -> None:
+    # Reconfigure: a rule for one domain; the server reads its config at start, so restart.
+    server.process.terminate()
+    server.process.wait(timeout=10)
+    (server.home / "mailwarden.toml").write_text(
+        f"[smtp]\nport = {server.port}\n"
+        '[[rules]]\nname = "lab"\nrecipients = ["@lab.example"]\ndetectors = ["-antivirus"]\n'
+        '[[rules]]\nname = "default"\n'
+    )
+    log = tmp_path / "serve2.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "mailwarden", "serve"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "MAILWARDEN_HOME": str(server.home)},
+        )
+    server.process = process
+    _wait_for_port(server.port, process, log)
+    with smtplib.SMTP("127.0.0.1", server.port, timeout=30) as client:
+        client.ehlo("client.example.org")
+        client.mail("alice@example.org")
+        assert client.rcpt("x@lab.example")[0] == 250
+        code, text = client.rcpt("y@example.net")
+        assert code == 452 and b"another policy" in text
+        client.rset()
+    assert process.poll() is None
