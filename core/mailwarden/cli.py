@@ -292,7 +292,7 @@ def events(config_path: str | None, since: str | None, as_json: bool, **filters:
     except MailwardenError as exc:
         _fail(str(exc))
         return
-    log = MessageEventLog(cfg.path_in_home(cfg.events.path))
+    log = MessageEventLog(cfg.path_in_home(cfg.events.path), retention_days=None, max_bytes=None)
     query = EventQuery(since=_parse_since(since) if since else None, **filters)
     for event in log.search(query):
         if as_json:
@@ -307,6 +307,46 @@ def events(config_path: str | None, since: str | None, as_json: bool, **filters:
             f"{when}  {event.action.value:<10} av={av} spam={verdict.spam.value} "
             f"from=<{event.mail_from}> to=<{','.join(event.rcpt_to)}> subject={event.subject!r}"
         )
+
+
+@cli.command("data-inventory")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Config file.")
+@click.option("--json", "as_json", is_flag=True, help="JSON output.")
+def data_inventory(config_path: str | None, as_json: bool) -> None:
+    """List every store of user data: place, contents, retention, cap, readers, current size."""
+    from .config import load_config
+    from .inventory import inventory
+
+    try:
+        plugin_set = build_plugin_manager()
+        cfg = load_config(_config_path(config_path), plugin_set.config_schemas())
+    except MailwardenError as exc:
+        _fail(str(exc))
+        return
+    states = inventory(cfg, plugin_set)
+    if as_json:
+        click.echo(json.dumps(msgspec.to_builtins(states), indent=2))
+        return
+    for state in states:
+        store = state.store
+        limits = []
+        if store.retention_days is not None:
+            limits.append(f"{store.retention_days:g} days")
+        if store.max_bytes is not None:
+            limits.append(f"{store.max_bytes / 2**20:,.0f} MiB")
+        if store.max_entries is not None:
+            limits.append(f"{store.max_entries:,} entries")
+        click.echo(f"{store.name} ({state.owner})")
+        click.echo(f"  path      {store.path}")
+        click.echo(f"  holds     {store.holds}")
+        click.echo(
+            f"  limits    {' or '.join(limits) or 'none'}; when full: {store.when_full.value}"
+        )
+        click.echo(f"  readers   {store.read_permission}")
+        now = (
+            f"{state.bytes:,} bytes in {state.files:,} files" if state.exists else "not created yet"
+        )
+        click.echo(f"  now       {now}")
 
 
 def _parse_since(value: str) -> float:

@@ -85,6 +85,8 @@ class EventsConfig(_Section):
 
     enabled: bool = True
     path: str = "events"
+    retention_days: Annotated[float, msgspec.Meta(gt=0)] = 3.0
+    max_bytes: Positive = 1 << 30
 
 
 class RuleActions(_Section):

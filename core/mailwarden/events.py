@@ -1,17 +1,18 @@
 """The message event log: one record per processed message, searchable.
 
 Records are msgspec-encoded JSON lines in one file per UTC day, so removing old days is
-deleting files and a search by time range opens only the days in range. The full store with
-retention and size caps replaces the plain directory in the stores issue; the record format
-(:class:`~mailwarden_sdk.MessageEvent`) stays.
+deleting files and a search by time range opens only the days in range. Retention and the
+size cap are enforced by removing whole day files (:meth:`MessageEventLog.enforce`); the stores
+issue brings finer indices, but the record format (:class:`~mailwarden_sdk.MessageEvent`) stays.
 """
 
 from __future__ import annotations
 
+import calendar
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import msgspec
@@ -67,9 +68,61 @@ class EventQuery(msgspec.Struct, kw_only=True):
 class MessageEventLog:
     """Append-only daily JSON-lines files under ``directory``."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        retention_days: float | None = 3.0,
+        max_bytes: int | None = 1 << 30,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.directory = directory
+        self.retention_days = retention_days
+        self.max_bytes = max_bytes
+        self._clock = clock
         self._lock = threading.Lock()
+        self._next_enforce = 0.0
+
+    def files(self) -> list[Path]:
+        """The day files, oldest first."""
+        return sorted(self.directory.glob("*.jsonl")) if self.directory.is_dir() else []
+
+    def enforce(self) -> list[Path]:
+        """Remove whole days older than the retention, then oldest days over the size cap.
+
+        A day file is removed once its newest possible record is past the retention, so records
+        are kept at least ``retention_days`` and at most one day longer. The current day is never
+        removed for size: the cap bounds history, not the records being written.
+        """
+        removed: list[Path] = []
+        files = self.files()
+        if self.retention_days is not None:
+            horizon = self._clock() - self.retention_days * 86400
+            for path in list(files):
+                day_end = calendar.timegm(time.strptime(path.stem, "%Y%m%d")) + 86400
+                if day_end <= horizon:
+                    files.remove(path)
+                    removed.append(path)
+        if self.max_bytes is not None:
+            sizes = {path: path.stat().st_size for path in files}
+            total = sum(sizes.values())
+            for path in files[:-1]:
+                if total <= self.max_bytes:
+                    break
+                total -= sizes[path]
+                removed.append(path)
+        for path in removed:
+            path.unlink(missing_ok=True)
+        return removed
+
+    def size(self) -> tuple[int, int]:
+        """(bytes, records) currently stored."""
+        total = records = 0
+        for path in self.files():
+            total += path.stat().st_size
+            with path.open("rb") as handle:
+                records += sum(1 for _ in handle)
+        return total, records
 
     def _file_for(self, timestamp: float) -> Path:
         return self.directory / (time.strftime("%Y%m%d", time.gmtime(timestamp)) + ".jsonl")
@@ -79,6 +132,10 @@ class MessageEventLog:
         line = _encoder.encode(event) + b"\n"
         with self._lock:
             self.directory.mkdir(parents=True, exist_ok=True)
+            if self._clock() >= self._next_enforce:
+                # Limits are checked at most once a minute, not on every message.
+                self._next_enforce = self._clock() + 60
+                self.enforce()
             # O_APPEND keeps concurrent writers from different processes line-atomic for lines
             # under PIPE_BUF-ish sizes on local filesystems, and never truncates a record.
             fd = os.open(self._file_for(event.time), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)

@@ -132,7 +132,11 @@ class Gateway:
             config.plugins.setdefault(section, msgspec.convert({}, schema))
         self.config = config
         self.host = _Host(config)
-        self.events = MessageEventLog(config.path_in_home(config.events.path))
+        self.events = MessageEventLog(
+            config.path_in_home(config.events.path),
+            retention_days=config.events.retention_days,
+            max_bytes=config.events.max_bytes,
+        )
         self.maildir = Maildir(config.path_in_home(config.delivery.maildir))
         self.quarantine = Maildir(config.home / "quarantine")
         self._executor: ThreadPoolExecutor | None = None
