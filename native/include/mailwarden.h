@@ -1,0 +1,161 @@
+/*
+ * mailwarden native core: MIME structure parser, transfer decoders and a
+ * literal multi-pattern matcher.
+ *
+ * Everything here works on caller-owned byte buffers and never copies the
+ * input: the parser returns offsets into the buffer it was given.  No
+ * function keeps global state, so all of them may run concurrently on
+ * different inputs (the Python binding releases the GIL around them).
+ */
+#ifndef MAILWARDEN_H
+#define MAILWARDEN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Return codes. */
+#define MW_OK 0
+#define MW_ERR_NOMEM 1
+#define MW_ERR_ARG 2
+#define MW_ERR_TOO_LARGE 3
+
+/* Malformation flags (bitmask).  A flag never makes parsing fail: it only
+ * records what was wrong so that policy can act on it. */
+#define MW_FLAG_MISSING_BOUNDARY (1u << 0)    /* multipart without boundary= */
+#define MW_FLAG_NO_CLOSING_BOUNDARY (1u << 1) /* "--b--" never seen */
+#define MW_FLAG_BOUNDARY_NOT_FOUND (1u << 2)  /* no "--b" line at all */
+#define MW_FLAG_DEPTH_LIMIT (1u << 3)
+#define MW_FLAG_PART_LIMIT (1u << 4)
+#define MW_FLAG_HEADER_LIMIT (1u << 5)
+#define MW_FLAG_NUL_BYTES (1u << 6)
+#define MW_FLAG_BARE_CR_OR_LF_MIX (1u << 7) /* more than one line-ending style */
+#define MW_FLAG_BAD_BASE64 (1u << 8)
+#define MW_FLAG_TRUNCATED_HEADERS (1u << 9) /* header block without blank line */
+#define MW_FLAG_BAD_HEADER_LINE (1u << 10)  /* neither a field nor a continuation */
+
+/* What the parser did with a part's body. */
+#define MW_KIND_LEAF 0
+#define MW_KIND_MULTIPART 1 /* body was split on its boundary into children */
+#define MW_KIND_MESSAGE 2   /* body was parsed as one nested message (child) */
+
+/* Content-Transfer-Encoding as the parser understood it. */
+#define MW_CTE_NONE 0 /* no header: 7bit */
+#define MW_CTE_7BIT 1
+#define MW_CTE_8BIT 2
+#define MW_CTE_BINARY 3
+#define MW_CTE_BASE64 4
+#define MW_CTE_QP 5
+#define MW_CTE_OTHER 6
+
+/* Default content type when a part has no (valid) Content-Type. */
+#define MW_DEFAULT_TEXT_PLAIN 0
+#define MW_DEFAULT_MESSAGE_RFC822 1 /* children of multipart/digest */
+
+#define MW_DEFAULT_MAX_DEPTH 32
+#define MW_DEFAULT_MAX_PARTS 10000
+#define MW_DEFAULT_MAX_HEADER_BYTES (1u << 20)
+/* Recursion depth is bounded by max_depth; this hard cap keeps the C stack
+ * safe whatever a caller asks for. */
+#define MW_HARD_MAX_DEPTH 1024
+
+typedef struct {
+    uint32_t max_depth;        /* nesting levels below the root */
+    uint32_t max_parts;        /* parts in the table, root included */
+    uint64_t max_header_bytes; /* header block size per part */
+} mw_limits;
+
+/* One header field.  Offsets index the raw buffer.  The value span runs from
+ * the first non-blank byte after the colon to the end of the last
+ * continuation line (line break excluded), so folded values keep their raw
+ * CRLF+WSP sequences. */
+typedef struct {
+    int64_t name_off;
+    int64_t name_len;
+    int64_t value_off;
+    int64_t value_len;
+} mw_header;
+
+/* One MIME entity.  Every field is a 64-bit integer on purpose: the Python
+ * binding copies the whole table with a single buffer cast. */
+typedef struct {
+    int64_t parent; /* -1 for the root */
+    int64_t depth;
+    int64_t header_start;
+    int64_t header_end; /* start of the blank separator line */
+    int64_t body_start;
+    int64_t body_end;
+    int64_t first_header; /* index into mw_message.headers */
+    int64_t n_headers;
+    int64_t flags; /* MW_FLAG_* found in this part itself */
+    int64_t kind;  /* MW_KIND_* */
+    int64_t cte;   /* MW_CTE_* */
+    int64_t type_off; /* Content-Type type token, len 0 when absent/invalid */
+    int64_t type_len;
+    int64_t subtype_off;
+    int64_t subtype_len;
+    int64_t boundary_off; /* boundary parameter (unquoted), len 0 if none */
+    int64_t boundary_len;
+    int64_t default_type; /* MW_DEFAULT_* */
+} mw_part;
+
+typedef struct {
+    mw_part *parts;
+    size_t n_parts;
+    size_t cap_parts;
+    mw_header *headers;
+    size_t n_headers;
+    size_t cap_headers;
+    uint32_t flags; /* OR of all part flags plus message-level ones */
+} mw_message;
+
+void mw_limits_default(mw_limits *limits);
+
+/* Parses buf[0..len).  On MW_OK *out owns a table the caller releases with
+ * mw_message_free.  Malformed input never fails; only MW_ERR_NOMEM and
+ * MW_ERR_ARG are returned. */
+int mw_parse(const uint8_t *buf, size_t len, const mw_limits *limits, mw_message **out);
+void mw_message_free(mw_message *msg);
+
+/* Transfer decoders: dst must hold at least *_max_len(len) bytes. */
+size_t mw_base64_max_len(size_t len);
+/* Tolerant decoder; returns bytes written.  *junk (if non-NULL) is set to 1
+ * when anything other than alphabet, whitespace and well-placed padding was
+ * seen.  dst may be NULL to only validate. */
+size_t mw_base64_decode(const uint8_t *src, size_t len, uint8_t *dst, int *junk);
+size_t mw_qp_max_len(size_t len);
+size_t mw_qp_decode(const uint8_t *src, size_t len, uint8_t *dst);
+
+/* Literal multi-pattern matcher (Aho-Corasick compiled to a DFA over byte
+ * equivalence classes). */
+typedef struct mw_matcher mw_matcher;
+
+typedef struct {
+    uint64_t start; /* offset of the first byte of the match */
+    uint32_t pattern_id;
+    uint32_t reserved;
+} mw_match;
+
+/* patterns[i] of length lens[i] gets id i; empty patterns are rejected
+ * (MW_ERR_ARG). */
+int mw_matcher_new(const uint8_t *const *patterns, const size_t *lens, size_t n,
+                   mw_matcher **out);
+void mw_matcher_free(mw_matcher *m);
+size_t mw_matcher_count(const mw_matcher *m);
+/* Writes up to cap matches sorted by (start, pattern_id) and returns the
+ * total number found.  When the total exceeds cap the array holds an
+ * unspecified subset: call again with a larger array. */
+size_t mw_matcher_scan(const mw_matcher *m, const uint8_t *data, size_t len, mw_match *out,
+                       size_t cap);
+/* The first match in scan order: the one ending earliest, and among those
+ * the longest, then the lowest id.  Returns 1 and fills *out, or 0. */
+int mw_matcher_first(const mw_matcher *m, const uint8_t *data, size_t len, mw_match *out);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,115 @@
+"""Parameter parsing for structured MIME header values.
+
+Handles ``type/subtype; name=token; name="quoted \\"string\\""`` and RFC 2231
+extended parameters: ``name*=charset'lang'%XX...`` and continuations
+``name*0=...; name*1*=...`` (joined in index order, percent-decoded where
+marked with ``*``, then decoded with the declared charset).  Comments are not
+interpreted.  Works on unfolded ``str`` values; cheap enough to run lazily
+when a caller first asks for a part's parameters.
+"""
+
+from __future__ import annotations
+
+import codecs
+import re
+import urllib.parse
+
+_EXT_NAME = re.compile(r"^([^*]+)\*(\d+)?(\*)?$")
+
+
+def _split_params(value: str) -> list[str]:
+    """Split on ';' outside double-quoted strings."""
+    if '"' not in value:
+        return value.split(";")
+    out: list[str] = []
+    start = 0
+    quoted = False
+    i = 0
+    n = len(value)
+    while i < n:
+        c = value[i]
+        if quoted and c == "\\":
+            i += 2
+            continue
+        if c == '"':
+            quoted = not quoted
+        elif c == ";" and not quoted:
+            out.append(value[start:i])
+            start = i + 1
+        i += 1
+    out.append(value[start:])
+    return out
+
+
+def _unquote(v: str) -> str:
+    if len(v) >= 1 and v[0] == '"':
+        body = v[1:]
+        end = _closing_quote(body)
+        body = body[:end] if end >= 0 else body
+        return re.sub(r"\\(.)", r"\1", body) if "\\" in body else body
+    return v
+
+
+def _closing_quote(s: str) -> int:
+    i = 0
+    while i < len(s):
+        if s[i] == "\\":
+            i += 2
+            continue
+        if s[i] == '"':
+            return i
+        i += 1
+    return -1
+
+
+def _decode_bytes(data: bytes, charset: str | None) -> str:
+    if charset:
+        try:
+            codecs.lookup(charset)
+            return data.decode(charset, errors="replace")
+        except (LookupError, ValueError):
+            pass
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("latin-1")
+
+
+def parse_params(value: str) -> tuple[str, dict[str, str]]:
+    """Return the lowercased main value and the parameters (lowercased names,
+    decoded values).  The first occurrence of a plain parameter wins; an RFC
+    2231 form of the same name takes precedence over the plain one."""
+    segments = _split_params(value)
+    main = segments[0].strip().lower()
+    plain: dict[str, str] = {}
+    extended: dict[str, dict[int, tuple[str, bool]]] = {}
+    for seg in segments[1:]:
+        name, eq, val = seg.partition("=")
+        if not eq:
+            continue
+        name = name.strip().lower()
+        val = val.strip()
+        if not name:
+            continue
+        m = _EXT_NAME.match(name)
+        if m is None:
+            plain.setdefault(name, _unquote(val))
+            continue
+        base, idx, star = m.group(1), m.group(2), m.group(3)
+        encoded = star is not None or idx is None
+        pieces = extended.setdefault(base, {})
+        pieces.setdefault(int(idx) if idx is not None else 0, (_unquote(val), encoded))
+    params = dict(plain)
+    for base, pieces in extended.items():
+        charset: str | None = None
+        buf = bytearray()
+        for n, (text, encoded) in enumerate(pieces[k] for k in sorted(pieces)):
+            if encoded:
+                if n == 0 and text.count("'") >= 2:
+                    cs, _lang, text = text.split("'", 2)
+                    charset = cs.strip() or None
+                buf += urllib.parse.unquote_to_bytes(text)
+            else:
+                buf += text.encode("utf-8", errors="surrogateescape")
+        params[base] = _decode_bytes(bytes(buf), charset)
+    return main, params

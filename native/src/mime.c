@@ -1,0 +1,532 @@
+/*
+ * MIME structure parser.
+ *
+ * Produces a table of parts (document order, root first) holding offsets
+ * into the caller's buffer.  Design rules:
+ *  - never read outside [buf, buf+len), never abort, never fail on bad mail:
+ *    every oddity becomes an MW_FLAG_* bit on the part where it was found;
+ *  - CRLF, LF and bare CR all end a line, in any mix;
+ *  - cost is linear in the input for each nesting level of multiparts, and
+ *    nesting is capped by max_depth, so total work is O(len * max_depth)
+ *    with no input-controlled blow-up;
+ *  - only allocation failure is an error.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "mailwarden.h"
+
+typedef struct {
+    const uint8_t *buf;
+    size_t len;
+    mw_limits lim;
+    mw_message *msg;
+    int nomem;
+} parser;
+
+static int is_wsp(uint8_t c) { return c == ' ' || c == '\t'; }
+static int is_eol(uint8_t c) { return c == '\r' || c == '\n'; }
+
+static uint8_t lower(uint8_t c) { return (c >= 'A' && c <= 'Z') ? (uint8_t)(c + 32) : c; }
+
+static int ieq(const uint8_t *s, size_t n, const char *lit) {
+    size_t m = strlen(lit);
+    if (n != m) return 0;
+    for (size_t i = 0; i < n; i++)
+        if (lower(s[i]) != (uint8_t)lit[i]) return 0;
+    return 1;
+}
+
+/* RFC 2045 token characters: printable ASCII except space and tspecials. */
+static int is_token(uint8_t c) {
+    if (c <= 32 || c >= 127) return 0;
+    return strchr("()<>@,;:\\\"/[]?=", c) == NULL;
+}
+
+/* Finds the end of the line starting at p: returns the offset of the line
+ * break (or end) and stores the break length (0, 1 or 2) in *eol. */
+static size_t line_end(const uint8_t *b, size_t p, size_t end, size_t *eol) {
+    while (p < end && !is_eol(b[p])) p++;
+    if (p >= end)
+        *eol = 0;
+    else if (b[p] == '\r' && p + 1 < end && b[p + 1] == '\n')
+        *eol = 2;
+    else
+        *eol = 1;
+    return p;
+}
+
+static int64_t add_part(parser *ps, int64_t parent, int64_t depth) {
+    mw_message *m = ps->msg;
+    if (m->n_parts == m->cap_parts) {
+        size_t nc = m->cap_parts ? m->cap_parts * 2 : 8;
+        if (nc > SIZE_MAX / sizeof(mw_part)) {
+            ps->nomem = 1;
+            return -1;
+        }
+        mw_part *np = realloc(m->parts, nc * sizeof(mw_part));
+        if (!np) {
+            ps->nomem = 1;
+            return -1;
+        }
+        m->parts = np;
+        m->cap_parts = nc;
+    }
+    mw_part *p = &m->parts[m->n_parts];
+    memset(p, 0, sizeof *p);
+    p->parent = parent;
+    p->depth = depth;
+    p->first_header = (int64_t)m->n_headers;
+    return (int64_t)m->n_parts++;
+}
+
+static int add_header(parser *ps, size_t no, size_t nl, size_t vo, size_t vl) {
+    mw_message *m = ps->msg;
+    if (m->n_headers == m->cap_headers) {
+        size_t nc = m->cap_headers ? m->cap_headers * 2 : 32;
+        if (nc > SIZE_MAX / sizeof(mw_header)) {
+            ps->nomem = 1;
+            return 0;
+        }
+        mw_header *nh = realloc(m->headers, nc * sizeof(mw_header));
+        if (!nh) {
+            ps->nomem = 1;
+            return 0;
+        }
+        m->headers = nh;
+        m->cap_headers = nc;
+    }
+    mw_header *h = &m->headers[m->n_headers++];
+    h->name_off = (int64_t)no;
+    h->name_len = (int64_t)nl;
+    h->value_off = (int64_t)vo;
+    h->value_len = (int64_t)vl;
+    return 1;
+}
+
+/* Parses the header block of part idx starting at start.  Returns 1 when the
+ * header limit was hit (the part must then not be descended into). */
+static int parse_headers(parser *ps, int64_t idx, size_t start, size_t end) {
+    const uint8_t *b = ps->buf;
+    mw_part *part = &ps->msg->parts[idx];
+    size_t p = start, eol;
+    int have_field = 0, any_line = 0, limited = 0;
+    uint32_t flags = 0;
+
+    part->header_start = (int64_t)start;
+    part->body_end = (int64_t)end;
+
+    /* An mbox "From " envelope line may precede a message's headers (the
+     * root, or a message/rfc822 body saved from a mailbox). */
+    int message_start = part->parent < 0 || ps->msg->parts[part->parent].kind == MW_KIND_MESSAGE;
+    if (message_start && end - start >= 5 && memcmp(b + start, "From ", 5) == 0) {
+        size_t q = line_end(b, p, end, &eol);
+        p = q + eol;
+    }
+
+    while (p < end) {
+        size_t q = line_end(b, p, end, &eol);
+        size_t next = q + eol;
+        any_line = 1;
+        if (q == p) { /* blank line: end of the header block */
+            part = &ps->msg->parts[idx];
+            part->header_end = (int64_t)p;
+            part->body_start = (int64_t)next;
+            part->flags |= flags;
+            return limited;
+        }
+        if (!limited && next - start > ps->lim.max_header_bytes) {
+            /* Keep scanning for the separator so the body offset stays
+             * right, but record no more fields. */
+            limited = 1;
+            flags |= MW_FLAG_HEADER_LIMIT;
+        }
+        if (is_wsp(b[p])) {
+            if (have_field && !limited) {
+                mw_header *h = &ps->msg->headers[ps->msg->n_headers - 1];
+                h->value_len = (int64_t)q - h->value_off;
+            } else if (!have_field) {
+                flags |= MW_FLAG_BAD_HEADER_LINE;
+            }
+            p = next;
+            continue;
+        }
+        const uint8_t *colon = memchr(b + p, ':', q - p);
+        size_t ne = colon ? (size_t)(colon - b) : p;
+        while (ne > p && is_wsp(b[ne - 1])) ne--;
+        int valid = colon != NULL && ne > p;
+        for (size_t i = p; valid && i < ne; i++)
+            if (b[i] <= 32 || b[i] >= 127) valid = 0;
+        if (!valid) {
+            /* Like Python's email package: a line that is not a field ends
+             * the headers and starts the body (no separator consumed). */
+            part = &ps->msg->parts[idx];
+            part->header_end = (int64_t)p;
+            part->body_start = (int64_t)p;
+            part->flags |= flags | MW_FLAG_BAD_HEADER_LINE;
+            return limited;
+        }
+        if (!limited) {
+            size_t v = (size_t)(colon - b) + 1;
+            while (v < q && is_wsp(b[v])) v++;
+            if (!add_header(ps, p, ne - p, v, q - v)) return 1;
+            ps->msg->parts[idx].n_headers++;
+            have_field = 1;
+        }
+        p = next;
+    }
+    part = &ps->msg->parts[idx];
+    part->header_end = (int64_t)end;
+    part->body_start = (int64_t)end;
+    if (any_line) flags |= MW_FLAG_TRUNCATED_HEADERS;
+    part->flags |= flags;
+    return limited;
+}
+
+/* Skips whitespace, line breaks and (nested) comments. */
+static size_t skip_cfws(const uint8_t *b, size_t p, size_t end) {
+    for (;;) {
+        while (p < end && (is_wsp(b[p]) || is_eol(b[p]))) p++;
+        if (p >= end || b[p] != '(') return p;
+        size_t nest = 0;
+        while (p < end) {
+            if (b[p] == '\\' && p + 1 < end) {
+                p += 2;
+                continue;
+            }
+            if (b[p] == '(') nest++;
+            if (b[p] == ')' && --nest == 0) {
+                p++;
+                break;
+            }
+            p++;
+        }
+    }
+}
+
+static size_t skip_token(const uint8_t *b, size_t p, size_t end) {
+    while (p < end && is_token(b[p])) p++;
+    return p;
+}
+
+/* Extracts type, subtype and the first boundary parameter from a
+ * Content-Type value span. */
+static void parse_content_type(parser *ps, mw_part *part, size_t v, size_t ve) {
+    const uint8_t *b = ps->buf;
+    size_t p = skip_cfws(b, v, ve), t = p;
+    p = skip_token(b, p, ve);
+    size_t tl = p - t;
+    p = skip_cfws(b, p, ve);
+    if (tl == 0 || p >= ve || b[p] != '/') return;
+    p = skip_cfws(b, p + 1, ve);
+    size_t s = p;
+    p = skip_token(b, p, ve);
+    if (p == s) return;
+    part->type_off = (int64_t)t;
+    part->type_len = (int64_t)tl;
+    part->subtype_off = (int64_t)s;
+    part->subtype_len = (int64_t)(p - s);
+
+    while (p < ve) {
+        /* Advance to the next ';' outside quoted strings and comments. */
+        while (p < ve && b[p] != ';') {
+            if (b[p] == '"') {
+                p++;
+                while (p < ve && b[p] != '"') p += (b[p] == '\\' && p + 1 < ve) ? 2 : 1;
+                if (p < ve) p++;
+            } else if (b[p] == '(') {
+                p = skip_cfws(b, p, ve);
+            } else {
+                p++;
+            }
+        }
+        if (p >= ve) return;
+        p = skip_cfws(b, p + 1, ve);
+        size_t n = p;
+        p = skip_token(b, p, ve);
+        size_t nl = p - n;
+        p = skip_cfws(b, p, ve);
+        if (nl == 0 || p >= ve || b[p] != '=') continue;
+        p = skip_cfws(b, p + 1, ve);
+        size_t vs, vl;
+        if (p < ve && b[p] == '"') {
+            vs = ++p;
+            while (p < ve && b[p] != '"') p += (b[p] == '\\' && p + 1 < ve) ? 2 : 1;
+            vl = (p < ve ? p : ve) - vs;
+            if (p < ve) p++;
+        } else {
+            /* Lenient: real mail has unquoted boundaries with '=' or '/'. */
+            vs = p;
+            while (p < ve && b[p] != ';' && !is_eol(b[p])) p++;
+            vl = p - vs;
+            while (vl > 0 && is_wsp(b[vs + vl - 1])) vl--;
+        }
+        int ext = 0;
+        if (ieq(b + n, nl, "boundary*")) {
+            /* RFC 2231 form charset'lang'value.  Only a value without
+             * percent-escapes can be used as a span of the raw buffer. */
+            size_t q1 = 0, quotes = 0;
+            for (size_t i = 0; i < vl && quotes < 2; i++)
+                if (b[vs + i] == '\'') {
+                    quotes++;
+                    q1 = i + 1;
+                }
+            if (quotes < 2 || memchr(b + vs + q1, '%', vl - q1)) continue;
+            vs += q1;
+            vl -= q1;
+            ext = 1;
+        }
+        if (part->boundary_len == 0 && (ext || ieq(b + n, nl, "boundary"))) {
+            /* A boundary with a line break can never match a delimiter
+             * line; treating it as absent keeps scanning linear. */
+            int ok = vl > 0;
+            for (size_t i = 0; ok && i < vl; i++)
+                if (is_eol(b[vs + i])) ok = 0;
+            if (ok) {
+                part->boundary_off = (int64_t)vs;
+                part->boundary_len = (int64_t)vl;
+            }
+        }
+    }
+}
+
+static int64_t parse_cte(const uint8_t *b, size_t v, size_t ve) {
+    size_t p = skip_cfws(b, v, ve), t = p;
+    p = skip_token(b, p, ve);
+    const uint8_t *s = b + t;
+    size_t n = p - t;
+    if (ieq(s, n, "7bit")) return MW_CTE_7BIT;
+    if (ieq(s, n, "8bit")) return MW_CTE_8BIT;
+    if (ieq(s, n, "binary")) return MW_CTE_BINARY;
+    if (ieq(s, n, "base64")) return MW_CTE_BASE64;
+    if (ieq(s, n, "quoted-printable")) return MW_CTE_QP;
+    return MW_CTE_OTHER;
+}
+
+/* Finds the next delimiter line "--boundary[--][ \t]*EOL" starting at a
+ * line start in [pos, end).  On success stores the line start, the offset
+ * after its line break and whether it is the closing delimiter. */
+static int find_delimiter(const uint8_t *b, size_t bstart, size_t pos, size_t end,
+                          const uint8_t *bd, size_t blen, size_t *dstart, size_t *dnext,
+                          int *is_close) {
+    while (pos < end) {
+        const uint8_t *hit = memchr(b + pos, '-', end - pos);
+        if (!hit) return 0;
+        size_t c = (size_t)(hit - b);
+        pos = c + 1;
+        if (c != bstart && !is_eol(b[c - 1])) continue;
+        if (end - c < 2 + blen || b[c + 1] != '-' || memcmp(b + c + 2, bd, blen) != 0) continue;
+        size_t k = c + 2 + blen;
+        int close = 0;
+        if (end - k >= 2 && b[k] == '-' && b[k + 1] == '-') {
+            close = 1;
+            k += 2;
+        }
+        while (k < end && is_wsp(b[k])) k++;
+        if (k < end && !is_eol(b[k])) continue;
+        if (k < end) k += (b[k] == '\r' && k + 1 < end && b[k + 1] == '\n') ? 2 : 1;
+        *dstart = c;
+        *dnext = k;
+        *is_close = close;
+        return 1;
+    }
+    return 0;
+}
+
+static void parse_entity(parser *ps, size_t start, size_t end, int64_t parent, int64_t depth,
+                         int64_t default_type);
+
+/* Adds a child entity unless the part limit is reached. */
+static int add_child(parser *ps, int64_t idx, size_t start, size_t end, int64_t default_type) {
+    if (ps->msg->n_parts >= ps->lim.max_parts) {
+        ps->msg->parts[idx].flags |= MW_FLAG_PART_LIMIT;
+        return 0;
+    }
+    parse_entity(ps, start, end, idx, ps->msg->parts[idx].depth + 1, default_type);
+    return !ps->nomem;
+}
+
+/* Splits a multipart body; returns 0 when no delimiter was found so the
+ * caller treats the part as a leaf. */
+static int split_multipart(parser *ps, int64_t idx) {
+    const uint8_t *b = ps->buf;
+    mw_part *part = &ps->msg->parts[idx];
+    size_t bs = (size_t)part->body_start, be = (size_t)part->body_end;
+    const uint8_t *bd = b + part->boundary_off;
+    size_t blen = (size_t)part->boundary_len;
+    int64_t child_default =
+        ieq(b + part->subtype_off, (size_t)part->subtype_len, "digest") ? MW_DEFAULT_MESSAGE_RFC822
+                                                                        : MW_DEFAULT_TEXT_PLAIN;
+    size_t pos = bs, dstart, dnext, child_start = 0;
+    int found = 0, closed = 0, in_part = 0, close;
+
+    while (find_delimiter(b, bs, pos, be, bd, blen, &dstart, &dnext, &close)) {
+        found = 1;
+        if (in_part) {
+            /* The line break before a delimiter belongs to the delimiter. */
+            size_t ce = dstart;
+            if (ce > child_start && b[ce - 1] == '\n') {
+                ce--;
+                if (ce > child_start && b[ce - 1] == '\r') ce--;
+            } else if (ce > child_start && b[ce - 1] == '\r') {
+                ce--;
+            }
+            if (!add_child(ps, idx, child_start, ce, child_default)) return 1;
+        }
+        if (close) {
+            closed = 1;
+            break;
+        }
+        in_part = 1;
+        child_start = dnext;
+        pos = dnext;
+    }
+    if (!found) {
+        ps->msg->parts[idx].flags |= MW_FLAG_BOUNDARY_NOT_FOUND;
+        return 0;
+    }
+    if (!closed) {
+        ps->msg->parts[idx].flags |= MW_FLAG_NO_CLOSING_BOUNDARY;
+        if (in_part) add_child(ps, idx, child_start, be, child_default);
+    }
+    return 1;
+}
+
+static void parse_entity(parser *ps, size_t start, size_t end, int64_t parent, int64_t depth,
+                         int64_t default_type) {
+    const uint8_t *b = ps->buf;
+    int64_t idx = add_part(ps, parent, depth);
+    if (idx < 0) return;
+    ps->msg->parts[idx].default_type = default_type;
+    int limited = parse_headers(ps, idx, start, end);
+    if (ps->nomem) return;
+
+    mw_part *part = &ps->msg->parts[idx];
+    int have_ct = 0, have_cte = 0;
+    for (int64_t i = 0; i < part->n_headers && !(have_ct && have_cte); i++) {
+        const mw_header *h = &ps->msg->headers[part->first_header + i];
+        const uint8_t *name = b + h->name_off;
+        size_t v = (size_t)h->value_off, ve = v + (size_t)h->value_len;
+        if (!have_ct && ieq(name, (size_t)h->name_len, "content-type")) {
+            have_ct = 1;
+            parse_content_type(ps, part, v, ve);
+        } else if (!have_cte && ieq(name, (size_t)h->name_len, "content-transfer-encoding")) {
+            have_cte = 1;
+            part->cte = parse_cte(b, v, ve);
+        }
+    }
+    if (memchr(b + start, 0, (size_t)part->body_start - start))
+        part->flags |= MW_FLAG_NUL_BYTES;
+
+    const uint8_t *ty = b + part->type_off, *st = b + part->subtype_off;
+    size_t tl = (size_t)part->type_len, sl = (size_t)part->subtype_len;
+    int is_multi = ieq(ty, tl, "multipart");
+    int is_msg = (tl == 0 && default_type == MW_DEFAULT_MESSAGE_RFC822) ||
+                 (ieq(ty, tl, "message") && (ieq(st, sl, "rfc822") || ieq(st, sl, "global")));
+    /* An encoded message/rfc822 is not allowed by RFC 2046 and cannot be
+     * parsed in place; it stays a leaf and its decoded bytes get scanned. */
+    if (is_msg && part->cte != MW_CTE_NONE && part->cte != MW_CTE_7BIT &&
+        part->cte != MW_CTE_8BIT && part->cte != MW_CTE_BINARY)
+        is_msg = 0;
+    if (is_multi && part->boundary_len == 0) {
+        part->flags |= MW_FLAG_MISSING_BOUNDARY;
+        is_multi = 0;
+    }
+    if ((is_multi || is_msg) && !limited && depth + 1 > (int64_t)ps->lim.max_depth) {
+        part->flags |= MW_FLAG_DEPTH_LIMIT;
+        is_multi = is_msg = 0;
+    }
+    if (limited) is_multi = is_msg = 0;
+
+    if (is_multi) {
+        part->kind = MW_KIND_MULTIPART;
+        if (split_multipart(ps, idx)) return;
+        part = &ps->msg->parts[idx];
+        part->kind = MW_KIND_LEAF;
+    } else if (is_msg) {
+        part->kind = MW_KIND_MESSAGE;
+        add_child(ps, idx, (size_t)part->body_start, (size_t)part->body_end,
+                  MW_DEFAULT_TEXT_PLAIN);
+        return;
+    }
+    /* Leaf: checks that need the body bytes. */
+    size_t bs = (size_t)part->body_start, be = (size_t)part->body_end;
+    if (memchr(b + bs, 0, be - bs)) part->flags |= MW_FLAG_NUL_BYTES;
+    if (part->cte == MW_CTE_BASE64) {
+        int junk = 0;
+        mw_base64_decode(b + bs, be - bs, NULL, &junk);
+        if (junk) part->flags |= MW_FLAG_BAD_BASE64;
+    }
+}
+
+/* More than one line-ending convention in one message is a classic way to
+ * make two parsers disagree about structure. */
+static int mixed_line_endings(const uint8_t *b, size_t len) {
+    int crlf = 0, lf = 0, cr = 0;
+    const uint8_t *p = b, *e = b + len;
+    while (p < e && (p = memchr(p, '\n', (size_t)(e - p))) != NULL) {
+        if (p > b && p[-1] == '\r')
+            crlf = 1;
+        else
+            lf = 1;
+        if (crlf && lf) return 1;
+        p++;
+    }
+    p = b;
+    while (p < e && (p = memchr(p, '\r', (size_t)(e - p))) != NULL) {
+        if (p + 1 >= e || p[1] != '\n') {
+            cr = 1;
+            break;
+        }
+        p++;
+    }
+    return crlf + lf + cr > 1;
+}
+
+void mw_limits_default(mw_limits *limits) {
+    limits->max_depth = MW_DEFAULT_MAX_DEPTH;
+    limits->max_parts = MW_DEFAULT_MAX_PARTS;
+    limits->max_header_bytes = MW_DEFAULT_MAX_HEADER_BYTES;
+}
+
+int mw_parse(const uint8_t *buf, size_t len, const mw_limits *limits, mw_message **out) {
+    if (!out || (!buf && len)) return MW_ERR_ARG;
+    *out = NULL;
+    static const uint8_t empty[1] = {0};
+    if (!buf) buf = empty;
+    parser ps;
+    memset(&ps, 0, sizeof ps);
+    ps.buf = buf;
+    ps.len = len;
+    if (limits)
+        ps.lim = *limits;
+    else
+        mw_limits_default(&ps.lim);
+    if (ps.lim.max_depth > MW_HARD_MAX_DEPTH) ps.lim.max_depth = MW_HARD_MAX_DEPTH;
+    if (ps.lim.max_parts < 1) ps.lim.max_parts = 1; /* the root always exists */
+    ps.msg = calloc(1, sizeof(mw_message));
+    if (!ps.msg) return MW_ERR_NOMEM;
+
+    parse_entity(&ps, 0, len, -1, 0, MW_DEFAULT_TEXT_PLAIN);
+    if (ps.nomem) {
+        mw_message_free(ps.msg);
+        return MW_ERR_NOMEM;
+    }
+    uint32_t flags = 0;
+    for (size_t i = 0; i < ps.msg->n_parts; i++) flags |= (uint32_t)ps.msg->parts[i].flags;
+    if (memchr(buf, 0, len)) flags |= MW_FLAG_NUL_BYTES;
+    if (mixed_line_endings(buf, len)) {
+        flags |= MW_FLAG_BARE_CR_OR_LF_MIX;
+        ps.msg->parts[0].flags |= MW_FLAG_BARE_CR_OR_LF_MIX;
+    }
+    ps.msg->flags = flags;
+    *out = ps.msg;
+    return MW_OK;
+}
+
+void mw_message_free(mw_message *msg) {
+    if (!msg) return;
+    free(msg->parts);
+    free(msg->headers);
+    free(msg);
+}
