@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-NATIVE := $(wildcard native/src/*.c native/include/*.h) native/build_native.py
+NATIVE := $(wildcard native/src/*.c native/include/*.h native/cdef/*.h) native/build_native.py
 FUZZ_SECONDS ?= 60
 
 .PHONY: install serve test lint fuzz bench clean
