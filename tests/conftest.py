@@ -70,3 +70,34 @@ def make_message(
             attachment, maintype="application", subtype="octet-stream", filename=filename
         )
     return msg.as_bytes(policy=msg.policy.clone(linesep="\r\n"))
+
+
+def install_fake_distribution(
+    site: Path, name: str, version: str, entry_points: dict[str, str]
+) -> Path:
+    """Make ``site`` hold an installed distribution with ``mailwarden`` entry points.
+
+    Putting ``site`` on PYTHONPATH is then exactly what ``pip install`` of a third-party
+    plugin does for the gateway: importlib.metadata finds the dist-info and its entry points.
+    """
+    info = site / f"{name.replace('-', '_')}-{version}.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    lines = "".join(f"{key} = {value}\n" for key, value in entry_points.items())
+    (info / "entry_points.txt").write_text(f"[mailwarden]\n{lines}")
+    return site
+
+
+@pytest.fixture
+def thirdparty_dist(tmp_path: Path) -> Path:
+    """A site directory where the test detectors are installed as distribution acme-marker."""
+    return install_fake_distribution(
+        tmp_path / "site",
+        "acme-marker",
+        "1.2.3",
+        {
+            "marker": "tests.thirdparty.detectors:MarkerDetector",
+            "markertools": "tests.thirdparty.detectors:MarkerTools",
+            "markerstore": "tests.thirdparty.detectors:MarkerStore",
+        },
+    )

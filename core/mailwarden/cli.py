@@ -251,6 +251,19 @@ def config() -> None:
     """Configuration tools."""
 
 
+@config.command("reference")
+def config_reference() -> None:
+    """Print the configuration reference (Markdown) for the core and the loaded plugins."""
+    from .config_reference import render_reference
+
+    try:
+        schemas = build_plugin_manager().config_schemas()
+    except MailwardenError as exc:
+        _fail(str(exc))
+        return
+    click.echo(render_reference(schemas), nl=False)
+
+
 @config.command("check")
 @click.argument("file", required=False, type=click.Path(dir_okay=False))
 def config_check(file: str | None) -> None:

@@ -74,6 +74,7 @@ class DetectorsConfig(_Section):
     timeout: Seconds = 30.0
     timeouts: dict[str, Seconds] = msgspec.field(default_factory=dict)
     disabled: list[str] = msgspec.field(default_factory=list)
+    isolated: list[str] = msgspec.field(default_factory=list)
 
     def budget(self, detector: str) -> float:
         """The time budget in seconds of one detector."""

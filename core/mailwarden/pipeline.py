@@ -14,7 +14,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -34,8 +34,9 @@ from mailwarden_sdk import (
 )
 
 from .config import Config, RuleConfig, load_config
-from .errors import DeliveryError, PluginError
+from .errors import ConfigError, DeliveryError, PluginError
 from .events import MessageEventLog
+from .isolation import IsolatedDetector, target_of
 from .maildir import Maildir
 from .plugins import PluginSet, build_plugin_manager
 from .policy import decide_action, fold_findings, rule_for, rule_runs
@@ -131,6 +132,8 @@ class Gateway:
             # then runs on its declared defaults, exactly as with a file that omits it.
             config.plugins.setdefault(section, msgspec.convert({}, schema))
         self.config = config
+        for name in config.detectors.isolated:
+            self._isolate(name)
         self.host = _Host(config)
         self.events = MessageEventLog(
             config.path_in_home(config.events.path),
@@ -141,6 +144,23 @@ class Gateway:
         self.quarantine = Maildir(config.home / "quarantine")
         self._executor: ThreadPoolExecutor | None = None
         self._started = False
+
+    def _isolate(self, name: str) -> None:
+        loaded = self.plugins.plugins.get(name)
+        if loaded is None:
+            raise ConfigError(
+                f"cannot isolate {name!r}: no such plugin "
+                f"(loaded: {', '.join(self.plugins.plugins)})",
+                path=self.config.source,
+                key="detectors.isolated",
+            )
+        schema_hook = getattr(loaded.obj, "mailwarden_config_schema", None)
+        proxy = IsolatedDetector(
+            name, target_of(loaded.obj), schema_hook() if schema_hook else None
+        )
+        self.plugins.pm.unregister(name=name)
+        self.plugins.pm.register(proxy, name=name)
+        self.plugins.plugins[name] = replace(loaded, obj=proxy)
 
     @classmethod
     def from_file(cls, path: str | None, **kwargs: Any) -> Gateway:

@@ -17,7 +17,7 @@ from typing import Any
 import msgspec
 import pluggy
 
-from mailwarden_sdk import PROJECT_NAME, hookspecs
+from mailwarden_sdk import PROJECT_NAME, IncompatibleSdk, check_compatible, hookspecs
 
 from .errors import PluginError
 
@@ -98,6 +98,10 @@ def build_plugin_manager(
             return
         if name in result.plugins:
             raise PluginError(f"two plugins are named {name!r}")
+        try:
+            check_compatible(name, getattr(obj, "requires_sdk", None))
+        except IncompatibleSdk as exc:
+            raise PluginError(str(exc)) from exc
         plugin = _instantiate(name, obj)
         try:
             pm.register(plugin, name=name)
@@ -116,6 +120,10 @@ def build_plugin_manager(
                 raise PluginError(
                     f"plugin {ep.name!r} ({ep.value}) failed to load: {exc!r}"
                 ) from exc
+            if any(obj is given for given in (extra or {}).values()):
+                # The caller passed this very plugin explicitly (the test harness does, for
+                # a plugin that is also installed): register it once, under the caller's name.
+                continue
             dist = ep.dist.name if ep.dist else None
             version = ep.dist.version if ep.dist else None
             add(ep.name, obj, dist, version)

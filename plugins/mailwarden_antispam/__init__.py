@@ -11,7 +11,6 @@ from __future__ import annotations
 import msgspec
 
 from mailwarden_sdk import (
-    Category,
     Finding,
     Host,
     Matcher,
@@ -20,6 +19,7 @@ from mailwarden_sdk import (
     Verdict,
     hookimpl,
 )
+from mailwarden_sdk.findings import spam_rule
 
 __all__ = ["AntispamConfig", "AntispamPlugin"]
 
@@ -42,6 +42,8 @@ class AntispamConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 class AntispamPlugin:
     """Emits scored antispam findings and turns the total score into a spam status."""
 
+    requires_sdk = ">=1.0,<2"
+
     def __init__(self) -> None:
         self.config = AntispamConfig()
         self._matcher = Matcher([GTUBE])
@@ -60,15 +62,15 @@ class AntispamPlugin:
             return []
         for part in ctx.message.leaves():
             if part.content_type.startswith("text/") and self._matcher.first(part.decoded()):
+                # GTUBE is decisive by definition: the status is spam whatever the thresholds.
                 return [
-                    Finding(
-                        code="GTUBE",
-                        detector=DETECTOR,
-                        category=Category.ANTISPAM,
-                        status=SpamStatus.SPAM.value,
-                        score=1000.0,
-                        details={"rule": "GTUBE test pattern"},
+                    spam_rule(
+                        DETECTOR,
+                        "GTUBE",
+                        1000.0,
                         part=part.index,
+                        status=SpamStatus.SPAM,
+                        rule="GTUBE test pattern",
                     )
                 ]
         return []

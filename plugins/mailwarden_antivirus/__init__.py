@@ -10,14 +10,8 @@ from pathlib import Path
 
 import msgspec
 
-from mailwarden_sdk import (
-    AntivirusStatus,
-    Category,
-    Finding,
-    Host,
-    ScanContext,
-    hookimpl,
-)
+from mailwarden_sdk import Finding, Host, ScanContext, hookimpl
+from mailwarden_sdk.findings import infected
 
 from .signatures import SignatureSet, load_signatures
 
@@ -36,6 +30,8 @@ class AntivirusConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 class AntivirusPlugin:
     """Scans each leaf part's decoded content and, optionally, the raw message."""
+
+    requires_sdk = ">=1.0,<2"
 
     def __init__(self) -> None:
         self.config = AntivirusConfig()
@@ -67,16 +63,7 @@ class AntivirusPlugin:
                 names = [name for name in names if name not in reported]
             for name in names:
                 reported.add(name)
-                findings.append(
-                    Finding(
-                        code="AV_INFECTED",
-                        detector=DETECTOR,
-                        category=Category.ANTIVIRUS,
-                        status=AntivirusStatus.INFECTED.value,
-                        details={"signature": name, "object": label},
-                        part=index,
-                    )
-                )
+                findings.append(infected(DETECTOR, name, part=index, object=label))
         return findings
 
     def _objects(self, ctx: ScanContext) -> Iterator[tuple[int | None, str, bytes | memoryview]]:

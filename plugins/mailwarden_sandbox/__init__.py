@@ -28,6 +28,8 @@ class SandboxConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 class SandboxPlugin:
     """Declares the ``[sandbox]`` section; analysis comes with the sandbox issue."""
 
+    requires_sdk = ">=1.0,<2"
+
     @hookimpl
     def mailwarden_config_schema(self) -> tuple[str, type[msgspec.Struct]]:
         return "sandbox", SandboxConfig

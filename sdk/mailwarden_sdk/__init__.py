@@ -8,12 +8,16 @@ A plugin is a class (or module) with ``@hookimpl``-marked methods named after th
 
 The native MIME core and signature matcher are reached through this package too
 (:func:`parse`, :class:`Matcher`), so a plugin never imports the ``mailwarden`` core.
+:mod:`mailwarden_sdk.findings` has shorthands for common findings; ``requires_sdk`` on a plugin
+states which SDK versions it works with (see :mod:`mailwarden_sdk.version`).
 """
 
 from mailwarden_native import Matcher, ParsedMessage, Part, parse
 
+from . import findings
 from .context import Host, ScanContext, plugin_data_dir
 from .hookspecs import PROJECT_NAME, hookimpl, hookspec
+from .stash import Stash, StashKey
 from .stores import StoreDescriptor, WhenFull
 from .types import (
     Action,
@@ -26,9 +30,13 @@ from .types import (
     SpamStatus,
     Verdict,
 )
+from .version import SDK_VERSION, IncompatibleSdk, check_compatible
+
+__version__ = SDK_VERSION
 
 __all__ = [
     "PROJECT_NAME",
+    "SDK_VERSION",
     "Action",
     "ActionKind",
     "AntivirusStatus",
@@ -36,15 +44,21 @@ __all__ = [
     "Envelope",
     "Finding",
     "Host",
+    "IncompatibleSdk",
     "Matcher",
     "MessageEvent",
     "ParsedMessage",
     "Part",
     "ScanContext",
     "SpamStatus",
+    "Stash",
+    "StashKey",
     "StoreDescriptor",
     "Verdict",
     "WhenFull",
+    "__version__",
+    "check_compatible",
+    "findings",
     "hookimpl",
     "hookspec",
     "parse",

@@ -7,6 +7,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from mailwarden_native import ParsedMessage
 
+from .stash import Stash
 from .types import Envelope
 
 __all__ = ["Host", "ScanContext"]
@@ -34,9 +35,9 @@ class ScanContext:
 
     The message is parsed once by the native core before any detector runs; ``message.parts``
     are zero-copy views into ``raw`` and ``Part.decoded()`` is cached, so detectors share the
-    decoding work. ``stash`` is a per-message dict for plugins that cooperate (key it by your
-    plugin's name); detectors run concurrently, so never rely on another detector's entries
-    inside ``mailwarden_scan`` - read them in ``mailwarden_verdict`` instead.
+    decoding work. ``stash`` is typed per-message state for plugins that cooperate (see
+    :class:`~mailwarden_sdk.StashKey`); detectors run concurrently, so never rely on another
+    detector's entries inside ``mailwarden_scan`` - read them in ``mailwarden_verdict``.
     """
 
     __slots__ = ("envelope", "message", "rule", "stash")
@@ -45,7 +46,7 @@ class ScanContext:
         self.envelope = envelope
         self.message = message
         self.rule = rule
-        self.stash: dict[str, Any] = {}
+        self.stash = Stash()
 
     @property
     def raw(self) -> bytes:

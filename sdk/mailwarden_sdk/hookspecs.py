@@ -10,8 +10,8 @@ The pipeline, in order (see DESIGN.md "One way through")::
         mailwarden_message_processed   the recorded event, for observers
     mailwarden_shutdown           once, when the gateway stops
 
-``mailwarden_data_stores``, ``mailwarden_web_routes`` and ``mailwarden_cli_commands`` are asked
-whenever the core needs the list (inventory, web app, command line).
+``mailwarden_data_stores`` and ``mailwarden_cli_commands`` are asked whenever the core needs
+the list (data inventory, command line).
 
 An implementation may accept fewer arguments than its spec names (pluggy's rule), so a spec can
 grow without breaking plugins.
@@ -105,11 +105,6 @@ def mailwarden_data_stores() -> Iterable[StoreDescriptor]:
 
     Asked by ``mailwarden data-inventory`` and the retention enforcer. Synchronous.
     """
-
-
-@hookspec
-def mailwarden_web_routes() -> Iterable[Any]:
-    """Return starlette routes this plugin adds to the web interface and REST API."""
 
 
 @hookspec

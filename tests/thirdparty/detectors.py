@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Generator
+from pathlib import Path
 
 import click
 import msgspec
@@ -16,8 +18,11 @@ from mailwarden_sdk import (
     MessageEvent,
     ScanContext,
     SpamStatus,
+    StoreDescriptor,
     Verdict,
+    WhenFull,
     hookimpl,
+    plugin_data_dir,
 )
 
 MARKER = b"MAILWARDEN-TEST-MARKER"
@@ -142,3 +147,38 @@ class AllowListWrapper:
         yield
         if ctx.envelope.mail_from == "trusted@example.org":
             verdict.spam = SpamStatus.ALLOWED
+
+
+class CrashingDetector:
+    """Takes the whole interpreter down on some input, as a buggy C extension would."""
+
+    @hookimpl
+    def mailwarden_scan(self, ctx: ScanContext) -> list[Finding]:
+        if any(b"please crash" in part.decoded() for part in ctx.message.leaves()):
+            os._exit(70)
+        return [Finding(code="CRASHY_OK", detector="crashy", category=Category.OTHER, status="hit")]
+
+
+class MarkerStore:
+    """Keeps a file of seen markers and declares it, as a plugin with user data must."""
+
+    def __init__(self) -> None:
+        self.path: Path | None = None
+
+    @hookimpl
+    def mailwarden_startup(self, host: Host) -> None:
+        self.path = plugin_data_dir(host, "markerstore") / "seen.txt"
+
+    @hookimpl
+    def mailwarden_data_stores(self) -> list[StoreDescriptor]:
+        return [
+            StoreDescriptor(
+                name="marker sightings",
+                path=str(Path(os.environ.get("MAILWARDEN_HOME", "var")) / "markerstore"),
+                holds="sender addresses of messages that carried the marker",
+                retention_days=7,
+                max_entries=1000,
+                when_full=WhenFull.REMOVE_OLDEST,
+                read_permission="events.messages.view",
+            )
+        ]

@@ -8,8 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from tests.conftest import EICAR, ROOT, make_message
 from tests.thirdparty.detectors import MARKER
 
@@ -28,20 +26,6 @@ def mailwarden(
         cwd=cwd,
         timeout=60,
     )
-
-
-@pytest.fixture
-def thirdparty_dist(tmp_path: Path) -> Path:
-    """An installed third-party distribution: a dist-info with a ``mailwarden`` entry point."""
-    site = tmp_path / "site"
-    info = site / "acme_marker-1.2.3.dist-info"
-    info.mkdir(parents=True)
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-marker\nVersion: 1.2.3\n")
-    (info / "entry_points.txt").write_text(
-        "[mailwarden]\nmarker = tests.thirdparty.detectors:MarkerDetector\n"
-        "markertools = tests.thirdparty.detectors:MarkerTools\n"
-    )
-    return site
 
 
 def test_plugins_lists_the_four_builtins_from_entry_points() -> None:

@@ -10,7 +10,7 @@ import pytest
 from mailwarden import Gateway
 from mailwarden.config import parse_config
 from mailwarden.plugins import build_plugin_manager
-from mailwarden.testing import scan_message
+from mailwarden.testing import scan
 from mailwarden_sdk import ActionKind, AntivirusStatus, Envelope, SpamStatus
 from tests.conftest import EICAR, make_message
 from tests.thirdparty.detectors import (
@@ -30,7 +30,7 @@ FAST_BUDGET = "[detectors]\ntimeout = 0.5\n"
 
 def test_third_party_findings_reach_the_verdict() -> None:
     raw = make_message(body=f"hello {MARKER.decode()}\n")
-    decision = scan_message(raw, plugins={"marker": MarkerDetector})
+    decision = scan(raw, plugins={"marker": MarkerDetector})
     codes = [f.code for f in decision.verdict.findings]
     assert codes == ["TEST_MARKER"]
     assert decision.verdict.spam_score == 3.0
@@ -38,23 +38,19 @@ def test_third_party_findings_reach_the_verdict() -> None:
 
 def test_third_party_config_section_is_validated_and_used() -> None:
     raw = make_message(body=f"{MARKER.decode()}\n")
-    decision = scan_message(
-        raw, plugins={"marker": MarkerDetector}, config="[marker]\nscore = 7.5\n"
-    )
+    decision = scan(raw, plugins={"marker": MarkerDetector}, config="[marker]\nscore = 7.5\n")
     assert decision.verdict.spam_score == 7.5
 
 
 def test_async_and_sync_detectors_both_run() -> None:
     raw = make_message(attachment=MARKER + b" inside", filename="m.bin")
-    decision = scan_message(
-        raw, plugins={"marker": MarkerDetector, "asyncmarker": AsyncMarkerDetector}
-    )
+    decision = scan(raw, plugins={"marker": MarkerDetector, "asyncmarker": AsyncMarkerDetector})
     assert sorted(f.code for f in decision.verdict.findings) == ["ASYNC_MARKER", "TEST_MARKER"]
 
 
 def test_builtin_antivirus_finds_eicar_in_base64_attachment() -> None:
     raw = make_message(attachment=EICAR, filename="eicar.com")
-    decision = scan_message(raw, builtins=True)
+    decision = scan(raw, builtins=True)
     assert decision.verdict.antivirus is AntivirusStatus.INFECTED
     assert decision.verdict.virus_names == ["Eicar-Test-Signature"]
     assert decision.action.kind is ActionKind.REJECT
@@ -65,7 +61,7 @@ def test_builtin_antivirus_finds_eicar_in_base64_attachment() -> None:
 
 
 def test_clean_message_is_delivered_with_status_headers() -> None:
-    decision = scan_message(make_message(), builtins=True)
+    decision = scan(make_message(), builtins=True)
     assert decision.verdict.findings == []
     assert decision.action.kind is ActionKind.DELIVER
     headers = dict(decision.action.add_headers)
@@ -75,7 +71,7 @@ def test_clean_message_is_delivered_with_status_headers() -> None:
 
 def test_gtube_is_spam_and_rejected_by_default() -> None:
     gtube = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
-    decision = scan_message(make_message(body=gtube + "\n"), builtins=True)
+    decision = scan(make_message(body=gtube + "\n"), builtins=True)
     assert decision.verdict.spam is SpamStatus.SPAM
     assert decision.action.kind is ActionKind.REJECT
 
@@ -83,7 +79,7 @@ def test_gtube_is_spam_and_rejected_by_default() -> None:
 def test_score_thresholds_of_antispam_apply_to_third_party_scores() -> None:
     raw = make_message(body=f"{MARKER.decode()}\n")
     config = "[marker]\nscore = 6.0\n[antispam]\nprobable_spam_score = 5.0\nspam_score = 8.0\n"
-    decision = scan_message(raw, plugins={"marker": MarkerDetector}, builtins=True, config=config)
+    decision = scan(raw, plugins={"marker": MarkerDetector}, builtins=True, config=config)
     assert decision.verdict.spam is SpamStatus.PROBABLE_SPAM
     assert decision.action.kind is ActionKind.DELIVER
     assert "status=probable_spam" in dict(decision.action.add_headers)["X-Mailwarden-Spam"]
@@ -103,7 +99,7 @@ def test_failing_detector_becomes_error_finding_and_policy_still_decides(
 ) -> None:
     infected = make_message(attachment=EICAR, filename="eicar.com")
     began = time.monotonic()
-    decision = scan_message(infected, plugins={name: plugin}, builtins=True, config=FAST_BUDGET)
+    decision = scan(infected, plugins={name: plugin}, builtins=True, config=FAST_BUDGET)
     elapsed = time.monotonic() - began
     errors = [f for f in decision.verdict.findings if f.status == "error"]
     assert [(f.code, f.detector) for f in errors] == [(code, name)]
@@ -114,14 +110,14 @@ def test_failing_detector_becomes_error_finding_and_policy_still_decides(
     # A stuck detector costs its budget, not its own idea of how long to take.
     assert elapsed < 2.5
 
-    clean = scan_message(make_message(), plugins={name: plugin}, builtins=True, config=FAST_BUDGET)
+    clean = scan(make_message(), plugins={name: plugin}, builtins=True, config=FAST_BUDGET)
     assert clean.action.kind is ActionKind.DELIVER
     assert dict(clean.action.add_headers)["X-Mailwarden-Errors"] == name
 
 
 def test_rule_error_action_applies_to_detector_errors() -> None:
     config = FAST_BUDGET + '[[rules]]\nname = "strict"\n[rules.actions]\nerror = "tempfail"\n'
-    decision = scan_message(make_message(), plugins={"raising": RaisingDetector}, config=config)
+    decision = scan(make_message(), plugins={"raising": RaisingDetector}, config=config)
     assert decision.action.kind is ActionKind.TEMPFAIL
     assert decision.action.smtp_code == 451
 
@@ -132,12 +128,8 @@ def test_rules_pick_detectors_per_recipient() -> None:
         '[[rules]]\nname = "default"\n'
     )
     raw = make_message(attachment=EICAR, filename="eicar.com")
-    vip = scan_message(
-        raw, builtins=True, config=config, envelope=Envelope(rcpt_to=["boss@vip.example"])
-    )
-    other = scan_message(
-        raw, builtins=True, config=config, envelope=Envelope(rcpt_to=["x@example.net"])
-    )
+    vip = scan(raw, builtins=True, config=config, envelope=Envelope(rcpt_to=["boss@vip.example"]))
+    other = scan(raw, builtins=True, config=config, envelope=Envelope(rcpt_to=["x@example.net"]))
     assert (vip.rule.name, vip.verdict.antivirus) == ("vip", AntivirusStatus.CLEAN)
     assert (other.rule.name, other.verdict.antivirus) == ("default", AntivirusStatus.INFECTED)
 
@@ -194,9 +186,9 @@ def test_verdict_wrapper_runs_around_the_other_verdict_hooks() -> None:
     trusted = Envelope(mail_from="trusted@example.org", rcpt_to=["bob@example.net"])
     other = Envelope(mail_from="someone@example.org", rcpt_to=["bob@example.net"])
     plugins = {"allow": AllowListWrapper}
-    allowed = scan_message(raw, plugins=plugins, builtins=True, envelope=trusted)
+    allowed = scan(raw, plugins=plugins, builtins=True, envelope=trusted)
     assert (allowed.verdict.spam, allowed.action.kind) == (SpamStatus.ALLOWED, ActionKind.DELIVER)
-    denied = scan_message(raw, plugins=plugins, builtins=True, envelope=other)
+    denied = scan(raw, plugins=plugins, builtins=True, envelope=other)
     assert (denied.verdict.spam, denied.action.kind) == (SpamStatus.SPAM, ActionKind.REJECT)
 
 
