@@ -109,7 +109,7 @@ def serve(config_path: str | None) -> None:
 
     Without a config file, one with the defaults is written to $MAILWARDEN_HOME (./var).
     """
-    from .serve import run, write_default_config
+    from .serve import serve_forever, write_default_config
 
     path = _config_path(config_path)
     if path is None:
@@ -118,7 +118,7 @@ def serve(config_path: str | None) -> None:
         path = str(target)
     try:
         gateway = Gateway.from_file(path)
-        asyncio.run(run(gateway, announce=lambda line: click.echo(line)))
+        serve_forever(gateway, announce=lambda line: click.echo(line))
     except MailwardenError as exc:
         _fail(str(exc))
     except OSError as exc:
@@ -370,6 +370,48 @@ def _parse_since(value: str) -> float:
         return dt.datetime.fromisoformat(value).timestamp()
     except ValueError:
         raise click.BadParameter(f"{value!r} is neither an ISO time nor N[smhd]") from None
+
+
+@cli.group()
+def dkim() -> None:
+    """DKIM signing keys for outbound mail."""
+
+
+@dkim.command("keygen")
+@click.argument("domain")
+@click.argument("selector")
+@click.option(
+    "--algorithm",
+    type=click.Choice(["rsa", "ed25519"]),
+    default="rsa",
+    show_default=True,
+    help="Key type; publish an RSA key too when signing with Ed25519 (RFC 8463).",
+)
+@click.option("--bits", default=2048, show_default=True, help="RSA key size.")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False),
+    help="Key file (default: <home>/dkim/DOMAIN.SELECTOR.key).",
+)
+def dkim_keygen(domain: str, selector: str, algorithm: str, bits: int, out: str | None) -> None:
+    """Make a signing key (file 0600) and print the DNS TXT record to publish.
+
+    The private key is never printed; add the printed [[dkim.keys]] entry to the config.
+    """
+    from .dkim import keygen
+
+    path = Path(out) if out else default_home() / "dkim" / f"{domain}.{selector}.key"
+    try:
+        record = keygen(
+            domain, selector, path, "ed25519" if algorithm == "ed25519" else "rsa", bits
+        )
+    except MailwardenError as exc:
+        _fail(str(exc))
+    click.echo(f"; key written to {path} (mode 0600); publish this record:")
+    click.echo(record)
+    click.echo("; and add to mailwarden.toml:")
+    click.echo("[[dkim.keys]]")
+    click.echo(f'domain = "{domain}"\nselector = "{selector}"\nkey_file = "{path}"')
 
 
 def main() -> None:

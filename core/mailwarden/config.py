@@ -23,11 +23,15 @@ __all__ = [
     "Config",
     "DeliveryConfig",
     "DetectorsConfig",
+    "DkimConfig",
+    "DkimKeyConfig",
     "EventsConfig",
     "GatewayConfig",
     "RuleActions",
     "RuleConfig",
     "SmtpConfig",
+    "SpoolConfig",
+    "TlsConfig",
     "default_home",
     "load_config",
     "parse_config",
@@ -51,7 +55,12 @@ class GatewayConfig(_Section):
 
 
 class SmtpConfig(_Section):
-    """``[smtp]``: the SMTP gateway listener."""
+    """``[smtp]``: the SMTP gateway listener.
+
+    STARTTLS on ``port`` and implicit TLS on ``tls_port`` (0: off); more than ``max_connections``
+    (or ``max_connections_per_ip``) open connections per worker get 421; ``workers`` processes
+    share the ports (0: one per core).
+    """
 
     enabled: bool = True
     listen: str = "127.0.0.1"
@@ -59,13 +68,65 @@ class SmtpConfig(_Section):
     max_message_size: Positive = 50 * 1024 * 1024
     max_recipients: Positive = 1000
     timeout: Seconds = 300.0
+    # STARTTLS on ``port`` and an implicit-TLS listener on ``tls_port`` (0: none); the
+    # certificate comes from [tls] or is generated on first start.
+    starttls: bool = True
+    require_starttls: bool = False
+    tls_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 0
+    max_connections: Positive = 200
+    max_connections_per_ip: Positive = 50
+    # Processes accepting on the same port (SO_REUSEPORT); 0 means one per core.
+    workers: Annotated[int, msgspec.Meta(ge=0, le=256)] = 1
 
 
 class DeliveryConfig(_Section):
-    """``[delivery]``: where accepted mail goes. ``maildir`` is relative to the home."""
+    """``[delivery]``: where accepted mail goes. ``maildir`` is relative to the home.
 
-    mode: Literal["maildir"] = "maildir"
+    ``relay`` sends it from the spool to ``next_hop`` with STARTTLS (``tls``), retrying with
+    a delay doubling from ``retry_initial`` to ``retry_max_interval`` seconds; after
+    ``max_age`` seconds, or at once on a 5xx, the sender gets a DSN.
+    """
+
+    mode: Literal["maildir", "relay"] = "maildir"
     maildir: str = "maildir"
+    # ``relay``: SMTP to ``next_hop`` ("host:port" or "[host]:port"), from the spool.
+    next_hop: str = ""
+    tls: Literal["none", "opportunistic", "required"] = "opportunistic"
+    tls_verify: bool = False
+    tls_ca_file: str = ""
+    connect_timeout: Seconds = 30.0
+    concurrency: Positive = 20
+    retry_initial: Seconds = 60.0
+    retry_max_interval: Seconds = 3600.0
+    max_age: Seconds = 5 * 86400.0
+    queue_scan_interval: Seconds = 30.0
+
+
+class SpoolConfig(_Section):
+    """``[spool]``: messages in flight, fsynced before the 250; relative to the home."""
+
+    path: str = "spool"
+
+
+class TlsConfig(_Section):
+    """``[tls]``: the listener's certificate; empty paths mean a generated self-signed one."""
+
+    cert_file: str = ""
+    key_file: str = ""
+
+
+class DkimKeyConfig(_Section):
+    """One DKIM signing key: mail whose From domain is ``domain`` is signed with it."""
+
+    domain: str
+    selector: str
+    key_file: str
+
+
+class DkimConfig(_Section):
+    """``[dkim]``: outbound signing keys (files 0600, made by ``mailwarden dkim keygen``)."""
+
+    keys: list[DkimKeyConfig] = msgspec.field(default_factory=list)
 
 
 class DetectorsConfig(_Section):
@@ -135,6 +196,9 @@ class Config(_Section):
     delivery: DeliveryConfig = msgspec.field(default_factory=DeliveryConfig)
     detectors: DetectorsConfig = msgspec.field(default_factory=DetectorsConfig)
     events: EventsConfig = msgspec.field(default_factory=EventsConfig)
+    spool: SpoolConfig = msgspec.field(default_factory=SpoolConfig)
+    tls: TlsConfig = msgspec.field(default_factory=TlsConfig)
+    dkim: DkimConfig = msgspec.field(default_factory=DkimConfig)
     rules: list[RuleConfig] = msgspec.field(default_factory=_default_rules)
     plugins: dict[str, Any] = msgspec.field(default_factory=dict)
     source: str | None = None
@@ -156,6 +220,9 @@ _CORE_SECTIONS: dict[str, type[Any]] = {
     "delivery": DeliveryConfig,
     "detectors": DetectorsConfig,
     "events": EventsConfig,
+    "spool": SpoolConfig,
+    "tls": TlsConfig,
+    "dkim": DkimConfig,
     "rules": list[RuleConfig],
 }
 

@@ -34,12 +34,15 @@ from mailwarden_sdk import (
 )
 
 from .config import Config, RuleConfig, load_config
+from .delivery.queue import DeliveryQueue, crlf
+from .dkim import DkimSigner
 from .errors import ConfigError, DeliveryError, PluginError
 from .events import MessageEventLog
 from .isolation import IsolatedDetector, target_of
 from .maildir import Maildir
 from .plugins import PluginSet, build_plugin_manager
 from .policy import decide_action, fold_findings, rule_for, rule_runs
+from .spool import Spool, SpoolEntry, SpoolState
 
 __all__ = ["Decision", "Gateway", "Outcome"]
 
@@ -142,6 +145,9 @@ class Gateway:
         )
         self.maildir = Maildir(config.path_in_home(config.delivery.maildir))
         self.quarantine = Maildir(config.home / "quarantine")
+        self.spool = Spool(config.path_in_home(config.spool.path))
+        self.dkim = DkimSigner.from_config(config)
+        self.delivery = DeliveryQueue(self)
         self._executor: ThreadPoolExecutor | None = None
         self._started = False
 
@@ -290,27 +296,60 @@ class Gateway:
             timings[f"detector.{name}"] = _ms(began)
 
     async def process(self, raw: bytes, envelope: Envelope, *, ingress: str = "library") -> Outcome:
-        """Scan, then act locally (deliver to the Maildir, quarantine, drop) and record.
+        """Spool, scan, act (queue for the next hop, deliver to the Maildir, quarantine, drop)
+        and record.
 
-        The reply is 250 only after a delivered or quarantined message is durable; a local
-        failure becomes a 451 so the sender keeps the message.
+        The message is fsynced in the spool before it is scanned, so a crash at any point after
+        the 250 loses nothing. The reply is 250 only when the message is durable where the
+        action put it; a local failure becomes a 451 and the message leaves the spool, because
+        the sender keeps it.
         """
-        decision = await self.scan(raw, envelope)
+        entry = await asyncio.to_thread(self.spool.write, raw, envelope)
+        try:
+            decision = await self.scan(raw, envelope)
+            code, text = await self._act(decision, entry)
+        except BaseException:
+            # No 250 reaches the client, which therefore still has the message.
+            await asyncio.to_thread(self.spool.remove, entry)
+            raise
+        event = self.record(decision, ingress=ingress, reply=f"{code} {text}")
+        return Outcome(decision, code, text, event)
+
+    async def act_on_spooled(self, entry: SpoolEntry) -> None:
+        """Scan and act on a spooled message whose decision was not stored (crash recovery)."""
+        raw = await asyncio.to_thread(entry.raw)
+        decision = await self.scan(raw, entry.envelope)
+        code, text = await self._act(decision, entry)
+        self.record(decision, ingress="spool", reply=f"{code} {text}")
+
+    async def _act(self, decision: Decision, entry: SpoolEntry) -> tuple[int, str]:
+        """Carry out the decision on the spooled ``entry``; the entry is handed on or removed."""
         code, text = decision.action.smtp_code, decision.action.smtp_text
         kind = decision.action.kind
         began = time.perf_counter()
         try:
-            if kind is ActionKind.DELIVER:
-                name = await asyncio.to_thread(self.maildir.deliver, decision.with_headers())
+            if kind is ActionKind.DELIVER and self.delivery.relaying:
+                state = SpoolState(decided=True, add_headers=list(decision.action.add_headers))
+                # Not fsynced: if it is lost, the message is scanned again, which is harmless.
+                await asyncio.to_thread(self.spool.save_state, entry, state, durable=False)
+                self.delivery.submit(entry)
+                text = f"2.0.0 Ok: queued as {entry.id}"
+            elif kind is ActionKind.DELIVER:
+                data = self.dkim.sign(crlf(decision.with_headers()))
+                name = await asyncio.to_thread(self.maildir.deliver, data)
+                await asyncio.to_thread(self.spool.remove, entry)
                 text = f"2.0.0 Ok: delivered as {name.split('.', 1)[0]}-{decision.id[:12]}"
             elif kind is ActionKind.QUARANTINE:
                 await asyncio.to_thread(self.quarantine.deliver, decision.with_headers())
+                await asyncio.to_thread(self.spool.remove, entry)
                 text = f"2.0.0 Ok: held as {decision.id[:12]}"
+            else:
+                await asyncio.to_thread(self.spool.remove, entry)
         except DeliveryError as exc:
+            await asyncio.to_thread(self.spool.remove, entry)
             code, text = 451, f"4.3.0 {exc}; try again later"
         decision.timings_ms["act"] = _ms(began)
-        event = self.record(decision, ingress=ingress, reply=f"{code} {text}")
-        return Outcome(decision, code, text, event)
+        return code, text
 
     # -- record ------------------------------------------------------------------------------
 

@@ -9,10 +9,11 @@ from importlib.resources import files
 from pathlib import Path
 
 from . import __version__
-from .ingress.smtp import start_smtp_server
+from .ingress.smtp import start_smtp_servers
 from .pipeline import Gateway
+from .workers import run_workers, worker_count
 
-__all__ = ["default_config_text", "run", "write_default_config"]
+__all__ = ["default_config_text", "run", "serve_forever", "write_default_config"]
 
 
 def default_config_text() -> str:
@@ -29,8 +30,16 @@ def write_default_config(path: Path) -> bool:
     return True
 
 
-async def run(gateway: Gateway, announce: Callable[[str], None] = print) -> None:
-    """Start the gateway and its listeners, announce them, and serve until signalled."""
+async def run(
+    gateway: Gateway, announce: Callable[[str], None] = print, *, recover_spool: bool = True
+) -> None:
+    """Start the gateway and its listeners, announce them, and serve until signalled.
+
+    ``recover_spool`` removes the spool's temp files first; worker processes leave that to
+    their parent, because a sibling may be writing there.
+    """
+    if recover_spool:
+        await asyncio.to_thread(gateway.spool.recover)
     await gateway.start()
     servers: list[asyncio.Server] = []
     try:
@@ -39,9 +48,17 @@ async def run(gateway: Gateway, announce: Callable[[str], None] = print) -> None
         announce(f"  config   {cfg.source or '(embedded defaults)'}")
         announce(f"  plugins  {', '.join(gateway.plugins.plugins) or '(none)'}")
         if cfg.smtp.enabled:
-            servers.append(await start_smtp_server(gateway))
+            servers.extend(await start_smtp_servers(gateway))
             announce(f"  smtp     {cfg.smtp.listen}:{cfg.smtp.port}  (gateway listener)")
-        announce(f"  delivery maildir {gateway.maildir.root}")
+            if cfg.smtp.tls_port:
+                announce(f"  smtps    {cfg.smtp.listen}:{cfg.smtp.tls_port}  (implicit TLS)")
+        # The queue resumes what the spool holds from before a restart.
+        await gateway.delivery.start()
+        if gateway.delivery.relaying:
+            announce(f"  delivery relay {cfg.delivery.next_hop} (tls {cfg.delivery.tls})")
+        else:
+            announce(f"  delivery maildir {gateway.maildir.root}")
+        announce(f"  spool    {gateway.spool.root}")
         announce(f"  events   {gateway.events.directory}")
         announce("ready")
         stop = asyncio.Event()
@@ -53,4 +70,22 @@ async def run(gateway: Gateway, announce: Callable[[str], None] = print) -> None
         for server in servers:
             server.close()
             await server.wait_closed()
+        await gateway.delivery.stop()
         await gateway.stop()
+
+
+def serve_forever(gateway: Gateway, announce: Callable[[str], None] = print) -> None:
+    """Serve in this process, or in ``[smtp] workers`` processes sharing the ports."""
+    count = worker_count(gateway.config.smtp.workers)
+    if count <= 1:
+        asyncio.run(run(gateway, announce))
+        return
+    gateway.spool.recover()
+    source = gateway.config.source
+
+    def worker() -> int:
+        # Each worker builds its own gateway: plugin state and threads never cross a fork.
+        asyncio.run(run(Gateway.from_file(source), announce, recover_spool=False))
+        return 0
+
+    run_workers(count, worker, announce)

@@ -1,14 +1,21 @@
 """The SMTP gateway listener (aiosmtpd), in front of mail servers and for ``make serve``.
 
-The message is scanned during DATA and the reply reflects the decision, so a rejected message
-is refused to the client instead of bounced later, and 250 is sent only after the message is
-durable where the action put it.
+The message is spooled (fsynced) and scanned during DATA and the reply reflects the decision,
+so a rejected message is refused to the client instead of bounced later, and 250 is sent only
+after the message is durable. The listener speaks ESMTP with SIZE, 8BITMIME, SMTPUTF8,
+PIPELINING and STARTTLS, and an implicit-TLS port when ``[smtp] tls_port`` is set. Client
+limits: connections in total and per client address, recipients per message, message size and
+idle time.
 """
 
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import logging
+import socket
+import ssl
+from collections import Counter
 from typing import Any
 
 from aiosmtpd.smtp import SMTP, Session
@@ -17,10 +24,77 @@ from aiosmtpd.smtp import Envelope as SmtpEnvelope
 from mailwarden_sdk import Envelope
 
 from ..pipeline import Gateway
+from ..tls import server_context
+from ..workers import worker_count
 
-__all__ = ["SmtpHandler", "start_smtp_server"]
+__all__ = ["GatewaySMTP", "SmtpHandler", "start_smtp_server", "start_smtp_servers"]
 
 log = logging.getLogger(__name__)
+
+
+class _Limits:
+    """Open connections of one listener process, in total and per client address."""
+
+    def __init__(self, total: int, per_ip: int) -> None:
+        self.total, self.per_ip = total, per_ip
+        self.open: Counter[str] = Counter()
+
+    def admit(self, address: str) -> bool:
+        if sum(self.open.values()) >= self.total or self.open[address] >= self.per_ip:
+            return False
+        self.open[address] += 1
+        return True
+
+    def leave(self, address: str) -> None:
+        self.open[address] -= 1
+        if self.open[address] <= 0:
+            del self.open[address]
+
+
+class GatewaySMTP(SMTP):
+    """aiosmtpd's SMTP with connection limits and implicit-TLS awareness."""
+
+    def __init__(self, *args: Any, limits: _Limits, implicit_tls: bool = False, **kw: Any):
+        super().__init__(*args, **kw)
+        self._limits = limits
+        self._implicit_tls = implicit_tls
+        self._counted: str | None = None
+        self._refused = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.transport is None and not self._refused:
+            peer = transport.get_extra_info("peername")
+            address = str(peer[0]) if isinstance(peer, tuple) else "local"
+            if not self._limits.admit(address):
+                # Said before any SMTP state exists: the client retries later, as with a busy MX.
+                log.warning("refusing %s: connection limit reached", address)
+                self._refused = True
+                if isinstance(transport, asyncio.WriteTransport):
+                    transport.write(b"421 4.7.0 Too many connections, try again later\r\n")
+                transport.close()
+                return
+            self._counted = address
+        super().connection_made(transport)
+        if self._implicit_tls and self.session is not None and self.session.ssl is None:
+            self.session.ssl = {"cipher": transport.get_extra_info("cipher")}
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self._refused:
+            return
+        if self._counted is not None:
+            self._limits.leave(self._counted)
+            self._counted = None
+        super().connection_lost(error)
+
+    def eof_received(self) -> bool | None:
+        if self._refused:
+            return False
+        super().eof_received()
+        # aiosmtpd cancels the session on EOF but leaves the socket half open when that
+        # happens before its greeting, which would hold a connection slot until the timeout.
+        if self.transport is not None:
+            self.transport.close()
+        return False
 
 
 class SmtpHandler:
@@ -28,6 +102,19 @@ class SmtpHandler:
 
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
+
+    async def handle_EHLO(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: SmtpEnvelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        # aiosmtpd reads commands from a buffer in order, so pipelined commands already work;
+        # advertising it saves clients a round trip per command (RFC 2920).
+        session.host_name = hostname
+        return [*responses[:-1], "250-PIPELINING", "250-ENHANCEDSTATUSCODES", responses[-1]]
 
     async def handle_RCPT(
         self,
@@ -40,7 +127,7 @@ class SmtpHandler:
         limit = self.gateway.config.smtp.max_recipients
         if len(envelope.rcpt_tos) >= limit:
             return "452 4.5.3 Too many recipients"
-        sender = envelope.mail_from or ""
+        sender = _sender(envelope.mail_from)
         if envelope.rcpt_tos:
             # One DATA gets one reply, so one transaction must fall under one rule. A recipient
             # under another rule is deferred with 452, which every client answers by sending it
@@ -56,30 +143,64 @@ class SmtpHandler:
         content = envelope.original_content or envelope.content or b""
         raw = content if isinstance(content, bytes) else content.encode("utf-8", "surrogateescape")
         peer: Any = session.peer
+        address = peer[0] if isinstance(peer, tuple) else None
+        tls = session.ssl is not None
+        hostname = self.gateway.config.gateway.hostname
+        # Our own trace line (RFC 5321 4.4): receivers use it for loop detection and admins to
+        # follow a message through hops.
+        received = (
+            f"Received: from {session.host_name or 'unknown'} ([{address or 'unix'}])\r\n"
+            f"\tby {hostname} (mailwarden) with {'ESMTPS' if tls else 'ESMTP'};\r\n"
+            f"\t{email.utils.formatdate(localtime=True)}\r\n"
+        ).encode("ascii", "replace")
         ingress_envelope = Envelope(
-            mail_from=envelope.mail_from or "",
+            mail_from=_sender(envelope.mail_from),
             rcpt_to=list(envelope.rcpt_tos),
-            client_address=peer[0] if isinstance(peer, tuple) else None,
+            client_address=address,
             client_name=session.host_name,
             helo=session.host_name,
-            tls=session.ssl is not None,
+            tls=tls,
             authenticated_user=str(session.login_data) if session.authenticated else None,
         )
         try:
-            outcome = await self.gateway.process(raw, ingress_envelope, ingress="smtp")
+            outcome = await self.gateway.process(received + raw, ingress_envelope, ingress="smtp")
         except Exception:
             log.exception("processing failed; answering 451 so the client keeps the message")
             return "451 4.3.0 Temporary processing failure; try again later"
         return outcome.reply
 
 
-async def start_smtp_server(gateway: Gateway) -> asyncio.Server:
-    """Listen on ``[smtp] listen:port`` and serve until the returned server is closed."""
+def _sender(mail_from: str | None) -> str:
+    # aiosmtpd reports the null sender as "<>"; the Envelope's null sender is "".
+    return "" if not mail_from or mail_from == "<>" else mail_from
+
+
+def _listening_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        # Worker processes each bind the same port; the kernel spreads connections over them.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(512)
+    sock.setblocking(False)
+    return sock
+
+
+async def start_smtp_servers(
+    gateway: Gateway, *, implicit_tls: bool = True
+) -> list[asyncio.Server]:
+    """Listen on ``[smtp] listen:port`` (STARTTLS) and ``tls_port`` (implicit TLS) if set."""
     cfg = gateway.config.smtp
     handler = SmtpHandler(gateway)
+    limits = _Limits(cfg.max_connections, cfg.max_connections_per_ip)
+    context: ssl.SSLContext | None = None
+    if cfg.starttls or cfg.tls_port:
+        context = await asyncio.to_thread(server_context, gateway.config)
 
-    def factory() -> SMTP:
-        return SMTP(
+    def factory(implicit: bool) -> SMTP:
+        return GatewaySMTP(
             handler,
             hostname=gateway.config.gateway.hostname,
             ident="mailwarden ESMTP",
@@ -87,7 +208,30 @@ async def start_smtp_server(gateway: Gateway) -> asyncio.Server:
             enable_SMTPUTF8=True,
             decode_data=False,
             timeout=cfg.timeout,
+            tls_context=None if implicit or not cfg.starttls else context,
+            require_starttls=cfg.require_starttls and not implicit,
+            limits=limits,
+            implicit_tls=implicit,
         )
 
     loop = asyncio.get_running_loop()
-    return await loop.create_server(factory, host=cfg.listen, port=cfg.port, reuse_address=True)
+    reuse_port = worker_count(cfg.workers) > 1
+    servers = [
+        await loop.create_server(
+            lambda: factory(False), sock=_listening_socket(cfg.listen, cfg.port, reuse_port)
+        )
+    ]
+    if implicit_tls and cfg.tls_port and context is not None:
+        servers.append(
+            await loop.create_server(
+                lambda: factory(True),
+                sock=_listening_socket(cfg.listen, cfg.tls_port, reuse_port),
+                ssl=context,
+            )
+        )
+    return servers
+
+
+async def start_smtp_server(gateway: Gateway) -> asyncio.Server:
+    """Only the ``[smtp] port`` listener (for embedders and the test harness)."""
+    return (await start_smtp_servers(gateway, implicit_tls=False))[0]

@@ -1,0 +1,250 @@
+"""The delivery queue: takes messages from the spool to the next hop, until they leave it.
+
+A message handed over by the SMTP listener is tried at once; the queue also walks the spool
+every ``[delivery] queue_scan_interval`` seconds for messages whose retry time has come and for
+messages a crashed process left behind (those without a decision are scanned again). Retries
+back off exponentially from ``retry_initial`` to ``retry_max_interval``; after ``max_age`` the
+message is bounced. A 5xx from the next hop bounces at once. Bounces (DSNs) go to the envelope
+sender, never for the null sender, through the same spool and next hop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from functools import partial
+from typing import TYPE_CHECKING
+
+from mailwarden_sdk import Envelope
+
+from ..errors import DeliveryError
+from ..spool import SpoolEntry, SpoolState
+from ..tls import client_context
+from .dsn import build_dsn
+from .relay import RelayResult, send
+
+if TYPE_CHECKING:
+    from ..pipeline import Gateway
+
+__all__ = ["DeliveryQueue", "crlf"]
+
+log = logging.getLogger(__name__)
+
+_BARE_LF = re.compile(rb"(?<!\r)\n")
+
+
+def crlf(data: bytes) -> bytes:
+    """``data`` with CRLF line ends, the form SMTP carries and DKIM signs."""
+    return _BARE_LF.sub(b"\r\n", data)
+
+
+class DeliveryQueue:
+    """Delivers spooled messages for one gateway process."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.config = gateway.config.delivery
+        self.spool = gateway.spool
+        self._active: dict[str, asyncio.Task[None]] = {}
+        self._slots = asyncio.Semaphore(self.config.concurrency)
+        self._scanner: asyncio.Task[None] | None = None
+        self._context = client_context(self.config.tls_verify, self.config.tls_ca_file)
+        self._wake = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def relaying(self) -> bool:
+        """True when accepted mail goes to a next hop (``[delivery] mode = "relay"``)."""
+        return self.config.mode == "relay"
+
+    async def start(self) -> None:
+        """Start walking the spool (at once: a restart resumes what was left)."""
+        self._loop = asyncio.get_running_loop()
+        if self._scanner is None:
+            self._scanner = asyncio.create_task(self._scan_loop(), name="spool-scanner")
+
+    async def stop(self, grace: float = 30.0) -> None:
+        """Stop walking the spool and let deliveries in progress finish (bounded)."""
+        if self._scanner is not None:
+            self._scanner.cancel()
+            await asyncio.gather(self._scanner, return_exceptions=True)
+            self._scanner = None
+        # A delivery cut off between the next hop's 250 and removing the message would be
+        # delivered again after the restart, so running ones are waited for, not cancelled.
+        pending = list(self._active.values())
+        if pending:
+            await asyncio.wait(pending, timeout=grace)
+        for task in self._active.values():
+            task.cancel()
+
+    def submit(self, entry: SpoolEntry) -> None:
+        """Take over a locked, decided entry and deliver it now."""
+        self._start(entry)
+
+    def _start(self, entry: SpoolEntry) -> None:
+        task = asyncio.create_task(self._handle(entry), name=f"deliver-{entry.id}")
+        self._active[entry.id] = task
+        task.add_done_callback(partial(self._finished, entry.id))
+
+    def _finished(self, id: str, task: asyncio.Task[None]) -> None:
+        # A rescanned entry is handed on to a new task under the same id; keep that one.
+        if self._active.get(id) is task:
+            del self._active[id]
+
+    async def _scan_loop(self) -> None:
+        while True:
+            try:
+                await asyncio.to_thread(self._claim_due)
+            except Exception:
+                log.exception("walking the spool failed")
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.config.queue_scan_interval)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+
+    def _claim_due(self) -> None:
+        now = time.time()
+        loop = self._loop
+        for id in self.spool.ids():
+            if len(self._active) >= self.config.concurrency * 4:
+                break
+            if id in self._active:
+                continue
+            state = self.spool.load_state(id)
+            if state.decided and state.next_attempt > now:
+                continue
+            entry = self.spool.claim(id)
+            if entry is None:
+                continue
+            if loop is None:
+                entry.release()
+                return
+            loop.call_soon_threadsafe(self._start, entry)
+
+    async def _handle(self, entry: SpoolEntry) -> None:
+        async with self._slots:
+            try:
+                state = self.spool.load_state(entry.id)
+                if await asyncio.to_thread(self.spool.in_doubt, entry):
+                    await self._hold_in_doubt(entry, state)
+                    return
+                if not state.decided:
+                    # Left by a crash before a decision was stored: scan it again. Its client
+                    # may or may not have had a 250; delivering it is the safe side.
+                    await self.gateway.act_on_spooled(entry)
+                    return
+                if not self.relaying:
+                    await self.gateway.act_on_spooled(entry)
+                    return
+                await self._deliver(entry, state)
+            except Exception:
+                log.exception("delivery of %s failed; it stays in the spool", entry.id)
+                entry.release()
+
+    async def _deliver(self, entry: SpoolEntry, state: SpoolState) -> None:
+        envelope = entry.envelope
+        pending = [r for r in envelope.rcpt_to if r not in state.delivered]
+        raw = await asyncio.to_thread(entry.raw)
+        data = crlf(_with_headers(raw, state.add_headers))
+        data = self.gateway.dkim.sign(data)
+
+        def settled(result: RelayResult) -> None:
+            # Runs in the sending thread right after the next hop's answer to the dot.
+            done = result.with_code(200, 300)
+            if done and not result.with_code(300, 600):
+                self.spool.unlink_message(entry)
+                return
+            if done:
+                state.delivered.extend(done)
+                self.spool.save_state(entry, state, durable=True)
+            self.spool.mark_in_doubt(entry, False)
+
+        result = await asyncio.to_thread(
+            send,
+            self.config.next_hop,
+            envelope.mail_from,
+            pending,
+            data,
+            helo=self.gateway.config.gateway.hostname,
+            tls=self.config.tls,
+            context=self._context,
+            timeout=self.config.connect_timeout,
+            before_dot=partial(self.spool.mark_in_doubt, entry, True),
+            settled=settled,
+        )
+        delivered = result.with_code(200, 300)
+        failed = {r: result.replies[r] for r in result.with_code(500, 600)}
+        deferred = {r: result.replies[r] for r in result.with_code(300, 500)}
+        expired = time.time() - entry.spooled_at >= self.config.max_age
+        if deferred and expired:
+            failed.update(deferred)
+        for rcpt in delivered:
+            log.info("%s: to=<%s> status=sent tls=%s", entry.id, rcpt, result.tls)
+        if deferred and not expired:
+            state.attempts += 1
+            delay = min(
+                self.config.retry_initial * 2 ** (state.attempts - 1),
+                self.config.retry_max_interval,
+            )
+            state.next_attempt = time.time() + delay
+            state.last_error = next(iter(deferred.values()))[1]
+            log.info(
+                "%s: deferred %s for %.0f s: %s",
+                entry.id,
+                sorted(deferred),
+                delay,
+                state.last_error,
+            )
+            await asyncio.to_thread(self.spool.save_state, entry, state, durable=True)
+            entry.release()
+            return
+        if failed and envelope.mail_from and not state.generated:
+            dsn = build_dsn(
+                hostname=self.gateway.config.gateway.hostname,
+                sender=envelope.mail_from,
+                original=data,
+                failures=failed,
+                remote=self.config.next_hop,
+                arrival=entry.spooled_at,
+                expired=expired and bool(deferred),
+            )
+            await self.spool_generated(dsn, envelope.mail_from)
+        for rcpt, (code, text) in failed.items():
+            log.warning("%s: to=<%s> status=bounced %d %s", entry.id, rcpt, code, text)
+        await asyncio.to_thread(self.spool.remove, entry)
+
+    async def _hold_in_doubt(self, entry: SpoolEntry, state: SpoolState) -> None:
+        # The process died between handing the message over and hearing the answer: the next
+        # hop may have it. Delivering again could duplicate it, so an admin decides.
+        raw = await asyncio.to_thread(entry.raw)
+        note = (
+            b"X-Mailwarden-Hold: delivery to the next hop was interrupted; it may have arrived\r\n"
+        )
+        data = note + _with_headers(raw, state.add_headers)
+        await asyncio.to_thread(self.gateway.quarantine.deliver, data)
+        log.warning("%s: delivery outcome unknown after a crash; held in quarantine", entry.id)
+        await asyncio.to_thread(self.spool.remove, entry)
+
+    async def spool_generated(self, data: bytes, recipient: str) -> None:
+        """Spool a message we made (a DSN) from the null sender and deliver it."""
+        try:
+            dsn = await asyncio.to_thread(
+                self.spool.write,
+                data,
+                Envelope(mail_from="", rcpt_to=[recipient]),
+                SpoolState(decided=True, generated=True),
+            )
+        except DeliveryError:
+            log.exception("could not spool a DSN to %s", recipient)
+            raise
+        self.submit(dsn)
+
+
+def _with_headers(raw: bytes, headers: list[tuple[str, str]]) -> bytes:
+    if not headers:
+        return raw
+    eol = b"\r\n" if b"\r\n" in raw[:4096] else b"\n"
+    return b"".join(n.encode("ascii") + b": " + v.encode("utf-8") + eol for n, v in headers) + raw

@@ -1,0 +1,96 @@
+"""Worker processes: one gateway per core, all accepting on the same ports (SO_REUSEPORT).
+
+The parent forks the workers before any event loop or thread exists, restarts a worker that
+dies, and on SIGTERM/SIGINT passes the signal on and waits for all of them. Each worker is a
+complete gateway (its own plugins, listeners and delivery queue); they share the spool, where
+``flock`` on each message keeps two workers from delivering the same one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+
+__all__ = ["run_workers", "worker_count"]
+
+log = logging.getLogger(__name__)
+
+# A worker dying sooner than this after its start is restarted only after this long, so a
+# worker that cannot start (port taken, broken config) does not spin the CPU.
+_RESTART_DELAY = 1.0
+
+
+def worker_count(configured: int) -> int:
+    """``[smtp] workers`` resolved: 0 means one per core."""
+    return configured if configured > 0 else max(1, os.cpu_count() or 1)
+
+
+def run_workers(
+    count: int, worker: Callable[[], int], announce: Callable[[str], None] = print
+) -> int:
+    """Run ``worker`` in ``count`` child processes until signalled; the exit status."""
+    stopping = False
+
+    def on_signal(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    children: dict[int, float] = {}
+
+    def spawn() -> None:
+        # Unwritten output would otherwise be written again by the child.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+            code = 1
+            try:
+                code = worker()
+            except BaseException:
+                log.exception("worker failed")
+            finally:
+                os._exit(code)
+        children[pid] = time.monotonic()
+        announce(f"  worker   pid {pid}")
+
+    try:
+        for _ in range(count):
+            spawn()
+        while not stopping:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+            if pid == 0:
+                time.sleep(0.1)
+                continue
+            started = children.pop(pid, None)
+            if started is None or stopping:
+                continue
+            log.warning("worker %d ended (status %d); starting another", pid, status)
+            if time.monotonic() - started < _RESTART_DELAY:
+                time.sleep(_RESTART_DELAY)
+            spawn()
+    finally:
+        for pid in children:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 60
+        while children and time.monotonic() < deadline:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+            if pid == 0:
+                time.sleep(0.05)
+            else:
+                children.pop(pid, None)
+        for pid in children:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    return 0
