@@ -8,6 +8,7 @@ RFC 7435). Private keys are written 0600 and never printed.
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import ipaddress
 import os
 import ssl
@@ -45,10 +46,19 @@ def write_private(path: Path, data: bytes) -> None:
 def ensure_certificate(cert: Path, key: Path, hostname: str) -> bool:
     """Generate a self-signed certificate for ``hostname`` unless both files exist.
 
-    Returns True when new files were written.
+    Returns True when new files were written. Worker processes starting together serialise on
+    a lock file, so none of them can load a key of one pair with the certificate of another.
     """
-    if cert.exists() and key.exists():
-        return False
+    key.parent.mkdir(parents=True, exist_ok=True)
+    with open(key.parent / ".generate.lock", "wb") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if cert.exists() and key.exists():
+            return False
+        _generate(cert, key, hostname)
+    return True
+
+
+def _generate(cert: Path, key: Path, hostname: str) -> None:
     private = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
     now = dt.datetime.now(dt.UTC)
@@ -76,8 +86,9 @@ def ensure_certificate(cert: Path, key: Path, hostname: str) -> bool:
             serialization.NoEncryption(),
         ),
     )
-    cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    return True
+    tmp = cert.with_name(f".{cert.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    os.replace(tmp, cert)
 
 
 def tls_paths(config: Config) -> tuple[Path, Path]:
