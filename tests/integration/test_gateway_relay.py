@@ -531,3 +531,39 @@ def test_a_message_deferred_past_max_age_is_bounced(
         assert b"Status: 4.4.7" in data and b"451 4.2.1 Mailbox busy" in data
     finally:
         controller.stop()
+
+
+def test_refused_recipients_are_bounced_at_once_while_deferred_ones_wait(
+    serve_factory: Callable[..., Serve],
+) -> None:
+    recorder = _Recorder()
+
+    async def mixed(
+        server: Any, session: Any, envelope: Any, address: str, options: list[str]
+    ) -> str:
+        if address.startswith("later@"):
+            return "451 4.2.1 Mailbox busy, try later"
+        if address.startswith("nobody@"):
+            return "550 5.1.1 no such user"
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 Ok"
+
+    recorder.handle_RCPT = mixed  # type: ignore[method-assign]
+    controller = _controller(recorder)
+    try:
+        server = serve_factory(relay_config(controller.port)).start()
+        with smtplib.SMTP("127.0.0.1", server.port, timeout=30) as client:
+            client.sendmail(
+                "alice@example.org", ["nobody@example.net", "later@example.net"], make_message()
+            )
+        wait_until(lambda: len(recorder.received) == 1, 10, "the DSN for the refused recipient")
+        _, recipients, data, _ = recorder.received[0]
+        assert recipients == ["alice@example.org"] and b"nobody@example.net" in data
+        assert b"Final-Recipient: rfc822; later@example.net" not in data
+        # The deferred recipient keeps the message spooled, and is the only one retried.
+        time.sleep(1.5)
+        assert len(server.spooled()) == 1 and len(recorder.received) == 1
+        state = server.spooled()[0].with_suffix(".state").read_text()
+        assert "nobody@example.net" in state and "Mailbox busy" in state
+    finally:
+        controller.stop()

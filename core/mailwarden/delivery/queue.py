@@ -183,7 +183,22 @@ class DeliveryQueue:
             failed.update(deferred)
         for rcpt in delivered:
             log.info("%s: to=<%s> status=sent tls=%s", entry.id, rcpt, result.tls)
+        if failed and envelope.mail_from and not state.generated:
+            dsn = build_dsn(
+                hostname=self.gateway.config.gateway.hostname,
+                sender=envelope.mail_from,
+                original=data,
+                failures=failed,
+                remote=self.config.next_hop,
+                arrival=entry.spooled_at,
+                expired=expired and bool(deferred),
+            )
+            await self.spool_generated(dsn, envelope.mail_from)
+        for rcpt, (code, text) in failed.items():
+            log.warning("%s: to=<%s> status=bounced %d %s", entry.id, rcpt, code, text)
         if deferred and not expired:
+            # Bounced recipients are done as well: their DSN has gone out, they are not retried.
+            state.delivered.extend(failed)
             state.attempts += 1
             delay = min(
                 self.config.retry_initial * 2 ** (state.attempts - 1),
@@ -201,19 +216,6 @@ class DeliveryQueue:
             await asyncio.to_thread(self.spool.save_state, entry, state, durable=True)
             entry.release()
             return
-        if failed and envelope.mail_from and not state.generated:
-            dsn = build_dsn(
-                hostname=self.gateway.config.gateway.hostname,
-                sender=envelope.mail_from,
-                original=data,
-                failures=failed,
-                remote=self.config.next_hop,
-                arrival=entry.spooled_at,
-                expired=expired and bool(deferred),
-            )
-            await self.spool_generated(dsn, envelope.mail_from)
-        for rcpt, (code, text) in failed.items():
-            log.warning("%s: to=<%s> status=bounced %d %s", entry.id, rcpt, code, text)
         await asyncio.to_thread(self.spool.remove, entry)
 
     async def _hold_in_doubt(self, entry: SpoolEntry, state: SpoolState) -> None:

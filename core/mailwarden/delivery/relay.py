@@ -101,6 +101,10 @@ def send(
                 body = _LEADING_DOT.sub(b"..", data)
                 client.send(body if body.endswith(b"\r\n") else body + b"\r\n")
                 before_dot()
+                if client.sock is not None:
+                    # RFC 5321 4.5.3.2.6: wait up to 10 minutes for the answer to the dot; giving
+                    # up earlier turns a slow next hop into an in-doubt (quarantined) message.
+                    client.sock.settimeout(max(timeout, 600.0))
                 client.send(b".\r\n")
                 code, message = client.getreply()
             for rcpt in accepted:
