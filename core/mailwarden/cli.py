@@ -401,6 +401,8 @@ def dkim_keygen(domain: str, selector: str, algorithm: str, bits: int, out: str 
     from .dkim import keygen
 
     path = Path(out) if out else default_home() / "dkim" / f"{domain}.{selector}.key"
+    if path.exists():
+        _fail(f"{path} exists; keys are never overwritten (remove it or choose another selector)")
     try:
         record = keygen(
             domain, selector, path, "ed25519" if algorithm == "ed25519" else "rsa", bits
