@@ -416,6 +416,15 @@ def dkim_keygen(domain: str, selector: str, algorithm: str, bits: int, out: str 
     click.echo(f'domain = "{domain}"\nselector = "{selector}"\nkey_file = "{path}"')
 
 
+# Rules and directory commands live in their own module; registered here so `mailwarden --help`
+# lists them with the built-ins.
+from .rules_cli import directory as _directory_group  # noqa: E402
+from .rules_cli import rules as _rules_group  # noqa: E402
+
+cli.add_command(_rules_group)
+cli.add_command(_directory_group)
+
+
 def main() -> None:
     """Entry point of the ``mailwarden`` script."""
     cli()

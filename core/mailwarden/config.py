@@ -23,6 +23,7 @@ __all__ = [
     "Config",
     "DeliveryConfig",
     "DetectorsConfig",
+    "DirectoryConfig",
     "DkimConfig",
     "DkimKeyConfig",
     "EventsConfig",
@@ -52,6 +53,9 @@ class GatewayConfig(_Section):
 
     home: str = ""
     hostname: str = "mailwarden.localhost"
+    # The organisation's own mail domains: rules' ``direction`` is decided from them. An entry
+    # ``.example.org`` also covers every subdomain of example.org.
+    local_domains: list[str] = msgspec.field(default_factory=list)
 
 
 class SmtpConfig(_Section):
@@ -171,17 +175,67 @@ class RuleActions(_Section):
 class RuleConfig(_Section):
     """One ``[[rules]]`` entry: which mail it covers, which detectors run, what each status does.
 
-    ``senders`` and ``recipients`` are address patterns (``*`` wildcards, ``@domain`` or a full
-    address); the first rule that matches a recipient and the sender applies.
+    ``senders`` and ``recipients`` are address patterns: a full address, ``*`` / ``?``
+    wildcards, ``@domain`` (``@.domain``: the domain and its subdomains), ``re:`` a regular
+    expression matched against the whole address, ``group:NAME`` a directory group by CN or DN
+    (nested membership counts), ``<>`` the null sender. ``clients`` limits the rule to client
+    addresses or networks (empty: any client); ``direction`` to inbound, outbound or internal
+    mail as told by ``[gateway] local_domains``. The first rule that matches applies.
     """
 
     name: str
     senders: list[str] = msgspec.field(default_factory=lambda: ["*"])
     recipients: list[str] = msgspec.field(default_factory=lambda: ["*"])
+    clients: list[str] = msgspec.field(default_factory=list)
+    direction: Literal["any", "inbound", "outbound", "internal"] = "any"
     detectors: list[str] = msgspec.field(default_factory=lambda: ["*"])
     actions: RuleActions = msgspec.field(default_factory=RuleActions)
     add_headers: bool = True
     reject_text: str = "Message rejected by policy"
+
+
+class DirectoryConfig(_Section):
+    """``[directory]``: the LDAP / Active Directory server rules' ``group:`` patterns ask.
+
+    Addresses are resolved through ``mail`` and ``proxyAddresses`` (``smtp:`` aliases) of the
+    entries ``user_filter`` selects under ``base_dn``; groups are the entries ``group_filter``
+    selects, nested membership followed through ``member_attribute``. Answers are kept in a
+    local cache, refreshed every ``refresh_interval`` seconds and used while the server is
+    unreachable; with ``enabled = false`` the cache is deleted at start-up.
+    """
+
+    enabled: bool = False
+    url: str = "ldap://127.0.0.1:389"
+    start_tls: bool = False
+    # Certificate checks for ldaps:// and StartTLS; ``ca_file`` (PEM) instead of the system CAs.
+    verify: bool = True
+    ca_file: str = ""
+    authentication: Literal["simple", "ntlm"] = "simple"
+    # A service account; NTLM takes ``DOMAIN\user``. The password is read from
+    # ``password_file`` (mode 0600) when set, which keeps it out of the config file.
+    bind_dn: str = ""
+    bind_password: str = ""
+    password_file: str = ""
+    base_dn: str = ""
+    # AD users and contacts and OpenLDAP inetOrgPersons are all of class person; groups are
+    # what has members, in AD (group) and OpenLDAP (groupOfNames) alike.
+    user_filter: str = "(objectClass=person)"
+    group_filter: str = "(member=*)"
+    member_attribute: str = "member"
+    member_of_attribute: str = "memberOf"
+    refresh_interval: Seconds = 3600.0
+    timeout: Seconds = 10.0
+    cache_path: str = "directory-cache"
+
+    def __post_init__(self) -> None:
+        if not self.enabled:
+            return
+        if not self.url.lower().startswith(("ldap://", "ldaps://")):
+            raise ValueError(f"url must start with ldap:// or ldaps://, not {self.url!r}")
+        if not self.base_dn:
+            raise ValueError("base_dn is required when the directory is enabled")
+        if self.start_tls and self.url.lower().startswith("ldaps://"):
+            raise ValueError("start_tls is for ldap:// URLs; ldaps:// is TLS already")
 
 
 def _default_rules() -> list[RuleConfig]:
@@ -199,6 +253,7 @@ class Config(_Section):
     spool: SpoolConfig = msgspec.field(default_factory=SpoolConfig)
     tls: TlsConfig = msgspec.field(default_factory=TlsConfig)
     dkim: DkimConfig = msgspec.field(default_factory=DkimConfig)
+    directory: DirectoryConfig = msgspec.field(default_factory=DirectoryConfig)
     rules: list[RuleConfig] = msgspec.field(default_factory=_default_rules)
     plugins: dict[str, Any] = msgspec.field(default_factory=dict)
     source: str | None = None
@@ -223,6 +278,7 @@ _CORE_SECTIONS: dict[str, type[Any]] = {
     "spool": SpoolConfig,
     "tls": TlsConfig,
     "dkim": DkimConfig,
+    "directory": DirectoryConfig,
     "rules": list[RuleConfig],
 }
 
@@ -297,6 +353,12 @@ def parse_config(
                 key=f"rules[{index}].name",
                 line=locate_key(text, ["rules", index, "name"]),
             )
+    # Imported here: policy imports this module for the rule types.
+    from .policy import compile_rules
+
+    # Patterns are compiled now so that a bad regex or network is reported with its line
+    # instead of failing on the first message.
+    compile_rules(config.rules, config.gateway.local_domains, text=text, source=source)
     return config
 
 

@@ -53,6 +53,18 @@ def core_stores(config: Config) -> list[StoreDescriptor]:
             read_permission="queues.view",
         ),
     ]
+    if config.directory.enabled:
+        stores.append(
+            StoreDescriptor(
+                name="directory cache",
+                path=str(config.path_in_home(config.directory.cache_path)),
+                holds="LDAP/AD users and contacts: names, addresses, sAMAccountName, UPN, "
+                "objectSid, group memberships; replaced at each refresh "
+                f"(every {config.directory.refresh_interval:g} s), deleted at start-up when "
+                "the directory integration is off",
+                read_permission="settings.view",
+            )
+        )
     if config.events.enabled:
         stores.append(
             StoreDescriptor(

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -41,8 +41,11 @@ from .events import MessageEventLog
 from .isolation import IsolatedDetector, target_of
 from .maildir import Maildir
 from .plugins import PluginSet, build_plugin_manager
-from .policy import decide_action, fold_findings, rule_for, rule_runs
+from .policy import RuleMatch, RuleSet, compile_rules, decide_action, fold_findings, rule_runs
 from .spool import Spool, SpoolEntry, SpoolState
+
+if TYPE_CHECKING:
+    from .directory.service import Directory
 
 __all__ = ["Decision", "Gateway", "Outcome"]
 
@@ -150,6 +153,10 @@ class Gateway:
         self.delivery = DeliveryQueue(self)
         self._executor: ThreadPoolExecutor | None = None
         self._started = False
+        # The directory is opened at start(); until then group patterns match nothing.
+        self.directory: Directory | None = None
+        self._directory_task: asyncio.Task[None] | None = None
+        self._rules: tuple[Config, list[RuleConfig], RuleSet] | None = None
 
     def _isolate(self, name: str) -> None:
         loaded = self.plugins.plugins.get(name)
@@ -183,6 +190,13 @@ class Gateway:
         if self._started:
             return
         self._executor = ThreadPoolExecutor(_DETECTOR_THREADS, thread_name_prefix="detector")
+        from .directory.service import open_directory
+
+        # Opening may refresh an empty cache over the network, hence the thread; with the
+        # integration off this deletes the cache (DESIGN.md, Stores).
+        self.directory = await asyncio.to_thread(open_directory, self.config)
+        if self.directory is not None:
+            self._directory_task = asyncio.create_task(self.directory.keep_fresh())
         for impl in self.plugins.pm.hook.mailwarden_startup.get_hookimpls():
             try:
                 result = impl.function(**_kwargs(impl, host=self.host))
@@ -206,6 +220,13 @@ class Gateway:
         if self._executor:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
+        if self._directory_task is not None:
+            self._directory_task.cancel()
+            await asyncio.gather(self._directory_task, return_exceptions=True)
+            self._directory_task = None
+        if self.directory is not None:
+            self.directory.close()
+            self.directory = None
         self._started = False
 
     async def __aenter__(self) -> Gateway:
@@ -217,9 +238,28 @@ class Gateway:
 
     # -- policy ------------------------------------------------------------------------------
 
-    def rule_for(self, sender: str, recipient: str) -> RuleConfig:
+    def rule_for(self, sender: str, recipient: str, *, client: str | None = None) -> RuleConfig:
         """The rule covering ``recipient`` (the last rule applies when none matches)."""
-        return rule_for(self.config.rules, sender, recipient) or self.config.rules[-1]
+        match = self.match_rule(sender, recipient, client=client)
+        return match.rule if match else self.config.rules[-1]
+
+    def match_rule(
+        self, sender: str, recipient: str, *, client: str | None = None
+    ) -> RuleMatch | None:
+        """The first matching rule with the patterns that matched, else ``None``.
+
+        Patterns are compiled once per config (a swapped config or rule list is recompiled on
+        first use); ``group:`` patterns ask the directory cache.
+        """
+        compiled = self._rules
+        if (
+            compiled is None
+            or compiled[0] is not self.config
+            or compiled[1] is not self.config.rules
+        ):
+            ruleset = compile_rules(self.config.rules, self.config.gateway.local_domains)
+            compiled = self._rules = (self.config, self.config.rules, ruleset)
+        return compiled[2].match(sender, recipient, client=client, directory=self.directory)
 
     def detectors_for(self, rule: RuleConfig) -> list[str]:
         """Names of the detectors that run under ``rule``."""
@@ -243,7 +283,7 @@ class Gateway:
         timings["parse"] = _ms(began)
 
         first = envelope.rcpt_to[0] if envelope.rcpt_to else ""
-        rule = self.rule_for(envelope.mail_from, first)
+        rule = self.rule_for(envelope.mail_from, first, client=envelope.client_address)
         ctx = ScanContext(envelope, message, rule.name)
 
         began = time.perf_counter()

@@ -1,13 +1,20 @@
 """Rules: which rule covers a recipient, and what a rule does with a verdict.
 
-Folding findings into a verdict is plain data work and lives in :func:`fold_findings`; the
-choice of action is :func:`decide_action`. Neither does I/O.
+Rule patterns are compiled once (:func:`compile_rules`, at config load and when the gateway
+starts) so that matching at RCPT time is a few string and regex tests; directory groups come
+from the local cache, never from a network round trip. Folding findings into a verdict is plain
+data work and lives in :func:`fold_findings`; the choice of action is :func:`decide_action`.
+None of these does network I/O.
 """
 
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterable, Sequence
+import ipaddress
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
 
 from mailwarden_sdk import (
     Action,
@@ -19,9 +26,23 @@ from mailwarden_sdk import (
     Verdict,
 )
 
-from .config import RuleConfig
+from .config import RuleConfig, locate_key
+from .directory.names import group_key
+from .errors import ConfigError
 
-__all__ = ["address_matches", "decide_action", "fold_findings", "rule_for"]
+__all__ = [
+    "GroupSource",
+    "Pattern",
+    "RuleMatch",
+    "RuleSet",
+    "address_matches",
+    "compile_pattern",
+    "compile_rules",
+    "decide_action",
+    "direction_of",
+    "fold_findings",
+    "rule_for",
+]
 
 # When several statuses apply, the most final action wins: a rejected message is never also
 # delivered, and a message that cannot be judged now is retried rather than quarantined.
@@ -44,29 +65,290 @@ _SPAM_RANK = {
 }
 
 
-def address_matches(address: str, pattern: str) -> bool:
-    """Whether ``address`` matches a rule pattern.
+class GroupSource(Protocol):
+    """Where ``group:`` patterns look: the directory cache (see :mod:`mailwarden.directory`)."""
 
-    ``*`` matches everything (the null sender too); ``@example.org`` a whole domain; anything
-    else is a case-insensitive shell pattern (``*@*.example.org``, ``alice@example.org``).
+    def groups_of(self, address: str) -> frozenset[str]:
+        """Keys (:func:`~mailwarden.directory.names.group_key`) of every group ``address``
+        belongs to, nested membership included; empty when the address is unknown."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Pattern:
+    """One compiled sender or recipient pattern; ``text`` is what the config says."""
+
+    text: str
+    kind: str
+    value: str = ""
+    regex: re.Pattern[str] | None = None
+
+    def matches(self, address: str, groups: Callable[[], frozenset[str]]) -> bool:
+        """Whether ``address`` (lower case) matches; ``groups`` is asked only for groups."""
+        kind = self.kind
+        if kind == "any":
+            return True
+        if kind == "null":
+            return address == ""
+        if kind == "address":
+            return address == self.value
+        if kind == "domain":
+            return _domain(address) == self.value
+        if kind == "subdomain":
+            domain = _domain(address)
+            return domain == self.value or domain.endswith("." + self.value)
+        if kind == "group":
+            return self.value in groups()
+        assert self.regex is not None
+        return self.regex.fullmatch(address) is not None
+
+
+def _domain(address: str) -> str:
+    return address.rpartition("@")[2] if "@" in address else ""
+
+
+def compile_pattern(text: str) -> Pattern:
+    """Compile one pattern; raises ``ValueError`` saying what is wrong with it.
+
+    ``*`` everything (the null sender too), ``<>`` the null sender, ``@example.org`` that
+    domain, ``@.example.org`` it and its subdomains, ``re:...`` a regular expression that must
+    match the whole address (case-insensitive), ``group:NAME`` a directory group by CN or DN,
+    a pattern with ``*``, ``?`` or ``[`` a shell wildcard, anything else one address.
     """
-    address = address.lower()
-    pattern = pattern.lower()
-    if pattern == "*":
-        return True
-    if pattern.startswith("@"):
-        return address.endswith(pattern)
-    return fnmatch.fnmatchcase(address, pattern)
+    stripped = text.strip()
+    lowered = stripped.lower()
+    if lowered == "*":
+        return Pattern(text, "any")
+    if lowered == "<>":
+        return Pattern(text, "null")
+    if lowered.startswith("re:"):
+        try:
+            regex = re.compile(stripped[3:], re.IGNORECASE)
+        except re.error as exc:
+            raise ValueError(f"invalid regular expression {stripped[3:]!r}: {exc}") from None
+        return Pattern(text, "regex", regex=regex)
+    if lowered.startswith("group:"):
+        name = stripped[6:].strip()
+        if not name:
+            raise ValueError("group: needs a group name or DN")
+        return Pattern(text, "group", group_key(name))
+    if lowered.startswith("@."):
+        if not lowered[2:] or any(c in lowered for c in "*?["):
+            raise ValueError(f"invalid domain pattern {text!r}")
+        return Pattern(text, "subdomain", lowered[2:])
+    if lowered.startswith("@") and not any(c in lowered for c in "*?["):
+        if not lowered[1:]:
+            raise ValueError("@ needs a domain")
+        return Pattern(text, "domain", lowered[1:])
+    if any(c in lowered for c in "*?["):
+        return Pattern(text, "wildcard", regex=re.compile(fnmatch.translate(lowered)))
+    if not lowered:
+        raise ValueError("empty pattern (use <> for the null sender)")
+    return Pattern(text, "address", lowered)
 
 
-def rule_for(rules: Sequence[RuleConfig], sender: str, recipient: str) -> RuleConfig | None:
-    """The first rule whose sender and recipient patterns both match, else ``None``."""
-    for rule in rules:
-        if any(address_matches(sender, p) for p in rule.senders) and any(
-            address_matches(recipient, p) for p in rule.recipients
-        ):
-            return rule
-    return None
+def address_matches(address: str, pattern: str, directory: GroupSource | None = None) -> bool:
+    """Whether ``address`` matches one rule pattern (see :func:`compile_pattern`).
+
+    ``group:`` patterns need ``directory``; without one they match nothing.
+    """
+    lowered = address.lower()
+    compiled = compile_pattern(pattern)
+    return compiled.matches(lowered, lambda: _groups(directory, lowered))
+
+
+def _groups(directory: GroupSource | None, address: str) -> frozenset[str]:
+    return directory.groups_of(address) if directory is not None and address else frozenset()
+
+
+def _in_domains(domain: str, local: Sequence[str]) -> bool:
+    for entry in local:
+        if entry.startswith("."):
+            if domain == entry[1:] or domain.endswith(entry):
+                return True
+        elif domain == entry:
+            return True
+    return False
+
+
+def direction_of(sender: str, recipient: str, local_domains: Sequence[str]) -> str:
+    """``inbound``, ``outbound`` or ``internal`` as told by ``local_domains``.
+
+    Mail to a local recipient is internal when the sender is local too, else inbound (the null
+    sender is not local); mail to any other recipient is outbound.
+    """
+    local = [d.lower() for d in local_domains]
+    if not _in_domains(_domain(recipient.lower()), local):
+        return "outbound"
+    return "internal" if _in_domains(_domain(sender.lower()), local) else "inbound"
+
+
+@dataclass(frozen=True, slots=True)
+class RuleMatch:
+    """The rule that applies and why: the patterns, network and direction that matched."""
+
+    rule: RuleConfig
+    sender_pattern: str
+    recipient_pattern: str
+    client_network: str | None
+    direction: str
+
+    def explain(self) -> str:
+        """One line saying why the rule matched, as ``mailwarden rules test`` prints it."""
+        parts = [
+            f"sender matched '{self.sender_pattern}'",
+            f"recipient matched '{self.recipient_pattern}'",
+        ]
+        if self.client_network is not None:
+            parts.append(f"client in {self.client_network}")
+        parts.append(f"direction {self.direction}")
+        return ", ".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class _CompiledRule:
+    rule: RuleConfig
+    senders: tuple[Pattern, ...]
+    recipients: tuple[Pattern, ...]
+    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+
+
+@dataclass(slots=True)
+class RuleSet:
+    """Rules with their patterns compiled; :meth:`match` is what the hot path calls."""
+
+    rules: tuple[_CompiledRule, ...]
+    local_domains: tuple[str, ...] = ()
+
+    def match(
+        self,
+        sender: str,
+        recipient: str,
+        *,
+        client: str | None = None,
+        directory: GroupSource | None = None,
+    ) -> RuleMatch | None:
+        """The first rule matching sender, recipient, client and direction, with the reasons."""
+        sender = sender.lower()
+        recipient = recipient.lower()
+        direction = direction_of(sender, recipient, self.local_domains)
+        client_ip = _client_ip(client)
+        # Directory answers are looked up at most once per address and call.
+        memo: dict[str, frozenset[str]] = {}
+
+        def groups_for(address: str) -> Callable[[], frozenset[str]]:
+            def lookup() -> frozenset[str]:
+                if address not in memo:
+                    memo[address] = _groups(directory, address)
+                return memo[address]
+
+            return lookup
+
+        sender_groups = groups_for(sender)
+        recipient_groups = groups_for(recipient)
+        for compiled in self.rules:
+            rule = compiled.rule
+            if rule.direction != "any" and rule.direction != direction:
+                continue
+            network = None
+            if compiled.networks:
+                if client_ip is None:
+                    continue
+                network = next((n for n in compiled.networks if client_ip in n), None)
+                if network is None:
+                    continue
+            sender_hit = next(
+                (p for p in compiled.senders if p.matches(sender, sender_groups)), None
+            )
+            if sender_hit is None:
+                continue
+            recipient_hit = next(
+                (p for p in compiled.recipients if p.matches(recipient, recipient_groups)), None
+            )
+            if recipient_hit is None:
+                continue
+            return RuleMatch(
+                rule,
+                sender_hit.text,
+                recipient_hit.text,
+                str(network) if network is not None else None,
+                direction,
+            )
+        return None
+
+
+def _client_ip(client: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    if not client:
+        return None
+    try:
+        ip = ipaddress.ip_address(client.strip("[]"))
+    except ValueError:
+        return None
+    # An IPv4 client seen through an IPv6 socket still matches IPv4 networks.
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def compile_rules(
+    rules: Sequence[RuleConfig],
+    local_domains: Sequence[str] = (),
+    *,
+    text: str | None = None,
+    source: str | None = None,
+) -> RuleSet:
+    """Compile every rule's patterns and networks; a bad one is a :class:`ConfigError` naming
+    the key (``rules[2].recipients[0]``) and, when ``text`` (the TOML) is given, the line."""
+
+    def fail(index: int, name: str, item: int | None, message: str) -> ConfigError:
+        key = f"rules[{index}].{name}" + (f"[{item}]" if item is not None else "")
+        line = locate_key(text, ["rules", index, name]) if text else None
+        return ConfigError(message, path=source, key=key, line=line)
+
+    compiled: list[_CompiledRule] = []
+    for index, rule in enumerate(rules):
+        lists: dict[str, tuple[Pattern, ...]] = {}
+        for name in ("senders", "recipients"):
+            patterns = []
+            for item, pattern in enumerate(getattr(rule, name)):
+                try:
+                    patterns.append(compile_pattern(pattern))
+                except ValueError as exc:
+                    raise fail(index, name, item, str(exc)) from None
+            lists[name] = tuple(patterns)
+        networks = []
+        for item, value in enumerate(rule.clients):
+            try:
+                networks.append(ipaddress.ip_network(value, strict=False))
+            except ValueError as exc:
+                raise fail(index, "clients", item, f"not an address or network: {exc}") from None
+        if rule.direction != "any" and not local_domains:
+            raise fail(
+                index,
+                "direction",
+                None,
+                f"direction {rule.direction!r} needs [gateway] local_domains",
+            )
+        compiled.append(_CompiledRule(rule, lists["senders"], lists["recipients"], tuple(networks)))
+    domains = tuple(d.lower().lstrip("@") for d in local_domains)
+    return RuleSet(tuple(compiled), domains)
+
+
+def rule_for(
+    rules: Sequence[RuleConfig],
+    sender: str,
+    recipient: str,
+    *,
+    client: str | None = None,
+    directory: GroupSource | None = None,
+    local_domains: Sequence[str] = (),
+) -> RuleConfig | None:
+    """The first rule that matches, else ``None``; compiles ``rules`` on every call, so the
+    gateway keeps a :class:`RuleSet` instead."""
+    match = compile_rules(rules, local_domains).match(
+        sender, recipient, client=client, directory=directory
+    )
+    return match.rule if match else None
 
 
 def rule_runs(rule: RuleConfig, detector: str) -> bool:
