@@ -11,6 +11,9 @@ filters it received.
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
+import json
 import shutil
 import subprocess
 import tempfile
@@ -19,6 +22,11 @@ import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from tests.conftest import free_port, need
 from tests.services import ensure_packages
@@ -185,12 +193,18 @@ member: cn=Loop2,ou=Groups,{base}
 
 
 class Slapd:
-    """A started slapd: its URL, working directory, and the log of what it received."""
+    """A started slapd: its URL, working directory, and the log of what it received.
 
-    def __init__(self, directory: Path, port: int) -> None:
+    ``tls_url`` (ldaps://) and ``ca_file`` are set when it was started with a certificate;
+    StartTLS then works on ``url`` too.
+    """
+
+    def __init__(self, directory: Path, port: int, tls_port: int | None = None) -> None:
         self.directory = directory
         self.port = port
         self.url = f"ldap://127.0.0.1:{port}"
+        self.tls_url = f"ldaps://127.0.0.1:{tls_port}" if tls_port else None
+        self.ca_file = directory / "cert.pem" if tls_port else None
         self.log_path = directory / "slapd.log"
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -204,7 +218,7 @@ class Slapd:
                 "-f",
                 str(self.directory / "slapd.conf"),
                 "-h",
-                f"{self.url}/ ldapi://{socket_path}",
+                " ".join(u + "/" for u in (self.url, self.tls_url, f"ldapi://{socket_path}") if u),
                 "-d",
                 "stats",
             ],
@@ -275,15 +289,55 @@ def _install() -> None:
     need(Path(_binary("slapd")).exists(), "slapd is not installed")
 
 
+def _write_certificate(directory: Path) -> None:
+    """A self-signed certificate for 127.0.0.1 (cert.pem, key.pem) that slapd serves."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    (directory / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (directory / "key.pem").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+
+
 @contextmanager
-def running_slapd() -> Iterator[Slapd]:
-    """Run a slapd with the AD-shaped directory above; stopped (by PID) on exit."""
+def running_slapd(tls: bool = False) -> Iterator[Slapd]:
+    """Run a slapd with the AD-shaped directory above; stopped (by PID) on exit.
+
+    ``tls=True`` also serves a self-signed certificate: ldaps:// on a second port and
+    StartTLS on the first.
+    """
     _install()
     directory = Path(tempfile.mkdtemp(prefix="mailwarden-slapd-"))
     try:
         (directory / "db").mkdir()
         (directory / "ad.schema").write_text(_SCHEMA)
         conf = _CONF.format(dir=directory, base=BASE_DN, rootdn=ROOT_DN, rootpw=ROOT_PASSWORD)
+        if tls:
+            _write_certificate(directory)
+            conf = (
+                f"TLSCertificateFile {directory}/cert.pem\n"
+                f"TLSCertificateKeyFile {directory}/key.pem\n" + conf
+            )
         (directory / "slapd.conf").write_text(conf)
         check = subprocess.run(
             [_binary("slaptest"), "-u", "-f", str(directory / "slapd.conf")],
@@ -292,7 +346,7 @@ def running_slapd() -> Iterator[Slapd]:
             check=False,
         )
         assert check.returncode == 0, check.stderr
-        slapd = Slapd(directory, free_port())
+        slapd = Slapd(directory, free_port(), free_port() if tls else None)
         slapd.start()
         try:
             slapd.ldapadd(
@@ -317,5 +371,6 @@ def directory_section(slapd: Slapd, **extra: object) -> str:
         "timeout = 2.0",
     ]
     for key, value in extra.items():
-        lines.append(f"{key} = {value!r}" if not isinstance(value, str) else f'{key} = "{value}"')
+        # JSON spells strings, numbers and booleans the way TOML does.
+        lines.append(f"{key} = {json.dumps(value)}")
     return "\n".join(lines) + "\n"
