@@ -10,37 +10,20 @@ from __future__ import annotations
 
 import email
 import email.policy
-import os
 from pathlib import Path
 
-import pytest
-
 from mailwarden_native import ParsedMessage, parse
+from tests.conftest import corpus_dir, need
 
-ROOT = Path(__file__).resolve().parents[2]
 SKIP_NAMES = {"LICENSE", "MIT-LICENSE", "COPYING"}
 SKIP_SUFFIXES = {".json", ".md"}
-
-
-def corpus_root() -> Path:
-    return Path(os.environ.get("MAILWARDEN_CORPUS") or ROOT.parent / "shared" / "corpus")
-
-
-def require_dir(path: Path) -> None:
-    """Skip when the corpus is absent, unless MAILWARDEN_REQUIRE_ALL=1 demands it."""
-    if path.is_dir():
-        return
-    reason = f"corpus directory {path} not found (set MAILWARDEN_CORPUS to the corpus root)"
-    if os.environ.get("MAILWARDEN_REQUIRE_ALL") == "1":
-        pytest.fail(f"MAILWARDEN_REQUIRE_ALL=1: {reason}")
-    pytest.skip(reason)
 
 
 def message_files(*subdirs: str) -> list[Path]:
     out: list[Path] = []
     for sub in subdirs:
-        base = corpus_root() / sub
-        require_dir(base)
+        base = corpus_dir() / sub
+        need(base.is_dir(), f"corpus directory {base} not found (set MAILWARDEN_CORPUS)")
         out += sorted(
             p
             for p in base.rglob("*")
@@ -84,7 +67,7 @@ def test_corpus_parses_and_shape_vs_email() -> None:
         ours = (len(list(msg.leaves())), {p.filename for p in msg.parts if p.filename})
         theirs = email_shape(raw)
         if ours != theirs:
-            rel = path.relative_to(corpus_root())
+            rel = path.relative_to(corpus_dir())
             disagreements.append(
                 f"{rel}: leaves {ours[0]} vs email {theirs[0]}"
                 + (
