@@ -55,6 +55,22 @@ log = logging.getLogger(__name__)
 # loop; native calls release the GIL, so these threads also use every core of the worker.
 _DETECTOR_THREADS = 32
 
+_REFUSING = (ActionKind.REJECT, ActionKind.TEMPFAIL)
+
+
+def _accepted_form(action: Action) -> Action:
+    """What a refusing action becomes once the message is accepted for other recipients."""
+    if action.kind is ActionKind.REJECT:
+        return msgspec.structs.replace(
+            action,
+            kind=ActionKind.DISCARD,
+            smtp_code=250,
+            smtp_text="2.0.0 Blocked for these recipients: " + action.smtp_text.split(" ", 1)[-1],
+        )
+    if action.kind is ActionKind.TEMPFAIL:
+        return msgspec.structs.replace(action, kind=ActionKind.QUARANTINE, smtp_code=250)
+    return action
+
 
 @dataclass
 class Decision:
@@ -93,6 +109,9 @@ class Outcome:
     reply_code: int
     reply_text: str
     event: MessageEvent | None
+    #: When the recipients fell under different rules: one outcome per rule, in the order the
+    #: rules were first met (``decision`` and ``event`` are then those of the first group).
+    groups: list[Outcome] = field(default_factory=list)
 
     @property
     def reply(self) -> str:
@@ -272,14 +291,44 @@ class Gateway:
 
     # -- the pipeline ------------------------------------------------------------------------
 
-    async def scan(self, raw: bytes, envelope: Envelope | None = None) -> Decision:
-        """Parse, pick the rule, run the detectors, fold and decide. Does not act or record."""
+    def split_recipients(self, envelope: Envelope) -> list[tuple[RuleConfig, Envelope]]:
+        """The recipients grouped by the rule covering each, in the order rules are first met.
+
+        Each group gets a copy of ``envelope`` holding only its recipients; an envelope without
+        recipients is one group under the rule for the empty recipient.
+        """
+        if not envelope.rcpt_to:
+            return [
+                (self.rule_for(envelope.mail_from, "", client=envelope.client_address), envelope)
+            ]
+        groups: dict[str, tuple[RuleConfig, list[str]]] = {}
+        for recipient in envelope.rcpt_to:
+            rule = self.rule_for(envelope.mail_from, recipient, client=envelope.client_address)
+            groups.setdefault(rule.name, (rule, []))[1].append(recipient)
+        if len(groups) == 1:
+            return [(next(iter(groups.values()))[0], envelope)]
+        return [
+            (rule, msgspec.structs.replace(envelope, rcpt_to=recipients))
+            for rule, recipients in groups.values()
+        ]
+
+    async def scan(
+        self,
+        raw: bytes,
+        envelope: Envelope | None = None,
+        *,
+        message: ParsedMessage | None = None,
+    ) -> Decision:
+        """Parse, pick the rule, run the detectors, fold and decide. Does not act or record.
+
+        ``message`` is ``raw`` already parsed, so a message scanned once per rule is parsed once.
+        """
         if not self._started:
             await self.start()
         envelope = envelope or Envelope()
         timings: dict[str, float] = {}
         began = time.perf_counter()
-        message = parse(raw)
+        message = message if message is not None else parse(raw)
         timings["parse"] = _ms(began)
 
         first = envelope.rcpt_to[0] if envelope.rcpt_to else ""
@@ -346,6 +395,9 @@ class Gateway:
         """
         entry = await asyncio.to_thread(self.spool.write, raw, envelope)
         try:
+            groups = self.split_recipients(envelope)
+            if len(groups) > 1:
+                return await self._process_groups(raw, entry, groups, ingress)
             decision = await self.scan(raw, envelope)
             code, text = await self._act(decision, entry)
         except BaseException:
@@ -354,6 +406,58 @@ class Gateway:
             raise
         event = self.record(decision, ingress=ingress, reply=f"{code} {text}")
         return Outcome(decision, code, text, event)
+
+    async def _process_groups(
+        self,
+        raw: bytes,
+        entry: SpoolEntry,
+        groups: list[tuple[RuleConfig, Envelope]],
+        ingress: str,
+    ) -> Outcome:
+        """Scan and act once per rule for recipients that fall under different rules.
+
+        The transaction has one reply. When every rule refuses, that refusal is the reply (a
+        temporary one wins, so the sender retries and nothing is lost). Otherwise the message
+        is accepted: recipients whose rule rejects are blocked (not delivered, recorded) rather
+        than bounced, because a bounce for spam or malware goes to a forged sender; recipients
+        whose rule tempfails are held in the quarantine for an admin instead of being dropped.
+        """
+        message = parse(raw)
+        decisions = [await self.scan(raw, env, message=message) for _, env in groups]
+        if all(d.action.kind in _REFUSING for d in decisions):
+            chosen = next((d for d in decisions if d.action.kind is ActionKind.TEMPFAIL), None)
+            chosen = chosen or decisions[0]
+            code, text = chosen.action.smtp_code, chosen.action.smtp_text
+            await asyncio.to_thread(self.spool.remove, entry)
+            parts = [
+                Outcome(d, code, text, self.record(d, ingress=ingress, reply=f"{code} {text}"))
+                for d in decisions
+            ]
+            return Outcome(parts[0].decision, code, text, parts[0].event, groups=parts)
+        for d in decisions:
+            d.action = _accepted_form(d.action)
+        # Every group is durable on its own before the shared entry goes, so a crash in between
+        # can only deliver twice, never lose a recipient.
+        entries = [await asyncio.to_thread(self.spool.write, raw, d.envelope) for d in decisions]
+        await asyncio.to_thread(self.spool.remove, entry)
+        parts = []
+        for d, group_entry in zip(decisions, entries, strict=True):
+            code, text = await self._act(d, group_entry)
+            parts.append(
+                Outcome(d, code, text, self.record(d, ingress=ingress, reply=f"{code} {text}"))
+            )
+        failed = next((p for p in parts if p.reply_code >= 400), None)
+        if failed is not None:
+            # A local failure for one group: the sender keeps the message and sends it again;
+            # recipients already served may get it twice, which RFC 5321 prefers to a loss.
+            return Outcome(
+                failed.decision, failed.reply_code, failed.reply_text, failed.event, groups=parts
+            )
+        ids = ", ".join(p.decision.id[:12] for p in parts)
+        first = parts[0]
+        return Outcome(
+            first.decision, 250, f"2.0.0 Ok: split by rule as {ids}", first.event, groups=parts
+        )
 
     async def act_on_spooled(self, entry: SpoolEntry) -> None:
         """Scan and act on a spooled message whose decision was not stored (crash recovery)."""

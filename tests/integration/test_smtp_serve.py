@@ -127,16 +127,21 @@ def test_serve_announces_its_listeners(server: Server) -> None:
     assert "antivirus" in text
 
 
-def test_recipients_under_different_rules_are_split_by_the_client(
+def _maildir_messages(root: Path) -> list[bytes]:
+    return [p.read_bytes() for p in sorted((root / "new").glob("*"))] if root.exists() else []
+
+
+def test_recipients_under_different_rules_are_split_after_data(
     tmp_path: Path, server: Server
 ) -> None:
-    # Reconfigure: a rule for one domain; the server reads its config at start, so restart.
+    # Reconfigure: the lab's rule runs no antivirus, everyone else's quarantines infected mail.
+    # The server reads its config at start, so restart it.
     server.process.terminate()
     server.process.wait(timeout=10)
     (server.home / "mailwarden.toml").write_text(
         f"[smtp]\nport = {server.port}\n"
         '[[rules]]\nname = "lab"\nrecipients = ["@lab.example"]\ndetectors = ["-antivirus"]\n'
-        '[[rules]]\nname = "default"\n'
+        '[[rules]]\nname = "default"\n[rules.actions]\ninfected = "quarantine"\n'
     )
     log = tmp_path / "serve2.log"
     with log.open("w") as out:
@@ -148,11 +153,26 @@ def test_recipients_under_different_rules_are_split_by_the_client(
         )
     server.process = process
     _wait_for_port(server.port, process, log)
+    infected = make_message(
+        subject="split: eicar", attachment=EICAR, filename="eicar.com", recipient="x@lab.example"
+    )
     with smtplib.SMTP("127.0.0.1", server.port, timeout=30) as client:
         client.ehlo("client.example.org")
-        client.mail("alice@example.org")
-        assert client.rcpt("x@lab.example")[0] == 250
-        code, text = client.rcpt("y@example.net")
-        assert code == 452 and b"another policy" in text
-        client.rset()
+        # Both recipients are taken in one transaction: nobody waits for a retry.
+        refused = client.sendmail("alice@example.org", ["x@lab.example", "y@example.net"], infected)
+        assert refused == {}
+
+    delivered = _maildir_messages(server.home / "maildir")
+    held = _maildir_messages(server.home / "quarantine")
+    assert len(delivered) == 1 and len(held) == 1
+    assert b"split: eicar" in delivered[0] and b"split: eicar" in held[0]
+    assert b"Eicar-Test-Signature" in held[0]  # the status header says why it is held
+    assert b"Eicar-Test-Signature" not in delivered[0].split(b"\r\n\r\n")[0]
+
+    result = server.cli("events", "--json")
+    events = {tuple(e["rcpt_to"]): e for e in map(json.loads, result.stdout.splitlines())}
+    assert events[("x@lab.example",)]["rule"] == "lab"
+    assert events[("x@lab.example",)]["action"] == "deliver"
+    assert events[("y@example.net",)]["rule"] == "default"
+    assert events[("y@example.net",)]["action"] == "quarantine"
     assert process.poll() is None

@@ -209,3 +209,67 @@ def test_observers_see_every_recorded_event(tmp_path) -> None:
         ("one", ActionKind.DELIVER),
         ("two", ActionKind.REJECT),
     ]
+
+
+SPLIT_RULES = """
+[[rules]]
+name = "lab"
+recipients = ["@lab.example"]
+[rules.actions]
+infected = "{lab}"
+[[rules]]
+name = "default"
+[rules.actions]
+infected = "{default}"
+"""
+
+
+def _split(tmp_path, lab: str, default: str):
+    plugins = build_plugin_manager()
+    config = parse_config(SPLIT_RULES.format(lab=lab, default=default), plugins.config_schemas())
+    config.gateway.home = str(tmp_path)
+    envelope = Envelope(mail_from="a@example.org", rcpt_to=["x@lab.example", "y@example.net"])
+
+    async def run():
+        async with Gateway(config, plugins=plugins) as gateway:
+            outcome = await gateway.process(make_message(attachment=EICAR), envelope)
+            # Every group's copy was handed on or removed: the spool keeps nothing behind.
+            assert gateway.spool.ids() == []
+            return outcome, gateway.maildir.messages(), gateway.quarantine.messages()
+
+    return asyncio.run(run())
+
+
+def test_split_when_every_rule_refuses_the_reply_refuses_and_tempfail_wins(tmp_path) -> None:
+    outcome, delivered, held = _split(tmp_path, lab="reject", default="tempfail")
+    # The sender must retry rather than bounce: the temporary refusal covers both groups.
+    assert outcome.reply_code == 451
+    assert [g.decision.action.kind for g in outcome.groups] == [
+        ActionKind.REJECT,
+        ActionKind.TEMPFAIL,
+    ]
+    assert delivered == [] and held == []
+
+
+def test_split_with_one_rule_accepting_blocks_the_rejected_recipients(tmp_path) -> None:
+    outcome, delivered, held = _split(tmp_path, lab="deliver", default="reject")
+    assert outcome.reply_code == 250
+    lab, default = outcome.groups
+    assert lab.decision.envelope.rcpt_to == ["x@lab.example"]
+    assert default.decision.envelope.rcpt_to == ["y@example.net"]
+    assert default.decision.action.kind is ActionKind.DISCARD
+    assert default.reply_text.startswith("2.0.0 Blocked for these recipients")
+    assert len(delivered) == 1 and held == []
+    # The recorded events say which recipient got what.
+    assert (lab.event and lab.event.rcpt_to) == ["x@lab.example"]
+    assert (default.event and default.event.action) is ActionKind.DISCARD
+
+
+def test_split_tempfail_beside_an_accepting_rule_is_held_not_lost(tmp_path) -> None:
+    outcome, delivered, held = _split(tmp_path, lab="tempfail", default="deliver")
+    assert outcome.reply_code == 250
+    assert [g.decision.action.kind for g in outcome.groups] == [
+        ActionKind.QUARANTINE,
+        ActionKind.DELIVER,
+    ]
+    assert len(delivered) == 1 and len(held) == 1

@@ -127,14 +127,8 @@ class SmtpHandler:
         limit = self.gateway.config.smtp.max_recipients
         if len(envelope.rcpt_tos) >= limit:
             return "452 4.5.3 Too many recipients"
-        sender = _sender(envelope.mail_from)
-        if envelope.rcpt_tos:
-            # One DATA gets one reply, so one transaction must fall under one rule. A recipient
-            # under another rule is deferred with 452, which every client answers by sending it
-            # again in a transaction of its own: nothing is lost and each rule is applied.
-            first = self.gateway.rule_for(sender, envelope.rcpt_tos[0])
-            if self.gateway.rule_for(sender, address).name != first.name:
-                return "452 4.5.3 Recipient under another policy; send it in a new transaction"
+        # Recipients under different rules are all accepted here and split by rule after DATA
+        # (Gateway.process), so the sender is not made to wait for a retry.
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         return "250 2.1.5 Ok"
