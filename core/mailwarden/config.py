@@ -172,6 +172,40 @@ class RuleActions(_Section):
     clean: ActionName = "deliver"
 
 
+class ContentRules(_Section):
+    """``[rules.content]``: what a rule blocks by attachment name, detected type and size.
+
+    ``names`` are file-name masks (``*`` / ``?``, case-insensitive) matched against attachment
+    names and the names of members of zip and tar archives, nested up to ``archive_depth``.
+    ``double_extensions`` blocks names like ``invoice.pdf.exe`` whose last extension runs code.
+    ``types`` are detected types (from the bytes, never from headers or names), e.g. ``pe``,
+    ``elf``, ``macho``, ``msi``, ``script``. Sizes are in bytes of decoded content; 0 is no
+    limit. A match gives a ``blocked`` content status, handled by ``action``.
+    """
+
+    names: list[str] = msgspec.field(default_factory=list)
+    double_extensions: bool = False
+    types: list[str] = msgspec.field(default_factory=list)
+    max_attachment_size: Annotated[int, msgspec.Meta(ge=0)] = 0
+    max_message_size: Annotated[int, msgspec.Meta(ge=0)] = 0
+    action: ActionName = "reject"
+    archive_depth: Annotated[int, msgspec.Meta(ge=0, le=16)] = 3
+    archive_members: Annotated[int, msgspec.Meta(ge=1)] = 1000
+    # Nested archives are read whole to be listed; larger ones are judged by name and type only.
+    nested_limit: Annotated[int, msgspec.Meta(ge=0)] = 32 * 1024 * 1024
+
+    @property
+    def active(self) -> bool:
+        """Whether any content rule is set."""
+        return bool(
+            self.names
+            or self.double_extensions
+            or self.types
+            or self.max_attachment_size
+            or self.max_message_size
+        )
+
+
 class RuleConfig(_Section):
     """One ``[[rules]]`` entry: which mail it covers, which detectors run, what each status does.
 
@@ -190,6 +224,7 @@ class RuleConfig(_Section):
     direction: Literal["any", "inbound", "outbound", "internal"] = "any"
     detectors: list[str] = msgspec.field(default_factory=lambda: ["*"])
     actions: RuleActions = msgspec.field(default_factory=RuleActions)
+    content: ContentRules = msgspec.field(default_factory=ContentRules)
     add_headers: bool = True
     reject_text: str = "Message rejected by policy"
 

@@ -34,6 +34,8 @@ from mailwarden_sdk import (
 )
 
 from .config import Config, RuleConfig, load_config
+from .content_rules import DETECTOR as CONTENT_DETECTOR
+from .content_rules import check_content
 from .delivery.queue import DeliveryQueue, crlf
 from .dkim import DkimSigner
 from .errors import ConfigError, DeliveryError, PluginError
@@ -342,7 +344,10 @@ class Gateway:
             for i in self.plugins.pm.hook.mailwarden_scan.get_hookimpls()
             if i.plugin_name in names
         ]
-        results = await asyncio.gather(*(self._run_detector(impl, ctx, timings) for impl in impls))
+        detecting = asyncio.gather(*(self._run_detector(impl, ctx, timings) for impl in impls))
+        content = self._check_content(message, rule, timings)
+        blocked, results = await asyncio.gather(content, detecting)
+        results.append(blocked)
         timings["detect"] = _ms(began)
 
         began = time.perf_counter()
@@ -358,6 +363,22 @@ class Gateway:
         action = decide_action(rule, verdict)
         timings["decide"] = _ms(began)
         return Decision(uuid.uuid4().hex, envelope, message, rule, verdict, action, timings)
+
+    async def _check_content(
+        self, message: ParsedMessage, rule: RuleConfig, timings: dict[str, float]
+    ) -> list[Finding]:
+        if not rule.content.active:
+            return []
+        began = time.perf_counter()
+        try:
+            # Archive listing is Python work on untrusted data: off the event loop, and a
+            # failure is an error finding the rule's error action decides, like a detector's.
+            return await asyncio.to_thread(check_content, message, rule.content)
+        except Exception as exc:
+            log.warning("content rules failed: %r", exc)
+            return [_error_finding(CONTENT_DETECTOR, "DETECTOR_ERROR", repr(exc))]
+        finally:
+            timings[f"detector.{CONTENT_DETECTOR}"] = _ms(began)
 
     async def _run_detector(
         self, impl: Any, ctx: ScanContext, timings: dict[str, float]

@@ -394,6 +394,8 @@ def fold_findings(findings: Iterable[Finding]) -> Verdict:
                 "suspicious",
             ):
                 verdict.reputation = _worse(verdict.reputation, finding.status)
+        elif finding.category is Category.CONTENT and finding.status == "blocked":
+            verdict.content = "blocked"
         elif finding.category is Category.SANDBOX and finding.status in (
             "malicious",
             "suspicious",
@@ -422,6 +424,16 @@ def decide_action(rule: RuleConfig, verdict: Verdict) -> Action:
         candidates.append((ActionKind(getattr(actions, spam.value)), spam.value, spam.value))
     if "malicious" in (verdict.reputation, verdict.sandbox):
         candidates.append((ActionKind(actions.malicious), "malicious", "malicious content"))
+    if verdict.content == "blocked":
+        what = sorted(
+            {
+                f.details.get("name") or f.details.get("object") or f.code
+                for f in verdict.findings
+                if f.category is Category.CONTENT
+            }
+        )
+        detail = f"blocked content ({', '.join(what)})"
+        candidates.append((ActionKind(rule.content.action), "content", detail))
     if verdict.errors:
         detail = f"scan error in {', '.join(verdict.errors)}"
         candidates.append((ActionKind(actions.error), "error", detail))
@@ -462,6 +474,9 @@ def _status_headers(verdict: Verdict) -> list[tuple[str, str]]:
             f"{spam_flag}, status={verdict.spam.value}, score={verdict.spam_score:.2f}",
         ),
     ]
+    if verdict.content:
+        codes = sorted({f.code for f in verdict.findings if f.category is Category.CONTENT})
+        headers.append(("X-Mailwarden-Content", f"{verdict.content} ({', '.join(codes)})"))
     if verdict.errors:
         headers.append(("X-Mailwarden-Errors", ", ".join(verdict.errors)))
     return headers

@@ -174,6 +174,8 @@ class Verdict(msgspec.Struct, kw_only=True):
     spam_score: float = 0.0
     reputation: str | None = None
     sandbox: str | None = None
+    #: ``"blocked"`` when the rule's content rules (names, detected types, sizes) matched.
+    content: str | None = None
     errors: list[str] = msgspec.field(default_factory=list)
     findings: list[Finding] = msgspec.field(default_factory=list)
 
@@ -185,6 +187,7 @@ class Verdict(msgspec.Struct, kw_only=True):
             or self.spam not in (SpamStatus.CLEAN, SpamStatus.ALLOWED, SpamStatus.ERROR)
             or self.reputation not in (None, "clean")
             or self.sandbox not in (None, "clean")
+            or self.content is not None
         )
 
 

@@ -14,7 +14,7 @@ from packaging.version import Version
 
 __all__ = ["SDK_VERSION", "IncompatibleSdk", "check_compatible"]
 
-SDK_VERSION = "1.0.0"
+SDK_VERSION = "1.1.0"  # 1.1: Verdict.content
 
 
 class IncompatibleSdk(Exception):

@@ -39,11 +39,14 @@ def ensure_packages(*packages: str) -> None:
     need(can_install, f"packages {missing} are missing and apt-get as root is not available")
     with _apt_lock:
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        # Another apt (unattended-upgrades, a parallel test run) may hold the dpkg lock: wait
+        # for it instead of failing at once.
+        wait = ["-o", "DPkg::Lock::Timeout=600"]
         if not _apt_updated:
-            subprocess.run(["apt-get", "update", "-qq"], env=env, check=False, timeout=600)
+            subprocess.run(["apt-get", *wait, "update", "-qq"], env=env, check=False, timeout=600)
             _apt_updated = True
         result = subprocess.run(
-            ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing],
+            ["apt-get", *wait, "install", "-y", "-qq", "--no-install-recommends", *missing],
             env=env,
             capture_output=True,
             text=True,
