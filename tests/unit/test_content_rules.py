@@ -49,7 +49,11 @@ def test_name_mask_catches_a_double_extension_inside_a_zip() -> None:
     assert decision.verdict.content == "blocked"
     assert decision.action.kind is ActionKind.REJECT
     assert decision.action.smtp_code == 550
-    assert "invoice.pdf.exe" in decision.action.smtp_text
+    # The reply shown in docs/rules.md.
+    assert (
+        decision.action.smtp_text
+        == "5.7.1 Message rejected by policy: blocked content (invoice.pdf.exe)"
+    )
 
 
 def test_double_extension_check_needs_no_mask_and_sees_nested_archives() -> None:
@@ -114,3 +118,19 @@ def test_bad_content_rule_values_name_the_key() -> None:
     with pytest.raises(ConfigError) as error:
         parse_config(_rules("archive_depth = 99\n"))
     assert "archive_depth" in str(error.value)
+
+
+def test_the_content_rules_sample_in_the_docs_is_valid_config() -> None:
+    import re
+    from pathlib import Path
+
+    from mailwarden.config import parse_config
+
+    text = (Path(__file__).parents[2] / "docs" / "rules.md").read_text()
+    section = text.split("## Content rules", 1)[1]
+    sample = re.search(r"```toml\n(.*?)```", section, re.S)
+    assert sample is not None
+    config = parse_config(sample.group(1))
+    content = config.rules[0].content
+    assert content.double_extensions and content.action == "quarantine"
+    assert content.max_attachment_size == 25 * 1024 * 1024
