@@ -59,6 +59,23 @@ _DETECTOR_THREADS = 32
 
 _REFUSING = (ActionKind.REJECT, ActionKind.TEMPFAIL)
 
+# Core sections a reload compares (rules are swapped; the others apply at the next start).
+_RELOAD_SECTIONS = (
+    "gateway",
+    "smtp",
+    "delivery",
+    "detectors",
+    "events",
+    "spool",
+    "tls",
+    "dkim",
+    "directory",
+)
+
+
+def _differs(a: object, b: object) -> bool:
+    return msgspec.json.encode(a) != msgspec.json.encode(b)
+
 
 def _accepted_form(action: Action) -> Action:
     """What a refusing action becomes once the message is accepted for other recipients."""
@@ -256,6 +273,34 @@ class Gateway:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+    # -- reload ------------------------------------------------------------------------------
+
+    def reload_config(self) -> list[str]:
+        """Re-read the config file and swap in its rules; the sections that need a restart.
+
+        The whole file is validated first; on any error a :class:`ConfigError` naming the key
+        and line is raised and the running config stays. The new rules (with their content
+        rules and actions) are compiled, then swapped in with one assignment: a message being
+        scanned finishes under the rules it started with, the next one gets the new ones, and
+        no connection is dropped. Other sections that differ are returned by name; they take
+        effect at the next start.
+        """
+        if not self.config.source:
+            raise ConfigError("nothing to reload: the gateway runs on its embedded defaults")
+        new = load_config(self.config.source, self.plugins.config_schemas())
+        old = self.config
+        ruleset = compile_rules(new.rules, old.gateway.local_domains)
+        changed = [n for n in _RELOAD_SECTIONS if _differs(getattr(old, n), getattr(new, n))]
+        changed += [
+            name
+            for name in sorted({*old.plugins, *new.plugins})
+            if _differs(old.plugins.get(name), new.plugins.get(name))
+        ]
+        config = msgspec.structs.replace(old, rules=new.rules)
+        self._rules = (config, config.rules, ruleset)
+        self.config = config
+        return changed
 
     # -- policy ------------------------------------------------------------------------------
 

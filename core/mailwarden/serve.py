@@ -1,4 +1,7 @@
-"""``mailwarden serve``: the gateway with its listeners, until SIGTERM or SIGINT."""
+"""``mailwarden serve``: the gateway with its listeners, until SIGTERM or SIGINT.
+
+SIGHUP re-reads the config file and swaps in its rules without dropping connections.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ from importlib.resources import files
 from pathlib import Path
 
 from . import __version__
+from .errors import ConfigError
 from .ingress.smtp import start_smtp_servers
 from .pipeline import Gateway
 from .workers import run_workers, worker_count
@@ -65,6 +69,7 @@ async def run(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, _reload, gateway, announce)
         await stop.wait()
     finally:
         for server in servers:
@@ -72,6 +77,19 @@ async def run(
             await server.wait_closed()
         await gateway.delivery.stop()
         await gateway.stop()
+
+
+def _reload(gateway: Gateway, announce: Callable[[str], None]) -> None:
+    # SIGHUP: new rules without a restart; a bad file is refused and the old rules stay.
+    try:
+        changed = gateway.reload_config()
+    except ConfigError as exc:
+        announce(f"reload refused, running config kept: {exc}")
+        return
+    names = ", ".join(rule.name for rule in gateway.config.rules)
+    announce(f"reloaded rules: {names}")
+    if changed:
+        announce(f"  changed, applied at the next start: {', '.join(changed)}")
 
 
 def serve_forever(gateway: Gateway, announce: Callable[[str], None] = print) -> None:

@@ -1,7 +1,8 @@
 """Worker processes: one gateway per core, all accepting on the same ports (SO_REUSEPORT).
 
 The parent forks the workers before any event loop or thread exists, restarts a worker that
-dies, and on SIGTERM/SIGINT passes the signal on and waits for all of them. Each worker is a
+dies, and on SIGTERM/SIGINT passes the signal on and waits for all of them; SIGHUP is passed on
+so every worker reloads its rules. Each worker is a
 complete gateway (its own plugins, listeners and delivery queue); they share the spool, where
 ``flock`` on each message keeps two workers from delivering the same one.
 """
@@ -42,6 +43,16 @@ def run_workers(
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     children: dict[int, float] = {}
 
+    def on_hangup(signum: int, _frame: object) -> None:
+        # Every worker reloads its own rules.
+        for pid in list(children):
+            try:
+                os.kill(pid, signal.SIGHUP)
+            except ProcessLookupError:
+                pass
+
+    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_hangup)
+
     def spawn() -> None:
         # Unwritten output would otherwise be written again by the child.
         sys.stdout.flush()
@@ -50,6 +61,8 @@ def run_workers(
         if pid == 0:
             for s, handler in previous.items():
                 signal.signal(s, handler)
+            # Until the worker's event loop takes SIGHUP over, a reload must not kill it.
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
             code = 1
             try:
                 code = worker()

@@ -1,0 +1,118 @@
+"""SIGHUP: new rules without a restart, over connections that stay open; bad files refused."""
+
+from __future__ import annotations
+
+import os
+import signal
+import smtplib
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import EICAR, free_port, make_message
+from tests.integration.test_smtp_serve import _wait_for_port
+
+pytestmark = pytest.mark.integration
+
+RULES = '[[rules]]\nname = "{name}"\n[rules.actions]\ninfected = "{infected}"\n'
+
+
+class Serve:
+    def __init__(self, tmp_path: Path, workers: int) -> None:
+        self.home = tmp_path / "home"
+        self.home.mkdir()
+        self.port = free_port()
+        self.config = self.home / "mailwarden.toml"
+        self.head = f"[smtp]\nport = {self.port}\nworkers = {workers}\n"
+        self.write(RULES.format(name="strict", infected="reject"))
+        self.log = tmp_path / "serve.log"
+        out = self.log.open("w")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "mailwarden", "serve"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "MAILWARDEN_HOME": str(self.home)},
+        )
+        _wait_for_port(self.port, self.process, self.log)
+        self.wait_for_log("ready", count=workers)
+
+    def write(self, rules: str) -> None:
+        self.config.write_text(self.head + rules)
+
+    def wait_for_log(self, text: str, count: int = 1, limit: float = 30.0) -> str:
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            log = self.log.read_text()
+            if log.count(text) >= count:
+                return log
+            assert self.process.poll() is None, log
+            time.sleep(0.05)
+        raise AssertionError(f"{text!r} x{count} not in the log: {self.log.read_text()}")
+
+    def reload(self, expect: str, count: int = 1) -> str:
+        before = self.log.read_text().count(expect)
+        self.process.send_signal(signal.SIGHUP)
+        return self.wait_for_log(expect, count=before + count)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=30)
+        assert self.process.returncode == 0, self.log.read_text()
+
+
+@pytest.fixture
+def serve(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Serve]:
+    server = Serve(tmp_path, getattr(request, "param", 1))
+    try:
+        yield server
+    finally:
+        if server.process.poll() is None:
+            server.stop()
+
+
+def _send_eicar(client: smtplib.SMTP) -> int:
+    try:
+        client.sendmail("a@example.org", ["b@example.net"], make_message(attachment=EICAR))
+    except smtplib.SMTPDataError as exc:
+        return exc.smtp_code
+    return 250
+
+
+def test_sighup_swaps_rules_under_an_open_connection(serve: Serve) -> None:
+    with smtplib.SMTP("127.0.0.1", serve.port, timeout=30) as client:
+        client.ehlo("client.example.org")
+        assert _send_eicar(client) == 550
+        serve.write(RULES.format(name="lenient", infected="quarantine"))
+        serve.reload("reloaded rules: lenient")
+        # Same connection, next transaction: the new rule applies.
+        assert _send_eicar(client) == 250
+    assert len(list((serve.home / "quarantine" / "new").iterdir())) == 1
+
+
+def test_a_bad_file_is_refused_naming_key_and_line_and_the_old_rules_stay(serve: Serve) -> None:
+    serve.write('[[rules]]\nname = "broken"\nrecipients = ["re:("]\n')
+    log = serve.reload("reload refused, running config kept")
+    assert "rules[0].recipients[0]" in log and "mailwarden.toml:6" in log
+    with smtplib.SMTP("127.0.0.1", serve.port, timeout=30) as client:
+        assert _send_eicar(client) == 550
+
+
+def test_sections_that_need_a_restart_are_named(serve: Serve) -> None:
+    serve.head += "[events]\nretention_days = 9\n"
+    serve.write(RULES.format(name="strict", infected="reject"))
+    log = serve.reload("changed, applied at the next start: events")
+    assert "reloaded rules: strict" in log
+
+
+@pytest.mark.parametrize("serve", [2], indirect=True)
+def test_every_worker_reloads(serve: Serve) -> None:
+    serve.write(RULES.format(name="lenient", infected="quarantine"))
+    serve.reload("reloaded rules: lenient", count=2)
+    # Several connections, spread over both workers by the kernel: all see the new rule.
+    for _ in range(6):
+        with smtplib.SMTP("127.0.0.1", serve.port, timeout=30) as client:
+            assert _send_eicar(client) == 250
