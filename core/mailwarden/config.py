@@ -206,6 +206,28 @@ class ContentRules(_Section):
         )
 
 
+class NotifyConfig(_Section):
+    """``[rules.notify]``: who is told when the rule's action is taken for one of ``on``.
+
+    ``on`` lists action reasons: a status (``infected``, ``spam``, ...), ``content``, ``error``
+    or ``clean``. Notices come from the null sender with ``Auto-Submitted``; none is sent about
+    automatic mail. ``sender`` is off by default because the senders of malware and spam are
+    usually forged. ``templates`` is a directory with ``admin.txt``, ``sender.txt`` and
+    ``recipient.txt`` replacing the built-in ones (``$subject``, ``$sender``, ``$recipients``,
+    ``$action``, ``$reason``, ``$details``, ``$rule``, ``$id``, ``$time``, ``$message_id``,
+    ``$attachments``, ``$hostname``).
+    """
+
+    on: list[str] = msgspec.field(
+        default_factory=lambda: ["infected", "suspicious", "malicious", "content"]
+    )
+    admin: list[str] = msgspec.field(default_factory=list)
+    sender: bool = False
+    recipients: bool = False
+    templates: str = ""
+    from_address: str = ""
+
+
 class RuleConfig(_Section):
     """One ``[[rules]]`` entry: which mail it covers, which detectors run, what each status does.
 
@@ -225,6 +247,7 @@ class RuleConfig(_Section):
     detectors: list[str] = msgspec.field(default_factory=lambda: ["*"])
     actions: RuleActions = msgspec.field(default_factory=RuleActions)
     content: ContentRules = msgspec.field(default_factory=ContentRules)
+    notify: NotifyConfig = msgspec.field(default_factory=NotifyConfig)
     add_headers: bool = True
     reject_text: str = "Message rejected by policy"
 

@@ -42,6 +42,7 @@ from .errors import ConfigError, DeliveryError, PluginError
 from .events import MessageEventLog
 from .isolation import IsolatedDetector, target_of
 from .maildir import Maildir
+from .notify import build_notices
 from .plugins import PluginSet, build_plugin_manager
 from .policy import RuleMatch, RuleSet, compile_rules, decide_action, fold_findings, rule_runs
 from .spool import Spool, SpoolEntry, SpoolState
@@ -471,6 +472,8 @@ class Gateway:
             await asyncio.to_thread(self.spool.remove, entry)
             raise
         event = self.record(decision, ingress=ingress, reply=f"{code} {text}")
+        if code < 400 or decision.action.kind is ActionKind.REJECT:
+            await self._notify(decision)
         return Outcome(decision, code, text, event)
 
     async def _process_groups(
@@ -499,6 +502,9 @@ class Gateway:
                 Outcome(d, code, text, self.record(d, ingress=ingress, reply=f"{code} {text}"))
                 for d in decisions
             ]
+            if code >= 500:
+                for d in decisions:
+                    await self._notify(d)
             return Outcome(parts[0].decision, code, text, parts[0].event, groups=parts)
         for d in decisions:
             d.action = _accepted_form(d.action)
@@ -512,6 +518,8 @@ class Gateway:
             parts.append(
                 Outcome(d, code, text, self.record(d, ingress=ingress, reply=f"{code} {text}"))
             )
+            if code < 400:
+                await self._notify(d)
         failed = next((p for p in parts if p.reply_code >= 400), None)
         if failed is not None:
             # A local failure for one group: the sender keeps the message and sends it again;
@@ -560,6 +568,27 @@ class Gateway:
             code, text = 451, f"4.3.0 {exc}; try again later"
         decision.timings_ms["act"] = _ms(began)
         return code, text
+
+    async def _notify(self, decision: Decision) -> None:
+        """Send the notices the rule asks for; a failure is logged and changes no reply."""
+        notify = decision.rule.notify
+        if not (notify.admin or notify.sender or notify.recipients):
+            return
+        try:
+            notices = build_notices(
+                decision, notify, self.config.gateway.hostname, self.config.home
+            )
+            for notice in notices:
+                if self.delivery.relaying:
+                    entry = await asyncio.to_thread(self.spool.write, notice.data, notice.envelope)
+                    # Not fsynced: a lost state only means the notice is scanned like mail.
+                    state = SpoolState(decided=True)
+                    await asyncio.to_thread(self.spool.save_state, entry, state, durable=False)
+                    self.delivery.submit(entry)
+                else:
+                    await asyncio.to_thread(self.maildir.deliver, crlf(notice.data))
+        except Exception:
+            log.exception("notification about %s failed", decision.id[:12])
 
     # -- record ------------------------------------------------------------------------------
 

@@ -28,7 +28,7 @@ import pytest
 from aiosmtpd.controller import Controller
 
 from mailwarden.tls import client_context, ensure_certificate
-from tests.conftest import free_port, make_message, need
+from tests.conftest import EICAR, free_port, make_message, need
 from tests.services import ensure_packages
 
 pytestmark = pytest.mark.integration
@@ -567,3 +567,28 @@ def test_refused_recipients_are_bounced_at_once_while_deferred_ones_wait(
         assert "nobody@example.net" in state and "Mailbox busy" in state
     finally:
         controller.stop()
+
+
+def test_notifications_go_out_through_the_relay_from_the_null_sender(
+    sink: Sink, serve_factory: Callable[..., Serve]
+) -> None:
+    rules = (
+        '[[rules]]\nname = "default"\n[rules.actions]\ninfected = "quarantine"\n'
+        '[rules.notify]\nadmin = ["admin@example.org"]\nrecipients = true\n'
+    )
+    server = serve_factory(relay_config(sink.port) + rules).start()
+    with smtplib.SMTP("127.0.0.1", server.port, timeout=30) as client:
+        client.sendmail(
+            "alice@example.org",
+            ["bob@example.net"],
+            make_message(subject="held one", attachment=EICAR, filename="x.com"),
+        )
+    wait_until(lambda: len(sink.messages()) >= 2, 30, "two notices at the next hop")
+    notices = [email.message_from_bytes(m, policy=email.policy.default) for m in sink.messages()]
+    assert sorted(str(n["To"]) for n in notices) == ["admin@example.org", "bob@example.net"]
+    for notice in notices:
+        assert notice["X-Mail-Args"] == "<>"  # smtp-sink's record of MAIL FROM: the null sender
+        assert notice["Auto-Submitted"] == "auto-replied"
+        assert "held one" in str(notice["Subject"])
+    # The held message itself stays in the quarantine, not at the next hop.
+    assert not any(b"X-Mailwarden-Virus" in m for m in sink.messages())
