@@ -418,11 +418,13 @@ def dkim_keygen(domain: str, selector: str, algorithm: str, bits: int, out: str 
 
 # Rules and directory commands live in their own module; registered here so `mailwarden --help`
 # lists them with the built-ins.
+from .bench.cli import bench as _bench_command  # noqa: E402
 from .rules_cli import directory as _directory_group  # noqa: E402
 from .rules_cli import rules as _rules_group  # noqa: E402
 
 cli.add_command(_rules_group)
 cli.add_command(_directory_group)
+cli.add_command(_bench_command)
 
 
 def main() -> None:

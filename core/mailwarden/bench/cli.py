@@ -1,0 +1,171 @@
+"""``mailwarden bench``: throughput per stage and per worker count, peers side by side."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import random
+import shlex
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import click
+import msgspec
+
+from .corpus import generate, load_directory
+from .peers import run_peers
+from .report import compare, table, write_all
+from .run import Progress, python_email_parse, run_pipeline, run_smtp
+
+__all__ = ["bench"]
+
+
+def _signature_file(directory: Path, count: int, seed: int) -> Path:
+    """``count`` literal body signatures of 8-64 bytes (ClamAV .ndb), seeded."""
+    # Not the corpus's own seed: the same stream would make every attachment a "virus".
+    rng = random.Random(f"signatures-{seed}")
+    path = directory / f"bench-{count}.ndb"
+    with path.open("w") as out:
+        for n in range(count):
+            pattern = rng.randbytes(rng.randint(8, 64))
+            out.write(f"Bench.Sig-{n}:0:*:{pattern.hex()}\n")
+    return path
+
+
+def _config(signatures: Path | None) -> str:
+    lines = ["[events]", "enabled = true"]
+    if signatures is not None:
+        lines += ["[antivirus]", f'signatures = ["{signatures}"]']
+    return "\n".join(lines) + "\n"
+
+
+@click.command("bench")
+@click.option("--quick", is_flag=True, help="A small run (under a minute): 150 messages, 1 worker.")
+@click.option("--messages", type=click.IntRange(1), default=2000, show_default=True)
+@click.option("--seed", type=int, default=1, show_default=True, help="Seed of the corpus.")
+@click.option(
+    "--corpus",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Your own directory of .eml files instead of the generated corpus.",
+)
+@click.option(
+    "--signatures",
+    type=click.IntRange(0),
+    default=10_000,
+    show_default=True,
+    help="Size of the antivirus signature set (literal .ndb signatures).",
+)
+@click.option(
+    "--workers",
+    "workers_list",
+    type=click.IntRange(1),
+    multiple=True,
+    help="SMTP ingress worker counts to run (repeatable; default: 1 and the core count).",
+)
+@click.option(
+    "--clients", type=click.IntRange(0), default=0, help="SMTP sessions (default 2 per worker + 2)."
+)
+@click.option("--no-smtp", is_flag=True, help="Skip the SMTP ingress runs.")
+@click.option("--no-peers", is_flag=True, help="Skip rspamd and SpamAssassin even if installed.")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("bench-results"),
+    show_default=True,
+    help="Where bench.json, bench.md and bench.svg go.",
+)
+@click.option(
+    "--compare",
+    "compare_with",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="An earlier bench.json: show the change of every rate.",
+)
+def bench(
+    quick: bool,
+    messages: int,
+    seed: int,
+    corpus: Path | None,
+    signatures: int,
+    workers_list: tuple[int, ...],
+    clients: int,
+    no_smtp: bool,
+    no_peers: bool,
+    out: Path,
+    compare_with: Path | None,
+) -> None:
+    """Measure the gateway on this machine: each stage, each worker count, beside its peers.
+
+    Every rate is shown with a baseline from the same run (Python's email for parsing, rspamd
+    and SpamAssassin end to end when installed): the ratios are what carries between machines.
+    """
+    if quick:
+        messages, signatures = min(messages, 150), min(signatures, 1000)
+        workers_list = workers_list or (1,)
+    workers = sorted(set(workers_list or (1, max(1, os.cpu_count() or 1))))
+    if corpus is not None:
+        data = load_directory(corpus, messages)
+        source = str(corpus)
+    else:
+        data = generate(messages, seed, attachment_scale=0.25 if quick else 1.0)
+        source = f"generated, seed {seed}"
+    size = sum(map(len, data))
+    with tempfile.TemporaryDirectory(prefix="mailwarden-bench-sigs-") as tmp:
+        sig_path = _signature_file(Path(tmp), signatures, seed) if signatures else None
+        config = _config(sig_path)
+        baseline = python_email_parse(data, Progress("python email parse", len(data)))
+        pipeline = run_pipeline(data, config, Progress("pipeline in-process", 3 * len(data)))
+        smtp = []
+        if not no_smtp:
+            for count in workers:
+                sessions = clients or 2 * count + 2
+                label = f"smtp, {count} worker(s)"
+                smtp.append(run_smtp(data, config, count, sessions, Progress(label, len(data))))
+    parse = next(s for s in pipeline["stages"] if s.stage == "parse")
+    peers: list[dict[str, Any]] = [
+        {
+            "name": "python email (parse only)",
+            "msgs_per_s": baseline.msgs_per_s,
+            "ratio": f"{parse.msgs_per_s / baseline.msgs_per_s:.2f}x (parse stage)"
+            if baseline.msgs_per_s
+            else "-",
+        }
+    ]
+    if not no_peers:
+        scan_rate = float(pipeline["scan"]["msgs_per_s"])
+        smtp_rates = {run["workers"]: float(run["msgs_per_s"]) for run in smtp}
+        for peer in run_peers(data, max(workers)):
+            theirs = float(peer["msgs_per_s"])
+            if theirs:
+                # Two honest comparisons: our scan in-process (what checkv2/CHECK do), and our
+                # whole SMTP ingress with as many workers (fsync, delivery, records included).
+                peer["ratio"] = f"{scan_rate / theirs:.2f}x scan"
+                if max(workers) in smtp_rates:
+                    smtp_rate = smtp_rates[max(workers)]
+                    peer["ratio"] += f", {smtp_rate / theirs:.2f}x smtp ingress"
+            else:
+                peer["ratio"] = "-"
+            peers.append(peer)
+    result: dict[str, Any] = {
+        "command": "mailwarden " + shlex.join(sys.argv[1:]),
+        "machine": {
+            "cores": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "corpus": {"messages": len(data), "megabytes": round(size / 1e6, 2), "source": source},
+        "signatures": signatures,
+        "pipeline": msgspec.to_builtins(pipeline),
+        "peers": peers,
+        "smtp": smtp,
+    }
+    click.echo(table(result))
+    paths = write_all(result, out)
+    click.echo("")
+    for kind, path in paths.items():
+        click.echo(f"{kind:<9}{path}")
+    if compare_with is not None:
+        click.echo("")
+        click.echo(compare(json.loads(compare_with.read_text()), result))

@@ -1,0 +1,308 @@
+"""The measurements: the pipeline in-process per stage, the SMTP ingress per worker count, and
+the peers on the same messages.
+
+Every figure comes with a baseline measured in the same run (Python's ``email`` for parsing;
+rspamd and SpamAssassin end to end when they are installed), because this machine, like the
+appliances people size, is shared and noisy: ratios travel, absolute figures do not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import email.policy
+import os
+import resource
+import shutil
+import smtplib
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from mailwarden_sdk import Envelope
+
+from ..config import load_config
+from ..pipeline import Gateway
+from ..plugins import build_plugin_manager
+
+__all__ = ["Progress", "StageStats", "python_email_parse", "run_pipeline", "run_smtp"]
+
+ENVELOPE = Envelope(mail_from="alice@example.org", rcpt_to=["bob@example.net"])
+
+
+class StageStats(msgspec.Struct, kw_only=True):
+    """One stage over the corpus: rates, latency percentiles (ms) and total time (s)."""
+
+    stage: str
+    messages: int
+    seconds: float
+    msgs_per_s: float
+    mb_per_s: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+
+
+def _percentile(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return 0.0
+    index = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
+    return sorted_values[index]
+
+
+def stage_stats(stage: str, latencies_ms: list[float], total_bytes: int) -> StageStats:
+    """Summarise one stage's per-message latencies."""
+    ordered = sorted(latencies_ms)
+    seconds = sum(ordered) / 1000.0
+    rate = len(ordered) / seconds if seconds else 0.0
+    return StageStats(
+        stage=stage,
+        messages=len(ordered),
+        seconds=round(seconds, 4),
+        msgs_per_s=round(rate, 1),
+        mb_per_s=round(total_bytes / 1e6 / seconds, 2) if seconds else 0.0,
+        p50_ms=round(_percentile(ordered, 0.50), 3),
+        p95_ms=round(_percentile(ordered, 0.95), 3),
+        p99_ms=round(_percentile(ordered, 0.99), 3),
+    )
+
+
+class Progress:
+    """A one-line progress bar on a terminal; silent when output is not a terminal."""
+
+    def __init__(self, label: str, total: int, stream: Any = None) -> None:
+        self.label, self.total, self.done = label, total, 0
+        self.stream = stream or sys.stderr
+        self.live = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self._last = 0.0
+
+    def step(self, count: int = 1) -> None:
+        """Count ``count`` more items done."""
+        self.done += count
+        now = time.monotonic()
+        if self.live and (now - self._last > 0.1 or self.done >= self.total):
+            self._last = now
+            width = 30
+            filled = width * self.done // max(1, self.total)
+            bar = "#" * filled + "." * (width - filled)
+            self.stream.write(f"\r{self.label:<24} [{bar}] {self.done}/{self.total}")
+            if self.done >= self.total:
+                self.stream.write("\n")
+            self.stream.flush()
+
+
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _peak_rss_mb(who: int = resource.RUSAGE_SELF) -> float:
+    return resource.getrusage(who).ru_maxrss / 1024.0  # Linux reports KiB
+
+
+def python_email_parse(messages: list[bytes], progress: Progress | None = None) -> StageStats:
+    """The parsing baseline: Python's ``email`` (default policy) over the same bytes, walking
+    every part and decoding every leaf, which is what our parse stage gives a detector."""
+    latencies = []
+    for raw in messages:
+        began = time.perf_counter()
+        parsed = email.message_from_bytes(raw, policy=email.policy.default)
+        for part in parsed.walk():
+            if not part.is_multipart():
+                part.get_payload(decode=True)
+        latencies.append((time.perf_counter() - began) * 1000.0)
+        if progress:
+            progress.step()
+    return stage_stats("parse (python email)", latencies, sum(map(len, messages)))
+
+
+def run_pipeline(
+    messages: list[bytes],
+    config_text: str,
+    progress: Progress | None = None,
+    concurrency: int = 8,
+) -> dict[str, Any]:
+    """The corpus through one gateway in this process, ``concurrency`` messages at a time.
+
+    Three passes: ``Gateway.process`` one message at a time for the per-stage latencies; then
+    ``Gateway.scan`` alone (parse, detect, decide: what rspamd's ``checkv2`` does) and
+    ``Gateway.process`` (spool with fsync, scan, Maildir delivery with fsync, event record)
+    with ``concurrency`` messages in flight, for the rates. CPU seconds and peak RSS cover all.
+    """
+    home = Path(tempfile.mkdtemp(prefix="mailwarden-bench-"))
+    try:
+        path = home / "mailwarden.toml"
+        path.write_text(config_text)
+        plugins = build_plugin_manager()
+        config = load_config(path, plugins.config_schemas())
+        stages: dict[str, list[float]] = {}
+
+        async def each(work: Callable[[bytes], Any], width: int) -> float:
+            gate = asyncio.Semaphore(width)
+
+            async def one(raw: bytes) -> None:
+                async with gate:
+                    await work(raw)
+                if progress:
+                    progress.step()
+
+            began = time.perf_counter()
+            await asyncio.gather(*(one(raw) for raw in messages))
+            return time.perf_counter() - began
+
+        async def go() -> tuple[float, float]:
+            async with Gateway(config, plugins=plugins) as gateway:
+
+                async def scan(raw: bytes) -> None:
+                    await gateway.scan(raw, ENVELOPE)
+
+                async def measured(raw: bytes) -> None:
+                    outcome = await gateway.process(raw, ENVELOPE, ingress="bench")
+                    for stage, ms in outcome.decision.timings_ms.items():
+                        stages.setdefault(stage, []).append(ms)
+
+                async def process(raw: bytes) -> None:
+                    await gateway.process(raw, ENVELOPE, ingress="bench")
+
+                # Stage latencies one message at a time, so no stage waits for another's
+                # message; then the rates with ``concurrency`` messages in flight.
+                await each(measured, 1)
+                return await each(scan, concurrency), await each(process, concurrency)
+
+        cpu0 = _cpu()
+        scan_wall, wall = asyncio.run(go())
+        cpu = _cpu() - cpu0
+        size = sum(map(len, messages))
+        order = ["parse", *sorted(s for s in stages if s.startswith("detector.")), "detect"]
+        order += [s for s in ("decide", "act", "record") if s in stages]
+        return {
+            "stages": [stage_stats(s, stages[s], size) for s in order if s in stages],
+            "scan": {
+                "messages": len(messages),
+                "concurrency": concurrency,
+                "seconds": round(scan_wall, 3),
+                "msgs_per_s": round(len(messages) / scan_wall, 1),
+                "mb_per_s": round(size / 1e6 / scan_wall, 2),
+            },
+            "pipeline": {
+                "messages": len(messages),
+                "concurrency": concurrency,
+                "seconds": round(wall, 3),
+                "msgs_per_s": round(len(messages) / wall, 1),
+                "mb_per_s": round(size / 1e6 / wall, 2),
+                "cpu_seconds": round(cpu, 2),
+                "peak_rss_mb": round(_peak_rss_mb(), 1),
+            },
+        }
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _wait_port(port: int, process: subprocess.Popen[bytes], limit: float = 60.0) -> None:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError("mailwarden serve exited during start-up")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"mailwarden serve did not listen on {port}")
+
+
+def run_smtp(
+    messages: list[bytes],
+    config_text: str,
+    workers: int,
+    clients: int,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """``mailwarden serve`` with ``workers`` processes; ``clients`` SMTP sessions send the corpus.
+
+    The rate counts 250 replies: each message fsynced, scanned, delivered to the Maildir and
+    recorded before its 250. CPU seconds and peak RSS are the workers' (their parent included).
+    """
+    home = Path(tempfile.mkdtemp(prefix="mailwarden-bench-smtp-"))
+    port = _free_port()
+    (home / "mailwarden.toml").write_text(
+        config_text + f"\n[smtp]\nport = {port}\nworkers = {workers}\nmax_connections = 512\n"
+    )
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mailwarden", "serve"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "MAILWARDEN_HOME": str(home)},
+    )
+    failures: list[BaseException] = []
+    try:
+        _wait_port(port, process)
+        time.sleep(0.5 if workers > 1 else 0.1)  # let every worker bind
+        lock = threading.Lock()
+
+        def client(index: int) -> None:
+            try:
+                with smtplib.SMTP("127.0.0.1", port, timeout=120) as smtp:
+                    for n in range(index, len(messages), clients):
+                        try:
+                            smtp.sendmail(ENVELOPE.mail_from, ENVELOPE.rcpt_to, messages[n])
+                        except (smtplib.SMTPDataError, smtplib.SMTPRecipientsRefused) as exc:
+                            # A rejected message was processed all the same (a user's corpus
+                            # may hold malware); only a lost session is a failure.
+                            if getattr(exc, "smtp_code", 500) == 421:
+                                raise
+                        if progress:
+                            with lock:
+                                progress.step()
+            except (OSError, smtplib.SMTPException) as exc:
+                failures.append(exc)
+
+        began = time.perf_counter()
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        wall = time.perf_counter() - began
+    finally:
+        process.terminate()
+        process.wait(timeout=120)
+        shutil.rmtree(home, ignore_errors=True)
+    if failures:
+        raise RuntimeError(f"SMTP client failed: {failures[0]!r}")
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    size = sum(map(len, messages))
+    return {
+        "workers": workers,
+        "clients": clients,
+        "messages": len(messages),
+        "seconds": round(wall, 3),
+        "msgs_per_s": round(len(messages) / wall, 1),
+        "mb_per_s": round(size / 1e6 / wall, 2),
+        "cpu_seconds_per_worker": round(cpu / workers, 2),
+        "peak_rss_mb": round(after.ru_maxrss / 1024.0, 1),
+    }
+
+
+def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    """``fn()`` and how long it took, in seconds."""
+    began = time.perf_counter()
+    result = fn()
+    return result, time.perf_counter() - began
