@@ -34,7 +34,7 @@ from mailwarden_sdk import (
 from .backends import Backend, DnsBackend, HttpBackend, StatisticsReport
 from .cache import DEFAULT_CAP, Answer, ReputationCache, count_entries
 from .lookups import Lookup, lookups_for
-from .state import PLUGIN_DIR, PendingStatistics, data_dir_for, withdrawn
+from .state import PLUGIN_DIR, PendingStatistics, withdrawn
 
 __all__ = ["DATA_SENT", "ReputationConfig", "ReputationPlugin"]
 
@@ -124,12 +124,9 @@ class ReputationPlugin:
         return DETECTOR, ReputationConfig
 
     @hookimpl
-    def mailwarden_data_stores(self, host: Host | None = None) -> list[StoreDescriptor]:
-        if host is not None:
-            base = host.data_dir / PLUGIN_DIR
-            config: ReputationConfig = host.config_for(DETECTOR) or ReputationConfig()
-        else:
-            base, config = self.data_dir or data_dir_for(), self.config
+    def mailwarden_data_stores(self, host: Host) -> list[StoreDescriptor]:
+        base = host.data_dir / PLUGIN_DIR
+        config: ReputationConfig = host.config_for(DETECTOR) or ReputationConfig()
         if self.cache is not None and self.cache.path == base / "cache":
             entries: int | None = len(self.cache)
         else:

@@ -13,6 +13,7 @@ from .state import (
     data_dir_for,
     grant_consent,
     read_withdrawal,
+    recorded_consent,
     withdraw_consent,
 )
 
@@ -42,6 +43,12 @@ def reputation() -> None:
 @click.option("--cert", type=click.Path(dir_okay=False), help="TLS certificate (PEM).")
 @click.option("--key", type=click.Path(dir_okay=False), help="TLS private key (PEM).")
 @click.option(
+    "--token",
+    envvar="MAILWARDEN_REPUTATION_TOKEN",
+    default="",
+    help="Require this bearer token on /v1/ requests (gateways: [reputation] http_token).",
+)
+@click.option(
     "--load",
     "feeds",
     multiple=True,
@@ -54,6 +61,7 @@ def serve(
     port: int,
     cert: str | None,
     key: str | None,
+    token: str,
     feeds: tuple[str, ...],
 ) -> None:
     """Run the private reputation service over HTTPS.
@@ -87,7 +95,7 @@ def serve(
     sys.stdout.flush()
     try:
         uvicorn.run(
-            create_app(store),
+            create_app(store, token),
             host=host,
             port=port,
             ssl_certfile=str(cert_path),
@@ -146,11 +154,18 @@ def consent(config_path: str | None, withdraw: bool, grant: bool, who: str | Non
             else "consent was not withdrawn; [reputation] consent in the config applies"
         )
         return
-    recorded = read_withdrawal(directory)
-    if recorded is None:
-        click.echo("not withdrawn; [reputation] consent in the config applies")
+    config = recorded_consent(config_path)
+    where = config.config or "no config file"
+    if config.consent:
+        click.echo(f"consent recorded by {config.by} at {config.at} ({where})")
     else:
-        click.echo(f"withdrawn by {recorded.withdrawn_by} at {recorded.withdrawn_at}")
+        click.echo(f"no consent recorded ({where}): nothing is looked up or sent")
+    recorded = read_withdrawal(directory)
+    if recorded is not None:
+        click.echo(
+            f"withdrawn by {recorded.withdrawn_by} at {recorded.withdrawn_at}: "
+            "nothing is looked up or sent until `mailwarden reputation consent --grant`"
+        )
 
 
 @reputation.command()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import csv
 import datetime as dt
+import hmac
 import ipaddress
 import json
 import os
@@ -161,14 +162,30 @@ def read_feed(path: Path) -> Iterator[tuple[str, str, str, str]]:
             yield _row(record, f"{path}:{line}")
 
 
-def create_app(store: ServiceStore) -> Starlette:
-    """The service as an ASGI app over ``store``."""
+def create_app(store: ServiceStore, token: str = "") -> Starlette:
+    """The service as an ASGI app over ``store``.
+
+    With ``token`` set, every ``/v1/`` request must carry ``Authorization: Bearer <token>``
+    (``/health`` stays open for probes).
+    """
     served: collections.Counter[str] = collections.Counter()
+    expected = f"Bearer {token}".encode()
+
+    def refused(request: Request) -> Response | None:
+        if not token:
+            return None
+        given = request.headers.get("authorization", "").encode()
+        if hmac.compare_digest(given, expected):
+            return None
+        return JSONResponse({"error": "missing or wrong bearer token"}, status_code=401)
+
     decode_request = msgspec.json.Decoder(LookupRequest).decode
     decode_report = msgspec.json.Decoder(StatisticsReport).decode
 
     async def lookup(request: Request) -> Response:
         served[request.url.path] += 1
+        if (denied := refused(request)) is not None:
+            return denied
         try:
             items = decode_request(await request.body())
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
@@ -177,6 +194,8 @@ def create_app(store: ServiceStore) -> Starlette:
 
     async def statistics(request: Request) -> Response:
         served[request.url.path] += 1
+        if (denied := refused(request)) is not None:
+            return denied
         try:
             report = decode_report(await request.body())
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
@@ -190,6 +209,8 @@ def create_app(store: ServiceStore) -> Starlette:
 
     async def server_stats(request: Request) -> Response:
         # Not counted itself, so tests and monitoring can read it without changing it.
+        if (denied := refused(request)) is not None:
+            return denied
         return JSONResponse(
             {
                 "requests": sum(served.values()),

@@ -14,6 +14,7 @@ import struct
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import lmdb
 import msgspec
@@ -22,9 +23,11 @@ __all__ = [
     "PLUGIN_DIR",
     "ConsentMark",
     "PendingStatistics",
+    "RecordedConsent",
     "data_dir_for",
     "grant_consent",
     "read_withdrawal",
+    "recorded_consent",
     "withdraw_consent",
     "withdrawn",
 ]
@@ -34,30 +37,57 @@ _MARK = "consent-withdrawn.json"
 _COUNT = struct.Struct(">Q")
 
 
-def data_dir_for(config_path: str | None = None) -> Path:
-    """The plugin's data directory as the gateway would resolve it, outside a running gateway.
-
-    Follows the core's rules: ``config_path``, else ``$MAILWARDEN_CONFIG``, else
-    ``<home>/mailwarden.toml``; the config's ``[gateway] home`` (relative to the file), else the
-    file's folder; with no config, ``$MAILWARDEN_HOME`` or ``./var``. Needed because
-    ``mailwarden_data_stores`` and plugin commands are called without the gateway's host.
-    """
+def _config_file(config_path: str | None) -> tuple[Path | None, dict[str, Any]]:
     default_home = Path(os.environ.get("MAILWARDEN_HOME") or "var").absolute()
     path = config_path or os.environ.get("MAILWARDEN_CONFIG")
     if not path and (default_home / "mailwarden.toml").exists():
         path = str(default_home / "mailwarden.toml")
     if not path:
-        return default_home / PLUGIN_DIR
+        return None, {}
     config_file = Path(path).absolute()
     try:
-        data = tomllib.loads(config_file.read_text(encoding="utf-8"))
+        return config_file, tomllib.loads(config_file.read_text(encoding="utf-8"))
     except (OSError, tomllib.TOMLDecodeError):
-        data = {}
+        return config_file, {}
+
+
+def data_dir_for(config_path: str | None = None) -> Path:
+    """The plugin's data directory as the gateway would resolve it, outside a running gateway.
+
+    Follows the core's rules: ``config_path``, else ``$MAILWARDEN_CONFIG``, else
+    ``<home>/mailwarden.toml``; the config's ``[gateway] home`` (relative to the file), else the
+    file's folder; with no config, ``$MAILWARDEN_HOME`` or ``./var``. Plugin commands need it
+    because the core gives them no host (they may run where no gateway config loads).
+    """
+    config_file, data = _config_file(config_path)
+    if config_file is None:
+        return Path(os.environ.get("MAILWARDEN_HOME") or "var").absolute() / PLUGIN_DIR
     home = str(data.get("gateway", {}).get("home", "") or "")
     if not home:
         return config_file.parent / PLUGIN_DIR
     home_path = Path(home)
     return (home_path if home_path.is_absolute() else config_file.parent / home_path) / PLUGIN_DIR
+
+
+class RecordedConsent(msgspec.Struct, kw_only=True, frozen=True):
+    """``[reputation] consent`` as the config file records it, and where that file is."""
+
+    config: str | None
+    consent: bool
+    by: str
+    at: str
+
+
+def recorded_consent(config_path: str | None = None) -> RecordedConsent:
+    """What the config file says about consent (read as text; not validated here)."""
+    config_file, data = _config_file(config_path)
+    section = data.get("reputation", {})
+    return RecordedConsent(
+        config=str(config_file) if config_file else None,
+        consent=section.get("consent") is True,
+        by=str(section.get("consent_by", "")),
+        at=str(section.get("consent_at", "")),
+    )
 
 
 class ConsentMark(msgspec.Struct, kw_only=True, frozen=True):

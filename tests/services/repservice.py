@@ -9,6 +9,7 @@ sent.
 
 from __future__ import annotations
 
+import ssl
 import subprocess
 import sys
 import time
@@ -27,8 +28,11 @@ __all__ = ["RepService", "running_service"]
 class RepService:
     """A started reputation service: where it listens and the certificate to trust."""
 
-    def __init__(self, process: subprocess.Popen[str], port: int, data: Path, log: Path) -> None:
+    def __init__(
+        self, process: subprocess.Popen[str], port: int, data: Path, log: Path, token: str = ""
+    ) -> None:
         self.process = process
+        self.token = token
         self.port = port
         self.data = data
         self.log = log
@@ -43,9 +47,16 @@ class RepService:
         """The service's self-signed certificate."""
         return self.data / "tls" / "cert.pem"
 
+    def tls(self) -> ssl.SSLContext:
+        """A client context that trusts the service's certificate."""
+        return ssl.create_default_context(cafile=str(self.ca_file))
+
     def server_stats(self) -> dict[str, Any]:
         """Requests served by path, and the statistics received, as the service reports them."""
-        reply = httpx.get(f"{self.url}/v1/server-stats", verify=str(self.ca_file), timeout=5)
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        reply = httpx.get(
+            f"{self.url}/v1/server-stats", verify=self.tls(), timeout=5, headers=headers
+        )
         reply.raise_for_status()
         result: dict[str, Any] = reply.json()
         return result
@@ -67,14 +78,16 @@ class RepService:
 
 def _ready(service: RepService) -> bool:
     try:
-        reply = httpx.get(f"{service.url}/health", verify=str(service.ca_file), timeout=0.5)
+        reply = httpx.get(f"{service.url}/health", verify=service.tls(), timeout=0.5)
     except (httpx.HTTPError, OSError):
         return False
     return reply.status_code == 200
 
 
 @contextmanager
-def running_service(data: Path, *feeds: Path, port: int | None = None) -> Iterator[RepService]:
+def running_service(
+    data: Path, *feeds: Path, port: int | None = None, token: str = ""
+) -> Iterator[RepService]:
     """Run ``mailwarden reputation serve --data DATA --load FEED...`` until the block ends."""
     port = port or free_port()
     data.mkdir(parents=True, exist_ok=True)
@@ -83,9 +96,11 @@ def running_service(data: Path, *feeds: Path, port: int | None = None) -> Iterat
     args += ["--host", "127.0.0.1", "--port", str(port)]
     for feed in feeds:
         args += ["--load", str(feed)]
+    if token:
+        args += ["--token", token]
     with log.open("w") as out:
         process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, text=True)
-    service = RepService(process, port, data, log)
+    service = RepService(process, port, data, log, token)
     try:
         deadline = time.monotonic() + 30
         while not (service.ca_file.exists() and _ready(service)):
