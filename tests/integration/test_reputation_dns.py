@@ -10,6 +10,7 @@ plugin's own encoder, so a wrong encoding fails the test.
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import pytest
 
 from mailwarden.testing import build_message, expect_action, expect_finding, no_finding, scan
 from mailwarden_sdk import AntivirusStatus, Envelope
+from tests.conftest import free_port
 from tests.services.rbldnsd import Rbldnsd, running_rbldnsd
 
 pytestmark = pytest.mark.integration
@@ -150,3 +152,22 @@ def test_with_consent_off_no_packet_reaches_rbldnsd(rbldnsd: Rbldnsd, tmp_path: 
     )
     assert [f for f in decision.verdict.findings if f.detector == "reputation"] == []
     assert rbldnsd.queries()[before:] == []
+
+
+def test_a_dns_server_that_is_not_there_still_gives_a_verdict_in_time(tmp_path: Path) -> None:
+    config = (
+        "[detectors]\ntimeout = 5\n[reputation]\n" + CONSENT
+        + f'dns_server = "127.0.0.1"\ndns_port = {free_port()}\ntimeout = 0.5\n'
+        + 'dns_ip_zone = "ip.rep.test"\ndns_hash_zone = "hash.rep.test"\n'
+    )  # fmt: skip
+    began = time.monotonic()
+    decision = scan(
+        _listed_message(), builtins=True, config=config,
+        envelope=Envelope(client_address=LISTED_IP), home=tmp_path,
+    )  # fmt: skip
+    elapsed = time.monotonic() - began
+    unavailable = expect_finding(decision, "REPUTATION_UNAVAILABLE")
+    assert unavailable.details["kinds"] == "ip,md5,sha256"
+    no_finding(decision, "DETECTOR_TIMEOUT")
+    expect_action(decision, "deliver")
+    assert elapsed < 2.0, f"took {elapsed:.2f} s"

@@ -207,6 +207,26 @@ def test_statistics_are_sent_with_consent_and_withdrawal_stops_everything_at_onc
         runner.stop()
 
 
+def test_statistics_are_delivered_periodically_and_only_once(
+    service: RepService, tmp_path: Path
+) -> None:
+    before = service.server_stats()["statistics_received"].get("file:infected", 0)
+    runner = _runner(
+        _config(service, extra="statistics = true\nstatistics_interval = 0.2\n"), tmp_path
+    )
+    try:
+        runner.scan(_listed_message(), Envelope(client_address=LISTED_IP))
+        deadline = time.monotonic() + 5
+        while _reputation(runner).statistics.pending() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _reputation(runner).statistics.pending() == {}
+        time.sleep(0.5)  # more intervals pass with nothing pending
+    finally:
+        runner.stop()
+    received = service.server_stats()["statistics_received"]
+    assert received.get("file:infected", 0) == before + 1
+
+
 def test_a_stopped_service_still_gives_a_verdict_within_budget_and_the_cache_answers(
     tmp_path: Path,
 ) -> None:
