@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -22,7 +23,7 @@ from mailwarden_sdk import Envelope, ScanContext, parse
 CONSENT = 'consent = true\nconsent_by = "Jane Admin"\nconsent_at = "2025-01-31T09:30:00Z"\n'
 
 
-def _load(section: str) -> object:
+def _load(section: str) -> Any:
     schemas = build_plugin_manager().config_schemas()
     return parse_config(f"[reputation]\n{section}", schemas).plugins["reputation"]
 
@@ -48,7 +49,7 @@ def test_consent_must_say_who_and_when_and_lookups_never_go_in_clear(
 
 def test_recorded_consent_is_accepted() -> None:
     config = _load(CONSENT)
-    assert getattr(config, "consent_by") == "Jane Admin"
+    assert config.consent_by == "Jane Admin"
 
 
 def test_a_message_asks_about_hashes_urls_hosts_and_the_public_client_ip_only() -> None:
