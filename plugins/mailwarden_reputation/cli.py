@@ -43,6 +43,13 @@ def reputation() -> None:
 @click.option("--cert", type=click.Path(dir_okay=False), help="TLS certificate (PEM).")
 @click.option("--key", type=click.Path(dir_okay=False), help="TLS private key (PEM).")
 @click.option(
+    "--tls-name",
+    "tls_names",
+    multiple=True,
+    help="Host name or IP gateways use to reach the service, for the self-signed certificate "
+    "(repeatable; default: --host and localhost).",
+)
+@click.option(
     "--token",
     envvar="MAILWARDEN_REPUTATION_TOKEN",
     default="",
@@ -61,13 +68,14 @@ def serve(
     port: int,
     cert: str | None,
     key: str | None,
+    tls_names: tuple[str, ...],
     token: str,
     feeds: tuple[str, ...],
 ) -> None:
     """Run the private reputation service over HTTPS.
 
     Without --cert/--key a self-signed certificate is made once in DATA/tls; point the
-    gateways' ``[reputation] http_ca_file`` at DATA/tls/cert.pem.
+    gateways' [reputation] http_ca_file at DATA/tls/cert.pem.
     """
     import uvicorn
 
@@ -87,7 +95,8 @@ def serve(
     if cert and key:
         cert_path, key_path = Path(cert), Path(key)
     else:
-        cert_path, key_path = ensure_certificate(directory / "tls", {host, "localhost"})
+        names = set(tls_names) or {host, "localhost"}
+        cert_path, key_path = ensure_certificate(directory / "tls", sorted(names))
     click.echo(
         f"reputation service on https://{host}:{port} ({len(store):,} entries, "
         f"certificate {cert_path})"
