@@ -27,6 +27,7 @@ import tempfile
 import time
 from multiprocessing.synchronize import Event
 from pathlib import Path
+from typing import Any
 
 from mailwarden_reputation.cache import Answer, ReputationCache
 
@@ -38,7 +39,7 @@ def key(prefix: str, i: int) -> str:
     return f"sha256:{hashlib.sha256(f'{prefix}{i}'.encode()).hexdigest()}"
 
 
-def insert(path: str, cap: int, prefix: str, count: int, start: Event, out: object) -> None:
+def insert(path: str, cap: int, prefix: str, count: int, start: Event, out: Any) -> None:
     """Insert ``count`` keys, one transaction each; report the seconds taken through ``out``."""
     cache = ReputationCache(Path(path), cap=cap)
     keys = [key(prefix, i) for i in range(count)]
@@ -48,10 +49,10 @@ def insert(path: str, cap: int, prefix: str, count: int, start: Event, out: obje
         cache.put(k, ANSWER, 86400)
     elapsed = time.perf_counter() - began
     cache.close()
-    out.put(elapsed)  # type: ignore[attr-defined]
+    out.put(elapsed)
 
 
-def lookups(path: str, cap: int, keys: list[str], start: Event, out: object) -> None:
+def lookups(path: str, cap: int, keys: list[str], start: Event, out: Any) -> None:
     """Time one ``get_many`` per key; report the latencies in microseconds through ``out``."""
     cache = ReputationCache(Path(path), cap=cap)
     start.wait(60)
@@ -64,14 +65,14 @@ def lookups(path: str, cap: int, keys: list[str], start: Event, out: object) -> 
         if not hit:
             raise AssertionError(f"miss for {k}")
     cache.close()
-    out.put(times)  # type: ignore[attr-defined]
+    out.put(times)
 
 
-def run(target: object, jobs: list[tuple[object, ...]]) -> list[object]:
+def run(target: Any, jobs: list[tuple[Any, ...]]) -> list[Any]:
     """Run ``target`` in one process per job, released together; gather what they report."""
     ctx = multiprocessing.get_context("spawn")
     start, out = ctx.Event(), ctx.Queue()
-    procs = [ctx.Process(target=target, args=(*job, start, out)) for job in jobs]  # type: ignore[arg-type]
+    procs = [ctx.Process(target=target, args=(*job, start, out)) for job in jobs]
     for p in procs:
         p.start()
     time.sleep(0.5)
@@ -98,7 +99,7 @@ def fill(base: Path, name: str, cap: int, inserts: int, writers: int) -> tuple[P
     prefixes = [f"w{i}-" for i in range(writers)]
     took = run(insert, [(str(path), cap, p, share) for p in prefixes])
     # Released together, so the slowest writer's time is the wall time of the whole fill.
-    total_rate = share * writers / max(took)  # type: ignore[type-var]
+    total_rate = share * writers / max(took)
     cache = ReputationCache(path, cap=cap)
     try:
         left = len(cache)
@@ -139,10 +140,10 @@ def main() -> None:
     step = max(1, len(present) // args.lookups)
     sample = present[::step][: args.lookups]
     (single,) = run(lookups, [(str(path), args.cap, sample)])
-    rows.append(("hit (LMDB), 1 process", "", *_p(single)))  # type: ignore[arg-type]
+    rows.append(("hit (LMDB), 1 process", "", *_p(single)))
     halves = [sample[0::2], sample[1::2]]
     both = run(lookups, [(str(path), args.cap, h) for h in halves])
-    merged = [t for times in both for t in times]  # type: ignore[attr-defined]
+    merged = [t for times in both for t in times]
     rows.append(("hit (LMDB), 2 processes", "", *_p(merged)))
 
     lru: collections.OrderedDict[str, Answer] = collections.OrderedDict(
