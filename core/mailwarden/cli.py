@@ -359,6 +359,8 @@ def data_inventory(config_path: str | None, as_json: bool) -> None:
         now = (
             f"{state.bytes:,} bytes in {state.files:,} files" if state.exists else "not created yet"
         )
+        if state.exists and store.entries is not None:
+            now += f", {store.entries:,} entries"
         click.echo(f"  now       {now}")
 
 

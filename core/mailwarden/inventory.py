@@ -81,6 +81,17 @@ def core_stores(config: Config) -> list[StoreDescriptor]:
     return stores
 
 
+class _InventoryHost:
+    """The configuration being inventoried, as ``mailwarden_sdk.Host`` (not started)."""
+
+    def __init__(self, config: Config) -> None:
+        self._config = config
+        self.data_dir: Path = config.home
+
+    def config_for(self, section: str) -> Any:
+        return self._config.plugins.get(section)
+
+
 def _measure(path: str) -> tuple[bool, int, int]:
     target = Path(path)
     if target.is_file():
@@ -101,8 +112,11 @@ def _measure(path: str) -> tuple[bool, int, int]:
 def inventory(config: Config, plugins: PluginSet) -> list[StoreState]:
     """Every declared store, core first, then each plugin's, with its current size."""
     declared: list[tuple[str, StoreDescriptor]] = [("core", s) for s in core_stores(config)]
+    host = _InventoryHost(config)
     for impl in plugins.pm.hook.mailwarden_data_stores.get_hookimpls():
-        produced: Any = impl.function()
+        # pluggy lets an implementation take fewer arguments than the spec names.
+        kwargs = {"host": host} if "host" in impl.argnames else {}
+        produced: Any = impl.function(**kwargs)
         for store in produced or ():
             if isinstance(store, StoreDescriptor):
                 declared.append((impl.plugin_name, store))

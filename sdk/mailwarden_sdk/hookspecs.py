@@ -100,10 +100,13 @@ def mailwarden_message_processed(event: MessageEvent) -> None:
 
 
 @hookspec
-def mailwarden_data_stores() -> Iterable[StoreDescriptor]:
+def mailwarden_data_stores(host: Host) -> Iterable[StoreDescriptor]:
     """List the stores of user data this plugin keeps (path, what, retention, caps, readers).
 
-    Asked by ``mailwarden data-inventory`` and the retention enforcer. Synchronous.
+    Asked by ``mailwarden data-inventory`` and the retention enforcer, usually in a process
+    where the gateway is not started: ``host`` describes the configuration being inventoried
+    (``host.data_dir``, ``host.config_for(section)``) so the paths and caps declared are the
+    configured ones. Synchronous.
     """
 
 

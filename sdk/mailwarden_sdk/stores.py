@@ -23,7 +23,8 @@ class StoreDescriptor(msgspec.Struct, kw_only=True, frozen=True):
 
     ``holds`` says in plain words what personal data the store keeps; ``read_permission`` is the
     web/API permission needed to read it (for example ``events.messages.view``). A ``None``
-    limit means "no limit of that kind".
+    limit means "no limit of that kind". ``entries`` is how many entries the store holds now,
+    for stores that count in entries and can tell cheaply (``None``: not counted).
     """
 
     name: str
@@ -34,3 +35,4 @@ class StoreDescriptor(msgspec.Struct, kw_only=True, frozen=True):
     max_entries: int | None = None
     when_full: WhenFull = WhenFull.NOT_CAPPED
     read_permission: str = "settings.view"
+    entries: int | None = None

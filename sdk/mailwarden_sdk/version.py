@@ -14,7 +14,7 @@ from packaging.version import Version
 
 __all__ = ["SDK_VERSION", "IncompatibleSdk", "check_compatible"]
 
-SDK_VERSION = "1.1.0"  # 1.1: Verdict.content
+SDK_VERSION = "1.2.0"  # 1.1: Verdict.content; 1.2: data_stores(host), StoreDescriptor.entries
 
 
 class IncompatibleSdk(Exception):
