@@ -349,6 +349,8 @@ def decode_text(
             codec = meta if meta is not None else codec
     if codec == _SNIFF:
         text, sflags = _sniff(raw)
+        if charset is not None and charset.strip() and not flags & TextFlag.UNKNOWN_CHARSET:
+            sflags = TextFlag.NONE  # a US-ASCII label: declared, just read leniently
         return text, flags | sflags | (TextFlag.REPLACED if "\ufffd" in text else 0)
     if codec.startswith("utf-16"):
         text = _utf16(raw, codec)
@@ -382,7 +384,7 @@ class HeaderFlag(enum.IntFlag):
 
 
 # charset ? B|Q ? text ?= ; the text may hold whitespace where a mailer folded inside the
-# word (decoded as if absent, like Thunderbird and Stalwart), never '?'.
+# word or wrote blanks (skipped in B, kept in Q, as Thunderbird does), never '?'.
 _EW = re.compile(r"=\?([^?\s\"()<>@,;:/\[\]]+)\?([bBqQ])\?([^?]*?)\?=")
 _WS = re.compile(r"[ \t\r\n]+")
 
@@ -429,12 +431,13 @@ def decode_header_ex(value: str) -> tuple[str, HeaderFlag]:
             chunks.append(m.group(0))
             prev_word = False
             continue
-        payload = _WS.sub("", m.group(3))
+        payload = m.group(3)
         if m.group(2) in "bB":
-            data, clean = decode_base64_ex(payload.encode("latin-1", "replace"))
+            data, clean = decode_base64_ex(_WS.sub("", payload).encode("latin-1", "replace"))
             if not clean:
                 flags |= HeaderFlag.BAD_ENCODING
         else:
+            # Blanks inside a Q word are invalid but common; shown as written, as clients do.
             data = _decode_q(payload)
         flags |= HeaderFlag.DECODED
         last = chunks[-1] if chunks else None

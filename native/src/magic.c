@@ -248,6 +248,13 @@ int mw_detect_type(const uint8_t *b, size_t n) {
     if (AT(257, "ustar")) return MW_TYPE_TAR;
     if (AT(0x8001, "CD001") || AT(0x8801, "CD001") || AT(0x9001, "CD001")) return MW_TYPE_ISO;
     if (looks_html(b, n)) return MW_TYPE_HTML;
+    /* A zip whose start is elsewhere (last part of a split archive, data
+     * prepended): unzip finds it from the end record, so do we. */
+    if (n >= 22) {
+        size_t lo = n - 22 > 65535 ? n - 22 - 65535 : 0;
+        for (size_t p = n - 22 + 1; p-- > lo;)
+            if (b[p] == 'P' && AT(p, "PK\5\6")) return zip_kind(b, n);
+    }
     /* Readers accept "%PDF-" anywhere in the first KiB; so do droppers. */
     size_t lim = n < 1024 ? n : 1024;
     for (size_t i = 1; i + 5 <= lim; i++)
