@@ -1,10 +1,26 @@
 """mailwarden_native: the Python face of mailwarden's C core.
 
-MIME parsing into a zero-copy part table, tolerant transfer decoders and a
+MIME parsing into a zero-copy part table, tolerant transfer decoders, content
+extraction (charsets, RFC 2047, HTML to text, URLs, file types, uuencode) and a
 literal multi-pattern matcher.  All heavy work runs in C with the GIL
 released; this package owns buffers, lifetimes and error mapping.
 """
 
+from ._content import (
+    HeaderFlag,
+    TextFlag,
+    Url,
+    UrlFlag,
+    UUFile,
+    decode_header,
+    decode_header_ex,
+    decode_text,
+    detect_type,
+    extract_urls,
+    find_uuencoded,
+    html_to_text,
+    resolve_charset,
+)
 from ._decode import decode_base64, decode_base64_ex, decode_quoted_printable
 from ._errors import NativeError
 from ._matcher import Matcher
@@ -12,15 +28,28 @@ from ._mime import MalformationFlag, ParsedMessage, ParseLimits, Part, parse
 from ._params import parse_params
 
 __all__ = [
+    "HeaderFlag",
     "MalformationFlag",
     "Matcher",
     "NativeError",
     "ParseLimits",
     "ParsedMessage",
     "Part",
+    "TextFlag",
+    "UUFile",
+    "Url",
+    "UrlFlag",
     "decode_base64",
     "decode_base64_ex",
+    "decode_header",
+    "decode_header_ex",
     "decode_quoted_printable",
+    "decode_text",
+    "detect_type",
+    "extract_urls",
+    "find_uuencoded",
+    "html_to_text",
     "parse",
     "parse_params",
+    "resolve_charset",
 ]

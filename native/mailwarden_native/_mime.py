@@ -19,6 +19,17 @@ from collections.abc import Iterator
 
 import msgspec
 
+from ._content import (
+    TextFlag,
+    Url,
+    UUFile,
+    decode_header,
+    decode_text,
+    detect_type,
+    extract_urls,
+    find_uuencoded,
+    html_to_text,
+)
 from ._core import ffi, lib
 from ._decode import decode_base64, decode_quoted_printable
 from ._errors import NativeError
@@ -118,6 +129,7 @@ class Part:
     __slots__ = (
         "_cte_code",
         "_decoded",
+        "_detected_type",
         "_disposition",
         "_filename",
         "_hdr",
@@ -126,6 +138,8 @@ class Part:
         "_headers",
         "_params",
         "_raw",
+        "_text",
+        "_text_flags",
         "_transfer_encoding",
         "body_end",
         "body_start",
@@ -185,6 +199,9 @@ class Part:
         self._filename: object = _UNSET
         self._transfer_encoding: str | None = None
         self._decoded: bytes | None = None
+        self._text: str | None = None
+        self._text_flags = TextFlag.NONE
+        self._detected_type: str | None = None
 
     def __repr__(self) -> str:
         return (
@@ -269,6 +286,9 @@ class Part:
             filename = params.get("filename")
         if filename is None:
             filename = self.params.get("name")
+        if filename is not None and "=?" in filename:
+            # Outlook and others put RFC 2047 words in (RFC 2231-less) filename parameters.
+            filename = decode_header(filename)
         self._disposition = disposition
         self._filename = filename
 
@@ -281,7 +301,8 @@ class Part:
 
     @property
     def filename(self) -> str | None:
-        """Content-Disposition filename, else Content-Type name (RFC 2231 joined)."""
+        """Content-Disposition filename, else Content-Type name (RFC 2231 joined, RFC 2047
+        encoded words decoded)."""
         if self._filename is _UNSET:
             self._load_disposition()
         return self._filename  # type: ignore[return-value]
@@ -307,6 +328,55 @@ class Part:
     @property
     def is_leaf(self) -> bool:
         return not self.is_multipart and not self.is_message
+
+    def decoded_header(self, name: str) -> str | None:
+        """First value of the named field with RFC 2047 encoded words decoded, or None."""
+        value = self.header(name)
+        return decode_header(value) if value is not None else None
+
+    def text(self) -> str:
+        """The decoded body as text, computed once and cached: transfer-decoded, then
+        converted from the declared charset (superset codecs as mail clients use, UTF-8 or
+        windows-1252 when undeclared or unknown, invalid bytes replaced; see
+        :attr:`text_flags`). For ``text/html`` this is the HTML source; see
+        :meth:`visible_text`. Like :meth:`decoded`, a container gives its body unparsed."""
+        if self._text is None:
+            html = self.content_type == "text/html"
+            self._text, self._text_flags = decode_text(self.decoded(), self.charset, html=html)
+        return self._text
+
+    @property
+    def text_flags(self) -> TextFlag:
+        """What charset conversion in :meth:`text` ran into (unknown charset, replaced bytes)."""
+        self.text()
+        return self._text_flags
+
+    def visible_text(self) -> str:
+        """What a reader sees: the text of HTML parts (see ``html_to_text``), else
+        :meth:`text`."""
+        if self.content_type == "text/html":
+            return html_to_text(self.text())
+        return self.text()
+
+    def urls(self) -> list[Url]:
+        """URLs in this part's text (``text/*`` leaves only; HTML links included)."""
+        if not self.is_leaf or not self.content_type.startswith("text/"):
+            return []
+        return extract_urls(self.text(), html=self.content_type == "text/html")
+
+    @property
+    def detected_type(self) -> str:
+        """Type of the decoded body from its magic bytes (``pdf``, ``docx``, ``pe``, ...,
+        ``unknown``), never from the headers; computed once."""
+        if self._detected_type is None:
+            self._detected_type = detect_type(self.decoded()) if self.is_leaf else "unknown"
+        return self._detected_type
+
+    def uuencoded(self) -> list[UUFile]:
+        """Files uuencoded inside this part's body (text leaves only)."""
+        if not self.is_leaf or not self.content_type.startswith("text/"):
+            return []
+        return find_uuencoded(self.decoded())
 
 
 class ParsedMessage:
@@ -346,9 +416,31 @@ class ParsedMessage:
     def header_all(self, name: str) -> list[str]:
         return self.root.header_all(name)
 
+    def decoded_header(self, name: str) -> str | None:
+        """First value of the named root field, RFC 2047 encoded words decoded."""
+        return self.root.decoded_header(name)
+
     @property
     def subject(self) -> str | None:
-        return self.root.header("subject")
+        """The Subject, RFC 2047 encoded words decoded."""
+        return self.root.decoded_header("subject")
+
+    def urls(self) -> list[Url]:
+        """Every distinct URL of the message (first occurrence wins): text and HTML leaves,
+        then the Subject."""
+        seen: dict[str, Url] = {}
+        for p in self.leaves():
+            for u in p.urls():
+                seen.setdefault(u.url, u)
+        subject = self.subject
+        if subject:
+            for u in extract_urls(subject):
+                seen.setdefault(u.url, u)
+        return list(seen.values())
+
+    def uuencoded(self) -> list[tuple[Part, UUFile]]:
+        """uuencoded files in text leaves, with the part each was found in."""
+        return [(p, f) for p in self.leaves() for f in p.uuencoded()]
 
     @property
     def message_id(self) -> str | None:

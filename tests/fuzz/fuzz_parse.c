@@ -1,7 +1,8 @@
 /*
  * libFuzzer harness for the native core: parser (with default and tight
- * limits), both decoders on every leaf, and the matcher with patterns taken
- * from the input itself.  Besides the sanitizers catching memory errors, it
+ * limits), both decoders on every leaf, the content extractors (HTML to
+ * text, URLs in text and HTML mode, file type) on the input and on every
+ * leaf, and the matcher with patterns taken from the input itself.  Besides the sanitizers catching memory errors, it
  * checks the structural invariants callers rely on and aborts if one breaks.
  *
  * Also builds without libFuzzer (-DMW_FUZZ_STANDALONE): main() then runs each
@@ -12,6 +13,7 @@
 #include <string.h>
 
 #include "mailwarden.h"
+#include "mw_content.h"
 
 #define CHECK(cond)                                                               \
     do {                                                                          \
@@ -49,6 +51,8 @@ static void check_message(const mw_message *m, size_t len) {
     }
 }
 
+static void run_content(const uint8_t *data, size_t size);
+
 static void decode_leaves(const uint8_t *data, const mw_message *m) {
     for (size_t i = 0; i < m->n_parts; i++) {
         const mw_part *p = &m->parts[i];
@@ -69,7 +73,38 @@ static void decode_leaves(const uint8_t *data, const mw_message *m) {
             CHECK(mw_qp_decode(body, n, out) <= mw_qp_max_len(n));
             free(out);
         }
+        if (i > 0) run_content(body, n); /* the root's body is run below anyway */
     }
+}
+
+static void run_content(const uint8_t *data, size_t size) {
+    /* Exact-size output so ASan sees any write past the documented bound;
+     * then a deliberately small one to exercise the cap. */
+    size_t cap = mw_html_text_max_len(size);
+    uint8_t *out = malloc(cap ? cap : 1);
+    if (out) {
+        CHECK(mw_html_to_text(data, size, out, cap) <= cap);
+        free(out);
+    }
+    uint8_t small[16];
+    CHECK(mw_html_to_text(data, size, small, sizeof small) <= sizeof small);
+    for (int mode = 0; mode < 2; mode++) {
+        mw_url_list *l = NULL;
+        if (mw_extract_urls(data, size, mode, 64, 256, &l) != MW_OK) continue;
+        CHECK(l->n_urls <= 64);
+        for (size_t i = 0; i < l->n_urls; i++) {
+            const mw_url *u = &l->urls[i];
+            CHECK(u->off + u->len <= l->arena_len && u->len <= 256);
+            CHECK(u->host_len > 0 && u->host_off + u->host_len <= u->len);
+            const uint8_t *s = l->arena + u->off;
+            CHECK(memchr(s, ':', u->len) && memcmp(s + u->host_off - 3, "://", 3) == 0);
+            for (size_t k = 0; k < u->len; k++)
+                CHECK(s[k] > 0x20 && s[k] != 0x7F && (s[k] < 0x80 || (k >= u->host_off && k < u->host_off + u->host_len)));
+        }
+        mw_url_list_free(l);
+    }
+    int t = mw_detect_type(data, size);
+    CHECK(t >= 0 && t < MW_TYPE_COUNT && mw_type_name(t)[0]);
 }
 
 static void run_matcher(const uint8_t *data, size_t size) {
@@ -118,6 +153,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         CHECK(m->n_parts <= 6);
         mw_message_free(m);
     }
+    run_content(data, size);
     run_matcher(data, size);
     return 0;
 }
