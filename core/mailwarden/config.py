@@ -194,6 +194,16 @@ class ContentRules(_Section):
     # Nested archives are read whole to be listed; larger ones are judged by name and type only.
     nested_limit: Annotated[int, msgspec.Meta(ge=0)] = 32 * 1024 * 1024
 
+    def __post_init__(self) -> None:
+        from mailwarden_native import FILE_TYPES
+
+        # A misspelt type would block nothing without a word: refuse it and list the names.
+        unknown = sorted({t.lower() for t in self.types} - FILE_TYPES)
+        if unknown:
+            raise ValueError(
+                f"unknown detected types {unknown}; known: {', '.join(sorted(FILE_TYPES))}"
+            )
+
     @property
     def active(self) -> bool:
         """Whether any content rule is set."""

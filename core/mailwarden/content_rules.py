@@ -166,7 +166,7 @@ def _mask_pattern(masks: list[str]) -> re.Pattern[str] | None:
 def check_content(
     message: ParsedMessage,
     rules: ContentRules,
-    detect_type: Callable[[bytes], str] | None = None,
+    detect_type: Callable[[bytes], str],
 ) -> list[Finding]:
     """Findings for what ``rules`` block in ``message``; empty when nothing is blocked."""
     if not rules.active:
@@ -204,7 +204,7 @@ def check_content(
             blocked("CONTENT_NAME_BLOCKED", obj, name=bare)
         if rules.double_extensions and _double_extension(bare):
             blocked("CONTENT_DOUBLE_EXTENSION", obj, name=bare)
-        if types and obj.head and detect_type is not None:
+        if types and obj.head:
             kind = detect_type(obj.head)
             if kind in types:
                 blocked("CONTENT_TYPE_BLOCKED", obj, type=kind, name=bare)

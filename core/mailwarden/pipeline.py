@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from mailwarden_native import ParsedMessage, parse
+from mailwarden_native import ParsedMessage, detect_type, parse
 from mailwarden_sdk import (
     Action,
     ActionKind,
@@ -419,7 +419,7 @@ class Gateway:
         try:
             # Archive listing is Python work on untrusted data: off the event loop, and a
             # failure is an error finding the rule's error action decides, like a detector's.
-            return await asyncio.to_thread(check_content, message, rule.content)
+            return await asyncio.to_thread(check_content, message, rule.content, detect_type)
         except Exception as exc:
             log.warning("content rules failed: %r", exc)
             return [_error_finding(CONTENT_DETECTOR, "DETECTOR_ERROR", repr(exc))]

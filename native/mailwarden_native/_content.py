@@ -29,6 +29,7 @@ from ._decode import decode_base64_ex, decode_quoted_printable
 from ._errors import NativeError
 
 __all__ = [
+    "FILE_TYPES",
     "HeaderFlag",
     "TextFlag",
     "UUFile",
@@ -212,6 +213,8 @@ def extract_urls(
 _TYPE_NAMES: tuple[str, ...] = tuple(
     ffi.string(lib.mw_type_name(i)).decode("ascii") for i in range(int(lib.MW_TYPE_COUNT))
 )
+#: Every name :func:`detect_type` can return (rules and configs validate against it).
+FILE_TYPES: frozenset[str] = frozenset(_TYPE_NAMES)
 
 
 def detect_type(data: Buffer) -> str:

@@ -118,6 +118,9 @@ def test_bad_content_rule_values_name_the_key() -> None:
     with pytest.raises(ConfigError) as error:
         parse_config(_rules("archive_depth = 99\n"))
     assert "archive_depth" in str(error.value)
+    with pytest.raises(ConfigError) as error:
+        parse_config(_rules('types = ["pe", "exe"]\n'))
+    assert "['exe']" in str(error.value) and "rules[0].content" in str(error.value)
 
 
 def test_the_content_rules_sample_in_the_docs_is_valid_config() -> None:
@@ -134,3 +137,27 @@ def test_the_content_rules_sample_in_the_docs_is_valid_config() -> None:
     content = config.rules[0].content
     assert content.double_extensions and content.action == "quarantine"
     assert content.max_attachment_size == 25 * 1024 * 1024
+
+
+# A minimal PE: "MZ", e_lfanew at 0x3C pointing to "PE\0\0".
+PE = b"MZ" + b"\x90" * 58 + (64).to_bytes(4, "little") + b"PE\x00\x00" + b"\x4c\x01" + b"\x00" * 200
+
+
+def test_an_executable_renamed_txt_is_caught_by_its_detected_type() -> None:
+    from mailwarden_native import detect_type
+
+    assert detect_type(PE) == "pe"
+    raw = make_message(attachment=PE, filename="notes.txt")
+    config = _rules('types = ["pe", "elf"]\nnames = ["*.exe"]\n')
+    decision = scan(raw, config=config)
+    assert _content(decision) == [("CONTENT_TYPE_BLOCKED", "notes.txt")]
+    finding = next(f for f in decision.verdict.findings if f.detector == "content")
+    assert finding.details["type"] == "pe"
+    assert decision.action.kind is ActionKind.REJECT
+
+
+def test_detected_types_are_checked_inside_archives_and_text_passes() -> None:
+    archive = _zip({"readme.txt": PE, "real.txt": b"just text\n"})
+    raw = make_message(attachment=archive, filename="files.zip")
+    decision = scan(raw, config=_rules('types = ["pe"]\n'))
+    assert _content(decision) == [("CONTENT_TYPE_BLOCKED", "files.zip/readme.txt")]
