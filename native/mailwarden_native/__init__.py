@@ -10,8 +10,26 @@ from ._errors import NativeError
 from ._matcher import Matcher
 from ._mime import MalformationFlag, ParsedMessage, ParseLimits, Part, parse
 from ._params import parse_params
+from ._sigs import (
+    OFF_ABS,
+    OFF_ANY,
+    OFF_EOF,
+    SigHit,
+    SigScanner,
+    SignatureCompiler,
+    SignatureDB,
+    SignatureError,
+)
 
 __all__ = [
+    "OFF_ABS",
+    "OFF_ANY",
+    "OFF_EOF",
+    "SigHit",
+    "SigScanner",
+    "SignatureCompiler",
+    "SignatureDB",
+    "SignatureError",
     "MalformationFlag",
     "Matcher",
     "NativeError",
