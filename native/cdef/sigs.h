@@ -37,6 +37,7 @@ typedef struct {
     uint32_t key_len;
     uint32_t filter_bits;
     uint32_t max_part;
+    uint32_t stride;
 } mw_sigdb_info;
 
 const char *mw_sig_strerror(int code);

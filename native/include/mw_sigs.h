@@ -66,6 +66,7 @@ typedef struct {
     uint32_t key_len;    /* bytes hashed by the prefilter */
     uint32_t filter_bits; /* log2 of each prefilter bitmap's bits */
     uint32_t max_part;   /* longest part: bytes carried across chunks */
+    uint32_t stride;     /* the prefilter looks at every stride-th position */
 } mw_sigdb_info;
 
 const char *mw_sig_strerror(int code);

@@ -145,7 +145,7 @@ class SignatureDB:
             name: int(getattr(info, name))
             for name in (
                 "bytes", "n_sigs", "n_parts", "n_anchors", "n_tiny", "n_eof", "key_len",
-                "filter_bits", "max_part",
+                "filter_bits", "max_part", "stride",
             )
         }
 

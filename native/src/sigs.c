@@ -21,6 +21,7 @@
 #define MAGIC "MWSIGDB\x01"
 #define FORMAT_VERSION 1u
 #define MAX_ANCHOR_COMBOS 64u
+#define MAX_ANCHOR 11u /* key of up to 8 bytes at up to 4 strides */
 #define MAX_BLOB ((uint64_t)1 << 31)
 #define INLINE_GAP 32u /* {n} up to this stays inside a part as wildcards */
 #define QCAP 8u        /* predecessor ends remembered per part per scan */
@@ -79,6 +80,7 @@ typedef struct {
     uint32_t header_size;
     uint32_t sizes; /* sizeof part | group << 8 | sig << 16 | entry << 24 */
     uint32_t key_len;
+    uint32_t stride;
     uint32_t filter_bits;
     uint32_t bucket_bits;
     uint32_t tiny_bucket_bits;
@@ -135,8 +137,8 @@ static void *vec_push(vec *v, size_t k) {
 }
 
 typedef struct {
-    uint8_t bytes[8];
-    uint32_t len; /* anchor bytes available (2..8) */
+    uint8_t bytes[MAX_ANCHOR];
+    uint32_t len; /* anchor bytes available (2..MAX_ANCHOR) */
     uint32_t part;
     uint32_t off;
 } bentry;
@@ -162,7 +164,7 @@ int mw_sigc_new(mw_sigc **out) {
     c->entries.size = sizeof(bentry);
     c->eof.size = sizeof(uint32_t);
     c->pool.size = 1;
-    c->min_key = 8;
+    c->min_key = MAX_ANCHOR;
     *out = c;
     return MW_OK;
 }
@@ -327,7 +329,8 @@ typedef struct {
 static int byte_common(uint8_t b) { return b == 0x00 || b == 0xFF || b == 0x20 || b == 0x0A; }
 
 /* Picks the anchor window of a part: consecutive fixed bytes and groups of
- * fixed alternatives, at most 8 bytes (the prefilter never hashes more),
+ * fixed alternatives, at most MAX_ANCHOR bytes (what the strided prefilter
+ * can use),
  * with at most MAX_ANCHOR_COMBOS expansions.  Longer is better; among equal
  * lengths fewer expansions, then fewer very common bytes. */
 static int pick_anchor(const ppart *p, const uint8_t *gb, uint32_t *best_s, uint32_t *best_len) {
@@ -343,7 +346,7 @@ static int pick_anchor(const ppart *p, const uint8_t *gb, uint32_t *best_s, uint
             }
         }
         uint32_t len = 0, product = 1, common = 0;
-        for (uint32_t e = s; e < p->len && len < 8;) {
+        for (uint32_t e = s; e < p->len && len < MAX_ANCHOR;) {
             if (p->in_group[e]) {
                 uint32_t g = p->in_group[e] - 1u;
                 const token *t = p->groups[g];
@@ -361,7 +364,7 @@ static int pick_anchor(const ppart *p, const uint8_t *gb, uint32_t *best_s, uint
                 len++;
                 e++;
             }
-            uint32_t l = len > 8 ? 8 : len;
+            uint32_t l = len > MAX_ANCHOR ? MAX_ANCHOR : len;
             int64_t score = (int64_t)l * 100000 - (int64_t)product * 100 - common;
             if (l >= 2 && score > best_score) {
                 best_score = score;
@@ -378,7 +381,7 @@ static int pick_anchor(const ppart *p, const uint8_t *gb, uint32_t *best_s, uint
 static int emit_anchor(mw_sigc *c, const ppart *p, const uint8_t *gb, uint32_t part_id,
                        uint32_t s, uint32_t len) {
     /* choice[g] enumerates like an odometer over the groups in the window */
-    uint32_t gidx[8], ng = 0, choice[8] = {0};
+    uint32_t gidx[MAX_ANCHOR], ng = 0, choice[MAX_ANCHOR] = {0};
     for (uint32_t e = s; e < s + len;) {
         if (p->in_group[e]) {
             gidx[ng++] = p->in_group[e] - 1u;
@@ -735,11 +738,20 @@ int mw_sigc_build(const mw_sigc *c, uint8_t **blob, size_t *len) {
     *len = 0;
     const bentry *be = c->entries.p;
     size_t n_all = c->entries.n, n_reg = 0, n_tiny = 0;
+    /* Stride: with every anchor at least kl + stride - 1 bytes long, each
+     * occurrence has one of its first `stride` kl-byte windows at a position
+     * divisible by the stride, so the scan loop looks at every stride-th
+     * position only, and each anchor enters the filter `stride` times.
+     * Shortest anchor 8: 4 strides of 5-byte keys; 11 and more: 8-byte keys. */
+    uint32_t lmin = c->min_key;
+    uint32_t stride = lmin > 4 ? lmin - 4 : 1;
+    if (stride > 4) stride = 4;
+    uint32_t kl = lmin - stride + 1;
+    if (kl > 8) kl = 8;
     for (size_t i = 0; i < n_all; i++) {
-        if (be[i].len >= 4) n_reg++;
+        if (be[i].len >= 4) n_reg += stride;
         else n_tiny++;
     }
-    uint32_t kl = c->min_key;
     uint64_t kmask = key_mask(kl);
     /* Bitmaps sized for about 1/32 fill, within [2^14, 2^22] bits: at 100k
      * anchors each is 512 KiB, so both fit the L2 cache with room left. */
@@ -759,10 +771,11 @@ int mw_sigc_build(const mw_sigc *c, uint8_t **blob, size_t *len) {
     }
     size_t r = 0, t = 0;
     for (size_t i = 0; i < n_all; i++) {
-        uint8_t tmp[8] = {0};
+        uint8_t tmp[MAX_ANCHOR + 8] = {0};
         memcpy(tmp, be[i].bytes, be[i].len);
         if (be[i].len >= 4)
-            reg[r++] = (dentry){load_key(tmp, kmask), be[i].part, be[i].off};
+            for (uint32_t j = 0; j < stride; j++)
+                reg[r++] = (dentry){load_key(tmp + j, kmask), be[i].part, be[i].off + j};
         else /* the scan loop forms 2-byte keys the same explicit way */
             tiny[t++] = (dentry){(uint64_t)tmp[0] | (uint64_t)tmp[1] << 8, be[i].part, be[i].off};
     }
@@ -774,6 +787,7 @@ int mw_sigc_build(const mw_sigc *c, uint8_t **blob, size_t *len) {
     h.header_size = sizeof h;
     h.sizes = SIZES;
     h.key_len = kl;
+    h.stride = stride;
     h.filter_bits = fbits;
     h.bucket_bits = bbits;
     h.tiny_bucket_bits = tbits;
@@ -885,7 +899,7 @@ static int section_ok(const dheader *h, uint64_t off, uint64_t size, uint64_t al
  * hostile file is refused here and the scan loop needs no bounds checks. */
 static int validate(const mw_sigdb *db) {
     const dheader *h = &db->h;
-    if (h->key_len < 4 || h->key_len > 8 || h->filter_bits < 14 || h->filter_bits > 22 ||
+    if (h->key_len < 4 || h->key_len > 8 || h->stride < 1 || h->stride > 4 || h->filter_bits < 14 || h->filter_bits > 22 ||
         h->bucket_bits > 26 || h->tiny_bucket_bits > 26 || h->max_part > MW_SIG_MAX_PART ||
         h->max_eof > MW_SIG_MAX_EOF || h->n_sigs > MW_SIG_MAX_SIGS)
         return 0;
@@ -994,6 +1008,7 @@ void mw_sigdb_info_get(const mw_sigdb *db, mw_sigdb_info *out) {
     out->key_len = db->h.key_len;
     out->filter_bits = db->h.filter_bits;
     out->max_part = db->h.max_part;
+    out->stride = db->h.stride;
 }
 
 /* ------------------------------------------------------------------ scan */
@@ -1212,13 +1227,14 @@ static void scan_window(mw_sigscan *s, const window *w) {
     const uint8_t *buf = w->buf;
     size_t len = w->len;
     const uint32_t fb = db->h.filter_bits, bb = db->h.bucket_bits, kl = db->h.key_len;
+    const size_t stride = db->h.stride;
     const uint64_t kmask = db->kmask;
     const uint8_t *bm1 = db->bm1, *bm2 = db->bm2;
     if (db->h.n_entries && len >= kl) {
         size_t last = len - kl; /* last position whose key fits */
         size_t i = 0;
         if (len >= 8) {
-            for (; i + 8 <= len; i++) {
+            for (; i + 8 <= len; i += stride) {
                 uint64_t key = load_key(buf + i, kmask);
                 if (!bit(bm1, hash_bits(key, M1, fb))) continue;
                 if (!bit(bm2, hash_bits(key, M2, fb))) continue;
@@ -1226,7 +1242,7 @@ static void scan_window(mw_sigscan *s, const window *w) {
                 check_entries(s, w, i, db->entries, db->buckets[b], db->buckets[b + 1], key);
             }
         }
-        for (; i <= last; i++) {
+        for (; i <= last; i += stride) {
             uint8_t tmp[8] = {0};
             memcpy(tmp, buf + i, len - i < 8 ? len - i : 8);
             uint64_t key = load_key(tmp, kmask);
