@@ -514,11 +514,11 @@ static int build_sig(token *toks, size_t ntok, psig *ps) {
     return MW_SIG_OK;
 }
 
-static int tokenize(const char *s, size_t n, token *toks, size_t *ntok, uint8_t *gb) {
+static int tokenize(const char *s, size_t n, token *toks, size_t cap, size_t *ntok, uint8_t *gb) {
     size_t gn = 0;
     size_t i = 0, k = 0;
     while (i < n) {
-        if (k >= MW_SIG_MAX_TEXT / 2 + 1) return MW_SIG_E_LIMIT;
+        if (k >= cap) return MW_SIG_E_LIMIT;
         token *t = &toks[k];
         char ch = s[i];
         int rc = MW_SIG_OK;
@@ -557,13 +557,14 @@ int mw_sigc_add(mw_sigc *c, const char *text, size_t len, uint32_t target, uint3
         return MW_SIG_E_LIMIT;
     if (off > ((uint64_t)1 << 48) || shift > ((uint64_t)1 << 48)) return MW_SIG_E_LIMIT;
     if (off_kind == MW_SIG_OFF_EOF && off > MW_SIG_MAX_EOF) return MW_SIG_E_LIMIT;
-    /* A pattern of n characters has at most n/2 + 1 tokens and n/2 group
-     * bytes (two scratch bytes each); scratch grows to the longest seen. */
-    size_t cap = len / 2 + 2;
+    /* A pattern of n characters has at most n tokens ('*' takes one
+     * character) and n/2 group bytes (two scratch bytes each); scratch grows
+     * to the longest pattern seen. */
+    size_t cap = len + 2;
     if (!c->ps && !(c->ps = malloc(sizeof(psig)))) return MW_SIG_E_NOMEM;
     if (cap > c->toks_cap) {
         token *t = realloc(c->toks, cap * sizeof *t);
-        uint8_t *g = realloc(c->gb, cap * 2);
+        uint8_t *g = realloc(c->gb, cap + 2);
         if (t) c->toks = t;
         if (g) c->gb = g;
         if (!t || !g) return MW_SIG_E_NOMEM;
@@ -573,7 +574,7 @@ int mw_sigc_add(mw_sigc *c, const char *text, size_t len, uint32_t target, uint3
     psig *ps = c->ps;
     const uint8_t *gb = c->gb;
     size_t ntok = 0;
-    int rc = tokenize(text, len, toks, &ntok, c->gb);
+    int rc = tokenize(text, len, toks, cap, &ntok, c->gb);
     if (rc) return rc;
     rc = build_sig(toks, ntok, ps);
     if (rc) return rc;
@@ -863,7 +864,7 @@ int mw_sigc_build(const mw_sigc *c, uint8_t **blob, size_t *len) {
         uint32_t k = (uint32_t)dt[i].key & 0xFFFF;
         b[h.o_bmt + k / 8] |= (uint8_t)(1u << (k % 8));
     }
-    memcpy(b + h.o_parts, c->parts.p, c->parts.n * sizeof(dpart));
+    if (c->parts.n) memcpy(b + h.o_parts, c->parts.p, c->parts.n * sizeof(dpart));
     if (c->groups.n) memcpy(b + h.o_groups, c->groups.p, c->groups.n * sizeof(dgroup));
     if (c->sigs.n) memcpy(b + h.o_sigs, c->sigs.p, c->sigs.n * sizeof(dsig));
     if (c->eof.n) memcpy(b + h.o_eof, c->eof.p, c->eof.n * 4);
@@ -1221,42 +1222,56 @@ static inline int bit(const uint8_t *bm, uint32_t h) { return (bm[h >> 3] >> (h 
 
 /* The prefilter loop: one 8-byte load, two multiplies and two bitmap bits
  * per position; only positions passing both go to the bucket table. */
+static inline void check_regular(mw_sigscan *s, const window *w, size_t i, uint64_t key) {
+    const mw_sigdb *db = s->db;
+    const uint32_t fb = db->h.filter_bits;
+    if (!bit(db->bm1, hash_bits(key, M1, fb)) || !bit(db->bm2, hash_bits(key, M2, fb))) return;
+    uint32_t b = hash_bits(key, M3, db->h.bucket_bits);
+    check_entries(s, w, i, db->entries, db->buckets[b], db->buckets[b + 1], key);
+}
+
+static inline void check_tiny(mw_sigscan *s, const window *w, size_t i) {
+    const mw_sigdb *db = s->db;
+    uint32_t k = (uint32_t)w->buf[i] | (uint32_t)w->buf[i + 1] << 8;
+    if (!bit(db->bmt, k)) return;
+    uint32_t b = hash_bits(k, M3, db->h.tiny_bucket_bits);
+    check_entries(s, w, i, db->tiny, db->tbuckets[b], db->tbuckets[b + 1], k);
+}
+
+/* The prefilter loop: at every stride-th position one 8-byte load, two
+ * multiplies and two bitmap bits; only positions passing both go on to the
+ * bucket table.  Positions are visited in order (a signature's parts must
+ * be seen in order), so 2-3 byte anchors, which need every position, share
+ * one loop with the rest when a database has any. */
 static void scan_window(mw_sigscan *s, const window *w) {
     const mw_sigdb *db = s->db;
     const uint8_t *buf = w->buf;
-    size_t len = w->len;
-    const uint32_t fb = db->h.filter_bits, bb = db->h.bucket_bits, kl = db->h.key_len;
-    const size_t stride = db->h.stride;
+    const size_t len = w->len, kl = db->h.key_len, stride = db->h.stride;
     const uint64_t kmask = db->kmask;
-    const uint8_t *bm1 = db->bm1, *bm2 = db->bm2;
-    if (db->h.n_entries && len >= kl) {
-        size_t last = len - kl; /* last position whose key fits */
+    const int reg = db->h.n_entries > 0, tiny = db->h.n_tiny > 0;
+    if (!tiny) {
+        if (!reg || len < kl) return;
         size_t i = 0;
-        if (len >= 8) {
-            for (; i + 8 <= len; i += stride) {
-                uint64_t key = load_key(buf + i, kmask);
-                if (!bit(bm1, hash_bits(key, M1, fb))) continue;
-                if (!bit(bm2, hash_bits(key, M2, fb))) continue;
-                uint32_t b = hash_bits(key, M3, bb);
-                check_entries(s, w, i, db->entries, db->buckets[b], db->buckets[b + 1], key);
-            }
+        const uint32_t fb = db->h.filter_bits;
+        const uint8_t *bm1 = db->bm1;
+        for (; i + 8 <= len; i += stride) {
+            uint64_t key = load_key(buf + i, kmask);
+            if (!bit(bm1, hash_bits(key, M1, fb))) continue;
+            check_regular(s, w, i, key);
         }
-        for (; i <= last; i += stride) {
+        for (; i + kl <= len; i += stride) {
+            uint8_t tmp[8] = {0};
+            memcpy(tmp, buf + i, len - i);
+            check_regular(s, w, i, load_key(tmp, kmask));
+        }
+        return;
+    }
+    for (size_t i = 0; i + 2 <= len; i++) {
+        check_tiny(s, w, i);
+        if (reg && i % stride == 0 && i + kl <= len) {
             uint8_t tmp[8] = {0};
             memcpy(tmp, buf + i, len - i < 8 ? len - i : 8);
-            uint64_t key = load_key(tmp, kmask);
-            if (!bit(bm1, hash_bits(key, M1, fb)) || !bit(bm2, hash_bits(key, M2, fb))) continue;
-            uint32_t b = hash_bits(key, M3, bb);
-            check_entries(s, w, i, db->entries, db->buckets[b], db->buckets[b + 1], key);
-        }
-    }
-    if (db->h.n_tiny && len >= 2) {
-        const uint32_t tb = db->h.tiny_bucket_bits;
-        for (size_t i = 0; i + 2 <= len; i++) {
-            uint32_t k = (uint32_t)buf[i] | (uint32_t)buf[i + 1] << 8;
-            if (!bit(db->bmt, k)) continue;
-            uint32_t b = hash_bits(k, M3, tb);
-            check_entries(s, w, i, db->tiny, db->tbuckets[b], db->tbuckets[b + 1], k);
+            check_regular(s, w, i, load_key(tmp, kmask));
         }
     }
 }

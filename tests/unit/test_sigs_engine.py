@@ -94,6 +94,8 @@ SEMANTICS = [
     ("4142", b"ABAB.AB", 0),
     # a signature found across the end of one part and the start of the next (no overlap)
     ("4142{-3}4344*4546", b"AB..CD.EF", 0),
+    # a 3-byte part (anchored on 2 bytes) before a longer one: parts are seen in order
+    ("424344*45464748", b"xxABCDpyEFGHzz", 3),
     ("4142{-3}4344*4546", b"AB....CD.EF", None),
 ]
 
