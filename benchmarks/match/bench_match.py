@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import random
-import resource
 import shutil
 import statistics
 import subprocess
@@ -152,6 +151,18 @@ def plant(buf: bytearray, sigs: list[dict[str, Any]], seed: str) -> bytearray:
 # ---------------------------------------------------------------- engines (child process)
 
 
+def hwm_kb(pid: int) -> int:
+    """Peak RSS of a process (VmHWM). Not ru_maxrss: Linux carries that across fork and exec,
+    so a child would report the benchmark driver's buffers as its own."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def run_mailwarden(sigs: list[dict[str, Any]], buf: bytes, repeats: int, chunk: int) -> dict:
     from mailwarden_native import SignatureCompiler, SignatureDB
 
@@ -181,9 +192,19 @@ def run_mailwarden(sigs: list[dict[str, Any]], buf: bytes, repeats: int, chunk: 
         ids = {h.sig_id for h in hits}
     shutil.rmtree(path.parent)
     return {
-        "compile_s": compile_s, "open_s": open_s, "times": times, "ids": sorted(ids),
+        "compile_s": compile_s,
+        "open_s": open_s,
+        "times": times,
+        "ids": sorted(ids),
         "db_bytes": db.info["bytes"],
     }
+
+
+def _collector(found: set[int]) -> Any:
+    def on_match(sid: int, start: int, end: int, flags: int, ctx: Any) -> None:
+        found.add(sid)
+
+    return on_match
 
 
 def run_hyperscan(sigs: list[dict[str, Any]], buf: bytes, repeats: int) -> dict:
@@ -193,19 +214,17 @@ def run_hyperscan(sigs: list[dict[str, Any]], buf: bytes, repeats: int) -> dict:
     db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
     flags = hyperscan.HS_FLAG_DOTALL | hyperscan.HS_FLAG_SINGLEMATCH
     db.compile(
-        expressions=[s["hs"].encode() for s in sigs], ids=list(range(len(sigs))),
-        elements=len(sigs), flags=[flags] * len(sigs),
+        expressions=[s["hs"].encode() for s in sigs],
+        ids=list(range(len(sigs))),
+        elements=len(sigs),
+        flags=[flags] * len(sigs),
     )
     compile_s = time.perf_counter() - t0
     times, ids = [], set()
     for _ in range(repeats):
         found: set[int] = set()
-
-        def on_match(sid: int, start: int, end: int, flags: int, ctx: Any) -> None:
-            found.add(sid)
-
         t0 = time.perf_counter()
-        db.scan(bytes(buf), match_event_handler=on_match)
+        db.scan(bytes(buf), match_event_handler=_collector(found))
         times.append(time.perf_counter() - t0)
         ids = found
     return {"compile_s": compile_s, "times": times, "ids": sorted(ids)}
@@ -240,29 +259,43 @@ def run_clamscan(sigs: list[dict[str, Any]], buf: bytes, repeats: int) -> dict:
     data.write_bytes(buf)
     empty = work / "empty.bin"
     empty.write_bytes(b"")
-    base = [clamscan, "--no-summary", f"--database={db}", "--allmatch", "--max-filesize=2000M",
-            "--max-scansize=2000M", "--max-recursion=1", "--infected"]
+    base = [
+        clamscan,
+        "--no-summary",
+        f"--database={db}",
+        "--allmatch",
+        "--max-filesize=2000M",
+        "--max-scansize=2000M",
+        "--max-recursion=1",
+        "--infected",
+    ]
 
-    def timed(target: Path) -> tuple[float, str, int]:
+    peak = 0
+
+    def timed(target: Path) -> tuple[float, str]:
+        nonlocal peak
+        out = work / "out.txt"
         t0 = time.perf_counter()
-        proc = subprocess.run([*base, str(target)], capture_output=True, text=True, check=False)
+        with out.open("w") as handle:
+            proc = subprocess.Popen([*base, str(target)], stdout=handle)
+            while proc.poll() is None:
+                peak = max(peak, hwm_kb(proc.pid))
+                time.sleep(0.005)
         elapsed = time.perf_counter() - t0
-        usage = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-        return elapsed, proc.stdout, usage
+        return elapsed, out.read_text()
 
-    load, _, _ = timed(empty)  # DB load + start, subtracted from each scan
+    load, _ = timed(empty)  # DB load + start, subtracted from each scan
     times, ids = [], set()
     for _ in range(repeats):
-        elapsed, out, _ = timed(data)
+        elapsed, out = timed(data)
         times.append(max(elapsed - load, 1e-9))
         ids = {
             int(line.split(": ", 1)[1].split(".")[0][1:])
             for line in out.splitlines()
             if line.endswith(" FOUND")
         }
-    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     shutil.rmtree(work)
-    return {"compile_s": load, "times": times, "ids": sorted(ids), "child_rss_kb": rss}
+    return {"compile_s": load, "times": times, "ids": sorted(ids), "peak_kb": peak}
 
 
 def child(args: argparse.Namespace) -> None:
@@ -280,8 +313,8 @@ def child(args: argparse.Namespace) -> None:
         res = run_yara(sigs, buf, args.repeats)
     else:
         res = run_clamscan(sigs, buf, max(1, args.repeats // 3))
-    rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    res["rss_mb"] = max(rss_kb, res.pop("child_rss_kb", 0)) / 1024
+    # clamscan is its own process (peak sampled while it runs); the others run in this one.
+    res["rss_mb"] = res.pop("peak_kb", 0) / 1024 or hwm_kb(os.getpid()) / 1024
     print(json.dumps(res))
 
 
@@ -294,7 +327,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="scans per engine (median reported)")
     ap.add_argument("--sets", default="1000,10000,100000,wild")
     ap.add_argument(
-        "--engines", default="mailwarden,mailwarden_16k,hyperscan,yara,clamscan",
+        "--engines",
+        default="mailwarden,mailwarden_16k,hyperscan,yara,clamscan",
         help="comma-separated; clamscan runs repeats//3 (at least 1) scans",
     )
     ap.add_argument("--json", help="also write the results here")
@@ -316,8 +350,18 @@ def main() -> None:
         results = []
         for name in names:
             for engine in args.engines.split(","):
-                cmd = [sys.executable, __file__, "--child", engine, "--set", name,
-                       "--work", str(work), "--repeats", str(args.repeats)]
+                cmd = [
+                    sys.executable,
+                    __file__,
+                    "--child",
+                    engine,
+                    "--set",
+                    name,
+                    "--work",
+                    str(work),
+                    "--repeats",
+                    str(args.repeats),
+                ]
                 proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
                 if proc.returncode != 0:
                     err = proc.stderr.strip().splitlines()[-1:] or ["?"]
@@ -327,9 +371,12 @@ def main() -> None:
                 res.update(engine=engine, set=name, mbps=[size / 1e6 / t for t in res["times"]])
                 results.append(res)
                 med = statistics.median(res["mbps"])
-                print(f"  {engine:15} {name:>6}: {med:9.1f} MB/s  compile {res['compile_s']:.3f} s"
-                      f"  rss {res['rss_mb']:.0f} MB  sigs hit {len(res['ids'])}",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"  {engine:15} {name:>6}: {med:9.1f} MB/s  compile {res['compile_s']:.3f} s"
+                    f"  rss {res['rss_mb']:.0f} MB  sigs hit {len(res['ids'])}",
+                    file=sys.stderr,
+                    flush=True,
+                )
         report(results, size, args)
         if args.json:
             Path(args.json).write_text(json.dumps(results, indent=1))
@@ -339,20 +386,33 @@ def main() -> None:
 
 def report(results: list[dict], size: int, args: argparse.Namespace) -> None:
     by = {(r["engine"], r["set"]): r for r in results}
-    print(f"\n64 MB-class mixed buffer: {size >> 20} MiB, {HITS} planted instances per set, "
-          f"median of {args.repeats} scans (clamscan: {max(1, args.repeats // 3)}), one core\n")
-    print("| engine | set | compile/load s | scan MB/s median [min-max] | mailwarden x | "
-          "peak RSS MB | sigs hit | same ids as mailwarden |")
+    print(
+        f"\n64 MB-class mixed buffer: {size >> 20} MiB, {HITS} planted instances per set, "
+        f"median of {args.repeats} scans (clamscan: {max(1, args.repeats // 3)}), one core\n"
+    )
+    print(
+        "| engine | set | compile/load s | scan MB/s median [min-max] | mailwarden x | "
+        "peak RSS MB | sigs hit | same ids as mailwarden |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for r in results:
         mw = by.get(("mailwarden", r["set"]))
         med = statistics.median(r["mbps"])
         ratio = f"{statistics.median(mw['mbps']) / med:.2f}x" if mw else "-"
-        same = "-" if not mw else ("yes" if r["ids"] == mw["ids"] else
-                                   f"no ({len(set(r['ids']) ^ set(mw['ids']))} differ)")
-        print(f"| {r['engine']} | {r['set']} | {r['compile_s']:.3f} | {med:.1f} "
-              f"[{min(r['mbps']):.1f}-{max(r['mbps']):.1f}] | {ratio} | {r['rss_mb']:.0f} | "
-              f"{len(r['ids'])} | {same} |")
+        same = (
+            "-"
+            if not mw
+            else (
+                "yes"
+                if r["ids"] == mw["ids"]
+                else f"no ({len(set(r['ids']) ^ set(mw['ids']))} differ)"
+            )
+        )
+        print(
+            f"| {r['engine']} | {r['set']} | {r['compile_s']:.3f} | {med:.1f} "
+            f"[{min(r['mbps']):.1f}-{max(r['mbps']):.1f}] | {ratio} | {r['rss_mb']:.0f} | "
+            f"{len(r['ids'])} | {same} |"
+        )
     print("\nTargets: mailwarden >= 0.5x hyperscan at 10k and 100k, >= 20x clamscan.")
     for name in sorted({r["set"] for r in results}):
         mw = by.get(("mailwarden", name))
@@ -364,8 +424,10 @@ def report(results: list[dict], size: int, args: argparse.Namespace) -> None:
             if other:
                 ratio = statistics.median(mw["mbps"]) / statistics.median(other["mbps"])
                 line.append(f"{ratio:.2f}x {peer}")
-        print(" ".join(line) + f" (db {mw.get('db_bytes', 0) / 1e6:.1f} MB, "
-              f"open {mw.get('open_s', 0) * 1000:.1f} ms)")
+        print(
+            " ".join(line) + f" (db {mw.get('db_bytes', 0) / 1e6:.1f} MB, "
+            f"open {mw.get('open_s', 0) * 1000:.1f} ms)"
+        )
 
 
 if __name__ == "__main__":

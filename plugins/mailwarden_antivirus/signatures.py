@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -115,7 +114,12 @@ def detect_targets(data: bytes | memoryview, *, mail: bool = False) -> set[int]:
         found.add(5)
     if head[:4] == b"\x7fELF":
         found.add(6)
-    if head[:4] in (b"\xfe\xed\xfa\xce", b"\xfe\xed\xfa\xcf", b"\xce\xfa\xed\xfe", b"\xcf\xfa\xed\xfe"):
+    if head[:4] in (
+        b"\xfe\xed\xfa\xce",
+        b"\xfe\xed\xfa\xcf",
+        b"\xce\xfa\xed\xfe",
+        b"\xcf\xfa\xed\xfe",
+    ):
         found.add(9)
     if b"%PDF-" in head:
         found.add(10)
@@ -286,7 +290,9 @@ class SignatureSet:
     def _index(self) -> None:
         self._trees = [sig.tree() for sig in self.ldb]
         self._sub_of = {
-            sub_id: (li, si) for li, sig in enumerate(self.ldb) for si, sub_id in enumerate(sig.subs)
+            sub_id: (li, si)
+            for li, sig in enumerate(self.ldb)
+            for si, sub_id in enumerate(sig.subs)
         }
         self._yara = _compile_yara(self.yara_files) if self.yara_files else None
 
@@ -479,7 +485,9 @@ def _add_ldb(line: str, plan: _Plan) -> None:
     first = len(plan.body)
     for pattern, kind, off, shift in parsed:
         plan.body.append((pattern, target, kind, off, shift, ""))
-    plan.ldb.append((name, target, expression, list(range(first, len(plan.body))), min_size, max_size))
+    plan.ldb.append(
+        (name, target, expression, list(range(first, len(plan.body))), min_size, max_size)
+    )
 
 
 def _read(files: list[Path], plan: _Plan) -> None:
@@ -535,7 +543,9 @@ def _compile(plan: _Plan) -> bytes:
             sets.skipped[".ldb with a subsignature the engine cannot compile"] += 1
             continue
         sets.ldb.append(
-            LogicalSignature(name, target, expression, tuple(s for s in sub_ids if s is not None), lo, hi)
+            LogicalSignature(
+                name, target, expression, tuple(s for s in sub_ids if s is not None), lo, hi
+            )
         )
     sets.names = names
     return compiler.build()
@@ -550,7 +560,7 @@ def _cache_key(files: list[Path]) -> str:
 
 
 def _compile_yara(paths: list[str]) -> Any:
-    import yara  # type: ignore[import-not-found, import-untyped, unused-ignore]
+    import yara
 
     return yara.compile(filepaths={f"f{i}": p for i, p in enumerate(paths)})
 
@@ -574,7 +584,7 @@ def load_signatures(paths: Iterable[Path], cache_dir: Path | None = None) -> Sig
     sets = plan.sets
     if sets.yara_files:
         try:
-            import yara  # type: ignore[import-not-found, import-untyped, unused-ignore]  # noqa: F401
+            import yara  # noqa: F401
         except ImportError:
             sets.skipped["YARA rules: yara-python is not installed"] += len(sets.yara_files)
             sets.yara_files = []
@@ -583,7 +593,12 @@ def load_signatures(paths: Iterable[Path], cache_dir: Path | None = None) -> Sig
         cache_dir.mkdir(parents=True, exist_ok=True)
         blob_path = cache_dir / f"{key}.mwsig"
         meta = _Meta(
-            CACHE_FORMAT, sets.names, sets.ldb, sets.hashes, dict(sets.skipped), sets.sources,
+            CACHE_FORMAT,
+            sets.names,
+            sets.ldb,
+            sets.hashes,
+            dict(sets.skipped),
+            sets.sources,
             sets.yara_files,
         )
         SignatureDB.write(blob, blob_path)
@@ -611,8 +626,14 @@ def _load_cached(cache_dir: Path, key: str) -> SignatureSet | None:
         log.info("signature cache %s not usable (%s); compiling", blob_path, exc)
         return None
     sets = SignatureSet(
-        names=meta.names, ldb=meta.ldb, hashes=meta.hashes, skipped=Counter(meta.skipped),
-        sources=meta.sources, yara_files=meta.yara, db=db, db_path=str(blob_path),
+        names=meta.names,
+        ldb=meta.ldb,
+        hashes=meta.hashes,
+        skipped=Counter(meta.skipped),
+        sources=meta.sources,
+        yara_files=meta.yara,
+        db=db,
+        db_path=str(blob_path),
         from_cache=True,
     )
     sets._index()
