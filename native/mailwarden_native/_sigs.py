@@ -79,7 +79,12 @@ class SignatureCompiler:
         return int(lib.mw_sigc_count(self._c))
 
     def add(
-        self, pattern: str | bytes, *, target: int = 0, kind: int = OFF_ANY, offset: int = 0,
+        self,
+        pattern: str | bytes,
+        *,
+        target: int = 0,
+        kind: int = OFF_ANY,
+        offset: int = 0,
         shift: int = 0,
     ) -> int:
         """Add one signature in ClamAV body syntax; returns its id or raises SignatureError.
@@ -144,8 +149,16 @@ class SignatureDB:
         self.info: dict[str, int] = {
             name: int(getattr(info, name))
             for name in (
-                "bytes", "n_sigs", "n_parts", "n_anchors", "n_tiny", "n_eof", "key_len",
-                "filter_bits", "max_part", "stride",
+                "bytes",
+                "n_sigs",
+                "n_parts",
+                "n_anchors",
+                "n_tiny",
+                "n_eof",
+                "key_len",
+                "filter_bits",
+                "max_part",
+                "stride",
             )
         }
 

@@ -142,7 +142,9 @@ def test_eicar_and_variants_detected(main_sigs: SignatureSet) -> None:
             "Eicar-Test-Signature.NDB",
         } <= got, sample.name
     # the built-in signature finds the string inside other data too
-    builtin = load_signatures([Path(__file__).parents[2] / "plugins/mailwarden_antivirus/signatures"])
+    builtin = load_signatures(
+        [Path(__file__).parents[2] / "plugins/mailwarden_antivirus/signatures"]
+    )
     assert builtin.scan(b"prefix " + EICAR + b" suffix") == ["Eicar-Test-Signature"]
 
 
