@@ -7,6 +7,7 @@ released; this package owns buffers, lifetimes and error mapping.
 """
 
 from ._content import (
+    FILE_TYPES,
     HeaderFlag,
     TextFlag,
     Url,
@@ -15,7 +16,6 @@ from ._content import (
     decode_header,
     decode_header_ex,
     decode_text,
-    FILE_TYPES,
     detect_type,
     extract_urls,
     find_uuencoded,
@@ -27,8 +27,22 @@ from ._errors import NativeError
 from ._matcher import Matcher
 from ._mime import MalformationFlag, ParsedMessage, ParseLimits, Part, parse
 from ._params import parse_params
+from ._sigs import (
+    OFF_ABS,
+    OFF_ANY,
+    OFF_EOF,
+    SigHit,
+    SignatureCompiler,
+    SignatureDB,
+    SignatureError,
+    SigScanner,
+)
 
 __all__ = [
+    "FILE_TYPES",
+    "OFF_ABS",
+    "OFF_ANY",
+    "OFF_EOF",
     "HeaderFlag",
     "MalformationFlag",
     "Matcher",
@@ -36,6 +50,11 @@ __all__ = [
     "ParseLimits",
     "ParsedMessage",
     "Part",
+    "SigHit",
+    "SigScanner",
+    "SignatureCompiler",
+    "SignatureDB",
+    "SignatureError",
     "TextFlag",
     "UUFile",
     "Url",
@@ -46,7 +65,6 @@ __all__ = [
     "decode_header_ex",
     "decode_quoted_printable",
     "decode_text",
-    "FILE_TYPES",
     "detect_type",
     "extract_urls",
     "find_uuencoded",

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import msgspec
 
-from mailwarden_sdk import Finding, Host, ScanContext, hookimpl
+from mailwarden_sdk import Finding, Host, ScanContext, hookimpl, plugin_data_dir
 from mailwarden_sdk.findings import infected
 
 from .signatures import SignatureSet, load_signatures
@@ -50,7 +50,8 @@ class AntivirusPlugin:
                 raise FileNotFoundError(f"signature path {path} does not exist")
         if self.config.builtin_signatures:
             paths.insert(0, Path(__file__).parent / "signatures")
-        self.signatures = load_signatures(paths)
+        # the compiled database is cached (and memory-mapped) under the plugin's data dir
+        self.signatures = load_signatures(paths, cache_dir=plugin_data_dir(host, DETECTOR))
 
     @hookimpl
     def mailwarden_scan(self, ctx: ScanContext) -> list[Finding]:
