@@ -64,12 +64,14 @@ async def run(
             announce(f"  delivery maildir {gateway.maildir.root}")
         announce(f"  spool    {gateway.spool.root}")
         announce(f"  events   {gateway.events.directory}")
-        announce("ready")
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGHUP, _reload, gateway, announce)
+        # Only now: whoever waits for "ready" may signal at once, and must not find the
+        # default handlers (SIGHUP's would end the process).
+        announce("ready")
         await stop.wait()
     finally:
         for server in servers:

@@ -9,19 +9,16 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-import re
 from collections.abc import Iterable, Iterator
-from typing import Any
 from urllib.parse import urlsplit
 
 import msgspec
 
-from mailwarden_sdk import ScanContext
+from mailwarden_sdk import ParsedMessage, ScanContext
 
 __all__ = [
     "KINDS",
     "Lookup",
-    "extract_urls",
     "lookups_for",
     "message_urls",
     "normalise_url",
@@ -51,37 +48,12 @@ class Lookup(msgspec.Struct, frozen=True, kw_only=True):
 
 # Conservative on purpose: an http(s) or www. URL up to the first character that cannot be part
 # of one in running text; trailing sentence punctuation is trimmed afterwards.
-_URL = re.compile(r"""(?i)\b(?:https?://|www\.)[^\s<>"'`{}|\\^\[\]]+""")
-_TRAILING = ".,;:!?)'\""
 
 
-def extract_urls(text: str) -> list[str]:
-    """URLs written in ``text`` (plain text or HTML source), in order, without duplicates.
-
-    Stands in for the native core's URL extraction until ``ParsedMessage.urls()`` exists; see
-    :func:`message_urls`, which prefers the native one.
-    """
-    seen: dict[str, None] = {}
-    for match in _URL.finditer(text):
-        url = match.group(0).rstrip(_TRAILING)
-        if url.lower().startswith("www."):
-            url = "http://" + url
-        seen.setdefault(url, None)
-    return list(seen)
-
-
-def message_urls(message: Any) -> list[str]:
-    """The message's URLs: the native parser's when it has them, else from decoded text parts."""
-    native = getattr(message, "urls", None)
-    if callable(native):
-        return [str(u) for u in native()]
-    urls: dict[str, None] = {}
-    for part in message.leaves():
-        if part.content_type.startswith("text/"):
-            text = part.decoded().decode(part.charset or "utf-8", "replace")
-            for url in extract_urls(text):
-                urls.setdefault(url, None)
-    return list(urls)
+def message_urls(message: ParsedMessage) -> list[str]:
+    """The message's URLs as the native core extracts them (text, HTML links, the Subject;
+    obfuscations undone, hosts in IDNA)."""
+    return [u.url for u in message.urls()]
 
 
 def normalise_url(url: str) -> tuple[str, str] | None:
