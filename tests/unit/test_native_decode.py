@@ -57,6 +57,9 @@ def test_base64_junk_is_reported_and_skipped() -> None:
 @settings(max_examples=300)
 @given(st.binary(max_size=2000), st.booleans())
 def test_qp_matches_python_on_valid_input(data: bytes, quotetabs: bool) -> None:
+    # quopri writes a CR before LF as a plain line break, so CR LF comes back as LF: the round
+    # trip holds for data whose line breaks are LF, which is what it writes.
+    data = data.replace(b"\r\n", b"\n")
     encoded = quopri.encodestring(data, quotetabs=quotetabs)
     assert decode_quoted_printable(encoded) == data
     encoded = binascii.b2a_qp(data, quotetabs=quotetabs)

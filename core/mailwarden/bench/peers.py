@@ -13,6 +13,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -156,6 +157,8 @@ def _rspamd_check(port: int) -> Callable[[bytes], None]:
 @contextmanager
 def _spamd(workers: int) -> Iterator[int]:
     work = Path(tempfile.mkdtemp(prefix="mailwarden-bench-spamd-"))
+    # spamd's children run as nobody and must read the site config.
+    work.chmod(0o755)
     site = work / "site"
     site.mkdir()
     for pre in Path("/etc/spamassassin").glob("*.pre"):
@@ -204,12 +207,18 @@ def _spamd_check(port: int) -> Callable[[bytes], None]:
     return send
 
 
+def _say(text: str) -> None:
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
+
+
 def run_peers(messages: list[bytes], workers: int) -> list[dict[str, Any]]:
     """rspamd and SpamAssassin over ``messages`` with ``workers`` workers, where installed."""
     results: list[dict[str, Any]] = []
     threads = max(2, workers)
     root = os.geteuid() == 0
     if shutil.which("rspamd") and root:
+        _say(f"rspamd, {workers} worker(s), {len(messages)} messages ...")
         try:
             with _rspamd(workers) as port:
                 rate = _drive(messages, threads, _rspamd_check(port))
@@ -224,6 +233,7 @@ def run_peers(messages: list[bytes], workers: int) -> list[dict[str, Any]]:
         )
     if shutil.which("spamd") and root:
         subset = messages[::_SPAMD_STRIDE][:_SPAMD_MAX]
+        _say(f"SpamAssassin spamd, {workers} child(ren), {len(subset)} messages ...")
         try:
             with _spamd(workers) as port:
                 rate = _drive(subset, threads, _spamd_check(port))

@@ -83,11 +83,19 @@ class Progress:
         self.stream = stream or sys.stderr
         self.live = hasattr(self.stream, "isatty") and self.stream.isatty()
         self._last = 0.0
+        self._began = time.monotonic()
+        if not self.live:
+            # In a log, one line per phase is the progress.
+            self.stream.write(f"{label} ({total}) ...\n")
+            self.stream.flush()
 
     def step(self, count: int = 1) -> None:
         """Count ``count`` more items done."""
         self.done += count
         now = time.monotonic()
+        if not self.live and self.done == self.total:
+            self.stream.write(f"{self.label} done in {now - self._began:.1f} s\n")
+            self.stream.flush()
         if self.live and (now - self._last > 0.1 or self.done >= self.total):
             self._last = now
             width = 30
