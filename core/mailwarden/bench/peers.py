@@ -142,7 +142,15 @@ def _rspamd_check(port: int) -> Callable[[bytes], None]:
     def send(raw: bytes) -> None:
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         try:
-            headers = {"From": "alice@example.org", "Rcpt": "bob@example.net", "IP": "192.0.2.1"}
+            # Hostname and Helo as an MTA passes them: without them rspamd looks the client
+            # up in DNS, and with no DNS here each message would wait for that to time out.
+            headers = {
+                "From": "alice@example.org",
+                "Rcpt": "bob@example.net",
+                "IP": "192.0.2.1",
+                "Hostname": "mail.example.org",
+                "Helo": "mail.example.org",
+            }
             connection.request("POST", "/checkv2", body=raw, headers=headers)
             response = connection.getresponse()
             body = response.read()
