@@ -37,6 +37,10 @@ _BARE_LF = re.compile(rb"(?<!\r)\n")
 
 def crlf(data: bytes) -> bytes:
     """``data`` with CRLF line ends, the form SMTP carries and DKIM signs."""
+    # Mail from SMTP is almost always CRLF already; two counts in C tell that for far less
+    # than the regular expression's pass over every byte.
+    if data.count(b"\n") == data.count(b"\r\n"):
+        return data
     return _BARE_LF.sub(b"\r\n", data)
 
 
