@@ -112,8 +112,8 @@ def test_two_processes_inserting_at_once_leave_exactly_the_cap(tmp_path: Path) -
         inserted = {f"{n}:{i:06d}" for n in ("a", "b") for i in range(per_process)}
         assert set(order) <= inserted
         assert len(inserted - set(order)) == 2 * per_process - cap
-        # The two writers really did interleave: both lost some keys, neither lost all.
-        survivors = {name: sum(1 for k in order if k.startswith(name)) for name in ("a", "b")}
-        assert all(0 < n < per_process for n in survivors.values()), survivors
+        # How the two writers interleaved is the scheduler's business (on a loaded machine one
+        # may finish before the other starts); the cap and each writer's LRU order must hold
+        # either way, which is what is asserted above.
     finally:
         cache.close()
