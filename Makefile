@@ -25,8 +25,15 @@ install: $(STAMP)
 serve: install
 	$(BIN)/mailwarden serve
 
+# The fuzz step runs after the suite as its own command, not as a pytest test: it is a native
+# build plus a fixed-length run whose exit status and libFuzzer statistics are the result, CI
+# (.ci/run) reaches it through this target, and a plain `pytest` stays quick for developers.
+# Here FUZZ_SECONDS is the total, split between the two targets (parse, sigs); `make fuzz`
+# gives each target FUZZ_SECONDS. FUZZ_SECONDS=0 skips the step (libFuzzer would take a 0 s
+# budget as "no limit").
 test: install lint
 	$(BIN)/python -m pytest -q
+	@if [ "$(FUZZ_SECONDS)" -gt 1 ]; then bash tests/fuzz/run.sh $$(( $(FUZZ_SECONDS) / 2 )) parse sigs; fi
 
 lint: install
 	$(BIN)/ruff check .

@@ -17,6 +17,9 @@
 #define MW_FLAG_BAD_BASE64 ...
 #define MW_FLAG_TRUNCATED_HEADERS ...
 #define MW_FLAG_BAD_HEADER_LINE ...
+#define MW_FLAG_DECODED_LIMIT ...
+#define MW_PARAMS_CD_COMPLEX ...
+#define MW_PARAMS_CT_COMPLEX ...
 
 #define MW_KIND_LEAF ...
 #define MW_KIND_MULTIPART ...
@@ -66,6 +69,13 @@ typedef struct {
     int64_t boundary_off;
     int64_t boundary_len;
     int64_t default_type;
+    int64_t disposition_off;
+    int64_t disposition_len;
+    int64_t filename_off;
+    int64_t filename_len;
+    int64_t charset_off;
+    int64_t charset_len;
+    int64_t param_flags;
 } mw_part;
 
 typedef struct {
@@ -81,9 +91,12 @@ typedef struct {
 void mw_limits_default(mw_limits *limits);
 int mw_parse(const uint8_t *buf, size_t len, const mw_limits *limits, mw_message **out);
 void mw_message_free(mw_message *msg);
+int64_t mw_parse_table(const uint8_t *buf, size_t len, const mw_limits *limits, int64_t *out,
+                       size_t cap);
 
 size_t mw_base64_max_len(size_t len);
 size_t mw_base64_decode(const uint8_t *src, size_t len, uint8_t *dst, int *junk);
+int mw_base64_junk(const uint8_t *src, size_t len);
 size_t mw_qp_max_len(size_t len);
 size_t mw_qp_decode(const uint8_t *src, size_t len, uint8_t *dst);
 

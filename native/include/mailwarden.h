@@ -36,6 +36,17 @@ extern "C" {
 #define MW_FLAG_BAD_BASE64 (1u << 8)
 #define MW_FLAG_TRUNCATED_HEADERS (1u << 9) /* header block without blank line */
 #define MW_FLAG_BAD_HEADER_LINE (1u << 10)  /* neither a field nor a continuation */
+/* Set by the Python face, never by mw_parse: decoding this part would have
+ * passed the per-message decoded-bytes limit, so its decoded body was cut. */
+#define MW_FLAG_DECODED_LIMIT (1u << 11)
+
+/* mw_part.param_flags: which precomputed parameter spans cannot stand for
+ * the header's value (RFC 2231 forms, backslash escapes, 8-bit or control
+ * bytes, a line break inside the value); the binding then parses that
+ * header itself.  The spans exist so the common case needs no per-part
+ * header parsing in Python. */
+#define MW_PARAMS_CD_COMPLEX (1u << 0) /* Content-Disposition: type, filename */
+#define MW_PARAMS_CT_COMPLEX (1u << 1) /* Content-Type: charset, name */
 
 /* What the parser did with a part's body. */
 #define MW_KIND_LEAF 0
@@ -100,6 +111,17 @@ typedef struct {
     int64_t boundary_off; /* boundary parameter (unquoted), len 0 if none */
     int64_t boundary_len;
     int64_t default_type; /* MW_DEFAULT_* */
+    /* Spans below follow the binding's parameter rules exactly (split on
+     * ';' outside quotes, first plain occurrence wins, quotes removed) and
+     * are only valid when the matching MW_PARAMS_*_COMPLEX bit is clear.
+     * Offset -1 means absent. */
+    int64_t disposition_off; /* Content-Disposition type, trimmed */
+    int64_t disposition_len;
+    int64_t filename_off; /* disposition filename, else Content-Type name */
+    int64_t filename_len;
+    int64_t charset_off; /* Content-Type charset */
+    int64_t charset_len;
+    int64_t param_flags; /* MW_PARAMS_* */
 } mw_part;
 
 typedef struct {
@@ -119,6 +141,16 @@ void mw_limits_default(mw_limits *limits);
  * MW_ERR_ARG are returned. */
 int mw_parse(const uint8_t *buf, size_t len, const mw_limits *limits, mw_message **out);
 void mw_message_free(mw_message *msg);
+/* mw_parse for bindings: the tables are copied into out and freed at once.
+ * out[0] = message flags, out[1] = n_parts, out[2] = n_headers, then the
+ * parts (mw_part records as int64_t) and the header fields (mw_header).
+ * Returns the number of int64_t that takes; when it exceeds cap only the
+ * first three are written (if cap >= 3) and the caller asks again with a
+ * larger array.  A negative return is -MW_ERR_*.  One call per message
+ * instead of parse, field reads and free: that fixed cost is paid by every
+ * message. */
+int64_t mw_parse_table(const uint8_t *buf, size_t len, const mw_limits *limits, int64_t *out,
+                       size_t cap);
 
 /* Transfer decoders: dst must hold at least *_max_len(len) bytes. */
 size_t mw_base64_max_len(size_t len);
@@ -126,6 +158,9 @@ size_t mw_base64_max_len(size_t len);
  * when anything other than alphabet, whitespace and well-placed padding was
  * seen.  dst may be NULL to only validate. */
 size_t mw_base64_decode(const uint8_t *src, size_t len, uint8_t *dst, int *junk);
+/* The same verdict as mw_base64_decode's *junk without decoding: 1 when the
+ * input is not clean base64.  Block-wise, for the parser's per-part check. */
+int mw_base64_junk(const uint8_t *src, size_t len);
 size_t mw_qp_max_len(size_t len);
 size_t mw_qp_decode(const uint8_t *src, size_t len, uint8_t *dst);
 

@@ -4,7 +4,16 @@ The C parser returns a table of 64-bit integers (parts and header fields).
 It is copied out with one buffer cast and the C table is freed at once, so
 no native memory outlives the call and ``Part`` objects hold only Python
 ints plus a reference to the raw bytes.  Everything derived from header text
-(parameters, filename, decoded values) is computed on first access.
+(decoded values, headers) is computed on first access.  The C parser also
+hands over the spans of the Content-Disposition type, the filename and the
+charset, so asking for them is a slice of ``raw``, not a header parse; only
+values it marks complex (RFC 2231 forms, escapes, 8-bit bytes) are parsed in
+Python, by the same rules.
+
+Decoding is lazy and cached per part, and the decoded bytes of one message
+are capped by ``ParseLimits.max_decoded_bytes``: the part that would pass the
+cap gets its decoded body cut there and ``DECODED_LIMIT`` set (on the part
+and the message); parts decoded after that come back empty, also flagged.
 
 Header values are returned unfolded (line breaks inside a folded value are
 removed, keeping the whitespace that followed them; leading and trailing
@@ -15,6 +24,7 @@ byte maps to a character and no lone surrogates ever appear.
 from __future__ import annotations
 
 import enum
+import threading
 from collections.abc import Iterator
 
 import msgspec
@@ -31,7 +41,7 @@ from ._content import (
     html_to_text,
 )
 from ._core import ffi, lib
-from ._decode import decode_base64, decode_quoted_printable
+from ._decode import _decode_span
 from ._errors import NativeError
 from ._params import parse_params
 
@@ -53,6 +63,7 @@ class MalformationFlag(enum.IntFlag):
     BAD_BASE64 = lib.MW_FLAG_BAD_BASE64
     TRUNCATED_HEADERS = lib.MW_FLAG_TRUNCATED_HEADERS
     BAD_HEADER_LINE = lib.MW_FLAG_BAD_HEADER_LINE
+    DECODED_LIMIT = lib.MW_FLAG_DECODED_LIMIT
 
 
 class ParseLimits(msgspec.Struct, frozen=True):
@@ -61,6 +72,12 @@ class ParseLimits(msgspec.Struct, frozen=True):
     max_depth: int = 32
     max_parts: int = 10000
     max_header_bytes: int = 1 << 20
+    # Decoded bytes per message, summed over every part whose decoded() was
+    # asked for.  The leaves of a message within the gateway's default 50 MiB
+    # size limit decode to less than this (base64 and quoted-printable only
+    # shrink); the cap bounds memory when containers are decoded too, or the
+    # size limit is raised.
+    max_decoded_bytes: int = 64 << 20
 
 
 # Field positions inside one mw_part record (all int64_t, in struct order).
@@ -84,6 +101,13 @@ PART_FIELDS = (
     "boundary_off",
     "boundary_len",
     "default_type",
+    "disposition_off",
+    "disposition_len",
+    "filename_off",
+    "filename_len",
+    "charset_off",
+    "charset_len",
+    "param_flags",
 )
 _NPF = len(PART_FIELDS)
 _NHF = 4  # name_off, name_len, value_off, value_len
@@ -93,6 +117,10 @@ _KIND_MESSAGE = int(lib.MW_KIND_MESSAGE)
 _CTE_BASE64 = int(lib.MW_CTE_BASE64)
 _CTE_QP = int(lib.MW_CTE_QP)
 _DEFAULT_RFC822 = int(lib.MW_DEFAULT_MESSAGE_RFC822)
+_CD_COMPLEX = int(lib.MW_PARAMS_CD_COMPLEX)
+_CT_COMPLEX = int(lib.MW_PARAMS_CT_COMPLEX)
+_DECODED_LIMIT = int(lib.MW_FLAG_DECODED_LIMIT)
+_DEFAULT_MAX_DECODED = ParseLimits().max_decoded_bytes
 _U32_MAX = (1 << 32) - 1
 _U64_MAX = (1 << 64) - 1
 _UNSET: object = object()
@@ -108,6 +136,49 @@ def _flag(value: int) -> MalformationFlag:
     if flag is None:
         flag = _FLAG_CACHE[value] = MalformationFlag(value)
     return flag
+
+
+# Interned views of the few distinct content types and charsets a mail stream
+# holds: turning the raw bytes into a lowercased str once per distinct value
+# keeps that work out of the per-part path.  Bounded so that hostile mail
+# with endless distinct values cannot grow them.
+_CT_CACHE: dict[bytes, str] = {}
+_CS_CACHE: dict[bytes, str | None] = {}
+_CACHE_MAX = 4096
+
+
+def _content_type(raw: bytes, t: int, tl: int, s: int, sl: int) -> str:
+    if s == t + tl + 1:  # "type/subtype" written contiguously, the usual case
+        key = raw[t : s + sl]
+        ct = _CT_CACHE.get(key)
+        if ct is None:
+            ct = key.decode("latin-1").lower()
+            if len(_CT_CACHE) < _CACHE_MAX:
+                _CT_CACHE[key] = ct
+        return ct
+    return (raw[t : t + tl] + b"/" + raw[s : s + sl]).decode("latin-1").lower()
+
+
+def _charset(key: bytes) -> str | None:
+    cs = _CS_CACHE.get(key, _UNSET)
+    if cs is _UNSET:
+        cs = key.decode("latin-1").strip().lower() or None
+        if len(_CS_CACHE) < _CACHE_MAX:
+            _CS_CACHE[key] = cs
+    return cs  # type: ignore[return-value]
+
+
+class _Budget:
+    """What the parts of one message share: the header table, the decoded
+    bytes the message may still produce and the message's flags (so a limit
+    hit in one part shows on the message)."""
+
+    __slots__ = ("flags", "hdr", "left")
+
+    def __init__(self, left: int, flags: int, hdr: bytes) -> None:
+        self.left = left
+        self.flags = flags
+        self.hdr = hdr
 
 
 def _text(raw: bytes) -> str:
@@ -126,82 +197,98 @@ def _unfold(raw: bytes) -> str:
 class Part:
     """One MIME entity: offsets into the raw message plus lazy header views."""
 
+    # Parse time is dominated by this constructor once the C side is fast, so
+    # it stores only what every walk reads (type, kind, children) plus where
+    # its record starts in the message's flat part table (no per-part copy);
+    # offsets and flags are properties over that record, and the
+    # header-derived caches are slots left unset until first use.
     __slots__ = (
-        "_cte_code",
+        "_b",
+        "_budget",
         "_decoded",
         "_detected_type",
-        "_disposition",
-        "_filename",
-        "_hdr",
-        "_hdr_count",
-        "_hdr_first",
+        "_flags",
         "_headers",
         "_params",
         "_raw",
+        "_rec",
         "_text",
         "_text_flags",
         "_transfer_encoding",
-        "body_end",
-        "body_start",
         "children",
         "content_type",
-        "depth",
-        "flags",
-        "header_end",
-        "header_start",
         "index",
         "is_message",
         "is_multipart",
-        "parent",
     )
 
     index: int
-    parent: int
-    depth: int
-    header_start: int
-    header_end: int
-    body_start: int
-    body_end: int
     content_type: str
-    flags: MalformationFlag
     is_multipart: bool
     is_message: bool
     children: list[int]
+    _headers: list[tuple[str, str]]
+    _params: dict[str, str]
+    _transfer_encoding: str
+    _text: str
+    _text_flags: TextFlag
+    _detected_type: str
 
-    def __init__(self, raw: bytes, index: int, rec: list[int], hdr: list[int]) -> None:
+    def __init__(self, raw: bytes, index: int, table: list[int], budget: _Budget) -> None:
+        b = index * _NPF
         self._raw = raw
+        self._rec = table
+        self._b = b
+        self._budget = budget
         self.index = index
-        self.parent = rec[0]
-        self.depth = rec[1]
-        self.header_start = rec[2]
-        self.header_end = rec[3]
-        self.body_start = rec[4]
-        self.body_end = rec[5]
-        self._hdr = hdr
-        self._hdr_first = rec[6]
-        self._hdr_count = rec[7]
-        self.flags = _flag(rec[8])
-        self.is_multipart = rec[9] == _KIND_MULTIPART
-        self.is_message = rec[9] == _KIND_MESSAGE
-        self._cte_code = rec[10]
-        if rec[12] and rec[14]:
-            t, s = rec[11], rec[13]
-            ctype = raw[t : t + rec[12]] + b"/" + raw[s : s + rec[14]]
-            self.content_type = ctype.decode("latin-1").lower()
-        elif rec[17] == _DEFAULT_RFC822:
+        self._flags = table[b + 8]
+        kind = table[b + 9]
+        self.is_multipart = kind == _KIND_MULTIPART
+        self.is_message = kind == _KIND_MESSAGE
+        tl = table[b + 12]
+        if tl and table[b + 14]:
+            t, s, sl = table[b + 11], table[b + 13], table[b + 14]
+            # Inlined cache hit of _content_type(): "type/subtype" written
+            # contiguously, seen before.
+            ct = _CT_CACHE.get(raw[t : s + sl]) if s == t + tl + 1 else None
+            self.content_type = ct if ct is not None else _content_type(raw, t, tl, s, sl)
+        elif table[b + 17] == _DEFAULT_RFC822:
             self.content_type = "message/rfc822"
         else:
             self.content_type = "text/plain"
         self.children = []
-        self._headers: list[tuple[str, str]] | None = None
-        self._params: dict[str, str] | None = None
-        self._disposition: object = _UNSET
-        self._filename: object = _UNSET
-        self._transfer_encoding: str | None = None
         self._decoded: bytes | None = None
-        self._text: str | None = None
-        self._text_flags = TextFlag.NONE
-        self._detected_type: str | None = None
+
+    @property
+    def flags(self) -> MalformationFlag:
+        """What was wrong with this part (DECODED_LIMIT once decoded() was cut)."""
+        return _flag(self._flags)
+
+    @property
+    def parent(self) -> int:
+        """Index of the enclosing part, -1 for the root."""
+        return self._rec[self._b]
+
+    @property
+    def depth(self) -> int:
+        return self._rec[self._b + 1]
+
+    @property
+    def header_start(self) -> int:
+        return self._rec[self._b + 2]
+
+    @property
+    def header_end(self) -> int:
+        """Start of the blank line that ends the header block."""
+        return self._rec[self._b + 3]
+
+    @property
+    def body_start(self) -> int:
+        return self._rec[self._b + 4]
+
+    @property
+    def body_end(self) -> int:
+        return self._rec[self._b + 5]
 
     def __repr__(self) -> str:
         return (
@@ -212,29 +299,32 @@ class Part:
     @property
     def headers(self) -> list[tuple[str, str]]:
         """(name as written, unfolded value), duplicates kept in order."""
-        if self._headers is None:
-            raw, h = self._raw, self._hdr
+        try:
+            return self._headers
+        except AttributeError:
+            raw, h = self._raw, memoryview(self._budget.hdr).cast("q")
             out: list[tuple[str, str]] = []
-            base = self._hdr_first * _NHF
-            for i in range(base, base + self._hdr_count * _NHF, _NHF):
+            base = self._rec[self._b + 6] * _NHF
+            for i in range(base, base + self._rec[self._b + 7] * _NHF, _NHF):
                 no, nl, vo, vl = h[i], h[i + 1], h[i + 2], h[i + 3]
                 out.append((_text(raw[no : no + nl]), _unfold(raw[vo : vo + vl])))
             self._headers = out
-        return self._headers
+            return out
 
     def _values(self, name: str, first: bool) -> list[str]:
         # Compares raw name bytes so a lookup decodes only the matching values,
         # not the whole header block.
-        if self._headers is not None:
+        headers: list[tuple[str, str]] | None = getattr(self, "_headers", None)
+        if headers is not None:
             key = name.lower()
-            vals = [v for n, v in self._headers if n.lower() == key]
+            vals = [v for n, v in headers if n.lower() == key]
             return vals[:1] if first else vals
-        raw, h = self._raw, self._hdr
+        raw, h = self._raw, memoryview(self._budget.hdr).cast("q")
         bkey = name.lower().encode("utf-8", "surrogateescape")
         klen = len(bkey)
         out: list[str] = []
-        base = self._hdr_first * _NHF
-        for i in range(base, base + self._hdr_count * _NHF, _NHF):
+        base = self._rec[self._b + 6] * _NHF
+        for i in range(base, base + self._rec[self._b + 7] * _NHF, _NHF):
             no = h[i]
             if h[i + 1] == klen and raw[no : no + klen].lower() == bkey:
                 vo = h[i + 2]
@@ -255,13 +345,24 @@ class Part:
     @property
     def params(self) -> dict[str, str]:
         """Content-Type parameters: lowercased names, decoded values."""
-        if self._params is None:
+        try:
+            return self._params
+        except AttributeError:
             ct = self.header("content-type")
-            self._params = parse_params(ct)[1] if ct is not None else {}
-        return self._params
+            params = self._params = parse_params(ct)[1] if ct is not None else {}
+            return params
 
     @property
     def charset(self) -> str | None:
+        """Lowercased Content-Type charset parameter, or None."""
+        rec, b = self._rec, self._b
+        if not rec[b + 24] & _CT_COMPLEX:
+            o = rec[b + 22]
+            if o < 0:
+                return None
+            key = self._raw[o : o + rec[b + 23]]
+            cs = _CS_CACHE.get(key, _UNSET)
+            return _charset(key) if cs is _UNSET else cs  # type: ignore[return-value]
         cs = self.params.get("charset")
         if cs is None:
             return None
@@ -270,13 +371,17 @@ class Part:
     @property
     def transfer_encoding(self) -> str:
         """Lowercased Content-Transfer-Encoding token, "7bit" when absent."""
-        if self._transfer_encoding is None:
+        try:
+            return self._transfer_encoding
+        except AttributeError:
             cte = self.header("content-transfer-encoding")
             token = cte.split(";", 1)[0].strip().lower() if cte is not None else ""
-            self._transfer_encoding = token or "7bit"
-        return self._transfer_encoding
+            token = self._transfer_encoding = token or "7bit"
+            return token
 
-    def _load_disposition(self) -> None:
+    def _parsed_disposition(self) -> tuple[str | None, str | None]:
+        # The slow path for values the C side marked complex; it is also the
+        # definition the C spans must agree with (tested on the corpus).
         cd = self.header("content-disposition")
         disposition: str | None = None
         filename: str | None = None
@@ -289,41 +394,64 @@ class Part:
         if filename is not None and "=?" in filename:
             # Outlook and others put RFC 2047 words in (RFC 2231-less) filename parameters.
             filename = decode_header(filename)
-        self._disposition = disposition
-        self._filename = filename
+        return disposition, filename
 
     @property
     def disposition(self) -> str | None:
         """Lowercased Content-Disposition type ("attachment", "inline", ...)."""
-        if self._disposition is _UNSET:
-            self._load_disposition()
-        return self._disposition  # type: ignore[return-value]
+        rec, b = self._rec, self._b
+        if rec[b + 24] & _CD_COMPLEX:
+            return self._parsed_disposition()[0]
+        o = rec[b + 18]
+        if o < 0 or not rec[b + 19]:
+            return None
+        return self._raw[o : o + rec[b + 19]].decode("latin-1").lower()
 
     @property
     def filename(self) -> str | None:
         """Content-Disposition filename, else Content-Type name (RFC 2231 joined, RFC 2047
         encoded words decoded)."""
-        if self._filename is _UNSET:
-            self._load_disposition()
-        return self._filename  # type: ignore[return-value]
+        rec, b = self._rec, self._b
+        pf = rec[b + 24]
+        o = rec[b + 20]
+        if pf:
+            if pf & _CD_COMPLEX or o < 0:
+                return self._parsed_disposition()[1]
+        elif o < 0:
+            return None
+        # Spans are only set on 7-bit values, so Latin-1 is the same as the
+        # UTF-8-else-Latin-1 reading of the header.
+        name = self._raw[o : o + rec[b + 21]].decode("latin-1")
+        # Outlook and others put RFC 2047 words in (RFC 2231-less) filename parameters.
+        return decode_header(name) if "=?" in name else name
 
     @property
     def body_raw(self) -> memoryview:
         """Zero-copy view of the undecoded body."""
-        return memoryview(self._raw)[self.body_start : self.body_end]
+        rec, b = self._rec, self._b
+        return memoryview(self._raw)[rec[b + 4] : rec[b + 5]]
 
     def decoded(self) -> bytes:
         """Transfer-decoded body (base64 / quoted-printable, identity otherwise),
-        computed once and cached."""
-        if self._decoded is None:
-            body = self.body_raw
-            if self._cte_code == _CTE_BASE64:
-                self._decoded = decode_base64(body)
-            elif self._cte_code == _CTE_QP:
-                self._decoded = decode_quoted_printable(body)
+        computed once and cached; cut at the message's decoded-bytes limit."""
+        out = self._decoded
+        if out is None:
+            budget = self._budget
+            left = budget.left
+            rec, b = self._rec, self._b
+            cte, bs, be = rec[b + 10], rec[b + 4], rec[b + 5]
+            if cte == _CTE_BASE64 or cte == _CTE_QP:
+                out = _decode_span(self._raw, bs, be, cte == _CTE_BASE64)
             else:
-                self._decoded = bytes(body)
-        return self._decoded
+                # One byte past the budget is enough to know it was passed.
+                out = self._raw[bs : be if be - bs <= left else bs + left + 1]
+            if len(out) > left:
+                out = out[:left]
+                self._flags |= _DECODED_LIMIT
+                budget.flags |= _DECODED_LIMIT
+            budget.left = left - len(out)
+            self._decoded = out
+        return out
 
     @property
     def is_leaf(self) -> bool:
@@ -340,10 +468,13 @@ class Part:
         windows-1252 when undeclared or unknown, invalid bytes replaced; see
         :attr:`text_flags`). For ``text/html`` this is the HTML source; see
         :meth:`visible_text`. Like :meth:`decoded`, a container gives its body unparsed."""
-        if self._text is None:
+        try:
+            return self._text
+        except AttributeError:  # first call (the slot stays unset until then)
             html = self.content_type == "text/html"
-            self._text, self._text_flags = decode_text(self.decoded(), self.charset, html=html)
-        return self._text
+            text, self._text_flags = decode_text(self.decoded(), self.charset, html=html)
+            self._text = text
+            return text
 
     @property
     def text_flags(self) -> TextFlag:
@@ -368,9 +499,11 @@ class Part:
     def detected_type(self) -> str:
         """Type of the decoded body from its magic bytes (``pdf``, ``docx``, ``pe``, ...,
         ``unknown``), never from the headers; computed once."""
-        if self._detected_type is None:
-            self._detected_type = detect_type(self.decoded()) if self.is_leaf else "unknown"
-        return self._detected_type
+        try:
+            return self._detected_type
+        except AttributeError:  # first call
+            kind = self._detected_type = detect_type(self.decoded()) if self.is_leaf else "unknown"
+            return kind
 
     def uuencoded(self) -> list[UUFile]:
         """Files uuencoded inside this part's body (text leaves only)."""
@@ -382,12 +515,18 @@ class Part:
 class ParsedMessage:
     """A parsed message: the raw bytes and its parts in document order."""
 
-    __slots__ = ("flags", "parts", "raw")
+    __slots__ = ("_budget", "parts", "raw")
 
-    def __init__(self, raw: bytes, parts: list[Part], flags: MalformationFlag) -> None:
+    def __init__(self, raw: bytes, parts: list[Part], budget: _Budget) -> None:
         self.raw = raw
         self.parts = parts
-        self.flags = flags
+        self._budget = budget
+
+    @property
+    def flags(self) -> MalformationFlag:
+        """OR of every part's flags plus message-level ones (mixed line endings,
+        NUL bytes, and DECODED_LIMIT once a decode hit the limit)."""
+        return _flag(self._budget.flags)
 
     def __repr__(self) -> str:
         return f"<ParsedMessage {len(self.raw)} bytes, {len(self.parts)} parts, {self.flags!r}>"
@@ -397,7 +536,7 @@ class ParsedMessage:
         return self.parts[0]
 
     def leaves(self) -> Iterator[Part]:
-        return (p for p in self.parts if p.is_leaf)
+        return iter([p for p in self.parts if not p.is_multipart and not p.is_message])
 
     def attachments(self) -> Iterator[Part]:
         return (
@@ -447,11 +586,29 @@ class ParsedMessage:
         return self.root.header("message-id")
 
 
-def _table(ptr: object, count: int, ctype: str) -> list[int]:
-    if count == 0:
-        return []
-    size = count * int(ffi.sizeof(ctype))
-    return memoryview(ffi.buffer(ptr, size)).cast("q").tolist()
+# Per-thread table the parser writes into (the C call runs without the GIL):
+# 16k words hold about 600 parts with their headers; bigger structures get a
+# one-off array.
+_TABLE_CAP = 16384
+_tables = threading.local()
+
+
+class _Table:
+    """A thread's scratch table and an int64 view of it, made once."""
+
+    __slots__ = ("buf", "words")
+
+    def __init__(self, words: int) -> None:
+        self.buf = ffi.new("int64_t[]", words)
+        self.words = memoryview(ffi.buffer(self.buf)).cast("q")
+
+
+def _table_scratch() -> _Table:
+    try:
+        return _tables.t  # type: ignore[no-any-return]
+    except AttributeError:
+        table = _tables.t = _Table(_TABLE_CAP)
+        return table
 
 
 def _limit(value: int, hi: int, name: str) -> int:
@@ -466,28 +623,41 @@ def parse(raw: bytes, limits: ParseLimits | None = None) -> ParsedMessage:
     Raises TypeError for non-bytes input and NativeError when the core runs
     out of memory.  The GIL is released while the C parser runs.
     """
+    # The fixed cost of this wrapper is paid by every message and is a large
+    # share of the total on small mail, so: no limits struct when the defaults
+    # apply, the part table turned into ints in one tolist(), and the header
+    # table kept as a copied buffer that parts index only when asked.
     if not isinstance(raw, bytes):
         raise TypeError(f"parse() needs bytes, got {type(raw).__name__}")
-    lim = ffi.new("mw_limits *")
     if limits is None:
-        lib.mw_limits_default(lim)
+        lim = ffi.NULL
+        max_decoded = _DEFAULT_MAX_DECODED
     else:
+        lim = ffi.new("mw_limits *")
         lim.max_depth = _limit(limits.max_depth, _U32_MAX, "max_depth")
         lim.max_parts = _limit(limits.max_parts, _U32_MAX, "max_parts")
         lim.max_header_bytes = _limit(limits.max_header_bytes, _U64_MAX, "max_header_bytes")
-    out = ffi.new("mw_message **")
-    rc = int(lib.mw_parse(ffi.from_buffer("uint8_t[]", raw), len(raw), lim, out))
-    if rc != lib.MW_OK:
-        raise NativeError(f"mw_parse failed with code {rc}")
-    msg = out[0]
+        max_decoded = _limit(limits.max_decoded_bytes, _U64_MAX, "max_decoded_bytes")
     try:
-        n_parts = int(msg.n_parts)
-        ptab = _table(msg.parts, n_parts, "mw_part")
-        htab = _table(msg.headers, int(msg.n_headers), "mw_header")
-        flags = _flag(int(msg.flags))
-    finally:
-        lib.mw_message_free(msg)
-    parts = [Part(raw, i, ptab[i * _NPF : (i + 1) * _NPF], htab) for i in range(n_parts)]
-    for p in parts[1:]:
-        parts[p.parent].children.append(p.index)
-    return ParsedMessage(raw, parts, flags)
+        table = _tables.t
+    except AttributeError:
+        table = _table_scratch()
+    src = ffi.from_buffer("uint8_t[]", raw)
+    need = lib.mw_parse_table(src, len(raw), lim, table.buf, _TABLE_CAP)
+    if need > _TABLE_CAP:  # a structure too big for the scratch table: rare, parse again
+        table = _Table(need)
+        need = lib.mw_parse_table(src, len(raw), lim, table.buf, need)
+    if need < 0:
+        raise NativeError(f"mw_parse failed with code {-need}")
+    words = table.words
+    n_parts = words[1]
+    hstart = 3 + n_parts * _NPF
+    ptab = words[3:hstart].tolist()
+    # Copied (the scratch is reused); cast only when a part's headers are read.
+    budget = _Budget(max_decoded, words[0], words[hstart:need].tobytes())
+    if n_parts == 1:
+        return ParsedMessage(raw, [Part(raw, 0, ptab, budget)], budget)
+    parts = [Part(raw, i, ptab, budget) for i in range(n_parts)]
+    for i in range(1, n_parts):
+        parts[ptab[i * _NPF]].children.append(i)
+    return ParsedMessage(raw, parts, budget)

@@ -48,6 +48,14 @@ static void check_message(const mw_message *m, size_t len) {
             CHECK(q->kind != MW_KIND_LEAF);
         }
         CHECK(((uint32_t)p->flags & ~m->flags) == 0);
+        /* Parameter spans: absent (-1) or inside the part's header block. */
+        const int64_t spans[3][2] = {{p->disposition_off, p->disposition_len},
+                                     {p->filename_off, p->filename_len},
+                                     {p->charset_off, p->charset_len}};
+        for (int k = 0; k < 3; k++) {
+            CHECK(spans[k][0] == -1 || (spans[k][0] >= p->header_start && spans[k][1] >= 0 &&
+                                        spans[k][0] + spans[k][1] <= p->body_start));
+        }
     }
 }
 
@@ -66,6 +74,9 @@ static void decode_leaves(const uint8_t *data, const mw_message *m) {
             size_t got = mw_base64_decode(body, n, out, &junk);
             CHECK(got <= mw_base64_max_len(n));
             CHECK(got == mw_base64_decode(body, n, NULL, NULL));
+            /* The parser's block-wise check must agree with the decoder. */
+            CHECK(mw_base64_junk(body, n) == junk);
+            if (p->cte == MW_CTE_BASE64) CHECK(!!(p->flags & MW_FLAG_BAD_BASE64) == junk);
             free(out);
         }
         out = malloc(mw_qp_max_len(n) ? mw_qp_max_len(n) : 1);
@@ -145,6 +156,21 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (mw_parse(data, size, NULL, &m) == MW_OK) {
         check_message(m, size);
         decode_leaves(data, m);
+        /* The binding's one-call export holds exactly the same tables. */
+        size_t pf = sizeof(mw_part) / 8, hf = sizeof(mw_header) / 8;
+        size_t need = 3 + m->n_parts * pf + m->n_headers * hf;
+        int64_t head[3];
+        CHECK(mw_parse_table(data, size, NULL, head, 3) == (int64_t)need);
+        int64_t *tab = malloc(need * sizeof *tab);
+        if (tab) {
+            CHECK(mw_parse_table(data, size, NULL, tab, need) == (int64_t)need);
+            CHECK(tab[0] == (int64_t)m->flags && tab[1] == (int64_t)m->n_parts &&
+                  tab[2] == (int64_t)m->n_headers);
+            CHECK(memcmp(tab + 3, m->parts, m->n_parts * sizeof(mw_part)) == 0);
+            CHECK(m->n_headers == 0 || memcmp(tab + 3 + m->n_parts * pf, m->headers,
+                                              m->n_headers * sizeof(mw_header)) == 0);
+            free(tab);
+        }
         mw_message_free(m);
     }
     mw_limits tight = {2, 6, 64};
