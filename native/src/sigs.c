@@ -902,7 +902,10 @@ static int validate(const mw_sigdb *db) {
     const dheader *h = &db->h;
     if (h->key_len < 4 || h->key_len > 8 || h->stride < 1 || h->stride > 4 || h->filter_bits < 14 || h->filter_bits > 22 ||
         h->bucket_bits > 26 || h->tiny_bucket_bits > 26 || h->max_part > MW_SIG_MAX_PART ||
-        h->max_eof > MW_SIG_MAX_EOF || h->n_sigs > MW_SIG_MAX_SIGS)
+        h->max_eof > MW_SIG_MAX_EOF || h->n_sigs > MW_SIG_MAX_SIGS ||
+        /* one slot per part that has a next part: more slots than parts is a forged header,
+         * and the scanner allocates a queue index per slot */
+        h->n_slots > h->n_parts)
         return 0;
     uint64_t bm = ((uint64_t)1 << h->filter_bits) / 8;
     uint64_t nb = ((uint64_t)1 << h->bucket_bits) + 1, nt = ((uint64_t)1 << h->tiny_bucket_bits) + 1;
