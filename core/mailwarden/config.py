@@ -310,6 +310,41 @@ def _default_rules() -> list[RuleConfig]:
     return [RuleConfig(name="default")]
 
 
+class WebConfig(_Section):
+    """``[web]``: the web interface and REST API, served by ``mailwarden serve``.
+
+    HTTPS with the ``[tls]`` pair (a self-signed one is generated until you configure yours).
+    ``roles`` adds custom roles (name -> permissions); ``groups`` gives directory users roles
+    by group (``"group:CN or DN"`` -> role names), nested membership included. After
+    ``login_attempts`` failed logins within 15 minutes for one account or client address,
+    logins from there wait.
+    """
+
+    enabled: bool = False
+    listen: str = "127.0.0.1"
+    port: Port = 8443
+    tls: bool = True
+    session_hours: Annotated[float, msgspec.Meta(gt=0, le=720)] = 8.0
+    login_attempts: Annotated[int, msgspec.Meta(ge=1)] = 5
+    roles: dict[str, list[str]] = msgspec.field(default_factory=dict)
+    groups: dict[str, list[str]] = msgspec.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from .web.permissions import BUILTIN_ROLES, PERMISSIONS
+
+        for role, permissions in self.roles.items():
+            unknown = sorted(set(permissions) - set(PERMISSIONS))
+            if unknown:
+                raise ValueError(f"role {role!r} has unknown permissions {unknown}")
+        known = set(BUILTIN_ROLES) | set(self.roles)
+        for group, roles in self.groups.items():
+            if not group.startswith("group:"):
+                raise ValueError(f"groups keys look like 'group:NAME', not {group!r}")
+            unknown = sorted(set(roles) - known)
+            if unknown:
+                raise ValueError(f"{group!r} maps to unknown roles {unknown}")
+
+
 class Config(_Section):
     """The whole configuration. ``plugins`` holds each plugin's decoded section by name."""
 
@@ -322,6 +357,7 @@ class Config(_Section):
     tls: TlsConfig = msgspec.field(default_factory=TlsConfig)
     dkim: DkimConfig = msgspec.field(default_factory=DkimConfig)
     directory: DirectoryConfig = msgspec.field(default_factory=DirectoryConfig)
+    web: WebConfig = msgspec.field(default_factory=WebConfig)
     rules: list[RuleConfig] = msgspec.field(default_factory=_default_rules)
     plugins: dict[str, Any] = msgspec.field(default_factory=dict)
     source: str | None = None
@@ -347,6 +383,7 @@ _CORE_SECTIONS: dict[str, type[Any]] = {
     "tls": TlsConfig,
     "dkim": DkimConfig,
     "directory": DirectoryConfig,
+    "web": WebConfig,
     "rules": list[RuleConfig],
 }
 

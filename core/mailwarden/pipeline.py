@@ -45,6 +45,7 @@ from .maildir import Maildir
 from .notify import build_notices
 from .plugins import PluginSet, build_plugin_manager
 from .policy import RuleMatch, RuleSet, compile_rules, decide_action, fold_findings, rule_runs
+from .quarantine import Quarantine
 from .spool import Spool, SpoolEntry, SpoolState
 
 if TYPE_CHECKING:
@@ -71,6 +72,7 @@ _RELOAD_SECTIONS = (
     "tls",
     "dkim",
     "directory",
+    "web",
 )
 
 
@@ -186,7 +188,7 @@ class Gateway:
             max_bytes=config.events.max_bytes,
         )
         self.maildir = Maildir(config.path_in_home(config.delivery.maildir))
-        self.quarantine = Maildir(config.home / "quarantine")
+        self.quarantine = Quarantine(config.home / "quarantine")
         self.spool = Spool(config.path_in_home(config.spool.path))
         self.dkim = DkimSigner.from_config(config)
         self.delivery = DeliveryQueue(self)
@@ -558,7 +560,14 @@ class Gateway:
                 await asyncio.to_thread(self.spool.remove, entry)
                 text = f"2.0.0 Ok: delivered as {name.split('.', 1)[0]}-{decision.id[:12]}"
             elif kind is ActionKind.QUARANTINE:
-                await asyncio.to_thread(self.quarantine.deliver, decision.with_headers())
+                await asyncio.to_thread(
+                    self.quarantine.hold,
+                    decision.with_headers(),
+                    decision.envelope,
+                    decision=decision.id,
+                    rule=decision.rule.name,
+                    reason=decision.action.reason,
+                )
                 await asyncio.to_thread(self.spool.remove, entry)
                 text = f"2.0.0 Ok: held as {decision.id[:12]}"
             else:
@@ -568,6 +577,23 @@ class Gateway:
             code, text = 451, f"4.3.0 {exc}; try again later"
         decision.timings_ms["act"] = _ms(began)
         return code, text
+
+    async def release(self, held_id: str) -> str:
+        """Send a held message on to its recipients the way delivered mail goes; it leaves the
+        quarantine once it is durable there. Returns where it went."""
+        data, envelope = await asyncio.to_thread(self.quarantine.original, held_id)
+        if self.delivery.relaying:
+            entry = await asyncio.to_thread(self.spool.write, data, envelope)
+            # Decided: an admin released it, so it is not scanned (and held) again.
+            state = SpoolState(decided=True)
+            await asyncio.to_thread(self.spool.save_state, entry, state, durable=True)
+            self.delivery.submit(entry)
+            where = f"queued as {entry.id}"
+        else:
+            name = await asyncio.to_thread(self.maildir.deliver, crlf(data))
+            where = f"delivered as {name}"
+        await asyncio.to_thread(self.quarantine.delete, held_id)
+        return where
 
     async def _notify(self, decision: Decision) -> None:
         """Send the notices the rule asks for; a failure is logged and changes no reply."""

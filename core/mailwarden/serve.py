@@ -10,6 +10,7 @@ import signal
 from collections.abc import Callable
 from importlib.resources import files
 from pathlib import Path
+from typing import Any
 
 from . import __version__
 from .errors import ConfigError
@@ -46,6 +47,8 @@ async def run(
         await asyncio.to_thread(gateway.spool.recover)
     await gateway.start()
     servers: list[asyncio.Server] = []
+    web_server: Any = None
+    web_task: asyncio.Task[None] | None = None
     try:
         cfg = gateway.config
         announce(f"mailwarden {__version__}")
@@ -56,6 +59,8 @@ async def run(
             announce(f"  smtp     {cfg.smtp.listen}:{cfg.smtp.port}  (gateway listener)")
             if cfg.smtp.tls_port:
                 announce(f"  smtps    {cfg.smtp.listen}:{cfg.smtp.tls_port}  (implicit TLS)")
+        if cfg.web.enabled:
+            web_server, web_task = await start_web(gateway, announce)
         # The queue resumes what the spool holds from before a restart.
         await gateway.delivery.start()
         if gateway.delivery.relaying:
@@ -74,11 +79,67 @@ async def run(
         announce("ready")
         await stop.wait()
     finally:
+        if web_server is not None and web_task is not None:
+            web_server.should_exit = True
+            await asyncio.gather(web_task, return_exceptions=True)
         for server in servers:
             server.close()
             await server.wait_closed()
         await gateway.delivery.stop()
         await gateway.stop()
+
+
+def _embedded_server_class() -> Any:
+    import contextlib
+    from collections.abc import Iterator
+
+    import uvicorn
+
+    class EmbeddedServer(uvicorn.Server):
+        # uvicorn would take SIGTERM/SIGINT over and raise them again when it stops; the
+        # gateway owns the signals and stops this server itself.
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield
+
+    return EmbeddedServer
+
+
+async def start_web(
+    gateway: Gateway, announce: Callable[[str], None]
+) -> tuple[Any, asyncio.Task[None]]:
+    """Serve the web interface and API on ``[web] listen:port`` (HTTPS unless ``tls = false``).
+
+    The socket is bound here with SO_REUSEPORT when there are workers, so each worker serves
+    the pages of its own gateway and the kernel spreads the connections.
+    """
+    import uvicorn
+
+    _EmbeddedServer = _embedded_server_class()
+    from .ingress.smtp import _listening_socket
+    from .tls import ensure_certificate, tls_paths
+    from .web.app import WebState, create_app
+
+    cfg = gateway.config.web
+    state = WebState(gateway, secure_cookies=cfg.tls)
+    first = state.auth.ensure_admin()
+    if first is not None:
+        announce(f"  web      first start: the admin password is in {first} (mode 0600)")
+    ssl: dict[str, Any] = {}
+    if cfg.tls:
+        cert, key = tls_paths(gateway.config)
+        if not (gateway.config.tls.cert_file and gateway.config.tls.key_file):
+            await asyncio.to_thread(ensure_certificate, cert, key, gateway.config.gateway.hostname)
+        ssl = {"ssl_certfile": str(cert), "ssl_keyfile": str(key)}
+    sock = _listening_socket(cfg.listen, cfg.port, worker_count(gateway.config.smtp.workers) > 1)
+    config = uvicorn.Config(
+        create_app(state), log_level="warning", lifespan="off", access_log=False, **ssl
+    )
+    server = _EmbeddedServer(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    scheme = "https" if cfg.tls else "http"
+    announce(f"  web      {scheme}://{cfg.listen}:{cfg.port}/")
+    return server, task
 
 
 def _reload(gateway: Gateway, announce: Callable[[str], None]) -> None:

@@ -63,6 +63,8 @@ def run_workers(
                 signal.signal(s, handler)
             # Until the worker's event loop takes SIGHUP over, a reload must not kill it.
             signal.signal(signal.SIGHUP, signal.SIG_IGN)
+            # Tells code in the worker that a supervisor above it passes signals on.
+            os.environ["MAILWARDEN_WORKER"] = "1"
             code = 1
             try:
                 code = worker()

@@ -230,7 +230,14 @@ class DeliveryQueue:
             b"X-Mailwarden-Hold: delivery to the next hop was interrupted; it may have arrived\r\n"
         )
         data = note + _with_headers(raw, state.add_headers)
-        await asyncio.to_thread(self.gateway.quarantine.deliver, data)
+        await asyncio.to_thread(
+            self.gateway.quarantine.hold,
+            data,
+            entry.envelope,
+            decision=entry.id,
+            rule="",
+            reason="delivery in doubt",
+        )
         log.warning("%s: delivery outcome unknown after a crash; held in quarantine", entry.id)
         await asyncio.to_thread(self.spool.remove, entry)
 

@@ -1,0 +1,305 @@
+"""Who is asking: the local administrator, directory users, API tokens; sessions and CSRF.
+
+Passwords are stored as scrypt hashes (memory-hard, in the standard library). Sessions are
+signed cookies (HMAC-SHA256 with a per-installation secret), so every worker process accepts
+them without shared state; a session id is made fresh at each login, which is what defeats
+session fixation, and logging out revokes that id. CSRF tokens are derived from the session
+id; API tokens carry no cookie and need none. Failed logins are throttled per account and per
+client address.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import threading
+import time
+from collections import defaultdict, deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .permissions import BUILTIN_ROLES, permissions_of
+
+__all__ = [
+    "Identity",
+    "Throttle",
+    "WebAuth",
+    "hash_password",
+    "verify_password",
+]
+
+_SCRYPT = {"n": 2**15, "r": 8, "p": 1}
+_MAXMEM = 64 * 1024 * 1024
+
+
+def hash_password(password: str) -> str:
+    """A storable scrypt hash of ``password`` (salt and parameters included)."""
+    salt = secrets.token_bytes(16)
+    digest = hashlib.scrypt(password.encode(), salt=salt, maxmem=_MAXMEM, dklen=32, **_SCRYPT)
+    encoded = [base64.b64encode(x).decode() for x in (salt, digest)]
+    return f"scrypt${_SCRYPT['n']}${_SCRYPT['r']}${_SCRYPT['p']}${encoded[0]}${encoded[1]}"
+
+
+def verify_password(password: str, stored: str) -> bool:
+    """Whether ``password`` matches the ``stored`` hash (constant-time compare)."""
+    try:
+        scheme, n, r, p, salt, digest = stored.split("$")
+        if scheme != "scrypt":
+            return False
+        expected = base64.b64decode(digest)
+        actual = hashlib.scrypt(
+            password.encode(),
+            salt=base64.b64decode(salt),
+            n=int(n),
+            r=int(r),
+            p=int(p),
+            maxmem=_MAXMEM,
+            dklen=len(expected),
+        )
+    except (ValueError, TypeError):
+        return False
+    return hmac.compare_digest(actual, expected)
+
+
+@dataclass(frozen=True)
+class Identity:
+    """An authenticated user or token and what it may do."""
+
+    name: str
+    roles: tuple[str, ...]
+    permissions: frozenset[str]
+    source: str  # "local", "directory" or "token"
+    session: str = ""  # the session id (cookie logins only)
+
+    def may(self, permission: str) -> bool:
+        """Whether this identity holds ``permission``."""
+        return permission in self.permissions
+
+
+class Throttle:
+    """At most ``attempts`` failed logins per key in ``window`` seconds."""
+
+    def __init__(self, attempts: int, window: float = 900.0) -> None:
+        self.attempts, self.window = attempts, window
+        self._failures: dict[str, deque[float]] = defaultdict(deque)
+        self._lock = threading.Lock()
+
+    def retry_after(self, *keys: str) -> float:
+        """Seconds until a login for ``keys`` is allowed again (0: now)."""
+        now = time.monotonic()
+        wait = 0.0
+        with self._lock:
+            for key in keys:
+                failures = self._failures[key]
+                while failures and failures[0] <= now - self.window:
+                    failures.popleft()
+                if len(failures) >= self.attempts:
+                    wait = max(wait, failures[0] + self.window - now)
+        return wait
+
+    def failed(self, *keys: str) -> None:
+        """Count one failed login against each of ``keys``."""
+        now = time.monotonic()
+        with self._lock:
+            for key in keys:
+                self._failures[key].append(now)
+
+    def succeeded(self, *keys: str) -> None:
+        """Forget the failures of ``keys``."""
+        with self._lock:
+            for key in keys:
+                self._failures.pop(key, None)
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+class WebAuth:
+    """Accounts, tokens and sessions kept under ``directory`` (files mode 0600)."""
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        session_seconds: float,
+        custom_roles: dict[str, list[str]],
+        login_attempts: int,
+    ) -> None:
+        self.directory = directory
+        self.session_seconds = session_seconds
+        self.custom_roles = custom_roles
+        self.throttle = Throttle(login_attempts)
+        self._secret = self._load_secret()
+        self._revoked: dict[str, float] = {}
+
+    # -- files -------------------------------------------------------------------------------
+
+    def _load_secret(self) -> bytes:
+        path = self.directory / "secret"
+        if not path.exists():
+            _write_private(path, secrets.token_bytes(32))
+        return path.read_bytes()
+
+    def _users(self) -> dict[str, Any]:
+        path = self.directory / "users.json"
+        if not path.exists():
+            return {}
+        data: dict[str, Any] = json.loads(path.read_text())
+        return data
+
+    def _save_users(self, users: dict[str, Any]) -> None:
+        _write_private(self.directory / "users.json", json.dumps(users, indent=2).encode())
+
+    def ensure_admin(self) -> Path | None:
+        """Create the local administrator on first start; the file holding its first password.
+
+        The password is random and written once to a 0600 file beside the accounts (never to
+        the log); the admin changes it with ``mailwarden web password``.
+        """
+        users = self._users()
+        if "admin" in users:
+            return None
+        password = secrets.token_urlsafe(15)
+        self.set_password("admin", password, roles=["Administrator"])
+        path = self.directory / "initial-admin-password"
+        _write_private(path, (password + "\n").encode())
+        return path
+
+    def set_password(self, name: str, password: str, roles: list[str] | None = None) -> None:
+        """Set a local account's password (and roles, when given)."""
+        if len(password) < 10:
+            raise ValueError("a password needs at least 10 characters")
+        users = self._users()
+        account = users.setdefault(name, {"roles": roles or ["Administrator"]})
+        if roles is not None:
+            account["roles"] = roles
+        account["hash"] = hash_password(password)
+        self._save_users(users)
+        if name == "admin":
+            # The generated first password is no longer the password: do not leave it lying.
+            (self.directory / "initial-admin-password").unlink(missing_ok=True)
+
+    def local_login(self, name: str, password: str) -> Identity | None:
+        """The local account ``name`` if ``password`` is its own."""
+        account = self._users().get(name)
+        if account is None or not verify_password(password, account.get("hash", "")):
+            return None
+        roles = tuple(account.get("roles", []))
+        return Identity(name, roles, permissions_of(roles, self.custom_roles), "local")
+
+    def identity_for(self, name: str, roles: tuple[str, ...], source: str) -> Identity:
+        """An identity with the permissions its roles grant."""
+        return Identity(name, roles, permissions_of(roles, self.custom_roles), source)
+
+    def users(self) -> list[dict[str, Any]]:
+        """Local accounts and their roles (never the hashes)."""
+        return [{"name": n, "roles": a.get("roles", [])} for n, a in sorted(self._users().items())]
+
+    # -- tokens ------------------------------------------------------------------------------
+
+    def create_token(self, name: str, roles: list[str]) -> str:
+        """A new API token for automation; only its hash is kept."""
+        unknown = [r for r in roles if r not in BUILTIN_ROLES and r not in self.custom_roles]
+        if unknown:
+            raise ValueError(f"unknown roles {unknown}")
+        token = "mwt_" + secrets.token_urlsafe(32)
+        path = self.directory / "tokens.json"
+        tokens = json.loads(path.read_text()) if path.exists() else {}
+        tokens[hashlib.sha256(token.encode()).hexdigest()] = {"name": name, "roles": roles}
+        _write_private(path, json.dumps(tokens, indent=2).encode())
+        return token
+
+    def token_identity(self, token: str) -> Identity | None:
+        """Who the bearer ``token`` belongs to, if anyone."""
+        path = self.directory / "tokens.json"
+        if not token.startswith("mwt_") or not path.exists():
+            return None
+        entry = json.loads(path.read_text()).get(hashlib.sha256(token.encode()).hexdigest())
+        if entry is None:
+            return None
+        roles = tuple(entry["roles"])
+        return Identity(entry["name"], roles, permissions_of(roles, self.custom_roles), "token")
+
+    # -- sessions ----------------------------------------------------------------------------
+
+    def _sign(self, payload: bytes) -> str:
+        return hmac.new(self._secret, payload, hashlib.sha256).hexdigest()
+
+    def new_session(self, identity: Identity) -> str:
+        """A cookie value for a fresh session of ``identity`` (a new id every login)."""
+        body = {
+            "sid": secrets.token_urlsafe(18),
+            "name": identity.name,
+            "roles": list(identity.roles),
+            "source": identity.source,
+            "exp": time.time() + self.session_seconds,
+        }
+        payload = base64.urlsafe_b64encode(json.dumps(body).encode())
+        return payload.decode() + "." + self._sign(payload)
+
+    def session_identity(self, cookie: str) -> Identity | None:
+        """The identity of a valid, unexpired, unrevoked session cookie."""
+        payload, _, signature = cookie.partition(".")
+        if not hmac.compare_digest(self._sign(payload.encode()), signature):
+            return None
+        try:
+            body = json.loads(base64.urlsafe_b64decode(payload.encode()))
+        except ValueError:
+            return None
+        if body["exp"] < time.time() or self._is_revoked(body["sid"]):
+            return None
+        roles = tuple(body["roles"])
+        return Identity(
+            body["name"],
+            roles,
+            permissions_of(roles, self.custom_roles),
+            body["source"],
+            session=body["sid"],
+        )
+
+    def revoke(self, identity: Identity) -> None:
+        """End ``identity``'s session in every worker (written to a shared file)."""
+        if not identity.session:
+            return
+        path = self.directory / "revoked"
+        now = time.time()
+        lines = [f"{identity.session} {now + self.session_seconds:.0f}"]
+        if path.exists():
+            # Drop what has expired anyway, so the file stays small.
+            lines += [
+                line
+                for line in path.read_text().splitlines()
+                if line.split()[-1:] and float(line.split()[-1]) > now
+            ]
+        _write_private(path, ("\n".join(lines) + "\n").encode())
+
+    def _is_revoked(self, sid: str) -> bool:
+        path = self.directory / "revoked"
+        try:
+            return any(line.split(" ", 1)[0] == sid for line in path.read_text().splitlines())
+        except FileNotFoundError:
+            return False
+
+    def csrf_token(self, identity: Identity) -> str:
+        """The CSRF token forms and cookie-authenticated API calls must send back."""
+        return self._sign(b"csrf:" + identity.session.encode())[:32]
+
+    def check_csrf(self, identity: Identity, token: str) -> bool:
+        """Whether ``token`` is ``identity``'s CSRF token (tokens need none)."""
+        if identity.source == "token":
+            return True
+        return bool(token) and hmac.compare_digest(self.csrf_token(identity), token)

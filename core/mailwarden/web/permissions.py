@@ -1,0 +1,130 @@
+"""Permissions, the built-in roles, and the one table saying what every route needs.
+
+The application is built from :data:`ROUTES`: a handler without an entry here cannot be
+mounted, so no route is ever reachable without a declared permission.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "AUTHENTICATED",
+    "BUILTIN_ROLES",
+    "PERMISSIONS",
+    "PUBLIC",
+    "ROUTES",
+    "RouteSpec",
+    "permissions_of",
+]
+
+PERMISSIONS = (
+    "settings.view",
+    "settings.edit",
+    "rules.view",
+    "rules.edit",
+    "reports.view",
+    "events.messages.view",
+    "events.app.view",
+    "queues.view",
+    "queues.manage",
+    "backup.view",
+    "backup.manage",
+    "diagnostics.get",
+    "mta.view",
+    "mta.edit",
+    "users.manage",
+)
+#: Anyone, logged in or not.
+PUBLIC = "public"
+#: Any logged-in user or token, whatever its roles.
+AUTHENTICATED = "authenticated"
+
+BUILTIN_ROLES: dict[str, frozenset[str]] = {
+    "Administrator": frozenset(PERMISSIONS),
+    "Security officer": frozenset(PERMISSIONS) - {"users.manage", "mta.edit"},
+    # Runs the mail flow day to day: sees traffic and quarantines and releases mail, but does
+    # not change how the gateway decides.
+    "Operator": frozenset(
+        {
+            "reports.view",
+            "events.messages.view",
+            "queues.view",
+            "queues.manage",
+            "backup.view",
+            "rules.view",
+            "mta.view",
+        }
+    ),
+    # Reads everything an audit needs, changes nothing and never sees message bodies.
+    "Auditor": frozenset(
+        {
+            "settings.view",
+            "rules.view",
+            "reports.view",
+            "events.messages.view",
+            "events.app.view",
+            "queues.view",
+            "backup.view",
+            "mta.view",
+        }
+    ),
+}
+
+
+@dataclass(frozen=True)
+class RouteSpec:
+    """One route: its path, methods, the handler's name and the permission it needs."""
+
+    path: str
+    methods: tuple[str, ...]
+    handler: str
+    permission: str
+
+
+ROUTES: tuple[RouteSpec, ...] = (
+    # Pages
+    RouteSpec("/login", ("GET",), "login_page", PUBLIC),
+    RouteSpec("/login", ("POST",), "login_form", PUBLIC),
+    RouteSpec("/logout", ("POST",), "logout", AUTHENTICATED),
+    RouteSpec("/", ("GET",), "dashboard_page", "reports.view"),
+    RouteSpec("/events", ("GET",), "events_page", "events.messages.view"),
+    RouteSpec("/quarantine", ("GET",), "quarantine_page", "queues.view"),
+    RouteSpec("/quarantine/{held_id}", ("GET",), "held_page", "queues.view"),
+    RouteSpec("/quarantine/{held_id}/release", ("POST",), "release_form", "queues.manage"),
+    RouteSpec("/quarantine/{held_id}/delete", ("POST",), "delete_form", "queues.manage"),
+    RouteSpec("/rules", ("GET",), "rules_page", "rules.view"),
+    RouteSpec("/inventory", ("GET",), "inventory_page", "settings.view"),
+    RouteSpec("/static/{name}", ("GET",), "static_file", PUBLIC),
+    # API
+    RouteSpec("/api/health", ("GET",), "api_health", PUBLIC),
+    RouteSpec("/api/login", ("POST",), "api_login", PUBLIC),
+    RouteSpec("/api/me", ("GET",), "api_me", AUTHENTICATED),
+    RouteSpec("/api/openapi.json", ("GET",), "api_openapi", AUTHENTICATED),
+    RouteSpec("/api/events", ("GET",), "api_events", "events.messages.view"),
+    RouteSpec("/api/stats", ("GET",), "api_stats", "reports.view"),
+    RouteSpec("/api/quarantine", ("GET",), "api_quarantine", "queues.view"),
+    RouteSpec("/api/quarantine/{held_id}", ("GET",), "api_held", "queues.view"),
+    RouteSpec("/api/quarantine/{held_id}/raw", ("GET",), "api_held_raw", "queues.manage"),
+    RouteSpec("/api/quarantine/{held_id}/release", ("POST",), "api_release", "queues.manage"),
+    RouteSpec("/api/quarantine/{held_id}", ("DELETE",), "api_delete", "queues.manage"),
+    RouteSpec("/api/rules", ("GET",), "api_rules", "rules.view"),
+    RouteSpec("/api/rules", ("PUT",), "api_rules_put", "rules.edit"),
+    RouteSpec("/api/settings", ("GET",), "api_settings", "settings.view"),
+    RouteSpec("/api/inventory", ("GET",), "api_inventory", "settings.view"),
+    RouteSpec("/api/users", ("GET",), "api_users", "users.manage"),
+    RouteSpec("/api/tokens", ("POST",), "api_token_create", "users.manage"),
+)
+
+
+def permissions_of(
+    roles: list[str] | tuple[str, ...], custom: dict[str, list[str]]
+) -> frozenset[str]:
+    """Every permission the ``roles`` grant (built-in ones and the config's custom roles)."""
+    granted: set[str] = set()
+    for role in roles:
+        if role in BUILTIN_ROLES:
+            granted |= BUILTIN_ROLES[role]
+        elif role in custom:
+            granted |= {p for p in custom[role] if p in PERMISSIONS}
+    return frozenset(granted)
