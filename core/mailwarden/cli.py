@@ -423,10 +423,12 @@ def dkim_keygen(domain: str, selector: str, algorithm: str, bits: int, out: str 
 from .bench.cli import bench as _bench_command  # noqa: E402
 from .rules_cli import directory as _directory_group  # noqa: E402
 from .rules_cli import rules as _rules_group  # noqa: E402
+from .web.cli import web as _web_group  # noqa: E402
 
 cli.add_command(_rules_group)
 cli.add_command(_directory_group)
 cli.add_command(_bench_command)
+cli.add_command(_web_group)
 
 
 def main() -> None:

@@ -639,9 +639,14 @@ def _chart(stats: dict[str, Any]) -> str:
                 f'<rect x="{10 + i * 24}" y="{y:.1f}" width="20" height="{height:.1f}" '
                 f'fill="{colour}"><title>{count} {action}</title></rect>'
             )
+    axis = (
+        '<line x1="8" y1="121" x2="586" y2="121" stroke="#999"/>'
+        '<text x="8" y="138" font-size="11">24 h ago</text>'
+        '<text x="556" y="138" font-size="11">now</text>'
+    )
     return (
-        '<svg xmlns="http://www.w3.org/2000/svg" width="600" height="130" role="img" '
-        'aria-label="messages per hour">' + "".join(bars) + "</svg>"
+        '<svg xmlns="http://www.w3.org/2000/svg" width="600" height="142" role="img" '
+        'aria-label="messages per hour">' + "".join(bars) + axis + "</svg>"
     )
 
 

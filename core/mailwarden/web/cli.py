@@ -1,0 +1,62 @@
+"""``mailwarden web``: accounts and tokens of the web interface, from the shell."""
+
+from __future__ import annotations
+
+import click
+
+from ..config import load_config
+from ..errors import MailwardenError
+from ..plugins import build_plugin_manager
+from .auth import WebAuth
+
+__all__ = ["web"]
+
+
+def _auth(config_path: str | None) -> WebAuth:
+    from ..cli import _config_path
+
+    plugins = build_plugin_manager()
+    try:
+        config = load_config(_config_path(config_path), plugins.config_schemas())
+    except MailwardenError as exc:
+        raise click.ClickException(str(exc)) from exc
+    cfg = config.web
+    return WebAuth(
+        config.home / "web",
+        session_seconds=cfg.session_hours * 3600,
+        custom_roles=cfg.roles,
+        login_attempts=cfg.login_attempts,
+    )
+
+
+@click.group()
+def web() -> None:
+    """Accounts and API tokens of the web interface."""
+
+
+@web.command("password")
+@click.option("--user", default="admin", show_default=True, help="Local account name.")
+@click.option("--role", "roles", multiple=True, help="Roles of a new account (repeatable).")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Config file.")
+@click.password_option(help="The new password (asked twice when not given).")
+def web_password(user: str, roles: tuple[str, ...], config_path: str | None, password: str) -> None:
+    """Set a local account's password (the admin's, or a new account with --role)."""
+    auth = _auth(config_path)
+    try:
+        auth.set_password(user, password, roles=list(roles) if roles else None)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"password of {user} set")
+
+
+@web.command("token")
+@click.argument("name")
+@click.option("--role", "roles", multiple=True, required=True, help="Roles the token gets.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Config file.")
+def web_token(name: str, roles: tuple[str, ...], config_path: str | None) -> None:
+    """Make an API token for automation; it is printed once, only its hash is kept."""
+    auth = _auth(config_path)
+    try:
+        click.echo(auth.create_token(name, list(roles)))
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc

@@ -1,0 +1,75 @@
+"""A gateway with its web application, real stores under a temp home, and users per role."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from starlette.testclient import TestClient
+
+from mailwarden import Gateway
+from mailwarden.config import load_config
+from mailwarden.plugins import build_plugin_manager
+from mailwarden.web.app import WebState, create_app
+from mailwarden.web.permissions import BUILTIN_ROLES
+from mailwarden_sdk import Envelope
+from tests.conftest import EICAR, make_message
+
+PASSWORD = "correct horse battery"
+
+
+class Web:
+    def __init__(self, home: Path, extra_config: str = "") -> None:
+        self.home = home
+        home.mkdir(parents=True, exist_ok=True)
+        self.config_path = home / "mailwarden.toml"
+        self.config_path.write_text(
+            "# hand-written comment that an API edit must keep\n"
+            "[web]\nenabled = true\n" + extra_config + "\n"
+            '[[rules]]\nname = "default"\n[rules.actions]\ninfected = "quarantine"\n'
+        )
+        plugins = build_plugin_manager()
+        self.gateway = Gateway(
+            load_config(self.config_path, plugins.config_schemas()), plugins=plugins
+        )
+        # Started once, as `mailwarden serve` does before it serves pages: the directory and
+        # the detectors stay open for every request of the test.
+        self.loop = asyncio.new_event_loop()
+        self.loop.run_until_complete(self.gateway.start())
+        self.state = WebState(self.gateway, secure_cookies=True)
+        self.app = create_app(self.state)
+        for role in BUILTIN_ROLES:
+            self.state.auth.set_password(role.lower().replace(" ", "-"), PASSWORD, roles=[role])
+
+    def client(self) -> TestClient:
+        return TestClient(self.app, base_url="https://testserver")
+
+    def login(self, name: str, password: str = PASSWORD) -> tuple[TestClient, str]:
+        """A client holding a session of ``name`` and its CSRF token."""
+        client = self.client()
+        answer = client.post("/api/login", json={"name": name, "password": password})
+        assert answer.status_code == 200, answer.text
+        return client, answer.json()["csrf"]
+
+    def hold(self, subject: str = "held one", filename: str = "eicar.com") -> str:
+        """Process an infected message (the rule quarantines it); its held id."""
+        raw = make_message(subject=subject, attachment=EICAR, filename=filename)
+        envelope = Envelope(mail_from="alice@example.org", rcpt_to=["bob@example.net"])
+
+        self.loop.run_until_complete(self.gateway.process(raw, envelope, ingress="smtp"))
+        return self.gateway.quarantine.held()[0].id
+
+    def close(self) -> None:
+        self.loop.run_until_complete(self.gateway.stop())
+        self.loop.close()
+
+
+@pytest.fixture
+def web(tmp_path: Path) -> Iterator[Web]:
+    made = Web(tmp_path / "home")
+    try:
+        yield made
+    finally:
+        made.close()

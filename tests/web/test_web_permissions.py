@@ -1,0 +1,77 @@
+"""Every route with every built-in role and with no session: 200/401/403 as declared."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from starlette.routing import Route
+
+from mailwarden.web.permissions import AUTHENTICATED, BUILTIN_ROLES, PUBLIC, ROUTES, RouteSpec
+from tests.web.conftest import Web
+
+
+def _request(web: Web, spec: RouteSpec, method: str, client: Any, csrf: str) -> Any:
+    path = spec.path.replace("{name}", "app.css")
+    if "{held_id}" in path:
+        path = path.replace("{held_id}", web.hold())
+    body: dict[str, Any] = {}
+    if spec.handler == "api_login":
+        body = {"json": {"name": "administrator", "password": "wrong"}}
+    elif spec.handler == "login_form":
+        body = {"data": {"name": "administrator", "password": "wrong"}}
+    elif spec.handler == "api_rules_put":
+        body = {"json": {"rules": [{"name": "default"}]}}
+    elif spec.handler == "api_token_create":
+        body = {"json": {"name": "ci", "roles": ["Auditor"]}}
+    elif method == "POST" and not spec.path.startswith("/api/"):
+        body = {"data": {"csrf": csrf}}
+    headers = {"x-csrf-token": csrf} if csrf else {}
+    return client.request(method, path, headers=headers, follow_redirects=False, **body)
+
+
+def test_the_app_has_exactly_the_declared_routes(web: Web) -> None:
+    mounted = {
+        (route.path, method)
+        for route in web.app.routes
+        if isinstance(route, Route)
+        for method in (route.methods or ()) - {"HEAD"}
+    }
+    declared = {(spec.path, method) for spec in ROUTES for method in spec.methods}
+    assert mounted == declared
+
+
+@pytest.mark.parametrize("role", [None, *BUILTIN_ROLES])
+def test_every_route_answers_as_its_permission_says(web: Web, role: str | None) -> None:
+    if role is None:
+        client, csrf, granted = web.client(), "", frozenset[str]()
+    else:
+        client, csrf = web.login(role.lower().replace(" ", "-"))
+        granted = BUILTIN_ROLES[role]
+    for spec in ROUTES:
+        if spec.handler == "logout":
+            continue  # ends the session the rest of the walk uses; tested on its own
+        for method in spec.methods:
+            status = _request(web, spec, method, client, csrf).status_code
+            where = f"{method} {spec.path} as {role}"
+            if spec.handler in ("api_login", "login_form"):
+                assert status == 401, where  # the walk sends a wrong password
+            elif spec.permission == PUBLIC:
+                assert status not in (401, 403), where
+            elif role is None:
+                expected = 401 if spec.path.startswith("/api/") else 303
+                assert status == expected, where
+            elif spec.permission == AUTHENTICATED or spec.permission in granted:
+                assert status not in (401, 403), f"{where}: {status}"
+            else:
+                assert status == 403, f"{where}: {status}"
+
+
+def test_logout_ends_the_session_everywhere(web: Web) -> None:
+    client, csrf = web.login("operator")
+    cookie = client.cookies.get("mw_session")
+    assert client.post("/logout", data={"csrf": csrf}, follow_redirects=False).status_code == 303
+    # The old cookie, replayed (as a stolen one would be), is refused.
+    replay = web.client()
+    replay.cookies.set("mw_session", cookie or "")
+    assert replay.get("/api/me").status_code == 401
