@@ -148,3 +148,21 @@ def test_password_and_token_commands(tmp_path: Path, monkeypatch: pytest.MonkeyP
     identity = auth.token_identity(token)
     assert identity is not None and identity.roles == ("Auditor",)
     assert b"mwt_" not in (tmp_path / "web" / "tokens.json").read_bytes()  # only hashes kept
+
+
+def test_settings_sections_are_validated_written_and_split_by_permission(web: Web) -> None:
+    officer, csrf = web.login("security-officer")
+    headers = {"x-csrf-token": csrf}
+    done = officer.put("/api/settings/events", json={"retention_days": 2.0}, headers=headers)
+    assert done.status_code == 200 and done.json() == {"section": "events", "restart_needed": True}
+    assert "retention_days = 2.0" in web.config_path.read_text()
+    bad = officer.put("/api/settings/events", json={"retention_days": -1}, headers=headers)
+    assert bad.status_code == 422 and "events.retention_days" in bad.json()["error"]
+    # Listeners and delivery belong to mta.edit, which a security officer lacks.
+    wrong_door = officer.put("/api/settings/smtp", json={"port": 2526}, headers=headers)
+    assert wrong_door.status_code == 404 and "/api/mta/smtp" in wrong_door.json()["error"]
+    assert officer.put("/api/mta/smtp", json={"port": 2526}, headers=headers).status_code == 403
+    admin, admin_csrf = web.login("administrator")
+    moved = admin.put("/api/mta/smtp", json={"port": 2526}, headers={"x-csrf-token": admin_csrf})
+    assert moved.status_code == 200 and moved.json()["restart_needed"] is True
+    assert [r["act"] for r in web.state.audit.records()].count("settings.edit") == 2

@@ -13,6 +13,7 @@ from tests.web.conftest import Web
 
 def _request(web: Web, spec: RouteSpec, method: str, client: Any, csrf: str) -> Any:
     path = spec.path.replace("{name}", "app.css")
+    path = path.replace("{section}", "smtp" if "/mta/" in path else "events")
     if "{held_id}" in path:
         path = path.replace("{held_id}", web.hold())
     body: dict[str, Any] = {}
@@ -22,6 +23,10 @@ def _request(web: Web, spec: RouteSpec, method: str, client: Any, csrf: str) -> 
         body = {"data": {"name": "administrator", "password": "wrong"}}
     elif spec.handler == "api_rules_put":
         body = {"json": {"rules": [{"name": "default"}]}}
+    elif spec.handler == "api_settings_put":
+        body = {"json": {"retention_days": 2.0}}
+    elif spec.handler == "api_mta_put":
+        body = {"json": {"max_recipients": 500}}
     elif spec.handler == "api_token_create":
         body = {"json": {"name": "ci", "roles": ["Auditor"]}}
     elif method == "POST" and not spec.path.startswith("/api/"):

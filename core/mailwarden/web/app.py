@@ -504,42 +504,107 @@ async def api_rules(request: Request) -> Response:
     return JSONResponse(_rules(request.state.web))
 
 
-async def api_rules_put(request: Request) -> Response:
-    """Replace the rules with ``{"rules": [...]}``: validated whole, written to the config file
-    (its comments and other sections kept), then swapped in without dropping connections."""
-    state: WebState = request.state.web
+def _rewrite_config(state: WebState, key: str, value: Any) -> Response | list[str]:
+    """Set ``key`` of the config file to ``value``: validated whole, written atomically with
+    the file's comments and other sections kept, then reloaded (rules swap at once). Returns
+    the sections that need a restart, or the refusal."""
     gateway = state.gateway
     source = gateway.config.source
     if not source:
         return JSONResponse({"error": "the gateway runs without a config file"}, status_code=409)
+    path = Path(source)
+    document = tomlkit.parse(path.read_text(encoding="utf-8"))
+    if key == "rules":
+        table = tomlkit.aot()
+        for rule in value:
+            table.append(tomlkit.item(rule))
+        document["rules"] = table
+    else:
+        document[key] = tomlkit.item(value)
+    text = tomlkit.dumps(document)
+    try:
+        parse_config(text, gateway.plugins.config_schemas(), source=source)
+    except ConfigError as exc:
+        return JSONResponse({"error": str(exc)}, status_code=422)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.chmod(tmp, path.stat().st_mode & 0o777)
+    os.replace(tmp, path)
+    changed = gateway.reload_config()
+    if os.environ.get("MAILWARDEN_WORKER") == "1":
+        # The other workers reload when the supervisor passes SIGHUP on to them.
+        os.kill(os.getppid(), signal.SIGHUP)
+    return changed
+
+
+async def api_rules_put(request: Request) -> Response:
+    """Replace the rules with ``{"rules": [...]}``: validated whole, written to the config file
+    (its comments and other sections kept), then swapped in without dropping connections."""
+    state: WebState = request.state.web
     try:
         rules = json.loads(await request.body())["rules"]
         if not isinstance(rules, list) or not rules:
             raise TypeError
     except (ValueError, KeyError, TypeError):
         return JSONResponse({"error": 'send {"rules": [ {...}, ... ]}'}, status_code=400)
-    document = tomlkit.parse(Path(source).read_text(encoding="utf-8"))
-    table = tomlkit.aot()
-    for rule in rules:
-        table.append(tomlkit.item(rule))
-    document["rules"] = table
-    text = tomlkit.dumps(document)
-    try:
-        parse_config(text, gateway.plugins.config_schemas(), source=source)
-    except ConfigError as exc:
-        return JSONResponse({"error": str(exc)}, status_code=422)
-    path = Path(source)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.chmod(tmp, path.stat().st_mode & 0o777)
-    os.replace(tmp, path)
-    gateway.reload_config()
-    if os.environ.get("MAILWARDEN_WORKER") == "1":
-        # The other workers reload when the supervisor passes SIGHUP on to them.
-        os.kill(os.getppid(), signal.SIGHUP)
+    result = _rewrite_config(state, "rules", rules)
+    if isinstance(result, Response):
+        return result
     identity: Identity = request.state.identity
     state.audit.write("rules.edit", identity.name, rules=[r.get("name") for r in rules])
     return JSONResponse(_rules(state))
+
+
+# Sections of the mail transport (listeners, delivery, keys): ``mta.edit``, not
+# ``settings.edit``, may change them.
+_MTA_SECTIONS = frozenset({"smtp", "delivery", "spool", "tls", "dkim"})
+
+
+async def _put_section(request: Request, *, mta: bool) -> Response:
+    state: WebState = request.state.web
+    section = request.path_params["section"]
+    known = set(state.gateway.plugins.config_schemas()) | {
+        "gateway",
+        "detectors",
+        "events",
+        "directory",
+        "web",
+        *_MTA_SECTIONS,
+    }
+    if section not in known or (section in _MTA_SECTIONS) != mta:
+        where = "/api/mta/" if section in _MTA_SECTIONS else "/api/settings/"
+        return JSONResponse(
+            {
+                "error": f"no section {section!r} here"
+                + (f"; use {where}{section}" if section in known else "")
+            },
+            status_code=404,
+        )
+    try:
+        value = json.loads(await request.body())
+        if not isinstance(value, dict):
+            raise TypeError
+    except (ValueError, TypeError):
+        return JSONResponse({"error": "send the section as a JSON object"}, status_code=400)
+    result = _rewrite_config(state, section, value)
+    if isinstance(result, Response):
+        return result
+    identity: Identity = request.state.identity
+    state.audit.write("settings.edit", identity.name, section=section, keys=sorted(value))
+    return JSONResponse({"section": section, "restart_needed": section in result})
+
+
+async def api_settings_put(request: Request) -> Response:
+    """Replace one settings section (``gateway``, ``detectors``, ``events``, ``directory``,
+    ``web`` or a plugin's, e.g. ``reputation`` for consent); validated like a config file.
+    Rules apply at once; other sections at the next start (``restart_needed``)."""
+    return await _put_section(request, mta=False)
+
+
+async def api_mta_put(request: Request) -> Response:
+    """Replace one mail-transport section (``smtp``, ``delivery``, ``spool``, ``tls``,
+    ``dkim``); validated like a config file; applied at the next start."""
+    return await _put_section(request, mta=True)
 
 
 def _masked(value: Any) -> Any:

@@ -111,6 +111,8 @@ ROUTES: tuple[RouteSpec, ...] = (
     RouteSpec("/api/rules", ("GET",), "api_rules", "rules.view"),
     RouteSpec("/api/rules", ("PUT",), "api_rules_put", "rules.edit"),
     RouteSpec("/api/settings", ("GET",), "api_settings", "settings.view"),
+    RouteSpec("/api/settings/{section}", ("PUT",), "api_settings_put", "settings.edit"),
+    RouteSpec("/api/mta/{section}", ("PUT",), "api_mta_put", "mta.edit"),
     RouteSpec("/api/inventory", ("GET",), "api_inventory", "settings.view"),
     RouteSpec("/api/users", ("GET",), "api_users", "users.manage"),
     RouteSpec("/api/tokens", ("POST",), "api_token_create", "users.manage"),
