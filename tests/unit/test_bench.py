@@ -50,11 +50,13 @@ def test_quick_bench_writes_table_json_markdown_and_svg(tmp_path: Path) -> None:
         assert stage["messages"] == 150
         assert stage["p50_ms"] <= stage["p95_ms"] <= stage["p99_ms"]
     assert [run["workers"] for run in data["smtp"]] == [1]
+    assert [run["workers"] for run in data["scan_workers"]] == [1]
+    assert data["scan_workers"][0]["messages"] == 150
     assert data["smtp"][0]["messages"] == 150 and data["smtp"][0]["peak_rss_mb"] > 0
     markdown = (out / "bench.md").read_text()
     assert "| stage | msg/s |" in markdown and "](bench.svg)" in markdown
     svg = (out / "bench.svg").read_text()
-    assert svg.startswith("<svg") and "messages/s by workers" in svg
+    assert svg.startswith("<svg") and "Messages/s by workers" in svg
 
     # --compare against the run just made names every rate with its change.
     again = subprocess.run(

@@ -46,6 +46,14 @@ def table(result: dict[str, Any]) -> str:
             f"ours / theirs = {peer['ratio']}"
             + (f"   ({peer['note']})" if peer.get("note") else "")
         )
+    if result.get("scan_workers"):
+        base = result["scan_workers"][0]["msgs_per_s"]
+        lines += ["", f"{'scan workers':<28}{'msg/s':>10}{'MB/s':>10}{'vs 1':>10}"]
+        for run in result["scan_workers"]:
+            lines.append(
+                f"{run['workers']:<28}{run['msgs_per_s']:>10.1f}{run['mb_per_s']:>10.2f}"
+                f"{_ratio(run['msgs_per_s'], base):>10}"
+            )
     if result["smtp"]:
         base = result["smtp"][0]["msgs_per_s"]
         lines += ["", f"{'smtp ingress workers':<28}{'msg/s':>10}{'MB/s':>10}{'vs 1':>10}"]
@@ -81,6 +89,19 @@ def markdown(result: dict[str, Any]) -> str:
         "|---|---:|---:|",
     ]
     out += [f"| {p['name']} | {p['msgs_per_s']:.1f} | {p['ratio']} |" for p in result["peers"]]
+    if result.get("scan_workers"):
+        base = result["scan_workers"][0]["msgs_per_s"]
+        out += [
+            "",
+            "| scan workers | msg/s | MB/s | vs 1 worker | CPU s / worker | peak RSS MB |",
+            "|---:|---:|---:|---:|---:|---:|",
+        ]
+        out += [
+            f"| {r['workers']} | {r['msgs_per_s']:.1f} | {r['mb_per_s']:.2f} "
+            f"| {_ratio(r['msgs_per_s'], base)} | {r['cpu_seconds_per_worker']} "
+            f"| {r['peak_rss_mb']} |"
+            for r in result["scan_workers"]
+        ]
     if result["smtp"]:
         base = result["smtp"][0]["msgs_per_s"]
         out += [
@@ -116,10 +137,13 @@ def _bars(
 def svg(result: dict[str, Any]) -> str:
     """Messages/s against SMTP workers, and the per-stage p50 latency, as one SVG."""
     width = 760
-    workers = [(f"{r['workers']} worker(s)", float(r["msgs_per_s"])) for r in result["smtp"]]
+    workers = [
+        (f"scan, {r['workers']} worker(s)", float(r["msgs_per_s"]))
+        for r in result.get("scan_workers", [])
+    ] + [(f"smtp, {r['workers']} worker(s)", float(r["msgs_per_s"])) for r in result["smtp"]]
     stages = [(s["stage"], float(s["p50_ms"])) for s in result["pipeline"]["stages"]]
     top = 30
-    parts = _bars("SMTP ingress: messages/s by workers", workers, "msg/s", 10, top, width)
+    parts = _bars("Messages/s by workers (scan; SMTP ingress)", workers, "msg/s", 10, top, width)
     top += 40 + 22 * len(workers)
     parts += _bars("Pipeline stages: p50 latency", stages, "ms", 10, top, width)
     height = top + 30 + 22 * len(stages)
@@ -135,6 +159,12 @@ def _flat(result: dict[str, Any]) -> dict[str, float]:
     flat = {f"stage {s['stage']} msg/s": s["msgs_per_s"] for s in result["pipeline"]["stages"]}
     flat["scan only msg/s"] = result["pipeline"]["scan"]["msgs_per_s"]
     flat["whole pipeline msg/s"] = result["pipeline"]["pipeline"]["msgs_per_s"]
+    flat.update(
+        {
+            f"scan {r['workers']} workers msg/s": r["msgs_per_s"]
+            for r in result.get("scan_workers", [])
+        }
+    )
     flat.update({f"smtp {r['workers']} workers msg/s": r["msgs_per_s"] for r in result["smtp"]})
     return flat
 

@@ -33,7 +33,14 @@ from ..config import load_config
 from ..pipeline import Gateway
 from ..plugins import build_plugin_manager
 
-__all__ = ["Progress", "StageStats", "python_email_parse", "run_pipeline", "run_smtp"]
+__all__ = [
+    "Progress",
+    "StageStats",
+    "python_email_parse",
+    "run_pipeline",
+    "run_scan_workers",
+    "run_smtp",
+]
 
 ENVELOPE = Envelope(mail_from="alice@example.org", rcpt_to=["bob@example.net"])
 
@@ -209,6 +216,75 @@ def run_pipeline(
                 "cpu_seconds": round(cpu, 2),
                 "peak_rss_mb": round(_peak_rss_mb(), 1),
             },
+        }
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def _scan_worker(
+    config_path: str, messages: list[bytes], concurrency: int, barrier: Any, results: Any
+) -> None:
+    # One worker process: its own gateway (as `mailwarden serve` workers have), started before
+    # the clock runs, then every message of its share through Gateway.scan.
+    plugins = build_plugin_manager()
+    config = load_config(config_path, plugins.config_schemas())
+
+    async def go() -> tuple[float, float]:
+        async with Gateway(config, plugins=plugins) as gateway:
+            await gateway.scan(messages[0], ENVELOPE)  # warm: signatures mapped, threads up
+            barrier.wait()
+            cpu0 = _cpu()
+            began = time.perf_counter()
+            gate = asyncio.Semaphore(concurrency)
+
+            async def one(raw: bytes) -> None:
+                async with gate:
+                    await gateway.scan(raw, ENVELOPE)
+
+            await asyncio.gather(*(one(raw) for raw in messages))
+            return time.perf_counter() - began, _cpu() - cpu0
+
+    wall, cpu = asyncio.run(go())
+    results.put((len(messages), wall, cpu, _peak_rss_mb()))
+
+
+def run_scan_workers(
+    messages: list[bytes], config_text: str, workers: int, concurrency: int = 8
+) -> dict[str, Any]:
+    """``Gateway.scan`` in ``workers`` processes, each on its share of the corpus: the full
+    detection pipeline per core without SMTP or storage, as rspamd's workers answer checkv2."""
+    home = Path(tempfile.mkdtemp(prefix="mailwarden-bench-scan-"))
+    try:
+        path = home / "mailwarden.toml"
+        path.write_text(config_text)
+        # spawn, not fork: this process already ran gateways and their threads.
+        context = multiprocessing.get_context("spawn")
+        barrier = context.Barrier(workers + 1)
+        results = context.Queue()
+        processes = [
+            context.Process(
+                target=_scan_worker,
+                args=(str(path), messages[i::workers], concurrency, barrier, results),
+            )
+            for i in range(workers)
+        ]
+        for process in processes:
+            process.start()
+        barrier.wait(timeout=300)
+        began = time.perf_counter()
+        reports = [results.get(timeout=3600) for _ in processes]
+        wall = time.perf_counter() - began
+        for process in processes:
+            process.join(timeout=60)
+        size = sum(map(len, messages))
+        return {
+            "workers": workers,
+            "messages": len(messages),
+            "seconds": round(wall, 3),
+            "msgs_per_s": round(len(messages) / wall, 1),
+            "mb_per_s": round(size / 1e6 / wall, 2),
+            "cpu_seconds_per_worker": round(sum(r[2] for r in reports) / workers, 2),
+            "peak_rss_mb": round(max(r[3] for r in reports), 1),
         }
     finally:
         shutil.rmtree(home, ignore_errors=True)
