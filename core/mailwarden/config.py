@@ -21,6 +21,7 @@ from .errors import ConfigError
 
 __all__ = [
     "Config",
+    "ContentFilterConfig",
     "DeliveryConfig",
     "DetectorsConfig",
     "DirectoryConfig",
@@ -28,6 +29,7 @@ __all__ = [
     "DkimKeyConfig",
     "EventsConfig",
     "GatewayConfig",
+    "MilterConfig",
     "RuleActions",
     "RuleConfig",
     "SmtpConfig",
@@ -81,6 +83,49 @@ class SmtpConfig(_Section):
     max_connections_per_ip: Positive = 50
     # Processes accepting on the same port (SO_REUSEPORT); 0 means one per core.
     workers: Annotated[int, msgspec.Meta(ge=0, le=256)] = 1
+
+
+class MilterConfig(_Section):
+    """``[milter]``: the milter listener for Postfix (``smtpd_milters``) and Sendmail.
+
+    Listens on ``listen:port``, or on the UNIX socket ``unix_socket`` (relative to the home)
+    when set. A message above ``max_message_size`` bytes gets 552; ``timeout`` is the idle
+    time allowed between two packets; while a message is scanned the MTA is told every
+    ``progress_interval`` seconds that we are still working. ``quarantine = "store"`` keeps a
+    quarantined message in our quarantine and discards it at the MTA; ``"hold"`` puts it in
+    the MTA's hold queue (Postfix: ``postsuper -H`` releases it).
+    """
+
+    enabled: bool = False
+    listen: str = "127.0.0.1"
+    port: Port = 8891
+    unix_socket: str = ""
+    max_message_size: Positive = 50 * 1024 * 1024
+    max_connections: Positive = 500
+    timeout: Seconds = 300.0
+    progress_interval: Seconds = 10.0
+    quarantine: Literal["store", "hold"] = "store"
+
+
+class ContentFilterConfig(_Section):
+    """``[content_filter]``: Postfix's after-queue content filter (``content_filter``).
+
+    An SMTP listener on ``listen:port`` that scans and sends what passes back to Postfix at
+    ``reinject`` ("host:port", Postfix's re-injection smtpd), with XFORWARD attributes when
+    that smtpd offers them (``xforward``). The 250 is given only once the re-injection was
+    accepted; any failure is answered 451, so Postfix keeps the message and retries.
+    """
+
+    enabled: bool = False
+    listen: str = "127.0.0.1"
+    port: Port = 10025
+    reinject: str = "127.0.0.1:10026"
+    xforward: bool = True
+    max_message_size: Positive = 50 * 1024 * 1024
+    max_recipients: Positive = 1000
+    max_connections: Positive = 100
+    timeout: Seconds = 300.0
+    reinject_timeout: Seconds = 60.0
 
 
 class DeliveryConfig(_Section):
@@ -350,6 +395,8 @@ class Config(_Section):
 
     gateway: GatewayConfig = msgspec.field(default_factory=GatewayConfig)
     smtp: SmtpConfig = msgspec.field(default_factory=SmtpConfig)
+    milter: MilterConfig = msgspec.field(default_factory=MilterConfig)
+    content_filter: ContentFilterConfig = msgspec.field(default_factory=ContentFilterConfig)
     delivery: DeliveryConfig = msgspec.field(default_factory=DeliveryConfig)
     detectors: DetectorsConfig = msgspec.field(default_factory=DetectorsConfig)
     events: EventsConfig = msgspec.field(default_factory=EventsConfig)
@@ -376,6 +423,8 @@ class Config(_Section):
 _CORE_SECTIONS: dict[str, type[Any]] = {
     "gateway": GatewayConfig,
     "smtp": SmtpConfig,
+    "milter": MilterConfig,
+    "content_filter": ContentFilterConfig,
     "delivery": DeliveryConfig,
     "detectors": DetectorsConfig,
     "events": EventsConfig,

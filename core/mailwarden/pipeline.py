@@ -65,6 +65,8 @@ _REFUSING = (ActionKind.REJECT, ActionKind.TEMPFAIL)
 _RELOAD_SECTIONS = (
     "gateway",
     "smtp",
+    "milter",
+    "content_filter",
     "delivery",
     "detectors",
     "events",

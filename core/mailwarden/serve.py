@@ -14,6 +14,8 @@ from typing import Any
 
 from . import __version__
 from .errors import ConfigError
+from .ingress.content_filter import start_content_filter
+from .ingress.milter import start_milter_server
 from .ingress.smtp import start_smtp_servers
 from .pipeline import Gateway
 from .workers import run_workers, worker_count
@@ -61,6 +63,16 @@ async def run(
                 announce(f"  smtps    {cfg.smtp.listen}:{cfg.smtp.tls_port}  (implicit TLS)")
         if cfg.web.enabled:
             web_server, web_task = await start_web(gateway, announce)
+        reuse_port = worker_count(cfg.smtp.workers) > 1
+        if cfg.milter.enabled:
+            servers.append(await start_milter_server(gateway, reuse_port=reuse_port))
+            where = cfg.milter.unix_socket or f"{cfg.milter.listen}:{cfg.milter.port}"
+            announce(f"  milter   {where}  (Postfix smtpd_milters / Sendmail INPUT_MAIL_FILTER)")
+        if cfg.content_filter.enabled:
+            servers.append(await start_content_filter(gateway, reuse_port=reuse_port))
+            cf = cfg.content_filter
+            where = f"{cf.listen}:{cf.port}"
+            announce(f"  filter   {where}  (after-queue; re-injects to {cf.reinject})")
         # The queue resumes what the spool holds from before a restart.
         await gateway.delivery.start()
         if gateway.delivery.relaying:

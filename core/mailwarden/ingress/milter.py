@@ -1,0 +1,734 @@
+"""The milter ingress: a Sendmail/Postfix milter (protocol version 6) server on asyncio.
+
+The MTA keeps the message and the SMTP session; we answer once per message at end-of-body
+(EOB), after the headers and body chunks have been reassembled and scanned once. Replies
+are accept, reject or tempfail with our own code and text (SMFIR_REPLYCODE), discard, or
+quarantine (SMFIR_QUARANTINE: Postfix's hold queue), preceded by end-of-message changes
+(headers added, changed or inserted, body replaced, sender changed, recipients added or
+deleted).
+
+Written by hand rather than on a library: pymilter needs libmilter and a thread per
+connection, purepythonmilter has no progress replies, no UNIX sockets and no state across
+stages, and the protocol is small (docs/embedding.md). The codec below is pure functions
+(``split_packets``, ``decode_command``, the ``encode_*`` helpers) so that it can be tested on
+its own, fuzzed with hypothesis, and reused by a test MTA.
+
+Wire format (Sendmail mfdef.h, Postfix milter8.c): ``u32 length`` (network order, counting
+the command byte), one command byte, then ``length - 1`` bytes of data; strings end in NUL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import struct
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal, Protocol
+
+from mailwarden_native import parse
+from mailwarden_sdk import ActionKind, Envelope
+
+if TYPE_CHECKING:
+    from ..pipeline import Decision, Gateway
+
+__all__ = [
+    "GatewayMilter",
+    "MilterHandler",
+    "MilterMessage",
+    "MilterProtocolError",
+    "MilterResult",
+    "MilterServer",
+    "decode_command",
+    "encode_packet",
+    "split_packets",
+    "start_milter_server",
+]
+
+log = logging.getLogger(__name__)
+
+VERSION = 6
+
+# Commands from the MTA (SMFIC_*).
+ABORT, BODY, CONNECT, MACRO, BODYEOB, HELO = "A", "B", "C", "D", "E", "H"
+QUIT_NC, HEADER, MAIL, EOH, OPTNEG, QUIT = "K", "L", "M", "N", "O", "Q"
+RCPT, DATA, UNKNOWN = "R", "T", "U"
+
+# Replies and end-of-message changes (SMFIR_*).
+R_ADDRCPT, R_DELRCPT, R_ADDRCPT_PAR, R_SHUTDOWN = "+", "-", "2", "4"
+R_ACCEPT, R_REPLBODY, R_CONTINUE, R_DISCARD, R_CHGFROM = "a", "b", "c", "d", "e"
+R_CONN_FAIL, R_ADDHEADER, R_INSHEADER, R_CHGHEADER = "f", "h", "i", "m"
+R_PROGRESS, R_QUARANTINE, R_REJECT, R_SKIP, R_TEMPFAIL, R_REPLYCODE = "p", "q", "r", "s", "t", "y"
+
+# Actions the filter may take (SMFIF_*).
+F_ADDHDRS, F_CHGBODY, F_ADDRCPT, F_DELRCPT = 0x1, 0x2, 0x4, 0x8
+F_CHGHDRS, F_QUARANTINE, F_CHGFROM, F_ADDRCPT_PAR, F_SETSYMLIST = 0x10, 0x20, 0x40, 0x80, 0x100
+
+# Protocol steps (SMFIP_*): NO* the MTA skips a stage, NR_* we send no reply to it.
+P_NOCONNECT, P_NOHELO, P_NOMAIL, P_NORCPT, P_NOBODY, P_NOHDRS = 0x1, 0x2, 0x4, 0x8, 0x10, 0x20
+P_NOEOH, P_NR_HDR, P_NOUNKNOWN, P_NODATA, P_SKIP, P_RCPT_REJ = (
+    0x40,
+    0x80,
+    0x100,
+    0x200,
+    0x400,
+    0x800,
+)
+P_NR_CONN, P_NR_HELO, P_NR_MAIL, P_NR_RCPT = 0x1000, 0x2000, 0x4000, 0x8000
+P_NR_DATA, P_NR_UNKN, P_NR_EOH, P_NR_BODY = 0x10000, 0x20000, 0x40000, 0x80000
+P_HDR_LEADSPC = 0x100000
+
+# Everything we can do at end of message; the MTA's offer trims it.
+WANTED_ACTIONS = (
+    F_ADDHDRS | F_CHGBODY | F_ADDRCPT | F_DELRCPT | F_CHGHDRS | F_QUARANTINE | F_CHGFROM
+)
+WANTED_ACTIONS |= F_ADDRCPT_PAR | F_SETSYMLIST
+# We decide once, at EOB, so no earlier stage needs a reply: each NR_* saves a round trip
+# per command. HDR_LEADSPC keeps header values byte-exact for the reassembled message.
+WANTED_PROTOCOL = (
+    P_NR_CONN | P_NR_HELO | P_NR_MAIL | P_NR_RCPT | P_NR_DATA | P_NR_UNKN | P_NR_EOH | P_NR_BODY
+)
+WANTED_PROTOCOL |= P_NR_HDR | P_HDR_LEADSPC
+
+# The stage each no-reply flag covers.
+_NO_REPLY = {
+    CONNECT: P_NR_CONN,
+    HELO: P_NR_HELO,
+    MAIL: P_NR_MAIL,
+    RCPT: P_NR_RCPT,
+    DATA: P_NR_DATA,
+    UNKNOWN: P_NR_UNKN,
+    EOH: P_NR_EOH,
+    HEADER: P_NR_HDR,
+    BODY: P_NR_BODY,
+}
+
+# Macros asked for per stage with SETSYMLIST (stage number, names). Postfix replaces its own
+# lists with these, so each names everything the envelope is built from.
+MACROS: dict[int, str] = {
+    0: "j _ {daemon_name} {client_addr} {client_name} {client_port} {client_ptr}",
+    1: "{tls_version} {cipher}",
+    2: "i {auth_authen} {mail_addr}",
+    3: "{rcpt_addr}",
+    5: "i",
+}
+
+# Body chunks we send are at most this (MILTER_CHUNK_SIZE, Postfix milter8.c).
+CHUNK = 65535
+# A packet larger than this is a broken or hostile peer (the MTA's largest is a body chunk).
+MAX_PACKET = 1 << 20
+
+_COMMANDS = frozenset("ABCDEHKLMNOQRTU")
+
+
+class MilterProtocolError(ValueError):
+    """A packet that does not follow the milter protocol; the connection is closed."""
+
+
+# -- codec -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Command:
+    """One decoded command from the MTA. Which fields are set depends on ``code``."""
+
+    code: str
+    args: tuple[str, ...] = ()
+    data: bytes = b""
+    version: int = 0
+    actions: int = 0
+    protocol: int = 0
+    stage: str = ""
+    macros: tuple[tuple[str, str], ...] = ()
+    family: str = ""
+    port: int = 0
+
+
+def encode_packet(code: str, data: bytes = b"") -> bytes:
+    """One packet: length, command byte, data."""
+    return struct.pack("!I", len(data) + 1) + code.encode("latin-1") + data
+
+
+def split_packets(buffer: bytes, limit: int = MAX_PACKET) -> tuple[list[tuple[str, bytes]], bytes]:
+    """The complete packets at the start of ``buffer`` and the bytes left over.
+
+    Raises :class:`MilterProtocolError` for a length of zero or above ``limit``.
+    """
+    packets: list[tuple[str, bytes]] = []
+    offset = 0
+    while len(buffer) - offset >= 4:
+        (length,) = struct.unpack_from("!I", buffer, offset)
+        check_length(length, limit)
+        if len(buffer) - offset - 4 < length:
+            break
+        start = offset + 4
+        packets.append((chr(buffer[start]), bytes(buffer[start + 1 : start + length])))
+        offset = start + length
+    return packets, bytes(buffer[offset:])
+
+
+def check_length(length: int, limit: int = MAX_PACKET) -> None:
+    """Refuse a packet length that cannot be valid before reading its data."""
+    if length < 1:
+        raise MilterProtocolError("packet of length 0 (no command byte)")
+    if length > limit:
+        raise MilterProtocolError(f"packet of {length} bytes exceeds the limit of {limit}")
+
+
+def _text(raw: bytes) -> str:
+    # Addresses and header values may carry 8-bit bytes; surrogateescape keeps them exact.
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def _cstrings(data: bytes, what: str) -> list[str]:
+    if not data:
+        return []
+    if not data.endswith(b"\0"):
+        raise MilterProtocolError(f"{what}: string not NUL-terminated")
+    return [_text(part) for part in data[:-1].split(b"\0")]
+
+
+def decode_command(code: str, data: bytes) -> Command:
+    """Decode the payload of one command; :class:`MilterProtocolError` when it is malformed."""
+    if code not in _COMMANDS:
+        raise MilterProtocolError(f"unknown command {code!r}")
+    if code == OPTNEG:
+        if len(data) < 12:
+            raise MilterProtocolError(f"OPTNEG: {len(data)} bytes, need 12")
+        version, actions, protocol = struct.unpack_from("!III", data)
+        return Command(code, version=version, actions=actions, protocol=protocol)
+    if code == MACRO:
+        if not data:
+            raise MilterProtocolError("MACRO without a stage")
+        pairs = _cstrings(data[1:], "MACRO")
+        if len(pairs) % 2:
+            raise MilterProtocolError("MACRO: a name without a value")
+        macros = tuple(zip(pairs[::2], pairs[1::2], strict=True))
+        return Command(code, stage=chr(data[0]), macros=macros)
+    if code == CONNECT:
+        end = data.find(b"\0")
+        if end < 0 or len(data) < end + 2:
+            raise MilterProtocolError("CONNECT: no host name or family")
+        host, family = _text(data[:end]), chr(data[end + 1])
+        if family == "U":
+            return Command(code, args=(host, ""), family=family)
+        rest = data[end + 2 :]
+        if len(rest) < 3 or family not in "L46":
+            raise MilterProtocolError(f"CONNECT: bad family {family!r} or address")
+        (port,) = struct.unpack_from("!H", rest)
+        address = _cstrings(rest[2:], "CONNECT")
+        if len(address) != 1:
+            raise MilterProtocolError("CONNECT: address is not one string")
+        return Command(code, args=(host, address[0]), family=family, port=port)
+    if code in (HELO, MAIL, RCPT, UNKNOWN):
+        args = _cstrings(data, code)
+        if not args:
+            raise MilterProtocolError(f"command {code!r} without an argument")
+        return Command(code, args=tuple(args))
+    if code == HEADER:
+        parts = _cstrings(data, "HEADER")
+        if len(parts) != 2:
+            raise MilterProtocolError("HEADER: need a name and a value")
+        return Command(code, args=(parts[0], parts[1]))
+    # BODY, and EOB which may carry a last chunk (Sendmail); the rest carry nothing.
+    return Command(code, data=data if code in (BODY, BODYEOB) else b"")
+
+
+def encode_optneg(version: int, actions: int, protocol: int, macros: dict[int, str]) -> bytes:
+    """Our OPTNEG reply, with the macro lists per stage when SETSYMLIST was agreed."""
+    data = struct.pack("!III", version, actions, protocol)
+    if actions & F_SETSYMLIST:
+        for stage, names in sorted(macros.items()):
+            data += struct.pack("!I", stage) + names.encode("ascii") + b"\0"
+    return encode_packet(OPTNEG, data)
+
+
+def _cs(*values: str) -> bytes:
+    return b"".join(v.encode("utf-8", "surrogateescape") + b"\0" for v in values)
+
+
+def encode_replycode(code: int, text: str) -> bytes:
+    """SMFIR_REPLYCODE: ``"550 5.7.1 text"``; ``%`` is doubled (the MTA formats it)."""
+    if not 400 <= code <= 599:
+        raise ValueError(f"a milter reply code must be 4xx or 5xx, not {code}")
+    clean = " ".join(text.split()).replace("%", "%%")
+    return encode_packet(R_REPLYCODE, _cs(f"{code} {clean}"))
+
+
+# -- what the handler sees and answers ---------------------------------------------------------
+
+
+@dataclass
+class MilterMessage:
+    """One message as the MTA described it, reassembled at end of body."""
+
+    macros: dict[str, str] = field(default_factory=dict)
+    hostname: str = ""
+    family: str = ""
+    address: str = ""
+    port: int = 0
+    helo: str = ""
+    sender: str = ""
+    sender_args: list[str] = field(default_factory=list)
+    #: Recipients as the MTA gave them (``<a@b>``), each with its ESMTP arguments.
+    recipients: list[tuple[str, list[str]]] = field(default_factory=list)
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    body: bytearray = field(default_factory=bytearray)
+    size: int = 0
+    #: The message exceeded the size limit: body bytes beyond it were not kept.
+    oversized: bool = False
+    leading_space: bool = False
+
+    @property
+    def queue_id(self) -> str | None:
+        return self.macros.get("i") or None
+
+    def raw(self) -> bytes:
+        """Headers and body as one RFC 5322 message with CR LF line ends."""
+        out = bytearray()
+        for name, value in self.headers:
+            sep = ":" if self.leading_space else ": "
+            out += (name + sep + value).encode("utf-8", "surrogateescape")
+            out += b"\r\n"
+        out += b"\r\n"
+        out += self.body
+        # Postfix sends folded header lines joined by a bare LF; make every line end CR LF.
+        return re.sub(rb"\r?\n", b"\r\n", bytes(out))
+
+
+@dataclass
+class MilterResult:
+    """The answer at end of message: changes first, then one final reply.
+
+    ``reply`` is ``accept``, ``continue``, ``reject``, ``tempfail`` or ``discard``; with
+    ``code`` and ``text`` a reject or tempfail carries our own SMTP reply.
+    """
+
+    reply: Literal["accept", "continue", "reject", "tempfail", "discard"] = "accept"
+    code: int | None = None
+    text: str = ""
+    add_headers: list[tuple[str, str]] = field(default_factory=list)
+    #: (index, name, value): inserted at 0-based position ``index``.
+    insert_headers: list[tuple[int, str, str]] = field(default_factory=list)
+    #: (name, occurrence, value): 1-based occurrence of ``name``; an empty value deletes it.
+    change_headers: list[tuple[str, int, str]] = field(default_factory=list)
+    body: bytes | None = None
+    sender: str | None = None
+    add_recipients: list[str] = field(default_factory=list)
+    delete_recipients: list[str] = field(default_factory=list)
+    quarantine: str | None = None
+
+
+class MilterHandler(Protocol):
+    """Decides about one reassembled message."""
+
+    async def end_of_message(self, message: MilterMessage) -> MilterResult: ...
+
+
+# -- the server ---------------------------------------------------------------------------------
+
+
+class _Closed(Exception):
+    """The session ends (QUIT, or a protocol error already logged)."""
+
+
+class MilterServer:
+    """Serves the milter protocol for ``handler``; one task per MTA connection."""
+
+    def __init__(
+        self,
+        handler: MilterHandler,
+        *,
+        max_message_size: int = 50 * 1024 * 1024,
+        max_connections: int = 500,
+        timeout: float = 300.0,
+        progress_interval: float = 10.0,
+        protocol: int = WANTED_PROTOCOL,
+    ) -> None:
+        self.handler = handler
+        self.max_message_size = max_message_size
+        self.max_connections = max_connections
+        self.timeout = timeout
+        self.progress_interval = progress_interval
+        self.wanted_protocol = protocol
+        self.connections = 0
+
+    async def start(self, host: str, port: int, *, reuse_port: bool = False) -> asyncio.Server:
+        """Listen on TCP ``host:port``."""
+        from .smtp import _listening_socket
+
+        return await asyncio.start_server(
+            self.serve_connection, sock=_listening_socket(host, port, reuse_port)
+        )
+
+    async def start_unix(self, path: str) -> asyncio.Server:
+        """Listen on a UNIX socket (Postfix ``unix:path``); a stale socket file is replaced."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        server = await asyncio.start_unix_server(self.serve_connection, path=path)
+        # The MTA runs as its own user; the socket's directory is what protects it.
+        os.chmod(path, 0o666)
+        return server
+
+    async def serve_connection(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """One MTA connection, until QUIT, EOF, a timeout or a protocol error."""
+        peer = writer.get_extra_info("peername") or "unix"
+        if self.connections >= self.max_connections:
+            # The MTA applies its milter_default_action; for Postfix's tempfail nothing is lost.
+            log.warning("milter: refusing %s: %d connections open", peer, self.connections)
+            writer.close()
+            return
+        self.connections += 1
+        session = _Session(self, writer)
+        try:
+            while True:
+                async with asyncio.timeout(self.timeout):
+                    head = await reader.readexactly(4)
+                    (length,) = struct.unpack("!I", head)
+                    check_length(length, MAX_PACKET)
+                    packet = await reader.readexactly(length)
+                await session.handle(decode_command(chr(packet[0]), packet[1:]))
+        except _Closed:
+            pass
+        except asyncio.IncompleteReadError as exc:
+            if exc.partial:
+                log.warning("milter: %s closed the connection inside a packet", peer)
+        except MilterProtocolError as exc:
+            log.warning("milter: closing the connection from %s: %s", peer, exc)
+        except TimeoutError:
+            log.warning("milter: %s sent nothing for %g s; closing", peer, self.timeout)
+        except (ConnectionError, OSError) as exc:
+            log.info("milter: connection from %s lost: %r", peer, exc)
+        finally:
+            self.connections -= 1
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+
+class _Session:
+    """The state of one milter connection (one SMTP session, or several with QUIT_NC)."""
+
+    def __init__(self, server: MilterServer, writer: asyncio.StreamWriter) -> None:
+        self.server = server
+        self.writer = writer
+        self.actions = 0
+        self.protocol = 0
+        self.negotiated = False
+        self.connection = MilterMessage()
+        self.message = MilterMessage()
+        self.in_message = False
+
+    def send(self, packet: bytes) -> None:
+        self.writer.write(packet)
+
+    async def reply(self, code: str, stage: str) -> None:
+        if not self.protocol & _NO_REPLY.get(stage, 0):
+            self.send(encode_packet(code))
+            await self.writer.drain()
+
+    def _new_message(self) -> MilterMessage:
+        c = self.connection
+        return MilterMessage(
+            macros=dict(c.macros),
+            hostname=c.hostname,
+            family=c.family,
+            address=c.address,
+            port=c.port,
+            helo=c.helo,
+            leading_space=bool(self.protocol & P_HDR_LEADSPC),
+        )
+
+    async def handle(self, cmd: Command) -> None:
+        code = cmd.code
+        if code == OPTNEG:
+            await self._optneg(cmd)
+            return
+        if not self.negotiated:
+            raise MilterProtocolError(f"command {code!r} before option negotiation")
+        if code == MACRO:
+            target = self.message if self.in_message or cmd.stage in "MRTLNEB" else None
+            for name, value in cmd.macros:
+                # Postfix sends "{name}" and Sendmail sometimes "name": store one form.
+                key = name[1:-1] if name.startswith("{") and name.endswith("}") else name
+                (target or self.connection).macros[key] = value
+                if target is None:
+                    self.message.macros[key] = value
+            return
+        if code == CONNECT:
+            c = self.connection
+            c.hostname, c.address, c.family, c.port = cmd.args[0], cmd.args[1], cmd.family, cmd.port
+            self.message = self._new_message()
+        elif code == HELO:
+            self.connection.helo = self.message.helo = cmd.args[0]
+        elif code == MAIL:
+            macros = self.message.macros
+            self.message = self._new_message()
+            self.message.macros.update(macros)
+            self.in_message = True
+            self.message.sender, self.message.sender_args = cmd.args[0], list(cmd.args[1:])
+        elif code == RCPT:
+            self.message.recipients.append((cmd.args[0], list(cmd.args[1:])))
+        elif code == HEADER:
+            self._count(len(cmd.args[0]) + len(cmd.args[1]) + 4)
+            if not self.message.oversized:
+                self.message.headers.append((cmd.args[0], cmd.args[1]))
+        elif code == BODY:
+            self._body(cmd.data)
+        elif code == BODYEOB:
+            self._body(cmd.data)
+            await self._end_of_message()
+            return
+        elif code == ABORT:
+            self.message = self._new_message()
+            self.in_message = False
+            return
+        elif code == QUIT:
+            raise _Closed
+        elif code == QUIT_NC:
+            # The MTA keeps the connection for a new SMTP session: forget this one's state.
+            self.connection = MilterMessage()
+            self.message = self._new_message()
+            self.in_message = False
+            return
+        await self.reply(R_CONTINUE, code)
+
+    def _count(self, size: int) -> None:
+        self.message.size += size
+        if self.message.size > self.server.max_message_size:
+            # Stop keeping data but keep reading: the answer (552) is given at end of body.
+            self.message.oversized = True
+            self.message.body.clear()
+
+    def _body(self, chunk: bytes) -> None:
+        if not chunk:
+            return
+        self._count(len(chunk))
+        if not self.message.oversized:
+            self.message.body += chunk
+
+    async def _optneg(self, cmd: Command) -> None:
+        if cmd.version < 2:
+            raise MilterProtocolError(f"MTA speaks milter protocol {cmd.version}; need 2 or more")
+        version = min(cmd.version, VERSION)
+        self.actions = WANTED_ACTIONS & cmd.actions
+        self.protocol = self.server.wanted_protocol & cmd.protocol
+        self.negotiated = True
+        self.send(encode_optneg(version, self.actions, self.protocol, MACROS))
+        await self.writer.drain()
+
+    async def _end_of_message(self) -> None:
+        message, self.message = self.message, self._new_message()
+        self.in_message = False
+        if message.oversized:
+            result = MilterResult("reject", 552, "5.3.4 Message too big for the content filter")
+        else:
+            result = await self._decide(message)
+        self._send_result(result)
+        await self.writer.drain()
+
+    async def _decide(self, message: MilterMessage) -> MilterResult:
+        task = asyncio.ensure_future(self.server.handler.end_of_message(message))
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=self.server.progress_interval)
+                if done:
+                    return task.result()
+                # Resets the MTA's timer (Postfix milter_content_timeout) while we scan.
+                self.send(encode_packet(R_PROGRESS))
+                await self.writer.drain()
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        except Exception:
+            log.exception("milter: deciding about %s failed; tempfail", message.queue_id)
+            return MilterResult("tempfail", 451, "4.3.0 Temporary content filter failure")
+
+    def _allowed(self, flag: int, what: str) -> bool:
+        if self.actions & flag:
+            return True
+        log.warning("milter: the MTA did not allow %s; skipped", what)
+        return False
+
+    def _send_result(self, r: MilterResult) -> None:
+        space = " " if self.protocol & P_HDR_LEADSPC else ""
+        out: list[bytes] = []
+        if r.add_headers and self._allowed(F_ADDHDRS, "adding headers"):
+            out += [encode_packet(R_ADDHEADER, _cs(n, space + v)) for n, v in r.add_headers]
+        if r.insert_headers and self._allowed(F_ADDHDRS, "inserting headers"):
+            out += [
+                encode_packet(R_INSHEADER, struct.pack("!I", i) + _cs(n, space + v))
+                for i, n, v in r.insert_headers
+            ]
+        if r.change_headers and self._allowed(F_CHGHDRS, "changing headers"):
+            out += [
+                encode_packet(R_CHGHEADER, struct.pack("!I", i) + _cs(n, space + v if v else ""))
+                for n, i, v in r.change_headers
+            ]
+        if r.body is not None and self._allowed(F_CHGBODY, "replacing the body"):
+            body = r.body or b""
+            out += [
+                encode_packet(R_REPLBODY, body[i : i + CHUNK]) for i in range(0, len(body), CHUNK)
+            ] or [encode_packet(R_REPLBODY)]
+        if r.sender is not None and self._allowed(F_CHGFROM, "changing the sender"):
+            out.append(encode_packet(R_CHGFROM, _cs(r.sender)))
+        if r.add_recipients and self._allowed(F_ADDRCPT, "adding recipients"):
+            out += [encode_packet(R_ADDRCPT, _cs(a)) for a in r.add_recipients]
+        if r.delete_recipients and self._allowed(F_DELRCPT, "deleting recipients"):
+            out += [encode_packet(R_DELRCPT, _cs(a)) for a in r.delete_recipients]
+        if r.quarantine is not None and self._allowed(F_QUARANTINE, "quarantine"):
+            out.append(encode_packet(R_QUARANTINE, _cs(r.quarantine or "held")))
+        if r.reply in ("reject", "tempfail") and r.code is not None:
+            out.append(encode_replycode(r.code, r.text))
+        else:
+            final = {
+                "accept": R_ACCEPT,
+                "continue": R_CONTINUE,
+                "reject": R_REJECT,
+                "tempfail": R_TEMPFAIL,
+                "discard": R_DISCARD,
+            }[r.reply]
+            out.append(encode_packet(final))
+        self.writer.write(b"".join(out))
+
+
+# -- the gateway as a milter handler ----------------------------------------------------------
+
+
+def _address(value: str) -> str:
+    value = value.strip()
+    return value[1:-1] if value.startswith("<") and value.endswith(">") else value
+
+
+_REFUSING = (ActionKind.REJECT, ActionKind.TEMPFAIL)
+
+
+class GatewayMilter:
+    """Scans with the gateway and turns its decision into milter changes and a reply.
+
+    The MTA answers once for all recipients. When they fall under different rules each rule's
+    scan runs; if every rule refuses, the refusal is the answer (a temporary one wins, so
+    nothing is lost); otherwise the message is accepted and the recipients whose rule refuses,
+    discards or quarantines are deleted from it (SMFIR_DELRCPT) - the per-recipient policy the
+    protocol allows.
+    """
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        *,
+        quarantine: Literal["store", "hold"] = "store",
+        on_decision: Callable[[Decision], Awaitable[None]] | None = None,
+    ) -> None:
+        self.gateway = gateway
+        self.quarantine = quarantine
+        self._on_decision = on_decision
+
+    def envelope(self, m: MilterMessage) -> Envelope:
+        """What the MTA told us, as the gateway's envelope."""
+        macros = m.macros
+        address = macros.get("client_addr") or (m.address if m.family in "46" else None)
+        return Envelope(
+            mail_from=_address(m.sender),
+            rcpt_to=[_address(r) for r, _ in m.recipients],
+            client_address=address or None,
+            client_name=macros.get("client_name") or m.hostname or None,
+            helo=m.helo or None,
+            queue_id=m.queue_id,
+            tls=bool(macros.get("tls_version")),
+            authenticated_user=macros.get("auth_authen") or None,
+        )
+
+    async def end_of_message(self, message: MilterMessage) -> MilterResult:
+        from ..pipeline import _accepted_form
+
+        gateway = self.gateway
+        raw = message.raw()
+        envelope = self.envelope(message)
+        groups = gateway.split_recipients(envelope)
+        parsed = await asyncio.to_thread(parse, raw)
+        decisions = [await gateway.scan(raw, env, message=parsed) for _, env in groups]
+        if all(d.action.kind in _REFUSING for d in decisions):
+            chosen = next((d for d in decisions if d.action.kind is ActionKind.TEMPFAIL), None)
+            chosen = chosen or decisions[0]
+            temporary = chosen.action.kind is ActionKind.TEMPFAIL
+            result = MilterResult(
+                "tempfail" if temporary else "reject",
+                chosen.action.smtp_code,
+                chosen.action.smtp_text,
+            )
+            for d in decisions:
+                self._record(d, f"{result.code} {result.text}")
+            return result
+        if len(decisions) == 1:
+            result = await self._single(decisions[0])
+        else:
+            result = MilterResult("accept")
+            by_address = {_address(r): r for r, _ in message.recipients}
+            for d in decisions:
+                d.action = _accepted_form(d.action)
+                if d.action.kind is ActionKind.DELIVER:
+                    continue
+                if d.action.kind is ActionKind.QUARANTINE:
+                    # The MTA's hold queue holds a message for everyone: a part is ours.
+                    await asyncio.to_thread(gateway.quarantine.deliver, d.with_headers())
+                result.delete_recipients += [by_address.get(r, r) for r in d.envelope.rcpt_to]
+            delivered = [d for d in decisions if d.action.kind is ActionKind.DELIVER]
+            if delivered:
+                self._tag(result, delivered[0])
+            else:
+                result = MilterResult("discard")
+        for d in decisions:
+            self._record(d, f"{d.action.smtp_code} {d.action.smtp_text}")
+        return result
+
+    async def _single(self, d: Decision) -> MilterResult:
+        kind = d.action.kind
+        result = MilterResult("accept")
+        if kind is ActionKind.DELIVER:
+            self._tag(result, d)
+        elif kind is ActionKind.QUARANTINE and self.quarantine == "hold":
+            result.add_headers = list(d.action.add_headers)
+            result.quarantine = f"mailwarden {d.action.reason} {d.id[:12]}"
+        elif kind is ActionKind.QUARANTINE:
+            await asyncio.to_thread(self.gateway.quarantine.deliver, d.with_headers())
+            result = MilterResult("discard")
+        else:
+            result = MilterResult("discard")
+        return result
+
+    @staticmethod
+    def _tag(result: MilterResult, d: Decision) -> None:
+        result.add_headers = list(d.action.add_headers)
+        tag = d.action.subject_tag
+        if tag:
+            subject = d.message.subject or ""
+            if subject:
+                result.change_headers.append(("Subject", 1, f"{tag} {subject}"))
+            else:
+                result.add_headers.append(("Subject", tag))
+
+    def _record(self, decision: Decision, reply: str) -> None:
+        self.gateway.record(decision, ingress="milter", reply=reply)
+
+
+async def start_milter_server(gateway: Gateway, *, reuse_port: bool = False) -> asyncio.Server:
+    """Listen as ``[milter]`` says (TCP, or a UNIX socket when ``unix_socket`` is set)."""
+    cfg = gateway.config.milter
+    server = MilterServer(
+        GatewayMilter(gateway, quarantine=cfg.quarantine),
+        max_message_size=cfg.max_message_size,
+        max_connections=cfg.max_connections,
+        timeout=cfg.timeout,
+        progress_interval=cfg.progress_interval,
+    )
+    if cfg.unix_socket:
+        return await server.start_unix(str(gateway.config.path_in_home(cfg.unix_socket)))
+    return await server.start(cfg.listen, cfg.port, reuse_port=reuse_port)

@@ -1,0 +1,455 @@
+"""The milter server over a real 127.0.0.1 socket, driven by a test MTA speaking milter v6."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mailwarden.ingress.milter import (
+    MACROS,
+    WANTED_ACTIONS,
+    WANTED_PROTOCOL,
+    GatewayMilter,
+    MilterHandler,
+    MilterMessage,
+    MilterProtocolError,
+    MilterResult,
+    MilterServer,
+    decode_command,
+    encode_packet,
+    encode_replycode,
+    split_packets,
+)
+from mailwarden.testing import _gateway
+from tests.conftest import EICAR, make_message
+from tests.milter_mta import NO_REPLIES, Mta
+
+GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
+
+RULES = """
+[[rules]]
+name = "hold"
+recipients = ["@hold.test"]
+[rules.actions]
+infected = "quarantine"
+[[rules]]
+name = "tag"
+recipients = ["@tag.test"]
+[rules.actions]
+spam = "deliver"
+[[rules]]
+name = "default"
+"""
+
+
+def run_with_server(
+    tmp_path: Path,
+    body: Callable[[int, Any], Awaitable[None]],
+    *,
+    handler: MilterHandler | None = None,
+    config: str = RULES,
+    **server_options: Any,
+) -> None:
+    """Start a gateway and a milter server on a free port, run ``body(port, gateway)``."""
+
+    async def main() -> None:
+        gateway = _gateway(None, True, config, tmp_path / "home")
+        async with gateway:
+            server = MilterServer(handler or GatewayMilter(gateway), **server_options)
+            listener = await server.start("127.0.0.1", 0)
+            port = listener.sockets[0].getsockname()[1]
+            try:
+                async with asyncio.timeout(60):
+                    await body(port, gateway)
+                # Let the server see every client's EOF before the loop goes away.
+                for _ in range(100):
+                    if not server.connections:
+                        break
+                    await asyncio.sleep(0.02)
+            finally:
+                listener.close()
+                await listener.wait_closed()
+
+    asyncio.run(main())
+
+
+def test_option_negotiation_takes_what_the_mta_offers(tmp_path: Path) -> None:
+    async def body(port: int, _gw: Any) -> None:
+        mta = await Mta.connect(port)
+        version, actions, protocol = await mta.optneg()
+        assert (version, actions, protocol) == (6, WANTED_ACTIONS, WANTED_PROTOCOL)
+        assert mta.macro_lists == MACROS
+        await mta.close()
+        # An older MTA offering less gets a subset, never more than it offered.
+        mta = await Mta.connect(port)
+        version, actions, protocol = await mta.optneg(version=4, actions=0x3F, protocol=0x7F)
+        assert (version, actions & ~0x3F, protocol & ~0x7F) == (4, 0, 0)
+        assert mta.macro_lists == {}  # no SETSYMLIST offered, so no lists
+        await mta.close()
+
+    run_with_server(tmp_path, body)
+
+
+@pytest.mark.parametrize("protocol", [0, 0x1FFFFF], ids=["reply-every-stage", "no-replies"])
+def test_clean_message_is_accepted_with_status_headers(tmp_path: Path, protocol: int) -> None:
+    async def body(port: int, gateway: Any) -> None:
+        mta = await Mta.connect(port)
+        await mta.optneg(protocol=protocol)
+        assert (mta.protocol & NO_REPLIES) == (NO_REPLIES if protocol else 0)
+        await mta.session_start()
+        answer = await mta.message(make_message(), queue_id="QID42")
+        assert answer.final == "a"
+        added = dict(answer.headers_added())
+        assert added["X-Mailwarden-Virus"] == "clean"
+        assert added["X-Mailwarden-Spam"].startswith("no,")
+        # A second message on the same connection, as Postfix sends for one SMTP session.
+        again = await mta.message(make_message(subject="second"))
+        assert again.final == "a"
+        mta.send("Q")
+        await mta.close()
+        events = {e.queue_id: e for e in gateway.events.search()}
+        assert [e.ingress for e in events.values()] == ["milter", "milter"]
+        first = events["QID42"]
+        assert first.client_address == "192.0.2.7" and first.helo == "client.test"
+        assert first.rcpt_to == ["bob@example.net"] and first.mail_from == "alice@example.org"
+
+    run_with_server(tmp_path, body)
+
+
+def test_eicar_is_rejected_with_our_code_and_text(tmp_path: Path) -> None:
+    async def body(port: int, _gw: Any) -> None:
+        mta = await Mta.connect(port)
+        await mta.optneg()
+        await mta.session_start()
+        answer = await mta.message(make_message(attachment=EICAR, filename="eicar.com"))
+        assert answer.final == "y"
+        assert answer.reply_text.startswith("550 5.7.1 Message rejected by policy: infected")
+        assert answer.changes == []
+        await mta.close()
+
+    run_with_server(tmp_path, body)
+
+
+def test_spam_under_a_tagging_rule_is_delivered_tagged(tmp_path: Path) -> None:
+    async def body(port: int, _gw: Any) -> None:
+        mta = await Mta.connect(port)
+        await mta.optneg()
+        await mta.session_start()
+        raw = make_message(body=GTUBE + "\n")
+        answer = await mta.message(raw, recipients=("carol@tag.test",))
+        assert answer.final == "a"
+        assert dict(answer.headers_added())["X-Mailwarden-Spam"].startswith("yes, status=spam")
+        rejected = await mta.message(raw, recipients=("bob@example.net",))
+        assert rejected.final == "y" and rejected.reply_text.startswith("550 5.7.1")
+        await mta.close()
+
+    run_with_server(tmp_path, body)
+
+
+def test_quarantine_stores_and_discards_or_holds_at_the_mta(tmp_path: Path) -> None:
+    raw = make_message(attachment=EICAR, filename="eicar.com")
+
+    async def store(port: int, gateway: Any) -> None:
+        mta = await Mta.connect(port)
+        await mta.optneg()
+        await mta.session_start()
+        answer = await mta.message(raw, recipients=("dan@hold.test",))
+        assert answer.final == "d"
+        held = list((gateway.quarantine.root / "new").iterdir())
+        assert len(held) == 1 and b"X-Mailwarden-Virus: infected" in held[0].read_bytes()
+        await mta.close()
+
+    run_with_server(tmp_path / "a", store)
+
+    async def hold(port: int, _gw: Any) -> None:
+        mta = await Mta.connect(port)
+        await mta.optneg()
+        await mta.session_start()
+        answer = await mta.message(raw, recipients=("dan@hold.test",))
+        assert answer.final == "a"
+        codes = [c for c, _ in answer.changes]
+        assert "q" in codes and codes[-1] == "q"
+        assert answer.changes[-1][1].startswith(b"mailwarden infected ")
+        await mta.close()
+
+    async def with_hold(port: int, gateway: Any) -> None:
+        gateway_milter = GatewayMilter(gateway, quarantine="hold")
+        server = MilterServer(gateway_milter)
+        listener = await server.start("127.0.0.1", 0)
+        try:
+            await hold(listener.sockets[0].getsockname()[1], gateway)
+        finally:
+            listener.close()
+
+    run_with_server(tmp_path / "b", with_hold)
+
+
+def test_recipients_under_different_rules_are_split_with_delrcpt(tmp_path: Path) -> None:
+    async def body(port: int, gateway: Any) -> None:
+        mta = await Mta.connect(port)
+        await mta.optneg()
+        await mta.session_start()
+        raw = make_message(attachment=EICAR, filename="eicar.com")
+        # default rejects, hold quarantines: the message is accepted, both are taken out.
+        answer = await mta.message(raw, recipients=("bob@example.net", "dan@hold.test"))
+        assert answer.final == "d"
+        # A clean message to both: accepted for both, nobody deleted.
+        clean = await mta.message(make_message(), recipients=("bob@example.net", "dan@hold.test"))
+        assert clean.final == "a" and not [c for c, _ in clean.changes if c == "-"]
+        # Spam to a tagging rule and the default: the default's recipient is deleted.
+        spam = make_message(body=GTUBE + "\n")
+        split = await mta.message(spam, recipients=("carol@tag.test", "bob@example.net"))
+        assert split.final == "a"
+        assert ("-", b"<bob@example.net>\0") in split.changes
+        await mta.close()
+
+    run_with_server(tmp_path, body)
+
+
+class EveryChange:
+    """A handler using every end-of-message change, and the ways to answer."""
+
+    def __init__(self) -> None:
+        self.seen: list[MilterMessage] = []
+
+    async def end_of_message(self, message: MilterMessage) -> MilterResult:
+        self.seen.append(message)
+        subject = dict(message.headers).get("Subject", "").strip()
+        if subject == "tempfail":
+            return MilterResult("tempfail", 451, "4.7.1 Try 100% later")
+        if subject == "plain reject":
+            return MilterResult("reject")
+        if subject == "slow":
+            await asyncio.sleep(0.35)
+        if subject == "boom":
+            raise RuntimeError("handler bug")
+        return MilterResult(
+            "accept",
+            add_headers=[("X-Added", "yes")],
+            insert_headers=[(0, "X-First", "1")],
+            change_headers=[("Subject", 1, "[tag] " + subject), ("X-Drop", 1, "")],
+            body=b"replaced\r\n" * 10000,
+            sender="<new@example.org>",
+            add_recipients=["<extra@example.net>"],
+            delete_recipients=["<bob@example.net>"],
+            quarantine="look at this",
+        )
+
+
+def test_every_change_is_encoded_in_order_and_replies_carry_codes(tmp_path: Path) -> None:
+    handler = EveryChange()
+
+    async def body(port: int, _gw: Any) -> None:
+        mta = await Mta.connect(port)
+        await mta.optneg()
+        await mta.session_start()
+        raw = make_message(subject="hello").replace(b"Subject:", b"X-Drop: x\r\nSubject:")
+        answer = await mta.message(raw, chunk=100)
+        codes = [c for c, _ in answer.changes]
+        assert codes[:4] == ["h", "i", "m", "m"]
+        assert answer.changes[1][1] == struct.pack("!I", 0) + b"X-First\0 1\0"
+        assert answer.changes[2][1] == struct.pack("!I", 1) + b"Subject\0 [tag] hello\0"
+        assert answer.changes[3][1] == struct.pack("!I", 1) + b"X-Drop\0\0"
+        bodies = [d for c, d in answer.changes if c == "b"]
+        assert len(bodies) == 2 and b"".join(bodies) == b"replaced\r\n" * 10000
+        assert codes[-4:] == ["e", "+", "-", "q"] and answer.final == "a"
+        # The reassembled message is what was sent, whatever the chunking.
+        assert handler.seen[0].raw() == raw
+        assert handler.seen[0].queue_id == "ABC123"
+        temp = await mta.message(make_message(subject="tempfail"))
+        assert (temp.final, temp.reply_text) == ("y", "451 4.7.1 Try 100%% later")
+        plain = await mta.message(make_message(subject="plain reject"))
+        assert plain.final == "r"
+        slow = await mta.message(make_message(subject="slow"))
+        assert slow.final == "a" and slow.progress >= 2
+        boom = await mta.message(make_message(subject="boom"))
+        assert (boom.final, boom.reply_text[:3]) == ("y", "451")
+        await mta.close()
+
+    run_with_server(tmp_path, body, handler=handler, progress_interval=0.1)
+
+
+def test_changes_the_mta_did_not_allow_are_left_out(tmp_path: Path) -> None:
+    async def body(port: int, _gw: Any) -> None:
+        mta = await Mta.connect(port)
+        await mta.optneg(actions=0x1)  # only adding headers
+        await mta.session_start()
+        answer = await mta.message(make_message(subject="hello"))
+        # Adding and inserting headers both need SMFIF_ADDHDRS; nothing else was allowed.
+        assert [c for c, _ in answer.changes] == ["h", "i"] and answer.final == "a"
+        await mta.close()
+
+    run_with_server(tmp_path, body, handler=EveryChange())
+
+
+def test_size_limit_gives_552_and_keeps_no_more(tmp_path: Path) -> None:
+    handler = EveryChange()
+
+    async def body(port: int, _gw: Any) -> None:
+        mta = await Mta.connect(port)
+        await mta.optneg()
+        await mta.session_start()
+        big = make_message(body="x" * 70 + "\n" * 1) * 1 + b"y" * 5000
+        answer = await mta.message(big, chunk=512)
+        assert (answer.final, answer.reply_text[:9]) == ("y", "552 5.3.4")
+        assert handler.seen == []
+        ok = await mta.message(make_message())
+        assert ok.final == "a"
+        await mta.close()
+
+    run_with_server(tmp_path, body, handler=handler, max_message_size=2000)
+
+
+def test_abort_and_quit_nc_start_over(tmp_path: Path) -> None:
+    handler = EveryChange()
+
+    async def body(port: int, _gw: Any) -> None:
+        mta = await Mta.connect(port)
+        await mta.optneg(protocol=0)
+        await mta.session_start()
+        mta.send("M", b"<x@example.org>\0")
+        assert await mta.expect(0) == "c"
+        mta.send("R", b"<y@example.org>\0")
+        assert await mta.expect(0) == "c"
+        mta.send("A")  # RSET: no reply, the transaction is forgotten
+        mta.send("U", b"NOOP\0")
+        assert await mta.expect(0) == "c"
+        first = await mta.message(make_message(subject="one"))
+        assert first.final == "a"
+        assert [r for r, _ in handler.seen[0].recipients] == ["<bob@example.net>"]
+        mta.send("K")  # new SMTP session on the same connection
+        await mta.session_start(client="198.51.100.9", helo="other.test")
+        second = await mta.message(make_message(subject="two"))
+        assert second.final == "a"
+        assert handler.seen[1].helo == "other.test"
+        assert handler.seen[1].macros["client_addr"] == "198.51.100.9"
+        await mta.close()
+
+    run_with_server(tmp_path, body, handler=handler)
+
+
+@pytest.mark.parametrize(
+    "packet",
+    [
+        struct.pack("!I", 0),  # no command byte
+        struct.pack("!I", 1 << 30) + b"B",  # absurd length
+        encode_packet("Z", b"junk"),  # unknown command
+        encode_packet("O", b"\0\0\0\6"),  # truncated OPTNEG
+        encode_packet("H", b"helo"),  # OPTNEG first, and no NUL
+    ],
+    ids=["zero", "huge", "unknown", "short-optneg", "before-optneg"],
+)
+def test_malformed_packets_close_cleanly_with_a_log_line(
+    tmp_path: Path, packet: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    handler = EveryChange()
+
+    async def body(port: int, _gw: Any) -> None:
+        mta = await Mta.connect(port)
+        mta.writer.write(packet)
+        await mta.writer.drain()
+        assert await mta.reader.read() == b""  # closed by the server, nothing sent
+        await mta.close()
+        # The server is still there for the next connection.
+        mta = await Mta.connect(port)
+        await mta.optneg()
+        await mta.session_start()
+        assert (await mta.message(make_message())).final == "a"
+        await mta.close()
+
+    with caplog.at_level(logging.WARNING, logger="mailwarden.ingress.milter"):
+        run_with_server(tmp_path, body, handler=handler)
+    assert any("closing the connection" in r.getMessage() for r in caplog.records)
+
+
+def test_many_concurrent_connections(tmp_path: Path) -> None:
+    async def body(port: int, _gw: Any) -> None:
+        async def one(n: int) -> str:
+            mta = await Mta.connect(port)
+            await mta.optneg()
+            await mta.session_start()
+            answer = await mta.message(make_message(subject=f"n{n}"))
+            mta.send("Q")
+            await mta.close()
+            return answer.final
+
+        finals = await asyncio.gather(*(one(n) for n in range(100)))
+        assert finals == ["a"] * 100
+
+    run_with_server(tmp_path, body)
+
+
+def test_connections_over_the_limit_are_closed(tmp_path: Path) -> None:
+    async def body(port: int, _gw: Any) -> None:
+        first = await Mta.connect(port)
+        await first.optneg()
+        second = await Mta.connect(port)
+        assert await second.reader.read() == b""
+        await second.close()
+        await first.close()
+
+    run_with_server(tmp_path, body, handler=EveryChange(), max_connections=1)
+
+
+def test_replycode_rejects_bad_codes_and_escapes_percent() -> None:
+    assert encode_replycode(550, "5.7.1 no\r\n100%") == encode_packet("y", b"550 5.7.1 no 100%%\0")
+    with pytest.raises(ValueError):
+        encode_replycode(250, "ok")
+
+
+# -- the decoder under hypothesis ---------------------------------------------------------------
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=300))
+def test_decoder_never_fails_other_than_with_a_protocol_error(data: bytes) -> None:
+    try:
+        packets, rest = split_packets(data, limit=256)
+    except MilterProtocolError:
+        return
+    assert len(rest) < len(data) + 1
+    for code, payload in packets:
+        try:
+            decode_command(code, payload)
+        except MilterProtocolError:
+            pass
+
+
+_strings = st.text(
+    alphabet=st.characters(blacklist_characters="\0", blacklist_categories=("Cs",)), max_size=20
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.one_of(
+        st.tuples(st.just("L"), _strings, _strings),
+        st.tuples(st.just("M"), _strings, _strings),
+        st.tuples(st.just("B"), st.binary(max_size=100), st.just("")),
+    ),
+    st.integers(min_value=0, max_value=3),
+)
+def test_encoded_commands_decode_to_themselves(case: tuple[Any, ...], split_at: int) -> None:
+    code, first, second = case
+    if code == "B":
+        data = first
+    else:
+        data = first.encode() + b"\0" + second.encode() + b"\0"
+    wire = encode_packet(code, data) * 2
+    packets, rest = split_packets(wire[: len(wire) - split_at])
+    assert len(packets) == (2 if split_at == 0 else 1) and len(rest) == (
+        0 if split_at == 0 else len(wire) // 2 - split_at
+    )
+    decoded = decode_command(*packets[0])
+    if code == "B":
+        assert decoded.data == first
+    else:
+        assert decoded.args == (first, second)
