@@ -453,3 +453,12 @@ def test_encoded_commands_decode_to_themselves(case: tuple[Any, ...], split_at: 
         assert decoded.data == first
     else:
         assert decoded.args == (first, second)
+
+
+def test_xtext_round_trip_for_xforward_values() -> None:
+    from mailwarden.ingress.content_filter import xtext_decode, xtext_encode
+
+    for value in ["mail.example.org", "a b=c+d", "IPV6:2001:db8::1", "[UNAVAILABLE]", "é"]:
+        encoded = xtext_encode(value)
+        assert " " not in encoded and "=" not in encoded
+        assert xtext_decode(encoded).encode("latin-1").decode("utf-8") == value
