@@ -163,8 +163,10 @@ def test_quarantine_stores_and_discards_or_holds_at_the_mta(tmp_path: Path) -> N
         await mta.session_start()
         answer = await mta.message(raw, recipients=("dan@hold.test",))
         assert answer.final == "d"
-        held = list((gateway.quarantine.root / "new").iterdir())
+        held = gateway.quarantine.messages()
         assert len(held) == 1 and b"X-Mailwarden-Virus: infected" in held[0].read_bytes()
+        _, envelope = gateway.quarantine.original(held[0].name)
+        assert envelope.rcpt_to == ["dan@hold.test"]
         await mta.close()
 
     run_with_server(tmp_path / "a", store)

@@ -32,6 +32,7 @@ from mailwarden_sdk import ActionKind, Envelope
 
 from ..delivery.queue import crlf
 from ..delivery.relay import parse_next_hop
+from .milter import hold
 from .smtp import GatewaySMTP, _Limits, _listening_socket, _sender
 
 if TYPE_CHECKING:
@@ -275,7 +276,7 @@ class ContentFilterHandler:
                 raise
             return "250 2.0.0 re-injected"
         if kind is ActionKind.QUARANTINE:
-            await asyncio.to_thread(gateway.quarantine.deliver, d.with_headers())
+            await hold(gateway, d)
             return f"250 2.0.0 held as {d.id[:12]}"
         return f"{d.action.smtp_code} {d.action.smtp_text}"
 

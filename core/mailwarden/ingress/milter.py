@@ -610,6 +610,18 @@ def _address(value: str) -> str:
 _REFUSING = (ActionKind.REJECT, ActionKind.TEMPFAIL)
 
 
+async def hold(gateway: Gateway, d: Decision) -> str:
+    """Keep the message in the gateway's quarantine with its envelope (durable on return)."""
+    return await asyncio.to_thread(
+        gateway.quarantine.hold,
+        d.with_headers(),
+        d.envelope,
+        decision=d.id,
+        rule=d.rule.name,
+        reason=d.action.reason,
+    )
+
+
 class GatewayMilter:
     """Scans with the gateway and turns its decision into milter changes and a reply.
 
@@ -678,7 +690,7 @@ class GatewayMilter:
                     continue
                 if d.action.kind is ActionKind.QUARANTINE:
                     # The MTA's hold queue holds a message for everyone: a part is ours.
-                    await asyncio.to_thread(gateway.quarantine.deliver, d.with_headers())
+                    await hold(gateway, d)
                 result.delete_recipients += [by_address.get(r, r) for r in d.envelope.rcpt_to]
             delivered = [d for d in decisions if d.action.kind is ActionKind.DELIVER]
             if delivered:
@@ -698,7 +710,7 @@ class GatewayMilter:
             result.add_headers = list(d.action.add_headers)
             result.quarantine = f"mailwarden {d.action.reason} {d.id[:12]}"
         elif kind is ActionKind.QUARANTINE:
-            await asyncio.to_thread(self.gateway.quarantine.deliver, d.with_headers())
+            await hold(self.gateway, d)
             result = MilterResult("discard")
         else:
             result = MilterResult("discard")
