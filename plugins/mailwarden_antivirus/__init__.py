@@ -1,21 +1,22 @@
-"""The built-in antivirus detector: signatures over every decoded part and the whole message.
+"""The built-in antivirus detector: signatures over every decoded part, every archive member
+and the whole message.
 
 Written only against ``mailwarden_sdk``, exactly as a third-party detector would be.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
 
-from mailwarden_sdk import Finding, Host, ScanContext, hookimpl, plugin_data_dir
+from mailwarden_sdk import Category, Finding, Host, ScanContext, hookimpl, plugin_data_dir
 from mailwarden_sdk.findings import infected
 
+from .archives import ArchiveLimits, Problem, Unpacker
 from .signatures import SignatureSet, load_signatures
 
-__all__ = ["AntivirusConfig", "AntivirusPlugin"]
+__all__ = ["AntivirusConfig", "AntivirusPlugin", "ArchiveLimits"]
 
 DETECTOR = "antivirus"
 
@@ -26,6 +27,7 @@ class AntivirusConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     builtin_signatures: bool = True
     signatures: list[str] = msgspec.field(default_factory=list)
     scan_whole_message: bool = True
+    limits: ArchiveLimits = msgspec.field(default_factory=ArchiveLimits)
 
 
 class AntivirusPlugin:
@@ -57,20 +59,32 @@ class AntivirusPlugin:
     def mailwarden_scan(self, ctx: ScanContext) -> list[Finding]:
         findings: list[Finding] = []
         reported: set[str] = set()
-        for index, label, data in self._objects(ctx):
-            names = [*self.signatures.scan_hashes(data), *self.signatures.scan_body(data)]
-            if index is None:
+        # Decoded leaves catch what transfer encoding hides, archive members what compression
+        # hides; the raw message catches what sits outside any part the parser recognised (a
+        # broken structure is an attacker's tool).
+        unpacker = Unpacker(self.config.limits)
+        for item in unpacker.message(ctx.message, whole=self.config.scan_whole_message):
+            names = self.scan_object(item.data)
+            if item.part is None:
                 # The whole message repeats what its parts hold; report only what they missed.
                 names = [name for name in names if name not in reported]
             for name in names:
                 reported.add(name)
-                findings.append(infected(DETECTOR, name, part=index, object=label))
+                findings.append(infected(DETECTOR, name, part=item.part, object=item.label))
+        findings.extend(_problem_finding(problem) for problem in unpacker.problems)
         return findings
 
-    def _objects(self, ctx: ScanContext) -> Iterator[tuple[int | None, str, bytes | memoryview]]:
-        # Decoded leaves catch what transfer encoding hides; the raw message catches what sits
-        # outside any part the parser recognised (a broken structure is an attacker's tool).
-        for part in ctx.message.leaves():
-            yield part.index, part.filename or f"part {part.index}", part.decoded()
-        if self.config.scan_whole_message:
-            yield None, "message", ctx.raw
+    def scan_object(self, data: bytes | memoryview) -> list[str]:
+        """Names of the signatures matching one object (hash signatures first)."""
+        return [*self.signatures.scan_hashes(data), *self.signatures.scan_body(data)]
+
+
+def _problem_finding(problem: Problem) -> Finding:
+    return Finding(
+        code=problem.code,
+        detector=DETECTOR,
+        category=Category.ANTIVIRUS,
+        status=problem.status,
+        details=problem.details,
+        part=problem.part,
+    )
