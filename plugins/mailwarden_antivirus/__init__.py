@@ -6,19 +6,41 @@ Written only against ``mailwarden_sdk``, exactly as a third-party detector would
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import msgspec
 
-from mailwarden_sdk import Category, Finding, Host, ScanContext, hookimpl, plugin_data_dir
+from mailwarden_sdk import (
+    Action,
+    Category,
+    Finding,
+    Host,
+    ScanContext,
+    StoreDescriptor,
+    Verdict,
+    WhenFull,
+    hookimpl,
+    plugin_data_dir,
+)
 from mailwarden_sdk.findings import infected
 
+from .actions import remove_parts, write_backup
 from .archives import ArchiveLimits, Problem, Unpacker
 from .signatures import SignatureSet, load_signatures
 
 __all__ = ["AntivirusConfig", "AntivirusPlugin", "ArchiveLimits"]
 
 DETECTOR = "antivirus"
+BACKUP_DIR = "backup"
+
+log = logging.getLogger(__name__)
+
+DEFAULT_NOTICE = (
+    'The attachment "{name}" was removed from this message by the mail gateway: '
+    "{status} ({signatures}).\n"
+    "The administrator keeps a copy under the reference {backup}.\n"
+)
 
 
 class AntivirusConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -28,6 +50,10 @@ class AntivirusConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     signatures: list[str] = msgspec.field(default_factory=list)
     scan_whole_message: bool = True
     limits: ArchiveLimits = msgspec.field(default_factory=ArchiveLimits)
+    # The text of the part that replaces a removed attachment; {name}, {status}, {signatures}
+    # and {backup} are filled in.
+    notice: str = DEFAULT_NOTICE
+    backup_retention_days: float = 30.0
 
 
 class AntivirusPlugin:
@@ -38,6 +64,7 @@ class AntivirusPlugin:
     def __init__(self) -> None:
         self.config = AntivirusConfig()
         self.signatures = SignatureSet()
+        self.data_dir: Path | None = None
 
     @hookimpl
     def mailwarden_config_schema(self) -> tuple[str, type[msgspec.Struct]]:
@@ -52,8 +79,9 @@ class AntivirusPlugin:
                 raise FileNotFoundError(f"signature path {path} does not exist")
         if self.config.builtin_signatures:
             paths.insert(0, Path(__file__).parent / "signatures")
+        self.data_dir = plugin_data_dir(host, DETECTOR)
         # the compiled database is cached (and memory-mapped) under the plugin's data dir
-        self.signatures = load_signatures(paths, cache_dir=plugin_data_dir(host, DETECTOR))
+        self.signatures = load_signatures(paths, cache_dir=self.data_dir)
 
     @hookimpl
     def mailwarden_scan(self, ctx: ScanContext) -> list[Finding]:
@@ -77,6 +105,43 @@ class AntivirusPlugin:
     def scan_object(self, data: bytes | memoryview) -> list[str]:
         """Names of the signatures matching one object (hash signatures first)."""
         return [*self.signatures.scan_hashes(data), *self.signatures.scan_body(data)]
+
+    @hookimpl
+    def mailwarden_action(
+        self, ctx: ScanContext, verdict: Verdict, action: Action
+    ) -> Action | None:
+        if not (action.backup or action.remove_parts) or self.data_dir is None:
+            return None
+        # The copy comes first: if it cannot be written the exception stops here, so nothing
+        # is removed (the core then quarantines what was to be cut out).
+        backup = write_backup(self.data_dir / BACKUP_DIR, ctx.raw)
+        log.info("antivirus: kept backup %s before %s", backup, action.kind.value)
+        if not action.remove_parts:
+            return None
+        notice = (
+            self.config.notice.replace("{status}", verdict.antivirus.value)
+            .replace("{signatures}", ", ".join(verdict.virus_names) or verdict.antivirus.value)
+            .replace("{backup}", backup)
+        )
+        cleaned = remove_parts(ctx.message, action.remove_parts, notice)
+        if cleaned is None:
+            return None
+        return msgspec.structs.replace(action, replace_message=cleaned)
+
+    @hookimpl
+    def mailwarden_data_stores(self, host: Host) -> list[StoreDescriptor]:
+        config = host.config_for(DETECTOR) or AntivirusConfig()
+        return [
+            StoreDescriptor(
+                name="antivirus-backup",
+                path=str(host.data_dir / DETECTOR / BACKUP_DIR),
+                holds="whole messages (sender, recipients, content) kept before an antivirus "
+                "action changed or dropped them",
+                retention_days=config.backup_retention_days,
+                when_full=WhenFull.NOT_CAPPED,
+                read_permission="queues.view",
+            )
+        ]
 
 
 def _problem_finding(problem: Problem) -> Finding:

@@ -26,6 +26,7 @@ from email.policy import default
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from mailwarden.config import parse_config
@@ -33,7 +34,7 @@ from mailwarden.pipeline import Gateway
 from mailwarden.plugins import build_plugin_manager
 from mailwarden.testing import GatewayRunner, build_message
 from mailwarden_antivirus import AntivirusPlugin
-from mailwarden_sdk import Envelope
+from mailwarden_sdk import Action, Envelope, ScanContext, Verdict, hookimpl, parse
 from tests.conftest import EICAR, corpus_dir, need
 from tests.services import ensure_packages
 
@@ -428,3 +429,167 @@ def test_no_detection_on_ham_and_clean_mime_corpora(gateway: Run) -> None:
             detected.append((name, verdict.virus_names))
     assert seen > 50
     assert detected == []
+
+
+# -- actions -------------------------------------------------------------------------------------
+
+
+def rule_actions(**actions: str) -> str:
+    lines = "".join(f'{key} = "{value}"\n' for key, value in actions.items())
+    return f'[[rules]]\nname = "default"\n[rules.actions]\n{lines}'
+
+
+def backups(home: Path) -> list[Path]:
+    return sorted((home / "antivirus" / "backup").glob("*.eml"))
+
+
+def test_remove_infected_attachment_delivers_the_rest_with_notice_and_backup(
+    tmp_path: Path,
+) -> None:
+    report = b"%PDF-1.4 quarterly report, nothing wrong with it\n" * 20
+    raw = build_message(
+        subject="report",
+        body="Please find the files attached.\n",
+        attachments=[("report.pdf", report), ("eicar.com", EICAR), ("notes.txt", b"notes\n")],
+    )
+    home = tmp_path / "home"
+    run = Run(home, rule_actions(infected="remove"))
+    try:
+        outcome = run.process(raw)
+        delivered = run.runner.delivered()
+    finally:
+        run.close()
+    assert outcome.reply_code == 250
+    assert outcome.decision.verdict.antivirus.value == "infected"
+    assert outcome.event is not None and outcome.event.action.value == "deliver"
+    assert len(delivered) == 1
+    message = message_from_bytes(delivered[0], policy=default)
+    assert message["Subject"] == "report"
+    assert message["X-Mailwarden-Virus"] == f"infected ({EICAR_NAME})"
+    # the notice part has no file name and takes the removed part's place
+    names = [part.get_filename() for part in message.iter_attachments()]
+    assert names == ["report.pdf", None, "notes.txt"]
+    attachments = {
+        part.get_filename(): part.get_content()
+        for part in message.iter_attachments()
+        if part.get_filename()
+    }
+    assert attachments == {"report.pdf": report, "notes.txt": b"notes\n"}
+    texts = [p.get_content() for p in message.walk() if p.get_content_type() == "text/plain"]
+    assert texts[0].strip() == "Please find the files attached."
+    # the kept parts travel byte for byte as received
+    for part in parse(raw).leaves():
+        if part.filename != "eicar.com":
+            assert raw[part.header_start : part.body_end] in delivered[0]
+    notice = next(p for p in message.walk() if p["X-Mailwarden-Removed"])
+    text = notice.get_content()
+    assert '"eicar.com" was removed' in text and EICAR_NAME in text
+    assert EICAR not in delivered[0]
+    # the backup holds the message as received, and the notice names it
+    kept = backups(home)
+    assert len(kept) == 1 and kept[0].read_bytes() == raw
+    assert kept[0].name in text
+    assert kept[0].stat().st_mode & 0o777 == 0o600
+
+
+def test_remove_inside_an_attached_message_keeps_the_outer_message(tmp_path: Path) -> None:
+    inner = build_message(subject="inner", attachments=[("eicar.com", EICAR), ("a.txt", b"a\n")])
+    raw = attached_message(inner)
+    run = Run(tmp_path / "home", rule_actions(infected="remove"))
+    try:
+        outcome = run.process(raw)
+        delivered = run.runner.delivered()
+    finally:
+        run.close()
+    assert outcome.reply_code == 250 and len(delivered) == 1
+    message = message_from_bytes(delivered[0], policy=default)
+    attached = next(p for p in message.walk() if p.get_content_type() == "message/rfc822")
+    inner_message = attached.get_content()
+    assert inner_message["Subject"] == "inner"
+    assert [p.get_filename() for p in inner_message.iter_attachments()] == [None, "a.txt"]
+    assert b"X-Mailwarden-Removed: yes" in delivered[0]
+
+
+def test_remove_falls_back_to_quarantine_when_the_part_cannot_be_cut_out(tmp_path: Path) -> None:
+    # a single-part message: the infected part is the message itself
+    raw = single_part(EICAR + b"\n", "7bit")
+    home = tmp_path / "home"
+    run = Run(home, rule_actions(infected="remove"))
+    try:
+        outcome = run.process(raw)
+        delivered = run.runner.delivered()
+    finally:
+        run.close()
+    assert outcome.decision.action.kind.value == "quarantine"
+    assert delivered == []
+    assert len(list((home / "quarantine" / "new").iterdir())) == 1
+
+
+def test_tag_subject_with_backup(tmp_path: Path) -> None:
+    raw = build_message(subject="archive", attachments=[("enc.7z", sevenzipped("a", b"a", "pw"))])
+    home = tmp_path / "home"
+    run = Run(home, rule_actions(encrypted="tag"))
+    try:
+        outcome = run.process(raw)
+        delivered = run.runner.delivered()
+    finally:
+        run.close()
+    assert outcome.decision.verdict.antivirus.value == "encrypted"
+    message = message_from_bytes(delivered[0], policy=default)
+    assert message["Subject"] == "[encrypted] archive"
+    assert message["X-Mailwarden-Virus"] == "encrypted"
+    assert [p.get_filename() for p in message.iter_attachments()] == ["enc.7z"]
+    assert [b.read_bytes() for b in backups(home)] == [raw]
+
+
+def test_reject_keeps_a_backup_and_deliver_does_not(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    run = Run(home)
+    try:
+        infected = build_message(attachments=[("eicar.com", EICAR)])
+        assert run.process(infected).reply_code == 550
+        assert run.process(build_message()).reply_code == 250
+    finally:
+        run.close()
+    assert [b.read_bytes() for b in backups(home)] == [infected]
+
+
+def test_backup_store_is_declared_for_the_inventory(tmp_path: Path) -> None:
+    from mailwarden.inventory import inventory
+
+    plugins = build_plugin_manager(entry_points=False, extra={"antivirus": AntivirusPlugin})
+    cfg = parse_config("[antivirus]\nbackup_retention_days = 7\n", plugins.config_schemas())
+    cfg.gateway.home = str(tmp_path)
+    stores = {s.store.name: s.store for s in inventory(cfg, plugins)}
+    assert stores["antivirus-backup"].path == str(tmp_path / "antivirus" / "backup")
+    assert stores["antivirus-backup"].retention_days == 7
+
+
+class Rewriter:
+    """A plugin answering mailwarden_action: rewrites clean mail, asks to remove otherwise."""
+
+    @hookimpl
+    def mailwarden_action(self, ctx: ScanContext, verdict: Verdict, action: Action) -> Action:
+        if b"remove me" in ctx.raw:
+            return msgspec.structs.replace(action, remove_parts=[1])
+        changed = ctx.raw.replace(b"lower case", b"UPPER CASE")
+        return msgspec.structs.replace(action, replace_message=changed, subject_tag="[seen]")
+
+
+def test_hook_mailwarden_action(tmp_path: Path) -> None:
+    plugins = build_plugin_manager(entry_points=False, extra={"rewriter": Rewriter})
+    cfg = parse_config("", plugins.config_schemas())
+    cfg.gateway.home = str(tmp_path)
+    runner = GatewayRunner(Gateway(cfg, plugins=plugins)).start()
+    try:
+        done = runner.process(build_message(subject="s", body="in lower case\n"), ENVELOPE)
+        held = runner.process(build_message(subject="s", body="remove me\n"), ENVELOPE)
+        delivered = runner.delivered()
+    finally:
+        runner.stop()
+    assert done.reply_code == 250 and len(delivered) == 1
+    message = message_from_bytes(delivered[0], policy=default)
+    assert message["Subject"] == "[seen] s"
+    assert message.get_content().strip() == "in UPPER CASE"
+    # parts to remove and nobody to cut them out: held, never delivered
+    assert held.decision.action.kind.value == "quarantine"
