@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Literal
 
 import msgspec
 
@@ -26,7 +27,8 @@ from mailwarden_sdk import (
 from mailwarden_sdk.findings import infected
 
 from .actions import remove_parts, write_backup
-from .archives import ArchiveLimits, Problem, Unpacker
+from .archives import ArchiveLimits, Item, Problem, Unpacker
+from .clamd import ClamdConfig, ClamdError, ClamdLimit, clamd_scan
 from .signatures import SignatureSet, load_signatures
 
 __all__ = ["AntivirusConfig", "AntivirusPlugin", "ArchiveLimits"]
@@ -50,6 +52,10 @@ class AntivirusConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     signatures: list[str] = msgspec.field(default_factory=list)
     scan_whole_message: bool = True
     limits: ArchiveLimits = msgspec.field(default_factory=ArchiveLimits)
+    # "native": the signature engine over the files above (and YARA rules); "clamd": a running
+    # clamd over INSTREAM ([antivirus.clamd]); both may be listed.
+    engines: list[Literal["native", "clamd"]] = msgspec.field(default_factory=lambda: ["native"])
+    clamd: ClamdConfig = msgspec.field(default_factory=ClamdConfig)
     # The text of the part that replaces a removed attachment; {name}, {status}, {signatures}
     # and {backup} are filled in.
     notice: str = DEFAULT_NOTICE
@@ -77,7 +83,7 @@ class AntivirusPlugin:
         for path in paths:
             if not path.exists():
                 raise FileNotFoundError(f"signature path {path} does not exist")
-        if self.config.builtin_signatures:
+        if self.config.builtin_signatures and "native" in self.config.engines:
             paths.insert(0, Path(__file__).parent / "signatures")
         self.data_dir = plugin_data_dir(host, DETECTOR)
         # the compiled database is cached (and memory-mapped) under the plugin's data dir
@@ -87,12 +93,26 @@ class AntivirusPlugin:
     def mailwarden_scan(self, ctx: ScanContext) -> list[Finding]:
         findings: list[Finding] = []
         reported: set[str] = set()
+        use_clamd = "clamd" in self.config.engines
         # Decoded leaves catch what transfer encoding hides, archive members what compression
         # hides; the raw message catches what sits outside any part the parser recognised (a
         # broken structure is an attacker's tool).
         unpacker = Unpacker(self.config.limits)
         for item in unpacker.message(ctx.message, whole=self.config.scan_whole_message):
             names = self.scan_object(item.data)
+            if use_clamd:
+                try:
+                    found = clamd_scan(self.config.clamd, item.data)
+                except ClamdLimit as exc:
+                    findings.append(_engine_finding("not_scanned", item, str(exc)))
+                    found = None
+                except ClamdError as exc:
+                    # one error finding, not one timeout per object
+                    findings.append(_engine_finding("error", item, str(exc)))
+                    use_clamd = False
+                    found = None
+                if found is not None and found not in names:
+                    names.append(found)
             if item.part is None:
                 # The whole message repeats what its parts hold; report only what they missed.
                 names = [name for name in names if name not in reported]
@@ -103,7 +123,9 @@ class AntivirusPlugin:
         return findings
 
     def scan_object(self, data: bytes | memoryview) -> list[str]:
-        """Names of the signatures matching one object (hash signatures first)."""
+        """Names of the native signatures matching one object (hash signatures first)."""
+        if "native" not in self.config.engines:
+            return []
         return [*self.signatures.scan_hashes(data), *self.signatures.scan_body(data)]
 
     @hookimpl
@@ -142,6 +164,21 @@ class AntivirusPlugin:
                 read_permission="queues.view",
             )
         ]
+
+
+def _engine_finding(status: str, item: Item, error: str) -> Finding:
+    details = {"engine": "clamd", "object": item.label, "error": error[:300]}
+    if status == "not_scanned":
+        details["limit"] = "clamd_stream_max_length"
+    code = "AV_NOT_SCANNED" if status == "not_scanned" else "AV_ENGINE_ERROR"
+    return Finding(
+        code=code,
+        detector=DETECTOR,
+        category=Category.ANTIVIRUS,
+        status=status,
+        details=details,
+        part=item.part,
+    )
 
 
 def _problem_finding(problem: Problem) -> Finding:
