@@ -44,6 +44,9 @@ Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
 Positive = Annotated[int, msgspec.Meta(gt=0)]
 Seconds = Annotated[float, msgspec.Meta(gt=0)]
 ActionName = Literal["deliver", "reject", "tempfail", "discard", "quarantine"]
+# Antivirus statuses may also ``remove`` the parts they concern (delivering the rest with a
+# notice) or ``tag`` the subject and deliver.
+AvActionName = Literal["deliver", "reject", "tempfail", "discard", "quarantine", "remove", "tag"]
 
 
 class _Section(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -201,13 +204,19 @@ class EventsConfig(_Section):
 
 
 class RuleActions(_Section):
-    """What a rule does for each status; the most severe applicable action wins."""
+    """What a rule does for each status; the most severe applicable action wins.
 
-    infected: ActionName = "reject"
-    suspicious: ActionName = "reject"
-    encrypted: ActionName = "deliver"
-    corrupted: ActionName = "deliver"
-    not_scanned: ActionName = "deliver"
+    The antivirus statuses also take ``remove`` (the parts with that status are taken out and
+    the rest delivered with a notice part) and ``tag`` (delivered with ``subject_tag``, where
+    ``{status}`` is replaced, before the subject). With ``backup`` a copy of the original is
+    kept before an antivirus status changes or drops a message.
+    """
+
+    infected: AvActionName = "reject"
+    suspicious: AvActionName = "reject"
+    encrypted: AvActionName = "deliver"
+    corrupted: AvActionName = "deliver"
+    not_scanned: AvActionName = "deliver"
     spam: ActionName = "reject"
     probable_spam: ActionName = "deliver"
     bulk: ActionName = "deliver"
@@ -215,6 +224,8 @@ class RuleActions(_Section):
     malicious: ActionName = "reject"
     error: ActionName = "deliver"
     clean: ActionName = "deliver"
+    subject_tag: str = "[{status}]"
+    backup: bool = True
 
 
 class ContentRules(_Section):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -109,16 +110,31 @@ class Decision:
     timings_ms: dict[str, float] = field(default_factory=dict)
 
     def with_headers(self) -> bytes:
-        """The message with the action's headers prepended, in the message's own line ending."""
+        """The message to pass on: the replacement a plugin made, if any, with the subject tag
+        and the action's headers prepended, in the message's own line ending."""
+        raw = self.action.replace_message or self.message.raw
+        if self.action.subject_tag:
+            raw = _tag_subject(raw, self.action.subject_tag)
         if not self.action.add_headers:
-            return self.message.raw
-        raw = self.message.raw
+            return raw
         eol = b"\r\n" if b"\r\n" in raw[:4096] else b"\n"
         added = b"".join(
             name.encode("ascii") + b": " + _header_safe(value) + eol
             for name, value in self.action.add_headers
         )
         return added + raw
+
+
+def _tag_subject(raw: bytes, tag: str) -> bytes:
+    """``raw`` with ``tag`` before its subject (a Subject header is added when there is none)."""
+    end = raw.find(b"\r\n\r\n")
+    end = raw.find(b"\n\n") if end < 0 else end
+    head = raw[: end if end >= 0 else len(raw)]
+    found = re.search(rb"^subject:[ \t]?", head, re.IGNORECASE | re.MULTILINE)
+    if found is not None:
+        return raw[: found.end()] + _header_safe(tag) + b" " + raw[found.end() :]
+    eol = b"\r\n" if b"\r\n" in raw[:4096] else b"\n"
+    return b"Subject: " + _header_safe(tag) + eol + raw
 
 
 def _header_safe(value: str) -> bytes:
@@ -410,9 +426,26 @@ class Gateway:
             log.exception("mailwarden_verdict failed")
             verdict.findings.append(_error_finding("verdict", "DETECTOR_ERROR", repr(exc)))
             verdict.errors = sorted({*verdict.errors, "verdict"})
-        action = decide_action(rule, verdict)
+        action = self._carry_out(ctx, verdict, decide_action(rule, verdict))
         timings["decide"] = _ms(began)
         return Decision(uuid.uuid4().hex, envelope, message, rule, verdict, action, timings)
+
+    def _carry_out(self, ctx: ScanContext, verdict: Verdict, action: Action) -> Action:
+        """Let plugins do what needs the content (backup, rewrite: ``mailwarden_action``)."""
+        try:
+            changed = self.plugins.pm.hook.mailwarden_action(
+                ctx=ctx, verdict=verdict, action=action
+            )
+        except Exception:
+            log.exception("mailwarden_action failed")
+            changed = None
+        action = changed if isinstance(changed, Action) else action
+        if action.remove_parts and action.replace_message is None:
+            # Nothing could cut the parts out: hold the message rather than deliver them.
+            action = msgspec.structs.replace(
+                action, kind=ActionKind.QUARANTINE, remove_parts=[], subject_tag=None
+            )
+        return action
 
     async def _check_content(
         self, message: ParsedMessage, rule: RuleConfig, timings: dict[str, float]
@@ -551,6 +584,13 @@ class Gateway:
         began = time.perf_counter()
         try:
             if kind is ActionKind.DELIVER and self.delivery.relaying:
+                if decision.action.replace_message or decision.action.subject_tag:
+                    # The next hop gets the changed message: it replaces the spooled one.
+                    changed = msgspec.structs.replace(decision.action, add_headers=[])
+                    body = replace(decision, action=changed).with_headers()
+                    new_entry = await asyncio.to_thread(self.spool.write, body, decision.envelope)
+                    await asyncio.to_thread(self.spool.remove, entry)
+                    entry = new_entry
                 state = SpoolState(decided=True, add_headers=list(decision.action.add_headers))
                 # Not fsynced: if it is lost, the message is scanned again, which is harmless.
                 await asyncio.to_thread(self.spool.save_state, entry, state, durable=False)

@@ -415,10 +415,14 @@ def decide_action(rule: RuleConfig, verdict: Verdict) -> Action:
     """Turn a verdict into the action ``rule`` prescribes, with the SMTP reply to give."""
     actions = rule.actions
     candidates: list[tuple[ActionKind, str, str]] = []  # (kind, reason, reply text)
+    remove_parts: list[int] = []
     av = verdict.antivirus
+    av_choice = ""
     if av not in (AntivirusStatus.CLEAN, AntivirusStatus.ERROR):
         names = f" ({', '.join(verdict.virus_names)})" if verdict.virus_names else ""
-        candidates.append((ActionKind(getattr(actions, av.value)), av.value, f"{av.value}{names}"))
+        av_choice = getattr(actions, av.value)
+        av_kind, remove_parts = _av_kind(av_choice, av, verdict)
+        candidates.append((av_kind, av.value, f"{av.value}{names}"))
     spam = verdict.spam
     if spam in (SpamStatus.SPAM, SpamStatus.PROBABLE_SPAM, SpamStatus.BULK, SpamStatus.BLOCKED):
         candidates.append((ActionKind(getattr(actions, spam.value)), spam.value, spam.value))
@@ -449,13 +453,44 @@ def decide_action(rule: RuleConfig, verdict: Verdict) -> Action:
     else:
         reply = (250, "2.0.0 Ok")
     keep_headers = kind in (ActionKind.DELIVER, ActionKind.QUARANTINE)
+    by_av = reason == av.value and bool(av_choice)
+    rewritten = by_av and kind is ActionKind.DELIVER and av_choice in ("remove", "tag")
     return Action(
         kind=kind,
         reason=reason,
         smtp_code=reply[0],
         smtp_text=reply[1],
         add_headers=headers if keep_headers else [],
+        subject_tag=actions.subject_tag.format(status=av.value)
+        if rewritten and av_choice == "tag"
+        else None,
+        remove_parts=remove_parts if rewritten and av_choice == "remove" else [],
+        backup=actions.backup
+        and by_av
+        and (rewritten or kind in (ActionKind.DISCARD, ActionKind.REJECT)),
     )
+
+
+def _av_kind(
+    choice: str, status: AntivirusStatus, verdict: Verdict
+) -> tuple[ActionKind, list[int]]:
+    """The action kind an antivirus status chose and, for ``remove``, the parts to take out.
+
+    ``remove`` is possible only when every finding of that status names a part; one found in
+    the message as a whole cannot be cut out, so the message is quarantined instead.
+    """
+    if choice == "tag":
+        return ActionKind.DELIVER, []
+    if choice != "remove":
+        return ActionKind(choice), []
+    parts = [
+        f.part
+        for f in verdict.findings
+        if f.category is Category.ANTIVIRUS and f.status == status.value
+    ]
+    if not parts or any(p is None for p in parts):
+        return ActionKind.QUARANTINE, []
+    return ActionKind.DELIVER, sorted({p for p in parts if p is not None})
 
 
 def _status_headers(verdict: Verdict) -> list[tuple[str, str]]:

@@ -1,23 +1,48 @@
-"""The built-in antivirus detector: signatures over every decoded part and the whole message.
+"""The built-in antivirus detector: signatures over every decoded part, every archive member
+and the whole message.
 
 Written only against ``mailwarden_sdk``, exactly as a third-party detector would be.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
 from pathlib import Path
+from typing import Literal
 
 import msgspec
 
-from mailwarden_sdk import Finding, Host, ScanContext, hookimpl, plugin_data_dir
+from mailwarden_sdk import (
+    Action,
+    Category,
+    Finding,
+    Host,
+    ScanContext,
+    StoreDescriptor,
+    Verdict,
+    WhenFull,
+    hookimpl,
+    plugin_data_dir,
+)
 from mailwarden_sdk.findings import infected
 
+from .actions import remove_parts, write_backup
+from .archives import ArchiveLimits, Item, Problem, Unpacker
+from .clamd import ClamdConfig, ClamdError, ClamdLimit, clamd_scan
 from .signatures import SignatureSet, load_signatures
 
-__all__ = ["AntivirusConfig", "AntivirusPlugin"]
+__all__ = ["AntivirusConfig", "AntivirusPlugin", "ArchiveLimits"]
 
 DETECTOR = "antivirus"
+BACKUP_DIR = "backup"
+
+log = logging.getLogger(__name__)
+
+DEFAULT_NOTICE = (
+    'The attachment "{name}" was removed from this message by the mail gateway: '
+    "{status} ({signatures}).\n"
+    "The administrator keeps a copy under the reference {backup}.\n"
+)
 
 
 class AntivirusConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -26,6 +51,15 @@ class AntivirusConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     builtin_signatures: bool = True
     signatures: list[str] = msgspec.field(default_factory=list)
     scan_whole_message: bool = True
+    limits: ArchiveLimits = msgspec.field(default_factory=ArchiveLimits)
+    # "native": the signature engine over the files above (and YARA rules); "clamd": a running
+    # clamd over INSTREAM ([antivirus.clamd]); both may be listed.
+    engines: list[Literal["native", "clamd"]] = msgspec.field(default_factory=lambda: ["native"])
+    clamd: ClamdConfig = msgspec.field(default_factory=ClamdConfig)
+    # The text of the part that replaces a removed attachment; {name}, {status}, {signatures}
+    # and {backup} are filled in.
+    notice: str = DEFAULT_NOTICE
+    backup_retention_days: float = 30.0
 
 
 class AntivirusPlugin:
@@ -36,6 +70,7 @@ class AntivirusPlugin:
     def __init__(self) -> None:
         self.config = AntivirusConfig()
         self.signatures = SignatureSet()
+        self.data_dir: Path | None = None
 
     @hookimpl
     def mailwarden_config_schema(self) -> tuple[str, type[msgspec.Struct]]:
@@ -48,29 +83,110 @@ class AntivirusPlugin:
         for path in paths:
             if not path.exists():
                 raise FileNotFoundError(f"signature path {path} does not exist")
-        if self.config.builtin_signatures:
+        if self.config.builtin_signatures and "native" in self.config.engines:
             paths.insert(0, Path(__file__).parent / "signatures")
+        self.data_dir = plugin_data_dir(host, DETECTOR)
         # the compiled database is cached (and memory-mapped) under the plugin's data dir
-        self.signatures = load_signatures(paths, cache_dir=plugin_data_dir(host, DETECTOR))
+        self.signatures = load_signatures(paths, cache_dir=self.data_dir)
 
     @hookimpl
     def mailwarden_scan(self, ctx: ScanContext) -> list[Finding]:
         findings: list[Finding] = []
         reported: set[str] = set()
-        for index, label, data in self._objects(ctx):
-            names = [*self.signatures.scan_hashes(data), *self.signatures.scan_body(data)]
-            if index is None:
+        use_clamd = "clamd" in self.config.engines
+        # Decoded leaves catch what transfer encoding hides, archive members what compression
+        # hides; the raw message catches what sits outside any part the parser recognised (a
+        # broken structure is an attacker's tool).
+        unpacker = Unpacker(self.config.limits)
+        for item in unpacker.message(ctx.message, whole=self.config.scan_whole_message):
+            names = self.scan_object(item.data)
+            if use_clamd:
+                try:
+                    found = clamd_scan(self.config.clamd, item.data)
+                except ClamdLimit as exc:
+                    findings.append(_engine_finding("not_scanned", item, str(exc)))
+                    found = None
+                except ClamdError as exc:
+                    # one error finding, not one timeout per object
+                    findings.append(_engine_finding("error", item, str(exc)))
+                    use_clamd = False
+                    found = None
+                if found is not None and found not in names:
+                    names.append(found)
+            if item.part is None:
                 # The whole message repeats what its parts hold; report only what they missed.
                 names = [name for name in names if name not in reported]
             for name in names:
                 reported.add(name)
-                findings.append(infected(DETECTOR, name, part=index, object=label))
+                findings.append(infected(DETECTOR, name, part=item.part, object=item.label))
+        findings.extend(_problem_finding(problem) for problem in unpacker.problems)
         return findings
 
-    def _objects(self, ctx: ScanContext) -> Iterator[tuple[int | None, str, bytes | memoryview]]:
-        # Decoded leaves catch what transfer encoding hides; the raw message catches what sits
-        # outside any part the parser recognised (a broken structure is an attacker's tool).
-        for part in ctx.message.leaves():
-            yield part.index, part.filename or f"part {part.index}", part.decoded()
-        if self.config.scan_whole_message:
-            yield None, "message", ctx.raw
+    def scan_object(self, data: bytes | memoryview) -> list[str]:
+        """Names of the native signatures matching one object (hash signatures first)."""
+        if "native" not in self.config.engines:
+            return []
+        return [*self.signatures.scan_hashes(data), *self.signatures.scan_body(data)]
+
+    @hookimpl
+    def mailwarden_action(
+        self, ctx: ScanContext, verdict: Verdict, action: Action
+    ) -> Action | None:
+        if not (action.backup or action.remove_parts) or self.data_dir is None:
+            return None
+        # The copy comes first: if it cannot be written the exception stops here, so nothing
+        # is removed (the core then quarantines what was to be cut out).
+        backup = write_backup(self.data_dir / BACKUP_DIR, ctx.raw)
+        log.info("antivirus: kept backup %s before %s", backup, action.kind.value)
+        if not action.remove_parts:
+            return None
+        notice = (
+            self.config.notice.replace("{status}", verdict.antivirus.value)
+            .replace("{signatures}", ", ".join(verdict.virus_names) or verdict.antivirus.value)
+            .replace("{backup}", backup)
+        )
+        cleaned = remove_parts(ctx.message, action.remove_parts, notice)
+        if cleaned is None:
+            return None
+        return msgspec.structs.replace(action, replace_message=cleaned)
+
+    @hookimpl
+    def mailwarden_data_stores(self, host: Host) -> list[StoreDescriptor]:
+        config = host.config_for(DETECTOR) or AntivirusConfig()
+        return [
+            StoreDescriptor(
+                name="antivirus-backup",
+                path=str(host.data_dir / DETECTOR / BACKUP_DIR),
+                holds="whole messages (sender, recipients, content) kept before an antivirus "
+                "action changed or dropped them",
+                retention_days=config.backup_retention_days,
+                when_full=WhenFull.NOT_CAPPED,
+                read_permission="queues.view",
+            )
+        ]
+
+
+def _engine_finding(status: str, item: Item, error: str) -> Finding:
+    details = {"engine": "clamd", "object": item.label, "error": error[:300]}
+    if status == "not_scanned":
+        details["limit"] = "clamd_stream_max_length"
+    code = "AV_NOT_SCANNED" if status == "not_scanned" else "AV_ENGINE_ERROR"
+    return Finding(
+        code=code,
+        detector=DETECTOR,
+        category=Category.ANTIVIRUS,
+        status=status,
+        details=details,
+        part=item.part,
+    )
+
+
+def _problem_finding(problem: Problem) -> Finding:
+    return Finding(
+        code=problem.code,
+        detector=DETECTOR,
+        category=Category.ANTIVIRUS,
+        status=problem.status,
+        details=problem.details,
+        part=problem.part,
+    )

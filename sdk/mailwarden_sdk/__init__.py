@@ -7,12 +7,13 @@ A plugin is a class (or module) with ``@hookimpl``-marked methods named after th
     mydetector = "my_package:MyDetector"
 
 The native MIME core and signature matcher are reached through this package too
-(:func:`parse`, :class:`Matcher`), so a plugin never imports the ``mailwarden`` core.
+(:func:`parse`, :func:`detect_type`, :class:`Matcher`), so a plugin never imports the
+``mailwarden`` core.
 :mod:`mailwarden_sdk.findings` has shorthands for common findings; ``requires_sdk`` on a plugin
 states which SDK versions it works with (see :mod:`mailwarden_sdk.version`).
 """
 
-from mailwarden_native import Matcher, ParsedMessage, Part, parse
+from mailwarden_native import Matcher, ParsedMessage, Part, detect_type, parse
 
 from . import findings
 from .context import Host, ScanContext, plugin_data_dir
@@ -58,6 +59,7 @@ __all__ = [
     "WhenFull",
     "__version__",
     "check_compatible",
+    "detect_type",
     "findings",
     "hookimpl",
     "hookspec",

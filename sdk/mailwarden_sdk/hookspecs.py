@@ -7,6 +7,7 @@ The pipeline, in order (see DESIGN.md "One way through")::
     for each message:
         mailwarden_scan           every detector, concurrently, each under its own time budget
         mailwarden_verdict        folded verdict, adjustable (wrappers allowed)
+        mailwarden_action         decided action: back up, rewrite the message (SDK 1.3)
         mailwarden_message_processed   the recorded event, for observers
     mailwarden_shutdown           once, when the gateway stops
 
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
 
     from .context import Host, ScanContext
     from .stores import StoreDescriptor
-    from .types import Finding, MessageEvent, Verdict
+    from .types import Action, Finding, MessageEvent, Verdict
 
 PROJECT_NAME = "mailwarden"
 
@@ -86,6 +87,19 @@ def mailwarden_verdict(ctx: ScanContext, verdict: Verdict) -> None:
     Runs once per message after every detector finished. Change ``verdict`` in place; use
     ``@hookimpl(wrapper=True)`` and ``yield`` to run around the other implementations (for
     example to override what they decided). Synchronous.
+    """
+
+
+@hookspec(firstresult=True)
+def mailwarden_action(ctx: ScanContext, verdict: Verdict, action: Action) -> Action | None:
+    """Carry out the part of a decided action that needs the message's content (SDK 1.3).
+
+    Runs once per message after the rule turned the verdict into ``action``, before the
+    gateway acts. Return a changed copy (``msgspec.structs.replace``) to take over, or
+    ``None`` to leave it; the first non-``None`` answer wins. The built-in antivirus plugin
+    keeps a backup copy when ``action.backup`` is set, and for ``action.remove_parts`` returns
+    the action with ``replace_message``: the message without those parts plus a notice part.
+    Synchronous; an exception is logged and the action stands as decided.
     """
 
 

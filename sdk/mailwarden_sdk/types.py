@@ -150,6 +150,12 @@ class Action(msgspec.Struct, kw_only=True, frozen=True):
     ``reason`` is the status that chose it (``infected``, ``spam``, ``error``, ``clean``...).
     ``smtp_code``/``smtp_text`` are used when the ingress answers a client (SMTP, milter); the
     header changes and the subject tag apply to messages that are delivered or quarantined.
+
+    ``remove_parts`` (SDK 1.3) lists the MIME part indexes the rule's ``remove`` action takes
+    out; a ``mailwarden_action`` implementation then supplies ``replace_message``, the message
+    delivered instead of the one received (without a replacement the gateway quarantines the
+    message rather than deliver what was to be removed). ``backup`` asks for a copy of the
+    original before it is changed or dropped.
     """
 
     kind: ActionKind
@@ -159,6 +165,8 @@ class Action(msgspec.Struct, kw_only=True, frozen=True):
     add_headers: list[tuple[str, str]] = msgspec.field(default_factory=list)
     subject_tag: str | None = None
     backup: bool = False
+    remove_parts: list[int] = msgspec.field(default_factory=list)
+    replace_message: bytes | None = None
 
 
 class Verdict(msgspec.Struct, kw_only=True):

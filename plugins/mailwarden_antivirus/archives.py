@@ -1,0 +1,473 @@
+"""Unpacking what a message carries, within limits, into the objects the engines scan.
+
+Every decoded MIME leaf, every uuencoded file in a text body, and every member of the archives
+among them (zip and the formats built on it, gzip, bzip2, xz, tar, 7z through py7zr, rar through
+rarfile; nested to any depth the limits allow; messages inside archives are parsed and walked
+too) is yielded as an :class:`Item`. What could not be looked into is recorded as a
+:class:`Problem` with the antivirus status it stands for: ``encrypted``, ``corrupted``, or
+``not_scanned`` naming the limit that stopped the walk (or ``format`` for a container with no
+reader).
+
+Everything here runs on untrusted input, so each decompression is bounded as it happens (never
+by the sizes an archive declares): output is read in chunks against the remaining total size
+and the member's compression ratio, and the clock and member count are checked between chunks.
+Once a limit is hit the whole walk stops, because a bomb's purpose is to exhaust the scanner
+and carrying on with the next member would help it.
+"""
+
+from __future__ import annotations
+
+import bz2
+import io
+import lzma
+import re
+import tarfile
+import time
+import zipfile
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+import msgspec
+
+from mailwarden_sdk import ParsedMessage, detect_type, parse
+
+__all__ = [
+    "ArchiveLimits",
+    "Item",
+    "Problem",
+    "Unpacker",
+]
+
+#: zip containers under other names: their members are scanned like a zip's (macros live there).
+ZIP_TYPES = frozenset({"zip", "docx", "xlsx", "pptx", "odt", "ods", "odp", "jar", "apk"})
+COMPRESSED_TYPES = frozenset({"gzip", "bzip2", "xz"})
+#: containers detected by their bytes that no reader here opens: reported, never called clean.
+UNREAD_TYPES = frozenset({"zstd", "cab", "lzh", "alz", "iso"})
+_CHUNK = 1 << 16
+# Below this many decompressed bytes the ratio is not judged: a small text or a run of zeros
+# compresses 100:1 without being a bomb, and at this size it costs nothing to scan.
+RATIO_FLOOR = 1 << 20
+_HEADER_LINE = re.compile(rb"^[!-9;-~]+:[ \t]?", re.MULTILINE)
+
+
+class ArchiveLimits(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """``[antivirus.limits]``: how far one message is unpacked.
+
+    ``max_depth`` counts nesting levels of archives and of messages inside archives;
+    ``max_members`` the objects taken out of archives in the whole message; ``max_total_size``
+    the bytes they decompress to together; ``max_ratio`` the decompressed to compressed size of
+    one member (judged from 1 MiB of output on); ``max_seconds`` the time spent unpacking one
+    message. The first limit hit stops the unpacking and gives the message the ``not_scanned``
+    status with the limit's name.
+    """
+
+    max_depth: int = 5
+    max_members: int = 1000
+    max_total_size: int = 128 * 1024 * 1024
+    max_ratio: float = 250.0
+    max_seconds: float = 15.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.max_depth <= 64:
+            raise ValueError("max_depth must be between 0 and 64")
+        if self.max_members < 1 or self.max_total_size < 1:
+            raise ValueError("max_members and max_total_size must be at least 1")
+        if self.max_ratio < 1 or self.max_seconds <= 0:
+            raise ValueError("max_ratio must be at least 1 and max_seconds above 0")
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One object to scan: ``label`` is its path (``invoice.zip/a/b.exe``), ``part`` the index
+    of the MIME part it came from (``None``: the message as a whole), ``depth`` the nesting
+    level inside archives."""
+
+    label: str
+    data: bytes | memoryview
+    part: int | None
+    depth: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """An object that could not be looked into: ``status`` is an antivirus status value."""
+
+    status: str
+    code: str
+    label: str
+    part: int | None
+    details: dict[str, str] = field(default_factory=dict)
+
+
+class _LimitHit(Exception):
+    def __init__(self, limit: str, detail: str) -> None:
+        super().__init__(detail)
+        self.limit = limit
+
+
+class _Corrupt(Exception):
+    pass
+
+
+class _Encrypted(Exception):
+    pass
+
+
+class _Unsupported(Exception):
+    """A container (or a compression method in it) no reader here handles."""
+
+
+class Unpacker:
+    """One message's walk: counts members, bytes and time against ``limits`` across archives."""
+
+    def __init__(
+        self, limits: ArchiveLimits, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.limits = limits
+        self.clock = clock
+        self.deadline = clock() + limits.max_seconds
+        self.members = 0
+        self.total = 0
+        self.problems: list[Problem] = []
+        self.stopped = False
+
+    # -- entry points ------------------------------------------------------------------------
+
+    def message(self, message: ParsedMessage, *, whole: bool) -> Iterator[Item]:
+        """Every leaf of ``message`` decoded, its uuencoded files, their archives' members and,
+        when ``whole``, the raw message (last: it repeats what the parts hold)."""
+        yield from self._message(message, "", None, 0)
+        if whole:
+            yield Item("message", message.raw, None)
+
+    def _message(
+        self, message: ParsedMessage, prefix: str, part: int | None, depth: int
+    ) -> Iterator[Item]:
+        # Inside an archive the part indexes of the inner message mean nothing to the outer
+        # one: everything found there belongs to the outer part holding the archive.
+        for leaf in message.leaves():
+            index = leaf.index if part is None else part
+            name = leaf.filename or f"part {leaf.index}"
+            label = f"{prefix}{name}"
+            data = leaf.decoded()
+            if leaf.detected_type == "ole2-encrypted":
+                self._problem("encrypted", "AV_ENCRYPTED", label, index, kind="document")
+            if leaf.content_type.startswith("message/"):
+                # a message the parser left whole (base64-encoded message/rfc822 is not
+                # allowed by RFC 2046 and so not descended into, but mail clients open it)
+                yield Item(label, data, index, depth)
+                if self._deeper(label, index, depth):
+                    yield from self._message(parse(bytes(data)), f"{label}/", index, depth + 1)
+            else:
+                yield from self.walk(data, label, index, depth)
+            for uu in leaf.uuencoded():
+                uu_label = f"{label}/{uu.filename or 'uuencoded'}"
+                yield from self.walk(uu.data, uu_label, index, depth)
+            if self.stopped:
+                return
+
+    def walk(
+        self, data: bytes | memoryview, label: str, part: int | None, depth: int = 0
+    ) -> Iterator[Item]:
+        """``data`` itself, then (when it is an archive or a message) what it holds."""
+        if self.stopped:
+            return
+        yield Item(label, data, part, depth)
+        kind = detect_type(data) if len(data) else "unknown"
+        inner: Iterator[tuple[str, bytes]] | None = None
+        if kind in ZIP_TYPES:
+            inner = self._zip(data, label, part)
+        elif kind in COMPRESSED_TYPES:
+            inner = self._compressed(kind, data)
+        elif kind == "tar":
+            inner = self._tar(data)
+        elif kind == "7z":
+            inner = self._sevenzip(data)
+        elif kind == "rar":
+            inner = self._rar(data)
+        elif kind in UNREAD_TYPES:
+            self._problem(
+                "not_scanned", "AV_FORMAT_NOT_SUPPORTED", label, part, limit="format", format=kind
+            )
+            return
+        elif _looks_like_message(data, label):
+            inner = None
+            if self._deeper(label, part, depth):
+                yield from self._message(parse(bytes(data)), f"{label}/", part, depth + 1)
+            return
+        if inner is None:
+            return
+        if not self._deeper(label, part, depth):
+            return
+        try:
+            for name, member in inner:
+                yield from self.walk(member, f"{label}/{name}", part, depth + 1)
+                if self.stopped:
+                    return
+        except _LimitHit as hit:
+            self._stop(hit, label, part)
+        except _Encrypted as exc:
+            self._problem("encrypted", "AV_ENCRYPTED", label, part, kind=kind, member=str(exc))
+        except _Corrupt as exc:
+            self._problem("corrupted", "AV_CORRUPTED", label, part, kind=kind, error=str(exc))
+        except _Unsupported as exc:
+            self._problem(
+                "not_scanned",
+                "AV_FORMAT_NOT_SUPPORTED",
+                label,
+                part,
+                limit="format",
+                format=kind,
+                reason=str(exc),
+            )
+
+    # -- bookkeeping -------------------------------------------------------------------------
+
+    def _problem(
+        self, status: str, code: str, label: str, part: int | None, **details: str
+    ) -> None:
+        self.problems.append(Problem(status, code, label, part, {"object": label, **details}))
+
+    def _stop(self, hit: _LimitHit, label: str, part: int | None) -> None:
+        self.stopped = True
+        self._problem(
+            "not_scanned", "AV_NOT_SCANNED", label, part, limit=hit.limit, reason=str(hit)
+        )
+
+    def _deeper(self, label: str, part: int | None, depth: int) -> bool:
+        if depth < self.limits.max_depth:
+            return True
+        self._stop(
+            _LimitHit("max_depth", f"nested deeper than {self.limits.max_depth}"), label, part
+        )
+        return False
+
+    def _check_clock(self) -> None:
+        if self.clock() > self.deadline:
+            raise _LimitHit("max_seconds", f"unpacking took over {self.limits.max_seconds:g} s")
+
+    def _member(self) -> None:
+        self._check_clock()
+        self.members += 1
+        if self.members > self.limits.max_members:
+            raise _LimitHit("max_members", f"more than {self.limits.max_members} members")
+
+    def _room(self) -> int:
+        return self.limits.max_total_size - self.total
+
+    def _grow(self, size: int) -> None:
+        """Account ``size`` more decompressed bytes."""
+        self.total += size
+        if self.total > self.limits.max_total_size:
+            raise _LimitHit(
+                "max_total_size", f"members decompress to over {self.limits.max_total_size} bytes"
+            )
+
+    def _ratio(self, out: int, packed: int) -> None:
+        if out > RATIO_FLOOR and out > max(packed, 1) * self.limits.max_ratio:
+            raise _LimitHit(
+                "max_ratio", f"a member decompresses over {self.limits.max_ratio:g} times"
+            )
+
+    def _drain(self, stream: IO[bytes], packed: int) -> bytes:
+        """Read ``stream`` to its end in chunks, every limit checked after each chunk."""
+        chunks: list[bytes] = []
+        out = 0
+        while True:
+            self._check_clock()
+            chunk = stream.read(min(_CHUNK, self._room() + 1))
+            if not chunk:
+                return b"".join(chunks)
+            out += len(chunk)
+            self._grow(len(chunk))
+            self._ratio(out, packed)
+            chunks.append(chunk)
+
+    # -- formats -----------------------------------------------------------------------------
+
+    def _zip(
+        self, data: bytes | memoryview, label: str, part: int | None
+    ) -> Iterator[tuple[str, bytes]]:
+        try:
+            archive = zipfile.ZipFile(io.BytesIO(bytes(data)))
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError) as exc:
+            raise _Corrupt(f"zip: {exc}") from None
+        with archive:
+            for info in archive.infolist():
+                if info.is_dir():
+                    continue
+                self._member()
+                if info.flag_bits & 0x1:
+                    # the other members may still be readable: report this one and go on
+                    where = f"{label}/{info.filename}"
+                    self._problem("encrypted", "AV_ENCRYPTED", where, part, kind="zip")
+                    continue
+                try:
+                    with archive.open(info) as stream:
+                        member = self._drain(stream, info.compress_size)
+                except NotImplementedError as exc:
+                    raise _Unsupported(f"zip: {exc}") from None
+                except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as exc:
+                    raise _Corrupt(f"zip member {info.filename}: {exc}") from None
+                except RuntimeError as exc:  # zipfile's "encrypted, password required"
+                    raise _Encrypted(f"{info.filename}: {exc}") from None
+                yield info.filename, member
+
+    def _compressed(self, kind: str, data: bytes | memoryview) -> Iterator[tuple[str, bytes]]:
+        self._member()
+        decompressor: Any
+        if kind == "gzip":
+            decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        elif kind == "bzip2":
+            decompressor = bz2.BZ2Decompressor()
+        else:
+            decompressor = lzma.LZMADecompressor()
+        chunks: list[bytes] = []
+        pending = bytes(data)
+        out = 0
+        errors = (zlib.error, OSError, EOFError, lzma.LZMAError, ValueError)
+        try:
+            # Output is taken in bounded steps (max_length), so a bomb never inflates at once.
+            while not decompressor.eof:
+                self._check_clock()
+                chunk = decompressor.decompress(pending, _CHUNK)
+                if kind == "gzip":
+                    pending = decompressor.unconsumed_tail
+                    starved = not chunk and not pending
+                else:
+                    pending = b""
+                    starved = not chunk and decompressor.needs_input
+                if starved:
+                    raise _Corrupt(f"{kind}: the data ends before the stream does")
+                out += len(chunk)
+                self._grow(len(chunk))
+                self._ratio(out, len(data))
+                chunks.append(chunk)
+        except errors as exc:
+            raise _Corrupt(f"{kind}: {exc}") from None
+        yield "(decompressed)", b"".join(chunks)
+
+    def _tar(self, data: bytes | memoryview) -> Iterator[tuple[str, bytes]]:
+        try:
+            archive = tarfile.open(fileobj=io.BytesIO(bytes(data)), mode="r:")
+        except tarfile.TarError as exc:
+            raise _Corrupt(f"tar: {exc}") from None
+        with archive:
+            try:
+                for info in archive:
+                    if not info.isfile():
+                        continue
+                    self._member()
+                    stream = archive.extractfile(info)
+                    if stream is None:
+                        continue
+                    # tar stores members as they are: the ratio is 1, the size limit still holds.
+                    yield info.name, self._drain(stream, info.size)
+            except (tarfile.TarError, OSError, EOFError) as exc:
+                raise _Corrupt(f"tar: {exc}") from None
+
+    def _sevenzip(self, data: bytes | memoryview) -> Iterator[tuple[str, bytes]]:
+        try:
+            import py7zr
+            import py7zr.io
+        except ImportError:
+            raise _Unsupported("7z: py7zr is not installed") from None
+
+        unpacker = self
+
+        class Capped(py7zr.io.Py7zIO):
+            """Keeps a member in memory; stops the walk when a limit is passed while writing."""
+
+            def __init__(self, packed: int) -> None:
+                self.buffer = io.BytesIO()
+                self.packed = packed
+
+            def write(self, s: bytes | bytearray) -> int:
+                unpacker._check_clock()
+                unpacker._grow(len(s))
+                unpacker._ratio(self.buffer.tell() + len(s), self.packed)
+                return self.buffer.write(s)
+
+            def read(self, size: int | None = None) -> bytes:
+                return self.buffer.read(size)
+
+            def seek(self, offset: int, whence: int = 0) -> int:
+                return self.buffer.seek(offset, whence)
+
+            def flush(self) -> None:
+                return None
+
+            def size(self) -> int:
+                return self.buffer.getbuffer().nbytes
+
+        class Factory(py7zr.io.WriterFactory):
+            def __init__(self, packed: int) -> None:
+                self.packed = packed
+                self.products: dict[str, Capped] = {}
+
+            def create(self, filename: str) -> py7zr.io.Py7zIO:
+                unpacker._member()
+                product = self.products[filename] = Capped(self.packed)
+                return product
+
+        errors = (py7zr.exceptions.Bad7zFile, py7zr.exceptions.DecompressionError, EOFError)
+        try:
+            with py7zr.SevenZipFile(io.BytesIO(bytes(data))) as archive:
+                if archive.needs_password():
+                    raise _Encrypted("7z archive")
+                factory = Factory(len(data))
+                archive.extractall(factory=factory)
+        except (_LimitHit, _Encrypted):
+            raise
+        except py7zr.exceptions.PasswordRequired:
+            raise _Encrypted("7z archive") from None
+        except py7zr.exceptions.UnsupportedCompressionMethodError as exc:
+            raise _Unsupported(f"7z: {exc}") from None
+        except (*errors, OSError, ValueError, KeyError, lzma.LZMAError) as exc:
+            raise _Corrupt(f"7z: {exc}") from None
+        for name, product in factory.products.items():
+            yield name, product.buffer.getvalue()
+
+    def _rar(self, data: bytes | memoryview) -> Iterator[tuple[str, bytes]]:
+        try:
+            import rarfile
+        except ImportError:
+            raise _Unsupported("rar: rarfile is not installed") from None
+        try:
+            archive = rarfile.RarFile(io.BytesIO(bytes(data)))
+            if archive.needs_password():
+                raise _Encrypted("rar archive")
+            for info in archive.infolist():
+                if info.is_dir():
+                    continue
+                self._member()
+                if info.needs_password():
+                    raise _Encrypted(info.filename or "rar member")
+                with archive.open(info) as stream:
+                    yield info.filename or "member", self._drain(stream, info.compress_size or 1)
+        except rarfile.RarCannotExec as exc:
+            # compressed rar members need an unrar tool (unrar, unar, 7z or bsdtar)
+            raise _Unsupported(f"rar: {exc}") from None
+        except rarfile.PasswordRequired:
+            raise _Encrypted("rar archive") from None
+        except (rarfile.Error, OSError, EOFError) as exc:
+            raise _Corrupt(f"rar: {exc}") from None
+
+
+def _looks_like_message(data: bytes | memoryview, label: str) -> bool:
+    """Whether an archive member is an e-mail message (``.eml`` or headers then a body)."""
+    if label.lower().endswith(".eml"):
+        return True
+    head = bytes(data[:8192])
+    end = head.find(b"\n\n")
+    if end < 0:
+        end = head.find(b"\r\n\r\n")
+    if end <= 0:
+        return False
+    lines = head[:end].replace(b"\r\n", b"\n").split(b"\n")
+    if not all(_HEADER_LINE.match(line) or line[:1] in (b" ", b"\t") for line in lines):
+        return False
+    names = {line.split(b":", 1)[0].lower() for line in lines if b":" in line}
+    return bool(names & {b"from", b"content-type", b"mime-version", b"received", b"subject"})
