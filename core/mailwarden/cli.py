@@ -68,10 +68,27 @@ class _Cli(click.Group):
         return super().get_command(ctx, cmd_name) or self._plugin_commands().get(cmd_name)
 
 
+class _HostLoader:
+    """Gives plugin commands the gateway's Host (``mailwarden_sdk.command_host``)."""
+
+    def load(self, config_path: str | None) -> Any:
+        from .config import load_config
+        from .pipeline import _Host
+
+        plugins = build_plugin_manager()
+        try:
+            config = load_config(_config_path(config_path), plugins.config_schemas())
+        except MailwardenError as exc:
+            raise click.ClickException(str(exc)) from exc
+        return _Host(config)
+
+
 @click.group(cls=_Cli)
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
-def cli(verbose: int) -> None:
+@click.pass_context
+def cli(ctx: click.Context, verbose: int) -> None:
     """mailwarden: email security gateway."""
+    ctx.obj = _HostLoader()
     level = logging.WARNING - 10 * verbose
     logging.basicConfig(
         level=max(level, logging.DEBUG), format="%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -7,8 +7,9 @@ Written only against ``mailwarden_sdk``, exactly as a third-party detector would
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
@@ -30,6 +31,7 @@ from .actions import remove_parts, write_backup
 from .archives import ArchiveLimits, Item, Problem, Unpacker
 from .clamd import ClamdConfig, ClamdError, ClamdLimit, clamd_scan
 from .signatures import SignatureSet, load_signatures
+from .updates import UpdatesConfig, current_dir
 
 __all__ = ["AntivirusConfig", "AntivirusPlugin", "ArchiveLimits"]
 
@@ -60,6 +62,7 @@ class AntivirusConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # and {backup} are filled in.
     notice: str = DEFAULT_NOTICE
     backup_retention_days: float = 30.0
+    updates: UpdatesConfig = msgspec.field(default_factory=UpdatesConfig)
 
 
 class AntivirusPlugin:
@@ -71,6 +74,9 @@ class AntivirusPlugin:
         self.config = AntivirusConfig()
         self.signatures = SignatureSet()
         self.data_dir: Path | None = None
+        self._paths: list[Path] = []
+        self._installed: Path | None = None
+        self._checked = 0.0
 
     @hookimpl
     def mailwarden_config_schema(self) -> tuple[str, type[msgspec.Struct]]:
@@ -86,11 +92,40 @@ class AntivirusPlugin:
         if self.config.builtin_signatures and "native" in self.config.engines:
             paths.insert(0, Path(__file__).parent / "signatures")
         self.data_dir = plugin_data_dir(host, DETECTOR)
-        # the compiled database is cached (and memory-mapped) under the plugin's data dir
+        self._paths = paths
+        self._load()
+
+    def _load(self) -> None:
+        assert self.data_dir is not None
+        # The set `mailwarden sigs update` installed, beside the configured files; the compiled
+        # database is cached (and memory-mapped) under the plugin's data dir.
+        installed = current_dir(self.data_dir / "updates")
+        self._installed = installed
+        self._checked = time.monotonic()
+        paths = [*self._paths, installed] if installed is not None else list(self._paths)
+        # One assignment: a scan in another thread keeps the set it started with.
         self.signatures = load_signatures(paths, cache_dir=self.data_dir)
+
+    def _check_for_update(self) -> None:
+        if self.data_dir is None:
+            return
+        if time.monotonic() - self._checked < self.config.updates.check_interval:
+            return
+        self._checked = time.monotonic()
+        installed = current_dir(self.data_dir / "updates")
+        if installed != self._installed:
+            log.info("antivirus: new signature set %s", installed)
+            self._load()
+
+    @hookimpl
+    def mailwarden_cli_commands(self) -> list[Any]:
+        from .cli import sigs
+
+        return [sigs]
 
     @hookimpl
     def mailwarden_scan(self, ctx: ScanContext) -> list[Finding]:
+        self._check_for_update()
         findings: list[Finding] = []
         reported: set[str] = set()
         use_clamd = "clamd" in self.config.engines

@@ -16,7 +16,7 @@ states which SDK versions it works with (see :mod:`mailwarden_sdk.version`).
 from mailwarden_native import Matcher, ParsedMessage, Part, detect_type, parse
 
 from . import findings
-from .context import Host, ScanContext, plugin_data_dir
+from .context import Host, HostLoader, ScanContext, command_host, plugin_data_dir
 from .hookspecs import PROJECT_NAME, hookimpl, hookspec
 from .stash import Stash, StashKey
 from .stores import StoreDescriptor, WhenFull
@@ -45,6 +45,7 @@ __all__ = [
     "Envelope",
     "Finding",
     "Host",
+    "HostLoader",
     "IncompatibleSdk",
     "Matcher",
     "MessageEvent",
@@ -59,6 +60,7 @@ __all__ = [
     "WhenFull",
     "__version__",
     "check_compatible",
+    "command_host",
     "detect_type",
     "findings",
     "hookimpl",

@@ -10,7 +10,7 @@ from mailwarden_native import ParsedMessage
 from .stash import Stash
 from .types import Envelope
 
-__all__ = ["Host", "ScanContext"]
+__all__ = ["Host", "HostLoader", "ScanContext", "command_host", "plugin_data_dir"]
 
 
 @runtime_checkable
@@ -58,6 +58,33 @@ class ScanContext:
             f"<ScanContext rule={self.rule!r} from={self.envelope.mail_from!r} "
             f"parts={len(self.message.parts)} size={len(self.message.raw)}>"
         )
+
+
+def command_host(config_path: str | None = None) -> Host:
+    """The gateway's :class:`Host` for a plugin's command-line command.
+
+    The ``mailwarden`` command loads the configuration the gateway would (``config_path``, else
+    ``$MAILWARDEN_CONFIG``, else ``<home>/mailwarden.toml``) and validates it, so a plugin's
+    command sees exactly the settings and data directory the running gateway uses. Raises
+    ``RuntimeError`` outside the ``mailwarden`` command.
+    """
+    import click
+
+    context = click.get_current_context(silent=True)
+    loader = context.find_root().obj if context is not None else None
+    if not isinstance(loader, HostLoader):
+        raise RuntimeError("command_host() works inside the mailwarden command line only")
+    return loader.load(config_path)
+
+
+@runtime_checkable
+class HostLoader(Protocol):
+    """What the ``mailwarden`` command line puts in its click context for
+    :func:`command_host` (the core implements it; the SDK never imports the core)."""
+
+    def load(self, config_path: str | None) -> Host:
+        """The Host for ``config_path`` (or the default config)."""
+        ...
 
 
 def plugin_data_dir(host: Host, name: str) -> Path:

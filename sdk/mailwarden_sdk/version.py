@@ -14,7 +14,7 @@ from packaging.version import Version
 
 __all__ = ["SDK_VERSION", "IncompatibleSdk", "check_compatible"]
 
-SDK_VERSION = "1.3.0"
+SDK_VERSION = "1.4.0"  # 1.4: command_host for plugin commands
 # 1.1: Verdict.content; 1.2: data_stores(host), StoreDescriptor.entries;
 # 1.3: mailwarden_action hook, Action.remove_parts / replace_message, detect_type
 

@@ -147,3 +147,12 @@ def test_fixture_smtp_controller(mailwarden_smtp: GatewayRunner, mailwarden_mess
                 mailwarden_message("bad", attachments=[("e.com", EICAR)]),
             )
     assert [e.action.value for e in mailwarden_smtp.events()] == ["reject", "deliver"]
+
+
+def test_command_host_works_only_inside_the_mailwarden_command() -> None:
+    import pytest as _pytest
+
+    from mailwarden_sdk import command_host
+
+    with _pytest.raises(RuntimeError, match="inside the mailwarden command line"):
+        command_host()
