@@ -114,3 +114,30 @@ def test_data_inventory_lists_event_log_with_real_size(tmp_path: Path) -> None:
     assert events["bytes"] == sum(p.stat().st_size for p in (home / "events").iterdir())
     assert events["store"]["read_permission"] == "events.messages.view"
     assert stores["maildir"]["exists"] is False
+
+
+def test_events_command_searches_the_index(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    log = MessageEventLog(home / "events", retention_days=None, max_bytes=None)
+    now = time.time()
+    log.append(event(now - 3 * 3600, "early", sender="carol@example.org"))
+    log.append(event(now - 60, "late", sender="carol@example.org", infected=True))
+    log.append(event(now - 30, "other", sender="dave@example.org"))
+    log.close()
+
+    def run(*args: str) -> list[str]:
+        result = subprocess.run(
+            [sys.executable, "-m", "mailwarden", "events", "--json", *args],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "MAILWARDEN_HOME": str(home)},
+        )
+        return [json.loads(line)["subject"] for line in result.stdout.splitlines()]
+
+    assert run() == ["other", "late", "early"]
+    assert run("--sender", "carol@example.org") == ["late", "early"]
+    assert run("--sender", "carol", "--until", "1h") == ["early"]
+    assert run("--sender", "@example.org", "--since", "2h") == ["other", "late"]
+    assert run("--status", "infected") == ["late"]
+    assert run("--subject", "EARLY", "--rcpt", "example.net") == ["early"]
