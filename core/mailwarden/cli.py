@@ -364,10 +364,13 @@ def data_inventory(config_path: str | None, as_json: bool) -> None:
         )
         click.echo(f"  readers   {store.read_permission}")
         now = (
-            f"{state.bytes:,} bytes in {state.files:,} files" if state.exists else "not created yet"
+            f"{state.bytes:,} bytes in {state.files:,} files, {state.records:,} entries"
+            if state.exists
+            else "not created yet"
         )
-        if state.exists and store.entries is not None:
-            now += f", {store.entries:,} entries"
+        if state.oldest is not None:
+            oldest = dt.datetime.fromtimestamp(state.oldest, dt.UTC)
+            now += f", oldest {oldest.isoformat(timespec='seconds')}"
         click.echo(f"  now       {now}")
 
 

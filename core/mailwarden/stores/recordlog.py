@@ -35,6 +35,7 @@ from .lmdb_env import LmdbEnv
 __all__ = ["RecordLog", "key_time"]
 
 R = TypeVar("R")
+T = TypeVar("T")
 
 _KEY = struct.Struct(">QQ")
 _U64 = struct.Struct(">Q")
@@ -78,8 +79,15 @@ class RecordLog(BoundedStore, Generic[R]):
         clock: Callable[[], float] = time.time,
         sync: bool = True,
         initial_map_size: int = 16 << 20,
+        extra_weight: Callable[[R], int] | None = None,
+        on_removed: Callable[[list[R]], None] | None = None,
     ) -> None:
+        """``extra_weight(record)`` adds what a record costs outside the environment (a body
+        file) to its weight; ``on_removed(records)`` is called after a commit removed them."""
         self.descriptor = descriptor
+        self._extra_weight = extra_weight
+        self._on_removed = on_removed
+        self._removed: list[R] = []
         self.path = Path(descriptor.path)
         self.clock = clock
         self.evictions = 0
@@ -103,11 +111,24 @@ class RecordLog(BoundedStore, Generic[R]):
                     found.add((name, _term(value)))
         return sorted(found)
 
-    @staticmethod
-    def _weight(value: bytes, terms: list[tuple[str, bytes]]) -> int:
+    def _weight(self, value: bytes, terms: list[tuple[str, bytes]], record: R) -> int:
         # What a record costs on disk, near enough: its JSON plus, per index entry, the term,
-        # the 16-byte record key and LMDB's node header.
-        return len(value) + sum(len(term) + 24 for _, term in terms)
+        # the 16-byte record key and LMDB's node header; plus what it keeps elsewhere.
+        extra = self._extra_weight(record) if self._extra_weight else 0
+        return len(value) + sum(len(term) + 24 for _, term in terms) + extra
+
+    def _write(self, work: Callable[[Any], T]) -> T:
+        """A write transaction; removed records are handed to ``on_removed`` after commit."""
+
+        def attempt(txn: Any) -> T:
+            self._removed = []  # a retried attempt (map grown) starts over
+            return work(txn)
+
+        result = self.env.write(attempt)
+        removed, self._removed = self._removed, []
+        if removed and self._on_removed is not None:
+            self._on_removed(removed)
+        return result
 
     def append(self, record: R) -> bytes:
         """Store one record with its index entries; returns its key."""
@@ -118,20 +139,22 @@ class RecordLog(BoundedStore, Generic[R]):
         prepared = []
         for record in records:
             value = self._encode(record)
-            prepared.append((self._time_of(record), value, self._terms(record)))
+            terms = self._terms(record)
+            weight = self._weight(value, terms, record)
+            prepared.append((self._time_of(record), value, terms, weight))
 
         def work(txn: Any) -> list[bytes]:
             meta = self.env.db("meta")
             seq = _get_u64(txn, meta, b"seq")
             weight = _get_u64(txn, meta, b"bytes")
             keys = []
-            for timestamp, value, terms in prepared:
+            for timestamp, value, terms, record_weight in prepared:
                 seq += 1
                 key = _key(timestamp, seq)
                 txn.put(key, value, db=self.env.db("records"))
                 for name, term in terms:
                     txn.put(term, key, db=self.env.db(f"ix_{name}"))
-                weight += self._weight(value, terms)
+                weight += record_weight
                 keys.append(key)
             txn.put(b"seq", _U64.pack(seq), db=meta)
             txn.put(b"bytes", _U64.pack(weight), db=meta)
@@ -139,15 +162,17 @@ class RecordLog(BoundedStore, Generic[R]):
                 self.evictions += self._trim(txn, _TRIM_IN_APPEND)
             return keys
 
-        return self.env.write(work)
+        return self._write(work)
 
     def _remove(self, txn: Any, key: bytes, value: bytes) -> None:
-        terms = self._terms(self._decode(value))
+        record = self._decode(value)
+        terms = self._terms(record)
         for name, term in terms:
             txn.delete(term, key, db=self.env.db(f"ix_{name}"))
         txn.delete(key, db=self.env.db("records"))
+        self._removed.append(record)
         meta = self.env.db("meta")
-        weight = _get_u64(txn, meta, b"bytes") - self._weight(value, terms)
+        weight = _get_u64(txn, meta, b"bytes") - self._weight(value, terms, record)
         txn.put(b"bytes", _U64.pack(max(0, weight)), db=meta)
 
     def _trim(self, txn: Any, limit: int) -> int:
@@ -197,7 +222,7 @@ class RecordLog(BoundedStore, Generic[R]):
                     removed += 1
                 return removed
 
-            step = self.env.write(work)
+            step = self._write(work)
             total += step
             if step < _REMOVE_BATCH:
                 return total
@@ -205,7 +230,7 @@ class RecordLog(BoundedStore, Generic[R]):
     def remove_oldest_until(self, max_bytes: int | None, max_entries: int | None) -> int:
         total = 0
         while True:
-            step = self.env.write(lambda txn: self._trim(txn, _REMOVE_BATCH))
+            step = self._write(lambda txn: self._trim(txn, _REMOVE_BATCH))
             total += step
             if step < _REMOVE_BATCH:
                 return total
@@ -241,6 +266,11 @@ class RecordLog(BoundedStore, Generic[R]):
             return found
 
         return self.env.read(work)
+
+    def get(self, index: str, term: str) -> R | None:
+        """The newest record an index term names, else ``None``."""
+        found = self.select(terms=[(index, term)], limit=1)
+        return found[0] if found else None
 
     def count_term(self, index: str, term: str) -> int:
         """How many records an index term names."""
@@ -301,11 +331,12 @@ class RecordLog(BoundedStore, Generic[R]):
             weight = 0
             for key, value in txn.cursor(db=records):
                 try:
-                    terms = self._terms(self._decode(value))
+                    record = self._decode(value)
                 except msgspec.DecodeError:
                     problems.append(f"record {key.hex()} does not decode")
                     continue
-                weight += self._weight(value, terms)
+                terms = self._terms(record)
+                weight += self._weight(value, terms, record)
                 expected.update((name, term, key) for name, term in terms)
             present: set[tuple[str, bytes, bytes]] = set()
             for name in self._indices:
