@@ -58,7 +58,7 @@ def plugin_file_stores(
     for descriptor in declared:
         if descriptor.when_full is WhenFull.EVICT_LRU:
             continue
-        if descriptor.retention_days is None and descriptor.when_full is not WhenFull.REMOVE_OLDEST:
+        if descriptor.retention_days is None and descriptor.when_full is WhenFull.NOT_CAPPED:
             continue
         stores.append(FileStore(descriptor, clock=clock))
     return stores
