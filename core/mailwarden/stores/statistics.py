@@ -38,8 +38,13 @@ def _names(event: MessageEvent) -> list[tuple[str, str]]:
                                          ("content", verdict.content)) if s]  # fmt: skip
     names.append(("sender", event.mail_from.lower() or "<>"))
     names += [("recipient", r.lower()) for r in dict.fromkeys(event.rcpt_to)]
-    detections = {name for name in verdict.virus_names}
-    detections |= {f.code for f in verdict.findings if f.status not in ("clean", "error", "hit")}
+    # A detection is named by its signature when it has one (the virus name), else its code.
+    detections = {
+        f.details.get("signature") or f.code
+        for f in verdict.findings
+        if f.status not in ("clean", "error")
+    }
+    detections |= set(verdict.virus_names)
     names += [("detection", d) for d in sorted(detections)]
     return names
 
