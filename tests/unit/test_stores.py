@@ -185,3 +185,15 @@ def test_sigkill_during_writes_leaves_a_readable_store(tmp_path: Path) -> None:
     assert len(log.search(EventQuery(sender="carol", limit=None))) == count
     log.append(event(time.time(), "after"))  # the killed writer's lock and reader slot are free
     assert log.search(EventQuery(limit=1))[0].subject == "after"
+
+
+def test_building_a_gateway_opens_no_environment(tmp_path: Path) -> None:
+    # `mailwarden serve` builds a gateway and then forks workers: an LMDB environment opened
+    # before the fork could not be opened again in the workers.
+    from mailwarden.config import parse_config
+    from mailwarden.pipeline import Gateway
+    from mailwarden.stores import lmdb_env
+
+    config = parse_config(f'[gateway]\nhome = "{tmp_path}"\n')
+    Gateway(config)
+    assert not [path for path in lmdb_env._OPEN if path.startswith(str(tmp_path))]

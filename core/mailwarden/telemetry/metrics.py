@@ -50,6 +50,12 @@ class _StoreCollector(Collector):
     def __init__(self, stores: Callable[[], Iterable[BoundedStore]]) -> None:
         self._stores = stores
 
+    def describe(self) -> list[Any]:
+        # Without this the registry would collect at registration and so open every store in
+        # the process that builds the gateway: the serve parent, before it forks its workers
+        # (an LMDB environment must not cross a fork).
+        return []
+
     def collect(self) -> Iterator[Any]:
         size = GaugeMetricFamily(
             "mailwarden_store_bytes", "Bytes a store of user data holds", labels=["store"]
