@@ -10,6 +10,8 @@ Retention (default 3 days) and the size cap (default 1 GB) remove the oldest rec
 
 from __future__ import annotations
 
+import fcntl
+import os
 import re
 import time
 from collections.abc import Callable, Iterable
@@ -26,6 +28,7 @@ __all__ = ["EVENT_INDICES", "EventQuery", "MessageEventLog", "address_terms", "s
 
 EVENT_INDICES = ("sender", "recipient", "client", "message_id", "status", "action", "word")
 _WORD = re.compile(r"\w+")
+_legacy_decode = msgspec.json.Decoder(MessageEvent).decode
 
 
 def address_terms(address: str) -> list[str]:
@@ -180,7 +183,43 @@ class MessageEventLog:
     def enforce(self) -> int:
         """Remove records past the retention and the oldest over the cap; how many."""
         self._next_enforce = self._clock() + 60
+        self.import_legacy()
         return enforce(self.store)
+
+    def import_legacy(self) -> int:
+        """Read in and remove day files of the earlier JSON-lines format; records imported.
+
+        So an upgraded gateway keeps its history searchable and under the same limits. Each
+        file is locked while read, so two workers never import it twice; a crash during an
+        import may repeat that one file's records.
+        """
+        imported = 0
+        paths = sorted(self.directory.glob("*.jsonl")) if self.directory.is_dir() else []
+        for path in paths:
+            try:
+                handle = path.open("rb")
+            except FileNotFoundError:
+                continue  # another worker has just imported it
+            with handle:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue
+                if os.fstat(handle.fileno()).st_nlink == 0:
+                    continue
+                batch: list[MessageEvent] = []
+                for line in handle:
+                    try:
+                        batch.append(_legacy_decode(line))
+                    except msgspec.DecodeError:
+                        continue  # a line torn by a crash of the old writer
+                    if len(batch) >= 5000:
+                        imported += len(self.store.append_many(batch))
+                        batch = []
+                if batch:
+                    imported += len(self.store.append_many(batch))
+                path.unlink()
+        return imported
 
     def usage(self) -> Usage:
         """Bytes, records and the oldest record's time."""

@@ -141,3 +141,20 @@ def test_events_command_searches_the_index(tmp_path: Path) -> None:
     assert run("--sender", "@example.org", "--since", "2h") == ["other", "late"]
     assert run("--status", "infected") == ["late"]
     assert run("--subject", "EARLY", "--rcpt", "example.net") == ["early"]
+
+
+def test_day_files_of_the_json_lines_format_are_imported_once(tmp_path: Path) -> None:
+    import msgspec
+
+    now = time.time()
+    (tmp_path / "20231114.jsonl").write_bytes(
+        msgspec.json.encode(event(now - 60, "old format", sender="carol@example.org"))
+        + b"\n"
+        + b'{"id": "torn", "ti'
+    )
+    log = MessageEventLog(tmp_path, retention_days=3, max_bytes=None)
+    log.append(event(now, "new format"))  # the first write enforces, which imports
+    assert [e.subject for e in log.search()] == ["new format", "old format"]
+    assert list(tmp_path.glob("*.jsonl")) == []
+    assert len(log.search(EventQuery(sender="carol"))) == 1
+    assert log.import_legacy() == 0 and log.verify() == []

@@ -2,9 +2,9 @@
 
 Each gateway has its own registry (tests build several in one process). Store sizes are read
 when scraped (a collector asks every store for its usage), so they are never stale; message
-counters move when a message is recorded. With several worker processes each serves its own
-figures on its own listener only if configured per worker; the default single-process gateway
-serves them at ``[metrics] listen:port``.
+counters move when a message is recorded. They are served at ``[metrics] listen:port``; with
+``[smtp] workers`` above one, the first worker to bind the port serves its own figures (the
+others log that the port is taken), so per-message counters then cover that worker only.
 """
 
 from __future__ import annotations
