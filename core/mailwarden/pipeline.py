@@ -72,6 +72,8 @@ _RELOAD_SECTIONS = (
     "delivery",
     "detectors",
     "events",
+    "stores",
+    "metrics",
     "spool",
     "tls",
     "dkim",
