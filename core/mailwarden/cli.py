@@ -302,9 +302,10 @@ def config_check(file: str | None) -> None:
 @cli.command()
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Config file.")
 @click.option("--since", help="ISO time or N[smhd] ago (e.g. 2h).")
-@click.option("--sender")
-@click.option("--rcpt", "recipient")
-@click.option("--subject")
+@click.option("--until", help="ISO time or N[smhd] ago; events before it.")
+@click.option("--sender", help="Address, local part or domain.")
+@click.option("--rcpt", "recipient", help="Address, local part or domain.")
+@click.option("--subject", help="Words the subject contains.")
 @click.option(
     "--action", type=click.Choice(["deliver", "reject", "tempfail", "discard", "quarantine"])
 )
@@ -313,8 +314,10 @@ def config_check(file: str | None) -> None:
 @click.option("--client", "client_address")
 @click.option("--limit", default=50, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="JSON lines.")
-def events(config_path: str | None, since: str | None, as_json: bool, **filters: Any) -> None:
-    """Search the message event log, newest first."""
+def events(
+    config_path: str | None, since: str | None, until: str | None, as_json: bool, **filters: Any
+) -> None:
+    """Search the message event log (through its indices), newest first."""
     from .config import load_config
 
     try:
@@ -323,7 +326,11 @@ def events(config_path: str | None, since: str | None, as_json: bool, **filters:
         _fail(str(exc))
         return
     log = MessageEventLog(cfg.path_in_home(cfg.events.path), retention_days=None, max_bytes=None)
-    query = EventQuery(since=_parse_since(since) if since else None, **filters)
+    query = EventQuery(
+        since=_parse_since(since) if since else None,
+        until=_parse_since(until) if until else None,
+        **filters,
+    )
     for event in log.search(query):
         if as_json:
             click.echo(msgspec.json.encode(event).decode())
@@ -374,10 +381,13 @@ def data_inventory(config_path: str | None, as_json: bool) -> None:
         )
         click.echo(f"  readers   {store.read_permission}")
         now = (
-            f"{state.bytes:,} bytes in {state.files:,} files" if state.exists else "not created yet"
+            f"{state.bytes:,} bytes in {state.files:,} files, {state.records:,} entries"
+            if state.exists
+            else "not created yet"
         )
-        if state.exists and store.entries is not None:
-            now += f", {store.entries:,} entries"
+        if state.oldest is not None:
+            oldest = dt.datetime.fromtimestamp(state.oldest, dt.UTC)
+            now += f", oldest {oldest.isoformat(timespec='seconds')}"
         click.echo(f"  now       {now}")
 
 

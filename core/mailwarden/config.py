@@ -29,11 +29,13 @@ __all__ = [
     "DkimKeyConfig",
     "EventsConfig",
     "GatewayConfig",
+    "MetricsConfig",
     "MilterConfig",
     "RuleActions",
     "RuleConfig",
     "SmtpConfig",
     "SpoolConfig",
+    "StoresConfig",
     "TlsConfig",
     "default_home",
     "load_config",
@@ -195,12 +197,52 @@ class DetectorsConfig(_Section):
 
 
 class EventsConfig(_Section):
-    """``[events]``: the message event log."""
+    """``[events]``: the message event log, and where events are also sent.
+
+    ``json`` writes each message event as a JSON line to a file (``-``: standard output);
+    ``syslog`` sends it to ``host:port`` over UDP as RFC 5424 (``syslog_format = "cef"``: the
+    message is in ArcSight CEF), so existing log pipelines take it. Both empty: not sent.
+    """
 
     enabled: bool = True
     path: str = "events"
     retention_days: Annotated[float, msgspec.Meta(gt=0)] = 3.0
     max_bytes: Positive = 1 << 30
+    json: str = ""
+    syslog: str = ""
+    syslog_format: Literal["rfc5424", "cef"] = "rfc5424"
+    syslog_facility: Annotated[int, msgspec.Meta(ge=0, le=23)] = 16
+
+
+class StoresConfig(_Section):
+    """``[stores]``: the other stores of user data, their places (relative to the home) and
+    limits. Every limit removes the oldest records when reached; ``traces`` is off unless
+    diagnostics need it, because traces may hold message text.
+    """
+
+    quarantine_max_bytes: Positive = 1 << 30
+    backup_path: str = "backup"
+    backup_max_bytes: Positive = 7 << 30
+    app_log_path: str = "app-log"
+    app_log_retention_days: Annotated[float, msgspec.Meta(gt=0)] = 1100.0
+    app_log_max_bytes: Positive = 1 << 30
+    auth_log_path: str = "auth-log"
+    auth_log_retention_days: Annotated[float, msgspec.Meta(gt=0)] = 35.0
+    traces: bool = False
+    traces_path: str = "traces"
+    trace_max_bytes: Positive = 150 << 20
+    statistics_path: str = "statistics"
+    temp_path: str = "tmp"
+    # How often limits are enforced while serving (the event log's size cap holds at every
+    # write regardless).
+    enforce_interval: Seconds = 60.0
+
+
+class MetricsConfig(_Section):
+    """``[metrics]``: Prometheus metrics at ``http://listen:port/metrics`` (``port = 0``: off)."""
+
+    listen: str = "127.0.0.1"
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 0
 
 
 class RuleActions(_Section):
@@ -411,6 +453,8 @@ class Config(_Section):
     delivery: DeliveryConfig = msgspec.field(default_factory=DeliveryConfig)
     detectors: DetectorsConfig = msgspec.field(default_factory=DetectorsConfig)
     events: EventsConfig = msgspec.field(default_factory=EventsConfig)
+    stores: StoresConfig = msgspec.field(default_factory=StoresConfig)
+    metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
     spool: SpoolConfig = msgspec.field(default_factory=SpoolConfig)
     tls: TlsConfig = msgspec.field(default_factory=TlsConfig)
     dkim: DkimConfig = msgspec.field(default_factory=DkimConfig)
@@ -439,6 +483,8 @@ _CORE_SECTIONS: dict[str, type[Any]] = {
     "delivery": DeliveryConfig,
     "detectors": DetectorsConfig,
     "events": EventsConfig,
+    "stores": StoresConfig,
+    "metrics": MetricsConfig,
     "spool": SpoolConfig,
     "tls": TlsConfig,
     "dkim": DkimConfig,

@@ -1,13 +1,15 @@
-"""The data inventory: every store of user data, where it is, what it holds, its limits.
+"""The data inventory: every store of user data, where it is, what it holds, its limits, and
+what is in it now.
 
-Core stores are described here from the live configuration; plugins add theirs through
-``mailwarden_data_stores``. ``mailwarden data-inventory`` prints the result with the current
-size of each store, so what an auditor reads is what is on disk.
+Core stores are described from the live configuration; plugins add theirs through
+``mailwarden_data_stores``. Sizes are measured on disk; record counts and the oldest record
+come from the stores themselves where they keep them (LMDB record logs count exactly), else
+from their files. ``mailwarden data-inventory`` prints the result, so what an auditor reads is
+what is on disk.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -16,66 +18,150 @@ import msgspec
 from mailwarden_sdk import StoreDescriptor, WhenFull
 
 from .config import Config
+from .events import MessageEventLog, event_log_descriptor
 from .plugins import PluginSet
+from .stores.applog import ApplicationLog
+from .stores.authlog import AuthLog
+from .stores.backup import BackupStore
+from .stores.bounded import BoundedStore
+from .stores.core import quarantine_descriptor
+from .stores.files import walk_files
+from .stores.statistics import Statistics
+from .stores.traces import TraceStreams
+from .tls import tls_paths
 
-__all__ = ["StoreState", "core_stores", "inventory"]
+__all__ = ["StoreState", "core_stores", "inventory", "plugin_descriptors"]
 
 
 class StoreState(msgspec.Struct, kw_only=True):
-    """A declared store with what is in it now."""
+    """A declared store with what is in it now.
+
+    ``bytes`` and ``files`` are measured on disk; ``records`` is the number of records (a
+    record log's entries, a cache's entries, else the number of files); ``oldest`` the time of
+    the oldest record (or file), ``None`` when empty or not known.
+    """
 
     store: StoreDescriptor
     owner: str
     exists: bool
     bytes: int
     files: int
+    records: int
+    oldest: float | None = None
 
 
 def core_stores(config: Config) -> list[StoreDescriptor]:
     """The stores the core itself keeps, as configured."""
-    stores = [
-        StoreDescriptor(
-            name="configuration",
-            path=config.source or "(embedded defaults)",
-            holds="settings and rules, including addresses named in rules",
-            read_permission="settings.view",
+    return [descriptor for descriptor, _ in _core(config)]
+
+
+def _core(config: Config) -> list[tuple[StoreDescriptor, BoundedStore | None]]:
+    cfg = config.stores
+    stores: list[tuple[StoreDescriptor, BoundedStore | None]] = [
+        (
+            StoreDescriptor(
+                name="configuration",
+                path=config.source or "(embedded defaults)",
+                holds="settings and rules, including addresses named in rules; LDAP bind "
+                "credentials when set in the file",
+                read_permission="settings.view",
+            ),
+            None,
         ),
-        StoreDescriptor(
-            name="maildir",
-            path=str(config.path_in_home(config.delivery.maildir)),
-            holds="delivered messages in full (local delivery mode)",
-            read_permission="queues.manage",
+        (
+            StoreDescriptor(
+                name="maildir",
+                path=str(config.path_in_home(config.delivery.maildir)),
+                holds="delivered messages in full (local delivery mode)",
+                read_permission="queues.manage",
+            ),
+            None,
         ),
-        StoreDescriptor(
-            name="quarantine",
-            path=str(config.home / "quarantine"),
-            holds="messages a rule quarantined, in full",
-            read_permission="queues.view",
+        (
+            StoreDescriptor(
+                name="spool",
+                path=str(config.path_in_home(config.spool.path)),
+                holds="messages in flight in full, with their envelopes; removed when "
+                "delivered, rejected or stored elsewhere; temp files removed at start",
+                read_permission="queues.manage",
+            ),
+            None,
+        ),
+        (
+            StoreDescriptor(
+                name="temp files",
+                path=str(config.path_in_home(cfg.temp_path)),
+                holds="parts of messages being processed; removed at start",
+                read_permission="diagnostics.get",
+            ),
+            None,
         ),
     ]
+    quarantine = quarantine_descriptor(config)
+    stores.append((quarantine, None))
     if config.directory.enabled:
         stores.append(
-            StoreDescriptor(
-                name="directory cache",
-                path=str(config.path_in_home(config.directory.cache_path)),
-                holds="LDAP/AD users and contacts: names, addresses, sAMAccountName, UPN, "
-                "objectSid, group memberships; replaced at each refresh "
-                f"(every {config.directory.refresh_interval:g} s), deleted at start-up when "
-                "the directory integration is off",
-                read_permission="settings.view",
+            (
+                StoreDescriptor(
+                    name="directory cache",
+                    path=str(config.path_in_home(config.directory.cache_path)),
+                    holds="LDAP/AD users and contacts: names, addresses, sAMAccountName, UPN, "
+                    "objectSid, group memberships; replaced at each refresh "
+                    f"(every {config.directory.refresh_interval:g} s), deleted at start-up "
+                    "when the directory integration is off",
+                    read_permission="settings.view",
+                ),
+                None,
             )
         )
+    events = config.path_in_home(config.events.path)
     if config.events.enabled:
-        stores.append(
+        log = MessageEventLog(events, retention_days=None, max_bytes=None)
+        descriptor = event_log_descriptor(
+            events, config.events.retention_days, config.events.max_bytes
+        )
+        stores.append((descriptor, log.store))
+    app = ApplicationLog(
+        config.path_in_home(cfg.app_log_path),
+        retention_days=cfg.app_log_retention_days,
+        max_bytes=cfg.app_log_max_bytes,
+    )
+    auth = AuthLog(
+        config.path_in_home(cfg.auth_log_path), retention_days=cfg.auth_log_retention_days
+    )
+    backup = BackupStore(config.path_in_home(cfg.backup_path), max_bytes=cfg.backup_max_bytes)
+    stores += [(app.descriptor, app), (auth.descriptor, auth), (backup.descriptor, backup)]
+    if cfg.traces:
+        traces = TraceStreams(
+            config.path_in_home(cfg.traces_path), max_bytes_per_stream=cfg.trace_max_bytes
+        )
+        stores.append((traces.descriptor, traces))
+    stats = Statistics(config.path_in_home(cfg.statistics_path))
+    stores.append((stats.descriptor, None))
+    cert, key = tls_paths(config)
+    stores.append(
+        (
             StoreDescriptor(
-                name="message event log",
-                path=str(config.path_in_home(config.events.path)),
-                holds="per message: addresses, client IP, HELO, subject, attachment names, "
-                "findings, verdict, action",
-                retention_days=config.events.retention_days,
-                max_bytes=config.events.max_bytes,
-                when_full=WhenFull.REMOVE_OLDEST,
-                read_permission="events.messages.view",
+                name="TLS key",
+                path=str(key),
+                holds=f"the listener's private key (file 0600; certificate {cert}); never "
+                "shown in the web interface",
+                read_permission="mta.edit",
+            ),
+            None,
+        )
+    )
+    for dkim in config.dkim.keys:
+        stores.append(
+            (
+                StoreDescriptor(
+                    name=f"DKIM key {dkim.selector}._domainkey.{dkim.domain}",
+                    path=str(config.path_in_home(dkim.key_file)),
+                    holds="a DKIM private signing key (file 0600); never shown in the web "
+                    "interface",
+                    read_permission="mta.edit",
+                ),
+                None,
             )
         )
     return stores
@@ -92,26 +178,9 @@ class _InventoryHost:
         return self._config.plugins.get(section)
 
 
-def _measure(path: str) -> tuple[bool, int, int]:
-    target = Path(path)
-    if target.is_file():
-        return True, target.stat().st_size, 1
-    if not target.is_dir():
-        return False, 0, 0
-    total = count = 0
-    for root, _dirs, names in os.walk(target):
-        for name in names:
-            try:
-                total += (Path(root) / name).stat().st_size
-                count += 1
-            except OSError:
-                continue  # removed while we walked
-    return True, total, count
-
-
-def inventory(config: Config, plugins: PluginSet) -> list[StoreState]:
-    """Every declared store, core first, then each plugin's, with its current size."""
-    declared: list[tuple[str, StoreDescriptor]] = [("core", s) for s in core_stores(config)]
+def plugin_descriptors(config: Config, plugins: PluginSet) -> list[tuple[str, StoreDescriptor]]:
+    """(plugin name, descriptor) of every store the plugins declare for ``config``."""
+    declared: list[tuple[str, StoreDescriptor]] = []
     host = _InventoryHost(config)
     for impl in plugins.pm.hook.mailwarden_data_stores.get_hookimpls():
         # pluggy lets an implementation take fewer arguments than the spec names.
@@ -120,8 +189,40 @@ def inventory(config: Config, plugins: PluginSet) -> list[StoreState]:
         for store in produced or ():
             if isinstance(store, StoreDescriptor):
                 declared.append((impl.plugin_name, store))
-    states = []
-    for owner, store in declared:
-        exists, size, files = _measure(store.path)
-        states.append(StoreState(store=store, owner=owner, exists=exists, bytes=size, files=files))
+    return declared
+
+
+def _measure(descriptor: StoreDescriptor, store: BoundedStore | None, owner: str) -> StoreState:
+    target = Path(descriptor.path)
+    exists = target.exists()
+    total = files = 0
+    oldest: float | None = None
+    for _path, stat in walk_files(target):
+        total += stat.st_size
+        files += 1
+        oldest = stat.st_mtime if oldest is None else min(oldest, stat.st_mtime)
+    records = files
+    if store is not None and exists:
+        # LMDB files are sparse and preallocated: the records say what is really held.
+        usage = store.usage()
+        records, oldest = usage.count, usage.oldest
+    elif descriptor.entries is not None:
+        records = descriptor.entries
+        oldest = None if descriptor.when_full is WhenFull.EVICT_LRU else oldest
+    return StoreState(
+        store=descriptor,
+        owner=owner,
+        exists=exists,
+        bytes=total,
+        files=files,
+        records=records,
+        oldest=oldest,
+    )
+
+
+def inventory(config: Config, plugins: PluginSet) -> list[StoreState]:
+    """Every declared store, core first, then each plugin's, with what it holds now."""
+    states = [_measure(descriptor, store, "core") for descriptor, store in _core(config)]
+    for owner, descriptor in plugin_descriptors(config, plugins):
+        states.append(_measure(descriptor, None, owner))
     return states

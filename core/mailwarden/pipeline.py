@@ -48,6 +48,7 @@ from .plugins import PluginSet, build_plugin_manager
 from .policy import RuleMatch, RuleSet, compile_rules, decide_action, fold_findings, rule_runs
 from .quarantine import Quarantine
 from .spool import Spool, SpoolEntry, SpoolState
+from .stores.core import CoreStores
 
 if TYPE_CHECKING:
     from .directory.service import Directory
@@ -71,6 +72,8 @@ _RELOAD_SECTIONS = (
     "delivery",
     "detectors",
     "events",
+    "stores",
+    "metrics",
     "spool",
     "tls",
     "dkim",
@@ -205,6 +208,8 @@ class Gateway:
             retention_days=config.events.retention_days,
             max_bytes=config.events.max_bytes,
         )
+        # Statistics, metrics, events out, and the bounded stores' enforcement (issue 10).
+        self.stores = CoreStores(config, self.events)
         self.maildir = Maildir(config.path_in_home(config.delivery.maildir))
         self.quarantine = Quarantine(config.home / "quarantine")
         self.spool = Spool(config.path_in_home(config.spool.path))
@@ -687,8 +692,10 @@ class Gateway:
         if self.config.events.enabled:
             try:
                 self.events.append(event)
-            except OSError:
+            except Exception:
                 log.exception("could not write the message event of %s", decision.id)
+                self.stores.metrics.errors.labels("store:message event log").inc()
+        self.stores.observe(event)
         for impl in self.plugins.pm.hook.mailwarden_message_processed.get_hookimpls():
             try:
                 impl.function(**_kwargs(impl, event=event))

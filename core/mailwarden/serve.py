@@ -17,7 +17,10 @@ from .errors import ConfigError
 from .ingress.content_filter import start_content_filter
 from .ingress.milter import start_milter_server
 from .ingress.smtp import start_smtp_servers
+from .inventory import plugin_descriptors
 from .pipeline import Gateway
+from .stores.core import plugin_file_stores
+from .stores.temp import clean_temp
 from .workers import run_workers, worker_count
 
 __all__ = ["default_config_text", "run", "serve_forever", "write_default_config"]
@@ -51,8 +54,16 @@ async def run(
     servers: list[asyncio.Server] = []
     web_server: Any = None
     web_task: asyncio.Task[None] | None = None
+    stores = gateway.stores
     try:
         cfg = gateway.config
+        # Plugins' declared stores are enforced with the core's (temp files go first).
+        declared = plugin_descriptors(cfg, gateway.plugins)
+        stores.plugin_stores = plugin_file_stores(store for _, store in declared)
+        metrics_port = await stores.start(clean=recover_spool)
+        await asyncio.to_thread(
+            stores.app_log.write, "start", "gateway started", detail=__version__
+        )
         announce(f"mailwarden {__version__}")
         announce(f"  config   {cfg.source or '(embedded defaults)'}")
         announce(f"  plugins  {', '.join(gateway.plugins.plugins) or '(none)'}")
@@ -81,6 +92,8 @@ async def run(
             announce(f"  delivery maildir {gateway.maildir.root}")
         announce(f"  spool    {gateway.spool.root}")
         announce(f"  events   {gateway.events.directory}")
+        if metrics_port:
+            announce(f"  metrics  http://{cfg.metrics.listen}:{metrics_port}/metrics")
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -98,6 +111,8 @@ async def run(
             server.close()
             await server.wait_closed()
         await gateway.delivery.stop()
+        await stores.stop()
+        await asyncio.to_thread(stores.app_log.write, "stop", "gateway stopped")
         await gateway.stop()
 
 
@@ -174,6 +189,7 @@ def serve_forever(gateway: Gateway, announce: Callable[[str], None] = print) -> 
         asyncio.run(run(gateway, announce))
         return
     gateway.spool.recover()
+    clean_temp(gateway.stores.temp)
     source = gateway.config.source
 
     def worker() -> int:

@@ -8,6 +8,8 @@ the antispam issue on the same structure.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
 
 from mailwarden_sdk import (
@@ -16,7 +18,9 @@ from mailwarden_sdk import (
     Matcher,
     ScanContext,
     SpamStatus,
+    StoreDescriptor,
     Verdict,
+    WhenFull,
     hookimpl,
 )
 from mailwarden_sdk.findings import spam_rule
@@ -33,6 +37,8 @@ class AntispamConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     probable_spam_score: float = 5.0
     spam_score: float = 10.0
     gtube: bool = True
+    # The spam quarantine (<home>/antispam/quarantine): the core removes the oldest above this.
+    quarantine_max_bytes: Annotated[int, msgspec.Meta(gt=0)] = 1 << 30
 
     def __post_init__(self) -> None:
         if self.spam_score < self.probable_spam_score:
@@ -55,6 +61,20 @@ class AntispamPlugin:
     @hookimpl
     def mailwarden_startup(self, host: Host) -> None:
         self.config = host.config_for(DETECTOR) or AntispamConfig()
+
+    @hookimpl
+    def mailwarden_data_stores(self, host: Host) -> list[StoreDescriptor]:
+        config: AntispamConfig = host.config_for(DETECTOR) or AntispamConfig()
+        return [
+            StoreDescriptor(
+                name="spam quarantine",
+                path=str(host.data_dir / DETECTOR / "quarantine"),
+                holds="messages held as spam, in full (one file each)",
+                max_bytes=config.quarantine_max_bytes,
+                when_full=WhenFull.REMOVE_OLDEST,
+                read_permission="queues.view",
+            )
+        ]
 
     @hookimpl
     def mailwarden_scan(self, ctx: ScanContext) -> list[Finding]:

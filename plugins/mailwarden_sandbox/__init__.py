@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from mailwarden_sdk import hookimpl
+from mailwarden_sdk import Host, StoreDescriptor, WhenFull, hookimpl
 
 __all__ = ["SandboxConfig", "SandboxPlugin"]
 
@@ -23,6 +23,9 @@ class SandboxConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     mode: Literal["mirror", "hold"] = "mirror"
     verdict_timeout: Annotated[float, msgspec.Meta(ge=60, le=86400)] = 600.0
     max_object_size: Annotated[int, msgspec.Meta(gt=0)] = 200 * 1024 * 1024
+    # The hold quarantine refuses new messages past either cap; the rule's fallback applies.
+    quarantine_max_bytes: Annotated[int, msgspec.Meta(gt=0)] = 1 << 30
+    quarantine_max_messages: Annotated[int, msgspec.Meta(gt=0)] = 5000
 
 
 class SandboxPlugin:
@@ -33,3 +36,18 @@ class SandboxPlugin:
     @hookimpl
     def mailwarden_config_schema(self) -> tuple[str, type[msgspec.Struct]]:
         return "sandbox", SandboxConfig
+
+    @hookimpl
+    def mailwarden_data_stores(self, host: Host) -> list[StoreDescriptor]:
+        config: SandboxConfig = host.config_for("sandbox") or SandboxConfig()
+        return [
+            StoreDescriptor(
+                name="sandbox quarantine",
+                path=str(host.data_dir / "sandbox" / "quarantine"),
+                holds="messages held until the analysis verdict, in full (one file each)",
+                max_bytes=config.quarantine_max_bytes,
+                max_entries=config.quarantine_max_messages,
+                when_full=WhenFull.REFUSE_NEW,
+                read_permission="queues.view",
+            )
+        ]

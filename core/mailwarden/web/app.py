@@ -76,7 +76,11 @@ class WebState:
             custom_roles=cfg.roles,
             login_attempts=cfg.login_attempts,
         )
-        self.audit = AuditLog(gateway.config.home / "web" / "audit.jsonl")
+        self.audit = AuditLog(
+            gateway.config.home / "web" / "audit.jsonl",
+            app_log=gateway.stores.app_log,
+            auth_log=gateway.stores.auth_log,
+        )
         self.secure_cookies = secure_cookies
         self.templates = _templates()
 

@@ -1,7 +1,8 @@
 """What people did through the web interface and API: logins, releases, rule edits.
 
 One JSON line per act (time, act, who, details), appended with O_APPEND so worker processes can
-share the file; the application event log of the stores issue takes these records over.
+share the file. Each act also goes to the application event log (searchable, 1,100 days) and
+each login attempt to the auth log (5 weeks), the stores docs/privacy.md lists.
 """
 
 from __future__ import annotations
@@ -10,7 +11,11 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..stores.applog import AppEventKind, ApplicationLog
+    from ..stores.authlog import AuthLog
 
 __all__ = ["AuditLog"]
 
@@ -18,8 +23,12 @@ __all__ = ["AuditLog"]
 class AuditLog:
     """Append-only JSON lines at ``path`` (mode 0600)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(
+        self, path: Path, *, app_log: ApplicationLog | None = None, auth_log: AuthLog | None = None
+    ) -> None:
         self.path = path
+        self.app_log = app_log
+        self.auth_log = auth_log
 
     def write(self, act: str, who: str, **details: Any) -> None:
         """Record that ``who`` did ``act``."""
@@ -31,6 +40,14 @@ class AuditLog:
             os.write(fd, line)
         finally:
             os.close(fd)
+        client = str(details.get("client") or "") or None
+        if self.app_log is not None:
+            kind: AppEventKind = "login" if act.startswith("login") or act == "logout" else "admin"
+            detail = json.dumps({k: v for k, v in details.items() if k != "client"}, default=str)
+            self.app_log.write(kind, act, actor=who, client_address=client, detail=detail)
+        if self.auth_log is not None and act in ("login", "login.failed"):
+            method = str(details.get("source") or "password")
+            self.auth_log.login(who, client or "", success=act == "login", method=method)
 
     def records(self) -> list[dict[str, Any]]:
         """Every record, oldest first."""

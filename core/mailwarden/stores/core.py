@@ -1,0 +1,185 @@
+"""The core's stores for one configuration, their enforcement, and what each message adds.
+
+:class:`CoreStores` opens nothing until used (LMDB environments open on first access, after
+any fork). ``mailwarden serve`` calls :meth:`CoreStores.start` (temp files removed, metrics
+listener, the enforcement loop) and the pipeline calls :meth:`CoreStores.observe` for every
+recorded message (statistics, metrics, events out).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable
+
+from mailwarden_sdk import MessageEvent, StoreDescriptor, WhenFull
+
+from ..config import Config
+from ..events import MessageEventLog
+from ..telemetry.eventsout import JsonLinesSink, SyslogSink
+from ..telemetry.metrics import GatewayMetrics
+from .applog import ApplicationLog
+from .authlog import AuthLog
+from .backup import BackupStore
+from .bounded import BoundedStore, enforce
+from .files import FileStore
+from .statistics import Statistics
+from .temp import clean_temp
+from .traces import TraceStreams
+
+__all__ = ["CoreStores", "plugin_file_stores"]
+
+log = logging.getLogger(__name__)
+
+
+def quarantine_descriptor(config: Config) -> StoreDescriptor:
+    """The quarantine Maildir: messages a rule held (the design's spam quarantine)."""
+    return StoreDescriptor(
+        name="quarantine",
+        path=str(config.home / "quarantine"),
+        holds="messages a rule quarantined (spam and malware), in full",
+        max_bytes=config.stores.quarantine_max_bytes,
+        when_full=WhenFull.REMOVE_OLDEST,
+        read_permission="queues.view",
+    )
+
+
+def plugin_file_stores(
+    declared: Iterable[StoreDescriptor], clock: Callable[[], float] = time.time
+) -> list[BoundedStore]:
+    """The plugins' declared stores the core enforces as one-file-per-record folders.
+
+    Plugins declare, the core governs: retention and ``remove_oldest`` caps are applied to the
+    declared folder; ``refuse_new`` stores are only measured (the plugin asks before writing);
+    ``evict_lru`` stores (an LMDB cache) keep their cap in their own transactions.
+    """
+    stores: list[BoundedStore] = []
+    for descriptor in declared:
+        if descriptor.when_full is WhenFull.EVICT_LRU:
+            continue
+        if descriptor.retention_days is None and descriptor.when_full is WhenFull.NOT_CAPPED:
+            continue
+        stores.append(FileStore(descriptor, clock=clock))
+    return stores
+
+
+class CoreStores:
+    """Every bounded core store of one configuration."""
+
+    def __init__(
+        self, config: Config, events: MessageEventLog, *, clock: Callable[[], float] = time.time
+    ) -> None:
+        cfg = config.stores
+        self.config = config
+        self.events = events
+        self.app_log = ApplicationLog(
+            config.path_in_home(cfg.app_log_path),
+            retention_days=cfg.app_log_retention_days,
+            max_bytes=cfg.app_log_max_bytes,
+            clock=clock,
+        )
+        self.auth_log = AuthLog(
+            config.path_in_home(cfg.auth_log_path),
+            retention_days=cfg.auth_log_retention_days,
+            clock=clock,
+        )
+        self.backup = BackupStore(
+            config.path_in_home(cfg.backup_path), max_bytes=cfg.backup_max_bytes, clock=clock
+        )
+        self.traces = (
+            TraceStreams(
+                config.path_in_home(cfg.traces_path),
+                max_bytes_per_stream=cfg.trace_max_bytes,
+                clock=clock,
+            )
+            if cfg.traces
+            else None
+        )
+        self.statistics = Statistics(config.path_in_home(cfg.statistics_path))
+        self.quarantine = FileStore(quarantine_descriptor(config), clock=clock)
+        self.temp = config.path_in_home(cfg.temp_path)
+        self.plugin_stores: list[BoundedStore] = []
+        self.metrics = GatewayMetrics(self.bounded)
+        self.sinks: list[JsonLinesSink | SyslogSink] = []
+        if config.events.json:
+            self.sinks.append(JsonLinesSink(config.events.json))
+        if config.events.syslog:
+            self.sinks.append(
+                SyslogSink(
+                    config.events.syslog,
+                    format=config.events.syslog_format,
+                    facility=config.events.syslog_facility,
+                    hostname=config.gateway.hostname,
+                )
+            )
+        self._task: asyncio.Task[None] | None = None
+
+    def bounded(self) -> list[BoundedStore]:
+        """Every store with limits the core enforces, plugins' included."""
+        stores: list[BoundedStore] = [
+            self.events.store,
+            self.app_log,
+            self.auth_log,
+            self.backup,
+            self.quarantine,
+        ]
+        if self.traces is not None:
+            stores.append(self.traces)
+        return stores + self.plugin_stores
+
+    def enforce_all(self) -> dict[str, int]:
+        """Apply every store's limits now; records removed per store name."""
+        removed: dict[str, int] = {}
+        for store in self.bounded():
+            try:
+                removed[store.descriptor.name] = enforce(store)
+            except Exception:
+                log.exception("enforcing the limits of %s failed", store.descriptor.name)
+                self.metrics.errors.labels(f"store:{store.descriptor.name}").inc()
+        return removed
+
+    def observe(self, event: MessageEvent) -> None:
+        """What one recorded message adds beside its event: counters, metrics, events out."""
+        try:
+            self.statistics.count(event)
+        except Exception:
+            log.exception("statistics of %s not counted", event.id)
+            self.metrics.errors.labels("store:statistics").inc()
+        self.metrics.observe(event)
+        for sink in self.sinks:
+            try:
+                sink.send(event)
+            except Exception:
+                log.exception("sending event %s out failed", event.id)
+                self.metrics.errors.labels("events-out").inc()
+
+    async def start(self, *, clean: bool = True) -> int | None:
+        """Remove temp files (``clean``), start the metrics listener and the enforcement loop;
+        the metrics port, or ``None`` when metrics are off."""
+        if clean:
+            await asyncio.to_thread(clean_temp, self.temp)
+        port = None
+        if self.config.metrics.port:
+            try:
+                port = self.metrics.serve(self.config.metrics.listen, self.config.metrics.port)
+            except OSError as exc:
+                # With several workers the first one to bind serves its own figures.
+                log.warning("metrics listener not started: %s", exc)
+        self._task = asyncio.create_task(self._keep_enforced())
+        return port
+
+    async def _keep_enforced(self) -> None:
+        while True:
+            await asyncio.to_thread(self.enforce_all)
+            await asyncio.sleep(self.config.stores.enforce_interval)
+
+    async def stop(self) -> None:
+        """Stop the loop and the listener; close the sinks."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        self.metrics.close()
+        for sink in self.sinks:
+            sink.close()

@@ -1,0 +1,20 @@
+"""Web acts reach the application event log and logins the auth log (issue 10's stores)."""
+
+from __future__ import annotations
+
+from tests.web.conftest import PASSWORD, Web
+
+
+def test_logins_go_to_the_auth_log_and_acts_to_the_application_log(web: Web) -> None:
+    client = web.client()
+    assert client.post("/api/login", json={"name": "auditor", "password": "no"}).status_code == 401
+    assert (
+        client.post("/api/login", json={"name": "auditor", "password": PASSWORD}).status_code == 200
+    )
+    stores = web.gateway.stores
+    attempts = stores.auth_log.search(user="auditor")
+    assert [a.success for a in attempts] == [True, False]
+    assert attempts[0].client_address == attempts[1].client_address != ""
+    acts = stores.app_log.search(actor="auditor")
+    assert [(a.kind, a.action) for a in acts] == [("login", "login"), ("login", "login.failed")]
+    assert stores.app_log.verify() == [] and stores.auth_log.verify() == []
