@@ -84,7 +84,14 @@ def qp_cut_points(encoded: bytes) -> list[int]:
     points = [0]
     i = 0
     while i < len(encoded):
-        i += 3 if encoded[i : i + 1] == b"=" else 1
+        if encoded[i : i + 1] != b"=":
+            i += 1
+        elif encoded[i + 1 : i + 3] == b"\r\n":
+            i += 3  # a soft break the encoder wrote itself
+        elif encoded[i + 1 : i + 2] == b"\n":
+            i += 2
+        else:
+            i += 3  # an =XX escape
         points.append(i)
     return points
 
