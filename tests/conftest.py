@@ -101,3 +101,12 @@ def thirdparty_dist(tmp_path: Path) -> Path:
             "markerstore": "tests.thirdparty.detectors:MarkerStore",
         },
     )
+
+
+# CI runs a fixed sequence of examples, so a red build always means a change, never a new
+# random draw; locally each run draws anew (and keeps what fails in .hypothesis/) to find more.
+from hypothesis import settings as _hypothesis_settings  # noqa: E402
+
+_hypothesis_settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("MAILWARDEN_REQUIRE_ALL") == "1":
+    _hypothesis_settings.load_profile("ci")
