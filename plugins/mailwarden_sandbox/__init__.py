@@ -556,7 +556,7 @@ class SandboxPlugin:
                 holds="SHA-256 of analysed objects with their verdicts (no content, no addresses)",
                 retention_days=config.cache_ttl / 86400,
                 max_entries=config.cache_max_entries,
-                when_full=WhenFull.EVICT_LRU,
+                when_full=WhenFull.REMOVE_OLDEST,
             ),
             StoreDescriptor(
                 name="sandbox backup",

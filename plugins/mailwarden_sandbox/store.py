@@ -220,7 +220,7 @@ class VerdictCache:
             return None
 
     def put(self, sha256: str, verdict: ObjectVerdict) -> None:
-        """Remember a verdict; when full, stale entries go first, then arbitrary ones."""
+        """Remember a verdict; when full, stale entries go first, else the oldest ones."""
         value = f"{time.time():.3f} ".encode() + msgspec.json.encode(verdict)
         with self.env.begin(write=True) as txn:
             if txn.stat()["entries"] >= self.max_entries:
@@ -228,17 +228,19 @@ class VerdictCache:
             txn.put(sha256.encode(), value)
 
     def _evict(self, txn: lmdb.Transaction) -> None:
+        # Rare (only at the cap) and bounded by it: one pass, then the stale entries or else
+        # the oldest tenth go, so a full cache makes room for many inserts at once.
         now = time.time()
-        stale: list[bytes] = []
-        keys: list[bytes] = []
+        stamped: list[tuple[float, bytes]] = []
         for key, value in txn.cursor():
-            keys.append(bytes(key))
-            stamp = bytes(value).partition(b" ")[0]
-            with contextlib.suppress(ValueError):
-                if float(stamp) + self.ttl < now:
-                    stale.append(bytes(key))
-        # Keys are hashes, so dropping the first tenth drops a random tenth.
-        for key in stale or keys[: max(1, len(keys) // 10)]:
+            try:
+                stamp = float(bytes(value).partition(b" ")[0])
+            except ValueError:
+                stamp = 0.0
+            stamped.append((stamp, bytes(key)))
+        stamped.sort()
+        stale = [key for stamp, key in stamped if stamp + self.ttl < now]
+        for key in stale or [key for _, key in stamped[: max(1, len(stamped) // 10)]]:
             txn.delete(key)
 
     def close(self) -> None:
