@@ -556,7 +556,8 @@ class SandboxPlugin:
                 holds="SHA-256 of analysed objects with their verdicts (no content, no addresses)",
                 retention_days=config.cache_ttl / 86400,
                 max_entries=config.cache_max_entries,
-                when_full=WhenFull.REMOVE_OLDEST,
+                # An LMDB map keeping its cap in its own transactions (the core leaves it be).
+                when_full=WhenFull.EVICT_LRU,
             ),
             StoreDescriptor(
                 name="sandbox backup",

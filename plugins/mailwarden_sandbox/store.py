@@ -205,23 +205,32 @@ class VerdictCache:
         self.ttl = ttl
         self.max_entries = max_entries
 
+    # A value is "<created> <last used> <verdict JSON>": freshness counts from creation,
+    # eviction from last use (least recently used first).
+
     def get(self, sha256: str) -> ObjectVerdict | None:
-        """The cached verdict, or None (absent or stale)."""
-        with self.env.begin() as txn:
-            value = txn.get(sha256.encode())
-        if value is None:
-            return None
-        stamp, _, data = bytes(value).partition(b" ")
-        try:
-            if float(stamp) + self.ttl < time.time():
+        """The cached verdict, or None (absent or stale); a hit counts as a use."""
+        key = sha256.encode()
+        with self.env.begin(write=True) as txn:
+            value = txn.get(key)
+            if value is None:
                 return None
-            return msgspec.json.decode(data, type=ObjectVerdict)
-        except (ValueError, msgspec.DecodeError, msgspec.ValidationError):
-            return None
+            created, _, rest = bytes(value).partition(b" ")
+            data = rest.partition(b" ")[2]
+            try:
+                if float(created) + self.ttl < time.time():
+                    return None
+                verdict = msgspec.json.decode(data, type=ObjectVerdict)
+            except (ValueError, msgspec.DecodeError, msgspec.ValidationError):
+                return None
+            txn.put(key, created + f" {time.time():.3f} ".encode() + data)
+        return verdict
 
     def put(self, sha256: str, verdict: ObjectVerdict) -> None:
-        """Remember a verdict; when full, stale entries go first, else the oldest ones."""
-        value = f"{time.time():.3f} ".encode() + msgspec.json.encode(verdict)
+        """Remember a verdict; when full, stale entries go first, else the least recently
+        used ones."""
+        now = f"{time.time():.3f}"
+        value = f"{now} {now} ".encode() + msgspec.json.encode(verdict)
         with self.env.begin(write=True) as txn:
             if txn.stat()["entries"] >= self.max_entries:
                 self._evict(txn)
@@ -229,18 +238,19 @@ class VerdictCache:
 
     def _evict(self, txn: lmdb.Transaction) -> None:
         # Rare (only at the cap) and bounded by it: one pass, then the stale entries or else
-        # the oldest tenth go, so a full cache makes room for many inserts at once.
+        # the least recently used tenth go, so a full cache makes room for many inserts.
         now = time.time()
-        stamped: list[tuple[float, bytes]] = []
+        stamped: list[tuple[float, float, bytes]] = []
         for key, value in txn.cursor():
+            fields = bytes(value).split(b" ", 2)
             try:
-                stamp = float(bytes(value).partition(b" ")[0])
-            except ValueError:
-                stamp = 0.0
-            stamped.append((stamp, bytes(key)))
+                created, used = float(fields[0]), float(fields[1])
+            except (ValueError, IndexError):
+                created = used = 0.0
+            stamped.append((used, created, bytes(key)))
         stamped.sort()
-        stale = [key for stamp, key in stamped if stamp + self.ttl < now]
-        for key in stale or [key for _, key in stamped[: max(1, len(stamped) // 10)]]:
+        stale = [key for _, created, key in stamped if created + self.ttl < now]
+        for key in stale or [key for _, _, key in stamped[: max(1, len(stamped) // 10)]]:
             txn.delete(key)
 
     def close(self) -> None:

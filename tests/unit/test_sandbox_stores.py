@@ -39,12 +39,15 @@ def test_quarantine_refuses_new_messages_past_either_cap(tmp_path: Path) -> None
 def test_verdict_cache_keeps_the_newest_within_its_cap_and_ttl(tmp_path: Path) -> None:
     cache = VerdictCache(tmp_path / "cache", ttl=3600, max_entries=10)
     try:
-        for n in range(25):
+        cache.put(f"{0:064x}", ObjectVerdict(status="clean"))
+        for n in range(1, 25):
             cache.put(f"{n:064x}", ObjectVerdict(status="clean"))
+            time.sleep(0.002)
+            assert cache.get(f"{0:064x}") is not None  # used all along: never evicted
         with cache.env.begin() as txn:
             assert txn.stat()["entries"] <= 10
         assert cache.get(f"{24:064x}") is not None
-        assert cache.get(f"{0:064x}") is None
+        assert cache.get(f"{1:064x}") is None  # the least recently used went
     finally:
         cache.close()
     stale = VerdictCache(tmp_path / "stale", ttl=0, max_entries=10)
