@@ -13,7 +13,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -111,6 +111,8 @@ class Decision:
     verdict: Verdict
     action: Action
     timings_ms: dict[str, float] = field(default_factory=dict)
+    #: What the detectors saw (with their stash), for ``mailwarden_hold``.
+    context: ScanContext | None = field(default=None, repr=False)
 
     def with_headers(self) -> bytes:
         """The message to pass on: the replacement a plugin made, if any, with the subject tag
@@ -165,12 +167,20 @@ class Outcome:
 class _Host:
     """The gateway as plugins see it (mailwarden_sdk.Host)."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, gateway: Gateway | None = None) -> None:
         self._config = config
+        self._gateway = gateway
         self.data_dir: Path = config.home
 
     def config_for(self, section: str) -> Any:
         return self._config.plugins.get(section)
+
+    def resubmit(
+        self, raw: bytes, envelope: Envelope, findings: Sequence[Finding] = ()
+    ) -> Awaitable[tuple[int, str]]:
+        if self._gateway is None:
+            raise RuntimeError("resubmit needs a running gateway")
+        return self._gateway.resubmit(raw, envelope, findings)
 
 
 class Gateway:
@@ -202,7 +212,7 @@ class Gateway:
         self.config = config
         for name in config.detectors.isolated:
             self._isolate(name)
-        self.host = _Host(config)
+        self.host = _Host(config, self)
         self.events = MessageEventLog(
             config.path_in_home(config.events.path),
             retention_days=config.events.retention_days,
@@ -391,10 +401,12 @@ class Gateway:
         envelope: Envelope | None = None,
         *,
         message: ParsedMessage | None = None,
+        findings: Sequence[Finding] = (),
     ) -> Decision:
         """Parse, pick the rule, run the detectors, fold and decide. Does not act or record.
 
-        ``message`` is ``raw`` already parsed, so a message scanned once per rule is parsed once.
+        ``message`` is ``raw`` already parsed, so a message scanned once per rule is parsed once;
+        ``findings`` are folded in with the detectors' (a plugin's verdict on a resubmission).
         """
         if not self._started:
             await self.start()
@@ -419,6 +431,7 @@ class Gateway:
         content = self._check_content(message, rule, timings)
         blocked, results = await asyncio.gather(content, detecting)
         results.append(blocked)
+        results.append(list(findings))
         timings["detect"] = _ms(began)
 
         began = time.perf_counter()
@@ -433,7 +446,9 @@ class Gateway:
             verdict.errors = sorted({*verdict.errors, "verdict"})
         action = self._carry_out(ctx, verdict, decide_action(rule, verdict))
         timings["decide"] = _ms(began)
-        return Decision(uuid.uuid4().hex, envelope, message, rule, verdict, action, timings)
+        return Decision(
+            uuid.uuid4().hex, envelope, message, rule, verdict, action, timings, context=ctx
+        )
 
     def _carry_out(self, ctx: ScanContext, verdict: Verdict, action: Action) -> Action:
         """Let plugins do what needs the content (backup, rewrite: ``mailwarden_action``)."""
@@ -606,6 +621,14 @@ class Gateway:
                 name = await asyncio.to_thread(self.maildir.deliver, data)
                 await asyncio.to_thread(self.spool.remove, entry)
                 text = f"2.0.0 Ok: delivered as {name.split('.', 1)[0]}-{decision.id[:12]}"
+            elif kind is ActionKind.QUARANTINE and decision.action.reason == "hold":
+                held = await self._hold(decision)
+                await asyncio.to_thread(self.spool.remove, entry)
+                if held:
+                    text = f"2.0.0 Ok: held for analysis as {held}"
+                else:
+                    # Nobody could keep it: the sender keeps it and retries.
+                    code, text = 451, "4.7.1 Cannot hold the message for analysis now; try later"
             elif kind is ActionKind.QUARANTINE:
                 await asyncio.to_thread(
                     self.quarantine.hold,
@@ -624,6 +647,55 @@ class Gateway:
             code, text = 451, f"4.3.0 {exc}; try again later"
         decision.timings_ms["act"] = _ms(began)
         return code, text
+
+    async def _hold(self, decision: Decision) -> str | None:
+        """Hand a message that waits for a verdict to the plugin that keeps it (SDK 1.5)."""
+        ctx = decision.context or ScanContext(
+            decision.envelope, decision.message, decision.rule.name
+        )
+        for impl in self.plugins.pm.hook.mailwarden_hold.get_hookimpls():
+            try:
+                result = impl.function(**_kwargs(impl, ctx=ctx, verdict=decision.verdict))
+                if inspect.isawaitable(result):
+                    result = await result
+            except Exception:
+                log.exception("plugin %s failed to hold %s", impl.plugin_name, decision.id[:12])
+                continue
+            if isinstance(result, str) and result:
+                return result
+        return None
+
+    async def resubmit(
+        self,
+        raw: bytes,
+        envelope: Envelope,
+        findings: Sequence[Finding] = (),
+        *,
+        ingress: str = "resubmit",
+    ) -> tuple[int, str]:
+        """Process a message a plugin held back (``Host.resubmit``): spool, scan with
+        ``findings`` added, act and record, per rule of its recipients.
+
+        No client waits any more, so refusing actions take their accepted form (a reject is
+        blocked and recorded, never bounced to a possibly forged sender). Returns the worst
+        reply: 4xx when any group could not be made durable, so the plugin keeps its copy.
+        """
+        message = parse(raw)
+        replies: list[tuple[int, str]] = []
+        for _, group in self.split_recipients(envelope):
+            entry = await asyncio.to_thread(self.spool.write, raw, group)
+            try:
+                decision = await self.scan(raw, group, message=message, findings=findings)
+                decision.action = _accepted_form(decision.action)
+                code, text = await self._act(decision, entry)
+            except BaseException:
+                await asyncio.to_thread(self.spool.remove, entry)
+                raise
+            self.record(decision, ingress=ingress, reply=f"{code} {text}")
+            if code < 400:
+                await self._notify(decision)
+            replies.append((code, text))
+        return max(replies, key=lambda reply: reply[0])
 
     async def release(self, held_id: str) -> str:
         """Send a held message on to its recipients the way delivered mail goes; it leaves the

@@ -396,19 +396,27 @@ def fold_findings(findings: Iterable[Finding]) -> Verdict:
                 verdict.reputation = _worse(verdict.reputation, finding.status)
         elif finding.category is Category.CONTENT and finding.status == "blocked":
             verdict.content = "blocked"
-        elif finding.category is Category.SANDBOX and finding.status in (
-            "malicious",
-            "suspicious",
-            "clean",
-        ):
+        elif finding.category is Category.SANDBOX and finding.status in _SANDBOX_ORDER:
             verdict.sandbox = _worse(verdict.sandbox, finding.status)
     verdict.errors = sorted(set(verdict.errors))
     return verdict
 
 
+# Sandbox statuses, least decisive first: a known malicious object makes waiting pointless,
+# and a message that cannot be held (deferred) is not held for another object either.
+_SANDBOX_ORDER = {
+    "clean": 1,
+    "skipped": 2,
+    "hold": 3,
+    "deferred": 4,
+    "suspicious": 5,
+    "malicious": 6,
+}
+
+
 def _worse(current: str | None, new: str) -> str:
-    order = {None: 0, "clean": 1, "suspicious": 2, "malicious": 3}
-    return new if order.get(new, 0) > order.get(current, 0) else current or new
+    rank = _SANDBOX_ORDER.get
+    return new if rank(new, 0) > rank(current or "", 0) else current or new
 
 
 def decide_action(rule: RuleConfig, verdict: Verdict) -> Action:
@@ -438,12 +446,18 @@ def decide_action(rule: RuleConfig, verdict: Verdict) -> Action:
         )
         detail = f"blocked content ({', '.join(what)})"
         candidates.append((ActionKind(rule.content.action), "content", detail))
+    if verdict.sandbox == "deferred":
+        # The sandbox could not take the message and its fallback is "retry later".
+        candidates.append((ActionKind.TEMPFAIL, "sandbox", "sandbox quarantine full"))
     if verdict.errors:
         detail = f"scan error in {', '.join(verdict.errors)}"
         candidates.append((ActionKind(actions.error), "error", detail))
     if not candidates:
         candidates.append((ActionKind(actions.clean), "clean", "clean"))
     kind, reason, text = max(candidates, key=lambda c: _ACTION_RANK[c[0]])
+    if verdict.sandbox == "hold" and kind is ActionKind.DELIVER:
+        # Waiting for the analysis: accepted now, handed to mailwarden_hold when acted on.
+        kind, reason = ActionKind.QUARANTINE, "hold"
 
     headers = _status_headers(verdict) if rule.add_headers else []
     if kind is ActionKind.REJECT:
@@ -512,6 +526,17 @@ def _status_headers(verdict: Verdict) -> list[tuple[str, str]]:
     if verdict.content:
         codes = sorted({f.code for f in verdict.findings if f.category is Category.CONTENT})
         headers.append(("X-Mailwarden-Content", f"{verdict.content} ({', '.join(codes)})"))
+    if verdict.sandbox:
+        why = sorted(
+            {
+                f.details["reason"]
+                for f in verdict.findings
+                if f.category is Category.SANDBOX and "reason" in f.details
+            }
+        )
+        headers.append(
+            ("X-Mailwarden-Sandbox", verdict.sandbox + (f" ({', '.join(why)})" if why else ""))
+        )
     if verdict.errors:
         headers.append(("X-Mailwarden-Errors", ", ".join(verdict.errors)))
     return headers

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from mailwarden_native import ParsedMessage
 
 from .stash import Stash
-from .types import Envelope
+from .types import Envelope, Finding
 
 __all__ = ["Host", "HostLoader", "ScanContext", "command_host", "plugin_data_dir"]
 
@@ -27,6 +28,20 @@ class Host(Protocol):
 
     def config_for(self, section: str) -> Any:
         """The validated config Struct of ``section``."""
+        ...
+
+    def resubmit(
+        self, raw: bytes, envelope: Envelope, findings: Sequence[Finding] = ()
+    ) -> Awaitable[tuple[int, str]]:
+        """Put a message the plugin held back through the pipeline again (SDK 1.5).
+
+        The message is spooled, every detector runs, ``findings`` are added to theirs (a
+        sandbox verdict, say), and the rule's action is carried out and recorded. The SMTP
+        transaction is long over, so a refusing action takes its after-acceptance form (reject
+        becomes "blocked", tempfail becomes the rule quarantine). Returns the reply code and
+        text: below 400 the message is durable in the gateway and the plugin may drop its copy;
+        otherwise the plugin keeps it and tries again later. Only on a started gateway.
+        """
         ...
 
 

@@ -8,6 +8,7 @@ The pipeline, in order (see DESIGN.md "One way through")::
         mailwarden_scan           every detector, concurrently, each under its own time budget
         mailwarden_verdict        folded verdict, adjustable (wrappers allowed)
         mailwarden_action         decided action: back up, rewrite the message (SDK 1.3)
+        mailwarden_hold           only for a message whose verdict says "hold" (SDK 1.5)
         mailwarden_message_processed   the recorded event, for observers
     mailwarden_shutdown           once, when the gateway stops
 
@@ -100,6 +101,22 @@ def mailwarden_action(ctx: ScanContext, verdict: Verdict, action: Action) -> Act
     keeps a backup copy when ``action.backup`` is set, and for ``action.remove_parts`` returns
     the action with ``replace_message``: the message without those parts plus a notice part.
     Synchronous; an exception is logged and the action stands as decided.
+    """
+
+
+@hookspec
+def mailwarden_hold(ctx: ScanContext, verdict: Verdict) -> Awaitable[str | None] | str | None:
+    """Take custody of a message that is to wait for a verdict (SDK 1.5).
+
+    Called when the rule's action is carried out and ``verdict.sandbox == "hold"`` made the
+    policy choose to hold the message (nothing more final applied). An implementation that
+    keeps the message returns its own id for it, after the message is durable in its store; the
+    core then answers 250 and forgets the message. Return ``None`` when the hold is not yours or
+    your store refuses it: when nobody takes it the core answers 451, so the sender keeps it.
+    The first id returned wins. May be ``async``; an exception counts as a refusal.
+
+    Later, the plugin puts the message back through the pipeline with
+    :meth:`Host.resubmit <mailwarden_sdk.Host.resubmit>`, adding the verdict as findings.
     """
 
 

@@ -181,6 +181,10 @@ class Verdict(msgspec.Struct, kw_only=True):
     spam: SpamStatus = SpamStatus.CLEAN
     spam_score: float = 0.0
     reputation: str | None = None
+    #: ``clean``, ``suspicious`` or ``malicious`` from an analysis; ``hold`` (wait for the
+    #: verdict: the message is handed to ``mailwarden_hold``), ``skipped`` (not analysed:
+    #: delivered with a header) or ``deferred`` (not analysed: 451, the sender retries). SDK 1.5
+    #: added the last three.
     sandbox: str | None = None
     #: ``"blocked"`` when the rule's content rules (names, detected types, sizes) matched.
     content: str | None = None

@@ -157,8 +157,14 @@ def test_plugins_declared_stores_are_enforced_by_the_core(home: Path) -> None:
     stores = {s.descriptor.name: s for s in plugin_file_stores(
         d for _, d in plugin_descriptors(config, plugins)
     )}  # fmt: skip
-    # The reputation cache (LRU) keeps its own cap; the antivirus backup is bounded by age.
-    assert set(stores) == {"spam quarantine", "sandbox quarantine", "antivirus-backup"}
+    # The reputation and sandbox verdict caches (LRU) keep their own caps; the antivirus
+    # backup is bounded by age, the sandbox backup by size.
+    assert set(stores) == {
+        "spam quarantine",
+        "sandbox quarantine",
+        "sandbox backup",
+        "antivirus-backup",
+    }
     _files(home / "antispam" / "quarantine", [100, 100, 100])
     assert enforce(stores["spam quarantine"]) == 1  # cap 250: the oldest goes
     assert sorted(p.name for p in (home / "antispam" / "quarantine").iterdir()) == ["m1", "m2"]
