@@ -122,14 +122,15 @@ def _bars(
     title: str, items: list[tuple[str, float]], unit: str, x: int, y: int, width: int
 ) -> list[str]:
     top = max((v for _, v in items), default=0.0) or 1.0
+    digits = 3 if unit == "ms" else 0
     out = [f'<text x="{x}" y="{y}" font-weight="bold">{html.escape(title)}</text>']
     for i, (label, value) in enumerate(items):
         row = y + 14 + i * 22
-        length = max(1.0, (width - 260) * value / top)
+        length = max(1.0, (width - 320) * value / top)
         out += [
             f'<text x="{x}" y="{row + 12}">{html.escape(label)}</text>',
             f'<rect x="{x + 170}" y="{row}" width="{length:.1f}" height="16" fill="#4a7bb7"/>',
-            f'<text x="{x + 176 + length:.1f}" y="{row + 12}">{value:.1f} {unit}</text>',
+            f'<text x="{x + 176 + length:.1f}" y="{row + 12}">{value:.{digits}f} {unit}</text>',
         ]
     return out
 
