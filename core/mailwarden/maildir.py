@@ -13,19 +13,12 @@ import socket
 import time
 from pathlib import Path
 
+from .durable import fsync_dir as _fsync_dir
 from .errors import DeliveryError
 
 __all__ = ["Maildir"]
 
 _counter = itertools.count()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Maildir:

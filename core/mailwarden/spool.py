@@ -30,6 +30,7 @@ import msgspec
 
 from mailwarden_sdk import Envelope
 
+from .durable import fsync_dir as _fsync_dir
 from .errors import DeliveryError
 
 __all__ = ["Spool", "SpoolEntry", "SpoolState"]
@@ -55,14 +56,6 @@ class SpoolState(msgspec.Struct, kw_only=True):
 class _Meta(msgspec.Struct, kw_only=True):
     envelope: Envelope
     spooled_at: float
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class SpoolEntry:

@@ -16,15 +16,9 @@ import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from ..durable import fsync_dir as _fsync_dir
+
 __all__ = ["BlobStore"]
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class BlobStore:
