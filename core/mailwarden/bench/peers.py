@@ -60,6 +60,18 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         process.wait()
 
 
+@contextmanager
+def _serving(argv: list[str], port: int, work: Path, limit: float) -> Iterator[None]:
+    """Run a peer until the block ends; its work directory goes with it."""
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait(port, process, limit)
+        yield
+    finally:
+        _stop(process)
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def _drive(messages: list[bytes], threads: int, send: Callable[[bytes], None]) -> float:
     """Send every message from ``threads`` threads; messages per second."""
     for raw in messages[:_WARMUP]:
@@ -111,7 +123,7 @@ def _rspamd(workers: int) -> Iterator[int]:
     (local / "options.inc").write_text('dns { nameserver = ["127.0.0.1:53"]; }\n')
     for module in _RSPAMD_OFF:
         (local / f"{module}.conf").write_text("enabled = false;\n")
-    process = subprocess.Popen(
+    with _serving(
         [
             "rspamd",
             "-f",
@@ -127,15 +139,11 @@ def _rspamd(workers: int) -> Iterator[int]:
             f"--var=RUNDIR={work / 'run'}",
             f"--var=LOGDIR={work / 'log'}",
         ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        _wait(port, process, 90)
+        port,
+        work,
+        90,
+    ):
         yield port
-    finally:
-        _stop(process)
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def _rspamd_check(port: int) -> Callable[[bytes], None]:
@@ -176,7 +184,7 @@ def _spamd(workers: int) -> Iterator[int]:
         "use_razor2 0\nuse_pyzor 0\nuse_dcc 0\nuse_auto_whitelist 0\nuse_txrep 0\n"
     )
     port = _free_port()
-    process = subprocess.Popen(
+    with _serving(
         [
             "spamd",
             "-L",
@@ -189,15 +197,11 @@ def _spamd(workers: int) -> Iterator[int]:
             "nobody",
             f"--pidfile={work / 'spamd.pid'}",
         ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        _wait(port, process, 120)
+        port,
+        work,
+        120,
+    ):
         yield port
-    finally:
-        _stop(process)
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def _spamd_check(port: int) -> Callable[[bytes], None]:
