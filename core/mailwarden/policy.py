@@ -459,7 +459,7 @@ def decide_action(rule: RuleConfig, verdict: Verdict) -> Action:
         # Waiting for the analysis: accepted now, handed to mailwarden_hold when acted on.
         kind, reason = ActionKind.QUARANTINE, "hold"
 
-    headers = _status_headers(verdict) if rule.add_headers else []
+    headers = [*_status_headers(verdict), *verdict.headers] if rule.add_headers else []
     if kind is ActionKind.REJECT:
         reply = (550, f"5.7.1 {rule.reject_text}: {text}")
     elif kind is ActionKind.TEMPFAIL:

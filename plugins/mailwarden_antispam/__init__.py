@@ -1,58 +1,155 @@
 """The built-in antispam detector: scored checks folded against thresholds.
 
-This first version carries the GTUBE test pattern (the spam counterpart of EICAR, used by every
-filter's acceptance tests) through the native matcher and maps the summed antispam score to a
-spam status with the admin's thresholds. Rules, authentication, DNS lists and Bayes are added by
-the antispam issue on the same structure.
+Checks: the admin's block/allow lists, GTUBE, rule files in a SpamAssassin subset (header,
+body, rawbody, uri, full, meta), SPF/DKIM/ARC/DMARC with an ``Authentication-Results``
+header, DNS block lists, a Bayesian classifier, and heuristics (phishing links, lookalike
+domains, missing headers, hidden text, bulk markers). Each hit is a finding with a stable code
+and a score; scores and group caps come from the rule files (``rules/*.cf``, one file per
+group), the total maps to a status with the thresholds. See docs/antispam.md.
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+import asyncio
+import fnmatch
+import ipaddress
+import logging
+from pathlib import Path
+from typing import Annotated, Any
 
 import msgspec
 
 from mailwarden_sdk import (
+    Category,
     Finding,
     Host,
     Matcher,
     ScanContext,
     SpamStatus,
+    StashKey,
     StoreDescriptor,
     Verdict,
     WhenFull,
     hookimpl,
+    plugin_data_dir,
 )
 from mailwarden_sdk.findings import spam_rule
 
-__all__ = ["AntispamConfig", "AntispamPlugin"]
+from . import auth, heuristics
+from .bayes import Bayes
+from .content import body_text, links, message_urls, rawbody_text
+from .dnslists import DnsList, query_lists
+from .quarantine import SpamQuarantine
+from .resolver import Resolver, SyncDns
+from .rules import RuleSet, RuleTargets, load_rules
+
+__all__ = ["AntispamConfig", "AntispamPlugin", "DnsList"]
+
+log = logging.getLogger(__name__)
 
 DETECTOR = "antispam"
 GTUBE = b"XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
+BUILTIN_RULES = Path(__file__).parent / "rules"
+_HEADERS: StashKey[list[tuple[str, str]]] = StashKey("antispam headers")
 
 
 class AntispamConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """``[antispam]``: score thresholds (a total at or above a threshold earns the status)."""
+    """``[antispam]``: thresholds, rule files, authentication, DNS, lists, Bayes, quarantine.
+
+    A total score at or above ``probable_spam_score`` / ``spam_score`` earns that status.
+    ``rule_files`` adds rule files or directories (``*.cf``) in the SpamAssassin subset, for
+    example ``/usr/share/spamassassin``; ``scores`` overrides the score of any code;
+    ``group_caps`` caps what one group (rule file name without ``.cf``) adds. Sender patterns
+    take ``*``/``?`` wildcards (``*@example.com``); IP entries are addresses or networks.
+    ``quarantine`` names the statuses whose messages the spam quarantine keeps (the rule's
+    action then decides whether they are also delivered); ``release_host``/``release_port``
+    is where released messages are sent (the MTA's re-injection port).
+    """
 
     probable_spam_score: float = 5.0
     spam_score: float = 10.0
     gtube: bool = True
-    # The spam quarantine (<home>/antispam/quarantine): the core removes the oldest above this.
+    builtin_rules: bool = True
+    rule_files: list[str] = msgspec.field(default_factory=list)
+    scores: dict[str, float] = msgspec.field(default_factory=dict)
+    group_caps: dict[str, float] = msgspec.field(default_factory=dict)
+    blocked_senders: list[str] = msgspec.field(default_factory=list)
+    allowed_senders: list[str] = msgspec.field(default_factory=list)
+    blocked_ips: list[str] = msgspec.field(default_factory=list)
+    allowed_ips: list[str] = msgspec.field(default_factory=list)
+    authentication: bool = True
+    authserv_id: str = "mailwarden"
+    dmarc_tree_walk: bool = False
+    dkim_min_key_bits: int = 1024
+    dns_servers: list[str] = msgspec.field(default_factory=list)
+    dns_port: int = 53
+    dns_timeout: float = 2.0
+    dns_cache_entries: int = 10_000
+    dns_lists: list[DnsList] = msgspec.field(default_factory=list)
+    protected_domains: list[str] = msgspec.field(
+        default_factory=lambda: [
+            "paypal.com",
+            "apple.com",
+            "microsoft.com",
+            "google.com",
+            "amazon.com",
+            "facebook.com",
+            "netflix.com",
+        ]
+    )
+    bayes: bool = True
+    bayes_min_learned: int = 10
+    autolearn: bool = False
+    autolearn_spam_score: float = 12.0
+    autolearn_ham_score: float = 0.0
+    quarantine: list[str] = msgspec.field(default_factory=list)
+    # The spam quarantine (<home>/antispam/quarantine): the oldest are removed above this.
     quarantine_max_bytes: Annotated[int, msgspec.Meta(gt=0)] = 1 << 30
+    release_host: str = "127.0.0.1"
+    release_port: int = 10026
+    add_headers: bool = True
 
     def __post_init__(self) -> None:
         if self.spam_score < self.probable_spam_score:
             raise ValueError("spam_score must not be below probable_spam_score")
+        for status in self.quarantine:
+            if status not in ("spam", "probable_spam", "bulk", "blocked"):
+                raise ValueError(f"quarantine: unknown status {status!r}")
+        for net in (*self.blocked_ips, *self.allowed_ips):
+            ipaddress.ip_network(net, strict=False)
+        if self.dns_timeout <= 0:
+            raise ValueError("dns_timeout must be positive")
+
+
+def _sender_matches(patterns: list[str], address: str) -> bool:
+    address = address.lower()
+    return any(fnmatch.fnmatchcase(address, p.lower()) for p in patterns)
+
+
+def _ip_in(networks: list[str], address: str | None) -> bool:
+    if not address:
+        return False
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in ipaddress.ip_network(n, strict=False) for n in networks)
 
 
 class AntispamPlugin:
     """Emits scored antispam findings and turns the total score into a spam status."""
 
-    requires_sdk = ">=1.0,<2"
+    requires_sdk = ">=1.6,<2"
 
     def __init__(self) -> None:
         self.config = AntispamConfig()
         self._matcher = Matcher([GTUBE])
+        self.rules: RuleSet = RuleSet().compile()
+        self.resolver: Resolver | None = None
+        self.bayes: Bayes | None = None
+        self.quarantine: SpamQuarantine | None = None
+
+    # ------------------------------------------------------------ set-up
 
     @hookimpl
     def mailwarden_config_schema(self) -> tuple[str, type[msgspec.Struct]]:
@@ -60,48 +157,318 @@ class AntispamPlugin:
 
     @hookimpl
     def mailwarden_startup(self, host: Host) -> None:
-        self.config = host.config_for(DETECTOR) or AntispamConfig()
+        self.configure(
+            host.config_for(DETECTOR) or AntispamConfig(), plugin_data_dir(host, DETECTOR)
+        )
+
+    def configure(self, config: AntispamConfig, data_dir: Path | None = None) -> None:
+        """Load rules and open stores for ``config`` (also used by tests and the benchmark)."""
+        self.config = config
+        # The built-in files load last, so their scores for our own checks (SPF_FAIL,
+        # BAYES_99...) win over a stock rule set's scores for its rules of the same name.
+        paths = [Path(p) for p in config.rule_files]
+        paths += [BUILTIN_RULES] if config.builtin_rules else []
+        self.rules = load_rules(paths, config.group_caps)
+        log.info("antispam: %d rules loaded, skipped %s", len(self.rules.rules), self.rules.skipped)
+        self.resolver = Resolver(
+            config.dns_servers or None,
+            port=config.dns_port,
+            timeout=config.dns_timeout,
+            cache_entries=config.dns_cache_entries,
+        )
+        if data_dir is not None:
+            if config.bayes:
+                self.bayes = Bayes(data_dir / "bayes")
+            if config.quarantine:
+                self.quarantine = SpamQuarantine(
+                    data_dir / "quarantine", config.quarantine_max_bytes
+                )
+
+    @hookimpl
+    def mailwarden_shutdown(self) -> None:
+        for store in (self.bayes, self.quarantine):
+            if store is not None:
+                store.close()
+        self.bayes = self.quarantine = None
 
     @hookimpl
     def mailwarden_data_stores(self, host: Host) -> list[StoreDescriptor]:
         config: AntispamConfig = host.config_for(DETECTOR) or AntispamConfig()
-        return [
+        base = host.data_dir / DETECTOR
+        stores = [
+            StoreDescriptor(
+                name="antispam bayes",
+                path=str(base / "bayes"),
+                holds="word and host tokens with spam/ham counts; digests and Message-IDs of "
+                "learned messages with who learned them and when",
+                read_permission="settings.view",
+            )
+        ]
+        # The message files only (not the LMDB index beside them): the core's enforcer may
+        # remove the oldest files too; the index forgets entries whose file is gone.
+        stores.append(
             StoreDescriptor(
                 name="spam quarantine",
-                path=str(host.data_dir / DETECTOR / "quarantine"),
-                holds="messages held as spam, in full (one file each)",
+                path=str(base / "quarantine" / "messages"),
+                holds="messages held as spam, in full (one file each), with envelope sender, "
+                "recipients, subject and score in the index beside them",
                 max_bytes=config.quarantine_max_bytes,
                 when_full=WhenFull.REMOVE_OLDEST,
                 read_permission="queues.view",
             )
-        ]
+        )
+        return stores
 
     @hookimpl
-    def mailwarden_scan(self, ctx: ScanContext) -> list[Finding]:
-        if not self.config.gtube:
-            return []
-        for part in ctx.message.leaves():
-            if part.content_type.startswith("text/") and self._matcher.first(part.decoded()):
-                # GTUBE is decisive by definition: the status is spam whatever the thresholds.
-                return [
-                    spam_rule(
-                        DETECTOR,
-                        "GTUBE",
-                        1000.0,
-                        part=part.index,
-                        status=SpamStatus.SPAM,
-                        rule="GTUBE test pattern",
-                    )
-                ]
-        return []
+    def mailwarden_cli_commands(self) -> list[Any]:
+        from .cli import antispam
+
+        return [antispam]
+
+    # ------------------------------------------------------------ scanning
+
+    def _finding(self, code: str, details: dict[str, str], part: int | None = None) -> Finding:
+        score = self.config.scores.get(code)
+        if score is None:
+            rule = self.rules.rules.get(code)
+            score = self.rules.score_of(rule) if rule is not None else 0.0
+        return Finding(
+            code=code,
+            detector=DETECTOR,
+            category=Category.ANTISPAM,
+            status="hit",
+            score=score,
+            details=details,
+            part=part,
+        )
+
+    @hookimpl
+    async def mailwarden_scan(self, ctx: ScanContext) -> list[Finding]:
+        cfg = self.config
+        env = ctx.envelope
+        message = ctx.message
+        if _sender_matches(cfg.allowed_senders, env.mail_from) or _ip_in(
+            cfg.allowed_ips, env.client_address
+        ):
+            return [spam_rule(DETECTOR, "ALLOWED_SENDER", 0.0, status=SpamStatus.ALLOWED)]
+        if _sender_matches(cfg.blocked_senders, env.mail_from) or _ip_in(
+            cfg.blocked_ips, env.client_address
+        ):
+            return [spam_rule(DETECTOR, "BLOCKED_SENDER", 0.0, status=SpamStatus.BLOCKED)]
+        if cfg.gtube:
+            for part in message.leaves():
+                if part.content_type.startswith("text/") and self._matcher.first(part.decoded()):
+                    # GTUBE is decisive by definition: spam whatever the thresholds.
+                    return [
+                        spam_rule(
+                            DETECTOR,
+                            "GTUBE",
+                            1000.0,
+                            part=part.index,
+                            status=SpamStatus.SPAM,
+                            rule="GTUBE test pattern",
+                        )
+                    ]
+        hits: dict[str, dict[str, str]] = {}
+        extra: list[Finding] = []
+        urls = message_urls(message)
+        checks = [self._auth(ctx, hits)]
+        if cfg.dns_lists:
+            checks.append(self._lists(ctx, urls, extra))
+        await asyncio.gather(*checks)
+        for code, details in (
+            *heuristics.link_checks(links(message), urls, cfg.protected_domains),
+            *heuristics.header_checks(message),
+            *heuristics.hidden_text(message),
+            *heuristics.bulk_markers(message),
+        ):
+            hits.setdefault(code, details)
+        if self.bayes is not None:
+            probability = await asyncio.to_thread(
+                self.bayes.probability, message, cfg.bayes_min_learned
+            )
+            if probability is not None:
+                hits[_bayes_code(probability)] = {"probability": f"{probability:.4f}"}
+        targets = await asyncio.to_thread(self._targets, ctx, urls)
+        matched = await asyncio.to_thread(self.rules.match, targets, set(hits))
+        for rule in matched:
+            hits.setdefault(rule.name, {"rule": rule.description[:120]} if rule.description else {})
+        findings = [self._finding(_code(code), details) for code, details in sorted(hits.items())]
+        findings = self._cap_groups(findings)
+        return findings + extra
+
+    def _targets(self, ctx: ScanContext, urls: list[str]) -> RuleTargets:
+        message = ctx.message
+        headers: dict[str, list[str]] = {}
+        lines = []
+        for name, value in message.headers:
+            headers.setdefault(name.lower(), []).append(value)
+            lines.append(f"{name}: {value}")
+        for key in list(headers):
+            decoded = message.root.decoded_header(key)
+            if decoded is not None and len(headers[key]) == 1:
+                headers[key] = [decoded]
+        if ctx.envelope.mail_from:
+            headers.setdefault("envelopefrom", [ctx.envelope.mail_from])
+        return RuleTargets(
+            headers=headers,
+            body=body_text(message),
+            rawbody=rawbody_text(message),
+            uris=urls,
+            full=message.raw.decode("utf-8", "replace"),
+            all_headers="\n".join(lines),
+        )
+
+    def _cap_groups(self, findings: list[Finding]) -> list[Finding]:
+        totals: dict[str, float] = {}
+        for f in findings:
+            rule = self.rules.rules.get(f.code)
+            if rule is not None and f.score > 0:
+                totals[rule.group] = totals.get(rule.group, 0.0) + f.score
+        out = list(findings)
+        for group, total in sorted(totals.items()):
+            cap = self.rules.group_caps.get(group)
+            if cap is not None and total > cap:
+                out.append(spam_rule(DETECTOR, "GROUP_CAP", round(cap - total, 3), group=group))
+        return out
+
+    async def _auth(self, ctx: ScanContext, hits: dict[str, dict[str, str]]) -> None:
+        cfg = self.config
+        if not cfg.authentication or self.resolver is None:
+            return
+        env, message, raw = ctx.envelope, ctx.message, ctx.raw
+        sync = SyncDns(self.resolver)
+        spf_task = None
+        if env.client_address:
+            spf_task = auth.check_spf(
+                sync, env.client_address, env.mail_from, env.helo or "", cfg.dns_timeout * 5
+            )
+        dkim_results, arc = await asyncio.gather(
+            auth.verify_dkim(sync, raw, cfg.dkim_min_key_bits),
+            auth.verify_arc(sync, raw, cfg.dkim_min_key_bits),
+        )
+        spf_result = await spf_task if spf_task is not None else None
+        dmarc = await auth.evaluate_dmarc(
+            self.resolver,
+            message.header_all("from"),
+            spf_result,
+            dkim_results,
+            cfg.dmarc_tree_walk,
+        )
+        if spf_result is not None:
+            hits[f"SPF_{spf_result.result.upper()}"] = {"domain": spf_result.domain}
+        for r in dkim_results:
+            code = {"pass": "DKIM_VALID", "fail": "DKIM_INVALID"}.get(r.result, "DKIM_ERROR")
+            hits.setdefault(code, {"domain": r.domain, "result": r.result})
+        if arc.result != "none":
+            hits["ARC_PASS" if arc.result == "pass" else "ARC_INVALID"] = {}
+        if dmarc.result == "pass":
+            hits["DMARC_PASS"] = {"domain": dmarc.from_domain or ""}
+        elif dmarc.result == "fail":
+            code = f"DMARC_FAIL_{(dmarc.policy or 'none').upper()}"
+            hits[code] = {"domain": dmarc.from_domain or "", "policy": dmarc.policy or "none"}
+        ctx.stash.setdefault(_HEADERS, []).append(
+            (
+                "Authentication-Results",
+                auth.authentication_results(cfg.authserv_id, spf_result, dkim_results, arc, dmarc),
+            )
+        )
+
+    async def _lists(self, ctx: ScanContext, urls: list[str], out: list[Finding]) -> None:
+        assert self.resolver is not None
+        env = ctx.envelope
+        domains: list[str] = []
+        if "@" in env.mail_from:
+            domains.append(env.mail_from.rpartition("@")[2].lower())
+        found = auth.from_domains(ctx.message.header_all("from"))
+        if isinstance(found, list):
+            domains.extend(d for d in found if d not in domains)
+        hosts = [h for h in (_url_host(u) for u in urls) if h]
+        hits, failed = await query_lists(
+            self.resolver, self.config.dns_lists, env.client_address, domains, hosts
+        )
+        for hit in hits:
+            out.append(
+                spam_rule(
+                    DETECTOR, hit.code, hit.score, zone=hit.zone, item=hit.item, answer=hit.answer
+                )
+            )
+        for zone in failed:
+            out.append(spam_rule(DETECTOR, "DNSLIST_UNAVAILABLE", 0.0, zone=zone))
+
+    # ------------------------------------------------------------ deciding
 
     @hookimpl(trylast=True)
-    def mailwarden_verdict(self, verdict: Verdict) -> None:
+    def mailwarden_verdict(self, ctx: ScanContext, verdict: Verdict) -> None:
+        cfg = self.config
         # Explicit statuses (the admin's block/allow lists, GTUBE) stand; otherwise the score
         # summed over every antispam and reputation finding decides.
-        if verdict.spam is not SpamStatus.CLEAN:
-            return
-        if verdict.spam_score >= self.config.spam_score:
-            verdict.spam = SpamStatus.SPAM
-        elif verdict.spam_score >= self.config.probable_spam_score:
-            verdict.spam = SpamStatus.PROBABLE_SPAM
+        if verdict.spam is SpamStatus.CLEAN:
+            if verdict.spam_score >= cfg.spam_score:
+                verdict.spam = SpamStatus.SPAM
+            elif verdict.spam_score >= cfg.probable_spam_score:
+                verdict.spam = SpamStatus.PROBABLE_SPAM
+            elif any(f.code == "BULK_MAIL" and f.detector == DETECTOR for f in verdict.findings):
+                verdict.spam = SpamStatus.BULK
+        if cfg.add_headers:
+            verdict.headers.extend(self.status_headers(verdict))
+            added: list[tuple[str, str]] = ctx.stash.get(_HEADERS, [])
+            verdict.headers.extend(added)
+        if self.quarantine is not None and verdict.spam.value in cfg.quarantine:
+            self.quarantine.put(
+                ctx.raw,
+                ctx.envelope.mail_from,
+                ctx.envelope.rcpt_to,
+                ctx.message.decoded_header("subject") or "",
+                verdict.spam_score,
+                verdict.spam.value,
+            )
+        if cfg.autolearn and self.bayes is not None:
+            self._autolearn(ctx, verdict)
+
+    def status_headers(self, verdict: Verdict) -> list[tuple[str, str]]:
+        """``X-Spam-Status`` (SpamAssassin's layout), ``X-Spam-Score`` and a report line."""
+        is_spam = verdict.spam in (SpamStatus.SPAM, SpamStatus.PROBABLE_SPAM, SpamStatus.BLOCKED)
+        tests = sorted(
+            {
+                f.code
+                for f in verdict.findings
+                if f.category in (Category.ANTISPAM, Category.REPUTATION)
+            }
+        )
+        status = (
+            f"{'Yes' if is_spam else 'No'}, score={verdict.spam_score:.1f} "
+            f"required={self.config.probable_spam_score:.1f} tests={','.join(tests) or 'none'}"
+        )
+        return [("X-Spam-Status", status), ("X-Spam-Score", f"{verdict.spam_score:.1f}")]
+
+    def _autolearn(self, ctx: ScanContext, verdict: Verdict) -> None:
+        assert self.bayes is not None
+        # Bayes's own findings are left out of the decision, so it never teaches itself.
+        own = sum(f.score for f in verdict.findings if f.code.startswith("BAYES_"))
+        score = verdict.spam_score - own
+        if score >= self.config.autolearn_spam_score:
+            self.bayes.learn(ctx.raw, "spam", "autolearn")
+        elif score <= self.config.autolearn_ham_score and verdict.spam is SpamStatus.CLEAN:
+            self.bayes.learn(ctx.raw, "ham", "autolearn")
+
+
+def _bayes_code(probability: float) -> str:
+    for limit, code in ((0.99, "BAYES_99"), (0.95, "BAYES_95"), (0.8, "BAYES_80")):
+        if probability >= limit:
+            return code
+    if probability <= 0.01:
+        return "BAYES_00"
+    if probability <= 0.2:
+        return "BAYES_05"
+    return "BAYES_50"
+
+
+def _code(name: str) -> str:
+    code = "".join(c if c.isalnum() else "_" for c in name.upper()).strip("_")
+    return code if code[:1].isalpha() else f"R_{code}"
+
+
+def _url_host(url: str) -> str:
+    rest = url.split("://", 1)[-1]
+    return rest.split("/", 1)[0].split(":", 1)[0].lower()

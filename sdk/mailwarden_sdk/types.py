@@ -190,6 +190,9 @@ class Verdict(msgspec.Struct, kw_only=True):
     content: str | None = None
     errors: list[str] = msgspec.field(default_factory=list)
     findings: list[Finding] = msgspec.field(default_factory=list)
+    #: Header fields detectors ask to add to mail that is delivered or quarantined (for
+    #: example ``Authentication-Results``, ``X-Spam-Status``), when the rule adds headers.
+    headers: list[tuple[str, str]] = msgspec.field(default_factory=list)
 
     @property
     def detected(self) -> bool:

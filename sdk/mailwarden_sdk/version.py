@@ -17,8 +17,9 @@ __all__ = ["SDK_VERSION", "IncompatibleSdk", "check_compatible"]
 # 1.1: Verdict.content; 1.2: data_stores(host), StoreDescriptor.entries;
 # 1.3: mailwarden_action hook, Action.remove_parts / replace_message, detect_type;
 # 1.4: command_host for plugin commands;
-# 1.5: mailwarden_hold hook, Host.resubmit, Verdict.sandbox "hold"/"skipped"/"deferred"
-SDK_VERSION = "1.5.0"
+# 1.5: mailwarden_hold hook, Host.resubmit, Verdict.sandbox "hold"/"skipped"/"deferred";
+# 1.6: Verdict.headers
+SDK_VERSION = "1.6.0"
 
 
 class IncompatibleSdk(Exception):

@@ -1,0 +1,173 @@
+"""``mailwarden antispam ...``: Bayes training and the spam quarantine from the command line.
+
+The commands work on the plugin's data directory, ``<home>/antispam``: ``--home``, else
+``$MAILWARDEN_HOME``, else ``./var`` (the gateway's own default home).
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import time
+from pathlib import Path
+
+import click
+
+from .bayes import Bayes
+from .quarantine import QuarantineError, SpamQuarantine
+
+_home = click.option(
+    "--home",
+    type=click.Path(file_okay=False),
+    help="Gateway home directory (default: $MAILWARDEN_HOME or ./var).",
+)
+
+
+def _data_dir(home: str | None) -> Path:
+    return Path(home or os.environ.get("MAILWARDEN_HOME") or "var").absolute() / "antispam"
+
+
+def _messages(directory: str) -> list[Path]:
+    root = Path(directory)
+    return sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+
+
+def _who() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except Exception:  # no user name in this environment (containers)
+        return "cli"
+
+
+@click.group("antispam")
+def antispam() -> None:
+    """Antispam: train the Bayes classifier, work with the spam quarantine."""
+
+
+@antispam.command()
+@click.option("--spam", "spam_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--ham", "ham_dir", type=click.Path(exists=True, file_okay=False))
+@_home
+def train(spam_dir: str | None, ham_dir: str | None, home: str | None) -> None:
+    """Learn every file under --spam as spam and under --ham as ham."""
+    if not spam_dir and not ham_dir:
+        raise click.UsageError("give --spam DIR and/or --ham DIR")
+    bayes = Bayes(_data_dir(home) / "bayes")
+    try:
+        for label, directory in (("spam", spam_dir), ("ham", ham_dir)):
+            if not directory:
+                continue
+            files = _messages(directory)
+            learned = sum(bayes.learn(p.read_bytes(), label, _who()) for p in files)
+            click.echo(f"{label}: learned {learned} of {len(files)} messages")
+        nspam, nham = bayes.counts()
+        click.echo(f"total: {nspam} spam, {nham} ham")
+    finally:
+        bayes.close()
+
+
+@antispam.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
+@_home
+def untrain(paths: tuple[str, ...], home: str | None) -> None:
+    """Forget what the given messages (files or directories) taught."""
+    bayes = Bayes(_data_dir(home) / "bayes")
+    try:
+        files = [q for p in paths for q in (_messages(p) if Path(p).is_dir() else [Path(p)])]
+        forgotten = sum(bayes.unlearn(p.read_bytes(), _who()) for p in files)
+        click.echo(f"unlearned {forgotten} of {len(files)} messages")
+        nspam, nham = bayes.counts()
+        click.echo(f"total: {nspam} spam, {nham} ham")
+    finally:
+        bayes.close()
+
+
+@antispam.command()
+@_home
+def journal(home: str | None) -> None:
+    """Every learning act: when, who, what, which message."""
+    bayes = Bayes(_data_dir(home) / "bayes")
+    try:
+        for r in bayes.journal():
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r.time))
+            click.echo(f"{stamp}Z {r.who} {r.action} {r.label} {r.digest[:16]} {r.message_id}")
+    finally:
+        bayes.close()
+
+
+@antispam.group()
+def quarantine() -> None:
+    """The spam quarantine: list, release, delete, release and learn as ham."""
+
+
+def _quarantine(home: str | None) -> SpamQuarantine:
+    return SpamQuarantine(_data_dir(home) / "quarantine")
+
+
+@quarantine.command("list")
+@click.option("--sender")
+@click.option("--recipient")
+@click.option("--subject")
+@click.option("--min-score", type=float)
+@click.option("--since", type=float, help="Unix time.")
+@_home
+def list_(
+    sender: str | None,
+    recipient: str | None,
+    subject: str | None,
+    min_score: float | None,
+    since: float | None,
+    home: str | None,
+) -> None:
+    """Held messages, oldest first."""
+    q = _quarantine(home)
+    try:
+        for e in q.search(since, None, sender, recipient, subject, min_score):
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(e.time))
+            click.echo(
+                f"{e.id} {stamp}Z {e.score:6.1f} {e.mail_from or '<>'} -> "
+                f"{','.join(e.rcpt_to)} {e.subject!r}"
+            )
+    finally:
+        q.close()
+
+
+@quarantine.command()
+@click.argument("entry_id")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Next hop (re-injection).")
+@click.option("--port", default=10026, show_default=True, type=int)
+@click.option("--learn-ham", is_flag=True, help="Also learn the message as ham.")
+@_home
+def release(entry_id: str, host: str, port: int, learn_ham: bool, home: str | None) -> None:
+    """Send a held message on with its original envelope and bytes."""
+    q = _quarantine(home)
+    try:
+        raw = q.original(entry_id)
+        q.release(entry_id, host, port)
+    except QuarantineError as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        q.close()
+    click.echo(f"released {entry_id} to {host}:{port}")
+    if learn_ham:
+        bayes = Bayes(_data_dir(home) / "bayes")
+        try:
+            bayes.learn(raw, "ham", _who())
+        finally:
+            bayes.close()
+        click.echo("learned as ham")
+
+
+@quarantine.command()
+@click.argument("entry_id")
+@_home
+def delete(entry_id: str, home: str | None) -> None:
+    """Remove a held message."""
+    q = _quarantine(home)
+    try:
+        q.delete(entry_id)
+    except QuarantineError as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        q.close()
+    click.echo(f"deleted {entry_id}")

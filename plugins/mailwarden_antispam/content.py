@@ -1,0 +1,78 @@
+"""What the antispam checks read out of a message: texts, URLs, links with their text.
+
+URL extraction and HTML-to-text come from the native core through the SDK's ``Part``
+(``urls()``, ``visible_text()``); this module is the one place that asks, so a change of that
+interface touches only here.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from dataclasses import dataclass
+
+from mailwarden_sdk import ParsedMessage
+
+__all__ = ["Link", "body_text", "links", "message_urls", "rawbody_text"]
+
+_ANCHOR = re.compile(
+    rb"<a\s[^>]*?href\s*=\s*(?:\"([^\"]*)\"|'([^']*)'|([^\s>]+))[^>]*>(.*?)</a\s*>",
+    re.IGNORECASE | re.DOTALL,
+)
+_TAG = re.compile(r"<[^>]*>")
+_MAX_TEXT = 2_000_000  # characters of text per message the rules look at
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    """An HTML link: where it goes and the text the reader sees."""
+
+    href: str
+    text: str
+
+
+def message_urls(message: ParsedMessage, limit: int = 500) -> list[str]:
+    """Normalised URLs of every text part, first ``limit`` distinct ones."""
+    seen: dict[str, None] = {}
+    for part in message.leaves():
+        for url in part.urls():
+            seen.setdefault(url.url, None)
+            if len(seen) >= limit:
+                return list(seen)
+    return list(seen)
+
+
+def body_text(message: ParsedMessage) -> str:
+    """SpamAssassin's "body": the subject, then the visible text of the text parts, one
+    paragraph per line (lines inside a paragraph joined), so rules see sentences whole."""
+    chunks = [message.decoded_header("subject") or ""]
+    for part in message.leaves():
+        if part.content_type in ("text/plain", "text/html") and part.disposition != "attachment":
+            text = part.visible_text()
+            for para in re.split(r"\n\s*\n", text):
+                line = " ".join(para.split())
+                if line:
+                    chunks.append(line)
+    return "\n".join(chunks)[:_MAX_TEXT]
+
+
+def rawbody_text(message: ParsedMessage) -> str:
+    """SpamAssassin's "rawbody": the decoded text parts, HTML markup included."""
+    texts = [p.text() for p in message.leaves() if p.content_type.startswith("text/")]
+    return "\n".join(texts)[:_MAX_TEXT]
+
+
+def links(message: ParsedMessage, limit: int = 200) -> list[Link]:
+    """``<a href>`` links of the HTML parts with their visible text."""
+    out: list[Link] = []
+    for part in message.leaves():
+        if part.content_type != "text/html":
+            continue
+        source = part.text().encode("utf-8", "replace")
+        for m in _ANCHOR.finditer(source):
+            href = (m.group(1) or m.group(2) or m.group(3) or b"").decode("utf-8", "replace")
+            text = html.unescape(_TAG.sub(" ", m.group(4).decode("utf-8", "replace")))
+            out.append(Link(html.unescape(href).strip(), " ".join(text.split())))
+            if len(out) >= limit:
+                return out
+    return out

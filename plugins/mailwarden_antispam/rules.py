@@ -1,0 +1,548 @@
+"""Rule files in a subset of the SpamAssassin syntax, matched with a literal prefilter.
+
+Supported directives: ``header``, ``body``, ``rawbody``, ``uri``, ``full``, ``meta``,
+``score``, ``describe``, ``tflags``, the ``replace_tag``/``replace_rules`` templating, and the
+``if``/``ifplugin``/``else``/``endif`` blocks of the stock rule set. One mailwarden directive
+is added: ``group_cap N`` caps what all rules of that file (its *group*) add together. Rules
+that call SpamAssassin's Perl code (``eval:``) are skipped and counted, so a stock rule set
+loads; metas over them see them as not hit.
+
+Every rule's longest required literal goes into one native :class:`Matcher` per target; a
+regular expression runs only when its literal occurs (or when it has none), so most of a large
+rule set costs one pass of the C automaton over each text.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import re
+import warnings
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mailwarden_sdk import Matcher
+
+__all__ = ["Rule", "RuleSet", "RuleTargets", "load_rules"]
+
+log = logging.getLogger(__name__)
+
+KINDS = ("header", "body", "rawbody", "uri", "full")
+_META_TOKEN = re.compile(r"\s*(\d+(?:\.\d+)?|[A-Za-z_][A-Za-z0-9_]*|&&|\|\||[<>=!]=|[-+*/()<>!])")
+# Plugins whose rule types we do not have: their blocks are left out, their fallbacks kept.
+_MISSING_PLUGINS = {"Mail::SpamAssassin::Plugin::MIMEHeader"}
+
+
+@dataclass
+class Rule:
+    """One rule; ``kind`` is a target (``header``, ``body``...) or ``meta``."""
+
+    name: str
+    kind: str
+    group: str
+    pattern: re.Pattern[str] | None = None
+    header: str = ""
+    negate: bool = False
+    exists: bool = False
+    if_unset: str | None = None
+    meta: str = ""
+    score: float | None = None
+    description: str = ""
+    literal: str = ""
+    nocase: bool = False
+    source: str = ""
+
+    @property
+    def sub_rule(self) -> bool:
+        """``__NAME`` rules only feed metas: no score, never reported."""
+        return self.name.startswith("__")
+
+
+@dataclass
+class RuleTargets:
+    """The texts rules match against, prepared once per message."""
+
+    headers: Mapping[str, list[str]]
+    body: str
+    rawbody: str
+    uris: list[str]
+    full: str
+    all_headers: str = ""
+
+
+@dataclass
+class RuleSet:
+    """Loaded rules with their prefilters; :meth:`match` gives the rules that hit."""
+
+    rules: dict[str, Rule] = field(default_factory=dict)
+    group_caps: dict[str, float] = field(default_factory=dict)
+    skipped: dict[str, int] = field(default_factory=dict)
+    _prefilters: dict[str, tuple[Matcher | None, list[Rule], list[Rule]]] = field(
+        default_factory=dict
+    )
+    _metas: list[tuple[Rule, str]] = field(default_factory=list)
+
+    def score_of(self, rule: Rule) -> float:
+        if rule.score is not None:
+            return rule.score
+        return 0.0 if rule.sub_rule else 1.0
+
+    def compile(self) -> RuleSet:
+        """Build the literal prefilter per target and order the metas; call after loading."""
+        by_kind: dict[str, list[Rule]] = {k: [] for k in KINDS}
+        for rule in self.rules.values():
+            if rule.kind in by_kind and (rule.pattern is not None or rule.exists):
+                by_kind[rule.kind].append(rule)
+        for kind, rules in by_kind.items():
+            with_literal = [r for r in rules if len(r.literal) >= 3]
+            always = [r for r in rules if len(r.literal) < 3]
+            matcher = None
+            if with_literal:
+                matcher = Matcher([r.literal.encode("utf-8") for r in with_literal])
+            self._prefilters[kind] = (matcher, with_literal, always)
+        self._metas = [(r, _meta_python(r.meta)) for r in self.rules.values() if r.kind == "meta"]
+        return self
+
+    def _candidates(self, kind: str, text: str) -> list[Rule]:
+        matcher, with_literal, always = self._prefilters.get(kind, (None, [], []))
+        found: list[Rule] = list(always)
+        if matcher is not None and text:
+            # One scan of the lowered text serves both kinds of literal: case-sensitive
+            # literals were lowered too, their regex then decides exactly.
+            lowered = text.lower().encode("utf-8", "replace")
+            ids = {pid for pid, _ in matcher.scan(lowered)}
+            found.extend(with_literal[i] for i in sorted(ids))
+        return found
+
+    def match(self, targets: RuleTargets, extra: Iterable[str] = ()) -> list[Rule]:
+        """Every scored rule that hits (sub-rules and metas resolved), in name order.
+
+        ``extra`` are codes other checks found (SPF_FAIL, BAYES_99...): metas may name them.
+        """
+        given = set(extra)
+        hits: set[str] = set(given)
+        header_text = "\n".join(v for vs in targets.headers.values() for v in vs)
+        for rule in self._candidates("header", header_text + "\n" + targets.all_headers):
+            if _header_hit(rule, targets):
+                hits.add(rule.name)
+        # Rules whose literal never occurs can still hit through a negation or if-unset.
+        _matcher, with_literal, _always = self._prefilters.get("header", (None, [], []))
+        for rule in with_literal:
+            if (rule.negate or rule.if_unset is not None) and rule.name not in hits:
+                if _header_hit(rule, targets):
+                    hits.add(rule.name)
+        for kind, text in (("body", targets.body), ("rawbody", targets.rawbody)):
+            for rule in self._candidates(kind, text):
+                if rule.pattern is not None and rule.pattern.search(text):
+                    hits.add(rule.name)
+        if targets.uris:
+            uri_text = "\n".join(targets.uris)
+            for rule in self._candidates("uri", uri_text):
+                if rule.pattern is not None and any(rule.pattern.search(u) for u in targets.uris):
+                    hits.add(rule.name)
+        for rule in self._candidates("full", targets.full):
+            if rule.pattern is not None and rule.pattern.search(targets.full):
+                hits.add(rule.name)
+        self._resolve_metas(hits)
+        return [
+            self.rules[n]
+            for n in sorted(hits - given)
+            if n in self.rules and not self.rules[n].sub_rule
+        ]
+
+    def _resolve_metas(self, hits: set[str]) -> None:
+        # Metas may depend on metas: evaluate until nothing changes (bounded by their count).
+        pending = list(self._metas)
+        for _ in range(len(pending) + 1):
+            changed = False
+            for rule, expr in pending:
+                if rule.name in hits:
+                    continue
+                values = {name: 1 for name in hits}
+                try:
+                    value = eval(expr, {"__builtins__": {}}, _Defaulting(values))
+                except Exception:  # a meta over a division by zero and the like: not hit
+                    continue
+                if value:
+                    hits.add(rule.name)
+                    changed = True
+            if not changed:
+                break
+
+
+class _Defaulting(dict[str, int]):
+    def __missing__(self, key: str) -> int:
+        return 0
+
+
+def _meta_python(expr: str) -> str:
+    """A meta expression as Python over a whitelist of tokens (names, numbers, operators)."""
+    out: list[str] = []
+    pos = 0
+    expr = expr.strip()
+    while pos < len(expr):
+        m = _META_TOKEN.match(expr, pos)
+        if not m:
+            raise ValueError(f"bad meta expression near {expr[pos : pos + 20]!r}")
+        tok = m.group(1)
+        pos = m.end()
+        if tok == "&&":
+            out.append(" and ")
+        elif tok == "||":
+            out.append(" or ")
+        elif tok == "!":
+            out.append(" not ")
+        elif tok[0].isalpha() or tok[0] == "_":
+            out.append(f"_v({tok!r})" if False else f" {_safe_name(tok)} ")
+        else:
+            out.append(f" {tok} ")
+    return "".join(out) or "0"
+
+
+def _safe_name(name: str) -> str:
+    if name in ("and", "or", "not", "if", "else", "in", "is", "lambda", "None", "True", "False"):
+        return "_" + name
+    return name
+
+
+def _header_values(rule: Rule, targets: RuleTargets) -> list[str] | None:
+    name = rule.header
+    base, _, modifier = name.partition(":")
+    key = base.lower()
+    # SpamAssassin's pseudo-headers are case-sensitive: "MessageID" is a (malformed) real
+    # header field name, "MESSAGEID" the pseudo-header.
+    if base == "ALL":
+        return [targets.all_headers] if targets.all_headers else None
+    if base == "ToCc":
+        values = targets.headers.get("to", []) + targets.headers.get("cc", [])
+    elif base == "MESSAGEID":
+        values = targets.headers.get("message-id", []) + targets.headers.get(
+            "resent-message-id", []
+        )
+    else:
+        values = targets.headers.get(key, [])
+    if not values:
+        return None
+    if modifier == "addr":
+        return [a for _n, a in email.utils.getaddresses(values) if a] or [""]
+    if modifier == "name":
+        return [n for n, _a in email.utils.getaddresses(values)] or [""]
+    return values
+
+
+def _header_hit(rule: Rule, targets: RuleTargets) -> bool:
+    values = _header_values(rule, targets)
+    if rule.exists:
+        return values is not None
+    if rule.pattern is None:
+        return False
+    if values is None:
+        if rule.if_unset is None:
+            return rule.negate
+        values = [rule.if_unset]
+    text = "\n".join(values)
+    found = rule.pattern.search(text) is not None
+    return found != rule.negate
+
+
+# ---------------------------------------------------------------- parsing
+
+_REGEX = re.compile(
+    r"^(?:/(?P<a>.*)/|m\{(?P<b>.*)\}|m\((?P<c>.*)\)|m(?P<q>[^\w\s{(])(?P<d>.*)(?P=q))(?P<f>[a-z]*)$"
+)
+
+
+def perl_regex(text: str, multiline: bool = False) -> tuple[re.Pattern[str], str, bool]:
+    """Compile a Perl ``/.../flags`` regex as Python; returns (pattern, literal, nocase)."""
+    m = _REGEX.match(text.strip())
+    if not m:
+        raise ValueError(f"not a /regex/: {text[:40]!r}")
+    body = next(
+        g for g in (m.group("a"), m.group("b"), m.group("c"), m.group("d")) if g is not None
+    )
+    flags_text = m.group("f")
+    flags = re.MULTILINE if multiline else 0
+    for ch in flags_text:
+        flags |= {"i": re.IGNORECASE, "s": re.DOTALL, "m": re.MULTILINE, "x": re.VERBOSE}.get(ch, 0)
+    py = _perl_to_python(body)
+    with warnings.catch_warnings():
+        # Perl character classes such as [[] are fine; Python warns about future semantics.
+        warnings.simplefilter("ignore", FutureWarning)
+        pattern = re.compile(py, flags)
+    literal = "" if "x" in flags_text else _required_literal(body)
+    return pattern, literal.lower(), "i" in flags_text
+
+
+def _perl_to_python(body: str) -> str:
+    out = []
+    i = 0
+    while i < len(body):
+        ch = body[i]
+        if ch == "\\" and i + 1 < len(body):
+            nxt = body[i + 1]
+            if nxt == "z":
+                out.append(r"\Z")
+            elif nxt == "Z":
+                out.append(r"(?=\n?\Z)")
+            elif nxt == "h":
+                out.append(r"[ \t]")
+            elif nxt == "x" and i + 2 < len(body) and body[i + 2] == "{":
+                end = body.index("}", i)
+                code = int(body[i + 3 : end], 16)
+                out.append(f"\\U{code:08x}" if code > 0xFFFF else f"\\u{code:04x}")
+                i = end + 1
+                continue
+            elif nxt == "/":
+                out.append("/")
+            elif nxt in "@%'\"!#&,:;<=>`~-":
+                out.append(re.escape(nxt))
+            else:
+                out.append(ch + nxt)
+            i += 2
+            continue
+        if ch == "$" and i + 1 < len(body) and body[i + 1] not in ")|":
+            out.append(r"\$")  # a Perl variable-looking "$" mid-pattern is a literal dollar
+            i += 1
+            continue
+        out.append(ch)
+        i += 1
+    return "".join(out)
+
+
+_SPECIAL = set(".^$*+?{}[]()|")
+
+
+def _required_literal(body: str) -> str:
+    """The longest literal every match must contain (top level only), or ""."""
+    runs: list[str] = []
+    current: list[str] = []
+    depth = 0
+    i = 0
+
+    def close() -> None:
+        if current:
+            runs.append("".join(current))
+            current.clear()
+
+    while i < len(body):
+        ch = body[i]
+        if depth:
+            if ch == "\\":
+                i += 2
+                continue
+            if ch == "[":
+                end = _class_end(body, i)
+                i = end + 1
+                continue
+            depth += ch == "("
+            depth -= ch == ")"
+            i += 1
+            if depth == 0 and i < len(body) and body[i] in "*?{":
+                pass
+            continue
+        if ch == "|":
+            return ""
+        if ch == "\\" and i + 1 < len(body):
+            nxt = body[i + 1]
+            if nxt.isalnum():
+                close()
+                i += 2
+                continue
+            lit = nxt
+            i += 2
+        elif ch in _SPECIAL:
+            close()
+            if ch == "(":
+                depth = 1
+            elif ch == "[":
+                i = _class_end(body, i)
+            elif ch == "{":
+                end = body.find("}", i)
+                i = end if end > 0 else i
+            i += 1
+            continue
+        else:
+            lit = ch
+            i += 1
+        if i < len(body) and body[i] in "*?{":
+            close()  # the quantified character is optional or repeated: not part of a run
+            continue
+        if i < len(body) and body[i] == "+":
+            current.append(lit)
+            close()
+            continue
+        current.append(lit)
+    close()
+    return max(runs, key=len) if runs else ""
+
+
+def _class_end(body: str, start: int) -> int:
+    i = start + 1
+    if i < len(body) and body[i] == "^":
+        i += 1
+    if i < len(body) and body[i] == "]":
+        i += 1
+    while i < len(body):
+        if body[i] == "\\":
+            i += 2
+            continue
+        if body[i] == "]":
+            return i
+        i += 1
+    return len(body) - 1
+
+
+def _condition(line: str) -> bool:
+    """Whether an ``if``/``ifplugin`` block of a stock rule file applies here."""
+    words = line.split(None, 1)
+    arg = words[1].strip() if len(words) > 1 else ""
+    if words[0] == "ifplugin":
+        return arg not in _MISSING_PLUGINS
+    m = re.match(r"^(!?)\s*plugin\((.*)\)$", arg)
+    if m:
+        present = m.group(2).strip() not in _MISSING_PLUGINS
+        return present != bool(m.group(1))
+    if arg.startswith("!"):
+        return False  # "!can(feature)": we behave as the current SpamAssassin
+    return True  # version checks and can(feature)
+
+
+def load_rules(paths: Iterable[Path], caps: Mapping[str, float] | None = None) -> RuleSet:
+    """Load rule files (directories are read in name order, ``*.cf``) into a compiled set."""
+    ruleset = RuleSet()
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            files.extend(sorted(path.glob("*.cf")))
+        elif path.is_file():
+            files.append(path)
+    replace_tags: dict[str, str] = {}
+    replace_rules: set[str] = set()
+    start, end = "<", ">"
+    pending_meta: list[tuple[str, str, str]] = []
+    raw_patterns: dict[str, tuple[str, bool]] = {}
+    for file in files:
+        group = file.stem
+        stack: list[bool] = []
+        for lineno, line in enumerate(file.read_text("utf-8", "replace").splitlines(), 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            word, _, rest = _split_name(line)
+            rest = rest.strip()
+            if word in ("if", "ifplugin"):
+                stack.append(_condition(line))
+                continue
+            if word == "else":
+                if stack:
+                    stack[-1] = not stack[-1]
+                continue
+            if word == "endif":
+                if stack:
+                    stack.pop()
+                continue
+            if not all(stack):
+                continue
+            where = f"{file.name}:{lineno}"
+            try:
+                _directive(ruleset, word, rest, group, where, pending_meta, raw_patterns)
+            except (ValueError, re.error, IndexError) as exc:
+                ruleset.skipped["invalid"] = ruleset.skipped.get("invalid", 0) + 1
+                log.debug("rule skipped at %s: %s", where, exc)
+            if word == "replace_tag":
+                tag, _, value = rest.partition(" ")
+                replace_tags[tag] = value.strip()
+            elif word == "replace_rules":
+                # replace_rules lists names separated by spaces or commas
+                replace_rules.update(rest.split())
+            elif word == "replace_start":
+                start = rest
+            elif word == "replace_end":
+                end = rest
+            elif word == "group_cap":
+                ruleset.group_caps[group] = float(rest)
+    for name in replace_rules & raw_patterns.keys():
+        text, multiline = raw_patterns[name]
+        rule = ruleset.rules[name]
+        for _ in range(4):  # tags may contain tags
+            for tag, value in replace_tags.items():
+                text = text.replace(f"{start}{tag}{end}", value)
+        try:
+            rule.pattern, rule.literal, rule.nocase = perl_regex(text, multiline)
+        except (ValueError, re.error):
+            rule.pattern = None
+    for name, expr, group in pending_meta:
+        try:
+            _meta_python(expr)
+        except ValueError:
+            continue
+        rule = ruleset.rules.setdefault(name, Rule(name, "meta", group))
+        rule.kind, rule.meta = "meta", expr
+    for group, cap in (caps or {}).items():
+        ruleset.group_caps[group] = cap
+    # Rules that lost their pattern (untranslatable regex) are dropped rather than half-run.
+    for name in [n for n, r in ruleset.rules.items() if r.kind in KINDS and r.pattern is None]:
+        if not ruleset.rules[name].exists:
+            del ruleset.rules[name]
+    return ruleset.compile()
+
+
+def _directive(
+    ruleset: RuleSet,
+    word: str,
+    rest: str,
+    group: str,
+    where: str,
+    pending_meta: list[tuple[str, str, str]],
+    raw_patterns: dict[str, tuple[str, bool]],
+) -> None:
+    if word in KINDS:
+        name, _, spec = _split_name(rest)
+        name, spec = name.strip(), spec.strip()
+        if spec.startswith("eval:") or name.startswith("eval:"):
+            ruleset.skipped["eval"] = ruleset.skipped.get("eval", 0) + 1
+            return
+        rule = ruleset.rules.get(name) or Rule(name, word, group, source=where)
+        rule.kind, rule.group, rule.source = word, group, where
+        if word == "header":
+            _parse_header(rule, spec, raw_patterns)
+        else:
+            multiline = word in ("body", "rawbody")
+            raw_patterns[name] = (spec, multiline)
+            rule.pattern, rule.literal, rule.nocase = perl_regex(spec, multiline)
+        ruleset.rules[name] = rule
+    elif word == "meta":
+        name, _, expr = _split_name(rest)
+        pending_meta.append((name.strip(), expr.strip(), group))
+    elif word == "score":
+        parts = rest.split()
+        rule = ruleset.rules.setdefault(parts[0], Rule(parts[0], "meta", group))
+        # Several scores are SpamAssassin's score sets; set 0 (no network, no Bayes) is ours,
+        # as our own network and Bayes checks carry their own scores.
+        rule.score = float(parts[1])
+    elif word == "describe":
+        name, _, text = _split_name(rest)
+        described = ruleset.rules.get(name.strip())
+        if described is not None:
+            described.description = text.strip()
+
+
+def _split_name(rest: str) -> tuple[str, str, str]:
+    parts = rest.split(None, 1)
+    return parts[0], " ", parts[1] if len(parts) > 1 else ""
+
+
+def _parse_header(rule: Rule, spec: str, raw_patterns: dict[str, tuple[str, bool]]) -> None:
+    if spec.startswith("exists:"):
+        rule.exists, rule.header = True, spec[7:].strip()
+        return
+    m = re.match(r"^(\S+)\s*(=~|!~)\s*(.+?)(?:\s*\[if-unset:\s*(.*)\])?$", spec)
+    if not m:
+        raise ValueError(f"bad header rule: {spec[:60]!r}")
+    rule.header, rule.negate = m.group(1), m.group(2) == "!~"
+    rule.if_unset = m.group(4)
+    raw_patterns[rule.name] = (m.group(3), False)
+    rule.pattern, rule.literal, rule.nocase = perl_regex(m.group(3))
+    if rule.header.lower().endswith(":raw"):
+        rule.header = rule.header[:-4]

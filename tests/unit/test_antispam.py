@@ -1,0 +1,250 @@
+"""The antispam plugin as a user meets it: GTUBE, phishing, rules, quarantine, Bayes CLI."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiosmtpd.controller import Controller
+from click.testing import CliRunner
+
+from mailwarden.cli import cli
+from mailwarden.testing import expect_finding, no_finding, scan
+from mailwarden_antispam import AntispamPlugin
+from mailwarden_antispam.quarantine import SpamQuarantine
+from mailwarden_antispam.rules import RuleTargets, load_rules
+from mailwarden_sdk import Envelope, SpamStatus
+from tests.conftest import free_port, make_message, need
+from tests.services.dns_zone import ZoneServer, running_zone
+
+
+@pytest.fixture(scope="module")
+def empty_dns() -> Iterator[ZoneServer]:
+    """A DNS server that knows no names: authentication runs, answers NXDOMAIN, fast."""
+    with running_zone({}) as server:
+        yield server
+
+
+def _config(dns: ZoneServer, extra: str = "") -> str:
+    return (
+        "[antispam]\n"
+        f"dns_servers = ['127.0.0.1']\ndns_port = {dns.port}\ndns_timeout = 0.5\n" + extra
+    )
+
+
+def _html_message(html: str, subject: str = "Your account") -> bytes:
+    return (
+        "From: Service <service@example.org>\r\nTo: bob@example.net\r\n"
+        f"Subject: {subject}\r\nDate: Mon, 01 Jan 2024 10:00:00 +0000\r\n"
+        "Message-ID: <1@example.org>\r\nMIME-Version: 1.0\r\n"
+        "Content-Type: text/html; charset=utf-8\r\n\r\n" + html + "\r\n"
+    ).encode()
+
+
+def test_gtube_is_spam_and_mentioning_it_is_not(corpus: Path, empty_dns: ZoneServer) -> None:
+    config = _config(empty_dns)
+    decision = scan(corpus / "spam" / "gtube" / "sa-gtube.eml", builtins=True, config=config)
+    expect_finding(decision, "GTUBE")
+    assert decision.verdict.spam is SpamStatus.SPAM
+    clean = scan(corpus / "spam" / "gtube" / "sa-not_gtube.eml", builtins=True, config=config)
+    no_finding(clean, "GTUBE")
+    assert clean.verdict.spam is not SpamStatus.SPAM
+
+
+def test_link_text_naming_another_domain_is_phishing(empty_dns: ZoneServer) -> None:
+    phish = _html_message(
+        '<p>Please log in: <a href="http://login.evil-host.example/pp">https://www.paypal.com/</a></p>'
+    )
+    decision = scan(phish, builtins=True, config=_config(empty_dns))
+    finding = expect_finding(decision, "PHISH_LINK_MISMATCH")
+    assert finding.details == {"shown": "www.paypal.com", "target": "login.evil-host.example"}
+    honest = _html_message('<p>See <a href="https://www.paypal.com/help">www.paypal.com</a></p>')
+    no_finding(scan(honest, builtins=True, config=_config(empty_dns)), "PHISH_LINK_MISMATCH")
+
+
+def test_ip_literal_and_lookalike_links(empty_dns: ZoneServer) -> None:
+    html = (
+        '<a href="http://192.0.2.7/login">Log in</a> '
+        # p\u0430ypal.com: a Cyrillic "a" (U+0430) in place of the Latin one
+        '<a href="http://xn--pypal-4ve.com/">p\u0430ypal</a>'
+    )
+    decision = scan(_html_message(html), builtins=True, config=_config(empty_dns))
+    expect_finding(decision, "PHISH_IP_LINK")
+    finding = expect_finding(decision, "PHISH_LOOKALIKE_DOMAIN")
+    assert finding.details["looks_like"] == "paypal.com"
+
+
+def test_headers_carry_status_and_authentication_results(empty_dns: ZoneServer) -> None:
+    decision = scan(make_message(), builtins=True, config=_config(empty_dns))
+    headers = dict(decision.action.add_headers)
+    assert headers["X-Spam-Status"].startswith("No, score=")
+    # example.org has no DMARC record on this DNS server: dmarc=none, nothing invented.
+    assert headers["Authentication-Results"] == "mailwarden; dmarc=none"
+
+
+RULES = r"""
+group_cap 3.0
+header   SUBJ_WIN     Subject =~ /you have won/i
+score    SUBJ_WIN     2.0
+body     BODY_PRIZE   /claim your (?:prize|reward)/i
+score    BODY_PRIZE   2.0
+rawbody  RAW_FONT     /<font size="?1/i
+uri      URI_CLAIM    /claim\.example\//
+score    URI_CLAIM    0.5
+full     FULL_XMAILER /^X-Mailer: BulkBlaster/m
+header   __HAS_LIST   exists:List-Id
+meta     PRIZE_META   (SUBJ_WIN && BODY_PRIZE && !__HAS_LIST)
+score    PRIZE_META   1.5
+describe PRIZE_META   Prize subject and prize body
+"""
+
+
+def test_rule_file_subset_with_meta_and_group_cap(tmp_path: Path, empty_dns: ZoneServer) -> None:
+    rules = tmp_path / "50_prize.cf"
+    rules.write_text(RULES)
+    raw = (
+        b"From: a@example.org\r\nTo: b@example.net\r\nSubject: You have WON\r\n"
+        b"X-Mailer: BulkBlaster 2\r\nContent-Type: text/html\r\n\r\n"
+        b'<font size="1">x</font> Claim your\r\nprize at http://claim.example/now\r\n'
+    )
+    config = _config(empty_dns, f"rule_files = ['{rules}']\n")
+    decision = scan(raw, builtins=True, config=config)
+    scores = {f.code: f.score for f in decision.verdict.findings if f.detector == "antispam"}
+    for code, score in (("SUBJ_WIN", 2.0), ("BODY_PRIZE", 2.0), ("PRIZE_META", 1.5)):
+        assert scores[code] == score
+    assert scores["RAW_FONT"] == 1.0 and scores["FULL_XMAILER"] == 1.0  # SpamAssassin's default
+    assert scores["URI_CLAIM"] == 0.5
+    # 8.0 from the group's rules, capped at 3.0.
+    caps = [f for f in decision.verdict.findings if f.code == "GROUP_CAP"]
+    assert [(c.details["group"], c.score) for c in caps] == [("50_prize", -5.0)]
+
+
+def test_rules_only_run_their_regex_when_the_literal_occurs(tmp_path: Path) -> None:
+    rules = tmp_path / "x.cf"
+    rules.write_text("body LIT_RULE /needle\\d+haystack/\nbody NOLIT /^\\d+$/\n")
+    ruleset = load_rules([rules])
+    lit = ruleset.rules["LIT_RULE"]
+    assert lit.literal == "haystack"
+    targets = RuleTargets(headers={}, body="x needle42haystack\n123", rawbody="", uris=[], full="")
+    assert {r.name for r in ruleset.match(targets)} == {"LIT_RULE", "NOLIT"}
+    targets = RuleTargets(headers={}, body="needle42 hay", rawbody="", uris=[], full="")
+    assert ruleset.match(targets) == []
+
+
+def test_stock_spamassassin_rules_load() -> None:
+    stock = Path("/usr/share/spamassassin")
+    need(stock.is_dir(), "SpamAssassin's rules are not installed (apt-get install spamassassin)")
+    ruleset = load_rules([stock])
+    # Perl-only rules (eval:) are counted and left out; nearly every other rule loads.
+    assert len(ruleset.rules) > 2000
+    assert ruleset.skipped.get("invalid", 0) < 20
+
+
+# ---------------------------------------------------------------- quarantine
+
+
+class _Sink:
+    def __init__(self) -> None:
+        self.received: list[tuple[str, list[str], bytes]] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.received.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.content))
+        return "250 OK"
+
+
+def test_quarantine_cap_removes_oldest_first(tmp_path: Path) -> None:
+    q = SpamQuarantine(tmp_path / "q", max_bytes=3000)
+    ids = [q.put(bytes([65 + i]) * 1000, "s@x", ["r@y"], f"m{i}", 9.0, "spam") for i in range(5)]
+    kept = [e.id for e in q.search()]
+    assert kept == ids[2:]
+    assert q.total_bytes() == 3000
+    assert sorted(p.name for p in (tmp_path / "q" / "messages").iterdir()) == sorted(
+        f"{i}.eml" for i in ids[2:]
+    )
+    assert q.put(b"x" * 3001, "s@x", ["r@y"], "too big", 9.0, "spam") is None
+    q.close()
+
+
+def test_quarantine_release_delivers_the_original_bytes(tmp_path: Path) -> None:
+    sink = _Sink()
+    port = free_port()
+    controller = Controller(sink, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        raw = make_message(subject="Cheap pills", body="Buy now\r\n.\r\nline after a dot\r\n")
+        q = SpamQuarantine(tmp_path / "q")
+        held = q.put(raw, "spammer@example.org", ["bob@example.net"], "Cheap pills", 12.0, "spam")
+        assert held is not None
+        assert [e.subject for e in q.search(sender="SPAMMER", min_score=10)] == ["Cheap pills"]
+        q.release(held, "127.0.0.1", port)
+        assert sink.received == [("spammer@example.org", ["bob@example.net"], raw)]
+        assert q.search() == []
+        q.close()
+    finally:
+        controller.stop()
+
+
+def test_spam_is_held_by_the_gateway(tmp_path: Path, empty_dns: ZoneServer) -> None:
+    config = _config(empty_dns, "quarantine = ['spam']\n")
+    sample = (
+        b"From: a@example.org\r\nTo: b@example.net\r\nSubject: test\r\n\r\n"
+        b"XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X\r\n"
+    )
+    env = Envelope(mail_from="a@example.org", rcpt_to=["b@example.net"])
+    scan(sample, builtins=True, config=config, home=tmp_path, envelope=env)
+    q = SpamQuarantine(tmp_path / "antispam" / "quarantine")
+    [entry] = q.search()
+    assert q.original(entry.id) == sample
+    assert (entry.mail_from, entry.rcpt_to, entry.status) == (
+        "a@example.org",
+        ["b@example.net"],
+        "spam",
+    )
+    q.close()
+
+
+# ---------------------------------------------------------------- Bayes
+
+
+def _mails(directory: Path, kind: str, n: int) -> Path:
+    directory.mkdir(parents=True)
+    words = {
+        "spam": "cheap pills casino winner viagra lottery bonus",
+        "ham": "meeting agenda project review minutes schedule budget",
+    }[kind]
+    for i in range(n):
+        body = f"{words} item{i}\r\n"
+        (directory / f"{i}.eml").write_bytes(make_message(subject=f"{kind} {i}", body=body))
+    return directory
+
+
+def test_train_untrain_and_classify(tmp_path: Path, empty_dns: ZoneServer) -> None:
+    spam = _mails(tmp_path / "spam", "spam", 12)
+    ham = _mails(tmp_path / "ham", "ham", 12)
+    home = tmp_path / "home"
+    runner = CliRunner()
+    env = {"MAILWARDEN_HOME": str(home)}
+    result = runner.invoke(
+        cli, ["antispam", "train", "--spam", str(spam), "--ham", str(ham)], env=env
+    )
+    assert result.exit_code == 0, result.output
+    assert "total: 12 spam, 12 ham" in result.output
+    again = runner.invoke(cli, ["antispam", "train", "--spam", str(spam)], env=env)
+    assert "learned 0 of 12" in again.output  # never counted twice
+
+    plugin = AntispamPlugin()
+    config = _config(empty_dns)
+    new_spam = make_message(subject="win", body="cheap casino bonus pills lottery\r\n")
+    decision = scan(new_spam, plugins={"antispam": plugin}, config=config, home=home)
+    expect_finding(decision, "BAYES_99")
+    new_ham = make_message(subject="notes", body="project meeting minutes and budget review\r\n")
+    decision = scan(new_ham, plugins={"antispam": plugin}, config=config, home=home)
+    expect_finding(decision, "BAYES_00")
+
+    result = runner.invoke(cli, ["antispam", "untrain", str(spam / "0.eml")], env=env)
+    assert "unlearned 1 of 1" in result.output and "total: 11 spam, 12 ham" in result.output
+    journal = runner.invoke(cli, ["antispam", "journal"], env=env).output.splitlines()
+    assert len(journal) == 25
+    assert " unlearn spam " in journal[-1]
