@@ -64,6 +64,7 @@ def make_message(
     msg["To"] = recipient
     msg["Subject"] = subject
     msg["Message-ID"] = f"<{abs(hash((subject, body, filename)))}@example.org>"
+    msg["Date"] = "Mon, 01 Jan 2024 10:00:00 +0000"
     msg.set_content(body)
     if attachment is not None:
         msg.add_attachment(
