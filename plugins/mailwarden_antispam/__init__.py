@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 DETECTOR = "antispam"
 GTUBE = b"XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
 BUILTIN_RULES = Path(__file__).parent / "rules"
+_KEEP_AT_ZERO = frozenset({"BULK_MAIL"})
 _HEADERS: StashKey[list[tuple[str, str]]] = StashKey("antispam headers")
 
 
@@ -204,12 +205,12 @@ class AntispamPlugin:
                 read_permission="settings.view",
             )
         ]
-        # The message files only (not the LMDB index beside them): the core's enforcer may
-        # remove the oldest files too; the index forgets entries whose file is gone.
+        # The message files only (the LMDB index is in quarantine-index beside them): the
+        # core's enforcer may remove the oldest files too; the index forgets those entries.
         stores.append(
             StoreDescriptor(
                 name="spam quarantine",
-                path=str(base / "quarantine" / "messages"),
+                path=str(base / "quarantine"),
                 holds="messages held as spam, in full (one file each), with envelope sender, "
                 "recipients, subject and score in the index beside them",
                 max_bytes=config.quarantine_max_bytes,
@@ -294,6 +295,9 @@ class AntispamPlugin:
         for rule in matched:
             hits.setdefault(rule.name, {"rule": rule.description[:120]} if rule.description else {})
         findings = [self._finding(_code(code), details) for code, details in sorted(hits.items())]
+        # Zero-score results (SPF_NONE, ARC_PASS...) fed the metas and the
+        # Authentication-Results header; as findings they would read as detections.
+        findings = [f for f in findings if f.score or f.code in _KEEP_AT_ZERO]
         findings = self._cap_groups(findings)
         return findings + extra
 

@@ -1,6 +1,6 @@
 """The spam quarantine: whole messages, bounded in bytes, oldest removed first when full.
 
-Message bytes are files (written, fsynced, then renamed into place); an LMDB index holds one
+Message bytes are files (written, fsynced, then moved into place); an LMDB index holds one
 entry per message keyed by arrival time, so the oldest is the first key, plus the running
 total of bytes. A message is in the quarantine once its index entry is committed; eviction
 removes index entries in the same transaction that admits the new one, then their files.
@@ -40,15 +40,21 @@ class QuarantineEntry(msgspec.Struct, kw_only=True, frozen=True):
 
 
 class SpamQuarantine:
-    """Held spam under ``root``: ``index/`` (LMDB) and ``messages/`` (one file each)."""
+    """Held spam: one file per message in ``root``, the LMDB index in ``root-index`` beside it.
+
+    ``root`` holds nothing but message files, so the core's store enforcer (which removes the
+    oldest files of a declared folder) can govern it too; the index forgets entries whose
+    file is gone.
+    """
 
     def __init__(self, root: Path, max_bytes: int = 1 << 30) -> None:
         self.root = root
         self.max_bytes = max_bytes
-        self.messages = root / "messages"
+        self.messages = root
         self.messages.mkdir(parents=True, exist_ok=True)
-        (root / "index").mkdir(exist_ok=True)
-        self.env = lmdb.open(str(root / "index"), map_size=1 << 28, max_dbs=3)
+        self.index = root.with_name(root.name + "-index")
+        self.index.mkdir(exist_ok=True)
+        self.env = lmdb.open(str(self.index), map_size=1 << 28, max_dbs=3)
         self._by_time = self.env.open_db(b"by_time")
         self._ids = self.env.open_db(b"ids")
         self._meta = self.env.open_db(b"meta")
@@ -80,7 +86,7 @@ class SpamQuarantine:
             return None
         entry_id = secrets.token_hex(12)
         path = self._path(entry_id)
-        tmp = path.with_suffix(".tmp")
+        tmp = self.index / f"{entry_id}.tmp"  # never seen as a record in the message folder
         with open(tmp, "wb") as fh:
             fh.write(raw)
             fh.flush()
