@@ -4,13 +4,54 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
 from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
 
+from tests.netguard import sitecustomize as netguard
+
 ROOT = Path(__file__).resolve().parent.parent
 REQUIRE_ALL = os.environ.get("MAILWARDEN_REQUIRE_ALL") == "1"
+
+# Traffic stays on 127.0.0.1, in this process and in every Python process a test starts (see
+# tests/netguard/sitecustomize.py); anything refused is listed at the end and fails the session.
+NETGUARD_LOG = Path(tempfile.mkdtemp(prefix="mailwarden-netguard-")) / "refused.log"
+os.environ["MAILWARDEN_NETGUARD_LOG"] = str(NETGUARD_LOG)
+_RESOLV = NETGUARD_LOG.with_name("resolv.conf")
+_RESOLV.write_text("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
+os.environ["MAILWARDEN_NETGUARD_RESOLV"] = str(_RESOLV)
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    p for p in (str(ROOT / "tests" / "netguard"), os.environ.get("PYTHONPATH", "")) if p
+)
+netguard.install()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Imported here: tests.services itself imports this module.
+    from tests.services.dns_zone import ZoneServer
+
+    server = ZoneServer({}).start()  # knows no names; daemon threads end with the session
+    os.environ["MAILWARDEN_NETGUARD_DNS_PORT"] = str(server.port)
+
+
+def _refused_traffic() -> list[str]:
+    return NETGUARD_LOG.read_text().splitlines() if NETGUARD_LOG.exists() else []
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _refused_traffic():
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    refused = _refused_traffic()
+    if refused:
+        terminalreporter.section("traffic refused: tests send to 127.0.0.1 only", red=True)
+        for line in refused[:50]:
+            terminalreporter.line(line)
+
 
 # The EICAR test file, assembled at run time so that scanners on developers' machines do not
 # quarantine this source file.

@@ -37,8 +37,14 @@ class Serve:
             stderr=subprocess.STDOUT,
             env={**os.environ, "MAILWARDEN_HOME": str(self.home)},
         )
-        _wait_for_port(self.port, self.process, self.log)
-        self.wait_for_log("ready", count=workers)
+        try:
+            _wait_for_port(self.port, self.process, self.log)
+            self.wait_for_log("ready", count=workers)
+        except BaseException:
+            # A gateway that never came up must not outlive its test (nor hide why it failed).
+            self.process.kill()
+            self.process.wait(timeout=30)
+            raise
 
     def write(self, rules: str) -> None:
         self.config.write_text(self.head + rules)

@@ -40,7 +40,7 @@ def test_quick_bench_writes_table_json_markdown_and_svg(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    for line in ("parse", "detector.antivirus", "act", "record", "whole pipeline"):
+    for line in ("parse", "detector.antivirus", "detector.reputation", "act", "whole pipeline"):
         assert line in result.stdout
     assert "python email (parse only)" in result.stdout
     data = json.loads((out / "bench.json").read_text())
@@ -49,6 +49,10 @@ def test_quick_bench_writes_table_json_markdown_and_svg(tmp_path: Path) -> None:
     for stage in data["pipeline"]["stages"]:
         assert stage["messages"] == 150
         assert stage["p50_ms"] <= stage["p95_ms"] <= stage["p99_ms"]
+    # Reputation runs with consent against a local service, answered from the warmed cache: the
+    # warm-up asked the service, the measured runs never did.
+    assert data["reputation_lookups"]["warm-up"] > 0
+    assert data["reputation_lookups"]["measured"] == 0
     assert [run["workers"] for run in data["smtp"]] == [1]
     assert [run["workers"] for run in data["scan_workers"]] == [1]
     assert data["scan_workers"][0]["messages"] == 150

@@ -24,6 +24,7 @@ def table(result: dict[str, Any]) -> str:
         f"mailwarden bench  {result['corpus']['messages']} messages, "
         f"{result['corpus']['megabytes']} MB ({result['corpus']['source']}), "
         f"{result['machine']['cores']} cores",
+        f"{result['signatures']} antivirus signatures; {_reputation_note(result)}",
         "",
         f"{'stage':<28}{'msg/s':>10}{'MB/s':>10}{'p50 ms':>10}{'p95 ms':>10}{'p99 ms':>10}",
     ]
@@ -65,12 +66,22 @@ def table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _reputation_note(result: dict[str, Any]) -> str:
+    lookups = result.get("reputation_lookups") or {}
+    return (
+        f"reputation with consent against a local service: {lookups.get('warm-up', 0)} lookups "
+        f"while warming its cache, {lookups.get('measured', 0)} while measuring"
+    )
+
+
 def markdown(result: dict[str, Any]) -> str:
     """The same figures as Markdown tables, for ``benchmarks/README.md`` and reports."""
     corpus, machine = result["corpus"], result["machine"]
     out = [
         f"Corpus: {corpus['messages']} messages, {corpus['megabytes']} MB ({corpus['source']}); "
         f"{machine['cores']} cores; command: `{result['command']}`",
+        "",
+        f"{result['signatures']} antivirus signatures; {_reputation_note(result)}.",
         "",
         "| stage | msg/s | MB/s | p50 ms | p95 ms | p99 ms |",
         "|---|---:|---:|---:|---:|---:|",

@@ -11,17 +11,21 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
+import json
 import multiprocessing
 import os
 import resource
 import shutil
 import smtplib
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +39,14 @@ from ..plugins import build_plugin_manager
 
 __all__ = [
     "Progress",
+    "ReputationService",
     "StageStats",
     "python_email_parse",
+    "reputation_service",
     "run_pipeline",
     "run_scan_workers",
     "run_smtp",
+    "warm_home",
 ]
 
 ENVELOPE = Envelope(mail_from="alice@example.org", rcpt_to=["bob@example.net"])
@@ -139,11 +146,89 @@ def python_email_parse(messages: list[bytes], progress: Progress | None = None) 
     return stage_stats("parse (python email)", latencies, sum(map(len, messages)))
 
 
+def _new_home(prefix: str, config_text: str, seed: Path | None) -> Path:
+    """A fresh gateway home holding ``config_text``, and the stores of ``seed`` if given."""
+    home = Path(tempfile.mkdtemp(prefix=prefix))
+    if seed is not None:
+        shutil.copytree(seed, home, dirs_exist_ok=True)
+    (home / "mailwarden.toml").write_text(config_text)
+    return home
+
+
+def warm_home(messages: list[bytes], config_text: str, concurrency: int = 8) -> Path:
+    """A home whose stores have seen the corpus once (``Gateway.scan`` of every message).
+
+    Runs copy it, so the reputation plugin answers from its LMDB cache, as a gateway in steady
+    state does for the mail it keeps seeing, instead of asking the service mid-measurement.
+    The caller removes the folder.
+    """
+    home = _new_home("mailwarden-bench-seed-", config_text, None)
+    plugins = build_plugin_manager()
+    config = load_config(home / "mailwarden.toml", plugins.config_schemas())
+
+    async def go() -> None:
+        async with Gateway(config, plugins=plugins) as gateway:
+            gate = asyncio.Semaphore(concurrency)
+
+            async def one(raw: bytes) -> None:
+                async with gate:
+                    await gateway.scan(raw, ENVELOPE)
+
+            await asyncio.gather(*(one(raw) for raw in messages))
+
+    asyncio.run(go())
+    (home / "mailwarden.toml").unlink()
+    return home
+
+
+class ReputationService(msgspec.Struct):
+    """A running reputation service: the config section for it, and its request counter."""
+
+    section: str
+    url: str
+    ca_file: Path
+
+    def lookups(self) -> int:
+        """How many ``POST /v1/lookup`` requests the service has answered since it started."""
+        context = ssl.create_default_context(cafile=str(self.ca_file))
+        with urllib.request.urlopen(f"{self.url}/v1/server-stats", context=context) as reply:
+            return int(json.load(reply)["by_path"].get("/v1/lookup", 0))
+
+
+@contextmanager
+def reputation_service() -> Iterator[ReputationService]:
+    """``mailwarden reputation serve`` on 127.0.0.1 with no feeds (every answer is "clean"),
+    with the ``[reputation]`` section (consent recorded) that points a gateway at it."""
+    data = Path(tempfile.mkdtemp(prefix="mailwarden-bench-reputation-"))
+    port = _free_port()
+    args = [sys.executable, "-m", "mailwarden", "reputation", "serve", "--data", str(data)]
+    process = subprocess.Popen(
+        [*args, "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    cert = data / "tls" / "cert.pem"
+    try:
+        _wait_port(port, process, what="mailwarden reputation serve")
+        url = f"https://127.0.0.1:{port}"
+        section = (
+            "[reputation]\nconsent = true\n"
+            'consent_by = "mailwarden bench"\nconsent_at = "2026-01-01T00:00:00Z"\n'
+            f'http_url = "{url}"\nhttp_ca_file = "{cert}"\n'
+        )
+        yield ReputationService(section, url, cert)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        shutil.rmtree(data, ignore_errors=True)
+
+
 def run_pipeline(
     messages: list[bytes],
     config_text: str,
     progress: Progress | None = None,
     concurrency: int = 8,
+    seed: Path | None = None,
 ) -> dict[str, Any]:
     """The corpus through one gateway in this process, ``concurrency`` messages at a time.
 
@@ -152,10 +237,9 @@ def run_pipeline(
     ``Gateway.process`` (spool with fsync, scan, Maildir delivery with fsync, event record)
     with ``concurrency`` messages in flight, for the rates. CPU seconds and peak RSS cover all.
     """
-    home = Path(tempfile.mkdtemp(prefix="mailwarden-bench-"))
+    home = _new_home("mailwarden-bench-", config_text, seed)
     try:
         path = home / "mailwarden.toml"
-        path.write_text(config_text)
         plugins = build_plugin_manager()
         config = load_config(path, plugins.config_schemas())
         stages: dict[str, list[float]] = {}
@@ -249,14 +333,17 @@ def _scan_worker(
 
 
 def run_scan_workers(
-    messages: list[bytes], config_text: str, workers: int, concurrency: int = 8
+    messages: list[bytes],
+    config_text: str,
+    workers: int,
+    concurrency: int = 8,
+    seed: Path | None = None,
 ) -> dict[str, Any]:
     """``Gateway.scan`` in ``workers`` processes, each on its share of the corpus: the full
     detection pipeline per core without SMTP or storage, as rspamd's workers answer checkv2."""
-    home = Path(tempfile.mkdtemp(prefix="mailwarden-bench-scan-"))
+    home = _new_home("mailwarden-bench-scan-", config_text, seed)
     try:
         path = home / "mailwarden.toml"
-        path.write_text(config_text)
         # spawn, not fork: this process already ran gateways and their threads.
         context = multiprocessing.get_context("spawn")
         barrier = context.Barrier(workers + 1)
@@ -297,17 +384,22 @@ def _free_port() -> int:
         return port
 
 
-def _wait_port(port: int, process: subprocess.Popen[bytes], limit: float = 60.0) -> None:
+def _wait_port(
+    port: int,
+    process: subprocess.Popen[bytes],
+    limit: float = 60.0,
+    what: str = "mailwarden serve",
+) -> None:
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError("mailwarden serve exited during start-up")
+            raise RuntimeError(f"{what} exited during start-up")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5):
                 return
         except OSError:
             time.sleep(0.05)
-    raise RuntimeError(f"mailwarden serve did not listen on {port}")
+    raise RuntimeError(f"{what} did not listen on {port}")
 
 
 def _peak_rss_tree(pid: int) -> float:
@@ -355,17 +447,16 @@ def run_smtp(
     workers: int,
     clients: int,
     progress: Progress | None = None,
+    seed: Path | None = None,
 ) -> dict[str, Any]:
     """``mailwarden serve`` with ``workers`` processes; ``clients`` SMTP sessions send the corpus.
 
     The rate counts 250 replies: each message fsynced, scanned, delivered to the Maildir and
     recorded before its 250. CPU seconds and peak RSS are the workers' (their parent included).
     """
-    home = Path(tempfile.mkdtemp(prefix="mailwarden-bench-smtp-"))
     port = _free_port()
-    (home / "mailwarden.toml").write_text(
-        config_text + f"\n[smtp]\nport = {port}\nworkers = {workers}\nmax_connections = 512\n"
-    )
+    smtp = f"\n[smtp]\nport = {port}\nworkers = {workers}\nmax_connections = 512\n"
+    home = _new_home("mailwarden-bench-smtp-", config_text + smtp, seed)
     process = subprocess.Popen(
         [sys.executable, "-m", "mailwarden", "serve"],
         stdout=subprocess.DEVNULL,
