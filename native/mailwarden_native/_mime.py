@@ -215,6 +215,7 @@ class Part:
         "_text",
         "_text_flags",
         "_transfer_encoding",
+        "_visible",
         "children",
         "content_type",
         "index",
@@ -231,6 +232,7 @@ class Part:
     _params: dict[str, str]
     _transfer_encoding: str
     _text: str
+    _visible: str
     _text_flags: TextFlag
     _detected_type: str
 
@@ -484,10 +486,14 @@ class Part:
 
     def visible_text(self) -> str:
         """What a reader sees: the text of HTML parts (see ``html_to_text``), else
-        :meth:`text`."""
-        if self.content_type == "text/html":
-            return html_to_text(self.text())
-        return self.text()
+        :meth:`text`; computed once and cached."""
+        try:
+            return self._visible
+        except AttributeError:  # first call; several detectors read it (cached like text())
+            self._visible = (
+                html_to_text(self.text()) if self.content_type == "text/html" else self.text()
+            )
+            return self._visible
 
     def urls(self) -> list[Url]:
         """URLs in this part's text (``text/*`` leaves only; HTML links included)."""

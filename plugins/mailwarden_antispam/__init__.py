@@ -37,11 +37,12 @@ from mailwarden_sdk.findings import spam_rule
 
 from . import auth, heuristics
 from .bayes import Bayes
-from .content import body_text, links, message_urls, rawbody_text
+from .content import body_text, links, message_facts, message_urls, rawbody_text
 from .dnslists import DnsList, query_lists
 from .quarantine import SpamQuarantine
 from .resolver import Resolver, SyncDns
 from .rules import RuleSet, RuleTargets, load_rules
+from .sa_evals import parse_received, received_times, relay_headers
 
 __all__ = ["AntispamConfig", "AntispamPlugin", "DnsList"]
 
@@ -257,8 +258,10 @@ class AntispamPlugin:
         ):
             return [spam_rule(DETECTOR, "BLOCKED_SENDER", 0.0, status=SpamStatus.BLOCKED)]
         if cfg.gtube:
+            # Any decoded part, attachments included: a test message may carry the string in
+            # a text file (SpamAssassin's extracttext test does), and it is never mail's own.
             for part in message.leaves():
-                if part.content_type.startswith("text/") and self._matcher.first(part.decoded()):
+                if self._matcher.first(part.decoded()):
                     # GTUBE is decisive by definition: spam whatever the thresholds.
                     return [
                         spam_rule(
@@ -314,6 +317,9 @@ class AntispamPlugin:
                 headers[key] = [decoded]
         if ctx.envelope.mail_from:
             headers.setdefault("envelopefrom", [ctx.envelope.mail_from])
+        # SpamAssassin's own pseudo-headers replace any the sender wrote.
+        received = headers.get("received", [])
+        headers.update(relay_headers(parse_received(received)))
         return RuleTargets(
             headers=headers,
             body=body_text(message),
@@ -321,6 +327,7 @@ class AntispamPlugin:
             uris=urls,
             full=message.raw.decode("utf-8", "replace"),
             all_headers="\n".join(lines),
+            facts=message_facts(message, headers, received_times(received)),
         )
 
     def _cap_groups(self, findings: list[Finding]) -> list[Finding]:

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import html
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from mailwarden_sdk import ParsedMessage
 
-__all__ = ["Link", "body_text", "links", "message_urls", "rawbody_text"]
+from .sa_evals import EvalInput
+
+__all__ = ["Link", "body_text", "links", "message_facts", "message_urls", "rawbody_text"]
 
 _ANCHOR = re.compile(
     rb"<a\s[^>]*?href\s*=\s*(?:\"([^\"]*)\"|'([^']*)'|([^\s>]+))[^>]*>(.*?)</a\s*>",
@@ -76,3 +79,32 @@ def links(message: ParsedMessage, limit: int = 200) -> list[Link]:
             if len(out) >= limit:
                 return out
     return out
+
+
+def message_facts(
+    message: ParsedMessage, headers: Mapping[str, list[str]], received_times: list[float]
+) -> EvalInput:
+    """What SpamAssassin's eval tests read: alternatives' words, the HTML text and images."""
+    alternatives = []
+    for part in message.parts:
+        if part.content_type != "multipart/alternative":
+            continue
+        children = [message.parts[i] for i in part.children if message.parts[i].is_leaf]
+        words = {
+            kind: [w for p in children if p.content_type == kind for w in _words(p.visible_text())]
+            for kind in ("text/plain", "text/html")
+        }
+        if words["text/plain"] or words["text/html"]:
+            alternatives.append((words["text/plain"], words["text/html"]))
+    html_parts = [p for p in message.leaves() if p.content_type == "text/html"]
+    return EvalInput(
+        headers=headers,
+        received_times=received_times,
+        alternatives=alternatives,
+        html_text_length=sum(len(p.visible_text()) for p in html_parts),
+        html_has_image=any(b"<img" in p.decoded()[:_MAX_TEXT].lower() for p in html_parts),
+    )
+
+
+def _words(text: str) -> list[str]:
+    return text[:_MAX_TEXT].lower().split()

@@ -4,8 +4,8 @@ Supported directives: ``header``, ``body``, ``rawbody``, ``uri``, ``full``, ``me
 ``score``, ``describe``, ``tflags``, the ``replace_tag``/``replace_rules`` templating, and the
 ``if``/``ifplugin``/``else``/``endif`` blocks of the stock rule set. One mailwarden directive
 is added: ``group_cap N`` caps what all rules of that file (its *group*) add together. Rules
-that call SpamAssassin's Perl code (``eval:``) are skipped and counted, so a stock rule set
-loads; metas over them see them as not hit.
+that call SpamAssassin's Perl code (``eval:``) run when :mod:`.sa_evals` has the function, and
+are skipped and counted otherwise, so a stock rule set loads; metas see skipped ones as not hit.
 
 Every rule's longest required literal goes into one native :class:`Matcher` per target; a
 regular expression runs only when its literal occurs (or when it has none), so most of a large
@@ -24,6 +24,8 @@ from pathlib import Path
 
 from mailwarden_sdk import Matcher
 
+from .sa_evals import EVALS, EvalInput
+
 __all__ = ["Rule", "RuleSet", "RuleTargets", "load_rules"]
 
 log = logging.getLogger(__name__)
@@ -32,11 +34,13 @@ KINDS = ("header", "body", "rawbody", "uri", "full")
 _META_TOKEN = re.compile(r"\s*(\d+(?:\.\d+)?|[A-Za-z_][A-Za-z0-9_]*|&&|\|\||[<>=!]=|[-+*/()<>!])")
 # Plugins whose rule types we do not have: their blocks are left out, their fallbacks kept.
 _MISSING_PLUGINS = {"Mail::SpamAssassin::Plugin::MIMEHeader"}
+_EVAL = re.compile(r"^eval:(\w+)\((.*)\)$")
 
 
 @dataclass
 class Rule:
-    """One rule; ``kind`` is a target (``header``, ``body``...) or ``meta``."""
+    """One rule; ``kind`` is a target (``header``, ``body``...), ``meta``, or ``eval`` (then
+    ``header`` holds the function's name and ``eval_args`` its arguments)."""
 
     name: str
     kind: str
@@ -52,6 +56,7 @@ class Rule:
     literal: str = ""
     nocase: bool = False
     source: str = ""
+    eval_args: tuple[str, ...] = ()
 
     @property
     def sub_rule(self) -> bool:
@@ -69,6 +74,7 @@ class RuleTargets:
     uris: list[str]
     full: str
     all_headers: str = ""
+    facts: EvalInput | None = None
 
 
 @dataclass
@@ -82,11 +88,15 @@ class RuleSet:
         default_factory=dict
     )
     _metas: list[tuple[Rule, str]] = field(default_factory=list)
+    _evals: list[Rule] = field(default_factory=list)
 
     def score_of(self, rule: Rule) -> float:
         if rule.score is not None:
             return rule.score
-        return 0.0 if rule.sub_rule else 1.0
+        if rule.sub_rule:
+            return 0.0
+        # SpamAssassin's defaults: rules under test (T_ names) count 0.01, the others 1.0.
+        return 0.01 if rule.name.startswith("T_") else 1.0
 
     def compile(self) -> RuleSet:
         """Build the literal prefilter per target and order the metas; call after loading."""
@@ -102,6 +112,7 @@ class RuleSet:
                 matcher = Matcher([r.literal.encode("utf-8") for r in with_literal])
             self._prefilters[kind] = (matcher, with_literal, always)
         self._metas = [(r, _meta_python(r.meta)) for r in self.rules.values() if r.kind == "meta"]
+        self._evals = [r for r in self.rules.values() if r.kind == "eval"]
         return self
 
     def _candidates(self, kind: str, text: str) -> list[Rule]:
@@ -144,6 +155,14 @@ class RuleSet:
         for rule in self._candidates("full", targets.full):
             if rule.pattern is not None and rule.pattern.search(targets.full):
                 hits.add(rule.name)
+        if targets.facts is not None:
+            for rule in self._evals:
+                try:
+                    hit = EVALS[rule.header](targets.facts, *rule.eval_args)
+                except (TypeError, ValueError):  # arguments the function does not take
+                    hit = False
+                if hit:
+                    hits.add(rule.name)
         self._resolve_metas(hits)
         return [
             self.rules[n]
@@ -501,7 +520,15 @@ def _directive(
         name, _, spec = _split_name(rest)
         name, spec = name.strip(), spec.strip()
         if spec.startswith("eval:") or name.startswith("eval:"):
-            ruleset.skipped["eval"] = ruleset.skipped.get("eval", 0) + 1
+            call = _EVAL.match(spec)
+            if call is None or call.group(1) not in EVALS:
+                ruleset.skipped["eval"] = ruleset.skipped.get("eval", 0) + 1
+                return
+            args = tuple(a.strip().strip("'\"") for a in call.group(2).split(",") if a.strip())
+            rule = ruleset.rules.get(name) or Rule(name, "eval", group, source=where)
+            rule.kind, rule.group, rule.source = "eval", group, where
+            rule.header, rule.eval_args = call.group(1), args
+            ruleset.rules[name] = rule
             return
         rule = ruleset.rules.get(name) or Rule(name, word, group, source=where)
         rule.kind, rule.group, rule.source = word, group, where
