@@ -202,3 +202,13 @@ def test_signature_versions_in_the_api_and_on_the_dashboard(web: Web) -> None:
     assert 'id="signatures"' in page.text and antivirus["report"] in page.text
     nobody = web.client()
     assert nobody.get("/api/signatures").status_code == 401
+
+
+def test_a_hostile_value_in_a_setting_is_shown_as_text(web: Web) -> None:
+    officer, csrf = web.login("security-officer")
+    payload = '"><script>alert(1)</script>'
+    saved = officer.post("/settings/gateway", data={"csrf": csrf, "f.hostname": payload})
+    assert saved.status_code == 200, saved.text
+    page = officer.get("/settings").text
+    assert "<script>alert(1)" not in page
+    assert "&#34;&gt;&lt;script&gt;alert(1)&lt;/script&gt;" in page

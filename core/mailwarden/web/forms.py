@@ -90,7 +90,9 @@ def _kind(t: mi.Type) -> tuple[str, tuple[str, ...]]:
         return "choice", tuple(str(m.value) for m in t.cls)
     if isinstance(t, mi.ListType | mi.SetType | mi.FrozenSetType):
         item, _ = _unwrap(t.item_type)
-        if isinstance(item, mi.StrType):
+        if isinstance(item, mi.StrType) or (
+            isinstance(item, mi.LiteralType) and all(isinstance(v, str) for v in item.values)
+        ):
             return "lines", ()
         if isinstance(item, mi.IntType):
             return "int-lines", ()
