@@ -415,7 +415,10 @@ class WebConfig(_Section):
     ``roles`` adds custom roles (name -> permissions); ``groups`` gives directory users roles
     by group (``"group:CN or DN"`` -> role names), nested membership included. After
     ``login_attempts`` failed logins within 15 minutes for one account or client address,
-    logins from there wait.
+    logins from there wait. ``login_bind`` is how a directory user's password is checked:
+    ``simple`` (bind as the entry's DN), ``ntlm`` (bind as ``DOMAIN\\sAMAccountName``, domain
+    from ``ntlm_domain`` or the ``[directory] bind_dn``), or ``auto``: NTLM where the server's
+    root DSE offers it (Active Directory), else simple.
     """
 
     enabled: bool = False
@@ -424,6 +427,8 @@ class WebConfig(_Section):
     tls: bool = True
     session_hours: Annotated[float, msgspec.Meta(gt=0, le=720)] = 8.0
     login_attempts: Annotated[int, msgspec.Meta(ge=1)] = 5
+    login_bind: Literal["simple", "ntlm", "auto"] = "auto"
+    ntlm_domain: str = ""
     roles: dict[str, list[str]] = msgspec.field(default_factory=dict)
     groups: dict[str, list[str]] = msgspec.field(default_factory=dict)
 

@@ -61,6 +61,18 @@ class Web:
         self.loop.run_until_complete(self.gateway.process(raw, envelope, ingress="smtp"))
         return self.gateway.quarantine.held()[0].id
 
+    def backup(self, subject: str = "kept one", filename: str = "eicar.com") -> str:
+        """Keep a copy of an infected message in the core backup store; its backup id."""
+        raw = make_message(subject=subject, attachment=EICAR, filename=filename)
+        entry = self.gateway.stores.backup.put(
+            raw,
+            reason="infected",
+            mail_from="alice@example.org",
+            rcpt_to=["bob@example.net"],
+            subject=subject,
+        )
+        return entry.id
+
     def close(self) -> None:
         self.loop.run_until_complete(self.gateway.stop())
         self.loop.close()

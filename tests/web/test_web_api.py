@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import ldap3
 import pytest
 
 from tests.services.slapd import BASE_DN, Slapd, directory_section, running_slapd
@@ -166,3 +167,66 @@ def test_settings_sections_are_validated_written_and_split_by_permission(web: We
     moved = admin.put("/api/mta/smtp", json={"port": 2526}, headers={"x-csrf-token": admin_csrf})
     assert moved.status_code == 200 and moved.json()["restart_needed"] is True
     assert [r["act"] for r in web.state.audit.records()].count("settings.edit") == 2
+
+
+def _directory_web(tmp_path: Path, slapd: Slapd, web_lines: str) -> Web:
+    return Web(
+        tmp_path / "home",
+        extra_config=web_lines
+        + '[web.groups]\n"group:Staff" = ["Operator"]\n'
+        + directory_section(slapd),
+    )
+
+
+def test_auto_bind_reads_the_root_dse_and_uses_a_simple_bind_on_openldap(
+    tmp_path: Path, slapd: Slapd
+) -> None:
+    from mailwarden.web.directory_login import server_offers_ntlm
+
+    web = _directory_web(tmp_path, slapd, 'login_bind = "auto"\nntlm_domain = "EXAMPLE"\n')
+    try:
+        # slapd with Cyrus SASL may list a SASL "NTLM" mechanism in its root DSE, but never
+        # the Sicily NTLM bind of Active Directory that ldap3 speaks: auto sees no NTLM.
+        dse = ldap3.Server(slapd.url, get_info=ldap3.DSA)
+        ldap3.Connection(dse).open()
+        assert dse.info is not None and dse.info.supported_sasl_mechanisms is not None
+        assert server_offers_ntlm(web.gateway.config.directory) is False
+        client = web.client()
+        answer = client.post("/api/login", json={"name": "bob@example.test", "password": PASSWORD})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["roles"] == ["Operator"]
+        wrong = web.client().post(
+            "/api/login", json={"name": "bob@example.test", "password": "not his"}
+        )
+        assert wrong.status_code == 401 and wrong.json()["error"] == "wrong name or password"
+    finally:
+        web.close()
+
+
+def test_forcing_ntlm_against_a_server_without_it_is_a_clear_login_failure(
+    tmp_path: Path, slapd: Slapd
+) -> None:
+    web = _directory_web(tmp_path, slapd, 'login_bind = "ntlm"\nntlm_domain = "EXAMPLE"\n')
+    try:
+        client = web.client()
+        answer = client.post("/api/login", json={"name": "bob@example.test", "password": PASSWORD})
+        assert answer.status_code == 401, answer.text
+        error = answer.json()["error"]
+        assert "does not offer NTLM" in error or "refused the NTLM bind" in error, error
+        assert client.get("/api/me").status_code == 401
+        # The login page says the same, as a page, not an error 500.
+        page = web.client().post("/login", data={"name": "bob@example.test", "password": PASSWORD})
+        assert page.status_code == 401 and "NTLM" in page.text
+        failed = [r for r in web.state.audit.records() if r["act"] == "login.failed"]
+        assert failed and "NTLM" in failed[0]["problem"]
+    finally:
+        web.close()
+    # Without a domain there is no NTLM user name to bind as: said so, too.
+    web = _directory_web(tmp_path / "2", slapd, 'login_bind = "ntlm"\n')
+    try:
+        answer = web.client().post(
+            "/api/login", json={"name": "bob@example.test", "password": PASSWORD}
+        )
+        assert answer.status_code == 401 and "ntlm_domain" in answer.json()["error"]
+    finally:
+        web.close()

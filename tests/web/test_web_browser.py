@@ -96,9 +96,27 @@ def test_log_in_search_open_release_in_chromium(serve: tuple[Path, int, int]) ->
             page.goto(f"{base}/")
             page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
             assert page.locator("#messages").inner_text() == "2"
+            assert "signatures loaded" in page.locator("#signatures").inner_text()
+            # A setting changed through its generated form, validated and saved.
+            page.goto(f"{base}/settings")
+            page.fill("#events\\.retention_days", "0")
+            page.click("#save-events")
+            assert "events.retention_days" in page.locator("#error").inner_text()
+            page.fill("#events\\.retention_days", "2")
+            page.click("#save-events")
+            assert "[events] saved: retention_days" in page.locator("#notice").inner_text()
+            # A custom role made on the Users & roles page.
+            page.goto(f"{base}/users")
+            page.fill("#role-name", "Help desk")
+            page.check("input[value='queues.view']")
+            page.click("#save-role")
+            page.wait_for_url(f"{base}/users")
+            assert "Help desk" in page.locator("#roles").inner_text()
         finally:
             browser.close()
     delivered = [p.read_bytes() for p in sorted((home / "maildir" / "new").iterdir())]
     assert len(delivered) == 2
     assert any(b"invoice.com" in m for m in delivered)  # the released one, as it arrived
     assert (ARTIFACTS / "dashboard.png").stat().st_size > 1000
+    config = (home / "mailwarden.toml").read_text()
+    assert "retention_days = 2.0" in config and "Help desk" in config

@@ -16,6 +16,9 @@ def _request(web: Web, spec: RouteSpec, method: str, client: Any, csrf: str) -> 
     path = path.replace("{section}", "smtp" if "/mta/" in path else "events")
     if "{held_id}" in path:
         path = path.replace("{held_id}", web.hold())
+    if "{backup_id}" in path:
+        path = path.replace("{backup_id}", web.backup())
+    path = path.replace("{role}", "Walk role").replace("{token_id}", "0" * 16)
     body: dict[str, Any] = {}
     if spec.handler == "api_login":
         body = {"json": {"name": "administrator", "password": "wrong"}}
@@ -29,6 +32,12 @@ def _request(web: Web, spec: RouteSpec, method: str, client: Any, csrf: str) -> 
         body = {"json": {"max_recipients": 500}}
     elif spec.handler == "api_token_create":
         body = {"json": {"name": "ci", "roles": ["Auditor"]}}
+    elif spec.handler == "api_role_put":
+        body = {"json": {"permissions": ["reports.view"]}}
+    elif spec.handler == "api_groups_put":
+        body = {"json": {"group:Staff": ["Operator"]}}
+    elif spec.handler == "role_form":
+        body = {"data": {"csrf": csrf, "name": "Walk role", "permission": "reports.view"}}
     elif method == "POST" and not spec.path.startswith("/api/"):
         body = {"data": {"csrf": csrf}}
     headers = {"x-csrf-token": csrf} if csrf else {}

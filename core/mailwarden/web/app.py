@@ -32,13 +32,16 @@ from starlette.routing import Route
 
 from mailwarden_native import decode_header, parse
 
-from ..config import parse_config
+from ..config import Config, load_config, parse_config
 from ..errors import ConfigError
 from ..events import EventQuery
 from ..quarantine import QuarantineError
 from .audit import AuditLog
 from .auth import Identity, WebAuth
-from .permissions import AUTHENTICATED, PUBLIC, ROUTES, RouteSpec
+from .backups import BackupNotFound, backup_entry, backup_list, backup_raw, release_backup
+from .forms import FormError, changed_values, form_fields, masked
+from .permissions import AUTHENTICATED, BUILTIN_ROLES, PERMISSIONS, PUBLIC, ROUTES, RouteSpec
+from .signatures import SignatureInfo
 
 if TYPE_CHECKING:
     from ..pipeline import Gateway
@@ -59,8 +62,6 @@ _SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
 }
-_SECRET_KEYS = {"bind_password", "password", "token", "secret"}
-
 Handler = Callable[[Request], Awaitable[Response]]
 
 
@@ -83,6 +84,33 @@ class WebState:
         )
         self.secure_cookies = secure_cookies
         self.templates = _templates()
+        self.signatures = SignatureInfo(gateway)
+        # The config as its file says now: roles and group mappings apply at once (in every
+        # worker, which each see the file change), other sections at the next start.
+        self.file_config: Config = gateway.config
+        self._config_mtime = self._mtime()
+
+    def _mtime(self) -> int | None:
+        source = self.gateway.config.source
+        try:
+            return os.stat(source).st_mtime_ns if source else None
+        except OSError:
+            return None
+
+    def refresh(self) -> None:
+        """Re-read the config file if it changed: custom roles and group mappings."""
+        mtime = self._mtime()
+        if mtime is None or mtime == self._config_mtime:
+            return
+        self._config_mtime = mtime
+        source = self.gateway.config.source
+        try:
+            config = load_config(source, self.gateway.plugins.config_schemas())
+        except ConfigError as exc:
+            log.warning("config file changed but does not load; keeping roles: %s", exc)
+            return
+        self.file_config = config
+        self.auth.custom_roles = config.web.roles
 
 
 def _templates() -> Environment:
@@ -114,11 +142,12 @@ def _identify(state: WebState, request: Request) -> Identity | None:
 async def _form(request: Request) -> dict[str, str]:
     # URL-encoded forms only (no uploads here), parsed without an extra dependency.
     body = (await request.body())[:65536].decode("utf-8", "replace")
-    return {key: values[0] for key, values in parse_qs(body).items()}
+    return {key: values[0] for key, values in parse_qs(body, keep_blank_values=True).items()}
 
 
 def _guard(state: WebState, spec: RouteSpec, handler: Handler) -> Handler:
     async def endpoint(request: Request) -> Response:
+        await asyncio.to_thread(state.refresh)
         identity = _identify(state, request)
         request.state.identity = identity
         request.state.web = state
@@ -172,37 +201,50 @@ async def _login(state: WebState, name: str, password: str, client: str) -> Iden
     wait = state.auth.throttle.retry_after(*keys)
     if wait > 0:
         return f"too many failed logins; try again in {int(wait) + 1} s"
-    identity = await asyncio.to_thread(state.auth.local_login, name, password)
+    identity: Identity | str | None = await asyncio.to_thread(
+        state.auth.local_login, name, password
+    )
     if identity is None and "@" in name:
         identity = await asyncio.to_thread(_directory_login, state, name, password)
-    if identity is None:
+    if not isinstance(identity, Identity):
         state.auth.throttle.failed(*keys)
-        state.audit.write("login.failed", name, client=client)
-        return "wrong name or password"
+        problem = identity or ""
+        state.audit.write("login.failed", name, client=client, problem=problem or None)
+        return f"directory login failed: {problem}" if problem else "wrong name or password"
     state.auth.throttle.succeeded(*keys)
     state.audit.write("login", identity.name, client=client, source=identity.source)
     return identity
 
 
-def _directory_login(state: WebState, address: str, password: str) -> Identity | None:
+def _directory_login(state: WebState, address: str, password: str) -> Identity | str | None:
+    """The directory user's identity; ``None`` for a wrong name or password, or what kept the
+    password from being checked (a bind method the server does not offer)."""
     from ..directory.model import DirectoryError
     from ..directory.names import group_key
+    from .directory_login import check_directory_password
 
     directory = state.gateway.directory
     if directory is None:
         return None
     try:
         entry = directory.client.lookup(address)
-        if entry is None or not directory.client.check_password(entry, password):
-            return None
     except DirectoryError as exc:
         log.warning("directory login for %s failed: %s", address, exc)
+        return None
+    if entry is None:
+        return None
+    web = state.file_config.web
+    checked = check_directory_password(web, state.gateway.config.directory, entry, password)
+    if checked.problem:
+        log.warning("directory login for %s: %s", address, checked.problem)
+        return checked.problem
+    if not checked.ok:
         return None
     keys = entry.group_keys()
     roles = sorted(
         {
             role
-            for pattern, mapped in state.gateway.config.web.groups.items()
+            for pattern, mapped in web.groups.items()
             if group_key(pattern.removeprefix("group:")) in keys
             for role in mapped
         }
@@ -417,6 +459,48 @@ def _held_list(state: WebState) -> list[dict[str, Any]]:
     ]
 
 
+# Where each plugin's quarantine is worked with today: plugins offer no SDK surface the web
+# interface could list, show or release their held mail through (see docs/web.md).
+_PLUGIN_QUARANTINE_COMMANDS = {
+    "antispam": "mailwarden antispam quarantine list|release [--learn-ham]|delete",
+    "sandbox": "mailwarden sandbox list|release|delete",
+}
+
+
+def _quarantines(state: WebState) -> list[dict[str, Any]]:
+    """Every declared quarantine store (the core's and the plugins'), with what it holds now;
+    no paths (those are settings.view's)."""
+    result = []
+    for store in _inventory(state):
+        descriptor = store["store"]
+        if "quarantine" not in descriptor["name"]:
+            continue
+        core = store["owner"] == "core"
+        result.append(
+            {
+                "name": descriptor["name"],
+                "owner": store["owner"],
+                "messages": store["records"],
+                "bytes": store["bytes"],
+                "max_bytes": descriptor["max_bytes"],
+                "max_entries": descriptor["max_entries"],
+                "in_web": core,
+                "manage": "/quarantine"
+                if core
+                else _PLUGIN_QUARANTINE_COMMANDS.get(
+                    store["owner"], f"mailwarden {store['owner']}"
+                ),
+            }
+        )
+    return result
+
+
+async def api_quarantines(request: Request) -> Response:
+    """Every quarantine store, the core's and the plugins', with how many messages it holds
+    and where it is managed (plugin quarantines: their own commands, for now)."""
+    return JSONResponse(await asyncio.to_thread(_quarantines, request.state.web))
+
+
 async def api_quarantine(request: Request) -> Response:
     """Held messages, newest first."""
     state: WebState = request.state.web
@@ -508,14 +592,34 @@ async def api_rules(request: Request) -> Response:
     return JSONResponse(_rules(request.state.web))
 
 
-def _rewrite_config(state: WebState, key: str, value: Any) -> Response | list[str]:
-    """Set ``key`` of the config file to ``value``: validated whole, written atomically with
-    the file's comments and other sections kept, then reloaded (rules swap at once). Returns
-    the sections that need a restart, or the refusal."""
+class ConfigRefused(Exception):
+    """A config change that was not written: why, and the HTTP status that says so."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _config_table(state: WebState, section: str) -> dict[str, Any]:
+    """What the config file itself holds for ``section`` (not the defaults filled in)."""
+    source = state.gateway.config.source
+    if not source:
+        return {}
+    document = tomlkit.parse(Path(source).read_text(encoding="utf-8"))
+    table = document.get(section)
+    value = table.unwrap() if table is not None else {}
+    return value if isinstance(value, dict) else {}
+
+
+def _write_config(state: WebState, key: str | tuple[str, str], value: Any) -> list[str]:
+    """Set ``key`` (a section, or a section's key) of the config file to ``value``: validated
+    whole, written atomically with the file's comments and other sections kept, then reloaded
+    (rules swap at once). Returns the sections that need a restart; raises
+    :class:`ConfigRefused` with the key named when the result would not load."""
     gateway = state.gateway
     source = gateway.config.source
     if not source:
-        return JSONResponse({"error": "the gateway runs without a config file"}, status_code=409)
+        raise ConfigRefused("the gateway runs without a config file", 409)
     path = Path(source)
     document = tomlkit.parse(path.read_text(encoding="utf-8"))
     if key == "rules":
@@ -523,13 +627,22 @@ def _rewrite_config(state: WebState, key: str, value: Any) -> Response | list[st
         for rule in value:
             table.append(tomlkit.item(rule))
         document["rules"] = table
+    elif isinstance(key, tuple):
+        section, name = key
+        if section not in document:
+            document[section] = tomlkit.table()
+        holder: Any = document[section]
+        if value is None or value == {}:
+            holder.pop(name, None)
+        else:
+            holder[name] = tomlkit.item(value)
     else:
-        document[key] = tomlkit.item(value)
+        document[key] = tomlkit.item({k: v for k, v in value.items() if v is not None})
     text = tomlkit.dumps(document)
     try:
         parse_config(text, gateway.plugins.config_schemas(), source=source)
     except ConfigError as exc:
-        return JSONResponse({"error": str(exc)}, status_code=422)
+        raise ConfigRefused(str(exc), 422) from exc
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
     os.chmod(tmp, path.stat().st_mode & 0o777)
@@ -538,7 +651,18 @@ def _rewrite_config(state: WebState, key: str, value: Any) -> Response | list[st
     if os.environ.get("MAILWARDEN_WORKER") == "1":
         # The other workers reload when the supervisor passes SIGHUP on to them.
         os.kill(os.getppid(), signal.SIGHUP)
+    state.refresh()
     return changed
+
+
+def _rewrite_config(
+    state: WebState, key: str | tuple[str, str], value: Any
+) -> Response | list[str]:
+    """:func:`_write_config` for the API: the refusal as a JSON answer."""
+    try:
+        return _write_config(state, key, value)
+    except ConfigRefused as exc:
+        return JSONResponse({"error": str(exc)}, status_code=exc.status)
 
 
 async def api_rules_put(request: Request) -> Response:
@@ -564,17 +688,49 @@ async def api_rules_put(request: Request) -> Response:
 _MTA_SECTIONS = frozenset({"smtp", "delivery", "spool", "tls", "dkim"})
 
 
+def _sections(state: WebState) -> dict[str, type[msgspec.Struct]]:
+    """Every section the web interface edits, with its schema, in page order."""
+    from ..config import _CORE_SECTIONS
+
+    core = ("gateway", "detectors", "events", "directory", "web", *sorted(_MTA_SECTIONS))
+    schemas: dict[str, type[msgspec.Struct]] = {name: _CORE_SECTIONS[name] for name in core}
+    schemas.update(sorted(state.gateway.plugins.config_schemas().items()))
+    return schemas
+
+
+def _section_value(config: Config, section: str) -> Any:
+    return (
+        getattr(config, section)
+        if section in config.__struct_fields__
+        else (config.plugins.get(section))
+    )
+
+
+# Who may give which roles is users.manage's business: a settings edit keeps these as they are.
+_ACCESS_KEYS = ("roles", "groups")
+
+
+def _keep_access(state: WebState, section: str, value: dict[str, Any]) -> str | None:
+    """Carry ``[web] roles`` and ``groups`` over unchanged into a new ``web`` section, or say
+    why not (the section tried to change them)."""
+    if section != "web":
+        return None
+    current = _config_table(state, "web")
+    for key in _ACCESS_KEYS:
+        if key in value and value[key] != current.get(key, {}):
+            return (
+                f"web.{key} is changed under /api/roles and /api/users/groups "
+                "(users.manage), not with the settings"
+            )
+        if key in current:
+            value[key] = current[key]
+    return None
+
+
 async def _put_section(request: Request, *, mta: bool) -> Response:
     state: WebState = request.state.web
     section = request.path_params["section"]
-    known = set(state.gateway.plugins.config_schemas()) | {
-        "gateway",
-        "detectors",
-        "events",
-        "directory",
-        "web",
-        *_MTA_SECTIONS,
-    }
+    known = set(_sections(state))
     if section not in known or (section in _MTA_SECTIONS) != mta:
         where = "/api/mta/" if section in _MTA_SECTIONS else "/api/settings/"
         return JSONResponse(
@@ -590,6 +746,9 @@ async def _put_section(request: Request, *, mta: bool) -> Response:
             raise TypeError
     except (ValueError, TypeError):
         return JSONResponse({"error": "send the section as a JSON object"}, status_code=400)
+    refused = _keep_access(state, section, value)
+    if refused:
+        return JSONResponse({"error": refused}, status_code=403)
     result = _rewrite_config(state, section, value)
     if isinstance(result, Response):
         return result
@@ -611,23 +770,13 @@ async def api_mta_put(request: Request) -> Response:
     return await _put_section(request, mta=True)
 
 
-def _masked(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {
-            k: ("********" if k in _SECRET_KEYS and v else _masked(v)) for k, v in value.items()
-        }
-    if isinstance(value, list):
-        return [_masked(v) for v in value]
-    return value
-
-
 async def api_settings(request: Request) -> Response:
     """Every section of the running config; passwords and secrets masked, key files by path
     only (a private key is never shown)."""
     state: WebState = request.state.web
     data = msgspec.to_builtins(state.gateway.config)
     data.pop("rules", None)
-    return JSONResponse(_masked(data))
+    return JSONResponse(masked(data))
 
 
 def _inventory(state: WebState) -> Any:
@@ -641,10 +790,130 @@ async def api_inventory(request: Request) -> Response:
     return JSONResponse(await asyncio.to_thread(_inventory, request.state.web))
 
 
+# -- users, roles, tokens --------------------------------------------------------------------
+
+
+def _roles(state: WebState) -> list[dict[str, Any]]:
+    builtin = [
+        {"name": name, "builtin": True, "permissions": sorted(perms)}
+        for name, perms in BUILTIN_ROLES.items()
+    ]
+    custom = [
+        {"name": name, "builtin": False, "permissions": sorted(perms)}
+        for name, perms in sorted(state.file_config.web.roles.items())
+    ]
+    return builtin + custom
+
+
+def _users(state: WebState) -> dict[str, Any]:
+    directory = state.file_config.directory
+    return {
+        "local": state.auth.users(),
+        "directory": {
+            "enabled": directory.enabled,
+            "url": directory.url if directory.enabled else None,
+            "login_bind": state.file_config.web.login_bind,
+        },
+        "groups": state.file_config.web.groups,
+        "tokens": state.auth.tokens(),
+    }
+
+
 async def api_users(request: Request) -> Response:
-    """Local accounts with their roles, and the directory group mapping."""
+    """Who may log in: local accounts with their roles, the directory and its group-to-role
+    mapping, and the API tokens with their roles and scopes (never the tokens themselves)."""
+    return JSONResponse(_users(request.state.web))
+
+
+async def api_roles(request: Request) -> Response:
+    """Every role with its permissions; built-in ones are marked and cannot be changed."""
+    return JSONResponse(_roles(request.state.web))
+
+
+def _check_role(name: str, permissions: Any) -> str | None:
+    if not name.strip() or len(name) > 64 or name != name.strip() or "/" in name:
+        return "a role name is 1 to 64 characters, no '/', no leading or trailing spaces"
+    if name in BUILTIN_ROLES:
+        return f"{name!r} is a built-in role and cannot be changed"
+    if not isinstance(permissions, list) or not all(isinstance(p, str) for p in permissions):
+        return "permissions are a list of permission names"
+    unknown = sorted(set(permissions) - set(PERMISSIONS))
+    if unknown:
+        return f"unknown permissions {unknown}; known: {list(PERMISSIONS)}"
+    return None
+
+
+def _set_role(state: WebState, who: str, name: str, permissions: list[str] | None) -> None:
+    """Create, change (a list) or delete (``None``) the custom role ``name`` in the config;
+    raises :class:`ConfigRefused`."""
+    roles = dict(_config_table(state, "web").get("roles", {}))
+    existed = name in roles
+    if permissions is None:
+        if not existed:
+            raise ConfigRefused(f"no custom role {name!r}", 404)
+        del roles[name]
+    else:
+        roles[name] = sorted(set(permissions))
+    _write_config(state, ("web", "roles"), roles)
+    act = "role.delete" if permissions is None else "role.edit" if existed else "role.create"
+    state.audit.write(act, who, role=name, permissions=permissions)
+
+
+async def api_role_put(request: Request) -> Response:
+    """Create or change the custom role in the path with ``{"permissions": [...]}``."""
     state: WebState = request.state.web
-    return JSONResponse({"local": state.auth.users(), "groups": state.gateway.config.web.groups})
+    name = request.path_params["role"]
+    try:
+        permissions = json.loads(await request.body())["permissions"]
+    except (ValueError, KeyError, TypeError):
+        return JSONResponse({"error": 'send {"permissions": [...]}'}, status_code=400)
+    problem = _check_role(name, permissions)
+    if problem:
+        status = 403 if name in BUILTIN_ROLES else 422
+        return JSONResponse({"error": problem}, status_code=status)
+    identity: Identity = request.state.identity
+    try:
+        await asyncio.to_thread(_set_role, state, identity.name, name, permissions)
+    except ConfigRefused as exc:
+        return JSONResponse({"error": str(exc)}, status_code=exc.status)
+    return JSONResponse({"name": name, "permissions": sorted(set(permissions))})
+
+
+async def api_role_delete(request: Request) -> Response:
+    """Delete a custom role (refused while a directory group still maps to it)."""
+    state: WebState = request.state.web
+    name = request.path_params["role"]
+    if name in BUILTIN_ROLES:
+        return JSONResponse({"error": f"{name!r} is a built-in role"}, status_code=403)
+    identity: Identity = request.state.identity
+    try:
+        await asyncio.to_thread(_set_role, state, identity.name, name, None)
+    except ConfigRefused as exc:
+        return JSONResponse({"error": str(exc)}, status_code=exc.status)
+    return JSONResponse({"deleted": name})
+
+
+async def api_groups_put(request: Request) -> Response:
+    """Replace the directory group-to-role mapping: ``{"group:NAME": ["Role", ...], ...}``."""
+    state: WebState = request.state.web
+    try:
+        groups = json.loads(await request.body())
+        if not isinstance(groups, dict):
+            raise TypeError
+    except (ValueError, TypeError):
+        return JSONResponse({"error": 'send {"group:NAME": ["Role"], ...}'}, status_code=400)
+    result = await asyncio.to_thread(_rewrite_config, state, ("web", "groups"), groups)
+    if isinstance(result, Response):
+        return result
+    identity: Identity = request.state.identity
+    state.audit.write("groups.edit", identity.name, groups=groups)
+    return JSONResponse(state.file_config.web.groups)
+
+
+async def api_tokens(request: Request) -> Response:
+    """API tokens: id, name, roles, scopes (the permissions the roles grant), created."""
+    state: WebState = request.state.web
+    return JSONResponse(await asyncio.to_thread(state.auth.tokens))
 
 
 async def api_token_create(request: Request) -> Response:
@@ -658,6 +927,90 @@ async def api_token_create(request: Request) -> Response:
     identity: Identity = request.state.identity
     state.audit.write("token.create", identity.name, token_name=body["name"], roles=body["roles"])
     return JSONResponse({"token": token}, status_code=201)
+
+
+def _revoke_token(request: Request) -> str | None:
+    state: WebState = request.state.web
+    token_id = request.path_params["token_id"]
+    name = state.auth.revoke_token(token_id)
+    if name is not None:
+        identity: Identity = request.state.identity
+        state.audit.write("token.revoke", identity.name, token_id=token_id, token_name=name)
+    return name
+
+
+async def api_token_revoke(request: Request) -> Response:
+    """Revoke an API token by its id: it stops working at once, in every worker."""
+    name = await asyncio.to_thread(_revoke_token, request)
+    if name is None:
+        return JSONResponse({"error": "no such token"}, status_code=404)
+    return JSONResponse({"revoked": request.path_params["token_id"], "name": name})
+
+
+# -- backup ----------------------------------------------------------------------------------
+
+
+async def api_backups(request: Request) -> Response:
+    """Backed-up messages, newest first: metadata only."""
+    state: WebState = request.state.web
+    return JSONResponse(await asyncio.to_thread(backup_list, state.gateway))
+
+
+async def api_backup(request: Request) -> Response:
+    """One backup's metadata: time, reason, sender, recipients, subject, size, hash."""
+    state: WebState = request.state.web
+    try:
+        view = await asyncio.to_thread(
+            backup_entry, state.gateway, request.path_params["backup_id"]
+        )
+    except BackupNotFound as exc:
+        return JSONResponse({"error": str(exc)}, status_code=404)
+    return JSONResponse(view)
+
+
+async def api_backup_raw(request: Request) -> Response:
+    """The backed-up message as a download (never shown inline)."""
+    state: WebState = request.state.web
+    backup_id = request.path_params["backup_id"]
+    try:
+        data = await asyncio.to_thread(backup_raw, state.gateway, backup_id)
+    except BackupNotFound as exc:
+        return JSONResponse({"error": str(exc)}, status_code=404)
+    identity: Identity = request.state.identity
+    state.audit.write("backup.download", identity.name, id=backup_id)
+    return Response(
+        data,
+        media_type="application/octet-stream",
+        headers={"Content-Disposition": 'attachment; filename="backup-message.eml"'},
+    )
+
+
+async def _backup_release(request: Request) -> str | Response:
+    state: WebState = request.state.web
+    backup_id = request.path_params["backup_id"]
+    try:
+        where = await release_backup(state.gateway, backup_id)
+    except BackupNotFound as exc:
+        return _error(request, 404, str(exc))
+    identity: Identity = request.state.identity
+    state.audit.write("backup.release", identity.name, id=backup_id, where=where)
+    return where
+
+
+async def api_backup_release(request: Request) -> Response:
+    """Send a backed-up copy to its recorded recipients (the copy stays in the backup)."""
+    result = await _backup_release(request)
+    return result if isinstance(result, Response) else JSONResponse({"released": result})
+
+
+# -- signatures ------------------------------------------------------------------------------
+
+
+async def api_signatures(request: Request) -> Response:
+    """Signature databases and rule sets the detectors load, with their versions, as each
+    plugin's ``mailwarden <group> info --json`` reports them."""
+    state: WebState = request.state.web
+    return JSONResponse(await asyncio.to_thread(state.signatures.get))
 
 
 async def api_openapi(request: Request) -> Response:
@@ -724,7 +1077,15 @@ async def dashboard_page(request: Request) -> Response:
     state: WebState = request.state.web
     stats = await asyncio.to_thread(_stats, state)
     held = await asyncio.to_thread(len, state.gateway.quarantine)
-    return _page(request, "dashboard.html", stats=stats, chart=_chart(stats), held=held)
+    signatures = await asyncio.to_thread(state.signatures.get)
+    return _page(
+        request,
+        "dashboard.html",
+        stats=stats,
+        chart=_chart(stats),
+        held=held,
+        signatures=signatures,
+    )
 
 
 async def events_page(request: Request) -> Response:
@@ -742,7 +1103,9 @@ async def events_page(request: Request) -> Response:
 async def quarantine_page(request: Request) -> Response:
     """Held messages."""
     held = await asyncio.to_thread(_held_list, request.state.web)
-    return _page(request, "quarantine.html", held=held, time=time)
+    stores = await asyncio.to_thread(_quarantines, request.state.web)
+    others = [s for s in stores if not s["in_web"]]
+    return _page(request, "quarantine.html", held=held, others=others, time=time)
 
 
 async def held_page(request: Request) -> Response:
@@ -764,6 +1127,194 @@ async def inventory_page(request: Request) -> Response:
     """The data inventory."""
     stores = await asyncio.to_thread(_inventory, request.state.web)
     return _page(request, "inventory.html", stores=stores)
+
+
+async def backup_page(request: Request) -> Response:
+    """Backed-up messages."""
+    state: WebState = request.state.web
+    entries = await asyncio.to_thread(backup_list, state.gateway)
+    return _page(request, "backup.html", entries=entries, time=time)
+
+
+async def backup_entry_page(request: Request) -> Response:
+    """One backup's metadata, with release and download for backup.manage."""
+    state: WebState = request.state.web
+    try:
+        entry = await asyncio.to_thread(
+            backup_entry, state.gateway, request.path_params["backup_id"]
+        )
+    except BackupNotFound as exc:
+        return _error(request, 404, str(exc))
+    return _page(request, "backup_entry.html", entry=entry, time=time)
+
+
+async def backup_release_form(request: Request) -> Response:
+    """Release a backup from the page, then back to the list."""
+    result = await _backup_release(request)
+    return result if isinstance(result, Response) else RedirectResponse("/backup", 303)
+
+
+def _forms(state: WebState, *, mta: bool) -> list[dict[str, Any]]:
+    running = state.gateway.config
+    forms = []
+    for section, schema in _sections(state).items():
+        if (section in _MTA_SECTIONS) != mta:
+            continue
+        current = _section_value(state.file_config, section)
+        if current is None:
+            current = msgspec.convert({}, schema)
+        forms.append(
+            {
+                "section": section,
+                "doc": (schema.__doc__ or "").strip(),
+                "fields": form_fields(schema, current),
+                # Saved but not in force until the next start.
+                "pending": msgspec.to_builtins(current)
+                != msgspec.to_builtins(_section_value(running, section) or current),
+            }
+        )
+    return forms
+
+
+def _settings_page(
+    request: Request, *, mta: bool, status: int = 200, **messages: str
+) -> HTMLResponse:
+    state: WebState = request.state.web
+    page = _page(
+        request,
+        "settings.html",
+        forms=_forms(state, mta=mta),
+        mta=mta,
+        action="/mta" if mta else "/settings",
+        permission="mta.edit" if mta else "settings.edit",
+        **messages,
+    )
+    page.status_code = status
+    return page
+
+
+async def settings_page(request: Request) -> Response:
+    """A form per settings section (the core's and each plugin's), from its config schema;
+    secrets are never shown."""
+    return _settings_page(request, mta=False)
+
+
+async def mta_page(request: Request) -> Response:
+    """A form per mail-transport section (listeners, delivery, spool, TLS, DKIM); private
+    keys are named by their file only."""
+    return _settings_page(request, mta=True)
+
+
+def _consent(section: str, changed: dict[str, Any], current: Any, who: str) -> None:
+    # Consent records who agreed and when: the form fills both in when they are left empty.
+    if section == "reputation" and changed.get("consent") is True:
+        if not (changed.get("consent_by") or getattr(current, "consent_by", "")):
+            changed["consent_by"] = who
+        if not (changed.get("consent_at") or getattr(current, "consent_at", "")):
+            changed["consent_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+async def _section_form(request: Request, *, mta: bool) -> Response:
+    state: WebState = request.state.web
+    section = request.path_params["section"]
+    schemas = _sections(state)
+    if section not in schemas or (section in _MTA_SECTIONS) != mta:
+        return _error(request, 404, f"no section {section!r} here")
+    form = await _form(request)
+    schema = schemas[section]
+    current = _section_value(state.file_config, section) or msgspec.convert({}, schema)
+    identity: Identity = request.state.identity
+    try:
+        changed = changed_values(section, schema, current, form)
+    except FormError as exc:
+        return _settings_page(request, mta=mta, status=422, error=str(exc), failed=section)
+    if not changed:
+        return _settings_page(request, mta=mta, notice=f"[{section}]: nothing changed")
+    _consent(section, changed, current, identity.name)
+    value = {**_config_table(state, section), **changed}
+    refused = _keep_access(state, section, value)
+    if refused:
+        return _settings_page(request, mta=mta, status=403, error=refused, failed=section)
+    try:
+        restart = await asyncio.to_thread(_write_config, state, section, value)
+    except ConfigRefused as exc:
+        return _settings_page(request, mta=mta, status=exc.status, error=str(exc), failed=section)
+    state.audit.write("settings.edit", identity.name, section=section, keys=sorted(changed))
+    notice = f"[{section}] saved: {', '.join(sorted(changed))}"
+    if section in restart:
+        notice += " (applies at the next start)"
+    return _settings_page(request, mta=mta, notice=notice)
+
+
+async def settings_form(request: Request) -> Response:
+    """Save one settings section from its form: validated like a config file."""
+    return await _section_form(request, mta=False)
+
+
+async def mta_form(request: Request) -> Response:
+    """Save one mail-transport section from its form."""
+    return await _section_form(request, mta=True)
+
+
+def _users_page(request: Request, *, status: int = 200, **messages: str) -> HTMLResponse:
+    state: WebState = request.state.web
+    page = _page(
+        request,
+        "users.html",
+        users=_users(state),
+        roles=_roles(state),
+        permissions=PERMISSIONS,
+        time=time,
+        **messages,
+    )
+    page.status_code = status
+    return page
+
+
+async def users_page(request: Request) -> Response:
+    """Local accounts, directory group mappings, API tokens, and the roles with their
+    permissions (custom ones editable)."""
+    return _users_page(request)
+
+
+async def role_form(request: Request) -> Response:
+    """Create or change a custom role from the page (name, permission checkboxes)."""
+    state: WebState = request.state.web
+    body = (await request.body())[:65536].decode("utf-8", "replace")
+    fields = parse_qs(body)
+    name = (fields.get("name") or [""])[0]
+    permissions = fields.get("permission", [])
+    problem = _check_role(name, permissions)
+    if problem:
+        return _users_page(request, status=422, error=problem)
+    identity: Identity = request.state.identity
+    try:
+        await asyncio.to_thread(_set_role, state, identity.name, name, permissions)
+    except ConfigRefused as exc:
+        return _users_page(request, status=exc.status, error=str(exc))
+    return RedirectResponse("/users", 303)
+
+
+async def role_delete_form(request: Request) -> Response:
+    """Delete a custom role from the page."""
+    state: WebState = request.state.web
+    name = request.path_params["role"]
+    if name in BUILTIN_ROLES:
+        return _users_page(request, status=403, error=f"{name!r} is a built-in role")
+    identity: Identity = request.state.identity
+    try:
+        await asyncio.to_thread(_set_role, state, identity.name, name, None)
+    except ConfigRefused as exc:
+        return _users_page(request, status=exc.status, error=str(exc))
+    return RedirectResponse("/users", 303)
+
+
+async def token_revoke_form(request: Request) -> Response:
+    """Revoke an API token from the page."""
+    name = await asyncio.to_thread(_revoke_token, request)
+    if name is None:
+        return _users_page(request, status=404, error="no such token")
+    return RedirectResponse("/users", 303)
 
 
 async def static_file(request: Request) -> Response:

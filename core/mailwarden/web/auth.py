@@ -216,12 +216,49 @@ class WebAuth:
         unknown = [r for r in roles if r not in BUILTIN_ROLES and r not in self.custom_roles]
         if unknown:
             raise ValueError(f"unknown roles {unknown}")
+        if not name.strip():
+            raise ValueError("a token needs a name")
         token = "mwt_" + secrets.token_urlsafe(32)
-        path = self.directory / "tokens.json"
-        tokens = json.loads(path.read_text()) if path.exists() else {}
-        tokens[hashlib.sha256(token.encode()).hexdigest()] = {"name": name, "roles": roles}
-        _write_private(path, json.dumps(tokens, indent=2).encode())
+        tokens = self._tokens()
+        tokens[hashlib.sha256(token.encode()).hexdigest()] = {
+            "name": name,
+            "roles": roles,
+            "created": time.time(),
+        }
+        self._save_tokens(tokens)
         return token
+
+    def _tokens(self) -> dict[str, Any]:
+        path = self.directory / "tokens.json"
+        data: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+        return data
+
+    def _save_tokens(self, tokens: dict[str, Any]) -> None:
+        _write_private(self.directory / "tokens.json", json.dumps(tokens, indent=2).encode())
+
+    def tokens(self) -> list[dict[str, Any]]:
+        """Every API token: an id (the start of its hash, never the token), name, roles and
+        the permissions (scopes) those roles grant now."""
+        return [
+            {
+                "id": digest[:16],
+                "name": entry["name"],
+                "roles": entry["roles"],
+                "scopes": sorted(permissions_of(entry["roles"], self.custom_roles)),
+                "created": entry.get("created"),
+            }
+            for digest, entry in sorted(self._tokens().items(), key=lambda i: i[1]["name"])
+        ]
+
+    def revoke_token(self, token_id: str) -> str | None:
+        """Delete the token whose id is ``token_id``; its name, or ``None`` if there is none."""
+        tokens = self._tokens()
+        matches = [d for d in tokens if len(token_id) == 16 and d[:16] == token_id]
+        if len(matches) != 1:
+            return None
+        entry = tokens.pop(matches[0])
+        self._save_tokens(tokens)
+        return str(entry["name"])
 
     def token_identity(self, token: str) -> Identity | None:
         """Who the bearer ``token`` belongs to, if anyone."""
