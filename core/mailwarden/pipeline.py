@@ -24,6 +24,7 @@ import msgspec
 
 from mailwarden_native import ParsedMessage, detect_type, parse
 from mailwarden_sdk import (
+    QUARANTINE_ID,
     Action,
     ActionKind,
     Category,
@@ -33,6 +34,7 @@ from mailwarden_sdk import (
     ScanContext,
     Verdict,
 )
+from mailwarden_sdk import Quarantine as PluginQuarantine
 
 from .config import Config, RuleConfig, load_config
 from .content_rules import DETECTOR as CONTENT_DETECTOR
@@ -181,6 +183,11 @@ class _Host:
         if self._gateway is None:
             raise RuntimeError("resubmit needs a running gateway")
         return self._gateway.resubmit(raw, envelope, findings)
+
+    def deliver(self, raw: bytes, envelope: Envelope) -> Awaitable[str]:
+        if self._gateway is None:
+            raise RuntimeError("deliver needs a running gateway")
+        return self._gateway.deliver_released(raw, envelope)
 
 
 class Gateway:
@@ -701,18 +708,54 @@ class Gateway:
         """Send a held message on to its recipients the way delivered mail goes; it leaves the
         quarantine once it is durable there. Returns where it went."""
         data, envelope = await asyncio.to_thread(self.quarantine.original, held_id)
+        where = await self.deliver_released(data, envelope)
+        await asyncio.to_thread(self.quarantine.delete, held_id)
+        return where
+
+    async def deliver_released(self, data: bytes, envelope: Envelope) -> str:
+        """Send a message an admin released (from any quarantine or the backup) on to
+        ``envelope.rcpt_to`` the way delivered mail goes, without scanning it again: the spool
+        and the relay queue, else the local Maildir (``Host.deliver``, SDK 1.7). Durable when
+        this returns. Returns where it went."""
+        if not envelope.rcpt_to:
+            raise DeliveryError("no recipients to deliver to")
         if self.delivery.relaying:
             entry = await asyncio.to_thread(self.spool.write, data, envelope)
             # Decided: an admin released it, so it is not scanned (and held) again.
             state = SpoolState(decided=True)
             await asyncio.to_thread(self.spool.save_state, entry, state, durable=True)
             self.delivery.submit(entry)
-            where = f"queued as {entry.id}"
-        else:
-            name = await asyncio.to_thread(self.maildir.deliver, crlf(data))
-            where = f"delivered as {name}"
-        await asyncio.to_thread(self.quarantine.delete, held_id)
-        return where
+            return f"queued as {entry.id}"
+        name = await asyncio.to_thread(self.maildir.deliver, crlf(data))
+        return f"delivered as {name}"
+
+    def plugin_quarantines(self) -> dict[str, tuple[str, PluginQuarantine]]:
+        """The plugins' quarantines by name, each with the plugin offering it
+        (``mailwarden_quarantines``, SDK 1.7).
+
+        Asked each time (a plugin offers only what it has open); an answer that is not a
+        :class:`~mailwarden_sdk.Quarantine`, has a name that is not URL-safe or is taken
+        already, or a failing implementation, is logged and left out.
+        """
+        found: dict[str, tuple[str, PluginQuarantine]] = {}
+        for impl in self.plugins.pm.hook.mailwarden_quarantines.get_hookimpls():
+            try:
+                offered: Any = impl.function(**_kwargs(impl, host=self.host)) or ()
+                for quarantine in offered:
+                    name = getattr(quarantine, "name", None)
+                    if not isinstance(quarantine, PluginQuarantine) or not isinstance(name, str):
+                        log.warning("plugin %s offered a non-quarantine", impl.plugin_name)
+                    elif not QUARANTINE_ID.match(name) or name in found:
+                        log.warning(
+                            "plugin %s: quarantine name %r is not URL-safe or taken",
+                            impl.plugin_name,
+                            name,
+                        )
+                    else:
+                        found[name] = (impl.plugin_name, quarantine)
+            except Exception:
+                log.exception("plugin %s failed to list its quarantines", impl.plugin_name)
+        return found
 
     async def _notify(self, decision: Decision) -> None:
         """Send the notices the rule asks for; a failure is logged and changes no reply."""

@@ -24,6 +24,7 @@ from mailwarden_sdk import (
     Finding,
     Host,
     Matcher,
+    Quarantine,
     ScanContext,
     SpamStatus,
     StashKey,
@@ -39,7 +40,7 @@ from . import auth, heuristics
 from .bayes import Bayes
 from .content import body_text, links, message_facts, message_urls, rawbody_text
 from .dnslists import DnsList, query_lists
-from .quarantine import SpamQuarantine
+from .quarantine import SpamQuarantine, SpamQuarantineView
 from .resolver import Resolver, SyncDns
 from .rules import RuleSet, RuleTargets, load_rules
 from .sa_evals import parse_received, received_times, relay_headers
@@ -64,8 +65,10 @@ class AntispamConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     ``group_caps`` caps what one group (rule file name without ``.cf``) adds. Sender patterns
     take ``*``/``?`` wildcards (``*@example.com``); IP entries are addresses or networks.
     ``quarantine`` names the statuses whose messages the spam quarantine keeps (the rule's
-    action then decides whether they are also delivered); ``release_host``/``release_port``
-    is where released messages are sent (the MTA's re-injection port).
+    action then decides whether they are also delivered). A released message goes to its
+    original recipients the way the gateway delivers mail (relay queue or Maildir), unless
+    ``release_host`` is set: then over SMTP to ``release_host``/``release_port`` (the MTA's
+    re-injection port, for milter set-ups where the MTA delivers).
     """
 
     probable_spam_score: float = 5.0
@@ -107,7 +110,8 @@ class AntispamConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     quarantine: list[str] = msgspec.field(default_factory=list)
     # The spam quarantine (<home>/antispam/quarantine): the oldest are removed above this.
     quarantine_max_bytes: Annotated[int, msgspec.Meta(gt=0)] = 1 << 30
-    release_host: str = "127.0.0.1"
+    # Empty: released mail goes the gateway's own delivery path.
+    release_host: str = ""
     release_port: int = 10026
     add_headers: bool = True
 
@@ -141,7 +145,7 @@ def _ip_in(networks: list[str], address: str | None) -> bool:
 class AntispamPlugin:
     """Emits scored antispam findings and turns the total score into a spam status."""
 
-    requires_sdk = ">=1.6,<2"
+    requires_sdk = ">=1.7,<2"
 
     def __init__(self) -> None:
         self.config = AntispamConfig()
@@ -150,6 +154,8 @@ class AntispamPlugin:
         self.resolver: Resolver | None = None
         self.bayes: Bayes | None = None
         self.quarantine: SpamQuarantine | None = None
+        self.host: Host | None = None
+        self._view: SpamQuarantineView | None = None
 
     # ------------------------------------------------------------ set-up
 
@@ -159,6 +165,7 @@ class AntispamPlugin:
 
     @hookimpl
     def mailwarden_startup(self, host: Host) -> None:
+        self.host = host
         self.configure(
             host.config_for(DETECTOR) or AntispamConfig(), plugin_data_dir(host, DETECTOR)
         )
@@ -220,6 +227,22 @@ class AntispamPlugin:
             )
         )
         return stores
+
+    @hookimpl
+    def mailwarden_quarantines(self) -> list[Quarantine]:
+        """The spam quarantine for the web interface, while it is open."""
+        if self.quarantine is None or self.host is None:
+            return []
+        view = self._view
+        if view is None or view.store is not self.quarantine or view.bayes is not self.bayes:
+            # One view per open store: it knows which ids are being released right now.
+            view = SpamQuarantineView(self.quarantine, self.host, self.bayes, self._release_target)
+            self._view = view
+        return [view]
+
+    def _release_target(self) -> tuple[str, int] | None:
+        cfg = self.config
+        return (cfg.release_host, cfg.release_port) if cfg.release_host else None
 
     @hookimpl
     def mailwarden_cli_commands(self) -> list[Any]:

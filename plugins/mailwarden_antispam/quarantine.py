@@ -4,26 +4,49 @@ Message bytes are files (written, fsynced, then moved into place); an LMDB index
 entry per message keyed by arrival time, so the oldest is the first key, plus the running
 total of bytes. A message is in the quarantine once its index entry is committed; eviction
 removes index entries in the same transaction that admits the new one, then their files.
-Release sends the original bytes over SMTP to the configured next hop (the MTA's re-injection
-port), with the original envelope.
+Release sends the original bytes with the original envelope through the gateway's own
+delivery path (``Host.deliver``), or over SMTP to ``release_host:release_port`` (the MTA's
+re-injection port) when that is configured. :class:`SpamQuarantineView` offers the store to
+the web interface and the REST API (``mailwarden_quarantines``, SDK 1.7), with "learn" through
+the plugin's Bayes store.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import smtplib
+import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import lmdb
 import msgspec
 
-__all__ = ["QuarantineEntry", "QuarantineError", "SpamQuarantine"]
+import mailwarden_sdk as sdk
+
+if TYPE_CHECKING:
+    from .bayes import Bayes
+
+__all__ = [
+    "QuarantineEntry",
+    "QuarantineError",
+    "QuarantineMissing",
+    "SpamQuarantine",
+    "SpamQuarantineView",
+]
 
 
-class QuarantineError(Exception):
-    """No such message, or it cannot be stored or sent."""
+class QuarantineError(sdk.QuarantineError):
+    """A message cannot be stored or sent (and the base of :class:`QuarantineMissing`)."""
+
+
+class QuarantineMissing(QuarantineError, sdk.QuarantineNotFound):
+    """No such message in the quarantine."""
 
 
 class QuarantineEntry(msgspec.Struct, kw_only=True, frozen=True):
@@ -64,7 +87,7 @@ class SpamQuarantine:
 
     def _path(self, entry_id: str) -> Path:
         if not entry_id.isalnum():
-            raise QuarantineError(f"not a quarantine id: {entry_id!r}")
+            raise QuarantineMissing(f"not a quarantine id: {entry_id!r}")
         return self.messages / f"{entry_id}.eml"
 
     def total_bytes(self) -> int:
@@ -127,7 +150,7 @@ class SpamQuarantine:
             key = txn.get(entry_id.encode(), db=self._ids)
             value = txn.get(key, db=self._by_time) if key else None
         if value is None:
-            raise QuarantineError(f"no quarantined message {entry_id}")
+            raise QuarantineMissing(f"no quarantined message {entry_id}")
         return msgspec.json.decode(value, type=QuarantineEntry)
 
     def original(self, entry_id: str) -> bytes:
@@ -174,7 +197,7 @@ class SpamQuarantine:
         with self.env.begin(write=True) as txn:
             key = txn.get(entry_id.encode(), db=self._ids)
             if key is None:
-                raise QuarantineError(f"no quarantined message {entry_id}")
+                raise QuarantineMissing(f"no quarantined message {entry_id}")
             value = txn.get(key, db=self._by_time)
             size = msgspec.json.decode(value, type=QuarantineEntry).size if value else 0
             txn.delete(key, db=self._by_time)
@@ -206,3 +229,118 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _entry(e: QuarantineEntry) -> sdk.QuarantineEntry:
+    return sdk.QuarantineEntry(
+        id=e.id,
+        stored_at=e.time,
+        sender=e.mail_from,
+        recipients=list(e.rcpt_to),
+        subject=e.subject,
+        size=e.size,
+        reason=e.status,
+        score=e.score,
+    )
+
+
+def _matches(e: QuarantineEntry, query: str) -> bool:
+    if not query:
+        return True
+    fields = (e.id, e.mail_from, e.subject, *e.rcpt_to)
+    return any(query in field.lower() for field in fields)
+
+
+class SpamQuarantineView:
+    """The spam quarantine as a :class:`mailwarden_sdk.Quarantine` (SDK 1.7).
+
+    Releases go through ``host.deliver`` (the gateway's own delivery path: relay queue or
+    Maildir) unless ``smtp_target()`` names a host and port, the configured
+    ``release_host``/``release_port``, which then get the message over SMTP as before.
+    ``learn`` trains the plugin's Bayes store, when it has one.
+    """
+
+    name = "spam"
+    title = "Spam quarantine"
+
+    def __init__(
+        self,
+        store: SpamQuarantine,
+        host: sdk.Host,
+        bayes: Bayes | None,
+        smtp_target: Callable[[], tuple[str, int] | None],
+    ) -> None:
+        self.store = store
+        self.host = host
+        self.bayes = bayes
+        self.smtp_target = smtp_target
+        self.can_learn = bayes is not None
+        # Ids being released or deleted in this process: a second click waits for nothing and
+        # cannot send the message twice.
+        self._busy: set[str] = set()
+        self._lock = threading.Lock()
+
+    def search(
+        self, query: str = "", *, limit: int = 100, offset: int = 0
+    ) -> list[sdk.QuarantineEntry]:
+        """Held spam, newest first, matching ``query`` (sender, recipient, subject, id)."""
+        needle = query.strip().lower()
+        found = [e for e in reversed(self.store.search()) if _matches(e, needle)]
+        return [_entry(e) for e in found[offset : offset + limit]]
+
+    def get(self, id: str) -> sdk.QuarantineEntry:
+        """One held message's entry."""
+        self.store._path(id)  # refuses what is not an id of ours
+        return _entry(self.store.get(id))
+
+    def raw(self, id: str) -> bytes:
+        """The held message as it arrived."""
+        try:
+            return self.store.original(id)
+        except FileNotFoundError as exc:
+            raise QuarantineMissing(f"the file of {id} is gone") from exc
+
+    @contextmanager
+    def _claim(self, id: str) -> Iterator[None]:
+        with self._lock:
+            if id in self._busy:
+                raise QuarantineError(f"{id} is being released or deleted already")
+            self._busy.add(id)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._busy.discard(id)
+
+    async def release(self, id: str) -> str:
+        """Deliver to the original recipients, then remove it from the quarantine."""
+        with self._claim(id):
+            entry = await asyncio.to_thread(self.store.get, id)
+            target = self.smtp_target()
+            if target is not None:
+                where_host, port = target
+                await asyncio.to_thread(self.store.release, id, where_host, port)
+                return f"sent to {where_host}:{port}"
+            raw = await asyncio.to_thread(self.raw, id)
+            envelope = sdk.Envelope(mail_from=entry.mail_from, rcpt_to=list(entry.rcpt_to))
+            try:
+                where = await self.host.deliver(raw, envelope)
+            except Exception as exc:
+                raise QuarantineError(f"release of {id} failed: {exc}") from exc
+            await asyncio.to_thread(self.store.delete, id)
+            return where
+
+    async def delete(self, id: str) -> str:
+        """Remove it for good."""
+        with self._claim(id):
+            await asyncio.to_thread(self.store.delete, id)
+        return "deleted"
+
+    async def learn(self, id: str, label: sdk.LearnLabel, *, by: str) -> str:
+        """Train Bayes with the held message as ``label``; it stays held."""
+        bayes = self.bayes
+        if bayes is None:
+            raise QuarantineError("the Bayes classifier is off ([antispam] bayes = false)")
+        raw = await asyncio.to_thread(self.raw, id)
+        learned = await asyncio.to_thread(bayes.learn, raw, label, f"web:{by}")
+        return f"learned as {label}" if learned else f"already learned as {label}"

@@ -4,7 +4,9 @@ Objects (attachments, or whole messages) go to an analysis server: an ICAP servi
 or a submit-and-poll HTTP sandbox. Per rule, ``mirror`` sends copies and never delays mail;
 ``hold`` keeps the message in a bounded quarantine of its own until the verdict, then puts it
 back through the pipeline with the verdict added (``Host.resubmit``): clean is delivered,
-malicious gets the rule's ``malicious`` action after a backup copy is taken.
+malicious gets the rule's ``malicious`` action after a backup copy is taken. The web
+interface lists, shows, releases and deletes held messages through
+:class:`SandboxQuarantineView` (``mailwarden_quarantines``, SDK 1.7).
 
 Written only against ``mailwarden_sdk``, as a third-party detector would be. See
 ``docs/sandbox.md``.
@@ -29,7 +31,12 @@ from mailwarden_sdk import (
     Category,
     Finding,
     Host,
+    LearnLabel,
     ParsedMessage,
+    Quarantine,
+    QuarantineEntry,
+    QuarantineError,
+    QuarantineNotFound,
     ScanContext,
     StashKey,
     StoreDescriptor,
@@ -41,9 +48,9 @@ from mailwarden_sdk import (
 )
 
 from .backends import Backend, BackendError, HttpBackend, IcapBackend, ObjectVerdict
-from .store import Backup, HeldMessage, HeldObject, HoldStore, VerdictCache
+from .store import Backup, HeldMessage, HeldObject, HoldStore, VerdictCache, valid_id
 
-__all__ = ["RuleSettings", "SandboxConfig", "SandboxPlugin"]
+__all__ = ["RuleSettings", "SandboxConfig", "SandboxPlugin", "SandboxQuarantineView"]
 
 DETECTOR = "sandbox"
 log = logging.getLogger("mailwarden.sandbox")
@@ -57,6 +64,8 @@ Size = Annotated[int, msgspec.Meta(gt=0)]
 
 # Mirror copies in flight beyond this are dropped (logged): mail never waits for them.
 _MAX_MIRRORS = 1000
+# How long a release or delete from the web waits for the watcher to carry it out.
+_ADMIN_WAIT = 30.0
 
 
 class RuleSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -200,7 +209,7 @@ class SandboxPlugin:
     one so a 60 s timeout passes in a fraction of a second; the gateway always uses 1.
     """
 
-    requires_sdk = ">=1.5,<2"
+    requires_sdk = ">=1.7,<2"
 
     def __init__(self, time_scale: float = 1.0) -> None:
         self.time_scale = time_scale
@@ -215,6 +224,12 @@ class SandboxPlugin:
         self._mirrors: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
         self._owner: int | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # Wakes a watcher at once (an admin's release or delete), per held id.
+        self._wake: dict[str, asyncio.Event] = {}
+        # The last reply of each resubmission, per held id, for the admin who released it.
+        self._outcomes: dict[str, tuple[int, str]] = {}
+        self._view: SandboxQuarantineView | None = None
 
     # -- life cycle --------------------------------------------------------------------------
 
@@ -246,6 +261,7 @@ class SandboxPlugin:
                 suspicious_score=config.suspicious_score,
             )
         self._slots = asyncio.Semaphore(config.concurrency)
+        self._loop = asyncio.get_running_loop()
         # Held messages from before a restart are picked up by the first round at once.
         self._loop_task = asyncio.create_task(self._follow_up(), name="sandbox-follow-up")
 
@@ -345,6 +361,7 @@ class SandboxPlugin:
             held_at=now,
             deadline=now + policy.verdict_timeout * self.time_scale,
             objects=[HeldObject(sha256=o.sha256, label=o.label, size=len(o.data)) for o in pending],
+            subject=ctx.message.decoded_header("subject") or "",
         )
         if not await asyncio.to_thread(store.admit, bytes(ctx.raw), meta):
             log.warning(
@@ -445,13 +462,63 @@ class SandboxPlugin:
                     return  # an admin decides; a release or delete marker wakes it up again
                 elif await self._step(meta):
                     return
-                await asyncio.sleep(max(self.config.poll_interval * self.time_scale, 0.02))
+                wake = self._wake.setdefault(id, asyncio.Event())
+                pause = max(self.config.poll_interval * self.time_scale, 0.02)
+                try:
+                    await asyncio.wait_for(wake.wait(), pause)
+                except TimeoutError:
+                    pass
+                wake.clear()
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("sandbox: following up %s failed; it stays held", id)
         finally:
             self._watching.pop(id, None)
+            self._wake.pop(id, None)
+
+    def _poke(self, id: str) -> None:
+        """On the plugin's loop: look at ``id`` now (an admin left a marker)."""
+        wake = self._wake.get(id)
+        if wake is not None:
+            wake.set()
+        elif self._owner is not None and id not in self._watching:
+            self._watch_soon(id)
+
+    async def admin(self, id: str, what: str) -> str:
+        """Carry out an admin's ``release`` or ``delete`` of ``id`` and say what happened.
+
+        The request is the same marker the command line leaves; the process that follows up
+        held messages acts on it. When that is this process it is woken at once and this
+        waits (up to 30 s) for the result: the reply of the resubmission for a release.
+        """
+        store = self.store
+        if store is None:
+            raise QuarantineError("the sandbox is not running")
+        self._outcomes.pop(id, None)
+        if not await asyncio.to_thread(store.mark, id, what):
+            raise QuarantineNotFound(f"no held message {id!r}")
+        loop = self._loop
+        if self._owner is None or loop is None or loop.is_closed():
+            if what == "delete" and not await asyncio.to_thread(store.owned_elsewhere):
+                await asyncio.to_thread(store.remove, id)
+                return "deleted"
+            return f"{what} requested; the gateway process following up held messages does it"
+        loop.call_soon_threadsafe(self._poke, id)
+        deadline = time.monotonic() + _ADMIN_WAIT
+        while time.monotonic() < deadline:
+            outcome = self._outcomes.get(id)
+            if outcome is not None:
+                code, text = outcome
+                if code >= 400:
+                    raise QuarantineError(
+                        f"the gateway answered {code} {text}; it stays held and is tried again"
+                    )
+                return f"released: {code} {text}"
+            if await asyncio.to_thread(store.load, id) is None:
+                return "deleted" if what == "delete" else "released"
+            await asyncio.sleep(0.05)
+        return f"{what} requested; the gateway carries it out shortly"
 
     async def _step(self, meta: HeldMessage) -> bool:
         """One round for a waiting message; True when it left the quarantine or waits for an
@@ -525,6 +592,9 @@ class SandboxPlugin:
             # Before the rule's action can block or change it, as KSMG keeps its original.
             await asyncio.to_thread(self.backup.keep, meta.id, raw)
         code, text = await self.host.resubmit(raw, meta.envelope, findings)
+        self._outcomes[meta.id] = (code, text)
+        if len(self._outcomes) > 1000:
+            self._outcomes.pop(next(iter(self._outcomes)))
         if code >= 400:
             meta.note = f"resubmission answered {code} {text}"[:300]
             await asyncio.to_thread(self.store.save, meta)
@@ -535,6 +605,15 @@ class SandboxPlugin:
         return True
 
     # -- governance ------------------------------------------------------------------------
+
+    @hookimpl
+    def mailwarden_quarantines(self) -> list[Quarantine]:
+        """The hold quarantine for the web interface, while the sandbox runs."""
+        if self.store is None:
+            return []
+        if self._view is None:
+            self._view = SandboxQuarantineView(self)
+        return [self._view]
 
     @hookimpl
     def mailwarden_data_stores(self, host: Host) -> list[StoreDescriptor]:
@@ -636,3 +715,104 @@ def _mark(store: HoldStore, ids: tuple[str, ...], what: str) -> None:
             click.echo(f"{id}: {what} requested; the gateway applies it {when}")
     if failed:
         raise SystemExit(1)
+
+
+def _subject(raw: bytes) -> str:
+    head = raw[:65536]
+    end = head.find(b"\r\n\r\n")
+    end = head.find(b"\n\n") if end < 0 else end
+    return parse(head[: end + 4] if end >= 0 else head).decoded_header("subject") or ""
+
+
+class SandboxQuarantineView:
+    """The sandbox's hold quarantine as a :class:`mailwarden_sdk.Quarantine` (SDK 1.7).
+
+    A release puts the message back through the pipeline without waiting for the verdict
+    (``Host.resubmit``, the other detectors still decide), as ``mailwarden sandbox release``
+    does; a delete removes it. Nothing to learn.
+    """
+
+    name = "sandbox"
+    title = "Sandbox quarantine"
+    can_learn = False
+
+    def __init__(self, plugin: SandboxPlugin) -> None:
+        self.plugin = plugin
+
+    def _store(self) -> HoldStore:
+        store = self.plugin.store
+        if store is None:
+            raise QuarantineError("the sandbox is not running")
+        return store
+
+    def _meta(self, id: str) -> HeldMessage:
+        meta = self._store().load(id) if valid_id(id) else None
+        if meta is None:
+            raise QuarantineNotFound(f"no held message {id!r}")
+        return meta
+
+    def _entry(self, meta: HeldMessage) -> QuarantineEntry:
+        subject = meta.subject
+        if not subject:
+            try:
+                subject = _subject(self._store().raw(meta.id))
+            except OSError:
+                subject = ""
+        details = {"rule": meta.rule, "objects": str(len(meta.objects))}
+        if meta.note:
+            details["note"] = meta.note
+        if meta.state == "waiting":
+            details["deadline"] = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(meta.deadline))
+        return QuarantineEntry(
+            id=meta.id,
+            stored_at=meta.held_at,
+            sender=meta.envelope.mail_from,
+            recipients=list(meta.envelope.rcpt_to),
+            subject=subject,
+            size=meta.size,
+            reason=meta.state,
+            details=details,
+        )
+
+    def search(
+        self, query: str = "", *, limit: int = 100, offset: int = 0
+    ) -> list[QuarantineEntry]:
+        """Held messages, newest first, matching ``query`` (sender, recipient, subject, id)."""
+        store = self._store()
+        metas = [m for m in (store.load(i) for i in store.ids()) if m is not None]
+        metas.sort(key=lambda m: m.held_at, reverse=True)
+        needle = query.strip().lower()
+        entries = (self._entry(m) for m in metas)
+        found = [
+            e
+            for e in entries
+            if not needle
+            or any(needle in f.lower() for f in (e.id, e.sender, e.subject, *e.recipients))
+        ]
+        return found[offset : offset + limit]
+
+    def get(self, id: str) -> QuarantineEntry:
+        """One held message's entry."""
+        return self._entry(self._meta(id))
+
+    def raw(self, id: str) -> bytes:
+        """The held message as received."""
+        self._meta(id)
+        try:
+            return self._store().raw(id)
+        except FileNotFoundError as exc:
+            raise QuarantineNotFound(f"no held message {id!r}") from exc
+
+    async def release(self, id: str) -> str:
+        """Put it back through the pipeline now, without the verdict."""
+        await asyncio.to_thread(self._meta, id)
+        return await self.plugin.admin(id, "release")
+
+    async def delete(self, id: str) -> str:
+        """Remove it; it is never delivered."""
+        await asyncio.to_thread(self._meta, id)
+        return await self.plugin.admin(id, "delete")
+
+    async def learn(self, id: str, label: LearnLabel, *, by: str) -> str:
+        """Not offered (``can_learn`` is false): there is no classifier to teach."""
+        raise QuarantineError("the sandbox quarantine has nothing to learn")

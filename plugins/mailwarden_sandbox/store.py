@@ -29,7 +29,7 @@ from mailwarden_sdk import Envelope
 
 from .backends import ObjectVerdict
 
-__all__ = ["Backup", "HeldMessage", "HeldObject", "HoldStore", "VerdictCache"]
+__all__ = ["Backup", "HeldMessage", "HeldObject", "HoldStore", "VerdictCache", "valid_id"]
 
 
 class HeldObject(msgspec.Struct, kw_only=True):
@@ -56,6 +56,8 @@ class HeldMessage(msgspec.Struct, kw_only=True):
     state: str = "waiting"
     #: What the gateway last did with it, for ``mailwarden sandbox list``.
     note: str = ""
+    #: The decoded subject, for listings (empty in records from before it was kept).
+    subject: str = ""
 
 
 def _fsync_dir(path: Path) -> None:
@@ -135,7 +137,9 @@ class HoldStore:
         return [p.name[:-5] for p in self.root.glob("*.json") if not p.name.startswith(".")]
 
     def load(self, id: str) -> HeldMessage | None:
-        """The metadata of ``id``; None if it is gone or unreadable."""
+        """The metadata of ``id``; None if it is gone, unreadable or not an id at all."""
+        if not valid_id(id):
+            return None
         try:
             return msgspec.json.decode((self.root / f"{id}.json").read_bytes(), type=HeldMessage)
         except (OSError, msgspec.DecodeError, msgspec.ValidationError):
@@ -143,6 +147,8 @@ class HoldStore:
 
     def raw(self, id: str) -> bytes:
         """The held message's bytes as received."""
+        if not valid_id(id):
+            raise FileNotFoundError(id)
         return (self.root / f"{id}.msg").read_bytes()
 
     def save(self, meta: HeldMessage) -> None:
@@ -157,7 +163,7 @@ class HoldStore:
 
     def mark(self, id: str, what: str) -> bool:
         """Leave an admin's ``release`` or ``delete`` for the gateway; False if no such id."""
-        if not _valid_id(id) or not (self.root / f"{id}.json").exists():
+        if not valid_id(id) or not (self.root / f"{id}.json").exists():
             return False
         _write_durably(self.root / f"{id}.{what}", str(time.time()).encode())
         return True
@@ -192,7 +198,8 @@ class HoldStore:
         return False
 
 
-def _valid_id(id: str) -> bool:
+def valid_id(id: str) -> bool:
+    """Whether ``id`` has the form of a held message's id (hex, so never a path)."""
     return bool(id) and len(id) <= 64 and all(c in "0123456789abcdef" for c in id)
 
 

@@ -9,6 +9,8 @@ A plugin is a class (or module) with ``@hookimpl``-marked methods named after th
 The native MIME core and signature matcher are reached through this package too
 (:func:`parse`, :func:`detect_type`, :class:`Matcher`), so a plugin never imports the
 ``mailwarden`` core.
+A plugin that keeps messages of its own offers them to the web interface as a
+:class:`Quarantine` (:mod:`mailwarden_sdk.quarantines`).
 :mod:`mailwarden_sdk.findings` has shorthands for common findings; ``requires_sdk`` on a plugin
 states which SDK versions it works with (see :mod:`mailwarden_sdk.version`).
 """
@@ -18,6 +20,14 @@ from mailwarden_native import Matcher, ParsedMessage, Part, detect_type, parse
 from . import findings
 from .context import Host, HostLoader, ScanContext, command_host, plugin_data_dir
 from .hookspecs import PROJECT_NAME, hookimpl, hookspec
+from .quarantines import (
+    QUARANTINE_ID,
+    LearnLabel,
+    Quarantine,
+    QuarantineEntry,
+    QuarantineError,
+    QuarantineNotFound,
+)
 from .stash import Stash, StashKey
 from .stores import StoreDescriptor, WhenFull
 from .types import (
@@ -37,6 +47,7 @@ __version__ = SDK_VERSION
 
 __all__ = [
     "PROJECT_NAME",
+    "QUARANTINE_ID",
     "SDK_VERSION",
     "Action",
     "ActionKind",
@@ -47,10 +58,15 @@ __all__ = [
     "Host",
     "HostLoader",
     "IncompatibleSdk",
+    "LearnLabel",
     "Matcher",
     "MessageEvent",
     "ParsedMessage",
     "Part",
+    "Quarantine",
+    "QuarantineEntry",
+    "QuarantineError",
+    "QuarantineNotFound",
     "ScanContext",
     "SpamStatus",
     "Stash",

@@ -44,6 +44,18 @@ class Host(Protocol):
         """
         ...
 
+    def deliver(self, raw: bytes, envelope: Envelope) -> Awaitable[str]:
+        """Send a message an administrator released on to ``envelope.rcpt_to`` (SDK 1.7).
+
+        The way the core's own released mail goes, without scanning it again: into the spool
+        and the relay queue (``[delivery] mode = "relay"``), else into the local Maildir. The
+        message is durable in the gateway when the awaitable completes, so the plugin may then
+        drop its copy. Returns where it went (``"queued as ..."`` / ``"delivered as ..."``).
+        Raises an exception when it could not be made durable (the plugin keeps its copy).
+        Async; only on a started gateway.
+        """
+        ...
+
 
 class ScanContext:
     """One message on its way through the pipeline, as given to ``mailwarden_scan``.

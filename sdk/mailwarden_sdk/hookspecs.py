@@ -12,8 +12,8 @@ The pipeline, in order (see DESIGN.md "One way through")::
         mailwarden_message_processed   the recorded event, for observers
     mailwarden_shutdown           once, when the gateway stops
 
-``mailwarden_data_stores`` and ``mailwarden_cli_commands`` are asked whenever the core needs
-the list (data inventory, command line).
+``mailwarden_data_stores``, ``mailwarden_quarantines`` and ``mailwarden_cli_commands`` are
+asked whenever the core needs the list (data inventory, web interface, command line).
 
 An implementation may accept fewer arguments than its spec names (pluggy's rule), so a spec can
 grow without breaking plugins.
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     import msgspec
 
     from .context import Host, ScanContext
+    from .quarantines import Quarantine
     from .stores import StoreDescriptor
     from .types import Action, Finding, MessageEvent, Verdict
 
@@ -138,6 +139,21 @@ def mailwarden_data_stores(host: Host) -> Iterable[StoreDescriptor]:
     where the gateway is not started: ``host`` describes the configuration being inventoried
     (``host.data_dir``, ``host.config_for(section)``) so the paths and caps declared are the
     configured ones. Synchronous.
+    """
+
+
+@hookspec
+def mailwarden_quarantines(host: Host) -> Iterable[Quarantine]:
+    """Offer this plugin's quarantines to the web interface and the REST API (SDK 1.7).
+
+    Asked on a started gateway whenever the web interface needs the list (every quarantine
+    page and API call), so answer from what ``mailwarden_startup`` opened and return nothing
+    when the store is not open (the plugin is disabled). Return one
+    :class:`~mailwarden_sdk.Quarantine` per store: the core lists, shows (as text), releases,
+    deletes and, where the quarantine can learn, trains through it, with the permissions
+    ``queues.view`` / ``queues.manage`` checked and every change written to the application
+    event log. Synchronous; ``host`` is the started gateway (:meth:`Host.deliver
+    <mailwarden_sdk.Host.deliver>` for releases).
     """
 
 

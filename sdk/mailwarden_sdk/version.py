@@ -18,8 +18,9 @@ __all__ = ["SDK_VERSION", "IncompatibleSdk", "check_compatible"]
 # 1.3: mailwarden_action hook, Action.remove_parts / replace_message, detect_type;
 # 1.4: command_host for plugin commands;
 # 1.5: mailwarden_hold hook, Host.resubmit, Verdict.sandbox "hold"/"skipped"/"deferred";
-# 1.6: Verdict.headers
-SDK_VERSION = "1.6.0"
+# 1.6: Verdict.headers;
+# 1.7: mailwarden_quarantines hook, Quarantine, QuarantineEntry, Host.deliver
+SDK_VERSION = "1.7.0"
 
 
 class IncompatibleSdk(Exception):

@@ -19,7 +19,19 @@ from mailwarden.config import parse_config
 from mailwarden.errors import ConfigError, PluginError
 from mailwarden.plugins import build_plugin_manager
 from mailwarden.testing import GatewayRunner, expect_action, expect_finding, scan
-from mailwarden_sdk import Envelope, Host, MessageEvent, Verdict, hookimpl, hookspecs
+from mailwarden_sdk import (
+    Envelope,
+    Host,
+    LearnLabel,
+    MessageEvent,
+    Quarantine,
+    QuarantineEntry,
+    QuarantineError,
+    QuarantineNotFound,
+    Verdict,
+    hookimpl,
+    hookspecs,
+)
 from tests.conftest import EICAR, ROOT, make_message
 from tests.thirdparty.detectors import MARKER, AllowListWrapper, MarkerDetector, Observer
 
@@ -183,6 +195,105 @@ def test_hook_mailwarden_cli_commands(thirdparty_dist: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"marker={MARKER.decode()}"
+
+
+class _Notes:
+    """A third party's quarantine (kept in memory), written against the SDK only."""
+
+    name = "notes"
+    title = "Noted mail"
+    can_learn = False
+
+    def __init__(self, host: Host) -> None:
+        self.host = host
+        self.held: dict[str, tuple[QuarantineEntry, bytes]] = {}
+
+    def search(
+        self, query: str = "", *, limit: int = 100, offset: int = 0
+    ) -> list[QuarantineEntry]:
+        found = [e for e, _ in self.held.values() if query.lower() in e.subject.lower()]
+        return found[offset : offset + limit]
+
+    def get(self, id: str) -> QuarantineEntry:
+        if id not in self.held:
+            raise QuarantineNotFound(id)
+        return self.held[id][0]
+
+    def raw(self, id: str) -> bytes:
+        self.get(id)
+        return self.held[id][1]
+
+    async def release(self, id: str) -> str:
+        entry = self.get(id)
+        envelope = Envelope(mail_from=entry.sender, rcpt_to=entry.recipients)
+        where = await self.host.deliver(self.raw(id), envelope)
+        del self.held[id]
+        return where
+
+    async def delete(self, id: str) -> str:
+        self.get(id)
+        del self.held[id]
+        return "deleted"
+
+    async def learn(self, id: str, label: LearnLabel, *, by: str) -> str:
+        raise QuarantineError("nothing to learn")
+
+
+class _NotePlugin:
+    def __init__(self) -> None:
+        self.notes: _Notes | None = None
+
+    @hookimpl
+    def mailwarden_startup(self, host: Host) -> None:
+        self.notes = _Notes(host)
+
+    @hookimpl
+    def mailwarden_quarantines(self) -> list[object]:
+        if self.notes is None:
+            return []
+        # A taken name, a name that is not URL-safe and a non-quarantine are left out.
+        bad_name = _Notes(self.notes.host)
+        bad_name.name = "../notes"
+        return [self.notes, _Notes(self.notes.host), bad_name, object()]
+
+
+class _BrokenQuarantines:
+    @hookimpl
+    def mailwarden_quarantines(self) -> list[object]:
+        raise RuntimeError("index unreadable")
+
+
+def test_hook_mailwarden_quarantines(tmp_path: Path) -> None:
+    gateway = _gateway(tmp_path, notes=_NotePlugin, broken=_BrokenQuarantines)
+    assert gateway.plugin_quarantines() == {}  # nothing open before the start
+    runner = GatewayRunner(gateway).start()
+    try:
+        offered = gateway.plugin_quarantines()
+        assert list(offered) == ["notes"] and offered["notes"][0] == "notes"
+        notes = offered["notes"][1]
+        assert isinstance(notes, Quarantine) and isinstance(notes, _Notes)
+        raw = make_message(subject="noted")
+        notes.held["n1"] = (
+            QuarantineEntry(
+                id="n1",
+                stored_at=0.0,
+                sender="alice@example.org",
+                recipients=["bob@example.net", "carol@example.net"],
+                subject="noted",
+                size=len(raw),
+                reason="noted",
+            ),
+            raw,
+        )
+        # Host.deliver (SDK 1.7): the gateway's delivery path, no second scan.
+        where = runner._call(notes.release("n1"))
+        assert where.startswith("delivered as ")
+        assert runner.delivered() == [raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")]
+        assert runner.events() == []
+        with pytest.raises(QuarantineNotFound):
+            notes.get("n1")
+    finally:
+        runner.stop()
 
 
 def test_sdk_types_round_trip_through_json() -> None:

@@ -17,17 +17,22 @@ from mailwarden.web.permissions import BUILTIN_ROLES
 from mailwarden_sdk import Envelope
 from tests.conftest import EICAR, make_message
 
+GTUBE = b"XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
+
 PASSWORD = "correct horse battery"
 
 
 class Web:
-    def __init__(self, home: Path, extra_config: str = "") -> None:
+    def __init__(self, home: Path, extra_config: str = "", antispam: str = "") -> None:
         self.home = home
         home.mkdir(parents=True, exist_ok=True)
         self.config_path = home / "mailwarden.toml"
         self.config_path.write_text(
             "# hand-written comment that an API edit must keep\n"
             "[web]\nenabled = true\n" + extra_config + "\n"
+            # The spam quarantine keeps GTUBE mail (the rule rejects it): a plugin quarantine
+            # for the web's plugin-quarantine routes.
+            '[antispam]\nquarantine = ["spam"]\n' + antispam + "\n"
             '[[rules]]\nname = "default"\n[rules.actions]\ninfected = "quarantine"\n'
         )
         plugins = build_plugin_manager()
@@ -60,6 +65,14 @@ class Web:
 
         self.loop.run_until_complete(self.gateway.process(raw, envelope, ingress="smtp"))
         return self.gateway.quarantine.held()[0].id
+
+    def spam(self, subject: str = "spam one") -> str:
+        """Process a GTUBE message (the spam quarantine keeps it); its spam quarantine id."""
+        raw = make_message(subject=subject, body=GTUBE.decode() + "\r\n")
+        envelope = Envelope(mail_from="spammer@example.org", rcpt_to=["bob@example.net"])
+        self.loop.run_until_complete(self.gateway.process(raw, envelope, ingress="smtp"))
+        _, spam = self.gateway.plugin_quarantines()["spam"]
+        return next(e.id for e in spam.search(subject))
 
     def backup(self, subject: str = "kept one", filename: str = "eicar.com") -> str:
         """Keep a copy of an infected message in the core backup store; its backup id."""

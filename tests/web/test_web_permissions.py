@@ -12,7 +12,9 @@ from tests.web.conftest import Web
 
 
 def _request(web: Web, spec: RouteSpec, method: str, client: Any, csrf: str) -> Any:
-    path = spec.path.replace("{name}", "app.css")
+    path = spec.path.replace("{name}", "app.css").replace("{quarantine}", "spam")
+    if "{entry_id}" in path:
+        path = path.replace("{entry_id}", web.spam())
     path = path.replace("{section}", "smtp" if "/mta/" in path else "events")
     if "{held_id}" in path:
         path = path.replace("{held_id}", web.hold())

@@ -84,8 +84,21 @@ class DeliveryQueue:
             task.cancel()
 
     def submit(self, entry: SpoolEntry) -> None:
-        """Take over a locked, decided entry and deliver it now."""
-        self._start(entry)
+        """Take over a locked, decided entry and deliver it now.
+
+        From the queue's own event loop or from another one (a web request served elsewhere):
+        the delivery always runs on the loop the queue was started on, which outlives the
+        caller's.
+        """
+        loop = self._loop
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if loop is not None and running is not loop and not loop.is_closed():
+            loop.call_soon_threadsafe(self._start, entry)
+        else:
+            self._start(entry)
 
     def _start(self, entry: SpoolEntry) -> None:
         task = asyncio.create_task(self._handle(entry), name=f"deliver-{entry.id}")

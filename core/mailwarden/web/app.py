@@ -31,11 +31,18 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import Route
 
 from mailwarden_native import decode_header, parse
+from mailwarden_sdk import (
+    QUARANTINE_ID,
+    Quarantine,
+    QuarantineEntry,
+    QuarantineError,
+    QuarantineNotFound,
+)
 
 from ..config import Config, load_config, parse_config
 from ..errors import ConfigError
 from ..events import EventQuery
-from ..quarantine import QuarantineError
+from ..quarantine import QuarantineError as HeldError
 from .audit import AuditLog
 from .auth import Identity, WebAuth
 from .backups import BackupNotFound, backup_entry, backup_list, backup_raw, release_backup
@@ -417,9 +424,10 @@ async def api_stats(request: Request) -> Response:
 # -- quarantine ------------------------------------------------------------------------------
 
 
-def _held_view(state: WebState, held_id: str) -> dict[str, Any]:
-    held = state.gateway.quarantine.get(held_id)
-    original, _ = state.gateway.quarantine.original(held_id)
+def _message_view(original: bytes) -> dict[str, Any]:
+    """A held message as the pages and the API show it: decoded headers, the text of its
+    text parts (HTML as its text, never rendered), and its attachments' names, detected types
+    and sizes. Every value is data for an autoescaping template or JSON, never markup."""
     message = parse(original)
     headers = [(name, decode_header(value)) for name, value in message.headers]
     texts = [part.text() for part in message.leaves() if part.content_type.startswith("text/")]
@@ -427,6 +435,17 @@ def _held_view(state: WebState, held_id: str) -> dict[str, Any]:
         {"name": part.filename, "type": part.detected_type, "size": len(part.decoded())}
         for part in message.attachments()
     ]
+    return {
+        "headers": headers,
+        # Text only: HTML parts are shown as their text, never rendered.
+        "text": "\n\n".join(texts)[:200_000],
+        "attachments": attachments,
+    }
+
+
+def _held_view(state: WebState, held_id: str) -> dict[str, Any]:
+    held = state.gateway.quarantine.get(held_id)
+    original, _ = state.gateway.quarantine.original(held_id)
     return {
         "id": held.id,
         "held_at": held.held_at,
@@ -436,10 +455,7 @@ def _held_view(state: WebState, held_id: str) -> dict[str, Any]:
         "rule": held.rule,
         "reason": held.reason,
         "subject": held.subject,
-        "headers": headers,
-        # Text only: HTML parts are shown as their text, never rendered.
-        "text": "\n\n".join(texts)[:200_000],
-        "attachments": attachments,
+        **_message_view(original),
     }
 
 
@@ -459,8 +475,8 @@ def _held_list(state: WebState) -> list[dict[str, Any]]:
     ]
 
 
-# Where each plugin's quarantine is worked with today: plugins offer no SDK surface the web
-# interface could list, show or release their held mail through (see docs/web.md).
+# Where a plugin's quarantine is worked with when the plugin offers it to the web interface
+# through no ``mailwarden_quarantines`` provider (it is off, or a plugin for an older SDK).
 _PLUGIN_QUARANTINE_COMMANDS = {
     "antispam": "mailwarden antispam quarantine list|release [--learn-ham]|delete",
     "sandbox": "mailwarden sandbox list|release|delete",
@@ -468,37 +484,265 @@ _PLUGIN_QUARANTINE_COMMANDS = {
 
 
 def _quarantines(state: WebState) -> list[dict[str, Any]]:
-    """Every declared quarantine store (the core's and the plugins'), with what it holds now;
-    no paths (those are settings.view's)."""
+    """Every declared quarantine store (the core's and the plugins'), with what it holds now
+    and where it is managed: a page of this interface for the core's and for every plugin
+    quarantine offered through ``mailwarden_quarantines``; no paths (settings.view's)."""
+    providers = state.gateway.plugin_quarantines()
+    offered: dict[str, list[tuple[str, Quarantine]]] = {}
+    for name, (plugin, quarantine) in providers.items():
+        offered.setdefault(plugin, []).append((name, quarantine))
+    linked: set[str] = set()
     result = []
     for store in _inventory(state):
         descriptor = store["store"]
         if "quarantine" not in descriptor["name"]:
             continue
-        core = store["owner"] == "core"
+        owner = store["owner"]
+        pages = offered.get(owner, [])
+        in_web = owner == "core" or len(pages) == 1
+        if owner == "core":
+            manage = "/quarantine"
+        elif len(pages) == 1:
+            manage = f"/quarantines/{pages[0][0]}"
+            linked.add(pages[0][0])
+        else:
+            manage = _PLUGIN_QUARANTINE_COMMANDS.get(owner, f"mailwarden {owner}")
         result.append(
             {
                 "name": descriptor["name"],
-                "owner": store["owner"],
+                "owner": owner,
                 "messages": store["records"],
                 "bytes": store["bytes"],
                 "max_bytes": descriptor["max_bytes"],
                 "max_entries": descriptor["max_entries"],
-                "in_web": core,
-                "manage": "/quarantine"
-                if core
-                else _PLUGIN_QUARANTINE_COMMANDS.get(
-                    store["owner"], f"mailwarden {store['owner']}"
-                ),
+                "in_web": in_web,
+                "quarantine": pages[0][0] if owner != "core" and len(pages) == 1 else None,
+                "title": pages[0][1].title if owner != "core" and len(pages) == 1 else None,
+                "manage": manage,
             }
         )
+    # Offered quarantines no declared store could be matched with: listed all the same.
+    for name, (plugin, quarantine) in providers.items():
+        if name not in linked:
+            result.append(
+                {
+                    "name": quarantine.title,
+                    "owner": plugin,
+                    "messages": None,
+                    "bytes": None,
+                    "max_bytes": None,
+                    "max_entries": None,
+                    "in_web": True,
+                    "quarantine": name,
+                    "title": quarantine.title,
+                    "manage": f"/quarantines/{name}",
+                }
+            )
     return result
 
 
 async def api_quarantines(request: Request) -> Response:
     """Every quarantine store, the core's and the plugins', with how many messages it holds
-    and where it is managed (plugin quarantines: their own commands, for now)."""
+    and where it is managed (``/quarantines/{name}`` for a plugin's that the web offers)."""
     return JSONResponse(await asyncio.to_thread(_quarantines, request.state.web))
+
+
+# -- plugin quarantines (mailwarden_quarantines, SDK 1.7) ------------------------------------
+
+
+def _plugin_quarantine(state: WebState, name: str) -> Quarantine:
+    """The plugin quarantine called ``name``; :class:`QuarantineNotFound` otherwise."""
+    found = state.gateway.plugin_quarantines().get(name) if QUARANTINE_ID.match(name) else None
+    if found is None:
+        raise QuarantineNotFound(f"no quarantine {name!r}")
+    return found[1]
+
+
+def _entry_id(request: Request) -> str:
+    # Checked before any plugin sees it: letters, digits, "_" and "-" only, so never a path.
+    entry_id: str = request.path_params["entry_id"]
+    if not QUARANTINE_ID.match(entry_id):
+        raise QuarantineNotFound(f"no held message {entry_id!r}")
+    return entry_id
+
+
+def _entry_json(quarantine: Quarantine, entry: QuarantineEntry) -> dict[str, Any]:
+    view: dict[str, Any] = msgspec.to_builtins(entry)
+    view["quarantine"] = quarantine.name
+    view["why"] = _why(entry)
+    return view
+
+
+def _why(entry: QuarantineEntry) -> str:
+    score = f", score {entry.score:.1f}" if entry.score is not None else ""
+    details = ", ".join(f"{k} {v}" for k, v in sorted(entry.details.items()))
+    return entry.reason + score + (f" ({details})" if details else "")
+
+
+def _plugin_list(state: WebState, name: str, params: Any) -> tuple[Quarantine, list[Any]]:
+    quarantine = _plugin_quarantine(state, name)
+    query = str(params.get("q") or "")[:200]
+    limit = max(1, min(int(params.get("limit") or 100), 1000))
+    offset = max(0, int(params.get("offset") or 0))
+    entries = quarantine.search(query, limit=limit, offset=offset)
+    return quarantine, [_entry_json(quarantine, e) for e in entries]
+
+
+def _plugin_view(state: WebState, name: str, entry_id: str) -> dict[str, Any]:
+    quarantine = _plugin_quarantine(state, name)
+    entry = quarantine.get(entry_id)
+    return {
+        **_entry_json(quarantine, entry),
+        "title": quarantine.title,
+        "can_learn": bool(quarantine.can_learn),
+        **_message_view(quarantine.raw(entry_id)),
+    }
+
+
+def _quarantine_problem(request: Request, exc: QuarantineError) -> Response:
+    return _error(request, 404 if isinstance(exc, QuarantineNotFound) else 409, str(exc))
+
+
+# What each change does: (learn first, then release or delete).
+_PLUGIN_ACTS: dict[str, tuple[str | None, str]] = {
+    "release": (None, "release"),
+    "delete": (None, "delete"),
+    "release-as-ham": ("ham", "release"),
+    "delete-as-spam": ("spam", "delete"),
+}
+
+
+async def _plugin_change(request: Request, act: str) -> dict[str, Any] | Response:
+    """Carry out ``act`` on the entry in the path; what was done, or the error answer."""
+    state: WebState = request.state.web
+    identity: Identity = request.state.identity
+    name = request.path_params["quarantine"]
+    label, then = _PLUGIN_ACTS[act]
+    entry_id = request.path_params["entry_id"]
+    learned: str | None = None
+    try:
+        quarantine = await asyncio.to_thread(_plugin_quarantine, state, name)
+        entry_id = _entry_id(request)
+        entry = await asyncio.to_thread(quarantine.get, entry_id)
+        if label is not None:
+            if not quarantine.can_learn:
+                raise QuarantineError(f"the {quarantine.title} cannot learn")
+            learned = await quarantine.learn(
+                entry_id, "ham" if label == "ham" else "spam", by=identity.name
+            )
+        if then == "release":
+            done = await quarantine.release(entry_id)
+        else:
+            done = await quarantine.delete(entry_id)
+    except QuarantineError as exc:
+        if learned is not None:
+            # The classifier changed even though the release or delete did not happen.
+            state.audit.write(
+                f"quarantine.{act}",
+                identity.name,
+                quarantine=name,
+                id=entry_id,
+                learned=learned,
+                result=f"failed: {exc}",
+            )
+        return _quarantine_problem(request, exc)
+    state.audit.write(
+        f"quarantine.{act}",
+        identity.name,
+        quarantine=name,
+        id=entry_id,
+        sender=entry.sender,
+        recipients=entry.recipients,
+        learned=learned,
+        result=done,
+    )
+    return {"quarantine": name, "id": entry_id, "act": act, "learned": learned, "result": done}
+
+
+async def api_plugin_quarantine(request: Request) -> Response:
+    """A plugin quarantine's held messages, newest first: ``q`` (sender, recipient, subject
+    or id contains it), ``limit`` (up to 1000), ``offset``."""
+    state: WebState = request.state.web
+    try:
+        _, entries = await asyncio.to_thread(
+            _plugin_list, state, request.path_params["quarantine"], request.query_params
+        )
+    except ValueError as exc:
+        return JSONResponse({"error": f"bad query: {exc}"}, status_code=400)
+    except QuarantineError as exc:
+        return _quarantine_problem(request, exc)
+    return JSONResponse(entries)
+
+
+async def api_plugin_entry(request: Request) -> Response:
+    """One message of a plugin quarantine: envelope, why it is held, decoded headers, text
+    and attachments (never its HTML)."""
+    state: WebState = request.state.web
+    try:
+        view = await asyncio.to_thread(
+            _plugin_view, state, request.path_params["quarantine"], _entry_id(request)
+        )
+    except QuarantineError as exc:
+        return _quarantine_problem(request, exc)
+    return JSONResponse(view)
+
+
+async def api_plugin_entry_raw(request: Request) -> Response:
+    """A plugin quarantine's message as held, as a download (never shown inline)."""
+    state: WebState = request.state.web
+    name = request.path_params["quarantine"]
+    try:
+        entry_id = _entry_id(request)
+        quarantine = await asyncio.to_thread(_plugin_quarantine, state, name)
+        data = await asyncio.to_thread(quarantine.raw, entry_id)
+    except QuarantineError as exc:
+        return _quarantine_problem(request, exc)
+    identity: Identity = request.state.identity
+    state.audit.write("quarantine.download", identity.name, quarantine=name, id=entry_id)
+    return Response(
+        data,
+        media_type="application/octet-stream",
+        headers={"Content-Disposition": 'attachment; filename="quarantined-message.eml"'},
+    )
+
+
+def _api_change(act: str) -> Handler:
+    async def handler(request: Request) -> Response:
+        result = await _plugin_change(request, act)
+        return result if isinstance(result, Response) else JSONResponse(result)
+
+    return handler
+
+
+def _form_change(act: str) -> Handler:
+    async def handler(request: Request) -> Response:
+        result = await _plugin_change(request, act)
+        if isinstance(result, Response):
+            return result
+        return RedirectResponse(f"/quarantines/{result['quarantine']}", 303)
+
+    return handler
+
+
+api_plugin_release = _api_change("release")
+api_plugin_release.__doc__ = """Send a plugin quarantine's message on to its original
+recipients (the plugin's release: the gateway's delivery path, or a resubmission)."""
+api_plugin_release_ham = _api_change("release-as-ham")
+api_plugin_release_ham.__doc__ = """Teach the plugin's classifier the message is ham, then
+release it (quarantines that can learn)."""
+api_plugin_delete = _api_change("delete")
+api_plugin_delete.__doc__ = """Delete a plugin quarantine's message for good."""
+api_plugin_delete_spam = _api_change("delete-as-spam")
+api_plugin_delete_spam.__doc__ = """Teach the plugin's classifier the message is spam, then
+delete it (quarantines that can learn)."""
+plugin_release_form = _form_change("release")
+plugin_release_form.__doc__ = "Release from the page, then back to the list."
+plugin_release_ham_form = _form_change("release-as-ham")
+plugin_release_ham_form.__doc__ = "Learn as ham and release from the page."
+plugin_delete_form = _form_change("delete")
+plugin_delete_form.__doc__ = "Delete from the page, then back to the list."
+plugin_delete_spam_form = _form_change("delete-as-spam")
+plugin_delete_spam_form.__doc__ = "Learn as spam and delete from the page."
 
 
 async def api_quarantine(request: Request) -> Response:
@@ -512,7 +756,7 @@ async def api_held(request: Request) -> Response:
     state: WebState = request.state.web
     try:
         view = await asyncio.to_thread(_held_view, state, request.path_params["held_id"])
-    except QuarantineError as exc:
+    except HeldError as exc:
         return JSONResponse({"error": str(exc)}, status_code=404)
     return JSONResponse(view)
 
@@ -523,7 +767,7 @@ async def api_held_raw(request: Request) -> Response:
     held_id = request.path_params["held_id"]
     try:
         data, _ = await asyncio.to_thread(state.gateway.quarantine.original, held_id)
-    except QuarantineError as exc:
+    except HeldError as exc:
         return JSONResponse({"error": str(exc)}, status_code=404)
     identity: Identity = request.state.identity
     state.audit.write("quarantine.download", identity.name, id=held_id)
@@ -539,7 +783,7 @@ async def _release(request: Request) -> str | Response:
     held_id = request.path_params["held_id"]
     try:
         where = await state.gateway.release(held_id)
-    except QuarantineError as exc:
+    except HeldError as exc:
         return _error(request, 404, str(exc))
     identity: Identity = request.state.identity
     state.audit.write("quarantine.release", identity.name, id=held_id, where=where)
@@ -563,7 +807,7 @@ async def _delete(request: Request) -> Response | None:
     held_id = request.path_params["held_id"]
     try:
         await asyncio.to_thread(state.gateway.quarantine.delete, held_id)
-    except QuarantineError as exc:
+    except HeldError as exc:
         return _error(request, 404, str(exc))
     identity: Identity = request.state.identity
     state.audit.write("quarantine.delete", identity.name, id=held_id)
@@ -1104,8 +1348,8 @@ async def quarantine_page(request: Request) -> Response:
     """Held messages."""
     held = await asyncio.to_thread(_held_list, request.state.web)
     stores = await asyncio.to_thread(_quarantines, request.state.web)
-    others = [s for s in stores if not s["in_web"]]
-    return _page(request, "quarantine.html", held=held, others=others, time=time)
+    plugins = [s for s in stores if s["owner"] != "core"]
+    return _page(request, "quarantine.html", held=held, others=plugins, time=time)
 
 
 async def held_page(request: Request) -> Response:
@@ -1113,9 +1357,63 @@ async def held_page(request: Request) -> Response:
     state: WebState = request.state.web
     try:
         view = await asyncio.to_thread(_held_view, state, request.path_params["held_id"])
-    except QuarantineError as exc:
+    except HeldError as exc:
         return _error(request, 404, str(exc))
-    return _page(request, "held.html", held=view, time=time)
+    held_id = quote(view["id"], safe="")
+    view["why"] = f"{view['reason']} (rule {view['rule']})"
+    return _page(
+        request,
+        "held.html",
+        held=view,
+        base=f"/quarantine/{held_id}",
+        raw=f"/api/quarantine/{held_id}/raw",
+        back="/quarantine",
+        can_learn=False,
+        time=time,
+    )
+
+
+async def plugin_quarantine_page(request: Request) -> Response:
+    """A plugin quarantine's held messages, with a search box."""
+    state: WebState = request.state.web
+    name = request.path_params["quarantine"]
+    params = request.query_params
+    try:
+        quarantine, entries = await asyncio.to_thread(_plugin_list, state, name, params)
+    except ValueError as exc:
+        return _error(request, 400, f"bad query: {exc}")
+    except QuarantineError as exc:
+        return _quarantine_problem(request, exc)
+    return _page(
+        request,
+        "plugin_quarantine.html",
+        quarantine=quarantine,
+        entries=entries,
+        query=params.get("q") or "",
+        offset=int(params.get("offset") or 0),
+        time=time,
+    )
+
+
+async def plugin_entry_page(request: Request) -> Response:
+    """One message of a plugin quarantine, shown as text, with its actions."""
+    state: WebState = request.state.web
+    name = request.path_params["quarantine"]
+    try:
+        view = await asyncio.to_thread(_plugin_view, state, name, _entry_id(request))
+    except QuarantineError as exc:
+        return _quarantine_problem(request, exc)
+    view["held_at"] = view["stored_at"]
+    return _page(
+        request,
+        "held.html",
+        held=view,
+        base=f"/quarantines/{name}/{view['id']}",
+        raw=f"/api/quarantines/{name}/{view['id']}/raw",
+        back=f"/quarantines/{name}",
+        can_learn=view["can_learn"],
+        time=time,
+    )
 
 
 async def rules_page(request: Request) -> Response:

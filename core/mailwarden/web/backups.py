@@ -15,9 +15,6 @@ import msgspec
 
 from mailwarden_sdk import Envelope
 
-from ..delivery.queue import crlf
-from ..spool import SpoolState
-
 if TYPE_CHECKING:
     from ..pipeline import Gateway
     from ..stores.backup import BackupEntry
@@ -69,12 +66,5 @@ async def release_backup(gateway: Gateway, backup_id: str) -> str:
         raise BackupNotFound(f"backup {backup_id!r} records no recipients to send it to")
     data = await asyncio.to_thread(backup_raw, gateway, backup_id)
     envelope = Envelope(mail_from=entry.mail_from, rcpt_to=list(entry.rcpt_to))
-    if gateway.delivery.relaying:
-        spooled = await asyncio.to_thread(gateway.spool.write, data, envelope)
-        # Decided: an admin sent it on, so it is not scanned (and held or dropped) again.
-        state = SpoolState(decided=True)
-        await asyncio.to_thread(gateway.spool.save_state, spooled, state, durable=True)
-        gateway.delivery.submit(spooled)
-        return f"queued as {spooled.id}"
-    name = await asyncio.to_thread(gateway.maildir.deliver, crlf(data))
-    return f"delivered as {name}"
+    # Decided: an admin sent it on, so it is not scanned (and held or dropped) again.
+    return await gateway.deliver_released(data, envelope)
