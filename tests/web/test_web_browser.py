@@ -1,5 +1,6 @@
 """End to end in headless Chromium against a real `mailwarden serve`: log in, search an event,
-open a quarantined message, release it, see it delivered; a dashboard screenshot is kept."""
+open a quarantined message, release it, see it delivered; the same for the spam quarantine
+(release and learn as not spam); a dashboard screenshot is kept."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import pytest
 from tests.conftest import EICAR, free_port, make_message, need
 from tests.integration.test_smtp_serve import _wait_for_port
 from tests.services import ensure_packages
+from tests.web.conftest import GTUBE
 
 pytestmark = pytest.mark.integration
 
@@ -29,7 +31,9 @@ def serve(tmp_path: Path) -> Iterator[tuple[Path, int, int]]:
     smtp_port, web_port = free_port(), free_port()
     (home / "mailwarden.toml").write_text(
         f"[smtp]\nport = {smtp_port}\n[web]\nenabled = true\nport = {web_port}\n"
-        '[[rules]]\nname = "default"\n[rules.actions]\ninfected = "quarantine"\n'
+        '[antispam]\nquarantine = ["spam"]\n'
+        # Spam is kept in the spam quarantine only (accepted, not delivered).
+        '[[rules]]\nname = "default"\n[rules.actions]\ninfected = "quarantine"\nspam = "discard"\n'
     )
     log = tmp_path / "serve.log"
     with log.open("w") as out:
@@ -67,6 +71,11 @@ def test_log_in_search_open_release_in_chromium(serve: tuple[Path, int, int]) ->
                 subject="<b>invoice</b> attached", attachment=EICAR, filename="invoice.com"
             ),
         )
+        client.sendmail(
+            "news@example.org",
+            ["bob@example.net"],
+            make_message(subject="<i>newsletter</i>", body=GTUBE.decode() + "\r\n"),
+        )
     password = (home / "web" / "initial-admin-password").read_text().strip()
     assert (home / "web" / "initial-admin-password").stat().st_mode & 0o777 == 0o600
     base = f"https://127.0.0.1:{web_port}"
@@ -93,9 +102,17 @@ def test_log_in_search_open_release_in_chromium(serve: tuple[Path, int, int]) ->
             page.click("#release")
             page.wait_for_url(f"{base}/quarantine")
             assert "Nothing is held" in page.locator("#held").inner_text()
+            # The spam quarantine (a plugin's, through mailwarden_quarantines).
+            page.click("#plugin-quarantines a[href='/quarantines/spam']")
+            page.wait_for_url(f"{base}/quarantines/spam")
+            page.click("#entries a.open")
+            assert page.locator("h1.subject").inner_text() == "<i>newsletter</i>"
+            page.click("#release-as-ham")
+            page.wait_for_url(f"{base}/quarantines/spam")
+            assert "Nothing is held" in page.locator("#entries").inner_text()
             page.goto(f"{base}/")
             page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
-            assert page.locator("#messages").inner_text() == "2"
+            assert page.locator("#messages").inner_text() == "3"
             assert "signatures loaded" in page.locator("#signatures").inner_text()
             # A setting changed through its generated form, validated and saved.
             page.goto(f"{base}/settings")
@@ -115,8 +132,9 @@ def test_log_in_search_open_release_in_chromium(serve: tuple[Path, int, int]) ->
         finally:
             browser.close()
     delivered = [p.read_bytes() for p in sorted((home / "maildir" / "new").iterdir())]
-    assert len(delivered) == 2
+    assert len(delivered) == 3
     assert any(b"invoice.com" in m for m in delivered)  # the released one, as it arrived
+    assert any(GTUBE in m for m in delivered)  # released from the spam quarantine
     assert (ARTIFACTS / "dashboard.png").stat().st_size > 1000
     config = (home / "mailwarden.toml").read_text()
     assert "retention_days = 2.0" in config and "Help desk" in config
