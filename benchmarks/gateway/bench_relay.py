@@ -23,6 +23,8 @@ import time
 from email.message import EmailMessage
 from pathlib import Path
 
+from mailwarden.bench.run import OFFLINE_ANTISPAM
+
 
 def _port() -> int:
     # Below 32768, outside the kernel's ephemeral range (see the services notes).
@@ -77,7 +79,7 @@ def run(workers: int, messages: int, clients: int) -> tuple[float, float]:
         (home / "mailwarden.toml").write_text(
             f"[smtp]\nport = {smtp_port}\nworkers = {workers}\n"
             f'[delivery]\nmode = "relay"\nnext_hop = "127.0.0.1:{sink_port}"\n'
-            "queue_scan_interval = 1.0\n[events]\nenabled = false\n"
+            "queue_scan_interval = 1.0\n[events]\nenabled = false\n" + OFFLINE_ANTISPAM
         )
         server = subprocess.Popen(
             [sys.executable, "-m", "mailwarden", "serve"],

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,8 @@ from .pipeline import Gateway
 from .stores.core import plugin_file_stores
 from .stores.temp import clean_temp
 from .workers import run_workers, worker_count
+
+_IO_THREADS = 32
 
 __all__ = ["default_config_text", "run", "serve_forever", "write_default_config"]
 
@@ -48,6 +51,12 @@ async def run(
     ``recover_spool`` removes the spool's temp files first; worker processes leave that to
     their parent, because a sibling may be writing there.
     """
+    # Spool fsyncs, relay sessions and store writes run in the loop's default executor and
+    # spend most of their time waiting on the disk or the next hop: the default size
+    # (cores + 4) made concurrent SMTP sessions queue behind each other's fsyncs.
+    asyncio.get_running_loop().set_default_executor(
+        ThreadPoolExecutor(_IO_THREADS, thread_name_prefix="io")
+    )
     if recover_spool:
         await asyncio.to_thread(gateway.spool.recover)
     await gateway.start()

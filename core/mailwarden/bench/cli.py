@@ -20,6 +20,7 @@ from .corpus import generate, load_directory
 from .peers import run_peers
 from .report import compare, table, write_all
 from .run import (
+    OFFLINE_ANTISPAM,
     Progress,
     python_email_parse,
     reputation_service,
@@ -45,14 +46,10 @@ def _signature_file(directory: Path, count: int, seed: int) -> Path:
 
 
 def _config(signatures: Path | None, reputation: str) -> str:
-    # Antispam as the peers run it: rules, heuristics and Bayes, no DNS (rspamd's spf, dkim,
-    # dmarc and lists are off, spamd has dns_available no); the resolver is pinned to loopback
-    # so that nothing this run does leaves the machine.
     lines = ["[events]", "enabled = true"]
-    lines += ["[antispam]", "authentication = false", 'dns_servers = ["127.0.0.1"]']
     if signatures is not None:
         lines += ["[antivirus]", f'signatures = ["{signatures}"]']
-    return "\n".join(lines) + "\n" + reputation
+    return "\n".join(lines) + "\n" + OFFLINE_ANTISPAM + reputation
 
 
 @click.command("bench")

@@ -38,6 +38,7 @@ from ..pipeline import Gateway
 from ..plugins import build_plugin_manager
 
 __all__ = [
+    "OFFLINE_ANTISPAM",
     "Progress",
     "ReputationService",
     "StageStats",
@@ -50,6 +51,11 @@ __all__ = [
 ]
 
 ENVELOPE = Envelope(mail_from="alice@example.org", rcpt_to=["bob@example.net"])
+
+#: Antispam as the peers are run (rspamd's spf, dkim, dmarc and lists off; spamd with
+#: ``dns_available no``): rules, heuristics and Bayes, no DNS, and the resolver pinned to
+#: loopback so that nothing a benchmark does leaves the machine or waits on its resolver.
+OFFLINE_ANTISPAM = '[antispam]\nauthentication = false\ndns_servers = ["127.0.0.1"]\n'
 
 
 class StageStats(msgspec.Struct, kw_only=True):

@@ -24,6 +24,7 @@ import contextlib
 import logging
 import os
 import re
+import socket
 import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -394,6 +395,8 @@ class MilterServer:
                     (length,) = struct.unpack("!I", head)
                     check_length(length, MAX_PACKET)
                     packet = await reader.readexactly(length)
+                    if _QUICKACK is not None:
+                        _QUICKACK(writer)
                 await session.handle(decode_command(chr(packet[0]), packet[1:]))
         except _Closed:
             pass
@@ -411,6 +414,19 @@ class MilterServer:
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
+
+
+def _quickack(writer: asyncio.StreamWriter) -> None:
+    # With the NR_* flags the MTA writes several packets per stage without waiting for a
+    # reply; with Nagle on its side, each burst's second packet waits for our ACK, which the
+    # kernel delays (40 ms on Linux) as we have nothing to send back. Asking for the ACK now
+    # took a 1 KiB message through Postfix + milter from 48 ms to 4 ms in one session.
+    sock = writer.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+
+
+_QUICKACK = _quickack if hasattr(socket, "TCP_QUICKACK") else None
 
 
 class _Session:
