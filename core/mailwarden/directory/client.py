@@ -186,40 +186,6 @@ class LdapClient:
             fetched=time.time(),
         )
 
-    def check_password(self, entry: DirectoryEntry, password: str) -> bool:
-        """Whether ``password`` is ``entry``'s: a bind as that user on a connection of its own.
-
-        An empty password is refused here, because LDAP treats a simple bind without one as
-        an anonymous ("unauthenticated") bind that succeeds.
-        """
-        if not password:
-            return False
-        cfg = self.config
-        if cfg.authentication == "ntlm":
-            domain = cfg.bind_dn.split("\\", 1)[0] if "\\" in cfg.bind_dn else ""
-            user = f"{domain}\\{entry.sam_account_name}" if domain else entry.dn
-            authentication = ldap3.NTLM
-        else:
-            user, authentication = entry.dn, ldap3.SIMPLE
-        try:
-            conn = ldap3.Connection(
-                self._server(),
-                user=user,
-                password=password,
-                authentication=authentication,
-                receive_timeout=max(1, math.ceil(cfg.timeout)),
-                read_only=True,
-                raise_exceptions=False,
-            )
-            conn.open()
-            if cfg.start_tls:
-                conn.start_tls()
-            ok = bool(conn.bind())
-            conn.unbind()
-        except LDAPException as exc:
-            raise DirectoryError(f"cannot reach {cfg.url} to check a password: {exc}") from exc
-        return ok
-
     def lookup(self, address: str) -> DirectoryEntry | None:
         """The user or contact owning ``address`` with all its groups, else ``None``."""
         cfg = self.config
