@@ -250,8 +250,9 @@ class RuleActions(_Section):
 
     The antivirus statuses also take ``remove`` (the parts with that status are taken out and
     the rest delivered with a notice part) and ``tag`` (delivered with ``subject_tag``, where
-    ``{status}`` is replaced, before the subject). With ``backup`` a copy of the original is
-    kept before an antivirus status changes or drops a message.
+    ``{status}`` is replaced, before the subject). With ``backup`` the gateway keeps a copy of
+    the original in its backup store (``[stores] backup_*``) before an antivirus status or a
+    malicious verdict (sandbox, reputation) changes or drops a message.
     """
 
     infected: AvActionName = "reject"

@@ -11,6 +11,7 @@ import asyncio
 import inspect
 import logging
 import re
+import secrets
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -458,7 +459,11 @@ class Gateway:
         )
 
     def _carry_out(self, ctx: ScanContext, verdict: Verdict, action: Action) -> Action:
-        """Let plugins do what needs the content (backup, rewrite: ``mailwarden_action``)."""
+        """Name the backup copy, then let plugins do what needs the content (a rewrite:
+        ``mailwarden_action``). The copy itself is kept by :meth:`keep_backups` when an
+        ingress acts, so a dry run keeps nothing."""
+        if action.backup:
+            action = msgspec.structs.replace(action, backup_id=secrets.token_hex(8))
         try:
             changed = self.plugins.pm.hook.mailwarden_action(
                 ctx=ctx, verdict=verdict, action=action
@@ -561,6 +566,7 @@ class Gateway:
             chosen = next((d for d in decisions if d.action.kind is ActionKind.TEMPFAIL), None)
             chosen = chosen or decisions[0]
             code, text = chosen.action.smtp_code, chosen.action.smtp_text
+            await self.keep_backups(decisions)
             await asyncio.to_thread(self.spool.remove, entry)
             parts = [
                 Outcome(d, code, text, self.record(d, ingress=ingress, reply=f"{code} {text}"))
@@ -597,6 +603,24 @@ class Gateway:
             first.decision, 250, f"2.0.0 Ok: split by rule as {ids}", first.event, groups=parts
         )
 
+    async def keep_backups(self, decisions: Sequence[Decision]) -> None:
+        """Keep the backup copy each decision's action asks for, before anything changes or
+        drops the message (every ingress calls this before it acts). Raises when a copy
+        cannot be written: the ingress then answers with a temporary failure, so the sender
+        keeps the message and nothing goes unbacked."""
+        for d in decisions:
+            if d.action.backup_id is None:
+                continue
+            await asyncio.to_thread(
+                self.stores.backup.put,
+                d.message.raw,
+                reason=d.action.reason,
+                mail_from=d.envelope.mail_from,
+                rcpt_to=list(d.envelope.rcpt_to),
+                subject=d.message.subject,
+                backup_id=d.action.backup_id,
+            )
+
     async def act_on_spooled(self, entry: SpoolEntry) -> None:
         """Scan and act on a spooled message whose decision was not stored (crash recovery)."""
         raw = await asyncio.to_thread(entry.raw)
@@ -606,6 +630,7 @@ class Gateway:
 
     async def _act(self, decision: Decision, entry: SpoolEntry) -> tuple[int, str]:
         """Carry out the decision on the spooled ``entry``; the entry is handed on or removed."""
+        await self.keep_backups([decision])
         code, text = decision.action.smtp_code, decision.action.smtp_text
         kind = decision.action.kind
         began = time.perf_counter()

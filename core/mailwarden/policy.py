@@ -479,9 +479,13 @@ def decide_action(rule: RuleConfig, verdict: Verdict) -> Action:
         if rewritten and av_choice == "tag"
         else None,
         remove_parts=remove_parts if rewritten and av_choice == "remove" else [],
+        # Before an antivirus status changes or drops the message, and before whatever a
+        # malicious verdict (sandbox, reputation) brings other than plain delivery.
         backup=actions.backup
-        and by_av
-        and (rewritten or kind in (ActionKind.DISCARD, ActionKind.REJECT)),
+        and (
+            (by_av and (rewritten or kind in (ActionKind.DISCARD, ActionKind.REJECT)))
+            or (reason == "malicious" and kind is not ActionKind.DELIVER)
+        ),
     )
 
 

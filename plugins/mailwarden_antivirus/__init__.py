@@ -19,15 +19,13 @@ from mailwarden_sdk import (
     Finding,
     Host,
     ScanContext,
-    StoreDescriptor,
     Verdict,
-    WhenFull,
     hookimpl,
     plugin_data_dir,
 )
 from mailwarden_sdk.findings import infected
 
-from .actions import remove_parts, write_backup
+from .actions import remove_parts
 from .archives import ArchiveLimits, Item, Problem, Unpacker
 from .clamd import ClamdConfig, ClamdError, ClamdLimit, clamd_scan
 from .signatures import SignatureSet, load_signatures
@@ -36,7 +34,6 @@ from .updates import UpdatesConfig, current_dir
 __all__ = ["AntivirusConfig", "AntivirusPlugin", "ArchiveLimits"]
 
 DETECTOR = "antivirus"
-BACKUP_DIR = "backup"
 
 log = logging.getLogger(__name__)
 
@@ -61,14 +58,13 @@ class AntivirusConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # The text of the part that replaces a removed attachment; {name}, {status}, {signatures}
     # and {backup} are filled in.
     notice: str = DEFAULT_NOTICE
-    backup_retention_days: float = 30.0
     updates: UpdatesConfig = msgspec.field(default_factory=UpdatesConfig)
 
 
 class AntivirusPlugin:
     """Scans each leaf part's decoded content and, optionally, the raw message."""
 
-    requires_sdk = ">=1.0,<2"
+    requires_sdk = ">=1.8,<2"
 
     def __init__(self) -> None:
         self.config = AntivirusConfig()
@@ -167,38 +163,18 @@ class AntivirusPlugin:
     def mailwarden_action(
         self, ctx: ScanContext, verdict: Verdict, action: Action
     ) -> Action | None:
-        if not (action.backup or action.remove_parts) or self.data_dir is None:
-            return None
-        # The copy comes first: if it cannot be written the exception stops here, so nothing
-        # is removed (the core then quarantines what was to be cut out).
-        backup = write_backup(self.data_dir / BACKUP_DIR, ctx.raw)
-        log.info("antivirus: kept backup %s before %s", backup, action.kind.value)
         if not action.remove_parts:
             return None
+        # The gateway keeps the original (as action.backup_id) before the cut message goes on.
         notice = (
             self.config.notice.replace("{status}", verdict.antivirus.value)
             .replace("{signatures}", ", ".join(verdict.virus_names) or verdict.antivirus.value)
-            .replace("{backup}", backup)
+            .replace("{backup}", action.backup_id or "(none: backups are off for this rule)")
         )
         cleaned = remove_parts(ctx.message, action.remove_parts, notice)
         if cleaned is None:
             return None
         return msgspec.structs.replace(action, replace_message=cleaned)
-
-    @hookimpl
-    def mailwarden_data_stores(self, host: Host) -> list[StoreDescriptor]:
-        config = host.config_for(DETECTOR) or AntivirusConfig()
-        return [
-            StoreDescriptor(
-                name="antivirus-backup",
-                path=str(host.data_dir / DETECTOR / BACKUP_DIR),
-                holds="whole messages (sender, recipients, content) kept before an antivirus "
-                "action changed or dropped them",
-                retention_days=config.backup_retention_days,
-                when_full=WhenFull.NOT_CAPPED,
-                read_permission="queues.view",
-            )
-        ]
 
 
 def _engine_finding(status: str, item: Item, error: str) -> Finding:

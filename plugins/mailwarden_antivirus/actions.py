@@ -1,4 +1,4 @@
-"""What the antivirus plugin does to a message once the rule decided: backups and removal.
+"""What the antivirus plugin does to a message once the rule decided: removal of parts.
 
 Removal works on the received bytes: each removed part's headers and body are replaced by a
 short text/plain notice and everything else stays byte for byte as it came (signatures over
@@ -7,35 +7,11 @@ other parts, their encodings and line ends are untouched).
 
 from __future__ import annotations
 
-import hashlib
-import os
-import time
 from collections.abc import Iterable
-from pathlib import Path
 
 from mailwarden_sdk import ParsedMessage
 
-__all__ = ["remove_parts", "write_backup"]
-
-
-def write_backup(directory: Path, raw: bytes) -> str:
-    """Keep ``raw`` in ``directory``; returns the backup's name (quoted in notices).
-
-    The one place the plugin stores backups: when the core's backup store lands, this function
-    hands the copy to it instead. Written to a temporary name, fsynced and renamed, so a backup
-    is either complete or absent; mode 0600 because it holds a whole message.
-    """
-    directory.mkdir(parents=True, exist_ok=True)
-    name = f"{int(time.time())}-{hashlib.sha256(raw).hexdigest()[:20]}.eml"
-    tmp = directory / f".{name}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, raw)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, directory / name)
-    return name
+__all__ = ["remove_parts"]
 
 
 def remove_parts(message: ParsedMessage, indexes: Iterable[int], notice: str) -> bytes | None:

@@ -4,7 +4,8 @@ Objects (attachments, or whole messages) go to an analysis server: an ICAP servi
 or a submit-and-poll HTTP sandbox. Per rule, ``mirror`` sends copies and never delays mail;
 ``hold`` keeps the message in a bounded quarantine of its own until the verdict, then puts it
 back through the pipeline with the verdict added (``Host.resubmit``): clean is delivered,
-malicious gets the rule's ``malicious`` action after a backup copy is taken. The web
+malicious gets the rule's ``malicious`` action, the gateway keeping its backup copy first
+(``Action.backup_id``, SDK 1.8). The web
 interface lists, shows, releases and deletes held messages through
 :class:`SandboxQuarantineView` (``mailwarden_quarantines``, SDK 1.7).
 
@@ -48,7 +49,7 @@ from mailwarden_sdk import (
 )
 
 from .backends import Backend, BackendError, HttpBackend, IcapBackend, ObjectVerdict
-from .store import Backup, HeldMessage, HeldObject, HoldStore, VerdictCache, valid_id
+from .store import HeldMessage, HeldObject, HoldStore, VerdictCache, valid_id
 
 __all__ = ["RuleSettings", "SandboxConfig", "SandboxPlugin", "SandboxQuarantineView"]
 
@@ -139,7 +140,6 @@ class SandboxConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # The hold quarantine: when full, new messages are not placed and full_action applies.
     quarantine_max_bytes: Size = 1 << 30
     quarantine_max_messages: Size = 5000
-    backup_max_bytes: Size = 1 << 30
     rules: dict[str, RuleSettings] = msgspec.field(default_factory=dict)
 
     def for_rule(self, rule: str) -> Policy:
@@ -209,7 +209,7 @@ class SandboxPlugin:
     one so a 60 s timeout passes in a fraction of a second; the gateway always uses 1.
     """
 
-    requires_sdk = ">=1.7,<2"
+    requires_sdk = ">=1.8,<2"
 
     def __init__(self, time_scale: float = 1.0) -> None:
         self.time_scale = time_scale
@@ -217,7 +217,6 @@ class SandboxPlugin:
         self.host: Host | None = None
         self.store: HoldStore | None = None
         self.cache: VerdictCache | None = None
-        self.backup: Backup | None = None
         self.backend: Backend | None = None
         self._slots = asyncio.Semaphore(1)
         self._watching: dict[str, asyncio.Task[None]] = {}
@@ -249,7 +248,6 @@ class SandboxPlugin:
             root / "quarantine", config.quarantine_max_bytes, config.quarantine_max_messages
         )
         self.cache = VerdictCache(root / "verdicts", config.cache_ttl, config.cache_max_entries)
-        self.backup = Backup(root / "backup", config.backup_max_bytes)
         if config.backend == "icap":
             self.backend = IcapBackend(config.icap_url, config.icap_method, config.request_timeout)
         else:
@@ -535,7 +533,7 @@ class SandboxPlugin:
                 for o in meta.objects
                 if o.verdict is not None
             ]
-            return await self._finish(meta, findings, backup=worst == "malicious")
+            return await self._finish(meta, findings)
         if time.time() >= meta.deadline:
             policy = self.config.for_rule(meta.rule)
             if policy.timeout_action == "hold":
@@ -582,15 +580,10 @@ class SandboxPlugin:
         policy = self.config.for_rule(meta.rule)
         return {hashlib.sha256(d).hexdigest(): d for _, d in _objects(message, policy.send)}
 
-    async def _finish(
-        self, meta: HeldMessage, findings: list[Finding], *, backup: bool = False
-    ) -> bool:
+    async def _finish(self, meta: HeldMessage, findings: list[Finding]) -> bool:
         """Put the message back through the pipeline with the verdict; True when it left."""
-        assert self.store is not None and self.backup is not None and self.host is not None
+        assert self.store is not None and self.host is not None
         raw = await asyncio.to_thread(self.store.raw, meta.id)
-        if backup:
-            # Before the rule's action can block or change it, as KSMG keeps its original.
-            await asyncio.to_thread(self.backup.keep, meta.id, raw)
         code, text = await self.host.resubmit(raw, meta.envelope, findings)
         self._outcomes[meta.id] = (code, text)
         if len(self._outcomes) > 1000:
@@ -637,14 +630,6 @@ class SandboxPlugin:
                 max_entries=config.cache_max_entries,
                 # An LMDB map keeping its cap in its own transactions (the core leaves it be).
                 when_full=WhenFull.EVICT_LRU,
-            ),
-            StoreDescriptor(
-                name="sandbox backup",
-                path=str(root / "backup"),
-                holds="whole messages copied before a malicious verdict's action",
-                max_bytes=config.backup_max_bytes,
-                when_full=WhenFull.REMOVE_OLDEST,
-                read_permission="backup.view",
             ),
         ]
 

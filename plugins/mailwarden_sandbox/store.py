@@ -1,4 +1,4 @@
-"""The sandbox's own stores: the bounded hold quarantine, the verdict cache, the backup copies.
+"""The sandbox's own stores: the bounded hold quarantine and the verdict cache.
 
 Hold quarantine (``quarantine/``): one message is ``ID.msg`` (the bytes as received) and
 ``ID.json`` (envelope, rule, deadline, the objects sent and their task ids or verdicts). Both
@@ -9,8 +9,8 @@ sharing the directory cannot overfill it together. An admin's release or delete 
 file (``ID.release`` / ``ID.delete``) that the gateway watching the message acts on.
 
 Verdict cache (``verdicts/``, an LMDB map) keyed by the SHA-256 of each object, so the same
-attachment is analysed once while its entry is fresh. Backup (``backup/``): a copy of each
-message taken before the action a malicious verdict brings, oldest removed past the cap.
+attachment is analysed once while its entry is fresh. (The copy kept before a malicious
+verdict's action is the gateway's: its backup store.)
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from mailwarden_sdk import Envelope
 
 from .backends import ObjectVerdict
 
-__all__ = ["Backup", "HeldMessage", "HeldObject", "HoldStore", "VerdictCache", "valid_id"]
+__all__ = ["HeldMessage", "HeldObject", "HoldStore", "VerdictCache", "valid_id"]
 
 
 class HeldObject(msgspec.Struct, kw_only=True):
@@ -263,26 +263,3 @@ class VerdictCache:
     def close(self) -> None:
         """Close the map."""
         self.env.close()
-
-
-class Backup:
-    """Copies of messages taken before a malicious verdict's action, oldest removed past cap."""
-
-    def __init__(self, root: Path, max_bytes: int) -> None:
-        self.root = root
-        self.max_bytes = max_bytes
-
-    def keep(self, id: str, raw: bytes) -> Path:
-        """Store a copy durably and trim the oldest copies beyond the cap."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        path = self.root / f"{time.time_ns():020d}-{id}.eml"
-        _write_durably(path, raw)
-        _fsync_dir(self.root)
-        copies = sorted(self.root.glob("*.eml"))
-        total = sum(p.stat().st_size for p in copies)
-        for old in copies:
-            if total <= self.max_bytes or old == path:
-                break
-            total -= old.stat().st_size
-            old.unlink(missing_ok=True)
-        return path

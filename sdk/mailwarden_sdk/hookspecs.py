@@ -98,9 +98,10 @@ def mailwarden_action(ctx: ScanContext, verdict: Verdict, action: Action) -> Act
 
     Runs once per message after the rule turned the verdict into ``action``, before the
     gateway acts. Return a changed copy (``msgspec.structs.replace``) to take over, or
-    ``None`` to leave it; the first non-``None`` answer wins. The built-in antivirus plugin
-    keeps a backup copy when ``action.backup`` is set, and for ``action.remove_parts`` returns
-    the action with ``replace_message``: the message without those parts plus a notice part.
+    ``None`` to leave it; the first non-``None`` answer wins. The gateway itself keeps the
+    backup copy ``action.backup`` asks for (its id is ``action.backup_id``); the built-in
+    antivirus plugin, for ``action.remove_parts``, returns the action with
+    ``replace_message``: the message without those parts plus a notice naming the backup.
     Synchronous; an exception is logged and the action stands as decided.
     """
 

@@ -155,7 +155,11 @@ class Action(msgspec.Struct, kw_only=True, frozen=True):
     out; a ``mailwarden_action`` implementation then supplies ``replace_message``, the message
     delivered instead of the one received (without a replacement the gateway quarantines the
     message rather than deliver what was to be removed). ``backup`` asks for a copy of the
-    original before it is changed or dropped.
+    original before it is changed or dropped; the gateway keeps it in its backup store (the
+    ``backup`` store of the data inventory, shown on the web interface's backup page) when it
+    acts, and ``backup_id`` (SDK 1.8) is the copy's id, set before ``mailwarden_action`` runs
+    so that a notice can cite it. A dry run (``Gateway.scan``, ``mailwarden rules test``)
+    names an id but keeps nothing.
     """
 
     kind: ActionKind
@@ -165,6 +169,7 @@ class Action(msgspec.Struct, kw_only=True, frozen=True):
     add_headers: list[tuple[str, str]] = msgspec.field(default_factory=list)
     subject_tag: str | None = None
     backup: bool = False
+    backup_id: str | None = None
     remove_parts: list[int] = msgspec.field(default_factory=list)
     replace_message: bytes | None = None
 

@@ -168,8 +168,10 @@ def test_hold_over_icap_eicar_gets_the_rules_action_and_clean_is_delivered(
     blocked = next(e for e in events if e.ingress == "resubmit" and e.verdict.sandbox)
     assert any(e.verdict.sandbox == "malicious" and e.action == "discard" for e in events)
     assert blocked is not None
-    backups = list((tmp_path / "sandbox" / "backup").glob("*.eml"))
-    assert len(backups) == 1 and b"eicar.com" in backups[0].read_bytes()
+    # The gateway's backup store holds the copy, as the web interface's backup page shows it.
+    store = runner.gateway.stores.backup
+    kept = [(e.reason, store.get(e.id)) for e in store.list()]
+    assert len(kept) == 1 and kept[0][0] == "malicious" and b"eicar.com" in kept[0][1]
     assert len(runner.delivered()) == 1
 
 
@@ -202,8 +204,8 @@ def test_hold_malicious_gets_the_rules_action_with_a_backup_copy_first(
     assert runner.process(raw, ENVELOPE).reply_code == 250
     held = wait_until(lambda: runner.gateway.quarantine.held())
     assert held[0].reason == "malicious"
-    backups = list((tmp_path / "sandbox" / "backup").glob("*.eml"))
-    assert [p.read_bytes() for p in backups] == [raw]
+    store = runner.gateway.stores.backup
+    assert [store.get(e.id) for e in store.list()] == [raw]
     assert runner.delivered() == []
     event = next(e for e in runner.events() if e.ingress == "resubmit")
     codes = {f.code for f in event.verdict.findings}

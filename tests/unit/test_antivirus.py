@@ -32,6 +32,7 @@ import pytest
 from mailwarden.config import parse_config
 from mailwarden.pipeline import Gateway
 from mailwarden.plugins import build_plugin_manager
+from mailwarden.stores.backup import BackupEntry, BackupStore
 from mailwarden.testing import GatewayRunner, build_message
 from mailwarden_antivirus import AntivirusPlugin
 from mailwarden_sdk import Action, Envelope, ScanContext, Verdict, hookimpl, parse
@@ -53,6 +54,9 @@ class Run:
 
     def process(self, raw: bytes) -> Any:
         return self.runner.process(raw, ENVELOPE)
+
+    def scan(self, raw: bytes) -> Any:
+        return self.runner.scan(raw, ENVELOPE)
 
     def close(self) -> None:
         self.runner.stop()
@@ -439,8 +443,10 @@ def rule_actions(**actions: str) -> str:
     return f'[[rules]]\nname = "default"\n[rules.actions]\n{lines}'
 
 
-def backups(home: Path) -> list[Path]:
-    return sorted((home / "antivirus" / "backup").glob("*.eml"))
+def backups(home: Path) -> list[tuple[BackupEntry, bytes]]:
+    """What the gateway's backup store holds, oldest first (read as the web interface does)."""
+    store = BackupStore(home / "backup")
+    return [(entry, store.get(entry.id)) for entry in reversed(store.list())]
 
 
 def test_remove_infected_attachment_delivers_the_rest_with_notice_and_backup(
@@ -485,11 +491,14 @@ def test_remove_infected_attachment_delivers_the_rest_with_notice_and_backup(
     text = notice.get_content()
     assert '"eicar.com" was removed' in text and EICAR_NAME in text
     assert EICAR not in delivered[0]
-    # the backup holds the message as received, and the notice names it
+    # the gateway's backup holds the message as received, and the notice names it
     kept = backups(home)
-    assert len(kept) == 1 and kept[0].read_bytes() == raw
-    assert kept[0].name in text
-    assert kept[0].stat().st_mode & 0o777 == 0o600
+    assert [body for _, body in kept] == [raw]
+    entry = kept[0][0]
+    assert entry.id == outcome.decision.action.backup_id and entry.id in text
+    assert entry.reason == "infected" and entry.subject == "report"
+    body_file = BackupStore(home / "backup").blobs.path_of(entry.sha256)
+    assert body_file.stat().st_mode & 0o777 == 0o600
 
 
 def test_remove_inside_an_attached_message_keeps_the_outer_message(tmp_path: Path) -> None:
@@ -539,7 +548,7 @@ def test_tag_subject_with_backup(tmp_path: Path) -> None:
     assert message["Subject"] == "[encrypted] archive"
     assert message["X-Mailwarden-Virus"] == "encrypted"
     assert [p.get_filename() for p in message.iter_attachments()] == ["enc.7z"]
-    assert [b.read_bytes() for b in backups(home)] == [raw]
+    assert [body for _, body in backups(home)] == [raw]
 
 
 def test_reject_keeps_a_backup_and_deliver_does_not(tmp_path: Path) -> None:
@@ -551,18 +560,50 @@ def test_reject_keeps_a_backup_and_deliver_does_not(tmp_path: Path) -> None:
         assert run.process(build_message()).reply_code == 250
     finally:
         run.close()
-    assert [b.read_bytes() for b in backups(home)] == [infected]
+    assert [body for _, body in backups(home)] == [infected]
 
 
-def test_backup_store_is_declared_for_the_inventory(tmp_path: Path) -> None:
-    from mailwarden.inventory import inventory
+def test_backups_off_in_the_rule_keep_nothing(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    run = Run(home, rule_actions(infected="reject") + "backup = false\n")
+    try:
+        outcome = run.process(build_message(attachments=[("eicar.com", EICAR)]))
+    finally:
+        run.close()
+    assert outcome.reply_code == 550 and outcome.decision.action.backup_id is None
+    assert backups(home) == []
 
-    plugins = build_plugin_manager(entry_points=False, extra={"antivirus": AntivirusPlugin})
-    cfg = parse_config("[antivirus]\nbackup_retention_days = 7\n", plugins.config_schemas())
-    cfg.gateway.home = str(tmp_path)
-    stores = {s.store.name: s.store for s in inventory(cfg, plugins)}
-    assert stores["antivirus-backup"].path == str(tmp_path / "antivirus" / "backup")
-    assert stores["antivirus-backup"].retention_days == 7
+
+def test_a_dry_run_names_a_backup_but_keeps_nothing(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    run = Run(home, rule_actions(infected="remove"))
+    try:
+        decision = run.scan(build_message(attachments=[("eicar.com", EICAR), ("a.txt", b"a")]))
+    finally:
+        run.close()
+    assert decision.action.backup_id is not None
+    assert decision.action.replace_message is not None
+    assert decision.action.backup_id.encode() in decision.action.replace_message
+    assert backups(home) == []
+
+
+def test_a_backup_that_cannot_be_written_refuses_for_now_and_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    home = tmp_path / "home"
+    run = Run(home, rule_actions(infected="remove"))
+    try:
+        # The store's body folder is a file: no copy can be written.
+        bodies = home / "backup" / "bodies"
+        shutil.rmtree(bodies, ignore_errors=True)
+        bodies.parent.mkdir(parents=True, exist_ok=True)
+        bodies.write_text("not a folder")
+        with pytest.raises(OSError):
+            run.process(build_message(attachments=[("eicar.com", EICAR), ("a.txt", b"a")]))
+        delivered = run.runner.delivered()
+    finally:
+        run.close()
+    assert delivered == []
 
 
 class Rewriter:

@@ -88,7 +88,6 @@ def test_inventory_lists_every_store_with_what_was_written(home: Path) -> None:
     write_private(home / "dkim" / "example.org.s1.key", b"-----BEGIN PRIVATE KEY-----\n")
     spam_bytes = _files(home / "antispam" / "quarantine", [100, 120])
     sandbox_bytes = _files(home / "sandbox" / "quarantine", [50])
-    av_bytes = _files(home / "antivirus" / "backup", [64, 32, 16])
     cache = ReputationCache(home / "reputation" / "cache", cap=100)
     cache.put_many({f"k{n}": (Answer(verdict="clean"), 60.0) for n in range(4)})
     cache.close()
@@ -130,13 +129,10 @@ def test_inventory_lists_every_store_with_what_was_written(home: Path) -> None:
     assert sandbox["bytes"] == sandbox_bytes
     assert sandbox["store"]["when_full"] == "refuse_new"
     assert sandbox["store"]["max_entries"] == 2
-    av = check("antivirus-backup", home / "antivirus" / "backup", 3, owner="antivirus")
-    assert av["bytes"] == av_bytes and av["store"]["retention_days"] == 30.0
     assert shown["reputation cache"]["records"] == 4
     assert shown["reputation cache"]["owner"] == "reputation"
-    assert {s["owner"] for s in shown.values()} == {
-        "core", "antivirus", "antispam", "reputation", "sandbox",
-    }  # fmt: skip
+    # The antivirus plugin keeps no store of its own: its backups are the core's.
+    assert {s["owner"] for s in shown.values()} == {"core", "antispam", "reputation", "sandbox"}
     for state in shown.values():
         assert state["store"]["read_permission"], state["store"]["name"]
 
@@ -157,14 +153,9 @@ def test_plugins_declared_stores_are_enforced_by_the_core(home: Path) -> None:
     stores = {s.descriptor.name: s for s in plugin_file_stores(
         d for _, d in plugin_descriptors(config, plugins)
     )}  # fmt: skip
-    # The reputation and sandbox verdict caches (LRU) keep their own caps; the antivirus
-    # backup is bounded by age, the sandbox backup by size.
-    assert set(stores) == {
-        "spam quarantine",
-        "sandbox quarantine",
-        "sandbox backup",
-        "antivirus-backup",
-    }
+    # The reputation and sandbox verdict caches (LRU) keep their own caps; backups are the
+    # core's own store.
+    assert set(stores) == {"spam quarantine", "sandbox quarantine"}
     _files(home / "antispam" / "quarantine", [100, 100, 100])
     assert enforce(stores["spam quarantine"]) == 1  # cap 250: the oldest goes
     assert sorted(p.name for p in (home / "antispam" / "quarantine").iterdir()) == ["m1", "m2"]

@@ -1,4 +1,4 @@
-"""The sandbox's stores keep their caps: the quarantine refuses, the cache and backup trim."""
+"""The sandbox's stores keep their caps: the quarantine refuses, the cache trims."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from mailwarden.inventory import inventory
 from mailwarden.plugins import build_plugin_manager
 from mailwarden_sandbox import SandboxPlugin
 from mailwarden_sandbox.backends import ObjectVerdict
-from mailwarden_sandbox.store import Backup, HeldMessage, HoldStore, VerdictCache
+from mailwarden_sandbox.store import HeldMessage, HoldStore, VerdictCache
 from mailwarden_sdk import Envelope, WhenFull
 
 
@@ -59,13 +59,6 @@ def test_verdict_cache_keeps_the_newest_within_its_cap_and_ttl(tmp_path: Path) -
         stale.close()
 
 
-def test_backup_removes_the_oldest_copies_past_its_cap(tmp_path: Path) -> None:
-    backup = Backup(tmp_path / "backup", max_bytes=250)
-    paths = [backup.keep(f"{n:020x}", b"y" * 100) for n in range(4)]
-    left = sorted((tmp_path / "backup").glob("*.eml"))
-    assert left == paths[-2:]
-
-
 def test_data_inventory_lists_the_sandbox_stores(tmp_path: Path) -> None:
     plugins = build_plugin_manager(entry_points=False, extra={"sandbox": SandboxPlugin})
     config = parse_config(
@@ -73,7 +66,7 @@ def test_data_inventory_lists_the_sandbox_stores(tmp_path: Path) -> None:
     )
     config.gateway.home = str(tmp_path)
     stores = {s.store.name: s.store for s in inventory(config, plugins) if s.owner == "sandbox"}
-    assert set(stores) == {"sandbox quarantine", "sandbox verdict cache", "sandbox backup"}
+    assert set(stores) == {"sandbox quarantine", "sandbox verdict cache"}
     quarantine = stores["sandbox quarantine"]
     assert (quarantine.max_entries, quarantine.max_bytes) == (3, 1 << 30)
     assert quarantine.when_full is WhenFull.REFUSE_NEW

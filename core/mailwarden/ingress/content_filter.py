@@ -229,6 +229,12 @@ class ContentFilterHandler:
         groups = gateway.split_recipients(envelope)
         message = await asyncio.to_thread(parse, raw)
         decisions = [await gateway.scan(raw, env, message=message) for _, env in groups]
+        try:
+            await gateway.keep_backups(decisions)
+        except Exception as exc:
+            # Nothing is changed or dropped without its copy: Postfix keeps the message queued.
+            log.warning("content filter: cannot keep a backup copy: %r", exc)
+            return "451 4.3.0 Cannot keep a backup copy now"
         if all(d.action.kind in _REFUSING for d in decisions):
             chosen = next((d for d in decisions if d.action.kind is ActionKind.TEMPFAIL), None)
             chosen = chosen or decisions[0]

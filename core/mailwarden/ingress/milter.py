@@ -683,6 +683,12 @@ class GatewayMilter:
         groups = gateway.split_recipients(envelope)
         parsed = await asyncio.to_thread(parse, raw)
         decisions = [await gateway.scan(raw, env, message=parsed) for _, env in groups]
+        try:
+            await gateway.keep_backups(decisions)
+        except Exception as exc:
+            # Nothing is changed or dropped without its copy: the MTA keeps the message.
+            log.warning("milter: cannot keep a backup copy: %r", exc)
+            return MilterResult("tempfail", 451, "4.3.0 Cannot keep a backup copy now")
         if all(d.action.kind in _REFUSING for d in decisions):
             chosen = next((d for d in decisions if d.action.kind is ActionKind.TEMPFAIL), None)
             chosen = chosen or decisions[0]

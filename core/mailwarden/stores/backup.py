@@ -87,11 +87,15 @@ class BackupStore(BoundedStore):
         mail_from: str = "",
         rcpt_to: list[str] | None = None,
         subject: str | None = None,
+        backup_id: str | None = None,
     ) -> BackupEntry:
-        """Keep a copy of ``data``; the body is on disk before the entry exists."""
+        """Keep a copy of ``data`` (as ``backup_id`` when the caller named it in advance);
+        the body is on disk before the entry exists. Keeping an id twice keeps it once."""
+        if backup_id is not None and (kept := self.entry(backup_id)) is not None:
+            return kept
         digest = self.blobs.put(data)
         entry = BackupEntry(
-            id=secrets.token_hex(8),
+            id=backup_id or secrets.token_hex(8),
             time=self.clock(),
             sha256=digest,
             size=len(data),
