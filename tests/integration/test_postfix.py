@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import pytest
 
 from mailwarden.ingress.milter import MilterMessage, MilterResult, MilterServer
+from mailwarden.stores.backup import BackupStore
 from tests.conftest import EICAR, free_port, make_message
 from tests.integration.test_gateway_relay import Serve, Sink, wait_until
 from tests.services.postfix import Postfix
@@ -176,6 +177,13 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
         sink.stop(remove=True)
 
 
+def _backed_up(rig: Rig, subject: str) -> list[str]:
+    """Reasons of the gateway's backup copies of the message with ``subject`` (read from
+    another process, as the web interface of another worker would)."""
+    store = BackupStore(rig.serve.home / "backup")
+    return [e.reason for e in store.list() if e.subject == subject]
+
+
 def _message(tag: str, **kw: object) -> tuple[str, bytes]:
     mid = f"<{tag}@example.org>"
     raw = make_message(subject=tag, **kw)  # type: ignore[arg-type]
@@ -201,6 +209,7 @@ def test_milter_eicar_is_rejected_with_our_text(rig: Rig) -> None:
     assert err.value.smtp_code == 550
     assert b"5.7.1 Message rejected by policy: infected" in err.value.smtp_error
     assert "milter-reject: END-OF-MESSAGE" in rig.postfix.maillog()
+    assert _backed_up(rig, "milter-eicar") == ["infected"]  # the copy came first
 
 
 def test_milter_spam_is_tagged_under_a_tagging_rule(rig: Rig) -> None:
@@ -310,3 +319,4 @@ def test_content_filter_eicar_is_refused_with_our_text(rig: Rig) -> None:
     # Postfix had said 250 to the client already; our 550 makes it bounce (FILTER_README).
     wait_until(lambda: bool(bounced()), 30, "Postfix to bounce on our 550")
     assert "5.7.1 Message rejected by policy: infected" in bounced()[0]
+    assert _backed_up(rig, "cf-eicar") == ["infected"]
