@@ -22,7 +22,7 @@ from ..config import DirectoryConfig
 from .model import DirectoryEntry, DirectoryError, DirectoryGroup
 from .names import normalize_dn, rdn_value
 
-__all__ = ["DirectoryError", "LdapClient", "address_filter"]
+__all__ = ["DirectoryError", "LdapClient", "address_filter", "ldap_server"]
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,23 @@ def sid_to_string(raw: bytes) -> str:
     return "-".join(["S", str(revision), str(authority), *map(str, subs)])
 
 
+def ldap_server(cfg: DirectoryConfig, *, get_info: Any = ldap3.NONE) -> Any:
+    """The ldap3 ``Server`` for ``cfg``: LDAPS or plain by the URL, certificates checked unless
+    ``verify`` is off, with the configured CA file and connect timeout."""
+    tls = ldap3.Tls(
+        validate=ssl.CERT_REQUIRED if cfg.verify else ssl.CERT_NONE,
+        ca_certs_file=cfg.ca_file or None,
+        version=ssl.PROTOCOL_TLS_CLIENT,
+    )
+    return ldap3.Server(
+        cfg.url,
+        use_ssl=cfg.url.lower().startswith("ldaps://"),
+        tls=tls,
+        get_info=get_info,
+        connect_timeout=cfg.timeout,
+    )
+
+
 class LdapClient:
     """One service-account connection to the server named in ``[directory]``."""
 
@@ -85,19 +102,7 @@ class LdapClient:
     # -- connection ---------------------------------------------------------------------------
 
     def _server(self) -> Any:
-        cfg = self.config
-        tls = ldap3.Tls(
-            validate=ssl.CERT_REQUIRED if cfg.verify else ssl.CERT_NONE,
-            ca_certs_file=cfg.ca_file or None,
-            version=ssl.PROTOCOL_TLS_CLIENT,
-        )
-        return ldap3.Server(
-            cfg.url,
-            use_ssl=cfg.url.lower().startswith("ldaps://"),
-            tls=tls,
-            get_info=ldap3.NONE,
-            connect_timeout=cfg.timeout,
-        )
+        return ldap_server(self.config)
 
     def connect(self) -> Any:
         """An open, bound connection (reused while it stays open)."""

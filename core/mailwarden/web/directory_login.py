@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import math
-import ssl
 import threading
 import time
 from dataclasses import dataclass
@@ -24,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 import ldap3
 from ldap3.core.exceptions import LDAPException
+
+from ..directory.client import ldap_server
 
 if TYPE_CHECKING:
     from ..config import DirectoryConfig, WebConfig
@@ -49,21 +50,6 @@ class BindResult:
     problem: str = ""
 
 
-def _server(cfg: DirectoryConfig, *, get_info: Any = ldap3.NONE) -> Any:
-    tls = ldap3.Tls(
-        validate=ssl.CERT_REQUIRED if cfg.verify else ssl.CERT_NONE,
-        ca_certs_file=cfg.ca_file or None,
-        version=ssl.PROTOCOL_TLS_CLIENT,
-    )
-    return ldap3.Server(
-        cfg.url,
-        use_ssl=cfg.url.lower().startswith("ldaps://"),
-        tls=tls,
-        get_info=get_info,
-        connect_timeout=cfg.timeout,
-    )
-
-
 def server_offers_ntlm(cfg: DirectoryConfig) -> bool:
     """Whether the root DSE of ``cfg``'s server offers NTLM (kept for ten minutes)."""
     with _dse_lock:
@@ -73,7 +59,7 @@ def server_offers_ntlm(cfg: DirectoryConfig) -> bool:
     offered = False
     try:
         conn = ldap3.Connection(
-            _server(cfg, get_info=ldap3.DSA),
+            ldap_server(cfg, get_info=ldap3.DSA),
             receive_timeout=max(1, math.ceil(cfg.timeout)),
             read_only=True,
             raise_exceptions=False,
@@ -133,7 +119,7 @@ def check_directory_password(
         user, authentication = entry.dn, ldap3.SIMPLE
     try:
         conn = ldap3.Connection(
-            _server(cfg),
+            ldap_server(cfg),
             user=user,
             password=password,
             authentication=authentication,
