@@ -151,6 +151,7 @@ class AntispamPlugin:
         self.config = AntispamConfig()
         self._matcher = Matcher([GTUBE])
         self.rules: RuleSet = RuleSet().compile()
+        self._uses_relays = False
         self.resolver: Resolver | None = None
         self.bayes: Bayes | None = None
         self.quarantine: SpamQuarantine | None = None
@@ -178,6 +179,8 @@ class AntispamPlugin:
         paths = [Path(p) for p in config.rule_files]
         paths += [BUILTIN_RULES] if config.builtin_rules else []
         self.rules = load_rules(paths, config.group_caps)
+        # Parsing Received: lines costs per message; only rule sets that read them pay it.
+        self._uses_relays = self.rules.uses_relays
         log.info("antispam: %d rules loaded, skipped %s", len(self.rules.rules), self.rules.skipped)
         self.resolver = Resolver(
             config.dns_servers or None,
@@ -340,9 +343,10 @@ class AntispamPlugin:
                 headers[key] = [decoded]
         if ctx.envelope.mail_from:
             headers.setdefault("envelopefrom", [ctx.envelope.mail_from])
-        # SpamAssassin's own pseudo-headers replace any the sender wrote.
         received = headers.get("received", [])
-        headers.update(relay_headers(parse_received(received)))
+        if self._uses_relays:
+            # SpamAssassin's own pseudo-headers replace any the sender wrote.
+            headers.update(relay_headers(parse_received(received)))
         return RuleTargets(
             headers=headers,
             body=body_text(message),
@@ -350,7 +354,9 @@ class AntispamPlugin:
             uris=urls,
             full=message.raw.decode("utf-8", "replace"),
             all_headers="\n".join(lines),
-            facts=message_facts(message, headers, received_times(received)),
+            facts=message_facts(message, headers, received_times(received))
+            if self.rules.uses_evals
+            else None,
         )
 
     def _cap_groups(self, findings: list[Finding]) -> list[Finding]:

@@ -115,6 +115,19 @@ class RuleSet:
         self._evals = [r for r in self.rules.values() if r.kind == "eval"]
         return self
 
+    @property
+    def uses_relays(self) -> bool:
+        """Whether any rule reads SpamAssassin's ``X-Spam-Relays-*`` pseudo-headers."""
+        return any(
+            r.kind == "header" and r.header.lower().startswith("x-spam-relays-")
+            for r in self.rules.values()
+        )
+
+    @property
+    def uses_evals(self) -> bool:
+        """Whether any eval rule runs (and so needs :class:`~.sa_evals.EvalInput`)."""
+        return bool(self._evals)
+
     def _candidates(self, kind: str, text: str) -> list[Rule]:
         matcher, with_literal, always = self._prefilters.get(kind, (None, [], []))
         found: list[Rule] = list(always)
