@@ -1,30 +1,33 @@
 """``mailwarden antispam ...``: Bayes training and the spam quarantine from the command line.
 
-The commands work on the plugin's data directory, ``<home>/antispam``: ``--home``, else
-``$MAILWARDEN_HOME``, else ``./var`` (the gateway's own default home).
+The commands work on the plugin's data directory as the gateway configured by ``--config``
+(else ``$MAILWARDEN_CONFIG``, else ``<home>/mailwarden.toml``) has it, through the SDK's
+``command_host``: the same folders the running gateway uses, wherever ``[gateway] home`` points.
 """
 
 from __future__ import annotations
 
 import getpass
-import os
 import time
 from pathlib import Path
 
 import click
 
+from mailwarden_sdk import command_host, plugin_data_dir
+
 from .bayes import Bayes
 from .quarantine import QuarantineError, SpamQuarantine
 
-_home = click.option(
-    "--home",
-    type=click.Path(file_okay=False),
-    help="Gateway home directory (default: $MAILWARDEN_HOME or ./var).",
+_config_option = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    help="Gateway config file (default: $MAILWARDEN_CONFIG or <home>/mailwarden.toml).",
 )
 
 
-def _data_dir(home: str | None) -> Path:
-    return Path(home or os.environ.get("MAILWARDEN_HOME") or "var").absolute() / "antispam"
+def _data_dir(config_path: str | None) -> Path:
+    return plugin_data_dir(command_host(config_path), "antispam")
 
 
 def _messages(directory: str) -> list[Path]:
@@ -47,12 +50,12 @@ def antispam() -> None:
 @antispam.command()
 @click.option("--spam", "spam_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--ham", "ham_dir", type=click.Path(exists=True, file_okay=False))
-@_home
-def train(spam_dir: str | None, ham_dir: str | None, home: str | None) -> None:
+@_config_option
+def train(spam_dir: str | None, ham_dir: str | None, config_path: str | None) -> None:
     """Learn every file under --spam as spam and under --ham as ham."""
     if not spam_dir and not ham_dir:
         raise click.UsageError("give --spam DIR and/or --ham DIR")
-    bayes = Bayes(_data_dir(home) / "bayes")
+    bayes = Bayes(_data_dir(config_path) / "bayes")
     try:
         for label, directory in (("spam", spam_dir), ("ham", ham_dir)):
             if not directory:
@@ -68,10 +71,10 @@ def train(spam_dir: str | None, ham_dir: str | None, home: str | None) -> None:
 
 @antispam.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
-@_home
-def untrain(paths: tuple[str, ...], home: str | None) -> None:
+@_config_option
+def untrain(paths: tuple[str, ...], config_path: str | None) -> None:
     """Forget what the given messages (files or directories) taught."""
-    bayes = Bayes(_data_dir(home) / "bayes")
+    bayes = Bayes(_data_dir(config_path) / "bayes")
     try:
         files = [q for p in paths for q in (_messages(p) if Path(p).is_dir() else [Path(p)])]
         forgotten = sum(bayes.unlearn(p.read_bytes(), _who()) for p in files)
@@ -83,10 +86,10 @@ def untrain(paths: tuple[str, ...], home: str | None) -> None:
 
 
 @antispam.command()
-@_home
-def journal(home: str | None) -> None:
+@_config_option
+def journal(config_path: str | None) -> None:
     """Every learning act: when, who, what, which message."""
-    bayes = Bayes(_data_dir(home) / "bayes")
+    bayes = Bayes(_data_dir(config_path) / "bayes")
     try:
         for r in bayes.journal():
             stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r.time))
@@ -100,8 +103,8 @@ def quarantine() -> None:
     """The spam quarantine: list, release, delete, release and learn as ham."""
 
 
-def _quarantine(home: str | None) -> SpamQuarantine:
-    return SpamQuarantine(_data_dir(home) / "quarantine")
+def _quarantine(config_path: str | None) -> SpamQuarantine:
+    return SpamQuarantine(_data_dir(config_path) / "quarantine")
 
 
 @quarantine.command("list")
@@ -110,17 +113,17 @@ def _quarantine(home: str | None) -> SpamQuarantine:
 @click.option("--subject")
 @click.option("--min-score", type=float)
 @click.option("--since", type=float, help="Unix time.")
-@_home
+@_config_option
 def list_(
     sender: str | None,
     recipient: str | None,
     subject: str | None,
     min_score: float | None,
     since: float | None,
-    home: str | None,
+    config_path: str | None,
 ) -> None:
     """Held messages, oldest first."""
-    q = _quarantine(home)
+    q = _quarantine(config_path)
     try:
         for e in q.search(since, None, sender, recipient, subject, min_score):
             stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(e.time))
@@ -137,10 +140,10 @@ def list_(
 @click.option("--host", default="127.0.0.1", show_default=True, help="Next hop (re-injection).")
 @click.option("--port", default=10026, show_default=True, type=int)
 @click.option("--learn-ham", is_flag=True, help="Also learn the message as ham.")
-@_home
-def release(entry_id: str, host: str, port: int, learn_ham: bool, home: str | None) -> None:
+@_config_option
+def release(entry_id: str, host: str, port: int, learn_ham: bool, config_path: str | None) -> None:
     """Send a held message on with its original envelope and bytes."""
-    q = _quarantine(home)
+    q = _quarantine(config_path)
     try:
         raw = q.original(entry_id)
         q.release(entry_id, host, port)
@@ -150,7 +153,7 @@ def release(entry_id: str, host: str, port: int, learn_ham: bool, home: str | No
         q.close()
     click.echo(f"released {entry_id} to {host}:{port}")
     if learn_ham:
-        bayes = Bayes(_data_dir(home) / "bayes")
+        bayes = Bayes(_data_dir(config_path) / "bayes")
         try:
             bayes.learn(raw, "ham", _who())
         finally:
@@ -160,10 +163,10 @@ def release(entry_id: str, host: str, port: int, learn_ham: bool, home: str | No
 
 @quarantine.command()
 @click.argument("entry_id")
-@_home
-def delete(entry_id: str, home: str | None) -> None:
+@_config_option
+def delete(entry_id: str, config_path: str | None) -> None:
     """Remove a held message."""
-    q = _quarantine(home)
+    q = _quarantine(config_path)
     try:
         q.delete(entry_id)
     except QuarantineError as exc:

@@ -22,7 +22,6 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Annotated, Literal
 
 import click
@@ -43,6 +42,7 @@ from mailwarden_sdk import (
     StoreDescriptor,
     Verdict,
     WhenFull,
+    command_host,
     hookimpl,
     parse,
     plugin_data_dir,
@@ -640,17 +640,16 @@ class SandboxPlugin:
 
 @click.group("sandbox")
 @click.option(
-    "--home",
-    envvar="MAILWARDEN_HOME",
-    default="var",
-    show_default=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="The gateway's home directory (where [gateway] home points).",
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    help="Gateway config file (default: $MAILWARDEN_CONFIG or <home>/mailwarden.toml).",
 )
 @click.pass_context
-def sandbox_command(ctx: click.Context, home: Path) -> None:
+def sandbox_command(ctx: click.Context, config_path: str | None) -> None:
     """List, release and delete messages held for sandbox analysis."""
-    ctx.obj = HoldStore(home / DETECTOR / "quarantine")
+    # The quarantine the gateway with this config uses, wherever [gateway] home points.
+    ctx.obj = HoldStore(plugin_data_dir(command_host(config_path), DETECTOR) / "quarantine")
 
 
 @sandbox_command.command("list")
