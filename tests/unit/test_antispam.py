@@ -252,3 +252,27 @@ def test_train_untrain_and_classify(tmp_path: Path, empty_dns: ZoneServer) -> No
     journal = runner.invoke(cli, ["antispam", "journal"], env=env).output.splitlines()
     assert len(journal) == 25
     assert " unlearn spam " in journal[-1]
+
+
+def test_commands_use_the_folders_of_the_configured_gateway(tmp_path: Path) -> None:
+    # The gateway's home is set in its config, away from the config file and $MAILWARDEN_HOME.
+    elsewhere = tmp_path / "elsewhere"
+    config = tmp_path / "etc" / "mailwarden.toml"
+    config.parent.mkdir()
+    config.write_text(f'[gateway]\nhome = "{elsewhere}"\n')
+    kept = SpamQuarantine(elsewhere / "antispam" / "quarantine").put(
+        make_message(subject="held"), "s@example.org", ["r@example.net"], "held", 12.0, "spam"
+    )
+    assert kept is not None
+    runner = CliRunner()
+    env = {"MAILWARDEN_HOME": str(tmp_path / "not-here")}
+    listing = runner.invoke(
+        cli, ["antispam", "quarantine", "list", "--config", str(config)], env=env
+    )
+    assert listing.exit_code == 0, listing.output
+    assert kept in listing.output
+    trained = runner.invoke(
+        cli, ["antispam", "journal", "--config", str(config)], env=env, catch_exceptions=False
+    )
+    assert trained.exit_code == 0
+    assert not (tmp_path / "not-here").exists()
