@@ -197,3 +197,45 @@ def test_building_a_gateway_opens_no_environment(tmp_path: Path) -> None:
     config = parse_config(f'[gateway]\nhome = "{tmp_path}"\n')
     Gateway(config)
     assert not [path for path in lmdb_env._OPEN if path.startswith(str(tmp_path))]
+
+
+def test_first_use_from_many_threads_at_once_never_deadlocks(tmp_path: Path) -> None:
+    # A worker's threads (store enforcement, the application log) used a store for the first
+    # time together, and two opens of one environment could run side by side and deadlock,
+    # GIL included: so the race runs in a child process that must finish in time.
+    script = textwrap.dedent(
+        """
+        import sys, threading
+        from pathlib import Path
+        from mailwarden.stores.lmdb_env import LmdbEnv
+
+        def work(n, env, start):
+            start.wait()
+            env.write(lambda txn: txn.put(f"k{n}".encode(), b"v", db=env.db("main")))
+
+        for round_ in range(30):
+            path = Path(sys.argv[1]) / f"env{round_}"
+            envs = [LmdbEnv(path, dbs={"main": False, "index": True}) for _ in range(2)]
+            start = threading.Barrier(8)
+            threads = [
+                threading.Thread(target=work, args=(n, envs[n % 2], start)) for n in range(8)
+            ]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            first = envs[0]
+            entries = first.read(lambda txn: txn.stat(first.db("main"))["entries"])
+            assert entries == 8, entries
+            for env in envs:
+                env.close()
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]

@@ -45,6 +45,7 @@ class _Shared:
 # inventory (or the web interface) reading the same folder share one handle.
 _OPEN: dict[str, _Shared] = {}
 _OPEN_LOCK = threading.Lock()
+_OPENING = threading.RLock()
 
 
 def _acquire(path: Path, opener: Callable[[], Any]) -> _Shared:
@@ -98,23 +99,30 @@ class LmdbEnv:
     def _open(self) -> Any:
         if self._env is not None:
             return self._env
-        with self._lock:
+        # One lock for every open in the process, not this object's: the object's lock is
+        # swapped for the shared environment's below, and a thread arriving after the swap
+        # would otherwise open alongside the first. Two open_db calls (or an open_db and a
+        # write of another object on the same environment) at once deadlocked a worker at
+        # start-up: each held what the other needed, LMDB's write mutex or the GIL.
+        with _OPENING:
             if self._env is not None:
                 return self._env
             self.path.mkdir(parents=True, exist_ok=True)
             shared = _acquire(self.path, self._open_env)
+            with shared.lock:
+                for name, index in self._db_specs.items():
+                    for _ in range(_MAX_ATTEMPTS):
+                        try:
+                            self._dbs[name] = shared.env.open_db(
+                                name.encode(), dupsort=index, dupfixed=index, create=True
+                            )
+                            break
+                        except lmdb.MapResizedError:
+                            # A neighbour grew the map since our open: take its size.
+                            shared.env.set_mapsize(0)
             self._shared = shared
+            # Before _env is set: whoever sees the environment open also sees its lock.
             self._lock = shared.lock
-            for name, index in self._db_specs.items():
-                for _ in range(_MAX_ATTEMPTS):
-                    try:
-                        self._dbs[name] = shared.env.open_db(
-                            name.encode(), dupsort=index, dupfixed=index, create=True
-                        )
-                        break
-                    except lmdb.MapResizedError:
-                        # A neighbour grew the map since our open: take its size.
-                        shared.env.set_mapsize(0)
             self._env = shared.env
             return self._env
 
