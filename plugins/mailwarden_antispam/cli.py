@@ -13,17 +13,10 @@ from pathlib import Path
 
 import click
 
-from mailwarden_sdk import command_host, plugin_data_dir
+from mailwarden_sdk import command_host, config_option, plugin_data_dir
 
 from .bayes import Bayes
 from .quarantine import QuarantineError, SpamQuarantine
-
-_config_option = click.option(
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False),
-    help="Gateway config file (default: $MAILWARDEN_CONFIG or <home>/mailwarden.toml).",
-)
 
 
 def _data_dir(config_path: str | None) -> Path:
@@ -50,7 +43,7 @@ def antispam() -> None:
 @antispam.command()
 @click.option("--spam", "spam_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--ham", "ham_dir", type=click.Path(exists=True, file_okay=False))
-@_config_option
+@config_option
 def train(spam_dir: str | None, ham_dir: str | None, config_path: str | None) -> None:
     """Learn every file under --spam as spam and under --ham as ham."""
     if not spam_dir and not ham_dir:
@@ -71,7 +64,7 @@ def train(spam_dir: str | None, ham_dir: str | None, config_path: str | None) ->
 
 @antispam.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
-@_config_option
+@config_option
 def untrain(paths: tuple[str, ...], config_path: str | None) -> None:
     """Forget what the given messages (files or directories) taught."""
     bayes = Bayes(_data_dir(config_path) / "bayes")
@@ -86,7 +79,7 @@ def untrain(paths: tuple[str, ...], config_path: str | None) -> None:
 
 
 @antispam.command()
-@_config_option
+@config_option
 def journal(config_path: str | None) -> None:
     """Every learning act: when, who, what, which message."""
     bayes = Bayes(_data_dir(config_path) / "bayes")
@@ -113,7 +106,7 @@ def _quarantine(config_path: str | None) -> SpamQuarantine:
 @click.option("--subject")
 @click.option("--min-score", type=float)
 @click.option("--since", type=float, help="Unix time.")
-@_config_option
+@config_option
 def list_(
     sender: str | None,
     recipient: str | None,
@@ -140,7 +133,7 @@ def list_(
 @click.option("--host", default="127.0.0.1", show_default=True, help="Next hop (re-injection).")
 @click.option("--port", default=10026, show_default=True, type=int)
 @click.option("--learn-ham", is_flag=True, help="Also learn the message as ham.")
-@_config_option
+@config_option
 def release(entry_id: str, host: str, port: int, learn_ham: bool, config_path: str | None) -> None:
     """Send a held message on with its original envelope and bytes."""
     q = _quarantine(config_path)
@@ -163,7 +156,7 @@ def release(entry_id: str, host: str, port: int, learn_ham: bool, config_path: s
 
 @quarantine.command()
 @click.argument("entry_id")
-@_config_option
+@config_option
 def delete(entry_id: str, config_path: str | None) -> None:
     """Remove a held message."""
     q = _quarantine(config_path)

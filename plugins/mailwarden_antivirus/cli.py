@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from mailwarden_sdk import command_host, plugin_data_dir
+from mailwarden_sdk import command_host, config_option, plugin_data_dir
 
 from .signatures import load_signatures
 
@@ -18,13 +18,6 @@ if TYPE_CHECKING:
 from .updates import UpdateError, current_dir, history, update
 
 __all__ = ["sigs"]
-
-_config_option = click.option(
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False),
-    help="Gateway config file (default: $MAILWARDEN_CONFIG or <home>/mailwarden.toml).",
-)
 
 
 def _setup(config_path: str | None) -> tuple[AntivirusConfig, Path]:
@@ -48,7 +41,7 @@ def sigs() -> None:
 
 
 @sigs.command("info")
-@_config_option
+@config_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def sigs_info(config_path: str | None, as_json: bool) -> None:
     """Show the signature set a gateway would load now, and the last updates."""
@@ -84,7 +77,7 @@ def sigs_info(config_path: str | None, as_json: bool) -> None:
 
 
 @sigs.command("update")
-@_config_option
+@config_option
 @click.option(
     "--from", "source", help="A mirror directory or URL instead of [antivirus.updates] source."
 )

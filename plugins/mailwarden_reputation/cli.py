@@ -8,6 +8,8 @@ from pathlib import Path
 
 import click
 
+from mailwarden_sdk import config_option
+
 from .state import (
     PendingStatistics,
     data_dir_for,
@@ -18,13 +20,6 @@ from .state import (
 )
 
 __all__ = ["reputation"]
-
-_config_option = click.option(
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False),
-    help="Gateway config file (default: $MAILWARDEN_CONFIG or <home>/mailwarden.toml).",
-)
 
 
 def _service_dir(data: str | None) -> Path:
@@ -133,7 +128,7 @@ def load(data: str | None, feeds: tuple[str, ...]) -> None:
 
 
 @reputation.command()
-@_config_option
+@config_option
 @click.option("--withdraw", is_flag=True, help="Withdraw consent now (running gateways too).")
 @click.option("--grant", is_flag=True, help="Remove a withdrawal; the config's consent applies.")
 @click.option("--by", "who", help="Who withdraws (recorded with the time).")
@@ -178,7 +173,7 @@ def consent(config_path: str | None, withdraw: bool, grant: bool, who: str | Non
 
 
 @reputation.command()
-@_config_option
+@config_option
 @click.option("--json", "as_json", is_flag=True, help="JSON output.")
 def stats(config_path: str | None, as_json: bool) -> None:
     """Show the statistics waiting to be sent (counts of detections by kind and verdict)."""

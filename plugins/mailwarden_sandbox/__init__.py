@@ -43,6 +43,7 @@ from mailwarden_sdk import (
     Verdict,
     WhenFull,
     command_host,
+    config_option,
     hookimpl,
     parse,
     plugin_data_dir,
@@ -639,12 +640,7 @@ class SandboxPlugin:
 
 
 @click.group("sandbox")
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False),
-    help="Gateway config file (default: $MAILWARDEN_CONFIG or <home>/mailwarden.toml).",
-)
+@config_option
 @click.pass_context
 def sandbox_command(ctx: click.Context, config_path: str | None) -> None:
     """List, release and delete messages held for sandbox analysis."""

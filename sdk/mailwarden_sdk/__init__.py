@@ -18,7 +18,14 @@ states which SDK versions it works with (see :mod:`mailwarden_sdk.version`).
 from mailwarden_native import Matcher, ParsedMessage, Part, detect_type, parse
 
 from . import findings
-from .context import Host, HostLoader, ScanContext, command_host, plugin_data_dir
+from .context import (
+    Host,
+    HostLoader,
+    ScanContext,
+    command_host,
+    config_option,
+    plugin_data_dir,
+)
 from .hookspecs import PROJECT_NAME, hookimpl, hookspec
 from .quarantines import (
     QUARANTINE_ID,
@@ -77,6 +84,7 @@ __all__ = [
     "__version__",
     "check_compatible",
     "command_host",
+    "config_option",
     "detect_type",
     "findings",
     "hookimpl",

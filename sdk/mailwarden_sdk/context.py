@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from mailwarden_native import ParsedMessage
 
 from .stash import Stash
 from .types import Envelope, Finding
 
-__all__ = ["Host", "HostLoader", "ScanContext", "command_host", "plugin_data_dir"]
+__all__ = [
+    "Host",
+    "HostLoader",
+    "ScanContext",
+    "command_host",
+    "config_option",
+    "plugin_data_dir",
+]
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 @runtime_checkable
@@ -102,6 +111,22 @@ def command_host(config_path: str | None = None) -> Host:
     if not isinstance(loader, HostLoader):
         raise RuntimeError("command_host() works inside the mailwarden command line only")
     return loader.load(config_path)
+
+
+def config_option(command: F) -> F:
+    """The ``--config FILE`` option of a plugin's command (SDK 1.8), passed to the command as
+    ``config_path``: hand it to :func:`command_host`, so every plugin's commands name the
+    gateway's config the same way (default ``$MAILWARDEN_CONFIG``, else
+    ``<home>/mailwarden.toml``)."""
+    import click
+
+    option = click.option(
+        "--config",
+        "config_path",
+        type=click.Path(dir_okay=False),
+        help="Gateway config file (default: $MAILWARDEN_CONFIG or <home>/mailwarden.toml).",
+    )
+    return option(command)
 
 
 @runtime_checkable
