@@ -778,16 +778,34 @@ async def api_held_raw(request: Request) -> Response:
     )
 
 
-async def _release(request: Request) -> str | Response:
+async def _send_on(
+    request: Request,
+    param: str,
+    audit: str,
+    send: Callable[[WebState, str], Awaitable[str]],
+    missing: type[Exception],
+) -> str | Response:
+    """Send a kept message (held, backed up) on to its recipients, audited; where it went, or
+    the 404 when ``send`` says there is no such message."""
     state: WebState = request.state.web
-    held_id = request.path_params["held_id"]
+    key = request.path_params[param]
     try:
-        where = await state.gateway.release(held_id)
-    except HeldError as exc:
+        where = await send(state, key)
+    except missing as exc:
         return _error(request, 404, str(exc))
     identity: Identity = request.state.identity
-    state.audit.write("quarantine.release", identity.name, id=held_id, where=where)
+    state.audit.write(audit, identity.name, id=key, where=where)
     return where
+
+
+async def _release(request: Request) -> str | Response:
+    return await _send_on(
+        request,
+        "held_id",
+        "quarantine.release",
+        lambda state, key: state.gateway.release(key),
+        HeldError,
+    )
 
 
 async def api_release(request: Request) -> Response:
@@ -1230,15 +1248,13 @@ async def api_backup_raw(request: Request) -> Response:
 
 
 async def _backup_release(request: Request) -> str | Response:
-    state: WebState = request.state.web
-    backup_id = request.path_params["backup_id"]
-    try:
-        where = await release_backup(state.gateway, backup_id)
-    except BackupNotFound as exc:
-        return _error(request, 404, str(exc))
-    identity: Identity = request.state.identity
-    state.audit.write("backup.release", identity.name, id=backup_id, where=where)
-    return where
+    return await _send_on(
+        request,
+        "backup_id",
+        "backup.release",
+        lambda state, key: release_backup(state.gateway, key),
+        BackupNotFound,
+    )
 
 
 async def api_backup_release(request: Request) -> Response:
