@@ -33,6 +33,7 @@ from mailwarden_sdk import (
     WhenFull,
     hookimpl,
     plugin_data_dir,
+    run_cpu_bound,
 )
 from mailwarden_sdk.findings import spam_rule
 
@@ -145,7 +146,7 @@ def _ip_in(networks: list[str], address: str | None) -> bool:
 class AntispamPlugin:
     """Emits scored antispam findings and turns the total score into a spam status."""
 
-    requires_sdk = ">=1.7,<2"
+    requires_sdk = ">=1.9,<2"
 
     def __init__(self) -> None:
         self.config = AntispamConfig()
@@ -300,6 +301,7 @@ class AntispamPlugin:
                         )
                     ]
         hits: dict[str, dict[str, str]] = {}
+        size = len(ctx.raw)
         extra: list[Finding] = []
         urls = message_urls(message)
         checks = [self._auth(ctx, hits)]
@@ -314,13 +316,13 @@ class AntispamPlugin:
         ):
             hits.setdefault(code, details)
         if self.bayes is not None:
-            probability = await asyncio.to_thread(
-                self.bayes.probability, message, cfg.bayes_min_learned
+            probability = await run_cpu_bound(
+                size, self.bayes.probability, message, cfg.bayes_min_learned
             )
             if probability is not None:
                 hits[_bayes_code(probability)] = {"probability": f"{probability:.4f}"}
-        targets = await asyncio.to_thread(self._targets, ctx, urls)
-        matched = await asyncio.to_thread(self.rules.match, targets, set(hits))
+        targets = await run_cpu_bound(size, self._targets, ctx, urls)
+        matched = await run_cpu_bound(size, self.rules.match, targets, set(hits))
         for rule in matched:
             hits.setdefault(rule.name, {"rule": rule.description[:120]} if rule.description else {})
         findings = [self._finding(_code(code), details) for code, details in sorted(hits.items())]

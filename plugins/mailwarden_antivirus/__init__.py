@@ -6,6 +6,7 @@ Written only against ``mailwarden_sdk``, exactly as a third-party detector would
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ from mailwarden_sdk import (
     Verdict,
     hookimpl,
     plugin_data_dir,
+    run_cpu_bound,
 )
 from mailwarden_sdk.findings import infected
 
@@ -64,7 +66,7 @@ class AntivirusConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 class AntivirusPlugin:
     """Scans each leaf part's decoded content and, optionally, the raw message."""
 
-    requires_sdk = ">=1.8,<2"
+    requires_sdk = ">=1.9,<2"
 
     def __init__(self) -> None:
         self.config = AntivirusConfig()
@@ -120,7 +122,13 @@ class AntivirusPlugin:
         return [sigs]
 
     @hookimpl
-    def mailwarden_scan(self, ctx: ScanContext) -> list[Finding]:
+    async def mailwarden_scan(self, ctx: ScanContext) -> list[Finding]:
+        if "clamd" in self.config.engines:
+            # clamd is a socket round trip: never on the event loop.
+            return await asyncio.to_thread(self._scan, ctx)
+        return await run_cpu_bound(len(ctx.raw), self._scan, ctx)
+
+    def _scan(self, ctx: ScanContext) -> list[Finding]:
         self._check_for_update()
         findings: list[Finding] = []
         reported: set[str] = set()

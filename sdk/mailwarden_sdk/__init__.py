@@ -11,6 +11,8 @@ The native MIME core and signature matcher are reached through this package too
 ``mailwarden`` core.
 A plugin that keeps messages of its own offers them to the web interface as a
 :class:`Quarantine` (:mod:`mailwarden_sdk.quarantines`).
+An ``async`` hook with CPU work to do runs it through :func:`run_cpu_bound`
+(:mod:`mailwarden_sdk.offload`): inline when small, in a thread when large.
 :mod:`mailwarden_sdk.findings` has shorthands for common findings; ``requires_sdk`` on a plugin
 states which SDK versions it works with (see :mod:`mailwarden_sdk.version`).
 """
@@ -27,6 +29,7 @@ from .context import (
     plugin_data_dir,
 )
 from .hookspecs import PROJECT_NAME, hookimpl, hookspec
+from .offload import INLINE_MAX_BYTES, run_cpu_bound
 from .quarantines import (
     QUARANTINE_ID,
     LearnLabel,
@@ -53,6 +56,7 @@ from .version import SDK_VERSION, IncompatibleSdk, check_compatible
 __version__ = SDK_VERSION
 
 __all__ = [
+    "INLINE_MAX_BYTES",
     "PROJECT_NAME",
     "QUARANTINE_ID",
     "SDK_VERSION",
@@ -91,4 +95,5 @@ __all__ = [
     "hookspec",
     "parse",
     "plugin_data_dir",
+    "run_cpu_bound",
 ]

@@ -20,8 +20,9 @@ __all__ = ["SDK_VERSION", "IncompatibleSdk", "check_compatible"]
 # 1.5: mailwarden_hold hook, Host.resubmit, Verdict.sandbox "hold"/"skipped"/"deferred";
 # 1.6: Verdict.headers;
 # 1.7: mailwarden_quarantines hook, Quarantine, QuarantineEntry, Host.deliver;
-# 1.8: Action.backup_id (the gateway keeps backups in its own store), config_option
-SDK_VERSION = "1.8.0"
+# 1.8: Action.backup_id (the gateway keeps backups in its own store), config_option;
+# 1.9: run_cpu_bound, INLINE_MAX_BYTES
+SDK_VERSION = "1.9.0"
 
 
 class IncompatibleSdk(Exception):

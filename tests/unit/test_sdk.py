@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import smtplib
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ from mailwarden.errors import PluginError
 from mailwarden.plugins import build_plugin_manager
 from mailwarden.testing import GatewayRunner, expect_action, expect_finding, no_finding, scan
 from mailwarden_sdk import (
+    INLINE_MAX_BYTES,
     SDK_VERSION,
     Category,
     IncompatibleSdk,
@@ -24,6 +27,7 @@ from mailwarden_sdk import (
     check_compatible,
     findings,
     hookimpl,
+    run_cpu_bound,
 )
 from tests.conftest import EICAR, ROOT, install_fake_distribution, make_message
 from tests.thirdparty.detectors import MARKER, MarkerDetector
@@ -156,3 +160,23 @@ def test_command_host_works_only_inside_the_mailwarden_command() -> None:
 
     with _pytest.raises(RuntimeError, match="inside the mailwarden command line"):
         command_host()
+
+
+def test_cpu_bound_work_runs_inline_when_small_and_in_a_thread_when_large() -> None:
+    def where(tag: str) -> tuple[str, str]:
+        return tag, threading.current_thread().name
+
+    def boom() -> None:
+        raise ValueError("bad input")
+
+    async def main() -> None:
+        loop_thread = threading.current_thread().name
+        assert await run_cpu_bound(1024, where, "small") == ("small", loop_thread)
+        assert await run_cpu_bound(INLINE_MAX_BYTES, where, "edge") == ("edge", loop_thread)
+        tag, thread = await run_cpu_bound(INLINE_MAX_BYTES + 1, where, "large")
+        assert tag == "large" and thread != loop_thread
+        for size in (1, INLINE_MAX_BYTES * 2):
+            with pytest.raises(ValueError, match="bad input"):
+                await run_cpu_bound(size, boom)
+
+    asyncio.run(main())
