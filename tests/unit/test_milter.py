@@ -279,6 +279,28 @@ def test_every_change_is_encoded_in_order_and_replies_carry_codes(tmp_path: Path
     run_with_server(tmp_path, body, handler=handler, progress_interval=0.1)
 
 
+def test_a_silent_mta_is_closed_after_the_timeout_but_a_long_scan_is_not(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def body(port: int, _gw: Any) -> None:
+        # The decision (0.35 s) outlasts the idle timeout (0.2 s): the MTA is waiting on us,
+        # so the connection stays and the answer arrives.
+        mta = await Mta.connect(port)
+        await mta.optneg()
+        await mta.session_start()
+        slow = await mta.message(make_message(subject="slow"))
+        assert slow.final == "a"
+        # Then the MTA sends nothing: the server closes the connection.
+        began = asyncio.get_running_loop().time()
+        assert await asyncio.wait_for(mta.reader.read(), 5) == b""
+        assert asyncio.get_running_loop().time() - began < 2
+        await mta.close()
+
+    with caplog.at_level(logging.WARNING, logger="mailwarden.ingress.milter"):
+        run_with_server(tmp_path, body, handler=EveryChange(), timeout=0.2, progress_interval=10)
+    assert any("sent nothing for 0.2 s" in r.getMessage() for r in caplog.records)
+
+
 def test_changes_the_mta_did_not_allow_are_left_out(tmp_path: Path) -> None:
     async def body(port: int, _gw: Any) -> None:
         mta = await Mta.connect(port)
