@@ -134,6 +134,30 @@ def test_rules_only_run_their_regex_when_the_literal_occurs(tmp_path: Path) -> N
     assert ruleset.match(targets) == []
 
 
+def test_a_meta_sees_the_metas_it_names_whatever_the_file_order(tmp_path: Path) -> None:
+    # SpamAssassin's BODY_SINGLE_URI is "__BODY_SINGLE_URI && !__VIA_ML && ...": a meta
+    # negating metas defined later in the files. Evaluated in file order it hit before its
+    # negated parts were known, and a mailing-list newsletter scored as spam.
+    rules = tmp_path / "x.cf"
+    rules.write_text(
+        "meta OUTER (__WORD && !__LIST)\n"
+        "score OUTER 3.0\n"
+        "meta __LIST (__LIST_HEADER || __LIST_BODY)\n"
+        "meta __LIST_BODY __UNSUB\n"
+        "body __WORD /bargain/\n"
+        "body __UNSUB /unsubscribe/\n"
+        "header __LIST_HEADER exists:List-Id\n"
+    )
+    ruleset = load_rules([rules])
+
+    def hits(body: str) -> set[str]:
+        targets = RuleTargets(headers={}, body=body, rawbody="", uris=[], full="")
+        return {r.name for r in ruleset.match(targets)}
+
+    assert hits("a bargain") == {"OUTER"}
+    assert hits("a bargain, unsubscribe here") == set()
+
+
 def test_stock_spamassassin_rules_load() -> None:
     ensure_packages("spamassassin")
     stock = Path("/usr/share/spamassassin")
