@@ -329,6 +329,11 @@ class AntispamPlugin:
         # Zero-score results (SPF_NONE, ARC_PASS...) fed the metas and the
         # Authentication-Results header; as findings they would read as detections.
         findings = [f for f in findings if f.score or f.code in _KEEP_AT_ZERO]
+        # One defect found by two rules (a heuristic and its stock twin) counts once. Only a
+        # replacement that scores replaces: one the admin scored 0 leaves the code counting.
+        scored = {f.code for f in (*findings, *extra) if f.score}
+        replaced = self.rules.replaced(scored)
+        findings = [f for f in findings if f.code not in replaced]
         findings = self._cap_groups(findings)
         return findings + extra
 

@@ -2,8 +2,10 @@
 
 Supported directives: ``header``, ``body``, ``rawbody``, ``uri``, ``full``, ``meta``,
 ``score``, ``describe``, ``tflags``, the ``replace_tag``/``replace_rules`` templating, and the
-``if``/``ifplugin``/``else``/``endif`` blocks of the stock rule set. One mailwarden directive
-is added: ``group_cap N`` caps what all rules of that file (its *group*) add together. Rules
+``if``/``ifplugin``/``else``/``endif`` blocks of the stock rule set. Two mailwarden directives
+are added: ``group_cap N`` caps what all rules of that file (its *group*) add together, and
+``replaced_by CODE OTHER...`` leaves CODE unscored when one of the OTHERs scores (the same test
+under two names, e.g. a built-in heuristic and a stock rule). Rules
 that call SpamAssassin's Perl code (``eval:``) run when :mod:`.sa_evals` has the function, and
 are skipped and counted otherwise, so a stock rule set loads; metas see skipped ones as not hit.
 
@@ -33,11 +35,11 @@ __all__ = ["Rule", "RuleSet", "RuleTargets", "load_rules"]
 log = logging.getLogger(__name__)
 
 KINDS = ("header", "body", "rawbody", "uri", "full")
-_META_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _META_TOKEN = re.compile(r"\s*(\d+(?:\.\d+)?|[A-Za-z_][A-Za-z0-9_]*|&&|\|\||[<>=!]=|[-+*/()<>!])")
 # Plugins whose rule types we do not have: their blocks are left out, their fallbacks kept.
 _MISSING_PLUGINS = {"Mail::SpamAssassin::Plugin::MIMEHeader"}
 _EVAL = re.compile(r"^eval:(\w+)\((.*)\)$")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 @dataclass
@@ -87,6 +89,8 @@ class RuleSet:
     rules: dict[str, Rule] = field(default_factory=dict)
     group_caps: dict[str, float] = field(default_factory=dict)
     skipped: dict[str, int] = field(default_factory=dict)
+    # CODE -> the rules that test the same thing and take its score when they score.
+    replaced_by: dict[str, set[str]] = field(default_factory=dict)
     _prefilters: dict[str, tuple[Matcher | None, list[Rule], list[Rule]]] = field(
         default_factory=dict
     )
@@ -124,7 +128,7 @@ class RuleSet:
             if name not in metas or name in seen:
                 return 0
             if name not in depth:
-                names = _META_NAME.findall(metas[name].meta or "")
+                names = _NAME.findall(metas[name].meta or "")
                 depth[name] = 1 + max((depth_of(n, seen | {name}) for n in names), default=0)
             return depth[name]
 
@@ -202,6 +206,20 @@ class RuleSet:
             for n in sorted(hits - given)
             if n in self.rules and not self.rules[n].sub_rule
         ]
+
+    def replaced(self, scored: Iterable[str]) -> set[str]:
+        """The codes among ``scored`` to leave out because a ``replaced_by`` rule also scored.
+
+        Applied to findings, after metas resolved: a meta over CODE still sees it hit, only
+        its score is not counted twice. Chains are followed (one test under three names is
+        one test); cycles are refused at load, so of codes replacing one another one stays.
+        """
+        present = set(scored)
+        return {
+            code
+            for code in present & self.replaced_by.keys()
+            if not _replacers(self, code).isdisjoint(present)
+        }
 
     def _resolve_metas(self, hits: set[str]) -> None:
         # Metas may depend on metas: evaluate until nothing changes (bounded by their count).
@@ -588,6 +606,34 @@ def _directive(
         described = ruleset.rules.get(name.strip())
         if described is not None:
             described.description = text.strip()
+    elif word == "replaced_by":
+        _replaced_by(ruleset, rest.split())
+
+
+def _replaced_by(ruleset: RuleSet, names: list[str]) -> None:
+    if len(names) < 2:
+        raise ValueError("replaced_by needs a rule name and at least one rule replacing it")
+    bad = [n for n in names if not _NAME.fullmatch(n)]
+    if bad:
+        raise ValueError(f"replaced_by: not a rule name: {bad[0]!r}")
+    code, others = names[0], names[1:]
+    for other in others:
+        # A cycle would leave none of its rules scored when they all hit.
+        if code == other or code in _replacers(ruleset, other):
+            raise ValueError(f"replaced_by: {code} and {other} would replace each other")
+    ruleset.replaced_by.setdefault(code, set()).update(others)
+
+
+def _replacers(ruleset: RuleSet, code: str) -> set[str]:
+    """Every rule that replaces ``code``, directly or through others."""
+    found: set[str] = set()
+    todo = [code]
+    while todo:
+        for other in ruleset.replaced_by.get(todo.pop(), ()):
+            if other not in found:
+                found.add(other)
+                todo.append(other)
+    return found
 
 
 def _split_name(rest: str) -> tuple[str, str, str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -156,6 +157,71 @@ def test_a_meta_sees_the_metas_it_names_whatever_the_file_order(tmp_path: Path) 
 
     assert hits("a bargain") == {"OUTER"}
     assert hits("a bargain, unsubscribe here") == set()
+
+
+# Stand-ins for SpamAssassin's stock rules that test what our heuristics test.
+STOCK_TWINS = r"""
+header __HAS_MESSAGE_ID  exists:Message-Id
+meta   MISSING_MID       !__HAS_MESSAGE_ID
+score  MISSING_MID       0.7
+uri    NORMAL_HTTP_TO_IP m{^https?://\d+\.\d+\.\d+\.\d+\b}i
+score  NORMAL_HTTP_TO_IP 0.2
+meta   NO_MID_IP_LINK    (MISSING_MESSAGE_ID && PHISH_IP_LINK)
+score  NO_MID_IP_LINK    0.3
+"""
+
+
+def test_a_stock_twin_of_a_heuristic_scores_instead_of_it(
+    tmp_path: Path, empty_dns: ZoneServer
+) -> None:
+    rules = tmp_path / "20_stock.cf"
+    rules.write_text(STOCK_TWINS)
+    raw = (
+        b"From: Service <service@example.org>\r\nTo: bob@example.net\r\nSubject: Your account\r\n"
+        b"Date: Mon, 01 Jan 2024 10:00:00 +0000\r\nMIME-Version: 1.0\r\n"
+        b"Content-Type: text/html; charset=utf-8\r\n\r\n"
+        b'<a href="http://192.0.2.7/login">Log in</a>\r\n'
+    )
+
+    def scores(extra: str = "") -> dict[str, float]:
+        decision = scan(raw, builtins=True, config=_config(empty_dns, extra))
+        return {f.code: f.score for f in decision.verdict.findings if f.detector == "antispam"}
+
+    alone = scores()
+    assert alone["MISSING_MESSAGE_ID"] == 0.5 and alone["PHISH_IP_LINK"] == 1.5
+    assert "MISSING_MID" not in alone and "NORMAL_HTTP_TO_IP" not in alone
+    twins = scores(f"rule_files = ['{rules}']\n")
+    assert twins["MISSING_MID"] == 0.7 and twins["NORMAL_HTTP_TO_IP"] == 0.2
+    assert "MISSING_MESSAGE_ID" not in twins and "PHISH_IP_LINK" not in twins
+    # Metas still see the replaced codes as hit: only their scores are gone.
+    assert twins["NO_MID_IP_LINK"] == 0.3
+    # A twin the admin scores 0 scores nothing, so the heuristic counts again.
+    muted = scores(f"rule_files = ['{rules}']\nscores = {{ MISSING_MID = 0.0 }}\n")
+    assert muted["MISSING_MESSAGE_ID"] == 0.5 and "MISSING_MID" not in muted
+
+
+def test_bad_replaced_by_lines_are_reported_with_file_and_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    rules = tmp_path / "bad.cf"
+    rules.write_text(
+        "replaced_by LONELY\n"
+        "replaced_by A B,C\n"
+        "replaced_by X Y\n"
+        "replaced_by Y X\n"
+        "replaced_by Z Z\n"
+        "replaced_by Y W\n"
+    )
+    with caplog.at_level(logging.DEBUG, logger="mailwarden_antispam.rules"):
+        ruleset = load_rules([rules])
+    assert ruleset.skipped["invalid"] == 4
+    for lineno in (1, 2, 4, 5):
+        assert f"bad.cf:{lineno}:" in caplog.text
+    assert ruleset.replaced_by == {"X": {"Y"}, "Y": {"W"}}
+    # Chains are followed: W replaces X through Y, even when Y did not hit.
+    assert ruleset.replaced({"X", "Y", "W"}) == {"X", "Y"}
+    assert ruleset.replaced({"X", "W"}) == {"X"}
+    assert ruleset.replaced({"X", "Y"}) == {"X"}
 
 
 def test_stock_spamassassin_rules_load() -> None:
