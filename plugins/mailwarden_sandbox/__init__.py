@@ -284,11 +284,17 @@ class SandboxPlugin:
     # -- per message -------------------------------------------------------------------------
 
     @hookimpl
-    def mailwarden_scan(self, ctx: ScanContext) -> list[Finding]:
+    async def mailwarden_scan(self, ctx: ScanContext) -> list[Finding]:
         """Pick the objects to send, drop the too big ones, answer from the cache (a thread)."""
         policy = self.config.for_rule(ctx.rule)
         if not policy.enabled or self.cache is None or self.store is None:
+            # Decided on the event loop: under a rule without the sandbox a thread hand-off
+            # per message would cost more than everything else this detector does.
             return []
+        return await asyncio.to_thread(self._select, ctx, policy)
+
+    def _select(self, ctx: ScanContext, policy: Policy) -> list[Finding]:
+        assert self.cache is not None and self.store is not None
         findings: list[Finding] = []
         pending: list[_Object] = []
         for label, data in _objects(ctx.message, policy.send):
