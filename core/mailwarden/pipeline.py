@@ -292,6 +292,7 @@ class Gateway:
         """Shut every plugin down; errors are logged, every plugin gets its call."""
         if not self._started:
             return
+        self.stores.flush()
         for impl in self.plugins.pm.hook.mailwarden_shutdown.get_hookimpls():
             try:
                 result = impl.function(**_kwargs(impl, host=self.host))

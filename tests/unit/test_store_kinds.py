@@ -3,6 +3,7 @@ log, traces, statistics, temp files."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from mailwarden.stores import enforce
 from mailwarden.stores.applog import ApplicationLog
 from mailwarden.stores.authlog import AuthLog
 from mailwarden.stores.backup import BackupStore
-from mailwarden.stores.statistics import Statistics
+from mailwarden.stores.statistics import FLUSH_SECONDS, Statistics
 from mailwarden.stores.temp import clean_temp
 from mailwarden.stores.traces import TraceStreams
 from mailwarden_sdk import Finding
@@ -145,6 +146,26 @@ def test_statistics_count_by_hour_and_day_with_tops(tmp_path: Path) -> None:
     assert stats.top("d", "20231114", "sender") == [("x@example.org", 2), ("y@example.org", 1)]
     assert stats.top("d", "20231114", "recipient") == [("b@example.net", 3)]
     assert stats.top("d", "20231114", "detection") == [("EICAR", 1)]
+
+
+def test_statistics_in_a_gateway_wait_a_second_and_move_in_one_write(tmp_path: Path) -> None:
+    stats = Statistics(tmp_path / "stats")
+    other = Statistics(tmp_path / "stats")  # what another worker or the web process sees
+
+    async def main() -> None:
+        for n in range(50):
+            stats.count(event(NOW + n, f"r{n}"))
+        # Not written yet: another process sees nothing, this one reads its own counts.
+        assert other.env.read(lambda txn: txn.stat(other.env.db("counts"))["entries"]) == 0
+        assert stats.counters("d", "20231114")["messages"] == {"": 50}
+        stats.count(event(NOW, "late"))
+        await asyncio.sleep(FLUSH_SECONDS + 0.5)
+        # Written by the timer, without a read or another message.
+        assert other.counters("d", "20231114")["messages"] == {"": 51}
+
+    asyncio.run(main())
+    stats.count(event(NOW, "outside a loop"))  # a command: written at once
+    assert other.counters("d", "20231114")["messages"] == {"": 52}
 
 
 def test_temp_files_removed_at_start(tmp_path: Path) -> None:

@@ -183,3 +183,11 @@ class CoreStores:
         self.metrics.close()
         for sink in self.sinks:
             sink.close()
+        self.flush()
+
+    def flush(self) -> None:
+        """Write what waits in memory (the last second of statistics counters)."""
+        try:
+            self.statistics.flush()
+        except Exception:
+            log.exception("statistics counters of the last second not written")

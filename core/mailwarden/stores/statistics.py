@@ -5,12 +5,22 @@ One LMDB environment, one database of counters keyed ``period|bucket|kind|name``
 an hour ``YYYYMMDDHH``, or ``d`` and a day ``YYYYMMDD``, UTC) with 8-byte big-endian counts.
 All the counters of one message move in one write transaction, so reports never see half a
 message. Kept without limit, as the design's table says; a report reads one bucket's prefix.
+
+In a gateway (a running event loop) counts wait in memory up to :data:`FLUSH_SECONDS` and move
+in one transaction: one write per message was a twentieth of the milter's CPU time per 1 KiB
+message. A reader in the same process flushes first; another process sees them a second late,
+and a killed worker loses at most that second of counters (the messages themselves are in the
+event log).
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import struct
+import threading
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,7 +28,12 @@ from mailwarden_sdk import MessageEvent, StoreDescriptor, WhenFull
 
 from .lmdb_env import LmdbEnv
 
-__all__ = ["Statistics", "bucket_of"]
+__all__ = ["FLUSH_SECONDS", "Statistics", "bucket_of"]
+
+log = logging.getLogger(__name__)
+
+#: How long counts may wait in memory before they are written.
+FLUSH_SECONDS = 1.0
 
 _U64 = struct.Struct(">Q")
 Period = Literal["h", "d"]
@@ -56,6 +71,9 @@ class Statistics:
         self.root = root
         # Counters may lose the last transactions in a machine crash; no fsync per message.
         self.env = LmdbEnv(root, dbs={"counts": False}, sync=False)
+        self._pending: Counter[bytes] = Counter()
+        self._lock = threading.Lock()
+        self._timer: asyncio.TimerHandle | None = None
         self.descriptor = StoreDescriptor(
             name="statistics",
             path=str(root),
@@ -73,16 +91,46 @@ class Statistics:
             for kind, name in _names(event)
         ]
 
+        with self._lock:
+            self._pending.update(keys)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.flush()  # no loop to flush later: a library caller or a command
+            return
+        if self._timer is None:
+            self._timer = loop.call_later(FLUSH_SECONDS, self._flush_later)
+
+    def _flush_later(self) -> None:
+        self._timer = None
+        try:
+            self.flush()
+        except Exception:
+            log.exception("statistics counters not written; kept for the next try")
+
+    def flush(self) -> None:
+        """Write the counts waiting in memory (one transaction); kept if the write fails."""
+        with self._lock:
+            pending, self._pending = self._pending, Counter()
+        if not pending:
+            return
+
         def work(txn: Any) -> None:
             db = self.env.db("counts")
-            for key in keys:
+            for key, n in pending.items():
                 raw = txn.get(key, db=db)
-                txn.put(key, _U64.pack((_U64.unpack(raw)[0] if raw else 0) + 1), db=db)
+                txn.put(key, _U64.pack((_U64.unpack(raw)[0] if raw else 0) + n), db=db)
 
-        self.env.write(work)
+        try:
+            self.env.write(work)
+        except BaseException:
+            with self._lock:
+                self._pending.update(pending)
+            raise
 
     def counters(self, period: Period, bucket: str) -> dict[str, dict[str, int]]:
         """``{kind: {name: count}}`` of one bucket (``messages`` has the name ``""``)."""
+        self.flush()
         prefix = f"{period}|{bucket}|".encode()
 
         def work(txn: Any) -> dict[str, dict[str, int]]:
@@ -104,5 +152,9 @@ class Statistics:
 
     def close(self) -> None:
         """Flush and close."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.flush()
         self.env.sync()
         self.env.close()
