@@ -23,7 +23,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import re
 import socket
 import struct
 from collections.abc import Awaitable, Callable
@@ -133,7 +132,9 @@ class MilterProtocolError(ValueError):
 # -- codec -------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+# Not frozen: a frozen dataclass sets each field through object.__setattr__, and a dozen
+# commands are decoded per message.
+@dataclass(slots=True)
 class Command:
     """One decoded command from the MTA. Which fields are set depends on ``code``."""
 
@@ -298,7 +299,7 @@ class MilterMessage:
         out += b"\r\n"
         out += self.body
         # Postfix sends folded header lines joined by a bare LF; make every line end CR LF.
-        return re.sub(rb"\r?\n", b"\r\n", bytes(out))
+        return bytes(out).replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 
 
 @dataclass
