@@ -51,7 +51,7 @@ def _reference(corpus: Path) -> dict[str, bool]:
 
 async def _scan_all(
     corpus: Path, rows: list[dict[str, str]], sa_rules: Path | None, port: int, home: Path
-) -> dict[str, tuple[bool, float, list[str]]]:
+) -> dict[str, tuple[bool, float, list[str], str]]:
     rule_files = f"rule_files = ['{sa_rules}']\n" if sa_rules else ""
     config = (
         "[antispam]\n"
@@ -64,7 +64,7 @@ async def _scan_all(
     plugins = build_plugin_manager(entry_points=True)
     cfg = parse_config(config, plugins.config_schemas())
     cfg.gateway.home = str(home)
-    out: dict[str, tuple[bool, float, list[str]]] = {}
+    out: dict[str, tuple[bool, float, list[str], str]] = {}
     async with Gateway(cfg, plugins=plugins) as gateway:
         for row in rows:
             raw = (corpus / "spam" / row["path"]).read_bytes()
@@ -72,7 +72,8 @@ async def _scan_all(
             decision = await gateway.scan(raw, envelope)
             verdict = decision.verdict
             codes = sorted({f.code for f in verdict.findings if f.score})
-            out[row["path"]] = (verdict.spam.value in FLAGGED, verdict.spam_score, codes)
+            status = verdict.spam.value
+            out[row["path"]] = (status in FLAGGED, verdict.spam_score, codes, status)
     return out
 
 
@@ -105,14 +106,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ours = asyncio.run(_scan_all(corpus, rows, sa_rules, server.port, Path(home)))
     pred = {p: v[0] for p, v in ours.items()}
     print(f"rules: built-in + {sa_rules or 'no stock SpamAssassin rules'}; Bayes off; no network")
-    print(f"{'label':<6} {'messages':>8} {'mailwarden':>11} {'SpamAssassin':>13}")
+    # Flagged at 5.0 (SpamAssassin's one threshold) splits into our two statuses: "probable
+    # spam" (5 to 10, delivered with a tag by the default rule) and "spam" (10 or more).
+    print(
+        f"{'label':<6} {'messages':>8} {'mailwarden':>11} {'(probable':>10} {'spam)':>6}"
+        f" {'SpamAssassin':>13}"
+    )
     per_label: dict[str, dict[str, int]] = {}
     for label in ("spam", "ham", "bulk"):
         paths = [p for p, lab in labels.items() if lab == label]
         mine = sum(1 for p in paths if pred[p])
+        probable = sum(1 for p in paths if ours[p][3] == "probable_spam")
+        spam = sum(1 for p in paths if ours[p][3] == "spam")
         theirs = sum(1 for p in paths if reference.get(p))
-        per_label[label] = {"messages": len(paths), "mailwarden": mine, "spamassassin": theirs}
-        print(f"{label:<6} {len(paths):>8} {mine:>11} {theirs:>13}")
+        per_label[label] = {
+            "messages": len(paths),
+            "mailwarden": mine,
+            "probable_spam": probable,
+            "spam": spam,
+            "spamassassin": theirs,
+        }
+        print(f"{label:<6} {len(paths):>8} {mine:>11} {probable:>10} {spam:>6} {theirs:>13}")
     r_ours, r_ref = _rates(pred, labels), _rates(reference, labels)
     print(f"\n{'':<14} {'mailwarden':>11} {'SpamAssassin':>13}")
     for key in ("precision", "recall", "fpr"):
@@ -120,11 +134,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print("\nwhere they differ (label: path  mailwarden score  codes):")
     for path, label in labels.items():
         if pred[path] != reference.get(path):
-            flag, score, codes = ours[path]
-            print(
-                f"  {label}: {path}  {'flagged' if flag else 'passed'} {score:.1f}  "
-                f"{' '.join(codes[:8])}"
-            )
+            _flag, score, codes, status = ours[path]
+            print(f"  {label}: {path}  {status} {score:.1f}  {' '.join(codes[:8])}")
     result = {
         "per_label": per_label,
         "mailwarden": r_ours,
