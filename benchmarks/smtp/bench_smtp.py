@@ -1,0 +1,230 @@
+"""Mail flow through Postfix and mailwarden, against Postfix alone and peer milters, in one run.
+
+Postfix's ``smtp-source`` sends the same load (``--messages`` of ``--size`` bytes over
+``--sessions`` sessions) to each of:
+
+  (a)  Postfix alone            -> smtp-sink      (run first and last; the baseline is the mean)
+  (b)  Postfix + mailwarden milter, antivirus and antispam on (``smtpd_milters``)
+  (b0) Postfix + mailwarden milter, every detector off: the protocol and the pipeline alone
+  (c)  mailwarden SMTP gateway (relay mode, spool fsynced before each 250)
+  (d)  Postfix + mailwarden after-queue content filter (re-injection with XFORWARD)
+  (e)  Postfix + rspamd's milter (its proxy in milter mode, scanning itself), if installed
+  (f)  Postfix + OpenDKIM verifying (a C milter on libmilter), if installed
+
+For each it reports the accept rate (smtp-source finished: every message got its 250), the
+end-to-end rate (the sink holds every message), both as ratios to (a), and the CPU time
+``mailwarden serve`` spent per message. Antispam runs without DNS (as ``mailwarden bench`` runs
+it), so the machine's resolver is neither asked nor waited on. Everything shares the machine's
+cores, so the figures are only comparable within one run.
+
+    .venv/bin/python benchmarks/smtp/bench_smtp.py --messages 1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from mailwarden.bench.peers import opendkim_milter, rspamd_milter  # noqa: E402
+from mailwarden.bench.run import OFFLINE_ANTISPAM  # noqa: E402
+from tests.conftest import free_port  # noqa: E402
+from tests.integration.test_gateway_relay import Serve, Sink, port_open, wait_until  # noqa: E402
+from tests.services.postfix import Postfix  # noqa: E402
+
+_TICK = os.sysconf("SC_CLK_TCK")
+_ALL_DETECTORS_OFF = '[detectors]\ndisabled = ["antivirus", "antispam", "reputation", "sandbox"]\n'
+
+
+def _count(sink: Sink) -> int:
+    return sum(1 for p in sink.directory.iterdir() if p.is_file())
+
+
+def _tree(pid: int) -> list[int]:
+    found, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        found.append(p)
+        with contextlib.suppress(OSError):
+            for task in os.listdir(f"/proc/{p}/task"):
+                children = Path(f"/proc/{p}/task/{task}/children").read_text().split()
+                todo += [int(c) for c in children]
+    return found
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    """User and system CPU of the processes (all their threads), in seconds."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+    return total / _TICK
+
+
+def _phase(
+    sink: Sink, port: int, messages: int, sessions: int, size: int, serve: Serve | None
+) -> dict[str, float]:
+    before = _count(sink)
+    pids = _tree(serve.process.pid) if serve is not None and serve.process else []
+    cpu_before = _cpu_seconds(pids)
+    began = time.perf_counter()
+    subprocess.run(
+        [
+            "smtp-source",
+            "-c",
+            "-m",
+            str(messages),
+            "-s",
+            str(sessions),
+            "-l",
+            str(size),
+            "-f",
+            "alice@example.org",
+            "-t",
+            "bob@example.net",
+            f"127.0.0.1:{port}",
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        timeout=1800,
+    )
+    accepted = time.perf_counter() - began
+    wait_until(lambda: _count(sink) - before >= messages, 600, "every message at the sink")
+    delivered = time.perf_counter() - began
+    result = {"accept": messages / accepted, "end_to_end": messages / delivered}
+    if pids:
+        result["serve_cpu_ms"] = (_cpu_seconds(pids) - cpu_before) * 1000 / messages
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--messages", type=int, default=1000)
+    parser.add_argument("--sessions", type=int, default=10)
+    parser.add_argument("--size", type=int, default=1024, help="message body bytes")
+    parser.add_argument("--json", help="also write the figures as JSON to this file")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="mailwarden-bench-smtp-"))
+    sink = Sink(work / "sink", free_port()).start()
+    milter, bare_milter, content_filter = free_port(), free_port(), free_port()
+    reinject, smtp = free_port(), free_port()
+    common = (
+        f'[delivery]\nmode = "relay"\nnext_hop = "127.0.0.1:{sink.port}"\n'
+        "queue_scan_interval = 1.0\n[events]\nenabled = false\n" + OFFLINE_ANTISPAM
+    )
+    serve = Serve(
+        work / "home",
+        smtp,
+        common
+        + f"[milter]\nenabled = true\nport = {milter}\n"
+        + f"[content_filter]\nenabled = true\nport = {content_filter}\n"
+        + f'reinject = "127.0.0.1:{reinject}"\n',
+    )
+    bare = Serve(
+        work / "bare",
+        free_port(),
+        common + f"[milter]\nenabled = true\nport = {bare_milter}\n" + _ALL_DETECTORS_OFF,
+    )
+    postfix = Postfix(sink.port)
+    ports = {name: free_port() for name in ("plain", "milter", "bare", "cf", "rspamd", "dkim")}
+    results: dict[str, dict[str, float]] = {}
+    skipped: dict[str, str] = {}
+    n, s, size = args.messages, args.sessions, args.size
+    with contextlib.ExitStack() as peers:
+        peer_ports: dict[str, int] = {}
+        for name, start, package in (
+            ("rspamd", rspamd_milter, "rspamd"),
+            ("dkim", opendkim_milter, "opendkim"),
+        ):
+            if not shutil.which(package):
+                skipped[name] = f"{package} is not installed (apt-get install {package})"
+                continue
+            try:
+                peer_ports[name] = peers.enter_context(start())
+            except RuntimeError as exc:
+                skipped[name] = f"{package} did not start: {exc}"
+        try:
+            serve.start(wait_port=milter)
+            bare.start(wait_port=bare_milter)
+            wait_until(lambda: port_open(content_filter), 30, "the content filter")
+            postfix.add_smtpd(ports["plain"], "plain")
+            postfix.add_smtpd(ports["milter"], "mw", smtpd_milters=f"inet:127.0.0.1:{milter}")
+            postfix.add_smtpd(
+                ports["bare"], "mwbare", smtpd_milters=f"inet:127.0.0.1:{bare_milter}"
+            )
+            for name, port in peer_ports.items():
+                postfix.add_smtpd(ports[name], name, smtpd_milters=f"inet:127.0.0.1:{port}")
+            postfix.add_content_filter(ports["cf"], content_filter, reinject)
+            # smtp-source's load is all from one client: lift the per-client limits.
+            postfix.main["smtpd_client_connection_count_limit"] = "0"
+            postfix.main["default_process_limit"] = "100"
+            postfix.start([*(ports[k] for k in ports if k not in skipped), reinject])
+            modes: list[tuple[str, int, Serve | None]] = [
+                ("(a) postfix alone", ports["plain"], None),
+                ("(b) postfix + milter", ports["milter"], serve),
+                ("(b0) postfix + milter, no detectors", ports["bare"], bare),
+                ("(c) smtp gateway", smtp, serve),
+                ("(d) postfix + content filter", ports["cf"], serve),
+            ]
+            if "rspamd" in peer_ports:
+                modes.append(("(e) postfix + rspamd milter", ports["rspamd"], None))
+            if "dkim" in peer_ports:
+                modes.append(("(f) postfix + opendkim milter", ports["dkim"], None))
+            # A short warm-up so that first-use costs (process spawns, imports) are not measured.
+            for _name, port, _serve in modes:
+                _phase(sink, port, min(50, n), s, size, None)
+            for name, port, owner in modes:
+                results[name] = _phase(sink, port, n, s, size, owner)
+            # Postfix alone once more: the machine is shared, the baseline is both runs' mean.
+            last = _phase(sink, ports["plain"], n, s, size, None)
+        finally:
+            postfix.stop()
+            serve.stop()
+            bare.stop()
+            sink.stop(remove=True)
+    first = results["(a) postfix alone"]
+    base = {k: (first[k] + last[k]) / 2 for k in ("accept", "end_to_end")}
+    print(f"{n} messages of {size} bytes, {s} sessions, {os.cpu_count()} cores")
+    print(
+        f"(a) postfix alone: {first['accept']:.0f} accept/s first, {last['accept']:.0f} last;"
+        " ratios are to the mean"
+    )
+    header = f"{'mode':38} {'accept/s':>9} {'ratio':>6} {'end-to-end/s':>13} {'ratio':>6}"
+    print(header + f" {'serve CPU ms/msg':>17}")
+    for name, r in results.items():
+        cpu = f"{r['serve_cpu_ms']:17.2f}" if "serve_cpu_ms" in r else f"{'-':>17}"
+        print(
+            f"{name:38} {r['accept']:9.0f} {r['accept'] / base['accept']:6.2f}"
+            f" {r['end_to_end']:13.0f} {r['end_to_end'] / base['end_to_end']:6.2f} {cpu}"
+        )
+    for name, why in skipped.items():
+        print(f"not run: {name}: {why}")
+    if args.json:
+        report = {
+            "messages": n,
+            "size": size,
+            "sessions": s,
+            "cores": os.cpu_count(),
+            "baseline": base,
+            "postfix_alone_last": last,
+            "modes": results,
+            "skipped": skipped,
+        }
+        Path(args.json).write_text(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
