@@ -127,8 +127,9 @@ class ConnectionCache:
             if not _reset(session, timeout):
                 # The server is up but unhappy, or gone silently: a new connection is the
                 # better bet than probing the other idle ones one round trip at a time.
-                log.debug("connection to %s:%d refused RSET; opening a new one", host, port)
-                close_session(session, quit=False)
+                log.debug("connection to %s:%d failed RSET; opening a new one", host, port)
+                # smtplib closes the socket on an error: one still open got a reply, so QUIT.
+                close_session(session, quit=session.client.sock is not None)
                 return None
             log.debug(
                 "reusing connection to %s:%d (message %d on it)",
@@ -144,7 +145,8 @@ class ConnectionCache:
         drop: list[Session] = []
         with self._lock:
             drop = self._expired_locked(now)
-            if self._closed or session.messages >= self.reuse_limit:
+            used_up = session.messages >= self.reuse_limit
+            if self._closed or used_up or session.client.sock is None:
                 drop.append(session)
             else:
                 session.idle_since = now
