@@ -142,7 +142,6 @@ class ConnectionCache:
     def give(self, session: Session) -> None:
         """Keep ``session`` for the next message; only call when its dialogue is in sync."""
         now = time.monotonic()
-        drop: list[Session] = []
         with self._lock:
             drop = self._expired_locked(now)
             used_up = session.messages >= self.reuse_limit
