@@ -24,6 +24,7 @@ from ..spool import SpoolEntry, SpoolState
 from ..tls import client_context
 from .dsn import build_dsn
 from .relay import RelayResult, send
+from .scache import ConnectionCache
 
 if TYPE_CHECKING:
     from ..pipeline import Gateway
@@ -55,6 +56,16 @@ class DeliveryQueue:
         self._slots = asyncio.Semaphore(self.config.concurrency)
         self._scanner: asyncio.Task[None] | None = None
         self._context = client_context(self.config.tls_verify, self.config.tls_ca_file)
+        # Kept per queue: its connections were opened with this queue's TLS context and HELO.
+        self._connections = (
+            ConnectionCache(
+                max_idle=self.config.connection_idle_max,
+                idle_timeout=self.config.connection_idle_timeout,
+                reuse_limit=self.config.connection_reuse_limit,
+            )
+            if self.config.connection_reuse
+            else None
+        )
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -82,6 +93,8 @@ class DeliveryQueue:
             await asyncio.wait(pending, timeout=grace)
         for task in self._active.values():
             task.cancel()
+        if self._connections is not None:
+            await asyncio.to_thread(self._connections.close)
 
     def submit(self, entry: SpoolEntry) -> None:
         """Take over a locked, decided entry and deliver it now.
@@ -116,6 +129,13 @@ class DeliveryQueue:
                 await asyncio.to_thread(self._claim_due)
             except Exception:
                 log.exception("walking the spool failed")
+            try:
+                if self._connections is not None and self._connections.idle_count():
+                    # Else an idle connection past its timeout would stay open until the next
+                    # message or the next hop's own timeout.
+                    await asyncio.to_thread(self._connections.sweep)
+            except Exception:
+                log.exception("closing idle connections to the next hop failed")
             try:
                 await asyncio.wait_for(self._wake.wait(), self.config.queue_scan_interval)
             except TimeoutError:
@@ -191,6 +211,7 @@ class DeliveryQueue:
             timeout=self.config.connect_timeout,
             before_dot=partial(self.spool.mark_in_doubt, entry, True),
             settled=settled,
+            connections=self._connections,
         )
         delivered = result.with_code(200, 300)
         failed = {r: result.replies[r] for r in result.with_code(500, 600)}
