@@ -152,7 +152,7 @@ async def start_web(
     import uvicorn
 
     _EmbeddedServer = _embedded_server_class()
-    from .ingress.smtp import _listening_socket
+    from .ingress.tcp import listening_socket
     from .tls import ensure_certificate, tls_paths
     from .web.app import WebState, create_app
 
@@ -167,7 +167,7 @@ async def start_web(
         if not (gateway.config.tls.cert_file and gateway.config.tls.key_file):
             await asyncio.to_thread(ensure_certificate, cert, key, gateway.config.gateway.hostname)
         ssl = {"ssl_certfile": str(cert), "ssl_keyfile": str(key)}
-    sock = _listening_socket(cfg.listen, cfg.port, worker_count(gateway.config.smtp.workers) > 1)
+    sock = listening_socket(cfg.listen, cfg.port, worker_count(gateway.config.smtp.workers) > 1)
     config = uvicorn.Config(
         create_app(state), log_level="warning", lifespan="off", access_log=False, **ssl
     )

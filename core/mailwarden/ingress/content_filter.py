@@ -33,7 +33,8 @@ from mailwarden_sdk import ActionKind, Envelope
 from ..delivery.queue import crlf
 from ..delivery.relay import parse_next_hop
 from .milter import hold
-from .smtp import GatewaySMTP, _Limits, _listening_socket, _sender
+from .smtp import GatewaySMTP, _Limits, _sender
+from .tcp import listening_socket
 
 if TYPE_CHECKING:
     from ..pipeline import Decision, Gateway
@@ -326,5 +327,5 @@ async def start_content_filter(gateway: Gateway, *, reuse_port: bool = False) ->
 
     loop = asyncio.get_running_loop()
     return await loop.create_server(
-        factory, sock=_listening_socket(cfg.listen, cfg.port, reuse_port)
+        factory, sock=listening_socket(cfg.listen, cfg.port, reuse_port)
     )

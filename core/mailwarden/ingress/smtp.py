@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import logging
-import socket
 import ssl
 from collections import Counter
 from typing import Any
@@ -26,6 +25,7 @@ from mailwarden_sdk import Envelope
 from ..pipeline import Gateway
 from ..tls import server_context
 from ..workers import worker_count
+from .tcp import listening_socket
 
 __all__ = ["GatewaySMTP", "SmtpHandler", "start_smtp_server", "start_smtp_servers"]
 
@@ -234,19 +234,6 @@ def _sender(mail_from: str | None) -> str:
     return "" if not mail_from or mail_from == "<>" else mail_from
 
 
-def _listening_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if reuse_port:
-        # Worker processes each bind the same port; the kernel spreads connections over them.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
-    sock.listen(512)
-    sock.setblocking(False)
-    return sock
-
-
 async def start_smtp_servers(
     gateway: Gateway, *, implicit_tls: bool = True
 ) -> list[asyncio.Server]:
@@ -277,14 +264,14 @@ async def start_smtp_servers(
     reuse_port = worker_count(cfg.workers) > 1
     servers = [
         await loop.create_server(
-            lambda: factory(False), sock=_listening_socket(cfg.listen, cfg.port, reuse_port)
+            lambda: factory(False), sock=listening_socket(cfg.listen, cfg.port, reuse_port)
         )
     ]
     if implicit_tls and cfg.tls_port and context is not None:
         servers.append(
             await loop.create_server(
                 lambda: factory(True),
-                sock=_listening_socket(cfg.listen, cfg.tls_port, reuse_port),
+                sock=listening_socket(cfg.listen, cfg.tls_port, reuse_port),
                 ssl=context,
             )
         )
