@@ -168,15 +168,27 @@ def split_packets(buffer: bytes, limit: int = MAX_PACKET) -> tuple[list[tuple[st
     """
     packets: list[tuple[str, bytes]] = []
     offset = 0
-    while len(buffer) - offset >= 4:
-        (length,) = struct.unpack_from("!I", buffer, offset)
-        check_length(length, limit)
-        if len(buffer) - offset - 4 < length:
-            break
-        start = offset + 4
-        packets.append((chr(buffer[start]), bytes(buffer[start + 1 : start + length])))
-        offset = start + length
+    while (packet := next_packet(buffer, offset, limit)) is not None:
+        code, data, offset = packet
+        packets.append((code, data))
     return packets, bytes(buffer[offset:])
+
+
+def next_packet(
+    buffer: bytes | bytearray, offset: int, limit: int = MAX_PACKET
+) -> tuple[str, bytes, int] | None:
+    """The packet starting at ``offset`` (command, data, offset after it), or ``None`` while
+    it is incomplete. Raises :class:`MilterProtocolError` for a length of zero or above
+    ``limit`` as soon as the length is known."""
+    if len(buffer) - offset < 4:
+        return None
+    (length,) = struct.unpack_from("!I", buffer, offset)
+    check_length(length, limit)
+    start = offset + 4
+    end = start + length
+    if len(buffer) < end:
+        return None
+    return chr(buffer[start]), bytes(buffer[start + 1 : end]), end
 
 
 def check_length(length: int, limit: int = MAX_PACKET) -> None:
@@ -454,15 +466,9 @@ class _Connection(asyncio.Protocol):
             return
         offset = 0
         try:
-            while len(buffer) - offset >= 4:
-                (length,) = struct.unpack_from("!I", buffer, offset)
-                check_length(length, MAX_PACKET)
-                if len(buffer) - offset - 4 < length:
-                    break
-                start = offset + 4
-                offset = start + length
-                cmd = decode_command(chr(buffer[start]), bytes(buffer[start + 1 : offset]))
-                if session.handle(cmd):
+            while (packet := next_packet(buffer, offset)) is not None:
+                code, data, offset = packet
+                if session.handle(decode_command(code, data)):
                     # End of body: decide, then go on with what the MTA sent after it.
                     del buffer[:offset]
                     offset = 0
