@@ -42,7 +42,7 @@ from .bayes import Bayes
 from .content import body_text, links, message_facts, message_urls, rawbody_text
 from .dnslists import DnsList, query_lists
 from .quarantine import SpamQuarantine, SpamQuarantineView
-from .resolver import Resolver, SyncDns
+from .resolver import DnsBudget, Resolver, SyncDns
 from .rules import RuleSet, RuleTargets, load_rules
 from .sa_evals import parse_received, received_times, relay_headers
 
@@ -70,6 +70,11 @@ class AntispamConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     original recipients the way the gateway delivers mail (relay queue or Maildir), unless
     ``release_host`` is set: then over SMTP to ``release_host``/``release_port`` (the MTA's
     re-injection port, for milter set-ups where the MTA delivers).
+
+    DNS: each query may take ``dns_timeout`` seconds and all of one message's lookups
+    ``dns_budget`` seconds together; after ``dns_breaker_timeouts`` timeouts in a row the
+    servers are taken for down and not asked for ``dns_breaker_cooloff`` seconds. Checks
+    that could not ask give temperror and the message a ``DNS_UNAVAILABLE`` finding.
     """
 
     probable_spam_score: float = 5.0
@@ -90,6 +95,12 @@ class AntispamConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     dns_servers: list[str] = msgspec.field(default_factory=list)
     dns_port: int = 53
     dns_timeout: float = 2.0
+    # All DNS of one message's scan (SPF, DKIM, ARC, DMARC, lists) within this many seconds.
+    dns_budget: Annotated[float, msgspec.Meta(gt=0)] = 5.0
+    # The circuit breaker: so many timeouts in a row and the servers are not asked for the
+    # cool-off (then one probe query), so a dead resolver does not cost every message.
+    dns_breaker_timeouts: Annotated[int, msgspec.Meta(gt=0)] = 5
+    dns_breaker_cooloff: Annotated[float, msgspec.Meta(gt=0)] = 30.0
     dns_cache_entries: int = 10_000
     dns_lists: list[DnsList] = msgspec.field(default_factory=list)
     protected_domains: list[str] = msgspec.field(
@@ -126,6 +137,11 @@ class AntispamConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             ipaddress.ip_network(net, strict=False)
         if self.dns_timeout <= 0:
             raise ValueError("dns_timeout must be positive")
+        if self.dns_budget < self.dns_timeout:
+            raise ValueError(
+                f"dns_budget ({self.dns_budget:g}) must not be below dns_timeout "
+                f"({self.dns_timeout:g}): one lookup could not be waited for"
+            )
 
 
 def _sender_matches(patterns: list[str], address: str) -> bool:
@@ -188,6 +204,8 @@ class AntispamPlugin:
             port=config.dns_port,
             timeout=config.dns_timeout,
             cache_entries=config.dns_cache_entries,
+            breaker_timeouts=config.dns_breaker_timeouts,
+            breaker_cooloff=config.dns_breaker_cooloff,
         )
         if data_dir is not None:
             if config.bayes:
@@ -198,7 +216,9 @@ class AntispamPlugin:
                 )
 
     @hookimpl
-    def mailwarden_shutdown(self) -> None:
+    async def mailwarden_shutdown(self) -> None:
+        if self.resolver is not None:
+            await self.resolver.aclose()
         for store in (self.bayes, self.quarantine):
             if store is not None:
                 store.close()
@@ -304,10 +324,15 @@ class AntispamPlugin:
         size = len(ctx.raw)
         extra: list[Finding] = []
         urls = message_urls(message)
-        checks = [self._auth(ctx, hits)]
-        if cfg.dns_lists:
-            checks.append(self._lists(ctx, urls, extra))
-        await asyncio.gather(*checks)
+        if self.resolver is not None:
+            dns = DnsBudget(self.resolver, cfg.dns_budget)
+            checks = [self._auth(ctx, dns, hits)]
+            if cfg.dns_lists:
+                checks.append(self._lists(ctx, dns, urls, extra))
+            await asyncio.gather(*checks)
+            if dns.skipped:
+                # The temperror results say what failed; this says why, once per message.
+                extra.append(_dns_unavailable(dns))
         for code, details in (
             *heuristics.link_checks(links(message), urls, cfg.protected_domains),
             *heuristics.header_checks(message),
@@ -379,16 +404,18 @@ class AntispamPlugin:
                 out.append(spam_rule(DETECTOR, "GROUP_CAP", round(cap - total, 3), group=group))
         return out
 
-    async def _auth(self, ctx: ScanContext, hits: dict[str, dict[str, str]]) -> None:
+    async def _auth(
+        self, ctx: ScanContext, dns: DnsBudget, hits: dict[str, dict[str, str]]
+    ) -> None:
         cfg = self.config
-        if not cfg.authentication or self.resolver is None:
+        if not cfg.authentication:
             return
         env, message, raw = ctx.envelope, ctx.message, ctx.raw
-        sync = SyncDns(self.resolver)
+        sync = SyncDns(dns)
         spf_task = None
         if env.client_address:
             spf_task = auth.check_spf(
-                sync, env.client_address, env.mail_from, env.helo or "", cfg.dns_timeout * 5
+                sync, env.client_address, env.mail_from, env.helo or "", cfg.dns_budget
             )
         dkim_results, arc = await asyncio.gather(
             auth.verify_dkim(sync, raw, cfg.dkim_min_key_bits),
@@ -396,7 +423,7 @@ class AntispamPlugin:
         )
         spf_result = await spf_task if spf_task is not None else None
         dmarc = await auth.evaluate_dmarc(
-            self.resolver,
+            dns,
             message.header_all("from"),
             spf_result,
             dkim_results,
@@ -421,8 +448,9 @@ class AntispamPlugin:
             )
         )
 
-    async def _lists(self, ctx: ScanContext, urls: list[str], out: list[Finding]) -> None:
-        assert self.resolver is not None
+    async def _lists(
+        self, ctx: ScanContext, dns: DnsBudget, urls: list[str], out: list[Finding]
+    ) -> None:
         env = ctx.envelope
         domains: list[str] = []
         if "@" in env.mail_from:
@@ -432,7 +460,7 @@ class AntispamPlugin:
             domains.extend(d for d in found if d not in domains)
         hosts = [h for h in (_url_host(u) for u in urls) if h]
         hits, failed = await query_lists(
-            self.resolver, self.config.dns_lists, env.client_address, domains, hosts
+            dns, self.config.dns_lists, env.client_address, domains, hosts
         )
         for hit in hits:
             out.append(
@@ -509,6 +537,17 @@ def _bayes_code(probability: float) -> str:
     if probability <= 0.2:
         return "BAYES_05"
     return "BAYES_50"
+
+
+def _dns_unavailable(dns: DnsBudget) -> Finding:
+    # Score 0: a DNS outage is the receiver's trouble, not evidence about the message.
+    return spam_rule(
+        DETECTOR,
+        "DNS_UNAVAILABLE",
+        0.0,
+        reason=",".join(sorted(dns.skipped)),
+        skipped=str(sum(dns.skipped.values())),
+    )
 
 
 def _code(name: str) -> str:

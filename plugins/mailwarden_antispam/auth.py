@@ -1,7 +1,8 @@
 """Sender authentication: SPF (pyspf), DKIM and ARC (dkimpy), DMARC, Authentication-Results.
 
-Every DNS question goes through the plugin's one :class:`~.resolver.Resolver`. pyspf and dkimpy
-are synchronous libraries, so they run in a worker thread and ask through
+Every DNS question goes through the plugin's one :class:`~.resolver.Resolver`, within the
+message's :class:`~.resolver.DnsBudget` when the plugin scans. pyspf and dkimpy are synchronous
+libraries, so they run in a worker thread and ask through
 :class:`~.resolver.SyncDns`. DMARC is evaluated here (RFC 7489, with RFC 9091 ``np=`` and the
 DMARCbis tree walk as an option) over the Public Suffix List from ``publicsuffixlist``: the
 ``dmarc`` package on PyPI knows neither ``np=`` nor the tree walk and pulls in the unmaintained
@@ -24,7 +25,7 @@ import dkim
 import spf  # type: ignore[import-untyped]
 from publicsuffixlist import PublicSuffixList
 
-from .resolver import DnsAnswer, Resolver, SyncDns
+from .resolver import AsyncDns, DnsAnswer, SyncDns
 
 __all__ = [
     "ArcResult",
@@ -290,7 +291,7 @@ def _parse_dmarc(record: str) -> dict[str, str]:
     return tags
 
 
-async def _dmarc_record(resolver: Resolver, domain: str) -> str | DnsAnswer | None:
+async def _dmarc_record(resolver: AsyncDns, domain: str) -> str | DnsAnswer | None:
     """The one DMARC record at ``_dmarc.domain``; None when there is none; the answer on a
     temporary failure."""
     answer = await resolver.query(f"_dmarc.{domain}", "TXT")
@@ -307,7 +308,7 @@ _RESULT_RANK = {"pass": 0, "none": 1, "temperror": 2, "permerror": 3, "fail": 4}
 
 
 async def evaluate_dmarc(
-    resolver: Resolver,
+    resolver: AsyncDns,
     from_values: list[str],
     spf_result: SpfResult | None,
     dkim_results: list[DkimResult],
@@ -330,7 +331,7 @@ async def evaluate_dmarc(
 
 
 async def _dmarc_one(
-    resolver: Resolver,
+    resolver: AsyncDns,
     domain: str,
     spf_result: SpfResult | None,
     dkim_results: list[DkimResult],
@@ -387,7 +388,7 @@ def _org(other: str, tree_walk: bool, organization: str, domain: str) -> str:
 
 
 async def _discover(
-    resolver: Resolver, domain: str, tree_walk: bool
+    resolver: AsyncDns, domain: str, tree_walk: bool
 ) -> tuple[str, str, str, str] | DmarcResult:
     """(record, where it was found, organizational domain, comment) or a final result."""
     record = await _dmarc_record(resolver, domain)
@@ -426,7 +427,7 @@ async def _discover(
     return DmarcResult("none", domain, None, "no DMARC record")
 
 
-async def _walk_org(resolver: Resolver, labels: list[str]) -> str:
+async def _walk_org(resolver: AsyncDns, labels: list[str]) -> str:
     for i in range(max(1, len(labels) - 7), len(labels)):
         name = ".".join(labels[i:])
         found = await _dmarc_record(resolver, name)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import msgspec
 
 from .auth import org_domain
-from .resolver import Resolver
+from .resolver import AsyncDns
 
 __all__ = ["DnsList", "ListHit", "query_lists"]
 
@@ -82,7 +82,7 @@ def _score(lst: DnsList, answer: str) -> float | None:
 
 
 async def query_lists(
-    resolver: Resolver,
+    resolver: AsyncDns,
     lists: list[DnsList],
     client_ip: str | None,
     domains: list[str],

@@ -3,6 +3,8 @@
 The SPF, DKIM, ARC and DMARC suites ship the DNS they expect as data; this server answers
 exactly that, so the plugin's real resolver (dnspython, timeouts, cache) is what the suites
 exercise. ``TIMEOUT`` entries are never answered, the way the openspf suite means them.
+``ZoneServer.silent`` makes the whole server a dead resolver: queries are read, counted in
+``queries`` and dropped, over UDP and TCP alike.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ class _Answers:
     def __init__(self, zone: Zone) -> None:
         self.zone = {k.lower().rstrip("."): list(v) for k, v in zone.items()}
         self.queries: list[tuple[str, str]] = []
+        self.silent = False
 
     def lookup(
         self, name: str, qtype: str, depth: int = 0, seen: frozenset[str] = frozenset()
@@ -94,6 +97,8 @@ class _Answers:
         name = b".".join(question.name.labels[:-1]).decode("latin-1").lower()
         qtype = dns.rdatatype.to_text(question.rdtype)
         self.queries.append((name, qtype))
+        if self.silent:
+            return None
         status, rrsets = self.lookup(name, qtype)
         if status == "timeout":
             return None
@@ -157,6 +162,15 @@ class ZoneServer:
     @property
     def queries(self) -> list[tuple[str, str]]:
         return self.answers.queries
+
+    @property
+    def silent(self) -> bool:
+        """True: answer nothing at all, like a dead or firewalled resolver."""
+        return self.answers.silent
+
+    @silent.setter
+    def silent(self, value: bool) -> None:
+        self.answers.silent = value
 
     def start(self) -> ZoneServer:
         for t in self._threads:
