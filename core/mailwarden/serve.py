@@ -22,6 +22,7 @@ from .inventory import plugin_descriptors
 from .pipeline import Gateway
 from .stores.core import plugin_file_stores
 from .stores.temp import clean_temp
+from .telemetry.metrics import metrics_directory, share_between_processes, worker_exited
 from .workers import run_workers, worker_count
 
 _IO_THREADS = 32
@@ -44,12 +45,17 @@ def write_default_config(path: Path) -> bool:
 
 
 async def run(
-    gateway: Gateway, announce: Callable[[str], None] = print, *, recover_spool: bool = True
+    gateway: Gateway,
+    announce: Callable[[str], None] = print,
+    *,
+    recover_spool: bool = True,
+    shared_metrics: Path | None = None,
 ) -> None:
     """Start the gateway and its listeners, announce them, and serve until signalled.
 
     ``recover_spool`` removes the spool's temp files first; worker processes leave that to
-    their parent, because a sibling may be writing there.
+    their parent, because a sibling may be writing there. ``shared_metrics``: in a worker,
+    the directory where all the workers keep their metrics (see ``serve_forever``).
     """
     # Spool fsyncs, relay sessions and store writes run in the loop's default executor and
     # spend most of their time waiting on the disk or the next hop: the default size
@@ -69,7 +75,7 @@ async def run(
         # Plugins' declared stores are enforced with the core's (temp files go first).
         declared = plugin_descriptors(cfg, gateway.plugins)
         stores.plugin_stores = plugin_file_stores(store for _, store in declared)
-        metrics_port = await stores.start(clean=recover_spool)
+        metrics_port = await stores.start(clean=recover_spool, shared_metrics=shared_metrics)
         await asyncio.to_thread(
             stores.app_log.write, "start", "gateway started", detail=__version__
         )
@@ -192,7 +198,12 @@ def _reload(gateway: Gateway, announce: Callable[[str], None]) -> None:
 
 
 def serve_forever(gateway: Gateway, announce: Callable[[str], None] = print) -> None:
-    """Serve in this process, or in ``[smtp] workers`` processes sharing the ports."""
+    """Serve in this process, or in ``[smtp] workers`` processes sharing the ports.
+
+    With workers and ``[metrics] port``, every worker keeps its metrics in files under
+    ``<home>/run/metrics`` (emptied here, before the fork) and any of them answers a scrape
+    with the figures of all; one process alone keeps them in memory.
+    """
     count = worker_count(gateway.config.smtp.workers)
     if count <= 1:
         asyncio.run(run(gateway, announce))
@@ -200,10 +211,20 @@ def serve_forever(gateway: Gateway, announce: Callable[[str], None] = print) -> 
     gateway.spool.recover()
     clean_temp(gateway.stores.temp)
     source = gateway.config.source
+    shared: Path | None = None
+    exited: Callable[[int], None] | None = None
+    if gateway.config.metrics.port:
+        shared = metrics_directory(gateway.config.home)
+        share_between_processes(shared)
+        directory = shared
+
+        def exited(pid: int) -> None:
+            worker_exited(pid, directory)
 
     def worker() -> int:
         # Each worker builds its own gateway: plugin state and threads never cross a fork.
-        asyncio.run(run(Gateway.from_file(source), announce, recover_spool=False))
+        own = Gateway.from_file(source)
+        asyncio.run(run(own, announce, recover_spool=False, shared_metrics=shared))
         return 0
 
-    run_workers(count, worker, announce)
+    run_workers(count, worker, announce, exited=exited)

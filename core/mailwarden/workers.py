@@ -31,9 +31,17 @@ def worker_count(configured: int) -> int:
 
 
 def run_workers(
-    count: int, worker: Callable[[], int], announce: Callable[[str], None] = print
+    count: int,
+    worker: Callable[[], int],
+    announce: Callable[[str], None] = print,
+    *,
+    exited: Callable[[int], None] | None = None,
 ) -> int:
-    """Run ``worker`` in ``count`` child processes until signalled; the exit status."""
+    """Run ``worker`` in ``count`` child processes until signalled; the exit status.
+
+    ``exited`` is called with the PID of each worker that ended, once it is reaped and before
+    any replacement starts (which may get the same PID).
+    """
     stopping = False
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -52,6 +60,14 @@ def run_workers(
                 pass
 
     previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_hangup)
+
+    def reaped(pid: int) -> None:
+        if exited is None:
+            return
+        try:
+            exited(pid)
+        except Exception:  # the supervisor must go on whatever its bookkeeping does
+            log.exception("after worker %d ended", pid)
 
     def spawn() -> None:
         # Unwritten output would otherwise be written again by the child.
@@ -84,7 +100,10 @@ def run_workers(
                 time.sleep(0.1)
                 continue
             started = children.pop(pid, None)
-            if started is None or stopping:
+            if started is None:
+                continue
+            reaped(pid)
+            if stopping:
                 continue
             log.warning("worker %d ended (status %d); starting another", pid, status)
             if time.monotonic() - started < _RESTART_DELAY:
@@ -101,11 +120,12 @@ def run_workers(
             pid, _ = os.waitpid(-1, os.WNOHANG)
             if pid == 0:
                 time.sleep(0.05)
-            else:
-                children.pop(pid, None)
+            elif children.pop(pid, None) is not None:
+                reaped(pid)
         for pid in children:
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
+            reaped(pid)
         for s, handler in previous.items():
             signal.signal(s, handler)
     return 0

@@ -120,6 +120,9 @@ def test_serve_sends_events_out_serves_metrics_and_counts(tmp_path: Path) -> Non
         assert 'mailwarden_store_records{store="message event log"} 2.0' in metrics
         assert 'mailwarden_store_evictions_total{store="backup"} 0.0' in metrics
         assert "mailwarden_errors_total" in metrics or "mailwarden_errors" in metrics
+        # One process: its figures in memory, no directory of per-worker files.
+        assert "mailwarden_workers 1.0" in metrics
+        assert not (home / "run" / "metrics").exists()
         assert "metrics  http://127.0.0.1:" in log.read_text()
     finally:
         process.terminate()

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 from mailwarden_sdk import MessageEvent, StoreDescriptor, WhenFull
 
@@ -137,6 +138,7 @@ class CoreStores:
             except Exception:
                 log.exception("enforcing the limits of %s failed", store.descriptor.name)
                 self.metrics.errors.labels(f"store:{store.descriptor.name}").inc()
+        self.metrics.sync_evictions()
         return removed
 
     def observe(self, event: MessageEvent) -> None:
@@ -147,6 +149,8 @@ class CoreStores:
             log.exception("statistics of %s not counted", event.id)
             self.metrics.errors.labels("store:statistics").inc()
         self.metrics.observe(event)
+        # Recording may have trimmed a store (the event log's cap).
+        self.metrics.sync_evictions()
         for sink in self.sinks:
             try:
                 sink.send(event)
@@ -154,17 +158,23 @@ class CoreStores:
                 log.exception("sending event %s out failed", event.id)
                 self.metrics.errors.labels("events-out").inc()
 
-    async def start(self, *, clean: bool = True) -> int | None:
+    async def start(self, *, clean: bool = True, shared_metrics: Path | None = None) -> int | None:
         """Remove temp files (``clean``), start the metrics listener and the enforcement loop;
-        the metrics port, or ``None`` when metrics are off."""
+        the metrics port, or ``None`` when metrics are off.
+
+        ``shared_metrics``: in a worker, the directory where every worker keeps its figures
+        (the listener then shares the port with the other workers and serves all of them).
+        """
         if clean:
             await asyncio.to_thread(clean_temp, self.temp)
+        self.metrics.running()
         port = None
         if self.config.metrics.port:
             try:
-                port = self.metrics.serve(self.config.metrics.listen, self.config.metrics.port)
+                port = self.metrics.serve(
+                    self.config.metrics.listen, self.config.metrics.port, shared=shared_metrics
+                )
             except OSError as exc:
-                # With several workers the first one to bind serves its own figures.
                 log.warning("metrics listener not started: %s", exc)
         self._task = asyncio.create_task(self._keep_enforced())
         return port
