@@ -49,7 +49,7 @@ from .maildir import Maildir
 from .notify import build_notices
 from .plugins import PluginSet, build_plugin_manager
 from .policy import RuleMatch, RuleSet, compile_rules, decide_action, fold_findings, rule_runs
-from .quarantine import Quarantine
+from .quarantine import Quarantine, ReleaseFailed
 from .spool import Spool, SpoolEntry, SpoolState
 from .stores.core import CoreStores
 
@@ -279,6 +279,8 @@ class Gateway:
         self.directory = await asyncio.to_thread(open_directory, self.config)
         if self.directory is not None:
             self._directory_task = asyncio.create_task(self.directory.keep_fresh())
+        # Releases a process that is gone left half done: held again once stale.
+        await asyncio.to_thread(self.quarantine.recover)
         for impl in self.plugins.pm.hook.mailwarden_startup.get_hookimpls():
             try:
                 result = impl.function(**_kwargs(impl, host=self.host))
@@ -732,10 +734,22 @@ class Gateway:
 
     async def release(self, held_id: str) -> str:
         """Send a held message on to its recipients the way delivered mail goes; it leaves the
-        quarantine once it is durable there. Returns where it went."""
-        data, envelope = await asyncio.to_thread(self.quarantine.original, held_id)
-        where = await self.deliver_released(data, envelope)
-        await asyncio.to_thread(self.quarantine.delete, held_id)
+        quarantine once it is durable there. Returns where it went.
+
+        Exactly once: the message is claimed first (:meth:`Quarantine.claim`), so a second
+        release at the same time, in this process or another worker, gets
+        :class:`~mailwarden.quarantine.QuarantineBusy` and sends nothing. When delivery
+        fails the message is held again and :class:`ReleaseFailed` says why."""
+        claim = await asyncio.to_thread(self.quarantine.claim, held_id)
+        try:
+            where = await self.deliver_released(claim.data, claim.envelope)
+        except Exception as exc:
+            await asyncio.to_thread(self.quarantine.abandon, claim)
+            raise ReleaseFailed(f"release of {held_id} failed: {exc}; it stays held") from exc
+        except BaseException:
+            self.quarantine.abandon(claim)  # cancelled: held again rather than lost
+            raise
+        await asyncio.to_thread(self.quarantine.finish, claim)
         return where
 
     async def deliver_released(self, data: bytes, envelope: Envelope) -> str:

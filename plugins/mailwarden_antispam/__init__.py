@@ -214,6 +214,8 @@ class AntispamPlugin:
                 self.quarantine = SpamQuarantine(
                     data_dir / "quarantine", config.quarantine_max_bytes
                 )
+                # Releases a process that is gone left half done: held again once stale.
+                self.quarantine.recover()
 
     @hookimpl
     async def mailwarden_shutdown(self) -> None:

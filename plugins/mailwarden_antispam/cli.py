@@ -123,6 +123,7 @@ def list_(
             click.echo(
                 f"{e.id} {stamp}Z {e.score:6.1f} {e.mail_from or '<>'} -> "
                 f"{','.join(e.rcpt_to)} {e.subject!r}"
+                + (f" [being released by process {e.claimed_by}]" if e.claim else "")
             )
     finally:
         q.close()
@@ -135,7 +136,8 @@ def list_(
 @click.option("--learn-ham", is_flag=True, help="Also learn the message as ham.")
 @config_option
 def release(entry_id: str, host: str, port: int, learn_ham: bool, config_path: str | None) -> None:
-    """Send a held message on with its original envelope and bytes."""
+    """Send a held message on with its original envelope and bytes (once: while another
+    release sends it, or after it did, this fails and sends nothing)."""
     q = _quarantine(config_path)
     try:
         raw = q.original(entry_id)

@@ -9,18 +9,30 @@ delivery path (``Host.deliver``), or over SMTP to ``release_host:release_port`` 
 re-injection port) when that is configured. :class:`SpamQuarantineView` offers the store to
 the web interface and the REST API (``mailwarden_quarantines``, SDK 1.7), with "learn" through
 the plugin's Bayes store.
+
+A release happens once, however many web requests, worker processes and commands ask for it
+at the same moment. :meth:`SpamQuarantine.claim` takes an ``flock`` on the message file, then,
+in one LMDB write transaction (they are serialised across processes), checks the entry is
+still held and marks it with a claim (token, pid, time); whoever comes second gets
+:class:`QuarantineBusy`. Only the claimer sends; then it deletes the entry
+(:meth:`~SpamQuarantine.finish`), or on a failure clears the claim
+(:meth:`~SpamQuarantine.abandon`), so nothing is lost. The lock lives as long as the claiming
+process: a claim ``stale_after`` seconds old whose lock is free (its process is gone) is
+cleared on start, on every listing and by the next release; the message is never deleted for
+that.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import logging
 import os
 import secrets
 import smtplib
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,12 +45,19 @@ if TYPE_CHECKING:
     from .bayes import Bayes
 
 __all__ = [
+    "QuarantineBusy",
     "QuarantineEntry",
     "QuarantineError",
     "QuarantineMissing",
+    "ReleaseClaim",
     "SpamQuarantine",
     "SpamQuarantineView",
 ]
+
+log = logging.getLogger(__name__)
+
+#: How old a claim of a process that is gone must be before its message is held again.
+STALE_AFTER = 300.0
 
 
 class QuarantineError(sdk.QuarantineError):
@@ -47,6 +66,11 @@ class QuarantineError(sdk.QuarantineError):
 
 class QuarantineMissing(QuarantineError, sdk.QuarantineNotFound):
     """No such message in the quarantine."""
+
+
+class QuarantineBusy(QuarantineError):
+    """Another request or process releases the message right now (or just did, or deleted
+    it): this caller must not send it too. The web answers 409."""
 
 
 class QuarantineEntry(msgspec.Struct, kw_only=True, frozen=True):
@@ -60,6 +84,20 @@ class QuarantineEntry(msgspec.Struct, kw_only=True, frozen=True):
     subject: str
     score: float
     status: str
+    #: Set while a release sends it: a random token, the claiming process and when.
+    claim: str = ""
+    claimed_by: int = 0
+    claimed_at: float = 0.0
+
+
+@dataclass
+class ReleaseClaim:
+    """One release's hold on a message: its entry (with the claim), bytes, and the locked
+    descriptor of its file that says the claimer is alive."""
+
+    entry: QuarantineEntry
+    raw: bytes
+    fd: int
 
 
 class SpamQuarantine:
@@ -70,9 +108,12 @@ class SpamQuarantine:
     file is gone.
     """
 
-    def __init__(self, root: Path, max_bytes: int = 1 << 30) -> None:
+    def __init__(
+        self, root: Path, max_bytes: int = 1 << 30, *, stale_after: float = STALE_AFTER
+    ) -> None:
         self.root = root
         self.max_bytes = max_bytes
+        self.stale_after = stale_after
         self.messages = root
         self.messages.mkdir(parents=True, exist_ok=True)
         self.index = root.with_name(root.name + "-index")
@@ -170,12 +211,15 @@ class SpamQuarantine:
         """Entries matching every given criterion (substring, case-insensitive), oldest first."""
         out: list[QuarantineEntry] = []
         gone: list[str] = []
+        stale: list[str] = []
         with self.env.begin(db=self._by_time) as txn:
             for _key, value in txn.cursor():
                 e = msgspec.json.decode(value, type=QuarantineEntry)
                 if not self._path(e.id).exists():
                     gone.append(e.id)  # removed by the core's store enforcer
                     continue
+                if e.claim and time.time() - e.claimed_at >= self.stale_after:
+                    stale.append(e.id)
                 if since is not None and e.time < since:
                     continue
                 if until is not None and e.time > until:
@@ -190,37 +234,204 @@ class SpamQuarantine:
                     continue
                 out.append(e)
         for entry_id in gone:
-            self.delete(entry_id)
+            self._forget(entry_id)
+        if stale and self.recover(stale):
+            return self.search(since, until, sender, recipient, subject, min_score)
         return out
 
     def delete(self, entry_id: str) -> None:
+        """Remove a message for good; :class:`QuarantineBusy` while a release sends it."""
+        path = self._path(entry_id)
+        fd = _open(path)
+        try:
+            if fd is not None and not _try_lock(fd):
+                raise self._busy(entry_id)
+            self._forget(entry_id, refuse_claimed=True)
+        finally:
+            if fd is not None:
+                os.close(fd)
+
+    def _forget(
+        self, entry_id: str, *, refuse_claimed: bool = False, token: str | None = None
+    ) -> bool:
+        """Drop the entry and its file; False when ``token`` is given and no longer holds it."""
         with self.env.begin(write=True) as txn:
             key = txn.get(entry_id.encode(), db=self._ids)
-            if key is None:
+            value = txn.get(key, db=self._by_time) if key is not None else None
+            if key is None or value is None:
+                if token is not None:
+                    return False
                 raise QuarantineMissing(f"no quarantined message {entry_id}")
-            value = txn.get(key, db=self._by_time)
-            size = msgspec.json.decode(value, type=QuarantineEntry).size if value else 0
+            entry = msgspec.json.decode(value, type=QuarantineEntry)
+            if token is not None and entry.claim != token:
+                return False
+            if refuse_claimed and entry.claim and not self._stale(entry):
+                raise self._busy(entry_id, entry)
             txn.delete(key, db=self._by_time)
             txn.delete(entry_id.encode(), db=self._ids)
-            total = int(txn.get(b"bytes", db=self._meta) or b"0") - size
+            total = int(txn.get(b"bytes", db=self._meta) or b"0") - entry.size
             txn.put(b"bytes", str(max(total, 0)).encode(), db=self._meta)
         self._path(entry_id).unlink(missing_ok=True)
+        return True
 
-    def release(self, entry_id: str, host: str, port: int, timeout: float = 30.0) -> None:
-        """Send the original bytes to ``host:port`` with the original envelope, then delete.
+    # -- release, exactly once -----------------------------------------------------------------
 
-        The message leaves the quarantine only after the next hop accepted it.
-        """
-        entry = self.get(entry_id)
-        raw = self.original(entry_id)
+    def _busy(self, entry_id: str, entry: QuarantineEntry | None = None) -> QuarantineBusy:
+        """What the second caller is told: who releases it since when, where known."""
+        if entry is None:
+            try:
+                entry = self.get(entry_id)
+            except QuarantineMissing:
+                return QuarantineBusy(f"{entry_id} was released or deleted just now")
+        if not entry.claim:
+            return QuarantineBusy(f"{entry_id} is being released right now")
+        since = time.strftime("%H:%M:%S", time.localtime(entry.claimed_at))
+        return QuarantineBusy(
+            f"{entry_id} is being released (process {entry.claimed_by}, since {since})"
+        )
+
+    def _stale(self, entry: QuarantineEntry) -> bool:
+        return time.time() - entry.claimed_at >= self.stale_after
+
+    def claim(self, entry_id: str) -> ReleaseClaim:
+        """Take ``entry_id`` for one release: its file locked, its entry marked, its bytes
+        read. Raises :class:`QuarantineBusy` when another release has it (or it went
+        meanwhile) and :class:`QuarantineMissing` when there is no such message. Follow with
+        :meth:`finish` once it is delivered, or :meth:`abandon` when it was not."""
+        path = self._path(entry_id)
+        fd = _open(path)
+        if fd is None:
+            self.get(entry_id)  # QuarantineMissing when the entry is gone too
+            raise QuarantineMissing(f"the file of {entry_id} is gone")
+        try:
+            if not _try_lock(fd):
+                raise self._busy(entry_id)
+            # The lock is ours, so any claim on the entry is of a process that is gone.
+            with self.env.begin(write=True) as txn:
+                key = txn.get(entry_id.encode(), db=self._ids)
+                value = txn.get(key, db=self._by_time) if key is not None else None
+                if key is None or value is None:
+                    raise QuarantineBusy(f"{entry_id} was released or deleted just now")
+                entry = msgspec.json.decode(value, type=QuarantineEntry)
+                if entry.claim and not self._stale(entry):
+                    raise self._busy(entry_id, entry)
+                entry = msgspec.structs.replace(
+                    entry,
+                    claim=secrets.token_hex(8),
+                    claimed_by=os.getpid(),
+                    claimed_at=time.time(),
+                )
+                txn.put(key, msgspec.json.encode(entry), db=self._by_time)
+            raw = _read_all(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        return ReleaseClaim(entry=entry, raw=raw, fd=fd)
+
+    def finish(self, claim: ReleaseClaim) -> None:
+        """The claimed message is delivered: it leaves the quarantine."""
+        try:
+            self._forget(claim.entry.id, token=claim.entry.claim)
+        finally:
+            os.close(claim.fd)
+
+    def abandon(self, claim: ReleaseClaim) -> None:
+        """The claimed message was not delivered: it is held again, exactly as before."""
+        try:
+            self._unclaim(claim.entry.id, claim.entry.claim)
+        finally:
+            os.close(claim.fd)
+
+    def _unclaim(self, entry_id: str, token: str | None) -> bool:
+        with self.env.begin(write=True) as txn:
+            key = txn.get(entry_id.encode(), db=self._ids)
+            value = txn.get(key, db=self._by_time) if key is not None else None
+            if key is None or value is None:
+                return False
+            entry = msgspec.json.decode(value, type=QuarantineEntry)
+            if not entry.claim or (token is not None and entry.claim != token):
+                return False
+            if token is None and not self._stale(entry):
+                return False
+            held = msgspec.structs.replace(entry, claim="", claimed_by=0, claimed_at=0.0)
+            txn.put(key, msgspec.json.encode(held), db=self._by_time)
+        return True
+
+    def recover(self, ids: list[str] | None = None) -> list[str]:
+        """Hold again the messages whose release claim is ``stale_after`` old and whose
+        claimer is gone (its lock is free): all, or only ``ids``. The ids held again."""
+        if ids is None:
+            with self.env.begin(db=self._by_time) as txn:
+                entries = [msgspec.json.decode(v, type=QuarantineEntry) for _, v in txn.cursor()]
+            ids = [e.id for e in entries if e.claim and self._stale(e)]
+        back = []
+        for entry_id in ids:
+            fd = _open(self._path(entry_id))
+            if fd is None:
+                continue
+            try:
+                if _try_lock(fd) and self._unclaim(entry_id, None):
+                    log.warning(
+                        "spam quarantine: %s was left mid-release by a process that is gone; "
+                        "held again",
+                        entry_id,
+                    )
+                    back.append(entry_id)
+            finally:
+                os.close(fd)
+        return back
+
+    def send(self, claim: ReleaseClaim, host: str, port: int, timeout: float = 30.0) -> str:
+        """SMTP the claimed message to ``host:port`` with its original envelope."""
+        entry = claim.entry
         try:
             with smtplib.SMTP(host, port, timeout=timeout) as smtp:
-                refused = smtp.sendmail(entry.mail_from, entry.rcpt_to, raw)
+                refused = smtp.sendmail(entry.mail_from, entry.rcpt_to, claim.raw)
         except (OSError, smtplib.SMTPException) as exc:
-            raise QuarantineError(f"release of {entry_id} failed: {exc}") from exc
+            raise QuarantineError(f"release of {entry.id} failed: {exc}; it stays held") from exc
         if refused and len(refused) == len(entry.rcpt_to):
-            raise QuarantineError(f"release of {entry_id}: every recipient refused")
-        self.delete(entry_id)
+            raise QuarantineError(f"release of {entry.id}: every recipient refused; it stays held")
+        return f"sent to {host}:{port}"
+
+    def release(self, entry_id: str, host: str, port: int, timeout: float = 30.0) -> str:
+        """Send the original bytes to ``host:port`` with the original envelope, then delete.
+
+        The message leaves the quarantine only after the next hop accepted it, and only one
+        release sends it (:meth:`claim`); on a failure it stays held and this raises.
+        """
+        claim = self.claim(entry_id)
+        try:
+            where = self.send(claim, host, port, timeout)
+        except BaseException:
+            self.abandon(claim)
+            raise
+        self.finish(claim)
+        return where
+
+
+def _open(path: Path) -> int | None:
+    try:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+
+
+def _try_lock(fd: int) -> bool:
+    """Lock the message file for this release; False while another release holds it."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    offset = 0
+    while chunk := os.pread(fd, 1 << 20, offset):
+        chunks.append(chunk)
+        offset += len(chunk)
+    return b"".join(chunks)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -232,6 +443,10 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _entry(e: QuarantineEntry) -> sdk.QuarantineEntry:
+    details = {}
+    if e.claim:
+        since = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(e.claimed_at))
+        details["releasing"] = f"since {since} (process {e.claimed_by})"
     return sdk.QuarantineEntry(
         id=e.id,
         stored_at=e.time,
@@ -241,6 +456,7 @@ def _entry(e: QuarantineEntry) -> sdk.QuarantineEntry:
         size=e.size,
         reason=e.status,
         score=e.score,
+        details=details,
     )
 
 
@@ -275,10 +491,6 @@ class SpamQuarantineView:
         self.bayes = bayes
         self.smtp_target = smtp_target
         self.can_learn = bayes is not None
-        # Ids being released or deleted in this process: a second click waits for nothing and
-        # cannot send the message twice.
-        self._busy: set[str] = set()
-        self._lock = threading.Lock()
 
     def search(
         self, query: str = "", *, limit: int = 100, offset: int = 0
@@ -300,40 +512,30 @@ class SpamQuarantineView:
         except FileNotFoundError as exc:
             raise QuarantineMissing(f"the file of {id} is gone") from exc
 
-    @contextmanager
-    def _claim(self, id: str) -> Iterator[None]:
-        with self._lock:
-            if id in self._busy:
-                raise QuarantineError(f"{id} is being released or deleted already")
-            self._busy.add(id)
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._busy.discard(id)
-
     async def release(self, id: str) -> str:
-        """Deliver to the original recipients, then remove it from the quarantine."""
-        with self._claim(id):
-            entry = await asyncio.to_thread(self.store.get, id)
-            target = self.smtp_target()
-            if target is not None:
-                where_host, port = target
-                await asyncio.to_thread(self.store.release, id, where_host, port)
-                return f"sent to {where_host}:{port}"
-            raw = await asyncio.to_thread(self.raw, id)
-            envelope = sdk.Envelope(mail_from=entry.mail_from, rcpt_to=list(entry.rcpt_to))
-            try:
-                where = await self.host.deliver(raw, envelope)
-            except Exception as exc:
-                raise QuarantineError(f"release of {id} failed: {exc}") from exc
-            await asyncio.to_thread(self.store.delete, id)
-            return where
+        """Deliver to the original recipients, then remove it from the quarantine; once,
+        however many release it at the same time (the others get :class:`QuarantineBusy`)."""
+        target = self.smtp_target()
+        if target is not None:
+            where_host, port = target
+            return await asyncio.to_thread(self.store.release, id, where_host, port)
+        claim = await asyncio.to_thread(self.store.claim, id)
+        entry = claim.entry
+        envelope = sdk.Envelope(mail_from=entry.mail_from, rcpt_to=list(entry.rcpt_to))
+        try:
+            where = await self.host.deliver(claim.raw, envelope)
+        except Exception as exc:
+            await asyncio.to_thread(self.store.abandon, claim)
+            raise QuarantineError(f"release of {id} failed: {exc}; it stays held") from exc
+        except BaseException:
+            self.store.abandon(claim)  # cancelled: held again rather than lost
+            raise
+        await asyncio.to_thread(self.store.finish, claim)
+        return where
 
     async def delete(self, id: str) -> str:
-        """Remove it for good."""
-        with self._claim(id):
-            await asyncio.to_thread(self.store.delete, id)
+        """Remove it for good (not while a release sends it)."""
+        await asyncio.to_thread(self.store.delete, id)
         return "deleted"
 
     async def learn(self, id: str, label: sdk.LearnLabel, *, by: str) -> str:

@@ -50,7 +50,7 @@ from mailwarden_sdk import (
 )
 
 from .backends import Backend, BackendError, HttpBackend, IcapBackend, ObjectVerdict
-from .store import HeldMessage, HeldObject, HoldStore, VerdictCache, valid_id
+from .store import HeldMessage, HeldObject, HoldStore, ReleasePending, VerdictCache, valid_id
 
 __all__ = ["RuleSettings", "SandboxConfig", "SandboxPlugin", "SandboxQuarantineView"]
 
@@ -500,9 +500,18 @@ class SandboxPlugin:
         store = self.store
         if store is None:
             raise QuarantineError("the sandbox is not running")
+        try:
+            if not await asyncio.to_thread(store.mark, id, what):
+                raise QuarantineNotFound(f"no held message {id!r}")
+        except ReleasePending as exc:
+            meta = await asyncio.to_thread(store.load, id)
+            if meta is None:
+                raise QuarantineError(f"{id} was released just now") from exc
+            note = f" (last: {meta.note})" if meta.note else ""
+            raise QuarantineError(
+                f"{exc}; the gateway carries it out once, retrying while it is refused{note}"
+            ) from exc
         self._outcomes.pop(id, None)
-        if not await asyncio.to_thread(store.mark, id, what):
-            raise QuarantineNotFound(f"no held message {id!r}")
         loop = self._loop
         if self._owner is None or loop is None or loop.is_closed():
             if what == "delete" and not await asyncio.to_thread(store.owned_elsewhere):
@@ -690,7 +699,13 @@ def _mark(store: HoldStore, ids: tuple[str, ...], what: str) -> None:
     running = store.owned_elsewhere()
     failed = False
     for id in ids:
-        if not store.mark(id, what):
+        try:
+            marked = store.mark(id, what)
+        except ReleasePending as exc:
+            click.echo(f"{id}: {exc}; it is sent once", err=True)
+            failed = True
+            continue
+        if not marked:
             click.echo(f"{id}: no such held message", err=True)
             failed = True
         elif what == "delete" and not running:

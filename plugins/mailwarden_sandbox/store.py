@@ -6,7 +6,10 @@ are written in a temp file, fsynced and renamed, the directory fsynced, before t
 answers 250, so a held message survives a crash. A message is placed only if the count and
 byte caps still hold with it, checked and written under one ``flock``, so worker processes
 sharing the directory cannot overfill it together. An admin's release or delete is a marker
-file (``ID.release`` / ``ID.delete``) that the gateway watching the message acts on.
+file (``ID.release`` / ``ID.delete``) that the gateway watching the message acts on. Only one
+process watches (the ``.owner`` lock) and it follows each message in one task, so a release
+is carried out once; a release marker is created exclusively, so a second request for it
+(another admin, worker or command) is told that one is pending instead of being accepted too.
 
 Verdict cache (``verdicts/``, an LMDB map) keyed by the SHA-256 of each object, so the same
 attachment is analysed once while its entry is fresh. (The copy kept before a malicious
@@ -18,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import secrets
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,7 +33,14 @@ from mailwarden_sdk import Envelope
 
 from .backends import ObjectVerdict
 
-__all__ = ["HeldMessage", "HeldObject", "HoldStore", "VerdictCache", "valid_id"]
+__all__ = [
+    "HeldMessage",
+    "HeldObject",
+    "HoldStore",
+    "ReleasePending",
+    "VerdictCache",
+    "valid_id",
+]
 
 
 class HeldObject(msgspec.Struct, kw_only=True):
@@ -68,8 +79,7 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_durably(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+def _write_durably_at(tmp: Path, data: bytes) -> None:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         view = memoryview(data)
@@ -78,7 +88,22 @@ def _write_durably(path: Path, data: bytes) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    _write_durably_at(tmp, data)
     os.replace(tmp, path)
+
+
+class ReleasePending(Exception):
+    """A release of the held message was asked for already; it is carried out once."""
+
+    def __init__(self, id: str, since: float | None) -> None:
+        self.id = id
+        self.since = since
+        when = time.strftime(" at %H:%M:%S", time.localtime(since)) if since else ""
+        super().__init__(f"a release of {id} was requested already{when}")
 
 
 class HoldStore:
@@ -162,11 +187,34 @@ class HoldStore:
         _fsync_dir(self.root)
 
     def mark(self, id: str, what: str) -> bool:
-        """Leave an admin's ``release`` or ``delete`` for the gateway; False if no such id."""
+        """Leave an admin's ``release`` or ``delete`` for the gateway; False if no such id.
+
+        A release is asked for once: :class:`ReleasePending` when its marker is there already
+        (requested by someone else, being carried out or retried after a refusal)."""
         if not valid_id(id) or not (self.root / f"{id}.json").exists():
             return False
-        _write_durably(self.root / f"{id}.{what}", str(time.time()).encode())
+        path = self.root / f"{id}.{what}"
+        if what != "release":
+            _write_durably(path, str(time.time()).encode())
+            return True
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        _write_durably_at(tmp, str(time.time()).encode())
+        try:
+            # Atomic and exclusive: of two requests at the same moment, one places it.
+            os.link(tmp, path)
+        except FileExistsError:
+            raise ReleasePending(id, self.marked_at(id, what)) from None
+        finally:
+            tmp.unlink(missing_ok=True)
+        _fsync_dir(self.root)
         return True
+
+    def marked_at(self, id: str, what: str) -> float | None:
+        """When ``what`` was asked for ``id``; None when it was not (or is done)."""
+        try:
+            return float((self.root / f"{id}.{what}").read_text() or 0)
+        except (OSError, ValueError):
+            return None
 
     def marked(self, id: str, what: str) -> bool:
         """Whether an admin asked to ``release`` or ``delete`` ``id``."""

@@ -242,6 +242,35 @@ def test_a_server_that_never_answers_leads_to_the_timeout_action(
     assert "released by an admin" in headers_of(third)
 
 
+def test_two_commands_releasing_one_held_message_at_once_send_it_once(
+    held_reference: ReferenceServer, gateway: Callable[..., GatewayRunner], tmp_path: Path
+) -> None:
+    runner = gateway(http_config(held_reference, mode="hold", verdict_timeout=3000.0))
+    runner.process(make_message(subject="once", attachment=b"pending"), ENVELOPE)
+    home = {**os.environ, "MAILWARDEN_HOME": str(tmp_path)}
+    listing = wait_until(lambda: "waiting" in (out := _cli(home, "sandbox", "list").stdout) and out)
+    held_id = listing.split()[0]
+    both = [
+        subprocess.Popen(
+            [sys.executable, "-m", "mailwarden", "sandbox", "release", held_id],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=home,
+        )
+        for _ in range(2)
+    ]
+    answers = [(p.wait(timeout=60), *p.communicate()) for p in both]
+    assert sorted(code for code, _, _ in answers) == [0, 1], answers
+    [(_, _, refused)] = [a for a in answers if a[0] == 1]
+    # Asked while the first request was pending, or after it was carried out.
+    assert "was requested already" in refused or "no such held message" in refused
+    delivered = wait_until(lambda: runner.delivered())
+    time.sleep(0.5)
+    assert len(runner.delivered()) == 1
+    assert "released by an admin" in headers_of(delivered[0])
+
+
 def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "mailwarden", *args],

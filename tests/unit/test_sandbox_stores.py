@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from mailwarden.inventory import inventory
 from mailwarden.plugins import build_plugin_manager
 from mailwarden_sandbox import SandboxPlugin
 from mailwarden_sandbox.backends import ObjectVerdict
-from mailwarden_sandbox.store import HeldMessage, HoldStore, VerdictCache
+from mailwarden_sandbox.store import HeldMessage, HoldStore, ReleasePending, VerdictCache
 from mailwarden_sdk import Envelope, WhenFull
 
 
@@ -71,3 +72,37 @@ def test_data_inventory_lists_the_sandbox_stores(tmp_path: Path) -> None:
     assert (quarantine.max_entries, quarantine.max_bytes) == (3, 1 << 30)
     assert quarantine.when_full is WhenFull.REFUSE_NEW
     assert quarantine.path == str(tmp_path / "sandbox" / "quarantine")
+
+
+def test_a_release_is_requested_once_however_many_ask_at_the_same_moment(
+    tmp_path: Path,
+) -> None:
+    store = HoldStore(tmp_path / "q")
+    assert store.admit(b"x" * 100, _meta(1))
+    start = threading.Barrier(8)
+    answers: list[str] = []
+
+    def request() -> None:
+        start.wait()
+        try:
+            answers.append(str(store.mark(_meta(1).id, "release")))
+        except ReleasePending as exc:
+            answers.append(str(exc))
+
+    threads = [threading.Thread(target=request) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert answers.count("True") == 1
+    assert all(
+        a.startswith(f"a release of {_meta(1).id} was requested already at ")
+        for a in answers
+        if a != "True"
+    )
+    assert store.marked(_meta(1).id, "release")
+    assert not [p for p in (tmp_path / "q").iterdir() if p.name.endswith(".tmp")]
+    # Deleting may be asked again; once removed, a new release finds nothing to release.
+    assert store.mark(_meta(1).id, "delete") and store.mark(_meta(1).id, "delete")
+    store.remove(_meta(1).id)
+    assert store.mark(_meta(1).id, "release") is False

@@ -9,6 +9,7 @@ release (and see the message arrive), release and learn, delete; an Auditor may 
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -325,3 +326,34 @@ def test_release_goes_to_release_host_when_configured(tmp_path: Path, next_hop: 
         assert web.gateway.maildir.messages() == []
     finally:
         web.close()
+
+
+def test_sandbox_release_by_two_operators_at_once_is_sent_once(
+    served: Served, next_hop: _NextHop, held_reference: ReferenceServer
+) -> None:
+    envelope = Envelope(mail_from="alice@example.org", rcpt_to=["bob@example.net"])
+    served.runner.process(make_message(subject="twice", attachment=b"report"), envelope)
+    wait_until(lambda: held_reference.tasks())
+    operators = [served.login("operator") for _ in range(2)]
+    [held] = operators[0][0].get("/api/quarantines/sandbox").json()
+    start = threading.Barrier(2)
+    answers: list[Any] = []
+
+    def release(client: TestClient, csrf: dict[str, str]) -> None:
+        start.wait()
+        answers.append(client.post(f"/api/quarantines/sandbox/{held['id']}/release", headers=csrf))
+
+    threads = [threading.Thread(target=release, args=operator) for operator in operators]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    codes = sorted(a.status_code for a in answers)
+    assert codes[0] == 200 and codes[1] in (404, 409), [a.text for a in answers]
+    [loser] = [a for a in answers if a.status_code != 200]
+    if loser.status_code == 409:  # asked while the first was pending, or just after it went
+        assert "requested already" in loser.json()["error"] or "released" in loser.json()["error"]
+    wait_until(lambda: next_hop.received)
+    time.sleep(0.5)
+    assert len(next_hop.received) == 1
+    assert operators[0][0].get("/api/quarantines/sandbox").json() == []

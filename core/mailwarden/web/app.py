@@ -42,7 +42,9 @@ from mailwarden_sdk import (
 from ..config import Config, load_config, parse_config
 from ..errors import ConfigError
 from ..events import EventQuery
+from ..quarantine import QuarantineBusy as HeldBusy
 from ..quarantine import QuarantineError as HeldError
+from ..quarantine import ReleaseFailed
 from .audit import AuditLog
 from .auth import Identity, WebAuth
 from .backups import BackupNotFound, backup_entry, backup_list, backup_raw, release_backup
@@ -784,13 +786,17 @@ async def _send_on(
     audit: str,
     send: Callable[[WebState, str], Awaitable[str]],
     missing: type[Exception],
+    conflict: tuple[type[Exception], ...] = (),
 ) -> str | Response:
     """Send a kept message (held, backed up) on to its recipients, audited; where it went, or
-    the 404 when ``send`` says there is no such message."""
+    the 404 when ``send`` says there is no such message, the 409 when it raises one of
+    ``conflict`` (another release has it, or the delivery failed and it stays held)."""
     state: WebState = request.state.web
     key = request.path_params[param]
     try:
         where = await send(state, key)
+    except conflict as exc:
+        return _error(request, 409, str(exc))
     except missing as exc:
         return _error(request, 404, str(exc))
     identity: Identity = request.state.identity
@@ -805,6 +811,7 @@ async def _release(request: Request) -> str | Response:
         "quarantine.release",
         lambda state, key: state.gateway.release(key),
         HeldError,
+        (HeldBusy, ReleaseFailed),
     )
 
 
@@ -825,6 +832,8 @@ async def _delete(request: Request) -> Response | None:
     held_id = request.path_params["held_id"]
     try:
         await asyncio.to_thread(state.gateway.quarantine.delete, held_id)
+    except HeldBusy as exc:
+        return _error(request, 409, str(exc))
     except HeldError as exc:
         return _error(request, 404, str(exc))
     identity: Identity = request.state.identity
