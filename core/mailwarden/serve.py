@@ -159,19 +159,15 @@ async def start_web(
 
     _EmbeddedServer = _embedded_server_class()
     from .ingress.tcp import listening_socket
-    from .tls import ensure_certificate, tls_paths
+    from .tls import tls_paths
     from .web.app import WebState, create_app
 
     cfg = gateway.config.web
+    await asyncio.to_thread(prepare_web, gateway, announce)
     state = WebState(gateway, secure_cookies=cfg.tls)
-    first = state.auth.ensure_admin()
-    if first is not None:
-        announce(f"  web      first start: the admin password is in {first} (mode 0600)")
     ssl: dict[str, Any] = {}
     if cfg.tls:
         cert, key = tls_paths(gateway.config)
-        if not (gateway.config.tls.cert_file and gateway.config.tls.key_file):
-            await asyncio.to_thread(ensure_certificate, cert, key, gateway.config.gateway.hostname)
         ssl = {"ssl_certfile": str(cert), "ssl_keyfile": str(key)}
     sock = listening_socket(cfg.listen, cfg.port, worker_count(gateway.config.smtp.workers) > 1)
     config = uvicorn.Config(
@@ -182,6 +178,26 @@ async def start_web(
     scheme = "https" if cfg.tls else "http"
     announce(f"  web      {scheme}://{cfg.listen}:{cfg.port}/")
     return server, task
+
+
+def prepare_web(gateway: Gateway, announce: Callable[[str], None]) -> None:
+    """What the web interface needs on its first start: the session secret, the first
+    administrator and its password file, a self-signed certificate. The parent does this
+    before workers fork: workers doing it at once raced on the same files (one failed on the
+    secret's temp file, and two could sign sessions with different keys). Does nothing when
+    everything is there."""
+    from .tls import ensure_certificate, tls_paths
+    from .web.app import web_auth
+
+    cfg = gateway.config.web
+    if not cfg.enabled:
+        return
+    first = web_auth(gateway).ensure_admin()
+    if first is not None:
+        announce(f"  web      first start: the admin password is in {first} (mode 0600)")
+    if cfg.tls and not (gateway.config.tls.cert_file and gateway.config.tls.key_file):
+        cert, key = tls_paths(gateway.config)
+        ensure_certificate(cert, key, gateway.config.gateway.hostname)
 
 
 def _reload(gateway: Gateway, announce: Callable[[str], None]) -> None:
@@ -210,6 +226,7 @@ def serve_forever(gateway: Gateway, announce: Callable[[str], None] = print) -> 
         return
     gateway.spool.recover()
     clean_temp(gateway.stores.temp)
+    prepare_web(gateway, announce)
     source = gateway.config.source
     shared: Path | None = None
     exited: Callable[[int], None] | None = None

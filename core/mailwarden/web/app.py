@@ -74,18 +74,24 @@ _SECURITY_HEADERS = {
 Handler = Callable[[Request], Awaitable[Response]]
 
 
+def web_auth(gateway: Gateway) -> WebAuth:
+    """The gateway's web accounts and session keys (``<home>/web``); creates the session
+    secret on first use."""
+    cfg = gateway.config.web
+    return WebAuth(
+        gateway.config.home / "web",
+        session_seconds=cfg.session_hours * 3600,
+        custom_roles=cfg.roles,
+        login_attempts=cfg.login_attempts,
+    )
+
+
 class WebState:
     """What the handlers share: the gateway, accounts and sessions, the audit log."""
 
     def __init__(self, gateway: Gateway, *, secure_cookies: bool) -> None:
         self.gateway = gateway
-        cfg = gateway.config.web
-        self.auth = WebAuth(
-            gateway.config.home / "web",
-            session_seconds=cfg.session_hours * 3600,
-            custom_roles=cfg.roles,
-            login_attempts=cfg.login_attempts,
-        )
+        self.auth = web_auth(gateway)
         self.audit = AuditLog(
             gateway.config.home / "web" / "audit.jsonl",
             app_log=gateway.stores.app_log,
