@@ -4,48 +4,30 @@ workers start, so both workers sign and check sessions with the same key."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.conftest import free_port
-from tests.integration.test_smtp_serve import _wait_for_port
+from tests.integration.test_gateway_relay import Serve, wait_until
 
 pytestmark = pytest.mark.integration
 
 
 def test_first_start_with_two_workers_makes_one_secret_and_one_admin(tmp_path: Path) -> None:
-    home = tmp_path / "home"
-    home.mkdir()
-    smtp_port, web_port = free_port(), free_port()
-    (home / "mailwarden.toml").write_text(
-        f"[smtp]\nport = {smtp_port}\nworkers = 2\n[web]\nenabled = true\nport = {web_port}\n"
+    web_port = free_port()
+    serve = Serve(
+        tmp_path / "home", free_port(), f"workers = 2\n[web]\nenabled = true\nport = {web_port}\n"
     )
-    log = tmp_path / "serve.log"
-    with log.open("w") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "mailwarden", "serve"],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env={**os.environ, "MAILWARDEN_HOME": str(home)},
-        )
+    serve.start(wait_port=web_port)
     try:
-        _wait_for_port(web_port, process, log)
-        deadline = time.monotonic() + 30
-        while log.read_text().count("ready") < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        text = log.read_text()
-        assert text.count("ready") == 2, text
+        wait_until(lambda: serve.log.read_text().count("ready") >= 2, 30, "both workers")
+        text = serve.log.read_text()
         # Announced once, by the parent; no worker failed and was replaced.
         assert text.count("first start: the admin password is in") == 1, text
         assert "Traceback" not in text and "exited" not in text, text
-        password = (home / "web" / "initial-admin-password").read_text().strip()
+        password = (serve.home / "web" / "initial-admin-password").read_text().strip()
         base = f"https://127.0.0.1:{web_port}"
         with httpx.Client(base_url=base, verify=False, timeout=10) as client:
             answer = client.post("/api/login", json={"name": "admin", "password": password})
@@ -58,5 +40,4 @@ def test_first_start_with_two_workers_makes_one_secret_and_one_admin(tmp_path: P
                 assert me.status_code == 200, me.text
                 assert me.json()["name"] == "admin"
     finally:
-        process.terminate()
-        process.wait(timeout=30)
+        serve.stop()
