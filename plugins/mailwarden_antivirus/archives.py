@@ -31,7 +31,7 @@ from typing import IO, Any
 
 import msgspec
 
-from mailwarden_sdk import ParsedMessage, detect_type, parse
+from mailwarden_sdk import ParsedMessage, Part, detect_type, parse
 
 __all__ = [
     "ArchiveLimits",
@@ -108,7 +108,13 @@ class _LimitHit(Exception):
 
 
 class _Corrupt(Exception):
-    pass
+    def __init__(self, detail: str, exception: str = "") -> None:
+        super().__init__(detail)
+        self.exception = exception
+
+    @classmethod
+    def of(cls, kind: str, exc: BaseException) -> _Corrupt:
+        return cls(_describe(kind, exc), type(exc).__name__)
 
 
 class _Encrypted(Exception):
@@ -149,24 +155,30 @@ class Unpacker:
         # one: everything found there belongs to the outer part holding the archive.
         for leaf in message.leaves():
             index = leaf.index if part is None else part
-            name = leaf.filename or f"part {leaf.index}"
-            label = f"{prefix}{name}"
-            data = leaf.decoded()
-            if leaf.detected_type == "ole2-encrypted":
-                self._problem("encrypted", "AV_ENCRYPTED", label, index, kind="document")
-            if leaf.content_type.startswith("message/"):
-                # a message the parser left whole (base64-encoded message/rfc822 is not
-                # allowed by RFC 2046 and so not descended into, but mail clients open it)
-                yield Item(label, data, index, depth)
-                if self._deeper(label, index, depth):
-                    yield from self._message(parse(bytes(data)), f"{label}/", index, depth + 1)
-            else:
-                yield from self.walk(data, label, index, depth)
-            for uu in leaf.uuencoded():
-                uu_label = f"{label}/{uu.filename or 'uuencoded'}"
-                yield from self.walk(uu.data, uu_label, index, depth)
+            label = f"{prefix}part {leaf.index}"
+            try:
+                label = f"{prefix}{leaf.filename or f'part {leaf.index}'}"
+                yield from self._leaf(leaf, label, index, depth)
+            except Exception as exc:  # this part is broken, the others are not
+                self._broken("mime", exc, label, index)
             if self.stopped:
                 return
+
+    def _leaf(self, leaf: Part, label: str, index: int, depth: int) -> Iterator[Item]:
+        data = leaf.decoded()
+        if leaf.detected_type == "ole2-encrypted":
+            self._problem("encrypted", "AV_ENCRYPTED", label, index, kind="document")
+        if leaf.content_type.startswith("message/"):
+            # a message the parser left whole (base64-encoded message/rfc822 is not
+            # allowed by RFC 2046 and so not descended into, but mail clients open it)
+            yield Item(label, data, index, depth)
+            if self._deeper(label, index, depth):
+                yield from self._message(parse(bytes(data)), f"{label}/", index, depth + 1)
+        else:
+            yield from self.walk(data, label, index, depth)
+        for uu in leaf.uuencoded():
+            uu_label = f"{label}/{uu.filename or 'uuencoded'}"
+            yield from self.walk(uu.data, uu_label, index, depth)
 
     def walk(
         self, data: bytes | memoryview, label: str, part: int | None, depth: int = 0
@@ -175,7 +187,16 @@ class Unpacker:
         if self.stopped:
             return
         yield Item(label, data, part, depth)
-        kind = detect_type(data) if len(data) else "unknown"
+        kind = "unknown"
+        try:
+            kind = detect_type(data) if len(data) else "unknown"
+            yield from self._inside(data, kind, label, part, depth)
+        except Exception as exc:  # any reader failure: this object only
+            self._broken(kind, exc, label, part)
+
+    def _inside(
+        self, data: bytes | memoryview, kind: str, label: str, part: int | None, depth: int
+    ) -> Iterator[Item]:
         inner: Iterator[tuple[str, bytes]] | None = None
         if kind in ZIP_TYPES:
             inner = self._zip(data, label, part)
@@ -211,7 +232,10 @@ class Unpacker:
         except _Encrypted as exc:
             self._problem("encrypted", "AV_ENCRYPTED", label, part, kind=kind, member=str(exc))
         except _Corrupt as exc:
-            self._problem("corrupted", "AV_CORRUPTED", label, part, kind=kind, error=str(exc))
+            named = {"exception": exc.exception} if exc.exception else {}
+            self._problem(
+                "corrupted", "AV_CORRUPTED", label, part, kind=kind, error=str(exc), **named
+            )
         except _Unsupported as exc:
             self._problem(
                 "not_scanned",
@@ -222,6 +246,10 @@ class Unpacker:
                 format=kind,
                 reason=str(exc),
             )
+        # Readers raise far more than they document on hostile bytes (LZMAError, CrcError,
+        # IndexError, AssertionError, ...): any of them means this archive could not be read.
+        except Exception as exc:
+            self._broken(kind, exc, label, part)
 
     # -- bookkeeping -------------------------------------------------------------------------
 
@@ -229,6 +257,21 @@ class Unpacker:
         self, status: str, code: str, label: str, part: int | None, **details: str
     ) -> None:
         self.problems.append(Problem(status, code, label, part, {"object": label, **details}))
+
+    def _broken(
+        self, kind: str, exc: BaseException, label: str, part: int | None, **details: str
+    ) -> None:
+        """``label`` could not be read: ``corrupted``, naming the format and the exception."""
+        self._problem(
+            "corrupted",
+            "AV_CORRUPTED",
+            label,
+            part,
+            kind=kind,
+            error=_describe(kind, exc),
+            exception=type(exc).__name__,
+            **details,
+        )
 
     def _stop(self, hit: _LimitHit, label: str, part: int | None) -> None:
         self.stopped = True
@@ -292,27 +335,44 @@ class Unpacker:
     ) -> Iterator[tuple[str, bytes]]:
         try:
             archive = zipfile.ZipFile(io.BytesIO(bytes(data)))
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError) as exc:
-            raise _Corrupt(f"zip: {exc}") from None
+        except Exception as exc:  # NotImplementedError, IndexError, ... too
+            raise _Corrupt.of("zip", exc) from None
         with archive:
             for info in archive.infolist():
-                if info.is_dir():
-                    continue
-                self._member()
-                if info.flag_bits & 0x1:
-                    # the other members may still be readable: report this one and go on
-                    where = f"{label}/{info.filename}"
-                    self._problem("encrypted", "AV_ENCRYPTED", where, part, kind="zip")
-                    continue
+                # One member's damage (a corrupt LZMA stream beside a readable member) is
+                # reported for that member and the others are still read.
                 try:
+                    if info.is_dir():
+                        continue
+                    self._member()
+                    if info.flag_bits & 0x1:
+                        where = f"{label}/{info.filename}"
+                        self._problem("encrypted", "AV_ENCRYPTED", where, part, kind="zip")
+                        continue
                     with archive.open(info) as stream:
                         member = self._drain(stream, info.compress_size)
-                except NotImplementedError as exc:
-                    raise _Unsupported(f"zip: {exc}") from None
-                except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as exc:
-                    raise _Corrupt(f"zip member {info.filename}: {exc}") from None
-                except RuntimeError as exc:  # zipfile's "encrypted, password required"
+                except _LimitHit:
+                    raise
+                except NotImplementedError as exc:  # a compression method zipfile lacks
+                    self._problem(
+                        "not_scanned",
+                        "AV_FORMAT_NOT_SUPPORTED",
+                        label,
+                        part,
+                        limit="format",
+                        format="zip",
+                        member=info.filename,
+                        reason=_describe("zip", exc),
+                    )
+                    continue
+                except RuntimeError as exc:
+                    if "password" not in str(exc) and "encrypted" not in str(exc):
+                        self._broken("zip", exc, label, part, member=info.filename)
+                        continue
                     raise _Encrypted(f"{info.filename}: {exc}") from None
+                except Exception as exc:
+                    self._broken("zip", exc, label, part, member=info.filename)
+                    continue
                 yield info.filename, member
 
     def _compressed(self, kind: str, data: bytes | memoryview) -> Iterator[tuple[str, bytes]]:
@@ -346,14 +406,14 @@ class Unpacker:
                 self._ratio(out, len(data))
                 chunks.append(chunk)
         except errors as exc:
-            raise _Corrupt(f"{kind}: {exc}") from None
+            raise _Corrupt.of(kind, exc) from None
         yield "(decompressed)", b"".join(chunks)
 
     def _tar(self, data: bytes | memoryview) -> Iterator[tuple[str, bytes]]:
         try:
             archive = tarfile.open(fileobj=io.BytesIO(bytes(data)), mode="r:")
         except tarfile.TarError as exc:
-            raise _Corrupt(f"tar: {exc}") from None
+            raise _Corrupt.of("tar", exc) from None
         with archive:
             try:
                 for info in archive:
@@ -366,7 +426,7 @@ class Unpacker:
                     # tar stores members as they are: the ratio is 1, the size limit still holds.
                     yield info.name, self._drain(stream, info.size)
             except (tarfile.TarError, OSError, EOFError) as exc:
-                raise _Corrupt(f"tar: {exc}") from None
+                raise _Corrupt.of("tar", exc) from None
 
     def _sevenzip(self, data: bytes | memoryview) -> Iterator[tuple[str, bytes]]:
         try:
@@ -412,12 +472,12 @@ class Unpacker:
                 product = self.products[filename] = Capped(self.packed)
                 return product
 
-        errors = (py7zr.exceptions.Bad7zFile, py7zr.exceptions.DecompressionError, EOFError)
+        factory = Factory(len(data))
+        failure: _Corrupt | None = None
         try:
             with py7zr.SevenZipFile(io.BytesIO(bytes(data))) as archive:
                 if archive.needs_password():
                     raise _Encrypted("7z archive")
-                factory = Factory(len(data))
                 archive.extractall(factory=factory)
         except (_LimitHit, _Encrypted):
             raise
@@ -425,10 +485,14 @@ class Unpacker:
             raise _Encrypted("7z archive") from None
         except py7zr.exceptions.UnsupportedCompressionMethodError as exc:
             raise _Unsupported(f"7z: {exc}") from None
-        except (*errors, OSError, ValueError, KeyError, lzma.LZMAError) as exc:
-            raise _Corrupt(f"7z: {exc}") from None
+        except Exception as exc:  # CrcError, zlib.error, AssertionError, ...
+            failure = _Corrupt.of("7z", exc)
+        # What was written before a failure is still scanned (a damaged last member must not
+        # hide the first), and the archive is reported corrupted after it.
         for name, product in factory.products.items():
             yield name, product.buffer.getvalue()
+        if failure is not None:
+            raise failure
 
     def _rar(self, data: bytes | memoryview) -> Iterator[tuple[str, bytes]]:
         try:
@@ -452,8 +516,16 @@ class Unpacker:
             raise _Unsupported(f"rar: {exc}") from None
         except rarfile.PasswordRequired:
             raise _Encrypted("rar archive") from None
-        except (rarfile.Error, OSError, EOFError) as exc:
-            raise _Corrupt(f"rar: {exc}") from None
+        except (_LimitHit, _Encrypted):
+            raise
+        except Exception as exc:  # rarfile.Error and whatever else it raises
+            raise _Corrupt.of("rar", exc) from None
+
+
+def _describe(kind: str, exc: BaseException) -> str:
+    """``"7z: CrcError: (...)"``: the format and the exception, for the finding's reason."""
+    text = str(exc)[:200]
+    return f"{kind}: {type(exc).__name__}: {text}" if text else f"{kind}: {type(exc).__name__}"
 
 
 def _looks_like_message(data: bytes | memoryview, label: str) -> bool:
