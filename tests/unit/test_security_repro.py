@@ -187,6 +187,15 @@ def test_an_unreadable_archive_is_corrupted_and_the_rest_is_scanned(
     assert exception in corrupted[0]["error"]
 
 
+def test_an_unreadable_archive_alone_is_corrupted_and_not_delivered(
+    runner: GatewayRunner,
+) -> None:
+    outcome = runner.process(build_message(attachments=[("x.zip", raw_zip(b"", b"x"))]), ENVELOPE)
+    assert outcome.decision.verdict.antivirus.value == "corrupted"
+    assert not outcome.decision.verdict.errors
+    assert outcome.decision.action.kind.value != "deliver"
+
+
 def test_a_damaged_member_leaves_the_other_members_of_its_zip_scanned(
     runner: GatewayRunner,
 ) -> None:
