@@ -69,6 +69,8 @@ def check_infected_and_kept_out(runner: GatewayRunner, outcome: Any) -> None:
 
 # (file, the status the cut or broken object must have, a detail it must carry)
 REPRO = [
+    ("boundary_star2231.eml", None, {}),
+    ("boundary_2231_cont.eml", None, {}),
     ("zip_eicar_plus_corrupt_lzma.eml", "corrupted", {"exception": "LZMAError"}),
     ("combo_AssertionError.eml", "corrupted", {"exception": "AssertionError"}),
     ("combo_CrcError.eml", "corrupted", {"exception": "CrcError"}),
