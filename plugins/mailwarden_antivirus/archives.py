@@ -17,6 +17,7 @@ and carrying on with the next member would help it.
 
 from __future__ import annotations
 
+import binascii
 import bz2
 import io
 import lzma
@@ -163,6 +164,7 @@ class Unpacker:
                 self._broken("mime", exc, label, index)
             if self.stopped:
                 return
+        yield from self._beyond_parser_limits(message, prefix, part, depth)
 
     def _leaf(self, leaf: Part, label: str, index: int, depth: int) -> Iterator[Item]:
         data = leaf.decoded()
@@ -250,6 +252,63 @@ class Unpacker:
         # IndexError, AssertionError, ...): any of them means this archive could not be read.
         except Exception as exc:
             self._broken(kind, exc, label, part)
+
+    def _beyond_parser_limits(
+        self, message: ParsedMessage, prefix: str, part: int | None, depth: int
+    ) -> Iterator[Item]:
+        """What the MIME parser left unparsed at one of its limits, scanned anyway.
+
+        Past its depth, part-count or header-size limit the parser leaves the rest of a part
+        as unparsed bytes, and an attachment there is never decoded. That rest is scanned as
+        it is and every base64 block in it decoded and walked (within the size and member
+        limits); the part is still reported ``not_scanned`` naming the limit, because a
+        structure nobody parsed may hold what these two readings miss.
+        """
+        flags = message.flags
+        kinds = type(flags)  # the parser's MalformationFlag, reached through the SDK's parse()
+        for name, limit, what in _PARSER_LIMITS:
+            if not flags & kinds[name]:
+                continue
+            for cut in message.parts:
+                if not cut.flags & kinds[name]:
+                    continue
+                index = cut.index if part is None else part
+                label = f"{prefix}part {cut.index}"
+                self._problem(
+                    "not_scanned",
+                    "AV_NOT_SCANNED",
+                    label,
+                    index,
+                    limit=limit,
+                    reason=f"{what}; the rest was scanned as raw bytes and base64 blocks only",
+                )
+                start, end = _unparsed(message, cut)
+                yield from self._remainder(message.raw[start:end], label, index, depth)
+                if self.stopped:
+                    return
+        if flags & kinds.DECODED_LIMIT:
+            self._problem(
+                "not_scanned",
+                "AV_NOT_SCANNED",
+                f"{prefix}message",
+                part,
+                limit="mime_max_decoded_bytes",
+                reason="the parts decode to more than the MIME parser's decoded-bytes limit",
+            )
+
+    def _remainder(self, data: bytes, label: str, part: int | None, depth: int) -> Iterator[Item]:
+        where = f"{label}/(unparsed)"
+        yield Item(where, data, part, depth)
+        try:
+            for number, block in enumerate(_base64_blocks(data), 1):
+                self._member()
+                decoded = _decode_base64(block)
+                self._grow(len(decoded))
+                yield from self.walk(decoded, f"{where}/base64 block {number}", part, depth)
+                if self.stopped:
+                    return
+        except _LimitHit as hit:
+            self._stop(hit, where, part)
 
     # -- bookkeeping -------------------------------------------------------------------------
 
@@ -520,6 +579,43 @@ class Unpacker:
             raise
         except Exception as exc:  # rarfile.Error and whatever else it raises
             raise _Corrupt.of("rar", exc) from None
+
+
+# (MalformationFlag name, the limit named in the finding, what happened)
+_PARSER_LIMITS = (
+    ("DEPTH_LIMIT", "mime_max_depth", "multiparts nested deeper than the MIME parser's limit"),
+    ("PART_LIMIT", "mime_max_parts", "more parts than the MIME parser's limit"),
+    ("HEADER_LIMIT", "mime_max_header_bytes", "a header block over the MIME parser's limit"),
+)
+# Lines of the base64 alphabet, one after the other (as an encoder writes them).
+_BASE64_BLOCK = re.compile(rb"(?m)(?:^[A-Za-z0-9+/]+={0,2}[ \t]*(?:\r\n|\n|\r|\Z))+")
+_BASE64_MIN = 16  # shorter runs are words on a line of their own, not encoded files
+
+
+def _unparsed(message: ParsedMessage, cut: Part) -> tuple[int, int]:
+    """The span of ``cut``'s body after its last parsed child: all of it for a part the
+    parser did not descend into, the rest after the last part it took for one it split."""
+    start = cut.body_start
+    if cut.children:
+        start = max(start, message.parts[cut.children[-1]].body_end)
+    return start, max(start, cut.body_end)
+
+
+def _base64_blocks(data: bytes) -> Iterator[bytes]:
+    for match in _BASE64_BLOCK.finditer(data):
+        block = match.group()
+        if len(block) >= _BASE64_MIN:
+            yield block
+
+
+def _decode_base64(block: bytes) -> bytes:
+    chars = re.sub(rb"[^A-Za-z0-9+/]", b"", block)
+    rest = len(chars) % 4
+    if rest == 1:  # one sextet is no byte
+        chars = chars[:-1]
+    elif rest:
+        chars += b"=" * (4 - rest)
+    return binascii.a2b_base64(chars)
 
 
 def _describe(kind: str, exc: BaseException) -> str:

@@ -9,6 +9,7 @@ broken or cut object reported by status and reason, and never delivered.
 
 from __future__ import annotations
 
+import base64
 import io
 import struct
 import zipfile
@@ -69,6 +70,9 @@ def check_infected_and_kept_out(runner: GatewayRunner, outcome: Any) -> None:
 
 # (file, the status the cut or broken object must have, a detail it must carry)
 REPRO = [
+    ("nested_40_b64eicar.eml", "not_scanned", {"limit": "mime_max_depth"}),
+    ("parts_10001_then_b64eicar.eml", "not_scanned", {"limit": "mime_max_parts"}),
+    ("hdr_1MiB_then_b64eicar.eml", "not_scanned", {"limit": "mime_max_header_bytes"}),
     ("boundary_star2231.eml", None, {}),
     ("boundary_2231_cont.eml", None, {}),
     ("zip_eicar_plus_corrupt_lzma.eml", "corrupted", {"exception": "LZMAError"}),
@@ -217,3 +221,53 @@ def test_a_damaged_member_leaves_the_other_members_of_its_zip_scanned(
     assert "two.zip/eicar.com" in objects
     corrupted = [d for _, s, d in av(outcome) if s == "corrupted"]
     assert [(d["object"], d["member"]) for d in corrupted] == [("two.zip", "junk.bin")]
+
+
+# -- MIME parser limits, on messages made here ---------------------------------------------------
+
+
+def nested(levels: int, leaf: bytes) -> bytes:
+    """``levels`` multiparts one inside the other, ``leaf`` (a whole part) at the bottom."""
+    head = b"From: a@example.org\r\nTo: b@example.net\r\nSubject: deep\r\nMIME-Version: 1.0\r\n"
+    opening = b"".join(
+        b"Content-Type: multipart/mixed; boundary=b%d\r\n\r\n--b%d\r\n" % (i, i)
+        for i in range(levels)
+    )
+    closing = b"".join(b"\r\n--b%d--\r\n" % i for i in reversed(range(levels)))
+    return head + opening + leaf + closing
+
+
+def base64_part(name: str, data: bytes) -> bytes:
+    encoded = base64.encodebytes(data).replace(b"\n", b"\r\n")
+    return (
+        b"Content-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n"
+        b'Content-Disposition: attachment; filename="%s"\r\n\r\n%s' % (name.encode(), encoded)
+    )
+
+
+def test_a_zipped_eicar_beyond_the_depth_limit_is_found(runner: GatewayRunner) -> None:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("eicar.com", EICAR)
+    outcome = runner.process(nested(40, base64_part("a.zip", out.getvalue())), ENVELOPE)
+    check_infected_and_kept_out(runner, outcome)
+    infected = [d["object"] for _, s, d in av(outcome) if s == "infected"]
+    assert any(o.endswith("base64 block 1/eicar.com") for o in infected), infected
+    limits = [d["limit"] for _, s, d in av(outcome) if s == "not_scanned"]
+    assert limits == ["mime_max_depth"]
+
+
+def test_a_clean_message_beyond_the_depth_limit_is_not_scanned_and_not_delivered(
+    runner: GatewayRunner,
+) -> None:
+    outcome = runner.process(nested(40, base64_part("a.txt", b"just text\n" * 10)), ENVELOPE)
+    verdict = outcome.decision.verdict
+    assert verdict.antivirus.value == "not_scanned", av(outcome)
+    assert [d["limit"] for _, s, d in av(outcome) if s == "not_scanned"] == ["mime_max_depth"]
+    assert outcome.decision.action.kind.value == "quarantine"
+
+
+def test_within_the_depth_limit_nothing_is_reported(runner: GatewayRunner) -> None:
+    outcome = runner.process(nested(10, base64_part("a.txt", b"just text\n")), ENVELOPE)
+    assert outcome.decision.verdict.antivirus.value == "clean", av(outcome)
+    assert outcome.decision.action.kind.value == "deliver"
