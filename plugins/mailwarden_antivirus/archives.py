@@ -254,15 +254,7 @@ class Unpacker:
                 "corrupted", "AV_CORRUPTED", label, part, kind=kind, error=str(exc), **named
             )
         except _Unsupported as exc:
-            self._problem(
-                "not_scanned",
-                "AV_FORMAT_NOT_SUPPORTED",
-                label,
-                part,
-                limit="format",
-                format=kind,
-                reason=str(exc),
-            )
+            self._unsupported(kind, str(exc), label, part)
         # Readers raise far more than they document on hostile bytes (LZMAError, CrcError,
         # IndexError, AssertionError, ...): any of them means this archive could not be read.
         except Exception as exc:
@@ -331,6 +323,20 @@ class Unpacker:
         self, status: str, code: str, label: str, part: int | None, **details: str
     ) -> None:
         self.problems.append(Problem(status, code, label, part, {"object": label, **details}))
+
+    def _unsupported(
+        self, kind: str, reason: str, label: str, part: int | None, **details: str
+    ) -> None:
+        self._problem(
+            "not_scanned",
+            "AV_FORMAT_NOT_SUPPORTED",
+            label,
+            part,
+            limit="format",
+            format=kind,
+            reason=reason,
+            **details,
+        )
 
     def _broken(
         self, kind: str, exc: BaseException, label: str, part: int | None, **details: str
@@ -428,16 +434,8 @@ class Unpacker:
                 except _LimitHit:
                     raise
                 except NotImplementedError as exc:  # a compression method zipfile lacks
-                    self._problem(
-                        "not_scanned",
-                        "AV_FORMAT_NOT_SUPPORTED",
-                        label,
-                        part,
-                        limit="format",
-                        format="zip",
-                        member=info.filename,
-                        reason=_describe("zip", exc),
-                    )
+                    reason = _describe("zip", exc)
+                    self._unsupported("zip", reason, label, part, member=info.filename)
                     continue
                 except RuntimeError as exc:
                     if "password" not in str(exc) and "encrypted" not in str(exc):

@@ -15,6 +15,7 @@ import struct
 import zipfile
 import zlib
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -38,16 +39,23 @@ def repro_dir() -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def runner(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayRunner]:
+@contextmanager
+def gateway(home: Path, config: str = "") -> Iterator[GatewayRunner]:
+    """A started gateway with the antivirus plugin and ``config`` over the defaults."""
     plugins = build_plugin_manager(entry_points=False, extra={"antivirus": AntivirusPlugin})
-    config = parse_config("", plugins.config_schemas())
-    config.gateway.home = str(tmp_path_factory.mktemp("home"))
-    run = GatewayRunner(Gateway(config, plugins=plugins)).start()
+    parsed = parse_config(config, plugins.config_schemas())
+    parsed.gateway.home = str(home)
+    run = GatewayRunner(Gateway(parsed, plugins=plugins)).start()
     try:
         yield run
     finally:
         run.stop()
+
+
+@pytest.fixture(scope="module")
+def runner(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayRunner]:
+    with gateway(tmp_path_factory.mktemp("home")) as run:
+        yield run
 
 
 def av(outcome: Any) -> list[tuple[str, str, dict[str, str]]]:
@@ -112,41 +120,10 @@ def test_reproducer_is_infected_and_not_delivered(
 def raw_zip(name: bytes, data: bytes, *, method: int = 0, version: int = 20) -> bytes:
     """A one-member zip written field by field, so that fields zipfile would refuse to write
     (an empty name, an unknown method, a future version) can be set."""
-    crc = zlib.crc32(data)
-    local = struct.pack(
-        "<4sHHHHHIIIHH",
-        b"PK\x03\x04",
-        version,
-        0,
-        method,
-        0,
-        0,
-        crc,
-        len(data),
-        len(data),
-        len(name),
-        0,
-    )
-    central = struct.pack(
-        "<4sHHHHHHIIIHHHHHII",
-        b"PK\x01\x02",
-        version,
-        version,
-        0,
-        method,
-        0,
-        0,
-        crc,
-        len(data),
-        len(data),
-        len(name),
-        0,
-        0,
-        0,
-        0,
-        0,
-        0,
-    )
+    crc, size = zlib.crc32(data), len(data)
+    fields = (version, 0, method, 0, 0, crc, size, size, len(name), 0)
+    local = struct.pack("<4sHHHHHIIIHH", b"PK\x03\x04", *fields)
+    central = struct.pack("<4sHHHHHHIIIHHHHHII", b"PK\x01\x02", version, *fields, 0, 0, 0, 0, 0)
     body = local + name + data
     directory = central + name
     end = struct.pack("<4sHHHHIIH", b"PK\x05\x06", 0, 0, 1, 1, len(directory), len(body), 0)
@@ -286,21 +263,13 @@ def test_a_7z_header_that_outlasts_the_time_limit_is_stopped(tmp_path: Path) -> 
     # With the member limit raised the 400,000 entries are not refused from the header; py7zr
     # then needs half a minute for them, and the unpacker's deadline must stop it.
     raw = (repro_dir() / "7z_400000_plus_eicar.eml").read_bytes()
-    plugins = build_plugin_manager(entry_points=False, extra={"antivirus": AntivirusPlugin})
-    config = parse_config(
-        "[antivirus.limits]\nmax_members = 1000000\nmax_seconds = 2.0\n",
-        plugins.config_schemas(),
-    )
-    config.gateway.home = str(tmp_path)
-    run = GatewayRunner(Gateway(config, plugins=plugins)).start()
-    try:
+    config = "[antivirus.limits]\nmax_members = 1000000\nmax_seconds = 2.0\n"
+    with gateway(tmp_path, config) as run:
         outcome = run.process(raw, ENVELOPE)
         check_infected_and_kept_out(run, outcome)
-        cut = [d for _, s, d in av(outcome) if s == "not_scanned"]
-        assert [(d["object"], d["limit"]) for d in cut] == [("m.7z", "max_seconds")]
-        assert "stopped" in cut[0]["reason"]
-    finally:
-        run.stop()
+    cut = [d for _, s, d in av(outcome) if s == "not_scanned"]
+    assert [(d["object"], d["limit"]) for d in cut] == [("m.7z", "max_seconds")]
+    assert "stopped" in cut[0]["reason"]
 
 
 def test_7z_members_are_still_read_through_the_child_reader(runner: GatewayRunner) -> None:
