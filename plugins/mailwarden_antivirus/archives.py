@@ -41,6 +41,7 @@ import msgspec
 from mailwarden_sdk import ParsedMessage, Part, detect_type, parse
 
 __all__ = [
+    "ARCHIVE_TYPES",
     "ArchiveLimits",
     "Item",
     "Problem",
@@ -52,6 +53,8 @@ ZIP_TYPES = frozenset({"zip", "docx", "xlsx", "pptx", "odt", "ods", "odp", "jar"
 COMPRESSED_TYPES = frozenset({"gzip", "bzip2", "xz"})
 #: containers detected by their bytes that no reader here opens: reported, never called clean.
 UNREAD_TYPES = frozenset({"zstd", "cab", "lzh", "alz", "iso"})
+#: what :meth:`Unpacker.walk` opens (the detector unpacks these off the event loop)
+ARCHIVE_TYPES = ZIP_TYPES | COMPRESSED_TYPES | {"tar", "7z", "rar"}
 _CHUNK = 1 << 16
 # Below this many decompressed bytes the ratio is not judged: a small text or a run of zeros
 # compresses 100:1 without being a bomb, and at this size it costs nothing to scan.
