@@ -117,11 +117,20 @@ def test_reproducer_is_infected_and_not_delivered(
 # -- exception kinds in the unpacker, on archives made here --------------------------------------
 
 
-def raw_zip(name: bytes, data: bytes, *, method: int = 0, version: int = 20) -> bytes:
+def raw_zip(
+    name: bytes,
+    data: bytes,
+    *,
+    method: int = 0,
+    version: int = 20,
+    flags: int = 0,
+    declared: int | None = None,
+) -> bytes:
     """A one-member zip written field by field, so that fields zipfile would refuse to write
-    (an empty name, an unknown method, a future version) can be set."""
-    crc, size = zlib.crc32(data), len(data)
-    fields = (version, 0, method, 0, 0, crc, size, size, len(name), 0)
+    (an empty name, an unknown method, a future version, a name that is not UTF-8 though the
+    flags say it is, sizes past the end of the file) can be set."""
+    crc, size = zlib.crc32(data), len(data) if declared is None else declared
+    fields = (version, flags, method, 0, 0, crc, size, size, len(name), 0)
     local = struct.pack("<4sHHHHHIIIHH", b"PK\x03\x04", *fields)
     central = struct.pack("<4sHHHHHHIIIHHHHHII", b"PK\x01\x02", version, *fields, 0, 0, 0, 0, 0)
     body = local + name + data
@@ -159,6 +168,8 @@ BROKEN = [
     ("noname.zip", lambda: raw_zip(b"", b"data"), "IndexError"),
     ("future.zip", lambda: raw_zip(b"a.txt", b"data", version=255), "NotImplementedError"),
     ("crc.7z", sevenzip_with_bad_crc, "CrcError"),
+    ("cut.zip", lambda: raw_zip(b"a", b"data", declared=1 << 20), "EOFError"),
+    ("name.zip", lambda: raw_zip(b"\xff\xfe.txt", b"data", flags=0x800), "UnicodeDecodeError"),
 ]
 
 
