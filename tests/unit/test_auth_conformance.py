@@ -1,0 +1,297 @@
+"""DKIM, DMARC and SPF edge cases to the letter of the RFCs, with keys made in the test.
+
+Each case signs a message with a key generated here (RSA or Ed25519, ``cryptography``), with
+exactly the tags the case is about, publishes the key record on a real DNS server on
+127.0.0.1 (tests/services/dns_zone.py) and checks the result a verifier owes it: the RFC
+clause is named in each test. The signer below is written from RFC 6376 section 3.7 and
+RFC 8463 section 3 (dkimpy only canonicalizes), so a tag dkimpy would never emit (a
+quoted-printable ``i=``, a ``q=`` list) can be signed as a real signer might send it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import dkim as dkimpy
+import pytest
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
+from dkim.canonicalization import CanonicalizationPolicy
+
+from mailwarden_antispam.auth import DkimResult, authentication_results, verify_dkim
+from mailwarden_antispam.resolver import Resolver, SyncDns
+from tests.auth_results import parse_authentication_results
+from tests.services.dns_zone import running_zone, simple_zone
+
+DOMAIN = "football.example.com"
+MESSAGE = (
+    b"From: Joe SixPack <joe@football.example.com>\r\n"
+    b"To: Suzie Q <suzie@shopping.example.net>\r\n"
+    b"Subject: Is dinner ready?\r\n"
+    b"Date: Fri, 11 Jul 2003 21:00:37 -0700 (PDT)\r\n"
+    b"Message-ID: <20030712040037.46341.5F8J@football.example.com>\r\n"
+    b"\r\n"
+    b"Hi.\r\n"
+    b"\r\n"
+    b"We lost the game.  Are you hungry yet?\r\n"
+    b"\r\n"
+    b"Joe.\r\n"
+)
+
+
+@dataclass(frozen=True)
+class Key:
+    kind: str  # "rsa" or "ed25519"
+    private: Any
+    public_b64: str
+
+    def record(self, extra: str = "") -> str:
+        return f"v=DKIM1; k={self.kind}; {extra}p={self.public_b64}"
+
+
+@pytest.fixture(scope="module")
+def rsa_key() -> Key:
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    der = private.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return Key("rsa", private, base64.b64encode(der).decode())
+
+
+@pytest.fixture(scope="module")
+def ed_key() -> Key:
+    private = ed25519.Ed25519PrivateKey.generate()
+    raw = private.public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    )
+    return Key("ed25519", private, base64.b64encode(raw).decode())
+
+
+def sign(key: Key, tags: str, message: bytes = MESSAGE, algorithm: str | None = None) -> bytes:
+    """``message`` with a DKIM-Signature of ``tags`` (all but bh= and b=), prepended.
+
+    RFC 6376 3.7: the body hash over the canonical body, then the signed header fields
+    bottom-up and the signature field itself with an empty b=, without its final CRLF.
+    """
+    algorithm = algorithm or ("ed25519-sha256" if key.kind == "ed25519" else "rsa-sha256")
+    digest = hashlib.sha1 if algorithm == "rsa-sha1" else hashlib.sha256
+    headers, body = dkimpy.rfc822_parse(message)
+    c = re.search(r"\bc=([^;]+)", tags)
+    try:
+        canon = CanonicalizationPolicy.from_c_value(c.group(1).strip().encode() if c else b"simple")
+    except dkimpy.canonicalization.InvalidCanonicalizationPolicyError:
+        canon = CanonicalizationPolicy.from_c_value(b"relaxed/relaxed")  # a c= no one knows
+    bh = base64.b64encode(digest(canon.canonicalize_body(body)).digest()).decode()
+    value = f" v=1; a={algorithm}; {tags}; bh={bh}; b="
+    h = re.search(r"\bh=([^;]+)", tags)
+    assert h is not None
+    names = [n.strip().lower().encode() for n in h.group(1).split(":")]
+    chosen = dkimpy.select_headers(headers, names)
+    signed = b"".join(n + b":" + v for n, v in canon.canonicalize_headers(chosen))
+    ((sname, svalue),) = canon.canonicalize_headers([(b"DKIM-Signature", value.encode())])
+    data = signed + sname + b":" + svalue.rstrip(b"\r\n")
+    if key.kind == "ed25519":
+        signature = key.private.sign(hashlib.sha256(data).digest())
+    else:
+        hash_algorithm = hashes.SHA1() if algorithm == "rsa-sha1" else hashes.SHA256()
+        signature = key.private.sign(data, padding.PKCS1v15(), hash_algorithm)
+    header = f"DKIM-Signature:{value}{base64.b64encode(signature).decode()}\r\n"
+    return header.encode() + message
+
+
+@pytest.fixture
+def verify() -> Iterator[Any]:
+    """verify(raw, {name: TXT}) -> the DkimResults, DNS from a server on 127.0.0.1."""
+
+    def run(raw: bytes, records: dict[str, str]) -> list[DkimResult]:
+        with running_zone(simple_zone(records)) as server:
+
+            async def go() -> list[DkimResult]:
+                resolver = Resolver(["127.0.0.1"], port=server.port, timeout=1.0)
+                return await verify_dkim(SyncDns(resolver), raw)
+
+            return asyncio.run(go())
+
+    yield run
+
+
+BASE = f"c=relaxed/relaxed; d={DOMAIN}; s=sel; h=from:to:subject:date:message-id"
+KEYNAME = f"sel._domainkey.{DOMAIN}"
+
+
+def _one(results: list[DkimResult]) -> DkimResult:
+    assert len(results) == 1
+    return results[0]
+
+
+# ---------------------------------------------------------------- the signer itself
+
+
+@pytest.mark.parametrize("kind", ["rsa", "ed25519"])
+def test_own_signatures_pass_and_a_changed_body_fails(
+    kind: str, rsa_key: Key, ed_key: Key, verify: Any
+) -> None:
+    key = rsa_key if kind == "rsa" else ed_key
+    raw = sign(key, BASE)
+    got = _one(verify(raw, {KEYNAME: key.record()}))
+    assert (got.result, got.domain, got.selector) == ("pass", DOMAIN, "sel")
+    # RFC 6376 6.1.3: a body hash mismatch is a failed signature, said so.
+    changed = _one(verify(raw.replace(b"We lost", b"We won"), {KEYNAME: key.record()}))
+    assert changed.result == "fail" and "body" in changed.reason
+
+
+# ---------------------------------------------------------------- RFC 8301
+
+
+def test_rsa_sha1_is_not_a_pass(rsa_key: Key, verify: Any) -> None:
+    """RFC 8301 3.1: verifiers MUST NOT consider rsa-sha1 signatures valid."""
+    raw = sign(rsa_key, BASE, algorithm="rsa-sha1")
+    # The signature is cryptographically sound: dkimpy alone calls it valid.
+    dns = {KEYNAME.encode() + b".": rsa_key.record().encode()}
+    assert dkimpy.verify(raw, dnsfunc=lambda name, timeout=5: dns.get(name))
+    got = _one(verify(raw, {KEYNAME: rsa_key.record()}))
+    assert got.result == "permerror"
+    assert "rsa-sha1" in got.reason and "RFC 8301" in got.reason
+
+
+# ---------------------------------------------------------------- RFC 6376 3.2 and 3.6.1
+
+
+@pytest.mark.parametrize("kind", ["rsa", "ed25519"])
+def test_key_record_with_whitespace_around_equals_passes(
+    kind: str, rsa_key: Key, ed_key: Key, verify: Any
+) -> None:
+    """RFC 6376 3.2: tag-spec = [FWS] tag-name [FWS] "=" [FWS] tag-value [FWS].
+
+    3.6.1: h= and s= are colon-separated lists (with whitespace), p= base64 with FWS.
+    """
+    key = rsa_key if kind == "rsa" else ed_key
+    record = (
+        f"v = DKIM1 ; k = {kind} ; h = sha1 : sha256 ; s = email : * ; t = y : s ; "
+        f"p = {key.public_b64[:40]} {key.public_b64[40:]}"
+    )
+    got = _one(verify(sign(key, BASE), {KEYNAME: record}))
+    assert got.result == "pass", got
+
+
+@pytest.mark.parametrize("kind", ["rsa", "ed25519"])
+def test_quoted_printable_identity_passes(
+    kind: str, rsa_key: Key, ed_key: Key, verify: Any
+) -> None:
+    """RFC 6376 3.5 i= is dkim-quoted-printable: joe=40football... is joe@football..."""
+    key = rsa_key if kind == "rsa" else ed_key
+    raw = sign(key, BASE + f"; i=joe=40{DOMAIN}")
+    got = _one(verify(raw, {KEYNAME: key.record()}))
+    assert got.result == "pass", got
+    assert got.identity == f"joe@{DOMAIN}"
+
+
+def test_query_method_list_skips_unknown_methods(rsa_key: Key, verify: Any) -> None:
+    """RFC 6376 3.5 q=: a colon-separated list; verifiers use the first method they know."""
+    got = _one(verify(sign(rsa_key, BASE + "; q=foo/bar:dns/txt"), {KEYNAME: rsa_key.record()}))
+    assert got.result == "pass", got
+
+
+@pytest.mark.parametrize(
+    ("tags", "key_extra", "reason"),
+    [
+        # RFC 6376 6.1.1: the i= domain must be d= or a subdomain of it (PERMFAIL).
+        ("; i=joe@attacker.example", "", "neither d="),
+        # 3.6.1 t=s: the i= domain must not be a subdomain of d=.
+        (f"; i=joe@sub.{DOMAIN}", "t=s; ", "t=s"),
+        # 3.5 x=: a signature past its expiry is not valid.
+        (f"; t={int(time.time()) - 7200}; x={int(time.time()) - 3600}", "", "expired"),
+        # 3.5 q=: no method the verifier knows.
+        ("; q=foo/bar", "", "query method"),
+    ],
+    ids=["i-not-under-d", "t=s-subdomain-i", "x-expired", "q-unknown"],
+)
+def test_invalid_signatures_are_permerror_with_a_reason(
+    tags: str, key_extra: str, reason: str, rsa_key: Key, verify: Any
+) -> None:
+    raw = sign(rsa_key, BASE + tags)
+    got = _one(verify(raw, {KEYNAME: rsa_key.record(key_extra)}))
+    assert got.result == "permerror", got
+    assert reason in got.reason
+    assert "b'" not in got.reason and "None" not in got.reason
+
+
+def test_t_s_key_with_identity_at_d_passes(rsa_key: Key, verify: Any) -> None:
+    """3.6.1 t=s allows an i= whose domain is d= itself."""
+    raw = sign(rsa_key, BASE + f"; i=joe@{DOMAIN}")
+    assert _one(verify(raw, {KEYNAME: rsa_key.record("t=s; ")})).result == "pass"
+
+
+@pytest.mark.parametrize(
+    ("key_extra", "reason"),
+    [
+        ("h=sha1; ", "does not allow"),  # 3.6.1 h=: acceptable hash algorithms
+        ("s=tlsrpt; ", "not for email"),  # 3.6.1 s=: service types
+    ],
+)
+def test_key_restrictions_are_permerror(
+    key_extra: str, reason: str, rsa_key: Key, verify: Any
+) -> None:
+    got = _one(verify(sign(rsa_key, BASE), {KEYNAME: rsa_key.record(key_extra)}))
+    assert got.result == "permerror" and reason in got.reason, got
+
+
+def test_revoked_key_and_wrong_key_type_are_permerror(
+    rsa_key: Key, ed_key: Key, verify: Any
+) -> None:
+    raw = sign(ed_key, BASE)
+    revoked = _one(verify(raw, {KEYNAME: "v=DKIM1; k=ed25519; p="}))
+    assert (revoked.result, revoked.reason) == ("permerror", "key revoked (empty p=)")
+    # RFC 8463 / 6376 6.1.2: an ed25519-sha256 signature against an RSA key.
+    wrong = _one(verify(raw, {KEYNAME: rsa_key.record()}))
+    assert wrong.result == "permerror" and "does not fit" in wrong.reason
+
+
+def test_testing_mode_key_failure_is_neutral(rsa_key: Key, verify: Any) -> None:
+    """3.6.1 t=y: mail of a signer in testing mode is treated like unsigned mail."""
+    raw = sign(rsa_key, BASE).replace(b"We lost", b"We won")
+    got = _one(verify(raw, {KEYNAME: rsa_key.record("t=y; ")}))
+    assert got.result == "neutral" and "t=y" in got.reason
+
+
+def test_missing_key_and_syntax_errors_read_as_text(rsa_key: Key, verify: Any) -> None:
+    raw = sign(rsa_key, BASE)
+    missing = _one(verify(raw, {}))
+    assert (missing.result, missing.reason) == ("permerror", f"no key record at {KEYNAME}")
+    bad_c = _one(verify(sign(rsa_key, BASE.replace("relaxed/relaxed", "foobar")), {}))
+    assert (bad_c.result, bad_c.reason) == ("permerror", "unknown canonicalization c=foobar")
+    synerr = _one(verify(raw, {KEYNAME: "v=DKIM1; k=rsa; synerr"}))
+    assert synerr.result == "permerror"
+    assert synerr.reason == "key record syntax error: 'synerr' has no '='"
+
+
+# ---------------------------------------------------------------- Authentication-Results
+
+
+def test_authentication_results_name_domain_selector_and_reason(rsa_key: Key, verify: Any) -> None:
+    """RFC 8601 2.7.1: header.d, header.i, header.s; a reason a reader understands."""
+    results = verify(sign(rsa_key, BASE, algorithm="rsa-sha1"), {KEYNAME: "synerr"})
+    results += verify(sign(rsa_key, BASE + f"; i=joe=40{DOMAIN}"), {KEYNAME: rsa_key.record()})
+    value = authentication_results("mx.example.net", dkim_results=results)
+    first, second = parse_authentication_results(value)
+    assert (first.method, first.result) == ("dkim", "permerror")
+    assert first.reason == "rsa-sha1 is not acceptable (RFC 8301 section 3.1)"
+    assert first.props == {
+        "header.d": DOMAIN,
+        "header.s": "sel",
+        "header.i": f"@{DOMAIN}",
+        "header.a": "rsa-sha1",
+    }
+    assert (second.result, second.reason, second.props["header.i"]) == (
+        "pass",
+        None,
+        f"joe@{DOMAIN}",
+    )
+    assert "None" not in value and "b'" not in value
