@@ -13,22 +13,37 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import json
 import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import dkim as dkimpy
 import pytest
+from click.testing import CliRunner
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 from dkim.canonicalization import CanonicalizationPolicy
 
-from mailwarden_antispam.auth import DkimResult, authentication_results, verify_dkim
+from mailwarden.cli import cli
+from mailwarden.testing import expect_finding, no_finding, scan
+from mailwarden_antispam.auth import (
+    DkimResult,
+    DmarcResult,
+    SpfHop,
+    authentication_results,
+    evaluate_dmarc,
+    spf_client,
+    verify_dkim,
+)
 from mailwarden_antispam.resolver import Resolver, SyncDns
-from tests.auth_results import parse_authentication_results
-from tests.services.dns_zone import running_zone, simple_zone
+from mailwarden_sdk import Envelope
+from tests.auth_results import Method, parse_authentication_results
+from tests.conftest import make_message
+from tests.services.dns_zone import ZoneServer, running_zone, simple_zone, txt_rdata
 
 DOMAIN = "football.example.com"
 MESSAGE = (
@@ -295,3 +310,205 @@ def test_authentication_results_name_domain_selector_and_reason(rsa_key: Key, ve
         f"joe@{DOMAIN}",
     )
     assert "None" not in value and "b'" not in value
+
+
+# ---------------------------------------------------------------- DMARC (RFC 7489, RFC 9091)
+
+DMARC_ZONE = {
+    "_dmarc.pct0.example": "v=DMARC1; p=reject; pct=0",
+    "_dmarc.quar0.example": "v=DMARC1; p=quarantine; pct=0",
+    "_dmarc.half.example": "v=DMARC1; p=reject; pct=50",
+    "_dmarc.org.example": "v=DMARC1; p=none; sp=quarantine; np=reject",
+    "sub.org.example": "exists",
+}
+
+
+def _dmarc(from_domain: str, sample_key: str = "<1@x>") -> DmarcResult:
+    with running_zone(simple_zone(DMARC_ZONE)) as server:
+
+        async def go() -> DmarcResult:
+            resolver = Resolver(["127.0.0.1"], port=server.port, timeout=1.0)
+            return await evaluate_dmarc(
+                resolver, [f"a@{from_domain}"], None, [], sample_key=sample_key
+            )
+
+        return asyncio.run(go())
+
+
+@pytest.mark.parametrize(
+    ("domain", "published", "applied"),
+    [("pct0.example", "reject", "quarantine"), ("quar0.example", "quarantine", "none")],
+)
+def test_dmarc_pct_0_applies_the_next_lower_policy(
+    domain: str, published: str, applied: str
+) -> None:
+    """RFC 7489 6.6.4: mail outside the pct sample gets the next lower policy."""
+    got = _dmarc(domain)
+    assert (got.result, got.published, got.policy) == ("fail", published, applied)
+    (line,) = parse_authentication_results(authentication_results("mx", dmarc=got))
+    assert line.props["policy.dmarc"] == applied
+    assert f"p={published} pct=0: not sampled, {applied} applied" in line.comments[0]
+    assert line.reason == f"neither DKIM nor SPF passed aligned with {domain}"
+
+
+def test_dmarc_pct_sampling_is_deterministic_per_message() -> None:
+    draws = {key: _dmarc("half.example", key).policy for key in (f"<{i}@x>" for i in range(24))}
+    # The same message falls on the same side every time; with pct=50 both sides occur.
+    assert all(_dmarc("half.example", key).policy == policy for key, policy in draws.items())
+    assert set(draws.values()) == {"reject", "quarantine"}
+
+
+def test_dmarc_subdomain_sp_and_nonexistent_np() -> None:
+    """RFC 7489 6.3 sp= for an existing subdomain; RFC 9091 np= for a non-existent one."""
+    existing, missing = _dmarc("sub.org.example"), _dmarc("nowhere.org.example")
+    assert (existing.policy, existing.policy_note) == ("quarantine", "sp=quarantine")
+    assert (missing.policy, missing.policy_note) == ("reject", "np=reject")
+    assert _dmarc("org.example").policy == "none"
+
+
+# ---------------------------------------------------------------- SPF (RFC 7208) in the plugin
+
+SPF_ZONE = {
+    "plusall.example": [("TXT", txt_rdata("v=spf1 a:mail.plusall.example +all"))],
+    "bareall.example": [("TXT", txt_rdata("v=spf1 all"))],
+    "strict.example": [("TXT", txt_rdata("v=spf1 ip4:192.0.2.1 -all"))],
+}
+RELAYED = (
+    # Postfix on the gateway host records the trusted relay it took the message from...
+    b"Received: from relay.corp.example (relay.corp.example [10.1.2.3])\r\n"
+    b"\tby gw.corp.example (Postfix) with ESMTP id 4Xyz; Mon, 1 Jan 2024 10:00:02 +0000\r\n"
+    # ...which recorded the sender's server, the hop SPF is about.
+    b"Received: from mail.strict.example (mail.strict.example [192.0.2.1])\r\n"
+    b"\tby relay.corp.example (Postfix) with ESMTP id 3Abc; Mon, 1 Jan 2024 10:00:01 +0000\r\n"
+)
+
+
+@pytest.fixture(scope="module")
+def spf_dns() -> Iterator[ZoneServer]:
+    with running_zone(SPF_ZONE) as server:
+        yield server
+
+
+def _scan(dns: ZoneServer, raw: bytes, envelope: Envelope, extra: str = "") -> Any:
+    config = (
+        f"[antispam]\ndns_servers = ['127.0.0.1']\ndns_port = {dns.port}\n"
+        f"dns_timeout = 0.5\nbayes = false\n{extra}"
+    )
+    return scan(raw, builtins=True, config=config, envelope=envelope)
+
+
+def _spf_line(decision: Any) -> Method | None:
+    value = dict(decision.action.add_headers)["Authentication-Results"]
+    return next((m for m in parse_authentication_results(value) if m.method == "spf"), None)
+
+
+@pytest.mark.parametrize("domain", ["plusall.example", "bareall.example"])
+def test_spf_plus_all_is_a_finding(spf_dns: ZoneServer, domain: str) -> None:
+    """RFC 7208 5.1: "all" (qualifier + by default) matches every host on the Internet."""
+    envelope = Envelope(
+        mail_from=f"a@{domain}", rcpt_to=["b@example.net"], client_address="203.0.113.9"
+    )
+    decision = _scan(spf_dns, make_message(sender=f"a@{domain}"), envelope)
+    finding = expect_finding(decision, "SPF_PLUSALL")
+    assert finding.details == {"domain": domain} and finding.score > 0
+    line = _spf_line(decision)
+    assert line is not None and line.result == "pass" and "+all" in (line.reason or "")
+    strict = Envelope(
+        mail_from="a@strict.example", rcpt_to=["b@example.net"], client_address="192.0.2.1"
+    )
+    no_finding(_scan(spf_dns, make_message(sender="a@strict.example"), strict), "SPF_PLUSALL")
+
+
+def test_spf_is_checked_at_the_first_untrusted_received_hop(spf_dns: ZoneServer) -> None:
+    envelope = Envelope(
+        mail_from="a@strict.example",
+        rcpt_to=["b@example.net"],
+        client_address="10.1.2.3",
+        helo="relay.corp.example",
+    )
+    raw = RELAYED + make_message(sender="a@strict.example")
+    # Without trusted_networks the relay itself is the client, and it is not allowed.
+    untrusted = _spf_line(_scan(spf_dns, raw, envelope))
+    assert untrusted is not None and untrusted.result == "fail"
+    trusted = _scan(spf_dns, raw, envelope, "trusted_networks = ['10.0.0.0/8']\n")
+    line = _spf_line(trusted)
+    assert line is not None and line.result == "pass"
+    assert line.props == {"smtp.mailfrom": "strict.example"}
+    assert line.comments == [
+        "client 192.0.2.1 helo mail.strict.example from Received: field 2, below trusted relays"
+    ]
+    expect_finding(trusted, "SPF_PASS")
+    # Every hop inside: no client outside to check, so no SPF result at all.
+    inside = _scan(spf_dns, raw, envelope, "internal_networks = ['10.0.0.0/8', '192.0.2.0/24']\n")
+    assert _spf_line(inside) is None
+
+
+@pytest.mark.parametrize(
+    ("received", "want"),
+    [
+        ([], SpfHop("198.51.100.7", "client.example")),  # the client is not trusted
+        # A trusted relay's field that names no address: nothing reliable, no SPF.
+        (["from relay.corp.example by gw.corp.example with ESMTP"], None),
+        # A local hand-off between the relay's own processes is stepped over.
+        (
+            [
+                "by relay.corp.example (Postfix, from userid 0) id 1",
+                "from out.sender.example (out.sender.example [198.51.100.20]) by relay",
+            ],
+            SpfHop(
+                "198.51.100.20",
+                "out.sender.example",
+                "from Received: field 2, below trusted relays",
+            ),
+        ),
+    ],
+)
+def test_spf_hop_selection(received: list[str], want: SpfHop | None) -> None:
+    client = "198.51.100.7" if not received else "10.9.9.9"
+    assert spf_client(client, "client.example", received, ["10.0.0.0/8"]) == want
+
+
+# ---------------------------------------------------------------- the command line
+
+
+def test_scan_and_rules_test_take_the_client_ip_and_helo(
+    spf_dns: ZoneServer, tmp_path: Path
+) -> None:
+    config = tmp_path / "mailwarden.toml"
+    config.write_text(
+        f'[gateway]\nhome = "{tmp_path / "home"}"\n'
+        f"[antispam]\ndns_servers = ['127.0.0.1']\ndns_port = {spf_dns.port}\nbayes = false\n"
+    )
+    message = tmp_path / "m.eml"
+    message.write_bytes(make_message(sender="a@strict.example"))
+    runner = CliRunner()
+    args = ["--config", str(config), "--json", "--sender", "a@strict.example"]
+    for ip, code in (("192.0.2.1", "SPF_PASS"), ("203.0.113.5", "SPF_FAIL")):
+        result = runner.invoke(
+            cli, ["scan", *args, "--client-ip", ip, "--helo", "mx.example", str(message)]
+        )
+        record = json.loads(result.output)
+        assert code in [f["code"] for f in record["verdict"]["findings"]], result.output
+    bad = runner.invoke(cli, ["scan", *args, "--client-ip", "not-an-ip", str(message)])
+    assert bad.exit_code == 2 and "--client-ip" in bad.output
+    result = runner.invoke(
+        cli,
+        [
+            "rules",
+            "test",
+            "--config",
+            str(config),
+            "--from",
+            "a@strict.example",
+            "--to",
+            "b@example.net",
+            "--client-ip",
+            "203.0.113.5",
+            "--helo",
+            "mx.example",
+            str(message),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "SPF_FAIL" in result.output
+    assert "  auth       mailwarden; spf=fail" in result.output
