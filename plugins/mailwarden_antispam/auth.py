@@ -27,6 +27,7 @@ from typing import Any
 
 import dkim
 import spf  # type: ignore[import-untyped]
+from dkim.canonicalization import CanonicalizationPolicy
 from publicsuffixlist import PublicSuffixList
 
 from .resolver import AsyncDns, DnsAnswer, SyncDns
@@ -380,7 +381,8 @@ def _check_signature(sig: dict[bytes, bytes], now: float) -> dict[bytes, bytes]:
     domain = sig[b"d"].lower().rstrip(b".")
     if not _DOMAIN.fullmatch(domain):
         raise _Invalid(f"d={_shown(sig[b'd'])} is not a domain name")
-    if not _DOMAIN.fullmatch(sig[b"s"]):
+    # Selectors are DNS labels; "_" is outside RFC 6376's grammar but common and harmless.
+    if not _DOMAIN.fullmatch(sig[b"s"].replace(b"_", b"x")):
         raise _Invalid(f"s={_shown(sig[b's'])} is not a valid selector")
     signed = [h.strip(b" \t\r\n").lower() for h in sig[b"h"].split(b":")]
     if b"from" not in signed:
@@ -506,6 +508,13 @@ def _verify_one(
         d.pk, d.keysize, d.ktag, testing = _check_key(record, sig, name, minkey)
         d.seqtlsrpt = False
         include = [h.strip(b" \t\r\n").lower() for h in re.split(rb":", sig[b"h"])]
+        if b"l" in sig:
+            canon = CanonicalizationPolicy.from_c_value(sig[b"c"])
+            length = len(canon.canonicalize_body(d.body))
+            if int(sig[b"l"]) > length:
+                # dkimpy hashes the whole shorter body and may pass: the body lost content.
+                why = f"l={int(sig[b'l'])} is longer than the body ({length} octets)"
+                return _dkim_result("fail", sig, why)
         try:
             ok = d.verify_sig_process(sig, include, header, None)
         except dkim.ValidationError as exc:

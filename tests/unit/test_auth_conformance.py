@@ -43,7 +43,7 @@ from mailwarden_antispam.resolver import Resolver, SyncDns
 from mailwarden_sdk import Envelope
 from tests.auth_results import Method, parse_authentication_results
 from tests.conftest import make_message
-from tests.services.dns_zone import ZoneServer, running_zone, simple_zone, txt_rdata
+from tests.services.dns_zone import TIMEOUT, ZoneServer, running_zone, simple_zone, txt_rdata
 
 DOMAIN = "football.example.com"
 MESSAGE = (
@@ -103,7 +103,10 @@ def sign(key: Key, tags: str, message: bytes = MESSAGE, algorithm: str | None = 
         canon = CanonicalizationPolicy.from_c_value(c.group(1).strip().encode() if c else b"simple")
     except dkimpy.canonicalization.InvalidCanonicalizationPolicyError:
         canon = CanonicalizationPolicy.from_c_value(b"relaxed/relaxed")  # a c= no one knows
-    bh = base64.b64encode(digest(canon.canonicalize_body(body)).digest()).decode()
+    body = canon.canonicalize_body(body)
+    if m := re.search(r"\bl=(\d+)", tags):
+        body = body[: int(m.group(1))]
+    bh = base64.b64encode(digest(body).digest()).decode()
     value = f" v=1; a={algorithm}; {tags}; bh={bh}; b="
     h = re.search(r"\bh=([^;]+)", tags)
     assert h is not None
@@ -236,6 +239,70 @@ def test_invalid_signatures_are_permerror_with_a_reason(
     assert got.result == "permerror", got
     assert reason in got.reason
     assert "b'" not in got.reason and "None" not in got.reason
+
+
+NOW = int(time.time())
+
+
+@pytest.mark.parametrize(
+    ("tags", "reason"),
+    [
+        (f"; t={NOW}; x={NOW}", "x= is not after its timestamp t="),
+        (f"; t={NOW + 86400}", "t= is in the future"),
+        ("; d=football.example.com", "tag d= appears twice"),
+        ("; l=ten", "l=ten is not a body length"),
+    ],
+)
+def test_signature_tag_errors_are_permerror_naming_the_tag(
+    tags: str, reason: str, rsa_key: Key, verify: Any
+) -> None:
+    """RFC 6376 3.2 (duplicate tags invalidate the list) and 3.5 (t=, x=, l= values)."""
+    got = _one(verify(sign(rsa_key, BASE + tags), {KEYNAME: rsa_key.record()}))
+    assert got.result == "permerror" and reason in got.reason, got
+
+
+@pytest.mark.parametrize(
+    ("edit", "reason"),
+    [
+        # 5.4 and 6.1.1: From MUST be signed.
+        ((b"h=from:to:", b"h=to:"), "From header field is not signed"),
+        ((b" v=1;", b""), "lacks the required tag(s) v="),
+        ((b" v=1;", b" v=2;"), "unsupported signature version v=2"),
+        ((b"; s=sel", b"; s sel"), "'s sel' has no '='"),
+    ],
+)
+def test_malformed_signatures_are_permerror(
+    edit: tuple[bytes, bytes], reason: str, rsa_key: Key, verify: Any
+) -> None:
+    raw = sign(rsa_key, BASE).replace(*edit, 1)
+    got = _one(verify(raw, {KEYNAME: rsa_key.record()}))
+    assert got.result == "permerror" and reason in got.reason, got
+
+
+def test_key_lookup_timeout_is_temperror(rsa_key: Key) -> None:
+    """RFC 6376 6.1.2: a DNS failure fetching the key is TEMPFAIL."""
+    raw = sign(rsa_key, BASE)
+    with running_zone({KEYNAME: [TIMEOUT]}) as server:
+
+        async def go() -> list[DkimResult]:
+            resolver = Resolver(["127.0.0.1"], port=server.port, timeout=0.3)
+            return await verify_dkim(SyncDns(resolver), raw)
+
+        got = _one(asyncio.run(go()))
+    assert got.result == "temperror" and KEYNAME in got.reason
+
+
+def test_body_length_longer_than_the_body_fails(rsa_key: Key, verify: Any) -> None:
+    """RFC 6376 3.5 l=: the signer hashed that many octets; a shorter body lost some."""
+    raw = sign(rsa_key, BASE + "; l=20")
+    assert _one(verify(raw, {KEYNAME: rsa_key.record()})).result == "pass"
+    # Content appended after l= octets is not covered: still a pass (RFC 6376 8.2).
+    appended = raw + b"P.S. click here\r\n"
+    assert _one(verify(appended, {KEYNAME: rsa_key.record()})).result == "pass"
+    cut = raw.replace(b"We lost the game.  Are you hungry yet?\r\n\r\nJoe.\r\n", b"")
+    got = _one(verify(sign(rsa_key, BASE + "; l=9999"), {KEYNAME: rsa_key.record()}))
+    assert got.result == "fail" and "longer than the body" in got.reason, got
+    assert _one(verify(cut, {KEYNAME: rsa_key.record()})).result == "fail"
 
 
 def test_t_s_key_with_identity_at_d_passes(rsa_key: Key, verify: Any) -> None:
