@@ -27,6 +27,8 @@ from click.testing import CliRunner
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 from dkim.canonicalization import CanonicalizationPolicy
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mailwarden.cli import cli
 from mailwarden.testing import expect_finding, no_finding, scan
@@ -36,6 +38,7 @@ from mailwarden_antispam.auth import (
     SpfHop,
     authentication_results,
     evaluate_dmarc,
+    parse_tag_list,
     spf_client,
     verify_dkim,
 )
@@ -352,6 +355,40 @@ def test_missing_key_and_syntax_errors_read_as_text(rsa_key: Key, verify: Any) -
     synerr = _one(verify(raw, {KEYNAME: "v=DKIM1; k=rsa; synerr"}))
     assert synerr.result == "permerror"
     assert synerr.reason == "key record syntax error: 'synerr' has no '='"
+
+
+# ---------------------------------------------------------------- parsers, by property
+
+_NAMES = st.from_regex(r"[A-Za-z][A-Za-z0-9_]{0,5}", fullmatch=True)
+_VALUES = st.from_regex(r"([!-:<-~]{1,6}( [!-:<-~]{1,6})?)?", fullmatch=True)
+_WS = st.sampled_from(["", " ", "\t", " \r\n ", "  "])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(_NAMES, _VALUES, min_size=1, max_size=6), st.data())
+def test_tag_lists_parse_whatever_the_whitespace(tags: dict[str, str], data: Any) -> None:
+    """RFC 6376 3.2: FWS around names, '=' and ';', and a trailing ';', change nothing."""
+    ws = lambda: data.draw(_WS)  # noqa: E731
+    text = ";".join(f"{ws()}{k}{ws()}={ws()}{v}{ws()}" for k, v in tags.items())
+    text += data.draw(st.sampled_from(["", ";", " ; "]))
+    parsed = parse_tag_list(text.encode(), "test")
+    assert parsed == {k.encode(): v.encode() for k, v in tags.items()}
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=60), st.text(max_size=30), st.text(max_size=30))
+def test_authentication_results_stay_well_formed(reason: str, selector: str, comment: str) -> None:
+    """Whatever a library or a sender's tags hold, the header parses by RFC 8601's grammar."""
+    value = authentication_results(
+        "mx.example",
+        dkim_results=[
+            DkimResult("permerror", "example.com", selector, "@example.com", "x", reason)
+        ],
+        dmarc=DmarcResult("fail", "example.com", "none", comment, reason=reason),
+    )
+    methods = parse_authentication_results(value)
+    assert [(m.method, m.result) for m in methods] == [("dkim", "permerror"), ("dmarc", "fail")]
+    assert "\r" not in value and "\n" not in value
 
 
 # ---------------------------------------------------------------- Authentication-Results
