@@ -237,7 +237,9 @@ class ReputationPlugin:
                     code="REPUTATION_UNAVAILABLE",
                     detector=DETECTOR,
                     category=Category.REPUTATION,
-                    status="error",
+                    # Not "error": every local engine has read the message; a missing second
+                    # opinion must not tempfail all mail while the service is down.
+                    status="unavailable",
                     details={
                         "unanswered": str(len(unanswered)),
                         "kinds": ",".join(sorted({i.kind for i in unanswered})),
