@@ -20,6 +20,7 @@ import ssl
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -229,3 +230,43 @@ def test_untrusted_client_may_relay_after_auth_over_tls(rig: Rig) -> None:
     message = rig.arrived("submitted")
     assert b"with ESMTPSA" in message
     assert f"([{CLIENT_ADDRESS}])".encode() in message
+
+
+def test_auth_against_the_directory_by_ldap_bind(tmp_path: Path) -> None:
+    from mailwarden.testing import GatewayRunner, _gateway
+    from tests.services.slapd import BASE_DN, directory_section, running_slapd
+
+    with running_slapd() as slapd:
+        slapd.ldapadd(
+            f"dn: cn=Bob Jones,ou=Users,{BASE_DN}\nchangetype: modify\n"
+            f"replace: userPassword\nuserPassword: {PASSWORD}\n"
+        )
+        config = (
+            '[smtp]\ntrusted_networks = ["127.0.0.1/32"]\n'
+            + '[gateway]\nlocal_domains = ["example.org"]\n'
+            + directory_section(slapd)
+        )
+        runner = GatewayRunner(_gateway(None, False, config, tmp_path / "home")).start()
+        try:
+            port = runner.start_smtp()
+            with smtplib.SMTP(
+                "127.0.0.1", port, timeout=30, source_address=("127.0.0.2", 0)
+            ) as client:
+                client.starttls(context=_unverified())
+                client.ehlo("laptop.example.net")
+                assert client.has_extn("auth")  # no local accounts: the directory checks
+                with pytest.raises(smtplib.SMTPAuthenticationError):
+                    client.login("bob@example.test", "not the password")
+                with pytest.raises(smtplib.SMTPAuthenticationError):
+                    client.login("nobody@example.test", PASSWORD)
+                client.login("bob@example.test", PASSWORD)
+                refused = client.sendmail(
+                    "bob@example.test",
+                    ["friend@far-away.test"],
+                    make_message(subject="by-ldap", sender="bob@example.test"),
+                )
+                assert refused == {}
+            [message] = runner.delivered()
+            assert b"with ESMTPSA" in message
+        finally:
+            runner.stop()

@@ -374,3 +374,35 @@ def test_idle_connections_of_a_few_addresses_do_not_lock_out_others(start) -> No
     finally:
         for c in held:
             c.close()
+
+
+# -- config check ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("smtp", "gateway", "warned"),
+    [
+        ('listen = "127.0.0.1"\ntrusted_networks = ["0.0.0.0/0"]', "", []),
+        ('listen = "0.0.0.0"\ntrusted_networks = ["0.0.0.0/0"]', 'local_domains = ["a.test"]',
+         ["open relay"]),
+        ('listen = "0.0.0.0"\ntrusted_networks = ["8.8.0.0/16"]', 'local_domains = ["a.test"]',
+         ["not a private network"]),
+        ('listen = "0.0.0.0"', "", ["local_domains is empty"]),
+        ('listen = "0.0.0.0"', 'local_domains = ["a.test"]', []),
+    ],
+)  # fmt: skip
+def test_config_check_warns_when_an_exposed_listener_could_relay(
+    tmp_path: Path, smtp: str, gateway: str, warned: list[str]
+) -> None:
+    from click.testing import CliRunner
+
+    from mailwarden.cli import cli
+
+    path = tmp_path / "mailwarden.toml"
+    path.write_text(f"[gateway]\n{gateway}\n[smtp]\n{smtp}\n")
+    result = CliRunner().invoke(cli, ["config", "check", str(path)])
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == len(warned), result.stderr
+    for warning, expected in zip(warnings, warned, strict=True):
+        assert expected in warning

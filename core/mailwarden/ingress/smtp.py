@@ -604,7 +604,9 @@ class SmtpHandler:
         return outcome.reply
 
 
-_AUTH_FAILURES = 3
+# Failed AUTH attempts per session before 421 (clients like smtplib try each mechanism in
+# turn, two failures per wrong password).
+_AUTH_FAILURES = 10
 _RECEIVED_RE = re.compile(rb"^received[ \t]*:", re.IGNORECASE | re.MULTILINE)
 
 
