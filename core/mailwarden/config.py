@@ -85,8 +85,10 @@ class SmtpConfig(_Section):
     an LDAP bind as the user) for names that are addresses. ``auth = false`` never offers it.
     Addresses in MAIL and RCPT must be RFC 5321 mailboxes (501). A message with more than
     ``hopcount_limit`` ``Received:`` lines (ours included) is a loop (554 5.4.6). With
-    ``forbid_bare_newline`` a line ending in a bare LF gets ``550 5.5.2`` and the connection
-    is closed (Postfix's ``smtpd_forbid_bare_newline = yes``; it stops SMTP smuggling).
+    ``forbid_bare_newline`` a line ending in a bare LF from a client outside
+    ``trusted_networks`` gets ``550 5.5.2`` and the connection is closed (Postfix's
+    ``smtpd_forbid_bare_newline = yes`` with its default exclusion of ``$mynetworks``; it
+    stops SMTP smuggling).
     """
 
     enabled: bool = True

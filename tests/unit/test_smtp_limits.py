@@ -213,21 +213,17 @@ def test_mailbox_grammar(atoms: list[str], labels: list[str], junk: str, where: 
 
 
 def test_bare_lf_in_a_command_ends_the_session_with_550(start) -> None:  # type: ignore[no-untyped-def]
-    client = Client(start().smtp_port)
+    client = Client(start(RELAY_CONFIG).smtp_port, "127.0.0.2")
     reply = client.send(b"EHLO client.example.net\n")
     assert reply.startswith(b"550 5.5.2"), reply
     assert b"bare <LF>" in reply
     assert client.closed()
 
 
-@pytest.mark.parametrize(
-    "smuggled",
-    [b"\n.\n", b"\r\n.\n", b"\n.\r\n"],
-    ids=["LF.LF", "CRLF.LF", "LF.CRLF"],
-)
-def test_smuggled_end_of_data_delivers_nothing(start, smuggled: bytes) -> None:  # type: ignore[no-untyped-def]
-    runner = start()
-    client = _session(runner)
+SMUGGLED = [b"\n.\n", b"\r\n.\n", b"\n.\r\n"]
+
+
+def _smuggle(client: Client, smuggled: bytes) -> bytes:
     assert client.cmd("MAIL FROM:<alice@example.org>").startswith(b"250")
     assert client.cmd("RCPT TO:<bob@example.org>").startswith(b"250")
     assert client.cmd("DATA").startswith(b"354")
@@ -237,10 +233,30 @@ def test_smuggled_end_of_data_delivers_nothing(start, smuggled: bytes) -> None: 
         + b"MAIL FROM:<ceo@example.org>\r\nRCPT TO:<bob@example.org>\r\nDATA\r\n"
         + b"Subject: smuggled\r\n\r\npay me\r\n.\r\n"
     )
-    reply = client.send(payload)
+    return client.send(payload)
+
+
+@pytest.mark.parametrize("smuggled", SMUGGLED, ids=["LF.LF", "CRLF.LF", "LF.CRLF"])
+def test_smuggled_end_of_data_delivers_nothing(start, smuggled: bytes) -> None:  # type: ignore[no-untyped-def]
+    runner = start(RELAY_CONFIG)
+    client = _session(runner, "127.0.0.2")
+    reply = _smuggle(client, smuggled)
     assert reply.startswith(b"550 5.5.2"), reply
     assert client.closed()
     assert runner.delivered() == []
+
+
+@pytest.mark.parametrize("smuggled", SMUGGLED, ids=["LF.LF", "CRLF.LF", "LF.CRLF"])
+def test_a_trusted_client_may_send_bare_lf_but_never_splits_a_message(
+    start, smuggled: bytes
+) -> None:  # type: ignore[no-untyped-def]
+    # As Postfix's smtpd_forbid_bare_newline_exclusions = $mynetworks.
+    runner = start(RELAY_CONFIG)
+    client = _session(runner, "127.0.0.1")
+    reply = _smuggle(client, smuggled)
+    assert reply.startswith(b"250"), reply
+    [message] = runner.delivered()
+    assert b"Subject: smuggled" in message  # one message, the "second" is its body
 
 
 @pytest.mark.parametrize("command", ["EHLO", "HELO"])

@@ -17,7 +17,10 @@ accounts to check (the web interface's local accounts, the directory by LDAP bin
 addresses must be RFC 5321 mailboxes, HELO and AUTH names must not hold control characters
 (they reach our ``Received:`` line), a line ending in a bare LF ends the session as with
 Postfix's ``smtpd_forbid_bare_newline = yes`` (no SMTP smuggling), and a message with more than
-``hopcount_limit`` ``Received:`` lines is refused as a loop.
+``hopcount_limit`` ``Received:`` lines is refused as a loop. Clients in ``trusted_networks``
+may send bare LFs, as Postfix's ``smtpd_forbid_bare_newline_exclusions = $mynetworks``; the end
+of DATA is only ever ``<CR><LF>.<CR><LF>``, and what we relay gets CRLF line ends before it is
+dot-stuffed, so a smuggled ``\\n.\\n`` reaches the next hop as ``..``.
 """
 
 from __future__ import annotations
@@ -126,6 +129,7 @@ class GatewaySMTP(SMTP):
         implicit_tls: bool = False,
         strict: bool = False,
         forbid_bare_newline: bool = False,
+        bare_newline_exempt: Callable[[Any], bool] | None = None,
         junk_command_limit: int = 100,
         auth_offered: Callable[[], bool] | None = None,
         **kw: Any,
@@ -135,6 +139,7 @@ class GatewaySMTP(SMTP):
         self._implicit_tls = implicit_tls
         self._strict = strict
         self._forbid_bare_newline = forbid_bare_newline
+        self._bare_newline_exempt = bare_newline_exempt or (lambda peer: False)
         self._junk_left = junk_command_limit
         self._junk_limit = junk_command_limit
         self._auth_offered = auth_offered or (lambda: False)
@@ -160,6 +165,10 @@ class GatewaySMTP(SMTP):
                 transport.close()
                 return
             self._counted = address
+            if self._forbid_bare_newline and self._bare_newline_exempt(peer):
+                # As Postfix's smtpd_forbid_bare_newline_exclusions = $mynetworks: local
+                # programs that write LF line ends keep working.
+                self._forbid_bare_newline = False
         self._last_input = self.idle_since = self.loop.time()
         super().connection_made(transport)
         if self._implicit_tls and self.session is not None and self.session.ssl is None:
@@ -410,7 +419,10 @@ class SmtpHandler:
     def trusted_client(self, session: Session) -> bool:
         """Whether the client may relay without AUTH: in ``trusted_networks`` (or a UNIX
         socket, which is this host)."""
-        peer: Any = session.peer
+        return self.trusted_peer(session.peer)
+
+    def trusted_peer(self, peer: Any) -> bool:
+        """Whether the socket peer ``peer`` is in ``trusted_networks``."""
         if not isinstance(peer, tuple):
             return True
         try:
@@ -702,6 +714,7 @@ async def start_smtp_servers(
             implicit_tls=implicit,
             strict=True,
             forbid_bare_newline=cfg.forbid_bare_newline,
+            bare_newline_exempt=handler.trusted_peer,
             junk_command_limit=cfg.junk_command_limit,
             auth_offered=handler.auth_offered,
         )
