@@ -87,7 +87,7 @@ class SmtpConfig(_Section):
     ``hopcount_limit`` ``Received:`` lines (ours included) is a loop (554 5.4.6). With
     ``forbid_bare_newline`` a line ending in a bare LF from a client outside
     ``trusted_networks`` gets ``550 5.5.2`` and the connection is closed (Postfix's
-    ``smtpd_forbid_bare_newline = yes`` with its default exclusion of ``$mynetworks``; it
+    ``smtpd_forbid_bare_newline = reject`` with its default exclusion of ``$mynetworks``; it
     stops SMTP smuggling).
     """
 

@@ -16,7 +16,7 @@ trusted_networks`` or after AUTH, which is offered over TLS only and only when t
 accounts to check (the web interface's local accounts, the directory by LDAP bind). Envelope
 addresses must be RFC 5321 mailboxes, HELO and AUTH names must not hold control characters
 (they reach our ``Received:`` line), a line ending in a bare LF ends the session as with
-Postfix's ``smtpd_forbid_bare_newline = yes`` (no SMTP smuggling), and a message with more than
+Postfix's ``smtpd_forbid_bare_newline = reject`` (3.9; ``yes`` in 3.8.4) (no SMTP smuggling), and a message with more than
 ``hopcount_limit`` ``Received:`` lines is refused as a loop. Clients in ``trusted_networks``
 may send bare LFs, as Postfix's ``smtpd_forbid_bare_newline_exclusions = $mynetworks``; the end
 of DATA is only ever ``<CR><LF>.<CR><LF>``, and what we relay gets CRLF line ends before it is
@@ -210,7 +210,7 @@ class GatewaySMTP(SMTP):
         # sending is never cut (aiosmtpd counted from the last command, DATA included).
         self._last_input = self.loop.time()
         if self._forbid_bare_newline and self._bare_newline(data):
-            # Postfix's smtpd_forbid_bare_newline = yes: a line that ends in LF alone is how
+            # Postfix's smtpd_forbid_bare_newline = reject: a line that ends in LF alone is how
             # SMTP smuggling hides a second message ("\n.\n" read as end of data elsewhere).
             log.warning("%s: bare <LF> received; disconnecting", self._counted)
             self._close_with(f"550 5.5.2 {self.hostname} Error: bare <LF> received")
