@@ -16,8 +16,9 @@ trusted_networks`` or after AUTH, which is offered over TLS only and only when t
 accounts to check (the web interface's local accounts, the directory by LDAP bind). Envelope
 addresses must be RFC 5321 mailboxes, HELO and AUTH names must not hold control characters
 (they reach our ``Received:`` line), a line ending in a bare LF ends the session as with
-Postfix's ``smtpd_forbid_bare_newline = reject`` (3.9; ``yes`` in 3.8.4) (no SMTP smuggling), and a message with more than
-``hopcount_limit`` ``Received:`` lines is refused as a loop. Clients in ``trusted_networks``
+Postfix's ``smtpd_forbid_bare_newline = reject`` (3.9; ``yes`` in 3.8.4), which stops SMTP
+smuggling, and a message with more than ``hopcount_limit`` ``Received:`` lines is refused as a
+loop. Clients in ``trusted_networks``
 may send bare LFs, as Postfix's ``smtpd_forbid_bare_newline_exclusions = $mynetworks``; the end
 of DATA is only ever ``<CR><LF>.<CR><LF>``, and what we relay gets CRLF line ends before it is
 dot-stuffed, so a smuggled ``\\n.\\n`` reaches the next hop as ``..``.
