@@ -166,6 +166,11 @@ def _netguard_allows(*names: str) -> Iterator[None]:
                 os.environ[key] = value
 
 
+def _send(client: smtplib.SMTP, sender: str, recipient: str, subject: str) -> None:
+    message = make_message(subject=subject, sender=sender, recipient=recipient)
+    assert client.sendmail(sender, [recipient], message) == {}
+
+
 def _unverified() -> ssl.SSLContext:
     context = ssl.create_default_context()
     context.check_hostname = False
@@ -187,26 +192,14 @@ def test_untrusted_client_is_refused_relaying_at_rcpt(rig: Rig) -> None:
 
 def test_local_domain_is_accepted_from_anyone(rig: Rig) -> None:
     with rig.client(trusted=False) as client:
-        client.sendmail(
-            "friend@outside.example.net",
-            ["bob@example.org"],
-            make_message(
-                subject="inbound", sender="friend@outside.example.net", recipient="bob@example.org"
-            ),
-        )
+        _send(client, "friend@outside.example.net", "bob@example.org", "inbound")
     message = rig.arrived("inbound")
     assert f"([{CLIENT_ADDRESS}])".encode() in message
 
 
 def test_trusted_network_may_relay(rig: Rig) -> None:
     with rig.client(trusted=True) as client:
-        client.sendmail(
-            "alice@example.org",
-            ["friend@far-away.test"],
-            make_message(
-                subject="from-inside", sender="alice@example.org", recipient="friend@far-away.test"
-            ),
-        )
+        _send(client, "alice@example.org", "friend@far-away.test", "from-inside")
     assert b"([127.0.0.1])" in rig.arrived("from-inside")
 
 
@@ -220,13 +213,7 @@ def test_untrusted_client_may_relay_after_auth_over_tls(rig: Rig) -> None:
         with pytest.raises(smtplib.SMTPAuthenticationError):
             client.login("alice", "not the password")
         client.login("alice", PASSWORD)
-        client.sendmail(
-            "alice@example.org",
-            ["friend@far-away.test"],
-            make_message(
-                subject="submitted", sender="alice@example.org", recipient="friend@far-away.test"
-            ),
-        )
+        _send(client, "alice@example.org", "friend@far-away.test", "submitted")
     message = rig.arrived("submitted")
     assert b"with ESMTPSA" in message
     assert f"([{CLIENT_ADDRESS}])".encode() in message

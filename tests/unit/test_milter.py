@@ -360,6 +360,15 @@ def test_abort_and_quit_nc_start_over(tmp_path: Path) -> None:
     run_with_server(tmp_path, body, handler=handler)
 
 
+async def _still_serves(port: int) -> None:
+    """The server is still there for the next connection and accepts a message."""
+    mta = await Mta.connect(port)
+    await mta.optneg()
+    await mta.session_start()
+    assert (await mta.message(make_message())).final == "a"
+    await mta.close()
+
+
 @pytest.mark.parametrize(
     "packet",
     [
@@ -382,12 +391,7 @@ def test_malformed_packets_close_cleanly_with_a_log_line(
         await mta.writer.drain()
         assert await mta.reader.read() == b""  # closed by the server, nothing sent
         await mta.close()
-        # The server is still there for the next connection.
-        mta = await Mta.connect(port)
-        await mta.optneg()
-        await mta.session_start()
-        assert (await mta.message(make_message())).final == "a"
-        await mta.close()
+        await _still_serves(port)
 
     with caplog.at_level(logging.WARNING, logger="mailwarden.ingress.milter"):
         run_with_server(tmp_path, body, handler=handler)
@@ -513,11 +517,7 @@ def test_macro_packets_are_bounded_and_close_the_connection(
         except ConnectionResetError:
             pass
         await mta.close()
-        mta = await Mta.connect(port)
-        await mta.optneg()
-        await mta.session_start()
-        assert (await mta.message(make_message())).final == "a"
-        await mta.close()
+        await _still_serves(port)
 
     with caplog.at_level(logging.WARNING, logger="mailwarden.ingress.milter"):
         run_with_server(tmp_path, body, handler=EveryChange())
