@@ -400,3 +400,32 @@ def test_config_check_warns_when_an_exposed_listener_could_relay(
     assert len(warnings) == len(warned), result.stderr
     for warning, expected in zip(warnings, warned, strict=True):
         assert expected in warning
+
+
+def test_auth_works_on_the_implicit_tls_port(tmp_path: Path) -> None:
+    import smtplib
+
+    from mailwarden.ingress.smtp import start_smtp_servers
+    from tests.conftest import free_port
+
+    home = tmp_path / "home"
+    WebAuth(home / "web", session_seconds=60, custom_roles={}, login_attempts=5).set_password(
+        "alice", "correct horse battery"
+    )
+    tls_port = free_port()
+    config = f"{RELAY_CONFIG}port = {free_port()}\ntls_port = {tls_port}\n"
+    runner = GatewayRunner(_gateway(None, False, config, home)).start()
+    try:
+        runner._servers += runner._call(start_smtp_servers(runner.gateway))
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        with smtplib.SMTP_SSL(
+            "127.0.0.1", tls_port, context=context, timeout=30, source_address=("127.0.0.2", 0)
+        ) as client:
+            client.ehlo("laptop.example.net")
+            assert client.esmtp_features["auth"].split() == ["PLAIN", "LOGIN"]
+            assert client.login("alice", "correct horse battery")[0] == 235
+            assert client.sendmail("alice@example.org", ["x@far-away.test"], make_message()) == {}
+    finally:
+        runner.stop()

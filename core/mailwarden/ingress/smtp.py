@@ -138,6 +138,9 @@ class GatewaySMTP(SMTP):
         super().__init__(*args, **kw)
         self._limits = limits
         self._implicit_tls = implicit_tls
+        if implicit_tls:
+            # aiosmtpd knows TLS only from STARTTLS and would answer AUTH with 538 here.
+            self._auth_require_tls = False
         self._strict = strict
         self._forbid_bare_newline = forbid_bare_newline
         self._bare_newline_exempt = bare_newline_exempt or (lambda peer: False)
