@@ -257,3 +257,13 @@ def test_auth_against_the_directory_by_ldap_bind(tmp_path: Path) -> None:
             assert b"with ESMTPSA" in message
         finally:
             runner.stop()
+
+
+def test_netguard_allows_the_test_network_only_inside_the_test_namespaces(rig: Rig) -> None:
+    from tests.netguard.sitecustomize import _loopback
+
+    target = (SERVER_ADDRESS, rig.port)
+    assert not _loopback(target)  # from the host's namespace: still loopback only
+    with inside(rig.client_ns):
+        assert _loopback(target)
+        assert not _loopback(("198.51.100.1", 25))  # any other address stays refused
