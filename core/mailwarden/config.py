@@ -46,6 +46,9 @@ __all__ = [
 Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
 Positive = Annotated[int, msgspec.Meta(gt=0)]
 Seconds = Annotated[float, msgspec.Meta(gt=0)]
+# An address or CIDR network; the shape here (so an error names the key's line), the ranges in
+# SmtpConfig.__post_init__.
+Network = Annotated[str, msgspec.Meta(pattern=r"^[0-9A-Fa-f:.]+(/[0-9]{1,3})?$")]
 ActionName = Literal["deliver", "reject", "tempfail", "discard", "quarantine"]
 # Antivirus statuses may also ``remove`` the parts they concern (delivering the rest with a
 # notice) or ``tag`` the subject and deliver.
@@ -106,7 +109,9 @@ class SmtpConfig(_Section):
     max_connections_per_ip: Positive = 50
     # Processes accepting on the same port (SO_REUSEPORT); 0 means one per core.
     workers: Annotated[int, msgspec.Meta(ge=0, le=256)] = 1
-    trusted_networks: list[str] = msgspec.field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
+    trusted_networks: list[Network] = msgspec.field(
+        default_factory=lambda: ["127.0.0.0/8", "::1/128"]
+    )
     auth: bool = True
     hopcount_limit: Positive = 50
     forbid_bare_newline: bool = True
