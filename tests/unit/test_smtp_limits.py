@@ -89,13 +89,17 @@ class Client:
 def start(tmp_path: Path) -> Iterator[object]:
     runners: list[GatewayRunner] = []
 
-    def make(config: str = LOCAL_CONFIG, accounts: dict[str, str] | None = None) -> GatewayRunner:
+    def make(
+        config: str = LOCAL_CONFIG,
+        accounts: dict[str, str] | None = None,
+        plugins: list[object] | None = None,
+    ) -> GatewayRunner:
         home = tmp_path / f"home{len(runners)}"
         if accounts:
             auth = WebAuth(home / "web", session_seconds=60, custom_roles={}, login_attempts=5)
             for name, password in accounts.items():
                 auth.set_password(name, password)
-        runner = GatewayRunner(_gateway(None, False, config, home)).start()
+        runner = GatewayRunner(_gateway(plugins, False, config, home)).start()
         runners.append(runner)
         runner.start_smtp()
         return runner
@@ -335,6 +339,16 @@ def test_slow_but_live_data_completes_past_the_timeout(start) -> None:  # type: 
     reply = client.send(b".\r\n")
     assert reply.startswith(b"250"), reply
     assert len(runner.delivered()) == 1
+
+
+def test_a_scan_longer_than_the_timeout_is_not_the_clients_silence(start) -> None:  # type: ignore[no-untyped-def]
+    from tests.thirdparty.detectors import SlowSyncDetector  # 3 s per message
+
+    runner = start(LOCAL_CONFIG + "timeout = 1.0\n", plugins=[SlowSyncDetector])
+    client = _session(runner)
+    reply = _send(client, "a@example.org", "b@example.org", make_message())
+    assert reply.startswith(b"250"), reply
+    assert client.cmd("NOOP").startswith(b"250")
 
 
 def test_an_idle_client_is_closed_with_421(start) -> None:  # type: ignore[no-untyped-def]

@@ -109,9 +109,6 @@ class _Limits:
             del self.open[address]
 
 
-# Postfix's "junk" commands (smtpd_junk_command_limit), plus HELP: they keep a session alive
-# without moving mail.
-_JUNK = frozenset({"NOOP", "RSET", "VRFY", "HELP"})
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -119,8 +116,11 @@ class GatewaySMTP(SMTP):
     """aiosmtpd's SMTP with connection limits, implicit-TLS awareness and the checks above.
 
     ``strict`` turns on what only the gateway listener does (the content filter's client is
-    Postfix, which has checked its own clients): RFC 5321 addresses and bare-LF refusal.
-    ``auth_offered`` says whether AUTH can succeed now; without it AUTH is never offered.
+    Postfix, which has checked its own clients): RFC 5321 addresses at MAIL and RCPT.
+    ``forbid_bare_newline`` ends a session at a bare LF unless ``bare_newline_exempt(peer)``.
+    NOOP, RSET, VRFY and HELP count against ``junk_command_limit`` (Postfix's
+    smtpd_junk_command_limit) until a message is accepted. ``auth_offered`` says whether AUTH
+    can succeed now; without it AUTH is never offered.
     """
 
     def __init__(
@@ -150,6 +150,7 @@ class GatewaySMTP(SMTP):
         self._counted: str | None = None
         self._refused = False
         self._last_input = 0.0
+        self._processing = False
         self._previous_cr = False
         self.auth_failures = 0
         # When the session last finished a command (None while one is being handled): the
@@ -229,9 +230,9 @@ class GatewaySMTP(SMTP):
 
     def _timeout_cb(self) -> None:
         idle = self.loop.time() - self._last_input
-        if idle < self._timeout_duration:
+        if idle < self._timeout_duration or self._processing:
             self._timeout_handle = self.loop.call_later(
-                self._timeout_duration - idle, self._timeout_cb
+                max(self._timeout_duration - idle, 1.0), self._timeout_cb
             )
             return
         log.info("%s: no data for %.0f s; closing", self._counted, idle)
@@ -350,7 +351,13 @@ class GatewaySMTP(SMTP):
             return
         self.envelope.content = data
         self.envelope.original_content = data
-        status = await self._call_handler_hook("DATA")
+        # The client waits for our reply while the message is scanned: that is not its silence.
+        self._processing = True
+        try:
+            status = await self._call_handler_hook("DATA")
+        finally:
+            self._processing = False
+            self._last_input = self.loop.time()
         self._set_post_data_state()  # type: ignore[no-untyped-call]
         # A message moved: the commands without progress are counted afresh.
         self._junk_left = self._junk_limit
