@@ -443,3 +443,24 @@ def test_auth_works_on_the_implicit_tls_port(tmp_path: Path) -> None:
             assert client.sendmail("alice@example.org", ["x@far-away.test"], make_message()) == {}
     finally:
         runner.stop()
+
+
+def test_failed_auth_is_counted_per_address_across_sessions(start, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from mailwarden.ingress import smtp
+
+    monkeypatch.setattr(smtp, "_AUTH_FAILURES_PER_ADDRESS", 2)
+    runner = start(RELAY_CONFIG, accounts={"alice": "correct horse battery"})
+    right = "AUTH PLAIN " + base64.b64encode(b"\0alice\0correct horse battery").decode()
+    wrong = "AUTH PLAIN " + base64.b64encode(b"\0alice\0guess").decode()
+
+    def session(source: str) -> Client:
+        client = _session(runner, source)
+        client.starttls()
+        assert client.cmd("EHLO client.example.net").startswith(b"250")
+        return client
+
+    for _ in range(2):  # two sessions, one guess each
+        assert session("127.0.0.2").cmd(wrong).startswith(b"535")
+    # From there even the right password is no longer checked; elsewhere it works.
+    assert session("127.0.0.2").cmd(right).startswith(b"454 4.7.0")
+    assert session("127.0.0.3").cmd(right).startswith(b"235")

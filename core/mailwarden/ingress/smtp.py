@@ -34,6 +34,8 @@ import ipaddress
 import logging
 import re
 import ssl
+import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, AnyStr
 
@@ -424,6 +426,8 @@ class SmtpHandler:
         cfg = gateway.config.smtp
         self.trusted = [ipaddress.ip_network(n, strict=False) for n in cfg.trusted_networks]
         self._accounts: WebAuth | None = None
+        # Failed AUTH per client address (recent times), across sessions.
+        self._failures: OrderedDict[str, list[float]] = OrderedDict()
 
     # -- relay control -------------------------------------------------------------------------
 
@@ -526,10 +530,16 @@ class SmtpHandler:
             # The name is recorded with the message; it must not carry line breaks.
             await server.push("501 5.5.2 Bad AUTH name")
             return AuthResult(success=False, handled=True)
+        client = _peer_address(server)
+        if self._auth_blocked(client):
+            # Not even checked: a guesser spread over many connections gets nowhere.
+            await server.push("454 4.7.0 Error: too many failed AUTH attempts; try again later")
+            return AuthResult(success=False, handled=True)
         if await asyncio.to_thread(self.check_password, name, secret):
             log.info("SMTP AUTH as %s", name)
             return AuthResult(success=True, auth_data=name)
-        log.warning("SMTP AUTH failed for %s", name)
+        log.warning("SMTP AUTH failed for %s from %s", name, client)
+        self._auth_failed(client)
         # As Postfix's smtpd_error_sleep_time: a guesser pays a second per try.
         await asyncio.sleep(1.0)
         if isinstance(server, GatewaySMTP):
@@ -541,6 +551,22 @@ class SmtpHandler:
         return AuthResult(
             success=False, handled=False, message="535 5.7.8 Error: authentication failed"
         )
+
+    def _auth_blocked(self, client: str) -> bool:
+        failures = self._failures.get(client)
+        if failures is None:
+            return False
+        horizon = time.monotonic() - _AUTH_WINDOW
+        while failures and failures[0] < horizon:
+            failures.pop(0)
+        return len(failures) >= _AUTH_FAILURES_PER_ADDRESS
+
+    def _auth_failed(self, client: str) -> None:
+        self._failures.setdefault(client, []).append(time.monotonic())
+        self._failures.move_to_end(client)
+        # Bounded: the addresses failing longest ago are forgotten first.
+        while len(self._failures) > _AUTH_ADDRESSES:
+            self._failures.popitem(last=False)
 
     # -- SMTP hooks ----------------------------------------------------------------------------
 
@@ -630,7 +656,17 @@ class SmtpHandler:
 # Failed AUTH attempts per session before 421 (clients like smtplib try each mechanism in
 # turn, two failures per wrong password).
 _AUTH_FAILURES = 10
+# Failed AUTH attempts per client address within _AUTH_WINDOW seconds, in any number of
+# sessions, before AUTH from there is refused unchecked (454); addresses remembered at most.
+_AUTH_FAILURES_PER_ADDRESS = 20
+_AUTH_WINDOW = 900.0
+_AUTH_ADDRESSES = 10_000
 _RECEIVED_RE = re.compile(rb"^received[ \t]*:", re.IGNORECASE | re.MULTILINE)
+
+
+def _peer_address(server: SMTP) -> str:
+    peer: Any = server.session.peer if server.session is not None else None
+    return str(peer[0]) if isinstance(peer, tuple) else "local"
 
 
 def _received_count(raw: bytes) -> int:
