@@ -293,9 +293,14 @@ def config_check(file: str | None) -> None:
         return
     try:
         plugin_set = build_plugin_manager()
-        load_config(path, plugin_set.config_schemas())
+        loaded = load_config(path, plugin_set.config_schemas())
     except MailwardenError as exc:
         _fail(str(exc))
+        return
+    from .ingress.smtp import relay_warnings
+
+    for warning in relay_warnings(loaded):
+        click.echo(f"warning: {warning}", err=True)
     click.echo(f"{path}: ok")
 
 

@@ -8,6 +8,7 @@ is how mail gets lost.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -45,6 +46,9 @@ __all__ = [
 Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
 Positive = Annotated[int, msgspec.Meta(gt=0)]
 Seconds = Annotated[float, msgspec.Meta(gt=0)]
+# An address or CIDR network; the shape here (so an error names the key's line), the ranges in
+# SmtpConfig.__post_init__.
+Network = Annotated[str, msgspec.Meta(pattern=r"^[0-9A-Fa-f:.]+(/[0-9]{1,3})?$")]
 ActionName = Literal["deliver", "reject", "tempfail", "discard", "quarantine"]
 # Antivirus statuses may also ``remove`` the parts they concern (delivering the rest with a
 # notice) or ``tag`` the subject and deliver.
@@ -69,8 +73,25 @@ class SmtpConfig(_Section):
     """``[smtp]``: the SMTP gateway listener.
 
     STARTTLS on ``port`` and implicit TLS on ``tls_port`` (0: off); more than ``max_connections``
-    (or ``max_connections_per_ip``) open connections per worker get 421; ``workers`` processes
-    share the ports (0: one per core).
+    (or ``max_connections_per_ip``) open connections per worker get 421, and when the listener
+    is full an idle connection of the address holding the most is closed to make room for
+    another address; ``workers`` processes share the ports (0: one per core). ``timeout`` is
+    the time allowed without a byte from the client (a slow transfer that keeps sending is
+    never cut); after ``junk_command_limit`` NOOP, RSET, VRFY or HELP commands without a
+    message the client gets 421.
+
+    Relay control, as Postfix's ``smtpd_relay_restrictions``: a recipient in ``[gateway]
+    local_domains`` is accepted from anyone; any other recipient only from a client in
+    ``trusted_networks`` or after SMTP AUTH, else ``554 5.7.1 Relay access denied``. AUTH
+    (PLAIN, LOGIN) is offered only over TLS and only when there is something to check the
+    password against: the web interface's local accounts, or the directory (``[directory]``,
+    an LDAP bind as the user) for names that are addresses. ``auth = false`` never offers it.
+    Addresses in MAIL and RCPT must be RFC 5321 mailboxes (501). A message with more than
+    ``hopcount_limit`` ``Received:`` lines (ours included) is a loop (554 5.4.6). With
+    ``forbid_bare_newline`` a line ending in a bare LF from a client outside
+    ``trusted_networks`` gets ``550 5.5.2`` and the connection is closed (Postfix's
+    ``smtpd_forbid_bare_newline = reject`` with its default exclusion of ``$mynetworks``; it
+    stops SMTP smuggling).
     """
 
     enabled: bool = True
@@ -88,6 +109,22 @@ class SmtpConfig(_Section):
     max_connections_per_ip: Positive = 50
     # Processes accepting on the same port (SO_REUSEPORT); 0 means one per core.
     workers: Annotated[int, msgspec.Meta(ge=0, le=256)] = 1
+    trusted_networks: list[Network] = msgspec.field(
+        default_factory=lambda: ["127.0.0.0/8", "::1/128"]
+    )
+    auth: bool = True
+    hopcount_limit: Positive = 50
+    forbid_bare_newline: bool = True
+    junk_command_limit: Positive = 100
+
+    def __post_init__(self) -> None:
+        for network in self.trusted_networks:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"trusted_networks: {network!r} is not an address or CIDR network"
+                ) from None
 
 
 class MilterConfig(_Section):
