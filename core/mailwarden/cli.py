@@ -21,6 +21,7 @@ from .errors import MailwardenError
 from .events import EventQuery, MessageEventLog
 from .pipeline import Decision, Gateway
 from .plugins import build_plugin_manager
+from .privileges import dumps_off, private_umask
 
 EXIT_CLEAN, EXIT_DETECTED, EXIT_ERROR = 0, 1, 2
 
@@ -89,6 +90,9 @@ class _HostLoader:
 def cli(ctx: click.Context, verbose: int) -> None:
     """mailwarden: email security gateway."""
     ctx.obj = _HostLoader()
+    # Stores hold mail, addresses and credentials: whatever any command creates is the
+    # service account's alone (folders 0700, files 0600).
+    private_umask()
     level = logging.WARNING - 10 * verbose
     logging.basicConfig(
         level=max(level, logging.DEBUG), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -128,11 +132,15 @@ def serve(config_path: str | None) -> None:
     """
     from .serve import serve_forever, write_default_config
 
+    # Before the config (with its bind password) is read: no memory dump unless configured.
+    dumps_off()
     path = _config_path(config_path)
     if path is None:
         target = default_home() / "mailwarden.toml"
         write_default_config(target)
         path = str(target)
+    # Absolute: workers re-read it, and with memory dumps on they run in the dumps folder.
+    path = str(Path(path).absolute())
     try:
         gateway = Gateway.from_file(path)
         serve_forever(gateway, announce=lambda line: click.echo(line))

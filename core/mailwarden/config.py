@@ -63,6 +63,15 @@ class GatewayConfig(_Section):
     # The organisation's own mail domains: rules' ``direction`` is decided from them. An entry
     # ``.example.org`` also covers every subdomain of example.org.
     local_domains: list[str] = msgspec.field(default_factory=list)
+    # Started as root, ``serve`` binds its ports, gives the home to this account and switches
+    # to it (``group``: its primary group unless set).
+    user: str = ""
+    group: str = ""
+    # Memory dumps of crashed processes (they hold mail): off unless set, then into
+    # ``core_dumps_path`` (relative to the home), each and all together at most the cap.
+    core_dumps: bool = False
+    core_dumps_path: str = "cores"
+    core_dumps_max_bytes: Annotated[int, msgspec.Meta(gt=0)] = 1 << 30
 
 
 class SmtpConfig(_Section):
@@ -218,6 +227,8 @@ class EventsConfig(_Section):
     retention_days: Annotated[float, msgspec.Meta(gt=0)] = 3.0
     max_bytes: Positive = 1 << 30
     json: str = ""
+    # The JSON file and its rotated older half (``json`` + ``.1``) together at most this.
+    json_max_bytes: Positive = 1 << 30
     syslog: str = ""
     syslog_format: Literal["rfc5424", "cef"] = "rfc5424"
     syslog_facility: Annotated[int, msgspec.Meta(ge=0, le=23)] = 16
@@ -237,6 +248,8 @@ class StoresConfig(_Section):
     app_log_max_bytes: Positive = 1 << 30
     auth_log_path: str = "auth-log"
     auth_log_retention_days: Annotated[float, msgspec.Meta(gt=0)] = 35.0
+    # The web's JSON-lines copy of its acts (``web/audit.jsonl``; rotated like the export).
+    audit_max_bytes: Positive = 64 << 20
     traces: bool = False
     traces_path: str = "traces"
     trace_max_bytes: Positive = 150 << 20

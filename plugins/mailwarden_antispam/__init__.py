@@ -252,6 +252,15 @@ class AntispamPlugin:
                 read_permission="queues.view",
             )
         )
+        stores.append(
+            StoreDescriptor(
+                name="spam quarantine index",
+                path=str(base / "quarantine-index"),
+                holds="per held message: envelope sender, recipients, subject, score, release "
+                "claims; entries go with their message files",
+                read_permission="queues.view",
+            )
+        )
         return stores
 
     @hookimpl

@@ -14,11 +14,14 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+import msgspec
+
 from mailwarden_sdk import MessageEvent, StoreDescriptor, WhenFull
 
 from ..config import Config
 from ..events import MessageEventLog
-from ..telemetry.eventsout import JsonLinesSink, SyslogSink
+from ..privileges import core_dumps_descriptor
+from ..telemetry.eventsout import JsonLinesSink, SyslogSink, json_export
 from ..telemetry.metrics import GatewayMetrics
 from .applog import ApplicationLog
 from .authlog import AuthLog
@@ -99,12 +102,23 @@ class CoreStores:
         )
         self.statistics = Statistics(config.path_in_home(cfg.statistics_path))
         self.quarantine = FileStore(quarantine_descriptor(config), clock=clock)
+        self.cores = (
+            FileStore(core_dumps_descriptor(config), clock=clock)
+            if config.gateway.core_dumps
+            else None
+        )
         self.temp = config.path_in_home(cfg.temp_path)
         self.plugin_stores: list[BoundedStore] = []
         self.metrics = GatewayMetrics(self.bounded)
         self.sinks: list[JsonLinesSink | SyslogSink] = []
         if config.events.json:
-            self.sinks.append(JsonLinesSink(config.events.json))
+            export = json_export(config)
+            self.sinks.append(
+                JsonLinesSink(
+                    str(export.path) if export else config.events.json,
+                    config.events.json_max_bytes,
+                )
+            )
         if config.events.syslog:
             self.sinks.append(
                 SyslogSink(
@@ -127,6 +141,8 @@ class CoreStores:
         ]
         if self.traces is not None:
             stores.append(self.traces)
+        if self.cores is not None:
+            stores.append(self.cores)
         return stores + self.plugin_stores
 
     def enforce_all(self) -> dict[str, int]:
@@ -149,6 +165,8 @@ class CoreStores:
             log.exception("statistics of %s not counted", event.id)
             self.metrics.errors.labels("store:statistics").inc()
         self.metrics.observe(event)
+        if self.traces is not None:
+            self._trace(event)
         # Recording may have trimmed a store (the event log's cap).
         self.metrics.sync_evictions()
         for sink in self.sinks:
@@ -157,6 +175,16 @@ class CoreStores:
             except Exception:
                 log.exception("sending event %s out failed", event.id)
                 self.metrics.errors.labels("events-out").inc()
+
+    def _trace(self, event: MessageEvent) -> None:
+        # Diagnostics: what each message went through (findings with their details, timings,
+        # the reply), one line per message in the ``pipeline`` stream.
+        assert self.traces is not None
+        try:
+            self.traces.write("pipeline", msgspec.json.encode(event).decode())
+        except Exception:
+            log.exception("trace of %s not written", event.id)
+            self.metrics.errors.labels("store:traces").inc()
 
     async def start(self, *, clean: bool = True, shared_metrics: Path | None = None) -> int | None:
         """Remove temp files (``clean``), start the metrics listener and the enforcement loop;
