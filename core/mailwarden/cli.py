@@ -133,7 +133,7 @@ def serve(config_path: str | None) -> None:
     from .serve import serve_forever, write_default_config
 
     # Before the config (with its bind password) is read: no memory dump unless configured.
-    dumps_off()
+    dumps_off(for_good=False)
     path = _config_path(config_path)
     if path is None:
         target = default_home() / "mailwarden.toml"

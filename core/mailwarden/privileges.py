@@ -74,13 +74,15 @@ def dumpable() -> bool:
     return _prctl(_PR_GET_DUMPABLE, 0) != 0
 
 
-def dumps_off() -> None:
+def dumps_off(*, for_good: bool = True) -> None:
     """No memory dump of this process or its children: core size 0, not dumpable.
 
     Not dumpable also keeps other processes of the same account from attaching a debugger or
-    reading ``/proc/PID/mem``.
+    reading ``/proc/PID/mem``. ``for_good`` lowers the hard limit too (nothing in the process
+    can raise it again); without it :func:`apply_core_dumps` may still turn dumps on.
     """
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    _soft, hard = resource.getrlimit(resource.RLIMIT_CORE)
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0 if for_good else hard))
     _prctl(_PR_SET_DUMPABLE, 0)
 
 
