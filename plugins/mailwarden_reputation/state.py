@@ -24,6 +24,7 @@ __all__ = [
     "ConsentMark",
     "PendingStatistics",
     "RecordedConsent",
+    "count_pending",
     "data_dir_for",
     "grant_consent",
     "read_withdrawal",
@@ -135,6 +136,27 @@ def grant_consent(data_dir: Path) -> bool:
     except FileNotFoundError:
         return False
     return True
+
+
+def count_pending(path: Path) -> int | None:
+    """How many ``kind:verdict`` counts wait at ``path`` without joining its writers;
+    ``None`` if there is no store. For the data inventory, which would otherwise count the
+    two LMDB files as entries."""
+    if not (path / "data.mdb").exists():
+        return None
+    try:
+        env = lmdb.open(str(path), readonly=True, lock=False, max_dbs=1)
+    except lmdb.Error:
+        return None
+    try:
+        with env.begin() as txn:
+            try:
+                counts = env.open_db(b"counts", txn=txn, create=False)
+            except lmdb.NotFoundError:
+                return 0
+            return int(txn.stat(counts)["entries"])
+    finally:
+        env.close()
 
 
 class PendingStatistics:
