@@ -56,7 +56,12 @@ class _Section(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 class GatewayConfig(_Section):
-    """``[gateway]``: where the gateway keeps its data and how it names itself."""
+    """``[gateway]``: where the gateway keeps its data, how it names itself, whom it runs as.
+
+    Started as root with ``user`` (and ``group``), ``serve`` binds its ports, gives the home
+    to that account and runs as it. Memory dumps are off unless ``core_dumps``; then they go
+    to ``core_dumps_path``, each dump and the folder at most ``core_dumps_max_bytes``.
+    """
 
     home: str = ""
     hostname: str = "mailwarden.localhost"
@@ -220,6 +225,8 @@ class EventsConfig(_Section):
     ``json`` writes each message event as a JSON line to a file (``-``: standard output);
     ``syslog`` sends it to ``host:port`` over UDP as RFC 5424 (``syslog_format = "cef"``: the
     message is in ArcSight CEF), so existing log pipelines take it. Both empty: not sent.
+    The ``json`` file (relative to the home) is rotated to ``.1`` at half of ``json_max_bytes``,
+    so the two never hold more than that.
     """
 
     enabled: bool = True
@@ -237,7 +244,8 @@ class EventsConfig(_Section):
 class StoresConfig(_Section):
     """``[stores]``: the other stores of user data, their places (relative to the home) and
     limits. Every limit removes the oldest records when reached; ``traces`` is off unless
-    diagnostics need it, because traces may hold message text.
+    diagnostics need it, because traces may hold message text. ``audit_max_bytes`` caps the
+    web's JSON-lines copy of its acts (``web/audit.jsonl`` and its rotated ``.1``).
     """
 
     quarantine_max_bytes: Positive = 1 << 30
@@ -390,7 +398,8 @@ class DirectoryConfig(_Section):
     entries ``user_filter`` selects under ``base_dn``; groups are the entries ``group_filter``
     selects, nested membership followed through ``member_attribute``. Answers are kept in a
     local cache, refreshed every ``refresh_interval`` seconds and used while the server is
-    unreachable; with ``enabled = false`` the cache is deleted at start-up.
+    unreachable; with ``enabled = false`` the cache is deleted by the reload (SIGHUP) or start
+    that turns the integration off.
     """
 
     enabled: bool = False
