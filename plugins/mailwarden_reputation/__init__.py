@@ -34,7 +34,7 @@ from mailwarden_sdk import (
 from .backends import Backend, DnsBackend, HttpBackend, StatisticsReport
 from .cache import DEFAULT_CAP, Answer, ReputationCache, count_entries
 from .lookups import Lookup, lookups_for
-from .state import PLUGIN_DIR, PendingStatistics, count_pending, withdrawn
+from .state import CONSENT_MARK, PLUGIN_DIR, PendingStatistics, count_pending, withdrawn
 
 __all__ = ["DATA_SENT", "ReputationConfig", "ReputationPlugin"]
 
@@ -154,6 +154,13 @@ class ReputationPlugin:
                 "reputation service; kept until sent, deleted when consent is withdrawn",
                 read_permission="settings.view",
                 entries=pending,
+            ),
+            StoreDescriptor(
+                name="reputation consent withdrawal",
+                path=str(base / CONSENT_MARK),
+                holds="who withdrew consent from the command line, and when; while it exists "
+                "nothing is looked up or sent",
+                read_permission="settings.view",
             ),
         ]
 

@@ -20,6 +20,7 @@ import lmdb
 import msgspec
 
 __all__ = [
+    "CONSENT_MARK",
     "PLUGIN_DIR",
     "ConsentMark",
     "PendingStatistics",
@@ -34,7 +35,8 @@ __all__ = [
 ]
 
 PLUGIN_DIR = "reputation"
-_MARK = "consent-withdrawn.json"
+#: The file ``consent --withdraw`` writes into the data directory.
+CONSENT_MARK = _MARK = "consent-withdrawn.json"
 _COUNT = struct.Struct(">Q")
 
 
