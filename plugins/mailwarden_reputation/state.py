@@ -19,6 +19,8 @@ from typing import Any
 import lmdb
 import msgspec
 
+from .cache import count_entries
+
 __all__ = [
     "CONSENT_MARK",
     "PLUGIN_DIR",
@@ -144,21 +146,7 @@ def count_pending(path: Path) -> int | None:
     """How many ``kind:verdict`` counts wait at ``path`` without joining its writers;
     ``None`` if there is no store. For the data inventory, which would otherwise count the
     two LMDB files as entries."""
-    if not (path / "data.mdb").exists():
-        return None
-    try:
-        env = lmdb.open(str(path), readonly=True, lock=False, max_dbs=1)
-    except lmdb.Error:
-        return None
-    try:
-        with env.begin() as txn:
-            try:
-                counts = env.open_db(b"counts", txn=txn, create=False)
-            except lmdb.NotFoundError:
-                return 0
-            return int(txn.stat(counts)["entries"])
-    finally:
-        env.close()
+    return count_entries(path, b"counts")
 
 
 class PendingStatistics:

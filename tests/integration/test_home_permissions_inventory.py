@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from tests.conftest import EICAR, free_port, make_message
-from tests.integration.test_smtp_serve import _wait_for_port
+from tests.serving import start_serve, stop_serve
 from tests.web.conftest import GTUBE
 
 pytestmark = pytest.mark.integration
@@ -62,33 +62,14 @@ class Serve:
         _mailwarden(self.env, "web", "password", "--password", PASSWORD)
         _mailwarden(self.env, "web", "token", "robot", "--role", "Auditor")
         self.log = tmp_path / "serve.log"
-        with self.log.open("w") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "mailwarden", "serve"],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                text=True,
-                env=self.env,
-            )
-        try:
-            _wait_for_port(self.web, self.process, self.log)
-            _wait_for_port(self.smtp, self.process, self.log)
-            deadline = time.monotonic() + 30
-            while self.log.read_text().count("ready") < 2 and time.monotonic() < deadline:
-                time.sleep(0.05)
-        except BaseException:
-            self.process.kill()
-            self.process.wait(timeout=30)
-            raise
+        self.process = start_serve(self.home, self.log, [self.web, self.smtp], ready=2)
 
     def send(self, message: bytes, to: str = "bob@example.net") -> None:
         with smtplib.SMTP("127.0.0.1", self.smtp, timeout=30) as client:
             client.sendmail("alice@example.org", [to], message)
 
     def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=60)
-        assert self.process.returncode == 0, self.log.read_text()
+        stop_serve(self.process, self.log)
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import free_port
-from tests.integration.test_smtp_serve import _wait_for_port
+from tests.serving import start_serve, stop_serve
 
 CORE_PATTERN = Path("/proc/sys/kernel/core_pattern").read_text().strip()
 # With a pattern that pipes to a handler (systemd-coredump, apport) or names another folder,
@@ -36,25 +36,7 @@ def _serve(tmp_path: Path, extra: str = "") -> tuple[subprocess.Popen[str], Path
     port = free_port()
     (home / "mailwarden.toml").write_text(f"[gateway]\n{extra}[smtp]\nport = {port}\nworkers = 2\n")
     log = tmp_path / "serve.log"
-    with log.open("w") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "mailwarden", "serve"],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            text=True,
-            cwd=cwd,
-            env={**os.environ, "MAILWARDEN_HOME": str(home)},
-            preexec_fn=_unlimited_cores,
-        )
-    try:
-        _wait_for_port(port, process, log)
-        deadline = time.monotonic() + 30
-        while log.read_text().count("ready") < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
-    except BaseException:
-        process.kill()
-        process.wait(timeout=30)
-        raise
+    process = start_serve(home, log, [port], ready=2, cwd=cwd, preexec_fn=_unlimited_cores)
     return process, home, cwd, log
 
 
@@ -80,12 +62,6 @@ def _dumps(tmp_path: Path) -> list[Path]:
     return [p for p in tmp_path.rglob("core*") if p.is_file()]
 
 
-def _stop(process: subprocess.Popen[str], log: Path) -> None:
-    process.terminate()
-    process.wait(timeout=60)
-    assert process.returncode == 0, log.read_text()
-
-
 def test_a_crashing_worker_writes_no_core_file(tmp_path: Path) -> None:
     process, _home, _cwd, log = _serve(tmp_path)
     try:
@@ -94,7 +70,7 @@ def test_a_crashing_worker_writes_no_core_file(tmp_path: Path) -> None:
         assert [_core_limit(pid) for pid in (process.pid, *workers)] == ["0", "0", "0"]
         _crash_a_worker(process, log)
     finally:
-        _stop(process, log)
+        stop_serve(process, log)
     if LOCAL_CORES:
         assert _dumps(tmp_path) == []
 
@@ -108,7 +84,7 @@ def test_core_dumps_when_enabled_go_to_the_capped_inventoried_store(tmp_path: Pa
     try:
         worker = _crash_a_worker(process, log)
     finally:
-        _stop(process, log)
+        stop_serve(process, log)
     dumps = _dumps(tmp_path)
     # This is what the test above would find without the service's own limit.
     assert dumps and all(p.parent == home / "cores" for p in dumps), dumps

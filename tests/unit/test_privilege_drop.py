@@ -13,13 +13,12 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import make_message
-from tests.integration.test_smtp_serve import _wait_for_port
+from tests.serving import start_serve, stop_serve
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch accounts")
 
@@ -83,19 +82,8 @@ def test_serve_as_root_binds_a_low_port_then_runs_as_the_configured_user(tmp_pat
         # write its own store.
         (home / "events").mkdir(mode=0o755)
         log = tmp_path / "serve.log"
-        with log.open("w") as out:
-            process = subprocess.Popen(
-                _serve_command(),
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                text=True,
-                env={**os.environ, "MAILWARDEN_HOME": str(home)},
-            )
+        process = start_serve(home, log, [port], ready=2, command=_serve_command())
         try:
-            _wait_for_port(port, process, log)
-            deadline = time.monotonic() + 30
-            while log.read_text().count("ready") < 2 and time.monotonic() < deadline:
-                time.sleep(0.05)
             text = log.read_text()
             assert f"user     {USER} (uid {account.pw_uid}" in text, text
             workers = [
@@ -107,9 +95,7 @@ def test_serve_as_root_binds_a_low_port_then_runs_as_the_configured_user(tmp_pat
             with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
                 client.sendmail("alice@example.org", ["bob@example.net"], make_message())
         finally:
-            process.terminate()
-            process.wait(timeout=60)
-        assert process.returncode == 0, log.read_text()
+            stop_serve(process, log)
         delivered = list((home / "maildir" / "new").iterdir())
         assert len(delivered) == 1
         owners = {(p.lstat().st_uid, p.lstat().st_gid) for p in [home, *home.rglob("*")]}
