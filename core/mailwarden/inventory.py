@@ -25,12 +25,10 @@ from .stores.applog import ApplicationLog
 from .stores.authlog import AuthLog
 from .stores.backup import BackupStore
 from .stores.bounded import BoundedStore
-from .stores.core import quarantine_descriptor
+from .stores.core import line_files, quarantine_descriptor
 from .stores.files import walk_files
-from .stores.lines import CappedLines
 from .stores.statistics import Statistics
 from .stores.traces import TraceStreams
-from .telemetry.eventsout import json_export
 from .telemetry.metrics import metrics_directory
 from .tls import tls_paths
 
@@ -143,16 +141,8 @@ def _core(config: Config) -> list[tuple[StoreDescriptor, BoundedStore | None]]:
         stores.append((traces.descriptor, traces))
     stats = Statistics(config.path_in_home(cfg.statistics_path))
     stores.append((stats.descriptor, None))
-    export = json_export(config)
-    if export is not None:
-        holds = (
-            "each message event as a JSON line (what the message event log holds), for "
-            "log pipelines; rotated to .1 at half the cap"
-        )
-        stores += [
-            (d, None)
-            for d in export.descriptors("JSON events export", holds, "events.messages.view")
-        ]
+    for lines in line_files(config):
+        stores += [(d, None) for d in lines.lines.descriptors(*lines.about)]
     if config.gateway.core_dumps:
         stores.append((core_dumps_descriptor(config), None))
     web = config.home / "web"
@@ -169,16 +159,6 @@ def _core(config: Config) -> list[tuple[StoreDescriptor, BoundedStore | None]]:
             None,
         )
     )
-    audit = CappedLines(web / "audit.jsonl", cfg.audit_max_bytes)
-    stores += [
-        (d, None)
-        for d in audit.descriptors(
-            "web audit copy",
-            "what people did through the web interface, the API and the account commands "
-            "(who, what, when, client IP); also in the application event log",
-            "events.app.view",
-        )
-    ]
     stores.append(
         (
             StoreDescriptor(

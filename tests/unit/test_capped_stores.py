@@ -9,7 +9,10 @@ import os
 import time
 from pathlib import Path
 
+from mailwarden.config import load_config
+from mailwarden.events import MessageEventLog
 from mailwarden.stores.applog import ApplicationLog
+from mailwarden.stores.core import CoreStores
 from mailwarden.stores.lines import rotated_path
 from mailwarden.telemetry.eventsout import JsonLinesSink
 from mailwarden.web.audit import AuditLog
@@ -110,3 +113,25 @@ def test_bayes_journal_keeps_the_newest_acts(tmp_path: Path) -> None:
         assert len(newest) == 5
     finally:
         bayes.close()
+
+
+def test_the_retention_engine_brings_a_file_back_under_a_lowered_cap(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "mailwarden.toml").write_text(
+        f'[events]\njson = "events.jsonl"\njson_max_bytes = {CAP}\n'
+    )
+    sink = JsonLinesSink(str(home / "events.jsonl"), CAP)
+    for i in range(100):
+        sink.send(_event(f"e{i}"))
+    assert _kept(home / "events.jsonl")[0] > 4000
+    # The cap lowered in the config: the next enforcement applies it to what is there.
+    (home / "mailwarden.toml").write_text(
+        '[events]\njson = "events.jsonl"\njson_max_bytes = 4000\n'
+    )
+    config = load_config(home / "mailwarden.toml")
+    stores = CoreStores(config, MessageEventLog(home / "events"))
+    removed = stores.enforce_all()
+    assert removed["JSON events export"] >= 1
+    assert _kept(home / "events.jsonl")[0] <= 4000
+    assert removed["web audit copy"] == 0

@@ -28,11 +28,12 @@ from .authlog import AuthLog
 from .backup import BackupStore
 from .bounded import BoundedStore, enforce
 from .files import FileStore
+from .lines import CappedLines, LinesStore
 from .statistics import Statistics
 from .temp import clean_temp
 from .traces import TraceStreams
 
-__all__ = ["CoreStores", "plugin_file_stores"]
+__all__ = ["CoreStores", "LineFile", "line_files", "plugin_file_stores"]
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,38 @@ def plugin_file_stores(
             continue
         stores.append(FileStore(descriptor, clock=clock))
     return stores
+
+
+class LineFile(msgspec.Struct, kw_only=True, frozen=True):
+    """A capped line file of the core and how the inventory names it."""
+
+    lines: CappedLines
+    about: tuple[str, str, str]  # name, what it holds, read permission
+
+    def store(self, clock: Callable[[], float]) -> LinesStore:
+        """The file in the retention engine."""
+        return LinesStore(self.lines, self.lines.descriptors(*self.about)[0], clock=clock)
+
+
+def line_files(config: Config) -> list[LineFile]:
+    """The JSON events export (when it is a file) and the web's audit copy."""
+    found = []
+    export = json_export(config)
+    if export is not None:
+        holds = (
+            "each message event as a JSON line (what the message event log holds), for "
+            "log pipelines; rotated to .1 at half the cap"
+        )
+        found.append(
+            LineFile(lines=export, about=("JSON events export", holds, "events.messages.view"))
+        )
+    audit = CappedLines(config.home / "web" / "audit.jsonl", config.stores.audit_max_bytes)
+    holds = (
+        "what people did through the web interface, the API and the account commands "
+        "(who, what, when, client IP); also in the application event log"
+    )
+    found.append(LineFile(lines=audit, about=("web audit copy", holds, "events.app.view")))
+    return found
 
 
 class CoreStores:
@@ -107,6 +140,7 @@ class CoreStores:
             if config.gateway.core_dumps
             else None
         )
+        self.line_files = [lines.store(clock) for lines in line_files(config)]
         self.temp = config.path_in_home(cfg.temp_path)
         self.plugin_stores: list[BoundedStore] = []
         self.metrics = GatewayMetrics(self.bounded)
@@ -143,6 +177,7 @@ class CoreStores:
             stores.append(self.traces)
         if self.cores is not None:
             stores.append(self.cores)
+        stores += self.line_files
         return stores + self.plugin_stores
 
     def enforce_all(self) -> dict[str, int]:

@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import fcntl
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from mailwarden_sdk import StoreDescriptor, WhenFull
 
-__all__ = ["CappedLines", "rotated_path"]
+from .bounded import BoundedStore, Usage
+
+__all__ = ["CappedLines", "LinesStore", "rotated_path"]
 
 # A writer retries this many times when other workers keep rotating under it.
 _ATTEMPTS = 16
@@ -80,6 +84,23 @@ class CappedLines:
                 os.close(fd)
         raise OSError(f"{self.path}: kept being rotated by other writers")
 
+    def rotate(self) -> None:
+        """Start a new file now (the current one becomes the older half)."""
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+        except FileNotFoundError:
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                current = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                current = False
+            if current:
+                os.replace(self.path, rotated_path(self.path))
+        finally:
+            os.close(fd)
+
     def lines(self) -> list[bytes]:
         """Every line kept, oldest first."""
         out: list[bytes] = []
@@ -89,3 +110,63 @@ class CappedLines:
             except FileNotFoundError:
                 continue
         return out
+
+
+class LinesStore(BoundedStore):
+    """A :class:`CappedLines` file in the retention engine: measured for the metrics, and back
+    under its cap at the next enforcement after the cap was lowered (writers only keep the
+    cap they were given). Records are its two files; the older half is removed first."""
+
+    def __init__(
+        self,
+        lines: CappedLines,
+        descriptor: StoreDescriptor,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.lines = lines
+        self.descriptor = descriptor
+        self.clock = clock
+        self.evictions = 0
+
+    def _files(self) -> list[os.stat_result]:
+        found = []
+        for path in (rotated_path(self.lines.path), self.lines.path):
+            try:
+                found.append(path.stat())
+            except FileNotFoundError:
+                continue
+        return found
+
+    def usage(self) -> Usage:
+        files = self._files()
+        return Usage(
+            bytes=sum(f.st_size for f in files),
+            count=len(files),
+            oldest=min((f.st_mtime for f in files), default=None),
+        )
+
+    def remove_older_than(self, horizon: float) -> int:
+        older = rotated_path(self.lines.path)
+        try:
+            if older.stat().st_mtime < horizon:
+                older.unlink()
+                return 1
+        except FileNotFoundError:
+            pass
+        return 0
+
+    def remove_oldest_until(self, max_bytes: int | None, max_entries: int | None) -> int:
+        removed = 0
+        for _ in range(2):
+            usage = self.usage()
+            if (max_bytes is None or usage.bytes <= max_bytes) and (
+                max_entries is None or usage.count <= max_entries
+            ):
+                break
+            older = rotated_path(self.lines.path)
+            if not older.exists():
+                self.lines.rotate()
+            older.unlink(missing_ok=True)
+            removed += 1
+        return removed
