@@ -350,6 +350,7 @@ class Gateway:
             # The cache of people and groups goes when the integration is turned off.
             turn_off(self.directory, self._directory_task)
             self.directory, self._directory_task = None, None
+            changed = [name for name in changed if name != "directory"]
         config = msgspec.structs.replace(old, rules=new.rules)
         self._rules = (config, config.rules, ruleset)
         self.config = config

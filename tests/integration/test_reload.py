@@ -136,12 +136,15 @@ def test_turning_the_directory_off_deletes_its_cache_at_the_reload(
             assert (cache / "data.mdb").is_file()
             serve.head = serve.head.replace("enabled = true", "enabled = false")
             serve.write(RULES.format(name="strict", infected="reject"))
-            serve.reload("reloaded rules: strict", count=workers)
+            log = serve.reload("reloaded rules: strict", count=workers)
+            # Applied now, so not among the sections left for the next start.
+            assert "applied at the next start: directory" not in log
             deadline = time.monotonic() + 30
             while cache.exists() and time.monotonic() < deadline:
                 time.sleep(0.05)
             # Deleted now, by the running gateway: not at its next start.
             assert not cache.exists(), serve.log.read_text()
+            serve.wait_for_log("directory integration turned off: deleted its cache")
             assert serve.process.poll() is None
             with smtplib.SMTP("127.0.0.1", serve.port, timeout=30) as client:
                 assert _send_eicar(client) == 550

@@ -182,6 +182,7 @@ async def _turn_off(directory: Directory, refresher: asyncio.Task[None] | None) 
 def _remove(path: Path) -> bool:
     removed = remove_cache(path)
     if removed:
+        # Said in the serve output (a warning) so the admin sees the reload took it away.
         log.warning("directory integration turned off: deleted its cache %s", path)
     return removed
 
