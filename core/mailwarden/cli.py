@@ -91,8 +91,10 @@ def cli(ctx: click.Context, verbose: int) -> None:
     """mailwarden: email security gateway."""
     ctx.obj = _HostLoader()
     # Stores hold mail, addresses and credentials: whatever any command creates is the
-    # service account's alone (folders 0700, files 0600).
-    private_umask()
+    # service account's alone (folders 0700, files 0600). Restored when the command ends, for
+    # callers that run commands in their own process (CliRunner).
+    previous = private_umask()
+    ctx.call_on_close(lambda: os.umask(previous))
     level = logging.WARNING - 10 * verbose
     logging.basicConfig(
         level=max(level, logging.DEBUG), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
