@@ -132,7 +132,8 @@ def test_home_is_private_and_inventoried_after_real_use(serve: Serve) -> None:
             mode = path.lstat().st_mode
             if stat.S_ISSOCK(mode) or stat.S_ISLNK(mode):
                 continue
-            if mode & stat.S_IROTH:
+            # Owner only (0700 / 0600): nothing for the group or other users.
+            if mode & 0o077:
                 readable.append(f"{path} {stat.filemode(mode)}")
         for name in names:
             path = Path(folder) / name
@@ -140,5 +141,5 @@ def test_home_is_private_and_inventoried_after_real_use(serve: Serve) -> None:
                 unlisted.append(str(path.relative_to(serve.home)))
         if not dirs and not names and not _covered(Path(folder), stores):
             unlisted.append(str(Path(folder).relative_to(serve.home)) + "/")
-    assert not readable, "readable by other:\n" + "\n".join(sorted(readable))
+    assert not readable, "open to group or other:\n" + "\n".join(sorted(readable))
     assert not unlisted, "not in data-inventory:\n" + "\n".join(sorted(unlisted))
