@@ -60,13 +60,27 @@ class _Section(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 class GatewayConfig(_Section):
-    """``[gateway]``: where the gateway keeps its data and how it names itself."""
+    """``[gateway]``: where the gateway keeps its data, how it names itself, whom it runs as.
+
+    Started as root with ``user`` (and ``group``), ``serve`` binds its ports, gives the home
+    to that account and runs as it. Memory dumps are off unless ``core_dumps``; then they go
+    to ``core_dumps_path``, each dump and the folder at most ``core_dumps_max_bytes``.
+    """
 
     home: str = ""
     hostname: str = "mailwarden.localhost"
     # The organisation's own mail domains: rules' ``direction`` is decided from them. An entry
     # ``.example.org`` also covers every subdomain of example.org.
     local_domains: list[str] = msgspec.field(default_factory=list)
+    # Started as root, ``serve`` binds its ports, gives the home to this account and switches
+    # to it (``group``: its primary group unless set).
+    user: str = ""
+    group: str = ""
+    # Memory dumps of crashed processes (they hold mail): off unless set, then into
+    # ``core_dumps_path`` (relative to the home), each and all together at most the cap.
+    core_dumps: bool = False
+    core_dumps_path: str = "cores"
+    core_dumps_max_bytes: Annotated[int, msgspec.Meta(gt=0)] = 1 << 30
 
 
 class SmtpConfig(_Section):
@@ -248,6 +262,8 @@ class EventsConfig(_Section):
     ``json`` writes each message event as a JSON line to a file (``-``: standard output);
     ``syslog`` sends it to ``host:port`` over UDP as RFC 5424 (``syslog_format = "cef"``: the
     message is in ArcSight CEF), so existing log pipelines take it. Both empty: not sent.
+    The ``json`` file (relative to the home) is rotated to ``.1`` at half of ``json_max_bytes``,
+    so the two never hold more than that.
     """
 
     enabled: bool = True
@@ -255,6 +271,8 @@ class EventsConfig(_Section):
     retention_days: Annotated[float, msgspec.Meta(gt=0)] = 3.0
     max_bytes: Positive = 1 << 30
     json: str = ""
+    # The JSON file and its rotated older half (``json`` + ``.1``) together at most this.
+    json_max_bytes: Positive = 1 << 30
     syslog: str = ""
     syslog_format: Literal["rfc5424", "cef"] = "rfc5424"
     syslog_facility: Annotated[int, msgspec.Meta(ge=0, le=23)] = 16
@@ -263,7 +281,8 @@ class EventsConfig(_Section):
 class StoresConfig(_Section):
     """``[stores]``: the other stores of user data, their places (relative to the home) and
     limits. Every limit removes the oldest records when reached; ``traces`` is off unless
-    diagnostics need it, because traces may hold message text.
+    diagnostics need it, because traces may hold message text. ``audit_max_bytes`` caps the
+    web's JSON-lines copy of its acts (``web/audit.jsonl`` and its rotated ``.1``).
     """
 
     quarantine_max_bytes: Positive = 1 << 30
@@ -274,6 +293,8 @@ class StoresConfig(_Section):
     app_log_max_bytes: Positive = 1 << 30
     auth_log_path: str = "auth-log"
     auth_log_retention_days: Annotated[float, msgspec.Meta(gt=0)] = 35.0
+    # The web's JSON-lines copy of its acts (``web/audit.jsonl``; rotated like the export).
+    audit_max_bytes: Positive = 64 << 20
     traces: bool = False
     traces_path: str = "traces"
     trace_max_bytes: Positive = 150 << 20
@@ -418,7 +439,8 @@ class DirectoryConfig(_Section):
     entries ``user_filter`` selects under ``base_dn``; groups are the entries ``group_filter``
     selects, nested membership followed through ``member_attribute``. Answers are kept in a
     local cache, refreshed every ``refresh_interval`` seconds and used while the server is
-    unreachable; with ``enabled = false`` the cache is deleted at start-up.
+    unreachable; with ``enabled = false`` the cache is deleted by the reload (SIGHUP) or start
+    that turns the integration off.
     """
 
     enabled: bool = False

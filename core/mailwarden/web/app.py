@@ -96,6 +96,7 @@ class WebState:
             gateway.config.home / "web" / "audit.jsonl",
             app_log=gateway.stores.app_log,
             auth_log=gateway.stores.auth_log,
+            max_bytes=gateway.config.stores.audit_max_bytes,
         )
         self.secure_cookies = secure_cookies
         self.templates = _templates()
