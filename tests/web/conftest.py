@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -57,6 +58,13 @@ class Web:
         answer = client.post("/api/login", json={"name": name, "password": password})
         assert answer.status_code == 200, answer.text
         return client, answer.json()["csrf"]
+
+    def login_form_token(self, client: TestClient) -> str:
+        """The anti-CSRF token of the login form ``client`` was shown (its cookie kept)."""
+        page = client.get("/login")
+        found = re.search(r'id="login-csrf" value="([^"]+)"', page.text)
+        assert found, page.text
+        return found.group(1)
 
     def hold(self, subject: str = "held one", filename: str = "eicar.com") -> str:
         """Process an infected message (the rule quarantines it); its held id."""

@@ -215,7 +215,15 @@ def test_forcing_ntlm_against_a_server_without_it_is_a_clear_login_failure(
         assert "does not offer NTLM" in error or "refused the NTLM bind" in error, error
         assert client.get("/api/me").status_code == 401
         # The login page says the same, as a page, not an error 500.
-        page = web.client().post("/login", data={"name": "bob@example.test", "password": PASSWORD})
+        browser = web.client()
+        page = browser.post(
+            "/login",
+            data={
+                "name": "bob@example.test",
+                "password": PASSWORD,
+                "csrf": web.login_form_token(browser),
+            },
+        )
         assert page.status_code == 401 and "NTLM" in page.text
         failed = [r for r in web.state.audit.records() if r["act"] == "login.failed"]
         assert failed and "NTLM" in failed[0]["problem"]
