@@ -238,3 +238,30 @@ def test_forcing_ntlm_against_a_server_without_it_is_a_clear_login_failure(
         assert answer.status_code == 401 and "ntlm_domain" in answer.json()["error"]
     finally:
         web.close()
+
+
+def test_a_new_group_mapping_ends_the_directory_users_sessions(
+    tmp_path: Path, slapd: Slapd
+) -> None:
+    web = _directory_web(tmp_path, slapd, "")
+    try:
+        held = web.hold()
+        bob = web.client()
+        answer = bob.post("/api/login", json={"name": "bob@example.test", "password": PASSWORD})
+        assert answer.json()["roles"] == ["Operator"]
+        assert bob.get(f"/api/quarantine/{held}").status_code == 200
+        # Staff is demoted to Auditor: Bob's Operator session does not outlive the change.
+        admin, csrf = web.login("administrator")
+        demoted = admin.put(
+            "/api/users/groups",
+            json={"group:Staff": ["Auditor"]},
+            headers={"x-csrf-token": csrf},
+        )
+        assert demoted.status_code == 200, demoted.text
+        assert bob.get(f"/api/quarantine/{held}").status_code == 401
+        again = bob.post("/api/login", json={"name": "bob@example.test", "password": PASSWORD})
+        assert again.json()["roles"] == ["Auditor"]
+        assert bob.get(f"/api/quarantine/{held}").status_code == 403
+        assert admin.get("/api/me").status_code == 200  # local sessions are not touched
+    finally:
+        web.close()
