@@ -322,17 +322,23 @@ def _directory_login(state: WebState, address: str, password: str) -> Identity |
     return state.auth.identity_for(address, tuple(roles), "directory")
 
 
-def _session_response(state: WebState, identity: Identity, response: Response) -> Response:
+def _set_cookie(
+    state: WebState, response: Response, name: str, value: str, path: str = "/"
+) -> Response:
     response.set_cookie(
-        SESSION_COOKIE,
-        state.auth.new_session(identity),
+        name,
+        value,
         max_age=int(state.auth.session_seconds),
         httponly=True,
         secure=state.secure_cookies,
         samesite="strict",
-        path="/",
+        path=path,
     )
     return response
+
+
+def _session_response(state: WebState, identity: Identity, response: Response) -> Response:
+    return _set_cookie(state, response, SESSION_COOKIE, state.auth.new_session(identity))
 
 
 def _cross_site(request: Request) -> bool:
@@ -365,15 +371,7 @@ def _login_page(request: Request, error: str, target: str, status: int = 200) ->
     )
     page.status_code = status
     if fresh:
-        page.set_cookie(
-            LOGIN_COOKIE,
-            nonce,
-            max_age=int(state.auth.session_seconds),
-            httponly=True,
-            secure=state.secure_cookies,
-            samesite="strict",
-            path="/login",
-        )
+        _set_cookie(state, page, LOGIN_COOKIE, nonce, path="/login")
     return page
 
 
@@ -433,16 +431,7 @@ async def api_login(request: Request) -> Response:
             "csrf": state.auth.csrf_token(identity),
         }
     )
-    response.set_cookie(
-        SESSION_COOKIE,
-        cookie,
-        max_age=int(state.auth.session_seconds),
-        httponly=True,
-        secure=state.secure_cookies,
-        samesite="strict",
-        path="/",
-    )
-    return response
+    return _set_cookie(state, response, SESSION_COOKIE, cookie)
 
 
 async def logout(request: Request) -> Response:
@@ -570,25 +559,30 @@ def _auth_log(state: WebState, params: Any) -> list[Any]:
     )
 
 
+async def _log_records(
+    request: Request, read: Callable[[WebState, Any], list[Any]]
+) -> list[Any] | Response:
+    try:
+        return await asyncio.to_thread(read, request.state.web, request.query_params)
+    except ValueError as exc:
+        return _error(request, 400, f"bad query: {exc}")
+
+
 async def api_app_log(request: Request) -> Response:
     """The application event log, newest first: ``kind`` (admin, login, update, error, start,
     stop), ``actor``, ``hours`` or ``since`` (Unix time), ``limit`` (up to 1000)."""
-    state: WebState = request.state.web
-    try:
-        found = await asyncio.to_thread(_app_log, state, request.query_params)
-    except ValueError as exc:
-        return JSONResponse({"error": f"bad query: {exc}"}, status_code=400)
+    found = await _log_records(request, _app_log)
+    if isinstance(found, Response):
+        return found
     return Response(msgspec.json.encode(found), media_type="application/json")
 
 
 async def api_auth_log(request: Request) -> Response:
     """The authentication log (every login attempt), newest first: ``user``, ``client``,
     ``hours`` or ``since`` (Unix time), ``limit`` (up to 1000)."""
-    state: WebState = request.state.web
-    try:
-        found = await asyncio.to_thread(_auth_log, state, request.query_params)
-    except ValueError as exc:
-        return JSONResponse({"error": f"bad query: {exc}"}, status_code=400)
+    found = await _log_records(request, _auth_log)
+    if isinstance(found, Response):
+        return found
     return Response(msgspec.json.encode(found), media_type="application/json")
 
 
@@ -596,51 +590,63 @@ def _when(moment: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(moment))
 
 
-async def app_log_page(request: Request) -> Response:
-    """The application event log: what administrators did, logins, updates, errors."""
-    state: WebState = request.state.web
-    params = request.query_params
-    try:
-        found = await asyncio.to_thread(_app_log, state, params)
-    except ValueError as exc:
-        return _error(request, 400, f"bad query: {exc}")
-    rows = [
-        [_when(e.time), e.kind, e.action, e.actor, e.client_address or "", e.detail] for e in found
-    ]
+# What each log page shows: its title, search fields, columns and a row per record.
+_LOG_PAGES: dict[str, dict[str, Any]] = {
+    "app": {
+        "title": "Application log",
+        "fields": [("kind", "kind (admin, login, error...)"), ("actor", "who"), ("hours", "hours")],
+        "columns": ["time", "kind", "action", "who", "from", "detail"],
+        "row": lambda e: [
+            _when(e.time),
+            e.kind,
+            e.action,
+            e.actor,
+            e.client_address or "",
+            e.detail,
+        ],
+        "read": _app_log,
+    },
+    "auth": {
+        "title": "Authentication log",
+        "fields": [("user", "account"), ("client", "client address"), ("hours", "hours")],
+        "columns": ["time", "account", "from", "result", "method"],
+        "row": lambda e: [
+            _when(e.time),
+            e.user,
+            e.client_address,
+            "ok" if e.success else "failed",
+            e.method,
+        ],
+        "read": _auth_log,
+    },
+}
+
+
+async def _log_page(request: Request, log: str) -> Response:
+    shape = _LOG_PAGES[log]
+    found = await _log_records(request, shape["read"])
+    if isinstance(found, Response):
+        return found
     return _page(
         request,
         "log.html",
-        title="Application log",
-        action="/logs/app",
-        fields=[("kind", "kind (admin, login, error...)"), ("actor", "who"), ("hours", "hours")],
-        params=params,
-        columns=["time", "kind", "action", "who", "from", "detail"],
-        rows=rows,
+        title=shape["title"],
+        action=f"/logs/{log}",
+        fields=shape["fields"],
+        params=request.query_params,
+        columns=shape["columns"],
+        rows=[shape["row"](record) for record in found],
     )
+
+
+async def app_log_page(request: Request) -> Response:
+    """The application event log: what administrators did, logins, updates, errors."""
+    return await _log_page(request, "app")
 
 
 async def auth_log_page(request: Request) -> Response:
     """The authentication log: every login attempt with account, address and outcome."""
-    state: WebState = request.state.web
-    params = request.query_params
-    try:
-        found = await asyncio.to_thread(_auth_log, state, params)
-    except ValueError as exc:
-        return _error(request, 400, f"bad query: {exc}")
-    rows = [
-        [_when(e.time), e.user, e.client_address, "ok" if e.success else "failed", e.method]
-        for e in found
-    ]
-    return _page(
-        request,
-        "log.html",
-        title="Authentication log",
-        action="/logs/auth",
-        fields=[("user", "account"), ("client", "client address"), ("hours", "hours")],
-        params=params,
-        columns=["time", "account", "from", "result", "method"],
-        rows=rows,
-    )
+    return await _log_page(request, "auth")
 
 
 # -- quarantine ------------------------------------------------------------------------------
