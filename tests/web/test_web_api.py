@@ -265,3 +265,28 @@ def test_a_new_group_mapping_ends_the_directory_users_sessions(
         assert admin.get("/api/me").status_code == 200  # local sessions are not touched
     finally:
         web.close()
+
+
+def test_a_directory_user_taken_out_of_the_group_loses_the_session(
+    tmp_path: Path, slapd: Slapd
+) -> None:
+    web = _directory_web(tmp_path, slapd, "")
+    member = f"member: cn=Bob Jones,ou=Users,{BASE_DN}\n"
+    staff = f"dn: cn=Staff,ou=Groups,{BASE_DN}\nchangetype: modify\n"
+    try:
+        held = web.hold()
+        bob = web.client()
+        answer = bob.post("/api/login", json={"name": "bob@example.test", "password": PASSWORD})
+        assert answer.json()["roles"] == ["Operator"]
+        # Asked again at every request here (every 5 minutes by default).
+        web.state.directory_recheck = 0.0
+        assert bob.get(f"/api/quarantine/{held}").status_code == 200
+        slapd.ldapadd(staff + "delete: member\n" + member)
+        try:
+            assert bob.get(f"/api/quarantine/{held}").status_code == 401
+            again = bob.post("/api/login", json={"name": "bob@example.test", "password": PASSWORD})
+            assert again.json()["roles"] == []
+        finally:
+            slapd.ldapadd(staff + "add: member\n" + member)
+    finally:
+        web.close()

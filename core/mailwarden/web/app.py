@@ -104,6 +104,10 @@ class WebState:
             auth_log=gateway.stores.auth_log,
         )
         self.secure_cookies = secure_cookies
+        # Directory sessions: when each was last found still backed by its groups (per
+        # worker; monotonic seconds by session id), and how often that is asked again.
+        self.directory_checked: dict[str, float] = {}
+        self.directory_recheck = 300.0
         self.templates = _templates()
         self.signatures = SignatureInfo(gateway)
         # The config as its file says now: roles and group mappings apply at once (in every
@@ -218,6 +222,11 @@ def _guard(state: WebState, spec: RouteSpec, handler: Handler) -> Handler:
     async def checked(request: Request) -> Response:
         await asyncio.to_thread(state.refresh)
         identity = _identify(state, request)
+        if identity is not None and identity.source == "directory":
+            # Removed from a group (or from the directory): the session does not outlive it.
+            if not await asyncio.to_thread(_still_in_groups, state, identity):
+                state.auth.revoke(identity)
+                identity = None
         request.state.identity = identity
         if spec.permission != PUBLIC:
             if identity is None:
@@ -290,7 +299,6 @@ def _directory_login(state: WebState, address: str, password: str) -> Identity |
     """The directory user's identity; ``None`` for a wrong name or password, or what kept the
     password from being checked (a bind method the server does not offer)."""
     from ..directory.model import DirectoryError
-    from ..directory.names import group_key
     from .directory_login import check_directory_password
 
     directory = state.gateway.directory
@@ -310,16 +318,54 @@ def _directory_login(state: WebState, address: str, password: str) -> Identity |
         return checked.problem
     if not checked.ok:
         return None
+    return state.auth.identity_for(address, _group_roles(state, entry), "directory")
+
+
+def _group_roles(state: WebState, entry: Any) -> tuple[str, ...]:
+    """The roles ``[web] groups`` gives a directory entry through its groups."""
+    from ..directory.names import group_key
+
     keys = entry.group_keys()
-    roles = sorted(
-        {
-            role
-            for pattern, mapped in web.groups.items()
-            if group_key(pattern.removeprefix("group:")) in keys
-            for role in mapped
-        }
+    return tuple(
+        sorted(
+            {
+                role
+                for pattern, mapped in state.file_config.web.groups.items()
+                if group_key(pattern.removeprefix("group:")) in keys
+                for role in mapped
+            }
+        )
     )
-    return state.auth.identity_for(address, tuple(roles), "directory")
+
+
+def _still_in_groups(state: WebState, identity: Identity) -> bool:
+    """Whether a directory user still exists and their groups still give the session's
+    roles; asked of the server at most every ``directory_recheck`` seconds per session."""
+    from ..directory.model import DirectoryError
+
+    now = time.monotonic()
+    checked = state.directory_checked
+    last = checked.get(identity.session)
+    if last is not None and now - last < state.directory_recheck:
+        return True
+    directory = state.gateway.directory
+    if directory is None:
+        return False
+    try:
+        entry = directory.client.lookup(identity.name)
+    except DirectoryError as exc:
+        # The server being down is not a demotion: the session stays, asked again later.
+        log.warning("directory check of %s's session failed: %s", identity.name, exc)
+        checked[identity.session] = now
+        return True
+    if entry is None or _group_roles(state, entry) != tuple(sorted(identity.roles)):
+        checked.pop(identity.session, None)
+        return False
+    checked[identity.session] = now
+    if len(checked) > 10_000:
+        for sid in sorted(checked, key=checked.__getitem__)[:1000]:
+            del checked[sid]
+    return True
 
 
 def _set_cookie(
