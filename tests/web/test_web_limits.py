@@ -8,12 +8,8 @@ peak memory does not grow by what was sent.
 from __future__ import annotations
 
 import json
-import os
 import select
-import smtplib
 import socket
-import subprocess
-import sys
 import time
 import tracemalloc
 from collections.abc import Iterator
@@ -23,8 +19,8 @@ import pytest
 
 from mailwarden.web.auth import Throttle
 from mailwarden.web.permissions import JSON_BODY, RULES_BODY, SMALL_BODY
-from tests.conftest import free_port, make_message
-from tests.integration.test_smtp_serve import _wait_for_port
+from tests.conftest import make_message
+from tests.integration.test_release_once_serve import Serve
 from tests.web.conftest import Web
 
 GIB = 1 << 30
@@ -33,42 +29,16 @@ GIB = 1 << 30
 SENT_BEFORE_ANSWER = 32 << 20
 
 
-class Served:
-    """``mailwarden serve`` in one process, plain HTTP on 127.0.0.1."""
-
-    def __init__(self, tmp_path: Path) -> None:
-        self.home = tmp_path / "home"
-        self.home.mkdir()
-        self.smtp_port, self.web_port = free_port(), free_port()
-        (self.home / "mailwarden.toml").write_text(
-            f"[smtp]\nport = {self.smtp_port}\n"
-            f"[web]\nenabled = true\nport = {self.web_port}\ntls = false\n"
-        )
-        self.log = tmp_path / "serve.log"
-        with self.log.open("w") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "mailwarden", "serve"],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, "MAILWARDEN_HOME": str(self.home)},
-            )
-        _wait_for_port(self.web_port, self.process, self.log)
-        _wait_for_port(self.smtp_port, self.process, self.log)
-
-    def peak_rss(self) -> int:
-        """The server's peak resident memory so far (bytes)."""
-        status = Path(f"/proc/{self.process.pid}/status").read_text()
-        line = next(x for x in status.splitlines() if x.startswith("VmHWM:"))
-        return int(line.split()[1]) * 1024
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=30)
+def _peak_rss(served: Serve) -> int:
+    """The server's peak resident memory so far (bytes); one worker serves in the process."""
+    status = Path(f"/proc/{served.process.pid}/status").read_text()
+    line = next(x for x in status.splitlines() if x.startswith("VmHWM:"))
+    return int(line.split()[1]) * 1024
 
 
 @pytest.fixture
-def served(tmp_path: Path) -> Iterator[Served]:
-    server = Served(tmp_path)
+def served(tmp_path: Path) -> Iterator[Serve]:
+    server = Serve(tmp_path, workers=1)
     try:
         yield server
     finally:
@@ -121,12 +91,12 @@ def _post_huge(port: int, *, chunked: bool) -> tuple[int, int, bytes]:
     return status, sent, answer
 
 
-def test_a_huge_login_body_is_refused_before_it_is_read(served: Served) -> None:
+def test_a_huge_login_body_is_refused_before_it_is_read(served: Serve) -> None:
     import httpx
 
     base = f"http://127.0.0.1:{served.web_port}"
     assert httpx.post(f"{base}/api/login", json={"name": "x", "password": "y"}).status_code == 401
-    before = served.peak_rss()
+    before = _peak_rss(served)
     # Declared up front: refused on the headers alone.
     status, sent, answer = _post_huge(served.web_port, chunked=False)
     assert status == 413, answer
@@ -136,11 +106,10 @@ def test_a_huge_login_body_is_refused_before_it_is_read(served: Served) -> None:
     status, sent, answer = _post_huge(served.web_port, chunked=True)
     assert status == 413, answer
     assert sent < SENT_BEFORE_ANSWER, sent
-    assert served.peak_rss() - before < 16 << 20
+    assert _peak_rss(served) - before < 16 << 20
     # The same process still serves pages and mail.
     assert httpx.get(f"{base}/api/health").json() == {"status": "ok"}
-    with smtplib.SMTP("127.0.0.1", served.smtp_port, timeout=30) as client:
-        client.sendmail("alice@example.org", ["bob@example.net"], make_message())
+    served.send(make_message())
 
 
 def test_each_route_class_has_its_own_cap(web: Web) -> None:
