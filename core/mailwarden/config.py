@@ -487,8 +487,9 @@ class WebConfig(_Section):
     HTTPS with the ``[tls]`` pair (a self-signed one is generated until you configure yours).
     ``roles`` adds custom roles (name -> permissions); ``groups`` gives directory users roles
     by group (``"group:CN or DN"`` -> role names), nested membership included. After
-    ``login_attempts`` failed logins within 15 minutes for one account or client address,
-    logins from there wait. ``login_bind`` is how a directory user's password is checked:
+    ``login_attempts`` failed logins within 15 minutes from one client address (an IPv6
+    /64), logins from there wait; the account stays open to its owner elsewhere.
+    ``login_bind`` is how a directory user's password is checked:
     ``simple`` (bind as the entry's DN), ``ntlm`` (bind as ``DOMAIN\\sAMAccountName``, domain
     from ``ntlm_domain`` or the ``[directory] bind_dn``), or ``auto``: NTLM where the server's
     root DSE offers it (Active Directory), else simple.
