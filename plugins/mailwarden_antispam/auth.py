@@ -346,10 +346,7 @@ def parse_tag_list(data: bytes, what: str) -> dict[bytes, bytes]:
 def _qp_decode(value: bytes) -> bytes:
     """dkim-quoted-printable (RFC 6376 2.11): ``=XX`` hex escapes, whitespace dropped."""
     value = _FWS.sub(b"", value)
-    try:
-        return re.sub(rb"=([0-9A-Fa-f]{2})", lambda m: bytes([int(m.group(1), 16)]), value)
-    except ValueError:
-        return value
+    return re.sub(rb"=([0-9A-Fa-f]{2})", lambda m: bytes([int(m.group(1), 16)]), value)
 
 
 def _base64(value: bytes, tag: str) -> bytes:
@@ -532,11 +529,22 @@ def _verify_one(
             return _dkim_result("neutral", sig, f"{why}; key is in testing mode (t=y)")
         return _dkim_result("fail", sig, why)
     except _Invalid as exc:
-        return _dkim_result(exc.result, sig, exc.reason)
+        return _dkim_result(exc.result, sig or _lenient_tags(header[1]), exc.reason)
     except dkim.DKIMException as exc:
         return _dkim_result("permerror", sig, _shown(str(exc).encode(), 80))
     except Exception as exc:  # dkimpy raises bare errors on some malformed input
         return _dkim_result("permerror", sig, f"unverifiable: {type(exc).__name__}")
+
+
+def _lenient_tags(value: bytes) -> dict[bytes, bytes]:
+    """d=, s= and a= of a signature whose tag list is invalid, so the result still names the
+    domain and selector it claims (shown only, never used to verify)."""
+    found = {}
+    for tag in (b"d", b"s", b"a"):
+        m = re.search(rb"(?:^|;)[ \t\r\n]*" + tag + rb"[ \t\r\n]*=[ \t\r\n]*([^;\s]+)", value)
+        if m:
+            found[tag] = m.group(1)
+    return found
 
 
 def _dkim_result(result: str, sig: dict[bytes, bytes], reason: str) -> DkimResult:

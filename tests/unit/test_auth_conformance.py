@@ -280,6 +280,8 @@ def test_malformed_signatures_are_permerror(
     raw = sign(rsa_key, BASE).replace(*edit, 1)
     got = _one(verify(raw, {KEYNAME: rsa_key.record()}))
     assert got.result == "permerror" and reason in got.reason, got
+    # Even an unparsable signature is named by the domain it claims.
+    assert got.domain == DOMAIN
 
 
 def test_key_lookup_timeout_is_temperror(rsa_key: Key) -> None:
