@@ -599,11 +599,15 @@ async def verify_arc(sync: SyncDns, raw: bytes, minkey: int = 1024) -> ArcResult
         try:
             cv, results, reason = dkim.arc_verify(raw, dnsfunc=dnsfunc, minkey=minkey)
         except Exception as exc:  # malformed chains raise outside dkimpy's own handling
-            return ArcResult("fail", f"{type(exc).__name__}: {exc}"[:120])
+            return ArcResult("fail", _clean(f"{type(exc).__name__}: {exc}"))
         result = _text(cv).lower() or "none"
         if result == "fail" and dnsfunc.failed:
             result = "temperror"
-        return ArcResult(result, _text(reason)[:120], len(results or ()))
+        text = _clean(_text(reason))
+        if result == "fail" and " " not in text:
+            # dkimpy gives a bad tag-spec as just its text ("s", "=="): say what it is.
+            text = f"malformed ARC header field near '{text}'" if text else "chain invalid"
+        return ArcResult(result, text, len(results or ()))
 
     return await asyncio.to_thread(run)
 

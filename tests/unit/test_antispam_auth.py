@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from mailwarden_antispam.auth import (
+    ArcResult,
     DkimResult,
     authentication_results,
     check_spf,
@@ -251,13 +252,16 @@ def test_arc_validation_suite(corpus: Path, records: Any, test: Any, name: str) 
     raw = test["message"].replace("\r\n", "\n").replace("\n", "\r\n").encode()
     with running_zone(zone) as server:
 
-        async def go() -> str:
+        async def go() -> ArcResult:
             resolver = Resolver(["127.0.0.1"], port=server.port, timeout=1.0)
-            return (await verify_arc(SyncDns(resolver), raw)).result
+            return await verify_arc(SyncDns(resolver), raw)
 
         got = _run(go())
     want = ARC_KNOWN.get(name, (test["cv"] or "none").lower())
-    assert got == want
+    assert got.result == want
+    if got.result == "fail":
+        # The reason goes into Authentication-Results: words, not a bytes repr or a bare tag.
+        assert " " in got.reason and "b'" not in got.reason, got.reason
 
 
 # ---------------------------------------------------------------- DMARC
