@@ -111,6 +111,7 @@ def _fill(
             "section": lambda: "smtp" if path.startswith(("/mta", "/api/mta")) else "events",
             "role": lambda: "Walked role",
             "token_id": lambda: "0" * 16,
+            "event_id": lambda: "0" * 32,
         }
         assert name in fillers, f"the content walk cannot fill {{{name}}} in {path}"
         return fillers[name]()

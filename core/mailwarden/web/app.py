@@ -52,6 +52,7 @@ from .backups import BackupNotFound, backup_entry, backup_list, backup_raw, rele
 from .forms import FormError, changed_values, form_fields, masked
 from .permissions import BUILTIN_ROLES, PERMISSIONS, PUBLIC, ROUTES, RouteSpec
 from .signatures import SignatureInfo
+from .ui import ACTIONS, EXPORT_LIMIT, STATUSES, EventFilter, event_csv, human_bytes
 
 if TYPE_CHECKING:
     from ..pipeline import Gateway
@@ -1633,15 +1634,88 @@ async def dashboard_page(request: Request) -> Response:
 
 
 async def events_page(request: Request) -> Response:
-    """Search form and results."""
+    """Filters for every indexed field, a page of results, and export links."""
     state: WebState = request.state.web
-    params = request.query_params
-    try:
-        query = _query({**params, "limit": params.get("limit") or "200"})
-    except ValueError:
-        query = EventQuery(limit=200)
+    wanted = EventFilter(request.query_params)
+    page, per_page = wanted.page, wanted.per_page
+    offset = (page - 1) * per_page
+    query = wanted.query(offset + per_page + 1)
+    found = await asyncio.to_thread(state.gateway.events.search, query)
+    events = found[offset : offset + per_page]
+    return _page(
+        request,
+        "events.html",
+        events=events,
+        params=request.query_params,
+        errors=wanted.errors,
+        actions=ACTIONS,
+        statuses=STATUSES,
+        page=page,
+        newer=wanted.link(page=page - 1) if page > 1 else None,
+        older=wanted.link(page=page + 1) if len(found) > offset + per_page else None,
+        export=wanted.link(page=None, per_page=None),
+        first=offset + 1,
+        time=time,
+    )
+
+
+async def events_export(request: Request) -> Response:
+    """The events the filters match (up to 10,000, newest first) as a CSV or JSON download
+    (``format=csv|json``)."""
+    state: WebState = request.state.web
+    wanted = EventFilter(request.query_params)
+    shape = request.query_params.get("format", "csv")
+    if shape not in ("csv", "json"):
+        return _error(request, 400, "format is csv or json")
+    query = wanted.query(EXPORT_LIMIT)
+    if wanted.errors:
+        return _error(request, 400, "; ".join(wanted.errors.values()))
     events = await asyncio.to_thread(state.gateway.events.search, query)
-    return _page(request, "events.html", events=events, params=params, time=time)
+    identity: Identity = request.state.identity
+    state.audit.write("events.export", identity.name, format=shape, records=len(events))
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    disposition = {"Content-Disposition": f'attachment; filename="events-{stamp}.{shape}"'}
+    if shape == "json":
+        body = msgspec.json.encode(events)
+        return Response(body, media_type="application/json", headers=disposition)
+    return Response(event_csv(events), media_type="text/csv; charset=utf-8", headers=disposition)
+
+
+def _find_event(state: WebState, event_id: str, hint: str | None) -> Any:
+    store = state.gateway.events.store
+    try:
+        moment = float(hint) if hint else None
+    except ValueError:
+        moment = None
+    if moment is not None:
+        # The list links carry the event's time: a walk of a two-second window.
+        near = store.select(
+            since=moment - 1, until=moment + 1, predicate=lambda e: e.id == event_id, limit=1
+        )
+        if near:
+            return near[0]
+    found = store.select(predicate=lambda e: e.id == event_id, limit=1)
+    return found[0] if found else None
+
+
+async def event_page(request: Request) -> Response:
+    """One message event: envelope, verdict, every finding with its score, the detectors'
+    timings and the SMTP reply sent (never the message's text)."""
+    state: WebState = request.state.web
+    event_id = request.path_params["event_id"][:200]
+    event = await asyncio.to_thread(_find_event, state, event_id, request.query_params.get("t"))
+    if event is None:
+        return _error(request, 404, f"no message event {event_id!r} (it may have aged out)")
+    timings = sorted(event.timings_ms.items(), key=lambda item: -item[1])
+    longest = max((ms for _, ms in timings), default=0.0) or 1.0
+    return _page(
+        request,
+        "event.html",
+        e=event,
+        timings=[(name, ms, 100.0 * ms / longest) for name, ms in timings],
+        human_bytes=human_bytes,
+        time=time,
+    )
 
 
 async def quarantine_page(request: Request) -> Response:

@@ -116,6 +116,9 @@ ROUTES: tuple[RouteSpec, ...] = (
     RouteSpec("/logout", ("POST",), "logout", AUTHENTICATED),
     RouteSpec("/", ("GET",), "dashboard_page", "reports.view"),
     RouteSpec("/events", ("GET",), "events_page", "events.messages.view"),
+    # Before /events/{event_id}: routes match in this order.
+    RouteSpec("/events/export", ("GET",), "events_export", "events.messages.view"),
+    RouteSpec("/events/{event_id}", ("GET",), "event_page", "events.messages.view"),
     RouteSpec("/quarantine", ("GET",), "quarantine_page", "queues.view"),
     RouteSpec("/quarantine/{held_id}", ("GET",), "held_page", "queues.view", content=True),
     RouteSpec("/quarantine/{held_id}/release", ("POST",), "release_form", "queues.manage"),
