@@ -186,7 +186,7 @@ def test_spam_quarantine_list_view_release_learn_and_delete(
     [fourth] = operator.get("/api/quarantines/spam", params={"q": "just delete"}).json()
     form = operator.post(
         f"/quarantines/spam/{fourth['id']}/delete",
-        data={"csrf": csrf["x-csrf-token"]},
+        data={"csrf": csrf["x-csrf-token"], "confirm": "yes"},
         follow_redirects=False,
     )
     assert form.status_code == 303 and form.headers["location"] == "/quarantines/spam"

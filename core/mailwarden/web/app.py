@@ -888,17 +888,17 @@ _PLUGIN_ACTS: dict[str, tuple[str | None, str]] = {
 }
 
 
-async def _plugin_change(request: Request, act: str) -> dict[str, Any] | Response:
-    """Carry out ``act`` on the entry in the path; what was done, or the error answer."""
-    state: WebState = request.state.web
-    identity: Identity = request.state.identity
-    name = request.path_params["quarantine"]
+async def _plugin_act(
+    state: WebState, identity: Identity, name: str, entry_id: str, act: str
+) -> dict[str, Any]:
+    """Carry out ``act`` on one entry of the plugin quarantine ``name``, audited; what was
+    done. Raises :class:`QuarantineError` (audited too when the classifier already learned)."""
     label, then = _PLUGIN_ACTS[act]
-    entry_id = request.path_params["entry_id"]
     learned: str | None = None
     try:
         quarantine = await asyncio.to_thread(_plugin_quarantine, state, name)
-        entry_id = _entry_id(request)
+        if not QUARANTINE_ID.match(entry_id):
+            raise QuarantineNotFound(f"no held message {entry_id!r}")
         entry = await asyncio.to_thread(quarantine.get, entry_id)
         if label is not None:
             if not quarantine.can_learn:
@@ -921,7 +921,7 @@ async def _plugin_change(request: Request, act: str) -> dict[str, Any] | Respons
                 learned=learned,
                 result=f"failed: {exc}",
             )
-        return _quarantine_problem(request, exc)
+        raise
     state.audit.write(
         f"quarantine.{act}",
         identity.name,
@@ -933,6 +933,20 @@ async def _plugin_change(request: Request, act: str) -> dict[str, Any] | Respons
         result=done,
     )
     return {"quarantine": name, "id": entry_id, "act": act, "learned": learned, "result": done}
+
+
+async def _plugin_change(request: Request, act: str) -> dict[str, Any] | Response:
+    """Carry out ``act`` on the entry in the path; what was done, or the error answer."""
+    try:
+        return await _plugin_act(
+            request.state.web,
+            request.state.identity,
+            request.path_params["quarantine"],
+            request.path_params["entry_id"],
+            act,
+        )
+    except QuarantineError as exc:
+        return _quarantine_problem(request, exc)
 
 
 async def api_plugin_quarantine(request: Request) -> Response:
@@ -992,10 +1006,17 @@ def _api_change(act: str) -> Handler:
 
 def _form_change(act: str) -> Handler:
     async def handler(request: Request) -> Response:
+        name = request.path_params["quarantine"]
+        if act in _DELETES and (await _form_lists(request)).get("confirm") != ["yes"]:
+            return await _confirm_page(
+                request, f"/quarantines/{name}", [request.path_params["entry_id"]], act
+            )
         result = await _plugin_change(request, act)
         if isinstance(result, Response):
             return result
-        return RedirectResponse(f"/quarantines/{result['quarantine']}", 303)
+        return _with_notice(
+            request, RedirectResponse(f"/quarantines/{result['quarantine']}", 303), act, 1
+        )
 
     return handler
 
@@ -1096,9 +1117,11 @@ async def api_release(request: Request) -> Response:
 
 
 async def release_form(request: Request) -> Response:
-    """Release from the page, then back to the list."""
+    """Release from the page, then back to the list with a notice."""
     result = await _release(request)
-    return result if isinstance(result, Response) else RedirectResponse("/quarantine", 303)
+    if isinstance(result, Response):
+        return result
+    return _with_notice(request, RedirectResponse("/quarantine", 303), "release", 1)
 
 
 async def _delete(request: Request) -> Response | None:
@@ -1121,8 +1144,170 @@ async def api_delete(request: Request) -> Response:
 
 
 async def delete_form(request: Request) -> Response:
-    """Delete from the page, then back to the list."""
-    return await _delete(request) or RedirectResponse("/quarantine", 303)
+    """Delete from the page once confirmed (``confirm=yes``; without it, the confirmation
+    page), then back to the list with a notice."""
+    if (await _form_lists(request)).get("confirm") != ["yes"]:
+        return await _confirm_page(
+            request, "/quarantine", [request.path_params["held_id"]], "delete"
+        )
+    failed = await _delete(request)
+    return failed or _with_notice(request, RedirectResponse("/quarantine", 303), "delete", 1)
+
+
+# -- bulk actions, confirmations, notices ----------------------------------------------------
+
+# Acts that lose the message: a page form must confirm them (``confirm=yes``) first.
+_DELETES = frozenset({"delete", "delete-as-spam"})
+_BULK_MAX = 500
+NOTICE_COOKIE = "mw_notice"
+_NOTICES = {
+    "release": "Released {n}.",
+    "release-as-ham": "Released {n} and learned {them} as not spam.",
+    "delete": "Deleted {n}.",
+    "delete-as-spam": "Learned {n} as spam and deleted {them}.",
+}
+
+
+async def _form_lists(request: Request) -> dict[str, list[str]]:
+    body = (await request.body()).decode("utf-8", "replace")
+    return parse_qs(body, keep_blank_values=True)
+
+
+def _with_notice(
+    request: Request, response: Response, act: str, done: int, failed: int = 0
+) -> Response:
+    """``response`` (a redirect) carrying what was done to the next page in a short-lived
+    cookie: codes and counts only, so no text of a request is ever shown back."""
+    response.set_cookie(
+        NOTICE_COOKIE,
+        f"{act}.{done}.{failed}",
+        max_age=60,
+        httponly=True,
+        samesite="strict",
+        secure=request.state.web.secure_cookies,
+        path="/",
+    )
+    return response
+
+
+def _notice(request: Request) -> tuple[str, str]:
+    """The notice and error of the last act (from its cookie), ``("", "")`` when none."""
+    raw = request.cookies.get(NOTICE_COOKIE, "")
+    act, _, counts = raw.partition(".")
+    done_text, _, failed_text = counts.partition(".")
+    if act not in _NOTICES or not done_text.isdigit() or not failed_text.isdigit():
+        return "", ""
+    done, failed = int(done_text), int(failed_text)
+    words = f"{done} message" + ("" if done == 1 else "s")
+    notice = _NOTICES[act].format(n=words, them="it" if done == 1 else "them") if done else ""
+    error = (
+        f"{failed} message{'' if failed == 1 else 's'} could not be changed "
+        "(see the application log)"
+        if failed
+        else ""
+    )
+    return notice, error
+
+
+def _page_with_notice(request: Request, template: str, **context: Any) -> Response:
+    notice, error = _notice(request)
+    page = _page(request, template, notice=notice, error=error, **context)
+    if request.cookies.get(NOTICE_COOKIE):
+        page.delete_cookie(NOTICE_COOKIE, path="/")
+    return page
+
+
+def _entry_summaries(state: WebState, back: str, ids: list[str]) -> list[dict[str, Any]]:
+    """Sender, recipients and subject of the messages a confirmation names (what the list
+    already shows: never their text)."""
+    found = []
+    for key in ids:
+        try:
+            if back == "/quarantine":
+                held = state.gateway.quarantine.get(key)
+                found.append(
+                    {
+                        "id": key,
+                        "sender": held.envelope.mail_from,
+                        "recipients": held.envelope.rcpt_to,
+                        "subject": held.subject,
+                    }
+                )
+            else:
+                quarantine = _plugin_quarantine(state, back.rsplit("/", 1)[-1])
+                if not QUARANTINE_ID.match(key):
+                    continue
+                entry = quarantine.get(key)
+                found.append(
+                    {
+                        "id": key,
+                        "sender": entry.sender,
+                        "recipients": entry.recipients,
+                        "subject": entry.subject,
+                    }
+                )
+        except (HeldError, QuarantineError):
+            continue
+    return found
+
+
+async def _confirm_page(request: Request, back: str, ids: list[str], act: str) -> Response:
+    """The step before a delete: what would go, and a button that confirms."""
+    state: WebState = request.state.web
+    entries = await asyncio.to_thread(_entry_summaries, state, back, ids)
+    if not entries:
+        return _error(request, 404, "none of the selected messages is held any more")
+    action = f"{back}/bulk"
+    return _page(request, "confirm.html", entries=entries, act=act, action=action, back=back)
+
+
+async def _bulk(request: Request, back: str, acts: frozenset[str]) -> Response:
+    state: WebState = request.state.web
+    identity: Identity = request.state.identity
+    fields = await _form_lists(request)
+    act = (fields.get("act") or [""])[0]
+    ids = list(dict.fromkeys(fields.get("id", [])))[:_BULK_MAX]
+    if act not in acts:
+        return _error(request, 400, f"act is one of {', '.join(sorted(acts))}")
+    if not ids:
+        return _with_notice(request, RedirectResponse(back, 303), act, 0)
+    if act in _DELETES and fields.get("confirm") != ["yes"]:
+        return await _confirm_page(request, back, ids, act)
+    done = failed = 0
+    for key in ids:
+        try:
+            if back == "/quarantine":
+                if act == "release":
+                    where = await state.gateway.release(key)
+                    state.audit.write("quarantine.release", identity.name, id=key, where=where)
+                else:
+                    await asyncio.to_thread(state.gateway.quarantine.delete, key)
+                    state.audit.write("quarantine.delete", identity.name, id=key)
+            else:
+                await _plugin_act(state, identity, back.rsplit("/", 1)[-1], key, act)
+            done += 1
+        except (HeldError, QuarantineError) as exc:
+            failed += 1
+            state.audit.write(f"quarantine.{act}", identity.name, id=key, result=f"failed: {exc}")
+    return _with_notice(request, RedirectResponse(back, 303), act, done, failed)
+
+
+async def bulk_form(request: Request) -> Response:
+    """Release or delete the held messages ticked on the list (``id`` repeated, ``act``);
+    a delete shows a confirmation first."""
+    return await _bulk(request, "/quarantine", frozenset({"release", "delete"}))
+
+
+async def plugin_bulk_form(request: Request) -> Response:
+    """The same for a plugin quarantine, with its learning acts."""
+    state: WebState = request.state.web
+    name = request.path_params["quarantine"]
+    try:
+        quarantine = await asyncio.to_thread(_plugin_quarantine, state, name)
+    except QuarantineError as exc:
+        return _quarantine_problem(request, exc)
+    acts = set(_PLUGIN_ACTS) if quarantine.can_learn else {"release", "delete"}
+    return await _bulk(request, f"/quarantines/{name}", frozenset(acts))
 
 
 # -- rules, settings, inventory, users -------------------------------------------------------
@@ -1718,12 +1903,32 @@ async def event_page(request: Request) -> Response:
     )
 
 
+def _matches(entry: dict[str, Any], query: str) -> bool:
+    words = query.lower().split()
+    fields = [entry["id"], entry["sender"] or "", entry["subject"] or "", entry["reason"]]
+    text = " ".join([*fields, entry["rule"], *entry["recipients"]]).lower()
+    return all(word in text for word in words)
+
+
 async def quarantine_page(request: Request) -> Response:
-    """Held messages."""
+    """Held messages with a search box and bulk release/delete."""
+    query = str(request.query_params.get("q") or "")[:200]
     held = await asyncio.to_thread(_held_list, request.state.web)
+    total = len(held)
+    if query:
+        held = [h for h in held if _matches(h, query)]
     stores = await asyncio.to_thread(_quarantines, request.state.web)
     plugins = [s for s in stores if s["owner"] != "core"]
-    return _page(request, "quarantine.html", held=held, others=plugins, time=time)
+    return _page_with_notice(
+        request,
+        "quarantine.html",
+        held=held,
+        total=total,
+        query=query,
+        others=plugins,
+        human_bytes=human_bytes,
+        time=time,
+    )
 
 
 async def held_page(request: Request) -> Response:
@@ -1758,11 +1963,12 @@ async def plugin_quarantine_page(request: Request) -> Response:
         return _error(request, 400, f"bad query: {exc}")
     except QuarantineError as exc:
         return _quarantine_problem(request, exc)
-    return _page(
+    return _page_with_notice(
         request,
         "plugin_quarantine.html",
         quarantine=quarantine,
         entries=entries,
+        human_bytes=human_bytes,
         query=params.get("q") or "",
         offset=int(params.get("offset") or 0),
         time=time,

@@ -120,11 +120,14 @@ ROUTES: tuple[RouteSpec, ...] = (
     RouteSpec("/events/export", ("GET",), "events_export", "events.messages.view"),
     RouteSpec("/events/{event_id}", ("GET",), "event_page", "events.messages.view"),
     RouteSpec("/quarantine", ("GET",), "quarantine_page", "queues.view"),
+    # Before /quarantine/{held_id}: routes match in this order.
+    RouteSpec("/quarantine/bulk", ("POST",), "bulk_form", "queues.manage"),
     RouteSpec("/quarantine/{held_id}", ("GET",), "held_page", "queues.view", content=True),
     RouteSpec("/quarantine/{held_id}/release", ("POST",), "release_form", "queues.manage"),
     RouteSpec("/quarantine/{held_id}/delete", ("POST",), "delete_form", "queues.manage"),
     # Plugin quarantines (mailwarden_quarantines): spam, sandbox, any third party's.
     RouteSpec("/quarantines/{quarantine}", ("GET",), "plugin_quarantine_page", "queues.view"),
+    RouteSpec("/quarantines/{quarantine}/bulk", ("POST",), "plugin_bulk_form", "queues.manage"),
     RouteSpec(
         "/quarantines/{quarantine}/{entry_id}",
         ("GET",),
