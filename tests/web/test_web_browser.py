@@ -115,7 +115,7 @@ def test_log_in_search_open_release_in_chromium(serve: tuple[Path, int, int]) ->
             assert page.locator("#messages").inner_text() == "3"
             assert "signatures loaded" in page.locator("#signatures").inner_text()
             # A setting changed through its generated form, validated and saved.
-            page.goto(f"{base}/settings")
+            page.goto(f"{base}/settings?section=events")
             page.fill("#events\\.retention_days", "0")
             page.click("#save-events")
             assert "events.retention_days" in page.locator("#error").inner_text()

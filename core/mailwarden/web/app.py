@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import secrets
 import signal
 import time
@@ -26,6 +27,7 @@ import msgspec
 import tomlkit
 from jinja2 import Environment, select_autoescape
 from jinja2.loaders import DictLoader
+from markupsafe import Markup
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
@@ -52,7 +54,16 @@ from .backups import BackupNotFound, backup_entry, backup_list, backup_raw, rele
 from .forms import FormError, changed_values, form_fields, masked
 from .permissions import BUILTIN_ROLES, PERMISSIONS, PUBLIC, ROUTES, RouteSpec
 from .signatures import SignatureInfo
-from .ui import ACTIONS, EXPORT_LIMIT, STATUSES, EventFilter, event_csv, human_bytes
+from .ui import (
+    ACTIONS,
+    EXPORT_LIMIT,
+    STATUSES,
+    EventFilter,
+    event_csv,
+    field_unit,
+    human_bytes,
+    rest_text,
+)
 
 if TYPE_CHECKING:
     from ..pipeline import Gateway
@@ -1325,9 +1336,10 @@ async def api_rules(request: Request) -> Response:
 class ConfigRefused(Exception):
     """A config change that was not written: why, and the HTTP status that says so."""
 
-    def __init__(self, message: str, status: int) -> None:
+    def __init__(self, message: str, status: int, key: str | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.key = key
 
 
 def _config_table(state: WebState, section: str) -> dict[str, Any]:
@@ -1372,7 +1384,7 @@ def _write_config(state: WebState, key: str | tuple[str, str], value: Any) -> li
     try:
         parse_config(text, gateway.plugins.config_schemas(), source=source)
     except ConfigError as exc:
-        raise ConfigRefused(str(exc), 422) from exc
+        raise ConfigRefused(str(exc), 422, exc.key) from exc
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
     os.chmod(tmp, path.stat().st_mode & 0o777)
@@ -2032,7 +2044,7 @@ async def backup_release_form(request: Request) -> Response:
     return result if isinstance(result, Response) else RedirectResponse("/backup", 303)
 
 
-def _forms(state: WebState, *, mta: bool) -> list[dict[str, Any]]:
+def _forms(state: WebState, *, mta: bool, open_section: str | None = None) -> list[dict[str, Any]]:
     running = state.gateway.config
     forms = []
     for section, schema in _sections(state).items():
@@ -2044,7 +2056,8 @@ def _forms(state: WebState, *, mta: bool) -> list[dict[str, Any]]:
         forms.append(
             {
                 "section": section,
-                "doc": (schema.__doc__ or "").strip(),
+                "doc": Markup(rest_text(_section_doc(section, schema.__doc__ or ""))),
+                "open": section == open_section,
                 "fields": form_fields(schema, current),
                 # Saved but not in force until the next start.
                 "pending": msgspec.to_builtins(current)
@@ -2054,14 +2067,44 @@ def _forms(state: WebState, *, mta: bool) -> list[dict[str, Any]]:
     return forms
 
 
+def _section_doc(section: str, doc: str) -> str:
+    # The docstrings start with "``[section]``: " for the configuration reference; the page
+    # already heads each form with the section's name.
+    text = doc.strip().removeprefix(f"``[{section}]``:").strip()
+    return text[:1].upper() + text[1:]
+
+
+def _field_error(section: str, message: str, key: str | None) -> dict[str, str]:
+    """The field of ``section`` an error is about (from the config error's key, or the
+    ``section.key`` it names), so the page shows the message beside that input."""
+    found = re.search(rf"\b{re.escape(section)}\.(\w+)", key or message)
+    if not found:
+        return {}
+    # Beside the field, the file and line add nothing, and msgspec's `type` quoting would
+    # read as stray markup.
+    text = re.sub(r"^\S+:\d+: ", "", message).replace("`", "")
+    text = re.sub(r"^\[([\w.\[\]]+)\] ", r"\1: ", text)
+    return {found.group(1): text[:1].lower() + text[1:] if text[:1].isupper() else text}
+
+
 def _settings_page(
-    request: Request, *, mta: bool, status: int = 200, **messages: str
+    request: Request,
+    *,
+    mta: bool,
+    status: int = 200,
+    field_errors: dict[str, str] | None = None,
+    submitted: dict[str, str] | None = None,
+    **messages: str,
 ) -> HTMLResponse:
     state: WebState = request.state.web
+    wanted = request.query_params.get("section") or messages.get("failed") or messages.get("saved")
     page = _page(
         request,
         "settings.html",
-        forms=_forms(state, mta=mta),
+        forms=_forms(state, mta=mta, open_section=wanted),
+        field_errors=field_errors or {},
+        submitted=submitted or {},
+        field_unit=field_unit,
         mta=mta,
         action="/mta" if mta else "/settings",
         permission="mta.edit" if mta else "settings.edit",
@@ -2105,9 +2148,20 @@ async def _section_form(request: Request, *, mta: bool) -> Response:
     try:
         changed = changed_values(section, schema, current, form)
     except FormError as exc:
-        return _settings_page(request, mta=mta, status=422, error=str(exc), failed=section)
+        errors = _field_error(section, str(exc), None)
+        return _settings_page(
+            request,
+            mta=mta,
+            status=422,
+            error=str(exc),
+            failed=section,
+            field_errors=errors,
+            submitted=form,
+        )
     if not changed:
-        return _settings_page(request, mta=mta, notice=f"[{section}]: nothing changed")
+        return _settings_page(
+            request, mta=mta, notice=f"[{section}]: nothing changed", saved=section
+        )
     _consent(section, changed, current, identity.name)
     value = {**_config_table(state, section), **changed}
     refused = _keep_access(state, section, value)
@@ -2116,12 +2170,21 @@ async def _section_form(request: Request, *, mta: bool) -> Response:
     try:
         restart = await asyncio.to_thread(_write_config, state, section, value)
     except ConfigRefused as exc:
-        return _settings_page(request, mta=mta, status=exc.status, error=str(exc), failed=section)
+        errors = _field_error(section, str(exc), exc.key)
+        return _settings_page(
+            request,
+            mta=mta,
+            status=exc.status,
+            error=str(exc),
+            failed=section,
+            field_errors=errors,
+            submitted=form,
+        )
     state.audit.write("settings.edit", identity.name, section=section, keys=sorted(changed))
     notice = f"[{section}] saved: {', '.join(sorted(changed))}"
     if section in restart:
         notice += " (applies at the next start)"
-    return _settings_page(request, mta=mta, notice=notice)
+    return _settings_page(request, mta=mta, notice=notice, saved=section)
 
 
 async def settings_form(request: Request) -> Response:

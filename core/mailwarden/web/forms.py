@@ -150,8 +150,15 @@ def _parse(field: Field, section: str, raw: str) -> Any:
         try:
             return int(raw) if field.kind == "int" else float(raw)
         except ValueError:
-            # Handed on as text: validation then says which key wanted a number.
-            return raw.strip()
+            pass
+        # A size or a duration with its unit ("10 MiB", "12h"), as the page shows them.
+        from .ui import parse_number
+
+        number = parse_number(field.name, field.kind, raw)
+        if number is not None:
+            return round(number) if field.kind == "int" else number
+        # Handed on as text: validation then says which key wanted a number.
+        return raw.strip()
     if field.kind in ("lines", "int-lines"):
         items: list[Any] = [line.strip() for line in raw.split("\n") if line.strip()]
         if field.kind == "int-lines":

@@ -8,6 +8,7 @@ built here from numbers and escaped labels only.
 from __future__ import annotations
 
 import csv
+import inspect
 import io
 import re
 import time
@@ -274,14 +275,40 @@ _LITERAL = re.compile(r"``(.+?)``")
 
 
 def rest_text(doc: str) -> str:
-    """A docstring's reStructuredText as HTML-escaped text with literals in ``<code>`` (no
-    backticks or roles left)."""
-    text = _ROLE.sub(lambda m: m.group(1).rsplit(".", 1)[-1], doc)
-    parts = _LITERAL.split(text)
-    return "".join(
-        f"<code>{escape(p)}</code>" if i % 2 else escape(p).replace("`", "")
-        for i, p in enumerate(parts)
-    )
+    """A docstring's reStructuredText as HTML: escaped text in paragraphs, literals in
+    ``<code>``, roles reduced to their name (no backticks left)."""
+    text = _ROLE.sub(lambda m: m.group(1).rsplit(".", 1)[-1], inspect.cleandoc(doc))
+    paragraphs = [" ".join(p.split()) for p in re.split(r"\n\s*\n", text) if p.strip()]
+    html = []
+    for paragraph in paragraphs:
+        parts = _LITERAL.split(paragraph)
+        html.append(
+            "<p>"
+            + "".join(
+                f"<code>{escape(p)}</code>" if i % 2 else escape(p).replace("`", "")
+                for i, p in enumerate(parts)
+            )
+            + "</p>"
+        )
+    return "".join(html)
+
+
+def parse_number(name: str, kind: str, raw: str) -> float | None:
+    """A number field's input given with a unit, in the field's own unit: ``10 MiB`` for a
+    size in bytes, ``12h`` for a ``*_days`` field (0.5); ``None`` when it has no unit this
+    field takes."""
+    if kind not in ("int", "float"):
+        return None
+    if _SIZE_NAME.search(name):
+        return parse_size(raw)
+    relative = _RELATIVE.match(raw)
+    if relative is None:
+        return None
+    for suffix, scale in _DURATION_NAMES.items():
+        if name.endswith(suffix):
+            seconds = float(relative.group(1)) * _UNIT_SECONDS[relative.group(2)]
+            return seconds / scale
+    return None
 
 
 # -- dashboard -------------------------------------------------------------------------------
