@@ -21,7 +21,7 @@ def test_rules_edited_through_the_api_are_validated_kept_and_swapped(web: Web) -
     ]
     answer = client.put("/api/rules", json={"rules": new}, headers=headers)
     assert answer.status_code == 200, answer.text
-    assert [r["name"] for r in answer.json()] == ["lab", "default"]
+    assert [r["name"] for r in answer.json()["rules"]] == ["lab", "default"]
     # Swapped in the running gateway, and written to the file with its comment kept.
     assert [r.name for r in web.gateway.config.rules] == ["lab", "default"]
     text = web.config_path.read_text()

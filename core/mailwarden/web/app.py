@@ -57,12 +57,15 @@ from .signatures import SignatureInfo
 from .ui import (
     ACTIONS,
     EXPORT_LIMIT,
+    PERIODS,
     STATUSES,
     EventFilter,
+    bar_chart,
     event_csv,
     field_unit,
     human_bytes,
     rest_text,
+    trends,
 )
 
 if TYPE_CHECKING:
@@ -1329,8 +1332,9 @@ def _rules(state: WebState) -> list[Any]:
 
 
 async def api_rules(request: Request) -> Response:
-    """The rules in order, as the config holds them."""
-    return JSONResponse(_rules(request.state.web))
+    """The rules in order, as the config holds them: ``{"rules": [...]}``, the shape a PUT
+    sends back."""
+    return JSONResponse({"rules": _rules(request.state.web)})
 
 
 class ConfigRefused(Exception):
@@ -1408,11 +1412,13 @@ def _rewrite_config(
 
 
 async def api_rules_put(request: Request) -> Response:
-    """Replace the rules with ``{"rules": [...]}``: validated whole, written to the config file
-    (its comments and other sections kept), then swapped in without dropping connections."""
+    """Replace the rules with ``{"rules": [...]}`` (what GET returns; a bare list is taken
+    too): validated whole, written to the config file (its comments and other sections kept),
+    then swapped in without dropping connections; answers the new rules as GET does."""
     state: WebState = request.state.web
     try:
-        rules = json.loads(await request.body())["rules"]
+        body = json.loads(await request.body())
+        rules = body if isinstance(body, list) else body["rules"]
         if not isinstance(rules, list) or not rules:
             raise TypeError
     except (ValueError, KeyError, TypeError):
@@ -1422,7 +1428,7 @@ async def api_rules_put(request: Request) -> Response:
         return result
     identity: Identity = request.state.identity
     state.audit.write("rules.edit", identity.name, rules=[r.get("name") for r in rules])
-    return JSONResponse(_rules(state))
+    return JSONResponse({"rules": _rules(state)})
 
 
 # Sections of the mail transport (listeners, delivery, keys): ``mta.edit``, not
@@ -1787,47 +1793,34 @@ async def api_openapi(request: Request) -> Response:
 # -- pages -----------------------------------------------------------------------------------
 
 
-def _chart(stats: dict[str, Any]) -> str:
-    """Messages per hour as an inline SVG (server-side: the pages run no script)."""
-    hours = stats["by_hour"]
-    top = max((sum(h.values()) for h in hours), default=0) or 1
-    colours = {"deliver": "#4a7bb7", "quarantine": "#d9a030", "reject": "#c0392b"}
-    bars = []
-    for i, hour in enumerate(hours):
-        y = 120.0
-        for action, count in sorted(hour.items()):
-            height = 110.0 * count / top
-            y -= height
-            colour = colours.get(action, "#888888")
-            bars.append(
-                f'<rect x="{10 + i * 24}" y="{y:.1f}" width="20" height="{height:.1f}" '
-                f'fill="{colour}"><title>{count} {action}</title></rect>'
-            )
-    axis = (
-        '<line x1="8" y1="121" x2="586" y2="121" stroke="#999"/>'
-        '<text x="8" y="138" font-size="11">24 h ago</text>'
-        '<text x="556" y="138" font-size="11">now</text>'
+def _dashboard(state: WebState, period: str) -> dict[str, Any]:
+    now = time.time()
+    buckets, width, _ = PERIODS[period]
+    query = EventQuery(since=now - buckets * width, limit=1_000_000)
+    stats = trends(state.gateway.events.search(query), period, now)
+    actions = tuple(a for a in ACTIONS if any(a in row for row in stats["by_bucket"]))
+    stats["actions_chart"] = Markup(
+        bar_chart(stats, stats["by_bucket"], actions or ("deliver",), "messages by action")
     )
-    return (
-        '<svg xmlns="http://www.w3.org/2000/svg" width="600" height="142" role="img" '
-        'aria-label="messages per hour">' + "".join(bars) + axis + "</svg>"
+    stats["kinds_chart"] = Markup(
+        bar_chart(stats, stats["kinds"], ("virus", "spam"), "spam and virus messages")
     )
+    stats["legend"] = actions
+    stats["spool"] = len(state.gateway.spool.ids())
+    stats["held"] = len(state.gateway.quarantine)
+    return stats
 
 
 async def dashboard_page(request: Request) -> Response:
-    """Traffic and verdicts of the last 24 hours."""
+    """Trends over 24 hours, 7 or 30 days (``period``): messages by action, spam and
+    viruses, top senders, viruses and rule hits, the spool and the quarantine, signatures."""
     state: WebState = request.state.web
-    stats = await asyncio.to_thread(_stats, state)
-    held = await asyncio.to_thread(len, state.gateway.quarantine)
+    period = request.query_params.get("period", "24h")
+    if period not in PERIODS:
+        period = "24h"
+    stats = await asyncio.to_thread(_dashboard, state, period)
     signatures = await asyncio.to_thread(state.signatures.get)
-    return _page(
-        request,
-        "dashboard.html",
-        stats=stats,
-        chart=_chart(stats),
-        held=held,
-        signatures=signatures,
-    )
+    return _page(request, "dashboard.html", stats=stats, periods=PERIODS, signatures=signatures)
 
 
 async def events_page(request: Request) -> Response:
