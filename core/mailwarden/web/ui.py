@@ -336,7 +336,10 @@ def trends(events: list[MessageEvent], period: str, now: float) -> dict[str, Any
     """Counts per bucket of ``period`` (by action, spam, virus), the totals and the top
     senders, viruses and rule hits of ``events``."""
     buckets, width, label = PERIODS[period]
-    start = now - buckets * width
+    # Buckets end on local hour, 6-hour or day boundaries, so the axis labels are round.
+    offset = time.localtime(now).tm_gmtoff
+    end = ((now + offset) // width + 1) * width - offset
+    start = end - buckets * width
     actions: list[Counter[str]] = [Counter() for _ in range(buckets)]
     kinds: list[Counter[str]] = [Counter() for _ in range(buckets)]
     senders: Counter[str] = Counter()
@@ -406,8 +409,8 @@ def bar_chart(
     """Stacked bars of ``rows`` (one dict per bucket) as SVG with both axes labelled; it
     scales to the page width (``viewBox``)."""
     buckets = len(rows)
-    width, height, left, bottom, top_pad = 720, 220, 44, 34, 10
-    plot_w, plot_h = width - left - 10, height - bottom - top_pad
+    width, height, left, right, bottom, top_pad = 480, 200, 34, 22, 30, 10
+    plot_w, plot_h = width - left - right, height - bottom - top_pad
     top = max((sum(r.get(s, 0) for s in series) for r in rows), default=0)
     ticks = _ticks(max(top, 1))
     scale = plot_h / max(ticks[-1], 1)
@@ -419,7 +422,7 @@ def bar_chart(
     for tick in ticks:
         y = top_pad + plot_h - tick * scale
         parts.append(
-            f'<line x1="{left}" y1="{y:.1f}" x2="{width - 10}" y2="{y:.1f}" stroke="#e3e3e3"/>'
+            f'<line x1="{left}" y1="{y:.1f}" x2="{left + plot_w}" y2="{y:.1f}" stroke="#e3e3e3"/>'
             f'<text x="{left - 6}" y="{y + 4:.1f}" font-size="11" text-anchor="end">{tick}</text>'
         )
     for i, row in enumerate(rows):
@@ -438,10 +441,10 @@ def bar_chart(
             )
     base = top_pad + plot_h
     parts.append(
-        f'<line x1="{left}" y1="{base}" x2="{width - 10}" y2="{base}" stroke="#555"/>'
+        f'<line x1="{left}" y1="{base}" x2="{left + plot_w}" y2="{base}" stroke="#555"/>'
         f'<line x1="{left}" y1="{top_pad}" x2="{left}" y2="{base}" stroke="#555"/>'
     )
-    every = max(1, buckets // 6)
+    every = max(1, buckets // 4)
     for i in range(0, buckets + 1, every):
         x = left + i * slot
         label = _tick_label(stats["start"] + i * stats["width"], stats["period"])
