@@ -112,6 +112,7 @@ def _fill(
             "role": lambda: "Walked role",
             "token_id": lambda: "0" * 16,
             "event_id": lambda: "0" * 32,
+            "token": lambda: "not.signed",
         }
         assert name in fillers, f"the content walk cannot fill {{{name}}} in {path}"
         return fillers[name]()

@@ -36,6 +36,7 @@ from starlette.routing import Route
 from mailwarden_native import decode_header, parse
 from mailwarden_sdk import (
     QUARANTINE_ID,
+    Envelope,
     Quarantine,
     QuarantineEntry,
     QuarantineError,
@@ -51,6 +52,7 @@ from ..quarantine import ReleaseFailed
 from .audit import AuditLog
 from .auth import Identity, WebAuth, client_key
 from .backups import BackupNotFound, backup_entry, backup_list, backup_raw, release_backup
+from .digest import DigestDone, DigestLink, DigestSigner
 from .forms import FormError, changed_values, form_fields, masked
 from .permissions import BUILTIN_ROLES, PERMISSIONS, PUBLIC, ROUTES, RouteSpec
 from .signatures import SignatureInfo
@@ -126,6 +128,7 @@ class WebState:
         self.directory_recheck = 300.0
         self.templates = _templates()
         self.signatures = SignatureInfo(gateway)
+        self.digest = DigestSigner(gateway.config.home / "web")
         # The config as its file says now: roles and group mappings apply at once (in every
         # worker, which each see the file change), other sections at the next start.
         self.file_config: Config = gateway.config
@@ -2249,6 +2252,81 @@ async def token_revoke_form(request: Request) -> Response:
     if name is None:
         return _users_page(request, status=404, error="no such token")
     return RedirectResponse("/users", 303)
+
+
+# -- the end user's digest links (no login: the signed token is the permission) -------------
+
+
+async def _digest_target(
+    request: Request,
+) -> tuple[DigestLink, Quarantine, QuarantineEntry] | Response:
+    state: WebState = request.state.web
+    link = await asyncio.to_thread(state.digest.check, request.path_params["token"])
+    if isinstance(link, str):
+        return _error(request, 403, link)
+    try:
+        quarantine = await asyncio.to_thread(_plugin_quarantine, state, link.quarantine)
+        entry = await asyncio.to_thread(quarantine.get, link.entry_id)
+    except QuarantineError:
+        return _error(request, 404, "this message is no longer held (released, deleted or expired)")
+    if link.recipient not in (r.lower() for r in entry.recipients):
+        return _error(request, 404, "this message is not held for you")
+    if link.recipient in await asyncio.to_thread(_digest_done(state).recipients, *_key(link)):
+        return _error(request, 404, "you have already released or deleted this message")
+    return link, quarantine, entry
+
+
+def _digest_done(state: WebState) -> DigestDone:
+    return DigestDone(state.digest.path.parent)
+
+
+def _key(link: DigestLink) -> tuple[str, str]:
+    return link.quarantine, link.entry_id
+
+
+async def digest_page(request: Request) -> Response:
+    """What a digest link would do, with the button that does it (opening the link alone
+    changes nothing: link scanners open every link)."""
+    found = await _digest_target(request)
+    if isinstance(found, Response):
+        return found
+    link, _, entry = found
+    return _page(request, "digest.html", link=link, entry=entry, done=None, time=time)
+
+
+async def digest_form(request: Request) -> Response:
+    """Carry out a digest link: release the message to that recipient alone, or delete it
+    (for a message held for others too, it stays held for them)."""
+    state: WebState = request.state.web
+    found = await _digest_target(request)
+    if isinstance(found, Response):
+        return found
+    link, quarantine, entry = found
+    done_by = _digest_done(state)
+    where = ""
+    try:
+        if link.act == "release":
+            raw = await asyncio.to_thread(quarantine.raw, entry.id)
+            envelope = Envelope(mail_from=entry.sender, rcpt_to=[link.recipient])
+            where = await state.gateway.deliver_released(raw, envelope)
+        acted = await asyncio.to_thread(done_by.mark, *_key(link), link.recipient)
+        if {r.lower() for r in entry.recipients} <= acted:
+            # The last recipient has acted: the message leaves the quarantine.
+            await quarantine.delete(entry.id)
+            await asyncio.to_thread(done_by.forget, *_key(link))
+    except QuarantineError as exc:
+        return _quarantine_problem(request, exc)
+    done = "released to you" if link.act == "release" else "deleted"
+    state.audit.write(
+        f"digest.{link.act}",
+        link.recipient,
+        quarantine=link.quarantine,
+        id=entry.id,
+        sender=entry.sender,
+        where=where or None,
+        client=_client(request),
+    )
+    return _page(request, "digest.html", link=link, entry=entry, done=done, time=time)
 
 
 async def static_file(request: Request) -> Response:

@@ -177,6 +177,9 @@ ROUTES: tuple[RouteSpec, ...] = (
     RouteSpec("/logs/app", ("GET",), "app_log_page", "events.app.view"),
     RouteSpec("/logs/auth", ("GET",), "auth_log_page", "events.auth.view"),
     RouteSpec("/static/{name}", ("GET",), "static_file", PUBLIC),
+    # The end user's digest links: the signed, expiring token is the permission (no login).
+    RouteSpec("/digest/{token}", ("GET",), "digest_page", PUBLIC),
+    RouteSpec("/digest/{token}", ("POST",), "digest_form", PUBLIC),
     # API
     RouteSpec("/api/health", ("GET",), "api_health", PUBLIC),
     RouteSpec("/api/login", ("POST",), "api_login", PUBLIC),
