@@ -492,7 +492,10 @@ class WebConfig(_Section):
     ``login_bind`` is how a directory user's password is checked:
     ``simple`` (bind as the entry's DN), ``ntlm`` (bind as ``DOMAIN\\sAMAccountName``, domain
     from ``ntlm_domain`` or the ``[directory] bind_dn``), or ``auto``: NTLM where the server's
-    root DSE offers it (Active Directory), else simple.
+    root DSE offers it (Active Directory), else simple. ``digest_hours`` (0: off; 24: daily)
+    sends each recipient with spam held since the last digest a mail listing it, from
+    ``digest_from``, with release and delete links under ``digest_url`` (how users reach this
+    interface) that work for ``digest_link_days`` without a login.
     """
 
     enabled: bool = False
@@ -505,9 +508,16 @@ class WebConfig(_Section):
     ntlm_domain: str = ""
     roles: dict[str, list[str]] = msgspec.field(default_factory=dict)
     groups: dict[str, list[str]] = msgspec.field(default_factory=dict)
+    digest_hours: Annotated[float, msgspec.Meta(ge=0, le=24 * 31)] = 0.0
+    digest_url: str = ""
+    digest_from: str = ""
+    digest_link_days: Annotated[float, msgspec.Meta(gt=0, le=90)] = 7.0
 
     def __post_init__(self) -> None:
         from .web.permissions import BUILTIN_ROLES, PERMISSIONS
+
+        if self.digest_hours and not self.digest_url.startswith(("https://", "http://")):
+            raise ValueError("digest_url (https://... as users reach the web interface) is needed")
 
         for role, permissions in self.roles.items():
             unknown = sorted(set(permissions) - set(PERMISSIONS))

@@ -189,6 +189,7 @@ async def start_web(
     )
     server = _EmbeddedServer(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
+    state.start_digests()
     scheme = "https" if cfg.tls else "http"
     announce(f"  web      {scheme}://{cfg.listen}:{cfg.port}/")
     return server, task

@@ -1,10 +1,12 @@
 """The pages of issue 22 in headless Chromium against a real `mailwarden serve`, with
 screenshots kept under the test artifacts (``$MAILWARDEN_ARTIFACTS/web-ui``): an event's
-detail, a bulk release with its notice, a delete confirmed, a settings error beside its field,
-and the dashboard at 1280 and 390 pixels wide (no sideways scrolling, Log out on screen)."""
+detail, a bulk release with its notice, a delete confirmed, a digest link followed with no
+login, a settings error beside its field, and the dashboard at 1280 and 390 pixels wide (no
+sideways scrolling, Log out on screen)."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import smtplib
 from pathlib import Path
@@ -12,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from mailwarden.web.digest import DigestSigner
 from tests.conftest import EICAR, make_message, need
 from tests.services import ensure_packages
 from tests.web.conftest import GTUBE
@@ -35,6 +38,11 @@ def _send(smtp_port: int) -> None:
             "news@spam.example",
             ["bob@example.net"],
             make_message(subject="cheap pills", body=GTUBE.decode() + "\r\n"),
+        )
+        client.sendmail(
+            "promo@spam.example",
+            ["carol@example.net"],
+            make_message(subject="digest offer", body=GTUBE.decode() + "\r\n"),
         )
 
 
@@ -72,6 +80,7 @@ def test_issue_22_pages_in_chromium(serve: tuple[Path, int, int]) -> None:  # no
             page.wait_for_url(f"{base}/events")
             # Events: filter by verdict from its choice list, open the detail.
             page.select_option("#status", "spam")
+            page.fill("#sender", "news@spam.example")
             page.click("#search")
             rows = page.locator("#events tbody tr")
             assert rows.count() == 1 and "cheap pills" in rows.first.inner_text()
@@ -104,6 +113,20 @@ def test_issue_22_pages_in_chromium(serve: tuple[Path, int, int]) -> None:  # no
             page.click("#bulk-delete")
             page.click("#confirm-delete")
             assert page.locator("#notice").inner_text() == "Deleted 1 message."
+            # A digest link, opened with no login: it shows what it does, acts when confirmed.
+            page.goto(f"{base}/api/quarantines/spam?q=digest")
+            [entry] = json.loads(page.locator("body").inner_text())
+            signer = DigestSigner(home / "web")
+            link = signer.sign("spam", entry["id"], "carol@example.net", "release", days=7)
+            stranger = browser.new_context(ignore_https_errors=True).new_page()
+            stranger.goto(f"{base}/digest/{link}")
+            assert "digest offer" in stranger.locator("#digest-entry").inner_text()
+            stranger.screenshot(path=str(SHOTS / "digest-link.png"), full_page=True)
+            stranger.click("#digest-confirm")
+            assert "released to you" in stranger.locator("#notice").inner_text()
+            stranger.screenshot(path=str(SHOTS / "digest-released.png"), full_page=True)
+            stranger.goto(f"{base}/quarantines/spam")
+            assert "/login" in stranger.url  # the link gave no session
             # The spam quarantine: release and learn as not spam, with its notice.
             page.goto(f"{base}/quarantines/spam")
             page.locator("#entries input[name=id]").first.check()
@@ -125,7 +148,7 @@ def test_issue_22_pages_in_chromium(serve: tuple[Path, int, int]) -> None:  # no
             page.screenshot(path=str(SHOTS / "settings-inline-error.png"))
             # The dashboard, wide and phone-sized.
             page.goto(f"{base}/?period=7d")
-            assert page.locator("#messages").inner_text() == "6"
+            assert page.locator("#messages").inner_text() == "7"
             assert page.locator("#actions-chart svg rect").count() >= 2
             page.screenshot(path=str(SHOTS / "dashboard-1280.png"), full_page=True)
             _fits(page, 1280)
@@ -143,4 +166,5 @@ def test_issue_22_pages_in_chromium(serve: tuple[Path, int, int]) -> None:  # no
     for name in ("event-detail", "quarantine-bulk-release", "settings-inline-error"):
         assert (SHOTS / f"{name}.png").stat().st_size > 1000
     delivered = list((home / "maildir" / "new").iterdir())
-    assert len(delivered) == 5  # hello, three released, the spam released as ham
+    # hello, three released, the digest link's release, the spam released as ham
+    assert len(delivered) == 6

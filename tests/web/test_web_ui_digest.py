@@ -10,6 +10,9 @@ import time
 from email import policy
 from pathlib import Path
 
+import pytest
+
+from mailwarden.errors import ConfigError
 from mailwarden.web.digest import DigestSigner, send_digests
 from mailwarden_sdk import Envelope
 from tests.conftest import make_message
@@ -98,3 +101,33 @@ def test_digest_links_expire_and_name_their_recipient(web: Web, tmp_path: Path) 
     answer = web.client().post(f"/digest/{foreign}")
     assert answer.status_code == 404 and _mailbox(web) == []
     assert (web.home / "web" / "digest-key").stat().st_mode & 0o777 == 0o600
+
+
+def test_digests_go_out_once_per_period_with_what_is_new(tmp_path: Path) -> None:
+    web = Web(
+        tmp_path / "home",
+        extra_config='digest_hours = 24\ndigest_url = "https://mail.example"\n'
+        'digest_from = "quarantine@example.net"\n',
+    )
+    try:
+        _spam(web, "monday spam", ["frank@example.net"])
+        now = time.time()
+        first = web.loop.run_until_complete(web.state.send_due_digests(now))
+        assert first is not None and list(first) == ["frank@example.net"]
+        # Not due again within the day, whichever worker asks.
+        assert web.loop.run_until_complete(web.state.send_due_digests(now + 3600)) is None
+        _spam(web, "tuesday spam", ["frank@example.net"])
+        second = web.loop.run_until_complete(web.state.send_due_digests(now + 86400))
+        assert second is not None
+        digests = [m for m in _mailbox(web) if "digest" in m["Subject"]]
+        assert [m["From"] for m in digests] == ["quarantine@example.net"] * 2
+        # The second lists only what was held since the first.
+        assert "tuesday spam" in digests[1].get_content()
+        assert "monday spam" not in digests[1].get_content()
+    finally:
+        web.close()
+
+
+def test_a_digest_without_its_url_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="digest_url"):
+        Web(tmp_path / "home", extra_config="digest_hours = 24\n")

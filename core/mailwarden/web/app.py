@@ -129,10 +129,66 @@ class WebState:
         self.templates = _templates()
         self.signatures = SignatureInfo(gateway)
         self.digest = DigestSigner(gateway.config.home / "web")
+        self.digest_task: asyncio.Task[None] | None = None
         # The config as its file says now: roles and group mappings apply at once (in every
         # worker, which each see the file change), other sections at the next start.
         self.file_config: Config = gateway.config
         self._config_mtime = self._mtime()
+
+    def start_digests(self) -> asyncio.Task[None] | None:
+        """Send the end users' quarantine digests every ``[web] digest_hours`` from now on
+        (each worker asks; one sends, see :meth:`send_due_digests`)."""
+        if not self.gateway.config.web.digest_hours:
+            return None
+        self.digest_task = asyncio.create_task(self._digest_loop())
+        return self.digest_task
+
+    async def _digest_loop(self) -> None:
+        while True:
+            try:
+                await self.send_due_digests()
+            except Exception:
+                log.exception("sending the quarantine digests failed; trying again later")
+            await asyncio.sleep(60)
+
+    async def send_due_digests(self, now: float | None = None) -> dict[str, str] | None:
+        """Send the digests if ``digest_hours`` have passed since the last were sent (by any
+        worker: a locked stamp file under ``web/``); ``None`` when not due or another worker
+        is sending, else where each recipient's went."""
+        import fcntl
+
+        from .digest import send_digests
+
+        cfg = self.gateway.config.web
+        now = time.time() if now is None else now
+        stamp = self.gateway.config.home / "web" / "digest-sent"
+        stamp.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(stamp, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return None
+            text = os.pread(fd, 64, 0).decode("ascii", "replace").strip()
+            last = float(text) if text.replace(".", "", 1).isdigit() else 0.0
+            period = cfg.digest_hours * 3600
+            if now - last < period:
+                return None
+            hostname = self.gateway.config.gateway.hostname
+            sent = await send_digests(
+                self.gateway,
+                self.digest,
+                base_url=cfg.digest_url,
+                sender=cfg.digest_from or f"postmaster@{hostname}",
+                since=last or now - period,
+                days=cfg.digest_link_days,
+            )
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{now:.3f}\n".encode("ascii"), 0)
+            self.audit.write("digest.sent", "mailwarden", recipients=len(sent))
+            return sent
+        finally:
+            os.close(fd)
 
     def _mtime(self) -> int | None:
         source = self.gateway.config.source
