@@ -2319,7 +2319,8 @@ async def _digest_target(
     state: WebState = request.state.web
     link = await asyncio.to_thread(state.digest.check, request.path_params["token"])
     if isinstance(link, str):
-        return _error(request, 403, link)
+        # Not a permission refused: a link that names nothing (any more).
+        return _error(request, 410 if "expired" in link else 404, link)
     try:
         quarantine = await asyncio.to_thread(_plugin_quarantine, state, link.quarantine)
         entry = await asyncio.to_thread(quarantine.get, link.entry_id)
