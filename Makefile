@@ -22,8 +22,10 @@ $(STAMP): $(BIN)/python pyproject.toml setup.py $(NATIVE)
 
 install: $(STAMP)
 
+# The home is named here (./var of the checkout unless MAILWARDEN_HOME says otherwise): the
+# command itself makes no home where none was named.
 serve: install
-	$(BIN)/mailwarden serve
+	MAILWARDEN_HOME="$${MAILWARDEN_HOME:-$(CURDIR)/var}" $(BIN)/mailwarden serve
 
 # The fuzz step runs after the suite as its own command, not as a pytest test: it is a native
 # build plus a fixed-length run whose exit status and libFuzzer statistics are the result, CI

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .clitext import hostport
 from .config import Config
 from .errors import ConfigError
 from .ingress.content_filter import start_content_filter
@@ -98,20 +99,21 @@ async def run(
         announce(f"  plugins  {', '.join(gateway.plugins.plugins) or '(none)'}")
         if cfg.smtp.enabled:
             servers.extend(await start_smtp_servers(gateway))
-            announce(f"  smtp     {cfg.smtp.listen}:{cfg.smtp.port}  (gateway listener)")
+            announce(f"  smtp     {hostport(cfg.smtp.listen, cfg.smtp.port)}  (gateway listener)")
             if cfg.smtp.tls_port:
-                announce(f"  smtps    {cfg.smtp.listen}:{cfg.smtp.tls_port}  (implicit TLS)")
+                where = hostport(cfg.smtp.listen, cfg.smtp.tls_port)
+                announce(f"  smtps    {where}  (implicit TLS)")
         if cfg.web.enabled:
             web_server, web_task = await start_web(gateway, announce)
         reuse_port = worker_count(cfg.smtp.workers) > 1
         if cfg.milter.enabled:
             servers.append(await start_milter_server(gateway, reuse_port=reuse_port))
-            where = cfg.milter.unix_socket or f"{cfg.milter.listen}:{cfg.milter.port}"
+            where = cfg.milter.unix_socket or hostport(cfg.milter.listen, cfg.milter.port)
             announce(f"  milter   {where}  (Postfix smtpd_milters / Sendmail INPUT_MAIL_FILTER)")
         if cfg.content_filter.enabled:
             servers.append(await start_content_filter(gateway, reuse_port=reuse_port))
             cf = cfg.content_filter
-            where = f"{cf.listen}:{cf.port}"
+            where = hostport(cf.listen, cf.port)
             announce(f"  filter   {where}  (after-queue; re-injects to {cf.reinject})")
         # The queue resumes what the spool holds from before a restart.
         await gateway.delivery.start()
@@ -122,7 +124,7 @@ async def run(
         announce(f"  spool    {gateway.spool.root}")
         announce(f"  events   {gateway.events.directory}")
         if metrics_port:
-            announce(f"  metrics  http://{cfg.metrics.listen}:{metrics_port}/metrics")
+            announce(f"  metrics  http://{hostport(cfg.metrics.listen, metrics_port)}/metrics")
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -190,7 +192,7 @@ async def start_web(
     server = _EmbeddedServer(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     scheme = "https" if cfg.tls else "http"
-    announce(f"  web      {scheme}://{cfg.listen}:{cfg.port}/")
+    announce(f"  web      {scheme}://{hostport(cfg.listen, cfg.port)}/")
     return server, task
 
 
