@@ -4,10 +4,11 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+RUNTIME_STAMP := $(VENV)/.installed-runtime
 NATIVE := $(wildcard native/src/*.c native/include/*.h native/cdef/*.h) native/build_native.py
 FUZZ_SECONDS ?= 60
 
-.PHONY: install serve test lint fuzz bench clean
+.PHONY: install install-runtime serve test lint fuzz bench clean
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "mailwarden needs Python 3.11+"'
@@ -15,16 +16,26 @@ $(BIN)/python:
 	$(BIN)/python -m pip install -q --upgrade pip
 
 # Editable install: the native core is compiled by setup.py's cffi_modules into
-# native/mailwarden_native/; a change to the C sources re-runs it.
+# native/mailwarden_native/; a change to the C sources re-runs it. `install` adds the test
+# extras (pytest, linters, Playwright...); `install-runtime`, what `make serve` needs, only the
+# runtime dependencies. The full install satisfies the runtime one too, so after `make test`
+# `make serve` installs nothing again.
 $(STAMP): $(BIN)/python pyproject.toml setup.py $(NATIVE)
 	$(BIN)/python -m pip install -q -e '.[test]'
-	touch $(STAMP)
+	touch $(STAMP) $(RUNTIME_STAMP)
+
+$(RUNTIME_STAMP): $(BIN)/python pyproject.toml setup.py $(NATIVE)
+	@if [ -f $(STAMP) ] && [ -z "$$(find $^ -newer $(STAMP))" ]; then :; \
+	else echo "$(BIN)/python -m pip install -q -e ."; $(BIN)/python -m pip install -q -e .; fi
+	touch $(RUNTIME_STAMP)
 
 install: $(STAMP)
 
+install-runtime: $(RUNTIME_STAMP)
+
 # The home is named here (./var of the checkout unless MAILWARDEN_HOME says otherwise): the
 # command itself makes no home where none was named.
-serve: install
+serve: install-runtime
 	MAILWARDEN_HOME="$${MAILWARDEN_HOME:-$(CURDIR)/var}" $(BIN)/mailwarden serve
 
 # The fuzz step runs after the suite as its own command, not as a pytest test: it is a native

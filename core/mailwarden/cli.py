@@ -695,6 +695,25 @@ def dkim_keygen(domain: str, selector: str, algorithm: str, bits: int, out: str 
 
 
 @cli.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Config file.")
+@click.option("--json", "as_json", is_flag=True, help="JSON output.")
+def retention(config_path: str | None, as_json: bool) -> None:
+    """Apply every store's retention and size cap now (the running gateway does it as it goes;
+    this is for a timer, and for the stores of a stopped gateway). Prints what was removed."""
+    try:
+        gateway = Gateway.from_file(_home_config_path(config_path))
+        removed = gateway.stores.enforce_all()
+    except MailwardenError as exc:
+        _fail(str(exc))
+        return
+    if as_json:
+        click.echo(json.dumps(removed, sort_keys=True))
+        return
+    for name, count in sorted(removed.items()):
+        click.echo(f"{name:<20} {count} removed")
+
+
+@cli.command()
 @click.argument("paths", nargs=-1, type=click.Path(exists=True))
 @click.option(
     "--candidate",
