@@ -188,3 +188,24 @@ def test_installed_wheel_serves_and_catches_spam_and_eicar(
         for line in events.stdout.splitlines()
     )
     assert recorded == [("lunch", "deliver"), ("offer", "reject"), ("tool", "reject")]
+
+
+def test_wheel_carries_every_data_file_and_the_native_core(wheel: Path) -> None:
+    import zipfile
+
+    names = set(zipfile.ZipFile(wheel).namelist())
+    tracked = subprocess.run(
+        ["git", "ls-files", "core", "plugins", "sdk", "native/mailwarden_native"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout.split()
+    # Everything inside a package folder: rules, templates, static assets, signatures, the
+    # default config (a top-level folder like core/ or plugins/ is not in the wheel's paths).
+    data = [path.split("/", 1)[1] for path in tracked if not path.endswith(".py")]
+    assert "mailwarden/default_config.toml" in data
+    assert any(path.startswith("mailwarden/web/static/") for path in data)
+    assert [path for path in data if path not in names] == []
+    assert any(n.startswith("mailwarden_native/_core") and n.endswith(".so") for n in names)
