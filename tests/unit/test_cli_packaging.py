@@ -94,3 +94,20 @@ def test_make_serve_installs_the_runtime_only_and_make_test_the_extras(
         assert 'MAILWARDEN_HOME="${MAILWARDEN_HOME:-' in commands
     else:
         assert "pip install -q -e '.[test]'" in commands and "pytest" in commands
+
+
+def test_docs_site_has_a_root_page_leading_to_the_install_page(tmp_path: Path) -> None:
+    mkdocs = Path(sys.executable).parent / "mkdocs"
+    need(mkdocs.exists(), "mkdocs is not installed")
+    subprocess.run(
+        [str(mkdocs), "build", "--strict", "--site-dir", str(tmp_path / "site")],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+        timeout=120,
+    )
+    root = (tmp_path / "site" / "index.html").read_text()
+    assert 'href="install/"' in root and 'href="operations/"' in root
+    install = (tmp_path / "site" / "install" / "index.html").read_text()
+    for words in ("pip install", "make serve", "systemd-analyze verify", "main.cf-milter"):
+        assert words in install
