@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -331,7 +332,11 @@ def events(
         until=_parse_since(until) if until else None,
         **filters,
     )
-    for event in log.search(query):
+    with _recoveries_reported(cfg):
+        found = log.search(query)
+    if log.store.damaged:
+        click.echo(f"{log.store.damaged} damaged event record(s) skipped", err=True)
+    for event in found:
         if as_json:
             click.echo(msgspec.json.encode(event).decode())
             continue
@@ -344,6 +349,28 @@ def events(
             f"{when}  {event.action.value:<10} av={av} spam={verdict.spam.value} "
             f"from=<{event.mail_from}> to=<{','.join(event.rcpt_to)}> subject={event.subject!r}"
         )
+
+
+@contextlib.contextmanager
+def _recoveries_reported(cfg: Any) -> Iterator[None]:
+    """Say on stderr, and in the application log, when a damaged store was moved aside."""
+    from .stores.applog import ApplicationLog
+    from .stores.core import write_recovery
+    from .stores.lmdb_env import Recovery, on_recovered
+
+    def report(recovery: Recovery) -> None:
+        click.echo(
+            f"{recovery.store} was damaged ({recovery.reason}): moved aside to "
+            f"{recovery.moved_to} and created empty",
+            err=True,
+        )
+        write_recovery(ApplicationLog(cfg.path_in_home(cfg.stores.app_log_path)), recovery)
+
+    unsubscribe = on_recovered(report)
+    try:
+        yield
+    finally:
+        unsubscribe()
 
 
 @cli.command("data-inventory")

@@ -10,6 +10,7 @@ what is on disk.
 
 from __future__ import annotations
 
+import glob
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from .stores.backup import BackupStore
 from .stores.bounded import BoundedStore
 from .stores.core import quarantine_descriptor
 from .stores.files import walk_files
+from .stores.lmdb_env import CORRUPT_MARK
 from .stores.statistics import Statistics
 from .stores.traces import TraceStreams
 from .tls import tls_paths
@@ -220,9 +222,39 @@ def _measure(descriptor: StoreDescriptor, store: BoundedStore | None, owner: str
     )
 
 
+def _set_aside(descriptor: StoreDescriptor, owner: str) -> list[StoreState]:
+    """Damaged copies of a store moved aside at recovery (``NAME.corrupt-TIME`` beside it)."""
+    path = Path(descriptor.path)
+    if not path.parent.is_dir():
+        return []
+    copies = sorted(path.parent.glob(f"{glob.escape(path.name)}{CORRUPT_MARK}*"))
+    if path.is_dir():
+        # A store's own environments inside its folder (the backup index).
+        copies += sorted(path.glob(f"*{CORRUPT_MARK}*"))
+    return [
+        _measure(
+            StoreDescriptor(
+                name=f"{descriptor.name} (damaged copy)",
+                path=str(copy),
+                holds=f"what {descriptor.name} held when it was found damaged and moved "
+                "aside; kept for forensics until an admin removes it",
+                read_permission=descriptor.read_permission,
+            ),
+            None,
+            owner,
+        )
+        for copy in copies
+    ]
+
+
 def inventory(config: Config, plugins: PluginSet) -> list[StoreState]:
-    """Every declared store, core first, then each plugin's, with what it holds now."""
-    states = [_measure(descriptor, store, "core") for descriptor, store in _core(config)]
+    """Every declared store, core first, then each plugin's, with what it holds now (damaged
+    copies moved aside after each store)."""
+    states: list[StoreState] = []
+    for descriptor, store in _core(config):
+        states.append(_measure(descriptor, store, "core"))
+        states += _set_aside(descriptor, "core")
     for owner, descriptor in plugin_descriptors(config, plugins):
         states.append(_measure(descriptor, None, owner))
+        states += _set_aside(descriptor, owner)
     return states

@@ -45,6 +45,7 @@ from prometheus_client.registry import Collector
 from mailwarden_sdk import MessageEvent
 
 from ..stores.bounded import BoundedStore
+from ..stores.lmdb_env import recovered_counts
 
 __all__ = ["GatewayMetrics", "metrics_directory", "share_between_processes", "worker_exited"]
 
@@ -154,7 +155,7 @@ class GatewayMetrics:
         self._stores = stores
         self.registry = CollectorRegistry(auto_describe=True)
         # First: a scrape moves this process's evictions into their counter before reading it.
-        self.registry.register(_StoreCollector(stores, self.sync_evictions))
+        self.registry.register(_StoreCollector(stores, self._sync_counts))
         self.messages = Counter(
             "mailwarden_messages",
             "Messages recorded, by action",
@@ -183,6 +184,13 @@ class GatewayMetrics:
             ["store"],
             registry=self.registry,
         )
+        self.recovered = Counter(
+            "mailwarden_store_recovered",
+            "Damaged stores moved aside (NAME.corrupt-TIME) and created empty; alert on any",
+            ["store"],
+            registry=self.registry,
+        )
+        self._recovered_seen: dict[str, int] = {}
         # livesum: with several workers, the sum over the live ones (a dead worker's file is
         # removed by the parent), so a worker being replaced shows as one fewer.
         self.workers = Gauge(
@@ -232,6 +240,20 @@ class GatewayMetrics:
                     child.inc(new)
                 self._evicted[name] = count
 
+    def _sync_counts(self) -> None:
+        self.sync_evictions()
+        self.sync_recoveries()
+
+    def sync_recoveries(self) -> None:
+        """Add the stores this process recovered since the last call to
+        ``mailwarden_store_recovered``."""
+        with self._evicted_lock:
+            for name, count in recovered_counts().items():
+                new = count - self._recovered_seen.get(name, 0)
+                if new > 0:
+                    self.recovered.labels(name).inc(new)
+                self._recovered_seen[name] = count
+
     def running(self) -> None:
         """This process serves mail now (``mailwarden_workers``)."""
         self.workers.set(1)
@@ -248,7 +270,7 @@ class GatewayMetrics:
             if not values.ValueClass._multiprocess:
                 raise RuntimeError("share_between_processes was not called before the fork")
             registry = CollectorRegistry()
-            registry.register(_StoreCollector(self._stores, self.sync_evictions))
+            registry.register(_StoreCollector(self._stores, self._sync_counts))
             multiprocess.MultiProcessCollector(registry, path=str(shared))  # type: ignore[no-untyped-call]
         family, _, _, _, address = socket.getaddrinfo(
             listen, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
