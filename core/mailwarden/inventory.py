@@ -21,6 +21,7 @@ from mailwarden_sdk import StoreDescriptor, WhenFull
 from .config import Config
 from .events import MessageEventLog, event_log_descriptor
 from .plugins import PluginSet
+from .spool import DAMAGED_MAX_BYTES
 from .stores.applog import ApplicationLog
 from .stores.authlog import AuthLog
 from .stores.backup import BackupStore
@@ -85,6 +86,18 @@ def _core(config: Config) -> list[tuple[StoreDescriptor, BoundedStore | None]]:
                 path=str(config.path_in_home(config.spool.path)),
                 holds="messages in flight in full, with their envelopes; removed when "
                 "delivered, rejected or stored elsewhere; temp files removed at start",
+                read_permission="queues.manage",
+            ),
+            None,
+        ),
+        (
+            StoreDescriptor(
+                name="damaged spool entries",
+                path=str(config.path_in_home(config.spool.path) / "damaged"),
+                holds="spool entries that could not be read (full messages with their "
+                "envelopes when readable), each with an ID.reason file; kept for an admin",
+                max_bytes=DAMAGED_MAX_BYTES,
+                when_full=WhenFull.REMOVE_OLDEST,
                 read_permission="queues.manage",
             ),
             None,
