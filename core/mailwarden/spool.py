@@ -42,7 +42,7 @@ from mailwarden_sdk import Envelope
 from .durable import fsync_dir as _fsync_dir
 from .errors import DeliveryError
 
-__all__ = ["DAMAGED_MAX_BYTES", "Spool", "SpoolEntry", "SpoolState"]
+__all__ = ["BOOT_ID", "DAMAGED_MAX_BYTES", "Spool", "SpoolEntry", "SpoolState"]
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +55,38 @@ DAMAGED_MAX_BYTES = 1 << 30
 _UNREADABLE = (errno.EISDIR, errno.EIO, errno.ENOTDIR, errno.ELOOP, errno.EBADMSG)
 
 
+def _read_boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text(encoding="ascii").strip()
+    except OSError:
+        # Elsewhere: the boot's wall time to the minute (wrong only if the clock jumps while
+        # this is read, which costs one early retry).
+        return f"boot@{round((time.time() - time.monotonic()) / 60)}"
+
+
+#: This boot of the machine: ``time.monotonic()`` values compare only within one boot.
+BOOT_ID = _read_boot_id()
+
+
 class SpoolState(msgspec.Struct, kw_only=True):
-    """What is known about a spooled message beyond its bytes."""
+    """What is known about a spooled message beyond its bytes.
+
+    Retry times and the age that decides expiry are measured on the monotonic clock, which a
+    change of the wall clock does not move: ``age`` seconds were spent queued up to the
+    monotonic instant ``age_mark`` of boot ``boot`` (``age_wall``: the wall time then, used
+    only across a reboot), and the next attempt is due at the monotonic ``retry_mono``.
+    ``next_attempt`` is the same instant on the wall clock, for people reading the state.
+    """
 
     decided: bool = False
     add_headers: list[tuple[str, str]] = msgspec.field(default_factory=list)
     attempts: int = 0
     next_attempt: float = 0.0
+    age: float = 0.0
+    age_mark: float = 0.0
+    age_wall: float = 0.0
+    boot: str = ""
+    retry_mono: float = 0.0
     # Recipients that are done: accepted by the next hop, or refused and reported in a DSN.
     delivered: list[str] = msgspec.field(default_factory=list)
     last_error: str = ""
@@ -72,17 +97,32 @@ class SpoolState(msgspec.Struct, kw_only=True):
 class _Meta(msgspec.Struct, kw_only=True):
     envelope: Envelope
     spooled_at: float
+    # The monotonic clock at spooling, and its boot: the start of the message's age.
+    spooled_mono: float = 0.0
+    boot: str = ""
 
 
 class SpoolEntry:
     """One spooled message, locked by this process until :meth:`release` or removal."""
 
-    def __init__(self, spool: Spool, id: str, fd: int, envelope: Envelope, spooled_at: float):
+    def __init__(
+        self,
+        spool: Spool,
+        id: str,
+        fd: int,
+        envelope: Envelope,
+        spooled_at: float,
+        *,
+        spooled_mono: float = 0.0,
+        boot: str = "",
+    ):
         self.spool = spool
         self.id = id
         self.fd = fd
         self.envelope = envelope
         self.spooled_at = spooled_at
+        self.spooled_mono = spooled_mono
+        self.boot = boot
 
     @property
     def path(self) -> Path:
@@ -139,8 +179,10 @@ class Spool:
         try:
             self._ensure()
             id = f"{time.time_ns():x}{os.getpid():x}{next(_counter):x}{uuid.uuid4().hex[:6]}"
-            now = time.time()
-            meta = msgspec.json.encode(_Meta(envelope=envelope, spooled_at=now))
+            now, mono = time.time(), time.monotonic()
+            meta = msgspec.json.encode(
+                _Meta(envelope=envelope, spooled_at=now, spooled_mono=mono, boot=BOOT_ID)
+            )
             header = _QUEUED + meta + b"\n"
             tmp = self.tmp / f"{id}.msg"
             fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
@@ -150,7 +192,7 @@ class Spool:
                     view = view[os.write(fd, view) :]
                 os.fsync(fd)
                 fcntl.flock(fd, fcntl.LOCK_EX)
-                entry = SpoolEntry(self, id, fd, envelope, now)
+                entry = SpoolEntry(self, id, fd, envelope, now, spooled_mono=mono, boot=BOOT_ID)
                 if state is not None:
                     self.save_state(entry, state, durable=True)
                 os.rename(tmp, self.queue / f"{id}.msg")
@@ -206,7 +248,15 @@ class Spool:
             self._set_aside(id, f"its envelope line does not decode: {exc}")
             os.close(fd)
             return None
-        return SpoolEntry(self, id, fd, meta.envelope, meta.spooled_at)
+        return SpoolEntry(
+            self,
+            id,
+            fd,
+            meta.envelope,
+            meta.spooled_at,
+            spooled_mono=meta.spooled_mono,
+            boot=meta.boot,
+        )
 
     def _set_aside(self, id: str, reason: str) -> None:
         """Move the unreadable entry ``id`` (and its state) to ``damaged/``, once, logged."""
