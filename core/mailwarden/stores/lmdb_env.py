@@ -123,34 +123,46 @@ def _identity(path: Path) -> tuple[int, int] | None:
 
 
 def _damage(data: Path) -> str | None:
-    """Why the LMDB file ``data`` cannot be mapped safely, or ``None`` (absent or empty: new)."""
+    """Why the LMDB file ``data`` cannot be mapped safely, or ``None`` (absent or empty: new).
+
+    Asked twice when the answer is bad: another process may be committing (a meta page read
+    while it is written, a file not yet grown), and a healthy store must never be moved.
+    """
+    reason = _damage_now(data)
+    if reason is None:
+        return None
+    time.sleep(0.05)
+    return _damage_now(data)
+
+
+def _damage_now(data: Path) -> str | None:
     try:
         with data.open("rb") as handle:
-            size = os.fstat(handle.fileno()).st_size
-            if size == 0:
+            head = handle.read(160)
+            if not head:
                 return None
-            head = handle.read(_META.size + 160)
-            if len(head) < 144:
-                return f"data.mdb is {size} bytes, shorter than a meta page"
+            if len(head) < 152:
+                return f"data.mdb is {len(head)} bytes, shorter than a meta page"
             psize = _META_PSIZE.unpack_from(head, 40)[0]
             if psize < 512 or psize & (psize - 1) or psize > 1 << 16:
                 return f"data.mdb has no valid meta page (page size {psize})"
-            if size < 2 * psize:
-                return f"data.mdb is {size} bytes, shorter than its two meta pages"
             newest: tuple[int, int] | None = None
             for number in range(2):
                 handle.seek(number * psize)
                 page = handle.read(160)
+                if len(page) < 152:
+                    return "data.mdb is shorter than its two meta pages"
                 _pgno, _pad, flags, _lo, _up, magic, version, _addr, _map = _META.unpack_from(page)
                 if not flags & _P_META or magic != _MAGIC or version != _DATA_VERSION:
                     return f"meta page {number} of data.mdb is not valid"
                 last, txnid = _META_TAIL.unpack_from(page, 136)
                 if newest is None or txnid > newest[0]:
                     newest = (txnid, last)
-    except OSError as exc:
-        if isinstance(exc, FileNotFoundError):
-            return None
-        raise
+            # After the meta pages: a writer grows the file before it writes the meta page
+            # that names the new end.
+            size = os.fstat(handle.fileno()).st_size
+    except FileNotFoundError:
+        return None
     assert newest is not None
     end = (newest[1] + 1) * psize
     if size < end:
