@@ -10,7 +10,6 @@ what is on disk.
 
 from __future__ import annotations
 
-import glob
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ from .stores.backup import BackupStore
 from .stores.bounded import BoundedStore
 from .stores.core import quarantine_descriptor
 from .stores.files import walk_files
-from .stores.lmdb_env import CORRUPT_MARK
+from .stores.lmdb_env import damaged_copies
 from .stores.statistics import Statistics
 from .stores.traces import TraceStreams
 from .tls import tls_paths
@@ -237,13 +236,7 @@ def _measure(descriptor: StoreDescriptor, store: BoundedStore | None, owner: str
 
 def _set_aside(descriptor: StoreDescriptor, owner: str) -> list[StoreState]:
     """Damaged copies of a store moved aside at recovery (``NAME.corrupt-TIME`` beside it)."""
-    path = Path(descriptor.path)
-    if not path.parent.is_dir():
-        return []
-    copies = sorted(path.parent.glob(f"{glob.escape(path.name)}{CORRUPT_MARK}*"))
-    if path.is_dir():
-        # A store's own environments inside its folder (the backup index).
-        copies += sorted(path.glob(f"*{CORRUPT_MARK}*"))
+    copies = damaged_copies(Path(descriptor.path))
     return [
         _measure(
             StoreDescriptor(

@@ -102,6 +102,8 @@ def test_truncated_app_log_does_not_stop_serve(tmp_path: Path) -> None:
         with urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=10) as page:
             text = page.read().decode()
         assert 'mailwarden_store_recovered_total{store="application event log"} 1.0' in text
+        assert 'mailwarden_store_damaged_copies{store="application event log"} 1.0' in text
+        assert 'mailwarden_store_damaged_copies{store="auth log"} 0.0' in text
     finally:
         process.terminate()
         process.wait(timeout=30)

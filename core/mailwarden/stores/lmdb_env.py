@@ -24,6 +24,7 @@ processes notice that ``data.mdb`` changed under them and reopen.
 from __future__ import annotations
 
 import fcntl
+import glob
 import logging
 import os
 import struct
@@ -38,7 +39,14 @@ import msgspec
 
 from ..durable import fsync_dir
 
-__all__ = ["CORRUPT_MARK", "LmdbEnv", "Recovery", "on_recovered", "recovered_counts"]
+__all__ = [
+    "CORRUPT_MARK",
+    "LmdbEnv",
+    "Recovery",
+    "damaged_copies",
+    "on_recovered",
+    "recovered_counts",
+]
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +99,17 @@ def recovered_counts() -> dict[str, int]:
     """Stores recovered by this process since it started, by store name."""
     with _NOTIFY_LOCK:
         return dict(_COUNTS)
+
+
+def damaged_copies(store: Path) -> list[Path]:
+    """The damaged copies recovery left of the store at ``store``: ``NAME.corrupt-*`` beside
+    it, and inside it for the environments a store keeps in its folder (the backup index)."""
+    found: list[Path] = []
+    if store.parent.is_dir():
+        found += store.parent.glob(f"{glob.escape(store.name)}{CORRUPT_MARK}*")
+    if store.is_dir():
+        found += store.glob(f"*{CORRUPT_MARK}*")
+    return sorted(found)
 
 
 def _notify() -> None:

@@ -45,7 +45,7 @@ from prometheus_client.registry import Collector
 from mailwarden_sdk import MessageEvent
 
 from ..stores.bounded import BoundedStore
-from ..stores.lmdb_env import recovered_counts
+from ..stores.lmdb_env import damaged_copies, recovered_counts
 
 __all__ = ["GatewayMetrics", "metrics_directory", "share_between_processes", "worker_exited"]
 
@@ -125,8 +125,16 @@ class _StoreCollector(Collector):
         records = GaugeMetricFamily(
             "mailwarden_store_records", "Records a store of user data holds", labels=["store"]
         )
+        damaged = GaugeMetricFamily(
+            "mailwarden_store_damaged_copies",
+            "Damaged copies of a store moved aside (NAME.corrupt-TIME) and still on disk",
+            labels=["store"],
+        )
         for store in self._stores():
             name = store.descriptor.name
+            # Read from the disk: the same in every worker and after a restart, until an
+            # admin has looked at the copies and removed them.
+            damaged.add_metric([name], len(damaged_copies(Path(store.descriptor.path))))
             try:
                 usage = store.usage()
             except Exception:  # a store that cannot be read must not break the scrape
@@ -136,6 +144,7 @@ class _StoreCollector(Collector):
             records.add_metric([name], usage.count)
         yield size
         yield records
+        yield damaged
 
 
 class _QuietHandler(WSGIRequestHandler):
