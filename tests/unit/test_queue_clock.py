@@ -68,7 +68,20 @@ class Clock:
         monkeypatch.setattr(time, "time", lambda: real() + self.offset)
 
 
-def _config(home: Path, port: int, max_age: float = 3600.0) -> None:
+def _prepared(
+    tmp_path: Path,
+    next_hop: tuple[NextHop, int],
+    monkeypatch: pytest.MonkeyPatch,
+    max_age: float = 3600.0,
+) -> tuple[NextHop, Clock, Path]:
+    """The next hop, the movable clock and a home whose gateway relays to that next hop."""
+    hop, port = next_hop
+    home = tmp_path / "home"
+    _config(home, port, max_age)
+    return hop, Clock(monkeypatch), home
+
+
+def _config(home: Path, port: int, max_age: float) -> None:
     home.mkdir(parents=True, exist_ok=True)
     (home / "mailwarden.toml").write_text(
         "[delivery]\n"
@@ -111,10 +124,12 @@ def _run(home: Path, scenario: Callable[[Gateway], Awaitable[None]]) -> None:
     asyncio.run(main())
 
 
-async def _send(gateway: Gateway, n: int) -> None:
+async def _deferred(gateway: Gateway, n: int) -> None:
+    """Send ``n`` messages and wait until the next hop has deferred each once."""
     for i in range(n):
         envelope = Envelope(mail_from="alice@example.org", rcpt_to=[f"bob{i}@example.net"])
         await gateway.process(make_message(subject=f"m{i}"), envelope, ingress="smtp")
+    await _until(lambda: _attempts(gateway) == [1] * n, 10, "the first deferrals")
 
 
 def _attempts(gateway: Gateway) -> list[int]:
@@ -128,13 +143,10 @@ def _generated(gateway: Gateway) -> int:
 def test_jump_forward_bounces_no_young_message(
     tmp_path: Path, next_hop: tuple[NextHop, int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    hop, port = next_hop
-    clock = Clock(monkeypatch)
-    _config(tmp_path / "home", port)
+    hop, clock, home = _prepared(tmp_path, next_hop, monkeypatch)
 
     async def scenario(gateway: Gateway) -> None:
-        await _send(gateway, 3)
-        await _until(lambda: _attempts(gateway) == [1, 1, 1], 10, "the first deferrals")
+        await _deferred(gateway, 3)
         clock.offset = 6 * DAYS
         refused = hop.refused
         await _until(lambda: min(_attempts(gateway)) >= 3, 10, "two more attempts each")
@@ -145,58 +157,49 @@ def test_jump_forward_bounces_no_young_message(
         await _until(lambda: len(hop.received) == 3, 10, "delivery once the next hop accepts")
         assert all(mail_from == "alice@example.org" for mail_from, _ in hop.received)
 
-    _run(tmp_path / "home", scenario)
+    _run(home, scenario)
 
 
 def test_jump_back_stalls_no_retry(
     tmp_path: Path, next_hop: tuple[NextHop, int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    hop, port = next_hop
-    clock = Clock(monkeypatch)
-    _config(tmp_path / "home", port)
+    hop, clock, home = _prepared(tmp_path, next_hop, monkeypatch)
 
     async def scenario(gateway: Gateway) -> None:
-        await _send(gateway, 3)
-        await _until(lambda: _attempts(gateway) == [1, 1, 1], 10, "the first deferrals")
+        await _deferred(gateway, 3)
         clock.offset = -6 * DAYS
         hop.accept = True
         await _until(lambda: len(hop.received) == 3, 10, "the retries after the jump back")
         await _until(lambda: gateway.spool.ids() == [], 5, "the spool to empty")
 
-    _run(tmp_path / "home", scenario)
+    _run(home, scenario)
 
 
 def test_expiry_follows_time_queued_even_with_the_clock_set_back(
     tmp_path: Path, next_hop: tuple[NextHop, int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _, port = next_hop
-    clock = Clock(monkeypatch)
-    _config(tmp_path / "home", port, max_age=1.5)
+    _, clock, home = _prepared(tmp_path, next_hop, monkeypatch, max_age=1.5)
 
     async def scenario(gateway: Gateway) -> None:
         began = time.monotonic()
-        await _send(gateway, 1)
-        await _until(lambda: _attempts(gateway) == [1], 10, "the first deferral")
+        await _deferred(gateway, 1)
         clock.offset = -6 * DAYS
         await _until(lambda: _generated(gateway) == 1, 10, "the DSN after max_age")
         assert time.monotonic() - began >= 1.5
         [dsn] = gateway.spool.ids()
         assert gateway.spool.load_state(dsn).generated
 
-    _run(tmp_path / "home", scenario)
+    _run(home, scenario)
 
 
 def test_restart_goes_on_from_the_persisted_attempts_and_age(
     tmp_path: Path, next_hop: tuple[NextHop, int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _, port = next_hop
-    clock = Clock(monkeypatch)
-    home = tmp_path / "home"
-    _config(home, port, max_age=3.0)
+    _, clock, home = _prepared(tmp_path, next_hop, monkeypatch, max_age=3.0)
     kept: dict[str, Any] = {}
 
     async def first(gateway: Gateway) -> None:
-        await _send(gateway, 1)
+        await _deferred(gateway, 1)
         await _until(lambda: _attempts(gateway) == [3], 10, "three attempts")
         [id] = gateway.spool.ids()
         kept["state"] = gateway.spool.load_state(id)

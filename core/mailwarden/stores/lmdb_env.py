@@ -327,11 +327,7 @@ class LmdbEnv:
                 self.path.mkdir(parents=True, exist_ok=True)
                 shared = _acquire(self.path, self._open_env)
                 with shared.lock:
-                    try:
-                        self._attach(shared)
-                    except _DAMAGE as exc:
-                        self._recover(shared, str(exc))
-                        self._attach(shared)
+                    self._attach_or_recover(shared)
                     # Before _env is set: whoever sees the environment open also sees its lock.
                     self._lock = shared.lock
                     self._env = shared.env
@@ -364,6 +360,13 @@ class LmdbEnv:
                             cursor.value()
             shared.probed = True
         self._generation = shared.generation
+
+    def _attach_or_recover(self, shared: _Shared) -> None:
+        try:
+            self._attach(shared)
+        except _DAMAGE as exc:
+            self._recover(shared, str(exc))
+            self._attach(shared)
 
     def _open_env(self) -> Any:
         reason = _damage(self.path / "data.mdb")
@@ -415,11 +418,7 @@ class LmdbEnv:
             # Another process moved a damaged environment aside and made a new one.
             shared.env.close()
             self._reopen(shared)
-        try:
-            self._attach(shared)
-        except _DAMAGE as exc:
-            self._recover(shared, str(exc))
-            self._attach(shared)
+        self._attach_or_recover(shared)
         self._env = shared.env
         return shared.env
 
