@@ -260,18 +260,9 @@ def use_auth_log(path: Path) -> int:
     return log.usage().count
 
 
-@pytest.mark.parametrize("store", ["backup", "statistics", "auth_log"])
-@pytest.mark.parametrize("damage", [zero_pages, truncate_half])
-def test_every_lmdb_store_recovers(
-    tmp_path: Path, store: str, damage: Callable[[Path], None]
-) -> None:
-    """Each core LMDB store, truncated or with zeroed pages, opens empty and takes new data."""
-    path = tmp_path / "store"
-    globals()[f"fill_{store}"](path)
-    env = next(p.parent for p in path.rglob("data.mdb"))
-    damage(env)
-    # In a child process: a truncated file killed the old code's process (SIGBUS).
-    child = subprocess.run(
+def use_in_child(store: str, path: Path) -> subprocess.CompletedProcess[str]:
+    """``use_<store>(path)`` in another process; it prints the records the store holds."""
+    return subprocess.run(
         [
             sys.executable,
             "-c",
@@ -284,6 +275,20 @@ def test_every_lmdb_store_recovers(
         check=False,
         timeout=120,
     )
+
+
+@pytest.mark.parametrize("store", ["backup", "statistics", "auth_log"])
+@pytest.mark.parametrize("damage", [zero_pages, truncate_half])
+def test_every_lmdb_store_recovers(
+    tmp_path: Path, store: str, damage: Callable[[Path], None]
+) -> None:
+    """Each core LMDB store, truncated or with zeroed pages, opens empty and takes new data."""
+    path = tmp_path / "store"
+    globals()[f"fill_{store}"](path)
+    env = next(p.parent for p in path.rglob("data.mdb"))
+    damage(env)
+    # In a child process: a truncated file killed the old code's process (SIGBUS).
+    child = use_in_child(store, path)
     assert child.returncode == 0, child.stderr
     assert child.stdout.split() == ["1"]
     assert "was damaged" in child.stderr
@@ -302,3 +307,19 @@ def test_recovery_in_process_is_counted(tmp_path: Path) -> None:
     # Opened again (a new object, a new process would do the same): healthy, nothing moved.
     assert LmdbEnv(tmp_path / "auth", dbs={}).read(lambda txn: txn.stat()["entries"]) > 0
     assert len(copies(tmp_path / "auth")) == 1
+
+
+def test_a_process_that_had_the_store_open_follows_the_recovery(tmp_path: Path) -> None:
+    """Workers share the stores: the one that did not recover must not write into the copy."""
+    path = tmp_path / "auth"
+    fill_auth_log(path)
+    ours = AuthLog(path)
+    assert ours.usage().count == 300  # open in this process, as in a running worker
+    zero_pages(path)
+    other = use_in_child("auth_log", path)
+    assert other.returncode == 0, other.stderr
+    assert len(copies(path)) == 1
+    ours.login("carol", "192.0.2.3", success=False)
+    assert sorted(a.user for a in ours.search()) == ["admin", "carol"]
+    ours.close()
+    assert sorted(a.user for a in AuthLog(path).search()) == ["admin", "carol"]
