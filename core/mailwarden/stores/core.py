@@ -140,9 +140,17 @@ class CoreStores:
 
     def _recovered(self, recovery: Recovery) -> None:
         self.metrics.sync_recoveries()
-        if not Path(recovery.path).is_relative_to(self.config.home):
-            return  # another gateway's store (tests run several in one process)
-        write_recovery(self.app_log, recovery)
+        ours = (
+            self.events.directory,
+            self.app_log.path,
+            self.auth_log.path,
+            self.backup.index.path,
+            self.statistics.root,
+        )
+        path = Path(recovery.path)
+        if path.is_relative_to(self.config.home) or path in ours:
+            # Not another gateway's store (tests run several in one process).
+            write_recovery(self.app_log, recovery)
 
     def bounded(self) -> list[BoundedStore]:
         """Every store with limits the core enforces, plugins' included."""
