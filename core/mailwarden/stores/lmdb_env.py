@@ -60,8 +60,10 @@ _MAX_ATTEMPTS = 24
 #: What a damaged environment's directory is renamed to: ``NAME`` + this + a UTC time.
 CORRUPT_MARK = ".corrupt-"
 # What LMDB says about a damaged file; other errors (a full disk, a full map, permissions) are
-# not the file's fault and must not move a healthy store aside.
-_DAMAGE = (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.InvalidError)
+# not the file's fault and must not move a healthy store aside. MDB_BAD_TXN: a damaged page
+# met inside LMDB can poison the transaction without saying why (1 in 30 random page
+# corruptions did so at open).
+_DAMAGE = (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.InvalidError, lmdb.BadTxnError)
 # LMDB's meta page (64-bit builds): a 16-byte page header, magic and version, the free and main
 # database records (48 bytes each, the first's pad holding the page size), the last page used
 # and the transaction id. Both meta pages must be valid; the newer one names the file's end.
