@@ -40,6 +40,7 @@ import msgspec
 from mailwarden_sdk import Envelope
 
 from .durable import fsync_dir as _fsync_dir
+from .durable import private_dir
 from .errors import DeliveryError
 
 __all__ = ["BOOT_ID", "DAMAGED_MAX_BYTES", "Spool", "SpoolEntry", "SpoolState"]
@@ -260,7 +261,7 @@ class Spool:
 
     def _set_aside(self, id: str, reason: str) -> None:
         """Move the unreadable entry ``id`` (and its state) to ``damaged/``, once, logged."""
-        self.damaged.mkdir(parents=True, exist_ok=True)
+        private_dir(self.damaged)
         source = self.queue / f"{id}.msg"
         try:
             os.rename(source, self.damaged / f"{id}.msg")
@@ -269,9 +270,12 @@ class Spool:
         state = self.queue / f"{id}.state"
         if state.exists():
             os.replace(state, self.damaged / f"{id}.state")
-        (self.damaged / f"{id}.reason").write_text(
-            f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {reason}\n", encoding="utf-8"
-        )
+        note = f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {reason}\n"
+        fd = os.open(self.damaged / f"{id}.reason", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, note.encode("utf-8", "replace"))
+        finally:
+            os.close(fd)
         _fsync_dir(self.damaged)
         _fsync_dir(self.queue)
         log.error("spool entry %s is unreadable (%s): moved to %s", id, reason, self.damaged)

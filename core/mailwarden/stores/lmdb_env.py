@@ -37,7 +37,7 @@ from typing import Any, TypeVar
 import lmdb
 import msgspec
 
-from ..durable import fsync_dir
+from ..durable import PRIVATE_FILE, fsync_dir, private_dir
 
 __all__ = [
     "CORRUPT_MARK",
@@ -326,7 +326,7 @@ class LmdbEnv:
             with _OPENING:
                 if self._env is not None:
                     return self._env
-                self.path.mkdir(parents=True, exist_ok=True)
+                private_dir(self.path)
                 shared = _acquire(self.path, self._open_env)
                 with shared.lock:
                     self._attach_or_recover(shared)
@@ -396,6 +396,7 @@ class LmdbEnv:
             metasync=False,
             readahead=False,
             max_readers=256,
+            mode=PRIVATE_FILE,
         )
 
     def _recover(self, shared: _Shared, reason: str) -> None:
