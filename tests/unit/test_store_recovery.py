@@ -9,7 +9,6 @@ import os
 import smtplib
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +25,7 @@ from mailwarden.stores.backup import BackupStore
 from mailwarden.stores.statistics import Statistics
 from mailwarden_sdk import Envelope
 from tests.conftest import free_port, make_message
+from tests.serving import start_serve, stop_serve
 from tests.web.conftest import PASSWORD, Web
 
 PAGE = 4096
@@ -84,19 +84,9 @@ def test_truncated_app_log_does_not_stop_serve(tmp_path: Path) -> None:
     fill_app_log(home / "app-log")
     truncate_half(home / "app-log")
     out = tmp_path / "serve.log"
-    with out.open("w") as handle:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "mailwarden", "serve"],
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "MAILWARDEN_HOME": str(home)},
-        )
+    # It died with SIGBUS before listening: start_serve fails with the log.
+    process = start_serve(home, out, [port, metrics])
     try:
-        deadline = time.monotonic() + 60
-        while "ready" not in out.read_text():
-            assert process.poll() is None, f"serve exited {process.returncode}: {out.read_text()}"
-            assert time.monotonic() < deadline, out.read_text()
-            time.sleep(0.1)
         with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
             assert client.sendmail("alice@example.org", ["bob@example.net"], make_message()) == {}
         with urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=10) as page:
@@ -105,9 +95,7 @@ def test_truncated_app_log_does_not_stop_serve(tmp_path: Path) -> None:
         assert 'mailwarden_store_damaged_copies{store="application event log"} 1.0' in text
         assert 'mailwarden_store_damaged_copies{store="auth log"} 0.0' in text
     finally:
-        process.terminate()
-        process.wait(timeout=30)
-    assert process.returncode == 0, out.read_text()
+        stop_serve(process, out)
     assert "was damaged" in out.read_text()
     [aside] = copies(home / "app-log")
     assert (aside / "data.mdb").stat().st_size > 0  # kept as it was, for forensics
