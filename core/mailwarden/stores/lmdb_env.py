@@ -57,6 +57,9 @@ _MAX_MAP = 1 << 40
 # Doubling from 16 MiB reaches 1 TiB in 16 steps; more attempts mean something else is wrong.
 _MAX_ATTEMPTS = 24
 
+# How long a reader goes on with an environment before it checks that no other process has
+# replaced it (seconds).
+_CHECK_EVERY = 1.0
 #: What a damaged environment's directory is renamed to: ``NAME`` + this + a UTC time.
 CORRUPT_MARK = ".corrupt-"
 # What LMDB says about a damaged file; other errors (a full disk, a full map, permissions) are
@@ -135,9 +138,11 @@ def _notify() -> None:
         _NOTIFYING.active = False
 
 
-def _identity(path: Path) -> tuple[int, int] | None:
+def _identity(path: Path | str) -> tuple[int, int] | None:
+    """(device, inode) of the environment's ``data.mdb``; ``path`` may be that file's name as
+    a string (what each transaction checks: no path objects built per transaction)."""
     try:
-        st = os.stat(path / "data.mdb")
+        st = os.stat(path if isinstance(path, str) else path / "data.mdb")
     except FileNotFoundError:
         return None
     return st.st_dev, st.st_ino
@@ -253,6 +258,7 @@ class _Shared:
         # Bumped when the environment is reopened, so each user opens its databases again.
         self.generation = 0
         self.probed = False
+        self.checked = time.monotonic()
 
 
 # LMDB allows an environment to be opened once per process: a gateway's event log and the
@@ -303,6 +309,7 @@ class LmdbEnv:
         """``dbs`` maps each named database to whether it is an index (dupsort, fixed values);
         ``name`` is the store's name in logs and metrics (the directory's name by default)."""
         self.path = path
+        self._data = os.path.join(path, "data.mdb")
         self.name = name or path.name
         self._db_specs = dbs
         self._sync = sync
@@ -411,12 +418,20 @@ class LmdbEnv:
         shared.generation += 1
         shared.probed = False
 
-    def _current(self) -> Any:
+    def _current(self, *, write: bool = False) -> Any:
         """The environment to use now (under the lock), reopened if it was replaced."""
         shared = self._shared
         assert shared is not None
-        if shared.generation == self._generation and _identity(self.path) == shared.identity:
-            return shared.env
+        if shared.generation == self._generation:
+            now = time.monotonic()
+            # A stat costs more than an LMDB read transaction: readers look at most once a
+            # second (what they miss meanwhile is the old, damaged copy); a write always
+            # looks, so nothing new goes into the copy.
+            if not write and now - shared.checked < _CHECK_EVERY:
+                return shared.env
+            shared.checked = now
+            if _identity(self._data) == shared.identity:
+                return shared.env
         if shared.generation == self._generation:
             # Another process moved a damaged environment aside and made a new one.
             shared.env.close()
@@ -458,7 +473,7 @@ class LmdbEnv:
             with self._lock:
                 recovered = False
                 for _ in range(_MAX_ATTEMPTS):
-                    env = self._current()
+                    env = self._current(write=write)
                     try:
                         with env.begin(write=write) as txn:
                             return work(txn)
