@@ -23,6 +23,7 @@ from .events import EventQuery, MessageEventLog
 from .pipeline import Decision, Gateway
 from .plugins import build_plugin_manager
 from .privileges import dumps_off, private_umask
+from .rules_cli import IpAddress
 
 EXIT_CLEAN, EXIT_DETECTED, EXIT_ERROR = 0, 1, 2
 
@@ -168,12 +169,16 @@ def _files(paths: tuple[str, ...]) -> Iterator[Path]:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per message (JSON lines).")
 @click.option("--sender", default="", help="Envelope sender to scan as.")
 @click.option("--rcpt", "recipients", multiple=True, help="Envelope recipient (repeatable).")
+@click.option("--client-ip", type=IpAddress(), help="SMTP client address to scan as (SPF).")
+@click.option("--helo", default="", help="HELO/EHLO name the client gave (SPF).")
 def scan(
     paths: tuple[str, ...],
     config_path: str | None,
     as_json: bool,
     sender: str,
     recipients: tuple[str, ...],
+    client_ip: str | None,
+    helo: str,
 ) -> None:
     """Scan message files (or directories of them) without delivering anything.
 
@@ -191,7 +196,12 @@ def scan(
                 except OSError as exc:
                     rows.append((str(path), None, exc.strerror or str(exc)))
                     continue
-                envelope = Envelope(mail_from=sender, rcpt_to=list(recipients))
+                envelope = Envelope(
+                    mail_from=sender,
+                    rcpt_to=list(recipients),
+                    client_address=client_ip,
+                    helo=helo or None,
+                )
                 rows.append((str(path), await gateway.scan(raw, envelope), None))
             for _name, decision, _error in rows:
                 if decision is None:
