@@ -21,6 +21,7 @@ from .config import Config
 from .events import MessageEventLog, event_log_descriptor
 from .plugins import PluginSet
 from .privileges import core_dumps_descriptor
+from .sharedstate import local_state
 from .stores.applog import ApplicationLog
 from .stores.authlog import AuthLog
 from .stores.backup import BackupStore
@@ -145,6 +146,9 @@ def _core(config: Config) -> list[tuple[StoreDescriptor, BoundedStore | None]]:
         stores += [(d, None) for d in lines.lines.descriptors(*lines.about)]
     if config.gateway.core_dumps:
         stores.append((core_dumps_descriptor(config), None))
+    if config.greylisting.enabled or config.ratelimit.enabled:
+        state = local_state(config)
+        stores.append((state.descriptor, state))
     web = config.home / "web"
     stores.append(
         (

@@ -1,0 +1,211 @@
+"""Greylisting and rate limits through the SMTP gateway, one node and two sharing a real Redis.
+
+Each node is a real gateway (no plugins) listening on 127.0.0.1 in this process, with its own
+home; clients are raw SMTP sessions from 127.0.0.2, outside ``trusted_networks``, or from
+127.0.0.1 inside it. Redis is Debian's redis-server on a port of its own, killed by PID to
+test an outage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from mailwarden.config import parse_config
+from mailwarden.errors import ConfigError
+from mailwarden.inventory import inventory
+from mailwarden.plugins import build_plugin_manager
+from mailwarden.sharedstate import LocalState
+from mailwarden.testing import GatewayRunner, _gateway
+from tests.conftest import make_message
+from tests.services.redis import Redis, running_redis
+from tests.unit.test_smtp_limits import Client
+
+pytestmark = pytest.mark.integration
+
+OUTSIDE = "127.0.0.2"
+BASE = """
+[gateway]
+local_domains = ["example.org"]
+[smtp]
+trusted_networks = ["127.0.0.1/32"]
+"""
+GREYLISTING = """
+[greylisting]
+enabled = true
+delay = 1.0
+retry_window = 60.0
+"""
+
+
+def redis_section(redis: Redis, extra: str = "") -> str:
+    return f'[redis]\nenabled = true\nurl = "{redis.url}"\ntimeout = 0.3\n{extra}'
+
+
+@pytest.fixture
+def redis() -> Iterator[Redis]:
+    with running_redis() as server:
+        yield server
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[Callable[[str], GatewayRunner]]:
+    """Starts gateway nodes (each with its own home) and stops them all at the end."""
+    runners: list[GatewayRunner] = []
+
+    def make(config: str) -> GatewayRunner:
+        home = tmp_path / f"node{len(runners)}"
+        runner = GatewayRunner(_gateway(None, False, config, home)).start()
+        runners.append(runner)
+        runner.start_smtp()
+        return runner
+
+    yield make
+    for runner in runners:
+        runner.stop()
+
+
+def send(
+    runner: GatewayRunner, sender: str, recipient: str, source: str = OUTSIDE
+) -> tuple[bytes, bytes]:
+    """One transaction: the RCPT reply, and the end-of-DATA reply (b"" when RCPT failed)."""
+    assert runner.smtp_port is not None
+    client = Client(runner.smtp_port, source)
+    try:
+        assert client.cmd("EHLO client.example.net").startswith(b"250")
+        assert client.cmd(f"MAIL FROM:<{sender}>").startswith(b"250")
+        rcpt = client.cmd(f"RCPT TO:<{recipient}>")
+        if not rcpt.startswith(b"250"):
+            return rcpt, b""
+        assert client.cmd("DATA").startswith(b"354")
+        return rcpt, client.send(make_message() + b".\r\n")
+    finally:
+        client.close()
+
+
+def metric(runner: GatewayRunner, name: str, labels: dict[str, str] | None = None) -> float:
+    value = runner.gateway.stores.metrics.registry.get_sample_value(name, labels or {})
+    return float(value or 0.0)
+
+
+def test_greylisting_defers_the_first_attempt_and_accepts_the_retry_on_a_second_node(
+    redis: Redis, node: Callable[[str], GatewayRunner]
+) -> None:
+    config = BASE + GREYLISTING + redis_section(redis)
+    a, b = node(config), node(config)
+    rcpt, _ = send(a, "alice@sender.test", "bob@example.org")
+    assert rcpt.startswith(b"451 4.7.1 Greylisted"), rcpt
+    # Too early, even on the other node: the triplet is known there through Redis.
+    rcpt, _ = send(b, "alice@sender.test", "bob@example.org")
+    assert rcpt.startswith(b"451 4.7.1"), rcpt
+    time.sleep(1.2)
+    rcpt, data = send(b, "alice@sender.test", "bob@example.org")
+    assert rcpt.startswith(b"250") and data.startswith(b"250"), (rcpt, data)
+    assert len(b.delivered()) == 1
+    # Passed: the next message of the triplet goes through at once, on either node.
+    assert send(a, "alice@sender.test", "bob@example.org")[1].startswith(b"250")
+    # Another sender is a new triplet; a trusted client is not greylisted (skip_trusted).
+    assert send(a, "carol@sender.test", "bob@example.org")[0].startswith(b"451 4.7.1")
+    assert send(a, "dave@sender.test", "bob@example.org", "127.0.0.1")[1].startswith(b"250")
+    assert metric(a, "mailwarden_policy_deferrals_total", {"policy": "greylist"}) == 2
+    assert metric(a, "mailwarden_shared_state_redis") == 1
+
+
+def test_a_sender_over_its_rate_limit_is_refused_on_both_nodes_sharing_redis(
+    redis: Redis, node: Callable[[str], GatewayRunner]
+) -> None:
+    limits = "[ratelimit]\nenabled = true\n[ratelimit.sender]\nmessages = 3\nwindow = 60\n"
+    config = BASE + limits + redis_section(redis)
+    a, b = node(config), node(config)
+    for runner in (a, b, a):
+        assert send(runner, "bulk@sender.test", "bob@example.org")[1].startswith(b"250")
+    for runner in (b, a):
+        _, data = send(runner, "bulk@sender.test", "bob@example.org")
+        assert data.startswith(b"451 4.7.1 Rate limit exceeded for sender bulk@sender.test"), data
+    # Other senders are not held back by bulk@'s counter.
+    assert send(b, "other@sender.test", "bob@example.org")[1].startswith(b"250")
+    assert len(a.delivered()) + len(b.delivered()) == 4
+
+
+def test_bytes_per_client_are_limited_on_one_node_without_redis(
+    node: Callable[[str], GatewayRunner],
+) -> None:
+    size = len(make_message())
+    limits = f"[ratelimit]\nenabled = true\n[ratelimit.client]\nbytes = {size * 2 + 10}\n"
+    a = node(BASE + limits)
+    assert send(a, "x@sender.test", "bob@example.org")[1].startswith(b"250")
+    assert send(a, "y@sender.test", "bob@example.org")[1].startswith(b"250")
+    _, data = send(a, "z@sender.test", "bob@example.org")
+    assert data.startswith(b"451 4.7.1 Rate limit exceeded for client 127.0.0.2"), data
+    # The local store is declared, capped, in the data inventory.
+    states = inventory(a.gateway.config, build_plugin_manager(entry_points=False))
+    policy = next(s for s in states if s.store.name == "policy state")
+    assert policy.store.max_entries == 1_000_000 and policy.records == 1
+
+
+def test_redis_killed_mid_run_mail_keeps_flowing_with_local_state(
+    redis: Redis, node: Callable[[str], GatewayRunner], caplog: pytest.LogCaptureFixture
+) -> None:
+    limits = "[ratelimit]\nenabled = true\n[ratelimit.sender]\nmessages = 2\nwindow = 60\n"
+    greylisting = GREYLISTING.replace("delay = 1.0", "delay = 0.5")
+    config = BASE + greylisting + limits + redis_section(redis, "breaker_failures = 2\n")
+    a = node(config)
+    assert send(a, "one@sender.test", "bob@example.org", "127.0.0.1")[1].startswith(b"250")
+    assert metric(a, "mailwarden_shared_state_redis") == 1
+    redis.kill()
+    with caplog.at_level(logging.WARNING, logger="mailwarden.sharedstate"):
+        # Trusted (not greylisted) mail goes on at once, counted locally.
+        for sender in ("two@sender.test", "three@sender.test"):
+            assert send(a, sender, "bob@example.org", "127.0.0.1")[1].startswith(b"250")
+        # Greylisting works on the local state: deferred, then accepted after the delay.
+        assert send(a, "four@sender.test", "bob@example.org")[0].startswith(b"451 4.7.1")
+        time.sleep(0.7)
+        assert send(a, "four@sender.test", "bob@example.org")[1].startswith(b"250")
+        # Rate limits too: the local counter of two@ reaches its limit of 2.
+        assert send(a, "two@sender.test", "bob@example.org", "127.0.0.1")[1].startswith(b"250")
+        _, data = send(a, "two@sender.test", "bob@example.org", "127.0.0.1")
+        assert data.startswith(b"451 4.7.1 Rate limit exceeded"), data
+    assert len(a.delivered()) == 5
+    assert metric(a, "mailwarden_shared_state_redis") == 0
+    assert metric(a, "mailwarden_shared_state_fallbacks_total") >= 6
+    assert "going on with this node's local state" in caplog.text
+
+
+def test_the_local_store_keeps_its_cap(tmp_path: Path) -> None:
+    state = LocalState(tmp_path / "state", max_entries=10)
+
+    async def fill() -> None:
+        for i in range(25):
+            await state.add([(f"k{i}", 1, 60.0 + i)])
+        await state.put("expired", "x", 0.001)
+
+    asyncio.run(fill())
+    assert state.usage().count <= 10
+    # The entries expiring last are the ones kept.
+    assert asyncio.run(state.get("k24")) == "\x00\x00\x00\x00\x00\x00\x00\x01"
+    assert asyncio.run(state.get("k0")) is None
+    state.env.close()
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "line"),
+    [
+        ('[greylisting]\nenabled = true\ndelay = "soon"\n', "greylisting.delay", 3),
+        ("[ratelimit]\n[ratelimit.sender]\nmessages = -1\n", "ratelimit.sender.messages", 3),
+        ("\n[redis]\ntimeout = 0\n", "redis.timeout", 3),
+    ],
+)
+def test_bad_values_are_named_with_key_and_line(text: str, key: str, line: int) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text)
+    assert caught.value.key == key and caught.value.line == line, caught.value
+
+
+def test_a_retry_window_shorter_than_the_delay_is_refused() -> None:
+    with pytest.raises(ConfigError, match="retry_window"):
+        parse_config("[greylisting]\ndelay = 600\nretry_window = 300\n")
