@@ -209,3 +209,45 @@ def test_bad_values_are_named_with_key_and_line(text: str, key: str, line: int) 
 def test_a_retry_window_shorter_than_the_delay_is_refused() -> None:
     with pytest.raises(ConfigError, match="retry_window"):
         parse_config("[greylisting]\ndelay = 600\nretry_window = 300\n")
+
+
+def test_the_milter_tempfails_a_new_triplet_at_end_of_message_and_passes_the_retry(
+    tmp_path: Path, redis: Redis
+) -> None:
+    from mailwarden.ingress.milter import GatewayMilter, MilterServer
+    from tests.milter_mta import Mta
+
+    config = BASE + GREYLISTING + redis_section(redis)
+
+    async def one(port: int, client: str) -> tuple[str, str]:
+        mta = await Mta.connect(port)
+        try:
+            await mta.optneg()
+            await mta.session_start(client=client)
+            answer = await mta.message(make_message(), recipients=("bob@example.org",))
+            return answer.final, answer.reply_text
+        finally:
+            await mta.close()
+
+    async def main() -> None:
+        gateways = [_gateway(None, False, config, tmp_path / f"m{i}") for i in range(2)]
+        listeners = []
+        try:
+            ports = []
+            for gateway in gateways:
+                await gateway.start()
+                listener = await MilterServer(GatewayMilter(gateway)).start("127.0.0.1", 0)
+                listeners.append(listener)
+                ports.append(listener.sockets[0].getsockname()[1])
+            final, text = await one(ports[0], "192.0.2.7")
+            assert (final, text[:9]) == ("y", "451 4.7.1"), (final, text)
+            await asyncio.sleep(1.2)
+            # The retry reaches the other node, which knows the triplet through Redis.
+            assert (await one(ports[1], "192.0.2.8"))[0] != "y"
+        finally:
+            for listener in listeners:
+                listener.close()
+            for gateway in gateways:
+                await gateway.stop()
+
+    asyncio.run(main())
