@@ -22,7 +22,7 @@ from mailwarden.inventory import inventory
 from mailwarden.plugins import build_plugin_manager
 from mailwarden.sharedstate import LocalState
 from mailwarden.testing import GatewayRunner, _gateway
-from tests.conftest import make_message
+from tests.conftest import free_port, make_message
 from tests.services.redis import Redis, running_redis
 from tests.unit.test_smtp_limits import Client
 
@@ -71,11 +71,13 @@ def node(tmp_path: Path) -> Iterator[Callable[[str], GatewayRunner]]:
 
 
 def send(
-    runner: GatewayRunner, sender: str, recipient: str, source: str = OUTSIDE
+    node: GatewayRunner | int, sender: str, recipient: str, source: str = OUTSIDE
 ) -> tuple[bytes, bytes]:
-    """One transaction: the RCPT reply, and the end-of-DATA reply (b"" when RCPT failed)."""
-    assert runner.smtp_port is not None
-    client = Client(runner.smtp_port, source)
+    """One transaction with a node (or a port): the RCPT reply, and the end-of-DATA reply
+    (b"" when RCPT failed)."""
+    port = node if isinstance(node, int) else node.smtp_port
+    assert port is not None
+    client = Client(port, source)
     try:
         assert client.cmd("EHLO client.example.net").startswith(b"250")
         assert client.cmd(f"MAIL FROM:<{sender}>").startswith(b"250")
@@ -251,3 +253,38 @@ def test_the_milter_tempfails_a_new_triplet_at_end_of_message_and_passes_the_ret
                 await gateway.stop()
 
     asyncio.run(main())
+
+
+def test_serve_with_two_workers_shares_limits_through_redis_and_reports_its_outage(
+    redis: Redis, tmp_path: Path
+) -> None:
+    from tests.integration.test_gateway_relay import Serve, wait_until
+    from tests.integration.test_gateway_tls import _listeners
+    from tests.integration.test_metrics_workers import _scrape
+
+    metrics_port = free_port()
+    server = Serve(
+        tmp_path / "serve",
+        free_port(),
+        'workers = 2\ntrusted_networks = ["127.0.0.1/32"]\n'
+        '[gateway]\nlocal_domains = ["example.org"]\n'
+        f'[metrics]\nlisten = "127.0.0.1"\nport = {metrics_port}\n'
+        "[ratelimit]\nenabled = true\n[ratelimit.sender]\nmessages = 2\nwindow = 60\n"
+        + redis_section(redis),
+    ).start()
+    try:
+        wait_until(lambda: len(_listeners(server.port)) == 2, 30, "two workers listening")
+        # One connection per message, whichever worker takes it: the counter is in Redis.
+        replies = [send(server.port, "bulk@sender.test", "bob@example.org")[1] for _ in range(4)]
+        assert [r[:3] for r in replies] == [b"250", b"250", b"451", b"451"], replies
+        redis.kill()
+        for i in range(3):
+            _, data = send(server.port, f"after{i}@sender.test", "bob@example.org")
+            assert data.startswith(b"250"), data
+        found = _scrape(metrics_port)
+        assert found["mailwarden_shared_state_redis"] == 0
+        assert found["mailwarden_shared_state_fallbacks_total"] >= 3
+        assert found['mailwarden_policy_deferrals_total{policy="ratelimit"}'] == 2
+    finally:
+        assert server.stop() == 0
+    assert "going on with this node's local state" in server.log.read_text()
