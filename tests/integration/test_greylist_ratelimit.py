@@ -9,6 +9,7 @@ test an outage.
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -16,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from mailwarden.config import parse_config
+from mailwarden.config import GreylistingConfig, parse_config
 from mailwarden.errors import ConfigError
+from mailwarden.greylist import Greylist, client_network
 from mailwarden.inventory import inventory
 from mailwarden.plugins import build_plugin_manager
 from mailwarden.sharedstate import LocalState
@@ -288,3 +290,56 @@ def test_serve_with_two_workers_shares_limits_through_redis_and_reports_its_outa
     finally:
         assert server.stop() == 0
     assert "going on with this node's local state" in server.log.read_text()
+
+
+def test_an_authenticated_client_is_not_greylisted(tmp_path: Path) -> None:
+    from mailwarden.web.auth import WebAuth
+    from tests.unit.test_smtp_limits import _send
+
+    home = tmp_path / "auth"
+    auth = WebAuth(home / "web", session_seconds=60, custom_roles={}, login_attempts=5)
+    auth.set_password("alice", "correct horse battery")
+    runner = GatewayRunner(_gateway(None, False, BASE + GREYLISTING, home)).start()
+    try:
+        port = runner.start_smtp()
+        assert send(port, "alice@example.org", "bob@example.org")[0].startswith(b"451 4.7.1")
+        client = Client(port, OUTSIDE)
+        client.cmd("EHLO client.example.net")
+        client.starttls()
+        client.cmd("EHLO client.example.net")
+        login = base64.b64encode(b"\0alice\0correct horse battery").decode()
+        assert client.cmd(f"AUTH PLAIN {login}").startswith(b"235")
+        reply = _send(client, "alice@example.org", "carol@example.org", make_message())
+        assert reply.startswith(b"250"), reply
+        client.cmd("QUIT")
+        client.close()
+    finally:
+        runner.stop()
+
+
+def test_allow_lists_and_client_networks(tmp_path: Path) -> None:
+    config = GreylistingConfig(
+        enabled=True, allow_networks=["198.51.100.0/24"], allow_domains=[".example.net", "x.test"]
+    )
+    greylist = Greylist(config, LocalState(tmp_path / "state", 100))
+    exempt = greylist.exempt
+    assert exempt("a@other.test", "192.0.2.1", authenticated=True, trusted=False)
+    assert exempt("a@other.test", "192.0.2.1", authenticated=False, trusted=True)
+    assert exempt("a@other.test", "198.51.100.7", authenticated=False, trusted=False)
+    assert exempt("a@other.test", "::ffff:198.51.100.7", authenticated=False, trusted=False)
+    for sender in ("a@example.net", "a@mail.example.net", "a@X.test"):
+        assert exempt(sender, "192.0.2.1", authenticated=False, trusted=False), sender
+    for sender in ("a@notexample.net", "a@sub.x.test", "", "a@other.test"):
+        assert not exempt(sender, "192.0.2.1", authenticated=False, trusted=False), sender
+    strict = Greylist(GreylistingConfig(skip_trusted=False), greylist.state)
+    assert not strict.exempt("a@other.test", "10.0.0.1", authenticated=False, trusted=True)
+    assert client_network("192.0.2.77", 24, 64) == "192.0.2.0/24"
+    assert client_network("::ffff:192.0.2.77", 24, 64) == "192.0.2.0/24"
+    assert client_network("2001:db8:1:2:3::1", 24, 64) == "2001:db8:1:2::/64"
+    # One triplet for a sender's pool: another host of the /24 retries the same triplet.
+    assert greylist.key("A@x.org", "b@y.org", "192.0.2.1") == greylist.key(
+        "a@x.org", "B@y.org", "192.0.2.200"
+    )
+    assert greylist.key("a@x.org", "b@y.org", "192.0.2.1") != greylist.key(
+        "a@x.org", "b@y.org", "192.0.3.1"
+    )
