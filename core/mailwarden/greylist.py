@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 
 from .config import GreylistingConfig
+from .policy import _in_domains
 from .sharedstate import StateBackend
 
 __all__ = ["Greylist", "client_network", "in_networks"]
@@ -27,12 +28,9 @@ _PASSED = "pass"
 def client_network(address: str, ipv4_prefix: int, ipv6_prefix: int) -> str:
     """The network ``address`` is counted as (``192.0.2.0/24``); the text itself when it is
     not an IP address (a UNIX socket client)."""
-    try:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
-    except ValueError:
+    ip = _ip(address)
+    if ip is None:
         return address
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
     prefix = ipv4_prefix if ip.version == 4 else ipv6_prefix
     return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
 
@@ -41,29 +39,25 @@ def in_networks(
     address: str | None, networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network]
 ) -> bool:
     """Whether ``address`` (an IPv4-mapped IPv6 address counts as IPv4) is in ``networks``."""
-    if not address or not networks:
-        return False
+    ip = _ip(address) if address and networks else None
+    return ip is not None and any(ip in network for network in networks)
+
+
+def _ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """``address`` as an IP address (an IPv4-mapped IPv6 address as IPv4), else None."""
     try:
         ip = ipaddress.ip_address(address.split("%", 1)[0])
     except ValueError:
-        return False
+        return None
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return any(ip in network for network in networks)
+        return ip.ipv4_mapped
+    return ip
 
 
 def _domain_allowed(sender: str, domains: list[str]) -> bool:
+    # The same matching as [gateway] local_domains (".example.org": with subdomains).
     domain = sender.rpartition("@")[2].lower()
-    if not domain:
-        return False
-    for entry in domains:
-        entry = entry.lower()
-        if entry.startswith("."):
-            if domain == entry[1:] or domain.endswith(entry):
-                return True
-        elif domain == entry:
-            return True
-    return False
+    return bool(domain) and _in_domains(domain, [entry.lower() for entry in domains])
 
 
 class Greylist:
@@ -108,9 +102,8 @@ class Greylist:
             await self.state.put(key, _PASSED, cfg.pass_expiry)
             return None
         if value is None:
-            if not await self.state.put(key, repr(now), cfg.retry_window, only_new=True):
-                # Another node or connection took the first attempt a moment ago.
-                return cfg.delay
+            # only_new: when another node took the first attempt a moment ago, its time stays.
+            await self.state.put(key, repr(now), cfg.retry_window, only_new=True)
             return cfg.delay
         try:
             first = float(value)

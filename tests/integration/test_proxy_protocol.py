@@ -11,21 +11,22 @@ from __future__ import annotations
 
 import socket
 import struct
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
 from mailwarden.config import parse_config
 from mailwarden.errors import ConfigError
-from mailwarden.testing import GatewayRunner, _gateway
+from mailwarden.testing import GatewayRunner
 from tests.conftest import make_message
-from tests.integration.test_greylist_ratelimit import redis_section
+from tests.integration.test_greylist_ratelimit import node, redis_section
 from tests.services.haproxy import running_haproxy
 from tests.services.redis import running_redis
 from tests.unit.test_smtp_limits import Client
 
 pytestmark = pytest.mark.integration
+
+__all__ = ["node"]  # the fixture, imported for use here
 
 PROXIED = """
 [gateway]
@@ -35,22 +36,6 @@ trusted_networks = ["127.0.0.1/32"]
 proxy_protocol = true
 proxy_trusted = ["127.0.0.1/32"]
 """
-
-
-@pytest.fixture
-def node(tmp_path: Path) -> Iterator[Callable[[str], GatewayRunner]]:
-    runners: list[GatewayRunner] = []
-
-    def make(config: str) -> GatewayRunner:
-        runner = GatewayRunner(_gateway(None, False, config, tmp_path / f"n{len(runners)}"))
-        runner.start()
-        runners.append(runner)
-        runner.start_smtp()
-        return runner
-
-    yield make
-    for runner in runners:
-        runner.stop()
 
 
 def transaction(client: Client, recipient: str, sender: str = "alice@sender.test") -> bytes:
