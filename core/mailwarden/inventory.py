@@ -21,6 +21,7 @@ from .config import Config
 from .events import MessageEventLog, event_log_descriptor
 from .plugins import PluginSet
 from .privileges import core_dumps_descriptor
+from .sharedstate import local_state
 from .spool import DAMAGED_MAX_BYTES
 from .stores.applog import ApplicationLog
 from .stores.authlog import AuthLog
@@ -159,6 +160,9 @@ def _core(config: Config) -> list[tuple[StoreDescriptor, BoundedStore | None]]:
         stores += [(d, None) for d in lines.lines.descriptors(*lines.about)]
     if config.gateway.core_dumps:
         stores.append((core_dumps_descriptor(config), None))
+    if config.greylisting.enabled or config.ratelimit.enabled:
+        state = local_state(config)
+        stores.append((state.descriptor, state))
     web = config.home / "web"
     stores.append(
         (

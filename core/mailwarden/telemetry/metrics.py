@@ -208,6 +208,27 @@ class GatewayMetrics:
             registry=self.registry,
             multiprocess_mode="livesum",
         )
+        # Greylisting and rate limits (issue 23): what they deferred, and whether their state
+        # is shared through Redis right now (livemin: 0 when any worker goes on locally).
+        self.policy_deferrals = Counter(
+            "mailwarden_policy_deferrals",
+            "Messages or recipients deferred (451 4.7.1) by a policy step",
+            ["policy"],
+            registry=self.registry,
+        )
+        self.shared_state = Gauge(
+            "mailwarden_shared_state_redis",
+            "1 while greylisting and rate-limit state is shared in Redis, 0 while this node "
+            "goes on with its local state ([redis] enabled only)",
+            registry=self.registry,
+            multiprocess_mode="livemin",
+        )
+        self.shared_state_fallbacks = Counter(
+            "mailwarden_shared_state_fallbacks",
+            "Policy state operations answered from the local store because Redis failed or "
+            "its breaker was open",
+            registry=self.registry,
+        )
         self._evicted: dict[str, int] = {}
         self._evicted_lock = threading.Lock()
         self._server: WSGIServer | None = None
