@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -26,6 +27,7 @@ from .events import EventQuery, MessageEventLog
 from .pipeline import Decision, Gateway
 from .plugins import build_plugin_manager
 from .privileges import dumps_off, private_umask
+from .rules_cli import IpAddress
 
 EXIT_CLEAN, EXIT_DETECTED, EXIT_ERROR = 0, 1, 2
 
@@ -269,8 +271,8 @@ def _not_a_message(raw: bytes) -> str | None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per message (JSON lines).")
 @click.option("--sender", default="", help="Envelope sender to scan as.")
 @click.option("--rcpt", "recipients", multiple=True, help="Envelope recipient (repeatable).")
-@click.option("--client-ip", "client_ip", default=None, help="Client IP the message came from.")
-@click.option("--helo", default=None, help="HELO/EHLO name the client gave.")
+@click.option("--client-ip", type=IpAddress(), help="SMTP client address to scan as (SPF).")
+@click.option("--helo", default="", help="HELO/EHLO name the client gave (SPF).")
 def scan(
     paths: tuple[str, ...],
     config_path: str | None,
@@ -278,7 +280,7 @@ def scan(
     sender: str,
     recipients: tuple[str, ...],
     client_ip: str | None,
-    helo: str | None,
+    helo: str,
 ) -> None:
     """Scan message files (or directories of them) without delivering anything.
 
@@ -320,7 +322,7 @@ def scan(
                         mail_from=sender,
                         rcpt_to=list(recipients),
                         client_address=client_ip,
-                        helo=helo,
+                        helo=helo or None,
                     )
                     decision = await gateway.scan(raw, envelope)
                     if decision.verdict.errors:
@@ -540,7 +542,11 @@ def events(
         raise click.UsageError("--actor and --kind filter the app and auth logs (--log)")
     log = MessageEventLog(cfg.path_in_home(cfg.events.path), retention_days=None, max_bytes=None)
     query = EventQuery(since=since, until=until, **filters)
-    for event in log.search(query):
+    with _recoveries_reported(cfg):
+        found = log.search(query)
+    if log.store.damaged:
+        click.echo(f"{log.store.damaged} damaged event record(s) skipped", err=True)
+    for event in found:
         if as_json:
             click.echo(msgspec.json.encode(event).decode())
             continue
@@ -554,6 +560,28 @@ def events(
             f"from=<{event.mail_from}> to=<{','.join(event.rcpt_to)}> "
             f"subject: {event.subject or '-'}"
         )
+
+
+@contextlib.contextmanager
+def _recoveries_reported(cfg: Any) -> Iterator[None]:
+    """Say on stderr, and in the application log, when a damaged store was moved aside."""
+    from .stores.applog import ApplicationLog
+    from .stores.core import write_recovery
+    from .stores.lmdb_env import Recovery, on_recovered
+
+    def report(recovery: Recovery) -> None:
+        click.echo(
+            f"{recovery.store} was damaged ({recovery.reason}): moved aside to "
+            f"{recovery.moved_to} and created empty",
+            err=True,
+        )
+        write_recovery(ApplicationLog(cfg.path_in_home(cfg.stores.app_log_path)), recovery)
+
+    unsubscribe = on_recovered(report)
+    try:
+        yield
+    finally:
+        unsubscribe()
 
 
 def _print_log(

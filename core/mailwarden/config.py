@@ -30,8 +30,12 @@ __all__ = [
     "DkimKeyConfig",
     "EventsConfig",
     "GatewayConfig",
+    "GreylistingConfig",
     "MetricsConfig",
     "MilterConfig",
+    "RateLimit",
+    "RatelimitConfig",
+    "RedisConfig",
     "RuleActions",
     "RuleConfig",
     "SmtpConfig",
@@ -130,15 +134,28 @@ class SmtpConfig(_Section):
     hopcount_limit: Positive = 50
     forbid_bare_newline: bool = True
     junk_command_limit: Positive = 100
+    # A balancer (HAProxy ``send-proxy-v2``) in front: every connection starts with a PROXY
+    # protocol header (v1 or v2) naming the real client, accepted only from ``proxy_trusted``.
+    proxy_protocol: bool = False
+    proxy_trusted: list[Network] = msgspec.field(default_factory=list)
+    proxy_timeout: Seconds = 10.0
 
     def __post_init__(self) -> None:
-        for network in self.trusted_networks:
-            try:
-                ipaddress.ip_network(network, strict=False)
-            except ValueError:
-                raise ValueError(
-                    f"trusted_networks: {network!r} is not an address or CIDR network"
-                ) from None
+        _check_networks("trusted_networks", self.trusted_networks)
+        _check_networks("proxy_trusted", self.proxy_trusted)
+        if self.proxy_protocol and not self.proxy_trusted:
+            raise ValueError(
+                "proxy_protocol needs proxy_trusted: the balancers' addresses (anyone else "
+                "could claim any client address)"
+            )
+
+
+def _check_networks(key: str, networks: list[str]) -> None:
+    for network in networks:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            raise ValueError(f"{key}: {network!r} is not an address or CIDR network") from None
 
 
 class MilterConfig(_Section):
@@ -477,6 +494,98 @@ class DirectoryConfig(_Section):
             raise ValueError("start_tls is for ldap:// URLs; ldaps:// is TLS already")
 
 
+class GreylistingConfig(_Section):
+    """``[greylisting]``: a new (sender, recipient, client network) triplet is deferred.
+
+    The first attempt of a triplet (the client's /``ipv4_prefix`` or /``ipv6_prefix``) gets
+    ``451 4.7.1``; a retry after ``delay`` seconds and within ``retry_window`` seconds of the
+    first is accepted, and the triplet then passes without delay for ``pass_expiry`` seconds
+    after its last message. Never applied to authenticated clients, nor to clients in
+    ``allow_networks`` or senders in ``allow_domains`` (``.example.org``: with subdomains);
+    clients in ``[smtp] trusted_networks`` only when ``skip_trusted`` is false. Answered at
+    RCPT by the SMTP gateway and at end of message by the milter; the after-queue content
+    filter does not greylist (Postfix has accepted the message already). The triplets are in
+    Redis when ``[redis]`` is enabled, else (and while Redis is down) in the local store.
+    """
+
+    enabled: bool = False
+    delay: Seconds = 300.0
+    retry_window: Seconds = 4 * 3600.0
+    pass_expiry: Seconds = 36 * 86400.0
+    ipv4_prefix: Annotated[int, msgspec.Meta(ge=8, le=32)] = 24
+    ipv6_prefix: Annotated[int, msgspec.Meta(ge=16, le=128)] = 64
+    allow_networks: list[Network] = msgspec.field(default_factory=list)
+    allow_domains: list[str] = msgspec.field(default_factory=list)
+    skip_trusted: bool = True
+
+    def __post_init__(self) -> None:
+        _check_networks("allow_networks", self.allow_networks)
+        if self.retry_window <= self.delay:
+            raise ValueError(
+                f"retry_window ({self.retry_window:g} s) must be longer than delay "
+                f"({self.delay:g} s): no retry could pass"
+            )
+
+
+class RateLimit(_Section):
+    """One rate limit: at most ``messages`` and ``bytes`` per ``window`` seconds (0: no cap)."""
+
+    messages: Annotated[int, msgspec.Meta(ge=0)] = 0
+    bytes: Annotated[int, msgspec.Meta(ge=0)] = 0
+    window: Seconds = 3600.0
+
+
+class RatelimitConfig(_Section):
+    """``[ratelimit]``: messages and bytes per window, per sender, sender domain, client
+    address and recipient (``[ratelimit.sender]``, ``.sender_domain``, ``.client``,
+    ``.recipient``; each recipient of a message counts it once).
+
+    A message over any limit gets ``451 4.7.1`` naming the limit, at the end of DATA (SMTP
+    gateway) or of the message (milter); it still counts, so a sender that keeps trying stays
+    refused until the window ends. The null sender is not limited by sender or domain;
+    clients in ``allow_networks`` are not limited. Counters are in Redis when ``[redis]`` is
+    enabled (shared by every node), else (and while Redis is down) in the local store.
+    """
+
+    enabled: bool = False
+    sender: RateLimit = msgspec.field(default_factory=RateLimit)
+    sender_domain: RateLimit = msgspec.field(default_factory=RateLimit)
+    client: RateLimit = msgspec.field(default_factory=RateLimit)
+    recipient: RateLimit = msgspec.field(default_factory=RateLimit)
+    allow_networks: list[Network] = msgspec.field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        _check_networks("allow_networks", self.allow_networks)
+
+
+class RedisConfig(_Section):
+    """``[redis]``: state shared by every node (greylisting triplets, rate-limit counters).
+
+    ``url`` is ``redis://[:password@]host:port/db`` (``rediss://`` for TLS) and ``prefix``
+    starts every key, so nodes of one cluster share it and other clusters do not. An operation
+    gets ``timeout`` seconds; after ``breaker_failures`` failures in a row the node stops
+    asking Redis for ``breaker_reset`` seconds and goes on with its local store (the metric
+    ``mailwarden_shared_state_redis`` is 0 and the log says so), then tries again.
+    ``local_max_entries`` caps the local store (greylisting triplets and counters; the ones
+    expiring first go when it is full), which is also the whole state without Redis.
+    """
+
+    enabled: bool = False
+    url: str = "redis://127.0.0.1:6379/0"
+    prefix: str = "mailwarden:"
+    timeout: Seconds = 0.5
+    breaker_failures: Positive = 3
+    breaker_reset: Seconds = 30.0
+    local_path: str = "policy-state"
+    local_max_entries: Positive = 1_000_000
+
+    def __post_init__(self) -> None:
+        if not self.url.lower().startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(
+                f"url must start with redis://, rediss:// or unix://, not {self.url!r}"
+            )
+
+
 def _default_rules() -> list[RuleConfig]:
     return [RuleConfig(name="default")]
 
@@ -539,6 +648,9 @@ class Config(_Section):
     dkim: DkimConfig = msgspec.field(default_factory=DkimConfig)
     directory: DirectoryConfig = msgspec.field(default_factory=DirectoryConfig)
     web: WebConfig = msgspec.field(default_factory=WebConfig)
+    greylisting: GreylistingConfig = msgspec.field(default_factory=GreylistingConfig)
+    ratelimit: RatelimitConfig = msgspec.field(default_factory=RatelimitConfig)
+    redis: RedisConfig = msgspec.field(default_factory=RedisConfig)
     rules: list[RuleConfig] = msgspec.field(default_factory=_default_rules)
     plugins: dict[str, Any] = msgspec.field(default_factory=dict)
     source: str | None = None
@@ -569,6 +681,9 @@ _CORE_SECTIONS: dict[str, type[Any]] = {
     "dkim": DkimConfig,
     "directory": DirectoryConfig,
     "web": WebConfig,
+    "greylisting": GreylistingConfig,
+    "ratelimit": RatelimitConfig,
+    "redis": RedisConfig,
     "rules": list[RuleConfig],
 }
 

@@ -37,6 +37,7 @@ from mailwarden_sdk import (
 )
 from mailwarden_sdk import Quarantine as PluginQuarantine
 
+from .admission import PolicySteps
 from .config import Config, RuleConfig, load_config
 from .content_rules import DETECTOR as CONTENT_DETECTOR
 from .content_rules import check_content
@@ -82,6 +83,9 @@ _RELOAD_SECTIONS = (
     "dkim",
     "directory",
     "web",
+    "greylisting",
+    "ratelimit",
+    "redis",
 )
 
 
@@ -233,6 +237,8 @@ class Gateway:
         self.spool = Spool(config.path_in_home(config.spool.path))
         self.dkim = DkimSigner.from_config(config)
         self.delivery = DeliveryQueue(self)
+        # Greylisting and rate limits, asked by the ingresses before a message is scanned.
+        self.policy_steps = PolicySteps(config, self.stores.metrics)
         self._executor: ThreadPoolExecutor | None = None
         self._started = False
         # The directory is opened at start(); until then group patterns match nothing.
@@ -312,6 +318,7 @@ class Gateway:
         if self.directory is not None:
             self.directory.close()
             self.directory = None
+        await self.policy_steps.close()
         self._started = False
 
     async def __aenter__(self) -> Gateway:
