@@ -316,3 +316,38 @@ def test_serve_brackets_ipv6_and_a_bind_error_names_the_listener(tmp_path: Path)
     finally:
         first.terminate()
         first.wait(timeout=60)
+
+
+def test_scan_shows_progress_on_a_terminal_only(tmp_path: Path) -> None:
+    import pty
+
+    for name in ("a.eml", "b.eml"):
+        (tmp_path / name).write_bytes(make_message(subject=name, body="hi\r\n"))
+    env = {k: v for k, v in os.environ.items() if k != "MAILWARDEN_HOME"}
+    command = [sys.executable, "-m", "mailwarden", "scan", "a.eml", "b.eml"]
+    piped = subprocess.run(
+        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert piped.returncode == 0 and "[1/2]" not in piped.stderr + piped.stdout
+    master, terminal = pty.openpty()
+    try:
+        process = subprocess.Popen(
+            command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=terminal, text=True
+        )
+        out, _ = process.communicate(timeout=120)
+        os.close(terminal)
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # the terminal's other end is closed: all read
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        os.close(master)
+    assert process.returncode == 0
+    assert b"[1/2] a.eml" in shown and b"[2/2] b.eml" in shown
+    # The rows themselves stay on stdout, clean of progress.
+    assert out == piped.stdout
