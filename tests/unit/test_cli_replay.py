@@ -30,6 +30,15 @@ names = ["*.docm"]
 """
 
 
+def _home(tmp_path: Path) -> Path:
+    """A home whose config names it; the config's path."""
+    home = tmp_path / "home"
+    home.mkdir()
+    config = home / "mailwarden.toml"
+    config.write_text(f'[gateway]\nhome = "{home}"\n')
+    return config
+
+
 def _stored_set(home: Path, mail: Path) -> dict[str, bytes]:
     """Five messages the gateway on its defaults handled (and recorded); copies in ``mail``."""
     messages = {
@@ -63,10 +72,8 @@ def _stored_set(home: Path, mail: Path) -> dict[str, bytes]:
 
 
 def test_replay_with_a_stricter_config_reports_exactly_the_changed_actions(tmp_path: Path) -> None:
-    home = tmp_path / "home"
-    home.mkdir()
-    config = home / "mailwarden.toml"
-    config.write_text(f'[gateway]\nhome = "{home}"\n')
+    config = _home(tmp_path)
+    home = config.parent
     _stored_set(home, tmp_path / "mail")
     candidate = tmp_path / "candidate.toml"
     candidate.write_text(STRICTER)
@@ -108,10 +115,8 @@ def test_replay_with_a_stricter_config_reports_exactly_the_changed_actions(tmp_p
 
 
 def test_replay_with_the_same_config_changes_nothing(tmp_path: Path) -> None:
-    home = tmp_path / "home"
-    home.mkdir()
-    config = home / "mailwarden.toml"
-    config.write_text(f'[gateway]\nhome = "{home}"\n')
+    config = _home(tmp_path)
+    home = config.parent
     _stored_set(home, tmp_path / "mail")
     result = CliRunner().invoke(
         cli, ["replay", "--config", str(config), "--candidate", str(config), str(tmp_path / "mail")]
@@ -123,10 +128,7 @@ def test_replay_with_the_same_config_changes_nothing(tmp_path: Path) -> None:
 
 
 def test_replay_of_the_gateways_quarantine(tmp_path: Path) -> None:
-    home = tmp_path / "home"
-    home.mkdir()
-    config = home / "mailwarden.toml"
-    config.write_text(f'[gateway]\nhome = "{home}"\n')
+    config = _home(tmp_path)
     broken = make_message(
         subject="archive", body="See zip.\r\n", attachment=b"PK\x03\x04 torn", filename="a.zip"
     )
