@@ -209,6 +209,27 @@ def test_release_goes_through_the_gateways_maildir_by_default(home: Path) -> Non
     assert len(list((home / "maildir" / "new").iterdir())) == 1
 
 
+def test_release_in_relay_mode_queues_for_the_running_gateways_relay(home: Path) -> None:
+    from mailwarden.spool import Spool
+
+    config = home / "mailwarden.toml"
+    config.write_text(config.read_text() + '[delivery]\nmode = "relay"\nnext_hop = "127.0.0.1:2"\n')
+    store, entry_id = _spam_store(home)
+    store.close()
+    result = CliRunner().invoke(
+        cli, ["antispam", "quarantine", "release", entry_id, "--config", str(config)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "relay queue" in result.output
+    spool = Spool(home / "spool")
+    (queued,) = spool.ids()
+    state = spool.load_state(queued)
+    # Decided (not scanned again) and not yet tried: the gateway's queue sends it next scan.
+    assert state.decided and state.attempts == 0
+    assert b"cheap pills" in next((home / "spool").rglob(f"{queued}*")).read_bytes()
+    assert not (home / "maildir").exists()
+
+
 # -- homes -----------------------------------------------------------------------------------
 
 
