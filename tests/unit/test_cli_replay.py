@@ -162,3 +162,36 @@ def test_replay_of_the_gateways_quarantine(tmp_path: Path) -> None:
     (held,) = report["messages"]
     assert held["source"].startswith("quarantine:")
     assert (held["recorded"]["action"], held["candidate"]["action"]) == ("quarantine", "deliver")
+
+
+def test_replay_of_an_mbox_takes_the_envelopes_from_the_event_log(tmp_path: Path) -> None:
+    import mailbox
+
+    config = _home(tmp_path)
+    messages = _stored_set(config.parent, tmp_path / "mail")
+    box = mailbox.mbox(tmp_path / "saved.mbox")
+    for raw in messages.values():
+        box.add(raw)
+    box.close()
+    candidate = tmp_path / "candidate.toml"
+    candidate.write_text(STRICTER)
+    result = CliRunner().invoke(
+        cli,
+        [
+            "replay",
+            "--config",
+            str(config),
+            "--candidate",
+            str(candidate),
+            "--json",
+            str(tmp_path / "saved.mbox"),
+        ],
+    )
+    assert result.exit_code == 1, result.output
+    report = json.loads(result.output)
+    assert report["counts"]["replayed"] == 5 and report["counts"]["action_changed"] == 2
+    assert sorted(m["mail_from"] for m in report["messages"]) == [
+        "macro@example.org",
+        "virus@example.org",
+    ]
+    assert all("saved.mbox#" in m["source"] for m in report["messages"])
