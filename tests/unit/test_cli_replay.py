@@ -195,3 +195,20 @@ def test_replay_of_an_mbox_takes_the_envelopes_from_the_event_log(tmp_path: Path
         "virus@example.org",
     ]
     assert all("saved.mbox#" in m["source"] for m in report["messages"])
+
+
+def test_replay_of_the_backups(tmp_path: Path) -> None:
+    config = _home(tmp_path)
+    _stored_set(config.parent, tmp_path / "mail")
+    candidate = tmp_path / "candidate.toml"
+    candidate.write_text(STRICTER)
+    result = CliRunner().invoke(
+        cli, ["replay", "--config", str(config), "--candidate", str(candidate), "--backups"]
+    )
+    # The rejected virus was backed up before it was refused; the candidate would hold it.
+    lines = result.output.splitlines()
+    assert result.exit_code == 1, result.output
+    assert lines[0] == (
+        "replayed 1: 1 action changes, 0 verdict changes only, 0 unchanged, 0 without a record"
+    )
+    assert lines[1].startswith("backup:") and "reject -> quarantine" in lines[1]
