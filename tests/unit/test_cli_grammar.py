@@ -209,6 +209,24 @@ def test_release_goes_through_the_gateways_maildir_by_default(home: Path) -> Non
     assert len(list((home / "maildir" / "new").iterdir())) == 1
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["web", "password", "--user", "bob", "--role", "Admin", "--password", "long enough one"],
+        ["web", "token", "robot", "--role", "Auditor", "--role", "bogus"],
+    ],
+)
+def test_web_commands_refuse_an_unknown_role_listing_the_roles(home: Path, args: list[str]) -> None:
+    result = CliRunner().invoke(cli, [*args, "--config", str(home / "mailwarden.toml")])
+    assert result.exit_code == 2, result.output
+    assert "is not a role; roles: Administrator, Auditor, Operator" in result.output
+    assert "[" not in result.output.splitlines()[-1]  # no Python list
+    assert (
+        not (home / "web" / "accounts.json").exists()
+        or "bob" not in (home / "web" / "accounts.json").read_text()
+    )
+
+
 def test_release_in_relay_mode_queues_for_the_running_gateways_relay(home: Path) -> None:
     from mailwarden.spool import Spool
 
