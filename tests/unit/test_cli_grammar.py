@@ -221,10 +221,8 @@ def test_web_commands_refuse_an_unknown_role_listing_the_roles(home: Path, args:
     assert result.exit_code == 2, result.output
     assert "is not a role; roles: Administrator, Auditor, Operator" in result.output
     assert "[" not in result.output.splitlines()[-1]  # no Python list
-    assert (
-        not (home / "web" / "accounts.json").exists()
-        or "bob" not in (home / "web" / "accounts.json").read_text()
-    )
+    users = home / "web" / "users.json"
+    assert not users.exists() or "bob" not in users.read_text()
 
 
 def test_release_in_relay_mode_queues_for_the_running_gateways_relay(home: Path) -> None:
