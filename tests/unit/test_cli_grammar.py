@@ -242,7 +242,7 @@ def test_release_in_relay_mode_queues_for_the_running_gateways_relay(home: Path)
     state = spool.load_state(queued)
     # Decided (not scanned again) and not yet tried: the gateway's queue sends it next scan.
     assert state.decided and state.attempts == 0
-    assert b"cheap pills" in next((home / "spool").rglob(f"{queued}*")).read_bytes()
+    assert b"cheap pills" in next((home / "spool").rglob(f"{queued}.msg")).read_bytes()
     assert not (home / "maildir").exists()
 
 
