@@ -8,14 +8,12 @@ carry out the returned :class:`Outcome` in their own protocol's terms.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import re
 import secrets
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -36,6 +34,7 @@ from mailwarden_sdk import (
     Verdict,
 )
 from mailwarden_sdk import Quarantine as PluginQuarantine
+from mailwarden_sdk.offload import scanning
 
 from .config import Config, RuleConfig, load_config
 from .content_rules import DETECTOR as CONTENT_DETECTOR
@@ -44,6 +43,8 @@ from .delivery.queue import DeliveryQueue, crlf
 from .dkim import DkimSigner
 from .errors import ConfigError, DeliveryError, PluginError
 from .events import MessageEventLog
+from .hookcalls import DaemonExecutor, ObserverLane, call_impl
+from .hookcalls import hook_kwargs as _kwargs
 from .isolation import IsolatedDetector, target_of
 from .maildir import Maildir
 from .notify import build_notices
@@ -60,9 +61,11 @@ __all__ = ["Decision", "Gateway", "Outcome"]
 
 log = logging.getLogger(__name__)
 
-# Sync detectors run in threads so a slow one can be timed out without blocking the event
-# loop; native calls release the GIL, so these threads also use every core of the worker.
+# Sync detectors and hooks run in threads so a slow one can be timed out without blocking the
+# event loop; native calls release the GIL, so these threads also use every core of the worker.
 _DETECTOR_THREADS = 32
+
+_TIMEOUT = "HOOK_TIMEOUT"
 
 _REFUSING = (ActionKind.REJECT, ActionKind.TEMPFAIL)
 
@@ -233,7 +236,8 @@ class Gateway:
         self.spool = Spool(config.path_in_home(config.spool.path))
         self.dkim = DkimSigner.from_config(config)
         self.delivery = DeliveryQueue(self)
-        self._executor: ThreadPoolExecutor | None = None
+        self._executor: DaemonExecutor | None = None
+        self._observers: list[ObserverLane] = []
         self._started = False
         # The directory is opened at start(); until then group patterns match nothing.
         self.directory: Directory | None = None
@@ -271,7 +275,7 @@ class Gateway:
         """Start every plugin (``mailwarden_startup``); a failing plugin stops the start."""
         if self._started:
             return
-        self._executor = ThreadPoolExecutor(_DETECTOR_THREADS, thread_name_prefix="detector")
+        self._executor = DaemonExecutor(_DETECTOR_THREADS, "detector")
         from .directory.service import open_directory
 
         # Opening may refresh an empty cache over the network, hence the thread; with the
@@ -281,25 +285,52 @@ class Gateway:
             self._directory_task = asyncio.create_task(self.directory.keep_fresh())
         # Releases a process that is gone left half done: held again once stale.
         await asyncio.to_thread(self.quarantine.recover)
+        budget = self.config.hooks.startup
         for impl in self.plugins.pm.hook.mailwarden_startup.get_hookimpls():
             try:
-                result = impl.function(**_kwargs(impl, host=self.host))
-                if inspect.isawaitable(result):
-                    await result
+                await self._call(impl, budget, host=self.host)
+            except TimeoutError as exc:
+                self._executor.shutdown(wait=False, cancel_futures=True)
+                raise PluginError(
+                    f"plugin {impl.plugin_name!r} did not start within {budget:g} s "
+                    "([hooks] startup)"
+                ) from exc
             except Exception as exc:
                 raise PluginError(f"plugin {impl.plugin_name!r} failed to start: {exc!r}") from exc
+        hooks = self.config.hooks
+        self._observers = [
+            ObserverLane(
+                impl.plugin_name,
+                impl.function,
+                hooks.message_processed,
+                hooks.observer_backlog,
+                partial(self._hook_failed, "mailwarden_message_processed", impl.plugin_name),
+            )
+            for impl in self.plugins.pm.hook.mailwarden_message_processed.get_hookimpls()
+        ]
         self._started = True
 
     async def stop(self) -> None:
         """Shut every plugin down; errors are logged, every plugin gets its call."""
         if not self._started:
             return
+        budget = self.config.hooks.shutdown
+        # Observers first, so they see every message; bounded like a shutdown hook.
+        deadline = time.monotonic() + budget
+        for lane in self._observers:
+            lane.close(deadline)
+        self._observers = []
         self.stores.flush()
         for impl in self.plugins.pm.hook.mailwarden_shutdown.get_hookimpls():
             try:
-                result = impl.function(**_kwargs(impl, host=self.host))
-                if inspect.isawaitable(result):
-                    await result
+                await self._call(impl, budget, host=self.host)
+            except TimeoutError:
+                log.error(
+                    "plugin %s did not shut down within %g s ([hooks] shutdown)",
+                    impl.plugin_name,
+                    budget,
+                )
+                self._hook_failed("mailwarden_shutdown", impl.plugin_name, "timeout")
             except Exception:
                 log.exception("plugin %s failed to shut down", impl.plugin_name)
         if self._executor:
@@ -438,7 +469,10 @@ class Gateway:
             for i in self.plugins.pm.hook.mailwarden_scan.get_hookimpls()
             if i.plugin_name in names
         ]
-        detecting = asyncio.gather(*(self._run_detector(impl, ctx, timings) for impl in impls))
+        with scanning(message):
+            # The detectors' tasks inherit the mark: a message of many fields or parts has its
+            # CPU work done in threads (run_cpu_bound), whatever its size.
+            detecting = asyncio.gather(*(self._run_detector(impl, ctx, timings) for impl in impls))
         content = self._check_content(message, rule, timings)
         blocked, results = await asyncio.gather(content, detecting)
         results.append(blocked)
@@ -446,34 +480,81 @@ class Gateway:
         timings["detect"] = _ms(began)
 
         began = time.perf_counter()
-        verdict = fold_findings(f for findings in results for f in findings)
-        try:
-            self.plugins.pm.hook.mailwarden_verdict(ctx=ctx, verdict=verdict)
-        except Exception as exc:
-            # pluggy stops at the first failing implementation; the folded verdict still stands
-            # and the failure is visible as an error, decided by the rule's error action.
-            log.exception("mailwarden_verdict failed")
-            verdict.findings.append(_error_finding("verdict", "DETECTOR_ERROR", repr(exc)))
-            verdict.errors = sorted({*verdict.errors, "verdict"})
-        action = self._carry_out(ctx, verdict, decide_action(rule, verdict))
+        folded = fold_findings(f for findings in results for f in findings)
+        verdict = await self._verdict(ctx, folded)
+        action = decide_action(rule, verdict)
+        if verdict is folded and "verdict" in verdict.errors and action.kind is ActionKind.DELIVER:
+            # The verdict hooks did not finish (the antispam score becomes a status there): a
+            # half-made verdict is never delivered on, whatever the rule's error action.
+            action = msgspec.structs.replace(
+                action,
+                kind=ActionKind.TEMPFAIL,
+                reason="error",
+                smtp_code=451,
+                smtp_text="4.7.1 Message not accepted now (verdict unfinished); try again later",
+            )
+        action = await self._carry_out(ctx, verdict, action)
         timings["decide"] = _ms(began)
         return Decision(
             uuid.uuid4().hex, envelope, message, rule, verdict, action, timings, context=ctx
         )
 
-    def _carry_out(self, ctx: ScanContext, verdict: Verdict, action: Action) -> Action:
+    async def _verdict(self, ctx: ScanContext, folded: Verdict) -> Verdict:
+        """``folded`` as the ``mailwarden_verdict`` hooks adjust it, within ``[hooks] verdict``.
+
+        The hooks work on a copy, because a hook that runs out of time goes on in its thread:
+        the folded verdict is kept then, or when one raises, with an error finding (pluggy
+        stops at the first failing implementation), and returned as the very object given.
+        """
+        if not self.plugins.pm.hook.mailwarden_verdict.get_hookimpls():
+            return folded
+        budget = self.config.hooks.verdict
+        verdict = msgspec.convert(msgspec.to_builtins(folded), Verdict)
+        try:
+            await call_impl(
+                self.plugins.pm.hook.mailwarden_verdict,
+                {"ctx": ctx, "verdict": verdict},
+                budget,
+                self._executor,
+            )
+            return verdict
+        except TimeoutError:
+            log.error("mailwarden_verdict gave no answer within %g s ([hooks] verdict)", budget)
+            self._hook_failed("mailwarden_verdict", "*", "timeout")
+            error = _error_finding("verdict", _TIMEOUT, f"no answer within {budget:g} s")
+        except Exception as exc:
+            log.exception("mailwarden_verdict failed")
+            error = _error_finding("verdict", "DETECTOR_ERROR", repr(exc))
+        folded.findings.append(error)
+        folded.errors = sorted({*folded.errors, "verdict"})
+        return folded
+
+    async def _carry_out(self, ctx: ScanContext, verdict: Verdict, action: Action) -> Action:
         """Name the backup copy, then let plugins do what needs the content (a rewrite:
-        ``mailwarden_action``). The copy itself is kept by :meth:`keep_backups` when an
-        ingress acts, so a dry run keeps nothing."""
+        ``mailwarden_action``, within ``[hooks] action``). The copy itself is kept by
+        :meth:`keep_backups` when an ingress acts, so a dry run keeps nothing."""
         if action.backup:
             action = msgspec.structs.replace(action, backup_id=secrets.token_hex(8))
-        try:
-            changed = self.plugins.pm.hook.mailwarden_action(
-                ctx=ctx, verdict=verdict, action=action
-            )
-        except Exception:
-            log.exception("mailwarden_action failed")
-            changed = None
+        changed = None
+        if self.plugins.pm.hook.mailwarden_action.get_hookimpls():
+            budget = self.config.hooks.action
+            try:
+                changed = await call_impl(
+                    self.plugins.pm.hook.mailwarden_action,
+                    {"ctx": ctx, "verdict": verdict, "action": action},
+                    budget,
+                    self._executor,
+                )
+            except TimeoutError:
+                # The action stands as decided (a removal no plugin made is held below);
+                # the event shows why.
+                log.error("mailwarden_action gave no answer within %g s ([hooks] action)", budget)
+                self._hook_failed("mailwarden_action", "*", "timeout")
+                verdict.findings.append(
+                    _error_finding("action", _TIMEOUT, f"no answer within {budget:g} s")
+                )
+            except Exception:
+                log.exception("mailwarden_action failed")
         action = changed if isinstance(changed, Action) else action
         if action.remove_parts and action.replace_message is None:
             # Nothing could cut the parts out: hold the message rather than deliver them.
@@ -505,23 +586,24 @@ class Gateway:
         budget = self.config.detectors.budget(name)
         began = time.perf_counter()
         try:
-            async with asyncio.timeout(budget):
-                fn: Callable[..., Any] = partial(impl.function, **_kwargs(impl, ctx=ctx))
-                if inspect.iscoroutinefunction(impl.function):
-                    result = await fn()
-                else:
-                    loop = asyncio.get_running_loop()
-                    result = await loop.run_in_executor(self._executor, fn)
-                    if inspect.isawaitable(result):
-                        result = await result
+            result = await self._call(impl, budget, ctx=ctx)
             return _checked_findings(name, result)
         except TimeoutError:
+            self._hook_failed("mailwarden_scan", name, "timeout")
             return [_error_finding(name, "DETECTOR_TIMEOUT", f"no answer within {budget:g} s")]
         except Exception as exc:
             log.warning("detector %s failed: %r", name, exc)
             return [_error_finding(name, "DETECTOR_ERROR", repr(exc))]
         finally:
             timings[f"detector.{name}"] = _ms(began)
+
+    async def _call(self, impl: Any, budget: float, **available: Any) -> Any:
+        """One implementation, with the arguments it takes, within ``budget`` seconds."""
+        return await call_impl(impl.function, _kwargs(impl, **available), budget, self._executor)
+
+    def _hook_failed(self, hook: str, plugin: str, kind: str) -> None:
+        # One series per hook and plugin: both are few, fixed by the installation.
+        self.stores.metrics.errors.labels(f"hook {kind}:{hook}:{plugin}"[:80]).inc()
 
     async def process(self, raw: bytes, envelope: Envelope, *, ingress: str = "library") -> Outcome:
         """Spool, scan, act (queue for the next hop, deliver to the Maildir, quarantine, drop)
@@ -688,11 +770,20 @@ class Gateway:
         ctx = decision.context or ScanContext(
             decision.envelope, decision.message, decision.rule.name
         )
+        budget = self.config.hooks.hold
         for impl in self.plugins.pm.hook.mailwarden_hold.get_hookimpls():
             try:
-                result = impl.function(**_kwargs(impl, ctx=ctx, verdict=decision.verdict))
-                if inspect.isawaitable(result):
-                    result = await result
+                result = await self._call(impl, budget, ctx=ctx, verdict=decision.verdict)
+            except TimeoutError:
+                # A refusal: nobody else taking it means 451, so the sender keeps the message.
+                log.error(
+                    "plugin %s did not hold %s within %g s ([hooks] hold)",
+                    impl.plugin_name,
+                    decision.id[:12],
+                    budget,
+                )
+                self._hook_failed("mailwarden_hold", impl.plugin_name, "timeout")
+                continue
             except Exception:
                 log.exception("plugin %s failed to hold %s", impl.plugin_name, decision.id[:12])
                 continue
@@ -851,19 +942,11 @@ class Gateway:
                 log.exception("could not write the message event of %s", decision.id)
                 self.stores.metrics.errors.labels("store:message event log").inc()
         self.stores.observe(event)
-        for impl in self.plugins.pm.hook.mailwarden_message_processed.get_hookimpls():
-            try:
-                impl.function(**_kwargs(impl, event=event))
-            except Exception:
-                log.exception("observer %s failed", impl.plugin_name)
+        for lane in self._observers:
+            lane.offer(event)
         # After the write, so the stored event lacks it; benchmarks read it from the decision.
         decision.timings_ms["record"] = _ms(began)
         return event
-
-
-def _kwargs(impl: Any, **available: Any) -> dict[str, Any]:
-    # pluggy allows an implementation to take fewer arguments than its spec.
-    return {name: available[name] for name in impl.argnames if name in available}
 
 
 def _ms(began: float) -> float:
