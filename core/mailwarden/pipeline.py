@@ -507,8 +507,7 @@ class Gateway:
             return folded, _finished(deciding.decide(folded, failed=False), None)
         budgets = self.config.hooks
         running = asyncio.get_running_loop().run_in_executor(self._executor, deciding.run)
-        await asyncio.wait({running}, timeout=budgets.verdict)
-        if not running.done() and deciding.give_up():
+        if not await deciding.wait(running, budgets.verdict, budgets.action):
             log.error(
                 "mailwarden_verdict gave no answer within %g s ([hooks] verdict)", budgets.verdict
             )
@@ -530,11 +529,6 @@ class Gateway:
                 except Exception:
                     log.exception("mailwarden_action failed")
             return folded, _finished(action, changed)
-        if not running.done():
-            began = deciding.action_began or time.monotonic()
-            await asyncio.wait(
-                {running}, timeout=max(0.0, began + budgets.action - time.monotonic())
-            )
         changed = None
         if not running.done():
             # The action stands as decided (a removal no plugin made is held in _finished).
@@ -980,11 +974,30 @@ class _Deciding:
             action = msgspec.structs.replace(action, backup_id=secrets.token_hex(8))
         return action
 
-    def give_up(self) -> bool:
-        """Stop waiting for the verdict hooks; False when they are done already."""
-        with self._lock:
-            self._given_up = self.verdict is None
-            return self._given_up
+    async def wait(self, running: asyncio.Future[Any], verdict: float, action: float) -> bool:
+        """Wait for ``running`` (:meth:`run`) within the budgets: ``verdict`` seconds for the
+        verdict hooks, then ``action`` seconds from when the action hooks began. False when
+        the verdict hooks ran out (the thread then stops before deciding); True otherwise,
+        with ``running`` done or its action hooks out of time."""
+        deadline = time.monotonic() + verdict
+        # Not told when the thread moves on to the action hooks: looked at this often.
+        step = min(verdict, action)
+        while not running.done():
+            now = time.monotonic()
+            if self.verdict is None:
+                if now >= deadline:
+                    with self._lock:
+                        self._given_up = self.verdict is None
+                    if self._given_up:
+                        return False
+                    continue
+                await asyncio.wait({running}, timeout=min(step, deadline - now))
+            else:
+                began = self.action_began or now
+                if now >= began + action:
+                    return True
+                await asyncio.wait({running}, timeout=began + action - now)
+        return True
 
     def run(self) -> Any:
         """In the worker thread: verdict hooks, decision, action hooks (their answer)."""

@@ -130,6 +130,26 @@ def test_a_verdict_hook_that_finishes_still_adjusts_the_verdict(tmp_path: Path) 
     assert decision.action.kind is ActionKind.DELIVER and not decision.verdict.errors
 
 
+def test_a_failing_verdict_hook_is_not_delivered_on(tmp_path: Path) -> None:
+    class Broken:
+        @hookimpl
+        def mailwarden_verdict(self, ctx: ScanContext, verdict: Verdict) -> None:
+            verdict.headers.append(("X-Half", "done"))
+            raise RuntimeError("score table missing")
+
+    gateway = _gateway(tmp_path, "", broken=Broken)
+
+    async def run() -> Any:
+        async with gateway:
+            return await gateway.scan(make_message(), ENVELOPE)
+
+    decision = asyncio.run(run())
+    assert decision.action.kind is ActionKind.TEMPFAIL
+    assert decision.verdict.errors == ["verdict"]
+    assert ("X-Half", "done") not in decision.verdict.headers  # half a hook's work never counts
+    assert "score table missing" in decision.verdict.findings[-1].details["error"]
+
+
 def test_a_stuck_observer_leaves_messages_processed_and_is_reported(
     tmp_path: Path, stuck: Stuck
 ) -> None:
@@ -172,6 +192,10 @@ def test_a_stuck_observer_leaves_messages_processed_and_is_reported(
 def test_a_stuck_action_hook_leaves_the_decided_action(tmp_path: Path, stuck: Stuck) -> None:
     class SlowAction:
         @hookimpl
+        def mailwarden_verdict(self, ctx: ScanContext, verdict: Verdict) -> None:
+            verdict.headers.append(("X-Tagged", "yes"))
+
+        @hookimpl
         def mailwarden_action(
             self, ctx: ScanContext, verdict: Verdict, action: Action
         ) -> Action | None:
@@ -186,6 +210,7 @@ def test_a_stuck_action_hook_leaves_the_decided_action(tmp_path: Path, stuck: St
 
     decision = asyncio.run(run())
     assert decision.action.kind is ActionKind.DELIVER
+    assert ("X-Tagged", "yes") in decision.verdict.headers  # the verdict hook had finished
     timeout = next(f for f in decision.verdict.findings if f.code == "HOOK_TIMEOUT")
     assert timeout.detector == "action"
     assert _errors(gateway, "hook timeout:mailwarden_action:*") == 1
