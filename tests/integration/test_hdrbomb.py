@@ -8,6 +8,7 @@ not benchmarks.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import smtplib
@@ -24,6 +25,7 @@ import pytest
 
 from tests.conftest import free_port, install_fake_distribution, make_message
 from tests.integration.test_smtp_serve import _wait_for_port
+from tests.milter_mta import Mta
 
 pytestmark = pytest.mark.integration
 
@@ -144,6 +146,42 @@ def test_a_header_bomb_leaves_the_second_banner_prompt(tmp_path: Path, serve: li
     sender.join(120)
     assert result.get("code") == 250
     assert server.stop_seconds() < 10.0 and server.process.returncode == 0
+
+
+def test_a_header_bomb_through_the_milter_leaves_other_mtas_answered(
+    tmp_path: Path, serve: list[Serve]
+) -> None:
+    milter_port = free_port()
+    server = Serve(tmp_path, f"[milter]\nenabled = true\nport = {milter_port}\n")
+    serve.append(server)
+    # The milter writes "Name: value": 6,500 fields keep the message under 64 KiB, the size
+    # up to which run_cpu_bound used to work inline.
+    raw = b"Subject: x\r\n" + b"".join(b"X%d: v\r\n" % i for i in range(6500)) + b"\r\nbody\r\n"
+    assert len(raw) < 64 * 1024
+
+    async def run() -> tuple[str, float, int]:
+        bomb = await Mta.connect(milter_port)
+        await bomb.optneg(protocol=0)  # a reply to every packet, as Postfix asks by default
+        await bomb.session_start()
+        sending = asyncio.create_task(bomb.message(raw))
+        # Another MTA connects again and again while the bomb is sent and scanned: the
+        # slowest negotiation is how long the loop was held.
+        worst, tries = 0.0, 0
+        while not sending.done() and tries < 600:
+            began = time.monotonic()
+            other = await Mta.connect(milter_port)
+            await other.optneg()
+            worst = max(worst, time.monotonic() - began)
+            await other.close()
+            tries += 1
+            await asyncio.wait({sending}, timeout=0.1)
+        answer = await asyncio.wait_for(sending, 120)
+        await bomb.close()
+        return answer.final, worst, tries
+
+    final, worst, tries = asyncio.run(run())
+    assert tries > 1 and worst < 1.0, (tries, worst)
+    assert final == "a"
 
 
 def test_sigterm_ends_serve_with_a_detector_thread_stuck(
