@@ -62,14 +62,22 @@ def _gateway(tmp_path: Path, config: str, **plugins: Any) -> Gateway:
     return Gateway(parsed, plugins=built)
 
 
+ENVELOPE = Envelope(mail_from="alice@example.org", rcpt_to=["bob@example.net"])
+
+
+def _scan_once(gateway: Gateway) -> Any:
+    async def run() -> Any:
+        async with gateway:
+            return await gateway.scan(make_message(), ENVELOPE)
+
+    return asyncio.run(run())
+
+
 def _errors(gateway: Gateway, where: str) -> float:
     value = gateway.stores.metrics.registry.get_sample_value(
         "mailwarden_errors_total", {"where": where}
     )
     return value or 0.0
-
-
-ENVELOPE = Envelope(mail_from="alice@example.org", rcpt_to=["bob@example.net"])
 
 
 def _slow_and_quick(marker: str) -> tuple[bytes, bytes]:
@@ -121,11 +129,7 @@ def test_a_verdict_hook_that_finishes_still_adjusts_the_verdict(tmp_path: Path) 
 
     gateway = _gateway(tmp_path, "", tagger=Tagger)
 
-    async def run() -> Any:
-        async with gateway:
-            return await gateway.scan(make_message(), ENVELOPE)
-
-    decision = asyncio.run(run())
+    decision = _scan_once(gateway)
     assert ("X-Tagged", "yes") in decision.verdict.headers
     assert decision.action.kind is ActionKind.DELIVER and not decision.verdict.errors
 
@@ -139,11 +143,7 @@ def test_a_failing_verdict_hook_is_not_delivered_on(tmp_path: Path) -> None:
 
     gateway = _gateway(tmp_path, "", broken=Broken)
 
-    async def run() -> Any:
-        async with gateway:
-            return await gateway.scan(make_message(), ENVELOPE)
-
-    decision = asyncio.run(run())
+    decision = _scan_once(gateway)
     assert decision.action.kind is ActionKind.TEMPFAIL
     assert decision.verdict.errors == ["verdict"]
     assert ("X-Half", "done") not in decision.verdict.headers  # half a hook's work never counts
@@ -204,11 +204,7 @@ def test_a_stuck_action_hook_leaves_the_decided_action(tmp_path: Path, stuck: St
 
     gateway = _gateway(tmp_path, "[hooks]\naction = 0.3\n", slow=SlowAction)
 
-    async def run() -> Any:
-        async with gateway:
-            return await gateway.scan(make_message(), ENVELOPE)
-
-    decision = asyncio.run(run())
+    decision = _scan_once(gateway)
     assert decision.action.kind is ActionKind.DELIVER
     assert ("X-Tagged", "yes") in decision.verdict.headers  # the verdict hook had finished
     timeout = next(f for f in decision.verdict.findings if f.code == "HOOK_TIMEOUT")
@@ -262,11 +258,7 @@ def test_a_stuck_scan_is_cancelled_and_becomes_a_timeout(tmp_path: Path) -> None
 
     gateway = _gateway(tmp_path, "[detectors]\ntimeout = 0.3\n", slow=SlowScan)
 
-    async def run() -> Any:
-        async with gateway:
-            return await gateway.scan(make_message(), ENVELOPE)
-
-    decision = asyncio.run(run())
+    decision = _scan_once(gateway)
     assert cancelled.is_set()
     assert any(f.code == "DETECTOR_TIMEOUT" for f in decision.verdict.findings)
     assert _errors(gateway, "hook timeout:mailwarden_scan:slow") == 1
