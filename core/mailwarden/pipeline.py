@@ -78,6 +78,7 @@ _RELOAD_SECTIONS = (
     "content_filter",
     "delivery",
     "detectors",
+    "hooks",
     "events",
     "stores",
     "metrics",
