@@ -943,7 +943,7 @@ class _Deciding:
 
     The verdict hooks work on a copy of the folded verdict: a hook that runs out of time goes
     on in its thread and must not change what the gateway acts on. Once the gateway gave up
-    on them (:meth:`give_up`) the thread stops before deciding.
+    on them (:meth:`wait`) the thread stops before deciding.
     """
 
     def __init__(self, hook: Any, ctx: ScanContext, rule: RuleConfig, folded: Verdict) -> None:
