@@ -11,7 +11,10 @@ by the structure of the message being scanned: work grows with header fields and
 as much as with bytes, and a 64 KB message of 7,250 header fields kept the event loop busy
 for 21.7 s while the work ran inline (issue 25). The gateway marks the message its detectors
 work on (:func:`scanning`); one with more than :data:`INLINE_MAX_FIELDS` header fields and
-parts has all its work done in threads, whatever its size in bytes.
+parts has all its work done in threads, whatever its size in bytes. And the inline work is
+measured: once a message's work held the loop for :data:`INLINE_MAX_SECONDS` in all, the
+rest of that message's work goes to threads, so input that is slow in a way no count
+foresees still holds the loop only that long.
 
 Only for work that never blocks on I/O (no sockets, no waiting on locks held elsewhere):
 inline, that would stall every connection of the worker. Blocking work goes to
@@ -21,6 +24,7 @@ inline, that would stall every connection of the worker. Blocking work goes to
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -28,7 +32,13 @@ from typing import ParamSpec, TypeVar
 
 from mailwarden_native import ParsedMessage
 
-__all__ = ["INLINE_MAX_BYTES", "INLINE_MAX_FIELDS", "run_cpu_bound", "scanning"]
+__all__ = [
+    "INLINE_MAX_BYTES",
+    "INLINE_MAX_FIELDS",
+    "INLINE_MAX_SECONDS",
+    "run_cpu_bound",
+    "scanning",
+]
 
 #: Inputs up to this size are worked on inline. 64 KiB of text keeps the stock rules under a
 #: few milliseconds, short enough that other connections barely notice the pause.
@@ -38,8 +48,21 @@ INLINE_MAX_BYTES = 64 * 1024
 #: in threads whatever their size. Real mail has tens of fields and a few parts.
 INLINE_MAX_FIELDS = 500
 
-# False while the current task works on a message past INLINE_MAX_FIELDS.
-_inline_ok: ContextVar[bool] = ContextVar("mailwarden_inline_ok", default=True)
+#: Inline work on one message stops after this many seconds in all (the rest goes to threads).
+INLINE_MAX_SECONDS = 0.05
+
+
+class _Inline:
+    """The inline allowance of the message being scanned, shared by its detectors' tasks."""
+
+    __slots__ = ("left",)
+
+    def __init__(self, left: float) -> None:
+        self.left = left
+
+
+# Outside a scan (no message marked): no allowance kept, inline by size alone.
+_inline: ContextVar[_Inline | None] = ContextVar("mailwarden_inline", default=None)
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
@@ -52,23 +75,33 @@ async def run_cpu_bound(
 
     Called on the event loop when ``size`` is at most :data:`INLINE_MAX_BYTES` and the message
     being scanned (see :func:`scanning`) has at most :data:`INLINE_MAX_FIELDS` header fields
-    and parts, otherwise in a worker thread (:func:`asyncio.to_thread`). ``fn`` must not block
-    on I/O. Exceptions propagate either way.
+    and parts and has not used up :data:`INLINE_MAX_SECONDS` of inline work, otherwise in a
+    worker thread (:func:`asyncio.to_thread`). ``fn`` must not block on I/O. Exceptions
+    propagate either way.
     """
-    if size <= INLINE_MAX_BYTES and _inline_ok.get():
-        return fn(*args, **kwargs)
+    if size <= INLINE_MAX_BYTES:
+        allowance = _inline.get()
+        if allowance is None:
+            return fn(*args, **kwargs)
+        if allowance.left > 0:
+            began = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                allowance.left -= time.perf_counter() - began
     return await asyncio.to_thread(fn, *args, **kwargs)
 
 
 @contextmanager
 def scanning(message: ParsedMessage) -> Iterator[None]:
-    """Within this block (and the tasks started in it), :func:`run_cpu_bound` takes
-    ``message``'s structure into account: more than :data:`INLINE_MAX_FIELDS` top-level
-    header fields and MIME parts send all work to threads. The gateway wraps its detectors'
-    calls in it; a plugin needs it only to run its own work outside a scan."""
+    """Within this block (and the tasks started in it), :func:`run_cpu_bound` works on
+    ``message``: more than :data:`INLINE_MAX_FIELDS` top-level header fields and MIME parts
+    send all work to threads, and so does inline work past :data:`INLINE_MAX_SECONDS` in all.
+    The gateway wraps its detectors' calls in it; a plugin needs it only to run its own work
+    outside a scan."""
     heavy = len(message.parts) + len(message.root.headers) > INLINE_MAX_FIELDS
-    token = _inline_ok.set(not heavy)
+    token = _inline.set(_Inline(0.0 if heavy else INLINE_MAX_SECONDS))
     try:
         yield
     finally:
-        _inline_ok.reset(token)
+        _inline.reset(token)

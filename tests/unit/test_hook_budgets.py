@@ -338,3 +338,25 @@ def test_cpu_work_of_a_message_with_many_fields_leaves_the_event_loop(tmp_path: 
     asyncio.run(run())
     assert len(many) < 64 * 1024
     assert threads == {"few": True, "many": False}
+
+
+def test_inline_work_past_its_allowance_goes_to_threads(tmp_path: Path) -> None:
+    where: list[bool] = []
+
+    class Slow:
+        @hookimpl
+        async def mailwarden_scan(self, ctx: ScanContext) -> list[Any]:
+            loop_thread = threading.current_thread()
+
+            def work() -> None:
+                where.append(threading.current_thread() is loop_thread)
+                # Stands for input that is slow in a way no size or count foresaw.
+                threading.Event().wait(0.06)
+
+            for _ in range(3):
+                await run_cpu_bound(len(ctx.raw), work)
+            return []
+
+    _scan_once(_gateway(tmp_path, "", slow=Slow))
+    # The first call used up the message's inline allowance (50 ms): the rest left the loop.
+    assert where == [True, False, False]
