@@ -377,6 +377,13 @@ class Gateway:
             for name in sorted({*old.plugins, *new.plugins})
             if _differs(old.plugins.get(name), new.plugins.get(name))
         ]
+        if self.directory is not None and not new.directory.enabled:
+            from .directory.service import turn_off
+
+            # The cache of people and groups goes when the integration is turned off.
+            turn_off(self.directory, self._directory_task)
+            self.directory, self._directory_task = None, None
+            changed = [name for name in changed if name != "directory"]
         config = msgspec.structs.replace(old, rules=new.rules)
         self._rules = (config, config.rules, ruleset)
         self.config = config
