@@ -201,8 +201,10 @@ def test_sigterm_ends_serve_with_a_detector_thread_stuck(
 def test_verdict_and_observer_hooks_that_sleep_leave_the_gateway_answering(
     tmp_path: Path, serve: list[Serve]
 ) -> None:
-    # The default budgets ([hooks] verdict 10 s) against hooks sleeping 20 s.
-    server = Serve(tmp_path, plugins=True)
+    # The default budgets ([hooks] verdict 10 s) against hooks sleeping 20 s; the admin lets
+    # detector errors deliver, which an unfinished verdict still must not.
+    errors_deliver = '[[rules]]\nname = "default"\n[rules.actions]\nerror = "deliver"\n'
+    server = Serve(tmp_path, errors_deliver, plugins=True)
     serve.append(server)
 
     sender, verdict = _in_background(server.port, make_message(body="STUCK-VERDICT\n"))

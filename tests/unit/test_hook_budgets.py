@@ -62,6 +62,9 @@ def _gateway(tmp_path: Path, config: str, **plugins: Any) -> Gateway:
     return Gateway(parsed, plugins=built)
 
 
+# The admin's choice that a detector error delivers: a verdict that did not finish still does not.
+ERRORS_DELIVER = '[[rules]]\nname = "default"\n[rules.actions]\nerror = "deliver"\n'
+
 ENVELOPE = Envelope(mail_from="alice@example.org", rcpt_to=["bob@example.net"])
 
 
@@ -94,7 +97,7 @@ def test_a_stuck_verdict_hook_tempfails_its_message_and_others_go_on(
                 stuck.block()
                 verdict.findings.clear()  # what a late hook does must not count
 
-    gateway = _gateway(tmp_path, "[hooks]\nverdict = 0.5\n", slow=SlowVerdict)
+    gateway = _gateway(tmp_path, "[hooks]\nverdict = 0.5\n" + ERRORS_DELIVER, slow=SlowVerdict)
     slow_raw, quick_raw = _slow_and_quick("SLOW-VERDICT")
 
     async def run() -> tuple[Any, Any, bool]:
@@ -141,7 +144,7 @@ def test_a_failing_verdict_hook_is_not_delivered_on(tmp_path: Path) -> None:
             verdict.headers.append(("X-Half", "done"))
             raise RuntimeError("score table missing")
 
-    gateway = _gateway(tmp_path, "", broken=Broken)
+    gateway = _gateway(tmp_path, ERRORS_DELIVER, broken=Broken)
 
     decision = _scan_once(gateway)
     assert decision.action.kind is ActionKind.TEMPFAIL
