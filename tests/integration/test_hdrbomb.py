@@ -14,7 +14,6 @@ import signal
 import smtplib
 import socket
 import subprocess
-import sys
 import textwrap
 import threading
 import time
@@ -24,8 +23,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import free_port, install_fake_distribution, make_message
-from tests.integration.test_smtp_serve import _wait_for_port
 from tests.milter_mta import Mta
+from tests.serving import start_serve
 
 pytestmark = pytest.mark.integration
 
@@ -59,13 +58,15 @@ STUCK_PLUGINS = textwrap.dedent(
 
 
 class Serve:
-    def __init__(self, tmp_path: Path, config: str = "", plugins: bool = False) -> None:
+    def __init__(
+        self, tmp_path: Path, config: str = "", plugins: pytest.MonkeyPatch | None = None
+    ) -> None:
+        """``serve`` on a new home; with ``plugins`` (to set PYTHONPATH) the stuck plugins."""
         self.home = tmp_path / "home"
         self.home.mkdir()
         self.port = free_port()
         (self.home / "mailwarden.toml").write_text(f"[smtp]\nport = {self.port}\n{config}")
-        env = {**os.environ, "MAILWARDEN_HOME": str(self.home)}
-        if plugins:
+        if plugins is not None:
             site = tmp_path / "site"
             install_fake_distribution(
                 site,
@@ -78,16 +79,10 @@ class Serve:
                 },
             )
             (site / "stuck_plugins.py").write_text(STUCK_PLUGINS)
-            env["PYTHONPATH"] = os.pathsep.join([str(site), env.get("PYTHONPATH", "")])
+            path = os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])
+            plugins.setenv("PYTHONPATH", path)
         self.log = tmp_path / "serve.log"
-        with self.log.open("w") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "mailwarden", "serve"],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=env,
-            )
-        _wait_for_port(self.port, self.process, self.log)
+        self.process = start_serve(self.home, self.log, [self.port])
 
     def banner_seconds(self) -> float:
         """How long a new connection waits for the 220 greeting."""
@@ -185,9 +180,9 @@ def test_a_header_bomb_through_the_milter_leaves_other_mtas_answered(
 
 
 def test_sigterm_ends_serve_with_a_detector_thread_stuck(
-    tmp_path: Path, serve: list[Serve]
+    tmp_path: Path, serve: list[Serve], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    server = Serve(tmp_path, "[detectors]\ntimeout = 1.0\n", plugins=True)
+    server = Serve(tmp_path, "[detectors]\ntimeout = 1.0\n", plugins=monkeypatch)
     serve.append(server)
     result: dict[str, object] = {}
     _send(server.port, make_message(subject="s", body="STUCK-SCAN\n"), result)
@@ -199,12 +194,12 @@ def test_sigterm_ends_serve_with_a_detector_thread_stuck(
 
 
 def test_verdict_and_observer_hooks_that_sleep_leave_the_gateway_answering(
-    tmp_path: Path, serve: list[Serve]
+    tmp_path: Path, serve: list[Serve], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The default budgets ([hooks] verdict 10 s) against hooks sleeping 20 s; the admin lets
     # detector errors deliver, which an unfinished verdict still must not.
     errors_deliver = '[[rules]]\nname = "default"\n[rules.actions]\nerror = "deliver"\n'
-    server = Serve(tmp_path, errors_deliver, plugins=True)
+    server = Serve(tmp_path, errors_deliver, plugins=monkeypatch)
     serve.append(server)
 
     sender, verdict = _in_background(server.port, make_message(body="STUCK-VERDICT\n"))
