@@ -31,6 +31,7 @@ __all__ = [
     "EventsConfig",
     "GatewayConfig",
     "GreylistingConfig",
+    "HooksConfig",
     "MetricsConfig",
     "MilterConfig",
     "RateLimit",
@@ -271,6 +272,27 @@ class DetectorsConfig(_Section):
     def budget(self, detector: str) -> float:
         """The time budget in seconds of one detector."""
         return self.timeouts.get(detector, self.timeout)
+
+
+class HooksConfig(_Section):
+    """``[hooks]``: time budgets in seconds of the plugin hooks other than scans.
+
+    ``verdict`` and ``action`` bound all ``mailwarden_verdict`` / ``mailwarden_action``
+    implementations of one message together; ``hold``, ``startup`` and ``shutdown`` each
+    implementation. A verdict that runs out (or fails) keeps the detectors' folded verdict with
+    a ``HOOK_TIMEOUT`` error and is never delivered on that: at least a 451. ``message_processed``
+    observers run on threads of their own, off the mail path; a call past its budget is logged
+    and counted, and at most ``observer_backlog`` events wait for a slow observer (more are
+    dropped for it and counted).
+    """
+
+    startup: Seconds = 120.0
+    shutdown: Seconds = 5.0
+    verdict: Seconds = 10.0
+    action: Seconds = 10.0
+    hold: Seconds = 30.0
+    message_processed: Seconds = 2.0
+    observer_backlog: Positive = 1000
 
 
 class EventsConfig(_Section):
@@ -640,6 +662,7 @@ class Config(_Section):
     content_filter: ContentFilterConfig = msgspec.field(default_factory=ContentFilterConfig)
     delivery: DeliveryConfig = msgspec.field(default_factory=DeliveryConfig)
     detectors: DetectorsConfig = msgspec.field(default_factory=DetectorsConfig)
+    hooks: HooksConfig = msgspec.field(default_factory=HooksConfig)
     events: EventsConfig = msgspec.field(default_factory=EventsConfig)
     stores: StoresConfig = msgspec.field(default_factory=StoresConfig)
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
@@ -673,6 +696,7 @@ _CORE_SECTIONS: dict[str, type[Any]] = {
     "content_filter": ContentFilterConfig,
     "delivery": DeliveryConfig,
     "detectors": DetectorsConfig,
+    "hooks": HooksConfig,
     "events": EventsConfig,
     "stores": StoresConfig,
     "metrics": MetricsConfig,
