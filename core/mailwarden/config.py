@@ -21,6 +21,7 @@ import msgspec
 from .errors import ConfigError
 
 __all__ = [
+    "ClamdConfig",
     "Config",
     "ContentFilterConfig",
     "DeliveryConfig",
@@ -30,11 +31,13 @@ __all__ = [
     "DkimKeyConfig",
     "EventsConfig",
     "GatewayConfig",
+    "HttpScanConfig",
     "MetricsConfig",
     "MilterConfig",
     "RuleActions",
     "RuleConfig",
     "SmtpConfig",
+    "SpamdConfig",
     "SpoolConfig",
     "StoresConfig",
     "TlsConfig",
@@ -118,13 +121,62 @@ class SmtpConfig(_Section):
     junk_command_limit: Positive = 100
 
     def __post_init__(self) -> None:
-        for network in self.trusted_networks:
-            try:
-                ipaddress.ip_network(network, strict=False)
-            except ValueError:
-                raise ValueError(
-                    f"trusted_networks: {network!r} is not an address or CIDR network"
-                ) from None
+        _check_networks(self.trusted_networks)
+
+
+def _check_networks(networks: list[str]) -> None:
+    for network in networks:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            raise ValueError(
+                f"trusted_networks: {network!r} is not an address or CIDR network"
+            ) from None
+
+
+class _ScanProtocolConfig(_Section):
+    """What ``[clamd]``, ``[spamd]`` and ``[http_scan]`` share (docs/embedding.md).
+
+    Off by default; on, a listener on ``listen:port`` answers clients in
+    ``trusted_networks`` only. A message or stream above ``max_size`` bytes is refused with the
+    protocol's error, more than ``max_connections`` open connections too, and ``timeout`` is
+    the time allowed to wait for the client's next bytes.
+    """
+
+    enabled: bool = False
+    listen: str = "127.0.0.1"
+    max_size: Positive = 25 * 1024 * 1024
+    max_connections: Positive = 100
+    timeout: Seconds = 120.0
+    trusted_networks: list[Network] = msgspec.field(
+        default_factory=lambda: ["127.0.0.0/8", "::1/128"]
+    )
+
+    def __post_init__(self) -> None:
+        _check_networks(self.trusted_networks)
+
+
+class ClamdConfig(_ScanProtocolConfig):
+    """``[clamd]``: clamd's protocol (INSTREAM), for Exim's ``av_scanner = clamd:``,
+    ``clamdscan --stream`` and other clamd clients. ``max_size`` is clamd's StreamMaxLength."""
+
+    port: Port = 3310
+
+
+class SpamdConfig(_ScanProtocolConfig):
+    """``[spamd]``: SpamAssassin's spamd protocol, for Exim's ``spam =`` and ``spamc``.
+    ``allow_tell`` lets clients teach the Bayes classifier (``spamc -L``), as spamd's
+    ``--allow-tell``."""
+
+    port: Port = 10783
+    allow_tell: bool = False
+
+
+class HttpScanConfig(_ScanProtocolConfig):
+    """``[http_scan]``: rspamd's HTTP scan API (``POST /checkv2``), for ``rspamc`` and
+    rspamd integrations."""
+
+    port: Port = 11333
 
 
 class MilterConfig(_Section):
@@ -506,6 +558,9 @@ class Config(_Section):
     smtp: SmtpConfig = msgspec.field(default_factory=SmtpConfig)
     milter: MilterConfig = msgspec.field(default_factory=MilterConfig)
     content_filter: ContentFilterConfig = msgspec.field(default_factory=ContentFilterConfig)
+    clamd: ClamdConfig = msgspec.field(default_factory=ClamdConfig)
+    spamd: SpamdConfig = msgspec.field(default_factory=SpamdConfig)
+    http_scan: HttpScanConfig = msgspec.field(default_factory=HttpScanConfig)
     delivery: DeliveryConfig = msgspec.field(default_factory=DeliveryConfig)
     detectors: DetectorsConfig = msgspec.field(default_factory=DetectorsConfig)
     events: EventsConfig = msgspec.field(default_factory=EventsConfig)
@@ -536,6 +591,9 @@ _CORE_SECTIONS: dict[str, type[Any]] = {
     "smtp": SmtpConfig,
     "milter": MilterConfig,
     "content_filter": ContentFilterConfig,
+    "clamd": ClamdConfig,
+    "spamd": SpamdConfig,
+    "http_scan": HttpScanConfig,
     "delivery": DeliveryConfig,
     "detectors": DetectorsConfig,
     "events": EventsConfig,
