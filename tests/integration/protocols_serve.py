@@ -50,15 +50,16 @@ def _wait(port: int, process: subprocess.Popen[str], log: Path, limit: float = 6
 
 
 @contextlib.contextmanager
-def serve_protocols(tmp: Path, extra: str = "") -> Iterator[Served]:
+def serve_protocols(tmp: Path, extra: str = "", *, allow_tell: bool = True) -> Iterator[Served]:
     """Run ``mailwarden serve`` from ``tmp/home`` with the three listeners on free ports."""
     home = tmp / "home"
     home.mkdir(parents=True)
     ports = {name: free_port() for name in ("clamd", "spamd", "http", "smtp")}
+    tell = "true" if allow_tell else "false"
     (home / "mailwarden.toml").write_text(
         f"[smtp]\nport = {ports['smtp']}\n"
         f"[clamd]\nenabled = true\nport = {ports['clamd']}\nmax_size = 1048576\n"
-        f"[spamd]\nenabled = true\nport = {ports['spamd']}\nallow_tell = true\n"
+        f"[spamd]\nenabled = true\nport = {ports['spamd']}\nallow_tell = {tell}\n"
         f"[http_scan]\nenabled = true\nport = {ports['http']}\n" + extra
     )
     log = tmp / "serve.log"

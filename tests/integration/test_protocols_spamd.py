@@ -1,0 +1,121 @@
+"""SpamAssassin's spamd protocol on `mailwarden serve`, driven by the real `spamc`."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mailwarden.testing import build_message
+from tests.conftest import EICAR
+from tests.integration.protocols_serve import Served, serve_protocols
+from tests.services import ensure_packages
+
+pytestmark = pytest.mark.integration
+
+GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
+CLEAN = build_message(subject="lunch", body="Hello Bob, lunch tomorrow at noon?\n")
+SPAM = build_message(subject="offer", body=f"Buy now!\n{GTUBE}\n")
+INFECTED = build_message(subject="invoice", attachments=[("eicar.com", EICAR)])
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    ensure_packages("spamc")
+    with serve_protocols(tmp_path_factory.mktemp("spamd")) as server:
+        yield server
+
+
+def spamc(served: Served, message: bytes, *args: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        ["spamc", "-d", "127.0.0.1", "-p", str(served.spamd), "-x", *args],
+        input=message,
+        capture_output=True,
+        check=False,
+        timeout=120,
+    )
+
+
+def test_spamc_check_clean_spam_and_infected(served: Served) -> None:
+    clean = spamc(served, CLEAN, "-c")
+    assert (clean.returncode, clean.stdout) == (0, b"0.0/5.0\n"), clean
+    spam = spamc(served, SPAM, "-c")
+    assert spam.returncode == 1, spam
+    assert float(spam.stdout.split(b"/")[0]) >= 100.0
+    # A virus is no spam score, but the rule rejects it: the client is told "spam" at least
+    # at the threshold, so spamc -c and Exim's spam= fail closed.
+    infected = spamc(served, INFECTED, "-c")
+    assert (infected.returncode, infected.stdout) == (1, b"5.0/5.0\n"), infected
+
+
+def test_spamc_symbols_report_and_process(served: Served) -> None:
+    assert spamc(served, SPAM, "-y").stdout == b"GTUBE"
+    assert b"AV_INFECTED" in spamc(served, INFECTED, "-y").stdout.split(b",")
+    report = spamc(served, SPAM, "-R").stdout.decode()
+    assert "Content analysis details:" in report and " GTUBE " in report
+    # REPORT_IFSPAM (-r) says nothing about a clean message.
+    assert spamc(served, CLEAN, "-r").stdout == b""
+    assert " GTUBE " in spamc(served, SPAM, "-r").stdout.decode()
+    processed = spamc(served, SPAM).stdout
+    head, _, body = processed.partition(b"\r\n\r\n")
+    assert b"X-Spam-Flag: YES" in head and GTUBE.encode() in body
+    assert b"X-Spam-Flag: NO" in spamc(served, CLEAN).stdout
+    # HEADERS: spamd sends the header block only; spamc puts its own copy of the body after it.
+    headers = spamc(served, SPAM, "--headers").stdout
+    assert b"X-Spam-Flag: YES" in headers and headers.count(b"Buy now!") == 1, headers
+
+
+def test_spamc_learn_lands_in_the_bayes_journal(served: Served) -> None:
+    message = build_message(subject="cheap pills", body="pills pills pills cheap cheap\n")
+    learned = spamc(served, message, "-L", "spam", "-u", "carol")
+    assert learned.returncode == 0, learned
+    assert b"successfully" in learned.stdout
+    journal = served.cli("antispam", "journal")
+    assert journal.returncode == 0, journal
+    entries = [line for line in journal.stdout.splitlines() if "spamd:127.0.0.1:carol" in line]
+    assert len(entries) == 1 and " learn spam " in entries[0], journal.stdout
+    forgot = spamc(served, message, "-L", "forget")
+    assert forgot.returncode == 0, forgot
+    journal = served.cli("antispam", "journal").stdout
+    assert any(" unlearn spam " in line for line in journal.splitlines()), journal
+
+
+def raw_request(port: int, data: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+        sock.sendall(data)
+        out = b""
+        while chunk := sock.recv(65536):
+            out += chunk
+        return out
+
+
+def test_compressed_request_and_ping(served: Served) -> None:
+    body = zlib.compress(SPAM)
+    request = (
+        f"CHECK SPAMC/1.5\r\nUser: nobody\r\nCompress: zlib\r\nContent-length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    reply = raw_request(served.spamd, request)
+    assert reply.startswith(b"SPAMD/1.5 0 EX_OK\r\nSpam: True ; "), reply
+    request = f"HEADERS SPAMC/1.5\r\nContent-length: {len(SPAM)}\r\n\r\n".encode() + SPAM
+    reply = raw_request(served.spamd, request)
+    assert reply.endswith(b"MIME-Version: 1.0\r\n\r\n") and b"X-Spam-Flag: YES" in reply, reply
+    assert raw_request(served.spamd, b"PING SPAMC/1.5\r\n\r\n") == b"SPAMD/1.5 0 PONG\r\n"
+    assert raw_request(served.spamd, b"HELLO SPAMC/1.5\r\n\r\n").startswith(
+        b"SPAMD/1.5 76 EX_PROTOCOL"
+    )
+
+
+def test_tell_is_refused_unless_allowed(tmp_path: Path) -> None:
+    with serve_protocols(tmp_path, allow_tell=False) as served:
+        # spamc exits 0 whatever the code of a TELL reply; it reports nothing learned.
+        refused = spamc(served, CLEAN, "-L", "ham")
+        assert b"successfully" not in refused.stdout, refused
+        tell = f"TELL SPAMC/1.5\r\nMessage-class: ham\r\nSet: local\r\nContent-length: {len(CLEAN)}"
+        reply = raw_request(served.spamd, tell.encode() + b"\r\n\r\n" + CLEAN)
+        assert reply.startswith(b"SPAMD/1.5 69 EX_UNAVAILABLE"), reply
+        journal = served.cli("antispam", "journal")
+        assert journal.returncode == 0 and journal.stdout == "", journal
