@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from mailwarden.testing import build_message
 from tests.conftest import EICAR, need
 from tests.integration.protocols_serve import Served, serve_protocols
 from tests.services import ensure_packages
@@ -122,5 +123,9 @@ def test_command_forms_and_sessions(served: Served) -> None:
     assert talk(port, instream(b"hello\n", b"n")) == b"stream: OK\n"
     session = b"zIDSESSION\0zPING\0" + instream(EICAR) + b"zEND\0"
     assert talk(port, session) == b"1: PONG\0" + b"2: stream: Eicar-Test-Signature FOUND\0"
+    # Exim's scan file: the message after an mbox "From " line, LF line ends.
+    eml = build_message(attachments=[("eicar.com", EICAR)]).replace(b"\r\n", b"\n")
+    mbox = b"From MAILER-DAEMON Sun Dec 06 16:33:47 2026\n" + eml
+    assert talk(port, instream(mbox, chunk=4096)) == b"stream: Eicar-Test-Signature FOUND\0"
     # We never read the client's files.
     assert talk(port, b"zSCAN /etc/passwd\0") == b"UNKNOWN COMMAND\0"

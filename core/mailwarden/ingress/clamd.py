@@ -21,8 +21,9 @@ the rule runs apply. Replies, from the antivirus status:
   as a failure (Exim defers the message);
 - clean: ``stream: OK``.
 
-A stream over ``[clamd] max_size`` gets ``INSTREAM size limit exceeded. ERROR`` and the
-connection is closed, as clamd does at StreamMaxLength.
+A leading mbox ``From`` line (Exim writes its scan file so) is dropped first, so that a
+mail message is recognised as one. A stream over ``[clamd] max_size`` gets ``INSTREAM size
+limit exceeded. ERROR`` and the connection is closed, as clamd does at StreamMaxLength.
 """
 
 from __future__ import annotations
@@ -75,6 +76,19 @@ def clamd_reply(decision: Decision) -> str:
     if status is AntivirusStatus.ERROR or "antivirus" in verdict.errors:
         return "stream: Mailwarden antivirus error ERROR"
     return "stream: OK"
+
+
+_HEADER_LINE = re.compile(rb"[!-9;-~]+:")
+
+
+def _without_mbox_line(data: bytes) -> bytes:
+    # Exim streams its .eml with an mbox "From MAILER-DAEMON <date>" line first; with that
+    # line the stream is not recognised as the mail message it is (EICAR inside was "OK").
+    if data.startswith(b"From "):
+        end = data.find(b"\n")
+        if 0 < end < 1000 and _HEADER_LINE.match(data, end + 1):
+            return data[end + 1 :]
+    return data
 
 
 def _camel(text: str) -> str:
@@ -178,7 +192,7 @@ class ClamdSession:
         gateway = self.gateway
         envelope = Envelope(client_address=self.peer or None)
         try:
-            decision = await gateway.scan(file_as_message(data), envelope)
+            decision = await gateway.scan(file_as_message(_without_mbox_line(data)), envelope)
         except Exception as exc:
             return f"stream: Mailwarden scan failed ({type(exc).__name__}) ERROR"
         reply = clamd_reply(decision)
