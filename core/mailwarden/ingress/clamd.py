@@ -176,16 +176,21 @@ class ClamdSession:
     async def _stream(self, end: bytes, prefix: str) -> bytes:
         chunks: list[bytes] = []
         size = 0
-        while True:
-            header = await read_timed(self.reader.readexactly(4), self.cfg.timeout)
-            (length,) = struct.unpack(">I", header)
-            if length == 0:
-                return b"".join(chunks)
-            size += length
-            if size > self.cfg.max_size:
-                self._reply("INSTREAM size limit exceeded. ERROR", end, prefix)
-                raise _Close
-            chunks.append(await read_timed(self.reader.readexactly(length), self.cfg.timeout))
+        try:
+            while True:
+                header = await read_timed(self.reader.readexactly(4), self.cfg.timeout)
+                (length,) = struct.unpack(">I", header)
+                if length == 0:
+                    return b"".join(chunks)
+                size += length
+                if size > self.cfg.max_size:
+                    self._reply("INSTREAM size limit exceeded. ERROR", end, prefix)
+                    raise _Close
+                chunks.append(await read_timed(self.reader.readexactly(length), self.cfg.timeout))
+        except asyncio.IncompleteReadError:
+            # The client stopped sending before the zero-length chunk that ends the stream.
+            self._reply("Error processing command. ERROR", end, prefix)
+            raise _Close from None
 
     async def scan(self, data: bytes) -> str:
         """Scan one stream and record it; the reply line (without its terminator)."""

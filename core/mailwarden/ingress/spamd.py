@@ -150,7 +150,10 @@ class SpamdSession:
         length = int(length_text)
         if length > self.cfg.max_size:
             raise SpamdError(74, "EX_IOERR message too big")
-        body = await read_timed(self.reader.readexactly(length), self.cfg.timeout)
+        try:
+            body = await read_timed(self.reader.readexactly(length), self.cfg.timeout)
+        except asyncio.IncompleteReadError:
+            raise _protocol("message shorter than its Content-length") from None
         compress = headers.get("compress", "").lower()
         if compress == "zlib":
             inflater = zlib.decompressobj()
