@@ -50,7 +50,9 @@ def _wait(port: int, process: subprocess.Popen[str], log: Path, limit: float = 6
 
 
 @contextlib.contextmanager
-def serve_protocols(tmp: Path, extra: str = "", *, allow_tell: bool = True) -> Iterator[Served]:
+def serve_protocols(
+    tmp: Path, extra: str = "", *, allow_tell: bool = True, trusted_networks: str = ""
+) -> Iterator[Served]:
     """Run ``mailwarden serve`` from ``tmp/home`` with the three listeners on free ports."""
     home = tmp / "home"
     home.mkdir(parents=True)
@@ -58,9 +60,9 @@ def serve_protocols(tmp: Path, extra: str = "", *, allow_tell: bool = True) -> I
     tell = "true" if allow_tell else "false"
     (home / "mailwarden.toml").write_text(
         f"[smtp]\nport = {ports['smtp']}\n"
-        f"[clamd]\nenabled = true\nport = {ports['clamd']}\nmax_size = 1048576\n"
-        f"[spamd]\nenabled = true\nport = {ports['spamd']}\nallow_tell = {tell}\n"
-        f"[http_scan]\nenabled = true\nport = {ports['http']}\n" + extra
+        f"[clamd]\nenabled = true\nport = {ports['clamd']}\nmax_size = 1048576\n{trusted_networks}"
+        f"[spamd]\nenabled = true\nport = {ports['spamd']}\nallow_tell = {tell}\n{trusted_networks}"
+        f"[http_scan]\nenabled = true\nport = {ports['http']}\n{trusted_networks}" + extra
     )
     log = tmp / "serve.log"
     with log.open("w") as out:

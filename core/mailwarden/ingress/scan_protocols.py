@@ -99,6 +99,7 @@ async def start_stream_listener(
             log.exception("%s listener: connection from %s failed", name, address)
         finally:
             active -= 1
+            await _linger(reader, writer)
             writer.close()
             try:
                 await read_timed(writer.wait_closed(), 5.0)
@@ -109,6 +110,21 @@ async def start_stream_listener(
     return await asyncio.start_server(
         connected, sock=listening_socket(cfg.listen, cfg.port, reuse_port), limit=65536
     )
+
+
+async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    # Closing with unread bytes from the client makes the kernel send a reset, which can
+    # destroy our last reply (a refusal, an error) before the client reads it: say we are
+    # done (FIN), then take what the client still sends, briefly and boundedly.
+    try:
+        if writer.can_write_eof():
+            writer.write_eof()
+        async with asyncio.timeout(1.0):
+            for _ in range(16):
+                if not await reader.read(65536):
+                    return
+    except (TimeoutError, ConnectionError, OSError, RuntimeError):
+        return
 
 
 def _trusted(address: str, networks: list[Any]) -> bool:
