@@ -158,14 +158,22 @@ class _ScanProtocolConfig(_Section):
 
 class ClamdConfig(_ScanProtocolConfig):
     """``[clamd]``: clamd's protocol (INSTREAM), for Exim's ``av_scanner = clamd:``,
-    ``clamdscan --stream`` and other clamd clients. ``max_size`` is clamd's StreamMaxLength."""
+    ``clamdscan --stream`` and other clamd clients (docs/embedding.md).
+
+    Off by default; on, only clients in ``trusted_networks`` are served (others get the
+    protocol's refusal), at most ``max_connections`` at once; ``timeout`` is the time allowed
+    to wait for the client's next bytes. ``max_size`` is clamd's StreamMaxLength: a larger
+    stream gets ``INSTREAM size limit exceeded. ERROR``. ``[spamd]`` and ``[http_scan]``
+    have the same keys.
+    """
 
     port: Port = 3310
 
 
 class SpamdConfig(_ScanProtocolConfig):
-    """``[spamd]``: SpamAssassin's spamd protocol, for Exim's ``spam =`` and ``spamc``.
-    ``allow_tell`` lets clients teach the Bayes classifier (``spamc -L``), as spamd's
+    """``[spamd]``: SpamAssassin's spamd protocol, for Exim's ``spam =`` and ``spamc``; the
+    keys of ``[clamd]`` (a message above ``max_size`` gets ``74 EX_IOERR``), and
+    ``allow_tell``, which lets clients teach the Bayes classifier (``spamc -L``), as spamd's
     ``--allow-tell``."""
 
     port: Port = 10783
@@ -174,7 +182,7 @@ class SpamdConfig(_ScanProtocolConfig):
 
 class HttpScanConfig(_ScanProtocolConfig):
     """``[http_scan]``: rspamd's HTTP scan API (``POST /checkv2``), for ``rspamc`` and
-    rspamd integrations."""
+    rspamd integrations; the keys of ``[clamd]`` (a body above ``max_size`` gets 413)."""
 
     port: Port = 11333
 

@@ -69,7 +69,8 @@ def test_spamc_symbols_report_and_process(served: Served) -> None:
     assert b"X-Spam-Flag: YES" in headers and headers.count(b"Buy now!") == 1, headers
 
 
-def test_spamc_learn_lands_in_the_bayes_journal(served: Served) -> None:
+def test_hook_mailwarden_learn(served: Served) -> None:
+    """spamc -L spam reaches the antispam plugin's Bayes through the hook, into its journal."""
     message = build_message(subject="cheap pills", body="pills pills pills cheap cheap\n")
     learned = spamc(served, message, "-L", "spam", "-u", "carol")
     assert learned.returncode == 0, learned
