@@ -51,7 +51,12 @@ def _wait(port: int, process: subprocess.Popen[str], log: Path, limit: float = 6
 
 @contextlib.contextmanager
 def serve_protocols(
-    tmp: Path, extra: str = "", *, allow_tell: bool = True, trusted_networks: str = ""
+    tmp: Path,
+    extra: str = "",
+    *,
+    allow_tell: bool = True,
+    trusted_networks: str = "",
+    clamd_max_size: int = 1048576,
 ) -> Iterator[Served]:
     """Run ``mailwarden serve`` from ``tmp/home`` with the three listeners on free ports."""
     home = tmp / "home"
@@ -60,7 +65,8 @@ def serve_protocols(
     tell = "true" if allow_tell else "false"
     (home / "mailwarden.toml").write_text(
         f"[smtp]\nport = {ports['smtp']}\n"
-        f"[clamd]\nenabled = true\nport = {ports['clamd']}\nmax_size = 1048576\n{trusted_networks}"
+        f"[clamd]\nenabled = true\nport = {ports['clamd']}\nmax_size = {clamd_max_size}\n"
+        f"{trusted_networks}"
         f"[spamd]\nenabled = true\nport = {ports['spamd']}\nallow_tell = {tell}\n{trusted_networks}"
         f"[http_scan]\nenabled = true\nport = {ports['http']}\n{trusted_networks}" + extra
     )
