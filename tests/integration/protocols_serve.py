@@ -7,12 +7,35 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.conftest import free_port
+from mailwarden.testing import build_message
+from tests.conftest import EICAR, free_port
+from tests.integration.test_smtp_serve import _wait_for_port
+
+GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
+CLEAN = build_message(subject="lunch", body="Hello Bob, lunch tomorrow at noon?\n")
+SPAM = build_message(subject="offer", body=f"Buy now!\n{GTUBE}\n")
+INFECTED = build_message(subject="invoice", attachments=[("eicar.com", EICAR)])
+
+
+def exchange(port: int, data: bytes, timeout: float = 60.0) -> bytes:
+    """Send ``data``, half-close, and read the reply to EOF (a hang fails at ``timeout``)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        try:
+            sock.sendall(data)
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass  # the listener may answer and close before taking everything
+        out = b""
+        try:
+            while chunk := sock.recv(65536):
+                out += chunk
+        except ConnectionResetError:
+            pass
+        return out
 
 
 @dataclass
@@ -34,19 +57,6 @@ class Served:
             env={**os.environ, "MAILWARDEN_HOME": str(self.home)},
             timeout=60,
         )
-
-
-def _wait(port: int, process: subprocess.Popen[str], log: Path, limit: float = 60.0) -> None:
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"mailwarden serve exited: {log.read_text()}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError(f"mailwarden serve did not listen on {port}: {log.read_text()}")
 
 
 @contextlib.contextmanager
@@ -82,7 +92,7 @@ def serve_protocols(
     served = Served(process, home, log, **ports)
     try:
         for port in ports.values():
-            _wait(port, process, log)
+            _wait_for_port(port, process, log, limit=60.0)
         yield served
     finally:
         process.terminate()

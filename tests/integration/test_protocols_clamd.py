@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
-import socket
 import struct
 import subprocess
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +13,8 @@ import pytest
 
 from mailwarden.testing import build_message
 from tests.conftest import EICAR, need
-from tests.integration.protocols_serve import Served, serve_protocols
+from tests.integration.protocols_serve import Served, exchange, serve_protocols
+from tests.integration.test_clamd import zipped
 from tests.services import ensure_packages
 
 pytestmark = pytest.mark.integration
@@ -39,13 +37,6 @@ def clamdscan(served: Served, tmp: Path, *files: Path) -> subprocess.CompletedPr
         check=False,
         timeout=120,
     )
-
-
-def zipped(name: str, data: bytes) -> bytes:
-    out = io.BytesIO()
-    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
-        archive.writestr(name, data)
-    return out.getvalue()
 
 
 def test_clamdscan_gets_our_antivirus_verdicts(served: Served, tmp_path: Path) -> None:
@@ -94,16 +85,6 @@ def test_a_stream_over_max_size_is_refused(served: Served, tmp_path: Path) -> No
     assert "INSTREAM size limit exceeded" in result.stdout + result.stderr
 
 
-def talk(port: int, data: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
-        sock.sendall(data)
-        sock.shutdown(socket.SHUT_WR)
-        out = b""
-        while chunk := sock.recv(65536):
-            out += chunk
-        return out
-
-
 def instream(data: bytes, prefix: bytes = b"z", chunk: int = 7) -> bytes:
     end = b"\0" if prefix == b"z" else b"\n"
     body = b"".join(
@@ -115,17 +96,17 @@ def instream(data: bytes, prefix: bytes = b"z", chunk: int = 7) -> bytes:
 
 def test_command_forms_and_sessions(served: Served) -> None:
     port = served.clamd
-    assert talk(port, b"zPING\0") == b"PONG\0"
-    assert talk(port, b"nPING\n") == b"PONG\n"
-    assert talk(port, b"PING\n") == b"PONG\n"
-    assert talk(port, b"nVERSION\n").startswith(b"mailwarden ")
-    assert talk(port, instream(EICAR)) == b"stream: Eicar-Test-Signature FOUND\0"
-    assert talk(port, instream(b"hello\n", b"n")) == b"stream: OK\n"
+    assert exchange(port, b"zPING\0") == b"PONG\0"
+    assert exchange(port, b"nPING\n") == b"PONG\n"
+    assert exchange(port, b"PING\n") == b"PONG\n"
+    assert exchange(port, b"nVERSION\n").startswith(b"mailwarden ")
+    assert exchange(port, instream(EICAR)) == b"stream: Eicar-Test-Signature FOUND\0"
+    assert exchange(port, instream(b"hello\n", b"n")) == b"stream: OK\n"
     session = b"zIDSESSION\0zPING\0" + instream(EICAR) + b"zEND\0"
-    assert talk(port, session) == b"1: PONG\0" + b"2: stream: Eicar-Test-Signature FOUND\0"
+    assert exchange(port, session) == b"1: PONG\0" + b"2: stream: Eicar-Test-Signature FOUND\0"
     # Exim's scan file: the message after an mbox "From " line, LF line ends.
     eml = build_message(attachments=[("eicar.com", EICAR)]).replace(b"\r\n", b"\n")
     mbox = b"From MAILER-DAEMON Sun Dec 06 16:33:47 2026\n" + eml
-    assert talk(port, instream(mbox, chunk=4096)) == b"stream: Eicar-Test-Signature FOUND\0"
+    assert exchange(port, instream(mbox, chunk=4096)) == b"stream: Eicar-Test-Signature FOUND\0"
     # We never read the client's files.
-    assert talk(port, b"zSCAN /etc/passwd\0") == b"UNKNOWN COMMAND\0"
+    assert exchange(port, b"zSCAN /etc/passwd\0") == b"UNKNOWN COMMAND\0"

@@ -3,14 +3,13 @@ outside ``trusted_networks`` get each protocol's refusal."""
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
 
 from mailwarden.config import parse_config
 from mailwarden.errors import ConfigError
-from tests.integration.protocols_serve import serve_protocols
+from tests.integration.protocols_serve import exchange, serve_protocols
 
 
 @pytest.mark.parametrize(
@@ -37,22 +36,13 @@ def test_the_listeners_are_off_by_default_on_loopback() -> None:
     assert cfg.spamd.allow_tell is False
 
 
-def first_bytes(port: int, data: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
-        sock.sendall(data)
-        out = b""
-        while chunk := sock.recv(4096):
-            out += chunk
-        return out
-
-
 @pytest.mark.integration
 def test_untrusted_clients_are_refused(tmp_path: Path) -> None:
     # serve_protocols writes the three sections; only 10/8 may use them here.
     trusted = 'trusted_networks = ["10.0.0.0/8"]\n'
     with serve_protocols(tmp_path, trusted_networks=trusted) as served:
-        assert first_bytes(served.clamd, b"zPING\0") == b"Access denied. ERROR\n"
-        spamd = first_bytes(served.spamd, b"PING SPAMC/1.5\r\n\r\n")
+        assert exchange(served.clamd, b"zPING\0") == b"Access denied. ERROR\n"
+        spamd = exchange(served.spamd, b"PING SPAMC/1.5\r\n\r\n")
         assert spamd == b"SPAMD/1.5 69 EX_UNAVAILABLE\r\n\r\n"
-        http = first_bytes(served.http, b"GET /ping HTTP/1.0\r\n\r\n")
+        http = exchange(served.http, b"GET /ping HTTP/1.0\r\n\r\n")
         assert http.startswith(b"HTTP/1.1 403 Forbidden\r\n")

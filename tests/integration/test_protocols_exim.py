@@ -13,13 +13,12 @@ import pytest
 
 from mailwarden.testing import build_message
 from tests.conftest import EICAR
-from tests.integration.protocols_serve import Served, serve_protocols
+from tests.integration.protocols_serve import GTUBE, Served, serve_protocols
 from tests.services.exim import Exim
 
 pytestmark = pytest.mark.integration
 
 CONFIG = Path(__file__).resolve().parents[2] / "contrib" / "exim" / "exim-mailwarden.conf"
-GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 from collections.abc import Iterator
 from typing import Any
@@ -11,16 +10,17 @@ from typing import Any
 import pytest
 
 from mailwarden.testing import build_message
-from tests.conftest import EICAR
-from tests.integration.protocols_serve import Served, serve_protocols
+from tests.integration.protocols_serve import (
+    CLEAN,
+    INFECTED,
+    SPAM,
+    Served,
+    exchange,
+    serve_protocols,
+)
 from tests.services import ensure_packages
 
 pytestmark = pytest.mark.integration
-
-GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
-CLEAN = build_message(subject="lunch", body="Hello Bob, lunch tomorrow at noon?\n")
-SPAM = build_message(subject="offer", body=f"Buy now!\n{GTUBE}\n")
-INFECTED = build_message(subject="invoice", attachments=[("eicar.com", EICAR)])
 
 
 @pytest.fixture(scope="module")
@@ -81,24 +81,15 @@ def test_rspamc_envelope_headers_reach_the_scan(served: Served) -> None:
     assert (event["helo"], event["queue_id"]) == ("mx.example.org", "4ABC123")
 
 
-def http(port: int, data: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
-        sock.sendall(data)
-        out = b""
-        while chunk := sock.recv(65536):
-            out += chunk
-        return out
-
-
 def test_ping_legacy_check_and_errors(served: Served) -> None:
-    assert http(served.http, b"GET /ping HTTP/1.0\r\n\r\n").endswith(b"\r\n\r\npong\r\n")
+    assert exchange(served.http, b"GET /ping HTTP/1.0\r\n\r\n").endswith(b"\r\n\r\npong\r\n")
     request = f"POST /check HTTP/1.0\r\nContent-Length: {len(SPAM)}\r\n\r\n".encode() + SPAM
-    head, _, body = http(served.http, request).partition(b"\r\n\r\n")
+    head, _, body = exchange(served.http, request).partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200 ")
     legacy = json.loads(body)["default"]
     assert legacy["is_spam"] is True and legacy["GTUBE"]["name"] == "GTUBE"
-    assert http(served.http, b"POST /checkv2 HTTP/1.1\r\nContent-Length: x\r\n\r\n").startswith(
+    assert exchange(served.http, b"POST /checkv2 HTTP/1.1\r\nContent-Length: x\r\n\r\n").startswith(
         b"HTTP/1.1 400 "
     )
     big = f"POST /checkv2 HTTP/1.1\r\nContent-Length: {30 * 1024 * 1024}\r\n\r\n".encode()
-    assert http(served.http, big).startswith(b"HTTP/1.1 413 ")
+    assert exchange(served.http, big).startswith(b"HTTP/1.1 413 ")

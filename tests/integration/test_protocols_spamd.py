@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import zlib
 from collections.abc import Iterator
@@ -11,16 +10,18 @@ from pathlib import Path
 import pytest
 
 from mailwarden.testing import build_message
-from tests.conftest import EICAR
-from tests.integration.protocols_serve import Served, serve_protocols
+from tests.integration.protocols_serve import (
+    CLEAN,
+    GTUBE,
+    INFECTED,
+    SPAM,
+    Served,
+    exchange,
+    serve_protocols,
+)
 from tests.services import ensure_packages
 
 pytestmark = pytest.mark.integration
-
-GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
-CLEAN = build_message(subject="lunch", body="Hello Bob, lunch tomorrow at noon?\n")
-SPAM = build_message(subject="offer", body=f"Buy now!\n{GTUBE}\n")
-INFECTED = build_message(subject="invoice", attachments=[("eicar.com", EICAR)])
 
 
 @pytest.fixture(scope="module")
@@ -85,27 +86,18 @@ def test_hook_mailwarden_learn(served: Served) -> None:
     assert any(" unlearn spam " in line for line in journal.splitlines()), journal
 
 
-def raw_request(port: int, data: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
-        sock.sendall(data)
-        out = b""
-        while chunk := sock.recv(65536):
-            out += chunk
-        return out
-
-
 def test_compressed_request_and_ping(served: Served) -> None:
     body = zlib.compress(SPAM)
     request = (
         f"CHECK SPAMC/1.5\r\nUser: nobody\r\nCompress: zlib\r\nContent-length: {len(body)}\r\n\r\n"
     ).encode() + body
-    reply = raw_request(served.spamd, request)
+    reply = exchange(served.spamd, request)
     assert reply.startswith(b"SPAMD/1.5 0 EX_OK\r\nSpam: True ; "), reply
     request = f"HEADERS SPAMC/1.5\r\nContent-length: {len(SPAM)}\r\n\r\n".encode() + SPAM
-    reply = raw_request(served.spamd, request)
+    reply = exchange(served.spamd, request)
     assert reply.endswith(b"MIME-Version: 1.0\r\n\r\n") and b"X-Spam-Flag: YES" in reply, reply
-    assert raw_request(served.spamd, b"PING SPAMC/1.5\r\n\r\n") == b"SPAMD/1.5 0 PONG\r\n"
-    assert raw_request(served.spamd, b"HELLO SPAMC/1.5\r\n\r\n").startswith(
+    assert exchange(served.spamd, b"PING SPAMC/1.5\r\n\r\n") == b"SPAMD/1.5 0 PONG\r\n"
+    assert exchange(served.spamd, b"HELLO SPAMC/1.5\r\n\r\n").startswith(
         b"SPAMD/1.5 76 EX_PROTOCOL"
     )
 
@@ -116,7 +108,7 @@ def test_tell_is_refused_unless_allowed(tmp_path: Path) -> None:
         refused = spamc(served, CLEAN, "-L", "ham")
         assert b"successfully" not in refused.stdout, refused
         tell = f"TELL SPAMC/1.5\r\nMessage-class: ham\r\nSet: local\r\nContent-length: {len(CLEAN)}"
-        reply = raw_request(served.spamd, tell.encode() + b"\r\n\r\n" + CLEAN)
+        reply = exchange(served.spamd, tell.encode() + b"\r\n\r\n" + CLEAN)
         assert reply.startswith(b"SPAMD/1.5 69 EX_UNAVAILABLE"), reply
         journal = served.cli("antispam", "journal")
         assert journal.returncode == 0 and journal.stdout == "", journal

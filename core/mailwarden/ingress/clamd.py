@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 from mailwarden_sdk import AntivirusStatus, Envelope
 
 from .. import __version__
-from .scan_protocols import file_as_message, read_timed, start_stream_listener
+from .scan_protocols import ScanSession, file_as_message, read_timed, start_stream_listener
 
 if TYPE_CHECKING:
     from ..pipeline import Decision, Gateway
@@ -100,21 +100,8 @@ def _safe(name: str) -> str:
     return re.sub(r"[\x00-\x1f]", "?", name)
 
 
-class ClamdSession:
+class ClamdSession(ScanSession):
     """One client connection: commands in, replies out."""
-
-    def __init__(
-        self,
-        gateway: Gateway,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        peer: str,
-    ) -> None:
-        self.gateway = gateway
-        self.cfg = gateway.config.clamd
-        self.reader = reader
-        self.writer = writer
-        self.peer = peer
 
     async def run(self) -> None:
         try:
@@ -125,15 +112,15 @@ class ClamdSession:
                 await self._one(command, end, "")
         except _Close:
             pass
-        await read_timed(self.writer.drain(), self.cfg.timeout)
+        await read_timed(self.writer.drain(), self.timeout)
 
     async def _command(self) -> tuple[str, bytes]:
-        first = await read_timed(self.reader.readexactly(1), self.cfg.timeout)
+        first = await read_timed(self.reader.readexactly(1), self.timeout)
         end = b"\0" if first == b"z" else b"\n"
         line = b"" if first in (b"z", b"n") else first
         if line != end:
             try:
-                line += await read_timed(self.reader.readuntil(end), self.cfg.timeout)
+                line += await read_timed(self.reader.readuntil(end), self.timeout)
             except (asyncio.LimitOverrunError, asyncio.IncompleteReadError):
                 self._reply("UNKNOWN COMMAND", end)
                 raise _Close from None
@@ -154,7 +141,7 @@ class ClamdSession:
                 self._reply("IDSESSION already started. ERROR", end, f"{number}: ")
                 raise _Close
             await self._one(command, end, f"{number}: ")
-            await read_timed(self.writer.drain(), self.cfg.timeout)
+            await read_timed(self.writer.drain(), self.timeout)
 
     async def _one(self, command: str, end: bytes, prefix: str) -> None:
         if command == "PING":
@@ -178,15 +165,15 @@ class ClamdSession:
         size = 0
         try:
             while True:
-                header = await read_timed(self.reader.readexactly(4), self.cfg.timeout)
+                header = await read_timed(self.reader.readexactly(4), self.timeout)
                 (length,) = struct.unpack(">I", header)
                 if length == 0:
                     return b"".join(chunks)
                 size += length
-                if size > self.cfg.max_size:
+                if size > self.max_size:
                     self._reply("INSTREAM size limit exceeded. ERROR", end, prefix)
                     raise _Close
-                chunks.append(await read_timed(self.reader.readexactly(length), self.cfg.timeout))
+                chunks.append(await read_timed(self.reader.readexactly(length), self.timeout))
         except asyncio.IncompleteReadError:
             # The client stopped sending before the zero-length chunk that ends the stream.
             self._reply("Error processing command. ERROR", end, prefix)
@@ -212,7 +199,7 @@ async def start_clamd(gateway: Gateway, *, reuse_port: bool = False) -> asyncio.
     """Listen on ``[clamd] listen:port``."""
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str) -> None:
-        await ClamdSession(gateway, reader, writer, peer).run()
+        await ClamdSession(gateway, gateway.config.clamd, reader, writer, peer).run()
 
     refusal = b"Access denied. ERROR\n"
     return await start_stream_listener(

@@ -32,6 +32,7 @@ import msgspec
 from mailwarden_sdk import ActionKind, Envelope
 
 from .scan_protocols import (
+    ScanSession,
     is_spam,
     read_timed,
     reported_score,
@@ -141,21 +142,8 @@ class _Request:
         return connection != "close"
 
 
-class HttpScanSession:
+class HttpScanSession(ScanSession):
     """One connection: requests answered in turn until the client or an error closes it."""
-
-    def __init__(
-        self,
-        gateway: Gateway,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        peer: str,
-    ) -> None:
-        self.gateway = gateway
-        self.cfg = gateway.config.http_scan
-        self.reader = reader
-        self.writer = writer
-        self.peer = peer
 
     async def run(self) -> None:
         while True:
@@ -166,16 +154,16 @@ class HttpScanSession:
                 status, body, kind = await self._answer(request)
             except HttpError as exc:
                 self._send(exc.status, _json({"error": exc.message}), "application/json", False)
-                await read_timed(self.writer.drain(), self.cfg.timeout)
+                await read_timed(self.writer.drain(), self.timeout)
                 return
             self._send(status, body, kind, request.keep_alive)
-            await read_timed(self.writer.drain(), self.cfg.timeout)
+            await read_timed(self.writer.drain(), self.timeout)
             if not request.keep_alive:
                 return
 
     async def _line(self, first: bool = False) -> str | None:
         try:
-            raw = await read_timed(self.reader.readuntil(b"\n"), self.cfg.timeout)
+            raw = await read_timed(self.reader.readuntil(b"\n"), self.timeout)
         except asyncio.IncompleteReadError as exc:
             if first and not exc.partial:
                 return None
@@ -213,11 +201,11 @@ class HttpScanSession:
         if len(lengths) > 1 or (lengths and not lengths[0].isdigit()):
             raise HttpError(400, "bad Content-Length")
         length = int(lengths[0]) if lengths else 0
-        if length > self.cfg.max_size:
-            raise HttpError(413, f"message above {self.cfg.max_size} bytes")
+        if length > self.max_size:
+            raise HttpError(413, f"message above {self.max_size} bytes")
         if length:
             try:
-                request.body = await read_timed(self.reader.readexactly(length), self.cfg.timeout)
+                request.body = await read_timed(self.reader.readexactly(length), self.timeout)
             except asyncio.IncompleteReadError:
                 raise HttpError(400, "body cut short") from None
         return request
@@ -278,7 +266,7 @@ async def start_http_scan(gateway: Gateway, *, reuse_port: bool = False) -> asyn
     """Listen on ``[http_scan] listen:port``."""
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str) -> None:
-        await HttpScanSession(gateway, reader, writer, peer).run()
+        await HttpScanSession(gateway, gateway.config.http_scan, reader, writer, peer).run()
 
     body = _json({"error": "client not in [http_scan] trusted_networks"})
     refusal = (

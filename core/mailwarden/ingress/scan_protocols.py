@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ListenerConfig",
+    "ScanSession",
     "file_as_message",
     "is_spam",
     "read_timed",
@@ -54,6 +55,25 @@ class ListenerConfig(Protocol):
     max_connections: int
     timeout: float
     trusted_networks: list[str]
+
+
+class ScanSession:
+    """One client connection of a scan-protocol listener; ``run`` holds the conversation."""
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        cfg: ListenerConfig,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        peer: str,
+    ) -> None:
+        self.gateway = gateway
+        self.reader = reader
+        self.writer = writer
+        self.peer = peer
+        self.timeout = cfg.timeout
+        self.max_size = cfg.max_size
 
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, str], Awaitable[None]]

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 from mailwarden_sdk import ActionKind, Envelope
 
 from .scan_protocols import (
+    ScanSession,
     is_spam,
     read_timed,
     reported_score,
@@ -90,21 +91,8 @@ class _Request:
         self.body = body
 
 
-class SpamdSession:
+class SpamdSession(ScanSession):
     """One request on one connection (spamd's protocol has no keep-alive)."""
-
-    def __init__(
-        self,
-        gateway: Gateway,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        peer: str,
-    ) -> None:
-        self.gateway = gateway
-        self.cfg = gateway.config.spamd
-        self.reader = reader
-        self.writer = writer
-        self.peer = peer
 
     async def run(self) -> None:
         try:
@@ -115,11 +103,11 @@ class SpamdSession:
         except (asyncio.LimitOverrunError, ValueError, UnicodeDecodeError, zlib.error) as exc:
             reply = _protocol(repr(exc)).line
         self.writer.write(reply)
-        await read_timed(self.writer.drain(), self.cfg.timeout)
+        await read_timed(self.writer.drain(), self.timeout)
 
     async def _line(self) -> str:
         try:
-            raw = await read_timed(self.reader.readuntil(b"\n"), self.cfg.timeout)
+            raw = await read_timed(self.reader.readuntil(b"\n"), self.timeout)
         except asyncio.IncompleteReadError as exc:
             if exc.partial:
                 raise _protocol("request cut short") from None
@@ -148,17 +136,17 @@ class SpamdSession:
         if length_text is None or not length_text.isdigit():
             raise _protocol("no Content-length")
         length = int(length_text)
-        if length > self.cfg.max_size:
+        if length > self.max_size:
             raise SpamdError(74, "EX_IOERR message too big")
         try:
-            body = await read_timed(self.reader.readexactly(length), self.cfg.timeout)
+            body = await read_timed(self.reader.readexactly(length), self.timeout)
         except asyncio.IncompleteReadError:
             raise _protocol("message shorter than its Content-length") from None
         compress = headers.get("compress", "").lower()
         if compress == "zlib":
             inflater = zlib.decompressobj()
-            body = inflater.decompress(body, self.cfg.max_size + 1)
-            if len(body) > self.cfg.max_size or inflater.unconsumed_tail:
+            body = inflater.decompress(body, self.max_size + 1)
+            if len(body) > self.max_size or inflater.unconsumed_tail:
                 raise SpamdError(74, "EX_IOERR message too big")
             if not inflater.eof:
                 raise _protocol("truncated zlib stream")
@@ -211,7 +199,7 @@ class SpamdSession:
         return b""
 
     async def _tell(self, request: _Request) -> bytes:
-        if not self.cfg.allow_tell:
+        if not self.gateway.config.spamd.allow_tell:
             raise SpamdError(69, "EX_UNAVAILABLE TELL commands are not enabled (allow_tell)")
         label = request.headers.get("message-class", "").lower()
         sets = _targets(request.headers.get("set", ""))
@@ -279,7 +267,7 @@ async def start_spamd(gateway: Gateway, *, reuse_port: bool = False) -> asyncio.
     """Listen on ``[spamd] listen:port``."""
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str) -> None:
-        await SpamdSession(gateway, reader, writer, peer).run()
+        await SpamdSession(gateway, gateway.config.spamd, reader, writer, peer).run()
 
     refusal = f"{_VERSION} 69 EX_UNAVAILABLE\r\n\r\n".encode()
     return await start_stream_listener(
