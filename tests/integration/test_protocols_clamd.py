@@ -13,7 +13,7 @@ import pytest
 
 from mailwarden.testing import build_message
 from tests.conftest import EICAR, need
-from tests.integration.protocols_serve import Served, exchange, serve_protocols
+from tests.integration.protocols_serve import SPAM, Served, exchange, serve_protocols
 from tests.integration.test_clamd import zipped
 from tests.services import ensure_packages
 
@@ -75,6 +75,19 @@ def test_what_we_cannot_look_into_is_found_not_ok(served: Served, tmp_path: Path
     result = clamdscan(served, tmp_path, archive)
     assert result.returncode == 1, result
     assert result.stdout.strip() == f"{archive}: Mailwarden.NotScanned.Encrypted FOUND"
+
+
+def test_a_limit_hit_is_found_not_ok_and_spam_is_no_virus(served: Served, tmp_path: Path) -> None:
+    # 2 MB of zeros in a zip: far over the antivirus's decompression ratio limit (250).
+    bomb = tmp_path / "bomb.zip"
+    bomb.write_bytes(zipped("zeros.bin", bytes(2 * 1024 * 1024)))
+    result = clamdscan(served, tmp_path, bomb)
+    assert result.returncode == 1, result
+    assert result.stdout.strip() == f"{bomb}: Mailwarden.NotScanned.MaxRatio FOUND"
+    # clamd's protocol is antivirus only: GTUBE is no virus.
+    spam = tmp_path / "gtube.eml"
+    spam.write_bytes(SPAM)
+    assert clamdscan(served, tmp_path, spam).stdout.strip() == f"{spam}: OK"
 
 
 def test_a_stream_over_max_size_is_refused(served: Served, tmp_path: Path) -> None:
