@@ -8,7 +8,7 @@ import struct
 from collections.abc import Iterator
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from tests.integration.protocols_serve import Served, serve_protocols
@@ -119,6 +119,9 @@ def test_spamd_garbage_is_ex_protocol(served: Served, data: bytes) -> None:
 
 
 @FUZZ
+@example(
+    method="CHECK", headers=[b"Content-length: \xc2\xb2"], length=None, body=b"", compress=False
+)
 @given(
     method=st.sampled_from(_SPAMD_METHODS[:-1]),
     headers=st.lists(st.binary(max_size=40).filter(lambda h: b"\n" not in h), max_size=5),
@@ -162,6 +165,7 @@ def test_http_garbage_is_400(served: Served, data: bytes) -> None:
 
 
 @FUZZ
+@example(path="/checkv2", headers=[b"Content-Length: \xb2"], length=None, body=b"")
 @given(
     path=st.sampled_from(["/checkv2", "/check", "/symbols", "/ping", "/nope"]),
     headers=st.lists(st.binary(max_size=40).filter(lambda h: b"\n" not in h), max_size=5),

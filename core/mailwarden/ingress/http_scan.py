@@ -24,6 +24,7 @@ gets 400, a body above ``[http_scan] max_size`` 413, a client outside
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
 __all__ = ["HttpError", "rspamd_action", "rspamd_result", "start_http_scan"]
 
 _MAX_HEADERS = 100
+_DIGITS = re.compile(r"[0-9]{1,15}")
 _REASONS = {
     200: "OK",
     400: "Bad Request",
@@ -198,7 +200,8 @@ class HttpScanSession(ScanSession):
         if request.header("transfer-encoding"):
             raise HttpError(411, "send the body with Content-Length")
         lengths = request.all("content-length")
-        if len(lengths) > 1 or (lengths and not lengths[0].isdigit()):
+        # ASCII digits only: str.isdigit() takes '²', which int() refuses.
+        if len(lengths) > 1 or (lengths and not _DIGITS.fullmatch(lengths[0])):
             raise HttpError(400, "bad Content-Length")
         length = int(lengths[0]) if lengths else 0
         if length > self.max_size:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import re
 import zlib
 from typing import TYPE_CHECKING
 
@@ -49,6 +50,7 @@ log = logging.getLogger(__name__)
 _VERSION = "SPAMD/1.5"
 _METHODS = ("CHECK", "SYMBOLS", "REPORT", "REPORT_IFSPAM", "PROCESS", "HEADERS", "PING")
 _MAX_HEADERS = 64
+_DIGITS = re.compile(r"[0-9]{1,15}")
 
 
 class SpamdError(Exception):
@@ -133,7 +135,7 @@ class SpamdSession(ScanSession):
         if method in ("PING", "SKIP"):
             return _Request(method, headers, b"")
         length_text = headers.get("content-length")
-        if length_text is None or not length_text.isdigit():
+        if length_text is None or not _DIGITS.fullmatch(length_text):
             raise _protocol("no Content-length")
         length = int(length_text)
         if length > self.max_size:
