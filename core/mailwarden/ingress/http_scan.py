@@ -24,6 +24,7 @@ gets 400, a body above ``[http_scan] max_size`` 413, a client outside
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 from typing import TYPE_CHECKING, Any
@@ -45,6 +46,8 @@ if TYPE_CHECKING:
     from ..pipeline import Decision, Gateway
 
 __all__ = ["HttpError", "rspamd_action", "rspamd_result", "start_http_scan"]
+
+log = logging.getLogger(__name__)
 
 _MAX_HEADERS = 100
 _DIGITS = re.compile(r"[0-9]{1,15}")
@@ -156,6 +159,14 @@ class HttpScanSession(ScanSession):
                 status, body, kind = await self._answer(request)
             except HttpError as exc:
                 self._send(exc.status, _json({"error": exc.message}), "application/json", False)
+                await read_timed(self.writer.drain(), self.timeout)
+                return
+            except (TimeoutError, ConnectionError):
+                raise
+            except Exception:
+                # Our failure: an error status, never a verdict.
+                log.exception("http_scan: request from %s failed", self.peer)
+                self._send(500, _json({"error": "scan failed"}), "application/json", False)
                 await read_timed(self.writer.drain(), self.timeout)
                 return
             self._send(status, body, kind, request.keep_alive)

@@ -104,6 +104,12 @@ class SpamdSession(ScanSession):
             reply = exc.line
         except (asyncio.LimitOverrunError, ValueError, UnicodeDecodeError, zlib.error) as exc:
             reply = _protocol(repr(exc)).line
+        except (TimeoutError, ConnectionError, asyncio.IncompleteReadError):
+            raise
+        except Exception:
+            # Our failure, not the client's: an error code, never a verdict (Exim defers).
+            log.exception("spamd: request from %s failed", self.peer)
+            reply = SpamdError(70, "EX_SOFTWARE").line
         self.writer.write(reply)
         await read_timed(self.writer.drain(), self.timeout)
 
