@@ -31,9 +31,14 @@ __all__ = [
     "DkimKeyConfig",
     "EventsConfig",
     "GatewayConfig",
+    "GreylistingConfig",
+    "HooksConfig",
     "HttpScanConfig",
     "MetricsConfig",
     "MilterConfig",
+    "RateLimit",
+    "RatelimitConfig",
+    "RedisConfig",
     "RuleActions",
     "RuleConfig",
     "SmtpConfig",
@@ -63,13 +68,27 @@ class _Section(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 class GatewayConfig(_Section):
-    """``[gateway]``: where the gateway keeps its data and how it names itself."""
+    """``[gateway]``: where the gateway keeps its data, how it names itself, whom it runs as.
+
+    Started as root with ``user`` (and ``group``), ``serve`` binds its ports, gives the home
+    to that account and runs as it. Memory dumps are off unless ``core_dumps``; then they go
+    to ``core_dumps_path``, each dump and the folder at most ``core_dumps_max_bytes``.
+    """
 
     home: str = ""
     hostname: str = "mailwarden.localhost"
     # The organisation's own mail domains: rules' ``direction`` is decided from them. An entry
     # ``.example.org`` also covers every subdomain of example.org.
     local_domains: list[str] = msgspec.field(default_factory=list)
+    # Started as root, ``serve`` binds its ports, gives the home to this account and switches
+    # to it (``group``: its primary group unless set).
+    user: str = ""
+    group: str = ""
+    # Memory dumps of crashed processes (they hold mail): off unless set, then into
+    # ``core_dumps_path`` (relative to the home), each and all together at most the cap.
+    core_dumps: bool = False
+    core_dumps_path: str = "cores"
+    core_dumps_max_bytes: Annotated[int, msgspec.Meta(gt=0)] = 1 << 30
 
 
 class SmtpConfig(_Section):
@@ -119,19 +138,28 @@ class SmtpConfig(_Section):
     hopcount_limit: Positive = 50
     forbid_bare_newline: bool = True
     junk_command_limit: Positive = 100
+    # A balancer (HAProxy ``send-proxy-v2``) in front: every connection starts with a PROXY
+    # protocol header (v1 or v2) naming the real client, accepted only from ``proxy_trusted``.
+    proxy_protocol: bool = False
+    proxy_trusted: list[Network] = msgspec.field(default_factory=list)
+    proxy_timeout: Seconds = 10.0
 
     def __post_init__(self) -> None:
-        _check_networks(self.trusted_networks)
+        _check_networks("trusted_networks", self.trusted_networks)
+        _check_networks("proxy_trusted", self.proxy_trusted)
+        if self.proxy_protocol and not self.proxy_trusted:
+            raise ValueError(
+                "proxy_protocol needs proxy_trusted: the balancers' addresses (anyone else "
+                "could claim any client address)"
+            )
 
 
-def _check_networks(networks: list[str]) -> None:
+def _check_networks(key: str, networks: list[str]) -> None:
     for network in networks:
         try:
             ipaddress.ip_network(network, strict=False)
         except ValueError:
-            raise ValueError(
-                f"trusted_networks: {network!r} is not an address or CIDR network"
-            ) from None
+            raise ValueError(f"{key}: {network!r} is not an address or CIDR network") from None
 
 
 class _ScanProtocolConfig(_Section):
@@ -153,7 +181,7 @@ class _ScanProtocolConfig(_Section):
     )
 
     def __post_init__(self) -> None:
-        _check_networks(self.trusted_networks)
+        _check_networks("trusted_networks", self.trusted_networks)
 
 
 class ClamdConfig(_ScanProtocolConfig):
@@ -302,12 +330,35 @@ class DetectorsConfig(_Section):
         return self.timeouts.get(detector, self.timeout)
 
 
+class HooksConfig(_Section):
+    """``[hooks]``: time budgets in seconds of the plugin hooks other than scans.
+
+    ``verdict`` and ``action`` bound all ``mailwarden_verdict`` / ``mailwarden_action``
+    implementations of one message together; ``hold``, ``startup`` and ``shutdown`` each
+    implementation. A verdict that runs out (or fails) keeps the detectors' folded verdict with
+    a ``HOOK_TIMEOUT`` error and is never delivered on that: at least a 451. ``message_processed``
+    observers run on threads of their own, off the mail path; a call past its budget is logged
+    and counted, and at most ``observer_backlog`` events wait for a slow observer (more are
+    dropped for it and counted).
+    """
+
+    startup: Seconds = 120.0
+    shutdown: Seconds = 5.0
+    verdict: Seconds = 10.0
+    action: Seconds = 10.0
+    hold: Seconds = 30.0
+    message_processed: Seconds = 2.0
+    observer_backlog: Positive = 1000
+
+
 class EventsConfig(_Section):
     """``[events]``: the message event log, and where events are also sent.
 
     ``json`` writes each message event as a JSON line to a file (``-``: standard output);
     ``syslog`` sends it to ``host:port`` over UDP as RFC 5424 (``syslog_format = "cef"``: the
     message is in ArcSight CEF), so existing log pipelines take it. Both empty: not sent.
+    The ``json`` file (relative to the home) is rotated to ``.1`` at half of ``json_max_bytes``,
+    so the two never hold more than that.
     """
 
     enabled: bool = True
@@ -315,6 +366,8 @@ class EventsConfig(_Section):
     retention_days: Annotated[float, msgspec.Meta(gt=0)] = 3.0
     max_bytes: Positive = 1 << 30
     json: str = ""
+    # The JSON file and its rotated older half (``json`` + ``.1``) together at most this.
+    json_max_bytes: Positive = 1 << 30
     syslog: str = ""
     syslog_format: Literal["rfc5424", "cef"] = "rfc5424"
     syslog_facility: Annotated[int, msgspec.Meta(ge=0, le=23)] = 16
@@ -323,7 +376,8 @@ class EventsConfig(_Section):
 class StoresConfig(_Section):
     """``[stores]``: the other stores of user data, their places (relative to the home) and
     limits. Every limit removes the oldest records when reached; ``traces`` is off unless
-    diagnostics need it, because traces may hold message text.
+    diagnostics need it, because traces may hold message text. ``audit_max_bytes`` caps the
+    web's JSON-lines copy of its acts (``web/audit.jsonl`` and its rotated ``.1``).
     """
 
     quarantine_max_bytes: Positive = 1 << 30
@@ -334,6 +388,8 @@ class StoresConfig(_Section):
     app_log_max_bytes: Positive = 1 << 30
     auth_log_path: str = "auth-log"
     auth_log_retention_days: Annotated[float, msgspec.Meta(gt=0)] = 35.0
+    # The web's JSON-lines copy of its acts (``web/audit.jsonl``; rotated like the export).
+    audit_max_bytes: Positive = 64 << 20
     traces: bool = False
     traces_path: str = "traces"
     trace_max_bytes: Positive = 150 << 20
@@ -478,7 +534,8 @@ class DirectoryConfig(_Section):
     entries ``user_filter`` selects under ``base_dn``; groups are the entries ``group_filter``
     selects, nested membership followed through ``member_attribute``. Answers are kept in a
     local cache, refreshed every ``refresh_interval`` seconds and used while the server is
-    unreachable; with ``enabled = false`` the cache is deleted at start-up.
+    unreachable; with ``enabled = false`` the cache is deleted by the reload (SIGHUP) or start
+    that turns the integration off.
     """
 
     enabled: bool = False
@@ -515,6 +572,98 @@ class DirectoryConfig(_Section):
             raise ValueError("start_tls is for ldap:// URLs; ldaps:// is TLS already")
 
 
+class GreylistingConfig(_Section):
+    """``[greylisting]``: a new (sender, recipient, client network) triplet is deferred.
+
+    The first attempt of a triplet (the client's /``ipv4_prefix`` or /``ipv6_prefix``) gets
+    ``451 4.7.1``; a retry after ``delay`` seconds and within ``retry_window`` seconds of the
+    first is accepted, and the triplet then passes without delay for ``pass_expiry`` seconds
+    after its last message. Never applied to authenticated clients, nor to clients in
+    ``allow_networks`` or senders in ``allow_domains`` (``.example.org``: with subdomains);
+    clients in ``[smtp] trusted_networks`` only when ``skip_trusted`` is false. Answered at
+    RCPT by the SMTP gateway and at end of message by the milter; the after-queue content
+    filter does not greylist (Postfix has accepted the message already). The triplets are in
+    Redis when ``[redis]`` is enabled, else (and while Redis is down) in the local store.
+    """
+
+    enabled: bool = False
+    delay: Seconds = 300.0
+    retry_window: Seconds = 4 * 3600.0
+    pass_expiry: Seconds = 36 * 86400.0
+    ipv4_prefix: Annotated[int, msgspec.Meta(ge=8, le=32)] = 24
+    ipv6_prefix: Annotated[int, msgspec.Meta(ge=16, le=128)] = 64
+    allow_networks: list[Network] = msgspec.field(default_factory=list)
+    allow_domains: list[str] = msgspec.field(default_factory=list)
+    skip_trusted: bool = True
+
+    def __post_init__(self) -> None:
+        _check_networks("allow_networks", self.allow_networks)
+        if self.retry_window <= self.delay:
+            raise ValueError(
+                f"retry_window ({self.retry_window:g} s) must be longer than delay "
+                f"({self.delay:g} s): no retry could pass"
+            )
+
+
+class RateLimit(_Section):
+    """One rate limit: at most ``messages`` and ``bytes`` per ``window`` seconds (0: no cap)."""
+
+    messages: Annotated[int, msgspec.Meta(ge=0)] = 0
+    bytes: Annotated[int, msgspec.Meta(ge=0)] = 0
+    window: Seconds = 3600.0
+
+
+class RatelimitConfig(_Section):
+    """``[ratelimit]``: messages and bytes per window, per sender, sender domain, client
+    address and recipient (``[ratelimit.sender]``, ``.sender_domain``, ``.client``,
+    ``.recipient``; each recipient of a message counts it once).
+
+    A message over any limit gets ``451 4.7.1`` naming the limit, at the end of DATA (SMTP
+    gateway) or of the message (milter); it still counts, so a sender that keeps trying stays
+    refused until the window ends. The null sender is not limited by sender or domain;
+    clients in ``allow_networks`` are not limited. Counters are in Redis when ``[redis]`` is
+    enabled (shared by every node), else (and while Redis is down) in the local store.
+    """
+
+    enabled: bool = False
+    sender: RateLimit = msgspec.field(default_factory=RateLimit)
+    sender_domain: RateLimit = msgspec.field(default_factory=RateLimit)
+    client: RateLimit = msgspec.field(default_factory=RateLimit)
+    recipient: RateLimit = msgspec.field(default_factory=RateLimit)
+    allow_networks: list[Network] = msgspec.field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        _check_networks("allow_networks", self.allow_networks)
+
+
+class RedisConfig(_Section):
+    """``[redis]``: state shared by every node (greylisting triplets, rate-limit counters).
+
+    ``url`` is ``redis://[:password@]host:port/db`` (``rediss://`` for TLS) and ``prefix``
+    starts every key, so nodes of one cluster share it and other clusters do not. An operation
+    gets ``timeout`` seconds; after ``breaker_failures`` failures in a row the node stops
+    asking Redis for ``breaker_reset`` seconds and goes on with its local store (the metric
+    ``mailwarden_shared_state_redis`` is 0 and the log says so), then tries again.
+    ``local_max_entries`` caps the local store (greylisting triplets and counters; the ones
+    expiring first go when it is full), which is also the whole state without Redis.
+    """
+
+    enabled: bool = False
+    url: str = "redis://127.0.0.1:6379/0"
+    prefix: str = "mailwarden:"
+    timeout: Seconds = 0.5
+    breaker_failures: Positive = 3
+    breaker_reset: Seconds = 30.0
+    local_path: str = "policy-state"
+    local_max_entries: Positive = 1_000_000
+
+    def __post_init__(self) -> None:
+        if not self.url.lower().startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(
+                f"url must start with redis://, rediss:// or unix://, not {self.url!r}"
+            )
+
+
 def _default_rules() -> list[RuleConfig]:
     return [RuleConfig(name="default")]
 
@@ -525,8 +674,9 @@ class WebConfig(_Section):
     HTTPS with the ``[tls]`` pair (a self-signed one is generated until you configure yours).
     ``roles`` adds custom roles (name -> permissions); ``groups`` gives directory users roles
     by group (``"group:CN or DN"`` -> role names), nested membership included. After
-    ``login_attempts`` failed logins within 15 minutes for one account or client address,
-    logins from there wait. ``login_bind`` is how a directory user's password is checked:
+    ``login_attempts`` failed logins within 15 minutes from one client address (an IPv6
+    /64), logins from there wait; the account stays open to its owner elsewhere.
+    ``login_bind`` is how a directory user's password is checked:
     ``simple`` (bind as the entry's DN), ``ntlm`` (bind as ``DOMAIN\\sAMAccountName``, domain
     from ``ntlm_domain`` or the ``[directory] bind_dn``), or ``auto``: NTLM where the server's
     root DSE offers it (Active Directory), else simple.
@@ -571,6 +721,7 @@ class Config(_Section):
     http_scan: HttpScanConfig = msgspec.field(default_factory=HttpScanConfig)
     delivery: DeliveryConfig = msgspec.field(default_factory=DeliveryConfig)
     detectors: DetectorsConfig = msgspec.field(default_factory=DetectorsConfig)
+    hooks: HooksConfig = msgspec.field(default_factory=HooksConfig)
     events: EventsConfig = msgspec.field(default_factory=EventsConfig)
     stores: StoresConfig = msgspec.field(default_factory=StoresConfig)
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
@@ -579,6 +730,9 @@ class Config(_Section):
     dkim: DkimConfig = msgspec.field(default_factory=DkimConfig)
     directory: DirectoryConfig = msgspec.field(default_factory=DirectoryConfig)
     web: WebConfig = msgspec.field(default_factory=WebConfig)
+    greylisting: GreylistingConfig = msgspec.field(default_factory=GreylistingConfig)
+    ratelimit: RatelimitConfig = msgspec.field(default_factory=RatelimitConfig)
+    redis: RedisConfig = msgspec.field(default_factory=RedisConfig)
     rules: list[RuleConfig] = msgspec.field(default_factory=_default_rules)
     plugins: dict[str, Any] = msgspec.field(default_factory=dict)
     source: str | None = None
@@ -604,6 +758,7 @@ _CORE_SECTIONS: dict[str, type[Any]] = {
     "http_scan": HttpScanConfig,
     "delivery": DeliveryConfig,
     "detectors": DetectorsConfig,
+    "hooks": HooksConfig,
     "events": EventsConfig,
     "stores": StoresConfig,
     "metrics": MetricsConfig,
@@ -612,6 +767,9 @@ _CORE_SECTIONS: dict[str, type[Any]] = {
     "dkim": DkimConfig,
     "directory": DirectoryConfig,
     "web": WebConfig,
+    "greylisting": GreylistingConfig,
+    "ratelimit": RatelimitConfig,
+    "redis": RedisConfig,
     "rules": list[RuleConfig],
 }
 

@@ -8,9 +8,10 @@ recording anything.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -43,6 +44,18 @@ def _config(config_path: str | None) -> Config:
     return load_config(_resolve(config_path), build_plugin_manager().config_schemas())
 
 
+class IpAddress(click.ParamType[str]):
+    """An IPv4 or IPv6 address, refused with the option's name when it is not one."""
+
+    name = "ip"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        try:
+            return str(ipaddress.ip_address(str(value).strip("[]")))
+        except ValueError:
+            self.fail(f"{value!r} is not an IP address", param, ctx)
+
+
 @click.group()
 def rules() -> None:
     """Message-processing rules."""
@@ -51,13 +64,17 @@ def rules() -> None:
 @rules.command("test")
 @click.option("--from", "sender", default="", help="Envelope sender (empty: the null sender).")
 @click.option("--to", "recipients", multiple=True, required=True, help="Recipient (repeatable).")
-@click.option("--client", default=None, help="Client IP address the message came from.")
+@click.option(
+    "--client", "--client-ip", "client", type=IpAddress(), help="Client IP address (SPF)."
+)
+@click.option("--helo", default="", help="HELO/EHLO name the client gave (SPF).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Config file.")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
 def rules_test(
     sender: str,
     recipients: tuple[str, ...],
     client: str | None,
+    helo: str,
     config_path: str | None,
     file: str,
 ) -> None:
@@ -79,7 +96,12 @@ def rules_test(
                 else:
                     lines.append(f"  rule       {rule.name} ({match.explain()})")
                 lines.append(f"  detectors  {', '.join(sorted(gateway.detectors_for(rule)))}")
-                envelope = Envelope(mail_from=sender, rcpt_to=[recipient], client_address=client)
+                envelope = Envelope(
+                    mail_from=sender,
+                    rcpt_to=[recipient],
+                    client_address=client,
+                    helo=helo or None,
+                )
                 decision = await gateway.scan(raw, envelope)
                 verdict = decision.verdict
                 findings = [
@@ -89,6 +111,9 @@ def rules_test(
                     for f in verdict.findings
                 ]
                 lines.append(f"  findings   {'; '.join(findings) or 'none'}")
+                for name, value in verdict.headers:
+                    if name.lower() == "authentication-results":
+                        lines.append(f"  auth       {value}")
                 lines.append(
                     f"  verdict    antivirus {verdict.antivirus.value}, spam {verdict.spam.value}"
                     f" (score {verdict.spam_score:.2f})"

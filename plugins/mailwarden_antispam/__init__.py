@@ -38,7 +38,7 @@ from mailwarden_sdk import (
 from mailwarden_sdk.findings import spam_rule
 
 from . import auth, heuristics
-from .bayes import Bayes
+from .bayes import JOURNAL_MAX_ENTRIES, Bayes
 from .content import body_text, links, message_facts, message_urls, rawbody_text
 from .dnslists import DnsList, query_lists
 from .quarantine import SpamQuarantine, SpamQuarantineView
@@ -91,6 +91,10 @@ class AntispamConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     authentication: bool = True
     authserv_id: str = "mailwarden"
     dmarc_tree_walk: bool = False
+    # Relays whose Received: fields are believed (trusted) and the organisation's own hosts
+    # (internal): SPF is checked for the first hop in neither (docs/antispam.md).
+    trusted_networks: list[str] = msgspec.field(default_factory=list)
+    internal_networks: list[str] = msgspec.field(default_factory=list)
     dkim_min_key_bits: int = 1024
     dns_servers: list[str] = msgspec.field(default_factory=list)
     dns_port: int = 53
@@ -133,7 +137,9 @@ class AntispamConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         for status in self.quarantine:
             if status not in ("spam", "probable_spam", "bulk", "blocked"):
                 raise ValueError(f"quarantine: unknown status {status!r}")
-        for net in (*self.blocked_ips, *self.allowed_ips):
+        for net in (*self.blocked_ips, *self.allowed_ips, *self.trusted_networks):
+            ipaddress.ip_network(net, strict=False)
+        for net in self.internal_networks:
             ipaddress.ip_network(net, strict=False)
         if self.dns_timeout <= 0:
             raise ValueError("dns_timeout must be positive")
@@ -248,7 +254,8 @@ class AntispamPlugin:
                 name="antispam bayes",
                 path=str(base / "bayes"),
                 holds="word and host tokens with spam/ham counts; digests and Message-IDs of "
-                "learned messages with who learned them and when",
+                "learned messages with who learned them and when (the journal of learning "
+                f"acts keeps the newest {JOURNAL_MAX_ENTRIES:,})",
                 read_permission="settings.view",
             )
         ]
@@ -262,6 +269,15 @@ class AntispamPlugin:
                 "recipients, subject and score in the index beside them",
                 max_bytes=config.quarantine_max_bytes,
                 when_full=WhenFull.REMOVE_OLDEST,
+                read_permission="queues.view",
+            )
+        )
+        stores.append(
+            StoreDescriptor(
+                name="spam quarantine index",
+                path=str(base / "quarantine-index"),
+                holds="per held message: envelope sender, recipients, subject, score, release "
+                "claims; entries go with their message files",
                 read_permission="queues.view",
             )
         )
@@ -428,9 +444,15 @@ class AntispamPlugin:
         env, message, raw = ctx.envelope, ctx.message, ctx.raw
         sync = SyncDns(dns)
         spf_task = None
-        if env.client_address:
+        hop = auth.spf_client(
+            env.client_address,
+            env.helo or "",
+            message.header_all("received"),
+            [*cfg.trusted_networks, *cfg.internal_networks],
+        )
+        if hop is not None:
             spf_task = auth.check_spf(
-                sync, env.client_address, env.mail_from, env.helo or "", cfg.dns_budget
+                sync, hop.ip, env.mail_from, hop.helo, cfg.dns_budget, hop.note
             )
         dkim_results, arc = await asyncio.gather(
             auth.verify_dkim(sync, raw, cfg.dkim_min_key_bits),
@@ -443,9 +465,13 @@ class AntispamPlugin:
             spf_result,
             dkim_results,
             cfg.dmarc_tree_walk,
+            # pct sampling by the message's own identity: a retry falls the same way.
+            message.header("message-id") or raw.split(b"\r\n\r\n", 1)[-1],
         )
         if spf_result is not None:
             hits[f"SPF_{spf_result.result.upper()}"] = {"domain": spf_result.domain}
+            if spf_result.plus_all:
+                hits["SPF_PLUSALL"] = {"domain": spf_result.domain}
         for r in dkim_results:
             code = {"pass": "DKIM_VALID", "fail": "DKIM_INVALID"}.get(r.result, "DKIM_ERROR")
             hits.setdefault(code, {"domain": r.domain, "result": r.result})

@@ -20,6 +20,7 @@ from mailwarden_sdk import (
     Finding,
     Host,
     ScanContext,
+    StoreDescriptor,
     Verdict,
     hookimpl,
     plugin_data_dir,
@@ -79,6 +80,18 @@ class AntivirusPlugin:
     @hookimpl
     def mailwarden_config_schema(self) -> tuple[str, type[msgspec.Struct]]:
         return DETECTOR, AntivirusConfig
+
+    @hookimpl
+    def mailwarden_data_stores(self, host: Host) -> list[StoreDescriptor]:
+        return [
+            StoreDescriptor(
+                name="antivirus signatures",
+                path=str(host.data_dir / DETECTOR),
+                holds="compiled signature databases and installed signature updates; no mail "
+                "and no personal data",
+                read_permission="settings.view",
+            )
+        ]
 
     @hookimpl
     def mailwarden_startup(self, host: Host) -> None:

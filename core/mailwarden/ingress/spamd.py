@@ -23,7 +23,6 @@ allow_tell`` is on, as spamd's ``--allow-tell``. A request we cannot read gets
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import re
 import zlib
@@ -31,6 +30,7 @@ from typing import TYPE_CHECKING
 
 from mailwarden_sdk import ActionKind, Envelope
 
+from ..hookcalls import call_impl, hook_kwargs
 from .scan_protocols import (
     ScanSession,
     is_spam,
@@ -236,9 +236,9 @@ class SpamdSession(ScanSession):
         hook = self.gateway.plugins.pm.hook.mailwarden_learn
         for impl in hook.get_hookimpls():
             try:
-                answer = impl.function(raw=raw, label=label, by=by)
-                if inspect.isawaitable(answer):
-                    answer = await answer
+                # Under the listener's timeout, like every hook the gateway calls.
+                kwargs = hook_kwargs(impl, raw=raw, label=label, by=by)
+                answer = await call_impl(impl.function, kwargs, self.timeout, None)
             except Exception as exc:
                 log.warning("spamd TELL: %s failed to learn: %r", impl.plugin_name, exc)
                 raise SpamdError(74, "EX_IOERR learning failed") from exc
