@@ -13,7 +13,7 @@ from pathlib import Path
 
 from mailwarden.testing import build_message
 from tests.conftest import EICAR, free_port
-from tests.integration.test_smtp_serve import _wait_for_port
+from tests.serving import start_serve, stop_serve
 
 GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
 CLEAN = build_message(subject="lunch", body="Hello Bob, lunch tomorrow at noon?\n")
@@ -81,23 +81,8 @@ def serve_protocols(
         f"[http_scan]\nenabled = true\nport = {ports['http']}\n{trusted_networks}" + extra
     )
     log = tmp / "serve.log"
-    with log.open("w") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "mailwarden", "serve"],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env={**os.environ, "MAILWARDEN_HOME": str(home)},
-        )
-    served = Served(process, home, log, **ports)
+    process = start_serve(home, log, list(ports.values()))
     try:
-        for port in ports.values():
-            _wait_for_port(port, process, log, limit=60.0)
-        yield served
+        yield Served(process, home, log, **ports)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_serve(process, log)
