@@ -21,6 +21,7 @@ import msgspec
 from .errors import ConfigError
 
 __all__ = [
+    "ClamdConfig",
     "Config",
     "ContentFilterConfig",
     "DeliveryConfig",
@@ -32,6 +33,7 @@ __all__ = [
     "GatewayConfig",
     "GreylistingConfig",
     "HooksConfig",
+    "HttpScanConfig",
     "MetricsConfig",
     "MilterConfig",
     "RateLimit",
@@ -40,6 +42,7 @@ __all__ = [
     "RuleActions",
     "RuleConfig",
     "SmtpConfig",
+    "SpamdConfig",
     "SpoolConfig",
     "StoresConfig",
     "TlsConfig",
@@ -157,6 +160,59 @@ def _check_networks(key: str, networks: list[str]) -> None:
             ipaddress.ip_network(network, strict=False)
         except ValueError:
             raise ValueError(f"{key}: {network!r} is not an address or CIDR network") from None
+
+
+class _ScanProtocolConfig(_Section):
+    """What ``[clamd]``, ``[spamd]`` and ``[http_scan]`` share (docs/embedding.md).
+
+    Off by default; on, a listener on ``listen:port`` answers clients in
+    ``trusted_networks`` only. A message or stream above ``max_size`` bytes is refused with the
+    protocol's error, more than ``max_connections`` open connections too, and ``timeout`` is
+    the time allowed to wait for the client's next bytes.
+    """
+
+    enabled: bool = False
+    listen: str = "127.0.0.1"
+    max_size: Positive = 25 * 1024 * 1024
+    max_connections: Positive = 100
+    timeout: Seconds = 120.0
+    trusted_networks: list[Network] = msgspec.field(
+        default_factory=lambda: ["127.0.0.0/8", "::1/128"]
+    )
+
+    def __post_init__(self) -> None:
+        _check_networks("trusted_networks", self.trusted_networks)
+
+
+class ClamdConfig(_ScanProtocolConfig):
+    """``[clamd]``: clamd's protocol (INSTREAM), for Exim's ``av_scanner = clamd:``,
+    ``clamdscan --stream`` and other clamd clients (docs/embedding.md).
+
+    Off by default; on, only clients in ``trusted_networks`` are served (others get the
+    protocol's refusal), at most ``max_connections`` at once; ``timeout`` is the time allowed
+    to wait for the client's next bytes. ``max_size`` is clamd's StreamMaxLength: a larger
+    stream gets ``INSTREAM size limit exceeded. ERROR``. ``[spamd]`` and ``[http_scan]``
+    have the same keys.
+    """
+
+    port: Port = 3310
+
+
+class SpamdConfig(_ScanProtocolConfig):
+    """``[spamd]``: SpamAssassin's spamd protocol, for Exim's ``spam =`` and ``spamc``; the
+    keys of ``[clamd]`` (a message above ``max_size`` gets ``74 EX_IOERR``), and
+    ``allow_tell``, which lets clients teach the Bayes classifier (``spamc -L``), as spamd's
+    ``--allow-tell``."""
+
+    port: Port = 10783
+    allow_tell: bool = False
+
+
+class HttpScanConfig(_ScanProtocolConfig):
+    """``[http_scan]``: rspamd's HTTP scan API (``POST /checkv2``), for ``rspamc`` and
+    rspamd integrations; the keys of ``[clamd]`` (a body above ``max_size`` gets 413)."""
+
+    port: Port = 11333
 
 
 class MilterConfig(_Section):
@@ -660,6 +716,9 @@ class Config(_Section):
     smtp: SmtpConfig = msgspec.field(default_factory=SmtpConfig)
     milter: MilterConfig = msgspec.field(default_factory=MilterConfig)
     content_filter: ContentFilterConfig = msgspec.field(default_factory=ContentFilterConfig)
+    clamd: ClamdConfig = msgspec.field(default_factory=ClamdConfig)
+    spamd: SpamdConfig = msgspec.field(default_factory=SpamdConfig)
+    http_scan: HttpScanConfig = msgspec.field(default_factory=HttpScanConfig)
     delivery: DeliveryConfig = msgspec.field(default_factory=DeliveryConfig)
     detectors: DetectorsConfig = msgspec.field(default_factory=DetectorsConfig)
     hooks: HooksConfig = msgspec.field(default_factory=HooksConfig)
@@ -694,6 +753,9 @@ _CORE_SECTIONS: dict[str, type[Any]] = {
     "smtp": SmtpConfig,
     "milter": MilterConfig,
     "content_filter": ContentFilterConfig,
+    "clamd": ClamdConfig,
+    "spamd": SpamdConfig,
+    "http_scan": HttpScanConfig,
     "delivery": DeliveryConfig,
     "detectors": DetectorsConfig,
     "hooks": HooksConfig,

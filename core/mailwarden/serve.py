@@ -20,6 +20,7 @@ from .errors import ConfigError
 from .hookcalls import DaemonExecutor
 from .ingress.content_filter import start_content_filter
 from .ingress.milter import start_milter_server
+from .ingress.scan_protocols import start_scan_protocols
 from .ingress.smtp import start_smtp_servers
 from .ingress.tcp import prebind
 from .inventory import core_stores, plugin_descriptors
@@ -113,6 +114,7 @@ async def run(
             cf = cfg.content_filter
             where = f"{cf.listen}:{cf.port}"
             announce(f"  filter   {where}  (after-queue; re-injects to {cf.reinject})")
+        servers.extend(await start_scan_protocols(gateway, announce, reuse_port=reuse_port))
         # The queue resumes what the spool holds from before a restart.
         await gateway.delivery.start()
         if gateway.delivery.relaying:

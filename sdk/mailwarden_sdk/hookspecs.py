@@ -142,6 +142,19 @@ def mailwarden_hold(ctx: ScanContext, verdict: Verdict) -> Awaitable[str | None]
 
 
 @hookspec
+def mailwarden_learn(raw: bytes, label: str, by: str) -> Awaitable[str | None] | str | None:
+    """Teach a classifier that ``raw`` is ``"spam"`` or ``"ham"``, or make it forget what
+    ``raw`` taught (``label == "forget"``) (SDK 1.11).
+
+    Called for clients that report mail through a protocol, such as spamd's ``TELL``
+    (``spamc -L spam``), with ``by`` naming who reported it for the classifier's journal.
+    Return a short account (``"learned as spam"``, ``"already learned as spam"``) when you
+    keep a classifier, ``None`` when you do not. May be ``async``; an exception is a failure
+    the client is told about.
+    """
+
+
+@hookspec
 def mailwarden_message_processed(event: MessageEvent) -> None:
     """Observe a message that was decided and acted on.
 
