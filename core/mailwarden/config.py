@@ -21,6 +21,7 @@ import msgspec
 from .errors import ConfigError
 
 __all__ = [
+    "ClamdConfig",
     "Config",
     "ContentFilterConfig",
     "DeliveryConfig",
@@ -31,6 +32,8 @@ __all__ = [
     "EventsConfig",
     "GatewayConfig",
     "GreylistingConfig",
+    "HooksConfig",
+    "HttpScanConfig",
     "MetricsConfig",
     "MilterConfig",
     "RateLimit",
@@ -39,6 +42,7 @@ __all__ = [
     "RuleActions",
     "RuleConfig",
     "SmtpConfig",
+    "SpamdConfig",
     "SpoolConfig",
     "StoresConfig",
     "TlsConfig",
@@ -158,6 +162,59 @@ def _check_networks(key: str, networks: list[str]) -> None:
             raise ValueError(f"{key}: {network!r} is not an address or CIDR network") from None
 
 
+class _ScanProtocolConfig(_Section):
+    """What ``[clamd]``, ``[spamd]`` and ``[http_scan]`` share (docs/embedding.md).
+
+    Off by default; on, a listener on ``listen:port`` answers clients in
+    ``trusted_networks`` only. A message or stream above ``max_size`` bytes is refused with the
+    protocol's error, more than ``max_connections`` open connections too, and ``timeout`` is
+    the time allowed to wait for the client's next bytes.
+    """
+
+    enabled: bool = False
+    listen: str = "127.0.0.1"
+    max_size: Positive = 25 * 1024 * 1024
+    max_connections: Positive = 100
+    timeout: Seconds = 120.0
+    trusted_networks: list[Network] = msgspec.field(
+        default_factory=lambda: ["127.0.0.0/8", "::1/128"]
+    )
+
+    def __post_init__(self) -> None:
+        _check_networks("trusted_networks", self.trusted_networks)
+
+
+class ClamdConfig(_ScanProtocolConfig):
+    """``[clamd]``: clamd's protocol (INSTREAM), for Exim's ``av_scanner = clamd:``,
+    ``clamdscan --stream`` and other clamd clients (docs/embedding.md).
+
+    Off by default; on, only clients in ``trusted_networks`` are served (others get the
+    protocol's refusal), at most ``max_connections`` at once; ``timeout`` is the time allowed
+    to wait for the client's next bytes. ``max_size`` is clamd's StreamMaxLength: a larger
+    stream gets ``INSTREAM size limit exceeded. ERROR``. ``[spamd]`` and ``[http_scan]``
+    have the same keys.
+    """
+
+    port: Port = 3310
+
+
+class SpamdConfig(_ScanProtocolConfig):
+    """``[spamd]``: SpamAssassin's spamd protocol, for Exim's ``spam =`` and ``spamc``; the
+    keys of ``[clamd]`` (a message above ``max_size`` gets ``74 EX_IOERR``), and
+    ``allow_tell``, which lets clients teach the Bayes classifier (``spamc -L``), as spamd's
+    ``--allow-tell``."""
+
+    port: Port = 10783
+    allow_tell: bool = False
+
+
+class HttpScanConfig(_ScanProtocolConfig):
+    """``[http_scan]``: rspamd's HTTP scan API (``POST /checkv2``), for ``rspamc`` and
+    rspamd integrations; the keys of ``[clamd]`` (a body above ``max_size`` gets 413)."""
+
+    port: Port = 11333
+
+
 class MilterConfig(_Section):
     """``[milter]``: the milter listener for Postfix (``smtpd_milters``) and Sendmail.
 
@@ -271,6 +328,27 @@ class DetectorsConfig(_Section):
     def budget(self, detector: str) -> float:
         """The time budget in seconds of one detector."""
         return self.timeouts.get(detector, self.timeout)
+
+
+class HooksConfig(_Section):
+    """``[hooks]``: time budgets in seconds of the plugin hooks other than scans.
+
+    ``verdict`` and ``action`` bound all ``mailwarden_verdict`` / ``mailwarden_action``
+    implementations of one message together; ``hold``, ``startup`` and ``shutdown`` each
+    implementation. A verdict that runs out (or fails) keeps the detectors' folded verdict with
+    a ``HOOK_TIMEOUT`` error and is never delivered on that: at least a 451. ``message_processed``
+    observers run on threads of their own, off the mail path; a call past its budget is logged
+    and counted, and at most ``observer_backlog`` events wait for a slow observer (more are
+    dropped for it and counted).
+    """
+
+    startup: Seconds = 120.0
+    shutdown: Seconds = 5.0
+    verdict: Seconds = 10.0
+    action: Seconds = 10.0
+    hold: Seconds = 30.0
+    message_processed: Seconds = 2.0
+    observer_backlog: Positive = 1000
 
 
 class EventsConfig(_Section):
@@ -638,8 +716,12 @@ class Config(_Section):
     smtp: SmtpConfig = msgspec.field(default_factory=SmtpConfig)
     milter: MilterConfig = msgspec.field(default_factory=MilterConfig)
     content_filter: ContentFilterConfig = msgspec.field(default_factory=ContentFilterConfig)
+    clamd: ClamdConfig = msgspec.field(default_factory=ClamdConfig)
+    spamd: SpamdConfig = msgspec.field(default_factory=SpamdConfig)
+    http_scan: HttpScanConfig = msgspec.field(default_factory=HttpScanConfig)
     delivery: DeliveryConfig = msgspec.field(default_factory=DeliveryConfig)
     detectors: DetectorsConfig = msgspec.field(default_factory=DetectorsConfig)
+    hooks: HooksConfig = msgspec.field(default_factory=HooksConfig)
     events: EventsConfig = msgspec.field(default_factory=EventsConfig)
     stores: StoresConfig = msgspec.field(default_factory=StoresConfig)
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
@@ -671,8 +753,12 @@ _CORE_SECTIONS: dict[str, type[Any]] = {
     "smtp": SmtpConfig,
     "milter": MilterConfig,
     "content_filter": ContentFilterConfig,
+    "clamd": ClamdConfig,
+    "spamd": SpamdConfig,
+    "http_scan": HttpScanConfig,
     "delivery": DeliveryConfig,
     "detectors": DetectorsConfig,
+    "hooks": HooksConfig,
     "events": EventsConfig,
     "stores": StoresConfig,
     "metrics": MetricsConfig,

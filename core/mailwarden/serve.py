@@ -10,7 +10,6 @@ import logging
 import os
 import signal
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -19,8 +18,10 @@ from . import __version__
 from .clitext import hostport
 from .config import Config
 from .errors import ConfigError
+from .hookcalls import DaemonExecutor
 from .ingress.content_filter import start_content_filter
 from .ingress.milter import start_milter_server
+from .ingress.scan_protocols import start_scan_protocols
 from .ingress.smtp import start_smtp_servers
 from .ingress.tcp import prebind
 from .inventory import core_stores, plugin_descriptors
@@ -74,10 +75,10 @@ async def run(
     """
     # Spool fsyncs, relay sessions and store writes run in the loop's default executor and
     # spend most of their time waiting on the disk or the next hop: the default size
-    # (cores + 4) made concurrent SMTP sessions queue behind each other's fsyncs.
-    asyncio.get_running_loop().set_default_executor(
-        ThreadPoolExecutor(_IO_THREADS, thread_name_prefix="io")
-    )
+    # (cores + 4) made concurrent SMTP sessions queue behind each other's fsyncs. Daemon
+    # threads: plugin work stuck in one (asyncio.to_thread, run_cpu_bound) must not hold
+    # SIGTERM until it returns.
+    asyncio.get_running_loop().set_default_executor(DaemonExecutor(_IO_THREADS, "io"))
     if recover_spool:
         await asyncio.to_thread(gateway.spool.recover)
     await gateway.start()
@@ -115,6 +116,7 @@ async def run(
             cf = cfg.content_filter
             where = hostport(cf.listen, cf.port)
             announce(f"  filter   {where}  (after-queue; re-injects to {cf.reinject})")
+        servers.extend(await start_scan_protocols(gateway, announce, reuse_port=reuse_port))
         # The queue resumes what the spool holds from before a restart.
         await gateway.delivery.start()
         if gateway.delivery.relaying:
