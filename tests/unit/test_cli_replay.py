@@ -6,7 +6,7 @@ import asyncio
 import json
 from pathlib import Path
 
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 
 from mailwarden.cli import cli
 from mailwarden.pipeline import Gateway
@@ -37,6 +37,12 @@ def _home(tmp_path: Path) -> Path:
     config = home / "mailwarden.toml"
     config.write_text(f'[gateway]\nhome = "{home}"\n')
     return config
+
+
+def _replay(config: Path, candidate: Path, *args: str) -> Result:
+    return CliRunner().invoke(
+        cli, ["replay", "--config", str(config), "--candidate", str(candidate), *args]
+    )
 
 
 def _stored_set(home: Path, mail: Path) -> dict[str, bytes]:
@@ -79,9 +85,7 @@ def test_replay_with_a_stricter_config_reports_exactly_the_changed_actions(tmp_p
     candidate.write_text(STRICTER)
     before = sorted(p.relative_to(home) for p in home.rglob("*"))
 
-    runner = CliRunner()
-    args = ["replay", "--config", str(config), "--candidate", str(candidate), "--json"]
-    result = runner.invoke(cli, [*args, str(tmp_path / "mail")])
+    result = _replay(config, candidate, "--json", str(tmp_path / "mail"))
     assert result.exit_code == 1, result.output
     report = json.loads(result.output)
     assert report["counts"] == {
@@ -101,10 +105,7 @@ def test_replay_with_a_stricter_config_reports_exactly_the_changed_actions(tmp_p
     assert changed["macro"]["mail_from"] == "macro@example.org"
 
     # The delivered copies in the gateway's Maildir: four, one of them changes.
-    text = runner.invoke(
-        cli,
-        ["replay", "--config", str(config), "--candidate", str(candidate), str(home / "maildir")],
-    )
+    text = _replay(config, candidate, str(home / "maildir"))
     assert text.exit_code == 1, text.output
     lines = text.output.splitlines()
     assert lines[0].startswith("replayed 4: 1 action changes, 0 verdict changes only, 3 unchanged")
@@ -118,9 +119,7 @@ def test_replay_with_the_same_config_changes_nothing(tmp_path: Path) -> None:
     config = _home(tmp_path)
     home = config.parent
     _stored_set(home, tmp_path / "mail")
-    result = CliRunner().invoke(
-        cli, ["replay", "--config", str(config), "--candidate", str(config), str(tmp_path / "mail")]
-    )
+    result = _replay(config, config, str(tmp_path / "mail"))
     assert result.exit_code == 0, result.output
     assert result.output.splitlines() == [
         "replayed 5: 0 action changes, 0 verdict changes only, 5 unchanged, 0 without a record"
@@ -144,18 +143,7 @@ def test_replay_of_the_gateways_quarantine(tmp_path: Path) -> None:
         '[[rules]]\nname = "lenient"\nsenders = ["*"]\nrecipients = ["*"]\n'
         'detectors = ["*"]\n[rules.actions]\ncorrupted = "deliver"\n'
     )
-    result = CliRunner().invoke(
-        cli,
-        [
-            "replay",
-            "--config",
-            str(config),
-            "--candidate",
-            str(candidate),
-            "--quarantine",
-            "--json",
-        ],
-    )
+    result = _replay(config, candidate, "--quarantine", "--json")
     assert result.exit_code == 1, result.output
     report = json.loads(result.output)
     assert report["counts"]["replayed"] == 1 and report["counts"]["action_changed"] == 1
@@ -175,18 +163,7 @@ def test_replay_of_an_mbox_takes_the_envelopes_from_the_event_log(tmp_path: Path
     box.close()
     candidate = tmp_path / "candidate.toml"
     candidate.write_text(STRICTER)
-    result = CliRunner().invoke(
-        cli,
-        [
-            "replay",
-            "--config",
-            str(config),
-            "--candidate",
-            str(candidate),
-            "--json",
-            str(tmp_path / "saved.mbox"),
-        ],
-    )
+    result = _replay(config, candidate, "--json", str(tmp_path / "saved.mbox"))
     assert result.exit_code == 1, result.output
     report = json.loads(result.output)
     assert report["counts"]["replayed"] == 5 and report["counts"]["action_changed"] == 2
@@ -202,9 +179,7 @@ def test_replay_of_the_backups(tmp_path: Path) -> None:
     _stored_set(config.parent, tmp_path / "mail")
     candidate = tmp_path / "candidate.toml"
     candidate.write_text(STRICTER)
-    result = CliRunner().invoke(
-        cli, ["replay", "--config", str(config), "--candidate", str(candidate), "--backups"]
-    )
+    result = _replay(config, candidate, "--backups")
     # The rejected virus was backed up before it was refused; the candidate would hold it.
     lines = result.output.splitlines()
     assert result.exit_code == 1, result.output
