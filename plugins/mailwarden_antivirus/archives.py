@@ -33,6 +33,8 @@ import msgspec
 
 from mailwarden_sdk import ParsedMessage, detect_type, parse
 
+from . import readers
+
 __all__ = [
     "ArchiveLimits",
     "Item",
@@ -43,8 +45,31 @@ __all__ = [
 #: zip containers under other names: their members are scanned like a zip's (macros live there).
 ZIP_TYPES = frozenset({"zip", "docx", "xlsx", "pptx", "odt", "ods", "odp", "jar", "apk"})
 COMPRESSED_TYPES = frozenset({"gzip", "bzip2", "xz"})
-#: containers detected by their bytes that no reader here opens: reported, never called clean.
-UNREAD_TYPES = frozenset({"zstd", "cab", "lzh", "alz", "iso"})
+#: wrappers around one member: with a tar inside (tgz, tar.zst) they and the tar are one level.
+_WRAPPERS = frozenset({*COMPRESSED_TYPES, "zstd"})
+#: encodings of a file (not containers): what they decode to stays at their level.
+_ENCODINGS = frozenset({"uuencode", "binhex", "szdd"})
+#: zip compression methods by number, for the reason given when one cannot be read
+ZIP_METHODS = {
+    1: "Shrink",
+    2: "Reduce",
+    3: "Reduce",
+    4: "Reduce",
+    5: "Reduce",
+    6: "Implode",
+    9: "Deflate64",
+    10: "PKWARE DCL Implode",
+    18: "IBM TERSE",
+    19: "IBM LZ77",
+    20: "zstd (old id)",
+    93: "zstd",
+    94: "MP3",
+    95: "xz",
+    96: "JPEG",
+    97: "WavPack",
+    98: "PPMd",
+    99: "AES encryption",
+}
 _CHUNK = 1 << 16
 # Below this many decompressed bytes the ratio is not judged: a small text or a run of zeros
 # compresses 100:1 without being a bomb, and at this size it costs nothing to scan.
@@ -152,8 +177,6 @@ class Unpacker:
             name = leaf.filename or f"part {leaf.index}"
             label = f"{prefix}{name}"
             data = leaf.decoded()
-            if leaf.detected_type == "ole2-encrypted":
-                self._problem("encrypted", "AV_ENCRYPTED", label, index, kind="document")
             if leaf.content_type.startswith("message/"):
                 # a message the parser left whole (base64-encoded message/rfc822 is not
                 # allowed by RFC 2046 and so not descended into, but mail clients open it)
@@ -161,10 +184,9 @@ class Unpacker:
                 if self._deeper(label, index, depth):
                     yield from self._message(parse(bytes(data)), f"{label}/", index, depth + 1)
             else:
+                # uuencode and yEnc (in any part, whatever its declared encoding) are found by
+                # the readers' sniffing, like every other format
                 yield from self.walk(data, label, index, depth)
-            for uu in leaf.uuencoded():
-                uu_label = f"{label}/{uu.filename or 'uuencoded'}"
-                yield from self.walk(uu.data, uu_label, index, depth)
             if self.stopped:
                 return
 
@@ -187,23 +209,25 @@ class Unpacker:
             inner = self._sevenzip(data)
         elif kind == "rar":
             inner = self._rar(data)
-        elif kind in UNREAD_TYPES:
-            self._problem(
-                "not_scanned", "AV_FORMAT_NOT_SUPPORTED", label, part, limit="format", format=kind
-            )
-            return
-        elif _looks_like_message(data, label):
-            inner = None
-            if self._deeper(label, part, depth):
-                yield from self._message(parse(bytes(data)), f"{label}/", part, depth + 1)
-            return
+        else:
+            kind = readers.sniff(data, kind)
+            if kind == "mbox" or _looks_like_message(data, label):
+                if self._deeper(label, part, depth):
+                    yield from self._message(parse(bytes(data)), f"{label}/", part, depth + 1)
+                return
+            reader = readers.READERS.get(kind)
+            if reader is not None:
+                inner = _lazy(reader, self, bytes(data), kind)
         if inner is None:
             return
         if not self._deeper(label, part, depth):
             return
         try:
             for name, member in inner:
-                yield from self.walk(member, f"{label}/{name}", part, depth + 1)
+                # Depth counts containers, not layers: a compression wrapper around a tar is
+                # one level with it, and an encoding is no container at all.
+                same = kind in _ENCODINGS or (kind in _WRAPPERS and detect_type(member) == "tar")
+                yield from self.walk(member, f"{label}/{name}", part, depth + (0 if same else 1))
                 if self.stopped:
                     return
         except _LimitHit as hit:
@@ -253,6 +277,9 @@ class Unpacker:
         self.members += 1
         if self.members > self.limits.max_members:
             raise _LimitHit("max_members", f"more than {self.limits.max_members} members")
+
+    def _seconds_left(self) -> float:
+        return self.deadline - self.clock()
 
     def _room(self) -> int:
         return self.limits.max_total_size - self.total
@@ -305,15 +332,52 @@ class Unpacker:
                     self._problem("encrypted", "AV_ENCRYPTED", where, part, kind="zip")
                     continue
                 try:
-                    with archive.open(info) as stream:
-                        member = self._drain(stream, info.compress_size)
-                except NotImplementedError as exc:
-                    raise _Unsupported(f"zip: {exc}") from None
+                    if info.compress_type == 9:
+                        member = self._deflate64(bytes(data), info)
+                    else:
+                        with archive.open(info) as stream:
+                            member = self._drain(stream, info.compress_size)
+                except NotImplementedError:
+                    method = info.compress_type
+                    raise _Unsupported(
+                        f"zip: compression method {method} ({ZIP_METHODS.get(method, 'unknown')})"
+                        f" of {info.filename}"
+                    ) from None
                 except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as exc:
                     raise _Corrupt(f"zip member {info.filename}: {exc}") from None
                 except RuntimeError as exc:  # zipfile's "encrypted, password required"
                     raise _Encrypted(f"{info.filename}: {exc}") from None
                 yield info.filename, member
+
+    def _deflate64(self, data: bytes, info: zipfile.ZipInfo) -> bytes:
+        """A Deflate64 member (zipfile has no reader for method 9) through ``inflate64``."""
+        try:
+            import inflate64
+        except ImportError:
+            raise NotImplementedError from None
+        at = info.header_offset
+        if data[at : at + 4] != b"PK\x03\x04":
+            raise zipfile.BadZipFile("bad local header")
+        name_len, extra_len = (
+            int.from_bytes(data[at + 26 : at + 28], "little"),
+            int.from_bytes(data[at + 28 : at + 30], "little"),
+        )
+        start = at + 30 + name_len + extra_len
+        packed = data[start : start + info.compress_size]
+        inflater = inflate64.Inflater()
+        chunks: list[bytes] = []
+        out = 0
+        for offset in range(0, max(len(packed), 1), _CHUNK // 16):
+            self._check_clock()
+            chunk = inflater.inflate(packed[offset : offset + _CHUNK // 16])
+            out += len(chunk)
+            self._grow(len(chunk))
+            self._ratio(out, len(packed))
+            chunks.append(chunk)
+        member = b"".join(chunks)
+        if zlib.crc32(member) != info.CRC:
+            raise zipfile.BadZipFile(f"Bad CRC-32 for file {info.filename!r}")
+        return member
 
     def _compressed(self, kind: str, data: bytes | memoryview) -> Iterator[tuple[str, bytes]]:
         self._member()
@@ -447,13 +511,24 @@ class Unpacker:
                     raise _Encrypted(info.filename or "rar member")
                 with archive.open(info) as stream:
                     yield info.filename or "member", self._drain(stream, info.compress_size or 1)
-        except rarfile.RarCannotExec as exc:
-            # compressed rar members need an unrar tool (unrar, unar, 7z or bsdtar)
-            raise _Unsupported(f"rar: {exc}") from None
+        except rarfile.RarCannotExec:
+            # compressed rar members need an unrar tool; libarchive reads rar 4 (and rar 5 but
+            # for filters) itself
+            from .readers.libarchive_formats import read_libarchive
+
+            yield from read_libarchive(self, bytes(data), "rar")
         except rarfile.PasswordRequired:
             raise _Encrypted("rar archive") from None
         except (rarfile.Error, OSError, EOFError) as exc:
             raise _Corrupt(f"rar: {exc}") from None
+
+
+def _lazy(
+    reader: readers.Reader, budget: Unpacker, data: bytes, kind: str
+) -> Iterator[tuple[str, bytes]]:
+    """The reader's members, its errors (an import, a bad header) raised inside the walk's
+    handlers rather than where the reader is picked."""
+    yield from reader(budget, data, kind)
 
 
 def _looks_like_message(data: bytes | memoryview, label: str) -> bool:
