@@ -503,6 +503,8 @@ class Unpacker:
             archive = rarfile.RarFile(io.BytesIO(bytes(data)))
             if archive.needs_password():
                 raise _Encrypted("rar archive")
+            if not archive.infolist() and len(data) > 64:
+                raise _Corrupt("rar: no member could be read")
             for info in archive.infolist():
                 if info.is_dir():
                     continue

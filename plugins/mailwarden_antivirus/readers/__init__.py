@@ -39,7 +39,7 @@ Reader = Callable[[Budget, bytes, str], Members]
 
 _ONENOTE = bytes.fromhex("e4525c7b8cd8a74daeb15378d02996d3")
 _UU_BEGIN = re.compile(rb"^begin(?:-base64)? [0-7]{3,4} \S", re.MULTILINE)
-_BINHEX = b"(This file must be converted with BinHex"
+_BINHEX = b"(This file must be converted"
 
 
 def sniff(data: bytes | memoryview, kind: str) -> str:

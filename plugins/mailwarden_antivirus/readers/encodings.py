@@ -25,7 +25,7 @@ _HQX_VALUE = {c: i for i, c in enumerate(_HQX)}
 
 
 def _binhex(budget: Budget, data: bytes) -> Members:
-    start = data.find(b"(This file must be converted with BinHex")
+    start = data.find(b"(This file must be converted")
     colon = data.find(b":", data.find(b"\n", start) if start >= 0 else 0)
     if colon < 0:
         raise _Corrupt("binhex: no ':' starts the encoded data")

@@ -12,10 +12,11 @@ from ..archives import _Corrupt, _Encrypted, _Unsupported
 from . import Budget, Members
 
 #: formats 7z reads too, for when libarchive gives up
-_FALLBACK = {"lzh": "lha", **dict.fromkeys(("cab", "iso", "cpio", "ar", "xar", "rar"), "7z")}
-# an archive this large that lists no file is not an empty archive (an ISO image whose
-# directory records libarchive does not follow, for one): it is reported, not called clean
-_EMPTY_ARCHIVE = 4096
+_FALLBACK = {"lzh": "lhasa", **dict.fromkeys(("cab", "iso", "cpio", "ar", "xar", "rar"), "7z")}
+# an archive larger than this that lists no file is hardly an empty archive (an ISO image
+# whose directory records libarchive does not follow, junk after an end marker): it is
+# reported, not called clean
+_EMPTY_ARCHIVE = 64
 
 
 def _library() -> Any:
@@ -36,7 +37,9 @@ def _entries(
     try:
         with libarchive.memory_reader(data, **options) as archive:
             for entry in archive:
-                if not entry.isfile:
+                # ar members have no file type (0): anything but a directory, link or device
+                # is data to scan
+                if entry.isdir or entry.issym or entry.islnk or entry.isdev or entry.isfifo:
                     continue
                 budget._member()
                 name = entry.pathname or "member"

@@ -32,11 +32,15 @@ def read_ole(budget: Budget, data: bytes, kind: str) -> Members:
         raise _Corrupt(f"{kind}: {exc}") from None
     with ole:
         streams = ole.listdir(streams=True, storages=False)
+        if not streams:
+            raise _Corrupt(f"{kind}: no stream in the directory could be read")
         names = {"/".join(path) for path in streams}
         if "EncryptedPackage" in names or "EncryptionInfo" in names or kind == "ole2-encrypted":
             raise _Encrypted(f"{kind}: password-protected document")
         if _word_encrypted(ole):
             raise _Encrypted(f"{kind}: password-protected Word document")
+        if _excel_encrypted(ole):
+            raise _Encrypted(f"{kind}: password-protected Excel workbook (FILEPASS)")
         for path in streams:
             budget._member()
             name = "/".join(path)
@@ -84,3 +88,25 @@ def _word_encrypted(ole: Any) -> bool:
         return False
     fib = ole.openstream("WordDocument").read(12)
     return len(fib) >= 12 and bool(fib[11] & 0x01)
+
+
+def _excel_encrypted(ole: Any) -> bool:
+    """A FILEPASS record among the workbook globals (BIFF5/8: RC4 or XOR encryption)."""
+    name = "Workbook" if ole.exists("Workbook") else "Book" if ole.exists("Book") else None
+    if name is None:
+        return False
+    stream = ole.openstream(name).read(1 << 16)
+    at = 0
+    for _ in range(4096):
+        if at + 4 > len(stream):
+            return False
+        kind, size = (
+            int.from_bytes(stream[at : at + 2], "little"),
+            int.from_bytes(stream[at + 2 : at + 4], "little"),
+        )
+        if kind == 0x002F:
+            return True
+        if kind == 0x000A:  # EOF of the globals substream
+            return False
+        at += 4 + size
+    return False

@@ -32,7 +32,7 @@ def _program() -> str | None:
 def read_with_7z(
     budget: Budget, data: bytes, fmt: str, *, count: bool = True, tool: str = "7z"
 ) -> Members:
-    """The files of an archive 7z (or ``tool="lha"``) opens, each accounted as a member
+    """The files of an archive 7z (or ``tool="lhasa"``) opens, each accounted as a member
     (unless ``count`` is false: the caller counts the ones it keeps)."""
     program = _program() if tool == "7z" else shutil.which(tool)
     if program is None:
@@ -52,7 +52,7 @@ def read_with_7z(
         out = Path(tmp) / "out"
         out.mkdir()
         argv = [program, "x", "-y", "-bd", "-p", f"-o{out}", str(archive)]
-        if tool == "lha":
+        if tool == "lhasa":
             argv = [program, f"xqw={out}", str(archive)]
         try:
             proc = subprocess.run(

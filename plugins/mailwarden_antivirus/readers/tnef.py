@@ -28,3 +28,8 @@ def read_tnef(budget: Budget, data: bytes, kind: str) -> Members:
         budget._member()
         budget._grow(len(raw))
         yield "body", raw
+    bad = [obj for obj in getattr(tnef, "objects", []) if not getattr(obj, "good_checksum", True)]
+    if bad:
+        # tnefparse reads on past a damaged attribute: what it found was scanned above, but
+        # the rest of the stream was not
+        raise _Corrupt(f"tnef: {len(bad)} attribute(s) with a wrong checksum")
