@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 NATIVE := $(wildcard native/src/*.c native/include/*.h native/cdef/*.h) native/build_native.py
 FUZZ_SECONDS ?= 60
 
-.PHONY: install serve test lint fuzz bench clean
+.PHONY: install serve test lint fuzz bench clean av-packages
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "mailwarden needs Python 3.11+"'
@@ -22,7 +22,19 @@ $(STAMP): $(BIN)/python pyproject.toml setup.py $(NATIVE)
 
 install: $(STAMP)
 
-serve: install
+# The antivirus readers' system parts (libarchive for libarchive-c, 7z, lhasa): installed when
+# missing and apt-get runs as root; without them those formats get not_scanned, never clean.
+AV_PACKAGES := libarchive13 p7zip-full lhasa
+
+av-packages:
+	@missing=$$(for p in $(AV_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null \
+		| grep -q 'ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get -o DPkg::Lock::Timeout=600 update -qq && DEBIAN_FRONTEND=noninteractive \
+		apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends $$missing; \
+	fi
+
+serve: install av-packages
 	$(BIN)/mailwarden serve
 
 # The fuzz step runs after the suite as its own command, not as a pytest test: it is a native

@@ -12,11 +12,15 @@ from __future__ import annotations
 
 import base64
 import binascii
+import gzip
+import hashlib
 import io
+import json
 import random
 import shutil
 import struct
 import subprocess
+import sys
 import tarfile
 import zipfile
 from collections.abc import Iterator
@@ -455,3 +459,89 @@ def test_tgz_in_tgz_five_deep_is_read_with_the_default_limits(gateway: Run) -> N
     outcome = gateway.process(build_message(attachments=[(name, data)]))
     assert outcome.decision.verdict.antivirus.value == "infected", av_findings(outcome)
     assert detected_inside(outcome, name)
+
+
+# -- signature databases: PE section and import hashes, freshclam's containers, YARA ----------
+
+
+def test_pe_section_and_import_hashes_match_what_clamscan_reports() -> None:
+    from mailwarden_antivirus.signatures import load_signatures
+
+    av = corpus_dir() / "av"
+    base = av / "clamav-unit-sigs" / "pe_allmatch"
+    expected = json.loads((av / "EXPECTED.json").read_text())["pe_allmatch"]
+    files = [p for p in (base / "alert-sigs").iterdir() if p.suffix in (".mdb", ".msb", ".imp")]
+    sigs = load_signatures(files)
+    assert sigs.skipped == {}
+    got = set(sigs.scan((base / "test.exe").read_bytes()))
+    want = {
+        name.removesuffix(".UNOFFICIAL")
+        for name in expected["clamscan_1.4.6_detections"]
+        if any(kind in name for kind in (".MDB_", ".MSB_", ".IMP_"))
+    }
+    assert len(want) >= 40
+    assert got == want
+    # a section hash never matches what is not a PE file, nor another PE
+    assert sigs.scan((av / "clamav-samples" / "clam.exe").read_bytes()) == []
+
+
+def cvd(files: dict[str, bytes], *, damage: bool = False) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as archive:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    body = gzip.compress(out.getvalue())
+    digest = hashlib.md5(body).hexdigest()
+    header = f"ClamAV-VDB:06 Dec 2026 10-00 +0000:1:{len(files)}:90:{digest}:X:tests:0"
+    if damage:
+        body = body[:-1] + bytes([body[-1] ^ 1])
+    return header.encode().ljust(512, b" ") + body
+
+
+def test_freshclam_containers_are_read_and_a_damaged_one_is_reported(tmp_path: Path) -> None:
+    from mailwarden_antivirus.signatures import load_signatures
+
+    hdb = f"{hashlib.md5(EICAR).hexdigest()}:{len(EICAR)}:Cvd.Eicar.Hash\n".encode()
+    ndb = f"Cvd.Eicar.Body:0:*:{EICAR[:40].hex()}\n".encode()
+    (tmp_path / "main.cvd").write_bytes(cvd({"main.hdb": hdb, "main.info": b"x"}))
+    (tmp_path / "daily.cld").write_bytes(cvd({"daily.ndb": ndb, "daily.pdb": b"R:example\n"}))
+    (tmp_path / "bytecode.cvd").write_bytes(cvd({"b.hdb": hdb}, damage=True))
+    sigs = load_signatures([tmp_path])
+    assert sorted(sigs.scan(b"x" + EICAR)) == ["Cvd.Eicar.Body"]
+    assert sorted(sigs.scan(EICAR)) == ["Cvd.Eicar.Body", "Cvd.Eicar.Hash"]
+    assert sigs.skipped == {
+        ".cvd container not read: MD5 in the header does not match the contents "
+        "(damaged download?)": 1,
+        "phishing domain lists (.pdb)": 1,
+    }
+
+
+def test_yara_rules_skipped_without_yara_python_are_compiled_once_it_is_there(
+    tmp_path: Path,
+) -> None:
+    """The compiled cache of a start without yara-python must not keep the skip."""
+    from mailwarden_antivirus.signatures import load_signatures
+
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "t.yar").write_text('rule Found_It { strings: $a = "FIND-ME-YARA" condition: $a }\n')
+    cache = tmp_path / "cache"
+    # a Python where `import yara` fails, exactly as before `pip install yara-python`
+    script = (
+        "import sys, json; sys.modules['yara'] = None\n"
+        "from pathlib import Path\n"
+        "from mailwarden_antivirus.signatures import load_signatures\n"
+        f"s = load_signatures([Path({str(rules)!r})], cache_dir=Path({str(cache)!r}))\n"
+        "print(json.dumps(dict(s.skipped)))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert json.loads(proc.stdout.splitlines()[-1]) == {
+        "YARA rules: yara-python is not installed": 1
+    }
+    sigs = load_signatures([rules], cache_dir=cache)
+    assert sigs.skipped == {}
+    assert sigs.scan(b"...FIND-ME-YARA...") == ["YARA.Found_It"]
