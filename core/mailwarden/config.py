@@ -262,19 +262,23 @@ class RuleActions(_Section):
     ``{status}`` is replaced, before the subject). With ``backup`` the gateway keeps a copy of
     the original in its backup store (``[stores] backup_*``) before an antivirus status or a
     malicious verdict (sandbox, reputation) changes or drops a message.
+
+    Nothing that was not examined is delivered by default: ``corrupted`` and ``not_scanned``
+    quarantine, ``error`` (a detector failed or ran out of time) answers 451 so the sender
+    retries. A rule may still say ``deliver`` for them.
     """
 
     infected: AvActionName = "reject"
     suspicious: AvActionName = "reject"
     encrypted: AvActionName = "deliver"
-    corrupted: AvActionName = "deliver"
-    not_scanned: AvActionName = "deliver"
+    corrupted: AvActionName = "quarantine"
+    not_scanned: AvActionName = "quarantine"
     spam: ActionName = "reject"
     probable_spam: ActionName = "deliver"
     bulk: ActionName = "deliver"
     blocked: ActionName = "reject"
     malicious: ActionName = "reject"
-    error: ActionName = "deliver"
+    error: ActionName = "tempfail"
     clean: ActionName = "deliver"
     subject_tag: str = "[{status}]"
     backup: bool = True
