@@ -35,6 +35,7 @@ import msgspec
 from mailwarden_sdk import ParsedMessage, Part, detect_type, parse
 
 from . import readers
+from .readings import alternative_readings
 
 __all__ = [
     "ArchiveLimits",
@@ -171,6 +172,18 @@ class Unpacker:
         """Every leaf of ``message`` decoded, its uuencoded files, their archives' members and,
         when ``whole``, the raw message (last: it repeats what the parts hold)."""
         yield from self._message(message, "", None, 0)
+        # A message the parser flagged as read differently by other readers (two
+        # Content-Types, two boundaries, a comment in a header name...) is walked once per
+        # reading: what is found there belongs to the message as a whole.
+        for name, raw in alternative_readings(message):
+            if self.stopped:
+                break
+            try:
+                other = parse(raw)
+            except Exception as exc:  # a reading the parser rejects: the others still count
+                self._broken("mime", exc, f"({name})", None)
+                continue
+            yield from self._message(other, f"({name})/", None, 0)
         if whole:
             yield Item("message", message.raw, None)
 

@@ -545,3 +545,74 @@ def test_yara_rules_skipped_without_yara_python_are_compiled_once_it_is_there(
     sigs = load_signatures([rules], cache_dir=cache)
     assert sigs.skipped == {}
     assert sigs.scan(b"...FIND-ME-YARA...") == ["YARA.Found_It"]
+
+
+# -- MIME evasions: every plausible reading is scanned ------------------------------------------
+
+
+def _evasion(headers: str, body: str) -> bytes:
+    eicar = base64.encodebytes(EICAR).decode()
+    text = (
+        "From: alice@example.org\nTo: bob@example.net\nSubject: evasion\nMIME-Version: 1.0\n"
+        + headers
+        + "\n"
+        + body.replace("EICAR64", eicar.strip())
+    )
+    return text.replace("\n", "\r\n").encode()
+
+
+_ATTACHMENT = (
+    "Content-Type: application/octet-stream; name=e.com\n"
+    "Content-Transfer-Encoding: base64\n\nEICAR64\n"
+)
+EVASIONS = {
+    "HEADER_NAME_JUNK": _evasion(
+        "Content-Type(x): multipart/mixed; boundary=b\n",
+        f"--b\nContent-Type: text/plain\n\nhi\n--b\n{_ATTACHMENT}--b--\n",
+    ),
+    "DUPLICATE_CONTENT_TYPE": _evasion(
+        "Content-Type: text/plain\nContent-Type: multipart/mixed; boundary=b\n",
+        f"--b\nContent-Type: text/plain\n\nhi\n--b\n{_ATTACHMENT}--b--\n",
+    ),
+    "DUPLICATE_BOUNDARY": _evasion(
+        'Content-Type: multipart/mixed; boundary="fake"; boundary="real"\n',
+        f"--real\nContent-Type: text/plain\n\nhi\n--real\n{_ATTACHMENT}--real--\n",
+    ),
+    "NESTED_COMMENT": _evasion(
+        'Content-Type: multipart/mixed; (x (y) boundary="b1"; ) boundary="b2"\n',
+        f"--b1\nContent-Type: text/plain\n\nhi\n--b1\n{_ATTACHMENT}--b1--\n",
+    ),
+    "PART_OUTSIDE_BOUNDARIES": _evasion(
+        "Content-Type: multipart/mixed; boundary=b\n",
+        f"{_ATTACHMENT}--b\nContent-Type: text/plain\n\nhi\n--b--\n",
+    ),
+}
+
+
+@pytest.mark.parametrize("flag", sorted(EVASIONS))
+def test_mime_evasions_are_flagged_and_every_reading_scanned(gateway: Run, flag: str) -> None:
+    from mailwarden_native import MalformationFlag, parse
+
+    raw = EVASIONS[flag]
+    assert parse(raw).flags & MalformationFlag[flag]
+    outcome = gateway.process(raw)
+    assert outcome.decision.verdict.antivirus.value == "infected", av_findings(outcome)
+    objects = {d["object"] for c, _s, d in av_findings(outcome) if c == "AV_INFECTED"}
+    # found in the decoded attachment of another reading, not in the raw message
+    assert any(o.startswith("(") for o in objects), objects
+
+
+def test_plain_messages_raise_no_evasion_flag() -> None:
+    from mailwarden_native import MalformationFlag, parse
+
+    evasions = (
+        MalformationFlag.DUPLICATE_CONTENT_TYPE
+        | MalformationFlag.DUPLICATE_BOUNDARY
+        | MalformationFlag.HEADER_NAME_JUNK
+        | MalformationFlag.NESTED_COMMENT
+        | MalformationFlag.PART_OUTSIDE_BOUNDARIES
+    )
+    raw = build_message(attachments=[("a.txt", b"hello")], html="<p>hi</p>")
+    commented = raw.replace(b"multipart/mixed;", b"multipart/mixed; (a comment)", 1)
+    for message in (raw, commented):
+        assert not parse(message).flags & evasions
