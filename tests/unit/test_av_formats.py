@@ -59,8 +59,9 @@ def run(argv: list[str], cwd: Path, **kwargs: Any) -> bytes:
     return result.stdout
 
 
-def tool_samples(work: Path) -> dict[str, bytes]:
-    (work / "payload.com").write_bytes(PAYLOAD)
+def tool_samples(work: Path, payload: bytes = PAYLOAD) -> dict[str, bytes]:
+    """One sample per format a Debian tool writes (benchmarks/av builds big ones with it)."""
+    (work / "payload.com").write_bytes(payload)
     out: dict[str, bytes] = {}
     run(["7z", "a", "-bd", "-tzip", "-mm=Deflate64", "d64.zip", "payload.com"], work)
     out["deflate64.zip"] = (work / "d64.zip").read_bytes()
@@ -85,39 +86,42 @@ def tool_samples(work: Path) -> dict[str, bytes]:
     return out
 
 
-def library_samples(work: Path) -> dict[str, bytes]:
+def library_samples(work: Path, payload: bytes = PAYLOAD) -> dict[str, bytes]:
+    """One sample per format written through a library or a writer of this module."""
     import libarchive
     import pikepdf
 
     out: dict[str, bytes] = {}
     with libarchive.file_writer(str(work / "s.xar"), "xar") as archive:
-        archive.add_file_from_memory("payload.com", len(PAYLOAD), PAYLOAD)
+        archive.add_file_from_memory("payload.com", len(payload), payload)
     out["archive.xar"] = (work / "s.xar").read_bytes()
     pdf = pikepdf.new()
     pdf.add_blank_page()
-    pdf.attachments["payload.com"] = pikepdf.AttachedFileSpec(pdf, PAYLOAD)
+    pdf.attachments["payload.com"] = pikepdf.AttachedFileSpec(pdf, payload)
     stream = io.BytesIO()
     pdf.save(stream, compress_streams=True)
     out["embedded.pdf"] = stream.getvalue()
-    out["document.doc"] = compound_file({"WordDocument": bytes(4096), "Payload": PAYLOAD})
-    out["winmail.dat"] = tnef([("payload.com", PAYLOAD)])
-    out["object.rtf"] = rtf_with_object(PAYLOAD)
-    out["notebook.one"] = onenote(PAYLOAD)
+    # the writer has no DIFAT sectors: 6 MB at most (benchmarks/av passes 10 MB payloads)
+    ole_payload = payload[: 6 << 20]
+    out["document.doc"] = compound_file({"WordDocument": bytes(4096), "Payload": ole_payload})
+    out["winmail.dat"] = tnef([("payload.com", payload)])
+    out["object.rtf"] = rtf_with_object(payload)
+    out["notebook.one"] = onenote(payload)
     out["page.html"] = (
         b'<html><body><a href="data:application/octet-stream;base64,'
-        + base64.b64encode(PAYLOAD)
+        + base64.b64encode(payload)
         + b'">x</a></body></html>'
     )
-    out["payload.tar.zst"] = _zstd_tar()
+    out["payload.tar.zst"] = _zstd_tar(payload)
     return out
 
 
-def _zstd_tar() -> bytes:
+def _zstd_tar(payload: bytes) -> bytes:
     tar = io.BytesIO()
     with tarfile.open(fileobj=tar, mode="w") as archive:
         info = tarfile.TarInfo("payload.com")
-        info.size = len(PAYLOAD)
-        archive.addfile(info, io.BytesIO(PAYLOAD))
+        info.size = len(payload)
+        archive.addfile(info, io.BytesIO(payload))
     return subprocess.run(
         ["zstd", "-q", "-c"], input=tar.getvalue(), capture_output=True, check=True
     ).stdout
@@ -139,15 +143,20 @@ def compound_file(streams: dict[str, bytes]) -> bytes:
         body += data + bytes(count * sector - len(data))
         entries.append((name, start, len(data), count))
     dir_sector = len(body) // sector
+    per_fat = sector // 4
+    # FAT sectors needed for the body, the directory and themselves (up to the header's 109)
+    n_fat = 1
+    while (dir_sector + 1 + n_fat) > n_fat * per_fat:
+        n_fat += 1
+    assert n_fat <= 109, "a compound file this large needs DIFAT sectors"
     fat_sector = dir_sector + 1
-    total = fat_sector + 1
-    fat = [0xFFFFFFFF] * (sector // 4)
+    fat = [0xFFFFFFFF] * (n_fat * per_fat)
     for _name, start, _size, count in entries:
         for i in range(count):
             fat[start + i] = start + i + 1 if i + 1 < count else 0xFFFFFFFE
     fat[dir_sector] = 0xFFFFFFFE
-    fat[fat_sector] = 0xFFFFFFFD
-    assert total <= len(fat)
+    for i in range(n_fat):
+        fat[fat_sector + i] = 0xFFFFFFFD
 
     def entry(
         name: str, kind: int, left: int, right: int, child: int, start: int, size: int
@@ -172,9 +181,9 @@ def compound_file(streams: dict[str, bytes]) -> bytes:
         + bytes(16)
         + struct.pack("<HHHHH", 0x3E, 3, 0xFFFE, 9, 6)
         + bytes(6)
-        + struct.pack("<IIIIIIIII", 0, 1, dir_sector, 0, 4096, 0xFFFFFFFE, 0, 0xFFFFFFFE, 0)
+        + struct.pack("<IIIIIIIII", 0, n_fat, dir_sector, 0, 4096, 0xFFFFFFFE, 0, 0xFFFFFFFE, 0)
     )
-    difat = [fat_sector] + [none] * 108
+    difat = [fat_sector + i for i in range(n_fat)] + [none] * (109 - n_fat)
     header += struct.pack("<109I", *difat)
     return header + bytes(body) + directory + struct.pack(f"<{len(fat)}I", *fat)
 
@@ -616,3 +625,46 @@ def test_plain_messages_raise_no_evasion_flag() -> None:
     commented = raw.replace(b"multipart/mixed;", b"multipart/mixed; (a comment)", 1)
     for message in (raw, commented):
         assert not parse(message).flags & evasions
+
+
+# -- out of the box: freshclam's directory, and saying when only the test signature is loaded --
+
+
+def _sigs_info(home: Path, config: str) -> str:
+    from click.testing import CliRunner
+
+    from mailwarden.cli import cli
+
+    (home / "mailwarden.toml").write_text(f'[gateway]\nhome = "{home}"\n{config}')
+    result = CliRunner().invoke(cli, ["sigs", "info", "--config", str(home / "mailwarden.toml")])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_freshclam_directory_is_used_and_builtin_only_is_said_plainly(tmp_path: Path) -> None:
+    from mailwarden_antivirus import AntivirusConfig
+
+    assert AntivirusConfig().system_database == "/var/lib/clamav"
+    freshclam = tmp_path / "clamav"
+    freshclam.mkdir()
+    empty = _sigs_info(tmp_path, f'[antivirus]\nsystem_database = "{freshclam}"\n')
+    assert "WARNING           only the built-in EICAR test signature is loaded" in empty
+    hdb = f"{hashlib.md5(EICAR).hexdigest()}:{len(EICAR)}:Freshclam.Eicar\n".encode()
+    (freshclam / "daily.cvd").write_bytes(cvd({"daily.hdb": hdb}))
+    config = f'[antivirus]\nsystem_database = "{freshclam}"\n'
+    with_db = _sigs_info(tmp_path, config)
+    assert "WARNING" not in with_db and "2 signatures loaded" in with_db
+    run = Run(tmp_path / "home", config)
+    try:
+        outcome = run.process(build_message(attachments=[("e.com", EICAR)]))
+        assert "Freshclam.Eicar" in outcome.decision.verdict.virus_names
+        plugin = run.runner.gateway.plugins.plugins["antivirus"].obj
+        assert "WARNING" not in plugin.banner_note()
+    finally:
+        run.close()
+    run = Run(tmp_path / "home2", f'[antivirus]\nsystem_database = "{tmp_path / "none"}"\n')
+    try:
+        plugin = run.runner.gateway.plugins.plugins["antivirus"].obj
+        assert plugin.banner_note().startswith("WARNING: only the built-in EICAR test signature")
+    finally:
+        run.close()
