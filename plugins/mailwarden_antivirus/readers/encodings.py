@@ -21,7 +21,9 @@ from . import Budget, Members
 # -- BinHex 4.0 ----------------------------------------------------------------------------------
 
 _HQX = b"!\"#$%&'()*+,-012345689@ABCDEFGHIJKLMNPQRSTUVXYZ[`abcdefhijklmpqr"
-_HQX_VALUE = {c: i for i, c in enumerate(_HQX)}
+_HQX_TO_B64 = bytes.maketrans(
+    _HQX, b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+)
 
 
 def _binhex(budget: Budget, data: bytes) -> Members:
@@ -29,39 +31,40 @@ def _binhex(budget: Budget, data: bytes) -> Members:
     colon = data.find(b":", data.find(b"\n", start) if start >= 0 else 0)
     if colon < 0:
         raise _Corrupt("binhex: no ':' starts the encoded data")
-    bits = 0
-    nbits = 0
-    packed = bytearray()
-    for c in data[colon + 1 :]:
-        if c == 0x3A:  # the closing ':'
-            break
-        if c in b"\r\n\t ":
-            continue
-        value = _HQX_VALUE.get(c)
-        if value is None:
-            raise _Corrupt(f"binhex: byte {c:#04x} is not in the BinHex alphabet")
-        bits = (bits << 6) | value
-        nbits += 6
-        if nbits >= 8:
-            nbits -= 8
-            packed.append((bits >> nbits) & 0xFF)
+    end = data.find(b":", colon + 1)
+    text = data[colon + 1 : end if end >= 0 else len(data)]
+    text = text.translate(None, b"\r\n\t ")
+    bad = text.translate(None, _HQX)
+    if bad:
+        raise _Corrupt(f"binhex: byte {bad[0]:#04x} is not in the BinHex alphabet")
+    # 4 characters carry 3 bytes: map to base64's alphabet and let binascii do the work
+    mapped = text.translate(_HQX_TO_B64)
+    # a last group of 2 or 3 characters carries 1 or 2 bytes; 1 character carries none
+    rest = len(mapped) % 4
+    mapped = mapped[:-1] if rest == 1 else mapped + b"=" * (-rest % 4)
+    try:
+        packed = bytearray(binascii.a2b_base64(mapped))
+    except binascii.Error as exc:
+        raise _Corrupt(f"binhex: {exc}") from None
     out = bytearray()
     i = 0
     room = budget._room()
     while i < len(packed):
-        c = packed[i]
-        if c == 0x90 and i + 1 < len(packed):
-            count = packed[i + 1]
-            i += 2
-            if count == 0:
-                out.append(0x90)
-            elif out:
-                out.extend(out[-1:] * (count - 1))
-            if len(out) > room:
-                budget._grow(len(out))
-            continue
-        out.append(c)
-        i += 1
+        marker = packed.find(0x90, i)
+        if marker < 0:
+            out += packed[i:]
+            break
+        out += packed[i:marker]
+        if marker + 1 >= len(packed):
+            break
+        count = packed[marker + 1]
+        i = marker + 2
+        if count == 0:
+            out.append(0x90)
+        elif out:
+            out.extend(out[-1:] * (count - 1))
+        if len(out) > room:
+            budget._grow(len(out))
     budget._ratio(len(out), len(data))
     name_len = out[0] if out else 0
     head = 1 + name_len + 1 + 4 + 4 + 2
@@ -86,11 +89,12 @@ def _szdd(budget: Budget, data: bytes) -> Members:
         raise _Corrupt("szdd: the header is cut off")
     (expected,) = struct.unpack_from("<I", data, 10)
     budget._member()
-    window = bytearray(b" " * 4096)
-    pos = 4096 - 16
-    out = bytearray()
+    # The 4 KiB window starts as spaces and slot (i - 16) mod 4096 holds output byte i: with
+    # 4096 spaces before the output, a match is a slice of the output itself.
+    out = bytearray(b" " * 4096)
     i = 14
     n = len(data)
+    checked = 1 << 16
     while i < n:
         control = data[i]
         i += 1
@@ -98,26 +102,29 @@ def _szdd(budget: Budget, data: bytes) -> Members:
             if i >= n:
                 break
             if control & (1 << bit):
-                byte = data[i]
+                out.append(data[i])
                 i += 1
-                out.append(byte)
-                window[pos] = byte
-                pos = (pos + 1) & 0xFFF
-            else:
-                if i + 1 >= n:
-                    raise _Corrupt("szdd: a match is cut off")
-                at = data[i] | ((data[i + 1] & 0xF0) << 4)
-                length = (data[i + 1] & 0x0F) + 3
-                i += 2
+                continue
+            if i + 1 >= n:
+                raise _Corrupt("szdd: a match is cut off")
+            at = data[i] | ((data[i + 1] & 0xF0) << 4)
+            length = (data[i + 1] & 0x0F) + 3
+            i += 2
+            m = len(out)
+            src = m - ((((m - 16) - at) & 0xFFF) or 4096)
+            if src + length <= m:
+                out += out[src : src + length]
+            else:  # the match overlaps what it writes
                 for k in range(length):
-                    byte = window[(at + k) & 0xFFF]
-                    out.append(byte)
-                    window[pos] = byte
-                    pos = (pos + 1) & 0xFFF
-        if len(out) > (1 << 20):
+                    out.append(out[src + k])
+        if len(out) > checked:
+            # every 64 KiB of output: the clock, the ratio and the room left
+            checked = len(out) + (1 << 16)
+            budget._check_clock()
             budget._ratio(len(out), n)
             if len(out) > budget._room():
                 budget._grow(len(out))
+    del out[:4096]
     budget._grow(len(out))
     if len(out) != expected:
         raise _Corrupt(f"szdd: {len(out)} bytes decompressed, the header says {expected}")

@@ -9,35 +9,26 @@ from ..archives import _Corrupt
 from . import Budget, Members
 
 _OBJDATA = re.compile(rb"\\objdata\b")
-_HEX = re.compile(rb"[0-9A-Fa-f]")
+_BRACE = re.compile(rb"[{}]")
+_CONTROL = re.compile(rb"\\(?:[A-Za-z]+-?[0-9]*|.)")
+_NOT_HEX = re.compile(rb"[^0-9A-Fa-f]+")
 
 
 def _hex_group(data: bytes, start: int) -> bytes:
     """The hex digits of the group that starts before ``start``, up to its closing brace;
     whitespace, line breaks and nested control words (an evasion) are skipped."""
     depth = 1
-    digits = bytearray()
-    i = start
-    n = len(data)
-    while i < n and depth:
-        c = data[i]
-        if c == 0x7B:  # {
-            depth += 1
-        elif c == 0x7D:  # }
-            depth -= 1
-        elif c == 0x5C:  # backslash: skip the control word
-            i += 1
-            while i < n and data[i : i + 1].isalpha():
-                i += 1
-            while i < n and (data[i : i + 1].isdigit() or data[i] == 0x2D):
-                i += 1
-            continue
-        elif _HEX.match(data, i):
-            digits.append(c)
-        i += 1
+    end = len(data)
+    for brace in _BRACE.finditer(data, start):
+        depth += 1 if brace.group() == b"{" else -1
+        if depth == 0:
+            end = brace.start()
+            break
+    group = _CONTROL.sub(b"", data[start:end])
+    digits = _NOT_HEX.sub(b"", group)
     if len(digits) % 2:
         digits = digits[:-1]
-    return binascii.unhexlify(bytes(digits))
+    return binascii.unhexlify(digits)
 
 
 def read_rtf(budget: Budget, data: bytes, kind: str) -> Members:
