@@ -28,7 +28,7 @@ from mailwarden_sdk import (
 from mailwarden_sdk.findings import infected
 
 from .actions import remove_parts
-from .archives import ArchiveLimits, Item, Problem, Unpacker
+from .archives import ARCHIVE_TYPES, ArchiveLimits, Item, Problem, Unpacker
 from .clamd import ClamdConfig, ClamdError, ClamdLimit, clamd_scan
 from .signatures import SignatureSet, load_signatures
 from .updates import UpdatesConfig, current_dir
@@ -139,8 +139,9 @@ class AntivirusPlugin:
 
     @hookimpl
     async def mailwarden_scan(self, ctx: ScanContext) -> list[Finding]:
-        if "clamd" in self.config.engines:
-            # clamd is a socket round trip: never on the event loop.
+        if "clamd" in self.config.engines or _carries_archives(ctx):
+            # clamd is a socket round trip, and archives are unpacked within seconds-long limits
+            # (7z by a child process waited for): never on the event loop.
             return await asyncio.to_thread(self._scan, ctx)
         return await run_cpu_bound(len(ctx.raw), self._scan, ctx)
 
@@ -222,6 +223,13 @@ def builtin_only(signatures: SignatureSet) -> bool:
     """Whether every signature loaded comes from the built-in test set."""
     builtin = Path(__file__).parent / "signatures"
     return all(Path(source).is_relative_to(builtin) for source in signatures.sources)
+
+
+def _carries_archives(ctx: ScanContext) -> bool:
+    return any(
+        leaf.detected_type in ARCHIVE_TYPES or leaf.content_type.startswith("message/")
+        for leaf in ctx.message.leaves()
+    )
 
 
 def _engine_finding(status: str, item: Item, error: str) -> Finding:

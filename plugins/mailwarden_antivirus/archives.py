@@ -19,15 +19,21 @@ from __future__ import annotations
 
 import binascii
 import bz2
+import importlib.util
 import io
+import json
 import lzma
 import re
+import struct
+import subprocess
+import sys
 import tarfile
 import time
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO, Any
 
 import msgspec
@@ -38,6 +44,7 @@ from . import readers
 from .readings import alternative_readings
 
 __all__ = [
+    "ARCHIVE_TYPES",
     "ArchiveLimits",
     "Item",
     "Problem",
@@ -72,6 +79,11 @@ ZIP_METHODS = {
     98: "PPMd",
     99: "AES encryption",
 }
+#: what :meth:`Unpacker.walk` opens (the detector unpacks these off the event loop); HTML is
+#: left out: its data: URIs cost little and most mail carries HTML
+ARCHIVE_TYPES = (
+    ZIP_TYPES | COMPRESSED_TYPES | {"tar", "7z", "rar", "pe"} | (set(readers.READERS) - {"html"})
+)
 _CHUNK = 1 << 16
 # Below this many decompressed bytes the ratio is not judged: a small text or a run of zeros
 # compresses 100:1 without being a bomb, and at this size it costs nothing to scan.
@@ -142,6 +154,11 @@ class _Corrupt(Exception):
     @classmethod
     def of(cls, kind: str, exc: BaseException) -> _Corrupt:
         return cls(_describe(kind, exc), type(exc).__name__)
+
+
+class _Refused(_LimitHit):
+    """An object not opened because its header asks for more than a limit allows: reported
+    ``not_scanned`` on its own, and the walk goes on (nothing was spent on it)."""
 
 
 class _Encrypted(Exception):
@@ -266,6 +283,10 @@ class Unpacker:
                 yield from self.walk(member, f"{label}/{name}", part, depth + (0 if same else 1))
                 if self.stopped:
                     return
+        except _Refused as hit:
+            self._problem(
+                "not_scanned", "AV_NOT_SCANNED", label, part, limit=hit.limit, reason=str(hit)
+            )
         except _LimitHit as hit:
             self._stop(hit, label, part)
         except _Encrypted as exc:
@@ -276,15 +297,7 @@ class Unpacker:
                 "corrupted", "AV_CORRUPTED", label, part, kind=kind, error=str(exc), **named
             )
         except _Unsupported as exc:
-            self._problem(
-                "not_scanned",
-                "AV_FORMAT_NOT_SUPPORTED",
-                label,
-                part,
-                limit="format",
-                format=kind,
-                reason=str(exc),
-            )
+            self._unsupported(kind, str(exc), label, part)
         # Readers raise far more than they document on hostile bytes (LZMAError, CrcError,
         # IndexError, AssertionError, ...): any of them means this archive could not be read.
         except Exception as exc:
@@ -353,6 +366,20 @@ class Unpacker:
         self, status: str, code: str, label: str, part: int | None, **details: str
     ) -> None:
         self.problems.append(Problem(status, code, label, part, {"object": label, **details}))
+
+    def _unsupported(
+        self, kind: str, reason: str, label: str, part: int | None, **details: str
+    ) -> None:
+        self._problem(
+            "not_scanned",
+            "AV_FORMAT_NOT_SUPPORTED",
+            label,
+            part,
+            limit="format",
+            format=kind,
+            reason=reason,
+            **details,
+        )
 
     def _broken(
         self, kind: str, exc: BaseException, label: str, part: int | None, **details: str
@@ -456,19 +483,11 @@ class Unpacker:
                 except _LimitHit:
                     raise
                 except NotImplementedError:  # a compression method no reader here has
-                    self._problem(
-                        "not_scanned",
-                        "AV_FORMAT_NOT_SUPPORTED",
-                        label,
-                        part,
-                        limit="format",
-                        format="zip",
-                        member=info.filename,
-                        reason=(
-                            f"zip: compression method {info.compress_type}"
-                            f" ({ZIP_METHODS.get(info.compress_type, 'unknown')})"
-                        ),
+                    method = info.compress_type
+                    reason = (
+                        f"zip: compression method {method} ({ZIP_METHODS.get(method, 'unknown')})"
                     )
+                    self._unsupported("zip", reason, label, part, member=info.filename)
                     continue
                 except RuntimeError as exc:
                     if "password" not in str(exc) and "encrypted" not in str(exc):
@@ -564,70 +583,50 @@ class Unpacker:
                 raise _Corrupt.of("tar", exc) from None
 
     def _sevenzip(self, data: bytes | memoryview) -> Iterator[tuple[str, bytes]]:
+        # py7zr cannot be interrupted while it parses a header (400,000 entries took it past
+        # every time limit), so it runs in a child process killed at the deadline.
+        if importlib.util.find_spec("py7zr") is None:
+            raise _Unsupported("7z: py7zr is not installed")
+        self._check_clock()
+        limits = {
+            "members": self.limits.max_members - self.members,
+            "room": self._room(),
+            "ratio": self.limits.max_ratio,
+            "ratio_floor": RATIO_FLOOR,
+        }
         try:
-            import py7zr
-            import py7zr.io
-        except ImportError:
-            raise _Unsupported("7z: py7zr is not installed") from None
-
-        unpacker = self
-
-        class Capped(py7zr.io.Py7zIO):
-            """Keeps a member in memory; stops the walk when a limit is passed while writing."""
-
-            def __init__(self, packed: int) -> None:
-                self.buffer = io.BytesIO()
-                self.packed = packed
-
-            def write(self, s: bytes | bytearray) -> int:
-                unpacker._check_clock()
-                unpacker._grow(len(s))
-                unpacker._ratio(self.buffer.tell() + len(s), self.packed)
-                return self.buffer.write(s)
-
-            def read(self, size: int | None = None) -> bytes:
-                return self.buffer.read(size)
-
-            def seek(self, offset: int, whence: int = 0) -> int:
-                return self.buffer.seek(offset, whence)
-
-            def flush(self) -> None:
-                return None
-
-            def size(self) -> int:
-                return self.buffer.getbuffer().nbytes
-
-        class Factory(py7zr.io.WriterFactory):
-            def __init__(self, packed: int) -> None:
-                self.packed = packed
-                self.products: dict[str, Capped] = {}
-
-            def create(self, filename: str) -> py7zr.io.Py7zIO:
-                unpacker._member()
-                product = self.products[filename] = Capped(self.packed)
-                return product
-
-        factory = Factory(len(data))
-        failure: _Corrupt | None = None
-        try:
-            with py7zr.SevenZipFile(io.BytesIO(bytes(data))) as archive:
-                if archive.needs_password():
-                    raise _Encrypted("7z archive")
-                archive.extractall(factory=factory)
-        except (_LimitHit, _Encrypted):
-            raise
-        except py7zr.exceptions.PasswordRequired:
-            raise _Encrypted("7z archive") from None
-        except py7zr.exceptions.UnsupportedCompressionMethodError as exc:
-            raise _Unsupported(f"7z: {exc}") from None
-        except Exception as exc:  # CrcError, zlib.error, AssertionError, ...
-            failure = _Corrupt.of("7z", exc)
-        # What was written before a failure is still scanned (a damaged last member must not
-        # hide the first), and the archive is reported corrupted after it.
-        for name, product in factory.products.items():
-            yield name, product.buffer.getvalue()
-        if failure is not None:
-            raise failure
+            done = subprocess.run(
+                [sys.executable, "-I", str(_SEVENZIP_CHILD), json.dumps(limits)],
+                input=bytes(data),
+                capture_output=True,
+                timeout=max(self.deadline - self.clock(), 0.001),
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            raise _LimitHit(
+                "max_seconds",
+                f"reading the 7z took over {self.limits.max_seconds:g} s (its reader was stopped)",
+            ) from None
+        members, end = _child_records(done.stdout)
+        if end is None:
+            error = done.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or ["died"]
+            raise _Corrupt(f"7z: the reader failed ({done.returncode}): {error[0][:200]}")
+        status = end.get("status")
+        if status == "refused":
+            raise _Refused(str(end.get("limit")), str(end.get("detail")))
+        if status == "limit":
+            raise _LimitHit(str(end.get("limit")), str(end.get("detail")))
+        if status == "encrypted":
+            raise _Encrypted("7z archive")
+        if status == "unsupported":
+            raise _Unsupported(f"7z: {end.get('detail')}")
+        for name, member in members:
+            self._member()
+            self._grow(len(member))
+            yield name, member
+        if status != "ok":
+            exception = str(end.get("exception") or "")
+            raise _Corrupt(f"7z: {exception}: {end.get('error')}".rstrip(": "), exception)
 
     def _rar(self, data: bytes | memoryview) -> Iterator[tuple[str, bytes]]:
         try:
@@ -697,6 +696,30 @@ def _decode_base64(block: bytes) -> bytes:
     elif rest:
         chars += b"=" * (4 - rest)
     return binascii.a2b_base64(chars)
+
+
+_SEVENZIP_CHILD = Path(__file__).with_name("_sevenzip_child.py")
+
+
+def _child_records(out: bytes) -> tuple[list[tuple[str, bytes]], dict[str, Any] | None]:
+    """The members and the end record the 7z reader wrote (see ``_sevenzip_child``)."""
+    members: list[tuple[str, bytes]] = []
+    at = 0
+    while at < len(out):
+        tag = out[at : at + 1]
+        if tag == b"E":
+            (size,) = struct.unpack_from(">I", out, at + 1)
+            end = json.loads(out[at + 5 : at + 5 + size])
+            return members, end if isinstance(end, dict) else None
+        if tag != b"M":
+            break
+        (size,) = struct.unpack_from(">I", out, at + 1)
+        name = out[at + 5 : at + 5 + size].decode("utf-8", "surrogateescape")
+        at += 5 + size
+        (size,) = struct.unpack_from(">Q", out, at)
+        members.append((name, out[at + 8 : at + 8 + size]))
+        at += 8 + size
+    return members, None
 
 
 def _describe(kind: str, exc: BaseException) -> str:
