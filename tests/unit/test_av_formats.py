@@ -121,15 +121,19 @@ def library_samples(work: Path, payload: bytes = PAYLOAD) -> dict[str, bytes]:
     return out
 
 
+def _tar(files: dict[str, bytes]) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as archive:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
 def _zstd_tar(payload: bytes) -> bytes:
-    tar = io.BytesIO()
-    with tarfile.open(fileobj=tar, mode="w") as archive:
-        info = tarfile.TarInfo("payload.com")
-        info.size = len(payload)
-        archive.addfile(info, io.BytesIO(payload))
-    return subprocess.run(
-        ["zstd", "-q", "-c"], input=tar.getvalue(), capture_output=True, check=True
-    ).stdout
+    tar = _tar({"payload.com": payload})
+    return subprocess.run(["zstd", "-q", "-c"], input=tar, capture_output=True, check=True).stdout
 
 
 # -- writers for formats no Debian tool writes -----------------------------------------------
@@ -500,13 +504,7 @@ def test_pe_section_and_import_hashes_match_what_clamscan_reports() -> None:
 
 
 def cvd(files: dict[str, bytes], *, damage: bool = False) -> bytes:
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w") as archive:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            archive.addfile(info, io.BytesIO(data))
-    body = gzip.compress(out.getvalue())
+    body = gzip.compress(_tar(files))
     digest = hashlib.md5(body).hexdigest()
     header = f"ClamAV-VDB:06 Dec 2026 10-00 +0000:1:{len(files)}:90:{digest}:X:tests:0"
     if damage:

@@ -14,6 +14,7 @@ becomes a ``not_scanned`` reason naming it, never an import error at startup.
 
 from __future__ import annotations
 
+import importlib
 import re
 from collections.abc import Callable, Iterator
 from typing import IO, Protocol
@@ -84,68 +85,12 @@ def sniff(data: bytes | memoryview, kind: str) -> str:
     return kind
 
 
-def _libarchive(budget: Budget, data: bytes, kind: str) -> Members:
-    from .libarchive_formats import read_libarchive
+def _lazy(module: str, function: str) -> Reader:
+    """The reader ``function`` of ``module``, imported (with its library) when first used."""
 
-    return read_libarchive(budget, data, kind)
-
-
-def _raw_libarchive(budget: Budget, data: bytes, kind: str) -> Members:
-    from .libarchive_formats import read_compressed
-
-    return read_compressed(budget, data)
-
-
-def _tool() -> Reader:
     def read(budget: Budget, data: bytes, kind: str) -> Members:
-        from .sevenzip_tool import read_with_7z
-
-        return read_with_7z(budget, data, kind)
-
-    return read
-
-
-def _ole(budget: Budget, data: bytes, kind: str) -> Members:
-    from .ole import read_ole
-
-    return read_ole(budget, data, kind)
-
-
-def _pdf(budget: Budget, data: bytes, kind: str) -> Members:
-    from .pdf import read_pdf
-
-    return read_pdf(budget, data, kind)
-
-
-def _tnef(budget: Budget, data: bytes, kind: str) -> Members:
-    from .tnef import read_tnef
-
-    return read_tnef(budget, data, kind)
-
-
-def _rtf(budget: Budget, data: bytes, kind: str) -> Members:
-    from .rtf import read_rtf
-
-    return read_rtf(budget, data, kind)
-
-
-def _onenote(budget: Budget, data: bytes, kind: str) -> Members:
-    from .onenote import read_onenote
-
-    return read_onenote(budget, data, kind)
-
-
-def _pe(budget: Budget, data: bytes, kind: str) -> Members:
-    from .pe import read_packed
-
-    return read_packed(budget, data, kind)
-
-
-def _encoding() -> Reader:
-    def read(budget: Budget, data: bytes, kind: str) -> Members:
-        from . import encodings
-
-        return encodings.READ[kind](budget, data)
+        reader: Reader = getattr(importlib.import_module(f".{module}", __name__), function)
+        return reader(budget, data, kind)
 
     return read
 
@@ -160,16 +105,20 @@ def _unsupported(reason: str) -> Reader:
 
 
 READERS: dict[str, Reader] = {
-    **dict.fromkeys(("cpio", "ar", "cab", "lzh", "iso", "xar"), _libarchive),
-    "zstd": _raw_libarchive,
-    **dict.fromkeys(("arj", "chm", "nsis"), _tool()),
-    **dict.fromkeys(("ole2", "doc", "xls", "ppt", "msi", "ole2-encrypted"), _ole),
-    "pdf": _pdf,
-    "tnef": _tnef,
-    "rtf": _rtf,
-    "onenote": _onenote,
-    **dict.fromkeys(("pe-upx", "pe-packed"), _pe),
-    **dict.fromkeys(("binhex", "szdd", "uuencode", "html"), _encoding()),
+    **dict.fromkeys(
+        ("cpio", "ar", "cab", "lzh", "iso", "xar"), _lazy("libarchive_formats", "read_libarchive")
+    ),
+    "zstd": _lazy("libarchive_formats", "read_compressed"),
+    **dict.fromkeys(("arj", "chm", "nsis"), _lazy("sevenzip_tool", "read_with_7z")),
+    **dict.fromkeys(
+        ("ole2", "doc", "xls", "ppt", "msi", "ole2-encrypted"), _lazy("ole", "read_ole")
+    ),
+    "pdf": _lazy("pdf", "read_pdf"),
+    "tnef": _lazy("tnef", "read_tnef"),
+    "rtf": _lazy("rtf", "read_rtf"),
+    "onenote": _lazy("onenote", "read_onenote"),
+    **dict.fromkeys(("pe-upx", "pe-packed"), _lazy("pe", "read_packed")),
+    **dict.fromkeys(("binhex", "szdd", "uuencode", "html"), _lazy("encodings", "read_encoding")),
     "sis": _unsupported("sis: Symbian installer, no reader"),
     "kwaj": _unsupported("kwaj: MS-DOS KWAJ compression, no reader"),
     "alz": _unsupported("alz: ALZip archive, no reader"),

@@ -225,3 +225,8 @@ READ: dict[str, Callable[[Budget, bytes], Members]] = {
     "uuencode": _uuencoded,
     "html": _html,
 }
+
+
+def read_encoding(budget: Budget, data: bytes, kind: str) -> Members:
+    """The files ``data`` encodes, for ``kind`` in :data:`READ`."""
+    return READ[kind](budget, data)

@@ -89,7 +89,7 @@ def read_libarchive(budget: Budget, data: bytes, fmt: str = "archive") -> Member
         raise _Unsupported(f"{fmt}: no file in it could be read ({len(data)} bytes)")
 
 
-def read_compressed(budget: Budget, data: bytes) -> Members:
+def read_compressed(budget: Budget, data: bytes, kind: str = "zstd") -> Members:
     """A single compressed stream (zstd, lz4, lzip...): its decompressed bytes."""
     # skippable frames (magic 0x184D2A50-5F, then a 32-bit size) are not read by libarchive
     at = 0
