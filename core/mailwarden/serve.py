@@ -98,6 +98,12 @@ async def run(
         announce(f"mailwarden {__version__}")
         announce(f"  config   {cfg.source or '(embedded defaults)'}")
         announce(f"  plugins  {', '.join(gateway.plugins.plugins) or '(none)'}")
+        for name, loaded in gateway.plugins.plugins.items():
+            # a plugin's one-line state, e.g. the antivirus warning that only its test
+            # signature is loaded
+            note = getattr(loaded.obj, "banner_note", None)
+            if callable(note) and (text := note()):
+                announce(f"  {name:<8} {text}")
         if cfg.smtp.enabled:
             servers.extend(await start_smtp_servers(gateway))
             announce(f"  smtp     {hostport(cfg.smtp.listen, cfg.smtp.port)}  (gateway listener)")
