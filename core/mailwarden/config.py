@@ -419,6 +419,11 @@ class RuleActions(_Section):
     Nothing that was not examined is delivered by default: ``corrupted`` and ``not_scanned``
     quarantine, ``error`` (a detector failed or ran out of time) answers 451 so the sender
     retries. A rule may still say ``deliver`` for them.
+
+    ``malformed`` applies to a message whose MIME structure mail clients read differently
+    (two ``Content-Type`` fields or ``boundary`` parameters, a comment in a header name, nested
+    comments, a part outside the boundaries: the ``MIME_AMBIGUOUS`` finding). Every reading is
+    scanned, so the default delivers; ``quarantine`` or ``reject`` refuses the evasion itself.
     """
 
     infected: AvActionName = "reject"
@@ -432,6 +437,7 @@ class RuleActions(_Section):
     blocked: ActionName = "reject"
     malicious: ActionName = "reject"
     error: ActionName = "tempfail"
+    malformed: ActionName = "deliver"
     clean: ActionName = "deliver"
     subject_tag: str = "[{status}]"
     backup: bool = True

@@ -40,7 +40,7 @@ from mailwarden_sdk.offload import scanning
 from .admission import PolicySteps
 from .config import Config, RuleConfig, load_config
 from .content_rules import DETECTOR as CONTENT_DETECTOR
-from .content_rules import check_content
+from .content_rules import check_content, mime_ambiguities
 from .delivery.queue import DeliveryQueue, crlf
 from .dkim import DkimSigner
 from .errors import ConfigError, DeliveryError, PluginError
@@ -495,6 +495,7 @@ class Gateway:
         content = self._check_content(message, rule, timings)
         blocked, results = await asyncio.gather(content, detecting)
         results.append(blocked)
+        results.append(mime_ambiguities(message))
         results.append(list(findings))
         timings["detect"] = _ms(began)
 
