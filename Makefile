@@ -4,10 +4,11 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+RUNTIME_STAMP := $(VENV)/.installed-runtime
 NATIVE := $(wildcard native/src/*.c native/include/*.h native/cdef/*.h) native/build_native.py
 FUZZ_SECONDS ?= 60
 
-.PHONY: install serve test lint fuzz bench clean
+.PHONY: install install-runtime serve test lint fuzz bench clean av-packages
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "mailwarden needs Python 3.11+"'
@@ -15,15 +16,39 @@ $(BIN)/python:
 	$(BIN)/python -m pip install -q --upgrade pip
 
 # Editable install: the native core is compiled by setup.py's cffi_modules into
-# native/mailwarden_native/; a change to the C sources re-runs it.
+# native/mailwarden_native/; a change to the C sources re-runs it. `install` adds the test
+# extras (pytest, linters, Playwright...); `install-runtime`, what `make serve` needs, only the
+# runtime dependencies. The full install satisfies the runtime one too, so after `make test`
+# `make serve` installs nothing again.
 $(STAMP): $(BIN)/python pyproject.toml setup.py $(NATIVE)
 	$(BIN)/python -m pip install -q -e '.[test]'
-	touch $(STAMP)
+	touch $(STAMP) $(RUNTIME_STAMP)
+
+$(RUNTIME_STAMP): $(BIN)/python pyproject.toml setup.py $(NATIVE)
+	@if [ -f $(STAMP) ] && [ -z "$$(find $^ -newer $(STAMP))" ]; then :; \
+	else echo "$(BIN)/python -m pip install -q -e ."; $(BIN)/python -m pip install -q -e .; fi
+	touch $(RUNTIME_STAMP)
 
 install: $(STAMP)
 
-serve: install
-	$(BIN)/mailwarden serve
+install-runtime: $(RUNTIME_STAMP)
+
+# The antivirus readers' system parts (libarchive for libarchive-c, 7z, lhasa): installed when
+# missing and apt-get runs as root; without them those formats get not_scanned, never clean.
+AV_PACKAGES := libarchive13 p7zip-full lhasa
+
+av-packages:
+	@missing=$$(for p in $(AV_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null \
+		| grep -q 'ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get -o DPkg::Lock::Timeout=600 update -qq && DEBIAN_FRONTEND=noninteractive \
+		apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends $$missing; \
+	fi
+
+# The home is named here (./var of the checkout unless MAILWARDEN_HOME says otherwise): the
+# command itself makes no home where none was named.
+serve: install-runtime av-packages
+	MAILWARDEN_HOME="$${MAILWARDEN_HOME:-$(CURDIR)/var}" $(BIN)/mailwarden serve
 
 # The fuzz step runs after the suite as its own command, not as a pytest test: it is a native
 # build plus a fixed-length run whose exit status and libFuzzer statistics are the result, CI
@@ -31,7 +56,7 @@ serve: install
 # Here FUZZ_SECONDS is the total, split between the two targets (parse, sigs); `make fuzz`
 # gives each target FUZZ_SECONDS. FUZZ_SECONDS=0 skips the step (libFuzzer would take a 0 s
 # budget as "no limit").
-test: install lint
+test: install av-packages lint
 	$(BIN)/python -m pytest -q
 	@if [ "$(FUZZ_SECONDS)" -gt 1 ]; then bash tests/fuzz/run.sh $$(( $(FUZZ_SECONDS) / 2 )) parse sigs; fi
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,8 +17,11 @@ from typing import Any
 import click
 import msgspec
 
+from mailwarden_sdk import ActionKind, AntivirusStatus, SpamStatus
+from mailwarden_sdk.timeparse import TIME_FORMS, TimeParam
+
 from . import __version__
-from .config import Config, default_home
+from .config import Config, default_home, load_config
 from .errors import MailwardenError
 from .events import EventQuery, MessageEventLog
 from .pipeline import Decision, Gateway
@@ -35,6 +40,45 @@ def _config_path(explicit: str | None) -> str | None:
         return os.environ["MAILWARDEN_CONFIG"]
     candidate = default_home() / "mailwarden.toml"
     return str(candidate) if candidate.exists() else None
+
+
+#: ``--since`` / ``--until`` of every command: one grammar (mailwarden_sdk.timeparse).
+TIME = TimeParam()
+
+#: Every verdict status the event log indexes: antivirus, spam, and the reputation, sandbox
+#: and content ones.
+STATUSES = sorted(
+    {s.value for s in [*AntivirusStatus, *SpamStatus]}
+    | {"suspicious", "malicious", "hold", "skipped", "deferred"}
+)
+
+
+def _no_home() -> str | None:
+    """Why there is no home to work in, or ``None`` when there is one.
+
+    A home is named by ``$MAILWARDEN_HOME``, by a config file (``--config``,
+    ``$MAILWARDEN_CONFIG``), or found as ``./var``; a command run elsewhere must not make a
+    fresh ``./var`` in whatever folder it was started in.
+    """
+    if os.environ.get("MAILWARDEN_HOME") or os.environ.get("MAILWARDEN_CONFIG"):
+        return None
+    if default_home().is_dir():
+        return None
+    return (
+        f"no mailwarden home: $MAILWARDEN_HOME is not set, no --config was given and "
+        f"{default_home()} does not exist; run the command in the folder that holds var/, "
+        f"set MAILWARDEN_HOME, give --config, or make a home with `mailwarden init`"
+    )
+
+
+def _home_config_path(explicit: str | None) -> str | None:
+    """:func:`_config_path` for a command that works on the home's stores: refuses (exit 2,
+    saying where it looked) rather than creating a home where none was meant to be."""
+    if explicit is None:
+        reason = _no_home()
+        if reason is not None:
+            _fail(reason)
+    return _config_path(explicit)
 
 
 def _fail(message: str) -> None:
@@ -70,19 +114,55 @@ class _Cli(click.Group):
         return super().get_command(ctx, cmd_name) or self._plugin_commands().get(cmd_name)
 
 
+class _CommandHost:
+    """The Host a plugin's command gets: the gateway's config, and ``deliver`` the way the
+    gateway delivers (``[delivery] mode``) without a running gateway: into the Maildir, or
+    into the spool as a decided message the running gateway's relay queue sends on its next
+    scan. ``resubmit`` needs the running pipeline and is refused."""
+
+    def __init__(self, config: Config) -> None:
+        from .pipeline import _Host
+
+        self._host = _Host(config)
+        self.config = config
+
+    def config_for(self, section: str) -> Any:
+        return self._host.config_for(section)
+
+    def resubmit(self, raw: bytes, envelope: Any, findings: Any = ()) -> Any:
+        return self._host.resubmit(raw, envelope, findings)
+
+    async def deliver(self, raw: bytes, envelope: Any) -> str:
+        from .delivery.queue import crlf
+        from .maildir import Maildir
+        from .spool import Spool, SpoolState
+
+        cfg = self.config
+        if not envelope.rcpt_to:
+            raise MailwardenError("no recipients to deliver to")
+        if cfg.delivery.mode == "relay":
+            spool = Spool(cfg.path_in_home(cfg.spool.path))
+            entry = await asyncio.to_thread(spool.write, raw, envelope, SpoolState(decided=True))
+            entry.release()  # unlocked: the running gateway's queue takes it over
+            return f"queued as {entry.id} for {cfg.delivery.next_hop} (the gateway's relay queue)"
+        maildir = Maildir(cfg.path_in_home(cfg.delivery.maildir))
+        name = await asyncio.to_thread(maildir.deliver, crlf(raw))
+        return f"delivered as {name} into {maildir.root}"
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._host, name)
+
+
 class _HostLoader:
     """Gives plugin commands the gateway's Host (``mailwarden_sdk.command_host``)."""
 
     def load(self, config_path: str | None) -> Any:
-        from .config import load_config
-        from .pipeline import _Host
-
         plugins = build_plugin_manager()
         try:
-            config = load_config(_config_path(config_path), plugins.config_schemas())
+            config = load_config(_home_config_path(config_path), plugins.config_schemas())
         except MailwardenError as exc:
             raise click.ClickException(str(exc)) from exc
-        return _Host(config)
+        return _CommandHost(config)
 
 
 @click.group(cls=_Cli)
@@ -133,24 +213,33 @@ def serve(config_path: str | None) -> None:
 
     Without a config file, one with the defaults is written to $MAILWARDEN_HOME (./var).
     """
+    from .clitext import busy_listeners
     from .serve import serve_forever, write_default_config
 
     # Before the config (with its bind password) is read: no memory dump unless configured.
     dumps_off(for_good=False)
     path = _config_path(config_path)
     if path is None:
+        # A home is made only where one was named: $MAILWARDEN_HOME (`make serve` names
+        # ./var of the checkout), or an existing ./var.
+        reason = _no_home()
+        if reason is not None:
+            _fail(reason)
         target = default_home() / "mailwarden.toml"
-        write_default_config(target)
+        if write_default_config(target):
+            click.echo(f"wrote {target} (the defaults)")
         path = str(target)
     # Absolute: workers re-read it, and with memory dumps on they run in the dumps folder.
     path = str(Path(path).absolute())
+    gateway: Gateway | None = None
     try:
         gateway = Gateway.from_file(path)
         serve_forever(gateway, announce=lambda line: click.echo(line))
     except MailwardenError as exc:
         _fail(str(exc))
     except OSError as exc:
-        _fail(f"cannot listen: {exc}")
+        busy = busy_listeners(gateway.config) if gateway is not None else []
+        _fail(f"cannot listen on {', '.join(busy) or 'a configured address'}: {exc}")
 
 
 def _files(paths: tuple[str, ...]) -> Iterator[Path]:
@@ -160,6 +249,20 @@ def _files(paths: tuple[str, ...]) -> Iterator[Path]:
             yield from sorted(p for p in path.rglob("*") if p.is_file())
         else:
             yield path
+
+
+_HEADER_FIELD = re.compile(rb"[!-9;-~]+[ \t]*:")
+
+
+def _not_a_message(raw: bytes) -> str | None:
+    """Why ``raw`` is not an email message, or ``None``: a message starts with a header field
+    (RFC 5322 2.2) or an mbox ``From `` line; a CSV, an image or a note does not."""
+    head = raw.lstrip(b"\r\n")[:1000]
+    if not head:
+        return "empty file"
+    if head.startswith(b"From ") or _HEADER_FIELD.match(head):
+        return None
+    return "not a message (no header fields): scanned as a plain file"
 
 
 @cli.command()
@@ -181,75 +284,113 @@ def scan(
 ) -> None:
     """Scan message files (or directories of them) without delivering anything.
 
+    One line per file as it is scanned (a progress line on a terminal); a file that is no
+    message (no header fields) is scanned as a plain file and reported as such. Without a home
+    (no --config, $MAILWARDEN_HOME or ./var) the scan uses a temporary one, removed afterwards.
+
     Exit status: 0 all clean, 1 something detected, 2 an error (unreadable file, scan error).
     """
+    import tempfile
+
     from mailwarden_sdk import Envelope
 
-    async def main() -> int:
+    files = list(_files(paths))
+    width = max([len(str(p)) for p in files] + [4])
+    progress = not as_json and sys.stderr.isatty()
+
+    async def main(gateway: Gateway) -> int:
         worst = EXIT_CLEAN
-        async with Gateway.from_file(_config_path(config_path)) as gateway:
-            rows: list[tuple[str, Decision | None, str | None]] = []
-            for path in _files(paths):
+        async with gateway:
+            if not as_json:
+                click.echo(
+                    f"{'FILE':<{width}}  {'ANTIVIRUS':<11}  {'SPAM':<13}  {'ACTION':<10}  FINDINGS"
+                )
+            for number, path in enumerate(files, 1):
+                if progress:
+                    click.echo(f"\r\033[K[{number}/{len(files)}] {path}", nl=False, err=True)
+                decision: Decision | None = None
+                error = not_message = None
                 try:
                     raw = path.read_bytes()
                 except OSError as exc:
-                    rows.append((str(path), None, exc.strerror or str(exc)))
-                    continue
-                envelope = Envelope(
-                    mail_from=sender,
-                    rcpt_to=list(recipients),
-                    client_address=client_ip,
-                    helo=helo or None,
-                )
-                rows.append((str(path), await gateway.scan(raw, envelope), None))
-            for _name, decision, _error in rows:
-                if decision is None:
-                    worst = EXIT_ERROR
-                elif decision.verdict.errors and worst != EXIT_ERROR:
-                    worst = EXIT_ERROR
-                elif decision.verdict.detected and worst == EXIT_CLEAN:
-                    worst = EXIT_DETECTED
-            _print_scan(rows, as_json)
+                    error, worst = exc.strerror or str(exc), EXIT_ERROR
+                else:
+                    # Scanned all the same: a bare file can carry a virus (eicar.com); only
+                    # the report says it is no message.
+                    not_message = _not_a_message(raw)
+                    envelope = Envelope(
+                        mail_from=sender,
+                        rcpt_to=list(recipients),
+                        client_address=client_ip,
+                        helo=helo or None,
+                    )
+                    decision = await gateway.scan(raw, envelope)
+                    if decision.verdict.errors:
+                        worst = EXIT_ERROR
+                    elif decision.verdict.detected and worst == EXIT_CLEAN:
+                        worst = EXIT_DETECTED
+                if progress:
+                    click.echo("\r\033[K", nl=False, err=True)
+                _print_scan_row(str(path), decision, error, not_message, as_json, width)
         return worst
 
     try:
-        sys.exit(asyncio.run(main()))
+        path = _config_path(config_path)
+        with tempfile.TemporaryDirectory(prefix="mailwarden-scan-") as scratch:
+            if path is None and _no_home() is not None:
+                plugin_set = build_plugin_manager()
+                cfg = load_config(None, plugin_set.config_schemas())
+                home = msgspec.structs.replace(cfg.gateway, home=scratch)
+                gateway = Gateway(msgspec.structs.replace(cfg, gateway=home), plugins=plugin_set)
+            else:
+                gateway = Gateway.from_file(path)
+            sys.exit(asyncio.run(main(gateway)))
     except MailwardenError as exc:
         _fail(str(exc))
 
 
-def _print_scan(rows: list[tuple[str, Decision | None, str | None]], as_json: bool) -> None:
+def _print_scan_row(
+    name: str,
+    decision: Decision | None,
+    error: str | None,
+    not_message: str | None,
+    as_json: bool,
+    width: int,
+) -> None:
+    """One line of ``scan``: the verdict (and whether the file is a message), or the error."""
     if as_json:
-        for name, decision, error in rows:
-            record: dict[str, Any] = {"file": name}
-            if decision is None:
-                record["error"] = error
-            else:
-                record.update(
-                    rule=decision.rule.name,
-                    action=decision.action.kind.value,
-                    reason=decision.action.reason,
-                    verdict=msgspec.to_builtins(decision.verdict),
-                    parts=len(decision.message.parts),
-                    timings_ms=decision.timings_ms,
-                )
-            click.echo(json.dumps(record, sort_keys=True))
-        return
-    width = max([len(name) for name, _, _ in rows] + [4])
-    click.echo(f"{'FILE':<{width}}  {'ANTIVIRUS':<11}  {'SPAM':<13}  {'ACTION':<10}  FINDINGS")
-    for name, decision, error in rows:
+        record: dict[str, Any] = {"file": name}
         if decision is None:
-            click.echo(f"{name:<{width}}  {'-':<11}  {'-':<13}  {'error':<10}  {error}")
-            continue
-        verdict = decision.verdict
-        codes = ", ".join(
-            f.code + (f"({f.details['signature']})" if "signature" in f.details else "")
-            for f in verdict.findings
-        )
-        click.echo(
-            f"{name:<{width}}  {verdict.antivirus.value:<11}  {verdict.spam.value:<13}  "
-            f"{decision.action.kind.value:<10}  {codes or '-'}"
-        )
+            record["error"] = error
+        else:
+            record.update(
+                rule=decision.rule.name,
+                action=decision.action.kind.value,
+                reason=decision.action.reason,
+                verdict=msgspec.to_builtins(decision.verdict),
+                parts=len(decision.message.parts),
+                timings_ms=decision.timings_ms,
+            )
+            if not_message:
+                record["not_message"] = not_message
+        click.echo(json.dumps(record, sort_keys=True))
+        return
+    if decision is None:
+        click.echo(f"{name:<{width}}  {'-':<11}  {'-':<13}  {'error':<10}  {error}")
+        return
+    verdict = decision.verdict
+    codes = [
+        f.code + (f"({f.details['signature']})" if "signature" in f.details else "")
+        for f in verdict.findings
+    ]
+    # A file that is no message has no message action and no message-format findings.
+    action = "(file)" if not_message else decision.action.kind.value
+    if not_message:
+        codes = [c for c in codes if not c.startswith("MISSING_")] + [not_message]
+    click.echo(
+        f"{name:<{width}}  {verdict.antivirus.value:<11}  {verdict.spam.value:<13}  "
+        f"{action:<10}  {', '.join(codes) or '-'}"
+    )
 
 
 @cli.command()
@@ -326,15 +467,13 @@ def config_check(file: str | None) -> None:
 
 @cli.command()
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Config file.")
-@click.option("--since", help="ISO time or N[smhd] ago (e.g. 2h).")
-@click.option("--until", help="ISO time or N[smhd] ago; events before it.")
+@click.option("--since", type=TIME, help=f"Events at or after it: {TIME_FORMS}.")
+@click.option("--until", type=TIME, help="Events before it (same forms as --since).")
 @click.option("--sender", help="Address, local part or domain.")
 @click.option("--rcpt", "recipient", help="Address, local part or domain.")
 @click.option("--subject", help="Words the subject contains.")
-@click.option(
-    "--action", type=click.Choice(["deliver", "reject", "tempfail", "discard", "quarantine"])
-)
-@click.option("--status", help="Verdict status, e.g. infected, spam, clean.")
+@click.option("--action", type=click.Choice([kind.value for kind in ActionKind]))
+@click.option("--status", type=click.Choice(STATUSES), help="Verdict status.")
 @click.option("--message-id")
 @click.option("--client", "client_address", help="Client IP (messages, auth log).")
 @click.option(
@@ -355,8 +494,8 @@ def config_check(file: str | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="JSON lines.")
 def events(
     config_path: str | None,
-    since: str | None,
-    until: str | None,
+    since: float | None,
+    until: float | None,
     as_json: bool,
     which: str,
     actor: str | None,
@@ -372,7 +511,7 @@ def events(
     from .config import load_config
 
     try:
-        cfg = load_config(_config_path(config_path), build_plugin_manager().config_schemas())
+        cfg = load_config(_home_config_path(config_path), build_plugin_manager().config_schemas())
     except MailwardenError as exc:
         _fail(str(exc))
         return
@@ -390,8 +529,8 @@ def events(
         _print_log(
             cfg,
             which,
-            since=_parse_since(since) if since else None,
-            until=_parse_since(until) if until else None,
+            since=since,
+            until=until,
             actor=actor,
             kind=kind,
             client=filters.get("client_address"),
@@ -402,12 +541,12 @@ def events(
     if actor or kind:
         raise click.UsageError("--actor and --kind filter the app and auth logs (--log)")
     log = MessageEventLog(cfg.path_in_home(cfg.events.path), retention_days=None, max_bytes=None)
-    query = EventQuery(
-        since=_parse_since(since) if since else None,
-        until=_parse_since(until) if until else None,
-        **filters,
-    )
-    for event in log.search(query):
+    query = EventQuery(since=since, until=until, **filters)
+    with _recoveries_reported(cfg):
+        found = log.search(query)
+    if log.store.damaged:
+        click.echo(f"{log.store.damaged} damaged event record(s) skipped", err=True)
+    for event in found:
         if as_json:
             click.echo(msgspec.json.encode(event).decode())
             continue
@@ -418,8 +557,31 @@ def events(
         )
         click.echo(
             f"{when}  {event.action.value:<10} av={av} spam={verdict.spam.value} "
-            f"from=<{event.mail_from}> to=<{','.join(event.rcpt_to)}> subject={event.subject!r}"
+            f"from=<{event.mail_from}> to=<{','.join(event.rcpt_to)}> "
+            f"subject: {event.subject or '-'}"
         )
+
+
+@contextlib.contextmanager
+def _recoveries_reported(cfg: Any) -> Iterator[None]:
+    """Say on stderr, and in the application log, when a damaged store was moved aside."""
+    from .stores.applog import ApplicationLog
+    from .stores.core import write_recovery
+    from .stores.lmdb_env import Recovery, on_recovered
+
+    def report(recovery: Recovery) -> None:
+        click.echo(
+            f"{recovery.store} was damaged ({recovery.reason}): moved aside to "
+            f"{recovery.moved_to} and created empty",
+            err=True,
+        )
+        write_recovery(ApplicationLog(cfg.path_in_home(cfg.stores.app_log_path)), recovery)
+
+    unsubscribe = on_recovered(report)
+    try:
+        yield
+    finally:
+        unsubscribe()
 
 
 def _print_log(
@@ -479,7 +641,7 @@ def data_inventory(config_path: str | None, as_json: bool) -> None:
 
     try:
         plugin_set = build_plugin_manager()
-        cfg = load_config(_config_path(config_path), plugin_set.config_schemas())
+        cfg = load_config(_home_config_path(config_path), plugin_set.config_schemas())
     except MailwardenError as exc:
         _fail(str(exc))
         return
@@ -514,16 +676,6 @@ def data_inventory(config_path: str | None, as_json: bool) -> None:
         click.echo(f"  now       {now}")
 
 
-def _parse_since(value: str) -> float:
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    if value[-1:] in units and value[:-1].isdigit():
-        return dt.datetime.now().timestamp() - int(value[:-1]) * units[value[-1]]
-    try:
-        return dt.datetime.fromisoformat(value).timestamp()
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is neither an ISO time nor N[smhd]") from None
-
-
 @cli.group()
 def dkim() -> None:
     """DKIM signing keys for outbound mail."""
@@ -552,6 +704,8 @@ def dkim_keygen(domain: str, selector: str, algorithm: str, bits: int, out: str 
     """
     from .dkim import keygen
 
+    if out is None and (reason := _no_home()) is not None:
+        _fail(reason)
     path = Path(out) if out else default_home() / "dkim" / f"{domain}.{selector}.key"
     if path.exists():
         _fail(f"{path} exists; keys are never overwritten (remove it or choose another selector)")
@@ -566,6 +720,108 @@ def dkim_keygen(domain: str, selector: str, algorithm: str, bits: int, out: str 
     click.echo("; and add to mailwarden.toml:")
     click.echo("[[dkim.keys]]")
     click.echo(f'domain = "{domain}"\nselector = "{selector}"\nkey_file = "{path}"')
+
+
+@cli.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Config file.")
+@click.option("--json", "as_json", is_flag=True, help="JSON output.")
+def retention(config_path: str | None, as_json: bool) -> None:
+    """Apply every store's retention and size cap now (the running gateway does it as it goes;
+    this is for a timer, and for the stores of a stopped gateway). Prints what was removed."""
+    try:
+        gateway = Gateway.from_file(_home_config_path(config_path))
+        removed = gateway.stores.enforce_all()
+    except MailwardenError as exc:
+        _fail(str(exc))
+        return
+    if as_json:
+        click.echo(json.dumps(removed, sort_keys=True))
+        return
+    for name, count in sorted(removed.items()):
+        click.echo(f"{name:<20} {count} removed")
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, type=click.Path(exists=True))
+@click.option(
+    "--candidate",
+    "candidate_path",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="The config to try.",
+)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    help="The running gateway's config: its home has the event log and the stores.",
+)
+@click.option("--backups", is_flag=True, help="Replay every message in the backup store.")
+@click.option("--quarantine", is_flag=True, help="Replay every message the gateway holds.")
+@click.option("--all", "show_all", is_flag=True, help="List unchanged messages too.")
+@click.option("--json", "as_json", is_flag=True, help="JSON output.")
+def replay(
+    paths: tuple[str, ...],
+    candidate_path: str,
+    config_path: str | None,
+    backups: bool,
+    quarantine: bool,
+    show_all: bool,
+    as_json: bool,
+) -> None:
+    """What the --candidate config would have done to stored mail, beside what was done.
+
+    PATHS are message files, folders, Maildirs or mbox files; --backups and --quarantine add
+    the gateway's own stores. Envelopes and the recorded outcomes come from the event log
+    (matched by Message-ID). Nothing is delivered, held or recorded: the candidate runs on a
+    temporary home. Prints the counts, then each message whose action or verdict differs.
+
+    Exit status: 0 no action changes, 1 some action changes, 2 an error.
+    """
+    from .replay import replay as run_replay
+
+    if not (paths or backups or quarantine):
+        raise click.UsageError("give message PATHS, --backups or --quarantine")
+    try:
+        recorded = load_config(
+            _home_config_path(config_path), build_plugin_manager().config_schemas()
+        )
+        report = run_replay(
+            recorded,
+            candidate_path,
+            [Path(p) for p in paths],
+            backups=backups,
+            quarantine=quarantine,
+        )
+    except (MailwardenError, OSError) as exc:
+        _fail(str(exc))
+        return
+    counts = report.counts()
+    if as_json:
+        data = report.to_builtins()
+        if show_all:
+            data["messages"] = msgspec.to_builtins(report.messages)
+        click.echo(json.dumps(data, indent=2))
+    else:
+        click.echo(
+            f"replayed {counts['replayed']}: {counts['action_changed']} action changes, "
+            f"{counts['verdict_changed_only']} verdict changes only, "
+            f"{counts['unchanged']} unchanged, {counts['not_recorded']} without a record"
+        )
+        for m in report.messages if show_all else report.changes():
+            after = m.candidate
+            if m.recorded is None:
+                change = f"(no record) -> {after.action}"
+            else:
+                before = m.recorded
+                change = f"{before.action} -> {after.action}" if m.action_changed else after.action
+                change += (
+                    f"  av {before.antivirus} -> {after.antivirus}"
+                    f"  spam {before.spam} ({before.spam_score:g}) -> {after.spam}"
+                    f" ({after.spam_score:g})"
+                )
+            click.echo(f"{m.source}  {m.message_id or '-'}  {change}  rule {after.rule}")
+    sys.exit(1 if counts["action_changed"] else 0)
 
 
 # Rules and directory commands live in their own module; registered here so `mailwarden --help`

@@ -21,6 +21,7 @@ import msgspec
 from .errors import ConfigError
 
 __all__ = [
+    "ClamdConfig",
     "Config",
     "ContentFilterConfig",
     "DeliveryConfig",
@@ -30,11 +31,18 @@ __all__ = [
     "DkimKeyConfig",
     "EventsConfig",
     "GatewayConfig",
+    "GreylistingConfig",
+    "HooksConfig",
+    "HttpScanConfig",
     "MetricsConfig",
     "MilterConfig",
+    "RateLimit",
+    "RatelimitConfig",
+    "RedisConfig",
     "RuleActions",
     "RuleConfig",
     "SmtpConfig",
+    "SpamdConfig",
     "SpoolConfig",
     "StoresConfig",
     "TlsConfig",
@@ -130,15 +138,81 @@ class SmtpConfig(_Section):
     hopcount_limit: Positive = 50
     forbid_bare_newline: bool = True
     junk_command_limit: Positive = 100
+    # A balancer (HAProxy ``send-proxy-v2``) in front: every connection starts with a PROXY
+    # protocol header (v1 or v2) naming the real client, accepted only from ``proxy_trusted``.
+    proxy_protocol: bool = False
+    proxy_trusted: list[Network] = msgspec.field(default_factory=list)
+    proxy_timeout: Seconds = 10.0
 
     def __post_init__(self) -> None:
-        for network in self.trusted_networks:
-            try:
-                ipaddress.ip_network(network, strict=False)
-            except ValueError:
-                raise ValueError(
-                    f"trusted_networks: {network!r} is not an address or CIDR network"
-                ) from None
+        _check_networks("trusted_networks", self.trusted_networks)
+        _check_networks("proxy_trusted", self.proxy_trusted)
+        if self.proxy_protocol and not self.proxy_trusted:
+            raise ValueError(
+                "proxy_protocol needs proxy_trusted: the balancers' addresses (anyone else "
+                "could claim any client address)"
+            )
+
+
+def _check_networks(key: str, networks: list[str]) -> None:
+    for network in networks:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            raise ValueError(f"{key}: {network!r} is not an address or CIDR network") from None
+
+
+class _ScanProtocolConfig(_Section):
+    """What ``[clamd]``, ``[spamd]`` and ``[http_scan]`` share (docs/embedding.md).
+
+    Off by default; on, a listener on ``listen:port`` answers clients in
+    ``trusted_networks`` only. A message or stream above ``max_size`` bytes is refused with the
+    protocol's error, more than ``max_connections`` open connections too, and ``timeout`` is
+    the time allowed to wait for the client's next bytes.
+    """
+
+    enabled: bool = False
+    listen: str = "127.0.0.1"
+    max_size: Positive = 25 * 1024 * 1024
+    max_connections: Positive = 100
+    timeout: Seconds = 120.0
+    trusted_networks: list[Network] = msgspec.field(
+        default_factory=lambda: ["127.0.0.0/8", "::1/128"]
+    )
+
+    def __post_init__(self) -> None:
+        _check_networks("trusted_networks", self.trusted_networks)
+
+
+class ClamdConfig(_ScanProtocolConfig):
+    """``[clamd]``: clamd's protocol (INSTREAM), for Exim's ``av_scanner = clamd:``,
+    ``clamdscan --stream`` and other clamd clients (docs/embedding.md).
+
+    Off by default; on, only clients in ``trusted_networks`` are served (others get the
+    protocol's refusal), at most ``max_connections`` at once; ``timeout`` is the time allowed
+    to wait for the client's next bytes. ``max_size`` is clamd's StreamMaxLength: a larger
+    stream gets ``INSTREAM size limit exceeded. ERROR``. ``[spamd]`` and ``[http_scan]``
+    have the same keys.
+    """
+
+    port: Port = 3310
+
+
+class SpamdConfig(_ScanProtocolConfig):
+    """``[spamd]``: SpamAssassin's spamd protocol, for Exim's ``spam =`` and ``spamc``; the
+    keys of ``[clamd]`` (a message above ``max_size`` gets ``74 EX_IOERR``), and
+    ``allow_tell``, which lets clients teach the Bayes classifier (``spamc -L``), as spamd's
+    ``--allow-tell``."""
+
+    port: Port = 10783
+    allow_tell: bool = False
+
+
+class HttpScanConfig(_ScanProtocolConfig):
+    """``[http_scan]``: rspamd's HTTP scan API (``POST /checkv2``), for ``rspamc`` and
+    rspamd integrations; the keys of ``[clamd]`` (a body above ``max_size`` gets 413)."""
+
+    port: Port = 11333
 
 
 class MilterConfig(_Section):
@@ -256,6 +330,27 @@ class DetectorsConfig(_Section):
         return self.timeouts.get(detector, self.timeout)
 
 
+class HooksConfig(_Section):
+    """``[hooks]``: time budgets in seconds of the plugin hooks other than scans.
+
+    ``verdict`` and ``action`` bound all ``mailwarden_verdict`` / ``mailwarden_action``
+    implementations of one message together; ``hold``, ``startup`` and ``shutdown`` each
+    implementation. A verdict that runs out (or fails) keeps the detectors' folded verdict with
+    a ``HOOK_TIMEOUT`` error and is never delivered on that: at least a 451. ``message_processed``
+    observers run on threads of their own, off the mail path; a call past its budget is logged
+    and counted, and at most ``observer_backlog`` events wait for a slow observer (more are
+    dropped for it and counted).
+    """
+
+    startup: Seconds = 120.0
+    shutdown: Seconds = 5.0
+    verdict: Seconds = 10.0
+    action: Seconds = 10.0
+    hold: Seconds = 30.0
+    message_processed: Seconds = 2.0
+    observer_backlog: Positive = 1000
+
+
 class EventsConfig(_Section):
     """``[events]``: the message event log, and where events are also sent.
 
@@ -324,6 +419,11 @@ class RuleActions(_Section):
     Nothing that was not examined is delivered by default: ``corrupted`` and ``not_scanned``
     quarantine, ``error`` (a detector failed or ran out of time) answers 451 so the sender
     retries. A rule may still say ``deliver`` for them.
+
+    ``malformed`` applies to a message whose MIME structure mail clients read differently
+    (two ``Content-Type`` fields or ``boundary`` parameters, a comment in a header name, nested
+    comments, a part outside the boundaries: the ``MIME_AMBIGUOUS`` finding). Every reading is
+    scanned, so the default delivers; ``quarantine`` or ``reject`` refuses the evasion itself.
     """
 
     infected: AvActionName = "reject"
@@ -337,6 +437,7 @@ class RuleActions(_Section):
     blocked: ActionName = "reject"
     malicious: ActionName = "reject"
     error: ActionName = "tempfail"
+    malformed: ActionName = "deliver"
     clean: ActionName = "deliver"
     subject_tag: str = "[{status}]"
     backup: bool = True
@@ -477,6 +578,98 @@ class DirectoryConfig(_Section):
             raise ValueError("start_tls is for ldap:// URLs; ldaps:// is TLS already")
 
 
+class GreylistingConfig(_Section):
+    """``[greylisting]``: a new (sender, recipient, client network) triplet is deferred.
+
+    The first attempt of a triplet (the client's /``ipv4_prefix`` or /``ipv6_prefix``) gets
+    ``451 4.7.1``; a retry after ``delay`` seconds and within ``retry_window`` seconds of the
+    first is accepted, and the triplet then passes without delay for ``pass_expiry`` seconds
+    after its last message. Never applied to authenticated clients, nor to clients in
+    ``allow_networks`` or senders in ``allow_domains`` (``.example.org``: with subdomains);
+    clients in ``[smtp] trusted_networks`` only when ``skip_trusted`` is false. Answered at
+    RCPT by the SMTP gateway and at end of message by the milter; the after-queue content
+    filter does not greylist (Postfix has accepted the message already). The triplets are in
+    Redis when ``[redis]`` is enabled, else (and while Redis is down) in the local store.
+    """
+
+    enabled: bool = False
+    delay: Seconds = 300.0
+    retry_window: Seconds = 4 * 3600.0
+    pass_expiry: Seconds = 36 * 86400.0
+    ipv4_prefix: Annotated[int, msgspec.Meta(ge=8, le=32)] = 24
+    ipv6_prefix: Annotated[int, msgspec.Meta(ge=16, le=128)] = 64
+    allow_networks: list[Network] = msgspec.field(default_factory=list)
+    allow_domains: list[str] = msgspec.field(default_factory=list)
+    skip_trusted: bool = True
+
+    def __post_init__(self) -> None:
+        _check_networks("allow_networks", self.allow_networks)
+        if self.retry_window <= self.delay:
+            raise ValueError(
+                f"retry_window ({self.retry_window:g} s) must be longer than delay "
+                f"({self.delay:g} s): no retry could pass"
+            )
+
+
+class RateLimit(_Section):
+    """One rate limit: at most ``messages`` and ``bytes`` per ``window`` seconds (0: no cap)."""
+
+    messages: Annotated[int, msgspec.Meta(ge=0)] = 0
+    bytes: Annotated[int, msgspec.Meta(ge=0)] = 0
+    window: Seconds = 3600.0
+
+
+class RatelimitConfig(_Section):
+    """``[ratelimit]``: messages and bytes per window, per sender, sender domain, client
+    address and recipient (``[ratelimit.sender]``, ``.sender_domain``, ``.client``,
+    ``.recipient``; each recipient of a message counts it once).
+
+    A message over any limit gets ``451 4.7.1`` naming the limit, at the end of DATA (SMTP
+    gateway) or of the message (milter); it still counts, so a sender that keeps trying stays
+    refused until the window ends. The null sender is not limited by sender or domain;
+    clients in ``allow_networks`` are not limited. Counters are in Redis when ``[redis]`` is
+    enabled (shared by every node), else (and while Redis is down) in the local store.
+    """
+
+    enabled: bool = False
+    sender: RateLimit = msgspec.field(default_factory=RateLimit)
+    sender_domain: RateLimit = msgspec.field(default_factory=RateLimit)
+    client: RateLimit = msgspec.field(default_factory=RateLimit)
+    recipient: RateLimit = msgspec.field(default_factory=RateLimit)
+    allow_networks: list[Network] = msgspec.field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        _check_networks("allow_networks", self.allow_networks)
+
+
+class RedisConfig(_Section):
+    """``[redis]``: state shared by every node (greylisting triplets, rate-limit counters).
+
+    ``url`` is ``redis://[:password@]host:port/db`` (``rediss://`` for TLS) and ``prefix``
+    starts every key, so nodes of one cluster share it and other clusters do not. An operation
+    gets ``timeout`` seconds; after ``breaker_failures`` failures in a row the node stops
+    asking Redis for ``breaker_reset`` seconds and goes on with its local store (the metric
+    ``mailwarden_shared_state_redis`` is 0 and the log says so), then tries again.
+    ``local_max_entries`` caps the local store (greylisting triplets and counters; the ones
+    expiring first go when it is full), which is also the whole state without Redis.
+    """
+
+    enabled: bool = False
+    url: str = "redis://127.0.0.1:6379/0"
+    prefix: str = "mailwarden:"
+    timeout: Seconds = 0.5
+    breaker_failures: Positive = 3
+    breaker_reset: Seconds = 30.0
+    local_path: str = "policy-state"
+    local_max_entries: Positive = 1_000_000
+
+    def __post_init__(self) -> None:
+        if not self.url.lower().startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(
+                f"url must start with redis://, rediss:// or unix://, not {self.url!r}"
+            )
+
+
 def _default_rules() -> list[RuleConfig]:
     return [RuleConfig(name="default")]
 
@@ -539,8 +732,12 @@ class Config(_Section):
     smtp: SmtpConfig = msgspec.field(default_factory=SmtpConfig)
     milter: MilterConfig = msgspec.field(default_factory=MilterConfig)
     content_filter: ContentFilterConfig = msgspec.field(default_factory=ContentFilterConfig)
+    clamd: ClamdConfig = msgspec.field(default_factory=ClamdConfig)
+    spamd: SpamdConfig = msgspec.field(default_factory=SpamdConfig)
+    http_scan: HttpScanConfig = msgspec.field(default_factory=HttpScanConfig)
     delivery: DeliveryConfig = msgspec.field(default_factory=DeliveryConfig)
     detectors: DetectorsConfig = msgspec.field(default_factory=DetectorsConfig)
+    hooks: HooksConfig = msgspec.field(default_factory=HooksConfig)
     events: EventsConfig = msgspec.field(default_factory=EventsConfig)
     stores: StoresConfig = msgspec.field(default_factory=StoresConfig)
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
@@ -549,6 +746,9 @@ class Config(_Section):
     dkim: DkimConfig = msgspec.field(default_factory=DkimConfig)
     directory: DirectoryConfig = msgspec.field(default_factory=DirectoryConfig)
     web: WebConfig = msgspec.field(default_factory=WebConfig)
+    greylisting: GreylistingConfig = msgspec.field(default_factory=GreylistingConfig)
+    ratelimit: RatelimitConfig = msgspec.field(default_factory=RatelimitConfig)
+    redis: RedisConfig = msgspec.field(default_factory=RedisConfig)
     rules: list[RuleConfig] = msgspec.field(default_factory=_default_rules)
     plugins: dict[str, Any] = msgspec.field(default_factory=dict)
     source: str | None = None
@@ -569,8 +769,12 @@ _CORE_SECTIONS: dict[str, type[Any]] = {
     "smtp": SmtpConfig,
     "milter": MilterConfig,
     "content_filter": ContentFilterConfig,
+    "clamd": ClamdConfig,
+    "spamd": SpamdConfig,
+    "http_scan": HttpScanConfig,
     "delivery": DeliveryConfig,
     "detectors": DetectorsConfig,
+    "hooks": HooksConfig,
     "events": EventsConfig,
     "stores": StoresConfig,
     "metrics": MetricsConfig,
@@ -579,6 +783,9 @@ _CORE_SECTIONS: dict[str, type[Any]] = {
     "dkim": DkimConfig,
     "directory": DirectoryConfig,
     "web": WebConfig,
+    "greylisting": GreylistingConfig,
+    "ratelimit": RatelimitConfig,
+    "redis": RedisConfig,
     "rules": list[RuleConfig],
 }
 

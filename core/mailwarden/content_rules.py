@@ -16,12 +16,12 @@ import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from mailwarden_native import ParsedMessage
+from mailwarden_native import MalformationFlag, ParsedMessage
 from mailwarden_sdk import Category, Finding
 
 from .config import ContentRules
 
-__all__ = ["DETECTOR", "ContentObject", "check_content", "content_objects"]
+__all__ = ["DETECTOR", "ContentObject", "check_content", "content_objects", "mime_ambiguities"]
 
 #: The ``detector`` of the findings content rules produce.
 DETECTOR = "content"
@@ -213,3 +213,32 @@ def check_content(
                 "CONTENT_ATTACHMENT_TOO_LARGE", obj, size=obj.size, limit=rules.max_attachment_size
             )
     return findings
+
+
+# Flags for structures mail clients read differently (the antivirus scans every reading; these
+# let a rule act on the ambiguity itself, the `malformed` action).
+_AMBIGUOUS = (
+    MalformationFlag.DUPLICATE_CONTENT_TYPE
+    | MalformationFlag.DUPLICATE_BOUNDARY
+    | MalformationFlag.HEADER_NAME_JUNK
+    | MalformationFlag.NESTED_COMMENT
+    | MalformationFlag.PART_OUTSIDE_BOUNDARIES
+)
+
+
+def mime_ambiguities(message: ParsedMessage) -> list[Finding]:
+    """One ``MIME_AMBIGUOUS`` finding (status ``malformed``) naming the ambiguous structures
+    the parser flagged in ``message``; empty for a message every reader reads alike."""
+    flags = MalformationFlag(int(message.flags)) & _AMBIGUOUS
+    if not flags:
+        return []
+    names = sorted(f.name or "" for f in MalformationFlag if f in _AMBIGUOUS and f & flags)
+    return [
+        Finding(
+            code="MIME_AMBIGUOUS",
+            detector=DETECTOR,
+            category=Category.CONTENT,
+            status="malformed",
+            details={"flags": ",".join(names)},
+        )
+    ]

@@ -6,6 +6,10 @@ IP, message id, verdict status, action and subject word, all written in the reco
 transaction. A search walks the smallest matching index within the time range, newest first,
 so its cost follows the number of matches, not the size of the log (benchmarks/stores).
 Retention (default 3 days) and the size cap (default 1 GB) remove the oldest records.
+
+Records written before scores were refused at the SDK boundary may hold a ``null`` score (JSON
+has no ``-inf``): they are read with the score as 0 and the finding's ``details["score"]``
+saying so, because one such record used to make every page that lists events fail.
 """
 
 from __future__ import annotations
@@ -24,11 +28,41 @@ from mailwarden_sdk import MessageEvent, StoreDescriptor, WhenFull
 from .stores.bounded import Usage, enforce
 from .stores.recordlog import RecordLog
 
-__all__ = ["EVENT_INDICES", "EventQuery", "MessageEventLog", "address_terms", "subject_words"]
+__all__ = [
+    "EVENT_INDICES",
+    "EventQuery",
+    "MessageEventLog",
+    "address_terms",
+    "repair_event",
+    "subject_words",
+]
 
 EVENT_INDICES = ("sender", "recipient", "client", "message_id", "status", "action", "word")
 _WORD = re.compile(r"\w+")
 _legacy_decode = msgspec.json.Decoder(MessageEvent).decode
+_UNREADABLE_SCORE = "not a finite number when recorded; read as 0"
+
+
+def repair_event(value: bytes) -> MessageEvent:
+    """A stored event whose scores were recorded as ``null`` (a plugin's NaN or infinity),
+    with those scores read as 0; raises ``msgspec.DecodeError`` for anything else."""
+    data = msgspec.json.decode(value)
+    verdict = data.get("verdict") if isinstance(data, dict) else None
+    if isinstance(verdict, dict):
+        if "spam_score" in verdict and verdict["spam_score"] is None:
+            verdict["spam_score"] = 0.0
+        for finding in verdict.get("findings") or ():
+            if isinstance(finding, dict) and "score" in finding and finding["score"] is None:
+                finding["score"] = 0.0
+                details = finding.setdefault("details", {})
+                if isinstance(details, dict):
+                    details["score"] = _UNREADABLE_SCORE
+    if isinstance(data, dict) and isinstance(data.get("timings_ms"), dict):
+        data["timings_ms"] = {k: v for k, v in data["timings_ms"].items() if v is not None}
+    try:
+        return msgspec.convert(data, MessageEvent)
+    except (msgspec.ValidationError, ValueError) as exc:
+        raise msgspec.DecodeError(str(exc)) from exc
 
 
 def address_terms(address: str) -> list[str]:
@@ -178,6 +212,7 @@ class MessageEventLog:
             clock=clock,
             sync=sync,
             initial_map_size=initial_map_size,
+            repair=repair_event,
         )
 
     def enforce(self) -> int:

@@ -21,12 +21,15 @@ from .config import Config
 from .events import MessageEventLog, event_log_descriptor
 from .plugins import PluginSet
 from .privileges import core_dumps_descriptor
+from .sharedstate import local_state
+from .spool import DAMAGED_MAX_BYTES
 from .stores.applog import ApplicationLog
 from .stores.authlog import AuthLog
 from .stores.backup import BackupStore
 from .stores.bounded import BoundedStore
 from .stores.core import line_files, quarantine_descriptor
 from .stores.files import walk_files
+from .stores.lmdb_env import damaged_copies
 from .stores.statistics import Statistics
 from .stores.traces import TraceStreams
 from .telemetry.metrics import metrics_directory
@@ -91,6 +94,18 @@ def _core(config: Config) -> list[tuple[StoreDescriptor, BoundedStore | None]]:
         ),
         (
             StoreDescriptor(
+                name="damaged spool entries",
+                path=str(config.path_in_home(config.spool.path) / "damaged"),
+                holds="spool entries that could not be read (full messages with their "
+                "envelopes when readable), each with an ID.reason file; kept for an admin",
+                max_bytes=DAMAGED_MAX_BYTES,
+                when_full=WhenFull.REMOVE_OLDEST,
+                read_permission="queues.manage",
+            ),
+            None,
+        ),
+        (
+            StoreDescriptor(
                 name="temp files",
                 path=str(config.path_in_home(cfg.temp_path)),
                 holds="parts of messages being processed; removed at start",
@@ -145,6 +160,9 @@ def _core(config: Config) -> list[tuple[StoreDescriptor, BoundedStore | None]]:
         stores += [(d, None) for d in lines.lines.descriptors(*lines.about)]
     if config.gateway.core_dumps:
         stores.append((core_dumps_descriptor(config), None))
+    if config.greylisting.enabled or config.ratelimit.enabled:
+        state = local_state(config)
+        stores.append((state.descriptor, state))
     web = config.home / "web"
     stores.append(
         (
@@ -258,9 +276,33 @@ def _measure(descriptor: StoreDescriptor, store: BoundedStore | None, owner: str
     )
 
 
+def _set_aside(descriptor: StoreDescriptor, owner: str) -> list[StoreState]:
+    """Damaged copies of a store moved aside at recovery (``NAME.corrupt-TIME`` beside it)."""
+    copies = damaged_copies(Path(descriptor.path))
+    return [
+        _measure(
+            StoreDescriptor(
+                name=f"{descriptor.name} (damaged copy)",
+                path=str(copy),
+                holds=f"what {descriptor.name} held when it was found damaged and moved "
+                "aside; kept for forensics until an admin removes it",
+                read_permission=descriptor.read_permission,
+            ),
+            None,
+            owner,
+        )
+        for copy in copies
+    ]
+
+
 def inventory(config: Config, plugins: PluginSet) -> list[StoreState]:
-    """Every declared store, core first, then each plugin's, with what it holds now."""
-    states = [_measure(descriptor, store, "core") for descriptor, store in _core(config)]
+    """Every declared store, core first, then each plugin's, with what it holds now (damaged
+    copies moved aside after each store)."""
+    states: list[StoreState] = []
+    for descriptor, store in _core(config):
+        states.append(_measure(descriptor, store, "core"))
+        states += _set_aside(descriptor, "core")
     for owner, descriptor in plugin_descriptors(config, plugins):
         states.append(_measure(descriptor, None, owner))
+        states += _set_aside(descriptor, owner)
     return states

@@ -446,6 +446,10 @@ def decide_action(rule: RuleConfig, verdict: Verdict) -> Action:
         )
         detail = f"blocked content ({', '.join(what)})"
         candidates.append((ActionKind(rule.content.action), "content", detail))
+    ambiguous = [f for f in verdict.findings if f.code == "MIME_AMBIGUOUS"]
+    if ambiguous:
+        detail = f"ambiguous MIME structure ({ambiguous[0].details.get('flags', '')})"
+        candidates.append((ActionKind(actions.malformed), "malformed", detail))
     if verdict.sandbox == "deferred":
         # The sandbox could not take the message and its fallback is "retry later".
         candidates.append((ActionKind.TEMPFAIL, "sandbox", "sandbox quarantine full"))

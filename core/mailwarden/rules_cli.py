@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
+import msgspec
 
 from .config import Config, load_config
 from .errors import MailwardenError
@@ -35,9 +36,9 @@ def _fail(message: str) -> None:
 
 def _resolve(config_path: str | None) -> str | None:
     # Imported here: cli imports this module to register the commands.
-    from .cli import _config_path
+    from .cli import _home_config_path
 
-    return _config_path(config_path)
+    return _home_config_path(config_path)
 
 
 def _config(config_path: str | None) -> Config:
@@ -205,7 +206,8 @@ def directory_refresh(config_path: str | None) -> None:
 @click.argument("prefix")
 @click.option("--limit", default=10, show_default=True)
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Config file.")
-def directory_search(prefix: str, limit: int, config_path: str | None) -> None:
+@click.option("--json", "as_json", is_flag=True, help="JSON lines.")
+def directory_search(prefix: str, limit: int, config_path: str | None, as_json: bool) -> None:
     """Cached users, contacts and groups whose name or address starts with PREFIX."""
     try:
         opened = _open(config_path)
@@ -217,4 +219,7 @@ def directory_search(prefix: str, limit: int, config_path: str | None) -> None:
         _fail(str(exc))
         return
     for hit in hits:
+        if as_json:
+            click.echo(msgspec.json.encode(hit).decode())
+            continue
         click.echo(f"{hit.kind:<8} {hit.name:<24} {hit.address or '-':<28} {hit.dn}")

@@ -10,16 +10,18 @@ import logging
 import os
 import signal
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .clitext import hostport
 from .config import Config
 from .errors import ConfigError
+from .hookcalls import DaemonExecutor
 from .ingress.content_filter import start_content_filter
 from .ingress.milter import start_milter_server
+from .ingress.scan_protocols import start_scan_protocols
 from .ingress.smtp import start_smtp_servers
 from .ingress.tcp import prebind
 from .inventory import core_stores, plugin_descriptors
@@ -73,10 +75,10 @@ async def run(
     """
     # Spool fsyncs, relay sessions and store writes run in the loop's default executor and
     # spend most of their time waiting on the disk or the next hop: the default size
-    # (cores + 4) made concurrent SMTP sessions queue behind each other's fsyncs.
-    asyncio.get_running_loop().set_default_executor(
-        ThreadPoolExecutor(_IO_THREADS, thread_name_prefix="io")
-    )
+    # (cores + 4) made concurrent SMTP sessions queue behind each other's fsyncs. Daemon
+    # threads: plugin work stuck in one (asyncio.to_thread, run_cpu_bound) must not hold
+    # SIGTERM until it returns.
+    asyncio.get_running_loop().set_default_executor(DaemonExecutor(_IO_THREADS, "io"))
     if recover_spool:
         await asyncio.to_thread(gateway.spool.recover)
     await gateway.start()
@@ -96,23 +98,31 @@ async def run(
         announce(f"mailwarden {__version__}")
         announce(f"  config   {cfg.source or '(embedded defaults)'}")
         announce(f"  plugins  {', '.join(gateway.plugins.plugins) or '(none)'}")
+        for name, loaded in gateway.plugins.plugins.items():
+            # a plugin's one-line state, e.g. the antivirus warning that only its test
+            # signature is loaded
+            note = getattr(loaded.obj, "banner_note", None)
+            if callable(note) and (text := note()):
+                announce(f"  {name:<8} {text}")
         if cfg.smtp.enabled:
             servers.extend(await start_smtp_servers(gateway))
-            announce(f"  smtp     {cfg.smtp.listen}:{cfg.smtp.port}  (gateway listener)")
+            announce(f"  smtp     {hostport(cfg.smtp.listen, cfg.smtp.port)}  (gateway listener)")
             if cfg.smtp.tls_port:
-                announce(f"  smtps    {cfg.smtp.listen}:{cfg.smtp.tls_port}  (implicit TLS)")
+                where = hostport(cfg.smtp.listen, cfg.smtp.tls_port)
+                announce(f"  smtps    {where}  (implicit TLS)")
         if cfg.web.enabled:
             web_server, web_task = await start_web(gateway, announce)
         reuse_port = worker_count(cfg.smtp.workers) > 1
         if cfg.milter.enabled:
             servers.append(await start_milter_server(gateway, reuse_port=reuse_port))
-            where = cfg.milter.unix_socket or f"{cfg.milter.listen}:{cfg.milter.port}"
+            where = cfg.milter.unix_socket or hostport(cfg.milter.listen, cfg.milter.port)
             announce(f"  milter   {where}  (Postfix smtpd_milters / Sendmail INPUT_MAIL_FILTER)")
         if cfg.content_filter.enabled:
             servers.append(await start_content_filter(gateway, reuse_port=reuse_port))
             cf = cfg.content_filter
-            where = f"{cf.listen}:{cf.port}"
+            where = hostport(cf.listen, cf.port)
             announce(f"  filter   {where}  (after-queue; re-injects to {cf.reinject})")
+        servers.extend(await start_scan_protocols(gateway, announce, reuse_port=reuse_port))
         # The queue resumes what the spool holds from before a restart.
         await gateway.delivery.start()
         if gateway.delivery.relaying:
@@ -122,7 +132,7 @@ async def run(
         announce(f"  spool    {gateway.spool.root}")
         announce(f"  events   {gateway.events.directory}")
         if metrics_port:
-            announce(f"  metrics  http://{cfg.metrics.listen}:{metrics_port}/metrics")
+            announce(f"  metrics  http://{hostport(cfg.metrics.listen, metrics_port)}/metrics")
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -191,7 +201,7 @@ async def start_web(
     task = asyncio.create_task(server.serve(sockets=[sock]))
     state.start_digests()
     scheme = "https" if cfg.tls else "http"
-    announce(f"  web      {scheme}://{cfg.listen}:{cfg.port}/")
+    announce(f"  web      {scheme}://{hostport(cfg.listen, cfg.port)}/")
     return server, task
 
 

@@ -15,13 +15,22 @@ admin rather than delivered a second time: exactly once, or in the quarantine.
 Whoever works on a message holds ``flock`` on its ``.msg`` file. Worker processes sharing the
 spool therefore never deliver the same message twice, and a killed process's locks vanish with
 it, so a restarted one picks its messages up.
+
+An entry that cannot be read (its header line does not decode, it is not a file, the disk
+returns an I/O error) would otherwise stay queued forever and be tried on every walk. It is
+moved to ``damaged/`` with an ``ID.reason`` file beside it, and logged once. Nothing there is
+deleted silently: past ``damaged_max_bytes`` the oldest entries go, each with a logged warning.
+``mailwarden data-inventory`` lists the folder.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import itertools
+import logging
 import os
+import shutil
 import time
 import uuid
 from pathlib import Path
@@ -31,21 +40,54 @@ import msgspec
 from mailwarden_sdk import Envelope
 
 from .durable import fsync_dir as _fsync_dir
+from .durable import private_dir
 from .errors import DeliveryError
 
-__all__ = ["Spool", "SpoolEntry", "SpoolState"]
+__all__ = ["BOOT_ID", "DAMAGED_MAX_BYTES", "Spool", "SpoolEntry", "SpoolState"]
+
+log = logging.getLogger(__name__)
 
 _counter = itertools.count()
 _QUEUED, _IN_DOUBT = b"Q", b"D"
+#: What ``damaged/`` may hold before its oldest entries are removed (each one logged).
+DAMAGED_MAX_BYTES = 1 << 30
+# Errors that say the entry itself cannot be read; others (no descriptors left, no memory)
+# are the process's and must not move a good message aside.
+_UNREADABLE = (errno.EISDIR, errno.EIO, errno.ENOTDIR, errno.ELOOP, errno.EBADMSG)
+
+
+def _read_boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text(encoding="ascii").strip()
+    except OSError:
+        # Elsewhere: the boot's wall time to the minute (wrong only if the clock jumps while
+        # this is read, which costs one early retry).
+        return f"boot@{round((time.time() - time.monotonic()) / 60)}"
+
+
+#: This boot of the machine: ``time.monotonic()`` values compare only within one boot.
+BOOT_ID = _read_boot_id()
 
 
 class SpoolState(msgspec.Struct, kw_only=True):
-    """What is known about a spooled message beyond its bytes."""
+    """What is known about a spooled message beyond its bytes.
+
+    Retry times and the age that decides expiry are measured on the monotonic clock, which a
+    change of the wall clock does not move: ``age`` seconds were spent queued up to the
+    monotonic instant ``age_mark`` of boot ``boot`` (``age_wall``: the wall time then, used
+    only across a reboot), and the next attempt is due at the monotonic ``retry_mono``.
+    ``next_attempt`` is the same instant on the wall clock, for people reading the state.
+    """
 
     decided: bool = False
     add_headers: list[tuple[str, str]] = msgspec.field(default_factory=list)
     attempts: int = 0
     next_attempt: float = 0.0
+    age: float = 0.0
+    age_mark: float = 0.0
+    age_wall: float = 0.0
+    boot: str = ""
+    retry_mono: float = 0.0
     # Recipients that are done: accepted by the next hop, or refused and reported in a DSN.
     delivered: list[str] = msgspec.field(default_factory=list)
     last_error: str = ""
@@ -56,17 +98,32 @@ class SpoolState(msgspec.Struct, kw_only=True):
 class _Meta(msgspec.Struct, kw_only=True):
     envelope: Envelope
     spooled_at: float
+    # The monotonic clock at spooling, and its boot: the start of the message's age.
+    spooled_mono: float = 0.0
+    boot: str = ""
 
 
 class SpoolEntry:
     """One spooled message, locked by this process until :meth:`release` or removal."""
 
-    def __init__(self, spool: Spool, id: str, fd: int, envelope: Envelope, spooled_at: float):
+    def __init__(
+        self,
+        spool: Spool,
+        id: str,
+        fd: int,
+        envelope: Envelope,
+        spooled_at: float,
+        *,
+        spooled_mono: float = 0.0,
+        boot: str = "",
+    ):
         self.spool = spool
         self.id = id
         self.fd = fd
         self.envelope = envelope
         self.spooled_at = spooled_at
+        self.spooled_mono = spooled_mono
+        self.boot = boot
 
     @property
     def path(self) -> Path:
@@ -88,10 +145,12 @@ class SpoolEntry:
 class Spool:
     """The spool directory at ``root`` (``tmp/`` and ``queue/`` are created on first use)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, damaged_max_bytes: int = DAMAGED_MAX_BYTES) -> None:
         self.root = root
         self.tmp = root / "tmp"
         self.queue = root / "queue"
+        self.damaged = root / "damaged"
+        self.damaged_max_bytes = damaged_max_bytes
 
     def _ensure(self) -> None:
         self.tmp.mkdir(parents=True, exist_ok=True)
@@ -121,8 +180,10 @@ class Spool:
         try:
             self._ensure()
             id = f"{time.time_ns():x}{os.getpid():x}{next(_counter):x}{uuid.uuid4().hex[:6]}"
-            now = time.time()
-            meta = msgspec.json.encode(_Meta(envelope=envelope, spooled_at=now))
+            now, mono = time.time(), time.monotonic()
+            meta = msgspec.json.encode(
+                _Meta(envelope=envelope, spooled_at=now, spooled_mono=mono, boot=BOOT_ID)
+            )
             header = _QUEUED + meta + b"\n"
             tmp = self.tmp / f"{id}.msg"
             fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
@@ -132,7 +193,7 @@ class Spool:
                     view = view[os.write(fd, view) :]
                 os.fsync(fd)
                 fcntl.flock(fd, fcntl.LOCK_EX)
-                entry = SpoolEntry(self, id, fd, envelope, now)
+                entry = SpoolEntry(self, id, fd, envelope, now, spooled_mono=mono, boot=BOOT_ID)
                 if state is not None:
                     self.save_state(entry, state, durable=True)
                 os.rename(tmp, self.queue / f"{id}.msg")
@@ -153,10 +214,15 @@ class Spool:
         return sorted(p.name[:-4] for p in self.queue.iterdir() if p.name.endswith(".msg"))
 
     def claim(self, id: str) -> SpoolEntry | None:
-        """Lock the message ``id`` for this process; None if it is busy or gone."""
+        """Lock the message ``id`` for this process; None if it is busy, gone or unreadable
+        (then moved to ``damaged/``)."""
         try:
             fd = os.open(self.queue / f"{id}.msg", os.O_RDWR)
         except FileNotFoundError:
+            return None
+        except OSError as exc:
+            if exc.errno in _UNREADABLE:
+                self._set_aside(id, f"cannot be opened: {exc.strerror or exc}")
             return None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -169,11 +235,74 @@ class Spool:
                 os.close(fd)
                 return None
             with os.fdopen(os.dup(fd), "rb") as handle:
-                meta = msgspec.json.decode(handle.readline()[1:], type=_Meta)
-        except (OSError, msgspec.DecodeError, ValueError):
+                line = handle.readline()
+            if not line.endswith(b"\n") or line[:1] not in (_QUEUED, _IN_DOUBT):
+                raise ValueError("no envelope line")
+            meta = msgspec.json.decode(line[1:], type=_Meta)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in _UNREADABLE:
+                self._set_aside(id, f"cannot be read: {exc.strerror or exc}")
+            return None
+        except (msgspec.DecodeError, ValueError) as exc:
+            # Under our lock: no other process is writing it (a spooled file is complete).
+            self._set_aside(id, f"its envelope line does not decode: {exc}")
             os.close(fd)
             return None
-        return SpoolEntry(self, id, fd, meta.envelope, meta.spooled_at)
+        return SpoolEntry(
+            self,
+            id,
+            fd,
+            meta.envelope,
+            meta.spooled_at,
+            spooled_mono=meta.spooled_mono,
+            boot=meta.boot,
+        )
+
+    def _set_aside(self, id: str, reason: str) -> None:
+        """Move the unreadable entry ``id`` (and its state) to ``damaged/``, once, logged."""
+        private_dir(self.damaged)
+        source = self.queue / f"{id}.msg"
+        try:
+            os.rename(source, self.damaged / f"{id}.msg")
+        except FileNotFoundError:
+            return  # another process moved it first
+        state = self.queue / f"{id}.state"
+        if state.exists():
+            os.replace(state, self.damaged / f"{id}.state")
+        note = f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {reason}\n"
+        fd = os.open(self.damaged / f"{id}.reason", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, note.encode("utf-8", "replace"))
+        finally:
+            os.close(fd)
+        _fsync_dir(self.damaged)
+        _fsync_dir(self.queue)
+        log.error("spool entry %s is unreadable (%s): moved to %s", id, reason, self.damaged)
+        self._cap_damaged()
+
+    def _cap_damaged(self) -> None:
+        entries: dict[str, list[Path]] = {}
+        total = 0
+        for path in self.damaged.iterdir():
+            entries.setdefault(path.name.split(".", 1)[0], []).append(path)
+            total += _size(path)
+        # Ids start with the spool time in hex, so they sort oldest first.
+        for id in sorted(entries):
+            if total <= self.damaged_max_bytes or len(entries) <= 1:
+                return
+            for path in entries.pop(id):
+                total -= _size(path)
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+            log.warning(
+                "damaged spool entry %s removed: %s holds more than %d bytes",
+                id,
+                self.damaged,
+                self.damaged_max_bytes,
+            )
 
     def load_state(self, id: str) -> SpoolState:
         """The state of ``id``; a missing or unreadable one means "not decided yet"."""
@@ -221,3 +350,12 @@ class Spool:
             (self.queue / f"{entry.id}.state").unlink(missing_ok=True)
         finally:
             entry.release()
+
+
+def _size(path: Path) -> int:
+    try:
+        if path.is_dir() and not path.is_symlink():
+            return sum(p.lstat().st_size for p in path.rglob("*"))
+        return path.lstat().st_size
+    except OSError:
+        return 0

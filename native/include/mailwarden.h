@@ -39,6 +39,14 @@ extern "C" {
 /* Set by the Python face, never by mw_parse: decoding this part would have
  * passed the per-message decoded-bytes limit, so its decoded body was cut. */
 #define MW_FLAG_DECODED_LIMIT (1u << 11)
+/* MIME evasions: headers and bodies that readers disagree on.  The parser
+ * keeps its one reading (the first Content-Type, the first boundary, comments
+ * nested as RFC 5322 nests them); scanners must try the others too. */
+#define MW_FLAG_DUPLICATE_CONTENT_TYPE (1u << 12) /* two Content-Type fields */
+#define MW_FLAG_DUPLICATE_BOUNDARY (1u << 13)     /* boundary= given twice */
+#define MW_FLAG_HEADER_NAME_JUNK (1u << 14)       /* "Content-Type(x):" */
+#define MW_FLAG_NESTED_COMMENT (1u << 15)         /* "(a (b) c)" in Content-Type */
+#define MW_FLAG_PART_OUTSIDE_BOUNDARIES (1u << 16) /* preamble/epilogue with part headers */
 
 /* mw_part.param_flags: which precomputed parameter spans cannot stand for
  * the header's value (RFC 2231 forms, backslash escapes, 8-bit or control

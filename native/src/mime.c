@@ -203,6 +203,10 @@ static int parse_headers(parser *ps, int64_t idx, size_t start, size_t end) {
             part->flags |= flags | MW_FLAG_BAD_HEADER_LINE;
             return limited;
         }
+        /* "Content-Type(x):" is a legal field name that no reader takes for
+         * Content-Type, yet some mail clients strip the comment and do. */
+        if (memchr(b + p, '(', ne - p) || memchr(b + p, ')', ne - p))
+            flags |= MW_FLAG_HEADER_NAME_JUNK;
         if (!limited) {
             size_t v = (size_t)(colon - b) + 1;
             while (v < q && is_wsp(b[v])) v++;
@@ -332,8 +336,31 @@ static size_t b2231_join(const uint8_t *b, b2231_piece *pc, size_t n, uint8_t *o
 
 /* Extracts type, subtype and the first boundary parameter from a
  * Content-Type value span. */
+/* Whether a comment inside [v, ve) holds another comment (outside quoted
+ * strings): readers that do not nest comments see a different value. */
+static int nested_comment(const uint8_t *b, size_t v, size_t ve) {
+    size_t nest = 0;
+    int quoted = 0;
+    for (size_t p = v; p < ve; p++) {
+        if (b[p] == '\\' && p + 1 < ve) {
+            p++;
+        } else if (quoted) {
+            if (b[p] == '"') quoted = 0;
+        } else if (b[p] == '"' && nest == 0) {
+            quoted = 1;
+        } else if (b[p] == '(') {
+            if (++nest > 1) return 1;
+        } else if (b[p] == ')' && nest > 0) {
+            nest--;
+        }
+    }
+    return 0;
+}
+
 static void parse_content_type(parser *ps, mw_part *part, size_t v, size_t ve) {
     const uint8_t *b = ps->buf;
+    if (memchr(b + v, '(', ve - v) && nested_comment(b, v, ve))
+        part->flags |= MW_FLAG_NESTED_COMMENT;
     size_t p = skip_cfws(b, v, ve), t = p;
     p = skip_token(b, p, ve);
     size_t tl = p - t;
@@ -390,7 +417,9 @@ static void parse_content_type(parser *ps, mw_part *part, size_t v, size_t ve) {
             if (npieces < B2231_PIECES) pieces[npieces++] = (b2231_piece){vs, vl, idx, enc};
             continue;
         }
-        if (part->boundary_len == 0 && ieq(b + n, nl, "boundary")) {
+        if (part->boundary_len != 0 && ieq(b + n, nl, "boundary")) {
+            part->flags |= MW_FLAG_DUPLICATE_BOUNDARY;
+        } else if (part->boundary_len == 0 && ieq(b + n, nl, "boundary")) {
             /* A boundary with a line break can never match a delimiter
              * line; treating it as absent keeps scanning linear. */
             int ok = vl > 0;
@@ -597,6 +626,25 @@ static int add_child(parser *ps, int64_t idx, size_t start, size_t end, int64_t 
 
 /* Splits a multipart body; returns 0 when no delimiter was found so the
  * caller treats the part as a leaf. */
+/* Whether [s, e) holds a line that starts a MIME header ("Content-Type:",
+ * "Content-Transfer-Encoding:", "Content-Disposition:"): a part some reader
+ * finds in the preamble or epilogue, where RFC 2046 says nothing is. */
+static int looks_like_part(const uint8_t *b, size_t s, size_t e) {
+    static const char *const names[] = {"content-type:", "content-transfer-encoding:",
+                                        "content-disposition:"};
+    size_t p = s, eol;
+    while (p < e) {
+        size_t q = line_end(b, p, e, &eol);
+        for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
+            size_t nl = strlen(names[i]);
+            if (q - p >= nl && ieq(b + p, nl, names[i])) return 1;
+        }
+        if (q + eol <= p) break;
+        p = q + eol;
+    }
+    return 0;
+}
+
 static int split_multipart(parser *ps, int64_t idx) {
     const uint8_t *b = ps->buf;
     mw_part *part = &ps->msg->parts[idx];
@@ -610,6 +658,8 @@ static int split_multipart(parser *ps, int64_t idx) {
     int found = 0, closed = 0, in_part = 0, close;
 
     while (find_delimiter(b, bs, pos, be, bd, blen, &dstart, &dnext, &close)) {
+        if (!found && looks_like_part(b, bs, dstart))
+            ps->msg->parts[idx].flags |= MW_FLAG_PART_OUTSIDE_BOUNDARIES;
         found = 1;
         if (in_part) {
             /* The line break before a delimiter belongs to the delimiter. */
@@ -624,6 +674,8 @@ static int split_multipart(parser *ps, int64_t idx) {
         }
         if (close) {
             closed = 1;
+            if (looks_like_part(b, dnext, be))
+                ps->msg->parts[idx].flags |= MW_FLAG_PART_OUTSIDE_BOUNDARIES;
             break;
         }
         in_part = 1;
@@ -652,15 +704,19 @@ static void parse_entity(parser *ps, size_t start, size_t end, int64_t parent, i
 
     mw_part *part = &ps->msg->parts[idx];
     const mw_header *ct = NULL, *cte = NULL, *cd = NULL;
-    for (int64_t i = 0; i < part->n_headers && !(ct && cte && cd); i++) {
+    /* Every field is looked at (not only up to the first of each): a second
+     * Content-Type is an evasion the scanners must know of. */
+    for (int64_t i = 0; i < part->n_headers; i++) {
         const mw_header *h = &ps->msg->headers[part->first_header + i];
         const uint8_t *name = b + h->name_off;
         size_t nl = (size_t)h->name_len;
         /* Every name of interest starts "content-": one compare rejects the
          * other fields (Received, DKIM-Signature, ...). */
         if (nl < 12 || !ieq(name, 8, "content-")) continue;
-        if (!ct && ieq(name, nl, "content-type"))
-            ct = h;
+        if (ieq(name, nl, "content-type")) {
+            if (ct) part->flags |= MW_FLAG_DUPLICATE_CONTENT_TYPE;
+            else ct = h;
+        }
         else if (!cte && ieq(name, nl, "content-transfer-encoding"))
             cte = h;
         else if (!cd && ieq(name, nl, "content-disposition"))

@@ -233,6 +233,19 @@ class AntispamPlugin:
         self.bayes = self.quarantine = None
 
     @hookimpl
+    async def mailwarden_learn(self, raw: bytes, label: str, by: str) -> str | None:
+        # The running gateway's own Bayes: LMDB must not be opened twice in one process, and
+        # the journal records who taught what, as for the CLI and the quarantine.
+        bayes = self.bayes
+        if bayes is None:
+            return None
+        if label == "forget":
+            done = await asyncio.to_thread(bayes.unlearn, raw, by)
+            return "forgotten" if done else "not learned before"
+        done = await asyncio.to_thread(bayes.learn, raw, label, by)
+        return f"learned as {label}" if done else f"already learned as {label}"
+
+    @hookimpl
     def mailwarden_data_stores(self, host: Host) -> list[StoreDescriptor]:
         config: AntispamConfig = host.config_for(DETECTOR) or AntispamConfig()
         base = host.data_dir / DETECTOR

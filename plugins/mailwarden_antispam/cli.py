@@ -7,13 +7,16 @@ The commands work on the plugin's data directory as the gateway configured by ``
 
 from __future__ import annotations
 
+import asyncio
 import getpass
 import time
 from pathlib import Path
 
 import click
+import msgspec
 
-from mailwarden_sdk import command_host, config_option, plugin_data_dir
+from mailwarden_sdk import Envelope, command_host, config_option, plugin_data_dir
+from mailwarden_sdk.timeparse import TIME_FORMS, TimeParam
 
 from .bayes import Bayes
 from .quarantine import QuarantineError, SpamQuarantine
@@ -79,12 +82,16 @@ def untrain(paths: tuple[str, ...], config_path: str | None) -> None:
 
 
 @antispam.command()
+@click.option("--json", "as_json", is_flag=True, help="JSON lines.")
 @config_option
-def journal(config_path: str | None) -> None:
+def journal(as_json: bool, config_path: str | None) -> None:
     """Every learning act: when, who, what, which message."""
     bayes = Bayes(_data_dir(config_path) / "bayes")
     try:
         for r in bayes.journal():
+            if as_json:
+                click.echo(msgspec.json.encode(r).decode())
+                continue
             stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r.time))
             click.echo(f"{stamp}Z {r.who} {r.action} {r.label} {r.digest[:16]} {r.message_id}")
     finally:
@@ -105,7 +112,9 @@ def _quarantine(config_path: str | None) -> SpamQuarantine:
 @click.option("--recipient")
 @click.option("--subject")
 @click.option("--min-score", type=float)
-@click.option("--since", type=float, help="Unix time.")
+@click.option("--since", type=TimeParam(), help=f"Held at or after it: {TIME_FORMS}.")
+@click.option("--until", type=TimeParam(), help="Held before it (same forms as --since).")
+@click.option("--json", "as_json", is_flag=True, help="JSON lines.")
 @config_option
 def list_(
     sender: str | None,
@@ -113,16 +122,21 @@ def list_(
     subject: str | None,
     min_score: float | None,
     since: float | None,
+    until: float | None,
+    as_json: bool,
     config_path: str | None,
 ) -> None:
     """Held messages, oldest first."""
     q = _quarantine(config_path)
     try:
-        for e in q.search(since, None, sender, recipient, subject, min_score):
+        for e in q.search(since, until, sender, recipient, subject, min_score):
+            if as_json:
+                click.echo(msgspec.json.encode(e).decode())
+                continue
             stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(e.time))
             click.echo(
                 f"{e.id} {stamp}Z {e.score:6.1f} {e.mail_from or '<>'} -> "
-                f"{','.join(e.rcpt_to)} {e.subject!r}"
+                f"{','.join(e.rcpt_to)} subject: {e.subject or '-'}"
                 + (f" [being released by process {e.claimed_by}]" if e.claim else "")
             )
     finally:
@@ -131,22 +145,34 @@ def list_(
 
 @quarantine.command()
 @click.argument("entry_id")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Next hop (re-injection).")
-@click.option("--port", default=10026, show_default=True, type=int)
+@click.option(
+    "--host", help="SMTP to this next hop (default port 25) instead of the gateway's delivery."
+)
+@click.option("--port", type=int, help="SMTP to this port (of --host, else 127.0.0.1) instead.")
 @click.option("--learn-ham", is_flag=True, help="Also learn the message as ham.")
 @config_option
-def release(entry_id: str, host: str, port: int, learn_ham: bool, config_path: str | None) -> None:
+def release(
+    entry_id: str, host: str | None, port: int | None, learn_ham: bool, config_path: str | None
+) -> None:
     """Send a held message on with its original envelope and bytes (once: while another
-    release sends it, or after it did, this fails and sends nothing)."""
+    release sends it, or after it did, this fails and sends nothing).
+
+    By default it goes the way the gateway delivers ([delivery] mode: its Maildir, or its
+    relay queue); --host / --port send it by SMTP to that next hop instead."""
     q = _quarantine(config_path)
     try:
         raw = q.original(entry_id)
-        q.release(entry_id, host, port)
+        if host is not None or port is not None:
+            host, port = host or "127.0.0.1", port or 25
+            q.release(entry_id, host, port)
+            where = f"to {host}:{port}"
+        else:
+            where = _deliver(q, entry_id, config_path)
     except QuarantineError as exc:
         raise click.ClickException(str(exc)) from exc
     finally:
         q.close()
-    click.echo(f"released {entry_id} to {host}:{port}")
+    click.echo(f"released {entry_id} {where}")
     if learn_ham:
         bayes = Bayes(_data_dir(config_path) / "bayes")
         try:
@@ -154,6 +180,28 @@ def release(entry_id: str, host: str, port: int, learn_ham: bool, config_path: s
         finally:
             bayes.close()
         click.echo("learned as ham")
+
+
+def _deliver(q: SpamQuarantine, entry_id: str, config_path: str | None) -> str:
+    """Release through the gateway's own delivery (``Host.deliver``), once."""
+    claim = q.claim(entry_id)
+    entry = claim.entry
+    envelope = Envelope(mail_from=entry.mail_from, rcpt_to=list(entry.rcpt_to))
+    try:
+        host = command_host(config_path)
+
+        async def deliver() -> str:
+            return await host.deliver(claim.raw, envelope)
+
+        where = asyncio.run(deliver())
+    except Exception as exc:
+        q.abandon(claim)
+        raise QuarantineError(f"release of {entry_id} failed: {exc}; it stays held") from exc
+    except BaseException:
+        q.abandon(claim)
+        raise
+    q.finish(claim)
+    return where
 
 
 @quarantine.command()

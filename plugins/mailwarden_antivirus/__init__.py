@@ -37,6 +37,11 @@ from .updates import UpdatesConfig, current_dir
 __all__ = ["AntivirusConfig", "AntivirusPlugin", "ArchiveLimits"]
 
 DETECTOR = "antivirus"
+SYSTEM_DATABASE = "/var/lib/clamav"
+BUILTIN_ONLY = (
+    "only the built-in EICAR test signature is loaded: no real virus is detected "
+    "(install clamav-freshclam or set [antivirus] signatures)"
+)
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +57,9 @@ class AntivirusConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     builtin_signatures: bool = True
     signatures: list[str] = msgspec.field(default_factory=list)
+    # freshclam's directory: used when it holds a database (.cvd/.cld/.cud) and is not listed
+    # in `signatures` already; "" turns this off.
+    system_database: str = SYSTEM_DATABASE
     scan_whole_message: bool = True
     limits: ArchiveLimits = msgspec.field(default_factory=ArchiveLimits)
     # "native": the signature engine over the files above (and YARA rules); "clamd": a running
@@ -96,12 +104,10 @@ class AntivirusPlugin:
     @hookimpl
     def mailwarden_startup(self, host: Host) -> None:
         self.config = host.config_for(DETECTOR) or AntivirusConfig()
-        paths = [Path(p) for p in self.config.signatures]
+        paths = signature_paths(self.config)
         for path in paths:
             if not path.exists():
                 raise FileNotFoundError(f"signature path {path} does not exist")
-        if self.config.builtin_signatures and "native" in self.config.engines:
-            paths.insert(0, Path(__file__).parent / "signatures")
         self.data_dir = plugin_data_dir(host, DETECTOR)
         self._paths = paths
         self._load()
@@ -116,6 +122,16 @@ class AntivirusPlugin:
         paths = [*self._paths, installed] if installed is not None else list(self._paths)
         # One assignment: a scan in another thread keeps the set it started with.
         self.signatures = load_signatures(paths, cache_dir=self.data_dir)
+        if "native" in self.config.engines and builtin_only(self.signatures):
+            log.warning("antivirus: %s", BUILTIN_ONLY)
+
+    def banner_note(self) -> str:
+        """One line for the ``serve`` banner: what the antivirus detects with."""
+        if "native" not in self.config.engines:
+            return f"engines {', '.join(self.config.engines)}"
+        if builtin_only(self.signatures):
+            return f"WARNING: {BUILTIN_ONLY}"
+        return self.signatures.report()
 
     def _check_for_update(self) -> None:
         if self.data_dir is None:
@@ -197,6 +213,29 @@ class AntivirusPlugin:
         if cleaned is None:
             return None
         return msgspec.structs.replace(action, replace_message=cleaned)
+
+
+def signature_paths(config: AntivirusConfig) -> list[Path]:
+    """The signature files and directories ``config`` loads: the built-in set, the
+    configured ones and freshclam's directory when it holds a database."""
+    paths = [Path(p) for p in config.signatures]
+    system = Path(config.system_database) if config.system_database else None
+    if (
+        system is not None
+        and system not in paths
+        and system.is_dir()
+        and any(p.suffix in (".cvd", ".cld", ".cud") for p in system.iterdir())
+    ):
+        paths.append(system)
+    if config.builtin_signatures and "native" in config.engines:
+        paths.insert(0, Path(__file__).parent / "signatures")
+    return paths
+
+
+def builtin_only(signatures: SignatureSet) -> bool:
+    """Whether every signature loaded comes from the built-in test set."""
+    builtin = Path(__file__).parent / "signatures"
+    return all(Path(source).is_relative_to(builtin) for source in signatures.sources)
 
 
 def _carries_archives(ctx: ScanContext) -> bool:

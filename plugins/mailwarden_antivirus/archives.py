@@ -40,6 +40,9 @@ import msgspec
 
 from mailwarden_sdk import ParsedMessage, Part, detect_type, parse
 
+from . import readers
+from .readings import alternative_readings
+
 __all__ = [
     "ARCHIVE_TYPES",
     "ArchiveLimits",
@@ -51,10 +54,36 @@ __all__ = [
 #: zip containers under other names: their members are scanned like a zip's (macros live there).
 ZIP_TYPES = frozenset({"zip", "docx", "xlsx", "pptx", "odt", "ods", "odp", "jar", "apk"})
 COMPRESSED_TYPES = frozenset({"gzip", "bzip2", "xz"})
-#: containers detected by their bytes that no reader here opens: reported, never called clean.
-UNREAD_TYPES = frozenset({"zstd", "cab", "lzh", "alz", "iso"})
-#: what :meth:`Unpacker.walk` opens (the detector unpacks these off the event loop)
-ARCHIVE_TYPES = ZIP_TYPES | COMPRESSED_TYPES | {"tar", "7z", "rar"}
+#: wrappers around one member: with a tar inside (tgz, tar.zst) they and the tar are one level.
+_WRAPPERS = frozenset({*COMPRESSED_TYPES, "zstd"})
+#: encodings of a file (not containers): what they decode to stays at their level.
+_ENCODINGS = frozenset({"uuencode", "binhex", "szdd"})
+#: zip compression methods by number, for the reason given when one cannot be read
+ZIP_METHODS = {
+    1: "Shrink",
+    2: "Reduce",
+    3: "Reduce",
+    4: "Reduce",
+    5: "Reduce",
+    6: "Implode",
+    9: "Deflate64",
+    10: "PKWARE DCL Implode",
+    18: "IBM TERSE",
+    19: "IBM LZ77",
+    20: "zstd (old id)",
+    93: "zstd",
+    94: "MP3",
+    95: "xz",
+    96: "JPEG",
+    97: "WavPack",
+    98: "PPMd",
+    99: "AES encryption",
+}
+#: what :meth:`Unpacker.walk` opens (the detector unpacks these off the event loop); HTML is
+#: left out: its data: URIs cost little and most mail carries HTML
+ARCHIVE_TYPES = (
+    ZIP_TYPES | COMPRESSED_TYPES | {"tar", "7z", "rar", "pe"} | (set(readers.READERS) - {"html"})
+)
 _CHUNK = 1 << 16
 # Below this many decompressed bytes the ratio is not judged: a small text or a run of zeros
 # compresses 100:1 without being a bomb, and at this size it costs nothing to scan.
@@ -160,6 +189,18 @@ class Unpacker:
         """Every leaf of ``message`` decoded, its uuencoded files, their archives' members and,
         when ``whole``, the raw message (last: it repeats what the parts hold)."""
         yield from self._message(message, "", None, 0)
+        # A message the parser flagged as read differently by other readers (two
+        # Content-Types, two boundaries, a comment in a header name...) is walked once per
+        # reading: what is found there belongs to the message as a whole.
+        for name, raw in alternative_readings(message):
+            if self.stopped:
+                break
+            try:
+                other = parse(raw)
+            except Exception as exc:  # a reading the parser rejects: the others still count
+                self._broken("mime", exc, f"({name})", None)
+                continue
+            yield from self._message(other, f"({name})/", None, 0)
         if whole:
             yield Item("message", message.raw, None)
 
@@ -182,8 +223,6 @@ class Unpacker:
 
     def _leaf(self, leaf: Part, label: str, index: int, depth: int) -> Iterator[Item]:
         data = leaf.decoded()
-        if leaf.detected_type == "ole2-encrypted":
-            self._problem("encrypted", "AV_ENCRYPTED", label, index, kind="document")
         if leaf.content_type.startswith("message/"):
             # a message the parser left whole (base64-encoded message/rfc822 is not
             # allowed by RFC 2046 and so not descended into, but mail clients open it)
@@ -191,10 +230,9 @@ class Unpacker:
             if self._deeper(label, index, depth):
                 yield from self._message(parse(bytes(data)), f"{label}/", index, depth + 1)
         else:
+            # uuencode and yEnc (in any part, whatever its declared encoding), an encrypted
+            # OLE2 document and every other format are found by the readers' sniffing
             yield from self.walk(data, label, index, depth)
-        for uu in leaf.uuencoded():
-            uu_label = f"{label}/{uu.filename or 'uuencoded'}"
-            yield from self.walk(uu.data, uu_label, index, depth)
 
     def walk(
         self, data: bytes | memoryview, label: str, part: int | None, depth: int = 0
@@ -224,23 +262,25 @@ class Unpacker:
             inner = self._sevenzip(data)
         elif kind == "rar":
             inner = self._rar(data)
-        elif kind in UNREAD_TYPES:
-            self._problem(
-                "not_scanned", "AV_FORMAT_NOT_SUPPORTED", label, part, limit="format", format=kind
-            )
-            return
-        elif _looks_like_message(data, label):
-            inner = None
-            if self._deeper(label, part, depth):
-                yield from self._message(parse(bytes(data)), f"{label}/", part, depth + 1)
-            return
+        else:
+            kind = readers.sniff(data, kind)
+            if kind == "mbox" or _looks_like_message(data, label):
+                if self._deeper(label, part, depth):
+                    yield from self._message(parse(bytes(data)), f"{label}/", part, depth + 1)
+                return
+            reader = readers.READERS.get(kind)
+            if reader is not None:
+                inner = _lazy(reader, self, bytes(data), kind)
         if inner is None:
             return
         if not self._deeper(label, part, depth):
             return
         try:
             for name, member in inner:
-                yield from self.walk(member, f"{label}/{name}", part, depth + 1)
+                # Depth counts containers, not layers: a compression wrapper around a tar is
+                # one level with it, and an encoding is no container at all.
+                same = kind in _ENCODINGS or (kind in _WRAPPERS and detect_type(member) == "tar")
+                yield from self.walk(member, f"{label}/{name}", part, depth + (0 if same else 1))
                 if self.stopped:
                     return
         except _Refused as hit:
@@ -380,6 +420,9 @@ class Unpacker:
         if self.members > self.limits.max_members:
             raise _LimitHit("max_members", f"more than {self.limits.max_members} members")
 
+    def _seconds_left(self) -> float:
+        return self.deadline - self.clock()
+
     def _room(self) -> int:
         return self.limits.max_total_size - self.total
 
@@ -432,12 +475,18 @@ class Unpacker:
                         where = f"{label}/{info.filename}"
                         self._problem("encrypted", "AV_ENCRYPTED", where, part, kind="zip")
                         continue
-                    with archive.open(info) as stream:
-                        member = self._drain(stream, info.compress_size)
+                    if info.compress_type == 9:
+                        member = self._deflate64(bytes(data), info)
+                    else:
+                        with archive.open(info) as stream:
+                            member = self._drain(stream, info.compress_size)
                 except _LimitHit:
                     raise
-                except NotImplementedError as exc:  # a compression method zipfile lacks
-                    reason = _describe("zip", exc)
+                except NotImplementedError:  # a compression method no reader here has
+                    method = info.compress_type
+                    reason = (
+                        f"zip: compression method {method} ({ZIP_METHODS.get(method, 'unknown')})"
+                    )
                     self._unsupported("zip", reason, label, part, member=info.filename)
                     continue
                 except RuntimeError as exc:
@@ -449,6 +498,36 @@ class Unpacker:
                     self._broken("zip", exc, label, part, member=info.filename)
                     continue
                 yield info.filename, member
+
+    def _deflate64(self, data: bytes, info: zipfile.ZipInfo) -> bytes:
+        """A Deflate64 member (zipfile has no reader for method 9) through ``inflate64``."""
+        try:
+            import inflate64
+        except ImportError:
+            raise NotImplementedError from None
+        at = info.header_offset
+        if data[at : at + 4] != b"PK\x03\x04":
+            raise zipfile.BadZipFile("bad local header")
+        name_len, extra_len = (
+            int.from_bytes(data[at + 26 : at + 28], "little"),
+            int.from_bytes(data[at + 28 : at + 30], "little"),
+        )
+        start = at + 30 + name_len + extra_len
+        packed = data[start : start + info.compress_size]
+        inflater = inflate64.Inflater()
+        chunks: list[bytes] = []
+        out = 0
+        for offset in range(0, max(len(packed), 1), _CHUNK // 16):
+            self._check_clock()
+            chunk = inflater.inflate(packed[offset : offset + _CHUNK // 16])
+            out += len(chunk)
+            self._grow(len(chunk))
+            self._ratio(out, len(packed))
+            chunks.append(chunk)
+        member = b"".join(chunks)
+        if zlib.crc32(member) != info.CRC:
+            raise zipfile.BadZipFile(f"Bad CRC-32 for file {info.filename!r}")
+        return member
 
     def _compressed(self, kind: str, data: bytes | memoryview) -> Iterator[tuple[str, bytes]]:
         self._member()
@@ -558,6 +637,8 @@ class Unpacker:
             archive = rarfile.RarFile(io.BytesIO(bytes(data)))
             if archive.needs_password():
                 raise _Encrypted("rar archive")
+            if not archive.infolist() and len(data) > 64:
+                raise _Corrupt("rar: no member could be read")
             for info in archive.infolist():
                 if info.is_dir():
                     continue
@@ -566,9 +647,12 @@ class Unpacker:
                     raise _Encrypted(info.filename or "rar member")
                 with archive.open(info) as stream:
                     yield info.filename or "member", self._drain(stream, info.compress_size or 1)
-        except rarfile.RarCannotExec as exc:
-            # compressed rar members need an unrar tool (unrar, unar, 7z or bsdtar)
-            raise _Unsupported(f"rar: {exc}") from None
+        except rarfile.RarCannotExec:
+            # compressed rar members need an unrar tool; libarchive reads rar 4 (and rar 5 but
+            # for filters) itself
+            from .readers.libarchive_formats import read_libarchive
+
+            yield from read_libarchive(self, bytes(data), "rar")
         except rarfile.PasswordRequired:
             raise _Encrypted("rar archive") from None
         except (_LimitHit, _Encrypted):
@@ -642,6 +726,14 @@ def _describe(kind: str, exc: BaseException) -> str:
     """``"7z: CrcError: (...)"``: the format and the exception, for the finding's reason."""
     text = str(exc)[:200]
     return f"{kind}: {type(exc).__name__}: {text}" if text else f"{kind}: {type(exc).__name__}"
+
+
+def _lazy(
+    reader: readers.Reader, budget: Unpacker, data: bytes, kind: str
+) -> Iterator[tuple[str, bytes]]:
+    """The reader's members, its errors (an import, a bad header) raised inside the walk's
+    handlers rather than where the reader is picked."""
+    yield from reader(budget, data, kind)
 
 
 def _looks_like_message(data: bytes | memoryview, label: str) -> bool:

@@ -29,10 +29,9 @@ def _setup(config_path: str | None) -> tuple[AntivirusConfig, Path]:
 
 
 def _paths(config: AntivirusConfig) -> list[Path]:
-    paths = [Path(p) for p in config.signatures]
-    if config.builtin_signatures:
-        paths.insert(0, Path(__file__).parent / "signatures")
-    return paths
+    from . import signature_paths
+
+    return signature_paths(config)
 
 
 @click.group()
@@ -45,6 +44,8 @@ def sigs() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def sigs_info(config_path: str | None, as_json: bool) -> None:
     """Show the signature set a gateway would load now, and the last updates."""
+    from . import BUILTIN_ONLY, builtin_only
+
     config, data_dir = _setup(config_path)
     installed = current_dir(data_dir / "updates")
     paths = _paths(config) + ([installed] if installed else [])
@@ -57,6 +58,7 @@ def sigs_info(config_path: str | None, as_json: bool) -> None:
         "sources": loaded.sources,
         "database": loaded.db_path,
         "report": loaded.report(),
+        "builtin_only": builtin_only(loaded),
         "updates": attempts[-5:],
     }
     if as_json:
@@ -64,6 +66,8 @@ def sigs_info(config_path: str | None, as_json: bool) -> None:
         return
     click.echo(f"installed update  {info['installed_version'] or 'none'}")
     click.echo(f"loaded            {loaded.report()}")
+    if builtin_only(loaded):
+        click.echo(f"WARNING           {BUILTIN_ONLY}")
     click.echo(f"database          {loaded.db_path or '(not compiled)'}")
     for attempt in attempts[-5:]:
         when = dt.datetime.fromtimestamp(float(str(attempt["time"]))).isoformat(timespec="seconds")

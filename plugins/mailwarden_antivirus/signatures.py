@@ -48,7 +48,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 # Bump when what goes into the cache changes meaning.
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 
 _HEX = set("0123456789abcdefABCDEF")
 
@@ -72,9 +72,6 @@ SUPPORTED_TARGETS = frozenset({0, 1, 2, 4, 5, 6, 9, 10, 11, 12})
 
 # Whole kinds of database this engine does not read, with the reason reported at load.
 _UNSUPPORTED_KINDS = {
-    ".mdb": "PE section hashes (.mdb) need PE parsing",
-    ".msb": "PE section hashes (.msb) need PE parsing",
-    ".imp": "PE import-table hashes (.imp) need PE parsing",
     ".cbc": "bytecode signatures (.cbc) need the ClamAV bytecode VM",
     ".idb": "icon groups (.idb) need PE resource parsing",
     ".crb": "Authenticode certificate rules (.crb)",
@@ -87,11 +84,9 @@ _UNSUPPORTED_KINDS = {
     ".sfp": "false-positive hash lists (.sfp)",
     ".ign": "ignore lists (.ign)",
     ".ign2": "ignore lists (.ign2)",
-    ".cvd": "signed ClamAV containers (.cvd): unpack them with sigtool first",
-    ".cld": "signed ClamAV containers (.cld): unpack them with sigtool first",
-    ".cud": "signed ClamAV containers (.cud): unpack them with sigtool first",
 }
-_BODY_KINDS = (".ndb", ".hdb", ".hsb", ".ldb")
+_BODY_KINDS = (".ndb", ".hdb", ".hsb", ".ldb", ".mdb", ".msb", ".imp")
+_CONTAINER_KINDS = (".cvd", ".cld", ".cud")
 _YARA_KINDS = (".yar", ".yara")
 
 
@@ -255,6 +250,8 @@ class _Meta(msgspec.Struct):
     skipped: dict[str, int]
     sources: list[str]
     yara: list[str]
+    sections: dict[str, dict[str, list[tuple[int | None, str]]]] = {}
+    imports: dict[str, dict[str, list[tuple[int | None, str]]]] = {}
 
 
 @dataclass
@@ -264,6 +261,13 @@ class SignatureSet:
     names: list[str] = field(default_factory=list)  # native id -> name ("" for ldb subsigs)
     ldb: list[LogicalSignature] = field(default_factory=list)
     hashes: dict[str, dict[str, list[tuple[int | None, str]]]] = field(
+        default_factory=lambda: {"md5": {}, "sha1": {}, "sha256": {}}
+    )
+    # PE section (.mdb/.msb) and import-table (.imp) hashes: algorithm -> digest -> entries
+    sections: dict[str, dict[str, list[tuple[int | None, str]]]] = field(
+        default_factory=lambda: {"md5": {}, "sha1": {}, "sha256": {}}
+    )
+    imports: dict[str, dict[str, list[tuple[int | None, str]]]] = field(
         default_factory=lambda: {"md5": {}, "sha1": {}, "sha256": {}}
     )
     skipped: Counter[str] = field(default_factory=Counter)
@@ -284,7 +288,12 @@ class SignatureSet:
     @property
     def count(self) -> int:
         """Signatures usable for detection (body, logical, hash; YARA rules not counted)."""
-        n_hash = sum(len(v) for t in self.hashes.values() for v in t.values())
+        n_hash = sum(
+            len(v)
+            for tables in (self.hashes, self.sections, self.imports)
+            for t in tables.values()
+            for v in t.values()
+        )
         return sum(1 for n in self.names if n) + len(self.ldb) + n_hash
 
     def _index(self) -> None:
@@ -337,6 +346,27 @@ class SignatureSet:
             for want, name in table.get(hashlib.new(algo, data).hexdigest(), ()):
                 if want in (None, size):
                     found.append(name)
+        if any(self.sections.values()) or any(self.imports.values()):
+            found.extend(self._scan_pe(data))
+        return found
+
+    def _scan_pe(self, data: bytes | memoryview) -> list[str]:
+        """Section and import-table hash signatures of a PE file (through ``pefile``)."""
+        parsed = _pe_parts(data)
+        if parsed is None:
+            return []
+        sections, imports = parsed
+        found: list[str] = []
+        for tables, parts in ((self.sections, sections), (self.imports, [imports])):
+            for algo, table in tables.items():
+                if not table:
+                    continue
+                for part in parts:
+                    if not part:
+                        continue
+                    for want, name in table.get(hashlib.new(algo, part).hexdigest(), ()):
+                        if want in (None, len(part)):
+                            found.append(name)
         return found
 
     def scan(self, data: bytes | memoryview, *, mail: bool = False) -> list[str]:
@@ -416,19 +446,26 @@ def _add_ndb(line: str, plan: _Plan) -> None:
     plan.body.append((pattern, target, *offset, name))
 
 
-def _add_hash(line: str, plan: _Plan) -> None:
+def _add_hash(line: str, plan: _Plan, suffix: str = ".hdb") -> None:
     fields = line.split(":")
     if len(fields) < 3:
         plan.sets.skipped["malformed hash line"] += 1
         return
     digest, size, name = fields[0].lower(), fields[1], fields[2]
+    table = plan.sets.hashes
+    if suffix in (".mdb", ".msb"):
+        # PESectionSize:PESectionHash:Name, the hash of one section's raw data
+        size, digest, table = fields[0], fields[1].lower(), plan.sets.sections
+    elif suffix == ".imp":
+        # ImportHash:ImportStringSize:Name, as pefile's imphash string
+        table = plan.sets.imports
     algo = {32: "md5", 40: "sha1", 64: "sha256"}.get(len(digest))
     if algo is None or set(digest) - _HEX or not (size == "*" or size.isdigit()):
         plan.sets.skipped["malformed hash line"] += 1
         return
     # one digest may be listed with its size and again with "*" under another name
     entry = (None if size == "*" else int(size), name)
-    plan.sets.hashes[algo].setdefault(digest, []).append(entry)
+    table[algo].setdefault(digest, []).append(entry)
 
 
 def _add_ldb(line: str, plan: _Plan) -> None:
@@ -493,6 +530,9 @@ def _add_ldb(line: str, plan: _Plan) -> None:
 def _read(files: list[Path], plan: _Plan) -> None:
     for file in files:
         suffix = file.suffix.lower()
+        if suffix in _CONTAINER_KINDS:
+            _read_container(file, plan)
+            continue
         if suffix in _YARA_KINDS:
             plan.sets.yara_files.append(str(file))
             plan.sets.sources.append(str(file))
@@ -508,16 +548,77 @@ def _read(files: list[Path], plan: _Plan) -> None:
             continue
         plan.sets.sources.append(str(file))
         with file.open(encoding="utf-8", errors="replace") as handle:
-            for raw in handle:
-                line = raw.strip()
-                if not line or line.startswith("#"):
-                    continue
-                if suffix == ".ndb":
-                    _add_ndb(line, plan)
-                elif suffix == ".ldb":
-                    _add_ldb(line, plan)
-                else:
-                    _add_hash(line, plan)
+            _add_lines(handle, suffix, plan)
+
+
+def _add_lines(lines: Iterable[str], suffix: str, plan: _Plan) -> None:
+    for raw in lines:
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if suffix == ".ndb":
+            _add_ndb(line, plan)
+        elif suffix == ".ldb":
+            _add_ldb(line, plan)
+        else:
+            _add_hash(line, plan, suffix)
+
+
+def _read_container(file: Path, plan: _Plan) -> None:
+    """A ClamAV database container (.cvd/.cld/.cud from freshclam): header checked as
+    ``sigtool --info`` does, then each database file inside read by its kind."""
+    try:
+        members = read_cvd(file.read_bytes(), file.name)
+    except ValueError as exc:
+        plan.sets.skipped[f"{file.suffix} container not read: {exc}"] += 1
+        log.warning("signature container %s not read: %s", file, exc)
+        return
+    plan.sets.sources.append(str(file))
+    for name, data in members:
+        suffix = Path(name).suffix.lower()
+        if suffix in _BODY_KINDS:
+            _add_lines(data.decode("utf-8", "replace").splitlines(), suffix, plan)
+        elif suffix in _UNSUPPORTED_KINDS:
+            lines = sum(1 for raw in data.splitlines() if raw.strip() and not raw.startswith(b"#"))
+            plan.sets.skipped[_UNSUPPORTED_KINDS[suffix]] += max(lines, 1)
+        elif suffix in _YARA_KINDS:
+            plan.sets.skipped["YARA rules inside a .cvd container"] += 1
+
+
+def read_cvd(data: bytes, name: str = "database.cvd") -> list[tuple[str, bytes]]:
+    """The files inside a ClamAV ``.cvd``/``.cld``/``.cud`` container.
+
+    The 512-byte header is ``ClamAV-VDB:time:version:signatures:level:MD5:dsig:builder:stime``;
+    the MD5 is of what follows it (a gzipped tar for .cvd/.cud, a plain or gzipped tar for
+    .cld, whose MD5 freshclam leaves stale after applying diffs), checked for .cvd/.cud as
+    ``sigtool --info`` does. The RSA signature is not checked (ClamAV's own key scheme).
+    """
+    import gzip
+    import io
+    import tarfile
+
+    header = data[:512].rstrip(b"\0 ").decode("latin-1", "replace")
+    fields = header.split(":")
+    if len(data) < 512 or fields[0] != "ClamAV-VDB" or len(fields) < 6:
+        raise ValueError("not a ClamAV database container (no ClamAV-VDB header)")
+    body = data[512:]
+    if not name.lower().endswith(".cld") and hashlib.md5(body).hexdigest() != fields[5].lower():
+        raise ValueError("MD5 in the header does not match the contents (damaged download?)")
+    if body[:2] == b"\x1f\x8b":
+        try:
+            body = gzip.decompress(body)
+        except (OSError, EOFError) as exc:
+            raise ValueError(f"gzip: {exc}") from None
+    out: list[tuple[str, bytes]] = []
+    try:
+        with tarfile.open(fileobj=io.BytesIO(body), mode="r:") as archive:
+            for member in archive:
+                handle = archive.extractfile(member) if member.isfile() else None
+                if handle is not None:
+                    out.append((member.name, handle.read()))
+    except tarfile.TarError as exc:
+        raise ValueError(f"tar: {exc}") from None
+    return out
 
 
 def _compile(plan: _Plan) -> bytes:
@@ -551,8 +652,19 @@ def _compile(plan: _Plan) -> bytes:
     return compiler.build()
 
 
+def _yara_available() -> bool:
+    try:
+        import yara  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def _cache_key(files: list[Path]) -> str:
     digest = hashlib.sha256(f"mailwarden-sigs {CACHE_FORMAT}\n".encode())
+    # a set compiled without yara-python records its YARA rules as skipped: installing it
+    # must give a new key, not the skip again
+    digest.update(b"yara\n" if _yara_available() else b"no yara\n")
     for file in files:
         digest.update(str(file.resolve()).encode() + b"\0")
         digest.update(hashlib.sha256(file.read_bytes()).digest())
@@ -582,12 +694,9 @@ def load_signatures(paths: Iterable[Path], cache_dir: Path | None = None) -> Sig
     plan = _Plan()
     _read(files, plan)
     sets = plan.sets
-    if sets.yara_files:
-        try:
-            import yara  # noqa: F401
-        except ImportError:
-            sets.skipped["YARA rules: yara-python is not installed"] += len(sets.yara_files)
-            sets.yara_files = []
+    if sets.yara_files and not _yara_available():
+        sets.skipped["YARA rules: yara-python is not installed"] += len(sets.yara_files)
+        sets.yara_files = []
     blob = _compile(plan)
     if cache_dir is not None:
         cache_dir.mkdir(parents=True, exist_ok=True)
@@ -600,6 +709,8 @@ def load_signatures(paths: Iterable[Path], cache_dir: Path | None = None) -> Sig
             dict(sets.skipped),
             sets.sources,
             sets.yara_files,
+            sets.sections,
+            sets.imports,
         )
         SignatureDB.write(blob, blob_path)
         SignatureDB.write(msgspec.json.encode(meta), cache_dir / f"{key}.meta")
@@ -632,6 +743,8 @@ def _load_cached(cache_dir: Path, key: str) -> SignatureSet | None:
         skipped=Counter(meta.skipped),
         sources=meta.sources,
         yara_files=meta.yara,
+        sections=meta.sections or {"md5": {}, "sha1": {}, "sha256": {}},
+        imports=meta.imports or {"md5": {}, "sha1": {}, "sha256": {}},
         db=db,
         db_path=str(blob_path),
         from_cache=True,
@@ -645,3 +758,33 @@ def _log_report(sets: SignatureSet) -> None:
         log.warning("%s", sets.report())
     else:
         log.info("%s", sets.report())
+
+
+def _pe_parts(data: bytes | memoryview) -> tuple[list[bytes], bytes] | None:
+    """Each section's raw data and the import string (``lib.func,...`` as ClamAV and
+    pefile's imphash make it) of a PE file; ``None`` for anything else."""
+    head = bytes(data[:1024])
+    if head[:2] != b"MZ" or 1 not in detect_targets(data):
+        return None
+    try:
+        import pefile
+    except ImportError:
+        return None
+    try:
+        pe = pefile.PE(data=bytes(data), fast_load=True)
+        pe.parse_data_directories(
+            directories=[pefile.DIRECTORY_ENTRY["IMAGE_DIRECTORY_ENTRY_IMPORT"]]
+        )
+    except pefile.PEFormatError:
+        return None
+    raw = bytes(data)
+    sections = [raw[s.PointerToRawData : s.PointerToRawData + s.SizeOfRawData] for s in pe.sections]
+    names: list[str] = []
+    for entry in getattr(pe, "DIRECTORY_ENTRY_IMPORT", []):
+        lib = entry.dll.decode("latin-1").lower()
+        for ext in (".ocx", ".sys", ".dll"):
+            lib = lib.removesuffix(ext)
+        for imp in entry.imports:
+            func = imp.name.decode("latin-1").lower() if imp.name else f"ord{imp.ordinal}"
+            names.append(f"{lib}.{func}")
+    return sections, ",".join(names).encode()

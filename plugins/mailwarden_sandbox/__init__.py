@@ -385,6 +385,11 @@ class SandboxPlugin:
             return
         deadline = time.time() + policy.verdict_timeout * self.time_scale
         sender = ctx.envelope.mail_from
+        if self._loop is not None:
+            # Verdict hooks run in a worker thread: the task starts on the gateway's loop.
+            self._loop.call_soon_threadsafe(self._spawn_mirror, pending, deadline, sender)
+
+    def _spawn_mirror(self, pending: list[_Object], deadline: float, sender: str) -> None:
         task = asyncio.get_running_loop().create_task(self._mirror(pending, deadline, sender))
         self._mirrors.add(task)
         task.add_done_callback(self._mirrors.discard)
@@ -664,19 +669,24 @@ def sandbox_command(ctx: click.Context, config_path: str | None) -> None:
 
 
 @sandbox_command.command("list")
+@click.option("--json", "as_json", is_flag=True, help="JSON lines.")
 @click.pass_obj
-def _list(store: HoldStore) -> None:
+def _list(store: HoldStore, as_json: bool) -> None:
     """Print every held message: id, state, age, size, sender, recipients, rule, last note."""
     now = time.time()
     metas = [m for m in (store.load(i) for i in store.ids()) if m is not None]
     for meta in sorted(metas, key=lambda m: m.held_at):
+        if as_json:
+            click.echo(msgspec.json.encode(meta).decode())
+            continue
         click.echo(
             f"{meta.id}  {meta.state:8}  {now - meta.held_at:8.0f}s  {meta.size:>9}  "
             f"<{meta.envelope.mail_from}> -> {', '.join(meta.envelope.rcpt_to)}  "
             f"rule={meta.rule}" + (f"  ({meta.note})" if meta.note else "")
         )
-    count, size = store.usage()
-    click.echo(f"{count} held, {size} bytes")
+    if not as_json:
+        count, size = store.usage()
+        click.echo(f"{count} held, {size} bytes")
 
 
 @sandbox_command.command("release")

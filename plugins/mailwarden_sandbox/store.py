@@ -206,6 +206,11 @@ class HoldStore:
             raise ReleasePending(id, self.marked_at(id, what)) from None
         finally:
             tmp.unlink(missing_ok=True)
+        if not (self.root / f"{id}.json").exists():
+            # The gateway released it and removed its files (``.release`` last) between the
+            # check above and the link: no such message any more, and no orphan marker.
+            path.unlink(missing_ok=True)
+            return False
         _fsync_dir(self.root)
         return True
 

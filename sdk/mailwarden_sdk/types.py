@@ -7,6 +7,7 @@ anything that ships events elsewhere agree on one typed, serialisable shape.
 from __future__ import annotations
 
 import enum
+import math
 import time
 from typing import Any
 
@@ -109,7 +110,9 @@ class Finding(msgspec.Struct, kw_only=True, frozen=True):
     findings, a :class:`SpamStatus` value or ``"hit"`` for antispam rule hits). ``score`` adds
     to the spam score for antispam findings. ``details`` carries short strings such as the
     signature name or the part's filename; it is stored in the message event log, so it must
-    never hold message text.
+    never hold message text. A ``score`` that is not a finite number (NaN, ``inf``, ``-inf``)
+    raises ``ValueError``: one ``-inf`` would make any message clean, and JSON stores it as
+    ``null``, which no reader can take back as a number.
     """
 
     code: str
@@ -123,6 +126,11 @@ class Finding(msgspec.Struct, kw_only=True, frozen=True):
     def __post_init__(self) -> None:
         if not _is_upper_snake(self.code):
             raise ValueError(f"finding code must be UPPER_SNAKE, got {self.code!r}")
+        if not math.isfinite(self.score):
+            raise ValueError(
+                f"finding {self.code} of detector {self.detector!r} has a score that is not "
+                f"a finite number: {self.score!r}"
+            )
 
 
 def _is_upper_snake(code: str) -> bool:

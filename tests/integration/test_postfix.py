@@ -23,7 +23,7 @@ from mailwarden.ingress.milter import MilterMessage, MilterResult, MilterServer
 from mailwarden.stores.backup import BackupStore
 from tests.conftest import EICAR, free_port, make_message
 from tests.integration.test_gateway_relay import Serve, Sink, wait_until
-from tests.services.postfix import Postfix
+from tests.services.postfix import Postfix, contrib_main
 
 pytestmark = pytest.mark.integration
 
@@ -165,7 +165,7 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     postfix = Postfix(sink.port)
     ports = {"mw": free_port(), "cf": free_port(), "strip": free_port()}
     try:
-        postfix.add_smtpd(ports["mw"], "mw", smtpd_milters=f"inet:127.0.0.1:{milter}")
+        postfix.add_smtpd(ports["mw"], "mw", **contrib_main("milter", {8891: milter}))
         postfix.add_smtpd(ports["strip"], "strip", smtpd_milters=f"inet:127.0.0.1:{stripper.port}")
         postfix.add_content_filter(ports["cf"], content_filter, reinject)
         postfix.start([*ports.values(), reinject])

@@ -425,6 +425,11 @@ def test_held_messages_survive_a_restart_of_serve_and_are_released_on_the_verdic
             code, text = client.data(make_message(subject="kept", attachment=b"pending"))
         assert code == 250 and b"held for analysis" in text
         wait_until(lambda: held_reference.tasks())
+        # Stopped once the task id is recorded: a stop between the server's answer and the
+        # record submits again after the restart (at least once, never lost).
+        wait_until(
+            lambda: any(b'"task":"' in p.read_bytes() for p in home.rglob("quarantine/*.json"))
+        )
     finally:
         stop(first)
     listing = _cli(env, "sandbox", "list").stdout

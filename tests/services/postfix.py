@@ -18,10 +18,33 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import need
+from tests.conftest import ROOT, need
 from tests.services import ensure_packages
 
-__all__ = ["Postfix"]
+__all__ = ["Postfix", "contrib_main"]
+
+# The snippets an admin pastes (docs/install.md); the rig uses them verbatim, with the standard
+# ports (milter 8891, filter 10025, re-injection 10026) replaced by the test's free ones.
+CONTRIB = ROOT / "contrib" / "postfix"
+
+
+def _contrib(name: str, ports: dict[int, int]) -> list[str]:
+    lines = []
+    for line in (CONTRIB / name).read_text().splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        for standard, port in ports.items():
+            line = line.replace(f"127.0.0.1]:{standard}", f"127.0.0.1]:{port}")
+            line = line.replace(f"127.0.0.1:{standard}", f"127.0.0.1:{port}")
+        lines.append(line)
+    return lines
+
+
+def contrib_main(name: str, ports: dict[int, int]) -> dict[str, str]:
+    """The settings of ``contrib/postfix/main.cf-NAME``, for one listener's ``-o`` overrides."""
+    pairs = (line.split("=", 1) for line in _contrib(f"main.cf-{name}", ports))
+    return {key.strip(): value.strip() for key, value in pairs}
+
 
 # The daemons a queue needs (Debian's master.cf.dist without chroot and without pipes).
 _MASTER = """\
@@ -110,26 +133,14 @@ class Postfix:
         it back without filtering. Recipients in ``refused`` are refused at re-injection."""
         refused = self.etc / "reinject_refused"
         refused.write_text("refuse@blocked.test REJECT 5.7.1 refused at re-injection\n")
-        self.add_smtpd(listen_port, "cf", content_filter=f"scan:[127.0.0.1]:{filter_port}")
-        self.services.append(
-            "scan      unix  -       -       n       -       10      smtp\n"
-            "  -o syslog_name=postfix/scan\n"
-            "  -o smtp_send_xforward_command=yes\n"
-            "  -o disable_mime_output_conversion=yes"
-        )
-        self.add_smtpd(
-            reinject_port,
-            "reinject",
-            content_filter="",
-            receive_override_options=(
-                "no_unknown_recipient_checks,no_header_body_checks,no_milters"
-            ),
-            smtpd_milters="",
-            smtpd_recipient_restrictions=(
-                f"check_recipient_access,texthash:{refused},permit_mynetworks,reject"
-            ),
-            smtpd_authorized_xforward_hosts="127.0.0.0/8",
-        )
+        ports = {10025: filter_port, 10026: reinject_port}
+        self.add_smtpd(listen_port, "cf", **contrib_main("content-filter", ports))
+        # master.cf-content-filter as it is, then one later -o (the last one wins) with the
+        # test's map of refused recipients.
+        restrictions = f"check_recipient_access,texthash:{refused},permit_mynetworks,reject"
+        lines = _contrib("master.cf-content-filter", ports)
+        lines.append(f"  -o smtpd_recipient_restrictions={restrictions}")
+        self.services.append("\n".join(lines))
 
     # -- life cycle ----------------------------------------------------------------------------
 

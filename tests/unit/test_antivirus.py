@@ -254,11 +254,14 @@ def test_eicar_in_every_corpus_wrapping(gateway: Run) -> None:
         assert_infected(gateway.process(as_message(sample)))
 
 
-# Containers without a reader here (ISO 9660, LHA, ALZ) and the second volume of a split zip:
-# the plugin must say it did not look inside, or that the archive is broken, rather than call
-# them clean. (The first volume, logos.zip, holds one whole member, read like ClamAV reads it
-# while the damaged others are reported corrupted.)
-UNREAD = (".iso", ".lzh", ".alz", ".z01")
+# Formats without a reader here (ALZ) and the second volume of a split zip: the plugin must
+# say it did not look inside, or that the archive is broken, rather than call them clean. (The
+# first volume, logos.zip, holds one whole member, read like ClamAV reads it while the damaged
+# others are reported corrupted.)
+UNREAD = (".alz", ".z01")
+# libarchive and 7z list no file in this image and no reader opens this LHA variant (ClamAV's
+# own readers find logo.png in both): they are reported as not read, never called clean
+UNREAD_IMAGES = ("iso_no_joliet.logo.iso", "lh0.lzh")
 
 
 def test_corpus_files_with_clamav_test_databases(tmp_path: Path) -> None:
@@ -274,14 +277,15 @@ def test_corpus_files_with_clamav_test_databases(tmp_path: Path) -> None:
             outcome = run.process(as_message(av / rel))
             verdict = outcome.decision.verdict
             got = set(verdict.virus_names)
-            if rel.endswith(UNREAD):
+            if rel.endswith(UNREAD) or rel.endswith(UNREAD_IMAGES):
                 if got or verdict.antivirus.value not in ("not_scanned", "corrupted"):
                     mismatches.append((rel, verdict.antivirus.value, sorted(got)))
             elif "ole2_encryption" in rel and rel.endswith(("x", "ppsx")):
                 if verdict.antivirus.value != "encrypted":
                     mismatches.append((rel, verdict.antivirus.value))
             elif "/zstd/" in rel:
-                if got - want:
+                # Debian's ClamAV has no zstd; upstream's test expects this name inside
+                if got != {"ZSTD_TEST_FILE"}:
                     mismatches.append((rel, sorted(got)))
             elif not want <= got or got - want:
                 mismatches.append((rel, sorted(want), sorted(got)))

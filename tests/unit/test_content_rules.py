@@ -161,3 +161,50 @@ def test_detected_types_are_checked_inside_archives_and_text_passes() -> None:
     raw = make_message(attachment=archive, filename="files.zip")
     decision = scan(raw, config=_rules('types = ["pe"]\n'))
     assert _content(decision) == [("CONTENT_TYPE_BLOCKED", "files.zip/readme.txt")]
+
+
+def _ambiguous(headers: str, body: str) -> bytes:
+    text = "From: alice@example.org\nTo: bob@example.net\nSubject: two readings\n" + headers
+    return (text + "\n" + body).replace("\n", "\r\n").encode()
+
+
+# Structures mail clients read differently; no detector needed to see them.
+AMBIGUOUS = {
+    "DUPLICATE_CONTENT_TYPE": _ambiguous(
+        "Content-Type: text/plain\nContent-Type: multipart/mixed; boundary=b\n",
+        "--b\nContent-Type: text/plain\n\nhi\n--b--\n",
+    ),
+    "HEADER_NAME_JUNK": _ambiguous(
+        "Content-Type(x): multipart/mixed; boundary=b\n",
+        "--b\nContent-Type: text/plain\n\nhi\n--b--\n",
+    ),
+    "DUPLICATE_BOUNDARY": _ambiguous(
+        'Content-Type: multipart/mixed; boundary="a"; boundary="b"\n',
+        "--b\nContent-Type: text/plain\n\nhi\n--b--\n",
+    ),
+}
+
+
+@pytest.mark.parametrize("flag", sorted(AMBIGUOUS))
+def test_an_ambiguous_structure_is_a_finding_a_rule_can_refuse(flag: str) -> None:
+    raw = AMBIGUOUS[flag]
+    delivered = scan(raw)
+    [finding] = [f for f in delivered.verdict.findings if f.code == "MIME_AMBIGUOUS"]
+    assert flag in finding.details["flags"].split(",")
+    assert finding.status == "malformed"
+    # Every reading is scanned, so the default delivers; a rule may refuse the evasion itself.
+    assert delivered.action.kind is ActionKind.DELIVER
+    strict = scan(
+        raw, config='[[rules]]\nname = "default"\n[rules.actions]\nmalformed = "reject"\n'
+    )
+    assert strict.action.kind is ActionKind.REJECT
+    assert "ambiguous MIME structure" in strict.action.smtp_text
+
+
+def test_a_plain_multipart_message_is_not_ambiguous() -> None:
+    raw = make_message(attachment=b"plain bytes", filename="notes.txt")
+    decision = scan(
+        raw, config='[[rules]]\nname = "default"\n[rules.actions]\nmalformed = "reject"\n'
+    )
+    assert not [f for f in decision.verdict.findings if f.code == "MIME_AMBIGUOUS"]
+    assert decision.action.kind is ActionKind.DELIVER

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
+
+import pytest
 
 from mailwarden.config import parse_config
 from mailwarden.inventory import inventory
@@ -106,3 +109,24 @@ def test_a_release_is_requested_once_however_many_ask_at_the_same_moment(
     assert store.mark(_meta(1).id, "delete") and store.mark(_meta(1).id, "delete")
     store.remove(_meta(1).id)
     assert store.mark(_meta(1).id, "release") is False
+
+
+def test_a_release_asked_while_the_gateway_removes_the_message_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The gateway carries out the first release and removes the message's files between the
+    # second caller's existence check and its link: that caller must hear "no such message",
+    # not "requested", and no marker may be left behind for a message that is gone.
+    store = HoldStore(tmp_path / "q")
+    assert store.admit(b"y" * 100, _meta(2))
+    held = _meta(2).id
+    real_link = os.link
+
+    def link_after_the_gateway_removed_it(src: str, dst: str) -> None:
+        store.remove(held)
+        real_link(src, dst)
+
+    monkeypatch.setattr(os, "link", link_after_the_gateway_removed_it)
+    assert store.mark(held, "release") is False
+    assert not store.marked(held, "release")
+    assert not list((tmp_path / "q").glob(f"{held}*"))

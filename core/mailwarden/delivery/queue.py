@@ -6,6 +6,13 @@ messages a crashed process left behind (those without a decision are scanned aga
 back off exponentially from ``retry_initial`` to ``retry_max_interval``; after ``max_age`` the
 message is bounced. A 5xx from the next hop bounces at once. Bounces (DSNs) go to the envelope
 sender, never for the null sender, through the same spool and next hop.
+
+Retry times and ages are measured on the monotonic clock and kept in the message's state
+(:class:`~mailwarden.spool.SpoolState`), so setting the wall clock neither bounces young
+messages (a jump forward of 6 days bounced messages seconds old) nor stalls retries (a jump
+back left them waiting for the old time to come again). Across a reboot, where monotonic
+readings do not compare, a deferred message is retried at once and the time the machine was
+down is taken from the wall clock.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from typing import TYPE_CHECKING
 from mailwarden_sdk import Envelope
 
 from ..errors import DeliveryError
-from ..spool import SpoolEntry, SpoolState
+from ..spool import BOOT_ID, SpoolEntry, SpoolState
 from ..tls import client_context
 from .dsn import build_dsn
 from .relay import RelayResult, send
@@ -29,7 +36,7 @@ from .scache import ConnectionCache
 if TYPE_CHECKING:
     from ..pipeline import Gateway
 
-__all__ = ["DeliveryQueue", "crlf"]
+__all__ = ["DeliveryQueue", "crlf", "queued_for"]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +50,19 @@ def crlf(data: bytes) -> bytes:
     if data.count(b"\n") == data.count(b"\r\n"):
         return data
     return _BARE_LF.sub(b"\r\n", data)
+
+
+def queued_for(entry: SpoolEntry, state: SpoolState) -> float:
+    """Seconds ``entry`` has spent in the spool, on the monotonic clock where it can be."""
+    if state.boot == BOOT_ID and state.age_mark:
+        return state.age + max(0.0, time.monotonic() - state.age_mark)
+    if state.boot:
+        # Measured before a reboot: the time since, only the wall clock knows.
+        return state.age + max(0.0, time.time() - state.age_wall)
+    if entry.boot == BOOT_ID and entry.spooled_mono:
+        return max(0.0, time.monotonic() - entry.spooled_mono)
+    # Spooled before a reboot, or by a version that kept no monotonic reading.
+    return max(0.0, time.time() - entry.spooled_at)
 
 
 class DeliveryQueue:
@@ -142,8 +162,19 @@ class DeliveryQueue:
                 pass
             self._wake.clear()
 
+    def _due(self, state: SpoolState) -> bool:
+        if not state.decided or state.attempts == 0:
+            return True
+        if state.boot == BOOT_ID and state.retry_mono:
+            return time.monotonic() >= state.retry_mono
+        if state.boot:
+            return True  # deferred before a reboot: the restart resumes it
+        # A state written by a version that kept only the wall clock: a wait longer than any
+        # backoff means the clock was set back.
+        wait = state.next_attempt - time.time()
+        return wait <= 0 or wait > self.config.retry_max_interval
+
     def _claim_due(self) -> None:
-        now = time.time()
         loop = self._loop
         for id in self.spool.ids():
             if len(self._active) >= self.config.concurrency * 4:
@@ -151,7 +182,7 @@ class DeliveryQueue:
             if id in self._active:
                 continue
             state = self.spool.load_state(id)
-            if state.decided and state.next_attempt > now:
+            if not self._due(state):
                 continue
             entry = self.spool.claim(id)
             if entry is None:
@@ -216,7 +247,8 @@ class DeliveryQueue:
         delivered = result.with_code(200, 300)
         failed = {r: result.replies[r] for r in result.with_code(500, 600)}
         deferred = {r: result.replies[r] for r in result.with_code(300, 500)}
-        expired = time.time() - entry.spooled_at >= self.config.max_age
+        age = queued_for(entry, state)
+        expired = age >= self.config.max_age
         if deferred and expired:
             failed.update(deferred)
         for rcpt in delivered:
@@ -242,7 +274,10 @@ class DeliveryQueue:
                 self.config.retry_initial * 2 ** (state.attempts - 1),
                 self.config.retry_max_interval,
             )
-            state.next_attempt = time.time() + delay
+            mono, wall = time.monotonic(), time.time()
+            state.age, state.age_mark, state.age_wall, state.boot = age, mono, wall, BOOT_ID
+            state.retry_mono = mono + delay
+            state.next_attempt = wall + delay
             state.last_error = next(iter(deferred.values()))[1]
             log.info(
                 "%s: deferred %s for %.0f s: %s",

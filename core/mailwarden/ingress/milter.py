@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
 import socket
@@ -33,6 +34,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 from mailwarden_native import parse
 from mailwarden_sdk import ActionKind, Envelope, run_cpu_bound
 
+from ..greylist import in_networks
 from .tcp import listening_socket, quick_ack, quickack_socket
 
 if TYPE_CHECKING:
@@ -766,6 +768,9 @@ class GatewayMilter:
         self.gateway = gateway
         self.quarantine = quarantine
         self._on_decision = on_decision
+        self._trusted = [
+            ipaddress.ip_network(n, strict=False) for n in gateway.config.smtp.trusted_networks
+        ]
 
     def envelope(self, m: MilterMessage) -> Envelope:
         """What the MTA told us, as the gateway's envelope."""
@@ -788,6 +793,9 @@ class GatewayMilter:
         gateway = self.gateway
         raw = message.raw()
         envelope = self.envelope(message)
+        refused = await self._policy_steps(envelope, len(raw))
+        if refused is not None:
+            return refused
         groups = gateway.split_recipients(envelope)
         parsed = await run_cpu_bound(len(raw), parse, raw)
         decisions = [await gateway.scan(raw, env, message=parsed) for _, env in groups]
@@ -830,6 +838,30 @@ class GatewayMilter:
         for d in decisions:
             self._record(d, f"{d.action.smtp_code} {d.action.smtp_text}")
         return result
+
+    async def _policy_steps(self, envelope: Envelope, size: int) -> MilterResult | None:
+        """Greylisting and rate limits before the scan, answered at the end of the message:
+        the MTA tempfails the whole message when one recipient's triplet is deferred (each
+        triplet is recorded, so the retry passes for all). "Trusted" is ``[smtp]
+        trusted_networks``; authenticated is the MTA's ``{auth_authen}``."""
+        steps = self.gateway.policy_steps
+        client = envelope.client_address
+        trusted = in_networks(client, self._trusted)
+        reply = None
+        for recipient in envelope.rcpt_to:
+            deferred = await steps.at_recipient(
+                envelope.mail_from,
+                recipient,
+                client,
+                authenticated=envelope.authenticated_user is not None,
+                trusted=trusted,
+            )
+            reply = reply or deferred
+        reply = reply or await steps.at_message(envelope.mail_from, client, envelope.rcpt_to, size)
+        if reply is None:
+            return None
+        code, _, text = reply.partition(" ")
+        return MilterResult("tempfail", int(code), text)
 
     async def _single(self, d: Decision) -> MilterResult:
         kind = d.action.kind

@@ -37,13 +37,15 @@ import ssl
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, AnyStr
+from typing import TYPE_CHECKING, Any, AnyStr, cast
 
+from aiosmtpd.proxy_protocol import ProxyData
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Session
 from aiosmtpd.smtp import Envelope as SmtpEnvelope
 
 from mailwarden_sdk import Envelope
 
+from ..greylist import in_networks
 from ..pipeline import Gateway
 from ..policy import direction_of
 from ..tls import server_context
@@ -145,6 +147,8 @@ class GatewaySMTP(SMTP):
             self._auth_require_tls = False
         self._strict = strict
         self._forbid_bare_newline = forbid_bare_newline
+        self._forbid_bare_newline_configured = forbid_bare_newline
+        self._proxied_peer: tuple[str, int] | None = None
         self._bare_newline_exempt = bare_newline_exempt or (lambda peer: False)
         self._junk_left = junk_command_limit
         self._junk_limit = junk_command_limit
@@ -178,8 +182,31 @@ class GatewaySMTP(SMTP):
                 self._forbid_bare_newline = False
         self._last_input = self.idle_since = self.loop.time()
         super().connection_made(transport)
+        if self._proxied_peer is not None and self.session is not None:
+            # STARTTLS starts a new session from the socket's peer, which is the balancer.
+            # aiosmtpd types peer as a string; the socket gives (host, port) like this.
+            self.session.peer = cast(Any, self._proxied_peer)
         if self._implicit_tls and self.session is not None and self.session.ssl is None:
             self.session.ssl = {"cipher": transport.get_extra_info("cipher")}
+
+    def behind_proxy(self, peer: tuple[str, int]) -> bool:
+        """Take ``peer`` (from a PROXY protocol header) as the client from now on: counted
+        against the limits as itself, not as the balancer. False when its address is full."""
+        address = str(peer[0])
+        if self._counted is not None:
+            self._limits.leave(self._counted, self)
+            self._counted = None
+        if not self._limits.admit(address, self):
+            log.warning("refusing %s (behind a proxy): connection limit reached", address)
+            return False
+        self._counted = address
+        self._proxied_peer = peer
+        if self.session is not None:
+            self.session.peer = cast(Any, peer)
+        self._forbid_bare_newline = self._forbid_bare_newline_configured and not (
+            self._bare_newline_exempt(peer)
+        )
+        return True
 
     def connection_lost(self, error: Exception | None) -> None:
         if self._refused:
@@ -425,6 +452,7 @@ class SmtpHandler:
         self.gateway = gateway
         cfg = gateway.config.smtp
         self.trusted = [ipaddress.ip_network(n, strict=False) for n in cfg.trusted_networks]
+        self.proxies = [ipaddress.ip_network(n, strict=False) for n in cfg.proxy_trusted]
         self._accounts: WebAuth | None = None
         # Failed AUTH per client address (recent times), across sessions.
         self._failures: OrderedDict[str, list[float]] = OrderedDict()
@@ -440,13 +468,25 @@ class SmtpHandler:
         """Whether the socket peer ``peer`` is in ``trusted_networks``."""
         if not isinstance(peer, tuple):
             return True
-        try:
-            address = ipaddress.ip_address(str(peer[0]).split("%", 1)[0])
-        except ValueError:
+        return in_networks(str(peer[0]), self.trusted)
+
+    async def handle_PROXY(
+        self, server: SMTP, session: Session, envelope: SmtpEnvelope, proxy: ProxyData
+    ) -> bool:
+        """A PROXY protocol header (``[smtp] proxy_protocol``): the client it names is the
+        client from now on, if the connection comes from a ``proxy_trusted`` balancer."""
+        peer: Any = session.peer
+        if not (isinstance(peer, tuple) and in_networks(str(peer[0]), self.proxies)):
+            log.warning("PROXY header from %s, which is not in [smtp] proxy_trusted", peer)
             return False
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
-        return any(address in network for network in self.trusted)
+        if not proxy.valid:
+            log.warning("invalid PROXY header from %s: %s", peer[0], proxy.error)
+            return False
+        if proxy.src_addr is None or proxy.src_port is None:
+            # LOCAL (v2) or UNKNOWN (v1): the balancer's own connection, a health check.
+            return True
+        client = (str(proxy.src_addr), int(proxy.src_port))
+        return not isinstance(server, GatewaySMTP) or server.behind_proxy(client)
 
     def local_recipient(self, address: str) -> bool:
         """Whether ``address`` is in ``[gateway] local_domains`` (or is ``postmaster``)."""
@@ -610,6 +650,15 @@ class SmtpHandler:
         limit = self.gateway.config.smtp.max_recipients
         if len(envelope.rcpt_tos) >= limit:
             return "452 4.5.3 Too many recipients"
+        deferred = await self.gateway.policy_steps.at_recipient(
+            _sender(envelope.mail_from),
+            address,
+            _client_address(session),
+            authenticated=bool(session.authenticated),
+            trusted=self.trusted_client(session),
+        )
+        if deferred is not None:
+            return deferred
         # Recipients under different rules are all accepted here and split by rule after DATA
         # (Gateway.process), so the sender is not made to wait for a retry.
         envelope.rcpt_tos.append(address)
@@ -623,8 +672,12 @@ class SmtpHandler:
         if hops > self.gateway.config.smtp.hopcount_limit:
             log.warning("refusing a message with %d Received: lines (mail loop)", hops)
             return "554 5.4.6 Error: too many hops"
-        peer: Any = session.peer
-        address = peer[0] if isinstance(peer, tuple) else None
+        address = _client_address(session)
+        limited = await self.gateway.policy_steps.at_message(
+            _sender(envelope.mail_from), address, envelope.rcpt_tos, len(raw)
+        )
+        if limited is not None:
+            return limited
         tls = session.ssl is not None
         hostname = self.gateway.config.gateway.hostname
         helo = _CONTROL_RE.sub("", session.host_name or "") or "unknown"
@@ -667,6 +720,11 @@ _RECEIVED_RE = re.compile(rb"^received[ \t]*:", re.IGNORECASE | re.MULTILINE)
 def _peer_address(server: SMTP) -> str:
     peer: Any = server.session.peer if server.session is not None else None
     return str(peer[0]) if isinstance(peer, tuple) else "local"
+
+
+def _client_address(session: Session) -> str | None:
+    peer: Any = session.peer
+    return str(peer[0]) if isinstance(peer, tuple) else None
 
 
 def _received_count(raw: bytes) -> int:
@@ -764,6 +822,10 @@ async def start_smtp_servers(
             bare_newline_exempt=handler.trusted_peer,
             junk_command_limit=cfg.junk_command_limit,
             auth_offered=handler.auth_offered,
+            # A TLS port cannot take a PROXY header (it comes before the handshake).
+            proxy_protocol_timeout=cfg.proxy_timeout
+            if cfg.proxy_protocol and not implicit
+            else None,
         )
 
     loop = asyncio.get_running_loop()

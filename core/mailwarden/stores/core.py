@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -29,11 +30,12 @@ from .backup import BackupStore
 from .bounded import BoundedStore, enforce
 from .files import FileStore
 from .lines import CappedLines, LinesStore
+from .lmdb_env import Recovery, on_recovered
 from .statistics import Statistics
 from .temp import clean_temp
 from .traces import TraceStreams
 
-__all__ = ["CoreStores", "LineFile", "line_files", "plugin_file_stores"]
+__all__ = ["CoreStores", "LineFile", "line_files", "plugin_file_stores", "write_recovery"]
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,16 @@ def quarantine_descriptor(config: Config) -> StoreDescriptor:
         max_bytes=config.stores.quarantine_max_bytes,
         when_full=WhenFull.REMOVE_OLDEST,
         read_permission="queues.view",
+    )
+
+
+def write_recovery(app_log: ApplicationLog, recovery: Recovery) -> None:
+    """The application log entry for a damaged store that was moved aside and made anew."""
+    app_log.write(
+        "error",
+        "store recovered",
+        detail=f"{recovery.store} at {recovery.path} was damaged ({recovery.reason}); "
+        f"moved aside to {recovery.moved_to} and created empty",
     )
 
 
@@ -163,6 +175,30 @@ class CoreStores:
                 )
             )
         self._task: asyncio.Task[None] | None = None
+        # Weakly: the listener list is the process's, and a gateway made in a test must not
+        # be kept alive by it.
+        ref = weakref.ref(self)
+
+        def recovered(recovery: Recovery) -> None:
+            stores = ref()
+            if stores is not None:
+                stores._recovered(recovery)
+
+        self._unsubscribe = on_recovered(recovered)
+
+    def _recovered(self, recovery: Recovery) -> None:
+        self.metrics.sync_recoveries()
+        ours = (
+            self.events.directory,
+            self.app_log.path,
+            self.auth_log.path,
+            self.backup.index.path,
+            self.statistics.root,
+        )
+        path = Path(recovery.path)
+        if path.is_relative_to(self.config.home) or path in ours:
+            # Not another gateway's store (tests run several in one process).
+            write_recovery(self.app_log, recovery)
 
     def bounded(self) -> list[BoundedStore]:
         """Every store with limits the core enforces, plugins' included."""

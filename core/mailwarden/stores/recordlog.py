@@ -12,6 +12,11 @@ or none of it. Index values are record keys, which sort by time, so the entries 
 within a time range are a contiguous run read newest first from the range's end: a search by
 sender over a million records touches only that sender's entries in the range.
 
+A record that does not decode (damaged on disk, or written by a version that stored what this
+one refuses) is skipped by searches and counted in :attr:`RecordLog.damaged`, never fatal to
+the search; ``repair`` may first turn such a value into a record. A damaged environment is
+moved aside and recreated (:mod:`.lmdb_env`).
+
 Enforcement: records older than the retention and, past a cap, the oldest records are removed
 (:class:`~mailwarden.stores.bounded.BoundedStore`); cap trimming also happens in the write
 transaction that went over, so the caps hold after every append.
@@ -19,6 +24,7 @@ transaction that went over, so the caps hold after every append.
 
 from __future__ import annotations
 
+import logging
 import struct
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -33,6 +39,8 @@ from .bounded import BoundedStore, Usage
 from .lmdb_env import LmdbEnv
 
 __all__ = ["RecordLog", "key_time"]
+
+log = logging.getLogger(__name__)
 
 R = TypeVar("R")
 T = TypeVar("T")
@@ -81,10 +89,15 @@ class RecordLog(BoundedStore, Generic[R]):
         initial_map_size: int = 16 << 20,
         extra_weight: Callable[[R], int] | None = None,
         on_removed: Callable[[list[R]], None] | None = None,
+        repair: Callable[[bytes], R] | None = None,
     ) -> None:
         """``extra_weight(record)`` adds what a record costs outside the environment (a body
-        file) to its weight; ``on_removed(records)`` is called after a commit removed them."""
+        file) to its weight; ``on_removed(records)`` is called after a commit removed them;
+        ``repair(value)`` reads a stored value the record type refuses, or raises."""
         self.descriptor = descriptor
+        self._repair = repair
+        #: Stored values no search could read (skipped), since this object was made.
+        self.damaged = 0
         self._extra_weight = extra_weight
         self._on_removed = on_removed
         self._removed: list[R] = []
@@ -95,7 +108,13 @@ class RecordLog(BoundedStore, Generic[R]):
         self._index_terms = index_terms
         self._indices = tuple(indices)
         dbs = {"records": False, "meta": False} | {f"ix_{name}": True for name in self._indices}
-        self.env = LmdbEnv(self.path, dbs=dbs, sync=sync, initial_map_size=initial_map_size)
+        self.env = LmdbEnv(
+            self.path,
+            dbs=dbs,
+            sync=sync,
+            initial_map_size=initial_map_size,
+            name=descriptor.name,
+        )
         self._encode = msgspec.json.Encoder().encode
         self._decode: Callable[[bytes], R] = msgspec.json.Decoder(record_type).decode
 
@@ -164,15 +183,32 @@ class RecordLog(BoundedStore, Generic[R]):
 
         return self._write(work)
 
+    def _read(self, value: bytes) -> R | None:
+        """The record stored as ``value``; ``None`` (counted) when it cannot be read."""
+        try:
+            return self._decode(value)
+        except msgspec.DecodeError:
+            if self._repair is not None:
+                try:
+                    return self._repair(value)
+                except (msgspec.DecodeError, ValueError, TypeError):
+                    pass
+            self.damaged += 1
+            return None
+
     def _remove(self, txn: Any, key: bytes, value: bytes) -> None:
-        record = self._decode(value)
-        terms = self._terms(record)
+        record = self._read(value)
+        # A damaged record still goes, by age or cap; its index entries (unknown) stay behind
+        # and name a missing record, which searches skip.
+        terms = self._terms(record) if record is not None else []
         for name, term in terms:
             txn.delete(term, key, db=self.env.db(f"ix_{name}"))
         txn.delete(key, db=self.env.db("records"))
-        self._removed.append(record)
+        if record is not None:
+            self._removed.append(record)
         meta = self.env.db("meta")
-        weight = _get_u64(txn, meta, b"bytes") - self._weight(value, terms, record)
+        cost = self._weight(value, terms, record) if record is not None else len(value)
+        weight = _get_u64(txn, meta, b"bytes") - cost
         txn.put(b"bytes", _U64.pack(max(0, weight)), db=meta)
 
     def _trim(self, txn: Any, limit: int) -> int:
@@ -255,17 +291,29 @@ class RecordLog(BoundedStore, Generic[R]):
         lo = _key(since, 0) if since is not None else None
         hi = _key(until, 0) if until is not None else None
 
-        def work(txn: Any) -> list[R]:
+        def work(txn: Any) -> tuple[list[R], list[bytes]]:
             found: list[R] = []
-            for value in self._candidates(txn, lo, hi, terms):
-                record = self._decode(value)
+            skipped: list[bytes] = []
+            for key, value in self._candidates(txn, lo, hi, terms):
+                record = self._read(value)
+                if record is None:
+                    skipped.append(key)
+                    continue
                 if predicate is None or predicate(record):
                     found.append(record)
                     if limit is not None and len(found) >= limit:
                         break
-            return found
+            return found, skipped
 
-        return self.env.read(work)
+        found, skipped = self.env.read(work)
+        if skipped:
+            log.warning(
+                "%s: %d damaged record(s) skipped (the newest %s)",
+                self.descriptor.name,
+                len(skipped),
+                skipped[0].hex(),
+            )
+        return found
 
     def get(self, index: str, term: str) -> R | None:
         """The newest record an index term names, else ``None``."""
@@ -283,7 +331,7 @@ class RecordLog(BoundedStore, Generic[R]):
 
     def _candidates(
         self, txn: Any, lo: bytes | None, hi: bytes | None, terms: Sequence[tuple[str, str]]
-    ) -> Iterable[bytes]:
+    ) -> Iterable[tuple[bytes, bytes]]:
         records = self.env.db("records")
         if not terms:
             cursor = txn.cursor(db=records)
@@ -294,7 +342,7 @@ class RecordLog(BoundedStore, Generic[R]):
             while ok:
                 if lo is not None and cursor.key() < lo:
                     return
-                yield cursor.value()
+                yield cursor.key(), cursor.value()
                 ok = cursor.prev()
             return
         best: tuple[int, Any, bytes] | None = None
@@ -318,7 +366,7 @@ class RecordLog(BoundedStore, Generic[R]):
                 return
             value = txn.get(key, db=records)
             if value is not None:
-                yield value
+                yield key, value
             ok = cursor.prev_dup()
 
     def verify(self) -> list[str]:

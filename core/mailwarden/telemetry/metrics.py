@@ -45,6 +45,7 @@ from prometheus_client.registry import Collector
 from mailwarden_sdk import MessageEvent
 
 from ..stores.bounded import BoundedStore
+from ..stores.lmdb_env import damaged_copies, recovered_counts
 
 __all__ = ["GatewayMetrics", "metrics_directory", "share_between_processes", "worker_exited"]
 
@@ -124,8 +125,16 @@ class _StoreCollector(Collector):
         records = GaugeMetricFamily(
             "mailwarden_store_records", "Records a store of user data holds", labels=["store"]
         )
+        damaged = GaugeMetricFamily(
+            "mailwarden_store_damaged_copies",
+            "Damaged copies of a store moved aside (NAME.corrupt-TIME) and still on disk",
+            labels=["store"],
+        )
         for store in self._stores():
             name = store.descriptor.name
+            # Read from the disk: the same in every worker and after a restart, until an
+            # admin has looked at the copies and removed them.
+            damaged.add_metric([name], len(damaged_copies(Path(store.descriptor.path))))
             try:
                 usage = store.usage()
             except Exception:  # a store that cannot be read must not break the scrape
@@ -135,6 +144,7 @@ class _StoreCollector(Collector):
             records.add_metric([name], usage.count)
         yield size
         yield records
+        yield damaged
 
 
 class _QuietHandler(WSGIRequestHandler):
@@ -154,7 +164,7 @@ class GatewayMetrics:
         self._stores = stores
         self.registry = CollectorRegistry(auto_describe=True)
         # First: a scrape moves this process's evictions into their counter before reading it.
-        self.registry.register(_StoreCollector(stores, self.sync_evictions))
+        self.registry.register(_StoreCollector(stores, self._sync_counts))
         self.messages = Counter(
             "mailwarden_messages",
             "Messages recorded, by action",
@@ -183,6 +193,13 @@ class GatewayMetrics:
             ["store"],
             registry=self.registry,
         )
+        self.recovered = Counter(
+            "mailwarden_store_recovered",
+            "Damaged stores moved aside (NAME.corrupt-TIME) and created empty; alert on any",
+            ["store"],
+            registry=self.registry,
+        )
+        self._recovered_seen: dict[str, int] = {}
         # livesum: with several workers, the sum over the live ones (a dead worker's file is
         # removed by the parent), so a worker being replaced shows as one fewer.
         self.workers = Gauge(
@@ -190,6 +207,27 @@ class GatewayMetrics:
             "Gateway processes serving mail ([smtp] workers; 1 without)",
             registry=self.registry,
             multiprocess_mode="livesum",
+        )
+        # Greylisting and rate limits (issue 23): what they deferred, and whether their state
+        # is shared through Redis right now (livemin: 0 when any worker goes on locally).
+        self.policy_deferrals = Counter(
+            "mailwarden_policy_deferrals",
+            "Messages or recipients deferred (451 4.7.1) by a policy step",
+            ["policy"],
+            registry=self.registry,
+        )
+        self.shared_state = Gauge(
+            "mailwarden_shared_state_redis",
+            "1 while greylisting and rate-limit state is shared in Redis, 0 while this node "
+            "goes on with its local state ([redis] enabled only)",
+            registry=self.registry,
+            multiprocess_mode="livemin",
+        )
+        self.shared_state_fallbacks = Counter(
+            "mailwarden_shared_state_fallbacks",
+            "Policy state operations answered from the local store because Redis failed or "
+            "its breaker was open",
+            registry=self.registry,
         )
         self._evicted: dict[str, int] = {}
         self._evicted_lock = threading.Lock()
@@ -232,6 +270,20 @@ class GatewayMetrics:
                     child.inc(new)
                 self._evicted[name] = count
 
+    def _sync_counts(self) -> None:
+        self.sync_evictions()
+        self.sync_recoveries()
+
+    def sync_recoveries(self) -> None:
+        """Add the stores this process recovered since the last call to
+        ``mailwarden_store_recovered``."""
+        with self._evicted_lock:
+            for name, count in recovered_counts().items():
+                new = count - self._recovered_seen.get(name, 0)
+                if new > 0:
+                    self.recovered.labels(name).inc(new)
+                self._recovered_seen[name] = count
+
     def running(self) -> None:
         """This process serves mail now (``mailwarden_workers``)."""
         self.workers.set(1)
@@ -248,7 +300,7 @@ class GatewayMetrics:
             if not values.ValueClass._multiprocess:
                 raise RuntimeError("share_between_processes was not called before the fork")
             registry = CollectorRegistry()
-            registry.register(_StoreCollector(self._stores, self.sync_evictions))
+            registry.register(_StoreCollector(self._stores, self._sync_counts))
             multiprocess.MultiProcessCollector(registry, path=str(shared))  # type: ignore[no-untyped-call]
         family, _, _, _, address = socket.getaddrinfo(
             listen, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE

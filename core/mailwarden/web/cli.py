@@ -13,6 +13,7 @@ from ..plugins import build_plugin_manager
 from ..stores.applog import ApplicationLog
 from .audit import AuditLog
 from .auth import WebAuth
+from .permissions import BUILTIN_ROLES
 
 __all__ = ["web"]
 
@@ -20,11 +21,11 @@ __all__ = ["web"]
 def _auth(config_path: str | None) -> tuple[WebAuth, AuditLog]:
     """The accounts, and the audit log that records changes made from the shell (the web's
     copy and the application log, under the name of the system user who ran the command)."""
-    from ..cli import _config_path
+    from ..cli import _home_config_path
 
     plugins = build_plugin_manager()
     try:
-        config = load_config(_config_path(config_path), plugins.config_schemas())
+        config = load_config(_home_config_path(config_path), plugins.config_schemas())
     except MailwardenError as exc:
         raise click.ClickException(str(exc)) from exc
     cfg = config.web
@@ -46,6 +47,18 @@ def _auth(config_path: str | None) -> tuple[WebAuth, AuditLog]:
     return auth, audit
 
 
+def _check_roles(auth: WebAuth, roles: tuple[str, ...]) -> None:
+    """Refuse a role that is neither built in nor in ``[web] roles``, listing the valid ones
+    (the web interface would otherwise grant an account nothing, silently)."""
+    valid = sorted({*BUILTIN_ROLES, *auth.custom_roles})
+    unknown = [role for role in roles if role not in valid]
+    if unknown:
+        raise click.BadParameter(
+            f"{', '.join(unknown)} is not a role; roles: {', '.join(valid)}",
+            param_hint="'--role'",
+        )
+
+
 def _shell_user() -> str:
     return "cli:" + pwd.getpwuid(os.getuid()).pw_name
 
@@ -63,6 +76,7 @@ def web() -> None:
 def web_password(user: str, roles: tuple[str, ...], config_path: str | None, password: str) -> None:
     """Set a local account's password (the admin's, or a new account with --role)."""
     auth, audit = _auth(config_path)
+    _check_roles(auth, roles)
     try:
         auth.set_password(user, password, roles=list(roles) if roles else None)
     except ValueError as exc:
@@ -78,6 +92,7 @@ def web_password(user: str, roles: tuple[str, ...], config_path: str | None, pas
 def web_token(name: str, roles: tuple[str, ...], config_path: str | None) -> None:
     """Make an API token for automation; it is printed once, only its hash is kept."""
     auth, audit = _auth(config_path)
+    _check_roles(auth, roles)
     try:
         token = auth.create_token(name, list(roles))
     except ValueError as exc:

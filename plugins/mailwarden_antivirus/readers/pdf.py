@@ -1,0 +1,66 @@
+"""PDF through ``pikepdf`` (qpdf): every stream decoded, embedded files, JavaScript.
+
+A stream whose filter qpdf cannot decode (JBIG2, a broken filter chain) is given raw, as
+ClamAV would scan it. A PDF that needs a user password is ``encrypted``.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+from ..archives import _Corrupt, _Encrypted, _Unsupported
+from . import Budget, Members
+
+
+def read_pdf(budget: Budget, data: bytes, kind: str) -> Members:
+    """Decoded streams, embedded files and JavaScript of a PDF document."""
+    try:
+        import pikepdf
+    except ImportError:
+        raise _Unsupported("pdf: pikepdf is not installed") from None
+    try:
+        pdf = pikepdf.open(io.BytesIO(data))
+    except pikepdf.PasswordError:
+        raise _Encrypted("pdf: password-protected") from None
+    except pikepdf.PdfError as exc:
+        raise _Corrupt(f"pdf: {exc}") from None
+    with pdf:
+        try:
+            for index, obj in enumerate(pdf.objects):
+                budget._check_clock()
+                if isinstance(obj, pikepdf.Stream):
+                    yield f"stream {index}", _stream(budget, obj, pikepdf)
+                elif isinstance(obj, pikepdf.Dictionary) and "/JS" in obj:
+                    script = _javascript(obj["/JS"], pikepdf)
+                    if script:
+                        budget._member()
+                        budget._grow(len(script))
+                        yield f"javascript {index}", script
+            for name, attached in pdf.attachments.items():
+                budget._member()
+                content = attached.get_file().read_bytes()
+                budget._grow(len(content))
+                yield name, content
+        except pikepdf.PdfError as exc:
+            raise _Corrupt(f"pdf: {exc}") from None
+
+
+def _stream(budget: Budget, stream: Any, pikepdf: Any) -> bytes:
+    budget._member()
+    raw = stream.read_raw_bytes()
+    try:
+        decoded = stream.read_bytes()
+    except pikepdf.PdfError:
+        decoded = raw
+    budget._grow(len(decoded))
+    budget._ratio(len(decoded), len(raw))
+    return bytes(decoded)
+
+
+def _javascript(value: Any, pikepdf: Any) -> bytes:
+    if isinstance(value, pikepdf.Stream):
+        return b""  # a stream: yielded with the others
+    if isinstance(value, pikepdf.String):
+        return bytes(value)
+    return b""
