@@ -48,6 +48,10 @@ def test_events_filter_by_every_indexed_field_and_page(web: Web) -> None:
     assert len(_subjects(client.get("/events", params={"since": "1h"}).text)) == 8
     later = time.strftime("%Y-%m-%dT%H:%M", time.localtime(time.time() + 7200))
     assert _subjects(client.get("/events", params={"since": later}).text) == []
+    # The API takes the same time grammar.
+    assert len(client.get("/api/events", params={"since": "1h"}).json()) == 8
+    assert client.get("/api/events", params={"since": later}).json() == []
+    assert client.get("/api/events", params={"until": "soon"}).status_code == 400
     # A filter that cannot be read is said next to its field and never widens the search.
     bad = client.get("/events", params={"action": "explode", "since": "yesterday-ish"}).text
     assert "action is one of deliver" in bad and "is not a time" in bad

@@ -66,6 +66,7 @@ from .ui import (
     event_csv,
     field_unit,
     human_bytes,
+    parse_when,
     rest_text,
     trends,
 )
@@ -600,8 +601,9 @@ def _query(params: Any) -> EventQuery:
 
     hours = number("hours")
     return EventQuery(
-        since=time.time() - hours * 3600 if hours else number("since"),
-        until=number("until"),
+        # The events page's grammar: 2h, 7d, a local date and time, or a Unix time.
+        since=time.time() - hours * 3600 if hours else parse_when(params.get("since") or ""),
+        until=parse_when(params.get("until") or ""),
         sender=text("sender"),
         recipient=text("recipient"),
         subject=text("subject"),
@@ -615,7 +617,8 @@ def _query(params: Any) -> EventQuery:
 
 async def api_events(request: Request) -> Response:
     """Search the message event log: ``sender``, ``recipient``, ``subject``, ``status``,
-    ``action``, ``message_id``, ``client``, ``since``/``until`` (Unix time) or ``hours``."""
+    ``action``, ``message_id``, ``client``, ``since``/``until`` (``2h``, ``7d``,
+    ``2026-12-06T14:30`` or a Unix time) or ``hours``."""
     state: WebState = request.state.web
     try:
         query = _query(request.query_params)
