@@ -159,6 +159,7 @@ def test_issue_22_pages_in_chromium(serve: tuple[Path, int, int]) -> None:  # no
             for path in ("/events", "/quarantine", "/settings"):
                 page.goto(base + path)
                 _fits(page, 390)
+                page.screenshot(path=str(SHOTS / f"{path[1:]}-390.png"), full_page=True)
             page.click("#logout")
             page.wait_for_url(f"{base}/login")
         finally:
