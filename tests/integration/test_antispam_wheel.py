@@ -136,7 +136,7 @@ def test_wheel_install_loads_the_builtin_rules_and_flags_spam(corpus: Path, tmp_
     assert Path(where).is_relative_to(venv), where
     # The installed plugin has every rule the checkout has (0 when the .cf files were left out).
     assert count == len(load_rules([BUILTIN_RULES]).rules)
-    assert count >= 40
+    assert count >= 100
 
     public = corpus / "spam-public"
     with open(public / "LABELS.csv", newline="") as fh:
@@ -149,6 +149,6 @@ def test_wheel_install_loads_the_builtin_rules_and_flags_spam(corpus: Path, tmp_
     checkout = _flagged([sys.executable, "-m", "mailwarden"], config, spam + ham)
     assert installed == checkout
     caught = sum(installed[p.name] for p in spam)
-    # Rules and scores alone (no Bayes, no network) catch most spam and flag no ham here.
-    assert caught >= 0 * len(spam), f"{caught} of {len(spam)} spam flagged"
-    assert not any(installed[p.name] for p in ham)
+    # Rules and scores alone (no Bayes, no network) catch most spam and flag hardly any ham.
+    assert caught >= 0.6 * len(spam), f"{caught} of {len(spam)} spam flagged"
+    assert sum(installed[p.name] for p in ham) <= 1
