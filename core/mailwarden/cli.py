@@ -16,11 +16,12 @@ import click
 import msgspec
 
 from . import __version__
-from .config import default_home
+from .config import Config, default_home
 from .errors import MailwardenError
 from .events import EventQuery, MessageEventLog
 from .pipeline import Decision, Gateway
 from .plugins import build_plugin_manager
+from .privileges import dumps_off, private_umask
 
 EXIT_CLEAN, EXIT_DETECTED, EXIT_ERROR = 0, 1, 2
 
@@ -89,6 +90,11 @@ class _HostLoader:
 def cli(ctx: click.Context, verbose: int) -> None:
     """mailwarden: email security gateway."""
     ctx.obj = _HostLoader()
+    # Stores hold mail, addresses and credentials: whatever any command creates is the
+    # service account's alone (folders 0700, files 0600). Restored when the command ends, for
+    # callers that run commands in their own process (CliRunner).
+    previous = private_umask()
+    ctx.call_on_close(lambda: os.umask(previous))
     level = logging.WARNING - 10 * verbose
     logging.basicConfig(
         level=max(level, logging.DEBUG), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -128,11 +134,15 @@ def serve(config_path: str | None) -> None:
     """
     from .serve import serve_forever, write_default_config
 
+    # Before the config (with its bind password) is read: no memory dump unless configured.
+    dumps_off(for_good=False)
     path = _config_path(config_path)
     if path is None:
         target = default_home() / "mailwarden.toml"
         write_default_config(target)
         path = str(target)
+    # Absolute: workers re-read it, and with memory dumps on they run in the dumps folder.
+    path = str(Path(path).absolute())
     try:
         gateway = Gateway.from_file(path)
         serve_forever(gateway, announce=lambda line: click.echo(line))
@@ -293,9 +303,14 @@ def config_check(file: str | None) -> None:
         return
     try:
         plugin_set = build_plugin_manager()
-        load_config(path, plugin_set.config_schemas())
+        loaded = load_config(path, plugin_set.config_schemas())
     except MailwardenError as exc:
         _fail(str(exc))
+        return
+    from .ingress.smtp import relay_warnings
+
+    for warning in relay_warnings(loaded):
+        click.echo(f"warning: {warning}", err=True)
     click.echo(f"{path}: ok")
 
 
@@ -311,13 +326,39 @@ def config_check(file: str | None) -> None:
 )
 @click.option("--status", help="Verdict status, e.g. infected, spam, clean.")
 @click.option("--message-id")
-@click.option("--client", "client_address")
+@click.option("--client", "client_address", help="Client IP (messages, auth log).")
+@click.option(
+    "--log",
+    "which",
+    type=click.Choice(["messages", "app", "auth"]),
+    default="messages",
+    show_default=True,
+    help="The message event log, the application log or the authentication log.",
+)
+@click.option("--actor", help="Account name (app: who acted; auth: who logged in).")
+@click.option(
+    "--kind",
+    type=click.Choice(["admin", "login", "update", "error", "start", "stop"]),
+    help="Application log entries of this kind.",
+)
 @click.option("--limit", default=50, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="JSON lines.")
 def events(
-    config_path: str | None, since: str | None, until: str | None, as_json: bool, **filters: Any
+    config_path: str | None,
+    since: str | None,
+    until: str | None,
+    as_json: bool,
+    which: str,
+    actor: str | None,
+    kind: str | None,
+    **filters: Any,
 ) -> None:
-    """Search the message event log (through its indices), newest first."""
+    """Search the message event log (through its indices), newest first.
+
+    ``--log app`` reads the application log (admin actions, logins, updates, errors, starts
+    and stops); ``--log auth`` the authentication log (login attempts); both newest first,
+    with the same ``--since``/``--until``.
+    """
     from .config import load_config
 
     try:
@@ -325,6 +366,31 @@ def events(
     except MailwardenError as exc:
         _fail(str(exc))
         return
+    if which != "messages":
+        misplaced = [name for name, value in filters.items() if value and name != "limit"]
+        if which == "auth":
+            misplaced = [name for name in misplaced if name != "client_address"]
+        if kind and which == "auth":
+            misplaced.append("kind")
+        if misplaced:
+            options = ", ".join(
+                "--" + n.replace("_address", "").replace("_", "-") for n in misplaced
+            )
+            raise click.UsageError(f"{options}: not a filter of the {which} log")
+        _print_log(
+            cfg,
+            which,
+            since=_parse_since(since) if since else None,
+            until=_parse_since(until) if until else None,
+            actor=actor,
+            kind=kind,
+            client=filters.get("client_address"),
+            limit=filters["limit"],
+            as_json=as_json,
+        )
+        return
+    if actor or kind:
+        raise click.UsageError("--actor and --kind filter the app and auth logs (--log)")
     log = MessageEventLog(cfg.path_in_home(cfg.events.path), retention_days=None, max_bytes=None)
     query = EventQuery(
         since=_parse_since(since) if since else None,
@@ -344,6 +410,53 @@ def events(
             f"{when}  {event.action.value:<10} av={av} spam={verdict.spam.value} "
             f"from=<{event.mail_from}> to=<{','.join(event.rcpt_to)}> subject={event.subject!r}"
         )
+
+
+def _print_log(
+    cfg: Config,
+    which: str,
+    *,
+    since: float | None,
+    until: float | None,
+    actor: str | None,
+    kind: str | None,
+    client: str | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """The application or authentication log, newest first (read only: no limit applied)."""
+    from .stores.applog import ApplicationLog
+    from .stores.authlog import AuthLog
+
+    lines: list[tuple[float, str, bytes]] = []
+    if which == "app":
+        path = cfg.path_in_home(cfg.stores.app_log_path)
+        if path.is_dir():
+            app = ApplicationLog(path, retention_days=None, max_bytes=None)
+            for event in app.search(since=since, until=until, kind=kind, actor=actor, limit=limit):
+                where = f" client={event.client_address}" if event.client_address else ""
+                text = f"{event.kind:<6} {event.action}  actor={event.actor or '-'}{where}"
+                lines.append((event.time, text + (f"  {event.detail}" if event.detail else ""),
+                              msgspec.json.encode(event)))  # fmt: skip
+            app.close()
+    else:
+        path = cfg.path_in_home(cfg.stores.auth_log_path)
+        if path.is_dir():
+            auth = AuthLog(path, retention_days=None)
+            # The auth log's search has no upper bound: later attempts are skipped here.
+            found = auth.search(since=since, user=actor, client_address=client, limit=None)
+            for attempt in [a for a in found if until is None or a.time < until][:limit]:
+                text = (
+                    f"{'ok' if attempt.success else 'FAILED':<6} user={attempt.user} "
+                    f"client={attempt.client_address or '-'} method={attempt.method}"
+                )
+                lines.append((attempt.time, text, msgspec.json.encode(attempt)))
+            auth.close()
+    for when, text, raw in lines:
+        if as_json:
+            click.echo(raw.decode())
+        else:
+            click.echo(f"{dt.datetime.fromtimestamp(when).isoformat(timespec='seconds')}  {text}")
 
 
 @cli.command("data-inventory")

@@ -8,6 +8,7 @@ is how mail gets lost.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -29,6 +30,7 @@ __all__ = [
     "DkimKeyConfig",
     "EventsConfig",
     "GatewayConfig",
+    "HooksConfig",
     "MetricsConfig",
     "MilterConfig",
     "RuleActions",
@@ -45,6 +47,9 @@ __all__ = [
 Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
 Positive = Annotated[int, msgspec.Meta(gt=0)]
 Seconds = Annotated[float, msgspec.Meta(gt=0)]
+# An address or CIDR network; the shape here (so an error names the key's line), the ranges in
+# SmtpConfig.__post_init__.
+Network = Annotated[str, msgspec.Meta(pattern=r"^[0-9A-Fa-f:.]+(/[0-9]{1,3})?$")]
 ActionName = Literal["deliver", "reject", "tempfail", "discard", "quarantine"]
 # Antivirus statuses may also ``remove`` the parts they concern (delivering the rest with a
 # notice) or ``tag`` the subject and deliver.
@@ -56,21 +61,52 @@ class _Section(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 class GatewayConfig(_Section):
-    """``[gateway]``: where the gateway keeps its data and how it names itself."""
+    """``[gateway]``: where the gateway keeps its data, how it names itself, whom it runs as.
+
+    Started as root with ``user`` (and ``group``), ``serve`` binds its ports, gives the home
+    to that account and runs as it. Memory dumps are off unless ``core_dumps``; then they go
+    to ``core_dumps_path``, each dump and the folder at most ``core_dumps_max_bytes``.
+    """
 
     home: str = ""
     hostname: str = "mailwarden.localhost"
     # The organisation's own mail domains: rules' ``direction`` is decided from them. An entry
     # ``.example.org`` also covers every subdomain of example.org.
     local_domains: list[str] = msgspec.field(default_factory=list)
+    # Started as root, ``serve`` binds its ports, gives the home to this account and switches
+    # to it (``group``: its primary group unless set).
+    user: str = ""
+    group: str = ""
+    # Memory dumps of crashed processes (they hold mail): off unless set, then into
+    # ``core_dumps_path`` (relative to the home), each and all together at most the cap.
+    core_dumps: bool = False
+    core_dumps_path: str = "cores"
+    core_dumps_max_bytes: Annotated[int, msgspec.Meta(gt=0)] = 1 << 30
 
 
 class SmtpConfig(_Section):
     """``[smtp]``: the SMTP gateway listener.
 
     STARTTLS on ``port`` and implicit TLS on ``tls_port`` (0: off); more than ``max_connections``
-    (or ``max_connections_per_ip``) open connections per worker get 421; ``workers`` processes
-    share the ports (0: one per core).
+    (or ``max_connections_per_ip``) open connections per worker get 421, and when the listener
+    is full an idle connection of the address holding the most is closed to make room for
+    another address; ``workers`` processes share the ports (0: one per core). ``timeout`` is
+    the time allowed without a byte from the client (a slow transfer that keeps sending is
+    never cut); after ``junk_command_limit`` NOOP, RSET, VRFY or HELP commands without a
+    message the client gets 421.
+
+    Relay control, as Postfix's ``smtpd_relay_restrictions``: a recipient in ``[gateway]
+    local_domains`` is accepted from anyone; any other recipient only from a client in
+    ``trusted_networks`` or after SMTP AUTH, else ``554 5.7.1 Relay access denied``. AUTH
+    (PLAIN, LOGIN) is offered only over TLS and only when there is something to check the
+    password against: the web interface's local accounts, or the directory (``[directory]``,
+    an LDAP bind as the user) for names that are addresses. ``auth = false`` never offers it.
+    Addresses in MAIL and RCPT must be RFC 5321 mailboxes (501). A message with more than
+    ``hopcount_limit`` ``Received:`` lines (ours included) is a loop (554 5.4.6). With
+    ``forbid_bare_newline`` a line ending in a bare LF from a client outside
+    ``trusted_networks`` gets ``550 5.5.2`` and the connection is closed (Postfix's
+    ``smtpd_forbid_bare_newline = reject`` with its default exclusion of ``$mynetworks``; it
+    stops SMTP smuggling).
     """
 
     enabled: bool = True
@@ -88,6 +124,22 @@ class SmtpConfig(_Section):
     max_connections_per_ip: Positive = 50
     # Processes accepting on the same port (SO_REUSEPORT); 0 means one per core.
     workers: Annotated[int, msgspec.Meta(ge=0, le=256)] = 1
+    trusted_networks: list[Network] = msgspec.field(
+        default_factory=lambda: ["127.0.0.0/8", "::1/128"]
+    )
+    auth: bool = True
+    hopcount_limit: Positive = 50
+    forbid_bare_newline: bool = True
+    junk_command_limit: Positive = 100
+
+    def __post_init__(self) -> None:
+        for network in self.trusted_networks:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"trusted_networks: {network!r} is not an address or CIDR network"
+                ) from None
 
 
 class MilterConfig(_Section):
@@ -205,12 +257,35 @@ class DetectorsConfig(_Section):
         return self.timeouts.get(detector, self.timeout)
 
 
+class HooksConfig(_Section):
+    """``[hooks]``: time budgets in seconds of the plugin hooks other than scans.
+
+    ``verdict`` and ``action`` bound all ``mailwarden_verdict`` / ``mailwarden_action``
+    implementations of one message together; ``hold``, ``startup`` and ``shutdown`` each
+    implementation. A verdict that runs out (or fails) keeps the detectors' folded verdict with
+    a ``HOOK_TIMEOUT`` error and is never delivered on that: at least a 451. ``message_processed``
+    observers run on threads of their own, off the mail path; a call past its budget is logged
+    and counted, and at most ``observer_backlog`` events wait for a slow observer (more are
+    dropped for it and counted).
+    """
+
+    startup: Seconds = 120.0
+    shutdown: Seconds = 5.0
+    verdict: Seconds = 10.0
+    action: Seconds = 10.0
+    hold: Seconds = 30.0
+    message_processed: Seconds = 2.0
+    observer_backlog: Positive = 1000
+
+
 class EventsConfig(_Section):
     """``[events]``: the message event log, and where events are also sent.
 
     ``json`` writes each message event as a JSON line to a file (``-``: standard output);
     ``syslog`` sends it to ``host:port`` over UDP as RFC 5424 (``syslog_format = "cef"``: the
     message is in ArcSight CEF), so existing log pipelines take it. Both empty: not sent.
+    The ``json`` file (relative to the home) is rotated to ``.1`` at half of ``json_max_bytes``,
+    so the two never hold more than that.
     """
 
     enabled: bool = True
@@ -218,6 +293,8 @@ class EventsConfig(_Section):
     retention_days: Annotated[float, msgspec.Meta(gt=0)] = 3.0
     max_bytes: Positive = 1 << 30
     json: str = ""
+    # The JSON file and its rotated older half (``json`` + ``.1``) together at most this.
+    json_max_bytes: Positive = 1 << 30
     syslog: str = ""
     syslog_format: Literal["rfc5424", "cef"] = "rfc5424"
     syslog_facility: Annotated[int, msgspec.Meta(ge=0, le=23)] = 16
@@ -226,7 +303,8 @@ class EventsConfig(_Section):
 class StoresConfig(_Section):
     """``[stores]``: the other stores of user data, their places (relative to the home) and
     limits. Every limit removes the oldest records when reached; ``traces`` is off unless
-    diagnostics need it, because traces may hold message text.
+    diagnostics need it, because traces may hold message text. ``audit_max_bytes`` caps the
+    web's JSON-lines copy of its acts (``web/audit.jsonl`` and its rotated ``.1``).
     """
 
     quarantine_max_bytes: Positive = 1 << 30
@@ -237,6 +315,8 @@ class StoresConfig(_Section):
     app_log_max_bytes: Positive = 1 << 30
     auth_log_path: str = "auth-log"
     auth_log_retention_days: Annotated[float, msgspec.Meta(gt=0)] = 35.0
+    # The web's JSON-lines copy of its acts (``web/audit.jsonl``; rotated like the export).
+    audit_max_bytes: Positive = 64 << 20
     traces: bool = False
     traces_path: str = "traces"
     trace_max_bytes: Positive = 150 << 20
@@ -262,19 +342,23 @@ class RuleActions(_Section):
     ``{status}`` is replaced, before the subject). With ``backup`` the gateway keeps a copy of
     the original in its backup store (``[stores] backup_*``) before an antivirus status or a
     malicious verdict (sandbox, reputation) changes or drops a message.
+
+    Nothing that was not examined is delivered by default: ``corrupted`` and ``not_scanned``
+    quarantine, ``error`` (a detector failed or ran out of time) answers 451 so the sender
+    retries. A rule may still say ``deliver`` for them.
     """
 
     infected: AvActionName = "reject"
     suspicious: AvActionName = "reject"
     encrypted: AvActionName = "deliver"
-    corrupted: AvActionName = "deliver"
-    not_scanned: AvActionName = "deliver"
+    corrupted: AvActionName = "quarantine"
+    not_scanned: AvActionName = "quarantine"
     spam: ActionName = "reject"
     probable_spam: ActionName = "deliver"
     bulk: ActionName = "deliver"
     blocked: ActionName = "reject"
     malicious: ActionName = "reject"
-    error: ActionName = "deliver"
+    error: ActionName = "tempfail"
     clean: ActionName = "deliver"
     subject_tag: str = "[{status}]"
     backup: bool = True
@@ -377,7 +461,8 @@ class DirectoryConfig(_Section):
     entries ``user_filter`` selects under ``base_dn``; groups are the entries ``group_filter``
     selects, nested membership followed through ``member_attribute``. Answers are kept in a
     local cache, refreshed every ``refresh_interval`` seconds and used while the server is
-    unreachable; with ``enabled = false`` the cache is deleted at start-up.
+    unreachable; with ``enabled = false`` the cache is deleted by the reload (SIGHUP) or start
+    that turns the integration off.
     """
 
     enabled: bool = False
@@ -424,8 +509,9 @@ class WebConfig(_Section):
     HTTPS with the ``[tls]`` pair (a self-signed one is generated until you configure yours).
     ``roles`` adds custom roles (name -> permissions); ``groups`` gives directory users roles
     by group (``"group:CN or DN"`` -> role names), nested membership included. After
-    ``login_attempts`` failed logins within 15 minutes for one account or client address,
-    logins from there wait. ``login_bind`` is how a directory user's password is checked:
+    ``login_attempts`` failed logins within 15 minutes from one client address (an IPv6
+    /64), logins from there wait; the account stays open to its owner elsewhere.
+    ``login_bind`` is how a directory user's password is checked:
     ``simple`` (bind as the entry's DN), ``ntlm`` (bind as ``DOMAIN\\sAMAccountName``, domain
     from ``ntlm_domain`` or the ``[directory] bind_dn``), or ``auto``: NTLM where the server's
     root DSE offers it (Active Directory), else simple.
@@ -467,6 +553,7 @@ class Config(_Section):
     content_filter: ContentFilterConfig = msgspec.field(default_factory=ContentFilterConfig)
     delivery: DeliveryConfig = msgspec.field(default_factory=DeliveryConfig)
     detectors: DetectorsConfig = msgspec.field(default_factory=DetectorsConfig)
+    hooks: HooksConfig = msgspec.field(default_factory=HooksConfig)
     events: EventsConfig = msgspec.field(default_factory=EventsConfig)
     stores: StoresConfig = msgspec.field(default_factory=StoresConfig)
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
@@ -497,6 +584,7 @@ _CORE_SECTIONS: dict[str, type[Any]] = {
     "content_filter": ContentFilterConfig,
     "delivery": DeliveryConfig,
     "detectors": DetectorsConfig,
+    "hooks": HooksConfig,
     "events": EventsConfig,
     "stores": StoresConfig,
     "metrics": MetricsConfig,

@@ -20,14 +20,16 @@ from mailwarden_sdk import StoreDescriptor, WhenFull
 from .config import Config
 from .events import MessageEventLog, event_log_descriptor
 from .plugins import PluginSet
+from .privileges import core_dumps_descriptor
 from .stores.applog import ApplicationLog
 from .stores.authlog import AuthLog
 from .stores.backup import BackupStore
 from .stores.bounded import BoundedStore
-from .stores.core import quarantine_descriptor
+from .stores.core import line_files, quarantine_descriptor
 from .stores.files import walk_files
 from .stores.statistics import Statistics
 from .stores.traces import TraceStreams
+from .telemetry.metrics import metrics_directory
 from .tls import tls_paths
 
 __all__ = ["StoreState", "core_stores", "inventory", "plugin_descriptors"]
@@ -107,8 +109,9 @@ def _core(config: Config) -> list[tuple[StoreDescriptor, BoundedStore | None]]:
                     path=str(config.path_in_home(config.directory.cache_path)),
                     holds="LDAP/AD users and contacts: names, addresses, sAMAccountName, UPN, "
                     "objectSid, group memberships; replaced at each refresh "
-                    f"(every {config.directory.refresh_interval:g} s), deleted at start-up "
-                    "when the directory integration is off",
+                    f"(every {config.directory.refresh_interval:g} s), deleted when the "
+                    "directory integration is turned off (at the reload or start that turns "
+                    "it off)",
                     read_permission="settings.view",
                 ),
                 None,
@@ -138,19 +141,54 @@ def _core(config: Config) -> list[tuple[StoreDescriptor, BoundedStore | None]]:
         stores.append((traces.descriptor, traces))
     stats = Statistics(config.path_in_home(cfg.statistics_path))
     stores.append((stats.descriptor, None))
-    cert, key = tls_paths(config)
+    for lines in line_files(config):
+        stores += [(d, None) for d in lines.lines.descriptors(*lines.about)]
+    if config.gateway.core_dumps:
+        stores.append((core_dumps_descriptor(config), None))
+    web = config.home / "web"
     stores.append(
         (
             StoreDescriptor(
-                name="TLS key",
-                path=str(key),
-                holds=f"the listener's private key (file 0600; certificate {cert}); never "
-                "shown in the web interface",
-                read_permission="mta.edit",
+                name="web accounts",
+                path=str(web),
+                holds="local web accounts (names, roles, memory-hard password hashes), API "
+                "token hashes and names, revoked sessions, the session signing key, the first "
+                "administrator's password file until first used; and audit.jsonl (below)",
+                read_permission="users.manage",
             ),
             None,
         )
     )
+    stores.append(
+        (
+            StoreDescriptor(
+                name="worker metrics",
+                path=str(metrics_directory(config.home)),
+                holds="Prometheus figures of each worker process (counts, latencies, store "
+                "sizes; no addresses); emptied at every start",
+                read_permission="reports.view",
+            ),
+            None,
+        )
+    )
+    cert, key = tls_paths(config)
+    tls = [
+        ("TLS key", key, "the listener's private key (file 0600); never shown in the web "
+         "interface", "mta.edit"),
+        ("TLS certificate", cert, "the listener's certificate (public)", "mta.view"),
+    ]  # fmt: skip
+    if not (config.tls.cert_file and config.tls.key_file):
+        tls.append(
+            ("TLS generation lock", key.parent / ".generate.lock", "nothing (empty): held "
+             "while the self-signed pair is generated", "mta.view")
+        )  # fmt: skip
+    for name, path, holds, permission in tls:
+        stores.append(
+            (
+                StoreDescriptor(name=name, path=str(path), holds=holds, read_permission=permission),
+                None,
+            )
+        )
     for dkim in config.dkim.keys:
         stores.append(
             (

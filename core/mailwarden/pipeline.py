@@ -8,14 +8,13 @@ carry out the returned :class:`Outcome` in their own protocol's terms.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import re
 import secrets
+import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -36,6 +35,7 @@ from mailwarden_sdk import (
     Verdict,
 )
 from mailwarden_sdk import Quarantine as PluginQuarantine
+from mailwarden_sdk.offload import scanning
 
 from .config import Config, RuleConfig, load_config
 from .content_rules import DETECTOR as CONTENT_DETECTOR
@@ -44,6 +44,8 @@ from .delivery.queue import DeliveryQueue, crlf
 from .dkim import DkimSigner
 from .errors import ConfigError, DeliveryError, PluginError
 from .events import MessageEventLog
+from .hookcalls import DaemonExecutor, ObserverLane, call_impl
+from .hookcalls import hook_kwargs as _kwargs
 from .isolation import IsolatedDetector, target_of
 from .maildir import Maildir
 from .notify import build_notices
@@ -60,9 +62,11 @@ __all__ = ["Decision", "Gateway", "Outcome"]
 
 log = logging.getLogger(__name__)
 
-# Sync detectors run in threads so a slow one can be timed out without blocking the event
-# loop; native calls release the GIL, so these threads also use every core of the worker.
+# Sync detectors and hooks run in threads so a slow one can be timed out without blocking the
+# event loop; native calls release the GIL, so these threads also use every core of the worker.
 _DETECTOR_THREADS = 32
+
+_TIMEOUT = "HOOK_TIMEOUT"
 
 _REFUSING = (ActionKind.REJECT, ActionKind.TEMPFAIL)
 
@@ -74,6 +78,7 @@ _RELOAD_SECTIONS = (
     "content_filter",
     "delivery",
     "detectors",
+    "hooks",
     "events",
     "stores",
     "metrics",
@@ -233,7 +238,8 @@ class Gateway:
         self.spool = Spool(config.path_in_home(config.spool.path))
         self.dkim = DkimSigner.from_config(config)
         self.delivery = DeliveryQueue(self)
-        self._executor: ThreadPoolExecutor | None = None
+        self._executor: DaemonExecutor | None = None
+        self._observers: list[ObserverLane] = []
         self._started = False
         # The directory is opened at start(); until then group patterns match nothing.
         self.directory: Directory | None = None
@@ -271,7 +277,7 @@ class Gateway:
         """Start every plugin (``mailwarden_startup``); a failing plugin stops the start."""
         if self._started:
             return
-        self._executor = ThreadPoolExecutor(_DETECTOR_THREADS, thread_name_prefix="detector")
+        self._executor = DaemonExecutor(_DETECTOR_THREADS, "detector")
         from .directory.service import open_directory
 
         # Opening may refresh an empty cache over the network, hence the thread; with the
@@ -281,25 +287,52 @@ class Gateway:
             self._directory_task = asyncio.create_task(self.directory.keep_fresh())
         # Releases a process that is gone left half done: held again once stale.
         await asyncio.to_thread(self.quarantine.recover)
+        budget = self.config.hooks.startup
         for impl in self.plugins.pm.hook.mailwarden_startup.get_hookimpls():
             try:
-                result = impl.function(**_kwargs(impl, host=self.host))
-                if inspect.isawaitable(result):
-                    await result
+                await self._call(impl, budget, host=self.host)
+            except TimeoutError as exc:
+                self._executor.shutdown(wait=False, cancel_futures=True)
+                raise PluginError(
+                    f"plugin {impl.plugin_name!r} did not start within {budget:g} s "
+                    "([hooks] startup)"
+                ) from exc
             except Exception as exc:
                 raise PluginError(f"plugin {impl.plugin_name!r} failed to start: {exc!r}") from exc
+        hooks = self.config.hooks
+        self._observers = [
+            ObserverLane(
+                impl.plugin_name,
+                impl.function,
+                hooks.message_processed,
+                hooks.observer_backlog,
+                partial(self._hook_failed, "mailwarden_message_processed", impl.plugin_name),
+            )
+            for impl in self.plugins.pm.hook.mailwarden_message_processed.get_hookimpls()
+        ]
         self._started = True
 
     async def stop(self) -> None:
         """Shut every plugin down; errors are logged, every plugin gets its call."""
         if not self._started:
             return
+        budget = self.config.hooks.shutdown
+        # Observers first, so they see every message; bounded like a shutdown hook.
+        deadline = time.monotonic() + budget
+        for lane in self._observers:
+            lane.close(deadline)
+        self._observers = []
         self.stores.flush()
         for impl in self.plugins.pm.hook.mailwarden_shutdown.get_hookimpls():
             try:
-                result = impl.function(**_kwargs(impl, host=self.host))
-                if inspect.isawaitable(result):
-                    await result
+                await self._call(impl, budget, host=self.host)
+            except TimeoutError:
+                log.error(
+                    "plugin %s did not shut down within %g s ([hooks] shutdown)",
+                    impl.plugin_name,
+                    budget,
+                )
+                self._hook_failed("mailwarden_shutdown", impl.plugin_name, "timeout")
             except Exception:
                 log.exception("plugin %s failed to shut down", impl.plugin_name)
         if self._executor:
@@ -344,6 +377,13 @@ class Gateway:
             for name in sorted({*old.plugins, *new.plugins})
             if _differs(old.plugins.get(name), new.plugins.get(name))
         ]
+        if self.directory is not None and not new.directory.enabled:
+            from .directory.service import turn_off
+
+            # The cache of people and groups goes when the integration is turned off.
+            turn_off(self.directory, self._directory_task)
+            self.directory, self._directory_task = None, None
+            changed = [name for name in changed if name != "directory"]
         config = msgspec.structs.replace(old, rules=new.rules)
         self._rules = (config, config.rules, ruleset)
         self.config = config
@@ -438,7 +478,10 @@ class Gateway:
             for i in self.plugins.pm.hook.mailwarden_scan.get_hookimpls()
             if i.plugin_name in names
         ]
-        detecting = asyncio.gather(*(self._run_detector(impl, ctx, timings) for impl in impls))
+        with scanning(message):
+            # The detectors' tasks inherit the mark: a message of many fields or parts has its
+            # CPU work done in threads (run_cpu_bound), whatever its size.
+            detecting = asyncio.gather(*(self._run_detector(impl, ctx, timings) for impl in impls))
         content = self._check_content(message, rule, timings)
         blocked, results = await asyncio.gather(content, detecting)
         results.append(blocked)
@@ -446,41 +489,75 @@ class Gateway:
         timings["detect"] = _ms(began)
 
         began = time.perf_counter()
-        verdict = fold_findings(f for findings in results for f in findings)
-        try:
-            self.plugins.pm.hook.mailwarden_verdict(ctx=ctx, verdict=verdict)
-        except Exception as exc:
-            # pluggy stops at the first failing implementation; the folded verdict still stands
-            # and the failure is visible as an error, decided by the rule's error action.
-            log.exception("mailwarden_verdict failed")
-            verdict.findings.append(_error_finding("verdict", "DETECTOR_ERROR", repr(exc)))
-            verdict.errors = sorted({*verdict.errors, "verdict"})
-        action = self._carry_out(ctx, verdict, decide_action(rule, verdict))
+        folded = fold_findings(f for findings in results for f in findings)
+        verdict, action = await self._decide(ctx, rule, folded)
         timings["decide"] = _ms(began)
         return Decision(
             uuid.uuid4().hex, envelope, message, rule, verdict, action, timings, context=ctx
         )
 
-    def _carry_out(self, ctx: ScanContext, verdict: Verdict, action: Action) -> Action:
-        """Name the backup copy, then let plugins do what needs the content (a rewrite:
-        ``mailwarden_action``). The copy itself is kept by :meth:`keep_backups` when an
-        ingress acts, so a dry run keeps nothing."""
-        if action.backup:
-            action = msgspec.structs.replace(action, backup_id=secrets.token_hex(8))
-        try:
-            changed = self.plugins.pm.hook.mailwarden_action(
-                ctx=ctx, verdict=verdict, action=action
+    async def _decide(
+        self, ctx: ScanContext, rule: RuleConfig, folded: Verdict
+    ) -> tuple[Verdict, Action]:
+        """The verdict hooks adjust ``folded`` (within ``[hooks] verdict``), the rule decides,
+        the action hooks do what needs the content (``mailwarden_action``, within ``[hooks]
+        action``). The backup copy is named here and kept by :meth:`keep_backups` when an
+        ingress acts, so a dry run keeps nothing.
+
+        Both hooks run in one worker thread, one hand-off per message rather than two (each
+        costs about 50 us of CPU); their budgets are watched from here by the stage the thread
+        reached. When the verdict hooks run out of time (or one raises) the folded verdict
+        stands with an error finding and the message is not delivered (see :class:`_Deciding`).
+        """
+        hook = self.plugins.pm.hook
+        deciding = _Deciding(hook, ctx, rule, folded)
+        if not (deciding.adjusting or deciding.acting):
+            return folded, _finished(deciding.decide(folded, failed=False), None)
+        budgets = self.config.hooks
+        running = asyncio.get_running_loop().run_in_executor(self._executor, deciding.run)
+        if not await deciding.wait(running, budgets.verdict, budgets.action):
+            log.error(
+                "mailwarden_verdict gave no answer within %g s ([hooks] verdict)", budgets.verdict
             )
-        except Exception:
-            log.exception("mailwarden_action failed")
+            self._hook_failed("mailwarden_verdict", "*", "timeout")
+            why = f"no answer within {budgets.verdict:g} s"
+            _verdict_failed(folded, _error_finding("verdict", _TIMEOUT, why))
+            action = deciding.decide(folded, failed=True)
             changed = None
-        action = changed if isinstance(changed, Action) else action
-        if action.remove_parts and action.replace_message is None:
-            # Nothing could cut the parts out: hold the message rather than deliver them.
-            action = msgspec.structs.replace(
-                action, kind=ActionKind.QUARANTINE, remove_parts=[], subject_tag=None
-            )
-        return action
+            if deciding.acting:
+                try:
+                    changed = await call_impl(
+                        hook.mailwarden_action,
+                        {"ctx": ctx, "verdict": folded, "action": action},
+                        budgets.action,
+                        self._executor,
+                    )
+                except TimeoutError:
+                    self._action_timed_out(folded)
+                except Exception:
+                    log.exception("mailwarden_action failed")
+            return folded, _finished(action, changed)
+        changed = None
+        if not running.done():
+            # The action stands as decided (a removal no plugin made is held in _finished).
+            self._action_timed_out(deciding.verdict or folded)
+        else:
+            try:
+                changed = running.result()
+            except Exception:
+                log.exception("mailwarden_action failed")
+        verdict = deciding.verdict or folded
+        action = deciding.action or deciding.decide(verdict, failed=False)
+        return verdict, _finished(action, changed)
+
+    def _action_timed_out(self, verdict: Verdict) -> None:
+        budget = self.config.hooks.action
+        log.error("mailwarden_action gave no answer within %g s ([hooks] action)", budget)
+        self._hook_failed("mailwarden_action", "*", "timeout")
+        # Recorded with the message; the decision is made already.
+        verdict.findings.append(
+            _error_finding("action", _TIMEOUT, f"no answer within {budget:g} s")
+        )
 
     async def _check_content(
         self, message: ParsedMessage, rule: RuleConfig, timings: dict[str, float]
@@ -505,23 +582,24 @@ class Gateway:
         budget = self.config.detectors.budget(name)
         began = time.perf_counter()
         try:
-            async with asyncio.timeout(budget):
-                fn: Callable[..., Any] = partial(impl.function, **_kwargs(impl, ctx=ctx))
-                if inspect.iscoroutinefunction(impl.function):
-                    result = await fn()
-                else:
-                    loop = asyncio.get_running_loop()
-                    result = await loop.run_in_executor(self._executor, fn)
-                    if inspect.isawaitable(result):
-                        result = await result
+            result = await self._call(impl, budget, ctx=ctx)
             return _checked_findings(name, result)
         except TimeoutError:
+            self._hook_failed("mailwarden_scan", name, "timeout")
             return [_error_finding(name, "DETECTOR_TIMEOUT", f"no answer within {budget:g} s")]
         except Exception as exc:
             log.warning("detector %s failed: %r", name, exc)
             return [_error_finding(name, "DETECTOR_ERROR", repr(exc))]
         finally:
             timings[f"detector.{name}"] = _ms(began)
+
+    async def _call(self, impl: Any, budget: float, **available: Any) -> Any:
+        """One implementation, with the arguments it takes, within ``budget`` seconds."""
+        return await call_impl(impl.function, _kwargs(impl, **available), budget, self._executor)
+
+    def _hook_failed(self, hook: str, plugin: str, kind: str) -> None:
+        # One series per hook and plugin: both are few, fixed by the installation.
+        self.stores.metrics.errors.labels(f"hook {kind}:{hook}:{plugin}"[:80]).inc()
 
     async def process(self, raw: bytes, envelope: Envelope, *, ingress: str = "library") -> Outcome:
         """Spool, scan, act (queue for the next hop, deliver to the Maildir, quarantine, drop)
@@ -688,11 +766,20 @@ class Gateway:
         ctx = decision.context or ScanContext(
             decision.envelope, decision.message, decision.rule.name
         )
+        budget = self.config.hooks.hold
         for impl in self.plugins.pm.hook.mailwarden_hold.get_hookimpls():
             try:
-                result = impl.function(**_kwargs(impl, ctx=ctx, verdict=decision.verdict))
-                if inspect.isawaitable(result):
-                    result = await result
+                result = await self._call(impl, budget, ctx=ctx, verdict=decision.verdict)
+            except TimeoutError:
+                # A refusal: nobody else taking it means 451, so the sender keeps the message.
+                log.error(
+                    "plugin %s did not hold %s within %g s ([hooks] hold)",
+                    impl.plugin_name,
+                    decision.id[:12],
+                    budget,
+                )
+                self._hook_failed("mailwarden_hold", impl.plugin_name, "timeout")
+                continue
             except Exception:
                 log.exception("plugin %s failed to hold %s", impl.plugin_name, decision.id[:12])
                 continue
@@ -851,19 +938,114 @@ class Gateway:
                 log.exception("could not write the message event of %s", decision.id)
                 self.stores.metrics.errors.labels("store:message event log").inc()
         self.stores.observe(event)
-        for impl in self.plugins.pm.hook.mailwarden_message_processed.get_hookimpls():
-            try:
-                impl.function(**_kwargs(impl, event=event))
-            except Exception:
-                log.exception("observer %s failed", impl.plugin_name)
+        for lane in self._observers:
+            lane.offer(event)
         # After the write, so the stored event lacks it; benchmarks read it from the decision.
         decision.timings_ms["record"] = _ms(began)
         return event
 
 
-def _kwargs(impl: Any, **available: Any) -> dict[str, Any]:
-    # pluggy allows an implementation to take fewer arguments than its spec.
-    return {name: available[name] for name in impl.argnames if name in available}
+class _Deciding:
+    """One message's verdict and action hooks, run in a worker thread, and how far they got.
+
+    The verdict hooks work on a copy of the folded verdict: a hook that runs out of time goes
+    on in its thread and must not change what the gateway acts on. Once the gateway gave up
+    on them (:meth:`wait`) the thread stops before deciding.
+    """
+
+    def __init__(self, hook: Any, ctx: ScanContext, rule: RuleConfig, folded: Verdict) -> None:
+        self.hook, self.ctx, self.rule, self.folded = hook, ctx, rule, folded
+        self.adjusting = bool(hook.mailwarden_verdict.get_hookimpls())
+        self.acting = bool(hook.mailwarden_action.get_hookimpls())
+        self._lock = threading.Lock()
+        self._given_up = False
+        #: The adjusted (or, when the hooks failed, the folded) verdict, once they are done.
+        self.verdict: Verdict | None = None
+        #: What the rule decided, as handed to the action hooks, and when.
+        self.action: Action | None = None
+        self.action_began: float | None = None
+
+    def decide(self, verdict: Verdict, *, failed: bool) -> Action:
+        """The rule's action for ``verdict``; ``failed``: the verdict hooks did not finish."""
+        action = decide_action(self.rule, verdict)
+        if failed and action.kind is ActionKind.DELIVER:
+            # The antispam score becomes a status in a verdict hook: a half-made verdict is
+            # never delivered on, whatever the rule's error action; the sender retries.
+            action = msgspec.structs.replace(
+                action,
+                kind=ActionKind.TEMPFAIL,
+                reason="error",
+                smtp_code=451,
+                smtp_text="4.7.1 Message not accepted now (verdict unfinished); try again later",
+            )
+        if action.backup:
+            action = msgspec.structs.replace(action, backup_id=secrets.token_hex(8))
+        return action
+
+    async def wait(self, running: asyncio.Future[Any], verdict: float, action: float) -> bool:
+        """Wait for ``running`` (:meth:`run`) within the budgets: ``verdict`` seconds for the
+        verdict hooks, then ``action`` seconds from when the action hooks began. False when
+        the verdict hooks ran out (the thread then stops before deciding); True otherwise,
+        with ``running`` done or its action hooks out of time."""
+        deadline = time.monotonic() + verdict
+        # Not told when the thread moves on to the action hooks: looked at this often.
+        step = min(verdict, action)
+        while not running.done():
+            now = time.monotonic()
+            if self.verdict is None:
+                if now >= deadline:
+                    with self._lock:
+                        self._given_up = self.verdict is None
+                    if self._given_up:
+                        return False
+                    continue
+                await asyncio.wait({running}, timeout=min(step, deadline - now))
+            else:
+                began = self.action_began or now
+                if now >= began + action:
+                    return True
+                await asyncio.wait({running}, timeout=began + action - now)
+        return True
+
+    def run(self) -> Any:
+        """In the worker thread: verdict hooks, decision, action hooks (their answer)."""
+        verdict, error = self.folded, None
+        if self.adjusting:
+            work = msgspec.convert(msgspec.to_builtins(self.folded), Verdict)
+            try:
+                self.hook.mailwarden_verdict(ctx=self.ctx, verdict=work)
+                verdict = work
+            except Exception as exc:
+                # pluggy stops at the first failing implementation.
+                log.exception("mailwarden_verdict failed")
+                error = _error_finding("verdict", "DETECTOR_ERROR", repr(exc))
+        with self._lock:
+            if self._given_up:
+                return None  # the folded verdict is the gateway's now
+            if error is not None:
+                _verdict_failed(self.folded, error)
+            self.verdict = verdict
+        action = self.decide(verdict, failed=error is not None)
+        self.action, self.action_began = action, time.monotonic()
+        if not self.acting:
+            return None
+        return self.hook.mailwarden_action(ctx=self.ctx, verdict=verdict, action=action)
+
+
+def _verdict_failed(verdict: Verdict, error: Finding) -> None:
+    verdict.findings.append(error)
+    verdict.errors = sorted({*verdict.errors, "verdict"})
+
+
+def _finished(action: Action, changed: Any) -> Action:
+    """``action`` as an action hook changed it; parts nobody removed hold the message."""
+    action = changed if isinstance(changed, Action) else action
+    if action.remove_parts and action.replace_message is None:
+        # Nothing could cut the parts out: hold the message rather than deliver them.
+        action = msgspec.structs.replace(
+            action, kind=ActionKind.QUARANTINE, remove_parts=[], subject_tag=None
+        )
+    return action
 
 
 def _ms(began: float) -> float:

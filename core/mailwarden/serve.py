@@ -6,26 +6,40 @@ SIGHUP re-reads the config file and swaps in its rules without dropping connecti
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import signal
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .config import Config
 from .errors import ConfigError
+from .hookcalls import DaemonExecutor
 from .ingress.content_filter import start_content_filter
 from .ingress.milter import start_milter_server
 from .ingress.smtp import start_smtp_servers
-from .inventory import plugin_descriptors
+from .ingress.tcp import prebind
+from .inventory import core_stores, plugin_descriptors
 from .pipeline import Gateway
+from .privileges import (
+    apply_core_dumps,
+    drop_privileges,
+    narrow_modes,
+    own_home,
+    private_umask,
+    service_account,
+)
 from .stores.core import plugin_file_stores
 from .stores.temp import clean_temp
 from .telemetry.metrics import metrics_directory, share_between_processes, worker_exited
 from .workers import run_workers, worker_count
 
 _IO_THREADS = 32
+
+log = logging.getLogger(__name__)
 
 __all__ = ["default_config_text", "run", "serve_forever", "write_default_config"]
 
@@ -59,10 +73,10 @@ async def run(
     """
     # Spool fsyncs, relay sessions and store writes run in the loop's default executor and
     # spend most of their time waiting on the disk or the next hop: the default size
-    # (cores + 4) made concurrent SMTP sessions queue behind each other's fsyncs.
-    asyncio.get_running_loop().set_default_executor(
-        ThreadPoolExecutor(_IO_THREADS, thread_name_prefix="io")
-    )
+    # (cores + 4) made concurrent SMTP sessions queue behind each other's fsyncs. Daemon
+    # threads: plugin work stuck in one (asyncio.to_thread, run_cpu_bound) must not hold
+    # SIGTERM until it returns.
+    asyncio.get_running_loop().set_default_executor(DaemonExecutor(_IO_THREADS, "io"))
     if recover_spool:
         await asyncio.to_thread(gateway.spool.recover)
     await gateway.start()
@@ -213,6 +227,77 @@ def _reload(gateway: Gateway, announce: Callable[[str], None]) -> None:
         announce(f"  changed, applied at the next start: {', '.join(changed)}")
 
 
+def _listeners(config: Config) -> list[tuple[str, int]]:
+    """The TCP ports ``serve`` listens on (the metrics listener excepted)."""
+    found: list[tuple[str, int]] = []
+    if config.smtp.enabled:
+        found.append((config.smtp.listen, config.smtp.port))
+        if config.smtp.tls_port:
+            found.append((config.smtp.listen, config.smtp.tls_port))
+    if config.milter.enabled and not config.milter.unix_socket:
+        found.append((config.milter.listen, config.milter.port))
+    if config.content_filter.enabled:
+        found.append((config.content_filter.listen, config.content_filter.port))
+    if config.web.enabled:
+        found.append((config.web.listen, config.web.port))
+    return found
+
+
+def leave_root(gateway: Gateway, announce: Callable[[str], None], *, reuse_port: bool) -> None:
+    """With ``[gateway] user``: bind the listening ports (ports below 1024 need root), give the
+    home folder to the account, then switch to it for good. Nothing without it."""
+    config = gateway.config
+    account = service_account(config)
+    if account is None:
+        return
+    if os.geteuid() != 0:
+        if os.geteuid() == account.uid:
+            return
+        raise ConfigError(
+            f"gateway.user = {account.user!r}: serve runs as uid {os.geteuid()} and can only "
+            "switch to that account when started as root",
+            path=config.source,
+        )
+    for host, port in _listeners(config):
+        prebind(host, port, reuse_port)
+    changed = own_home(config.home, account)
+    drop_privileges(account)
+    announce(
+        f"  user     {account.user} (uid {account.uid}, gid {account.gid}); ports bound as root"
+    )
+    if changed:
+        announce(f"  home     {len(changed)} paths given to {account.user}")
+
+
+def check_store_modes(gateway: Gateway, announce: Callable[[str], None]) -> None:
+    """Narrow every store to its owner (0700/0600) and write what was wider into the
+    application log. Stores placed outside the home keep their group's permissions (a
+    ``root:mailwarden 0640`` config file) and lose only other users'."""
+    config = gateway.config
+    home = config.home
+    outside: list[Path] = []
+    declared = [*core_stores(config), *(d for _, d in plugin_descriptors(config, gateway.plugins))]
+    for descriptor in declared:
+        path = Path(descriptor.path)
+        if not path.is_absolute() or path == home or home in path.parents:
+            continue
+        if path in home.parents or path == Path(path.anchor):
+            continue  # never a walk of a folder above the home
+        outside.append(path)
+    fixed = narrow_modes([home]) + narrow_modes(outside, keep=0o070)
+    if not fixed:
+        return
+    shown = "; ".join(f"{path} was {mode:04o}" for path, mode in fixed[:20])
+    more = f"; and {len(fixed) - 20} more" if len(fixed) > 20 else ""
+    log.warning("store permissions narrowed to the owner: %s%s", shown, more)
+    gateway.stores.app_log.write(
+        "admin", "store permissions narrowed", actor="mailwarden", detail=shown + more
+    )
+    # Workers open their own; an environment must not cross the fork.
+    gateway.stores.app_log.close()
+    announce(f"  stores   permissions of {len(fixed)} paths narrowed (see the application log)")
+
+
 def serve_forever(gateway: Gateway, announce: Callable[[str], None] = print) -> None:
     """Serve in this process, or in ``[smtp] workers`` processes sharing the ports.
 
@@ -221,6 +306,13 @@ def serve_forever(gateway: Gateway, announce: Callable[[str], None] = print) -> 
     with the figures of all; one process alone keeps them in memory.
     """
     count = worker_count(gateway.config.smtp.workers)
+    private_umask()
+    leave_root(gateway, announce, reuse_port=count > 1)
+    # After the switch: changing the account resets the dumpable flag.
+    cores = apply_core_dumps(gateway.config)
+    if cores is not None:
+        announce(f"  cores    memory dumps on, into {cores}")
+    check_store_modes(gateway, announce)
     if count <= 1:
         asyncio.run(run(gateway, announce))
         return

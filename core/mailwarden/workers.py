@@ -73,12 +73,17 @@ def run_workers(
         # Unwritten output would otherwise be written again by the child.
         sys.stdout.flush()
         sys.stderr.flush()
+        # Signals wait until each process has its own handlers: a SIGTERM that reached the
+        # child while it still had the parent's handler was lost, and the stop then waited
+        # 60 s for that worker before killing it.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, previous)
         pid = os.fork()
         if pid == 0:
             for s, handler in previous.items():
                 signal.signal(s, handler)
             # Until the worker's event loop takes SIGHUP over, a reload must not kill it.
             signal.signal(signal.SIGHUP, signal.SIG_IGN)
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             # Tells code in the worker that a supervisor above it passes signals on.
             os.environ["MAILWARDEN_WORKER"] = "1"
             code = 1
@@ -89,6 +94,7 @@ def run_workers(
             finally:
                 os._exit(code)
         children[pid] = time.monotonic()
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         announce(f"  worker   pid {pid}")
 
     try:

@@ -246,6 +246,90 @@ static size_t skip_token(const uint8_t *b, size_t p, size_t end) {
     return p;
 }
 
+static int find_delimiter(const uint8_t *b, size_t bstart, size_t pos, size_t end,
+                          const uint8_t *bd, size_t blen, size_t *dstart, size_t *dnext,
+                          int *is_close);
+
+/* RFC 2231 forms of the boundary ("boundary*=utf-8''%41%42", "boundary*0=A; boundary*1=B",
+ * "boundary*1*=%42"): joined by the rules of mailwarden_native/_params.py (index order, the
+ * first piece of an index wins, percent-decoding where the name ends in '*', the
+ * charset'lang' prefix dropped from the first piece).  A boundary longer than RFC 2046's 70
+ * characters, several times over, is not a boundary. */
+#define B2231_PIECES 32
+#define B2231_MAX 256
+
+typedef struct {
+    size_t off, len, idx;
+    int enc;
+} b2231_piece;
+
+static int hexval(uint8_t c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    c = lower(c);
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    return -1;
+}
+
+/* Returns 1 and fills *idx / *enc when name is "boundary*", "boundary*N" or "boundary*N*". */
+static int b2231_name(const uint8_t *n, size_t nl, size_t *idx, int *enc) {
+    if (nl < 9 || !ieq(n, 8, "boundary") || n[8] != '*') return 0;
+    if (nl == 9) {
+        *idx = 0;
+        *enc = 1;
+        return 1;
+    }
+    size_t i = 9, v = 0;
+    for (; i < nl && n[i] >= '0' && n[i] <= '9'; i++) {
+        if (v > 1000) return 0;
+        v = v * 10 + (size_t)(n[i] - '0');
+    }
+    if (i == 9) return 0;
+    if (i == nl) *enc = 0;
+    else if (i + 1 == nl && n[i] == '*') *enc = 1;
+    else return 0;
+    *idx = v;
+    return 1;
+}
+
+/* Joins the pieces into out (B2231_MAX bytes); returns the length, 0 when unusable. */
+static size_t b2231_join(const uint8_t *b, b2231_piece *pc, size_t n, uint8_t *out) {
+    for (size_t i = 1; i < n; i++) /* stable: the first piece of an index stays first */
+        for (size_t j = i; j > 0 && pc[j - 1].idx > pc[j].idx; j--) {
+            b2231_piece t = pc[j];
+            pc[j] = pc[j - 1];
+            pc[j - 1] = t;
+        }
+    size_t len = 0, used = 0;
+    for (size_t k = 0; k < n; k++) {
+        if (k > 0 && pc[k].idx == pc[k - 1].idx) continue;
+        const uint8_t *s = b + pc[k].off;
+        size_t sl = pc[k].len, i = 0;
+        if (pc[k].enc && used == 0) {
+            size_t quotes = 0, after = 0;
+            for (size_t q = 0; q < sl && quotes < 2; q++)
+                if (s[q] == '\'') {
+                    quotes++;
+                    after = q + 1;
+                }
+            if (quotes == 2) i = after;
+        }
+        used++;
+        while (i < sl) {
+            uint8_t c = s[i++];
+            if (pc[k].enc && c == '%' && i + 1 < sl) {
+                int hi = hexval(s[i]), lo = hexval(s[i + 1]);
+                if (hi >= 0 && lo >= 0) {
+                    c = (uint8_t)(hi * 16 + lo);
+                    i += 2;
+                }
+            }
+            if (len == B2231_MAX) return 0;
+            out[len++] = c;
+        }
+    }
+    return len;
+}
+
 /* Extracts type, subtype and the first boundary parameter from a
  * Content-Type value span. */
 static void parse_content_type(parser *ps, mw_part *part, size_t v, size_t ve) {
@@ -263,6 +347,8 @@ static void parse_content_type(parser *ps, mw_part *part, size_t v, size_t ve) {
     part->type_len = (int64_t)tl;
     part->subtype_off = (int64_t)s;
     part->subtype_len = (int64_t)(p - s);
+    b2231_piece pieces[B2231_PIECES];
+    size_t npieces = 0;
 
     while (p < ve) {
         /* Advance to the next ';' outside quoted strings and comments. */
@@ -277,7 +363,7 @@ static void parse_content_type(parser *ps, mw_part *part, size_t v, size_t ve) {
                 p++;
             }
         }
-        if (p >= ve) return;
+        if (p >= ve) break;
         p = skip_cfws(b, p + 1, ve);
         size_t n = p;
         p = skip_token(b, p, ve);
@@ -298,22 +384,13 @@ static void parse_content_type(parser *ps, mw_part *part, size_t v, size_t ve) {
             vl = p - vs;
             while (vl > 0 && is_wsp(b[vs + vl - 1])) vl--;
         }
-        int ext = 0;
-        if (ieq(b + n, nl, "boundary*")) {
-            /* RFC 2231 form charset'lang'value.  Only a value without
-             * percent-escapes can be used as a span of the raw buffer. */
-            size_t q1 = 0, quotes = 0;
-            for (size_t i = 0; i < vl && quotes < 2; i++)
-                if (b[vs + i] == '\'') {
-                    quotes++;
-                    q1 = i + 1;
-                }
-            if (quotes < 2 || memchr(b + vs + q1, '%', vl - q1)) continue;
-            vs += q1;
-            vl -= q1;
-            ext = 1;
+        size_t idx;
+        int enc;
+        if (b2231_name(b + n, nl, &idx, &enc)) {
+            if (npieces < B2231_PIECES) pieces[npieces++] = (b2231_piece){vs, vl, idx, enc};
+            continue;
         }
-        if (part->boundary_len == 0 && (ext || ieq(b + n, nl, "boundary"))) {
+        if (part->boundary_len == 0 && ieq(b + n, nl, "boundary")) {
             /* A boundary with a line break can never match a delimiter
              * line; treating it as absent keeps scanning linear. */
             int ok = vl > 0;
@@ -323,6 +400,20 @@ static void parse_content_type(parser *ps, mw_part *part, size_t v, size_t ve) {
                 part->boundary_off = (int64_t)vs;
                 part->boundary_len = (int64_t)vl;
             }
+        }
+    }
+    if (part->boundary_len == 0 && npieces > 0) {
+        /* The joined boundary is not a span of the header, but a usable one is written in
+         * the body as the first delimiter line: the part points there instead. */
+        uint8_t joined[B2231_MAX];
+        size_t jl = b2231_join(b, pieces, npieces, joined), ds, dn;
+        int close;
+        for (size_t i = 0; i < jl; i++)
+            if (is_eol(joined[i])) jl = 0;
+        size_t bs = (size_t)part->body_start, be = (size_t)part->body_end;
+        if (jl > 0 && find_delimiter(b, bs, bs, be, joined, jl, &ds, &dn, &close)) {
+            part->boundary_off = (int64_t)(ds + 2);
+            part->boundary_len = (int64_t)jl;
         }
     }
 }

@@ -39,7 +39,7 @@ from mailwarden_sdk import (
 from mailwarden_sdk.findings import spam_rule
 
 from . import auth, heuristics
-from .bayes import Bayes, band
+from .bayes import JOURNAL_MAX_ENTRIES, Bayes, band
 from .content import body_text, links, message_facts, message_urls, rawbody_text
 from .dnslists import DnsList, query_lists
 from .quarantine import SpamQuarantine, SpamQuarantineView
@@ -242,7 +242,8 @@ class AntispamPlugin:
                 name="antispam bayes",
                 path=str(base / "bayes"),
                 holds="word and host tokens with spam/ham counts; digests and Message-IDs of "
-                "learned messages with who learned them and when",
+                "learned messages with who learned them and when (the journal of learning "
+                f"acts keeps the newest {JOURNAL_MAX_ENTRIES:,})",
                 read_permission="settings.view",
             )
         ]
@@ -256,6 +257,15 @@ class AntispamPlugin:
                 "recipients, subject and score in the index beside them",
                 max_bytes=config.quarantine_max_bytes,
                 when_full=WhenFull.REMOVE_OLDEST,
+                read_permission="queues.view",
+            )
+        )
+        stores.append(
+            StoreDescriptor(
+                name="spam quarantine index",
+                path=str(base / "quarantine-index"),
+                holds="per held message: envelope sender, recipients, subject, score, release "
+                "claims; entries go with their message files",
                 read_permission="queues.view",
             )
         )

@@ -22,7 +22,7 @@ from mailwarden_sdk import ParsedMessage, parse
 
 from .content import body_text, message_urls
 
-__all__ = ["Bayes", "LearnRecord", "band", "tokens"]
+__all__ = ["JOURNAL_MAX_ENTRIES", "Bayes", "LearnRecord", "band", "tokens"]
 
 _WORD = re.compile(r"[^\W_]{3,24}|\$\d+", re.UNICODE)
 _DIGITS = re.compile(r"\d+")
@@ -34,6 +34,8 @@ _DAY = 86400
 # SpamAssassin's bayes_expiry_max_db_size; expiry keeps the newest 3/4 of it.
 MAX_TOKENS = 150_000
 _MAX_TOKENS = 3000
+#: Learning acts kept in the journal; the oldest go first.
+JOURNAL_MAX_ENTRIES = 100_000
 
 
 class LearnRecord(msgspec.Struct, kw_only=True, frozen=True):
@@ -148,9 +150,16 @@ def _chi2q(x2: float, v: int) -> float:
 class Bayes:
     """Token counts and the learning journal under ``root`` (one LMDB environment)."""
 
-    def __init__(self, root: Path, map_size: int = 1 << 30, max_tokens: int = MAX_TOKENS) -> None:
+    def __init__(
+        self,
+        root: Path,
+        map_size: int = 1 << 30,
+        journal_max_entries: int = JOURNAL_MAX_ENTRIES,
+        max_tokens: int = MAX_TOKENS,
+    ) -> None:
         self.max_tokens = max_tokens
         root.mkdir(parents=True, exist_ok=True)
+        self.journal_max_entries = journal_max_entries
         self.env = lmdb.open(str(root), map_size=map_size, max_dbs=4, subdir=True)
         self._tokens = self.env.open_db(b"tokens")
         self._meta = self.env.open_db(b"meta")
@@ -248,6 +257,13 @@ class Bayes:
         )
         key = f"{time.time_ns():020d}-{digest[:16]}".encode()
         txn.put(key, msgspec.json.encode(entry), db=self._journal)
+        # The journal names who taught what: capped, oldest acts removed in the same commit.
+        excess = txn.stat(self._journal)["entries"] - self.journal_max_entries
+        if excess > 0:
+            cursor = txn.cursor(db=self._journal)
+            cursor.first()
+            for _ in range(excess):
+                cursor.delete()
 
     def journal(self) -> list[LearnRecord]:
         """Every learning act, oldest first."""

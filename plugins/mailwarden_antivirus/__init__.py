@@ -20,6 +20,7 @@ from mailwarden_sdk import (
     Finding,
     Host,
     ScanContext,
+    StoreDescriptor,
     Verdict,
     hookimpl,
     plugin_data_dir,
@@ -28,7 +29,7 @@ from mailwarden_sdk import (
 from mailwarden_sdk.findings import infected
 
 from .actions import remove_parts
-from .archives import ArchiveLimits, Item, Problem, Unpacker
+from .archives import ARCHIVE_TYPES, ArchiveLimits, Item, Problem, Unpacker
 from .clamd import ClamdConfig, ClamdError, ClamdLimit, clamd_scan
 from .signatures import SignatureSet, load_signatures
 from .updates import UpdatesConfig, current_dir
@@ -81,6 +82,18 @@ class AntivirusPlugin:
         return DETECTOR, AntivirusConfig
 
     @hookimpl
+    def mailwarden_data_stores(self, host: Host) -> list[StoreDescriptor]:
+        return [
+            StoreDescriptor(
+                name="antivirus signatures",
+                path=str(host.data_dir / DETECTOR),
+                holds="compiled signature databases and installed signature updates; no mail "
+                "and no personal data",
+                read_permission="settings.view",
+            )
+        ]
+
+    @hookimpl
     def mailwarden_startup(self, host: Host) -> None:
         self.config = host.config_for(DETECTOR) or AntivirusConfig()
         paths = [Path(p) for p in self.config.signatures]
@@ -123,8 +136,9 @@ class AntivirusPlugin:
 
     @hookimpl
     async def mailwarden_scan(self, ctx: ScanContext) -> list[Finding]:
-        if "clamd" in self.config.engines:
-            # clamd is a socket round trip: never on the event loop.
+        if "clamd" in self.config.engines or _carries_archives(ctx):
+            # clamd is a socket round trip, and archives are unpacked within seconds-long limits
+            # (7z by a child process waited for): never on the event loop.
             return await asyncio.to_thread(self._scan, ctx)
         return await run_cpu_bound(len(ctx.raw), self._scan, ctx)
 
@@ -183,6 +197,13 @@ class AntivirusPlugin:
         if cleaned is None:
             return None
         return msgspec.structs.replace(action, replace_message=cleaned)
+
+
+def _carries_archives(ctx: ScanContext) -> bool:
+    return any(
+        leaf.detected_type in ARCHIVE_TYPES or leaf.content_type.startswith("message/")
+        for leaf in ctx.message.leaves()
+    )
 
 
 def _engine_finding(status: str, item: Item, error: str) -> Finding:

@@ -17,23 +17,31 @@ and carrying on with the next member would help it.
 
 from __future__ import annotations
 
+import binascii
 import bz2
+import importlib.util
 import io
+import json
 import lzma
 import re
+import struct
+import subprocess
+import sys
 import tarfile
 import time
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO, Any
 
 import msgspec
 
-from mailwarden_sdk import ParsedMessage, detect_type, parse
+from mailwarden_sdk import ParsedMessage, Part, detect_type, parse
 
 __all__ = [
+    "ARCHIVE_TYPES",
     "ArchiveLimits",
     "Item",
     "Problem",
@@ -45,6 +53,8 @@ ZIP_TYPES = frozenset({"zip", "docx", "xlsx", "pptx", "odt", "ods", "odp", "jar"
 COMPRESSED_TYPES = frozenset({"gzip", "bzip2", "xz"})
 #: containers detected by their bytes that no reader here opens: reported, never called clean.
 UNREAD_TYPES = frozenset({"zstd", "cab", "lzh", "alz", "iso"})
+#: what :meth:`Unpacker.walk` opens (the detector unpacks these off the event loop)
+ARCHIVE_TYPES = ZIP_TYPES | COMPRESSED_TYPES | {"tar", "7z", "rar"}
 _CHUNK = 1 << 16
 # Below this many decompressed bytes the ratio is not judged: a small text or a run of zeros
 # compresses 100:1 without being a bomb, and at this size it costs nothing to scan.
@@ -108,7 +118,18 @@ class _LimitHit(Exception):
 
 
 class _Corrupt(Exception):
-    pass
+    def __init__(self, detail: str, exception: str = "") -> None:
+        super().__init__(detail)
+        self.exception = exception
+
+    @classmethod
+    def of(cls, kind: str, exc: BaseException) -> _Corrupt:
+        return cls(_describe(kind, exc), type(exc).__name__)
+
+
+class _Refused(_LimitHit):
+    """An object not opened because its header asks for more than a limit allows: reported
+    ``not_scanned`` on its own, and the walk goes on (nothing was spent on it)."""
 
 
 class _Encrypted(Exception):
@@ -149,24 +170,31 @@ class Unpacker:
         # one: everything found there belongs to the outer part holding the archive.
         for leaf in message.leaves():
             index = leaf.index if part is None else part
-            name = leaf.filename or f"part {leaf.index}"
-            label = f"{prefix}{name}"
-            data = leaf.decoded()
-            if leaf.detected_type == "ole2-encrypted":
-                self._problem("encrypted", "AV_ENCRYPTED", label, index, kind="document")
-            if leaf.content_type.startswith("message/"):
-                # a message the parser left whole (base64-encoded message/rfc822 is not
-                # allowed by RFC 2046 and so not descended into, but mail clients open it)
-                yield Item(label, data, index, depth)
-                if self._deeper(label, index, depth):
-                    yield from self._message(parse(bytes(data)), f"{label}/", index, depth + 1)
-            else:
-                yield from self.walk(data, label, index, depth)
-            for uu in leaf.uuencoded():
-                uu_label = f"{label}/{uu.filename or 'uuencoded'}"
-                yield from self.walk(uu.data, uu_label, index, depth)
+            label = f"{prefix}part {leaf.index}"
+            try:
+                label = f"{prefix}{leaf.filename or f'part {leaf.index}'}"
+                yield from self._leaf(leaf, label, index, depth)
+            except Exception as exc:  # this part is broken, the others are not
+                self._broken("mime", exc, label, index)
             if self.stopped:
                 return
+        yield from self._beyond_parser_limits(message, prefix, part, depth)
+
+    def _leaf(self, leaf: Part, label: str, index: int, depth: int) -> Iterator[Item]:
+        data = leaf.decoded()
+        if leaf.detected_type == "ole2-encrypted":
+            self._problem("encrypted", "AV_ENCRYPTED", label, index, kind="document")
+        if leaf.content_type.startswith("message/"):
+            # a message the parser left whole (base64-encoded message/rfc822 is not
+            # allowed by RFC 2046 and so not descended into, but mail clients open it)
+            yield Item(label, data, index, depth)
+            if self._deeper(label, index, depth):
+                yield from self._message(parse(bytes(data)), f"{label}/", index, depth + 1)
+        else:
+            yield from self.walk(data, label, index, depth)
+        for uu in leaf.uuencoded():
+            uu_label = f"{label}/{uu.filename or 'uuencoded'}"
+            yield from self.walk(uu.data, uu_label, index, depth)
 
     def walk(
         self, data: bytes | memoryview, label: str, part: int | None, depth: int = 0
@@ -175,7 +203,16 @@ class Unpacker:
         if self.stopped:
             return
         yield Item(label, data, part, depth)
-        kind = detect_type(data) if len(data) else "unknown"
+        kind = "unknown"
+        try:
+            kind = detect_type(data) if len(data) else "unknown"
+            yield from self._inside(data, kind, label, part, depth)
+        except Exception as exc:  # any reader failure: this object only
+            self._broken(kind, exc, label, part)
+
+    def _inside(
+        self, data: bytes | memoryview, kind: str, label: str, part: int | None, depth: int
+    ) -> Iterator[Item]:
         inner: Iterator[tuple[str, bytes]] | None = None
         if kind in ZIP_TYPES:
             inner = self._zip(data, label, part)
@@ -206,22 +243,82 @@ class Unpacker:
                 yield from self.walk(member, f"{label}/{name}", part, depth + 1)
                 if self.stopped:
                     return
+        except _Refused as hit:
+            self._problem(
+                "not_scanned", "AV_NOT_SCANNED", label, part, limit=hit.limit, reason=str(hit)
+            )
         except _LimitHit as hit:
             self._stop(hit, label, part)
         except _Encrypted as exc:
             self._problem("encrypted", "AV_ENCRYPTED", label, part, kind=kind, member=str(exc))
         except _Corrupt as exc:
-            self._problem("corrupted", "AV_CORRUPTED", label, part, kind=kind, error=str(exc))
+            named = {"exception": exc.exception} if exc.exception else {}
+            self._problem(
+                "corrupted", "AV_CORRUPTED", label, part, kind=kind, error=str(exc), **named
+            )
         except _Unsupported as exc:
+            self._unsupported(kind, str(exc), label, part)
+        # Readers raise far more than they document on hostile bytes (LZMAError, CrcError,
+        # IndexError, AssertionError, ...): any of them means this archive could not be read.
+        except Exception as exc:
+            self._broken(kind, exc, label, part)
+
+    def _beyond_parser_limits(
+        self, message: ParsedMessage, prefix: str, part: int | None, depth: int
+    ) -> Iterator[Item]:
+        """What the MIME parser left unparsed at one of its limits, scanned anyway.
+
+        Past its depth, part-count or header-size limit the parser leaves the rest of a part
+        as unparsed bytes, and an attachment there is never decoded. That rest is scanned as
+        it is and every base64 block in it decoded and walked (within the size and member
+        limits); the part is still reported ``not_scanned`` naming the limit, because a
+        structure nobody parsed may hold what these two readings miss.
+        """
+        flags = message.flags
+        kinds = type(flags)  # the parser's MalformationFlag, reached through the SDK's parse()
+        for name, limit, what in _PARSER_LIMITS:
+            if not flags & kinds[name]:
+                continue
+            for cut in message.parts:
+                if not cut.flags & kinds[name]:
+                    continue
+                index = cut.index if part is None else part
+                label = f"{prefix}part {cut.index}"
+                self._problem(
+                    "not_scanned",
+                    "AV_NOT_SCANNED",
+                    label,
+                    index,
+                    limit=limit,
+                    reason=f"{what}; the rest was scanned as raw bytes and base64 blocks only",
+                )
+                start, end = _unparsed(message, cut)
+                yield from self._remainder(message.raw[start:end], label, index, depth)
+                if self.stopped:
+                    return
+        if flags & kinds.DECODED_LIMIT:
             self._problem(
                 "not_scanned",
-                "AV_FORMAT_NOT_SUPPORTED",
-                label,
+                "AV_NOT_SCANNED",
+                f"{prefix}message",
                 part,
-                limit="format",
-                format=kind,
-                reason=str(exc),
+                limit="mime_max_decoded_bytes",
+                reason="the parts decode to more than the MIME parser's decoded-bytes limit",
             )
+
+    def _remainder(self, data: bytes, label: str, part: int | None, depth: int) -> Iterator[Item]:
+        where = f"{label}/(unparsed)"
+        yield Item(where, data, part, depth)
+        try:
+            for number, block in enumerate(_base64_blocks(data), 1):
+                self._member()
+                decoded = _decode_base64(block)
+                self._grow(len(decoded))
+                yield from self.walk(decoded, f"{where}/base64 block {number}", part, depth)
+                if self.stopped:
+                    return
+        except _LimitHit as hit:
+            self._stop(hit, where, part)
 
     # -- bookkeeping -------------------------------------------------------------------------
 
@@ -229,6 +326,35 @@ class Unpacker:
         self, status: str, code: str, label: str, part: int | None, **details: str
     ) -> None:
         self.problems.append(Problem(status, code, label, part, {"object": label, **details}))
+
+    def _unsupported(
+        self, kind: str, reason: str, label: str, part: int | None, **details: str
+    ) -> None:
+        self._problem(
+            "not_scanned",
+            "AV_FORMAT_NOT_SUPPORTED",
+            label,
+            part,
+            limit="format",
+            format=kind,
+            reason=reason,
+            **details,
+        )
+
+    def _broken(
+        self, kind: str, exc: BaseException, label: str, part: int | None, **details: str
+    ) -> None:
+        """``label`` could not be read: ``corrupted``, naming the format and the exception."""
+        self._problem(
+            "corrupted",
+            "AV_CORRUPTED",
+            label,
+            part,
+            kind=kind,
+            error=_describe(kind, exc),
+            exception=type(exc).__name__,
+            **details,
+        )
 
     def _stop(self, hit: _LimitHit, label: str, part: int | None) -> None:
         self.stopped = True
@@ -292,27 +418,36 @@ class Unpacker:
     ) -> Iterator[tuple[str, bytes]]:
         try:
             archive = zipfile.ZipFile(io.BytesIO(bytes(data)))
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError) as exc:
-            raise _Corrupt(f"zip: {exc}") from None
+        except Exception as exc:  # NotImplementedError, IndexError, ... too
+            raise _Corrupt.of("zip", exc) from None
         with archive:
             for info in archive.infolist():
-                if info.is_dir():
-                    continue
-                self._member()
-                if info.flag_bits & 0x1:
-                    # the other members may still be readable: report this one and go on
-                    where = f"{label}/{info.filename}"
-                    self._problem("encrypted", "AV_ENCRYPTED", where, part, kind="zip")
-                    continue
+                # One member's damage (a corrupt LZMA stream beside a readable member) is
+                # reported for that member and the others are still read.
                 try:
+                    if info.is_dir():
+                        continue
+                    self._member()
+                    if info.flag_bits & 0x1:
+                        where = f"{label}/{info.filename}"
+                        self._problem("encrypted", "AV_ENCRYPTED", where, part, kind="zip")
+                        continue
                     with archive.open(info) as stream:
                         member = self._drain(stream, info.compress_size)
-                except NotImplementedError as exc:
-                    raise _Unsupported(f"zip: {exc}") from None
-                except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as exc:
-                    raise _Corrupt(f"zip member {info.filename}: {exc}") from None
-                except RuntimeError as exc:  # zipfile's "encrypted, password required"
+                except _LimitHit:
+                    raise
+                except NotImplementedError as exc:  # a compression method zipfile lacks
+                    reason = _describe("zip", exc)
+                    self._unsupported("zip", reason, label, part, member=info.filename)
+                    continue
+                except RuntimeError as exc:
+                    if "password" not in str(exc) and "encrypted" not in str(exc):
+                        self._broken("zip", exc, label, part, member=info.filename)
+                        continue
                     raise _Encrypted(f"{info.filename}: {exc}") from None
+                except Exception as exc:
+                    self._broken("zip", exc, label, part, member=info.filename)
+                    continue
                 yield info.filename, member
 
     def _compressed(self, kind: str, data: bytes | memoryview) -> Iterator[tuple[str, bytes]]:
@@ -346,14 +481,14 @@ class Unpacker:
                 self._ratio(out, len(data))
                 chunks.append(chunk)
         except errors as exc:
-            raise _Corrupt(f"{kind}: {exc}") from None
+            raise _Corrupt.of(kind, exc) from None
         yield "(decompressed)", b"".join(chunks)
 
     def _tar(self, data: bytes | memoryview) -> Iterator[tuple[str, bytes]]:
         try:
             archive = tarfile.open(fileobj=io.BytesIO(bytes(data)), mode="r:")
         except tarfile.TarError as exc:
-            raise _Corrupt(f"tar: {exc}") from None
+            raise _Corrupt.of("tar", exc) from None
         with archive:
             try:
                 for info in archive:
@@ -366,69 +501,53 @@ class Unpacker:
                     # tar stores members as they are: the ratio is 1, the size limit still holds.
                     yield info.name, self._drain(stream, info.size)
             except (tarfile.TarError, OSError, EOFError) as exc:
-                raise _Corrupt(f"tar: {exc}") from None
+                raise _Corrupt.of("tar", exc) from None
 
     def _sevenzip(self, data: bytes | memoryview) -> Iterator[tuple[str, bytes]]:
+        # py7zr cannot be interrupted while it parses a header (400,000 entries took it past
+        # every time limit), so it runs in a child process killed at the deadline.
+        if importlib.util.find_spec("py7zr") is None:
+            raise _Unsupported("7z: py7zr is not installed")
+        self._check_clock()
+        limits = {
+            "members": self.limits.max_members - self.members,
+            "room": self._room(),
+            "ratio": self.limits.max_ratio,
+            "ratio_floor": RATIO_FLOOR,
+        }
         try:
-            import py7zr
-            import py7zr.io
-        except ImportError:
-            raise _Unsupported("7z: py7zr is not installed") from None
-
-        unpacker = self
-
-        class Capped(py7zr.io.Py7zIO):
-            """Keeps a member in memory; stops the walk when a limit is passed while writing."""
-
-            def __init__(self, packed: int) -> None:
-                self.buffer = io.BytesIO()
-                self.packed = packed
-
-            def write(self, s: bytes | bytearray) -> int:
-                unpacker._check_clock()
-                unpacker._grow(len(s))
-                unpacker._ratio(self.buffer.tell() + len(s), self.packed)
-                return self.buffer.write(s)
-
-            def read(self, size: int | None = None) -> bytes:
-                return self.buffer.read(size)
-
-            def seek(self, offset: int, whence: int = 0) -> int:
-                return self.buffer.seek(offset, whence)
-
-            def flush(self) -> None:
-                return None
-
-            def size(self) -> int:
-                return self.buffer.getbuffer().nbytes
-
-        class Factory(py7zr.io.WriterFactory):
-            def __init__(self, packed: int) -> None:
-                self.packed = packed
-                self.products: dict[str, Capped] = {}
-
-            def create(self, filename: str) -> py7zr.io.Py7zIO:
-                unpacker._member()
-                product = self.products[filename] = Capped(self.packed)
-                return product
-
-        errors = (py7zr.exceptions.Bad7zFile, py7zr.exceptions.DecompressionError, EOFError)
-        try:
-            with py7zr.SevenZipFile(io.BytesIO(bytes(data))) as archive:
-                if archive.needs_password():
-                    raise _Encrypted("7z archive")
-                factory = Factory(len(data))
-                archive.extractall(factory=factory)
-        except (_LimitHit, _Encrypted):
-            raise
-        except py7zr.exceptions.PasswordRequired:
-            raise _Encrypted("7z archive") from None
-        except py7zr.exceptions.UnsupportedCompressionMethodError as exc:
-            raise _Unsupported(f"7z: {exc}") from None
-        except (*errors, OSError, ValueError, KeyError, lzma.LZMAError) as exc:
-            raise _Corrupt(f"7z: {exc}") from None
-        for name, product in factory.products.items():
-            yield name, product.buffer.getvalue()
+            done = subprocess.run(
+                [sys.executable, "-I", str(_SEVENZIP_CHILD), json.dumps(limits)],
+                input=bytes(data),
+                capture_output=True,
+                timeout=max(self.deadline - self.clock(), 0.001),
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            raise _LimitHit(
+                "max_seconds",
+                f"reading the 7z took over {self.limits.max_seconds:g} s (its reader was stopped)",
+            ) from None
+        members, end = _child_records(done.stdout)
+        if end is None:
+            error = done.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or ["died"]
+            raise _Corrupt(f"7z: the reader failed ({done.returncode}): {error[0][:200]}")
+        status = end.get("status")
+        if status == "refused":
+            raise _Refused(str(end.get("limit")), str(end.get("detail")))
+        if status == "limit":
+            raise _LimitHit(str(end.get("limit")), str(end.get("detail")))
+        if status == "encrypted":
+            raise _Encrypted("7z archive")
+        if status == "unsupported":
+            raise _Unsupported(f"7z: {end.get('detail')}")
+        for name, member in members:
+            self._member()
+            self._grow(len(member))
+            yield name, member
+        if status != "ok":
+            exception = str(end.get("exception") or "")
+            raise _Corrupt(f"7z: {exception}: {end.get('error')}".rstrip(": "), exception)
 
     def _rar(self, data: bytes | memoryview) -> Iterator[tuple[str, bytes]]:
         try:
@@ -452,8 +571,77 @@ class Unpacker:
             raise _Unsupported(f"rar: {exc}") from None
         except rarfile.PasswordRequired:
             raise _Encrypted("rar archive") from None
-        except (rarfile.Error, OSError, EOFError) as exc:
-            raise _Corrupt(f"rar: {exc}") from None
+        except (_LimitHit, _Encrypted):
+            raise
+        except Exception as exc:  # rarfile.Error and whatever else it raises
+            raise _Corrupt.of("rar", exc) from None
+
+
+# (MalformationFlag name, the limit named in the finding, what happened)
+_PARSER_LIMITS = (
+    ("DEPTH_LIMIT", "mime_max_depth", "multiparts nested deeper than the MIME parser's limit"),
+    ("PART_LIMIT", "mime_max_parts", "more parts than the MIME parser's limit"),
+    ("HEADER_LIMIT", "mime_max_header_bytes", "a header block over the MIME parser's limit"),
+)
+# Lines of the base64 alphabet, one after the other (as an encoder writes them).
+_BASE64_BLOCK = re.compile(rb"(?m)(?:^[A-Za-z0-9+/]+={0,2}[ \t]*(?:\r\n|\n|\r|\Z))+")
+_BASE64_MIN = 16  # shorter runs are words on a line of their own, not encoded files
+
+
+def _unparsed(message: ParsedMessage, cut: Part) -> tuple[int, int]:
+    """The span of ``cut``'s body after its last parsed child: all of it for a part the
+    parser did not descend into, the rest after the last part it took for one it split."""
+    start = cut.body_start
+    if cut.children:
+        start = max(start, message.parts[cut.children[-1]].body_end)
+    return start, max(start, cut.body_end)
+
+
+def _base64_blocks(data: bytes) -> Iterator[bytes]:
+    for match in _BASE64_BLOCK.finditer(data):
+        block = match.group()
+        if len(block) >= _BASE64_MIN:
+            yield block
+
+
+def _decode_base64(block: bytes) -> bytes:
+    chars = re.sub(rb"[^A-Za-z0-9+/]", b"", block)
+    rest = len(chars) % 4
+    if rest == 1:  # one sextet is no byte
+        chars = chars[:-1]
+    elif rest:
+        chars += b"=" * (4 - rest)
+    return binascii.a2b_base64(chars)
+
+
+_SEVENZIP_CHILD = Path(__file__).with_name("_sevenzip_child.py")
+
+
+def _child_records(out: bytes) -> tuple[list[tuple[str, bytes]], dict[str, Any] | None]:
+    """The members and the end record the 7z reader wrote (see ``_sevenzip_child``)."""
+    members: list[tuple[str, bytes]] = []
+    at = 0
+    while at < len(out):
+        tag = out[at : at + 1]
+        if tag == b"E":
+            (size,) = struct.unpack_from(">I", out, at + 1)
+            end = json.loads(out[at + 5 : at + 5 + size])
+            return members, end if isinstance(end, dict) else None
+        if tag != b"M":
+            break
+        (size,) = struct.unpack_from(">I", out, at + 1)
+        name = out[at + 5 : at + 5 + size].decode("utf-8", "surrogateescape")
+        at += 5 + size
+        (size,) = struct.unpack_from(">Q", out, at)
+        members.append((name, out[at + 8 : at + 8 + size]))
+        at += 8 + size
+    return members, None
+
+
+def _describe(kind: str, exc: BaseException) -> str:
+    """``"7z: CrcError: (...)"``: the format and the exception, for the finding's reason."""
+    text = str(exc)[:200]
+    return f"{kind}: {type(exc).__name__}: {text}" if text else f"{kind}: {type(exc).__name__}"
 
 
 def _looks_like_message(data: bytes | memoryview, label: str) -> bool:

@@ -34,7 +34,7 @@ from mailwarden_sdk import (
 from .backends import Backend, DnsBackend, HttpBackend, StatisticsReport
 from .cache import DEFAULT_CAP, Answer, ReputationCache, count_entries
 from .lookups import Lookup, lookups_for
-from .state import PLUGIN_DIR, PendingStatistics, withdrawn
+from .state import CONSENT_MARK, PLUGIN_DIR, PendingStatistics, count_pending, withdrawn
 
 __all__ = ["DATA_SENT", "ReputationConfig", "ReputationPlugin"]
 
@@ -131,6 +131,11 @@ class ReputationPlugin:
             entries: int | None = len(self.cache)
         else:
             entries = count_entries(base / "cache")
+        # LMDB allows one open environment per process: a running gateway counts through its own.
+        if self.statistics is not None and self.statistics.path == base / "statistics":
+            pending: int | None = len(self.statistics.pending())
+        else:
+            pending = count_pending(base / "statistics")
         return [
             StoreDescriptor(
                 name="reputation cache",
@@ -147,6 +152,14 @@ class ReputationPlugin:
                 path=str(base / "statistics"),
                 holds="detection counts by kind and verdict waiting to be sent to the "
                 "reputation service; kept until sent, deleted when consent is withdrawn",
+                read_permission="settings.view",
+                entries=pending,
+            ),
+            StoreDescriptor(
+                name="reputation consent withdrawal",
+                path=str(base / CONSENT_MARK),
+                holds="who withdrew consent from the command line, and when; while it exists "
+                "nothing is looked up or sent",
                 read_permission="settings.view",
             ),
         ]
@@ -237,7 +250,9 @@ class ReputationPlugin:
                     code="REPUTATION_UNAVAILABLE",
                     detector=DETECTOR,
                     category=Category.REPUTATION,
-                    status="error",
+                    # Not "error": every local engine has read the message; a missing second
+                    # opinion must not tempfail all mail while the service is down.
+                    status="unavailable",
                     details={
                         "unanswered": str(len(unanswered)),
                         "kinds": ",".join(sorted({i.kind for i in unanswered})),

@@ -178,10 +178,11 @@ class ReputationCache:
         return evicted
 
 
-def count_entries(path: Path) -> int | None:
-    """Entries in the cache at ``path`` without joining its writers; ``None`` if there is none.
+def count_entries(path: Path, db: bytes = b"entries") -> int | None:
+    """Entries of the database ``db`` (the cache's by default) in the LMDB environment at
+    ``path`` without joining its writers; ``None`` if there is none.
 
-    Opened read-only and without the lock file, so the data inventory can count a cache that
+    Opened read-only and without the lock file, so the data inventory can count a store that
     running gateways are using (the count may lag their last transaction).
     """
     if not (path / "data.mdb").exists():
@@ -193,7 +194,7 @@ def count_entries(path: Path) -> int | None:
     try:
         with env.begin() as txn:
             try:
-                entries = env.open_db(b"entries", txn=txn, create=False)
+                entries = env.open_db(db, txn=txn, create=False)
             except lmdb.NotFoundError:
                 return 0
             return int(txn.stat(entries)["entries"])

@@ -19,11 +19,15 @@ from typing import Any
 import lmdb
 import msgspec
 
+from .cache import count_entries
+
 __all__ = [
+    "CONSENT_MARK",
     "PLUGIN_DIR",
     "ConsentMark",
     "PendingStatistics",
     "RecordedConsent",
+    "count_pending",
     "data_dir_for",
     "grant_consent",
     "read_withdrawal",
@@ -33,7 +37,8 @@ __all__ = [
 ]
 
 PLUGIN_DIR = "reputation"
-_MARK = "consent-withdrawn.json"
+#: The file ``consent --withdraw`` writes into the data directory.
+CONSENT_MARK = _MARK = "consent-withdrawn.json"
 _COUNT = struct.Struct(">Q")
 
 
@@ -135,6 +140,13 @@ def grant_consent(data_dir: Path) -> bool:
     except FileNotFoundError:
         return False
     return True
+
+
+def count_pending(path: Path) -> int | None:
+    """How many ``kind:verdict`` counts wait at ``path`` without joining its writers;
+    ``None`` if there is no store. For the data inventory, which would otherwise count the
+    two LMDB files as entries."""
+    return count_entries(path, b"counts")
 
 
 class PendingStatistics:

@@ -385,6 +385,11 @@ class SandboxPlugin:
             return
         deadline = time.time() + policy.verdict_timeout * self.time_scale
         sender = ctx.envelope.mail_from
+        if self._loop is not None:
+            # Verdict hooks run in a worker thread: the task starts on the gateway's loop.
+            self._loop.call_soon_threadsafe(self._spawn_mirror, pending, deadline, sender)
+
+    def _spawn_mirror(self, pending: list[_Object], deadline: float, sender: str) -> None:
         task = asyncio.get_running_loop().create_task(self._mirror(pending, deadline, sender))
         self._mirrors.add(task)
         task.add_done_callback(self._mirrors.discard)

@@ -29,7 +29,7 @@ from .context import (
     plugin_data_dir,
 )
 from .hookspecs import PROJECT_NAME, hookimpl, hookspec
-from .offload import INLINE_MAX_BYTES, run_cpu_bound
+from .offload import INLINE_MAX_BYTES, INLINE_MAX_FIELDS, INLINE_MAX_SECONDS, run_cpu_bound
 from .quarantines import (
     QUARANTINE_ID,
     LearnLabel,
@@ -57,6 +57,8 @@ __version__ = SDK_VERSION
 
 __all__ = [
     "INLINE_MAX_BYTES",
+    "INLINE_MAX_FIELDS",
+    "INLINE_MAX_SECONDS",
     "PROJECT_NAME",
     "QUARANTINE_ID",
     "SDK_VERSION",

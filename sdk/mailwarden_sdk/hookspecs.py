@@ -17,6 +17,11 @@ asked whenever the core needs the list (data inventory, web interface, command l
 
 An implementation may accept fewer arguments than its spec names (pluggy's rule), so a spec can
 grow without breaking plugins.
+
+Every hook the gateway calls runs under a time budget (``[detectors] timeout`` for scans,
+``[hooks]`` for the others). An ``async`` implementation that runs out of time is cancelled;
+a synchronous one runs in a worker thread, which cannot be stopped: the gateway stops waiting
+for it and goes on, and the thread finishes on its own (it never holds the process at exit).
 """
 
 from __future__ import annotations
@@ -55,14 +60,19 @@ def mailwarden_startup(host: Host) -> Awaitable[None] | None:
     """Open resources (databases, connections, compiled signatures) for one gateway.
 
     Runs once per gateway before the first message is scanned; ``host.config_for(section)``
-    gives the plugin's validated config. May be ``async``. An exception stops the gateway from
-    starting, with the plugin named in the error.
+    gives the plugin's validated config. May be ``async``; a synchronous one runs in a worker
+    thread. An exception, or no return within ``[hooks] startup`` seconds, stops the gateway
+    from starting, with the plugin named in the error.
     """
 
 
 @hookspec
 def mailwarden_shutdown(host: Host) -> Awaitable[None] | None:
-    """Close what ``mailwarden_startup`` opened. Runs once when the gateway stops; may be async."""
+    """Close what ``mailwarden_startup`` opened. Runs once when the gateway stops; may be async.
+
+    Each implementation gets ``[hooks] shutdown`` seconds; past that (or on an exception) it is
+    logged and the next plugin is called.
+    """
 
 
 @hookspec
@@ -78,7 +88,9 @@ def mailwarden_scan(
     ``[detectors] timeout`` (or its per-detector override): an exception or a timeout becomes a
     ``DETECTOR_ERROR``/``DETECTOR_TIMEOUT`` finding and never stops the other detectors.
     Synchronous implementations run in a worker thread, so CPU-bound work should release the
-    GIL (the native core does). Wrappers are not allowed on this hook.
+    GIL (the native core does); an ``async`` one is cancelled when its budget is spent and does
+    CPU work through :func:`~mailwarden_sdk.run_cpu_bound`. Wrappers are not allowed on this
+    hook.
     """
 
 
@@ -88,7 +100,11 @@ def mailwarden_verdict(ctx: ScanContext, verdict: Verdict) -> None:
 
     Runs once per message after every detector finished. Change ``verdict`` in place; use
     ``@hookimpl(wrapper=True)`` and ``yield`` to run around the other implementations (for
-    example to override what they decided). Synchronous.
+    example to override what they decided). Synchronous; runs in a worker thread, on a copy
+    of the folded verdict. All implementations together get ``[hooks] verdict`` seconds per
+    message: past that, or when one raises, the folded verdict stands without their changes,
+    with an error finding (``HOOK_TIMEOUT`` / ``DETECTOR_ERROR`` from ``verdict``), and the
+    message is not delivered (at least a 451).
     """
 
 
@@ -102,7 +118,9 @@ def mailwarden_action(ctx: ScanContext, verdict: Verdict, action: Action) -> Act
     backup copy ``action.backup`` asks for (its id is ``action.backup_id``); the built-in
     antivirus plugin, for ``action.remove_parts``, returns the action with
     ``replace_message``: the message without those parts plus a notice naming the backup.
-    Synchronous; an exception is logged and the action stands as decided.
+    Synchronous (in a worker thread, after the verdict hooks); all implementations together
+    get ``[hooks] action`` seconds. An exception is logged and the action stands as decided; so
+    does a timeout, recorded as a ``HOOK_TIMEOUT`` finding of ``action``.
     """
 
 
@@ -115,7 +133,8 @@ def mailwarden_hold(ctx: ScanContext, verdict: Verdict) -> Awaitable[str | None]
     keeps the message returns its own id for it, after the message is durable in its store; the
     core then answers 250 and forgets the message. Return ``None`` when the hold is not yours or
     your store refuses it: when nobody takes it the core answers 451, so the sender keeps it.
-    The first id returned wins. May be ``async``; an exception counts as a refusal.
+    The first id returned wins. May be ``async``; an exception, or no answer within
+    ``[hooks] hold`` seconds, counts as a refusal.
 
     Later, the plugin puts the message back through the pipeline with
     :meth:`Host.resubmit <mailwarden_sdk.Host.resubmit>`, adding the verdict as findings.
@@ -127,8 +146,10 @@ def mailwarden_message_processed(event: MessageEvent) -> None:
     """Observe a message that was decided and acted on.
 
     Runs once per message after the event was recorded; ``event`` must not be modified.
-    Synchronous and on the mail path: hand slow work (shipping events elsewhere) to a queue.
-    An exception here is logged and ignored.
+    Synchronous, on a thread of this plugin's own, off the mail path: events come in order,
+    one call at a time. A call past ``[hooks] message_processed`` seconds is logged and
+    counted; events wait meanwhile, at most ``[hooks] observer_backlog`` of them (more are
+    dropped for this plugin and counted). An exception here is logged and ignored.
     """
 
 

@@ -22,7 +22,9 @@ __all__ = ["SDK_VERSION", "IncompatibleSdk", "check_compatible"]
 # 1.7: mailwarden_quarantines hook, Quarantine, QuarantineEntry, Host.deliver;
 # 1.8: Action.backup_id (the gateway keeps backups in its own store), config_option;
 # 1.9: run_cpu_bound, INLINE_MAX_BYTES
-SDK_VERSION = "1.9.0"
+# 1.10: INLINE_MAX_FIELDS, INLINE_MAX_SECONDS, offload.scanning; every hook under a time
+#       budget, verdict and action hooks in a worker thread, observers on threads of their own
+SDK_VERSION = "1.10.0"
 
 
 class IncompatibleSdk(Exception):

@@ -139,4 +139,5 @@ def test_serve_sends_events_out_serves_metrics_and_counts(tmp_path: Path) -> Non
         "Eicar-Test-Signature": 1
     }
     actions = [e.action for e in ApplicationLog(home / "app-log").search()]
-    assert actions == ["gateway stopped", "gateway started"]
+    # The home was made 0755 (umask 022): narrowed at start, and said so.
+    assert actions == ["gateway stopped", "gateway started", "store permissions narrowed"]

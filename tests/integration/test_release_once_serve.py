@@ -27,12 +27,12 @@ PASSWORD = "correct horse battery"
 
 
 class Serve:
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, workers: int = 2) -> None:
         self.home = tmp_path / "home"
         self.home.mkdir()
         self.smtp_port, self.web_port = free_port(), free_port()
         (self.home / "mailwarden.toml").write_text(
-            f"[smtp]\nport = {self.smtp_port}\nworkers = 2\n"
+            f"[smtp]\nport = {self.smtp_port}\nworkers = {workers}\n"
             f"[web]\nenabled = true\nport = {self.web_port}\ntls = false\n"
             '[antispam]\nquarantine = ["spam"]\nauthentication = false\n'
             '[[rules]]\nname = "default"\n[rules.actions]\ninfected = "quarantine"\n'
@@ -60,7 +60,7 @@ class Serve:
             _wait_for_port(self.web_port, self.process, self.log)
             _wait_for_port(self.smtp_port, self.process, self.log)
             deadline = time.monotonic() + 30
-            while self.log.read_text().count("ready") < 2 and time.monotonic() < deadline:
+            while self.log.read_text().count("ready") < workers and time.monotonic() < deadline:
                 time.sleep(0.05)
         except BaseException:
             self.process.kill()

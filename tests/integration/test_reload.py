@@ -15,6 +15,7 @@ import pytest
 
 from tests.conftest import EICAR, free_port, make_message
 from tests.integration.test_smtp_serve import _wait_for_port
+from tests.services.slapd import directory_section, running_slapd
 
 pytestmark = pytest.mark.integration
 
@@ -22,12 +23,12 @@ RULES = '[[rules]]\nname = "{name}"\n[rules.actions]\ninfected = "{infected}"\n'
 
 
 class Serve:
-    def __init__(self, tmp_path: Path, workers: int) -> None:
+    def __init__(self, tmp_path: Path, workers: int, extra: str = "") -> None:
         self.home = tmp_path / "home"
         self.home.mkdir()
         self.port = free_port()
         self.config = self.home / "mailwarden.toml"
-        self.head = f"[smtp]\nport = {self.port}\nworkers = {workers}\n"
+        self.head = f"[smtp]\nport = {self.port}\nworkers = {workers}\n{extra}"
         self.write(RULES.format(name="strict", infected="reject"))
         self.log = tmp_path / "serve.log"
         out = self.log.open("w")
@@ -122,3 +123,31 @@ def test_every_worker_reloads(serve: Serve) -> None:
     for _ in range(6):
         with smtplib.SMTP("127.0.0.1", serve.port, timeout=30) as client:
             assert _send_eicar(client) == 250
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_turning_the_directory_off_deletes_its_cache_at_the_reload(
+    tmp_path: Path, workers: int
+) -> None:
+    with running_slapd() as slapd:
+        serve = Serve(tmp_path, workers, directory_section(slapd))
+        try:
+            cache = serve.home / "directory-cache"
+            assert (cache / "data.mdb").is_file()
+            serve.head = serve.head.replace("enabled = true", "enabled = false")
+            serve.write(RULES.format(name="strict", infected="reject"))
+            log = serve.reload("reloaded rules: strict", count=workers)
+            # Applied now, so not among the sections left for the next start.
+            assert "applied at the next start: directory" not in log
+            deadline = time.monotonic() + 30
+            while cache.exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            # Deleted now, by the running gateway: not at its next start.
+            assert not cache.exists(), serve.log.read_text()
+            serve.wait_for_log("directory integration turned off: deleted its cache")
+            assert serve.process.poll() is None
+            with smtplib.SMTP("127.0.0.1", serve.port, timeout=30) as client:
+                assert _send_eicar(client) == 550
+        finally:
+            serve.stop()
+        assert not cache.exists()

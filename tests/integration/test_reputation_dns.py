@@ -169,5 +169,5 @@ def test_a_dns_server_that_is_not_there_still_gives_a_verdict_in_time(tmp_path: 
     unavailable = expect_finding(decision, "REPUTATION_UNAVAILABLE")
     assert unavailable.details["kinds"] == "ip,md5,sha256"
     no_finding(decision, "DETECTOR_TIMEOUT")
-    expect_action(decision, "deliver")
+    expect_action(decision, "deliver")  # the local engines read it; not a scan error
     assert elapsed < 2.0, f"took {elapsed:.2f} s"

@@ -242,7 +242,7 @@ def test_a_stopped_service_still_gives_a_verdict_within_budget_and_the_cache_ans
         )  # fmt: skip
         expect_finding(warm, "REPUTATION_IP", ip=LISTED_IP)
     # The service is stopped now; a new gateway on the same home (a restart) still has the
-    # cached answer for the IP, and what it never asked about becomes a stated error.
+    # cached answer for the IP, and what it never asked about becomes a stated gap.
     began = time.monotonic()
     decision = scan(
         _clean_message("agenda"), builtins=True, config=config,
@@ -251,13 +251,14 @@ def test_a_stopped_service_still_gives_a_verdict_within_budget_and_the_cache_ans
     elapsed = time.monotonic() - began
     expect_finding(decision, "REPUTATION_IP", ip=LISTED_IP, source="http")
     unavailable = expect_finding(decision, "REPUTATION_UNAVAILABLE")
-    assert unavailable.status == "error"
+    assert unavailable.status == "unavailable"
     # The host docs.example.org was answered (clean) before the stop, so only the new
     # attachment's hashes and the new URL go unanswered.
     assert unavailable.details["kinds"] == "md5,sha256,url"
     assert unavailable.details["unanswered"] == "3"
     no_finding(decision, "DETECTOR_TIMEOUT")
-    assert "reputation" in decision.verdict.errors
+    # A missing second opinion is not a scan error (that would tempfail all mail by default).
+    assert "reputation" not in decision.verdict.errors
     expect_action(decision, "reject")  # the cached malicious IP still decides
     assert elapsed < 5.0, f"took {elapsed:.2f} s"
 
@@ -283,7 +284,7 @@ def test_a_hanging_service_costs_at_most_the_timeout_then_is_skipped(tmp_path: P
                 took.append(time.monotonic() - began)
                 expect_finding(decision, "REPUTATION_UNAVAILABLE")
                 no_finding(decision, "DETECTOR_TIMEOUT")
-                expect_action(decision, "deliver")
+                expect_action(decision, "deliver")  # the local engines read it; not a scan error
         finally:
             runner.stop()
     assert 0.5 <= took[0] < 2.0, f"first message took {took[0]:.2f} s"

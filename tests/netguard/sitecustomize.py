@@ -8,6 +8,12 @@ serve``, the service helpers) imports it as ``sitecustomize`` too. A connection 
 other address is refused with ``ENETUNREACH`` (what the code would meet on an offline host) and
 written to ``$MAILWARDEN_NETGUARD_LOG``; the session fails if that file is not empty.
 
+A test that needs a client on another address (the SMTP relay-control test) builds network
+namespaces of its own joined by a veth pair, which reach nothing outside them. It names them
+in ``$MAILWARDEN_NETGUARD_NETNS`` (``ip netns`` names) and their networks in
+``$MAILWARDEN_NETGUARD_NETNS_NETS``; those addresses are allowed only to a thread that is inside
+one of those namespaces, so everywhere else the rule stays "loopback only".
+
 The host's resolver is the one exception made in advance: the tests run as if on a machine whose
 ``/etc/resolv.conf`` names 127.0.0.1 (``$MAILWARDEN_NETGUARD_RESOLV``, on the port in
 ``$MAILWARDEN_NETGUARD_DNS_PORT``, where the session's empty zone server answers NXDOMAIN at once),
@@ -38,7 +44,25 @@ def _loopback(address: Any) -> bool:
         ip = ipaddress.ip_address(host)
     except ValueError:
         return False  # a name would need a lookup that leaves the host
-    return ip.is_loopback or ip.is_unspecified
+    return ip.is_loopback or ip.is_unspecified or _test_namespace_address(ip)
+
+
+def _test_namespace_address(ip: Any) -> bool:
+    names = os.environ.get("MAILWARDEN_NETGUARD_NETNS", "")
+    nets = os.environ.get("MAILWARDEN_NETGUARD_NETNS_NETS", "")
+    if not names or not nets:
+        return False
+    if not any(ip in ipaddress.ip_network(n.strip()) for n in nets.split(",") if n.strip()):
+        return False
+    try:
+        mine = os.stat("/proc/thread-self/ns/net").st_ino
+        return any(
+            os.stat(f"/run/netns/{name.strip()}").st_ino == mine
+            for name in names.split(",")
+            if name.strip()
+        )
+    except OSError:
+        return False
 
 
 def _refuse(address: Any) -> None:

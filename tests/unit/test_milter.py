@@ -360,6 +360,15 @@ def test_abort_and_quit_nc_start_over(tmp_path: Path) -> None:
     run_with_server(tmp_path, body, handler=handler)
 
 
+async def _still_serves(port: int) -> None:
+    """The server is still there for the next connection and accepts a message."""
+    mta = await Mta.connect(port)
+    await mta.optneg()
+    await mta.session_start()
+    assert (await mta.message(make_message())).final == "a"
+    await mta.close()
+
+
 @pytest.mark.parametrize(
     "packet",
     [
@@ -382,12 +391,7 @@ def test_malformed_packets_close_cleanly_with_a_log_line(
         await mta.writer.drain()
         assert await mta.reader.read() == b""  # closed by the server, nothing sent
         await mta.close()
-        # The server is still there for the next connection.
-        mta = await Mta.connect(port)
-        await mta.optneg()
-        await mta.session_start()
-        assert (await mta.message(make_message())).final == "a"
-        await mta.close()
+        await _still_serves(port)
 
     with caplog.at_level(logging.WARNING, logger="mailwarden.ingress.milter"):
         run_with_server(tmp_path, body, handler=handler)
@@ -486,3 +490,49 @@ def test_xtext_round_trip_for_xforward_values() -> None:
         encoded = xtext_encode(value)
         assert " " not in encoded and "=" not in encoded
         assert xtext_decode(encoded).encode("latin-1").decode("utf-8") == value
+
+
+@pytest.mark.parametrize(
+    "packets",
+    [
+        [("C", {"huge": "x" * 100_000})],
+        # New names each time, each packet under the per-packet cap: 5 x 60 KB.
+        [("C", {f"name{n}": "x" * 60_000}) for n in range(5)],
+    ],
+    ids=["one-large-packet", "many-new-names"],
+)
+def test_macro_packets_are_bounded_and_close_the_connection(
+    tmp_path: Path, packets: list[tuple[str, dict[str, str]]], caplog: pytest.LogCaptureFixture
+) -> None:
+    async def body(port: int, _gw: Any) -> None:
+        mta = await Mta.connect(port)
+        await mta.optneg()
+        for stage, values in packets:
+            mta.macro(stage, **values)
+        # Closed without a reply: Postfix then applies milter_default_action (tempfail). A
+        # reset is a close too (the server drops what it did not read).
+        try:
+            await mta.writer.drain()
+            assert await mta.reader.read() == b""
+        except ConnectionResetError:
+            pass
+        await mta.close()
+        await _still_serves(port)
+
+    with caplog.at_level(logging.WARNING, logger="mailwarden.ingress.milter"):
+        run_with_server(tmp_path, body, handler=EveryChange())
+    assert any("macro" in r.getMessage().lower() for r in caplog.records)
+
+
+def test_macros_resent_for_every_message_stay_within_the_cap(tmp_path: Path) -> None:
+    async def body(port: int, _gw: Any) -> None:
+        mta = await Mta.connect(port)
+        await mta.optneg()
+        await mta.session_start()
+        for n in range(30):
+            mta.macro("C", client_addr="192.0.2.7", client_name="c" * 2000)
+            answer = await mta.message(make_message(subject=f"n{n}"))
+            assert answer.final == "a"
+        await mta.close()
+
+    run_with_server(tmp_path, body, handler=EveryChange())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -131,3 +132,24 @@ def test_starting_without_consent_deletes_statistics_left_from_before(tmp_path: 
         assert again.pending() == {}
     finally:
         again.close()
+
+
+def test_inventory_counts_pending_statistics_not_their_files(tmp_path: Path) -> None:
+    def pending_entries() -> int:
+        runner = CliRunner(env={"MAILWARDEN_HOME": str(tmp_path), "MAILWARDEN_CONFIG": ""})
+        result = runner.invoke(cli, ["data-inventory", "--json"])
+        assert result.exit_code == 0, result.output
+        [state] = [
+            s for s in json.loads(result.output) if s["store"]["name"] == "reputation statistics"
+        ]
+        assert state["files"] == 2  # LMDB's data.mdb and lock.mdb
+        return int(state["records"])
+
+    stats = PendingStatistics(tmp_path / "reputation" / "statistics")
+    stats.close()
+    # The files are there, nothing waits to be sent: the KSN entry said "2 entries".
+    assert pending_entries() == 0
+    stats = PendingStatistics(tmp_path / "reputation" / "statistics")
+    stats.add({"ip:malicious": 3, "url:phishing": 1, "sha256:malicious": 2})
+    stats.close()
+    assert pending_entries() == 3

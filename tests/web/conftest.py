@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from aiosmtpd.controller import Controller
 from starlette.testclient import TestClient
 
 from mailwarden import Gateway
@@ -15,7 +18,8 @@ from mailwarden.plugins import build_plugin_manager
 from mailwarden.web.app import WebState, create_app
 from mailwarden.web.permissions import BUILTIN_ROLES
 from mailwarden_sdk import Envelope
-from tests.conftest import EICAR, make_message
+from tests.conftest import EICAR, free_port, make_message
+from tests.services.sandboxd import ReferenceServer, running_reference_server
 
 GTUBE = b"XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
 
@@ -58,6 +62,13 @@ class Web:
         assert answer.status_code == 200, answer.text
         return client, answer.json()["csrf"]
 
+    def login_form_token(self, client: TestClient) -> str:
+        """The anti-CSRF token of the login form ``client`` was shown (its cookie kept)."""
+        page = client.get("/login")
+        found = re.search(r'id="login-csrf" value="([^"]+)"', page.text)
+        assert found, page.text
+        return found.group(1)
+
     def hold(self, subject: str = "held one", filename: str = "eicar.com") -> str:
         """Process an infected message (the rule quarantines it); its held id."""
         raw = make_message(subject=subject, attachment=EICAR, filename=filename)
@@ -98,3 +109,36 @@ def web(tmp_path: Path) -> Iterator[Web]:
         yield made
     finally:
         made.close()
+
+
+class _NextHop:
+    """aiosmtpd handler: records every message with its envelope."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[str, list[str], bytes]] = []
+        self.port = 0
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.received.append(
+            (envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content)
+        )
+        return "250 2.0.0 Ok: stored"
+
+
+@pytest.fixture
+def next_hop() -> Iterator[_NextHop]:
+    handler = _NextHop()
+    handler.port = free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=handler.port)
+    controller.start()
+    try:
+        yield handler
+    finally:
+        controller.stop()
+
+
+@pytest.fixture
+def held_reference() -> Iterator[ReferenceServer]:
+    """An analysis server that gives no verdict: the sandbox holds what it sends there."""
+    with running_reference_server(hold=True) as server:
+        yield server

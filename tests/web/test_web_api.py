@@ -215,7 +215,15 @@ def test_forcing_ntlm_against_a_server_without_it_is_a_clear_login_failure(
         assert "does not offer NTLM" in error or "refused the NTLM bind" in error, error
         assert client.get("/api/me").status_code == 401
         # The login page says the same, as a page, not an error 500.
-        page = web.client().post("/login", data={"name": "bob@example.test", "password": PASSWORD})
+        browser = web.client()
+        page = browser.post(
+            "/login",
+            data={
+                "name": "bob@example.test",
+                "password": PASSWORD,
+                "csrf": web.login_form_token(browser),
+            },
+        )
         assert page.status_code == 401 and "NTLM" in page.text
         failed = [r for r in web.state.audit.records() if r["act"] == "login.failed"]
         assert failed and "NTLM" in failed[0]["problem"]
@@ -228,5 +236,57 @@ def test_forcing_ntlm_against_a_server_without_it_is_a_clear_login_failure(
             "/api/login", json={"name": "bob@example.test", "password": PASSWORD}
         )
         assert answer.status_code == 401 and "ntlm_domain" in answer.json()["error"]
+    finally:
+        web.close()
+
+
+def test_a_new_group_mapping_ends_the_directory_users_sessions(
+    tmp_path: Path, slapd: Slapd
+) -> None:
+    web = _directory_web(tmp_path, slapd, "")
+    try:
+        held = web.hold()
+        bob = web.client()
+        answer = bob.post("/api/login", json={"name": "bob@example.test", "password": PASSWORD})
+        assert answer.json()["roles"] == ["Operator"]
+        assert bob.get(f"/api/quarantine/{held}").status_code == 200
+        # Staff is demoted to Auditor: Bob's Operator session does not outlive the change.
+        admin, csrf = web.login("administrator")
+        demoted = admin.put(
+            "/api/users/groups",
+            json={"group:Staff": ["Auditor"]},
+            headers={"x-csrf-token": csrf},
+        )
+        assert demoted.status_code == 200, demoted.text
+        assert bob.get(f"/api/quarantine/{held}").status_code == 401
+        again = bob.post("/api/login", json={"name": "bob@example.test", "password": PASSWORD})
+        assert again.json()["roles"] == ["Auditor"]
+        assert bob.get(f"/api/quarantine/{held}").status_code == 403
+        assert admin.get("/api/me").status_code == 200  # local sessions are not touched
+    finally:
+        web.close()
+
+
+def test_a_directory_user_taken_out_of_the_group_loses_the_session(
+    tmp_path: Path, slapd: Slapd
+) -> None:
+    web = _directory_web(tmp_path, slapd, "")
+    member = f"member: cn=Bob Jones,ou=Users,{BASE_DN}\n"
+    staff = f"dn: cn=Staff,ou=Groups,{BASE_DN}\nchangetype: modify\n"
+    try:
+        held = web.hold()
+        bob = web.client()
+        answer = bob.post("/api/login", json={"name": "bob@example.test", "password": PASSWORD})
+        assert answer.json()["roles"] == ["Operator"]
+        # Asked again at every request here (every 5 minutes by default).
+        web.state.directory_recheck = 0.0
+        assert bob.get(f"/api/quarantine/{held}").status_code == 200
+        slapd.ldapadd(staff + "delete: member\n" + member)
+        try:
+            assert bob.get(f"/api/quarantine/{held}").status_code == 401
+            again = bob.post("/api/login", json={"name": "bob@example.test", "password": PASSWORD})
+            assert again.json()["roles"] == []
+        finally:
+            slapd.ldapadd(staff + "add: member\n" + member)
     finally:
         web.close()

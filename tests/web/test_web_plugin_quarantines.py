@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiosmtpd.controller import Controller
 from starlette.testclient import TestClient
 
 from mailwarden import Gateway
@@ -27,44 +26,11 @@ from mailwarden.web.app import WebState, create_app
 from mailwarden.web.permissions import BUILTIN_ROLES
 from mailwarden_antispam import AntispamPlugin
 from mailwarden_sdk import Envelope
-from tests.conftest import free_port, make_message
-from tests.services.sandboxd import ReferenceServer, running_reference_server
-from tests.web.conftest import GTUBE, PASSWORD, Web
+from tests.conftest import make_message
+from tests.services.sandboxd import ReferenceServer
+from tests.web.conftest import GTUBE, PASSWORD, Web, _NextHop
 
 HOSTILE = '<script>alert("subject")</script>'
-
-
-class _NextHop:
-    """aiosmtpd handler: records every message with its envelope."""
-
-    def __init__(self) -> None:
-        self.received: list[tuple[str, list[str], bytes]] = []
-        self.port = 0
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        self.received.append(
-            (envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content)
-        )
-        return "250 2.0.0 Ok: stored"
-
-
-@pytest.fixture
-def next_hop() -> Iterator[_NextHop]:
-    handler = _NextHop()
-    handler.port = free_port()
-    controller = Controller(handler, hostname="127.0.0.1", port=handler.port)
-    controller.start()
-    try:
-        yield handler
-    finally:
-        controller.stop()
-
-
-@pytest.fixture
-def held_reference() -> Iterator[ReferenceServer]:
-    """An analysis server that gives no verdict: the sandbox holds what it sends there."""
-    with running_reference_server(hold=True) as server:
-        yield server
 
 
 def wait_until(predicate: Callable[[], Any], limit: float = 20.0) -> Any:
@@ -81,7 +47,7 @@ class Served:
     """A started gateway relaying to ``next_hop``, with its web application and a user per
     built-in role (named after the role, as in tests/web/conftest.py)."""
 
-    def __init__(self, home: Path, next_hop: _NextHop, sandbox_url: str) -> None:
+    def __init__(self, home: Path, next_hop: _NextHop, sandbox_url: str, extra: str = "") -> None:
         sandbox = {
             "enabled": True,
             "mode": "hold",
@@ -96,7 +62,7 @@ class Served:
             'tls = "none"\n'
             # No DNS: authentication checks are not what this is about.
             '[antispam]\nquarantine = ["spam"]\nauthentication = false\n'
-            "[sandbox]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in sandbox.items())
+            "[sandbox]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in sandbox.items()) + extra
         )
         home.mkdir(parents=True)
         (home / "mailwarden.toml").write_text(config)

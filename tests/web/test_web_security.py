@@ -105,9 +105,10 @@ def test_failed_logins_are_throttled_per_account_and_recorded(web: Web) -> None:
 
 def test_redirect_after_login_stays_on_this_site(web: Web) -> None:
     client = web.client()
+    csrf = web.login_form_token(client)
     answer = client.post(
         "/login",
-        data={"name": "operator", "password": PASSWORD, "next": "//evil.example/x"},
+        data={"name": "operator", "password": PASSWORD, "next": "//evil.example/x", "csrf": csrf},
         follow_redirects=False,
     )
     assert answer.status_code == 303 and answer.headers["location"] == "/"

@@ -24,7 +24,14 @@ from .model import DirectoryEntry, DirectoryError, SearchHit
 if TYPE_CHECKING:
     from .client import LdapClient
 
-__all__ = ["Directory", "LookupResult", "RefreshResult", "cache_path", "open_directory"]
+__all__ = [
+    "Directory",
+    "LookupResult",
+    "RefreshResult",
+    "cache_path",
+    "open_directory",
+    "turn_off",
+]
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +144,47 @@ class Directory:
                 return None
         log.info("directory refreshed: %d entries, %d groups", result.entries, result.groups)
         return result
+
+
+# Turn-offs in progress (a task must be referenced until it ends).
+_TURNING_OFF: set[asyncio.Task[bool]] = set()
+
+
+def turn_off(directory: Directory, refresher: asyncio.Task[None] | None) -> None:
+    """The integration was turned off in a running gateway (a reload): stop refreshing, close
+    the cache and delete it now, not at the next start.
+
+    In an event loop this happens in a task that first waits for a refresh in progress (its
+    thread writes to the cache); without one, at once.
+    """
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        if refresher is not None:
+            refresher.cancel()
+        directory.close()
+        _remove(directory.cache.path)
+        return
+    task = loop.create_task(_turn_off(directory, refresher))
+    _TURNING_OFF.add(task)
+    task.add_done_callback(_TURNING_OFF.discard)
+
+
+async def _turn_off(directory: Directory, refresher: asyncio.Task[None] | None) -> bool:
+    async with directory._lock:
+        if refresher is not None:
+            refresher.cancel()
+            await asyncio.gather(refresher, return_exceptions=True)
+        directory.close()
+        return await asyncio.to_thread(_remove, directory.cache.path)
+
+
+def _remove(path: Path) -> bool:
+    removed = remove_cache(path)
+    if removed:
+        # Said in the serve output (a warning) so the admin sees the reload took it away.
+        log.warning("directory integration turned off: deleted its cache %s", path)
+    return removed
 
 
 def open_directory(config: Config, *, fill_empty: bool = True) -> Directory | None:

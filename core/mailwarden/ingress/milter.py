@@ -127,6 +127,11 @@ MACROS: dict[int, str] = {
 CHUNK = 65535
 # A packet larger than this is a broken or hostile peer (the MTA's largest is a body chunk).
 MAX_PACKET = 1 << 20
+# Macro values are names and addresses (Postfix's longest are a few hundred bytes). Without a
+# cap, 500 MACRO packets of 1 MB with new names kept 463 MB; past either cap the connection is
+# closed with a log line, and the MTA applies its milter_default_action (tempfail).
+MAX_MACRO_PACKET = 64 * 1024
+MAX_MACRO_BYTES = 256 * 1024
 
 _COMMANDS = frozenset("ABCDEHKLMNOQRTU")
 
@@ -549,6 +554,7 @@ class _Session:
         if not self.negotiated:
             raise MilterProtocolError(f"command {code!r} before option negotiation")
         if code == MACRO:
+            self._check_macros(cmd.macros)
             target = self.message if self.in_message or cmd.stage in "MRTLNEB" else None
             for name, value in cmd.macros:
                 # Postfix sends "{name}" and Sendmail sometimes "name": store one form.
@@ -596,6 +602,23 @@ class _Session:
             return False
         self.reply(R_CONTINUE, code)
         return False
+
+    def _check_macros(self, pairs: tuple[tuple[str, str], ...]) -> None:
+        size = sum(len(name) + len(value) for name, value in pairs)
+        if size > MAX_MACRO_PACKET:
+            raise MilterProtocolError(
+                f"MACRO packet of {size} bytes exceeds the limit of {MAX_MACRO_PACKET}"
+            )
+        # Both stores may keep a pair (connection-stage macros are copied into the message).
+        kept = sum(
+            len(name) + len(value)
+            for macros in (self.connection.macros, self.message.macros)
+            for name, value in macros.items()
+        )
+        if kept + size > MAX_MACRO_BYTES:
+            raise MilterProtocolError(
+                f"macros would hold {kept + size} bytes, over the limit of {MAX_MACRO_BYTES}"
+            )
 
     def _count(self, size: int) -> None:
         self.message.size += size

@@ -4,68 +4,166 @@ The message is spooled (fsynced) and scanned during DATA and the reply reflects 
 so a rejected message is refused to the client instead of bounced later, and 250 is sent only
 after the message is durable. The listener speaks ESMTP with SIZE, 8BITMIME, SMTPUTF8,
 PIPELINING and STARTTLS, and an implicit-TLS port when ``[smtp] tls_port`` is set. Client
-limits: connections in total and per client address, recipients per message, message size and
-idle time.
+limits: connections in total and per client address (a full listener makes room for a new
+address by closing an idle connection of the address holding the most), recipients per
+message, message size, time without a byte from the client, and commands that make no
+progress (NOOP, RSET, VRFY, HELP).
+
+It is never an open relay (Postfix's ``smtpd_relay_restrictions`` as
+``permit_mynetworks, permit_sasl_authenticated, reject_unauth_destination``): a recipient in
+``[gateway] local_domains`` is accepted from anyone, any other only from ``[smtp]
+trusted_networks`` or after AUTH, which is offered over TLS only and only when there are
+accounts to check (the web interface's local accounts, the directory by LDAP bind). Envelope
+addresses must be RFC 5321 mailboxes, HELO and AUTH names must not hold control characters
+(they reach our ``Received:`` line), a line ending in a bare LF ends the session as with
+Postfix's ``smtpd_forbid_bare_newline = reject`` (3.9; ``yes`` in 3.8.4), which stops SMTP
+smuggling, and a message with more than ``hopcount_limit`` ``Received:`` lines is refused as a
+loop. Clients in ``trusted_networks``
+may send bare LFs, as Postfix's ``smtpd_forbid_bare_newline_exclusions = $mynetworks``; the end
+of DATA is only ever ``<CR><LF>.<CR><LF>``, and what we relay gets CRLF line ends before it is
+dot-stuffed, so a smuggled ``\\n.\\n`` reaches the next hop as ``..``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import email.utils
+import ipaddress
 import logging
+import re
 import ssl
-from collections import Counter
-from typing import Any
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, AnyStr
 
-from aiosmtpd.smtp import MISSING, SMTP, Session
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Session
 from aiosmtpd.smtp import Envelope as SmtpEnvelope
 
 from mailwarden_sdk import Envelope
 
 from ..pipeline import Gateway
+from ..policy import direction_of
 from ..tls import server_context
 from ..workers import worker_count
+from .mailbox import split_path, valid_mailbox
 from .tcp import listening_socket
 
-__all__ = ["GatewaySMTP", "SmtpHandler", "start_smtp_server", "start_smtp_servers"]
+if TYPE_CHECKING:
+    from ..config import Config
+    from ..web.auth import WebAuth
+
+__all__ = [
+    "GatewaySMTP",
+    "SmtpHandler",
+    "relay_warnings",
+    "start_smtp_server",
+    "start_smtp_servers",
+]
 
 log = logging.getLogger(__name__)
 
 
 class _Limits:
-    """Open connections of one listener process, in total and per client address."""
+    """Open connections of one listener process, in total and per client address.
+
+    A cap per address alone does not keep one client from starving the others: a few addresses
+    at their cap fill the listener (4 x 50 = 200 idle connections locked everyone out for the
+    whole timeout). So when the listener is full, a connection from an address that holds fewer
+    than the busiest one takes the place of that address's longest idle connection.
+    """
 
     def __init__(self, total: int, per_ip: int) -> None:
-        self.total, self.per_ip = total, per_ip
-        self.open: Counter[str] = Counter()
+        self.total, self.per_ip = total, min(per_ip, total)
+        self.open: dict[str, list[GatewaySMTP]] = {}
+        self.count = 0
 
-    def admit(self, address: str) -> bool:
-        if sum(self.open.values()) >= self.total or self.open[address] >= self.per_ip:
+    def admit(self, address: str, connection: GatewaySMTP) -> bool:
+        mine = self.open.get(address, [])
+        if len(mine) >= self.per_ip:
             return False
-        self.open[address] += 1
+        if self.count >= self.total and not self._make_room(len(mine)):
+            return False
+        self.open.setdefault(address, []).append(connection)
+        self.count += 1
         return True
 
-    def leave(self, address: str) -> None:
-        self.open[address] -= 1
-        if self.open[address] <= 0:
+    def _make_room(self, held: int) -> bool:
+        busiest = max(self.open.values(), key=len)
+        if len(busiest) <= held + 1:
+            return False
+        idle = [c for c in busiest if c.idle_since is not None]
+        if not idle:
+            return False
+        victim = min(idle, key=lambda c: c.idle_since or 0.0)
+        victim.evict()
+        return True
+
+    def leave(self, address: str, connection: GatewaySMTP) -> None:
+        mine = self.open.get(address)
+        if mine is None or connection not in mine:
+            return
+        mine.remove(connection)
+        self.count -= 1
+        if not mine:
             del self.open[address]
 
 
-class GatewaySMTP(SMTP):
-    """aiosmtpd's SMTP with connection limits and implicit-TLS awareness."""
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
-    def __init__(self, *args: Any, limits: _Limits, implicit_tls: bool = False, **kw: Any):
+
+class GatewaySMTP(SMTP):
+    """aiosmtpd's SMTP with connection limits, implicit-TLS awareness and the checks above.
+
+    ``strict`` turns on what only the gateway listener does (the content filter's client is
+    Postfix, which has checked its own clients): RFC 5321 addresses at MAIL and RCPT.
+    ``forbid_bare_newline`` ends a session at a bare LF unless ``bare_newline_exempt(peer)``.
+    NOOP, RSET, VRFY and HELP count against ``junk_command_limit`` (Postfix's
+    smtpd_junk_command_limit) until a message is accepted. ``auth_offered`` says whether AUTH
+    can succeed now; without it AUTH is never offered.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        limits: _Limits,
+        implicit_tls: bool = False,
+        strict: bool = False,
+        forbid_bare_newline: bool = False,
+        bare_newline_exempt: Callable[[Any], bool] | None = None,
+        junk_command_limit: int = 100,
+        auth_offered: Callable[[], bool] | None = None,
+        **kw: Any,
+    ):
         super().__init__(*args, **kw)
         self._limits = limits
         self._implicit_tls = implicit_tls
+        if implicit_tls:
+            # aiosmtpd knows TLS only from STARTTLS and would answer AUTH with 538 here.
+            self._auth_require_tls = False
+        self._strict = strict
+        self._forbid_bare_newline = forbid_bare_newline
+        self._bare_newline_exempt = bare_newline_exempt or (lambda peer: False)
+        self._junk_left = junk_command_limit
+        self._junk_limit = junk_command_limit
+        self._auth_offered = auth_offered or (lambda: False)
         self._counted: str | None = None
         self._refused = False
+        self._last_input = 0.0
+        self._processing = False
+        self._previous_cr = False
+        self.auth_failures = 0
+        # When the session last finished a command (None while one is being handled): the
+        # listener closes the longest idle connection first when it must make room.
+        self.idle_since: float | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self.transport is None and not self._refused:
             peer = transport.get_extra_info("peername")
             address = str(peer[0]) if isinstance(peer, tuple) else "local"
-            if not self._limits.admit(address):
+            if not self._limits.admit(address, self):
                 # Said before any SMTP state exists: the client retries later, as with a busy MX.
                 log.warning("refusing %s: connection limit reached", address)
                 self._refused = True
@@ -74,6 +172,11 @@ class GatewaySMTP(SMTP):
                 transport.close()
                 return
             self._counted = address
+            if self._forbid_bare_newline and self._bare_newline_exempt(peer):
+                # As Postfix's smtpd_forbid_bare_newline_exclusions = $mynetworks: local
+                # programs that write LF line ends keep working.
+                self._forbid_bare_newline = False
+        self._last_input = self.idle_since = self.loop.time()
         super().connection_made(transport)
         if self._implicit_tls and self.session is not None and self.session.ssl is None:
             self.session.ssl = {"cipher": transport.get_extra_info("cipher")}
@@ -82,9 +185,22 @@ class GatewaySMTP(SMTP):
         if self._refused:
             return
         if self._counted is not None:
-            self._limits.leave(self._counted)
+            self._limits.leave(self._counted, self)
             self._counted = None
         super().connection_lost(error)
+
+    def evict(self) -> None:
+        """Close this idle connection to make room for another client address."""
+        if self._counted is not None:
+            self._limits.leave(self._counted, self)
+            self._counted = None
+        self._close_with(f"421 4.7.0 {self.hostname} Error: too many connections from you")
+
+    def _close_with(self, reply: str) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            if reply and isinstance(self.transport, asyncio.WriteTransport):
+                self.transport.write(reply.encode("ascii") + b"\r\n")
+            self.transport.close()
 
     def eof_received(self) -> bool | None:
         if self._refused:
@@ -95,6 +211,118 @@ class GatewaySMTP(SMTP):
         if self.transport is not None:
             self.transport.close()
         return False
+
+    def data_received(self, data: bytes) -> None:
+        # The timeout counts from the last byte received, so a slow transfer that keeps
+        # sending is never cut (aiosmtpd counted from the last command, DATA included).
+        self._last_input = self.loop.time()
+        if self._forbid_bare_newline and self._bare_newline(data):
+            # Postfix's smtpd_forbid_bare_newline = reject: a line that ends in LF alone is how
+            # SMTP smuggling hides a second message ("\n.\n" read as end of data elsewhere).
+            log.warning("%s: bare <LF> received; disconnecting", self._counted)
+            self._close_with(f"550 5.5.2 {self.hostname} Error: bare <LF> received")
+            return
+        super().data_received(data)
+
+    def _bare_newline(self, data: bytes) -> bool:
+        lf = data.count(b"\n")
+        paired = data.count(b"\r\n") + (1 if self._previous_cr and data[:1] == b"\n" else 0)
+        self._previous_cr = data[-1:] == b"\r"
+        return lf != paired
+
+    def _timeout_cb(self) -> None:
+        idle = self.loop.time() - self._last_input
+        if idle < self._timeout_duration or self._processing:
+            self._timeout_handle = self.loop.call_later(
+                max(self._timeout_duration - idle, 1.0), self._timeout_cb
+            )
+            return
+        log.info("%s: no data for %.0f s; closing", self._counted, idle)
+        self._close_with(f"421 4.4.2 {self.hostname} Error: timeout exceeded")
+
+    async def push(self, status: AnyStr) -> None:
+        await super().push(status)
+        self.idle_since = self.loop.time()
+
+    async def _junk(self, command: str) -> bool:
+        """Count a command that moves no mail; True when the session was ended for it."""
+        self._junk_left -= 1
+        if self._junk_left >= 0:
+            return False
+        log.warning(
+            "%s: more than %d NOOP/RSET/VRFY/HELP (last %s)",
+            self._counted,
+            self._junk_limit,
+            command,
+        )
+        await self.push(f"421 4.7.0 {self.hostname} Error: too many commands without mail")
+        self._close_with("")
+        return True
+
+    async def smtp_NOOP(self, arg: str) -> None:
+        if not await self._junk("NOOP"):
+            await super().smtp_NOOP(arg)
+
+    async def smtp_RSET(self, arg: str) -> None:
+        if not await self._junk("RSET"):
+            await super().smtp_RSET(arg)
+
+    async def smtp_VRFY(self, arg: str) -> None:
+        if not await self._junk("VRFY"):
+            await super().smtp_VRFY(arg)
+
+    async def smtp_HELP(self, arg: str) -> None:
+        if not await self._junk("HELP"):
+            await super().smtp_HELP(arg)
+
+    async def smtp_HELO(self, hostname: str) -> None:
+        if await self._control_characters("HELO", hostname):
+            return
+        await super().smtp_HELO(hostname)
+
+    async def smtp_EHLO(self, hostname: str) -> None:
+        if await self._control_characters("EHLO", hostname):
+            return
+        await super().smtp_EHLO(hostname)
+
+    async def _control_characters(self, command: str, argument: str | None) -> bool:
+        # A CR in the HELO name would be written into our Received: line as a line break.
+        if argument and _CONTROL_RE.search(argument):
+            await self.push(f"501 5.5.2 Syntax: {command} hostname (no control characters)")
+            return True
+        return False
+
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        if self._tls_protocol is not None or (self.session is not None and self.session.ssl):
+            await self.push("503 5.5.1 Error: TLS already active")
+            return
+        await super().smtp_STARTTLS(arg)
+
+    async def smtp_AUTH(self, arg: str) -> None:
+        if not self._auth_offered():
+            await self.push("503 5.5.1 Error: authentication not enabled")
+            return
+        await super().smtp_AUTH(arg)
+
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        if self._strict and arg and self.session is not None and self.session.host_name:
+            bad = _bad_path(arg, "FROM:", null_ok=True)
+            if bad:
+                await self.push("501 5.1.7 Bad sender address syntax")
+                return
+        await super().smtp_MAIL(arg)
+
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        if (
+            self._strict
+            and arg
+            and self.envelope is not None
+            and self.envelope.mail_from
+            and _bad_path(arg, "TO:", null_ok=False)
+        ):
+            await self.push("501 5.1.3 Bad recipient address syntax")
+            return
+        await super().smtp_RCPT(arg)
 
     async def smtp_DATA(self, arg: str) -> None:
         """DATA read in blocks rather than line by line.
@@ -117,6 +345,7 @@ class GatewaySMTP(SMTP):
             await self.push("501 Syntax: DATA")
             return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
+        self.idle_since = None  # receiving a message: never the connection to close for room
         data = await self._read_data()
         if data is None:
             await self.push("552 Error: Too much mail data")
@@ -124,8 +353,16 @@ class GatewaySMTP(SMTP):
             return
         self.envelope.content = data
         self.envelope.original_content = data
-        status = await self._call_handler_hook("DATA")
+        # The client waits for our reply while the message is scanned: that is not its silence.
+        self._processing = True
+        try:
+            status = await self._call_handler_hook("DATA")
+        finally:
+            self._processing = False
+            self._last_input = self.loop.time()
         self._set_post_data_state()  # type: ignore[no-untyped-call]
+        # A message moved: the commands without progress are counted afresh.
+        self._junk_left = self._junk_limit
         await self.push("250 OK" if status is MISSING else status)
 
     async def _read_data(self) -> bytes | None:
@@ -162,11 +399,176 @@ class GatewaySMTP(SMTP):
         return bytes(buffer.replace(b"\r\n.", b"\r\n"))
 
 
+def _bad_path(argument: str, keyword: str, *, null_ok: bool) -> bool:
+    """Whether MAIL's or RCPT's argument holds a path that is not an RFC 5321 mailbox.
+
+    A missing keyword is left to aiosmtpd's own syntax reply. ``<>`` is the null sender
+    (MAIL only) and ``<postmaster>`` without a domain is valid for RCPT (RFC 5321 4.1.1.3).
+    """
+    if argument[: len(keyword)].upper() != keyword:
+        return False
+    parsed = split_path(argument[len(keyword) :])
+    if parsed is None:
+        return True
+    path = parsed[0]
+    if not path:
+        return not null_ok
+    if not null_ok and path.lower() == "postmaster":
+        return False
+    return not valid_mailbox(path)
+
+
 class SmtpHandler:
-    """aiosmtpd handler that feeds the gateway."""
+    """aiosmtpd handler that feeds the gateway, with relay control and SMTP AUTH."""
 
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
+        cfg = gateway.config.smtp
+        self.trusted = [ipaddress.ip_network(n, strict=False) for n in cfg.trusted_networks]
+        self._accounts: WebAuth | None = None
+        # Failed AUTH per client address (recent times), across sessions.
+        self._failures: OrderedDict[str, list[float]] = OrderedDict()
+
+    # -- relay control -------------------------------------------------------------------------
+
+    def trusted_client(self, session: Session) -> bool:
+        """Whether the client may relay without AUTH: in ``trusted_networks`` (or a UNIX
+        socket, which is this host)."""
+        return self.trusted_peer(session.peer)
+
+    def trusted_peer(self, peer: Any) -> bool:
+        """Whether the socket peer ``peer`` is in ``trusted_networks``."""
+        if not isinstance(peer, tuple):
+            return True
+        try:
+            address = ipaddress.ip_address(str(peer[0]).split("%", 1)[0])
+        except ValueError:
+            return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        return any(address in network for network in self.trusted)
+
+    def local_recipient(self, address: str) -> bool:
+        """Whether ``address`` is in ``[gateway] local_domains`` (or is ``postmaster``)."""
+        if address.lower() == "postmaster":
+            return True
+        local = self.gateway.config.gateway.local_domains
+        return bool(local) and direction_of("", address, local) != "outbound"
+
+    # -- AUTH ----------------------------------------------------------------------------------
+
+    def accounts(self) -> WebAuth | None:
+        """The web interface's local accounts, once the first one exists."""
+        if self._accounts is None:
+            directory = self.gateway.config.home / "web"
+            # WebAuth makes the session secret when it is missing; the web (or `mailwarden web
+            # password`) makes it with the first account, so wait for that.
+            if not (directory / "users.json").exists():
+                return None
+            from ..web.app import web_auth
+
+            self._accounts = web_auth(self.gateway)
+        return self._accounts
+
+    def auth_offered(self) -> bool:
+        """Whether AUTH can succeed: enabled, and accounts or a directory to check against."""
+        if not self.gateway.config.smtp.auth:
+            return False
+        if self.gateway.config.directory.enabled and self.gateway.directory is not None:
+            return True
+        accounts = self.accounts()
+        return accounts is not None and bool(accounts.users())
+
+    def check_password(self, name: str, password: str) -> bool:
+        """A local account's password, else (for an address) a bind as that directory user."""
+        accounts = self.accounts()
+        if accounts is not None and accounts.local_login(name, password) is not None:
+            return True
+        directory = self.gateway.directory
+        if directory is None or "@" not in name or not password:
+            return False
+        from ..directory.model import DirectoryError
+        from ..web.directory_login import check_directory_password
+
+        try:
+            entry = directory.client.lookup(name)
+        except DirectoryError as exc:
+            log.warning("SMTP AUTH for %s: directory lookup failed: %s", name, exc)
+            return False
+        if entry is None:
+            return False
+        config = self.gateway.config
+        return check_directory_password(config.web, config.directory, entry, password).ok
+
+    async def auth_PLAIN(self, server: SMTP, args: list[str]) -> AuthResult:
+        """RFC 4616: ``authzid NUL authcid NUL password``, inline or after a 334."""
+        blob = await _auth_blob(server, args[1] if len(args) > 1 else None, "")
+        if blob is None:
+            return AuthResult(success=False, handled=True)
+        parts = blob.split(b"\0")
+        if len(parts) != 3:
+            await server.push("501 5.5.2 Cannot decode AUTH PLAIN")
+            return AuthResult(success=False, handled=True)
+        return await self._authenticate(server, parts[1], parts[2])
+
+    async def auth_LOGIN(self, server: SMTP, args: list[str]) -> AuthResult:
+        """The LOGIN mechanism: the name (inline or asked for), then the password."""
+        login = await _auth_blob(server, args[1] if len(args) > 1 else None, "Username:")
+        if login is None:
+            return AuthResult(success=False, handled=True)
+        password = await _auth_blob(server, None, "Password:")
+        if password is None:
+            return AuthResult(success=False, handled=True)
+        return await self._authenticate(server, login, password)
+
+    async def _authenticate(self, server: SMTP, login: bytes, password: bytes) -> AuthResult:
+        try:
+            name, secret = login.decode("utf-8"), password.decode("utf-8")
+        except UnicodeDecodeError:
+            name, secret = "", ""
+        if not name or _CONTROL_RE.search(name):
+            # The name is recorded with the message; it must not carry line breaks.
+            await server.push("501 5.5.2 Bad AUTH name")
+            return AuthResult(success=False, handled=True)
+        client = _peer_address(server)
+        if self._auth_blocked(client):
+            # Not even checked: a guesser spread over many connections gets nowhere.
+            await server.push("454 4.7.0 Error: too many failed AUTH attempts; try again later")
+            return AuthResult(success=False, handled=True)
+        if await asyncio.to_thread(self.check_password, name, secret):
+            log.info("SMTP AUTH as %s", name)
+            return AuthResult(success=True, auth_data=name)
+        log.warning("SMTP AUTH failed for %s from %s", name, client)
+        self._auth_failed(client)
+        # As Postfix's smtpd_error_sleep_time: a guesser pays a second per try.
+        await asyncio.sleep(1.0)
+        if isinstance(server, GatewaySMTP):
+            server.auth_failures += 1
+            if server.auth_failures >= _AUTH_FAILURES:
+                await server.push(f"421 4.7.0 {server.hostname} Error: too many AUTH failures")
+                server._close_with("")
+                return AuthResult(success=False, handled=True)
+        return AuthResult(
+            success=False, handled=False, message="535 5.7.8 Error: authentication failed"
+        )
+
+    def _auth_blocked(self, client: str) -> bool:
+        failures = self._failures.get(client)
+        if failures is None:
+            return False
+        horizon = time.monotonic() - _AUTH_WINDOW
+        while failures and failures[0] < horizon:
+            failures.pop(0)
+        return len(failures) >= _AUTH_FAILURES_PER_ADDRESS
+
+    def _auth_failed(self, client: str) -> None:
+        self._failures.setdefault(client, []).append(time.monotonic())
+        self._failures.move_to_end(client)
+        # Bounded: the addresses failing longest ago are forgotten first.
+        while len(self._failures) > _AUTH_ADDRESSES:
+            self._failures.popitem(last=False)
+
+    # -- SMTP hooks ----------------------------------------------------------------------------
 
     async def handle_EHLO(
         self,
@@ -179,7 +581,12 @@ class SmtpHandler:
         # aiosmtpd reads commands from a buffer in order, so pipelined commands already work;
         # advertising it saves clients a round trip per command (RFC 2920).
         session.host_name = hostname
-        return [*responses[:-1], "250-PIPELINING", "250-ENHANCEDSTATUSCODES", responses[-1]]
+        # aiosmtpd offers AUTH after TLS whether or not it can succeed; offer it only when it
+        # can, and only the mechanisms we check.
+        kept = [r for r in responses[:-1] if not r.startswith("250-AUTH")]
+        if session.ssl is not None and self.auth_offered():
+            kept.append("250-AUTH PLAIN LOGIN")
+        return [*kept, "250-PIPELINING", "250-ENHANCEDSTATUSCODES", responses[-1]]
 
     async def handle_RCPT(
         self,
@@ -189,6 +596,17 @@ class SmtpHandler:
         address: str,
         rcpt_options: list[str],
     ) -> str:
+        if not (
+            self.local_recipient(address) or self.trusted_client(session) or session.authenticated
+        ):
+            peer: Any = session.peer
+            log.warning(
+                "relay refused: %s from %s to %s",
+                envelope.mail_from,
+                peer[0] if isinstance(peer, tuple) else peer,
+                address,
+            )
+            return f"554 5.7.1 <{address}>: Relay access denied"
         limit = self.gateway.config.smtp.max_recipients
         if len(envelope.rcpt_tos) >= limit:
             return "452 4.5.3 Too many recipients"
@@ -201,17 +619,23 @@ class SmtpHandler:
     async def handle_DATA(self, server: SMTP, session: Session, envelope: SmtpEnvelope) -> str:
         content = envelope.original_content or envelope.content or b""
         raw = content if isinstance(content, bytes) else content.encode("utf-8", "surrogateescape")
+        hops = _received_count(raw) + 1
+        if hops > self.gateway.config.smtp.hopcount_limit:
+            log.warning("refusing a message with %d Received: lines (mail loop)", hops)
+            return "554 5.4.6 Error: too many hops"
         peer: Any = session.peer
         address = peer[0] if isinstance(peer, tuple) else None
         tls = session.ssl is not None
         hostname = self.gateway.config.gateway.hostname
+        helo = _CONTROL_RE.sub("", session.host_name or "") or "unknown"
         # Our own trace line (RFC 5321 4.4): receivers use it for loop detection and admins to
         # follow a message through hops.
         received = (
-            f"Received: from {session.host_name or 'unknown'} ([{address or 'unix'}])\r\n"
-            f"\tby {hostname} (mailwarden) with {'ESMTPS' if tls else 'ESMTP'};\r\n"
+            f"Received: from {helo} ([{address or 'unix'}])\r\n"
+            f"\tby {hostname} (mailwarden) with {_protocol(tls, session)};\r\n"
             f"\t{email.utils.formatdate(localtime=True)}\r\n"
         ).encode("ascii", "replace")
+        user = str(session.auth_data) if session.authenticated else None
         ingress_envelope = Envelope(
             mail_from=_sender(envelope.mail_from),
             rcpt_to=list(envelope.rcpt_tos),
@@ -219,7 +643,7 @@ class SmtpHandler:
             client_name=session.host_name,
             helo=session.host_name,
             tls=tls,
-            authenticated_user=str(session.login_data) if session.authenticated else None,
+            authenticated_user=user,
         )
         try:
             outcome = await self.gateway.process(received + raw, ingress_envelope, ingress="smtp")
@@ -227,6 +651,83 @@ class SmtpHandler:
             log.exception("processing failed; answering 451 so the client keeps the message")
             return "451 4.3.0 Temporary processing failure; try again later"
         return outcome.reply
+
+
+# Failed AUTH attempts per session before 421 (clients like smtplib try each mechanism in
+# turn, two failures per wrong password).
+_AUTH_FAILURES = 10
+# Failed AUTH attempts per client address within _AUTH_WINDOW seconds, in any number of
+# sessions, before AUTH from there is refused unchecked (454); addresses remembered at most.
+_AUTH_FAILURES_PER_ADDRESS = 20
+_AUTH_WINDOW = 900.0
+_AUTH_ADDRESSES = 10_000
+_RECEIVED_RE = re.compile(rb"^received[ \t]*:", re.IGNORECASE | re.MULTILINE)
+
+
+def _peer_address(server: SMTP) -> str:
+    peer: Any = server.session.peer if server.session is not None else None
+    return str(peer[0]) if isinstance(peer, tuple) else "local"
+
+
+def _received_count(raw: bytes) -> int:
+    """``Received:`` fields in the header block (the body is not looked at)."""
+    end = raw.find(b"\r\n\r\n")
+    return len(_RECEIVED_RE.findall(raw, 0, len(raw) if end < 0 else end + 2))
+
+
+def _protocol(tls: bool, session: Session) -> str:
+    # RFC 3848's names, which tell a reader of the trace that the client authenticated.
+    return ("ESMTPS" if tls else "ESMTP") + ("A" if session.authenticated else "")
+
+
+async def _auth_blob(server: SMTP, inline: str | None, prompt: str) -> bytes | None:
+    """One base64 AUTH value, given inline or asked for with a 334; ``None`` after a reply."""
+    if inline is None:
+        answer = await server.challenge_auth(prompt)
+        return None if answer is MISSING else bytes(answer)
+    if inline == "=":
+        return b""
+    try:
+        return base64.b64decode(inline, validate=True)
+    except (binascii.Error, ValueError):
+        await server.push("501 5.5.2 Cannot decode base64")
+        return None
+
+
+def relay_warnings(config: Config) -> list[str]:
+    """What ``mailwarden config check`` says about relaying when the listener is reachable
+    from other machines (a loopback-only listener can only be used from this host)."""
+    cfg = config.smtp
+    if not cfg.enabled:
+        return []
+    try:
+        exposed = not ipaddress.ip_address(cfg.listen).is_loopback
+    except ValueError:
+        exposed = cfg.listen not in ("localhost", "")
+    if not exposed:
+        return []
+    warnings = []
+    for text in cfg.trusted_networks:
+        network = ipaddress.ip_network(text, strict=False)
+        if network.prefixlen == 0:
+            warnings.append(
+                f"[smtp] trusted_networks has {text}: every client may relay through the "
+                f"listener on {cfg.listen} (an open relay)"
+            )
+        elif not (network.is_private or network.is_loopback):
+            warnings.append(
+                f"[smtp] trusted_networks has {text}, which is not a private network: every "
+                "host in it may relay to any domain"
+            )
+    if not config.gateway.local_domains:
+        warnings.append(
+            f"[gateway] local_domains is empty and [smtp] listen is {cfg.listen}: clients "
+            "outside trusted_networks can send to no domain (554 Relay access denied); list "
+            "the domains this gateway receives mail for"
+        )
+    if cfg.auth and not (cfg.starttls or cfg.tls_port):
+        warnings.append("[smtp] auth needs TLS (starttls or tls_port): AUTH is never offered")
+    return warnings
 
 
 def _sender(mail_from: str | None) -> str:
@@ -258,6 +759,11 @@ async def start_smtp_servers(
             require_starttls=cfg.require_starttls and not implicit,
             limits=limits,
             implicit_tls=implicit,
+            strict=True,
+            forbid_bare_newline=cfg.forbid_bare_newline,
+            bare_newline_exempt=handler.trusted_peer,
+            junk_command_limit=cfg.junk_command_limit,
+            auth_offered=handler.auth_offered,
         )
 
     loop = asyncio.get_running_loop()

@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import socket
 
-__all__ = ["listening_socket", "quick_ack", "quickack_socket"]
+__all__ = ["listening_socket", "prebind", "quick_ack", "quickack_socket"]
 
 _QUICKACK = getattr(socket, "TCP_QUICKACK", None)
 
@@ -39,8 +39,28 @@ def quick_ack(sock: socket.socket) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK or 0, 1)
 
 
+# Sockets bound before ``serve`` left root (ports below 1024); handed out by
+# ``listening_socket`` to this process and to the workers forked from it.
+_PREBOUND: dict[tuple[str, int], socket.socket] = {}
+
+
+def prebind(host: str, port: int, reuse_port: bool) -> None:
+    """Bind ``host:port`` now, while the process may; ``listening_socket`` hands it out."""
+    if (host, port) not in _PREBOUND:
+        _PREBOUND[(host, port)] = _bind(host, port, reuse_port)
+
+
 def listening_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
     """A bound, listening, non-blocking TCP socket for an asyncio server on ``host:port``."""
+    bound = _PREBOUND.get((host, port))
+    if bound is not None:
+        sock = bound.dup()
+        sock.setblocking(False)
+        return sock
+    return _bind(host, port, reuse_port)
+
+
+def _bind(host: str, port: int, reuse_port: bool) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # IPPROTO_TCP, not the default 0: asyncio turns Nagle's algorithm off (TCP_NODELAY) only
     # on accepted sockets whose protocol says TCP. With proto 0 it stayed on, and a multi-line

@@ -48,7 +48,7 @@ class AuthLog(RecordLog[AuthEvent]):
                 retention_days=retention_days,
                 max_bytes=max_bytes,
                 when_full=WhenFull.REMOVE_OLDEST,
-                read_permission="users.manage",
+                read_permission="events.auth.view",
             ),
             AuthEvent,
             time_of=lambda event: event.time,

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ..durable import fsync_dir as _fsync_dir
+from ..durable import private_dir
 
 __all__ = ["BlobStore"]
 
@@ -38,7 +39,7 @@ class BlobStore:
         if target.exists():
             return digest
         folder = target.parent
-        folder.mkdir(parents=True, exist_ok=True)
+        private_dir(folder)
         temp = folder / f".tmp-{secrets.token_hex(8)}"
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:

@@ -14,22 +14,26 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+import msgspec
+
 from mailwarden_sdk import MessageEvent, StoreDescriptor, WhenFull
 
 from ..config import Config
 from ..events import MessageEventLog
-from ..telemetry.eventsout import JsonLinesSink, SyslogSink
+from ..privileges import core_dumps_descriptor
+from ..telemetry.eventsout import JsonLinesSink, SyslogSink, json_export
 from ..telemetry.metrics import GatewayMetrics
 from .applog import ApplicationLog
 from .authlog import AuthLog
 from .backup import BackupStore
 from .bounded import BoundedStore, enforce
 from .files import FileStore
+from .lines import CappedLines, LinesStore
 from .statistics import Statistics
 from .temp import clean_temp
 from .traces import TraceStreams
 
-__all__ = ["CoreStores", "plugin_file_stores"]
+__all__ = ["CoreStores", "LineFile", "line_files", "plugin_file_stores"]
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +67,38 @@ def plugin_file_stores(
             continue
         stores.append(FileStore(descriptor, clock=clock))
     return stores
+
+
+class LineFile(msgspec.Struct, kw_only=True, frozen=True):
+    """A capped line file of the core and how the inventory names it."""
+
+    lines: CappedLines
+    about: tuple[str, str, str]  # name, what it holds, read permission
+
+    def store(self, clock: Callable[[], float]) -> LinesStore:
+        """The file in the retention engine."""
+        return LinesStore(self.lines, self.lines.descriptors(*self.about)[0], clock=clock)
+
+
+def line_files(config: Config) -> list[LineFile]:
+    """The JSON events export (when it is a file) and the web's audit copy."""
+    found = []
+    export = json_export(config)
+    if export is not None:
+        holds = (
+            "each message event as a JSON line (what the message event log holds), for "
+            "log pipelines; rotated to .1 at half the cap"
+        )
+        found.append(
+            LineFile(lines=export, about=("JSON events export", holds, "events.messages.view"))
+        )
+    audit = CappedLines(config.home / "web" / "audit.jsonl", config.stores.audit_max_bytes)
+    holds = (
+        "what people did through the web interface, the API and the account commands "
+        "(who, what, when, client IP); also in the application event log"
+    )
+    found.append(LineFile(lines=audit, about=("web audit copy", holds, "events.app.view")))
+    return found
 
 
 class CoreStores:
@@ -99,12 +135,24 @@ class CoreStores:
         )
         self.statistics = Statistics(config.path_in_home(cfg.statistics_path))
         self.quarantine = FileStore(quarantine_descriptor(config), clock=clock)
+        self.cores = (
+            FileStore(core_dumps_descriptor(config), clock=clock)
+            if config.gateway.core_dumps
+            else None
+        )
+        self.line_files = [lines.store(clock) for lines in line_files(config)]
         self.temp = config.path_in_home(cfg.temp_path)
         self.plugin_stores: list[BoundedStore] = []
         self.metrics = GatewayMetrics(self.bounded)
         self.sinks: list[JsonLinesSink | SyslogSink] = []
         if config.events.json:
-            self.sinks.append(JsonLinesSink(config.events.json))
+            export = json_export(config)
+            self.sinks.append(
+                JsonLinesSink(
+                    str(export.path) if export else config.events.json,
+                    config.events.json_max_bytes,
+                )
+            )
         if config.events.syslog:
             self.sinks.append(
                 SyslogSink(
@@ -127,6 +175,9 @@ class CoreStores:
         ]
         if self.traces is not None:
             stores.append(self.traces)
+        if self.cores is not None:
+            stores.append(self.cores)
+        stores += self.line_files
         return stores + self.plugin_stores
 
     def enforce_all(self) -> dict[str, int]:
@@ -149,6 +200,8 @@ class CoreStores:
             log.exception("statistics of %s not counted", event.id)
             self.metrics.errors.labels("store:statistics").inc()
         self.metrics.observe(event)
+        if self.traces is not None:
+            self._trace(event)
         # Recording may have trimmed a store (the event log's cap).
         self.metrics.sync_evictions()
         for sink in self.sinks:
@@ -157,6 +210,16 @@ class CoreStores:
             except Exception:
                 log.exception("sending event %s out failed", event.id)
                 self.metrics.errors.labels("events-out").inc()
+
+    def _trace(self, event: MessageEvent) -> None:
+        # Diagnostics: what each message went through (findings with their details, timings,
+        # the reply), one line per message in the ``pipeline`` stream.
+        assert self.traces is not None
+        try:
+            self.traces.write("pipeline", msgspec.json.encode(event).decode())
+        except Exception:
+            log.exception("trace of %s not written", event.id)
+            self.metrics.errors.labels("store:traces").inc()
 
     async def start(self, *, clean: bool = True, shared_metrics: Path | None = None) -> int | None:
         """Remove temp files (``clean``), start the metrics listener and the enforcement loop;

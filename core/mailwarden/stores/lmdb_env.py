@@ -21,6 +21,8 @@ from typing import Any, TypeVar
 
 import lmdb
 
+from ..durable import PRIVATE_FILE, private_dir
+
 __all__ = ["LmdbEnv"]
 
 T = TypeVar("T")
@@ -107,7 +109,7 @@ class LmdbEnv:
         with _OPENING:
             if self._env is not None:
                 return self._env
-            self.path.mkdir(parents=True, exist_ok=True)
+            private_dir(self.path)
             shared = _acquire(self.path, self._open_env)
             with shared.lock:
                 for name, index in self._db_specs.items():
@@ -139,6 +141,7 @@ class LmdbEnv:
             metasync=False,
             readahead=False,
             max_readers=256,
+            mode=PRIVATE_FILE,
         )
         # Slots of readers whose process died (SIGKILL) would keep old pages from reuse.
         env.reader_check()

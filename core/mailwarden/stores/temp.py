@@ -5,6 +5,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from ..durable import private_dir
+
 __all__ = ["clean_temp"]
 
 
@@ -13,7 +15,7 @@ def clean_temp(folder: Path) -> int:
 
     Called by ``mailwarden serve`` before any worker starts, so nothing is writing there yet.
     """
-    folder.mkdir(parents=True, exist_ok=True)
+    private_dir(folder)
     removed = 0
     for entry in list(folder.iterdir()):
         if entry.is_dir() and not entry.is_symlink():

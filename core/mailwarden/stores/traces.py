@@ -17,6 +17,7 @@ from pathlib import Path
 
 from mailwarden_sdk import StoreDescriptor, WhenFull
 
+from ..durable import private_dir
 from .bounded import BoundedStore, Usage, enforce
 from .files import FileStore
 
@@ -80,7 +81,7 @@ class TraceStreams(BoundedStore):
         data = (line.rstrip("\n") + "\n").encode("utf-8", "replace")
         with self._lock:
             folder = self.root / stream
-            folder.mkdir(parents=True, exist_ok=True)
+            private_dir(folder)
             segments = self.segments(stream)
             current = segments[-1] if segments else folder / f"{0:012d}.log"
             if (

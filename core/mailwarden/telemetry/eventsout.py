@@ -22,8 +22,10 @@ import msgspec
 from mailwarden_sdk import MessageEvent
 
 from .. import __version__
+from ..config import Config
+from ..stores.lines import CappedLines
 
-__all__ = ["JsonLinesSink", "SyslogSink", "cef_line", "rfc5424_line"]
+__all__ = ["JsonLinesSink", "SyslogSink", "cef_line", "json_export", "rfc5424_line"]
 
 _encode = msgspec.json.Encoder().encode
 # A datagram larger than this is cut: 65,507 is UDP's limit over IPv4; relays take 8 KB safely.
@@ -31,29 +33,34 @@ _MAX_DATAGRAM = 8192
 _SEVERITY = {"reject": 4, "tempfail": 4, "quarantine": 5, "discard": 5, "deliver": 6}
 
 
-class JsonLinesSink:
-    """Each event as one JSON line appended to ``target`` (``-``: standard output)."""
+def json_export(config: Config) -> CappedLines | None:
+    """The ``[events] json`` file (relative to the home), or ``None`` when off or stdout."""
+    target = config.events.json
+    if not target or target == "-":
+        return None
+    return CappedLines(config.path_in_home(target), config.events.json_max_bytes)
 
-    def __init__(self, target: str) -> None:
+
+class JsonLinesSink:
+    """Each event as one JSON line appended to ``target`` (``-``: standard output).
+
+    A file is capped at ``max_bytes`` together with its rotated older half (``target.1``).
+    """
+
+    def __init__(self, target: str, max_bytes: int | None = None) -> None:
         self.target = target
+        self.file = None if target == "-" else CappedLines(Path(target), max_bytes)
         self._lock = threading.Lock()
 
     def send(self, event: MessageEvent) -> None:
         line = _encode(event) + b"\n"
         with self._lock:
-            if self.target == "-":
+            if self.file is None:
                 stream: BinaryIO = sys.stdout.buffer
                 stream.write(line)
                 stream.flush()
                 return
-            path = Path(self.target)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            # O_APPEND: lines from several worker processes never overwrite each other.
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-            try:
-                os.write(fd, line)
-            finally:
-                os.close(fd)
+            self.file.append(line)
 
     def close(self) -> None:
         """Nothing held open."""

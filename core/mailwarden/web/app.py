@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import os
+import secrets
 import signal
 import time
 from collections import Counter
@@ -46,10 +47,10 @@ from ..quarantine import QuarantineBusy as HeldBusy
 from ..quarantine import QuarantineError as HeldError
 from ..quarantine import ReleaseFailed
 from .audit import AuditLog
-from .auth import Identity, WebAuth
+from .auth import Identity, WebAuth, client_key
 from .backups import BackupNotFound, backup_entry, backup_list, backup_raw, release_backup
 from .forms import FormError, changed_values, form_fields, masked
-from .permissions import AUTHENTICATED, BUILTIN_ROLES, PERMISSIONS, PUBLIC, ROUTES, RouteSpec
+from .permissions import BUILTIN_ROLES, PERMISSIONS, PUBLIC, ROUTES, RouteSpec
 from .signatures import SignatureInfo
 
 if TYPE_CHECKING:
@@ -60,6 +61,10 @@ __all__ = ["SESSION_COOKIE", "WebState", "create_app"]
 log = logging.getLogger(__name__)
 
 SESSION_COOKIE = "mw_session"
+# The login form's anti-CSRF nonce, set when the form is shown and sent back with it only.
+LOGIN_COOKIE = "mw_login"
+# Names longer than this are cut in the audit records (a login may send anything).
+_NAME_CHARS = 256
 _SAFE_METHODS = ("GET", "HEAD")
 _SECURITY_HEADERS = {
     # No script at all, no framing, nothing sniffed: a message's subject or file name shown
@@ -83,6 +88,7 @@ def web_auth(gateway: Gateway) -> WebAuth:
         session_seconds=cfg.session_hours * 3600,
         custom_roles=cfg.roles,
         login_attempts=cfg.login_attempts,
+        groups=cfg.groups,
     )
 
 
@@ -96,8 +102,13 @@ class WebState:
             gateway.config.home / "web" / "audit.jsonl",
             app_log=gateway.stores.app_log,
             auth_log=gateway.stores.auth_log,
+            max_bytes=gateway.config.stores.audit_max_bytes,
         )
         self.secure_cookies = secure_cookies
+        # Directory sessions: when each was last found still backed by its groups (per
+        # worker; monotonic seconds by session id), and how often that is asked again.
+        self.directory_checked: dict[str, float] = {}
+        self.directory_recheck = 300.0
         self.templates = _templates()
         self.signatures = SignatureInfo(gateway)
         # The config as its file says now: roles and group mappings apply at once (in every
@@ -126,6 +137,7 @@ class WebState:
             return
         self.file_config = config
         self.auth.custom_roles = config.web.roles
+        self.auth.groups = dict(config.web.groups)
 
 
 def _templates() -> Environment:
@@ -155,35 +167,84 @@ def _identify(state: WebState, request: Request) -> Identity | None:
 
 
 async def _form(request: Request) -> dict[str, str]:
-    # URL-encoded forms only (no uploads here), parsed without an extra dependency.
-    body = (await request.body())[:65536].decode("utf-8", "replace")
+    # URL-encoded forms only (no uploads here), parsed without an extra dependency; the body
+    # is capped by the route's max_body.
+    body = (await request.body()).decode("utf-8", "replace")
     return {key: values[0] for key, values in parse_qs(body, keep_blank_values=True).items()}
+
+
+class _BodyTooLarge(Exception):
+    """The request body went past its route's cap while it was read."""
+
+
+def _cap_body(request: Request, limit: int) -> bool:
+    """Let the handlers read at most ``limit`` bytes of body: ``False`` when the declared
+    length is more already; past the cap while streaming, reading raises
+    :class:`_BodyTooLarge` (nothing more is read or kept)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.strip().isdigit() or int(declared) > limit):
+        return False
+    receive = request.receive
+    seen = 0
+
+    async def capped() -> Any:
+        nonlocal seen
+        message = await receive()
+        seen += len(message.get("body", b""))
+        if seen > limit:
+            raise _BodyTooLarge
+        return message
+
+    request._receive = capped
+    return True
+
+
+def _too_large(request: Request, limit: int) -> Response:
+    response = _error(request, 413, f"the request body is limited to {limit} bytes here")
+    # The rest of the body is not read: the connection cannot carry another request.
+    response.headers["Connection"] = "close"
+    return response
 
 
 def _guard(state: WebState, spec: RouteSpec, handler: Handler) -> Handler:
     async def endpoint(request: Request) -> Response:
+        request.state.identity = None
+        request.state.web = state
+        if not _cap_body(request, spec.max_body):
+            return _too_large(request, spec.max_body)
+        try:
+            response = await checked(request)
+        except _BodyTooLarge:
+            return _too_large(request, spec.max_body)
+        for name, value in _SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+        return response
+
+    async def checked(request: Request) -> Response:
         await asyncio.to_thread(state.refresh)
         identity = _identify(state, request)
+        if identity is not None and identity.source == "directory":
+            # Removed from a group (or from the directory): the session does not outlive it.
+            if not await asyncio.to_thread(_still_in_groups, state, identity):
+                state.auth.revoke(identity)
+                identity = None
         request.state.identity = identity
-        request.state.web = state
         if spec.permission != PUBLIC:
             if identity is None:
                 if _wants_json(request):
                     return JSONResponse({"error": "authentication required"}, status_code=401)
                 target = quote(request.url.path, safe="/")
                 return RedirectResponse(f"/login?next={target}", status_code=303)
-            if spec.permission != AUTHENTICATED and not identity.may(spec.permission):
-                return _error(request, 403, f"this needs the {spec.permission} permission")
+            for permission in spec.needs:
+                if not identity.may(permission):
+                    return _error(request, 403, f"this needs the {permission} permission")
             if request.method not in _SAFE_METHODS:
                 token = request.headers.get("x-csrf-token", "")
                 if not token and not _wants_json(request):
                     token = (await _form(request)).get("csrf", "")
                 if not state.auth.check_csrf(identity, token):
                     return _error(request, 403, "missing or wrong CSRF token")
-        response = await handler(request)
-        for name, value in _SECURITY_HEADERS.items():
-            response.headers.setdefault(name, value)
-        return response
+        return await handler(request)
 
     endpoint.__name__ = spec.handler
     return endpoint
@@ -212,7 +273,9 @@ def _page(request: Request, template: str, **context: Any) -> HTMLResponse:
 
 async def _login(state: WebState, name: str, password: str, client: str) -> Identity | str:
     """The identity for ``name``/``password``, or why not."""
-    keys = (f"user:{name.lower()}", f"client:{client}")
+    # Per address, not per account: failures from one place must not lock the account out
+    # for its owner elsewhere.
+    keys = (client_key(client),)
     wait = state.auth.throttle.retry_after(*keys)
     if wait > 0:
         return f"too many failed logins; try again in {int(wait) + 1} s"
@@ -224,7 +287,9 @@ async def _login(state: WebState, name: str, password: str, client: str) -> Iden
     if not isinstance(identity, Identity):
         state.auth.throttle.failed(*keys)
         problem = identity or ""
-        state.audit.write("login.failed", name, client=client, problem=problem or None)
+        state.audit.write(
+            "login.failed", name[:_NAME_CHARS], client=client, problem=problem or None
+        )
         return f"directory login failed: {problem}" if problem else "wrong name or password"
     state.auth.throttle.succeeded(*keys)
     state.audit.write("login", identity.name, client=client, source=identity.source)
@@ -235,7 +300,6 @@ def _directory_login(state: WebState, address: str, password: str) -> Identity |
     """The directory user's identity; ``None`` for a wrong name or password, or what kept the
     password from being checked (a bind method the server does not offer)."""
     from ..directory.model import DirectoryError
-    from ..directory.names import group_key
     from .directory_login import check_directory_password
 
     directory = state.gateway.directory
@@ -255,34 +319,112 @@ def _directory_login(state: WebState, address: str, password: str) -> Identity |
         return checked.problem
     if not checked.ok:
         return None
+    return state.auth.identity_for(address, _group_roles(state, entry), "directory")
+
+
+def _group_roles(state: WebState, entry: Any) -> tuple[str, ...]:
+    """The roles ``[web] groups`` gives a directory entry through its groups."""
+    from ..directory.names import group_key
+
     keys = entry.group_keys()
-    roles = sorted(
-        {
-            role
-            for pattern, mapped in web.groups.items()
-            if group_key(pattern.removeprefix("group:")) in keys
-            for role in mapped
-        }
+    return tuple(
+        sorted(
+            {
+                role
+                for pattern, mapped in state.file_config.web.groups.items()
+                if group_key(pattern.removeprefix("group:")) in keys
+                for role in mapped
+            }
+        )
     )
-    return state.auth.identity_for(address, tuple(roles), "directory")
 
 
-def _session_response(state: WebState, identity: Identity, response: Response) -> Response:
+def _still_in_groups(state: WebState, identity: Identity) -> bool:
+    """Whether a directory user still exists and their groups still give the session's
+    roles; asked of the server at most every ``directory_recheck`` seconds per session."""
+    from ..directory.model import DirectoryError
+
+    now = time.monotonic()
+    checked = state.directory_checked
+    last = checked.get(identity.session)
+    if last is not None and now - last < state.directory_recheck:
+        return True
+    directory = state.gateway.directory
+    if directory is None:
+        return False
+    try:
+        entry = directory.client.lookup(identity.name)
+    except DirectoryError as exc:
+        # The server being down is not a demotion: the session stays, asked again later.
+        log.warning("directory check of %s's session failed: %s", identity.name, exc)
+        checked[identity.session] = now
+        return True
+    if entry is None or _group_roles(state, entry) != tuple(sorted(identity.roles)):
+        checked.pop(identity.session, None)
+        return False
+    checked[identity.session] = now
+    if len(checked) > 10_000:
+        for sid in sorted(checked, key=checked.__getitem__)[:1000]:
+            del checked[sid]
+    return True
+
+
+def _set_cookie(
+    state: WebState, response: Response, name: str, value: str, path: str = "/"
+) -> Response:
     response.set_cookie(
-        SESSION_COOKIE,
-        state.auth.new_session(identity),
+        name,
+        value,
         max_age=int(state.auth.session_seconds),
         httponly=True,
         secure=state.secure_cookies,
         samesite="strict",
-        path="/",
+        path=path,
     )
     return response
 
 
+def _session_response(state: WebState, identity: Identity, response: Response) -> Response:
+    return _set_cookie(state, response, SESSION_COOKIE, state.auth.new_session(identity))
+
+
+def _cross_site(request: Request) -> bool:
+    """Whether a browser says the request comes from another site (``Sec-Fetch-Site``) or
+    from another origin than this one (``Origin``, for browsers without the former)."""
+    fetch_site = request.headers.get("sec-fetch-site")
+    if fetch_site is not None:
+        return fetch_site not in ("same-origin", "none")
+    origin = request.headers.get("origin")
+    if origin is None:
+        return False
+    host = request.headers.get("host", "")
+    return origin == "null" or origin.partition("://")[2].rstrip("/") != host
+
+
+def _login_page(request: Request, error: str, target: str, status: int = 200) -> Response:
+    """The login form with its anti-CSRF token: the nonce cookie the browser brought, or a
+    new one."""
+    state: WebState = request.state.web
+    nonce = request.cookies.get(LOGIN_COOKIE, "")
+    fresh = not (0 < len(nonce) <= 64)
+    if fresh:
+        nonce = secrets.token_urlsafe(18)
+    page = _page(
+        request,
+        "login.html",
+        error=error,
+        next=target,
+        login_csrf=state.auth.login_csrf(nonce),
+    )
+    page.status_code = status
+    if fresh:
+        _set_cookie(state, page, LOGIN_COOKIE, nonce, path="/login")
+    return page
+
+
 async def login_page(request: Request) -> Response:
     """The login form."""
-    return _page(request, "login.html", error="", next=request.query_params.get("next", "/"))
+    return _login_page(request, "", request.query_params.get("next", "/"))
 
 
 def _local_target(target: str) -> str:
@@ -295,17 +437,28 @@ async def login_form(request: Request) -> Response:
     state: WebState = request.state.web
     form = await _form(request)
     target = _local_target(form.get("next", "/"))
+    # Login CSRF: another site could log the browser into an account of its choosing.
+    nonce = request.cookies.get(LOGIN_COOKIE, "")
+    if _cross_site(request) or not state.auth.check_login_csrf(nonce, form.get("csrf", "")):
+        problem = "this login form expired or came from another site; log in again"
+        return _login_page(request, problem, target, status=403)
     result = await _login(state, form.get("name", ""), form.get("password", ""), _client(request))
     if isinstance(result, str):
-        page = _page(request, "login.html", error=result, next=target)
-        page.status_code = 429 if result.startswith("too many") else 401
-        return page
+        status = 429 if result.startswith("too many") else 401
+        return _login_page(request, result, target, status=status)
     return _session_response(state, result, RedirectResponse(target, status_code=303))
 
 
 async def api_login(request: Request) -> Response:
     """Log in with ``{"name", "password"}``; the session cookie and the CSRF token."""
     state: WebState = request.state.web
+    # JSON only: a page of another site cannot send that without asking first (CORS), while
+    # a form it posts (text/plain) could carry a JSON-looking body.
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media != "application/json":
+        return JSONResponse({"error": "send application/json"}, status_code=415)
+    if _cross_site(request):
+        return JSONResponse({"error": "cross-site login refused"}, status_code=403)
     try:
         body = json.loads(await request.body())
         name, password = str(body["name"]), str(body["password"])
@@ -325,16 +478,7 @@ async def api_login(request: Request) -> Response:
             "csrf": state.auth.csrf_token(identity),
         }
     )
-    response.set_cookie(
-        SESSION_COOKIE,
-        cookie,
-        max_age=int(state.auth.session_seconds),
-        httponly=True,
-        secure=state.secure_cookies,
-        samesite="strict",
-        path="/",
-    )
-    return response
+    return _set_cookie(state, response, SESSION_COOKIE, cookie)
 
 
 async def logout(request: Request) -> Response:
@@ -427,6 +571,129 @@ async def api_stats(request: Request) -> Response:
     """Messages and actions over the last 24 hours, by hour."""
     state: WebState = request.state.web
     return JSONResponse(await asyncio.to_thread(_stats, state))
+
+
+# -- application and authentication logs ----------------------------------------------------
+
+
+def _log_since(params: Any) -> float | None:
+    hours = params.get("hours")
+    if hours not in (None, ""):
+        return time.time() - float(hours) * 3600
+    since = params.get("since")
+    return float(since) if since not in (None, "") else None
+
+
+def _log_limit(params: Any) -> int:
+    return max(1, min(int(params.get("limit") or 200), 1000))
+
+
+def _app_log(state: WebState, params: Any) -> list[Any]:
+    return state.gateway.stores.app_log.search(
+        since=_log_since(params),
+        kind=str(params.get("kind") or "") or None,
+        actor=str(params.get("actor") or "")[:400] or None,
+        limit=_log_limit(params),
+    )
+
+
+def _auth_log(state: WebState, params: Any) -> list[Any]:
+    return state.gateway.stores.auth_log.search(
+        since=_log_since(params),
+        user=str(params.get("user") or "")[:400] or None,
+        client_address=str(params.get("client") or "")[:100] or None,
+        limit=_log_limit(params),
+    )
+
+
+async def _log_records(
+    request: Request, read: Callable[[WebState, Any], list[Any]]
+) -> list[Any] | Response:
+    try:
+        return await asyncio.to_thread(read, request.state.web, request.query_params)
+    except ValueError as exc:
+        return _error(request, 400, f"bad query: {exc}")
+
+
+async def api_app_log(request: Request) -> Response:
+    """The application event log, newest first: ``kind`` (admin, login, update, error, start,
+    stop), ``actor``, ``hours`` or ``since`` (Unix time), ``limit`` (up to 1000)."""
+    found = await _log_records(request, _app_log)
+    if isinstance(found, Response):
+        return found
+    return Response(msgspec.json.encode(found), media_type="application/json")
+
+
+async def api_auth_log(request: Request) -> Response:
+    """The authentication log (every login attempt), newest first: ``user``, ``client``,
+    ``hours`` or ``since`` (Unix time), ``limit`` (up to 1000)."""
+    found = await _log_records(request, _auth_log)
+    if isinstance(found, Response):
+        return found
+    return Response(msgspec.json.encode(found), media_type="application/json")
+
+
+def _when(moment: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(moment))
+
+
+# What each log page shows: its title, search fields, columns and a row per record.
+_LOG_PAGES: dict[str, dict[str, Any]] = {
+    "app": {
+        "title": "Application log",
+        "fields": [("kind", "kind (admin, login, error...)"), ("actor", "who"), ("hours", "hours")],
+        "columns": ["time", "kind", "action", "who", "from", "detail"],
+        "row": lambda e: [
+            _when(e.time),
+            e.kind,
+            e.action,
+            e.actor,
+            e.client_address or "",
+            e.detail,
+        ],
+        "read": _app_log,
+    },
+    "auth": {
+        "title": "Authentication log",
+        "fields": [("user", "account"), ("client", "client address"), ("hours", "hours")],
+        "columns": ["time", "account", "from", "result", "method"],
+        "row": lambda e: [
+            _when(e.time),
+            e.user,
+            e.client_address,
+            "ok" if e.success else "failed",
+            e.method,
+        ],
+        "read": _auth_log,
+    },
+}
+
+
+async def _log_page(request: Request, log: str) -> Response:
+    shape = _LOG_PAGES[log]
+    found = await _log_records(request, shape["read"])
+    if isinstance(found, Response):
+        return found
+    return _page(
+        request,
+        "log.html",
+        title=shape["title"],
+        action=f"/logs/{log}",
+        fields=shape["fields"],
+        params=request.query_params,
+        columns=shape["columns"],
+        rows=[shape["row"](record) for record in found],
+    )
+
+
+async def app_log_page(request: Request) -> Response:
+    """The application event log: what administrators did, logins, updates, errors."""
+    return await _log_page(request, "app")
+
+
+async def auth_log_page(request: Request) -> Response:
+    """The authentication log: every login attempt with account, address and outcome."""
+    return await _log_page(request, "auth")
 
 
 # -- quarantine ------------------------------------------------------------------------------
@@ -1300,6 +1567,8 @@ async def api_openapi(request: Request) -> Response:
                 "operationId": spec.handler,
                 "summary": (handler.__doc__ or "").strip().split("\n")[0],
                 "x-permission": spec.permission,
+                "x-permissions": list(spec.needs),
+                "x-max-body": spec.max_body,
                 "security": [] if spec.permission == PUBLIC else [{"bearer": []}, {"cookie": []}],
             }
     return JSONResponse(
@@ -1609,7 +1878,7 @@ async def users_page(request: Request) -> Response:
 async def role_form(request: Request) -> Response:
     """Create or change a custom role from the page (name, permission checkboxes)."""
     state: WebState = request.state.web
-    body = (await request.body())[:65536].decode("utf-8", "replace")
+    body = (await request.body()).decode("utf-8", "replace")
     fields = parse_qs(body)
     name = (fields.get("name") or [""])[0]
     permissions = fields.get("permission", [])

@@ -8,10 +8,11 @@ each login attempt to the auth log (5 weeks), the stores docs/privacy.md lists.
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from ..stores.lines import CappedLines
 
 if TYPE_CHECKING:
     from ..stores.applog import AppEventKind, ApplicationLog
@@ -24,9 +25,16 @@ class AuditLog:
     """Append-only JSON lines at ``path`` (mode 0600)."""
 
     def __init__(
-        self, path: Path, *, app_log: ApplicationLog | None = None, auth_log: AuthLog | None = None
+        self,
+        path: Path,
+        *,
+        app_log: ApplicationLog | None = None,
+        auth_log: AuthLog | None = None,
+        max_bytes: int | None = 64 << 20,
     ) -> None:
         self.path = path
+        # Capped with its rotated older half (``[stores] audit_max_bytes``).
+        self.lines = CappedLines(path, max_bytes)
         self.app_log = app_log
         self.auth_log = auth_log
 
@@ -34,12 +42,7 @@ class AuditLog:
         """Record that ``who`` did ``act``."""
         record = {"time": time.time(), "act": act, "who": who, **details}
         line = (json.dumps(record, default=str) + "\n").encode()
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        try:
-            os.write(fd, line)
-        finally:
-            os.close(fd)
+        self.lines.append(line)
         client = str(details.get("client") or "") or None
         if self.app_log is not None:
             kind: AppEventKind = "login" if act.startswith("login") or act == "logout" else "admin"
@@ -51,6 +54,4 @@ class AuditLog:
 
     def records(self) -> list[dict[str, Any]]:
         """Every record, oldest first."""
-        if not self.path.exists():
-            return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line]
+        return [json.loads(line) for line in self.lines.lines()]

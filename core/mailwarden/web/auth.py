@@ -4,8 +4,11 @@ Passwords are stored as scrypt hashes (memory-hard, in the standard library). Se
 signed cookies (HMAC-SHA256 with a per-installation secret), so every worker process accepts
 them without shared state; a session id is made fresh at each login, which is what defeats
 session fixation, and logging out revokes that id. CSRF tokens are derived from the session
-id; API tokens carry no cookie and need none. Failed logins are throttled per account and per
-client address.
+id; API tokens carry no cookie and need none. Failed logins are throttled per client address
+(never per account: failures from one address must not lock the account out for everyone).
+
+A session carries a stamp of what it was granted on (the local account's password hash and
+roles, or the directory group mapping); when that changes, the session ends.
 """
 
 from __future__ import annotations
@@ -13,12 +16,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import ipaddress
 import json
 import os
 import secrets
 import threading
 import time
-from collections import defaultdict, deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +33,7 @@ __all__ = [
     "Identity",
     "Throttle",
     "WebAuth",
+    "client_key",
     "hash_password",
     "verify_password",
 ]
@@ -82,23 +87,50 @@ class Identity:
 
 
 class Throttle:
-    """At most ``attempts`` failed logins per key in ``window`` seconds."""
+    """At most ``attempts`` failed logins per key in ``window`` seconds.
 
-    def __init__(self, attempts: int, window: float = 900.0) -> None:
-        self.attempts, self.window = attempts, window
-        self._failures: dict[str, deque[float]] = defaultdict(deque)
+    Bounded whatever is sent: at most ``max_keys`` keys (the least recently failed go first),
+    each key at most 128 characters (longer ones are kept as their hash), at most
+    ``attempts`` times per key, and keys whose failures are all older than ``window`` are
+    dropped.
+    """
+
+    MAX_KEY = 128
+
+    def __init__(self, attempts: int, window: float = 900.0, max_keys: int = 10_000) -> None:
+        self.attempts, self.window, self.max_keys = attempts, window, max_keys
+        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
         self._lock = threading.Lock()
+        self._swept = time.monotonic()
+
+    def __len__(self) -> int:
+        return len(self._failures)
+
+    @classmethod
+    def _key(cls, key: str) -> str:
+        if len(key) <= cls.MAX_KEY:
+            return key
+        return "sha256:" + hashlib.sha256(key.encode("utf-8", "replace")).hexdigest()
+
+    def _sweep(self, now: float) -> None:
+        for key in [k for k, v in self._failures.items() if not v or v[-1] <= now - self.window]:
+            del self._failures[key]
+        self._swept = now
 
     def retry_after(self, *keys: str) -> float:
         """Seconds until a login for ``keys`` is allowed again (0: now)."""
         now = time.monotonic()
         wait = 0.0
         with self._lock:
-            for key in keys:
-                failures = self._failures[key]
+            for key in map(self._key, keys):
+                failures = self._failures.get(key)
+                if failures is None:
+                    continue
                 while failures and failures[0] <= now - self.window:
                     failures.popleft()
-                if len(failures) >= self.attempts:
+                if not failures:
+                    del self._failures[key]
+                elif len(failures) >= self.attempts:
                     wait = max(wait, failures[0] + self.window - now)
         return wait
 
@@ -106,14 +138,48 @@ class Throttle:
         """Count one failed login against each of ``keys``."""
         now = time.monotonic()
         with self._lock:
-            for key in keys:
-                self._failures[key].append(now)
+            if now - self._swept > min(60.0, self.window):
+                self._sweep(now)
+            for key in map(self._key, keys):
+                failures = self._failures.pop(key, None)
+                if failures is None:
+                    failures = deque(maxlen=self.attempts)
+                failures.append(now)
+                self._failures[key] = failures  # most recently failed last
+            if len(self._failures) > self.max_keys:
+                self._sweep(now)
+            while len(self._failures) > self.max_keys:
+                self._failures.popitem(last=False)
 
     def succeeded(self, *keys: str) -> None:
         """Forget the failures of ``keys``."""
         with self._lock:
-            for key in keys:
+            for key in map(self._key, keys):
                 self._failures.pop(key, None)
+
+
+def client_key(address: str) -> str:
+    """The throttle key of a client address: the address itself, or its /64 for IPv6 (one
+    site or host holds a whole /64, and would otherwise get 2**64 fresh tries)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return f"client:{address[:64]}"
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return f"client:{ip.ipv4_mapped}"
+        return f"client:{ipaddress.ip_network(f'{ip}/64', strict=False)}"
+    return f"client:{ip}"
+
+
+_DECOY: list[str] = []
+
+
+def _decoy_hash() -> str:
+    # A hash with the parameters real ones have, of a password nobody knows.
+    if not _DECOY:
+        _DECOY.append(hash_password(secrets.token_urlsafe(16)))
+    return _DECOY[0]
 
 
 def _write_private(path: Path, data: bytes) -> None:
@@ -138,13 +204,17 @@ class WebAuth:
         session_seconds: float,
         custom_roles: dict[str, list[str]],
         login_attempts: int,
+        groups: dict[str, list[str]] | None = None,
     ) -> None:
         self.directory = directory
         self.session_seconds = session_seconds
         self.custom_roles = custom_roles
+        #: ``[web] groups``: a directory user's session ends when it changes.
+        self.groups: dict[str, list[str]] = dict(groups or {})
         self.throttle = Throttle(login_attempts)
         self._secret = self._load_secret()
         self._revoked: dict[str, float] = {}
+        self._users_cache: tuple[tuple[int, int, int], dict[str, Any]] | None = None
 
     # -- files -------------------------------------------------------------------------------
 
@@ -194,9 +264,16 @@ class WebAuth:
             (self.directory / "initial-admin-password").unlink(missing_ok=True)
 
     def local_login(self, name: str, password: str) -> Identity | None:
-        """The local account ``name`` if ``password`` is its own."""
+        """The local account ``name`` if ``password`` is its own.
+
+        A name with no account costs the same scrypt work as a wrong password, so the time
+        of the answer does not tell which names exist."""
         account = self._users().get(name)
-        if account is None or not verify_password(password, account.get("hash", "")):
+        stored = str(account.get("hash", "")) if account is not None else ""
+        if account is None or not stored.startswith("scrypt$"):
+            verify_password(password, _decoy_hash())
+            return None
+        if not verify_password(password, stored):
             return None
         roles = tuple(account.get("roles", []))
         return Identity(name, roles, permissions_of(roles, self.custom_roles), "local")
@@ -284,6 +361,7 @@ class WebAuth:
             "roles": list(identity.roles),
             "source": identity.source,
             "exp": time.time() + self.session_seconds,
+            "stamp": self._stamp(identity.name, identity.source, identity.roles),
         }
         payload = base64.urlsafe_b64encode(json.dumps(body).encode())
         return payload.decode() + "." + self._sign(payload)
@@ -300,6 +378,10 @@ class WebAuth:
         if body["exp"] < time.time() or self._is_revoked(body["sid"]):
             return None
         roles = tuple(body["roles"])
+        stamp = self._stamp(body["name"], body["source"], roles)
+        if stamp is None or not hmac.compare_digest(str(body.get("stamp")), stamp):
+            # The password, the roles or the group mapping changed since this login.
+            return None
         return Identity(
             body["name"],
             roles,
@@ -307,6 +389,32 @@ class WebAuth:
             body["source"],
             session=body["sid"],
         )
+
+    def _stamp(self, name: str, source: str, roles: tuple[str, ...] | list[str]) -> str | None:
+        """What a session of ``name`` was granted on, as a digest: for a local account its
+        password hash and roles (``None`` once the account is gone), for a directory user the
+        group mapping that gave the roles."""
+        if source == "local":
+            account = self._users_now().get(name)
+            if account is None:
+                return None
+            basis = json.dumps([account.get("hash", ""), sorted(account.get("roles", []))])
+        else:
+            basis = json.dumps([sorted(roles), self.groups], sort_keys=True)
+        return self._sign(b"stamp:" + basis.encode())[:32]
+
+    def _users_now(self) -> dict[str, Any]:
+        # Read on every session check (another worker or the CLI may have changed it); parsed
+        # again only when the file did.
+        path = self.directory / "users.json"
+        try:
+            info = path.stat()
+        except FileNotFoundError:
+            return {}
+        mark = (info.st_mtime_ns, info.st_size, info.st_ino)
+        if self._users_cache is None or self._users_cache[0] != mark:
+            self._users_cache = (mark, self._users())
+        return self._users_cache[1]
 
     def revoke(self, identity: Identity) -> None:
         """End ``identity``'s session in every worker (written to a shared file)."""
@@ -330,6 +438,14 @@ class WebAuth:
             return any(line.split(" ", 1)[0] == sid for line in path.read_text().splitlines())
         except FileNotFoundError:
             return False
+
+    def login_csrf(self, nonce: str) -> str:
+        """The token the login form carries for the pre-login cookie ``nonce``."""
+        return self._sign(b"login-csrf:" + nonce.encode())[:32]
+
+    def check_login_csrf(self, nonce: str, token: str) -> bool:
+        """Whether ``token`` came from a login form this site gave to the holder of ``nonce``."""
+        return bool(nonce and token) and hmac.compare_digest(self.login_csrf(nonce), token)
 
     def csrf_token(self, identity: Identity) -> str:
         """The CSRF token forms and cookie-authenticated API calls must send back."""

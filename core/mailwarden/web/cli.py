@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import os
+import pwd
+
 import click
 
 from ..config import load_config
 from ..errors import MailwardenError
 from ..plugins import build_plugin_manager
+from ..stores.applog import ApplicationLog
+from .audit import AuditLog
 from .auth import WebAuth
 
 __all__ = ["web"]
 
 
-def _auth(config_path: str | None) -> WebAuth:
+def _auth(config_path: str | None) -> tuple[WebAuth, AuditLog]:
+    """The accounts, and the audit log that records changes made from the shell (the web's
+    copy and the application log, under the name of the system user who ran the command)."""
     from ..cli import _config_path
 
     plugins = build_plugin_manager()
@@ -21,12 +28,26 @@ def _auth(config_path: str | None) -> WebAuth:
     except MailwardenError as exc:
         raise click.ClickException(str(exc)) from exc
     cfg = config.web
-    return WebAuth(
+    auth = WebAuth(
         config.home / "web",
         session_seconds=cfg.session_hours * 3600,
         custom_roles=cfg.roles,
         login_attempts=cfg.login_attempts,
     )
+    stores = config.stores
+    app_log = ApplicationLog(
+        config.path_in_home(stores.app_log_path),
+        retention_days=stores.app_log_retention_days,
+        max_bytes=stores.app_log_max_bytes,
+    )
+    audit = AuditLog(
+        config.home / "web" / "audit.jsonl", app_log=app_log, max_bytes=stores.audit_max_bytes
+    )
+    return auth, audit
+
+
+def _shell_user() -> str:
+    return "cli:" + pwd.getpwuid(os.getuid()).pw_name
 
 
 @click.group()
@@ -41,11 +62,12 @@ def web() -> None:
 @click.password_option(help="The new password (asked twice when not given).")
 def web_password(user: str, roles: tuple[str, ...], config_path: str | None, password: str) -> None:
     """Set a local account's password (the admin's, or a new account with --role)."""
-    auth = _auth(config_path)
+    auth, audit = _auth(config_path)
     try:
         auth.set_password(user, password, roles=list(roles) if roles else None)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
+    audit.write("account.password", _shell_user(), account=user, roles=list(roles) or None)
     click.echo(f"password of {user} set")
 
 
@@ -55,8 +77,10 @@ def web_password(user: str, roles: tuple[str, ...], config_path: str | None, pas
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Config file.")
 def web_token(name: str, roles: tuple[str, ...], config_path: str | None) -> None:
     """Make an API token for automation; it is printed once, only its hash is kept."""
-    auth = _auth(config_path)
+    auth, audit = _auth(config_path)
     try:
-        click.echo(auth.create_token(name, list(roles)))
+        token = auth.create_token(name, list(roles))
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
+    audit.write("token.create", _shell_user(), token_name=name, roles=list(roles))
+    click.echo(token)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 __all__ = [
     "AUTHENTICATED",
     "BUILTIN_ROLES",
+    "CONTENT",
     "PERMISSIONS",
     "PUBLIC",
     "ROUTES",
@@ -26,6 +27,8 @@ PERMISSIONS = (
     "reports.view",
     "events.messages.view",
     "events.app.view",
+    "events.auth.view",
+    "messages.content.view",
     "queues.view",
     "queues.manage",
     "backup.view",
@@ -39,6 +42,16 @@ PERMISSIONS = (
 PUBLIC = "public"
 #: Any logged-in user or token, whatever its roles.
 AUTHENTICATED = "authenticated"
+#: Reading what a message says (its text, headers past the envelope summary, attachments,
+#: the message itself as a download), on top of the permission of the store it is in.
+CONTENT = "messages.content.view"
+
+# Request body caps by route class (bytes): a body is refused with 413 while it streams in,
+# before more than this is read. Logins and plain forms carry a few fields; JSON edits a
+# section of the config; the rules are the one upload that can be long.
+SMALL_BODY = 16 * 1024
+JSON_BODY = 256 * 1024
+RULES_BODY = 4 * 1024 * 1024
 
 BUILTIN_ROLES: dict[str, frozenset[str]] = {
     "Administrator": frozenset(PERMISSIONS),
@@ -51,6 +64,8 @@ BUILTIN_ROLES: dict[str, frozenset[str]] = {
             "events.messages.view",
             "queues.view",
             "queues.manage",
+            # Deciding whether a held message is released means reading it.
+            CONTENT,
             "backup.view",
             "rules.view",
             "mta.view",
@@ -64,6 +79,7 @@ BUILTIN_ROLES: dict[str, frozenset[str]] = {
             "reports.view",
             "events.messages.view",
             "events.app.view",
+            "events.auth.view",
             "queues.view",
             "backup.view",
             "mta.view",
@@ -74,12 +90,23 @@ BUILTIN_ROLES: dict[str, frozenset[str]] = {
 
 @dataclass(frozen=True)
 class RouteSpec:
-    """One route: its path, methods, the handler's name and the permission it needs."""
+    """One route: its path, methods, the handler's name and the permission it needs;
+    ``content`` when it also shows what a message says (:data:`CONTENT`), ``max_body`` the
+    largest request body it reads."""
 
     path: str
     methods: tuple[str, ...]
     handler: str
     permission: str
+    content: bool = False
+    max_body: int = SMALL_BODY
+
+    @property
+    def needs(self) -> tuple[str, ...]:
+        """Every permission the route needs (none for public and any-login routes)."""
+        if self.permission in (PUBLIC, AUTHENTICATED):
+            return ()
+        return (self.permission, CONTENT) if self.content else (self.permission,)
 
 
 ROUTES: tuple[RouteSpec, ...] = (
@@ -90,12 +117,18 @@ ROUTES: tuple[RouteSpec, ...] = (
     RouteSpec("/", ("GET",), "dashboard_page", "reports.view"),
     RouteSpec("/events", ("GET",), "events_page", "events.messages.view"),
     RouteSpec("/quarantine", ("GET",), "quarantine_page", "queues.view"),
-    RouteSpec("/quarantine/{held_id}", ("GET",), "held_page", "queues.view"),
+    RouteSpec("/quarantine/{held_id}", ("GET",), "held_page", "queues.view", content=True),
     RouteSpec("/quarantine/{held_id}/release", ("POST",), "release_form", "queues.manage"),
     RouteSpec("/quarantine/{held_id}/delete", ("POST",), "delete_form", "queues.manage"),
     # Plugin quarantines (mailwarden_quarantines): spam, sandbox, any third party's.
     RouteSpec("/quarantines/{quarantine}", ("GET",), "plugin_quarantine_page", "queues.view"),
-    RouteSpec("/quarantines/{quarantine}/{entry_id}", ("GET",), "plugin_entry_page", "queues.view"),
+    RouteSpec(
+        "/quarantines/{quarantine}/{entry_id}",
+        ("GET",),
+        "plugin_entry_page",
+        "queues.view",
+        content=True,
+    ),
     RouteSpec(
         "/quarantines/{quarantine}/{entry_id}/release",
         ("POST",),
@@ -126,13 +159,17 @@ ROUTES: tuple[RouteSpec, ...] = (
     RouteSpec("/backup/{backup_id}", ("GET",), "backup_entry_page", "backup.view"),
     RouteSpec("/backup/{backup_id}/release", ("POST",), "backup_release_form", "backup.manage"),
     RouteSpec("/settings", ("GET",), "settings_page", "settings.view"),
-    RouteSpec("/settings/{section}", ("POST",), "settings_form", "settings.edit"),
+    RouteSpec(
+        "/settings/{section}", ("POST",), "settings_form", "settings.edit", max_body=JSON_BODY
+    ),
     RouteSpec("/mta", ("GET",), "mta_page", "mta.view"),
-    RouteSpec("/mta/{section}", ("POST",), "mta_form", "mta.edit"),
+    RouteSpec("/mta/{section}", ("POST",), "mta_form", "mta.edit", max_body=JSON_BODY),
     RouteSpec("/users", ("GET",), "users_page", "users.manage"),
-    RouteSpec("/users/roles", ("POST",), "role_form", "users.manage"),
+    RouteSpec("/users/roles", ("POST",), "role_form", "users.manage", max_body=JSON_BODY),
     RouteSpec("/users/roles/{role}/delete", ("POST",), "role_delete_form", "users.manage"),
     RouteSpec("/users/tokens/{token_id}/revoke", ("POST",), "token_revoke_form", "users.manage"),
+    RouteSpec("/logs/app", ("GET",), "app_log_page", "events.app.view"),
+    RouteSpec("/logs/auth", ("GET",), "auth_log_page", "events.auth.view"),
     RouteSpec("/static/{name}", ("GET",), "static_file", PUBLIC),
     # API
     RouteSpec("/api/health", ("GET",), "api_health", PUBLIC),
@@ -141,21 +178,30 @@ ROUTES: tuple[RouteSpec, ...] = (
     RouteSpec("/api/openapi.json", ("GET",), "api_openapi", AUTHENTICATED),
     RouteSpec("/api/events", ("GET",), "api_events", "events.messages.view"),
     RouteSpec("/api/stats", ("GET",), "api_stats", "reports.view"),
+    RouteSpec("/api/logs/app", ("GET",), "api_app_log", "events.app.view"),
+    RouteSpec("/api/logs/auth", ("GET",), "api_auth_log", "events.auth.view"),
     RouteSpec("/api/quarantine", ("GET",), "api_quarantine", "queues.view"),
     RouteSpec("/api/quarantines", ("GET",), "api_quarantines", "queues.view"),
-    RouteSpec("/api/quarantine/{held_id}", ("GET",), "api_held", "queues.view"),
-    RouteSpec("/api/quarantine/{held_id}/raw", ("GET",), "api_held_raw", "queues.manage"),
+    RouteSpec("/api/quarantine/{held_id}", ("GET",), "api_held", "queues.view", content=True),
+    RouteSpec(
+        "/api/quarantine/{held_id}/raw", ("GET",), "api_held_raw", "queues.manage", content=True
+    ),
     RouteSpec("/api/quarantine/{held_id}/release", ("POST",), "api_release", "queues.manage"),
     RouteSpec("/api/quarantine/{held_id}", ("DELETE",), "api_delete", "queues.manage"),
     RouteSpec("/api/quarantines/{quarantine}", ("GET",), "api_plugin_quarantine", "queues.view"),
     RouteSpec(
-        "/api/quarantines/{quarantine}/{entry_id}", ("GET",), "api_plugin_entry", "queues.view"
+        "/api/quarantines/{quarantine}/{entry_id}",
+        ("GET",),
+        "api_plugin_entry",
+        "queues.view",
+        content=True,
     ),
     RouteSpec(
         "/api/quarantines/{quarantine}/{entry_id}/raw",
         ("GET",),
         "api_plugin_entry_raw",
         "queues.manage",
+        content=True,
     ),
     RouteSpec(
         "/api/quarantines/{quarantine}/{entry_id}/release",
@@ -182,20 +228,24 @@ ROUTES: tuple[RouteSpec, ...] = (
         "queues.manage",
     ),
     RouteSpec("/api/rules", ("GET",), "api_rules", "rules.view"),
-    RouteSpec("/api/rules", ("PUT",), "api_rules_put", "rules.edit"),
+    RouteSpec("/api/rules", ("PUT",), "api_rules_put", "rules.edit", max_body=RULES_BODY),
     RouteSpec("/api/settings", ("GET",), "api_settings", "settings.view"),
-    RouteSpec("/api/settings/{section}", ("PUT",), "api_settings_put", "settings.edit"),
-    RouteSpec("/api/mta/{section}", ("PUT",), "api_mta_put", "mta.edit"),
+    RouteSpec(
+        "/api/settings/{section}", ("PUT",), "api_settings_put", "settings.edit", max_body=JSON_BODY
+    ),
+    RouteSpec("/api/mta/{section}", ("PUT",), "api_mta_put", "mta.edit", max_body=JSON_BODY),
     RouteSpec("/api/inventory", ("GET",), "api_inventory", "settings.view"),
     RouteSpec("/api/backup", ("GET",), "api_backups", "backup.view"),
     RouteSpec("/api/backup/{backup_id}", ("GET",), "api_backup", "backup.view"),
-    RouteSpec("/api/backup/{backup_id}/raw", ("GET",), "api_backup_raw", "backup.manage"),
+    RouteSpec(
+        "/api/backup/{backup_id}/raw", ("GET",), "api_backup_raw", "backup.manage", content=True
+    ),
     RouteSpec("/api/backup/{backup_id}/release", ("POST",), "api_backup_release", "backup.manage"),
     RouteSpec("/api/signatures", ("GET",), "api_signatures", "reports.view"),
     RouteSpec("/api/users", ("GET",), "api_users", "users.manage"),
-    RouteSpec("/api/users/groups", ("PUT",), "api_groups_put", "users.manage"),
+    RouteSpec("/api/users/groups", ("PUT",), "api_groups_put", "users.manage", max_body=JSON_BODY),
     RouteSpec("/api/roles", ("GET",), "api_roles", "users.manage"),
-    RouteSpec("/api/roles/{role}", ("PUT",), "api_role_put", "users.manage"),
+    RouteSpec("/api/roles/{role}", ("PUT",), "api_role_put", "users.manage", max_body=JSON_BODY),
     RouteSpec("/api/roles/{role}", ("DELETE",), "api_role_delete", "users.manage"),
     RouteSpec("/api/tokens", ("GET",), "api_tokens", "users.manage"),
     RouteSpec("/api/tokens", ("POST",), "api_token_create", "users.manage"),

@@ -1,0 +1,217 @@
+"""Calling plugin hooks under time budgets, in threads that never hold the process.
+
+A plugin's code may not return: a detector waiting on a dead service, a verdict hook that
+sleeps, an observer whose backend hangs. Every hook the gateway calls therefore runs under a
+time budget (``[detectors] timeout`` for scans, ``[hooks]`` for the others): an ``async``
+implementation is cancelled when its budget is spent; a synchronous one runs in a
+:class:`DaemonExecutor` thread, which Python cannot stop, so the gateway stops waiting for it
+and the thread is left to finish on its own. Those threads are daemon threads, so a stuck one
+never delays the end of the process: ``ThreadPoolExecutor`` joins its threads at interpreter
+exit, and a detector stuck for 6.5 min held SIGTERM that long (issue 25).
+
+Observers (``mailwarden_message_processed``) are not waited for at all: each runs on an
+:class:`ObserverLane`, its own thread, getting the events in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+__all__ = ["DaemonExecutor", "ObserverLane", "call_impl", "hook_kwargs"]
+
+log = logging.getLogger(__name__)
+
+_Work = tuple["Future[Any]", Callable[..., Any], tuple[Any, ...], dict[str, Any]]
+
+
+class DaemonExecutor(ThreadPoolExecutor):
+    """A thread pool of daemon threads whose shutdown waits at most ``join_timeout`` seconds.
+
+    A ``ThreadPoolExecutor`` subclass only so asyncio accepts it as the loop's default
+    executor (``set_default_executor`` insists); none of its machinery is used, because its
+    threads are joined at interpreter exit, however long they take.
+    """
+
+    def __init__(self, max_workers: int, thread_name_prefix: str, join_timeout: float = 5.0):
+        super().__init__(max_workers, thread_name_prefix)
+        self.join_timeout = join_timeout
+        self._queue: queue.SimpleQueue[_Work | None] = queue.SimpleQueue()
+        self._idle = threading.Semaphore(0)
+        self._workers: list[threading.Thread] = []
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        future: Future[Any] = Future()
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            self._queue.put((future, fn, args, kwargs))
+            if not self._idle.acquire(blocking=False) and len(self._workers) < self._max_workers:
+                name = f"{self._thread_name_prefix}_{len(self._workers)}"
+                worker = threading.Thread(target=self._work, name=name, daemon=True)
+                worker.start()
+                self._workers.append(worker)
+        return future
+
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                self._queue.put(None)  # the next worker stops too
+                return
+            future, fn, args, kwargs = item
+            del item
+            if future.set_running_or_notify_cancel():
+                try:
+                    result = fn(*args, **kwargs)
+                except BaseException as exc:
+                    future.set_exception(exc)
+                else:
+                    future.set_result(result)
+            del future, fn, args, kwargs
+            self._idle.release()
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        with self._lock:
+            self._closed = True
+            if cancel_futures:
+                while True:
+                    try:
+                        item = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is not None:
+                        item[0].cancel()
+            self._queue.put(None)
+            workers = list(self._workers)
+        if wait:
+            # Bounded: a thread stuck in plugin code is abandoned; as a daemon it ends with
+            # the process instead of holding it.
+            deadline = time.monotonic() + self.join_timeout
+            for worker in workers:
+                worker.join(max(0.0, deadline - time.monotonic()))
+            stuck = [w.name for w in workers if w.is_alive()]
+            if stuck:
+                log.warning("left %d busy thread(s) behind at shutdown: %s", len(stuck), stuck)
+
+
+def hook_kwargs(impl: Any, **available: Any) -> dict[str, Any]:
+    """The arguments ``impl`` takes (pluggy lets an implementation take fewer than its spec)."""
+    return {name: available[name] for name in impl.argnames if name in available}
+
+
+async def call_impl(
+    function: Callable[..., Any],
+    kwargs: dict[str, Any],
+    budget: float,
+    executor: ThreadPoolExecutor | None,
+) -> Any:
+    """Call one hook implementation within ``budget`` seconds and return what it returned.
+
+    A coroutine function runs on the loop and is cancelled when the budget is spent; a plain
+    function runs in ``executor`` (an awaitable it returns is awaited within the same budget).
+    Raises :class:`TimeoutError` when the budget is spent; exceptions of the hook propagate.
+    """
+    async with asyncio.timeout(budget):
+        if inspect.iscoroutinefunction(function):
+            return await function(**kwargs)
+        loop = asyncio.get_running_loop()
+        result = await loop.run_in_executor(executor, lambda: function(**kwargs))
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+
+
+class ObserverLane:
+    """One observer's own thread: events in order, never waited for by the mail path.
+
+    ``offer`` queues an event (at most ``capacity`` wait; more are dropped and counted). A call
+    that runs past ``budget`` seconds is reported once, when the next event is offered or at
+    :meth:`close`, through ``report(kind)`` (``"timeout"`` or ``"dropped"``) and the log.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        function: Callable[..., Any],
+        budget: float,
+        capacity: int,
+        report: Callable[[str], None],
+    ) -> None:
+        self.name = name
+        self._function = function
+        self._budget = budget
+        self._report = report
+        self._queue: queue.Queue[Any] = queue.Queue(capacity)
+        self._busy_since: float | None = None
+        self._reported = False
+        self._dropping = False
+        self._thread = threading.Thread(target=self._run, name=f"observer-{name}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            event = self._queue.get()
+            if event is None:
+                return
+            self._busy_since = time.monotonic()
+            try:
+                self._function(event=event)
+            except Exception:
+                log.exception("observer %s failed", self.name)
+            finally:
+                self._busy_since = None
+                self._reported = False
+
+    def overdue(self) -> bool:
+        """True (and reported, once per call) when the running call is past its budget."""
+        since = self._busy_since
+        if since is None or time.monotonic() - since <= self._budget:
+            return False
+        if not self._reported:
+            self._reported = True
+            log.error(
+                "observer %s has not returned within %g s (mailwarden_message_processed); "
+                "later events wait for it",
+                self.name,
+                self._budget,
+            )
+            self._report("timeout")
+        return True
+
+    def offer(self, event: Any) -> None:
+        self.overdue()
+        try:
+            self._queue.put_nowait(event)
+            self._dropping = False
+        except queue.Full:
+            if not self._dropping:
+                log.error(
+                    "observer %s is %d events behind; events dropped for it",
+                    self.name,
+                    self._queue.maxsize,
+                )
+            self._dropping = True
+            self._report("dropped")
+
+    def close(self, deadline: float) -> None:
+        """Let the queued events through until ``deadline`` (``time.monotonic``), then stop.
+
+        A call already past its budget is not waited for. A thread still busy is left
+        behind; as a daemon it does not hold the process.
+        """
+        try:
+            self._queue.put_nowait(None)
+        except queue.Full:
+            pass  # the thread ends with the process
+        while self._thread.is_alive() and time.monotonic() < deadline and not self.overdue():
+            self._thread.join(min(0.05, max(0.0, deadline - time.monotonic())))
