@@ -24,6 +24,7 @@ from mailwarden_sdk import (
     Finding,
     Host,
     Matcher,
+    ParsedMessage,
     Quarantine,
     ScanContext,
     SpamStatus,
@@ -38,7 +39,7 @@ from mailwarden_sdk import (
 from mailwarden_sdk.findings import spam_rule
 
 from . import auth, heuristics
-from .bayes import JOURNAL_MAX_ENTRIES, Bayes
+from .bayes import JOURNAL_MAX_ENTRIES, Bayes, band
 from .content import body_text, links, message_facts, message_urls, rawbody_text
 from .dnslists import DnsList, query_lists
 from .quarantine import SpamQuarantine, SpamQuarantineView
@@ -55,6 +56,8 @@ GTUBE = b"XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
 BUILTIN_RULES = Path(__file__).parent / "rules"
 _KEEP_AT_ZERO = frozenset({"BULK_MAIL"})
 _HEADERS: StashKey[list[tuple[str, str]]] = StashKey("antispam headers")
+# The Bayes band of this message, scored or not: autolearn checks that Bayes does not disagree.
+_BAND: StashKey[str] = StashKey("antispam bayes band")
 
 
 class AntispamConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -120,9 +123,13 @@ class AntispamConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     )
     bayes: bool = True
     bayes_min_learned: int = 10
-    autolearn: bool = False
+    # Tokens kept (the oldest learned are expired above this), as SpamAssassin's
+    # bayes_expiry_max_db_size.
+    bayes_max_tokens: Annotated[int, msgspec.Meta(ge=100)] = 150_000
+    autolearn: bool = True
     autolearn_spam_score: float = 12.0
-    autolearn_ham_score: float = 0.0
+    autolearn_ham_score: float = 0.1
+    autolearn_min_points: float = 3.0
     quarantine: list[str] = msgspec.field(default_factory=list)
     # The spam quarantine (<home>/antispam/quarantine): the oldest are removed above this.
     quarantine_max_bytes: Annotated[int, msgspec.Meta(gt=0)] = 1 << 30
@@ -215,7 +222,7 @@ class AntispamPlugin:
         )
         if data_dir is not None:
             if config.bayes:
-                self.bayes = Bayes(data_dir / "bayes")
+                self.bayes = Bayes(data_dir / "bayes", max_tokens=config.bayes_max_tokens)
             if config.quarantine:
                 self.quarantine = SpamQuarantine(
                     data_dir / "quarantine", config.quarantine_max_bytes
@@ -376,7 +383,8 @@ class AntispamPlugin:
                 size, self.bayes.probability, message, cfg.bayes_min_learned
             )
             if probability is not None:
-                hits[_bayes_code(probability)] = {"probability": f"{probability:.4f}"}
+                hits[band(probability)] = {"probability": f"{probability:.4f}"}
+                ctx.stash[_BAND] = band(probability)
         targets = await run_cpu_bound(size, self._targets, ctx, urls)
         matched = await run_cpu_bound(size, self.rules.match, targets, set(hits))
         for rule in matched:
@@ -393,8 +401,26 @@ class AntispamPlugin:
         findings = self._cap_groups(findings)
         return findings + extra
 
+    def local_hits(self, message: ParsedMessage, mail_from: str = "") -> set[str]:
+        """The codes of the checks that need nothing but the message (heuristics and rule
+        files; no DNS, no Bayes): what ``antispam fit`` learns scores from."""
+        urls = message_urls(message)
+        hits = {
+            code
+            for code, _details in (
+                *heuristics.link_checks(links(message), urls, self.config.protected_domains),
+                *heuristics.header_checks(message),
+                *heuristics.hidden_text(message),
+                *heuristics.bulk_markers(message),
+            )
+        }
+        targets = self._targets_of(message, mail_from, urls)
+        return hits | {r.name for r in self.rules.match(targets, hits)}
+
     def _targets(self, ctx: ScanContext, urls: list[str]) -> RuleTargets:
-        message = ctx.message
+        return self._targets_of(ctx.message, ctx.envelope.mail_from, urls)
+
+    def _targets_of(self, message: ParsedMessage, mail_from: str, urls: list[str]) -> RuleTargets:
         headers: dict[str, list[str]] = {}
         lines = []
         for name, value in message.headers:
@@ -404,8 +430,8 @@ class AntispamPlugin:
             decoded = message.root.decoded_header(key)
             if decoded is not None and len(headers[key]) == 1:
                 headers[key] = [decoded]
-        if ctx.envelope.mail_from:
-            headers.setdefault("envelopefrom", [ctx.envelope.mail_from])
+        if mail_from:
+            headers.setdefault("envelopefrom", [mail_from])
         received = headers.get("received", [])
         if self._uses_relays:
             # SpamAssassin's own pseudo-headers replace any the sender wrote.
@@ -559,25 +585,46 @@ class AntispamPlugin:
         return [("X-Spam-Status", status), ("X-Spam-Score", f"{verdict.spam_score:.1f}")]
 
     def _autolearn(self, ctx: ScanContext, verdict: Verdict) -> None:
+        """SpamAssassin's bayes_auto_learn: learn what the other checks are sure of.
+
+        The score without Bayes's own findings decides (Bayes never teaches itself); spam
+        also needs ``autolearn_min_points`` from header checks and as many from body checks
+        (one side alone can be a forged header or a quoted spam), ham the clean status. A
+        message Bayes already places firmly on the other side is not learned (one of the
+        two is wrong: a person should decide), nor one whose scan was incomplete.
+        """
         assert self.bayes is not None
-        # Bayes's own findings are left out of the decision, so it never teaches itself.
-        own = sum(f.score for f in verdict.findings if f.code.startswith("BAYES_"))
-        score = verdict.spam_score - own
-        if score >= self.config.autolearn_spam_score:
-            self.bayes.learn(ctx.raw, "spam", "autolearn")
-        elif score <= self.config.autolearn_ham_score and verdict.spam is SpamStatus.CLEAN:
-            self.bayes.learn(ctx.raw, "ham", "autolearn")
-
-
-def _bayes_code(probability: float) -> str:
-    for limit, code in ((0.99, "BAYES_99"), (0.95, "BAYES_95"), (0.8, "BAYES_80")):
-        if probability >= limit:
-            return code
-    if probability <= 0.01:
-        return "BAYES_00"
-    if probability <= 0.2:
-        return "BAYES_05"
-    return "BAYES_50"
+        cfg = self.config
+        if verdict.errors or any(f.code == "DNS_UNAVAILABLE" for f in verdict.findings):
+            return
+        own = [f for f in verdict.findings if f.code.startswith("BAYES_")]
+        score = verdict.spam_score - sum(f.score for f in own)
+        bands = {ctx.stash.get(_BAND, "")}
+        header = body = 0.0
+        for f in verdict.findings:
+            rule = self.rules.rules.get(f.code)
+            if f.score <= 0 or f.detector != DETECTOR or rule is None:
+                continue
+            if rule.kind == "header" or rule.group in ("10_auth", "20_heuristics"):
+                header += f.score
+            elif rule.kind in ("body", "rawbody", "uri", "full"):
+                body += f.score
+        label = None
+        if (
+            score >= cfg.autolearn_spam_score
+            and header >= cfg.autolearn_min_points
+            and body >= cfg.autolearn_min_points
+            and not bands & {"BAYES_00", "BAYES_05"}
+        ):
+            label = "spam"
+        elif (
+            score <= cfg.autolearn_ham_score
+            and verdict.spam is SpamStatus.CLEAN
+            and not bands & {"BAYES_95", "BAYES_99", "BAYES_999"}
+        ):
+            label = "ham"
+        if label is not None:
+            self.bayes.learn(ctx.raw, label, "autolearn")
 
 
 def _dns_unavailable(dns: DnsBudget) -> Finding:

@@ -22,10 +22,17 @@ from mailwarden_sdk import ParsedMessage, parse
 
 from .content import body_text, message_urls
 
-__all__ = ["JOURNAL_MAX_ENTRIES", "Bayes", "LearnRecord", "tokens"]
+__all__ = ["JOURNAL_MAX_ENTRIES", "Bayes", "LearnRecord", "band", "tokens"]
 
 _WORD = re.compile(r"[^\W_]{3,24}|\$\d+", re.UNICODE)
+_DIGITS = re.compile(r"\d+")
 _PAIR = struct.Struct("<II")
+# A token's counts and the day (Unix time // 86400) it was last learned; stores written before
+# expiry existed hold the counts alone (8 bytes) and read as last learned on day 0.
+_TOKEN = struct.Struct("<III")
+_DAY = 86400
+# SpamAssassin's bayes_expiry_max_db_size; expiry keeps the newest 3/4 of it.
+MAX_TOKENS = 150_000
 _MAX_TOKENS = 3000
 #: Learning acts kept in the journal; the oldest go first.
 JOURNAL_MAX_ENTRIES = 100_000
@@ -42,8 +49,35 @@ class LearnRecord(msgspec.Struct, kw_only=True, frozen=True):
     message_id: str | None = None
 
 
+# Headers whose words say something about the sender and the mail program. Headers a
+# receiving site or an earlier filter adds (Received, Delivered-To, X-Spam-*...) are left out:
+# they describe where the mail was collected, not the mail.
+_TOKEN_HEADERS = (
+    "from",
+    "reply-to",
+    "to",
+    "cc",
+    "x-mailer",
+    "user-agent",
+    "content-type",
+    "content-transfer-encoding",
+    "message-id",
+    "x-priority",
+    "x-msmail-priority",
+    "precedence",
+    "importance",
+    "list-id",
+    "organization",
+)
+_HEADER_WORD = re.compile(r"[^\s<>\"'(),;:=]{2,40}")
+_TAG_WORD = re.compile(r"<([a-z][a-z0-9]{0,9})\b([^>]{0,300})>", re.IGNORECASE)
+_ATTR = re.compile(r"([a-z-]{1,20})\s*=\s*[\"']?([^\s\"'>]{1,20})", re.IGNORECASE)
+
+
 def tokens(message: ParsedMessage) -> set[str]:
-    """The message's tokens: words of the subject and text, sender domain, URL hosts."""
+    """The message's tokens: words of the subject and text, sender domain, URL hosts, words
+    of the headers that describe the sender and its mail program (prefixed with the header's
+    name), and the HTML tags and attribute values the message is built with."""
     out: set[str] = set()
     for word in _WORD.findall(body_text(message).lower()):
         out.add(word)
@@ -55,7 +89,51 @@ def tokens(message: ParsedMessage) -> set[str]:
     for url in message_urls(message, 50):
         host = url.split("/")[2] if url.count("/") >= 2 else url
         out.add("url:" + host)
+    for name in _TOKEN_HEADERS:
+        for value in message.header_all(name)[:3]:
+            for word in _HEADER_WORD.findall(value.lower())[:30]:
+                # Digits vary per message (ids, dates): their shape is what repeats.
+                out.add(f"h:{name}:{_DIGITS.sub('N', word)}")
+    for part in message.leaves():
+        if part.content_type == "text/html":
+            for tag, attrs in _TAG_WORD.findall(part.text()[:200_000])[:2000]:
+                out.add("tag:" + tag.lower())
+                for key, value in _ATTR.findall(attrs):
+                    out.add(f"tag:{tag.lower()}:{key.lower()}={value.lower()}")
     return out
+
+
+# SpamAssassin's bands: (lower bound, code), highest first.
+_BANDS = (
+    (0.999, "BAYES_999"),
+    (0.99, "BAYES_99"),
+    (0.95, "BAYES_95"),
+    (0.8, "BAYES_80"),
+    (0.6, "BAYES_60"),
+    (0.4, "BAYES_50"),
+    (0.2, "BAYES_40"),
+    (0.05, "BAYES_20"),
+    (0.01, "BAYES_05"),
+)
+
+
+def _unpack(found: bytes | memoryview | None) -> tuple[int, int, int]:
+    if not found:
+        return 0, 0, 0
+    raw = bytes(found)
+    if len(raw) == _PAIR.size:
+        s, h = _PAIR.unpack(raw)
+        return s, h, 0
+    s, h, day = _TOKEN.unpack(raw)
+    return s, h, day
+
+
+def band(probability: float) -> str:
+    """The finding code of a spam probability (BAYES_00 ... BAYES_999)."""
+    for limit, code in _BANDS:
+        if probability >= limit:
+            return code
+    return "BAYES_00"
 
 
 def _chi2q(x2: float, v: int) -> float:
@@ -73,8 +151,13 @@ class Bayes:
     """Token counts and the learning journal under ``root`` (one LMDB environment)."""
 
     def __init__(
-        self, root: Path, map_size: int = 1 << 30, journal_max_entries: int = JOURNAL_MAX_ENTRIES
+        self,
+        root: Path,
+        map_size: int = 1 << 30,
+        journal_max_entries: int = JOURNAL_MAX_ENTRIES,
+        max_tokens: int = MAX_TOKENS,
     ) -> None:
+        self.max_tokens = max_tokens
         root.mkdir(parents=True, exist_ok=True)
         self.journal_max_entries = journal_max_entries
         self.env = lmdb.open(str(root), map_size=map_size, max_dbs=4, subdir=True)
@@ -128,19 +211,43 @@ class Bayes:
 
     def _apply(self, txn: lmdb.Transaction, toks: Iterable[str], label: str, sign: int) -> None:
         idx = 0 if label == "spam" else 1
+        today = int(time.time()) // _DAY
         for token in toks:
             key = token.encode("utf-8")[:500]
-            raw = txn.get(key, db=self._tokens)
-            pair = list(_PAIR.unpack(raw)) if raw else [0, 0]
+            s, h, day = _unpack(txn.get(key, db=self._tokens))
+            pair = [s, h]
             pair[idx] = max(0, pair[idx] + sign)
             if pair == [0, 0]:
                 txn.delete(key, db=self._tokens)
             else:
-                txn.put(key, _PAIR.pack(*pair), db=self._tokens)
+                txn.put(key, _TOKEN.pack(*pair, today if sign > 0 else day), db=self._tokens)
+        if sign > 0 and txn.stat(self._tokens)["entries"] > self.max_tokens:
+            self._expire(txn)
         raw_n = txn.get(b"n", db=self._meta)
         n = list(_PAIR.unpack(raw_n)) if raw_n else [0, 0]
         n[idx] = max(0, n[idx] + sign)
         txn.put(b"n", _PAIR.pack(*n), db=self._meta)
+
+    def _expire(self, txn: lmdb.Transaction) -> None:
+        """Drop the tokens learned longest ago until 3/4 of the cap remain (SpamAssassin's
+        expiry by access time); message counts stay, as theirs do. Journaled."""
+        keep = self.max_tokens * 3 // 4
+        days: list[tuple[int, bytes]] = []
+        for key, value in txn.cursor(db=self._tokens):
+            days.append((_unpack(value)[2], bytes(key)))
+        days.sort()
+        drop = days[: max(0, len(days) - keep)]
+        for _day, key in drop:
+            txn.delete(key, db=self._tokens)
+        oldest_kept = days[len(drop)][0] if len(drop) < len(days) else 0
+        self._record(
+            txn, "expire", f"{len(drop)} tokens", f"before-day-{oldest_kept}", "expiry", None
+        )
+
+    def token_count(self) -> int:
+        """Distinct tokens stored (at most ``max_tokens``)."""
+        with self.env.begin() as txn:
+            return int(txn.stat(self._tokens)["entries"])
 
     def _record(
         self, txn: lmdb.Transaction, action: str, label: str, digest: str, who: str, mid: str | None
@@ -180,7 +287,7 @@ class Bayes:
                 raw = txn.get(token.encode("utf-8")[:500])
                 if not raw:
                     continue
-                s, h = _PAIR.unpack(raw)
+                s, h, _day = _unpack(raw)
                 spam_ratio, ham_ratio = s / nspam, h / nham
                 p = spam_ratio / (spam_ratio + ham_ratio) if spam_ratio + ham_ratio else 0.5
                 n = s + h
@@ -190,7 +297,8 @@ class Bayes:
                     clues.append(min(max(f, 0.01), 0.99))
         if not clues:
             return 0.5
-        clues = sorted(clues, key=lambda f: -abs(f - 0.5))[:150]
+        # Ties broken by value: the same clues whatever order the tokens came in.
+        clues = sorted(clues, key=lambda f: (-abs(f - 0.5), f))[:150]
         ln_s = sum(math.log(1 - f) for f in clues)
         ln_h = sum(math.log(f) for f in clues)
         s_val = 1 - _chi2q(-2 * ln_s, 2 * len(clues))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import getpass
+import os
 import time
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import msgspec
 from mailwarden_sdk import Envelope, command_host, config_option, plugin_data_dir
 from mailwarden_sdk.timeparse import TIME_FORMS, TimeParam
 
-from .bayes import Bayes
+from .bayes import Bayes, band
 from .quarantine import QuarantineError, SpamQuarantine
 
 
@@ -174,11 +175,7 @@ def release(
         q.close()
     click.echo(f"released {entry_id} {where}")
     if learn_ham:
-        bayes = Bayes(_data_dir(config_path) / "bayes")
-        try:
-            bayes.learn(raw, "ham", _who())
-        finally:
-            bayes.close()
+        _learn(config_path, raw, "ham")
         click.echo("learned as ham")
 
 
@@ -206,14 +203,96 @@ def _deliver(q: SpamQuarantine, entry_id: str, config_path: str | None) -> str:
 
 @quarantine.command()
 @click.argument("entry_id")
+@click.option("--learn-spam", is_flag=True, help="Learn the message as spam first.")
 @config_option
-def delete(entry_id: str, config_path: str | None) -> None:
-    """Remove a held message."""
+def delete(entry_id: str, learn_spam: bool, config_path: str | None) -> None:
+    """Remove a held message (with --learn-spam: "delete as spam", Bayes learns it first)."""
     q = _quarantine(config_path)
     try:
+        raw = q.original(entry_id) if learn_spam else b""
+        if learn_spam:
+            _learn(config_path, raw, "spam")
         q.delete(entry_id)
     except QuarantineError as exc:
         raise click.ClickException(str(exc)) from exc
     finally:
         q.close()
-    click.echo(f"deleted {entry_id}")
+    click.echo(f"deleted {entry_id}" + (" (learned as spam)" if learn_spam else ""))
+
+
+def _learn(config_path: str | None, raw: bytes, label: str) -> None:
+    bayes = Bayes(_data_dir(config_path) / "bayes")
+    try:
+        bayes.learn(raw, label, _who())
+    finally:
+        bayes.close()
+
+
+@antispam.command()
+@click.option(
+    "--labels",
+    "label_sources",
+    multiple=True,
+    required=True,
+    type=click.Path(exists=True, path_type=Path),
+    help="LABELS.csv (path,label[,group]) or a directory of spam*/…ham… folders; repeatable.",
+)
+@click.option("--folds", default=5, show_default=True, type=click.IntRange(2, 20))
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--bayes/--no-bayes", default=True, show_default=True, help="Fit the Bayes bands.")
+@click.option("--rule-file", "rule_files", multiple=True, help="Also load these rule files.")
+@click.option("--threshold", default=5.0, show_default=True, type=float)
+@click.option("--write", "write_to", type=click.Path(dir_okay=False, path_type=Path))
+def fit(
+    label_sources: tuple[Path, ...],
+    folds: int,
+    seed: int,
+    bayes: bool,
+    rule_files: tuple[str, ...],
+    threshold: float,
+    write_to: Path | None,
+) -> None:
+    """Learn every rule's score from labelled mail (logistic regression), print k-fold
+    cross-validated precision, recall and false-positive rate, and write the scores."""
+    from . import fit as fitting
+
+    try:
+        import sklearn  # noqa: F401
+    except ImportError as exc:
+        raise click.ClickException("fit needs scikit-learn: pip install 'mailwarden[fit]'") from exc
+    samples = [s for src in label_sources for s in fitting.read_labels(src)]
+    if not samples or {s.label for s in samples} != {"spam", "ham"}:
+        raise click.UsageError("the labels give no spam or no ham")
+    hits, nice, rules = fitting.rule_hits(samples, list(rule_files))
+    fold = fitting.folds_of(samples, folds, seed)
+    if bayes:
+        raws = [s.path.read_bytes() for s in samples]
+        labels = [s.label for s in samples]
+        found = fitting.bayes_probabilities(raws, labels, fold, progress=click.echo)
+        for h, probability in zip(hits, found, strict=True):
+            if probability is not None:
+                h.add(band(probability))
+    nspam = sum(s.label == "spam" for s in samples)
+    click.echo(f"{len(samples)} messages: {nspam} spam, {len(samples) - nspam} ham; {folds} folds")
+    results, _flagged = fitting.cross_validate(samples, hits, fold, nice, threshold)
+    figures = [r.line() for r in results]
+    figures.append(fitting.summary(results).line().replace("fold 0", "all folds"))
+    for line in figures:
+        click.echo(line)
+    model = fitting.fit_scores(hits, [s.label for s in samples], nice, threshold)
+    click.echo(f"fitted {len(model.scores)} scores on all {len(samples)} messages")
+    if write_to is not None:
+        command = (
+            "mailwarden antispam fit "
+            + " ".join(f"--labels {_portable(p)}" for p in label_sources)
+            + f" --folds {folds} --seed {seed}"
+            + ("" if bayes else " --no-bayes")
+            + f" --write {_portable(write_to)}"
+        )
+        write_to.write_text(fitting.scores_file(model, rules, command, figures))
+        click.echo(f"wrote {write_to}")
+
+
+def _portable(path: Path) -> str:
+    # Relative paths keep the recorded command the same on every checkout.
+    return os.path.relpath(path.resolve(), Path.cwd().resolve())

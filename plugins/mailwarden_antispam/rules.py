@@ -62,6 +62,8 @@ class Rule:
     nocase: bool = False
     source: str = ""
     eval_args: tuple[str, ...] = ()
+    # SpamAssassin's tflags words; "nice" marks a rule that speaks for ham (negative score).
+    tflags: frozenset[str] = frozenset()
 
     @property
     def sub_rule(self) -> bool:
@@ -91,6 +93,8 @@ class RuleSet:
     skipped: dict[str, int] = field(default_factory=dict)
     # CODE -> the rules that test the same thing and take its score when they score.
     replaced_by: dict[str, set[str]] = field(default_factory=dict)
+    tflags: dict[str, frozenset[str]] = field(default_factory=dict)
+    descriptions: dict[str, str] = field(default_factory=dict)
     _prefilters: dict[str, tuple[Matcher | None, list[Rule], list[Rule]]] = field(
         default_factory=dict
     )
@@ -550,7 +554,12 @@ def load_rules(paths: Iterable[Path], caps: Mapping[str, float] | None = None) -
         except ValueError:
             continue
         rule = ruleset.rules.setdefault(name, Rule(name, "meta", group))
-        rule.kind, rule.meta = "meta", expr
+        # A score line may have made the rule first: the meta's own file is its group.
+        rule.kind, rule.meta, rule.group = "meta", expr, group
+        rule.description = rule.description or ruleset.descriptions.get(name, "")
+    for name, flags in ruleset.tflags.items():
+        if name in ruleset.rules:
+            ruleset.rules[name].tflags = flags
     for group, cap in (caps or {}).items():
         ruleset.group_caps[group] = cap
     # Rules that lost their pattern (untranslatable regex) are dropped rather than half-run.
@@ -606,6 +615,12 @@ def _directive(
         described = ruleset.rules.get(name.strip())
         if described is not None:
             described.description = text.strip()
+        else:  # a meta: built after loading
+            ruleset.descriptions[name.strip()] = text.strip()
+    elif word == "tflags":
+        name, _, flags = _split_name(rest)
+        # Applied after loading: a meta's tflags may come before the meta is built.
+        ruleset.tflags[name.strip()] = frozenset(flags.split())
     elif word == "replaced_by":
         _replaced_by(ruleset, rest.split())
 

@@ -1,0 +1,148 @@
+"""Bayes learning safely: autolearn with both-sides checks, a token cap with expiry, and the
+quarantine teaching it ("release as ham", "delete as spam"); every lesson journalled."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from mailwarden.cli import cli
+from mailwarden.testing import scan
+from mailwarden_antispam import bayes as bayes_module
+from mailwarden_antispam.bayes import Bayes
+from mailwarden_antispam.quarantine import SpamQuarantine
+from tests.conftest import make_message
+
+RULES = """
+header  T_HEADER_SPAMMY  Subject =~ /headerword/
+score   T_HEADER_SPAMMY  {header}
+body    T_BODY_SPAMMY    /bodyword/
+score   T_BODY_SPAMMY    {body}
+"""
+
+
+def _config(tmp_path: Path, header: float, body: float) -> str:
+    rules = tmp_path / "t.cf"
+    rules.write_text(RULES.format(header=header, body=body))
+    # Only these two rules score: the totals below are exactly theirs.
+    return f"[antispam]\nbuiltin_rules = false\nrule_files = ['{rules}']\nauthentication = false\n"
+
+
+def _journal(home: Path) -> list[tuple[str, str, str]]:
+    store = Bayes(home / "antispam" / "bayes")
+    try:
+        return [(r.who, r.action, r.label) for r in store.journal()]
+    finally:
+        store.close()
+
+
+def test_autolearn_is_on_and_learns_spam_only_when_header_and_body_both_say_so(
+    tmp_path: Path,
+) -> None:
+    home = tmp_path / "home"
+    spammy = make_message(subject="headerword offer", body="bodyword inside\n")
+    # 20 points, all from one header rule: a forged or odd header alone teaches nothing.
+    scan(spammy, builtins=True, config=_config(tmp_path, 20.0, 0.5), home=home)
+    assert _journal(home) == []
+    # 20 points from the header and 3 from the body: both sides agree, learned as spam.
+    scan(spammy, builtins=True, config=_config(tmp_path, 17.0, 3.0), home=home)
+    assert _journal(home) == [("autolearn", "learn", "spam")]
+
+
+def test_autolearn_learns_clean_mail_as_ham_but_not_mail_in_between(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    config = _config(tmp_path, 4.0, 4.0)
+    # 8 points: neither sure spam (12) nor sure ham (0.1).
+    scan(
+        make_message(subject="headerword", body="bodyword\n"),
+        builtins=True,
+        config=config,
+        home=home,
+    )
+    assert _journal(home) == []
+    scan(
+        make_message(subject="lunch", body="see you at noon\n"),
+        builtins=True,
+        config=config,
+        home=home,
+    )
+    assert _journal(home) == [("autolearn", "learn", "ham")]
+
+
+def _teach(store: Bayes, n: int) -> None:
+    for i in range(n):
+        spam = make_message(subject=f"s{i}", body=f"headerword bodyword casino pills x{i}\n")
+        ham = make_message(subject=f"h{i}", body=f"agenda minutes budget review y{i}\n")
+        store.learn(spam, "spam", "test")
+        store.learn(ham, "ham", "test")
+
+
+def test_autolearn_leaves_mail_bayes_firmly_places_on_the_other_side(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    store = Bayes(home / "antispam" / "bayes")
+    _teach(store, 12)
+    store.close()
+    before = len(_journal(home))
+    # Scored as sure ham by the rules (no rule hits, 0 points) but Bayes says spam: the two
+    # disagree, so neither teaches the other.
+    message = make_message(subject="casino", body="casino pills casino pills\n")
+    decision = scan(message, builtins=True, config=_config(tmp_path, 17.0, 3.0), home=home)
+    assert decision.verdict.spam_score == 0  # Bayes bands are unscored in this config
+    assert len(_journal(home)) == before
+    # The same kind of message Bayes does not know about is learned as ham.
+    scan(
+        make_message(subject="lunch", body="noon\n"),
+        builtins=True,
+        config=_config(tmp_path, 17.0, 3.0),
+        home=home,
+    )
+    assert len(_journal(home)) == before + 1
+
+
+def test_token_cap_expires_the_tokens_learned_longest_ago(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = Bayes(tmp_path / "bayes", max_tokens=100)
+    day = 86400
+    old_words = " ".join(f"old{i:03d}word" for i in range(70))
+    new_words = " ".join(f"new{i:03d}word" for i in range(40))
+    monkeypatch.setattr(bayes_module.time, "time", lambda: 100 * day)
+    store.learn(make_message(subject="a", body=old_words + "\n"), "spam", "test")
+    monkeypatch.setattr(bayes_module.time, "time", lambda: 200 * day)
+    store.learn(make_message(subject="b", body=new_words + "\n"), "ham", "test")
+    try:
+        # Over the cap: the oldest go until 3/4 of it (75) remain.
+        assert store.token_count() == 75
+        with store.env.begin(db=store._tokens) as txn:
+            kept = {bytes(k).decode() for k, _v in txn.cursor()}
+        assert {f"new{i:03d}word" for i in range(40)} <= kept
+        assert len([k for k in kept if k.startswith("old")]) < 70
+        actions = [(r.who, r.action) for r in store.journal()]
+        assert ("expiry", "expire") in actions[-2:]  # journalled with the lesson that caused it
+        assert store.counts() == (1, 1)  # message counts stay
+    finally:
+        store.close()
+
+
+def test_quarantine_delete_as_spam_teaches_bayes(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    q = SpamQuarantine(home / "antispam" / "quarantine")
+    raw = make_message(subject="held", body="casino pills\n")
+    entry = q.put(raw, "a@example.org", ["b@example.net"], "held", 12.0, "spam")
+    q.close()
+    assert entry is not None
+    env = {"MAILWARDEN_HOME": str(home)}
+    result = CliRunner().invoke(
+        cli, ["antispam", "quarantine", "delete", entry, "--learn-spam"], env=env
+    )
+    assert result.exit_code == 0, result.output
+    assert "learned as spam" in result.output
+    who = _journal(home)
+    assert len(who) == 1 and who[0][1:] == ("learn", "spam")
+    q = SpamQuarantine(home / "antispam" / "quarantine")
+    try:
+        assert q.search() == []
+    finally:
+        q.close()
