@@ -50,6 +50,8 @@ log = logging.getLogger(__name__)
 
 _counter = itertools.count()
 _QUEUED, _IN_DOUBT = b"Q", b"D"
+#: Message files up to this size are read on the caller's thread (see SpoolEntry.raw_if_small).
+INLINE_READ_MAX = 256 * 1024
 #: What ``damaged/`` may hold before its oldest entries are removed (each one logged).
 DAMAGED_MAX_BYTES = 1 << 30
 # Errors that say the entry itself cannot be read; others (no descriptors left, no memory)
@@ -174,6 +176,17 @@ class SpoolEntry:
         """The message bytes as received."""
         data = os.pread(self.fd, os.fstat(self.fd).st_size, 0)
         return data[data.index(b"\n") + 1 :]
+
+    def raw_if_small(self, limit: int = INLINE_READ_MAX) -> bytes | None:
+        """The message bytes when the file holds at most ``limit`` bytes, else ``None``.
+
+        A spooled message was just written (or its header line just read), so it is in the
+        page cache: reading a small one costs microseconds, far less than a hop to a thread
+        and back, which is kept for large ones.
+        """
+        if os.fstat(self.fd).st_size > limit:
+            return None
+        return self.raw()
 
     def release(self) -> None:
         """Give the message back to the spool (closing the descriptor drops the lock)."""
