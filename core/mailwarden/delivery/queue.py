@@ -292,7 +292,12 @@ class DeliveryQueue:
             await asyncio.to_thread(self.spool.save_state, entry, state, durable=True)
             entry.release()
             return
-        await asyncio.to_thread(self.spool.remove, entry)
+        if entry.unlinked:
+            # Its removal is durable already (settled): unlinking the state file and closing
+            # the descriptor is no work for a thread hop.
+            self.spool.remove(entry)
+        else:
+            await asyncio.to_thread(self.spool.remove, entry)
 
     async def _hold_in_doubt(self, entry: SpoolEntry, state: SpoolState) -> None:
         # The process died between handing the message over and hearing the answer: the next
