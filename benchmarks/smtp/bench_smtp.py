@@ -276,6 +276,10 @@ def main() -> int:
             f" {r['end_to_end']:13.0f} {r['end_to_end'] / base['end_to_end']:6.2f} {cpu}"
             f" {switches}"
         )
+    for name, r in results.items():
+        if "serve_cpu_ms" in r and r["serve_cpu_ms"] == 0:
+            # Postfix applies milter_default_action when it cannot reach the milter in time.
+            print(f"not measured: {name}: mailwarden serve used no CPU (Postfix did not reach it)")
     for name, why in skipped.items():
         print(f"not run: {name}: {why}")
     if args.json:
