@@ -27,6 +27,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -72,12 +73,56 @@ def _cpu_seconds(pids: list[int]) -> float:
     return total / _TICK
 
 
+def _switches(pids: list[int]) -> int:
+    """Voluntary and involuntary context switches of every thread of the processes.
+
+    /proc/PID/status counts only the main thread; the threads' counts are in task/*/status.
+    """
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for task in os.listdir(f"/proc/{pid}/task"):
+                with contextlib.suppress(OSError):
+                    for line in Path(f"/proc/{pid}/task/{task}/status").read_text().splitlines():
+                        if "ctxt_switches:" in line:
+                            total += int(line.split()[1])
+    return total
+
+
 def _phase(
-    sink: Sink, port: int, messages: int, sessions: int, size: int, serve: Serve | None
+    sink: Sink,
+    port: int,
+    messages: int,
+    sessions: int,
+    size: int,
+    serve: Serve | None,
+    profile: Path | None = None,
 ) -> dict[str, float]:
     before = _count(sink)
     pids = _tree(serve.process.pid) if serve is not None and serve.process else []
-    cpu_before = _cpu_seconds(pids)
+    spy = None
+    if profile is not None and pids:
+        # Collapsed stacks of the serving process while this phase runs (pip install py-spy).
+        py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+        spy = subprocess.Popen(
+            [
+                py_spy,
+                "record",
+                "--pid",
+                str(pids[0]),
+                "--format",
+                "raw",
+                "--nonblocking",
+                "--rate",
+                "250",
+                "--output",
+                str(profile),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(1.0)
+    cpu_before, switches_before = _cpu_seconds(pids), _switches(pids)
     began = time.perf_counter()
     subprocess.run(
         [
@@ -102,9 +147,13 @@ def _phase(
     accepted = time.perf_counter() - began
     wait_until(lambda: _count(sink) - before >= messages, 600, "every message at the sink")
     delivered = time.perf_counter() - began
+    if spy is not None:
+        spy.send_signal(signal.SIGINT)
+        spy.wait(timeout=60)
     result = {"accept": messages / accepted, "end_to_end": messages / delivered}
     if pids:
         result["serve_cpu_ms"] = (_cpu_seconds(pids) - cpu_before) * 1000 / messages
+        result["serve_switches"] = (_switches(pids) - switches_before) / messages
     return result
 
 
@@ -114,6 +163,16 @@ def main() -> int:
     parser.add_argument("--sessions", type=int, default=10)
     parser.add_argument("--size", type=int, default=1024, help="message body bytes")
     parser.add_argument("--json", help="also write the figures as JSON to this file")
+    parser.add_argument(
+        "--modes",
+        default="a,b,b0,c,d,e,f",
+        help="the rows to run, comma-separated (a is always run, first and last)",
+    )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="record py-spy collapsed stacks of mailwarden serve per row into this directory",
+    )
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="mailwarden-bench-smtp-"))
@@ -182,11 +241,17 @@ def main() -> int:
                 modes.append(("(e) postfix + rspamd milter", ports["rspamd"], None))
             if "dkim" in peer_ports:
                 modes.append(("(f) postfix + opendkim milter", ports["dkim"], None))
+            wanted = {"a", *args.modes.split(",")}
+            modes = [m for m in modes if m[0][1 : m[0].index(")")] in wanted]
             # A short warm-up so that first-use costs (process spawns, imports) are not measured.
             for _name, port, _serve in modes:
                 _phase(sink, port, min(50, n), s, size, None)
+            if args.profile is not None:
+                args.profile.mkdir(parents=True, exist_ok=True)
             for name, port, owner in modes:
-                results[name] = _phase(sink, port, n, s, size, owner)
+                tag = name[1 : name.index(")")]
+                out = args.profile / f"{tag}.txt" if args.profile is not None else None
+                results[name] = _phase(sink, port, n, s, size, owner, out)
             # Postfix alone once more: the machine is shared, the baseline is both runs' mean.
             last = _phase(sink, ports["plain"], n, s, size, None)
         finally:
@@ -202,13 +267,19 @@ def main() -> int:
         " ratios are to the mean"
     )
     header = f"{'mode':38} {'accept/s':>9} {'ratio':>6} {'end-to-end/s':>13} {'ratio':>6}"
-    print(header + f" {'serve CPU ms/msg':>17}")
+    print(header + f" {'serve CPU ms/msg':>17} {'switches/msg':>13}")
     for name, r in results.items():
         cpu = f"{r['serve_cpu_ms']:17.2f}" if "serve_cpu_ms" in r else f"{'-':>17}"
+        switches = f"{r['serve_switches']:13.1f}" if "serve_switches" in r else f"{'-':>13}"
         print(
             f"{name:38} {r['accept']:9.0f} {r['accept'] / base['accept']:6.2f}"
             f" {r['end_to_end']:13.0f} {r['end_to_end'] / base['end_to_end']:6.2f} {cpu}"
+            f" {switches}"
         )
+    for name, r in results.items():
+        if "serve_cpu_ms" in r and r["serve_cpu_ms"] == 0:
+            # Postfix applies milter_default_action when it cannot reach the milter in time.
+            print(f"not measured: {name}: mailwarden serve used no CPU (Postfix did not reach it)")
     for name, why in skipped.items():
         print(f"not run: {name}: {why}")
     if args.json:

@@ -48,6 +48,7 @@ class Hop:
         slow_mail_from: str = "",
         slow_seconds: float = 0.0,
         rcpt_reply: dict[str, str] | None = None,
+        pipelining: bool = False,
     ) -> None:
         self.connections: list[list[str]] = []
         self.received: list[tuple[int, bytes, bool]] = []  # (connection, data, over TLS)
@@ -56,6 +57,9 @@ class Hop:
         self.slow_mail_from = slow_mail_from
         self.slow_seconds = slow_seconds
         self.rcpt_reply = rcpt_reply or {}
+        self.pipelining = pipelining
+        # Commands that arrived while another command's line was still unread (pipelined).
+        self.pipelined: list[str] = []
 
     def has_received(self, count: int) -> Callable[[], bool]:
         """A check for ``wait_until``: ``count`` messages have arrived."""
@@ -82,6 +86,14 @@ class Hop:
             return self.rcpt_reply[address]
         envelope.rcpt_tos.append(address)
         return "250 2.1.5 Ok"
+
+    async def handle_EHLO(
+        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname
+        if self.pipelining:
+            return [*responses[:-1], "250-PIPELINING", responses[-1]]
+        return responses
 
     async def handle_RSET(self, server: Any, session: Any, envelope: Any) -> str:
         return "451 4.3.0 no reuse here" if self.refuse_rset else "250 2.0.0 Ok"
@@ -111,6 +123,8 @@ class _RecordingSMTP(SMTP):
         @functools.wraps(method)
         async def run(arg: str) -> None:
             self.hop.connections[self.connection_number].append(verb)
+            if b"\n" in self._reader._buffer:  # type: ignore[attr-defined]
+                self.hop.pipelined.append(verb)
             if verb == "DATA" and self.envelope is not None:
                 if self.hop.drop_data_to in self.envelope.rcpt_tos:
                     self.hop.drop_data_to = ""
@@ -255,6 +269,34 @@ def test_a_connection_that_refuses_rset_is_replaced_before_the_message(
     assert len(hop.connections) == 3
     for refused in hop.connections[:2]:
         assert refused == ["EHLO", "MAIL", "RCPT", "DATA", "RSET", "QUIT"]
+
+
+def test_a_pipelining_next_hop_gets_rset_mail_and_rcpt_in_one_round_trip(
+    hop_factory: Callable[..., tuple[Hop, int]],
+) -> None:
+    hop, port = hop_factory(Hop(pipelining=True))
+    cache = ConnectionCache()
+    for rcpt in ("bob@example.net", "nobody@example.net", "bob@example.net"):
+        assert _send(port, rcpt, cache)[rcpt][0] == 250
+    cache.close()
+    assert len(hop.connections) == 1 and len(hop.received) == 3
+    # The commands after RSET and MAIL were already there when those were read (RFC 2920).
+    assert hop.pipelined.count("RSET") == 2 and hop.pipelined.count("MAIL") == 3
+
+
+def test_a_pipelining_connection_that_refuses_rset_is_replaced_before_the_message(
+    hop_factory: Callable[..., tuple[Hop, int]],
+) -> None:
+    hop, port = hop_factory(Hop(refuse_rset=True, pipelining=True))
+    cache = ConnectionCache()
+    for _ in range(3):
+        assert _send(port, "bob@example.net", cache)["bob@example.net"][0] == 250
+    cache.close()
+    # Each message went out once, on a new connection: no DATA after a refused RSET.
+    assert [n for n, _, _ in hop.received] == [0, 1, 2]
+    for refused in hop.connections[:2]:
+        assert refused[:4] == ["EHLO", "MAIL", "RCPT", "DATA"]
+        assert refused[4] == "RSET" and "DATA" not in refused[4:]
 
 
 def test_a_connection_carries_at_most_reuse_limit_messages(

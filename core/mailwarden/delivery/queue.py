@@ -196,7 +196,8 @@ class DeliveryQueue:
         async with self._slots:
             try:
                 state = self.spool.load_state(entry.id)
-                if await asyncio.to_thread(self.spool.in_doubt, entry):
+                # One byte of a file this process holds open and locked: no thread hop.
+                if self.spool.in_doubt(entry):
                     await self._hold_in_doubt(entry, state)
                     return
                 if not state.decided:
@@ -215,7 +216,9 @@ class DeliveryQueue:
     async def _deliver(self, entry: SpoolEntry, state: SpoolState) -> None:
         envelope = entry.envelope
         pending = [r for r in envelope.rcpt_to if r not in state.delivered]
-        raw = await asyncio.to_thread(entry.raw)
+        raw = entry.raw_if_small()
+        if raw is None:
+            raw = await asyncio.to_thread(entry.raw)
         data = crlf(_with_headers(raw, state.add_headers))
         data = self.gateway.dkim.sign(data)
 
@@ -289,7 +292,12 @@ class DeliveryQueue:
             await asyncio.to_thread(self.spool.save_state, entry, state, durable=True)
             entry.release()
             return
-        await asyncio.to_thread(self.spool.remove, entry)
+        if entry.unlinked:
+            # Its removal is durable already (settled): unlinking the state file and closing
+            # the descriptor is no work for a thread hop.
+            self.spool.remove(entry)
+        else:
+            await asyncio.to_thread(self.spool.remove, entry)
 
     async def _hold_in_doubt(self, entry: SpoolEntry, state: SpoolState) -> None:
         # The process died between handing the message over and hearing the answer: the next

@@ -12,7 +12,7 @@ import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .scache import ConnectionCache, Destination, Session, close_session
+from .scache import ConnectionCache, Destination, Session, close_session, reset_session
 
 __all__ = ["RelayResult", "parse_next_hop", "send"]
 
@@ -64,6 +64,40 @@ def _open(
     return Session(client, Destination(host, port, helo, tls, secure))
 
 
+def _pipelined(
+    client: smtplib.SMTP, mail_from: str, options: list[str], recipients: list[str], *, rset: bool
+) -> tuple[tuple[int, bytes], list[tuple[int, bytes]]] | None:
+    """RSET (when ``rset``), MAIL and every RCPT in one write (RFC 2920), then their replies:
+    MAIL's and one per recipient; ``None`` when RSET was not answered 250 (or the connection
+    failed before its answer).
+
+    The commands are the ones smtplib's ``rset()``, ``mail()`` and ``rcpt()`` write, in one
+    round trip instead of one each.
+    """
+    # As smtplib's mail() (and its rset(), which goes back to ASCII) would set it.
+    client.command_encoding = "utf-8" if "SMTPUTF8" in options else "ascii"
+    optionlist = " " + " ".join(options) if options else ""
+    lines = ["RSET\r\n"] if rset else []
+    lines.append(f"mail FROM:{smtplib.quoteaddr(mail_from)}{optionlist}\r\n")
+    lines += [f"rcpt TO:{smtplib.quoteaddr(r)}\r\n" for r in recipients]
+    try:
+        client.send("".join(lines))
+        if rset:
+            code, _ = client.getreply()
+            if code != 250:
+                return None
+    except (OSError, smtplib.SMTPException):
+        if rset:
+            # Gone while idle (as a failed RSET in scache): nothing of the message was sent.
+            return None
+        raise
+    mail = client.getreply()
+    if mail[0] == 421:
+        # The server closes after 421 (RFC 5321 3.8): nothing more will be answered.
+        return mail, []
+    return mail, [client.getreply() for _ in recipients]
+
+
 def send(
     next_hop: str,
     mail_from: str,
@@ -94,40 +128,66 @@ def send(
     # Set only where the last command got its reply and that reply was not 421 (RFC 5321
     # 3.8: the server closes after it): only then can the next message start with RSET.
     in_sync = False
+    # A reused connection's RSET goes out with MAIL and RCPT when it offers PIPELINING.
+    reusable = connections
     session: Session | None = None
     try:
-        if connections is not None:
-            session = connections.take(host, port, helo, tls, timeout)
-        if session is None:
-            session = _open(host, port, helo=helo, tls=tls, context=context, timeout=timeout)
-        client = session.client
-        result.tls = session.destination.secure
-        if tls == "required" and not result.tls:
-            for rcpt in recipients:
-                result.replies[rcpt] = (450, "4.7.10 next hop offers no STARTTLS")
-            in_sync = True  # ended with QUIT, but never kept: it could carry no message
-            return result
-        if client.sock is not None:
-            # The last message on this connection raised the timeout for its final dot.
-            client.sock.settimeout(timeout)
-        options = []
-        if client.has_extn("size"):
-            options.append(f"SIZE={len(data)}")
-        if client.has_extn("8bitmime") and any(b > 127 for b in data):
-            options.append("BODY=8BITMIME")
-        if client.has_extn("smtputf8") and not all(a.isascii() for a in [mail_from, *recipients]):
-            options.append("SMTPUTF8")
+        while True:
+            session = None
+            if reusable is not None:
+                session = reusable.take(host, port, helo, tls, timeout, reset=False)
+            reused = session is not None
+            if session is not None and not session.client.has_extn("pipelining"):
+                if not reset_session(session, timeout):
+                    log.debug("connection to %s:%d failed RSET; opening a new one", host, port)
+                    close_session(session, quit=session.client.sock is not None)
+                    session, reused = None, False
+            if session is None:
+                session = _open(host, port, helo=helo, tls=tls, context=context, timeout=timeout)
+            client = session.client
+            result.tls = session.destination.secure
+            if tls == "required" and not result.tls:
+                for rcpt in recipients:
+                    result.replies[rcpt] = (450, "4.7.10 next hop offers no STARTTLS")
+                in_sync = True  # ended with QUIT, but never kept: it could carry no message
+                return result
+            if client.sock is not None:
+                # The last message on this connection raised the timeout for its final dot.
+                client.sock.settimeout(timeout)
+            options = []
+            if client.has_extn("size"):
+                options.append(f"SIZE={len(data)}")
+            if client.has_extn("8bitmime") and any(b > 127 for b in data):
+                options.append("BODY=8BITMIME")
+            if client.has_extn("smtputf8") and not all(
+                a.isascii() for a in [mail_from, *recipients]
+            ):
+                options.append("SMTPUTF8")
+            if not client.has_extn("pipelining"):
+                code, message = client.mail(mail_from, options)
+                rcpt_replies = None
+                break
+            mailed = _pipelined(client, mail_from, options, recipients, rset=reused)
+            if mailed is not None:
+                (code, message), rcpt_replies = mailed
+                break
+            # The idle connection did not answer RSET with 250 (what scache checks itself
+            # without PIPELINING): a fresh one, before any byte of the message went out.
+            log.debug("connection to %s:%d failed RSET; opening a new one", host, port)
+            close_session(session, quit=client.sock is not None)
+            session, reusable = None, None
         session.messages += 1
-        code, message = client.mail(mail_from, options)
         if code >= 300:
             for rcpt in recipients:
                 result.replies[rcpt] = (code, _text(message))
-            in_sync = code != 421
+            # A pipelined RCPT after a refused MAIL got its own (refusal) reply, read above.
+            closing = code == 421 or any(c == 421 for c, _ in rcpt_replies or [])
+            in_sync = not closing
             return result
         accepted = []
         closing = False
-        for rcpt in recipients:
-            code, message = client.rcpt(rcpt)
+        for i, rcpt in enumerate(recipients):
+            code, message = rcpt_replies[i] if rcpt_replies is not None else client.rcpt(rcpt)
             result.replies[rcpt] = (code, _text(message))
             closing = closing or code == 421
             if code < 300:

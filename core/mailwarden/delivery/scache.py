@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-__all__ = ["ConnectionCache", "Destination", "Session", "close_session"]
+__all__ = ["ConnectionCache", "Destination", "Session", "close_session", "reset_session"]
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,8 @@ def _peer_has_spoken(session: Session) -> bool:
     return bool(poller.poll(0))
 
 
-def _reset(session: Session, timeout: float) -> bool:
+def reset_session(session: Session, timeout: float) -> bool:
+    """RSET on an idle connection: True when it answered 250 (smtplib closes it on errors)."""
     client = session.client
     if client.sock is None:
         return False
@@ -104,8 +105,13 @@ class ConnectionCache:
         self._lock = threading.Lock()
         self._closed = False
 
-    def take(self, host: str, port: int, helo: str, tls: str, timeout: float) -> Session | None:
-        """An idle connection that answered RSET with 250, or None: then open a new one."""
+    def take(
+        self, host: str, port: int, helo: str, tls: str, timeout: float, *, reset: bool = True
+    ) -> Session | None:
+        """An idle connection that answered RSET with 250, or None: then open a new one.
+
+        With ``reset=False`` the caller sends RSET itself (pipelined with its next commands)
+        and must drop the connection unless that RSET is answered 250."""
         # With opportunistic TLS a protected connection is preferred; a clear one is only here
         # when its server offered no STARTTLS, which is what a new connection would find too.
         wanted = [
@@ -124,7 +130,7 @@ class ConnectionCache:
                 log.debug("connection to %s:%d closed while idle", host, port)
                 close_session(session, quit=False)
                 continue  # another idle one may still be fine: this costs no round trip
-            if not _reset(session, timeout):
+            if reset and not reset_session(session, timeout):
                 # The server is up but unhappy, or gone silently: a new connection is the
                 # better bet than probing the other idle ones one round trip at a time.
                 log.debug("connection to %s:%d failed RSET; opening a new one", host, port)

@@ -137,9 +137,13 @@ class GatewaySMTP(SMTP):
         bare_newline_exempt: Callable[[Any], bool] | None = None,
         junk_command_limit: int = 100,
         auth_offered: Callable[[], bool] | None = None,
+        template: GatewaySMTP | None = None,
         **kw: Any,
     ):
-        super().__init__(*args, **kw)
+        if template is None:
+            super().__init__(*args, **kw)
+        else:
+            self._init_like(template)
         self._limits = limits
         self._implicit_tls = implicit_tls
         if implicit_tls:
@@ -159,9 +163,53 @@ class GatewaySMTP(SMTP):
         self._processing = False
         self._previous_cr = False
         self.auth_failures = 0
+        self._continued: list[str] = []
         # When the session last finished a command (None while one is being handled): the
         # listener closes the longest idle connection first when it must make room.
         self.idle_since: float | None = None
+
+    def _init_like(self, template: GatewaySMTP) -> None:
+        """aiosmtpd's ``__init__`` for one more connection like ``template`` (never connected).
+
+        aiosmtpd builds its command, hook and AUTH tables with ``inspect.getmembers`` and
+        ``dir`` on every connection (a fifth of a millisecond); they depend only on the class,
+        the handler and the listener's options, so they are taken from the template and only
+        the methods bound to the template are bound to this connection.
+        """
+        loop = template.loop
+        asyncio.StreamReaderProtocol.__init__(
+            self,
+            asyncio.StreamReader(loop=loop, limit=self.line_length_limit),
+            client_connected_cb=self._cb_client_connected,
+            loop=loop,
+        )
+        own = vars(self)
+        for name, value in vars(template).items():
+            if name not in own:
+                own[name] = value
+        self._smtp_methods = {
+            command: method.__func__.__get__(self)
+            for command, method in template._smtp_methods.items()
+        }
+        self._auth_methods = {
+            name: mechanism._replace(method=cast(Any, mechanism.method).__func__.__get__(self))
+            if mechanism.is_builtin
+            else mechanism
+            for name, mechanism in template._auth_methods.items()
+        }
+
+    @classmethod
+    def factory(cls, *args: Any, **kw: Any) -> Callable[[], GatewaySMTP]:
+        """A protocol factory for a listener: connections built like the first, cheaply."""
+        template: GatewaySMTP | None = None
+
+        def build() -> GatewaySMTP:
+            nonlocal template
+            if template is None:
+                template = cls(*args, **kw)
+            return cls(*args, template=template, **kw)
+
+        return build
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self.transport is None and not self._refused:
@@ -268,7 +316,19 @@ class GatewaySMTP(SMTP):
         self._close_with(f"421 4.4.2 {self.hostname} Error: timeout exceeded")
 
     async def push(self, status: AnyStr) -> None:
-        await super().push(status)
+        # A multi-line reply (EHLO's) goes out in one write: aiosmtpd sends each line with its
+        # own send(), eight system calls and as many segments for one EHLO.
+        if isinstance(status, str) and status[3:4] == "-":
+            self._continued.append(status)
+            return
+        if self._continued:
+            text = status if isinstance(status, str) else status.decode("utf-8", "replace")
+            self._continued.append(text)
+            joined = "\r\n".join(self._continued)
+            self._continued.clear()
+            await super().push(joined)
+        else:
+            await super().push(status)
         self.idle_since = self.loop.time()
 
     async def _junk(self, command: str) -> bool:
@@ -804,8 +864,8 @@ async def start_smtp_servers(
     if cfg.starttls or cfg.tls_port:
         context = await asyncio.to_thread(server_context, gateway.config)
 
-    def factory(implicit: bool) -> SMTP:
-        return GatewaySMTP(
+    def factory(implicit: bool) -> Callable[[], GatewaySMTP]:
+        return GatewaySMTP.factory(
             handler,
             hostname=gateway.config.gateway.hostname,
             ident="mailwarden ESMTP",
@@ -832,13 +892,13 @@ async def start_smtp_servers(
     reuse_port = worker_count(cfg.workers) > 1
     servers = [
         await loop.create_server(
-            lambda: factory(False), sock=listening_socket(cfg.listen, cfg.port, reuse_port)
+            factory(False), sock=listening_socket(cfg.listen, cfg.port, reuse_port)
         )
     ]
     if implicit_tls and cfg.tls_port and context is not None:
         servers.append(
             await loop.create_server(
-                lambda: factory(True),
+                factory(True),
                 sock=listening_socket(cfg.listen, cfg.tls_port, reuse_port),
                 ssl=context,
             )
