@@ -135,9 +135,9 @@ def test_serve_sends_events_out_serves_metrics_and_counts(tmp_path: Path) -> Non
     assert day["messages"] == {"": 2}
     assert day["antivirus"] == {"clean": 1, "infected": 1}
     assert stats.top("d", bucket_of("d", time.time()), "sender")[0][1] == 1
-    assert dict(stats.top("d", bucket_of("d", time.time()), "detection")) == {
-        "Eicar-Test-Signature": 1
-    }
+    # Antispam rule hits are detections too (the shipped rules score these test messages).
+    detections = dict(stats.top("d", bucket_of("d", time.time()), "detection"))
+    assert detections["Eicar-Test-Signature"] == 1
     actions = [e.action for e in ApplicationLog(home / "app-log").search()]
     # The home was made 0755 (umask 022): narrowed at start, and said so.
     assert actions == ["gateway stopped", "gateway started", "store permissions narrowed"]
