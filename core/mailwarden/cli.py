@@ -17,7 +17,7 @@ from typing import Any
 import click
 import msgspec
 
-from mailwarden_sdk import ActionKind, AntivirusStatus, SpamStatus
+from mailwarden_sdk import ActionKind, AntivirusStatus, Category, SpamStatus
 from mailwarden_sdk.timeparse import TIME_FORMS, TimeParam
 
 from . import __version__
@@ -325,9 +325,14 @@ def scan(
                         helo=helo or None,
                     )
                     decision = await gateway.scan(raw, envelope)
+                    verdict = decision.verdict
+                    if not_message:
+                        # A spam score of a CSV or an image means nothing (no headers to
+                        # read): what a plain file can carry is a virus or blocked content.
+                        verdict = msgspec.structs.replace(verdict, spam=SpamStatus.CLEAN)
                     if decision.verdict.errors:
                         worst = EXIT_ERROR
-                    elif decision.verdict.detected and worst == EXIT_CLEAN:
+                    elif verdict.detected and worst == EXIT_CLEAN:
                         worst = EXIT_DETECTED
                 if progress:
                     click.echo("\r\033[K", nl=False, err=True)
@@ -383,12 +388,18 @@ def _print_scan_row(
         f.code + (f"({f.details['signature']})" if "signature" in f.details else "")
         for f in verdict.findings
     ]
-    # A file that is no message has no message action and no message-format findings.
+    # A file that is no message has no message action, no spam verdict and no findings about
+    # message headers or format.
     action = "(file)" if not_message else decision.action.kind.value
+    spam = "-" if not_message else verdict.spam.value
     if not_message:
-        codes = [c for c in codes if not c.startswith("MISSING_")] + [not_message]
+        codes = [
+            code
+            for code, finding in zip(codes, verdict.findings, strict=True)
+            if finding.category is not Category.ANTISPAM and not code.startswith("MISSING_")
+        ] + [not_message]
     click.echo(
-        f"{name:<{width}}  {verdict.antivirus.value:<11}  {verdict.spam.value:<13}  "
+        f"{name:<{width}}  {verdict.antivirus.value:<11}  {spam:<13}  "
         f"{action:<10}  {', '.join(codes) or '-'}"
     )
 

@@ -184,7 +184,12 @@ def test_expiry_follows_time_queued_even_with_the_clock_set_back(
         began = time.monotonic()
         await _deferred(gateway, 1)
         clock.offset = -6 * DAYS
-        await _until(lambda: _generated(gateway) == 1, 10, "the DSN after max_age")
+        # The DSN is spooled first, then the expired original removed: wait for both.
+        await _until(
+            lambda: _generated(gateway) == 1 and len(gateway.spool.ids()) == 1,
+            10,
+            "the DSN after max_age, the original gone",
+        )
         assert time.monotonic() - began >= 1.5
         [dsn] = gateway.spool.ids()
         assert gateway.spool.load_state(dsn).generated

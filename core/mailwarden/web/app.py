@@ -185,7 +185,9 @@ class WebState:
                 days=cfg.digest_link_days,
             )
             os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{now:.3f}\n".encode("ascii"), 0)
+            # repr: the exact float, so "due" compares the very time written (3 decimals
+            # rounded up made a digest a day later look not due yet).
+            os.pwrite(fd, f"{now!r}\n".encode("ascii"), 0)
             self.audit.write("digest.sent", "mailwarden", recipients=len(sent))
             return sent
         finally:
