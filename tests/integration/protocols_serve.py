@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import socket
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from mailwarden.testing import build_message
 from tests.conftest import EICAR, free_port
+from tests.integration.test_smtp_serve import home_cli
 from tests.serving import start_serve, stop_serve
 
 GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
@@ -49,14 +48,7 @@ class Served:
     smtp: int
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "mailwarden", *args],
-            capture_output=True,
-            text=True,
-            check=False,
-            env={**os.environ, "MAILWARDEN_HOME": str(self.home)},
-            timeout=60,
-        )
+        return home_cli(self.home, *args)
 
 
 @contextlib.contextmanager

@@ -27,14 +27,19 @@ class Server:
         self.log = log
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "mailwarden", *args],
-            capture_output=True,
-            text=True,
-            check=False,
-            env={**os.environ, "MAILWARDEN_HOME": str(self.home)},
-            timeout=60,
-        )
+        return home_cli(self.home, *args)
+
+
+def home_cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``mailwarden ARGS`` on ``home``, its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "mailwarden", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "MAILWARDEN_HOME": str(home)},
+        timeout=60,
+    )
 
 
 def _wait_for_port(

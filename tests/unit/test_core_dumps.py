@@ -14,9 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
-from tests.conftest import free_port
+from tests.conftest import free_port, need
 from tests.serving import start_serve, stop_serve
 
 CORE_PATTERN = Path("/proc/sys/kernel/core_pattern").read_text().strip()
@@ -75,8 +73,8 @@ def test_a_crashing_worker_writes_no_core_file(tmp_path: Path) -> None:
         assert _dumps(tmp_path) == []
 
 
-@pytest.mark.skipif(not LOCAL_CORES, reason=f"core_pattern {CORE_PATTERN!r} sends dumps away")
 def test_core_dumps_when_enabled_go_to_the_capped_inventoried_store(tmp_path: Path) -> None:
+    need(LOCAL_CORES, f"core_pattern {CORE_PATTERN!r} sends dumps away from the working folder")
     cap = 512 << 20
     process, home, _cwd, log = _serve(
         tmp_path, f"core_dumps = true\ncore_dumps_max_bytes = {cap}\n"

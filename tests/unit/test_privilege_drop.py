@@ -17,10 +17,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import make_message
+from tests.conftest import make_message, need
 from tests.serving import start_serve, stop_serve
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch accounts")
+
+@pytest.fixture(autouse=True)
+def _as_root() -> None:
+    need(os.geteuid() == 0, "switching accounts needs root")
+
 
 USER = "nobody"
 
@@ -30,7 +34,8 @@ def _free_low_port() -> int:
         with contextlib.suppress(OSError), socket.socket() as sock:
             sock.bind(("127.0.0.1", port))
             return port
-    pytest.skip("no free port below 1024")
+    need(False, "no free port below 1024")
+    raise AssertionError("unreachable")
 
 
 def _readable_by_others(path: Path) -> bool:
@@ -52,7 +57,7 @@ def _serve_command() -> list[str]:
     system = Path("/usr/bin") / version
     site = Path(sysconfig.get_paths()["purelib"])
     if not system.exists() or not _readable_by_others(site):
-        pytest.skip(f"no {version} the account {USER} can read")
+        need(False, f"no {version} the account {USER} can read")
     start = (
         f"import site, sys; site.addsitedir({str(site)!r}); "
         "from mailwarden.cli import main; sys.argv[0] = 'mailwarden'; main()"

@@ -587,18 +587,11 @@ class SmtpHandler:
         directory = self.gateway.directory
         if directory is None or "@" not in name or not password:
             return False
-        from ..directory.model import DirectoryError
-        from ..web.directory_login import check_directory_password
+        from ..web.directory_login import login_directory_user
 
-        try:
-            entry = directory.client.lookup(name)
-        except DirectoryError as exc:
-            log.warning("SMTP AUTH for %s: directory lookup failed: %s", name, exc)
-            return False
-        if entry is None:
-            return False
         config = self.gateway.config
-        return check_directory_password(config.web, config.directory, entry, password).ok
+        found = login_directory_user(directory, config.web, config.directory, name, password)
+        return found is not None and found[1].ok
 
     async def auth_PLAIN(self, server: SMTP, args: list[str]) -> AuthResult:
         """RFC 4616: ``authzid NUL authcid NUL password``, inline or after a 334."""

@@ -376,21 +376,16 @@ async def _login(state: WebState, name: str, password: str, client: str) -> Iden
 def _directory_login(state: WebState, address: str, password: str) -> Identity | str | None:
     """The directory user's identity; ``None`` for a wrong name or password, or what kept the
     password from being checked (a bind method the server does not offer)."""
-    from ..directory.model import DirectoryError
-    from .directory_login import check_directory_password
+    from .directory_login import login_directory_user
 
     directory = state.gateway.directory
     if directory is None:
         return None
-    try:
-        entry = directory.client.lookup(address)
-    except DirectoryError as exc:
-        log.warning("directory login for %s failed: %s", address, exc)
-        return None
-    if entry is None:
-        return None
     web = state.file_config.web
-    checked = check_directory_password(web, state.gateway.config.directory, entry, password)
+    found = login_directory_user(directory, web, state.gateway.config.directory, address, password)
+    if found is None:
+        return None
+    entry, checked = found
     if checked.problem:
         log.warning("directory login for %s: %s", address, checked.problem)
         return checked.problem

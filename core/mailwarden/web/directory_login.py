@@ -29,8 +29,9 @@ from ..directory.client import ldap_server
 if TYPE_CHECKING:
     from ..config import DirectoryConfig, WebConfig
     from ..directory.model import DirectoryEntry
+    from ..directory.service import Directory
 
-__all__ = ["BindResult", "check_directory_password", "server_offers_ntlm"]
+__all__ = ["BindResult", "check_directory_password", "login_directory_user", "server_offers_ntlm"]
 
 log = logging.getLogger(__name__)
 
@@ -150,3 +151,20 @@ def check_directory_password(
             'set [web] login_bind = "simple" or "auto"',
         )
     return BindResult(False, method)
+
+
+def login_directory_user(
+    directory: Directory, web: WebConfig, cfg: DirectoryConfig, address: str, password: str
+) -> tuple[DirectoryEntry, BindResult] | None:
+    """Look ``address`` up and bind as it with ``password``: the entry and how the bind went,
+    or ``None`` when the directory does not know the address (or could not be asked)."""
+    from ..directory.model import DirectoryError
+
+    try:
+        entry = directory.client.lookup(address)
+    except DirectoryError as exc:
+        log.warning("directory lookup for %s failed: %s", address, exc)
+        return None
+    if entry is None:
+        return None
+    return entry, check_directory_password(web, cfg, entry, password)
