@@ -462,7 +462,13 @@ class Unpacker:
         try:
             archive = zipfile.ZipFile(io.BytesIO(bytes(data)))
         except Exception as exc:  # NotImplementedError, IndexError, ... too
-            raise _Corrupt.of("zip", exc) from None
+            # no central directory (a split archive's first volume, a cut download): the
+            # members are read by their local headers, and the damage is still reported
+            damage = _Corrupt.of("zip", exc)
+            from .readers.libarchive_formats import read_zip_local_headers
+
+            yield from read_zip_local_headers(self, bytes(data))
+            raise damage from None
         with archive:
             for info in archive.infolist():
                 # One member's damage (a corrupt LZMA stream beside a readable member) is

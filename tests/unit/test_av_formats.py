@@ -50,6 +50,7 @@ TOOLS = (
     "mscompress",
     "macutils",
     "libarchive13",
+    "unar",
 )
 
 # EICAR and some text that does not compress to nothing, so every tool really compresses
@@ -671,6 +672,29 @@ def test_freshclam_directory_is_used_and_builtin_only_is_said_plainly(tmp_path: 
         assert plugin.banner_note().startswith("WARNING: only the built-in EICAR test signature")
     finally:
         run.close()
+
+
+def test_the_dashboard_says_when_only_the_test_signature_is_loaded(tmp_path: Path) -> None:
+    from tests.web.conftest import Web
+
+    freshclam = tmp_path / "clamav"
+    freshclam.mkdir()
+    config = f'[antivirus]\nsystem_database = "{freshclam}"\n'
+    warning = "WARNING: only the built-in EICAR test signature is loaded: no real virus"
+    pages = []
+    for home in ("home-empty", "home-freshclam"):
+        web = Web(tmp_path / home, config)
+        try:
+            auditor, _ = web.login("auditor")
+            page = auditor.get("/")
+            assert page.status_code == 200
+            pages.append(page.text[page.text.index('id="signatures"') :])
+        finally:
+            web.close()
+        hdb = f"{hashlib.md5(EICAR).hexdigest()}:{len(EICAR)}:Freshclam.Eicar\n".encode()
+        (freshclam / "daily.cvd").write_bytes(cvd({"daily.hdb": hdb}))
+    assert warning in pages[0]
+    assert warning not in pages[1] and "2 signatures loaded" in pages[1]
 
 
 @settings(max_examples=12, deadline=None)

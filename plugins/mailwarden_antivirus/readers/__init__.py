@@ -121,6 +121,6 @@ READERS: dict[str, Reader] = {
     **dict.fromkeys(("binhex", "szdd", "uuencode", "html"), _lazy("encodings", "read_encoding")),
     "sis": _unsupported("sis: Symbian installer, no reader"),
     "kwaj": _unsupported("kwaj: MS-DOS KWAJ compression, no reader"),
-    "alz": _unsupported("alz: ALZip archive, no reader"),
+    "alz": _lazy("sevenzip_tool", "read_with_unar"),
     "installshield": _unsupported("installshield: InstallShield installer, not unpacked"),
 }
