@@ -24,6 +24,7 @@ import sys
 import tarfile
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,7 @@ TOOLS = (
     "macutils",
     "libarchive13",
     "unar",
+    "fp-utils-3.2.2",
 )
 
 # EICAR and some text that does not compress to nothing, so every tool really compresses
@@ -89,7 +91,20 @@ def tool_samples(work: Path, payload: bytes = PAYLOAD) -> dict[str, bytes]:
     run(["mscompress", "payload.com"], work)
     out["payload.co_"] = (work / "payload.com_").read_bytes()
     out["payload.hqx"] = run(["binhex", "-d", "payload.com"], work)
+    (work / "index.html").write_text("<html><body>help</body></html>")
+    (work / "s.hhp").write_text(
+        "[OPTIONS]\nCompiled file=s.chm\nDefault topic=index.html\nTitle=t\n\n"
+        "[FILES]\nindex.html\npayload.com\n"
+    )
+    run([chmcmd(), "s.hhp"], work)  # Free Pascal's CHM compiler (LZX, as Microsoft's hhc)
+    out["help.chm"] = (work / "s.chm").read_bytes()
     return out
+
+
+def chmcmd() -> str:
+    found = shutil.which("chmcmd") or next(iter(sorted(Path("/usr/bin").glob("chmcmd-*"))), None)
+    assert found is not None, "fp-utils installs chmcmd"
+    return str(found)
 
 
 def library_samples(work: Path, payload: bytes = PAYLOAD) -> dict[str, bytes]:
@@ -119,6 +134,7 @@ def library_samples(work: Path, payload: bytes = PAYLOAD) -> dict[str, bytes]:
         + b'">x</a></body></html>'
     )
     out["payload.tar.zst"] = _zstd_tar(payload)
+    out["archive.rar"] = rar4({"payload.com": payload})
     return out
 
 
@@ -196,6 +212,34 @@ def compound_file(streams: dict[str, bytes]) -> bytes:
     difat = [fat_sector + i for i in range(n_fat)] + [none] * (109 - n_fat)
     header += struct.pack("<109I", *difat)
     return header + bytes(body) + directory + struct.pack(f"<{len(fat)}I", *fat)
+
+
+def rar4(files: dict[str, bytes]) -> bytes:
+    """A RAR 4 archive with ``files`` stored (method 0x30): no free program writes RAR, and
+    unar, 7z and libarchive read what this writes (checked below)."""
+
+    def block(kind: int, flags: int, fields: bytes, data: bytes = b"") -> bytes:
+        head = struct.pack("<BHH", kind, flags, 5 + 2 + len(fields)) + fields
+        crc = zlib.crc32(head) & 0xFFFF
+        return struct.pack("<H", crc) + head + data
+
+    out = b"Rar!\x1a\x07\x00" + block(0x73, 0, struct.pack("<HI", 0, 0))
+    for name, data in files.items():
+        encoded = name.encode()
+        fields = struct.pack(
+            "<IIBIIBBHI",
+            len(data),  # packed size
+            len(data),  # unpacked size
+            2,  # host OS: Windows
+            zlib.crc32(data),
+            0x5A210000,  # DOS time
+            20,  # version needed: 2.0
+            0x30,  # method: store
+            len(encoded),
+            0x20,  # attributes: archive
+        )
+        out += block(0x74, 0x8000, fields + encoded, data)
+    return out + block(0x7B, 0x4000, b"")
 
 
 def tnef(attachments: list[tuple[str, bytes]]) -> bytes:
@@ -316,6 +360,16 @@ def test_every_format_is_read_and_the_file_inside_detected(
             ]
     assert missed == {}
     assert len(samples) >= 20
+
+
+def test_the_written_rar_is_one_unar_and_7z_read(samples: dict[str, bytes], tmp_path: Path) -> None:
+    """The RAR writer above is checked by two independent readers, so the sample is a RAR a
+    user could have received, not one only our reader accepts."""
+    (tmp_path / "s.rar").write_bytes(samples["archive.rar"])
+    run(["unar", "-q", "-o", "unar", "s.rar"], tmp_path)
+    run(["7z", "x", "-bd", "-o7z", "s.rar"], tmp_path)
+    for tool in ("unar", "7z"):
+        assert (tmp_path / tool / "payload.com").read_bytes() == PAYLOAD, tool
 
 
 def test_encodings_in_any_part_are_decoded(gateway: Run) -> None:
