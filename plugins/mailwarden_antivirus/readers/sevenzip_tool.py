@@ -80,7 +80,8 @@ def read_with_7z(
             raise _Encrypted(f"{fmt}: password-protected")
         if proc.returncode != 0 and "Unsupported" in text:
             raise _Unsupported(f"{fmt}: 7z: unsupported method")
-        files = sorted(p for p in out.rglob("*") if p.is_file())
+        # a symlink an archive made (unar and 7z restore them) may point anywhere on this host
+        files = sorted(p for p in out.rglob("*") if p.is_file() and not p.is_symlink())
         if proc.returncode != 0 and not files:
             # GNUstep (under unar) logs date warnings on stderr: not the reason
             said = [line for line in text.splitlines() if line.strip() and "NSCalendar" not in line]
