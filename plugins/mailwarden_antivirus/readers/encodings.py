@@ -193,7 +193,9 @@ _BASE64_RUN = re.compile(rb"[A-Za-z0-9+/]{128,}={0,2}")
 
 def _html(budget: Budget, data: bytes) -> Members:
     spans: list[tuple[int, int]] = []
-    for index, match in enumerate(_DATA_URI.finditer(data)):
+    # a case-insensitive pattern is tried at every position: most HTML has no data: URI
+    uris = _DATA_URI.finditer(data) if b"data:" in data.lower() else iter(())
+    for index, match in enumerate(uris):
         payload = match.group(4)
         try:
             if match.group(3):
