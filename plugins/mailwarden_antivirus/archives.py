@@ -468,7 +468,10 @@ class Unpacker:
             if _local_header_fits(data):
                 from .readers.libarchive_formats import read_zip_local_headers
 
-                yield from read_zip_local_headers(self, bytes(data))
+                try:
+                    yield from read_zip_local_headers(self, bytes(data))
+                except _Corrupt:
+                    pass  # libarchive stops where the directory should be: the same damage
             raise damage from None
         with archive:
             for info in archive.infolist():
