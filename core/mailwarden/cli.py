@@ -121,9 +121,9 @@ class _CommandHost:
     scan. ``resubmit`` needs the running pipeline and is refused."""
 
     def __init__(self, config: Config) -> None:
-        from .pipeline import _Host
+        from .pipeline import Host
 
-        self._host = _Host(config)
+        self._host = Host(config)
         self.config = config
 
     def config_for(self, section: str) -> Any:

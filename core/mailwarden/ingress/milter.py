@@ -733,21 +733,6 @@ def _address(value: str) -> str:
     return value[1:-1] if value.startswith("<") and value.endswith(">") else value
 
 
-_REFUSING = (ActionKind.REJECT, ActionKind.TEMPFAIL)
-
-
-async def hold(gateway: Gateway, d: Decision) -> str:
-    """Keep the message in the gateway's quarantine with its envelope (durable on return)."""
-    return await asyncio.to_thread(
-        gateway.quarantine.hold,
-        d.with_headers(),
-        d.envelope,
-        decision=d.id,
-        rule=d.rule.name,
-        reason=d.action.reason,
-    )
-
-
 class GatewayMilter:
     """Scans with the gateway and turns its decision into milter changes and a reply.
 
@@ -788,7 +773,7 @@ class GatewayMilter:
         )
 
     async def end_of_message(self, message: MilterMessage) -> MilterResult:
-        from ..pipeline import _accepted_form
+        from ..pipeline import settle
 
         gateway = self.gateway
         raw = message.raw()
@@ -800,19 +785,18 @@ class GatewayMilter:
         parsed = await run_cpu_bound(len(raw), parse, raw)
         decisions = [await gateway.scan(raw, env, message=parsed) for _, env in groups]
         try:
-            await gateway.keep_backups(decisions)
+            await gateway.outbox.keep_backups(decisions)
         except Exception as exc:
             # Nothing is changed or dropped without its copy: the MTA keeps the message.
             log.warning("milter: cannot keep a backup copy: %r", exc)
             return MilterResult("tempfail", 451, "4.3.0 Cannot keep a backup copy now")
-        if all(d.action.kind in _REFUSING for d in decisions):
-            chosen = next((d for d in decisions if d.action.kind is ActionKind.TEMPFAIL), None)
-            chosen = chosen or decisions[0]
-            temporary = chosen.action.kind is ActionKind.TEMPFAIL
+        refusal = settle(decisions)
+        if refusal is not None:
+            temporary = refusal.action.kind is ActionKind.TEMPFAIL
             result = MilterResult(
                 "tempfail" if temporary else "reject",
-                chosen.action.smtp_code,
-                chosen.action.smtp_text,
+                refusal.action.smtp_code,
+                refusal.action.smtp_text,
             )
             for d in decisions:
                 self._record(d, f"{result.code} {result.text}")
@@ -823,12 +807,11 @@ class GatewayMilter:
             result = MilterResult("accept")
             by_address = {_address(r): r for r, _ in message.recipients}
             for d in decisions:
-                d.action = _accepted_form(d.action)
                 if d.action.kind is ActionKind.DELIVER:
                     continue
                 if d.action.kind is ActionKind.QUARANTINE:
                     # The MTA's hold queue holds a message for everyone: a part is ours.
-                    await hold(gateway, d)
+                    await gateway.outbox.hold(d)
                 result.delete_recipients += [by_address.get(r, r) for r in d.envelope.rcpt_to]
             delivered = [d for d in decisions if d.action.kind is ActionKind.DELIVER]
             if delivered:
@@ -869,10 +852,10 @@ class GatewayMilter:
         if kind is ActionKind.DELIVER:
             self._tag(result, d)
         elif kind is ActionKind.QUARANTINE and self.quarantine == "hold":
-            result.add_headers = list(d.action.add_headers)
+            result.add_headers = d.added_headers()
             result.quarantine = f"mailwarden {d.action.reason} {d.id[:12]}"
         elif kind is ActionKind.QUARANTINE:
-            await hold(self.gateway, d)
+            await self.gateway.outbox.hold(d)
             result = MilterResult("discard")
         else:
             result = MilterResult("discard")
@@ -880,14 +863,12 @@ class GatewayMilter:
 
     @staticmethod
     def _tag(result: MilterResult, d: Decision) -> None:
-        result.add_headers = list(d.action.add_headers)
-        tag = d.action.subject_tag
-        if tag:
-            subject = d.message.subject or ""
-            if subject:
-                result.change_headers.append(("Subject", 1, f"{tag} {subject}"))
-            else:
-                result.add_headers.append(("Subject", tag))
+        result.add_headers = d.added_headers()
+        subject = d.tagged_subject()
+        if subject is not None and d.message.subject:
+            result.change_headers.append(("Subject", 1, subject))
+        elif subject is not None:
+            result.add_headers.append(("Subject", subject))
 
     def _record(self, decision: Decision, reply: str) -> None:
         self.gateway.record(decision, ingress="milter", reply=reply)
