@@ -19,39 +19,35 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from mailwarden_native import ParsedMessage, detect_type, parse
+from mailwarden_native import ParsedMessage, parse
 from mailwarden_sdk import (
     QUARANTINE_ID,
-    Action,
     ActionKind,
     Envelope,
     Finding,
     MessageEvent,
     ScanContext,
-    Verdict,
 )
 from mailwarden_sdk import Quarantine as PluginQuarantine
-from mailwarden_sdk.offload import scanning
 
 from .act import Outbox
 from .admission import PolicySteps
 from .config import Config, RuleConfig, load_config
-from .content_rules import DETECTOR as CONTENT_DETECTOR
-from .content_rules import check_content, mime_ambiguities
-from .decide import Deciding, Decision, accepted_form, finished, settle, verdict_failed
-from .detect import TIMEOUT, checked_findings, error_finding
+from .decide import Decision, accepted_form, decide, settle
+from .detect import Detect
 from .dkim import DkimSigner
-from .errors import ConfigError, DeliveryError, PluginError
+from .errors import ConfigError, PluginError
 from .events import MessageEventLog
-from .hookcalls import DaemonExecutor, ObserverLane, call_impl
+from .hookcalls import DaemonExecutor, HookRunner, ObserverLane
 from .hookcalls import hook_kwargs as _kwargs
 from .isolation import IsolatedDetector, target_of
 from .maildir import Maildir
 from .plugins import PluginSet, build_plugin_manager
-from .policy import RuleMatch, RuleSet, compile_rules, fold_findings, rule_runs
-from .quarantine import Quarantine, ReleaseFailed
+from .policy import RuleMatch, RuleSet, compile_rules, fold_findings
+from .quarantine import Quarantine
+from .release import deliver_released, release_held
 from .spool import Spool, SpoolEntry
-from .stage import Stage, detector_stage, elapsed_ms
+from .stage import Stage, elapsed_ms
 from .stores.core import CoreStores
 
 if TYPE_CHECKING:
@@ -174,6 +170,8 @@ class Gateway:
         )
         # Statistics, metrics, events out, and the bounded stores' enforcement (issue 10).
         self.stores = CoreStores(config, self.events)
+        self.hooks = HookRunner(lambda series: self.stores.metrics.errors.labels(series).inc())
+        self.detect = Detect(self.plugins, self.hooks)
         self.maildir = Maildir(config.path_in_home(config.delivery.maildir))
         self.quarantine = Quarantine(config.home / "quarantine")
         self.spool = Spool(config.path_in_home(config.spool.path))
@@ -191,7 +189,6 @@ class Gateway:
         self.delivery = self.outbox.queue
         # Greylisting and rate limits, asked by the ingresses before a message is scanned.
         self.policy_steps = PolicySteps(config, self.stores.metrics)
-        self._executor: DaemonExecutor | None = None
         self._observers: list[ObserverLane] = []
         self._started = False
         # The directory is opened at start(); until then group patterns match nothing.
@@ -230,7 +227,7 @@ class Gateway:
         """Start every plugin (``mailwarden_startup``); a failing plugin stops the start."""
         if self._started:
             return
-        self._executor = DaemonExecutor(_DETECTOR_THREADS, "detector")
+        self.hooks.executor = DaemonExecutor(_DETECTOR_THREADS, "detector")
         from .directory.service import open_directory
 
         # Opening may refresh an empty cache over the network, hence the thread; with the
@@ -243,9 +240,9 @@ class Gateway:
         budget = self.config.hooks.startup
         for impl in self.plugins.pm.hook.mailwarden_startup.get_hookimpls():
             try:
-                await self._call(impl, budget, host=self.host)
+                await self.hooks.call(impl, budget, host=self.host)
             except TimeoutError as exc:
-                self._executor.shutdown(wait=False, cancel_futures=True)
+                self.hooks.executor.shutdown(wait=False, cancel_futures=True)
                 raise PluginError(
                     f"plugin {impl.plugin_name!r} did not start within {budget:g} s "
                     "([hooks] startup)"
@@ -259,7 +256,7 @@ class Gateway:
                 impl.function,
                 hooks.message_processed,
                 hooks.observer_backlog,
-                partial(self._hook_failed, "mailwarden_message_processed", impl.plugin_name),
+                partial(self.hooks.failed, "mailwarden_message_processed", impl.plugin_name),
             )
             for impl in self.plugins.pm.hook.mailwarden_message_processed.get_hookimpls()
         ]
@@ -278,19 +275,19 @@ class Gateway:
         self.stores.flush()
         for impl in self.plugins.pm.hook.mailwarden_shutdown.get_hookimpls():
             try:
-                await self._call(impl, budget, host=self.host)
+                await self.hooks.call(impl, budget, host=self.host)
             except TimeoutError:
                 log.error(
                     "plugin %s did not shut down within %g s ([hooks] shutdown)",
                     impl.plugin_name,
                     budget,
                 )
-                self._hook_failed("mailwarden_shutdown", impl.plugin_name, "timeout")
+                self.hooks.failed("mailwarden_shutdown", impl.plugin_name, "timeout")
             except Exception:
                 log.exception("plugin %s failed to shut down", impl.plugin_name)
-        if self._executor:
-            self._executor.shutdown(wait=False, cancel_futures=True)
-            self._executor = None
+        if self.hooks.executor:
+            self.hooks.executor.shutdown(wait=False, cancel_futures=True)
+            self.hooks.executor = None
         if self._directory_task is not None:
             self._directory_task.cancel()
             await asyncio.gather(self._directory_task, return_exceptions=True)
@@ -370,12 +367,7 @@ class Gateway:
 
     def detectors_for(self, rule: RuleConfig) -> list[str]:
         """Names of the detectors that run under ``rule``."""
-        disabled = set(self.config.detectors.disabled)
-        return [
-            impl.plugin_name
-            for impl in self.plugins.pm.hook.mailwarden_scan.get_hookimpls()
-            if impl.plugin_name not in disabled and rule_runs(rule, impl.plugin_name)
-        ]
+        return self.detect.detectors_for(self.config, rule)
 
     # -- the pipeline ------------------------------------------------------------------------
 
@@ -426,133 +418,18 @@ class Gateway:
         ctx = ScanContext(envelope, message, rule.name)
 
         began = time.perf_counter()
-        names = set(self.detectors_for(rule))
-        impls = [
-            i
-            for i in self.plugins.pm.hook.mailwarden_scan.get_hookimpls()
-            if i.plugin_name in names
-        ]
-        with scanning(message):
-            # The detectors' tasks inherit the mark: a message of many fields or parts has its
-            # CPU work done in threads (run_cpu_bound), whatever its size.
-            detecting = asyncio.gather(*(self._run_detector(impl, ctx, timings) for impl in impls))
-        content = self._check_content(message, rule, timings)
-        blocked, results = await asyncio.gather(content, detecting)
-        results.append(blocked)
-        results.append(mime_ambiguities(message))
-        results.append(list(findings))
+        found = await self.detect.findings(self.config, ctx, rule, findings, timings)
         timings[Stage.DETECT] = elapsed_ms(began)
 
         began = time.perf_counter()
-        folded = fold_findings(f for findings in results for f in findings)
-        verdict, action = await self._decide(ctx, rule, folded)
+        folded = fold_findings(found)
+        verdict, action = await decide(
+            self.plugins.pm.hook, self.hooks, self.config.hooks, ctx, rule, folded
+        )
         timings[Stage.DECIDE] = elapsed_ms(began)
         return Decision(
             uuid.uuid4().hex, envelope, message, rule, verdict, action, timings, context=ctx
         )
-
-    async def _decide(
-        self, ctx: ScanContext, rule: RuleConfig, folded: Verdict
-    ) -> tuple[Verdict, Action]:
-        """The verdict hooks adjust ``folded`` (within ``[hooks] verdict``), the rule decides,
-        the action hooks do what needs the content (``mailwarden_action``, within ``[hooks]
-        action``). The backup copy is named here and kept by :meth:`Outbox.keep_backups` when an
-        ingress acts, so a dry run keeps nothing.
-
-        Both hooks run in one worker thread, one hand-off per message rather than two (each
-        costs about 50 us of CPU); their budgets are watched from here by the stage the thread
-        reached. When the verdict hooks run out of time (or one raises) the folded verdict
-        stands with an error finding and the message is not delivered (see :class:`_Deciding`).
-        """
-        hook = self.plugins.pm.hook
-        deciding = Deciding(hook, ctx, rule, folded)
-        if not (deciding.adjusting or deciding.acting):
-            return folded, finished(deciding.decide(folded, failed=False), None)
-        budgets = self.config.hooks
-        running = asyncio.get_running_loop().run_in_executor(self._executor, deciding.run)
-        if not await deciding.wait(running, budgets.verdict, budgets.action):
-            log.error(
-                "mailwarden_verdict gave no answer within %g s ([hooks] verdict)", budgets.verdict
-            )
-            self._hook_failed("mailwarden_verdict", "*", "timeout")
-            why = f"no answer within {budgets.verdict:g} s"
-            verdict_failed(folded, error_finding("verdict", TIMEOUT, why))
-            action = deciding.decide(folded, failed=True)
-            changed = None
-            if deciding.acting:
-                try:
-                    changed = await call_impl(
-                        hook.mailwarden_action,
-                        {"ctx": ctx, "verdict": folded, "action": action},
-                        budgets.action,
-                        self._executor,
-                    )
-                except TimeoutError:
-                    self._action_timed_out(folded)
-                except Exception:
-                    log.exception("mailwarden_action failed")
-            return folded, finished(action, changed)
-        changed = None
-        if not running.done():
-            # The action stands as decided (a removal no plugin made is held in _finished).
-            self._action_timed_out(deciding.verdict or folded)
-        else:
-            try:
-                changed = running.result()
-            except Exception:
-                log.exception("mailwarden_action failed")
-        verdict = deciding.verdict or folded
-        action = deciding.action or deciding.decide(verdict, failed=False)
-        return verdict, finished(action, changed)
-
-    def _action_timed_out(self, verdict: Verdict) -> None:
-        budget = self.config.hooks.action
-        log.error("mailwarden_action gave no answer within %g s ([hooks] action)", budget)
-        self._hook_failed("mailwarden_action", "*", "timeout")
-        # Recorded with the message; the decision is made already.
-        verdict.findings.append(error_finding("action", TIMEOUT, f"no answer within {budget:g} s"))
-
-    async def _check_content(
-        self, message: ParsedMessage, rule: RuleConfig, timings: dict[str, float]
-    ) -> list[Finding]:
-        if not rule.content.active:
-            return []
-        began = time.perf_counter()
-        try:
-            # Archive listing is Python work on untrusted data: off the event loop, and a
-            # failure is an error finding the rule's error action decides, like a detector's.
-            return await asyncio.to_thread(check_content, message, rule.content, detect_type)
-        except Exception as exc:
-            log.warning("content rules failed: %r", exc)
-            return [error_finding(CONTENT_DETECTOR, "DETECTOR_ERROR", repr(exc))]
-        finally:
-            timings[detector_stage(CONTENT_DETECTOR)] = elapsed_ms(began)
-
-    async def _run_detector(
-        self, impl: Any, ctx: ScanContext, timings: dict[str, float]
-    ) -> list[Finding]:
-        name = impl.plugin_name
-        budget = self.config.detectors.budget(name)
-        began = time.perf_counter()
-        try:
-            result = await self._call(impl, budget, ctx=ctx)
-            return checked_findings(name, result)
-        except TimeoutError:
-            self._hook_failed("mailwarden_scan", name, "timeout")
-            return [error_finding(name, "DETECTOR_TIMEOUT", f"no answer within {budget:g} s")]
-        except Exception as exc:
-            log.warning("detector %s failed: %r", name, exc)
-            return [error_finding(name, "DETECTOR_ERROR", repr(exc))]
-        finally:
-            timings[detector_stage(name)] = elapsed_ms(began)
-
-    async def _call(self, impl: Any, budget: float, **available: Any) -> Any:
-        """One implementation, with the arguments it takes, within ``budget`` seconds."""
-        return await call_impl(impl.function, _kwargs(impl, **available), budget, self._executor)
-
-    def _hook_failed(self, hook: str, plugin: str, kind: str) -> None:
-        # One series per hook and plugin: both are few, fixed by the installation.
-        self.stores.metrics.errors.labels(f"hook {kind}:{hook}:{plugin}"[:80]).inc()
 
     async def process(self, raw: bytes, envelope: Envelope, *, ingress: str = "library") -> Outcome:
         """Spool, scan, act (queue for the next hop, deliver to the Maildir, quarantine, drop)
@@ -649,7 +526,7 @@ class Gateway:
         budget = self.config.hooks.hold
         for impl in self.plugins.pm.hook.mailwarden_hold.get_hookimpls():
             try:
-                result = await self._call(impl, budget, ctx=ctx, verdict=decision.verdict)
+                result = await self.hooks.call(impl, budget, ctx=ctx, verdict=decision.verdict)
             except TimeoutError:
                 # A refusal: nobody else taking it means 451, so the sender keeps the message.
                 log.error(
@@ -658,7 +535,7 @@ class Gateway:
                     decision.id[:12],
                     budget,
                 )
-                self._hook_failed("mailwarden_hold", impl.plugin_name, "timeout")
+                self.hooks.failed("mailwarden_hold", impl.plugin_name, "timeout")
                 continue
             except Exception:
                 log.exception("plugin %s failed to hold %s", impl.plugin_name, decision.id[:12])
@@ -707,27 +584,14 @@ class Gateway:
         release at the same time, in this process or another worker, gets
         :class:`~mailwarden.quarantine.QuarantineBusy` and sends nothing. When delivery
         fails the message is held again and :class:`ReleaseFailed` says why."""
-        claim = await asyncio.to_thread(self.quarantine.claim, held_id)
-        try:
-            where = await self.deliver_released(claim.data, claim.envelope)
-        except Exception as exc:
-            await asyncio.to_thread(self.quarantine.abandon, claim)
-            raise ReleaseFailed(f"release of {held_id} failed: {exc}; it stays held") from exc
-        except BaseException:
-            self.quarantine.abandon(claim)  # cancelled: held again rather than lost
-            raise
-        await asyncio.to_thread(self.quarantine.finish, claim)
-        return where
+        return await release_held(self.quarantine, self.outbox, held_id)
 
     async def deliver_released(self, data: bytes, envelope: Envelope) -> str:
         """Send a message an admin released (from any quarantine or the backup) on to
         ``envelope.rcpt_to`` the way delivered mail goes, without scanning it again: the spool
         and the relay queue, else the local Maildir (``Host.deliver``, SDK 1.7). Durable when
         this returns. Returns where it went."""
-        if not envelope.rcpt_to:
-            raise DeliveryError("no recipients to deliver to")
-        # Decided: an admin released it, so it is not scanned (and held) again.
-        return await self.outbox.hand_off(data, envelope, durable=True)
+        return await deliver_released(self.outbox, data, envelope)
 
     def plugin_quarantines(self) -> dict[str, tuple[str, PluginQuarantine]]:
         """The plugins' quarantines by name, each with the plugin offering it

@@ -95,7 +95,10 @@ class Sink:
 
     def messages(self) -> list[bytes]:
         """The captured messages (smtp-sink's own trace headers included)."""
-        return [p.read_bytes() for p in sorted(self.directory.iterdir()) if p.is_file()]
+        # smtp-sink creates a transaction's file at MAIL and writes it whole after the final
+        # dot (about 40 ms later here): an empty file is a message still on its way.
+        found = (p.read_bytes() for p in sorted(self.directory.iterdir()) if p.is_file())
+        return [data for data in found if data]
 
     def message_ids(self) -> Counter[str]:
         """How often each Message-ID arrived."""
