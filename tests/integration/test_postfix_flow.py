@@ -1,9 +1,9 @@
 """What the gateway hands on through real Postfix is rewritten once and stays well-formed.
 
-One ``mailwarden serve`` relays to a Postfix smtpd (whose relayhost is smtp-sink) and is the
-after-queue content filter of another Postfix smtpd. A third-party detector names a virus
-with a line break and a header line in the name, and a tagging plugin puts ``[SPAM]`` before
-a spam message's subject (tests/thirdparty/hostile.py).
+One ``mailwarden serve`` relays to a Postfix smtpd (whose relayhost is smtp-sink), is the
+after-queue content filter of another Postfix smtpd and the milter of a third. A third-party
+detector names a virus with a line break and a header line in the name, and a tagging plugin
+puts ``[SPAM]`` before a spam message's subject (tests/thirdparty/hostile.py).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import pytest
 
 from tests.conftest import free_port, install_fake_distribution, make_message
 from tests.integration.test_gateway_relay import Serve, Sink, relay_config, wait_until
-from tests.services.postfix import Postfix
+from tests.services.postfix import Postfix, contrib_main
 from tests.thirdparty.hostile import HOSTILE_MARKER
 
 pytestmark = pytest.mark.integration
@@ -28,6 +28,9 @@ pytestmark = pytest.mark.integration
 GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
 
 CONFIG = """\
+[milter]
+enabled = true
+port = {milter}
 [content_filter]
 enabled = true
 port = {filter}
@@ -49,6 +52,7 @@ class Rig:
     sink: Sink
     serve: Serve
     filter_port: int  # Postfix smtpd with mailwarden as content filter
+    milter_port: int  # Postfix smtpd with mailwarden's milter
 
     def send(self, port: int, raw: bytes, recipients: list[str]) -> None:
         with smtplib.SMTP("127.0.0.1", port, local_hostname="client.lab.test", timeout=60) as c:
@@ -78,8 +82,10 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
         },
     )
     sink = Sink(work / "sink", free_port()).start()
-    inbound, filter_in, content_filter, reinject = (free_port() for _ in range(4))
-    config = CONFIG.format(filter=content_filter, reinject=reinject)
+    inbound, filter_in, content_filter, reinject, milter_in, milter = (
+        free_port() for _ in range(6)
+    )
+    config = CONFIG.format(filter=content_filter, reinject=reinject, milter=milter)
     postfix = Postfix(sink.port)
     with pytest.MonkeyPatch.context() as env:
         # serve finds the plugins as installed: their dist-info on its PYTHONPATH.
@@ -90,8 +96,9 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     try:
         postfix.add_smtpd(inbound, "in")
         postfix.add_content_filter(filter_in, content_filter, reinject)
-        postfix.start([inbound, filter_in, reinject])
-        yield Rig(postfix, sink, serve, filter_in)
+        postfix.add_smtpd(milter_in, "mw", **contrib_main("milter", {8891: milter}))
+        postfix.start([inbound, filter_in, reinject, milter_in])
+        yield Rig(postfix, sink, serve, filter_in, milter_in)
     finally:
         postfix.stop()
         serve.stop()
@@ -121,6 +128,22 @@ def test_relay_a_virus_name_with_a_line_break_injects_no_header(rig: Rig) -> Non
     assert b"Subject: [infected] relay-hostile" in lines
     parsed = email.message_from_bytes(got, policy=email.policy.compat32)
     assert parsed["X-Injected"] is None
+
+
+@pytest.mark.parametrize("path", ["content_filter", "milter"])
+def test_a_virus_name_with_a_line_break_injects_no_header_through_postfix(
+    rig: Rig, path: str
+) -> None:
+    mid, raw = _message(f"{path}-hostile", HOSTILE_MARKER.decode() + "\n")
+    rig.send(
+        rig.filter_port if path == "content_filter" else rig.milter_port, raw, ["carol@tag.test"]
+    )
+    got = rig.arrived(mid)
+    lines = _header_lines(got)
+    assert not [line for line in lines if line.lower().startswith(b"x-injected")], lines
+    assert b"X-Mailwarden-Virus: infected (Evil.Test  X-Injected: 1)" in lines
+    subjects = [line for line in lines if line.lower().startswith(b"subject:")]
+    assert subjects == [f"Subject: [infected] {path}-hostile".encode()], subjects
 
 
 def test_content_filter_tags_a_spam_subject_once(rig: Rig) -> None:
