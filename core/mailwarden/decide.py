@@ -17,11 +17,11 @@ import msgspec
 from mailwarden_native import ParsedMessage
 from mailwarden_sdk import Action, ActionKind, Envelope, Finding, ScanContext, Verdict
 
-from .act.rewrite import header_text, prepend_headers, tag_subject
 from .config import RuleConfig
 from .detect import TIMEOUT, error_finding
 from .hookcalls import call_impl
 from .policy import decide_action
+from .rewrite import header_text, prepend_headers, tag_subject
 
 if TYPE_CHECKING:
     from .config import HooksConfig

@@ -20,7 +20,7 @@ from .errors import ConfigError
 from .hookcalls import DaemonExecutor
 from .ingress.content_filter import start_content_filter
 from .ingress.milter import start_milter_server
-from .ingress.scan_protocols import start_scan_protocols
+from .ingress.scan_servers import start_scan_protocols
 from .ingress.smtp import start_smtp_servers
 from .ingress.tcp import prebind
 from .inventory import core_stores, plugin_descriptors

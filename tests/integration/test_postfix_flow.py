@@ -11,15 +11,14 @@ from __future__ import annotations
 import email
 import email.policy
 import os
-import smtplib
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import free_port, install_fake_distribution, make_message
-from tests.integration.test_gateway_relay import Serve, Sink, relay_config, wait_until
+from tests.integration.test_gateway_relay import Serve, Sink, relay_config
+from tests.integration.test_postfix import Rig
 from tests.services.postfix import Postfix, contrib_main
 from tests.thirdparty.hostile import HOSTILE_MARKER
 
@@ -44,29 +43,6 @@ spam = "deliver"
 [[rules]]
 name = "default"
 """
-
-
-@dataclass
-class Rig:
-    postfix: Postfix
-    sink: Sink
-    serve: Serve
-    filter_port: int  # Postfix smtpd with mailwarden as content filter
-    milter_port: int  # Postfix smtpd with mailwarden's milter
-
-    def send(self, port: int, raw: bytes, recipients: list[str]) -> None:
-        with smtplib.SMTP("127.0.0.1", port, local_hostname="client.lab.test", timeout=60) as c:
-            c.sendmail("alice@example.org", recipients, raw)
-
-    def arrived(self, message_id: str, limit: float = 30) -> bytes:
-        found: list[bytes] = []
-
-        def check() -> bool:
-            found[:] = [m for m in self.sink.messages() if message_id.encode() in m]
-            return bool(found)
-
-        wait_until(check, limit, f"{message_id} at the sink")
-        return found[0]
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +74,8 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
         postfix.add_content_filter(filter_in, content_filter, reinject)
         postfix.add_smtpd(milter_in, "mw", **contrib_main("milter", {8891: milter}))
         postfix.start([inbound, filter_in, reinject, milter_in])
-        yield Rig(postfix, sink, serve, filter_in, milter_in)
+        # No milter of the test's own here (the last port).
+        yield Rig(postfix, sink, serve, milter_in, filter_in, 0)
     finally:
         postfix.stop()
         serve.stop()

@@ -1,7 +1,6 @@
-"""The act stage: carrying out decisions (:class:`Outbox`) and the one rewrite of a message's
-header (:mod:`mailwarden.act.rewrite`)."""
+"""The act stage: carrying out decisions (:class:`Outbox`), with the message rewritten once
+(:mod:`mailwarden.rewrite`)."""
 
 from .outbox import Outbox
-from .rewrite import header_text, header_value, prepend_headers, tag_subject
 
-__all__ = ["Outbox", "header_text", "header_value", "prepend_headers", "tag_subject"]
+__all__ = ["Outbox"]

@@ -23,9 +23,9 @@ from mailwarden_sdk import ActionKind, Envelope
 from ..delivery.queue import DeliveryQueue, crlf
 from ..errors import DeliveryError
 from ..notify import build_notices
+from ..rewrite import prepend_headers
 from ..spool import SpoolEntry, SpoolState
 from ..stage import Stage, elapsed_ms
-from .rewrite import prepend_headers
 
 if TYPE_CHECKING:
     from ..config import Config

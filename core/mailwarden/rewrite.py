@@ -1,9 +1,10 @@
 """The one rewrite of a message's header: the subject tag and the added header lines.
 
 Every way out (the Maildir, the relay queue, the quarantine, the content filter's
-re-injection, the milter's header changes) takes its header values from here, so a value a
-detector made up (a virus name, a plugin's header) is made safe once and the subject is
-tagged once.
+re-injection, the milter's header changes) takes its header values from here, through
+:meth:`mailwarden.decide.Decision.with_headers` and the outbox (:mod:`mailwarden.act`), so a
+value a detector made up (a virus name, a plugin's header) is made safe once and the subject
+is tagged once. A leaf module: the decide and act stages both use it.
 """
 
 from __future__ import annotations
