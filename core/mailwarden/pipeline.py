@@ -45,10 +45,10 @@ from .maildir import Maildir
 from .plugins import PluginSet, build_plugin_manager
 from .policy import RuleMatch, RuleSet, compile_rules, fold_findings
 from .quarantine import Quarantine
+from .record import CoreStores
 from .release import deliver_released, release_held
 from .spool import Spool, SpoolEntry
 from .stage import Stage, elapsed_ms
-from .stores.core import CoreStores
 
 if TYPE_CHECKING:
     from .directory.service import Directory

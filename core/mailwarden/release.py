@@ -25,7 +25,7 @@ async def deliver_released(outbox: Outbox, data: bytes, envelope: Envelope) -> s
     if not envelope.rcpt_to:
         raise DeliveryError("no recipients to deliver to")
     # Decided: an admin released it, so it is not scanned (and held) again.
-    return await outbox.hand_off(data, envelope, durable=True)
+    return await outbox.hand_off(data, envelope)
 
 
 async def release_held(quarantine: Quarantine, outbox: Outbox, held_id: str) -> str:

@@ -125,13 +125,12 @@ class Outbox:
         line ends, DKIM-signed when a key applies."""
         return self.dkim.sign(crlf(d.with_headers()))
 
-    async def hand_off(self, data: bytes, envelope: Envelope, *, durable: bool) -> str:
-        """Send a message that needs no decision on to ``envelope.rcpt_to`` the way delivered
-        mail goes: the spool and the relay queue, else the local Maildir. ``durable``: its
-        state is fsynced (else a lost state only means it is scanned like mail). Returns
-        where it went."""
+    async def hand_off(self, data: bytes, envelope: Envelope) -> str:
+        """Send a message that needs no decision (released, a notice) on to
+        ``envelope.rcpt_to`` the way delivered mail goes: the spool and the relay queue, else
+        the local Maildir. Durable when this returns. Returns where it went."""
         if self.queue.relaying:
-            entry = await self.queue.enqueue(data, envelope, SpoolState(decided=True), durable)
+            entry = await self.queue.enqueue(data, envelope, SpoolState(decided=True))
             return f"queued as {entry.id}"
         name = await asyncio.to_thread(self.maildir.deliver, crlf(data))
         return f"delivered as {name}"
@@ -191,6 +190,6 @@ class Outbox:
             return
         try:
             for notice in build_notices(decision, notify, self.hostname, self.home):
-                await self.hand_off(notice.data, notice.envelope, durable=False)
+                await self.hand_off(notice.data, notice.envelope)
         except Exception:
             log.exception("notification about %s failed", decision.id[:12])

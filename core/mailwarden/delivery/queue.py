@@ -160,13 +160,11 @@ class DeliveryQueue:
         else:
             self._start(entry)
 
-    async def enqueue(
-        self, data: bytes, envelope: Envelope, state: SpoolState, durable: bool
-    ) -> SpoolEntry:
-        """Spool ``data`` with ``state`` and deliver it now (the state fsynced when
-        ``durable``)."""
-        entry = await asyncio.to_thread(self.spool.write, data, envelope)
-        await asyncio.to_thread(self.spool.save_state, entry, state, durable=durable)
+    async def enqueue(self, data: bytes, envelope: Envelope, state: SpoolState) -> SpoolEntry:
+        """Spool a message that needs no decision (released, a notice, a DSN) with its
+        ``state`` and deliver it now. The message enters the spool with its state, so a crash
+        can never leave it to be scanned (and held) again."""
+        entry = await asyncio.to_thread(self.spool.write, data, envelope, state)
         self.submit(entry)
         return entry
 
@@ -356,14 +354,9 @@ class DeliveryQueue:
 
     async def spool_generated(self, data: bytes, recipient: str) -> None:
         """Spool a message we made (a DSN) from the null sender and deliver it."""
+        envelope = Envelope(mail_from="", rcpt_to=[recipient])
         try:
-            dsn = await asyncio.to_thread(
-                self.spool.write,
-                data,
-                Envelope(mail_from="", rcpt_to=[recipient]),
-                SpoolState(decided=True, generated=True),
-            )
+            await self.enqueue(data, envelope, SpoolState(decided=True, generated=True))
         except DeliveryError:
             log.exception("could not spool a DSN to %s", recipient)
             raise
-        self.submit(dsn)
