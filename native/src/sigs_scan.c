@@ -387,6 +387,8 @@ mw_status mw_sigscan_finish(mw_sigscan *s) {
             if (match_from(db, sig, 0, s->tail, s->tail_len, (size_t)(st - tail0), &budget))
                 record_hit(s, id, st);
         }
+        /* the backtracking was cut short: a match may be among the placements not tried */
+        if (!budget) fail(s, MW_ERR_SCAN_LIMIT);
     }
     return s->status;
 }

@@ -20,6 +20,7 @@ import mailwarden_native
 from mailwarden.testing import build_message
 from mailwarden_antivirus.signatures import SignatureSet
 from mailwarden_native import (
+    OFF_EOF,
     NativeError,
     NativeFormatError,
     NativeLimitError,
@@ -108,6 +109,19 @@ def test_partial_matches_over_their_limit_raise() -> None:
     with pytest.raises(NativeLimitError):
         _db(patterns, max_partials=2).scan(data)
     assert len(_db(patterns, max_partials=3).scan(data + b"-tail")) == 3
+
+
+def test_an_eof_signature_too_costly_to_place_makes_the_scan_incomplete() -> None:
+    # "AB" at the EOF offset, then a "CD" part and an "EF" part anywhere after it: placing
+    # the two unbounded gaps over an 8 KB tail takes more part checks than the budget, so a
+    # match may be among the placements not tried.
+    compiler = SignatureCompiler()
+    compiler.add("4142*4344*4546", kind=OFF_EOF, offset=8002)
+    db = SignatureDB.from_bytes(compiler.build())
+    assert db.scan(b"AB" + b"CD" * 10 + b"EF" + b"x" * 7978) != []  # found within the budget
+    with pytest.raises(NativeLimitError):
+        db.scan(b"AB" + b"CD" * 4000)
+    assert db.scan(b"x" * 8002) == []  # "AB" not at its offset: nothing to place
 
 
 def test_a_limit_out_of_range_is_refused_when_the_database_is_opened() -> None:
