@@ -12,8 +12,10 @@ const char *mw_strerror(mw_status status) {
     case MW_ERR_NOMEM: return "out of memory";
     case MW_ERR_ARG: return "invalid argument";
     case MW_ERR_TOO_LARGE: return "table or database too large";
-    case MW_ERR_BAD_DB: return "not a valid mailwarden signature database (or another build's)";
-    case MW_ERR_SCAN_LIMIT: return "scan incomplete: more hits or partial matches than the limit";
+    case MW_ERR_BAD_DB:
+        return "not a valid mailwarden signature database (or another build's)";
+    case MW_ERR_SCAN_LIMIT:
+        return "scan incomplete: a hit, partial-match or search limit was reached";
     case MW_ERR_SIG_SYNTAX: return "not valid body-signature syntax";
     case MW_ERR_SIG_NOANCHOR: return "a part has fewer than 2 fixed bytes to anchor on";
     case MW_ERR_SIG_LIMIT: return "over a length, gap, part or offset limit";
