@@ -60,10 +60,12 @@ test: install av-packages lint
 	$(BIN)/python -m pytest -q
 	@if [ "$(FUZZ_SECONDS)" -gt 1 ]; then bash tests/fuzz/run.sh $$(( $(FUZZ_SECONDS) / 2 )) parse sigs; fi
 
+# lint-imports checks the layers (.importlinter): native <- sdk <- plugins, no cycles, ...
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-logo
 
 fuzz: install
 	bash tests/fuzz/run.sh $(FUZZ_SECONDS)
