@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 RUNTIME_STAMP := $(VENV)/.installed-runtime
-NATIVE := $(wildcard native/src/*.c native/include/*.h native/cdef/*.h) native/build_native.py
+NATIVE := $(wildcard native/src/*.c native/src/*.h native/include/*.h native/cdef/*.h) native/build_native.py
 FUZZ_SECONDS ?= 60
 
 .PHONY: install install-runtime serve test lint fuzz bench clean av-packages

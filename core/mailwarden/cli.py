@@ -153,7 +153,7 @@ def version() -> None:
     import mailwarden_native
 
     click.echo(f"mailwarden {__version__}")
-    click.echo(f"native core {getattr(mailwarden_native, '__version__', __version__)}")
+    click.echo(f"native core {mailwarden_native.core_version()}")
     click.echo(f"python {sys.version.split()[0]}")
 
 
