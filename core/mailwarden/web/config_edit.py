@@ -5,10 +5,12 @@ before it is written, then reloaded (the other workers through the supervisor)."
 from __future__ import annotations
 
 import os
+import re
 import signal
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import tomlkit
 from starlette.responses import JSONResponse, Response
 
@@ -87,3 +89,55 @@ def rewrite_config(state: WebState, key: str | tuple[str, str], value: Any) -> R
         return write_config(state, key, value)
     except ConfigRefused as exc:
         return JSONResponse({"error": str(exc)}, status_code=exc.status)
+
+
+def file_rules(state: WebState) -> list[dict[str, Any]]:
+    """The rules as the config file writes them (without the defaults filled in), or the
+    running rules when the file has none (the built-in ones then apply)."""
+    source = state.gateway.config.source
+    if source:
+        document = tomlkit.parse(Path(source).read_text(encoding="utf-8"))
+        rules = document.get("rules")
+        if rules is not None:
+            value = rules.unwrap()
+            if isinstance(value, list) and value:
+                return value
+    return [msgspec.to_builtins(rule) for rule in state.gateway.config.rules]
+
+
+# Characters that make a sender a pattern rather than one address (wildcards, "re:",
+# "group:", "@domain"): an allow rule names exactly the address the message came from.
+_PATTERN = re.compile(r"[*?<>\s]|^(re|group):|^@")
+ALLOW_SPAM_ACTIONS = ("spam", "probable_spam", "bulk")
+
+
+def allow_rule_name(sender: str, recipient: str) -> str:
+    """The name of the rule that always allows ``sender`` for ``recipient``."""
+    return f"always allow {sender.lower()} to {recipient.lower()}"
+
+
+def allow_sender(state: WebState, sender: str, recipient: str) -> bool:
+    """Put a rule first that delivers mail from ``sender`` to ``recipient`` without the spam
+    check (the antispam detector off, spam statuses delivered); every other check and action
+    stays that of the rule that covers them now. ``False`` when the rule is there already;
+    raises :class:`ConfigRefused` for a sender that is no single address (a bounce's ``<>``,
+    wildcards)."""
+    if not sender or "@" not in sender or _PATTERN.search(sender):
+        raise ConfigRefused(f"mail from {sender or '<>'!r} cannot be always allowed", 422)
+    name = allow_rule_name(sender, recipient)
+    rules = file_rules(state)
+    if any(rule.get("name") == name for rule in rules):
+        return False
+    rule = msgspec.to_builtins(state.gateway.rule_for(sender, recipient))
+    detectors = [d for d in rule["detectors"] if d != "-antispam"]
+    rule.update(
+        name=name,
+        senders=[sender.lower()],
+        recipients=[recipient.lower()],
+        clients=[],
+        direction="any",
+        detectors=[*detectors, "-antispam"],
+    )
+    rule["actions"].update(dict.fromkeys(ALLOW_SPAM_ACTIONS, "deliver"))
+    write_config(state, "rules", [rule, *rules])
+    return True

@@ -14,6 +14,7 @@ from starlette.responses import Response
 from mailwarden_native import decode_header, parse
 from mailwarden_sdk import (
     QUARANTINE_ID,
+    Envelope,
     Quarantine,
     QuarantineEntry,
     QuarantineError,
@@ -21,6 +22,8 @@ from mailwarden_sdk import (
 )
 
 from .auth import Identity
+from .config_edit import allow_sender
+from .digest import DigestDone
 from .respond import error_response
 from .state import WebState
 
@@ -175,3 +178,71 @@ async def send_on(
     identity: Identity = request.state.identity
     state.audit.write(audit, identity.name, id=key, where=where)
     return where
+
+
+# What a mail user (through a digest link or the self-service page) may do with a message
+# held for them, and how the page says it was done.
+RECIPIENT_DONE = {
+    "release": "released to you",
+    "delete": "deleted",
+    "allow": "released to you, and mail from its sender is always allowed from now on",
+}
+
+
+def recipient_entry(
+    state: WebState, name: str, entry_id: str, recipient: str
+) -> tuple[Quarantine, QuarantineEntry] | str:
+    """The message ``entry_id`` of the quarantine ``name`` if it is held for ``recipient`` and
+    they have not acted on it yet; else why not, in words for that recipient."""
+    try:
+        quarantine = plugin_quarantine(state, name)
+        if not QUARANTINE_ID.match(entry_id):
+            raise QuarantineNotFound(entry_id)
+        entry = quarantine.get(entry_id)
+    except QuarantineError:
+        return "this message is no longer held (released, deleted or expired)"
+    if recipient.lower() not in (r.lower() for r in entry.recipients):
+        return "this message is not held for you"
+    if recipient.lower() in DigestDone(state.digest.path.parent).recipients(name, entry_id):
+        return "you have already released or deleted this message"
+    return quarantine, entry
+
+
+async def act_for_recipient(
+    state: WebState,
+    quarantine: Quarantine,
+    entry: QuarantineEntry,
+    recipient: str,
+    act: str,
+    *,
+    audit: str,
+    client: str,
+) -> str:
+    """Release (to ``recipient`` alone), delete, or always allow the sender of, a message
+    held for ``recipient``, audited as ``{audit}.{act}``; what was done. A message held for
+    several recipients stays held for the others until each has acted. Raises
+    :class:`QuarantineError` or :class:`~.config_edit.ConfigRefused`."""
+    done_by = DigestDone(state.digest.path.parent)
+    key = (quarantine.name, entry.id)
+    if act == "allow":
+        await asyncio.to_thread(allow_sender, state, entry.sender, recipient)
+    where = ""
+    if act in ("release", "allow"):
+        raw = await asyncio.to_thread(quarantine.raw, entry.id)
+        envelope = Envelope(mail_from=entry.sender, rcpt_to=[recipient])
+        where = await state.gateway.deliver_released(raw, envelope)
+    acted = await asyncio.to_thread(done_by.mark, *key, recipient)
+    if {r.lower() for r in entry.recipients} <= acted:
+        # The last recipient has acted: the message leaves the quarantine.
+        await quarantine.delete(entry.id)
+        await asyncio.to_thread(done_by.forget, *key)
+    state.audit.write(
+        f"{audit}.{act}",
+        recipient,
+        quarantine=quarantine.name,
+        id=entry.id,
+        sender=entry.sender,
+        where=where or None,
+        client=client,
+    )
+    return RECIPIENT_DONE[act]

@@ -17,6 +17,7 @@ from . import (
     plugin_quarantines,
     quarantines,
     rules,
+    self_service,
     settings,
     signatures,
     users,
@@ -38,6 +39,7 @@ MODULES = (
     backup,
     signatures,
     digest,
+    self_service,
     api,
 )
 

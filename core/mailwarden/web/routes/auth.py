@@ -178,6 +178,9 @@ async def login_form(request: Request) -> Response:
     if isinstance(result, str):
         status = 429 if result.startswith("too many") else 401
         return _login_page(request, result, target, status=status)
+    if target == "/" and result.source == "directory" and not result.may("reports.view"):
+        # A mail user with no role of this interface: their own quarantine, not a 403.
+        target = "/my/quarantine"
     return _session_response(state, result, RedirectResponse(target, status_code=303))
 
 
