@@ -12,6 +12,8 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
+from .. import api_types as T
+from ..api_types import api
 from ..auth import Identity, client_key
 from ..respond import LOGIN_COOKIE, SESSION_COOKIE, peer, read_form, render, set_cookie
 from ..state import WebState
@@ -184,6 +186,7 @@ async def login_form(request: Request) -> Response:
     return _session_response(state, result, RedirectResponse(target, status_code=303))
 
 
+@api(T.Session, body=T.Login)
 async def api_login(request: Request) -> Response:
     """Log in with ``{"name", "password"}``; the session cookie and the CSRF token."""
     state: WebState = request.state.web
@@ -227,6 +230,7 @@ async def logout(request: Request) -> Response:
     return response
 
 
+@api(T.Me)
 async def api_me(request: Request) -> Response:
     """Who is asking, with roles, permissions and (for sessions) the CSRF token."""
     state: WebState = request.state.web
@@ -242,6 +246,7 @@ async def api_me(request: Request) -> Response:
     )
 
 
+@api(T.Health)
 async def api_health(request: Request) -> Response:
     """Liveness for load balancers and monitoring (no details)."""
     return JSONResponse({"status": "ok"})

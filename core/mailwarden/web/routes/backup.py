@@ -8,6 +8,8 @@ import time
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
+from .. import api_types as T
+from ..api_types import api
 from ..auth import Identity
 from ..backups import BackupNotFound, backup_entry, backup_list, backup_raw, release_backup
 from ..quarantine_views import send_on
@@ -16,12 +18,14 @@ from ..state import WebState
 from .base import declared
 
 
+@api(T.BACKUPS)
 async def api_backups(request: Request) -> Response:
     """Backed-up messages, newest first: metadata only."""
     state: WebState = request.state.web
     return JSONResponse(await asyncio.to_thread(backup_list, state.gateway))
 
 
+@api(T.BACKUP)
 async def api_backup(request: Request) -> Response:
     """One backup's metadata: time, reason, sender, recipients, subject, size, hash."""
     state: WebState = request.state.web
@@ -34,6 +38,7 @@ async def api_backup(request: Request) -> Response:
     return JSONResponse(view)
 
 
+@api(bytes)
 async def api_backup_raw(request: Request) -> Response:
     """The backed-up message as a download (never shown inline)."""
     state: WebState = request.state.web
@@ -61,6 +66,7 @@ async def _backup_release(request: Request) -> str | Response:
     )
 
 
+@api(T.Released)
 async def api_backup_release(request: Request) -> Response:
     """Send a backed-up copy to its recorded recipients (the copy stays in the backup)."""
     result = await _backup_release(request)

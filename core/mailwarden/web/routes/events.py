@@ -13,6 +13,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from ...events import EventQuery
+from .. import api_types as T
+from ..api_types import api
 from ..auth import Identity
 from ..respond import error_response, render
 from ..state import WebState
@@ -53,6 +55,7 @@ def _query(params: Any) -> EventQuery:
     )
 
 
+@api(T.EVENTS, query=T.EventsQuery)
 async def api_events(request: Request) -> Response:
     """Search the message event log: ``sender``, ``recipient``, ``subject``, ``status``,
     ``action``, ``message_id``, ``client``, ``since``/``until`` (``2h``, ``7d``,
@@ -82,6 +85,7 @@ def _stats(state: WebState, hours: int = 24) -> dict[str, Any]:
     }
 
 
+@api(T.Stats)
 async def api_stats(request: Request) -> Response:
     """Messages and actions over the last 24 hours, by hour."""
     state: WebState = request.state.web

@@ -11,6 +11,8 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
+from .. import api_types as T
+from ..api_types import api
 from ..respond import error_response, render
 from ..state import WebState
 from .base import declared
@@ -55,6 +57,7 @@ async def _log_records(
         return error_response(request, 400, f"bad query: {exc}")
 
 
+@api(T.APP_LOG, query=T.AppLogQuery)
 async def api_app_log(request: Request) -> Response:
     """The application event log, newest first: ``kind`` (admin, login, update, error, start,
     stop), ``actor``, ``hours`` or ``since`` (Unix time), ``limit`` (up to 1000)."""
@@ -64,6 +67,7 @@ async def api_app_log(request: Request) -> Response:
     return Response(msgspec.json.encode(found), media_type="application/json")
 
 
+@api(T.AUTH_LOG, query=T.AuthLogQuery)
 async def api_auth_log(request: Request) -> Response:
     """The authentication log (every login attempt), newest first: ``user``, ``client``,
     ``hours`` or ``since`` (Unix time), ``limit`` (up to 1000)."""

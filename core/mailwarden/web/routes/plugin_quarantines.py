@@ -14,6 +14,8 @@ from mailwarden_sdk import (
     QuarantineError,
 )
 
+from .. import api_types as T
+from ..api_types import api
 from ..auth import Identity
 from ..quarantine_views import (
     PLUGIN_ACTS,
@@ -45,6 +47,7 @@ async def _plugin_change(request: Request, act: str) -> dict[str, Any] | Respons
         return quarantine_problem(request, exc)
 
 
+@api(list[T.PluginEntry], query=T.PluginQuery)
 async def api_plugin_quarantine(request: Request) -> Response:
     """A plugin quarantine's held messages, newest first: ``q`` (sender, recipient, subject
     or id contains it), ``limit`` (up to 1000), ``offset``."""
@@ -60,6 +63,7 @@ async def api_plugin_quarantine(request: Request) -> Response:
     return JSONResponse(entries)
 
 
+@api(T.PluginMessage)
 async def api_plugin_entry(request: Request) -> Response:
     """One message of a plugin quarantine: envelope, why it is held, decoded headers, text
     and attachments (never its HTML)."""
@@ -73,6 +77,7 @@ async def api_plugin_entry(request: Request) -> Response:
     return JSONResponse(view)
 
 
+@api(bytes)
 async def api_plugin_entry_raw(request: Request) -> Response:
     """A plugin quarantine's message as held, as a download (never shown inline)."""
     state: WebState = request.state.web
@@ -104,7 +109,7 @@ def _api_change(act: str, name: str, doc: str) -> Handler:
         result = await _plugin_change(request, act)
         return result if isinstance(result, Response) else JSONResponse(result)
 
-    return _named(handler, name, doc)
+    return api(T.PluginAct)(_named(handler, name, doc))
 
 
 def _form_change(act: str, name: str, doc: str) -> Handler:

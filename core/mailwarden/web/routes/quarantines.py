@@ -20,6 +20,8 @@ from mailwarden_sdk import (
 from ...quarantine import QuarantineBusy as HeldBusy
 from ...quarantine import QuarantineError as HeldError
 from ...quarantine import ReleaseFailed
+from .. import api_types as T
+from ..api_types import api
 from ..auth import Identity
 from ..quarantine_views import message_view, plugin_act, plugin_quarantine, send_on
 from ..respond import error_response, form_lists, render, render_with_notice, with_notice
@@ -126,18 +128,21 @@ def _quarantines(state: WebState) -> list[dict[str, Any]]:
     return result
 
 
+@api(list[T.QuarantineStore])
 async def api_quarantines(request: Request) -> Response:
     """Every quarantine store, the core's and the plugins', with how many messages it holds
     and where it is managed (``/quarantines/{name}`` for a plugin's that the web offers)."""
     return JSONResponse(await asyncio.to_thread(_quarantines, request.state.web))
 
 
+@api(list[T.Held])
 async def api_quarantine(request: Request) -> Response:
     """Held messages, newest first."""
     state: WebState = request.state.web
     return JSONResponse(await asyncio.to_thread(_held_list, state))
 
 
+@api(T.HeldMessage)
 async def api_held(request: Request) -> Response:
     """One held message: envelope, decoded headers, text, attachments (never its HTML)."""
     state: WebState = request.state.web
@@ -148,6 +153,7 @@ async def api_held(request: Request) -> Response:
     return JSONResponse(view)
 
 
+@api(bytes)
 async def api_held_raw(request: Request) -> Response:
     """The held message as it arrived, as a download (never shown inline)."""
     state: WebState = request.state.web
@@ -176,6 +182,7 @@ async def _release(request: Request) -> str | Response:
     )
 
 
+@api(T.Released)
 async def api_release(request: Request) -> Response:
     """Send a held message on to its recipients."""
     result = await _release(request)
@@ -204,6 +211,7 @@ async def _delete(request: Request) -> Response | None:
     return None
 
 
+@api(T.Deleted)
 async def api_delete(request: Request) -> Response:
     """Delete a held message for good."""
     return await _delete(request) or JSONResponse({"deleted": request.path_params["held_id"]})

@@ -15,6 +15,8 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from ...config import RuleConfig
 from ...errors import ConfigError
 from ...events import EventQuery
+from .. import api_types as T
+from ..api_types import api
 from ..auth import Identity
 from ..config_edit import ConfigRefused, file_rules, rewrite_config, write_config
 from ..permissions import RULES_BODY, RouteSpec
@@ -28,12 +30,14 @@ def _rules(state: WebState) -> list[Any]:
     return [msgspec.to_builtins(rule) for rule in state.gateway.config.rules]
 
 
+@api(T.Rules)
 async def api_rules(request: Request) -> Response:
     """The rules in order, as the config holds them: ``{"rules": [...]}``, the shape a PUT
     sends back."""
     return JSONResponse({"rules": _rules(request.state.web)})
 
 
+@api(T.Rules, body=T.Rules)
 async def api_rules_put(request: Request) -> Response:
     """Replace the rules with ``{"rules": [...]}`` (what GET returns; a bare list is taken
     too): validated whole, written to the config file (its comments and other sections kept),

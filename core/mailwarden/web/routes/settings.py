@@ -15,6 +15,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from ...config import Config
+from .. import api_types as T
+from ..api_types import api
 from ..auth import Identity
 from ..config_edit import ConfigRefused, config_table, rewrite_config, write_config
 from ..forms import FormError, changed_values, form_fields, masked
@@ -97,6 +99,7 @@ async def _put_section(request: Request, *, mta: bool) -> Response:
     return JSONResponse({"section": section, "restart_needed": section in result})
 
 
+@api(T.SectionSaved, body=dict[str, Any])
 async def api_settings_put(request: Request) -> Response:
     """Replace one settings section (``gateway``, ``detectors``, ``events``, ``directory``,
     ``web`` or a plugin's, e.g. ``reputation`` for consent); validated like a config file.
@@ -104,12 +107,14 @@ async def api_settings_put(request: Request) -> Response:
     return await _put_section(request, mta=False)
 
 
+@api(T.SectionSaved, body=dict[str, Any])
 async def api_mta_put(request: Request) -> Response:
     """Replace one mail-transport section (``smtp``, ``delivery``, ``spool``, ``tls``,
     ``dkim``); validated like a config file; applied at the next start."""
     return await _put_section(request, mta=True)
 
 
+@api(dict[str, Any])
 async def api_settings(request: Request) -> Response:
     """Every section of the running config; passwords and secrets masked, key files by path
     only (a private key is never shown)."""
@@ -119,6 +124,7 @@ async def api_settings(request: Request) -> Response:
     return JSONResponse(masked(data))
 
 
+@api(T.INVENTORY)
 async def api_inventory(request: Request) -> Response:
     """The data inventory: every store of user data with its limits and current size."""
     return JSONResponse(await asyncio.to_thread(inventory_view, request.state.web))

@@ -11,6 +11,8 @@ from urllib.parse import parse_qs
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
+from .. import api_types as T
+from ..api_types import api
 from ..auth import Identity
 from ..config_edit import ConfigRefused, config_table, rewrite_config, write_config
 from ..permissions import BUILTIN_ROLES, PERMISSIONS
@@ -45,12 +47,14 @@ def _users(state: WebState) -> dict[str, Any]:
     }
 
 
+@api(T.Users)
 async def api_users(request: Request) -> Response:
     """Who may log in: local accounts with their roles, the directory and its group-to-role
     mapping, and the API tokens with their roles and scopes (never the tokens themselves)."""
     return JSONResponse(_users(request.state.web))
 
 
+@api(list[T.Role])
 async def api_roles(request: Request) -> Response:
     """Every role with its permissions; built-in ones are marked and cannot be changed."""
     return JSONResponse(_roles(request.state.web))
@@ -85,6 +89,7 @@ def _set_role(state: WebState, who: str, name: str, permissions: list[str] | Non
     state.audit.write(act, who, role=name, permissions=permissions)
 
 
+@api(T.RoleSaved, body=T.RolePermissions)
 async def api_role_put(request: Request) -> Response:
     """Create or change the custom role in the path with ``{"permissions": [...]}``."""
     state: WebState = request.state.web
@@ -105,6 +110,7 @@ async def api_role_put(request: Request) -> Response:
     return JSONResponse({"name": name, "permissions": sorted(set(permissions))})
 
 
+@api(T.Deleted)
 async def api_role_delete(request: Request) -> Response:
     """Delete a custom role (refused while a directory group still maps to it)."""
     state: WebState = request.state.web
@@ -119,6 +125,7 @@ async def api_role_delete(request: Request) -> Response:
     return JSONResponse({"deleted": name})
 
 
+@api(dict[str, list[str]], body=dict[str, list[str]])
 async def api_groups_put(request: Request) -> Response:
     """Replace the directory group-to-role mapping: ``{"group:NAME": ["Role", ...], ...}``."""
     state: WebState = request.state.web
@@ -136,12 +143,14 @@ async def api_groups_put(request: Request) -> Response:
     return JSONResponse(state.file_config.web.groups)
 
 
+@api(list[T.Token])
 async def api_tokens(request: Request) -> Response:
     """API tokens: id, name, roles, scopes (the permissions the roles grant), created."""
     state: WebState = request.state.web
     return JSONResponse(await asyncio.to_thread(state.auth.tokens))
 
 
+@api(T.TokenCreated, body=T.NewToken, status=201)
 async def api_token_create(request: Request) -> Response:
     """A new API token ``{"name", "roles"}``; shown once."""
     state: WebState = request.state.web
@@ -165,6 +174,7 @@ def _revoke_token(request: Request) -> str | None:
     return name
 
 
+@api(T.TokenRevoked)
 async def api_token_revoke(request: Request) -> Response:
     """Revoke an API token by its id: it stops working at once, in every worker."""
     name = await asyncio.to_thread(_revoke_token, request)
