@@ -8,14 +8,10 @@ under ``$MAILWARDEN_ARTIFACTS/web-ui``."""
 from __future__ import annotations
 
 import email
-import os
 import re
 import shutil
 import smtplib
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from email import policy
 from pathlib import Path
 from typing import Any
@@ -23,8 +19,12 @@ from typing import Any
 import pytest
 
 from tests.conftest import free_port, make_message, need
-from tests.integration.test_gateway_relay import wait_until
-from tests.integration.test_smtp_serve import _wait_for_port
+from tests.integration.test_gateway_relay import (  # noqa: F401 (the fixture)
+    Serve,
+    port_open,
+    serve_factory,
+    wait_until,
+)
 from tests.services import ensure_packages
 from tests.services.postfix import Postfix
 from tests.web.conftest import GTUBE
@@ -72,49 +72,30 @@ def _subjects(folder: Path) -> list[str]:
     return [str(m["Subject"]) for m in _mailbox(folder)]
 
 
-class Serve:
-    """`mailwarden serve` on ``home`` with ``config``; stopped (by its PID) on :meth:`stop`."""
-
-    def __init__(self, home: Path, config: str, ports: list[int]) -> None:
-        (home / "mailwarden.toml").write_text(config)
-        self.log = home.parent / f"serve-{time.monotonic_ns()}.log"
-        with self.log.open("w") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "mailwarden", "serve"],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                text=True,
-                env={**os.environ, "MAILWARDEN_HOME": str(home)},
-            )
-        for port in ports:
-            _wait_for_port(port, self.process, self.log)
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=30)
-        assert self.process.returncode == 0, self.log.read_text()
-
-
 def _send(smtp_port: int, sender: str, subject: str) -> None:
     with smtplib.SMTP("127.0.0.1", smtp_port, timeout=30) as client:
         body = make_message(subject=subject, body=GTUBE.decode() + "\r\n")
         client.sendmail(sender, ["carol@example.net"], body)
 
 
+def _start(serve: Serve, web_port: int) -> Serve:
+    serve.start(wait_port=web_port)
+    wait_until(lambda: port_open(serve.port), 30, "the SMTP listener")
+    return serve
+
+
 def test_digest_through_postfix_and_rules_dry_run_in_chromium(
-    tmp_path: Path, postfix: tuple[Postfix, int, Path]
+    serve_factory: Callable[..., Serve],  # noqa: F811
+    postfix: tuple[Postfix, int, Path],
 ) -> None:
     ensure_packages("chromium")
     binary = shutil.which("chromium")
     need(binary is not None, "chromium is not installed")
     playwright_api = pytest.importorskip("playwright.sync_api")
     _, postfix_port, inbox = postfix
-    home = tmp_path / "home"
-    home.mkdir()
     smtp_port, web_port = free_port(), free_port()
     base = f"https://127.0.0.1:{web_port}"
     config = (
-        f"[smtp]\nport = {smtp_port}\n"
         f'[delivery]\nmode = "relay"\nnext_hop = "127.0.0.1:{postfix_port}"\n'
         "retry_initial = 0.5\nretry_max_interval = 1.0\nqueue_scan_interval = 0.3\n"
         f"[web]\nenabled = true\nport = {web_port}\n"
@@ -124,17 +105,19 @@ def test_digest_through_postfix_and_rules_dry_run_in_chromium(
         'spam = "discard"\n'
     )
     # The spam arrives while digests are off; turning them on sends the day's at the start.
-    first = Serve(home, config.format(digest=""), [smtp_port, web_port])
-    try:
-        _send(smtp_port, "promo@shop.example", "first offer")
-        _send(smtp_port, "deals@market.example", "second offer")
-    finally:
-        first.stop()
+    serve = _start(serve_factory(config.format(digest=""), port=smtp_port), web_port)
+    home = serve.home
+    _send(smtp_port, "promo@shop.example", "first offer")
+    _send(smtp_port, "deals@market.example", "second offer")
+    assert serve.stop() == 0, serve.log.read_text()
     digest = (
         f'digest_hours = 24\ndigest_url = "{base}"\n'
         'digest_from = "quarantine@example.org"\ndigest_link_days = 7\n'
     )
-    serve = Serve(home, config.format(digest=digest), [smtp_port, web_port])
+    (home / "mailwarden.toml").write_text(
+        f"[smtp]\nport = {smtp_port}\n" + config.format(digest=digest)
+    )
+    _start(serve, web_port)
     SHOTS.mkdir(parents=True, exist_ok=True)
     try:
         wait_until(lambda: any("digest" in s for s in _subjects(inbox)), 60, "the digest")
@@ -163,7 +146,7 @@ def test_digest_through_postfix_and_rules_dry_run_in_chromium(
         wait_until(lambda: "third offer" in _subjects(inbox), 60, "the allowed sender's mail")
         assert "fourth offer" not in _subjects(inbox)
     finally:
-        serve.stop()
+        assert serve.stop() == 0, serve.log.read_text()
 
 
 def _follow_links(browser: Any, links: dict[tuple[str, str], str], inbox: Path) -> None:

@@ -199,21 +199,14 @@ class PluginQuery(msgspec.Struct, kw_only=True):
     offset: Annotated[int, msgspec.Meta(ge=0)] = 0
 
 
-class PluginEntry(_Answer):
-    id: str
-    stored_at: float
-    sender: str
-    recipients: list[str]
-    subject: str
-    size: int
-    reason: str
-    score: float | None
-    details: dict[str, str]
+class PluginEntry(QuarantineEntry, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """A held message as the SDK lists it, with its quarantine and why it is held."""
+
     quarantine: str
     why: str
 
 
-class PluginMessage(PluginEntry):
+class PluginMessage(PluginEntry, frozen=True):
     title: str
     can_learn: bool
     headers: list[tuple[str, str]]

@@ -125,3 +125,15 @@ def render_with_notice(request: Request, template: str, **context: Any) -> Respo
     if request.cookies.get(NOTICE_COOKIE):
         page.delete_cookie(NOTICE_COOKIE, path="/")
     return page
+
+
+def download(request: Request, data: bytes, filename: str, act: str, **fields: object) -> Response:
+    """A kept message as a download (never shown inline), its fetching audited as ``act``."""
+    state: WebState = request.state.web
+    identity: Identity = request.state.identity
+    state.audit.write(act, identity.name, **fields)
+    return Response(
+        data,
+        media_type="application/octet-stream",
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )

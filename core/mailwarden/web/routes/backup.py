@@ -10,10 +10,9 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 
 from .. import api_types as T
 from ..api_types import api
-from ..auth import Identity
 from ..backups import BackupNotFound, backup_entry, backup_list, backup_raw, release_backup
 from ..quarantine_views import send_on
-from ..respond import error_response, render
+from ..respond import download, error_response, render
 from ..state import WebState
 from .base import declared
 
@@ -47,13 +46,7 @@ async def api_backup_raw(request: Request) -> Response:
         data = await asyncio.to_thread(backup_raw, state.gateway, backup_id)
     except BackupNotFound as exc:
         return JSONResponse({"error": str(exc)}, status_code=404)
-    identity: Identity = request.state.identity
-    state.audit.write("backup.download", identity.name, id=backup_id)
-    return Response(
-        data,
-        media_type="application/octet-stream",
-        headers={"Content-Disposition": 'attachment; filename="backup-message.eml"'},
-    )
+    return download(request, data, "backup-message.eml", "backup.download", id=backup_id)
 
 
 async def _backup_release(request: Request) -> str | Response:

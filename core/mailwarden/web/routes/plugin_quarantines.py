@@ -16,7 +16,6 @@ from mailwarden_sdk import (
 
 from .. import api_types as T
 from ..api_types import api
-from ..auth import Identity
 from ..quarantine_views import (
     PLUGIN_ACTS,
     path_entry_id,
@@ -26,7 +25,7 @@ from ..quarantine_views import (
     plugin_view,
     quarantine_problem,
 )
-from ..respond import error_response, form_lists, render, render_with_notice, with_notice
+from ..respond import download, error_response, form_lists, render, render_with_notice, with_notice
 from ..state import WebState
 from ..ui import human_bytes
 from .base import Handler, declared
@@ -88,12 +87,13 @@ async def api_plugin_entry_raw(request: Request) -> Response:
         data = await asyncio.to_thread(quarantine.raw, entry_id)
     except QuarantineError as exc:
         return quarantine_problem(request, exc)
-    identity: Identity = request.state.identity
-    state.audit.write("quarantine.download", identity.name, quarantine=name, id=entry_id)
-    return Response(
+    return download(
+        request,
         data,
-        media_type="application/octet-stream",
-        headers={"Content-Disposition": 'attachment; filename="quarantined-message.eml"'},
+        "quarantined-message.eml",
+        "quarantine.download",
+        quarantine=name,
+        id=entry_id,
     )
 
 

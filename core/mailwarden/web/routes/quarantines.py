@@ -24,7 +24,7 @@ from .. import api_types as T
 from ..api_types import api
 from ..auth import Identity
 from ..quarantine_views import message_view, plugin_act, plugin_quarantine, send_on
-from ..respond import error_response, form_lists, render, render_with_notice, with_notice
+from ..respond import download, error_response, form_lists, render, render_with_notice, with_notice
 from ..state import WebState, inventory_view
 from ..ui import human_bytes
 from .base import declared
@@ -162,13 +162,7 @@ async def api_held_raw(request: Request) -> Response:
         data, _ = await asyncio.to_thread(state.gateway.quarantine.original, held_id)
     except HeldError as exc:
         return JSONResponse({"error": str(exc)}, status_code=404)
-    identity: Identity = request.state.identity
-    state.audit.write("quarantine.download", identity.name, id=held_id)
-    return Response(
-        data,
-        media_type="application/octet-stream",
-        headers={"Content-Disposition": 'attachment; filename="held-message.eml"'},
-    )
+    return download(request, data, "held-message.eml", "quarantine.download", id=held_id)
 
 
 async def _release(request: Request) -> str | Response:
