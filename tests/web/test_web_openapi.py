@@ -5,6 +5,8 @@ and refusal) validate against the document's schemas."""
 from __future__ import annotations
 
 import re
+import tomllib
+from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -84,3 +86,31 @@ def test_every_routes_real_answers_match_the_schema(web: Web) -> None:
     # Lists with something in them were checked, not only empty ones.
     for path in ("/api/events", "/api/quarantine", "/api/quarantines/spam", "/api/backup"):
         assert client.get(path).json(), path
+
+
+def test_a_settings_section_reads_in_the_shape_a_put_takes_back(tmp_path: Path) -> None:
+    web = Web(
+        tmp_path / "home",
+        extra_config='[directory]\nbind_dn = "cn=svc"\nbind_password = "s3cret-bind"\n',
+    )
+    try:
+        client, csrf = web.login("administrator")
+        section = client.get("/api/settings/directory").json()
+        assert section["bind_dn"] == "cn=svc" and section["bind_password"] == "********"
+        section["timeout"] = 7.0
+        put = client.put("/api/settings/directory", json=section, headers={"x-csrf-token": csrf})
+        assert put.status_code == 200, put.text
+        config = tomllib.loads(web.config_path.read_text())["directory"]
+        # The secret stays what it was; the change is written.
+        assert config["bind_password"] == "s3cret-bind" and config["timeout"] == 7.0
+        again = client.get("/api/settings/directory").json()
+        assert again == {**section, "bind_password": "********"}
+        mta = client.get("/api/mta/smtp").json()
+        assert (
+            client.put("/api/mta/smtp", json=mta, headers={"x-csrf-token": csrf}).status_code == 200
+        )
+        assert client.get("/api/settings/smtp").status_code == 404
+        auditor, _ = web.login("auditor")
+        assert auditor.get("/api/settings/directory").json()["bind_password"] == "********"
+    finally:
+        web.close()

@@ -19,11 +19,12 @@ from .. import api_types as T
 from ..api_types import api
 from ..auth import Identity
 from ..config_edit import ConfigRefused, config_table, rewrite_config, write_config
-from ..forms import FormError, changed_values, form_fields, masked
+from ..forms import FormError, changed_values, form_fields, masked, unmasked
+from ..permissions import RouteSpec
 from ..respond import error_response, read_form, render
 from ..state import WebState, inventory_view
 from ..ui import field_unit, rest_text
-from .base import declared
+from .base import Route, declared
 
 # Sections of the mail transport (listeners, delivery, keys): ``mta.edit``, not
 # ``settings.edit``, may change them.
@@ -88,6 +89,8 @@ async def _put_section(request: Request, *, mta: bool) -> Response:
             raise TypeError
     except (ValueError, TypeError):
         return JSONResponse({"error": "send the section as a JSON object"}, status_code=400)
+    # A section as GET answered it: its secrets are asterisks and stay what they are.
+    value = unmasked(value, config_table(state, section))
     refused = _keep_access(state, section, value)
     if refused:
         return JSONResponse({"error": refused}, status_code=403)
@@ -289,14 +292,46 @@ async def mta_form(request: Request) -> Response:
     return await _section_form(request, mta=True)
 
 
-ROUTES = declared(
-    inventory_page,
-    settings_page,
-    settings_form,
-    mta_page,
-    mta_form,
-    api_settings,
-    api_settings_put,
-    api_mta_put,
-    api_inventory,
+def _get_section(request: Request, *, mta: bool) -> Response:
+    state: WebState = request.state.web
+    section = request.path_params["section"]
+    schemas = _sections(state)
+    if section not in schemas or (section in _MTA_SECTIONS) != mta:
+        return JSONResponse({"error": f"no section {section!r} here"}, status_code=404)
+    current = _section_value(state.file_config, section) or msgspec.convert({}, schemas[section])
+    return JSONResponse(masked(msgspec.to_builtins(current)))
+
+
+@api(dict[str, Any])
+async def api_settings_get(request: Request) -> Response:
+    """One settings section as the config file sets it (defaults filled in, secrets masked):
+    the shape ``PUT`` takes back (masked secrets then stay as they are)."""
+    return _get_section(request, mta=False)
+
+
+@api(dict[str, Any])
+async def api_mta_get(request: Request) -> Response:
+    """One mail-transport section, the shape ``PUT /api/mta/{section}`` takes back."""
+    return _get_section(request, mta=True)
+
+
+ROUTES = (
+    *declared(
+        inventory_page,
+        settings_page,
+        settings_form,
+        mta_page,
+        mta_form,
+        api_settings,
+        api_settings_put,
+        api_mta_put,
+        api_inventory,
+    ),
+    # One shape per resource: each section read as it is written (declared here, the
+    # permission table above predates them).
+    Route(
+        RouteSpec("/api/settings/{section}", ("GET",), "api_settings_get", "settings.view"),
+        api_settings_get,
+    ),
+    Route(RouteSpec("/api/mta/{section}", ("GET",), "api_mta_get", "mta.view"), api_mta_get),
 )
