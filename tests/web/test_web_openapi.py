@@ -32,6 +32,7 @@ def test_every_api_route_is_described_with_parameters_and_schemas(web: Web) -> N
     for path, operations in paths.items():
         for method, operation in operations.items():
             where = f"{method} {path}"
+            assert "x-undeclared" not in operation, f"{where}: no @api(...) types on its handler"
             named = {p["name"] for p in operation["parameters"] if p["in"] == "path"}
             assert named == set(re.findall(r"\{(\w+)\}", path)), where
             answers = operation["responses"]

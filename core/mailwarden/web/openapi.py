@@ -10,7 +10,7 @@ from typing import Any
 
 import msgspec
 
-from .api_types import Error, shape_of
+from .api_types import ApiShape, Error, shape_of
 from .permissions import PUBLIC
 from .respond import SESSION_COOKIE
 from .routes.base import Route
@@ -20,6 +20,8 @@ __all__ = ["openapi_document"]
 _REF = "#/components/schemas/{name}"
 _JSON = "application/json"
 _BINARY = {"type": "string", "format": "binary"}
+# A handler that declares no types (see api_types.api): any JSON.
+_UNDECLARED = ApiShape(Any)
 
 
 def _query_parameters(schema: dict[str, Any]) -> list[Any]:
@@ -51,9 +53,7 @@ def openapi_document(routes: Iterable[Route]) -> dict[str, Any]:
     api_routes = [r for r in routes if r.spec.path.startswith("/api/")]
     types: list[Any] = [Error]
     for route in api_routes:
-        shape = shape_of(route.handler)
-        if shape is None:
-            raise RuntimeError(f"{route.spec.handler} declares no API shape")
+        shape = shape_of(route.handler) or _UNDECLARED
         types += [t for t in (shape.response, shape.body, shape.query) if t not in (None, bytes)]
     found, components = msgspec.json.schema_components(types, ref_template=_REF)
     schema_of = dict(zip(map(id, types), found, strict=True))
@@ -63,8 +63,7 @@ def openapi_document(routes: Iterable[Route]) -> dict[str, Any]:
     queries: set[str] = set()
     for route in api_routes:
         spec, handler = route.spec, route.handler
-        shape = shape_of(handler)
-        assert shape is not None
+        shape = shape_of(handler) or _UNDECLARED
         doc = (handler.__doc__ or "").strip()
         parameters: list[Any] = [
             {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
@@ -95,6 +94,9 @@ def openapi_document(routes: Iterable[Route]) -> dict[str, Any]:
             "x-max-body": spec.max_body,
             "security": [] if spec.permission == PUBLIC else [{"bearer": []}, {"cookie": []}],
         }
+        if shape is _UNDECLARED:
+            # Still listed (the document must not fail for one route); the test names it.
+            operation["x-undeclared"] = True
         if shape.body is not None:
             operation["requestBody"] = {
                 "required": True,
