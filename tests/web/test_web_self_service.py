@@ -6,9 +6,11 @@ address, and releases, deletes or always allows it."""
 from __future__ import annotations
 
 import re
+import shutil
+import smtplib
 import time
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -16,10 +18,20 @@ import pytest
 from mailwarden.events import EventQuery
 from mailwarden.web.digest import send_digests
 from mailwarden_sdk import Envelope
-from tests.conftest import make_message
+from tests.conftest import free_port, make_message, need
+from tests.integration.test_gateway_relay import (  # noqa: F401 (the fixture)
+    Serve,
+    port_open,
+    serve_factory,
+    wait_until,
+)
+from tests.services import ensure_packages
 from tests.services.slapd import BASE_DN, Slapd, directory_section, running_slapd
 from tests.web.conftest import GTUBE, PASSWORD, Web
+from tests.web.test_web_browser import ARTIFACTS
 from tests.web.test_web_ui_digest import _mailbox
+
+SHOTS = ARTIFACTS / "web-ui"
 
 
 def _send_spam(web: Web, sender: str, recipient: str, subject: str) -> str:
@@ -163,3 +175,58 @@ def test_a_mail_user_works_their_own_quarantine(tmp_path: Path, slapd: Slapd) ->
         assert "not-mail-user" in admin.get("/my/quarantine").text
     finally:
         web.close()
+
+
+@pytest.mark.integration
+def test_a_mail_user_releases_their_spam_in_chromium(
+    slapd: Slapd,
+    serve_factory: Callable[..., Serve],  # noqa: F811
+) -> None:
+    ensure_packages("chromium")
+    binary = shutil.which("chromium")
+    need(binary is not None, "chromium is not installed")
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    web_port = free_port()
+    serve = serve_factory(
+        f"[web]\nenabled = true\nport = {web_port}\n"
+        + directory_section(slapd)
+        + '[antispam]\nquarantine = ["spam"]\n'
+        '[[rules]]\nname = "default"\n[rules.actions]\ninfected = "quarantine"\n'
+        'spam = "discard"\n'
+    ).start(wait_port=web_port)
+    wait_until(lambda: port_open(serve.port), 30, "the SMTP listener")
+    with smtplib.SMTP("127.0.0.1", serve.port, timeout=30) as client:
+        for subject, rcpt in (("for carol", "carol@example.test"), ("for bob", "bob@example.test")):
+            raw = make_message(subject=subject, body=GTUBE.decode() + "\r\n")
+            client.sendmail("promo@shop.example", [rcpt], raw)
+    base = f"https://127.0.0.1:{web_port}"
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=binary, args=["--no-sandbox", "--disable-dev-shm-usage"]
+        )
+        try:
+            page = browser.new_context(
+                ignore_https_errors=True, viewport={"width": 390, "height": 844}
+            ).new_page()
+            page.goto(f"{base}/login")
+            page.fill("#name", "carol@example.test")
+            page.fill("#password", PASSWORD)
+            page.click("#login")
+            page.wait_for_url(f"{base}/my/quarantine")
+            rows = page.locator("#my-held .held-entry")
+            assert rows.count() == 1 and "for carol" in rows.first.inner_text()
+            assert page.evaluate("document.documentElement.scrollWidth") <= 390
+            page.screenshot(path=str(SHOTS / "my-quarantine-390.png"), full_page=True)
+            rows.first.locator(".my-release").click()
+            page.wait_for_url(f"{base}/my/quarantine?done=release")
+            assert page.locator("#notice").inner_text() == "The message was released to you."
+            assert "Nothing is held for you." in page.locator("#my-held").inner_text()
+            page.screenshot(path=str(SHOTS / "my-quarantine-released.png"), full_page=True)
+        finally:
+            browser.close()
+    inbox = serve.home / "maildir" / "new"
+    wait_until(lambda: inbox.is_dir() and any(inbox.iterdir()), 30, "the released message")
+    [delivered] = [p.read_bytes() for p in inbox.iterdir()]
+    assert b"Subject: for carol" in delivered
+    assert serve.stop() == 0, serve.log.read_text()
