@@ -14,7 +14,7 @@ import msgspec
 import tomlkit
 from starlette.responses import JSONResponse, Response
 
-from ..config import parse_config
+from ..config import RuleConfig, parse_config
 from ..errors import ConfigError
 from .state import WebState
 
@@ -139,5 +139,20 @@ def allow_sender(state: WebState, sender: str, recipient: str) -> bool:
         detectors=[*detectors, "-antispam"],
     )
     rule["actions"].update(dict.fromkeys(ALLOW_SPAM_ACTIONS, "deliver"))
-    write_config(state, "rules", [rule, *rules])
+    default = msgspec.to_builtins(msgspec.convert({"name": name}, RuleConfig))
+    write_config(state, "rules", [_differing(rule, default), *rules])
     return True
+
+
+def _differing(value: dict[str, Any], default: dict[str, Any]) -> dict[str, Any]:
+    """The keys of ``value`` (tables compared key by key) that are not their defaults: the
+    rule as a person would write it."""
+    kept: dict[str, Any] = {}
+    for key, item in value.items():
+        if isinstance(item, dict) and isinstance(default.get(key), dict):
+            inner = _differing(item, default[key])
+            if inner:
+                kept[key] = inner
+        elif item != default.get(key) or key == "name":
+            kept[key] = item
+    return kept
