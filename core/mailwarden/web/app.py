@@ -23,9 +23,9 @@ from .auth import Identity
 from .permissions import PUBLIC, RouteSpec
 from .permissions import ROUTES as DECLARED
 from .respond import SESSION_COOKIE, error_response, read_form, wants_json
+from .route import Handler
 from .routes import ROUTES, Route
 from .routes.auth import still_in_groups
-from .routes.base import Handler
 from .state import WebState, web_auth
 
 __all__ = ["SESSION_COOKIE", "WebState", "create_app", "web_auth"]

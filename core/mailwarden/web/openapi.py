@@ -13,7 +13,7 @@ import msgspec
 from .api_types import ApiShape, Error, shape_of
 from .permissions import PUBLIC
 from .respond import SESSION_COOKIE
-from .routes.base import Route
+from .route import Route
 
 __all__ = ["openapi_document"]
 

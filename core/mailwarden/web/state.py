@@ -23,7 +23,7 @@ from .signatures import SignatureInfo
 
 if TYPE_CHECKING:
     from ..pipeline import Gateway
-    from .routes.base import Route
+    from .route import Route
 
 __all__ = ["WebState", "inventory_view", "web_auth"]
 

@@ -1,14 +1,14 @@
 """The route table: every route module's routes, in the order they match.
 
 Each module under ``routes/`` holds one area's handlers and its ``ROUTES`` (see
-:class:`.base.Route`); registering a module is one line, its name in :data:`AREAS`.
+:class:`mailwarden.web.route.Route`); registering a module is one line, its name in :data:`AREAS`.
 """
 
 from __future__ import annotations
 
 from importlib import import_module
 
-from .base import Route
+from ..route import Route
 
 __all__ = ["AREAS", "ROUTES", "Route"]
 

@@ -10,7 +10,7 @@ from starlette.responses import JSONResponse, Response
 
 from ..api_types import api
 from ..openapi import openapi_document
-from .base import declared
+from ..route import declared
 
 
 @api(dict[str, Any])

@@ -16,8 +16,8 @@ from .. import api_types as T
 from ..api_types import api
 from ..auth import Identity, client_key
 from ..respond import LOGIN_COOKIE, SESSION_COOKIE, peer, read_form, render, set_cookie
+from ..route import declared
 from ..state import WebState
-from .base import declared
 
 log = logging.getLogger(__name__)
 

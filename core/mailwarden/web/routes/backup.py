@@ -13,8 +13,8 @@ from ..api_types import api
 from ..backups import BackupNotFound, backup_entry, backup_list, backup_raw, release_backup
 from ..quarantine_views import send_on
 from ..respond import download, error_response, render
+from ..route import declared
 from ..state import WebState
-from .base import declared
 
 
 @api(T.BACKUPS)

@@ -18,8 +18,8 @@ from ..config_edit import ConfigRefused
 from ..digest import DigestLink
 from ..quarantine_views import act_for_recipient, quarantine_problem, recipient_entry
 from ..respond import error_response, peer, render
+from ..route import declared
 from ..state import WebState
-from .base import declared
 
 
 async def _digest_target(

@@ -17,6 +17,7 @@ from .. import api_types as T
 from ..api_types import api
 from ..auth import Identity
 from ..respond import error_response, render
+from ..route import declared
 from ..state import WebState
 from ..ui import (
     ACTIONS,
@@ -27,7 +28,6 @@ from ..ui import (
     human_bytes,
     parse_when,
 )
-from .base import declared
 
 
 def _query(params: Any) -> EventQuery:

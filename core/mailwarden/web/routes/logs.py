@@ -14,8 +14,8 @@ from starlette.responses import Response
 from .. import api_types as T
 from ..api_types import api
 from ..respond import error_response, render
+from ..route import declared
 from ..state import WebState
-from .base import declared
 
 
 def _log_since(params: Any) -> float | None:

@@ -13,6 +13,7 @@ from starlette.responses import Response
 
 from ...events import EventQuery
 from ..respond import render
+from ..route import declared
 from ..state import WebState
 from ..ui import (
     ACTIONS,
@@ -20,7 +21,6 @@ from ..ui import (
     bar_chart,
     trends,
 )
-from .base import declared
 
 
 def _dashboard(state: WebState, period: str) -> dict[str, Any]:

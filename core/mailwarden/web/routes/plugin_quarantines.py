@@ -26,9 +26,9 @@ from ..quarantine_views import (
     quarantine_problem,
 )
 from ..respond import download, error_response, form_lists, render, render_with_notice, with_notice
+from ..route import Handler, declared
 from ..state import WebState
 from ..ui import human_bytes
-from .base import Handler, declared
 from .quarantines import DELETES, bulk, confirm_page
 
 

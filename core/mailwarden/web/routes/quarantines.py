@@ -25,9 +25,9 @@ from ..api_types import api
 from ..auth import Identity
 from ..quarantine_views import message_view, plugin_act, plugin_quarantine, send_on
 from ..respond import download, error_response, form_lists, render, render_with_notice, with_notice
+from ..route import declared
 from ..state import WebState, inventory_view
 from ..ui import human_bytes
-from .base import declared
 
 
 def _held_view(state: WebState, held_id: str) -> dict[str, Any]:

@@ -21,9 +21,9 @@ from ..auth import Identity
 from ..config_edit import ConfigRefused, file_rules, rewrite_config, write_config
 from ..permissions import RULES_BODY, RouteSpec
 from ..respond import read_form, render
+from ..route import Route, declared
 from ..rules_edit import DryRunRow, dry_run, parse_rules, rules_text
 from ..state import WebState
-from .base import Route, declared
 
 
 def _rules(state: WebState) -> list[Any]:

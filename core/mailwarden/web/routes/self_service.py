@@ -24,9 +24,9 @@ from ..quarantine_views import (
     recipient_entry,
 )
 from ..respond import error_response, peer, read_form, render
+from ..route import Route
 from ..state import WebState
 from ..ui import human_bytes
-from .base import Route
 
 # The quarantine a mail user works with: the spam one (the sandbox's holds what only an
 # administrator may judge).

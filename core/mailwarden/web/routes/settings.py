@@ -22,9 +22,9 @@ from ..config_edit import ConfigRefused, config_table, rewrite_config, write_con
 from ..forms import FormError, changed_values, form_fields, masked, unmasked
 from ..permissions import RouteSpec
 from ..respond import error_response, read_form, render
+from ..route import Route, declared
 from ..state import WebState, inventory_view
 from ..ui import field_unit, rest_text
-from .base import Route, declared
 
 # Sections of the mail transport (listeners, delivery, keys): ``mta.edit``, not
 # ``settings.edit``, may change them.

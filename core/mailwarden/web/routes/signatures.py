@@ -9,8 +9,8 @@ from starlette.responses import JSONResponse, Response
 
 from .. import api_types as T
 from ..api_types import api
+from ..route import declared
 from ..state import WebState
-from .base import declared
 
 
 @api(list[T.Signatures])

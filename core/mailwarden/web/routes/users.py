@@ -17,8 +17,8 @@ from ..auth import Identity
 from ..config_edit import ConfigRefused, config_table, rewrite_config, write_config
 from ..permissions import BUILTIN_ROLES, PERMISSIONS
 from ..respond import render
+from ..route import declared
 from ..state import WebState
-from .base import declared
 
 
 def _roles(state: WebState) -> list[dict[str, Any]]:

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ..permissions import ROUTES as DECLARED
-from ..permissions import RouteSpec
+from .permissions import ROUTES as DECLARED
+from .permissions import RouteSpec
 
 __all__ = ["Handler", "Route", "declared"]
 
