@@ -53,6 +53,7 @@ from .notify import build_notices
 from .plugins import PluginSet, build_plugin_manager
 from .policy import RuleMatch, RuleSet, compile_rules, decide_action, fold_findings, rule_runs
 from .quarantine import Quarantine, ReleaseFailed
+from .sharedstate import PluginState
 from .spool import Spool, SpoolEntry, SpoolState
 from .stores.core import CoreStores
 
@@ -186,6 +187,7 @@ class _Host:
         self._config = config
         self._gateway = gateway
         self.data_dir: Path = config.home
+        self.shared_state: PluginState | None = None
 
     def config_for(self, section: str) -> Any:
         return self._config.plugins.get(section)
@@ -247,6 +249,8 @@ class Gateway:
         self.delivery = DeliveryQueue(self)
         # Greylisting and rate limits, asked by the ingresses before a message is scanned.
         self.policy_steps = PolicySteps(config, self.stores.metrics)
+        # The cluster's Redis for plugins (mailwarden_sdk.shared_state); None without [redis].
+        self.host.shared_state = self.policy_steps.shared
         self._executor: DaemonExecutor | None = None
         self._observers: list[ObserverLane] = []
         self._started = False
@@ -287,6 +291,8 @@ class Gateway:
         if self._started:
             return
         self._executor = DaemonExecutor(_DETECTOR_THREADS, "detector")
+        if self.policy_steps.shared is not None:
+            self.policy_steps.shared.bind(asyncio.get_running_loop())
         from .directory.service import open_directory
 
         # Opening may refresh an empty cache over the network, hence the thread; with the

@@ -13,6 +13,8 @@ A plugin that keeps messages of its own offers them to the web interface as a
 :class:`Quarantine` (:mod:`mailwarden_sdk.quarantines`).
 An ``async`` hook with CPU work to do runs it through :func:`run_cpu_bound`
 (:mod:`mailwarden_sdk.offload`): inline when small, in a thread when large.
+A plugin that keeps state every node of a cluster should see asks :func:`shared_state`
+(:mod:`mailwarden_sdk.shared`).
 :mod:`mailwarden_sdk.findings` has shorthands for common findings; ``requires_sdk`` on a plugin
 states which SDK versions it works with (see :mod:`mailwarden_sdk.version`).
 """
@@ -38,6 +40,7 @@ from .quarantines import (
     QuarantineError,
     QuarantineNotFound,
 )
+from .shared import SharedState, SharedStateUnavailable, shared_state
 from .stash import Stash, StashKey
 from .stores import StoreDescriptor, WhenFull
 from .types import (
@@ -81,6 +84,8 @@ __all__ = [
     "QuarantineError",
     "QuarantineNotFound",
     "ScanContext",
+    "SharedState",
+    "SharedStateUnavailable",
     "SpamStatus",
     "Stash",
     "StashKey",
@@ -98,4 +103,5 @@ __all__ = [
     "parse",
     "plugin_data_dir",
     "run_cpu_bound",
+    "shared_state",
 ]

@@ -25,7 +25,8 @@ __all__ = ["SDK_VERSION", "IncompatibleSdk", "check_compatible"]
 # 1.10: INLINE_MAX_FIELDS, INLINE_MAX_SECONDS, offload.scanning; every hook under a time
 #       budget, verdict and action hooks in a worker thread, observers on threads of their own
 # 1.11: mailwarden_learn hook (spamd TELL and other clients that report mail)
-SDK_VERSION = "1.11.0"
+# 1.12: mailwarden_sdk.shared (SharedState: the cluster's Redis state, or None)
+SDK_VERSION = "1.12.0"
 
 
 class IncompatibleSdk(Exception):
