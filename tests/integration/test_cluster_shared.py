@@ -12,11 +12,18 @@ from typing import Any
 
 import pytest
 
+from mailwarden.config import parse_config
+from mailwarden.pipeline import Gateway
+from mailwarden.plugins import build_plugin_manager
 from mailwarden.testing import GatewayRunner, _gateway
 from mailwarden_antispam import AntispamPlugin
+from mailwarden_sdk import Envelope
 from tests.conftest import make_message
 from tests.integration.test_greylist_ratelimit import metric, redis_section
+from tests.integration.test_reputation_http import LISTED_IP, _config
+from tests.integration.test_reputation_http import service as service  # the module's service
 from tests.services.redis import Redis, running_redis
+from tests.services.repservice import RepService
 
 pytestmark = pytest.mark.integration
 
@@ -144,3 +151,29 @@ def test_with_redis_killed_bayes_and_fuzzy_go_on_with_the_local_store(
     assert antispam(a).bayes.counts() == (1, 2)
     assert metric(a, "mailwarden_shared_state_redis") == 0
     assert metric(a, "mailwarden_shared_state_fallbacks_total") >= 2
+
+
+def test_a_reputation_answer_one_node_got_saves_the_other_node_the_lookup(
+    redis: Redis, service: RepService, tmp_path: Path
+) -> None:
+    runners = []
+    for name in ("a", "b"):
+        plugin_set = build_plugin_manager()
+        cfg = parse_config(_config(service) + redis_section(redis), plugin_set.config_schemas())
+        cfg.gateway.home = str(tmp_path / name)
+        runners.append(GatewayRunner(Gateway(cfg, plugins=plugin_set)).start())
+    a, b = runners
+    try:
+        envelope = Envelope(client_address=LISTED_IP, rcpt_to=["bob@example.net"])
+        message = make_message("hello", "nothing listed in here at all")
+        before = service.lookups_received()
+        assert "REPUTATION_IP" in {f.code for f in a.scan(message, envelope).verdict.findings}
+        assert service.lookups_received() == before + 1
+        # B's own cache is empty; Redis has A's answer, so B asks no backend.
+        assert "REPUTATION_IP" in {f.code for f in b.scan(message, envelope).verdict.findings}
+        assert service.lookups_received() == before + 1
+        # ... and keeps it in its own cache (the first level) from then on.
+        assert len(b.gateway.plugins.plugins["reputation"].obj.cache) >= 1
+    finally:
+        for runner in runners:
+            runner.stop()
