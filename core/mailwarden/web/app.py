@@ -43,6 +43,18 @@ from mailwarden_sdk import (
     QuarantineNotFound,
 )
 
+from ..cluster.console import (  # noqa: F401 - handlers of ROUTES, found in globals()
+    api_cluster_delete,
+    api_cluster_events,
+    api_cluster_quarantine,
+    api_cluster_release,
+    cluster_page,
+    cluster_release_form,
+    node_delete,
+    node_events,
+    node_quarantine,
+    node_release,
+)
 from ..config import Config, load_config, parse_config
 from ..errors import ConfigError
 from ..events import EventQuery
@@ -128,6 +140,7 @@ class WebState:
         self.directory_checked: dict[str, float] = {}
         self.directory_recheck = 300.0
         self.templates = _templates()
+        self.templates.globals["cluster_nodes"] = bool(gateway.config.cluster.nodes)
         self.signatures = SignatureInfo(gateway)
         self.digest = DigestSigner(gateway.config.home / "web")
         self.digest_task: asyncio.Task[None] | None = None

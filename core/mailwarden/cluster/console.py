@@ -1,0 +1,366 @@
+"""One console over every node: the web UI and API of any node show the events and the held
+messages of all nodes of ``[cluster] nodes``, and release or delete a message on the node
+that holds it.
+
+The console asks every node at once (this one directly, the others over HTTP(S) with requests
+signed by :mod:`.signing`) and waits ``[cluster] timeout`` seconds for each; a node that did
+not answer in time is listed as such, with what went wrong, and the answers of the others are
+shown. Without ``[cluster]`` the console shows this node alone.
+
+Two kinds of routes (both declared in :mod:`mailwarden.web.permissions`):
+
+- ``/api/cluster/...`` and ``/cluster...`` for people, under the usual logins and permissions;
+- ``/cluster/v1/...`` for the other nodes: public as far as logins go, refused unless signed
+  with the cluster's secret by a node of ``[cluster] nodes`` (404 without ``[cluster]``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
+
+import httpx
+import msgspec
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+
+from ..quarantine import QuarantineBusy, QuarantineError, ReleaseFailed
+from .signing import Signer, cluster_secret
+
+if TYPE_CHECKING:
+    from ..config import Config
+    from ..web.app import WebState
+
+__all__ = [
+    "Console",
+    "api_cluster_delete",
+    "api_cluster_events",
+    "api_cluster_quarantine",
+    "api_cluster_release",
+    "cluster_page",
+    "cluster_release_form",
+    "node_delete",
+    "node_events",
+    "node_quarantine",
+    "node_release",
+]
+
+log = logging.getLogger(__name__)
+
+_API = "/cluster/v1"
+
+
+@dataclass
+class NodeAnswer:
+    """What one node said, or why it said nothing."""
+
+    name: str
+    answered: bool
+    items: list[dict[str, Any]]
+    error: str = ""
+    local: bool = False
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "answered": self.answered,
+            "local": self.local,
+            "count": len(self.items),
+            "error": self.error or None,
+        }
+
+
+class Console:
+    """The nodes of ``[cluster]`` and a client that asks them (one per web worker)."""
+
+    def __init__(self, config: Config) -> None:
+        cfg = config.cluster
+        self.name = cfg.name or config.gateway.hostname
+        self.peers = {n.name: n.url.rstrip("/") for n in cfg.nodes if n.name != self.name}
+        self.enabled = bool(cfg.nodes)
+        self.timeout = cfg.timeout
+        self.signer: Signer | None = None
+        if self.enabled:
+            self.signer = Signer(cluster_secret(cfg), self.name, {n.name for n in cfg.nodes})
+        self._verify: Any = cfg.ca_file or True
+        self._client: httpx.AsyncClient | None = None
+
+    def client(self) -> httpx.AsyncClient:
+        if self._client is None:
+            self._client = httpx.AsyncClient(verify=self._verify, timeout=self.timeout)
+        return self._client
+
+    async def ask(self, node: str, method: str, target: str) -> Any:
+        """A signed request to ``node``; its JSON answer. Raises on any failure."""
+        assert self.signer is not None
+        url = self.peers[node] + target
+        headers = self.signer.headers(method, target)
+        async with asyncio.timeout(self.timeout):
+            response = await self.client().request(method, url, headers=headers)
+        if response.status_code >= 400:
+            raise NodeRefused(response.status_code, _error_of(response))
+        return response.json()
+
+    async def fan_out(self, target: str, local: Any) -> list[NodeAnswer]:
+        """``local()`` here and ``GET target`` on every other node, all at once."""
+
+        async def one(name: str) -> NodeAnswer:
+            try:
+                items = await self.ask(name, "GET", target)
+            except TimeoutError:
+                return NodeAnswer(name, False, [], f"no answer within {self.timeout:g} s")
+            except NodeRefused as exc:
+                return NodeAnswer(name, False, [], str(exc))
+            except (httpx.HTTPError, OSError, ValueError) as exc:
+                return NodeAnswer(name, False, [], f"{exc.__class__.__name__}: {exc}".strip())
+            return NodeAnswer(name, True, list(items))
+
+        here = NodeAnswer(self.name, True, await local(), local=True)
+        others = await asyncio.gather(*(one(name) for name in sorted(self.peers)))
+        return [here, *others]
+
+
+class NodeRefused(Exception):
+    """A node answered with an error status."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"{status}: {message}")
+        self.status = status
+
+
+def _error_of(response: httpx.Response) -> str:
+    try:
+        return str(response.json().get("error", ""))[:200]
+    except ValueError:
+        return response.text[:200]
+
+
+def console(state: WebState) -> Console:
+    """The console of this web worker, made at first use."""
+    found: Console | None = getattr(state, "cluster_console", None)
+    if found is None:
+        found = Console(state.gateway.config)
+        state.cluster_console = found  # type: ignore[attr-defined]
+    return found
+
+
+# -- what one node answers ------------------------------------------------------------------
+
+
+async def _local_events(state: WebState, params: Any) -> list[dict[str, Any]]:
+    from ..web.app import _query
+
+    events = await asyncio.to_thread(state.gateway.events.search, _query(params))
+    found: list[dict[str, Any]] = msgspec.to_builtins(events)
+    return found
+
+
+async def _local_held(state: WebState) -> list[dict[str, Any]]:
+    from ..web.app import _held_list
+
+    return await asyncio.to_thread(_held_list, state)
+
+
+async def _local_release(state: WebState, held_id: str) -> str:
+    return await state.gateway.release(held_id)
+
+
+async def _local_delete(state: WebState, held_id: str) -> None:
+    await asyncio.to_thread(state.gateway.quarantine.delete, held_id)
+
+
+# -- routes for the other nodes (signed) ------------------------------------------------------
+
+
+async def _signed(request: Request) -> Response | None:
+    """The refusal of an unsigned or badly signed request, ``None`` for a good one."""
+    state: WebState = request.state.web
+    found = console(state)
+    if not found.enabled or found.signer is None:
+        return JSONResponse({"error": "this node is in no [cluster]"}, status_code=404)
+    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    why = found.signer.check(request.method, target, request.headers, await request.body())
+    if why is not None:
+        log.warning("cluster request refused from %s: %s", request.client, why)
+        return JSONResponse({"error": why}, status_code=401)
+    return None
+
+
+async def node_events(request: Request) -> Response:
+    """This node's events, for the console of another node (signed)."""
+    refused = await _signed(request)
+    if refused is not None:
+        return refused
+    try:
+        events = await _local_events(request.state.web, request.query_params)
+    except ValueError as exc:
+        return JSONResponse({"error": f"bad query: {exc}"}, status_code=400)
+    return JSONResponse(events)
+
+
+async def node_quarantine(request: Request) -> Response:
+    """This node's held messages, for the console of another node (signed)."""
+    refused = await _signed(request)
+    return refused or JSONResponse(await _local_held(request.state.web))
+
+
+async def node_release(request: Request) -> Response:
+    """Release a message held here, asked by another node's console (signed)."""
+    refused = await _signed(request)
+    if refused is not None:
+        return refused
+    state: WebState = request.state.web
+    held_id = request.path_params["held_id"]
+    try:
+        where = await _local_release(state, held_id)
+    except (QuarantineBusy, ReleaseFailed) as exc:
+        return JSONResponse({"error": str(exc)}, status_code=409)
+    except QuarantineError as exc:
+        return JSONResponse({"error": str(exc)}, status_code=404)
+    state.audit.write(
+        "quarantine.release", f"node:{request.headers.get('x-mailwarden-node')}", id=held_id
+    )
+    return JSONResponse({"released": where})
+
+
+async def node_delete(request: Request) -> Response:
+    """Delete a message held here, asked by another node's console (signed)."""
+    refused = await _signed(request)
+    if refused is not None:
+        return refused
+    state: WebState = request.state.web
+    held_id = request.path_params["held_id"]
+    try:
+        await _local_delete(state, held_id)
+    except QuarantineBusy as exc:
+        return JSONResponse({"error": str(exc)}, status_code=409)
+    except QuarantineError as exc:
+        return JSONResponse({"error": str(exc)}, status_code=404)
+    state.audit.write(
+        "quarantine.delete", f"node:{request.headers.get('x-mailwarden-node')}", id=held_id
+    )
+    return JSONResponse({"deleted": held_id})
+
+
+# -- the console (people) ---------------------------------------------------------------------
+
+
+def _merged(answers: list[NodeAnswer], key: str, limit: int) -> list[dict[str, Any]]:
+    rows = [{**item, "node": a.name} for a in answers for item in a.items]
+    rows.sort(key=lambda row: float(row.get(key) or 0), reverse=True)
+    return rows[:limit]
+
+
+async def cluster_events(state: WebState, params: Any) -> dict[str, Any]:
+    """Every node's events matching ``params`` (the events API's), newest first."""
+    found = console(state)
+    query = urlencode([(k, v) for k, v in params.multi_items()])
+    target = f"{_API}/events" + (f"?{query}" if query else "")
+    answers = await found.fan_out(target, lambda: _local_events(state, params))
+    limit = min(int(params.get("limit") or 100), 1000)
+    return {
+        "nodes": [a.status() for a in answers],
+        "events": _merged(answers, "time", limit),
+    }
+
+
+async def cluster_held(state: WebState) -> dict[str, Any]:
+    """Every node's held messages, newest first."""
+    answers = await console(state).fan_out(f"{_API}/quarantine", lambda: _local_held(state))
+    return {"nodes": [a.status() for a in answers], "held": _merged(answers, "held_at", 10_000)}
+
+
+async def _act(request: Request, act: str, node: str) -> tuple[int, dict[str, Any]]:
+    """Release or delete ``held_id`` on the node named ``node`` (empty: this one)."""
+    state: WebState = request.state.web
+    found = console(state)
+    held_id = request.path_params["held_id"]
+    node = node or found.name
+    identity = request.state.identity
+    if node == found.name:
+        try:
+            if act == "release":
+                result: dict[str, Any] = {"released": await _local_release(state, held_id)}
+            else:
+                await _local_delete(state, held_id)
+                result = {"deleted": held_id}
+        except (QuarantineBusy, ReleaseFailed) as exc:
+            return 409, {"error": str(exc)}
+        except QuarantineError as exc:
+            return 404, {"error": str(exc)}
+    elif node in found.peers:
+        target = f"{_API}/quarantine/{held_id}/{act}"
+        try:
+            result = await found.ask(node, "POST", target)
+        except NodeRefused as exc:
+            return exc.status if exc.status in (404, 409) else 502, {"error": f"{node}: {exc}"}
+        except (TimeoutError, httpx.HTTPError, OSError, ValueError) as exc:
+            return 504, {"error": f"node {node} did not answer: {exc.__class__.__name__}"}
+    else:
+        return 404, {"error": f"no node {node!r} in [cluster] nodes"}
+    state.audit.write(f"quarantine.{act}", identity.name, id=held_id, node=node)
+    return 200, {**result, "node": node}
+
+
+async def api_cluster_events(request: Request) -> Response:
+    """Events of every node of ``[cluster]`` (the ``/api/events`` query), each with its
+    ``node``; ``nodes`` says which answered (``answered: false`` with the ``error``)."""
+    try:
+        body = await cluster_events(request.state.web, request.query_params)
+    except ValueError as exc:
+        return JSONResponse({"error": f"bad query: {exc}"}, status_code=400)
+    return JSONResponse(body)
+
+
+async def api_cluster_quarantine(request: Request) -> Response:
+    """Held messages of every node of ``[cluster]``, each with its ``node``; ``nodes`` says
+    which answered."""
+    return JSONResponse(await cluster_held(request.state.web))
+
+
+async def api_cluster_release(request: Request) -> Response:
+    """Release a held message on the node that holds it (``?node=NAME``; default this one)."""
+    status, body = await _act(request, "release", request.query_params.get("node", ""))
+    return JSONResponse(body, status_code=status)
+
+
+async def api_cluster_delete(request: Request) -> Response:
+    """Delete a held message on the node that holds it (``?node=NAME``; default this one)."""
+    status, body = await _act(request, "delete", request.query_params.get("node", ""))
+    return JSONResponse(body, status_code=status)
+
+
+async def cluster_page(request: Request) -> Response:
+    """Every node's held messages (and, with the permission, latest events) on one page."""
+    from ..web.app import _page
+
+    state: WebState = request.state.web
+    held = await cluster_held(state)
+    events = None
+    if request.state.identity.may("events.messages.view"):
+        events = await cluster_events(state, request.query_params)
+    return _page(
+        request,
+        "cluster.html",
+        held=held,
+        events=events,
+        notice=request.query_params.get("done", ""),
+        time=time,
+    )
+
+
+async def cluster_release_form(request: Request) -> Response:
+    """Release from the console page (the form names the node), then back to it."""
+    from ..web.app import _error, _form
+
+    node = (await _form(request)).get("node", "")
+    status, body = await _act(request, "release", node)
+    if status != 200:
+        return _error(request, status, str(body.get("error")))
+    note = json.dumps(body.get("released", ""))[:200]
+    return RedirectResponse("/cluster?" + urlencode({"done": f"released: {note}"}), 303)
