@@ -48,6 +48,7 @@ __all__ = [
     "node_events",
     "node_quarantine",
     "node_release",
+    "redis_status",
 ]
 
 log = logging.getLogger(__name__)
@@ -138,6 +139,16 @@ def _error_of(response: httpx.Response) -> str:
         return str(response.json().get("error", ""))[:200]
     except ValueError:
         return response.text[:200]
+
+
+def redis_status(gateway: Any) -> str | None:
+    """``"shared"`` while the cluster's Redis answers this node, ``"local"`` while the node goes
+    on with its local state (as the metric ``mailwarden_shared_state_redis`` says), ``None``
+    without ``[redis]``: what the dashboard shows."""
+    shared = gateway.policy_steps.shared
+    if shared is None:
+        return None
+    return "local" if shared.breaker.down else "shared"
 
 
 def console(state: WebState) -> Console:

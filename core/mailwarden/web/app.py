@@ -54,6 +54,7 @@ from ..cluster.console import (  # noqa: F401 - handlers of ROUTES, found in glo
     node_events,
     node_quarantine,
     node_release,
+    redis_status,
 )
 from ..config import Config, load_config, parse_config
 from ..errors import ConfigError
@@ -1880,6 +1881,7 @@ def _dashboard(state: WebState, period: str) -> dict[str, Any]:
     stats["legend"] = actions
     stats["spool"] = len(state.gateway.spool.ids())
     stats["held"] = len(state.gateway.quarantine)
+    stats["redis"] = redis_status(state.gateway)
     return stats
 
 
