@@ -209,11 +209,14 @@ class RedisState(StateBackend):
 
     kind = "redis"
 
-    def __init__(self, url: str, prefix: str, timeout: float) -> None:
+    def __init__(
+        self, url: str, prefix: str, timeout: float, metrics: GatewayMetrics | None = None
+    ) -> None:
         import redis.asyncio as aioredis
 
         self.prefix = prefix
         self.timeout = timeout
+        self.metrics = metrics
         self.round_trips = 0
         self.client = aioredis.Redis.from_url(
             url,
@@ -223,8 +226,13 @@ class RedisState(StateBackend):
             retry_on_timeout=False,
         )
 
-    async def add(self, increments: Sequence[Increment], *, refresh: bool = False) -> list[int]:
+    def _trip(self) -> None:
         self.round_trips += 1
+        if self.metrics is not None:
+            self.metrics.shared_state_round_trips.inc()
+
+    async def add(self, increments: Sequence[Increment], *, refresh: bool = False) -> list[int]:
+        self._trip()
         async with asyncio.timeout(self.timeout):
             pipe = self.client.pipeline(transaction=True)
             for key, amount, ttl in increments:
@@ -237,7 +245,7 @@ class RedisState(StateBackend):
         return [int(value) for value in replies[1::step]]
 
     async def get(self, key: str) -> str | None:
-        self.round_trips += 1
+        self._trip()
         async with asyncio.timeout(self.timeout):
             value = await self.client.get(self.prefix + key)
         return None if value is None else str(value)
@@ -246,13 +254,13 @@ class RedisState(StateBackend):
         """The values of ``keys`` (``MGET``, one round trip)."""
         if not keys:
             return []
-        self.round_trips += 1
+        self._trip()
         async with asyncio.timeout(self.timeout):
             values = await self.client.mget([self.prefix + key for key in keys])
         return [None if value is None else str(value) for value in values]
 
     async def put(self, key: str, value: str, ttl: float, *, only_new: bool = False) -> bool:
-        self.round_trips += 1
+        self._trip()
         async with asyncio.timeout(self.timeout):
             done = await self.client.set(
                 self.prefix + key, value, px=max(1, int(ttl * 1000)), nx=only_new
@@ -263,7 +271,7 @@ class RedisState(StateBackend):
         """Every ``SET key value PX ttl`` in one pipelined round trip."""
         if not values:
             return
-        self.round_trips += 1
+        self._trip()
         async with asyncio.timeout(self.timeout):
             pipe = self.client.pipeline(transaction=False)
             for key, value in values.items():
@@ -272,7 +280,7 @@ class RedisState(StateBackend):
 
     async def swap(self, key: str, value: str, ttl: float) -> str | None:
         """``SET key value PX ttl GET``: the old value, replaced atomically."""
-        self.round_trips += 1
+        self._trip()
         async with asyncio.timeout(self.timeout):
             old = await self.client.set(
                 self.prefix + key, value, px=max(1, int(ttl * 1000)), get=True
@@ -474,6 +482,6 @@ def open_state(
     cfg = config.redis
     if not cfg.enabled:
         return local, None
-    remote = RedisState(cfg.url, cfg.prefix, cfg.timeout)
+    remote = RedisState(cfg.url, cfg.prefix, cfg.timeout, metrics)
     breaker = Breaker(cfg.breaker_failures, cfg.breaker_reset, metrics)
     return SharedState(remote, local, breaker), PluginState(remote, breaker)
