@@ -34,6 +34,7 @@ from typing import Any
 import httpx
 import pytest
 
+from mailwarden.cluster.signing import Signer
 from mailwarden.web.auth import WebAuth
 from tests.conftest import free_port, need
 from tests.integration.test_gateway_relay import Sink, port_open, wait_until
@@ -530,3 +531,40 @@ def test_with_redis_killed_mail_keeps_flowing_with_local_state(cluster: Cluster)
         # ... and so does the dashboard of every node.
         dashboard = cluster.api(name, "GET", "/").text
         assert "Redis does not answer: this node goes on with its local state" in dashboard
+
+
+def test_a_configuration_pushed_from_b_is_applied_on_every_node_with_its_version(
+    cluster: Cluster,
+) -> None:
+    versions = cluster.api("b", "GET", "/api/cluster/config").json()["nodes"]
+    assert len({n["version"] for n in versions}) == 1, versions  # the same file but for names
+    # A new rule on B: mail from pushed@ok.test is held, whatever its verdict.
+    config = cluster.nodes["b"].home / "mailwarden.toml"
+    text = config.read_text()
+    rule = '[[rules]]\nname = "pushed"\nsenders = ["pushed@ok.test"]\n'
+    rule += '[rules.actions]\nclean = "quarantine"\n'
+    config.write_text(text.replace("[[rules]]", rule + "[[rules]]", 1))
+    versions = cluster.api("b", "GET", "/api/cluster/config").json()["nodes"]
+    assert len({n["version"] for n in versions}) == 2
+    pushed = cluster.api("b", "POST", "/api/cluster/config/push").json()
+    assert [(n["name"], n["pushed"]) for n in pushed["nodes"]] == [("a", True), ("c", True)]
+    versions = cluster.api("b", "GET", "/api/cluster/config").json()["nodes"]
+    assert {n["version"] for n in versions} == {pushed["version"]}, versions
+    # A kept its own name and host name, and runs the new rule at once (reloaded).
+    mine = (cluster.nodes["a"].home / "mailwarden.toml").read_text()
+    assert 'name = "a"' in mine and "node-a.example.org" in mine and 'name = "pushed"' in mine
+    raw = message("pushed rule", "hello", "pushed@ok.test", marker="pushed-1")
+    assert send(cluster, cluster.pinned("a"), "pushed@ok.test", raw)[0] == 250
+    held = cluster.api("a", "GET", "/api/quarantine").json()
+    assert [h["rule"] for h in held if h["subject"] == "pushed rule"] == ["pushed"], held
+    # A file that does not validate is refused, naming the line, and changes nothing.
+    before = (cluster.nodes["a"].home / "mailwarden.toml").read_text()
+    bad = config.read_text().replace("port = 2525", "port = -1").encode()
+    headers = Signer(SECRET.encode(), "b", set(ADDRESSES)).headers(
+        "POST", "/cluster/v1/config", bad
+    )
+    with inside(cluster.hub):
+        url = f"http://{ADDRESSES['a']}:{WEB_PORT}/cluster/v1/config"
+        refused = httpx.post(url, content=bad, headers=headers, timeout=30)
+    assert refused.status_code == 422 and "port" in refused.json()["error"], refused.text
+    assert (cluster.nodes["a"].home / "mailwarden.toml").read_text() == before

@@ -21,6 +21,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
@@ -29,7 +30,9 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
+from ..errors import ConfigError
 from ..quarantine import QuarantineBusy, QuarantineError, ReleaseFailed
+from .configpush import apply_pushed, config_version
 from .signing import Signer, cluster_secret
 
 if TYPE_CHECKING:
@@ -38,12 +41,16 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Console",
+    "api_cluster_config",
+    "api_cluster_config_push",
     "api_cluster_delete",
     "api_cluster_events",
     "api_cluster_quarantine",
     "api_cluster_release",
     "cluster_page",
     "cluster_release_form",
+    "node_config",
+    "node_config_push",
     "node_delete",
     "node_events",
     "node_quarantine",
@@ -96,13 +103,13 @@ class Console:
             self._client = httpx.AsyncClient(verify=self._verify, timeout=self.timeout)
         return self._client
 
-    async def ask(self, node: str, method: str, target: str) -> Any:
+    async def ask(self, node: str, method: str, target: str, body: bytes = b"") -> Any:
         """A signed request to ``node``; its JSON answer. Raises on any failure."""
         assert self.signer is not None
         url = self.peers[node] + target
-        headers = self.signer.headers(method, target)
+        headers = self.signer.headers(method, target, body)
         async with asyncio.timeout(self.timeout):
-            response = await self.client().request(method, url, headers=headers)
+            response = await self.client().request(method, url, headers=headers, content=body)
         if response.status_code >= 400:
             raise NodeRefused(response.status_code, _error_of(response))
         return response.json()
@@ -258,6 +265,41 @@ async def node_delete(request: Request) -> Response:
     return JSONResponse({"deleted": held_id})
 
 
+async def _local_config(state: WebState) -> list[dict[str, Any]]:
+    source = state.gateway.config.source
+    if not source:
+        return [{"version": None}]
+    text = await asyncio.to_thread(Path(source).read_text, encoding="utf-8")
+    return [{"version": config_version(text)}]
+
+
+async def node_config(request: Request) -> Response:
+    """The version of this node's configuration, for the console (signed)."""
+    refused = await _signed(request)
+    return refused or JSONResponse(await _local_config(request.state.web))
+
+
+async def node_config_push(request: Request) -> Response:
+    """Take the configuration the console node pushed (signed): this node's local keys kept,
+    validated, written, reloaded; the new version, or 422 naming the key and line."""
+    refused = await _signed(request)
+    if refused is not None:
+        return refused
+    state: WebState = request.state.web
+    text = (await request.body()).decode("utf-8", "replace")
+    try:
+        version, changed = await asyncio.to_thread(apply_pushed, state.gateway, text)
+    except ConfigError as exc:
+        return JSONResponse({"error": str(exc)}, status_code=422)
+    state.refresh()
+    by = f"node:{request.headers.get('x-mailwarden-node')}"
+    state.audit.write("config.pushed", by, version=version)
+    log.warning(
+        "configuration %s pushed by %s applied; at the next start: %s", version, by, changed
+    )
+    return JSONResponse({"version": version, "next_start": changed})
+
+
 # -- the console (people) ---------------------------------------------------------------------
 
 
@@ -318,6 +360,47 @@ async def _act(request: Request, act: str, node: str) -> tuple[int, dict[str, An
     return 200, {**result, "node": node}
 
 
+async def cluster_config(state: WebState) -> dict[str, Any]:
+    """The configuration version of every node (the same version: the same configuration)."""
+    answers = await console(state).fan_out(f"{_API}/config", lambda: _local_config(state))
+    return {
+        "nodes": [
+            {**a.status(), "version": a.items[0].get("version") if a.items else None}
+            for a in answers
+        ]
+    }
+
+
+async def api_cluster_config(request: Request) -> Response:
+    """The configuration version of every node of ``[cluster]``."""
+    return JSONResponse(await cluster_config(request.state.web))
+
+
+async def api_cluster_config_push(request: Request) -> Response:
+    """Push this node's configuration file to every other node; each keeps its own
+    ``LOCAL_KEYS``, validates, writes and reloads. Per node: its new version or the error."""
+    state: WebState = request.state.web
+    found = console(state)
+    source = state.gateway.config.source
+    if not source:
+        return JSONResponse({"error": "this node runs on its embedded defaults"}, status_code=409)
+    body = (await asyncio.to_thread(Path(source).read_text, encoding="utf-8")).encode()
+
+    async def push(node: str) -> dict[str, Any]:
+        try:
+            answer = await found.ask(node, "POST", f"{_API}/config", body)
+        except NodeRefused as exc:
+            return {"name": node, "pushed": False, "error": str(exc)}
+        except (TimeoutError, httpx.HTTPError, OSError, ValueError) as exc:
+            return {"name": node, "pushed": False, "error": exc.__class__.__name__}
+        return {"name": node, "pushed": True, **answer}
+
+    results = await asyncio.gather(*(push(node) for node in sorted(found.peers)))
+    version = config_version(body.decode())
+    state.audit.write("config.push", request.state.identity.name, version=version)
+    return JSONResponse({"version": version, "nodes": list(results)})
+
+
 async def api_cluster_events(request: Request) -> Response:
     """Events of every node of ``[cluster]`` (the ``/api/events`` query), each with its
     ``node``; ``nodes`` says which answered (``answered: false`` with the ``error``)."""
@@ -352,14 +435,17 @@ async def cluster_page(request: Request) -> Response:
 
     state: WebState = request.state.web
     held = await cluster_held(state)
-    events = None
+    events = config = None
     if request.state.identity.may("events.messages.view"):
         events = await cluster_events(state, request.query_params)
+    if request.state.identity.may("settings.view"):
+        config = await cluster_config(state)
     return _page(
         request,
         "cluster.html",
         held=held,
         events=events,
+        config=config,
         notice=request.query_params.get("done", ""),
         time=time,
     )

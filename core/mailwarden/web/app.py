@@ -44,12 +44,16 @@ from mailwarden_sdk import (
 )
 
 from ..cluster.console import (  # noqa: F401 - handlers of ROUTES, found in globals()
+    api_cluster_config,
+    api_cluster_config_push,
     api_cluster_delete,
     api_cluster_events,
     api_cluster_quarantine,
     api_cluster_release,
     cluster_page,
     cluster_release_form,
+    node_config,
+    node_config_push,
     node_delete,
     node_events,
     node_quarantine,

@@ -199,6 +199,10 @@ ROUTES: tuple[RouteSpec, ...] = (
     RouteSpec(
         "/api/cluster/quarantine/{held_id}", ("DELETE",), "api_cluster_delete", "queues.manage"
     ),
+    RouteSpec("/api/cluster/config", ("GET",), "api_cluster_config", "settings.view"),
+    RouteSpec("/api/cluster/config/push", ("POST",), "api_cluster_config_push", "settings.edit"),
+    RouteSpec("/cluster/v1/config", ("GET",), "node_config", PUBLIC),
+    RouteSpec("/cluster/v1/config", ("POST",), "node_config_push", PUBLIC, max_body=JSON_BODY),
     RouteSpec("/cluster/v1/events", ("GET",), "node_events", PUBLIC),
     RouteSpec("/cluster/v1/quarantine", ("GET",), "node_quarantine", PUBLIC),
     RouteSpec("/cluster/v1/quarantine/{held_id}/release", ("POST",), "node_release", PUBLIC),
