@@ -43,6 +43,7 @@ from . import auth, heuristics
 from .bayes import JOURNAL_MAX_ENTRIES, Bayes, band
 from .content import body_text, links, message_facts, message_urls, rawbody_text
 from .dnslists import DnsList, query_lists
+from .fuzzy import MAX_ENTRIES as FUZZY_MAX_ENTRIES
 from .fuzzy import FuzzyStore, sketch
 from .quarantine import SpamQuarantine, SpamQuarantineView
 from .resolver import DnsBudget, Resolver, SyncDns
@@ -275,6 +276,20 @@ class AntispamPlugin:
                 read_permission="settings.view",
             )
         ]
+        if config.bayes:
+            stores.append(
+                StoreDescriptor(
+                    name="antispam fuzzy hashes",
+                    path=str(base / "fuzzy"),
+                    holds="24 hashes of word shingles per message a person reported as spam, "
+                    "each pointing to the reported message's digest; no text (fuzzy.py), "
+                    "each expiring after 30 days",
+                    max_entries=FUZZY_MAX_ENTRIES,
+                    # Capped in its own LMDB transactions (those expiring first go), as a cache.
+                    when_full=WhenFull.EVICT_LRU,
+                    read_permission="settings.view",
+                )
+            )
         # The message files only (the LMDB index is in quarantine-index beside them): the
         # core's enforcer may remove the oldest files too; the index forgets those entries.
         stores.append(

@@ -32,13 +32,15 @@ from mailwarden_sdk import ParsedMessage, SharedState, SharedStateUnavailable, p
 
 from .content import body_text
 
-__all__ = ["SHINGLE", "SKETCH", "FuzzyStore", "sketch"]
+__all__ = ["MAX_ENTRIES", "SHINGLE", "SKETCH", "FuzzyStore", "sketch"]
 
 log = logging.getLogger(__name__)
 
 #: Words per shingle, and hashes per sketch.
 SHINGLE = 4
 SKETCH = 24
+#: Hashes kept locally; the ones expiring first go above it.
+MAX_ENTRIES = 1_000_000
 _WORD = re.compile(r"[^\W_]{2,30}", re.UNICODE)
 _MAX_WORDS = 5000
 _ENTRY = struct.Struct(">d16s")  # expiry, the reported message's id
@@ -69,7 +71,7 @@ class FuzzyStore:
         *,
         threshold: float = 0.5,
         ttl: float = 30 * 86400.0,
-        max_entries: int = 1_000_000,
+        max_entries: int = MAX_ENTRIES,
     ) -> None:
         root.mkdir(parents=True, exist_ok=True)
         self.threshold = threshold
