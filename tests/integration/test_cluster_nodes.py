@@ -38,7 +38,7 @@ from mailwarden.cluster.signing import Signer
 from mailwarden.web.auth import WebAuth
 from tests.conftest import free_port, need
 from tests.integration.test_gateway_relay import Sink, port_open, wait_until
-from tests.integration.test_smtp_relay_control import inside
+from tests.integration.test_smtp_relay_control import _netguard_allows, inside
 from tests.services.haproxy import HAProxy, running_haproxy
 from tests.services.redis import Redis
 
@@ -92,25 +92,6 @@ def cluster_network() -> Iterator[tuple[str, dict[str, str]]]:
     finally:
         for namespace in [*nodes.values(), hub]:
             subprocess.run(["ip", "netns", "del", namespace], capture_output=True, timeout=30)
-
-
-@contextlib.contextmanager
-def netguard_allows(names: list[str]) -> Iterator[None]:
-    # The test network exists only inside its namespaces (tests/netguard).
-    allowed = {
-        "MAILWARDEN_NETGUARD_NETNS": ",".join(names),
-        "MAILWARDEN_NETGUARD_NETNS_NETS": NETWORK,
-    }
-    previous = {key: os.environ.get(key) for key in allowed}
-    os.environ.update(allowed)
-    try:
-        yield
-    finally:
-        for key, value in previous.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def node_config(name: str, redis: Redis, sink: Sink) -> str:
@@ -294,7 +275,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     work = tmp_path_factory.mktemp("cluster")
     with contextlib.ExitStack() as stack:
         hub, namespaces = stack.enter_context(cluster_network())
-        stack.enter_context(netguard_allows([hub, *namespaces.values()]))
+        stack.enter_context(_netguard_allows(hub, *namespaces.values(), nets=NETWORK))
         redis = Redis(HUB)
         sink = Sink(work / "sink", free_port(), HUB)
         with inside(hub):

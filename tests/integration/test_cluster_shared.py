@@ -20,9 +20,10 @@ from mailwarden_antispam import AntispamPlugin
 from mailwarden_sdk import Envelope
 from tests.conftest import make_message
 from tests.integration.test_greylist_ratelimit import metric, redis_section
+from tests.integration.test_greylist_ratelimit import redis as redis  # the fixture
 from tests.integration.test_reputation_http import LISTED_IP, _config
 from tests.integration.test_reputation_http import service as service  # the module's service
-from tests.services.redis import Redis, running_redis
+from tests.services.redis import Redis
 from tests.services.repservice import RepService
 
 pytestmark = pytest.mark.integration
@@ -43,12 +44,6 @@ HAM_TEXT = (
     "please bring the draft budget and the notes from the supplier review so we can agree "
     "on the schedule for the next release before the holidays thanks Alice"
 )
-
-
-@pytest.fixture
-def redis() -> Iterator[Redis]:
-    with running_redis() as server:
-        yield server
 
 
 @pytest.fixture

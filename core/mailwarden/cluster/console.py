@@ -227,42 +227,40 @@ async def node_quarantine(request: Request) -> Response:
     return refused or JSONResponse(await _local_held(request.state.web))
 
 
-async def node_release(request: Request) -> Response:
-    """Release a message held here, asked by another node's console (signed)."""
+async def _change_here(state: WebState, held_id: str, act: str) -> tuple[int, dict[str, Any]]:
+    """Release or delete a message held on this node: the status and the answer."""
+    try:
+        if act == "release":
+            return 200, {"released": await _local_release(state, held_id)}
+        await _local_delete(state, held_id)
+        return 200, {"deleted": held_id}
+    except (QuarantineBusy, ReleaseFailed) as exc:
+        return 409, {"error": str(exc)}
+    except QuarantineError as exc:
+        return 404, {"error": str(exc)}
+
+
+async def _node_change(request: Request, act: str) -> Response:
     refused = await _signed(request)
     if refused is not None:
         return refused
     state: WebState = request.state.web
     held_id = request.path_params["held_id"]
-    try:
-        where = await _local_release(state, held_id)
-    except (QuarantineBusy, ReleaseFailed) as exc:
-        return JSONResponse({"error": str(exc)}, status_code=409)
-    except QuarantineError as exc:
-        return JSONResponse({"error": str(exc)}, status_code=404)
-    state.audit.write(
-        "quarantine.release", f"node:{request.headers.get('x-mailwarden-node')}", id=held_id
-    )
-    return JSONResponse({"released": where})
+    status, body = await _change_here(state, held_id, act)
+    if status == 200:
+        by = f"node:{request.headers.get('x-mailwarden-node')}"
+        state.audit.write(f"quarantine.{act}", by, id=held_id)
+    return JSONResponse(body, status_code=status)
+
+
+async def node_release(request: Request) -> Response:
+    """Release a message held here, asked by another node's console (signed)."""
+    return await _node_change(request, "release")
 
 
 async def node_delete(request: Request) -> Response:
     """Delete a message held here, asked by another node's console (signed)."""
-    refused = await _signed(request)
-    if refused is not None:
-        return refused
-    state: WebState = request.state.web
-    held_id = request.path_params["held_id"]
-    try:
-        await _local_delete(state, held_id)
-    except QuarantineBusy as exc:
-        return JSONResponse({"error": str(exc)}, status_code=409)
-    except QuarantineError as exc:
-        return JSONResponse({"error": str(exc)}, status_code=404)
-    state.audit.write(
-        "quarantine.delete", f"node:{request.headers.get('x-mailwarden-node')}", id=held_id
-    )
-    return JSONResponse({"deleted": held_id})
+    return await _node_change(request, "delete")
 
 
 async def _local_config(state: WebState) -> list[dict[str, Any]]:
@@ -336,16 +334,9 @@ async def _act(request: Request, act: str, node: str) -> tuple[int, dict[str, An
     node = node or found.name
     identity = request.state.identity
     if node == found.name:
-        try:
-            if act == "release":
-                result: dict[str, Any] = {"released": await _local_release(state, held_id)}
-            else:
-                await _local_delete(state, held_id)
-                result = {"deleted": held_id}
-        except (QuarantineBusy, ReleaseFailed) as exc:
-            return 409, {"error": str(exc)}
-        except QuarantineError as exc:
-            return 404, {"error": str(exc)}
+        status, result = await _change_here(state, held_id, act)
+        if status != 200:
+            return status, result
     elif node in found.peers:
         target = f"{_API}/quarantine/{held_id}/{act}"
         try:
