@@ -405,6 +405,8 @@ def test_the_console_on_b_lists_an_event_and_a_held_message_of_a_and_releases_it
     held = cluster.api("b", "GET", "/api/cluster/quarantine").json()
     mine = [h for h in held["held"] if h["subject"] == "console"]
     assert [h["node"] for h in mine] == ["a"], held
+    page = cluster.api("b", "GET", "/cluster").text
+    assert '<tr data-node="a">' in page and "<td>console</td>" in page
     # Not in B's own quarantine: B's console asked A.
     assert cluster.api("b", "GET", "/api/quarantine").json() == []
     answer = cluster.api(
@@ -457,6 +459,7 @@ def test_sigkill_of_a_node_under_load_loses_and_duplicates_nothing(cluster: Clus
     # While C is down the console says so and shows the others.
     nodes = cluster.api("b", "GET", "/api/cluster/quarantine").json()["nodes"]
     assert [(n["name"], n["answered"]) for n in nodes] == [("b", True), ("a", True), ("c", False)]
+    assert "<strong>did not answer</strong>" in cluster.api("b", "GET", "/cluster").text
     cluster.nodes["c"].start()
     cluster.nodes["c"].wait_ready(cluster.hub)
 
