@@ -3,11 +3,13 @@ them differs from what was signed, too old, from an unknown node, or replayed.""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mailwarden.cluster.signing import NODE, SIGNATURE, TIME, Signer
+from mailwarden.cluster.signing import NODE, SIGNATURE, TIME, Signer, cluster_secret
 from mailwarden.config import parse_config
 from mailwarden.errors import ConfigError
 
@@ -73,3 +75,22 @@ def test_nodes_without_a_secret_are_a_config_error_naming_the_key() -> None:
         parse_config(text, {})
     with pytest.raises(ConfigError, match="16 characters"):
         parse_config('[cluster]\nsecret = "short"\n', {})
+
+
+def test_the_secret_file_must_be_the_owners_alone_and_long_enough(tmp_path: Path) -> None:
+    secret = tmp_path / "cluster.secret"
+    secret.write_text("a-long-enough-cluster-secret\n")
+    secret.chmod(0o644)
+    text = f'[gateway]\nhome = "{tmp_path}"\n[cluster]\nsecret_file = "cluster.secret"\n'
+    config = parse_config(text, {})
+    with pytest.raises(ConfigError, match="chmod 0600") as refused:
+        cluster_secret(config)
+    assert refused.value.key == "cluster.secret_file"
+    secret.chmod(0o600)
+    assert cluster_secret(config) == b"a-long-enough-cluster-secret"
+    secret.write_text("short\n")
+    with pytest.raises(ConfigError, match="16 characters"):
+        cluster_secret(config)
+    secret.unlink()
+    with pytest.raises(ConfigError, match="cannot read"):
+        cluster_secret(config)

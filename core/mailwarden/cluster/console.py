@@ -94,7 +94,7 @@ class Console:
         self.timeout = cfg.timeout
         self.signer: Signer | None = None
         if self.enabled:
-            self.signer = Signer(cluster_secret(cfg), self.name, {n.name for n in cfg.nodes})
+            self.signer = Signer(cluster_secret(config), self.name, {n.name for n in cfg.nodes})
         self._verify: Any = cfg.ca_file or True
         self._client: httpx.AsyncClient | None = None
 
@@ -159,11 +159,9 @@ def redis_status(gateway: Any) -> str | None:
 
 
 def console(state: WebState) -> Console:
-    """The console of this web worker, made at first use."""
-    found: Console | None = getattr(state, "cluster_console", None)
-    if found is None:
-        found = Console(state.gateway.config)
-        state.cluster_console = found  # type: ignore[attr-defined]
+    """The console of this web worker (made with the web state, so a bad secret stops the
+    start)."""
+    found: Console = state.cluster_console
     return found
 
 

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import stat
 import threading
 import time
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..errors import ConfigError
+
 if TYPE_CHECKING:
-    from ..config import ClusterConfig
+    from ..config import Config
 
 __all__ = ["MAX_SKEW", "NODE", "SIGNATURE", "TIME", "Signer", "cluster_secret"]
 
@@ -29,11 +31,34 @@ SIGNATURE = "x-mailwarden-signature"
 MAX_SKEW = 60.0
 
 
-def cluster_secret(config: ClusterConfig) -> bytes:
-    """The shared secret: ``secret``, else the first line of ``secret_file``."""
-    if config.secret:
-        return config.secret.encode()
-    return Path(config.secret_file).read_text(encoding="utf-8").splitlines()[0].strip().encode()
+def cluster_secret(config: Config) -> bytes:
+    """The shared secret: ``[cluster] secret``, else ``secret_file`` (mode 0600, its first
+    line). A file that cannot be read, or that others may read, is a :class:`ConfigError`."""
+    cluster = config.cluster
+    if not cluster.secret_file:
+        return cluster.secret.encode()
+    path = config.path_in_home(cluster.secret_file)
+    try:
+        mode = path.stat().st_mode
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read the cluster secret: {exc}", path=config.source, key="cluster.secret_file"
+        ) from exc
+    if stat.S_IMODE(mode) & 0o077:
+        raise ConfigError(
+            f"{path} is readable by group or others; chmod 0600 it",
+            path=config.source,
+            key="cluster.secret_file",
+        )
+    secret = lines[0].strip() if lines else ""
+    if len(secret) < 16:
+        raise ConfigError(
+            "the cluster secret must be at least 16 characters",
+            path=config.source,
+            key="cluster.secret_file",
+        )
+    return secret.encode()
 
 
 class Signer:

@@ -44,6 +44,7 @@ from mailwarden_sdk import (
 )
 
 from ..cluster.console import (  # noqa: F401 - handlers of ROUTES, found in globals()
+    Console,
     api_cluster_config,
     api_cluster_config_push,
     api_cluster_delete,
@@ -146,6 +147,7 @@ class WebState:
         self.directory_recheck = 300.0
         self.templates = _templates()
         self.templates.globals["cluster_nodes"] = bool(gateway.config.cluster.nodes)
+        self.cluster_console = Console(gateway.config)
         self.signatures = SignatureInfo(gateway)
         self.digest = DigestSigner(gateway.config.home / "web")
         self.digest_task: asyncio.Task[None] | None = None
