@@ -74,6 +74,11 @@ class StateBackend(abc.ABC):
     async def put(self, key: str, value: str, ttl: float, *, only_new: bool = False) -> bool:
         """Set ``key`` for ``ttl`` seconds; with ``only_new`` only when missing. Whether set."""
 
+    @abc.abstractmethod
+    async def get_renewing(self, key: str, value: str, ttl: float) -> str | None:
+        """:meth:`get`, and when the value is ``value`` it lives ``ttl`` seconds from now: a
+        passed greylisting triplet read and kept passing in one step."""
+
     async def close(self) -> None:  # noqa: B027 - optional for backends holding nothing
         """Release connections and handles."""
 
@@ -155,6 +160,21 @@ class LocalState(StateBackend, BoundedStore):
 
         return await asyncio.to_thread(self.env.write, work)
 
+    async def get_renewing(self, key: str, value: str, ttl: float) -> str | None:
+        now = self.clock()
+
+        def work(txn: Any) -> str | None:
+            db = self.env.db("state")
+            raw = txn.get(key.encode(), db=db)
+            if raw is None or _EXPIRY.unpack_from(raw)[0] <= now:
+                return None
+            found = bytes(raw[_EXPIRY.size :]).decode()
+            if found == value:
+                txn.put(key.encode(), _EXPIRY.pack(now + ttl) + value.encode(), db=db)
+            return found
+
+        return await asyncio.to_thread(self.env.write, work)
+
     async def close(self) -> None:
         self.env.close()
 
@@ -198,6 +218,13 @@ class LocalState(StateBackend, BoundedStore):
 
     def remove_oldest_until(self, max_bytes: int | None, max_entries: int | None) -> int:
         return self.env.write(lambda txn: self._trim(txn, self.clock(), max_entries))
+
+
+_GET_RENEWING = """
+local found = redis.call('GET', KEYS[1])
+if found == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return found
+"""
 
 
 class RedisState(StateBackend):
@@ -266,6 +293,15 @@ class RedisState(StateBackend):
                 self.prefix + key, value, px=max(1, int(ttl * 1000)), nx=only_new
             )
         return bool(done)
+
+    async def get_renewing(self, key: str, value: str, ttl: float) -> str | None:
+        """``GET``, and ``PEXPIRE`` when the value is ``value``: one script, one round trip."""
+        self._trip()
+        async with asyncio.timeout(self.timeout):
+            found = await self.client.eval(
+                _GET_RENEWING, 1, self.prefix + key, value, max(1, int(ttl * 1000))
+            )
+        return None if found is None else str(found)
 
     async def put_many(self, values: Mapping[str, str], ttl: float) -> None:
         """Every ``SET key value PX ttl`` in one pipelined round trip."""
@@ -384,6 +420,10 @@ class SharedState(StateBackend):
 
     async def put(self, key: str, value: str, ttl: float, *, only_new: bool = False) -> bool:
         return bool(await self._call("put", key, value, ttl, only_new=only_new))
+
+    async def get_renewing(self, key: str, value: str, ttl: float) -> str | None:
+        result: str | None = await self._call("get_renewing", key, value, ttl)
+        return result
 
     async def close(self) -> None:
         try:
