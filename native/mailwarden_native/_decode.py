@@ -90,4 +90,4 @@ def _decode_span(raw: bytes, start: int, end: int, base64: bool) -> bytes:
         produced = lib.mw_base64_decode(src, n, out, ffi.NULL)
     else:
         produced = lib.mw_qp_decode(src, n, out)
-    return ffi.buffer(out, produced)[:]  # type: ignore[no-any-return]
+    return ffi.buffer(out, produced)[:]

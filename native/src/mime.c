@@ -900,7 +900,7 @@ void mw_limits_default(mw_limits *limits) {
     limits->max_header_bytes = MW_DEFAULT_MAX_HEADER_BYTES;
 }
 
-int mw_parse(const uint8_t *buf, size_t len, const mw_limits *limits, mw_message **out) {
+mw_status mw_parse(const uint8_t *buf, size_t len, const mw_limits *limits, mw_message **out) {
     if (!out || (!buf && len)) return MW_ERR_ARG;
     *out = NULL;
     static const uint8_t empty[1] = {0};

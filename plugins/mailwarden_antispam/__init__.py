@@ -178,7 +178,7 @@ def _ip_in(networks: list[str], address: str | None) -> bool:
 class AntispamPlugin:
     """Emits scored antispam findings and turns the total score into a spam status."""
 
-    requires_sdk = ">=1.9,<2"
+    requires_sdk = ">=1.14,<2"  # shared_state
 
     def __init__(self) -> None:
         self.config = AntispamConfig()

@@ -108,7 +108,7 @@ class ReputationConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
 class ReputationPlugin:
     """Looks up a message's attachment hashes, URLs, hosts and client IP, with consent only."""
 
-    requires_sdk = ">=1.0,<2"
+    requires_sdk = ">=1.14,<2"  # shared_state
 
     def __init__(self) -> None:
         self.config = ReputationConfig()

@@ -15,13 +15,14 @@ An ``async`` hook with CPU work to do runs it through :func:`run_cpu_bound`
 (:mod:`mailwarden_sdk.offload`): inline when small, in a thread when large.
 A plugin that keeps state every node of a cluster should see asks :func:`shared_state`
 (:mod:`mailwarden_sdk.shared`).
-:mod:`mailwarden_sdk.findings` has shorthands for common findings; ``requires_sdk`` on a plugin
-states which SDK versions it works with (see :mod:`mailwarden_sdk.version`).
+:mod:`mailwarden_sdk.findings` has shorthands for common findings, and
+:mod:`mailwarden_sdk.files` the atomic write a plugin's state files need; ``requires_sdk`` on a
+plugin states which SDK versions it works with (see :mod:`mailwarden_sdk.version`).
 """
 
 from mailwarden_native import Matcher, ParsedMessage, Part, detect_type, parse
 
-from . import findings
+from . import files, findings
 from .context import (
     Host,
     HostLoader,
@@ -97,6 +98,7 @@ __all__ = [
     "command_host",
     "config_option",
     "detect_type",
+    "files",
     "findings",
     "hookimpl",
     "hookspec",

@@ -1,4 +1,4 @@
-"""State shared by every node of a cluster (SDK 1.12): keys with counters and values that expire.
+"""State shared by every node of a cluster (SDK 1.14): keys with counters and values that expire.
 
 When the gateway has ``[redis]`` enabled, :func:`shared_state` gives a plugin the
 :class:`SharedState` of the cluster: the same keys on every node, so what one node learns
