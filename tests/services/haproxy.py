@@ -82,7 +82,7 @@ def running_haproxy(
         if pinned
     )
     (directory / "haproxy.cfg").write_text(
-        "global\n    maxconn 400\n"
+        "global\n    maxconn 400\n    nbthread 1\n"  # one thread: strict round robin
         "defaults\n    mode tcp\n    timeout connect 5s\n    timeout client 60s\n"
         "    timeout server 60s\n"
         f"frontend smtp\n    bind {listen}:{port}\n    default_backend nodes\n"

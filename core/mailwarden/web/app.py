@@ -43,8 +43,20 @@ from mailwarden_sdk import (
     QuarantineNotFound,
 )
 
-from ..cluster.console import (  # noqa: F401 - handlers of ROUTES, found in globals()
-    Console,
+from ..cluster.console import Console, redis_status
+from ..config import Config, load_config, parse_config
+from ..errors import ConfigError
+from ..events import EventQuery
+from ..quarantine import QuarantineBusy as HeldBusy
+from ..quarantine import QuarantineError as HeldError
+from ..quarantine import ReleaseFailed
+from .audit import AuditLog
+from .auth import Identity, WebAuth, client_key
+from .backups import BackupNotFound, backup_entry, backup_list, backup_raw, release_backup
+from .digest import DigestDone, DigestLink, DigestSigner
+from .forms import FormError, changed_values, form_fields, masked
+from .permissions import BUILTIN_ROLES, PERMISSIONS, PUBLIC, ROUTES, RouteSpec
+from .routes_cluster import (  # noqa: F401 - handlers of ROUTES, found in globals()
     api_cluster_config,
     api_cluster_config_push,
     api_cluster_delete,
@@ -59,20 +71,7 @@ from ..cluster.console import (  # noqa: F401 - handlers of ROUTES, found in glo
     node_events,
     node_quarantine,
     node_release,
-    redis_status,
 )
-from ..config import Config, load_config, parse_config
-from ..errors import ConfigError
-from ..events import EventQuery
-from ..quarantine import QuarantineBusy as HeldBusy
-from ..quarantine import QuarantineError as HeldError
-from ..quarantine import ReleaseFailed
-from .audit import AuditLog
-from .auth import Identity, WebAuth, client_key
-from .backups import BackupNotFound, backup_entry, backup_list, backup_raw, release_backup
-from .digest import DigestDone, DigestLink, DigestSigner
-from .forms import FormError, changed_values, form_fields, masked
-from .permissions import BUILTIN_ROLES, PERMISSIONS, PUBLIC, ROUTES, RouteSpec
 from .signatures import SignatureInfo
 from .ui import (
     ACTIONS,
