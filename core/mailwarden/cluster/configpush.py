@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import tomlkit
 
+from mailwarden_sdk.files import atomic_write
+
 from ..config import parse_config
 from ..errors import ConfigError
 
@@ -77,12 +79,7 @@ def apply_pushed(gateway: Gateway, pushed: str) -> tuple[str, list[str]]:
     path = Path(source)
     text = merged(pushed, path.read_text(encoding="utf-8"))
     parse_config(text, gateway.plugins.config_schemas(), source=source)
-    tmp = path.with_name(path.name + ".pushed")
-    tmp.write_text(text, encoding="utf-8")
-    os.chmod(tmp, path.stat().st_mode & 0o777)
-    with open(tmp, "rb") as written:
-        os.fsync(written.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, text, mode=path.stat().st_mode & 0o777)
     changed = gateway.reload_config()
     if os.environ.get("MAILWARDEN_WORKER") == "1":
         # The other workers reload when the supervisor passes SIGHUP on to them.
