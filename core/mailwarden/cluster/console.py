@@ -4,7 +4,7 @@ The console asks every node at once (this one directly, the others over HTTP(S) 
 signed by :mod:`.signing`) and waits ``[cluster] timeout`` seconds for each; a node that did
 not answer in time is listed as such, with what went wrong, and the answers of the others are
 shown. Without ``[cluster]`` the console shows this node alone. The web routes that use it are
-in :mod:`mailwarden.web.routes_cluster`.
+in :mod:`mailwarden.web.routes.cluster`.
 """
 
 from __future__ import annotations

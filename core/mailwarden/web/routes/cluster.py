@@ -15,7 +15,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlencode
 
 import httpx
@@ -23,31 +23,18 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
-from ..cluster.configpush import apply_pushed, config_version
-from ..cluster.console import API as _API
-from ..cluster.console import Console, NodeRefused, merged_rows
-from ..errors import ConfigError
-from ..quarantine import QuarantineBusy, QuarantineError, ReleaseFailed
-
-if TYPE_CHECKING:
-    from .app import WebState
-
-__all__ = [
-    "api_cluster_config",
-    "api_cluster_config_push",
-    "api_cluster_delete",
-    "api_cluster_events",
-    "api_cluster_quarantine",
-    "api_cluster_release",
-    "cluster_page",
-    "cluster_release_form",
-    "node_config",
-    "node_config_push",
-    "node_delete",
-    "node_events",
-    "node_quarantine",
-    "node_release",
-]
+from ...cluster.configpush import apply_pushed, config_version
+from ...cluster.console import API as _API
+from ...cluster.console import Console, NodeRefused, merged_rows
+from ...errors import ConfigError
+from ...quarantine import QuarantineBusy, QuarantineError, ReleaseFailed
+from .. import api_types as T
+from ..api_types import api
+from ..respond import error_response, read_form, render
+from ..route import declared
+from ..state import WebState
+from .events import event_query
+from .quarantines import held_list
 
 log = logging.getLogger(__name__)
 
@@ -55,25 +42,20 @@ log = logging.getLogger(__name__)
 def console(state: WebState) -> Console:
     """The console of this web worker (made with the web state, so a bad secret stops the
     start)."""
-    found: Console = state.cluster_console
-    return found
+    return state.cluster_console
 
 
 # -- what one node answers ------------------------------------------------------------------
 
 
 async def _local_events(state: WebState, params: Any) -> list[dict[str, Any]]:
-    from .app import _query
-
-    events = await asyncio.to_thread(state.gateway.events.search, _query(params))
+    events = await asyncio.to_thread(state.gateway.events.search, event_query(params))
     found: list[dict[str, Any]] = msgspec.to_builtins(events)
     return found
 
 
 async def _local_held(state: WebState) -> list[dict[str, Any]]:
-    from .app import _held_list
-
-    return await asyncio.to_thread(_held_list, state)
+    return await asyncio.to_thread(held_list, state)
 
 
 async def _local_release(state: WebState, held_id: str) -> str:
@@ -248,11 +230,13 @@ async def cluster_config(state: WebState) -> dict[str, Any]:
     }
 
 
+@api(T.ClusterConfig)
 async def api_cluster_config(request: Request) -> Response:
     """The configuration version of every node of ``[cluster]``."""
     return JSONResponse(await cluster_config(request.state.web))
 
 
+@api(T.ClusterPush)
 async def api_cluster_config_push(request: Request) -> Response:
     """Push this node's configuration file to every other node; each keeps its own
     ``LOCAL_KEYS``, validates, writes and reloads. Per node: its new version or the error."""
@@ -278,6 +262,7 @@ async def api_cluster_config_push(request: Request) -> Response:
     return JSONResponse({"version": version, "nodes": list(results)})
 
 
+@api(T.ClusterEvents, query=T.EventsQuery)
 async def api_cluster_events(request: Request) -> Response:
     """Events of every node of ``[cluster]`` (the ``/api/events`` query), each with its
     ``node``; ``nodes`` says which answered (``answered: false`` with the ``error``)."""
@@ -288,18 +273,21 @@ async def api_cluster_events(request: Request) -> Response:
     return JSONResponse(body)
 
 
+@api(T.ClusterHeldList)
 async def api_cluster_quarantine(request: Request) -> Response:
     """Held messages of every node of ``[cluster]``, each with its ``node``; ``nodes`` says
     which answered."""
     return JSONResponse(await cluster_held(request.state.web))
 
 
+@api(T.ClusterReleased, query=T.ClusterNodeQuery)
 async def api_cluster_release(request: Request) -> Response:
     """Release a held message on the node that holds it (``?node=NAME``; default this one)."""
     status, body = await _act(request, "release", request.query_params.get("node", ""))
     return JSONResponse(body, status_code=status)
 
 
+@api(T.ClusterDeleted, query=T.ClusterNodeQuery)
 async def api_cluster_delete(request: Request) -> Response:
     """Delete a held message on the node that holds it (``?node=NAME``; default this one)."""
     status, body = await _act(request, "delete", request.query_params.get("node", ""))
@@ -308,8 +296,6 @@ async def api_cluster_delete(request: Request) -> Response:
 
 async def cluster_page(request: Request) -> Response:
     """Every node's held messages (and, with the permission, latest events) on one page."""
-    from .app import _page
-
     state: WebState = request.state.web
     held = await cluster_held(state)
     events = config = None
@@ -317,7 +303,7 @@ async def cluster_page(request: Request) -> Response:
         events = await cluster_events(state, request.query_params)
     if request.state.identity.may("settings.view"):
         config = await cluster_config(state)
-    return _page(
+    return render(
         request,
         "cluster.html",
         held=held,
@@ -330,11 +316,27 @@ async def cluster_page(request: Request) -> Response:
 
 async def cluster_release_form(request: Request) -> Response:
     """Release from the console page (the form names the node), then back to it."""
-    from .app import _error, _form
-
-    node = (await _form(request)).get("node", "")
+    node = (await read_form(request)).get("node", "")
     status, body = await _act(request, "release", node)
     if status != 200:
-        return _error(request, status, str(body.get("error")))
+        return error_response(request, status, str(body.get("error")))
     note = json.dumps(body.get("released", ""))[:200]
     return RedirectResponse("/cluster?" + urlencode({"done": f"released: {note}"}), 303)
+
+
+ROUTES = declared(
+    cluster_page,
+    cluster_release_form,
+    api_cluster_events,
+    api_cluster_quarantine,
+    api_cluster_release,
+    api_cluster_delete,
+    api_cluster_config,
+    api_cluster_config_push,
+    node_config,
+    node_config_push,
+    node_events,
+    node_quarantine,
+    node_release,
+    node_delete,
+)
