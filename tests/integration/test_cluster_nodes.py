@@ -407,6 +407,8 @@ def test_the_console_on_b_lists_an_event_and_a_held_message_of_a_and_releases_it
     assert [h["node"] for h in mine] == ["a"], held
     page = cluster.api("b", "GET", "/cluster").text
     assert '<tr data-node="a">' in page and "<td>console</td>" in page
+    # The browser's tab says which page this is (not the configuration table's markup).
+    assert "<title>Cluster - mailwarden</title>" in page
     # Not in B's own quarantine: B's console asked A.
     assert cluster.api("b", "GET", "/api/quarantine").json() == []
     answer = cluster.api(
