@@ -47,6 +47,7 @@ from .policy import RuleMatch, RuleSet, compile_rules, fold_findings
 from .quarantine import Quarantine
 from .record import CoreStores
 from .release import deliver_released, release_held
+from .sharedstate import PluginState
 from .spool import Spool, SpoolEntry
 from .stage import Stage, elapsed_ms
 
@@ -116,6 +117,7 @@ class Host:
         self._config = config
         self._gateway = gateway
         self.data_dir: Path = config.home
+        self.shared_state: PluginState | None = None
 
     def config_for(self, section: str) -> Any:
         return self._config.plugins.get(section)
@@ -189,6 +191,8 @@ class Gateway:
         self.delivery = self.outbox.queue
         # Greylisting and rate limits, asked by the ingresses before a message is scanned.
         self.policy_steps = PolicySteps(config, self.stores.metrics)
+        # The cluster's Redis for plugins (mailwarden_sdk.shared_state); None without [redis].
+        self.host.shared_state = self.policy_steps.shared
         self._observers: list[ObserverLane] = []
         self._started = False
         # The directory is opened at start(); until then group patterns match nothing.
@@ -228,6 +232,8 @@ class Gateway:
         if self._started:
             return
         self.hooks.executor = DaemonExecutor(_DETECTOR_THREADS, "detector")
+        if self.policy_steps.shared is not None:
+            self.policy_steps.shared.bind(asyncio.get_running_loop())
         from .directory.service import open_directory
 
         # Opening may refresh an empty cache over the network, hence the thread; with the

@@ -308,6 +308,74 @@ class Signatures(_Answer):
     info: dict[str, Any] | None = None
 
 
+# -- cluster (every node of [cluster]) -----------------------------------------------------
+
+
+class NodeStatus(_Answer):
+    """Whether one node answered the console (``error`` says why not)."""
+
+    name: str
+    answered: bool
+    local: bool
+    count: int
+    error: str | None
+
+
+class ClusterEvent(MessageEvent, kw_only=True, forbid_unknown_fields=True):
+    """A message event with the node that logged it."""
+
+    node: str
+
+
+class ClusterEvents(_Answer):
+    nodes: list[NodeStatus]
+    events: list[ClusterEvent]
+
+
+class ClusterHeld(Held):
+    """A held message with the node that holds it."""
+
+    node: str
+
+
+class ClusterHeldList(_Answer):
+    nodes: list[NodeStatus]
+    held: list[ClusterHeld]
+
+
+class ClusterNodeQuery(msgspec.Struct, kw_only=True):
+    node: Annotated[str | None, _doc("the node that holds it (default: this one)")] = None
+
+
+class ClusterReleased(Released):
+    node: str
+
+
+class ClusterDeleted(Deleted):
+    node: str
+
+
+class NodeConfig(NodeStatus):
+    version: Annotated[str | None, _doc("the same version: the same configuration")]
+
+
+class ClusterConfig(_Answer):
+    nodes: list[NodeConfig]
+
+
+class NodePushed(_Answer):
+    name: str
+    pushed: bool
+    error: str | None = None
+    version: str | None = None
+    next_start: Annotated[list[str] | None, _doc("sections that apply at its next start")] = None
+
+
+class ClusterPush(_Answer):
+    version: str
+    nodes: list[NodePushed]
+
+
 # Re-exported for the handlers' declarations.
 EVENTS = list[MessageEvent]
 APP_LOG = list[AppEvent]

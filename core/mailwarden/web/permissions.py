@@ -125,6 +125,31 @@ ROUTES: tuple[RouteSpec, ...] = (
     RouteSpec("/digest/{token}", ("POST",), "digest_form", PUBLIC),
     # API
     RouteSpec("/api/health", ("GET",), "api_health", PUBLIC),
+    # One console over every node (mailwarden.cluster.console); /cluster/v1 is for the other
+    # nodes: no login, but refused unless HMAC-signed with the [cluster] secret.
+    RouteSpec("/cluster", ("GET",), "cluster_page", "queues.view"),
+    RouteSpec(
+        "/cluster/quarantine/{held_id}/release", ("POST",), "cluster_release_form", "queues.manage"
+    ),
+    RouteSpec("/api/cluster/events", ("GET",), "api_cluster_events", "events.messages.view"),
+    RouteSpec("/api/cluster/quarantine", ("GET",), "api_cluster_quarantine", "queues.view"),
+    RouteSpec(
+        "/api/cluster/quarantine/{held_id}/release",
+        ("POST",),
+        "api_cluster_release",
+        "queues.manage",
+    ),
+    RouteSpec(
+        "/api/cluster/quarantine/{held_id}", ("DELETE",), "api_cluster_delete", "queues.manage"
+    ),
+    RouteSpec("/api/cluster/config", ("GET",), "api_cluster_config", "settings.view"),
+    RouteSpec("/api/cluster/config/push", ("POST",), "api_cluster_config_push", "settings.edit"),
+    RouteSpec("/cluster/v1/config", ("GET",), "node_config", PUBLIC),
+    RouteSpec("/cluster/v1/config", ("POST",), "node_config_push", PUBLIC, max_body=JSON_BODY),
+    RouteSpec("/cluster/v1/events", ("GET",), "node_events", PUBLIC),
+    RouteSpec("/cluster/v1/quarantine", ("GET",), "node_quarantine", PUBLIC),
+    RouteSpec("/cluster/v1/quarantine/{held_id}/release", ("POST",), "node_release", PUBLIC),
+    RouteSpec("/cluster/v1/quarantine/{held_id}/delete", ("POST",), "node_delete", PUBLIC),
     RouteSpec("/api/login", ("POST",), "api_login", PUBLIC),
     RouteSpec("/api/me", ("GET",), "api_me", AUTHENTICATED),
     RouteSpec("/api/openapi.json", ("GET",), "api_openapi", AUTHENTICATED),

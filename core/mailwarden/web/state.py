@@ -14,6 +14,7 @@ import msgspec
 from jinja2 import Environment, select_autoescape
 from jinja2.loaders import DictLoader
 
+from ..cluster.console import Console
 from ..config import Config, load_config
 from ..errors import ConfigError
 from .audit import AuditLog
@@ -61,6 +62,10 @@ class WebState:
         self.directory_checked: dict[str, float] = {}
         self.directory_recheck = 300.0
         self.templates = _templates()
+        self.templates.globals["cluster_nodes"] = bool(gateway.config.cluster.nodes)
+        # The one console over every node (routes/cluster.py); a bad [cluster] secret stops the
+        # start here.
+        self.cluster_console = Console(gateway.config)
         self.signatures = SignatureInfo(gateway)
         self.digest = DigestSigner(gateway.config.home / "web")
         self.digest_task: asyncio.Task[None] | None = None

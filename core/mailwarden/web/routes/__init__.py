@@ -27,6 +27,7 @@ AREAS = (
     "signatures",
     "digest",
     "self_service",
+    "cluster",
     "api",
 )
 

@@ -30,7 +30,10 @@ from ..ui import (
 )
 
 
-def _query(params: Any) -> EventQuery:
+def event_query(params: Any) -> EventQuery:
+    """The event log query of the API's parameters (``/api/events``, ``/api/cluster/events``);
+    raises ``ValueError`` on a bad one."""
+
     def number(name: str) -> float | None:
         value = params.get(name)
         return float(value) if value not in (None, "") else None
@@ -62,7 +65,7 @@ async def api_events(request: Request) -> Response:
     ``2026-12-06T14:30`` or a Unix time) or ``hours``."""
     state: WebState = request.state.web
     try:
-        query = _query(request.query_params)
+        query = event_query(request.query_params)
     except ValueError as exc:
         return JSONResponse({"error": f"bad query: {exc}"}, status_code=400)
     events = await asyncio.to_thread(state.gateway.events.search, query)

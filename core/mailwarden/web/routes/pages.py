@@ -11,6 +11,7 @@ from markupsafe import Markup
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ...cluster.console import redis_status
 from ...events import EventQuery
 from ..respond import render
 from ..route import declared
@@ -38,6 +39,7 @@ def _dashboard(state: WebState, period: str) -> dict[str, Any]:
     stats["legend"] = actions
     stats["spool"] = len(state.gateway.spool.ids())
     stats["held"] = len(state.gateway.quarantine)
+    stats["redis"] = redis_status(state.gateway)
     return stats
 
 

@@ -46,7 +46,8 @@ def _held_view(state: WebState, held_id: str) -> dict[str, Any]:
     }
 
 
-def _held_list(state: WebState) -> list[dict[str, Any]]:
+def held_list(state: WebState) -> list[dict[str, Any]]:
+    """The messages held on this node as the API lists them (also to the cluster console)."""
     return [
         {
             "id": h.id,
@@ -139,7 +140,7 @@ async def api_quarantines(request: Request) -> Response:
 async def api_quarantine(request: Request) -> Response:
     """Held messages, newest first."""
     state: WebState = request.state.web
-    return JSONResponse(await asyncio.to_thread(_held_list, state))
+    return JSONResponse(await asyncio.to_thread(held_list, state))
 
 
 @api(T.HeldMessage)
@@ -320,7 +321,7 @@ def _matches(entry: dict[str, Any], query: str) -> bool:
 async def quarantine_page(request: Request) -> Response:
     """Held messages with a search box and bulk release/delete."""
     query = str(request.query_params.get("q") or "")[:200]
-    held = await asyncio.to_thread(_held_list, request.state.web)
+    held = await asyncio.to_thread(held_list, request.state.web)
     total = len(held)
     if query:
         held = [h for h in held if _matches(h, query)]
