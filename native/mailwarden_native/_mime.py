@@ -117,6 +117,7 @@ PART_FIELDS = (
 _NPF = len(PART_FIELDS)
 _NHF = 4  # name_off, name_len, value_off, value_len
 
+_KIND_LEAF = int(lib.MW_KIND_LEAF)
 _KIND_MULTIPART = int(lib.MW_KIND_MULTIPART)
 _KIND_MESSAGE = int(lib.MW_KIND_MESSAGE)
 _CTE_BASE64 = int(lib.MW_CTE_BASE64)
@@ -174,16 +175,27 @@ def _charset(key: bytes) -> str | None:
 
 
 class _Budget:
-    """What the parts of one message share: the header table, the decoded
-    bytes the message may still produce and the message's flags (so a limit
-    hit in one part shows on the message)."""
+    """What the parts of one message share: the raw bytes, the part table
+    (flat ints, ``_NPF`` per part), the header table, the decoded bytes the
+    message may still produce, the message's flags (so a limit hit in one
+    part shows on the message) and the children lists once asked for.  It
+    never refers to a Part, so parts and messages form no reference cycle
+    and are freed by reference counting alone."""
 
-    __slots__ = ("flags", "hdr", "left")
+    __slots__ = ("flags", "hdr", "kids", "left", "raw", "rec")
 
-    def __init__(self, left: int, flags: int, hdr: bytes) -> None:
-        self.left = left
-        self.flags = flags
-        self.hdr = hdr
+    raw: bytes
+    rec: list[int]
+    hdr: bytes
+    left: int
+    flags: int
+    kids: list[list[int]] | None
+
+
+# Objects made per message and per part are built with __new__ and slot
+# stores: on CPython 3.11 calling a class with a Python __init__ cost about
+# 0.4 us, more than everything else a part's creation does.
+_new = object.__new__
 
 
 def _text(raw: bytes) -> str:
@@ -202,17 +214,16 @@ def _unfold(raw: bytes) -> str:
 class Part:
     """One MIME entity: offsets into the raw message plus lazy header views."""
 
-    # Parse time is dominated by this constructor once the C side is fast, so
-    # it stores only what every walk reads (type, kind, children) plus where
-    # its record starts in the message's flat part table (no per-part copy);
-    # offsets and flags are properties over that record, and the
+    # A part is made only when first touched (ParsedMessage.leaves(), .parts,
+    # .root; see _part()): it stores where its record starts in the message's
+    # flat part table and its content type, which every walk reads.  Kind,
+    # offsets, flags and children are properties over that record, and the
     # header-derived caches are slots left unset until first use.
     __slots__ = (
         "_b",
         "_budget",
         "_decoded",
         "_detected_type",
-        "_flags",
         "_headers",
         "_index",
         "_params",
@@ -222,18 +233,17 @@ class Part:
         "_text_flags",
         "_transfer_encoding",
         "_visible",
-        "children",
         "content_type",
         "index",
-        "is_message",
-        "is_multipart",
     )
 
     index: int
     content_type: str
-    is_multipart: bool
-    is_message: bool
-    children: list[int]
+    _raw: bytes
+    _rec: list[int]
+    _b: int
+    _budget: _Budget
+    _decoded: bytes | None
     _headers: list[tuple[str, str]]
     _index: dict[str, list[str]]
     _params: dict[str, str]
@@ -243,35 +253,29 @@ class Part:
     _text_flags: TextFlag
     _detected_type: str
 
-    def __init__(self, raw: bytes, index: int, table: list[int], budget: _Budget) -> None:
-        b = index * _NPF
-        self._raw = raw
-        self._rec = table
-        self._b = b
-        self._budget = budget
-        self.index = index
-        self._flags = table[b + 8]
-        kind = table[b + 9]
-        self.is_multipart = kind == _KIND_MULTIPART
-        self.is_message = kind == _KIND_MESSAGE
-        tl = table[b + 12]
-        if tl and table[b + 14]:
-            t, s, sl = table[b + 11], table[b + 13], table[b + 14]
-            # Inlined cache hit of _content_type(): "type/subtype" written
-            # contiguously, seen before.
-            ct = _CT_CACHE.get(raw[t : s + sl]) if s == t + tl + 1 else None
-            self.content_type = ct if ct is not None else _content_type(raw, t, tl, s, sl)
-        elif table[b + 17] == _DEFAULT_RFC822:
-            self.content_type = "message/rfc822"
-        else:
-            self.content_type = "text/plain"
-        self.children = []
-        self._decoded: bytes | None = None
-
     @property
     def flags(self) -> MalformationFlag:
         """What was wrong with this part (DECODED_LIMIT once decoded() was cut)."""
-        return _flag(self._flags)
+        return _flag(self._rec[self._b + 8])
+
+    @property
+    def is_multipart(self) -> bool:
+        """The body was split on its boundary into children."""
+        return self._rec[self._b + 9] == _KIND_MULTIPART
+
+    @property
+    def is_message(self) -> bool:
+        """The body was parsed as one nested message (the only child)."""
+        return self._rec[self._b + 9] == _KIND_MESSAGE
+
+    @property
+    def children(self) -> list[int]:
+        """Indexes of the direct children, in document order."""
+        m = self._budget
+        kids = m.kids
+        if kids is None:
+            kids = m.kids = _children(m.rec)
+        return kids[self.index]
 
     @property
     def parent(self) -> int:
@@ -451,27 +455,28 @@ class Part:
         """Transfer-decoded body (base64 / quoted-printable, identity otherwise),
         computed once and cached; cut at the message's decoded-bytes limit."""
         out = self._decoded
-        if out is None:
-            budget = self._budget
-            left = budget.left
-            rec, b = self._rec, self._b
-            cte, bs, be = rec[b + 10], rec[b + 4], rec[b + 5]
-            if cte == _CTE_BASE64 or cte == _CTE_QP:
-                out = _decode_span(self._raw, bs, be, cte == _CTE_BASE64)
-            else:
-                # One byte past the budget is enough to know it was passed.
-                out = self._raw[bs : be if be - bs <= left else bs + left + 1]
-            if len(out) > left:
-                out = out[:left]
-                self._flags |= _DECODED_LIMIT
-                budget.flags |= _DECODED_LIMIT
-            budget.left = left - len(out)
-            self._decoded = out
+        if out is not None:
+            return out
+        budget = self._budget
+        left = budget.left
+        rec, b = self._rec, self._b
+        cte, bs, be = rec[b + 10], rec[b + 4], rec[b + 5]
+        if cte == _CTE_BASE64 or cte == _CTE_QP:
+            out = _decode_span(self._raw, bs, be, cte == _CTE_BASE64)
+        else:
+            # One byte past the budget is enough to know it was passed.
+            out = self._raw[bs : be if be - bs <= left else bs + left + 1]
+        if len(out) > left:
+            out = out[:left]
+            rec[b + 8] |= _DECODED_LIMIT  # the record is this message's own copy
+            budget.flags |= _DECODED_LIMIT
+        budget.left = left - len(out)
+        self._decoded = out
         return out
 
     @property
     def is_leaf(self) -> bool:
-        return not self.is_multipart and not self.is_message
+        return self._rec[self._b + 9] != _KIND_MULTIPART and self._rec[self._b + 9] != _KIND_MESSAGE
 
     def decoded_header(self, name: str) -> str | None:
         """First value of the named field with RFC 2047 encoded words decoded, or None."""
@@ -532,15 +537,66 @@ class Part:
         return find_uuencoded(self.decoded())
 
 
+def _children(rec: list[int]) -> list[list[int]]:
+    kids: list[list[int]] = [[] for _ in range(len(rec) // _NPF)]
+    for i, parent in enumerate(rec[_NPF::_NPF], 1):
+        kids[parent].append(i)
+    return kids
+
+
+def _part(msg: ParsedMessage, i: int) -> Part:
+    """Part i of msg, made now (the caller checked msg._cache[i] is None)."""
+    m = msg._budget
+    raw, rec, b = m.raw, m.rec, i * _NPF
+    p = _new(Part)
+    p._raw = raw
+    p._rec = rec
+    p._b = b
+    p._budget = m
+    p.index = i
+    # Set, not left unset like the other caches: decoded() is asked of most
+    # leaves once, and a miss on an unset slot raises (slow) AttributeError.
+    p._decoded = None
+    tl = rec[b + 12]
+    if tl and rec[b + 14]:
+        t, s, sl = rec[b + 11], rec[b + 13], rec[b + 14]
+        # Inlined cache hit of _content_type(): "type/subtype" written
+        # contiguously, seen before.
+        ct = _CT_CACHE.get(raw[t : s + sl]) if s == t + tl + 1 else None
+        p.content_type = ct if ct is not None else _content_type(raw, t, tl, s, sl)
+    elif rec[b + 17] == _DEFAULT_RFC822:
+        p.content_type = "message/rfc822"
+    else:
+        p.content_type = "text/plain"
+    msg._cache[i] = p
+    return p
+
+
 class ParsedMessage:
-    """A parsed message: the raw bytes and its parts in document order."""
+    """A parsed message: the raw bytes and its parts in document order.
 
-    __slots__ = ("_budget", "parts", "raw")
+    The C parser's table holds every part; a :class:`Part` object is made the
+    first time that part is reached (``parts``, ``root``, ``leaves()``), and
+    the same object is returned from then on.
+    """
 
-    def __init__(self, raw: bytes, parts: list[Part], budget: _Budget) -> None:
-        self.raw = raw
-        self.parts = parts
-        self._budget = budget
+    __slots__ = ("_budget", "_cache", "_whole", "raw")
+
+    raw: bytes
+    _budget: _Budget
+    _cache: list[Part | None]
+    _whole: bool
+
+    @property
+    def parts(self) -> list[Part]:
+        """Every part in document order, the root first."""
+        cache = self._cache
+        if not self._whole:
+            for i, p in enumerate(cache):
+                if p is None:
+                    _part(self, i)
+            self._whole = True
+        return cache  # type: ignore[return-value]  # no None left
 
     @property
     def flags(self) -> MalformationFlag:
@@ -549,21 +605,28 @@ class ParsedMessage:
         return _flag(self._budget.flags)
 
     def __repr__(self) -> str:
-        return f"<ParsedMessage {len(self.raw)} bytes, {len(self.parts)} parts, {self.flags!r}>"
+        return f"<ParsedMessage {len(self.raw)} bytes, {len(self._cache)} parts, {self.flags!r}>"
 
     @property
     def root(self) -> Part:
-        return self.parts[0]
+        return self._cache[0] or _part(self, 0)
 
     def leaves(self) -> Iterator[Part]:
-        return iter([p for p in self.parts if not p.is_multipart and not p.is_message])
+        cache = self._cache
+        if len(cache) == 1:
+            p = cache[0]
+            if self._budget.rec[9] != _KIND_LEAF:
+                return iter(())
+            return iter((p or _part(self, 0),))
+        out = []
+        # Containers are skipped on their kind in the table, never made.
+        for i, kind in enumerate(self._budget.rec[9::_NPF]):
+            if kind == _KIND_LEAF:
+                out.append(cache[i] or _part(self, i))
+        return iter(out)
 
     def attachments(self) -> Iterator[Part]:
-        return (
-            p
-            for p in self.parts
-            if p.is_leaf and (p.disposition == "attachment" or p.filename is not None)
-        )
+        return (p for p in self.leaves() if p.disposition == "attachment" or p.filename is not None)
 
     @property
     def headers(self) -> list[tuple[str, str]]:
@@ -662,22 +725,28 @@ def parse(raw: bytes, limits: ParseLimits | None = None) -> ParsedMessage:
         table = _tables.t
     except AttributeError:
         table = _table_scratch()
-    src = ffi.from_buffer("uint8_t[]", raw)
-    need = lib.mw_parse_table(src, len(raw), lim, table.buf, _TABLE_CAP)
+    # bytes go to a uint8_t * argument as a pointer to their buffer (no copy,
+    # no from_buffer object).
+    need = lib.mw_parse_table(raw, len(raw), lim, table.buf, _TABLE_CAP)
     if need > _TABLE_CAP:  # a structure too big for the scratch table: rare, parse again
         table = _Table(need)
-        need = lib.mw_parse_table(src, len(raw), lim, table.buf, need)
+        need = lib.mw_parse_table(raw, len(raw), lim, table.buf, need)
     if need < 0:
         raise NativeError(f"mw_parse failed with code {-need}")
     words = table.words
     n_parts = words[1]
     hstart = 3 + n_parts * _NPF
-    ptab = words[3:hstart].tolist()
+    m = _new(_Budget)
+    m.raw = raw
+    m.rec = words[3:hstart].tolist()
     # Copied (the scratch is reused); cast only when a part's headers are read.
-    budget = _Budget(max_decoded, words[0], words[hstart:need].tobytes())
-    if n_parts == 1:
-        return ParsedMessage(raw, [Part(raw, 0, ptab, budget)], budget)
-    parts = [Part(raw, i, ptab, budget) for i in range(n_parts)]
-    for i in range(1, n_parts):
-        parts[ptab[i * _NPF]].children.append(i)
-    return ParsedMessage(raw, parts, budget)
+    m.hdr = words[hstart:need].tobytes()
+    m.left = max_decoded
+    m.flags = words[0]
+    m.kids = None
+    msg = _new(ParsedMessage)
+    msg.raw = raw
+    msg._budget = m
+    msg._cache = [None] * n_parts
+    msg._whole = False
+    return msg
