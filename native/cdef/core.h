@@ -104,6 +104,7 @@ size_t mw_base64_decode(const uint8_t *src, size_t len, uint8_t *dst, int *junk)
 int mw_base64_junk(const uint8_t *src, size_t len);
 size_t mw_qp_max_len(size_t len);
 size_t mw_qp_decode(const uint8_t *src, size_t len, uint8_t *dst);
+size_t mw_decode_span(const uint8_t *buf, size_t start, size_t end, int base64, uint8_t *dst);
 
 typedef struct mw_matcher mw_matcher;
 typedef struct {

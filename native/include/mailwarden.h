@@ -171,6 +171,11 @@ size_t mw_base64_decode(const uint8_t *src, size_t len, uint8_t *dst, int *junk)
 int mw_base64_junk(const uint8_t *src, size_t len);
 size_t mw_qp_max_len(size_t len);
 size_t mw_qp_decode(const uint8_t *src, size_t len, uint8_t *dst);
+/* For bindings: buf[start..end) decoded as base64 (base64 != 0, no junk
+ * report) or quoted-printable into dst, sized as above for end - start;
+ * returns bytes written, 0 when the span is empty or inverted.  Offsets
+ * instead of a pointer made per part by the caller. */
+size_t mw_decode_span(const uint8_t *buf, size_t start, size_t end, int base64, uint8_t *dst);
 
 /* Literal multi-pattern matcher (Aho-Corasick compiled to a DFA over byte
  * equivalence classes). */

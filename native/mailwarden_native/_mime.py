@@ -24,6 +24,7 @@ byte maps to a character and no lone surrogates ever appear.
 from __future__ import annotations
 
 import enum
+import struct
 import threading
 from collections.abc import Iterator
 
@@ -175,21 +176,30 @@ def _charset(key: bytes) -> str | None:
 
 
 class _Budget:
-    """What the parts of one message share: the raw bytes, the part table
-    (flat ints, ``_NPF`` per part), the header table, the decoded bytes the
-    message may still produce, the message's flags (so a limit hit in one
-    part shows on the message) and the children lists once asked for.  It
-    never refers to a Part, so parts and messages form no reference cycle
-    and are freed by reference counting alone."""
+    """What the parts of one message share: the raw bytes, the C tables as
+    one bytes copy (``_NPF`` int64 per part, then ``_NHF`` per header field
+    from word ``hoff``), each part's kind, the decoded bytes the message may
+    still produce, the message's flags (so a limit hit in one part shows on
+    the message) and the children lists once asked for.  It never refers to
+    a Part, so parts and messages form no reference cycle and are freed by
+    reference counting alone."""
 
-    __slots__ = ("flags", "hdr", "kids", "left", "raw", "rec")
+    __slots__ = ("flags", "hoff", "kids", "kinds", "left", "raw", "tab")
 
     raw: bytes
-    rec: list[int]
-    hdr: bytes
+    tab: bytes
+    hoff: int
+    kinds: list[int]
     left: int
     flags: int
     kids: list[list[int]] | None
+
+
+# One part record as ints: converted per part when the part is made, so
+# containers nobody touches cost no int objects (a tolist() of every record
+# was a quarter of parse()'s Python time on small mail).
+_RECORD = struct.Struct(f"={len(PART_FIELDS)}q")
+_RECORD_SIZE = _RECORD.size
 
 
 # Objects made per message and per part are built with __new__ and slot
@@ -220,7 +230,6 @@ class Part:
     # offsets, flags and children are properties over that record, and the
     # header-derived caches are slots left unset until first use.
     __slots__ = (
-        "_b",
         "_budget",
         "_decoded",
         "_detected_type",
@@ -240,8 +249,7 @@ class Part:
     index: int
     content_type: str
     _raw: bytes
-    _rec: list[int]
-    _b: int
+    _rec: tuple[int, ...]
     _budget: _Budget
     _decoded: bytes | None
     _headers: list[tuple[str, str]]
@@ -256,17 +264,17 @@ class Part:
     @property
     def flags(self) -> MalformationFlag:
         """What was wrong with this part (DECODED_LIMIT once decoded() was cut)."""
-        return _flag(self._rec[self._b + 8])
+        return _flag(self._rec[8])
 
     @property
     def is_multipart(self) -> bool:
         """The body was split on its boundary into children."""
-        return self._rec[self._b + 9] == _KIND_MULTIPART
+        return self._rec[9] == _KIND_MULTIPART
 
     @property
     def is_message(self) -> bool:
         """The body was parsed as one nested message (the only child)."""
-        return self._rec[self._b + 9] == _KIND_MESSAGE
+        return self._rec[9] == _KIND_MESSAGE
 
     @property
     def children(self) -> list[int]:
@@ -274,34 +282,34 @@ class Part:
         m = self._budget
         kids = m.kids
         if kids is None:
-            kids = m.kids = _children(m.rec)
+            kids = m.kids = _children(m)
         return kids[self.index]
 
     @property
     def parent(self) -> int:
         """Index of the enclosing part, -1 for the root."""
-        return self._rec[self._b]
+        return self._rec[0]
 
     @property
     def depth(self) -> int:
-        return self._rec[self._b + 1]
+        return self._rec[1]
 
     @property
     def header_start(self) -> int:
-        return self._rec[self._b + 2]
+        return self._rec[2]
 
     @property
     def header_end(self) -> int:
         """Start of the blank line that ends the header block."""
-        return self._rec[self._b + 3]
+        return self._rec[3]
 
     @property
     def body_start(self) -> int:
-        return self._rec[self._b + 4]
+        return self._rec[4]
 
     @property
     def body_end(self) -> int:
-        return self._rec[self._b + 5]
+        return self._rec[5]
 
     def __repr__(self) -> str:
         return (
@@ -315,10 +323,11 @@ class Part:
         try:
             return self._headers
         except AttributeError:
-            raw, h = self._raw, memoryview(self._budget.hdr).cast("q")
+            m = self._budget
+            raw, h = self._raw, memoryview(m.tab).cast("q")
             out: list[tuple[str, str]] = []
-            base = self._rec[self._b + 6] * _NHF
-            for i in range(base, base + self._rec[self._b + 7] * _NHF, _NHF):
+            base = m.hoff + self._rec[6] * _NHF
+            for i in range(base, base + self._rec[7] * _NHF, _NHF):
                 no, nl, vo, vl = h[i], h[i + 1], h[i + 2], h[i + 3]
                 out.append((_text(raw[no : no + nl]), _unfold(raw[vo : vo + vl])))
             self._headers = out
@@ -339,12 +348,13 @@ class Part:
                 self._index = index
             vals = index.get(name.lower(), [])
             return vals[:1] if first else list(vals)
-        raw, h = self._raw, memoryview(self._budget.hdr).cast("q")
+        m = self._budget
+        raw, h = self._raw, memoryview(m.tab).cast("q")
         bkey = name.lower().encode("utf-8", "surrogateescape")
         klen = len(bkey)
         out: list[str] = []
-        base = self._rec[self._b + 6] * _NHF
-        for i in range(base, base + self._rec[self._b + 7] * _NHF, _NHF):
+        base = m.hoff + self._rec[6] * _NHF
+        for i in range(base, base + self._rec[7] * _NHF, _NHF):
             no = h[i]
             if h[i + 1] == klen and raw[no : no + klen].lower() == bkey:
                 vo = h[i + 2]
@@ -375,12 +385,12 @@ class Part:
     @property
     def charset(self) -> str | None:
         """Lowercased Content-Type charset parameter, or None."""
-        rec, b = self._rec, self._b
-        if not rec[b + 24] & _CT_COMPLEX:
-            o = rec[b + 22]
+        rec = self._rec
+        if not rec[24] & _CT_COMPLEX:
+            o = rec[22]
             if o < 0:
                 return None
-            key = self._raw[o : o + rec[b + 23]]
+            key = self._raw[o : o + rec[23]]
             cs = _CS_CACHE.get(key, _UNSET)
             return _charset(key) if cs is _UNSET else cs  # type: ignore[return-value]
         cs = self.params.get("charset")
@@ -419,21 +429,21 @@ class Part:
     @property
     def disposition(self) -> str | None:
         """Lowercased Content-Disposition type ("attachment", "inline", ...)."""
-        rec, b = self._rec, self._b
-        if rec[b + 24] & _CD_COMPLEX:
+        rec = self._rec
+        if rec[24] & _CD_COMPLEX:
             return self._parsed_disposition()[0]
-        o = rec[b + 18]
-        if o < 0 or not rec[b + 19]:
+        o = rec[18]
+        if o < 0 or not rec[19]:
             return None
-        return self._raw[o : o + rec[b + 19]].decode("latin-1").lower()
+        return self._raw[o : o + rec[19]].decode("latin-1").lower()
 
     @property
     def filename(self) -> str | None:
         """Content-Disposition filename, else Content-Type name (RFC 2231 joined, RFC 2047
         encoded words decoded)."""
-        rec, b = self._rec, self._b
-        pf = rec[b + 24]
-        o = rec[b + 20]
+        rec = self._rec
+        pf = rec[24]
+        o = rec[20]
         if pf:
             if pf & _CD_COMPLEX or o < 0:
                 return self._parsed_disposition()[1]
@@ -441,15 +451,15 @@ class Part:
             return None
         # Spans are only set on 7-bit values, so Latin-1 is the same as the
         # UTF-8-else-Latin-1 reading of the header.
-        name = self._raw[o : o + rec[b + 21]].decode("latin-1")
+        name = self._raw[o : o + rec[21]].decode("latin-1")
         # Outlook and others put RFC 2047 words in (RFC 2231-less) filename parameters.
         return decode_header(name) if "=?" in name else name
 
     @property
     def body_raw(self) -> memoryview:
         """Zero-copy view of the undecoded body."""
-        rec, b = self._rec, self._b
-        return memoryview(self._raw)[rec[b + 4] : rec[b + 5]]
+        rec = self._rec
+        return memoryview(self._raw)[rec[4] : rec[5]]
 
     def decoded(self) -> bytes:
         """Transfer-decoded body (base64 / quoted-printable, identity otherwise),
@@ -459,8 +469,8 @@ class Part:
             return out
         budget = self._budget
         left = budget.left
-        rec, b = self._rec, self._b
-        cte, bs, be = rec[b + 10], rec[b + 4], rec[b + 5]
+        rec = self._rec
+        cte, bs, be = rec[10], rec[4], rec[5]
         if cte == _CTE_BASE64 or cte == _CTE_QP:
             out = _decode_span(self._raw, bs, be, cte == _CTE_BASE64)
         else:
@@ -468,7 +478,7 @@ class Part:
             out = self._raw[bs : be if be - bs <= left else bs + left + 1]
         if len(out) > left:
             out = out[:left]
-            rec[b + 8] |= _DECODED_LIMIT  # the record is this message's own copy
+            self._rec = (*rec[:8], rec[8] | _DECODED_LIMIT, *rec[9:])  # records are tuples
             budget.flags |= _DECODED_LIMIT
         budget.left = left - len(out)
         self._decoded = out
@@ -476,7 +486,8 @@ class Part:
 
     @property
     def is_leaf(self) -> bool:
-        return self._rec[self._b + 9] != _KIND_MULTIPART and self._rec[self._b + 9] != _KIND_MESSAGE
+        kind = self._rec[9]
+        return kind != _KIND_MULTIPART and kind != _KIND_MESSAGE
 
     def decoded_header(self, name: str) -> str | None:
         """First value of the named field with RFC 2047 encoded words decoded, or None."""
@@ -537,9 +548,10 @@ class Part:
         return find_uuencoded(self.decoded())
 
 
-def _children(rec: list[int]) -> list[list[int]]:
-    kids: list[list[int]] = [[] for _ in range(len(rec) // _NPF)]
-    for i, parent in enumerate(rec[_NPF::_NPF], 1):
+def _children(m: _Budget) -> list[list[int]]:
+    kids: list[list[int]] = [[] for _ in m.kinds]
+    parents = memoryview(m.tab).cast("q")[_NPF : m.hoff : _NPF].tolist()
+    for i, parent in enumerate(parents, 1):
         kids[parent].append(i)
     return kids
 
@@ -547,24 +559,24 @@ def _children(rec: list[int]) -> list[list[int]]:
 def _part(msg: ParsedMessage, i: int) -> Part:
     """Part i of msg, made now (the caller checked msg._cache[i] is None)."""
     m = msg._budget
-    raw, rec, b = m.raw, m.rec, i * _NPF
+    raw = m.raw
+    rec = _RECORD.unpack_from(m.tab, i * _RECORD_SIZE)
     p = _new(Part)
     p._raw = raw
     p._rec = rec
-    p._b = b
     p._budget = m
     p.index = i
     # Set, not left unset like the other caches: decoded() is asked of most
     # leaves once, and a miss on an unset slot raises (slow) AttributeError.
     p._decoded = None
-    tl = rec[b + 12]
-    if tl and rec[b + 14]:
-        t, s, sl = rec[b + 11], rec[b + 13], rec[b + 14]
+    tl = rec[12]
+    if tl and rec[14]:
+        t, s, sl = rec[11], rec[13], rec[14]
         # Inlined cache hit of _content_type(): "type/subtype" written
         # contiguously, seen before.
         ct = _CT_CACHE.get(raw[t : s + sl]) if s == t + tl + 1 else None
         p.content_type = ct if ct is not None else _content_type(raw, t, tl, s, sl)
-    elif rec[b + 17] == _DEFAULT_RFC822:
+    elif rec[17] == _DEFAULT_RFC822:
         p.content_type = "message/rfc822"
     else:
         p.content_type = "text/plain"
@@ -615,12 +627,12 @@ class ParsedMessage:
         cache = self._cache
         if len(cache) == 1:
             p = cache[0]
-            if self._budget.rec[9] != _KIND_LEAF:
+            if self._budget.kinds[0] != _KIND_LEAF:
                 return iter(())
             return iter((p or _part(self, 0),))
         out = []
         # Containers are skipped on their kind in the table, never made.
-        for i, kind in enumerate(self._budget.rec[9::_NPF]):
+        for i, kind in enumerate(self._budget.kinds):
             if kind == _KIND_LEAF:
                 out.append(cache[i] or _part(self, i))
         return iter(out)
@@ -738,9 +750,11 @@ def parse(raw: bytes, limits: ParseLimits | None = None) -> ParsedMessage:
     hstart = 3 + n_parts * _NPF
     m = _new(_Budget)
     m.raw = raw
-    m.rec = words[3:hstart].tolist()
-    # Copied (the scratch is reused); cast only when a part's headers are read.
-    m.hdr = words[hstart:need].tobytes()
+    # Both tables copied in one piece (the scratch is reused); records become
+    # ints only for the parts that get made, header fields only when read.
+    m.tab = words[3:need].tobytes()
+    m.hoff = hstart - 3
+    m.kinds = words[12:hstart:_NPF].tolist()
     m.left = max_decoded
     m.flags = words[0]
     m.kids = None
