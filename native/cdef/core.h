@@ -81,6 +81,7 @@ typedef struct {
     int64_t charset_off;
     int64_t charset_len;
     int64_t param_flags;
+    int64_t type_code;
 } mw_part;
 
 typedef struct {
@@ -93,6 +94,8 @@ typedef struct {
     uint32_t flags;
 } mw_message;
 
+#define MW_CONTENT_TYPE_CODES ...
+const char *mw_content_type_name(int64_t code);
 void mw_limits_default(mw_limits *limits);
 int mw_parse(const uint8_t *buf, size_t len, const mw_limits *limits, mw_message **out);
 void mw_message_free(mw_message *msg);

@@ -130,6 +130,10 @@ typedef struct {
     int64_t charset_off; /* Content-Type charset */
     int64_t charset_len;
     int64_t param_flags; /* MW_PARAMS_* */
+    /* The content type (the default one when absent or invalid) as an index
+     * into mw_content_type_name() when it is one of the common types there, else 0:
+     * the binding then needs no string work for most parts. */
+    int64_t type_code;
 } mw_part;
 
 typedef struct {
@@ -143,6 +147,10 @@ typedef struct {
 } mw_message;
 
 void mw_limits_default(mw_limits *limits);
+/* The lowercase "type/subtype" of a type_code, "" for 0 and codes past the
+ * table (MW_CONTENT_TYPE_CODES entries). */
+#define MW_CONTENT_TYPE_CODES 32
+const char *mw_content_type_name(int64_t code);
 
 /* Parses buf[0..len).  On MW_OK *out owns a table the caller releases with
  * mw_message_free.  Malformed input never fails; only MW_ERR_NOMEM and

@@ -114,6 +114,7 @@ PART_FIELDS = (
     "charset_off",
     "charset_len",
     "param_flags",
+    "type_code",
 )
 _NPF = len(PART_FIELDS)
 _NHF = 4  # name_off, name_len, value_off, value_len
@@ -132,6 +133,12 @@ _U32_MAX = (1 << 32) - 1
 _U64_MAX = (1 << 64) - 1
 _UNSET: object = object()
 
+
+# mw_part.type_code -> content type: most parts need no string work at all.
+_TYPE_NAMES = tuple(
+    ffi.string(lib.mw_content_type_name(i)).decode("ascii")
+    for i in range(lib.MW_CONTENT_TYPE_CODES)
+)
 
 _FLAG_CACHE: dict[int, MalformationFlag] = {}
 
@@ -569,8 +576,11 @@ def _part(msg: ParsedMessage, i: int) -> Part:
     # Set, not left unset like the other caches: decoded() is asked of most
     # leaves once, and a miss on an unset slot raises (slow) AttributeError.
     p._decoded = None
+    code = rec[25]
     tl = rec[12]
-    if tl and rec[14]:
+    if code:
+        p.content_type = _TYPE_NAMES[code]
+    elif tl and rec[14]:
         t, s, sl = rec[11], rec[13], rec[14]
         # Inlined cache hit of _content_type(): "type/subtype" written
         # contiguously, seen before.

@@ -657,6 +657,68 @@ static void param_spans(const uint8_t *b, mw_part *part, const mw_header *ct,
     }
 }
 
+/* The common content types, index = mw_part.type_code (0: none of them). */
+#define TYPE_ENTRY(s) {s, sizeof(s) - 1}
+static const struct {
+    const char *name;
+    size_t len;
+} TYPES[MW_CONTENT_TYPE_CODES] = {
+        TYPE_ENTRY(""),
+        TYPE_ENTRY("text/plain"),
+        TYPE_ENTRY("text/html"),
+        TYPE_ENTRY("multipart/alternative"),
+        TYPE_ENTRY("multipart/mixed"),
+        TYPE_ENTRY("multipart/related"),
+        TYPE_ENTRY("application/octet-stream"),
+        TYPE_ENTRY("application/pdf"),
+        TYPE_ENTRY("image/jpeg"),
+        TYPE_ENTRY("image/png"),
+        TYPE_ENTRY("image/gif"),
+        TYPE_ENTRY("message/rfc822"),
+        TYPE_ENTRY("multipart/report"),
+        TYPE_ENTRY("message/delivery-status"),
+        TYPE_ENTRY("text/rfc822-headers"),
+        TYPE_ENTRY("multipart/signed"),
+        TYPE_ENTRY("application/pkcs7-signature"),
+        TYPE_ENTRY("application/pgp-signature"),
+        TYPE_ENTRY("text/calendar"),
+        TYPE_ENTRY("application/zip"),
+        TYPE_ENTRY("application/msword"),
+        TYPE_ENTRY("application/vnd.ms-excel"),
+        TYPE_ENTRY("text/csv"),
+        TYPE_ENTRY("text/xml"),
+        TYPE_ENTRY("application/xml"),
+        TYPE_ENTRY("application/json"),
+        TYPE_ENTRY("message/disposition-notification"),
+        TYPE_ENTRY("text/enriched"),
+        TYPE_ENTRY("multipart/digest"),
+        TYPE_ENTRY("message/global"),
+        TYPE_ENTRY("application/x-pkcs7-signature"),
+        TYPE_ENTRY("image/bmp"),
+};
+
+const char *mw_content_type_name(int64_t code) {
+    return code > 0 && code < MW_CONTENT_TYPE_CODES ? TYPES[code].name : "";
+}
+
+static int64_t type_code(const uint8_t *b, const mw_part *p) {
+    if (p->type_len == 0) /* the default: "text/plain" or "message/rfc822" */
+        return p->default_type == MW_DEFAULT_MESSAGE_RFC822 ? 11 : 1;
+    size_t tl = (size_t)p->type_len, sl = (size_t)p->subtype_len;
+    const uint8_t *t = b + p->type_off, *s = b + p->subtype_off;
+    for (int64_t k = 1; k < MW_CONTENT_TYPE_CODES; k++) {
+        const char *n = TYPES[k].name;
+        if (TYPES[k].len != tl + 1 + sl || n[tl] != '/') continue;
+        size_t i = 0;
+        while (i < tl && lower(t[i]) == (uint8_t)n[i]) i++;
+        if (i < tl) continue;
+        n += tl + 1;
+        while (i < tl + sl && lower(s[i - tl]) == (uint8_t)n[i - tl]) i++;
+        if (i == tl + sl) return k;
+    }
+    return 0;
+}
+
 static int64_t parse_cte(const uint8_t *b, size_t v, size_t ve) {
     size_t p = skip_cfws(b, v, ve), t = p;
     p = skip_token(b, p, ve);
@@ -867,6 +929,7 @@ static void parse_entity(parser *ps, size_t start, size_t end, int64_t parent, i
         part->cte = parse_cte(b, (size_t)cte->value_off,
                               (size_t)cte->value_off + (size_t)cte->value_len);
     if (ct || cd) param_spans(b, part, ct, cd);
+    part->type_code = type_code(b, part);
     if (ps->has_nul && memchr(b + start, 0, (size_t)part->body_start - start))
         part->flags |= MW_FLAG_NUL_BYTES;
 
