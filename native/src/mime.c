@@ -76,6 +76,24 @@ static int ieq(const uint8_t *s, size_t n, const char *lit) {
 static const uint8_t TOKEN[256] = {R256(TOKV)};
 static int is_token(uint8_t c) { return TOKEN[c]; }
 
+/* Offset of the first of bytes c1, c2, c3 in [p, e), or e: header values
+ * are mostly plain bytes between the few a scanner stops at. */
+static size_t find3(const uint8_t *b, size_t p, size_t e, uint8_t c1, uint8_t c2, uint8_t c3) {
+#if defined(__SSE2__) && (defined(__GNUC__) || defined(__clang__))
+    const __m128i v1 = _mm_set1_epi8((char)c1), v2 = _mm_set1_epi8((char)c2);
+    const __m128i v3 = _mm_set1_epi8((char)c3);
+    while (e - p >= 16) {
+        __m128i x = _mm_loadu_si128((const __m128i *)(const void *)(b + p));
+        unsigned m = (unsigned)_mm_movemask_epi8(_mm_or_si128(
+                _mm_or_si128(_mm_cmpeq_epi8(x, v1), _mm_cmpeq_epi8(x, v2)), _mm_cmpeq_epi8(x, v3)));
+        if (m) return p + (size_t)__builtin_ctz(m);
+        p += 16;
+    }
+#endif
+    while (p < e && b[p] != c1 && b[p] != c2 && b[p] != c3) p++;
+    return p;
+}
+
 /* Finds the end of the line starting at p: returns the offset of the line
  * break (or end) and stores the break length (0, 1 or 2) in *eol. */
 static size_t line_end(const uint8_t *b, size_t p, size_t end, size_t *eol) {
@@ -152,6 +170,36 @@ found:
  * but make the HEADER_NAME_JUNK evasion. */
 #define NAMEV(c) ((c) > 32 && (c) < 127 ? ((c) == '(' || (c) == ')' ? 3 : 1) : 0)
 static const uint8_t NAMECH[256] = {R256(NAMEV)};
+
+/* *all = 1 when every byte of [p, ne) is a field-name byte, *any has bit 2
+ * when one is a parenthesis.  limit bounds the 16-byte loads. */
+static void name_bytes(const uint8_t *b, size_t p, size_t ne, size_t limit, unsigned *all,
+                       unsigned *any) {
+    unsigned a = 1, y = 0;
+#if defined(__SSE2__) && (defined(__GNUC__) || defined(__clang__))
+    const __m128i lo = _mm_set1_epi8(32), hi = _mm_set1_epi8(127);
+    const __m128i op = _mm_set1_epi8('('), cp = _mm_set1_epi8(')');
+    while (p < ne && limit - p >= 16) {
+        size_t n = ne - p < 16 ? ne - p : 16;
+        unsigned keep = n == 16 ? 0xFFFFu : (1u << n) - 1u;
+        __m128i x = _mm_loadu_si128((const __m128i *)(const void *)(b + p));
+        /* Signed compares: 8-bit bytes are negative, so not above 32. */
+        unsigned ok = (unsigned)_mm_movemask_epi8(
+                _mm_and_si128(_mm_cmpgt_epi8(x, lo), _mm_cmplt_epi8(x, hi)));
+        unsigned par = (unsigned)_mm_movemask_epi8(
+                _mm_or_si128(_mm_cmpeq_epi8(x, op), _mm_cmpeq_epi8(x, cp)));
+        if ((ok & keep) != keep) a = 0;
+        if (par & keep) y = 2;
+        p += n;
+    }
+#endif
+    for (; p < ne; p++) {
+        a &= NAMECH[b[p]];
+        y |= NAMECH[b[p]];
+    }
+    *all = a;
+    *any = y;
+}
 
 static int64_t add_part(parser *ps, int64_t parent, int64_t depth) {
     mw_message *m = ps->msg;
@@ -255,11 +303,8 @@ static int parse_headers(parser *ps, int64_t idx, size_t start, size_t end) {
         int has_colon = colon_at < q;
         size_t ne = has_colon ? colon_at : p;
         while (ne > p && is_wsp(b[ne - 1])) ne--;
-        unsigned all = 1, any = 0;
-        for (size_t i = p; i < ne; i++) {
-            all &= NAMECH[b[i]];
-            any |= NAMECH[b[i]];
-        }
+        unsigned all, any;
+        name_bytes(b, p, ne, end, &all, &any);
         int valid = has_colon && ne > p && all;
         if (!valid) {
             /* Like Python's email package: a line that is not a field ends
@@ -445,15 +490,13 @@ static void parse_content_type(parser *ps, mw_part *part, size_t v, size_t ve) {
 
     while (p < ve) {
         /* Advance to the next ';' outside quoted strings and comments. */
-        while (p < ve && b[p] != ';') {
+        while ((p = find3(b, p, ve, ';', '"', '(')) < ve && b[p] != ';') {
             if (b[p] == '"') {
                 p++;
                 while (p < ve && b[p] != '"') p += (b[p] == '\\' && p + 1 < ve) ? 2 : 1;
                 if (p < ve) p++;
-            } else if (b[p] == '(') {
-                p = skip_cfws(b, p, ve);
             } else {
-                p++;
+                p = skip_cfws(b, p, ve); /* '(' */
             }
         }
         if (p >= ve) break;
@@ -546,6 +589,11 @@ static int has_eol(const uint8_t *b, size_t s, size_t e) {
     return 0;
 }
 
+/* Bytes the parameter splitter stops at: '"' 1, ';' 2, '=' 3. */
+#define PCLSV(c) ((c) == '"' ? 1 : (c) == ';' ? 2 : (c) == '=' ? 3 : 0)
+static const uint8_t PARAM_CLASS[256] = {R256(PCLSV)};
+
+
 /* Returns 1 when the value is complex (spans unusable).  On 0, *main holds
  * the trimmed first segment and each wanted parameter its value span. */
 /* Bytes that make a parameter value complex: backslash, DEL, 8-bit bytes
@@ -581,13 +629,16 @@ static int scan_params(const uint8_t *b, size_t v, size_t ve, size_t *main_off,
     for (;;) {
         size_t s = p, eq = 0;
         int quoted = 0, have_eq = 0;
-        while (p < ve && (quoted || b[p] != ';')) {
-            if (b[p] == '"') quoted = !quoted;
-            else if (b[p] == '=' && !have_eq) {
+        for (; (p = find3(b, p, ve, '"', ';', '=')) < ve; p++) {
+            uint8_t k = PARAM_CLASS[b[p]];
+            if (k == 1) {
+                quoted = !quoted;
+            } else if (k == 2) {
+                if (!quoted) break;
+            } else if (!have_eq) {
                 have_eq = 1;
                 eq = p;
             }
-            p++;
         }
         size_t e = p;
         if (seg++ == 0) {
