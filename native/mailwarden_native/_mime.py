@@ -207,6 +207,7 @@ class _Budget:
 # was a quarter of parse()'s Python time on small mail).
 _RECORD = struct.Struct(f"={len(PART_FIELDS)}q")
 _RECORD_SIZE = _RECORD.size
+_unpack_record = _RECORD.unpack_from
 
 
 # Objects made per message and per part are built with __new__ and slot
@@ -567,7 +568,7 @@ def _part(msg: ParsedMessage, i: int) -> Part:
     """Part i of msg, made now (the caller checked msg._cache[i] is None)."""
     m = msg._budget
     raw = m.raw
-    rec = _RECORD.unpack_from(m.tab, i * _RECORD_SIZE)
+    rec = _unpack_record(m.tab, i * _RECORD_SIZE)
     p = _new(Part)
     p._raw = raw
     p._rec = rec
@@ -695,6 +696,8 @@ class ParsedMessage:
 # 16k words hold about 600 parts with their headers; bigger structures get a
 # one-off array.
 _TABLE_CAP = 16384
+_parse_table = lib.mw_parse_table
+_NULL = ffi.NULL
 _tables = threading.local()
 
 
@@ -735,7 +738,7 @@ def parse(raw: bytes, limits: ParseLimits | None = None) -> ParsedMessage:
     if not isinstance(raw, bytes):
         raise TypeError(f"parse() needs bytes, got {type(raw).__name__}")
     if limits is None:
-        lim = ffi.NULL
+        lim = _NULL
         max_decoded = _DEFAULT_MAX_DECODED
     else:
         lim = ffi.new("mw_limits *")
@@ -749,10 +752,10 @@ def parse(raw: bytes, limits: ParseLimits | None = None) -> ParsedMessage:
         table = _table_scratch()
     # bytes go to a uint8_t * argument as a pointer to their buffer (no copy,
     # no from_buffer object).
-    need = lib.mw_parse_table(raw, len(raw), lim, table.buf, _TABLE_CAP)
+    need = _parse_table(raw, len(raw), lim, table.buf, _TABLE_CAP)
     if need > _TABLE_CAP:  # a structure too big for the scratch table: rare, parse again
         table = _Table(need)
-        need = lib.mw_parse_table(raw, len(raw), lim, table.buf, need)
+        need = _parse_table(raw, len(raw), lim, table.buf, need)
     if need < 0:
         raise NativeError(f"mw_parse failed with code {-need}")
     words = table.words
