@@ -21,11 +21,13 @@ With ``--baseline DIR`` (a directory holding another build's
 then ``python /tmp/old/native/build_native.py``) that build runs too, as
 "native (baseline)", so before and after come from the same run.
 
-The parsers run interleaved, R rounds of about S seconds each, on the whole
-corpus and on the messages under 100 KB; within a round each parser's time
-is spread over ten slices taken in turn, so a load change on the (shared)
-machine hits all of them alike.  Figures are medians over the rounds with
-[min-max], and every ratio is taken within one round.
+The parsers run interleaved, R rounds of about S CPU seconds each, on the
+whole corpus and on the messages under 100 KB; within a round each parser's
+time is spread over ten slices taken in turn, so a load change on the
+(shared) machine hits all of them alike.  Rates are per second of this
+thread's CPU time (wall time would also count the time other processes held
+the core).  Figures are medians over the rounds with [min-max], and every
+ratio is taken within one round.
 """
 
 from __future__ import annotations
@@ -148,14 +150,16 @@ SLICES = 10
 
 
 def passes(fn: Callable[[bytes], int], corpus: list[bytes], seconds: float) -> tuple[int, float]:
-    """Whole passes over the corpus for about ``seconds``: (passes, elapsed)."""
+    """Whole passes over the corpus for about ``seconds`` of this thread's CPU time:
+    (passes, CPU seconds).  CPU time, not wall time: on the shared machine a slice's
+    wall time also counts the time other processes held the core."""
     done = 0
-    start = time.perf_counter()
+    start = time.thread_time()
     while True:
         for raw in corpus:
             fn(raw)
         done += 1
-        elapsed = time.perf_counter() - start
+        elapsed = time.thread_time() - start
         if elapsed >= seconds:
             return done, elapsed
 
