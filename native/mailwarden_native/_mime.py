@@ -260,7 +260,7 @@ class Part:
     _rec: tuple[int, ...]
     _budget: _Budget
     _decoded: bytes | None
-    _headers: list[tuple[str, str]]
+    _headers: list[tuple[str, str]] | None
     _index: dict[str, list[str]]
     _params: dict[str, str]
     _transfer_encoding: str
@@ -328,23 +328,22 @@ class Part:
     @property
     def headers(self) -> list[tuple[str, str]]:
         """(name as written, unfolded value), duplicates kept in order."""
-        try:
-            return self._headers
-        except AttributeError:
+        out = self._headers
+        if out is None:
             m = self._budget
             raw, h = self._raw, memoryview(m.tab).cast("q")
-            out: list[tuple[str, str]] = []
+            out = []
             base = m.hoff + self._rec[6] * _NHF
             for i in range(base, base + self._rec[7] * _NHF, _NHF):
                 no, nl, vo, vl = h[i], h[i + 1], h[i + 2], h[i + 3]
                 out.append((_text(raw[no : no + nl]), _unfold(raw[vo : vo + vl])))
             self._headers = out
-            return out
+        return out
 
     def _values(self, name: str, first: bool) -> list[str]:
         # Compares raw name bytes so a lookup decodes only the matching values,
         # not the whole header block.
-        headers: list[tuple[str, str]] | None = getattr(self, "_headers", None)
+        headers = self._headers
         if headers is not None:
             # Indexed once: a scan over every field per lookup made a caller that looks up
             # each field name (antispam's rule targets) quadratic, 21 s for 7,250 fields.
@@ -575,8 +574,10 @@ def _part(msg: ParsedMessage, i: int) -> Part:
     p._budget = m
     p.index = i
     # Set, not left unset like the other caches: decoded() is asked of most
-    # leaves once, and a miss on an unset slot raises (slow) AttributeError.
+    # leaves once and header lookups test _headers, and a miss on an unset
+    # slot raises (slow) AttributeError: 0.7 us of a 1.8 us header() call.
     p._decoded = None
+    p._headers = None
     code = rec[25]
     tl = rec[12]
     if code:
@@ -767,7 +768,7 @@ def parse(raw: bytes, limits: ParseLimits | None = None) -> ParsedMessage:
     # ints only for the parts that get made, header fields only when read.
     m.tab = words[3:need].tobytes()
     m.hoff = hstart - 3
-    m.kinds = words[12:hstart:_NPF].tolist()
+    m.kinds = [words[12]] if n_parts == 1 else words[12:hstart:_NPF].tolist()
     m.left = max_decoded
     m.flags = words[0]
     m.kids = None
