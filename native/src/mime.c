@@ -95,41 +95,19 @@ static size_t find3(const uint8_t *b, size_t p, size_t e, uint8_t c1, uint8_t c2
 }
 
 /* Finds the end of the line starting at p: returns the offset of the line
- * break (or end) and stores the break length (0, 1 or 2) in *eol. */
-static size_t line_end(const uint8_t *b, size_t p, size_t end, size_t *eol) {
+ * break (or end) and stores the break length (0, 1 or 2) in *eol.  With
+ * colon non-NULL it also finds the line's first ':' (*colon = its offset, or
+ * the line end when there is none): a header line is read once instead of a
+ * line-end search plus a memchr for the colon. */
+#if defined(__GNUC__) || defined(__clang__)
+/* Inlined into both callers, so line_end's NULL colon folds away. */
+__attribute__((always_inline))
+#endif
+static inline size_t header_line(const uint8_t *b, size_t p, size_t end, size_t *eol,
+                                 size_t *colon) {
+    size_t c = colon ? SIZE_MAX : 0; /* not SIZE_MAX: no colon wanted */
 #if defined(__SSE2__) && (defined(__GNUC__) || defined(__clang__))
     /* Header lines are tens of bytes: 16 at a time, no call overhead. */
-    const __m128i cr = _mm_set1_epi8('\r'), lf = _mm_set1_epi8('\n');
-    while (end - p >= 16) {
-        __m128i x = _mm_loadu_si128((const __m128i *)(const void *)(b + p));
-        unsigned m = (unsigned)_mm_movemask_epi8(
-                _mm_or_si128(_mm_cmpeq_epi8(x, cr), _mm_cmpeq_epi8(x, lf)));
-        if (m) {
-            p += (size_t)__builtin_ctz(m);
-            goto found;
-        }
-        p += 16;
-    }
-#endif
-    while (p < end && !is_eol(b[p])) p++;
-#if defined(__SSE2__) && (defined(__GNUC__) || defined(__clang__))
-found:
-#endif
-    if (p >= end)
-        *eol = 0;
-    else if (b[p] == '\r' && p + 1 < end && b[p + 1] == '\n')
-        *eol = 2;
-    else
-        *eol = 1;
-    return p;
-}
-
-/* line_end that also finds the first ':' of the line (*colon = its offset,
- * or the line end when there is none): a header line is read once instead
- * of a line-end search plus a memchr for the colon. */
-static size_t header_line(const uint8_t *b, size_t p, size_t end, size_t *eol, size_t *colon) {
-    size_t c = SIZE_MAX;
-#if defined(__SSE2__) && (defined(__GNUC__) || defined(__clang__))
     const __m128i cr = _mm_set1_epi8('\r'), lf = _mm_set1_epi8('\n'), co = _mm_set1_epi8(':');
     while (end - p >= 16) {
         __m128i x = _mm_loadu_si128((const __m128i *)(const void *)(b + p));
@@ -155,7 +133,7 @@ static size_t header_line(const uint8_t *b, size_t p, size_t end, size_t *eol, s
 #if defined(__SSE2__) && (defined(__GNUC__) || defined(__clang__))
 found:
 #endif
-    *colon = c == SIZE_MAX ? p : c;
+    if (colon) *colon = c == SIZE_MAX ? p : c;
     if (p >= end)
         *eol = 0;
     else if (b[p] == '\r' && p + 1 < end && b[p + 1] == '\n')
@@ -163,6 +141,10 @@ found:
     else
         *eol = 1;
     return p;
+}
+
+static size_t line_end(const uint8_t *b, size_t p, size_t end, size_t *eol) {
+    return header_line(b, p, end, eol, NULL);
 }
 
 /* Field-name bytes: 1 for printable ASCII (RFC 5322 ftext, and ':' cannot
