@@ -18,7 +18,9 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from .access import BUILTIN_ROLES, PERMISSIONS
 from .errors import ConfigError
+from .patterns import compile_rule_patterns
 
 __all__ = [
     "ClamdConfig",
@@ -707,8 +709,6 @@ class WebConfig(_Section):
     digest_link_days: Annotated[float, msgspec.Meta(gt=0, le=90)] = 7.0
 
     def __post_init__(self) -> None:
-        from .web.permissions import BUILTIN_ROLES, PERMISSIONS
-
         if self.digest_hours and not self.digest_url.startswith(("https://", "http://")):
             raise ValueError("digest_url (https://... as users reach the web interface) is needed")
 
@@ -860,12 +860,14 @@ def parse_config(
                 key=f"rules[{index}].name",
                 line=locate_key(text, ["rules", index, "name"]),
             )
-    # Imported here: policy imports this module for the rule types.
-    from .policy import compile_rules
-
     # Patterns are compiled now so that a bad regex or network is reported with its line
     # instead of failing on the first message.
-    compile_rules(config.rules, config.gateway.local_domains, text=text, source=source)
+    compile_rule_patterns(
+        config.rules,
+        config.gateway.local_domains,
+        locate=lambda steps: locate_key(text, steps),
+        source=source,
+    )
     return config
 
 

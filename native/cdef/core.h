@@ -1,11 +1,6 @@
 /* cffi declarations of mailwarden.h: the MIME parser, decoders and matcher.
  * Constants are "...": cffi reads their real values from the C header at compile time, so
  * the C header stays the single source of truth. */
-#define MW_OK ...
-#define MW_ERR_NOMEM ...
-#define MW_ERR_ARG ...
-#define MW_ERR_TOO_LARGE ...
-
 #define MW_FLAG_MISSING_BOUNDARY ...
 #define MW_FLAG_NO_CLOSING_BOUNDARY ...
 #define MW_FLAG_BOUNDARY_NOT_FOUND ...
@@ -97,7 +92,7 @@ typedef struct {
 #define MW_CONTENT_TYPE_CODES ...
 const char *mw_content_type_name(int64_t code);
 void mw_limits_default(mw_limits *limits);
-int mw_parse(const uint8_t *buf, size_t len, const mw_limits *limits, mw_message **out);
+mw_status mw_parse(const uint8_t *buf, size_t len, const mw_limits *limits, mw_message **out);
 void mw_message_free(mw_message *msg);
 int64_t mw_parse_table(const uint8_t *buf, size_t len, const mw_limits *limits, int64_t *out,
                        size_t cap);
@@ -116,8 +111,8 @@ typedef struct {
     uint32_t reserved;
 } mw_match;
 
-int mw_matcher_new(const uint8_t *const *patterns, const size_t *lens, size_t n,
-                   mw_matcher **out);
+mw_status mw_matcher_new(const uint8_t *const *patterns, const size_t *lens, size_t n,
+                         mw_matcher **out);
 void mw_matcher_free(mw_matcher *m);
 size_t mw_matcher_count(const mw_matcher *m);
 size_t mw_matcher_scan(const mw_matcher *m, const uint8_t *data, size_t len, mw_match *out,

@@ -43,7 +43,7 @@ from ._content import (
 )
 from ._core import ffi, lib
 from ._decode import _decode_span
-from ._errors import NativeError
+from ._errors import _check
 from ._params import parse_params
 
 __all__ = ["MalformationFlag", "ParseLimits", "ParsedMessage", "Part", "parse"]
@@ -729,7 +729,7 @@ def _limit(value: int, hi: int, name: str) -> int:
 def parse(raw: bytes, limits: ParseLimits | None = None) -> ParsedMessage:
     """Parse a message.  Malformed mail never raises: see ``Part.flags``.
 
-    Raises TypeError for non-bytes input and NativeError when the core runs
+    Raises TypeError for non-bytes input and NativeMemoryError when the core runs
     out of memory.  The GIL is released while the C parser runs.
     """
     # The fixed cost of this wrapper is paid by every message and is a large
@@ -757,8 +757,8 @@ def parse(raw: bytes, limits: ParseLimits | None = None) -> ParsedMessage:
     if need > _TABLE_CAP:  # a structure too big for the scratch table: rare, parse again
         table = _Table(need)
         need = _parse_table(raw, len(raw), lim, table.buf, need)
-    if need < 0:
-        raise NativeError(f"mw_parse failed with code {-need}")
+    if need < 0:  # mw_parse_table returns a failure as its negated status
+        _check(-need, "mw_parse_table")
     words = table.words
     n_parts = words[1]
     hstart = 3 + n_parts * _NPF

@@ -1167,7 +1167,7 @@ static int parse_into(const uint8_t *buf, size_t len, const mw_limits *limits, m
     return 0;
 }
 
-int mw_parse(const uint8_t *buf, size_t len, const mw_limits *limits, mw_message **out) {
+mw_status mw_parse(const uint8_t *buf, size_t len, const mw_limits *limits, mw_message **out) {
     if (!out || (!buf && len)) return MW_ERR_ARG;
     *out = NULL;
     static const uint8_t empty[1] = {0};

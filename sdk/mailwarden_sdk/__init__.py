@@ -13,13 +13,14 @@ A plugin that keeps messages of its own offers them to the web interface as a
 :class:`Quarantine` (:mod:`mailwarden_sdk.quarantines`).
 An ``async`` hook with CPU work to do runs it through :func:`run_cpu_bound`
 (:mod:`mailwarden_sdk.offload`): inline when small, in a thread when large.
-:mod:`mailwarden_sdk.findings` has shorthands for common findings; ``requires_sdk`` on a plugin
-states which SDK versions it works with (see :mod:`mailwarden_sdk.version`).
+:mod:`mailwarden_sdk.findings` has shorthands for common findings, and
+:mod:`mailwarden_sdk.files` the atomic write a plugin's state files need; ``requires_sdk`` on a
+plugin states which SDK versions it works with (see :mod:`mailwarden_sdk.version`).
 """
 
 from mailwarden_native import Matcher, ParsedMessage, Part, detect_type, parse
 
-from . import findings
+from . import files, findings
 from .context import (
     Host,
     HostLoader,
@@ -92,6 +93,7 @@ __all__ = [
     "command_host",
     "config_option",
     "detect_type",
+    "files",
     "findings",
     "hookimpl",
     "hookspec",
