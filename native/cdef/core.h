@@ -76,6 +76,7 @@ typedef struct {
     int64_t charset_off;
     int64_t charset_len;
     int64_t param_flags;
+    int64_t type_code;
 } mw_part;
 
 typedef struct {
@@ -88,6 +89,8 @@ typedef struct {
     uint32_t flags;
 } mw_message;
 
+#define MW_CONTENT_TYPE_CODES ...
+const char *mw_content_type_name(int64_t code);
 void mw_limits_default(mw_limits *limits);
 mw_status mw_parse(const uint8_t *buf, size_t len, const mw_limits *limits, mw_message **out);
 void mw_message_free(mw_message *msg);
@@ -99,6 +102,7 @@ size_t mw_base64_decode(const uint8_t *src, size_t len, uint8_t *dst, int *junk)
 int mw_base64_junk(const uint8_t *src, size_t len);
 size_t mw_qp_max_len(size_t len);
 size_t mw_qp_decode(const uint8_t *src, size_t len, uint8_t *dst);
+size_t mw_decode_span(const uint8_t *buf, size_t start, size_t end, int base64, uint8_t *dst);
 
 typedef struct mw_matcher mw_matcher;
 typedef struct {

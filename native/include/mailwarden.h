@@ -126,6 +126,10 @@ typedef struct {
     int64_t charset_off; /* Content-Type charset */
     int64_t charset_len;
     int64_t param_flags; /* MW_PARAMS_* */
+    /* The content type (the default one when absent or invalid) as an index
+     * into mw_content_type_name() when it is one of the common types there, else 0:
+     * the binding then needs no string work for most parts. */
+    int64_t type_code;
 } mw_part;
 
 typedef struct {
@@ -139,6 +143,10 @@ typedef struct {
 } mw_message;
 
 void mw_limits_default(mw_limits *limits);
+/* The lowercase "type/subtype" of a type_code, "" for 0 and codes past the
+ * table (MW_CONTENT_TYPE_CODES entries). */
+#define MW_CONTENT_TYPE_CODES 32
+const char *mw_content_type_name(int64_t code);
 
 /* Parses buf[0..len).  On MW_OK *out owns a table the caller releases with
  * mw_message_free.  Malformed input never fails; only MW_ERR_NOMEM and
@@ -167,6 +175,11 @@ size_t mw_base64_decode(const uint8_t *src, size_t len, uint8_t *dst, int *junk)
 int mw_base64_junk(const uint8_t *src, size_t len);
 size_t mw_qp_max_len(size_t len);
 size_t mw_qp_decode(const uint8_t *src, size_t len, uint8_t *dst);
+/* For bindings: buf[start..end) decoded as base64 (base64 != 0, no junk
+ * report) or quoted-printable into dst, sized as above for end - start;
+ * returns bytes written, 0 when the span is empty or inverted.  Offsets
+ * instead of a pointer made per part by the caller. */
+size_t mw_decode_span(const uint8_t *buf, size_t start, size_t end, int base64, uint8_t *dst);
 
 /* Literal multi-pattern matcher (Aho-Corasick compiled to a DFA over byte
  * equivalence classes). */
