@@ -14,6 +14,8 @@ import msgspec
 import tomlkit
 from starlette.responses import JSONResponse, Response
 
+from mailwarden_sdk.files import atomic_write
+
 from ..config import RuleConfig, parse_config
 from ..errors import ConfigError
 from .state import WebState
@@ -71,10 +73,7 @@ def write_config(state: WebState, key: str | tuple[str, str], value: Any) -> lis
         parse_config(text, gateway.plugins.config_schemas(), source=source)
     except ConfigError as exc:
         raise ConfigRefused(str(exc), 422, exc.key) from exc
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.chmod(tmp, path.stat().st_mode & 0o777)
-    os.replace(tmp, path)
+    atomic_write(path, text, mode=path.stat().st_mode & 0o777)
     changed = gateway.reload_config()
     if os.environ.get("MAILWARDEN_WORKER") == "1":
         # The other workers reload when the supervisor passes SIGHUP on to them.
