@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 RUNTIME_STAMP := $(VENV)/.installed-runtime
-NATIVE := $(wildcard native/src/*.c native/include/*.h native/cdef/*.h) native/build_native.py
+NATIVE := $(wildcard native/src/*.c native/src/*.h native/include/*.h native/cdef/*.h) native/build_native.py
 FUZZ_SECONDS ?= 60
 
 .PHONY: install install-runtime serve test lint fuzz bench clean av-packages
@@ -60,10 +60,12 @@ test: install av-packages lint
 	$(BIN)/python -m pytest -q
 	@if [ "$(FUZZ_SECONDS)" -gt 1 ]; then bash tests/fuzz/run.sh $$(( $(FUZZ_SECONDS) / 2 )) parse sigs; fi
 
+# lint-imports checks the layers (.importlinter): native <- sdk <- plugins, no cycles, ...
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-logo
 
 fuzz: install
 	bash tests/fuzz/run.sh $(FUZZ_SECONDS)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import glob
 import os
+import tomllib
 
 import cffi
 
@@ -33,6 +34,13 @@ def _includes() -> str:
     return "".join(f'#include "{name}"\n' for name in headers)
 
 
+def _version() -> str:
+    # The core is stamped with the package's version at build time; the binding compares the
+    # two at import, so a core left over from another build is refused instead of misused.
+    with open(os.path.join(HERE, os.pardir, "pyproject.toml"), "rb") as handle:
+        return str(tomllib.load(handle)["project"]["version"])
+
+
 def make_builder(relative: bool = True) -> cffi.FFI:
     def path(p: str) -> str:
         return os.path.relpath(p, os.getcwd()) if relative else p
@@ -45,6 +53,7 @@ def make_builder(relative: bool = True) -> cffi.FFI:
         _includes(),
         sources=sources,
         include_dirs=[path(INCLUDE_DIR)],
+        define_macros=[("MW_VERSION", f'"{_version()}"')],
         extra_compile_args=["-std=c11", "-O2", "-Wall", "-Wextra"],
     )
     return builder

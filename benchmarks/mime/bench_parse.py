@@ -1,6 +1,6 @@
 """Parse + walk + decode-every-leaf throughput: mailwarden_native vs Python's email.
 
-Usage: python benchmarks/mime/bench_parse.py [--seconds S] [--rounds R]
+Usage: python benchmarks/mime/bench_parse.py [--seconds S] [--rounds R] [--baseline DIR]
 
 Reads the corpus MIME messages from $MAILWARDEN_CORPUS (default ../shared/corpus
 beside the repository) and runs, in this process and on the same messages:
@@ -16,11 +16,18 @@ beside the repository) and runs, in this process and on the same messages:
   i.e. one memchr over every byte (``bytes.count`` where a message holds all
   256 values): what merely reading the bytes costs.
 
-The parsers run interleaved, R rounds of about S seconds each, on the whole
-corpus and on the messages under 100 KB; within a round each parser's time
-is spread over ten slices taken in turn, so a load change on the (shared)
-machine hits all of them alike.  Figures are medians over the rounds with
-[min-max], and every ratio is taken within one round.
+With ``--baseline DIR`` (a directory holding another build's
+``mailwarden_native`` package, e.g. ``git archive OLD native | tar -x -C /tmp/old``
+then ``python /tmp/old/native/build_native.py``) that build runs too, as
+"native (baseline)", so before and after come from the same run.
+
+The parsers run interleaved, R rounds of about S CPU seconds each, on the
+whole corpus and on the messages under 100 KB; within a round each parser's
+time is spread over ten slices taken in turn, so a load change on the
+(shared) machine hits all of them alike.  Rates are per second of this
+thread's CPU time (wall time would also count the time other processes held
+the core).  Figures are medians over the rounds with [min-max], and every
+ratio is taken within one round.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from __future__ import annotations
 import argparse
 import email
 import email.policy
+import importlib.util
 import os
 import statistics
 import sys
@@ -55,13 +63,37 @@ def load_corpus() -> list[bytes]:
     return [p.read_bytes() for p in files]
 
 
-def native_once(raw: bytes) -> int:
-    msg = parse(raw)
-    total = 0
-    for part in msg.leaves():
-        _ = part.content_type, part.filename, part.charset
-        total += len(part.decoded())
-    return total
+def make_native(parse_fn: Callable[[bytes], object]) -> Callable[[bytes], int]:
+    def native_once(raw: bytes) -> int:
+        msg = parse_fn(raw)
+        total = 0
+        for part in msg.leaves():  # type: ignore[attr-defined]
+            _ = part.content_type, part.filename, part.charset
+            total += len(part.decoded())
+        return total
+
+    return native_once
+
+
+native_once = make_native(parse)
+
+
+def load_baseline(directory: str) -> Callable[[bytes], object]:
+    """``parse`` of the mailwarden_native package under directory, imported under
+    another name so that it runs beside this checkout's build."""
+    pkg = Path(directory).resolve()
+    if (pkg / "native" / "mailwarden_native").is_dir():
+        pkg = pkg / "native"
+    init = pkg / "mailwarden_native" / "__init__.py"
+    spec = importlib.util.spec_from_file_location(
+        "mailwarden_native_baseline", init, submodule_search_locations=[str(init.parent)]
+    )
+    if spec is None or spec.loader is None:
+        sys.exit(f"no mailwarden_native package under {directory}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module.parse  # type: ignore[no-any-return]
 
 
 def email_once(raw: bytes) -> int:
@@ -118,14 +150,16 @@ SLICES = 10
 
 
 def passes(fn: Callable[[bytes], int], corpus: list[bytes], seconds: float) -> tuple[int, float]:
-    """Whole passes over the corpus for about ``seconds``: (passes, elapsed)."""
+    """Whole passes over the corpus for about ``seconds`` of this thread's CPU time:
+    (passes, CPU seconds).  CPU time, not wall time: on the shared machine a slice's
+    wall time also counts the time other processes held the core."""
     done = 0
-    start = time.perf_counter()
+    start = time.thread_time()
     while True:
         for raw in corpus:
             fn(raw)
         done += 1
-        elapsed = time.perf_counter() - start
+        elapsed = time.thread_time() - start
         if elapsed >= seconds:
             return done, elapsed
 
@@ -152,13 +186,21 @@ def fmt(values: list[float], digits: int) -> str:
     return f"{med:.{digits}f} [{min(values):.{digits}f}-{max(values):.{digits}f}]"
 
 
-def run_set(name: str, corpus: list[bytes], seconds: float, rounds: int) -> None:
+def run_set(
+    name: str,
+    corpus: list[bytes],
+    seconds: float,
+    rounds: int,
+    baseline: Callable[[bytes], int] | None = None,
+) -> None:
     parsers: list[tuple[str, Callable[[bytes], int]]] = [
         ("mailwarden_native", native_once),
         ("email (compat32)", email_once),
         ("email (default)", email_default_once),
         ("memchr floor", make_floor(corpus)),
     ]
+    if baseline is not None:
+        parsers.append(("native (baseline)", baseline))
     rates: dict[str, list[tuple[float, float]]] = {n: [] for n, _ in parsers}
     ERRORS.clear()
     for raw in corpus:  # warm-up; every parser must get through every message
@@ -193,6 +235,14 @@ def run_set(name: str, corpus: list[bytes], seconds: float, rounds: int) -> None
             n[1] / f[1] for n, f in zip(nat, rates["memchr floor"], strict=True)
         ],
     }
+    if baseline is not None:
+        per_round["baseline / email compat32 (msgs/s)"] = [
+            n[0] / c[0]
+            for n, c in zip(rates["native (baseline)"], rates["email (compat32)"], strict=True)
+        ]
+        per_round["native / baseline (msgs/s)"] = [
+            n[0] / b[0] for n, b in zip(nat, rates["native (baseline)"], strict=True)
+        ]
     for label, values in per_round.items():
         print(f"- {label}: {fmt(values, 3 if 'memchr' in label else 1)}")
 
@@ -201,14 +251,21 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--seconds", type=float, default=1.0, help="time per parser per round")
     ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds (median)")
+    ap.add_argument(
+        "--baseline",
+        metavar="DIR",
+        help="another build's mailwarden_native package (or a tree with native/) to run beside",
+    )
     args = ap.parse_args()
     corpus = load_corpus()
-    run_set("whole corpus", corpus, args.seconds, args.rounds)
+    baseline = make_native(load_baseline(args.baseline)) if args.baseline else None
+    run_set("whole corpus", corpus, args.seconds, args.rounds, baseline)
     run_set(
         f"messages under {SMALL // 1000} KB",
         [r for r in corpus if len(r) < SMALL],
         args.seconds,
         args.rounds,
+        baseline,
     )
 
 

@@ -7,16 +7,10 @@ Library use::
         decision = await gateway.scan(raw_bytes)
 """
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("mailwarden")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0.0.0+unknown"
-
 from .config import Config, load_config
 from .errors import ConfigError, DeliveryError, MailwardenError, PluginError
 from .pipeline import Decision, Gateway, Outcome
+from .version import __version__
 
 __all__ = [
     "Config",

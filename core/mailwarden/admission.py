@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from .greylist import Greylist
 from .ratelimit import RateLimiter
-from .sharedstate import StateBackend, open_state
+from .sharedstate import PluginState, StateBackend, open_state
 
 if TYPE_CHECKING:
     from .config import Config
@@ -37,9 +37,11 @@ class PolicySteps:
         self.state: StateBackend | None = None
         self.greylist: Greylist | None = None
         self.ratelimit: RateLimiter | None = None
-        if not (config.greylisting.enabled or config.ratelimit.enabled):
+        #: The cluster's Redis for plugins (mailwarden_sdk.shared_state), with ``[redis]``.
+        self.shared: PluginState | None = None
+        if not (config.greylisting.enabled or config.ratelimit.enabled or config.redis.enabled):
             return
-        self.state = open_state(config, metrics)
+        self.state, self.shared = open_state(config, metrics)
         if config.greylisting.enabled:
             self.greylist = Greylist(config.greylisting, self.state)
         if config.ratelimit.enabled:

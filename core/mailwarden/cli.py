@@ -20,7 +20,9 @@ import msgspec
 from mailwarden_sdk import ActionKind, AntivirusStatus, Category, SpamStatus
 from mailwarden_sdk.timeparse import TIME_FORMS, TimeParam
 
-from . import __version__
+from .clihome import config_path as _config_path
+from .clihome import home_config_path as _home_config_path
+from .clihome import no_home as _no_home
 from .config import Config, default_home, load_config
 from .errors import MailwardenError
 from .events import EventQuery, MessageEventLog
@@ -28,18 +30,9 @@ from .pipeline import Decision, Gateway
 from .plugins import build_plugin_manager
 from .privileges import dumps_off, private_umask
 from .rules_cli import IpAddress
+from .version import __version__
 
 EXIT_CLEAN, EXIT_DETECTED, EXIT_ERROR = 0, 1, 2
-
-
-def _config_path(explicit: str | None) -> str | None:
-    """``--config``, else ``$MAILWARDEN_CONFIG``, else ``<home>/mailwarden.toml`` if present."""
-    if explicit:
-        return explicit
-    if os.environ.get("MAILWARDEN_CONFIG"):
-        return os.environ["MAILWARDEN_CONFIG"]
-    candidate = default_home() / "mailwarden.toml"
-    return str(candidate) if candidate.exists() else None
 
 
 #: ``--since`` / ``--until`` of every command: one grammar (mailwarden_sdk.timeparse).
@@ -51,34 +44,6 @@ STATUSES = sorted(
     {s.value for s in [*AntivirusStatus, *SpamStatus]}
     | {"suspicious", "malicious", "hold", "skipped", "deferred"}
 )
-
-
-def _no_home() -> str | None:
-    """Why there is no home to work in, or ``None`` when there is one.
-
-    A home is named by ``$MAILWARDEN_HOME``, by a config file (``--config``,
-    ``$MAILWARDEN_CONFIG``), or found as ``./var``; a command run elsewhere must not make a
-    fresh ``./var`` in whatever folder it was started in.
-    """
-    if os.environ.get("MAILWARDEN_HOME") or os.environ.get("MAILWARDEN_CONFIG"):
-        return None
-    if default_home().is_dir():
-        return None
-    return (
-        f"no mailwarden home: $MAILWARDEN_HOME is not set, no --config was given and "
-        f"{default_home()} does not exist; run the command in the folder that holds var/, "
-        f"set MAILWARDEN_HOME, give --config, or make a home with `mailwarden init`"
-    )
-
-
-def _home_config_path(explicit: str | None) -> str | None:
-    """:func:`_config_path` for a command that works on the home's stores: refuses (exit 2,
-    saying where it looked) rather than creating a home where none was meant to be."""
-    if explicit is None:
-        reason = _no_home()
-        if reason is not None:
-            _fail(reason)
-    return _config_path(explicit)
 
 
 def _fail(message: str) -> None:
@@ -121,9 +86,9 @@ class _CommandHost:
     scan. ``resubmit`` needs the running pipeline and is refused."""
 
     def __init__(self, config: Config) -> None:
-        from .pipeline import _Host
+        from .pipeline import Host
 
-        self._host = _Host(config)
+        self._host = Host(config)
         self.config = config
 
     def config_for(self, section: str) -> Any:
@@ -188,7 +153,7 @@ def version() -> None:
     import mailwarden_native
 
     click.echo(f"mailwarden {__version__}")
-    click.echo(f"native core {getattr(mailwarden_native, '__version__', __version__)}")
+    click.echo(f"native core {mailwarden_native.core_version()}")
     click.echo(f"python {sys.version.split()[0]}")
 
 
@@ -576,8 +541,8 @@ def events(
 @contextlib.contextmanager
 def _recoveries_reported(cfg: Any) -> Iterator[None]:
     """Say on stderr, and in the application log, when a damaged store was moved aside."""
+    from .record import write_recovery
     from .stores.applog import ApplicationLog
-    from .stores.core import write_recovery
     from .stores.lmdb_env import Recovery, on_recovered
 
     def report(recovery: Recovery) -> None:

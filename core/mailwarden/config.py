@@ -18,7 +18,9 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from .access import BUILTIN_ROLES, PERMISSIONS
 from .errors import ConfigError
+from .patterns import compile_rule_patterns
 
 __all__ = [
     "ClamdConfig",
@@ -670,6 +672,46 @@ class RedisConfig(_Section):
             )
 
 
+class ClusterNode(_Section):
+    """One node of ``[cluster] nodes``: its ``name`` and the ``url`` of its web interface."""
+
+    name: str
+    url: str
+
+
+class ClusterConfig(_Section):
+    """``[cluster]``: one console over every node (docs/cluster.md).
+
+    ``nodes`` lists every node (this one too) by ``name`` and web ``url``; ``name`` says which
+    one this is (default: ``[gateway] hostname``). Nodes sign their requests to each other with
+    HMAC-SHA256 under the shared ``secret`` (or the first line of ``secret_file``, mode 0600),
+    at least 16 characters, the same on every node. The console asks every node at once and
+    waits ``timeout`` seconds for each; ``ca_file`` verifies the nodes' HTTPS certificates
+    (empty: the system's CAs).
+    """
+
+    name: str = ""
+    nodes: list[ClusterNode] = msgspec.field(default_factory=list)
+    secret: str = ""
+    secret_file: str = ""
+    timeout: Seconds = 3.0
+    ca_file: str = ""
+
+    def __post_init__(self) -> None:
+        names = [node.name for node in self.nodes]
+        if len(set(names)) != len(names):
+            raise ValueError(f"nodes: node names must differ, got {names}")
+        for node in self.nodes:
+            if not node.url.startswith(("https://", "http://")):
+                raise ValueError(
+                    f"nodes: node {node.name!r} url must be http(s)://, not {node.url!r}"
+                )
+        if self.nodes and not (self.secret or self.secret_file):
+            raise ValueError("nodes need a shared secret (secret or secret_file)")
+        if self.secret and len(self.secret) < 16:
+            raise ValueError("secret must be at least 16 characters")
+
+
 def _default_rules() -> list[RuleConfig]:
     return [RuleConfig(name="default")]
 
@@ -707,8 +749,6 @@ class WebConfig(_Section):
     digest_link_days: Annotated[float, msgspec.Meta(gt=0, le=90)] = 7.0
 
     def __post_init__(self) -> None:
-        from .web.permissions import BUILTIN_ROLES, PERMISSIONS
-
         if self.digest_hours and not self.digest_url.startswith(("https://", "http://")):
             raise ValueError("digest_url (https://... as users reach the web interface) is needed")
 
@@ -749,6 +789,7 @@ class Config(_Section):
     greylisting: GreylistingConfig = msgspec.field(default_factory=GreylistingConfig)
     ratelimit: RatelimitConfig = msgspec.field(default_factory=RatelimitConfig)
     redis: RedisConfig = msgspec.field(default_factory=RedisConfig)
+    cluster: ClusterConfig = msgspec.field(default_factory=ClusterConfig)
     rules: list[RuleConfig] = msgspec.field(default_factory=_default_rules)
     plugins: dict[str, Any] = msgspec.field(default_factory=dict)
     source: str | None = None
@@ -786,6 +827,7 @@ _CORE_SECTIONS: dict[str, type[Any]] = {
     "greylisting": GreylistingConfig,
     "ratelimit": RatelimitConfig,
     "redis": RedisConfig,
+    "cluster": ClusterConfig,
     "rules": list[RuleConfig],
 }
 
@@ -860,12 +902,14 @@ def parse_config(
                 key=f"rules[{index}].name",
                 line=locate_key(text, ["rules", index, "name"]),
             )
-    # Imported here: policy imports this module for the rule types.
-    from .policy import compile_rules
-
     # Patterns are compiled now so that a bad regex or network is reported with its line
     # instead of failing on the first message.
-    compile_rules(config.rules, config.gateway.local_domains, text=text, source=source)
+    compile_rule_patterns(
+        config.rules,
+        config.gateway.local_domains,
+        locate=lambda steps: locate_key(text, steps),
+        source=source,
+    )
     return config
 
 

@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+# One implementation for the core and plugins (the SDK's); the core's modules import it here.
+from mailwarden_sdk.files import fsync_dir
 
 __all__ = ["PRIVATE_FILE", "fsync_dir", "private_dir"]
 
 #: Files of stores: the service account's alone.
 PRIVATE_FILE = 0o600
-
-
-def fsync_dir(path: Path) -> None:
-    """Flush ``path``'s directory entries, so a file created or renamed in it survives a crash
-    (fsync of the file alone makes its bytes durable, not its name)."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def private_dir(path: Path) -> Path:

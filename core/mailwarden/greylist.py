@@ -96,10 +96,10 @@ class Greylist:
         cfg = self.config
         key = self.key(sender, recipient, client)
         now = self.clock()
-        value = await self.state.get(key)
+        # Each message keeps a known triplet passing (rspamd and postgrey do the same), in the
+        # same round trip as the read.
+        value = await self.state.get_renewing(key, _PASSED, cfg.pass_expiry)
         if value == _PASSED:
-            # Each message keeps a known triplet passing (rspamd and postgrey do the same).
-            await self.state.put(key, _PASSED, cfg.pass_expiry)
             return None
         if value is None:
             # only_new: when another node took the first attempt a moment ago, its time stays.

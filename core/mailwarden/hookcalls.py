@@ -25,7 +25,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-__all__ = ["DaemonExecutor", "ObserverLane", "call_impl", "hook_kwargs"]
+__all__ = ["DaemonExecutor", "HookRunner", "ObserverLane", "call_impl", "hook_kwargs"]
 
 log = logging.getLogger(__name__)
 
@@ -215,3 +215,22 @@ class ObserverLane:
             pass  # the thread ends with the process
         while self._thread.is_alive() and time.monotonic() < deadline and not self.overdue():
             self._thread.join(min(0.05, max(0.0, deadline - time.monotonic())))
+
+
+class HookRunner:
+    """How every stage calls a plugin's hook: on the gateway's worker threads, within a budget,
+    with the failures counted per hook and plugin."""
+
+    def __init__(self, count_error: Callable[[str], None]) -> None:
+        self._count_error = count_error
+        #: The worker threads, from start to stop (None: the loop's default executor).
+        self.executor: DaemonExecutor | None = None
+
+    async def call(self, impl: Any, budget: float, **available: Any) -> Any:
+        """One implementation, with the arguments it takes, within ``budget`` seconds."""
+        return await call_impl(impl.function, hook_kwargs(impl, **available), budget, self.executor)
+
+    def failed(self, hook: str, plugin: str, kind: str) -> None:
+        """Count a failure (``kind``: ``timeout``) of ``plugin``'s ``hook``."""
+        # One series per hook and plugin: both are few, fixed by the installation.
+        self._count_error(f"hook {kind}:{hook}:{plugin}"[:80])

@@ -21,13 +21,13 @@ from .config import Config
 from .events import MessageEventLog, event_log_descriptor
 from .plugins import PluginSet
 from .privileges import core_dumps_descriptor
+from .record import line_files, quarantine_descriptor
 from .sharedstate import local_state
 from .spool import DAMAGED_MAX_BYTES
 from .stores.applog import ApplicationLog
 from .stores.authlog import AuthLog
 from .stores.backup import BackupStore
 from .stores.bounded import BoundedStore
-from .stores.core import line_files, quarantine_descriptor
 from .stores.files import walk_files
 from .stores.lmdb_env import damaged_copies
 from .stores.statistics import Statistics

@@ -13,7 +13,8 @@ import socket
 import time
 from pathlib import Path
 
-from .durable import fsync_dir as _fsync_dir
+from mailwarden_sdk.files import atomic_write
+
 from .errors import DeliveryError
 
 __all__ = ["Maildir"]
@@ -38,18 +39,8 @@ class Maildir:
             self._ensure()
             now = time.time()
             name = f"{int(now)}.M{int(now % 1 * 1e6)}P{os.getpid()}Q{next(_counter)}.{self._host}"
-            tmp = self.root / "tmp" / name
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            try:
-                view = memoryview(data)
-                while view:
-                    written = os.write(fd, view)
-                    view = view[written:]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.rename(tmp, self.root / "new" / name)
-            _fsync_dir(self.root / "new")
+            # The Maildir protocol: written in tmp/, renamed into new/ under a unique name.
+            atomic_write(self.root / "new" / name, data, temp_dir=self.root / "tmp")
         except OSError as exc:
             # A full disk or a permission problem is temporary from the sender's point of view:
             # answering 4xx keeps the message at the client until an admin fixes it.

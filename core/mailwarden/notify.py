@@ -25,7 +25,7 @@ from mailwarden_sdk import ActionKind, Envelope
 from .config import NotifyConfig
 
 if TYPE_CHECKING:
-    from .pipeline import Decision
+    from .decide import Decision
 
 __all__ = ["TEMPLATE_NAMES", "Notice", "build_notices", "template_text"]
 

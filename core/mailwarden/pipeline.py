@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
-import secrets
-import threading
 import time
 import uuid
-from collections.abc import Awaitable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -22,54 +19,48 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from mailwarden_native import ParsedMessage, detect_type, parse
+from mailwarden_native import ParsedMessage, parse
 from mailwarden_sdk import (
     QUARANTINE_ID,
-    Action,
     ActionKind,
-    Category,
     Envelope,
     Finding,
     MessageEvent,
     ScanContext,
-    Verdict,
 )
 from mailwarden_sdk import Quarantine as PluginQuarantine
-from mailwarden_sdk.offload import scanning
 
+from .act import Outbox
 from .admission import PolicySteps
 from .config import Config, RuleConfig, load_config
-from .content_rules import DETECTOR as CONTENT_DETECTOR
-from .content_rules import check_content, mime_ambiguities
-from .delivery.queue import DeliveryQueue, crlf
+from .decide import Decision, accepted_form, decide, settle
+from .detect import Detect
 from .dkim import DkimSigner
-from .errors import ConfigError, DeliveryError, PluginError
+from .errors import ConfigError, PluginError
 from .events import MessageEventLog
-from .hookcalls import DaemonExecutor, ObserverLane, call_impl
+from .hookcalls import DaemonExecutor, HookRunner, ObserverLane
 from .hookcalls import hook_kwargs as _kwargs
 from .isolation import IsolatedDetector, target_of
 from .maildir import Maildir
-from .notify import build_notices
 from .plugins import PluginSet, build_plugin_manager
-from .policy import RuleMatch, RuleSet, compile_rules, decide_action, fold_findings, rule_runs
-from .quarantine import Quarantine, ReleaseFailed
-from .spool import Spool, SpoolEntry, SpoolState
-from .stores.core import CoreStores
+from .policy import RuleMatch, RuleSet, compile_rules, fold_findings
+from .quarantine import Quarantine
+from .record import CoreStores
+from .release import deliver_released, release_held
+from .sharedstate import PluginState
+from .spool import Spool, SpoolEntry
+from .stage import Stage, elapsed_ms
 
 if TYPE_CHECKING:
     from .directory.service import Directory
 
-__all__ = ["Decision", "Gateway", "Outcome"]
+__all__ = ["Decision", "Gateway", "Host", "Outcome", "Stage", "settle"]
 
 log = logging.getLogger(__name__)
 
 # Sync detectors and hooks run in threads so a slow one can be timed out without blocking the
 # event loop; native calls release the GIL, so these threads also use every core of the worker.
 _DETECTOR_THREADS = 32
-
-_TIMEOUT = "HOOK_TIMEOUT"
-
-_REFUSING = (ActionKind.REJECT, ActionKind.TEMPFAIL)
 
 # Core sections a reload compares (rules are swapped; the others apply at the next start).
 _RELOAD_SECTIONS = (
@@ -101,66 +92,6 @@ def _differs(a: object, b: object) -> bool:
     return msgspec.json.encode(a) != msgspec.json.encode(b)
 
 
-def _accepted_form(action: Action) -> Action:
-    """What a refusing action becomes once the message is accepted for other recipients."""
-    if action.kind is ActionKind.REJECT:
-        return msgspec.structs.replace(
-            action,
-            kind=ActionKind.DISCARD,
-            smtp_code=250,
-            smtp_text="2.0.0 Blocked for these recipients: " + action.smtp_text.split(" ", 1)[-1],
-        )
-    if action.kind is ActionKind.TEMPFAIL:
-        return msgspec.structs.replace(action, kind=ActionKind.QUARANTINE, smtp_code=250)
-    return action
-
-
-@dataclass
-class Decision:
-    """What the pipeline concluded about one message for one rule."""
-
-    id: str
-    envelope: Envelope
-    message: ParsedMessage
-    rule: RuleConfig
-    verdict: Verdict
-    action: Action
-    timings_ms: dict[str, float] = field(default_factory=dict)
-    #: What the detectors saw (with their stash), for ``mailwarden_hold``.
-    context: ScanContext | None = field(default=None, repr=False)
-
-    def with_headers(self) -> bytes:
-        """The message to pass on: the replacement a plugin made, if any, with the subject tag
-        and the action's headers prepended, in the message's own line ending."""
-        raw = self.action.replace_message or self.message.raw
-        if self.action.subject_tag:
-            raw = _tag_subject(raw, self.action.subject_tag)
-        if not self.action.add_headers:
-            return raw
-        eol = b"\r\n" if b"\r\n" in raw[:4096] else b"\n"
-        added = b"".join(
-            name.encode("ascii") + b": " + _header_safe(value) + eol
-            for name, value in self.action.add_headers
-        )
-        return added + raw
-
-
-def _tag_subject(raw: bytes, tag: str) -> bytes:
-    """``raw`` with ``tag`` before its subject (a Subject header is added when there is none)."""
-    end = raw.find(b"\r\n\r\n")
-    end = raw.find(b"\n\n") if end < 0 else end
-    head = raw[: end if end >= 0 else len(raw)]
-    found = re.search(rb"^subject:[ \t]?", head, re.IGNORECASE | re.MULTILINE)
-    if found is not None:
-        return raw[: found.end()] + _header_safe(tag) + b" " + raw[found.end() :]
-    eol = b"\r\n" if b"\r\n" in raw[:4096] else b"\n"
-    return b"Subject: " + _header_safe(tag) + eol + raw
-
-
-def _header_safe(value: str) -> bytes:
-    return value.replace("\r", " ").replace("\n", " ").encode("utf-8", "replace")
-
-
 @dataclass
 class Outcome:
     """A decision carried out: the reply the ingress gives and the recorded event."""
@@ -179,13 +110,14 @@ class Outcome:
         return f"{self.reply_code} {self.reply_text}"
 
 
-class _Host:
+class Host:
     """The gateway as plugins see it (mailwarden_sdk.Host)."""
 
     def __init__(self, config: Config, gateway: Gateway | None = None) -> None:
         self._config = config
         self._gateway = gateway
         self.data_dir: Path = config.home
+        self.shared_state: PluginState | None = None
 
     def config_for(self, section: str) -> Any:
         return self._config.plugins.get(section)
@@ -232,7 +164,7 @@ class Gateway:
         self.config = config
         for name in config.detectors.isolated:
             self._isolate(name)
-        self.host = _Host(config, self)
+        self.host = Host(config, self)
         self.events = MessageEventLog(
             config.path_in_home(config.events.path),
             retention_days=config.events.retention_days,
@@ -240,14 +172,27 @@ class Gateway:
         )
         # Statistics, metrics, events out, and the bounded stores' enforcement (issue 10).
         self.stores = CoreStores(config, self.events)
+        self.hooks = HookRunner(lambda series: self.stores.metrics.errors.labels(series).inc())
+        self.detect = Detect(self.plugins, self.hooks)
         self.maildir = Maildir(config.path_in_home(config.delivery.maildir))
         self.quarantine = Quarantine(config.home / "quarantine")
         self.spool = Spool(config.path_in_home(config.spool.path))
         self.dkim = DkimSigner.from_config(config)
-        self.delivery = DeliveryQueue(self)
+        self.outbox = Outbox(
+            config,
+            spool=self.spool,
+            maildir=self.maildir,
+            quarantine=self.quarantine,
+            dkim=self.dkim,
+            backup=self.stores.backup,
+            plugin_hold=self._hold,
+            rescan=self.act_on_spooled,
+        )
+        self.delivery = self.outbox.queue
         # Greylisting and rate limits, asked by the ingresses before a message is scanned.
         self.policy_steps = PolicySteps(config, self.stores.metrics)
-        self._executor: DaemonExecutor | None = None
+        # The cluster's Redis for plugins (mailwarden_sdk.shared_state); None without [redis].
+        self.host.shared_state = self.policy_steps.shared
         self._observers: list[ObserverLane] = []
         self._started = False
         # The directory is opened at start(); until then group patterns match nothing.
@@ -286,7 +231,9 @@ class Gateway:
         """Start every plugin (``mailwarden_startup``); a failing plugin stops the start."""
         if self._started:
             return
-        self._executor = DaemonExecutor(_DETECTOR_THREADS, "detector")
+        self.hooks.executor = DaemonExecutor(_DETECTOR_THREADS, "detector")
+        if self.policy_steps.shared is not None:
+            self.policy_steps.shared.bind(asyncio.get_running_loop())
         from .directory.service import open_directory
 
         # Opening may refresh an empty cache over the network, hence the thread; with the
@@ -299,9 +246,9 @@ class Gateway:
         budget = self.config.hooks.startup
         for impl in self.plugins.pm.hook.mailwarden_startup.get_hookimpls():
             try:
-                await self._call(impl, budget, host=self.host)
+                await self.hooks.call(impl, budget, host=self.host)
             except TimeoutError as exc:
-                self._executor.shutdown(wait=False, cancel_futures=True)
+                self.hooks.executor.shutdown(wait=False, cancel_futures=True)
                 raise PluginError(
                     f"plugin {impl.plugin_name!r} did not start within {budget:g} s "
                     "([hooks] startup)"
@@ -315,7 +262,7 @@ class Gateway:
                 impl.function,
                 hooks.message_processed,
                 hooks.observer_backlog,
-                partial(self._hook_failed, "mailwarden_message_processed", impl.plugin_name),
+                partial(self.hooks.failed, "mailwarden_message_processed", impl.plugin_name),
             )
             for impl in self.plugins.pm.hook.mailwarden_message_processed.get_hookimpls()
         ]
@@ -334,19 +281,19 @@ class Gateway:
         self.stores.flush()
         for impl in self.plugins.pm.hook.mailwarden_shutdown.get_hookimpls():
             try:
-                await self._call(impl, budget, host=self.host)
+                await self.hooks.call(impl, budget, host=self.host)
             except TimeoutError:
                 log.error(
                     "plugin %s did not shut down within %g s ([hooks] shutdown)",
                     impl.plugin_name,
                     budget,
                 )
-                self._hook_failed("mailwarden_shutdown", impl.plugin_name, "timeout")
+                self.hooks.failed("mailwarden_shutdown", impl.plugin_name, "timeout")
             except Exception:
                 log.exception("plugin %s failed to shut down", impl.plugin_name)
-        if self._executor:
-            self._executor.shutdown(wait=False, cancel_futures=True)
-            self._executor = None
+        if self.hooks.executor:
+            self.hooks.executor.shutdown(wait=False, cancel_futures=True)
+            self.hooks.executor = None
         if self._directory_task is not None:
             self._directory_task.cancel()
             await asyncio.gather(self._directory_task, return_exceptions=True)
@@ -426,12 +373,7 @@ class Gateway:
 
     def detectors_for(self, rule: RuleConfig) -> list[str]:
         """Names of the detectors that run under ``rule``."""
-        disabled = set(self.config.detectors.disabled)
-        return [
-            impl.plugin_name
-            for impl in self.plugins.pm.hook.mailwarden_scan.get_hookimpls()
-            if impl.plugin_name not in disabled and rule_runs(rule, impl.plugin_name)
-        ]
+        return self.detect.detectors_for(self.config, rule)
 
     # -- the pipeline ------------------------------------------------------------------------
 
@@ -475,142 +417,25 @@ class Gateway:
         timings: dict[str, float] = {}
         began = time.perf_counter()
         message = message if message is not None else parse(raw)
-        timings["parse"] = _ms(began)
+        timings[Stage.PARSE] = elapsed_ms(began)
 
         first = envelope.rcpt_to[0] if envelope.rcpt_to else ""
         rule = self.rule_for(envelope.mail_from, first, client=envelope.client_address)
         ctx = ScanContext(envelope, message, rule.name)
 
         began = time.perf_counter()
-        names = set(self.detectors_for(rule))
-        impls = [
-            i
-            for i in self.plugins.pm.hook.mailwarden_scan.get_hookimpls()
-            if i.plugin_name in names
-        ]
-        with scanning(message):
-            # The detectors' tasks inherit the mark: a message of many fields or parts has its
-            # CPU work done in threads (run_cpu_bound), whatever its size.
-            detecting = asyncio.gather(*(self._run_detector(impl, ctx, timings) for impl in impls))
-        content = self._check_content(message, rule, timings)
-        blocked, results = await asyncio.gather(content, detecting)
-        results.append(blocked)
-        results.append(mime_ambiguities(message))
-        results.append(list(findings))
-        timings["detect"] = _ms(began)
+        found = await self.detect.findings(self.config, ctx, rule, findings, timings)
+        timings[Stage.DETECT] = elapsed_ms(began)
 
         began = time.perf_counter()
-        folded = fold_findings(f for findings in results for f in findings)
-        verdict, action = await self._decide(ctx, rule, folded)
-        timings["decide"] = _ms(began)
+        folded = fold_findings(found)
+        verdict, action = await decide(
+            self.plugins.pm.hook, self.hooks, self.config.hooks, ctx, rule, folded
+        )
+        timings[Stage.DECIDE] = elapsed_ms(began)
         return Decision(
             uuid.uuid4().hex, envelope, message, rule, verdict, action, timings, context=ctx
         )
-
-    async def _decide(
-        self, ctx: ScanContext, rule: RuleConfig, folded: Verdict
-    ) -> tuple[Verdict, Action]:
-        """The verdict hooks adjust ``folded`` (within ``[hooks] verdict``), the rule decides,
-        the action hooks do what needs the content (``mailwarden_action``, within ``[hooks]
-        action``). The backup copy is named here and kept by :meth:`keep_backups` when an
-        ingress acts, so a dry run keeps nothing.
-
-        Both hooks run in one worker thread, one hand-off per message rather than two (each
-        costs about 50 us of CPU); their budgets are watched from here by the stage the thread
-        reached. When the verdict hooks run out of time (or one raises) the folded verdict
-        stands with an error finding and the message is not delivered (see :class:`_Deciding`).
-        """
-        hook = self.plugins.pm.hook
-        deciding = _Deciding(hook, ctx, rule, folded)
-        if not (deciding.adjusting or deciding.acting):
-            return folded, _finished(deciding.decide(folded, failed=False), None)
-        budgets = self.config.hooks
-        running = asyncio.get_running_loop().run_in_executor(self._executor, deciding.run)
-        if not await deciding.wait(running, budgets.verdict, budgets.action):
-            log.error(
-                "mailwarden_verdict gave no answer within %g s ([hooks] verdict)", budgets.verdict
-            )
-            self._hook_failed("mailwarden_verdict", "*", "timeout")
-            why = f"no answer within {budgets.verdict:g} s"
-            _verdict_failed(folded, _error_finding("verdict", _TIMEOUT, why))
-            action = deciding.decide(folded, failed=True)
-            changed = None
-            if deciding.acting:
-                try:
-                    changed = await call_impl(
-                        hook.mailwarden_action,
-                        {"ctx": ctx, "verdict": folded, "action": action},
-                        budgets.action,
-                        self._executor,
-                    )
-                except TimeoutError:
-                    self._action_timed_out(folded)
-                except Exception:
-                    log.exception("mailwarden_action failed")
-            return folded, _finished(action, changed)
-        changed = None
-        if not running.done():
-            # The action stands as decided (a removal no plugin made is held in _finished).
-            self._action_timed_out(deciding.verdict or folded)
-        else:
-            try:
-                changed = running.result()
-            except Exception:
-                log.exception("mailwarden_action failed")
-        verdict = deciding.verdict or folded
-        action = deciding.action or deciding.decide(verdict, failed=False)
-        return verdict, _finished(action, changed)
-
-    def _action_timed_out(self, verdict: Verdict) -> None:
-        budget = self.config.hooks.action
-        log.error("mailwarden_action gave no answer within %g s ([hooks] action)", budget)
-        self._hook_failed("mailwarden_action", "*", "timeout")
-        # Recorded with the message; the decision is made already.
-        verdict.findings.append(
-            _error_finding("action", _TIMEOUT, f"no answer within {budget:g} s")
-        )
-
-    async def _check_content(
-        self, message: ParsedMessage, rule: RuleConfig, timings: dict[str, float]
-    ) -> list[Finding]:
-        if not rule.content.active:
-            return []
-        began = time.perf_counter()
-        try:
-            # Archive listing is Python work on untrusted data: off the event loop, and a
-            # failure is an error finding the rule's error action decides, like a detector's.
-            return await asyncio.to_thread(check_content, message, rule.content, detect_type)
-        except Exception as exc:
-            log.warning("content rules failed: %r", exc)
-            return [_error_finding(CONTENT_DETECTOR, "DETECTOR_ERROR", repr(exc))]
-        finally:
-            timings[f"detector.{CONTENT_DETECTOR}"] = _ms(began)
-
-    async def _run_detector(
-        self, impl: Any, ctx: ScanContext, timings: dict[str, float]
-    ) -> list[Finding]:
-        name = impl.plugin_name
-        budget = self.config.detectors.budget(name)
-        began = time.perf_counter()
-        try:
-            result = await self._call(impl, budget, ctx=ctx)
-            return _checked_findings(name, result)
-        except TimeoutError:
-            self._hook_failed("mailwarden_scan", name, "timeout")
-            return [_error_finding(name, "DETECTOR_TIMEOUT", f"no answer within {budget:g} s")]
-        except Exception as exc:
-            log.warning("detector %s failed: %r", name, exc)
-            return [_error_finding(name, "DETECTOR_ERROR", repr(exc))]
-        finally:
-            timings[f"detector.{name}"] = _ms(began)
-
-    async def _call(self, impl: Any, budget: float, **available: Any) -> Any:
-        """One implementation, with the arguments it takes, within ``budget`` seconds."""
-        return await call_impl(impl.function, _kwargs(impl, **available), budget, self._executor)
-
-    def _hook_failed(self, hook: str, plugin: str, kind: str) -> None:
-        # One series per hook and plugin: both are few, fixed by the installation.
-        self.stores.metrics.errors.labels(f"hook {kind}:{hook}:{plugin}"[:80]).inc()
 
     async def process(self, raw: bytes, envelope: Envelope, *, ingress: str = "library") -> Outcome:
         """Spool, scan, act (queue for the next hop, deliver to the Maildir, quarantine, drop)
@@ -627,14 +452,14 @@ class Gateway:
             if len(groups) > 1:
                 return await self._process_groups(raw, entry, groups, ingress)
             decision = await self.scan(raw, envelope)
-            code, text = await self._act(decision, entry)
+            code, text = await self.outbox.carry_out(decision, entry)
         except BaseException:
             # No 250 reaches the client, which therefore still has the message.
             await asyncio.to_thread(self.spool.remove, entry)
             raise
         event = self.record(decision, ingress=ingress, reply=f"{code} {text}")
         if code < 400 or decision.action.kind is ActionKind.REJECT:
-            await self._notify(decision)
+            await self.outbox.notify(decision)
         return Outcome(decision, code, text, event)
 
     async def _process_groups(
@@ -654,11 +479,10 @@ class Gateway:
         """
         message = parse(raw)
         decisions = [await self.scan(raw, env, message=message) for _, env in groups]
-        if all(d.action.kind in _REFUSING for d in decisions):
-            chosen = next((d for d in decisions if d.action.kind is ActionKind.TEMPFAIL), None)
-            chosen = chosen or decisions[0]
-            code, text = chosen.action.smtp_code, chosen.action.smtp_text
-            await self.keep_backups(decisions)
+        refusal = settle(decisions)
+        if refusal is not None:
+            code, text = refusal.action.smtp_code, refusal.action.smtp_text
+            await self.outbox.keep_backups(decisions)
             await asyncio.to_thread(self.spool.remove, entry)
             parts = [
                 Outcome(d, code, text, self.record(d, ingress=ingress, reply=f"{code} {text}"))
@@ -666,22 +490,20 @@ class Gateway:
             ]
             if code >= 500:
                 for d in decisions:
-                    await self._notify(d)
+                    await self.outbox.notify(d)
             return Outcome(parts[0].decision, code, text, parts[0].event, groups=parts)
-        for d in decisions:
-            d.action = _accepted_form(d.action)
         # Every group is durable on its own before the shared entry goes, so a crash in between
         # can only deliver twice, never lose a recipient.
         entries = [await asyncio.to_thread(self.spool.write, raw, d.envelope) for d in decisions]
         await asyncio.to_thread(self.spool.remove, entry)
         parts = []
         for d, group_entry in zip(decisions, entries, strict=True):
-            code, text = await self._act(d, group_entry)
+            code, text = await self.outbox.carry_out(d, group_entry)
             parts.append(
                 Outcome(d, code, text, self.record(d, ingress=ingress, reply=f"{code} {text}"))
             )
             if code < 400:
-                await self._notify(d)
+                await self.outbox.notify(d)
         failed = next((p for p in parts if p.reply_code >= 400), None)
         if failed is not None:
             # A local failure for one group: the sender keeps the message and sends it again;
@@ -695,82 +517,12 @@ class Gateway:
             first.decision, 250, f"2.0.0 Ok: split by rule as {ids}", first.event, groups=parts
         )
 
-    async def keep_backups(self, decisions: Sequence[Decision]) -> None:
-        """Keep the backup copy each decision's action asks for, before anything changes or
-        drops the message (every ingress calls this before it acts). Raises when a copy
-        cannot be written: the ingress then answers with a temporary failure, so the sender
-        keeps the message and nothing goes unbacked."""
-        for d in decisions:
-            if d.action.backup_id is None:
-                continue
-            await asyncio.to_thread(
-                self.stores.backup.put,
-                d.message.raw,
-                reason=d.action.reason,
-                mail_from=d.envelope.mail_from,
-                rcpt_to=list(d.envelope.rcpt_to),
-                subject=d.message.subject,
-                backup_id=d.action.backup_id,
-            )
-
     async def act_on_spooled(self, entry: SpoolEntry) -> None:
         """Scan and act on a spooled message whose decision was not stored (crash recovery)."""
         raw = await asyncio.to_thread(entry.raw)
         decision = await self.scan(raw, entry.envelope)
-        code, text = await self._act(decision, entry)
+        code, text = await self.outbox.carry_out(decision, entry)
         self.record(decision, ingress="spool", reply=f"{code} {text}")
-
-    async def _act(self, decision: Decision, entry: SpoolEntry) -> tuple[int, str]:
-        """Carry out the decision on the spooled ``entry``; the entry is handed on or removed."""
-        await self.keep_backups([decision])
-        code, text = decision.action.smtp_code, decision.action.smtp_text
-        kind = decision.action.kind
-        began = time.perf_counter()
-        try:
-            if kind is ActionKind.DELIVER and self.delivery.relaying:
-                if decision.action.replace_message or decision.action.subject_tag:
-                    # The next hop gets the changed message: it replaces the spooled one.
-                    changed = msgspec.structs.replace(decision.action, add_headers=[])
-                    body = replace(decision, action=changed).with_headers()
-                    new_entry = await asyncio.to_thread(self.spool.write, body, decision.envelope)
-                    await asyncio.to_thread(self.spool.remove, entry)
-                    entry = new_entry
-                state = SpoolState(decided=True, add_headers=list(decision.action.add_headers))
-                # Not fsynced: if it is lost, the message is scanned again, which is harmless.
-                await asyncio.to_thread(self.spool.save_state, entry, state, durable=False)
-                self.delivery.submit(entry)
-                text = f"2.0.0 Ok: queued as {entry.id}"
-            elif kind is ActionKind.DELIVER:
-                data = self.dkim.sign(crlf(decision.with_headers()))
-                name = await asyncio.to_thread(self.maildir.deliver, data)
-                await asyncio.to_thread(self.spool.remove, entry)
-                text = f"2.0.0 Ok: delivered as {name.split('.', 1)[0]}-{decision.id[:12]}"
-            elif kind is ActionKind.QUARANTINE and decision.action.reason == "hold":
-                held = await self._hold(decision)
-                await asyncio.to_thread(self.spool.remove, entry)
-                if held:
-                    text = f"2.0.0 Ok: held for analysis as {held}"
-                else:
-                    # Nobody could keep it: the sender keeps it and retries.
-                    code, text = 451, "4.7.1 Cannot hold the message for analysis now; try later"
-            elif kind is ActionKind.QUARANTINE:
-                await asyncio.to_thread(
-                    self.quarantine.hold,
-                    decision.with_headers(),
-                    decision.envelope,
-                    decision=decision.id,
-                    rule=decision.rule.name,
-                    reason=decision.action.reason,
-                )
-                await asyncio.to_thread(self.spool.remove, entry)
-                text = f"2.0.0 Ok: held as {decision.id[:12]}"
-            else:
-                await asyncio.to_thread(self.spool.remove, entry)
-        except DeliveryError as exc:
-            await asyncio.to_thread(self.spool.remove, entry)
-            code, text = 451, f"4.3.0 {exc}; try again later"
-        decision.timings_ms["act"] = _ms(began)
-        return code, text
 
     async def _hold(self, decision: Decision) -> str | None:
         """Hand a message that waits for a verdict to the plugin that keeps it (SDK 1.5)."""
@@ -780,7 +532,7 @@ class Gateway:
         budget = self.config.hooks.hold
         for impl in self.plugins.pm.hook.mailwarden_hold.get_hookimpls():
             try:
-                result = await self._call(impl, budget, ctx=ctx, verdict=decision.verdict)
+                result = await self.hooks.call(impl, budget, ctx=ctx, verdict=decision.verdict)
             except TimeoutError:
                 # A refusal: nobody else taking it means 451, so the sender keeps the message.
                 log.error(
@@ -789,7 +541,7 @@ class Gateway:
                     decision.id[:12],
                     budget,
                 )
-                self._hook_failed("mailwarden_hold", impl.plugin_name, "timeout")
+                self.hooks.failed("mailwarden_hold", impl.plugin_name, "timeout")
                 continue
             except Exception:
                 log.exception("plugin %s failed to hold %s", impl.plugin_name, decision.id[:12])
@@ -819,14 +571,14 @@ class Gateway:
             entry = await asyncio.to_thread(self.spool.write, raw, group)
             try:
                 decision = await self.scan(raw, group, message=message, findings=findings)
-                decision.action = _accepted_form(decision.action)
-                code, text = await self._act(decision, entry)
+                decision.action = accepted_form(decision.action)
+                code, text = await self.outbox.carry_out(decision, entry)
             except BaseException:
                 await asyncio.to_thread(self.spool.remove, entry)
                 raise
             self.record(decision, ingress=ingress, reply=f"{code} {text}")
             if code < 400:
-                await self._notify(decision)
+                await self.outbox.notify(decision)
             replies.append((code, text))
         return max(replies, key=lambda reply: reply[0])
 
@@ -838,34 +590,14 @@ class Gateway:
         release at the same time, in this process or another worker, gets
         :class:`~mailwarden.quarantine.QuarantineBusy` and sends nothing. When delivery
         fails the message is held again and :class:`ReleaseFailed` says why."""
-        claim = await asyncio.to_thread(self.quarantine.claim, held_id)
-        try:
-            where = await self.deliver_released(claim.data, claim.envelope)
-        except Exception as exc:
-            await asyncio.to_thread(self.quarantine.abandon, claim)
-            raise ReleaseFailed(f"release of {held_id} failed: {exc}; it stays held") from exc
-        except BaseException:
-            self.quarantine.abandon(claim)  # cancelled: held again rather than lost
-            raise
-        await asyncio.to_thread(self.quarantine.finish, claim)
-        return where
+        return await release_held(self.quarantine, self.outbox, held_id)
 
     async def deliver_released(self, data: bytes, envelope: Envelope) -> str:
         """Send a message an admin released (from any quarantine or the backup) on to
         ``envelope.rcpt_to`` the way delivered mail goes, without scanning it again: the spool
         and the relay queue, else the local Maildir (``Host.deliver``, SDK 1.7). Durable when
         this returns. Returns where it went."""
-        if not envelope.rcpt_to:
-            raise DeliveryError("no recipients to deliver to")
-        if self.delivery.relaying:
-            entry = await asyncio.to_thread(self.spool.write, data, envelope)
-            # Decided: an admin released it, so it is not scanned (and held) again.
-            state = SpoolState(decided=True)
-            await asyncio.to_thread(self.spool.save_state, entry, state, durable=True)
-            self.delivery.submit(entry)
-            return f"queued as {entry.id}"
-        name = await asyncio.to_thread(self.maildir.deliver, crlf(data))
-        return f"delivered as {name}"
+        return await deliver_released(self.outbox, data, envelope)
 
     def plugin_quarantines(self) -> dict[str, tuple[str, PluginQuarantine]]:
         """The plugins' quarantines by name, each with the plugin offering it
@@ -894,27 +626,6 @@ class Gateway:
             except Exception:
                 log.exception("plugin %s failed to list its quarantines", impl.plugin_name)
         return found
-
-    async def _notify(self, decision: Decision) -> None:
-        """Send the notices the rule asks for; a failure is logged and changes no reply."""
-        notify = decision.rule.notify
-        if not (notify.admin or notify.sender or notify.recipients):
-            return
-        try:
-            notices = build_notices(
-                decision, notify, self.config.gateway.hostname, self.config.home
-            )
-            for notice in notices:
-                if self.delivery.relaying:
-                    entry = await asyncio.to_thread(self.spool.write, notice.data, notice.envelope)
-                    # Not fsynced: a lost state only means the notice is scanned like mail.
-                    state = SpoolState(decided=True)
-                    await asyncio.to_thread(self.spool.save_state, entry, state, durable=False)
-                    self.delivery.submit(entry)
-                else:
-                    await asyncio.to_thread(self.maildir.deliver, crlf(notice.data))
-        except Exception:
-            log.exception("notification about %s failed", decision.id[:12])
 
     # -- record ------------------------------------------------------------------------------
 
@@ -952,145 +663,8 @@ class Gateway:
         for lane in self._observers:
             lane.offer(event)
         # After the write, so the stored event lacks it; benchmarks read it from the decision.
-        decision.timings_ms["record"] = _ms(began)
+        decision.timings_ms[Stage.RECORD] = elapsed_ms(began)
         return event
-
-
-class _Deciding:
-    """One message's verdict and action hooks, run in a worker thread, and how far they got.
-
-    The verdict hooks work on a copy of the folded verdict: a hook that runs out of time goes
-    on in its thread and must not change what the gateway acts on. Once the gateway gave up
-    on them (:meth:`wait`) the thread stops before deciding.
-    """
-
-    def __init__(self, hook: Any, ctx: ScanContext, rule: RuleConfig, folded: Verdict) -> None:
-        self.hook, self.ctx, self.rule, self.folded = hook, ctx, rule, folded
-        self.adjusting = bool(hook.mailwarden_verdict.get_hookimpls())
-        self.acting = bool(hook.mailwarden_action.get_hookimpls())
-        self._lock = threading.Lock()
-        self._given_up = False
-        #: The adjusted (or, when the hooks failed, the folded) verdict, once they are done.
-        self.verdict: Verdict | None = None
-        #: What the rule decided, as handed to the action hooks, and when.
-        self.action: Action | None = None
-        self.action_began: float | None = None
-
-    def decide(self, verdict: Verdict, *, failed: bool) -> Action:
-        """The rule's action for ``verdict``; ``failed``: the verdict hooks did not finish."""
-        action = decide_action(self.rule, verdict)
-        if failed and action.kind is ActionKind.DELIVER:
-            # The antispam score becomes a status in a verdict hook: a half-made verdict is
-            # never delivered on, whatever the rule's error action; the sender retries.
-            action = msgspec.structs.replace(
-                action,
-                kind=ActionKind.TEMPFAIL,
-                reason="error",
-                smtp_code=451,
-                smtp_text="4.7.1 Message not accepted now (verdict unfinished); try again later",
-            )
-        if action.backup:
-            action = msgspec.structs.replace(action, backup_id=secrets.token_hex(8))
-        return action
-
-    async def wait(self, running: asyncio.Future[Any], verdict: float, action: float) -> bool:
-        """Wait for ``running`` (:meth:`run`) within the budgets: ``verdict`` seconds for the
-        verdict hooks, then ``action`` seconds from when the action hooks began. False when
-        the verdict hooks ran out (the thread then stops before deciding); True otherwise,
-        with ``running`` done or its action hooks out of time."""
-        deadline = time.monotonic() + verdict
-        # Not told when the thread moves on to the action hooks: looked at this often.
-        step = min(verdict, action)
-        while not running.done():
-            now = time.monotonic()
-            if self.verdict is None:
-                if now >= deadline:
-                    with self._lock:
-                        self._given_up = self.verdict is None
-                    if self._given_up:
-                        return False
-                    continue
-                await asyncio.wait({running}, timeout=min(step, deadline - now))
-            else:
-                began = self.action_began or now
-                if now >= began + action:
-                    return True
-                await asyncio.wait({running}, timeout=began + action - now)
-        return True
-
-    def run(self) -> Any:
-        """In the worker thread: verdict hooks, decision, action hooks (their answer)."""
-        verdict, error = self.folded, None
-        if self.adjusting:
-            work = msgspec.convert(msgspec.to_builtins(self.folded), Verdict)
-            try:
-                self.hook.mailwarden_verdict(ctx=self.ctx, verdict=work)
-                verdict = work
-            except Exception as exc:
-                # pluggy stops at the first failing implementation.
-                log.exception("mailwarden_verdict failed")
-                error = _error_finding("verdict", "DETECTOR_ERROR", repr(exc))
-        with self._lock:
-            if self._given_up:
-                return None  # the folded verdict is the gateway's now
-            if error is not None:
-                _verdict_failed(self.folded, error)
-            self.verdict = verdict
-        action = self.decide(verdict, failed=error is not None)
-        self.action, self.action_began = action, time.monotonic()
-        if not self.acting:
-            return None
-        return self.hook.mailwarden_action(ctx=self.ctx, verdict=verdict, action=action)
-
-
-def _verdict_failed(verdict: Verdict, error: Finding) -> None:
-    verdict.findings.append(error)
-    verdict.errors = sorted({*verdict.errors, "verdict"})
-
-
-def _finished(action: Action, changed: Any) -> Action:
-    """``action`` as an action hook changed it; parts nobody removed hold the message."""
-    action = changed if isinstance(changed, Action) else action
-    if action.remove_parts and action.replace_message is None:
-        # Nothing could cut the parts out: hold the message rather than deliver them.
-        action = msgspec.structs.replace(
-            action, kind=ActionKind.QUARANTINE, remove_parts=[], subject_tag=None
-        )
-    return action
-
-
-def _ms(began: float) -> float:
-    return round((time.perf_counter() - began) * 1000.0, 3)
-
-
-def _error_finding(detector: str, code: str, error: str) -> Finding:
-    return Finding(
-        code=code,
-        detector=detector,
-        category=Category.OTHER,
-        status="error",
-        details={"error": error[:300]},
-    )
-
-
-def _checked_findings(detector: str, result: Any) -> list[Finding]:
-    if result is None:
-        return []
-    if isinstance(result, Finding):
-        return [result]
-    if not isinstance(result, Iterable) or isinstance(result, (str, bytes)):
-        return [_error_finding(detector, "DETECTOR_ERROR", f"returned {type(result).__name__}")]
-    findings: list[Finding] = []
-    for item in result:
-        if isinstance(item, Finding):
-            findings.append(item)
-        else:
-            findings.append(
-                _error_finding(
-                    detector, "DETECTOR_ERROR", f"returned {type(item).__name__}, not Finding"
-                )
-            )
-    return findings
 
 
 def event_json(event: MessageEvent) -> bytes:

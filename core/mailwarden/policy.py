@@ -9,9 +9,7 @@ None of these does network I/O.
 
 from __future__ import annotations
 
-import fnmatch
 import ipaddress
-import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -27,8 +25,7 @@ from mailwarden_sdk import (
 )
 
 from .config import RuleConfig, locate_key
-from .directory.names import group_key
-from .errors import ConfigError
+from .patterns import Pattern, compile_pattern, compile_rule_patterns, domain_of
 
 __all__ = [
     "GroupSource",
@@ -69,82 +66,9 @@ class GroupSource(Protocol):
     """Where ``group:`` patterns look: the directory cache (see :mod:`mailwarden.directory`)."""
 
     def groups_of(self, address: str) -> frozenset[str]:
-        """Keys (:func:`~mailwarden.directory.names.group_key`) of every group ``address``
+        """Keys (:func:`~mailwarden.groupnames.group_key`) of every group ``address``
         belongs to, nested membership included; empty when the address is unknown."""
         ...
-
-
-@dataclass(frozen=True, slots=True)
-class Pattern:
-    """One compiled sender or recipient pattern; ``text`` is what the config says."""
-
-    text: str
-    kind: str
-    value: str = ""
-    regex: re.Pattern[str] | None = None
-
-    def matches(self, address: str, groups: Callable[[], frozenset[str]]) -> bool:
-        """Whether ``address`` (lower case) matches; ``groups`` is asked only for groups."""
-        kind = self.kind
-        if kind == "any":
-            return True
-        if kind == "null":
-            return address == ""
-        if kind == "address":
-            return address == self.value
-        if kind == "domain":
-            return _domain(address) == self.value
-        if kind == "subdomain":
-            domain = _domain(address)
-            return domain == self.value or domain.endswith("." + self.value)
-        if kind == "group":
-            return self.value in groups()
-        assert self.regex is not None
-        return self.regex.fullmatch(address) is not None
-
-
-def _domain(address: str) -> str:
-    return address.rpartition("@")[2] if "@" in address else ""
-
-
-def compile_pattern(text: str) -> Pattern:
-    """Compile one pattern; raises ``ValueError`` saying what is wrong with it.
-
-    ``*`` everything (the null sender too), ``<>`` the null sender, ``@example.org`` that
-    domain, ``@.example.org`` it and its subdomains, ``re:...`` a regular expression that must
-    match the whole address (case-insensitive), ``group:NAME`` a directory group by CN or DN,
-    a pattern with ``*``, ``?`` or ``[`` a shell wildcard, anything else one address.
-    """
-    stripped = text.strip()
-    lowered = stripped.lower()
-    if lowered == "*":
-        return Pattern(text, "any")
-    if lowered == "<>":
-        return Pattern(text, "null")
-    if lowered.startswith("re:"):
-        try:
-            regex = re.compile(stripped[3:], re.IGNORECASE)
-        except re.error as exc:
-            raise ValueError(f"invalid regular expression {stripped[3:]!r}: {exc}") from None
-        return Pattern(text, "regex", regex=regex)
-    if lowered.startswith("group:"):
-        name = stripped[6:].strip()
-        if not name:
-            raise ValueError("group: needs a group name or DN")
-        return Pattern(text, "group", group_key(name))
-    if lowered.startswith("@."):
-        if not lowered[2:] or any(c in lowered for c in "*?["):
-            raise ValueError(f"invalid domain pattern {text!r}")
-        return Pattern(text, "subdomain", lowered[2:])
-    if lowered.startswith("@") and not any(c in lowered for c in "*?["):
-        if not lowered[1:]:
-            raise ValueError("@ needs a domain")
-        return Pattern(text, "domain", lowered[1:])
-    if any(c in lowered for c in "*?["):
-        return Pattern(text, "wildcard", regex=re.compile(fnmatch.translate(lowered)))
-    if not lowered:
-        raise ValueError("empty pattern (use <> for the null sender)")
-    return Pattern(text, "address", lowered)
 
 
 def address_matches(address: str, pattern: str, directory: GroupSource | None = None) -> bool:
@@ -178,9 +102,9 @@ def direction_of(sender: str, recipient: str, local_domains: Sequence[str]) -> s
     sender is not local); mail to any other recipient is outbound.
     """
     local = [d.lower() for d in local_domains]
-    if not _in_domains(_domain(recipient.lower()), local):
+    if not _in_domains(domain_of(recipient.lower()), local):
         return "outbound"
-    return "internal" if _in_domains(_domain(sender.lower()), local) else "inbound"
+    return "internal" if _in_domains(domain_of(sender.lower()), local) else "inbound"
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,37 +223,12 @@ def compile_rules(
 ) -> RuleSet:
     """Compile every rule's patterns and networks; a bad one is a :class:`ConfigError` naming
     the key (``rules[2].recipients[0]``) and, when ``text`` (the TOML) is given, the line."""
-
-    def fail(index: int, name: str, item: int | None, message: str) -> ConfigError:
-        key = f"rules[{index}].{name}" + (f"[{item}]" if item is not None else "")
-        line = locate_key(text, ["rules", index, name]) if text else None
-        return ConfigError(message, path=source, key=key, line=line)
-
-    compiled: list[_CompiledRule] = []
-    for index, rule in enumerate(rules):
-        lists: dict[str, tuple[Pattern, ...]] = {}
-        for name in ("senders", "recipients"):
-            patterns = []
-            for item, pattern in enumerate(getattr(rule, name)):
-                try:
-                    patterns.append(compile_pattern(pattern))
-                except ValueError as exc:
-                    raise fail(index, name, item, str(exc)) from None
-            lists[name] = tuple(patterns)
-        networks = []
-        for item, value in enumerate(rule.clients):
-            try:
-                networks.append(ipaddress.ip_network(value, strict=False))
-            except ValueError as exc:
-                raise fail(index, "clients", item, f"not an address or network: {exc}") from None
-        if rule.direction != "any" and not local_domains:
-            raise fail(
-                index,
-                "direction",
-                None,
-                f"direction {rule.direction!r} needs [gateway] local_domains",
-            )
-        compiled.append(_CompiledRule(rule, lists["senders"], lists["recipients"], tuple(networks)))
+    locate = (lambda steps: locate_key(text, steps)) if text else None
+    patterns = compile_rule_patterns(rules, local_domains, locate=locate, source=source)
+    compiled = [
+        _CompiledRule(rule, found.senders, found.recipients, found.networks)
+        for rule, found in zip(rules, patterns, strict=True)
+    ]
     domains = tuple(d.lower().lstrip("@") for d in local_domains)
     return RuleSet(tuple(compiled), domains)
 

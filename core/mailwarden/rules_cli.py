@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import click
 import msgspec
 
+from .clihome import home_config_path
 from .config import Config, load_config
 from .errors import MailwardenError
 from .pipeline import Gateway
@@ -35,10 +36,7 @@ def _fail(message: str) -> None:
 
 
 def _resolve(config_path: str | None) -> str | None:
-    # Imported here: cli imports this module to register the commands.
-    from .cli import _home_config_path
-
-    return _home_config_path(config_path)
+    return home_config_path(config_path)
 
 
 def _config(config_path: str | None) -> Config:

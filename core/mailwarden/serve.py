@@ -14,14 +14,13 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from . import __version__
 from .clitext import hostport
 from .config import Config
 from .errors import ConfigError
 from .hookcalls import DaemonExecutor
 from .ingress.content_filter import start_content_filter
 from .ingress.milter import start_milter_server
-from .ingress.scan_protocols import start_scan_protocols
+from .ingress.scan_servers import start_scan_protocols
 from .ingress.smtp import start_smtp_servers
 from .ingress.tcp import prebind
 from .inventory import core_stores, plugin_descriptors
@@ -34,9 +33,10 @@ from .privileges import (
     private_umask,
     service_account,
 )
-from .stores.core import plugin_file_stores
+from .record import plugin_file_stores
 from .stores.temp import clean_temp
 from .telemetry.metrics import metrics_directory, share_between_processes, worker_exited
+from .version import __version__
 from .workers import run_workers, worker_count
 
 _IO_THREADS = 32

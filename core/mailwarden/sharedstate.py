@@ -1,4 +1,5 @@
-"""State the policy steps keep (greylisting triplets, rate-limit counters): local or in Redis.
+"""State the policy steps and plugins keep (greylisting triplets, rate-limit counters; Bayes
+tokens, fuzzy hashes, reputation answers through the SDK): local or in Redis.
 
 :class:`StateBackend` is the small interface they use: counters that live for a time, and
 values that live for a time. :class:`LocalState` keeps them in an LMDB environment of this
@@ -6,22 +7,25 @@ node (capped; the entries expiring first go when it is full); :class:`RedisState
 shared by every node that names the same server and prefix. :class:`SharedState` is what a
 node with ``[redis]`` uses: Redis under a time limit and a circuit breaker, and the local
 store whenever Redis does not answer, so mail keeps flowing (with per-node state) and the
-metric ``mailwarden_shared_state_redis`` and the log say so.
+metric ``mailwarden_shared_state_redis`` and the log say so. :class:`PluginState` is the same
+Redis (and breaker) as plugins see it through ``mailwarden_sdk.shared_state``.
 """
 
 from __future__ import annotations
 
 import abc
 import asyncio
+import concurrent.futures
+import inspect
 import logging
 import struct
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from mailwarden_sdk import StoreDescriptor, WhenFull
+from mailwarden_sdk import SharedStateUnavailable, StoreDescriptor, WhenFull
 
 from .stores.bounded import BoundedStore, Usage
 from .stores.lmdb_env import LmdbEnv
@@ -30,12 +34,23 @@ if TYPE_CHECKING:
     from .config import Config
     from .telemetry.metrics import GatewayMetrics
 
-__all__ = ["LocalState", "RedisState", "SharedState", "StateBackend", "local_state", "open_state"]
+__all__ = [
+    "Breaker",
+    "LocalState",
+    "PluginState",
+    "RedisState",
+    "SharedState",
+    "StateBackend",
+    "local_state",
+    "open_state",
+]
 
 log = logging.getLogger(__name__)
 
 #: (key, amount to add, time to live in seconds when the counter is new)
 Increment = tuple[str, int, float]
+
+T = TypeVar("T")
 
 _EXPIRY = struct.Struct(">d")
 _COUNT = struct.Struct(">q")
@@ -58,6 +73,11 @@ class StateBackend(abc.ABC):
     @abc.abstractmethod
     async def put(self, key: str, value: str, ttl: float, *, only_new: bool = False) -> bool:
         """Set ``key`` for ``ttl`` seconds; with ``only_new`` only when missing. Whether set."""
+
+    @abc.abstractmethod
+    async def get_renewing(self, key: str, value: str, ttl: float) -> str | None:
+        """:meth:`get`, and when the value is ``value`` it lives ``ttl`` seconds from now: a
+        passed greylisting triplet read and kept passing in one step."""
 
     async def close(self) -> None:  # noqa: B027 - optional for backends holding nothing
         """Release connections and handles."""
@@ -140,6 +160,21 @@ class LocalState(StateBackend, BoundedStore):
 
         return await asyncio.to_thread(self.env.write, work)
 
+    async def get_renewing(self, key: str, value: str, ttl: float) -> str | None:
+        now = self.clock()
+
+        def work(txn: Any) -> str | None:
+            db = self.env.db("state")
+            raw = txn.get(key.encode(), db=db)
+            if raw is None or _EXPIRY.unpack_from(raw)[0] <= now:
+                return None
+            found = bytes(raw[_EXPIRY.size :]).decode()
+            if found == value:
+                txn.put(key.encode(), _EXPIRY.pack(now + ttl) + value.encode(), db=db)
+            return found
+
+        return await asyncio.to_thread(self.env.write, work)
+
     async def close(self) -> None:
         self.env.close()
 
@@ -185,19 +220,31 @@ class LocalState(StateBackend, BoundedStore):
         return self.env.write(lambda txn: self._trim(txn, self.clock(), max_entries))
 
 
+_GET_RENEWING = """
+local found = redis.call('GET', KEYS[1])
+if found == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return found
+"""
+
+
 class RedisState(StateBackend):
     """The state in Redis (redis-py's asyncio client), every key under ``prefix``.
 
     A counter is ``SET key 0 PX ttl NX`` then ``INCRBY``, all counters of a message in one
-    pipelined round trip. Every call is bounded by ``timeout`` (socket and overall)."""
+    pipelined round trip. Every call is bounded by ``timeout`` (socket and overall) and is one
+    round trip, counted in ``round_trips`` (the benchmark's figure per message)."""
 
     kind = "redis"
 
-    def __init__(self, url: str, prefix: str, timeout: float) -> None:
+    def __init__(
+        self, url: str, prefix: str, timeout: float, metrics: GatewayMetrics | None = None
+    ) -> None:
         import redis.asyncio as aioredis
 
         self.prefix = prefix
         self.timeout = timeout
+        self.metrics = metrics
+        self.round_trips = 0
         self.client = aioredis.Redis.from_url(
             url,
             socket_timeout=timeout,
@@ -206,54 +253,92 @@ class RedisState(StateBackend):
             retry_on_timeout=False,
         )
 
-    async def add(self, increments: Sequence[Increment]) -> list[int]:
+    def _trip(self) -> None:
+        self.round_trips += 1
+        if self.metrics is not None:
+            self.metrics.shared_state_round_trips.inc()
+
+    async def add(self, increments: Sequence[Increment], *, refresh: bool = False) -> list[int]:
+        self._trip()
         async with asyncio.timeout(self.timeout):
             pipe = self.client.pipeline(transaction=True)
             for key, amount, ttl in increments:
                 pipe.set(self.prefix + key, 0, px=max(1, int(ttl * 1000)), nx=True)
                 pipe.incrby(self.prefix + key, amount)
+                if refresh:
+                    pipe.pexpire(self.prefix + key, max(1, int(ttl * 1000)))
             replies = await pipe.execute()
-        return [int(value) for value in replies[1::2]]
+        step = 3 if refresh else 2
+        return [int(value) for value in replies[1::step]]
 
     async def get(self, key: str) -> str | None:
+        self._trip()
         async with asyncio.timeout(self.timeout):
             value = await self.client.get(self.prefix + key)
         return None if value is None else str(value)
 
+    async def get_many(self, keys: Sequence[str]) -> list[str | None]:
+        """The values of ``keys`` (``MGET``, one round trip)."""
+        if not keys:
+            return []
+        self._trip()
+        async with asyncio.timeout(self.timeout):
+            values = await self.client.mget([self.prefix + key for key in keys])
+        return [None if value is None else str(value) for value in values]
+
     async def put(self, key: str, value: str, ttl: float, *, only_new: bool = False) -> bool:
+        self._trip()
         async with asyncio.timeout(self.timeout):
             done = await self.client.set(
                 self.prefix + key, value, px=max(1, int(ttl * 1000)), nx=only_new
             )
         return bool(done)
 
+    async def get_renewing(self, key: str, value: str, ttl: float) -> str | None:
+        """``GET``, and ``PEXPIRE`` when the value is ``value``: one script, one round trip."""
+        self._trip()
+        async with asyncio.timeout(self.timeout):
+            found = await self.client.eval(
+                _GET_RENEWING, 1, self.prefix + key, value, max(1, int(ttl * 1000))
+            )
+        return None if found is None else str(found)
+
+    async def put_many(self, values: Mapping[str, str], ttl: float) -> None:
+        """Every ``SET key value PX ttl`` in one pipelined round trip."""
+        if not values:
+            return
+        self._trip()
+        async with asyncio.timeout(self.timeout):
+            pipe = self.client.pipeline(transaction=False)
+            for key, value in values.items():
+                pipe.set(self.prefix + key, value, px=max(1, int(ttl * 1000)))
+            await pipe.execute()
+
+    async def swap(self, key: str, value: str, ttl: float) -> str | None:
+        """``SET key value PX ttl GET``: the old value, replaced atomically."""
+        self._trip()
+        async with asyncio.timeout(self.timeout):
+            old = await self.client.set(
+                self.prefix + key, value, px=max(1, int(ttl * 1000)), get=True
+            )
+        return None if old is None else str(old)
+
     async def close(self) -> None:
         await self.client.aclose()
 
 
-class SharedState(StateBackend):
-    """Redis first, the local store when Redis fails or its breaker is open.
-
-    After ``failures`` failed calls in a row the breaker opens: Redis is not asked for
-    ``reset`` seconds, then one call tries it again (and closes the breaker when it works).
-    Each call answered locally counts in ``mailwarden_shared_state_fallbacks``; the gauge
-    ``mailwarden_shared_state_redis`` is 1 while Redis answers and 0 while it does not.
-    State written locally during an outage stays local (it is not copied to Redis later).
-    """
-
-    kind = "redis"
+class Breaker:
+    """Whether Redis may be asked now: after ``failures`` failed calls in a row it is not
+    asked for ``reset`` seconds, then one call tries again. Shared by the policy steps and
+    the plugins' :class:`PluginState`, so the gauge tells one story."""
 
     def __init__(
         self,
-        remote: StateBackend,
-        local: StateBackend,
-        *,
         failures: int,
         reset: float,
         metrics: GatewayMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.remote, self.local = remote, local
         self.failures_allowed, self.reset = failures, reset
         self.metrics = metrics
         self.clock = clock
@@ -263,36 +348,66 @@ class SharedState(StateBackend):
         if metrics is not None:
             metrics.shared_state.set(1)
 
+    def closed(self) -> bool:
+        """Whether to ask Redis now."""
+        return self.failures < self.failures_allowed or self.clock() >= self.open_until
+
+    def failed(self, exc: BaseException) -> None:
+        self.failures += 1
+        if self.failures >= self.failures_allowed:
+            self.open_until = self.clock() + self.reset
+        if not self.down:
+            self.down = True
+            log.warning(
+                "Redis failed (%s): going on with this node's local state; greylisting, rate "
+                "limits, Bayes, fuzzy hashes and the reputation cache are not shared until it "
+                "is back",
+                exc.__class__.__name__ + (f": {exc}" if str(exc) else ""),
+            )
+            if self.metrics is not None:
+                self.metrics.shared_state.set(0)
+
+    def answered(self) -> None:
+        self.failures = 0
+        if self.down:
+            self.down = False
+            log.warning("Redis answers again: the cluster's state is shared again")
+            if self.metrics is not None:
+                self.metrics.shared_state.set(1)
+
+    def fell_back(self) -> None:
+        if self.metrics is not None:
+            self.metrics.shared_state_fallbacks.inc()
+
+
+class SharedState(StateBackend):
+    """Redis first, the local store when Redis fails or its breaker is open.
+
+    Each call answered locally counts in ``mailwarden_shared_state_fallbacks``; the gauge
+    ``mailwarden_shared_state_redis`` is 1 while Redis answers and 0 while it does not (see
+    :class:`Breaker`). State written locally during an outage stays local (it is not copied to
+    Redis later).
+    """
+
+    kind = "redis"
+
+    def __init__(self, remote: StateBackend, local: StateBackend, breaker: Breaker) -> None:
+        self.remote, self.local = remote, local
+        self.breaker = breaker
+
     async def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
-        if self.failures >= self.failures_allowed and self.clock() < self.open_until:
+        if not self.breaker.closed():
             return await self._locally(name, args, kwargs)
         try:
             result = await getattr(self.remote, name)(*args, **kwargs)
         except Exception as exc:  # timeouts, refused connections, errors Redis answers
-            self.failures += 1
-            if self.failures >= self.failures_allowed:
-                self.open_until = self.clock() + self.reset
-            if not self.down:
-                self.down = True
-                log.warning(
-                    "Redis failed (%s): going on with this node's local state; the greylisting "
-                    "triplets and rate-limit counters are not shared until it is back",
-                    exc.__class__.__name__ + (f": {exc}" if str(exc) else ""),
-                )
-                if self.metrics is not None:
-                    self.metrics.shared_state.set(0)
+            self.breaker.failed(exc)
             return await self._locally(name, args, kwargs)
-        self.failures = 0
-        if self.down:
-            self.down = False
-            log.warning("Redis answers again: greylisting and rate limits are shared again")
-            if self.metrics is not None:
-                self.metrics.shared_state.set(1)
+        self.breaker.answered()
         return result
 
     async def _locally(self, name: str, args: Any, kwargs: Any) -> Any:
-        if self.metrics is not None:
-            self.metrics.shared_state_fallbacks.inc()
+        self.breaker.fell_back()
         return await getattr(self.local, name)(*args, **kwargs)
 
     async def add(self, increments: Sequence[Increment]) -> list[int]:
@@ -306,11 +421,89 @@ class SharedState(StateBackend):
     async def put(self, key: str, value: str, ttl: float, *, only_new: bool = False) -> bool:
         return bool(await self._call("put", key, value, ttl, only_new=only_new))
 
+    async def get_renewing(self, key: str, value: str, ttl: float) -> str | None:
+        result: str | None = await self._call("get_renewing", key, value, ttl)
+        return result
+
     async def close(self) -> None:
         try:
             await self.remote.close()
         finally:
             await self.local.close()
+
+
+class PluginState:
+    """The cluster's Redis as plugins see it (:class:`mailwarden_sdk.SharedState`).
+
+    Unlike the policy steps' :class:`SharedState` there is no local fallback here: a plugin
+    keeps its own local store (Bayes, fuzzy hashes, the reputation cache), so a call that
+    Redis does not answer raises :class:`~mailwarden_sdk.SharedStateUnavailable` and counts as
+    a fallback. :meth:`blocking` runs a call on the loop the gateway started on (:meth:`bind`).
+    """
+
+    kind = "redis"
+
+    def __init__(self, remote: RedisState, breaker: Breaker) -> None:
+        self.remote = remote
+        self.breaker = breaker
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The loop whose Redis connections every call uses (the gateway's)."""
+        self.loop = loop
+
+    async def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        if not self.breaker.closed():
+            self.breaker.fell_back()
+            raise SharedStateUnavailable("Redis breaker open")
+        try:
+            result = await getattr(self.remote, name)(*args, **kwargs)
+        except Exception as exc:
+            self.breaker.failed(exc)
+            self.breaker.fell_back()
+            raise SharedStateUnavailable(f"Redis failed: {exc.__class__.__name__}") from exc
+        self.breaker.answered()
+        return result
+
+    async def add(self, increments: Sequence[Increment], *, refresh: bool = False) -> list[int]:
+        result: list[int] = await self._call("add", increments, refresh=refresh)
+        return result
+
+    async def get_many(self, keys: Sequence[str]) -> list[str | None]:
+        result: list[str | None] = await self._call("get_many", keys)
+        return result
+
+    async def put(self, key: str, value: str, ttl: float, *, only_new: bool = False) -> bool:
+        return bool(await self._call("put", key, value, ttl, only_new=only_new))
+
+    async def put_many(self, values: Mapping[str, str], ttl: float) -> None:
+        await self._call("put_many", values, ttl)
+
+    async def swap(self, key: str, value: str, ttl: float) -> str | None:
+        result: str | None = await self._call("swap", key, value, ttl)
+        return result
+
+    def blocking(self, call: Awaitable[T], timeout: float | None = None) -> T:
+        loop = self.loop
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if loop is None or loop.is_closed() or running is loop:
+            # Waiting here for the loop that must run the call would hang it.
+            if inspect.iscoroutine(call):
+                call.close()
+            raise SharedStateUnavailable("no event loop to run the shared-state call on")
+        future = asyncio.run_coroutine_threadsafe(_awaited(call), loop)
+        try:
+            return future.result(timeout if timeout is not None else self.remote.timeout * 2)
+        except concurrent.futures.TimeoutError as exc:
+            future.cancel()
+            raise SharedStateUnavailable("shared-state call timed out") from exc
+
+
+async def _awaited(call: Awaitable[T]) -> T:
+    return await call
 
 
 def local_state(config: Config) -> LocalState:
@@ -319,13 +512,16 @@ def local_state(config: Config) -> LocalState:
     return LocalState(config.path_in_home(cfg.local_path), cfg.local_max_entries)
 
 
-def open_state(config: Config, metrics: GatewayMetrics | None = None) -> StateBackend:
-    """The state the policy steps use: shared through Redis when ``[redis]`` is enabled."""
+def open_state(
+    config: Config, metrics: GatewayMetrics | None = None
+) -> tuple[StateBackend, PluginState | None]:
+    """The state the policy steps use (shared through Redis when ``[redis]`` is enabled, with
+    this node's store as the fallback) and the plugins' view of the same Redis (``None``
+    without ``[redis]``)."""
     local = local_state(config)
     cfg = config.redis
     if not cfg.enabled:
-        return local
-    remote = RedisState(cfg.url, cfg.prefix, cfg.timeout)
-    return SharedState(
-        remote, local, failures=cfg.breaker_failures, reset=cfg.breaker_reset, metrics=metrics
-    )
+        return local, None
+    remote = RedisState(cfg.url, cfg.prefix, cfg.timeout, metrics)
+    breaker = Breaker(cfg.breaker_failures, cfg.breaker_reset, metrics)
+    return SharedState(remote, local, breaker), PluginState(remote, breaker)

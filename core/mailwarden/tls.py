@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime as dt
 import fcntl
 import ipaddress
-import os
 import ssl
 from pathlib import Path
 
@@ -18,6 +17,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+from mailwarden_sdk.files import atomic_write
 
 from .config import Config
 
@@ -33,14 +34,7 @@ __all__ = [
 def write_private(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` created 0600 from the start (never briefly world-readable)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    atomic_write(path, data)
 
 
 def ensure_certificate(cert: Path, key: Path, hostname: str) -> bool:
@@ -86,9 +80,8 @@ def _generate(cert: Path, key: Path, hostname: str) -> None:
             serialization.NoEncryption(),
         ),
     )
-    tmp = cert.with_name(f".{cert.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    os.replace(tmp, cert)
+    # The certificate is the public half: readable by the MTA and admins, unlike the key.
+    atomic_write(cert, certificate.public_bytes(serialization.Encoding.PEM), mode=0o644)
 
 
 def tls_paths(config: Config) -> tuple[Path, Path]:

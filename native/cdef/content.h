@@ -45,8 +45,8 @@ typedef struct {
     uint32_t flags;
 } mw_url_list;
 
-int mw_extract_urls(const uint8_t *src, size_t len, int mode, uint32_t max_urls,
-                    uint32_t max_url_len, mw_url_list **out);
+mw_status mw_extract_urls(const uint8_t *src, size_t len, int mode, uint32_t max_urls,
+                          uint32_t max_url_len, mw_url_list **out);
 void mw_url_list_free(mw_url_list *list);
 
 #define MW_TYPE_UNKNOWN ...

@@ -1,11 +1,6 @@
 /* cffi declarations of mailwarden.h: the MIME parser, decoders and matcher.
  * Constants are "...": cffi reads their real values from the C header at compile time, so
  * the C header stays the single source of truth. */
-#define MW_OK ...
-#define MW_ERR_NOMEM ...
-#define MW_ERR_ARG ...
-#define MW_ERR_TOO_LARGE ...
-
 #define MW_FLAG_MISSING_BOUNDARY ...
 #define MW_FLAG_NO_CLOSING_BOUNDARY ...
 #define MW_FLAG_BOUNDARY_NOT_FOUND ...
@@ -81,6 +76,7 @@ typedef struct {
     int64_t charset_off;
     int64_t charset_len;
     int64_t param_flags;
+    int64_t type_code;
 } mw_part;
 
 typedef struct {
@@ -93,8 +89,10 @@ typedef struct {
     uint32_t flags;
 } mw_message;
 
+#define MW_CONTENT_TYPE_CODES ...
+const char *mw_content_type_name(int64_t code);
 void mw_limits_default(mw_limits *limits);
-int mw_parse(const uint8_t *buf, size_t len, const mw_limits *limits, mw_message **out);
+mw_status mw_parse(const uint8_t *buf, size_t len, const mw_limits *limits, mw_message **out);
 void mw_message_free(mw_message *msg);
 int64_t mw_parse_table(const uint8_t *buf, size_t len, const mw_limits *limits, int64_t *out,
                        size_t cap);
@@ -104,6 +102,7 @@ size_t mw_base64_decode(const uint8_t *src, size_t len, uint8_t *dst, int *junk)
 int mw_base64_junk(const uint8_t *src, size_t len);
 size_t mw_qp_max_len(size_t len);
 size_t mw_qp_decode(const uint8_t *src, size_t len, uint8_t *dst);
+size_t mw_decode_span(const uint8_t *buf, size_t start, size_t end, int base64, uint8_t *dst);
 
 typedef struct mw_matcher mw_matcher;
 typedef struct {
@@ -112,8 +111,8 @@ typedef struct {
     uint32_t reserved;
 } mw_match;
 
-int mw_matcher_new(const uint8_t *const *patterns, const size_t *lens, size_t n,
-                   mw_matcher **out);
+mw_status mw_matcher_new(const uint8_t *const *patterns, const size_t *lens, size_t n,
+                         mw_matcher **out);
 void mw_matcher_free(mw_matcher *m);
 size_t mw_matcher_count(const mw_matcher *m);
 size_t mw_matcher_scan(const mw_matcher *m, const uint8_t *data, size_t len, mw_match *out,

@@ -13,15 +13,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "mw_status.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
-
-/* Return codes. */
-#define MW_OK 0
-#define MW_ERR_NOMEM 1
-#define MW_ERR_ARG 2
-#define MW_ERR_TOO_LARGE 3
 
 /* Malformation flags (bitmask).  A flag never makes parsing fail: it only
  * records what was wrong so that policy can act on it. */
@@ -130,6 +126,10 @@ typedef struct {
     int64_t charset_off; /* Content-Type charset */
     int64_t charset_len;
     int64_t param_flags; /* MW_PARAMS_* */
+    /* The content type (the default one when absent or invalid) as an index
+     * into mw_content_type_name() when it is one of the common types there, else 0:
+     * the binding then needs no string work for most parts. */
+    int64_t type_code;
 } mw_part;
 
 typedef struct {
@@ -143,18 +143,22 @@ typedef struct {
 } mw_message;
 
 void mw_limits_default(mw_limits *limits);
+/* The lowercase "type/subtype" of a type_code, "" for 0 and codes past the
+ * table (MW_CONTENT_TYPE_CODES entries). */
+#define MW_CONTENT_TYPE_CODES 32
+const char *mw_content_type_name(int64_t code);
 
 /* Parses buf[0..len).  On MW_OK *out owns a table the caller releases with
  * mw_message_free.  Malformed input never fails; only MW_ERR_NOMEM and
  * MW_ERR_ARG are returned. */
-int mw_parse(const uint8_t *buf, size_t len, const mw_limits *limits, mw_message **out);
+mw_status mw_parse(const uint8_t *buf, size_t len, const mw_limits *limits, mw_message **out);
 void mw_message_free(mw_message *msg);
 /* mw_parse for bindings: the tables are copied into out and freed at once.
  * out[0] = message flags, out[1] = n_parts, out[2] = n_headers, then the
  * parts (mw_part records as int64_t) and the header fields (mw_header).
  * Returns the number of int64_t that takes; when it exceeds cap only the
  * first three are written (if cap >= 3) and the caller asks again with a
- * larger array.  A negative return is -MW_ERR_*.  One call per message
+ * larger array.  A negative return is the negated mw_status of the failure.  One call per message
  * instead of parse, field reads and free: that fixed cost is paid by every
  * message. */
 int64_t mw_parse_table(const uint8_t *buf, size_t len, const mw_limits *limits, int64_t *out,
@@ -171,6 +175,11 @@ size_t mw_base64_decode(const uint8_t *src, size_t len, uint8_t *dst, int *junk)
 int mw_base64_junk(const uint8_t *src, size_t len);
 size_t mw_qp_max_len(size_t len);
 size_t mw_qp_decode(const uint8_t *src, size_t len, uint8_t *dst);
+/* For bindings: buf[start..end) decoded as base64 (base64 != 0, no junk
+ * report) or quoted-printable into dst, sized as above for end - start;
+ * returns bytes written, 0 when the span is empty or inverted.  Offsets
+ * instead of a pointer made per part by the caller. */
+size_t mw_decode_span(const uint8_t *buf, size_t start, size_t end, int base64, uint8_t *dst);
 
 /* Literal multi-pattern matcher (Aho-Corasick compiled to a DFA over byte
  * equivalence classes). */
@@ -183,8 +192,8 @@ typedef struct {
 } mw_match;
 
 /* patterns[i] of length lens[i] gets id i; empty patterns are rejected
- * (MW_ERR_ARG). */
-int mw_matcher_new(const uint8_t *const *patterns, const size_t *lens, size_t n,
+ * (MW_ERR_ARG), a set whose table would pass 1 GiB gives MW_ERR_TOO_LARGE. */
+mw_status mw_matcher_new(const uint8_t *const *patterns, const size_t *lens, size_t n,
                    mw_matcher **out);
 void mw_matcher_free(mw_matcher *m);
 size_t mw_matcher_count(const mw_matcher *m);

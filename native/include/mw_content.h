@@ -16,6 +16,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "mw_status.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -94,8 +96,8 @@ typedef struct {
  * max_url_len (0: default) bytes each, so the work and the output are
  * bounded whatever the input.  On MW_OK *out is owned by the caller
  * (mw_url_list_free). */
-int mw_extract_urls(const uint8_t *src, size_t len, int mode, uint32_t max_urls,
-                    uint32_t max_url_len, mw_url_list **out);
+mw_status mw_extract_urls(const uint8_t *src, size_t len, int mode, uint32_t max_urls,
+                          uint32_t max_url_len, mw_url_list **out);
 void mw_url_list_free(mw_url_list *list);
 
 /* ---- File type from magic bytes ---------------------------------------- */

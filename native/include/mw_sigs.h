@@ -15,6 +15,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "mw_status.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -29,15 +31,12 @@ extern "C" {
 #define MW_SIG_MAX_EOF (1u << 20)       /* n of an EOF-n offset: bytes kept for the end */
 #define MW_SIG_MAX_SIGS (1u << 22)      /* signatures in one database */
 #define MW_SIG_MAX_TARGET 31u
-
-/* Per-signature compile results (why a signature was not added). */
-#define MW_SIG_OK 0
-#define MW_SIG_E_SYNTAX 1   /* not ClamAV body-signature syntax */
-#define MW_SIG_E_NOANCHOR 2 /* a part has no 2 fixed bytes to anchor on */
-#define MW_SIG_E_LIMIT 3    /* over one of the limits above */
-#define MW_SIG_E_VARALT 4   /* alternatives of different lengths */
-#define MW_SIG_E_SPECIAL 5  /* (B)/(L) boundary markers */
-#define MW_SIG_E_NOMEM 6
+/* Default bounds of one scan (mw_sigscan_set_limits): distinct signatures found, and
+ * signatures with a part matched that wait for their next part.  A scan that reaches
+ * either stops recording and returns MW_ERR_SCAN_LIMIT: its hits are incomplete.  So does
+ * an EOF signature whose parts and gaps need more than 65,536 part checks to place. */
+#define MW_SIG_MAX_HITS (1u << 20)
+#define MW_SIG_MAX_PARTIALS (1u << 20)
 
 /* Offset kinds: where the first byte of a match may be. */
 #define MW_SIG_OFF_ANY 0 /* anywhere */
@@ -69,39 +68,48 @@ typedef struct {
     uint32_t stride;     /* the prefilter looks at every stride-th position */
 } mw_sigdb_info;
 
-const char *mw_sig_strerror(int code);
-
 /* Compiler: add signatures one by one, then build the blob. */
-int mw_sigc_new(mw_sigc **out);
+mw_status mw_sigc_new(mw_sigc **out);
 void mw_sigc_free(mw_sigc *c);
-/* Adds one body signature (hex text as in .ndb).  On MW_SIG_OK *id is its
- * id (ids count up from 0 over successful adds only). */
-int mw_sigc_add(mw_sigc *c, const char *text, size_t len, uint32_t target, uint32_t off_kind,
-                uint64_t off, uint64_t shift, uint32_t *id);
+/* Adds one body signature (hex text as in .ndb).  On MW_OK *id is its id (ids
+ * count up from 0 over successful adds only); a signature that is refused gives
+ * one of MW_ERR_SIG_* (why) or MW_ERR_NOMEM, and leaves the compiler as it was. */
+mw_status mw_sigc_add(mw_sigc *c, const char *text, size_t len, uint32_t target,
+                      uint32_t off_kind, uint64_t off, uint64_t shift, uint32_t *id);
 uint32_t mw_sigc_count(const mw_sigc *c);
 /* Builds the database blob (malloc'd; release with mw_sig_blob_free).
- * Returns MW_OK or MW_ERR_NOMEM / MW_ERR_TOO_LARGE (mailwarden.h codes). */
-int mw_sigc_build(const mw_sigc *c, uint8_t **blob, size_t *len);
+ * Returns MW_OK, MW_ERR_NOMEM or MW_ERR_TOO_LARGE. */
+mw_status mw_sigc_build(const mw_sigc *c, uint8_t **blob, size_t *len);
 void mw_sig_blob_free(uint8_t *blob);
 
 /* Opens a blob in place (no copy): the blob must outlive the db.  Any byte
- * string is safe to pass: a blob that fails validation gives MW_ERR_ARG. */
-int mw_sigdb_open(const uint8_t *blob, size_t len, mw_sigdb **out);
+ * string is safe to pass: a blob that fails validation gives MW_ERR_BAD_DB
+ * (MW_ERR_ARG: NULL, or not 8-byte aligned). */
+mw_status mw_sigdb_open(const uint8_t *blob, size_t len, mw_sigdb **out);
 void mw_sigdb_free(mw_sigdb *db);
 void mw_sigdb_info_get(const mw_sigdb *db, mw_sigdb_info *out);
 
 /* A scan of one object, fed in chunks.  target_mask: bit t set means
  * signatures with target t apply (target 0 always applies). */
-int mw_sigscan_new(const mw_sigdb *db, mw_sigscan **out);
+mw_status mw_sigscan_new(const mw_sigdb *db, mw_sigscan **out);
 void mw_sigscan_free(mw_sigscan *s);
+/* Bounds of every later object's scan; 0 keeps the default (MW_SIG_MAX_HITS,
+ * MW_SIG_MAX_PARTIALS). */
+mw_status mw_sigscan_set_limits(mw_sigscan *s, uint32_t max_hits, uint32_t max_partials);
+/* Starts a new object; clears the previous one's hits and failure. */
 void mw_sigscan_reset(mw_sigscan *s, uint32_t target_mask);
-int mw_sigscan_feed(mw_sigscan *s, const uint8_t *data, size_t len);
+/* feed, finish and buffer return MW_OK, or the object's first failure
+ * (MW_ERR_SCAN_LIMIT, MW_ERR_NOMEM) on this and every later call until a
+ * reset: the hits recorded so far are then a subset of the real ones, and
+ * must be treated as a scan that did not complete, never as a clean one. */
+mw_status mw_sigscan_feed(mw_sigscan *s, const uint8_t *data, size_t len);
 /* Ends the object: evaluates EOF-anchored signatures.  Idempotent. */
-int mw_sigscan_finish(mw_sigscan *s);
+mw_status mw_sigscan_finish(mw_sigscan *s);
 /* Copies up to cap hits (in order of first detection) and returns the total. */
 size_t mw_sigscan_hits(const mw_sigscan *s, mw_sighit *out, size_t cap);
 /* reset + feed + finish in one call, for objects already in memory. */
-int mw_sigscan_buffer(mw_sigscan *s, uint32_t target_mask, const uint8_t *data, size_t len);
+mw_status mw_sigscan_buffer(mw_sigscan *s, uint32_t target_mask, const uint8_t *data,
+                            size_t len);
 
 #ifdef __cplusplus
 }

@@ -23,11 +23,23 @@ from ._content import (
     resolve_charset,
 )
 from ._decode import decode_base64, decode_base64_ex, decode_quoted_printable
-from ._errors import NativeError
+from ._errors import (
+    NativeArgumentError,
+    NativeError,
+    NativeFormatError,
+    NativeLimitError,
+    NativeMemoryError,
+    NativeSyntaxError,
+    NativeTooLargeError,
+    NativeVersionError,
+    strerror,
+)
 from ._matcher import Matcher
 from ._mime import MalformationFlag, ParsedMessage, ParseLimits, Part, parse
 from ._params import parse_params
 from ._sigs import (
+    MAX_HITS,
+    MAX_PARTIALS,
     OFF_ABS,
     OFF_ANY,
     OFF_EOF,
@@ -37,16 +49,29 @@ from ._sigs import (
     SignatureError,
     SigScanner,
 )
+from ._version import check_core_version, core_version
+
+# A core from another build must not run under this Python code: refused at import.
+check_core_version()
 
 __all__ = [
     "FILE_TYPES",
+    "MAX_HITS",
+    "MAX_PARTIALS",
     "OFF_ABS",
     "OFF_ANY",
     "OFF_EOF",
     "HeaderFlag",
     "MalformationFlag",
     "Matcher",
+    "NativeArgumentError",
     "NativeError",
+    "NativeFormatError",
+    "NativeLimitError",
+    "NativeMemoryError",
+    "NativeSyntaxError",
+    "NativeTooLargeError",
+    "NativeVersionError",
     "ParseLimits",
     "ParsedMessage",
     "Part",
@@ -59,6 +84,7 @@ __all__ = [
     "UUFile",
     "Url",
     "UrlFlag",
+    "core_version",
     "decode_base64",
     "decode_base64_ex",
     "decode_header",
@@ -72,4 +98,5 @@ __all__ = [
     "parse",
     "parse_params",
     "resolve_charset",
+    "strerror",
 ]

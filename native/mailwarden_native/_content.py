@@ -26,7 +26,7 @@ import msgspec
 
 from ._core import ffi, lib
 from ._decode import decode_base64_ex, decode_quoted_printable
-from ._errors import NativeError
+from ._errors import _check
 
 __all__ = [
     "FILE_TYPES",
@@ -163,13 +163,10 @@ def extract_urls(
         raise ValueError("max_urls and max_url_len must fit in 32 bits")
     out = ffi.new("mw_url_list **")
     mode = lib.MW_URL_MODE_HTML if html else lib.MW_URL_MODE_TEXT
-    rc = int(
-        lib.mw_extract_urls(
-            ffi.from_buffer("uint8_t[]", src), len(src), mode, max_urls, max_url_len, out
-        )
+    rc = lib.mw_extract_urls(
+        ffi.from_buffer("uint8_t[]", src), len(src), mode, max_urls, max_url_len, out
     )
-    if rc != lib.MW_OK:
-        raise NativeError(f"mw_extract_urls failed with code {rc}")
+    _check(rc, "mw_extract_urls")
     lst = out[0]
     try:
         n = int(lst.n_urls)

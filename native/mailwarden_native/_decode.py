@@ -64,14 +64,26 @@ _SCRATCH_MAX = 4 << 20
 _local = threading.local()
 
 
-def _scratch(n: int) -> Any:
-    buf = getattr(_local, "buf", None)
-    if buf is not None and len(buf) >= n:
-        return buf
+class _Scratch:
+    """A thread's output buffer and a char view of it (ffi.unpack of a char
+    pointer makes the bytes in one call)."""
+
+    __slots__ = ("buf", "chars", "size")
+
+    def __init__(self, size: int) -> None:
+        self.buf = _alloc("uint8_t[]", size)
+        self.chars = ffi.cast("char *", self.buf)
+        self.size = size
+
+
+def _scratch(n: int) -> _Scratch:
+    s: _Scratch | None = getattr(_local, "s", None)
+    if s is not None and s.size >= n:
+        return s
     if n > _SCRATCH_MAX:
-        return _alloc("uint8_t[]", n)
-    buf = _local.buf = _alloc("uint8_t[]", max(n, 64 << 10))
-    return buf
+        return _Scratch(n)
+    s = _local.s = _Scratch(max(n, 64 << 10))
+    return s
 
 
 def _decode_span(raw: bytes, start: int, end: int, base64: bool) -> bytes:
@@ -79,15 +91,16 @@ def _decode_span(raw: bytes, start: int, end: int, base64: bool) -> bytes:
     n = end - start
     if n <= 0:
         return b""
-    src = ffi.from_buffer("uint8_t[]", raw) + start
     # mw_base64_max_len(n), inlined: this runs once per encoded part
     # (test_native_decode_roundtrip checks the two agree).
     cap = (n >> 2) * 3 + 3 if base64 else n
-    out = getattr(_local, "buf", None)
-    if out is None or len(out) < cap:
-        out = _scratch(cap)
-    if base64:
-        produced = lib.mw_base64_decode(src, n, out, ffi.NULL)
-    else:
-        produced = lib.mw_qp_decode(src, n, out)
-    return ffi.buffer(out, produced)[:]  # type: ignore[no-any-return]
+    try:
+        s = _local.s
+    except AttributeError:  # the thread's first decode
+        s = _scratch(cap)
+    if s.size < cap:
+        s = _scratch(cap)
+    # The bytes go to the uint8_t * as a pointer to their buffer, the offsets
+    # beside them: no cdata is made per part.
+    produced = lib.mw_decode_span(raw, start, end, base64, s.buf)
+    return ffi.unpack(s.chars, produced)  # type: ignore[no-any-return]

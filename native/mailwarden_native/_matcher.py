@@ -7,7 +7,7 @@ from types import TracebackType
 from typing import Any
 
 from ._core import ffi, lib
-from ._errors import NativeError
+from ._errors import _check
 
 Buffer = bytes | bytearray | memoryview
 
@@ -36,11 +36,8 @@ class Matcher:
         ptrs = ffi.new("const uint8_t *[]", bufs) if bufs else ffi.NULL
         lens = ffi.new("size_t[]", [len(p) for p in pats]) if pats else ffi.NULL
         out = ffi.new("mw_matcher **")
-        rc = int(lib.mw_matcher_new(ptrs, lens, len(pats), out))
-        if rc == lib.MW_ERR_TOO_LARGE:
-            raise ValueError("pattern set too large for the matcher table")
-        if rc != lib.MW_OK:
-            raise NativeError(f"mw_matcher_new failed with code {rc}")
+        # a set whose transition table would pass 1 GiB: NativeTooLargeError (a ValueError)
+        _check(lib.mw_matcher_new(ptrs, lens, len(pats), out), "mw_matcher_new")
         self._db: Any = ffi.gc(out[0], lib.mw_matcher_free)
         self._n = len(pats)
 

@@ -24,6 +24,7 @@ byte maps to a character and no lone surrogates ever appear.
 from __future__ import annotations
 
 import enum
+import struct
 import threading
 from collections.abc import Iterator
 
@@ -42,7 +43,7 @@ from ._content import (
 )
 from ._core import ffi, lib
 from ._decode import _decode_span
-from ._errors import NativeError
+from ._errors import _check
 from ._params import parse_params
 
 __all__ = ["MalformationFlag", "ParseLimits", "ParsedMessage", "Part", "parse"]
@@ -113,10 +114,12 @@ PART_FIELDS = (
     "charset_off",
     "charset_len",
     "param_flags",
+    "type_code",
 )
 _NPF = len(PART_FIELDS)
 _NHF = 4  # name_off, name_len, value_off, value_len
 
+_KIND_LEAF = int(lib.MW_KIND_LEAF)
 _KIND_MULTIPART = int(lib.MW_KIND_MULTIPART)
 _KIND_MESSAGE = int(lib.MW_KIND_MESSAGE)
 _CTE_BASE64 = int(lib.MW_CTE_BASE64)
@@ -130,6 +133,12 @@ _U32_MAX = (1 << 32) - 1
 _U64_MAX = (1 << 64) - 1
 _UNSET: object = object()
 
+
+# mw_part.type_code -> content type: most parts need no string work at all.
+_TYPE_NAMES = tuple(
+    ffi.string(lib.mw_content_type_name(i)).decode("ascii")
+    for i in range(lib.MW_CONTENT_TYPE_CODES)
+)
 
 _FLAG_CACHE: dict[int, MalformationFlag] = {}
 
@@ -174,16 +183,37 @@ def _charset(key: bytes) -> str | None:
 
 
 class _Budget:
-    """What the parts of one message share: the header table, the decoded
-    bytes the message may still produce and the message's flags (so a limit
-    hit in one part shows on the message)."""
+    """What the parts of one message share: the raw bytes, the C tables as
+    one bytes copy (``_NPF`` int64 per part, then ``_NHF`` per header field
+    from word ``hoff``), each part's kind, the decoded bytes the message may
+    still produce, the message's flags (so a limit hit in one part shows on
+    the message) and the children lists once asked for.  It never refers to
+    a Part, so parts and messages form no reference cycle and are freed by
+    reference counting alone."""
 
-    __slots__ = ("flags", "hdr", "left")
+    __slots__ = ("flags", "hoff", "kids", "kinds", "left", "raw", "tab")
 
-    def __init__(self, left: int, flags: int, hdr: bytes) -> None:
-        self.left = left
-        self.flags = flags
-        self.hdr = hdr
+    raw: bytes
+    tab: bytes
+    hoff: int
+    kinds: list[int]
+    left: int
+    flags: int
+    kids: list[list[int]] | None
+
+
+# One part record as ints: converted per part when the part is made, so
+# containers nobody touches cost no int objects (a tolist() of every record
+# was a quarter of parse()'s Python time on small mail).
+_RECORD = struct.Struct(f"={len(PART_FIELDS)}q")
+_RECORD_SIZE = _RECORD.size
+_unpack_record = _RECORD.unpack_from
+
+
+# Objects made per message and per part are built with __new__ and slot
+# stores: on CPython 3.11 calling a class with a Python __init__ cost about
+# 0.4 us, more than everything else a part's creation does.
+_new = object.__new__
 
 
 def _text(raw: bytes) -> str:
@@ -202,17 +232,15 @@ def _unfold(raw: bytes) -> str:
 class Part:
     """One MIME entity: offsets into the raw message plus lazy header views."""
 
-    # Parse time is dominated by this constructor once the C side is fast, so
-    # it stores only what every walk reads (type, kind, children) plus where
-    # its record starts in the message's flat part table (no per-part copy);
-    # offsets and flags are properties over that record, and the
+    # A part is made only when first touched (ParsedMessage.leaves(), .parts,
+    # .root; see _part()): it stores where its record starts in the message's
+    # flat part table and its content type, which every walk reads.  Kind,
+    # offsets, flags and children are properties over that record, and the
     # header-derived caches are slots left unset until first use.
     __slots__ = (
-        "_b",
         "_budget",
         "_decoded",
         "_detected_type",
-        "_flags",
         "_headers",
         "_index",
         "_params",
@@ -222,19 +250,17 @@ class Part:
         "_text_flags",
         "_transfer_encoding",
         "_visible",
-        "children",
         "content_type",
         "index",
-        "is_message",
-        "is_multipart",
     )
 
     index: int
     content_type: str
-    is_multipart: bool
-    is_message: bool
-    children: list[int]
-    _headers: list[tuple[str, str]]
+    _raw: bytes
+    _rec: tuple[int, ...]
+    _budget: _Budget
+    _decoded: bytes | None
+    _headers: list[tuple[str, str]] | None
     _index: dict[str, list[str]]
     _params: dict[str, str]
     _transfer_encoding: str
@@ -243,61 +269,55 @@ class Part:
     _text_flags: TextFlag
     _detected_type: str
 
-    def __init__(self, raw: bytes, index: int, table: list[int], budget: _Budget) -> None:
-        b = index * _NPF
-        self._raw = raw
-        self._rec = table
-        self._b = b
-        self._budget = budget
-        self.index = index
-        self._flags = table[b + 8]
-        kind = table[b + 9]
-        self.is_multipart = kind == _KIND_MULTIPART
-        self.is_message = kind == _KIND_MESSAGE
-        tl = table[b + 12]
-        if tl and table[b + 14]:
-            t, s, sl = table[b + 11], table[b + 13], table[b + 14]
-            # Inlined cache hit of _content_type(): "type/subtype" written
-            # contiguously, seen before.
-            ct = _CT_CACHE.get(raw[t : s + sl]) if s == t + tl + 1 else None
-            self.content_type = ct if ct is not None else _content_type(raw, t, tl, s, sl)
-        elif table[b + 17] == _DEFAULT_RFC822:
-            self.content_type = "message/rfc822"
-        else:
-            self.content_type = "text/plain"
-        self.children = []
-        self._decoded: bytes | None = None
-
     @property
     def flags(self) -> MalformationFlag:
         """What was wrong with this part (DECODED_LIMIT once decoded() was cut)."""
-        return _flag(self._flags)
+        return _flag(self._rec[8])
+
+    @property
+    def is_multipart(self) -> bool:
+        """The body was split on its boundary into children."""
+        return self._rec[9] == _KIND_MULTIPART
+
+    @property
+    def is_message(self) -> bool:
+        """The body was parsed as one nested message (the only child)."""
+        return self._rec[9] == _KIND_MESSAGE
+
+    @property
+    def children(self) -> list[int]:
+        """Indexes of the direct children, in document order."""
+        m = self._budget
+        kids = m.kids
+        if kids is None:
+            kids = m.kids = _children(m)
+        return kids[self.index]
 
     @property
     def parent(self) -> int:
         """Index of the enclosing part, -1 for the root."""
-        return self._rec[self._b]
+        return self._rec[0]
 
     @property
     def depth(self) -> int:
-        return self._rec[self._b + 1]
+        return self._rec[1]
 
     @property
     def header_start(self) -> int:
-        return self._rec[self._b + 2]
+        return self._rec[2]
 
     @property
     def header_end(self) -> int:
         """Start of the blank line that ends the header block."""
-        return self._rec[self._b + 3]
+        return self._rec[3]
 
     @property
     def body_start(self) -> int:
-        return self._rec[self._b + 4]
+        return self._rec[4]
 
     @property
     def body_end(self) -> int:
-        return self._rec[self._b + 5]
+        return self._rec[5]
 
     def __repr__(self) -> str:
         return (
@@ -308,22 +328,22 @@ class Part:
     @property
     def headers(self) -> list[tuple[str, str]]:
         """(name as written, unfolded value), duplicates kept in order."""
-        try:
-            return self._headers
-        except AttributeError:
-            raw, h = self._raw, memoryview(self._budget.hdr).cast("q")
-            out: list[tuple[str, str]] = []
-            base = self._rec[self._b + 6] * _NHF
-            for i in range(base, base + self._rec[self._b + 7] * _NHF, _NHF):
+        out = self._headers
+        if out is None:
+            m = self._budget
+            raw, h = self._raw, memoryview(m.tab).cast("q")
+            out = []
+            base = m.hoff + self._rec[6] * _NHF
+            for i in range(base, base + self._rec[7] * _NHF, _NHF):
                 no, nl, vo, vl = h[i], h[i + 1], h[i + 2], h[i + 3]
                 out.append((_text(raw[no : no + nl]), _unfold(raw[vo : vo + vl])))
             self._headers = out
-            return out
+        return out
 
     def _values(self, name: str, first: bool) -> list[str]:
         # Compares raw name bytes so a lookup decodes only the matching values,
         # not the whole header block.
-        headers: list[tuple[str, str]] | None = getattr(self, "_headers", None)
+        headers = self._headers
         if headers is not None:
             # Indexed once: a scan over every field per lookup made a caller that looks up
             # each field name (antispam's rule targets) quadratic, 21 s for 7,250 fields.
@@ -335,12 +355,13 @@ class Part:
                 self._index = index
             vals = index.get(name.lower(), [])
             return vals[:1] if first else list(vals)
-        raw, h = self._raw, memoryview(self._budget.hdr).cast("q")
+        m = self._budget
+        raw, h = self._raw, memoryview(m.tab).cast("q")
         bkey = name.lower().encode("utf-8", "surrogateescape")
         klen = len(bkey)
         out: list[str] = []
-        base = self._rec[self._b + 6] * _NHF
-        for i in range(base, base + self._rec[self._b + 7] * _NHF, _NHF):
+        base = m.hoff + self._rec[6] * _NHF
+        for i in range(base, base + self._rec[7] * _NHF, _NHF):
             no = h[i]
             if h[i + 1] == klen and raw[no : no + klen].lower() == bkey:
                 vo = h[i + 2]
@@ -371,12 +392,12 @@ class Part:
     @property
     def charset(self) -> str | None:
         """Lowercased Content-Type charset parameter, or None."""
-        rec, b = self._rec, self._b
-        if not rec[b + 24] & _CT_COMPLEX:
-            o = rec[b + 22]
+        rec = self._rec
+        if not rec[24] & _CT_COMPLEX:
+            o = rec[22]
             if o < 0:
                 return None
-            key = self._raw[o : o + rec[b + 23]]
+            key = self._raw[o : o + rec[23]]
             cs = _CS_CACHE.get(key, _UNSET)
             return _charset(key) if cs is _UNSET else cs  # type: ignore[return-value]
         cs = self.params.get("charset")
@@ -415,21 +436,21 @@ class Part:
     @property
     def disposition(self) -> str | None:
         """Lowercased Content-Disposition type ("attachment", "inline", ...)."""
-        rec, b = self._rec, self._b
-        if rec[b + 24] & _CD_COMPLEX:
+        rec = self._rec
+        if rec[24] & _CD_COMPLEX:
             return self._parsed_disposition()[0]
-        o = rec[b + 18]
-        if o < 0 or not rec[b + 19]:
+        o = rec[18]
+        if o < 0 or not rec[19]:
             return None
-        return self._raw[o : o + rec[b + 19]].decode("latin-1").lower()
+        return self._raw[o : o + rec[19]].decode("latin-1").lower()
 
     @property
     def filename(self) -> str | None:
         """Content-Disposition filename, else Content-Type name (RFC 2231 joined, RFC 2047
         encoded words decoded)."""
-        rec, b = self._rec, self._b
-        pf = rec[b + 24]
-        o = rec[b + 20]
+        rec = self._rec
+        pf = rec[24]
+        o = rec[20]
         if pf:
             if pf & _CD_COMPLEX or o < 0:
                 return self._parsed_disposition()[1]
@@ -437,41 +458,43 @@ class Part:
             return None
         # Spans are only set on 7-bit values, so Latin-1 is the same as the
         # UTF-8-else-Latin-1 reading of the header.
-        name = self._raw[o : o + rec[b + 21]].decode("latin-1")
+        name = self._raw[o : o + rec[21]].decode("latin-1")
         # Outlook and others put RFC 2047 words in (RFC 2231-less) filename parameters.
         return decode_header(name) if "=?" in name else name
 
     @property
     def body_raw(self) -> memoryview:
         """Zero-copy view of the undecoded body."""
-        rec, b = self._rec, self._b
-        return memoryview(self._raw)[rec[b + 4] : rec[b + 5]]
+        rec = self._rec
+        return memoryview(self._raw)[rec[4] : rec[5]]
 
     def decoded(self) -> bytes:
         """Transfer-decoded body (base64 / quoted-printable, identity otherwise),
         computed once and cached; cut at the message's decoded-bytes limit."""
         out = self._decoded
-        if out is None:
-            budget = self._budget
-            left = budget.left
-            rec, b = self._rec, self._b
-            cte, bs, be = rec[b + 10], rec[b + 4], rec[b + 5]
-            if cte == _CTE_BASE64 or cte == _CTE_QP:
-                out = _decode_span(self._raw, bs, be, cte == _CTE_BASE64)
-            else:
-                # One byte past the budget is enough to know it was passed.
-                out = self._raw[bs : be if be - bs <= left else bs + left + 1]
-            if len(out) > left:
-                out = out[:left]
-                self._flags |= _DECODED_LIMIT
-                budget.flags |= _DECODED_LIMIT
-            budget.left = left - len(out)
-            self._decoded = out
+        if out is not None:
+            return out
+        budget = self._budget
+        left = budget.left
+        rec = self._rec
+        cte, bs, be = rec[10], rec[4], rec[5]
+        if cte == _CTE_BASE64 or cte == _CTE_QP:
+            out = _decode_span(self._raw, bs, be, cte == _CTE_BASE64)
+        else:
+            # One byte past the budget is enough to know it was passed.
+            out = self._raw[bs : be if be - bs <= left else bs + left + 1]
+        if len(out) > left:
+            out = out[:left]
+            self._rec = (*rec[:8], rec[8] | _DECODED_LIMIT, *rec[9:])  # records are tuples
+            budget.flags |= _DECODED_LIMIT
+        budget.left = left - len(out)
+        self._decoded = out
         return out
 
     @property
     def is_leaf(self) -> bool:
-        return not self.is_multipart and not self.is_message
+        kind = self._rec[9]
+        return kind != _KIND_MULTIPART and kind != _KIND_MESSAGE
 
     def decoded_header(self, name: str) -> str | None:
         """First value of the named field with RFC 2047 encoded words decoded, or None."""
@@ -532,15 +555,72 @@ class Part:
         return find_uuencoded(self.decoded())
 
 
+def _children(m: _Budget) -> list[list[int]]:
+    kids: list[list[int]] = [[] for _ in m.kinds]
+    parents = memoryview(m.tab).cast("q")[_NPF : m.hoff : _NPF].tolist()
+    for i, parent in enumerate(parents, 1):
+        kids[parent].append(i)
+    return kids
+
+
+def _part(msg: ParsedMessage, i: int) -> Part:
+    """Part i of msg, made now (the caller checked msg._cache[i] is None)."""
+    m = msg._budget
+    raw = m.raw
+    rec = _unpack_record(m.tab, i * _RECORD_SIZE)
+    p = _new(Part)
+    p._raw = raw
+    p._rec = rec
+    p._budget = m
+    p.index = i
+    # Set, not left unset like the other caches: decoded() is asked of most
+    # leaves once and header lookups test _headers, and a miss on an unset
+    # slot raises (slow) AttributeError: 0.7 us of a 1.8 us header() call.
+    p._decoded = None
+    p._headers = None
+    code = rec[25]
+    tl = rec[12]
+    if code:
+        p.content_type = _TYPE_NAMES[code]
+    elif tl and rec[14]:
+        t, s, sl = rec[11], rec[13], rec[14]
+        # Inlined cache hit of _content_type(): "type/subtype" written
+        # contiguously, seen before.
+        ct = _CT_CACHE.get(raw[t : s + sl]) if s == t + tl + 1 else None
+        p.content_type = ct if ct is not None else _content_type(raw, t, tl, s, sl)
+    elif rec[17] == _DEFAULT_RFC822:
+        p.content_type = "message/rfc822"
+    else:
+        p.content_type = "text/plain"
+    msg._cache[i] = p
+    return p
+
+
 class ParsedMessage:
-    """A parsed message: the raw bytes and its parts in document order."""
+    """A parsed message: the raw bytes and its parts in document order.
 
-    __slots__ = ("_budget", "parts", "raw")
+    The C parser's table holds every part; a :class:`Part` object is made the
+    first time that part is reached (``parts``, ``root``, ``leaves()``), and
+    the same object is returned from then on.
+    """
 
-    def __init__(self, raw: bytes, parts: list[Part], budget: _Budget) -> None:
-        self.raw = raw
-        self.parts = parts
-        self._budget = budget
+    __slots__ = ("_budget", "_cache", "_whole", "raw")
+
+    raw: bytes
+    _budget: _Budget
+    _cache: list[Part | None]
+    _whole: bool
+
+    @property
+    def parts(self) -> list[Part]:
+        """Every part in document order, the root first."""
+        cache = self._cache
+        if not self._whole:
+            for i, p in enumerate(cache):
+                if p is None:
+                    _part(self, i)
+            self._whole = True
+        return cache  # type: ignore[return-value]  # no None left
 
     @property
     def flags(self) -> MalformationFlag:
@@ -549,21 +629,28 @@ class ParsedMessage:
         return _flag(self._budget.flags)
 
     def __repr__(self) -> str:
-        return f"<ParsedMessage {len(self.raw)} bytes, {len(self.parts)} parts, {self.flags!r}>"
+        return f"<ParsedMessage {len(self.raw)} bytes, {len(self._cache)} parts, {self.flags!r}>"
 
     @property
     def root(self) -> Part:
-        return self.parts[0]
+        return self._cache[0] or _part(self, 0)
 
     def leaves(self) -> Iterator[Part]:
-        return iter([p for p in self.parts if not p.is_multipart and not p.is_message])
+        cache = self._cache
+        if len(cache) == 1:
+            p = cache[0]
+            if self._budget.kinds[0] != _KIND_LEAF:
+                return iter(())
+            return iter((p or _part(self, 0),))
+        out = []
+        # Containers are skipped on their kind in the table, never made.
+        for i, kind in enumerate(self._budget.kinds):
+            if kind == _KIND_LEAF:
+                out.append(cache[i] or _part(self, i))
+        return iter(out)
 
     def attachments(self) -> Iterator[Part]:
-        return (
-            p
-            for p in self.parts
-            if p.is_leaf and (p.disposition == "attachment" or p.filename is not None)
-        )
+        return (p for p in self.leaves() if p.disposition == "attachment" or p.filename is not None)
 
     @property
     def headers(self) -> list[tuple[str, str]]:
@@ -610,6 +697,8 @@ class ParsedMessage:
 # 16k words hold about 600 parts with their headers; bigger structures get a
 # one-off array.
 _TABLE_CAP = 16384
+_parse_table = lib.mw_parse_table
+_NULL = ffi.NULL
 _tables = threading.local()
 
 
@@ -640,7 +729,7 @@ def _limit(value: int, hi: int, name: str) -> int:
 def parse(raw: bytes, limits: ParseLimits | None = None) -> ParsedMessage:
     """Parse a message.  Malformed mail never raises: see ``Part.flags``.
 
-    Raises TypeError for non-bytes input and NativeError when the core runs
+    Raises TypeError for non-bytes input and NativeMemoryError when the core runs
     out of memory.  The GIL is released while the C parser runs.
     """
     # The fixed cost of this wrapper is paid by every message and is a large
@@ -650,7 +739,7 @@ def parse(raw: bytes, limits: ParseLimits | None = None) -> ParsedMessage:
     if not isinstance(raw, bytes):
         raise TypeError(f"parse() needs bytes, got {type(raw).__name__}")
     if limits is None:
-        lim = ffi.NULL
+        lim = _NULL
         max_decoded = _DEFAULT_MAX_DECODED
     else:
         lim = ffi.new("mw_limits *")
@@ -662,22 +751,30 @@ def parse(raw: bytes, limits: ParseLimits | None = None) -> ParsedMessage:
         table = _tables.t
     except AttributeError:
         table = _table_scratch()
-    src = ffi.from_buffer("uint8_t[]", raw)
-    need = lib.mw_parse_table(src, len(raw), lim, table.buf, _TABLE_CAP)
+    # bytes go to a uint8_t * argument as a pointer to their buffer (no copy,
+    # no from_buffer object).
+    need = _parse_table(raw, len(raw), lim, table.buf, _TABLE_CAP)
     if need > _TABLE_CAP:  # a structure too big for the scratch table: rare, parse again
         table = _Table(need)
-        need = lib.mw_parse_table(src, len(raw), lim, table.buf, need)
-    if need < 0:
-        raise NativeError(f"mw_parse failed with code {-need}")
+        need = _parse_table(raw, len(raw), lim, table.buf, need)
+    if need < 0:  # mw_parse_table returns a failure as its negated status
+        _check(-need, "mw_parse_table")
     words = table.words
     n_parts = words[1]
     hstart = 3 + n_parts * _NPF
-    ptab = words[3:hstart].tolist()
-    # Copied (the scratch is reused); cast only when a part's headers are read.
-    budget = _Budget(max_decoded, words[0], words[hstart:need].tobytes())
-    if n_parts == 1:
-        return ParsedMessage(raw, [Part(raw, 0, ptab, budget)], budget)
-    parts = [Part(raw, i, ptab, budget) for i in range(n_parts)]
-    for i in range(1, n_parts):
-        parts[ptab[i * _NPF]].children.append(i)
-    return ParsedMessage(raw, parts, budget)
+    m = _new(_Budget)
+    m.raw = raw
+    # Both tables copied in one piece (the scratch is reused); records become
+    # ints only for the parts that get made, header fields only when read.
+    m.tab = words[3:need].tobytes()
+    m.hoff = hstart - 3
+    m.kinds = [words[12]] if n_parts == 1 else words[12:hstart:_NPF].tolist()
+    m.left = max_decoded
+    m.flags = words[0]
+    m.kids = None
+    msg = _new(ParsedMessage)
+    msg.raw = raw
+    msg._budget = m
+    msg._cache = [None] * n_parts
+    msg._whole = False
+    return msg

@@ -19,7 +19,7 @@ from types import TracebackType
 from typing import Any
 
 from ._core import ffi, lib
-from ._errors import NativeError
+from ._errors import SignatureError, _check
 
 __all__ = [
     "OFF_ABS",
@@ -38,15 +38,11 @@ OFF_ANY = int(lib.MW_SIG_OFF_ANY)
 OFF_ABS = int(lib.MW_SIG_OFF_ABS)
 OFF_EOF = int(lib.MW_SIG_OFF_EOF)
 MAX_TARGET = int(lib.MW_SIG_MAX_TARGET)
-
-
-class SignatureError(ValueError):
-    """One signature could not be compiled; ``code`` says why (an ``MW_SIG_E_*`` value)."""
-
-    def __init__(self, code: int, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
+#: Default bounds of one scan: distinct signatures found, and signatures waiting for their
+#: next part. A scan that reaches one raises NativeLimitError (its hits would be incomplete).
+MAX_HITS = int(lib.MW_SIG_MAX_HITS)
+MAX_PARTIALS = int(lib.MW_SIG_MAX_PARTIALS)
+_U32_MAX = (1 << 32) - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,8 +54,12 @@ class SigHit:
     count: int
 
 
-def _reason(code: int) -> str:
-    return str(ffi.string(lib.mw_sig_strerror(code)).decode())
+def _limit(value: int | None, name: str) -> int:
+    if value is None:
+        return 0
+    if not isinstance(value, int) or not 1 <= value <= _U32_MAX:
+        raise ValueError(f"{name} must be an int in [1, {_U32_MAX}], got {value!r}")
+    return value
 
 
 class SignatureCompiler:
@@ -70,8 +70,7 @@ class SignatureCompiler:
 
     def __init__(self) -> None:
         out = ffi.new("mw_sigc **")
-        if lib.mw_sigc_new(out) != lib.MW_OK:
-            raise MemoryError("mw_sigc_new")
+        _check(lib.mw_sigc_new(out), "mw_sigc_new")
         self._c: Any = ffi.gc(out[0], lib.mw_sigc_free)
         self._id = ffi.new("uint32_t *")
 
@@ -86,32 +85,36 @@ class SignatureCompiler:
         kind: int = OFF_ANY,
         offset: int = 0,
         shift: int = 0,
+        line: str = "",
     ) -> int:
-        """Add one signature in ClamAV body syntax; returns its id or raises SignatureError.
+        """Add one signature in ClamAV body syntax; returns its id.
 
         ``kind``/``offset``/``shift``: where the first byte may be. ``OFF_ANY``: anywhere;
         ``OFF_ABS``: in ``[offset, offset + shift]``; ``OFF_EOF``: in
-        ``[size - offset, size - offset + shift]``.
+        ``[size - offset, size - offset + shift]``. A refused signature raises
+        SignatureError (NativeSyntaxError when it is not signature syntax), whose message
+        names ``line`` (e.g. ``"daily.ndb:12"``) when given, and the pattern.
         """
-        text = pattern.encode("ascii") if isinstance(pattern, str) else bytes(pattern)
+        if isinstance(pattern, str):
+            text = pattern.encode("ascii", "replace")
+            shown = pattern
+        else:
+            text = bytes(pattern)
+            shown = text.decode("ascii", "replace")
+        limit = int(lib.MW_ERR_SIG_LIMIT)
         if not 0 <= target <= MAX_TARGET:
-            raise SignatureError(int(lib.MW_SIG_E_LIMIT), f"target {target} out of range")
+            raise SignatureError(limit, f"target {target} out of range", pattern=shown, line=line)
         if offset < 0 or shift < 0:
-            raise SignatureError(int(lib.MW_SIG_E_LIMIT), "negative offset")
-        rc = int(lib.mw_sigc_add(self._c, text, len(text), target, kind, offset, shift, self._id))
-        if rc != lib.MW_SIG_OK:
-            raise SignatureError(rc, _reason(rc))
+            raise SignatureError(limit, "negative offset", pattern=shown, line=line)
+        rc = lib.mw_sigc_add(self._c, text, len(text), target, kind, offset, shift, self._id)
+        _check(rc, "mw_sigc_add", pattern=shown, line=line)
         return int(self._id[0])
 
     def build(self) -> bytes:
         """The database blob (write it to a file, or open it with SignatureDB.from_bytes)."""
         blob = ffi.new("uint8_t **")
         size = ffi.new("size_t *")
-        rc = int(lib.mw_sigc_build(self._c, blob, size))
-        if rc == lib.MW_ERR_TOO_LARGE:
-            raise ValueError("signature database too large")
-        if rc != lib.MW_OK:
-            raise NativeError(f"mw_sigc_build failed with code {rc}")
+        _check(lib.mw_sigc_build(self._c, blob, size), "mw_sigc_build")
         try:
             return bytes(ffi.buffer(blob[0], size[0]))
         finally:
@@ -134,14 +137,21 @@ def _target_mask(targets: Iterable[int]) -> int:
 class SignatureDB:
     """An opened signature database (from bytes, or memory-mapped from a file)."""
 
-    def __init__(self, ptr: Any, size: int, keep: Any = None) -> None:
+    def __init__(
+        self,
+        ptr: Any,
+        size: int,
+        keep: Any = None,
+        *,
+        max_hits: int | None = None,
+        max_partials: int | None = None,
+    ) -> None:
         # ``keep`` holds what backs ``ptr`` (an mmap or a cdata array) for the db's life.
         self._keep = keep
         self._buf = ptr
+        self._limits = (_limit(max_hits, "max_hits"), _limit(max_partials, "max_partials"))
         out = ffi.new("mw_sigdb **")
-        rc = int(lib.mw_sigdb_open(ptr, size, out))
-        if rc != lib.MW_OK:
-            raise ValueError("not a valid mailwarden signature database (or another build's)")
+        _check(lib.mw_sigdb_open(ptr, size, out), "mw_sigdb_open")
         self._db: Any = ffi.gc(out[0], lib.mw_sigdb_free)
         self._local = threading.local()
         info = ffi.new("mw_sigdb_info *")
@@ -163,21 +173,45 @@ class SignatureDB:
         }
 
     @classmethod
-    def from_bytes(cls, blob: bytes) -> SignatureDB:
+    def from_bytes(
+        cls, blob: bytes, *, max_hits: int | None = None, max_partials: int | None = None
+    ) -> SignatureDB:
+        """Open a blob (copied). ``max_hits``/``max_partials`` bound every scan of this
+        database (default MAX_HITS/MAX_PARTIALS); a scan that reaches one raises
+        NativeLimitError. A blob that is not a valid database raises NativeFormatError."""
         # The C side reads 8-byte fields in place: copy into memory cffi allocates aligned.
         arr = ffi.new("uint64_t[]", (len(blob) + 7) // 8 or 1)
         ffi.memmove(arr, blob, len(blob))
-        return cls(ffi.cast("uint8_t *", arr), len(blob), keep=arr)
+        return cls(
+            ffi.cast("uint8_t *", arr),
+            len(blob),
+            keep=arr,
+            max_hits=max_hits,
+            max_partials=max_partials,
+        )
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> SignatureDB:
-        """Map a database file read-only; the pages are shared by every process mapping it."""
+    def load(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        max_hits: int | None = None,
+        max_partials: int | None = None,
+    ) -> SignatureDB:
+        """Map a database file read-only; the pages are shared by every process mapping it.
+        Limits as for :meth:`from_bytes`."""
         with open(path, "rb") as handle:
             size = os.fstat(handle.fileno()).st_size
             if size == 0:
                 raise ValueError(f"{path}: empty signature database")
             mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
-        return cls(ffi.from_buffer("uint8_t[]", mapped), size, keep=mapped)
+        return cls(
+            ffi.from_buffer("uint8_t[]", mapped),
+            size,
+            keep=mapped,
+            max_hits=max_hits,
+            max_partials=max_partials,
+        )
 
     @staticmethod
     def write(blob: bytes, path: str | os.PathLike[str]) -> None:
@@ -203,7 +237,10 @@ class SignatureDB:
         return SigScanner(self, _target_mask(targets))
 
     def scan(self, data: Buffer, targets: Iterable[int] = ()) -> list[SigHit]:
-        """Hits in ``data`` as one whole object, for signatures of target 0 and ``targets``."""
+        """Hits in ``data`` as one whole object, for signatures of target 0 and ``targets``.
+
+        Raises NativeLimitError (or NativeMemoryError) when not every hit could be recorded:
+        a partial list is never returned."""
         sc: SigScanner | None = getattr(self._local, "scanner", None)
         if sc is None:
             sc = self._local.scanner = SigScanner(self, 1)
@@ -240,10 +277,9 @@ class SigScanner:
     def __init__(self, db: SignatureDB, mask: int) -> None:
         self._db = db  # keeps the database (and its mapping) alive
         out = ffi.new("mw_sigscan **")
-        rc = int(lib.mw_sigscan_new(db._handle(), out))
-        if rc != lib.MW_OK:
-            raise MemoryError("mw_sigscan_new")
+        _check(lib.mw_sigscan_new(db._handle(), out), "mw_sigscan_new")
         self._s: Any = ffi.gc(out[0], lib.mw_sigscan_free)
+        _check(lib.mw_sigscan_set_limits(self._s, *db._limits), "mw_sigscan_set_limits")
         lib.mw_sigscan_reset(self._s, mask)
 
     def reset(self, targets: Iterable[int] = ()) -> None:
@@ -256,11 +292,14 @@ class SigScanner:
         return ffi.from_buffer("uint8_t[]", data)
 
     def feed(self, data: Buffer) -> None:
+        """Scan the next chunk; raises NativeLimitError once the object's hits are
+        incomplete (and on every later feed/finish until reset())."""
         src = self._data(data)
-        lib.mw_sigscan_feed(self._s, src, len(src))
+        _check(lib.mw_sigscan_feed(self._s, src, len(src)), "mw_sigscan_feed")
 
     def finish(self) -> list[SigHit]:
-        lib.mw_sigscan_finish(self._s)
+        """End the object; its hits, or NativeLimitError when they are incomplete."""
+        _check(lib.mw_sigscan_finish(self._s), "mw_sigscan_finish")
         return self.hits()
 
     def hits(self) -> list[SigHit]:
@@ -268,10 +307,10 @@ class SigScanner:
         if n == 0:
             return []
         out = ffi.new("mw_sighit[]", n)
-        lib.mw_sigscan_hits(self._s, out, n)
-        return [SigHit(int(h.sig_id), int(h.first_offset), int(h.count)) for h in out]
+        n = min(n, int(lib.mw_sigscan_hits(self._s, out, n)))
+        return [SigHit(int(h.sig_id), int(h.first_offset), int(h.count)) for h in out[0:n]]
 
     def scan_buffer(self, data: Buffer, mask: int) -> list[SigHit]:
         src = self._data(data)
-        lib.mw_sigscan_buffer(self._s, mask, src, len(src))
+        _check(lib.mw_sigscan_buffer(self._s, mask, src, len(src)), "mw_sigscan_buffer")
         return self.hits()

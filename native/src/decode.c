@@ -451,3 +451,9 @@ size_t mw_qp_decode(const uint8_t *src, size_t len, uint8_t *dst) {
     }
     return o;
 }
+
+size_t mw_decode_span(const uint8_t *buf, size_t start, size_t end, int base64, uint8_t *dst) {
+    if (!buf || !dst || end <= start) return 0;
+    return base64 ? mw_base64_decode(buf + start, end - start, dst, NULL)
+                  : mw_qp_decode(buf + start, end - start, dst);
+}

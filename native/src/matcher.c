@@ -42,8 +42,8 @@ void mw_matcher_free(mw_matcher *m) {
 
 size_t mw_matcher_count(const mw_matcher *m) { return m ? m->n_patterns : 0; }
 
-int mw_matcher_new(const uint8_t *const *patterns, const size_t *lens, size_t n,
-                   mw_matcher **out) {
+mw_status mw_matcher_new(const uint8_t *const *patterns, const size_t *lens, size_t n,
+                         mw_matcher **out) {
     if (!out || (n && (!patterns || !lens)) || n > UINT32_MAX - 1) return MW_ERR_ARG;
     *out = NULL;
     size_t total = 1;

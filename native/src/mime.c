@@ -33,7 +33,21 @@ typedef struct {
     mw_message *msg;
     int nomem;
     int has_nul; /* from the whole-message pass: per-part NUL searches only when set */
+    /* The tables still live in the caller's (stack) storage: growing them
+     * then means malloc and copy, never realloc or free. */
+    const mw_part *parts_inline;
+    const mw_header *headers_inline;
 } parser;
+
+/* Moves an array out of inline storage or reallocates it; NULL on failure
+ * (the old array stays valid). */
+static void *grow(void *old, const void *inl, size_t used, size_t cap, size_t size) {
+    if (cap > SIZE_MAX / size) return NULL;
+    if (old != inl) return realloc(old, cap * size);
+    void *n = malloc(cap * size);
+    if (n && used) memcpy(n, old, used * size);
+    return n;
+}
 
 static int is_wsp(uint8_t c) { return c == ' ' || c == '\t'; }
 static int is_eol(uint8_t c) { return c == '\r' || c == '\n'; }
@@ -62,16 +76,49 @@ static int ieq(const uint8_t *s, size_t n, const char *lit) {
 static const uint8_t TOKEN[256] = {R256(TOKV)};
 static int is_token(uint8_t c) { return TOKEN[c]; }
 
+/* Offset of the first of bytes c1, c2, c3 in [p, e), or e: header values
+ * are mostly plain bytes between the few a scanner stops at. */
+static size_t find3(const uint8_t *b, size_t p, size_t e, uint8_t c1, uint8_t c2, uint8_t c3) {
+#if defined(__SSE2__) && (defined(__GNUC__) || defined(__clang__))
+    const __m128i v1 = _mm_set1_epi8((char)c1), v2 = _mm_set1_epi8((char)c2);
+    const __m128i v3 = _mm_set1_epi8((char)c3);
+    while (e - p >= 16) {
+        __m128i x = _mm_loadu_si128((const __m128i *)(const void *)(b + p));
+        unsigned m = (unsigned)_mm_movemask_epi8(_mm_or_si128(
+                _mm_or_si128(_mm_cmpeq_epi8(x, v1), _mm_cmpeq_epi8(x, v2)), _mm_cmpeq_epi8(x, v3)));
+        if (m) return p + (size_t)__builtin_ctz(m);
+        p += 16;
+    }
+#endif
+    while (p < e && b[p] != c1 && b[p] != c2 && b[p] != c3) p++;
+    return p;
+}
+
 /* Finds the end of the line starting at p: returns the offset of the line
- * break (or end) and stores the break length (0, 1 or 2) in *eol. */
-static size_t line_end(const uint8_t *b, size_t p, size_t end, size_t *eol) {
+ * break (or end) and stores the break length (0, 1 or 2) in *eol.  With
+ * colon non-NULL it also finds the line's first ':' (*colon = its offset, or
+ * the line end when there is none): a header line is read once instead of a
+ * line-end search plus a memchr for the colon. */
+#if defined(__GNUC__) || defined(__clang__)
+/* Inlined into both callers, so line_end's NULL colon folds away. */
+__attribute__((always_inline))
+#endif
+static inline size_t header_line(const uint8_t *b, size_t p, size_t end, size_t *eol,
+                                 size_t *colon) {
+    size_t c = colon ? SIZE_MAX : 0; /* not SIZE_MAX: no colon wanted */
 #if defined(__SSE2__) && (defined(__GNUC__) || defined(__clang__))
     /* Header lines are tens of bytes: 16 at a time, no call overhead. */
-    const __m128i cr = _mm_set1_epi8('\r'), lf = _mm_set1_epi8('\n');
+    const __m128i cr = _mm_set1_epi8('\r'), lf = _mm_set1_epi8('\n'), co = _mm_set1_epi8(':');
     while (end - p >= 16) {
         __m128i x = _mm_loadu_si128((const __m128i *)(const void *)(b + p));
         unsigned m = (unsigned)_mm_movemask_epi8(
                 _mm_or_si128(_mm_cmpeq_epi8(x, cr), _mm_cmpeq_epi8(x, lf)));
+        if (c == SIZE_MAX) {
+            unsigned k = (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(x, co));
+            /* Only a colon before the line break counts. */
+            if (m) k &= (m & (0u - m)) - 1u;
+            if (k) c = p + (size_t)__builtin_ctz(k);
+        }
         if (m) {
             p += (size_t)__builtin_ctz(m);
             goto found;
@@ -79,10 +126,14 @@ static size_t line_end(const uint8_t *b, size_t p, size_t end, size_t *eol) {
         p += 16;
     }
 #endif
-    while (p < end && !is_eol(b[p])) p++;
+    while (p < end && !is_eol(b[p])) {
+        if (b[p] == ':' && c == SIZE_MAX) c = p;
+        p++;
+    }
 #if defined(__SSE2__) && (defined(__GNUC__) || defined(__clang__))
 found:
 #endif
+    if (colon) *colon = c == SIZE_MAX ? p : c;
     if (p >= end)
         *eol = 0;
     else if (b[p] == '\r' && p + 1 < end && b[p + 1] == '\n')
@@ -90,6 +141,46 @@ found:
     else
         *eol = 1;
     return p;
+}
+
+static size_t line_end(const uint8_t *b, size_t p, size_t end, size_t *eol) {
+    return header_line(b, p, end, eol, NULL);
+}
+
+/* Field-name bytes: 1 for printable ASCII (RFC 5322 ftext, and ':' cannot
+ * occur before the first colon), 3 for the parentheses, which are ftext too
+ * but make the HEADER_NAME_JUNK evasion. */
+#define NAMEV(c) ((c) > 32 && (c) < 127 ? ((c) == '(' || (c) == ')' ? 3 : 1) : 0)
+static const uint8_t NAMECH[256] = {R256(NAMEV)};
+
+/* *all = 1 when every byte of [p, ne) is a field-name byte, *any has bit 2
+ * when one is a parenthesis.  limit bounds the 16-byte loads. */
+static void name_bytes(const uint8_t *b, size_t p, size_t ne, size_t limit, unsigned *all,
+                       unsigned *any) {
+    unsigned a = 1, y = 0;
+#if defined(__SSE2__) && (defined(__GNUC__) || defined(__clang__))
+    const __m128i lo = _mm_set1_epi8(32), hi = _mm_set1_epi8(127);
+    const __m128i op = _mm_set1_epi8('('), cp = _mm_set1_epi8(')');
+    while (p < ne && limit - p >= 16) {
+        size_t n = ne - p < 16 ? ne - p : 16;
+        unsigned keep = n == 16 ? 0xFFFFu : (1u << n) - 1u;
+        __m128i x = _mm_loadu_si128((const __m128i *)(const void *)(b + p));
+        /* Signed compares: 8-bit bytes are negative, so not above 32. */
+        unsigned ok = (unsigned)_mm_movemask_epi8(
+                _mm_and_si128(_mm_cmpgt_epi8(x, lo), _mm_cmplt_epi8(x, hi)));
+        unsigned par = (unsigned)_mm_movemask_epi8(
+                _mm_or_si128(_mm_cmpeq_epi8(x, op), _mm_cmpeq_epi8(x, cp)));
+        if ((ok & keep) != keep) a = 0;
+        if (par & keep) y = 2;
+        p += n;
+    }
+#endif
+    for (; p < ne; p++) {
+        a &= NAMECH[b[p]];
+        y |= NAMECH[b[p]];
+    }
+    *all = a;
+    *any = y;
 }
 
 static int64_t add_part(parser *ps, int64_t parent, int64_t depth) {
@@ -100,7 +191,7 @@ static int64_t add_part(parser *ps, int64_t parent, int64_t depth) {
             ps->nomem = 1;
             return -1;
         }
-        mw_part *np = realloc(m->parts, nc * sizeof(mw_part));
+        mw_part *np = grow(m->parts, ps->parts_inline, m->n_parts, nc, sizeof(mw_part));
         if (!np) {
             ps->nomem = 1;
             return -1;
@@ -108,9 +199,11 @@ static int64_t add_part(parser *ps, int64_t parent, int64_t depth) {
         m->parts = np;
         m->cap_parts = nc;
     }
+    /* A struct copy, not memset: gcc made "rep stos" of the memset, which
+     * showed in profiles at this size. */
+    static const mw_part blank = {.disposition_off = -1, .filename_off = -1, .charset_off = -1};
     mw_part *p = &m->parts[m->n_parts];
-    memset(p, 0, sizeof *p);
-    p->disposition_off = p->filename_off = p->charset_off = -1;
+    *p = blank;
     p->parent = parent;
     p->depth = depth;
     p->first_header = (int64_t)m->n_headers;
@@ -125,7 +218,7 @@ static int add_header(parser *ps, size_t no, size_t nl, size_t vo, size_t vl) {
             ps->nomem = 1;
             return 0;
         }
-        mw_header *nh = realloc(m->headers, nc * sizeof(mw_header));
+        mw_header *nh = grow(m->headers, ps->headers_inline, m->n_headers, nc, sizeof(mw_header));
         if (!nh) {
             ps->nomem = 1;
             return 0;
@@ -162,7 +255,8 @@ static int parse_headers(parser *ps, int64_t idx, size_t start, size_t end) {
     }
 
     while (p < end) {
-        size_t q = line_end(b, p, end, &eol);
+        size_t colon_at;
+        size_t q = header_line(b, p, end, &eol, &colon_at);
         size_t next = q + eol;
         any_line = 1;
         if (q == p) { /* blank line: end of the header block */
@@ -188,12 +282,12 @@ static int parse_headers(parser *ps, int64_t idx, size_t start, size_t end) {
             p = next;
             continue;
         }
-        const uint8_t *colon = memchr(b + p, ':', q - p);
-        size_t ne = colon ? (size_t)(colon - b) : p;
+        int has_colon = colon_at < q;
+        size_t ne = has_colon ? colon_at : p;
         while (ne > p && is_wsp(b[ne - 1])) ne--;
-        int valid = colon != NULL && ne > p;
-        for (size_t i = p; valid && i < ne; i++)
-            if (b[i] <= 32 || b[i] >= 127) valid = 0;
+        unsigned all, any;
+        name_bytes(b, p, ne, end, &all, &any);
+        int valid = has_colon && ne > p && all;
         if (!valid) {
             /* Like Python's email package: a line that is not a field ends
              * the headers and starts the body (no separator consumed). */
@@ -205,10 +299,9 @@ static int parse_headers(parser *ps, int64_t idx, size_t start, size_t end) {
         }
         /* "Content-Type(x):" is a legal field name that no reader takes for
          * Content-Type, yet some mail clients strip the comment and do. */
-        if (memchr(b + p, '(', ne - p) || memchr(b + p, ')', ne - p))
-            flags |= MW_FLAG_HEADER_NAME_JUNK;
+        if (any & 2) flags |= MW_FLAG_HEADER_NAME_JUNK;
         if (!limited) {
-            size_t v = (size_t)(colon - b) + 1;
+            size_t v = colon_at + 1;
             while (v < q && is_wsp(b[v])) v++;
             if (!add_header(ps, p, ne - p, v, q - v)) return 1;
             ps->msg->parts[idx].n_headers++;
@@ -379,15 +472,13 @@ static void parse_content_type(parser *ps, mw_part *part, size_t v, size_t ve) {
 
     while (p < ve) {
         /* Advance to the next ';' outside quoted strings and comments. */
-        while (p < ve && b[p] != ';') {
+        while ((p = find3(b, p, ve, ';', '"', '(')) < ve && b[p] != ';') {
             if (b[p] == '"') {
                 p++;
                 while (p < ve && b[p] != '"') p += (b[p] == '\\' && p + 1 < ve) ? 2 : 1;
                 if (p < ve) p++;
-            } else if (b[p] == '(') {
-                p = skip_cfws(b, p, ve);
             } else {
-                p++;
+                p = skip_cfws(b, p, ve); /* '(' */
             }
         }
         if (p >= ve) break;
@@ -480,25 +571,56 @@ static int has_eol(const uint8_t *b, size_t s, size_t e) {
     return 0;
 }
 
+/* Bytes the parameter splitter stops at: '"' 1, ';' 2, '=' 3. */
+#define PCLSV(c) ((c) == '"' ? 1 : (c) == ';' ? 2 : (c) == '=' ? 3 : 0)
+static const uint8_t PARAM_CLASS[256] = {R256(PCLSV)};
+
+
 /* Returns 1 when the value is complex (spans unusable).  On 0, *main holds
  * the trimmed first segment and each wanted parameter its value span. */
+/* Bytes that make a parameter value complex: backslash, DEL, 8-bit bytes
+ * and controls other than HT, CR and LF. */
+#define CPLXV(c)                                                                               \
+    ((c) == '\\' || (c) >= 127 || ((c) < 32 && (c) != '\t' && (c) != '\r' && (c) != '\n'))
+static const uint8_t COMPLEX_BYTE[256] = {R256(CPLXV)};
+
+static int has_complex_byte(const uint8_t *b, size_t i, size_t e) {
+#if defined(__SSE2__)
+    /* Signed compare: 8-bit bytes are negative, so "< 32" catches them and
+     * the controls at once; HT, CR and LF are then taken out. */
+    const __m128i sp = _mm_set1_epi8(32), del = _mm_set1_epi8(127), bs = _mm_set1_epi8('\\');
+    const __m128i ht = _mm_set1_epi8('\t'), cr = _mm_set1_epi8('\r'), lf = _mm_set1_epi8('\n');
+    for (; e - i >= 16; i += 16) {
+        __m128i x = _mm_loadu_si128((const __m128i *)(const void *)(b + i));
+        __m128i ok = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(x, ht), _mm_cmpeq_epi8(x, cr)),
+                                  _mm_cmpeq_epi8(x, lf));
+        __m128i bad = _mm_andnot_si128(ok, _mm_cmplt_epi8(x, sp));
+        bad = _mm_or_si128(bad, _mm_or_si128(_mm_cmpeq_epi8(x, del), _mm_cmpeq_epi8(x, bs)));
+        if (_mm_movemask_epi8(bad)) return 1;
+    }
+#endif
+    unsigned any = 0;
+    for (; i < e; i++) any |= COMPLEX_BYTE[b[i]];
+    return any != 0;
+}
+
 static int scan_params(const uint8_t *b, size_t v, size_t ve, size_t *main_off,
                        size_t *main_len, want_param *want, size_t nwant) {
-    for (size_t i = v; i < ve; i++) {
-        uint8_t c = b[i];
-        if (c == '\\' || c >= 127 || (c < 32 && c != '\t' && c != '\r' && c != '\n')) return 1;
-    }
+    if (has_complex_byte(b, v, ve)) return 1;
     size_t p = v, seg = 0;
     for (;;) {
         size_t s = p, eq = 0;
         int quoted = 0, have_eq = 0;
-        while (p < ve && (quoted || b[p] != ';')) {
-            if (b[p] == '"') quoted = !quoted;
-            else if (b[p] == '=' && !have_eq) {
+        for (; (p = find3(b, p, ve, '"', ';', '=')) < ve; p++) {
+            uint8_t k = PARAM_CLASS[b[p]];
+            if (k == 1) {
+                quoted = !quoted;
+            } else if (k == 2) {
+                if (!quoted) break;
+            } else if (!have_eq) {
                 have_eq = 1;
                 eq = p;
             }
-            p++;
         }
         size_t e = p;
         if (seg++ == 0) {
@@ -568,6 +690,68 @@ static void param_spans(const uint8_t *b, mw_part *part, const mw_header *ct,
     }
 }
 
+/* The common content types, index = mw_part.type_code (0: none of them). */
+#define TYPE_ENTRY(s) {s, sizeof(s) - 1}
+static const struct {
+    const char *name;
+    size_t len;
+} TYPES[MW_CONTENT_TYPE_CODES] = {
+        TYPE_ENTRY(""),
+        TYPE_ENTRY("text/plain"),
+        TYPE_ENTRY("text/html"),
+        TYPE_ENTRY("multipart/alternative"),
+        TYPE_ENTRY("multipart/mixed"),
+        TYPE_ENTRY("multipart/related"),
+        TYPE_ENTRY("application/octet-stream"),
+        TYPE_ENTRY("application/pdf"),
+        TYPE_ENTRY("image/jpeg"),
+        TYPE_ENTRY("image/png"),
+        TYPE_ENTRY("image/gif"),
+        TYPE_ENTRY("message/rfc822"),
+        TYPE_ENTRY("multipart/report"),
+        TYPE_ENTRY("message/delivery-status"),
+        TYPE_ENTRY("text/rfc822-headers"),
+        TYPE_ENTRY("multipart/signed"),
+        TYPE_ENTRY("application/pkcs7-signature"),
+        TYPE_ENTRY("application/pgp-signature"),
+        TYPE_ENTRY("text/calendar"),
+        TYPE_ENTRY("application/zip"),
+        TYPE_ENTRY("application/msword"),
+        TYPE_ENTRY("application/vnd.ms-excel"),
+        TYPE_ENTRY("text/csv"),
+        TYPE_ENTRY("text/xml"),
+        TYPE_ENTRY("application/xml"),
+        TYPE_ENTRY("application/json"),
+        TYPE_ENTRY("message/disposition-notification"),
+        TYPE_ENTRY("text/enriched"),
+        TYPE_ENTRY("multipart/digest"),
+        TYPE_ENTRY("message/global"),
+        TYPE_ENTRY("application/x-pkcs7-signature"),
+        TYPE_ENTRY("image/bmp"),
+};
+
+const char *mw_content_type_name(int64_t code) {
+    return code > 0 && code < MW_CONTENT_TYPE_CODES ? TYPES[code].name : "";
+}
+
+static int64_t type_code(const uint8_t *b, const mw_part *p) {
+    if (p->type_len == 0) /* the default: "text/plain" or "message/rfc822" */
+        return p->default_type == MW_DEFAULT_MESSAGE_RFC822 ? 11 : 1;
+    size_t tl = (size_t)p->type_len, sl = (size_t)p->subtype_len;
+    const uint8_t *t = b + p->type_off, *s = b + p->subtype_off;
+    for (int64_t k = 1; k < MW_CONTENT_TYPE_CODES; k++) {
+        const char *n = TYPES[k].name;
+        if (TYPES[k].len != tl + 1 + sl || n[tl] != '/') continue;
+        size_t i = 0;
+        while (i < tl && lower(t[i]) == (uint8_t)n[i]) i++;
+        if (i < tl) continue;
+        n += tl + 1;
+        while (i < tl + sl && lower(s[i - tl]) == (uint8_t)n[i - tl]) i++;
+        if (i == tl + sl) return k;
+    }
+    return 0;
+}
+
 static int64_t parse_cte(const uint8_t *b, size_t v, size_t ve) {
     size_t p = skip_cfws(b, v, ve), t = p;
     p = skip_token(b, p, ve);
@@ -581,6 +765,56 @@ static int64_t parse_cte(const uint8_t *b, size_t v, size_t ve) {
     return MW_CTE_OTHER;
 }
 
+/* Offset of the first "--" in [pos, end), or end.  Delimiters start with
+ * "--": pairs are rare in bodies, single '-' is not (a memchr per '-' was a
+ * call per hyphen of every text part). */
+#if MW_HAVE_AVX2
+/* 64 bytes per step for long bodies (base64 attachments are scanned whole). */
+__attribute__((target("avx2"))) static size_t find_dashes_avx2(const uint8_t *b, size_t pos,
+                                                               size_t end) {
+    const __m256i d = _mm256_set1_epi8('-');
+    while (end - pos >= 65) {
+        const uint8_t *q = b + pos;
+        __m256i x0 = _mm256_loadu_si256((const __m256i *)(const void *)q);
+        __m256i y0 = _mm256_loadu_si256((const __m256i *)(const void *)(q + 1));
+        __m256i x1 = _mm256_loadu_si256((const __m256i *)(const void *)(q + 32));
+        __m256i y1 = _mm256_loadu_si256((const __m256i *)(const void *)(q + 33));
+        __m256i m0 = _mm256_and_si256(_mm256_cmpeq_epi8(x0, d), _mm256_cmpeq_epi8(y0, d));
+        __m256i m1 = _mm256_and_si256(_mm256_cmpeq_epi8(x1, d), _mm256_cmpeq_epi8(y1, d));
+        if (!_mm256_testz_si256(_mm256_or_si256(m0, m1), _mm256_or_si256(m0, m1))) {
+            uint64_t m = (uint32_t)_mm256_movemask_epi8(m0) |
+                         ((uint64_t)(uint32_t)_mm256_movemask_epi8(m1) << 32);
+            return pos + (size_t)__builtin_ctzll(m);
+        }
+        pos += 64;
+    }
+    return pos;
+}
+#endif
+
+static size_t find_dashes(const uint8_t *b, size_t pos, size_t end) {
+#if MW_HAVE_AVX2
+    if (end - pos >= 512 && __builtin_cpu_supports("avx2")) {
+        pos = find_dashes_avx2(b, pos, end);
+        if (end - pos >= 2 && b[pos] == '-' && b[pos + 1] == '-') return pos;
+    }
+#endif
+#if defined(__SSE2__) && (defined(__GNUC__) || defined(__clang__))
+    const __m128i d = _mm_set1_epi8('-');
+    while (end - pos >= 17) {
+        __m128i x = _mm_loadu_si128((const __m128i *)(const void *)(b + pos));
+        __m128i y = _mm_loadu_si128((const __m128i *)(const void *)(b + pos + 1));
+        unsigned m = (unsigned)_mm_movemask_epi8(
+                _mm_and_si128(_mm_cmpeq_epi8(x, d), _mm_cmpeq_epi8(y, d)));
+        if (m) return pos + (size_t)__builtin_ctz(m);
+        pos += 16;
+    }
+#endif
+    for (; end - pos >= 2; pos++)
+        if (b[pos] == '-' && b[pos + 1] == '-') return pos;
+    return end;
+}
+
 /* Finds the next delimiter line "--boundary[--][ \t]*EOL" starting at a
  * line start in [pos, end).  On success stores the line start, the offset
  * after its line break and whether it is the closing delimiter. */
@@ -588,12 +822,11 @@ static int find_delimiter(const uint8_t *b, size_t bstart, size_t pos, size_t en
                           const uint8_t *bd, size_t blen, size_t *dstart, size_t *dnext,
                           int *is_close) {
     while (pos < end) {
-        const uint8_t *hit = memchr(b + pos, '-', end - pos);
-        if (!hit) return 0;
-        size_t c = (size_t)(hit - b);
+        size_t c = find_dashes(b, pos, end);
+        if (c >= end) return 0;
         pos = c + 1;
         if (c != bstart && !is_eol(b[c - 1])) continue;
-        if (end - c < 2 + blen || b[c + 1] != '-' || memcmp(b + c + 2, bd, blen) != 0) continue;
+        if (end - c < 2 + blen || memcmp(b + c + 2, bd, blen) != 0) continue;
         size_t k = c + 2 + blen;
         int close = 0;
         if (end - k >= 2 && b[k] == '-' && b[k + 1] == '-') {
@@ -729,6 +962,7 @@ static void parse_entity(parser *ps, size_t start, size_t end, int64_t parent, i
         part->cte = parse_cte(b, (size_t)cte->value_off,
                               (size_t)cte->value_off + (size_t)cte->value_len);
     if (ct || cd) param_spans(b, part, ct, cd);
+    part->type_code = type_code(b, part);
     if (ps->has_nul && memchr(b + start, 0, (size_t)part->body_start - start))
         part->flags |= MW_FLAG_NUL_BYTES;
 
@@ -900,11 +1134,9 @@ void mw_limits_default(mw_limits *limits) {
     limits->max_header_bytes = MW_DEFAULT_MAX_HEADER_BYTES;
 }
 
-int mw_parse(const uint8_t *buf, size_t len, const mw_limits *limits, mw_message **out) {
-    if (!out || (!buf && len)) return MW_ERR_ARG;
-    *out = NULL;
-    static const uint8_t empty[1] = {0};
-    if (!buf) buf = empty;
+/* Parses into m, whose arrays may start in inline storage (the tables are
+ * then never freed here).  Returns 0, or 1 when out of memory. */
+static int parse_into(const uint8_t *buf, size_t len, const mw_limits *limits, mw_message *m) {
     parser ps;
     memset(&ps, 0, sizeof ps);
     ps.buf = buf;
@@ -915,26 +1147,38 @@ int mw_parse(const uint8_t *buf, size_t len, const mw_limits *limits, mw_message
         mw_limits_default(&ps.lim);
     if (ps.lim.max_depth > MW_HARD_MAX_DEPTH) ps.lim.max_depth = MW_HARD_MAX_DEPTH;
     if (ps.lim.max_parts < 1) ps.lim.max_parts = 1; /* the root always exists */
-    ps.msg = calloc(1, sizeof(mw_message));
-    if (!ps.msg) return MW_ERR_NOMEM;
+    ps.msg = m;
+    ps.parts_inline = m->parts;
+    ps.headers_inline = m->headers;
 
     byte_stats st;
     scan_bytes(buf, len, &st);
     ps.has_nul = st.nul;
     parse_entity(&ps, 0, len, -1, 0, MW_DEFAULT_TEXT_PLAIN);
-    if (ps.nomem) {
-        mw_message_free(ps.msg);
-        return MW_ERR_NOMEM;
-    }
+    if (ps.nomem) return 1;
     uint32_t flags = 0;
-    for (size_t i = 0; i < ps.msg->n_parts; i++) flags |= (uint32_t)ps.msg->parts[i].flags;
+    for (size_t i = 0; i < m->n_parts; i++) flags |= (uint32_t)m->parts[i].flags;
     if (st.nul) flags |= MW_FLAG_NUL_BYTES;
     if (mixed_line_endings(&st)) {
         flags |= MW_FLAG_BARE_CR_OR_LF_MIX;
-        ps.msg->parts[0].flags |= MW_FLAG_BARE_CR_OR_LF_MIX;
+        m->parts[0].flags |= MW_FLAG_BARE_CR_OR_LF_MIX;
     }
-    ps.msg->flags = flags;
-    *out = ps.msg;
+    m->flags = flags;
+    return 0;
+}
+
+mw_status mw_parse(const uint8_t *buf, size_t len, const mw_limits *limits, mw_message **out) {
+    if (!out || (!buf && len)) return MW_ERR_ARG;
+    *out = NULL;
+    static const uint8_t empty[1] = {0};
+    if (!buf) buf = empty;
+    mw_message *m = calloc(1, sizeof(mw_message));
+    if (!m) return MW_ERR_NOMEM;
+    if (parse_into(buf, len, limits, m)) {
+        mw_message_free(m);
+        return MW_ERR_NOMEM;
+    }
+    *out = m;
     return MW_OK;
 }
 
@@ -948,9 +1192,20 @@ void mw_message_free(mw_message *msg) {
 int64_t mw_parse_table(const uint8_t *buf, size_t len, const mw_limits *limits, int64_t *out,
                        size_t cap) {
     if (!out && cap) return -MW_ERR_ARG;
-    mw_message *m = NULL;
-    int rc = mw_parse(buf, len, limits, &m);
-    if (rc != MW_OK) return -(int64_t)rc;
+    if (!buf && len) return -MW_ERR_ARG;
+    static const uint8_t empty[1] = {0};
+    if (!buf) buf = empty;
+    /* Tables on the stack for the common message (a malloc, two reallocs
+     * and three frees per message were a few percent of small-mail time);
+     * bigger structures move to the heap as they grow. */
+    mw_part parts[16];
+    mw_header headers[64];
+    mw_message msg = {parts, 0, 16, headers, 0, 64, 0}, *m = &msg;
+    if (parse_into(buf, len, limits, m)) {
+        if (m->parts != parts) free(m->parts);
+        if (m->headers != headers) free(m->headers);
+        return -(int64_t)MW_ERR_NOMEM;
+    }
     size_t pf = sizeof(mw_part) / sizeof(int64_t), hf = sizeof(mw_header) / sizeof(int64_t);
     size_t need = 3 + m->n_parts * pf + m->n_headers * hf; /* tables are bounded by len */
     if (cap >= 3) {
@@ -963,6 +1218,7 @@ int64_t mw_parse_table(const uint8_t *buf, size_t len, const mw_limits *limits, 
         if (m->n_headers) /* headers is NULL when there are none */
             memcpy(out + 3 + m->n_parts * pf, m->headers, m->n_headers * sizeof(mw_header));
     }
-    mw_message_free(m);
+    if (m->parts != parts) free(m->parts);
+    if (m->headers != headers) free(m->headers);
     return (int64_t)need;
 }

@@ -529,8 +529,8 @@ void mw_url_from_attr(mw_url_ctx *u, const uint8_t *v, size_t n, int source, uin
     if (bn > 4 && ieq(buf, 4, "www.")) emit_url(u, "http", buf, bn, flags | MW_URL_NO_SCHEME, source);
 }
 
-int mw_extract_urls(const uint8_t *src, size_t len, int mode, uint32_t max_urls,
-                    uint32_t max_url_len, mw_url_list **out) {
+mw_status mw_extract_urls(const uint8_t *src, size_t len, int mode, uint32_t max_urls,
+                          uint32_t max_url_len, mw_url_list **out) {
     if (!out || (!src && len)) return MW_ERR_ARG;
     *out = NULL;
     mw_url_list *L = calloc(1, sizeof *L);

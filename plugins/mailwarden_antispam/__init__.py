@@ -35,6 +35,7 @@ from mailwarden_sdk import (
     hookimpl,
     plugin_data_dir,
     run_cpu_bound,
+    shared_state,
 )
 from mailwarden_sdk.findings import spam_rule
 
@@ -42,6 +43,8 @@ from . import auth, heuristics
 from .bayes import JOURNAL_MAX_ENTRIES, Bayes, band
 from .content import body_text, links, message_facts, message_urls, rawbody_text
 from .dnslists import DnsList, query_lists
+from .fuzzy import MAX_ENTRIES as FUZZY_MAX_ENTRIES
+from .fuzzy import FuzzyStore, sketch
 from .quarantine import SpamQuarantine, SpamQuarantineView
 from .resolver import DnsBudget, Resolver, SyncDns
 from .rules import RuleSet, RuleTargets, load_rules
@@ -175,7 +178,7 @@ def _ip_in(networks: list[str], address: str | None) -> bool:
 class AntispamPlugin:
     """Emits scored antispam findings and turns the total score into a spam status."""
 
-    requires_sdk = ">=1.9,<2"
+    requires_sdk = ">=1.14,<2"  # shared_state
 
     def __init__(self) -> None:
         self.config = AntispamConfig()
@@ -184,6 +187,7 @@ class AntispamPlugin:
         self._uses_relays = False
         self.resolver: Resolver | None = None
         self.bayes: Bayes | None = None
+        self.fuzzy: FuzzyStore | None = None
         self.quarantine: SpamQuarantine | None = None
         self.host: Host | None = None
         self._view: SpamQuarantineView | None = None
@@ -200,6 +204,10 @@ class AntispamPlugin:
         self.configure(
             host.config_for(DETECTOR) or AntispamConfig(), plugin_data_dir(host, DETECTOR)
         )
+        if self.bayes is not None and self.fuzzy is not None:
+            # In a cluster both read and write the shared state too (docs/cluster.md).
+            self.bayes.shared = self.fuzzy.shared = shared_state(host)
+            self.bayes.reported = self.fuzzy.report
 
     def configure(self, config: AntispamConfig, data_dir: Path | None = None) -> None:
         """Load rules and open stores for ``config`` (also used by tests and the benchmark)."""
@@ -223,6 +231,8 @@ class AntispamPlugin:
         if data_dir is not None:
             if config.bayes:
                 self.bayes = Bayes(data_dir / "bayes", max_tokens=config.bayes_max_tokens)
+                # Sketches of spam people reported, fed by the Bayes lessons (fuzzy.py).
+                self.fuzzy = FuzzyStore(data_dir / "fuzzy")
             if config.quarantine:
                 self.quarantine = SpamQuarantine(
                     data_dir / "quarantine", config.quarantine_max_bytes
@@ -234,10 +244,10 @@ class AntispamPlugin:
     async def mailwarden_shutdown(self) -> None:
         if self.resolver is not None:
             await self.resolver.aclose()
-        for store in (self.bayes, self.quarantine):
+        for store in (self.bayes, self.fuzzy, self.quarantine):
             if store is not None:
                 store.close()
-        self.bayes = self.quarantine = None
+        self.bayes = self.fuzzy = self.quarantine = None
 
     @hookimpl
     async def mailwarden_learn(self, raw: bytes, label: str, by: str) -> str | None:
@@ -266,6 +276,20 @@ class AntispamPlugin:
                 read_permission="settings.view",
             )
         ]
+        if config.bayes:
+            stores.append(
+                StoreDescriptor(
+                    name="antispam fuzzy hashes",
+                    path=str(base / "fuzzy"),
+                    holds="24 hashes of word shingles per message a person reported as spam, "
+                    "each pointing to the reported message's digest; no text (fuzzy.py), "
+                    "each expiring after 30 days",
+                    max_entries=FUZZY_MAX_ENTRIES,
+                    # Capped in its own LMDB transactions (those expiring first go), as a cache.
+                    when_full=WhenFull.EVICT_LRU,
+                    read_permission="settings.view",
+                )
+            )
         # The message files only (the LMDB index is in quarantine-index beside them): the
         # core's enforcer may remove the oldest files too; the index forgets those entries.
         stores.append(
@@ -378,10 +402,12 @@ class AntispamPlugin:
             *heuristics.bulk_markers(message),
         ):
             hits.setdefault(code, details)
+        if self.fuzzy is not None:
+            fuzzy = await self.fuzzy.check(await run_cpu_bound(size, sketch, message))
+            if fuzzy is not None:
+                hits["FUZZY_SPAM"] = fuzzy
         if self.bayes is not None:
-            probability = await run_cpu_bound(
-                size, self.bayes.probability, message, cfg.bayes_min_learned
-            )
+            probability = await self.bayes.probability_async(message, cfg.bayes_min_learned, size)
             if probability is not None:
                 hits[band(probability)] = {"probability": f"{probability:.4f}"}
                 ctx.stash[_BAND] = band(probability)

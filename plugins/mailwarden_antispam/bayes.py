@@ -3,26 +3,42 @@
 Every learning act is written to a journal (who, what, when, the message's digest and
 Message-ID), and the digests of learned messages are kept with their class, so a message is
 never counted twice and a wrong lesson can be undone (``untrain``) or moved to the other class.
+
+In a cluster (the gateway's ``[redis]``, :func:`mailwarden_sdk.shared_state`) the token counts,
+message counts and the index of learned digests are also kept in Redis, where every node reads
+them: a message released as ham on one node moves the verdict of every node. The LMDB store
+stays complete for what this node learned and answers while Redis does not; the journal (who
+taught what) stays per node.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import re
 import struct
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import lmdb
 import msgspec
 
-from mailwarden_sdk import ParsedMessage, parse
+from mailwarden_sdk import (
+    ParsedMessage,
+    SharedState,
+    SharedStateUnavailable,
+    parse,
+    run_cpu_bound,
+)
 
 from .content import body_text, message_urls
 
 __all__ = ["JOURNAL_MAX_ENTRIES", "Bayes", "LearnRecord", "band", "tokens"]
+
+log = logging.getLogger(__name__)
 
 _WORD = re.compile(r"[^\W_]{3,24}|\$\d+", re.UNICODE)
 _DIGITS = re.compile(r"\d+")
@@ -36,6 +52,10 @@ MAX_TOKENS = 150_000
 _MAX_TOKENS = 3000
 #: Learning acts kept in the journal; the oldest go first.
 JOURNAL_MAX_ENTRIES = 100_000
+# Shared keys: token counts live this long after they were last learned (the local store's
+# expiry by last-learned day, in Redis's terms); message counts and learned digests as long.
+_SHARED = "antispam:bayes:"
+_SHARED_TTL = 400 * _DAY
 
 
 class LearnRecord(msgspec.Struct, kw_only=True, frozen=True):
@@ -165,6 +185,10 @@ class Bayes:
         self._meta = self.env.open_db(b"meta")
         self._learned = self.env.open_db(b"learned")
         self._journal = self.env.open_db(b"journal")
+        #: The cluster's state (``mailwarden_sdk.shared_state``), set by the plugin at start.
+        self.shared: SharedState | None = None
+        #: Called with each message a person (not autolearn) taught as spam: fuzzy hashes.
+        self.reported: Callable[[bytes], object] | None = None
 
     def close(self) -> None:
         self.env.close()
@@ -178,7 +202,10 @@ class Bayes:
     def learn(self, raw: bytes, label: str, who: str) -> bool:
         """Learn ``raw`` as ``label`` (spam/ham); False when it was already learned so.
 
-        A message learned as the other class is moved (its old counts removed first).
+        A message learned as the other class is moved (its old counts removed first). With
+        shared state the cluster's counts change too (and its index decides what "already
+        learned" means); spam a person reported (not autolearn) goes to :attr:`reported`.
+        Call it from a thread, never on the event loop (it waits for Redis).
         """
         if label not in ("spam", "ham"):
             raise ValueError("label must be spam or ham")
@@ -187,27 +214,82 @@ class Bayes:
         toks = tokens(message)
         with self.env.begin(write=True) as txn:
             previous = txn.get(digest.encode(), db=self._learned)
-            if previous == label.encode():
-                return False
-            if previous is not None:
-                self._apply(txn, toks, previous.decode(), -1)
-            self._apply(txn, toks, label, +1)
-            txn.put(digest.encode(), label.encode(), db=self._learned)
-            self._record(txn, "learn", label, digest, who, message.message_id)
-        return True
+            done = previous != label.encode()
+            if done:
+                if previous is not None:
+                    self._apply(txn, toks, previous.decode(), -1)
+                self._apply(txn, toks, label, +1)
+                txn.put(digest.encode(), label.encode(), db=self._learned)
+                self._record(txn, "learn", label, digest, who, message.message_id)
+        shared = self._shared_call(self._learn_shared(toks, digest, label))
+        if label == "spam" and self.reported is not None and who != "autolearn":
+            self.reported(raw)
+        return done if shared is None else shared
 
     def unlearn(self, raw: bytes, who: str) -> bool:
         """Forget what ``raw`` taught; False when it was never learned."""
         message = parse(raw)
         digest = hashlib.sha256(raw).hexdigest()
+        toks = tokens(message)
         with self.env.begin(write=True) as txn:
             previous = txn.get(digest.encode(), db=self._learned)
-            if previous is None:
-                return False
-            self._apply(txn, tokens(message), previous.decode(), -1)
-            txn.delete(digest.encode(), db=self._learned)
-            self._record(txn, "unlearn", previous.decode(), digest, who, message.message_id)
+            if previous is not None:
+                self._apply(txn, toks, previous.decode(), -1)
+                txn.delete(digest.encode(), db=self._learned)
+                self._record(txn, "unlearn", previous.decode(), digest, who, message.message_id)
+        shared = self._shared_call(self._learn_shared(toks, digest, None))
+        return previous is not None if shared is None else shared
+
+    # -- the cluster's counts (mailwarden_sdk.shared_state) -----------------------------------
+
+    def _shared_call(self, call: Any) -> bool | None:
+        """Run a shared-state coroutine from this thread; None when there is no shared state
+        or it did not answer (the local store has the lesson; Redis misses it)."""
+        if self.shared is None:
+            call.close()
+            return None
+        try:
+            return bool(self.shared.blocking(call))
+        except SharedStateUnavailable as exc:
+            log.warning("antispam: Bayes lesson kept on this node only: %s", exc)
+            return None
+
+    async def _learn_shared(self, toks: Iterable[str], digest: str, label: str | None) -> bool:
+        assert self.shared is not None
+        # One atomic swap of the index entry: two nodes learning one message count it once.
+        previous = await self.shared.swap(_SHARED + "l:" + digest, label or "-", _SHARED_TTL)
+        if previous == (label or "-") or (label is None and previous is None):
+            return False
+        increments: list[tuple[str, int, float]] = []
+        for old, sign in ((previous, -1), (label, +1)):
+            if old in ("spam", "ham"):
+                increments.append((_count_key(old), sign, _SHARED_TTL))
+                increments += [(_token_key(t, old), sign, _SHARED_TTL) for t in toks]
+        await self.shared.add(increments, refresh=True)
         return True
+
+    async def probability_async(
+        self, message: ParsedMessage, min_learned: int = 10, size: int = 0
+    ) -> float | None:
+        """:meth:`probability` from the cluster's counts when shared state answers, else from
+        this node's store; CPU work through ``run_cpu_bound`` (``size`` bytes of message)."""
+        shared = self.shared
+        if shared is not None:
+            toks = sorted(await run_cpu_bound(size, tokens, message))
+            keys = [_count_key("spam"), _count_key("ham")]
+            for token in toks:
+                keys += [_token_key(token, "spam"), _token_key(token, "ham")]
+            try:
+                values = [max(0, int(v or 0)) for v in await shared.get_many(keys)]
+            except SharedStateUnavailable:
+                pass
+            else:
+                nspam, nham = values[0], values[1]
+                if nspam < min_learned or nham < min_learned:
+                    return None
+                pairs = list(zip(values[2::2], values[3::2], strict=True))
+                return _combine(pairs, nspam, nham)
+        return await run_cpu_bound(size, self.probability, message, min_learned)
 
     def _apply(self, txn: lmdb.Transaction, toks: Iterable[str], label: str, sign: int) -> None:
         idx = 0 if label == "spam" else 1
@@ -281,26 +363,45 @@ class Bayes:
         nspam, nham = self.counts()
         if nspam < min_learned or nham < min_learned:
             return None
-        clues: list[float] = []
+        pairs: list[tuple[int, int]] = []
         with self.env.begin(db=self._tokens) as txn:
             for token in tokens(message):
                 raw = txn.get(token.encode("utf-8")[:500])
-                if not raw:
-                    continue
-                s, h, _day = _unpack(raw)
-                spam_ratio, ham_ratio = s / nspam, h / nham
-                p = spam_ratio / (spam_ratio + ham_ratio) if spam_ratio + ham_ratio else 0.5
-                n = s + h
-                # Robinson's correction towards 0.5 for rarely seen tokens (s=1, x=0.5).
-                f = (0.5 + n * p) / (1 + n)
-                if abs(f - 0.5) > 0.1:
-                    clues.append(min(max(f, 0.01), 0.99))
-        if not clues:
-            return 0.5
-        # Ties broken by value: the same clues whatever order the tokens came in.
-        clues = sorted(clues, key=lambda f: (-abs(f - 0.5), f))[:150]
-        ln_s = sum(math.log(1 - f) for f in clues)
-        ln_h = sum(math.log(f) for f in clues)
-        s_val = 1 - _chi2q(-2 * ln_s, 2 * len(clues))
-        h_val = 1 - _chi2q(-2 * ln_h, 2 * len(clues))
-        return (1 + s_val - h_val) / 2
+                if raw:
+                    s, h, _day = _unpack(raw)
+                    pairs.append((s, h))
+        return _combine(pairs, nspam, nham)
+
+
+def _count_key(label: str) -> str:
+    return f"{_SHARED}n:{label[0]}"
+
+
+def _token_key(token: str, label: str) -> str:
+    # Hashed: bounded key length, and no message words in clear in Redis.
+    digest = hashlib.blake2b(token.encode("utf-8")[:500], digest_size=10).hexdigest()
+    return f"{_SHARED}t:{digest}:{label[0]}"
+
+
+def _combine(pairs: Sequence[tuple[int, int]], nspam: int, nham: int) -> float:
+    """Robinson/Fisher chi-square over the (spam, ham) counts of the message's known tokens."""
+    clues: list[float] = []
+    for s, h in pairs:
+        if not s and not h:
+            continue
+        spam_ratio, ham_ratio = s / nspam, h / nham
+        p = spam_ratio / (spam_ratio + ham_ratio) if spam_ratio + ham_ratio else 0.5
+        n = s + h
+        # Robinson's correction towards 0.5 for rarely seen tokens (s=1, x=0.5).
+        f = (0.5 + n * p) / (1 + n)
+        if abs(f - 0.5) > 0.1:
+            clues.append(min(max(f, 0.01), 0.99))
+    if not clues:
+        return 0.5
+    # Ties broken by value: the same clues whatever order the tokens came in.
+    clues = sorted(clues, key=lambda f: (-abs(f - 0.5), f))[:150]
+    ln_s = sum(math.log(1 - f) for f in clues)
+    ln_h = sum(math.log(f) for f in clues)
+    s_val = 1 - _chi2q(-2 * ln_s, 2 * len(clues))
+    h_val = 1 - _chi2q(-2 * ln_h, 2 * len(clues))
+    return (1 + s_val - h_val) / 2

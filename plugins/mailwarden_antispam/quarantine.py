@@ -40,6 +40,7 @@ import lmdb
 import msgspec
 
 import mailwarden_sdk as sdk
+from mailwarden_sdk.files import atomic_write
 
 if TYPE_CHECKING:
     from .bayes import Bayes
@@ -150,13 +151,8 @@ class SpamQuarantine:
             return None
         entry_id = secrets.token_hex(12)
         path = self._path(entry_id)
-        tmp = self.index / f"{entry_id}.tmp"  # never seen as a record in the message folder
-        with open(tmp, "wb") as fh:
-            fh.write(raw)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(self.messages)
+        # The temporary file is made in the index folder: never seen as a record among messages.
+        atomic_write(path, raw, temp_dir=self.index)
         entry = QuarantineEntry(
             id=entry_id,
             time=time.time(),
@@ -432,14 +428,6 @@ def _read_all(fd: int) -> bytes:
         chunks.append(chunk)
         offset += len(chunk)
     return b"".join(chunks)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _entry(e: QuarantineEntry) -> sdk.QuarantineEntry:

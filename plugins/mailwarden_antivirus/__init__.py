@@ -27,6 +27,7 @@ from mailwarden_sdk import (
     run_cpu_bound,
 )
 from mailwarden_sdk.findings import infected
+from mailwarden_sdk.signatures import NativeError, NativeLimitError
 
 from .actions import remove_parts
 from .archives import ARCHIVE_TYPES, ArchiveLimits, Item, Problem, Unpacker
@@ -168,7 +169,12 @@ class AntivirusPlugin:
         # broken structure is an attacker's tool).
         unpacker = Unpacker(self.config.limits)
         for item in unpacker.message(ctx.message, whole=self.config.scan_whole_message):
-            names = self.scan_object(item.data)
+            try:
+                names = self.scan_object(item.data)
+            except NativeError as exc:  # hits not all recorded: this object only, never clean
+                status = "not_scanned" if isinstance(exc, NativeLimitError) else "error"
+                findings.append(_engine_finding(status, item, str(exc), "native"))
+                names = []
             if use_clamd:
                 try:
                     found = clamd_scan(self.config.clamd, item.data)
@@ -245,10 +251,10 @@ def _carries_archives(ctx: ScanContext) -> bool:
     )
 
 
-def _engine_finding(status: str, item: Item, error: str) -> Finding:
-    details = {"engine": "clamd", "object": item.label, "error": error[:300]}
+def _engine_finding(status: str, item: Item, error: str, engine: str = "clamd") -> Finding:
+    details = {"engine": engine, "object": item.label, "error": error[:300]}
     if status == "not_scanned":
-        details["limit"] = "clamd_stream_max_length"
+        details["limit"] = "clamd_stream_max_length" if engine == "clamd" else "signature_hits"
     code = "AV_NOT_SCANNED" if status == "not_scanned" else "AV_ENGINE_ERROR"
     return Finding(
         code=code,

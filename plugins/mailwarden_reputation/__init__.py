@@ -29,11 +29,13 @@ from mailwarden_sdk import (
     WhenFull,
     hookimpl,
     plugin_data_dir,
+    shared_state,
 )
 
 from .backends import Backend, DnsBackend, HttpBackend, StatisticsReport
 from .cache import DEFAULT_CAP, Answer, ReputationCache, count_entries
 from .lookups import Lookup, lookups_for
+from .shared import share_answers, shared_answers
 from .state import CONSENT_MARK, PLUGIN_DIR, PendingStatistics, count_pending, withdrawn
 
 __all__ = ["DATA_SENT", "ReputationConfig", "ReputationPlugin"]
@@ -106,12 +108,13 @@ class ReputationConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
 class ReputationPlugin:
     """Looks up a message's attachment hashes, URLs, hosts and client IP, with consent only."""
 
-    requires_sdk = ">=1.0,<2"
+    requires_sdk = ">=1.14,<2"  # shared_state
 
     def __init__(self) -> None:
         self.config = ReputationConfig()
         self.data_dir: Path | None = None
         self.cache: ReputationCache | None = None
+        self.host: Host | None = None
         self.statistics: PendingStatistics | None = None
         self._backends: list[Backend] = []
         self._http: HttpBackend | None = None
@@ -173,6 +176,7 @@ class ReputationPlugin:
     @hookimpl
     async def mailwarden_startup(self, host: Host) -> None:
         self.config = host.config_for(DETECTOR) or ReputationConfig()
+        self.host = host
         self.data_dir = plugin_data_dir(host, PLUGIN_DIR)
         self.statistics = PendingStatistics(self.data_dir / "statistics")
         if not self.allowed():
@@ -232,15 +236,20 @@ class ReputationPlugin:
             return []
         cache = self.cache
         answers: dict[str, Answer] = await asyncio.to_thread(cache.get_many, [i.key for i in items])
+        # The second level: the cluster's Redis, before any backend (docs/cluster.md).
+        shared = shared_state(self.host)
+        second = await shared_answers(shared, [i.key for i in items if i.key not in answers])
+        if second:
+            await asyncio.to_thread(cache.put_many, second)
+            answers.update({k: answer for k, (answer, _left) in second.items()})
         misses = [i for i in items if i.key not in answers]
         fresh, unanswered = await self._ask(misses)
         if fresh:
             cfg = self.config
             ttl = {"clean": cfg.negative_ttl}
-            await asyncio.to_thread(
-                cache.put_many,
-                {k: (a, ttl.get(a.verdict, cfg.positive_ttl)) for k, a in fresh.items()},
-            )
+            timed = {k: (a, ttl.get(a.verdict, cfg.positive_ttl)) for k, a in fresh.items()}
+            await asyncio.to_thread(cache.put_many, timed)
+            await share_answers(shared, timed)
             answers.update(fresh)
         findings = self._findings(items, answers)
         self._count(findings)

@@ -19,6 +19,8 @@ from typing import Any
 import lmdb
 import msgspec
 
+from mailwarden_sdk.files import atomic_write
+
 from .cache import count_entries
 
 __all__ = [
@@ -122,9 +124,7 @@ def withdraw_consent(data_dir: Path, by: str) -> ConsentMark:
         withdrawn_by=by,
         withdrawn_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     )
-    tmp = data_dir / f".{_MARK}.{os.getpid()}"
-    tmp.write_bytes(msgspec.json.encode(mark))
-    os.replace(tmp, data_dir / _MARK)
+    atomic_write(data_dir / _MARK, msgspec.json.encode(mark))
     stats = PendingStatistics(data_dir / "statistics")
     try:
         stats.delete_all()

@@ -30,6 +30,8 @@ import lmdb
 import msgspec
 
 from mailwarden_sdk import Envelope
+from mailwarden_sdk.files import atomic_write
+from mailwarden_sdk.files import fsync_dir as _fsync_dir
 
 from .backends import ObjectVerdict
 
@@ -71,14 +73,6 @@ class HeldMessage(msgspec.Struct, kw_only=True):
     subject: str = ""
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_durably_at(tmp: Path, data: bytes) -> None:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
@@ -91,9 +85,7 @@ def _write_durably_at(tmp: Path, data: bytes) -> None:
 
 
 def _write_durably(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    _write_durably_at(tmp, data)
-    os.replace(tmp, path)
+    atomic_write(path, data)
 
 
 class ReleasePending(Exception):

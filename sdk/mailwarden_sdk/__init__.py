@@ -13,13 +13,16 @@ A plugin that keeps messages of its own offers them to the web interface as a
 :class:`Quarantine` (:mod:`mailwarden_sdk.quarantines`).
 An ``async`` hook with CPU work to do runs it through :func:`run_cpu_bound`
 (:mod:`mailwarden_sdk.offload`): inline when small, in a thread when large.
-:mod:`mailwarden_sdk.findings` has shorthands for common findings; ``requires_sdk`` on a plugin
-states which SDK versions it works with (see :mod:`mailwarden_sdk.version`).
+A plugin that keeps state every node of a cluster should see asks :func:`shared_state`
+(:mod:`mailwarden_sdk.shared`).
+:mod:`mailwarden_sdk.findings` has shorthands for common findings, and
+:mod:`mailwarden_sdk.files` the atomic write a plugin's state files need; ``requires_sdk`` on a
+plugin states which SDK versions it works with (see :mod:`mailwarden_sdk.version`).
 """
 
 from mailwarden_native import Matcher, ParsedMessage, Part, detect_type, parse
 
-from . import findings
+from . import files, findings
 from .context import (
     Host,
     HostLoader,
@@ -38,6 +41,7 @@ from .quarantines import (
     QuarantineError,
     QuarantineNotFound,
 )
+from .shared import SharedState, SharedStateUnavailable, shared_state
 from .stash import Stash, StashKey
 from .stores import StoreDescriptor, WhenFull
 from .types import (
@@ -81,6 +85,8 @@ __all__ = [
     "QuarantineError",
     "QuarantineNotFound",
     "ScanContext",
+    "SharedState",
+    "SharedStateUnavailable",
     "SpamStatus",
     "Stash",
     "StashKey",
@@ -92,10 +98,12 @@ __all__ = [
     "command_host",
     "config_option",
     "detect_type",
+    "files",
     "findings",
     "hookimpl",
     "hookspec",
     "parse",
     "plugin_data_dir",
     "run_cpu_bound",
+    "shared_state",
 ]

@@ -14,18 +14,8 @@ from packaging.version import Version
 
 __all__ = ["SDK_VERSION", "IncompatibleSdk", "check_compatible"]
 
-# 1.1: Verdict.content; 1.2: data_stores(host), StoreDescriptor.entries;
-# 1.3: mailwarden_action hook, Action.remove_parts / replace_message, detect_type;
-# 1.4: command_host for plugin commands;
-# 1.5: mailwarden_hold hook, Host.resubmit, Verdict.sandbox "hold"/"skipped"/"deferred";
-# 1.6: Verdict.headers;
-# 1.7: mailwarden_quarantines hook, Quarantine, QuarantineEntry, Host.deliver;
-# 1.8: Action.backup_id (the gateway keeps backups in its own store), config_option;
-# 1.9: run_cpu_bound, INLINE_MAX_BYTES
-# 1.10: INLINE_MAX_FIELDS, INLINE_MAX_SECONDS, offload.scanning; every hook under a time
-#       budget, verdict and action hooks in a worker thread, observers on threads of their own
-# 1.11: mailwarden_learn hook (spamd TELL and other clients that report mail)
-SDK_VERSION = "1.11.0"
+# What each version added: CHANGELOG.md at the top of the repository ("SDK" sections).
+SDK_VERSION = "1.14.0"
 
 
 class IncompatibleSdk(Exception):

@@ -22,16 +22,37 @@
 
 #define MAXH 256
 
-static size_t scan_all(const mw_sigdb *db, const uint8_t *d, size_t n, size_t chunk,
-                       mw_sighit *out) {
+/* Scans d in chunks; *status gets the scan's result (the first failure, else MW_OK). */
+static size_t scan_limited(const mw_sigdb *db, const uint8_t *d, size_t n, size_t chunk,
+                           uint32_t max_hits, uint32_t max_partials, mw_sighit *out,
+                           mw_status *status) {
     mw_sigscan *s = NULL;
-    if (mw_sigscan_new(db, &s) != MW_OK) return 0;
+    *status = mw_sigscan_new(db, &s);
+    if (*status != MW_OK) return 0;
+    CHECK(mw_sigscan_set_limits(s, max_hits, max_partials) == MW_OK);
     mw_sigscan_reset(s, 0xFFFFFFFFu);
     if (!chunk) chunk = n ? n : 1;
-    for (size_t at = 0; at < n; at += chunk) mw_sigscan_feed(s, d + at, n - at < chunk ? n - at : chunk);
-    mw_sigscan_finish(s);
+    mw_status rc = MW_OK;
+    for (size_t at = 0; at < n; at += chunk) {
+        mw_status f = mw_sigscan_feed(s, d + at, n - at < chunk ? n - at : chunk);
+        /* a failure sticks: every later call repeats it */
+        CHECK(rc == MW_OK || f == rc);
+        rc = f;
+    }
+    mw_status fin = mw_sigscan_finish(s);
+    CHECK(rc == MW_OK || fin == rc);
+    *status = fin;
     size_t total = mw_sigscan_hits(s, out, MAXH);
     mw_sigscan_free(s);
+    return total;
+}
+
+static size_t scan_all(const mw_sigdb *db, const uint8_t *d, size_t n, size_t chunk,
+                       mw_sighit *out, mw_status *rc) {
+    size_t total = scan_limited(db, d, n, chunk, 0, 0, out, rc);
+    /* fuzz inputs stay far below the hit and partial limits; only an EOF signature's
+     * backtracking budget can run out */
+    CHECK(*rc == MW_OK || *rc == MW_ERR_SCAN_LIMIT);
     return total;
 }
 
@@ -61,10 +82,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             uint32_t kind = ctl % 3, target = (ctl >> 2) % 3;
             uint64_t off = (uint64_t)(ctl >> 4), shift = (uint64_t)(ctl & 3);
             uint32_t id = 0;
-            int rc = mw_sigc_add(c, (const char *)data + start + 1, i - start - 1, target, kind,
-                                 off, shift, &id);
-            CHECK(rc >= MW_SIG_OK && rc <= MW_SIG_E_NOMEM);
-            CHECK(mw_sig_strerror(rc) != NULL);
+            mw_status rc = mw_sigc_add(c, (const char *)data + start + 1, i - start - 1, target,
+                                       kind, off, shift, &id);
+            /* a refused signature says why with its own code, never a scan or db code */
+            CHECK(rc == MW_OK || rc == MW_ERR_NOMEM ||
+                  (rc >= MW_ERR_SIG_SYNTAX && rc <= MW_ERR_SIG_SPECIAL));
+            CHECK(strcmp(mw_strerror(rc), "unknown status") != 0);
         }
         start = i + 1;
     }
@@ -78,9 +101,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         mw_sigdb_info_get(db, &info);
         CHECK(info.n_sigs == mw_sigc_count(c));
         static mw_sighit whole[MAXH], parts[MAXH];
-        size_t nw = scan_all(db, body, body_len, 0, whole);
+        mw_status rw, rp;
+        size_t nw = scan_all(db, body, body_len, 0, whole, &rw);
         size_t chunk = 1 + (body_len ? body[0] % 7 : 0);
-        size_t np = scan_all(db, body, body_len, chunk, parts);
+        size_t np = scan_all(db, body, body_len, chunk, parts, &rp);
+        CHECK(rw == rp); /* chunking changes neither the hits nor whether they are complete */
         CHECK(nw == np);
         if (nw <= MAXH) {
             qsort(whole, nw, sizeof *whole, cmp_hit);
@@ -93,6 +118,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                 CHECK(whole[i].count == parts[i].count);
             }
         }
+        /* Tight limits: either none was reached and the hits are the same, or the scan
+         * says it is incomplete; never fewer hits with MW_OK. */
+        static mw_sighit tight[MAXH];
+        mw_status trc;
+        size_t nt = scan_limited(db, body, body_len, chunk, 1, 1, tight, &trc);
+        CHECK(trc == MW_OK || trc == MW_ERR_SCAN_LIMIT);
+        CHECK(trc == MW_OK ? rw == MW_OK && nt == nw : nt <= 1 || rw != MW_OK);
         mw_sigdb_free(db);
         /* The validator on damage: flip bytes picked by the data. */
         for (size_t k = 0; k < body_len && k < 8 && blen; k++) {
@@ -100,7 +132,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             blob[at] ^= (uint8_t)(body[k] | 1);
         }
         if (mw_sigdb_open(blob, blen, &db) == MW_OK) {
-            scan_all(db, body, body_len, 3, whole);
+            scan_all(db, body, body_len, 3, whole, &rw);
             mw_sigdb_free(db);
         }
         if (blen > 16 && mw_sigdb_open(blob, blen - 8, &db) == MW_OK) mw_sigdb_free(db);

@@ -44,10 +44,10 @@ def wait_until(check: Callable[[], bool], limit: float, what: str) -> None:
     raise AssertionError(f"timed out after {limit:g} s waiting for {what}")
 
 
-def port_open(port: int) -> bool:
-    """True when something accepts TCP connections on 127.0.0.1:``port``."""
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    """True when something accepts TCP connections on ``host`` (127.0.0.1):``port``."""
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+        with socket.create_connection((host, port), timeout=0.5):
             return True
     except OSError:
         return False
@@ -56,8 +56,9 @@ def port_open(port: int) -> bool:
 class Sink:
     """Postfix's smtp-sink on 127.0.0.1, one file per received message (services.md 1)."""
 
-    def __init__(self, log_dir: Path, port: int) -> None:
+    def __init__(self, log_dir: Path, port: int, host: str = "127.0.0.1") -> None:
         ensure_packages("postfix")
+        self.host = host
         # smtp-sink drops to "nobody" and writes the files as that user, and pytest's tmp_path
         # sits below a 0700 directory, so the captures live in a directory of their own.
         self.directory = Path(tempfile.mkdtemp(prefix="mailwarden-sink-"))
@@ -76,13 +77,13 @@ class Sink:
                 "-c",
                 "-d",
                 f"{self.directory}/%H%M%S.",
-                f"127.0.0.1:{self.port}",
+                f"{self.host}:{self.port}",
                 "256",
             ],
             stdout=subprocess.DEVNULL,
             stderr=(self.log_dir / "sink.log").open("ab"),
         )
-        wait_until(lambda: port_open(self.port), 10, "smtp-sink to listen")
+        wait_until(lambda: port_open(self.port, self.host), 10, "smtp-sink to listen")
         return self
 
     def stop(self, remove: bool = False) -> None:
@@ -95,7 +96,10 @@ class Sink:
 
     def messages(self) -> list[bytes]:
         """The captured messages (smtp-sink's own trace headers included)."""
-        return [p.read_bytes() for p in sorted(self.directory.iterdir()) if p.is_file()]
+        # smtp-sink creates a transaction's file at MAIL and writes it whole after the final
+        # dot (about 40 ms later here): an empty file is a message still on its way.
+        found = (p.read_bytes() for p in sorted(self.directory.iterdir()) if p.is_file())
+        return [data for data in found if data]
 
     def message_ids(self) -> Counter[str]:
         """How often each Message-ID arrived."""

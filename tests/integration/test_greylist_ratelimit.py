@@ -22,7 +22,7 @@ from mailwarden.errors import ConfigError
 from mailwarden.greylist import Greylist, client_network
 from mailwarden.inventory import inventory
 from mailwarden.plugins import build_plugin_manager
-from mailwarden.sharedstate import LocalState
+from mailwarden.sharedstate import LocalState, RedisState, StateBackend
 from mailwarden.testing import GatewayRunner, _gateway
 from tests.conftest import free_port, make_message
 from tests.services.redis import Redis, running_redis
@@ -194,6 +194,36 @@ def test_the_local_store_keeps_its_cap(tmp_path: Path) -> None:
     assert asyncio.run(state.get("k24")) == "\x00\x00\x00\x00\x00\x00\x00\x01"
     assert asyncio.run(state.get("k0")) is None
     state.env.close()
+
+
+@pytest.mark.parametrize("backend", ["local", "redis"])
+def test_a_passed_triplet_in_use_keeps_passing_past_its_first_expiry(
+    backend: str, tmp_path: Path
+) -> None:
+    config = GreylistingConfig(enabled=True, delay=0.2, retry_window=30.0, pass_expiry=1.0)
+
+    async def run(state: StateBackend) -> list[float | None]:
+        greylist = Greylist(config, state)
+        seen = [await greylist.check("a@sender.test", "bob@example.org", "192.0.2.1")]
+        await asyncio.sleep(0.25)
+        seen.append(await greylist.check("a@sender.test", "bob@example.org", "192.0.2.1"))
+        # Used every 0.6 s, it outlives the 1 s it got when it passed.
+        for _ in range(3):
+            await asyncio.sleep(0.6)
+            seen.append(await greylist.check("a@sender.test", "bob@example.org", "192.0.2.1"))
+        await state.close()
+        return seen
+
+    if backend == "local":
+        seen = asyncio.run(run(LocalState(tmp_path / "state", 100)))
+    else:
+        with running_redis() as server:
+            remote = RedisState(server.url, "t:", 1.0)
+            seen = asyncio.run(run(remote))
+        # Two round trips for the first attempt and two for the retry that passes; then one
+        # per message: the pass is read and renewed in one script.
+        assert remote.round_trips == 2 + 2 + 3
+    assert seen[0] is not None and seen[1:] == [None, None, None, None], seen
 
 
 @pytest.mark.parametrize(

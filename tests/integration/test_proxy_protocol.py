@@ -140,3 +140,24 @@ def test_proxy_protocol_without_trusted_balancers_is_refused_with_its_line() -> 
     with pytest.raises(ConfigError, match="proxy_trusted") as caught:
         parse_config("[gateway]\n[smtp]\nproxy_protocol = true\n")
     assert caught.value.line == 2
+
+
+def test_a_balancer_outside_trusted_networks_gets_its_v2_header_past_the_bare_lf_check(
+    node: Callable[[str], GatewayRunner],
+) -> None:
+    # The balancer is no relay of ours (not in trusted_networks), so bare LFs are refused on
+    # its connections; the v2 signature's own LF must not count as one.
+    config = PROXIED.replace('trusted_networks = ["127.0.0.1/32"]', "trusted_networks = []")
+    a = node(config)
+    assert a.smtp_port
+    with running_haproxy([a.smtp_port], version=2) as proxy:
+        assert through(proxy.port, "bob@example.org").startswith(b"250")
+        # A bare LF after the greeting is still refused.
+        client = Client(proxy.port, "127.0.0.2")
+        try:
+            assert client.greeting.startswith(b"220")
+            client.sock.sendall(b"EHLO client.example.net\n")
+            assert client.reply().startswith(b"550 5.5.2")
+        finally:
+            client.close()
+    assert len(a.delivered()) == 1

@@ -148,11 +148,11 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
 
 
 @contextlib.contextmanager
-def _netguard_allows(*names: str) -> Iterator[None]:
+def _netguard_allows(*names: str, nets: str = NETWORK) -> Iterator[None]:
     # The test's veth addresses exist only inside its namespaces (tests/netguard).
     allowed = {
         "MAILWARDEN_NETGUARD_NETNS": ",".join(names),
-        "MAILWARDEN_NETGUARD_NETNS_NETS": NETWORK,
+        "MAILWARDEN_NETGUARD_NETNS_NETS": nets,
     }
     previous = {key: os.environ.get(key) for key in allowed}
     os.environ.update(allowed)

@@ -29,6 +29,8 @@ class HAProxy:
         self.process = process
         self.port = port
         self.directory = directory
+        #: Per-backend frontends (``pinned=True``), in the order of the backends.
+        self.pinned: list[int] = []
 
     def log(self) -> str:
         try:
@@ -47,23 +49,44 @@ class HAProxy:
 
 
 @contextmanager
-def running_haproxy(backends: Sequence[int], *, version: int = 2) -> Iterator[HAProxy]:
-    """HAProxy in front of 127.0.0.1:``backends`` with PROXY protocol ``version`` (1 or 2)."""
+def running_haproxy(
+    backends: Sequence[int | tuple[str, int]],
+    *,
+    version: int = 2,
+    listen: str = "127.0.0.1",
+    check: bool = False,
+    pinned: bool = False,
+) -> Iterator[HAProxy]:
+    """HAProxy on ``listen`` in front of ``backends`` (ports on 127.0.0.1, or (address, port))
+    with PROXY protocol ``version`` (1 or 2), round robin. ``check``: health checks every
+    0.3 s, a backend out after one failure. ``pinned``: one more frontend per backend, on the
+    ports :attr:`HAProxy.pinned` lists, so a test can pick the node and still come through the
+    balancer."""
     ensure_packages("haproxy")
     binary = shutil.which("haproxy") or "/usr/sbin/haproxy"
     need(Path(binary).exists(), "haproxy is not installed")
     directory = Path(tempfile.mkdtemp(prefix="mailwarden-haproxy-"))
     port = free_port()
     send = "send-proxy-v2" if version == 2 else "send-proxy"
+    health = " check inter 300 fall 1 rise 1" if check else ""
+    targets = [b if isinstance(b, tuple) else ("127.0.0.1", b) for b in backends]
     servers = "".join(
-        f"    server n{i} 127.0.0.1:{backend} {send}\n" for i, backend in enumerate(backends)
+        f"    server n{i} {host}:{backend} {send}{health}\n"
+        for i, (host, backend) in enumerate(targets)
+    )
+    pinned_ports = [free_port() for _ in targets] if pinned else []
+    singles = "".join(
+        f"listen pinned{i}\n    bind {listen}:{pinned_ports[i]}\n"
+        f"    server n{i} {host}:{backend} {send}\n"
+        for i, (host, backend) in enumerate(targets)
+        if pinned
     )
     (directory / "haproxy.cfg").write_text(
-        "global\n    maxconn 200\n"
+        "global\n    maxconn 400\n    nbthread 1\n"  # one thread: strict round robin
         "defaults\n    mode tcp\n    timeout connect 5s\n    timeout client 60s\n"
         "    timeout server 60s\n"
-        f"frontend smtp\n    bind 127.0.0.1:{port}\n    default_backend nodes\n"
-        f"backend nodes\n    balance roundrobin\n{servers}"
+        f"frontend smtp\n    bind {listen}:{port}\n    default_backend nodes\n"
+        f"backend nodes\n    balance roundrobin\n{servers}{singles}"
     )
     with (directory / "haproxy.out").open("wb") as out:
         process = subprocess.Popen(
@@ -72,9 +95,10 @@ def running_haproxy(backends: Sequence[int], *, version: int = 2) -> Iterator[HA
             stderr=subprocess.STDOUT,
         )
     server = HAProxy(process, port, directory)
+    server.pinned = pinned_ports
     try:
         deadline = time.monotonic() + 20
-        while not port_open(port):
+        while not port_open(port, listen):
             if process.poll() is not None or time.monotonic() > deadline:
                 raise AssertionError(f"haproxy did not start: {server.log()}")
             time.sleep(0.02)

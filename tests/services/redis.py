@@ -21,9 +21,9 @@ from tests.services import ensure_packages
 __all__ = ["Redis", "running_redis"]
 
 
-def _ping(port: int) -> bool:
+def _ping(port: int, host: str = "127.0.0.1") -> bool:
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+        with socket.create_connection((host, port), timeout=0.5) as sock:
             sock.sendall(b"PING\r\n")
             return sock.recv(16).startswith(b"+PONG")
     except OSError:
@@ -33,8 +33,9 @@ def _ping(port: int) -> bool:
 class Redis:
     """One redis-server: :meth:`start`, :meth:`kill` (SIGKILL, an outage), :meth:`stop`."""
 
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1") -> None:
         ensure_packages("redis-server")
+        self.host = host
         self.binary = shutil.which("redis-server") or "/usr/bin/redis-server"
         need(Path(self.binary).exists(), "redis-server is not installed")
         self.directory = Path(tempfile.mkdtemp(prefix="mailwarden-redis-"))
@@ -43,12 +44,14 @@ class Redis:
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://{self.host}:{self.port}/0"
 
     def start(self) -> Redis:
         config = self.directory / "redis.conf"
         config.write_text(
-            f"bind 127.0.0.1\nport {self.port}\ndir {self.directory}\n"
+            # Another address than loopback is a test network namespace's (the cluster test):
+            # protected mode would refuse its clients, and nothing else can reach it.
+            f"bind {self.host}\nprotected-mode no\nport {self.port}\ndir {self.directory}\n"
             f'logfile {self.directory / "redis.log"}\nsave ""\nappendonly no\n'
             "daemonize no\n"
         )
@@ -56,7 +59,7 @@ class Redis:
             [self.binary, str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         deadline = time.monotonic() + 20
-        while not _ping(self.port):
+        while not _ping(self.port, self.host):
             if self.process.poll() is not None or time.monotonic() > deadline:
                 log = (self.directory / "redis.log").read_text(errors="replace")[-500:]
                 raise AssertionError(f"redis-server did not answer PING: {log}")

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from mailwarden.config import load_config
 from mailwarden.events import MessageEventLog
+from mailwarden.record import CoreStores
 from mailwarden.stores.applog import ApplicationLog
-from mailwarden.stores.core import CoreStores
 from mailwarden.stores.lines import rotated_path
 from mailwarden.telemetry.eventsout import JsonLinesSink
 from mailwarden.web.audit import AuditLog

@@ -108,7 +108,7 @@ def test_a_hold_nobody_takes_is_a_tempfail(runner: tuple[GatewayRunner, Keeper])
 
 def test_resubmit_needs_a_gateway() -> None:
     from mailwarden.config import Config
-    from mailwarden.pipeline import _Host
+    from mailwarden.pipeline import Host
 
     with pytest.raises(RuntimeError):
-        _Host(Config()).resubmit(b"", ENVELOPE)
+        Host(Config()).resubmit(b"", ENVELOPE)

@@ -18,12 +18,12 @@ from mailwarden.events import MessageEventLog
 from mailwarden.inventory import plugin_descriptors
 from mailwarden.maildir import Maildir
 from mailwarden.plugins import build_plugin_manager
+from mailwarden.record import plugin_file_stores
 from mailwarden.spool import Spool
 from mailwarden.stores import StoreFull, admit, enforce
 from mailwarden.stores.applog import ApplicationLog
 from mailwarden.stores.authlog import AuthLog
 from mailwarden.stores.backup import BackupStore
-from mailwarden.stores.core import plugin_file_stores
 from mailwarden.stores.statistics import Statistics
 from mailwarden.stores.traces import TraceStreams
 from mailwarden.tls import write_private

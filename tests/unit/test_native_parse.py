@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import base64
 import os
+import random
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mailwarden_native import MalformationFlag, ParsedMessage, ParseLimits, parse
-from mailwarden_native._core import ffi
+from mailwarden_native._core import ffi, lib
 from mailwarden_native._mime import PART_FIELDS
 
 F = MalformationFlag
@@ -385,3 +386,44 @@ def test_mbox_from_line_inside_attached_message() -> None:
     msg = parse(raw)
     inner = msg.parts[2]
     assert inner.header("subject") == "inner" and inner.flags == F.NONE
+
+
+COMMON_TYPES = [
+    ffi.string(lib.mw_content_type_name(i)).decode() for i in range(1, lib.MW_CONTENT_TYPE_CODES)
+]
+TOKEN = st.text("abcxyzXYZ-.+0123456789", min_size=1, max_size=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.one_of(
+        st.sampled_from(COMMON_TYPES).map(lambda t: tuple(t.split("/"))),
+        st.tuples(TOKEN, TOKEN),
+        st.sampled_from(COMMON_TYPES).map(lambda t: (t.split("/")[0], t.split("/")[1] + "x")),
+    ),
+    st.randoms(use_true_random=False),
+    st.booleans(),
+)
+def test_content_type_from_the_common_type_table_is_the_written_one(
+    pair: tuple[str, str], rnd: random.Random, digest: bool
+) -> None:
+    # The C parser names the common types by a code into its table; whatever the case and
+    # the spacing, the part's content_type must be the type as written, lowercased.
+    ty, sub = ("".join(c.upper() if rnd.random() < 0.5 else c for c in s) for s in pair)
+    raw = (
+        b"Content-Type: multipart/" + (b"digest" if digest else b"mixed") + b'; boundary="b"\n\n'
+        b"--b\nContent-Type: " + f"{ty} / {sub}".encode() + b"; charset=x\n\nbody\n"
+        b"--b\nContent-Type: " + f"{ty}/{sub}".encode() + b"\n\nbody\n"
+        b"--b\n\nno content type\n--b--\n"
+    )
+    msg = parse(raw)
+    want = f"{ty}/{sub}".lower()
+    kids = [msg.parts[i] for i in msg.root.children]
+    assert [p.content_type for p in [msg.root, *kids]] == [
+        "multipart/digest" if digest else "multipart/mixed",
+        want,
+        want,
+        "message/rfc822" if digest else "text/plain",
+    ]
+    code = kids[1]._rec[PART_FIELDS.index("type_code")]
+    assert code == (COMMON_TYPES.index(want) + 1 if want in COMMON_TYPES else 0)

@@ -23,7 +23,7 @@ def _server_sockets() -> list[socket.socket]:
 
     found = []
     for obj in gc.get_objects():
-        if isinstance(obj, (GatewaySMTP, milter._Connection)) and obj.transport is not None:
+        if isinstance(obj, (GatewaySMTP, milter.MilterConnection)) and obj.transport is not None:
             sock = obj.transport.get_extra_info("socket")
             if sock is not None:
                 found.append(sock)

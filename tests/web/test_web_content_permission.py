@@ -105,7 +105,10 @@ def _fill(
         fillers: dict[str, Callable[[], str]] = {
             "held_id": lambda: fresh("held", walk.held),
             "quarantine": lambda: quarantine,
-            "entry_id": lambda: fresh(quarantine, lambda: walk.entry(quarantine)),
+            # /my/quarantine/{entry_id} names an entry of the spam quarantine.
+            "entry_id": lambda: fresh(
+                quarantine or "spam", lambda: walk.entry(quarantine or "spam")
+            ),
             "backup_id": lambda: fresh("backup", walk.backup),
             "name": lambda: "app.css",
             "section": lambda: "smtp" if path.startswith(("/mta", "/api/mta")) else "events",

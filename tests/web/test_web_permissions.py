@@ -7,8 +7,14 @@ from typing import Any
 import pytest
 from starlette.routing import Route
 
-from mailwarden.web.permissions import AUTHENTICATED, BUILTIN_ROLES, PUBLIC, ROUTES, RouteSpec
+from mailwarden.web.permissions import AUTHENTICATED, BUILTIN_ROLES, PUBLIC, RouteSpec
+from mailwarden.web.permissions import ROUTES as DECLARED
+from mailwarden.web.routes import ROUTES as TABLE
 from tests.web.conftest import Web
+
+# Every route the application mounts, each with the permission it declares (most in
+# permissions.ROUTES, a module's own in its route table).
+ROUTES = tuple(route.spec for route in TABLE)
 
 
 def _request(web: Web, spec: RouteSpec, method: str, client: Any, csrf: str) -> Any:
@@ -56,6 +62,8 @@ def test_the_app_has_exactly_the_declared_routes(web: Web) -> None:
     }
     declared = {(spec.path, method) for spec in ROUTES for method in spec.methods}
     assert mounted == declared
+    assert {(spec.path, method) for spec in DECLARED for method in spec.methods} <= mounted
+    assert len(ROUTES) == len({(spec.path, spec.methods) for spec in ROUTES})
 
 
 @pytest.mark.parametrize("role", [None, *BUILTIN_ROLES])

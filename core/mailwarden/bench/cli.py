@@ -16,6 +16,7 @@ from typing import Any
 import click
 import msgspec
 
+from ..stage import Stage
 from .corpus import generate, load_directory
 from .peers import run_peers
 from .report import compare, table, write_all
@@ -157,7 +158,7 @@ def bench(
             "warm-up": warm_lookups,
             "measured": reputation.lookups() - warm_lookups,
         }
-    parse = next(s for s in pipeline["stages"] if s.stage == "parse")
+    parse = next(s for s in pipeline["stages"] if s.stage == Stage.PARSE)
     peers: list[dict[str, Any]] = [
         {
             "name": "python email (parse only)",

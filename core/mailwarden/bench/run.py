@@ -36,6 +36,7 @@ from mailwarden_sdk import Envelope
 from ..config import load_config
 from ..pipeline import Gateway
 from ..plugins import build_plugin_manager
+from ..stage import Stage, detector_stage
 
 __all__ = [
     "OFFLINE_ANTISPAM",
@@ -286,8 +287,11 @@ def run_pipeline(
         scan_wall, wall = asyncio.run(go())
         cpu = _cpu() - cpu0
         size = sum(map(len, messages))
-        order = ["parse", *sorted(s for s in stages if s.startswith("detector.")), "detect"]
-        order += [s for s in ("decide", "act", "record") if s in stages]
+        # The detectors' own times come just before the detect stage that holds them.
+        detectors = sorted(s for s in stages if s.startswith(detector_stage("")))
+        order: list[str] = []
+        for stage in Stage:
+            order += [*detectors, stage] if stage is Stage.DETECT else [stage]
         return {
             "stages": [stage_stats(s, stages[s], size) for s in order if s in stages],
             "scan": {

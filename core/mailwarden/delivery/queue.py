@@ -21,8 +21,9 @@ import asyncio
 import logging
 import re
 import time
+from collections.abc import Sequence
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from mailwarden_sdk import Envelope
 
@@ -34,9 +35,10 @@ from .relay import RelayResult, send
 from .scache import ConnectionCache
 
 if TYPE_CHECKING:
-    from ..pipeline import Gateway
+    from ..config import DeliveryConfig
+    from ..spool import Spool
 
-__all__ = ["DeliveryQueue", "crlf", "queued_for"]
+__all__ = ["DeliveryQueue", "QueuePort", "crlf", "queued_for"]
 
 log = logging.getLogger(__name__)
 
@@ -65,13 +67,38 @@ def queued_for(entry: SpoolEntry, state: SpoolState) -> float:
     return max(0.0, time.time() - entry.spooled_at)
 
 
+class QueuePort(Protocol):
+    """What the queue asks of the gateway it delivers for, and nothing more (the outbox)."""
+
+    def with_headers(self, raw: bytes, headers: Sequence[tuple[str, str]]) -> bytes:
+        """``raw`` with the decided ``headers`` prepended, made safe."""
+        ...
+
+    def sign(self, data: bytes) -> bytes:
+        """``data`` (CR LF) DKIM-signed when a key applies."""
+        ...
+
+    async def rescan(self, entry: SpoolEntry) -> None:
+        """Scan and act on a spooled message whose decision was not stored."""
+        ...
+
+    def hold_raw(
+        self, data: bytes, envelope: Envelope, *, decision: str, rule: str, reason: str
+    ) -> str:
+        """Keep ``data`` in the quarantine (durable on return); its held id."""
+        ...
+
+
 class DeliveryQueue:
     """Delivers spooled messages for one gateway process."""
 
-    def __init__(self, gateway: Gateway) -> None:
-        self.gateway = gateway
-        self.config = gateway.config.delivery
-        self.spool = gateway.spool
+    def __init__(
+        self, config: DeliveryConfig, hostname: str, spool: Spool, port: QueuePort
+    ) -> None:
+        self.port = port
+        self.config = config
+        self.hostname = hostname
+        self.spool = spool
         self._active: dict[str, asyncio.Task[None]] = {}
         self._slots = asyncio.Semaphore(self.config.concurrency)
         self._scanner: asyncio.Task[None] | None = None
@@ -132,6 +159,14 @@ class DeliveryQueue:
             loop.call_soon_threadsafe(self._start, entry)
         else:
             self._start(entry)
+
+    async def enqueue(self, data: bytes, envelope: Envelope, state: SpoolState) -> SpoolEntry:
+        """Spool a message that needs no decision (released, a notice, a DSN) with its
+        ``state`` and deliver it now. The message enters the spool with its state, so a crash
+        can never leave it to be scanned (and held) again."""
+        entry = await asyncio.to_thread(self.spool.write, data, envelope, state)
+        self.submit(entry)
+        return entry
 
     def _start(self, entry: SpoolEntry) -> None:
         task = asyncio.create_task(self._handle(entry), name=f"deliver-{entry.id}")
@@ -203,10 +238,10 @@ class DeliveryQueue:
                 if not state.decided:
                     # Left by a crash before a decision was stored: scan it again. Its client
                     # may or may not have had a 250; delivering it is the safe side.
-                    await self.gateway.act_on_spooled(entry)
+                    await self.port.rescan(entry)
                     return
                 if not self.relaying:
-                    await self.gateway.act_on_spooled(entry)
+                    await self.port.rescan(entry)
                     return
                 await self._deliver(entry, state)
             except Exception:
@@ -219,8 +254,7 @@ class DeliveryQueue:
         raw = entry.raw_if_small()
         if raw is None:
             raw = await asyncio.to_thread(entry.raw)
-        data = crlf(_with_headers(raw, state.add_headers))
-        data = self.gateway.dkim.sign(data)
+        data = self.port.sign(crlf(self.port.with_headers(raw, state.add_headers)))
 
         def settled(result: RelayResult) -> None:
             # Runs in the sending thread right after the next hop's answer to the dot.
@@ -239,7 +273,7 @@ class DeliveryQueue:
             envelope.mail_from,
             pending,
             data,
-            helo=self.gateway.config.gateway.hostname,
+            helo=self.hostname,
             tls=self.config.tls,
             context=self._context,
             timeout=self.config.connect_timeout,
@@ -258,7 +292,7 @@ class DeliveryQueue:
             log.info("%s: to=<%s> status=sent tls=%s", entry.id, rcpt, result.tls)
         if failed and envelope.mail_from and not state.generated:
             dsn = build_dsn(
-                hostname=self.gateway.config.gateway.hostname,
+                hostname=self.hostname,
                 sender=envelope.mail_from,
                 original=data,
                 failures=failed,
@@ -306,9 +340,9 @@ class DeliveryQueue:
         note = (
             b"X-Mailwarden-Hold: delivery to the next hop was interrupted; it may have arrived\r\n"
         )
-        data = note + _with_headers(raw, state.add_headers)
+        data = note + self.port.with_headers(raw, state.add_headers)
         await asyncio.to_thread(
-            self.gateway.quarantine.hold,
+            self.port.hold_raw,
             data,
             entry.envelope,
             decision=entry.id,
@@ -320,21 +354,9 @@ class DeliveryQueue:
 
     async def spool_generated(self, data: bytes, recipient: str) -> None:
         """Spool a message we made (a DSN) from the null sender and deliver it."""
+        envelope = Envelope(mail_from="", rcpt_to=[recipient])
         try:
-            dsn = await asyncio.to_thread(
-                self.spool.write,
-                data,
-                Envelope(mail_from="", rcpt_to=[recipient]),
-                SpoolState(decided=True, generated=True),
-            )
+            await self.enqueue(data, envelope, SpoolState(decided=True, generated=True))
         except DeliveryError:
             log.exception("could not spool a DSN to %s", recipient)
             raise
-        self.submit(dsn)
-
-
-def _with_headers(raw: bytes, headers: list[tuple[str, str]]) -> bytes:
-    if not headers:
-        return raw
-    eol = b"\r\n" if b"\r\n" in raw[:4096] else b"\n"
-    return b"".join(n.encode("ascii") + b": " + v.encode("utf-8") + eol for n, v in headers) + raw

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 
 from mailwarden_sdk import AntivirusStatus, Envelope
 
-from .. import __version__
+from ..version import __version__
 from .scan_protocols import ScanSession, file_as_message, read_timed, start_stream_listener
 
 if TYPE_CHECKING:

@@ -30,9 +30,8 @@ from aiosmtpd.smtp import Envelope as SmtpEnvelope
 from mailwarden_native import parse
 from mailwarden_sdk import ActionKind, Envelope
 
-from ..delivery.queue import crlf
 from ..delivery.relay import parse_next_hop
-from .milter import hold
+from ..pipeline import settle
 from .smtp import GatewaySMTP, _Limits, _sender
 from .tcp import listening_socket
 
@@ -56,7 +55,6 @@ _UNAVAILABLE = "[UNAVAILABLE]"
 _XTEXT = re.compile(r"\+([0-9A-Fa-f]{2})")
 # Postfix's smtpd reads an XFORWARD line of up to 512 bytes; longer sets go in several lines.
 _XFORWARD_LINE = 400
-_REFUSING = (ActionKind.REJECT, ActionKind.TEMPFAIL)
 
 
 class ReinjectError(Exception):
@@ -223,31 +221,25 @@ class ContentFilterHandler:
         self, raw: bytes, smtp_envelope: SmtpEnvelope, xforward: Mapping[str, str]
     ) -> str:
         """Scan per rule, act, and return the one SMTP reply for the transaction."""
-        from ..pipeline import _accepted_form
-
         gateway = self.gateway
         envelope = self.envelope(smtp_envelope, xforward)
         groups = gateway.split_recipients(envelope)
         message = await asyncio.to_thread(parse, raw)
         decisions = [await gateway.scan(raw, env, message=message) for _, env in groups]
         try:
-            await gateway.keep_backups(decisions)
+            await gateway.outbox.keep_backups(decisions)
         except Exception as exc:
             # Nothing is changed or dropped without its copy: Postfix keeps the message queued.
             log.warning("content filter: cannot keep a backup copy: %r", exc)
             return "451 4.3.0 Cannot keep a backup copy now"
-        if all(d.action.kind in _REFUSING for d in decisions):
-            chosen = next((d for d in decisions if d.action.kind is ActionKind.TEMPFAIL), None)
-            chosen = chosen or decisions[0]
+        refusal = settle(decisions)
+        if refusal is not None:
             # A 5xx makes Postfix bounce to the (often forged) sender; that is what the rule
             # asked for with "reject", as the SMTP gateway does.
-            reply = f"{chosen.action.smtp_code} {chosen.action.smtp_text}"
+            reply = f"{refusal.action.smtp_code} {refusal.action.smtp_text}"
             for d in decisions:
                 self._record(d, reply)
             return reply
-        if len(decisions) > 1:
-            for d in decisions:
-                d.action = _accepted_form(d.action)
         replies: list[tuple[Decision, str]] = []
         for d in decisions:
             replies.append((d, await self._act(d, smtp_envelope, xforward)))
@@ -263,7 +255,8 @@ class ContentFilterHandler:
         cfg = gateway.config.content_filter
         kind = d.action.kind
         if kind is ActionKind.DELIVER:
-            data = gateway.dkim.sign(crlf(_tagged(d)))
+            # Rewritten once, like every way out: the subject tag is in it already.
+            data = gateway.outbox.outgoing(d)
             try:
                 await asyncio.to_thread(
                     reinject,
@@ -283,7 +276,7 @@ class ContentFilterHandler:
                 raise
             return "250 2.0.0 re-injected"
         if kind is ActionKind.QUARANTINE:
-            await hold(gateway, d)
+            await gateway.outbox.hold(d)
             return f"250 2.0.0 held as {d.id[:12]}"
         return f"{d.action.smtp_code} {d.action.smtp_text}"
 
@@ -293,18 +286,6 @@ class ContentFilterHandler:
 
 def _short(exc: Exception) -> str:
     return " ".join(str(exc).split())[:200]
-
-
-def _tagged(d: Decision) -> bytes:
-    data = d.with_headers()
-    tag = d.action.subject_tag
-    if not tag:
-        return data
-    # The first Subject line gets the tag; a message without one gets a Subject of the tag.
-    new, count = re.subn(
-        rb"(?im)^Subject:[ \t]?", b"Subject: " + tag.encode("utf-8") + b" ", data, count=1
-    )
-    return new if count else b"Subject: " + tag.encode("utf-8") + b"\r\n" + data
 
 
 async def start_content_filter(gateway: Gateway, *, reuse_port: bool = False) -> asyncio.Server:

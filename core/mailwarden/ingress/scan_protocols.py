@@ -32,7 +32,6 @@ __all__ = [
     "is_spam",
     "read_timed",
     "required_score",
-    "start_scan_protocols",
     "start_stream_listener",
 ]
 
@@ -204,24 +203,3 @@ def reported_score(decision: Decision, required: float) -> float:
     for another reason, since clients (Exim's ``spam =``) compare the score alone."""
     score = round(decision.verdict.spam_score, 1)
     return max(score, required) if is_spam(decision) else score
-
-
-async def start_scan_protocols(
-    gateway: Gateway, announce: Callable[[str], None], *, reuse_port: bool = False
-) -> list[asyncio.Server]:
-    """Start the enabled ``[clamd]``, ``[spamd]`` and ``[http_scan]`` listeners."""
-    from .clamd import start_clamd
-    from .http_scan import start_http_scan
-    from .spamd import start_spamd
-
-    cfg = gateway.config
-    servers: list[asyncio.Server] = []
-    for name, section, start, what in (
-        ("clamd", cfg.clamd, start_clamd, "clamd protocol: clamdscan --stream, Exim av_scanner"),
-        ("spamd", cfg.spamd, start_spamd, "spamd protocol: spamc, Exim spam ="),
-        ("http", cfg.http_scan, start_http_scan, "rspamd HTTP API: rspamc, POST /checkv2"),
-    ):
-        if section.enabled:
-            servers.append(await start(gateway, reuse_port=reuse_port))
-            announce(f"  {name:<8} {section.listen}:{section.port}  ({what})")
-    return servers

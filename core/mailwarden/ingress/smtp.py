@@ -154,6 +154,9 @@ class GatewaySMTP(SMTP):
         self._forbid_bare_newline_configured = forbid_bare_newline
         self._proxied_peer: tuple[str, int] | None = None
         self._bare_newline_exempt = bare_newline_exempt or (lambda peer: False)
+        # Until our greeting, what a balancer sends is its PROXY header: v2's signature holds
+        # a bare LF by design ("\r\n\r\n\0\r\nQUIT\n"), which is no smuggling attempt.
+        self._proxy_header_pending = False
         self._junk_left = junk_command_limit
         self._junk_limit = junk_command_limit
         self._auth_offered = auth_offered or (lambda: False)
@@ -224,6 +227,7 @@ class GatewaySMTP(SMTP):
                 transport.close()
                 return
             self._counted = address
+            self._proxy_header_pending = self._proxy_timeout is not None
             if self._forbid_bare_newline and self._bare_newline_exempt(peer):
                 # As Postfix's smtpd_forbid_bare_newline_exclusions = $mynetworks: local
                 # programs that write LF line ends keep working.
@@ -291,7 +295,11 @@ class GatewaySMTP(SMTP):
         # The timeout counts from the last byte received, so a slow transfer that keeps
         # sending is never cut (aiosmtpd counted from the last command, DATA included).
         self._last_input = self.loop.time()
-        if self._forbid_bare_newline and self._bare_newline(data):
+        if (
+            self._forbid_bare_newline
+            and not self._proxy_header_pending
+            and self._bare_newline(data)
+        ):
             # Postfix's smtpd_forbid_bare_newline = reject: a line that ends in LF alone is how
             # SMTP smuggling hides a second message ("\n.\n" read as end of data elsewhere).
             log.warning("%s: bare <LF> received; disconnecting", self._counted)
@@ -318,6 +326,7 @@ class GatewaySMTP(SMTP):
     async def push(self, status: AnyStr) -> None:
         # A multi-line reply (EHLO's) goes out in one write: aiosmtpd sends each line with its
         # own send(), eight system calls and as many segments for one EHLO.
+        self._proxy_header_pending = False
         if isinstance(status, str) and status[3:4] == "-":
             self._continued.append(status)
             return

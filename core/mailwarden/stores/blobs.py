@@ -11,12 +11,11 @@ cannot happen. Identical bodies are stored once.
 from __future__ import annotations
 
 import hashlib
-import os
-import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from ..durable import fsync_dir as _fsync_dir
+from mailwarden_sdk.files import TEMP_GLOB, atomic_write
+
 from ..durable import private_dir
 
 __all__ = ["BlobStore"]
@@ -40,17 +39,7 @@ class BlobStore:
             return digest
         folder = target.parent
         private_dir(folder)
-        temp = folder / f".tmp-{secrets.token_hex(8)}"
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(temp, target)
-        _fsync_dir(folder)
+        atomic_write(target, data)
         return digest
 
     def get(self, digest: str) -> bytes:
@@ -68,7 +57,7 @@ class BlobStore:
         for folder in self.root.iterdir():
             if folder.is_dir() and len(folder.name) == 2:
                 for path in folder.iterdir():
-                    if not path.name.startswith(".tmp-"):
+                    if not path.name.startswith("."):
                         yield path.name
 
     def remove_unreferenced(self, referenced: Callable[[str], bool]) -> int:
@@ -76,9 +65,11 @@ class BlobStore:
         removed = 0
         if not self.root.is_dir():
             return 0
-        for temp in self.root.glob("*/.tmp-*"):
-            temp.unlink(missing_ok=True)
-            removed += 1
+        # ".tmp-*": temporary files of earlier releases, which named them so.
+        for pattern in (TEMP_GLOB, ".tmp-*"):
+            for temp in self.root.glob(f"*/{pattern}"):
+                temp.unlink(missing_ok=True)
+                removed += 1
         for digest in list(self.digests()):
             if not referenced(digest):
                 self.remove(digest)

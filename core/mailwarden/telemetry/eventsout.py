@@ -21,9 +21,9 @@ import msgspec
 
 from mailwarden_sdk import MessageEvent
 
-from .. import __version__
 from ..config import Config
 from ..stores.lines import CappedLines
+from ..version import __version__
 
 __all__ = ["JsonLinesSink", "SyslogSink", "cef_line", "json_export", "rfc5424_line"]
 

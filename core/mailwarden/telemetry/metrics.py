@@ -223,6 +223,11 @@ class GatewayMetrics:
             registry=self.registry,
             multiprocess_mode="livemin",
         )
+        self.shared_state_round_trips = Counter(
+            "mailwarden_shared_state_round_trips",
+            "Requests to Redis (a pipelined batch of commands is one)",
+            registry=self.registry,
+        )
         self.shared_state_fallbacks = Counter(
             "mailwarden_shared_state_fallbacks",
             "Policy state operations answered from the local store because Redis failed or "

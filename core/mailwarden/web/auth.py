@@ -18,7 +18,6 @@ import hashlib
 import hmac
 import ipaddress
 import json
-import os
 import secrets
 import threading
 import time
@@ -26,6 +25,8 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from mailwarden_sdk.files import atomic_write
 
 from .permissions import BUILTIN_ROLES, permissions_of
 
@@ -184,14 +185,7 @@ def _decoy_hash() -> str:
 
 def _write_private(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    atomic_write(path, data)
 
 
 class WebAuth:

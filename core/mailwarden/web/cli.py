@@ -7,6 +7,7 @@ import pwd
 
 import click
 
+from ..clihome import home_config_path
 from ..config import load_config
 from ..errors import MailwardenError
 from ..plugins import build_plugin_manager
@@ -21,11 +22,9 @@ __all__ = ["web"]
 def _auth(config_path: str | None) -> tuple[WebAuth, AuditLog]:
     """The accounts, and the audit log that records changes made from the shell (the web's
     copy and the application log, under the name of the system user who ran the command)."""
-    from ..cli import _home_config_path
-
     plugins = build_plugin_manager()
     try:
-        config = load_config(_home_config_path(config_path), plugins.config_schemas())
+        config = load_config(home_config_path(config_path), plugins.config_schemas())
     except MailwardenError as exc:
         raise click.ClickException(str(exc)) from exc
     cfg = config.web

@@ -1,5 +1,5 @@
 """The end user's quarantine digest: a mail per recipient listing the spam held for them, with
-links that release or delete one message without a login.
+links that release or delete one message, or always allow its sender, without a login.
 
 A link carries a signed, expiring token (HMAC-SHA256 with a key kept under
 ``<home>/web/digest-key``) naming the quarantine, the message, the recipient and the act; it
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from ..pipeline import Gateway
 
 __all__ = [
+    "ACT_LABELS",
     "DIGEST_ACTS",
     "DigestDone",
     "DigestLink",
@@ -41,7 +42,9 @@ __all__ = [
     "send_digests",
 ]
 
-DIGEST_ACTS = ("release", "delete")
+DIGEST_ACTS = ("release", "delete", "allow")
+# How each act reads in the digest mail and on the page it opens.
+ACT_LABELS = {"release": "Release", "delete": "Delete", "allow": "Always allow"}
 
 
 class _Payload(msgspec.Struct, frozen=True):
@@ -198,7 +201,8 @@ def compose_digest(
         f"{len(entries)} message{'s were' if len(entries) != 1 else ' was'} held as spam "
         f"for {recipient}.",
         "Each link opens a page where you confirm; no login is needed. "
-        f"The links work for {days:g} days.",
+        f"The links work for {days:g} days. Always allow releases the message and delivers "
+        "mail from its sender to you from now on without the spam check.",
         "",
     ]
     for entry in entries:
@@ -210,7 +214,7 @@ def compose_digest(
         ]
         for act in DIGEST_ACTS:
             token = signer.sign(quarantine, entry.id, recipient, act, days)
-            lines.append(f"  {act.capitalize():8} {base}/digest/{token}")
+            lines.append(f"  {ACT_LABELS[act]:12} {base}/digest/{token}")
         lines.append("")
     message = EmailMessage()
     message["From"] = sender

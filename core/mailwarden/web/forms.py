@@ -19,7 +19,7 @@ from typing import Any
 import msgspec
 import msgspec.inspect as mi
 
-__all__ = ["Field", "FormError", "changed_values", "form_fields", "is_secret", "masked"]
+__all__ = ["Field", "FormError", "changed_values", "form_fields", "is_secret", "masked", "unmasked"]
 
 _SECRET_NAME = re.compile(r"(password|passwd|secret|token|private_key|api_key|credential)", re.I)
 _MASK = "********"
@@ -41,6 +41,22 @@ def masked(value: Any) -> Any:
     if isinstance(value, str) and "PRIVATE KEY" in value:
         return _MASK
     return value
+
+
+def unmasked(value: dict[str, Any], current: dict[str, Any]) -> dict[str, Any]:
+    """``value`` as sent back after a GET: every masked secret (asterisks, as :func:`masked`
+    shows them) replaced by what ``current`` holds, or left out when it holds nothing."""
+    kept: dict[str, Any] = {}
+    for key, item in value.items():
+        now = current.get(key)
+        if item == _MASK:
+            if now is not None:
+                kept[key] = now
+        elif isinstance(item, dict) and isinstance(now, dict):
+            kept[key] = unmasked(item, now)
+        else:
+            kept[key] = item
+    return kept
 
 
 class FormError(ValueError):

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# The names live below both the config (which checks custom roles against them) and the web
+# interface, so that the engine loads its config without the web package.
+from ..access import AUTHENTICATED, BUILTIN_ROLES, CONTENT, PERMISSIONS, PUBLIC, permissions_of
+
 __all__ = [
     "AUTHENTICATED",
     "BUILTIN_ROLES",
@@ -19,73 +23,12 @@ __all__ = [
     "permissions_of",
 ]
 
-PERMISSIONS = (
-    "settings.view",
-    "settings.edit",
-    "rules.view",
-    "rules.edit",
-    "reports.view",
-    "events.messages.view",
-    "events.app.view",
-    "events.auth.view",
-    "messages.content.view",
-    "queues.view",
-    "queues.manage",
-    "backup.view",
-    "backup.manage",
-    "diagnostics.get",
-    "mta.view",
-    "mta.edit",
-    "users.manage",
-)
-#: Anyone, logged in or not.
-PUBLIC = "public"
-#: Any logged-in user or token, whatever its roles.
-AUTHENTICATED = "authenticated"
-#: Reading what a message says (its text, headers past the envelope summary, attachments,
-#: the message itself as a download), on top of the permission of the store it is in.
-CONTENT = "messages.content.view"
-
 # Request body caps by route class (bytes): a body is refused with 413 while it streams in,
 # before more than this is read. Logins and plain forms carry a few fields; JSON edits a
 # section of the config; the rules are the one upload that can be long.
 SMALL_BODY = 16 * 1024
 JSON_BODY = 256 * 1024
 RULES_BODY = 4 * 1024 * 1024
-
-BUILTIN_ROLES: dict[str, frozenset[str]] = {
-    "Administrator": frozenset(PERMISSIONS),
-    "Security officer": frozenset(PERMISSIONS) - {"users.manage", "mta.edit"},
-    # Runs the mail flow day to day: sees traffic and quarantines and releases mail, but does
-    # not change how the gateway decides.
-    "Operator": frozenset(
-        {
-            "reports.view",
-            "events.messages.view",
-            "queues.view",
-            "queues.manage",
-            # Deciding whether a held message is released means reading it.
-            CONTENT,
-            "backup.view",
-            "rules.view",
-            "mta.view",
-        }
-    ),
-    # Reads everything an audit needs, changes nothing and never sees message bodies.
-    "Auditor": frozenset(
-        {
-            "settings.view",
-            "rules.view",
-            "reports.view",
-            "events.messages.view",
-            "events.app.view",
-            "events.auth.view",
-            "queues.view",
-            "backup.view",
-            "mta.view",
-        }
-    ),
-}
 
 
 @dataclass(frozen=True)
@@ -182,6 +125,31 @@ ROUTES: tuple[RouteSpec, ...] = (
     RouteSpec("/digest/{token}", ("POST",), "digest_form", PUBLIC),
     # API
     RouteSpec("/api/health", ("GET",), "api_health", PUBLIC),
+    # One console over every node (mailwarden.cluster.console); /cluster/v1 is for the other
+    # nodes: no login, but refused unless HMAC-signed with the [cluster] secret.
+    RouteSpec("/cluster", ("GET",), "cluster_page", "queues.view"),
+    RouteSpec(
+        "/cluster/quarantine/{held_id}/release", ("POST",), "cluster_release_form", "queues.manage"
+    ),
+    RouteSpec("/api/cluster/events", ("GET",), "api_cluster_events", "events.messages.view"),
+    RouteSpec("/api/cluster/quarantine", ("GET",), "api_cluster_quarantine", "queues.view"),
+    RouteSpec(
+        "/api/cluster/quarantine/{held_id}/release",
+        ("POST",),
+        "api_cluster_release",
+        "queues.manage",
+    ),
+    RouteSpec(
+        "/api/cluster/quarantine/{held_id}", ("DELETE",), "api_cluster_delete", "queues.manage"
+    ),
+    RouteSpec("/api/cluster/config", ("GET",), "api_cluster_config", "settings.view"),
+    RouteSpec("/api/cluster/config/push", ("POST",), "api_cluster_config_push", "settings.edit"),
+    RouteSpec("/cluster/v1/config", ("GET",), "node_config", PUBLIC),
+    RouteSpec("/cluster/v1/config", ("POST",), "node_config_push", PUBLIC, max_body=JSON_BODY),
+    RouteSpec("/cluster/v1/events", ("GET",), "node_events", PUBLIC),
+    RouteSpec("/cluster/v1/quarantine", ("GET",), "node_quarantine", PUBLIC),
+    RouteSpec("/cluster/v1/quarantine/{held_id}/release", ("POST",), "node_release", PUBLIC),
+    RouteSpec("/cluster/v1/quarantine/{held_id}/delete", ("POST",), "node_delete", PUBLIC),
     RouteSpec("/api/login", ("POST",), "api_login", PUBLIC),
     RouteSpec("/api/me", ("GET",), "api_me", AUTHENTICATED),
     RouteSpec("/api/openapi.json", ("GET",), "api_openapi", AUTHENTICATED),
@@ -260,16 +228,3 @@ ROUTES: tuple[RouteSpec, ...] = (
     RouteSpec("/api/tokens", ("POST",), "api_token_create", "users.manage"),
     RouteSpec("/api/tokens/{token_id}", ("DELETE",), "api_token_revoke", "users.manage"),
 )
-
-
-def permissions_of(
-    roles: list[str] | tuple[str, ...], custom: dict[str, list[str]]
-) -> frozenset[str]:
-    """Every permission the ``roles`` grant (built-in ones and the config's custom roles)."""
-    granted: set[str] = set()
-    for role in roles:
-        if role in BUILTIN_ROLES:
-            granted |= BUILTIN_ROLES[role]
-        elif role in custom:
-            granted |= {p for p in custom[role] if p in PERMISSIONS}
-    return frozenset(granted)

@@ -1,4 +1,8 @@
-"""The core's stores for one configuration, their enforcement, and what each message adds.
+"""Record, the last stage: what each message leaves behind, and the core's stores that hold it.
+
+:class:`CoreStores` puts one configuration's stores together with the telemetry they feed
+(metrics, events out, traces) and enforces their limits. It lives here, above ``stores/``,
+because it reads the config and the telemetry: the stores themselves take plain values.
 
 :class:`CoreStores` opens nothing until used (LMDB environments open on first access, after
 any fork). ``mailwarden serve`` calls :meth:`CoreStores.start` (temp files removed, metrics
@@ -19,21 +23,21 @@ import msgspec
 
 from mailwarden_sdk import MessageEvent, StoreDescriptor, WhenFull
 
-from ..config import Config
-from ..events import MessageEventLog
-from ..privileges import core_dumps_descriptor
-from ..telemetry.eventsout import JsonLinesSink, SyslogSink, json_export
-from ..telemetry.metrics import GatewayMetrics
-from .applog import ApplicationLog
-from .authlog import AuthLog
-from .backup import BackupStore
-from .bounded import BoundedStore, enforce
-from .files import FileStore
-from .lines import CappedLines, LinesStore
-from .lmdb_env import Recovery, on_recovered
-from .statistics import Statistics
-from .temp import clean_temp
-from .traces import TraceStreams
+from .config import Config
+from .events import MessageEventLog
+from .privileges import core_dumps_descriptor
+from .stores.applog import ApplicationLog
+from .stores.authlog import AuthLog
+from .stores.backup import BackupStore
+from .stores.bounded import BoundedStore, enforce
+from .stores.files import FileStore
+from .stores.lines import CappedLines, LinesStore
+from .stores.lmdb_env import Recovery, on_recovered
+from .stores.statistics import Statistics
+from .stores.temp import clean_temp
+from .stores.traces import TraceStreams
+from .telemetry.eventsout import JsonLinesSink, SyslogSink, json_export
+from .telemetry.metrics import GatewayMetrics
 
 __all__ = ["CoreStores", "LineFile", "line_files", "plugin_file_stores", "write_recovery"]
 

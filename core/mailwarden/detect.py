@@ -1,0 +1,145 @@
+"""The detect stage: every detector that runs under the message's rule (each within its
+budget), the rule's content checks and the MIME ambiguities, as findings. A detector that
+fails or runs out of time is an error finding: the rule's error action decides."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from mailwarden_native import ParsedMessage, detect_type
+from mailwarden_sdk import Category, Finding, ScanContext
+from mailwarden_sdk.offload import scanning
+
+from .content_rules import DETECTOR as CONTENT_DETECTOR
+from .content_rules import check_content, mime_ambiguities
+from .policy import rule_runs
+from .stage import detector_stage, elapsed_ms
+
+if TYPE_CHECKING:
+    from .config import Config, RuleConfig
+    from .hookcalls import HookRunner
+    from .plugins import PluginSet
+
+__all__ = ["TIMEOUT", "Detect", "checked_findings", "error_finding"]
+
+log = logging.getLogger(__name__)
+
+#: The code of a finding that stands for a hook out of time.
+TIMEOUT = "HOOK_TIMEOUT"
+
+
+def error_finding(detector: str, code: str, error: str) -> Finding:
+    """An error finding of ``detector``: the rule's error action decides about the message."""
+    return Finding(
+        code=code,
+        detector=detector,
+        category=Category.OTHER,
+        status="error",
+        details={"error": error[:300]},
+    )
+
+
+def checked_findings(detector: str, result: Any) -> list[Finding]:
+    """What ``detector`` returned as findings; anything that is not one is an error finding."""
+    if result is None:
+        return []
+    if isinstance(result, Finding):
+        return [result]
+    if not isinstance(result, Iterable) or isinstance(result, (str, bytes)):
+        return [error_finding(detector, "DETECTOR_ERROR", f"returned {type(result).__name__}")]
+    findings: list[Finding] = []
+    for item in result:
+        if isinstance(item, Finding):
+            findings.append(item)
+        else:
+            findings.append(
+                error_finding(
+                    detector, "DETECTOR_ERROR", f"returned {type(item).__name__}, not Finding"
+                )
+            )
+    return findings
+
+
+class Detect:
+    """The detect stage of one gateway: its plugins' ``mailwarden_scan`` and the content rules."""
+
+    def __init__(self, plugins: PluginSet, hooks: HookRunner) -> None:
+        self.plugins = plugins
+        self.hooks = hooks
+
+    def detectors_for(self, config: Config, rule: RuleConfig) -> list[str]:
+        """Names of the detectors that run under ``rule``."""
+        disabled = set(config.detectors.disabled)
+        return [
+            impl.plugin_name
+            for impl in self.plugins.pm.hook.mailwarden_scan.get_hookimpls()
+            if impl.plugin_name not in disabled and rule_runs(rule, impl.plugin_name)
+        ]
+
+    async def findings(
+        self,
+        config: Config,
+        ctx: ScanContext,
+        rule: RuleConfig,
+        given: Sequence[Finding],
+        timings: dict[str, float],
+    ) -> list[Finding]:
+        """Everything found in ``ctx.message`` under ``rule``, ``given`` (a plugin's verdict on
+        a resubmission) last; each detector's time goes in ``timings``."""
+        names = set(self.detectors_for(config, rule))
+        impls = [
+            i
+            for i in self.plugins.pm.hook.mailwarden_scan.get_hookimpls()
+            if i.plugin_name in names
+        ]
+        message = ctx.message
+        with scanning(message):
+            # The detectors' tasks inherit the mark: a message of many fields or parts has its
+            # CPU work done in threads (run_cpu_bound), whatever its size.
+            detecting = asyncio.gather(
+                *(self._run_detector(config, impl, ctx, timings) for impl in impls)
+            )
+        content = self._check_content(message, rule, timings)
+        blocked, results = await asyncio.gather(content, detecting)
+        results.append(blocked)
+        results.append(mime_ambiguities(message))
+        results.append(list(given))
+        return [f for found in results for f in found]
+
+    async def _check_content(
+        self, message: ParsedMessage, rule: RuleConfig, timings: dict[str, float]
+    ) -> list[Finding]:
+        if not rule.content.active:
+            return []
+        began = time.perf_counter()
+        try:
+            # Archive listing is Python work on untrusted data: off the event loop, and a
+            # failure is an error finding the rule's error action decides, like a detector's.
+            return await asyncio.to_thread(check_content, message, rule.content, detect_type)
+        except Exception as exc:
+            log.warning("content rules failed: %r", exc)
+            return [error_finding(CONTENT_DETECTOR, "DETECTOR_ERROR", repr(exc))]
+        finally:
+            timings[detector_stage(CONTENT_DETECTOR)] = elapsed_ms(began)
+
+    async def _run_detector(
+        self, config: Config, impl: Any, ctx: ScanContext, timings: dict[str, float]
+    ) -> list[Finding]:
+        name = impl.plugin_name
+        budget = config.detectors.budget(name)
+        began = time.perf_counter()
+        try:
+            result = await self.hooks.call(impl, budget, ctx=ctx)
+            return checked_findings(name, result)
+        except TimeoutError:
+            self.hooks.failed("mailwarden_scan", name, "timeout")
+            return [error_finding(name, "DETECTOR_TIMEOUT", f"no answer within {budget:g} s")]
+        except Exception as exc:
+            log.warning("detector %s failed: %r", name, exc)
+            return [error_finding(name, "DETECTOR_ERROR", repr(exc))]
+        finally:
+            timings[detector_stage(name)] = elapsed_ms(began)

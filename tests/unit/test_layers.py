@@ -1,0 +1,59 @@
+"""The layers a user can see: the engine works on an install without the web interface."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from tests.conftest import EICAR, make_message
+
+# Run in a fresh interpreter where `import mailwarden.web` fails, as on an install that
+# leaves the web interface out: the config (custom roles included) loads, a bad role is still
+# named, and a message is scanned and decided.
+_WITHOUT_WEB = textwrap.dedent(
+    """
+    import asyncio, sys
+    sys.modules["mailwarden.web"] = None
+
+    from mailwarden import ConfigError, Gateway
+    from mailwarden.config import parse_config
+
+    home, good, raw = sys.argv[1], sys.argv[2], open(sys.argv[3], "rb").read()
+    try:
+        parse_config('[web]\\nroles = { Reader = ["events.messages.view", "root"] }\\n')
+    except ConfigError as exc:
+        print("refused:", exc)
+
+    async def main():
+        async with Gateway.from_file(good) as gateway:
+            decision = await gateway.scan(raw)
+        print("verdict:", decision.verdict.antivirus, decision.action.kind)
+
+    asyncio.run(main())
+    print("web imported:", any(name.startswith("mailwarden.web.") for name in sys.modules))
+    """
+)
+
+
+def test_the_engine_loads_its_config_and_scans_without_the_web_package(tmp_path: Path) -> None:
+    config = tmp_path / "mailwarden.toml"
+    config.write_text(
+        f'[gateway]\nhome = "{tmp_path}"\n'
+        '[web]\nroles = { Reader = ["events.messages.view"] }\n'
+        'groups = { "group:Mail admins" = ["Reader", "Operator"] }\n'
+    )
+    raw = tmp_path / "eicar.eml"
+    raw.write_bytes(make_message(attachment=EICAR))
+    done = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_WEB, str(tmp_path), str(config), str(raw)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("refused:") and "unknown permissions ['root']" in lines[0]
+    assert lines[1] == "verdict: infected reject"
+    assert lines[2] == "web imported: False"
