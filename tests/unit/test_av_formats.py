@@ -1,7 +1,9 @@
 """The antivirus reads every container, document and encoding ClamAV reads in mail (issue 18).
 
 Samples are built once per module with the real tools (Debian's 7z, cpio, arj, jlha, gcab,
-xorriso, zstd, ar, mscompress, binhex; libarchive's writer; pikepdf), each carrying EICAR;
+xorriso, zstd, ar, mscompress, binhex, Free Pascal's chmcmd; libarchive's writer; pikepdf)
+and, for RAR, OLE2 with a VBA project, TNEF, RTF and OneNote (which no free tool writes),
+writers here checked by independent readers (unar and 7z, olevba, clamscan), each carrying EICAR;
 every one must be found *inside* the container (the object named ``sample/member``, not the
 container's own bytes), and real ``clamscan`` over the same files with a database made here
 must find nothing mailwarden misses. What cannot be read gives a status other than ``clean``
