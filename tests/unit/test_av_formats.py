@@ -137,6 +137,12 @@ def library_samples(work: Path, payload: bytes = PAYLOAD) -> dict[str, bytes]:
     )
     out["payload.tar.zst"] = _zstd_tar(payload)
     out["archive.rar"] = rar4({"payload.com": payload})
+    # a split archive's first volume: the spanning marker, local headers, no central directory
+    zipped = io.BytesIO()
+    with zipfile.ZipFile(zipped, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("payload.com", payload)
+    whole = zipped.getvalue()
+    out["split.z01"] = b"PK\x07\x08" + whole[: whole.rfind(b"PK\x01\x02")]
     # the compressor is plain Python (8 s a MB): benchmarks/av times a 1 MB macro
     out["macro.doc"] = vba_document(vba_module(payload[: 1 << 20]))
     return out
