@@ -337,7 +337,8 @@ class HooksConfig(_Section):
 
     ``verdict`` and ``action`` bound all ``mailwarden_verdict`` / ``mailwarden_action``
     implementations of one message together; ``hold``, ``startup`` and ``shutdown`` each
-    implementation. A verdict that runs out (or fails) keeps the detectors' folded verdict with
+    implementation, ``policy_step`` each ``mailwarden_policy_step`` call (a 451 when it runs out).
+    A verdict that runs out (or fails) keeps the detectors' folded verdict with
     a ``HOOK_TIMEOUT`` error and is never delivered on that: at least a 451. ``message_processed``
     observers run on threads of their own, off the mail path; a call past its budget is logged
     and counted, and at most ``observer_backlog`` events wait for a slow observer (more are
@@ -349,6 +350,7 @@ class HooksConfig(_Section):
     verdict: Seconds = 10.0
     action: Seconds = 10.0
     hold: Seconds = 30.0
+    policy_step: Seconds = 10.0
     message_processed: Seconds = 2.0
     observer_backlog: Positive = 1000
 
