@@ -7,43 +7,26 @@ listens on 127.0.0.1 in this process and the clients are raw SMTP sessions from 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable
 
 import pytest
 
-from mailwarden.testing import GatewayRunner, _gateway
+from mailwarden.testing import GatewayRunner
 from mailwarden_sdk import PolicyVerdict
 from tests.conftest import make_message
 from tests.integration.test_greylist_ratelimit import BASE, GREYLISTING, metric, send
+from tests.integration.test_greylist_ratelimit import node as node  # the fixture
 from tests.thirdparty.policy import BrokenPolicy, SenderPolicy, SlowPolicy
 
 pytestmark = pytest.mark.integration
 
-Node = Callable[[Mapping[str, Any], str], GatewayRunner]
-
-
-@pytest.fixture
-def node(tmp_path: Path) -> Iterator[Node]:
-    runners: list[GatewayRunner] = []
-
-    def make(plugins: Mapping[str, Any], config: str) -> GatewayRunner:
-        home = tmp_path / f"node{len(runners)}"
-        runner = GatewayRunner(_gateway(plugins, False, config, home)).start()
-        runners.append(runner)
-        runner.start_smtp()
-        return runner
-
-    yield make
-    for runner in runners:
-        runner.stop()
+Node = Callable[..., GatewayRunner]
 
 
 def test_hook_mailwarden_policy_step(node: Node) -> None:
     policy = SenderPolicy()
     config = BASE + '[senderpolicy]\ntempfail = ["held@sender.test"]\n'
-    gateway = node({"senderpolicy": policy}, config)
+    gateway = node(config, {"senderpolicy": policy})
     rcpt, _ = send(gateway, "held@sender.test", "bob@example.org")
     assert rcpt.startswith(b"450 4.7.26 Sender held@sender.test is held back for now"), rcpt
     rcpt, data = send(gateway, "fine@sender.test", "bob@example.org")
@@ -63,7 +46,7 @@ def test_a_plugin_step_runs_before_the_built_in_greylisting_and_can_let_a_sender
     node: Node,
 ) -> None:
     config = BASE + GREYLISTING + '[senderpolicy]\naccept = ["partner@sender.test"]\n'
-    gateway = node({"senderpolicy": SenderPolicy()}, config)
+    gateway = node(config, {"senderpolicy": SenderPolicy()})
     # The built-in greylisting is a step of the same list: a stranger is deferred...
     rcpt, _ = send(gateway, "stranger@sender.test", "bob@example.org")
     assert rcpt.startswith(b"451 4.7.1 Greylisted"), rcpt
@@ -75,9 +58,8 @@ def test_a_plugin_step_runs_before_the_built_in_greylisting_and_can_let_a_sender
 
 def test_a_step_rejects_an_oversized_message_at_the_end_of_data(node: Node) -> None:
     size = len(make_message())
-    gateway = node(
-        {"senderpolicy": SenderPolicy()}, BASE + f"[senderpolicy]\nmax_bytes = {size - 1}\n"
-    )
+    config = BASE + f"[senderpolicy]\nmax_bytes = {size - 1}\n"
+    gateway = node(config, {"senderpolicy": SenderPolicy()})
     rcpt, data = send(gateway, "big@sender.test", "bob@example.org")
     assert rcpt.startswith(b"250"), rcpt
     assert data.startswith(f"550 5.7.1 Messages over {size - 1} bytes are refused".encode()), data
@@ -86,7 +68,7 @@ def test_a_step_rejects_an_oversized_message_at_the_end_of_data(node: Node) -> N
 
 def test_a_failing_or_slow_step_tempfails_and_never_lets_the_sender_through(node: Node) -> None:
     plugins = {"broken": BrokenPolicy(), "slow": SlowPolicy()}
-    gateway = node(plugins, BASE + "[hooks]\npolicy_step = 0.5\n")
+    gateway = node(BASE + "[hooks]\npolicy_step = 0.5\n", plugins)
     for sender in ("crash@sender.test", "wrong@sender.test", "slow@sender.test"):
         rcpt, _ = send(gateway, sender, "bob@example.org")
         assert rcpt.startswith(b"451 4.3.0"), (sender, rcpt)
