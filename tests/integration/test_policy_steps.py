@@ -7,15 +7,19 @@ listens on 127.0.0.1 in this process and the clients are raw SMTP sessions from 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
-from mailwarden.testing import GatewayRunner
+from mailwarden.ingress.milter import GatewayMilter, MilterServer
+from mailwarden.testing import GatewayRunner, _gateway
 from mailwarden_sdk import PolicyVerdict
 from tests.conftest import make_message
 from tests.integration.test_greylist_ratelimit import BASE, GREYLISTING, metric, send
 from tests.integration.test_greylist_ratelimit import node as node  # the fixture
+from tests.milter_mta import Answer, Mta
 from tests.thirdparty.policy import BrokenPolicy, SenderPolicy, SlowPolicy
 
 pytestmark = pytest.mark.integration
@@ -92,3 +96,32 @@ def test_a_verdict_with_a_reply_of_the_wrong_class_is_refused(
 ) -> None:
     with pytest.raises(ValueError, match=message):
         make()
+
+
+def test_the_milter_asks_a_plugin_step_at_the_end_of_the_message(tmp_path: Path) -> None:
+    size = len(make_message())
+    config = BASE + f'[senderpolicy]\ntempfail = ["held@sender.test"]\nmax_bytes = {size - 1}\n'
+    policy = SenderPolicy()
+
+    async def main() -> tuple[Answer, Answer]:
+        gateway = _gateway({"senderpolicy": policy}, False, config, tmp_path / "home")
+        async with gateway:
+            server = MilterServer(GatewayMilter(gateway))
+            listener = await server.start("127.0.0.1", 0)
+            try:
+                mta = await Mta.connect(listener.sockets[0].getsockname()[1])
+                await mta.optneg()
+                await mta.session_start()
+                held = await mta.message(make_message(), sender="held@sender.test")
+                big = await mta.message(make_message(), sender="big@sender.test")
+                await mta.close()
+            finally:
+                listener.close()
+                await listener.wait_closed()
+        return held, big
+
+    held, big = asyncio.run(main())
+    # The MTA gives the client our reply: one recipient's tempfail holds the whole message.
+    assert held.final == "y" and held.reply_text.startswith("450 4.7.26 Sender held@"), held
+    assert big.final == "y" and big.reply_text.startswith("550 5.7.1 Messages over"), big
+    assert ("message", None, size) in policy.asked
