@@ -21,6 +21,7 @@ import pluggy
 
 from mailwarden_sdk import Envelope, PolicyRequest, PolicyStage, PolicyVerdict, hookimpl
 
+from .errors import PluginError
 from .greylist import Greylist
 from .hookcalls import HookRunner
 from .ratelimit import RateLimiter
@@ -101,6 +102,7 @@ class PolicySteps:
     ) -> None:
         self.metrics = metrics
         self.hooks = hooks
+        self._registered: list[tuple[pluggy.PluginManager, object]] = []
         self.budget = config.hooks.policy_step
         self._hook = plugins.hook.mailwarden_policy_step
         self.state: StateBackend | None = None
@@ -111,13 +113,22 @@ class PolicySteps:
         if not (config.greylisting.enabled or config.ratelimit.enabled or config.redis.enabled):
             return
         self.state, self.shared = open_state(config, metrics)
-        # Named as the deferral metric's policy label always was.
         if config.greylisting.enabled:
             self.greylist = Greylist(config.greylisting, self.state)
-            plugins.register(GreylistStep(self.greylist), name="greylist")
+            self._register(plugins, GreylistStep(self.greylist), "greylist")
         if config.ratelimit.enabled:
             self.ratelimit = RateLimiter(config.ratelimit, self.state)
-            plugins.register(RateLimitStep(self.ratelimit), name="ratelimit")
+            self._register(plugins, RateLimitStep(self.ratelimit), "ratelimit")
+
+    def _register(self, plugins: pluggy.PluginManager, step: object, name: str) -> None:
+        # Named as the deferral metric's policy label always was.
+        if plugins.has_plugin(name):
+            raise PluginError(
+                f"a plugin named {name!r} is loaded, but that is the name of the built-in "
+                f"{name} step; rename the plugin's entry point"
+            )
+        plugins.register(step, name=name)
+        self._registered.append((plugins, step))
 
     async def at_recipient(
         self, envelope: Envelope, recipient: str, *, trusted: bool
@@ -178,6 +189,10 @@ class PolicySteps:
             self.metrics.policy_deferrals.labels(policy).inc()
 
     async def close(self) -> None:
-        """Close the state's connections (Redis) and handles (LMDB)."""
+        """Close the state's connections (Redis) and handles (LMDB); the built-in steps leave
+        the plugin manager."""
+        for plugins, step in self._registered:
+            plugins.unregister(step)
+        self._registered = []
         if self.state is not None:
             await self.state.close()

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from mailwarden.errors import PluginError
 from mailwarden.ingress.milter import GatewayMilter, MilterServer
 from mailwarden.testing import GatewayRunner, _gateway
 from mailwarden_sdk import PolicyVerdict
@@ -125,3 +126,8 @@ def test_the_milter_asks_a_plugin_step_at_the_end_of_the_message(tmp_path: Path)
     assert held.final == "y" and held.reply_text.startswith("450 4.7.26 Sender held@"), held
     assert big.final == "y" and big.reply_text.startswith("550 5.7.1 Messages over"), big
     assert ("message", None, size) in policy.asked
+
+
+def test_a_plugin_cannot_take_the_name_of_a_built_in_step(tmp_path: Path) -> None:
+    with pytest.raises(PluginError, match="'greylist' is loaded, but that is the name"):
+        _gateway({"greylist": SenderPolicy()}, False, BASE + GREYLISTING, tmp_path)
