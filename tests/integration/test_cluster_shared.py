@@ -209,3 +209,11 @@ def test_antispam_train_on_the_command_line_teaches_every_node_through_redis(
     result = runner.invoke(cli, ["antispam", "untrain", str(ham / "2.eml")], env=env)
     assert "unlearned 1 of 1" in result.output, result.output
     assert learn(b, message, "ham") == "learned as ham"
+    # Redis gone: the command still teaches this node (and says the cluster missed it).
+    redis.kill()
+    more = tmp_path / "more"
+    more.mkdir()
+    (more / "1.eml").write_bytes(make_message("jackpot", SPAM_TEXT + " tonight"))
+    result = runner.invoke(cli, ["antispam", "train", "--spam", str(more)], env=env)
+    assert result.exit_code == 0, result.output
+    assert "spam: learned 1 of 1" in result.output and "total: 2 spam, 1 ham" in result.output
