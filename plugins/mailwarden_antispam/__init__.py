@@ -20,6 +20,7 @@ from typing import Annotated, Any
 import msgspec
 
 from mailwarden_sdk import (
+    Action,
     Category,
     Finding,
     Host,
@@ -45,7 +46,7 @@ from .content import body_text, links, message_facts, message_urls, rawbody_text
 from .dnslists import DnsList, query_lists
 from .fuzzy import MAX_ENTRIES as FUZZY_MAX_ENTRIES
 from .fuzzy import FuzzyStore, sketch
-from .quarantine import SpamQuarantine, SpamQuarantineView
+from .quarantine import KEEP, SpamQuarantine, SpamQuarantineView, keep
 from .resolver import DnsBudget, Resolver, SyncDns
 from .rules import RuleSet, RuleTargets, load_rules
 from .sa_evals import parse_received, received_times, relay_headers
@@ -566,6 +567,12 @@ class AntispamPlugin:
 
     # ------------------------------------------------------------ deciding
 
+    @hookimpl(tryfirst=True)
+    def mailwarden_action(self, ctx: ScanContext, verdict: Verdict, action: Action) -> None:
+        """The spam quarantine keeps what the rule does not hold in the gateway's own."""
+        if self.quarantine is not None and ctx.stash.get(KEEP, False):
+            keep(self.quarantine, ctx, verdict, action)
+
     @hookimpl(trylast=True)
     def mailwarden_verdict(self, ctx: ScanContext, verdict: Verdict) -> None:
         cfg = self.config
@@ -583,14 +590,8 @@ class AntispamPlugin:
             added: list[tuple[str, str]] = ctx.stash.get(_HEADERS, [])
             verdict.headers.extend(added)
         if self.quarantine is not None and verdict.spam.value in cfg.quarantine:
-            self.quarantine.put(
-                ctx.raw,
-                ctx.envelope.mail_from,
-                ctx.envelope.rcpt_to,
-                ctx.message.decoded_header("subject") or "",
-                verdict.spam_score,
-                verdict.spam.value,
-            )
+            # Kept once the rule has decided (mailwarden_action): not when it holds it itself.
+            ctx.stash[KEEP] = True
         if cfg.autolearn and self.bayes is not None:
             self._autolearn(ctx, verdict)
 

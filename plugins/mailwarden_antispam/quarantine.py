@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from .bayes import Bayes
 
 __all__ = [
+    "KEEP",
     "QuarantineBusy",
     "QuarantineEntry",
     "QuarantineError",
@@ -53,6 +54,7 @@ __all__ = [
     "ReleaseClaim",
     "SpamQuarantine",
     "SpamQuarantineView",
+    "keep",
 ]
 
 log = logging.getLogger(__name__)
@@ -403,6 +405,28 @@ class SpamQuarantine:
             raise
         self.finish(claim)
         return where
+
+
+#: Set by the verdict hook when the message's status is one ``[antispam] quarantine`` keeps.
+KEEP: sdk.StashKey[bool] = sdk.StashKey("antispam quarantine wanted")
+
+
+def keep(
+    store: SpamQuarantine, ctx: sdk.ScanContext, verdict: sdk.Verdict, action: sdk.Action
+) -> str | None:
+    """Hold the message in the spam quarantine unless the rule's ``action`` holds it in the
+    gateway's own quarantine already (``spam = "quarantine"``): one copy, released once, not
+    one in each store. The held id, or None when not kept here."""
+    if action.kind is sdk.ActionKind.QUARANTINE:
+        return None
+    return store.put(
+        ctx.raw,
+        ctx.envelope.mail_from,
+        ctx.envelope.rcpt_to,
+        ctx.message.decoded_header("subject") or "",
+        verdict.spam_score,
+        verdict.spam.value,
+    )
 
 
 def _open(path: Path) -> int | None:

@@ -11,8 +11,11 @@ import pytest
 from aiosmtpd.controller import Controller
 from click.testing import CliRunner
 
+from mailwarden import Gateway
 from mailwarden.cli import cli
-from mailwarden.testing import expect_finding, no_finding, scan
+from mailwarden.config import parse_config
+from mailwarden.plugins import build_plugin_manager
+from mailwarden.testing import GatewayRunner, expect_finding, no_finding, scan
 from mailwarden_antispam import BUILTIN_RULES, AntispamPlugin
 from mailwarden_antispam.quarantine import SpamQuarantine
 from mailwarden_antispam.rules import RuleTargets, load_rules
@@ -29,11 +32,12 @@ def empty_dns() -> Iterator[ZoneServer]:
         yield server
 
 
-def _config(dns: ZoneServer, extra: str = "") -> str:
-    return (
-        "[antispam]\n"
-        f"dns_servers = ['127.0.0.1']\ndns_port = {dns.port}\ndns_timeout = 0.5\n" + extra
-    )
+def _dns(dns: ZoneServer) -> str:
+    return f"dns_servers = ['127.0.0.1']\ndns_port = {dns.port}\ndns_timeout = 0.5\n"
+
+
+def _config(dns: ZoneServer | None = None, extra: str = "") -> str:
+    return "[antispam]\n" + (_dns(dns) if dns is not None else "") + extra
 
 
 def _html_message(html: str, subject: str = "Your account") -> bytes:
@@ -300,6 +304,48 @@ def test_spam_is_held_by_the_gateway(tmp_path: Path, empty_dns: ZoneServer) -> N
         "spam",
     )
     q.close()
+
+
+_GTUBE = (
+    b"From: a@example.org\r\nTo: b@example.net\r\nSubject: test\r\n\r\n"
+    b"XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X\r\n"
+)
+
+
+def _kept(home: Path, extra: str, rule_spam: str) -> tuple[list[str], list[str], list[Path]]:
+    """One GTUBE message through a gateway that acts: the web's held-messages view, its spam
+    quarantine view (entry subjects) and every copy of the message on disk."""
+    config = _config(extra=extra) + f'[[rules]]\nname = "default"\n[rules.actions]\n{rule_spam}\n'
+    plugins = build_plugin_manager(entry_points=True)
+    cfg = parse_config(config, plugins.config_schemas())
+    cfg.gateway.home = str(home)
+    runner = GatewayRunner(Gateway(cfg, plugins=plugins)).start()
+    try:
+        env = Envelope(mail_from="a@example.org", rcpt_to=["b@example.net"])
+        runner.process(_GTUBE, env)
+        gateway = runner.gateway
+        held = [h.subject for h in gateway.quarantine.held()]
+        views = gateway.plugin_quarantines()
+        spam = [e.subject for e in views["spam"][1].search()] if "spam" in views else []
+    finally:
+        runner.stop()
+    body = _GTUBE.split(b"\r\n\r\n", 1)[1]
+    copies = [p for p in home.rglob("*") if p.is_file() and body in p.read_bytes()]
+    return held, spam, copies
+
+
+def test_a_spam_message_the_rule_quarantines_is_kept_once(
+    tmp_path: Path, empty_dns: ZoneServer
+) -> None:
+    """``spam = "quarantine"`` plus ``[antispam] quarantine = ['spam']``: the admin finds the
+    message in one quarantine, not in both (it was stored twice and released twice)."""
+    extra = f"{_dns(empty_dns)}quarantine = ['spam']\n"
+    held, spam, copies = _kept(tmp_path / "both", extra, 'spam = "quarantine"')
+    assert held + spam == ["test"]
+    assert len(copies) == 1, copies
+    # The spam quarantine still keeps what the rule delivers or rejects.
+    held, spam, copies = _kept(tmp_path / "reject", extra, 'spam = "reject"')
+    assert (held, spam, len(copies)) == ([], ["test"], 1)
 
 
 # ---------------------------------------------------------------- Bayes
