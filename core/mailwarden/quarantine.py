@@ -20,7 +20,6 @@ every listing and on the next release of it). It is never deleted for that.
 from __future__ import annotations
 
 import email.utils
-import fcntl
 import logging
 import os
 import re
@@ -30,6 +29,7 @@ from pathlib import Path
 
 from mailwarden_native import parse
 from mailwarden_sdk import Envelope
+from mailwarden_sdk.quarantines import lock_held, read_held
 
 from .durable import fsync_dir
 from .maildir import Maildir
@@ -161,16 +161,14 @@ class Quarantine:
             self.recover(held_id)  # a claim of a process that is gone, old enough: held again
         path = self._path(held_id)
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = lock_held(path)
         except FileNotFoundError as exc:
             raise QuarantineBusy(
                 f"held message {held_id} was released or deleted just now, or is being released"
             ) from exc
+        if fd is None:
+            raise QuarantineBusy(f"held message {held_id} is being released right now")
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError as exc:
-                raise QuarantineBusy(f"held message {held_id} is being released right now") from exc
             self.releasing.mkdir(exist_ok=True)
             target = self.releasing / held_id
             try:
@@ -180,7 +178,7 @@ class Quarantine:
                 raise QuarantineBusy(
                     f"held message {held_id} was released or deleted just now"
                 ) from exc
-            data = _read_all(fd)
+            data = read_held(fd)
         except BaseException:
             os.close(fd)
             raise
@@ -222,14 +220,12 @@ class Quarantine:
                 # A rename sets the change time: how long ago the release claimed it.
                 if now - path.stat().st_ctime < self.stale_after:
                     continue
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                fd = lock_held(path)
             except FileNotFoundError:
                 continue
+            if fd is None:
+                continue  # its claimer is alive (and slow): still its release
             try:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    continue  # its claimer is alive (and slow): still its release
                 try:
                     if os.stat(path).st_ino != os.fstat(fd).st_ino:
                         continue
@@ -314,15 +310,6 @@ def _original(data: bytes) -> tuple[bytes, Envelope]:
         trace[name.lower()] = value.strip().decode("utf-8", "replace")
     recipients = [r.strip() for r in trace.get(b"to", "").split(",") if r.strip()]
     return data, Envelope(mail_from=trace.get(b"from", ""), rcpt_to=recipients)
-
-
-def _read_all(fd: int) -> bytes:
-    chunks = []
-    offset = 0
-    while chunk := os.pread(fd, 1 << 20, offset):
-        chunks.append(chunk)
-        offset += len(chunk)
-    return b"".join(chunks)
 
 
 def received_date(held: HeldMessage) -> str:

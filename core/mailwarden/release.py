@@ -4,17 +4,17 @@ without being scanned (and held) again."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import TYPE_CHECKING
 
 from mailwarden_sdk import Envelope
+from mailwarden_sdk.quarantines import release_once
 
 from .errors import DeliveryError
 from .quarantine import ReleaseFailed
 
 if TYPE_CHECKING:
     from .act import Outbox
-    from .quarantine import Quarantine
+    from .quarantine import Quarantine, ReleaseClaim
 
 __all__ = ["deliver_released", "release_held"]
 
@@ -36,14 +36,8 @@ async def release_held(quarantine: Quarantine, outbox: Outbox, held_id: str) -> 
     release at the same time, in this process or another worker, gets
     :class:`~mailwarden.quarantine.QuarantineBusy` and sends nothing. When delivery fails
     the message is held again and :class:`ReleaseFailed` says why."""
-    claim = await asyncio.to_thread(quarantine.claim, held_id)
-    try:
-        where = await deliver_released(outbox, claim.data, claim.envelope)
-    except Exception as exc:
-        await asyncio.to_thread(quarantine.abandon, claim)
-        raise ReleaseFailed(f"release of {held_id} failed: {exc}; it stays held") from exc
-    except BaseException:
-        quarantine.abandon(claim)  # cancelled: held again rather than lost
-        raise
-    await asyncio.to_thread(quarantine.finish, claim)
-    return where
+
+    async def send(claim: ReleaseClaim) -> str:
+        return await deliver_released(outbox, claim.data, claim.envelope)
+
+    return await release_once(quarantine, held_id, send, ReleaseFailed)

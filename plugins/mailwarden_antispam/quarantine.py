@@ -25,7 +25,7 @@ that.
 from __future__ import annotations
 
 import asyncio
-import fcntl
+import contextlib
 import logging
 import os
 import secrets
@@ -41,6 +41,7 @@ import msgspec
 
 import mailwarden_sdk as sdk
 from mailwarden_sdk.files import atomic_write
+from mailwarden_sdk.quarantines import lock_held, read_held, release_once, release_once_sync
 
 if TYPE_CHECKING:
     from .bayes import Bayes
@@ -239,11 +240,12 @@ class SpamQuarantine:
 
     def delete(self, entry_id: str) -> None:
         """Remove a message for good; :class:`QuarantineBusy` while a release sends it."""
-        path = self._path(entry_id)
-        fd = _open(path)
-        try:
-            if fd is not None and not _try_lock(fd):
+        fd = None
+        with contextlib.suppress(FileNotFoundError):  # then the entry alone goes
+            fd = lock_held(self._path(entry_id))
+            if fd is None:
                 raise self._busy(entry_id)
+        try:
             self._forget(entry_id, refuse_claimed=True)
         finally:
             if fd is not None:
@@ -296,14 +298,14 @@ class SpamQuarantine:
         read. Raises :class:`QuarantineBusy` when another release has it (or it went
         meanwhile) and :class:`QuarantineMissing` when there is no such message. Follow with
         :meth:`finish` once it is delivered, or :meth:`abandon` when it was not."""
-        path = self._path(entry_id)
-        fd = _open(path)
-        if fd is None:
-            self.get(entry_id)  # QuarantineMissing when the entry is gone too
-            raise QuarantineMissing(f"the file of {entry_id} is gone")
         try:
-            if not _try_lock(fd):
-                raise self._busy(entry_id)
+            fd = lock_held(self._path(entry_id))
+        except FileNotFoundError as exc:
+            self.get(entry_id)  # QuarantineMissing when the entry is gone too
+            raise QuarantineMissing(f"the file of {entry_id} is gone") from exc
+        if fd is None:
+            raise self._busy(entry_id)
+        try:
             # The lock is ours, so any claim on the entry is of a process that is gone.
             with self.env.begin(write=True) as txn:
                 key = txn.get(entry_id.encode(), db=self._ids)
@@ -320,7 +322,7 @@ class SpamQuarantine:
                     claimed_at=time.time(),
                 )
                 txn.put(key, msgspec.json.encode(entry), db=self._by_time)
-            raw = _read_all(fd)
+            raw = read_held(fd)
         except BaseException:
             os.close(fd)
             raise
@@ -364,11 +366,14 @@ class SpamQuarantine:
             ids = [e.id for e in entries if e.claim and self._stale(e)]
         back = []
         for entry_id in ids:
-            fd = _open(self._path(entry_id))
-            if fd is None:
-                continue
             try:
-                if _try_lock(fd) and self._unclaim(entry_id, None):
+                fd = lock_held(self._path(entry_id))
+            except FileNotFoundError:
+                continue
+            if fd is None:
+                continue  # its claimer is alive
+            try:
+                if self._unclaim(entry_id, None):
                     log.warning(
                         "spam quarantine: %s was left mid-release by a process that is gone; "
                         "held again",
@@ -397,14 +402,9 @@ class SpamQuarantine:
         The message leaves the quarantine only after the next hop accepted it, and only one
         release sends it (:meth:`claim`); on a failure it stays held and this raises.
         """
-        claim = self.claim(entry_id)
-        try:
-            where = self.send(claim, host, port, timeout)
-        except BaseException:
-            self.abandon(claim)
-            raise
-        self.finish(claim)
-        return where
+        return release_once_sync(
+            self, entry_id, lambda claim: self.send(claim, host, port, timeout)
+        )
 
 
 #: Set by the verdict hook when the message's status is one ``[antispam] quarantine`` keeps.
@@ -427,31 +427,6 @@ def keep(
         verdict.spam_score,
         verdict.spam.value,
     )
-
-
-def _open(path: Path) -> int | None:
-    try:
-        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return None
-
-
-def _try_lock(fd: int) -> bool:
-    """Lock the message file for this release; False while another release holds it."""
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    return True
-
-
-def _read_all(fd: int) -> bytes:
-    chunks = []
-    offset = 0
-    while chunk := os.pread(fd, 1 << 20, offset):
-        chunks.append(chunk)
-        offset += len(chunk)
-    return b"".join(chunks)
 
 
 def _entry(e: QuarantineEntry) -> sdk.QuarantineEntry:
@@ -531,19 +506,13 @@ class SpamQuarantineView:
         if target is not None:
             where_host, port = target
             return await asyncio.to_thread(self.store.release, id, where_host, port)
-        claim = await asyncio.to_thread(self.store.claim, id)
-        entry = claim.entry
-        envelope = sdk.Envelope(mail_from=entry.mail_from, rcpt_to=list(entry.rcpt_to))
-        try:
-            where = await self.host.deliver(claim.raw, envelope)
-        except Exception as exc:
-            await asyncio.to_thread(self.store.abandon, claim)
-            raise QuarantineError(f"release of {id} failed: {exc}; it stays held") from exc
-        except BaseException:
-            self.store.abandon(claim)  # cancelled: held again rather than lost
-            raise
-        await asyncio.to_thread(self.store.finish, claim)
-        return where
+
+        async def send(claim: ReleaseClaim) -> str:
+            entry = claim.entry
+            envelope = sdk.Envelope(mail_from=entry.mail_from, rcpt_to=list(entry.rcpt_to))
+            return await self.host.deliver(claim.raw, envelope)
+
+        return await release_once(self.store, id, send, QuarantineError)
 
     async def delete(self, id: str) -> str:
         """Remove it for good (not while a release sends it)."""

@@ -15,9 +15,13 @@ event loop, so a release can go through :meth:`Host.deliver <mailwarden_sdk.Host
 
 from __future__ import annotations
 
+import asyncio
+import fcntl
+import os
 import re
-from collections.abc import Sequence
-from typing import Literal, Protocol, runtime_checkable
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Literal, Protocol, TypeVar, runtime_checkable
 
 import msgspec
 
@@ -28,6 +32,11 @@ __all__ = [
     "QuarantineEntry",
     "QuarantineError",
     "QuarantineNotFound",
+    "ReleaseClaims",
+    "lock_held",
+    "read_held",
+    "release_once",
+    "release_once_sync",
 ]
 
 #: What a quarantine's :attr:`~Quarantine.name` and every entry id must match: letters,
@@ -148,3 +157,89 @@ class Quarantine(Protocol):
         :class:`QuarantineNotFound` or :class:`QuarantineError`. Async, on the gateway's loop.
         """
         ...
+
+
+# -- release, exactly once (shared by the gateway's quarantine and the plugins' stores) --------
+
+C = TypeVar("C")
+
+
+class ReleaseClaims(Protocol[C]):
+    """A store whose messages are released once: :meth:`claim` takes one for a single release
+    (a second caller is refused while the claim stands), :meth:`finish` forgets it once it is
+    delivered, :meth:`abandon` holds it again when it was not."""
+
+    def claim(self, id: str) -> C:
+        """Take ``id`` for one release, or raise a :class:`QuarantineError`."""
+        ...
+
+    def finish(self, claim: C) -> None:
+        """The claimed message is delivered: it leaves the store."""
+        ...
+
+    def abandon(self, claim: C) -> None:
+        """The claimed message was not delivered: it is held again, exactly as before."""
+        ...
+
+
+async def release_once(
+    store: ReleaseClaims[C],
+    id: str,
+    send: Callable[[C], Awaitable[str]],
+    failed: Callable[[str], Exception] = QuarantineError,
+) -> str:
+    """Claim ``id`` in ``store`` (in a worker thread), ``send`` it, then forget it; what
+    ``send`` said. When sending fails the message is held again and ``failed`` (the store's
+    error type, given the reason) is raised; when the release is cancelled it is held again
+    too, rather than lost. A second release at the same time is refused by the claim."""
+    claim = await asyncio.to_thread(store.claim, id)
+    try:
+        where = await send(claim)
+    except Exception as exc:
+        await asyncio.to_thread(store.abandon, claim)
+        raise failed(f"release of {id} failed: {exc}; it stays held") from exc
+    except BaseException:
+        store.abandon(claim)
+        raise
+    await asyncio.to_thread(store.finish, claim)
+    return where
+
+
+def release_once_sync(store: ReleaseClaims[C], id: str, send: Callable[[C], str]) -> str:
+    """:func:`release_once` for a caller without an event loop (a command): ``send`` raises a
+    :class:`QuarantineError` when the message could not be sent; it is then held again."""
+    claim = store.claim(id)
+    try:
+        where = send(claim)
+    except BaseException:
+        store.abandon(claim)
+        raise
+    store.finish(claim)
+    return where
+
+
+def lock_held(path: Path) -> int | None:
+    """Open a held message's file and lock it for one release: the descriptor, whose lock
+    lasts as long as the claiming process (so a claim whose lock is free was left by a process
+    that is gone), or None while another release holds it. Raises :class:`FileNotFoundError`
+    when the file is gone."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_held(fd: int) -> bytes:
+    """All bytes of the file open as ``fd`` (from its start, whatever its offset)."""
+    chunks = []
+    offset = 0
+    while chunk := os.pread(fd, 1 << 20, offset):
+        chunks.append(chunk)
+        offset += len(chunk)
+    return b"".join(chunks)
