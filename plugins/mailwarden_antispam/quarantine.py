@@ -416,8 +416,10 @@ def keep(
 ) -> str | None:
     """Hold the message in the spam quarantine unless the rule's ``action`` holds it in the
     gateway's own quarantine already (``spam = "quarantine"``): one copy, released once, not
-    one in each store. The held id, or None when not kept here."""
-    if action.kind is sdk.ActionKind.QUARANTINE:
+    one in each store. Nor a tempfail: the sender keeps the message and sends it again (one
+    copy per attempt otherwise), or, accepted for other recipients or resubmitted, the gateway
+    holds it. The held id, or None when not kept here."""
+    if action.kind in (sdk.ActionKind.QUARANTINE, sdk.ActionKind.TEMPFAIL):
         return None
     return store.put(
         ctx.raw,

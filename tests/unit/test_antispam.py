@@ -312,26 +312,34 @@ _GTUBE = (
 )
 
 
-def _kept(home: Path, extra: str, rule_spam: str) -> tuple[list[str], list[str], list[Path]]:
-    """One GTUBE message through a gateway that acts: the web's held-messages view, its spam
-    quarantine view (entry subjects) and every copy of the message on disk."""
-    config = _config(extra=extra) + f'[[rules]]\nname = "default"\n[rules.actions]\n{rule_spam}\n'
+def _kept(
+    home: Path, extra: str, rules: str, rcpt: tuple[str, ...] = ("b@example.net",), times: int = 1
+) -> tuple[list[list[str]], list[list[str]], list[Path]]:
+    """GTUBE through a gateway that acts, ``times`` times: the recipients of each entry in the
+    web's held-messages view and in its spam quarantine view, and every copy on disk."""
     plugins = build_plugin_manager(entry_points=True)
-    cfg = parse_config(config, plugins.config_schemas())
+    cfg = parse_config(_config(extra=extra) + rules, plugins.config_schemas())
     cfg.gateway.home = str(home)
     runner = GatewayRunner(Gateway(cfg, plugins=plugins)).start()
     try:
-        env = Envelope(mail_from="a@example.org", rcpt_to=["b@example.net"])
-        runner.process(_GTUBE, env)
+        for _ in range(times):
+            runner.process(_GTUBE, Envelope(mail_from="a@example.org", rcpt_to=list(rcpt)))
         gateway = runner.gateway
-        held = [h.subject for h in gateway.quarantine.held()]
+        held = [h.envelope.rcpt_to for h in gateway.quarantine.held()]
         views = gateway.plugin_quarantines()
-        spam = [e.subject for e in views["spam"][1].search()] if "spam" in views else []
+        spam = [e.recipients for e in views["spam"][1].search()] if "spam" in views else []
     finally:
         runner.stop()
     body = _GTUBE.split(b"\r\n\r\n", 1)[1]
     copies = [p for p in home.rglob("*") if p.is_file() and body in p.read_bytes()]
     return held, spam, copies
+
+
+def _rule(spam: str, name: str = "default", recipients: str = "*") -> str:
+    return (
+        f'[[rules]]\nname = "{name}"\nrecipients = ["{recipients}"]\n'
+        f'[rules.actions]\nspam = "{spam}"\n'
+    )
 
 
 def test_a_spam_message_the_rule_quarantines_is_kept_once(
@@ -340,12 +348,23 @@ def test_a_spam_message_the_rule_quarantines_is_kept_once(
     """``spam = "quarantine"`` plus ``[antispam] quarantine = ['spam']``: the admin finds the
     message in one quarantine, not in both (it was stored twice and released twice)."""
     extra = f"{_dns(empty_dns)}quarantine = ['spam']\n"
-    held, spam, copies = _kept(tmp_path / "both", extra, 'spam = "quarantine"')
-    assert held + spam == ["test"]
+    bob = ["b@example.net"]
+    held, spam, copies = _kept(tmp_path / "both", extra, _rule("quarantine"))
+    assert (held, spam) == ([bob], [])
     assert len(copies) == 1, copies
     # The spam quarantine still keeps what the rule delivers or rejects.
-    held, spam, copies = _kept(tmp_path / "reject", extra, 'spam = "reject"')
-    assert (held, spam, len(copies)) == ([], ["test"], 1)
+    held, spam, copies = _kept(tmp_path / "reject", extra, _rule("reject"))
+    assert (held, spam, len(copies)) == ([], [bob], 1)
+    # A tempfail is not kept per attempt: the sender still has it and sends it again.
+    held, spam, copies = _kept(tmp_path / "retried", extra, _rule("tempfail"), times=2)
+    assert (held, spam, copies) == ([], [], [])
+    # Recipients under a rule that tempfails, beside others that take the message, are held
+    # by the gateway (the tempfail's accepted form), once; the others' copy is in the spam
+    # quarantine and their mailbox.
+    rules = _rule("tempfail", "strict", "b@example.net") + _rule("deliver")
+    held, spam, copies = _kept(tmp_path / "split", extra, rules, ("b@example.net", "c@x.test"))
+    assert (held, spam) == ([bob], [["c@x.test"]])
+    assert len(copies) == 3, copies
 
 
 # ---------------------------------------------------------------- Bayes
