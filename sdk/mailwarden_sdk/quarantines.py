@@ -161,31 +161,31 @@ class Quarantine(Protocol):
 
 # -- release, exactly once (shared by the gateway's quarantine and the plugins' stores) --------
 
-C = TypeVar("C")
+_C = TypeVar("_C")
 
 
-class ReleaseClaims(Protocol[C]):
+class ReleaseClaims(Protocol[_C]):
     """A store whose messages are released once: :meth:`claim` takes one for a single release
     (a second caller is refused while the claim stands), :meth:`finish` forgets it once it is
     delivered, :meth:`abandon` holds it again when it was not."""
 
-    def claim(self, id: str) -> C:
+    def claim(self, id: str) -> _C:
         """Take ``id`` for one release, or raise a :class:`QuarantineError`."""
         ...
 
-    def finish(self, claim: C) -> None:
+    def finish(self, claim: _C) -> None:
         """The claimed message is delivered: it leaves the store."""
         ...
 
-    def abandon(self, claim: C) -> None:
+    def abandon(self, claim: _C) -> None:
         """The claimed message was not delivered: it is held again, exactly as before."""
         ...
 
 
 async def release_once(
-    store: ReleaseClaims[C],
+    store: ReleaseClaims[_C],
     id: str,
-    send: Callable[[C], Awaitable[str]],
+    send: Callable[[_C], Awaitable[str]],
     failed: Callable[[str], Exception] = QuarantineError,
 ) -> str:
     """Claim ``id`` in ``store`` (in a worker thread), ``send`` it, then forget it; what
@@ -205,7 +205,7 @@ async def release_once(
     return where
 
 
-def release_once_sync(store: ReleaseClaims[C], id: str, send: Callable[[C], str]) -> str:
+def release_once_sync(store: ReleaseClaims[_C], id: str, send: Callable[[_C], str]) -> str:
     """:func:`release_once` for a caller without an event loop (a command): ``send`` raises a
     :class:`QuarantineError` when the message could not be sent; it is then held again."""
     claim = store.claim(id)
