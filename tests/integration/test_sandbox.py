@@ -207,7 +207,8 @@ def test_hold_malicious_gets_the_rules_action_with_a_backup_copy_first(
     store = runner.gateway.stores.backup
     assert [store.get(e.id) for e in store.list()] == [raw]
     assert runner.delivered() == []
-    event = next(e for e in runner.events() if e.ingress == "resubmit")
+    # The resubmission records its event just after the hold: visible a moment later.
+    event = wait_until(lambda: [e for e in runner.events() if e.ingress == "resubmit"])[0]
     codes = {f.code for f in event.verdict.findings}
     assert "SANDBOX_MALICIOUS" in codes and event.verdict.sandbox == "malicious"
 
