@@ -14,6 +14,7 @@ import asyncio
 import fnmatch
 import ipaddress
 import logging
+from collections.abc import Generator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -567,11 +568,16 @@ class AntispamPlugin:
 
     # ------------------------------------------------------------ deciding
 
-    @hookimpl(tryfirst=True)
-    def mailwarden_action(self, ctx: ScanContext, verdict: Verdict, action: Action) -> None:
-        """The spam quarantine keeps what the rule does not hold in the gateway's own."""
-        if self.quarantine is not None and ctx.stash.get(KEEP, False):
-            keep(self.quarantine, ctx, verdict, action)
+    @hookimpl(wrapper=True)
+    def mailwarden_action(
+        self, ctx: ScanContext, verdict: Verdict, action: Action
+    ) -> Generator[None, Action | None, Action | None]:
+        """The spam quarantine keeps the message once the other action hooks are done (the
+        action as they leave it); the gateway does not hold it again."""
+        changed = yield
+        if self.quarantine is None or not ctx.stash.get(KEEP, False):
+            return changed
+        return keep(self.quarantine, ctx, verdict, changed or action) or changed
 
     @hookimpl(trylast=True)
     def mailwarden_verdict(self, ctx: ScanContext, verdict: Verdict) -> None:

@@ -413,15 +413,16 @@ KEEP: sdk.StashKey[bool] = sdk.StashKey("antispam quarantine wanted")
 
 def keep(
     store: SpamQuarantine, ctx: sdk.ScanContext, verdict: sdk.Verdict, action: sdk.Action
-) -> str | None:
-    """Hold the message in the spam quarantine unless the rule's ``action`` holds it in the
-    gateway's own quarantine already (``spam = "quarantine"``): one copy, released once, not
-    one in each store. Nor a tempfail: the sender keeps the message and sends it again (one
-    copy per attempt otherwise), or, accepted for other recipients or resubmitted, the gateway
-    holds it. The held id, or None when not kept here."""
-    if action.kind in (sdk.ActionKind.QUARANTINE, sdk.ActionKind.TEMPFAIL):
+) -> sdk.Action | None:
+    """Hold the message in the spam quarantine. When the rule quarantines it too
+    (``spam = "quarantine"``) the action comes back with ``held_in`` set: the gateway then
+    keeps no second copy in its own quarantine (one copy, released once, with the spam
+    quarantine's view, learning and digest). None when nothing changes. A tempfail is not
+    kept: the sender keeps the message and sends it again (one copy per attempt otherwise),
+    or, accepted for other recipients or resubmitted, the gateway holds it."""
+    if action.kind is sdk.ActionKind.TEMPFAIL:
         return None
-    return store.put(
+    held = store.put(
         ctx.raw,
         ctx.envelope.mail_from,
         ctx.envelope.rcpt_to,
@@ -429,6 +430,9 @@ def keep(
         verdict.spam_score,
         verdict.spam.value,
     )
+    if held is None or action.kind is not sdk.ActionKind.QUARANTINE:
+        return None
+    return msgspec.structs.replace(action, held_in=f"spam quarantine {held}")
 
 
 def _entry(e: QuarantineEntry) -> sdk.QuarantineEntry:

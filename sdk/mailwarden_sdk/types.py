@@ -167,7 +167,10 @@ class Action(msgspec.Struct, kw_only=True, frozen=True):
     ``backup`` store of the data inventory, shown on the web interface's backup page) when it
     acts, and ``backup_id`` (SDK 1.8) is the copy's id, set before ``mailwarden_action`` runs
     so that a notice can cite it. A dry run (``Gateway.scan``, ``mailwarden rules test``)
-    names an id but keeps nothing.
+    names an id but keeps nothing. ``held_in`` (SDK 1.16) is set by a ``mailwarden_action``
+    implementation that kept a quarantined message in its plugin's own quarantine (its view
+    and actions there: the antispam plugin's spam quarantine): the gateway then does not hold
+    it a second time in its own.
     """
 
     kind: ActionKind
@@ -180,6 +183,7 @@ class Action(msgspec.Struct, kw_only=True, frozen=True):
     backup_id: str | None = None
     remove_parts: list[int] = msgspec.field(default_factory=list)
     replace_message: bytes | None = None
+    held_in: str | None = None
 
 
 class Verdict(msgspec.Struct, kw_only=True):

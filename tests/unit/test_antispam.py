@@ -346,12 +346,16 @@ def test_a_spam_message_the_rule_quarantines_is_kept_once(
     tmp_path: Path, empty_dns: ZoneServer
 ) -> None:
     """``spam = "quarantine"`` plus ``[antispam] quarantine = ['spam']``: the admin finds the
-    message in one quarantine, not in both (it was stored twice and released twice)."""
+    message in one quarantine, not in both (it was stored twice and released twice): the spam
+    quarantine, with its learning and the end users' digest."""
     extra = f"{_dns(empty_dns)}quarantine = ['spam']\n"
     bob = ["b@example.net"]
     held, spam, copies = _kept(tmp_path / "both", extra, _rule("quarantine"))
-    assert (held, spam) == ([bob], [])
+    assert (held, spam) == ([], [bob])
     assert len(copies) == 1, copies
+    # Without the spam quarantine the rule's quarantine holds it, as ever.
+    held, spam, copies = _kept(tmp_path / "rule", _dns(empty_dns), _rule("quarantine"))
+    assert (held, spam, len(copies)) == ([bob], [], 1)
     # The spam quarantine still keeps what the rule delivers or rejects.
     held, spam, copies = _kept(tmp_path / "reject", extra, _rule("reject"))
     assert (held, spam, len(copies)) == ([], [bob], 1)

@@ -110,7 +110,10 @@ class Outbox:
 
     async def hold(self, d: Decision) -> str:
         """Keep the message, as rewritten, in the core's quarantine with its envelope (durable
-        on return); its held id."""
+        on return); its held id. A message a plugin kept in its own quarantine already
+        (``action.held_in``) is not kept twice: that is where it is held."""
+        if d.action.held_in:
+            return d.action.held_in
         return await asyncio.to_thread(
             self.hold_raw,
             d.with_headers(),
