@@ -419,8 +419,11 @@ def keep(
     keeps no second copy in its own quarantine (one copy, released once, with the spam
     quarantine's view, learning and digest). None when nothing changes. A tempfail is not
     kept: the sender keeps the message and sends it again (one copy per attempt otherwise),
-    or, accepted for other recipients or resubmitted, the gateway holds it."""
+    or, accepted for other recipients or resubmitted, the gateway holds it. Nor a message held
+    for analysis (``reason == "hold"``): it comes through again once the verdict is in."""
     if action.kind is sdk.ActionKind.TEMPFAIL:
+        return None
+    if action.kind is sdk.ActionKind.QUARANTINE and action.reason == "hold":
         return None
     held = store.put(
         ctx.raw,

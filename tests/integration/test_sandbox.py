@@ -26,6 +26,7 @@ from mailwarden import Gateway
 from mailwarden.config import parse_config
 from mailwarden.plugins import build_plugin_manager
 from mailwarden.testing import GatewayRunner
+from mailwarden_antispam import GTUBE, AntispamPlugin
 from mailwarden_antivirus import AntivirusPlugin
 from mailwarden_sandbox import SandboxPlugin
 from mailwarden_sandbox.icap import IcapClient, IcapError
@@ -192,6 +193,31 @@ def test_hold_clean_is_released_and_delivered_after_the_verdict(
     assert [t["sha256"] for t in held_reference.tasks()] == [
         hashlib.sha256(b"harmless data").hexdigest()
     ]
+
+
+def test_spam_held_for_analysis_is_kept_once_in_the_spam_quarantine(
+    held_reference: ReferenceServer, tmp_path: Path
+) -> None:
+    """Spam the rule delivers, held for the sandbox's verdict and then resubmitted, passes the
+    pipeline twice: the spam quarantine keeps it once (it kept it on each pass)."""
+    extra: dict[str, Any] = {"sandbox": SandboxPlugin(time_scale=SCALE), "antispam": AntispamPlugin}
+    plugins = build_plugin_manager(entry_points=False, extra=extra)
+    config = http_config(held_reference, mode="hold", verdict_timeout=3000.0, send_detected=True)
+    config += "[antispam]\nquarantine = ['spam']\nauthentication = false\n"
+    config += '[[rules]]\nname = "default"\n[rules.actions]\nspam = "deliver"\n'
+    cfg = parse_config(config, plugins.config_schemas())
+    cfg.gateway.home = str(tmp_path)
+    runner = GatewayRunner(Gateway(cfg, plugins=plugins)).start()
+    try:
+        raw = make_message(body=GTUBE.decode() + "\n", attachment=b"harmless data")
+        outcome = runner.process(raw, ENVELOPE)
+        assert "held for analysis" in outcome.reply_text
+        held_reference.finish()
+        assert len(wait_until(lambda: runner.delivered())) == 1
+        spam = runner.gateway.plugin_quarantines()["spam"][1]
+        assert [e.recipients for e in spam.search()] == [ENVELOPE.rcpt_to]
+    finally:
+        runner.stop()
 
 
 def test_hold_malicious_gets_the_rules_action_with_a_backup_copy_first(
