@@ -19,7 +19,6 @@ hyperscan is imported lazily: without it (a platform with no wheel) every rule g
 
 from __future__ import annotations
 
-import codecs
 import hashlib
 import importlib
 import logging
@@ -480,15 +479,12 @@ def _accepted(expressions: list[bytes], flags: list[int]) -> list[bool]:
     return out
 
 
-def _one_byte_each(error: UnicodeError) -> tuple[bytes, int]:
-    assert isinstance(error, UnicodeEncodeError)
-    return b"\x80" * (error.end - error.start), error.end
-
-
-codecs.register_error("mailwarden-one-byte", _one_byte_each)
+_NON_ASCII = re.compile("[^\x00-\x7f]")
 
 
 def text_bytes(text: str) -> bytes:
     """``text`` as the patterns were rewritten for: ASCII as is, any other character as the
     one byte 0x80 (so positions and lengths in characters are kept)."""
-    return text.encode("ascii", "mailwarden-one-byte")
+    if text.isascii():
+        return text.encode("ascii")
+    return _NON_ASCII.sub("\x80", text).encode("latin-1")

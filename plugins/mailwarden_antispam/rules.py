@@ -103,6 +103,9 @@ class RuleSet:
         default_factory=dict
     )
     _metas: list[tuple[Rule, CodeType]] = field(default_factory=list)
+    _readers: dict[str, list[int]] = field(default_factory=dict)
+    _always: set[int] = field(default_factory=set)
+    _baseline: set[str] = field(default_factory=set)
     _evals: list[Rule] = field(default_factory=list)
     # "hyperscan" (when installed; the re path for what it cannot take) or "re" alone.
     engine: str = "hyperscan"
@@ -141,8 +144,11 @@ class RuleSet:
         # source on every message was most of the rule engine's time. Ordered so that a meta
         # comes after the metas it names, one pass resolves them (cycles still converge).
         depth: dict[str, int] = {}
+        cyclic: set[str] = set()
 
         def depth_of(name: str, seen: frozenset[str] = frozenset()) -> int:
+            if name in seen:
+                cyclic.add(name)
             if name not in metas or name in seen:
                 return 0
             if name not in depth:
@@ -154,8 +160,36 @@ class RuleSet:
             (r, compile(_meta_python(r.meta).strip(), r.name, "eval"))
             for r in sorted(metas.values(), key=lambda r: depth_of(r.name))
         ]
+        self._compile_meta_graph(cyclic)
         self._evals = [r for r in self.rules.values() if r.kind == "eval"]
         return self
+
+    def _compile_meta_graph(self, cyclic: set[str]) -> None:
+        """Who reads whom, and every meta's value when no rule hits.
+
+        A meta none of whose inputs (rules and metas, followed through) hit on a message
+        has its no-hit value there too: only the metas downstream of the message's hits are
+        evaluated (a few dozen of the stock set's 1,200). Metas on a cycle, and what reads
+        them, are evaluated on every message, as all were before.
+        """
+        readers: dict[str, list[int]] = {}
+        for index, (rule, _code) in enumerate(self._metas):
+            for name in set(_NAME.findall(rule.meta or "")):
+                readers.setdefault(name, []).append(index)
+        self._readers = readers
+        self._always = self._downstream(cyclic, set())
+        base: set[str] = set()
+        self._fixpoint(base, self._metas)
+        self._baseline = base
+
+    def _downstream(self, names: Iterable[str], found: set[int]) -> set[int]:
+        todo = list(names)
+        while todo:
+            for index in self._readers.get(todo.pop(), ()):
+                if index not in found:
+                    found.add(index)
+                    todo.append(self._metas[index][0].name)
+        return found
 
     def _compile_fast(self, by_kind: dict[str, list[Rule]]) -> dict[str, list[Rule]]:
         """Build the hyperscan databases; returns the rules left to the ``re`` path."""
@@ -311,8 +345,17 @@ class RuleSet:
         }
 
     def _resolve_metas(self, hits: set[str]) -> None:
+        dirty = self._downstream(hits, set(self._always))
+        names = {self._metas[i][0].name for i in dirty}
+        hits.update(self._baseline - names)
+        self._fixpoint(hits, [self._metas[i] for i in sorted(dirty)])
+
+    def _resolve_metas_everywhere(self, hits: set[str]) -> None:
+        """Every meta evaluated (what :meth:`_resolve_metas` must equal; tests compare)."""
+        self._fixpoint(hits, self._metas)
+
+    def _fixpoint(self, hits: set[str], pending: list[tuple[Rule, CodeType]]) -> None:
         # Metas may depend on metas: evaluate until nothing changes (bounded by their count).
-        pending = self._metas
         values = _Defaulting(dict.fromkeys(hits, 1))
         scope: dict[str, Any] = {"__builtins__": {}}
         for _ in range(len(pending) + 1):
