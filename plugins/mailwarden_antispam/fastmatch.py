@@ -24,6 +24,7 @@ import importlib
 import logging
 import os
 import re
+import threading
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -302,7 +303,9 @@ def to_bytes_pattern(pattern: re.Pattern[str]) -> Rewrite:
 
     Raises :class:`Untranslatable` for what has no rewrite.
     """
-    tree = P.parse(pattern.pattern, pattern.flags)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # as when the rule was compiled
+        tree = P.parse(pattern.pattern, pattern.flags)
     if tree.getwidth()[0] == 0:
         # hyperscan refuses these; they match almost any text, so re answers them at once.
         raise Untranslatable("can match the empty string")
@@ -352,7 +355,8 @@ class PatternSet:
         self.rejected: set[int] = set()
         self.exact: list[bool] = [False] * len(patterns)
         self._db: Any = None
-        self._scratch: Any = None
+        # Scratch space is per scanning thread (rules run in worker threads at once).
+        self._scratch = threading.local()
         self._min_ends: dict[int, int] = {}
         if _hs is None:
             self.rejected = set(range(len(patterns)))
@@ -396,7 +400,6 @@ class PatternSet:
             self.rejected |= set(ids)
             return
         self._store(cache, key, sorted(self.rejected))
-        self._scratch = _hs.Scratch(self._db)
         for index in self.rejected:
             self.exact[index] = False
 
@@ -439,19 +442,22 @@ class PatternSet:
         found: set[int] = set()
         if self._db is None or not data:
             return found
+        scratch = getattr(self._scratch, "space", None)
+        if scratch is None:
+            scratch = self._scratch.space = _hs.Scratch(self._db)
         if not self._min_ends:
 
             def on_match(pid: int, _start: int, _end: int, _flags: int, _ctx: object) -> None:
                 found.add(pid)
 
-            self._db.scan(data, match_event_handler=on_match, scratch=self._scratch)
+            self._db.scan(data, match_event_handler=on_match, scratch=scratch)
             return found
         ends: dict[int, int] = {}
 
         def count(pid: int, _start: int, _end: int, _flags: int, _ctx: object) -> None:
             ends[pid] = ends.get(pid, 0) + 1  # one report per end offset per pattern
 
-        self._db.scan(data, match_event_handler=count, scratch=self._scratch)
+        self._db.scan(data, match_event_handler=count, scratch=scratch)
         return {pid for pid, n in ends.items() if n >= self._min_ends.get(pid, 1)}
 
 

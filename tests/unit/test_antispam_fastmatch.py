@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -113,6 +114,15 @@ def test_full_set_is_compiled_once_and_loaded_from_the_cache(tmp_path: Path) -> 
     again = PatternSet(rules, tmp_path)
     assert again.rejected == {1, 2}
     assert again.scan(text_bytes("Buy VIAGRA now")) == {0}
+
+
+def test_threads_scan_one_database_at_once() -> None:
+    # Rules run in worker threads (run_cpu_bound); hyperscan's scratch space is per scan.
+    patterns = PatternSet([re.compile(r"\bfree\b", re.I), re.compile(r"money{1,3}")])
+    text = text_bytes("Free moneyyy here. " * 2000)
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _n: patterns.scan(text), range(400)))
+    assert answers == [{0, 1}] * 400
 
 
 def _corpus_messages(corpus: Path) -> list[Path]:
