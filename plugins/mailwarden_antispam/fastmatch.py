@@ -75,6 +75,8 @@ _CATEGORY_SOURCE = {
 _FLAG_MASK = re.IGNORECASE | re.DOTALL
 _MAX_BOUND = 8
 _MAX_EXPRESSION = 16000
+# Part of the cache key: a new layout or compile policy must not read old entries.
+_CACHE_FORMAT = 2
 
 
 class Untranslatable(ValueError):
@@ -358,6 +360,7 @@ class PatternSet:
         # Scratch space is per scanning thread (rules run in worker threads at once).
         self._scratch = threading.local()
         self._min_ends: dict[int, int] = {}
+        self._loosened: set[int] = set()  # compiled in hyperscan's prefilter mode
         if _hs is None:
             self.rejected = set(range(len(patterns)))
             return
@@ -380,7 +383,9 @@ class PatternSet:
         if not expressions:
             return
         key = hashlib.sha256(
-            repr((_hs.__version__, expressions, flags, ids)).encode("utf-8", "replace")
+            repr((_CACHE_FORMAT, _hs.__version__, expressions, flags, ids)).encode(
+                "utf-8", "replace"
+            )
         ).hexdigest()
         self._db = self._load(cache, key)
         if self._db is None:
@@ -388,19 +393,21 @@ class PatternSet:
         if self._db is None:
             accepted = _accepted(expressions, flags)
             for n, ok in enumerate(accepted):
-                if not ok:
+                if ok is None:
                     self.rejected.add(ids[n])
-            expressions = [e for e, ok in zip(expressions, accepted, strict=True) if ok]
-            flags = [f for f, ok in zip(flags, accepted, strict=True) if ok]
-            ids = [i for i, ok in zip(ids, accepted, strict=True) if ok]
+                elif ok & _hs.HS_FLAG_PREFILTER:
+                    self._loosened.add(ids[n])
+            expressions = [e for e, ok in zip(expressions, accepted, strict=True) if ok is not None]
+            ids = [i for i, ok in zip(ids, accepted, strict=True) if ok is not None]
+            flags = [ok for ok in accepted if ok is not None]
             if not expressions:
                 return
             self._db = _compile(expressions, flags, ids)
         if self._db is None:
             self.rejected |= set(ids)
             return
-        self._store(cache, key, sorted(self.rejected))
-        for index in self.rejected:
+        self._store(cache, key)
+        for index in self.rejected | self._loosened:
             self.exact[index] = False
 
     def _load(self, cache: Path | None, key: str) -> Any:
@@ -413,17 +420,21 @@ class PatternSet:
             db = _hs.loadb(blob, _hs.HS_MODE_BLOCK)
         except (OSError, _hs.error, ValueError):
             return None
-        self.rejected |= {int(n) for n in rejected_blob.split()}
+        rejected, _, loosened = rejected_blob.partition("\n")
+        self.rejected |= {int(n) for n in rejected.split()}
+        self._loosened |= {int(n) for n in loosened.split()}
         return db
 
-    def _store(self, cache: Path | None, key: str, rejected: list[int]) -> None:
+    def _store(self, cache: Path | None, key: str) -> None:
         if cache is None:
             return
+        listed = " ".join(map(str, sorted(self.rejected)))
+        listed += "\n" + " ".join(map(str, sorted(self._loosened)))
         try:
             cache.mkdir(parents=True, exist_ok=True)
             # Written aside and renamed: a worker starting meanwhile reads all or nothing.
             for name, data in (
-                (f"{key}.rejected", " ".join(map(str, rejected)).encode()),
+                (f"{key}.rejected", listed.encode()),
                 (f"{key}.hsdb", _hs.dumpb(self._db)),
             ):
                 tmp = cache / f".{name}.{os.getpid()}"
@@ -471,17 +482,24 @@ def _compile(expressions: list[bytes], flags: list[int], ids: list[int]) -> Any:
     return db
 
 
-def _accepted(expressions: list[bytes], flags: list[int]) -> list[bool]:
-    """Which expressions hyperscan compiles (it names no culprit when a set fails)."""
+def _accepted(expressions: list[bytes], flags: list[int]) -> list[int | None]:
+    """The flags each expression compiles with, None for a refused one (hyperscan names no
+    culprit when a set fails). One too large for hyperscan is tried in its prefilter mode,
+    which may match more (never less): a superset is all a rewrite promises anyway."""
     assert _hs is not None
-    out = []
+    out: list[int | None] = []
     for expression, hs_flags in zip(expressions, flags, strict=True):
-        db = _hs.Database(mode=_hs.HS_MODE_BLOCK)
-        try:
-            db.compile(expressions=[expression], flags=[hs_flags])
-            out.append(True)
-        except _hs.error:
-            out.append(False)
+        for attempt in (hs_flags, hs_flags | _hs.HS_FLAG_PREFILTER):
+            try:
+                _hs.Database(mode=_hs.HS_MODE_BLOCK).compile(
+                    expressions=[expression], flags=[attempt]
+                )
+            except _hs.error:
+                continue
+            out.append(attempt)
+            break
+        else:
+            out.append(None)
     return out
 
 
