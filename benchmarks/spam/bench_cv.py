@@ -31,6 +31,7 @@ import http.client
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -42,7 +43,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from mailwarden.bench.peers import _RSPAMD_OFF, _free_port, _wait  # noqa: E402
+from mailwarden.bench.peers import _free_port, _rspamd, _wait  # noqa: E402
 from mailwarden_antispam import fit as fitting  # noqa: E402
 from mailwarden_antispam.bayes import band  # noqa: E402
 
@@ -147,24 +148,14 @@ def rspamd(
 
     ensure_packages("rspamd", *(["redis-server"] if bayes else []))
     start = time.monotonic()
-    work = Path(tempfile.mkdtemp(prefix="mailwarden-cv-rspamd-"))
-    local = work / "local.d"
-    local.mkdir()
-    for sub in ("db", "run", "log"):
-        (work / sub).mkdir()
-    port, controller, redis_port = _free_port(), _free_port(), _free_port()
-    (local / "worker-normal.inc").write_text(f'bind_socket = "127.0.0.1:{port}";\ncount = 2;\n')
-    (local / "worker-controller.inc").write_text(f'bind_socket = "127.0.0.1:{controller}";\n')
-    (local / "worker-proxy.inc").write_text("enabled = false;\n")
-    (local / "worker-fuzzy.inc").write_text("enabled = false;\ncount = 0;\n")
-    (local / "options.inc").write_text('dns { nameserver = ["127.0.0.1:53"]; }\n')
-    for module in _RSPAMD_OFF:
-        (local / f"{module}.conf").write_text("enabled = false;\n")
-    processes: list[subprocess.Popen[bytes]] = []
+    controller, redis_port = _free_port(), _free_port()
     learned = {"spam": 0, "ham": 0, "refused": 0}
+    bayes_conf = "enabled = false;\n"
+    redis = None
+    work = Path(tempfile.mkdtemp(prefix="mailwarden-cv-redis-"))
     try:
         if bayes:
-            (local / "classifier-bayes.conf").write_text(
+            bayes_conf = (
                 f'backend = "redis";\nservers = "127.0.0.1:{redis_port}";\nautolearn = false;\n'
             )
             redis = subprocess.Popen(
@@ -172,59 +163,67 @@ def rspamd(
                  "--appendonly", "no", "--dir", str(work)],
                 stdout=subprocess.DEVNULL,
             )  # fmt: skip
-            processes.append(redis)
             _wait(redis_port, redis, 30)
-        else:
-            (local / "classifier-bayes.conf").write_text("enabled = false;\n")
-        server = subprocess.Popen(
-            ["rspamd", "-f", "-i", "-u", "root", "-g", "root", "-c", "/etc/rspamd/rspamd.conf",
-             f"--var=LOCAL_CONFDIR={work}", f"--var=DBDIR={work / 'db'}",
-             f"--var=RUNDIR={work / 'run'}", f"--var=LOGDIR={work / 'log'}"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        processes.append(server)
-        _wait(port, server, 90)
-        _wait(controller, server, 30)
-        raws = [s.path.read_bytes() for s in samples]
-        results = []
-        with ThreadPoolExecutor(4) as pool:
-            for held in sorted(set(fold)):
-                if bayes:
-                    subprocess.run(
-                        ["redis-cli", "-p", str(redis_port), "flushall"],
-                        check=True,
-                        capture_output=True,
-                    )
-                    train = [i for i in range(len(samples)) if fold[i] != held]
-                    paths = [f"/learn{samples[i].label}" for i in train]
-                    for i, answer in zip(
-                        train,
-                        pool.map(_rspamd_post, [controller] * len(train), paths,
-                                 [raws[i] for i in train]),
-                        strict=True,
-                    ):  # fmt: skip
-                        ok = answer.get("success") is True
-                        learned[samples[i].label if ok else "refused"] += 1
-                test = [i for i in range(len(samples)) if fold[i] == held]
-                answers = pool.map(
-                    _rspamd_post, [port] * len(test), ["/checkv2"] * len(test),
-                    [raws[i] for i in test],
-                )  # fmt: skip
-                flagged = [False] * len(samples)
-                for i, answer in zip(test, answers, strict=True):
-                    flagged[i] = answer.get("action") in _RSPAMD_SPAM_ACTIONS
-                results.append(fitting.tally(held, samples, flagged, test))
+        extra = {"classifier-bayes.conf": bayes_conf}
+        with _rspamd(2, controller=controller, extra=extra) as port:
+            results = _rspamd_folds(
+                samples, fold, port, controller, redis_port if bayes else 0, learned
+            )
     finally:
-        for process in reversed(processes):
-            process.terminate()
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        if redis is not None:
+            redis.terminate()
+            redis.wait(timeout=20)
         shutil.rmtree(work, ignore_errors=True)
     return results, time.monotonic() - start, learned
+
+
+def _rspamd_folds(
+    samples: list[fitting.Sample],
+    fold: list[int],
+    port: int,
+    controller: int,
+    redis_port: int,
+    learned: dict[str, int],
+) -> list[fitting.FoldResult]:
+    _wait_listening(controller)
+    raws = [s.path.read_bytes() for s in samples]
+    results = []
+    with ThreadPoolExecutor(4) as pool:
+        for held in sorted(set(fold)):
+            if redis_port:
+                subprocess.run(
+                    ["redis-cli", "-p", str(redis_port), "flushall"],
+                    check=True,
+                    capture_output=True,
+                )
+                train = [i for i in range(len(samples)) if fold[i] != held]
+                paths = [f"/learn{samples[i].label}" for i in train]
+                answers = pool.map(
+                    _rspamd_post, [controller] * len(train), paths, [raws[i] for i in train]
+                )
+                for i, answer in zip(train, answers, strict=True):
+                    ok = answer.get("success") is True
+                    learned[samples[i].label if ok else "refused"] += 1
+            test = [i for i in range(len(samples)) if fold[i] == held]
+            answers = pool.map(
+                _rspamd_post, [port] * len(test), ["/checkv2"] * len(test), [raws[i] for i in test]
+            )
+            flagged = [False] * len(samples)
+            for i, answer in zip(test, answers, strict=True):
+                flagged[i] = answer.get("action") in _RSPAMD_SPAM_ACTIONS
+            results.append(fitting.tally(held, samples, flagged, test))
+    return results
+
+
+def _wait_listening(port: int, limit: float = 30.0) -> None:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"rspamd's controller did not listen on 127.0.0.1:{port}")
 
 
 def _figures(r: fitting.FoldResult) -> dict[str, float]:

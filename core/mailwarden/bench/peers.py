@@ -106,13 +106,20 @@ _RSPAMD_OFF = (
 
 
 @contextmanager
-def _rspamd(workers: int, *, milter: bool = False) -> Iterator[int]:
+def _rspamd(
+    workers: int,
+    *,
+    milter: bool = False,
+    controller: int = 0,
+    extra: dict[str, str] | None = None,
+) -> Iterator[int]:
+    """``controller``: its port (else any free one); ``extra``: more local.d files."""
     work = Path(tempfile.mkdtemp(prefix="mailwarden-bench-rspamd-"))
     local = work / "local.d"
     local.mkdir()
     for sub in ("db", "run", "log"):
         (work / sub).mkdir()
-    port, controller, proxy = _free_port(), _free_port(), _free_port()
+    port, controller, proxy = _free_port(), controller or _free_port(), _free_port()
     (local / "worker-normal.inc").write_text(
         f'bind_socket = "127.0.0.1:{port}";\ncount = {0 if milter else workers};\n'
     )
@@ -132,6 +139,8 @@ def _rspamd(workers: int, *, milter: bool = False) -> Iterator[int]:
     (local / "options.inc").write_text('dns { nameserver = ["127.0.0.1:53"]; }\n')
     for module in _RSPAMD_OFF:
         (local / f"{module}.conf").write_text("enabled = false;\n")
+    for name, text in (extra or {}).items():
+        (local / name).write_text(text)
     with _serving(
         [
             "rspamd",
