@@ -338,9 +338,15 @@ def to_bytes_pattern(pattern: re.Pattern[str]) -> Rewrite:
     return Rewrite(text.encode("ascii"), hs_flags, emitter.exact_on_ascii, min_ends)
 
 
-def default_cache_dir() -> Path:
-    """Where compiled databases are kept: content-addressed, so one cache serves every home."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+def default_cache_dir() -> Path | None:
+    """Where compiled databases are kept: content-addressed, so one cache serves every home.
+    None where the user has no home directory (then every start compiles)."""
+    base = os.environ.get("XDG_CACHE_HOME")
+    if not base:
+        try:
+            base = str(Path.home() / ".cache")
+        except RuntimeError:
+            return None
     return Path(base) / "mailwarden" / "hyperscan"
 
 
