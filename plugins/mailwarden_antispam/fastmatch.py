@@ -509,12 +509,18 @@ def _accepted(expressions: list[bytes], flags: list[int]) -> list[int | None]:
     return out
 
 
-_NON_ASCII = re.compile("[^\x00-\x7f]")
-
-
 def text_bytes(text: str) -> bytes:
     """``text`` as the patterns were rewritten for: ASCII as is, any other character as the
     one byte 0x80 (so positions and lengths in characters are kept)."""
     if text.isascii():
         return text.encode("ascii")
-    return _NON_ASCII.sub("\x80", text).encode("latin-1")
+    # The codec's "?" per character is C speed; the text's own "?"s are put back after.
+    data = text.encode("ascii", "replace").replace(b"?", b"\x80")
+    at = text.find("?")
+    if at < 0:
+        return data
+    out = bytearray(data)
+    while at >= 0:
+        out[at] = 0x3F
+        at = text.find("?", at + 1)
+    return bytes(out)

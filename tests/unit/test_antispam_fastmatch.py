@@ -29,7 +29,7 @@ STOCK = Path("/usr/share/spamassassin")
 # Characters that exercise the rewrite: ASCII letters of both cases, the ones Python's
 # IGNORECASE equates with non-ASCII letters (k, s, i), digits, spaces of both kinds
 # (\x1c is \s to Python, not to PCRE), punctuation, newlines, and non-ASCII letters.
-_ALPHABET = "abkKsSiI19 _-.\n\t\x1c\u212a\u017f\u0131\xe9\xc9\u2014\u4e2d"
+_ALPHABET = "abkKsSiI19 _-.?\n\t\x1c\u212a\u017f\u0131\xe9\xc9\u2014\u4e2d"
 _ATOMS = [
     "a",
     "k",
@@ -44,6 +44,7 @@ _ATOMS = [
     r"\b",
     r"\B",
     "[a-k]",
+    r"\?",
     "[^a]",
     r"[\w-]",
     "\xe9",
@@ -95,6 +96,11 @@ def test_the_rewrite_never_loses_a_match_and_is_exact_on_ascii(
         assert ours or not python, (source, flags, text, rewrite.expression)
         if rewrite.exact_on_ascii and text.isascii():
             assert ours == python, (source, flags, text, rewrite.expression)
+
+
+def test_each_character_is_one_byte_and_only_question_marks_stay_question_marks() -> None:
+    assert text_bytes("a?\xe9?\u4e2d\U0001f600b") == b"a?\x80?\x80\x80b"
+    assert text_bytes("plain ascii?") == b"plain ascii?"
 
 
 def test_a_character_python_folds_to_ascii_is_found_case_insensitively() -> None:
