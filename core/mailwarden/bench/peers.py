@@ -284,7 +284,7 @@ def run_peers(messages: list[bytes], workers: int) -> list[dict[str, Any]]:
             results.append(
                 {"name": f"rspamd checkv2, {workers} worker(s)", "msgs_per_s": round(rate, 1)}
             )
-        except RuntimeError as exc:
+        except (RuntimeError, OSError) as exc:  # a peer that fails is reported, not fatal
             results.append({"name": "rspamd", "msgs_per_s": 0.0, "note": f"failed: {exc}"})
     else:
         results.append(
@@ -303,7 +303,7 @@ def run_peers(messages: list[bytes], workers: int) -> list[dict[str, Any]]:
                     "note": f"{len(subset)}-message subset",
                 }
             )
-        except RuntimeError as exc:
+        except (RuntimeError, OSError) as exc:
             results.append({"name": "SpamAssassin", "msgs_per_s": 0.0, "note": f"failed: {exc}"})
     else:
         results.append(
