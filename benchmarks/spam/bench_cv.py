@@ -31,7 +31,6 @@ import http.client
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -185,7 +184,6 @@ def _rspamd_folds(
     redis_port: int,
     learned: dict[str, int],
 ) -> list[fitting.FoldResult]:
-    _wait_listening(controller)
     raws = [s.path.read_bytes() for s in samples]
     results = []
     with ThreadPoolExecutor(4) as pool:
@@ -213,17 +211,6 @@ def _rspamd_folds(
                 flagged[i] = answer.get("action") in _RSPAMD_SPAM_ACTIONS
             results.append(fitting.tally(held, samples, flagged, test))
     return results
-
-
-def _wait_listening(port: int, limit: float = 30.0) -> None:
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.2)
-    raise RuntimeError(f"rspamd's controller did not listen on 127.0.0.1:{port}")
 
 
 def _figures(r: fitting.FoldResult) -> dict[str, float]:

@@ -61,11 +61,15 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 
 @contextmanager
-def _serving(argv: list[str], port: int, work: Path, limit: float) -> Iterator[None]:
-    """Run a peer until the block ends; its work directory goes with it."""
+def _serving(
+    argv: list[str], port: int, work: Path, limit: float, also: tuple[int, ...] = ()
+) -> Iterator[None]:
+    """Run a peer until the block ends (``also``: more ports to wait for); its work
+    directory goes with it."""
     process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        _wait(port, process, limit)
+        for each in (port, *also):
+            _wait(each, process, limit)
         yield
     finally:
         _stop(process)
@@ -160,6 +164,7 @@ def _rspamd(
         proxy if milter else port,
         work,
         90,
+        (controller,),
     ):
         yield proxy if milter else port
 
