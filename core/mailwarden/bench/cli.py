@@ -46,11 +46,14 @@ def _signature_file(directory: Path, count: int, seed: int) -> Path:
     return path
 
 
-def _config(signatures: Path | None, reputation: str) -> str:
+def _config(signatures: Path | None, reputation: str, spam_rules: tuple[Path, ...] = ()) -> str:
     lines = ["[events]", "enabled = true"]
     if signatures is not None:
         lines += ["[antivirus]", f'signatures = ["{signatures}"]']
-    return "\n".join(lines) + "\n" + OFFLINE_ANTISPAM + reputation
+    antispam = OFFLINE_ANTISPAM
+    if spam_rules:
+        antispam += f"rule_files = {json.dumps([str(p) for p in spam_rules])}\n"
+    return "\n".join(lines) + "\n" + antispam + reputation
 
 
 @click.command("bench")
@@ -79,6 +82,12 @@ def _config(signatures: Path | None, reputation: str) -> str:
 @click.option(
     "--clients", type=click.IntRange(0), default=0, help="SMTP sessions (default 2 per worker + 2)."
 )
+@click.option(
+    "--spam-rules",
+    type=click.Path(exists=True, path_type=Path),
+    multiple=True,
+    help="Rule files or directories antispam loads beside its own (e.g. /usr/share/spamassassin).",
+)
 @click.option("--no-smtp", is_flag=True, help="Skip the SMTP ingress runs.")
 @click.option("--no-peers", is_flag=True, help="Skip rspamd and SpamAssassin even if installed.")
 @click.option(
@@ -102,6 +111,7 @@ def bench(
     signatures: int,
     workers_list: tuple[int, ...],
     clients: int,
+    spam_rules: tuple[Path, ...],
     no_smtp: bool,
     no_peers: bool,
     out: Path,
@@ -128,7 +138,7 @@ def bench(
         reputation_service() as reputation,
     ):
         sig_path = _signature_file(Path(tmp), signatures, seed) if signatures else None
-        config = _config(sig_path, reputation.section)
+        config = _config(sig_path, reputation.section, spam_rules)
         baseline = python_email_parse(data, Progress("python email parse", len(data)))
         # Every run starts from a home that has seen the corpus once: reputation answers from
         # its cache, as in steady state, and the service is not what gets measured.
