@@ -310,9 +310,9 @@ def main() -> int:
         f"(a) postfix alone: {first['accept']:.0f} accept/s first, {last['accept']:.0f} last;"
         " ratios are to the mean"
     )
-    header = f"{'mode':38} {'accept/s':>9} {'ratio':>6} {'end-to-end/s':>13} {'ratio':>6}"
-    print(header + f" {'serve CPU ms/msg':>17} {'switches/msg':>13}")
     width = max(38, *(len(name) for name in results))
+    header = f"{'mode':{width}} {'accept/s':>9} {'ratio':>6} {'end-to-end/s':>13} {'ratio':>6}"
+    print(header + f" {'serve CPU ms/msg':>17} {'switches/msg':>13}")
     for name, r in results.items():
         cpu = f"{r['serve_cpu_ms']:17.2f}" if "serve_cpu_ms" in r else f"{'-':>17}"
         switches = f"{r['serve_switches']:13.1f}" if "serve_switches" in r else f"{'-':>13}"
