@@ -274,11 +274,10 @@ def main() -> int:
                 ("(d) postfix + content filter", ports["cf"], serve),
             ]
             for tag, (owner, _port) in other.items():
+                # Each older row runs just before its own: the shared machine drifts in time.
                 what = "postfix + milter" + (", no detectors" if tag == "b0'" else "")
-                modes.insert(
-                    len(modes) - 2,
-                    (f"({tag}) {what}, {args.compare_core.parent.name}", ports[tag], owner),
-                )
+                row = (f"({tag}) {what}, {args.compare_core.parent.name}", ports[tag], owner)
+                modes.insert(1 if tag == "b'" else 3, row)
             if "rspamd" in peer_ports:
                 modes.append(("(e) postfix + rspamd milter", ports["rspamd"], None))
             if "dkim" in peer_ports:
