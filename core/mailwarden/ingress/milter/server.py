@@ -278,7 +278,7 @@ class MilterConnection(asyncio.Protocol):
                 while (end := packet_end(buffer, offset)) >= 0:
                     code, start, offset = buffer[offset + 4], offset + 5, end
                     if code == _BODY or code == _BODYEOB:
-                        done = session.body(view[start:end], end_of_body=code == _BODYEOB)
+                        done = session.body(view, start, end, end_of_body=code == _BODYEOB)
                     else:
                         done = session.packet(code, buffer[start:end])
                     if done:
@@ -370,17 +370,19 @@ class _Session:
             raise MilterProtocolError(f"command {chr(code)!r} before option negotiation")
         return handler(self, data)
 
-    def body(self, chunk: memoryview, *, end_of_body: bool) -> bool:
-        """A body chunk (BODY, or EOB with the last one): ``True`` at end of body, when
-        :meth:`end_of_message` is due."""
+    def body(self, view: memoryview, start: int, end: int, *, end_of_body: bool) -> bool:
+        """The body chunk at ``view[start:end]`` (BODY, or EOB with the last one): ``True``
+        at end of body, when :meth:`end_of_message` is due."""
         if not self.negotiated:
             raise MilterProtocolError(
                 f"command {BODYEOB if end_of_body else BODY!r} before option negotiation"
             )
-        if chunk:
-            self._count(len(chunk))
+        if end > start:
+            self._count(end - start)
             if not self.message.oversized:
-                self.message.body += chunk
+                # Copied straight from the read buffer; the slice is gone when this returns,
+                # so no view holds the buffer when the reader trims it (or an error clears it).
+                self.message.body += view[start:end]
         if not end_of_body:
             return self.reply(BODY)
         self.pending, self.message = self.message, self._new_message()
