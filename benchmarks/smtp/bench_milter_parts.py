@@ -24,7 +24,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
@@ -38,7 +37,7 @@ from mailwarden.ingress.milter import (  # noqa: E402
     encode_packet,
 )
 from mailwarden.pipeline import Gateway  # noqa: E402
-from tests.milter_mta import headers_and_body  # noqa: E402
+from tests.milter_mta import MemoryTransport, headers_and_body  # noqa: E402
 
 # What smtp-source -l 1024 sends, with the Received line Postfix adds.
 BODY = b"".join(b"%d" % (i % 10) + b"X" * 78 + b"\r\n" for i in range(1, 13)) + b"X" * 64 + b"\r\n"
@@ -78,27 +77,6 @@ def _stream() -> tuple[bytes, bytes, bytes]:
     return optneg, b"".join(out), encode_packet("Q")
 
 
-class _Transport(asyncio.Transport):
-    def __init__(self) -> None:
-        super().__init__()
-        self.closing = False
-
-    def write(self, data: Any) -> None:
-        pass
-
-    def is_closing(self) -> bool:
-        return self.closing
-
-    def close(self) -> None:
-        self.closing = True
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-
 class _Accept:
     async def end_of_message(self, message: MilterMessage) -> MilterResult:
         message.raw()
@@ -112,7 +90,7 @@ async def protocol(n: int) -> float:
     began = time.thread_time()
     for _ in range(n):
         connection = server._connection()
-        connection.connection_made(_Transport())
+        connection.connection_made(MemoryTransport())
         connection.data_received(optneg)
         connection.data_received(message)
         while connection.deciding is not None:

@@ -39,7 +39,7 @@ from mailwarden.ingress.milter import (
 )
 from mailwarden.testing import _gateway
 from tests.conftest import EICAR, make_message
-from tests.milter_mta import NO_REPLIES, Mta
+from tests.milter_mta import NO_REPLIES, MemoryTransport, Mta
 
 GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
 
@@ -553,33 +553,6 @@ def test_macros_resent_for_every_message_stay_within_the_cap(tmp_path: Path) -> 
 # -- the server's reader under hypothesis: however the MTA's writes are cut ----------------------
 
 
-class _Wire(asyncio.Transport):
-    """The server's side of a connection, kept in memory: what it wrote, whether it paused."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.written = bytearray()
-        self.closed = False
-
-    def write(self, data: Any) -> None:
-        self.written += data
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def close(self) -> None:
-        self.closed = True
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return default
-
-
 class _Keep:
     """A handler that keeps every message it is given and accepts it."""
 
@@ -598,7 +571,7 @@ def _feed(wire: bytes, cuts: list[int]) -> tuple[list[MilterMessage], bytes, boo
     async def main() -> tuple[list[MilterMessage], bytes, bool]:
         handler = _Keep()
         connection = MilterServer(handler)._connection()
-        transport = _Wire()
+        transport = MemoryTransport()
         connection.connection_made(transport)
         bounds = [0, *sorted(set(cuts)), len(wire)]
         for start, end in itertools.pairwise(bounds):
