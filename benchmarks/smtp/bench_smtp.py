@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -87,6 +88,21 @@ def _switches(pids: list[int]) -> int:
                         if "ctxt_switches:" in line:
                             total += int(line.split()[1])
     return total
+
+
+@contextlib.contextmanager
+def _pythonpath(core: Path) -> Iterator[None]:
+    """``mailwarden serve`` started inside imports the package under ``core`` (PYTHONPATH
+    comes before the editable install's finder)."""
+    before = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = str(core.resolve())
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["PYTHONPATH"]
+        else:
+            os.environ["PYTHONPATH"] = before
 
 
 def _phase(
@@ -169,6 +185,12 @@ def main() -> int:
         help="the rows to run, comma-separated (a is always run, first and last)",
     )
     parser.add_argument(
+        "--compare-core",
+        type=Path,
+        help="also run (b) and (b0) on the mailwarden package under this core/ directory (an "
+        "older checkout): rows (b') and (b0'), for before/after figures in one run",
+    )
+    parser.add_argument(
         "--profile",
         type=Path,
         help="record py-spy collapsed stacks of mailwarden serve per row into this directory",
@@ -196,8 +218,16 @@ def main() -> int:
         free_port(),
         common + f"[milter]\nenabled = true\nport = {bare_milter}\n" + _ALL_DETECTORS_OFF,
     )
+    # The same two milters on another checkout's code, for before/after rows in one run.
+    other: dict[str, tuple[Serve, int]] = {}
+    if args.compare_core is not None:
+        for tag, extra in (("b'", ""), ("b0'", _ALL_DETECTORS_OFF)):
+            port = free_port()
+            config = common + f"[milter]\nenabled = true\nport = {port}\n" + extra
+            other[tag] = (Serve(work / f"other-{len(other)}", free_port(), config), port)
     postfix = Postfix(sink.port)
     ports = {name: free_port() for name in ("plain", "milter", "bare", "cf", "rspamd", "dkim")}
+    ports |= {tag: free_port() for tag in other}
     results: dict[str, dict[str, float]] = {}
     skipped: dict[str, str] = {}
     n, s, size = args.messages, args.sessions, args.size
@@ -217,6 +247,12 @@ def main() -> int:
         try:
             serve.start(wait_port=milter)
             bare.start(wait_port=bare_milter)
+            for tag, (owner, port) in other.items():
+                with _pythonpath(args.compare_core):
+                    owner.start(wait_port=port)
+                postfix.add_smtpd(
+                    ports[tag], tag.replace("'", "x"), smtpd_milters=f"inet:127.0.0.1:{port}"
+                )
             wait_until(lambda: port_open(content_filter), 30, "the content filter")
             postfix.add_smtpd(ports["plain"], "plain")
             postfix.add_smtpd(ports["milter"], "mw", smtpd_milters=f"inet:127.0.0.1:{milter}")
@@ -237,12 +273,17 @@ def main() -> int:
                 ("(c) smtp gateway", smtp, serve),
                 ("(d) postfix + content filter", ports["cf"], serve),
             ]
+            for tag, (owner, _port) in other.items():
+                # Each older row runs just before its own: the shared machine drifts in time.
+                what = "postfix + milter" + (", no detectors" if tag == "b0'" else "")
+                row = (f"({tag}) {what}, {args.compare_core.parent.name}", ports[tag], owner)
+                modes.insert(1 if tag == "b'" else 3, row)
             if "rspamd" in peer_ports:
                 modes.append(("(e) postfix + rspamd milter", ports["rspamd"], None))
             if "dkim" in peer_ports:
                 modes.append(("(f) postfix + opendkim milter", ports["dkim"], None))
             wanted = {"a", *args.modes.split(",")}
-            modes = [m for m in modes if m[0][1 : m[0].index(")")] in wanted]
+            modes = [m for m in modes if m[0][1 : m[0].index(")")].rstrip("'") in wanted]
             # A short warm-up so that first-use costs (process spawns, imports) are not measured.
             for _name, port, _serve in modes:
                 _phase(sink, port, min(50, n), s, size, None)
@@ -258,6 +299,8 @@ def main() -> int:
             postfix.stop()
             serve.stop()
             bare.stop()
+            for owner, _port in other.values():
+                owner.stop()
             sink.stop(remove=True)
     first = results["(a) postfix alone"]
     base = {k: (first[k] + last[k]) / 2 for k in ("accept", "end_to_end")}
@@ -266,13 +309,14 @@ def main() -> int:
         f"(a) postfix alone: {first['accept']:.0f} accept/s first, {last['accept']:.0f} last;"
         " ratios are to the mean"
     )
-    header = f"{'mode':38} {'accept/s':>9} {'ratio':>6} {'end-to-end/s':>13} {'ratio':>6}"
+    width = max(38, *(len(name) for name in results))
+    header = f"{'mode':{width}} {'accept/s':>9} {'ratio':>6} {'end-to-end/s':>13} {'ratio':>6}"
     print(header + f" {'serve CPU ms/msg':>17} {'switches/msg':>13}")
     for name, r in results.items():
         cpu = f"{r['serve_cpu_ms']:17.2f}" if "serve_cpu_ms" in r else f"{'-':>17}"
         switches = f"{r['serve_switches']:13.1f}" if "serve_switches" in r else f"{'-':>13}"
         print(
-            f"{name:38} {r['accept']:9.0f} {r['accept'] / base['accept']:6.2f}"
+            f"{name:{width}} {r['accept']:9.0f} {r['accept'] / base['accept']:6.2f}"
             f" {r['end_to_end']:13.0f} {r['end_to_end'] / base['end_to_end']:6.2f} {cpu}"
             f" {switches}"
         )
