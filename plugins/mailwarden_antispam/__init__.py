@@ -63,6 +63,9 @@ _KEEP_AT_ZERO = frozenset({"BULK_MAIL"})
 _HEADERS: StashKey[list[tuple[str, str]]] = StashKey("antispam headers")
 # The Bayes band of this message, scored or not: autolearn checks that Bayes does not disagree.
 _BAND: StashKey[str] = StashKey("antispam bayes band")
+# Set when this plugin's scan ran for the message: a rule may leave antispam out (an
+# always-allow rule does), and mail nobody judged must teach Bayes nothing.
+_SCANNED: StashKey[bool] = StashKey("antispam scanned")
 
 
 class AntispamConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -397,6 +400,7 @@ class AntispamPlugin:
     @hookimpl
     async def mailwarden_scan(self, ctx: ScanContext) -> list[Finding]:
         cfg = self.config
+        ctx.stash[_SCANNED] = True
         env = ctx.envelope
         message = ctx.message
         if _sender_matches(cfg.allowed_senders, env.mail_from) or _ip_in(
@@ -663,6 +667,8 @@ class AntispamPlugin:
         """
         assert self.bayes is not None
         cfg = self.config
+        if not ctx.stash.get(_SCANNED, False):
+            return
         if verdict.errors or any(f.code == "DNS_UNAVAILABLE" for f in verdict.findings):
             return
         own = [f for f in verdict.findings if f.code.startswith("BAYES_")]
