@@ -10,10 +10,10 @@ from click.testing import CliRunner
 
 from mailwarden.cli import cli
 from mailwarden.testing import scan
-from mailwarden_sdk import Envelope
 from mailwarden_antispam import bayes as bayes_module
 from mailwarden_antispam.bayes import Bayes
 from mailwarden_antispam.quarantine import SpamQuarantine
+from mailwarden_sdk import Envelope
 from tests.conftest import make_message
 
 RULES = """
