@@ -8,6 +8,7 @@ import textwrap
 from pathlib import Path
 
 from tests.conftest import EICAR, make_message
+from tests.private_imports import REPO, ROOTS, offences
 
 # Run in a fresh interpreter where `import mailwarden.web` fails, as on an install that
 # leaves the web interface out: the config (custom roles included) loads, a bad role is still
@@ -57,3 +58,39 @@ def test_the_engine_loads_its_config_and_scans_without_the_web_package(tmp_path:
     assert lines[0].startswith("refused:") and "unknown permissions ['root']" in lines[0]
     assert lines[1] == "verdict: infected reject"
     assert lines[2] == "web imported: False"
+
+
+def test_no_module_imports_another_modules_private_names() -> None:
+    # `make lint` runs the same check; here it names the offenders in the test report too.
+    assert [str(o) for o in offences([REPO / root for root in ROOTS])] == []
+
+
+def test_the_private_name_check_finds_each_form_and_spares_a_package_its_own(
+    tmp_path: Path,
+) -> None:
+    package = tmp_path / "pkg"
+    (package / "sub").mkdir(parents=True)
+    sources = {
+        "__init__.py": "",
+        "a.py": "_x = 1\npublic = 2\n",
+        "b.py": "from .a import _x\n",
+        "c.py": "from . import a\n\nprint(a._x)\n",
+        "d.py": "import pkg.a as m\n\nprint(m._x)\n",
+        "e.py": "from pkg.sub._impl import y\n",
+        "f.py": "from .a import public as _public\nimport os\n\nos._exit(0)\n",
+        "sub/__init__.py": "from . import _impl\nfrom ._impl import y\n",
+        "sub/_impl.py": "y = 1\n",
+    }
+    for name, text in sources.items():
+        (package / name).write_text(text)
+    found = sorted((o.importer, o.module, o.name, o.line) for o in offences([tmp_path]))
+    assert found == [
+        ("pkg.b", "pkg.a", "_x", 1),
+        ("pkg.c", "pkg.a", "_x", 3),
+        ("pkg.d", "pkg.a", "_x", 3),
+        ("pkg.e", "pkg.sub", "_impl", 1),
+    ]
+    allowed = frozenset({("pkg.b", "pkg.a", "_x")})
+    assert ("pkg.b", "pkg.a", "_x") not in {
+        (o.importer, o.module, o.name) for o in offences([tmp_path], allowed)
+    }

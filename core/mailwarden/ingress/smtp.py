@@ -50,6 +50,8 @@ from ..pipeline import Gateway
 from ..policy import direction_of
 from ..tls import server_context
 from ..workers import worker_count
+from .connections import ConnectionLimits as _Limits
+from .connections import envelope_sender as _sender
 from .mailbox import split_path, valid_mailbox
 from .tcp import listening_socket
 
@@ -66,51 +68,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-
-class _Limits:
-    """Open connections of one listener process, in total and per client address.
-
-    A cap per address alone does not keep one client from starving the others: a few addresses
-    at their cap fill the listener (4 x 50 = 200 idle connections locked everyone out for the
-    whole timeout). So when the listener is full, a connection from an address that holds fewer
-    than the busiest one takes the place of that address's longest idle connection.
-    """
-
-    def __init__(self, total: int, per_ip: int) -> None:
-        self.total, self.per_ip = total, min(per_ip, total)
-        self.open: dict[str, list[GatewaySMTP]] = {}
-        self.count = 0
-
-    def admit(self, address: str, connection: GatewaySMTP) -> bool:
-        mine = self.open.get(address, [])
-        if len(mine) >= self.per_ip:
-            return False
-        if self.count >= self.total and not self._make_room(len(mine)):
-            return False
-        self.open.setdefault(address, []).append(connection)
-        self.count += 1
-        return True
-
-    def _make_room(self, held: int) -> bool:
-        busiest = max(self.open.values(), key=len)
-        if len(busiest) <= held + 1:
-            return False
-        idle = [c for c in busiest if c.idle_since is not None]
-        if not idle:
-            return False
-        victim = min(idle, key=lambda c: c.idle_since or 0.0)
-        victim.evict()
-        return True
-
-    def leave(self, address: str, connection: GatewaySMTP) -> None:
-        mine = self.open.get(address)
-        if mine is None or connection not in mine:
-            return
-        mine.remove(connection)
-        self.count -= 1
-        if not mine:
-            del self.open[address]
 
 
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
@@ -848,11 +805,6 @@ def relay_warnings(config: Config) -> list[str]:
     if cfg.auth and not (cfg.starttls or cfg.tls_port):
         warnings.append("[smtp] auth needs TLS (starttls or tls_port): AUTH is never offered")
     return warnings
-
-
-def _sender(mail_from: str | None) -> str:
-    # aiosmtpd reports the null sender as "<>"; the Envelope's null sender is "".
-    return "" if not mail_from or mail_from == "<>" else mail_from
 
 
 async def start_smtp_servers(
