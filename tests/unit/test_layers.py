@@ -7,12 +7,13 @@ import sys
 import textwrap
 from pathlib import Path
 
+from mailwarden.web.auth import WebAuth
 from tests.conftest import EICAR, make_message
 from tests.private_imports import REPO, ROOTS, offences
 
 # Run in a fresh interpreter where `import mailwarden.web` fails, as on an install that
 # leaves the web interface out: the config (custom roles included) loads, a bad role is still
-# named, and a message is scanned and decided.
+# named, a message is scanned and decided, and SMTP AUTH checks the local accounts.
 _WITHOUT_WEB = textwrap.dedent(
     """
     import asyncio, sys
@@ -28,9 +29,15 @@ _WITHOUT_WEB = textwrap.dedent(
         print("refused:", exc)
 
     async def main():
+        from mailwarden.ingress.smtp import SmtpHandler
+
         async with Gateway.from_file(good) as gateway:
             decision = await gateway.scan(raw)
+            smtp = SmtpHandler(gateway)
+            right = smtp.check_password("alice", "correct horse battery")
+            wrong = smtp.check_password("alice", "not her password")
         print("verdict:", decision.verdict.antivirus, decision.action.kind)
+        print("smtp auth:", right, wrong)
 
     asyncio.run(main())
     print("web imported:", any(name.startswith("mailwarden.web.") for name in sys.modules))
@@ -47,6 +54,10 @@ def test_the_engine_loads_its_config_and_scans_without_the_web_package(tmp_path:
     )
     raw = tmp_path / "eicar.eml"
     raw.write_bytes(make_message(attachment=EICAR))
+    # The account as `mailwarden web password` makes it, with the web package installed.
+    WebAuth(tmp_path / "web", session_seconds=60, custom_roles={}, login_attempts=5).set_password(
+        "alice", "correct horse battery", roles=["Operator"]
+    )
     done = subprocess.run(
         [sys.executable, "-c", _WITHOUT_WEB, str(tmp_path), str(config), str(raw)],
         capture_output=True,
@@ -57,7 +68,8 @@ def test_the_engine_loads_its_config_and_scans_without_the_web_package(tmp_path:
     lines = done.stdout.splitlines()
     assert lines[0].startswith("refused:") and "unknown permissions ['root']" in lines[0]
     assert lines[1] == "verdict: infected reject"
-    assert lines[2] == "web imported: False"
+    assert lines[2] == "smtp auth: True False"
+    assert lines[3] == "web imported: False"
 
 
 def test_no_module_imports_another_modules_private_names() -> None:

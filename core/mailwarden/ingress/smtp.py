@@ -56,8 +56,8 @@ from .mailbox import split_path, valid_mailbox
 from .tcp import listening_socket
 
 if TYPE_CHECKING:
+    from ..accounts import Accounts
     from ..config import Config
-    from ..web.auth import WebAuth
 
 __all__ = [
     "GatewaySMTP",
@@ -479,7 +479,7 @@ class SmtpHandler:
         cfg = gateway.config.smtp
         self.trusted = [ipaddress.ip_network(n, strict=False) for n in cfg.trusted_networks]
         self.proxies = [ipaddress.ip_network(n, strict=False) for n in cfg.proxy_trusted]
-        self._accounts: WebAuth | None = None
+        self._accounts: Accounts | None = None
         # Failed AUTH per client address (recent times), across sessions.
         self._failures: OrderedDict[str, list[float]] = OrderedDict()
 
@@ -523,17 +523,16 @@ class SmtpHandler:
 
     # -- AUTH ----------------------------------------------------------------------------------
 
-    def accounts(self) -> WebAuth | None:
+    def accounts(self) -> Accounts | None:
         """The web interface's local accounts, once the first one exists."""
         if self._accounts is None:
             directory = self.gateway.config.home / "web"
-            # WebAuth makes the session secret when it is missing; the web (or `mailwarden web
-            # password`) makes it with the first account, so wait for that.
+            # The web (or `mailwarden web password`) makes the first account.
             if not (directory / "users.json").exists():
                 return None
-            from ..web.app import web_auth
+            from ..accounts import local_accounts
 
-            self._accounts = web_auth(self.gateway)
+            self._accounts = local_accounts(self.gateway.config)
         return self._accounts
 
     def auth_offered(self) -> bool:
@@ -553,7 +552,7 @@ class SmtpHandler:
         directory = self.gateway.directory
         if directory is None or "@" not in name or not password:
             return False
-        from ..web.directory_login import login_directory_user
+        from ..directory.login import login_directory_user
 
         config = self.gateway.config
         found = login_directory_user(directory, config.web, config.directory, name, password)
