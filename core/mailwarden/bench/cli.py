@@ -17,6 +17,7 @@ import click
 import msgspec
 
 from ..stage import Stage
+from .compare import compare_rounds, medians_report
 from .corpus import generate, load_directory
 from .peers import run_peers
 from .report import compare, table, write_all
@@ -91,8 +92,23 @@ def _config(signatures: Path | None, reputation: str) -> str:
 @click.option(
     "--compare",
     "compare_with",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="An earlier bench.json: show the change of every rate.",
+    type=click.Path(exists=True, path_type=Path),
+    help="An earlier bench.json: the change of every rate; or a built checkout of another "
+    "version: both builds stage by stage over --rounds, failing when a stage is slower.",
+)
+@click.option(
+    "--rounds",
+    type=click.IntRange(1),
+    default=5,
+    show_default=True,
+    help="With --compare DIR: alternating runs of each build; each stage's median is compared.",
+)
+@click.option(
+    "--tolerance",
+    type=click.FloatRange(0),
+    default=5.0,
+    show_default=True,
+    help="With --compare DIR: the slowdown in percent a stage may show before it fails.",
 )
 def bench(
     quick: bool,
@@ -106,6 +122,8 @@ def bench(
     no_peers: bool,
     out: Path,
     compare_with: Path | None,
+    rounds: int,
+    tolerance: float,
 ) -> None:
     """Measure the gateway on this machine: each stage, each worker count, beside its peers.
 
@@ -123,6 +141,9 @@ def bench(
         data = generate(messages, seed, attachment_scale=0.25 if quick else 1.0)
         source = f"generated, seed {seed}"
     size = sum(map(len, data))
+    if compare_with is not None and compare_with.is_dir():
+        _compare_builds(compare_with, data, signatures, seed, rounds, tolerance)
+        return
     with (
         tempfile.TemporaryDirectory(prefix="mailwarden-bench-sigs-") as tmp,
         reputation_service() as reputation,
@@ -206,3 +227,23 @@ def bench(
     if compare_with is not None:
         click.echo("")
         click.echo(compare(json.loads(compare_with.read_text()), result))
+        click.echo("(one run each; --compare DIR runs both builds over alternating rounds)")
+
+
+def _compare_builds(
+    other: Path, data: list[bytes], signatures: int, seed: int, rounds: int, tolerance: float
+) -> None:
+    """Both builds stage by stage (``--compare DIR``); exit status 1 when a stage is slower."""
+    with (
+        tempfile.TemporaryDirectory(prefix="mailwarden-bench-sigs-") as tmp,
+        reputation_service() as reputation,
+    ):
+        sig_path = _signature_file(Path(tmp), signatures, seed) if signatures else None
+        config = _config(sig_path, reputation.section)
+        progress = Progress(f"{rounds} rounds, {other} and this build", 2 * rounds)
+        before, after = compare_rounds(other, data, config, rounds, progress.step)
+    text, slower = medians_report(before, after, tolerance)
+    click.echo(f"baseline: {other}")
+    click.echo(text)
+    if slower:
+        sys.exit(1)
