@@ -10,6 +10,8 @@ import shlex
 import shutil
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,7 @@ from .report import compare, table, write_all
 from .run import (
     OFFLINE_ANTISPAM,
     Progress,
+    ReputationService,
     python_email_parse,
     reputation_service,
     run_pipeline,
@@ -52,6 +55,17 @@ def _config(signatures: Path | None, reputation: str) -> str:
     if signatures is not None:
         lines += ["[antivirus]", f'signatures = ["{signatures}"]']
     return "\n".join(lines) + "\n" + OFFLINE_ANTISPAM + reputation
+
+
+@contextmanager
+def _bench_config(signatures: int, seed: int) -> Iterator[tuple[str, ReputationService]]:
+    """The config every run uses, with its signature file and reputation service alive."""
+    with (
+        tempfile.TemporaryDirectory(prefix="mailwarden-bench-sigs-") as tmp,
+        reputation_service() as reputation,
+    ):
+        sig_path = _signature_file(Path(tmp), signatures, seed) if signatures else None
+        yield _config(sig_path, reputation.section), reputation
 
 
 @click.command("bench")
@@ -144,12 +158,7 @@ def bench(
     if compare_with is not None and compare_with.is_dir():
         _compare_builds(compare_with, data, signatures, seed, rounds, tolerance)
         return
-    with (
-        tempfile.TemporaryDirectory(prefix="mailwarden-bench-sigs-") as tmp,
-        reputation_service() as reputation,
-    ):
-        sig_path = _signature_file(Path(tmp), signatures, seed) if signatures else None
-        config = _config(sig_path, reputation.section)
+    with _bench_config(signatures, seed) as (config, reputation):
         baseline = python_email_parse(data, Progress("python email parse", len(data)))
         # Every run starts from a home that has seen the corpus once: reputation answers from
         # its cache, as in steady state, and the service is not what gets measured.
@@ -234,12 +243,7 @@ def _compare_builds(
     other: Path, data: list[bytes], signatures: int, seed: int, rounds: int, tolerance: float
 ) -> None:
     """Both builds stage by stage (``--compare DIR``); exit status 1 when a stage is slower."""
-    with (
-        tempfile.TemporaryDirectory(prefix="mailwarden-bench-sigs-") as tmp,
-        reputation_service() as reputation,
-    ):
-        sig_path = _signature_file(Path(tmp), signatures, seed) if signatures else None
-        config = _config(sig_path, reputation.section)
+    with _bench_config(signatures, seed) as (config, _):
         progress = Progress(f"{rounds} rounds, {other} and this build", 2 * rounds)
         before, after = compare_rounds(other, data, config, rounds, progress.step)
     text, slower = medians_report(before, after, tolerance)
