@@ -33,9 +33,9 @@ install: $(STAMP)
 
 install-runtime: $(RUNTIME_STAMP)
 
-# The antivirus readers' system parts (libarchive for libarchive-c, 7z, lhasa): installed when
-# missing and apt-get runs as root; without them those formats get not_scanned, never clean.
-AV_PACKAGES := libarchive13 p7zip-full lhasa
+# The antivirus readers' system parts (libarchive for libarchive-c, 7z, lhasa, unar): installed
+# when missing and apt-get runs as root; without them those formats get not_scanned, never clean.
+AV_PACKAGES := libarchive13 p7zip-full lhasa unar
 
 av-packages:
 	@missing=$$(for p in $(AV_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null \

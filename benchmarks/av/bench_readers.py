@@ -55,7 +55,14 @@ def samples(size: int) -> dict[str, bytes]:
     zipped = io.BytesIO()
     with zipfile.ZipFile(zipped, "w", zipfile.ZIP_DEFLATED) as archive:
         archive.writestr("payload.com", data)
-    out = {"deflate.zip": zipped.getvalue(), **out}
+    # the same zip without its central directory (a split archive's first volume, a cut
+    # download): read by its local headers
+    whole = zipped.getvalue()
+    out = {
+        "deflate.zip": whole,
+        "no-central-directory.zip": whole[: whole.rfind(b"PK\x01\x02")],
+        **out,
+    }
     return out
 
 

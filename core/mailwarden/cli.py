@@ -87,9 +87,15 @@ class _CommandHost:
 
     def __init__(self, config: Config) -> None:
         from .pipeline import Host
+        from .sharedstate import command_state
 
         self._host = Host(config)
         self.config = config
+        # The cluster's Redis (mailwarden_sdk.shared_state), so a command teaches every node.
+        self.shared_state = command_state(config)
+        context = click.get_current_context(silent=True)
+        if self.shared_state is not None and context is not None:
+            context.call_on_close(self.shared_state.close)
 
     def config_for(self, section: str) -> Any:
         return self._host.config_for(section)

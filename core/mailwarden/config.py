@@ -338,7 +338,8 @@ class HooksConfig(_Section):
 
     ``verdict`` and ``action`` bound all ``mailwarden_verdict`` / ``mailwarden_action``
     implementations of one message together; ``hold``, ``startup`` and ``shutdown`` each
-    implementation. A verdict that runs out (or fails) keeps the detectors' folded verdict with
+    implementation, ``policy_step`` each ``mailwarden_policy_step`` call (a 451 when it runs out).
+    A verdict that runs out (or fails) keeps the detectors' folded verdict with
     a ``HOOK_TIMEOUT`` error and is never delivered on that: at least a 451. ``message_processed``
     observers run on threads of their own, off the mail path; a call past its budget is logged
     and counted, and at most ``observer_backlog`` events wait for a slow observer (more are
@@ -350,6 +351,7 @@ class HooksConfig(_Section):
     verdict: Seconds = 10.0
     action: Seconds = 10.0
     hold: Seconds = 30.0
+    policy_step: Seconds = 10.0
     message_processed: Seconds = 2.0
     observer_backlog: Positive = 1000
 
@@ -688,7 +690,9 @@ class ClusterConfig(_Section):
     HMAC-SHA256 under the shared ``secret`` (or the first line of ``secret_file``, mode 0600),
     at least 16 characters, the same on every node. The console asks every node at once and
     waits ``timeout`` seconds for each; ``ca_file`` verifies the nodes' HTTPS certificates
-    (empty: the system's CAs).
+    (empty: ``tls_ca``, else the system's CAs). Instead of (or besides) the secret, mutual TLS:
+    ``tls_cert``/``tls_key`` is this node's certificate (common name: its name), presented to
+    the others, and a node API request needs a client certificate signed by ``tls_ca``.
     """
 
     name: str = ""
@@ -697,6 +701,9 @@ class ClusterConfig(_Section):
     secret_file: str = ""
     timeout: Seconds = 3.0
     ca_file: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_ca: str = ""
 
     def __post_init__(self) -> None:
         names = [node.name for node in self.nodes]
@@ -707,8 +714,14 @@ class ClusterConfig(_Section):
                 raise ValueError(
                     f"nodes: node {node.name!r} url must be http(s)://, not {node.url!r}"
                 )
-        if self.nodes and not (self.secret or self.secret_file):
-            raise ValueError("nodes need a shared secret (secret or secret_file)")
+        tls = [bool(self.tls_cert), bool(self.tls_key), bool(self.tls_ca)]
+        if any(tls) and not all(tls):
+            raise ValueError("mutual TLS needs tls_cert, tls_key and tls_ca together")
+        if self.nodes and not (self.secret or self.secret_file or all(tls)):
+            raise ValueError(
+                "nodes need a shared secret (secret or secret_file) or mutual TLS "
+                "(tls_cert, tls_key, tls_ca)"
+            )
         if self.secret and len(self.secret) < 16:
             raise ValueError("secret must be at least 16 characters")
 

@@ -189,8 +189,9 @@ class Gateway:
             rescan=self.act_on_spooled,
         )
         self.delivery = self.outbox.queue
-        # Greylisting and rate limits, asked by the ingresses before a message is scanned.
-        self.policy_steps = PolicySteps(config, self.stores.metrics)
+        # Plugins' policy steps, greylisting and rate limits, asked by the ingresses before a
+        # message is scanned.
+        self.policy_steps = PolicySteps(config, self.plugins.pm, self.hooks, self.stores.metrics)
         # The cluster's Redis for plugins (mailwarden_sdk.shared_state); None without [redis].
         self.host.shared_state = self.policy_steps.shared
         self._observers: list[ObserverLane] = []

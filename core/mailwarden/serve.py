@@ -182,6 +182,7 @@ async def start_web(
     import uvicorn
 
     _EmbeddedServer = _embedded_server_class()
+    from .cluster import mtls as cluster_mtls
     from .ingress.tcp import listening_socket
     from .tls import tls_paths
     from .web.app import WebState, create_app
@@ -193,6 +194,8 @@ async def start_web(
     if cfg.tls:
         cert, key = tls_paths(gateway.config)
         ssl = {"ssl_certfile": str(cert), "ssl_keyfile": str(key)}
+        # [cluster] mutual TLS: clients are asked for a certificate of the cluster's CA.
+        ssl.update(cluster_mtls.server_options(gateway.config))
     sock = listening_socket(cfg.listen, cfg.port, worker_count(gateway.config.smtp.workers) > 1)
     config = uvicorn.Config(
         create_app(state), log_level="warning", lifespan="off", access_log=False, **ssl

@@ -36,11 +36,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Breaker",
+    "CommandState",
     "LocalState",
     "PluginState",
     "RedisState",
     "SharedState",
     "StateBackend",
+    "command_state",
     "local_state",
     "open_state",
 ]
@@ -500,6 +502,41 @@ class PluginState:
         except concurrent.futures.TimeoutError as exc:
             future.cancel()
             raise SharedStateUnavailable("shared-state call timed out") from exc
+
+
+class CommandState(PluginState):
+    """:class:`PluginState` for a command-line command (``mailwarden antispam train``): with
+    no gateway loop to run on, it runs its own event loop on a daemon thread, so
+    :meth:`blocking` works from the command's thread. :meth:`close` when the command ends."""
+
+    def __init__(self, remote: RedisState, breaker: Breaker) -> None:
+        super().__init__(remote, breaker)
+        loop = asyncio.new_event_loop()
+        threading.Thread(target=loop.run_forever, name="shared-state", daemon=True).start()
+        self.bind(loop)
+
+    def close(self) -> None:
+        """Close the Redis connections and stop the loop thread."""
+        loop = self.loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            asyncio.run_coroutine_threadsafe(self.remote.close(), loop).result(
+                self.remote.timeout * 2
+            )
+        except Exception:
+            log.debug("closing the command's Redis connections failed", exc_info=True)
+        loop.call_soon_threadsafe(loop.stop)
+
+
+def command_state(config: Config) -> CommandState | None:
+    """The cluster's Redis for a plugin's command-line command (``None`` without
+    ``[redis]``): the same server, prefix, time limit and breaker settings as the gateway."""
+    cfg = config.redis
+    if not cfg.enabled:
+        return None
+    remote = RedisState(cfg.url, cfg.prefix, cfg.timeout)
+    return CommandState(remote, Breaker(cfg.breaker_failures, cfg.breaker_reset))
 
 
 async def _awaited(call: Awaitable[T]) -> T:

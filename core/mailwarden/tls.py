@@ -80,8 +80,9 @@ def _generate(cert: Path, key: Path, hostname: str) -> None:
             serialization.NoEncryption(),
         ),
     )
-    # The certificate is the public half: readable by the MTA and admins, unlike the key.
-    atomic_write(cert, certificate.public_bytes(serialization.Encoding.PEM), mode=0o644)
+    # Public, but it lives in the home, where every file is the service account's alone (the
+    # home-permissions test walks them all); an MTA that wants it gets it through the admin.
+    atomic_write(cert, certificate.public_bytes(serialization.Encoding.PEM))
 
 
 def tls_paths(config: Config) -> tuple[Path, Path]:

@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 import msgspec
 
-from mailwarden_sdk import Envelope, command_host, config_option, plugin_data_dir
+from mailwarden_sdk import Envelope, command_host, config_option, plugin_data_dir, shared_state
 from mailwarden_sdk.timeparse import TIME_FORMS, TimeParam
 
 from .bayes import Bayes, band
@@ -25,6 +25,15 @@ from .quarantine import QuarantineError, SpamQuarantine
 
 def _data_dir(config_path: str | None) -> Path:
     return plugin_data_dir(command_host(config_path), "antispam")
+
+
+def _bayes(config_path: str | None) -> Bayes:
+    """This node's Bayes store; with ``[redis]`` the cluster's counts learn too, as the
+    gateway's do (when Redis does not answer, the lesson stays on this node, with a warning)."""
+    host = command_host(config_path)
+    bayes = Bayes(plugin_data_dir(host, "antispam") / "bayes")
+    bayes.shared = shared_state(host)
+    return bayes
 
 
 def _messages(directory: str) -> list[Path]:
@@ -52,7 +61,7 @@ def train(spam_dir: str | None, ham_dir: str | None, config_path: str | None) ->
     """Learn every file under --spam as spam and under --ham as ham."""
     if not spam_dir and not ham_dir:
         raise click.UsageError("give --spam DIR and/or --ham DIR")
-    bayes = Bayes(_data_dir(config_path) / "bayes")
+    bayes = _bayes(config_path)
     try:
         for label, directory in (("spam", spam_dir), ("ham", ham_dir)):
             if not directory:
@@ -71,7 +80,7 @@ def train(spam_dir: str | None, ham_dir: str | None, config_path: str | None) ->
 @config_option
 def untrain(paths: tuple[str, ...], config_path: str | None) -> None:
     """Forget what the given messages (files or directories) taught."""
-    bayes = Bayes(_data_dir(config_path) / "bayes")
+    bayes = _bayes(config_path)
     try:
         files = [q for p in paths for q in (_messages(p) if Path(p).is_dir() else [Path(p)])]
         forgotten = sum(bayes.unlearn(p.read_bytes(), _who()) for p in files)
@@ -221,7 +230,7 @@ def delete(entry_id: str, learn_spam: bool, config_path: str | None) -> None:
 
 
 def _learn(config_path: str | None, raw: bytes, label: str) -> None:
-    bayes = Bayes(_data_dir(config_path) / "bayes")
+    bayes = _bayes(config_path)
     try:
         bayes.learn(raw, label, _who())
     finally:
@@ -296,3 +305,35 @@ def fit(
 def _portable(path: Path) -> str:
     # Relative paths keep the recorded command the same on every checkout.
     return os.path.relpath(path.resolve(), Path.cwd().resolve())
+
+
+@antispam.group("rules")
+def rules_group() -> None:
+    """The antispam rule set: fetch a signed channel of rules."""
+
+
+@rules_group.command("update")
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True)
+@config_option
+def rules_update(timeout: float, config_path: str | None) -> None:
+    """Fetch, verify and install the rule channel at [antispam] update_url, as sa-update does.
+
+    Exit status as sa-update's: 0 new rules installed, 1 nothing new, 4 refused (unreachable,
+    unsigned, bad signature, damaged, or rules that do not load: the installed rules stay).
+    A running gateway loads the new rules within seconds, with no restart.
+    """
+    from . import AntispamConfig
+    from .update import UpdateError, update_rules
+
+    host = command_host(config_path)
+    config: AntispamConfig = host.config_for("antispam") or AntispamConfig()
+    root = plugin_data_dir(host, "antispam") / "rules-update"
+    try:
+        result = update_rules(config.update_url, config.update_public_key, root, timeout)
+    except UpdateError as exc:
+        click.echo(f"rules update refused: {exc}; the installed rules stay", err=True)
+        raise SystemExit(4) from None
+    if not result.changed:
+        click.echo(f"rules {result.version} are current ({result.rules} rules)")
+        raise SystemExit(1)
+    click.echo(f"installed rules {result.version}: {result.rules} rules in {result.path}")

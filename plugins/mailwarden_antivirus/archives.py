@@ -462,7 +462,17 @@ class Unpacker:
         try:
             archive = zipfile.ZipFile(io.BytesIO(bytes(data)))
         except Exception as exc:  # NotImplementedError, IndexError, ... too
-            raise _Corrupt.of("zip", exc) from None
+            # no central directory (a split archive's first volume, a cut download): the
+            # members are read by their local headers, and the damage is still reported
+            damage = _Corrupt.of("zip", exc)
+            if _local_header_fits(data):
+                from .readers.libarchive_formats import read_zip_local_headers
+
+                try:
+                    yield from read_zip_local_headers(self, bytes(data))
+                except _Corrupt:
+                    pass  # libarchive stops where the directory should be: the same damage
+            raise damage from None
         with archive:
             for info in archive.infolist():
                 # One member's damage (a corrupt LZMA stream beside a readable member) is
@@ -734,6 +744,23 @@ def _lazy(
     """The reader's members, its errors (an import, a bad header) raised inside the walk's
     handlers rather than where the reader is picked."""
     yield from reader(budget, data, kind)
+
+
+def _local_header_fits(data: bytes | memoryview) -> bool:
+    """Whether a zip's first local header (after a split archive's marker) describes a member
+    that fits in ``data``: bytes that only start like a zip are not handed to libarchive."""
+    at = 4 if data[:4] == b"PK\x07\x08" else 0
+    if bytes(data[at : at + 4]) != b"PK\x03\x04" or len(data) < at + 30:
+        return False
+    (flags,) = struct.unpack_from("<H", data, at + 6)
+    (packed,) = struct.unpack_from("<I", data, at + 18)
+    name, extra = struct.unpack_from("<HH", data, at + 26)
+    if at + 30 + name + extra > len(data):
+        return False
+    # bit 3: the sizes follow the data; 0xFFFFFFFF: they are in the zip64 extra field
+    return (
+        bool(flags & 0x08) or packed == 0xFFFFFFFF or at + 30 + name + extra + packed <= len(data)
+    )
 
 
 def _looks_like_message(data: bytes | memoryview, label: str) -> bool:

@@ -57,7 +57,8 @@ def sigs_info(config_path: str | None, as_json: bool) -> None:
         "skipped": dict(loaded.skipped),
         "sources": loaded.sources,
         "database": loaded.db_path,
-        "report": loaded.report(),
+        # the line the web dashboard shows for this detector: the warning leads it
+        "report": (f"WARNING: {BUILTIN_ONLY}. " if builtin_only(loaded) else "") + loaded.report(),
         "builtin_only": builtin_only(loaded),
         "updates": attempts[-5:],
     }

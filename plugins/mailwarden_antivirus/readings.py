@@ -11,8 +11,10 @@ the original.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterator
+from typing import Any
 
 from mailwarden_sdk import ParsedMessage, Part
 
@@ -25,6 +27,14 @@ _JUNK_NAME = re.compile(rb"(?m)^([!-9;-~]*?)\([^:\r\n]*\)([!-9;-~]*)[ \t]*:")
 _PART_HEADER = re.compile(rb"(?mi)^content-(?:type|transfer-encoding|disposition)[ \t]*:")
 
 Edit = tuple[int, int, bytes]
+#: the MalformationFlag names that call for another reading
+EVASION_FLAGS = (
+    "HEADER_NAME_JUNK",
+    "DUPLICATE_CONTENT_TYPE",
+    "DUPLICATE_BOUNDARY",
+    "NESTED_COMMENT",
+    "PART_OUTSIDE_BOUNDARIES",
+)
 
 
 def _apply(raw: bytes, edits: list[Edit]) -> bytes:
@@ -44,11 +54,19 @@ def _ct_fields(raw: bytes, part: Part) -> list[tuple[int, int]]:
     return [(m.start() + start, m.end() + start) for m in _CT_FIELD.finditer(raw[start:end])]
 
 
+@functools.cache
+def _evasions(kinds: Any) -> int:
+    return sum(int(kinds[name]) for name in EVASION_FLAGS)
+
+
 def alternative_readings(message: ParsedMessage) -> Iterator[tuple[str, bytes]]:
     """``(name, raw bytes)`` of each other reading of ``message`` its flags call for."""
-    raw = bytes(message.raw)
     flags = message.flags
     kinds = type(flags)
+    # every message comes here: one integer test (enum flag operations cost microseconds)
+    if not int(flags) & _evasions(kinds):
+        return
+    raw = bytes(message.raw)
     if flags & kinds["HEADER_NAME_JUNK"]:
         # "Content-Type(x): ..." read as "Content-Type: ..."
         yield "header names without comments", _JUNK_NAME.sub(rb"\1\2:", raw)

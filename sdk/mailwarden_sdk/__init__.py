@@ -13,6 +13,8 @@ A plugin that keeps messages of its own offers them to the web interface as a
 :class:`Quarantine` (:mod:`mailwarden_sdk.quarantines`).
 An ``async`` hook with CPU work to do runs it through :func:`run_cpu_bound`
 (:mod:`mailwarden_sdk.offload`): inline when small, in a thread when large.
+A plugin that decides whether a sender may go on before its message is accepted (greylisting,
+rate limits, allow lists) is a policy step (:mod:`mailwarden_sdk.policy`).
 A plugin that keeps state every node of a cluster should see asks :func:`shared_state`
 (:mod:`mailwarden_sdk.shared`).
 :mod:`mailwarden_sdk.findings` has shorthands for common findings, and
@@ -33,6 +35,7 @@ from .context import (
 )
 from .hookspecs import PROJECT_NAME, hookimpl, hookspec
 from .offload import INLINE_MAX_BYTES, INLINE_MAX_FIELDS, INLINE_MAX_SECONDS, run_cpu_bound
+from .policy import PolicyAction, PolicyRequest, PolicyStage, PolicyVerdict
 from .quarantines import (
     QUARANTINE_ID,
     LearnLabel,
@@ -80,6 +83,10 @@ __all__ = [
     "MessageEvent",
     "ParsedMessage",
     "Part",
+    "PolicyAction",
+    "PolicyRequest",
+    "PolicyStage",
+    "PolicyVerdict",
     "Quarantine",
     "QuarantineEntry",
     "QuarantineError",

@@ -5,6 +5,7 @@ The pipeline, in order (see DESIGN.md "One way through")::
     mailwarden_config_schema      once, when the config is loaded
     mailwarden_startup            once per gateway, before the first message
     for each message:
+        mailwarden_policy_step    at each RCPT and at the end of DATA, before the spool (SDK 1.15)
         mailwarden_scan           every detector, concurrently, each under its own time budget
         mailwarden_verdict        folded verdict, adjustable (wrappers allowed)
         mailwarden_action         decided action: back up, rewrite the message (SDK 1.3)
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     import msgspec
 
     from .context import Host, ScanContext
+    from .policy import PolicyRequest, PolicyVerdict
     from .quarantines import Quarantine
     from .stores import StoreDescriptor
     from .types import Action, Finding, MessageEvent, Verdict
@@ -72,6 +74,26 @@ def mailwarden_shutdown(host: Host) -> Awaitable[None] | None:
 
     Each implementation gets ``[hooks] shutdown`` seconds; past that (or on an exception) it is
     logged and the next plugin is called.
+    """
+
+
+@hookspec
+def mailwarden_policy_step(
+    request: PolicyRequest,
+) -> PolicyVerdict | Awaitable[PolicyVerdict | None] | None:
+    """Answer whether a sender may go on, before its message is accepted (SDK 1.15).
+
+    Asked by the SMTP gateway at each ``RCPT TO`` (``request.stage == "recipient"``) and at
+    the end of ``DATA`` (``"message"``, with ``request.size``), by the milter at the end of the
+    message (both stages), never by the after-queue content filter (the MTA has accepted the
+    message already). Steps are asked one after the other in pluggy's order; the built-in
+    greylisting and rate limits are steps too, registered ``trylast``. Return ``None`` for no
+    opinion (the next step is asked) or a :class:`~mailwarden_sdk.PolicyVerdict`: ``accept``
+    lets the request through without asking the later steps, ``tempfail`` / ``reject`` answer
+    the client with their reply. May be ``async`` (a lookup in shared state); a synchronous one
+    runs in a worker thread. Each implementation gets ``[hooks] policy_step`` seconds; an
+    exception, a timeout or an answer that is not a verdict is a ``451 4.3.0``, never an
+    acceptance.
     """
 
 

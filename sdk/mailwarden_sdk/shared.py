@@ -2,9 +2,10 @@
 
 When the gateway has ``[redis]`` enabled, :func:`shared_state` gives a plugin the
 :class:`SharedState` of the cluster: the same keys on every node, so what one node learns
-(Bayes token counts, reported spam, reputation answers) the others read. Without ``[redis]``,
-in an isolated detector process and in command-line commands, it is ``None``: the plugin keeps
-its state locally, as it always did.
+(Bayes token counts, reported spam, reputation answers) the others read; a command-line
+command's host (:func:`~mailwarden_sdk.command_host`) has it too (SDK 1.15), so a command
+teaches every node. Without ``[redis]`` and in an isolated detector process it is ``None``:
+the plugin keeps its state locally, as it always did.
 
 Redis may go away at any time. Every call is bounded by the gateway's ``[redis] timeout`` and
 a circuit breaker; a call that cannot be answered raises :class:`SharedStateUnavailable` (never
@@ -80,6 +81,6 @@ class SharedState(Protocol):
 
 def shared_state(host: Any) -> SharedState | None:
     """The cluster's :class:`SharedState` of the gateway ``host``, or ``None`` when the gateway
-    shares nothing (no ``[redis]``, an isolated detector, a command-line host)."""
+    shares nothing (no ``[redis]``, an isolated detector)."""
     state = getattr(host, "shared_state", None)
     return state if isinstance(state, SharedState) else None

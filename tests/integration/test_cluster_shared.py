@@ -172,3 +172,48 @@ def test_a_reputation_answer_one_node_got_saves_the_other_node_the_lookup(
     finally:
         for runner in runners:
             runner.stop()
+
+
+def test_antispam_train_on_the_command_line_teaches_every_node_through_redis(
+    redis: Redis, node: Callable[[str], GatewayRunner], tmp_path: Path
+) -> None:
+    from click.testing import CliRunner
+
+    from mailwarden.cli import cli
+
+    config = ANTISPAM + redis_section(redis)
+    spam, ham = tmp_path / "spam", tmp_path / "ham"
+    spam.mkdir()
+    ham.mkdir()
+    (spam / "1.eml").write_bytes(make_message("win big", SPAM_TEXT))
+    (ham / "1.eml").write_bytes(make_message("lunch", "see you at noon in the canteen friday"))
+    message = make_message("planning", HAM_TEXT)
+    (ham / "2.eml").write_bytes(message)
+    cli_home = tmp_path / "cli-node"
+    cli_home.mkdir()
+    (cli_home / "mailwarden.toml").write_text(config)
+    env = {"MAILWARDEN_HOME": str(cli_home), "MAILWARDEN_CONFIG": ""}
+    runner = CliRunner()
+    result = runner.invoke(
+        cli, ["antispam", "train", "--spam", str(spam), "--ham", str(ham)], env=env
+    )
+    assert result.exit_code == 0, result.output
+    assert "spam: learned 1 of 1" in result.output and "ham: learned 2 of 2" in result.output
+    # Another node, which learned nothing itself, classifies with the command's lessons.
+    b = node(config)
+    assert antispam(b).bayes.counts() == (0, 0)
+    assert bayes_band(codes(b, message)) in ("BAYES_00", "BAYES_05")
+    # The shared index too: the node knows the message was learned, and untrain on the
+    # command line takes the lesson back from the cluster.
+    assert learn(b, message, "ham") == "already learned as ham"
+    result = runner.invoke(cli, ["antispam", "untrain", str(ham / "2.eml")], env=env)
+    assert "unlearned 1 of 1" in result.output, result.output
+    assert learn(b, message, "ham") == "learned as ham"
+    # Redis gone: the command still teaches this node (and says the cluster missed it).
+    redis.kill()
+    more = tmp_path / "more"
+    more.mkdir()
+    (more / "1.eml").write_bytes(make_message("jackpot", SPAM_TEXT + " tonight"))
+    result = runner.invoke(cli, ["antispam", "train", "--spam", str(more)], env=env)
+    assert result.exit_code == 0, result.output
+    assert "spam: learned 1 of 1" in result.output and "total: 2 spam, 1 ham" in result.output

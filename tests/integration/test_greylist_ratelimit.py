@@ -12,8 +12,9 @@ import asyncio
 import base64
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -56,13 +57,14 @@ def redis() -> Iterator[Redis]:
 
 
 @pytest.fixture
-def node(tmp_path: Path) -> Iterator[Callable[[str], GatewayRunner]]:
-    """Starts gateway nodes (each with its own home) and stops them all at the end."""
+def node(tmp_path: Path) -> Iterator[Callable[..., GatewayRunner]]:
+    """Starts gateway nodes (each with its own home, with ``plugins`` beside none of the
+    installed ones) and stops them all at the end."""
     runners: list[GatewayRunner] = []
 
-    def make(config: str) -> GatewayRunner:
+    def make(config: str, plugins: Mapping[str, Any] | None = None) -> GatewayRunner:
         home = tmp_path / f"node{len(runners)}"
-        runner = GatewayRunner(_gateway(None, False, config, home)).start()
+        runner = GatewayRunner(_gateway(plugins, False, config, home)).start()
         runners.append(runner)
         runner.start_smtp()
         return runner

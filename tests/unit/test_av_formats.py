@@ -1,7 +1,9 @@
 """The antivirus reads every container, document and encoding ClamAV reads in mail (issue 18).
 
 Samples are built once per module with the real tools (Debian's 7z, cpio, arj, jlha, gcab,
-xorriso, zstd, ar, mscompress, binhex; libarchive's writer; pikepdf), each carrying EICAR;
+xorriso, zstd, ar, mscompress, binhex, Free Pascal's chmcmd; libarchive's writer; pikepdf)
+and, for RAR, OLE2 with a VBA project, TNEF, RTF and OneNote (which no free tool writes),
+writers here checked by independent readers (unar and 7z, olevba, clamscan), each carrying EICAR;
 every one must be found *inside* the container (the object named ``sample/member``, not the
 container's own bytes), and real ``clamscan`` over the same files with a database made here
 must find nothing mailwarden misses. What cannot be read gives a status other than ``clean``
@@ -24,6 +26,7 @@ import sys
 import tarfile
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -50,6 +53,8 @@ TOOLS = (
     "mscompress",
     "macutils",
     "libarchive13",
+    "unar",
+    "fp-utils-3.2.2",
 )
 
 # EICAR and some text that does not compress to nothing, so every tool really compresses
@@ -88,7 +93,20 @@ def tool_samples(work: Path, payload: bytes = PAYLOAD) -> dict[str, bytes]:
     run(["mscompress", "payload.com"], work)
     out["payload.co_"] = (work / "payload.com_").read_bytes()
     out["payload.hqx"] = run(["binhex", "-d", "payload.com"], work)
+    (work / "index.html").write_text("<html><body>help</body></html>")
+    (work / "s.hhp").write_text(
+        "[OPTIONS]\nCompiled file=s.chm\nDefault topic=index.html\nTitle=t\n\n"
+        "[FILES]\nindex.html\npayload.com\n"
+    )
+    run([chmcmd(), "s.hhp"], work)  # Free Pascal's CHM compiler (LZX, as Microsoft's hhc)
+    out["help.chm"] = (work / "s.chm").read_bytes()
     return out
+
+
+def chmcmd() -> str:
+    found = shutil.which("chmcmd") or next(iter(sorted(Path("/usr/bin").glob("chmcmd-*"))), None)
+    assert found is not None, "fp-utils installs chmcmd"
+    return str(found)
 
 
 def library_samples(work: Path, payload: bytes = PAYLOAD) -> dict[str, bytes]:
@@ -118,7 +136,23 @@ def library_samples(work: Path, payload: bytes = PAYLOAD) -> dict[str, bytes]:
         + b'">x</a></body></html>'
     )
     out["payload.tar.zst"] = _zstd_tar(payload)
+    out["archive.rar"] = rar4({"payload.com": payload})
+    # a split archive's first volume: the spanning marker, local headers, no central directory
+    zipped = io.BytesIO()
+    with zipfile.ZipFile(zipped, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("payload.com", payload)
+    whole = zipped.getvalue()
+    out["split.z01"] = b"PK\x07\x08" + whole[: whole.rfind(b"PK\x01\x02")]
+    # the compressor is plain Python (8 s a MB): benchmarks/av times a 1 MB macro
+    out["macro.doc"] = vba_document(vba_module(payload[: 1 << 20]))
     return out
+
+
+def vba_module(payload: bytes) -> str:
+    """VBA source that carries ``payload``'s text lines as string constants."""
+    lines = payload.decode("latin-1").splitlines()
+    body = "".join(f'    s = s & "{line}"\r\n' for line in lines)
+    return f'Attribute VB_Name = "Module1"\r\nSub AutoOpen()\r\n{body}End Sub\r\n'
 
 
 def _tar(files: dict[str, bytes]) -> bytes:
@@ -140,61 +174,216 @@ def _zstd_tar(payload: bytes) -> bytes:
 
 
 def compound_file(streams: dict[str, bytes]) -> bytes:
-    """A minimal OLE2 compound file (MS-CFB v3) with ``streams`` in the root storage, each
-    padded to 4096 bytes or more so that none lives in the mini stream."""
+    """A minimal OLE2 compound file (MS-CFB v3) with ``streams`` (``a/b`` names stream ``b`` in
+    storage ``a``); those under 4096 bytes live in the mini stream, as the format requires."""
     sector = 512
     body = bytearray()
-    entries = []
+    placed: dict[str, tuple[int, int]] = {}
+    chains: list[tuple[int, int]] = []  # (first sector, sector count) of every FAT chain
+    mini = bytearray()
+    mini_fat: list[int] = []
     for name, data in streams.items():
-        data = data + bytes(max(0, 4096 - len(data)))
-        start = len(body) // sector
-        count = -(-len(data) // sector)
-        body += data + bytes(count * sector - len(data))
-        entries.append((name, start, len(data), count))
-    dir_sector = len(body) // sector
-    per_fat = sector // 4
-    # FAT sectors needed for the body, the directory and themselves (up to the header's 109)
-    n_fat = 1
-    while (dir_sector + 1 + n_fat) > n_fat * per_fat:
-        n_fat += 1
-    assert n_fat <= 109, "a compound file this large needs DIFAT sectors"
-    fat_sector = dir_sector + 1
-    fat = [0xFFFFFFFF] * (n_fat * per_fat)
-    for _name, start, _size, count in entries:
-        for i in range(count):
-            fat[start + i] = start + i + 1 if i + 1 < count else 0xFFFFFFFE
-    fat[dir_sector] = 0xFFFFFFFE
-    for i in range(n_fat):
-        fat[fat_sector + i] = 0xFFFFFFFD
+        if len(data) < 4096:
+            first, count = len(mini) // 64, -(-len(data) // 64)
+            mini_fat += [first + i + 1 for i in range(count - 1)] + [0xFFFFFFFE] * (count > 0)
+            placed[name] = (first if data else 0xFFFFFFFE, len(data))
+            mini += data + bytes(-len(data) % 64)
+            continue
+        placed[name] = (len(body) // sector, len(data))
+        chains.append((len(body) // sector, -(-len(data) // sector)))
+        body += data + bytes(-len(data) % sector)
+    root = (0xFFFFFFFE, 0)
+    mini_fat_at, mini_fat_count = 0xFFFFFFFE, 0
+    if mini:
+        root = (len(body) // sector, len(mini))
+        chains.append((root[0], -(-len(mini) // sector)))
+        body += mini + bytes(-len(mini) % sector)
+        table = struct.pack(f"<{len(mini_fat)}I", *mini_fat)
+        table += b"\xff" * (-len(table) % sector)
+        mini_fat_at, mini_fat_count = len(body) // sector, len(table) // sector
+        chains.append((mini_fat_at, mini_fat_count))
+        body += table
+    # the directory: the root, then every storage and stream, each storage's children chained
+    # through their right-sibling pointers
+    nodes: list[tuple[str, int, int, int]] = [("Root Entry", 5, *root)]
+    index: dict[str, int] = {"": 0}
+    children: dict[int, list[int]] = {0: []}
+    for path in streams:
+        parts = path.split("/")
+        for depth in range(1, len(parts) + 1):
+            key = "/".join(parts[:depth])
+            if key in index:
+                continue
+            is_stream = depth == len(parts)
+            start, size = placed[key] if is_stream else (0, 0)
+            index[key] = len(nodes)
+            nodes.append((parts[depth - 1], 2 if is_stream else 1, start, size))
+            children.setdefault(index[key], [])
+            children[index["/".join(parts[: depth - 1])]].append(index[key])
+    none = 0xFFFFFFFF
+    right = {kid: kids[i + 1] for kids in children.values() for i, kid in enumerate(kids[:-1])}
+    first = {parent: kids[0] for parent, kids in children.items() if kids}
 
-    def entry(
-        name: str, kind: int, left: int, right: int, child: int, start: int, size: int
-    ) -> bytes:
+    def entry(number: int) -> bytes:
+        name, kind, start, size = nodes[number]
         encoded = (name + "\0").encode("utf-16-le")
         return (
             encoded.ljust(64, b"\0")
             + struct.pack("<HBB", len(encoded), kind, 1)
-            + struct.pack("<III", left, right, child)
+            + struct.pack("<III", none, right.get(number, none), first.get(number, none))
             + bytes(16 + 4 + 16)
             + struct.pack("<IQ", start, size)
         )
 
-    none = 0xFFFFFFFF
-    directory = entry("Root Entry", 5, none, none, 1, 0xFFFFFFFE, 0)
-    for i, (name, start, size, _count) in enumerate(entries):
-        right = i + 2 if i + 1 < len(entries) else none
-        directory += entry(name, 2, none, right, none, start, size)
-    directory = directory.ljust(sector, b"\0")
+    directory = b"".join(entry(n) for n in range(len(nodes)))
+    directory += bytes(-len(directory) % sector)
+    dir_sector = len(body) // sector
+    dir_count = len(directory) // sector
+    per_fat = sector // 4
+    # FAT sectors needed for the body, the directory and themselves (up to the header's 109)
+    n_fat = 1
+    while (dir_sector + dir_count + n_fat) > n_fat * per_fat:
+        n_fat += 1
+    assert n_fat <= 109, "a compound file this large needs DIFAT sectors"
+    fat_sector = dir_sector + dir_count
+    fat = [0xFFFFFFFF] * (n_fat * per_fat)
+    for start, count in [*chains, (dir_sector, dir_count)]:
+        for i in range(count):
+            fat[start + i] = start + i + 1 if i + 1 < count else 0xFFFFFFFE
+    for i in range(n_fat):
+        fat[fat_sector + i] = 0xFFFFFFFD
     header = (
         bytes.fromhex("d0cf11e0a1b11ae1")
         + bytes(16)
         + struct.pack("<HHHHH", 0x3E, 3, 0xFFFE, 9, 6)
         + bytes(6)
-        + struct.pack("<IIIIIIIII", 0, n_fat, dir_sector, 0, 4096, 0xFFFFFFFE, 0, 0xFFFFFFFE, 0)
+        + struct.pack("<IIIII", 0, n_fat, dir_sector, 0, 4096)
+        + struct.pack("<IIII", mini_fat_at, mini_fat_count, 0xFFFFFFFE, 0)
     )
     difat = [fat_sector + i for i in range(n_fat)] + [none] * (109 - n_fat)
     header += struct.pack("<109I", *difat)
     return header + bytes(body) + directory + struct.pack(f"<{len(fat)}I", *fat)
+
+
+def ovba_compress(data: bytes) -> bytes:
+    """MS-OVBA 2.4.1 compression (the format of VBA source and the dir stream): 4096-byte
+    chunks of literal and copy tokens, a chunk that would not shrink stored raw."""
+    out = bytearray(b"\x01")
+    for chunk_start in range(0, len(data), 4096):
+        chunk = data[chunk_start : chunk_start + 4096]
+        tokens = bytearray()
+        at = 0
+        seen: dict[bytes, list[int]] = {}
+        while at < len(chunk):
+            flags, group = 0, bytearray()
+            for bit in range(8):
+                if at >= len(chunk):
+                    break
+                bits = max((at - 1).bit_length(), 4)
+                longest = (0xFFFF >> bits) + 3
+                best, where = 0, 0
+                for candidate in reversed(seen.get(chunk[at : at + 3], [])[-16:]):
+                    length = 0
+                    while (
+                        length < longest
+                        and at + length < len(chunk)
+                        and chunk[candidate + length] == chunk[at + length]
+                    ):
+                        length += 1
+                    if length > best:
+                        best, where = length, candidate
+                step = best if best >= 3 else 1
+                if best >= 3:
+                    flags |= 1 << bit
+                    token = ((at - where - 1) << (16 - bits)) | (best - 3)
+                    group += struct.pack("<H", token)
+                else:
+                    group.append(chunk[at])
+                for i in range(at, at + step):
+                    seen.setdefault(chunk[i : i + 3], []).append(i)
+                at += step
+            tokens += bytes([flags]) + group
+        if len(tokens) > 4096 and len(chunk) == 4096:
+            out += struct.pack("<H", 0x3FFF) + chunk  # raw: size 4098, signature 3, flag 0
+        else:
+            out += struct.pack("<H", 0xB000 | (len(tokens) + 2 - 3)) + tokens
+    return bytes(out)
+
+
+def vba_document(source: str) -> bytes:
+    """A Word 97 document whose VBA project holds one module with ``source`` (MS-OVBA: the
+    PROJECT stream, VBA/_VBA_PROJECT, the compressed VBA/dir records and the module stream
+    with its source compressed after a performance cache)."""
+
+    def record(ident: int, data: bytes) -> bytes:
+        return struct.pack("<HI", ident, len(data)) + data
+
+    def text(ident: int, value: str, unicode_id: int) -> bytes:
+        return record(ident, value.encode()) + record(unicode_id, value.encode("utf-16-le"))
+
+    cache = 4096  # the module's performance cache, skipped by MODULEOFFSET
+    records = (
+        record(0x01, struct.pack("<I", 1))  # SYSKIND: 32-bit Windows
+        + record(0x02, struct.pack("<I", 0x409))  # LCID
+        + record(0x14, struct.pack("<I", 0x409))  # LCIDINVOKE
+        + record(0x03, struct.pack("<H", 1252))  # CODEPAGE
+        + record(0x04, b"Project")
+        + text(0x05, "", 0x40)  # DOCSTRING
+        + text(0x06, "", 0x3D)  # HELPFILEPATH
+        + record(0x07, struct.pack("<I", 0))  # HELPCONTEXT
+        + record(0x08, struct.pack("<I", 0))  # LIBFLAGS
+        + struct.pack("<HIIH", 0x09, 4, 1, 0)  # VERSION
+        + text(0x0C, "", 0x3C)  # CONSTANTS
+        + record(0x0F, struct.pack("<H", 1))  # MODULES: one
+        + record(0x13, struct.pack("<H", 0xFFFF))  # PROJECTCOOKIE
+        + text(0x19, "Module1", 0x47)  # MODULENAME
+        + text(0x1A, "Module1", 0x32)  # MODULESTREAMNAME
+        + text(0x1C, "", 0x48)  # MODULEDOCSTRING
+        + record(0x31, struct.pack("<I", cache))  # MODULEOFFSET
+        + record(0x1E, struct.pack("<I", 0))  # MODULEHELPCONTEXT
+        + record(0x2C, struct.pack("<H", 0xFFFF))  # MODULECOOKIE
+        + record(0x21, b"")  # MODULETYPE: procedural
+        + record(0x2B, b"")  # module terminator
+        + record(0x10, b"")  # dir terminator
+    )
+    project = 'ID="{00000000-0000-0000-0000-000000000000}"\r\nModule=Module1\r\nName="Project"\r\n'
+    return compound_file(
+        {
+            "WordDocument": bytes(4096),
+            "Macros/PROJECT": project.encode(),
+            "Macros/VBA/_VBA_PROJECT": struct.pack("<HHBH", 0x61CC, 0xFFFF, 0, 0),
+            "Macros/VBA/dir": ovba_compress(records),
+            "Macros/VBA/Module1": bytes(cache) + ovba_compress(source.encode("latin-1")),
+        }
+    )
+
+
+def rar4(files: dict[str, bytes]) -> bytes:
+    """A RAR 4 archive with ``files`` stored (method 0x30): no free program writes RAR, and
+    unar, 7z and libarchive read what this writes (checked below)."""
+
+    def block(kind: int, flags: int, fields: bytes, data: bytes = b"") -> bytes:
+        head = struct.pack("<BHH", kind, flags, 5 + 2 + len(fields)) + fields
+        crc = zlib.crc32(head) & 0xFFFF
+        return struct.pack("<H", crc) + head + data
+
+    out = b"Rar!\x1a\x07\x00" + block(0x73, 0, struct.pack("<HI", 0, 0))
+    for name, data in files.items():
+        encoded = name.encode()
+        fields = struct.pack(
+            "<IIBIIBBHI",
+            len(data),  # packed size
+            len(data),  # unpacked size
+            2,  # host OS: Windows
+            zlib.crc32(data),
+            0x5A210000,  # DOS time
+            20,  # version needed: 2.0
+            0x30,  # method: store
+            len(encoded),
+            0x20,  # attributes: archive
+        )
+        out += block(0x74, 0x8000, fields + encoded, data)
+    return out + block(0x7B, 0x4000, b"")
 
 
 def tnef(attachments: list[tuple[str, bytes]]) -> bytes:
@@ -315,6 +504,40 @@ def test_every_format_is_read_and_the_file_inside_detected(
             ]
     assert missed == {}
     assert len(samples) >= 20
+
+
+def test_the_written_rar_is_one_unar_and_7z_read(samples: dict[str, bytes], tmp_path: Path) -> None:
+    """The RAR writer above is checked by two independent readers, so the sample is a RAR a
+    user could have received, not one only our reader accepts."""
+    (tmp_path / "s.rar").write_bytes(samples["archive.rar"])
+    run(["unar", "-q", "-o", "unar", "s.rar"], tmp_path)
+    run(["7z", "x", "-bd", "-o7z", "s.rar"], tmp_path)
+    for tool in ("unar", "7z"):
+        assert (tmp_path / tool / "payload.com").read_bytes() == PAYLOAD, tool
+
+
+def test_vba_macro_source_is_decompressed_and_scanned(
+    samples: dict[str, bytes], gateway: Run, tmp_path: Path
+) -> None:
+    """EICAR only in a macro's compressed source: found in the source, as clamscan finds it."""
+    document = samples["macro.doc"]
+    assert EICAR not in document
+    outcome = gateway.process(build_message(attachments=[("macro.doc", document)]))
+    assert detected_inside(outcome, "macro.doc") == {
+        "macro.doc/Macros/VBA/Module1/Module1.bas (VBA source)"
+    }
+    ensure_packages("clamav")
+    (tmp_path / "macro.doc").write_bytes(document)
+    (tmp_path / "eicar.ndb").write_text(f"Eicar-Test-Signature:0:*:{EICAR.hex()}\n")
+    proc = subprocess.run(
+        ["clamscan", "--no-summary", "--database=eicar.ndb", "macro.doc"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert proc.stdout.strip() == "macro.doc: Eicar-Test-Signature.UNOFFICIAL FOUND", proc.stdout
 
 
 def test_encodings_in_any_part_are_decoded(gateway: Run) -> None:
@@ -452,6 +675,27 @@ def test_a_recognised_object_that_cannot_be_read_is_never_clean(
     ]
     assert any(reason in text for text in texts), texts
     assert any(s in (status, "not_scanned", "corrupted", "encrypted") for s, _d in problems)
+
+
+def test_a_symlink_unar_restores_is_never_followed_out_of_the_archive(tmp_path: Path) -> None:
+    """unar restores an absolute symlink as it is: reading it as a member would scan (and
+    account) any file of this host the sender names."""
+    from mailwarden_antivirus.archives import ArchiveLimits, Unpacker
+    from mailwarden_antivirus.readers.sevenzip_tool import read_with_7z
+
+    ensure_packages("unar")
+    outside = tmp_path / "outside.txt"
+    outside.write_bytes(b"a file of the host")
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w") as tar:
+        link = tarfile.TarInfo("link.txt")
+        link.type, link.linkname = tarfile.SYMTYPE, str(outside)
+        tar.addfile(link)
+        info = tarfile.TarInfo("real.txt")
+        info.size = 4
+        tar.addfile(info, io.BytesIO(b"real"))
+    members = dict(read_with_7z(Unpacker(ArchiveLimits()), archive.getvalue(), "alz", tool="unar"))
+    assert members == {"real.txt": b"real"}
 
 
 def test_encrypted_ole2_documents_from_the_corpus_are_encrypted(gateway: Run) -> None:
@@ -673,6 +917,29 @@ def test_freshclam_directory_is_used_and_builtin_only_is_said_plainly(tmp_path: 
         run.close()
 
 
+def test_the_dashboard_says_when_only_the_test_signature_is_loaded(tmp_path: Path) -> None:
+    from tests.web.conftest import Web
+
+    freshclam = tmp_path / "clamav"
+    freshclam.mkdir()
+    config = f'[antivirus]\nsystem_database = "{freshclam}"\n'
+    warning = "WARNING: only the built-in EICAR test signature is loaded: no real virus"
+    pages = []
+    for home in ("home-empty", "home-freshclam"):
+        web = Web(tmp_path / home, config)
+        try:
+            auditor, _ = web.login("auditor")
+            page = auditor.get("/")
+            assert page.status_code == 200
+            pages.append(page.text[page.text.index('id="signatures"') :])
+        finally:
+            web.close()
+        hdb = f"{hashlib.md5(EICAR).hexdigest()}:{len(EICAR)}:Freshclam.Eicar\n".encode()
+        (freshclam / "daily.cvd").write_bytes(cvd({"daily.hdb": hdb}))
+    assert warning in pages[0]
+    assert warning not in pages[1] and "2 signatures loaded" in pages[1]
+
+
 @settings(max_examples=12, deadline=None)
 @given(data=st.binary(min_size=1, max_size=3000))
 def test_szdd_and_binhex_decoders_agree_with_the_debian_tools(data: bytes) -> None:
@@ -693,5 +960,7 @@ def test_szdd_and_binhex_decoders_agree_with_the_debian_tools(data: bytes) -> No
     for kind, sample in encoded.items():
         unpacker = Unpacker(ArchiveLimits())
         items = list(unpacker.walk(sample, kind, 1))
-        assert unpacker.problems == [], kind
+        # the decoded file may itself look like a damaged format (4 bytes of TNEF magic): only
+        # the encoding is judged here
+        assert [p for p in unpacker.problems if p.label == kind] == [], kind
         assert bytes(items[1].data) == expected[kind], kind

@@ -50,22 +50,27 @@ def _signature_file(directory: Path, count: int, seed: int) -> Path:
     return path
 
 
-def _config(signatures: Path | None, reputation: str) -> str:
+def _config(signatures: Path | None, reputation: str, spam_rules: tuple[Path, ...] = ()) -> str:
     lines = ["[events]", "enabled = true"]
     if signatures is not None:
         lines += ["[antivirus]", f'signatures = ["{signatures}"]']
-    return "\n".join(lines) + "\n" + OFFLINE_ANTISPAM + reputation
+    antispam = OFFLINE_ANTISPAM
+    if spam_rules:
+        antispam += f"rule_files = {json.dumps([str(p) for p in spam_rules])}\n"
+    return "\n".join(lines) + "\n" + antispam + reputation
 
 
 @contextmanager
-def _bench_config(signatures: int, seed: int) -> Iterator[tuple[str, ReputationService]]:
+def _bench_config(
+    signatures: int, seed: int, spam_rules: tuple[Path, ...]
+) -> Iterator[tuple[str, ReputationService]]:
     """The config every run uses, with its signature file and reputation service alive."""
     with (
         tempfile.TemporaryDirectory(prefix="mailwarden-bench-sigs-") as tmp,
         reputation_service() as reputation,
     ):
         sig_path = _signature_file(Path(tmp), signatures, seed) if signatures else None
-        yield _config(sig_path, reputation.section), reputation
+        yield _config(sig_path, reputation.section, spam_rules), reputation
 
 
 @click.command("bench")
@@ -93,6 +98,12 @@ def _bench_config(signatures: int, seed: int) -> Iterator[tuple[str, ReputationS
 )
 @click.option(
     "--clients", type=click.IntRange(0), default=0, help="SMTP sessions (default 2 per worker + 2)."
+)
+@click.option(
+    "--spam-rules",
+    type=click.Path(exists=True, path_type=Path),
+    multiple=True,
+    help="Rule files or directories antispam loads beside its own (e.g. /usr/share/spamassassin).",
 )
 @click.option("--no-smtp", is_flag=True, help="Skip the SMTP ingress runs.")
 @click.option("--no-peers", is_flag=True, help="Skip rspamd and SpamAssassin even if installed.")
@@ -132,6 +143,7 @@ def bench(
     signatures: int,
     workers_list: tuple[int, ...],
     clients: int,
+    spam_rules: tuple[Path, ...],
     no_smtp: bool,
     no_peers: bool,
     out: Path,
@@ -156,9 +168,9 @@ def bench(
         source = f"generated, seed {seed}"
     size = sum(map(len, data))
     if compare_with is not None and compare_with.is_dir():
-        _compare_builds(compare_with, data, signatures, seed, rounds, tolerance)
+        _compare_builds(compare_with, data, signatures, seed, spam_rules, rounds, tolerance)
         return
-    with _bench_config(signatures, seed) as (config, reputation):
+    with _bench_config(signatures, seed, spam_rules) as (config, reputation):
         baseline = python_email_parse(data, Progress("python email parse", len(data)))
         # Every run starts from a home that has seen the corpus once: reputation answers from
         # its cache, as in steady state, and the service is not what gets measured.
@@ -240,10 +252,16 @@ def bench(
 
 
 def _compare_builds(
-    other: Path, data: list[bytes], signatures: int, seed: int, rounds: int, tolerance: float
+    other: Path,
+    data: list[bytes],
+    signatures: int,
+    seed: int,
+    spam_rules: tuple[Path, ...],
+    rounds: int,
+    tolerance: float,
 ) -> None:
     """Both builds stage by stage (``--compare DIR``); exit status 1 when a stage is slower."""
-    with _bench_config(signatures, seed) as (config, _):
+    with _bench_config(signatures, seed, spam_rules) as (config, _):
         progress = Progress(f"{rounds} rounds, {other} and this build", 2 * rounds)
         before, after = compare_rounds(other, data, config, rounds, progress.step)
     text, slower = medians_report(before, after, tolerance)

@@ -31,6 +31,9 @@ LOCAL_KEYS = (
     ("gateway", "hostname"),
     ("gateway", "home"),
     ("cluster", "name"),
+    # Each node's own certificate for mutual TLS (the CA is the cluster's).
+    ("cluster", "tls_cert"),
+    ("cluster", "tls_key"),
     ("smtp", "listen"),
     ("web", "listen"),
     ("metrics", "listen"),

@@ -1,10 +1,10 @@
 """One console over every node: the nodes of ``[cluster]`` and the client that asks them.
 
 The console asks every node at once (this one directly, the others over HTTP(S) with requests
-signed by :mod:`.signing`) and waits ``[cluster] timeout`` seconds for each; a node that did
-not answer in time is listed as such, with what went wrong, and the answers of the others are
-shown. Without ``[cluster]`` the console shows this node alone. The web routes that use it are
-in :mod:`mailwarden.web.routes.cluster`.
+signed by :mod:`.signing`, or over mutual TLS, :mod:`.mtls`) and waits ``[cluster] timeout``
+seconds for each; a node that did not answer in time is listed as such, with what went wrong,
+and the answers of the others are shown. Without ``[cluster]`` the console shows this node
+alone. The web routes that use it are in :mod:`mailwarden.web.routes.cluster`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from .signing import Signer, cluster_secret
+from . import mtls
+from .signing import NODE, Signer, cluster_secret
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -56,10 +57,15 @@ class Console:
         self.peers = {n.name: n.url.rstrip("/") for n in cfg.nodes if n.name != self.name}
         self.enabled = bool(cfg.nodes)
         self.timeout = cfg.timeout
+        self.known = {n.name for n in cfg.nodes}
         self.signer: Signer | None = None
-        if self.enabled:
-            self.signer = Signer(cluster_secret(config), self.name, {n.name for n in cfg.nodes})
+        if self.enabled and (cfg.secret or cfg.secret_file):
+            self.signer = Signer(cluster_secret(config), self.name, self.known)
+        #: Nodes present certificates of the cluster's CA to each other (mtls.py).
+        self.mtls = mtls.enabled(config)
         self._verify: Any = cfg.ca_file or True
+        if self.mtls:
+            self._verify = mtls.client_context(config)
         self._client: httpx.AsyncClient | None = None
 
     def client(self) -> httpx.AsyncClient:
@@ -69,9 +75,10 @@ class Console:
 
     async def ask(self, node: str, method: str, target: str, body: bytes = b"") -> Any:
         """A signed request to ``node``; its JSON answer. Raises on any failure."""
-        assert self.signer is not None
         url = self.peers[node] + target
-        headers = self.signer.headers(method, target, body)
+        headers = {NODE: self.name}
+        if self.signer is not None:
+            headers = self.signer.headers(method, target, body)
         async with asyncio.timeout(self.timeout):
             response = await self.client().request(method, url, headers=headers, content=body)
         if response.status_code >= 400:

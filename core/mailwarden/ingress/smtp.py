@@ -669,11 +669,7 @@ class SmtpHandler:
         if len(envelope.rcpt_tos) >= limit:
             return "452 4.5.3 Too many recipients"
         deferred = await self.gateway.policy_steps.at_recipient(
-            _sender(envelope.mail_from),
-            address,
-            _client_address(session),
-            authenticated=bool(session.authenticated),
-            trusted=self.trusted_client(session),
+            _envelope(session, envelope), address, trusted=self.trusted_client(session)
         )
         if deferred is not None:
             return deferred
@@ -690,13 +686,14 @@ class SmtpHandler:
         if hops > self.gateway.config.smtp.hopcount_limit:
             log.warning("refusing a message with %d Received: lines (mail loop)", hops)
             return "554 5.4.6 Error: too many hops"
-        address = _client_address(session)
+        ingress_envelope = _envelope(session, envelope)
         limited = await self.gateway.policy_steps.at_message(
-            _sender(envelope.mail_from), address, envelope.rcpt_tos, len(raw)
+            ingress_envelope, len(raw), trusted=self.trusted_client(session)
         )
         if limited is not None:
             return limited
-        tls = session.ssl is not None
+        address = ingress_envelope.client_address
+        tls = ingress_envelope.tls
         hostname = self.gateway.config.gateway.hostname
         helo = _CONTROL_RE.sub("", session.host_name or "") or "unknown"
         # Our own trace line (RFC 5321 4.4): receivers use it for loop detection and admins to
@@ -706,16 +703,6 @@ class SmtpHandler:
             f"\tby {hostname} (mailwarden) with {_protocol(tls, session)};\r\n"
             f"\t{email.utils.formatdate(localtime=True)}\r\n"
         ).encode("ascii", "replace")
-        user = str(session.auth_data) if session.authenticated else None
-        ingress_envelope = Envelope(
-            mail_from=_sender(envelope.mail_from),
-            rcpt_to=list(envelope.rcpt_tos),
-            client_address=address,
-            client_name=session.host_name,
-            helo=session.host_name,
-            tls=tls,
-            authenticated_user=user,
-        )
         try:
             outcome = await self.gateway.process(received + raw, ingress_envelope, ingress="smtp")
         except Exception:
@@ -738,6 +725,19 @@ _RECEIVED_RE = re.compile(rb"^received[ \t]*:", re.IGNORECASE | re.MULTILINE)
 def _peer_address(server: SMTP) -> str:
     peer: Any = server.session.peer if server.session is not None else None
     return str(peer[0]) if isinstance(peer, tuple) else "local"
+
+
+def _envelope(session: Session, envelope: SmtpEnvelope) -> Envelope:
+    """What the transaction has told so far, as the SDK's envelope."""
+    return Envelope(
+        mail_from=_sender(envelope.mail_from),
+        rcpt_to=list(envelope.rcpt_tos),
+        client_address=_client_address(session),
+        client_name=session.host_name,
+        helo=session.host_name,
+        tls=session.ssl is not None,
+        authenticated_user=str(session.auth_data) if session.authenticated else None,
+    )
 
 
 def _client_address(session: Session) -> str | None:

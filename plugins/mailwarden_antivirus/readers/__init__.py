@@ -43,44 +43,49 @@ _UU_BEGIN = re.compile(rb"^begin(?:-base64)? [0-7]{3,4} \S", re.MULTILINE)
 _BINHEX = b"(This file must be converted"
 
 
+#: first bytes -> kind, for the formats detect_type does not name
+_MAGIC: tuple[tuple[bytes, str], ...] = (
+    (b"070707", "cpio"),
+    (b"070701", "cpio"),
+    (b"070702", "cpio"),
+    (b"\xc7\x71", "cpio"),
+    (b"\x71\xc7", "cpio"),
+    (b"\x60\xea", "arj"),
+    (b"ITSF", "chm"),
+    (b"SZDD\x88\xf0\x27\x33", "szdd"),
+    (b"KWAJ\x88\xf0\x27\xd1", "kwaj"),
+    (b"\x78\x9f\x3e\x22", "tnef"),
+    (_ONENOTE, "onenote"),
+    (b"xar!", "xar"),
+    (b"!<arch>\n", "ar"),
+    (b"\x7a\x1a\x20\x10", "sis"),
+)
+_PREFIXES = tuple(magic for magic, _ in _MAGIC)
+
+
 def sniff(data: bytes | memoryview, kind: str) -> str:
     """``kind`` (from :func:`detect_type`), or a finer one for the formats it does not name."""
-    head = bytes(data[:4096])
     if kind == "pe":
         from .pe import pe_kind
 
         return pe_kind(data)
     if kind != "unknown" and kind not in ("script", "html"):
         return kind
-    if head[:6] in (b"070707", b"070701", b"070702") or head[:2] in (b"\xc7\x71", b"\x71\xc7"):
-        return "cpio"
-    if head[:2] == b"\x60\xea":
-        return "arj"
-    if head[:4] == b"ITSF":
-        return "chm"
-    if head[:8] == b"SZDD\x88\xf0\x27\x33":
-        return "szdd"
-    if head[:8] == b"KWAJ\x88\xf0\x27\xd1":
-        return "kwaj"
-    if head[:4] == b"\x78\x9f\x3e\x22":
-        return "tnef"
-    if head[:16] == _ONENOTE:
-        return "onenote"
+    # runs for every text part of every message: startswith and find, no slice copies
+    head = bytes(data[:4096])
+    if head.startswith(_PREFIXES):
+        return next(name for magic, name in _MAGIC if head.startswith(magic))
     if head[1:4] == b"\x2a\x4d\x18" and head[0] & 0xF0 == 0x50:
         return "zstd"  # a skippable frame first (ClamAV's skip_prefix sample)
-    if head[:4] == b"xar!":
-        return "xar"
-    if head[:8] == b"!<arch>\n":
-        return "ar"
-    if len(head) >= 16 and (head[8:12] == b"\x19\x04\x00\x10" or head[:4] == b"\x7a\x1a\x20\x10"):
+    if len(head) >= 16 and head.startswith(b"\x19\x04\x00\x10", 8):
         return "sis"
     if kind == "html":
         return kind
-    if _BINHEX in head[:1024]:
+    if head.find(_BINHEX, 0, 1024) >= 0:
         return "binhex"
     if head.startswith(b"From ") and b"\n" in head:
         return "mbox"
-    if b"=ybegin " in head or _UU_BEGIN.search(head):
+    if b"=ybegin " in head or (b"begin" in head and _UU_BEGIN.search(head)):
         return "uuencode"
     return kind
 
@@ -88,9 +93,12 @@ def sniff(data: bytes | memoryview, kind: str) -> str:
 def _lazy(module: str, function: str) -> Reader:
     """The reader ``function`` of ``module``, imported (with its library) when first used."""
 
+    found: list[Reader] = []
+
     def read(budget: Budget, data: bytes, kind: str) -> Members:
-        reader: Reader = getattr(importlib.import_module(f".{module}", __name__), function)
-        return reader(budget, data, kind)
+        if not found:  # importlib's lookup costs more than a small HTML part's reading
+            found.append(getattr(importlib.import_module(f".{module}", __name__), function))
+        return found[0](budget, data, kind)
 
     return read
 
@@ -121,6 +129,6 @@ READERS: dict[str, Reader] = {
     **dict.fromkeys(("binhex", "szdd", "uuencode", "html"), _lazy("encodings", "read_encoding")),
     "sis": _unsupported("sis: Symbian installer, no reader"),
     "kwaj": _unsupported("kwaj: MS-DOS KWAJ compression, no reader"),
-    "alz": _unsupported("alz: ALZip archive, no reader"),
+    "alz": _lazy("sevenzip_tool", "read_with_unar"),
     "installshield": _unsupported("installshield: InstallShield installer, not unpacked"),
 }

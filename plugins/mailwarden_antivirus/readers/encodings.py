@@ -189,11 +189,18 @@ def _uuencoded(budget: Budget, data: bytes) -> Members:
 
 _DATA_URI = re.compile(rb"data:([\w/+.-]*)((?:;[\w=.+-]+)*?)(;base64)?,([^\"'\s)>]*)", re.I)
 _BASE64_RUN = re.compile(rb"[A-Za-z0-9+/]{128,}={0,2}")
+# every base64 character to "A", every other byte to " ": a run of 128 is then one find()
+_B64_CLASS = bytes(
+    65 if chr(byte).isascii() and (chr(byte).isalnum() or chr(byte) in "+/") else 32
+    for byte in range(256)
+)
 
 
 def _html(budget: Budget, data: bytes) -> Members:
     spans: list[tuple[int, int]] = []
-    for index, match in enumerate(_DATA_URI.finditer(data)):
+    # a case-insensitive pattern is tried at every position: most HTML has no data: URI
+    uris = _DATA_URI.finditer(data) if b"data:" in data.lower() else iter(())
+    for index, match in enumerate(uris):
         payload = match.group(4)
         try:
             if match.group(3):
@@ -206,7 +213,9 @@ def _html(budget: Budget, data: bytes) -> Members:
         budget._member()
         budget._grow(len(decoded))
         yield f"data: URI {index} ({match.group(1).decode('latin-1') or 'text/plain'})", decoded
-    for index, match in enumerate(_BASE64_RUN.finditer(data)):
+    # the regex is tried at every position of the text: only where a run exists
+    runs = _BASE64_RUN.finditer(data) if b"A" * 128 in data.translate(_B64_CLASS) else iter(())
+    for index, match in enumerate(runs):
         if any(start <= match.start() < end for start, end in spans):
             continue
         run = match.group(0)

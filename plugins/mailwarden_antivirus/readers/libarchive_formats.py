@@ -1,4 +1,5 @@
-"""cpio, ar, cab, LHA/LZH, ISO 9660, xar, rar (without unrar) and zstd through libarchive.
+"""cpio, ar, cab, LHA/LZH, ISO 9660, xar, rar (without unrar), zstd and zip by its local
+headers through libarchive.
 
 ``libarchive-c`` loads Debian's ``libarchive13`` when first imported; without the system library
 the import fails and the object gets ``not_scanned`` with that reason.
@@ -6,13 +7,20 @@ the import fails and the object gets ``not_scanned`` with that reason.
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from ..archives import _Corrupt, _Encrypted, _Unsupported
 from . import Budget, Members
 
-#: formats 7z reads too, for when libarchive gives up
-_FALLBACK = {"lzh": "lhasa", **dict.fromkeys(("cab", "iso", "cpio", "ar", "xar", "rar"), "7z")}
+#: programs that read these formats too, tried in turn where libarchive gives up (an LHA method
+#: or header it does not know, for one)
+_FALLBACK: dict[str, tuple[str, ...]] = {
+    "lzh": ("lhasa", "unar"),
+    **dict.fromkeys(("cab", "iso", "cpio", "ar", "xar", "rar"), ("7z",)),
+}
 # an archive larger than this that lists no file is hardly an empty archive (an ISO image
 # whose directory records libarchive does not follow, junk after an end marker): it is
 # reported, not called clean
@@ -29,13 +37,45 @@ def _library() -> Any:
     return libarchive
 
 
+@contextmanager
+def _reader(libarchive: Any, data: bytes, options: str, **formats: str) -> Iterator[Any]:
+    """libarchive-c's ``memory_reader`` with reader ``options`` (``iso9660:!joliet``), which
+    its signature has no parameter for."""
+    if not options:
+        with libarchive.memory_reader(data, **formats) as archive:
+            yield archive
+        return
+    import ctypes
+
+    from libarchive import ffi
+    from libarchive.read import ArchiveRead, new_archive_read
+
+    set_options = ffi.ffi(
+        "read_set_options", [ffi.c_archive_p, ctypes.c_char_p], ctypes.c_int, ffi.check_int
+    )
+    with new_archive_read(**formats) as pointer:
+        set_options(pointer, options.encode())
+        buffer = ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p)
+        ffi.read_open_memory(pointer, buffer, len(data))
+        yield ArchiveRead(pointer, "utf-8")
+
+
 def _entries(
-    budget: Budget, data: bytes, fmt: str, seen: dict[str, int], **options: str
+    budget: Budget,
+    data: bytes,
+    fmt: str,
+    seen: dict[str, int],
+    options: str = "",
+    digests: set[bytes] | None = None,
+    **formats: str,
 ) -> Members:
+    """The regular files libarchive reads, recorded in ``seen``; with ``digests``, a file whose
+    SHA-256 is there already (read through another directory tree of the same image) is left
+    out and the others' are added."""
     libarchive = _library()
     error = libarchive.exception.ArchiveError
     try:
-        with libarchive.memory_reader(data, **options) as archive:
+        with _reader(libarchive, data, options, **formats) as archive:
             for entry in archive:
                 # ar members have no file type (0): anything but a directory, link or device
                 # is data to scan
@@ -54,6 +94,11 @@ def _entries(
                     budget._ratio(out, len(data))
                     chunks.append(bytes(block))
                 member = b"".join(chunks)
+                if digests is not None:
+                    digest = hashlib.sha256(member).digest()
+                    if digest in digests:
+                        continue
+                    digests.add(digest)
                 seen[name] = len(member)
                 yield name, member
     except error as exc:
@@ -67,26 +112,48 @@ def _entries(
 
 def read_libarchive(budget: Budget, data: bytes, fmt: str = "archive") -> Members:
     """Every regular file of an archive in any format libarchive reads; where libarchive
-    stops early (LHA methods or headers it does not know, for one) ``lha`` or 7z read the
-    members it did not read whole."""
+    stops early, or reads no file, the programs of :data:`_FALLBACK` read the members it did
+    not read whole (the first one that reads any file without an error ends the search)."""
     seen: dict[str, int] = {}
+    failure: _Corrupt | _Unsupported | None = None
     try:
-        yield from _entries(budget, data, fmt, seen)
+        # ClamAV reads an ISO image's primary directory tree, libarchive the Joliet one when
+        # there is one: a file listed only in the primary tree must not go unread
+        digests: set[bytes] | None = set() if fmt == "iso" else None
+        yield from _entries(budget, data, fmt, seen, digests=digests)
+        if digests is not None:
+            options = "iso9660:!joliet"
+            yield from _entries(budget, data, fmt, seen, options, digests, format_name="iso9660")
     except (_Corrupt, _Unsupported) as exc:
-        if fmt not in _FALLBACK:
-            raise
+        failure = exc
+    if failure is not None or (not seen and len(data) > _EMPTY_ARCHIVE):
         from .sevenzip_tool import read_with_7z
 
-        try:
-            for name, member in read_with_7z(budget, data, fmt, count=False, tool=_FALLBACK[fmt]):
-                if seen.get(name) != len(member):
-                    budget._member()
-                    seen[name] = len(member)
-                    yield name, member
-        except (_Corrupt, _Unsupported):
-            raise exc from None
+        for tool in _FALLBACK.get(fmt, ()):
+            read = 0
+            try:
+                for name, member in read_with_7z(budget, data, fmt, count=False, tool=tool):
+                    read += 1
+                    if seen.get(name) != len(member):
+                        budget._member()
+                        seen[name] = len(member)
+                        yield name, member
+            except (_Corrupt, _Unsupported):
+                continue
+            if read:
+                failure = None
+                break
+    if failure is not None:
+        raise failure
     if not seen and len(data) > _EMPTY_ARCHIVE:
         raise _Unsupported(f"{fmt}: no file in it could be read ({len(data)} bytes)")
+
+
+def read_zip_local_headers(budget: Budget, data: bytes, kind: str = "zip") -> Members:
+    """The members of a zip with no readable central directory (a split archive's first
+    volume, a cut download) by their local headers, as ClamAV reads them."""
+    seen: dict[str, int] = {}
+    yield from _entries(budget, data, "zip", seen, format_name="zip_streamable")
 
 
 def read_compressed(budget: Budget, data: bytes, kind: str = "zstd") -> Members:

@@ -15,6 +15,10 @@ from . import Budget, Members
 
 def read_pdf(budget: Budget, data: bytes, kind: str) -> Members:
     """Decoded streams, embedded files and JavaScript of a PDF document."""
+    if b"obj" not in data:
+        # no indirect object at all: qpdf would scan the whole file to rebuild a cross
+        # reference table and fail the same way
+        raise _Corrupt("pdf: no object in the file")
     try:
         import pikepdf
     except ImportError:

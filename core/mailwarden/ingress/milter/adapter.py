@@ -9,6 +9,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Literal
 
+import msgspec
+
 from mailwarden_native import parse
 from mailwarden_sdk import ActionKind, Envelope, run_cpu_bound
 
@@ -127,23 +129,17 @@ class GatewayMilter:
         triplet is recorded, so the retry passes for all). "Trusted" is ``[smtp]
         trusted_networks``; authenticated is the MTA's ``{auth_authen}``."""
         steps = self.gateway.policy_steps
-        client = envelope.client_address
-        trusted = in_networks(client, self._trusted)
+        trusted = in_networks(envelope.client_address, self._trusted)
         reply = None
-        for recipient in envelope.rcpt_to:
-            deferred = await steps.at_recipient(
-                envelope.mail_from,
-                recipient,
-                client,
-                authenticated=envelope.authenticated_user is not None,
-                trusted=trusted,
-            )
+        for n, recipient in enumerate(envelope.rcpt_to):
+            so_far = msgspec.structs.replace(envelope, rcpt_to=envelope.rcpt_to[:n])
+            deferred = await steps.at_recipient(so_far, recipient, trusted=trusted)
             reply = reply or deferred
-        reply = reply or await steps.at_message(envelope.mail_from, client, envelope.rcpt_to, size)
+        reply = reply or await steps.at_message(envelope, size, trusted=trusted)
         if reply is None:
             return None
         code, _, text = reply.partition(" ")
-        return MilterResult("tempfail", int(code), text)
+        return MilterResult("tempfail" if code.startswith("4") else "reject", int(code), text)
 
     async def _single(self, d: Decision) -> MilterResult:
         kind = d.action.kind

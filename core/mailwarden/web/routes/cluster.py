@@ -23,9 +23,11 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
+from ...cluster import mtls
 from ...cluster.configpush import apply_pushed, config_version
 from ...cluster.console import API as _API
 from ...cluster.console import Console, NodeRefused, merged_rows
+from ...cluster.signing import NODE
 from ...errors import ConfigError
 from ...quarantine import QuarantineBusy, QuarantineError, ReleaseFailed
 from .. import api_types as T
@@ -70,16 +72,32 @@ async def _local_delete(state: WebState, held_id: str) -> None:
 
 
 async def _signed(request: Request) -> Response | None:
-    """The refusal of an unsigned or badly signed request, ``None`` for a good one."""
+    """The refusal of a request not from a node (unsigned, badly signed, without a client
+    certificate of the cluster's CA naming a node), ``None`` for a good one."""
     state: WebState = request.state.web
     found = console(state)
-    if not found.enabled or found.signer is None:
+    if not found.enabled:
         return JSONResponse({"error": "this node is in no [cluster]"}, status_code=404)
-    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-    why = found.signer.check(request.method, target, request.headers, await request.body())
+    why = None
+    if found.mtls:
+        why = _certificate_refusal(found, request)
+    if why is None and found.signer is not None:
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        why = found.signer.check(request.method, target, request.headers, await request.body())
     if why is not None:
         log.warning("cluster request refused from %s: %s", request.client, why)
         return JSONResponse({"error": why}, status_code=401)
+    return None
+
+
+def _certificate_refusal(found: Console, request: Request) -> str | None:
+    node = mtls.node_of(request.scope)
+    if node is None:
+        return "a client certificate signed by the cluster's CA ([cluster] tls_ca) is needed"
+    if node not in found.known:
+        return f"the client certificate names {node!r}, no node of [cluster] nodes"
+    if request.headers.get(NODE, node) != node:
+        return f"the client certificate names {node!r}, not the node the request says"
     return None
 
 
@@ -122,7 +140,7 @@ async def _node_change(request: Request, act: str) -> Response:
     held_id = request.path_params["held_id"]
     status, body = await _change_here(state, held_id, act)
     if status == 200:
-        by = f"node:{request.headers.get('x-mailwarden-node')}"
+        by = f"node:{request.headers.get(NODE) or mtls.node_of(request.scope)}"
         state.audit.write(f"quarantine.{act}", by, id=held_id)
     return JSONResponse(body, status_code=status)
 
@@ -164,7 +182,7 @@ async def node_config_push(request: Request) -> Response:
     except ConfigError as exc:
         return JSONResponse({"error": str(exc)}, status_code=422)
     state.refresh()
-    by = f"node:{request.headers.get('x-mailwarden-node')}"
+    by = f"node:{request.headers.get(NODE) or mtls.node_of(request.scope)}"
     state.audit.write("config.pushed", by, version=version)
     log.warning(
         "configuration %s pushed by %s applied; at the next start: %s", version, by, changed
