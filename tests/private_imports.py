@@ -22,28 +22,8 @@ REPO = Path(__file__).resolve().parent.parent
 ROOTS = ("core", "sdk", "plugins")
 
 # (importer, imported module, name) imports that stay, each with the reason and what removes it.
-ALLOWED: frozenset[tuple[str, str, str]] = frozenset(
-    # TODO(wip-av): the readers raise the archive module's exception classes; they move to a
-    # public module of their own with the readers -> archives cycle (.importlinter, acyclic).
-    (
-        "mailwarden_antivirus.readers" + (f".{reader}" if reader else ""),
-        "mailwarden_antivirus.archives",
-        name,
-    )
-    for reader, names in {
-        "": ("_Unsupported",),
-        "encodings": ("_Corrupt",),
-        "libarchive_formats": ("_Corrupt", "_Encrypted", "_Unsupported"),
-        "ole": ("_Corrupt", "_Encrypted", "_Unsupported"),
-        "onenote": ("_Corrupt",),
-        "pdf": ("_Corrupt", "_Encrypted", "_Unsupported"),
-        "pe": ("_Corrupt", "_LimitHit", "_Unsupported"),
-        "rtf": ("_Corrupt",),
-        "sevenzip_tool": ("_Corrupt", "_Encrypted", "_LimitHit", "_Unsupported"),
-        "tnef": ("_Corrupt", "_Unsupported"),
-    }.items()
-    for name in names
-)
+# None today: a name two modules share is public in the module that owns it.
+ALLOWED: frozenset[tuple[str, str, str]] = frozenset()
 
 
 @dataclass(frozen=True)
