@@ -19,7 +19,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 # The source roots: each holds top-level packages (core/mailwarden, plugins/mailwarden_*...).
-ROOTS = ("core", "sdk", "plugins")
+ROOTS = ("core", "sdk", "plugins", "native")
 
 # (importer, imported module, name) imports that stay, each with the reason and what removes it.
 # None today: a name two modules share is public in the module that owns it.
