@@ -50,12 +50,14 @@ from ..pipeline import Gateway
 from ..policy import direction_of
 from ..tls import server_context
 from ..workers import worker_count
+from .connections import ConnectionLimits as _Limits
+from .connections import envelope_sender as _sender
 from .mailbox import split_path, valid_mailbox
 from .tcp import listening_socket
 
 if TYPE_CHECKING:
+    from ..accounts import Accounts
     from ..config import Config
-    from ..web.auth import WebAuth
 
 __all__ = [
     "GatewaySMTP",
@@ -66,51 +68,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-
-class _Limits:
-    """Open connections of one listener process, in total and per client address.
-
-    A cap per address alone does not keep one client from starving the others: a few addresses
-    at their cap fill the listener (4 x 50 = 200 idle connections locked everyone out for the
-    whole timeout). So when the listener is full, a connection from an address that holds fewer
-    than the busiest one takes the place of that address's longest idle connection.
-    """
-
-    def __init__(self, total: int, per_ip: int) -> None:
-        self.total, self.per_ip = total, min(per_ip, total)
-        self.open: dict[str, list[GatewaySMTP]] = {}
-        self.count = 0
-
-    def admit(self, address: str, connection: GatewaySMTP) -> bool:
-        mine = self.open.get(address, [])
-        if len(mine) >= self.per_ip:
-            return False
-        if self.count >= self.total and not self._make_room(len(mine)):
-            return False
-        self.open.setdefault(address, []).append(connection)
-        self.count += 1
-        return True
-
-    def _make_room(self, held: int) -> bool:
-        busiest = max(self.open.values(), key=len)
-        if len(busiest) <= held + 1:
-            return False
-        idle = [c for c in busiest if c.idle_since is not None]
-        if not idle:
-            return False
-        victim = min(idle, key=lambda c: c.idle_since or 0.0)
-        victim.evict()
-        return True
-
-    def leave(self, address: str, connection: GatewaySMTP) -> None:
-        mine = self.open.get(address)
-        if mine is None or connection not in mine:
-            return
-        mine.remove(connection)
-        self.count -= 1
-        if not mine:
-            del self.open[address]
 
 
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
@@ -522,7 +479,7 @@ class SmtpHandler:
         cfg = gateway.config.smtp
         self.trusted = [ipaddress.ip_network(n, strict=False) for n in cfg.trusted_networks]
         self.proxies = [ipaddress.ip_network(n, strict=False) for n in cfg.proxy_trusted]
-        self._accounts: WebAuth | None = None
+        self._accounts: Accounts | None = None
         # Failed AUTH per client address (recent times), across sessions.
         self._failures: OrderedDict[str, list[float]] = OrderedDict()
 
@@ -566,17 +523,16 @@ class SmtpHandler:
 
     # -- AUTH ----------------------------------------------------------------------------------
 
-    def accounts(self) -> WebAuth | None:
+    def accounts(self) -> Accounts | None:
         """The web interface's local accounts, once the first one exists."""
         if self._accounts is None:
             directory = self.gateway.config.home / "web"
-            # WebAuth makes the session secret when it is missing; the web (or `mailwarden web
-            # password`) makes it with the first account, so wait for that.
+            # The web (or `mailwarden web password`) makes the first account.
             if not (directory / "users.json").exists():
                 return None
-            from ..web.app import web_auth
+            from ..accounts import local_accounts
 
-            self._accounts = web_auth(self.gateway)
+            self._accounts = local_accounts(self.gateway.config)
         return self._accounts
 
     def auth_offered(self) -> bool:
@@ -596,7 +552,7 @@ class SmtpHandler:
         directory = self.gateway.directory
         if directory is None or "@" not in name or not password:
             return False
-        from ..web.directory_login import login_directory_user
+        from ..directory.login import login_directory_user
 
         config = self.gateway.config
         found = login_directory_user(directory, config.web, config.directory, name, password)
@@ -848,11 +804,6 @@ def relay_warnings(config: Config) -> list[str]:
     if cfg.auth and not (cfg.starttls or cfg.tls_port):
         warnings.append("[smtp] auth needs TLS (starttls or tls_port): AUTH is never offered")
     return warnings
-
-
-def _sender(mail_from: str | None) -> str:
-    # aiosmtpd reports the null sender as "<>"; the Envelope's null sender is "".
-    return "" if not mail_from or mail_from == "<>" else mail_from
 
 
 async def start_smtp_servers(
