@@ -63,13 +63,15 @@ def _tree(pid: int) -> list[int]:
     return found
 
 
-def _cpu_seconds(pids: list[int]) -> float:
-    """User and system CPU of the processes (all their threads), in seconds."""
+def _cpu_seconds(pids: list[int], field: int | None = None) -> float:
+    """User and system CPU of the processes (all their threads), in seconds; with ``field``
+    0 only the user time, 1 only the system time."""
     total = 0
     for pid in pids:
         with contextlib.suppress(OSError):
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
+            user, system = int(fields[11]), int(fields[12])
+            total += (user, system)[field] if field is not None else user + system
     return total / _TICK
 
 
@@ -115,6 +117,7 @@ def _phase(
                 "--nonblocking",
                 "--rate",
                 "250",
+                *(["--gil"] if os.environ.get("BENCH_PROFILE_GIL") else []),
                 "--output",
                 str(profile),
             ],
@@ -123,6 +126,7 @@ def _phase(
         )
         time.sleep(1.0)
     cpu_before, switches_before = _cpu_seconds(pids), _switches(pids)
+    system_before = _cpu_seconds(pids, 1)
     began = time.perf_counter()
     subprocess.run(
         [
@@ -153,6 +157,7 @@ def _phase(
     result = {"accept": messages / accepted, "end_to_end": messages / delivered}
     if pids:
         result["serve_cpu_ms"] = (_cpu_seconds(pids) - cpu_before) * 1000 / messages
+        result["serve_sys_ms"] = (_cpu_seconds(pids, 1) - system_before) * 1000 / messages
         result["serve_switches"] = (_switches(pids) - switches_before) / messages
     return result
 
@@ -267,14 +272,15 @@ def main() -> int:
         " ratios are to the mean"
     )
     header = f"{'mode':38} {'accept/s':>9} {'ratio':>6} {'end-to-end/s':>13} {'ratio':>6}"
-    print(header + f" {'serve CPU ms/msg':>17} {'switches/msg':>13}")
+    print(header + f" {'serve CPU ms/msg':>17} {'of it system':>13} {'switches/msg':>13}")
     for name, r in results.items():
         cpu = f"{r['serve_cpu_ms']:17.2f}" if "serve_cpu_ms" in r else f"{'-':>17}"
+        system = f"{r['serve_sys_ms']:13.2f}" if "serve_sys_ms" in r else f"{'-':>13}"
         switches = f"{r['serve_switches']:13.1f}" if "serve_switches" in r else f"{'-':>13}"
         print(
             f"{name:38} {r['accept']:9.0f} {r['accept'] / base['accept']:6.2f}"
             f" {r['end_to_end']:13.0f} {r['end_to_end'] / base['end_to_end']:6.2f} {cpu}"
-            f" {switches}"
+            f" {system} {switches}"
         )
     for name, r in results.items():
         if "serve_cpu_ms" in r and r["serve_cpu_ms"] == 0:

@@ -205,10 +205,23 @@ class Spool:
         self.damaged = root / "damaged"
         self.damaged_max_bytes = damaged_max_bytes
         self._sync_queue = _GroupSync(self.queue)
+        self._made = False
 
     def _ensure(self) -> None:
         self.tmp.mkdir(parents=True, exist_ok=True)
         self.queue.mkdir(parents=True, exist_ok=True)
+        self._made = True
+
+    def _create(self, path: Path) -> int:
+        # The folders are made once, not per message (two mkdir calls that raise inside);
+        # one removed under a running gateway is made again.
+        if not self._made:
+            self._ensure()
+        try:
+            return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileNotFoundError:
+            self._ensure()
+            return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
 
     def recover(self) -> int:
         """Remove temp files left by a crash (messages never acknowledged); count them.
@@ -232,7 +245,6 @@ class Spool:
     def write(self, raw: bytes, envelope: Envelope, state: SpoolState | None = None) -> SpoolEntry:
         """Spool ``raw`` durably and return it locked; raises DeliveryError when it cannot."""
         try:
-            self._ensure()
             id = f"{time.time_ns():x}{os.getpid():x}{next(_counter):x}{uuid.uuid4().hex[:6]}"
             now, mono = time.time(), time.monotonic()
             meta = msgspec.json.encode(
@@ -240,7 +252,7 @@ class Spool:
             )
             header = _QUEUED + meta + b"\n"
             tmp = self.tmp / f"{id}.msg"
-            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            fd = self._create(tmp)
             try:
                 view = memoryview(header + raw)
                 while view:
@@ -250,7 +262,11 @@ class Spool:
                 entry = SpoolEntry(self, id, fd, envelope, now, spooled_mono=mono, boot=BOOT_ID)
                 if state is not None:
                     self.save_state(entry, state, durable=True)
-                os.rename(tmp, self.queue / f"{id}.msg")
+                try:
+                    os.rename(tmp, self.queue / f"{id}.msg")
+                except FileNotFoundError:
+                    self._ensure()
+                    os.rename(tmp, self.queue / f"{id}.msg")
                 self._sync_queue()
             except BaseException:
                 os.close(fd)
