@@ -7,13 +7,15 @@ Postfix's ``smtp-source`` sends the same load (``--messages`` of ``--size`` byte
   (b)  Postfix + mailwarden milter, antivirus and antispam on (``smtpd_milters``)
   (b0) Postfix + mailwarden milter, every detector off: the protocol and the pipeline alone
   (c)  mailwarden SMTP gateway (relay mode, spool fsynced before each 250)
+  (c0) the same gateway with every detector off: the protocol, the spool and the relay
   (d)  Postfix + mailwarden after-queue content filter (re-injection with XFORWARD)
   (e)  Postfix + rspamd's milter (its proxy in milter mode, scanning itself), if installed
   (f)  Postfix + OpenDKIM verifying (a C milter on libmilter), if installed
 
 For each it reports the accept rate (smtp-source finished: every message got its 250), the
 end-to-end rate (the sink holds every message), both as ratios to (a), and the CPU time
-``mailwarden serve`` spent per message. Antispam runs without DNS (as ``mailwarden bench`` runs
+``mailwarden serve`` spent per message (and of it the system part) and its context switches
+per message. Antispam runs without DNS (as ``mailwarden bench`` runs
 it), so the machine's resolver is neither asked nor waited on. Everything shares the machine's
 cores, so the figures are only comparable within one run.
 
@@ -170,7 +172,7 @@ def main() -> int:
     parser.add_argument("--json", help="also write the figures as JSON to this file")
     parser.add_argument(
         "--modes",
-        default="a,b,b0,c,d,e,f",
+        default="a,b,b0,c,c0,d,e,f",
         help="the rows to run, comma-separated (a is always run, first and last)",
     )
     parser.add_argument(
@@ -183,7 +185,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="mailwarden-bench-smtp-"))
     sink = Sink(work / "sink", free_port()).start()
     milter, bare_milter, content_filter = free_port(), free_port(), free_port()
-    reinject, smtp = free_port(), free_port()
+    reinject, smtp, bare_smtp = free_port(), free_port(), free_port()
     common = (
         f'[delivery]\nmode = "relay"\nnext_hop = "127.0.0.1:{sink.port}"\n'
         "queue_scan_interval = 1.0\n[events]\nenabled = false\n" + OFFLINE_ANTISPAM
@@ -198,7 +200,7 @@ def main() -> int:
     )
     bare = Serve(
         work / "bare",
-        free_port(),
+        bare_smtp,
         common + f"[milter]\nenabled = true\nport = {bare_milter}\n" + _ALL_DETECTORS_OFF,
     )
     postfix = Postfix(sink.port)
@@ -240,6 +242,7 @@ def main() -> int:
                 ("(b) postfix + milter", ports["milter"], serve),
                 ("(b0) postfix + milter, no detectors", ports["bare"], bare),
                 ("(c) smtp gateway", smtp, serve),
+                ("(c0) smtp gateway, no detectors", bare_smtp, bare),
                 ("(d) postfix + content filter", ports["cf"], serve),
             ]
             if "rspamd" in peer_ports:
