@@ -174,7 +174,10 @@ class SpoolEntry:
 
     def raw(self) -> bytes:
         """The message bytes as received."""
-        data = os.pread(self.fd, os.fstat(self.fd).st_size, 0)
+        return self._raw(os.fstat(self.fd).st_size)
+
+    def _raw(self, size: int) -> bytes:
+        data = os.pread(self.fd, size, 0)
         return data[data.index(b"\n") + 1 :]
 
     def raw_if_small(self, limit: int = INLINE_READ_MAX) -> bytes | None:
@@ -184,9 +187,8 @@ class SpoolEntry:
         page cache: reading a small one costs microseconds, far less than a hop to a thread
         and back, which is kept for large ones.
         """
-        if os.fstat(self.fd).st_size > limit:
-            return None
-        return self.raw()
+        size = os.fstat(self.fd).st_size
+        return None if size > limit else self._raw(size)
 
     def release(self) -> None:
         """Give the message back to the spool (closing the descriptor drops the lock)."""

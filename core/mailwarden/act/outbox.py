@@ -158,7 +158,7 @@ class Outbox:
                 # Without a sync it is a create, a write and a rename in the page cache, cheaper
                 # on the event loop than a hop to a thread and back.
                 self.spool.save_state(entry, state, durable=False)
-                self.queue.submit(entry)
+                self.queue.submit(entry, state)
                 text = f"2.0.0 Ok: queued as {entry.id}"
             elif kind is ActionKind.DELIVER:
                 data = self.outgoing(decision)
