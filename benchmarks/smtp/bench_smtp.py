@@ -7,13 +7,15 @@ Postfix's ``smtp-source`` sends the same load (``--messages`` of ``--size`` byte
   (b)  Postfix + mailwarden milter, antivirus and antispam on (``smtpd_milters``)
   (b0) Postfix + mailwarden milter, every detector off: the protocol and the pipeline alone
   (c)  mailwarden SMTP gateway (relay mode, spool fsynced before each 250)
+  (c0) the same gateway with every detector off: the protocol, the spool and the relay
   (d)  Postfix + mailwarden after-queue content filter (re-injection with XFORWARD)
   (e)  Postfix + rspamd's milter (its proxy in milter mode, scanning itself), if installed
   (f)  Postfix + OpenDKIM verifying (a C milter on libmilter), if installed
 
 For each it reports the accept rate (smtp-source finished: every message got its 250), the
 end-to-end rate (the sink holds every message), both as ratios to (a), and the CPU time
-``mailwarden serve`` spent per message. Antispam runs without DNS (as ``mailwarden bench`` runs
+``mailwarden serve`` spent per message (and of it the system part) and its context switches
+per message. Antispam runs without DNS (as ``mailwarden bench`` runs
 it), so the machine's resolver is neither asked nor waited on. Everything shares the machine's
 cores, so the figures are only comparable within one run.
 
@@ -64,13 +66,15 @@ def _tree(pid: int) -> list[int]:
     return found
 
 
-def _cpu_seconds(pids: list[int]) -> float:
-    """User and system CPU of the processes (all their threads), in seconds."""
+def _cpu_seconds(pids: list[int], field: int | None = None) -> float:
+    """User and system CPU of the processes (all their threads), in seconds; with ``field``
+    0 only the user time, 1 only the system time."""
     total = 0
     for pid in pids:
         with contextlib.suppress(OSError):
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
+            user, system = int(fields[11]), int(fields[12])
+            total += (user, system)[field] if field is not None else user + system
     return total / _TICK
 
 
@@ -131,6 +135,7 @@ def _phase(
                 "--nonblocking",
                 "--rate",
                 "250",
+                *(["--gil"] if os.environ.get("BENCH_PROFILE_GIL") else []),
                 "--output",
                 str(profile),
             ],
@@ -139,6 +144,7 @@ def _phase(
         )
         time.sleep(1.0)
     cpu_before, switches_before = _cpu_seconds(pids), _switches(pids)
+    system_before = _cpu_seconds(pids, 1)
     began = time.perf_counter()
     subprocess.run(
         [
@@ -169,6 +175,7 @@ def _phase(
     result = {"accept": messages / accepted, "end_to_end": messages / delivered}
     if pids:
         result["serve_cpu_ms"] = (_cpu_seconds(pids) - cpu_before) * 1000 / messages
+        result["serve_sys_ms"] = (_cpu_seconds(pids, 1) - system_before) * 1000 / messages
         result["serve_switches"] = (_switches(pids) - switches_before) / messages
     return result
 
@@ -181,7 +188,7 @@ def main() -> int:
     parser.add_argument("--json", help="also write the figures as JSON to this file")
     parser.add_argument(
         "--modes",
-        default="a,b,b0,c,d,e,f",
+        default="a,b,b0,c,c0,d,e,f",
         help="the rows to run, comma-separated (a is always run, first and last)",
     )
     parser.add_argument(
@@ -200,7 +207,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="mailwarden-bench-smtp-"))
     sink = Sink(work / "sink", free_port()).start()
     milter, bare_milter, content_filter = free_port(), free_port(), free_port()
-    reinject, smtp = free_port(), free_port()
+    reinject, smtp, bare_smtp = free_port(), free_port(), free_port()
     common = (
         f'[delivery]\nmode = "relay"\nnext_hop = "127.0.0.1:{sink.port}"\n'
         "queue_scan_interval = 1.0\n[events]\nenabled = false\n" + OFFLINE_ANTISPAM
@@ -215,7 +222,7 @@ def main() -> int:
     )
     bare = Serve(
         work / "bare",
-        free_port(),
+        bare_smtp,
         common + f"[milter]\nenabled = true\nport = {bare_milter}\n" + _ALL_DETECTORS_OFF,
     )
     # The same two milters on another checkout's code, for before/after rows in one run.
@@ -271,6 +278,7 @@ def main() -> int:
                 ("(b) postfix + milter", ports["milter"], serve),
                 ("(b0) postfix + milter, no detectors", ports["bare"], bare),
                 ("(c) smtp gateway", smtp, serve),
+                ("(c0) smtp gateway, no detectors", bare_smtp, bare),
                 ("(d) postfix + content filter", ports["cf"], serve),
             ]
             for tag, (owner, _port) in other.items():
@@ -311,14 +319,15 @@ def main() -> int:
     )
     width = max(38, *(len(name) for name in results))
     header = f"{'mode':{width}} {'accept/s':>9} {'ratio':>6} {'end-to-end/s':>13} {'ratio':>6}"
-    print(header + f" {'serve CPU ms/msg':>17} {'switches/msg':>13}")
+    print(header + f" {'serve CPU ms/msg':>17} {'of it system':>13} {'switches/msg':>13}")
     for name, r in results.items():
         cpu = f"{r['serve_cpu_ms']:17.2f}" if "serve_cpu_ms" in r else f"{'-':>17}"
+        system = f"{r['serve_sys_ms']:13.2f}" if "serve_sys_ms" in r else f"{'-':>13}"
         switches = f"{r['serve_switches']:13.1f}" if "serve_switches" in r else f"{'-':>13}"
         print(
             f"{name:{width}} {r['accept']:9.0f} {r['accept'] / base['accept']:6.2f}"
             f" {r['end_to_end']:13.0f} {r['end_to_end'] / base['end_to_end']:6.2f} {cpu}"
-            f" {switches}"
+            f" {system} {switches}"
         )
     for name, r in results.items():
         if "serve_cpu_ms" in r and r["serve_cpu_ms"] == 0:

@@ -58,8 +58,13 @@ def test_quick_bench_writes_table_json_markdown_and_svg(tmp_path: Path) -> None:
     assert [run["workers"] for run in data["scan_workers"]] == [1]
     assert data["scan_workers"][0]["messages"] == 150
     assert data["smtp"][0]["messages"] == 150 and data["smtp"][0]["peak_rss_mb"] > 0
+    # CPU per message beside the rate, for each way in: what holds up on a shared machine.
+    for run in (data["pipeline"]["pipeline"], data["scan_workers"][0], data["smtp"][0]):
+        assert run["cpu_ms_per_msg"] > 0
+    assert result.stdout.count("CPU ms/msg") == 2 and " ms/msg)" in result.stdout
     markdown = (out / "bench.md").read_text()
     assert "| stage | msg/s |" in markdown and "](bench.svg)" in markdown
+    assert "| SMTP workers | msg/s | CPU ms / msg |" in markdown
     svg = (out / "bench.svg").read_text()
     assert svg.startswith("<svg") and "Messages/s by workers" in svg
 

@@ -71,6 +71,14 @@ log = logging.getLogger(__name__)
 
 
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+# An angle-bracketed path of ASCII dot-atoms, the form nearly every client sends. The email
+# package's header parser returns such a path unchanged (its atext has no ``=``, which could
+# start an encoded word, and no specials), so it need not be run for it; anything else is.
+_SIMPLE_ATOM = r"[A-Za-z0-9!#$%&'*+/^_`{|}~-]+"
+_SIMPLE_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+_SIMPLE_PATH_RE = re.compile(
+    rf"[ \t]*<({_SIMPLE_ATOM}(?:\.{_SIMPLE_ATOM})*)@({_SIMPLE_LABEL}(?:\.{_SIMPLE_LABEL})*)>"
+)
 
 
 class GatewaySMTP(SMTP):
@@ -270,6 +278,14 @@ class GatewaySMTP(SMTP):
         self._previous_cr = data[-1:] == b"\r"
         return lf != paired
 
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        # aiosmtpd cancels and re-arms the timer before every command. _timeout_cb measures
+        # the silence from the last byte and re-arms itself, so a pending timer stays.
+        handle = self._timeout_handle
+        if duration is None and handle is not None and not handle.cancelled():
+            return
+        super()._reset_timeout(duration)
+
     def _timeout_cb(self) -> None:
         idle = self.loop.time() - self._last_input
         if idle < self._timeout_duration or self._processing:
@@ -296,6 +312,19 @@ class GatewaySMTP(SMTP):
         else:
             await super().push(status)
         self.idle_since = self.loop.time()
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        # aiosmtpd runs every MAIL and RCPT argument through the email package's header
+        # parser, a tenth of a millisecond each; the common form is taken apart here alike.
+        simple = _SIMPLE_PATH_RE.match(arg)
+        if simple is not None:
+            rest = arg[simple.end() :].lstrip(" \t")
+            local = simple.group(1)
+            if not rest.startswith("(") and not (
+                self.local_part_limit and len(local) > self.local_part_limit
+            ):
+                return f"{local}@{simple.group(2)}", rest
+        return super()._getaddr(arg)
 
     async def _junk(self, command: str) -> bool:
         """Count a command that moves no mail; True when the session was ended for it."""
@@ -701,7 +730,7 @@ class SmtpHandler:
         received = (
             f"Received: from {helo} ([{address or 'unix'}])\r\n"
             f"\tby {hostname} (mailwarden) with {_protocol(tls, session)};\r\n"
-            f"\t{email.utils.formatdate(localtime=True)}\r\n"
+            f"\t{_date_now()}\r\n"
         ).encode("ascii", "replace")
         try:
             outcome = await self.gateway.process(received + raw, ingress_envelope, ingress="smtp")
@@ -720,6 +749,19 @@ _AUTH_FAILURES_PER_ADDRESS = 20
 _AUTH_WINDOW = 900.0
 _AUTH_ADDRESSES = 10_000
 _RECEIVED_RE = re.compile(rb"^received[ \t]*:", re.IGNORECASE | re.MULTILINE)
+
+
+_date_cache: tuple[int, str] = (0, "")
+
+
+def _date_now() -> str:
+    """RFC 5322 date of this second in local time, made once a second (16 us each time)."""
+    global _date_cache
+    now = time.time()
+    second = int(now)
+    if _date_cache[0] != second:
+        _date_cache = (second, email.utils.formatdate(now, localtime=True))
+    return _date_cache[1]
 
 
 def _peer_address(server: SMTP) -> str:
