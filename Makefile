@@ -66,6 +66,7 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports --no-logo
+	$(BIN)/python -m tests.private_imports
 
 fuzz: install
 	bash tests/fuzz/run.sh $(FUZZ_SECONDS)

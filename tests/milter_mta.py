@@ -12,6 +12,7 @@ import re
 import socket
 import struct
 from dataclasses import dataclass, field
+from typing import Any
 
 from mailwarden.ingress.milter import (
     P_HDR_LEADSPC,
@@ -61,6 +62,31 @@ def headers_and_body(raw: bytes) -> tuple[list[tuple[str, str]], bytes]:
         name, _, value = line.partition(b":")
         headers.append((name.decode(), value.decode("utf-8", "surrogateescape")))
     return headers, body
+
+
+class MemoryTransport(asyncio.Transport):
+    """The filter's side of a connection kept in memory, to feed a ``MilterConnection``
+    bytes directly: what it wrote, and whether it closed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = bytearray()
+        self.closed = False
+
+    def write(self, data: Any) -> None:
+        self.written += data
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
 
 
 class Mta:

@@ -7,13 +7,15 @@ Postfix's ``smtp-source`` sends the same load (``--messages`` of ``--size`` byte
   (b)  Postfix + mailwarden milter, antivirus and antispam on (``smtpd_milters``)
   (b0) Postfix + mailwarden milter, every detector off: the protocol and the pipeline alone
   (c)  mailwarden SMTP gateway (relay mode, spool fsynced before each 250)
+  (c0) the same gateway with every detector off: the protocol, the spool and the relay
   (d)  Postfix + mailwarden after-queue content filter (re-injection with XFORWARD)
   (e)  Postfix + rspamd's milter (its proxy in milter mode, scanning itself), if installed
   (f)  Postfix + OpenDKIM verifying (a C milter on libmilter), if installed
 
 For each it reports the accept rate (smtp-source finished: every message got its 250), the
 end-to-end rate (the sink holds every message), both as ratios to (a), and the CPU time
-``mailwarden serve`` spent per message. Antispam runs without DNS (as ``mailwarden bench`` runs
+``mailwarden serve`` spent per message (and of it the system part) and its context switches
+per message. Antispam runs without DNS (as ``mailwarden bench`` runs
 it), so the machine's resolver is neither asked nor waited on. Everything shares the machine's
 cores, so the figures are only comparable within one run.
 
@@ -32,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -63,13 +66,15 @@ def _tree(pid: int) -> list[int]:
     return found
 
 
-def _cpu_seconds(pids: list[int]) -> float:
-    """User and system CPU of the processes (all their threads), in seconds."""
+def _cpu_seconds(pids: list[int], field: int | None = None) -> float:
+    """User and system CPU of the processes (all their threads), in seconds; with ``field``
+    0 only the user time, 1 only the system time."""
     total = 0
     for pid in pids:
         with contextlib.suppress(OSError):
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
+            user, system = int(fields[11]), int(fields[12])
+            total += (user, system)[field] if field is not None else user + system
     return total / _TICK
 
 
@@ -87,6 +92,21 @@ def _switches(pids: list[int]) -> int:
                         if "ctxt_switches:" in line:
                             total += int(line.split()[1])
     return total
+
+
+@contextlib.contextmanager
+def _pythonpath(core: Path) -> Iterator[None]:
+    """``mailwarden serve`` started inside imports the package under ``core`` (PYTHONPATH
+    comes before the editable install's finder)."""
+    before = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = str(core.resolve())
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["PYTHONPATH"]
+        else:
+            os.environ["PYTHONPATH"] = before
 
 
 def _phase(
@@ -115,6 +135,7 @@ def _phase(
                 "--nonblocking",
                 "--rate",
                 "250",
+                *(["--gil"] if os.environ.get("BENCH_PROFILE_GIL") else []),
                 "--output",
                 str(profile),
             ],
@@ -123,6 +144,7 @@ def _phase(
         )
         time.sleep(1.0)
     cpu_before, switches_before = _cpu_seconds(pids), _switches(pids)
+    system_before = _cpu_seconds(pids, 1)
     began = time.perf_counter()
     subprocess.run(
         [
@@ -153,6 +175,7 @@ def _phase(
     result = {"accept": messages / accepted, "end_to_end": messages / delivered}
     if pids:
         result["serve_cpu_ms"] = (_cpu_seconds(pids) - cpu_before) * 1000 / messages
+        result["serve_sys_ms"] = (_cpu_seconds(pids, 1) - system_before) * 1000 / messages
         result["serve_switches"] = (_switches(pids) - switches_before) / messages
     return result
 
@@ -165,8 +188,14 @@ def main() -> int:
     parser.add_argument("--json", help="also write the figures as JSON to this file")
     parser.add_argument(
         "--modes",
-        default="a,b,b0,c,d,e,f",
+        default="a,b,b0,c,c0,d,e,f",
         help="the rows to run, comma-separated (a is always run, first and last)",
+    )
+    parser.add_argument(
+        "--compare-core",
+        type=Path,
+        help="also run (b) and (b0) on the mailwarden package under this core/ directory (an "
+        "older checkout): rows (b') and (b0'), for before/after figures in one run",
     )
     parser.add_argument(
         "--profile",
@@ -178,7 +207,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="mailwarden-bench-smtp-"))
     sink = Sink(work / "sink", free_port()).start()
     milter, bare_milter, content_filter = free_port(), free_port(), free_port()
-    reinject, smtp = free_port(), free_port()
+    reinject, smtp, bare_smtp = free_port(), free_port(), free_port()
     common = (
         f'[delivery]\nmode = "relay"\nnext_hop = "127.0.0.1:{sink.port}"\n'
         "queue_scan_interval = 1.0\n[events]\nenabled = false\n" + OFFLINE_ANTISPAM
@@ -193,11 +222,19 @@ def main() -> int:
     )
     bare = Serve(
         work / "bare",
-        free_port(),
+        bare_smtp,
         common + f"[milter]\nenabled = true\nport = {bare_milter}\n" + _ALL_DETECTORS_OFF,
     )
+    # The same two milters on another checkout's code, for before/after rows in one run.
+    other: dict[str, tuple[Serve, int]] = {}
+    if args.compare_core is not None:
+        for tag, extra in (("b'", ""), ("b0'", _ALL_DETECTORS_OFF)):
+            port = free_port()
+            config = common + f"[milter]\nenabled = true\nport = {port}\n" + extra
+            other[tag] = (Serve(work / f"other-{len(other)}", free_port(), config), port)
     postfix = Postfix(sink.port)
     ports = {name: free_port() for name in ("plain", "milter", "bare", "cf", "rspamd", "dkim")}
+    ports |= {tag: free_port() for tag in other}
     results: dict[str, dict[str, float]] = {}
     skipped: dict[str, str] = {}
     n, s, size = args.messages, args.sessions, args.size
@@ -217,6 +254,12 @@ def main() -> int:
         try:
             serve.start(wait_port=milter)
             bare.start(wait_port=bare_milter)
+            for tag, (owner, port) in other.items():
+                with _pythonpath(args.compare_core):
+                    owner.start(wait_port=port)
+                postfix.add_smtpd(
+                    ports[tag], tag.replace("'", "x"), smtpd_milters=f"inet:127.0.0.1:{port}"
+                )
             wait_until(lambda: port_open(content_filter), 30, "the content filter")
             postfix.add_smtpd(ports["plain"], "plain")
             postfix.add_smtpd(ports["milter"], "mw", smtpd_milters=f"inet:127.0.0.1:{milter}")
@@ -235,14 +278,20 @@ def main() -> int:
                 ("(b) postfix + milter", ports["milter"], serve),
                 ("(b0) postfix + milter, no detectors", ports["bare"], bare),
                 ("(c) smtp gateway", smtp, serve),
+                ("(c0) smtp gateway, no detectors", bare_smtp, bare),
                 ("(d) postfix + content filter", ports["cf"], serve),
             ]
+            for tag, (owner, _port) in other.items():
+                # Each older row runs just before its own: the shared machine drifts in time.
+                what = "postfix + milter" + (", no detectors" if tag == "b0'" else "")
+                row = (f"({tag}) {what}, {args.compare_core.parent.name}", ports[tag], owner)
+                modes.insert(1 if tag == "b'" else 3, row)
             if "rspamd" in peer_ports:
                 modes.append(("(e) postfix + rspamd milter", ports["rspamd"], None))
             if "dkim" in peer_ports:
                 modes.append(("(f) postfix + opendkim milter", ports["dkim"], None))
             wanted = {"a", *args.modes.split(",")}
-            modes = [m for m in modes if m[0][1 : m[0].index(")")] in wanted]
+            modes = [m for m in modes if m[0][1 : m[0].index(")")].rstrip("'") in wanted]
             # A short warm-up so that first-use costs (process spawns, imports) are not measured.
             for _name, port, _serve in modes:
                 _phase(sink, port, min(50, n), s, size, None)
@@ -258,6 +307,8 @@ def main() -> int:
             postfix.stop()
             serve.stop()
             bare.stop()
+            for owner, _port in other.values():
+                owner.stop()
             sink.stop(remove=True)
     first = results["(a) postfix alone"]
     base = {k: (first[k] + last[k]) / 2 for k in ("accept", "end_to_end")}
@@ -266,15 +317,17 @@ def main() -> int:
         f"(a) postfix alone: {first['accept']:.0f} accept/s first, {last['accept']:.0f} last;"
         " ratios are to the mean"
     )
-    header = f"{'mode':38} {'accept/s':>9} {'ratio':>6} {'end-to-end/s':>13} {'ratio':>6}"
-    print(header + f" {'serve CPU ms/msg':>17} {'switches/msg':>13}")
+    width = max(38, *(len(name) for name in results))
+    header = f"{'mode':{width}} {'accept/s':>9} {'ratio':>6} {'end-to-end/s':>13} {'ratio':>6}"
+    print(header + f" {'serve CPU ms/msg':>17} {'of it system':>13} {'switches/msg':>13}")
     for name, r in results.items():
         cpu = f"{r['serve_cpu_ms']:17.2f}" if "serve_cpu_ms" in r else f"{'-':>17}"
+        system = f"{r['serve_sys_ms']:13.2f}" if "serve_sys_ms" in r else f"{'-':>13}"
         switches = f"{r['serve_switches']:13.1f}" if "serve_switches" in r else f"{'-':>13}"
         print(
-            f"{name:38} {r['accept']:9.0f} {r['accept'] / base['accept']:6.2f}"
+            f"{name:{width}} {r['accept']:9.0f} {r['accept'] / base['accept']:6.2f}"
             f" {r['end_to_end']:13.0f} {r['end_to_end'] / base['end_to_end']:6.2f} {cpu}"
-            f" {switches}"
+            f" {system} {switches}"
         )
     for name, r in results.items():
         if "serve_cpu_ms" in r and r["serve_cpu_ms"] == 0:

@@ -1,5 +1,5 @@
 """``python -m mailwarden`` is the ``mailwarden`` command."""
 
-from .cli import main
+from .launch import main
 
 main()

@@ -23,6 +23,7 @@ from .errors import ConfigError
 from .patterns import compile_rule_patterns
 
 __all__ = [
+    "CORE_SECTIONS",
     "ClamdConfig",
     "Config",
     "ContentFilterConfig",
@@ -818,7 +819,7 @@ class Config(_Section):
         return path if path.is_absolute() else self.home / path
 
 
-_CORE_SECTIONS: dict[str, type[Any]] = {
+CORE_SECTIONS: dict[str, type[Any]] = {
     "gateway": GatewayConfig,
     "smtp": SmtpConfig,
     "milter": MilterConfig,
@@ -888,12 +889,12 @@ def parse_config(
     core: dict[str, Any] = {}
     plugins: dict[str, Any] = {}
     for key, value in data.items():
-        if key in _CORE_SECTIONS:
+        if key in CORE_SECTIONS:
             core[key] = value
         elif key in schemas:
             plugins[key] = _convert(value, schemas[key], text, [key], source)
         else:
-            known = sorted([*_CORE_SECTIONS, *schemas])
+            known = sorted([*CORE_SECTIONS, *schemas])
             raise ConfigError(
                 f"unknown section or key {key!r} (known: {', '.join(known)})",
                 path=source,

@@ -97,14 +97,19 @@ class Detect:
             if i.plugin_name in names
         ]
         message = ctx.message
-        with scanning(message):
-            # The detectors' tasks inherit the mark: a message of many fields or parts has its
-            # CPU work done in threads (run_cpu_bound), whatever its size.
-            detecting = asyncio.gather(
-                *(self._run_detector(config, impl, ctx, timings) for impl in impls)
-            )
-        content = self._check_content(message, rule, timings)
-        blocked, results = await asyncio.gather(content, detecting)
+        results: list[list[Finding]] = []
+        if not impls:
+            # Only the content rules: no tasks to start and gather.
+            blocked = await self._check_content(message, rule, timings)
+        else:
+            with scanning(message):
+                # The detectors' tasks inherit the mark: a message of many fields or parts has
+                # its CPU work done in threads (run_cpu_bound), whatever its size.
+                detecting = asyncio.gather(
+                    *(self._run_detector(config, impl, ctx, timings) for impl in impls)
+                )
+            content = self._check_content(message, rule, timings)
+            blocked, results = await asyncio.gather(content, detecting)
         results.append(blocked)
         results.append(mime_ambiguities(message))
         results.append(list(given))

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 
 from .config import GreylistingConfig
-from .policy import _in_domains
+from .policy import in_domains
 from .sharedstate import StateBackend
 
 __all__ = ["Greylist", "client_network", "in_networks"]
@@ -57,7 +57,7 @@ def _ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
 def _domain_allowed(sender: str, domains: list[str]) -> bool:
     # The same matching as [gateway] local_domains (".example.org": with subdomains).
     domain = sender.rpartition("@")[2].lower()
-    return bool(domain) and _in_domains(domain, [entry.lower() for entry in domains])
+    return bool(domain) and in_domains(domain, [entry.lower() for entry in domains])
 
 
 class Greylist:

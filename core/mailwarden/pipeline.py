@@ -406,11 +406,13 @@ class Gateway:
         *,
         message: ParsedMessage | None = None,
         findings: Sequence[Finding] = (),
+        rule: RuleConfig | None = None,
     ) -> Decision:
         """Parse, pick the rule, run the detectors, fold and decide. Does not act or record.
 
         ``message`` is ``raw`` already parsed, so a message scanned once per rule is parsed once;
-        ``findings`` are folded in with the detectors' (a plugin's verdict on a resubmission).
+        ``findings`` are folded in with the detectors' (a plugin's verdict on a resubmission);
+        ``rule`` is the one :meth:`split_recipients` found for ``envelope`` (not matched again).
         """
         if not self._started:
             await self.start()
@@ -420,8 +422,9 @@ class Gateway:
         message = message if message is not None else parse(raw)
         timings[Stage.PARSE] = elapsed_ms(began)
 
-        first = envelope.rcpt_to[0] if envelope.rcpt_to else ""
-        rule = self.rule_for(envelope.mail_from, first, client=envelope.client_address)
+        if rule is None:
+            first = envelope.rcpt_to[0] if envelope.rcpt_to else ""
+            rule = self.rule_for(envelope.mail_from, first, client=envelope.client_address)
         ctx = ScanContext(envelope, message, rule.name)
 
         began = time.perf_counter()

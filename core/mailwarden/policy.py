@@ -38,6 +38,7 @@ __all__ = [
     "decide_action",
     "direction_of",
     "fold_findings",
+    "in_domains",
     "rule_for",
 ]
 
@@ -85,7 +86,8 @@ def _groups(directory: GroupSource | None, address: str) -> frozenset[str]:
     return directory.groups_of(address) if directory is not None and address else frozenset()
 
 
-def _in_domains(domain: str, local: Sequence[str]) -> bool:
+def in_domains(domain: str, local: Sequence[str]) -> bool:
+    """Whether ``domain`` is one of ``local`` (lower-case; ``.example.org`` with subdomains)."""
     for entry in local:
         if entry.startswith("."):
             if domain == entry[1:] or domain.endswith(entry):
@@ -102,9 +104,9 @@ def direction_of(sender: str, recipient: str, local_domains: Sequence[str]) -> s
     sender is not local); mail to any other recipient is outbound.
     """
     local = [d.lower() for d in local_domains]
-    if not _in_domains(domain_of(recipient.lower()), local):
+    if not in_domains(domain_of(recipient.lower()), local):
         return "outbound"
-    return "internal" if _in_domains(domain_of(sender.lower()), local) else "inbound"
+    return "internal" if in_domains(domain_of(sender.lower()), local) else "inbound"
 
 
 @dataclass(frozen=True, slots=True)

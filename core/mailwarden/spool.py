@@ -174,7 +174,10 @@ class SpoolEntry:
 
     def raw(self) -> bytes:
         """The message bytes as received."""
-        data = os.pread(self.fd, os.fstat(self.fd).st_size, 0)
+        return self._raw(os.fstat(self.fd).st_size)
+
+    def _raw(self, size: int) -> bytes:
+        data = os.pread(self.fd, size, 0)
         return data[data.index(b"\n") + 1 :]
 
     def raw_if_small(self, limit: int = INLINE_READ_MAX) -> bytes | None:
@@ -184,9 +187,8 @@ class SpoolEntry:
         page cache: reading a small one costs microseconds, far less than a hop to a thread
         and back, which is kept for large ones.
         """
-        if os.fstat(self.fd).st_size > limit:
-            return None
-        return self.raw()
+        size = os.fstat(self.fd).st_size
+        return None if size > limit else self._raw(size)
 
     def release(self) -> None:
         """Give the message back to the spool (closing the descriptor drops the lock)."""
@@ -205,10 +207,23 @@ class Spool:
         self.damaged = root / "damaged"
         self.damaged_max_bytes = damaged_max_bytes
         self._sync_queue = _GroupSync(self.queue)
+        self._made = False
 
     def _ensure(self) -> None:
         self.tmp.mkdir(parents=True, exist_ok=True)
         self.queue.mkdir(parents=True, exist_ok=True)
+        self._made = True
+
+    def _create(self, path: Path) -> int:
+        # The folders are made once, not per message (two mkdir calls that raise inside);
+        # one removed under a running gateway is made again.
+        if not self._made:
+            self._ensure()
+        try:
+            return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileNotFoundError:
+            self._ensure()
+            return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
 
     def recover(self) -> int:
         """Remove temp files left by a crash (messages never acknowledged); count them.
@@ -232,7 +247,6 @@ class Spool:
     def write(self, raw: bytes, envelope: Envelope, state: SpoolState | None = None) -> SpoolEntry:
         """Spool ``raw`` durably and return it locked; raises DeliveryError when it cannot."""
         try:
-            self._ensure()
             id = f"{time.time_ns():x}{os.getpid():x}{next(_counter):x}{uuid.uuid4().hex[:6]}"
             now, mono = time.time(), time.monotonic()
             meta = msgspec.json.encode(
@@ -240,7 +254,7 @@ class Spool:
             )
             header = _QUEUED + meta + b"\n"
             tmp = self.tmp / f"{id}.msg"
-            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            fd = self._create(tmp)
             try:
                 view = memoryview(header + raw)
                 while view:
@@ -250,7 +264,11 @@ class Spool:
                 entry = SpoolEntry(self, id, fd, envelope, now, spooled_mono=mono, boot=BOOT_ID)
                 if state is not None:
                     self.save_state(entry, state, durable=True)
-                os.rename(tmp, self.queue / f"{id}.msg")
+                try:
+                    os.rename(tmp, self.queue / f"{id}.msg")
+                except FileNotFoundError:
+                    self._ensure()
+                    os.rename(tmp, self.queue / f"{id}.msg")
                 self._sync_queue()
             except BaseException:
                 os.close(fd)

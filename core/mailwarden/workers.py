@@ -2,21 +2,24 @@
 
 The parent forks the workers before any event loop or thread exists, restarts a worker that
 dies, and on SIGTERM/SIGINT passes the signal on and waits for all of them; SIGHUP is passed on
-so every worker reloads its rules. Each worker is a
-complete gateway (its own plugins, listeners and delivery queue); they share the spool, where
-``flock`` on each message keeps two workers from delivering the same one.
+so every worker reloads its rules. A worker that changed the config file itself (the web's
+config editor, a cluster push) asks for the same through :func:`request_reload`, a pipe the
+supervisor made and reads: control stays with the supervisor, no worker signals its parent.
+Each worker is a complete gateway (its own plugins, listeners and delivery queue); they share
+the spool, where ``flock`` on each message keeps two workers from delivering the same one.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import select
 import signal
 import sys
 import time
 from collections.abc import Callable
 
-__all__ = ["run_workers", "worker_count"]
+__all__ = ["request_reload", "run_workers", "worker_count"]
 
 log = logging.getLogger(__name__)
 
@@ -24,10 +27,27 @@ log = logging.getLogger(__name__)
 # worker that cannot start (port taken, broken config) does not spin the CPU.
 _RESTART_DELAY = 1.0
 
+# In a worker: the write end of the supervisor's control pipe (None in any other process).
+_control: int | None = None
+
 
 def worker_count(configured: int) -> int:
     """``[smtp] workers`` resolved: 0 means one per core."""
     return configured if configured > 0 else max(1, os.cpu_count() or 1)
+
+
+def request_reload() -> bool:
+    """Have the supervisor tell every worker to reload its config, as SIGHUP to ``serve``
+    does; False (nothing done) when this process is not a supervised worker."""
+    if _control is None:
+        return False
+    try:
+        os.write(_control, b"r")
+    except BlockingIOError:
+        pass  # a full pipe holds unread requests: the reload they ask for is still to come
+    except OSError:
+        return False  # the supervisor is gone
+    return True
 
 
 def run_workers(
@@ -60,6 +80,22 @@ def run_workers(
                 pass
 
     previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_hangup)
+    # Both ends stay open here, so the read end never sees end-of-file while workers come and
+    # go; neither end blocks (a worker must never wait on its supervisor).
+    requests, control = os.pipe()
+    os.set_blocking(requests, False)
+    os.set_blocking(control, False)
+
+    def reload_requested() -> bool:
+        asked = False
+        while True:
+            try:
+                chunk = os.read(requests, 4096)
+            except BlockingIOError:
+                return asked
+            if not chunk:
+                return asked
+            asked = True
 
     def reaped(pid: int) -> None:
         if exited is None:
@@ -70,6 +106,7 @@ def run_workers(
             log.exception("after worker %d ended", pid)
 
     def spawn() -> None:
+        global _control
         # Unwritten output would otherwise be written again by the child.
         sys.stdout.flush()
         sys.stderr.flush()
@@ -84,8 +121,8 @@ def run_workers(
             # Until the worker's event loop takes SIGHUP over, a reload must not kill it.
             signal.signal(signal.SIGHUP, signal.SIG_IGN)
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-            # Tells code in the worker that a supervisor above it passes signals on.
-            os.environ["MAILWARDEN_WORKER"] = "1"
+            os.close(requests)
+            _control = control
             code = 1
             try:
                 code = worker()
@@ -103,7 +140,10 @@ def run_workers(
         while not stopping:
             pid, status = os.waitpid(-1, os.WNOHANG)
             if pid == 0:
-                time.sleep(0.1)
+                # The wait for the next request is the poll interval for ended workers.
+                select.select([requests], [], [], 0.1)
+                if reload_requested():
+                    on_hangup(signal.SIGHUP, None)
                 continue
             started = children.pop(pid, None)
             if started is None:
@@ -134,4 +174,6 @@ def run_workers(
             reaped(pid)
         for s, handler in previous.items():
             signal.signal(s, handler)
+        os.close(requests)
+        os.close(control)
     return 0

@@ -26,7 +26,7 @@ import msgspec
 
 from ._core import ffi, lib
 from ._decode import decode_base64_ex, decode_quoted_printable
-from ._errors import _check
+from ._errors import check
 
 __all__ = [
     "FILE_TYPES",
@@ -166,7 +166,7 @@ def extract_urls(
     rc = lib.mw_extract_urls(
         ffi.from_buffer("uint8_t[]", src), len(src), mode, max_urls, max_url_len, out
     )
-    _check(rc, "mw_extract_urls")
+    check(rc, "mw_extract_urls")
     lst = out[0]
     try:
         n = int(lst.n_urls)

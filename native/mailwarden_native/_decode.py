@@ -86,7 +86,7 @@ def _scratch(n: int) -> _Scratch:
     return s
 
 
-def _decode_span(raw: bytes, start: int, end: int, base64: bool) -> bytes:
+def decode_span(raw: bytes, start: int, end: int, base64: bool) -> bytes:
     """Base64 (else quoted-printable) decoding of raw[start:end]."""
     n = end - start
     if n <= 0:

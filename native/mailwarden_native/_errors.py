@@ -1,4 +1,4 @@
-"""Exceptions raised by the native binding, and :func:`_check`, the one place where a status
+"""Exceptions raised by the native binding, and :func:`check`, the one place where a status
 code of the C core (``mw_status``) becomes one of them.
 
 Every code has its own class, so callers catch what they can handle: a scan whose result is
@@ -110,7 +110,7 @@ def error_for(
     return _CLASSES.get(status, NativeError)(message, status=status, function=function)
 
 
-def _check(status: int, function: str, **details: str) -> None:
+def check(status: int, function: str, **details: str) -> None:
     """Raise the exception for ``status`` unless it is ``MW_OK``; every status a binding
     function gets from the core goes through here."""
     if status != _OK:

@@ -7,7 +7,7 @@ from types import TracebackType
 from typing import Any
 
 from ._core import ffi, lib
-from ._errors import _check
+from ._errors import check
 
 Buffer = bytes | bytearray | memoryview
 
@@ -37,7 +37,7 @@ class Matcher:
         lens = ffi.new("size_t[]", [len(p) for p in pats]) if pats else ffi.NULL
         out = ffi.new("mw_matcher **")
         # a set whose transition table would pass 1 GiB: NativeTooLargeError (a ValueError)
-        _check(lib.mw_matcher_new(ptrs, lens, len(pats), out), "mw_matcher_new")
+        check(lib.mw_matcher_new(ptrs, lens, len(pats), out), "mw_matcher_new")
         self._db: Any = ffi.gc(out[0], lib.mw_matcher_free)
         self._n = len(pats)
 

@@ -42,8 +42,8 @@ from ._content import (
     html_to_text,
 )
 from ._core import ffi, lib
-from ._decode import _decode_span
-from ._errors import _check
+from ._decode import decode_span
+from ._errors import check
 from ._params import parse_params
 
 __all__ = ["MalformationFlag", "ParseLimits", "ParsedMessage", "Part", "parse"]
@@ -479,7 +479,7 @@ class Part:
         rec = self._rec
         cte, bs, be = rec[10], rec[4], rec[5]
         if cte == _CTE_BASE64 or cte == _CTE_QP:
-            out = _decode_span(self._raw, bs, be, cte == _CTE_BASE64)
+            out = decode_span(self._raw, bs, be, cte == _CTE_BASE64)
         else:
             # One byte past the budget is enough to know it was passed.
             out = self._raw[bs : be if be - bs <= left else bs + left + 1]
@@ -758,7 +758,7 @@ def parse(raw: bytes, limits: ParseLimits | None = None) -> ParsedMessage:
         table = _Table(need)
         need = _parse_table(raw, len(raw), lim, table.buf, need)
     if need < 0:  # mw_parse_table returns a failure as its negated status
-        _check(-need, "mw_parse_table")
+        check(-need, "mw_parse_table")
     words = table.words
     n_parts = words[1]
     hstart = 3 + n_parts * _NPF

@@ -19,7 +19,7 @@ from types import TracebackType
 from typing import Any
 
 from ._core import ffi, lib
-from ._errors import SignatureError, _check
+from ._errors import SignatureError, check
 
 __all__ = [
     "OFF_ABS",
@@ -70,7 +70,7 @@ class SignatureCompiler:
 
     def __init__(self) -> None:
         out = ffi.new("mw_sigc **")
-        _check(lib.mw_sigc_new(out), "mw_sigc_new")
+        check(lib.mw_sigc_new(out), "mw_sigc_new")
         self._c: Any = ffi.gc(out[0], lib.mw_sigc_free)
         self._id = ffi.new("uint32_t *")
 
@@ -107,14 +107,14 @@ class SignatureCompiler:
         if offset < 0 or shift < 0:
             raise SignatureError(limit, "negative offset", pattern=shown, line=line)
         rc = lib.mw_sigc_add(self._c, text, len(text), target, kind, offset, shift, self._id)
-        _check(rc, "mw_sigc_add", pattern=shown, line=line)
+        check(rc, "mw_sigc_add", pattern=shown, line=line)
         return int(self._id[0])
 
     def build(self) -> bytes:
         """The database blob (write it to a file, or open it with SignatureDB.from_bytes)."""
         blob = ffi.new("uint8_t **")
         size = ffi.new("size_t *")
-        _check(lib.mw_sigc_build(self._c, blob, size), "mw_sigc_build")
+        check(lib.mw_sigc_build(self._c, blob, size), "mw_sigc_build")
         try:
             return bytes(ffi.buffer(blob[0], size[0]))
         finally:
@@ -151,7 +151,7 @@ class SignatureDB:
         self._buf = ptr
         self._limits = (_limit(max_hits, "max_hits"), _limit(max_partials, "max_partials"))
         out = ffi.new("mw_sigdb **")
-        _check(lib.mw_sigdb_open(ptr, size, out), "mw_sigdb_open")
+        check(lib.mw_sigdb_open(ptr, size, out), "mw_sigdb_open")
         self._db: Any = ffi.gc(out[0], lib.mw_sigdb_free)
         self._local = threading.local()
         info = ffi.new("mw_sigdb_info *")
@@ -277,9 +277,9 @@ class SigScanner:
     def __init__(self, db: SignatureDB, mask: int) -> None:
         self._db = db  # keeps the database (and its mapping) alive
         out = ffi.new("mw_sigscan **")
-        _check(lib.mw_sigscan_new(db._handle(), out), "mw_sigscan_new")
+        check(lib.mw_sigscan_new(db._handle(), out), "mw_sigscan_new")
         self._s: Any = ffi.gc(out[0], lib.mw_sigscan_free)
-        _check(lib.mw_sigscan_set_limits(self._s, *db._limits), "mw_sigscan_set_limits")
+        check(lib.mw_sigscan_set_limits(self._s, *db._limits), "mw_sigscan_set_limits")
         lib.mw_sigscan_reset(self._s, mask)
 
     def reset(self, targets: Iterable[int] = ()) -> None:
@@ -295,11 +295,11 @@ class SigScanner:
         """Scan the next chunk; raises NativeLimitError once the object's hits are
         incomplete (and on every later feed/finish until reset())."""
         src = self._data(data)
-        _check(lib.mw_sigscan_feed(self._s, src, len(src)), "mw_sigscan_feed")
+        check(lib.mw_sigscan_feed(self._s, src, len(src)), "mw_sigscan_feed")
 
     def finish(self) -> list[SigHit]:
         """End the object; its hits, or NativeLimitError when they are incomplete."""
-        _check(lib.mw_sigscan_finish(self._s), "mw_sigscan_finish")
+        check(lib.mw_sigscan_finish(self._s), "mw_sigscan_finish")
         return self.hits()
 
     def hits(self) -> list[SigHit]:
@@ -312,5 +312,5 @@ class SigScanner:
 
     def scan_buffer(self, data: Buffer, mask: int) -> list[SigHit]:
         src = self._data(data)
-        _check(lib.mw_sigscan_buffer(self._s, mask, src, len(src)), "mw_sigscan_buffer")
+        check(lib.mw_sigscan_buffer(self._s, mask, src, len(src)), "mw_sigscan_buffer")
         return self.hits()

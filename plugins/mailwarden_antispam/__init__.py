@@ -14,6 +14,7 @@ import asyncio
 import fnmatch
 import ipaddress
 import logging
+import time
 from collections.abc import Generator
 from pathlib import Path
 from typing import Annotated, Any
@@ -51,6 +52,7 @@ from .quarantine import KEEP, SpamQuarantine, SpamQuarantineView, keep
 from .resolver import DnsBudget, Resolver, SyncDns
 from .rules import RuleSet, RuleTargets, load_rules
 from .sa_evals import parse_received, received_times, relay_headers
+from .update import current_rules
 
 __all__ = ["AntispamConfig", "AntispamPlugin", "DnsList"]
 
@@ -63,6 +65,9 @@ _KEEP_AT_ZERO = frozenset({"BULK_MAIL"})
 _HEADERS: StashKey[list[tuple[str, str]]] = StashKey("antispam headers")
 # The Bayes band of this message, scored or not: autolearn checks that Bayes does not disagree.
 _BAND: StashKey[str] = StashKey("antispam bayes band")
+# Set when this plugin's scan ran for the message: a rule may leave antispam out (an
+# always-allow rule does), and mail nobody judged must teach Bayes nothing.
+_SCANNED: StashKey[bool] = StashKey("antispam scanned")
 
 
 class AntispamConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -142,6 +147,10 @@ class AntispamConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     release_host: str = ""
     release_port: int = 10026
     add_headers: bool = True
+    # A signed rule channel ('mailwarden antispam rules update'): the tarball's URL and the
+    # admin's Ed25519 public key (base64); its rules replace the built-in ones once fetched.
+    update_url: str = ""
+    update_public_key: str = ""
 
     def __post_init__(self) -> None:
         if self.spam_score < self.probable_spam_score:
@@ -193,6 +202,9 @@ class AntispamPlugin:
         self.quarantine: SpamQuarantine | None = None
         self.host: Host | None = None
         self._view: SpamQuarantineView | None = None
+        self._update_root: Path | None = None
+        self._own_rules: Path | None = BUILTIN_RULES
+        self._update_checked = 0.0
 
     # ------------------------------------------------------------ set-up
 
@@ -216,9 +228,9 @@ class AntispamPlugin:
         self.config = config
         # The built-in files load last, so their scores for our own checks (SPF_FAIL,
         # BAYES_99...) win over a stock rule set's scores for its rules of the same name.
-        paths = [Path(p) for p in config.rule_files]
-        paths += [BUILTIN_RULES] if config.builtin_rules else []
-        self.rules = load_rules(paths, config.group_caps)
+        self._update_root = data_dir / "rules-update" if data_dir is not None else None
+        self._own_rules = self._own_rules_dir()
+        self.rules = self._load(self._own_rules)
         # Parsing Received: lines costs per message; only rule sets that read them pay it.
         self._uses_relays = self.rules.uses_relays
         log.info("antispam: %d rules loaded, skipped %s", len(self.rules.rules), self.rules.skipped)
@@ -241,6 +253,38 @@ class AntispamPlugin:
                 )
                 # Releases a process that is gone left half done: held again once stale.
                 self.quarantine.recover()
+
+    def _own_rules_dir(self) -> Path | None:
+        """The project's rules: the last good channel update, else the built-in files."""
+        if not self.config.builtin_rules:
+            return None
+        updated = current_rules(self._update_root) if self._update_root is not None else None
+        return updated or BUILTIN_RULES
+
+    def _load(self, own: Path | None) -> RuleSet:
+        paths = [Path(p) for p in self.config.rule_files]
+        paths += [own] if own is not None else []
+        return load_rules(paths, self.config.group_caps)
+
+    async def _follow_updates(self) -> None:
+        """Load the channel's rules once 'rules update' switched them (checked every 10 s)."""
+        now = time.monotonic()
+        if self._update_root is None or now - self._update_checked < 10.0:
+            return
+        self._update_checked = now
+        own = self._own_rules_dir()
+        if own == self._own_rules:
+            return
+        try:
+            rules = await asyncio.to_thread(self._load, own)
+        except Exception as exc:  # the rules in use stay
+            log.warning("antispam: updated rules in %s not loaded: %s", own, exc)
+            self._own_rules = own
+            return
+        # One assignment: a scan under way finishes with the rules it started with.
+        self.rules, self._own_rules = rules, own
+        self._uses_relays = rules.uses_relays
+        log.info("antispam: rules from %s loaded (%d rules)", own, len(rules.rules))
 
     @hookimpl
     async def mailwarden_shutdown(self) -> None:
@@ -358,6 +402,7 @@ class AntispamPlugin:
     @hookimpl
     async def mailwarden_scan(self, ctx: ScanContext) -> list[Finding]:
         cfg = self.config
+        ctx.stash[_SCANNED] = True
         env = ctx.envelope
         message = ctx.message
         if _sender_matches(cfg.allowed_senders, env.mail_from) or _ip_in(
@@ -384,6 +429,7 @@ class AntispamPlugin:
                             rule="GTUBE test pattern",
                         )
                     ]
+        await self._follow_updates()
         hits: dict[str, dict[str, str]] = {}
         size = len(ctx.raw)
         extra: list[Finding] = []
@@ -628,6 +674,8 @@ class AntispamPlugin:
         """
         assert self.bayes is not None
         cfg = self.config
+        if not ctx.stash.get(_SCANNED, False):
+            return
         if verdict.errors or any(f.code == "DNS_UNAVAILABLE" for f in verdict.findings):
             return
         own = [f for f in verdict.findings if f.code.startswith("BAYES_")]

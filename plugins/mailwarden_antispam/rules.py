@@ -9,9 +9,12 @@ under two names, e.g. a built-in heuristic and a stock rule). Rules
 that call SpamAssassin's Perl code (``eval:``) run when :mod:`.sa_evals` has the function, and
 are skipped and counted otherwise, so a stock rule set loads; metas see skipped ones as not hit.
 
-Every rule's longest required literal goes into one native :class:`Matcher` per target; a
-regular expression runs only when its literal occurs (or when it has none), so most of a large
-rule set costs one pass of the C automaton over each text.
+Regex rules are compiled into one hyperscan database per target (body, rawbody, full, URI,
+and per header name for header rules, as rspamd groups them), so one pass over a text answers
+every rule; see :mod:`.fastmatch` for how the answers stay those of Python's ``re``. Rules
+hyperscan cannot take (and every rule with ``engine="re"``) go the ``re`` path: each rule's
+longest required literal in one native :class:`Matcher` per target, and a regular expression
+runs only when its literal occurs (or when it has none).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from typing import Any
 
 from mailwarden_sdk import Matcher
 
+from .fastmatch import HAVE_HYPERSCAN, PatternSet, default_cache_dir, text_bytes
 from .sa_evals import EVALS, EvalInput
 
 __all__ = ["Rule", "RuleSet", "RuleTargets", "load_rules"]
@@ -99,7 +103,17 @@ class RuleSet:
         default_factory=dict
     )
     _metas: list[tuple[Rule, CodeType]] = field(default_factory=list)
+    _readers: dict[str, list[int]] = field(default_factory=dict)
+    _always: set[int] = field(default_factory=set)
+    _baseline: set[str] = field(default_factory=set)
     _evals: list[Rule] = field(default_factory=list)
+    # "hyperscan" (when installed; the re path for what it cannot take) or "re" alone.
+    engine: str = "hyperscan"
+    cache: Path | None = None
+    # Per target ("body"...; "header" per header name): the database and its rules.
+    _fast: dict[str, tuple[PatternSet, list[Rule]]] = field(default_factory=dict)
+    _fast_headers: dict[str, tuple[PatternSet, list[Rule]]] = field(default_factory=dict)
+    _slow_headers: list[Rule] = field(default_factory=list)
 
     def score_of(self, rule: Rule) -> float:
         if rule.score is not None:
@@ -115,6 +129,9 @@ class RuleSet:
         for rule in self.rules.values():
             if rule.kind in by_kind and (rule.pattern is not None or rule.exists):
                 by_kind[rule.kind].append(rule)
+        self._fast, self._fast_headers, self._slow_headers = {}, {}, []
+        if self.engine == "hyperscan" and HAVE_HYPERSCAN:
+            by_kind = self._compile_fast(by_kind)
         for kind, rules in by_kind.items():
             with_literal = [r for r in rules if len(r.literal) >= 3]
             always = [r for r in rules if len(r.literal) < 3]
@@ -127,8 +144,11 @@ class RuleSet:
         # source on every message was most of the rule engine's time. Ordered so that a meta
         # comes after the metas it names, one pass resolves them (cycles still converge).
         depth: dict[str, int] = {}
+        cyclic: set[str] = set()
 
         def depth_of(name: str, seen: frozenset[str] = frozenset()) -> int:
+            if name in seen:
+                cyclic.add(name)
             if name not in metas or name in seen:
                 return 0
             if name not in depth:
@@ -140,8 +160,56 @@ class RuleSet:
             (r, compile(_meta_python(r.meta).strip(), r.name, "eval"))
             for r in sorted(metas.values(), key=lambda r: depth_of(r.name))
         ]
+        self._compile_meta_graph(cyclic)
         self._evals = [r for r in self.rules.values() if r.kind == "eval"]
         return self
+
+    def _compile_meta_graph(self, cyclic: set[str]) -> None:
+        """Who reads whom, and every meta's value when no rule hits.
+
+        A meta none of whose inputs (rules and metas, followed through) hit on a message
+        has its no-hit value there too: only the metas downstream of the message's hits are
+        evaluated (a few dozen of the stock set's 1,200). Metas on a cycle, and what reads
+        them, are evaluated on every message, as all were before.
+        """
+        readers: dict[str, list[int]] = {}
+        for index, (rule, _code) in enumerate(self._metas):
+            for name in set(_NAME.findall(rule.meta or "")):
+                readers.setdefault(name, []).append(index)
+        self._readers = readers
+        self._always = self._downstream(cyclic, set())
+        base: set[str] = set()
+        self._fixpoint(base, self._metas)
+        self._baseline = base
+
+    def _downstream(self, names: Iterable[str], found: set[int]) -> set[int]:
+        todo = list(names)
+        while todo:
+            for index in self._readers.get(todo.pop(), ()):
+                if index not in found:
+                    found.add(index)
+                    todo.append(self._metas[index][0].name)
+        return found
+
+    def _compile_fast(self, by_kind: dict[str, list[Rule]]) -> dict[str, list[Rule]]:
+        """Build the hyperscan databases; returns the rules left to the ``re`` path."""
+        slow: dict[str, list[Rule]] = {k: [] for k in KINDS}
+        for kind in ("body", "rawbody", "full", "uri"):
+            rules = [r for r in by_kind[kind] if r.pattern is not None]
+            patterns = PatternSet([r.pattern for r in rules if r.pattern], self.cache)
+            self._fast[kind] = (patterns, rules)
+            slow[kind] = [r for i, r in enumerate(rules) if i in patterns.rejected]
+        per_header: dict[str, list[Rule]] = {}
+        for rule in by_kind["header"]:
+            if rule.pattern is not None and not rule.exists:
+                per_header.setdefault(rule.header, []).append(rule)
+            else:
+                self._slow_headers.append(rule)
+        for header, rules in per_header.items():
+            patterns = PatternSet([r.pattern for r in rules if r.pattern], self.cache)
+            self._fast_headers[header] = (patterns, rules)
+            self._slow_headers.extend(r for i, r in enumerate(rules) if i in patterns.rejected)
+        return slow
 
     @property
     def uses_relays(self) -> bool:
@@ -173,7 +241,72 @@ class RuleSet:
         ``extra`` are codes other checks found (SPF_FAIL, BAYES_99...): metas may name them.
         """
         given = set(extra)
-        hits: set[str] = set(given)
+        hits: set[str] = given | self.regex_hits(targets)
+        if targets.facts is not None:
+            for rule in self._evals:
+                try:
+                    hit = EVALS[rule.header](targets.facts, *rule.eval_args)
+                except (TypeError, ValueError):  # arguments the function does not take
+                    hit = False
+                if hit:
+                    hits.add(rule.name)
+        self._resolve_metas(hits)
+        return [
+            self.rules[n]
+            for n in sorted(hits - given)
+            if n in self.rules and not self.rules[n].sub_rule
+        ]
+
+    def regex_hits(self, targets: RuleTargets) -> set[str]:
+        """The header, body, rawbody, URI and full rules (sub-rules included) that hit."""
+        hits: set[str] = set()
+        if self._fast or self._fast_headers:
+            self._match_fast(targets, hits)
+        else:
+            self._match_re(targets, hits)
+        return hits
+
+    def _match_fast(self, targets: RuleTargets, hits: set[str]) -> None:
+        for kind, text in (
+            ("body", targets.body),
+            ("rawbody", targets.rawbody),
+            ("full", targets.full),
+        ):
+            if kind in self._fast:
+                patterns, rules = self._fast[kind]
+                hits.update(r.name for r in _confirmed(patterns, rules, text))
+        if "uri" in self._fast:
+            patterns, rules = self._fast["uri"]
+            for uri in targets.uris:
+                hits.update(r.name for r in _confirmed(patterns, rules, uri))
+        for patterns, rules in self._fast_headers.values():
+            probe = rules[0]
+            values = _header_values(probe, targets)
+            if values is None:
+                for i, rule in enumerate(rules):
+                    if i not in patterns.rejected and _header_hit(rule, targets):
+                        hits.add(rule.name)  # if-unset text or a negation: re, on no text
+                continue
+            found = {r.name for r in _confirmed(patterns, rules, "\n".join(values))}
+            hits.update(
+                r.name
+                for i, r in enumerate(rules)
+                if i not in patterns.rejected and (r.name in found) != r.negate
+            )
+        for kind in ("body", "rawbody", "full"):
+            text = getattr(targets, kind)
+            for rule in self._candidates(kind, text):
+                if rule.pattern is not None and rule.pattern.search(text):
+                    hits.add(rule.name)
+        if targets.uris:
+            for rule in self._candidates("uri", "\n".join(targets.uris)):
+                if rule.pattern is not None and any(rule.pattern.search(u) for u in targets.uris):
+                    hits.add(rule.name)
+        for rule in self._slow_headers:
+            if _header_hit(rule, targets):
+                hits.add(rule.name)
+
+    def _match_re(self, targets: RuleTargets, hits: set[str]) -> None:
         header_text = "\n".join(v for vs in targets.headers.values() for v in vs)
         for rule in self._candidates("header", header_text + "\n" + targets.all_headers):
             if _header_hit(rule, targets):
@@ -196,20 +329,6 @@ class RuleSet:
         for rule in self._candidates("full", targets.full):
             if rule.pattern is not None and rule.pattern.search(targets.full):
                 hits.add(rule.name)
-        if targets.facts is not None:
-            for rule in self._evals:
-                try:
-                    hit = EVALS[rule.header](targets.facts, *rule.eval_args)
-                except (TypeError, ValueError):  # arguments the function does not take
-                    hit = False
-                if hit:
-                    hits.add(rule.name)
-        self._resolve_metas(hits)
-        return [
-            self.rules[n]
-            for n in sorted(hits - given)
-            if n in self.rules and not self.rules[n].sub_rule
-        ]
 
     def replaced(self, scored: Iterable[str]) -> set[str]:
         """The codes among ``scored`` to leave out because a ``replaced_by`` rule also scored.
@@ -226,8 +345,17 @@ class RuleSet:
         }
 
     def _resolve_metas(self, hits: set[str]) -> None:
+        dirty = self._downstream(hits, set(self._always))
+        names = {self._metas[i][0].name for i in dirty}
+        hits.update(self._baseline - names)
+        self._fixpoint(hits, [self._metas[i] for i in sorted(dirty)])
+
+    def _resolve_metas_everywhere(self, hits: set[str]) -> None:
+        """Every meta evaluated (what :meth:`_resolve_metas` must equal; tests compare)."""
+        self._fixpoint(hits, self._metas)
+
+    def _fixpoint(self, hits: set[str], pending: list[tuple[Rule, CodeType]]) -> None:
         # Metas may depend on metas: evaluate until nothing changes (bounded by their count).
-        pending = self._metas
         values = _Defaulting(dict.fromkeys(hits, 1))
         scope: dict[str, Any] = {"__builtins__": {}}
         for _ in range(len(pending) + 1):
@@ -305,6 +433,28 @@ def _header_values(rule: Rule, targets: RuleTargets) -> list[str] | None:
     if modifier == "name":
         return [n for n, _a in email.utils.getaddresses(values)] or [""]
     return values
+
+
+def _confirmed(patterns: PatternSet, rules: list[Rule], text: str) -> list[Rule]:
+    """The rules among ``rules`` (hyperscan's, not its rejected) whose pattern is in ``text``.
+
+    hyperscan's report is final where its pattern is exact on ASCII text and the text is
+    ASCII; every other reported rule is confirmed by its ``re`` pattern.
+    """
+    if not text:
+        return []
+    found = patterns.scan(text_bytes(text))
+    if not found:
+        return []
+    ascii_text = text.isascii()
+    out = []
+    for index in found:
+        rule = rules[index]
+        if (ascii_text and patterns.exact[index]) or (
+            rule.pattern is not None and rule.pattern.search(text)
+        ):
+            out.append(rule)
+    return out
 
 
 def _header_hit(rule: Rule, targets: RuleTargets) -> bool:
@@ -484,9 +634,18 @@ def _condition(line: str) -> bool:
     return True  # version checks and can(feature)
 
 
-def load_rules(paths: Iterable[Path], caps: Mapping[str, float] | None = None) -> RuleSet:
-    """Load rule files (directories are read in name order, ``*.cf``) into a compiled set."""
-    ruleset = RuleSet()
+def load_rules(
+    paths: Iterable[Path],
+    caps: Mapping[str, float] | None = None,
+    engine: str = "hyperscan",
+    cache: Path | None = None,
+) -> RuleSet:
+    """Load rule files (directories are read in name order, ``*.cf``) into a compiled set.
+
+    ``engine`` "re" keeps every regex on the ``re`` path; ``cache`` is where compiled
+    hyperscan databases are kept between starts (by default the user's cache directory).
+    """
+    ruleset = RuleSet(engine=engine, cache=cache if cache is not None else default_cache_dir())
     files: list[Path] = []
     for path in paths:
         if path.is_dir():

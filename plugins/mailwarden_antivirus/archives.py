@@ -41,6 +41,7 @@ import msgspec
 from mailwarden_sdk import ParsedMessage, Part, detect_type, parse
 
 from . import readers
+from .errors import Corrupt, Encrypted, LimitHit, Refused, Unsupported, describe
 from .readings import alternative_readings
 
 __all__ = [
@@ -138,35 +139,6 @@ class Problem:
     label: str
     part: int | None
     details: dict[str, str] = field(default_factory=dict)
-
-
-class _LimitHit(Exception):
-    def __init__(self, limit: str, detail: str) -> None:
-        super().__init__(detail)
-        self.limit = limit
-
-
-class _Corrupt(Exception):
-    def __init__(self, detail: str, exception: str = "") -> None:
-        super().__init__(detail)
-        self.exception = exception
-
-    @classmethod
-    def of(cls, kind: str, exc: BaseException) -> _Corrupt:
-        return cls(_describe(kind, exc), type(exc).__name__)
-
-
-class _Refused(_LimitHit):
-    """An object not opened because its header asks for more than a limit allows: reported
-    ``not_scanned`` on its own, and the walk goes on (nothing was spent on it)."""
-
-
-class _Encrypted(Exception):
-    pass
-
-
-class _Unsupported(Exception):
-    """A container (or a compression method in it) no reader here handles."""
 
 
 class Unpacker:
@@ -283,20 +255,20 @@ class Unpacker:
                 yield from self.walk(member, f"{label}/{name}", part, depth + (0 if same else 1))
                 if self.stopped:
                     return
-        except _Refused as hit:
+        except Refused as hit:
             self._problem(
                 "not_scanned", "AV_NOT_SCANNED", label, part, limit=hit.limit, reason=str(hit)
             )
-        except _LimitHit as hit:
+        except LimitHit as hit:
             self._stop(hit, label, part)
-        except _Encrypted as exc:
+        except Encrypted as exc:
             self._problem("encrypted", "AV_ENCRYPTED", label, part, kind=kind, member=str(exc))
-        except _Corrupt as exc:
+        except Corrupt as exc:
             named = {"exception": exc.exception} if exc.exception else {}
             self._problem(
                 "corrupted", "AV_CORRUPTED", label, part, kind=kind, error=str(exc), **named
             )
-        except _Unsupported as exc:
+        except Unsupported as exc:
             self._unsupported(kind, str(exc), label, part)
         # Readers raise far more than they document on hostile bytes (LZMAError, CrcError,
         # IndexError, AssertionError, ...): any of them means this archive could not be read.
@@ -357,7 +329,7 @@ class Unpacker:
                 yield from self.walk(decoded, f"{where}/base64 block {number}", part, depth)
                 if self.stopped:
                     return
-        except _LimitHit as hit:
+        except LimitHit as hit:
             self._stop(hit, where, part)
 
     # -- bookkeeping -------------------------------------------------------------------------
@@ -391,12 +363,12 @@ class Unpacker:
             label,
             part,
             kind=kind,
-            error=_describe(kind, exc),
+            error=describe(kind, exc),
             exception=type(exc).__name__,
             **details,
         )
 
-    def _stop(self, hit: _LimitHit, label: str, part: int | None) -> None:
+    def _stop(self, hit: LimitHit, label: str, part: int | None) -> None:
         self.stopped = True
         self._problem(
             "not_scanned", "AV_NOT_SCANNED", label, part, limit=hit.limit, reason=str(hit)
@@ -406,19 +378,19 @@ class Unpacker:
         if depth < self.limits.max_depth:
             return True
         self._stop(
-            _LimitHit("max_depth", f"nested deeper than {self.limits.max_depth}"), label, part
+            LimitHit("max_depth", f"nested deeper than {self.limits.max_depth}"), label, part
         )
         return False
 
     def _check_clock(self) -> None:
         if self.clock() > self.deadline:
-            raise _LimitHit("max_seconds", f"unpacking took over {self.limits.max_seconds:g} s")
+            raise LimitHit("max_seconds", f"unpacking took over {self.limits.max_seconds:g} s")
 
     def _member(self) -> None:
         self._check_clock()
         self.members += 1
         if self.members > self.limits.max_members:
-            raise _LimitHit("max_members", f"more than {self.limits.max_members} members")
+            raise LimitHit("max_members", f"more than {self.limits.max_members} members")
 
     def _seconds_left(self) -> float:
         return self.deadline - self.clock()
@@ -430,13 +402,13 @@ class Unpacker:
         """Account ``size`` more decompressed bytes."""
         self.total += size
         if self.total > self.limits.max_total_size:
-            raise _LimitHit(
+            raise LimitHit(
                 "max_total_size", f"members decompress to over {self.limits.max_total_size} bytes"
             )
 
     def _ratio(self, out: int, packed: int) -> None:
         if out > RATIO_FLOOR and out > max(packed, 1) * self.limits.max_ratio:
-            raise _LimitHit(
+            raise LimitHit(
                 "max_ratio", f"a member decompresses over {self.limits.max_ratio:g} times"
             )
 
@@ -464,13 +436,13 @@ class Unpacker:
         except Exception as exc:  # NotImplementedError, IndexError, ... too
             # no central directory (a split archive's first volume, a cut download): the
             # members are read by their local headers, and the damage is still reported
-            damage = _Corrupt.of("zip", exc)
+            damage = Corrupt.of("zip", exc)
             if _local_header_fits(data):
                 from .readers.libarchive_formats import read_zip_local_headers
 
                 try:
                     yield from read_zip_local_headers(self, bytes(data))
-                except _Corrupt:
+                except Corrupt:
                     pass  # libarchive stops where the directory should be: the same damage
             raise damage from None
         with archive:
@@ -490,7 +462,7 @@ class Unpacker:
                     else:
                         with archive.open(info) as stream:
                             member = self._drain(stream, info.compress_size)
-                except _LimitHit:
+                except LimitHit:
                     raise
                 except NotImplementedError:  # a compression method no reader here has
                     method = info.compress_type
@@ -503,7 +475,7 @@ class Unpacker:
                     if "password" not in str(exc) and "encrypted" not in str(exc):
                         self._broken("zip", exc, label, part, member=info.filename)
                         continue
-                    raise _Encrypted(f"{info.filename}: {exc}") from None
+                    raise Encrypted(f"{info.filename}: {exc}") from None
                 except Exception as exc:
                     self._broken("zip", exc, label, part, member=info.filename)
                     continue
@@ -564,20 +536,20 @@ class Unpacker:
                     pending = b""
                     starved = not chunk and decompressor.needs_input
                 if starved:
-                    raise _Corrupt(f"{kind}: the data ends before the stream does")
+                    raise Corrupt(f"{kind}: the data ends before the stream does")
                 out += len(chunk)
                 self._grow(len(chunk))
                 self._ratio(out, len(data))
                 chunks.append(chunk)
         except errors as exc:
-            raise _Corrupt.of(kind, exc) from None
+            raise Corrupt.of(kind, exc) from None
         yield "(decompressed)", b"".join(chunks)
 
     def _tar(self, data: bytes | memoryview) -> Iterator[tuple[str, bytes]]:
         try:
             archive = tarfile.open(fileobj=io.BytesIO(bytes(data)), mode="r:")
         except tarfile.TarError as exc:
-            raise _Corrupt.of("tar", exc) from None
+            raise Corrupt.of("tar", exc) from None
         with archive:
             try:
                 for info in archive:
@@ -590,13 +562,13 @@ class Unpacker:
                     # tar stores members as they are: the ratio is 1, the size limit still holds.
                     yield info.name, self._drain(stream, info.size)
             except (tarfile.TarError, OSError, EOFError) as exc:
-                raise _Corrupt.of("tar", exc) from None
+                raise Corrupt.of("tar", exc) from None
 
     def _sevenzip(self, data: bytes | memoryview) -> Iterator[tuple[str, bytes]]:
         # py7zr cannot be interrupted while it parses a header (400,000 entries took it past
         # every time limit), so it runs in a child process killed at the deadline.
         if importlib.util.find_spec("py7zr") is None:
-            raise _Unsupported("7z: py7zr is not installed")
+            raise Unsupported("7z: py7zr is not installed")
         self._check_clock()
         limits = {
             "members": self.limits.max_members - self.members,
@@ -613,48 +585,48 @@ class Unpacker:
                 check=False,
             )
         except subprocess.TimeoutExpired:
-            raise _LimitHit(
+            raise LimitHit(
                 "max_seconds",
                 f"reading the 7z took over {self.limits.max_seconds:g} s (its reader was stopped)",
             ) from None
         members, end = _child_records(done.stdout)
         if end is None:
             error = done.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or ["died"]
-            raise _Corrupt(f"7z: the reader failed ({done.returncode}): {error[0][:200]}")
+            raise Corrupt(f"7z: the reader failed ({done.returncode}): {error[0][:200]}")
         status = end.get("status")
         if status == "refused":
-            raise _Refused(str(end.get("limit")), str(end.get("detail")))
+            raise Refused(str(end.get("limit")), str(end.get("detail")))
         if status == "limit":
-            raise _LimitHit(str(end.get("limit")), str(end.get("detail")))
+            raise LimitHit(str(end.get("limit")), str(end.get("detail")))
         if status == "encrypted":
-            raise _Encrypted("7z archive")
+            raise Encrypted("7z archive")
         if status == "unsupported":
-            raise _Unsupported(f"7z: {end.get('detail')}")
+            raise Unsupported(f"7z: {end.get('detail')}")
         for name, member in members:
             self._member()
             self._grow(len(member))
             yield name, member
         if status != "ok":
             exception = str(end.get("exception") or "")
-            raise _Corrupt(f"7z: {exception}: {end.get('error')}".rstrip(": "), exception)
+            raise Corrupt(f"7z: {exception}: {end.get('error')}".rstrip(": "), exception)
 
     def _rar(self, data: bytes | memoryview) -> Iterator[tuple[str, bytes]]:
         try:
             import rarfile
         except ImportError:
-            raise _Unsupported("rar: rarfile is not installed") from None
+            raise Unsupported("rar: rarfile is not installed") from None
         try:
             archive = rarfile.RarFile(io.BytesIO(bytes(data)))
             if archive.needs_password():
-                raise _Encrypted("rar archive")
+                raise Encrypted("rar archive")
             if not archive.infolist() and len(data) > 64:
-                raise _Corrupt("rar: no member could be read")
+                raise Corrupt("rar: no member could be read")
             for info in archive.infolist():
                 if info.is_dir():
                     continue
                 self._member()
                 if info.needs_password():
-                    raise _Encrypted(info.filename or "rar member")
+                    raise Encrypted(info.filename or "rar member")
                 with archive.open(info) as stream:
                     yield info.filename or "member", self._drain(stream, info.compress_size or 1)
         except rarfile.RarCannotExec:
@@ -664,11 +636,11 @@ class Unpacker:
 
             yield from read_libarchive(self, bytes(data), "rar")
         except rarfile.PasswordRequired:
-            raise _Encrypted("rar archive") from None
-        except (_LimitHit, _Encrypted):
+            raise Encrypted("rar archive") from None
+        except (LimitHit, Encrypted):
             raise
         except Exception as exc:  # rarfile.Error and whatever else it raises
-            raise _Corrupt.of("rar", exc) from None
+            raise Corrupt.of("rar", exc) from None
 
 
 # (MalformationFlag name, the limit named in the finding, what happened)
@@ -730,12 +702,6 @@ def _child_records(out: bytes) -> tuple[list[tuple[str, bytes]], dict[str, Any] 
         members.append((name, out[at + 8 : at + 8 + size]))
         at += 8 + size
     return members, None
-
-
-def _describe(kind: str, exc: BaseException) -> str:
-    """``"7z: CrcError: (...)"``: the format and the exception, for the finding's reason."""
-    text = str(exc)[:200]
-    return f"{kind}: {type(exc).__name__}: {text}" if text else f"{kind}: {type(exc).__name__}"
 
 
 def _lazy(

@@ -11,8 +11,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
+from mailwarden.web.auth import WebAuth
 from tests.conftest import EICAR, free_port, make_message
 from tests.integration.test_smtp_serve import _wait_for_port
 from tests.services.slapd import directory_section, running_slapd
@@ -151,3 +153,31 @@ def test_turning_the_directory_off_deletes_its_cache_at_the_reload(
         finally:
             serve.stop()
         assert not cache.exists()
+
+
+def test_a_rules_edit_through_the_web_reaches_every_worker(tmp_path: Path) -> None:
+    # The worker that serves the edit asks the supervisor, which has every worker reload (as
+    # at SIGHUP): the next connections, whichever worker the kernel gives them, see the rule.
+    web_port = free_port()
+    serve = Serve(tmp_path, 2, f"[web]\nenabled = true\nport = {web_port}\ntls = false\n")
+    token = WebAuth(
+        serve.home / "web", session_seconds=60, custom_roles={}, login_attempts=5
+    ).create_token("editor", ["Administrator"])
+    try:
+        lenient = [{"name": "lenient", "actions": {"infected": "quarantine"}}]
+        answer = httpx.put(
+            f"http://127.0.0.1:{web_port}/api/rules",
+            json={"rules": lenient},
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=30,
+        )
+        assert answer.status_code == 200, answer.text
+        assert [rule["name"] for rule in answer.json()["rules"]] == ["lenient"]
+        log = serve.wait_for_log("reloaded rules: lenient", count=2)
+        assert "Traceback" not in log, log
+        for _ in range(6):
+            with smtplib.SMTP("127.0.0.1", serve.port, timeout=30) as client:
+                assert _send_eicar(client) == 250
+        assert serve.process.poll() is None
+    finally:
+        serve.stop()

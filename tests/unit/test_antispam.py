@@ -231,13 +231,18 @@ def test_bad_replaced_by_lines_are_reported_with_file_and_line(
     assert ruleset.replaced({"X", "Y"}) == {"X"}
 
 
+# The first load of the stock set compiles its hyperscan databases (minutes on 2 cores;
+# cached after): a first run on a fresh machine must not time out. The set is the one an admin
+# loads (stock beside the shipped rules), the same the engine comparison in
+# test_antispam_fastmatch.py loads, so one compilation serves both.
+@pytest.mark.timeout(900)
 def test_stock_spamassassin_rules_load() -> None:
     ensure_packages("spamassassin")
     stock = Path("/usr/share/spamassassin")
     need(stock.is_dir(), f"the spamassassin package left no rules in {stock}")
-    ruleset = load_rules([stock])
+    ruleset = load_rules([stock, BUILTIN_RULES])
     # Perl-only rules (eval:) are counted and left out; nearly every other rule loads.
-    assert len(ruleset.rules) > 2000
+    assert len([code for code in ruleset.rules if not code.startswith("MW_")]) > 2000
     assert ruleset.skipped.get("invalid", 0) < 20
 
 

@@ -13,6 +13,7 @@ from mailwarden.testing import scan
 from mailwarden_antispam import bayes as bayes_module
 from mailwarden_antispam.bayes import Bayes
 from mailwarden_antispam.quarantine import SpamQuarantine
+from mailwarden_sdk import Envelope
 from tests.conftest import make_message
 
 RULES = """
@@ -64,6 +65,35 @@ def test_autolearn_learns_clean_mail_as_ham_but_not_mail_in_between(tmp_path: Pa
     assert _journal(home) == []
     scan(
         make_message(subject="lunch", body="see you at noon\n"),
+        builtins=True,
+        config=config,
+        home=home,
+    )
+    assert _journal(home) == [("autolearn", "learn", "ham")]
+
+
+def test_mail_the_antispam_scan_skipped_teaches_bayes_nothing(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    # An always-allow rule (a digest link writes one) runs every detector but antispam for that
+    # sender: their mail was never judged, so it must not be learned as ham. A spammer allowed
+    # by one user would otherwise teach Bayes that their spam is ham for everyone.
+    config = _config(tmp_path, 4.0, 4.0) + (
+        '[[rules]]\nname = "always-allow"\nsenders = ["friend@example.org"]\n'
+        'detectors = ["*", "-antispam"]\n'
+        '[[rules]]\nname = "default"\n'
+    )
+    scan(
+        make_message(sender="friend@example.org", subject="lunch", body="see you at noon\n"),
+        envelope=Envelope(mail_from="friend@example.org", rcpt_to=["bob@example.net"]),
+        builtins=True,
+        config=config,
+        home=home,
+    )
+    assert _journal(home) == []
+    # The same message from anyone else is scanned, and sure ham is learned as before.
+    scan(
+        make_message(subject="lunch", body="see you at noon\n"),
+        envelope=Envelope(mail_from="alice@example.org", rcpt_to=["bob@example.net"]),
         builtins=True,
         config=config,
         home=home,

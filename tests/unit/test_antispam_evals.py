@@ -22,6 +22,11 @@ from tests.services.dns_zone import ZoneServer, running_zone
 STOCK = Path("/usr/share/spamassassin")
 
 
+# Scans with the stock rules: their first load compiles the hyperscan databases (minutes on
+# 2 cores; cached after), which a first run on a fresh machine must not time out on.
+pytestmark = pytest.mark.timeout(900)
+
+
 @pytest.fixture(scope="module")
 def empty_dns() -> Iterator[ZoneServer]:
     with running_zone({}) as server:

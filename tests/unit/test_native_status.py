@@ -203,6 +203,27 @@ def test_mailwarden_version_prints_the_cores_own_version(tmp_path: Path) -> None
     assert bad.returncode != 0 and "9.9.9" in bad.stderr and core in bad.stderr
 
 
+@pytest.mark.parametrize("command", [["mailwarden"], [sys.executable, "-m", "mailwarden"]])
+def test_mailwarden_with_a_core_of_another_version_says_so_in_one_line(
+    tmp_path: Path, command: list[str]
+) -> None:
+    if command == ["mailwarden"]:
+        command = [str(Path(sys.executable).parent / "mailwarden")]
+    core = mailwarden_native.core_version()
+    env = _fake_package(tmp_path, "9.9.9")
+    for args in (["version"], ["scan", "--help"]):
+        bad = subprocess.run(
+            [*command, *args], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60
+        )
+        assert bad.returncode == 2
+        assert bad.stdout == ""
+        assert bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr, bad.stderr
+        assert bad.stderr.startswith("mailwarden: ")
+        assert f"native core is version {core} but the Python package is version 9.9.9" in (
+            bad.stderr
+        )
+
+
 def test_core_pyi_declares_every_function_and_constant_of_the_cdef() -> None:
     cdef = "\n".join(p.read_text() for p in sorted((ROOT / "native/cdef").glob("*.h")))
     cdef = re.sub(r"/\*.*?\*/", "", cdef, flags=re.S)

@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mailwarden.ingress.smtp import GatewaySMTP, _Limits
+from mailwarden.ingress.connections import ConnectionLimits
+from mailwarden.ingress.smtp import GatewaySMTP
 
 
 class Recorder:
@@ -26,7 +27,7 @@ async def _exchange(payloads: list[bytes], size_limit: int = 1 << 20) -> tuple[l
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
         lambda: GatewaySMTP(
-            recorder, limits=_Limits(10, 10), data_size_limit=size_limit, decode_data=False
+            recorder, limits=ConnectionLimits(10, 10), data_size_limit=size_limit, decode_data=False
         ),
         "127.0.0.1",
         0,

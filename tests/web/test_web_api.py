@@ -181,7 +181,7 @@ def _directory_web(tmp_path: Path, slapd: Slapd, web_lines: str) -> Web:
 def test_auto_bind_reads_the_root_dse_and_uses_a_simple_bind_on_openldap(
     tmp_path: Path, slapd: Slapd
 ) -> None:
-    from mailwarden.web.directory_login import server_offers_ntlm
+    from mailwarden.directory.login import server_offers_ntlm
 
     web = _directory_web(tmp_path, slapd, 'login_bind = "auto"\nntlm_domain = "EXAMPLE"\n')
     try:

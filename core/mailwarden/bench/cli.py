@@ -10,6 +10,8 @@ import shlex
 import shutil
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +19,14 @@ import click
 import msgspec
 
 from ..stage import Stage
+from .compare import compare_rounds, medians_report
 from .corpus import generate, load_directory
 from .peers import run_peers
 from .report import compare, table, write_all
 from .run import (
     OFFLINE_ANTISPAM,
     Progress,
+    ReputationService,
     python_email_parse,
     reputation_service,
     run_pipeline,
@@ -46,11 +50,27 @@ def _signature_file(directory: Path, count: int, seed: int) -> Path:
     return path
 
 
-def _config(signatures: Path | None, reputation: str) -> str:
+def _config(signatures: Path | None, reputation: str, spam_rules: tuple[Path, ...] = ()) -> str:
     lines = ["[events]", "enabled = true"]
     if signatures is not None:
         lines += ["[antivirus]", f'signatures = ["{signatures}"]']
-    return "\n".join(lines) + "\n" + OFFLINE_ANTISPAM + reputation
+    antispam = OFFLINE_ANTISPAM
+    if spam_rules:
+        antispam += f"rule_files = {json.dumps([str(p) for p in spam_rules])}\n"
+    return "\n".join(lines) + "\n" + antispam + reputation
+
+
+@contextmanager
+def _bench_config(
+    signatures: int, seed: int, spam_rules: tuple[Path, ...]
+) -> Iterator[tuple[str, ReputationService]]:
+    """The config every run uses, with its signature file and reputation service alive."""
+    with (
+        tempfile.TemporaryDirectory(prefix="mailwarden-bench-sigs-") as tmp,
+        reputation_service() as reputation,
+    ):
+        sig_path = _signature_file(Path(tmp), signatures, seed) if signatures else None
+        yield _config(sig_path, reputation.section, spam_rules), reputation
 
 
 @click.command("bench")
@@ -79,6 +99,12 @@ def _config(signatures: Path | None, reputation: str) -> str:
 @click.option(
     "--clients", type=click.IntRange(0), default=0, help="SMTP sessions (default 2 per worker + 2)."
 )
+@click.option(
+    "--spam-rules",
+    type=click.Path(exists=True, path_type=Path),
+    multiple=True,
+    help="Rule files or directories antispam loads beside its own (e.g. /usr/share/spamassassin).",
+)
 @click.option("--no-smtp", is_flag=True, help="Skip the SMTP ingress runs.")
 @click.option("--no-peers", is_flag=True, help="Skip rspamd and SpamAssassin even if installed.")
 @click.option(
@@ -91,8 +117,23 @@ def _config(signatures: Path | None, reputation: str) -> str:
 @click.option(
     "--compare",
     "compare_with",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="An earlier bench.json: show the change of every rate.",
+    type=click.Path(exists=True, path_type=Path),
+    help="An earlier bench.json: the change of every rate; or a built checkout of another "
+    "version: both builds stage by stage over --rounds, failing when a stage is slower.",
+)
+@click.option(
+    "--rounds",
+    type=click.IntRange(1),
+    default=5,
+    show_default=True,
+    help="With --compare DIR: alternating runs of each build; each stage's median is compared.",
+)
+@click.option(
+    "--tolerance",
+    type=click.FloatRange(0),
+    default=5.0,
+    show_default=True,
+    help="With --compare DIR: the slowdown in percent a stage may show before it fails.",
 )
 def bench(
     quick: bool,
@@ -102,10 +143,13 @@ def bench(
     signatures: int,
     workers_list: tuple[int, ...],
     clients: int,
+    spam_rules: tuple[Path, ...],
     no_smtp: bool,
     no_peers: bool,
     out: Path,
     compare_with: Path | None,
+    rounds: int,
+    tolerance: float,
 ) -> None:
     """Measure the gateway on this machine: each stage, each worker count, beside its peers.
 
@@ -123,12 +167,10 @@ def bench(
         data = generate(messages, seed, attachment_scale=0.25 if quick else 1.0)
         source = f"generated, seed {seed}"
     size = sum(map(len, data))
-    with (
-        tempfile.TemporaryDirectory(prefix="mailwarden-bench-sigs-") as tmp,
-        reputation_service() as reputation,
-    ):
-        sig_path = _signature_file(Path(tmp), signatures, seed) if signatures else None
-        config = _config(sig_path, reputation.section)
+    if compare_with is not None and compare_with.is_dir():
+        _compare_builds(compare_with, data, signatures, seed, spam_rules, rounds, tolerance)
+        return
+    with _bench_config(signatures, seed, spam_rules) as (config, reputation):
         baseline = python_email_parse(data, Progress("python email parse", len(data)))
         # Every run starts from a home that has seen the corpus once: reputation answers from
         # its cache, as in steady state, and the service is not what gets measured.
@@ -206,3 +248,24 @@ def bench(
     if compare_with is not None:
         click.echo("")
         click.echo(compare(json.loads(compare_with.read_text()), result))
+        click.echo("(one run each; --compare DIR runs both builds over alternating rounds)")
+
+
+def _compare_builds(
+    other: Path,
+    data: list[bytes],
+    signatures: int,
+    seed: int,
+    spam_rules: tuple[Path, ...],
+    rounds: int,
+    tolerance: float,
+) -> None:
+    """Both builds stage by stage (``--compare DIR``); exit status 1 when a stage is slower."""
+    with _bench_config(signatures, seed, spam_rules) as (config, _):
+        progress = Progress(f"{rounds} rounds, {other} and this build", 2 * rounds)
+        before, after = compare_rounds(other, data, config, rounds, progress.step)
+    text, slower = medians_report(before, after, tolerance)
+    click.echo(f"baseline: {other}")
+    click.echo(text)
+    if slower:
+        sys.exit(1)

@@ -61,11 +61,15 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 
 @contextmanager
-def _serving(argv: list[str], port: int, work: Path, limit: float) -> Iterator[None]:
-    """Run a peer until the block ends; its work directory goes with it."""
+def _serving(
+    argv: list[str], port: int, work: Path, limit: float, also: tuple[int, ...] = ()
+) -> Iterator[None]:
+    """Run a peer until the block ends (``also``: more ports to wait for); its work
+    directory goes with it."""
     process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        _wait(port, process, limit)
+        for each in (port, *also):
+            _wait(each, process, limit)
         yield
     finally:
         _stop(process)
@@ -106,13 +110,20 @@ _RSPAMD_OFF = (
 
 
 @contextmanager
-def _rspamd(workers: int, *, milter: bool = False) -> Iterator[int]:
+def _rspamd(
+    workers: int,
+    *,
+    milter: bool = False,
+    controller: int = 0,
+    extra: dict[str, str] | None = None,
+) -> Iterator[int]:
+    """``controller``: its port (else any free one); ``extra``: more local.d files."""
     work = Path(tempfile.mkdtemp(prefix="mailwarden-bench-rspamd-"))
     local = work / "local.d"
     local.mkdir()
     for sub in ("db", "run", "log"):
         (work / sub).mkdir()
-    port, controller, proxy = _free_port(), _free_port(), _free_port()
+    port, controller, proxy = _free_port(), controller or _free_port(), _free_port()
     (local / "worker-normal.inc").write_text(
         f'bind_socket = "127.0.0.1:{port}";\ncount = {0 if milter else workers};\n'
     )
@@ -132,6 +143,8 @@ def _rspamd(workers: int, *, milter: bool = False) -> Iterator[int]:
     (local / "options.inc").write_text('dns { nameserver = ["127.0.0.1:53"]; }\n')
     for module in _RSPAMD_OFF:
         (local / f"{module}.conf").write_text("enabled = false;\n")
+    for name, text in (extra or {}).items():
+        (local / name).write_text(text)
     with _serving(
         [
             "rspamd",
@@ -151,6 +164,7 @@ def _rspamd(workers: int, *, milter: bool = False) -> Iterator[int]:
         proxy if milter else port,
         work,
         90,
+        (controller,),
     ):
         yield proxy if milter else port
 
@@ -275,7 +289,7 @@ def run_peers(messages: list[bytes], workers: int) -> list[dict[str, Any]]:
             results.append(
                 {"name": f"rspamd checkv2, {workers} worker(s)", "msgs_per_s": round(rate, 1)}
             )
-        except RuntimeError as exc:
+        except (RuntimeError, OSError) as exc:  # a peer that fails is reported, not fatal
             results.append({"name": "rspamd", "msgs_per_s": 0.0, "note": f"failed: {exc}"})
     else:
         results.append(
@@ -294,7 +308,7 @@ def run_peers(messages: list[bytes], workers: int) -> list[dict[str, Any]]:
                     "note": f"{len(subset)}-message subset",
                 }
             )
-        except RuntimeError as exc:
+        except (RuntimeError, OSError) as exc:
             results.append({"name": "SpamAssassin", "msgs_per_s": 0.0, "note": f"failed: {exc}"})
     else:
         results.append(

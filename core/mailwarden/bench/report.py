@@ -37,7 +37,8 @@ def table(result: dict[str, Any]) -> str:
     lines += [
         f"{'scan only (parse..decide)':<28}{scan['msgs_per_s']:>10.1f}{scan['mb_per_s']:>10.2f}",
         f"{'whole pipeline':<28}{whole['msgs_per_s']:>10.1f}{whole['mb_per_s']:>10.2f}"
-        f"   cpu {whole['cpu_seconds']} s, peak rss {whole['peak_rss_mb']} MB",
+        f"   cpu {whole['cpu_seconds']} s ({_cpu_ms(whole)} ms/msg),"
+        f" peak rss {whole['peak_rss_mb']} MB",
         "",
         "peers (same messages, same run)",
     ]
@@ -49,21 +50,33 @@ def table(result: dict[str, Any]) -> str:
         )
     if result.get("scan_workers"):
         base = result["scan_workers"][0]["msgs_per_s"]
-        lines += ["", f"{'scan workers':<28}{'msg/s':>10}{'MB/s':>10}{'vs 1':>10}"]
+        lines += [
+            "",
+            f"{'scan workers':<28}{'msg/s':>10}{'MB/s':>10}{'vs 1':>10}{'CPU ms/msg':>12}",
+        ]
         for run in result["scan_workers"]:
             lines.append(
                 f"{run['workers']:<28}{run['msgs_per_s']:>10.1f}{run['mb_per_s']:>10.2f}"
-                f"{_ratio(run['msgs_per_s'], base):>10}"
+                f"{_ratio(run['msgs_per_s'], base):>10}{_cpu_ms(run):>12}"
             )
     if result["smtp"]:
         base = result["smtp"][0]["msgs_per_s"]
-        lines += ["", f"{'smtp ingress workers':<28}{'msg/s':>10}{'MB/s':>10}{'vs 1':>10}"]
+        lines += [
+            "",
+            f"{'smtp ingress workers':<28}{'msg/s':>10}{'MB/s':>10}{'vs 1':>10}{'CPU ms/msg':>12}",
+        ]
         for run in result["smtp"]:
             lines.append(
                 f"{run['workers']:<28}{run['msgs_per_s']:>10.1f}{run['mb_per_s']:>10.2f}"
-                f"{_ratio(run['msgs_per_s'], base):>10}"
+                f"{_ratio(run['msgs_per_s'], base):>10}{_cpu_ms(run):>12}"
             )
     return "\n".join(lines)
+
+
+def _cpu_ms(run: dict[str, Any]) -> str:
+    # Results saved before the figure existed (``--compare`` reads old JSON) have none.
+    value = run.get("cpu_ms_per_msg")
+    return "-" if value is None else f"{value:.2f}"
 
 
 def _reputation_note(result: dict[str, Any]) -> str:
@@ -95,6 +108,7 @@ def markdown(result: dict[str, Any]) -> str:
     out += [
         f"| scan only (parse..decide) | {scan['msgs_per_s']:.1f} | {scan['mb_per_s']:.2f} | | | |",
         f"| **whole pipeline** | **{whole['msgs_per_s']:.1f}** | {whole['mb_per_s']:.2f} | | | |",
+        f"| whole pipeline, CPU ms per message | {_cpu_ms(whole)} | | | | |",
         "",
         "| peer (same messages) | their msg/s | ours / theirs |",
         "|---|---:|---:|",
@@ -104,11 +118,12 @@ def markdown(result: dict[str, Any]) -> str:
         base = result["scan_workers"][0]["msgs_per_s"]
         out += [
             "",
-            "| scan workers | msg/s | MB/s | vs 1 worker | CPU s / worker | peak RSS MB |",
-            "|---:|---:|---:|---:|---:|---:|",
+            "| scan workers | msg/s | CPU ms / msg | MB/s | vs 1 worker | CPU s / worker "
+            "| peak RSS MB |",
+            "|---:|---:|---:|---:|---:|---:|---:|",
         ]
         out += [
-            f"| {r['workers']} | {r['msgs_per_s']:.1f} | {r['mb_per_s']:.2f} "
+            f"| {r['workers']} | {r['msgs_per_s']:.1f} | {_cpu_ms(r)} | {r['mb_per_s']:.2f} "
             f"| {_ratio(r['msgs_per_s'], base)} | {r['cpu_seconds_per_worker']} "
             f"| {r['peak_rss_mb']} |"
             for r in result["scan_workers"]
@@ -117,11 +132,12 @@ def markdown(result: dict[str, Any]) -> str:
         base = result["smtp"][0]["msgs_per_s"]
         out += [
             "",
-            "| SMTP workers | msg/s | MB/s | vs 1 worker | CPU s / worker | peak RSS MB |",
-            "|---:|---:|---:|---:|---:|---:|",
+            "| SMTP workers | msg/s | CPU ms / msg | MB/s | vs 1 worker | CPU s / worker "
+            "| peak RSS MB |",
+            "|---:|---:|---:|---:|---:|---:|---:|",
         ]
         out += [
-            f"| {r['workers']} | {r['msgs_per_s']:.1f} | {r['mb_per_s']:.2f} "
+            f"| {r['workers']} | {r['msgs_per_s']:.1f} | {_cpu_ms(r)} | {r['mb_per_s']:.2f} "
             f"| {_ratio(r['msgs_per_s'], base)} | {r['cpu_seconds_per_worker']} "
             f"| {r['peak_rss_mb']} |"
             for r in result["smtp"]

@@ -10,8 +10,6 @@ the same version run the same configuration.
 from __future__ import annotations
 
 import hashlib
-import os
-import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +19,7 @@ from mailwarden_sdk.files import atomic_write
 
 from ..config import parse_config
 from ..errors import ConfigError
+from ..workers import request_reload
 
 if TYPE_CHECKING:
     from ..pipeline import Gateway
@@ -84,7 +83,6 @@ def apply_pushed(gateway: Gateway, pushed: str) -> tuple[str, list[str]]:
     parse_config(text, gateway.plugins.config_schemas(), source=source)
     atomic_write(path, text, mode=path.stat().st_mode & 0o777)
     changed = gateway.reload_config()
-    if os.environ.get("MAILWARDEN_WORKER") == "1":
-        # The other workers reload when the supervisor passes SIGHUP on to them.
-        os.kill(os.getppid(), signal.SIGHUP)
+    # Under a supervisor, the other workers reload too.
+    request_reload()
     return config_version(text), changed

@@ -143,8 +143,9 @@ class DeliveryQueue:
         if self._connections is not None:
             await asyncio.to_thread(self._connections.close)
 
-    def submit(self, entry: SpoolEntry) -> None:
-        """Take over a locked, decided entry and deliver it now.
+    def submit(self, entry: SpoolEntry, state: SpoolState | None = None) -> None:
+        """Take over a locked, decided entry and deliver it now; ``state`` is the one just
+        saved for it (else it is read from the spool).
 
         From the queue's own event loop or from another one (a web request served elsewhere):
         the delivery always runs on the loop the queue was started on, which outlives the
@@ -156,20 +157,20 @@ class DeliveryQueue:
         except RuntimeError:
             running = None
         if loop is not None and running is not loop and not loop.is_closed():
-            loop.call_soon_threadsafe(self._start, entry)
+            loop.call_soon_threadsafe(self._start, entry, state)
         else:
-            self._start(entry)
+            self._start(entry, state)
 
     async def enqueue(self, data: bytes, envelope: Envelope, state: SpoolState) -> SpoolEntry:
         """Spool a message that needs no decision (released, a notice, a DSN) with its
         ``state`` and deliver it now. The message enters the spool with its state, so a crash
         can never leave it to be scanned (and held) again."""
         entry = await asyncio.to_thread(self.spool.write, data, envelope, state)
-        self.submit(entry)
+        self.submit(entry, state)
         return entry
 
-    def _start(self, entry: SpoolEntry) -> None:
-        task = asyncio.create_task(self._handle(entry), name=f"deliver-{entry.id}")
+    def _start(self, entry: SpoolEntry, state: SpoolState | None = None) -> None:
+        task = asyncio.create_task(self._handle(entry, state), name=f"deliver-{entry.id}")
         self._active[entry.id] = task
         task.add_done_callback(partial(self._finished, entry.id))
 
@@ -227,10 +228,11 @@ class DeliveryQueue:
                 return
             loop.call_soon_threadsafe(self._start, entry)
 
-    async def _handle(self, entry: SpoolEntry) -> None:
+    async def _handle(self, entry: SpoolEntry, given: SpoolState | None = None) -> None:
         async with self._slots:
             try:
-                state = self.spool.load_state(entry.id)
+                # Handed over with the state just written: not read back from the file.
+                state = given if given is not None else self.spool.load_state(entry.id)
                 # One byte of a file this process holds open and locked: no thread hop.
                 if self.spool.in_doubt(entry):
                     await self._hold_in_doubt(entry, state)

@@ -157,7 +157,7 @@ def send(
             options = []
             if client.has_extn("size"):
                 options.append(f"SIZE={len(data)}")
-            if client.has_extn("8bitmime") and any(b > 127 for b in data):
+            if client.has_extn("8bitmime") and not data.isascii():
                 options.append("BODY=8BITMIME")
             if client.has_extn("smtputf8") and not all(
                 a.isascii() for a in [mail_from, *recipients]

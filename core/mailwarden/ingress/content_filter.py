@@ -32,7 +32,8 @@ from mailwarden_sdk import ActionKind, Envelope
 
 from ..delivery.relay import parse_next_hop
 from ..pipeline import settle
-from .smtp import GatewaySMTP, _Limits, _sender
+from .connections import ConnectionLimits, envelope_sender
+from .smtp import GatewaySMTP
 from .tcp import listening_socket
 
 if TYPE_CHECKING:
@@ -209,7 +210,7 @@ class ContentFilterHandler:
         if address and address.upper().startswith("IPV6:"):
             address = address[5:]
         return Envelope(
-            mail_from=_sender(envelope.mail_from),
+            mail_from=envelope_sender(envelope.mail_from),
             rcpt_to=list(envelope.rcpt_tos),
             client_address=address,
             client_name=attr("NAME"),
@@ -292,7 +293,7 @@ async def start_content_filter(gateway: Gateway, *, reuse_port: bool = False) ->
     """Listen on ``[content_filter] listen:port``."""
     cfg = gateway.config.content_filter
     handler = ContentFilterHandler(gateway)
-    limits = _Limits(cfg.max_connections, cfg.max_connections)
+    limits = ConnectionLimits(cfg.max_connections, cfg.max_connections)
 
     def factory() -> SMTP:
         return FilterSMTP(

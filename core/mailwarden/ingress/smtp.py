@@ -50,12 +50,14 @@ from ..pipeline import Gateway
 from ..policy import direction_of
 from ..tls import server_context
 from ..workers import worker_count
+from .connections import ConnectionLimits as _Limits
+from .connections import envelope_sender as _sender
 from .mailbox import split_path, valid_mailbox
 from .tcp import listening_socket
 
 if TYPE_CHECKING:
+    from ..accounts import Accounts
     from ..config import Config
-    from ..web.auth import WebAuth
 
 __all__ = [
     "GatewaySMTP",
@@ -68,52 +70,15 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-class _Limits:
-    """Open connections of one listener process, in total and per client address.
-
-    A cap per address alone does not keep one client from starving the others: a few addresses
-    at their cap fill the listener (4 x 50 = 200 idle connections locked everyone out for the
-    whole timeout). So when the listener is full, a connection from an address that holds fewer
-    than the busiest one takes the place of that address's longest idle connection.
-    """
-
-    def __init__(self, total: int, per_ip: int) -> None:
-        self.total, self.per_ip = total, min(per_ip, total)
-        self.open: dict[str, list[GatewaySMTP]] = {}
-        self.count = 0
-
-    def admit(self, address: str, connection: GatewaySMTP) -> bool:
-        mine = self.open.get(address, [])
-        if len(mine) >= self.per_ip:
-            return False
-        if self.count >= self.total and not self._make_room(len(mine)):
-            return False
-        self.open.setdefault(address, []).append(connection)
-        self.count += 1
-        return True
-
-    def _make_room(self, held: int) -> bool:
-        busiest = max(self.open.values(), key=len)
-        if len(busiest) <= held + 1:
-            return False
-        idle = [c for c in busiest if c.idle_since is not None]
-        if not idle:
-            return False
-        victim = min(idle, key=lambda c: c.idle_since or 0.0)
-        victim.evict()
-        return True
-
-    def leave(self, address: str, connection: GatewaySMTP) -> None:
-        mine = self.open.get(address)
-        if mine is None or connection not in mine:
-            return
-        mine.remove(connection)
-        self.count -= 1
-        if not mine:
-            del self.open[address]
-
-
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+# An angle-bracketed path of ASCII dot-atoms, the form nearly every client sends. The email
+# package's header parser returns such a path unchanged (its atext has no ``=``, which could
+# start an encoded word, and no specials), so it need not be run for it; anything else is.
+_SIMPLE_ATOM = r"[A-Za-z0-9!#$%&'*+/^_`{|}~-]+"
+_SIMPLE_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+_SIMPLE_PATH_RE = re.compile(
+    rf"[ \t]*<({_SIMPLE_ATOM}(?:\.{_SIMPLE_ATOM})*)@({_SIMPLE_LABEL}(?:\.{_SIMPLE_LABEL})*)>"
+)
 
 
 class GatewaySMTP(SMTP):
@@ -313,6 +278,14 @@ class GatewaySMTP(SMTP):
         self._previous_cr = data[-1:] == b"\r"
         return lf != paired
 
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        # aiosmtpd cancels and re-arms the timer before every command. _timeout_cb measures
+        # the silence from the last byte and re-arms itself, so a pending timer stays.
+        handle = self._timeout_handle
+        if duration is None and handle is not None and not handle.cancelled():
+            return
+        super()._reset_timeout(duration)
+
     def _timeout_cb(self) -> None:
         idle = self.loop.time() - self._last_input
         if idle < self._timeout_duration or self._processing:
@@ -339,6 +312,19 @@ class GatewaySMTP(SMTP):
         else:
             await super().push(status)
         self.idle_since = self.loop.time()
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        # aiosmtpd runs every MAIL and RCPT argument through the email package's header
+        # parser, a tenth of a millisecond each; the common form is taken apart here alike.
+        simple = _SIMPLE_PATH_RE.match(arg)
+        if simple is not None:
+            rest = arg[simple.end() :].lstrip(" \t")
+            local = simple.group(1)
+            if not rest.startswith("(") and not (
+                self.local_part_limit and len(local) > self.local_part_limit
+            ):
+                return f"{local}@{simple.group(2)}", rest
+        return super()._getaddr(arg)
 
     async def _junk(self, command: str) -> bool:
         """Count a command that moves no mail; True when the session was ended for it."""
@@ -522,7 +508,7 @@ class SmtpHandler:
         cfg = gateway.config.smtp
         self.trusted = [ipaddress.ip_network(n, strict=False) for n in cfg.trusted_networks]
         self.proxies = [ipaddress.ip_network(n, strict=False) for n in cfg.proxy_trusted]
-        self._accounts: WebAuth | None = None
+        self._accounts: Accounts | None = None
         # Failed AUTH per client address (recent times), across sessions.
         self._failures: OrderedDict[str, list[float]] = OrderedDict()
 
@@ -566,17 +552,16 @@ class SmtpHandler:
 
     # -- AUTH ----------------------------------------------------------------------------------
 
-    def accounts(self) -> WebAuth | None:
+    def accounts(self) -> Accounts | None:
         """The web interface's local accounts, once the first one exists."""
         if self._accounts is None:
             directory = self.gateway.config.home / "web"
-            # WebAuth makes the session secret when it is missing; the web (or `mailwarden web
-            # password`) makes it with the first account, so wait for that.
+            # The web (or `mailwarden web password`) makes the first account.
             if not (directory / "users.json").exists():
                 return None
-            from ..web.app import web_auth
+            from ..accounts import local_accounts
 
-            self._accounts = web_auth(self.gateway)
+            self._accounts = local_accounts(self.gateway.config)
         return self._accounts
 
     def auth_offered(self) -> bool:
@@ -596,7 +581,7 @@ class SmtpHandler:
         directory = self.gateway.directory
         if directory is None or "@" not in name or not password:
             return False
-        from ..web.directory_login import login_directory_user
+        from ..directory.login import login_directory_user
 
         config = self.gateway.config
         found = login_directory_user(directory, config.web, config.directory, name, password)
@@ -745,7 +730,7 @@ class SmtpHandler:
         received = (
             f"Received: from {helo} ([{address or 'unix'}])\r\n"
             f"\tby {hostname} (mailwarden) with {_protocol(tls, session)};\r\n"
-            f"\t{email.utils.formatdate(localtime=True)}\r\n"
+            f"\t{_date_now()}\r\n"
         ).encode("ascii", "replace")
         try:
             outcome = await self.gateway.process(received + raw, ingress_envelope, ingress="smtp")
@@ -764,6 +749,19 @@ _AUTH_FAILURES_PER_ADDRESS = 20
 _AUTH_WINDOW = 900.0
 _AUTH_ADDRESSES = 10_000
 _RECEIVED_RE = re.compile(rb"^received[ \t]*:", re.IGNORECASE | re.MULTILINE)
+
+
+_date_cache: tuple[int, str] = (0, "")
+
+
+def _date_now() -> str:
+    """RFC 5322 date of this second in local time, made once a second (16 us each time)."""
+    global _date_cache
+    now = time.time()
+    second = int(now)
+    if _date_cache[0] != second:
+        _date_cache = (second, email.utils.formatdate(now, localtime=True))
+    return _date_cache[1]
 
 
 def _peer_address(server: SMTP) -> str:
@@ -848,11 +846,6 @@ def relay_warnings(config: Config) -> list[str]:
     if cfg.auth and not (cfg.starttls or cfg.tls_port):
         warnings.append("[smtp] auth needs TLS (starttls or tls_port): AUTH is never offered")
     return warnings
-
-
-def _sender(mail_from: str | None) -> str:
-    # aiosmtpd reports the null sender as "<>"; the Envelope's null sender is "".
-    return "" if not mail_from or mail_from == "<>" else mail_from
 
 
 async def start_smtp_servers(

@@ -85,10 +85,14 @@ class Statistics:
 
     def count(self, event: MessageEvent) -> None:
         """Add one message to the hour and day buckets of its time."""
+        names = _names(event)
         keys = [
-            f"{period}|{bucket_of(period, event.time)}|{kind}|{name}".encode()[:500]
-            for period in ("h", "d")
-            for kind, name in _names(event)
+            f"{period}|{bucket}|{kind}|{name}".encode()[:500]
+            for period, bucket in (
+                ("h", bucket_of("h", event.time)),
+                ("d", bucket_of("d", event.time)),
+            )
+            for kind, name in names
         ]
 
         with self._lock:

@@ -1,11 +1,12 @@
 """Who is asking: the local administrator, directory users, API tokens; sessions and CSRF.
 
-Passwords are stored as scrypt hashes (memory-hard, in the standard library). Sessions are
-signed cookies (HMAC-SHA256 with a per-installation secret), so every worker process accepts
-them without shared state; a session id is made fresh at each login, which is what defeats
-session fixation, and logging out revokes that id. CSRF tokens are derived from the session
-id; API tokens carry no cookie and need none. Failed logins are throttled per client address
-(never per account: failures from one address must not lock the account out for everyone).
+The accounts and their scrypt password hashes are :mod:`mailwarden.accounts` (SMTP AUTH checks
+them too); this adds what only the web has. Sessions are signed cookies (HMAC-SHA256 with a
+per-installation secret), so every worker process accepts them without shared state; a
+session id is made fresh at each login, which is what defeats session fixation, and logging
+out revokes that id. CSRF tokens are derived from the session id; API tokens carry no cookie
+and need none. Failed logins are throttled per client address (never per account: failures
+from one address must not lock the account out for everyone).
 
 A session carries a stamp of what it was granted on (the local account's password hash and
 roles, or the directory group mapping); when that changes, the session ends.
@@ -22,12 +23,10 @@ import secrets
 import threading
 import time
 from collections import OrderedDict, deque
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mailwarden_sdk.files import atomic_write
-
+from ..accounts import Accounts, Identity, write_private
 from .permissions import BUILTIN_ROLES, permissions_of
 
 __all__ = [
@@ -35,56 +34,7 @@ __all__ = [
     "Throttle",
     "WebAuth",
     "client_key",
-    "hash_password",
-    "verify_password",
 ]
-
-_SCRYPT = {"n": 2**15, "r": 8, "p": 1}
-_MAXMEM = 64 * 1024 * 1024
-
-
-def hash_password(password: str) -> str:
-    """A storable scrypt hash of ``password`` (salt and parameters included)."""
-    salt = secrets.token_bytes(16)
-    digest = hashlib.scrypt(password.encode(), salt=salt, maxmem=_MAXMEM, dklen=32, **_SCRYPT)
-    encoded = [base64.b64encode(x).decode() for x in (salt, digest)]
-    return f"scrypt${_SCRYPT['n']}${_SCRYPT['r']}${_SCRYPT['p']}${encoded[0]}${encoded[1]}"
-
-
-def verify_password(password: str, stored: str) -> bool:
-    """Whether ``password`` matches the ``stored`` hash (constant-time compare)."""
-    try:
-        scheme, n, r, p, salt, digest = stored.split("$")
-        if scheme != "scrypt":
-            return False
-        expected = base64.b64decode(digest)
-        actual = hashlib.scrypt(
-            password.encode(),
-            salt=base64.b64decode(salt),
-            n=int(n),
-            r=int(r),
-            p=int(p),
-            maxmem=_MAXMEM,
-            dklen=len(expected),
-        )
-    except (ValueError, TypeError):
-        return False
-    return hmac.compare_digest(actual, expected)
-
-
-@dataclass(frozen=True)
-class Identity:
-    """An authenticated user or token and what it may do."""
-
-    name: str
-    roles: tuple[str, ...]
-    permissions: frozenset[str]
-    source: str  # "local", "directory" or "token"
-    session: str = ""  # the session id (cookie logins only)
-
-    def may(self, permission: str) -> bool:
-        """Whether this identity holds ``permission``."""
-        return permission in self.permissions
 
 
 class Throttle:
@@ -173,23 +123,9 @@ def client_key(address: str) -> str:
     return f"client:{ip}"
 
 
-_DECOY: list[str] = []
-
-
-def _decoy_hash() -> str:
-    # A hash with the parameters real ones have, of a password nobody knows.
-    if not _DECOY:
-        _DECOY.append(hash_password(secrets.token_urlsafe(16)))
-    return _DECOY[0]
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    atomic_write(path, data)
-
-
-class WebAuth:
-    """Accounts, tokens and sessions kept under ``directory`` (files mode 0600)."""
+class WebAuth(Accounts):
+    """The local accounts with the web's API tokens and sessions, kept under ``directory``
+    (files mode 0600)."""
 
     def __init__(
         self,
@@ -200,85 +136,21 @@ class WebAuth:
         login_attempts: int,
         groups: dict[str, list[str]] | None = None,
     ) -> None:
-        self.directory = directory
+        super().__init__(directory, custom_roles=custom_roles)
         self.session_seconds = session_seconds
-        self.custom_roles = custom_roles
         #: ``[web] groups``: a directory user's session ends when it changes.
         self.groups: dict[str, list[str]] = dict(groups or {})
         self.throttle = Throttle(login_attempts)
         self._secret = self._load_secret()
         self._revoked: dict[str, float] = {}
-        self._users_cache: tuple[tuple[int, int, int], dict[str, Any]] | None = None
 
     # -- files -------------------------------------------------------------------------------
 
     def _load_secret(self) -> bytes:
         path = self.directory / "secret"
         if not path.exists():
-            _write_private(path, secrets.token_bytes(32))
+            write_private(path, secrets.token_bytes(32))
         return path.read_bytes()
-
-    def _users(self) -> dict[str, Any]:
-        path = self.directory / "users.json"
-        if not path.exists():
-            return {}
-        data: dict[str, Any] = json.loads(path.read_text())
-        return data
-
-    def _save_users(self, users: dict[str, Any]) -> None:
-        _write_private(self.directory / "users.json", json.dumps(users, indent=2).encode())
-
-    def ensure_admin(self) -> Path | None:
-        """Create the local administrator on first start; the file holding its first password.
-
-        The password is random and written once to a 0600 file beside the accounts (never to
-        the log); the admin changes it with ``mailwarden web password``.
-        """
-        users = self._users()
-        if "admin" in users:
-            return None
-        password = secrets.token_urlsafe(15)
-        self.set_password("admin", password, roles=["Administrator"])
-        path = self.directory / "initial-admin-password"
-        _write_private(path, (password + "\n").encode())
-        return path
-
-    def set_password(self, name: str, password: str, roles: list[str] | None = None) -> None:
-        """Set a local account's password (and roles, when given)."""
-        if len(password) < 10:
-            raise ValueError("a password needs at least 10 characters")
-        users = self._users()
-        account = users.setdefault(name, {"roles": roles or ["Administrator"]})
-        if roles is not None:
-            account["roles"] = roles
-        account["hash"] = hash_password(password)
-        self._save_users(users)
-        if name == "admin":
-            # The generated first password is no longer the password: do not leave it lying.
-            (self.directory / "initial-admin-password").unlink(missing_ok=True)
-
-    def local_login(self, name: str, password: str) -> Identity | None:
-        """The local account ``name`` if ``password`` is its own.
-
-        A name with no account costs the same scrypt work as a wrong password, so the time
-        of the answer does not tell which names exist."""
-        account = self._users().get(name)
-        stored = str(account.get("hash", "")) if account is not None else ""
-        if account is None or not stored.startswith("scrypt$"):
-            verify_password(password, _decoy_hash())
-            return None
-        if not verify_password(password, stored):
-            return None
-        roles = tuple(account.get("roles", []))
-        return Identity(name, roles, permissions_of(roles, self.custom_roles), "local")
-
-    def identity_for(self, name: str, roles: tuple[str, ...], source: str) -> Identity:
-        """An identity with the permissions its roles grant."""
-        return Identity(name, roles, permissions_of(roles, self.custom_roles), source)
-
-    def users(self) -> list[dict[str, Any]]:
-        """Local accounts and their roles (never the hashes)."""
-        return [{"name": n, "roles": a.get("roles", [])} for n, a in sorted(self._users().items())]
 
     # -- tokens ------------------------------------------------------------------------------
 
@@ -305,7 +177,7 @@ class WebAuth:
         return data
 
     def _save_tokens(self, tokens: dict[str, Any]) -> None:
-        _write_private(self.directory / "tokens.json", json.dumps(tokens, indent=2).encode())
+        write_private(self.directory / "tokens.json", json.dumps(tokens, indent=2).encode())
 
     def tokens(self) -> list[dict[str, Any]]:
         """Every API token: an id (the start of its hash, never the token), name, roles and
@@ -397,19 +269,6 @@ class WebAuth:
             basis = json.dumps([sorted(roles), self.groups], sort_keys=True)
         return self._sign(b"stamp:" + basis.encode())[:32]
 
-    def _users_now(self) -> dict[str, Any]:
-        # Read on every session check (another worker or the CLI may have changed it); parsed
-        # again only when the file did.
-        path = self.directory / "users.json"
-        try:
-            info = path.stat()
-        except FileNotFoundError:
-            return {}
-        mark = (info.st_mtime_ns, info.st_size, info.st_ino)
-        if self._users_cache is None or self._users_cache[0] != mark:
-            self._users_cache = (mark, self._users())
-        return self._users_cache[1]
-
     def revoke(self, identity: Identity) -> None:
         """End ``identity``'s session in every worker (written to a shared file)."""
         if not identity.session:
@@ -424,7 +283,7 @@ class WebAuth:
                 for line in path.read_text().splitlines()
                 if line.split()[-1:] and float(line.split()[-1]) > now
             ]
-        _write_private(path, ("\n".join(lines) + "\n").encode())
+        write_private(path, ("\n".join(lines) + "\n").encode())
 
     def _is_revoked(self, sid: str) -> bool:
         path = self.directory / "revoked"

@@ -4,9 +4,7 @@ before it is written, then reloaded (the other workers through the supervisor)."
 
 from __future__ import annotations
 
-import os
 import re
-import signal
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +16,7 @@ from mailwarden_sdk.files import atomic_write
 
 from ..config import RuleConfig, parse_config
 from ..errors import ConfigError
+from ..workers import request_reload
 from .state import WebState
 
 
@@ -75,9 +74,8 @@ def write_config(state: WebState, key: str | tuple[str, str], value: Any) -> lis
         raise ConfigRefused(str(exc), 422, exc.key) from exc
     atomic_write(path, text, mode=path.stat().st_mode & 0o777)
     changed = gateway.reload_config()
-    if os.environ.get("MAILWARDEN_WORKER") == "1":
-        # The other workers reload when the supervisor passes SIGHUP on to them.
-        os.kill(os.getppid(), signal.SIGHUP)
+    # Under a supervisor, the other workers reload too.
+    request_reload()
     state.refresh()
     return changed
 

@@ -4,8 +4,8 @@
 arj, CHM, BinHex, SZDD, TNEF, SIS, OneNote, xar, ar, packed PE, installers, uuencode, yEnc,
 mbox); :data:`READERS` maps a kind to the reader that opens it. A reader is a generator of
 ``(name, bytes)`` members that accounts every member and byte through the :class:`Budget` (the
-unpacker's limits) and raises the unpacker's ``_Corrupt``/``_Encrypted``/``_Unsupported``/
-``_LimitHit`` with a message that starts with the format's name (``pe: packed with UPX, not
+unpacker's limits) and raises the unpacker's ``Corrupt``/``Encrypted``/``Unsupported``/
+``LimitHit`` with a message that starts with the format's name (``pe: packed with UPX, not
 unpacked``), so nothing recognised and unread is ever called clean.
 
 Each family lives in its own module and imports its library when first used: a missing library
@@ -105,9 +105,9 @@ def _lazy(module: str, function: str) -> Reader:
 
 def _unsupported(reason: str) -> Reader:
     def read(budget: Budget, data: bytes, kind: str) -> Members:
-        from ..archives import _Unsupported
+        from ..errors import Unsupported
 
-        raise _Unsupported(reason)
+        raise Unsupported(reason)
 
     return read
 

@@ -15,7 +15,7 @@ import struct
 import urllib.parse
 from collections.abc import Callable
 
-from ..archives import _Corrupt
+from ..errors import Corrupt
 from . import Budget, Members
 
 # -- BinHex 4.0 ----------------------------------------------------------------------------------
@@ -30,13 +30,13 @@ def _binhex(budget: Budget, data: bytes) -> Members:
     start = data.find(b"(This file must be converted")
     colon = data.find(b":", data.find(b"\n", start) if start >= 0 else 0)
     if colon < 0:
-        raise _Corrupt("binhex: no ':' starts the encoded data")
+        raise Corrupt("binhex: no ':' starts the encoded data")
     end = data.find(b":", colon + 1)
     text = data[colon + 1 : end if end >= 0 else len(data)]
     text = text.translate(None, b"\r\n\t ")
     bad = text.translate(None, _HQX)
     if bad:
-        raise _Corrupt(f"binhex: byte {bad[0]:#04x} is not in the BinHex alphabet")
+        raise Corrupt(f"binhex: byte {bad[0]:#04x} is not in the BinHex alphabet")
     # 4 characters carry 3 bytes: map to base64's alphabet and let binascii do the work
     mapped = text.translate(_HQX_TO_B64)
     # a last group of 2 or 3 characters carries 1 or 2 bytes; 1 character carries none
@@ -45,7 +45,7 @@ def _binhex(budget: Budget, data: bytes) -> Members:
     try:
         packed = bytearray(binascii.a2b_base64(mapped))
     except binascii.Error as exc:
-        raise _Corrupt(f"binhex: {exc}") from None
+        raise Corrupt(f"binhex: {exc}") from None
     out = bytearray()
     i = 0
     room = budget._room()
@@ -69,7 +69,7 @@ def _binhex(budget: Budget, data: bytes) -> Members:
     name_len = out[0] if out else 0
     head = 1 + name_len + 1 + 4 + 4 + 2
     if len(out) < head + 10:
-        raise _Corrupt("binhex: the header is cut off")
+        raise Corrupt("binhex: the header is cut off")
     name = out[1 : 1 + name_len].decode("latin-1")
     data_len, rsrc_len = struct.unpack_from(">II", out, head)
     fork = head + 8 + 2
@@ -86,7 +86,7 @@ def _binhex(budget: Budget, data: bytes) -> Members:
 
 def _szdd(budget: Budget, data: bytes) -> Members:
     if len(data) < 14:
-        raise _Corrupt("szdd: the header is cut off")
+        raise Corrupt("szdd: the header is cut off")
     (expected,) = struct.unpack_from("<I", data, 10)
     budget._member()
     # The 4 KiB window starts as spaces and slot (i - 16) mod 4096 holds output byte i: with
@@ -106,7 +106,7 @@ def _szdd(budget: Budget, data: bytes) -> Members:
                 i += 1
                 continue
             if i + 1 >= n:
-                raise _Corrupt("szdd: a match is cut off")
+                raise Corrupt("szdd: a match is cut off")
             at = data[i] | ((data[i + 1] & 0xF0) << 4)
             length = (data[i + 1] & 0x0F) + 3
             i += 2
@@ -127,7 +127,7 @@ def _szdd(budget: Budget, data: bytes) -> Members:
     del out[:4096]
     budget._grow(len(out))
     if len(out) != expected:
-        raise _Corrupt(f"szdd: {len(out)} bytes decompressed, the header says {expected}")
+        raise Corrupt(f"szdd: {len(out)} bytes decompressed, the header says {expected}")
     yield "(expanded)", bytes(out)
 
 

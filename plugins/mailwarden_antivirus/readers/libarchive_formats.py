@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from ..archives import _Corrupt, _Encrypted, _Unsupported
+from ..errors import Corrupt, Encrypted, Unsupported
 from . import Budget, Members
 
 #: programs that read these formats too, tried in turn where libarchive gives up (an LHA method
@@ -33,7 +33,7 @@ def _library() -> Any:
         import libarchive.exception
     except (ImportError, OSError) as exc:
         # libarchive-c raises OSError (ctypes) when libarchive.so.13 is not installed
-        raise _Unsupported(f"libarchive: not available ({exc}); install libarchive13") from None
+        raise Unsupported(f"libarchive: not available ({exc}); install libarchive13") from None
     return libarchive
 
 
@@ -84,7 +84,7 @@ def _entries(
                 budget._member()
                 name = entry.pathname or "member"
                 if getattr(entry, "is_encrypted", False):
-                    raise _Encrypted(f"{fmt}: {name} is encrypted")
+                    raise Encrypted(f"{fmt}: {name} is encrypted")
                 chunks: list[bytes] = []
                 out = 0
                 for block in entry.get_blocks():
@@ -104,10 +104,10 @@ def _entries(
     except error as exc:
         message = str(exc.msg if getattr(exc, "msg", None) else exc)
         if "passphrase" in message.lower() or "encrypt" in message.lower():
-            raise _Encrypted(f"{fmt}: {message}") from None
+            raise Encrypted(f"{fmt}: {message}") from None
         if "not supported" in message.lower() or "unsupported" in message.lower():
-            raise _Unsupported(f"{fmt}: {message}") from None
-        raise _Corrupt(f"{fmt}: {message}") from None
+            raise Unsupported(f"{fmt}: {message}") from None
+        raise Corrupt(f"{fmt}: {message}") from None
 
 
 def read_libarchive(budget: Budget, data: bytes, fmt: str = "archive") -> Members:
@@ -115,7 +115,7 @@ def read_libarchive(budget: Budget, data: bytes, fmt: str = "archive") -> Member
     stops early, or reads no file, the programs of :data:`_FALLBACK` read the members it did
     not read whole (the first one that reads any file without an error ends the search)."""
     seen: dict[str, int] = {}
-    failure: _Corrupt | _Unsupported | None = None
+    failure: Corrupt | Unsupported | None = None
     try:
         # ClamAV reads an ISO image's primary directory tree, libarchive the Joliet one when
         # there is one: a file listed only in the primary tree must not go unread
@@ -124,7 +124,7 @@ def read_libarchive(budget: Budget, data: bytes, fmt: str = "archive") -> Member
         if digests is not None:
             options = "iso9660:!joliet"
             yield from _entries(budget, data, fmt, seen, options, digests, format_name="iso9660")
-    except (_Corrupt, _Unsupported) as exc:
+    except (Corrupt, Unsupported) as exc:
         failure = exc
     if failure is not None or (not seen and len(data) > _EMPTY_ARCHIVE):
         from .sevenzip_tool import read_with_7z
@@ -138,7 +138,7 @@ def read_libarchive(budget: Budget, data: bytes, fmt: str = "archive") -> Member
                         budget._member()
                         seen[name] = len(member)
                         yield name, member
-            except (_Corrupt, _Unsupported):
+            except (Corrupt, Unsupported):
                 continue
             if read:
                 failure = None
@@ -146,7 +146,7 @@ def read_libarchive(budget: Budget, data: bytes, fmt: str = "archive") -> Member
     if failure is not None:
         raise failure
     if not seen and len(data) > _EMPTY_ARCHIVE:
-        raise _Unsupported(f"{fmt}: no file in it could be read ({len(data)} bytes)")
+        raise Unsupported(f"{fmt}: no file in it could be read ({len(data)} bytes)")
 
 
 def read_zip_local_headers(budget: Budget, data: bytes, kind: str = "zip") -> Members:
@@ -167,4 +167,4 @@ def read_compressed(budget: Budget, data: bytes, kind: str = "zstd") -> Members:
     seen: dict[str, int] = {}
     yield from _entries(budget, data[at:], "zstd", seen, format_name="raw", filter_name="all")
     if not seen:
-        raise _Corrupt("zstd: no frame could be decompressed")
+        raise Corrupt("zstd: no frame could be decompressed")

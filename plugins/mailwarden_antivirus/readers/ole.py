@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 from typing import Any
 
-from ..archives import _Corrupt, _Encrypted, _Unsupported
+from ..errors import Corrupt, Encrypted, Unsupported
 from . import Budget, Members
 
 
@@ -19,7 +19,7 @@ def _import() -> tuple[Any, Any]:
         import olefile
         from oletools import oleobj, olevba
     except ImportError as exc:
-        raise _Unsupported(f"ole2: {exc.name} is not installed") from None
+        raise Unsupported(f"ole2: {exc.name} is not installed") from None
     return olefile, (oleobj, olevba)
 
 
@@ -29,18 +29,18 @@ def read_ole(budget: Budget, data: bytes, kind: str) -> Members:
     try:
         ole = olefile.OleFileIO(io.BytesIO(data))
     except Exception as exc:  # olefile raises OSError or its own parsing errors
-        raise _Corrupt(f"{kind}: {exc}") from None
+        raise Corrupt(f"{kind}: {exc}") from None
     with ole:
         streams = ole.listdir(streams=True, storages=False)
         if not streams:
-            raise _Corrupt(f"{kind}: no stream in the directory could be read")
+            raise Corrupt(f"{kind}: no stream in the directory could be read")
         names = {"/".join(path) for path in streams}
         if "EncryptedPackage" in names or "EncryptionInfo" in names or kind == "ole2-encrypted":
-            raise _Encrypted(f"{kind}: password-protected document")
+            raise Encrypted(f"{kind}: password-protected document")
         if _word_encrypted(ole):
-            raise _Encrypted(f"{kind}: password-protected Word document")
+            raise Encrypted(f"{kind}: password-protected Word document")
         if _excel_encrypted(ole):
-            raise _Encrypted(f"{kind}: password-protected Excel workbook (FILEPASS)")
+            raise Encrypted(f"{kind}: password-protected Excel workbook (FILEPASS)")
         for path in streams:
             budget._member()
             name = "/".join(path)
@@ -49,13 +49,13 @@ def read_ole(budget: Budget, data: bytes, kind: str) -> Members:
                 budget._grow(size)
                 stream = ole.openstream(path).read()
             except (OSError, ValueError) as exc:
-                raise _Corrupt(f"{kind}: stream {name}: {exc}") from None
+                raise Corrupt(f"{kind}: stream {name}: {exc}") from None
             yield name, stream
             if path[-1] == "\x01Ole10Native":
                 try:
                     native = oleobj.OleNativeStream(stream)
                 except Exception as exc:
-                    raise _Corrupt(f"{kind}: Ole10Native {name}: {exc}") from None
+                    raise Corrupt(f"{kind}: Ole10Native {name}: {exc}") from None
                 if native.data:
                     budget._member()
                     budget._grow(len(native.data))
@@ -67,7 +67,7 @@ def _macros(budget: Budget, data: bytes, kind: str, olevba: Any) -> Members:
     try:
         parser = olevba.VBA_Parser("document", data=data)
     except Exception as exc:
-        raise _Corrupt(f"{kind}: VBA project: {exc}") from None
+        raise Corrupt(f"{kind}: VBA project: {exc}") from None
     try:
         if not parser.detect_vba_macros():
             return
@@ -77,7 +77,7 @@ def _macros(budget: Budget, data: bytes, kind: str, olevba: Any) -> Members:
             budget._grow(len(text))
             yield f"{stream}/{name} (VBA source)", text
     except Exception as exc:
-        raise _Corrupt(f"{kind}: VBA macros: {exc}") from None
+        raise Corrupt(f"{kind}: VBA macros: {exc}") from None
     finally:
         parser.close()
 

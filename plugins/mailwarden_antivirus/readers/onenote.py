@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import struct
 
-from ..archives import _Corrupt
+from ..errors import Corrupt
 from . import Budget, Members
 
 # {BDE316E7-2665-4511-A4C4-8D4D0B7A9EAC}: the FileDataStoreObject header
@@ -20,11 +20,11 @@ def read_onenote(budget: Budget, data: bytes, kind: str) -> Members:
     while at >= 0:
         budget._member()
         if at + _HEADER > len(data):
-            raise _Corrupt("onenote: a FileDataStoreObject header is cut off")
+            raise Corrupt("onenote: a FileDataStoreObject header is cut off")
         (length,) = struct.unpack_from("<Q", data, at + len(_GUID))
         start = at + _HEADER
         if start + length > len(data):
-            raise _Corrupt(f"onenote: embedded file {index} runs past the end")
+            raise Corrupt(f"onenote: embedded file {index} runs past the end")
         budget._grow(length)
         yield f"embedded {index}", data[start : start + length]
         index += 1

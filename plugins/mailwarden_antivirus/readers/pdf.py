@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 from typing import Any
 
-from ..archives import _Corrupt, _Encrypted, _Unsupported
+from ..errors import Corrupt, Encrypted, Unsupported
 from . import Budget, Members
 
 
@@ -18,17 +18,17 @@ def read_pdf(budget: Budget, data: bytes, kind: str) -> Members:
     if b"obj" not in data:
         # no indirect object at all: qpdf would scan the whole file to rebuild a cross
         # reference table and fail the same way
-        raise _Corrupt("pdf: no object in the file")
+        raise Corrupt("pdf: no object in the file")
     try:
         import pikepdf
     except ImportError:
-        raise _Unsupported("pdf: pikepdf is not installed") from None
+        raise Unsupported("pdf: pikepdf is not installed") from None
     try:
         pdf = pikepdf.open(io.BytesIO(data))
     except pikepdf.PasswordError:
-        raise _Encrypted("pdf: password-protected") from None
+        raise Encrypted("pdf: password-protected") from None
     except pikepdf.PdfError as exc:
-        raise _Corrupt(f"pdf: {exc}") from None
+        raise Corrupt(f"pdf: {exc}") from None
     with pdf:
         try:
             for index, obj in enumerate(pdf.objects):
@@ -47,7 +47,7 @@ def read_pdf(budget: Budget, data: bytes, kind: str) -> Members:
                 budget._grow(len(content))
                 yield name, content
         except pikepdf.PdfError as exc:
-            raise _Corrupt(f"pdf: {exc}") from None
+            raise Corrupt(f"pdf: {exc}") from None
 
 
 def _stream(budget: Budget, stream: Any, pikepdf: Any) -> bytes:

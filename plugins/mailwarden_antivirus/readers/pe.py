@@ -14,7 +14,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from ..archives import _Corrupt, _LimitHit, _Unsupported
+from ..errors import Corrupt, LimitHit, Unsupported
 from . import Budget, Members
 
 #: section name prefix -> packer
@@ -90,9 +90,9 @@ def read_packed(budget: Budget, data: bytes, kind: str) -> Members:
     name = packer(data) or "unknown packer"
     program = shutil.which("upx") or shutil.which("upx-ucl")
     if kind != "pe-upx":
-        raise _Unsupported(f"pe: packed with {name}, not unpacked")
+        raise Unsupported(f"pe: packed with {name}, not unpacked")
     if program is None:
-        raise _Unsupported("pe: packed with UPX, not unpacked (the upx program is not installed)")
+        raise Unsupported("pe: packed with UPX, not unpacked (the upx program is not installed)")
     with tempfile.TemporaryDirectory(prefix="mw-upx-") as tmp:
         packed = Path(tmp) / "packed.exe"
         packed.write_bytes(data)
@@ -107,10 +107,10 @@ def read_packed(budget: Budget, data: bytes, kind: str) -> Members:
                 stdin=subprocess.DEVNULL,
             )
         except subprocess.TimeoutExpired:
-            raise _LimitHit("max_seconds", "pe: upx -d ran out of the unpacking time") from None
+            raise LimitHit("max_seconds", "pe: upx -d ran out of the unpacking time") from None
         if proc.returncode != 0 or not out.is_file():
             detail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["failed"]
-            raise _Corrupt(f"pe: UPX-packed, upx -d: {detail[0][:200]}")
+            raise Corrupt(f"pe: UPX-packed, upx -d: {detail[0][:200]}")
         budget._member()
         size = out.stat().st_size
         budget._grow(size)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import binascii
 import re
 
-from ..archives import _Corrupt
+from ..errors import Corrupt
 from . import Budget, Members
 
 _OBJDATA = re.compile(rb"\\objdata\b")
@@ -38,7 +38,7 @@ def read_rtf(budget: Budget, data: bytes, kind: str) -> Members:
         try:
             obj = _hex_group(data, match.end())
         except binascii.Error as exc:
-            raise _Corrupt(f"rtf: objdata {index}: {exc}") from None
+            raise Corrupt(f"rtf: objdata {index}: {exc}") from None
         budget._grow(len(obj))
         yield f"objdata {index}", obj
         native = _ole1_native(obj)

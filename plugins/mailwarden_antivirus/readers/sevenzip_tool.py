@@ -18,7 +18,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from ..archives import _Corrupt, _Encrypted, _LimitHit, _Unsupported
+from ..errors import Corrupt, Encrypted, LimitHit, Unsupported
 from . import Budget, Members
 
 #: the Debian package that installs each program
@@ -40,7 +40,7 @@ def read_with_7z(
     a member (unless ``count`` is false: the caller counts the ones it keeps)."""
     program = _program() if tool == "7z" else shutil.which(tool)
     if program is None:
-        raise _Unsupported(
+        raise Unsupported(
             f"{fmt}: the {tool} program is not installed (apt-get install {PACKAGES[tool]})"
         )
     room = max(budget._room(), 1)
@@ -74,19 +74,19 @@ def read_with_7z(
                 stdin=subprocess.DEVNULL,
             )
         except subprocess.TimeoutExpired:
-            raise _LimitHit("max_seconds", f"{fmt}: {tool} ran out of the unpacking time") from None
+            raise LimitHit("max_seconds", f"{fmt}: {tool} ran out of the unpacking time") from None
         text = proc.stdout + proc.stderr
         if "wrong password" in text.lower() or "encrypted" in text.lower():
-            raise _Encrypted(f"{fmt}: password-protected")
+            raise Encrypted(f"{fmt}: password-protected")
         if proc.returncode != 0 and "Unsupported" in text:
-            raise _Unsupported(f"{fmt}: 7z: unsupported method")
+            raise Unsupported(f"{fmt}: 7z: unsupported method")
         # a symlink an archive made (unar and 7z restore them) may point anywhere on this host
         files = sorted(p for p in out.rglob("*") if p.is_file() and not p.is_symlink())
         if proc.returncode != 0 and not files:
             # GNUstep (under unar) logs date warnings on stderr: not the reason
             said = [line for line in text.splitlines() if line.strip() and "NSCalendar" not in line]
             last = said[-1:] or ["failed"]
-            raise _Corrupt(f"{fmt}: {tool}: {last[0][:200]}")
+            raise Corrupt(f"{fmt}: {tool}: {last[0][:200]}")
         for path in files:
             if count:
                 budget._member()
@@ -96,7 +96,7 @@ def read_with_7z(
             name = os.fsencode(os.path.relpath(path, out)).decode("utf-8", "replace")
             yield name, path.read_bytes()
         if proc.returncode != 0:
-            raise _Corrupt(f"{fmt}: {tool} stopped with status {proc.returncode}")
+            raise Corrupt(f"{fmt}: {tool} stopped with status {proc.returncode}")
 
 
 def read_with_unar(budget: Budget, data: bytes, fmt: str) -> Members:

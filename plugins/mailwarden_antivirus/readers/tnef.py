@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..archives import _Corrupt, _Unsupported
+from ..errors import Corrupt, Unsupported
 from . import Budget, Members
 
 
@@ -11,11 +11,11 @@ def read_tnef(budget: Budget, data: bytes, kind: str) -> Members:
     try:
         import tnefparse
     except ImportError:
-        raise _Unsupported("tnef: tnefparse is not installed") from None
+        raise Unsupported("tnef: tnefparse is not installed") from None
     try:
         tnef = tnefparse.TNEF(data)
     except Exception as exc:  # tnefparse raises ValueError, struct.error, its own errors
-        raise _Corrupt(f"tnef: {exc}") from None
+        raise Corrupt(f"tnef: {exc}") from None
     for index, attachment in enumerate(tnef.attachments):
         budget._member()
         content = bytes(attachment.data or b"")
@@ -32,4 +32,4 @@ def read_tnef(budget: Budget, data: bytes, kind: str) -> Members:
     if bad:
         # tnefparse reads on past a damaged attribute: what it found was scanned above, but
         # the rest of the stream was not
-        raise _Corrupt(f"tnef: {len(bad)} attribute(s) with a wrong checksum")
+        raise Corrupt(f"tnef: {len(bad)} attribute(s) with a wrong checksum")

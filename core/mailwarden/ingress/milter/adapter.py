@@ -84,7 +84,7 @@ class GatewayMilter:
             return refused
         groups = gateway.split_recipients(envelope)
         parsed = await run_cpu_bound(len(raw), parse, raw)
-        decisions = [await gateway.scan(raw, env, message=parsed) for _, env in groups]
+        decisions = [await gateway.scan(raw, env, message=parsed, rule=r) for r, env in groups]
         try:
             await gateway.outbox.keep_backups(decisions)
         except Exception as exc:

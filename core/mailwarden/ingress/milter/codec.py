@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import TypeAlias
 
 __all__ = [
     "ABORT",
@@ -87,12 +88,18 @@ __all__ = [
     "Command",
     "MilterProtocolError",
     "check_length",
+    "decode_args",
     "decode_command",
+    "decode_connect",
+    "decode_header",
+    "decode_macros",
+    "decode_optneg",
     "encode_cstrings",
     "encode_optneg",
     "encode_packet",
     "encode_replycode",
     "next_packet",
+    "packet_end",
     "split_packets",
 ]
 
@@ -228,15 +235,27 @@ def next_packet(
     """The packet starting at ``offset`` (command, data, offset after it), or ``None`` while
     it is incomplete. Raises :class:`MilterProtocolError` for a length of zero or above
     ``limit`` as soon as the length is known."""
+    end = packet_end(buffer, offset, limit)
+    if end < 0:
+        return None
+    return chr(buffer[offset + 4]), bytes(buffer[offset + 5 : end]), end
+
+
+def packet_end(buffer: bytes | bytearray, offset: int, limit: int = MAX_PACKET) -> int:
+    """Where the packet starting at ``offset`` ends, or -1 while it is incomplete; its
+    command byte is at ``offset + 4``, its data from ``offset + 5``. Raises
+    :class:`MilterProtocolError` for a length of zero or above ``limit`` as soon as the
+    length is known. Allocates nothing, for a reader that slices the data itself."""
     if len(buffer) - offset < 4:
-        return None
-    (length,) = struct.unpack_from("!I", buffer, offset)
-    check_length(length, limit)
-    start = offset + 4
-    end = start + length
-    if len(buffer) < end:
-        return None
-    return chr(buffer[start]), bytes(buffer[start + 1 : end]), end
+        return -1
+    length = _LENGTH(buffer, offset)[0]
+    if not 0 < length <= limit:
+        check_length(length, limit)
+    end = offset + 4 + length
+    return end if end <= len(buffer) else -1
+
+
+_LENGTH = struct.Struct("!I").unpack_from
 
 
 def check_length(length: int, limit: int = MAX_PACKET) -> None:
@@ -247,17 +266,75 @@ def check_length(length: int, limit: int = MAX_PACKET) -> None:
         raise MilterProtocolError(f"packet of {length} bytes exceeds the limit of {limit}")
 
 
-def _text(raw: bytes) -> str:
-    # Addresses and header values may carry 8-bit bytes; surrogateescape keeps them exact.
-    return raw.decode("utf-8", "surrogateescape")
+# Addresses and header values may carry 8-bit bytes; surrogateescape keeps them exact.
+_ESCAPE = "surrogateescape"
+
+# The data of a packet is bytes, or a bytearray slice when a reader cut it from its buffer:
+# both have the methods used here.
+Data: TypeAlias = bytes | bytearray
 
 
-def _cstrings(data: bytes, what: str) -> list[str]:
+def _cstrings(data: Data, what: str) -> list[str]:
     if not data:
         return []
-    if not data.endswith(b"\0"):
+    if data[-1]:
         raise MilterProtocolError(f"{what}: string not NUL-terminated")
-    return [_text(part) for part in data[:-1].split(b"\0")]
+    return [str(part, "utf-8", _ESCAPE) for part in data[:-1].split(b"\0")]
+
+
+def decode_optneg(data: Data) -> tuple[int, int, int]:
+    """OPTNEG: the MTA's version, actions and protocol steps."""
+    if len(data) < 12:
+        raise MilterProtocolError(f"OPTNEG: {len(data)} bytes, need 12")
+    version, actions, protocol = _OPTNEG(data)
+    return version, actions, protocol
+
+
+_OPTNEG = struct.Struct("!III").unpack_from
+
+
+def decode_macros(data: Data) -> tuple[str, list[str]]:
+    """MACRO: the stage and the names and values, alternating."""
+    if not data:
+        raise MilterProtocolError("MACRO without a stage")
+    pairs = _cstrings(data[1:], "MACRO")
+    if len(pairs) % 2:
+        raise MilterProtocolError("MACRO: a name without a value")
+    return chr(data[0]), pairs
+
+
+def decode_connect(data: Data) -> tuple[str, str, str, int]:
+    """CONNECT: host name, address, family (``4``, ``6``, ``L``, ``U``) and port."""
+    end = data.find(b"\0")
+    if end < 0 or len(data) < end + 2:
+        raise MilterProtocolError("CONNECT: no host name or family")
+    host, family = str(data[:end], "utf-8", _ESCAPE), chr(data[end + 1])
+    if family == "U":
+        return host, "", family, 0
+    rest = data[end + 2 :]
+    if len(rest) < 3 or family not in "L46":
+        raise MilterProtocolError(f"CONNECT: bad family {family!r} or address")
+    (port,) = struct.unpack_from("!H", rest)
+    address = _cstrings(rest[2:], "CONNECT")
+    if len(address) != 1:
+        raise MilterProtocolError("CONNECT: address is not one string")
+    return host, address[0], family, port
+
+
+def decode_args(code: str, data: Data) -> list[str]:
+    """HELO, MAIL, RCPT, UNKNOWN: the argument strings (the first is the command's)."""
+    args = _cstrings(data, code)
+    if not args:
+        raise MilterProtocolError(f"command {code!r} without an argument")
+    return args
+
+
+def decode_header(data: Data) -> tuple[str, str]:
+    """HEADER: name and value."""
+    parts = _cstrings(data, "HEADER")
+    if len(parts) != 2:
+        raise MilterProtocolError("HEADER: need a name and a value")
+    return parts[0], parts[1]
 
 
 def decode_command(code: str, data: bytes) -> Command:
@@ -265,43 +342,19 @@ def decode_command(code: str, data: bytes) -> Command:
     if code not in _COMMANDS:
         raise MilterProtocolError(f"unknown command {code!r}")
     if code == OPTNEG:
-        if len(data) < 12:
-            raise MilterProtocolError(f"OPTNEG: {len(data)} bytes, need 12")
-        version, actions, protocol = struct.unpack_from("!III", data)
+        version, actions, protocol = decode_optneg(data)
         return Command(code, version=version, actions=actions, protocol=protocol)
     if code == MACRO:
-        if not data:
-            raise MilterProtocolError("MACRO without a stage")
-        pairs = _cstrings(data[1:], "MACRO")
-        if len(pairs) % 2:
-            raise MilterProtocolError("MACRO: a name without a value")
+        stage, pairs = decode_macros(data)
         macros = tuple(zip(pairs[::2], pairs[1::2], strict=True))
-        return Command(code, stage=chr(data[0]), macros=macros)
+        return Command(code, stage=stage, macros=macros)
     if code == CONNECT:
-        end = data.find(b"\0")
-        if end < 0 or len(data) < end + 2:
-            raise MilterProtocolError("CONNECT: no host name or family")
-        host, family = _text(data[:end]), chr(data[end + 1])
-        if family == "U":
-            return Command(code, args=(host, ""), family=family)
-        rest = data[end + 2 :]
-        if len(rest) < 3 or family not in "L46":
-            raise MilterProtocolError(f"CONNECT: bad family {family!r} or address")
-        (port,) = struct.unpack_from("!H", rest)
-        address = _cstrings(rest[2:], "CONNECT")
-        if len(address) != 1:
-            raise MilterProtocolError("CONNECT: address is not one string")
-        return Command(code, args=(host, address[0]), family=family, port=port)
+        host, address, family, port = decode_connect(data)
+        return Command(code, args=(host, address), family=family, port=port)
     if code in (HELO, MAIL, RCPT, UNKNOWN):
-        args = _cstrings(data, code)
-        if not args:
-            raise MilterProtocolError(f"command {code!r} without an argument")
-        return Command(code, args=tuple(args))
+        return Command(code, args=tuple(decode_args(code, data)))
     if code == HEADER:
-        parts = _cstrings(data, "HEADER")
-        if len(parts) != 2:
-            raise MilterProtocolError("HEADER: need a name and a value")
-        return Command(code, args=(parts[0], parts[1]))
+        return Command(code, args=decode_header(data))
     # BODY, and EOB which may carry a last chunk (Sendmail); the rest carry nothing.
     return Command(code, data=data if code in (BODY, BODYEOB) else b"")
 
@@ -316,7 +369,7 @@ def encode_optneg(version: int, actions: int, protocol: int, macros: dict[int, s
 
 
 def encode_cstrings(*values: str) -> bytes:
-    return b"".join(v.encode("utf-8", "surrogateescape") + b"\0" for v in values)
+    return b"".join([v.encode("utf-8", _ESCAPE) + b"\0" for v in values])
 
 
 def encode_replycode(code: int, text: str) -> bytes:

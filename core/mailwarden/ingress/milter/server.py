@@ -9,6 +9,7 @@ import logging
 import os
 import socket
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
@@ -20,6 +21,8 @@ from .codec import (
     BODYEOB,
     CHUNK,
     CONNECT,
+    DATA,
+    EOH,
     F_ADDHDRS,
     F_ADDRCPT,
     F_CHGBODY,
@@ -54,17 +57,21 @@ from .codec import (
     R_REPLBODY,
     R_TEMPFAIL,
     RCPT,
+    UNKNOWN,
     VERSION,
     WANTED_ACTIONS,
     WANTED_PROTOCOL,
-    Command,
     MilterProtocolError,
-    decode_command,
+    decode_args,
+    decode_connect,
+    decode_header,
+    decode_macros,
+    decode_optneg,
     encode_cstrings,
     encode_optneg,
     encode_packet,
     encode_replycode,
-    next_packet,
+    packet_end,
 )
 
 __all__ = [
@@ -263,16 +270,19 @@ class MilterConnection(asyncio.Protocol):
         if session is None or transport is None or transport.is_closing():
             return
         offset = 0
+        done = False
         try:
-            while (packet := next_packet(buffer, offset)) is not None:
-                code, data, offset = packet
-                if session.handle(decode_command(code, data)):
-                    # End of body: decide, then go on with what the MTA sent after it.
-                    del buffer[:offset]
-                    offset = 0
-                    transport.pause_reading()
-                    self.deciding = self.loop.create_task(self._decide())
-                    return
+            # Packets are decoded where they lie: a body chunk goes from the read buffer into
+            # the message through a view, the other packets' data is one slice each.
+            with memoryview(buffer) as view:
+                while (end := packet_end(buffer, offset)) >= 0:
+                    code, start, offset = buffer[offset + 4], offset + 5, end
+                    if code == _BODY or code == _BODYEOB:
+                        done = session.body(view, start, end, end_of_body=code == _BODYEOB)
+                    else:
+                        done = session.packet(code, buffer[start:end])
+                    if done:
+                        break
         except _Closed:
             transport.close()
         except MilterProtocolError as exc:
@@ -281,6 +291,10 @@ class MilterConnection(asyncio.Protocol):
             transport.close()
         finally:
             del buffer[:offset]
+        if done:
+            # End of body: decide, then go on with what the MTA sent after it.
+            transport.pause_reading()
+            self.deciding = self.loop.create_task(self._decide())
 
     async def _decide(self) -> None:
         assert self.session is not None and self.transport is not None
@@ -304,6 +318,10 @@ class MilterConnection(asyncio.Protocol):
         self.idle_timer = self.loop.call_at(base + timeout, self._check_idle)
 
 
+_BODY, _BODYEOB, _OPTNEG = ord(BODY), ord(BODYEOB), ord(OPTNEG)
+_CONTINUE = encode_packet(R_CONTINUE)
+
+
 class _Closed(Exception):
     """The session ends (QUIT)."""
 
@@ -322,9 +340,11 @@ class _Session:
         self.in_message = False
         self.pending: MilterMessage | None = None
 
-    def reply(self, code: str, stage: str) -> None:
-        if not self.protocol & NO_REPLY.get(stage, 0):
-            self.transport.write(encode_packet(code))
+    def reply(self, stage: str) -> bool:
+        """Continue, unless the MTA agreed that ``stage`` gets no reply; False (not EOB)."""
+        if not self.protocol & NO_REPLY[stage]:
+            self.transport.write(_CONTINUE)
+        return False
 
     def _new_message(self) -> MilterMessage:
         c = self.connection
@@ -338,76 +358,115 @@ class _Session:
             leading_space=bool(self.protocol & P_HDR_LEADSPC),
         )
 
-    def handle(self, cmd: Command) -> bool:
-        """Handle one command; ``True`` at end of body, when :meth:`end_of_message` is due."""
-        code = cmd.code
-        if code == OPTNEG:
-            self._optneg(cmd)
+    def packet(self, code: int, data: bytearray) -> bool:
+        """Handle one command but a body chunk (:meth:`body`); ``True`` at end of body."""
+        if code == _OPTNEG:
+            self._optneg(data)
             return False
+        handler = _HANDLERS.get(code)
+        if handler is None:
+            raise MilterProtocolError(f"unknown command {chr(code)!r}")
         if not self.negotiated:
-            raise MilterProtocolError(f"command {code!r} before option negotiation")
-        if code == MACRO:
-            self._check_macros(cmd.macros)
-            target = self.message if self.in_message or cmd.stage in "MRTLNEB" else None
-            for name, value in cmd.macros:
-                # Postfix sends "{name}" and Sendmail sometimes "name": store one form.
-                key = name[1:-1] if name.startswith("{") and name.endswith("}") else name
-                (target or self.connection).macros[key] = value
-                if target is None:
-                    self.message.macros[key] = value
-            return False
-        if code == CONNECT:
-            c = self.connection
-            c.hostname, c.address, c.family, c.port = cmd.args[0], cmd.args[1], cmd.family, cmd.port
-            self.message = self._new_message()
-        elif code == HELO:
-            self.connection.helo = self.message.helo = cmd.args[0]
-        elif code == MAIL:
-            macros = self.message.macros
-            self.message = self._new_message()
-            self.message.macros.update(macros)
-            self.in_message = True
-            self.message.sender, self.message.sender_args = cmd.args[0], list(cmd.args[1:])
-        elif code == RCPT:
-            self.message.recipients.append((cmd.args[0], list(cmd.args[1:])))
-        elif code == HEADER:
-            self._count(len(cmd.args[0]) + len(cmd.args[1]) + 4)
+            raise MilterProtocolError(f"command {chr(code)!r} before option negotiation")
+        return handler(self, data)
+
+    def body(self, view: memoryview, start: int, end: int, *, end_of_body: bool) -> bool:
+        """The body chunk at ``view[start:end]`` (BODY, or EOB with the last one): ``True``
+        at end of body, when :meth:`end_of_message` is due."""
+        if not self.negotiated:
+            raise MilterProtocolError(
+                f"command {BODYEOB if end_of_body else BODY!r} before option negotiation"
+            )
+        if end > start:
+            self._count(end - start)
             if not self.message.oversized:
-                self.message.headers.append((cmd.args[0], cmd.args[1]))
-        elif code == BODY:
-            self._body(cmd.data)
-        elif code == BODYEOB:
-            self._body(cmd.data)
-            self.pending, self.message = self.message, self._new_message()
-            self.in_message = False
-            return True
-        elif code == ABORT:
-            self.message = self._new_message()
-            self.in_message = False
-            return False
-        elif code == QUIT:
-            raise _Closed
-        elif code == QUIT_NC:
-            # The MTA keeps the connection for a new SMTP session: forget this one's state.
-            self.connection = MilterMessage()
-            self.message = self._new_message()
-            self.in_message = False
-            return False
-        self.reply(R_CONTINUE, code)
+                # Copied straight from the read buffer; the slice is gone when this returns,
+                # so no view holds the buffer when the reader trims it (or an error clears it).
+                self.message.body += view[start:end]
+        if not end_of_body:
+            return self.reply(BODY)
+        self.pending, self.message = self.message, self._new_message()
+        self.in_message = False
+        return True
+
+    def _macro(self, data: bytearray) -> bool:
+        stage, pairs = decode_macros(data)
+        self._check_macros(pairs)
+        target = self.message if self.in_message or stage in "MRTLNEB" else None
+        for name, value in zip(pairs[::2], pairs[1::2], strict=True):
+            # Postfix sends "{name}" and Sendmail sometimes "name": store one form.
+            key = name[1:-1] if name.startswith("{") and name.endswith("}") else name
+            (target or self.connection).macros[key] = value
+            if target is None:
+                self.message.macros[key] = value
         return False
 
-    def _check_macros(self, pairs: tuple[tuple[str, str], ...]) -> None:
-        size = sum(len(name) + len(value) for name, value in pairs)
+    def _connect(self, data: bytearray) -> bool:
+        c = self.connection
+        c.hostname, c.address, c.family, c.port = decode_connect(data)
+        self.message = self._new_message()
+        return self.reply(CONNECT)
+
+    def _helo(self, data: bytearray) -> bool:
+        self.connection.helo = self.message.helo = decode_args(HELO, data)[0]
+        return self.reply(HELO)
+
+    def _mail(self, data: bytearray) -> bool:
+        args = decode_args(MAIL, data)
+        macros = self.message.macros
+        self.message = self._new_message()
+        self.message.macros.update(macros)
+        self.in_message = True
+        self.message.sender, self.message.sender_args = args[0], args[1:]
+        return self.reply(MAIL)
+
+    def _rcpt(self, data: bytearray) -> bool:
+        args = decode_args(RCPT, data)
+        self.message.recipients.append((args[0], args[1:]))
+        return self.reply(RCPT)
+
+    def _header(self, data: bytearray) -> bool:
+        name, value = decode_header(data)
+        self._count(len(name) + len(value) + 4)
+        if not self.message.oversized:
+            self.message.headers.append((name, value))
+        return self.reply(HEADER)
+
+    def _unknown(self, data: bytearray) -> bool:
+        decode_args(UNKNOWN, data)
+        return self.reply(UNKNOWN)
+
+    def _data(self, _data: bytearray) -> bool:
+        return self.reply(DATA)
+
+    def _end_of_headers(self, _data: bytearray) -> bool:
+        return self.reply(EOH)
+
+    def _abort(self, _data: bytearray) -> bool:
+        self.message = self._new_message()
+        self.in_message = False
+        return False
+
+    def _quit(self, _data: bytearray) -> bool:
+        raise _Closed
+
+    def _quit_nc(self, _data: bytearray) -> bool:
+        # The MTA keeps the connection for a new SMTP session: forget this one's state.
+        self.connection = MilterMessage()
+        self.message = self._new_message()
+        self.in_message = False
+        return False
+
+    def _check_macros(self, pairs: list[str]) -> None:
+        size = sum(map(len, pairs))
         if size > MAX_MACRO_PACKET:
             raise MilterProtocolError(
                 f"MACRO packet of {size} bytes exceeds the limit of {MAX_MACRO_PACKET}"
             )
         # Both stores may keep a pair (connection-stage macros are copied into the message).
-        kept = sum(
-            len(name) + len(value)
-            for macros in (self.connection.macros, self.message.macros)
-            for name, value in macros.items()
-        )
+        kept = 0
+        for macros in (self.connection.macros, self.message.macros):
+            kept += sum(map(len, macros)) + sum(map(len, macros.values()))
         if kept + size > MAX_MACRO_BYTES:
             raise MilterProtocolError(
                 f"macros would hold {kept + size} bytes, over the limit of {MAX_MACRO_BYTES}"
@@ -420,19 +479,13 @@ class _Session:
             self.message.oversized = True
             self.message.body.clear()
 
-    def _body(self, chunk: bytes) -> None:
-        if not chunk:
-            return
-        self._count(len(chunk))
-        if not self.message.oversized:
-            self.message.body += chunk
-
-    def _optneg(self, cmd: Command) -> None:
-        if cmd.version < 2:
-            raise MilterProtocolError(f"MTA speaks milter protocol {cmd.version}; need 2 or more")
-        version = min(cmd.version, VERSION)
-        self.actions = WANTED_ACTIONS & cmd.actions
-        self.protocol = self.server.wanted_protocol & cmd.protocol
+    def _optneg(self, data: bytearray) -> None:
+        offered, actions, protocol = decode_optneg(data)
+        if offered < 2:
+            raise MilterProtocolError(f"MTA speaks milter protocol {offered}; need 2 or more")
+        version = min(offered, VERSION)
+        self.actions = WANTED_ACTIONS & actions
+        self.protocol = self.server.wanted_protocol & protocol
         self.negotiated = True
         self.transport.write(encode_optneg(version, self.actions, self.protocol, MACROS))
 
@@ -518,3 +571,24 @@ class _Session:
             }[r.reply]
             out.append(encode_packet(final))
         self.transport.write(b"".join(out))
+
+
+# Each command byte's handler (BODY and EOB go to :meth:`_Session.body`, OPTNEG is handled
+# first); a byte not here is an unknown command.
+_HANDLERS: dict[int, Callable[[_Session, bytearray], bool]] = {
+    ord(code): handler
+    for code, handler in (
+        (ABORT, _Session._abort),
+        (CONNECT, _Session._connect),
+        (MACRO, _Session._macro),
+        (HELO, _Session._helo),
+        (QUIT_NC, _Session._quit_nc),
+        (HEADER, _Session._header),
+        (MAIL, _Session._mail),
+        (EOH, _Session._end_of_headers),
+        (QUIT, _Session._quit),
+        (RCPT, _Session._rcpt),
+        (DATA, _Session._data),
+        (UNKNOWN, _Session._unknown),
+    )
+}

@@ -53,7 +53,7 @@ async def _login(state: WebState, name: str, password: str, client: str) -> Iden
 def _directory_login(state: WebState, address: str, password: str) -> Identity | str | None:
     """The directory user's identity; ``None`` for a wrong name or password, or what kept the
     password from being checked (a bind method the server does not offer)."""
-    from ..directory_login import login_directory_user
+    from ...directory.login import login_directory_user
 
     directory = state.gateway.directory
     if directory is None:

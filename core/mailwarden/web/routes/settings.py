@@ -33,10 +33,10 @@ _MTA_SECTIONS = frozenset({"smtp", "delivery", "spool", "tls", "dkim"})
 
 def _sections(state: WebState) -> dict[str, type[msgspec.Struct]]:
     """Every section the web interface edits, with its schema, in page order."""
-    from ...config import _CORE_SECTIONS
+    from ...config import CORE_SECTIONS
 
     core = ("gateway", "detectors", "events", "directory", "web", *sorted(_MTA_SECTIONS))
-    schemas: dict[str, type[msgspec.Struct]] = {name: _CORE_SECTIONS[name] for name in core}
+    schemas: dict[str, type[msgspec.Struct]] = {name: CORE_SECTIONS[name] for name in core}
     schemas.update(sorted(state.gateway.plugins.config_schemas().items()))
     return schemas
 

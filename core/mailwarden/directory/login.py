@@ -1,5 +1,7 @@
 """Checking a directory user's password: a bind as that user, simple or NTLM.
 
+The web interface's logins and SMTP AUTH both check through here (it sits below both).
+
 ``[web] login_bind`` chooses how: ``simple`` binds with the entry's DN; ``ntlm`` binds as
 ``DOMAIN\\sAMAccountName`` (Active Directory's Sicily NTLM bind, through ldap3); ``auto`` reads
 the server's root DSE and uses NTLM only where the server offers it, otherwise a simple bind.
@@ -24,12 +26,12 @@ from typing import TYPE_CHECKING, Any
 import ldap3
 from ldap3.core.exceptions import LDAPException
 
-from ..directory.client import ldap_server
+from .client import ldap_server
 
 if TYPE_CHECKING:
     from ..config import DirectoryConfig, WebConfig
-    from ..directory.model import DirectoryEntry
-    from ..directory.service import Directory
+    from .model import DirectoryEntry
+    from .service import Directory
 
 __all__ = ["BindResult", "check_directory_password", "login_directory_user", "server_offers_ntlm"]
 
@@ -158,7 +160,7 @@ def login_directory_user(
 ) -> tuple[DirectoryEntry, BindResult] | None:
     """Look ``address`` up and bind as it with ``password``: the entry and how the bind went,
     or ``None`` when the directory does not know the address (or could not be asked)."""
-    from ..directory.model import DirectoryError
+    from .model import DirectoryError
 
     try:
         entry = directory.client.lookup(address)

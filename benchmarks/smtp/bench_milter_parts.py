@@ -1,0 +1,158 @@
+"""The milter's own CPU per message, in parts, without Postfix: the protocol alone and the
+pipeline behind it, measured in this process (``time.thread_time``/``process_time``), so the
+figures hold up on a shared machine where end-to-end rates do not.
+
+  protocol  one MTA connection per message (OPTNEG, macros, CONNECT, HELO, MAIL, RCPT, the
+            headers and body of smtp-source's 1 KiB message, EOB, QUIT) fed to a
+            ``MilterConnection`` over an in-memory transport, a handler that accepts at once
+  pipeline  ``GatewayMilter.end_of_message`` on the same message with a gateway on the
+            configuration given (``--config``; every detector off by default): the loop
+            thread's CPU, and the whole process's (the verdict hooks run in a worker thread)
+
+Compare two versions by running it with ``PYTHONPATH`` set to the other checkout's ``core/``:
+
+    .venv/bin/python benchmarks/smtp/bench_milter_parts.py
+    PYTHONPATH=/tmp/before/core .venv/bin/python benchmarks/smtp/bench_milter_parts.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import struct
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from mailwarden.bench.run import OFFLINE_ANTISPAM  # noqa: E402
+from mailwarden.ingress.milter import (  # noqa: E402
+    GatewayMilter,
+    MilterMessage,
+    MilterResult,
+    MilterServer,
+    encode_packet,
+)
+from mailwarden.pipeline import Gateway  # noqa: E402
+from tests.milter_mta import MemoryTransport, headers_and_body  # noqa: E402
+
+# What smtp-source -l 1024 sends, with the Received line Postfix adds.
+BODY = b"".join(b"%d" % (i % 10) + b"X" * 78 + b"\r\n" for i in range(1, 13)) + b"X" * 64 + b"\r\n"
+RAW = (
+    b"Received: from vm ([127.0.0.1])\r\n\tby mx.test (Postfix) with ESMTP id ABC123\r\n"
+    b"\tfor <bob@example.net>; Sun,  6 Dec 2026 19:21:44 +0000 (UTC)\r\n"
+    b"From: <alice@example.org>\r\nTo: <bob@example.net>\r\n"
+    b"Date: Sun,  6 Dec 2026 19:21:44 +0000 (UTC)\r\nMessage-Id: <05dd.0003.0000@vm>\r\n\r\n"
+) + BODY
+NO_DETECTORS = '[detectors]\ndisabled = ["antivirus", "antispam", "reputation", "sandbox"]\n'
+
+
+def _stream() -> tuple[bytes, bytes, bytes]:
+    """One connection as Postfix writes it: OPTNEG, then one message, then QUIT."""
+    out: list[bytes] = []
+
+    def macro(stage: str, **values: str) -> None:
+        data = stage.encode()
+        for name, value in values.items():
+            data += f"{{{name}}}".encode() + b"\0" + value.encode() + b"\0"
+        out.append(encode_packet("D", data))
+
+    macro("C", client_addr="127.0.0.1", client_name="localhost", daemon_name="mx")
+    out.append(encode_packet("C", b"localhost\0" + b"4" + struct.pack("!H", 4000) + b"127.0.0.1\0"))
+    macro("H", tls_version="")
+    out.append(encode_packet("H", b"vm\0"))
+    macro("M", i="ABC123", mail_addr="alice@example.org")
+    out.append(encode_packet("M", b"<alice@example.org>\0SIZE=1385\0"))
+    macro("R", rcpt_addr="bob@example.net")
+    out.append(encode_packet("R", b"<bob@example.net>\0"))
+    headers, body = headers_and_body(RAW)
+    out += [encode_packet("L", n.encode() + b"\0" + v.encode() + b"\0") for n, v in headers]
+    out.append(encode_packet("B", body))
+    macro("E", i="ABC123")
+    out.append(encode_packet("E"))
+    optneg = encode_packet("O", struct.pack("!III", 6, 0x1FF, 0x1FFFFF))
+    return optneg, b"".join(out), encode_packet("Q")
+
+
+class _Accept:
+    async def end_of_message(self, message: MilterMessage) -> MilterResult:
+        message.raw()
+        return MilterResult("accept", add_headers=[("X-Spam-Status", "No, score=0.0")])
+
+
+async def protocol(n: int) -> float:
+    """CPU ms per message of the protocol alone."""
+    optneg, message, quit_ = _stream()
+    server = MilterServer(_Accept())
+    began = time.thread_time()
+    for _ in range(n):
+        connection = server._connection()
+        connection.connection_made(MemoryTransport())
+        connection.data_received(optneg)
+        connection.data_received(message)
+        while connection.deciding is not None:
+            await connection.deciding
+        connection.data_received(quit_)
+        connection.connection_lost(None)
+    return (time.thread_time() - began) * 1000 / n
+
+
+async def pipeline(n: int, config: str, home: Path) -> tuple[float, float]:
+    """CPU ms per message of ``GatewayMilter.end_of_message``: loop thread, whole process."""
+    home.mkdir(parents=True, exist_ok=True)
+    path = home / "mailwarden.toml"
+    path.write_text(f'[gateway]\nhome = "{home}"\n[events]\nenabled = false\n{config}')
+    gateway = Gateway.from_file(str(path))
+    headers, body = headers_and_body(RAW)
+
+    def message() -> MilterMessage:
+        return MilterMessage(
+            macros={"i": "ABC123", "client_addr": "127.0.0.1"},
+            family="4",
+            address="127.0.0.1",
+            helo="vm",
+            sender="<alice@example.org>",
+            recipients=[("<bob@example.net>", [])],
+            headers=list(headers),
+            body=bytearray(body),
+        )
+
+    async with gateway:
+        milter = GatewayMilter(gateway)
+        for _ in range(50):
+            await milter.end_of_message(message())
+        thread, process = time.thread_time(), time.process_time()
+        for _ in range(n):
+            await milter.end_of_message(message())
+        return (
+            (time.thread_time() - thread) * 1000 / n,
+            (time.process_time() - process) * 1000 / n,
+        )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--messages", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=3, help="the best of this many rounds")
+    parser.add_argument("--detectors", action="store_true", help="the four detectors on")
+    args = parser.parse_args()
+    config = OFFLINE_ANTISPAM + ("" if args.detectors else NO_DETECTORS)
+    asyncio.run(protocol(200))
+    proto = min(asyncio.run(protocol(args.messages)) for _ in range(args.rounds))
+    with tempfile.TemporaryDirectory(prefix="mailwarden-bench-milter-") as work:
+        pipe = min(
+            asyncio.run(pipeline(args.messages, config, Path(work) / f"home{i}"))
+            for i in range(args.rounds)
+        )
+    print(f"protocol alone:                     {proto:.3f} ms CPU per message")
+    what = "four detectors" if args.detectors else "no detectors"
+    print(f"pipeline, {what + ', loop thread:':25} {pipe[0]:.3f} ms CPU per message")
+    print(f"pipeline, {what + ', whole process:':25} {pipe[1]:.3f} ms CPU per message")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

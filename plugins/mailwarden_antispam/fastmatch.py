@@ -1,0 +1,526 @@
+"""One hyperscan database per rule target: one pass over a text answers every regex rule.
+
+Rules are Python ``re`` patterns over ``str`` (see :mod:`.rules`); hyperscan scans bytes. A
+text is scanned with each non-ASCII character as the one byte 0x80, and each pattern is
+rewritten from Python's own parse tree into a byte pattern whose every character position
+takes the ASCII characters Python's would (asked of Python itself) plus 0x80 where Python's
+could take a non-ASCII one. Where only whether a text holds a match matters, an optional item
+at either end can go and a counted repeat there can be one copy; lookarounds and the \\b
+Python's Unicode rules could differ on are dropped. So the rewrite matches at least wherever
+the Python pattern does (a superset): a rule hyperscan does not report cannot hit. Where the
+rewrite is exact on ASCII text (nothing dropped), hyperscan's answer on an ASCII text is
+final; every other reported rule is confirmed by its own ``re`` pattern. Results are those
+of ``re`` either way. Patterns the rewrite or hyperscan cannot take (back-references, ones
+that can match the empty string) stay on the caller's ``re`` path.
+
+hyperscan is imported lazily: without it (a platform with no wheel) every rule goes the
+``re`` path and nothing else changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import logging
+import os
+import re
+import threading
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "HAVE_HYPERSCAN",
+    "PatternSet",
+    "Untranslatable",
+    "default_cache_dir",
+    "text_bytes",
+    "to_bytes_pattern",
+]
+
+log = logging.getLogger(__name__)
+
+# Python's own regex parser: the rewrite starts from the tree re itself compiles.
+C: Any = importlib.import_module("re._constants")
+P: Any = importlib.import_module("re._parser")
+
+_hs: Any
+try:
+    _hs = importlib.import_module("hyperscan")
+except ImportError:  # pragma: no cover - the wheel is a dependency; kept for odd platforms
+    _hs = None
+
+HAVE_HYPERSCAN = _hs is not None
+
+# The texts are scanned with every non-ASCII code point as this one byte (see text_bytes):
+# one character stays one byte, so classes stay classes and compile to small automata.
+_NONASCII = 0x80
+# The only code points outside ASCII that Python's IGNORECASE equates with an ASCII letter
+# (computed over all of Unicode by tests/unit/test_antispam_fastmatch.py).
+_ASCII_FOLDS = {"I": "\u0131", "K": "\u212a", "S": "\u017f", "i": "\u0131", "k": "\u212a"}
+_ASCII_FOLDS["s"] = "\u017f"
+_FOLD_PARTNERS = "".join(sorted(set(_ASCII_FOLDS.values())))
+_WORD = frozenset(ord(c) for c in "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
+_CATEGORY_SOURCE = {
+    C.CATEGORY_DIGIT: r"\d",
+    C.CATEGORY_NOT_DIGIT: r"\D",
+    C.CATEGORY_SPACE: r"\s",
+    C.CATEGORY_NOT_SPACE: r"\S",
+    C.CATEGORY_WORD: r"\w",
+    C.CATEGORY_NOT_WORD: r"\W",
+}
+_FLAG_MASK = re.IGNORECASE | re.DOTALL
+_MAX_BOUND = 8
+_MAX_EXPRESSION = 16000
+# Part of the cache key: a new layout or compile policy must not read old entries.
+_CACHE_FORMAT = 2
+
+
+class Untranslatable(ValueError):
+    """A pattern with no byte rewrite here (back-references, conditionals, flags)."""
+
+
+@dataclass(frozen=True)
+class _Char:
+    """One character position: the ASCII bytes it takes, whether it may be non-ASCII."""
+
+    ascii: frozenset[int]
+    nonascii: bool
+
+
+def _escape_char(cp: int) -> str:
+    return f"\\U{cp:08x}" if cp > 0xFFFF else f"\\u{cp:04x}"
+
+
+@lru_cache(maxsize=4096)
+def _class_members(source: str, flags: int, maybe_nonascii: bool) -> _Char:
+    """What a one-character Python pattern matches, asked of Python itself."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # "[[" is a class to Python as to Perl
+        compiled = re.compile(source, flags)
+    members = frozenset(b for b in range(128) if compiled.fullmatch(chr(b)))
+    nonascii = maybe_nonascii or any(compiled.fullmatch(c) for c in _FOLD_PARTNERS)
+    return _Char(members, nonascii)
+
+
+def _char(op: Any, av: Any, flags: int) -> _Char:
+    flags &= _FLAG_MASK
+    if op is C.LITERAL:
+        return _class_members("[" + _escape_char(av) + "]", flags, av >= 128)
+    if op is C.NOT_LITERAL:
+        return _class_members("[^" + _escape_char(av) + "]", flags, True)
+    if op is C.ANY:
+        return _class_members(".", flags, True)
+    if op is C.CATEGORY:
+        return _class_members(_CATEGORY_SOURCE[av], flags, True)
+    # IN: a character class
+    parts: list[str] = []
+    nonascii = False
+    for item_op, item_av in av:
+        if item_op is C.NEGATE:
+            parts.insert(0, "^")
+            nonascii = True
+        elif item_op is C.LITERAL:
+            parts.append(_escape_char(item_av))
+            nonascii |= item_av >= 128
+        elif item_op is C.RANGE:
+            parts.append(_escape_char(item_av[0]) + "-" + _escape_char(item_av[1]))
+            nonascii |= item_av[1] >= 128
+        elif item_op is C.CATEGORY:
+            if item_av not in _CATEGORY_SOURCE:
+                raise Untranslatable(f"category {item_av}")
+            parts.append(_CATEGORY_SOURCE[item_av])
+            nonascii = True
+        else:
+            raise Untranslatable(f"class item {item_op}")
+    return _class_members("[" + "".join(parts) + "]", flags, nonascii)
+
+
+def _byte_class(members: frozenset[int]) -> str:
+    if len(members) == 1:
+        return _byte(next(iter(members)))
+    out: list[str] = []
+    ordered = sorted(members)
+    i = 0
+    while i < len(ordered):
+        j = i
+        while j + 1 < len(ordered) and ordered[j + 1] == ordered[j] + 1:
+            j += 1
+        out.append(_byte(ordered[i]) if i == j else f"{_byte(ordered[i])}-{_byte(ordered[j])}")
+        i = j + 1
+    return "[" + "".join(out) + "]"
+
+
+def _byte(b: int) -> str:
+    ch = chr(b)
+    return ch if ch.isalnum() else f"\\x{b:02x}"
+
+
+_SINGLE = (C.LITERAL, C.NOT_LITERAL, C.ANY, C.IN, C.CATEGORY)
+_REPEATS = (C.MAX_REPEAT, C.MIN_REPEAT, C.POSSESSIVE_REPEAT)
+
+
+class _Emitter:
+    def __init__(self, multiline: bool) -> None:
+        self.multiline = multiline
+        # False once anything was dropped or widened in a way ASCII text could notice.
+        self.exact_on_ascii = True
+
+    def sequence(
+        self,
+        items: Sequence[tuple[Any, Any]],
+        flags: int,
+        lead: bool = False,
+        tail: bool = False,
+    ) -> str:
+        """``lead``/``tail``: the sequence starts/ends the whole expression (where hyperscan
+        takes ^ and $; elsewhere it refuses them)."""
+        start, end = 0, len(items)
+        # Whether a text contains a match is all that is asked: an optional item that
+        # begins or ends the expression can go (what matched with it matches without it).
+        while lead and start < end and _optional(items[start]):
+            start += 1
+        while tail and end > start and _optional(items[end - 1]):
+            end -= 1
+        if (start, end) != (0, len(items)):
+            self.exact_on_ascii = False
+        out: list[str] = []
+        for index in range(start, end):
+            op, av = items[index]
+            at_lead, at_tail = lead and index == start, tail and index == end - 1
+            if op is C.AT:
+                out.append(self.anchor(av, items, index, flags, at_lead, at_tail))
+            else:
+                out.append(self.item(op, av, flags, at_lead, at_tail))
+        return "".join(out)
+
+    def item(self, op: Any, av: Any, flags: int, lead: bool = False, tail: bool = False) -> str:
+        if op in _SINGLE:
+            char = _char(op, av, flags)
+            members = char.ascii | {_NONASCII} if char.nonascii else char.ascii
+            if not members:
+                raise Untranslatable("a class that matches nothing")
+            return _byte_class(members)
+        if op is C.BRANCH:
+            alts = (self.sequence(alt, flags, lead, tail) for alt in av[1])
+            return "(?:" + "|".join(alts) + ")"
+        if op is C.SUBPATTERN:
+            _group, add, remove, sub = av
+            if (add | remove) & re.MULTILINE:
+                # A local ^/$ mode: its anchors are dropped below (superset), not rewritten.
+                self.exact_on_ascii = False
+            return "(?:" + self.sequence(sub, (flags | add) & ~remove, lead, tail) + ")"
+        if op in _REPEATS:
+            low, high, sub = av
+            if (lead or tail) and (high, low) != (1, 1):
+                # At either end of the expression, X{m,n} (m >= 1) is in a text only where
+                # its copy next to the rest is: one copy finds at least the same texts.
+                low = high = 1
+                self.exact_on_ascii = False
+            if op is C.POSSESSIVE_REPEAT:
+                self.exact_on_ascii = False  # greedy matches wherever possessive does
+            body = self.sequence(sub, flags)
+            if low > _MAX_BOUND or (high != C.MAXREPEAT and high > _MAX_BOUND):
+                # Long counted repeats cost hyperscan seconds to compile (and memory); a
+                # shorter minimum and no maximum match at least as much.
+                low, high = min(low, _MAX_BOUND), C.MAXREPEAT
+                self.exact_on_ascii = False
+            bound = f"{{{low},}}" if high == C.MAXREPEAT else f"{{{low},{high}}}"
+            return f"(?:{body}){bound}"
+        if op is C.ATOMIC_GROUP:
+            self.exact_on_ascii = False
+            return "(?:" + self.sequence(av, flags) + ")"
+        if op in (C.ASSERT, C.ASSERT_NOT):
+            # Lookarounds only ever remove matches: without them, a superset.
+            self.exact_on_ascii = False
+            return ""
+        raise Untranslatable(f"{op}")
+
+    def anchor(
+        self,
+        at: Any,
+        items: Sequence[tuple[Any, Any]],
+        index: int,
+        flags: int,
+        lead: bool,
+        tail: bool,
+    ) -> str:
+        same_mode = bool(flags & re.MULTILINE) == self.multiline
+        if at is C.AT_BEGINNING_STRING and lead:
+            return r"\A"
+        if at is C.AT_END_STRING and tail:
+            return r"\z"
+        if at is C.AT_BEGINNING and same_mode and lead:
+            return "^"
+        if at is C.AT_END and same_mode and tail:
+            return "$"
+        if at is C.AT_BOUNDARY and (
+            _word_only(items, index - 1, flags) or _word_only(items, index + 1, flags)
+        ):
+            # Beside a character that can only be an ASCII word character, a byte \b holds
+            # wherever Python's Unicode \b does (a non-ASCII neighbour is a non-word byte).
+            return r"\b"
+        if at is C.AT_BOUNDARY or at is C.AT_NON_BOUNDARY:
+            # Dropped: on ASCII text \b and \B would be exact, but one database serves both.
+            self.exact_on_ascii = False
+            return ""
+        self.exact_on_ascii = False
+        return ""
+
+
+def _optional(item: tuple[Any, Any]) -> bool:
+    op, av = item
+    return (op in _REPEATS and av[0] == 0) or op in (C.ASSERT, C.ASSERT_NOT)
+
+
+def _word_only(items: Sequence[tuple[Any, Any]], index: int, flags: int) -> bool:
+    if not 0 <= index < len(items):
+        return False
+    op, av = items[index]
+    if op in (C.MAX_REPEAT, C.MIN_REPEAT) and av[0] >= 1 and len(av[2]) == 1:
+        op, av = av[2][0]
+    if op not in _SINGLE:
+        return False
+    char = _char(op, av, flags)
+    return not char.nonascii and char.ascii <= _WORD
+
+
+@dataclass(frozen=True)
+class Rewrite:
+    """A pattern as hyperscan takes it."""
+
+    expression: bytes
+    flags: int
+    exact_on_ascii: bool
+    # X{m,n} as a whole pattern is scanned as X: a text holds it only where X ends at m
+    # different offsets or more (its m copies end at m places).
+    min_ends: int = 1
+
+
+def to_bytes_pattern(pattern: re.Pattern[str]) -> Rewrite:
+    """A hyperscan byte pattern matching a superset of ``pattern`` over :func:`text_bytes`.
+
+    Raises :class:`Untranslatable` for what has no rewrite.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # as when the rule was compiled
+        tree = P.parse(pattern.pattern, pattern.flags)
+    if tree.getwidth()[0] == 0:
+        # hyperscan refuses these; they match almost any text, so re answers them at once.
+        raise Untranslatable("can match the empty string")
+    flags = tree.state.flags
+    if flags & (re.ASCII | re.LOCALE):
+        raise Untranslatable("ASCII/LOCALE flags")
+    multiline = bool(flags & re.MULTILINE)
+    emitter = _Emitter(multiline)
+    items = list(tree.data)
+    min_ends = 1
+    while len(items) == 1 and items[0][0] is C.SUBPATTERN and items[0][1][1:3] == (0, 0):
+        items = list(items[0][1][3])
+    if len(items) == 1 and items[0][0] in (C.MAX_REPEAT, C.MIN_REPEAT) and items[0][1][0] > 1:
+        min_ends = min(items[0][1][0], 1000)
+    try:
+        text = emitter.sequence(items, flags, lead=True, tail=True)
+    except (KeyError, TypeError, IndexError) as exc:
+        raise Untranslatable(str(exc)) from exc
+    if len(text) > _MAX_EXPRESSION:
+        # The stock set's few giant alternations take hyperscan tens of seconds each and
+        # are then refused as too large anyway.
+        raise Untranslatable(f"{len(text)} bytes rewritten")
+    hs_flags = 0
+    if _hs is not None:
+        hs_flags = _hs.HS_FLAG_MULTILINE if multiline else 0
+        if min_ends == 1:
+            hs_flags |= _hs.HS_FLAG_SINGLEMATCH
+    return Rewrite(text.encode("ascii"), hs_flags, emitter.exact_on_ascii, min_ends)
+
+
+def default_cache_dir() -> Path | None:
+    """Where compiled databases are kept: content-addressed, so one cache serves every home.
+    None where the user has no home directory (then every start compiles)."""
+    base = os.environ.get("XDG_CACHE_HOME")
+    if not base:
+        try:
+            base = str(Path.home() / ".cache")
+        except RuntimeError:
+            return None
+    return Path(base) / "mailwarden" / "hyperscan"
+
+
+class PatternSet:
+    """Patterns compiled into one hyperscan database; :meth:`scan` gives who may match.
+
+    ``rejected`` holds the indices of the patterns left to ``re`` (untranslatable, refused by
+    hyperscan, or all of them without hyperscan). Compiled databases are cached on disk by
+    the hash of their expressions (compiling a stock rule set takes seconds; loading, ms).
+    """
+
+    def __init__(self, patterns: Sequence[re.Pattern[str]], cache: Path | None = None) -> None:
+        self.size = len(patterns)
+        self.rejected: set[int] = set()
+        self.exact: list[bool] = [False] * len(patterns)
+        self._db: Any = None
+        # Scratch space is per scanning thread (rules run in worker threads at once).
+        self._scratch = threading.local()
+        self._min_ends: dict[int, int] = {}
+        self._loosened: set[int] = set()  # compiled in hyperscan's prefilter mode
+        if _hs is None:
+            self.rejected = set(range(len(patterns)))
+            return
+        expressions: list[bytes] = []
+        flags: list[int] = []
+        ids: list[int] = []
+        for index, pattern in enumerate(patterns):
+            try:
+                rewrite = to_bytes_pattern(pattern)
+            except (Untranslatable, re.error) as exc:
+                log.debug("regex left to re: %r (%s)", pattern.pattern[:60], exc)
+                self.rejected.add(index)
+                continue
+            expressions.append(rewrite.expression)
+            flags.append(rewrite.flags)
+            ids.append(index)
+            self.exact[index] = rewrite.exact_on_ascii
+            if rewrite.min_ends > 1:
+                self._min_ends[index] = rewrite.min_ends
+        if not expressions:
+            return
+        key = hashlib.sha256(
+            repr((_CACHE_FORMAT, _hs.__version__, expressions, flags, ids)).encode(
+                "utf-8", "replace"
+            )
+        ).hexdigest()
+        self._db = self._load(cache, key)
+        if self._db is None:
+            self._db = _compile(expressions, flags, ids)
+        if self._db is None:
+            accepted = _accepted(expressions, flags)
+            for n, ok in enumerate(accepted):
+                if ok is None:
+                    self.rejected.add(ids[n])
+                elif ok & _hs.HS_FLAG_PREFILTER:
+                    self._loosened.add(ids[n])
+            expressions = [e for e, ok in zip(expressions, accepted, strict=True) if ok is not None]
+            ids = [i for i, ok in zip(ids, accepted, strict=True) if ok is not None]
+            flags = [ok for ok in accepted if ok is not None]
+            if not expressions:
+                return
+            self._db = _compile(expressions, flags, ids)
+        if self._db is None:
+            self.rejected |= set(ids)
+            return
+        self._store(cache, key)
+        for index in self.rejected | self._loosened:
+            self.exact[index] = False
+
+    def _load(self, cache: Path | None, key: str) -> Any:
+        if cache is None:
+            return None
+        path = cache / f"{key}.hsdb"
+        try:
+            blob = path.read_bytes()
+            rejected_blob = (cache / f"{key}.rejected").read_text()
+            db = _hs.loadb(blob, _hs.HS_MODE_BLOCK)
+        except (OSError, _hs.error, ValueError):
+            return None
+        rejected, _, loosened = rejected_blob.partition("\n")
+        self.rejected |= {int(n) for n in rejected.split()}
+        self._loosened |= {int(n) for n in loosened.split()}
+        return db
+
+    def _store(self, cache: Path | None, key: str) -> None:
+        if cache is None:
+            return
+        listed = " ".join(map(str, sorted(self.rejected)))
+        listed += "\n" + " ".join(map(str, sorted(self._loosened)))
+        try:
+            cache.mkdir(parents=True, exist_ok=True)
+            # Written aside and renamed: a worker starting meanwhile reads all or nothing.
+            for name, data in (
+                (f"{key}.rejected", listed.encode()),
+                (f"{key}.hsdb", _hs.dumpb(self._db)),
+            ):
+                tmp = cache / f".{name}.{os.getpid()}"
+                tmp.write_bytes(data)
+                tmp.replace(cache / name)
+        except OSError as exc:
+            log.debug("hyperscan cache not written: %s", exc)
+
+    @property
+    def active(self) -> bool:
+        """Whether a database was built (some pattern is answered by hyperscan)."""
+        return self._db is not None
+
+    def scan(self, data: bytes) -> set[int]:
+        """Indices of the patterns hyperscan reports in ``data`` (a superset of the hits)."""
+        found: set[int] = set()
+        if self._db is None or not data:
+            return found
+        scratch = getattr(self._scratch, "space", None)
+        if scratch is None:
+            scratch = self._scratch.space = _hs.Scratch(self._db)
+        if not self._min_ends:
+
+            def on_match(pid: int, _start: int, _end: int, _flags: int, _ctx: object) -> None:
+                found.add(pid)
+
+            self._db.scan(data, match_event_handler=on_match, scratch=scratch)
+            return found
+        ends: dict[int, int] = {}
+
+        def count(pid: int, _start: int, _end: int, _flags: int, _ctx: object) -> None:
+            ends[pid] = ends.get(pid, 0) + 1  # one report per end offset per pattern
+
+        self._db.scan(data, match_event_handler=count, scratch=scratch)
+        return {pid for pid, n in ends.items() if n >= self._min_ends.get(pid, 1)}
+
+
+def _compile(expressions: list[bytes], flags: list[int], ids: list[int]) -> Any:
+    assert _hs is not None
+    db = _hs.Database(mode=_hs.HS_MODE_BLOCK)
+    try:
+        db.compile(expressions=expressions, ids=ids, elements=len(ids), flags=flags)
+    except _hs.error:
+        return None
+    return db
+
+
+def _accepted(expressions: list[bytes], flags: list[int]) -> list[int | None]:
+    """The flags each expression compiles with, None for a refused one (hyperscan names no
+    culprit when a set fails). One too large for hyperscan is tried in its prefilter mode,
+    which may match more (never less): a superset is all a rewrite promises anyway."""
+    assert _hs is not None
+    out: list[int | None] = []
+    for expression, hs_flags in zip(expressions, flags, strict=True):
+        for attempt in (hs_flags, hs_flags | _hs.HS_FLAG_PREFILTER):
+            try:
+                _hs.Database(mode=_hs.HS_MODE_BLOCK).compile(
+                    expressions=[expression], flags=[attempt]
+                )
+            except _hs.error:
+                continue
+            out.append(attempt)
+            break
+        else:
+            out.append(None)
+    return out
+
+
+def text_bytes(text: str) -> bytes:
+    """``text`` as the patterns were rewritten for: ASCII as is, any other character as the
+    one byte 0x80 (so positions and lengths in characters are kept)."""
+    if text.isascii():
+        return text.encode("ascii")
+    # The codec's "?" per character is C speed; the text's own "?"s are put back after.
+    data = text.encode("ascii", "replace").replace(b"?", b"\x80")
+    at = text.find("?")
+    if at < 0:
+        return data
+    out = bytearray(data)
+    while at >= 0:
+        out[at] = 0x3F
+        at = text.find("?", at + 1)
+    return bytes(out)

@@ -1,0 +1,183 @@
+"""Regex rules through hyperscan answer exactly as through Python's re.
+
+The rewrite (plugins/mailwarden_antispam/fastmatch.py) must never lose a match (a superset of
+re's), and the rule engine on top must give re's answers: checked on generated patterns and
+texts, and on the shipped rules plus SpamAssassin's stock rules over the shared corpus.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mailwarden_antispam import BUILTIN_RULES, AntispamConfig, AntispamPlugin
+from mailwarden_antispam.content import message_urls
+from mailwarden_antispam.fastmatch import PatternSet, Untranslatable, text_bytes, to_bytes_pattern
+from mailwarden_antispam.rules import load_rules
+from mailwarden_sdk import parse
+from tests.conftest import need
+from tests.services import ensure_packages
+
+STOCK = Path("/usr/share/spamassassin")
+
+# Characters that exercise the rewrite: ASCII letters of both cases, the ones Python's
+# IGNORECASE equates with non-ASCII letters (k, s, i), digits, spaces of both kinds
+# (\x1c is \s to Python, not to PCRE), punctuation, newlines, and non-ASCII letters.
+_ALPHABET = "abkKsSiI19 _-.?\n\t\x1c\u212a\u017f\u0131\xe9\xc9\u2014\u4e2d"
+_ATOMS = [
+    "a",
+    "k",
+    "s",
+    "I",
+    ".",
+    r"\w",
+    r"\W",
+    r"\s",
+    r"\S",
+    r"\d",
+    r"\b",
+    r"\B",
+    "[a-k]",
+    r"\?",
+    "[^a]",
+    r"[\w-]",
+    "\xe9",
+    "\u212a",
+    "^",
+    "$",
+    r"\A",
+    r"\Z",
+    "(?=a)",
+    "(?!b)",
+    "(?<=a)",
+]
+
+
+@st.composite
+def _patterns(draw: st.DrawFn) -> str:
+    parts = []
+    for _ in range(draw(st.integers(1, 5))):
+        atom = draw(st.sampled_from(_ATOMS))
+        if atom not in ("^", "$", r"\A", r"\Z", r"\b", r"\B") and not atom.startswith("(?"):
+            atom += draw(st.sampled_from(["", "", "?", "*", "+", "{2}", "{1,3}", "{0,12}"]))
+        parts.append(atom)
+    body = "".join(parts)
+    if draw(st.booleans()):
+        body = f"(?:{body}|{draw(st.sampled_from(_ATOMS[:12]))}x)"
+    return body
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    _patterns(),
+    st.sampled_from([0, re.I, re.M, re.S, re.I | re.M]),
+    st.lists(st.text(_ALPHABET, max_size=24), min_size=1, max_size=6),
+)
+def test_the_rewrite_never_loses_a_match_and_is_exact_on_ascii(
+    source: str, flags: int, texts: list[str]
+) -> None:
+    pattern = re.compile(source, flags)
+    try:
+        rewrite = to_bytes_pattern(pattern)
+    except Untranslatable:
+        return
+    patterns = PatternSet([pattern])
+    if not patterns.active:
+        return  # hyperscan refused it: the rule engine keeps it on the re path
+    for text in texts:
+        python = pattern.search(text) is not None
+        ours = 0 in patterns.scan(text_bytes(text))
+        assert ours or not python, (source, flags, text, rewrite.expression)
+        if rewrite.exact_on_ascii and text.isascii():
+            assert ours == python, (source, flags, text, rewrite.expression)
+
+
+def test_each_character_is_one_byte_and_only_question_marks_stay_question_marks() -> None:
+    assert text_bytes("a?\xe9?\u4e2d\U0001f600b") == b"a?\x80?\x80\x80b"
+    assert text_bytes("plain ascii?") == b"plain ascii?"
+
+
+def test_a_character_python_folds_to_ascii_is_found_case_insensitively() -> None:
+    # The Kelvin sign is "k" to re.IGNORECASE; byte-wise it is three non-ASCII bytes.
+    patterns = PatternSet([re.compile(r"\bok\b", re.I), re.compile("caf\xe9")])
+    assert patterns.scan(text_bytes("it is O\u212a now")) == {0}
+    assert patterns.scan(text_bytes("un caf\xe9 noir")) == {1}
+    assert patterns.scan(text_bytes("a cafe")) == set()
+
+
+def test_full_set_is_compiled_once_and_loaded_from_the_cache(tmp_path: Path) -> None:
+    rules = [re.compile(r"\bviagra\b", re.I), re.compile(r"(a)\1"), re.compile("x*")]
+    first = PatternSet(rules, tmp_path)
+    # A back-reference and an empty match have no hyperscan form: left to re.
+    assert first.rejected == {1, 2}
+    assert len(list(tmp_path.glob("*.hsdb"))) == 1
+    again = PatternSet(rules, tmp_path)
+    assert again.rejected == {1, 2}
+    assert again.scan(text_bytes("Buy VIAGRA now")) == {0}
+
+
+def test_threads_scan_one_database_at_once() -> None:
+    # Rules run in worker threads (run_cpu_bound); hyperscan's scratch space is per scan.
+    patterns = PatternSet([re.compile(r"\bfree\b", re.I), re.compile(r"money{1,3}")])
+    text = text_bytes("Free moneyyy here. " * 2000)
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _n: patterns.scan(text), range(400)))
+    assert answers == [{0, 1}] * 400
+
+
+def _corpus_messages(corpus: Path) -> list[Path]:
+    files = sorted((corpus / "spam").rglob("*.eml"))
+    public = corpus / "spam-public"
+    for folder in ("spam-2", "easy-ham-1", "hard-ham-1"):
+        files += sorted((public / folder).glob("*"))[:40]
+    return files
+
+
+# Compiling the stock set's databases takes minutes on 2 cores the first time (then cached).
+@pytest.mark.timeout(900)
+def test_hyperscan_and_re_give_the_same_hits_on_the_corpus(corpus: Path) -> None:
+    ensure_packages("spamassassin")
+    need(STOCK.is_dir(), f"the spamassassin package left no rules in {STOCK}")
+    files = _corpus_messages(corpus)
+    need(len(files) > 100, "the shared corpus's spam sets")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        fast = load_rules([STOCK, BUILTIN_RULES])
+        slow = load_rules([STOCK, BUILTIN_RULES], engine="re")
+    assert fast._fast, "hyperscan databases were built"
+    plugin = AntispamPlugin()
+    plugin.configure(AntispamConfig(rule_files=[str(STOCK)]))
+    compared = total = metas = 0
+    for path in files:
+        message = parse(path.read_bytes())
+        targets = plugin._targets_of(message, "", message_urls(message))
+        ours, reference = fast.regex_hits(targets), slow.regex_hits(targets)
+        assert ours == reference, (path.name, ours ^ reference)
+        compared += 1
+        total += len(reference)
+        assert fast.match(targets) == slow.match(targets)
+        # Only the metas downstream of the hits are evaluated: the same as evaluating all.
+        downstream, everywhere = set(reference), set(reference)
+        fast._resolve_metas(downstream)
+        fast._resolve_metas_everywhere(everywhere)
+        assert downstream == everywhere, (path.name, downstream ^ everywhere)
+        metas += len(everywhere - reference)
+    assert compared == len(files) and total > compared and metas > compared  # rules did hit
+
+
+@pytest.mark.parametrize("engine", ["hyperscan", "re"])
+def test_shipped_rules_catch_a_spam_sample_with_either_engine(engine: str, corpus: Path) -> None:
+    rules = load_rules([BUILTIN_RULES], engine=engine)
+    plugin = AntispamPlugin()
+    plugin.configure(AntispamConfig())
+    plugin.rules = rules
+    sample = next((corpus / "spam-public" / "spam-2").glob("*"))
+    message = parse(sample.read_bytes())
+    hits = plugin.local_hits(message)
+    assert any(h.startswith("MW_") for h in hits)
