@@ -32,13 +32,17 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from mailwarden_sdk.files import atomic_write
+
 __all__ = [
+    "CACHE_MAX_BYTES",
     "HAVE_HYPERSCAN",
     "PatternSet",
     "Untranslatable",
     "default_cache_dir",
     "text_bytes",
     "to_bytes_pattern",
+    "trim_cache",
 ]
 
 log = logging.getLogger(__name__)
@@ -350,6 +354,34 @@ def default_cache_dir() -> Path | None:
     return Path(base) / "mailwarden" / "hyperscan"
 
 
+#: The compiled databases kept on disk, all rule sets together (one full SpamAssassin stock
+#: set with the shipped rules is about 15 MB); past it the least recently used go first.
+CACHE_MAX_BYTES = 256 * 1024 * 1024
+
+
+def trim_cache(cache: Path, max_bytes: int = CACHE_MAX_BYTES) -> None:
+    """Remove the least recently used databases of ``cache`` until it holds at most
+    ``max_bytes`` (every edit of a rule file makes a new entry: without this the folder only
+    grows)."""
+    entries = []
+    total = 0
+    for db in cache.glob("*.hsdb"):
+        try:
+            stat = db.stat()
+        except FileNotFoundError:
+            continue
+        side = db.with_suffix(".rejected")
+        size = stat.st_size + (side.stat().st_size if side.exists() else 0)
+        entries.append((stat.st_mtime, db, side, size))
+        total += size
+    for _, db, side, size in sorted(entries, key=lambda entry: entry[0]):
+        if total <= max_bytes:
+            break
+        db.unlink(missing_ok=True)
+        side.unlink(missing_ok=True)
+        total -= size
+
+
 class PatternSet:
     """Patterns compiled into one hyperscan database; :meth:`scan` gives who may match.
 
@@ -394,6 +426,7 @@ class PatternSet:
             )
         ).hexdigest()
         self._db = self._load(cache, key)
+        loaded = self._db is not None
         if self._db is None:
             self._db = _compile(expressions, flags, ids)
         if self._db is None:
@@ -412,7 +445,8 @@ class PatternSet:
         if self._db is None:
             self.rejected |= set(ids)
             return
-        self._store(cache, key)
+        if not loaded:
+            self._store(cache, key)
         for index in self.rejected | self._loosened:
             self.exact[index] = False
 
@@ -424,6 +458,8 @@ class PatternSet:
             blob = path.read_bytes()
             rejected_blob = (cache / f"{key}.rejected").read_text()
             db = _hs.loadb(blob, _hs.HS_MODE_BLOCK)
+            # The modification time is the entry's last use: what trimming keeps longest.
+            os.utime(path)
         except (OSError, _hs.error, ValueError):
             return None
         rejected, _, loosened = rejected_blob.partition("\n")
@@ -443,9 +479,9 @@ class PatternSet:
                 (f"{key}.rejected", listed.encode()),
                 (f"{key}.hsdb", _hs.dumpb(self._db)),
             ):
-                tmp = cache / f".{name}.{os.getpid()}"
-                tmp.write_bytes(data)
-                tmp.replace(cache / name)
+                # A cache: atomic for readers, not worth an fsync.
+                atomic_write(cache / name, data, durable=False)
+            trim_cache(cache)
         except OSError as exc:
             log.debug("hyperscan cache not written: %s", exc)
 

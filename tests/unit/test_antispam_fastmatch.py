@@ -7,6 +7,7 @@ texts, and on the shipped rules plus SpamAssassin's stock rules over the shared 
 
 from __future__ import annotations
 
+import os
 import re
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -18,7 +19,13 @@ from hypothesis import strategies as st
 
 from mailwarden_antispam import BUILTIN_RULES, AntispamConfig, AntispamPlugin
 from mailwarden_antispam.content import message_urls
-from mailwarden_antispam.fastmatch import PatternSet, Untranslatable, text_bytes, to_bytes_pattern
+from mailwarden_antispam.fastmatch import (
+    PatternSet,
+    Untranslatable,
+    text_bytes,
+    to_bytes_pattern,
+    trim_cache,
+)
 from mailwarden_antispam.rules import load_rules
 from mailwarden_sdk import parse
 from tests.conftest import need
@@ -181,3 +188,29 @@ def test_shipped_rules_catch_a_spam_sample_with_either_engine(engine: str, corpu
     message = parse(sample.read_bytes())
     hits = plugin.local_hits(message)
     assert any(h.startswith("MW_") for h in hits)
+
+
+def test_the_compiled_cache_keeps_the_recently_used_and_stays_under_its_cap(
+    tmp_path: Path,
+) -> None:
+    cache = tmp_path / "hyperscan"
+    used = PatternSet([re.compile(r"viagra\w+"), re.compile(r"free\s+money")], cache=cache)
+    assert used.active and len(list(cache.glob("*.hsdb"))) == 1
+    # Entries of rule sets edited since: older than the one in use, 1 MB each.
+    for n in range(5):
+        (cache / f"old{n}.hsdb").write_bytes(b"x" * 1_000_000)
+        (cache / f"old{n}.rejected").write_text("\n")
+        os.utime(cache / f"old{n}.hsdb", (1000 + n, 1000 + n))
+    # Written long ago (older than every stale entry); loading it again marks it used now.
+    for entry in cache.glob("*.hsdb"):
+        if not entry.name.startswith("old"):
+            os.utime(entry, (500, 500))
+    again = PatternSet([re.compile(r"viagra\w+"), re.compile(r"free\s+money")], cache=cache)
+    assert again.active
+    trim_cache(cache, max_bytes=2_500_000)
+    left = sorted(p.name for p in cache.glob("*.hsdb"))
+    # The two oldest stale entries stay only if the cap allows: 2.5 MB keeps the set in use
+    # and the two most recent stale ones, never an older one before a newer one.
+    assert [name for name in left if name.startswith("old")] == ["old3.hsdb", "old4.hsdb"]
+    assert len(left) == 3
+    assert not (cache / "old0.rejected").exists()
