@@ -52,12 +52,17 @@ _CLAMD_REPLY = re.compile(
 )
 
 
+def _names_a_command(word: bytes) -> bool:
+    # Sent without a prefix, "zVERSION" is the z-prefixed VERSION itself (hypothesis found it):
+    # a real command, answered, not an unknown one.
+    text = word.strip(b"\0\n\r ").decode("latin-1").strip()
+    return text in _CLAMD_COMMANDS or (text[:1] in ("z", "n") and text[1:] in _CLAMD_COMMANDS)
+
+
 @FUZZ
 @given(
     prefix=st.sampled_from([b"z", b"n", b""]),
-    word=st.binary(max_size=40).filter(
-        lambda w: w.strip(b"\0\n\r ").decode("latin-1").strip() not in _CLAMD_COMMANDS
-    ),
+    word=st.binary(max_size=40).filter(lambda w: not _names_a_command(w)),
 )
 def test_clamd_unknown_commands(served: Served, prefix: bytes, word: bytes) -> None:
     end = b"\0" if prefix == b"z" else b"\n"
