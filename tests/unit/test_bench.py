@@ -12,6 +12,7 @@ import pytest
 from mailwarden.bench.compare import medians_report, this_checkout
 from mailwarden.bench.corpus import generate
 from mailwarden_native import parse
+from tests.conftest import need
 
 
 def test_the_generated_corpus_is_seeded_and_shaped_like_mail() -> None:
@@ -104,8 +105,8 @@ def test_the_stage_check_compares_medians_and_names_each_stage_past_the_toleranc
 @pytest.mark.integration
 def test_compare_with_a_checkout_runs_both_builds_and_reports_every_stage(tmp_path: Path) -> None:
     checkout = this_checkout()
-    if checkout is None:
-        pytest.skip("mailwarden is installed from a wheel: no checkout to compare with")
+    need(checkout is not None, "mailwarden is installed from a wheel: no checkout to compare with")
+    assert checkout is not None
     command = [sys.executable, "-m", "mailwarden", "bench", "--messages", "20"]
     command += ["--signatures", "100", "--rounds", "1"]
     run = subprocess.run(
