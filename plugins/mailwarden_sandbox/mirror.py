@@ -10,10 +10,9 @@ import asyncio
 import logging
 import time
 
-from .backends import Backend, BackendError, ObjectVerdict
-from .config import Policy, SandboxConfig
-from .objects import Object
-from .store import VerdictCache
+from .backends import BackendError, ObjectVerdict
+from .config import Policy
+from .objects import Analysis, Object
 
 __all__ = ["Mirror"]
 
@@ -24,26 +23,10 @@ _MAX_MIRRORS = 1000
 
 
 class Mirror:
-    """Sends copies for analysis on the gateway's loop, at most 1000 in flight.
+    """Sends copies for analysis on the gateway's loop, at most 1000 in flight."""
 
-    ``slots`` is shared with the watcher: together they keep ``concurrency`` requests open.
-    """
-
-    def __init__(
-        self,
-        config: SandboxConfig,
-        backend: Backend,
-        cache: VerdictCache,
-        slots: asyncio.Semaphore,
-        time_scale: float,
-        loop: asyncio.AbstractEventLoop,
-    ) -> None:
-        self.config = config
-        self.backend = backend
-        self.cache = cache
-        self.slots = slots
-        self.time_scale = time_scale
-        self.loop = loop
+    def __init__(self, analysis: Analysis) -> None:
+        self.analysis = analysis
         # The copies in flight, cancelled at shutdown.
         self.tasks: set[asyncio.Task[None]] = set()
 
@@ -52,9 +35,9 @@ class Mirror:
         if len(self.tasks) >= _MAX_MIRRORS:
             log.warning("sandbox: %d copies in flight, this one is not sent", len(self.tasks))
             return
-        deadline = time.time() + policy.verdict_timeout * self.time_scale
+        deadline = time.time() + policy.verdict_timeout * self.analysis.time_scale
         # Verdict hooks run in a worker thread: the task starts on the gateway's loop.
-        self.loop.call_soon_threadsafe(self._spawn, pending, deadline, sender)
+        self.analysis.loop.call_soon_threadsafe(self._spawn, pending, deadline, sender)
 
     def _spawn(self, pending: list[Object], deadline: float, sender: str) -> None:
         task = asyncio.get_running_loop().create_task(self._mirror(pending, deadline, sender))
@@ -79,17 +62,18 @@ class Mirror:
                 )
 
     async def _analyse(self, obj: Object, deadline: float) -> ObjectVerdict:
-        async with self.slots:
-            answer = await self.backend.submit(obj.data, obj.label)
+        analysis = self.analysis
+        async with analysis.slots:
+            answer = await analysis.backend.submit(obj.data, obj.label)
         while isinstance(answer, str):
             if time.time() >= deadline:
                 raise TimeoutError("no verdict in time")
             await asyncio.sleep(self._interval(deadline))
-            async with self.slots:
-                answer = await self.backend.poll(answer) or answer
-        self.cache.put(obj.sha256, answer)
+            async with analysis.slots:
+                answer = await analysis.backend.poll(answer) or answer
+        analysis.cache.put(obj.sha256, answer)
         return answer
 
     def _interval(self, deadline: float) -> float:
-        wait = max(self.config.poll_interval * self.time_scale, 0.02)
+        wait = max(self.analysis.config.poll_interval * self.analysis.time_scale, 0.02)
         return max(min(wait, deadline - time.time()), 0.0)

@@ -7,16 +7,33 @@ through :func:`finding`, so every sandbox finding carries the same detector and 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from mailwarden_sdk import Category, Finding, ParsedMessage
 
-from .backends import ObjectVerdict
-from .config import DETECTOR
-from .store import HeldObject
+from .backends import Backend, ObjectVerdict
+from .config import DETECTOR, SandboxConfig
+from .store import HeldObject, VerdictCache
 
-__all__ = ["Object", "finding", "objects", "verdict_finding", "worst"]
+__all__ = ["Analysis", "Object", "finding", "objects", "verdict_finding", "worst"]
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """What the mirror and the watcher send with, on the gateway's ``loop``.
+
+    ``slots`` is one semaphore for both: together they keep ``concurrency`` requests open.
+    ``time_scale`` multiplies every wait (see :class:`~mailwarden_sandbox.SandboxPlugin`).
+    """
+
+    config: SandboxConfig
+    backend: Backend
+    cache: VerdictCache
+    slots: asyncio.Semaphore
+    time_scale: float
+    loop: asyncio.AbstractEventLoop
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from .backends import Backend, HttpBackend, IcapBackend
 from .cli import sandbox_command
 from .config import DETECTOR, Policy, SandboxConfig
 from .mirror import Mirror
-from .objects import Object, finding, objects, verdict_finding
+from .objects import Analysis, Object, finding, objects, verdict_finding
 from .quarantine import SandboxQuarantineView
 from .store import HoldStore, VerdictCache
 from .watcher import Watcher
@@ -94,12 +94,16 @@ class SandboxPlugin:
                 suspicious_score=config.suspicious_score,
             )
         # Mirror copies and held messages share the analysis server's ``concurrency``.
-        slots = asyncio.Semaphore(config.concurrency)
-        loop = asyncio.get_running_loop()
-        self.mirror = Mirror(config, self.backend, self.cache, slots, self.time_scale, loop)
-        self.watcher = Watcher(
-            host, config, self.store, self.cache, self.backend, slots, self.time_scale, loop
+        analysis = Analysis(
+            config,
+            self.backend,
+            self.cache,
+            asyncio.Semaphore(config.concurrency),
+            self.time_scale,
+            asyncio.get_running_loop(),
         )
+        self.mirror = Mirror(analysis)
+        self.watcher = Watcher(host, self.store, analysis)
         self.watcher.start()
 
     @hookimpl

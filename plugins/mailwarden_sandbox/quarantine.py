@@ -78,12 +78,12 @@ async def admin(store: HoldStore | None, watcher: Watcher | None, id: str, what:
         ) from exc
     if watcher is not None:
         watcher.outcomes.pop(id, None)
-    if watcher is None or watcher.owner is None or watcher.loop.is_closed():
+    if watcher is None or watcher.owner is None or watcher.analysis.loop.is_closed():
         if what == "delete" and not await asyncio.to_thread(store.owned_elsewhere):
             await asyncio.to_thread(store.remove, id)
             return "deleted"
         return f"{what} requested; the gateway process following up held messages does it"
-    watcher.loop.call_soon_threadsafe(watcher.poke, id)
+    watcher.analysis.loop.call_soon_threadsafe(watcher.poke, id)
     deadline = time.monotonic() + _ADMIN_WAIT
     while time.monotonic() < deadline:
         outcome = watcher.outcomes.get(id)

@@ -15,10 +15,9 @@ import time
 
 from mailwarden_sdk import Finding, Host, parse
 
-from .backends import Backend, BackendError, ObjectVerdict
-from .config import SandboxConfig
-from .objects import finding, objects, verdict_finding, worst
-from .store import HeldMessage, HoldStore, VerdictCache
+from .backends import BackendError, ObjectVerdict
+from .objects import Analysis, finding, objects, verdict_finding, worst
+from .store import HeldMessage, HoldStore
 
 __all__ = ["Watcher"]
 
@@ -26,30 +25,12 @@ log = logging.getLogger("mailwarden.sandbox")
 
 
 class Watcher:
-    """Follows held messages up on the gateway's loop (see the module's docstring).
+    """Follows held messages up on the gateway's loop (see the module's docstring)."""
 
-    ``slots`` is shared with the mirror: together they keep ``concurrency`` requests open.
-    """
-
-    def __init__(
-        self,
-        host: Host,
-        config: SandboxConfig,
-        store: HoldStore,
-        cache: VerdictCache,
-        backend: Backend,
-        slots: asyncio.Semaphore,
-        time_scale: float,
-        loop: asyncio.AbstractEventLoop,
-    ) -> None:
+    def __init__(self, host: Host, store: HoldStore, analysis: Analysis) -> None:
         self.host = host
-        self.config = config
         self.store = store
-        self.cache = cache
-        self.backend = backend
-        self.slots = slots
-        self.time_scale = time_scale
-        self.loop = loop
+        self.analysis = analysis
         # The ``.owner`` lock while this process is the one that follows held messages up.
         self.owner: int | None = None
         # The last reply of each resubmission, per held id, for the admin who released it.
@@ -91,7 +72,9 @@ class Watcher:
                             self.watch_soon(id)
             except Exception:
                 log.exception("sandbox: walking the quarantine failed")
-            await asyncio.sleep(max(self.config.poll_interval * self.time_scale, 0.05))
+            await asyncio.sleep(
+                max(self.analysis.config.poll_interval * self.analysis.time_scale, 0.05)
+            )
 
     def watch_soon(self, id: str) -> None:
         """Follow ``id`` up in a task of its own (on the loop)."""
@@ -120,7 +103,7 @@ class Watcher:
                 elif await self._step(meta):
                     return
                 wake = self._wake.setdefault(id, asyncio.Event())
-                pause = max(self.config.poll_interval * self.time_scale, 0.02)
+                pause = max(self.analysis.config.poll_interval * self.analysis.time_scale, 0.02)
                 try:
                     await asyncio.wait_for(wake.wait(), pause)
                 except TimeoutError:
@@ -147,7 +130,7 @@ class Watcher:
         admin."""
         for obj in meta.objects:
             if obj.verdict is None:
-                obj.verdict = self.cache.get(obj.sha256)
+                obj.verdict = self.analysis.cache.get(obj.sha256)
         verdicts = [o.verdict for o in meta.objects if o.verdict is not None]
         if len(verdicts) == len(meta.objects) or worst(verdicts) != "clean":
             findings = [
@@ -157,7 +140,7 @@ class Watcher:
             ]
             return await self._finish(meta, findings)
         if time.time() >= meta.deadline:
-            policy = self.config.for_rule(meta.rule)
+            policy = self.analysis.config.for_rule(meta.rule)
             if policy.timeout_action == "hold":
                 meta.state, meta.note = "expired", "no verdict in time; waiting for an admin"
                 await asyncio.to_thread(self.store.save, meta)
@@ -174,13 +157,15 @@ class Watcher:
                 continue
             answer: ObjectVerdict | str | None
             try:
-                async with self.slots:
+                async with self.analysis.slots:
                     if obj.task is None:
                         if data is None:
                             data = await asyncio.to_thread(self._object_data, meta)
-                        answer = await self.backend.submit(data.get(obj.sha256, b""), obj.label)
+                        answer = await self.analysis.backend.submit(
+                            data.get(obj.sha256, b""), obj.label
+                        )
                     else:
-                        answer = await self.backend.poll(obj.task)
+                        answer = await self.analysis.backend.poll(obj.task)
             except BackendError as exc:
                 meta.note = f"analysis server: {exc}"[:300]
                 changed = True
@@ -191,14 +176,14 @@ class Watcher:
                 obj.task, changed = answer, True
             elif answer is not None:
                 obj.verdict, changed = answer, True
-                self.cache.put(obj.sha256, answer)
+                self.analysis.cache.put(obj.sha256, answer)
         if changed:
             await asyncio.to_thread(self.store.save, meta)
         return False
 
     def _object_data(self, meta: HeldMessage) -> dict[str, bytes]:
         message = parse(self.store.raw(meta.id))
-        policy = self.config.for_rule(meta.rule)
+        policy = self.analysis.config.for_rule(meta.rule)
         return {hashlib.sha256(d).hexdigest(): d for _, d in objects(message, policy.send)}
 
     async def _finish(self, meta: HeldMessage, findings: list[Finding]) -> bool:
