@@ -61,7 +61,7 @@ def quarantine_index_descriptor(config: Config) -> StoreDescriptor:
     return StoreDescriptor(
         name="quarantine index",
         path=str(config.home / "quarantine" / "index"),
-        holds="per held message of every kind (held, spam...): its kind, envelope sender, "
+        holds="per held message of every kind (held, spam, sandbox): its kind, envelope sender, "
         "recipients, subject, reason, score, release claims; entries go with their files",
         read_permission="queues.view",
     )

@@ -89,7 +89,7 @@ def test_inventory_lists_every_store_with_what_was_written(home: Path) -> None:
     Spool(home / "spool").write(b"Subject: x\r\n\r\ny\r\n", Envelope(mail_from="a@b.c"))
     write_private(home / "dkim" / "example.org.s1.key", b"-----BEGIN PRIVATE KEY-----\n")
     spam_bytes = _files(home / "quarantine" / "spam", [100, 120])
-    sandbox_bytes = _files(home / "sandbox" / "quarantine", [50])
+    sandbox_bytes = _files(home / "quarantine" / "sandbox", [50])
     cache = ReputationCache(home / "reputation" / "cache", cap=100)
     cache.put_many({f"k{n}": (Answer(verdict="clean"), 60.0) for n in range(4)})
     cache.close()
@@ -127,7 +127,7 @@ def test_inventory_lists_every_store_with_what_was_written(home: Path) -> None:
     assert shown["temp files"]["exists"] is False
     spam = check("spam quarantine", home / "quarantine" / "spam", 2, owner="antispam")
     assert spam["bytes"] == spam_bytes and spam["store"]["when_full"] == "remove_oldest"
-    sandbox = check("sandbox quarantine", home / "sandbox" / "quarantine", 1, owner="sandbox")
+    sandbox = check("sandbox quarantine", home / "quarantine" / "sandbox", 1, owner="sandbox")
     assert sandbox["bytes"] == sandbox_bytes
     assert sandbox["store"]["when_full"] == "refuse_new"
     assert sandbox["store"]["max_entries"] == 2
@@ -163,8 +163,8 @@ def test_plugins_declared_stores_are_enforced_by_the_core(home: Path) -> None:
     _files(home / "quarantine" / "spam", [100, 100, 100])
     assert enforce(stores["spam quarantine"]) == 1  # cap 250: the oldest goes
     assert sorted(p.name for p in (home / "quarantine" / "spam").iterdir()) == ["m1", "m2"]
-    _files(home / "sandbox" / "quarantine", [10, 10])
+    _files(home / "quarantine" / "sandbox", [10, 10])
     with pytest.raises(StoreFull):
         admit(stores["sandbox quarantine"], 10)  # 2 messages held: the third is refused
     assert enforce(stores["sandbox quarantine"]) == 0
-    assert len(list((home / "sandbox" / "quarantine").iterdir())) == 2
+    assert len(list((home / "quarantine" / "sandbox").iterdir())) == 2

@@ -15,6 +15,7 @@ import msgspec
 from mailwarden import Gateway
 from mailwarden.config import load_config
 from mailwarden_antispam.quarantine import SpamQuarantine
+from mailwarden_sandbox.store import HeldMessage, HeldObject, HoldStore
 from mailwarden_sdk import Envelope, WhenFull
 from mailwarden_sdk.quarantine_store import KindLimits, open_store
 from tests.conftest import make_message
@@ -162,3 +163,34 @@ def test_the_spam_quarantine_of_before_is_moved_in_ids_kept(tmp_path: Path) -> N
     assert [spam.original(entry_id) for entry_id, _ in kept] == [raw for _, raw in kept]
     assert not old.exists() and not (home / "antispam" / "quarantine-index").exists()
     assert spam.total_bytes() == sum(len(raw) for _, raw in kept)
+
+
+def test_the_sandbox_hold_quarantine_of_before_is_moved_in_requests_kept(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    old = home / "sandbox" / "quarantine"
+    old.mkdir(parents=True)
+    raw = make_message(subject="waiting for analysis", attachment=b"pending")
+    meta = HeldMessage(
+        id="0123456789abcdef0123",
+        envelope=Envelope(mail_from="a@x.test", rcpt_to=["b@x.test"]),
+        rule="default",
+        size=len(raw),
+        held_at=1_700_000_000.0,
+        deadline=1_700_000_600.0,
+        objects=[HeldObject(sha256="ab" * 32, label="pending.bin", size=7, task="task-1")],
+        subject="waiting for analysis",
+    )
+    (old / f"{meta.id}.msg").write_bytes(raw)
+    (old / f"{meta.id}.json").write_bytes(msgspec.json.encode(meta))
+    (old / f"{meta.id}.release").write_text("1700000100.0")  # an admin's pending release
+
+    store = HoldStore(home, max_bytes=10_000, max_messages=1)
+    assert store.ids() == [meta.id]
+    assert store.load(meta.id) == meta  # task ids kept: the verdict is not asked for again
+    assert store.raw(meta.id) == raw
+    assert store.marked(meta.id, "release")
+    assert store.usage() == (1, len(raw))
+    assert not list(old.glob("*.msg")) and not list(old.glob("*.json"))
+    assert [p.name for p in (home / "quarantine" / "sandbox").iterdir()] == [f"{meta.id}.eml"]
+    # Its caps hold with the moved message: full at one, nothing new placed.
+    assert not store.admit(b"x" * 10, msgspec.structs.replace(meta, id="ff" * 10))
