@@ -11,9 +11,8 @@ import time
 import click
 import msgspec
 
-from mailwarden_sdk import command_host, config_option, plugin_data_dir
+from mailwarden_sdk import command_host, config_option
 
-from .config import DETECTOR
 from .store import HoldStore, ReleasePending
 
 __all__ = ["sandbox_command"]
@@ -25,7 +24,7 @@ __all__ = ["sandbox_command"]
 def sandbox_command(ctx: click.Context, config_path: str | None) -> None:
     """List, release and delete messages held for sandbox analysis."""
     # The quarantine the gateway with this config uses, wherever [gateway] home points.
-    ctx.obj = HoldStore(plugin_data_dir(command_host(config_path), DETECTOR) / "quarantine")
+    ctx.obj = HoldStore(command_host(config_path).data_dir)
 
 
 @sandbox_command.command("list")

@@ -79,8 +79,9 @@ class SandboxPlugin:
         if not (config.enabled or any(r.enabled for r in config.rules.values())):
             return
         root = plugin_data_dir(host, DETECTOR)
+        # The sandbox kind of the gateway's one quarantine store, in its home.
         self.store = HoldStore(
-            root / "quarantine", config.quarantine_max_bytes, config.quarantine_max_messages
+            host.data_dir, config.quarantine_max_bytes, config.quarantine_max_messages
         )
         self.cache = VerdictCache(root / "verdicts", config.cache_ttl, config.cache_max_entries)
         if config.backend == "icap":
@@ -226,8 +227,10 @@ class SandboxPlugin:
         return [
             StoreDescriptor(
                 name="sandbox quarantine",
-                path=str(root / "quarantine"),
-                holds="whole messages held until the analysis verdict arrives, with envelopes",
+                # Its message files in the quarantine store (the index is the core's).
+                path=str(host.data_dir / "quarantine" / "sandbox"),
+                holds="whole messages held until the analysis verdict arrives, with envelopes "
+                "in the quarantine index",
                 max_bytes=config.quarantine_max_bytes,
                 max_entries=config.quarantine_max_messages,
                 when_full=WhenFull.REFUSE_NEW,
