@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import enum
 import struct
+import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import msgspec
 
@@ -183,31 +184,77 @@ def _charset(key: bytes) -> str | None:
 
 
 class _Budget:
-    """What the parts of one message share: the raw bytes, the C tables as
-    one bytes copy (``_NPF`` int64 per part, then ``_NHF`` per header field
-    from word ``hoff``), each part's kind, the decoded bytes the message may
-    still produce, the message's flags (so a limit hit in one part shows on
-    the message) and the children lists once asked for.  It never refers to
-    a Part, so parts and messages form no reference cycle and are freed by
-    reference counting alone."""
+    """What the parts of one message share: the raw bytes, mw_parse_table's
+    output as one bytes copy (3 int64 words: flags, parts, header fields;
+    then ``_NPF`` words per part, then ``_NHF`` per header field), the
+    decoded bytes the message may still produce, the message's flags (so a
+    limit hit in one part shows on the message) and the children lists once
+    asked for (the slot stays unset until then).  It never refers to a Part,
+    so parts and messages form no reference cycle and are freed by reference
+    counting alone."""
 
-    __slots__ = ("flags", "hoff", "kids", "kinds", "left", "raw", "tab")
+    __slots__ = ("flags", "kids", "left", "raw", "tab")
 
     raw: bytes
     tab: bytes
-    hoff: int
-    kinds: list[int]
     left: int
     flags: int
-    kids: list[list[int]] | None
+    kids: list[list[int]]
 
 
 # One part record as ints: converted per part when the part is made, so
 # containers nobody touches cost no int objects (a tolist() of every record
-# was a quarter of parse()'s Python time on small mail).
+# was a quarter of parse()'s Python time on small mail).  Record i starts at
+# byte _TAB_HEAD + i * _RECORD_SIZE of _Budget.tab.
 _RECORD = struct.Struct(f"={len(PART_FIELDS)}q")
 _RECORD_SIZE = _RECORD.size
 _unpack_record = _RECORD.unpack_from
+_TAB_HEAD = 3 * 8
+# Where the low byte of the first record's kind lies in the table: a step
+# slice from there gives the kinds of all parts as one bytes object, one byte
+# each (kinds are 0-2), which is also the key of the message's shape.
+_KIND_AT = _TAB_HEAD + 8 * PART_FIELDS.index("kind") + (7 if sys.byteorder == "big" else 0)
+
+
+def _hot_format() -> str:
+    """A struct format over one mw_part that reads only _HOT_FIELDS and skips
+    the rest as pad bytes (a skipped field costs no int object)."""
+    fmt, pad = "=", 0
+    for name in PART_FIELDS:
+        if name in _HOT_FIELDS:
+            fmt += f"{pad}xq" if pad else "q"
+            pad = 0
+        else:
+            pad += 8
+    return fmt + (f"{pad}x" if pad else "")
+
+
+# What a walk reads of nearly every part it makes (offsets of the body, kind,
+# encoding, flags, the filename and charset spans, the type code): unpacking
+# these 11 fields instead of all 26 halves the cost of making a part (about
+# 110 instead of 220 ns); the other fields come from the full record, unpacked
+# when a part first needs one (headers, parent, depth, header offsets).
+_HOT_FIELDS = (
+    "body_start",
+    "body_end",
+    "flags",
+    "kind",
+    "cte",
+    "filename_off",
+    "filename_len",
+    "charset_off",
+    "charset_len",
+    "param_flags",
+    "type_code",
+)
+_HOT = struct.Struct(_hot_format())
+_unpack_hot = _HOT.unpack_from
+# Indexes into the hot tuple.
+# The hot tuple holds them in PART_FIELDS order; Part reads it by literal
+# index (a constant load, not a global one), in this layout:
+#   0 body_start  1 body_end  2 flags  3 kind  4 cte  5 filename_off
+#   6 filename_len  7 charset_off  8 charset_len  9 param_flags  10 type_code
+assert tuple(n for n in PART_FIELDS if n in _HOT_FIELDS) == _HOT_FIELDS
 
 
 # Objects made per message and per part are built with __new__ and slot
@@ -230,34 +277,49 @@ def _unfold(raw: bytes) -> str:
 
 
 class Part:
-    """One MIME entity: offsets into the raw message plus lazy header views."""
+    """One MIME entity: offsets into the raw message plus lazy header views.
+
+    Attributes:
+        index: position of the part in :attr:`ParsedMessage.parts`.
+        content_type: lowercased ``type/subtype`` (the RFC 2045 default when absent).
+        filename: Content-Disposition filename, else Content-Type name (RFC 2231 joined,
+            RFC 2047 encoded words decoded), or None.
+        charset: lowercased Content-Type charset parameter, or None.
+    """
 
     # A part is made only when first touched (ParsedMessage.leaves(), .parts,
-    # .root; see _part()): it stores where its record starts in the message's
-    # flat part table and its content type, which every walk reads.  Kind,
-    # offsets, flags and children are properties over that record, and the
-    # header-derived caches are slots left unset until first use.
+    # .root; see _make_parts()): it stores the hot fields of its record (_h,
+    # see _HOT_FIELDS) and its content type, which every walk reads.  Kind,
+    # offsets, flags and children are properties over the record (the full
+    # one, _full, unpacked on first need), and the header-derived caches are
+    # slots left unset until first use.
     __slots__ = (
         "_budget",
         "_decoded",
         "_detected_type",
+        "_full",
+        "_h",
         "_headers",
         "_index",
         "_params",
         "_raw",
-        "_rec",
         "_text",
         "_text_flags",
         "_transfer_encoding",
         "_visible",
+        "charset",
         "content_type",
+        "filename",
         "index",
     )
 
     index: int
     content_type: str
+    filename: str | None
+    charset: str | None
     _raw: bytes
-    _rec: tuple[int, ...]
+    _h: tuple[int, ...]
+    _full: tuple[int, ...] | None
     _budget: _Budget
     _decoded: bytes | None
     _headers: list[tuple[str, str]] | None
@@ -272,52 +334,62 @@ class Part:
     @property
     def flags(self) -> MalformationFlag:
         """What was wrong with this part (DECODED_LIMIT once decoded() was cut)."""
-        return _flag(self._rec[8])
+        return _flag(self._h[2])
 
     @property
     def is_multipart(self) -> bool:
         """The body was split on its boundary into children."""
-        return self._rec[9] == _KIND_MULTIPART
+        return self._h[3] == _KIND_MULTIPART
 
     @property
     def is_message(self) -> bool:
         """The body was parsed as one nested message (the only child)."""
-        return self._rec[9] == _KIND_MESSAGE
+        return self._h[3] == _KIND_MESSAGE
 
     @property
     def children(self) -> list[int]:
         """Indexes of the direct children, in document order."""
         m = self._budget
-        kids = m.kids
-        if kids is None:
+        try:
+            kids = m.kids
+        except AttributeError:  # the message's first children lookup
             kids = m.kids = _children(m)
         return kids[self.index]
+
+    def _record(self) -> tuple[int, ...]:
+        # Every field of the record, for the fields a walk rarely reads.
+        rec = self._full
+        if rec is None:
+            rec = self._full = _unpack_record(
+                self._budget.tab, _TAB_HEAD + self.index * _RECORD_SIZE
+            )
+        return rec
 
     @property
     def parent(self) -> int:
         """Index of the enclosing part, -1 for the root."""
-        return self._rec[0]
+        return self._record()[0]
 
     @property
     def depth(self) -> int:
-        return self._rec[1]
+        return self._record()[1]
 
     @property
     def header_start(self) -> int:
-        return self._rec[2]
+        return self._record()[2]
 
     @property
     def header_end(self) -> int:
         """Start of the blank line that ends the header block."""
-        return self._rec[3]
+        return self._record()[3]
 
     @property
     def body_start(self) -> int:
-        return self._rec[4]
+        return self._h[0]
 
     @property
     def body_end(self) -> int:
-        return self._rec[5]
+        return self._h[1]
 
     def __repr__(self) -> str:
         return (
@@ -333,8 +405,9 @@ class Part:
             m = self._budget
             raw, h = self._raw, memoryview(m.tab).cast("q")
             out = []
-            base = m.hoff + self._rec[6] * _NHF
-            for i in range(base, base + self._rec[7] * _NHF, _NHF):
+            rec = self._record()
+            base = 3 + h[1] * _NPF + rec[6] * _NHF
+            for i in range(base, base + rec[7] * _NHF, _NHF):
                 no, nl, vo, vl = h[i], h[i + 1], h[i + 2], h[i + 3]
                 out.append((_text(raw[no : no + nl]), _unfold(raw[vo : vo + vl])))
             self._headers = out
@@ -360,8 +433,9 @@ class Part:
         bkey = name.lower().encode("utf-8", "surrogateescape")
         klen = len(bkey)
         out: list[str] = []
-        base = m.hoff + self._rec[6] * _NHF
-        for i in range(base, base + self._rec[7] * _NHF, _NHF):
+        rec = self._record()
+        base = 3 + h[1] * _NPF + rec[6] * _NHF
+        for i in range(base, base + rec[7] * _NHF, _NHF):
             no = h[i]
             if h[i + 1] == klen and raw[no : no + klen].lower() == bkey:
                 vo = h[i + 2]
@@ -388,22 +462,6 @@ class Part:
             ct = self.header("content-type")
             params = self._params = parse_params(ct)[1] if ct is not None else {}
             return params
-
-    @property
-    def charset(self) -> str | None:
-        """Lowercased Content-Type charset parameter, or None."""
-        rec = self._rec
-        if not rec[24] & _CT_COMPLEX:
-            o = rec[22]
-            if o < 0:
-                return None
-            key = self._raw[o : o + rec[23]]
-            cs = _CS_CACHE.get(key, _UNSET)
-            return _charset(key) if cs is _UNSET else cs  # type: ignore[return-value]
-        cs = self.params.get("charset")
-        if cs is None:
-            return None
-        return cs.strip().lower() or None
 
     @property
     def transfer_encoding(self) -> str:
@@ -436,37 +494,36 @@ class Part:
     @property
     def disposition(self) -> str | None:
         """Lowercased Content-Disposition type ("attachment", "inline", ...)."""
-        rec = self._rec
-        if rec[24] & _CD_COMPLEX:
+        if self._h[9] & _CD_COMPLEX:
             return self._parsed_disposition()[0]
+        rec = self._record()
         o = rec[18]
         if o < 0 or not rec[19]:
             return None
         return self._raw[o : o + rec[19]].decode("latin-1").lower()
 
-    @property
-    def filename(self) -> str | None:
-        """Content-Disposition filename, else Content-Type name (RFC 2231 joined, RFC 2047
-        encoded words decoded)."""
-        rec = self._rec
-        pf = rec[24]
-        o = rec[20]
-        if pf:
-            if pf & _CD_COMPLEX or o < 0:
-                return self._parsed_disposition()[1]
-        elif o < 0:
-            return None
-        # Spans are only set on 7-bit values, so Latin-1 is the same as the
-        # UTF-8-else-Latin-1 reading of the header.
-        name = self._raw[o : o + rec[21]].decode("latin-1")
-        # Outlook and others put RFC 2047 words in (RFC 2231-less) filename parameters.
-        return decode_header(name) if "=?" in name else name
+    def _set_complex_params(self) -> None:
+        # filename and charset of a part whose param_flags say that the C spans
+        # do not give them (RFC 2231 forms, escapes, 8-bit bytes).
+        h = self._h
+        pf, o = h[9], h[5]
+        self.filename = (
+            self._parsed_disposition()[1]
+            if pf & _CD_COMPLEX or o < 0
+            else _span_filename(self._raw, o, h[6])
+        )
+        if pf & _CT_COMPLEX:
+            cs = self.params.get("charset")
+            self.charset = (cs.strip().lower() or None) if cs is not None else None
+        else:
+            o = h[7]
+            self.charset = None if o < 0 else _charset(self._raw[o : o + h[8]])
 
     @property
     def body_raw(self) -> memoryview:
         """Zero-copy view of the undecoded body."""
-        rec = self._rec
-        return memoryview(self._raw)[rec[4] : rec[5]]
+        h = self._h
+        return memoryview(self._raw)[h[0] : h[1]]
 
     def decoded(self) -> bytes:
         """Transfer-decoded body (base64 / quoted-printable, identity otherwise),
@@ -476,8 +533,8 @@ class Part:
             return out
         budget = self._budget
         left = budget.left
-        rec = self._rec
-        cte, bs, be = rec[10], rec[4], rec[5]
+        h = self._h
+        bs, be, cte = h[0], h[1], h[4]
         if cte == _CTE_BASE64 or cte == _CTE_QP:
             out = decode_span(self._raw, bs, be, cte == _CTE_BASE64)
         else:
@@ -485,7 +542,7 @@ class Part:
             out = self._raw[bs : be if be - bs <= left else bs + left + 1]
         if len(out) > left:
             out = out[:left]
-            self._rec = (*rec[:8], rec[8] | _DECODED_LIMIT, *rec[9:])  # records are tuples
+            self._h = (bs, be, h[2] | _DECODED_LIMIT, *h[3:])  # records are tuples
             budget.flags |= _DECODED_LIMIT
         budget.left = left - len(out)
         self._decoded = out
@@ -493,7 +550,7 @@ class Part:
 
     @property
     def is_leaf(self) -> bool:
-        kind = self._rec[9]
+        kind = self._h[3]
         return kind != _KIND_MULTIPART and kind != _KIND_MESSAGE
 
     def decoded_header(self, name: str) -> str | None:
@@ -556,44 +613,102 @@ class Part:
 
 
 def _children(m: _Budget) -> list[list[int]]:
-    kids: list[list[int]] = [[] for _ in m.kinds]
-    parents = memoryview(m.tab).cast("q")[_NPF : m.hoff : _NPF].tolist()
+    words = memoryview(m.tab).cast("q")
+    n = words[1]
+    kids: list[list[int]] = [[] for _ in range(n)]
+    # The parent field of records 1 to n-1 (the root's is -1).
+    parents = words[3 + _NPF : 3 + n * _NPF : _NPF].tolist()
     for i, parent in enumerate(parents, 1):
         kids[parent].append(i)
     return kids
 
 
-def _part(msg: ParsedMessage, i: int) -> Part:
-    """Part i of msg, made now (the caller checked msg._cache[i] is None)."""
+def _make_parts(msg: ParsedMessage, indexes: Iterable[int]) -> list[Part]:
+    """The parts of msg at indexes (made now where not made yet), in that order.
+
+    One call makes all the parts a caller asked for: a Python call per part
+    cost about a fifth of making it."""
     m = msg._budget
-    raw = m.raw
-    rec = _unpack_record(m.tab, i * _RECORD_SIZE)
-    p = _new(Part)
-    p._raw = raw
-    p._rec = rec
-    p._budget = m
-    p.index = i
-    # Set, not left unset like the other caches: decoded() is asked of most
-    # leaves once and header lookups test _headers, and a miss on an unset
-    # slot raises (slow) AttributeError: 0.7 us of a 1.8 us header() call.
-    p._decoded = None
-    p._headers = None
-    code = rec[25]
+    raw, tab, cache = m.raw, m.tab, msg._cache
+    out = []
+    for i in indexes:
+        p = cache[i]
+        if p is None:
+            at = _TAB_HEAD + i * _RECORD_SIZE
+            h = _unpack_hot(tab, at)
+            p = _new(Part)
+            p._raw = raw
+            p._h = h
+            p._budget = m
+            p.index = i
+            # Set, not left unset like the other caches: decoded() is asked of
+            # most leaves once and header lookups test _headers, and a miss on
+            # an unset slot raises (slow) AttributeError: 0.7 us of a 1.8 us
+            # header() call.
+            p._decoded = None
+            p._headers = None
+            code = h[10]
+            if code:
+                p.content_type = _TYPE_NAMES[code]
+                p._full = None
+            else:
+                rec = p._full = _unpack_record(tab, at)
+                p.content_type = _written_type(raw, rec)
+            # filename and charset are read by every walk, so they are plain
+            # slots set here (a property call cost more than reading the
+            # spans); parts with complex parameters (11 of 655 leaves in the
+            # corpus's small mail) take the Python parser.
+            if h[9]:
+                p._set_complex_params()
+            else:
+                o = h[5]
+                p.filename = None if o < 0 else _span_filename(raw, o, h[6])
+                o = h[7]
+                if o < 0:
+                    p.charset = None
+                else:
+                    key = raw[o : o + h[8]]
+                    cs = _CS_CACHE.get(key, _UNSET)
+                    p.charset = _charset(key) if cs is _UNSET else cs  # type: ignore[assignment]
+            cache[i] = p
+        out.append(p)
+    return out
+
+
+# Leaf indexes by the kinds of a message's parts, one byte each: mail comes
+# in few shapes (one leaf; multipart with two leaves; ...), and a dict hit
+# costs less than finding the leaves in the kinds.  Bounded like the caches
+# above, as hostile mail can have endless shapes.
+_LEAF_INDEXES: dict[bytes, tuple[int, ...]] = {}
+
+
+def _leaf_indexes(kinds: bytes) -> tuple[int, ...]:
+    where = tuple(i for i, kind in enumerate(kinds) if kind == _KIND_LEAF)
+    if len(_LEAF_INDEXES) < _CACHE_MAX:
+        _LEAF_INDEXES[kinds] = where
+    return where
+
+
+def _span_filename(raw: bytes, o: int, n: int) -> str:
+    # Spans are only set on 7-bit values, so Latin-1 is the same as the
+    # UTF-8-else-Latin-1 reading of the header.
+    name = raw[o : o + n].decode("latin-1")
+    # Outlook and others put RFC 2047 words in (RFC 2231-less) filename parameters.
+    return decode_header(name) if "=?" in name else name
+
+
+def _written_type(raw: bytes, rec: tuple[int, ...]) -> str:
+    # The content type of a part whose type is not one of _TYPE_NAMES.
     tl = rec[12]
-    if code:
-        p.content_type = _TYPE_NAMES[code]
-    elif tl and rec[14]:
+    if tl and rec[14]:
         t, s, sl = rec[11], rec[13], rec[14]
         # Inlined cache hit of _content_type(): "type/subtype" written
         # contiguously, seen before.
         ct = _CT_CACHE.get(raw[t : s + sl]) if s == t + tl + 1 else None
-        p.content_type = ct if ct is not None else _content_type(raw, t, tl, s, sl)
-    elif rec[17] == _DEFAULT_RFC822:
-        p.content_type = "message/rfc822"
-    else:
-        p.content_type = "text/plain"
-    msg._cache[i] = p
-    return p
+        return ct if ct is not None else _content_type(raw, t, tl, s, sl)
+    if rec[17] == _DEFAULT_RFC822:
+        return "message/rfc822"
+    return "text/plain"
 
 
 class ParsedMessage:
@@ -604,22 +719,19 @@ class ParsedMessage:
     the same object is returned from then on.
     """
 
-    __slots__ = ("_budget", "_cache", "_whole", "raw")
+    __slots__ = ("_budget", "_cache", "_leaves", "raw")
 
     raw: bytes
     _budget: _Budget
     _cache: list[Part | None]
-    _whole: bool
+    _leaves: list[Part] | None
 
     @property
     def parts(self) -> list[Part]:
         """Every part in document order, the root first."""
         cache = self._cache
-        if not self._whole:
-            for i, p in enumerate(cache):
-                if p is None:
-                    _part(self, i)
-            self._whole = True
+        if None in cache:
+            _make_parts(self, range(len(cache)))
         return cache  # type: ignore[return-value]  # no None left
 
     @property
@@ -633,20 +745,20 @@ class ParsedMessage:
 
     @property
     def root(self) -> Part:
-        return self._cache[0] or _part(self, 0)
+        return self._cache[0] or _make_parts(self, (0,))[0]
 
     def leaves(self) -> Iterator[Part]:
-        cache = self._cache
-        if len(cache) == 1:
-            p = cache[0]
-            if self._budget.kinds[0] != _KIND_LEAF:
-                return iter(())
-            return iter((p or _part(self, 0),))
-        out = []
-        # Containers are skipped on their kind in the table, never made.
-        for i, kind in enumerate(self._budget.kinds):
-            if kind == _KIND_LEAF:
-                out.append(cache[i] or _part(self, i))
+        """The parts that are neither multipart nor a nested message, in document order."""
+        out = self._leaves
+        if out is None:
+            # Containers are skipped on their kind in the table, never made;
+            # the list is kept, as every detector of the gateway walks it.
+            end = _TAB_HEAD + len(self._cache) * _RECORD_SIZE
+            shape = self._budget.tab[_KIND_AT:end:_RECORD_SIZE]
+            where = _LEAF_INDEXES.get(shape)
+            if where is None:
+                where = _leaf_indexes(shape)
+            out = self._leaves = _make_parts(self, where)
         return iter(out)
 
     def attachments(self) -> Iterator[Part]:
@@ -699,16 +811,18 @@ class ParsedMessage:
 _TABLE_CAP = 16384
 _parse_table = lib.mw_parse_table
 _NULL = ffi.NULL
+_unpack = ffi.unpack
 _tables = threading.local()
 
 
 class _Table:
     """A thread's scratch table and an int64 view of it, made once."""
 
-    __slots__ = ("buf", "words")
+    __slots__ = ("buf", "chars", "words")
 
     def __init__(self, words: int) -> None:
         self.buf = ffi.new("int64_t[]", words)
+        self.chars = ffi.cast("char *", self.buf)
         self.words = memoryview(ffi.buffer(self.buf)).cast("q")
 
 
@@ -760,21 +874,16 @@ def parse(raw: bytes, limits: ParseLimits | None = None) -> ParsedMessage:
     if need < 0:  # mw_parse_table returns a failure as its negated status
         check(-need, "mw_parse_table")
     words = table.words
-    n_parts = words[1]
-    hstart = 3 + n_parts * _NPF
     m = _new(_Budget)
     m.raw = raw
-    # Both tables copied in one piece (the scratch is reused); records become
+    # The tables copied in one piece (the scratch is reused); records become
     # ints only for the parts that get made, header fields only when read.
-    m.tab = words[3:need].tobytes()
-    m.hoff = hstart - 3
-    m.kinds = [words[12]] if n_parts == 1 else words[12:hstart:_NPF].tolist()
+    m.tab = _unpack(table.chars, need << 3)
     m.left = max_decoded
     m.flags = words[0]
-    m.kids = None
     msg = _new(ParsedMessage)
     msg.raw = raw
     msg._budget = m
-    msg._cache = [None] * n_parts
-    msg._whole = False
+    msg._cache = [None] * words[1]
+    msg._leaves = None
     return msg
