@@ -86,21 +86,22 @@ def _scratch(n: int) -> _Scratch:
     return s
 
 
+_decode_span = lib.mw_decode_span
+_unpack = ffi.unpack
+
+
 def decode_span(raw: bytes, start: int, end: int, base64: bool) -> bytes:
     """Base64 (else quoted-printable) decoding of raw[start:end]."""
-    n = end - start
-    if n <= 0:
-        return b""
-    # mw_base64_max_len(n), inlined: this runs once per encoded part
-    # (test_native_decode_roundtrip checks the two agree).
-    cap = (n >> 2) * 3 + 3 if base64 else n
+    # Room for either decoder's output: base64 gives at most (n >> 2) * 3 + 3
+    # bytes (mw_base64_max_len, test_native_decode_roundtrip checks it), QP n.
+    room = end - start + 3
     try:
         s = _local.s
     except AttributeError:  # the thread's first decode
-        s = _scratch(cap)
-    if s.size < cap:
-        s = _scratch(cap)
+        s = _scratch(room)
+    if s.size < room:
+        s = _scratch(room)
     # The bytes go to the uint8_t * as a pointer to their buffer, the offsets
-    # beside them: no cdata is made per part.
-    produced = lib.mw_decode_span(raw, start, end, base64, s.buf)
-    return ffi.unpack(s.chars, produced)  # type: ignore[no-any-return]
+    # beside them: no cdata is made per part.  An empty or inverted span
+    # gives 0 bytes.
+    return _unpack(s.chars, _decode_span(raw, start, end, base64, s.buf))  # type: ignore[no-any-return]
