@@ -824,8 +824,8 @@ def parse(raw: bytes, limits: ParseLimits | None = None) -> ParsedMessage:
     """
     # The fixed cost of this wrapper is paid by every message and is a large
     # share of the total on small mail, so: no limits struct when the defaults
-    # apply, the part table turned into ints in one tolist(), and the header
-    # table kept as a copied buffer that parts index only when asked.
+    # apply, both tables kept as one bytes copy that parts read only when made
+    # or asked, and no Part made here.
     if not isinstance(raw, bytes):
         raise TypeError(f"parse() needs bytes, got {type(raw).__name__}")
     if limits is None:
