@@ -244,12 +244,8 @@ _HOT_FIELDS = (
     "flags",
     "kind",
     "cte",
-    "filename_off",
-    "filename_len",
-    "charset_off",
-    "charset_len",
-    "param_flags",
-    "type_code",
+    # filename_off, filename_len, charset_off, charset_len, param_flags, type_code
+    *PART_FIELDS[PART_FIELDS.index("filename_off") :],
 )
 _HOT = struct.Struct(_hot_format())
 _unpack_hot = _HOT.unpack_from
