@@ -19,7 +19,7 @@ import click
 import msgspec
 
 from ..stage import Stage
-from .compare import compare_rounds, medians_report
+from .compare import compare_rounds, stage_report
 from .corpus import generate, load_directory
 from .peers import run_peers
 from .report import compare, table, write_all
@@ -262,9 +262,9 @@ def _compare_builds(
 ) -> None:
     """Both builds stage by stage (``--compare DIR``); exit status 1 when a stage is slower."""
     with _bench_config(signatures, seed, spam_rules) as (config, _):
-        progress = Progress(f"{rounds} rounds, {other} and this build", 2 * rounds)
+        progress = Progress(f"{rounds} rounds, {other} and this build", rounds)
         before, after = compare_rounds(other, data, config, rounds, progress.step)
-    text, slower = medians_report(before, after, tolerance)
+    text, slower = stage_report(before, after, tolerance)
     click.echo(f"baseline: {other}")
     click.echo(text)
     if slower:
