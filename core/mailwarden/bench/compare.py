@@ -105,9 +105,10 @@ class _Side:
         assert self.process.stdout is not None
         line = self.process.stdout.readline()
         if not line:
-            self.close()
+            self._stop()
             self.log.seek(0)
             last = (self.log.read().decode(errors="replace").strip().splitlines() or ["?"])[-1]
+            self.close()
             raise click.ClickException(f"the bench run of {self.where} failed: {last}")
         answer: dict[str, float | str] = json.loads(line)
         return answer
@@ -131,6 +132,10 @@ class _Side:
 
     def close(self) -> None:
         """End the side (its stdin closed, it stops) and its log."""
+        self._stop()
+        self.log.close()
+
+    def _stop(self) -> None:
         if self.process.stdin is not None and not self.process.stdin.closed:
             try:
                 self.process.stdin.close()
@@ -141,7 +146,6 @@ class _Side:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
-        self.log.close()
 
 
 def compare_rounds(
