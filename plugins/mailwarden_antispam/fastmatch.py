@@ -40,6 +40,7 @@ __all__ = [
     "PatternSet",
     "Untranslatable",
     "default_cache_dir",
+    "rewrites",
     "text_bytes",
     "to_bytes_pattern",
     "trim_cache",
@@ -78,9 +79,15 @@ _CATEGORY_SOURCE = {
 }
 _FLAG_MASK = re.IGNORECASE | re.DOTALL
 _MAX_BOUND = 8
+# A counted repeat of one character class is cheap for hyperscan at any count (its repeat
+# engines): kept exact up to this (SpamAssassin's __LONGLINE is [^\r\n]{998}).
+_MAX_CHAR_BOUND = 1000
+# In the "widened" rewrite every counted repeat (not X?) is X* or X+: the copies hyperscan unrolls
+# are what makes the stock set's giant rules "too large"; one copy and a loop match at
+# least as much, and still far less than hyperscan's own prefilter mode.
 _MAX_EXPRESSION = 16000
 # Part of the cache key: a new layout or compile policy must not read old entries.
-_CACHE_FORMAT = 2
+_CACHE_FORMAT = 3
 
 
 class Untranslatable(ValueError):
@@ -168,8 +175,9 @@ _REPEATS = (C.MAX_REPEAT, C.MIN_REPEAT, C.POSSESSIVE_REPEAT)
 
 
 class _Emitter:
-    def __init__(self, multiline: bool) -> None:
+    def __init__(self, multiline: bool, widen: bool = False) -> None:
         self.multiline = multiline
+        self.widen = widen
         # False once anything was dropped or widened in a way ASCII text could notice.
         self.exact_on_ascii = True
 
@@ -227,10 +235,15 @@ class _Emitter:
             if op is C.POSSESSIVE_REPEAT:
                 self.exact_on_ascii = False  # greedy matches wherever possessive does
             body = self.sequence(sub, flags)
-            if low > _MAX_BOUND or (high != C.MAXREPEAT and high > _MAX_BOUND):
+            one_char = len(sub) == 1 and sub[0][0] in _SINGLE
+            limit = _MAX_CHAR_BOUND if one_char and not self.widen else _MAX_BOUND
+            if low > limit or (high != C.MAXREPEAT and high > limit):
                 # Long counted repeats cost hyperscan seconds to compile (and memory); a
                 # shorter minimum and no maximum match at least as much.
-                low, high = min(low, _MAX_BOUND), C.MAXREPEAT
+                low, high = min(low, limit), C.MAXREPEAT
+                self.exact_on_ascii = False
+            if self.widen and (low > 1 or (high != C.MAXREPEAT and high > 1)):
+                low, high = min(low, 1), C.MAXREPEAT
                 self.exact_on_ascii = False
             bound = f"{{{low},}}" if high == C.MAXREPEAT else f"{{{low},{high}}}"
             return f"(?:{body}){bound}"
@@ -299,13 +312,23 @@ class Rewrite:
     expression: bytes
     flags: int
     exact_on_ascii: bool
-    # X{m,n} as a whole pattern is scanned as X: a text holds it only where X ends at m
-    # different offsets or more (its m copies end at m places).
+    # X{m,n} as a whole pattern can be scanned as X (when hyperscan refuses m copies): a
+    # text holds it only where X ends at m different offsets or more (its m copies end at m
+    # places).
     min_ends: int = 1
 
 
 def to_bytes_pattern(pattern: re.Pattern[str]) -> Rewrite:
     """A hyperscan byte pattern matching a superset of ``pattern`` over :func:`text_bytes`.
+
+    Raises :class:`Untranslatable` for what has no rewrite.
+    """
+    return rewrites(pattern)[0]
+
+
+def rewrites(pattern: re.Pattern[str]) -> list[Rewrite]:
+    """The rewrites of ``pattern``, the tightest first: what to try when hyperscan refuses
+    the one before (too large). Every one matches a superset of ``pattern``.
 
     Raises :class:`Untranslatable` for what has no rewrite.
     """
@@ -319,27 +342,44 @@ def to_bytes_pattern(pattern: re.Pattern[str]) -> Rewrite:
     if flags & (re.ASCII | re.LOCALE):
         raise Untranslatable("ASCII/LOCALE flags")
     multiline = bool(flags & re.MULTILINE)
-    emitter = _Emitter(multiline)
     items = list(tree.data)
-    min_ends = 1
     while len(items) == 1 and items[0][0] is C.SUBPATTERN and items[0][1][1:3] == (0, 0):
         items = list(items[0][1][3])
+    repeat = None
     if len(items) == 1 and items[0][0] in (C.MAX_REPEAT, C.MIN_REPEAT) and items[0][1][0] > 1:
-        min_ends = min(items[0][1][0], 1000)
+        repeat = items[0][1]
+    hs_flags = 0
+    if _hs is not None:
+        hs_flags = _hs.HS_FLAG_MULTILINE if multiline else 0
+    out: list[Rewrite] = []
+    for widen in (False, True):
+        emitter = _Emitter(multiline, widen)
+        if repeat is None:
+            text = _emit(emitter, items, flags, True)
+            single = hs_flags | (_hs.HS_FLAG_SINGLEMATCH if _hs is not None else 0)
+            out.append(Rewrite(text.encode("ascii"), single, emitter.exact_on_ascii))
+            continue
+        low, _high, sub = repeat
+        # A text holds X{m,n} exactly where it holds X{m}: its first m copies.
+        copies = min(low, _MAX_BOUND)
+        body = _emit(emitter, sub, flags, False)
+        exact = emitter.exact_on_ascii and copies == low
+        single = hs_flags | (_hs.HS_FLAG_SINGLEMATCH if _hs is not None else 0)
+        out.append(Rewrite(f"(?:{body}){{{copies}}}".encode("ascii"), single, exact))
+        out.append(Rewrite(body.encode("ascii"), hs_flags, False, min(low, 1000)))
+    return out
+
+
+def _emit(emitter: _Emitter, items: Sequence[tuple[Any, Any]], flags: int, whole: bool) -> str:
     try:
-        text = emitter.sequence(items, flags, lead=True, tail=True)
+        text = emitter.sequence(items, flags, lead=whole, tail=whole)
     except (KeyError, TypeError, IndexError) as exc:
         raise Untranslatable(str(exc)) from exc
     if len(text) > _MAX_EXPRESSION:
         # The stock set's few giant alternations take hyperscan tens of seconds each and
         # are then refused as too large anyway.
         raise Untranslatable(f"{len(text)} bytes rewritten")
-    hs_flags = 0
-    if _hs is not None:
-        hs_flags = _hs.HS_FLAG_MULTILINE if multiline else 0
-        if min_ends == 1:
-            hs_flags |= _hs.HS_FLAG_SINGLEMATCH
-    return Rewrite(text.encode("ascii"), hs_flags, emitter.exact_on_ascii, min_ends)
+    return text
 
 
 def default_cache_dir() -> Path | None:
@@ -383,15 +423,23 @@ def trim_cache(cache: Path, max_bytes: int = CACHE_MAX_BYTES) -> None:
 
 
 class PatternSet:
-    """Patterns compiled into one hyperscan database; :meth:`scan` gives who may match.
+    """Patterns compiled into one hyperscan database; :meth:`confirmed` gives those in a text.
 
     ``rejected`` holds the indices of the patterns left to ``re`` (untranslatable, refused by
     hyperscan, or all of them without hyperscan). Compiled databases are cached on disk by
-    the hash of their expressions (compiling a stock rule set takes seconds; loading, ms).
+    the hash of their expressions (compiling a stock rule set takes minutes; loading, ms).
     """
 
-    def __init__(self, patterns: Sequence[re.Pattern[str]], cache: Path | None = None) -> None:
+    def __init__(
+        self,
+        patterns: Sequence[re.Pattern[str]],
+        cache: Path | None = None,
+        compile_now: bool = True,
+    ) -> None:
         self.size = len(patterns)
+        # Set when ``compile_now`` is false and the cache did not hold the database.
+        self.pending = False
+        self.patterns = list(patterns)
         self.rejected: set[int] = set()
         self.exact: list[bool] = [False] * len(patterns)
         self._db: Any = None
@@ -402,76 +450,83 @@ class PatternSet:
         if _hs is None:
             self.rejected = set(range(len(patterns)))
             return
-        expressions: list[bytes] = []
-        flags: list[int] = []
-        ids: list[int] = []
+        candidates: dict[int, list[Rewrite]] = {}
         for index, pattern in enumerate(patterns):
             try:
-                rewrite = to_bytes_pattern(pattern)
+                candidates[index] = rewrites(pattern)
             except (Untranslatable, re.error) as exc:
                 log.debug("regex left to re: %r (%s)", pattern.pattern[:60], exc)
                 self.rejected.add(index)
-                continue
-            expressions.append(rewrite.expression)
-            flags.append(rewrite.flags)
-            ids.append(index)
-            self.exact[index] = rewrite.exact_on_ascii
+        if not candidates:
+            return
+        # Every candidate is in the key: the choice among them is part of the entry.
+        forms = [(i, [(r.expression, r.flags) for r in c]) for i, c in candidates.items()]
+        key = hashlib.sha256(
+            repr((_CACHE_FORMAT, _hs.__version__, forms)).encode("utf-8", "replace")
+        ).hexdigest()
+        chosen = self._load(cache, key, candidates)
+        loaded = chosen is not None
+        if chosen is None and not compile_now:
+            self.pending = True
+            return
+        if chosen is None:
+            chosen = {i: (c[0], False) for i, c in candidates.items()}
+            self._db = _compile(chosen)
+            if self._db is None:
+                chosen = _accepted(candidates)
+                self._db = _compile(chosen) if chosen else None
+        if self._db is None:
+            self.rejected |= set(candidates)
+            return
+        self.rejected |= set(candidates) - set(chosen)
+        for index, (rewrite, loose) in chosen.items():
+            self.exact[index] = rewrite.exact_on_ascii and not loose
+            if loose:
+                self._loosened.add(index)
             if rewrite.min_ends > 1:
                 self._min_ends[index] = rewrite.min_ends
-        if not expressions:
-            return
-        key = hashlib.sha256(
-            repr((_CACHE_FORMAT, _hs.__version__, expressions, flags, ids)).encode(
-                "utf-8", "replace"
-            )
-        ).hexdigest()
-        self._db = self._load(cache, key)
-        loaded = self._db is not None
-        if self._db is None:
-            self._db = _compile(expressions, flags, ids)
-        if self._db is None:
-            accepted = _accepted(expressions, flags)
-            for n, ok in enumerate(accepted):
-                if ok is None:
-                    self.rejected.add(ids[n])
-                elif ok & _hs.HS_FLAG_PREFILTER:
-                    self._loosened.add(ids[n])
-            expressions = [e for e, ok in zip(expressions, accepted, strict=True) if ok is not None]
-            ids = [i for i, ok in zip(ids, accepted, strict=True) if ok is not None]
-            flags = [ok for ok in accepted if ok is not None]
-            if not expressions:
-                return
-            self._db = _compile(expressions, flags, ids)
-        if self._db is None:
-            self.rejected |= set(ids)
-            return
         if not loaded:
-            self._store(cache, key)
-        for index in self.rejected | self._loosened:
-            self.exact[index] = False
+            self._store(cache, key, candidates, chosen)
 
-    def _load(self, cache: Path | None, key: str) -> Any:
+    def _load(
+        self, cache: Path | None, key: str, candidates: dict[int, list[Rewrite]]
+    ) -> dict[int, tuple[Rewrite, bool]] | None:
         if cache is None:
             return None
         path = cache / f"{key}.hsdb"
         try:
             blob = path.read_bytes()
-            rejected_blob = (cache / f"{key}.rejected").read_text()
+            side = (cache / f"{key}.rejected").read_text()
             db = _hs.loadb(blob, _hs.HS_MODE_BLOCK)
+            refused, _, choices = side.partition("\n")
+            chosen = {i: (c[0], False) for i, c in candidates.items()}
+            for n in refused.split():
+                del chosen[int(n)]
+            for entry in choices.split():
+                index, which, loose = (int(n) for n in entry.split(":"))
+                chosen[index] = (candidates[index][which], bool(loose))
             # The modification time is the entry's last use: what trimming keeps longest.
             os.utime(path)
-        except (OSError, _hs.error, ValueError):
+        except (OSError, _hs.error, ValueError, KeyError, IndexError):
             return None
-        rejected, _, loosened = rejected_blob.partition("\n")
-        self.rejected |= {int(n) for n in rejected.split()}
-        self._loosened |= {int(n) for n in loosened.split()}
-        return db
+        self._db = db
+        return chosen
 
-    def _store(self, cache: Path | None, key: str) -> None:
+    def _store(
+        self,
+        cache: Path | None,
+        key: str,
+        candidates: dict[int, list[Rewrite]],
+        chosen: dict[int, tuple[Rewrite, bool]],
+    ) -> None:
         if cache is None:
             return
-        listed = " ".join(map(str, sorted(self.rejected)))
-        listed += "\n" + " ".join(map(str, sorted(self._loosened)))
+        listed = " ".join(str(i) for i in sorted(set(candidates) - set(chosen)))
+        listed += "\n" + " ".join(
+            f"{i}:{candidates[i].index(rewrite)}:{int(loose)}"
+            for i, (rewrite, loose) in sorted(chosen.items(), key=lambda item: item[0])
+            if loose or rewrite is not candidates[i][0]
+        )
         try:
             cache.mkdir(parents=True, exist_ok=True)
             # Written aside and renamed: a worker starting meanwhile reads all or nothing.
@@ -492,30 +547,62 @@ class PatternSet:
 
     def scan(self, data: bytes) -> set[int]:
         """Indices of the patterns hyperscan reports in ``data`` (a superset of the hits)."""
+        return self._scan(data)[0]
+
+    def _scan(self, data: bytes) -> tuple[set[int], dict[int, list[int]]]:
         found: set[int] = set()
+        ends: dict[int, list[int]] = {}
         if self._db is None or not data:
-            return found
+            return found, ends
         scratch = getattr(self._scratch, "space", None)
         if scratch is None:
             scratch = self._scratch.space = _hs.Scratch(self._db)
-        if not self._min_ends:
+        counted = self._min_ends
+        if not counted:
 
             def on_match(pid: int, _start: int, _end: int, _flags: int, _ctx: object) -> None:
                 found.add(pid)
 
             self._db.scan(data, match_event_handler=on_match, scratch=scratch)
-            return found
-        ends: dict[int, int] = {}
+            return found, ends
 
-        def count(pid: int, _start: int, _end: int, _flags: int, _ctx: object) -> None:
-            ends[pid] = ends.get(pid, 0) + 1  # one report per end offset per pattern
+        def on_any(pid: int, _start: int, end: int, _flags: int, _ctx: object) -> None:
+            if pid in counted:
+                ends.setdefault(pid, []).append(end)  # one report per end offset
+            else:
+                found.add(pid)
 
-        self._db.scan(data, match_event_handler=count, scratch=scratch)
-        return {pid for pid, n in ends.items() if n >= self._min_ends.get(pid, 1)}
+        self._db.scan(data, match_event_handler=on_any, scratch=scratch)
+        found.update(pid for pid, at in ends.items() if len(at) >= counted[pid])
+        return found, ends
+
+    def confirmed(self, text: str) -> list[int]:
+        """Indices of the patterns (not the rejected ones) whose ``re`` search finds ``text``.
+
+        hyperscan's report is final where its pattern is exact on ASCII text and the text is
+        ASCII; every other reported pattern is confirmed by its ``re`` pattern.
+        """
+        if not text or self._db is None:
+            return []
+        found = self._scan(text_bytes(text))[0]
+        if not found:
+            return []
+        ascii_text = text.isascii()
+        out = []
+        for index in found:
+            if ascii_text and self.exact[index]:
+                out.append(index)
+                continue
+            if self.patterns[index].search(text) is not None:
+                out.append(index)
+        return out
 
 
-def _compile(expressions: list[bytes], flags: list[int], ids: list[int]) -> Any:
+def _compile(chosen: dict[int, tuple[Rewrite, bool]]) -> Any:
     assert _hs is not None
+    ids = list(chosen)
+    expressions = [chosen[i][0].expression for i in ids]
+    flags = [chosen[i][0].flags | (_hs.HS_FLAG_PREFILTER if chosen[i][1] else 0) for i in ids]
     db = _hs.Database(mode=_hs.HS_MODE_BLOCK)
     try:
         db.compile(expressions=expressions, ids=ids, elements=len(ids), flags=flags)
@@ -524,24 +611,18 @@ def _compile(expressions: list[bytes], flags: list[int], ids: list[int]) -> Any:
     return db
 
 
-def _accepted(expressions: list[bytes], flags: list[int]) -> list[int | None]:
-    """The flags each expression compiles with, None for a refused one (hyperscan names no
-    culprit when a set fails). One too large for hyperscan is tried in its prefilter mode,
-    which may match more (never less): a superset is all a rewrite promises anyway."""
+def _accepted(candidates: dict[int, list[Rewrite]]) -> dict[int, tuple[Rewrite, bool]]:
+    """Per pattern, the first rewrite hyperscan takes (it names no culprit when a set fails):
+    the tightest first, then each in its prefilter mode, which may match more (never less):
+    a superset is all a rewrite promises anyway. Refused in every form: left out."""
     assert _hs is not None
-    out: list[int | None] = []
-    for expression, hs_flags in zip(expressions, flags, strict=True):
-        for attempt in (hs_flags, hs_flags | _hs.HS_FLAG_PREFILTER):
-            try:
-                _hs.Database(mode=_hs.HS_MODE_BLOCK).compile(
-                    expressions=[expression], flags=[attempt]
-                )
-            except _hs.error:
-                continue
-            out.append(attempt)
-            break
-        else:
-            out.append(None)
+    out: dict[int, tuple[Rewrite, bool]] = {}
+    for index, rewrites_of in candidates.items():
+        attempts = [(r, False) for r in rewrites_of] + [(r, True) for r in rewrites_of]
+        for rewrite, loose in attempts:
+            if _compile({index: (rewrite, loose)}) is not None:
+                out[index] = (rewrite, loose)
+                break
     return out
 
 

@@ -7,6 +7,7 @@ texts, and on the shipped rules plus SpamAssassin's stock rules over the shared 
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import warnings
@@ -157,7 +158,7 @@ def test_hyperscan_and_re_give_the_same_hits_on_the_corpus(corpus: Path) -> None
         warnings.simplefilter("ignore", FutureWarning)
         fast = load_rules([STOCK, BUILTIN_RULES])
         slow = load_rules([STOCK, BUILTIN_RULES], engine="re")
-    assert fast._fast, "hyperscan databases were built"
+    assert fast._matching.fast, "hyperscan databases were built"
     plugin = AntispamPlugin()
     plugin.configure(AntispamConfig(rule_files=[str(STOCK)]))
     compared = total = metas = 0
@@ -214,3 +215,32 @@ def test_the_compiled_cache_keeps_the_recently_used_and_stays_under_its_cap(
     assert [name for name in left if name.startswith("old")] == ["old3.hsdb", "old4.hsdb"]
     assert len(left) == 3
     assert not (cache / "old0.rejected").exists()
+
+
+def test_a_cold_cache_answers_at_once_and_the_same_after_the_compiled_swap(
+    tmp_path: Path, corpus: Path
+) -> None:
+    cache = tmp_path / "hyperscan"
+    cache.mkdir()
+    plugin = AntispamPlugin()
+    plugin.configure(AntispamConfig())
+    targets = []
+    for path in _corpus_messages(corpus)[::8]:
+        message = parse(path.read_bytes())
+        targets.append(plugin._targets_of(message, "", message_urls(message)))
+    need(len(targets) > 10, "the shared corpus's spam sets")
+    with (cache / "compile.lock").open("a+b") as held:
+        # Another worker is compiling into this cache: this start must not wait for it.
+        fcntl.flock(held, fcntl.LOCK_EX)
+        rules = load_rules([BUILTIN_RULES], cache=cache, background=True)
+        assert not rules.ready and not rules._matching.fast
+        before = [[r.name for r in rules.match(t)] for t in targets]
+        fcntl.flock(held, fcntl.LOCK_UN)
+    assert rules.wait_ready(600)
+    assert rules._matching.fast, "switched to the hyperscan databases"
+    assert [[r.name for r in rules.match(t)] for t in targets] == before
+    assert any(before)
+    # The next worker finds them in the cache: on hyperscan from its first message.
+    again = load_rules([BUILTIN_RULES], cache=cache, background=True)
+    assert again.ready and again._matching.fast
+    assert [[r.name for r in again.match(t)] for t in targets] == before
