@@ -87,7 +87,7 @@ _MAX_CHAR_BOUND = 1000
 # least as much, and still far less than hyperscan's own prefilter mode.
 _MAX_EXPRESSION = 16000
 # Part of the cache key: a new layout or compile policy must not read old entries.
-_CACHE_FORMAT = 3
+_CACHE_FORMAT = 4
 
 
 class Untranslatable(ValueError):
@@ -175,9 +175,11 @@ _REPEATS = (C.MAX_REPEAT, C.MIN_REPEAT, C.POSSESSIVE_REPEAT)
 
 
 class _Emitter:
-    def __init__(self, multiline: bool, widen: bool = False) -> None:
+    def __init__(self, multiline: bool, widen: bool = False, reverse: bool = False) -> None:
         self.multiline = multiline
         self.widen = widen
+        # The pattern read backwards (for reversed text): where its matches start.
+        self.reverse = reverse
         # False once anything was dropped or widened in a way ASCII text could notice.
         self.exact_on_ascii = True
 
@@ -207,7 +209,7 @@ class _Emitter:
                 out.append(self.anchor(av, items, index, flags, at_lead, at_tail))
             else:
                 out.append(self.item(op, av, flags, at_lead, at_tail))
-        return "".join(out)
+        return "".join(reversed(out) if self.reverse else out)
 
     def item(self, op: Any, av: Any, flags: int, lead: bool = False, tail: bool = False) -> str:
         if op in _SINGLE:
@@ -227,15 +229,19 @@ class _Emitter:
             return "(?:" + self.sequence(sub, (flags | add) & ~remove, lead, tail) + ")"
         if op in _REPEATS:
             low, high, sub = av
+            one_char = len(sub) == 1 and sub[0][0] in _SINGLE
             if (lead or tail) and (high, low) != (1, 1):
-                # At either end of the expression, X{m,n} (m >= 1) is in a text only where
-                # its copy next to the rest is: one copy finds at least the same texts.
-                low = high = 1
-                self.exact_on_ascii = False
+                # At either end of the expression, X{m,n} is in a text exactly where X{m}
+                # is; and X{m} (m >= 1) only where its copy next to the rest is: one copy
+                # finds at least the same texts, and is cheaper unless X is one character.
+                if one_char and not self.widen and 1 <= low <= _MAX_CHAR_BOUND:
+                    high = low
+                else:
+                    low = high = 1
+                    self.exact_on_ascii = False
             if op is C.POSSESSIVE_REPEAT:
                 self.exact_on_ascii = False  # greedy matches wherever possessive does
             body = self.sequence(sub, flags)
-            one_char = len(sub) == 1 and sub[0][0] in _SINGLE
             limit = _MAX_CHAR_BOUND if one_char and not self.widen else _MAX_BOUND
             if low > limit or (high != C.MAXREPEAT and high > limit):
                 # Long counted repeats cost hyperscan seconds to compile (and memory); a
@@ -312,10 +318,10 @@ class Rewrite:
     expression: bytes
     flags: int
     exact_on_ascii: bool
-    # X{m,n} as a whole pattern can be scanned as X (when hyperscan refuses m copies): a
-    # text holds it only where X ends at m different offsets or more (its m copies end at m
-    # places).
-    min_ends: int = 1
+    # X{m,n} as a whole pattern can be scanned as X (when hyperscan refuses m copies); then
+    # ``starts`` is X read backwards, for the reversed text: a superset of the offsets where
+    # X's matches start, the only ones where a match of the whole pattern can start.
+    starts: bytes = b""
 
 
 def to_bytes_pattern(pattern: re.Pattern[str]) -> Rewrite:
@@ -366,7 +372,8 @@ def rewrites(pattern: re.Pattern[str]) -> list[Rewrite]:
         exact = emitter.exact_on_ascii and copies == low
         single = hs_flags | (_hs.HS_FLAG_SINGLEMATCH if _hs is not None else 0)
         out.append(Rewrite(f"(?:{body}){{{copies}}}".encode("ascii"), single, exact))
-        out.append(Rewrite(body.encode("ascii"), hs_flags, False, min(low, 1000)))
+        backwards = _emit(_Emitter(multiline, widen, reverse=True), sub, flags, False)
+        out.append(Rewrite(body.encode("ascii"), single, False, backwards.encode("ascii")))
     return out
 
 
@@ -445,8 +452,11 @@ class PatternSet:
         self._db: Any = None
         # Scratch space is per scanning thread (rules run in worker threads at once).
         self._scratch = threading.local()
-        self._min_ends: dict[int, int] = {}
         self._loosened: set[int] = set()  # compiled in hyperscan's prefilter mode
+        # Counted whole-pattern repeats (X{m} scanned as X): where X may start, found by
+        # scanning the reversed text, so re tries a match only there (not at every offset).
+        self._starts_db: Any = None
+        self._starts: set[int] = set()
         if _hs is None:
             self.rejected = set(range(len(patterns)))
             return
@@ -483,10 +493,12 @@ class PatternSet:
             self.exact[index] = rewrite.exact_on_ascii and not loose
             if loose:
                 self._loosened.add(index)
-            if rewrite.min_ends > 1:
-                self._min_ends[index] = rewrite.min_ends
         if not loaded:
             self._store(cache, key, candidates, chosen)
+        backwards = {i: r.starts for i, (r, _loose) in chosen.items() if r.starts}
+        if backwards:
+            self._starts_db, self._starts = _starts_database(backwards, cache, compile_now)
+            self.pending = self._starts_db is None and not compile_now
 
     def _load(
         self, cache: Path | None, key: str, candidates: dict[int, list[Rewrite]]
@@ -547,34 +559,21 @@ class PatternSet:
 
     def scan(self, data: bytes) -> set[int]:
         """Indices of the patterns hyperscan reports in ``data`` (a superset of the hits)."""
-        return self._scan(data)[0]
+        return self._scan(data)
 
-    def _scan(self, data: bytes) -> tuple[set[int], dict[int, list[int]]]:
+    def _scan(self, data: bytes) -> set[int]:
         found: set[int] = set()
-        ends: dict[int, list[int]] = {}
         if self._db is None or not data:
-            return found, ends
+            return found
         scratch = getattr(self._scratch, "space", None)
         if scratch is None:
             scratch = self._scratch.space = _hs.Scratch(self._db)
-        counted = self._min_ends
-        if not counted:
 
-            def on_match(pid: int, _start: int, _end: int, _flags: int, _ctx: object) -> None:
-                found.add(pid)
+        def on_match(pid: int, _start: int, _end: int, _flags: int, _ctx: object) -> None:
+            found.add(pid)
 
-            self._db.scan(data, match_event_handler=on_match, scratch=scratch)
-            return found, ends
-
-        def on_any(pid: int, _start: int, end: int, _flags: int, _ctx: object) -> None:
-            if pid in counted:
-                ends.setdefault(pid, []).append(end)  # one report per end offset
-            else:
-                found.add(pid)
-
-        self._db.scan(data, match_event_handler=on_any, scratch=scratch)
-        found.update(pid for pid, at in ends.items() if len(at) >= counted[pid])
-        return found, ends
+        self._db.scan(data, match_event_handler=on_match, scratch=scratch)
+        return found
 
     def confirmed(self, text: str) -> list[int]:
         """Indices of the patterns (not the rejected ones) whose ``re`` search finds ``text``.
@@ -584,18 +583,77 @@ class PatternSet:
         """
         if not text or self._db is None:
             return []
-        found = self._scan(text_bytes(text))[0]
+        found = self._scan(text_bytes(text))
         if not found:
             return []
         ascii_text = text.isascii()
         out = []
+        starts: dict[int, list[int]] | None = None
         for index in found:
             if ascii_text and self.exact[index]:
                 out.append(index)
                 continue
-            if self.patterns[index].search(text) is not None:
+            pattern = self.patterns[index]
+            if index in self._starts:
+                if starts is None:
+                    starts = self._scan_starts(text_bytes(text)[::-1])
+                # Every match of the whole pattern starts where a copy of X does.
+                hit = any(pattern.match(text, at) for at in sorted(set(starts.get(index, ()))))
+            else:
+                hit = pattern.search(text) is not None
+            if hit:
                 out.append(index)
         return out
+
+    def _scan_starts(self, backwards: bytes) -> dict[int, list[int]]:
+        size = len(backwards)
+        starts: dict[int, list[int]] = {}
+        scratch = getattr(self._scratch, "starts", None)
+        if scratch is None:
+            scratch = self._scratch.starts = _hs.Scratch(self._starts_db)
+
+        def on_match(pid: int, _start: int, end: int, _flags: int, _ctx: object) -> None:
+            starts.setdefault(pid, []).append(size - end)  # an end backwards, a start forwards
+
+        self._starts_db.scan(backwards, match_event_handler=on_match, scratch=scratch)
+        return starts
+
+
+def _starts_database(
+    backwards: dict[int, bytes], cache: Path | None, compile_now: bool
+) -> tuple[Any, set[int]]:
+    """The database of reversed patterns (every match reported, not just one) and the
+    indices it holds; cached as the main databases are."""
+    assert _hs is not None
+    key = hashlib.sha256(
+        repr((_CACHE_FORMAT, _hs.__version__, "starts", sorted(backwards.items()))).encode()
+    ).hexdigest()
+    if cache is not None:
+        try:
+            db = _hs.loadb((cache / f"{key}.hsdb").read_bytes(), _hs.HS_MODE_BLOCK)
+            refused = {int(n) for n in (cache / f"{key}.rejected").read_text().split()}
+            os.utime(cache / f"{key}.hsdb")
+            return db, set(backwards) - refused
+        except (OSError, _hs.error, ValueError):
+            pass
+    if not compile_now:
+        return None, set()
+    plain = {i: (Rewrite(e, 0, False), False) for i, e in backwards.items()}
+    db = _compile(plain)
+    if db is None:
+        plain = {i: r for i, r in plain.items() if _compile({i: r}) is not None}
+        db = _compile(plain) if plain else None
+    if db is None:
+        return None, set()
+    if cache is not None:
+        try:
+            cache.mkdir(parents=True, exist_ok=True)
+            refused_text = " ".join(str(i) for i in sorted(set(backwards) - set(plain)))
+            atomic_write(cache / f"{key}.rejected", refused_text.encode(), durable=False)
+            atomic_write(cache / f"{key}.hsdb", _hs.dumpb(db), durable=False)
+        except OSError as exc:
+            log.debug("hyperscan cache not written: %s", exc)
+    return db, set(plain)
 
 
 def _compile(chosen: dict[int, tuple[Rewrite, bool]]) -> Any:

@@ -47,6 +47,10 @@ _META_TOKEN = re.compile(r"\s*(\d+(?:\.\d+)?|[A-Za-z_][A-Za-z0-9_]*|&&|\|\||[<>=
 _MISSING_PLUGINS = {"Mail::SpamAssassin::Plugin::MIMEHeader"}
 _EVAL = re.compile(r"^eval:(\w+)\((.*)\)$")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# A header name with no ":raw"/":addr" modifier; _PSEUDO are SpamAssassin's names that are
+# not one header (see _header_values).
+_NAME_ONLY = re.compile(r"[^:\s]+")
+_PSEUDO = frozenset({"ALL", "ToCc", "MESSAGEID"})
 
 
 @dataclass
@@ -105,6 +109,8 @@ class RuleSet:
     _metas: list[tuple[Rule, CodeType]] = field(default_factory=list)
     _readers: dict[str, list[int]] = field(default_factory=dict)
     _always: set[int] = field(default_factory=set)
+    # Per rule or meta name: every meta downstream of it (what a hit of it makes dirty).
+    _closure: dict[str, frozenset[int]] = field(default_factory=dict)
     _baseline: set[str] = field(default_factory=set)
     _evals: list[Rule] = field(default_factory=list)
     # "hyperscan" (when installed; the re path for what it cannot take) or "re" alone.
@@ -185,6 +191,7 @@ class RuleSet:
                 readers.setdefault(name, []).append(index)
         self._readers = readers
         self._always = self._downstream(cyclic, set())
+        self._closure = {name: frozenset(self._downstream([name], set())) for name in readers}
         base: set[str] = set()
         self._fixpoint(base, self._metas)
         self._baseline = base
@@ -290,20 +297,18 @@ class RuleSet:
             patterns, rules = matching.fast["uri"]
             for uri in targets.uris:
                 hits.update(r.name for r in _confirmed(patterns, rules, uri))
-        for patterns, rules in matching.fast_headers.values():
-            probe = rules[0]
-            values = _header_values(probe, targets)
+        for group in matching.fast_headers.values():
+            values = _header_values(group.rules[0], targets)
             if values is None:
-                for i, rule in enumerate(rules):
-                    if i not in patterns.rejected and _header_hit(rule, targets):
+                for rule in group.if_absent:
+                    if _header_hit(rule, targets):
                         hits.add(rule.name)  # if-unset text or a negation: re, on no text
                 continue
-            found = {r.name for r in _confirmed(patterns, rules, "\n".join(values))}
-            hits.update(
-                r.name
-                for i, r in enumerate(rules)
-                if i not in patterns.rejected and (r.name in found) != r.negate
-            )
+            rules = group.rules
+            found = group.patterns.confirmed("\n".join(values))
+            hits.update(rules[i].name for i in found if not rules[i].negate)
+            if group.negated:
+                hits.update(r.name for i, r in group.negated if i not in found)
         for kind in ("body", "rawbody", "full"):
             text = getattr(targets, kind)
             for rule in self._candidates(matching, kind, text):
@@ -313,6 +318,8 @@ class RuleSet:
             for rule in self._candidates(matching, "uri", "\n".join(targets.uris)):
                 if rule.pattern is not None and any(rule.pattern.search(u) for u in targets.uris):
                     hits.add(rule.name)
+        headers = targets.headers
+        hits.update(name for key, name in matching.exists if headers.get(key))
         for rule in matching.slow_headers:
             if _header_hit(rule, targets):
                 hits.add(rule.name)
@@ -356,20 +363,32 @@ class RuleSet:
         }
 
     def _resolve_metas(self, hits: set[str]) -> None:
-        dirty = self._downstream(hits, set(self._always))
+        dirty = set(self._always)
+        closure = self._closure
+        for name in hits & closure.keys():
+            dirty |= closure[name]
         names = {self._metas[i][0].name for i in dirty}
         hits.update(self._baseline - names)
-        self._fixpoint(hits, [self._metas[i] for i in sorted(dirty)])
+        ordered = sorted(dirty)
+        # A meta on no cycle reads rules and metas ordered before it: one pass in order
+        # settles them (the second pass of a fixpoint only confirmed it). Those on a cycle,
+        # and what reads them, then iterate to their fixpoint.
+        self._fixpoint(hits, [self._metas[i] for i in ordered if i not in self._always], 1)
+        cyclic = [self._metas[i] for i in ordered if i in self._always]
+        if cyclic:
+            self._fixpoint(hits, cyclic)
 
     def _resolve_metas_everywhere(self, hits: set[str]) -> None:
         """Every meta evaluated (what :meth:`_resolve_metas` must equal; tests compare)."""
         self._fixpoint(hits, self._metas)
 
-    def _fixpoint(self, hits: set[str], pending: list[tuple[Rule, CodeType]]) -> None:
+    def _fixpoint(
+        self, hits: set[str], pending: list[tuple[Rule, CodeType]], passes: int = 0
+    ) -> None:
         # Metas may depend on metas: evaluate until nothing changes (bounded by their count).
         values = _Defaulting(dict.fromkeys(hits, 1))
         scope: dict[str, Any] = {"__builtins__": {}}
-        for _ in range(len(pending) + 1):
+        for _ in range(passes or len(pending) + 1):
             changed = False
             for rule, expr in pending:
                 if rule.name in hits:
@@ -396,8 +415,22 @@ class _Matching:
     )
     # Per target ("body"...; "header" per header name): the database and its rules.
     fast: dict[str, tuple[PatternSet, list[Rule]]] = field(default_factory=dict)
-    fast_headers: dict[str, tuple[PatternSet, list[Rule]]] = field(default_factory=dict)
+    fast_headers: dict[str, _HeaderGroup] = field(default_factory=dict)
     slow_headers: list[Rule] = field(default_factory=list)
+    # "exists:Name" rules on plain header names: (lowered name, rule name), a dict look-up.
+    exists: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class _HeaderGroup:
+    """The header rules on one header name in one database (none of its rejected)."""
+
+    patterns: PatternSet
+    rules: list[Rule]
+    # Hit where their pattern is not found (!~), by index.
+    negated: list[tuple[int, Rule]]
+    # What can hit when the header is absent: negations and [if-unset: TEXT] rules.
+    if_absent: list[Rule]
 
 
 def _prefilters(
@@ -430,20 +463,29 @@ def _fast_matching(
         slow[kind] = [r for i, r in enumerate(rules) if i in patterns.rejected]
     per_header: dict[str, list[Rule]] = {}
     slow_headers: list[Rule] = []
+    exists: list[tuple[str, str]] = []
     for rule in by_kind["header"]:
         if rule.pattern is not None and not rule.exists:
             per_header.setdefault(rule.header, []).append(rule)
+        elif rule.exists and _NAME_ONLY.fullmatch(rule.header) and rule.header not in _PSEUDO:
+            exists.append((rule.header.lower(), rule.name))
         else:
             slow_headers.append(rule)
-    fast_headers: dict[str, tuple[PatternSet, list[Rule]]] = {}
+    fast_headers: dict[str, _HeaderGroup] = {}
     for header, rules in per_header.items():
         patterns = PatternSet([r.pattern for r in rules if r.pattern], cache, compile_now)
-        fast_headers[header] = (patterns, rules)
+        kept = [(i, r) for i, r in enumerate(rules) if i not in patterns.rejected]
+        fast_headers[header] = _HeaderGroup(
+            patterns,
+            rules,
+            [(i, r) for i, r in kept if r.negate],
+            [r for _i, r in kept if r.negate or r.if_unset is not None],
+        )
         sets.append(patterns)
         slow_headers.extend(r for i, r in enumerate(rules) if i in patterns.rejected)
     if any(p.pending for p in sets):
         return None
-    return _Matching(_prefilters(slow), fast, fast_headers, slow_headers)
+    return _Matching(_prefilters(slow), fast, fast_headers, slow_headers, exists)
 
 
 @contextmanager

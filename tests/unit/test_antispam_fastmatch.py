@@ -23,6 +23,7 @@ from mailwarden_antispam.content import message_urls
 from mailwarden_antispam.fastmatch import (
     PatternSet,
     Untranslatable,
+    rewrites,
     text_bytes,
     to_bytes_pattern,
     trim_cache,
@@ -244,3 +245,48 @@ def test_a_cold_cache_answers_at_once_and_the_same_after_the_compiled_swap(
     again = load_rules([BUILTIN_RULES], cache=cache, background=True)
     assert again.ready and again._matching.fast
     assert [[r.name for r in again.match(t)] for t in targets] == before
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    _patterns(),
+    st.sampled_from([0, re.I, re.M, re.S]),
+    st.lists(st.text(_ALPHABET, max_size=24), min_size=1, max_size=6),
+)
+def test_a_counted_repeat_is_tried_at_every_offset_where_its_copy_can_start(
+    source: str, flags: int, texts: list[str]
+) -> None:
+    # X{m} that hyperscan refuses whole is scanned as X, and re then tries a match only
+    # where X's reversed rewrite, over the reversed text, says a copy can start.
+    pattern = re.compile(f"(?:{source}){{2,3}}", flags)
+    copy = re.compile(source, flags)
+    try:
+        counted = [r for r in rewrites(pattern) if r.starts]
+    except Untranslatable:
+        return
+    hs = pytest.importorskip("hyperscan")
+    for rewrite in counted:
+        db = hs.Database(mode=hs.HS_MODE_BLOCK)
+        try:
+            db.compile(expressions=[rewrite.starts], flags=[0])
+        except hs.error:
+            continue  # refused: that pattern is searched in the whole text
+        for text in texts:
+            found = _reversed_ends(db, text_bytes(text)[::-1])
+            # Where a copy of X matches (not empty), and so where the whole pattern can.
+            copies = {at for at in range(len(text)) if (m := copy.match(text, at)) and m.end() > at}
+            assert copies <= found, (source, flags, text, rewrite.starts)
+            whole = {at for at in range(len(text)) if pattern.match(text, at)}
+            assert whole <= found, (source, flags, text, rewrite.starts)
+
+
+def _reversed_ends(db: object, data: bytes) -> set[int]:
+    """The forward offsets of the ends a database reports over reversed ``data``."""
+    found: set[int] = set()
+    if data:
+
+        def on_match(_i: int, _s: int, end: int, _f: int, _c: object) -> None:
+            found.add(len(data) - end)
+
+        db.scan(data, match_event_handler=on_match)  # type: ignore[attr-defined]
+    return found
