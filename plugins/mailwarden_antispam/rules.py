@@ -93,6 +93,8 @@ class RuleTargets:
     full: str
     all_headers: str = ""
     facts: EvalInput | None = None
+    # The :addr/:name values already parsed for this message (many rules read From:addr).
+    parsed: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -563,11 +565,16 @@ def _header_values(rule: Rule, targets: RuleTargets) -> list[str] | None:
         values = targets.headers.get(key, [])
     if not values:
         return None
-    if modifier == "addr":
-        return [a for _n, a in email.utils.getaddresses(values) if a] or [""]
-    if modifier == "name":
-        return [n for n, _a in email.utils.getaddresses(values)] or [""]
-    return values
+    if modifier not in ("addr", "name"):
+        return values
+    done = targets.parsed.get(name)
+    if done is None:
+        if modifier == "addr":
+            done = [a for _n, a in email.utils.getaddresses(values) if a] or [""]
+        else:
+            done = [n for n, _a in email.utils.getaddresses(values)] or [""]
+        targets.parsed[name] = done
+    return done
 
 
 def _confirmed(patterns: PatternSet, rules: list[Rule], text: str) -> list[Rule]:
