@@ -86,8 +86,10 @@ _MAX_CHAR_BOUND = 1000
 # are what makes the stock set's giant rules "too large"; one copy and a loop match at
 # least as much, and still far less than hyperscan's own prefilter mode.
 _MAX_EXPRESSION = 16000
+# A copy of a repeated pattern this long (rewritten) is tried only where it can start.
+_BIG_COPY = 256
 # Part of the cache key: a new layout or compile policy must not read old entries.
-_CACHE_FORMAT = 4
+_CACHE_FORMAT = 5
 
 
 class Untranslatable(ValueError):
@@ -371,9 +373,11 @@ def rewrites(pattern: re.Pattern[str]) -> list[Rewrite]:
         body = _emit(emitter, sub, flags, False)
         exact = emitter.exact_on_ascii and copies == low
         single = hs_flags | (_hs.HS_FLAG_SINGLEMATCH if _hs is not None else 0)
-        out.append(Rewrite(f"(?:{body}){{{copies}}}".encode("ascii"), single, exact))
-        backwards = _emit(_Emitter(multiline, widen, reverse=True), sub, flags, False)
-        out.append(Rewrite(body.encode("ascii"), single, False, backwards.encode("ascii")))
+        backwards = _emit(_Emitter(multiline, widen, reverse=True), sub, flags, False).encode()
+        # Tried at each start, a small X costs more than re's own search (__HIGHBITS).
+        big = backwards if len(body) > _BIG_COPY else b""
+        out.append(Rewrite(f"(?:{body}){{{copies}}}".encode("ascii"), single, exact, big))
+        out.append(Rewrite(body.encode("ascii"), single, False, backwards))
     return out
 
 
@@ -641,7 +645,14 @@ def _starts_database(
     plain = {i: (Rewrite(e, 0, False), False) for i, e in backwards.items()}
     db = _compile(plain)
     if db is None:
-        plain = {i: r for i, r in plain.items() if _compile({i: r}) is not None}
+        # One refused as too large is taken in prefilter mode: more starts, never fewer.
+        for i, (rewrite, _loose) in list(plain.items()):
+            if _compile({i: (rewrite, False)}) is not None:
+                continue
+            if _compile({i: (rewrite, True)}) is not None:
+                plain[i] = (rewrite, True)
+            else:
+                del plain[i]
         db = _compile(plain) if plain else None
     if db is None:
         return None, set()
