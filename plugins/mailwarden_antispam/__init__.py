@@ -263,7 +263,9 @@ class AntispamPlugin:
     def _load(self, own: Path | None) -> RuleSet:
         paths = [Path(p) for p in self.config.rule_files]
         paths += [own] if own is not None else []
-        return load_rules(paths, self.config.group_caps)
+        # A cold cache (the stock set takes minutes to compile) must not hold up the start:
+        # the rules answer on re meanwhile, the same answers.
+        return load_rules(paths, self.config.group_caps, background=True)
 
     async def _follow_updates(self) -> None:
         """Load the channel's rules once 'rules update' switched them (checked every 10 s)."""

@@ -40,6 +40,7 @@ __all__ = [
     "PatternSet",
     "Untranslatable",
     "default_cache_dir",
+    "rewrites",
     "text_bytes",
     "to_bytes_pattern",
     "trim_cache",
@@ -78,9 +79,17 @@ _CATEGORY_SOURCE = {
 }
 _FLAG_MASK = re.IGNORECASE | re.DOTALL
 _MAX_BOUND = 8
+# A counted repeat of one character class is cheap for hyperscan at any count (its repeat
+# engines): kept exact up to this (SpamAssassin's __LONGLINE is [^\r\n]{998}).
+_MAX_CHAR_BOUND = 1000
+# In the "widened" rewrite every counted repeat (not X?) is X* or X+: the copies hyperscan unrolls
+# are what makes the stock set's giant rules "too large"; one copy and a loop match at
+# least as much, and still far less than hyperscan's own prefilter mode.
 _MAX_EXPRESSION = 16000
+# A copy of a repeated pattern this long (rewritten) is tried only where it can start.
+_BIG_COPY = 256
 # Part of the cache key: a new layout or compile policy must not read old entries.
-_CACHE_FORMAT = 2
+_CACHE_FORMAT = 5
 
 
 class Untranslatable(ValueError):
@@ -168,8 +177,11 @@ _REPEATS = (C.MAX_REPEAT, C.MIN_REPEAT, C.POSSESSIVE_REPEAT)
 
 
 class _Emitter:
-    def __init__(self, multiline: bool) -> None:
+    def __init__(self, multiline: bool, widen: bool = False, reverse: bool = False) -> None:
         self.multiline = multiline
+        self.widen = widen
+        # The pattern read backwards (for reversed text): where its matches start.
+        self.reverse = reverse
         # False once anything was dropped or widened in a way ASCII text could notice.
         self.exact_on_ascii = True
 
@@ -199,7 +211,7 @@ class _Emitter:
                 out.append(self.anchor(av, items, index, flags, at_lead, at_tail))
             else:
                 out.append(self.item(op, av, flags, at_lead, at_tail))
-        return "".join(out)
+        return "".join(reversed(out) if self.reverse else out)
 
     def item(self, op: Any, av: Any, flags: int, lead: bool = False, tail: bool = False) -> str:
         if op in _SINGLE:
@@ -219,18 +231,27 @@ class _Emitter:
             return "(?:" + self.sequence(sub, (flags | add) & ~remove, lead, tail) + ")"
         if op in _REPEATS:
             low, high, sub = av
+            one_char = len(sub) == 1 and sub[0][0] in _SINGLE
             if (lead or tail) and (high, low) != (1, 1):
-                # At either end of the expression, X{m,n} (m >= 1) is in a text only where
-                # its copy next to the rest is: one copy finds at least the same texts.
-                low = high = 1
-                self.exact_on_ascii = False
+                # At either end of the expression, X{m,n} is in a text exactly where X{m}
+                # is; and X{m} (m >= 1) only where its copy next to the rest is: one copy
+                # finds at least the same texts, and is cheaper unless X is one character.
+                if one_char and not self.widen and 1 <= low <= _MAX_CHAR_BOUND:
+                    high = low
+                else:
+                    low = high = 1
+                    self.exact_on_ascii = False
             if op is C.POSSESSIVE_REPEAT:
                 self.exact_on_ascii = False  # greedy matches wherever possessive does
             body = self.sequence(sub, flags)
-            if low > _MAX_BOUND or (high != C.MAXREPEAT and high > _MAX_BOUND):
+            limit = _MAX_CHAR_BOUND if one_char and not self.widen else _MAX_BOUND
+            if low > limit or (high != C.MAXREPEAT and high > limit):
                 # Long counted repeats cost hyperscan seconds to compile (and memory); a
                 # shorter minimum and no maximum match at least as much.
-                low, high = min(low, _MAX_BOUND), C.MAXREPEAT
+                low, high = min(low, limit), C.MAXREPEAT
+                self.exact_on_ascii = False
+            if self.widen and (low > 1 or (high != C.MAXREPEAT and high > 1)):
+                low, high = min(low, 1), C.MAXREPEAT
                 self.exact_on_ascii = False
             bound = f"{{{low},}}" if high == C.MAXREPEAT else f"{{{low},{high}}}"
             return f"(?:{body}){bound}"
@@ -299,13 +320,23 @@ class Rewrite:
     expression: bytes
     flags: int
     exact_on_ascii: bool
-    # X{m,n} as a whole pattern is scanned as X: a text holds it only where X ends at m
-    # different offsets or more (its m copies end at m places).
-    min_ends: int = 1
+    # X{m,n} as a whole pattern can be scanned as X (when hyperscan refuses m copies); then
+    # ``starts`` is X read backwards, for the reversed text: a superset of the offsets where
+    # X's matches start, the only ones where a match of the whole pattern can start.
+    starts: bytes = b""
 
 
 def to_bytes_pattern(pattern: re.Pattern[str]) -> Rewrite:
     """A hyperscan byte pattern matching a superset of ``pattern`` over :func:`text_bytes`.
+
+    Raises :class:`Untranslatable` for what has no rewrite.
+    """
+    return rewrites(pattern)[0]
+
+
+def rewrites(pattern: re.Pattern[str]) -> list[Rewrite]:
+    """The rewrites of ``pattern``, the tightest first: what to try when hyperscan refuses
+    the one before (too large). Every one matches a superset of ``pattern``.
 
     Raises :class:`Untranslatable` for what has no rewrite.
     """
@@ -319,27 +350,47 @@ def to_bytes_pattern(pattern: re.Pattern[str]) -> Rewrite:
     if flags & (re.ASCII | re.LOCALE):
         raise Untranslatable("ASCII/LOCALE flags")
     multiline = bool(flags & re.MULTILINE)
-    emitter = _Emitter(multiline)
     items = list(tree.data)
-    min_ends = 1
     while len(items) == 1 and items[0][0] is C.SUBPATTERN and items[0][1][1:3] == (0, 0):
         items = list(items[0][1][3])
+    repeat = None
     if len(items) == 1 and items[0][0] in (C.MAX_REPEAT, C.MIN_REPEAT) and items[0][1][0] > 1:
-        min_ends = min(items[0][1][0], 1000)
+        repeat = items[0][1]
+    hs_flags = 0
+    if _hs is not None:
+        hs_flags = _hs.HS_FLAG_MULTILINE if multiline else 0
+    out: list[Rewrite] = []
+    for widen in (False, True):
+        emitter = _Emitter(multiline, widen)
+        if repeat is None:
+            text = _emit(emitter, items, flags, True)
+            single = hs_flags | (_hs.HS_FLAG_SINGLEMATCH if _hs is not None else 0)
+            out.append(Rewrite(text.encode("ascii"), single, emitter.exact_on_ascii))
+            continue
+        low, _high, sub = repeat
+        # A text holds X{m,n} exactly where it holds X{m}: its first m copies.
+        copies = min(low, _MAX_BOUND)
+        body = _emit(emitter, sub, flags, False)
+        exact = emitter.exact_on_ascii and copies == low
+        single = hs_flags | (_hs.HS_FLAG_SINGLEMATCH if _hs is not None else 0)
+        backwards = _emit(_Emitter(multiline, widen, reverse=True), sub, flags, False).encode()
+        # Tried at each start, a small X costs more than re's own search (__HIGHBITS).
+        big = backwards if len(body) > _BIG_COPY else b""
+        out.append(Rewrite(f"(?:{body}){{{copies}}}".encode("ascii"), single, exact, big))
+        out.append(Rewrite(body.encode("ascii"), single, False, backwards))
+    return out
+
+
+def _emit(emitter: _Emitter, items: Sequence[tuple[Any, Any]], flags: int, whole: bool) -> str:
     try:
-        text = emitter.sequence(items, flags, lead=True, tail=True)
+        text = emitter.sequence(items, flags, lead=whole, tail=whole)
     except (KeyError, TypeError, IndexError) as exc:
         raise Untranslatable(str(exc)) from exc
     if len(text) > _MAX_EXPRESSION:
         # The stock set's few giant alternations take hyperscan tens of seconds each and
         # are then refused as too large anyway.
         raise Untranslatable(f"{len(text)} bytes rewritten")
-    hs_flags = 0
-    if _hs is not None:
-        hs_flags = _hs.HS_FLAG_MULTILINE if multiline else 0
-        if min_ends == 1:
-            hs_flags |= _hs.HS_FLAG_SINGLEMATCH
-    return Rewrite(text.encode("ascii"), hs_flags, emitter.exact_on_ascii, min_ends)
+    return text
 
 
 def default_cache_dir() -> Path | None:
@@ -383,95 +434,115 @@ def trim_cache(cache: Path, max_bytes: int = CACHE_MAX_BYTES) -> None:
 
 
 class PatternSet:
-    """Patterns compiled into one hyperscan database; :meth:`scan` gives who may match.
+    """Patterns compiled into one hyperscan database; :meth:`confirmed` gives those in a text.
 
     ``rejected`` holds the indices of the patterns left to ``re`` (untranslatable, refused by
     hyperscan, or all of them without hyperscan). Compiled databases are cached on disk by
-    the hash of their expressions (compiling a stock rule set takes seconds; loading, ms).
+    the hash of their expressions (compiling a stock rule set takes minutes; loading, ms).
     """
 
-    def __init__(self, patterns: Sequence[re.Pattern[str]], cache: Path | None = None) -> None:
+    def __init__(
+        self,
+        patterns: Sequence[re.Pattern[str]],
+        cache: Path | None = None,
+        compile_now: bool = True,
+    ) -> None:
         self.size = len(patterns)
+        # Set when ``compile_now`` is false and the cache did not hold the database.
+        self.pending = False
+        self.patterns = list(patterns)
         self.rejected: set[int] = set()
         self.exact: list[bool] = [False] * len(patterns)
         self._db: Any = None
         # Scratch space is per scanning thread (rules run in worker threads at once).
         self._scratch = threading.local()
-        self._min_ends: dict[int, int] = {}
         self._loosened: set[int] = set()  # compiled in hyperscan's prefilter mode
+        # Counted whole-pattern repeats (X{m} scanned as X): where X may start, found by
+        # scanning the reversed text, so re tries a match only there (not at every offset).
+        self._starts_db: Any = None
+        self._starts: set[int] = set()
         if _hs is None:
             self.rejected = set(range(len(patterns)))
             return
-        expressions: list[bytes] = []
-        flags: list[int] = []
-        ids: list[int] = []
+        candidates: dict[int, list[Rewrite]] = {}
         for index, pattern in enumerate(patterns):
             try:
-                rewrite = to_bytes_pattern(pattern)
+                candidates[index] = rewrites(pattern)
             except (Untranslatable, re.error) as exc:
                 log.debug("regex left to re: %r (%s)", pattern.pattern[:60], exc)
                 self.rejected.add(index)
-                continue
-            expressions.append(rewrite.expression)
-            flags.append(rewrite.flags)
-            ids.append(index)
-            self.exact[index] = rewrite.exact_on_ascii
-            if rewrite.min_ends > 1:
-                self._min_ends[index] = rewrite.min_ends
-        if not expressions:
+        if not candidates:
             return
+        # Every candidate is in the key: the choice among them is part of the entry.
+        forms = [(i, [(r.expression, r.flags) for r in c]) for i, c in candidates.items()]
         key = hashlib.sha256(
-            repr((_CACHE_FORMAT, _hs.__version__, expressions, flags, ids)).encode(
-                "utf-8", "replace"
-            )
+            repr((_CACHE_FORMAT, _hs.__version__, forms)).encode("utf-8", "replace")
         ).hexdigest()
-        self._db = self._load(cache, key)
-        loaded = self._db is not None
-        if self._db is None:
-            self._db = _compile(expressions, flags, ids)
-        if self._db is None:
-            accepted = _accepted(expressions, flags)
-            for n, ok in enumerate(accepted):
-                if ok is None:
-                    self.rejected.add(ids[n])
-                elif ok & _hs.HS_FLAG_PREFILTER:
-                    self._loosened.add(ids[n])
-            expressions = [e for e, ok in zip(expressions, accepted, strict=True) if ok is not None]
-            ids = [i for i, ok in zip(ids, accepted, strict=True) if ok is not None]
-            flags = [ok for ok in accepted if ok is not None]
-            if not expressions:
-                return
-            self._db = _compile(expressions, flags, ids)
-        if self._db is None:
-            self.rejected |= set(ids)
+        chosen = self._load(cache, key, candidates)
+        loaded = chosen is not None
+        if chosen is None and not compile_now:
+            self.pending = True
             return
+        if chosen is None:
+            chosen = {i: (c[0], False) for i, c in candidates.items()}
+            self._db = _compile(chosen)
+            if self._db is None:
+                chosen = _accepted(candidates)
+                self._db = _compile(chosen) if chosen else None
+        if self._db is None:
+            self.rejected |= set(candidates)
+            return
+        self.rejected |= set(candidates) - set(chosen)
+        for index, (rewrite, loose) in chosen.items():
+            self.exact[index] = rewrite.exact_on_ascii and not loose
+            if loose:
+                self._loosened.add(index)
         if not loaded:
-            self._store(cache, key)
-        for index in self.rejected | self._loosened:
-            self.exact[index] = False
+            self._store(cache, key, candidates, chosen)
+        backwards = {i: r.starts for i, (r, _loose) in chosen.items() if r.starts}
+        if backwards:
+            self._starts_db, self._starts = _starts_database(backwards, cache, compile_now)
+            self.pending = self._starts_db is None and not compile_now
 
-    def _load(self, cache: Path | None, key: str) -> Any:
+    def _load(
+        self, cache: Path | None, key: str, candidates: dict[int, list[Rewrite]]
+    ) -> dict[int, tuple[Rewrite, bool]] | None:
         if cache is None:
             return None
         path = cache / f"{key}.hsdb"
         try:
             blob = path.read_bytes()
-            rejected_blob = (cache / f"{key}.rejected").read_text()
+            side = (cache / f"{key}.rejected").read_text()
             db = _hs.loadb(blob, _hs.HS_MODE_BLOCK)
+            refused, _, choices = side.partition("\n")
+            chosen = {i: (c[0], False) for i, c in candidates.items()}
+            for n in refused.split():
+                del chosen[int(n)]
+            for entry in choices.split():
+                index, which, loose = (int(n) for n in entry.split(":"))
+                chosen[index] = (candidates[index][which], bool(loose))
             # The modification time is the entry's last use: what trimming keeps longest.
             os.utime(path)
-        except (OSError, _hs.error, ValueError):
+        except (OSError, _hs.error, ValueError, KeyError, IndexError):
             return None
-        rejected, _, loosened = rejected_blob.partition("\n")
-        self.rejected |= {int(n) for n in rejected.split()}
-        self._loosened |= {int(n) for n in loosened.split()}
-        return db
+        self._db = db
+        return chosen
 
-    def _store(self, cache: Path | None, key: str) -> None:
+    def _store(
+        self,
+        cache: Path | None,
+        key: str,
+        candidates: dict[int, list[Rewrite]],
+        chosen: dict[int, tuple[Rewrite, bool]],
+    ) -> None:
         if cache is None:
             return
-        listed = " ".join(map(str, sorted(self.rejected)))
-        listed += "\n" + " ".join(map(str, sorted(self._loosened)))
+        listed = " ".join(str(i) for i in sorted(set(candidates) - set(chosen)))
+        listed += "\n" + " ".join(
+            f"{i}:{candidates[i].index(rewrite)}:{int(loose)}"
+            for i, (rewrite, loose) in sorted(chosen.items(), key=lambda item: item[0])
+            if loose or rewrite is not candidates[i][0]
+        )
         try:
             cache.mkdir(parents=True, exist_ok=True)
             # Written aside and renamed: a worker starting meanwhile reads all or nothing.
@@ -492,30 +563,115 @@ class PatternSet:
 
     def scan(self, data: bytes) -> set[int]:
         """Indices of the patterns hyperscan reports in ``data`` (a superset of the hits)."""
+        return self._scan(data)
+
+    def _scan(self, data: bytes) -> set[int]:
         found: set[int] = set()
         if self._db is None or not data:
             return found
         scratch = getattr(self._scratch, "space", None)
         if scratch is None:
             scratch = self._scratch.space = _hs.Scratch(self._db)
-        if not self._min_ends:
 
-            def on_match(pid: int, _start: int, _end: int, _flags: int, _ctx: object) -> None:
-                found.add(pid)
+        def on_match(pid: int, _start: int, _end: int, _flags: int, _ctx: object) -> None:
+            found.add(pid)
 
-            self._db.scan(data, match_event_handler=on_match, scratch=scratch)
-            return found
-        ends: dict[int, int] = {}
+        self._db.scan(data, match_event_handler=on_match, scratch=scratch)
+        return found
 
-        def count(pid: int, _start: int, _end: int, _flags: int, _ctx: object) -> None:
-            ends[pid] = ends.get(pid, 0) + 1  # one report per end offset per pattern
+    def confirmed(self, text: str) -> list[int]:
+        """Indices of the patterns (not the rejected ones) whose ``re`` search finds ``text``.
 
-        self._db.scan(data, match_event_handler=count, scratch=scratch)
-        return {pid for pid, n in ends.items() if n >= self._min_ends.get(pid, 1)}
+        hyperscan's report is final where its pattern is exact on ASCII text and the text is
+        ASCII; every other reported pattern is confirmed by its ``re`` pattern.
+        """
+        if not text or self._db is None:
+            return []
+        found = self._scan(text_bytes(text))
+        if not found:
+            return []
+        ascii_text = text.isascii()
+        out = []
+        starts: dict[int, list[int]] | None = None
+        for index in found:
+            if ascii_text and self.exact[index]:
+                out.append(index)
+                continue
+            pattern = self.patterns[index]
+            if index in self._starts:
+                if starts is None:
+                    starts = self._scan_starts(text_bytes(text)[::-1])
+                # Every match of the whole pattern starts where a copy of X does.
+                hit = any(pattern.match(text, at) for at in sorted(set(starts.get(index, ()))))
+            else:
+                hit = pattern.search(text) is not None
+            if hit:
+                out.append(index)
+        return out
+
+    def _scan_starts(self, backwards: bytes) -> dict[int, list[int]]:
+        size = len(backwards)
+        starts: dict[int, list[int]] = {}
+        scratch = getattr(self._scratch, "starts", None)
+        if scratch is None:
+            scratch = self._scratch.starts = _hs.Scratch(self._starts_db)
+
+        def on_match(pid: int, _start: int, end: int, _flags: int, _ctx: object) -> None:
+            starts.setdefault(pid, []).append(size - end)  # an end backwards, a start forwards
+
+        self._starts_db.scan(backwards, match_event_handler=on_match, scratch=scratch)
+        return starts
 
 
-def _compile(expressions: list[bytes], flags: list[int], ids: list[int]) -> Any:
+def _starts_database(
+    backwards: dict[int, bytes], cache: Path | None, compile_now: bool
+) -> tuple[Any, set[int]]:
+    """The database of reversed patterns (every match reported, not just one) and the
+    indices it holds; cached as the main databases are."""
     assert _hs is not None
+    key = hashlib.sha256(
+        repr((_CACHE_FORMAT, _hs.__version__, "starts", sorted(backwards.items()))).encode()
+    ).hexdigest()
+    if cache is not None:
+        try:
+            db = _hs.loadb((cache / f"{key}.hsdb").read_bytes(), _hs.HS_MODE_BLOCK)
+            refused = {int(n) for n in (cache / f"{key}.rejected").read_text().split()}
+            os.utime(cache / f"{key}.hsdb")
+            return db, set(backwards) - refused
+        except (OSError, _hs.error, ValueError):
+            pass
+    if not compile_now:
+        return None, set()
+    plain = {i: (Rewrite(e, 0, False), False) for i, e in backwards.items()}
+    db = _compile(plain)
+    if db is None:
+        # One refused as too large is taken in prefilter mode: more starts, never fewer.
+        for i, (rewrite, _loose) in list(plain.items()):
+            if _compile({i: (rewrite, False)}) is not None:
+                continue
+            if _compile({i: (rewrite, True)}) is not None:
+                plain[i] = (rewrite, True)
+            else:
+                del plain[i]
+        db = _compile(plain) if plain else None
+    if db is None:
+        return None, set()
+    if cache is not None:
+        try:
+            cache.mkdir(parents=True, exist_ok=True)
+            refused_text = " ".join(str(i) for i in sorted(set(backwards) - set(plain)))
+            atomic_write(cache / f"{key}.rejected", refused_text.encode(), durable=False)
+            atomic_write(cache / f"{key}.hsdb", _hs.dumpb(db), durable=False)
+        except OSError as exc:
+            log.debug("hyperscan cache not written: %s", exc)
+    return db, set(plain)
+
+
+def _compile(chosen: dict[int, tuple[Rewrite, bool]]) -> Any:
+    assert _hs is not None
+    ids = list(chosen)
+    expressions = [chosen[i][0].expression for i in ids]
+    flags = [chosen[i][0].flags | (_hs.HS_FLAG_PREFILTER if chosen[i][1] else 0) for i in ids]
     db = _hs.Database(mode=_hs.HS_MODE_BLOCK)
     try:
         db.compile(expressions=expressions, ids=ids, elements=len(ids), flags=flags)
@@ -524,24 +680,18 @@ def _compile(expressions: list[bytes], flags: list[int], ids: list[int]) -> Any:
     return db
 
 
-def _accepted(expressions: list[bytes], flags: list[int]) -> list[int | None]:
-    """The flags each expression compiles with, None for a refused one (hyperscan names no
-    culprit when a set fails). One too large for hyperscan is tried in its prefilter mode,
-    which may match more (never less): a superset is all a rewrite promises anyway."""
+def _accepted(candidates: dict[int, list[Rewrite]]) -> dict[int, tuple[Rewrite, bool]]:
+    """Per pattern, the first rewrite hyperscan takes (it names no culprit when a set fails):
+    the tightest first, then each in its prefilter mode, which may match more (never less):
+    a superset is all a rewrite promises anyway. Refused in every form: left out."""
     assert _hs is not None
-    out: list[int | None] = []
-    for expression, hs_flags in zip(expressions, flags, strict=True):
-        for attempt in (hs_flags, hs_flags | _hs.HS_FLAG_PREFILTER):
-            try:
-                _hs.Database(mode=_hs.HS_MODE_BLOCK).compile(
-                    expressions=[expression], flags=[attempt]
-                )
-            except _hs.error:
-                continue
-            out.append(attempt)
-            break
-        else:
-            out.append(None)
+    out: dict[int, tuple[Rewrite, bool]] = {}
+    for index, rewrites_of in candidates.items():
+        attempts = [(r, False) for r in rewrites_of] + [(r, True) for r in rewrites_of]
+        for rewrite, loose in attempts:
+            if _compile({index: (rewrite, loose)}) is not None:
+                out[index] = (rewrite, loose)
+                break
     return out
 
 

@@ -20,10 +20,13 @@ runs only when its literal occurs (or when it has none).
 from __future__ import annotations
 
 import email.utils
+import fcntl
 import logging
 import re
+import threading
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import CodeType
@@ -31,7 +34,7 @@ from typing import Any
 
 from mailwarden_sdk import Matcher
 
-from .fastmatch import HAVE_HYPERSCAN, PatternSet, default_cache_dir, text_bytes
+from .fastmatch import HAVE_HYPERSCAN, PatternSet, default_cache_dir
 from .sa_evals import EVALS, EvalInput
 
 __all__ = ["Rule", "RuleSet", "RuleTargets", "load_rules"]
@@ -44,6 +47,10 @@ _META_TOKEN = re.compile(r"\s*(\d+(?:\.\d+)?|[A-Za-z_][A-Za-z0-9_]*|&&|\|\||[<>=
 _MISSING_PLUGINS = {"Mail::SpamAssassin::Plugin::MIMEHeader"}
 _EVAL = re.compile(r"^eval:(\w+)\((.*)\)$")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# A header name with no ":raw"/":addr" modifier; _PSEUDO are SpamAssassin's names that are
+# not one header (see _header_values).
+_NAME_ONLY = re.compile(r"[^:\s]+")
+_PSEUDO = frozenset({"ALL", "ToCc", "MESSAGEID"})
 
 
 @dataclass
@@ -86,6 +93,8 @@ class RuleTargets:
     full: str
     all_headers: str = ""
     facts: EvalInput | None = None
+    # The :addr/:name values already parsed for this message (many rules read From:addr).
+    parsed: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -99,21 +108,21 @@ class RuleSet:
     replaced_by: dict[str, set[str]] = field(default_factory=dict)
     tflags: dict[str, frozenset[str]] = field(default_factory=dict)
     descriptions: dict[str, str] = field(default_factory=dict)
-    _prefilters: dict[str, tuple[Matcher | None, list[Rule], list[Rule]]] = field(
-        default_factory=dict
-    )
     _metas: list[tuple[Rule, CodeType]] = field(default_factory=list)
     _readers: dict[str, list[int]] = field(default_factory=dict)
     _always: set[int] = field(default_factory=set)
+    # Per rule or meta name: every meta downstream of it (what a hit of it makes dirty).
+    _closure: dict[str, frozenset[int]] = field(default_factory=dict)
     _baseline: set[str] = field(default_factory=set)
     _evals: list[Rule] = field(default_factory=list)
     # "hyperscan" (when installed; the re path for what it cannot take) or "re" alone.
     engine: str = "hyperscan"
     cache: Path | None = None
-    # Per target ("body"...; "header" per header name): the database and its rules.
-    _fast: dict[str, tuple[PatternSet, list[Rule]]] = field(default_factory=dict)
-    _fast_headers: dict[str, tuple[PatternSet, list[Rule]]] = field(default_factory=dict)
-    _slow_headers: list[Rule] = field(default_factory=list)
+    # Compile the hyperscan databases in a thread when the cache does not hold them: the
+    # rules answer on the re path meanwhile (the same answers), then switch.
+    background: bool = False
+    _matching: _Matching = field(default_factory=lambda: _Matching())
+    _ready: threading.Event = field(default_factory=threading.Event)
 
     def score_of(self, rule: Rule) -> float:
         if rule.score is not None:
@@ -129,16 +138,22 @@ class RuleSet:
         for rule in self.rules.values():
             if rule.kind in by_kind and (rule.pattern is not None or rule.exists):
                 by_kind[rule.kind].append(rule)
-        self._fast, self._fast_headers, self._slow_headers = {}, {}, []
-        if self.engine == "hyperscan" and HAVE_HYPERSCAN:
-            by_kind = self._compile_fast(by_kind)
-        for kind, rules in by_kind.items():
-            with_literal = [r for r in rules if len(r.literal) >= 3]
-            always = [r for r in rules if len(r.literal) < 3]
-            matcher = None
-            if with_literal:
-                matcher = Matcher([r.literal.encode("utf-8") for r in with_literal])
-            self._prefilters[kind] = (matcher, with_literal, always)
+        self._ready.clear()
+        matching = None
+        fast = self.engine == "hyperscan" and HAVE_HYPERSCAN
+        if fast:
+            # Only what the cache holds when compiling is left to a thread.
+            matching = _fast_matching(by_kind, self.cache, compile_now=not self.background)
+        if matching is None:
+            self._matching = _Matching(prefilters=_prefilters(by_kind))
+        else:
+            self._matching = matching
+        if fast and matching is None:
+            threading.Thread(
+                target=self._compile_later, args=(by_kind,), name="antispam-hyperscan", daemon=True
+            ).start()
+        else:
+            self._ready.set()
         metas = {r.name: r for r in self.rules.values() if r.kind == "meta"}
         # Compiled once: SpamAssassin's stock set has about 1,500 metas, and compiling their
         # source on every message was most of the rule engine's time. Ordered so that a meta
@@ -178,6 +193,7 @@ class RuleSet:
                 readers.setdefault(name, []).append(index)
         self._readers = readers
         self._always = self._downstream(cyclic, set())
+        self._closure = {name: frozenset(self._downstream([name], set())) for name in readers}
         base: set[str] = set()
         self._fixpoint(base, self._metas)
         self._baseline = base
@@ -191,25 +207,27 @@ class RuleSet:
                     todo.append(self._metas[index][0].name)
         return found
 
-    def _compile_fast(self, by_kind: dict[str, list[Rule]]) -> dict[str, list[Rule]]:
-        """Build the hyperscan databases; returns the rules left to the ``re`` path."""
-        slow: dict[str, list[Rule]] = {k: [] for k in KINDS}
-        for kind in ("body", "rawbody", "full", "uri"):
-            rules = [r for r in by_kind[kind] if r.pattern is not None]
-            patterns = PatternSet([r.pattern for r in rules if r.pattern], self.cache)
-            self._fast[kind] = (patterns, rules)
-            slow[kind] = [r for i, r in enumerate(rules) if i in patterns.rejected]
-        per_header: dict[str, list[Rule]] = {}
-        for rule in by_kind["header"]:
-            if rule.pattern is not None and not rule.exists:
-                per_header.setdefault(rule.header, []).append(rule)
-            else:
-                self._slow_headers.append(rule)
-        for header, rules in per_header.items():
-            patterns = PatternSet([r.pattern for r in rules if r.pattern], self.cache)
-            self._fast_headers[header] = (patterns, rules)
-            self._slow_headers.extend(r for i, r in enumerate(rules) if i in patterns.rejected)
-        return slow
+    def _compile_later(self, by_kind: dict[str, list[Rule]]) -> None:
+        try:
+            # One compile for all the workers sharing the cache: the others wait here, then
+            # load what it stored.
+            with _compile_lock(self.cache):
+                matching = _fast_matching(by_kind, self.cache, compile_now=True)
+        except Exception:  # the re path keeps answering, as without hyperscan
+            log.exception("antispam: hyperscan databases not built; rules stay on re")
+            matching = None
+        if matching is not None:
+            self._matching = matching  # one assignment: a match under way keeps its own
+        self._ready.set()
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """Wait until the hyperscan databases are in use (or compiling is not needed)."""
+        return self._ready.wait(timeout)
+
+    @property
+    def ready(self) -> bool:
+        """Whether the regexes run on their final engine (not on re while compiling)."""
+        return self._ready.is_set()
 
     @property
     def uses_relays(self) -> bool:
@@ -224,8 +242,9 @@ class RuleSet:
         """Whether any eval rule runs (and so needs :class:`~.sa_evals.EvalInput`)."""
         return bool(self._evals)
 
-    def _candidates(self, kind: str, text: str) -> list[Rule]:
-        matcher, with_literal, always = self._prefilters.get(kind, (None, [], []))
+    @staticmethod
+    def _candidates(matching: _Matching, kind: str, text: str) -> list[Rule]:
+        matcher, with_literal, always = matching.prefilters.get(kind, (None, [], []))
         found: list[Rule] = list(always)
         if matcher is not None and text:
             # One scan of the lowered text serves both kinds of literal: case-sensitive
@@ -260,73 +279,74 @@ class RuleSet:
     def regex_hits(self, targets: RuleTargets) -> set[str]:
         """The header, body, rawbody, URI and full rules (sub-rules included) that hit."""
         hits: set[str] = set()
-        if self._fast or self._fast_headers:
-            self._match_fast(targets, hits)
+        matching = self._matching  # read once: the compiling thread may swap it meanwhile
+        if matching.fast or matching.fast_headers:
+            self._match_fast(matching, targets, hits)
         else:
-            self._match_re(targets, hits)
+            self._match_re(matching, targets, hits)
         return hits
 
-    def _match_fast(self, targets: RuleTargets, hits: set[str]) -> None:
+    def _match_fast(self, matching: _Matching, targets: RuleTargets, hits: set[str]) -> None:
         for kind, text in (
             ("body", targets.body),
             ("rawbody", targets.rawbody),
             ("full", targets.full),
         ):
-            if kind in self._fast:
-                patterns, rules = self._fast[kind]
+            if kind in matching.fast:
+                patterns, rules = matching.fast[kind]
                 hits.update(r.name for r in _confirmed(patterns, rules, text))
-        if "uri" in self._fast:
-            patterns, rules = self._fast["uri"]
+        if "uri" in matching.fast:
+            patterns, rules = matching.fast["uri"]
             for uri in targets.uris:
                 hits.update(r.name for r in _confirmed(patterns, rules, uri))
-        for patterns, rules in self._fast_headers.values():
-            probe = rules[0]
-            values = _header_values(probe, targets)
+        for group in matching.fast_headers.values():
+            values = _header_values(group.rules[0], targets)
             if values is None:
-                for i, rule in enumerate(rules):
-                    if i not in patterns.rejected and _header_hit(rule, targets):
+                for rule in group.if_absent:
+                    if _header_hit(rule, targets):
                         hits.add(rule.name)  # if-unset text or a negation: re, on no text
                 continue
-            found = {r.name for r in _confirmed(patterns, rules, "\n".join(values))}
-            hits.update(
-                r.name
-                for i, r in enumerate(rules)
-                if i not in patterns.rejected and (r.name in found) != r.negate
-            )
+            rules = group.rules
+            found = group.patterns.confirmed("\n".join(values))
+            hits.update(rules[i].name for i in found if not rules[i].negate)
+            if group.negated:
+                hits.update(r.name for i, r in group.negated if i not in found)
         for kind in ("body", "rawbody", "full"):
             text = getattr(targets, kind)
-            for rule in self._candidates(kind, text):
+            for rule in self._candidates(matching, kind, text):
                 if rule.pattern is not None and rule.pattern.search(text):
                     hits.add(rule.name)
         if targets.uris:
-            for rule in self._candidates("uri", "\n".join(targets.uris)):
+            for rule in self._candidates(matching, "uri", "\n".join(targets.uris)):
                 if rule.pattern is not None and any(rule.pattern.search(u) for u in targets.uris):
                     hits.add(rule.name)
-        for rule in self._slow_headers:
+        headers = targets.headers
+        hits.update(name for key, name in matching.exists if headers.get(key))
+        for rule in matching.slow_headers:
             if _header_hit(rule, targets):
                 hits.add(rule.name)
 
-    def _match_re(self, targets: RuleTargets, hits: set[str]) -> None:
+    def _match_re(self, matching: _Matching, targets: RuleTargets, hits: set[str]) -> None:
         header_text = "\n".join(v for vs in targets.headers.values() for v in vs)
-        for rule in self._candidates("header", header_text + "\n" + targets.all_headers):
+        for rule in self._candidates(matching, "header", header_text + "\n" + targets.all_headers):
             if _header_hit(rule, targets):
                 hits.add(rule.name)
         # Rules whose literal never occurs can still hit through a negation or if-unset.
-        _matcher, with_literal, _always = self._prefilters.get("header", (None, [], []))
+        _matcher, with_literal, _always = matching.prefilters.get("header", (None, [], []))
         for rule in with_literal:
             if (rule.negate or rule.if_unset is not None) and rule.name not in hits:
                 if _header_hit(rule, targets):
                     hits.add(rule.name)
         for kind, text in (("body", targets.body), ("rawbody", targets.rawbody)):
-            for rule in self._candidates(kind, text):
+            for rule in self._candidates(matching, kind, text):
                 if rule.pattern is not None and rule.pattern.search(text):
                     hits.add(rule.name)
         if targets.uris:
             uri_text = "\n".join(targets.uris)
-            for rule in self._candidates("uri", uri_text):
+            for rule in self._candidates(matching, "uri", uri_text):
                 if rule.pattern is not None and any(rule.pattern.search(u) for u in targets.uris):
                     hits.add(rule.name)
-        for rule in self._candidates("full", targets.full):
+        for rule in self._candidates(matching, "full", targets.full):
             if rule.pattern is not None and rule.pattern.search(targets.full):
                 hits.add(rule.name)
 
@@ -345,20 +365,32 @@ class RuleSet:
         }
 
     def _resolve_metas(self, hits: set[str]) -> None:
-        dirty = self._downstream(hits, set(self._always))
+        dirty = set(self._always)
+        closure = self._closure
+        for name in hits & closure.keys():
+            dirty |= closure[name]
         names = {self._metas[i][0].name for i in dirty}
         hits.update(self._baseline - names)
-        self._fixpoint(hits, [self._metas[i] for i in sorted(dirty)])
+        ordered = sorted(dirty)
+        # A meta on no cycle reads rules and metas ordered before it: one pass in order
+        # settles them (the second pass of a fixpoint only confirmed it). Those on a cycle,
+        # and what reads them, then iterate to their fixpoint.
+        self._fixpoint(hits, [self._metas[i] for i in ordered if i not in self._always], 1)
+        cyclic = [self._metas[i] for i in ordered if i in self._always]
+        if cyclic:
+            self._fixpoint(hits, cyclic)
 
     def _resolve_metas_everywhere(self, hits: set[str]) -> None:
         """Every meta evaluated (what :meth:`_resolve_metas` must equal; tests compare)."""
         self._fixpoint(hits, self._metas)
 
-    def _fixpoint(self, hits: set[str], pending: list[tuple[Rule, CodeType]]) -> None:
+    def _fixpoint(
+        self, hits: set[str], pending: list[tuple[Rule, CodeType]], passes: int = 0
+    ) -> None:
         # Metas may depend on metas: evaluate until nothing changes (bounded by their count).
         values = _Defaulting(dict.fromkeys(hits, 1))
         scope: dict[str, Any] = {"__builtins__": {}}
-        for _ in range(len(pending) + 1):
+        for _ in range(passes or len(pending) + 1):
             changed = False
             for rule, expr in pending:
                 if rule.name in hits:
@@ -373,6 +405,111 @@ class RuleSet:
                     changed = True
             if not changed:
                 break
+
+
+@dataclass
+class _Matching:
+    """How the regex rules run: hyperscan databases per target and the literal prefilter
+    of what is left to ``re`` (everything, on the re path). Swapped as one object."""
+
+    prefilters: dict[str, tuple[Matcher | None, list[Rule], list[Rule]]] = field(
+        default_factory=dict
+    )
+    # Per target ("body"...; "header" per header name): the database and its rules.
+    fast: dict[str, tuple[PatternSet, list[Rule]]] = field(default_factory=dict)
+    fast_headers: dict[str, _HeaderGroup] = field(default_factory=dict)
+    slow_headers: list[Rule] = field(default_factory=list)
+    # "exists:Name" rules on plain header names: (lowered name, rule name), a dict look-up.
+    exists: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class _HeaderGroup:
+    """The header rules on one header name in one database (none of its rejected)."""
+
+    patterns: PatternSet
+    rules: list[Rule]
+    # Hit where their pattern is not found (!~), by index.
+    negated: list[tuple[int, Rule]]
+    # What can hit when the header is absent: negations and [if-unset: TEXT] rules.
+    if_absent: list[Rule]
+
+
+def _prefilters(
+    by_kind: dict[str, list[Rule]],
+) -> dict[str, tuple[Matcher | None, list[Rule], list[Rule]]]:
+    out: dict[str, tuple[Matcher | None, list[Rule], list[Rule]]] = {}
+    for kind, rules in by_kind.items():
+        with_literal = [r for r in rules if len(r.literal) >= 3]
+        always = [r for r in rules if len(r.literal) < 3]
+        matcher = None
+        if with_literal:
+            matcher = Matcher([r.literal.encode("utf-8") for r in with_literal])
+        out[kind] = (matcher, with_literal, always)
+    return out
+
+
+def _fast_matching(
+    by_kind: dict[str, list[Rule]], cache: Path | None, compile_now: bool
+) -> _Matching | None:
+    """The hyperscan databases (the rules they cannot take on the re path); None when
+    ``compile_now`` is false and the cache does not hold them all."""
+    fast: dict[str, tuple[PatternSet, list[Rule]]] = {}
+    slow: dict[str, list[Rule]] = {k: [] for k in KINDS}
+    sets: list[PatternSet] = []
+    for kind in ("body", "rawbody", "full", "uri"):
+        rules = [r for r in by_kind[kind] if r.pattern is not None]
+        patterns = PatternSet([r.pattern for r in rules if r.pattern], cache, compile_now)
+        fast[kind] = (patterns, rules)
+        sets.append(patterns)
+        slow[kind] = [r for i, r in enumerate(rules) if i in patterns.rejected]
+    per_header: dict[str, list[Rule]] = {}
+    slow_headers: list[Rule] = []
+    exists: list[tuple[str, str]] = []
+    for rule in by_kind["header"]:
+        if rule.pattern is not None and not rule.exists:
+            per_header.setdefault(rule.header, []).append(rule)
+        elif rule.exists and _NAME_ONLY.fullmatch(rule.header) and rule.header not in _PSEUDO:
+            exists.append((rule.header.lower(), rule.name))
+        else:
+            slow_headers.append(rule)
+    fast_headers: dict[str, _HeaderGroup] = {}
+    for header, rules in per_header.items():
+        patterns = PatternSet([r.pattern for r in rules if r.pattern], cache, compile_now)
+        kept = [(i, r) for i, r in enumerate(rules) if i not in patterns.rejected]
+        fast_headers[header] = _HeaderGroup(
+            patterns,
+            rules,
+            [(i, r) for i, r in kept if r.negate],
+            [r for _i, r in kept if r.negate or r.if_unset is not None],
+        )
+        sets.append(patterns)
+        slow_headers.extend(r for i, r in enumerate(rules) if i in patterns.rejected)
+    if any(p.pending for p in sets):
+        return None
+    return _Matching(_prefilters(slow), fast, fast_headers, slow_headers, exists)
+
+
+@contextmanager
+def _compile_lock(cache: Path | None) -> Iterator[None]:
+    """Held while compiling into ``cache``: workers sharing it compile one at a time, so a
+    set is compiled once and the others load it."""
+    if cache is None:
+        yield
+        return
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        handle = open(cache / "compile.lock", "a+b")
+    except OSError as exc:
+        log.debug("hyperscan compile lock not taken: %s", exc)
+        yield
+        return
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 class _Defaulting(dict[str, int]):
@@ -428,33 +565,21 @@ def _header_values(rule: Rule, targets: RuleTargets) -> list[str] | None:
         values = targets.headers.get(key, [])
     if not values:
         return None
-    if modifier == "addr":
-        return [a for _n, a in email.utils.getaddresses(values) if a] or [""]
-    if modifier == "name":
-        return [n for n, _a in email.utils.getaddresses(values)] or [""]
-    return values
+    if modifier not in ("addr", "name"):
+        return values
+    done = targets.parsed.get(name)
+    if done is None:
+        if modifier == "addr":
+            done = [a for _n, a in email.utils.getaddresses(values) if a] or [""]
+        else:
+            done = [n for n, _a in email.utils.getaddresses(values)] or [""]
+        targets.parsed[name] = done
+    return done
 
 
 def _confirmed(patterns: PatternSet, rules: list[Rule], text: str) -> list[Rule]:
-    """The rules among ``rules`` (hyperscan's, not its rejected) whose pattern is in ``text``.
-
-    hyperscan's report is final where its pattern is exact on ASCII text and the text is
-    ASCII; every other reported rule is confirmed by its ``re`` pattern.
-    """
-    if not text:
-        return []
-    found = patterns.scan(text_bytes(text))
-    if not found:
-        return []
-    ascii_text = text.isascii()
-    out = []
-    for index in found:
-        rule = rules[index]
-        if (ascii_text and patterns.exact[index]) or (
-            rule.pattern is not None and rule.pattern.search(text)
-        ):
-            out.append(rule)
-    return out
+    """The rules among ``rules`` (hyperscan's, not its rejected) whose pattern is in ``text``."""
+    return [rules[i] for i in patterns.confirmed(text)]
 
 
 def _header_hit(rule: Rule, targets: RuleTargets) -> bool:
@@ -639,13 +764,20 @@ def load_rules(
     caps: Mapping[str, float] | None = None,
     engine: str = "hyperscan",
     cache: Path | None = None,
+    background: bool = False,
 ) -> RuleSet:
     """Load rule files (directories are read in name order, ``*.cf``) into a compiled set.
 
     ``engine`` "re" keeps every regex on the ``re`` path; ``cache`` is where compiled
     hyperscan databases are kept between starts (by default the user's cache directory).
+    ``background``: databases the cache does not hold are compiled in a thread (one process
+    at a time per cache) while the rules answer on the ``re`` path; :meth:`RuleSet.wait_ready`.
     """
-    ruleset = RuleSet(engine=engine, cache=cache if cache is not None else default_cache_dir())
+    ruleset = RuleSet(
+        engine=engine,
+        cache=cache if cache is not None else default_cache_dir(),
+        background=background,
+    )
     files: list[Path] = []
     for path in paths:
         if path.is_dir():

@@ -7,6 +7,7 @@ texts, and on the shipped rules plus SpamAssassin's stock rules over the shared 
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import warnings
@@ -22,6 +23,7 @@ from mailwarden_antispam.content import message_urls
 from mailwarden_antispam.fastmatch import (
     PatternSet,
     Untranslatable,
+    rewrites,
     text_bytes,
     to_bytes_pattern,
     trim_cache,
@@ -157,7 +159,7 @@ def test_hyperscan_and_re_give_the_same_hits_on_the_corpus(corpus: Path) -> None
         warnings.simplefilter("ignore", FutureWarning)
         fast = load_rules([STOCK, BUILTIN_RULES])
         slow = load_rules([STOCK, BUILTIN_RULES], engine="re")
-    assert fast._fast, "hyperscan databases were built"
+    assert fast._matching.fast, "hyperscan databases were built"
     plugin = AntispamPlugin()
     plugin.configure(AntispamConfig(rule_files=[str(STOCK)]))
     compared = total = metas = 0
@@ -214,3 +216,77 @@ def test_the_compiled_cache_keeps_the_recently_used_and_stays_under_its_cap(
     assert [name for name in left if name.startswith("old")] == ["old3.hsdb", "old4.hsdb"]
     assert len(left) == 3
     assert not (cache / "old0.rejected").exists()
+
+
+def test_a_cold_cache_answers_at_once_and_the_same_after_the_compiled_swap(
+    tmp_path: Path, corpus: Path
+) -> None:
+    cache = tmp_path / "hyperscan"
+    cache.mkdir()
+    plugin = AntispamPlugin()
+    plugin.configure(AntispamConfig())
+    targets = []
+    for path in _corpus_messages(corpus)[::8]:
+        message = parse(path.read_bytes())
+        targets.append(plugin._targets_of(message, "", message_urls(message)))
+    need(len(targets) > 10, "the shared corpus's spam sets")
+    with (cache / "compile.lock").open("a+b") as held:
+        # Another worker is compiling into this cache: this start must not wait for it.
+        fcntl.flock(held, fcntl.LOCK_EX)
+        rules = load_rules([BUILTIN_RULES], cache=cache, background=True)
+        assert not rules.ready and not rules._matching.fast
+        before = [[r.name for r in rules.match(t)] for t in targets]
+        fcntl.flock(held, fcntl.LOCK_UN)
+    assert rules.wait_ready(600)
+    assert rules._matching.fast, "switched to the hyperscan databases"
+    assert [[r.name for r in rules.match(t)] for t in targets] == before
+    assert any(before)
+    # The next worker finds them in the cache: on hyperscan from its first message.
+    again = load_rules([BUILTIN_RULES], cache=cache, background=True)
+    assert again.ready and again._matching.fast
+    assert [[r.name for r in again.match(t)] for t in targets] == before
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    _patterns(),
+    st.sampled_from([0, re.I, re.M, re.S]),
+    st.lists(st.text(_ALPHABET, max_size=24), min_size=1, max_size=6),
+)
+def test_a_counted_repeat_is_tried_at_every_offset_where_its_copy_can_start(
+    source: str, flags: int, texts: list[str]
+) -> None:
+    # X{m} that hyperscan refuses whole is scanned as X, and re then tries a match only
+    # where X's reversed rewrite, over the reversed text, says a copy can start.
+    pattern = re.compile(f"(?:{source}){{2,3}}", flags)
+    copy = re.compile(source, flags)
+    try:
+        counted = [r for r in rewrites(pattern) if r.starts]
+    except Untranslatable:
+        return
+    hs = pytest.importorskip("hyperscan")
+    for rewrite in counted:
+        db = hs.Database(mode=hs.HS_MODE_BLOCK)
+        try:
+            db.compile(expressions=[rewrite.starts], flags=[0])
+        except hs.error:
+            continue  # refused: that pattern is searched in the whole text
+        for text in texts:
+            found = _reversed_ends(db, text_bytes(text)[::-1])
+            # Where a copy of X matches (not empty), and so where the whole pattern can.
+            copies = {at for at in range(len(text)) if (m := copy.match(text, at)) and m.end() > at}
+            assert copies <= found, (source, flags, text, rewrite.starts)
+            whole = {at for at in range(len(text)) if pattern.match(text, at)}
+            assert whole <= found, (source, flags, text, rewrite.starts)
+
+
+def _reversed_ends(db: object, data: bytes) -> set[int]:
+    """The forward offsets of the ends a database reports over reversed ``data``."""
+    found: set[int] = set()
+    if data:
+
+        def on_match(_i: int, _s: int, end: int, _f: int, _c: object) -> None:
+            found.add(len(data) - end)
+
+        db.scan(data, match_event_handler=on_match)  # type: ignore[attr-defined]
+    return found
