@@ -134,7 +134,7 @@ def _phase(
                 "raw",
                 "--nonblocking",
                 "--rate",
-                "250",
+                os.environ.get("BENCH_PROFILE_RATE", "250"),
                 *(["--gil"] if os.environ.get("BENCH_PROFILE_GIL") else []),
                 "--output",
                 str(profile),

@@ -44,7 +44,9 @@ class DaemonExecutor(ThreadPoolExecutor):
         super().__init__(max_workers, thread_name_prefix)
         self.join_timeout = join_timeout
         self._queue: queue.SimpleQueue[_Work | None] = queue.SimpleQueue()
-        self._idle = threading.Semaphore(0)
+        # Workers waiting for work, counted under the lock (a Semaphore is a Condition and a
+        # lock in Python, taken twice per hand-off).
+        self._idle = 0
         self._workers: list[threading.Thread] = []
         self._lock = threading.Lock()
         self._closed = False
@@ -55,7 +57,9 @@ class DaemonExecutor(ThreadPoolExecutor):
             if self._closed:
                 raise RuntimeError("cannot schedule new futures after shutdown")
             self._queue.put((future, fn, args, kwargs))
-            if not self._idle.acquire(blocking=False) and len(self._workers) < self._max_workers:
+            if self._idle:
+                self._idle -= 1
+            elif len(self._workers) < self._max_workers:
                 name = f"{self._thread_name_prefix}_{len(self._workers)}"
                 worker = threading.Thread(target=self._work, name=name, daemon=True)
                 worker.start()
@@ -78,7 +82,8 @@ class DaemonExecutor(ThreadPoolExecutor):
                 else:
                     future.set_result(result)
             del future, fn, args, kwargs
-            self._idle.release()
+            with self._lock:
+                self._idle += 1
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         with self._lock:
@@ -109,6 +114,22 @@ def hook_kwargs(impl: Any, **available: Any) -> dict[str, Any]:
     return {name: available[name] for name in impl.argnames if name in available}
 
 
+# Hook implementations are few and fixed while the gateway runs; inspect's test unwraps
+# partials and reads code flags on every call (once per detector per message). Keyed by a
+# bound method's function, so no plugin object is kept alive by it.
+_ASYNC: dict[Any, bool] = {}
+
+
+def _is_async(function: Callable[..., Any]) -> bool:
+    key = getattr(function, "__func__", function)
+    found = _ASYNC.get(key)
+    if found is None:
+        found = inspect.iscoroutinefunction(function)
+        if len(_ASYNC) < 4096:  # bounded: functions made per call are not all kept
+            _ASYNC[key] = found
+    return found
+
+
 async def call_impl(
     function: Callable[..., Any],
     kwargs: dict[str, Any],
@@ -122,7 +143,7 @@ async def call_impl(
     Raises :class:`TimeoutError` when the budget is spent; exceptions of the hook propagate.
     """
     async with asyncio.timeout(budget):
-        if inspect.iscoroutinefunction(function):
+        if _is_async(function):
             return await function(**kwargs)
         loop = asyncio.get_running_loop()
         result = await loop.run_in_executor(executor, lambda: function(**kwargs))
