@@ -21,7 +21,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, Generator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -130,6 +130,37 @@ def _is_async(function: Callable[..., Any]) -> bool:
     return found
 
 
+class _Resumed:
+    """Awaiting it goes on with ``coroutine``, whose first step yielded ``waiting``: what it
+    yields goes to the task running the awaiter, what that task sends or throws (a
+    cancellation when the budget is spent) goes into it, as ``await coroutine`` would."""
+
+    __slots__ = ("coroutine", "waiting")
+
+    def __init__(self, coroutine: Coroutine[Any, Any, Any], waiting: Any) -> None:
+        self.coroutine = coroutine
+        self.waiting = waiting
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        coroutine, waiting = self.coroutine, self.waiting
+        while True:
+            try:
+                sent = yield waiting
+            except GeneratorExit:
+                coroutine.close()
+                raise
+            except BaseException as exc:
+                try:
+                    waiting = coroutine.throw(exc)
+                except StopIteration as done:
+                    return done.value
+            else:
+                try:
+                    waiting = coroutine.send(sent)
+                except StopIteration as done:
+                    return done.value
+
+
 async def call_impl(
     function: Callable[..., Any],
     kwargs: dict[str, Any],
@@ -142,9 +173,20 @@ async def call_impl(
     function runs in ``executor`` (an awaitable it returns is awaited within the same budget).
     Raises :class:`TimeoutError` when the budget is spent; exceptions of the hook propagate.
     """
+    if _is_async(function):
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        coroutine = function(**kwargs)
+        try:
+            # Its first step, here: a hook with nothing to wait for (most scans of a small
+            # message) is done without a timer to set and cancel. Work without a suspension
+            # cannot be interrupted by the budget either way.
+            waiting = coroutine.send(None)
+        except StopIteration as done:
+            return done.value
+        async with asyncio.timeout(budget - (loop.time() - began)):
+            return await _Resumed(coroutine, waiting)
     async with asyncio.timeout(budget):
-        if _is_async(function):
-            return await function(**kwargs)
         loop = asyncio.get_running_loop()
         result = await loop.run_in_executor(executor, lambda: function(**kwargs))
         if inspect.isawaitable(result):
