@@ -86,20 +86,28 @@ class _Accept:
         return MilterResult("accept", add_headers=[("X-Spam-Status", "No, score=0.0")])
 
 
+async def _connection(server: MilterServer, stream: tuple[bytes, bytes, bytes]) -> bytes:
+    """One MTA connection's packets through ``server``; what it wrote back."""
+    optneg, message, quit_ = stream
+    connection = server._connection()
+    transport = MemoryTransport()
+    connection.connection_made(transport)
+    connection.data_received(optneg)
+    connection.data_received(message)
+    while connection.deciding is not None:
+        await connection.deciding
+    connection.data_received(quit_)
+    connection.connection_lost(None)
+    return bytes(transport.written)
+
+
 async def protocol(n: int) -> float:
     """CPU ms per message of the protocol alone."""
-    optneg, message, quit_ = _stream()
+    stream = _stream()
     server = MilterServer(_Accept())
     began = time.thread_time()
     for _ in range(n):
-        connection = server._connection()
-        connection.connection_made(MemoryTransport())
-        connection.data_received(optneg)
-        connection.data_received(message)
-        while connection.deciding is not None:
-            await connection.deciding
-        connection.data_received(quit_)
-        connection.connection_lost(None)
+        await _connection(server, stream)
     return (time.thread_time() - began) * 1000 / n
 
 
@@ -143,21 +151,13 @@ async def pipeline(n: int, config: str, home: Path) -> tuple[float, float]:
 async def whole(n: int, config: str, home: Path) -> tuple[float, float]:
     """CPU ms per message of a connection's packets handled by ``GatewayMilter``: loop
     thread, whole process."""
-    optneg, message, quit_ = _stream()
+    stream = _stream()
     async with _gateway(config, home) as gateway:
         server = MilterServer(GatewayMilter(gateway))
 
         async def one() -> None:
-            connection = server._connection()
-            transport = MemoryTransport()
-            connection.connection_made(transport)
-            connection.data_received(optneg)
-            connection.data_received(message)
-            while connection.deciding is not None:
-                await connection.deciding
-            connection.data_received(quit_)
-            connection.connection_lost(None)
-            assert transport.written.endswith(encode_packet("a")), transport.written[-40:]
+            written = await _connection(server, stream)
+            assert written.endswith(encode_packet("a")), written[-40:]
 
         for _ in range(50):
             await one()
