@@ -21,6 +21,7 @@ import logging
 import queue
 import threading
 import time
+import types
 from collections.abc import Callable, Coroutine, Generator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -115,13 +116,16 @@ def hook_kwargs(impl: Any, **available: Any) -> dict[str, Any]:
 
 
 # Hook implementations are few and fixed while the gateway runs; inspect's test unwraps
-# partials and reads code flags on every call (once per detector per message). Keyed by a
-# bound method's function, so no plugin object is kept alive by it.
-_ASYNC: dict[Any, bool] = {}
+# partials and reads code flags on every call (once per detector per message). Only plain
+# functions are kept (a bound method by its function), so no plugin object or plugin
+# manager is kept alive by it.
+_ASYNC: dict[types.FunctionType, bool] = {}
 
 
 def _is_async(function: Callable[..., Any]) -> bool:
     key = getattr(function, "__func__", function)
+    if not isinstance(key, types.FunctionType):
+        return inspect.iscoroutinefunction(function)
     found = _ASYNC.get(key)
     if found is None:
         found = inspect.iscoroutinefunction(function)
