@@ -24,13 +24,51 @@ import time
 import types
 from collections.abc import Callable, Coroutine, Generator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 __all__ = ["DaemonExecutor", "HookRunner", "ObserverLane", "call_impl", "hook_kwargs"]
 
 log = logging.getLogger(__name__)
 
-_Work = tuple["Future[Any]", Callable[..., Any], tuple[Any, ...], dict[str, Any]]
+_Work = tuple["Future[Any] | None", Callable[..., Any], tuple[Any, ...], dict[str, Any]]
+_T = TypeVar("_T")
+
+
+class _LoopCall:
+    """``fn()`` for a worker thread, its outcome set on ``future`` in the loop's thread."""
+
+    __slots__ = ("fn", "future", "loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, fn: Callable[[], Any]) -> None:
+        self.loop, self.fn = loop, fn
+        self.future: asyncio.Future[Any] = loop.create_future()
+
+    def __call__(self) -> None:
+        result: Any = None
+        error: BaseException | None = None
+        try:
+            result = self.fn()
+        except BaseException as exc:
+            error = exc
+        self._in_loop(self._settle, result, error)
+
+    def cancel(self) -> None:
+        """Dropped unrun (the executor shut down): the awaiter sees a cancellation."""
+        self._in_loop(self.future.cancel)
+
+    def _in_loop(self, callback: Callable[..., Any], *args: Any) -> None:
+        try:
+            self.loop.call_soon_threadsafe(callback, *args)
+        except RuntimeError:
+            pass  # the loop is closed: nobody waits for it any more
+
+    def _settle(self, result: Any, error: BaseException | None) -> None:
+        if self.future.done():
+            return  # cancelled while the worker ran
+        if error is not None:
+            self.future.set_exception(error)
+        else:
+            self.future.set_result(result)
 
 
 class DaemonExecutor(ThreadPoolExecutor):
@@ -54,10 +92,22 @@ class DaemonExecutor(ThreadPoolExecutor):
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
         future: Future[Any] = Future()
+        self._put((future, fn, args, kwargs))
+        return future
+
+    def run_soon(self, fn: Callable[[], _T]) -> asyncio.Future[_T]:
+        """``fn()`` in a worker thread, its outcome as a future of the running loop: what
+        ``loop.run_in_executor`` gives, without a concurrent ``Future`` (a Condition made per
+        call) and the chaining of the two in between (once per message: the verdict hooks)."""
+        call = _LoopCall(asyncio.get_running_loop(), fn)
+        self._put((None, call, (), {}))
+        return call.future
+
+    def _put(self, work: _Work) -> None:
         with self._lock:
             if self._closed:
                 raise RuntimeError("cannot schedule new futures after shutdown")
-            self._queue.put((future, fn, args, kwargs))
+            self._queue.put(work)
             if self._idle:
                 self._idle -= 1
             elif len(self._workers) < self._max_workers:
@@ -65,7 +115,6 @@ class DaemonExecutor(ThreadPoolExecutor):
                 worker = threading.Thread(target=self._work, name=name, daemon=True)
                 worker.start()
                 self._workers.append(worker)
-        return future
 
     def _work(self) -> None:
         while True:
@@ -75,7 +124,9 @@ class DaemonExecutor(ThreadPoolExecutor):
                 return
             future, fn, args, kwargs = item
             del item
-            if future.set_running_or_notify_cancel():
+            if future is None:
+                fn(*args, **kwargs)  # a _LoopCall: it catches what its function raises
+            elif future.set_running_or_notify_cancel():
                 try:
                     result = fn(*args, **kwargs)
                 except BaseException as exc:
@@ -95,8 +146,10 @@ class DaemonExecutor(ThreadPoolExecutor):
                         item = self._queue.get_nowait()
                     except queue.Empty:
                         break
-                    if item is not None:
+                    if item is not None and item[0] is not None:
                         item[0].cancel()
+                    elif item is not None and isinstance(item[1], _LoopCall):
+                        item[1].cancel()
             self._queue.put(None)
             workers = list(self._workers)
         if wait:
