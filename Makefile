@@ -33,7 +33,7 @@ install: $(STAMP)
 
 install-runtime: $(RUNTIME_STAMP)
 
-# The antivirus readers' system parts (libarchive for libarchive-c, 7z, lhasa, unar): installed
+# The antivirus readers' system parts (libarchive for libarchive-c, 7z, lhasa, unar, upx): installed
 # when missing and apt-get runs as root; without them those formats get not_scanned, never clean.
 AV_PACKAGES := libarchive13 p7zip-full lhasa unar
 
@@ -44,6 +44,8 @@ av-packages:
 		apt-get -o DPkg::Lock::Timeout=600 update -qq && DEBIAN_FRONTEND=noninteractive \
 		apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends $$missing; \
 	fi
+	@# upx (UPX-packed PE files): Debian 12 has it in bookworm-backports only; the script adds it
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then sh contrib/debian/install-upx.sh; fi
 
 # The home is named here (./var of the checkout unless MAILWARDEN_HOME says otherwise): the
 # command itself makes no home where none was named.

@@ -3,7 +3,7 @@
 Usage: python benchmarks/av/bench_readers.py [--size MB] [--rounds R]
 
 Each sample is built with the same tools and writers as tests/unit/test_av_formats.py (Debian's
-7z, cpio, arj, jlha, gcab, xorriso, zstd, ar, mscompress, binhex; libarchive, pikepdf; the
+7z, cpio, arj, jlha, gcab, xorriso, zstd, ar, mscompress, binhex, upx; libarchive, pikepdf; the
 tests' OLE2, TNEF, RTF and OneNote writers) around one payload of SIZE MB of text-like bytes
 (random words: compressible about 2:1, like documents). The walk is the antivirus's
 ``Unpacker.walk`` with the default limits, signatures not run: the figure is what reading the
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import io
 import random
+import shutil
 import statistics
 import sys
 import tempfile
@@ -31,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 from mailwarden_antivirus.archives import ArchiveLimits, Unpacker  # noqa: E402
 from tests.conftest import EICAR  # noqa: E402
 from tests.unit import test_av_formats as builders  # noqa: E402
+from tests.unit.test_av_upx import packed_program  # noqa: E402
 
 
 def payload(size: int) -> bytes:
@@ -52,6 +54,9 @@ def samples(size: int) -> dict[str, bytes]:
             **builders.tool_samples(Path(tmp), data),
             **builders.library_samples(Path(tmp), data),
         }
+        upx = shutil.which("upx") or shutil.which("upx-ucl")
+        if upx:  # contrib/debian/install-upx.sh installs it
+            out["packed.exe"] = packed_program(upx, Path(tmp), 32, payload=data)
     zipped = io.BytesIO()
     with zipfile.ZipFile(zipped, "w", zipfile.ZIP_DEFLATED) as archive:
         archive.writestr("payload.com", data)

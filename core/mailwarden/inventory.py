@@ -21,7 +21,7 @@ from .config import Config
 from .events import MessageEventLog, event_log_descriptor
 from .plugins import PluginSet
 from .privileges import core_dumps_descriptor
-from .record import line_files, quarantine_descriptor
+from .record import line_files, quarantine_descriptor, quarantine_index_descriptor
 from .sharedstate import local_state
 from .spool import DAMAGED_MAX_BYTES
 from .stores.applog import ApplicationLog
@@ -116,6 +116,7 @@ def _core(config: Config) -> list[tuple[StoreDescriptor, BoundedStore | None]]:
     ]
     quarantine = quarantine_descriptor(config)
     stores.append((quarantine, None))
+    stores.append((quarantine_index_descriptor(config), None))
     if config.directory.enabled:
         stores.append(
             (

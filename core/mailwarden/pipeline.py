@@ -407,8 +407,11 @@ class Gateway:
         message: ParsedMessage | None = None,
         findings: Sequence[Finding] = (),
         rule: RuleConfig | None = None,
+        dry_run: bool = True,
     ) -> Decision:
-        """Parse, pick the rule, run the detectors, fold and decide. Does not act or record.
+        """Parse, pick the rule, run the detectors, fold and decide. Does not act or record;
+        unless ``dry_run`` is false (an ingress that acts on the decision next), the action
+        hooks keep nothing either (``ScanContext.dry_run``).
 
         ``message`` is ``raw`` already parsed, so a message scanned once per rule is parsed once;
         ``findings`` are folded in with the detectors' (a plugin's verdict on a resubmission);
@@ -425,7 +428,7 @@ class Gateway:
         if rule is None:
             first = envelope.rcpt_to[0] if envelope.rcpt_to else ""
             rule = self.rule_for(envelope.mail_from, first, client=envelope.client_address)
-        ctx = ScanContext(envelope, message, rule.name)
+        ctx = ScanContext(envelope, message, rule.name, dry_run=dry_run)
 
         began = time.perf_counter()
         found = await self.detect.findings(self.config, ctx, rule, findings, timings)
@@ -455,7 +458,7 @@ class Gateway:
             groups = self.split_recipients(envelope)
             if len(groups) > 1:
                 return await self._process_groups(raw, entry, groups, ingress)
-            decision = await self.scan(raw, envelope)
+            decision = await self.scan(raw, envelope, dry_run=False)
             code, text = await self.outbox.carry_out(decision, entry)
         except BaseException:
             # No 250 reaches the client, which therefore still has the message.
@@ -482,7 +485,7 @@ class Gateway:
         whose rule tempfails are held in the quarantine for an admin instead of being dropped.
         """
         message = parse(raw)
-        decisions = [await self.scan(raw, env, message=message) for _, env in groups]
+        decisions = [await self.scan(raw, env, message=message, dry_run=False) for _, env in groups]
         refusal = settle(decisions)
         if refusal is not None:
             code, text = refusal.action.smtp_code, refusal.action.smtp_text
@@ -524,7 +527,7 @@ class Gateway:
     async def act_on_spooled(self, entry: SpoolEntry) -> None:
         """Scan and act on a spooled message whose decision was not stored (crash recovery)."""
         raw = await asyncio.to_thread(entry.raw)
-        decision = await self.scan(raw, entry.envelope)
+        decision = await self.scan(raw, entry.envelope, dry_run=False)
         code, text = await self.outbox.carry_out(decision, entry)
         self.record(decision, ingress="spool", reply=f"{code} {text}")
 
@@ -574,7 +577,9 @@ class Gateway:
         for _, group in self.split_recipients(envelope):
             entry = await asyncio.to_thread(self.spool.write, raw, group)
             try:
-                decision = await self.scan(raw, group, message=message, findings=findings)
+                decision = await self.scan(
+                    raw, group, message=message, findings=findings, dry_run=False
+                )
                 decision.action = accepted_form(decision.action)
                 code, text = await self.outbox.carry_out(decision, entry)
             except BaseException:

@@ -45,13 +45,24 @@ log = logging.getLogger(__name__)
 
 
 def quarantine_descriptor(config: Config) -> StoreDescriptor:
-    """The quarantine Maildir: messages a rule held (the design's spam quarantine)."""
+    """The held messages: the ``held`` kind of the quarantine store (its message files)."""
     return StoreDescriptor(
         name="quarantine",
-        path=str(config.home / "quarantine"),
+        path=str(config.home / "quarantine" / "held"),
         holds="messages a rule quarantined (spam and malware), in full",
         max_bytes=config.stores.quarantine_max_bytes,
         when_full=WhenFull.REMOVE_OLDEST,
+        read_permission="queues.view",
+    )
+
+
+def quarantine_index_descriptor(config: Config) -> StoreDescriptor:
+    """The quarantine store's index: every kind's entries (held, spam, ...)."""
+    return StoreDescriptor(
+        name="quarantine index",
+        path=str(config.home / "quarantine" / "index"),
+        holds="per held message of every kind (held, spam, sandbox): its kind, envelope sender, "
+        "recipients, subject, reason, score, release claims; entries go with their files",
         read_permission="queues.view",
     )
 

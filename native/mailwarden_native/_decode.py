@@ -52,16 +52,18 @@ def decode_quoted_printable(data: Buffer) -> bytes:
     return bytes(ffi.buffer(out, produced))
 
 
-# The per-part path of Part.decoded(): the views come from the parser (always
-# memoryviews of bytes), so the public functions' type checks and the junk
-# out-parameter are skipped.  Output goes to a per-thread scratch buffer that
-# stays mapped between calls and is then copied once into the result: a fresh
-# output buffer per part cost a page fault per 4 KiB written, which measured as
-# much as the decoding itself on the corpus.  Thread-local because the C call
-# runs without the GIL; bodies above _SCRATCH_MAX get their own buffer so no
-# thread keeps more than that.
+# The per-part path of Part.decoded() (which calls mw_decode_span itself, as a
+# Python call per encoded part was a sixth of its cost on small mail): output
+# goes to a per-thread scratch buffer that stays mapped between calls and is
+# then copied once into the result (ffi.unpack of ``chars``): a fresh output
+# buffer per part cost a page fault per 4 KiB written, which measured as much
+# as the decoding itself on the corpus.  Thread-local because the C call runs
+# without the GIL; bodies above _SCRATCH_MAX get their own buffer so no thread
+# keeps more than that.  A caller needs room for end - start + 3 bytes: base64
+# gives at most (n >> 2) * 3 + 3 (mw_base64_max_len; test_native_decode_roundtrip
+# checks it), quoted-printable n.
 _SCRATCH_MAX = 4 << 20
-_local = threading.local()
+scratch_local = threading.local()
 
 
 class _Scratch:
@@ -76,31 +78,12 @@ class _Scratch:
         self.size = size
 
 
-def _scratch(n: int) -> _Scratch:
-    s: _Scratch | None = getattr(_local, "s", None)
+def scratch(n: int) -> _Scratch:
+    """The thread's scratch buffer (``scratch_local.s``) with room for n bytes."""
+    s: _Scratch | None = getattr(scratch_local, "s", None)
     if s is not None and s.size >= n:
         return s
     if n > _SCRATCH_MAX:
         return _Scratch(n)
-    s = _local.s = _Scratch(max(n, 64 << 10))
+    s = scratch_local.s = _Scratch(max(n, 64 << 10))
     return s
-
-
-def decode_span(raw: bytes, start: int, end: int, base64: bool) -> bytes:
-    """Base64 (else quoted-printable) decoding of raw[start:end]."""
-    n = end - start
-    if n <= 0:
-        return b""
-    # mw_base64_max_len(n), inlined: this runs once per encoded part
-    # (test_native_decode_roundtrip checks the two agree).
-    cap = (n >> 2) * 3 + 3 if base64 else n
-    try:
-        s = _local.s
-    except AttributeError:  # the thread's first decode
-        s = _scratch(cap)
-    if s.size < cap:
-        s = _scratch(cap)
-    # The bytes go to the uint8_t * as a pointer to their buffer, the offsets
-    # beside them: no cdata is made per part.
-    produced = lib.mw_decode_span(raw, start, end, base64, s.buf)
-    return ffi.unpack(s.chars, produced)  # type: ignore[no-any-return]

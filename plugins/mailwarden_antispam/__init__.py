@@ -141,7 +141,7 @@ class AntispamConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     autolearn_ham_score: float = 0.1
     autolearn_min_points: float = 3.0
     quarantine: list[str] = msgspec.field(default_factory=list)
-    # The spam quarantine (<home>/antispam/quarantine): the oldest are removed above this.
+    # The spam quarantine (<home>/quarantine/spam): the oldest are removed above this.
     quarantine_max_bytes: Annotated[int, msgspec.Meta(gt=0)] = 1 << 30
     # Empty: released mail goes the gateway's own delivery path.
     release_host: str = ""
@@ -248,9 +248,8 @@ class AntispamPlugin:
                 # Sketches of spam people reported, fed by the Bayes lessons (fuzzy.py).
                 self.fuzzy = FuzzyStore(data_dir / "fuzzy")
             if config.quarantine:
-                self.quarantine = SpamQuarantine(
-                    data_dir / "quarantine", config.quarantine_max_bytes
-                )
+                # The gateway's one quarantine store, in its home: the spam kind of it.
+                self.quarantine = SpamQuarantine(data_dir.parent, config.quarantine_max_bytes)
                 # Releases a process that is gone left half done: held again once stale.
                 self.quarantine.recover()
 
@@ -336,25 +335,16 @@ class AntispamPlugin:
                     read_permission="settings.view",
                 )
             )
-        # The message files only (the LMDB index is in quarantine-index beside them): the
-        # core's enforcer may remove the oldest files too; the index forgets those entries.
+        # The spam kind's message files in the quarantine store (its index is the core's):
+        # the core's enforcer may remove the oldest files too; the index forgets those entries.
         stores.append(
             StoreDescriptor(
                 name="spam quarantine",
-                path=str(base / "quarantine"),
+                path=str(host.data_dir / "quarantine" / "spam"),
                 holds="messages held as spam, in full (one file each), with envelope sender, "
-                "recipients, subject and score in the index beside them",
+                "recipients, subject and score in the quarantine index",
                 max_bytes=config.quarantine_max_bytes,
                 when_full=WhenFull.REMOVE_OLDEST,
-                read_permission="queues.view",
-            )
-        )
-        stores.append(
-            StoreDescriptor(
-                name="spam quarantine index",
-                path=str(base / "quarantine-index"),
-                holds="per held message: envelope sender, recipients, subject, score, release "
-                "claims; entries go with their message files",
                 read_permission="queues.view",
             )
         )

@@ -114,7 +114,7 @@ def quarantine() -> None:
 
 
 def _quarantine(config_path: str | None) -> SpamQuarantine:
-    return SpamQuarantine(_data_dir(config_path) / "quarantine")
+    return SpamQuarantine(command_host(config_path).data_dir)
 
 
 @quarantine.command("list")

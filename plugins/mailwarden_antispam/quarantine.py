@@ -1,25 +1,21 @@
 """The spam quarantine: whole messages, bounded in bytes, oldest removed first when full.
 
-Message bytes are files (written, fsynced, then moved into place); an LMDB index holds one
-entry per message keyed by arrival time, so the oldest is the first key, plus the running
-total of bytes. A message is in the quarantine once its index entry is committed; eviction
-removes index entries in the same transaction that admits the new one, then their files.
-Release sends the original bytes with the original envelope through the gateway's own
-delivery path (``Host.deliver``), or over SMTP to ``release_host:release_port`` (the MTA's
-re-injection port) when that is configured. :class:`SpamQuarantineView` offers the store to
-the web interface and the REST API (``mailwarden_quarantines``, SDK 1.7), with "learn" through
-the plugin's Bayes store.
+It is the ``spam`` kind of the gateway's one quarantine store
+(:mod:`mailwarden_sdk.quarantine_store`, ``<home>/quarantine``): message files in
+``quarantine/spam/``, their envelope, subject, score and status in the store's index, the byte
+cap applied in the transaction that admits a new message (the oldest spam goes). Release sends
+the original bytes with the original envelope through the gateway's own delivery path
+(``Host.deliver``), or over SMTP to ``release_host:release_port`` (the MTA's re-injection port)
+when that is configured. :class:`SpamQuarantineView` offers it to the web interface and the
+REST API (``mailwarden_quarantines``, SDK 1.7), with "learn" through the plugin's Bayes store.
 
 A release happens once, however many web requests, worker processes and commands ask for it
-at the same moment. :meth:`SpamQuarantine.claim` takes an ``flock`` on the message file, then,
-in one LMDB write transaction (they are serialised across processes), checks the entry is
-still held and marks it with a claim (token, pid, time); whoever comes second gets
-:class:`QuarantineBusy`. Only the claimer sends; then it deletes the entry
-(:meth:`~SpamQuarantine.finish`), or on a failure clears the claim
-(:meth:`~SpamQuarantine.abandon`), so nothing is lost. The lock lives as long as the claiming
-process: a claim ``stale_after`` seconds old whose lock is free (its process is gone) is
-cleared on start, on every listing and by the next release; the message is never deleted for
-that.
+at the same moment: the store's claim lets one caller through and tells the next with
+:class:`QuarantineBusy` (see :mod:`mailwarden_sdk.quarantine_store`).
+
+Before SDK 1.17 the spam quarantine was a store of its own (``<home>/antispam/quarantine``
+and its index ``quarantine-index``): opening moves its messages into the one store, ids, times
+and scores kept (so the links of digests sent before still work).
 """
 
 from __future__ import annotations
@@ -27,11 +23,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import secrets
+import shutil
 import smtplib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -40,14 +35,22 @@ import lmdb
 import msgspec
 
 import mailwarden_sdk as sdk
-from mailwarden_sdk.files import atomic_write
-from mailwarden_sdk.quarantines import lock_held, read_held, release_once, release_once_sync
+from mailwarden_sdk.quarantine_store import (
+    STALE_AFTER,
+    HeldEntry,
+    KindLimits,
+    StoreClaim,
+    open_store,
+)
+from mailwarden_sdk.quarantine_store import QuarantineBusy as _Busy
+from mailwarden_sdk.quarantines import release_once, release_once_sync
 
 if TYPE_CHECKING:
     from .bayes import Bayes
 
 __all__ = [
     "KEEP",
+    "KIND",
     "QuarantineBusy",
     "QuarantineEntry",
     "QuarantineError",
@@ -60,8 +63,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: How old a claim of a process that is gone must be before its message is held again.
-STALE_AFTER = 300.0
+#: The spam quarantine's kind in the quarantine store.
+KIND = "spam"
 
 
 class QuarantineError(sdk.QuarantineError):
@@ -94,41 +97,104 @@ class QuarantineEntry(msgspec.Struct, kw_only=True, frozen=True):
     claimed_at: float = 0.0
 
 
+def _spam(e: HeldEntry) -> QuarantineEntry:
+    return QuarantineEntry(
+        id=e.id,
+        time=e.time,
+        size=e.size,
+        mail_from=e.mail_from,
+        rcpt_to=list(e.rcpt_to),
+        subject=e.subject,
+        score=e.score or 0.0,
+        status=e.reason,
+        claim=e.claim,
+        claimed_by=e.claimed_by,
+        claimed_at=e.claimed_at,
+    )
+
+
 @dataclass
 class ReleaseClaim:
-    """One release's hold on a message: its entry (with the claim), bytes, and the locked
-    descriptor of its file that says the claimer is alive."""
+    """One release's hold on a message: its entry (with the claim), bytes, and the store's
+    claim (whose locked descriptor says the claimer is alive)."""
 
     entry: QuarantineEntry
     raw: bytes
-    fd: int
+    held: StoreClaim
+
+
+@contextlib.contextmanager
+def _errors(entry_id: str) -> Iterator[None]:
+    """The store's errors as this plugin's (the commands and the web catch these)."""
+    try:
+        yield
+    except _Busy as exc:
+        raise QuarantineBusy(str(exc)) from exc
+    except sdk.QuarantineNotFound as exc:
+        raise QuarantineMissing(f"no quarantined message {entry_id}") from exc
 
 
 class SpamQuarantine:
-    """Held spam: one file per message in ``root``, the LMDB index in ``root-index`` beside it.
-
-    ``root`` holds nothing but message files, so the core's store enforcer (which removes the
-    oldest files of a declared folder) can govern it too; the index forgets entries whose
-    file is gone.
-    """
+    """Held spam: the ``spam`` kind of the quarantine store under ``home`` (the gateway's
+    home), capped at ``max_bytes`` (the oldest spam goes first)."""
 
     def __init__(
-        self, root: Path, max_bytes: int = 1 << 30, *, stale_after: float = STALE_AFTER
+        self, home: Path, max_bytes: int = 1 << 30, *, stale_after: float = STALE_AFTER
     ) -> None:
-        self.root = root
+        self.home = home
         self.max_bytes = max_bytes
-        self.stale_after = stale_after
-        self.messages = root
-        self.messages.mkdir(parents=True, exist_ok=True)
-        self.index = root.with_name(root.name + "-index")
-        self.index.mkdir(exist_ok=True)
-        self.env = lmdb.open(str(self.index), map_size=1 << 28, max_dbs=3)
-        self._by_time = self.env.open_db(b"by_time")
-        self._ids = self.env.open_db(b"ids")
-        self._meta = self.env.open_db(b"meta")
+        self.store = open_store(home / "quarantine")
+        self.store.stale_after = stale_after
+        self.store.set_limits(KIND, KindLimits(max_bytes=max_bytes))
+        self.messages = self.store.folder(KIND)
+        self._migrate(home / "antispam" / "quarantine")
+
+    @property
+    def stale_after(self) -> float:
+        """How old a claim of a process that is gone must be before it is held again."""
+        return self.store.stale_after
+
+    @stale_after.setter
+    def stale_after(self, seconds: float) -> None:
+        self.store.stale_after = seconds
+
+    def _migrate(self, old: Path) -> None:
+        """Move the spam quarantine of before SDK 1.17 (``old`` and ``old-index``) in."""
+        index = old.with_name(old.name + "-index")
+        if not (index / "data.mdb").is_file():
+            return
+        env = lmdb.open(str(index), map_size=1 << 28, max_dbs=3)
+        try:
+            by_time = env.open_db(b"by_time")
+            with env.begin(db=by_time) as txn:
+                entries = [bytes(v) for _, v in txn.cursor()]
+        finally:
+            env.close()
+        for value in entries:
+            try:
+                e = msgspec.json.decode(value, type=QuarantineEntry)
+                raw = (old / f"{e.id}.eml").read_bytes()
+            except (OSError, msgspec.DecodeError, msgspec.ValidationError):
+                continue  # its file went (the old store forgot such entries too)
+            envelope = sdk.Envelope(mail_from=e.mail_from, rcpt_to=list(e.rcpt_to))
+            self.store.put(
+                KIND,
+                raw,
+                envelope,
+                subject=e.subject,
+                reason=e.status,
+                score=e.score,
+                id=e.id,
+                at=e.time,
+            )
+            (old / f"{e.id}.eml").unlink()
+        shutil.rmtree(index)
+        with contextlib.suppress(OSError):
+            old.rmdir()  # not when files no entry named are left: nothing is lost
+        log.info("spam quarantine: %d messages moved into %s", len(entries), self.store.root)
 
     def close(self) -> None:
-        self.env.close()
+        """Nothing to close here: the store is the gateway's, shared with the core."""
 
     def _path(self, entry_id: str) -> Path:
         if not entry_id.isalnum():
@@ -136,9 +202,7 @@ class SpamQuarantine:
         return self.messages / f"{entry_id}.eml"
 
     def total_bytes(self) -> int:
-        with self.env.begin(db=self._meta) as txn:
-            raw = txn.get(b"bytes")
-        return int(raw) if raw else 0
+        return self.store.usage(KIND)[1]
 
     def put(
         self,
@@ -150,53 +214,17 @@ class SpamQuarantine:
         status: str,
     ) -> str | None:
         """Hold ``raw``; returns its id, or None when it alone is larger than the cap."""
-        if len(raw) > self.max_bytes:
-            return None
-        entry_id = secrets.token_hex(12)
-        path = self._path(entry_id)
-        # The temporary file is made in the index folder: never seen as a record among messages.
-        atomic_write(path, raw, temp_dir=self.index)
-        entry = QuarantineEntry(
-            id=entry_id,
-            time=time.time(),
-            size=len(raw),
-            mail_from=mail_from,
-            rcpt_to=list(rcpt_to),
-            subject=subject,
-            score=score,
-            status=status,
-        )
-        evicted: list[str] = []
-        key = f"{time.time_ns():020d}-{entry_id}".encode()
-        with self.env.begin(write=True) as txn:
-            total = int(txn.get(b"bytes", db=self._meta) or b"0") + len(raw)
-            cursor = txn.cursor(db=self._by_time)
-            # Oldest first: keys are arrival times.
-            while total > self.max_bytes and cursor.first():
-                old = msgspec.json.decode(cursor.value(), type=QuarantineEntry)
-                cursor.delete()
-                txn.delete(old.id.encode(), db=self._ids)
-                total -= old.size
-                evicted.append(old.id)
-            txn.put(key, msgspec.json.encode(entry), db=self._by_time)
-            txn.put(entry_id.encode(), key, db=self._ids)
-            txn.put(b"bytes", str(total).encode(), db=self._meta)
-        for old_id in evicted:
-            self._path(old_id).unlink(missing_ok=True)
-        return entry_id
+        envelope = sdk.Envelope(mail_from=mail_from, rcpt_to=list(rcpt_to))
+        return self.store.put(KIND, raw, envelope, subject=subject, reason=status, score=score)
 
     def get(self, entry_id: str) -> QuarantineEntry:
-        with self.env.begin() as txn:
-            key = txn.get(entry_id.encode(), db=self._ids)
-            value = txn.get(key, db=self._by_time) if key else None
-        if value is None:
-            raise QuarantineMissing(f"no quarantined message {entry_id}")
-        return msgspec.json.decode(value, type=QuarantineEntry)
+        with _errors(entry_id):
+            return _spam(self.store.get(entry_id, KIND))
 
     def original(self, entry_id: str) -> bytes:
         """The message exactly as it was held."""
-        self.get(entry_id)
-        return self._path(entry_id).read_bytes()
+        with _errors(entry_id):
+            return self.store.raw(entry_id, KIND)
 
     def search(
         self,
@@ -209,179 +237,55 @@ class SpamQuarantine:
     ) -> list[QuarantineEntry]:
         """Entries matching every given criterion (substring, case-insensitive), oldest first."""
         out: list[QuarantineEntry] = []
-        gone: list[str] = []
-        stale: list[str] = []
-        with self.env.begin(db=self._by_time) as txn:
-            for _key, value in txn.cursor():
-                e = msgspec.json.decode(value, type=QuarantineEntry)
-                if not self._path(e.id).exists():
-                    gone.append(e.id)  # removed by the core's store enforcer
-                    continue
-                if e.claim and time.time() - e.claimed_at >= self.stale_after:
-                    stale.append(e.id)
-                if since is not None and e.time < since:
-                    continue
-                if until is not None and e.time > until:
-                    continue
-                if sender and sender.lower() not in e.mail_from.lower():
-                    continue
-                if recipient and not any(recipient.lower() in r.lower() for r in e.rcpt_to):
-                    continue
-                if subject and subject.lower() not in e.subject.lower():
-                    continue
-                if min_score is not None and e.score < min_score:
-                    continue
-                out.append(e)
-        for entry_id in gone:
-            self._forget(entry_id)
-        if stale and self.recover(stale):
-            return self.search(since, until, sender, recipient, subject, min_score)
+        for e in map(_spam, self.store.entries(KIND)):
+            if since is not None and e.time < since:
+                continue
+            if until is not None and e.time > until:
+                continue
+            if sender and sender.lower() not in e.mail_from.lower():
+                continue
+            if recipient and not any(recipient.lower() in r.lower() for r in e.rcpt_to):
+                continue
+            if subject and subject.lower() not in e.subject.lower():
+                continue
+            if min_score is not None and e.score < min_score:
+                continue
+            out.append(e)
         return out
 
     def delete(self, entry_id: str) -> None:
         """Remove a message for good; :class:`QuarantineBusy` while a release sends it."""
-        fd = None
-        with contextlib.suppress(FileNotFoundError):  # then the entry alone goes
-            fd = lock_held(self._path(entry_id))
-            if fd is None:
-                raise self._busy(entry_id)
-        try:
-            self._forget(entry_id, refuse_claimed=True)
-        finally:
-            if fd is not None:
-                os.close(fd)
-
-    def _forget(
-        self, entry_id: str, *, refuse_claimed: bool = False, token: str | None = None
-    ) -> bool:
-        """Drop the entry and its file; False when ``token`` is given and no longer holds it."""
-        with self.env.begin(write=True) as txn:
-            key = txn.get(entry_id.encode(), db=self._ids)
-            value = txn.get(key, db=self._by_time) if key is not None else None
-            if key is None or value is None:
-                if token is not None:
-                    return False
-                raise QuarantineMissing(f"no quarantined message {entry_id}")
-            entry = msgspec.json.decode(value, type=QuarantineEntry)
-            if token is not None and entry.claim != token:
-                return False
-            if refuse_claimed and entry.claim and not self._stale(entry):
-                raise self._busy(entry_id, entry)
-            txn.delete(key, db=self._by_time)
-            txn.delete(entry_id.encode(), db=self._ids)
-            total = int(txn.get(b"bytes", db=self._meta) or b"0") - entry.size
-            txn.put(b"bytes", str(max(total, 0)).encode(), db=self._meta)
-        self._path(entry_id).unlink(missing_ok=True)
-        return True
+        with _errors(entry_id):
+            self.store.delete(entry_id, KIND)
 
     # -- release, exactly once -----------------------------------------------------------------
 
-    def _busy(self, entry_id: str, entry: QuarantineEntry | None = None) -> QuarantineBusy:
-        """What the second caller is told: who releases it since when, where known."""
-        if entry is None:
-            try:
-                entry = self.get(entry_id)
-            except QuarantineMissing:
-                return QuarantineBusy(f"{entry_id} was released or deleted just now")
-        if not entry.claim:
-            return QuarantineBusy(f"{entry_id} is being released right now")
-        since = time.strftime("%H:%M:%S", time.localtime(entry.claimed_at))
-        return QuarantineBusy(
-            f"{entry_id} is being released (process {entry.claimed_by}, since {since})"
-        )
-
-    def _stale(self, entry: QuarantineEntry) -> bool:
-        return time.time() - entry.claimed_at >= self.stale_after
-
     def claim(self, entry_id: str) -> ReleaseClaim:
-        """Take ``entry_id`` for one release: its file locked, its entry marked, its bytes
-        read. Raises :class:`QuarantineBusy` when another release has it (or it went
-        meanwhile) and :class:`QuarantineMissing` when there is no such message. Follow with
-        :meth:`finish` once it is delivered, or :meth:`abandon` when it was not."""
-        try:
-            fd = lock_held(self._path(entry_id))
-        except FileNotFoundError as exc:
-            self.get(entry_id)  # QuarantineMissing when the entry is gone too
-            raise QuarantineMissing(f"the file of {entry_id} is gone") from exc
-        if fd is None:
-            raise self._busy(entry_id)
-        try:
-            # The lock is ours, so any claim on the entry is of a process that is gone.
-            with self.env.begin(write=True) as txn:
-                key = txn.get(entry_id.encode(), db=self._ids)
-                value = txn.get(key, db=self._by_time) if key is not None else None
-                if key is None or value is None:
-                    raise QuarantineBusy(f"{entry_id} was released or deleted just now")
-                entry = msgspec.json.decode(value, type=QuarantineEntry)
-                if entry.claim and not self._stale(entry):
-                    raise self._busy(entry_id, entry)
-                entry = msgspec.structs.replace(
-                    entry,
-                    claim=secrets.token_hex(8),
-                    claimed_by=os.getpid(),
-                    claimed_at=time.time(),
-                )
-                txn.put(key, msgspec.json.encode(entry), db=self._by_time)
-            raw = read_held(fd)
-        except BaseException:
-            os.close(fd)
-            raise
-        return ReleaseClaim(entry=entry, raw=raw, fd=fd)
+        """Take ``entry_id`` for one release (see :meth:`QuarantineStore.claim
+        <mailwarden_sdk.quarantine_store.QuarantineStore.claim>`). Raises
+        :class:`QuarantineBusy` or :class:`QuarantineMissing`. Follow with :meth:`finish`
+        once it is delivered, or :meth:`abandon` when it was not."""
+        with _errors(entry_id):
+            held = self.store.claim(entry_id, KIND)
+        return ReleaseClaim(entry=_spam(held.entry), raw=held.raw, held=held)
 
     def finish(self, claim: ReleaseClaim) -> None:
         """The claimed message is delivered: it leaves the quarantine."""
-        try:
-            self._forget(claim.entry.id, token=claim.entry.claim)
-        finally:
-            os.close(claim.fd)
+        self.store.finish(claim.held)
 
     def abandon(self, claim: ReleaseClaim) -> None:
         """The claimed message was not delivered: it is held again, exactly as before."""
-        try:
-            self._unclaim(claim.entry.id, claim.entry.claim)
-        finally:
-            os.close(claim.fd)
-
-    def _unclaim(self, entry_id: str, token: str | None) -> bool:
-        with self.env.begin(write=True) as txn:
-            key = txn.get(entry_id.encode(), db=self._ids)
-            value = txn.get(key, db=self._by_time) if key is not None else None
-            if key is None or value is None:
-                return False
-            entry = msgspec.json.decode(value, type=QuarantineEntry)
-            if not entry.claim or (token is not None and entry.claim != token):
-                return False
-            if token is None and not self._stale(entry):
-                return False
-            held = msgspec.structs.replace(entry, claim="", claimed_by=0, claimed_at=0.0)
-            txn.put(key, msgspec.json.encode(held), db=self._by_time)
-        return True
+        self.store.abandon(claim.held)
 
     def recover(self, ids: list[str] | None = None) -> list[str]:
         """Hold again the messages whose release claim is ``stale_after`` old and whose
         claimer is gone (its lock is free): all, or only ``ids``. The ids held again."""
-        if ids is None:
-            with self.env.begin(db=self._by_time) as txn:
-                entries = [msgspec.json.decode(v, type=QuarantineEntry) for _, v in txn.cursor()]
-            ids = [e.id for e in entries if e.claim and self._stale(e)]
-        back = []
-        for entry_id in ids:
-            try:
-                fd = lock_held(self._path(entry_id))
-            except FileNotFoundError:
-                continue
-            if fd is None:
-                continue  # its claimer is alive
-            try:
-                if self._unclaim(entry_id, None):
-                    log.warning(
-                        "spam quarantine: %s was left mid-release by a process that is gone; "
-                        "held again",
-                        entry_id,
-                    )
-                    back.append(entry_id)
-            finally:
-                os.close(fd)
+        back = self.store.recover(ids, KIND)
+        for entry_id in back:
+            log.warning(
+                "spam quarantine: %s was left mid-release by a process that is gone; held again",
+                entry_id,
+            )
         return back
 
     def send(self, claim: ReleaseClaim, host: str, port: int, timeout: float = 30.0) -> str:
@@ -420,8 +324,10 @@ def keep(
     quarantine's view, learning and digest). None when nothing changes. A tempfail is not
     kept: the sender keeps the message and sends it again (one copy per attempt otherwise),
     or, accepted for other recipients or resubmitted, the gateway holds it. Nor a message held
-    for analysis (``reason == "hold"``): it comes through again once the verdict is in."""
-    if action.kind is sdk.ActionKind.TEMPFAIL:
+    for analysis (``reason == "hold"``): it comes through again once the verdict is in. Nor in
+    a dry run (``ctx.dry_run``: ``mailwarden rules test``, ``Gateway.scan``): nothing is
+    acted on, so nothing is kept."""
+    if ctx.dry_run or action.kind is sdk.ActionKind.TEMPFAIL:
         return None
     if action.kind is sdk.ActionKind.QUARANTINE and action.reason == "hold":
         return None

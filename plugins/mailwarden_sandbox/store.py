@@ -1,15 +1,19 @@
 """The sandbox's own stores: the bounded hold quarantine and the verdict cache.
 
-Hold quarantine (``quarantine/``): one message is ``ID.msg`` (the bytes as received) and
-``ID.json`` (envelope, rule, deadline, the objects sent and their task ids or verdicts). Both
-are written in a temp file, fsynced and renamed, the directory fsynced, before the gateway
-answers 250, so a held message survives a crash. A message is placed only if the count and
-byte caps still hold with it, checked and written under one ``flock``, so worker processes
-sharing the directory cannot overfill it together. An admin's release or delete is a marker
-file (``ID.release`` / ``ID.delete``) that the gateway watching the message acts on. Only one
-process watches (the ``.owner`` lock) and it follows each message in one task, so a release
-is carried out once; a release marker is created exclusively, so a second request for it
+Hold quarantine: the ``sandbox`` kind of the gateway's one quarantine store
+(:mod:`mailwarden_sdk.quarantine_store`, ``<home>/quarantine``): the bytes as received in
+``quarantine/sandbox/ID.eml`` and the plugin's record of it (envelope, rule, deadline, the
+objects sent and their task ids or verdicts) in the store's index, written durably before the
+gateway answers 250, so a held message survives a crash. A message is placed only if the
+count and byte caps still hold with it (``refuse_new``), checked in the store's write
+transaction, so worker processes sharing the store cannot overfill it together. An admin's
+release or delete is a marker file (``ID.release`` / ``ID.delete``) in
+``<home>/sandbox/quarantine/`` that the gateway watching the message acts on. Only one process
+watches (the ``.owner`` lock there) and it follows each message in one task, so a release is
+carried out once; a release marker is created exclusively, so a second request for it
 (another admin, worker or command) is told that one is pending instead of being accepted too.
+Before SDK 1.17 the messages were ``ID.msg`` and ``ID.json`` in that folder: opening moves
+them into the store, ids kept (so pending markers still name them).
 
 Verdict cache (``verdicts/``, an LMDB map) keyed by the SHA-256 of each object, so the same
 attachment is analysed once while its entry is fresh. (The copy kept before a malicious
@@ -23,19 +27,20 @@ import fcntl
 import os
 import secrets
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import lmdb
 import msgspec
 
-from mailwarden_sdk import Envelope
+from mailwarden_sdk import Envelope, QuarantineNotFound, WhenFull
 from mailwarden_sdk.files import atomic_write
 from mailwarden_sdk.files import fsync_dir as _fsync_dir
+from mailwarden_sdk.quarantine_store import KindLimits, open_store
 
 from .backends import ObjectVerdict
 
 __all__ = [
+    "KIND",
     "HeldMessage",
     "HeldObject",
     "HoldStore",
@@ -43,6 +48,9 @@ __all__ = [
     "VerdictCache",
     "valid_id",
 ]
+
+#: The sandbox's kind in the quarantine store.
+KIND = "sandbox"
 
 
 class HeldObject(msgspec.Struct, kw_only=True):
@@ -56,7 +64,7 @@ class HeldObject(msgspec.Struct, kw_only=True):
 
 
 class HeldMessage(msgspec.Struct, kw_only=True):
-    """A held message's metadata (``ID.json``)."""
+    """A held message's record (kept in the quarantine store's index)."""
 
     id: str
     envelope: Envelope
@@ -84,10 +92,6 @@ def _write_durably_at(tmp: Path, data: bytes) -> None:
         os.close(fd)
 
 
-def _write_durably(path: Path, data: bytes) -> None:
-    atomic_write(path, data)
-
-
 class ReleasePending(Exception):
     """A release of the held message was asked for already; it is carried out once."""
 
@@ -99,95 +103,118 @@ class ReleasePending(Exception):
 
 
 class HoldStore:
-    """The hold quarantine at ``root``, capped at ``max_bytes`` and ``max_messages``."""
+    """The hold quarantine of the gateway whose home is ``home``, capped at ``max_bytes``
+    and ``max_messages``; an admin's requests and the watcher's lock in ``root``
+    (``<home>/sandbox/quarantine``)."""
 
-    def __init__(self, root: Path, max_bytes: int = 1 << 30, max_messages: int = 5000) -> None:
-        self.root = root
+    def __init__(self, home: Path, max_bytes: int = 1 << 30, max_messages: int = 5000) -> None:
+        self.root = home / "sandbox" / "quarantine"
         self.max_bytes = max_bytes
         self.max_messages = max_messages
-        root.mkdir(parents=True, exist_ok=True)
-        for stale in root.glob(".*.tmp"):
+        self.root.mkdir(parents=True, exist_ok=True)
+        for stale in self.root.glob(".*.tmp"):
             # Left by a crash before the rename: never acknowledged, so never promised.
             stale.unlink(missing_ok=True)
+        self.store = open_store(home / "quarantine")
+        limits = KindLimits(
+            max_bytes=max_bytes, max_messages=max_messages, when_full=WhenFull.REFUSE_NEW
+        )
+        self.store.set_limits(KIND, limits)
+        self._migrate()
 
-    @contextlib.contextmanager
-    def _locked(self, name: str = ".lock", blocking: bool = True) -> Iterator[bool]:
-        fd = os.open(self.root / name, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
+    def _migrate(self) -> None:
+        """Move the messages of before SDK 1.17 (``ID.msg`` and ``ID.json`` in ``root``) into
+        the store; caps do not apply (they were admitted under them already)."""
+        for record in sorted(self.root.glob("*.json")):
+            msg = record.with_suffix(".msg")
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-            except BlockingIOError:
-                yield False
-                return
-            yield True
-        finally:
-            os.close(fd)
+                meta = msgspec.json.decode(record.read_bytes(), type=HeldMessage)
+                raw = msg.read_bytes()
+            except (OSError, msgspec.DecodeError, msgspec.ValidationError):
+                continue  # unreadable: left where it is, nothing lost
+            self._put(raw, meta, at=meta.held_at)
+            msg.unlink()
+            record.unlink()
+
+    def _put(self, raw: bytes, meta: HeldMessage, at: float | None = None) -> bool:
+        return (
+            self.store.put(
+                KIND,
+                raw,
+                meta.envelope,
+                subject=meta.subject,
+                reason=meta.state,
+                details={"rule": meta.rule},
+                record=msgspec.json.encode(meta).decode(),
+                id=meta.id,
+                at=at,
+            )
+            is not None
+        )
 
     def usage(self) -> tuple[int, int]:
         """How many messages are held and how many bytes they take."""
-        count = size = 0
-        with os.scandir(self.root) as entries:
-            for entry in entries:
-                if entry.name.endswith(".msg"):
-                    with contextlib.suppress(FileNotFoundError):
-                        size += entry.stat().st_size
-                        count += 1
-        return count, size
+        return self.store.usage(KIND)
 
     def has_room(self, size: int) -> bool:
         """Whether a message of ``size`` bytes would be placed now (not a promise)."""
-        count, used = self.usage()
-        return count + 1 <= self.max_messages and used + size <= self.max_bytes
+        return self.store.has_room(KIND, size)
 
     def admit(self, raw: bytes, meta: HeldMessage) -> bool:
         """Place the message durably if the caps allow it; False (nothing written) if not."""
-        with self._locked():
-            if not self.has_room(len(raw)):
-                return False
-            _write_durably(self.root / f"{meta.id}.msg", raw)
-            _write_durably(self.root / f"{meta.id}.json", msgspec.json.encode(meta))
-            _fsync_dir(self.root)
-        return True
+        return self._put(raw, meta)
 
     def ids(self) -> list[str]:
         """Ids of the held messages, in no particular order."""
-        return [p.name[:-5] for p in self.root.glob("*.json") if not p.name.startswith(".")]
+        return [e.id for e in self.store.entries(KIND)]
 
     def load(self, id: str) -> HeldMessage | None:
-        """The metadata of ``id``; None if it is gone, unreadable or not an id at all."""
+        """The record of ``id``; None if it is gone, unreadable or not an id at all."""
         if not valid_id(id):
             return None
         try:
-            return msgspec.json.decode((self.root / f"{id}.json").read_bytes(), type=HeldMessage)
-        except (OSError, msgspec.DecodeError, msgspec.ValidationError):
+            entry = self.store.get(id, KIND)
+            return msgspec.json.decode(entry.record, type=HeldMessage)
+        except (QuarantineNotFound, msgspec.DecodeError, msgspec.ValidationError):
             return None
 
     def raw(self, id: str) -> bytes:
         """The held message's bytes as received."""
         if not valid_id(id):
             raise FileNotFoundError(id)
-        return (self.root / f"{id}.msg").read_bytes()
+        try:
+            return self.store.raw(id, KIND)
+        except QuarantineNotFound as exc:
+            raise FileNotFoundError(id) from exc
 
     def save(self, meta: HeldMessage) -> None:
-        """Replace the metadata of a held message (durably: task ids must survive a restart)."""
-        _write_durably(self.root / f"{meta.id}.json", msgspec.json.encode(meta))
+        """Replace the record of a held message (durably: task ids must survive a restart)."""
+        with contextlib.suppress(QuarantineNotFound):  # removed meanwhile: nothing to keep
+            self.store.replace(
+                meta.id, reason=meta.state, record=msgspec.json.encode(meta).decode()
+            )
 
     def remove(self, id: str) -> None:
         """Forget a message: the gateway has it durably now, or an admin deleted it."""
-        for suffix in (".msg", ".json", ".release", ".delete"):
+        with contextlib.suppress(QuarantineNotFound):
+            self.store.delete(id, KIND)
+        for suffix in (".release", ".delete"):
             (self.root / f"{id}{suffix}").unlink(missing_ok=True)
         _fsync_dir(self.root)
+
+    def _held(self, id: str) -> bool:
+        return valid_id(id) and self.load(id) is not None
 
     def mark(self, id: str, what: str) -> bool:
         """Leave an admin's ``release`` or ``delete`` for the gateway; False if no such id.
 
         A release is asked for once: :class:`ReleasePending` when its marker is there already
         (requested by someone else, being carried out or retried after a refusal)."""
-        if not valid_id(id) or not (self.root / f"{id}.json").exists():
+        if not self._held(id):
             return False
         path = self.root / f"{id}.{what}"
         if what != "release":
-            _write_durably(path, str(time.time()).encode())
+            atomic_write(path, str(time.time()).encode())
             return True
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
         _write_durably_at(tmp, str(time.time()).encode())
@@ -198,9 +225,9 @@ class HoldStore:
             raise ReleasePending(id, self.marked_at(id, what)) from None
         finally:
             tmp.unlink(missing_ok=True)
-        if not (self.root / f"{id}.json").exists():
-            # The gateway released it and removed its files (``.release`` last) between the
-            # check above and the link: no such message any more, and no orphan marker.
+        if not self._held(id):
+            # The gateway released it and removed it (``.release`` last) between the check
+            # above and the link: no such message any more, and no orphan marker.
             path.unlink(missing_ok=True)
             return False
         _fsync_dir(self.root)

@@ -74,15 +74,27 @@ class ScanContext:
     decoding work. ``stash`` is typed per-message state for plugins that cooperate (see
     :class:`~mailwarden_sdk.StashKey`); detectors run concurrently, so never rely on another
     detector's entries inside ``mailwarden_scan`` - read them in ``mailwarden_verdict``.
+    ``dry_run`` (SDK 1.17) is true when the gateway only scans and will not act on the
+    message (``Gateway.scan``, ``mailwarden rules test``, ``mailwarden scan``, replays, the
+    scan services): a ``mailwarden_action`` implementation then keeps nothing (no copy in a
+    quarantine), as the gateway keeps no backup.
     """
 
-    __slots__ = ("envelope", "message", "rule", "stash")
+    __slots__ = ("dry_run", "envelope", "message", "rule", "stash")
 
-    def __init__(self, envelope: Envelope, message: ParsedMessage, rule: str = "default") -> None:
+    def __init__(
+        self,
+        envelope: Envelope,
+        message: ParsedMessage,
+        rule: str = "default",
+        *,
+        dry_run: bool = False,
+    ) -> None:
         self.envelope = envelope
         self.message = message
         self.rule = rule
         self.stash = Stash()
+        self.dry_run = dry_run
 
     @property
     def raw(self) -> bytes:

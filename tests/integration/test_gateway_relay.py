@@ -248,7 +248,7 @@ def test_sigkill_under_load_loses_nothing_and_duplicates_nothing(
     # quarantine rather than sent again: exactly once at the sink, or in the quarantine.
     held = Counter(
         str(email.message_from_bytes(p.read_bytes())["Message-ID"]).strip()
-        for p in (server.home / "quarantine" / "new").glob("*")
+        for p in (server.home / "quarantine" / "held").glob("*")
     )
     missing = [mid for mid in acked if arrived[mid] == 0 and held[mid] == 0]
     duplicated = {mid: n for mid, n in arrived.items() if n > 1}
@@ -500,7 +500,7 @@ def test_restart_resumes_the_spool_rescans_undecided_and_holds_in_doubt(
     time.sleep(0.5)
     subjects = sorted(str(email.message_from_bytes(m)["Subject"]) for m in sink.messages())
     assert subjects == ["decided", "undecided"]
-    held = list((server.home / "quarantine" / "new").iterdir())
+    held = list((server.home / "quarantine" / "held").iterdir())
     assert len(held) == 1
     assert b"Subject: in doubt" in held[0].read_bytes()
     assert b"X-Mailwarden-Hold:" in held[0].read_bytes()

@@ -348,7 +348,7 @@ def test_a_connection_dropped_mid_transaction_is_not_reused_and_the_message_is_r
     assert len(hop.connections) == 2 and hop.commands("MAIL") == [2, 2]
     assert [number for number, _, _ in hop.received] == [0, 1, 1]
     assert hop.received[1][1].endswith(dropped)
-    assert not list((server.home / "quarantine" / "new").glob("*"))
+    assert not list((server.home / "quarantine" / "held").glob("*"))
 
 
 def test_a_connection_that_timed_out_is_never_reused(

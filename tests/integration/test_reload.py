@@ -99,7 +99,7 @@ def test_sighup_swaps_rules_under_an_open_connection(serve: Serve) -> None:
         serve.reload("reloaded rules: lenient")
         # Same connection, next transaction: the new rule applies.
         assert _send_eicar(client) == 250
-    assert len(list((serve.home / "quarantine" / "new").iterdir())) == 1
+    assert len(list((serve.home / "quarantine" / "held").iterdir())) == 1
 
 
 def test_a_bad_file_is_refused_naming_key_and_line_and_the_old_rules_stay(serve: Serve) -> None:

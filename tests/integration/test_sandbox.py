@@ -30,6 +30,7 @@ from mailwarden_antispam import GTUBE, AntispamPlugin
 from mailwarden_antivirus import AntivirusPlugin
 from mailwarden_sandbox import SandboxPlugin
 from mailwarden_sandbox.icap import IcapClient, IcapError
+from mailwarden_sandbox.store import HoldStore
 from mailwarden_sdk import Envelope
 from tests.conftest import EICAR, free_port, make_message
 from tests.integration.test_smtp_serve import _wait_for_port
@@ -163,7 +164,7 @@ def test_hold_over_icap_eicar_gets_the_rules_action_and_clean_is_delivered(
     delivered = wait_until(lambda: runner.delivered())
     assert len(delivered) == 1 and b"Subject: fine" in delivered[0]
     assert "X-Mailwarden-Sandbox: clean" in headers_of(delivered[0])
-    wait_until(lambda: not list((tmp_path / "sandbox" / "quarantine").glob("*.msg")))
+    wait_until(lambda: not list((tmp_path / "quarantine" / "sandbox").glob("*.eml")))
     # Malicious: the rule's action (reject, after the transaction: blocked), a backup first.
     events = runner.events()
     blocked = next(e for e in events if e.ingress == "resubmit" and e.verdict.sandbox)
@@ -333,7 +334,7 @@ def test_full_quarantine_places_nothing_new_and_applies_the_fallback(
         relaxed = client.data(make_message(subject="relaxed", attachment=b"data r"))
     assert [code for code, _ in replies] == [250, 250, 250, 451]
     assert b"held for analysis" in replies[0][1]
-    assert len(list((tmp_path / "sandbox" / "quarantine").glob("*.msg"))) == 3
+    assert len(list((tmp_path / "quarantine" / "sandbox").glob("*.eml"))) == 3
     skipped = next(e for e in runner.events() if e.subject == "m3")
     assert any(
         f.code == "SANDBOX_SKIPPED" and f.status == "skipped" for f in skipped.verdict.findings
@@ -454,8 +455,11 @@ def test_held_messages_survive_a_restart_of_serve_and_are_released_on_the_verdic
         wait_until(lambda: held_reference.tasks())
         # Stopped once the task id is recorded: a stop between the server's answer and the
         # record submits again after the restart (at least once, never lost).
+        held = HoldStore(home)
         wait_until(
-            lambda: any(b'"task":"' in p.read_bytes() for p in home.rglob("quarantine/*.json"))
+            lambda: any(
+                o.task for m in map(held.load, held.ids()) if m is not None for o in m.objects
+            )
         )
     finally:
         stop(first)

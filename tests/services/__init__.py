@@ -12,7 +12,7 @@ import shutil
 import subprocess
 import threading
 
-from tests.conftest import need
+from tests.conftest import ROOT, need
 
 _apt_lock = threading.Lock()
 _apt_updated = False
@@ -57,3 +57,21 @@ def ensure_packages(*packages: str) -> None:
         result.returncode == 0,
         f"apt-get install {' '.join(missing)} failed: {result.stderr[-500:]}",
     )
+
+
+def ensure_upx() -> str:
+    """The ``upx`` program, installed when missing by ``contrib/debian/install-upx.sh`` (what
+    ``make av-packages`` runs: Debian's upx-ucl, from bookworm-backports on Debian 12)."""
+    found = shutil.which("upx") or shutil.which("upx-ucl")
+    if found:
+        return found
+    need(shutil.which("apt-get") is not None and os.geteuid() == 0, "upx is missing, no apt-get")
+    script = ROOT / "contrib" / "debian" / "install-upx.sh"
+    with _apt_lock:
+        result = subprocess.run(
+            ["sh", str(script)], capture_output=True, text=True, check=False, timeout=1200
+        )
+    found = shutil.which("upx") or shutil.which("upx-ucl")
+    need(found is not None, f"{script.name} failed: {result.stderr[-500:]}")
+    assert found is not None
+    return found

@@ -264,10 +264,11 @@ def test_quarantine_cap_removes_oldest_first(tmp_path: Path) -> None:
     kept = [e.id for e in q.search()]
     assert kept == ids[2:]
     assert q.total_bytes() == 3000
-    assert sorted(p.name for p in (tmp_path / "q").iterdir()) == sorted(f"{i}.eml" for i in ids[2:])
+    files = tmp_path / "q" / "quarantine" / "spam"
+    assert sorted(p.name for p in files.iterdir()) == sorted(f"{i}.eml" for i in ids[2:])
     assert q.put(b"x" * 3001, "s@x", ["r@y"], "too big", 9.0, "spam") is None
     # The core's store enforcer removes the oldest file itself: the index follows.
-    (tmp_path / "q" / f"{ids[2]}.eml").unlink()
+    (files / f"{ids[2]}.eml").unlink()
     assert [e.id for e in q.search()] == ids[3:]
     assert q.total_bytes() == 2000
     q.close()
@@ -299,8 +300,15 @@ def test_spam_is_held_by_the_gateway(tmp_path: Path, empty_dns: ZoneServer) -> N
         b"XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X\r\n"
     )
     env = Envelope(mail_from="a@example.org", rcpt_to=["b@example.net"])
-    scan(sample, builtins=True, config=config, home=tmp_path, envelope=env)
-    q = SpamQuarantine(tmp_path / "antispam" / "quarantine")
+    plugins = build_plugin_manager(entry_points=True)
+    cfg = parse_config(config, plugins.config_schemas())
+    cfg.gateway.home = str(tmp_path)
+    runner = GatewayRunner(Gateway(cfg, plugins=plugins)).start()
+    try:
+        runner.process(sample, env)
+    finally:
+        runner.stop()
+    q = SpamQuarantine(tmp_path)
     [entry] = q.search()
     assert q.original(entry.id) == sample
     assert (entry.mail_from, entry.rcpt_to, entry.status) == (
@@ -376,6 +384,29 @@ def test_a_spam_message_the_rule_quarantines_is_kept_once(
     assert len(copies) == 3, copies
 
 
+def test_a_dry_run_keeps_nothing_in_any_quarantine(tmp_path: Path, empty_dns: ZoneServer) -> None:
+    """``mailwarden rules test`` and ``Gateway.scan`` say what would happen; they kept the
+    spam in the spam quarantine all the same (a copy per test, listed in the end users'
+    digests as if mail had come)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    config = home / "mailwarden.toml"
+    config.write_text(_config(empty_dns, "quarantine = ['spam']\n") + _rule("quarantine"))
+    message = tmp_path / "gtube.eml"
+    message.write_bytes(_GTUBE)
+    args = ["--config", str(config), "--from", "a@example.org", "--to", "b@example.net"]
+    result = CliRunner().invoke(cli, ["rules", "test", *args, str(message)])
+    assert result.exit_code == 0, result.output
+    assert "quarantine" in result.output
+    env = Envelope(mail_from="a@example.org", rcpt_to=["b@example.net"])
+    decision = scan(_GTUBE, builtins=True, config=config.read_text(), home=home, envelope=env)
+    assert decision.verdict.spam is SpamStatus.SPAM
+    assert decision.action.held_in is None
+    assert SpamQuarantine(home).search() == []
+    body = _GTUBE.split(b"\r\n\r\n", 1)[1]
+    assert [p for p in home.rglob("*") if p.is_file() and body in p.read_bytes()] == []
+
+
 # ---------------------------------------------------------------- Bayes
 
 
@@ -429,7 +460,7 @@ def test_commands_use_the_folders_of_the_configured_gateway(tmp_path: Path) -> N
     config = tmp_path / "etc" / "mailwarden.toml"
     config.parent.mkdir()
     config.write_text(f'[gateway]\nhome = "{elsewhere}"\n')
-    kept = SpamQuarantine(elsewhere / "antispam" / "quarantine").put(
+    kept = SpamQuarantine(elsewhere).put(
         make_message(subject="held"), "s@example.org", ["r@example.net"], "held", 12.0, "spam"
     )
     assert kept is not None

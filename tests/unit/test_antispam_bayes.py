@@ -158,7 +158,7 @@ def test_token_cap_expires_the_tokens_learned_longest_ago(
 
 def test_quarantine_delete_as_spam_teaches_bayes(tmp_path: Path) -> None:
     home = tmp_path / "home"
-    q = SpamQuarantine(home / "antispam" / "quarantine")
+    q = SpamQuarantine(home)
     raw = make_message(subject="held", body="casino pills\n")
     entry = q.put(raw, "a@example.org", ["b@example.net"], "held", 12.0, "spam")
     q.close()
@@ -171,7 +171,7 @@ def test_quarantine_delete_as_spam_teaches_bayes(tmp_path: Path) -> None:
     assert "learned as spam" in result.output
     who = _journal(home)
     assert len(who) == 1 and who[0][1:] == ("learn", "spam")
-    q = SpamQuarantine(home / "antispam" / "quarantine")
+    q = SpamQuarantine(home)
     try:
         assert q.search() == []
     finally:

@@ -528,7 +528,7 @@ def test_remove_falls_back_to_quarantine_when_the_part_cannot_be_cut_out(tmp_pat
         run.close()
     assert outcome.decision.action.kind.value == "quarantine"
     assert delivered == []
-    assert len(list((home / "quarantine" / "new").iterdir())) == 1
+    assert len(list((home / "quarantine" / "held").iterdir())) == 1
 
 
 def test_tag_subject_with_backup(tmp_path: Path) -> None:

@@ -550,31 +550,36 @@ def test_encodings_in_any_part_are_decoded(gateway: Run) -> None:
         assert any("payload.com" in o for o in objects), (name, objects)
 
 
-def test_clamscan_detects_nothing_mailwarden_misses(
-    samples: dict[str, bytes], gateway: Run, tmp_path: Path
-) -> None:
+def clamscan_finds(files: dict[str, bytes], work: Path) -> set[str]:
+    """The names of ``files`` real clamscan finds EICAR in (written under ``work/files``)."""
     ensure_packages("clamav")
     clamscan = shutil.which("clamscan")
     assert clamscan is not None
-    database = tmp_path / "eicar.ndb"
+    database = work / "eicar.ndb"
     database.write_text(f"Eicar-Test-Signature:0:*:{EICAR.hex()}\n")
-    files = tmp_path / "files"
-    files.mkdir()
-    for name, data in {**samples, **encoded_messages()}.items():
-        (files / name).write_bytes(data)
+    (work / "files").mkdir()
+    for name, data in files.items():
+        (work / "files" / name).write_bytes(data)
     proc = subprocess.run(
-        [clamscan, "--no-summary", "-r", f"--database={database}", str(files)],
+        [clamscan, "--no-summary", "-r", f"--database={database}", str(work / "files")],
         capture_output=True,
         text=True,
         check=False,
         timeout=300,
     )
     assert proc.returncode in (0, 1), proc.stderr
-    theirs = {
+    return {
         Path(line.rsplit(": ", 1)[0]).name
         for line in proc.stdout.splitlines()
         if line.endswith(" FOUND")
     }
+
+
+def test_clamscan_detects_nothing_mailwarden_misses(
+    samples: dict[str, bytes], gateway: Run, tmp_path: Path
+) -> None:
+    theirs = clamscan_finds({**samples, **encoded_messages()}, tmp_path)
+    files = tmp_path / "files"
     assert len(theirs) >= 10  # the tools made real files clamscan reads
     ours = set()
     for path in sorted(files.iterdir()):

@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
-from mailwarden.bench.compare import medians_report, this_checkout
+from mailwarden.bench.compare import Costs, stage_report, this_checkout
 from mailwarden.bench.corpus import generate
+from mailwarden.bench.counters import CPU_TIME, INSTRUCTIONS, open_counter
 from mailwarden_native import parse
 from tests.conftest import need
 
@@ -84,22 +87,79 @@ def test_quick_bench_writes_table_json_markdown_and_svg(tmp_path: Path) -> None:
     assert "whole pipeline msg/s" in again.stdout and "%" in again.stdout
 
 
-def test_the_stage_check_compares_medians_and_names_each_stage_past_the_tolerance() -> None:
-    before = {"parse": [100.0, 100.0, 100.0], "act": [50.0, 50.0, 50.0], "gone": [1.0]}
-    # One bad round of parse is noise (its median is 99); act's median is 8% lower.
-    after = {"parse": [60.0, 99.0, 120.0], "act": [46.0, 40.0, 49.0], "new": [5.0]}
-    text, slower = medians_report(before, after, tolerance=5.0)
+def _runs(costs: dict[str, list[float]], measure: str = INSTRUCTIONS, why: str = "") -> list[Costs]:
+    """One Costs per round from per-stage totals per round; CPU time is always measured, and
+    here twice the instructions' figure plus noise the verdict on instructions must ignore."""
+    rounds = len(next(iter(costs.values())))
+    runs = []
+    for n in range(rounds):
+        by_measure = {CPU_TIME: {s: v[n] * (1.3 if n == 1 else 2.0) for s, v in costs.items()}}
+        if measure == INSTRUCTIONS:
+            by_measure[INSTRUCTIONS] = {s: v[n] for s, v in costs.items()}
+        runs.append(Costs(measure, why, 100, by_measure))
+    return runs
+
+
+def test_the_verdict_is_on_the_median_ratio_of_instructions_and_names_the_measure() -> None:
+    detect = {"detector.antispam": [80.0] * 3, "detector.reputation": [10.0] * 3}
+    detect |= {"detect": [100.0] * 3}
+    before = _runs({"parse": [100.0] * 3, "act": [50.0] * 3, "decide": [10.0] * 3} | detect)
+    # parse 2% more instructions every round passes; act 10% more fails; decide's one round
+    # at 1.4x is a bad round (its median ratio is 1.01).
+    after = {"parse": [102.0] * 3, "act": [55.0, 54.0, 56.0], "decide": [9.0, 14.0, 10.1]}
+    # One detector's line moves with the others' work (they overlap); detect is what counts.
+    after |= {"detector.antispam": [90.0] * 3, "detector.reputation": [20.0] * 3}
+    after |= {"detect": [103.0] * 3}
+    text, slower = stage_report(before, _runs(after), tolerance=5.0)
     assert [c.stage for c in slower] == ["act"]
-    assert slower[0].before == 50.0 and slower[0].after == 46.0
+    assert slower[0].ratio(INSTRUCTIONS) == pytest.approx(1.10)
     lines = text.splitlines()
-    assert [line.split()[0] for line in lines[1:3]] == ["parse", "act"]
-    assert lines[1].endswith("-1.0%") and "slower by more than 5%" in lines[2]
-    assert lines[-1] == "FAIL: act slower by more than 5% (median of 3 rounds)"
-    text, slower = medians_report(before, after, tolerance=10.0)
-    assert (
-        slower == []
-        and text.splitlines()[-1] == "OK: no stage slower by more than 10% (median of 3 rounds)"
+    assert "verdict on instructions" in lines[0]
+    assert [line.split()[0] for line in lines[1:7]] == [
+        *("parse", "detector.antispam", "detector.reputation", "detect", "decide", "act")
+    ]
+    assert "1.020x" in lines[1] and "1.010x" in lines[5] and "2.000x" in lines[3]
+    assert "not judged" in lines[3] and "1.030x" in lines[4] and "slower" not in lines[4]
+    assert "slower by more than 5%" in lines[6] and "slower" not in lines[1] + lines[5]
+    assert "0.900-1.400" in lines[5]  # the spread of decide's rounds
+    assert lines[-1] == "FAIL: act slower by more than 5% in instructions (median of 3 rounds)"
+    # CPU time was 1.3x/2.0x noisy between rounds: shown, never the verdict.
+    text, slower = stage_report(before, _runs(after), tolerance=12.0)
+    assert slower == []
+    assert text.splitlines()[-1] == (
+        "OK: no stage slower by more than 12% in instructions (median of 3 rounds)"
     )
+
+
+def test_without_instruction_counts_the_verdict_is_on_cpu_time_and_says_why() -> None:
+    why = "instructions not counted here (perf_event_open: No such file or directory)"
+    before = _runs({"parse": [100.0] * 3, "act": [50.0] * 3}, CPU_TIME, why)
+    after = _runs({"parse": [102.0] * 3, "act": [55.0] * 3}, CPU_TIME, why)
+    text, slower = stage_report(before, after, tolerance=5.0)
+    assert [c.stage for c in slower] == ["act"] and slower[0].ratio(INSTRUCTIONS) is None
+    lines = text.splitlines()
+    assert f"verdict on CPU time: {why}" in lines[0]
+    assert lines[1].split()[0] == "parse" and "1.020x" in lines[1]
+    assert lines[-1] == "FAIL: act slower by more than 5% in CPU time (median of 3 rounds)"
+    # One build counted instructions and the other did not: CPU time decides.
+    text, _ = stage_report(_runs({"act": [50.0]}), _runs({"act": [51.0]}, CPU_TIME, why), 5.0)
+    assert text.splitlines()[-1].endswith("in CPU time (median of 1 rounds)")
+
+
+def test_the_work_counter_counts_the_threads_a_stage_hands_work_to() -> None:
+    counter = open_counter()
+    assert counter.measure in (INSTRUCTIONS, CPU_TIME)
+    assert (counter.measure == CPU_TIME) == bool(counter.why)
+    began = counter.read()
+    worker = threading.Thread(target=lambda: sum(i * i for i in range(300_000)))
+    worker.start()
+    worker.join()
+    in_thread = counter.read() - began
+    began = counter.read()
+    time.sleep(0.2)  # waiting is not work
+    idle = counter.read() - began
+    assert in_thread > 20 * max(idle, 1)
+    counter.close()
 
 
 @pytest.mark.integration

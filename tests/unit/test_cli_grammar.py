@@ -172,7 +172,7 @@ def test_events_text_shows_no_python_repr_and_takes_ages(home: Path) -> None:
 
 
 def _spam_store(home: Path) -> tuple[SpamQuarantine, str]:
-    store = SpamQuarantine(home / "antispam" / "quarantine")
+    store = SpamQuarantine(home)
     raw = make_message(subject="cheap pills", body="Buy now\r\n")
     entry_id = store.put(
         raw, "spammer@example.org", ["bob@example.net"], "cheap pills", 12.0, "spam"

@@ -16,8 +16,8 @@ import pytest
 from mailwarden.config import load_config
 from mailwarden.events import MessageEventLog
 from mailwarden.inventory import plugin_descriptors
-from mailwarden.maildir import Maildir
 from mailwarden.plugins import build_plugin_manager
+from mailwarden.quarantine import Quarantine
 from mailwarden.record import plugin_file_stores
 from mailwarden.spool import Spool
 from mailwarden.stores import StoreFull, admit, enforce
@@ -83,11 +83,13 @@ def test_inventory_lists_every_store_with_what_was_written(home: Path) -> None:
     backup.put(b"two" * 100, reason="r")
     Statistics(home / "statistics").count(event(started, "s"))
     TraceStreams(home / "traces").write("smtp", "EHLO client")
-    Maildir(home / "quarantine").deliver(b"Subject: held\r\n\r\nbody\r\n")
+    Quarantine(home / "quarantine").hold(
+        b"Subject: held\r\n\r\nbody\r\n", Envelope(), decision="d", rule="r", reason="spam"
+    )
     Spool(home / "spool").write(b"Subject: x\r\n\r\ny\r\n", Envelope(mail_from="a@b.c"))
     write_private(home / "dkim" / "example.org.s1.key", b"-----BEGIN PRIVATE KEY-----\n")
-    spam_bytes = _files(home / "antispam" / "quarantine", [100, 120])
-    sandbox_bytes = _files(home / "sandbox" / "quarantine", [50])
+    spam_bytes = _files(home / "quarantine" / "spam", [100, 120])
+    sandbox_bytes = _files(home / "quarantine" / "sandbox", [50])
     cache = ReputationCache(home / "reputation" / "cache", cap=100)
     cache.put_many({f"k{n}": (Answer(verdict="clean"), 60.0) for n in range(4)})
     cache.close()
@@ -118,14 +120,14 @@ def test_inventory_lists_every_store_with_what_was_written(home: Path) -> None:
     check("backup", home / "backup", 2)
     check("traces", home / "traces", 1)
     check("statistics", home / "statistics", 2)  # data.mdb and lock.mdb
-    check("quarantine", home / "quarantine", 1)
+    check("quarantine", home / "quarantine" / "held", 1)
     check("spool", home / "spool", _disk(home / "spool")[1])
     check("DKIM key s1._domainkey.example.org", home / "dkim" / "example.org.s1.key", 1)
     assert shown["TLS key"]["store"]["path"] == str(home / "tls" / "key.pem")
     assert shown["temp files"]["exists"] is False
-    spam = check("spam quarantine", home / "antispam" / "quarantine", 2, owner="antispam")
+    spam = check("spam quarantine", home / "quarantine" / "spam", 2, owner="antispam")
     assert spam["bytes"] == spam_bytes and spam["store"]["when_full"] == "remove_oldest"
-    sandbox = check("sandbox quarantine", home / "sandbox" / "quarantine", 1, owner="sandbox")
+    sandbox = check("sandbox quarantine", home / "quarantine" / "sandbox", 1, owner="sandbox")
     assert sandbox["bytes"] == sandbox_bytes
     assert sandbox["store"]["when_full"] == "refuse_new"
     assert sandbox["store"]["max_entries"] == 2
@@ -158,11 +160,11 @@ def test_plugins_declared_stores_are_enforced_by_the_core(home: Path) -> None:
     # The reputation and sandbox verdict caches (LRU) keep their own caps; backups are the
     # core's own store.
     assert set(stores) == {"spam quarantine", "sandbox quarantine"}
-    _files(home / "antispam" / "quarantine", [100, 100, 100])
+    _files(home / "quarantine" / "spam", [100, 100, 100])
     assert enforce(stores["spam quarantine"]) == 1  # cap 250: the oldest goes
-    assert sorted(p.name for p in (home / "antispam" / "quarantine").iterdir()) == ["m1", "m2"]
-    _files(home / "sandbox" / "quarantine", [10, 10])
+    assert sorted(p.name for p in (home / "quarantine" / "spam").iterdir()) == ["m1", "m2"]
+    _files(home / "quarantine" / "sandbox", [10, 10])
     with pytest.raises(StoreFull):
         admit(stores["sandbox quarantine"], 10)  # 2 messages held: the third is refused
     assert enforce(stores["sandbox quarantine"]) == 0
-    assert len(list((home / "sandbox" / "quarantine").iterdir())) == 2
+    assert len(list((home / "quarantine" / "sandbox").iterdir())) == 2

@@ -40,6 +40,7 @@ from mailwarden.ingress.milter import (
 from mailwarden.testing import _gateway
 from tests.conftest import EICAR, make_message
 from tests.milter_mta import NO_REPLIES, MemoryTransport, Mta
+from tests.services.dns_zone import running_zone
 
 GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
 
@@ -201,6 +202,45 @@ def test_quarantine_stores_and_discards_or_holds_at_the_mta(tmp_path: Path) -> N
             listener.close()
 
     run_with_server(tmp_path / "b", with_hold)
+
+
+def test_spam_the_spam_quarantine_keeps_is_not_held_at_the_mta_too(tmp_path: Path) -> None:
+    """``[milter] quarantine = "hold"`` with a rule that quarantines spam and ``[antispam]
+    quarantine``: the message was kept twice (the MTA's hold queue and the spam quarantine).
+    The one copy is the spam quarantine's (its digest, self-service and learning); the MTA
+    discards it. A message no plugin keeps (a virus) is still held at the MTA."""
+    with running_zone({}) as dns:
+        config = (
+            f"[antispam]\ndns_servers = ['127.0.0.1']\ndns_port = {dns.port}\n"
+            "dns_timeout = 0.5\nquarantine = ['spam']\n"
+            + RULES.replace(
+                'infected = "quarantine"', 'infected = "quarantine"\nspam = "quarantine"'
+            )
+        )
+
+        async def body(port: int, gateway: Any) -> None:
+            server = MilterServer(GatewayMilter(gateway, quarantine="hold"))
+            listener = await server.start("127.0.0.1", 0)
+            try:
+                mta = await Mta.connect(listener.sockets[0].getsockname()[1])
+                await mta.optneg()
+                await mta.session_start()
+                answer = await mta.message(
+                    make_message(body=GTUBE + "\n"), recipients=("dan@hold.test",)
+                )
+                assert answer.final == "d"
+                assert "q" not in [c for c, _ in answer.changes]
+                virus = make_message(attachment=EICAR, filename="eicar.com")
+                answer = await mta.message(virus, recipients=("dan@hold.test",))
+                assert answer.final == "a" and [c for c, _ in answer.changes][-1] == "q"
+                await mta.close()
+            finally:
+                listener.close()
+            [spam] = gateway.plugin_quarantines()["spam"][1].search()
+            assert spam.recipients == ["dan@hold.test"]
+            assert gateway.quarantine.held() == []
+
+        run_with_server(tmp_path, body, config=config)
 
 
 def test_recipients_under_different_rules_are_split_with_delrcpt(tmp_path: Path) -> None:

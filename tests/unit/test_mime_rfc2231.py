@@ -124,3 +124,22 @@ def test_every_rfc2231_spelling_gives_the_boundary(case: tuple[str, str]) -> Non
     assert parse_params(f"multipart/mixed; {params}")[1]["boundary"] == boundary
     raw = message(params, boundary)
     assert leaves(raw) == [b"one", b"two"], params
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.text(alphabet="%%%0123456789abcdefABCDEFgz =_\t\r\n\u00e9\u6f22", max_size=40),
+    st.sampled_from(["utf-8", "iso-8859-1", ""]),
+)
+def test_percent_escapes_decode_as_urllib_does(text: str, charset: str) -> None:
+    # Every % that starts a valid escape is decoded, any other % (short, non-hex, at the
+    # end) stays as written, '=' and blanks are plain characters: the C path
+    # (quoted-printable) and the exact one must agree with urllib's reading.
+    import urllib.parse
+
+    from mailwarden_native._params import _decode_bytes
+
+    value = f"attachment; filename*={charset}''{text}"
+    # The value is stripped of blanks at its end, as every parameter value is.
+    want = _decode_bytes(urllib.parse.unquote_to_bytes(text.rstrip()), charset or None)
+    assert parse_params(value)[1]["filename"] == want

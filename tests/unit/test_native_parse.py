@@ -425,5 +425,5 @@ def test_content_type_from_the_common_type_table_is_the_written_one(
         want,
         "message/rfc822" if digest else "text/plain",
     ]
-    code = kids[1]._rec[PART_FIELDS.index("type_code")]
+    code = kids[1]._record()[PART_FIELDS.index("type_code")]
     assert code == (COMMON_TYPES.index(want) + 1 if want in COMMON_TYPES else 0)

@@ -97,7 +97,7 @@ def test_a_held_message_released_by_many_threads_at_once_is_delivered_once(
             )
         assert len(_delivered(gateway)) == round + 1
     assert gateway.quarantine.held() == []
-    assert not any(gateway.quarantine.releasing.iterdir())
+    assert not any(e.claim for e in gateway.quarantine.store.entries("held"))
 
 
 RELEASE_IN_A_PROCESS = """
@@ -158,7 +158,7 @@ def test_a_held_message_whose_delivery_fails_stays_held_and_is_released_later(
     with pytest.raises(ReleaseFailed, match="it stays held"):
         asyncio.run(gateway.release(held_id))
     assert [h.id for h in gateway.quarantine.held()] == [held_id]
-    assert not any(gateway.quarantine.releasing.iterdir())
+    assert not any(e.claim for e in gateway.quarantine.store.entries("held"))
     assert b"X-Mailwarden-Quarantine-Rule: default" in gateway.quarantine.raw(held_id)
     # Fixed: released now, once.
     gateway.maildir.root.unlink()
@@ -275,7 +275,7 @@ def spam(tmp_path: Path) -> Iterator[tuple[Path, SpamQuarantine]]:
     """A gateway home and its spam quarantine (where ``mailwarden antispam`` finds it)."""
     home = tmp_path / "home"
     home.mkdir()
-    store = SpamQuarantine(home / "antispam" / "quarantine")
+    store = SpamQuarantine(home)
     try:
         yield home, store
     finally:

@@ -74,7 +74,7 @@ def test_data_inventory_lists_the_sandbox_stores(tmp_path: Path) -> None:
     quarantine = stores["sandbox quarantine"]
     assert (quarantine.max_entries, quarantine.max_bytes) == (3, 1 << 30)
     assert quarantine.when_full is WhenFull.REFUSE_NEW
-    assert quarantine.path == str(tmp_path / "sandbox" / "quarantine")
+    assert quarantine.path == str(tmp_path / "quarantine" / "sandbox")
 
 
 def test_a_release_is_requested_once_however_many_ask_at_the_same_moment(
@@ -104,7 +104,7 @@ def test_a_release_is_requested_once_however_many_ask_at_the_same_moment(
         if a != "True"
     )
     assert store.marked(_meta(1).id, "release")
-    assert not [p for p in (tmp_path / "q").iterdir() if p.name.endswith(".tmp")]
+    assert not [p for p in store.root.iterdir() if p.name.endswith(".tmp")]
     # Deleting may be asked again; once removed, a new release finds nothing to release.
     assert store.mark(_meta(1).id, "delete") and store.mark(_meta(1).id, "delete")
     store.remove(_meta(1).id)
@@ -129,4 +129,5 @@ def test_a_release_asked_while_the_gateway_removes_the_message_is_refused(
     monkeypatch.setattr(os, "link", link_after_the_gateway_removed_it)
     assert store.mark(held, "release") is False
     assert not store.marked(held, "release")
-    assert not list((tmp_path / "q").glob(f"{held}*"))
+    assert not list(store.root.glob(f"{held}*"))
+    assert not list((tmp_path / "q" / "quarantine" / "sandbox").glob(f"{held}*"))

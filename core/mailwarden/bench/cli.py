@@ -19,7 +19,7 @@ import click
 import msgspec
 
 from ..stage import Stage
-from .compare import compare_rounds, medians_report
+from .compare import compare_rounds, stage_report
 from .corpus import generate, load_directory
 from .peers import run_peers
 from .report import compare, table, write_all
@@ -119,21 +119,23 @@ def _bench_config(
     "compare_with",
     type=click.Path(exists=True, path_type=Path),
     help="An earlier bench.json: the change of every rate; or a built checkout of another "
-    "version: both builds stage by stage over --rounds, failing when a stage is slower.",
+    "version: both builds stage by stage in instructions (else CPU time) over --rounds, "
+    "failing when a stage costs more.",
 )
 @click.option(
     "--rounds",
     type=click.IntRange(1),
     default=5,
     show_default=True,
-    help="With --compare DIR: alternating runs of each build; each stage's median is compared.",
+    help="With --compare DIR: passes of both builds side by side; each stage's verdict is on "
+    "the median of its per-round ratio.",
 )
 @click.option(
     "--tolerance",
     type=click.FloatRange(0),
     default=5.0,
     show_default=True,
-    help="With --compare DIR: the slowdown in percent a stage may show before it fails.",
+    help="With --compare DIR: the extra work in percent a stage may show before it fails.",
 )
 def bench(
     quick: bool,
@@ -262,9 +264,9 @@ def _compare_builds(
 ) -> None:
     """Both builds stage by stage (``--compare DIR``); exit status 1 when a stage is slower."""
     with _bench_config(signatures, seed, spam_rules) as (config, _):
-        progress = Progress(f"{rounds} rounds, {other} and this build", 2 * rounds)
+        progress = Progress(f"{rounds} rounds, {other} and this build", rounds)
         before, after = compare_rounds(other, data, config, rounds, progress.step)
-    text, slower = medians_report(before, after, tolerance)
+    text, slower = stage_report(before, after, tolerance)
     click.echo(f"baseline: {other}")
     click.echo(text)
     if slower:

@@ -226,7 +226,9 @@ class ContentFilterHandler:
         envelope = self.envelope(smtp_envelope, xforward)
         groups = gateway.split_recipients(envelope)
         message = await asyncio.to_thread(parse, raw)
-        decisions = [await gateway.scan(raw, env, message=message) for _, env in groups]
+        decisions = [
+            await gateway.scan(raw, env, message=message, dry_run=False) for _, env in groups
+        ]
         try:
             await gateway.outbox.keep_backups(decisions)
         except Exception as exc:

@@ -85,7 +85,8 @@ def sniff(data: bytes | memoryview, kind: str) -> str:
         return "binhex"
     if head.startswith(b"From ") and b"\n" in head:
         return "mbox"
-    if b"=ybegin " in head or (b"begin" in head and _UU_BEGIN.search(head)):
+    # one search for what both start with ("=ybegin ", "begin 644 "): most text has neither
+    if b"begin" in head and (b"=ybegin " in head or _UU_BEGIN.search(head)):
         return "uuencode"
     return kind
 

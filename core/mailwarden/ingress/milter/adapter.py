@@ -85,7 +85,9 @@ class GatewayMilter:
             return refused
         groups = gateway.split_recipients(envelope)
         parsed = await run_cpu_bound(len(raw), parse, raw)
-        decisions = [await gateway.scan(raw, env, message=parsed, rule=r) for r, env in groups]
+        decisions = [
+            await gateway.scan(raw, env, message=parsed, rule=r, dry_run=False) for r, env in groups
+        ]
         try:
             await gateway.outbox.keep_backups(decisions)
         except Exception as exc:
@@ -150,7 +152,9 @@ class GatewayMilter:
         result = MilterResult("accept")
         if kind is ActionKind.DELIVER:
             self._tag(result, d)
-        elif kind is ActionKind.QUARANTINE and self.quarantine == "hold":
+        elif kind is ActionKind.QUARANTINE and self.quarantine == "hold" and not d.action.held_in:
+            # Held in the MTA's hold queue, unless a plugin kept the one copy already (the
+            # spam quarantine, with its digest and learning): then it is discarded here.
             result.add_headers = d.added_headers()
             result.quarantine = f"mailwarden {d.action.reason} {d.id[:12]}"
         elif kind is ActionKind.QUARANTINE:
