@@ -6,8 +6,11 @@ figures hold up on a shared machine where end-to-end rates do not.
             headers and body of smtp-source's 1 KiB message, EOB, QUIT) fed to a
             ``MilterConnection`` over an in-memory transport, a handler that accepts at once
   pipeline  ``GatewayMilter.end_of_message`` on the same message with a gateway on the
-            configuration given (``--config``; every detector off by default): the loop
-            thread's CPU, and the whole process's (the verdict hooks run in a worker thread)
+            configuration given (every detector off by default, ``--detectors`` for the
+            four): the loop thread's CPU, and the whole process's (the verdict hooks run in a
+            worker thread)
+  whole     both together: the connection's packets handled by ``GatewayMilter``, what
+            ``mailwarden serve`` does per message but for the socket system calls
 
 Compare two versions by running it with ``PYTHONPATH`` set to the other checkout's ``core/``:
 
@@ -83,29 +86,41 @@ class _Accept:
         return MilterResult("accept", add_headers=[("X-Spam-Status", "No, score=0.0")])
 
 
+async def _connection(server: MilterServer, stream: tuple[bytes, bytes, bytes]) -> bytes:
+    """One MTA connection's packets through ``server``; what it wrote back."""
+    optneg, message, quit_ = stream
+    connection = server._connection()
+    transport = MemoryTransport()
+    connection.connection_made(transport)
+    connection.data_received(optneg)
+    connection.data_received(message)
+    while connection.deciding is not None:
+        await connection.deciding
+    connection.data_received(quit_)
+    connection.connection_lost(None)
+    return bytes(transport.written)
+
+
 async def protocol(n: int) -> float:
     """CPU ms per message of the protocol alone."""
-    optneg, message, quit_ = _stream()
+    stream = _stream()
     server = MilterServer(_Accept())
     began = time.thread_time()
     for _ in range(n):
-        connection = server._connection()
-        connection.connection_made(MemoryTransport())
-        connection.data_received(optneg)
-        connection.data_received(message)
-        while connection.deciding is not None:
-            await connection.deciding
-        connection.data_received(quit_)
-        connection.connection_lost(None)
+        await _connection(server, stream)
     return (time.thread_time() - began) * 1000 / n
+
+
+def _gateway(config: str, home: Path) -> Gateway:
+    home.mkdir(parents=True, exist_ok=True)
+    path = home / "mailwarden.toml"
+    path.write_text(f'[gateway]\nhome = "{home}"\n[events]\nenabled = false\n{config}')
+    return Gateway.from_file(str(path))
 
 
 async def pipeline(n: int, config: str, home: Path) -> tuple[float, float]:
     """CPU ms per message of ``GatewayMilter.end_of_message``: loop thread, whole process."""
-    home.mkdir(parents=True, exist_ok=True)
-    path = home / "mailwarden.toml"
-    path.write_text(f'[gateway]\nhome = "{home}"\n[events]\nenabled = false\n{config}')
-    gateway = Gateway.from_file(str(path))
+    gateway = _gateway(config, home)
     headers, body = headers_and_body(RAW)
 
     def message() -> MilterMessage:
@@ -133,24 +148,54 @@ async def pipeline(n: int, config: str, home: Path) -> tuple[float, float]:
         )
 
 
+async def whole(n: int, config: str, home: Path) -> tuple[float, float]:
+    """CPU ms per message of a connection's packets handled by ``GatewayMilter``: loop
+    thread, whole process."""
+    stream = _stream()
+    async with _gateway(config, home) as gateway:
+        server = MilterServer(GatewayMilter(gateway))
+
+        async def one() -> None:
+            written = await _connection(server, stream)
+            assert written.endswith(encode_packet("a")), written[-40:]
+
+        for _ in range(50):
+            await one()
+        thread, process = time.thread_time(), time.process_time()
+        for _ in range(n):
+            await one()
+        return (
+            (time.thread_time() - thread) * 1000 / n,
+            (time.process_time() - process) * 1000 / n,
+        )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--messages", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=3, help="the best of this many rounds")
     parser.add_argument("--detectors", action="store_true", help="the four detectors on")
+    parser.add_argument(
+        "--parts", default="protocol,pipeline,whole", help="which parts, comma-separated"
+    )
     args = parser.parse_args()
+    parts = set(args.parts.split(","))
     config = OFFLINE_ANTISPAM + ("" if args.detectors else NO_DETECTORS)
-    asyncio.run(protocol(200))
-    proto = min(asyncio.run(protocol(args.messages)) for _ in range(args.rounds))
-    with tempfile.TemporaryDirectory(prefix="mailwarden-bench-milter-") as work:
-        pipe = min(
-            asyncio.run(pipeline(args.messages, config, Path(work) / f"home{i}"))
-            for i in range(args.rounds)
-        )
-    print(f"protocol alone:                     {proto:.3f} ms CPU per message")
     what = "four detectors" if args.detectors else "no detectors"
-    print(f"pipeline, {what + ', loop thread:':25} {pipe[0]:.3f} ms CPU per message")
-    print(f"pipeline, {what + ', whole process:':25} {pipe[1]:.3f} ms CPU per message")
+    if "protocol" in parts:
+        asyncio.run(protocol(200))
+        proto = min(asyncio.run(protocol(args.messages)) for _ in range(args.rounds))
+        print(f"protocol alone:                     {proto:.3f} ms CPU per message")
+    with tempfile.TemporaryDirectory(prefix="mailwarden-bench-milter-") as work:
+        for part, run in (("pipeline", pipeline), ("whole", whole)):
+            if part not in parts:
+                continue
+            loop, process = min(
+                asyncio.run(run(args.messages, config, Path(work) / f"{part}{i}"))
+                for i in range(args.rounds)
+            )
+            print(f"{part + ',':9} {what + ', loop thread:':25} {loop:.3f} ms CPU per message")
+            print(f"{part + ',':9} {what + ', whole process:':25} {process:.3f} ms CPU per message")
     return 0
 
 

@@ -78,6 +78,14 @@ def _cpu_seconds(pids: list[int], field: int | None = None) -> float:
     return total / _TICK
 
 
+def _loop_seconds(pid: int) -> float:
+    """User and system CPU of the process's main thread (the event loop's), in seconds."""
+    with contextlib.suppress(OSError):
+        fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / _TICK
+    return 0.0
+
+
 def _switches(pids: list[int]) -> int:
     """Voluntary and involuntary context switches of every thread of the processes.
 
@@ -134,7 +142,7 @@ def _phase(
                 "raw",
                 "--nonblocking",
                 "--rate",
-                "250",
+                os.environ.get("BENCH_PROFILE_RATE", "250"),
                 *(["--gil"] if os.environ.get("BENCH_PROFILE_GIL") else []),
                 "--output",
                 str(profile),
@@ -145,6 +153,7 @@ def _phase(
         time.sleep(1.0)
     cpu_before, switches_before = _cpu_seconds(pids), _switches(pids)
     system_before = _cpu_seconds(pids, 1)
+    loop_before = _loop_seconds(pids[0]) if pids else 0.0
     began = time.perf_counter()
     subprocess.run(
         [
@@ -176,6 +185,7 @@ def _phase(
     if pids:
         result["serve_cpu_ms"] = (_cpu_seconds(pids) - cpu_before) * 1000 / messages
         result["serve_sys_ms"] = (_cpu_seconds(pids, 1) - system_before) * 1000 / messages
+        result["serve_loop_ms"] = (_loop_seconds(pids[0]) - loop_before) * 1000 / messages
         result["serve_switches"] = (_switches(pids) - switches_before) / messages
     return result
 
@@ -319,15 +329,19 @@ def main() -> int:
     )
     width = max(38, *(len(name) for name in results))
     header = f"{'mode':{width}} {'accept/s':>9} {'ratio':>6} {'end-to-end/s':>13} {'ratio':>6}"
-    print(header + f" {'serve CPU ms/msg':>17} {'of it system':>13} {'switches/msg':>13}")
+    print(
+        header
+        + f" {'serve CPU ms/msg':>17} {'of it system':>13} {'of it loop':>11} {'switches/msg':>13}"
+    )
     for name, r in results.items():
         cpu = f"{r['serve_cpu_ms']:17.2f}" if "serve_cpu_ms" in r else f"{'-':>17}"
         system = f"{r['serve_sys_ms']:13.2f}" if "serve_sys_ms" in r else f"{'-':>13}"
+        loop = f"{r['serve_loop_ms']:11.2f}" if "serve_loop_ms" in r else f"{'-':>11}"
         switches = f"{r['serve_switches']:13.1f}" if "serve_switches" in r else f"{'-':>13}"
         print(
             f"{name:{width}} {r['accept']:9.0f} {r['accept'] / base['accept']:6.2f}"
             f" {r['end_to_end']:13.0f} {r['end_to_end'] / base['end_to_end']:6.2f} {cpu}"
-            f" {system} {switches}"
+            f" {system} {loop} {switches}"
         )
     for name, r in results.items():
         if "serve_cpu_ms" in r and r["serve_cpu_ms"] == 0:

@@ -134,7 +134,11 @@ async def decide(
     deciding = Deciding(hook, ctx, rule, folded)
     if not (deciding.adjusting or deciding.acting):
         return folded, finished(deciding.decide(folded, failed=False), None)
-    running = asyncio.get_running_loop().run_in_executor(hooks.executor, deciding.run)
+    running = (
+        hooks.executor.run_soon(deciding.run)
+        if hooks.executor is not None
+        else asyncio.get_running_loop().run_in_executor(None, deciding.run)
+    )
     if not await deciding.wait(running, budgets.verdict, budgets.action):
         log.error(
             "mailwarden_verdict gave no answer within %g s ([hooks] verdict)", budgets.verdict

@@ -70,15 +70,44 @@ class Detect:
     def __init__(self, plugins: PluginSet, hooks: HookRunner) -> None:
         self.plugins = plugins
         self.hooks = hooks
+        # The implementations each rule runs, by the rule's id, with what they were chosen
+        # from: worked out once per rule and configuration instead of per message.
+        self._chosen: dict[
+            int, tuple[RuleConfig, Config, list[list[str]], list[Any], list[Any]]
+        ] = {}
 
     def detectors_for(self, config: Config, rule: RuleConfig) -> list[str]:
         """Names of the detectors that run under ``rule``."""
-        disabled = set(config.detectors.disabled)
-        return [
-            impl.plugin_name
-            for impl in self.plugins.pm.hook.mailwarden_scan.get_hookimpls()
+        return [impl.plugin_name for impl in self._impls(config, rule)]
+
+    def _impls(self, config: Config, rule: RuleConfig) -> list[Any]:
+        """The ``mailwarden_scan`` implementations that run under ``rule``."""
+        every = self.plugins.pm.hook.mailwarden_scan.get_hookimpls()
+        disabled = config.detectors.disabled
+        chosen = self._chosen.get(id(rule))
+        if (
+            chosen is not None
+            and chosen[0] is rule
+            and chosen[1] is config
+            and chosen[2] == [disabled, rule.detectors]
+            and chosen[3] == every
+        ):
+            return chosen[4]
+        impls = [
+            impl
+            for impl in every
             if impl.plugin_name not in disabled and rule_runs(rule, impl.plugin_name)
         ]
+        if len(self._chosen) > 1000:  # configurations reloaded many times over
+            self._chosen.clear()
+        self._chosen[id(rule)] = (
+            rule,
+            config,
+            [list(disabled), list(rule.detectors)],
+            every,
+            impls,
+        )
+        return impls
 
     async def findings(
         self,
@@ -90,12 +119,7 @@ class Detect:
     ) -> list[Finding]:
         """Everything found in ``ctx.message`` under ``rule``, ``given`` (a plugin's verdict on
         a resubmission) last; each detector's time goes in ``timings``."""
-        names = set(self.detectors_for(config, rule))
-        impls = [
-            i
-            for i in self.plugins.pm.hook.mailwarden_scan.get_hookimpls()
-            if i.plugin_name in names
-        ]
+        impls = self._impls(config, rule)
         message = ctx.message
         results: list[list[Finding]] = []
         if not impls:

@@ -21,15 +21,54 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+import types
+from collections.abc import Callable, Coroutine, Generator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 __all__ = ["DaemonExecutor", "HookRunner", "ObserverLane", "call_impl", "hook_kwargs"]
 
 log = logging.getLogger(__name__)
 
-_Work = tuple["Future[Any]", Callable[..., Any], tuple[Any, ...], dict[str, Any]]
+_Work = tuple["Future[Any] | None", Callable[..., Any], tuple[Any, ...], dict[str, Any]]
+_T = TypeVar("_T")
+
+
+class _LoopCall:
+    """``fn()`` for a worker thread, its outcome set on ``future`` in the loop's thread."""
+
+    __slots__ = ("fn", "future", "loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, fn: Callable[[], Any]) -> None:
+        self.loop, self.fn = loop, fn
+        self.future: asyncio.Future[Any] = loop.create_future()
+
+    def __call__(self) -> None:
+        result: Any = None
+        error: BaseException | None = None
+        try:
+            result = self.fn()
+        except BaseException as exc:
+            error = exc
+        self._in_loop(self._settle, result, error)
+
+    def cancel(self) -> None:
+        """Dropped unrun (the executor shut down): the awaiter sees a cancellation."""
+        self._in_loop(self.future.cancel)
+
+    def _in_loop(self, callback: Callable[..., Any], *args: Any) -> None:
+        try:
+            self.loop.call_soon_threadsafe(callback, *args)
+        except RuntimeError:
+            pass  # the loop is closed: nobody waits for it any more
+
+    def _settle(self, result: Any, error: BaseException | None) -> None:
+        if self.future.done():
+            return  # cancelled while the worker ran
+        if error is not None:
+            self.future.set_exception(error)
+        else:
+            self.future.set_result(result)
 
 
 class DaemonExecutor(ThreadPoolExecutor):
@@ -44,23 +83,38 @@ class DaemonExecutor(ThreadPoolExecutor):
         super().__init__(max_workers, thread_name_prefix)
         self.join_timeout = join_timeout
         self._queue: queue.SimpleQueue[_Work | None] = queue.SimpleQueue()
-        self._idle = threading.Semaphore(0)
+        # Workers waiting for work, counted under the lock (a Semaphore is a Condition and a
+        # lock in Python, taken twice per hand-off).
+        self._idle = 0
         self._workers: list[threading.Thread] = []
         self._lock = threading.Lock()
         self._closed = False
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
         future: Future[Any] = Future()
+        self._put((future, fn, args, kwargs))
+        return future
+
+    def run_soon(self, fn: Callable[[], _T]) -> asyncio.Future[_T]:
+        """``fn()`` in a worker thread, its outcome as a future of the running loop: what
+        ``loop.run_in_executor`` gives, without a concurrent ``Future`` (a Condition made per
+        call) and the chaining of the two in between (once per message: the verdict hooks)."""
+        call = _LoopCall(asyncio.get_running_loop(), fn)
+        self._put((None, call, (), {}))
+        return call.future
+
+    def _put(self, work: _Work) -> None:
         with self._lock:
             if self._closed:
                 raise RuntimeError("cannot schedule new futures after shutdown")
-            self._queue.put((future, fn, args, kwargs))
-            if not self._idle.acquire(blocking=False) and len(self._workers) < self._max_workers:
+            self._queue.put(work)
+            if self._idle:
+                self._idle -= 1
+            elif len(self._workers) < self._max_workers:
                 name = f"{self._thread_name_prefix}_{len(self._workers)}"
                 worker = threading.Thread(target=self._work, name=name, daemon=True)
                 worker.start()
                 self._workers.append(worker)
-        return future
 
     def _work(self) -> None:
         while True:
@@ -70,7 +124,9 @@ class DaemonExecutor(ThreadPoolExecutor):
                 return
             future, fn, args, kwargs = item
             del item
-            if future.set_running_or_notify_cancel():
+            if future is None:
+                fn(*args, **kwargs)  # a _LoopCall: it catches what its function raises
+            elif future.set_running_or_notify_cancel():
                 try:
                     result = fn(*args, **kwargs)
                 except BaseException as exc:
@@ -78,7 +134,8 @@ class DaemonExecutor(ThreadPoolExecutor):
                 else:
                     future.set_result(result)
             del future, fn, args, kwargs
-            self._idle.release()
+            with self._lock:
+                self._idle += 1
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         with self._lock:
@@ -89,8 +146,10 @@ class DaemonExecutor(ThreadPoolExecutor):
                         item = self._queue.get_nowait()
                     except queue.Empty:
                         break
-                    if item is not None:
+                    if item is not None and item[0] is not None:
                         item[0].cancel()
+                    elif item is not None and isinstance(item[1], _LoopCall):
+                        item[1].cancel()
             self._queue.put(None)
             workers = list(self._workers)
         if wait:
@@ -109,6 +168,56 @@ def hook_kwargs(impl: Any, **available: Any) -> dict[str, Any]:
     return {name: available[name] for name in impl.argnames if name in available}
 
 
+# Hook implementations are few and fixed while the gateway runs; inspect's test unwraps
+# partials and reads code flags on every call (once per detector per message). Only plain
+# functions are kept (a bound method by its function), so no plugin object or plugin
+# manager is kept alive by it.
+_ASYNC: dict[types.FunctionType, bool] = {}
+
+
+def _is_async(function: Callable[..., Any]) -> bool:
+    key = getattr(function, "__func__", function)
+    if not isinstance(key, types.FunctionType):
+        return inspect.iscoroutinefunction(function)
+    found = _ASYNC.get(key)
+    if found is None:
+        found = inspect.iscoroutinefunction(function)
+        if len(_ASYNC) < 4096:  # bounded: functions made per call are not all kept
+            _ASYNC[key] = found
+    return found
+
+
+class _Resumed:
+    """Awaiting it goes on with ``coroutine``, whose first step yielded ``waiting``: what it
+    yields goes to the task running the awaiter, what that task sends or throws (a
+    cancellation when the budget is spent) goes into it, as ``await coroutine`` would."""
+
+    __slots__ = ("coroutine", "waiting")
+
+    def __init__(self, coroutine: Coroutine[Any, Any, Any], waiting: Any) -> None:
+        self.coroutine = coroutine
+        self.waiting = waiting
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        coroutine, waiting = self.coroutine, self.waiting
+        while True:
+            try:
+                sent = yield waiting
+            except GeneratorExit:
+                coroutine.close()
+                raise
+            except BaseException as exc:
+                try:
+                    waiting = coroutine.throw(exc)
+                except StopIteration as done:
+                    return done.value
+            else:
+                try:
+                    waiting = coroutine.send(sent)
+                except StopIteration as done:
+                    return done.value
+
+
 async def call_impl(
     function: Callable[..., Any],
     kwargs: dict[str, Any],
@@ -121,9 +230,20 @@ async def call_impl(
     function runs in ``executor`` (an awaitable it returns is awaited within the same budget).
     Raises :class:`TimeoutError` when the budget is spent; exceptions of the hook propagate.
     """
+    if _is_async(function):
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        coroutine = function(**kwargs)
+        try:
+            # Its first step, here: a hook with nothing to wait for (most scans of a small
+            # message) is done without a timer to set and cancel. Work without a suspension
+            # cannot be interrupted by the budget either way.
+            waiting = coroutine.send(None)
+        except StopIteration as done:
+            return done.value
+        async with asyncio.timeout(budget - (loop.time() - began)):
+            return await _Resumed(coroutine, waiting)
     async with asyncio.timeout(budget):
-        if inspect.iscoroutinefunction(function):
-            return await function(**kwargs)
         loop = asyncio.get_running_loop()
         result = await loop.run_in_executor(executor, lambda: function(**kwargs))
         if inspect.isawaitable(result):

@@ -74,6 +74,9 @@ class Statistics:
         self._pending: Counter[bytes] = Counter()
         self._lock = threading.Lock()
         self._timer: asyncio.TimerHandle | None = None
+        # The hour (seconds // 3600) whose hour and day key prefixes were made last: the
+        # buckets change once an hour, not per message.
+        self._prefixes: tuple[int, tuple[str, str]] = (-1, ("", ""))
         self.descriptor = StoreDescriptor(
             name="statistics",
             path=str(root),
@@ -86,13 +89,13 @@ class Statistics:
     def count(self, event: MessageEvent) -> None:
         """Add one message to the hour and day buckets of its time."""
         names = _names(event)
+        hour, prefixes = self._prefixes
+        if hour != event.time // 3600:
+            hour = int(event.time // 3600)
+            prefixes = (f"h|{bucket_of('h', event.time)}|", f"d|{bucket_of('d', event.time)}|")
+            self._prefixes = (hour, prefixes)
         keys = [
-            f"{period}|{bucket}|{kind}|{name}".encode()[:500]
-            for period, bucket in (
-                ("h", bucket_of("h", event.time)),
-                ("d", bucket_of("d", event.time)),
-            )
-            for kind, name in names
+            f"{prefix}{kind}|{name}".encode()[:500] for prefix in prefixes for kind, name in names
         ]
 
         with self._lock:

@@ -157,6 +157,24 @@ class _MetricsServer(ThreadingMixIn, WSGIServer):
     allow_reuse_address = True
 
 
+class _Children:
+    """A labelled metric's children, each looked up once: ``labels()`` checks its arguments
+    and takes the metric's lock on every call, and a message is counted with a dozen."""
+
+    __slots__ = ("children", "metric")
+
+    def __init__(self, metric: Any) -> None:
+        self.metric = metric
+        self.children: dict[tuple[str, ...], Any] = {}
+
+    def __call__(self, *values: str) -> Any:
+        child = self.children.get(values)
+        if child is None:
+            # Two threads racing here get the same child from the metric.
+            child = self.children[values] = self.metric.labels(*values)
+        return child
+
+
 class GatewayMetrics:
     """The metrics of one gateway; :meth:`observe` per recorded message."""
 
@@ -234,6 +252,9 @@ class GatewayMetrics:
             "its breaker was open",
             registry=self.registry,
         )
+        self._message = _Children(self.messages)
+        self._verdict = _Children(self.verdicts)
+        self._latency = _Children(self.latency)
         self._evicted: dict[str, int] = {}
         self._evicted_lock = threading.Lock()
         self._server: WSGIServer | None = None
@@ -241,20 +262,20 @@ class GatewayMetrics:
 
     def observe(self, event: MessageEvent) -> None:
         """Count one recorded message."""
-        verdict = event.verdict
-        self.messages.labels(event.action.value).inc()
-        self.verdicts.labels("antivirus", verdict.antivirus.value).inc()
-        self.verdicts.labels("spam", verdict.spam.value).inc()
+        verdict, counted = event.verdict, self._verdict
+        self._message(event.action.value).inc()
+        counted("antivirus", verdict.antivirus.value).inc()
+        counted("spam", verdict.spam.value).inc()
         for kind, status in (
             ("reputation", verdict.reputation),
             ("sandbox", verdict.sandbox),
             ("content", verdict.content),
         ):
             if status:
-                self.verdicts.labels(kind, status).inc()
+                counted(kind, status).inc()
         for stage, ms in event.timings_ms.items():
             if stage.startswith("detector."):
-                self.latency.labels(stage.removeprefix("detector.")).observe(ms / 1000.0)
+                self._latency(stage.removeprefix("detector.")).observe(ms / 1000.0)
         for error in verdict.errors:
             self.errors.labels(f"detector:{error.split(':', 1)[0][:40]}").inc()
 
@@ -267,6 +288,8 @@ class GatewayMetrics:
         with self._evicted_lock:
             for store in self._stores():
                 name, count = store.descriptor.name, store.evictions
+                if self._evicted.get(name) == count:
+                    continue  # called per message: most of the time nothing was evicted
                 seen = self._evicted.get(name, 0)
                 # A store object made anew counts from 0 again: all of its count is new.
                 new = count - seen if count >= seen else count

@@ -59,6 +59,7 @@ class GatewayMilter:
         self._trusted = [
             ipaddress.ip_network(n, strict=False) for n in gateway.config.smtp.trusted_networks
         ]
+        self._policy_hook = gateway.plugins.pm.hook.mailwarden_policy_step
 
     def envelope(self, m: MilterMessage) -> Envelope:
         """What the MTA told us, as the gateway's envelope."""
@@ -130,6 +131,9 @@ class GatewayMilter:
         the MTA tempfails the whole message when one recipient's triplet is deferred (each
         triplet is recorded, so the retry passes for all). "Trusted" is ``[smtp]
         trusted_networks``; authenticated is the MTA's ``{auth_authen}``."""
+        if not self._policy_hook.get_hookimpls():
+            # No step to ask (no plugin's, greylisting and rate limits off): nothing to pass.
+            return None
         steps = self.gateway.policy_steps
         trusted = in_networks(envelope.client_address, self._trusted)
         reply = None
