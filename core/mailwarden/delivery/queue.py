@@ -260,9 +260,6 @@ class DeliveryQueue:
 
         def record(result: RelayResult) -> None:
             done = result.with_code(200, 300)
-            if done and not result.with_code(300, 600):
-                self.spool.unlink_message(entry)
-                return
             if done:
                 state.delivered.extend(done)
                 self.spool.save_state(entry, state, durable=True)
@@ -270,10 +267,13 @@ class DeliveryQueue:
 
         async def settled(result: RelayResult) -> None:
             # Right after the next hop's answer to the dot.
-            await asyncio.to_thread(record, result)
+            if result.with_code(200, 300) and not result.with_code(300, 600):
+                await self.spool.remove_delivered(entry)
+            else:
+                await asyncio.to_thread(record, result)
 
         async def before_dot() -> None:
-            await asyncio.to_thread(self.spool.mark_in_doubt, entry, True)
+            await self.spool.mark_in_doubt_async(entry, True)
 
         result = await send(
             self.config.next_hop,
@@ -334,11 +334,8 @@ class DeliveryQueue:
             entry.release()
             return
         if entry.unlinked:
-            # Its removal is durable already (settled): unlinking the state file and closing
-            # the descriptor is no work for a thread hop.
-            self.spool.remove(entry)
-        else:
-            await asyncio.to_thread(self.spool.remove, entry)
+            return  # removed with the next hop's answer (settled)
+        await asyncio.to_thread(self.spool.remove, entry)
 
     async def _hold_in_doubt(self, entry: SpoolEntry, state: SpoolState) -> None:
         # The process died between handing the message over and hearing the answer: the next
