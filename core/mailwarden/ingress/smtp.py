@@ -81,6 +81,27 @@ _SIMPLE_PATH_RE = re.compile(
 )
 
 
+class _BoundMethods(dict[str, Any]):
+    """A connection's command table: its methods bound when looked up, not all at its start
+    (a session uses five or six of some twenty)."""
+
+    __slots__ = ("_owner",)
+
+    def __init__(self, functions: dict[str, Any], owner: object) -> None:
+        super().__init__(functions)
+        self._owner = owner
+
+    def get(self, key: str, default: Any = None) -> Any:
+        function = dict.get(self, key)
+        return default if function is None else function.__get__(self._owner)
+
+    def __getitem__(self, key: str) -> Any:
+        return dict.__getitem__(self, key).__get__(self._owner)
+
+    def items(self) -> Any:
+        return [(key, function.__get__(self._owner)) for key, function in dict.items(self)]
+
+
 class GatewaySMTP(SMTP):
     """aiosmtpd's SMTP with connection limits, implicit-TLS awareness and the checks above.
 
@@ -155,10 +176,11 @@ class GatewaySMTP(SMTP):
         for name, value in vars(template).items():
             if name not in own:
                 own[name] = value
-        self._smtp_methods = {
-            command: method.__func__.__get__(self)
-            for command, method in template._smtp_methods.items()
-        }
+        functions = template.__dict__.get("_smtp_functions")
+        if functions is None:
+            functions = {c: m.__func__ for c, m in template._smtp_methods.items()}
+            template.__dict__["_smtp_functions"] = functions
+        self._smtp_methods = _BoundMethods(functions, self)
         self._auth_methods = {
             name: mechanism._replace(method=cast(Any, mechanism.method).__func__.__get__(self))
             if mechanism.is_builtin
