@@ -365,13 +365,15 @@ class Spool:
             raise DeliveryError(f"cannot spool the message: {exc.strerror or exc}") from exc
         return entry
 
-    async def write_async(self, raw: bytes, envelope: Envelope) -> SpoolEntry:
+    async def write_async(
+        self, raw: bytes, envelope: Envelope, state: SpoolState | None = None
+    ) -> SpoolEntry:
         """:meth:`write` from an event loop: the file work in a syncer thread, its directory
         sync shared with the other jobs of its batch."""
         written: list[SpoolEntry] = []
 
         def job() -> SpoolEntry:
-            written.append(self._write_file(raw, envelope, None))
+            written.append(self._write_file(raw, envelope, state))
             return written[0]
 
         try:

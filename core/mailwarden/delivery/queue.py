@@ -165,7 +165,7 @@ class DeliveryQueue:
         """Spool a message that needs no decision (released, a notice, a DSN) with its
         ``state`` and deliver it now. The message enters the spool with its state, so a crash
         can never leave it to be scanned (and held) again."""
-        entry = await asyncio.to_thread(self.spool.write, data, envelope, state)
+        entry = await self.spool.write_async(data, envelope, state)
         self.submit(entry, state)
         return entry
 
