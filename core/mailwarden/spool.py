@@ -162,10 +162,11 @@ _After = Callable[[], Any]
 class _Syncer:
     """Threads that run the spool's blocking file work for event loops, in batches.
 
-    A thread wakes on the first job, takes every job waiting then, runs them, syncs the queue
-    directory once when any of them asked for it, runs what had to wait for that sync, and
-    resolves the batch's futures with one call into each loop. Up to ``threads`` threads
-    work at once, so syncs still overlap when jobs come faster than one thread syncs.
+    A thread wakes on the first job and, while every other thread is busy, takes the jobs
+    waiting then too; it runs them, syncs the queue directory once when any of them asked for
+    it, runs what had to wait for that sync, and resolves the batch's futures with one call
+    into each loop. Up to ``threads`` threads work at once, so syncs overlap until all are
+    busy, and from then on each wake-up serves a batch.
     """
 
     def __init__(self, sync_dir: Callable[[], None], threads: int = 4) -> None:
@@ -198,7 +199,10 @@ class _Syncer:
             batch = [jobs.get()]
             with self._lock:
                 self._idle -= 1
-            while True:
+            # More jobs only while no other thread waits for work: an idle one syncs in
+            # parallel, which the journal commits together, where this thread would sync the
+            # files one after the other (one flush each).
+            while not self._idle:
                 try:
                     batch.append(jobs.get_nowait())
                 except queue.Empty:
