@@ -530,6 +530,9 @@ class SmtpHandler:
         cfg = gateway.config.smtp
         self.trusted = [ipaddress.ip_network(n, strict=False) for n in cfg.trusted_networks]
         self.proxies = [ipaddress.ip_network(n, strict=False) for n in cfg.proxy_trusted]
+        # Client address -> in trusted_networks: asked four times per message (the bare-LF
+        # exemption, RCPT's relay check, both policy steps), an address parse each time.
+        self._trusted_known: tuple[list[Any], dict[str, bool]] = (self.trusted, {})
         self._accounts: Accounts | None = None
         # Failed AUTH per client address (recent times), across sessions.
         self._failures: OrderedDict[str, list[float]] = OrderedDict()
@@ -545,7 +548,16 @@ class SmtpHandler:
         """Whether the socket peer ``peer`` is in ``trusted_networks``."""
         if not isinstance(peer, tuple):
             return True
-        return in_networks(str(peer[0]), self.trusted)
+        address = str(peer[0])
+        networks, known = self._trusted_known
+        if networks is not self.trusted:
+            networks, known = self._trusted_known = (self.trusted, {})
+        trusted = known.get(address)
+        if trusted is None:
+            if len(known) >= _TRUSTED_KNOWN_MAX:
+                known.clear()
+            trusted = known[address] = in_networks(address, networks)
+        return trusted
 
     async def handle_PROXY(
         self, server: SMTP, session: Session, envelope: SmtpEnvelope, proxy: ProxyData
@@ -770,6 +782,7 @@ _AUTH_FAILURES = 10
 _AUTH_FAILURES_PER_ADDRESS = 20
 _AUTH_WINDOW = 900.0
 _AUTH_ADDRESSES = 10_000
+_TRUSTED_KNOWN_MAX = 4096
 _RECEIVED_RE = re.compile(rb"^received[ \t]*:", re.IGNORECASE | re.MULTILINE)
 
 
