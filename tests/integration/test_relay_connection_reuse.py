@@ -543,3 +543,28 @@ def test_required_tls_with_a_failed_handshake_sends_nothing(
     code, text = result.replies["bob@example.net"]
     assert code == 451 and "CERTIFICATE_VERIFY_FAILED" in text, text
     assert hop.connections == [["EHLO", "STARTTLS"]] and not hop.received
+
+
+def test_a_large_message_is_sent_whole_before_the_dot(
+    hop_factory: Callable[..., tuple[Hop, int]],
+) -> None:
+    # 20 MB: far more than the socket and the transport take at once, so the body goes out
+    # over many writes while the in-doubt flag waits for it.
+    hop, port = hop_factory(Hop(pipelining=True), data_size_limit=64 << 20)
+    body = b"".join(b"line %07d of a large message\r\n" % i for i in range(640_000))
+    message = make_message(subject="large") + body
+    flagged: list[int] = []
+
+    async def before_dot() -> None:
+        flagged.append(len(hop.received))
+
+    cache = ConnectionCache()
+    assert (
+        _send(port, "bob@example.net", cache, before_dot=before_dot, message=message)[
+            "bob@example.net"
+        ][0]
+        == 250
+    )
+    _run(cache.close())
+    assert flagged == [0] and len(hop.received) == 1
+    assert hop.received[0][1] == message

@@ -183,7 +183,7 @@ async def send(
         code, message = await client.command("DATA", timeout)
         if code == 354:
             body = _LEADING_DOT.sub(b"..", data)
-            client.write(body if body.endswith(b"\r\n") else body + b"\r\n")
+            await client.send(body if body.endswith(b"\r\n") else body + b"\r\n", timeout)
             await before_dot()
             client.write(b".\r\n")
             # RFC 5321 4.5.3.2.6: wait up to 10 minutes for the answer to the dot; giving

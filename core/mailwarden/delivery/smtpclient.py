@@ -97,6 +97,8 @@ class _Protocol(asyncio.Protocol):
         self.reader = ReplyReader()
         self.error = ""  # why no more replies will come
         self._waiter: asyncio.Future[None] | None = None
+        self._paused = False  # the transport holds more than its high-water mark
+        self._drained: asyncio.Future[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -119,6 +121,37 @@ class _Protocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
         self._fail(f"connection lost: {exc}" if exc else "connection closed")
+        self.resume_writing()
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        drained = self._drained
+        if drained is not None and not drained.done():
+            drained.set_result(None)
+
+    async def drain(self, timeout: float) -> None:
+        # The time limit is on progress, as a blocking send's is: a large message on a slow
+        # link may take far longer than ``timeout`` as long as bytes keep leaving.
+        sent_down_to = -1
+        while self._paused:
+            transport = self.transport
+            if transport is None or self.error:
+                raise SMTPClientError(self.error or "connection closed")
+            left = transport.get_write_buffer_size()
+            if left == sent_down_to:
+                raise SMTPClientError(f"no data taken for {timeout:g} s")
+            sent_down_to = left
+            drained = self._drained = self.loop.create_future()
+            try:
+                async with asyncio.timeout(timeout):
+                    await drained
+            except TimeoutError:
+                pass
+            finally:
+                self._drained = None
 
     def _fail(self, why: str) -> None:
         if not self.error:
@@ -244,6 +277,13 @@ class Connection:
         if transport is None or transport.is_closing():
             raise SMTPClientError(self._protocol.error or "connection closed")
         transport.write(data)
+
+    async def send(self, data: bytes, timeout: float) -> None:
+        """Write ``data`` and wait until the socket has taken all but the transport's low-water
+        mark of it, ``timeout`` being the limit on progress: a message body, whose transfer
+        the wait for the answer to the final dot must not include."""
+        self.write(data)
+        await self._protocol.drain(timeout)
 
     async def reply(self, timeout: float) -> tuple[int, str]:
         """The next reply, in the order the commands went out."""
