@@ -146,9 +146,8 @@ async def send(
                     rset = 0  # gone while idle: nothing of the message was sent
                 if rset != 250:
                     # The idle connection did not answer RSET with 250 (what scache checks
-                    # itself without PIPELINING): a fresh one, before any byte of the message
-                    # went out (the server refuses MAIL and RCPT read after a failed RSET or
-                    # never reads them).
+                    # itself without PIPELINING): a fresh one. The MAIL and RCPT that went
+                    # with the RSET may be answered, but no DATA follows them here.
                     log.debug("connection to %s:%d failed RSET; opening a new one", host, port)
                     await close_session(session, quit=rset != 0)
                     session, reusable = None, None
@@ -195,7 +194,7 @@ async def send(
         # From here on the next hop has given its final answer; a failing QUIT or RSET must
         # not turn a delivered message into a retry (a duplicate).
         answered = True
-        in_sync = code != 421
+        in_sync = not closing and code != 421
     except OSError as exc:
         # No final answer (refused, dropped, timed out, TLS failed): the message is not known
         # to have arrived, so it is retried. Recipients already answered 5xx keep that answer.
