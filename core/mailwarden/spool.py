@@ -154,6 +154,8 @@ class _GroupSync:
                     self._done = max(self._done, generation)
 
 
+# Seconds a syncer thread waits for work before it ends.
+_SYNCER_IDLE_EXIT = 10.0
 # A job for the syncer: run in a thread; "after" (its return, when callable) runs once the
 # queue directory has been synced for every job of the batch.
 _After = Callable[[], Any]
@@ -196,9 +198,21 @@ class _Syncer:
         while True:
             with self._lock:
                 self._idle += 1
-            batch = [jobs.get()]
+            try:
+                first = jobs.get(timeout=_SYNCER_IDLE_EXIT)
+            except queue.Empty:
+                # A spool no longer used (a gateway stopped, a test's) keeps no threads.
+                with self._lock:
+                    self._idle -= 1
+                    # Under the lock run() checks for idle threads after its put: a job put
+                    # before this test is seen here, one put after it starts a new thread.
+                    if jobs.empty():
+                        self._threads -= 1
+                        return
+                continue
             with self._lock:
                 self._idle -= 1
+            batch = [first]
             # More jobs only while no other thread waits for work: an idle one syncs in
             # parallel, which the journal commits together, where this thread would sync the
             # files one after the other (one flush each).

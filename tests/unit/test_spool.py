@@ -6,8 +6,12 @@ import asyncio
 import contextlib
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import pytest
+
+import mailwarden.spool
 from mailwarden.spool import Spool, SpoolState
 from mailwarden_sdk import Envelope
 from tests.conftest import make_message
@@ -141,3 +145,31 @@ def test_a_message_spooled_for_a_session_that_is_gone_is_left_to_the_queue(
     claimed = spool.claim(id)
     assert claimed is not None, "still locked by the cancelled session"
     spool.remove(claimed)
+
+
+def test_syncer_threads_end_when_idle_and_come_back_with_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A gateway stopped (or one of the many a test run makes) keeps no threads behind.
+    monkeypatch.setattr(mailwarden.spool, "_SYNCER_IDLE_EXIT", 0.2)
+    spool = Spool(tmp_path / "spool")
+    envelope = Envelope(mail_from="alice@example.org", rcpt_to=["bob@example.net"])
+
+    def syncers() -> int:
+        # This spool's (other tests' spools have threads of their own, ending later).
+        return spool._syncer._threads
+
+    async def spool_some(n: int) -> None:
+        entries = await asyncio.gather(
+            *(spool.write_async(make_message(), envelope) for _ in range(n))
+        )
+        for entry in entries:
+            await spool.remove_delivered(entry)
+
+    for _ in range(2):
+        asyncio.run(spool_some(5))
+        deadline = time.monotonic() + 5
+        while syncers() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert syncers() == 0
+    assert spool.ids() == []
