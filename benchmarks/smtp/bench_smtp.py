@@ -204,8 +204,9 @@ def main() -> int:
     parser.add_argument(
         "--compare-core",
         type=Path,
-        help="also run (b) and (b0) on the mailwarden package under this core/ directory (an "
-        "older checkout): rows (b') and (b0'), for before/after figures in one run",
+        help="also run (b), (b0), (c) and (c0) on the mailwarden package under this core/ "
+        "directory (an older checkout): rows (b'), (b0'), (c') and (c0'), for before/after "
+        "figures in one run",
     )
     parser.add_argument(
         "--profile",
@@ -235,16 +236,17 @@ def main() -> int:
         bare_smtp,
         common + f"[milter]\nenabled = true\nport = {bare_milter}\n" + _ALL_DETECTORS_OFF,
     )
-    # The same two milters on another checkout's code, for before/after rows in one run.
+    # The same two gateways on another checkout's code, for before/after rows in one run:
+    # "" with the detectors, "0" without; each serves a milter (b', b0') and SMTP (c', c0').
     other: dict[str, tuple[Serve, int]] = {}
     if args.compare_core is not None:
-        for tag, extra in (("b'", ""), ("b0'", _ALL_DETECTORS_OFF)):
+        for key, extra in (("", ""), ("0", _ALL_DETECTORS_OFF)):
             port = free_port()
             config = common + f"[milter]\nenabled = true\nport = {port}\n" + extra
-            other[tag] = (Serve(work / f"other-{len(other)}", free_port(), config), port)
+            other[key] = (Serve(work / f"other-{len(other)}", free_port(), config), port)
     postfix = Postfix(sink.port)
     ports = {name: free_port() for name in ("plain", "milter", "bare", "cf", "rspamd", "dkim")}
-    ports |= {tag: free_port() for tag in other}
+    ports |= {f"b{key}'": free_port() for key in other}
     results: dict[str, dict[str, float]] = {}
     skipped: dict[str, str] = {}
     n, s, size = args.messages, args.sessions, args.size
@@ -264,11 +266,11 @@ def main() -> int:
         try:
             serve.start(wait_port=milter)
             bare.start(wait_port=bare_milter)
-            for tag, (owner, port) in other.items():
+            for key, (owner, port) in other.items():
                 with _pythonpath(args.compare_core):
                     owner.start(wait_port=port)
                 postfix.add_smtpd(
-                    ports[tag], tag.replace("'", "x"), smtpd_milters=f"inet:127.0.0.1:{port}"
+                    ports[f"b{key}'"], f"b{key}x", smtpd_milters=f"inet:127.0.0.1:{port}"
                 )
             wait_until(lambda: port_open(content_filter), 30, "the content filter")
             postfix.add_smtpd(ports["plain"], "plain")
@@ -291,11 +293,17 @@ def main() -> int:
                 ("(c0) smtp gateway, no detectors", bare_smtp, bare),
                 ("(d) postfix + content filter", ports["cf"], serve),
             ]
-            for tag, (owner, _port) in other.items():
+            if args.compare_core is not None:
                 # Each older row runs just before its own: the shared machine drifts in time.
-                what = "postfix + milter" + (", no detectors" if tag == "b0'" else "")
-                row = (f"({tag}) {what}, {args.compare_core.parent.name}", ports[tag], owner)
-                modes.insert(1 if tag == "b'" else 3, row)
+                label = args.compare_core.parent.name
+                for name, port, _owner in list(modes):
+                    tag = name[1 : name.index(")")]
+                    if tag not in ("b", "b0", "c", "c0"):
+                        continue
+                    owner, _port = other[tag[1:]]
+                    older = owner.port if tag.startswith("c") else ports[f"{tag}'"]
+                    row = (f"({tag}') {name[name.index(')') + 2 :]}, {label}", older, owner)
+                    modes.insert(modes.index((name, port, _owner)), row)
             if "rspamd" in peer_ports:
                 modes.append(("(e) postfix + rspamd milter", ports["rspamd"], None))
             if "dkim" in peer_ports:

@@ -453,7 +453,7 @@ class Gateway:
         action put it; a local failure becomes a 451 and the message leaves the spool, because
         the sender keeps it.
         """
-        entry = await asyncio.to_thread(self.spool.write, raw, envelope)
+        entry = await self.spool.write_async(raw, envelope)
         try:
             groups = self.split_recipients(envelope)
             if len(groups) > 1:

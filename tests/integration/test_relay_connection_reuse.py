@@ -278,7 +278,7 @@ def test_a_pipelining_next_hop_gets_rset_mail_and_rcpt_in_one_round_trip(
     cache = ConnectionCache()
     for rcpt in ("bob@example.net", "nobody@example.net", "bob@example.net"):
         assert _send(port, rcpt, cache)[rcpt][0] == 250
-    cache.close()
+    _run(cache.close())
     assert len(hop.connections) == 1 and len(hop.received) == 3
     # The commands after RSET and MAIL were already there when those were read (RFC 2920).
     assert hop.pipelined.count("RSET") == 2 and hop.pipelined.count("MAIL") == 3
@@ -291,7 +291,7 @@ def test_a_pipelining_connection_that_refuses_rset_is_replaced_before_the_messag
     cache = ConnectionCache()
     for _ in range(3):
         assert _send(port, "bob@example.net", cache)["bob@example.net"][0] == 250
-    cache.close()
+    _run(cache.close())
     # Each message went out once, on a new connection: no DATA after a refused RSET.
     assert [n for n, _, _ in hop.received] == [0, 1, 2]
     for refused in hop.connections[:2]:
@@ -372,29 +372,55 @@ def test_a_connection_that_timed_out_is_never_reused(
     assert len(hop.connections) == 2 and [n for n, _, _ in hop.received] == [0, 1, 1]
 
 
-# send() itself, without the gateway: replies that end or keep the dialogue in sync.
+# send() itself, without the gateway: replies that end or keep the dialogue in sync. Every
+# call of a test runs on one event loop, the one its cached connections belong to (as the
+# delivery queue's loop in mailwarden serve).
+
+_runner: asyncio.Runner | None = None
+
+
+@pytest.fixture(autouse=True)
+def _loop() -> Iterator[None]:
+    global _runner
+    with asyncio.Runner() as runner:
+        _runner = runner
+        yield
+    _runner = None
+
+
+def _run(coroutine: Coroutine[Any, Any, Any]) -> Any:
+    assert _runner is not None
+    return _runner.run(coroutine)
+
+
+async def _nothing() -> None:
+    return None
 
 
 def _send(
     port: int,
     rcpt: str,
     cache: ConnectionCache | None,
-    before_dot: Callable[[], None] = lambda: None,
+    before_dot: Callable[[], Coroutine[Any, Any, None]] = _nothing,
     message: bytes = b"",
+    tls: str = "none",
 ) -> dict[str, tuple[int, str]]:
-    result = send(
-        f"127.0.0.1:{port}",
-        "alice@example.org",
-        [rcpt],
-        message or make_message(),
-        helo="gw.example",
-        tls="none",
-        context=client_context(False),
-        timeout=5.0,
-        before_dot=before_dot,
-        connections=cache,
+    result = _run(
+        send(
+            f"127.0.0.1:{port}",
+            "alice@example.org",
+            [rcpt],
+            message or make_message(),
+            helo="gw.example",
+            tls=tls,
+            context=client_context(False),
+            timeout=5.0,
+            before_dot=before_dot,
+            connections=cache,
+        )
     )
-    return result.replies
+    replies: dict[str, tuple[int, str]] = result.replies
+    return replies
 
 
 def test_send_never_reuses_a_connection_after_an_exception(
@@ -406,7 +432,7 @@ def test_send_never_reuses_a_connection_after_an_exception(
     hop, port = hop_factory(Hop())
     cache = ConnectionCache()
 
-    def spool_fails() -> None:
+    async def spool_fails() -> None:
         raise OSError(28, "No space left on device")
 
     first, second = messages(2, "after exception")
@@ -417,7 +443,7 @@ def test_send_never_reuses_a_connection_after_an_exception(
     assert hop.connections[0] == ["EHLO", "MAIL", "RCPT", "DATA"]
     assert len(hop.connections) == 2
     assert [n for n, _, _ in hop.received] == [1] and hop.received[0][1].endswith(second)
-    cache.close()
+    _run(cache.close())
 
 
 def test_send_reuses_after_a_refusal_but_not_after_421(
@@ -439,7 +465,7 @@ def test_send_reuses_after_a_refusal_but_not_after_421(
     assert cache.idle_count() == 0
     assert _send(port, "bob@example.net", cache)["bob@example.net"][0] == 250
     assert len(hop.connections) == 2 and hop.connections[0][-1] == "RCPT"
-    cache.close()
+    _run(cache.close())
     wait_until(lambda: hop.connections[1][-1] == "QUIT", 5, "QUIT when the cache closes")
     # A connection given back after close() is ended at once.
     _send(port, "bob@example.net", cache)
@@ -454,3 +480,91 @@ def test_send_without_a_cache_opens_and_quits_a_connection_per_message(
         assert _send(port, "bob@example.net", None)["bob@example.net"][0] == 250
     wait_until(lambda: hop.commands("QUIT") == [1, 1, 1], 5, "three connections, each QUIT")
     assert hop.commands("RSET") == [0, 0, 0]
+
+
+class _RefusingTlsHop(Hop):
+    """Offers STARTTLS in its EHLO reply but has no certificate: STARTTLS gets 454."""
+
+    async def handle_EHLO(
+        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname
+        return [*responses[:-1], "250-STARTTLS", responses[-1]]
+
+
+@pytest.mark.parametrize("tls", ["required", "may"])
+def test_a_refused_starttls_never_falls_back_to_clear_text(
+    tls: str, hop_factory: Callable[..., tuple[Hop, int]]
+) -> None:
+    hop, port = hop_factory(_RefusingTlsHop())
+    cache = ConnectionCache()
+    code, text = _send(port, "bob@example.net", cache, tls=tls)["bob@example.net"]
+    # Deferred with the refusal named; the session ended there, before any MAIL.
+    assert code == 451 and "454" in text, text
+    assert hop.connections == [["EHLO", "STARTTLS"]] and not hop.received
+    assert cache.idle_count() == 0
+
+
+def test_required_tls_without_starttls_offered_sends_nothing(
+    hop_factory: Callable[..., tuple[Hop, int]],
+) -> None:
+    hop, port = hop_factory(Hop())
+    cache = ConnectionCache()
+    assert _send(port, "bob@example.net", cache, tls="required")["bob@example.net"] == (
+        450,
+        "4.7.10 next hop offers no STARTTLS",
+    )
+    assert cache.idle_count() == 0
+    wait_until(lambda: hop.connections == [["EHLO", "QUIT"]], 5, "QUIT after EHLO")
+    assert not hop.received
+
+
+def test_required_tls_with_a_failed_handshake_sends_nothing(
+    tmp_path: Path, hop_factory: Callable[..., tuple[Hop, int]]
+) -> None:
+    cert, key = tmp_path / "hop.pem", tmp_path / "hop.key"
+    ensure_certificate(cert, key, "hop.example")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    hop, port = hop_factory(Hop(), tls_context=context)
+    # The next hop's self-signed certificate does not verify: no session at all.
+    result = _run(
+        send(
+            f"127.0.0.1:{port}",
+            "alice@example.org",
+            ["bob@example.net"],
+            make_message(),
+            helo="gw.example",
+            tls="required",
+            context=client_context(True),
+            timeout=5.0,
+        )
+    )
+    code, text = result.replies["bob@example.net"]
+    assert code == 451 and "CERTIFICATE_VERIFY_FAILED" in text, text
+    assert hop.connections == [["EHLO", "STARTTLS"]] and not hop.received
+
+
+def test_a_large_message_is_sent_whole_before_the_dot(
+    hop_factory: Callable[..., tuple[Hop, int]],
+) -> None:
+    # 20 MB: far more than the socket and the transport take at once, so the body goes out
+    # over many writes while the in-doubt flag waits for it.
+    hop, port = hop_factory(Hop(pipelining=True), data_size_limit=64 << 20)
+    body = b"".join(b"line %07d of a large message\r\n" % i for i in range(640_000))
+    message = make_message(subject="large") + body
+    flagged: list[int] = []
+
+    async def before_dot() -> None:
+        flagged.append(len(hop.received))
+
+    cache = ConnectionCache()
+    assert (
+        _send(port, "bob@example.net", cache, before_dot=before_dot, message=message)[
+            "bob@example.net"
+        ][0]
+        == 250
+    )
+    _run(cache.close())
+    assert flagged == [0] and len(hop.received) == 1
+    assert hop.received[0][1] == message

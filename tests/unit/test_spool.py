@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import pytest
+
+import mailwarden.spool
 from mailwarden.spool import Spool, SpoolState
 from mailwarden_sdk import Envelope
 from tests.conftest import make_message
@@ -85,3 +91,85 @@ def test_in_doubt_flag_is_persistent(tmp_path: Path) -> None:
     spool.mark_in_doubt(again, False)
     assert not spool.in_doubt(again)
     again.release()
+
+
+def test_spooling_from_the_event_loop_is_durable_and_locked_on_return(tmp_path: Path) -> None:
+    # Twenty sessions spool at once: their syncs are batched, each still returns only with
+    # its message in queue/, locked, its state saved where one was given.
+    spool = Spool(tmp_path / "spool")
+    envelope = Envelope(mail_from="alice@example.org", rcpt_to=["bob@example.net"])
+
+    async def session(n: int) -> None:
+        raw = make_message(subject=f"at once {n}")
+        state = SpoolState(decided=True) if n % 2 else None
+        entry = await spool.write_async(raw, envelope, state)
+        assert entry.path.parent == spool.queue and entry.raw() == raw
+        assert spool.claim(entry.id) is None
+        assert spool.load_state(entry.id).decided == bool(n % 2)
+        await spool.mark_in_doubt_async(entry, True)
+        assert spool.in_doubt(entry)
+        await spool.remove_delivered(entry)
+        # Gone, state and all, and no longer held open.
+        assert not entry.path.exists() and entry.fd == -1
+        assert not (spool.queue / f"{entry.id}.state").exists()
+
+    async def main() -> None:
+        await asyncio.gather(*(session(n) for n in range(20)))
+
+    asyncio.run(main())
+    assert spool.ids() == [] and not list(spool.tmp.iterdir())
+
+
+def test_a_message_spooled_for_a_session_that_is_gone_is_left_to_the_queue(
+    tmp_path: Path,
+) -> None:
+    # The client hung up while its message was being synced: no 250 went out, but the copy is
+    # durable, so it must not stay locked by a caller that no longer exists.
+    spool = Spool(tmp_path / "spool")
+    envelope = Envelope(mail_from="alice@example.org", rcpt_to=["bob@example.net"])
+
+    async def main() -> None:
+        task = asyncio.ensure_future(spool.write_async(make_message(), envelope))
+        await asyncio.sleep(0)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        for _ in range(200):  # the syncer resolves the batch through the loop
+            if spool.ids():
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+
+    asyncio.run(main())
+    (id,) = spool.ids()
+    claimed = spool.claim(id)
+    assert claimed is not None, "still locked by the cancelled session"
+    spool.remove(claimed)
+
+
+def test_syncer_threads_end_when_idle_and_come_back_with_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A gateway stopped (or one of the many a test run makes) keeps no threads behind.
+    monkeypatch.setattr(mailwarden.spool, "_SYNCER_IDLE_EXIT", 0.2)
+    spool = Spool(tmp_path / "spool")
+    envelope = Envelope(mail_from="alice@example.org", rcpt_to=["bob@example.net"])
+
+    def syncers() -> int:
+        # This spool's (other tests' spools have threads of their own, ending later).
+        return spool._syncer._threads
+
+    async def spool_some(n: int) -> None:
+        entries = await asyncio.gather(
+            *(spool.write_async(make_message(), envelope) for _ in range(n))
+        )
+        for entry in entries:
+            await spool.remove_delivered(entry)
+
+    for _ in range(2):
+        asyncio.run(spool_some(5))
+        deadline = time.monotonic() + 5
+        while syncers() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert syncers() == 0
+    assert spool.ids() == []

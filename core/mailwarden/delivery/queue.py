@@ -141,7 +141,7 @@ class DeliveryQueue:
         for task in self._active.values():
             task.cancel()
         if self._connections is not None:
-            await asyncio.to_thread(self._connections.close)
+            await self._connections.close()
 
     def submit(self, entry: SpoolEntry, state: SpoolState | None = None) -> None:
         """Take over a locked, decided entry and deliver it now; ``state`` is the one just
@@ -165,7 +165,7 @@ class DeliveryQueue:
         """Spool a message that needs no decision (released, a notice, a DSN) with its
         ``state`` and deliver it now. The message enters the spool with its state, so a crash
         can never leave it to be scanned (and held) again."""
-        entry = await asyncio.to_thread(self.spool.write, data, envelope, state)
+        entry = await self.spool.write_async(data, envelope, state)
         self.submit(entry, state)
         return entry
 
@@ -189,7 +189,7 @@ class DeliveryQueue:
                 if self._connections is not None and self._connections.idle_count():
                     # Else an idle connection past its timeout would stay open until the next
                     # message or the next hop's own timeout.
-                    await asyncio.to_thread(self._connections.sweep)
+                    await self._connections.sweep()
             except Exception:
                 log.exception("closing idle connections to the next hop failed")
             try:
@@ -258,19 +258,24 @@ class DeliveryQueue:
             raw = await asyncio.to_thread(entry.raw)
         data = self.port.sign(crlf(self.port.with_headers(raw, state.add_headers)))
 
-        def settled(result: RelayResult) -> None:
-            # Runs in the sending thread right after the next hop's answer to the dot.
+        def record(result: RelayResult) -> None:
             done = result.with_code(200, 300)
-            if done and not result.with_code(300, 600):
-                self.spool.unlink_message(entry)
-                return
             if done:
                 state.delivered.extend(done)
                 self.spool.save_state(entry, state, durable=True)
             self.spool.mark_in_doubt(entry, False)
 
-        result = await asyncio.to_thread(
-            send,
+        async def settled(result: RelayResult) -> None:
+            # Right after the next hop's answer to the dot.
+            if result.with_code(200, 300) and not result.with_code(300, 600):
+                await self.spool.remove_delivered(entry)
+            else:
+                await asyncio.to_thread(record, result)
+
+        async def before_dot() -> None:
+            await self.spool.mark_in_doubt_async(entry, True)
+
+        result = await send(
             self.config.next_hop,
             envelope.mail_from,
             pending,
@@ -279,7 +284,7 @@ class DeliveryQueue:
             tls=self.config.tls,
             context=self._context,
             timeout=self.config.connect_timeout,
-            before_dot=partial(self.spool.mark_in_doubt, entry, True),
+            before_dot=before_dot,
             settled=settled,
             connections=self._connections,
         )
@@ -329,11 +334,8 @@ class DeliveryQueue:
             entry.release()
             return
         if entry.unlinked:
-            # Its removal is durable already (settled): unlinking the state file and closing
-            # the descriptor is no work for a thread hop.
-            self.spool.remove(entry)
-        else:
-            await asyncio.to_thread(self.spool.remove, entry)
+            return  # removed with the next hop's answer (settled)
+        await asyncio.to_thread(self.spool.remove, entry)
 
     async def _hold_in_doubt(self, entry: SpoolEntry, state: SpoolState) -> None:
         # The process died between handing the message over and hearing the answer: the next

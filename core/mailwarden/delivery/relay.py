@@ -1,18 +1,18 @@
 """One SMTP transaction to the next hop, with STARTTLS, reporting a result per recipient.
 
-Runs in a thread (smtplib is blocking); the queue decides what each result means.
+Runs on the event loop (:mod:`.smtpclient`); the queue decides what each result means.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-import smtplib
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from .scache import ConnectionCache, Destination, Session, close_session, reset_session
+from .smtpclient import Connection, quote
 
 __all__ = ["RelayResult", "parse_next_hop", "send"]
 
@@ -46,59 +46,23 @@ def _text(message: bytes | str) -> str:
     return " ".join(text.split())[:300]
 
 
-def _open(
+async def _open(
     host: str, port: int, *, helo: str, tls: str, context: ssl.SSLContext, timeout: float
 ) -> Session:
-    client = smtplib.SMTP(host, port, local_hostname=helo, timeout=timeout)
-    try:
-        client.ehlo()
-        secure = False
-        if tls != "none" and client.has_extn("starttls"):
-            client.starttls(context=context)
-            client.ehlo()
-            secure = True
-    except BaseException:
-        client.close()
-        raise
-    log.debug("opened connection to %s:%d (tls %s)", host, port, secure)
-    return Session(client, Destination(host, port, helo, tls, secure))
+    client = await Connection.open(host, port, helo=helo, tls=tls, context=context, timeout=timeout)
+    log.debug("opened connection to %s:%d (tls %s)", host, port, client.secure)
+    return Session(client, Destination(host, port, helo, tls, client.secure))
 
 
-def _pipelined(
-    client: smtplib.SMTP, mail_from: str, options: list[str], recipients: list[str], *, rset: bool
-) -> tuple[tuple[int, bytes], list[tuple[int, bytes]]] | None:
-    """RSET (when ``rset``), MAIL and every RCPT in one write (RFC 2920), then their replies:
-    MAIL's and one per recipient; ``None`` when RSET was not answered 250 (or the connection
-    failed before its answer).
-
-    The commands are the ones smtplib's ``rset()``, ``mail()`` and ``rcpt()`` write, in one
-    round trip instead of one each.
-    """
-    # As smtplib's mail() (and its rset(), which goes back to ASCII) would set it.
-    client.command_encoding = "utf-8" if "SMTPUTF8" in options else "ascii"
-    optionlist = " " + " ".join(options) if options else ""
-    lines = ["RSET\r\n"] if rset else []
-    lines.append(f"mail FROM:{smtplib.quoteaddr(mail_from)}{optionlist}\r\n")
-    lines += [f"rcpt TO:{smtplib.quoteaddr(r)}\r\n" for r in recipients]
-    try:
-        client.send("".join(lines))
-        if rset:
-            code, _ = client.getreply()
-            if code != 250:
-                return None
-    except (OSError, smtplib.SMTPException):
-        if rset:
-            # Gone while idle (as a failed RSET in scache): nothing of the message was sent.
-            return None
-        raise
-    mail = client.getreply()
-    if mail[0] == 421:
-        # The server closes after 421 (RFC 5321 3.8): nothing more will be answered.
-        return mail, []
-    return mail, [client.getreply() for _ in recipients]
+async def _nothing() -> None:
+    return None
 
 
-def send(
+async def _ignore(_result: RelayResult) -> None:
+    return None
+
+
+async def send(
     next_hop: str,
     mail_from: str,
     recipients: list[str],
@@ -108,8 +72,8 @@ def send(
     tls: str,
     context: ssl.SSLContext,
     timeout: float,
-    before_dot: Callable[[], None] = lambda: None,
-    settled: Callable[[RelayResult], None] = lambda _r: None,
+    before_dot: Callable[[], Awaitable[None]] = _nothing,
+    settled: Callable[[RelayResult], Awaitable[None]] = _ignore,
     connections: ConnectionCache | None = None,
 ) -> RelayResult:
     """Offer ``data`` to the next hop; connection-level problems become 4xx for everyone.
@@ -121,6 +85,9 @@ def send(
     With ``connections`` an idle connection from an earlier message is used when one passes
     RSET, and the connection goes back there afterwards when its dialogue is in sync; without,
     every call opens its own connection and ends it with QUIT.
+
+    On a connection that offers PIPELINING (RFC 2920), RSET (on a reused connection), MAIL
+    and every RCPT go out in one write and their replies are read after: one round trip.
     """
     host, port = parse_next_hop(next_hop)
     result = RelayResult()
@@ -128,22 +95,23 @@ def send(
     # Set only where the last command got its reply and that reply was not 421 (RFC 5321
     # 3.8: the server closes after it): only then can the next message start with RSET.
     in_sync = False
-    # A reused connection's RSET goes out with MAIL and RCPT when it offers PIPELINING.
     reusable = connections
     session: Session | None = None
     try:
         while True:
             session = None
             if reusable is not None:
-                session = reusable.take(host, port, helo, tls, timeout, reset=False)
+                session = await reusable.take(host, port, helo, tls, timeout, reset=False)
             reused = session is not None
-            if session is not None and not session.client.has_extn("pipelining"):
-                if not reset_session(session, timeout):
+            if session is not None and not session.client.has("pipelining"):
+                if not await reset_session(session, timeout):
                     log.debug("connection to %s:%d failed RSET; opening a new one", host, port)
-                    close_session(session, quit=session.client.sock is not None)
+                    await close_session(session, quit=True)
                     session, reused = None, False
             if session is None:
-                session = _open(host, port, helo=helo, tls=tls, context=context, timeout=timeout)
+                session = await _open(
+                    host, port, helo=helo, tls=tls, context=context, timeout=timeout
+                )
             client = session.client
             result.tls = session.destination.secure
             if tls == "required" and not result.tls:
@@ -151,43 +119,59 @@ def send(
                     result.replies[rcpt] = (450, "4.7.10 next hop offers no STARTTLS")
                 in_sync = True  # ended with QUIT, but never kept: it could carry no message
                 return result
-            if client.sock is not None:
-                # The last message on this connection raised the timeout for its final dot.
-                client.sock.settimeout(timeout)
             options = []
-            if client.has_extn("size"):
+            if client.has("size"):
                 options.append(f"SIZE={len(data)}")
-            if client.has_extn("8bitmime") and not data.isascii():
+            if client.has("8bitmime") and not data.isascii():
                 options.append("BODY=8BITMIME")
-            if client.has_extn("smtputf8") and not all(
-                a.isascii() for a in [mail_from, *recipients]
-            ):
+            encoding = "ascii"
+            if client.has("smtputf8") and not all(a.isascii() for a in [mail_from, *recipients]):
                 options.append("SMTPUTF8")
-            if not client.has_extn("pipelining"):
-                code, message = client.mail(mail_from, options)
-                rcpt_replies = None
+                encoding = "utf-8"
+            optionlist = "".join(" " + o for o in options)
+            lines = [f"MAIL FROM:{quote(mail_from)}{optionlist}\r\n"]
+            lines += [f"RCPT TO:{quote(r)}\r\n" for r in recipients]
+            if not client.has("pipelining"):
+                code, message = await client.command(lines[0][:-2], timeout, encoding)
+                rcpt_lines: list[str] | None = lines[1:]
+                rcpt_replies: list[tuple[int, str]] = []
                 break
-            mailed = _pipelined(client, mail_from, options, recipients, rset=reused)
-            if mailed is not None:
-                (code, message), rcpt_replies = mailed
-                break
-            # The idle connection did not answer RSET with 250 (what scache checks itself
-            # without PIPELINING): a fresh one, before any byte of the message went out.
-            log.debug("connection to %s:%d failed RSET; opening a new one", host, port)
-            close_session(session, quit=client.sock is not None)
-            session, reusable = None, None
+            if reused:
+                lines.insert(0, "RSET\r\n")
+            client.write("".join(lines).encode(encoding))
+            if reused:
+                try:
+                    rset, _ = await client.reply(timeout)
+                except OSError:
+                    rset = 0  # gone while idle: nothing of the message was sent
+                if rset != 250:
+                    # The idle connection did not answer RSET with 250 (what scache checks
+                    # itself without PIPELINING): a fresh one. The MAIL and RCPT that went
+                    # with the RSET may be answered, but no DATA follows them here.
+                    log.debug("connection to %s:%d failed RSET; opening a new one", host, port)
+                    await close_session(session, quit=rset != 0)
+                    session, reusable = None, None
+                    continue
+            code, message = await client.reply(timeout)
+            rcpt_lines = None
+            # The server closes after 421 (RFC 5321 3.8): nothing more will be answered.
+            rcpt_replies = [] if code == 421 else [await client.reply(timeout) for _ in recipients]
+            break
         session.messages += 1
         if code >= 300:
             for rcpt in recipients:
                 result.replies[rcpt] = (code, _text(message))
             # A pipelined RCPT after a refused MAIL got its own (refusal) reply, read above.
-            closing = code == 421 or any(c == 421 for c, _ in rcpt_replies or [])
+            closing = code == 421 or any(c == 421 for c, _ in rcpt_replies)
             in_sync = not closing
             return result
         accepted = []
         closing = False
         for i, rcpt in enumerate(recipients):
-            code, message = rcpt_replies[i] if rcpt_replies is not None else client.rcpt(rcpt)
+            if rcpt_lines is not None:
+                code, message = await client.command(rcpt_lines[i][:-2], timeout, encoding)
+            else:
+                code, message = rcpt_replies[i]
             result.replies[rcpt] = (code, _text(message))
             closing = closing or code == 421
             if code < 300:
@@ -195,25 +179,23 @@ def send(
         if not accepted:
             in_sync = not closing
             return result
-        code, message = client.docmd("DATA")
+        code, message = await client.command("DATA", timeout)
         if code == 354:
             body = _LEADING_DOT.sub(b"..", data)
-            client.send(body if body.endswith(b"\r\n") else body + b"\r\n")
-            before_dot()
-            if client.sock is not None:
-                # RFC 5321 4.5.3.2.6: wait up to 10 minutes for the answer to the dot; giving
-                # up earlier turns a slow next hop into an in-doubt (quarantined) message.
-                client.sock.settimeout(max(timeout, 600.0))
-            client.send(b".\r\n")
-            code, message = client.getreply()
+            await client.send(body if body.endswith(b"\r\n") else body + b"\r\n", timeout)
+            await before_dot()
+            client.write(b".\r\n")
+            # RFC 5321 4.5.3.2.6: wait up to 10 minutes for the answer to the dot; giving
+            # up earlier turns a slow next hop into an in-doubt (quarantined) message.
+            code, message = await client.reply(max(timeout, 600.0))
         for rcpt in accepted:
             result.replies[rcpt] = (code, _text(message))
-        settled(result)
+        await settled(result)
         # From here on the next hop has given its final answer; a failing QUIT or RSET must
         # not turn a delivered message into a retry (a duplicate).
         answered = True
         in_sync = not closing and code != 421
-    except (OSError, smtplib.SMTPException) as exc:
+    except OSError as exc:
         # No final answer (refused, dropped, timed out, TLS failed): the message is not known
         # to have arrived, so it is retried. Recipients already answered 5xx keep that answer.
         for rcpt in recipients:
@@ -222,9 +204,9 @@ def send(
     finally:
         if session is not None:
             if in_sync and connections is not None and (result.tls or tls != "required"):
-                connections.give(session)
+                await connections.give(session)
             else:
                 # After an exception the dialogue is out of step (a QUIT could be taken as
                 # part of the message, or wait on a peer that stopped answering): just close.
-                close_session(session, quit=in_sync)
+                await close_session(session, quit=in_sync)
     return result

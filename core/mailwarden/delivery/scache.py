@@ -9,25 +9,23 @@ out, so a dead cached connection never costs a retry or risks a duplicate.
 Bounds: ``max_idle`` idle connections per destination, ``idle_timeout`` seconds idle (well below
 the 5 minutes RFC 5321 4.5.3.2.7 gives servers, so the next hop rarely closes one under us),
 and ``reuse_limit`` messages per connection. Expired connections are closed when met and by
-:meth:`ConnectionCache.sweep`. Used from many delivery threads at once; network I/O never runs
-under the lock.
+:meth:`ConnectionCache.sweep`. Used from the delivery queue's event loop only.
 """
 
 from __future__ import annotations
 
 import logging
-import select
-import smtplib
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import NamedTuple
+
+from .smtpclient import Connection
 
 __all__ = ["ConnectionCache", "Destination", "Session", "close_session", "reset_session"]
 
 log = logging.getLogger(__name__)
 
-# A QUIT only tidies up: a peer that stopped answering must not hold a delivery thread long.
+# A QUIT only tidies up: a peer that stopped answering must not hold a delivery long.
 _QUIT_TIMEOUT = 2.0
 
 
@@ -45,51 +43,28 @@ class Destination(NamedTuple):
 class Session:
     """One open connection to the next hop, after EHLO (and STARTTLS when it took)."""
 
-    client: smtplib.SMTP
+    client: Connection
     destination: Destination
     messages: int = 0  # transactions begun on it (MAIL sent)
     idle_since: float = field(default_factory=time.monotonic)
 
 
-def close_session(session: Session, *, quit: bool) -> None:
+async def close_session(session: Session, *, quit: bool) -> None:
     """Close, with a QUIT first when the dialogue is in sync; errors are of no interest."""
-    client = session.client
-    try:
-        if quit and client.sock is not None:
-            client.sock.settimeout(_QUIT_TIMEOUT)
-            client.docmd("QUIT")
-    except (OSError, smtplib.SMTPException):
-        pass
-    finally:
-        try:
-            client.close()
-        except OSError:
-            pass
+    if quit and session.client.connected:
+        await session.client.quit(_QUIT_TIMEOUT)
+    else:
+        session.client.close()
 
 
-def _peer_has_spoken(session: Session) -> bool:
-    # Between transactions an in-sync server says nothing: anything to read is an EOF or a
-    # 421 before it hung up, so the connection is gone without spending a round trip on RSET.
-    sock = session.client.sock
-    if sock is None:
-        return True
-    pending = getattr(sock, "pending", None)  # bytes already decrypted by the TLS layer
-    if pending is not None and pending():
-        return True
-    poller = select.poll()
-    poller.register(sock.fileno(), select.POLLIN | select.POLLPRI)
-    return bool(poller.poll(0))
-
-
-def reset_session(session: Session, timeout: float) -> bool:
-    """RSET on an idle connection: True when it answered 250 (smtplib closes it on errors)."""
-    client = session.client
-    if client.sock is None:
+async def reset_session(session: Session, timeout: float) -> bool:
+    """RSET on an idle connection: True when it answered 250."""
+    if not session.client.connected:
         return False
     try:
-        client.sock.settimeout(timeout)
-        code, _ = client.rset()
-    except (OSError, smtplib.SMTPException):
+        code, _ = await session.client.command("RSET", timeout)
+    except OSError:
+        session.client.close()
         return False
     return code == 250
 
@@ -102,10 +77,9 @@ class ConnectionCache:
         self.idle_timeout = idle_timeout
         self.reuse_limit = reuse_limit
         self._idle: dict[Destination, list[Session]] = {}
-        self._lock = threading.Lock()
         self._closed = False
 
-    def take(
+    async def take(
         self, host: str, port: int, helo: str, tls: str, timeout: float, *, reset: bool = True
     ) -> Session | None:
         """An idle connection that answered RSET with 250, or None: then open a new one.
@@ -119,23 +93,21 @@ class ConnectionCache:
             for secure in {"required": (True,), "none": (False,)}.get(tls, (True, False))
         ]
         while True:
-            with self._lock:
-                expired = self._expired_locked(time.monotonic())
-                session = next((s for d in wanted if (s := self._pop_locked(d))), None)
-            for old in expired:
-                close_session(old, quit=True)
+            for old in self._expired(time.monotonic()):
+                await close_session(old, quit=True)
+            session = next((s for d in wanted if (s := self._pop(d))), None)
             if session is None:
                 return None
-            if _peer_has_spoken(session):
+            if session.client.has_spoken:
+                # An EOF or a 421 before it hung up: gone, found without a round trip.
                 log.debug("connection to %s:%d closed while idle", host, port)
-                close_session(session, quit=False)
+                session.client.close()
                 continue  # another idle one may still be fine: this costs no round trip
-            if reset and not reset_session(session, timeout):
+            if reset and not await reset_session(session, timeout):
                 # The server is up but unhappy, or gone silently: a new connection is the
                 # better bet than probing the other idle ones one round trip at a time.
                 log.debug("connection to %s:%d failed RSET; opening a new one", host, port)
-                # smtplib closes the socket on an error: one still open got a reply, so QUIT.
-                close_session(session, quit=session.client.sock is not None)
+                await close_session(session, quit=True)
                 return None
             log.debug(
                 "reusing connection to %s:%d (message %d on it)",
@@ -145,50 +117,45 @@ class ConnectionCache:
             )
             return session
 
-    def give(self, session: Session) -> None:
+    async def give(self, session: Session) -> None:
         """Keep ``session`` for the next message; only call when its dialogue is in sync."""
         now = time.monotonic()
-        with self._lock:
-            drop = self._expired_locked(now)
-            used_up = session.messages >= self.reuse_limit
-            if self._closed or used_up or session.client.sock is None:
-                drop.append(session)
-            else:
-                session.idle_since = now
-                idle = self._idle.setdefault(session.destination, [])
-                idle.append(session)
-                if len(idle) > self.max_idle:
-                    # The one idle longest goes: it is the nearest to its idle timeout.
-                    drop.append(idle.pop(0))
+        drop = self._expired(now)
+        used_up = session.messages >= self.reuse_limit
+        if self._closed or used_up or not session.client.connected:
+            drop.append(session)
+        else:
+            session.idle_since = now
+            idle = self._idle.setdefault(session.destination, [])
+            idle.append(session)
+            if len(idle) > self.max_idle:
+                # The one idle longest goes: it is the nearest to its idle timeout.
+                drop.append(idle.pop(0))
         for old in drop:
-            close_session(old, quit=True)
+            await close_session(old, quit=True)
 
-    def sweep(self) -> None:
+    async def sweep(self) -> None:
         """Close the connections idle longer than ``idle_timeout`` (QUIT, errors ignored)."""
-        with self._lock:
-            expired = self._expired_locked(time.monotonic())
-        for old in expired:
-            close_session(old, quit=True)
+        for old in self._expired(time.monotonic()):
+            await close_session(old, quit=True)
 
-    def close(self) -> None:
+    async def close(self) -> None:
         """QUIT every idle connection; connections given back later are closed at once."""
-        with self._lock:
-            self._closed = True
-            idle = [s for sessions in self._idle.values() for s in sessions]
-            self._idle.clear()
+        self._closed = True
+        idle = [s for sessions in self._idle.values() for s in sessions]
+        self._idle.clear()
         for session in idle:
-            close_session(session, quit=True)
+            await close_session(session, quit=True)
 
     def idle_count(self) -> int:
         """How many connections wait for a message now."""
-        with self._lock:
-            return sum(len(sessions) for sessions in self._idle.values())
+        return sum(len(sessions) for sessions in self._idle.values())
 
-    def _pop_locked(self, destination: Destination) -> Session | None:
+    def _pop(self, destination: Destination) -> Session | None:
         idle = self._idle.get(destination)
         return idle.pop() if idle else None
 
-    def _expired_locked(self, now: float) -> list[Session]:
+    def _expired(self, now: float) -> list[Session]:
         expired: list[Session] = []
         for destination, idle in list(self._idle.items()):
             # Oldest first: the expired ones are a prefix of the list.

@@ -81,6 +81,27 @@ _SIMPLE_PATH_RE = re.compile(
 )
 
 
+class _BoundMethods(dict[str, Any]):
+    """A connection's command table: its methods bound when looked up, not all at its start
+    (a session uses five or six of some twenty)."""
+
+    __slots__ = ("_owner",)
+
+    def __init__(self, functions: dict[str, Any], owner: object) -> None:
+        super().__init__(functions)
+        self._owner = owner
+
+    def get(self, key: str, default: Any = None) -> Any:
+        function = dict.get(self, key)
+        return default if function is None else function.__get__(self._owner)
+
+    def __getitem__(self, key: str) -> Any:
+        return dict.__getitem__(self, key).__get__(self._owner)
+
+    def items(self) -> Any:
+        return [(key, function.__get__(self._owner)) for key, function in dict.items(self)]
+
+
 class GatewaySMTP(SMTP):
     """aiosmtpd's SMTP with connection limits, implicit-TLS awareness and the checks above.
 
@@ -155,10 +176,11 @@ class GatewaySMTP(SMTP):
         for name, value in vars(template).items():
             if name not in own:
                 own[name] = value
-        self._smtp_methods = {
-            command: method.__func__.__get__(self)
-            for command, method in template._smtp_methods.items()
-        }
+        functions = template.__dict__.get("_smtp_functions")
+        if functions is None:
+            functions = {c: m.__func__ for c, m in template._smtp_methods.items()}
+            template.__dict__["_smtp_functions"] = functions
+        self._smtp_methods = _BoundMethods(functions, self)
         self._auth_methods = {
             name: mechanism._replace(method=cast(Any, mechanism.method).__func__.__get__(self))
             if mechanism.is_builtin
@@ -508,6 +530,9 @@ class SmtpHandler:
         cfg = gateway.config.smtp
         self.trusted = [ipaddress.ip_network(n, strict=False) for n in cfg.trusted_networks]
         self.proxies = [ipaddress.ip_network(n, strict=False) for n in cfg.proxy_trusted]
+        # Client address -> in trusted_networks: asked four times per message (the bare-LF
+        # exemption, RCPT's relay check, both policy steps), an address parse each time.
+        self._trusted_known: tuple[list[Any], dict[str, bool]] = (self.trusted, {})
         self._accounts: Accounts | None = None
         # Failed AUTH per client address (recent times), across sessions.
         self._failures: OrderedDict[str, list[float]] = OrderedDict()
@@ -523,7 +548,16 @@ class SmtpHandler:
         """Whether the socket peer ``peer`` is in ``trusted_networks``."""
         if not isinstance(peer, tuple):
             return True
-        return in_networks(str(peer[0]), self.trusted)
+        address = str(peer[0])
+        networks, known = self._trusted_known
+        if networks is not self.trusted:
+            networks, known = self._trusted_known = (self.trusted, {})
+        trusted = known.get(address)
+        if trusted is None:
+            if len(known) >= _TRUSTED_KNOWN_MAX:
+                known.clear()
+            trusted = known[address] = in_networks(address, networks)
+        return trusted
 
     async def handle_PROXY(
         self, server: SMTP, session: Session, envelope: SmtpEnvelope, proxy: ProxyData
@@ -748,6 +782,7 @@ _AUTH_FAILURES = 10
 _AUTH_FAILURES_PER_ADDRESS = 20
 _AUTH_WINDOW = 900.0
 _AUTH_ADDRESSES = 10_000
+_TRUSTED_KNOWN_MAX = 4096
 _RECEIVED_RE = re.compile(rb"^received[ \t]*:", re.IGNORECASE | re.MULTILINE)
 
 
