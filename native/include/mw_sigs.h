@@ -32,9 +32,11 @@ extern "C" {
 #define MW_SIG_MAX_SIGS (1u << 22)      /* signatures in one database */
 #define MW_SIG_MAX_TARGET 31u
 /* Default bounds of one scan (mw_sigscan_set_limits): distinct signatures found, and
- * signatures with a part matched that wait for their next part.  A scan that reaches
- * either stops recording and returns MW_ERR_SCAN_LIMIT: its hits are incomplete.  So does
- * an EOF signature whose parts and gaps need more than 65,536 part checks to place. */
+ * partial matches remembered: every place a signature's next part may still chain from
+ * (a run of evenly spaced repeats of a part counts once; places that fell behind the gap
+ * are forgotten), and signatures with any such place.  A scan that reaches either stops
+ * recording and returns MW_ERR_SCAN_LIMIT: its hits are incomplete.  So does an EOF
+ * signature whose parts and gaps need more than 65,536 part checks to place. */
 #define MW_SIG_MAX_HITS (1u << 20)
 #define MW_SIG_MAX_PARTIALS (1u << 20)
 

@@ -38,8 +38,9 @@ OFF_ANY = int(lib.MW_SIG_OFF_ANY)
 OFF_ABS = int(lib.MW_SIG_OFF_ABS)
 OFF_EOF = int(lib.MW_SIG_OFF_EOF)
 MAX_TARGET = int(lib.MW_SIG_MAX_TARGET)
-#: Default bounds of one scan: distinct signatures found, and signatures waiting for their
-#: next part. A scan that reaches one raises NativeLimitError (its hits would be incomplete).
+#: Default bounds of one scan: distinct signatures found, and partial matches remembered (each
+#: place a signature's next part may still chain from; an evenly spaced run of repeats counts
+#: once). A scan that reaches one raises NativeLimitError (its hits would be incomplete).
 MAX_HITS = int(lib.MW_SIG_MAX_HITS)
 MAX_PARTIALS = int(lib.MW_SIG_MAX_PARTIALS)
 _U32_MAX = (1 << 32) - 1

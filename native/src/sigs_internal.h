@@ -30,7 +30,6 @@
 #define MAX_ANCHOR 11u /* key of up to 8 bytes at up to 4 strides */
 #define MAX_BLOB ((uint64_t)1 << 31)
 #define INLINE_GAP 32u /* {n} up to this stays inside a part as wildcards */
-#define QCAP 8u        /* predecessor ends remembered per part per scan */
 #define EOF_BUDGET (1u << 16) /* part checks per EOF signature */
 
 /* multipliers of the prefilter's three hashes */

@@ -8,12 +8,28 @@
 
 #include "sigs_internal.h"
 
+/* Where the next part of a signature may chain from: the ends lo, lo + step, ..., hi of
+ * one part's matches (a run of evenly spaced repeats is one entry, whatever its length),
+ * each with the start of the earliest whole chain leading to it: chain at lo, and growing
+ * with the end when lin is set (each repeat starts its own chain), constant otherwise. */
+typedef struct {
+    uint64_t lo, hi, chain;
+    uint32_t step, lin;
+} run;
+
+/* The runs of one part, in increasing order of end: a ring of cap (a power of two) runs,
+ * kept with its allocation when the next object reuses this queue. */
 typedef struct {
     uint32_t slot;
-    uint8_t n, head;
-    uint64_t end[QCAP];
-    uint64_t start[QCAP];
+    uint32_t head, n, cap;
+    run *r;
 } queue;
+
+/* A part verified at one scan position, before it is chained. */
+typedef struct {
+    uint64_t start;
+    uint32_t part;
+} found;
 
 struct mw_sigscan {
     const mw_sigdb *db;
@@ -28,6 +44,10 @@ struct mw_sigscan {
     uint32_t *slot_q; /* slot -> 1 + queue index, 0 none */
     queue *q;
     size_t nq, capq;
+    size_t nruns; /* runs held by all queues, bounded by max_queues too */
+    uint64_t slack; /* how far behind a part just found a later one can still start */
+    found *fnd;
+    size_t nfnd, capfnd;
     uint32_t *hit_of; /* sig -> 1 + hit index, 0 none */
     mw_sighit *hits;
     size_t nhits, caphits;
@@ -48,12 +68,17 @@ mw_status mw_sigscan_new(const mw_sigdb *db, mw_sigscan **out) {
     s->tail = malloc(db->h.max_eof ? db->h.max_eof : 1);
     s->slot_q = calloc(db->h.n_slots ? db->h.n_slots : 1, sizeof *s->slot_q);
     s->hit_of = calloc(db->h.n_sigs ? db->h.n_sigs : 1, sizeof *s->hit_of);
-    if (!s->joint || !s->tail || !s->slot_q || !s->hit_of) {
+    s->capfnd = 16;
+    s->fnd = malloc(s->capfnd * sizeof *s->fnd);
+    if (!s->joint || !s->tail || !s->slot_q || !s->hit_of || !s->fnd) {
         mw_sigscan_free(s);
         return MW_ERR_NOMEM;
     }
     s->max_hits = MW_SIG_MAX_HITS;
     s->max_queues = MW_SIG_MAX_PARTIALS;
+    /* A part found at start st is found before any match starting earlier than
+     * st - max_part - stride (see drop_behind), and it ends at most max_part after st. */
+    s->slack = 2 * (uint64_t)db->h.max_part + db->h.stride + 8;
     mw_sigscan_reset(s, 1);
     *out = s;
     return MW_OK;
@@ -64,7 +89,9 @@ void mw_sigscan_free(mw_sigscan *s) {
     free(s->joint);
     free(s->tail);
     free(s->slot_q);
+    for (size_t i = 0; i < s->capq; i++) free(s->q[i].r);
     free(s->q);
+    free(s->fnd);
     free(s->hit_of);
     free(s->hits);
     free(s);
@@ -74,9 +101,20 @@ void mw_sigscan_reset(mw_sigscan *s, uint32_t target_mask) {
     if (!s) return;
     /* Only what the last object touched is cleared, so a reset costs in
      * proportion to its hits, not to the size of the database. */
-    for (size_t i = 0; i < s->nq; i++) s->slot_q[s->q[i].slot] = 0;
+    for (size_t i = 0; i < s->nq; i++) {
+        queue *q = &s->q[i];
+        s->slot_q[q->slot] = 0;
+        /* a pathological object's large rings are not kept for the next one */
+        if (q->cap > 64) {
+            free(q->r);
+            q->r = NULL;
+            q->cap = 0;
+        }
+    }
     for (size_t i = 0; i < s->nhits; i++) s->hit_of[s->hits[i].sig_id] = 0;
     s->nq = 0;
+    s->nruns = 0;
+    s->nfnd = 0;
     s->nhits = 0;
     s->status = MW_OK;
     s->mask = target_mask | 1u;
@@ -138,6 +176,7 @@ static queue *get_queue(mw_sigscan *s, uint32_t slot, int create) {
             fail(s, MW_ERR_NOMEM);
             return NULL;
         }
+        memset(n + s->capq, 0, (cap - s->capq) * sizeof *n);
         s->q = n;
         s->capq = cap;
     }
@@ -149,7 +188,82 @@ static queue *get_queue(mw_sigscan *s, uint32_t slot, int create) {
     return q;
 }
 
-/* A part matched at [start, start+len) (absolute offsets): chain it. */
+static run *q_at(const queue *q, uint32_t k) { return &q->r[(q->head + k) & (q->cap - 1)]; }
+
+/* Drops the ends e with e + gap_max < from, which no part starting at or after from can
+ * chain to (a run that straddles from - gap_max starts again at its first end beyond it). */
+static void drop_behind(mw_sigscan *s, queue *q, uint64_t from, uint32_t gap_max) {
+    while (q->n) {
+        run *r = q_at(q, 0);
+        if (r->hi + gap_max >= from) {
+            if (r->lo + gap_max < from) {
+                uint64_t k = (from - gap_max - r->lo + r->step - 1) / r->step;
+                if (r->lin) r->chain += k * r->step;
+                r->lo += k * r->step;
+            }
+            return;
+        }
+        q->head = (q->head + 1) & (q->cap - 1);
+        q->n--;
+        s->nruns--;
+    }
+}
+
+/* Remembers that the next part may chain from `end`, the end of a match whose chain
+ * began at `chain`.  Ends arrive in increasing order, chains in non-decreasing order. */
+static void remember(mw_sigscan *s, queue *q, const dpart *p, uint64_t end, uint64_t chain) {
+    if (p->next_inf) {
+        /* unbounded gap: the earliest end serves every later part, with the earliest chain */
+        if (q->n) return;
+    } else {
+        /* Expire here too, not only when the next part shows up: a part found many
+         * times whose next part never comes must not fill memory.  Nothing found from
+         * now on starts before end - slack. */
+        if (end > s->slack) drop_behind(s, q, end - s->slack, p[1].gap_max);
+        if (q->n) {
+            run *r = q_at(q, q->n - 1);
+            if (end <= r->hi) return; /* the same match again (an alternative twice) */
+            uint64_t d = end - r->hi;
+            if (r->lo == r->hi) {
+                if (d <= UINT32_MAX && (chain == r->chain || chain - r->chain == d)) {
+                    r->step = (uint32_t)d;
+                    r->lin = chain != r->chain;
+                    r->hi = end;
+                    return;
+                }
+            } else if (d == r->step && chain == r->chain + (r->lin ? end - r->lo : 0)) {
+                r->hi = end;
+                return;
+            }
+        }
+    }
+    /* a new run: the bound is on what is remembered, so reaching it ends the scan
+     * (incomplete) rather than forgetting a place a match could continue from */
+    if (s->nruns >= s->max_queues) {
+        fail(s, MW_ERR_SCAN_LIMIT);
+        return;
+    }
+    if (q->n == q->cap) {
+        uint32_t cap = q->cap ? q->cap * 2 : 4;
+        run *n = malloc((size_t)cap * sizeof *n);
+        if (!n) {
+            fail(s, MW_ERR_NOMEM);
+            return;
+        }
+        for (uint32_t k = 0; k < q->n; k++) n[k] = *q_at(q, k);
+        free(q->r);
+        q->r = n;
+        q->cap = cap;
+        q->head = 0;
+    }
+    run *r = &q->r[(q->head + q->n) & (q->cap - 1)];
+    *r = (run){end, end, chain, 0, 0};
+    q->n++;
+    s->nruns++;
+}
+
+/* A part matched at [start, start+len) (absolute offsets): chain it.  Matches of one part
+ * come in increasing order of start (see flush_found). */
 static void part_matched(mw_sigscan *s, const dpart *p, uint64_t start) {
     const mw_sigdb *db = s->db;
     const dsig *sig = &db->sigs[p->sig];
@@ -160,45 +274,20 @@ static void part_matched(mw_sigscan *s, const dpart *p, uint64_t start) {
     } else {
         const dpart *prev = p - 1;
         queue *q = get_queue(s, prev->slot, 0);
-        if (!q || q->n == 0) return;
-        if (prev->next_inf) {
-            /* unbounded gap: the earliest predecessor is the only one kept */
-            if (q->end[0] + p->gap_min > start) return;
-            chain = q->start[0];
-        } else {
-            /* ends arrive in increasing order and so do our starts: drop
-             * those now too far behind, then the oldest left is the best */
-            while (q->n && q->end[q->head] + p->gap_max < start) {
-                q->head = (uint8_t)((q->head + 1) % QCAP);
-                q->n--;
-            }
-            if (!q->n || q->end[q->head] + p->gap_min > start) return;
-            chain = q->start[q->head];
-        }
+        if (!q) return;
+        /* the earliest end still in reach is the best: its chain is the earliest */
+        if (!prev->next_inf) drop_behind(s, q, start, p->gap_max);
+        if (!q->n) return;
+        const run *r = q_at(q, 0);
+        if (r->lo + p->gap_min > start) return;
+        chain = r->chain;
     }
     if (p->slot == UINT32_MAX) {
         record_hit(s, p->sig, chain);
         return;
     }
     queue *q = get_queue(s, p->slot, 1);
-    if (!q) return;
-    uint64_t end = start + p->len;
-    if (p->next_inf) {
-        if (q->n == 0) {
-            q->end[0] = end;
-            q->start[0] = chain;
-            q->n = 1;
-        }
-        return;
-    }
-    if (q->n == QCAP) { /* full: forget the oldest (it expires first anyway) */
-        q->head = (uint8_t)((q->head + 1) % QCAP);
-        q->n--;
-    }
-    uint32_t at = (q->head + q->n) % QCAP;
-    q->end[at] = end;
-    q->start[at] = chain;
-    q->n++;
+    if (q) remember(s, q, p, start + p->len, chain);
 }
 
 static int verify(const mw_sigdb *db, const dpart *p, const uint8_t *at) {
@@ -230,6 +319,35 @@ typedef struct {
     size_t min_end;     /* and end after this */
 } window;
 
+static void add_found(mw_sigscan *s, uint32_t part, uint64_t start) {
+    if (s->nfnd == s->capfnd) {
+        found *n = realloc(s->fnd, 2 * s->capfnd * sizeof *n);
+        if (!n) {
+            fail(s, MW_ERR_NOMEM);
+            return;
+        }
+        s->fnd = n;
+        s->capfnd *= 2;
+    }
+    s->fnd[s->nfnd++] = (found){start, part};
+}
+
+/* One scan position can verify one part at up to `stride` starts (an anchor enters the
+ * prefilter at `stride` offsets), in table order, not start order: they are chained in
+ * order of start, which is what lets every queue keep its ends sorted. */
+static void flush_found(mw_sigscan *s) {
+    found *f = s->fnd;
+    size_t n = s->nfnd;
+    for (size_t i = 1; i < n; i++) {
+        found x = f[i];
+        size_t j = i;
+        for (; j && f[j - 1].start > x.start; j--) f[j] = f[j - 1];
+        f[j] = x;
+    }
+    for (size_t i = 0; i < n; i++) part_matched(s, &s->db->parts[f[i].part], f[i].start);
+    s->nfnd = 0;
+}
+
 static void check_entries(mw_sigscan *s, const window *w, size_t i, const dentry *e, uint32_t lo,
                           uint32_t hi, uint64_t key) {
     const mw_sigdb *db = s->db;
@@ -240,8 +358,9 @@ static void check_entries(mw_sigscan *s, const window *w, size_t i, const dentry
         if (e[k].off > i) continue;
         size_t st = i - e[k].off;
         if (st >= w->max_start || st + p->len > w->len || st + p->len <= w->min_end) continue;
-        if (verify(db, p, w->buf + st)) part_matched(s, p, w->base + st);
+        if (verify(db, p, w->buf + st)) add_found(s, e[k].part, w->base + st);
     }
+    if (s->nfnd) flush_found(s);
 }
 
 static inline int bit(const uint8_t *bm, uint32_t h) { return (bm[h >> 3] >> (h & 7)) & 1; }
