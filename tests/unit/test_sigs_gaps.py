@@ -9,11 +9,14 @@ reference matcher written here is the oracle for random signatures, buffers and 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mailwarden.testing import build_message
+from mailwarden_antivirus.signatures import SignatureSet
 from mailwarden_native import (
     OFF_ABS,
     OFF_ANY,
@@ -21,6 +24,7 @@ from mailwarden_native import (
     SignatureCompiler,
     SignatureDB,
 )
+from tests.unit.test_antivirus import Run, av_findings
 
 HEAD, TAIL = b"EVIL", b"TAIL"
 Hits = dict[int, tuple[int, int]]
@@ -109,6 +113,31 @@ def test_remembered_predecessors_over_the_limit_make_the_scan_incomplete() -> No
     # ...and predecessors that fell behind are forgotten: many far-apart HEADs are fine
     far = (HEAD + b"." * 400) * 100 + HEAD + b"." * 200 + TAIL
     assert _hits(capped, far) == {0: (len(far) - 208, 1)}
+
+
+@pytest.mark.parametrize(
+    ("limits", "status"), [({}, "infected"), ({"max_partials": 8}, "not_scanned")]
+)
+def test_the_antivirus_finds_a_padded_sample_or_says_it_could_not(
+    tmp_path: Path, limits: dict[str, int], status: str
+) -> None:
+    run = Run(tmp_path / "home")
+    try:
+        plugin = run.runner.gateway.plugins.pm.get_plugin("antivirus")
+        sets = SignatureSet(
+            names=["Padded.Test"], db=_db(f"{HEAD.hex()}{{200}}{TAIL.hex()}", **limits)
+        )
+        sets._index()
+        plugin.signatures = sets
+        sample = _padded(40, uneven=True)
+        outcome = run.process(build_message(attachments=[("sample.bin", sample)]))
+    finally:
+        run.close()
+    verdict = outcome.decision.verdict
+    assert verdict.antivirus.value == status, av_findings(outcome)
+    assert outcome.decision.action.kind.value != "deliver"
+    if status == "infected":
+        assert "Padded.Test" in verdict.virus_names
 
 
 # ------------------------------------------------------------------ against a reference
