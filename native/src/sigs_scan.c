@@ -25,12 +25,6 @@ typedef struct {
     run *r;
 } queue;
 
-/* A part verified at one scan position, before it is chained. */
-typedef struct {
-    uint64_t start;
-    uint32_t part;
-} found;
-
 struct mw_sigscan {
     const mw_sigdb *db;
     uint32_t mask;
@@ -46,8 +40,6 @@ struct mw_sigscan {
     size_t nq, capq;
     size_t nruns; /* runs held by all queues, bounded by max_queues too */
     uint64_t slack; /* how far behind a part just found a later one can still start */
-    found *fnd;
-    size_t nfnd, capfnd;
     uint32_t *hit_of; /* sig -> 1 + hit index, 0 none */
     mw_sighit *hits;
     size_t nhits, caphits;
@@ -68,9 +60,7 @@ mw_status mw_sigscan_new(const mw_sigdb *db, mw_sigscan **out) {
     s->tail = malloc(db->h.max_eof ? db->h.max_eof : 1);
     s->slot_q = calloc(db->h.n_slots ? db->h.n_slots : 1, sizeof *s->slot_q);
     s->hit_of = calloc(db->h.n_sigs ? db->h.n_sigs : 1, sizeof *s->hit_of);
-    s->capfnd = 16;
-    s->fnd = malloc(s->capfnd * sizeof *s->fnd);
-    if (!s->joint || !s->tail || !s->slot_q || !s->hit_of || !s->fnd) {
+    if (!s->joint || !s->tail || !s->slot_q || !s->hit_of) {
         mw_sigscan_free(s);
         return MW_ERR_NOMEM;
     }
@@ -91,7 +81,6 @@ void mw_sigscan_free(mw_sigscan *s) {
     free(s->slot_q);
     for (size_t i = 0; i < s->capq; i++) free(s->q[i].r);
     free(s->q);
-    free(s->fnd);
     free(s->hit_of);
     free(s->hits);
     free(s);
@@ -114,7 +103,6 @@ void mw_sigscan_reset(mw_sigscan *s, uint32_t target_mask) {
     for (size_t i = 0; i < s->nhits; i++) s->hit_of[s->hits[i].sig_id] = 0;
     s->nq = 0;
     s->nruns = 0;
-    s->nfnd = 0;
     s->nhits = 0;
     s->status = MW_OK;
     s->mask = target_mask | 1u;
@@ -190,13 +178,14 @@ static queue *get_queue(mw_sigscan *s, uint32_t slot, int create) {
 
 static run *q_at(const queue *q, uint32_t k) { return &q->r[(q->head + k) & (q->cap - 1)]; }
 
-/* Drops the ends e with e + gap_max < from, which no part starting at or after from can
- * chain to (a run that straddles from - gap_max starts again at its first end beyond it). */
-static void drop_behind(mw_sigscan *s, queue *q, uint64_t from, uint32_t gap_max) {
+/* Drops the runs whose ends e all have e + gap_max < from: no part starting at or after
+ * from can chain to them.  With `trim`, a run that straddles from - gap_max starts again at
+ * its first end beyond it, so that its first end is the earliest one still in reach. */
+static void drop_behind(mw_sigscan *s, queue *q, uint64_t from, uint32_t gap_max, int trim) {
     while (q->n) {
         run *r = q_at(q, 0);
         if (r->hi + gap_max >= from) {
-            if (r->lo + gap_max < from) {
+            if (trim && r->lo + gap_max < from) {
                 uint64_t k = (from - gap_max - r->lo + r->step - 1) / r->step;
                 if (r->lin) r->chain += k * r->step;
                 r->lo += k * r->step;
@@ -212,30 +201,27 @@ static void drop_behind(mw_sigscan *s, queue *q, uint64_t from, uint32_t gap_max
 /* Remembers that the next part may chain from `end`, the end of a match whose chain
  * began at `chain`.  Ends arrive in increasing order, chains in non-decreasing order. */
 static void remember(mw_sigscan *s, queue *q, const dpart *p, uint64_t end, uint64_t chain) {
-    if (p->next_inf) {
+    if (q->n) {
         /* unbounded gap: the earliest end serves every later part, with the earliest chain */
-        if (q->n) return;
-    } else {
-        /* Expire here too, not only when the next part shows up: a part found many
-         * times whose next part never comes must not fill memory.  Nothing found from
-         * now on starts before end - slack. */
-        if (end > s->slack) drop_behind(s, q, end - s->slack, p[1].gap_max);
-        if (q->n) {
-            run *r = q_at(q, q->n - 1);
-            if (end <= r->hi) return; /* the same match again (an alternative twice) */
-            uint64_t d = end - r->hi;
-            if (r->lo == r->hi) {
-                if (d <= UINT32_MAX && (chain == r->chain || chain - r->chain == d)) {
-                    r->step = (uint32_t)d;
-                    r->lin = chain != r->chain;
-                    r->hi = end;
-                    return;
-                }
-            } else if (d == r->step && chain == r->chain + (r->lin ? end - r->lo : 0)) {
+        if (p->next_inf) return;
+        run *r = q_at(q, q->n - 1);
+        if (end <= r->hi) return; /* the same match again (an alternative twice) */
+        uint64_t d = end - r->hi;
+        if (r->lo != r->hi) {
+            if (d == r->step && chain - r->chain == (r->lin ? end - r->lo : 0)) {
                 r->hi = end;
                 return;
             }
+        } else if (d <= UINT32_MAX && (chain == r->chain || chain - r->chain == d)) {
+            r->step = (uint32_t)d;
+            r->lin = chain != r->chain;
+            r->hi = end;
+            return;
         }
+        /* Expire here too, not only when the next part shows up: a part found many times
+         * whose next part never comes must not fill memory.  Nothing found from now on
+         * starts before end - slack. */
+        if (end > s->slack) drop_behind(s, q, end - s->slack, p[1].gap_max, 0);
     }
     /* a new run: the bound is on what is remembered, so reaching it ends the scan
      * (incomplete) rather than forgetting a place a match could continue from */
@@ -263,7 +249,7 @@ static void remember(mw_sigscan *s, queue *q, const dpart *p, uint64_t end, uint
 }
 
 /* A part matched at [start, start+len) (absolute offsets): chain it.  Matches of one part
- * come in increasing order of start (see flush_found). */
+ * come in increasing order of start (see check_entries). */
 static void part_matched(mw_sigscan *s, const dpart *p, uint64_t start) {
     const mw_sigdb *db = s->db;
     const dsig *sig = &db->sigs[p->sig];
@@ -276,7 +262,7 @@ static void part_matched(mw_sigscan *s, const dpart *p, uint64_t start) {
         queue *q = get_queue(s, prev->slot, 0);
         if (!q) return;
         /* the earliest end still in reach is the best: its chain is the earliest */
-        if (!prev->next_inf) drop_behind(s, q, start, p->gap_max);
+        if (!prev->next_inf) drop_behind(s, q, start, p->gap_max, 1);
         if (!q->n) return;
         const run *r = q_at(q, 0);
         if (r->lo + p->gap_min > start) return;
@@ -319,48 +305,22 @@ typedef struct {
     size_t min_end;     /* and end after this */
 } window;
 
-static void add_found(mw_sigscan *s, uint32_t part, uint64_t start) {
-    if (s->nfnd == s->capfnd) {
-        found *n = realloc(s->fnd, 2 * s->capfnd * sizeof *n);
-        if (!n) {
-            fail(s, MW_ERR_NOMEM);
-            return;
-        }
-        s->fnd = n;
-        s->capfnd *= 2;
-    }
-    s->fnd[s->nfnd++] = (found){start, part};
-}
-
-/* One scan position can verify one part at up to `stride` starts (an anchor enters the
- * prefilter at `stride` offsets), in table order, not start order: they are chained in
- * order of start, which is what lets every queue keep its ends sorted. */
-static void flush_found(mw_sigscan *s) {
-    found *f = s->fnd;
-    size_t n = s->nfnd;
-    for (size_t i = 1; i < n; i++) {
-        found x = f[i];
-        size_t j = i;
-        for (; j && f[j - 1].start > x.start; j--) f[j] = f[j - 1];
-        f[j] = x;
-    }
-    for (size_t i = 0; i < n; i++) part_matched(s, &s->db->parts[f[i].part], f[i].start);
-    s->nfnd = 0;
-}
-
 static void check_entries(mw_sigscan *s, const window *w, size_t i, const dentry *e, uint32_t lo,
                           uint32_t hi, uint64_t key) {
     const mw_sigdb *db = s->db;
-    for (uint32_t k = lo; k < hi; k++) {
+    /* A bucket is sorted by (key, part, offset), and one position can verify one part at up
+     * to `stride` starts (an anchor enters the prefilter at `stride` offsets): walked
+     * backwards, each part's starts come in increasing order, which is what lets every queue
+     * keep its ends sorted and expire them exactly. */
+    for (uint32_t k = hi; k-- > lo;) {
         if (e[k].key != key) continue;
         const dpart *p = &db->parts[e[k].part];
         if (!((s->mask >> db->sigs[p->sig].target) & 1u)) continue;
         if (e[k].off > i) continue;
         size_t st = i - e[k].off;
         if (st >= w->max_start || st + p->len > w->len || st + p->len <= w->min_end) continue;
-        if (verify(db, p, w->buf + st)) add_found(s, e[k].part, w->base + st);
+        if (verify(db, p, w->buf + st)) part_matched(s, p, w->base + st);
     }
-    if (s->nfnd) flush_found(s);
 }
 
 static inline int bit(const uint8_t *bm, uint32_t h) { return (bm[h >> 3] >> (h & 7)) & 1; }
