@@ -25,6 +25,7 @@ from mailwarden_native import (
     SignatureDB,
 )
 from tests.unit.test_antivirus import Run, av_findings
+from tests.unit.test_sigs_engine import scan_chunked
 
 HEAD, TAIL = b"EVIL", b"TAIL"
 Hits = dict[int, tuple[int, int]]
@@ -39,16 +40,6 @@ def _db(*sigs: str, **limits: int) -> SignatureDB:
 
 def _hits(db: SignatureDB, data: bytes) -> Hits:
     return {h.sig_id: (h.offset, h.count) for h in db.scan(data)}
-
-
-def _hits_chunked(db: SignatureDB, data: bytes, cuts: list[int]) -> Hits:
-    sc = db.scanner()
-    at = 0
-    for cut in sorted(c % (len(data) + 1) for c in cuts):
-        sc.feed(data[at:cut])
-        at = max(at, cut)
-    sc.feed(data[at:])
-    return {h.sig_id: (h.offset, h.count) for h in sc.finish()}
 
 
 # ------------------------------------------------------------------ padding with repeats
@@ -77,7 +68,7 @@ def test_repeats_of_the_first_part_do_not_hide_the_match(
     assert _hits(db, b"." * len(HEAD) + data[len(HEAD) :]) == {}
     assert _hits(db, data) == {0: (0, 1)}
     for size in (1, 7, 64):
-        assert _hits_chunked(db, data, list(range(size, len(data), size))) == {0: (0, 1)}
+        assert scan_chunked(db, data, list(range(size, len(data), size))) == {0: (0, 1)}
 
 
 def test_a_middle_part_chains_to_its_only_valid_predecessor_among_many() -> None:
@@ -87,7 +78,7 @@ def test_a_middle_part_chains_to_its_only_valid_predecessor_among_many() -> None
     data = b"ONE" + b"TWO" + b".." + b"TWO" * 20 + b".." + b"THREE"
     assert data.index(b"THREE") == 6 + 64
     assert _hits(db, data) == {0: (0, 1)}
-    assert _hits_chunked(db, data, [5, 40, 69]) == {0: (0, 1)}
+    assert scan_chunked(db, data, [5, 40, 69]) == {0: (0, 1)}
     assert _hits(db, data.replace(b"ONETWO", b"ONE...", 1)) == {}
 
 
@@ -261,4 +252,4 @@ def test_gapped_signatures_match_a_brute_force_reference(
         if found is not None:
             expected[i] = found
     assert _hits(db, data) == expected, [s.text() for s in sigs]
-    assert _hits_chunked(db, data, cuts) == expected, [s.text() for s in sigs]
+    assert scan_chunked(db, data, cuts) == expected, [s.text() for s in sigs]
