@@ -66,8 +66,9 @@ mw_status mw_sigscan_new(const mw_sigdb *db, mw_sigscan **out) {
     }
     s->max_hits = MW_SIG_MAX_HITS;
     s->max_queues = MW_SIG_MAX_PARTIALS;
-    /* A part found at start st is found before any match starting earlier than
-     * st - max_part - stride (see drop_behind), and it ends at most max_part after st. */
+    /* Whatever is found after a part that starts at st (later in its window, or in a later
+     * window) starts at or after st - max_part - stride, and that part ends at most max_part
+     * after st: an end this far behind the latest one can expire (see remember). */
     s->slack = 2 * (uint64_t)db->h.max_part + db->h.stride + 8;
     mw_sigscan_reset(s, 1);
     *out = s;
@@ -230,6 +231,10 @@ static void remember(mw_sigscan *s, queue *q, const dpart *p, uint64_t end, uint
         return;
     }
     if (q->n == q->cap) {
+        if (q->cap > UINT32_MAX / 2) {
+            fail(s, MW_ERR_NOMEM);
+            return;
+        }
         uint32_t cap = q->cap ? q->cap * 2 : 4;
         run *n = malloc((size_t)cap * sizeof *n);
         if (!n) {
