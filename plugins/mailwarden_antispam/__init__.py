@@ -452,8 +452,9 @@ class AntispamPlugin:
                 hits["FUZZY_SPAM"] = fuzzy
         if self.bayes is not None:
             toks = None
-            if cfg.autolearn:
-                # Once here, for the verdict and for the lesson autolearn may draw from it.
+            if self.bayes.shared is not None or min(self.bayes.counts()) >= cfg.bayes_min_learned:
+                # Once for the verdict and the lesson autolearn may draw from it; a store too
+                # new to classify leaves them to autolearn, in the hook thread, off the loop.
                 toks = ctx.stash[_TOKENS] = await run_cpu_bound(size, tokens, message)
             probability = await self.bayes.probability_async(
                 message, cfg.bayes_min_learned, size, toks
