@@ -43,7 +43,7 @@ from mailwarden_sdk import (
 from mailwarden_sdk.findings import spam_rule
 
 from . import auth, heuristics
-from .bayes import JOURNAL_MAX_ENTRIES, Bayes, band
+from .bayes import JOURNAL_MAX_ENTRIES, Bayes, band, tokens
 from .content import body_text, links, message_facts, message_urls, rawbody_text
 from .dnslists import DnsList, query_lists
 from .fuzzy import MAX_ENTRIES as FUZZY_MAX_ENTRIES
@@ -68,6 +68,8 @@ _BAND: StashKey[str] = StashKey("antispam bayes band")
 # Set when this plugin's scan ran for the message: a rule may leave antispam out (an
 # always-allow rule does), and mail nobody judged must teach Bayes nothing.
 _SCANNED: StashKey[bool] = StashKey("antispam scanned")
+# The message's Bayes tokens as the scan computed them: autolearn's lesson reuses them.
+_TOKENS: StashKey[set[str]] = StashKey("antispam bayes tokens")
 
 
 class AntispamConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -426,9 +428,11 @@ class AntispamPlugin:
         size = len(ctx.raw)
         extra: list[Finding] = []
         urls = message_urls(message)
-        if self.resolver is not None:
+        if self.resolver is not None and (cfg.authentication or cfg.dns_lists):
             dns = DnsBudget(self.resolver, cfg.dns_budget)
-            checks = [self._auth(ctx, dns, hits)]
+            checks = []
+            if cfg.authentication:
+                checks.append(self._auth(ctx, dns, hits))
             if cfg.dns_lists:
                 checks.append(self._lists(ctx, dns, urls, extra))
             await asyncio.gather(*checks)
@@ -447,7 +451,14 @@ class AntispamPlugin:
             if fuzzy is not None:
                 hits["FUZZY_SPAM"] = fuzzy
         if self.bayes is not None:
-            probability = await self.bayes.probability_async(message, cfg.bayes_min_learned, size)
+            toks = None
+            if self.bayes.shared is not None or min(self.bayes.counts()) >= cfg.bayes_min_learned:
+                # Once for the verdict and the lesson autolearn may draw from it; a store too
+                # new to classify leaves them to autolearn, in the hook thread, off the loop.
+                toks = ctx.stash[_TOKENS] = await run_cpu_bound(size, tokens, message)
+            probability = await self.bayes.probability_async(
+                message, cfg.bayes_min_learned, size, toks
+            )
             if probability is not None:
                 hits[band(probability)] = {"probability": f"{probability:.4f}"}
                 ctx.stash[_BAND] = band(probability)
@@ -531,8 +542,6 @@ class AntispamPlugin:
         self, ctx: ScanContext, dns: DnsBudget, hits: dict[str, dict[str, str]]
     ) -> None:
         cfg = self.config
-        if not cfg.authentication:
-            return
         env, message, raw = ctx.envelope, ctx.message, ctx.raw
         sync = SyncDns(dns)
         spf_task = None
@@ -697,7 +706,12 @@ class AntispamPlugin:
         ):
             label = "ham"
         if label is not None:
-            self.bayes.learn(ctx.raw, label, "autolearn")
+            # Queued for the Bayes writer's next batch (group commit, bayes.py): the hook
+            # thread neither tokenises again nor waits for an fsync.
+            toks = ctx.stash.get(_TOKENS, None)
+            if toks is None:
+                toks = tokens(ctx.message)
+            self.bayes.learn_later(ctx.raw, label, "autolearn", toks, ctx.message.message_id)
 
 
 def _dns_unavailable(dns: DnsBudget) -> Finding:

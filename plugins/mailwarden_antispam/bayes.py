@@ -9,6 +9,11 @@ message counts and the index of learned digests are also kept in Redis, where ev
 them: a message released as ham on one node moves the verdict of every node. The LMDB store
 stays complete for what this node learned and answers while Redis does not; the journal (who
 taught what) stays per node.
+
+Autolearn's lessons are group-committed (:meth:`Bayes.learn_later`): a writer thread commits
+the queued lessons, their counts and their journal entries, in one LMDB transaction per batch
+of at most ``BATCH_LESSONS`` lessons or ``BATCH_SECONDS``, so a crash loses at most one
+batch window of autolearn; explicit lessons commit before they return.
 """
 
 from __future__ import annotations
@@ -18,8 +23,10 @@ import logging
 import math
 import re
 import struct
+import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +43,15 @@ from mailwarden_sdk import (
 
 from .content import body_text, message_urls
 
-__all__ = ["JOURNAL_MAX_ENTRIES", "Bayes", "LearnRecord", "band", "tokens"]
+__all__ = [
+    "BATCH_LESSONS",
+    "BATCH_SECONDS",
+    "JOURNAL_MAX_ENTRIES",
+    "Bayes",
+    "LearnRecord",
+    "band",
+    "tokens",
+]
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +71,21 @@ JOURNAL_MAX_ENTRIES = 100_000
 # expiry by last-learned day, in Redis's terms); message counts and learned digests as long.
 _SHARED = "antispam:bayes:"
 _SHARED_TTL = 400 * _DAY
+#: Autolearn's group commit: a batch is committed at this many lessons or this long after its
+#: first lesson, whichever comes first (the window a crash can lose).
+BATCH_LESSONS = 256
+BATCH_SECONDS = 0.2
+# Lessons queued beyond this make autolearn wait for the writer rather than grow memory.
+_QUEUE_MAX = 16 * BATCH_LESSONS
+
+
+@dataclass(frozen=True, slots=True)
+class _Lesson:
+    digest: str
+    label: str
+    toks: Collection[str]
+    who: str
+    message_id: str | None
 
 
 class LearnRecord(msgspec.Struct, kw_only=True, frozen=True):
@@ -189,12 +219,25 @@ class Bayes:
         self.shared: SharedState | None = None
         #: Called with each message a person (not autolearn) taught as spam: fuzzy hashes.
         self.reported: Callable[[bytes], object] | None = None
+        # Autolearn's queue and its writer thread (started with the first queued lesson).
+        self._cond = threading.Condition()
+        self._queue: list[_Lesson] = []
+        self._queued = self._committed = self._flushing = 0
+        self._closing = False
+        self._writer: threading.Thread | None = None
 
     def close(self) -> None:
+        """Commit the queued lessons, stop the writer and close the store."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+            writer = self._writer
+        if writer is not None:
+            writer.join()
         self.env.close()
 
     def counts(self) -> tuple[int, int]:
-        """(spam, ham) messages learned."""
+        """(spam, ham) messages learned (queued autolearn lessons not yet among them)."""
         with self.env.begin(db=self._meta) as txn:
             raw = txn.get(b"n")
         return _PAIR.unpack(raw) if raw else (0, 0)
@@ -205,31 +248,111 @@ class Bayes:
         A message learned as the other class is moved (its old counts removed first). With
         shared state the cluster's counts change too (and its index decides what "already
         learned" means); spam a person reported (not autolearn) goes to :attr:`reported`.
-        Call it from a thread, never on the event loop (it waits for Redis).
+        Committed before it returns, after the queued autolearn lessons (so a person's lesson
+        comes last). Call it from a thread, never on the event loop (it waits for Redis).
         """
         if label not in ("spam", "ham"):
             raise ValueError("label must be spam or ham")
+        self.flush()
         message = parse(raw)
-        digest = hashlib.sha256(raw).hexdigest()
-        toks = tokens(message)
+        lesson = _Lesson(_digest(raw), label, tokens(message), who, message.message_id)
         with self.env.begin(write=True) as txn:
-            previous = txn.get(digest.encode(), db=self._learned)
-            done = previous != label.encode()
-            if done:
-                if previous is not None:
-                    self._apply(txn, toks, previous.decode(), -1)
-                self._apply(txn, toks, label, +1)
-                txn.put(digest.encode(), label.encode(), db=self._learned)
-                self._record(txn, "learn", label, digest, who, message.message_id)
-        shared = self._shared_call(self._learn_shared(toks, digest, label))
+            done = self._learn_in(txn, lesson)
+        shared = self._shared_call(self._learn_shared(lesson.toks, lesson.digest, label))
         if label == "spam" and self.reported is not None and who != "autolearn":
             self.reported(raw)
         return done if shared is None else shared
 
+    def learn_later(
+        self, raw: bytes, label: str, who: str, toks: Collection[str], message_id: str | None
+    ) -> None:
+        """Queue a lesson of ``raw`` (its ``toks`` as the scan computed them) for the writer,
+        which commits it with the others of its batch: within ``BATCH_SECONDS``, or at
+        :meth:`flush`, :meth:`learn`, :meth:`unlearn` or :meth:`close`. For autolearn."""
+        if label not in ("spam", "ham"):
+            raise ValueError("label must be spam or ham")
+        lesson = _Lesson(_digest(raw), label, toks, who, message_id)
+        with self._cond:
+            if self._closing:
+                log.warning("antispam: Bayes closed, lesson of %s not learned", lesson.digest)
+                return
+            while len(self._queue) >= _QUEUE_MAX:
+                self._cond.wait()
+            self._queue.append(lesson)
+            self._queued += 1
+            if self._writer is None:
+                self._writer = threading.Thread(
+                    target=self._write_loop, name="bayes-writer", daemon=True
+                )
+                self._writer.start()
+            if len(self._queue) in (1, BATCH_LESSONS):
+                self._cond.notify_all()
+
+    def flush(self) -> None:
+        """Wait until every lesson queued so far is committed."""
+        with self._cond:
+            target = self._queued
+            if self._committed >= target:
+                return
+            self._flushing += 1
+            self._cond.notify_all()
+            try:
+                while self._committed < target:
+                    self._cond.wait()
+            finally:
+                self._flushing -= 1
+
+    def _write_loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closing:
+                    self._cond.wait()
+                if not self._queue:
+                    return
+                # The window runs from the batch's first lesson.
+                deadline = time.monotonic() + BATCH_SECONDS
+                while len(self._queue) < BATCH_LESSONS and not self._closing:
+                    left = deadline - time.monotonic()
+                    if left <= 0 or self._flushing:
+                        break
+                    self._cond.wait(left)
+                batch = self._queue[:BATCH_LESSONS]
+                del self._queue[:BATCH_LESSONS]
+                self._cond.notify_all()
+            try:
+                with self.env.begin(write=True) as txn:
+                    for lesson in batch:
+                        self._learn_in(txn, lesson)
+                if self.shared is not None:
+                    for lesson in batch:
+                        self._shared_call(
+                            self._learn_shared(lesson.toks, lesson.digest, lesson.label)
+                        )
+            except Exception:
+                # The batch is lost (the window docs/antispam.md names); the writer goes on.
+                log.exception("antispam: %d autolearn lessons not committed", len(batch))
+            with self._cond:
+                self._committed += len(batch)
+                self._cond.notify_all()
+
+    def _learn_in(self, txn: lmdb.Transaction, lesson: _Lesson) -> bool:
+        key = lesson.digest.encode()
+        found = txn.get(key, db=self._learned)
+        previous = bytes(found) if found is not None else None
+        if previous == lesson.label.encode():
+            return False
+        if previous is not None:
+            self._apply(txn, lesson.toks, previous.decode(), -1)
+        self._apply(txn, lesson.toks, lesson.label, +1)
+        txn.put(key, lesson.label.encode(), db=self._learned)
+        self._record(txn, "learn", lesson.label, lesson.digest, lesson.who, lesson.message_id)
+        return True
+
     def unlearn(self, raw: bytes, who: str) -> bool:
         """Forget what ``raw`` taught; False when it was never learned."""
+        self.flush()
         message = parse(raw)
-        digest = hashlib.sha256(raw).hexdigest()
+        digest = _digest(raw)
         toks = tokens(message)
         with self.env.begin(write=True) as txn:
             previous = txn.get(digest.encode(), db=self._learned)
@@ -269,15 +392,22 @@ class Bayes:
         return True
 
     async def probability_async(
-        self, message: ParsedMessage, min_learned: int = 10, size: int = 0
+        self,
+        message: ParsedMessage,
+        min_learned: int = 10,
+        size: int = 0,
+        toks: Collection[str] | None = None,
     ) -> float | None:
         """:meth:`probability` from the cluster's counts when shared state answers, else from
-        this node's store; CPU work through ``run_cpu_bound`` (``size`` bytes of message)."""
+        this node's store; CPU work through ``run_cpu_bound`` (``size`` bytes of message).
+        ``toks``: the message's :func:`tokens` when the caller has them."""
         shared = self.shared
+        if toks is None and shared is not None:
+            toks = await run_cpu_bound(size, tokens, message)
         if shared is not None:
-            toks = sorted(await run_cpu_bound(size, tokens, message))
+            assert toks is not None
             keys = [_count_key("spam"), _count_key("ham")]
-            for token in toks:
+            for token in sorted(toks):
                 keys += [_token_key(token, "spam"), _token_key(token, "ham")]
             try:
                 values = [max(0, int(v or 0)) for v in await shared.get_many(keys)]
@@ -289,7 +419,7 @@ class Bayes:
                     return None
                 pairs = list(zip(values[2::2], values[3::2], strict=True))
                 return _combine(pairs, nspam, nham)
-        return await run_cpu_bound(size, self.probability, message, min_learned)
+        return await run_cpu_bound(size, self.probability, message, min_learned, toks)
 
     def _apply(self, txn: lmdb.Transaction, toks: Iterable[str], label: str, sign: int) -> None:
         idx = 0 if label == "spam" else 1
@@ -348,29 +478,39 @@ class Bayes:
                 cursor.delete()
 
     def journal(self) -> list[LearnRecord]:
-        """Every learning act, oldest first."""
+        """Every learning act, oldest first (queued lessons committed first)."""
+        self.flush()
         with self.env.begin(db=self._journal) as txn:
             return [msgspec.json.decode(v, type=LearnRecord) for _k, v in txn.cursor()]
 
     def learned_as(self, raw: bytes) -> str | None:
-        digest = hashlib.sha256(raw).hexdigest().encode()
+        self.flush()
+        digest = _digest(raw).encode()
         with self.env.begin(db=self._learned) as txn:
             value = txn.get(digest)
         return value.decode() if value else None
 
-    def probability(self, message: ParsedMessage, min_learned: int = 10) -> float | None:
-        """Spam probability 0..1, or None while fewer than ``min_learned`` of each class."""
+    def probability(
+        self, message: ParsedMessage, min_learned: int = 10, toks: Collection[str] | None = None
+    ) -> float | None:
+        """Spam probability 0..1, or None while fewer than ``min_learned`` of each class;
+        ``toks`` the message's :func:`tokens` when the caller has them. Autolearn lessons
+        still queued (:meth:`learn_later`) are not counted yet."""
         nspam, nham = self.counts()
         if nspam < min_learned or nham < min_learned:
             return None
         pairs: list[tuple[int, int]] = []
         with self.env.begin(db=self._tokens) as txn:
-            for token in tokens(message):
+            for token in tokens(message) if toks is None else toks:
                 raw = txn.get(token.encode("utf-8")[:500])
                 if raw:
                     s, h, _day = _unpack(raw)
                     pairs.append((s, h))
         return _combine(pairs, nspam, nham)
+
+
+def _digest(raw: bytes) -> str:
+    return hashlib.sha256(raw).hexdigest()
 
 
 def _count_key(label: str) -> str:

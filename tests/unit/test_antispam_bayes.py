@@ -3,17 +3,22 @@ quarantine teaching it ("release as ham", "delete as spam"); every lesson journa
 
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
 
+import mailwarden_antispam as antispam_module
 from mailwarden.cli import cli
-from mailwarden.testing import scan
+from mailwarden.testing import _gateway, scan
+from mailwarden_antispam import AntispamPlugin
 from mailwarden_antispam import bayes as bayes_module
 from mailwarden_antispam.bayes import Bayes
 from mailwarden_antispam.quarantine import SpamQuarantine
-from mailwarden_sdk import Envelope
+from mailwarden_sdk import Envelope, ParsedMessage, parse
 from tests.conftest import make_message
 
 RULES = """
@@ -176,3 +181,92 @@ def test_quarantine_delete_as_spam_teaches_bayes(tmp_path: Path) -> None:
         assert q.search() == []
     finally:
         q.close()
+
+
+def _plugin_gateway(config: str, home: Path) -> tuple[Any, AntispamPlugin]:
+    plugin = AntispamPlugin()
+    return _gateway({"antispam": plugin}, False, config, home), plugin
+
+
+def test_autolearn_lessons_of_concurrent_scans_are_all_committed_once(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    config = _config(tmp_path, 4.0, 4.0)
+    gateway, plugin = _plugin_gateway(config, home)
+    # 60 distinct clean messages, each scanned twice, all at once: 60 lessons, none counted
+    # twice however the scans' verdict hooks interleave with the writer's batches.
+    messages = [
+        make_message(subject=f"lunch {i}", body=f"see you at noon, table {i}\n") for i in range(60)
+    ]
+
+    async def run() -> tuple[int, int]:
+        async with gateway:
+            await asyncio.gather(*(gateway.scan(m) for m in messages + messages))
+            bayes = plugin.bayes
+            assert bayes is not None
+            # Committed within the batch window, without a flush or a close.
+            deadline = time.monotonic() + 10
+            while bayes.counts() != (0, 60) and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            return bayes.counts()
+
+    assert asyncio.run(run()) == (0, 60)
+    assert _journal(home) == [("autolearn", "learn", "ham")] * 60
+    store = Bayes(home / "antispam" / "bayes")
+    try:
+        assert store.counts() == (0, 60)
+        assert {store.learned_as(m) for m in messages} == {"ham"}
+    finally:
+        store.close()
+
+
+def test_queued_lessons_are_committed_at_close_and_before_an_explicit_lesson(
+    tmp_path: Path,
+) -> None:
+    store = Bayes(tmp_path / "bayes")
+    raws = [make_message(subject=f"m{i}", body=f"agenda item {i}\n") for i in range(300)]
+    for raw in raws:
+        store.learn_later(raw, "ham", "autolearn", bayes_module.tokens(parse(raw)), None)
+    # A person's lesson on a queued message comes after the queued one: it moves it.
+    assert store.learn(raws[0], "spam", "web:admin") is True
+    assert store.counts() == (1, 299)
+    for raw in raws[:5]:
+        store.learn_later(raw, "spam", "autolearn", bayes_module.tokens(parse(raw)), None)
+    store.close()
+    store = Bayes(tmp_path / "bayes")
+    try:
+        assert store.counts() == (5, 295)
+        actions = [(r.who, r.label) for r in store.journal()]
+        assert actions.count(("autolearn", "ham")) == 300
+        assert actions.count(("web:admin", "spam")) == 1
+        assert actions.count(("autolearn", "spam")) == 4  # raws[0] was spam already
+    finally:
+        store.close()
+
+
+def test_an_autolearned_message_is_tokenised_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = tmp_path / "home"
+    store = Bayes(home / "antispam" / "bayes")
+    _teach(store, 12)  # enough of each class that the scan computes a probability
+    store.close()
+    calls: list[int] = []
+    tokens = bayes_module.tokens
+
+    def counted(message: ParsedMessage) -> set[str]:
+        calls.append(1)
+        return tokens(message)
+
+    monkeypatch.setattr(bayes_module, "tokens", counted)
+    # Where the scan's own call goes (the old plugin tokenised inside Bayes alone).
+    monkeypatch.setattr(antispam_module, "tokens", counted, raising=False)
+    raw = make_message(subject="lunch", body="noon at the usual place\n")
+    scan(raw, builtins=True, config=_config(tmp_path, 17.0, 3.0), home=home)
+    # Once for the probability, reused by the lesson (the old code tokenised it again).
+    assert len(calls) == 1
+    store = Bayes(home / "antispam" / "bayes")
+    try:
+        assert store.learned_as(raw) == "ham"
+        assert store.counts() == (12, 13)
+    finally:
+        store.close()
