@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -29,9 +29,13 @@ from mailwarden.testing import GatewayRunner
 from mailwarden_antispam import GTUBE, AntispamPlugin
 from mailwarden_antivirus import AntivirusPlugin
 from mailwarden_sandbox import SandboxPlugin
+from mailwarden_sandbox.backends import HttpBackend
+from mailwarden_sandbox.config import SandboxConfig
 from mailwarden_sandbox.icap import IcapClient, IcapError
-from mailwarden_sandbox.store import HoldStore
-from mailwarden_sdk import Envelope
+from mailwarden_sandbox.objects import Analysis
+from mailwarden_sandbox.store import HeldMessage, HeldObject, HoldStore, VerdictCache
+from mailwarden_sandbox.watcher import Watcher
+from mailwarden_sdk import Envelope, Host
 from tests.conftest import EICAR, free_port, make_message
 from tests.integration.test_smtp_serve import _wait_for_port
 from tests.services.icap import IcapServer, running_icap
@@ -483,3 +487,59 @@ def test_held_messages_survive_a_restart_of_serve_and_are_released_on_the_verdic
         stop(second)
     # The task id was kept across the restart: polled again, never submitted twice.
     assert len(held_reference.tasks()) == 1
+
+
+def test_a_held_message_watched_twice_at_once_is_submitted_once(
+    held_reference: ReferenceServer, tmp_path: Path
+) -> None:
+    """The hold hook starts watching the message it placed, and so does the follow-up round
+    when its listing saw the record before the hook resumed (under load): one watcher only,
+    else both submit the object (the restart test then saw two tasks)."""
+    config = SandboxConfig(
+        enabled=True, backend="http", http_url=held_reference.url, poll_interval=0.2
+    )
+    store = HoldStore(tmp_path)
+    now = time.time()
+    meta = HeldMessage(
+        id="ab" * 10,
+        envelope=ENVELOPE,
+        rule="default",
+        size=10,
+        held_at=now,
+        deadline=now + 3000,
+        objects=[HeldObject(sha256=hashlib.sha256(b"pending").hexdigest(), label="f", size=7)],
+    )
+    assert store.admit(make_message(attachment=b"pending"), meta)
+
+    async def run() -> list[str | None]:
+        backend = HttpBackend(held_reference.url, timeout=10.0)
+        cache = VerdictCache(tmp_path / "verdicts", 60.0, 100)
+        analysis = Analysis(
+            config, backend, cache, asyncio.Semaphore(4), 1.0, asyncio.get_running_loop()
+        )
+        watcher = Watcher(cast(Host, None), store, analysis)
+        watcher.owner = store.try_own()
+        try:
+            watcher.watch_soon(meta.id)  # the follow-up round
+            watcher.watch_soon(meta.id)  # the hold hook, resumed after it
+            for _ in range(100):
+                await asyncio.sleep(0.05)
+                held = await asyncio.to_thread(store.load, meta.id)
+                if held is not None and held.objects[0].task and len(held_reference.tasks()):
+                    break
+            await asyncio.sleep(0.5)  # a second watcher's submit would be in by now
+        finally:
+            tasks = watcher.tasks()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            watcher.stopped()
+            await backend.close()
+            cache.close()
+        held = store.load(meta.id)
+        return [o.task for o in held.objects] if held else []
+
+    recorded = asyncio.run(run())
+    tasks = held_reference.tasks()
+    assert len(tasks) == 1, tasks
+    assert recorded == [str(tasks[0]["id"])]
