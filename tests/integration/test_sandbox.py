@@ -426,8 +426,10 @@ def test_held_messages_survive_a_restart_of_serve_and_are_released_on_the_verdic
     home = tmp_path / "home"
     home.mkdir()
     port = free_port()
+    # A submit the server took but answered after request_timeout is sent again (at least
+    # once): 2 s is short on a loaded machine, and this test is about the restart.
     config = f"[smtp]\nport = {port}\n" + http_config(
-        held_reference, mode="hold", poll_interval=0.2
+        held_reference, mode="hold", poll_interval=0.2, request_timeout=10.0
     )
     (home / "mailwarden.toml").write_text(config)
     env = {**os.environ, "MAILWARDEN_HOME": str(home)}
