@@ -77,7 +77,14 @@ class Watcher:
             )
 
     def watch_soon(self, id: str) -> None:
-        """Follow ``id`` up in a task of its own (on the loop)."""
+        """Follow ``id`` up in a task of its own (on the loop); nothing when one does already.
+
+        The hold hook calls this once its ``admit`` returned, but the follow-up round may have
+        listed the new record in between (readers see it once committed, before the admitting
+        thread hands its result back) and be watching it: a second task would submit the same
+        objects again."""
+        if id in self._watching:
+            return
         task = asyncio.get_running_loop().create_task(self._watch(id), name=f"sandbox-{id}")
         self._watching[id] = task
 
@@ -114,8 +121,9 @@ class Watcher:
         except Exception:
             log.exception("sandbox: following up %s failed; it stays held", id)
         finally:
-            self._watching.pop(id, None)
-            self._wake.pop(id, None)
+            if self._watching.get(id) is asyncio.current_task():
+                self._watching.pop(id, None)
+                self._wake.pop(id, None)
 
     def poke(self, id: str) -> None:
         """On the plugin's loop: look at ``id`` now (an admin left a marker)."""

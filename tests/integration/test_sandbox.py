@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -29,9 +29,13 @@ from mailwarden.testing import GatewayRunner
 from mailwarden_antispam import GTUBE, AntispamPlugin
 from mailwarden_antivirus import AntivirusPlugin
 from mailwarden_sandbox import SandboxPlugin
+from mailwarden_sandbox.backends import HttpBackend
+from mailwarden_sandbox.config import SandboxConfig
 from mailwarden_sandbox.icap import IcapClient, IcapError
-from mailwarden_sandbox.store import HoldStore
-from mailwarden_sdk import Envelope
+from mailwarden_sandbox.objects import Analysis
+from mailwarden_sandbox.store import HeldMessage, HeldObject, HoldStore, VerdictCache
+from mailwarden_sandbox.watcher import Watcher
+from mailwarden_sdk import Envelope, Host
 from tests.conftest import EICAR, free_port, make_message
 from tests.integration.test_smtp_serve import _wait_for_port
 from tests.services.icap import IcapServer, running_icap
@@ -422,8 +426,10 @@ def test_held_messages_survive_a_restart_of_serve_and_are_released_on_the_verdic
     home = tmp_path / "home"
     home.mkdir()
     port = free_port()
+    # A submit the server took but answered after request_timeout is sent again (at least
+    # once): 2 s is short on a loaded machine, and this test is about the restart.
     config = f"[smtp]\nport = {port}\n" + http_config(
-        held_reference, mode="hold", poll_interval=0.2
+        held_reference, mode="hold", poll_interval=0.2, request_timeout=10.0
     )
     (home / "mailwarden.toml").write_text(config)
     env = {**os.environ, "MAILWARDEN_HOME": str(home)}
@@ -463,6 +469,10 @@ def test_held_messages_survive_a_restart_of_serve_and_are_released_on_the_verdic
         )
     finally:
         stop(first)
+    # One submission before the restart; else the log says why (a timed-out submit is sent
+    # again: at least once).
+    before = held_reference.tasks()
+    assert len(before) == 1, (before, (tmp_path / "serve1.log").read_text()[-4000:])
     listing = _cli(env, "sandbox", "list").stdout
     assert "waiting" in listing and "1 held" in listing
     assert not (home / "maildir" / "new").exists() or not any((home / "maildir" / "new").iterdir())
@@ -482,4 +492,64 @@ def test_held_messages_survive_a_restart_of_serve_and_are_released_on_the_verdic
     finally:
         stop(second)
     # The task id was kept across the restart: polled again, never submitted twice.
-    assert len(held_reference.tasks()) == 1
+    after = held_reference.tasks()
+    assert [t["id"] for t in after] == [t["id"] for t in before], (
+        after,
+        (tmp_path / "serve2.log").read_text()[-4000:],
+    )
+
+
+def test_a_held_message_watched_twice_at_once_is_submitted_once(
+    held_reference: ReferenceServer, tmp_path: Path
+) -> None:
+    """The hold hook starts watching the message it placed, and so does the follow-up round
+    when its listing saw the record before the hook resumed (under load): one watcher only,
+    else both submit the object (the restart test then saw two tasks)."""
+    config = SandboxConfig(
+        enabled=True, backend="http", http_url=held_reference.url, poll_interval=0.2
+    )
+    store = HoldStore(tmp_path)
+    now = time.time()
+    meta = HeldMessage(
+        id="ab" * 10,
+        envelope=ENVELOPE,
+        rule="default",
+        size=10,
+        held_at=now,
+        deadline=now + 3000,
+        objects=[HeldObject(sha256=hashlib.sha256(b"pending").hexdigest(), label="f", size=7)],
+    )
+    assert store.admit(make_message(attachment=b"pending"), meta)
+
+    async def run() -> list[str | None]:
+        backend = HttpBackend(held_reference.url, timeout=10.0)
+        cache = VerdictCache(tmp_path / "verdicts", 60.0, 100)
+        analysis = Analysis(
+            config, backend, cache, asyncio.Semaphore(4), 1.0, asyncio.get_running_loop()
+        )
+        watcher = Watcher(cast(Host, None), store, analysis)
+        watcher.owner = store.try_own()
+        try:
+            watcher.watch_soon(meta.id)  # the follow-up round
+            watcher.watch_soon(meta.id)  # the hold hook, resumed after it
+            for _ in range(100):
+                await asyncio.sleep(0.05)
+                held = await asyncio.to_thread(store.load, meta.id)
+                if held is not None and held.objects[0].task and len(held_reference.tasks()):
+                    break
+            await asyncio.sleep(0.5)  # a second watcher's submit would be in by now
+        finally:
+            tasks = watcher.tasks()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            watcher.stopped()
+            await backend.close()
+            cache.close()
+        held = store.load(meta.id)
+        return [o.task for o in held.objects] if held else []
+
+    recorded = asyncio.run(run())
+    tasks = held_reference.tasks()
+    assert len(tasks) == 1, tasks
+    assert recorded == [str(tasks[0]["id"])]
