@@ -565,6 +565,20 @@ class Spool:
     def save_state(self, entry: SpoolEntry, state: SpoolState, *, durable: bool) -> None:
         """Replace the state of ``entry`` atomically; ``durable`` fsyncs it before returning."""
         path = f"{self._queue_s}{entry.id}.state"
+        if not durable:
+            # A state that may be lost (it saves a rescan) and that ``entry`` has none of yet
+            # is written in place: a reader in between, or a crash, finds it unreadable, which
+            # reads as "not decided", the same as no state (a rename less per message).
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                pass
+            else:
+                try:
+                    os.write(fd, msgspec.json.encode(state))
+                finally:
+                    os.close(fd)
+                return
         tmp = f"{self._queue_s}.{entry.id}.{_PID}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
