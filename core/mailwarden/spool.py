@@ -42,7 +42,6 @@ import queue
 import shutil
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -60,6 +59,17 @@ __all__ = ["BOOT_ID", "DAMAGED_MAX_BYTES", "Spool", "SpoolEntry", "SpoolState"]
 log = logging.getLogger(__name__)
 
 _counter = itertools.count()
+# The spooling process's id, in spool ids and state temp names: workers may share a spool,
+# so a forked worker takes its own.
+_PID = os.getpid()
+
+
+def _new_pid() -> None:
+    global _PID
+    _PID = os.getpid()
+
+
+os.register_at_fork(after_in_child=_new_pid)
 _QUEUED, _IN_DOUBT = b"Q", b"D"
 #: Message files up to this size are read on the caller's thread (see SpoolEntry.raw_if_small).
 INLINE_READ_MAX = 256 * 1024
@@ -334,6 +344,10 @@ class Spool:
         self.queue = root / "queue"
         self.damaged = root / "damaged"
         self.damaged_max_bytes = damaged_max_bytes
+        # The hot paths join strings: a pathlib join and its str() cost more than the
+        # system call they feed (five or six per message).
+        self._queue_s = f"{self.queue}{os.sep}"
+        self._tmp_s = f"{self.tmp}{os.sep}"
         self._sync_queue = _GroupSync(self.queue)
         self._syncer = _Syncer(self._sync_queue)
         self._made = False
@@ -343,7 +357,7 @@ class Spool:
         self.queue.mkdir(parents=True, exist_ok=True)
         self._made = True
 
-    def _create(self, path: Path) -> int:
+    def _create(self, path: str) -> int:
         # The folders are made once, not per message (two mkdir calls that raise inside);
         # one removed under a running gateway is made again.
         if not self._made:
@@ -405,19 +419,20 @@ class Spool:
     def _undo_write(self, entry: SpoolEntry) -> None:
         # Its rename may have reached the disk: the client gets a 4xx and keeps the message,
         # so the spooled copy goes (else it would be delivered as well as sent again).
-        (self.queue / f"{entry.id}.msg").unlink(missing_ok=True)
+        _unlink(f"{self._queue_s}{entry.id}.msg")
         entry.release()
 
     def _write_file(self, raw: bytes, envelope: Envelope, state: SpoolState | None) -> SpoolEntry:
         """Everything of :meth:`write` before the queue directory's sync."""
         try:
-            id = f"{time.time_ns():x}{os.getpid():x}{next(_counter):x}{uuid.uuid4().hex[:6]}"
+            id = f"{time.time_ns():x}{_PID:x}{next(_counter):x}{os.urandom(3).hex()}"
             now, mono = time.time(), time.monotonic()
             meta = msgspec.json.encode(
                 _Meta(envelope=envelope, spooled_at=now, spooled_mono=mono, boot=BOOT_ID)
             )
             header = _QUEUED + meta + b"\n"
-            tmp = self.tmp / f"{id}.msg"
+            tmp = f"{self._tmp_s}{id}.msg"
+            queued = f"{self._queue_s}{id}.msg"
             fd = self._create(tmp)
             try:
                 view = memoryview(header + raw)
@@ -429,13 +444,13 @@ class Spool:
                 if state is not None:
                     self.save_state(entry, state, durable=True)
                 try:
-                    os.rename(tmp, self.queue / f"{id}.msg")
+                    os.rename(tmp, queued)
                 except FileNotFoundError:
                     self._ensure()
-                    os.rename(tmp, self.queue / f"{id}.msg")
+                    os.rename(tmp, queued)
             except BaseException:
                 os.close(fd)
-                tmp.unlink(missing_ok=True)
+                _unlink(tmp)
                 raise
         except OSError as exc:
             # Full disk or permissions: the client keeps the message when answered 4xx.
@@ -549,8 +564,22 @@ class Spool:
 
     def save_state(self, entry: SpoolEntry, state: SpoolState, *, durable: bool) -> None:
         """Replace the state of ``entry`` atomically; ``durable`` fsyncs it before returning."""
-        path = self.queue / f"{entry.id}.state"
-        tmp = self.queue / f".{entry.id}.{os.getpid()}.tmp"
+        path = f"{self._queue_s}{entry.id}.state"
+        if not durable:
+            # A state that may be lost (it saves a rescan) and that ``entry`` has none of yet
+            # is written in place: a reader in between, or a crash, finds it unreadable, which
+            # reads as "not decided", the same as no state (a rename less per message).
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                pass
+            else:
+                try:
+                    os.write(fd, msgspec.json.encode(state))
+                finally:
+                    os.close(fd)
+                return
+        tmp = f"{self._queue_s}.{entry.id}.{_PID}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             os.write(fd, msgspec.json.encode(state))
@@ -577,7 +606,7 @@ class Spool:
         (the directory synced with its batch), then its state; the lock goes with them."""
 
         def unlink() -> _After:
-            (self.queue / f"{entry.id}.msg").unlink(missing_ok=True)
+            _unlink(f"{self._queue_s}{entry.id}.msg")
             return after_sync
 
         def after_sync() -> None:
@@ -594,11 +623,18 @@ class Spool:
         """The message left the spool: unlink it durably, then its state, then unlock."""
         try:
             if not entry.unlinked:
-                (self.queue / f"{entry.id}.msg").unlink(missing_ok=True)
+                _unlink(f"{self._queue_s}{entry.id}.msg")
                 self._sync_queue()
-            (self.queue / f"{entry.id}.state").unlink(missing_ok=True)
+            _unlink(f"{self._queue_s}{entry.id}.state")
         finally:
             entry.release()
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def _size(path: Path) -> int:

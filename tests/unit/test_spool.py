@@ -73,6 +73,22 @@ def test_recover_removes_temp_files_and_orphaned_state_but_keeps_messages(tmp_pa
     assert spool.load_state(kept.id).attempts == 2
 
 
+def test_a_state_that_may_be_lost_is_written_and_replaced_like_a_durable_one(
+    tmp_path: Path,
+) -> None:
+    spool = Spool(tmp_path / "spool")
+    entry = spool.write(b"Subject: s\r\n\r\n", Envelope(rcpt_to=["b@example.net"]))
+    spool.save_state(entry, SpoolState(decided=True, add_headers=[("X-A", "1")]), durable=False)
+    assert spool.load_state(entry.id).add_headers == [("X-A", "1")]
+    # A second one replaces the first whichever way either was written.
+    spool.save_state(entry, SpoolState(decided=True, attempts=1), durable=True)
+    spool.save_state(entry, SpoolState(decided=True, attempts=3), durable=False)
+    assert spool.load_state(entry.id).attempts == 3
+    assert sorted(p.name for p in spool.queue.iterdir()) == [f"{entry.id}.msg", f"{entry.id}.state"]
+    spool.remove(entry)
+    assert list(spool.queue.iterdir()) == []
+
+
 def test_an_unreadable_state_means_scan_again(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "spool")
     entry = spool.write(b"Subject: s\r\n\r\n", Envelope(rcpt_to=["b@example.net"]))

@@ -169,12 +169,20 @@ class _Protocol(asyncio.Protocol):
             if self.error:
                 raise SMTPClientError(self.error)
             waiter = self._waiter = self.loop.create_future()
+            # A bare timer on the waiter: asyncio.timeout's context (its Timeout, the task's
+            # cancel and uncancel) costs more than the wait, five replies a message.
+            timer = self.loop.call_later(timeout, _expire, waiter)
             try:
-                async with asyncio.timeout(timeout):
-                    await waiter
+                await waiter
             finally:
+                timer.cancel()
                 self._waiter = None
         return replies.popleft()
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
 
 
 class Connection:

@@ -39,6 +39,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, AnyStr, cast
 
+import aiosmtpd.smtp as _aiosmtpd_smtp
 from aiosmtpd.proxy_protocol import ProxyData
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Session
 from aiosmtpd.smtp import Envelope as SmtpEnvelope
@@ -79,6 +80,24 @@ _SIMPLE_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
 _SIMPLE_PATH_RE = re.compile(
     rf"[ \t]*<({_SIMPLE_ATOM}(?:\.{_SIMPLE_ATOM})*)@({_SIMPLE_LABEL}(?:\.{_SIMPLE_LABEL})*)>"
 )
+
+
+_LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO}
+_aiosmtpd_sanitized_log = _aiosmtpd_smtp.sanitized_log
+
+
+def _sanitized_log(func: Callable[..., None], msg: Any, *args: Any, **kw: Any) -> None:
+    # aiosmtpd logs every command line twice (debug and info), matching each against its AUTH
+    # pattern to hide passwords first, whether or not the level is on (it seldom is).
+    logger = getattr(func, "__self__", None)
+    level = _LOG_LEVELS.get(getattr(func, "__name__", ""))
+    if isinstance(logger, logging.Logger) and level is not None:
+        if not logger.isEnabledFor(level):
+            return
+    _aiosmtpd_sanitized_log(func, msg, *args, **kw)
+
+
+_aiosmtpd_smtp.sanitized_log = _sanitized_log
 
 
 class _BoundMethods(dict[str, Any]):
