@@ -461,6 +461,14 @@ class PatternSet:
         # scanning the reversed text, so re tries a match only there (not at every offset).
         self._starts_db: Any = None
         self._starts: set[int] = set()
+        # Patterns that can only match at a line starting with a literal (SpamAssassin's
+        # __FROM_NAME_IN_MSG, a back-reference over the whole raw message): re tries them
+        # only at those lines instead of at every offset of the text.
+        self._line_starts: dict[int, str] = {}
+        for index, pattern in enumerate(patterns):
+            literal = _line_literal(pattern)
+            if literal:
+                self._line_starts[index] = literal
         if _hs is None:
             self.rejected = set(range(len(patterns)))
             return
@@ -603,6 +611,8 @@ class PatternSet:
                     starts = self._scan_starts(text_bytes(text)[::-1])
                 # Every match of the whole pattern starts where a copy of X does.
                 hit = any(pattern.match(text, at) for at in sorted(set(starts.get(index, ()))))
+            elif index in self._line_starts:
+                hit = _match_at_lines(pattern, text, self._line_starts[index])
             else:
                 hit = pattern.search(text) is not None
             if hit:
@@ -621,6 +631,40 @@ class PatternSet:
 
         self._starts_db.scan(backwards, match_event_handler=on_match, scratch=scratch)
         return starts
+
+
+def _line_literal(pattern: re.Pattern[str]) -> str:
+    """The literal every match starts a line with, for a multiline ``^literal...`` pattern
+    with no top-level alternation and no case folding; "" for any other pattern."""
+    if not pattern.flags & re.MULTILINE or pattern.flags & re.IGNORECASE:
+        return ""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            items = list(P.parse(pattern.pattern, pattern.flags))
+    except re.error:
+        return ""
+    if not items or items[0] != (C.AT, C.AT_BEGINNING):
+        return ""
+    literal = []
+    for op, arg in items[1:]:
+        if op is not C.LITERAL:
+            break
+        literal.append(chr(arg))
+    return "".join(literal) if len(literal) >= 3 else ""
+
+
+def _match_at_lines(pattern: re.Pattern[str], text: str, literal: str) -> bool:
+    # With MULTILINE, ^ holds at 0 and after each "\n": the only places a match can start.
+    if text.startswith(literal) and pattern.match(text, 0):
+        return True
+    needle = "\n" + literal
+    at = text.find(needle)
+    while at >= 0:
+        if pattern.match(text, at + 1):
+            return True
+        at = text.find(needle, at + 1)
+    return False
 
 
 def _starts_database(

@@ -290,3 +290,22 @@ def _reversed_ends(db: object, data: bytes) -> set[int]:
 
         db.scan(data, match_event_handler=on_match)  # type: ignore[attr-defined]
     return found
+
+
+@given(
+    st.lists(
+        st.sampled_from(["From: Joe Bloggs <a@b>", "xFrom: Joe Bloggs", "Joe Bloggs", "From:", ""]),
+        max_size=6,
+    ),
+    st.sampled_from(["\n", "\r\n"]),
+)
+@settings(max_examples=200, deadline=None)
+def test_a_line_anchored_pattern_tried_only_at_its_lines_answers_as_re(
+    lines: list[str], newline: str
+) -> None:
+    # SpamAssassin's __FROM_NAME_IN_MSG (a back-reference, so always confirmed by re): re
+    # tries it only at the lines that start with "From:" instead of at every offset.
+    pattern = re.compile(r"^From:\s+([^<]\S+\s\S+)\s(?=.{1,2048}^\1\r?$)", re.S | re.M)
+    patterns = PatternSet([pattern], cache=None)
+    text = newline.join(lines)
+    assert (patterns.confirmed(text) == [0]) == (pattern.search(text) is not None), text
