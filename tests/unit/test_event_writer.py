@@ -144,7 +144,9 @@ def test_the_size_cap_holds_after_a_batch_of_hundreds(tmp_path: Path) -> None:
     scratch = MessageEventLog(tmp_path / "one", retention_days=None, max_bytes=None)
     scratch.append(event(time.time(), "m100"))
     one = scratch.usage().bytes  # an event with its index entries
-    log = MessageEventLog(tmp_path / "log", retention_days=None, max_bytes=20 * one)
+    log = MessageEventLog(
+        tmp_path / "log", retention_days=None, max_bytes=20 * one, batch_seconds=600
+    )
     now = time.time()
     for n in range(300):
         log.write_later(event(now + n, f"m{n}"))
