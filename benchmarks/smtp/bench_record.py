@@ -2,7 +2,7 @@
 message and how long the event loop is held, measured in this process.
 
 One MTA connection per message (as ``bench_milter_parts.py``'s ``whole``) through
-``GatewayMilter`` with ``[events] enabled = true``:
+``GatewayMilter`` with ``[events] enabled = true`` (``--no-events``: off, the floor):
 
   cpu     loop thread and whole process CPU ms per message (the event writer's thread counts
           in the process: every queued event is committed before the clock stops)
@@ -43,7 +43,7 @@ from mailwarden.pipeline import Gateway  # noqa: E402
 def _gateway(config: str, home: Path) -> Gateway:
     home.mkdir(parents=True, exist_ok=True)
     path = home / "mailwarden.toml"
-    path.write_text(f'[gateway]\nhome = "{home}"\n[events]\nenabled = true\n{config}')
+    path.write_text(f'[gateway]\nhome = "{home}"\n{config}')
     return Gateway.from_file(str(path))
 
 
@@ -121,8 +121,10 @@ def main() -> int:
     parser.add_argument("--messages", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=3, help="the median of this many rounds")
     parser.add_argument("--detectors", action="store_true", help="the four detectors on")
+    parser.add_argument("--no-events", action="store_true", help="[events] enabled = false")
     args = parser.parse_args()
-    config = OFFLINE_ANTISPAM + ("" if args.detectors else NO_DETECTORS)
+    config = f"[events]\nenabled = {'false' if args.no_events else 'true'}\n"
+    config += OFFLINE_ANTISPAM + ("" if args.detectors else NO_DETECTORS)
     with tempfile.TemporaryDirectory(prefix="mailwarden-bench-record-") as work:
         cpu = [
             asyncio.run(run(args.messages, config, Path(work) / f"cpu{i}", probe=False))
