@@ -24,6 +24,7 @@ from pathlib import Path
 
 from mailwarden.events import MessageEventLog
 from mailwarden.pipeline import Gateway
+from mailwarden.stores.statistics import FLUSH_SECONDS, Statistics
 from mailwarden_sdk import Envelope
 from tests.conftest import free_port, make_message
 from tests.serving import start_serve, stop_serve
@@ -157,6 +158,27 @@ def test_the_size_cap_holds_after_a_batch_of_hundreds(tmp_path: Path) -> None:
     assert newest.subject == "m299"
     assert log.verify() == []
     log.close()
+
+
+def test_the_statistics_flush_leaves_the_loop_running_while_their_store_is_locked(
+    tmp_path: Path,
+) -> None:
+    stats = Statistics(tmp_path / "stats")
+    stats.counters("d", "20231114")  # the environment exists for the holder to open
+
+    async def main(holder: subprocess.Popen[str]) -> None:
+        stats.count(event(time.time(), "counted"))
+        # The timer fires within this sleep; its write waits for the lock (on main, on the
+        # loop: this sleep ended only when the holder gave up).
+        await asyncio.sleep(FLUSH_SECONDS + 0.5)
+        assert holder.stdin is not None
+        holder.stdin.close()
+
+    with write_lock_held(tmp_path / "stats") as holder:
+        asyncio.run(main(holder))
+    assert holder.returncode == 0
+    day = time.strftime("%Y%m%d", time.gmtime())
+    assert Statistics(tmp_path / "stats").counters("d", day)["messages"] == {"": 1}
 
 
 def test_serve_stopped_by_sigterm_writes_the_events_it_had_queued(tmp_path: Path) -> None:
