@@ -260,8 +260,8 @@ class CoreStores:
         self.metrics.errors.labels("store:message event log").inc(lost)
 
     def _written(self, events: list[MessageEvent]) -> None:
-        # The event writer's thread, after a batch is in the event log: exported after it is
-        # there, so a line in the export or a datagram always has its record.
+        # The event writer's thread, after a batch's commit: an exported event can already be
+        # searched for (unless its write failed, which is logged and counted).
         for event in events:
             if self.traces is not None:
                 self._trace(event)
