@@ -662,12 +662,9 @@ class Gateway:
             reply=reply,
             timings_ms=decision.timings_ms,
         )
-        if self.config.events.enabled:
-            try:
-                self.events.append(event)
-            except Exception:
-                log.exception("could not write the message event of %s", decision.id)
-                self.stores.metrics.errors.labels("store:message event log").inc()
+        # The writer thread stores it (the log on) and sends it out, in batches, off the loop;
+        # the mail is already durable (spool or queue), the event is its audit record.
+        self.events.write_later(event, keep=self.config.events.enabled)
         self.stores.observe(event)
         for lane in self._observers:
             lane.offer(event)
