@@ -253,9 +253,9 @@ def test_an_autolearned_message_is_tokenised_once(
     calls: list[int] = []
     tokens = bayes_module.tokens
 
-    def counted(message: ParsedMessage) -> set[str]:
+    def counted(message: ParsedMessage, *given: Any) -> set[str]:
         calls.append(1)
-        return tokens(message)
+        return tokens(message, *given)
 
     monkeypatch.setattr(bayes_module, "tokens", counted)
     # Where the scan's own call goes (the old plugin tokenised inside Bayes alone).
