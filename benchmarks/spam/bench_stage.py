@@ -1,8 +1,8 @@
 """The antispam stage as ``mailwarden bench`` runs it, and where its CPU goes, part by part.
 
 Usage: .venv/bin/python benchmarks/spam/bench_stage.py [--messages N] [--rounds R]
-[--spam-rules DIR] [--profile] (any build's interpreter: it imports only installed packages,
-so the same file times another checkout with ``/tmp/base/.venv/bin/python``).
+[--spam-rules DIR] [--corpus DIR] [--profile] (any build's interpreter: it imports only
+installed packages, so the same file times another checkout with its ``.venv/bin/python``).
 
 The messages are those ``mailwarden bench`` generates (seed 1), the configuration its offline
 antispam (rules, heuristics, fuzzy hashes and Bayes; no DNS, no authentication). A gateway
@@ -17,7 +17,7 @@ scans the corpus once first, so Bayes has autolearned from it as in the bench's 
 
 Each part is timed where it runs (``time.thread_time``), so the figures hold on a shared
 machine; compare builds by ratios in one run, rounds interleaved. ``--profile`` prints the
-functions with the most own time (cProfile) over the parts pass instead.
+functions with the most own time (cProfile) in the scan hook over the parts pass too.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import mailwarden_antispam
-from mailwarden.bench.corpus import generate
+from mailwarden.bench.corpus import generate, load_directory
 from mailwarden.bench.run import OFFLINE_ANTISPAM
 from mailwarden.config import load_config
 from mailwarden.pipeline import Gateway
@@ -95,8 +95,9 @@ def _instrument(plugin: Any, parts: Parts) -> None:
     plugin._autolearn = parts.wrap("verdict._autolearn", plugin._autolearn)
 
 
-def _time_scan_hook(plugins: Any, totals: list[float]) -> None:
-    """Count the loop thread's CPU in the antispam scan hook (its first step runs inline)."""
+def _time_scan_hook(plugins: Any, totals: list[float], profiler: cProfile.Profile | None) -> None:
+    """Count the loop thread's CPU in the antispam scan hook (its first step runs inline),
+    and profile it when ``profiler`` is given."""
     for impl in plugins.pm.hook.mailwarden_scan.get_hookimpls():
         if impl.plugin_name != "antispam":
             continue
@@ -104,9 +105,13 @@ def _time_scan_hook(plugins: Any, totals: list[float]) -> None:
 
         async def timed(ctx: ScanContext, _scan: Any = scan) -> Any:
             began = time.thread_time()
+            if profiler is not None:
+                profiler.enable()
             try:
                 return await _scan(ctx)
             finally:
+                if profiler is not None:
+                    profiler.disable()
                 totals.append(time.thread_time() - began)
 
         impl.function = timed
@@ -144,18 +149,14 @@ async def _run(args: argparse.Namespace, messages: list[bytes]) -> None:
             parts = Parts()
             _instrument(plugin, parts)
             totals: list[float] = []
-            _time_scan_hook(plugins, totals)
             profiler = cProfile.Profile() if args.profile else None
+            _time_scan_hook(plugins, totals, profiler)
             for round_ in range(args.rounds):
                 parts.per_message.clear()
                 totals.clear()
                 for raw in messages:
                     parts.current = {}
-                    if profiler is not None:
-                        profiler.enable()
                     await gateway.scan(raw, ENVELOPE)
-                    if profiler is not None:
-                        profiler.disable()
                     parts.per_message.append(parts.current)
                 _report_parts(round_, totals, parts.per_message)
             if profiler is not None:
@@ -196,9 +197,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--spam-rules", action="append", default=[])
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument(
+        "--corpus", type=Path, help="a directory of .eml files instead (cycled to --messages)"
+    )
     args = parser.parse_args()
     warnings.simplefilter("ignore", FutureWarning)  # stock rules' "[[" classes
     messages = generate(args.messages, 1)
+    if args.corpus is not None:
+        found = load_directory(args.corpus)
+        messages = [found[i % len(found)] for i in range(args.messages)]
     asyncio.run(_run(args, messages))
 
 

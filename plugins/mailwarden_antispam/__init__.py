@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
+import functools
 import ipaddress
 import logging
 import time
@@ -511,10 +512,12 @@ class AntispamPlugin:
         for name, value in message.headers:
             headers.setdefault(name.lower(), []).append(value)
             lines.append(f"{name}: {value}")
-        for key in list(headers):
-            decoded = message.root.decoded_header(key)
-            if decoded is not None and len(headers[key]) == 1:
-                headers[key] = [decoded]
+        for key, values in headers.items():
+            # Only a value with an encoded word decodes to other text (decode_header_ex).
+            if len(values) == 1 and "=?" in values[0]:
+                decoded = message.root.decoded_header(key)
+                if decoded is not None:
+                    values[0] = decoded
         if mail_from:
             headers.setdefault("envelopefrom", [mail_from])
         received = headers.get("received", [])
@@ -733,6 +736,7 @@ def _dns_unavailable(dns: DnsBudget) -> Finding:
     )
 
 
+@functools.lru_cache(maxsize=4096)
 def _code(name: str) -> str:
     code = "".join(c if c.isalnum() else "_" for c in name.upper()).strip("_")
     return code if code[:1].isalpha() else f"R_{code}"

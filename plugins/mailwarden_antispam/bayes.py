@@ -132,11 +132,15 @@ def tokens(
     name), and the HTML tags and attribute values the message is built with. ``text`` and
     ``urls``: the message's :func:`~.content.body_text` and :func:`~.content.message_urls`
     (any limit from 50 up) when the caller has them."""
-    out: set[str] = set()
-    for word in _WORD.findall((body_text(message) if text is None else text).lower()):
-        out.add(word)
-        if len(out) >= _MAX_TOKENS:
-            break
+    words = _WORD.findall((body_text(message) if text is None else text).lower())
+    out = set(words)
+    if len(out) >= _MAX_TOKENS:
+        # The first _MAX_TOKENS distinct words in text order, not any of them.
+        out = set()
+        for word in words:
+            out.add(word)
+            if len(out) >= _MAX_TOKENS:
+                break
     sender = (message.header("from") or "").lower()
     if "@" in sender:
         out.add("from:" + sender.rsplit("@", 1)[1].strip(" >"))
