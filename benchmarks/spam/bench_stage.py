@@ -1,8 +1,9 @@
 """The antispam stage as ``mailwarden bench`` runs it, and where its CPU goes, part by part.
 
 Usage: .venv/bin/python benchmarks/spam/bench_stage.py [--messages N] [--rounds R]
-[--spam-rules DIR] [--corpus DIR] [--profile] (any build's interpreter: it imports only
-installed packages, so the same file times another checkout with its ``.venv/bin/python``).
+[--spam-rules DIR] [--corpus DIR] [--profile] [--findings FILE] (any build's interpreter:
+it imports only installed packages, so the same file times another checkout with its
+``.venv/bin/python``).
 
 The messages are those ``mailwarden bench`` generates (seed 1), the configuration its offline
 antispam (rules, heuristics, fuzzy hashes and Bayes; no DNS, no authentication). A gateway
@@ -18,6 +19,12 @@ scans the corpus once first, so Bayes has autolearned from it as in the bench's 
 Each part is timed where it runs (``time.thread_time``), so the figures hold on a shared
 machine; compare builds by ratios in one run, rounds interleaved. ``--profile`` prints the
 functions with the most own time (cProfile) in the scan hook over the parts pass too.
+
+``--findings FILE`` instead writes what the plugin finds in every message of the shared
+corpus's ``spam-public`` and the generated ones, one JSON line each (findings with scores and
+details, the fuzzy sketch, a digest of the Bayes tokens), twice: with fresh stores, then with
+Bayes taught every fourth labelled message (its spam reported to the fuzzy store, so
+``BAYES_*`` and ``FUZZY_SPAM`` fire). Two builds that detect alike write identical files.
 """
 
 from __future__ import annotations
@@ -25,7 +32,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import csv
 import functools
+import hashlib
+import json
+import os
 import pstats
 import shutil
 import statistics
@@ -42,8 +53,9 @@ from mailwarden.bench.run import OFFLINE_ANTISPAM
 from mailwarden.config import load_config
 from mailwarden.pipeline import Gateway
 from mailwarden.plugins import build_plugin_manager
-from mailwarden_antispam import heuristics
-from mailwarden_sdk import Envelope, ScanContext
+from mailwarden_antispam import bayes, fuzzy, heuristics
+from mailwarden_sdk import Envelope, ScanContext, parse
+from mailwarden_sdk.offload import scanning
 
 ENVELOPE = Envelope(mail_from="alice@example.org", rcpt_to=["bob@example.net"])
 STAGE = "detector.antispam"
@@ -187,8 +199,53 @@ def _report_parts(round_: int, totals: list[float], per_message: list[dict[str, 
         mean = statistics.mean(m.get(name, 0.0) for m in per_message)
         accounted += 0.0 if name.startswith("verdict.") else mean
         row.append(f"{name} {mean * 1000:.3f}")
+    # Negative when parts ran in worker threads (run_cpu_bound offloads big messages' work).
     row.append(f"other (in scan) {(mean_total - accounted) * 1000:.3f}")
     print(f"round {round_} parts cpu ms/msg (means): " + "; ".join(row))
+
+
+def _findings(out: Path, generated: list[bytes]) -> None:
+    corpus = Path(os.environ.get("MAILWARDEN_CORPUS", "../shared/corpus")) / "spam-public"
+    with (corpus / "LABELS.csv").open() as labels:
+        rows = list(csv.DictReader(labels))
+    messages = [((corpus / r["path"]).read_bytes(), r["label"], r["path"]) for r in rows]
+    messages += [(raw, "", f"generated-{i}") for i, raw in enumerate(generated)]
+    with out.open("w") as sink:
+        for trained in (False, True):
+            asyncio.run(_dump(sink, messages, trained))
+
+
+async def _dump(sink: Any, messages: list[tuple[bytes, str, str]], trained: bool) -> None:
+    with tempfile.TemporaryDirectory(prefix="mailwarden-bench-stage-") as tmp:
+        plugin = mailwarden_antispam.AntispamPlugin()
+        plugin.configure(
+            mailwarden_antispam.AntispamConfig(authentication=False, dns_servers=["127.0.0.1"]),
+            Path(tmp),
+        )
+        getattr(plugin.rules, "wait_ready", lambda: True)()
+        assert plugin.bayes is not None and plugin.fuzzy is not None
+        plugin.bayes.reported = plugin.fuzzy.report
+        try:
+            for i, (raw, label, _path) in enumerate(messages):
+                if trained and label and i % 4 == 0:
+                    plugin.bayes.learn(raw, label, "bench")
+            for raw, _label, path in messages:
+                ctx = ScanContext(ENVELOPE, parse(raw))
+                with scanning(ctx.message):
+                    found = await plugin.mailwarden_scan(ctx)
+                fresh = parse(raw)
+                toks = "\n".join(sorted(bayes.tokens(fresh))).encode()
+                record = {
+                    "path": path,
+                    "trained": trained,
+                    "findings": sorted((f.code, f.score, sorted(f.details.items())) for f in found),
+                    "sketch": fuzzy.sketch(fresh),
+                    "tokens": hashlib.sha256(toks).hexdigest(),
+                }
+                sink.write(json.dumps(record) + "\n")
+        finally:
+            plugin.bayes.close()
+            plugin.fuzzy.close()
 
 
 def main() -> None:
@@ -197,6 +254,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--spam-rules", action="append", default=[])
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--findings", type=Path, help="write the findings (see above) here")
     parser.add_argument(
         "--corpus", type=Path, help="a directory of .eml files instead (cycled to --messages)"
     )
@@ -206,6 +264,9 @@ def main() -> None:
     if args.corpus is not None:
         found = load_directory(args.corpus)
         messages = [found[i % len(found)] for i in range(args.messages)]
+    if args.findings is not None:
+        _findings(args.findings, messages)
+        return
     asyncio.run(_run(args, messages))
 
 
