@@ -1,9 +1,9 @@
 """The antispam stage as ``mailwarden bench`` runs it, and where its CPU goes, part by part.
 
 Usage: .venv/bin/python benchmarks/spam/bench_stage.py [--messages N] [--rounds R]
-[--spam-rules DIR] [--corpus DIR] [--profile] [--findings FILE] (any build's interpreter:
-it imports only installed packages, so the same file times another checkout with its
-``.venv/bin/python``).
+[--spam-rules DIR] [--corpus DIR] [--train N] [--profile] [--findings FILE] (any build's
+interpreter: it imports only installed packages, so the same file times another checkout with
+its ``.venv/bin/python``).
 
 The messages are those ``mailwarden bench`` generates (seed 1), the configuration its offline
 antispam (rules, heuristics, fuzzy hashes and Bayes; no DNS, no authentication). A gateway
@@ -151,6 +151,9 @@ async def _run(args: argparse.Namespace, messages: list[bytes]) -> None:
         async with Gateway(config, plugins=plugins) as gateway:
             plugin = plugins.plugins["antispam"].obj
             getattr(plugin.rules, "wait_ready", lambda: True)()
+            if args.train and plugin.bayes is not None:
+                for raw, label, _path in _labelled(args.train):
+                    await asyncio.to_thread(plugin.bayes.learn, raw, label, "bench")
             for raw in messages:  # the bench's warm-up: Bayes autolearns the corpus
                 await gateway.scan(raw, ENVELOPE)
             if plugin.bayes is not None:
@@ -204,11 +207,18 @@ def _report_parts(round_: int, totals: list[float], per_message: list[dict[str, 
     print(f"round {round_} parts cpu ms/msg (means): " + "; ".join(row))
 
 
-def _findings(out: Path, generated: list[bytes]) -> None:
+def _labelled(count: int | None = None) -> list[tuple[bytes, str, str]]:
+    """spam-public's messages with their labels: all, or ``count`` spread over the corpus."""
     corpus = Path(os.environ.get("MAILWARDEN_CORPUS", "../shared/corpus")) / "spam-public"
     with (corpus / "LABELS.csv").open() as labels:
         rows = list(csv.DictReader(labels))
-    messages = [((corpus / r["path"]).read_bytes(), r["label"], r["path"]) for r in rows]
+    if count is not None:
+        rows = rows[:: max(1, len(rows) // count)][:count]
+    return [((corpus / r["path"]).read_bytes(), r["label"], r["path"]) for r in rows]
+
+
+def _findings(out: Path, generated: list[bytes]) -> None:
+    messages = _labelled()
     messages += [(raw, "", f"generated-{i}") for i, raw in enumerate(generated)]
     with out.open("w") as sink:
         for trained in (False, True):
@@ -255,6 +265,13 @@ def main() -> None:
     parser.add_argument("--spam-rules", action="append", default=[])
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--findings", type=Path, help="write the findings (see above) here")
+    parser.add_argument(
+        "--train",
+        type=int,
+        default=0,
+        help="teach Bayes this many spam-public messages first (every n-th, labelled), so the "
+        "scan computes a probability as a deployed gateway's does",
+    )
     parser.add_argument(
         "--corpus", type=Path, help="a directory of .eml files instead (cycled to --messages)"
     )
