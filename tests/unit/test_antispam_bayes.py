@@ -253,9 +253,9 @@ def test_an_autolearned_message_is_tokenised_once(
     calls: list[int] = []
     tokens = bayes_module.tokens
 
-    def counted(message: ParsedMessage) -> set[str]:
+    def counted(message: ParsedMessage, *given: Any) -> set[str]:
         calls.append(1)
-        return tokens(message)
+        return tokens(message, *given)
 
     monkeypatch.setattr(bayes_module, "tokens", counted)
     # Where the scan's own call goes (the old plugin tokenised inside Bayes alone).
@@ -270,3 +270,41 @@ def test_an_autolearned_message_is_tokenised_once(
         assert store.counts() == (12, 13)
     finally:
         store.close()
+
+
+_CAMPAIGN = (
+    "Dear friend, you have been selected to receive five thousand dollars from our annual "
+    "customer appreciation fund. To claim your prize send your full name, home address and "
+    "bank account number to the claims office today. This offer expires at midnight and "
+    "cannot be extended, so reply now to secure your payment before the deadline passes.\n"
+)
+
+
+def test_spam_a_person_reported_is_found_again_by_its_fuzzy_sketch_on_this_node(
+    tmp_path: Path,
+) -> None:
+    # One gateway, no cluster: the scan skips the sketch while nothing was reported, so the
+    # first report must make the very next scan of the same process compare sketches.
+    config = "[antispam]\nauthentication = false\n"  # the built-in rules score FUZZY_SPAM
+    gateway, plugin = _plugin_gateway(config, tmp_path / "home")
+    variant = _CAMPAIGN.replace("five thousand", "seven thousand").replace("today", "tonight")
+
+    async def run() -> tuple[set[str], dict[str, str], set[str]]:
+        async with gateway:
+            before = await gateway.scan(make_message(subject="you won", body=variant))
+            await plugin.mailwarden_learn(
+                make_message(subject="win big", body=_CAMPAIGN), "spam", "web:admin"
+            )
+            after = await gateway.scan(make_message(subject="you won", body=variant))
+            other = await gateway.scan(make_message(subject="lunch", body="noon at the place\n"))
+            found = {f.code: f.details for f in after.verdict.findings}
+            return (
+                {f.code for f in before.verdict.findings},
+                found.get("FUZZY_SPAM", {}),
+                {f.code for f in other.verdict.findings},
+            )
+
+    before, fuzzy, other = asyncio.run(run())
+    assert "FUZZY_SPAM" not in before
+    assert fuzzy.get("source") == "local" and float(fuzzy["similarity"]) >= 0.5, fuzzy
+    assert "FUZZY_SPAM" not in other
