@@ -194,7 +194,7 @@ def _ip_in(networks: list[str], address: str | None) -> bool:
 class AntispamPlugin:
     """Emits scored antispam findings and turns the total score into a spam status."""
 
-    requires_sdk = ">=1.14,<2"  # shared_state
+    requires_sdk = ">=1.18,<2"  # ScanContext.live (shared_state: 1.14)
 
     def __init__(self) -> None:
         self.config = AntispamConfig()
@@ -656,7 +656,8 @@ class AntispamPlugin:
         if self.quarantine is not None and verdict.spam.value in cfg.quarantine:
             # Kept once the rule has decided (mailwarden_action): not when it holds it itself.
             ctx.stash[KEEP] = True
-        if cfg.autolearn and self.bayes is not None:
+        # Only real mail teaches: an admin's `rules test` or `scan` of a sample must not.
+        if cfg.autolearn and self.bayes is not None and ctx.live:
             self._autolearn(ctx, verdict)
 
     def status_headers(self, verdict: Verdict) -> list[tuple[str, str]]:

@@ -50,10 +50,35 @@ def test_autolearn_is_on_and_learns_spam_only_when_header_and_body_both_say_so(
     home = tmp_path / "home"
     spammy = make_message(subject="headerword offer", body="bodyword inside\n")
     # 20 points, all from one header rule: a forged or odd header alone teaches nothing.
-    scan(spammy, builtins=True, config=_config(tmp_path, 20.0, 0.5), home=home)
+    scan(spammy, builtins=True, config=_config(tmp_path, 20.0, 0.5), home=home, live=True)
     assert _journal(home) == []
     # 20 points from the header and 3 from the body: both sides agree, learned as spam.
-    scan(spammy, builtins=True, config=_config(tmp_path, 17.0, 3.0), home=home)
+    scan(spammy, builtins=True, config=_config(tmp_path, 17.0, 3.0), home=home, live=True)
+    assert _journal(home) == [("autolearn", "learn", "spam")]
+
+
+def test_an_admins_look_at_a_message_teaches_bayes_nothing(tmp_path: Path) -> None:
+    # `mailwarden rules test` and `mailwarden scan` of a sample are dry runs: autolearn would
+    # otherwise learn the admin's test messages (often the same one many times) as mail.
+    home = tmp_path / "home"
+    home.mkdir()
+    config = tmp_path / "mailwarden.toml"
+    config.write_text(f'[gateway]\nhome = "{home}"\n' + _config(tmp_path, 17.0, 3.0))
+    spammy = tmp_path / "spammy.eml"
+    spammy.write_bytes(make_message(subject="headerword offer", body="bodyword inside\n"))
+    for command in (["rules", "test", "--to", "bob@example.net"], ["scan"]):
+        result = CliRunner().invoke(cli, [*command, "--config", str(config), str(spammy)])
+        assert result.exit_code in (0, 1), result.output  # `scan` exits 1 on a detection
+    scan(spammy.read_bytes(), builtins=True, config=_config(tmp_path, 17.0, 3.0), home=home)
+    assert _journal(home) == []
+    # The same message as mail (an ingress or the spamd service) is learned.
+    scan(
+        spammy.read_bytes(),
+        builtins=True,
+        config=_config(tmp_path, 17.0, 3.0),
+        home=home,
+        live=True,
+    )
     assert _journal(home) == [("autolearn", "learn", "spam")]
 
 
@@ -66,6 +91,7 @@ def test_autolearn_learns_clean_mail_as_ham_but_not_mail_in_between(tmp_path: Pa
         builtins=True,
         config=config,
         home=home,
+        live=True,
     )
     assert _journal(home) == []
     scan(
@@ -73,6 +99,7 @@ def test_autolearn_learns_clean_mail_as_ham_but_not_mail_in_between(tmp_path: Pa
         builtins=True,
         config=config,
         home=home,
+        live=True,
     )
     assert _journal(home) == [("autolearn", "learn", "ham")]
 
@@ -93,6 +120,7 @@ def test_mail_the_antispam_scan_skipped_teaches_bayes_nothing(tmp_path: Path) ->
         builtins=True,
         config=config,
         home=home,
+        live=True,
     )
     assert _journal(home) == []
     # The same message from anyone else is scanned, and sure ham is learned as before.
@@ -102,6 +130,7 @@ def test_mail_the_antispam_scan_skipped_teaches_bayes_nothing(tmp_path: Path) ->
         builtins=True,
         config=config,
         home=home,
+        live=True,
     )
     assert _journal(home) == [("autolearn", "learn", "ham")]
 
@@ -123,7 +152,9 @@ def test_autolearn_leaves_mail_bayes_firmly_places_on_the_other_side(tmp_path: P
     # Scored as sure ham by the rules (no rule hits, 0 points) but Bayes says spam: the two
     # disagree, so neither teaches the other.
     message = make_message(subject="casino", body="casino pills casino pills\n")
-    decision = scan(message, builtins=True, config=_config(tmp_path, 17.0, 3.0), home=home)
+    decision = scan(
+        message, builtins=True, config=_config(tmp_path, 17.0, 3.0), home=home, live=True
+    )
     assert decision.verdict.spam_score == 0  # Bayes bands are unscored in this config
     assert len(_journal(home)) == before
     # The same kind of message Bayes does not know about is learned as ham.
@@ -132,6 +163,7 @@ def test_autolearn_leaves_mail_bayes_firmly_places_on_the_other_side(tmp_path: P
         builtins=True,
         config=_config(tmp_path, 17.0, 3.0),
         home=home,
+        live=True,
     )
     assert len(_journal(home)) == before + 1
 
@@ -200,7 +232,7 @@ def test_autolearn_lessons_of_concurrent_scans_are_all_committed_once(tmp_path: 
 
     async def run() -> tuple[int, int]:
         async with gateway:
-            await asyncio.gather(*(gateway.scan(m) for m in messages + messages))
+            await asyncio.gather(*(gateway.scan(m, live=True) for m in messages + messages))
             bayes = plugin.bayes
             assert bayes is not None
             # Committed within the batch window, without a flush or a close.
@@ -261,7 +293,7 @@ def test_an_autolearned_message_is_tokenised_once(
     # Where the scan's own call goes (the old plugin tokenised inside Bayes alone).
     monkeypatch.setattr(antispam_module, "tokens", counted, raising=False)
     raw = make_message(subject="lunch", body="noon at the usual place\n")
-    scan(raw, builtins=True, config=_config(tmp_path, 17.0, 3.0), home=home)
+    scan(raw, builtins=True, config=_config(tmp_path, 17.0, 3.0), home=home, live=True)
     # Once for the probability, reused by the lesson (the old code tokenised it again).
     assert len(calls) == 1
     store = Bayes(home / "antispam" / "bayes")
