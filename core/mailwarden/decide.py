@@ -236,12 +236,12 @@ class Deciding:
                     if self._given_up:
                         return False
                     continue
-                await asyncio.wait({running}, timeout=min(step, deadline - now))
+                await _settled(running, min(step, deadline - now))
             else:
                 began = self.action_began or now
                 if now >= began + action:
                     return True
-                await asyncio.wait({running}, timeout=began + action - now)
+                await _settled(running, began + action - now)
         return True
 
     def run(self) -> Any:
@@ -267,6 +267,26 @@ class Deciding:
         if not self.acting:
             return None
         return self.hook.mailwarden_action(ctx=self.ctx, verdict=verdict, action=action)
+
+
+async def _settled(running: asyncio.Future[Any], timeout: float) -> None:
+    """Until ``running`` is done or ``timeout`` seconds have passed: what
+    ``asyncio.wait({running}, timeout=timeout)`` does, without its sets, its two coroutines
+    and its result (once per message)."""
+    loop = asyncio.get_running_loop()
+    waiter: asyncio.Future[None] = loop.create_future()
+
+    def wake(_: object = None) -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    timer = loop.call_later(timeout, wake)
+    running.add_done_callback(wake)
+    try:
+        await waiter
+    finally:
+        timer.cancel()
+        running.remove_done_callback(wake)
 
 
 def verdict_failed(verdict: Verdict, error: Finding) -> None:
