@@ -273,7 +273,7 @@ async def _settled(running: asyncio.Future[Any], timeout: float) -> None:
     """Until ``running`` is done or ``timeout`` seconds have passed: what
     ``asyncio.wait({running}, timeout=timeout)`` does, without its sets, its two coroutines
     and its result (once per message)."""
-    loop = asyncio.get_running_loop()
+    loop = running.get_loop()  # get_running_loop() is a getpid() system call each time
     waiter: asyncio.Future[None] = loop.create_future()
 
     def wake(_: object = None) -> None:

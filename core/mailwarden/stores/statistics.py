@@ -94,13 +94,14 @@ class Statistics:
             if counts is None:
                 counts = self._pending[hour] = Counter()
             counts.update(names)
+        if self._timer is not None:
+            return  # a flush is due already (asking for the loop is a system call)
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             self.flush()  # no loop to flush later: a library caller or a command
             return
-        if self._timer is None:
-            self._timer = loop.call_later(FLUSH_SECONDS, self._flush_later)
+        self._timer = loop.call_later(FLUSH_SECONDS, self._flush_later)
 
     def _flush_later(self) -> None:
         self._timer = None

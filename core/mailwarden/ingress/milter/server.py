@@ -250,20 +250,29 @@ class MilterConnection(asyncio.Protocol):
             return
         server.connections += 1
         self.counted = True
-        self.session = _Session(server, transport)
+        self.session = _Session(server, transport, self.loop)
         self.quickack = quickack_socket(transport)
         self.idle_timer = self.loop.call_at(self.last_seen + server.timeout, self._check_idle)
 
     def data_received(self, data: bytes) -> None:
-        if self.quickack is not None:
-            # With the NR_* flags the MTA writes several packets per stage without waiting
-            # for a reply: acknowledge at once so its next write does not wait (tcp.py).
-            quick_ack(self.quickack)
         self.last_seen = self.loop.time()
         self.buffer += data
-        if self.deciding is None:
+        session = self.session
+        if self.deciding is None and session is not None:
+            session.answered = False
             self._process()
-        elif len(self.buffer) > _HELD_WHILE_DECIDING and not self.paused:
+            if self.quickack is not None and not (session.answered or self.deciding):
+                # With the NR_* flags the MTA writes several packets per stage without
+                # waiting for a reply: acknowledge at once so its next write does not wait
+                # (tcp.py). Not needed when we answered (the answer carries the ACK) or
+                # the message is being decided (the MTA waits for that answer): a system
+                # call fewer at the option negotiation and at the end of each message.
+                quick_ack(self.quickack)
+        elif self.quickack is not None:
+            quick_ack(self.quickack)
+        if self.deciding is not None and len(self.buffer) > _HELD_WHILE_DECIDING:
+            if self.paused:
+                return
             # The MTA sends nothing between EOB and our reply; a peer that does is read
             # again once the decision is sent, so what it sends meanwhile stays bounded.
             self.paused = True
@@ -360,9 +369,12 @@ class _Closed(Exception):
 class _Session:
     """The state of one milter connection (one SMTP session, or several with QUIT_NC)."""
 
-    def __init__(self, server: MilterServer, transport: asyncio.Transport) -> None:
+    def __init__(
+        self, server: MilterServer, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop
+    ) -> None:
         self.server = server
         self.transport = transport
+        self.loop = loop
         self.actions = 0
         self.protocol = 0
         self.negotiated = False
@@ -374,11 +386,14 @@ class _Session:
         # ``message.macros``, kept as they change (the cap is checked at every MACRO packet).
         self.connection_macro_bytes = 0
         self.message_macro_bytes = 0
+        #: Something was written back since the connection last read (its ACK went with it).
+        self.answered = False
 
     def reply(self, stage: str) -> bool:
         """Continue, unless the MTA agreed that ``stage`` gets no reply; False (not EOB)."""
         if not self.protocol & NO_REPLY[stage]:
             self.transport.write(_CONTINUE)
+            self.answered = True
         return False
 
     def _new_message(self) -> MilterMessage:
@@ -545,6 +560,7 @@ class _Session:
             if len(_OPTNEG_REPLIES) < 64:
                 _OPTNEG_REPLIES[key] = reply
         self.transport.write(reply)
+        self.answered = True
 
     async def end_of_message(self) -> None:
         message, self.pending = self.pending, None
@@ -557,7 +573,7 @@ class _Session:
 
     async def _decide(self, message: MilterMessage) -> MilterResult:
         progress = self.server.progress_interval
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         timer: asyncio.TimerHandle | None = None
 
         def keep_alive() -> None:
