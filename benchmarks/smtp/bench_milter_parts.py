@@ -16,13 +16,22 @@ Compare two versions by running it with ``PYTHONPATH`` set to the other checkout
 
     .venv/bin/python benchmarks/smtp/bench_milter_parts.py
     PYTHONPATH=/tmp/before/core .venv/bin/python benchmarks/smtp/bench_milter_parts.py
+
+or let it alternate the two, a process per round and version, and print the min and median
+of each part's rounds (``--rounds`` of each, the other checkout first):
+
+    .venv/bin/python benchmarks/smtp/bench_milter_parts.py --compare-core /tmp/before/core
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import re
+import statistics
 import struct
+import subprocess
 import sys
 import tempfile
 import time
@@ -183,6 +192,29 @@ async def whole(n: int, config: str, home: Path) -> tuple[float, float]:
         )
 
 
+def compare(args: argparse.Namespace, other: str) -> int:
+    """Alternate this checkout's ``core/`` and ``other`` (one process per round and
+    version); the min and median of each part's rounds and the ratio of the medians."""
+    argv = [sys.executable, __file__, "--rounds", "1", "--messages", str(args.messages)]
+    argv += ["--parts", args.parts] + (["--detectors"] if args.detectors else [])
+    got: dict[tuple[str, str], list[float]] = {}
+    for _ in range(args.rounds):
+        for version, path in (("other", other), ("this", "")):
+            env = dict(os.environ, PYTHONPATH=path)
+            out = subprocess.run(argv, env=env, capture_output=True, text=True, check=True)
+            for line in out.stdout.splitlines():
+                found = re.match(r"(.*?):\s+([\d.]+) ms CPU per message", line)
+                if found:
+                    part = " ".join(found[1].replace(",", " ").split())
+                    got.setdefault((part, version), []).append(float(found[2]))
+    print(f"{'ms CPU per message':45} {'other min/median':>17} {'this min/median':>17}  ratio")
+    for part in dict.fromkeys(p for p, _ in got):
+        a, b = got[(part, "other")], got[(part, "this")]
+        ma, mb = statistics.median(a), statistics.median(b)
+        print(f"{part:45} {min(a):8.3f}/{ma:.3f} {min(b):8.3f}/{mb:.3f}  {mb / ma:5.2f}")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--messages", type=int, default=2000)
@@ -191,7 +223,14 @@ def main() -> int:
     parser.add_argument(
         "--parts", default="protocol,pipeline,whole", help="which parts, comma-separated"
     )
+    parser.add_argument(
+        "--compare-core",
+        metavar="DIR",
+        help="alternate with another checkout's core/ (a process per round and version)",
+    )
     args = parser.parse_args()
+    if args.compare_core:
+        return compare(args, args.compare_core)
     parts = set(args.parts.split(","))
     config = OFFLINE_ANTISPAM + ("" if args.detectors else NO_DETECTORS)
     what = "four detectors" if args.detectors else "no detectors"

@@ -134,11 +134,11 @@ async def decide(
     deciding = Deciding(hook, ctx, rule, folded)
     if not (deciding.adjusting or deciding.acting):
         return folded, finished(deciding.decide(folded, failed=False), None)
-    running = (
-        hooks.executor.run_soon(deciding.run)
-        if hooks.executor is not None
-        else asyncio.get_running_loop().run_in_executor(None, deciding.run)
-    )
+    if hooks.executor is not None:
+        running = hooks.executor.run_soon(deciding.run, deciding.wake)
+    else:
+        running = asyncio.get_running_loop().run_in_executor(None, deciding.run)
+        running.add_done_callback(lambda _: deciding.wake())
     if not await deciding.wait(running, budgets.verdict, budgets.action):
         log.error(
             "mailwarden_verdict gave no answer within %g s ([hooks] verdict)", budgets.verdict
@@ -201,6 +201,9 @@ class Deciding:
         #: What the rule decided, as handed to the action hooks, and when.
         self.action: Action | None = None
         self.action_began: float | None = None
+        # What :meth:`wait` waits on, woken when the thread's outcome is set or a budget
+        # check is due.
+        self._waiter: asyncio.Future[None] | None = None
 
     def decide(self, verdict: Verdict, *, failed: bool) -> Action:
         """The rule's action for ``verdict``; ``failed``: the verdict hooks did not finish."""
@@ -236,13 +239,32 @@ class Deciding:
                     if self._given_up:
                         return False
                     continue
-                await asyncio.wait({running}, timeout=min(step, deadline - now))
+                await self._until(running, min(step, deadline - now))
             else:
                 began = self.action_began or now
                 if now >= began + action:
                     return True
-                await asyncio.wait({running}, timeout=began + action - now)
+                await self._until(running, began + action - now)
         return True
+
+    def wake(self) -> None:
+        """In the loop's thread: the worker's outcome is set (or a budget check is due)."""
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _until(self, running: asyncio.Future[Any], timeout: float) -> None:
+        """Until ``running`` is done (:meth:`wake`) or ``timeout`` seconds have passed: what
+        ``asyncio.wait({running}, timeout=timeout)`` does, without its sets, its two
+        coroutines, its result and the done callback's own round of the loop."""
+        loop = running.get_loop()  # get_running_loop() is a getpid() system call each time
+        self._waiter = waiter = loop.create_future()
+        timer = loop.call_later(timeout, self.wake)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._waiter = None
 
     def run(self) -> Any:
         """In the worker thread: verdict hooks, decision, action hooks (their answer)."""

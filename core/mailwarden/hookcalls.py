@@ -35,12 +35,18 @@ _T = TypeVar("_T")
 
 
 class _LoopCall:
-    """``fn()`` for a worker thread, its outcome set on ``future`` in the loop's thread."""
+    """``fn()`` for a worker thread, its outcome set on ``future`` in the loop's thread, and
+    ``then()`` called there right after."""
 
-    __slots__ = ("fn", "future", "loop")
+    __slots__ = ("fn", "future", "loop", "then")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, fn: Callable[[], Any]) -> None:
-        self.loop, self.fn = loop, fn
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        fn: Callable[[], Any],
+        then: Callable[[], None] | None = None,
+    ) -> None:
+        self.loop, self.fn, self.then = loop, fn, then
         self.future: asyncio.Future[Any] = loop.create_future()
 
     def __call__(self) -> None:
@@ -54,7 +60,12 @@ class _LoopCall:
 
     def cancel(self) -> None:
         """Dropped unrun (the executor shut down): the awaiter sees a cancellation."""
-        self._in_loop(self.future.cancel)
+        self._in_loop(self._cancel)
+
+    def _cancel(self) -> None:
+        self.future.cancel()
+        if self.then is not None:
+            self.then()
 
     def _in_loop(self, callback: Callable[..., Any], *args: Any) -> None:
         try:
@@ -69,6 +80,8 @@ class _LoopCall:
             self.future.set_exception(error)
         else:
             self.future.set_result(result)
+        if self.then is not None:
+            self.then()
 
 
 class DaemonExecutor(ThreadPoolExecutor):
@@ -95,11 +108,15 @@ class DaemonExecutor(ThreadPoolExecutor):
         self._put((future, fn, args, kwargs))
         return future
 
-    def run_soon(self, fn: Callable[[], _T]) -> asyncio.Future[_T]:
+    def run_soon(
+        self, fn: Callable[[], _T], then: Callable[[], None] | None = None
+    ) -> asyncio.Future[_T]:
         """``fn()`` in a worker thread, its outcome as a future of the running loop: what
         ``loop.run_in_executor`` gives, without a concurrent ``Future`` (a Condition made per
-        call) and the chaining of the two in between (once per message: the verdict hooks)."""
-        call = _LoopCall(asyncio.get_running_loop(), fn)
+        call) and the chaining of the two in between (once per message: the verdict hooks).
+        ``then()`` is called in the loop's thread as soon as the outcome is set: a waiter
+        woken from there is a round of the loop sooner than by a done callback."""
+        call = _LoopCall(asyncio.get_running_loop(), fn, then)
         self._put((None, call, (), {}))
         return call.future
 

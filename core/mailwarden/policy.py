@@ -158,7 +158,9 @@ class RuleSet:
         sender = sender.lower()
         recipient = recipient.lower()
         direction = direction_of(sender, recipient, self.local_domains)
-        client_ip = _client_ip(client)
+        # Parsed when a rule names networks (most rule sets name none): a parse per message.
+        client_ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
+        parsed = False
         # Directory answers are looked up at most once per address and call.
         memo: dict[str, frozenset[str]] = {}
 
@@ -178,6 +180,8 @@ class RuleSet:
                 continue
             network = None
             if compiled.networks:
+                if not parsed:
+                    client_ip, parsed = _client_ip(client), True
                 if client_ip is None:
                     continue
                 network = next((n for n in compiled.networks if client_ip in n), None)

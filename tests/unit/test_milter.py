@@ -680,3 +680,146 @@ def test_any_cut_of_the_stream_gives_the_same_messages_as_the_codec(
         assert m.macros["client_addr"] == "192.0.2.7" and m.address == "192.0.2.7"
         assert m.helo == "client.test" and m.family == "4" and m.port == 25
     assert [m.macros["i"] for m in got] == [f"Q{n}" for n in range(messages)]
+
+
+# -- reassembly and the connection's bookkeeping ------------------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.tuples(_header_names, st.text(alphabet="ab \r\n\t\x80é", max_size=12)), max_size=5),
+    st.binary(max_size=60).map(lambda b: b.translate(bytes.maketrans(b"\x00\x01\x02", b"\r\n\n"))),
+    st.booleans(),
+)
+def test_the_reassembled_message_ends_every_line_in_crlf(
+    headers: list[tuple[str, str]], body: bytes, leading_space: bool
+) -> None:
+    """What the handler scans: each header as ``name: value`` (or ``name:value`` with the
+    value's own leading space), a blank line, the body, and every LF with its CR before it
+    (Postfix joins folded header lines with a bare LF), nothing else changed."""
+    message = MilterMessage(headers=headers, body=bytearray(body), leading_space=leading_space)
+    sep = ":" if leading_space else ": "
+    head = "".join(f"{n}{sep}{v}\r\n" for n, v in headers).encode("utf-8", "surrogateescape")
+    raw = message.raw()
+    assert raw.replace(b"\r\n", b"\n") == (head + b"\r\n" + body).replace(b"\r\n", b"\n")
+    assert raw.count(b"\n") == raw.count(b"\r\n")
+    assert raw.endswith(body) or b"\n" in body
+
+
+_macro_names = st.sampled_from(["{a}", "{b}", "c", "{i}", "{mail_addr}"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.tuples(
+                st.just(MACRO),
+                st.sampled_from("CHMREK"),
+                st.lists(st.tuples(_macro_names, st.text(alphabet="xyz", max_size=30)), max_size=3),
+            ),
+            st.tuples(st.sampled_from([MAIL, BODYEOB, ABORT, "K", "C"]), st.just(""), st.just([])),
+        ),
+        max_size=25,
+    )
+)
+def test_the_macro_cap_counts_what_is_kept_however_macros_are_replaced(
+    steps: list[tuple[str, str, list[tuple[str, str]]]],
+) -> None:
+    """The cap on kept macro bytes is checked against running counts; after any sequence of
+    MACRO packets (new names, replaced values, shorter and longer), messages, aborts and
+    QUIT_NC they equal the bytes the connection's and the message's macros hold."""
+
+    def cstrings(*values: str) -> bytes:
+        return b"".join(v.encode() + b"\0" for v in values)
+
+    async def main() -> None:
+        connection = MilterServer(_Keep())._connection()
+        connection.connection_made(MemoryTransport())
+        connection.data_received(encode_packet("O", struct.pack("!III", 6, 0x1FF, 0x1FFFFF)))
+        for code, stage, pairs in steps:
+            if code == MACRO:
+                data = stage.encode() + cstrings(*(x for pair in pairs for x in pair))
+            elif code == MAIL:
+                data = cstrings("<a@example.org>")
+            elif code == "C":
+                data = b"client.test\0" + b"4" + struct.pack("!H", 25) + b"192.0.2.7\0"
+            else:
+                data = b""
+            connection.data_received(encode_packet(code, data))
+            while connection.deciding is not None:
+                await connection.deciding
+            session = connection.session
+            assert session is not None
+            for macros, counted in (
+                (session.connection.macros, session.connection_macro_bytes),
+                (session.message.macros, session.message_macro_bytes),
+            ):
+                assert counted == sum(len(k) + len(v) for k, v in macros.items())
+
+    asyncio.run(main())
+
+
+class _PausingTransport(MemoryTransport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.paused = False
+        self.pauses = 0
+
+    def pause_reading(self) -> None:
+        self.paused = True
+        self.pauses += 1
+
+    def resume_reading(self) -> None:
+        self.paused = False
+
+
+def test_what_the_mta_sends_while_a_message_is_decided_waits_in_bounds() -> None:
+    """Reading goes on while a message is decided (the MTA sends nothing then, so there is
+    nothing to pause for), but a peer that sends more than a packet's worth meanwhile is
+    paused until the answer is out; what it sent is then handled, in order."""
+
+    class Slow:
+        def __init__(self) -> None:
+            self.go = asyncio.Event()
+            self.messages: list[MilterMessage] = []
+
+        async def end_of_message(self, message: MilterMessage) -> MilterResult:
+            await self.go.wait()
+            self.messages.append(message)
+            return MilterResult("accept")
+
+    def message(n: int, body: bytes) -> bytes:
+        return b"".join(
+            [
+                encode_packet(MAIL, b"<a@example.org>\0"),
+                encode_packet(RCPT, b"<b@example.net>\0"),
+                encode_packet(HEADER, b"Subject\0 n%d\0" % n),
+                *(encode_packet(BODY, body[i : i + 65535]) for i in range(0, len(body), 65535)),
+                encode_packet(BODYEOB),
+            ]
+        )
+
+    async def main() -> None:
+        handler = Slow()
+        connection = MilterServer(handler)._connection()
+        transport = _PausingTransport()
+        connection.connection_made(transport)
+        connection.data_received(encode_packet("O", struct.pack("!III", 6, 0x1FF, 0x1FFFFF)))
+        connection.data_received(message(0, b"first\r\n"))
+        assert connection.deciding is not None and not transport.paused
+        connection.data_received(message(1, b"x" * 600_000))
+        assert not transport.paused  # a packet's worth is kept without pausing
+        connection.data_received(message(2, b"y" * 600_000))
+        assert transport.paused
+        handler.go.set()
+        for _ in range(100):
+            if len(handler.messages) == 3 and connection.deciding is None:
+                break
+            await asyncio.sleep(0)
+        assert not transport.paused and transport.pauses == 1
+        assert [bytes(m.body)[:5] for m in handler.messages] == [b"first", b"xxxxx", b"yyyyy"]
+        assert [len(m.body) for m in handler.messages] == [7, 600_000, 600_000]
+        assert bytes(transport.written).count(encode_packet("a")) == 3
+
+    asyncio.run(main())

@@ -168,6 +168,24 @@ def test_statistics_in_a_gateway_wait_a_second_and_move_in_one_write(tmp_path: P
     assert other.counters("d", "20231114")["messages"] == {"": 52}
 
 
+def test_statistics_waiting_in_memory_keep_each_message_in_its_own_hour_and_day(
+    tmp_path: Path,
+) -> None:
+    stats = Statistics(tmp_path / "stats")
+
+    async def main() -> None:
+        # One flush window, messages of two hours and two days (22:xx, then 00:xx).
+        for n, at in enumerate([NOW, NOW + 60, NOW + 2 * 3600, NOW + 2 * 3600 + 5]):
+            stats.count(event(at, f"m{n}", sender=f"s{n % 2}@example.org", infected=n == 3))
+
+    asyncio.run(main())
+    assert stats.counters("h", "2023111422")["messages"] == {"": 2}
+    assert stats.counters("h", "2023111500")["antivirus"] == {"clean": 1, "infected": 1}
+    assert stats.counters("d", "20231114")["messages"] == {"": 2}
+    assert stats.top("d", "20231115", "sender") == [("s0@example.org", 1), ("s1@example.org", 1)]
+    stats.close()
+
+
 def test_temp_files_removed_at_start(tmp_path: Path) -> None:
     temp = tmp_path / "tmp"
     (temp / "sub").mkdir(parents=True)

@@ -71,12 +71,11 @@ class Statistics:
         self.root = root
         # Counters may lose the last transactions in a machine crash; no fsync per message.
         self.env = LmdbEnv(root, dbs={"counts": False}, sync=False)
-        self._pending: Counter[bytes] = Counter()
+        # Counts by hour (seconds // 3600) and (kind, name); the keys are made when they are
+        # written, a few per flush instead of a dozen strings per message.
+        self._pending: dict[int, Counter[tuple[str, str]]] = {}
         self._lock = threading.Lock()
         self._timer: asyncio.TimerHandle | None = None
-        # The hour (seconds // 3600) whose hour and day key prefixes were made last: the
-        # buckets change once an hour, not per message.
-        self._prefixes: tuple[int, tuple[str, str]] = (-1, ("", ""))
         self.descriptor = StoreDescriptor(
             name="statistics",
             path=str(root),
@@ -89,24 +88,20 @@ class Statistics:
     def count(self, event: MessageEvent) -> None:
         """Add one message to the hour and day buckets of its time."""
         names = _names(event)
-        hour, prefixes = self._prefixes
-        if hour != event.time // 3600:
-            hour = int(event.time // 3600)
-            prefixes = (f"h|{bucket_of('h', event.time)}|", f"d|{bucket_of('d', event.time)}|")
-            self._prefixes = (hour, prefixes)
-        keys = [
-            f"{prefix}{kind}|{name}".encode()[:500] for prefix in prefixes for kind, name in names
-        ]
-
+        hour = int(event.time // 3600)
         with self._lock:
-            self._pending.update(keys)
+            counts = self._pending.get(hour)
+            if counts is None:
+                counts = self._pending[hour] = Counter()
+            counts.update(names)
+        if self._timer is not None:
+            return  # a flush is due already (asking for the loop is a system call)
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             self.flush()  # no loop to flush later: a library caller or a command
             return
-        if self._timer is None:
-            self._timer = loop.call_later(FLUSH_SECONDS, self._flush_later)
+        self._timer = loop.call_later(FLUSH_SECONDS, self._flush_later)
 
     def _flush_later(self) -> None:
         self._timer = None
@@ -123,13 +118,19 @@ class Statistics:
     def flush(self) -> None:
         """Write the counts waiting in memory (one transaction); kept if the write fails."""
         with self._lock:
-            pending, self._pending = self._pending, Counter()
+            pending, self._pending = self._pending, {}
         if not pending:
             return
+        keyed: Counter[bytes] = Counter()
+        for hour, counts in pending.items():
+            when = hour * 3600
+            for prefix in (f"h|{bucket_of('h', when)}|", f"d|{bucket_of('d', when)}|"):
+                for (kind, name), n in counts.items():
+                    keyed[f"{prefix}{kind}|{name}".encode()[:500]] += n
 
         def work(txn: Any) -> None:
             db = self.env.db("counts")
-            for key, n in pending.items():
+            for key, n in keyed.items():
                 raw = txn.get(key, db=db)
                 txn.put(key, _U64.pack((_U64.unpack(raw)[0] if raw else 0) + n), db=db)
 
@@ -137,7 +138,8 @@ class Statistics:
             self.env.write(work)
         except BaseException:
             with self._lock:
-                self._pending.update(pending)
+                for hour, counts in pending.items():
+                    self._pending.setdefault(hour, Counter()).update(counts)
             raise
 
     def counters(self, period: Period, bucket: str) -> dict[str, dict[str, int]]:

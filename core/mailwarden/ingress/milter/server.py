@@ -37,6 +37,7 @@ from .codec import (
     MAIL,
     MAX_MACRO_BYTES,
     MAX_MACRO_PACKET,
+    MAX_PACKET,
     NO_REPLY,
     OPTNEG,
     P_HDR_LEADSPC,
@@ -114,15 +115,27 @@ class MilterMessage:
 
     def raw(self) -> bytes:
         """Headers and body as one RFC 5322 message with CR LF line ends."""
-        out = bytearray()
-        for name, value in self.headers:
-            sep = ":" if self.leading_space else ": "
-            out += (name + sep + value).encode("utf-8", "surrogateescape")
-            out += b"\r\n"
-        out += b"\r\n"
-        out += self.body
+        sep = ":" if self.leading_space else ": "
+        head = "".join([f"{name}{sep}{value}\r\n" for name, value in self.headers])
+        head_bytes = (head + "\r\n").encode("utf-8", "surrogateescape")
         # Postfix sends folded header lines joined by a bare LF; make every line end CR LF.
-        return bytes(out).replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+        # The head ends in CR LF, so each part can be mended on its own, and only when it
+        # has a bare LF (the body, from the MTA's queue file, has none): no copy of the
+        # whole message per replace.
+        body = self.body
+        return _crlf(head_bytes) + (_crlf(body) if _bare_lf(body) else body)
+
+
+def _bare_lf(data: bytes | bytearray) -> bool:
+    lf = data.count(b"\n")
+    return lf != 0 and lf != data.count(b"\r\n")
+
+
+def _crlf(data: bytes | bytearray) -> bytes:
+    """``data`` with every line ending in CR LF (a bare LF gets its CR)."""
+    if not _bare_lf(data):
+        return bytes(data)
+    return bytes(data).replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 
 
 @dataclass
@@ -217,6 +230,7 @@ class MilterConnection(asyncio.Protocol):
         self.peer: object = "unix"
         self.buffer = bytearray()
         self.deciding: asyncio.Task[None] | None = None
+        self.paused = False
         self.counted = False
         self.quickack: socket.socket | None = None
         self.last_seen = self.loop.time()
@@ -236,19 +250,33 @@ class MilterConnection(asyncio.Protocol):
             return
         server.connections += 1
         self.counted = True
-        self.session = _Session(server, transport)
+        self.session = _Session(server, transport, self.loop)
         self.quickack = quickack_socket(transport)
         self.idle_timer = self.loop.call_at(self.last_seen + server.timeout, self._check_idle)
 
     def data_received(self, data: bytes) -> None:
-        if self.quickack is not None:
-            # With the NR_* flags the MTA writes several packets per stage without waiting
-            # for a reply: acknowledge at once so its next write does not wait (tcp.py).
-            quick_ack(self.quickack)
         self.last_seen = self.loop.time()
         self.buffer += data
-        if self.deciding is None:
+        session = self.session
+        if self.deciding is None and session is not None:
+            session.answered = False
             self._process()
+            if self.quickack is not None and not (session.answered or self.deciding):
+                # With the NR_* flags the MTA writes several packets per stage without
+                # waiting for a reply: acknowledge at once so its next write does not wait
+                # (tcp.py). Not needed when we answered (the answer carries the ACK) or
+                # the message is being decided (the MTA waits for that answer): a system
+                # call fewer at the option negotiation and at the end of each message.
+                quick_ack(self.quickack)
+        elif self.quickack is not None:
+            quick_ack(self.quickack)
+        if self.deciding is not None and len(self.buffer) > _HELD_WHILE_DECIDING:
+            if self.paused:
+                return
+            # The MTA sends nothing between EOB and our reply; a peer that does is read
+            # again once the decision is sent, so what it sends meanwhile stays bounded.
+            self.paused = True
+            self.transport.pause_reading()  # type: ignore[union-attr]
 
     def connection_lost(self, exc: Exception | None) -> None:
         if exc is not None:
@@ -292,8 +320,9 @@ class MilterConnection(asyncio.Protocol):
         finally:
             del buffer[:offset]
         if done:
-            # End of body: decide, then go on with what the MTA sent after it.
-            transport.pause_reading()
+            # End of body: decide, then go on with what the MTA sent after it. Reading goes
+            # on (bytes that come meanwhile wait in the buffer): pausing and resuming cost
+            # two epoll_ctl calls per message, and the MTA waits for the reply anyway.
             self.deciding = self.loop.create_task(self._decide())
 
     async def _decide(self) -> None:
@@ -304,7 +333,9 @@ class MilterConnection(asyncio.Protocol):
             self.deciding = None
             self.last_seen = self.loop.time()
             if not self.transport.is_closing():
-                self.transport.resume_reading()
+                if self.paused:
+                    self.paused = False
+                    self.transport.resume_reading()
                 self._process()
 
     def _check_idle(self) -> None:
@@ -319,7 +350,16 @@ class MilterConnection(asyncio.Protocol):
 
 
 _BODY, _BODYEOB, _OPTNEG = ord(BODY), ord(BODYEOB), ord(OPTNEG)
+# Bytes kept unread while a message is decided before reading pauses: one largest packet.
+_HELD_WHILE_DECIDING = MAX_PACKET + 5
 _CONTINUE = encode_packet(R_CONTINUE)
+
+
+_OPTNEG_REPLIES: dict[tuple[int, int, int], bytes] = {}
+
+
+def _macro_bytes(macros: dict[str, str]) -> int:
+    return sum(map(len, macros)) + sum(map(len, macros.values()))
 
 
 class _Closed(Exception):
@@ -329,9 +369,12 @@ class _Closed(Exception):
 class _Session:
     """The state of one milter connection (one SMTP session, or several with QUIT_NC)."""
 
-    def __init__(self, server: MilterServer, transport: asyncio.Transport) -> None:
+    def __init__(
+        self, server: MilterServer, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop
+    ) -> None:
         self.server = server
         self.transport = transport
+        self.loop = loop
         self.actions = 0
         self.protocol = 0
         self.negotiated = False
@@ -339,15 +382,24 @@ class _Session:
         self.message = MilterMessage()
         self.in_message = False
         self.pending: MilterMessage | None = None
+        # The bytes of macro names and values in ``connection.macros`` and
+        # ``message.macros``, kept as they change (the cap is checked at every MACRO packet).
+        self.connection_macro_bytes = 0
+        self.message_macro_bytes = 0
+        #: Something was written back since the connection last read (its ACK went with it).
+        self.answered = False
 
     def reply(self, stage: str) -> bool:
         """Continue, unless the MTA agreed that ``stage`` gets no reply; False (not EOB)."""
         if not self.protocol & NO_REPLY[stage]:
             self.transport.write(_CONTINUE)
+            self.answered = True
         return False
 
     def _new_message(self) -> MilterMessage:
+        """A message with the connection's state, to become ``self.message``."""
         c = self.connection
+        self.message_macro_bytes = self.connection_macro_bytes
         return MilterMessage(
             macros=dict(c.macros),
             hostname=c.hostname,
@@ -392,13 +444,26 @@ class _Session:
     def _macro(self, data: bytearray) -> bool:
         stage, pairs = decode_macros(data)
         self._check_macros(pairs)
-        target = self.message if self.in_message or stage in "MRTLNEB" else None
+        connection = not self.in_message and stage not in "MRTLNEB"
+        macros = (self.connection if connection else self.message).macros
+        message_macros = self.message.macros
+        added = added_to_message = 0
         for name, value in zip(pairs[::2], pairs[1::2], strict=True):
             # Postfix sends "{name}" and Sendmail sometimes "name": store one form.
             key = name[1:-1] if name.startswith("{") and name.endswith("}") else name
-            (target or self.connection).macros[key] = value
-            if target is None:
-                self.message.macros[key] = value
+            size = len(key) + len(value)
+            old = macros.get(key)
+            added += size if old is None else size - len(key) - len(old)
+            macros[key] = value
+            if connection:
+                old = message_macros.get(key)
+                added_to_message += size if old is None else size - len(key) - len(old)
+                message_macros[key] = value
+        if connection:
+            self.connection_macro_bytes += added
+            self.message_macro_bytes += added_to_message
+        else:
+            self.message_macro_bytes += added
         return False
 
     def _connect(self, data: bytearray) -> bool:
@@ -416,6 +481,7 @@ class _Session:
         macros = self.message.macros
         self.message = self._new_message()
         self.message.macros.update(macros)
+        self.message_macro_bytes = _macro_bytes(self.message.macros)
         self.in_message = True
         self.message.sender, self.message.sender_args = args[0], args[1:]
         return self.reply(MAIL)
@@ -453,6 +519,7 @@ class _Session:
     def _quit_nc(self, _data: bytearray) -> bool:
         # The MTA keeps the connection for a new SMTP session: forget this one's state.
         self.connection = MilterMessage()
+        self.connection_macro_bytes = 0
         self.message = self._new_message()
         self.in_message = False
         return False
@@ -464,9 +531,7 @@ class _Session:
                 f"MACRO packet of {size} bytes exceeds the limit of {MAX_MACRO_PACKET}"
             )
         # Both stores may keep a pair (connection-stage macros are copied into the message).
-        kept = 0
-        for macros in (self.connection.macros, self.message.macros):
-            kept += sum(map(len, macros)) + sum(map(len, macros.values()))
+        kept = self.connection_macro_bytes + self.message_macro_bytes
         if kept + size > MAX_MACRO_BYTES:
             raise MilterProtocolError(
                 f"macros would hold {kept + size} bytes, over the limit of {MAX_MACRO_BYTES}"
@@ -487,7 +552,15 @@ class _Session:
         self.actions = WANTED_ACTIONS & actions
         self.protocol = self.server.wanted_protocol & protocol
         self.negotiated = True
-        self.transport.write(encode_optneg(version, self.actions, self.protocol, MACROS))
+        # The same few answers on every connection (one per MTA configuration): made once.
+        key = (version, self.actions, self.protocol)
+        reply = _OPTNEG_REPLIES.get(key)
+        if reply is None:
+            reply = encode_optneg(version, self.actions, self.protocol, MACROS)
+            if len(_OPTNEG_REPLIES) < 64:
+                _OPTNEG_REPLIES[key] = reply
+        self.transport.write(reply)
+        self.answered = True
 
     async def end_of_message(self) -> None:
         message, self.pending = self.pending, None
@@ -500,7 +573,7 @@ class _Session:
 
     async def _decide(self, message: MilterMessage) -> MilterResult:
         progress = self.server.progress_interval
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         timer: asyncio.TimerHandle | None = None
 
         def keep_alive() -> None:
