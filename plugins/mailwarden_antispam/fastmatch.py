@@ -579,24 +579,25 @@ class _Emitter:
         if not 0 <= index < len(items):
             return ""
         op, av = items[index]
-        # The character on the \b's side: of a repeat (at least once) its copy's, of a
-        # group its own first or last item's.
-        while True:
-            if op in (C.MAX_REPEAT, C.MIN_REPEAT) and av[0] >= 1 and av[2]:
-                sub = list(av[2])
-            elif op is C.SUBPATTERN and av[3]:
-                flags = (flags | av[1]) & ~av[2]
-                sub = list(av[3])
-            else:
-                break
-            if len(sub) > 1:
-                op, av = sub[0] if first else sub[-1]
-                if (op in _REPEATS and av[0] == 0) or op in (C.AT, C.ASSERT, C.ASSERT_NOT):
-                    return ""
-            elif len(sub) == 1:
-                op, av = sub[0]
-            else:
-                return ""
+        # The character on the \b's side: a repeat's copy's, a group's own first (last)
+        # item's, every alternative's alike; an optional item's and the one beyond it alike.
+        if op in (C.MAX_REPEAT, C.MIN_REPEAT) and av[2]:
+            sub = list(av[2])
+            inner = self.kind(sub, 0 if first else len(sub) - 1, flags, first, ascii_only)
+            if av[0] >= 1:
+                return inner
+            beyond = self.kind(items, index + 1 if first else index - 1, flags, first, ascii_only)
+            return inner if inner == beyond else ""
+        if op is C.SUBPATTERN:
+            sub = list(av[3])
+            local = (flags | av[1]) & ~av[2]
+            return self.kind(sub, 0 if first else len(sub) - 1, local, first, ascii_only)
+        if op is C.BRANCH:
+            kinds = {
+                self.kind(list(alt), 0 if first else len(alt) - 1, flags, first, ascii_only)
+                for alt in av[1]
+            }
+            return kinds.pop() if len(kinds) == 1 else ""
         if op not in _SINGLE:
             return ""
         char = self.alphabet.char(op, av, flags)
