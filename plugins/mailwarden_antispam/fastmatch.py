@@ -152,6 +152,14 @@ def _case_related() -> str:
     return "".join(chr(c) for c in sorted(related) if c >= _HIGH)
 
 
+@lru_cache(maxsize=4096)
+def _parse(source: str, flags: int) -> Any:
+    """Python's parse tree of a pattern: read by the alphabet, then by the rewrite."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # as when the rule was compiled
+        return P.parse(source, flags)
+
+
 @lru_cache(maxsize=16384)
 def _compiled(source: str, flags: int) -> re.Pattern[str]:
     with warnings.catch_warnings():
@@ -288,9 +296,7 @@ class Alphabet:
         named: list[Intervals] = []
         for pattern in patterns:
             try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", FutureWarning)
-                    tree = P.parse(pattern.pattern, pattern.flags)
+                tree = _parse(pattern.pattern, pattern.flags)
             except re.error:
                 continue
             _collect(tree.data, tree.state.flags, named)
@@ -396,6 +402,7 @@ def _tables(
     return bytes(table), bytes(table[:256]), bytes(uniform), mixed
 
 
+@lru_cache(maxsize=4096)
 def _byte_class(members: frozenset[int]) -> str:
     if len(members) == 1:
         return _byte(next(iter(members)))
@@ -650,9 +657,7 @@ def rewrites(pattern: re.Pattern[str], alphabet: Alphabet | None = None) -> list
     """
     if alphabet is None:
         alphabet = Alphabet.for_patterns([pattern])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # as when the rule was compiled
-        tree = P.parse(pattern.pattern, pattern.flags)
+    tree = _parse(pattern.pattern, pattern.flags)
     if tree.getwidth()[0] == 0:
         # hyperscan refuses these; they match almost any text, so re answers them at once.
         raise Untranslatable("can match the empty string")
