@@ -637,6 +637,8 @@ class Rewrite:
     # X's matches start, the only ones where a match of the whole pattern can start.
     starts: bytes = b""
     ambiguous: frozenset[int] = frozenset()
+    # Set on X as the rewrite of X{m} (m here): X's every match end is reported.
+    copies: int = 0
 
 
 def to_bytes_pattern(pattern: re.Pattern[str], alphabet: Alphabet | None = None) -> Rewrite:
@@ -698,7 +700,9 @@ def rewrites(pattern: re.Pattern[str], alphabet: Alphabet | None = None) -> list
         expression = f"(?:{body}){{{copies}}}".encode("ascii")
         ambiguous = frozenset(emitter.ambiguous)
         out.append(Rewrite(expression, single, exact, big, ambiguous))
-        out.append(Rewrite(body.encode("ascii"), single, False, backwards))
+        # Every end of a copy reported (no SINGLEMATCH): a text without low - 1 offsets
+        # where one copy can end and another start holds no match (see confirmed).
+        out.append(Rewrite(body.encode("ascii"), hs_flags, False, backwards, frozenset(), low))
     return out
 
 
@@ -782,6 +786,8 @@ class PatternSet:
         # Scratch space is per scanning thread (rules run in worker threads at once).
         self._scratch = threading.local()
         self._loosened: set[int] = set()  # compiled in hyperscan's prefilter mode
+        # X{m} scanned as X reporting every end: index -> m.
+        self._copies: dict[int, int] = {}
         # Counted whole-pattern repeats (X{m} scanned as X): where X may start, found by
         # scanning the reversed text, so re tries a match only there (not at every offset).
         self._starts_db: Any = None
@@ -830,6 +836,8 @@ class PatternSet:
         for index, (rewrite, loose) in chosen.items():
             self.exact[index] = rewrite.exact_on_ascii and not loose
             self.ambiguous[index] = rewrite.ambiguous
+            if rewrite.copies and not loose:
+                self._copies[index] = rewrite.copies
             if loose:
                 self._loosened.add(index)
         if not loaded:
@@ -905,16 +913,21 @@ class PatternSet:
         superset of the hits)."""
         return self._scan(data)
 
-    def _scan(self, data: bytes) -> set[int]:
+    def _scan(self, data: bytes, ends: dict[int, set[int]] | None = None) -> set[int]:
+        """The patterns reported; with ``ends``, also where each copy of an X{m} scanned as
+        X ends (every end is reported for those)."""
         found: set[int] = set()
         if self._db is None or not data:
             return found
         scratch = getattr(self._scratch, "space", None)
         if scratch is None:
             scratch = self._scratch.space = _hs.Scratch(self._db)
+        copies = self._copies
 
-        def on_match(pid: int, _start: int, _end: int, _flags: int, _ctx: object) -> None:
+        def on_match(pid: int, _start: int, end: int, _flags: int, _ctx: object) -> None:
             found.add(pid)
+            if ends is not None and pid in copies:
+                ends.setdefault(pid, set()).add(end)
 
         self._db.scan(data, match_event_handler=on_match, scratch=scratch)
         return found
@@ -929,7 +942,8 @@ class PatternSet:
         if not text or self._db is None:
             return []
         data = self.encode(text)
-        found = self._scan(data)
+        ends: dict[int, set[int]] = {}
+        found = self._scan(data, ends)
         if not found:
             return []
         present: frozenset[int] | None = frozenset() if text.isascii() else None
@@ -947,8 +961,13 @@ class PatternSet:
             if index in self._starts:
                 if starts is None:
                     starts = self._scan_starts(data[::-1])
-                # Every match of the whole pattern starts where a copy of X does.
-                hit = any(pattern.match(text, at) for at in sorted(set(starts.get(index, ()))))
+                # Every match of the whole pattern starts where a copy of X does; and
+                # X{m} needs m - 1 offsets where a copy ends and the next one starts.
+                at_starts = set(starts.get(index, ()))
+                joins = len(at_starts & ends.get(index, at_starts))
+                hit = joins >= self._copies.get(index, 1) - 1 and any(
+                    pattern.match(text, at) for at in sorted(at_starts)
+                )
             elif index in self._line_starts:
                 hit = _match_at_lines(pattern, text, self._line_starts[index])
             else:

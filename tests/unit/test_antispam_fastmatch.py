@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mailwarden_antispam import BUILTIN_RULES, AntispamConfig, AntispamPlugin
+from mailwarden_antispam import BUILTIN_RULES, AntispamConfig, AntispamPlugin, fastmatch
 from mailwarden_antispam.content import message_urls
 from mailwarden_antispam.fastmatch import (
     Alphabet,
@@ -315,3 +315,43 @@ def test_a_line_anchored_pattern_tried_only_at_its_lines_answers_as_re(
     patterns = PatternSet([pattern], cache=None)
     text = newline.join(lines)
     assert (patterns.confirmed(text) == [0]) == (pattern.search(text) is not None), text
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(
+        st.lists(
+            st.sampled_from(["name", "city", "zip", ": ", "___ ", "and ", "your ", "x", "\n"]),
+            max_size=14,
+        ),
+        min_size=1,
+        max_size=8,
+    )
+)
+def test_a_repeat_scanned_as_one_copy_is_skipped_only_where_no_copies_join(
+    texts: list[list[str]],
+) -> None:
+    # SpamAssassin's __FILL_THIS_FORM_* (X{5} of a 12 KB X) are too large for hyperscan
+    # whole: X is scanned, and re runs only when m - 1 offsets end one copy and start another.
+    pattern = re.compile(r"(?:(?:your\s)?(?:name|city|zip)[:\s]+(?:_+\s*|and\s)){3}", re.I)
+    real = fastmatch._compile
+
+    def refuse_the_whole(chosen: dict[int, tuple[object, bool]]) -> object:
+        if any(b"{3}" in r.expression for r, _loose in chosen.values()):  # type: ignore[attr-defined]
+            return None
+        return real(chosen)  # type: ignore[arg-type]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(fastmatch, "_compile", refuse_the_whole)
+        patterns = PatternSet([pattern])
+    assert patterns._copies == {0: 3}
+    field = ["name", ": ", "___ "]
+    texts = [
+        *texts,
+        field * 3,
+        ["your ", "name", ": ", "and ", "city", ": ", "___ ", "zip", " ", "and "],
+    ]
+    texts.append([*field, "x", *field, *field])  # three copies, not all joined
+    for words in texts:
+        text = "".join(words)
+        assert patterns.confirmed(text) == ([0] if pattern.search(text) else []), text
