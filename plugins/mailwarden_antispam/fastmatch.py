@@ -1,17 +1,24 @@
 """One hyperscan database per rule target: one pass over a text answers every regex rule.
 
 Rules are Python ``re`` patterns over ``str`` (see :mod:`.rules`); hyperscan scans bytes. A
-text is scanned with each non-ASCII character as the one byte 0x80, and each pattern is
-rewritten from Python's own parse tree into a byte pattern whose every character position
-takes the ASCII characters Python's would (asked of Python itself) plus 0x80 where Python's
-could take a non-ASCII one. Where only whether a text holds a match matters, an optional item
-at either end can go and a counted repeat there can be one copy; lookarounds and the \\b
-Python's Unicode rules could differ on are dropped. So the rewrite matches at least wherever
-the Python pattern does (a superset): a rule hyperscan does not report cannot hit. Where the
-rewrite is exact on ASCII text (nothing dropped), hyperscan's answer on an ASCII text is
-final; every other reported rule is confirmed by its own ``re`` pattern. Results are those
-of ``re`` either way. Patterns the rewrite or hyperscan cannot take (back-references, ones
-that can match the empty string) stay on the caller's ``re`` path.
+text is scanned as one byte per character: ASCII as itself, and every other character as the
+byte of its class in the pattern set's :class:`Alphabet` (0x80-0xff): the characters no
+pattern tells apart share a byte (a letter, a digit, a space, anything else, as ``re`` itself
+classes them), and those the patterns name (``\\u200b``, ``é`` and its case partners, the
+ends of ``[\\x80-\\xff]``...) get bytes of their own. Each pattern is rewritten from Python's
+own parse tree into a byte pattern whose every character position takes the bytes of the
+characters Python's would take (asked of Python itself, one representative per class). So
+``\\w``, ``\\s``, ``.``, negated classes, non-ASCII literals and counted repeats are exact on
+any text. Where only whether a text holds a match matters, an optional item at either end can
+go and a counted repeat there can be one copy; lookarounds and a ``\\b`` between two
+characters either of which may be a letter outside ASCII are dropped or kept as hyperscan's
+(ASCII) ``\\b``. So the rewrite matches at least wherever the Python pattern does (a superset):
+a rule hyperscan does not report cannot hit. Where nothing was loosened, hyperscan's answer is
+final on a text holding none of the rewrite's ``ambiguous`` bytes (classes a pattern could not
+tell apart: a ``\\b`` beside a non-ASCII letter, more named characters than bytes); every
+other reported rule is confirmed by its own ``re`` pattern. Results are those of ``re`` either
+way. Patterns the rewrite or hyperscan cannot take (back-references, ones that can match the
+empty string) stay on the caller's ``re`` path.
 
 hyperscan is imported lazily: without it (a platform with no wheel) every rule goes the
 ``re`` path and nothing else changes.
@@ -19,14 +26,17 @@ hyperscan is imported lazily: without it (a platform with no wheel) every rule g
 
 from __future__ import annotations
 
+import array
 import hashlib
 import importlib
+import itertools
 import logging
 import os
 import re
 import threading
 import warnings
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -37,6 +47,7 @@ from mailwarden_sdk.files import atomic_write
 __all__ = [
     "CACHE_MAX_BYTES",
     "HAVE_HYPERSCAN",
+    "Alphabet",
     "PatternSet",
     "Untranslatable",
     "default_cache_dir",
@@ -51,6 +62,9 @@ log = logging.getLogger(__name__)
 # Python's own regex parser: the rewrite starts from the tree re itself compiles.
 C: Any = importlib.import_module("re._constants")
 P: Any = importlib.import_module("re._parser")
+# re's own case tables: what IGNORECASE equates.
+_SRE: Any = importlib.import_module("_sre")
+_EXTRA_CASES: dict[int, tuple[int, ...]] = importlib.import_module("re._casefix")._EXTRA_CASES
 
 _hs: Any
 try:
@@ -60,14 +74,12 @@ except ImportError:  # pragma: no cover - the wheel is a dependency; kept for od
 
 HAVE_HYPERSCAN = _hs is not None
 
-# The texts are scanned with every non-ASCII code point as this one byte (see text_bytes):
-# one character stays one byte, so classes stay classes and compile to small automata.
-_NONASCII = 0x80
-# The only code points outside ASCII that Python's IGNORECASE equates with an ASCII letter
-# (computed over all of Unicode by tests/unit/test_antispam_fastmatch.py).
-_ASCII_FOLDS = {"I": "\u0131", "K": "\u212a", "S": "\u017f", "i": "\u0131", "k": "\u212a"}
-_ASCII_FOLDS["s"] = "\u017f"
-_FOLD_PARTNERS = "".join(sorted(set(_ASCII_FOLDS.values())))
+# Non-ASCII characters become bytes from here up: 128 classes at most (see Alphabet).
+_HIGH = 0x80
+_CLASSES = 0x100 - _HIGH
+_LIMIT = 0x110000
+# re's classes of a non-ASCII character: \w but not \d, \d, \s, none of them.
+_LETTER, _DIGIT, _SPACE, _OTHER = 0, 1, 2, 3
 _WORD = frozenset(ord(c) for c in "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
 _CATEGORY_SOURCE = {
     C.CATEGORY_DIGIT: r"\d",
@@ -77,7 +89,7 @@ _CATEGORY_SOURCE = {
     C.CATEGORY_WORD: r"\w",
     C.CATEGORY_NOT_WORD: r"\W",
 }
-_FLAG_MASK = re.IGNORECASE | re.DOTALL
+_FLAG_MASK = re.IGNORECASE | re.DOTALL | re.ASCII
 _MAX_BOUND = 8
 # A counted repeat of one character class is cheap for hyperscan at any count (its repeat
 # engines): kept exact up to this (SpamAssassin's __LONGLINE is [^\r\n]{998}).
@@ -86,10 +98,16 @@ _MAX_CHAR_BOUND = 1000
 # are what makes the stock set's giant rules "too large"; one copy and a loop match at
 # least as much, and still far less than hyperscan's own prefilter mode.
 _MAX_EXPRESSION = 16000
+# A counted repeat at either end of a pattern is kept exact up to this many copies, this
+# long rewritten in all.
+_MAX_END_COPIES = 12
+_SMALL_COPIES = 2000
 # A copy of a repeated pattern this long (rewritten) is tried only where it can start.
 _BIG_COPY = 256
 # Part of the cache key: a new layout or compile policy must not read old entries.
-_CACHE_FORMAT = 5
+_CACHE_FORMAT = 6
+
+Intervals = tuple[tuple[int, int], ...]
 
 
 class Untranslatable(ValueError):
@@ -98,60 +116,293 @@ class Untranslatable(ValueError):
 
 @dataclass(frozen=True)
 class _Char:
-    """One character position: the ASCII bytes it takes, whether it may be non-ASCII."""
+    """One character position: the ASCII bytes it takes, the class bytes it takes, and the
+    class bytes where it answers for some of the class's characters only."""
 
     ascii: frozenset[int]
-    nonascii: bool
+    high: frozenset[int]
+    loose: frozenset[int] = frozenset()
 
 
 def _escape_char(cp: int) -> str:
     return f"\\U{cp:08x}" if cp > 0xFFFF else f"\\u{cp:04x}"
 
 
+@lru_cache(maxsize=1)
+def _categories() -> bytes:
+    """re's class (_LETTER...) of every code point: one byte each, built once (0.2 s)."""
+    everything = array.array("I", range(_LIMIT)).tobytes().decode("utf-32-le", "surrogatepass")
+    out = bytearray([_OTHER]) * _LIMIT
+    for category, source in ((_LETTER, r"[^\W\d]+"), (_DIGIT, r"\d+"), (_SPACE, r"\s+")):
+        for found in re.finditer(source, everything):
+            start, end = found.span()
+            out[start:end] = bytes((category,)) * (end - start)
+    return bytes(out)
+
+
+@lru_cache(maxsize=1)
+def _case_related() -> str:
+    """Every non-ASCII character re's IGNORECASE may equate with another one: the only ones
+    where a case-insensitive item can answer otherwise than its case-sensitive form."""
+    cased = set(itertools.compress(range(_LIMIT), map(_SRE.unicode_iscased, range(_LIMIT))))
+    related = cased | {_SRE.unicode_tolower(c) for c in cased}
+    for lower, others in _EXTRA_CASES.items():
+        related.add(lower)
+        related.update(others)
+    return "".join(chr(c) for c in sorted(related) if c >= _HIGH)
+
+
 @lru_cache(maxsize=4096)
-def _class_members(source: str, flags: int, maybe_nonascii: bool) -> _Char:
-    """What a one-character Python pattern matches, asked of Python itself."""
+def _parse(source: str, flags: int) -> Any:
+    """Python's parse tree of a pattern: read by the alphabet, then by the rewrite."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # as when the rule was compiled
+        return P.parse(source, flags)
+
+
+@lru_cache(maxsize=16384)
+def _compiled(source: str, flags: int) -> re.Pattern[str]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # "[[" is a class to Python as to Perl
-        compiled = re.compile(source, flags)
-    members = frozenset(b for b in range(128) if compiled.fullmatch(chr(b)))
-    nonascii = maybe_nonascii or any(compiled.fullmatch(c) for c in _FOLD_PARTNERS)
-    return _Char(members, nonascii)
+        return re.compile(source, flags)
 
 
-def _char(op: Any, av: Any, flags: int) -> _Char:
-    flags &= _FLAG_MASK
-    if op is C.LITERAL:
-        return _class_members("[" + _escape_char(av) + "]", flags, av >= 128)
-    if op is C.NOT_LITERAL:
-        return _class_members("[^" + _escape_char(av) + "]", flags, True)
+def _intervals(points: Iterable[int]) -> Intervals:
+    out: list[tuple[int, int]] = []
+    for cp in sorted(points):
+        if out and out[-1][1] == cp:
+            out[-1] = (out[-1][0], cp + 1)
+        else:
+            out.append((cp, cp + 1))
+    return tuple(out)
+
+
+def _item(op: Any, av: Any) -> tuple[str, Intervals]:
+    """A one-character item as a pattern of its own, and the non-ASCII code points its
+    literals and ranges name (what an alphabet must tell apart from the rest)."""
+    if op is C.LITERAL or op is C.NOT_LITERAL:
+        named = ((av, av + 1),) if av >= _HIGH else ()
+        return ("[" if op is C.LITERAL else "[^") + _escape_char(av) + "]", named
     if op is C.ANY:
-        return _class_members(".", flags, True)
+        return ".", ()
     if op is C.CATEGORY:
-        return _class_members(_CATEGORY_SOURCE[av], flags, True)
+        return _CATEGORY_SOURCE[av], ()
     # IN: a character class
     parts: list[str] = []
-    nonascii = False
+    spans: list[tuple[int, int]] = []
     for item_op, item_av in av:
         if item_op is C.NEGATE:
             parts.insert(0, "^")
-            nonascii = True
         elif item_op is C.LITERAL:
             parts.append(_escape_char(item_av))
-            nonascii |= item_av >= 128
+            if item_av >= _HIGH:
+                spans.append((item_av, item_av + 1))
         elif item_op is C.RANGE:
-            parts.append(_escape_char(item_av[0]) + "-" + _escape_char(item_av[1]))
-            nonascii |= item_av[1] >= 128
+            low, high = item_av
+            parts.append(_escape_char(low) + "-" + _escape_char(high))
+            if high >= _HIGH:
+                spans.append((max(low, _HIGH), high + 1))
         elif item_op is C.CATEGORY:
             if item_av not in _CATEGORY_SOURCE:
                 raise Untranslatable(f"category {item_av}")
             parts.append(_CATEGORY_SOURCE[item_av])
-            nonascii = True
         else:
             raise Untranslatable(f"class item {item_op}")
-    return _class_members("[" + "".join(parts) + "]", flags, nonascii)
+    points: set[int] = set()
+    merged: list[tuple[int, int]] = []
+    for start, end in sorted(spans):
+        if end - start <= 4096:
+            points.update(range(start, end))
+        else:
+            merged.append((start, end))
+    return "[" + "".join(parts) + "]", tuple(sorted(set(_intervals(points)) | set(merged)))
 
 
+@lru_cache(maxsize=16384)
+def _folds(source: str, flags: int) -> Intervals:
+    """The non-ASCII characters where ``source`` answers otherwise with IGNORECASE than
+    without (Kelvin sign for k, É for é): asked of re over every character it may fold."""
+    if not flags & re.IGNORECASE or source in (".", r"\w", r"\W", r"\s", r"\S", r"\d", r"\D"):
+        return ()
+    related = _case_related()
+    # Each match is one character: the texts line up and differ where the answers do.
+    folded = _compiled(source, flags).sub("\0", related)
+    plain = _compiled(source, flags & ~re.IGNORECASE).sub("\0", related)
+    if folded == plain:
+        return ()
+    return _intervals(ord(c) for c, a, b in zip(related, folded, plain, strict=True) if a != b)
+
+
+@lru_cache(maxsize=16384)
+def _ascii_members(source: str, flags: int) -> frozenset[int]:
+    compiled = _compiled(source, flags)
+    return frozenset(b for b in range(_HIGH) if compiled.fullmatch(chr(b)))
+
+
+@lru_cache(maxsize=65536)
+def _high_members(source: str, flags: int, representatives: str) -> frozenset[int]:
+    compiled = _compiled(source, flags)
+    return frozenset(_HIGH + i for i, c in enumerate(representatives) if compiled.fullmatch(c))
+
+
+def _collect(items: Iterable[tuple[Any, Any]], flags: int, out: list[Intervals]) -> None:
+    """The code-point sets the single-character items of a parse tree name (see _item)."""
+    for op, av in items:
+        if op in _SINGLE:
+            try:
+                source, named = _item(op, av)
+            except Untranslatable:
+                continue
+            out.append(named)
+            out.append(_folds(source, flags & _FLAG_MASK))
+        elif op is C.BRANCH:
+            for alternative in av[1]:
+                _collect(alternative, flags, out)
+        elif op is C.SUBPATTERN:
+            _collect(av[3], (flags | av[1]) & ~av[2], out)
+        elif op in _REPEATS:
+            _collect(av[2], flags, out)
+        elif op is C.ATOMIC_GROUP:
+            _collect(av, flags, out)
+
+
+class Alphabet:
+    """How the characters of a text become the bytes a pattern set's rewrites scan: ASCII as
+    itself, any other character as the byte of its class (0x80 up). Two characters share a
+    class when re's ``\\w``/``\\d``/``\\s`` class them alike and every set of non-ASCII code
+    points the patterns name (literals, ranges, what IGNORECASE adds) holds both or neither.
+    Past 128 classes, the sets named by the fewest items are left out: those items then take
+    every class byte, as loose (their patterns are confirmed where such a byte occurs)."""
+
+    def __init__(self, named: Sequence[Intervals] = ()) -> None:
+        uses = Counter(n for n in named if n)
+        kept = sorted(uses, key=lambda n: (-uses[n], n))
+        while True:
+            bounds, classes, keys = _partition(kept)
+            if len(keys) <= _CLASSES:
+                break
+            kept.pop()
+        self.dropped = frozenset(uses) - frozenset(kept)
+        self.representatives = "".join(chr(cp) for cp, _category in keys)
+        self.bytes = frozenset(range(_HIGH, _HIGH + len(keys)))
+        self.word_bytes = frozenset(
+            _HIGH + i for i, (_cp, category) in enumerate(keys) if category in (_LETTER, _DIGIT)
+        )
+        self._table, self._latin, self._uniform, self._mixed_pages = _tables(bounds, classes)
+
+    @classmethod
+    def for_patterns(cls, patterns: Iterable[re.Pattern[str]]) -> Alphabet:
+        """The alphabet that tells apart every character ``patterns`` tell apart."""
+        named: list[Intervals] = []
+        for pattern in patterns:
+            try:
+                tree = _parse(pattern.pattern, pattern.flags)
+            except re.error:
+                continue
+            _collect(tree.data, tree.state.flags, named)
+        return cls(named)
+
+    def char(self, op: Any, av: Any, flags: int) -> _Char:
+        """The bytes one single-character item takes."""
+        source, named = _item(op, av)
+        flags &= _FLAG_MASK
+        ascii_members = _ascii_members(source, flags)
+        if named in self.dropped or _folds(source, flags) in self.dropped:
+            return _Char(ascii_members, self.bytes, self.bytes)
+        return _Char(ascii_members, _high_members(source, flags, self.representatives))
+
+    def encode(self, text: str) -> bytes:
+        """``text`` as the rewrites scan it: one byte per character."""
+        if text.isascii():
+            return text.encode("ascii")
+        try:
+            return text.encode("latin-1").translate(self._latin)
+        except UnicodeEncodeError:
+            pass
+        # Per 256-character page: one translation of the high bytes gives the pages whose
+        # characters are all one class; each other page present is its low bytes
+        # translated, masked to its positions (big-integer AND/OR, all at C speed).
+        data = text.encode("utf-32-le", "surrogatepass")
+        low, page, plane = data[0::4], data[1::4], data[2::4]
+        size = len(low)
+        out = int.from_bytes(page.translate(self._uniform), "big")
+        for number in self._mixed_pages:
+            if _PAGE_BYTES[number] not in page:
+                continue
+            mask = int.from_bytes(page.translate(_PAGE_MASKS[number]), "big")
+            start = number << 8
+            values = low.translate(self._table[start : start + 256])
+            out |= int.from_bytes(values, "big") & mask
+        result = out.to_bytes(size, "big")
+        if plane.count(0) == size:
+            return result
+        fixed = bytearray(result)
+        for found in _ASTRAL.finditer(text):
+            fixed[found.start()] = self._table[ord(found.group())]
+        return bytes(fixed)
+
+
+_ASTRAL = re.compile("[\U00010000-\U0010ffff]")
+# Per page number p: 0xff where a page byte is p, 0 elsewhere.
+_PAGE_MASKS = [bytes(0xFF if b == p else 0 for b in range(256)) for p in range(256)]
+_PAGE_BYTES = [bytes((p,)) for p in range(256)]
+
+
+def _partition(
+    named: Sequence[Intervals],
+) -> tuple[tuple[int, ...], tuple[tuple[int, ...], ...], list[tuple[int, int]]]:
+    """Elementary intervals between the ends of the named sets, each interval's class byte per
+    re category (0: none there), and the classes (a representative, the category)."""
+    categories = _categories()
+    ends = {_HIGH, _LIMIT}
+    for spans in named:
+        for start, end in spans:
+            ends.update((start, end))
+    bounds = tuple(sorted(ends))
+    position = {b: i for i, b in enumerate(bounds)}
+    vectors = [0] * (len(bounds) - 1)
+    for bit, spans in enumerate(named):
+        for start, end in spans:
+            for i in range(position[start], position[end]):
+                vectors[i] |= 1 << bit
+    seen: dict[tuple[int, int], int] = {}
+    keys: list[tuple[int, int]] = []
+    classes: list[tuple[int, ...]] = []
+    for i, (start, end) in enumerate(itertools.pairwise(bounds)):
+        row = [0, 0, 0, 0]
+        for category in (_LETTER, _DIGIT, _SPACE, _OTHER):
+            at = categories.find(bytes((category,)), start, end)
+            if at < 0:
+                continue
+            key = (category, vectors[i])
+            if key not in seen:
+                seen[key] = len(keys)
+                keys.append((at, category))
+            row[category] = _HIGH + seen[key]
+        classes.append(tuple(row))
+    return bounds, tuple(classes), keys
+
+
+@lru_cache(maxsize=32)
+def _tables(
+    bounds: tuple[int, ...], classes: tuple[tuple[int, ...], ...]
+) -> tuple[bytes, bytes, bytes, bytes]:
+    """The byte of every code point (1.1 MB, shared by alphabets alike), its first 256, per
+    BMP page the byte all its characters share (0: not all one), and the other pages' numbers."""
+    categories = _categories()
+    table = bytearray(range(_HIGH)) + bytearray(_LIMIT - _HIGH)
+    for (start, end), row in zip(itertools.pairwise(bounds), classes, strict=True):
+        table[start:end] = categories[start:end].translate(bytes(row) + bytes(252))
+    uniform = bytearray(256)
+    for number in range(1, 256):
+        page = table[number << 8 : (number + 1) << 8]
+        if page.count(page[0]) == 256:
+            uniform[number] = page[0]
+    mixed = bytes(n for n in range(256) if not uniform[n])
+    return bytes(table), bytes(table[:256]), bytes(uniform), mixed
+
+
+@lru_cache(maxsize=4096)
 def _byte_class(members: frozenset[int]) -> str:
     if len(members) == 1:
         return _byte(next(iter(members)))
@@ -169,7 +420,7 @@ def _byte_class(members: frozenset[int]) -> str:
 
 def _byte(b: int) -> str:
     ch = chr(b)
-    return ch if ch.isalnum() else f"\\x{b:02x}"
+    return ch if b < _HIGH and ch.isalnum() else f"\\x{b:02x}"
 
 
 _SINGLE = (C.LITERAL, C.NOT_LITERAL, C.ANY, C.IN, C.CATEGORY)
@@ -177,13 +428,18 @@ _REPEATS = (C.MAX_REPEAT, C.MIN_REPEAT, C.POSSESSIVE_REPEAT)
 
 
 class _Emitter:
-    def __init__(self, multiline: bool, widen: bool = False, reverse: bool = False) -> None:
+    def __init__(
+        self, alphabet: Alphabet, multiline: bool, widen: bool = False, reverse: bool = False
+    ) -> None:
+        self.alphabet = alphabet
         self.multiline = multiline
         self.widen = widen
         # The pattern read backwards (for reversed text): where its matches start.
         self.reverse = reverse
-        # False once anything was dropped or widened in a way ASCII text could notice.
+        # False once anything was dropped or widened in a way any text could notice.
         self.exact_on_ascii = True
+        # Class bytes whose presence in a text makes the answer uncertain.
+        self.ambiguous: set[int] = set()
 
     def sequence(
         self,
@@ -215,8 +471,9 @@ class _Emitter:
 
     def item(self, op: Any, av: Any, flags: int, lead: bool = False, tail: bool = False) -> str:
         if op in _SINGLE:
-            char = _char(op, av, flags)
-            members = char.ascii | {_NONASCII} if char.nonascii else char.ascii
+            char = self.alphabet.char(op, av, flags)
+            members = char.ascii | char.high
+            self.ambiguous |= char.loose
             if not members:
                 raise Untranslatable("a class that matches nothing")
             return _byte_class(members)
@@ -232,19 +489,23 @@ class _Emitter:
         if op in _REPEATS:
             low, high, sub = av
             one_char = len(sub) == 1 and sub[0][0] in _SINGLE
+            body = self.sequence(sub, flags)
+            limit = _MAX_CHAR_BOUND if one_char and not self.widen else _MAX_BOUND
             if (lead or tail) and (high, low) != (1, 1):
                 # At either end of the expression, X{m,n} is in a text exactly where X{m}
                 # is; and X{m} (m >= 1) only where its copy next to the rest is: one copy
-                # finds at least the same texts, and is cheaper unless X is one character.
-                if one_char and not self.widen and 1 <= low <= _MAX_CHAR_BOUND:
+                # finds at least the same texts, and is cheaper unless X is one character
+                # or small (SpamAssassin's __LONGWORDS_C, (?:[a-z]{5,}[\s.]+){10}, kept
+                # exact is final; one copy is reported on most texts and confirmed by re).
+                small = len(body) * low <= _SMALL_COPIES and low <= _MAX_END_COPIES
+                if not self.widen and 1 <= low and ((one_char and low <= _MAX_CHAR_BOUND) or small):
                     high = low
+                    limit = max(limit, low)
                 else:
                     low = high = 1
                     self.exact_on_ascii = False
             if op is C.POSSESSIVE_REPEAT:
                 self.exact_on_ascii = False  # greedy matches wherever possessive does
-            body = self.sequence(sub, flags)
-            limit = _MAX_CHAR_BOUND if one_char and not self.widen else _MAX_BOUND
             if low > limit or (high != C.MAXREPEAT and high > limit):
                 # Long counted repeats cost hyperscan seconds to compile (and memory); a
                 # shorter minimum and no maximum match at least as much.
@@ -282,11 +543,27 @@ class _Emitter:
             return "^"
         if at is C.AT_END and same_mode and tail:
             return "$"
+        if at in (C.AT_BOUNDARY, C.AT_NON_BOUNDARY) and flags & re.ASCII:
+            # re's ASCII \b is hyperscan's: every class byte is a non-word byte to both.
+            return r"\b" if at is C.AT_BOUNDARY else r"\B"
+        if at is C.AT_BOUNDARY and (lead or tail):
+            # At either end, a \b beside a character that is always a letter (or never) is
+            # the character beyond it being the other kind (or the text's end): consumed.
+            side = self.kind(items, index + 1 if lead else index - 1, flags, lead)
+            word = _WORD | self.alphabet.word_bytes
+            if side == "word":
+                other = _byte_class(frozenset(range(256)) - word)
+                return f"(?:\\A|{other})" if lead else f"(?:{other}|\\z)"
+            if side == "other":
+                return _byte_class(word)
         if at is C.AT_BOUNDARY and (
-            _word_only(items, index - 1, flags) or _word_only(items, index + 1, flags)
+            self.kind(items, index - 1, flags, False, True) == "word"
+            or self.kind(items, index + 1, flags, True, True) == "word"
         ):
             # Beside a character that can only be an ASCII word character, a byte \b holds
-            # wherever Python's Unicode \b does (a non-ASCII neighbour is a non-word byte).
+            # wherever Python's Unicode \b does (a non-ASCII letter is a non-word byte to
+            # hyperscan): exact on a text with no non-ASCII letter.
+            self.ambiguous |= self.alphabet.word_bytes
             return r"\b"
         if at is C.AT_BOUNDARY or at is C.AT_NON_BOUNDARY:
             # Dropped: on ASCII text \b and \B would be exact, but one database serves both.
@@ -295,22 +572,55 @@ class _Emitter:
         self.exact_on_ascii = False
         return ""
 
+    def kind(
+        self,
+        items: Sequence[tuple[Any, Any]],
+        index: int,
+        flags: int,
+        first: bool,
+        ascii_only: bool = False,
+    ) -> str:
+        """ "word" when the character the item at ``index`` starts (or, before a \\b, ends)
+        its matches with is always a word character (an ASCII one, with ``ascii_only``),
+        "other" when never, "" when either or no such item."""
+        if not 0 <= index < len(items):
+            return ""
+        op, av = items[index]
+        # The character on the \b's side: a repeat's copy's, a group's own first (last)
+        # item's, every alternative's alike; an optional item's and the one beyond it alike.
+        if op in (C.MAX_REPEAT, C.MIN_REPEAT) and av[2]:
+            sub = list(av[2])
+            inner = self.kind(sub, 0 if first else len(sub) - 1, flags, first, ascii_only)
+            if av[0] >= 1:
+                return inner
+            beyond = self.kind(items, index + 1 if first else index - 1, flags, first, ascii_only)
+            return inner if inner == beyond else ""
+        if op is C.SUBPATTERN:
+            sub = list(av[3])
+            local = (flags | av[1]) & ~av[2]
+            return self.kind(sub, 0 if first else len(sub) - 1, local, first, ascii_only)
+        if op is C.BRANCH:
+            kinds = {
+                self.kind(list(alt), 0 if first else len(alt) - 1, flags, first, ascii_only)
+                for alt in av[1]
+            }
+            return kinds.pop() if len(kinds) == 1 else ""
+        if op not in _SINGLE:
+            return ""
+        char = self.alphabet.char(op, av, flags)
+        if char.loose:
+            return ""
+        if char.ascii <= _WORD and (not char.high or not ascii_only):
+            if char.high <= self.alphabet.word_bytes:
+                return "word"
+        if not ascii_only and not char.ascii & _WORD and not char.high & self.alphabet.word_bytes:
+            return "other"
+        return ""
+
 
 def _optional(item: tuple[Any, Any]) -> bool:
     op, av = item
     return (op in _REPEATS and av[0] == 0) or op in (C.ASSERT, C.ASSERT_NOT)
-
-
-def _word_only(items: Sequence[tuple[Any, Any]], index: int, flags: int) -> bool:
-    if not 0 <= index < len(items):
-        return False
-    op, av = items[index]
-    if op in (C.MAX_REPEAT, C.MIN_REPEAT) and av[0] >= 1 and len(av[2]) == 1:
-        op, av = av[2][0]
-    if op not in _SINGLE:
-        return False
-    char = _char(op, av, flags)
-    return not char.nonascii and char.ascii <= _WORD
 
 
 @dataclass(frozen=True)
@@ -319,36 +629,43 @@ class Rewrite:
 
     expression: bytes
     flags: int
+    # Nothing was loosened: hyperscan's answer is re's on a text with no ``ambiguous`` byte
+    # (an ASCII text has none).
     exact_on_ascii: bool
     # X{m,n} as a whole pattern can be scanned as X (when hyperscan refuses m copies); then
     # ``starts`` is X read backwards, for the reversed text: a superset of the offsets where
     # X's matches start, the only ones where a match of the whole pattern can start.
     starts: bytes = b""
+    ambiguous: frozenset[int] = frozenset()
+    # Set on X as the rewrite of X{m} (m here): X's every match end is reported.
+    copies: int = 0
 
 
-def to_bytes_pattern(pattern: re.Pattern[str]) -> Rewrite:
-    """A hyperscan byte pattern matching a superset of ``pattern`` over :func:`text_bytes`.
+def to_bytes_pattern(pattern: re.Pattern[str], alphabet: Alphabet | None = None) -> Rewrite:
+    """A hyperscan byte pattern matching a superset of ``pattern`` over the texts
+    ``alphabet`` encodes (by default the pattern's own: :meth:`Alphabet.for_patterns`).
 
     Raises :class:`Untranslatable` for what has no rewrite.
     """
-    return rewrites(pattern)[0]
+    return rewrites(pattern, alphabet)[0]
 
 
-def rewrites(pattern: re.Pattern[str]) -> list[Rewrite]:
+def rewrites(pattern: re.Pattern[str], alphabet: Alphabet | None = None) -> list[Rewrite]:
     """The rewrites of ``pattern``, the tightest first: what to try when hyperscan refuses
-    the one before (too large). Every one matches a superset of ``pattern``.
+    the one before (too large). Every one matches a superset of ``pattern`` over the texts
+    ``alphabet`` encodes (by default the pattern's own).
 
     Raises :class:`Untranslatable` for what has no rewrite.
     """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # as when the rule was compiled
-        tree = P.parse(pattern.pattern, pattern.flags)
+    if alphabet is None:
+        alphabet = Alphabet.for_patterns([pattern])
+    tree = _parse(pattern.pattern, pattern.flags)
     if tree.getwidth()[0] == 0:
         # hyperscan refuses these; they match almost any text, so re answers them at once.
         raise Untranslatable("can match the empty string")
     flags = tree.state.flags
-    if flags & (re.ASCII | re.LOCALE):
-        raise Untranslatable("ASCII/LOCALE flags")
+    if flags & re.LOCALE:
+        raise Untranslatable("LOCALE flag")
     multiline = bool(flags & re.MULTILINE)
     items = list(tree.data)
     while len(items) == 1 and items[0][0] is C.SUBPATTERN and items[0][1][1:3] == (0, 0):
@@ -361,11 +678,14 @@ def rewrites(pattern: re.Pattern[str]) -> list[Rewrite]:
         hs_flags = _hs.HS_FLAG_MULTILINE if multiline else 0
     out: list[Rewrite] = []
     for widen in (False, True):
-        emitter = _Emitter(multiline, widen)
+        emitter = _Emitter(alphabet, multiline, widen)
         if repeat is None:
             text = _emit(emitter, items, flags, True)
             single = hs_flags | (_hs.HS_FLAG_SINGLEMATCH if _hs is not None else 0)
-            out.append(Rewrite(text.encode("ascii"), single, emitter.exact_on_ascii))
+            ambiguous = frozenset(emitter.ambiguous)
+            out.append(
+                Rewrite(text.encode("ascii"), single, emitter.exact_on_ascii, b"", ambiguous)
+            )
             continue
         low, _high, sub = repeat
         # A text holds X{m,n} exactly where it holds X{m}: its first m copies.
@@ -373,11 +693,16 @@ def rewrites(pattern: re.Pattern[str]) -> list[Rewrite]:
         body = _emit(emitter, sub, flags, False)
         exact = emitter.exact_on_ascii and copies == low
         single = hs_flags | (_hs.HS_FLAG_SINGLEMATCH if _hs is not None else 0)
-        backwards = _emit(_Emitter(multiline, widen, reverse=True), sub, flags, False).encode()
+        reverse = _Emitter(alphabet, multiline, widen, reverse=True)
+        backwards = _emit(reverse, sub, flags, False).encode()
         # Tried at each start, a small X costs more than re's own search (__HIGHBITS).
         big = backwards if len(body) > _BIG_COPY else b""
-        out.append(Rewrite(f"(?:{body}){{{copies}}}".encode("ascii"), single, exact, big))
-        out.append(Rewrite(body.encode("ascii"), single, False, backwards))
+        expression = f"(?:{body}){{{copies}}}".encode("ascii")
+        ambiguous = frozenset(emitter.ambiguous)
+        out.append(Rewrite(expression, single, exact, big, ambiguous))
+        # Every end of a copy reported (no SINGLEMATCH): a text without low - 1 offsets
+        # where one copy can end and another start holds no match (see confirmed).
+        out.append(Rewrite(body.encode("ascii"), hs_flags, False, backwards, frozenset(), low))
     return out
 
 
@@ -453,10 +778,16 @@ class PatternSet:
         self.patterns = list(patterns)
         self.rejected: set[int] = set()
         self.exact: list[bool] = [False] * len(patterns)
+        # Per pattern, the class bytes whose presence in a text calls for re's confirmation.
+        self.ambiguous: list[frozenset[int]] = [frozenset()] * len(patterns)
+        # How texts become bytes for these patterns (None without hyperscan: nothing scans).
+        self.alphabet: Alphabet | None = None
         self._db: Any = None
         # Scratch space is per scanning thread (rules run in worker threads at once).
         self._scratch = threading.local()
         self._loosened: set[int] = set()  # compiled in hyperscan's prefilter mode
+        # X{m} scanned as X reporting every end: index -> m.
+        self._copies: dict[int, int] = {}
         # Counted whole-pattern repeats (X{m} scanned as X): where X may start, found by
         # scanning the reversed text, so re tries a match only there (not at every offset).
         self._starts_db: Any = None
@@ -472,10 +803,11 @@ class PatternSet:
         if _hs is None:
             self.rejected = set(range(len(patterns)))
             return
+        self.alphabet = alphabet = Alphabet.for_patterns(patterns)
         candidates: dict[int, list[Rewrite]] = {}
         for index, pattern in enumerate(patterns):
             try:
-                candidates[index] = rewrites(pattern)
+                candidates[index] = rewrites(pattern, alphabet)
             except (Untranslatable, re.error) as exc:
                 log.debug("regex left to re: %r (%s)", pattern.pattern[:60], exc)
                 self.rejected.add(index)
@@ -503,6 +835,9 @@ class PatternSet:
         self.rejected |= set(candidates) - set(chosen)
         for index, (rewrite, loose) in chosen.items():
             self.exact[index] = rewrite.exact_on_ascii and not loose
+            self.ambiguous[index] = rewrite.ambiguous
+            if rewrite.copies and not loose:
+                self._copies[index] = rewrite.copies
             if loose:
                 self._loosened.add(index)
         if not loaded:
@@ -569,20 +904,30 @@ class PatternSet:
         """Whether a database was built (some pattern is answered by hyperscan)."""
         return self._db is not None
 
+    def encode(self, text: str) -> bytes:
+        """``text`` as these patterns' rewrites scan it (see :class:`Alphabet`)."""
+        return self.alphabet.encode(text) if self.alphabet is not None else text_bytes(text)
+
     def scan(self, data: bytes) -> set[int]:
-        """Indices of the patterns hyperscan reports in ``data`` (a superset of the hits)."""
+        """Indices of the patterns hyperscan reports in ``data`` (from :meth:`encode`; a
+        superset of the hits)."""
         return self._scan(data)
 
-    def _scan(self, data: bytes) -> set[int]:
+    def _scan(self, data: bytes, ends: dict[int, set[int]] | None = None) -> set[int]:
+        """The patterns reported; with ``ends``, also where each copy of an X{m} scanned as
+        X ends (every end is reported for those)."""
         found: set[int] = set()
         if self._db is None or not data:
             return found
         scratch = getattr(self._scratch, "space", None)
         if scratch is None:
             scratch = self._scratch.space = _hs.Scratch(self._db)
+        copies = self._copies
 
-        def on_match(pid: int, _start: int, _end: int, _flags: int, _ctx: object) -> None:
+        def on_match(pid: int, _start: int, end: int, _flags: int, _ctx: object) -> None:
             found.add(pid)
+            if ends is not None and pid in copies:
+                ends.setdefault(pid, set()).add(end)
 
         self._db.scan(data, match_event_handler=on_match, scratch=scratch)
         return found
@@ -590,27 +935,39 @@ class PatternSet:
     def confirmed(self, text: str) -> list[int]:
         """Indices of the patterns (not the rejected ones) whose ``re`` search finds ``text``.
 
-        hyperscan's report is final where its pattern is exact on ASCII text and the text is
-        ASCII; every other reported pattern is confirmed by its ``re`` pattern.
+        hyperscan's report is final where nothing of its pattern was loosened and the text
+        holds none of the pattern's ambiguous bytes; every other reported pattern is
+        confirmed by its ``re`` pattern.
         """
         if not text or self._db is None:
             return []
-        found = self._scan(text_bytes(text))
+        data = self.encode(text)
+        ends: dict[int, set[int]] = {}
+        found = self._scan(data, ends)
         if not found:
             return []
-        ascii_text = text.isascii()
+        present: frozenset[int] | None = frozenset() if text.isascii() else None
         out = []
         starts: dict[int, list[int]] | None = None
         for index in found:
-            if ascii_text and self.exact[index]:
-                out.append(index)
-                continue
+            if self.exact[index]:
+                ambiguous = self.ambiguous[index]
+                if ambiguous and present is None:
+                    present = _high_bytes(data)
+                if not ambiguous or ambiguous.isdisjoint(present or ()):
+                    out.append(index)
+                    continue
             pattern = self.patterns[index]
             if index in self._starts:
                 if starts is None:
-                    starts = self._scan_starts(text_bytes(text)[::-1])
-                # Every match of the whole pattern starts where a copy of X does.
-                hit = any(pattern.match(text, at) for at in sorted(set(starts.get(index, ()))))
+                    starts = self._scan_starts(data[::-1])
+                # Every match of the whole pattern starts where a copy of X does; and
+                # X{m} needs m - 1 offsets where a copy ends and the next one starts.
+                at_starts = set(starts.get(index, ()))
+                joins = len(at_starts & ends.get(index, at_starts))
+                hit = joins >= self._copies.get(index, 1) - 1 and any(
+                    pattern.match(text, at) for at in sorted(at_starts)
+                )
             elif index in self._line_starts:
                 hit = _match_at_lines(pattern, text, self._line_starts[index])
             else:
@@ -739,18 +1096,27 @@ def _accepted(candidates: dict[int, list[Rewrite]]) -> dict[int, tuple[Rewrite, 
     return out
 
 
-def text_bytes(text: str) -> bytes:
-    """``text`` as the patterns were rewritten for: ASCII as is, any other character as the
-    one byte 0x80 (so positions and lengths in characters are kept)."""
-    if text.isascii():
-        return text.encode("ascii")
-    # The codec's "?" per character is C speed; the text's own "?"s are put back after.
-    data = text.encode("ascii", "replace").replace(b"?", b"\x80")
-    at = text.find("?")
-    if at < 0:
-        return data
-    out = bytearray(data)
-    while at >= 0:
-        out[at] = 0x3F
-        at = text.find("?", at + 1)
-    return bytes(out)
+def _high_bytes(data: bytes) -> frozenset[int]:
+    """The distinct bytes of ``data`` from 0x80 up: one pass per distinct byte (a text has
+    a few classes), at C speed."""
+    rest = data.translate(None, _ASCII_BYTES)
+    found = set()
+    while rest:
+        found.add(rest[0])
+        rest = rest.replace(rest[:1], b"")
+    return frozenset(found)
+
+
+_ASCII_BYTES = bytes(range(_HIGH))
+
+
+@lru_cache(maxsize=1)
+def _plain() -> Alphabet:
+    return Alphabet()
+
+
+def text_bytes(text: str, alphabet: Alphabet | None = None) -> bytes:
+    """``text`` as the rewrites made with ``alphabet`` scan it: one byte per character, ASCII
+    as is (by default the alphabet that names no character: a non-ASCII character is the
+    byte of its re class, letter, digit, space or other)."""
+    return (alphabet or _plain()).encode(text)
