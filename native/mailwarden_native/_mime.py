@@ -305,6 +305,7 @@ class Part(msgspec.Struct, eq=False, gc=False):
     _visible: str | None = None
     _text_flags: TextFlag | None = None
     _detected_type: str | None = None
+    _urls: tuple[Url, ...] | None = None
 
     @property
     def flags(self) -> MalformationFlag:
@@ -570,10 +571,16 @@ class Part(msgspec.Struct, eq=False, gc=False):
         return visible
 
     def urls(self) -> list[Url]:
-        """URLs in this part's text (``text/*`` leaves only; HTML links included)."""
-        if not self.is_leaf or not self.content_type.startswith("text/"):
-            return []
-        return extract_urls(self.text(), html=self.content_type == "text/html")
+        """URLs in this part's text (``text/*`` leaves only; HTML links included); extracted
+        once, each call a new list (a caller may change its list, not the next caller's)."""
+        urls = self._urls
+        if urls is None:  # first call; antispam and reputation both read them
+            if not self.is_leaf or not self.content_type.startswith("text/"):
+                urls = ()
+            else:
+                urls = tuple(extract_urls(self.text(), html=self.content_type == "text/html"))
+            self._urls = urls
+        return list(urls)
 
     @property
     def detected_type(self) -> str:
