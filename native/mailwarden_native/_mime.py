@@ -703,6 +703,7 @@ class ParsedMessage(msgspec.Struct, eq=False):
     _budget: _Budget
     _cache: list[Part | None]
     _leaves: list[Part] | None = None
+    _urls: tuple[Url, ...] | None = None
 
     @property
     def parts(self) -> list[Part]:
@@ -765,16 +766,19 @@ class ParsedMessage(msgspec.Struct, eq=False):
 
     def urls(self) -> list[Url]:
         """Every distinct URL of the message (first occurrence wins): text and HTML leaves,
-        then the Subject."""
-        seen: dict[str, Url] = {}
-        for p in self.leaves():
-            for u in p.urls():
-                seen.setdefault(u.url, u)
-        subject = self.subject
-        if subject:
-            for u in extract_urls(subject):
-                seen.setdefault(u.url, u)
-        return list(seen.values())
+        then the Subject; found once, each call a new list (as :meth:`Part.urls`)."""
+        urls = self._urls
+        if urls is None:
+            seen: dict[str, Url] = {}
+            for p in self.leaves():
+                for u in p.urls():
+                    seen.setdefault(u.url, u)
+            subject = self.subject
+            if subject:
+                for u in extract_urls(subject):
+                    seen.setdefault(u.url, u)
+            urls = self._urls = tuple(seen.values())
+        return list(urls)
 
     def uuencoded(self) -> list[tuple[Part, UUFile]]:
         """uuencoded files in text leaves, with the part each was found in."""

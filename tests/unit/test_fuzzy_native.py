@@ -119,4 +119,8 @@ def test_a_caller_changing_its_url_list_does_not_change_the_next_callers() -> No
     mine = part.urls()
     mine.clear()
     assert [u.url for u in part.urls()] == ["http://evil.example/login", "http://phish.example/x"]
+    theirs = msg.urls()
+    assert [u.url for u in theirs] == ["http://evil.example/login", "http://phish.example/x"]
+    theirs.pop()
     assert [u.url for u in msg.urls()] == ["http://evil.example/login", "http://phish.example/x"]
+    assert all(a is b for a, b in zip(msg.urls(), part.urls(), strict=True))
