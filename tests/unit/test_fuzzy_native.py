@@ -64,6 +64,23 @@ def test_native_sketch_equals_the_python_reference_on_random_unicode_text(text: 
     assert full == sorted(set(full))
 
 
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.text(alphabet=st.characters(max_codepoint=127), min_size=1, max_size=40),
+        min_size=30,
+        max_size=150,
+    )
+)
+def test_ascii_text_is_cut_into_the_words_the_unicode_pattern_cuts(chunks: list[str]) -> None:
+    # Case, underscores, digits, punctuation and runs past 30 characters: the ASCII pattern
+    # the sketch takes for ASCII text must cut exactly the reference's words.
+    text = " ".join(chunks)
+    expected = sketch_python(_WORD.findall(text.lower()))
+    event("sketch" if expected else "too short")
+    assert sketch(parse(_message("")), text) == expected
+
+
 @settings(max_examples=200, deadline=None)
 @given(
     st.lists(st.sampled_from(["ab", "cd", "ef", "gh", "免费"]), min_size=0, max_size=60),
