@@ -164,6 +164,8 @@ class _GroupSync:
                     self._done = max(self._done, generation)
 
 
+# Seconds a removal waits for a batch's directory sync to cover it before it asks for one.
+_REMOVAL_SYNC_DELAY = 0.05
 # Seconds a syncer thread waits for work before it ends.
 _SYNCER_IDLE_EXIT = 10.0
 # A job for the syncer: run in a thread; "after" (its return, when callable) runs once the
@@ -190,6 +192,13 @@ class _Syncer:
         self._lock = threading.Lock()
         self._threads = 0
         self._idle = 0
+        # Removals made on the loop (counted there) and how many of them the last directory
+        # sync that started covered (set by the syncer thread just before it): ints, which
+        # the GIL reads and writes whole.
+        self._removals = 0
+        self._covered = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_loop: asyncio.AbstractEventLoop | None = None
 
     def run(self, job: Callable[[], Any], *, sync_dir: bool) -> asyncio.Future[Any]:
         """Run ``job`` in a syncer thread; with ``sync_dir`` the queue directory is synced
@@ -202,6 +211,21 @@ class _Syncer:
                 self._threads += 1
                 threading.Thread(target=self._work, name="spool-sync", daemon=True).start()
         return future
+
+    def sync_later(self) -> None:
+        """Count a removal whose directory entry must reach the disk: the next batch's sync
+        covers it; if none has started within :data:`_REMOVAL_SYNC_DELAY`, one is run."""
+        self._removals += 1
+        loop = asyncio.get_running_loop()
+        # A timer of a loop that has ended (a test's asyncio.run) never fires: not waited on.
+        if self._timer is None or self._timer_loop is not loop:
+            self._timer_loop = loop
+            self._timer = loop.call_later(_REMOVAL_SYNC_DELAY, self._sync_if_needed)
+
+    def _sync_if_needed(self) -> None:
+        self._timer = None
+        if self._covered < self._removals:
+            self.run(_nothing, sync_dir=True).add_done_callback(_log_failed_sync)
 
     def _work(self) -> None:
         jobs = self._jobs
@@ -241,10 +265,14 @@ class _Syncer:
             synced = [o for (*_, sync), o in zip(batch, outcomes, strict=True) if sync]
             if any(o[1] is None for o in synced):
                 failed: BaseException | None = None
+                # Every removal counted before this sync starts is covered by it.
+                removals = self._removals
                 try:
                     self._sync_dir()
                 except BaseException as exc:
                     failed = exc
+                if failed is None:
+                    self._covered = max(self._covered, removals)
                 for outcome in synced:
                     if outcome[1] is not None:
                         continue
@@ -265,6 +293,17 @@ class _Syncer:
                 except RuntimeError:
                     pass  # that loop is closed: nobody waits any more
             del by_loop
+
+
+def _nothing() -> None:
+    return None
+
+
+def _log_failed_sync(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        # The removals it covered reach the disk with a later sync; a crash before that
+        # finds them flagged in doubt and quarantines them.
+        log.warning("syncing the spool's queue directory failed: %s", future.exception())
 
 
 def _resolve(done: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
@@ -602,18 +641,18 @@ class Spool:
         await self._syncer.run(lambda: self.mark_in_doubt(entry, in_doubt), sync_dir=False)
 
     async def remove_delivered(self, entry: SpoolEntry) -> None:
-        """:meth:`remove` from an event loop once the next hop took the message: unlink it
-        (the directory synced with its batch), then its state; the lock goes with them."""
+        """:meth:`remove` on an event loop once the next hop took the message: the unlink is
+        made durable by the queue directory's next sync, which the syncer runs with its next
+        batch (or within :data:`_REMOVAL_SYNC_DELAY` when no batch comes), not waited for.
 
-        def unlink() -> _After:
-            _unlink(f"{self._queue_s}{entry.id}.msg")
-            return after_sync
-
-        def after_sync() -> None:
-            entry.unlinked = True
-            self.remove(entry)
-
-        await self._syncer.run(unlink, sync_dir=True)
+        Waiting would protect nothing: the in-doubt flag was made durable before the final
+        dot, so a crash before the unlink reaches the disk finds the message flagged and
+        quarantines it instead of delivering it twice, whether or not anyone waited.
+        """
+        _unlink(f"{self._queue_s}{entry.id}.msg")
+        entry.unlinked = True
+        self.remove(entry)
+        self._syncer.sync_later()
 
     def in_doubt(self, entry: SpoolEntry) -> bool:
         """True when a delivery of ``entry`` was cut off before its outcome was recorded."""

@@ -189,3 +189,34 @@ def test_syncer_threads_end_when_idle_and_come_back_with_work(
             time.sleep(0.05)
         assert syncers() == 0
     assert spool.ids() == []
+
+
+def test_a_delivered_message_s_removal_reaches_the_disk_without_more_mail(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The removal after the next hop's 250 is not waited for: the directory sync of the next
+    # batch covers it, and with no next batch a sync of its own follows within moments.
+    spool = Spool(tmp_path / "spool")
+    envelope = Envelope(mail_from="alice@example.org", rcpt_to=["bob@example.net"])
+    synced: list[tuple[Path, bool]] = []
+    real = mailwarden.spool._fsync_dir
+
+    def fsync_dir(path: Path) -> None:
+        real(path)
+        synced.append((Path(path), (spool.queue / f"{entry.id}.msg").exists()))
+
+    async def main() -> None:
+        nonlocal entry
+        entry = await spool.write_async(make_message(), envelope)
+        await spool.mark_in_doubt_async(entry, True)
+        monkeypatch.setattr(mailwarden.spool, "_fsync_dir", fsync_dir)
+        await spool.remove_delivered(entry)
+        assert not entry.path.exists() and entry.fd == -1
+        deadline = time.monotonic() + 5
+        while (spool.queue, False) not in synced and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+
+    entry = None
+    asyncio.run(main())
+    # A sync of the queue directory that started after the unlink.
+    assert (spool.queue, False) in synced
