@@ -473,12 +473,12 @@ class Spool:
                 return written[0]
 
         try:
-            entry = await self._syncer.run(job, sync_dir=True)
+            spooled: SpoolEntry = await self._syncer.run(job, sync_dir=True)
         except OSError as exc:
             # Only the shared directory sync raises OSError here: the entry is in queue/.
             self._undo_write(written[0])
             raise DeliveryError(f"cannot spool the message: {exc.strerror or exc}") from exc
-        return entry
+        return spooled
 
     def _undo_write(self, entry: SpoolEntry) -> None:
         # Its rename may have reached the disk: the client gets a 4xx and keeps the message,
