@@ -141,6 +141,24 @@ class _GroupSync:
         self._cond = threading.Condition()
         self._started = self._done = 0
         self._running = False
+        # The folder kept open: an open and a close per sync are two more system calls in a
+        # syncer thread, each handing the GIL to the event loop and back.
+        self._fd = -1
+        self._stale = False
+
+    def reopen(self) -> None:
+        """Open the folder again at the next sync (it was made anew)."""
+        self._stale = True
+
+    def _sync(self) -> None:
+        # One sync runs at a time (``_running``), so the descriptor has one user here.
+        if self._stale or self._fd < 0:
+            self._stale = False
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+            self._fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
+        os.fsync(self._fd)
 
     def __call__(self) -> None:
         with self._cond:
@@ -154,7 +172,7 @@ class _GroupSync:
                 generation = self._started
                 self._cond.release()
                 try:
-                    _fsync_dir(self.path)
+                    self._sync()
                     synced = True
                 finally:
                     self._cond.acquire()
@@ -395,6 +413,9 @@ class Spool:
     def _ensure(self) -> None:
         self.tmp.mkdir(parents=True, exist_ok=True)
         self.queue.mkdir(parents=True, exist_ok=True)
+        if self._made:
+            # Made again under a running gateway: the folder held open is the removed one.
+            self._sync_queue.reopen()
         self._made = True
 
     def _create(self, path: str) -> int:

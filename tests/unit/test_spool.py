@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import shutil
 import subprocess
 import sys
 import time
@@ -198,25 +200,48 @@ def test_a_delivered_message_s_removal_reaches_the_disk_without_more_mail(
     # batch covers it, and with no next batch a sync of its own follows within moments.
     spool = Spool(tmp_path / "spool")
     envelope = Envelope(mail_from="alice@example.org", rcpt_to=["bob@example.net"])
-    synced: list[tuple[Path, bool]] = []
-    real = mailwarden.spool._fsync_dir
+    synced: list[bool] = []
+    real = spool._syncer._sync_dir
 
-    def fsync_dir(path: Path) -> None:
-        real(path)
-        synced.append((Path(path), (spool.queue / f"{entry.id}.msg").exists()))
+    def sync_dir() -> None:
+        # Whether the message file was still there when the queue directory's sync began.
+        present = (spool.queue / f"{entry.id}.msg").exists()
+        real()
+        synced.append(present)
 
     async def main() -> None:
         nonlocal entry
         entry = await spool.write_async(make_message(), envelope)
         await spool.mark_in_doubt_async(entry, True)
-        monkeypatch.setattr(mailwarden.spool, "_fsync_dir", fsync_dir)
+        monkeypatch.setattr(spool._syncer, "_sync_dir", sync_dir)
         await spool.remove_delivered(entry)
         assert not entry.path.exists() and entry.fd == -1
         deadline = time.monotonic() + 5
-        while (spool.queue, False) not in synced and time.monotonic() < deadline:
+        while False not in synced and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
 
     entry = None
     asyncio.run(main())
     # A sync of the queue directory that started after the unlink.
-    assert (spool.queue, False) in synced
+    assert False in synced
+
+
+def test_a_spool_folder_made_again_under_a_running_gateway_is_the_one_synced(
+    tmp_path: Path,
+) -> None:
+    # The queue folder's descriptor is kept for its syncs; a folder removed and made again
+    # must be synced itself, not the removed one through a stale descriptor.
+    spool = Spool(tmp_path / "spool")
+    envelope = Envelope(mail_from="alice@example.org", rcpt_to=["bob@example.net"])
+
+    async def spool_one() -> None:
+        entry = await spool.write_async(make_message(), envelope)
+        assert entry.path.exists() and entry.raw() == make_message()
+        entry.release()
+
+    asyncio.run(spool_one())
+    shutil.rmtree(spool.root)
+    asyncio.run(spool_one())
+    kept = spool._sync_queue._fd
+    assert os.fstat(kept).st_ino == spool.queue.stat().st_ino
+    assert len(spool.ids()) == 1
