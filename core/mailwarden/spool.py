@@ -5,7 +5,9 @@ bytes, exactly as received) and ``ID.state`` (the decision's headers and the del
 ``ID.msg`` is written in ``tmp/``, fsynced, renamed into ``queue/`` and the directory fsynced, so
 after a crash a message is either fully spooled or absent. Its presence means "not yet
 delivered to the recipients the state does not list as done"; unlinking it (directory fsynced)
-is the durable record that the message left the spool.
+is the durable record that the message left the spool. After a delivery that record's sync is
+not waited for (the next batch's directory sync covers it): the ``D`` flag below, durable
+already, keeps a crash before it from delivering the message twice.
 
 The first byte of ``ID.msg`` is ``Q`` (queued) or ``D`` (in doubt): ``D`` is written, and
 fdatasynced, after the message body went to the next hop and before the final dot. A message
@@ -43,7 +45,6 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -462,36 +463,12 @@ class Spool:
         self, raw: bytes, envelope: Envelope, state: SpoolState | None = None
     ) -> SpoolEntry:
         """:meth:`write` from an event loop: the file work in a syncer thread, its directory
-        sync shared with the other jobs of its batch.
-
-        A small message without a state is created and written on the loop (the page cache
-        takes it in microseconds) and only its fsync and rename go to the thread: each system
-        call there hands the GIL to the loop and back, which cost more than the call.
-        """
+        sync shared with the other jobs of its batch."""
         written: list[SpoolEntry] = []
-        if state is None and len(raw) <= INLINE_READ_MAX:
-            entry, tmp, queued = self._write_unsynced(raw, envelope)
-            written.append(entry)
 
-            def job() -> SpoolEntry:
-                try:
-                    os.fsync(entry.fd)
-                    try:
-                        os.rename(tmp, queued)
-                    except FileNotFoundError:
-                        self._ensure()
-                        os.rename(tmp, queued)
-                except OSError as exc:
-                    entry.release()
-                    _unlink(tmp)
-                    raise DeliveryError(f"cannot spool the message: {exc.strerror or exc}") from exc
-                return entry
-
-        else:
-
-            def job() -> SpoolEntry:
-                written.append(self._write_file(raw, envelope, state))
-                return written[0]
+        def job() -> SpoolEntry:
+            written.append(self._write_file(raw, envelope, state))
+            return written[0]
 
         try:
             spooled: SpoolEntry = await self._syncer.run(job, sync_dir=True)
@@ -507,22 +484,32 @@ class Spool:
         _unlink(f"{self._queue_s}{entry.id}.msg")
         entry.release()
 
-    def _write_unsynced(self, raw: bytes, envelope: Envelope) -> tuple[SpoolEntry, str, str]:
-        """A new message file in ``tmp/``, written and locked, not yet synced or renamed; with
-        its temporary and queued paths."""
+    def _write_file(self, raw: bytes, envelope: Envelope, state: SpoolState | None) -> SpoolEntry:
+        """Everything of :meth:`write` before the queue directory's sync."""
         try:
             id = f"{time.time_ns():x}{_PID:x}{next(_counter):x}{os.urandom(3).hex()}"
             now, mono = time.time(), time.monotonic()
             meta = msgspec.json.encode(
                 _Meta(envelope=envelope, spooled_at=now, spooled_mono=mono, boot=BOOT_ID)
             )
+            header = _QUEUED + meta + b"\n"
             tmp = f"{self._tmp_s}{id}.msg"
+            queued = f"{self._queue_s}{id}.msg"
             fd = self._create(tmp)
             try:
-                view = memoryview(_QUEUED + meta + b"\n" + raw)
+                view = memoryview(header + raw)
                 while view:
                     view = view[os.write(fd, view) :]
+                os.fsync(fd)
                 fcntl.flock(fd, fcntl.LOCK_EX)
+                entry = SpoolEntry(self, id, fd, envelope, now, spooled_mono=mono, boot=BOOT_ID)
+                if state is not None:
+                    self.save_state(entry, state, durable=True)
+                try:
+                    os.rename(tmp, queued)
+                except FileNotFoundError:
+                    self._ensure()
+                    os.rename(tmp, queued)
             except BaseException:
                 os.close(fd)
                 _unlink(tmp)
@@ -530,27 +517,6 @@ class Spool:
         except OSError as exc:
             # Full disk or permissions: the client keeps the message when answered 4xx.
             raise DeliveryError(f"cannot spool the message: {exc.strerror or exc}") from exc
-        entry = SpoolEntry(self, id, fd, envelope, now, spooled_mono=mono, boot=BOOT_ID)
-        return entry, tmp, f"{self._queue_s}{id}.msg"
-
-    def _write_file(self, raw: bytes, envelope: Envelope, state: SpoolState | None) -> SpoolEntry:
-        """Everything of :meth:`write` before the queue directory's sync."""
-        entry, tmp, queued = self._write_unsynced(raw, envelope)
-        try:
-            os.fsync(entry.fd)
-            if state is not None:
-                self.save_state(entry, state, durable=True)
-            try:
-                os.rename(tmp, queued)
-            except FileNotFoundError:
-                self._ensure()
-                os.rename(tmp, queued)
-        except BaseException as exc:
-            entry.release()
-            _unlink(tmp)
-            if isinstance(exc, OSError):
-                raise DeliveryError(f"cannot spool the message: {exc.strerror or exc}") from exc
-            raise
         return entry
 
     def ids(self) -> list[str]:
@@ -694,10 +660,8 @@ class Spool:
         os.fdatasync(entry.fd)
 
     async def mark_in_doubt_async(self, entry: SpoolEntry, in_doubt: bool) -> None:
-        """:meth:`mark_in_doubt` from an event loop: the byte written here (a page in the
-        cache), its data sync in a syncer thread's batch."""
-        os.pwrite(entry.fd, _IN_DOUBT if in_doubt else _QUEUED, 0)
-        await self._syncer.run(partial(os.fdatasync, entry.fd), sync_dir=False)
+        """:meth:`mark_in_doubt` from an event loop, in a syncer thread's batch."""
+        await self._syncer.run(lambda: self.mark_in_doubt(entry, in_doubt), sync_dir=False)
 
     async def remove_delivered(self, entry: SpoolEntry) -> None:
         """:meth:`remove` on an event loop once the next hop took the message: the unlink is
