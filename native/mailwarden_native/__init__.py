@@ -51,6 +51,7 @@ from ._sigs import (
     SigScanner,
 )
 from ._version import check_core_version, core_version
+from ._words import ascii_words
 
 # A core from another build must not run under this Python code: refused at import.
 check_core_version()
@@ -85,6 +86,7 @@ __all__ = [
     "UUFile",
     "Url",
     "UrlFlag",
+    "ascii_words",
     "core_version",
     "decode_base64",
     "decode_base64_ex",

@@ -145,6 +145,16 @@ class _Lib:
     def mw_shingle_sketch(
         self, words: CData | bytes, len: int, shingle: int, k: int, out: CData, /
     ) -> int: ...
+    def mw_ascii_words(
+        self,
+        src: CData | bytes,
+        len: int,
+        min_len: int,
+        max_len: int,
+        amounts: int,
+        out: CData,
+        /,
+    ) -> int: ...
     def mw_content_type_name(self, code: int, /) -> CData: ...
     def mw_limits_default(self, limits: CData, /) -> None: ...
     def mw_parse(self, buf: CData | bytes, len: int, limits: CData, out: CData, /) -> int: ...

@@ -37,6 +37,7 @@ from mailwarden_sdk import (
     ParsedMessage,
     SharedState,
     SharedStateUnavailable,
+    ascii_words,
     parse,
     run_cpu_bound,
 )
@@ -126,10 +127,10 @@ _HEADER_WORDS = 30  # words read per value
 _HEADER_WORD = re.compile(r"[^\s<>\"'(),;:=]{2,40}")
 _TAG_WORD = re.compile(r"<([a-z][a-z0-9]{0,9})\b([^>]{0,300})>", re.IGNORECASE)
 _ATTR = re.compile(r"([a-z-]{1,20})\s*=\s*[\"']?([^\s\"'>]{1,20})", re.IGNORECASE)
-# Lowercased ASCII text (most mail) is cut with plain ASCII classes and no IGNORECASE: the
-# same matches as the patterns above in about half the regex time (tests/unit/
-# test_bayes_tokens.py holds tokens() to the Unicode-only reference on random text).
-_ASCII_WORD = re.compile(r"[a-z0-9]{3,24}|\$[0-9]+")
+# ASCII text (most mail) is cut in the C core (ascii_words: _WORD's words on ASCII text) and
+# its HTML with plain ASCII classes and no IGNORECASE on lowercased text: the same matches as
+# the patterns above, in a fraction of the time (tests/unit/test_bayes_tokens.py holds
+# tokens() to the first, Unicode-only implementation on random text).
 _ASCII_TAG_WORD = re.compile(r"<([a-z][a-z0-9]{0,9})\b([^>]{0,300})>")
 _ASCII_ATTR = re.compile(r"([a-z-]{1,20})\s*=\s*[\"']?([^\s\"'>]{1,20})")
 
@@ -142,8 +143,11 @@ def tokens(
     name), and the HTML tags and attribute values the message is built with. ``text`` and
     ``urls``: the message's :func:`~.content.body_text` and :func:`~.content.message_urls`
     (any limit from 50 up) when the caller has them."""
-    low = (body_text(message) if text is None else text).lower()
-    words = (_ASCII_WORD if low.isascii() else _WORD).findall(low)
+    text = body_text(message) if text is None else text
+    if text.isascii():
+        words = ascii_words(text, 3, 24, amounts=True)
+    else:
+        words = _WORD.findall(text.lower())
     out = set(words)
     if len(out) >= _MAX_TOKENS:
         # The first _MAX_TOKENS distinct words in text order, not any of them.

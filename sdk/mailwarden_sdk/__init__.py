@@ -8,7 +8,8 @@ A plugin is a class (or module) with ``@hookimpl``-marked methods named after th
 
 The native MIME core and signature matcher are reached through this package too
 (:func:`parse`, :func:`detect_type`, :class:`Matcher`, and since SDK 1.18
-:func:`shingle_sketch` for MinHash sketches of text), so a plugin never imports the
+:func:`shingle_sketch` for MinHash sketches of text and :func:`ascii_words` for a
+tokenizer's words of ASCII text), so a plugin never imports the
 ``mailwarden`` core.
 A plugin that keeps messages of its own offers them to the web interface as a
 :class:`Quarantine` (:mod:`mailwarden_sdk.quarantines`).
@@ -23,7 +24,15 @@ A plugin that keeps state every node of a cluster should see asks :func:`shared_
 plugin states which SDK versions it works with (see :mod:`mailwarden_sdk.version`).
 """
 
-from mailwarden_native import Matcher, ParsedMessage, Part, detect_type, parse, shingle_sketch
+from mailwarden_native import (
+    Matcher,
+    ParsedMessage,
+    Part,
+    ascii_words,
+    detect_type,
+    parse,
+    shingle_sketch,
+)
 
 from . import files, findings
 from .context import (
@@ -102,6 +111,7 @@ __all__ = [
     "Verdict",
     "WhenFull",
     "__version__",
+    "ascii_words",
     "check_compatible",
     "command_host",
     "config_option",

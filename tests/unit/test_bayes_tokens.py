@@ -2,19 +2,21 @@
 reference: stored Bayes databases (LMDB and the cluster's Redis keys) are keyed by these
 strings, so a token that changed would silently lose what a site's Bayes learned. Random
 messages cover Unicode and ASCII text (the fast path), header names in any case, repeated and
-missing headers, digits of every script, HTML tags and attributes in any case."""
+missing headers, digits of every script, HTML tags and attributes in any case. The C core's
+ASCII word cutting (``ascii_words``) is held to the regex it replaces."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
 
+import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from mailwarden_antispam.bayes import tokens
 from mailwarden_antispam.content import body_text, message_urls
-from mailwarden_sdk import ParsedMessage, parse
+from mailwarden_sdk import ParsedMessage, ascii_words, parse
 
 # -- the reference: tokens() as first written (every Bayes store was learned with it) --------
 
@@ -190,6 +192,30 @@ def test_tokens_of_the_callers_text_and_urls_are_the_reference_tokens(
     message = parse(b"From: a@example.org\r\nSubject: s\r\n\r\nbody\r\n")
     event("ascii" if text.lower().isascii() else "unicode")
     assert tokens(message, text, urls) == reference_tokens(message, text, urls)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    # The vocabulary's non-ASCII letters dropped: ascii_words takes ASCII text only.
+    _text(_ascii, 150).map(lambda t: t.encode("ascii", "ignore").decode()),
+    st.sampled_from([(3, 24, True), (2, 30, False), (1, 1, True), (1, 5, False), (4, 4, True)]),
+)
+def test_native_ascii_words_are_the_regex_words(text: str, cut: tuple[int, int, bool]) -> None:
+    # Bayes's cut (3..24 and "$" amounts), the fuzzy sketch's (2..30) and the edges: runs
+    # shorter, as long as and longer than the bounds, "$" with and without digits, any case.
+    low, high, amounts = cut
+    pattern = f"[a-z0-9]{{{low},{high}}}" + (r"|\$[0-9]+" if amounts else "")
+    event("words" if re.search(pattern, text.lower()) else "no words")
+    assert ascii_words(text, low, high, amounts) == re.findall(pattern, text.lower())
+
+
+def test_native_ascii_words_refuse_what_they_cannot_cut() -> None:
+    with pytest.raises(UnicodeEncodeError):
+        ascii_words("café", 3, 24)
+    with pytest.raises(ValueError, match="min_len"):
+        ascii_words("words", 0, 24)
+    with pytest.raises(ValueError, match="min_len"):
+        ascii_words("words", 5, 4)
 
 
 def test_a_known_message_keeps_its_stored_tokens() -> None:

@@ -1,0 +1,33 @@
+/*
+ * mailwarden native core: words of ASCII text, as a tokenizer's regex cuts them.
+ *
+ * The antispam Bayes tokens are words cut from the message text; stored Bayes
+ * databases are keyed by them, so this cuts exactly the words Python's
+ * re.findall(r"[a-z0-9]{MIN,MAX}|\$[0-9]+", text.lower()) finds in ASCII text
+ * (the "$" alternative only when amounts is set).
+ */
+#ifndef MW_WORDS_H
+#define MW_WORDS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Writes to out, separated by one 0x20, the words of src in text order:
+ * maximal runs of ASCII letters and digits, lowercased, cut into pieces of
+ * max_len from their start, pieces shorter than min_len dropped; and, when
+ * amounts is non-zero, "$" followed by every digit after it.  Bytes other
+ * than ASCII letters, digits and "$" separate words.  Returns the bytes
+ * written; out needs 2 * len bytes (a word and its separator never take more
+ * than twice the text they come from).  0 when min_len is 0 or above max_len. */
+size_t mw_ascii_words(const uint8_t *src, size_t len, uint32_t min_len, uint32_t max_len,
+                      int amounts, uint8_t *out);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
