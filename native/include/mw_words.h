@@ -26,6 +26,17 @@ extern "C" {
 size_t mw_ascii_words(const uint8_t *src, size_t len, uint32_t min_len, uint32_t max_len,
                       int amounts, uint8_t *out);
 
+/* The same over code points: src holds len code points (UTF-32, host order),
+ * word and digit the sorted, disjoint [start, end) ranges (nword and ndigit
+ * pairs) of the code points Python's re counts as [^\W_] and \d, so that the
+ * words are those re.findall(r"[^\W_]{MIN,MAX}|\$\d+", text) finds (no case
+ * folding: the caller lowercases).  Writes the words to out as code points
+ * separated by one 0x20 and returns how many code points it wrote; out needs
+ * 2 * len of them. */
+size_t mw_unicode_words(const uint32_t *src, size_t len, const uint32_t *word, size_t nword,
+                        const uint32_t *digit, size_t ndigit, uint32_t min_len,
+                        uint32_t max_len, int amounts, uint32_t *out);
+
 #ifdef __cplusplus
 }
 #endif

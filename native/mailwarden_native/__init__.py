@@ -51,7 +51,7 @@ from ._sigs import (
     SigScanner,
 )
 from ._version import check_core_version, core_version
-from ._words import ascii_words
+from ._words import ascii_words, unicode_words
 
 # A core from another build must not run under this Python code: refused at import.
 check_core_version()
@@ -103,4 +103,5 @@ __all__ = [
     "resolve_charset",
     "shingle_sketch",
     "strerror",
+    "unicode_words",
 ]

@@ -155,6 +155,20 @@ class _Lib:
         out: CData,
         /,
     ) -> int: ...
+    def mw_unicode_words(
+        self,
+        src: CData | bytes,
+        len: int,
+        word: CData,
+        nword: int,
+        digit: CData,
+        ndigit: int,
+        min_len: int,
+        max_len: int,
+        amounts: int,
+        out: CData,
+        /,
+    ) -> int: ...
     def mw_content_type_name(self, code: int, /) -> CData: ...
     def mw_limits_default(self, limits: CData, /) -> None: ...
     def mw_parse(self, buf: CData | bytes, len: int, limits: CData, out: CData, /) -> int: ...

@@ -40,6 +40,7 @@ from mailwarden_sdk import (
     ascii_words,
     parse,
     run_cpu_bound,
+    unicode_words,
 )
 
 from .content import body_text, message_urls
@@ -56,7 +57,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_WORD = re.compile(r"[^\W_]{3,24}|\$\d+", re.UNICODE)
+# The text's words are re.findall(r"[^\W_]{3,24}|\$\d+", text.lower()), cut in the C core.
+_WORD_MIN, _WORD_MAX = 3, 24
 _DIGITS = re.compile(r"\d+")
 _PAIR = struct.Struct("<II")
 # A token's counts and the day (Unix time // 86400) it was last learned; stores written before
@@ -127,10 +129,10 @@ _HEADER_WORDS = 30  # words read per value
 _HEADER_WORD = re.compile(r"[^\s<>\"'(),;:=]{2,40}")
 _TAG_WORD = re.compile(r"<([a-z][a-z0-9]{0,9})\b([^>]{0,300})>", re.IGNORECASE)
 _ATTR = re.compile(r"([a-z-]{1,20})\s*=\s*[\"']?([^\s\"'>]{1,20})", re.IGNORECASE)
-# ASCII text (most mail) is cut in the C core (ascii_words: _WORD's words on ASCII text) and
-# its HTML with plain ASCII classes and no IGNORECASE on lowercased text: the same matches as
-# the patterns above, in a fraction of the time (tests/unit/test_bayes_tokens.py holds
-# tokens() to the first, Unicode-only implementation on random text).
+# Text is cut into words by ascii_words for ASCII text (most mail; no lower() pass), else by
+# unicode_words. ASCII HTML is lowercased and cut with plain ASCII patterns, no
+# IGNORECASE: the matches of _TAG_WORD and _ATTR in a fraction of the time. tests/unit/
+# test_bayes_tokens.py holds tokens() to its first, all-regex implementation on random text.
 _ASCII_TAG_WORD = re.compile(r"<([a-z][a-z0-9]{0,9})\b([^>]{0,300})>")
 _ASCII_ATTR = re.compile(r"([a-z-]{1,20})\s*=\s*[\"']?([^\s\"'>]{1,20})")
 
@@ -145,9 +147,9 @@ def tokens(
     (any limit from 50 up) when the caller has them."""
     text = body_text(message) if text is None else text
     if text.isascii():
-        words = ascii_words(text, 3, 24, amounts=True)
+        words = ascii_words(text, _WORD_MIN, _WORD_MAX, amounts=True)
     else:
-        words = _WORD.findall(text.lower())
+        words = unicode_words(text.lower(), _WORD_MIN, _WORD_MAX, amounts=True)
     out = set(words)
     if len(out) >= _MAX_TOKENS:
         # The first _MAX_TOKENS distinct words in text order, not any of them.
@@ -268,6 +270,9 @@ class Bayes:
         max_tokens: int = MAX_TOKENS,
     ) -> None:
         self.max_tokens = max_tokens
+        # unicode_words builds its character classes on first use (0.1 s): here, at start,
+        # not in the scan of the first message that is not ASCII.
+        unicode_words("", _WORD_MIN, _WORD_MAX)
         root.mkdir(parents=True, exist_ok=True)
         self.journal_max_entries = journal_max_entries
         self.env = lmdb.open(str(root), map_size=map_size, max_dbs=4, subdir=True)

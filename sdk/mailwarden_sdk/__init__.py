@@ -8,8 +8,8 @@ A plugin is a class (or module) with ``@hookimpl``-marked methods named after th
 
 The native MIME core and signature matcher are reached through this package too
 (:func:`parse`, :func:`detect_type`, :class:`Matcher`, and since SDK 1.18
-:func:`shingle_sketch` for MinHash sketches of text and :func:`ascii_words` for a
-tokenizer's words of ASCII text), so a plugin never imports the
+:func:`shingle_sketch` for MinHash sketches of text and :func:`ascii_words` and
+:func:`unicode_words` for a tokenizer's words of text), so a plugin never imports the
 ``mailwarden`` core.
 A plugin that keeps messages of its own offers them to the web interface as a
 :class:`Quarantine` (:mod:`mailwarden_sdk.quarantines`).
@@ -32,6 +32,7 @@ from mailwarden_native import (
     detect_type,
     parse,
     shingle_sketch,
+    unicode_words,
 )
 
 from . import files, findings
@@ -125,4 +126,5 @@ __all__ = [
     "run_cpu_bound",
     "shared_state",
     "shingle_sketch",
+    "unicode_words",
 ]

@@ -3,7 +3,7 @@ reference: stored Bayes databases (LMDB and the cluster's Redis keys) are keyed 
 strings, so a token that changed would silently lose what a site's Bayes learned. Random
 messages cover Unicode and ASCII text (the fast path), header names in any case, repeated and
 missing headers, digits of every script, HTML tags and attributes in any case. The C core's
-ASCII word cutting (``ascii_words``) is held to the regex it replaces."""
+word cutting (``ascii_words``, ``unicode_words``) is held to the regexes it replaces."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from mailwarden_antispam.bayes import tokens
 from mailwarden_antispam.content import body_text, message_urls
-from mailwarden_sdk import ParsedMessage, ascii_words, parse
+from mailwarden_sdk import ParsedMessage, ascii_words, parse, unicode_words
 
 # -- the reference: tokens() as first written (every Bayes store was learned with it) --------
 
@@ -207,6 +207,22 @@ def test_native_ascii_words_are_the_regex_words(text: str, cut: tuple[int, int, 
     pattern = f"[a-z0-9]{{{low},{high}}}" + (r"|\$[0-9]+" if amounts else "")
     event("words" if re.search(pattern, text.lower()) else "no words")
     assert ascii_words(text, low, high, amounts) == re.findall(pattern, text.lower())
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    _text(st.one_of(_unicode, st.sampled_from(["\udc80", "\ud800"])), 150),
+    st.sampled_from([(3, 24, True), (2, 30, False), (1, 1, True), (1, 5, False), (4, 4, True)]),
+)
+def test_native_unicode_words_are_the_regex_words(text: str, cut: tuple[int, int, bool]) -> None:
+    # Letters and digits of every script, "_" and Unicode spaces between them, "$" before
+    # other scripts' digits (\d), lone surrogates: the regex's own classes, cut in C.
+    low, high, amounts = cut
+    pattern = f"[^\\W_]{{{low},{high}}}" + (r"|\$\d+" if amounts else "")
+    event("words" if re.search(pattern, text) else "no words")
+    assert unicode_words(text, low, high, amounts) == re.findall(pattern, text)
+    lowered = text.lower()
+    assert unicode_words(lowered, low, high, amounts) == re.findall(pattern, lowered)
 
 
 def test_native_ascii_words_refuse_what_they_cannot_cut() -> None:
