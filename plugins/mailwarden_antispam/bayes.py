@@ -174,9 +174,9 @@ def tokens(
 
 def _header_tokens(message: ParsedMessage, out: set[str]) -> None:
     # One walk over the header block (the rules read it next, so it is decoded once), not a
-    # lookup per name. Names are compared lowercased: only U+212A (KELVIN SIGN -> "k") and
-    # U+0130 lower into ASCII, and no token header has a "k", so a name matches exactly when
-    # its raw bytes do, as header_all() compares them.
+    # lookup per name. Names are compared lowercased: of the non-ASCII characters only U+212A
+    # (KELVIN SIGN) lowers to ASCII ("k"; U+0130 to "i" and a combining dot), and no token
+    # header has a "k", so a name matches exactly when its raw bytes do (header_all()).
     seen: dict[str, int] = {}
     chunks: list[str] = []
     for name, value in message.headers:
