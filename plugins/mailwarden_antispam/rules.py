@@ -28,12 +28,22 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from mailwarden_sdk import Matcher
 
-from .fastmatch import HAVE_HYPERSCAN, PatternSet, default_cache_dir
+from .fastmatch import (
+    FRAME_END,
+    FRAME_START,
+    HAVE_HYPERSCAN,
+    PatternSet,
+    default_cache_dir,
+    frame_tag,
+    framed_rewrites,
+    text_bytes,
+)
 from .sa_evals import EVALS, EvalInput
 
 __all__ = ["Rule", "RuleSet", "RuleTargets", "load_rules"]
@@ -281,7 +291,7 @@ class RuleSet:
         """The header, body, rawbody, URI and full rules (sub-rules included) that hit."""
         hits: set[str] = set()
         matching = self._matching  # read once: the compiling thread may swap it meanwhile
-        if matching.fast or matching.fast_headers:
+        if matching.fast or matching.headers is not None:
             self._match_fast(matching, targets, hits)
         else:
             self._match_re(matching, targets, hits)
@@ -300,18 +310,8 @@ class RuleSet:
             patterns, rules = matching.fast["uri"]
             for uri in targets.uris:
                 hits.update(r.name for r in _confirmed(patterns, rules, uri))
-        for group in matching.fast_headers.values():
-            values = _header_values(group.rules[0], targets)
-            if values is None:
-                for rule in group.if_absent:
-                    if _header_hit(rule, targets):
-                        hits.add(rule.name)  # if-unset text or a negation: re, on no text
-                continue
-            rules = group.rules
-            found = group.patterns.confirmed("\n".join(values))
-            hits.update(rules[i].name for i in found if not rules[i].negate)
-            if group.negated:
-                hits.update(r.name for i, r in group.negated if i not in found)
+        if matching.headers is not None:
+            matching.headers.match(targets, hits)
         for kind in ("body", "rawbody", "full"):
             text = getattr(targets, kind)
             for rule in self._candidates(matching, kind, text):
@@ -413,22 +413,86 @@ class _Matching:
     )
     # Per target ("body"...; "header" per header name): the database and its rules.
     fast: dict[str, tuple[PatternSet, list[Rule]]] = field(default_factory=dict)
-    fast_headers: dict[str, _HeaderGroup] = field(default_factory=dict)
+    headers: _HeaderScan | None = None
     slow_headers: list[Rule] = field(default_factory=list)
     # "exists:Name" rules on plain header names: (lowered name, rule name), a dict look-up.
     exists: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass
-class _HeaderGroup:
-    """The header rules on one header name in one database (none of its rejected)."""
+class _HeaderScan:
+    """Every header rule hyperscan takes in one database, answered by one scan a message.
+
+    The block scanned holds, per header name that rules read (``Subject``, ``From:addr``,
+    ``ALL``...), the text ``re`` would search (the values joined by newlines) in a frame of
+    its own, tagged with the name's number (:func:`~.fastmatch.framed_rewrites`): a rule's
+    rewrite matches only inside its name's frame, and its ^ and $ are that frame's ends. A
+    hit is final where the rewrite is exact and the text ASCII, else its ``re`` confirms it.
+    """
 
     patterns: PatternSet
     rules: list[Rule]
-    # Hit where their pattern is not found (!~), by index.
+    # The header names (normalised, see _header_key), a frame each, by tag number...
+    keys: list[str]
+    # ...and each rule's name by its index.
+    key_of: list[int]
+    # Kept rules hit where their pattern is not found (!~), by index.
     negated: list[tuple[int, Rule]]
-    # What can hit when the header is absent: negations and [if-unset: TEXT] rules.
-    if_absent: list[Rule]
+    # Per name: what can hit when the header is absent (negations, [if-unset: TEXT]).
+    if_absent: list[list[Rule]]
+    # Per name: the bytes its frame starts with (the frame byte and its tag).
+    heads: list[bytes] = field(default_factory=list)
+
+    @classmethod
+    def build(cls, rules: list[Rule], cache: Path | None, compile_now: bool) -> _HeaderScan:
+        keys: dict[str, int] = {}
+        key_of = [keys.setdefault(_header_key(r.header), len(keys)) for r in rules]
+        tags = [frame_tag(n) for n in range(len(keys))]
+        patterns = PatternSet(
+            [r.pattern for r in rules if r.pattern],
+            cache,
+            compile_now,
+            rewriter=lambda index, pattern: framed_rewrites(pattern, tags[key_of[index]]),
+        )
+        kept = [(i, r) for i, r in enumerate(rules) if i not in patterns.rejected]
+        if_absent: list[list[Rule]] = [[] for _ in keys]
+        for i, rule in kept:
+            if rule.negate or rule.if_unset is not None:
+                if_absent[key_of[i]].append(rule)
+        negated = [(i, r) for i, r in kept if r.negate]
+        heads = [bytes((FRAME_START,)) + tag for tag in tags]
+        return cls(patterns, rules, list(keys), key_of, negated, if_absent, heads)
+
+    def match(self, targets: RuleTargets, hits: set[str]) -> None:
+        texts: list[str | None] = []
+        frames: list[bytes] = []
+        for number, key in enumerate(self.keys):
+            values = _values_of(key, targets)
+            if values is None:
+                texts.append(None)
+                for rule in self.if_absent[number]:
+                    if _header_hit(rule, targets):
+                        hits.add(rule.name)  # if-unset text or a negation: re, on no text
+                continue
+            text = "\n".join(values)
+            texts.append(text)
+            frames.append(self.heads[number] + text_bytes(text) + _FRAME_END)
+        patterns, rules, key_of = self.patterns, self.rules, self.key_of
+        found: set[int] = set()
+        for index in patterns.scan(b"".join(frames)):
+            searched = texts[key_of[index]]
+            if searched is None:  # cannot be: a rewrite matches in its own frame only
+                continue
+            exact = patterns.exact[index] and searched.isascii()
+            if exact or patterns.holds(index, searched):
+                found.add(index)
+        hits.update(rules[i].name for i in found if not rules[i].negate)
+        for index, rule in self.negated:
+            if index not in found and texts[key_of[index]] is not None:
+                hits.add(rule.name)
+
+
+_FRAME_END = bytes((FRAME_END,))
 
 
 def _prefilters(
@@ -459,31 +523,25 @@ def _fast_matching(
         fast[kind] = (patterns, rules)
         sets.append(patterns)
         slow[kind] = [r for i, r in enumerate(rules) if i in patterns.rejected]
-    per_header: dict[str, list[Rule]] = {}
+    framed: list[Rule] = []
     slow_headers: list[Rule] = []
     exists: list[tuple[str, str]] = []
     for rule in by_kind["header"]:
         if rule.pattern is not None and not rule.exists:
-            per_header.setdefault(rule.header, []).append(rule)
+            framed.append(rule)
         elif rule.exists and _NAME_ONLY.fullmatch(rule.header) and rule.header not in _PSEUDO:
             exists.append((rule.header.lower(), rule.name))
         else:
             slow_headers.append(rule)
-    fast_headers: dict[str, _HeaderGroup] = {}
-    for header, rules in per_header.items():
-        patterns = PatternSet([r.pattern for r in rules if r.pattern], cache, compile_now)
-        kept = [(i, r) for i, r in enumerate(rules) if i not in patterns.rejected]
-        fast_headers[header] = _HeaderGroup(
-            patterns,
-            rules,
-            [(i, r) for i, r in kept if r.negate],
-            [r for _i, r in kept if r.negate or r.if_unset is not None],
-        )
-        sets.append(patterns)
-        slow_headers.extend(r for i, r in enumerate(rules) if i in patterns.rejected)
+    headers = None
+    if framed:
+        headers = _HeaderScan.build(framed, cache, compile_now)
+        sets.append(headers.patterns)
+        rejected = headers.patterns.rejected
+        slow_headers.extend(r for i, r in enumerate(framed) if i in rejected)
     if any(p.pending for p in sets):
         return None
-    return _Matching(_prefilters(slow), fast, fast_headers, slow_headers, exists)
+    return _Matching(_prefilters(slow), fast, headers, slow_headers, exists)
 
 
 @contextmanager
@@ -545,12 +603,23 @@ def _meta_python(expr: str) -> str:
 
 
 def _header_values(rule: Rule, targets: RuleTargets) -> list[str] | None:
-    name = rule.header
+    return _values_of(_header_key(rule.header), targets)
+
+
+def _values_of(key: str, targets: RuleTargets) -> list[str] | None:
     try:
-        return targets.values[name]
+        return targets.values[key]
     except KeyError:
-        values = targets.values[name] = _read_header(name, targets)
+        values = targets.values[key] = _read_header(key, targets)
         return values
+
+
+@lru_cache(maxsize=4096)
+def _header_key(name: str) -> str:
+    """One spelling per header name as rules read it ("Message-Id", "Message-ID": one):
+    field names fold case, SpamAssassin's pseudo-headers and the modifiers do not."""
+    base, colon, modifier = name.partition(":")
+    return (base if base in _PSEUDO else base.lower()) + colon + modifier
 
 
 def _read_header(name: str, targets: RuleTargets) -> list[str] | None:

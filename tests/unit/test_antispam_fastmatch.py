@@ -28,7 +28,7 @@ from mailwarden_antispam.fastmatch import (
     to_bytes_pattern,
     trim_cache,
 )
-from mailwarden_antispam.rules import load_rules
+from mailwarden_antispam.rules import Rule, RuleSet, RuleTargets, load_rules
 from mailwarden_sdk import parse
 from tests.conftest import need
 from tests.services import ensure_packages
@@ -309,3 +309,136 @@ def test_a_line_anchored_pattern_tried_only_at_its_lines_answers_as_re(
     patterns = PatternSet([pattern], cache=None)
     text = newline.join(lines)
     assert (patterns.confirmed(text) == [0]) == (pattern.search(text) is not None), text
+
+
+# Header rules: one hyperscan scan over a block of framed texts, one frame per header name.
+_HEADER_NAMES = ["Subject", "subject", "From", "From:addr", "From:name", "To", "ToCc"]
+_HEADER_NAMES += ["MESSAGEID", "Message-Id", "ALL", "X-Mailer"]
+_FIELDS = ["Subject", "From", "To", "Cc", "Message-Id", "Resent-Message-Id", "X-Mailer"]
+# Back-references: hyperscan takes each as its group's pattern again, re decides.
+_BACKREFS = [r"(\w)\1", r"^(a|k)\s*\1", r"(?i:(s)\w*\1)$", r"(\w+) <\1@", r"(?:(a)|b)\1"]
+# Short anchored literals over a small alphabet: hits in one frame and not another are common.
+_SMALL = st.builds(
+    lambda start, text, end: start + text + end,
+    st.sampled_from(["", "^", r"\A"]),
+    st.text("ak \n", min_size=1, max_size=3),
+    st.sampled_from(["", "$", r"\Z"]),
+)
+_VALUES = st.one_of(
+    st.text(_ALPHABET, max_size=16),
+    st.text("ak \n", max_size=5),
+    st.text("ak ", min_size=1, max_size=3).map(lambda text: text + "\n"),  # Python's $
+    st.sampled_from(['"Joe K" <joe@a.b>', "a@b, Kim <k@s.i>", "<>", "", " \n ", "<a@b>"]),
+)
+
+
+@st.composite
+def _header_rule(draw: st.DrawFn, number: int, present: list[str]) -> Rule:
+    source = draw(st.one_of(_patterns(), st.sampled_from(_BACKREFS), _SMALL))
+    flags = draw(st.sampled_from([0, re.I, re.M, re.S, re.I | re.M]))
+    # Mostly on headers the message has (hits and misses in neighbouring frames).
+    header = draw(st.sampled_from(present + _HEADER_NAMES if present else _HEADER_NAMES))
+    return Rule(
+        f"R{number}",
+        "header",
+        "test",
+        pattern=re.compile(source, flags),
+        header=header,
+        negate=draw(st.sampled_from([False, False, True])),
+        if_unset=draw(st.sampled_from([None, None, None, "", "a k"])),
+    )
+
+
+def _header_targets(fields: list[tuple[str, str]]) -> RuleTargets:
+    headers: dict[str, list[str]] = {}
+    for name, value in fields:
+        headers.setdefault(name.lower(), []).append(value)
+    text = "\n".join(f"{name}: {value}" for name, value in fields)
+    return RuleTargets(headers=headers, body="", rawbody="", uris=[], full="", all_headers=text)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.sampled_from(_FIELDS), _VALUES), max_size=7), st.data())
+def test_header_rules_in_one_framed_scan_hit_as_re(
+    fields: list[tuple[str, str]], data: st.DataObject
+) -> None:
+    # Every header name's text in a frame of its own: ^ and $ are the frame's ends, a rule
+    # matches in its own name's frame only, several headers of a name are one text (joined
+    # by newlines), pseudo-headers and :addr/:name as re reads them, negations and
+    # [if-unset] where the header is absent.
+    pytest.importorskip("hyperscan")
+    present = sorted({name for name, _value in fields} | {"From:addr", "ToCc", "ALL"})
+    count = data.draw(st.integers(1, 6))
+    rules = [data.draw(_header_rule(i, present)) for i in range(count)]
+    fast = RuleSet(rules={r.name: r for r in rules}, cache=None).compile()
+    slow = RuleSet(rules={r.name: r for r in rules}, cache=None, engine="re").compile()
+    assert fast._matching.headers is not None
+    assert fast.regex_hits(_header_targets(fields)) == slow.regex_hits(_header_targets(fields))
+
+
+def _counting(monkeypatch: pytest.MonkeyPatch, name: str) -> list[int]:
+    """Calls of PatternSet.``name`` from now on (it still runs)."""
+    calls: list[int] = []
+    real = getattr(PatternSet, name)
+
+    def counted(self: PatternSet, *args: object) -> object:
+        calls.append(1)
+        return real(self, *args)
+
+    monkeypatch.setattr(PatternSet, name, counted)
+    return calls
+
+
+def test_header_rules_on_many_names_are_answered_by_one_scan(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("hyperscan")
+    rules = tmp_path / "headers.cf"
+    rules.write_text(
+        "header SUBJ_FREE Subject =~ /^free\\b/i\n"
+        "header FROM_BIZ From:addr =~ /\\.biz$/\n"
+        "header TO_LIST ToCc =~ /list@/\n"
+        "header NO_MAILER X-Mailer !~ /./\n"
+        "header MID_SHORT MESSAGEID =~ /^.{1,15}$|<.{0,4}\\@/\n"
+        "header ALL_PRECEDENCE ALL =~ /^Precedence: bulk$/m\n"
+    )
+    ruleset = load_rules([rules], cache=tmp_path / "cache")
+    message = (
+        b"From: Joe <joe@shop.biz>\r\nTo: a@b.example\r\nCc: list@b.example\r\n"
+        b"Subject: Free gift\r\nMessage-Id: <1@b>\r\nX-Mailer: \r\nPrecedence: bulk\r\n\r\nhi\r\n"
+    )
+    plugin = AntispamPlugin()
+    plugin.configure(AntispamConfig())
+    targets = plugin._targets_of(parse(message), "", [])
+    scans = _counting(monkeypatch, "_scan")
+    hits = ruleset.regex_hits(targets)
+    assert hits == {"SUBJ_FREE", "FROM_BIZ", "TO_LIST", "NO_MAILER", "MID_SHORT", "ALL_PRECEDENCE"}
+    assert len(scans) == 1, "one hyperscan scan for the header rules of six names"
+    reference = load_rules([rules], engine="re")
+    assert reference.regex_hits(plugin._targets_of(parse(message), "", [])) == hits
+
+
+def test_a_back_reference_header_rule_runs_re_only_where_hyperscan_reports_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # SpamAssassin's __0_TZ_* rules: hyperscan takes "\1" as "\w" again (a superset), so a
+    # From: with no quoted name is told it cannot match without running the regex.
+    pytest.importorskip("hyperscan")
+    rules = tmp_path / "backref.cf"
+    rules.write_text('header NAME_IS_USER From =~ /^"(\\w+)" <\\1@/\n')
+    ruleset = load_rules([rules], cache=tmp_path / "cache")
+    reference = load_rules([rules], engine="re")
+    plugin = AntispamPlugin()
+    plugin.configure(AntispamConfig())
+    confirmations = _counting(monkeypatch, "holds")
+    for sender, hit, confirmed in (
+        ('"joe" <joe@example.com>', True, 1),
+        ('"joe" <ann@example.com>', False, 1),
+        ("Joe <joe@example.com>", False, 0),
+    ):
+        raw = f"From: {sender}\r\nTo: a@b\r\nSubject: x\r\n\r\nbody\r\n".encode()
+        before = len(confirmations)
+        hits = ruleset.regex_hits(plugin._targets_of(parse(raw), "", []))
+        assert ("NAME_IS_USER" in hits) == hit, sender
+        assert hits == reference.regex_hits(plugin._targets_of(parse(raw), "", []))
+        assert len(confirmations) - before == confirmed, sender
