@@ -252,6 +252,9 @@ class _Emitter:
                 # finds at least the same texts, and is cheaper unless X is one character.
                 if one_char and not self.widen and 1 <= low <= _MAX_CHAR_BOUND:
                     high = low
+                elif self.framed and not self.widen and 1 <= low <= _MAX_BOUND:
+                    # The header database is small: m copies, exact (one is a looser try).
+                    high = low
                 else:
                     low = high = 1
                     self.exact_on_ascii = False

@@ -102,8 +102,8 @@ class RuleTargets:
     full: str
     all_headers: str = ""
     facts: EvalInput | None = None
-    # The :addr/:name values already parsed for this message (many rules read From:addr).
-    parsed: dict[str, list[str]] = field(default_factory=dict)
+    # The (name, address) pairs of a header already parsed for :addr/:name, by header name.
+    parsed: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
     # Every header rule's values by its header name (with modifier), read once per message:
     # the stock rules read ~100 a message through ~20 names.
     values: dict[str, list[str] | None] = field(default_factory=dict)
@@ -641,14 +641,13 @@ def _read_header(name: str, targets: RuleTargets) -> list[str] | None:
         return None
     if modifier not in ("addr", "name"):
         return values
-    done = targets.parsed.get(name)
-    if done is None:
-        if modifier == "addr":
-            done = [a for _n, a in email.utils.getaddresses(values) if a] or [""]
-        else:
-            done = [n for n, _a in email.utils.getaddresses(values)] or [""]
-        targets.parsed[name] = done
-    return done
+    # One parse serves both modifiers (the stock rules read From:addr and From:name).
+    pairs = targets.parsed.get(base)
+    if pairs is None:
+        pairs = targets.parsed[base] = email.utils.getaddresses(values)
+    if modifier == "addr":
+        return [a for _n, a in pairs if a] or [""]
+    return [n for n, _a in pairs] or [""]
 
 
 def _confirmed(patterns: PatternSet, rules: list[Rule], text: str) -> list[Rule]:
