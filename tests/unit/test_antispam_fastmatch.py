@@ -7,6 +7,7 @@ texts, and on the shipped rules plus SpamAssassin's stock rules over the shared 
 
 from __future__ import annotations
 
+import email.utils
 import fcntl
 import os
 import re
@@ -28,7 +29,14 @@ from mailwarden_antispam.fastmatch import (
     to_bytes_pattern,
     trim_cache,
 )
-from mailwarden_antispam.rules import Rule, RuleSet, RuleTargets, load_rules
+from mailwarden_antispam.rules import (
+    _SIMPLE_ADDRESS,
+    Rule,
+    RuleSet,
+    RuleTargets,
+    _addresses,
+    load_rules,
+)
 from mailwarden_sdk import parse
 from tests.conftest import need
 from tests.services import ensure_packages
@@ -442,3 +450,16 @@ def test_a_back_reference_header_rule_runs_re_only_where_hyperscan_reports_it(
         assert ("NAME_IS_USER" in hits) == hit, sender
         assert hits == reference.regex_hits(plugin._targets_of(parse(raw), "", []))
         assert len(confirmations) - before == confirmed, sender
+
+
+@settings(max_examples=1500, deadline=None)
+@given(
+    st.one_of(
+        st.from_regex(_SIMPLE_ADDRESS, fullmatch=True),
+        st.text(' \t"<>@.,;:()\\[]aZ9_+=-\xe9', max_size=30),
+        st.sampled_from(['"Joe" <a@b>', 'Joe "B" <a@b>', "a@b (Joe)", "<a@b>, c@d", "Joe <a@b"]),
+    )
+)
+def test_the_common_address_forms_read_as_email_utils_reads_them(value: str) -> None:
+    # From:addr and From:name are read directly in the common forms: as getaddresses would.
+    assert _addresses([value]) == email.utils.getaddresses([value])
