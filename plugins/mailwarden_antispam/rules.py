@@ -442,6 +442,9 @@ class _HeaderScan:
     if_absent: list[list[Rule]]
     # Per name: the bytes its frame starts with (the frame byte and its tag).
     heads: list[bytes] = field(default_factory=list)
+    # Per name: the header field it is, lowered, when it is just one ("" for ALL, ToCc,
+    # MESSAGEID and :addr/:name, read by _read_header).
+    fields: list[str] = field(default_factory=list)
 
     @classmethod
     def build(cls, rules: list[Rule], cache: Path | None, compile_now: bool) -> _HeaderScan:
@@ -461,13 +464,18 @@ class _HeaderScan:
                 if_absent[key_of[i]].append(rule)
         negated = [(i, r) for i, r in kept if r.negate]
         heads = [bytes((FRAME_START,)) + tag for tag in tags]
-        return cls(patterns, rules, list(keys), key_of, negated, if_absent, heads)
+        fields = [key if _NAME_ONLY.fullmatch(key) and key not in _PSEUDO else "" for key in keys]
+        return cls(patterns, rules, list(keys), key_of, negated, if_absent, heads, fields)
 
     def match(self, targets: RuleTargets, hits: set[str]) -> None:
         texts: list[str | None] = []
         frames: list[bytes] = []
-        for number, key in enumerate(self.keys):
-            values = _values_of(key, targets)
+        headers, keys = targets.headers, self.keys
+        for number, field_name in enumerate(self.fields):
+            if field_name:  # most names: one header field's values, read as _read_header does
+                values = headers.get(field_name) or None
+            else:
+                values = _values_of(keys[number], targets)
             if values is None:
                 texts.append(None)
                 for rule in self.if_absent[number]:
