@@ -442,9 +442,12 @@ class _HeaderScan:
     if_absent: list[list[Rule]]
     # Per name: the bytes its frame starts with (the frame byte and its tag).
     heads: list[bytes] = field(default_factory=list)
-    # Per name: the header field it is, lowered, when it is just one ("" for ALL, ToCc,
-    # MESSAGEID and :addr/:name, read by _read_header).
-    fields: list[str] = field(default_factory=list)
+    # The names that are one header field (lowered field name -> number), and the others
+    # (ALL, ToCc, MESSAGEID, :addr/:name: read by _read_header).
+    field_numbers: dict[str, int] = field(default_factory=dict)
+    derived: list[int] = field(default_factory=list)
+    # The names with rules that can hit when their header is absent, with those rules.
+    if_absent_of: list[tuple[int, list[Rule]]] = field(default_factory=list)
 
     @classmethod
     def build(cls, rules: list[Rule], cache: Path | None, compile_now: bool) -> _HeaderScan:
@@ -464,27 +467,34 @@ class _HeaderScan:
                 if_absent[key_of[i]].append(rule)
         negated = [(i, r) for i, r in kept if r.negate]
         heads = [bytes((FRAME_START,)) + tag for tag in tags]
-        fields = [key if _NAME_ONLY.fullmatch(key) and key not in _PSEUDO else "" for key in keys]
-        return cls(patterns, rules, list(keys), key_of, negated, if_absent, heads, fields)
+        plain = {k: n for k, n in keys.items() if _NAME_ONLY.fullmatch(k) and k not in _PSEUDO}
+        derived = [n for n in keys.values() if n not in plain.values()]
+        absent = [(n, rules) for n, rules in enumerate(if_absent) if rules]
+        return cls(
+            patterns, rules, list(keys), key_of, negated, if_absent, heads, plain, derived, absent
+        )
 
     def match(self, targets: RuleTargets, hits: set[str]) -> None:
-        texts: list[str | None] = []
+        texts: list[str | None] = [None] * len(self.keys)
         frames: list[bytes] = []
-        headers, keys = targets.headers, self.keys
-        for number, field_name in enumerate(self.fields):
-            if field_name:  # most names: one header field's values, read as _read_header does
-                values = headers.get(field_name) or None
-            else:
-                values = _values_of(keys[number], targets)
-            if values is None:
-                texts.append(None)
-                for rule in self.if_absent[number]:
+        heads = self.heads
+        # Only the names the message has: a dozen header fields, not the rules' 56 names.
+        numbers = self.field_numbers
+        for field_name, values in targets.headers.items():
+            number = numbers.get(field_name)
+            if number is not None and values:
+                text = texts[number] = "\n".join(values)
+                frames.append(heads[number] + text_bytes(text) + _FRAME_END)
+        for number in self.derived:  # ALL, ToCc, MESSAGEID, :addr/:name
+            read = _values_of(self.keys[number], targets)
+            if read is not None:
+                text = texts[number] = "\n".join(read)
+                frames.append(heads[number] + text_bytes(text) + _FRAME_END)
+        for number, absent in self.if_absent_of:
+            if texts[number] is None:
+                for rule in absent:
                     if _header_hit(rule, targets):
                         hits.add(rule.name)  # if-unset text or a negation: re, on no text
-                continue
-            text = "\n".join(values)
-            texts.append(text)
-            frames.append(self.heads[number] + text_bytes(text) + _FRAME_END)
         patterns, rules, key_of = self.patterns, self.rules, self.key_of
         found: set[int] = set()
         for index in patterns.scan(b"".join(frames)):
