@@ -463,3 +463,20 @@ def test_a_back_reference_header_rule_runs_re_only_where_hyperscan_reports_it(
 def test_the_common_address_forms_read_as_email_utils_reads_them(value: str) -> None:
     # From:addr and From:name are read directly in the common forms: as getaddresses would.
     assert _addresses([value]) == email.utils.getaddresses([value])
+
+
+@pytest.mark.parametrize("source", [r"(?s)a.*b", r"a[^x]*b", r"a\W*b", r"a\S*b", r"a\D+b"])
+def test_a_header_rule_never_matches_across_two_headers(source: str) -> None:
+    # "a" ends the Subject and "b" starts X-Mailer: in the scanned block only the frame
+    # bytes between them, which no rewritten class may take (whatever "any character" is).
+    pytest.importorskip("hyperscan")
+    rules = [
+        Rule("SUBJ", "header", "test", pattern=re.compile(source), header="Subject"),
+        Rule("MAILER", "header", "test", pattern=re.compile("zz"), header="X-Mailer"),
+    ]
+    fast = RuleSet(rules={r.name: r for r in rules}, cache=None).compile()
+    targets = _header_targets([("Subject", "xa"), ("X-Mailer", "b\xe9")])
+    assert fast._matching.headers is not None
+    assert fast._matching.headers.patterns.exact[0], "hyperscan's answer is final here"
+    assert fast.regex_hits(targets) == set()
+    assert fast.regex_hits(_header_targets([("Subject", "xa-b"), ("X-Mailer", "b")])) == {"SUBJ"}
