@@ -59,7 +59,7 @@ serve: install-runtime av-packages
 # gives each target FUZZ_SECONDS. FUZZ_SECONDS=0 skips the step (libFuzzer would take a 0 s
 # budget as "no limit").
 test: install av-packages lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 	@if [ "$(FUZZ_SECONDS)" -gt 1 ]; then bash tests/fuzz/run.sh $$(( $(FUZZ_SECONDS) / 2 )) parse sigs; fi
 
 # lint-imports checks the layers (.importlinter): native <- sdk <- plugins, no cycles, ...

@@ -408,10 +408,13 @@ class Gateway:
         findings: Sequence[Finding] = (),
         rule: RuleConfig | None = None,
         dry_run: bool = True,
+        live: bool | None = None,
     ) -> Decision:
         """Parse, pick the rule, run the detectors, fold and decide. Does not act or record;
         unless ``dry_run`` is false (an ingress that acts on the decision next), the action
-        hooks keep nothing either (``ScanContext.dry_run``).
+        hooks keep nothing either (``ScanContext.dry_run``). ``live`` (default: ``not
+        dry_run``) says the message is real mail, as from a scan service whose MTA acts on
+        the answer: only then do plugins learn from it or send it out (``ScanContext.live``).
 
         ``message`` is ``raw`` already parsed, so a message scanned once per rule is parsed once;
         ``findings`` are folded in with the detectors' (a plugin's verdict on a resubmission);
@@ -428,7 +431,7 @@ class Gateway:
         if rule is None:
             first = envelope.rcpt_to[0] if envelope.rcpt_to else ""
             rule = self.rule_for(envelope.mail_from, first, client=envelope.client_address)
-        ctx = ScanContext(envelope, message, rule.name, dry_run=dry_run)
+        ctx = ScanContext(envelope, message, rule.name, dry_run=dry_run, live=live)
 
         began = time.perf_counter()
         found = await self.detect.findings(self.config, ctx, rule, findings, timings)
@@ -662,12 +665,9 @@ class Gateway:
             reply=reply,
             timings_ms=decision.timings_ms,
         )
-        if self.config.events.enabled:
-            try:
-                self.events.append(event)
-            except Exception:
-                log.exception("could not write the message event of %s", decision.id)
-                self.stores.metrics.errors.labels("store:message event log").inc()
+        # The writer thread stores it (the log on) and sends it out, in batches, off the loop;
+        # the mail is already durable (spool or queue), the event is its audit record.
+        self.events.write_later(event, keep=self.config.events.enabled)
         self.stores.observe(event)
         for lane in self._observers:
             lane.offer(event)

@@ -7,7 +7,9 @@ because it reads the config and the telemetry: the stores themselves take plain 
 :class:`CoreStores` opens nothing until used (LMDB environments open on first access, after
 any fork). ``mailwarden serve`` calls :meth:`CoreStores.start` (temp files removed, metrics
 listener, the enforcement loop) and the pipeline calls :meth:`CoreStores.observe` for every
-recorded message (statistics, metrics, events out).
+recorded message (statistics and metrics, in memory). What goes to disk or out per message
+(the event, the JSON export, syslog, traces) is written by the event log's writer thread
+(:meth:`~mailwarden.events.MessageEventLog.write_later`), in batches, off the event loop.
 """
 
 from __future__ import annotations
@@ -200,6 +202,8 @@ class CoreStores:
                 stores._recovered(recovery)
 
         self._unsubscribe = on_recovered(recovered)
+        events.on_written = self._written
+        events.on_failed = self._not_written
 
     def _recovered(self, recovery: Recovery) -> None:
         self.metrics.sync_recoveries()
@@ -244,23 +248,31 @@ class CoreStores:
         return removed
 
     def observe(self, event: MessageEvent) -> None:
-        """What one recorded message adds beside its event: counters, metrics, events out."""
+        """What one recorded message adds in memory beside its event: counters, metrics."""
         try:
             self.statistics.count(event)
         except Exception:
             log.exception("statistics of %s not counted", event.id)
             self.metrics.errors.labels("store:statistics").inc()
         self.metrics.observe(event)
-        if self.traces is not None:
-            self._trace(event)
+
+    def _not_written(self, lost: int) -> None:
+        self.metrics.errors.labels("store:message event log").inc(lost)
+
+    def _written(self, events: list[MessageEvent]) -> None:
+        # The event writer's thread, after a batch's commit: an exported event can already be
+        # searched for (unless its write failed, which is logged and counted).
+        for event in events:
+            if self.traces is not None:
+                self._trace(event)
+            for sink in self.sinks:
+                try:
+                    sink.send(event)
+                except Exception:
+                    log.exception("sending event %s out failed", event.id)
+                    self.metrics.errors.labels("events-out").inc()
         # Recording may have trimmed a store (the event log's cap).
         self.metrics.sync_evictions()
-        for sink in self.sinks:
-            try:
-                sink.send(event)
-            except Exception:
-                log.exception("sending event %s out failed", event.id)
-                self.metrics.errors.labels("events-out").inc()
 
     def _trace(self, event: MessageEvent) -> None:
         # Diagnostics: what each message went through (findings with their details, timings,
@@ -299,7 +311,8 @@ class CoreStores:
             await asyncio.sleep(self.config.stores.enforce_interval)
 
     async def stop(self) -> None:
-        """Stop the loop and the listener; close the sinks."""
+        """Write the queued events out, stop the loop and the listener; close the sinks."""
+        await asyncio.to_thread(self.events.stop_writer)
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -310,7 +323,9 @@ class CoreStores:
         self.flush()
 
     def flush(self) -> None:
-        """Write what waits in memory (the last second of statistics counters)."""
+        """Write what waits in memory: the queued message events (their writer ends; the
+        next event starts one) and the last second of statistics counters."""
+        self.events.stop_writer()
         try:
             self.statistics.flush()
         except Exception:

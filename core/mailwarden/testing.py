@@ -87,19 +87,21 @@ def scan(
     config: str = "",
     envelope: Envelope | None = None,
     home: Path | None = None,
+    live: bool = False,
 ) -> Any:
     """Scan a message (bytes or a file path) and return the :class:`~mailwarden.Decision`.
 
     ``plugins`` are plugin classes or objects (a list, named by their ``name`` attribute or
     class name, or a mapping name -> plugin); ``builtins=True`` also loads the installed
     plugins; ``config`` is TOML for the gateway and the plugins' sections. Nothing is
-    delivered or recorded.
+    delivered or recorded. ``live=True`` scans it as real mail (``ScanContext.live``):
+    plugins learn from it (Bayes autolearn), as they do from what a scan service answers.
     """
     raw = _read(message)
 
     async def run(directory: Path) -> Any:
         async with _gateway(plugins, builtins, config, directory) as gateway:
-            return await gateway.scan(raw, envelope)
+            return await gateway.scan(raw, envelope, live=live)
 
     if home is not None:
         return asyncio.run(run(home))
@@ -218,9 +220,9 @@ class GatewayRunner:
         self.smtp_port = port
         return port
 
-    def scan(self, raw: bytes, envelope: Envelope | None = None) -> Any:
-        """Scan without acting; returns the Decision."""
-        return self._call(self.gateway.scan(raw, envelope))
+    def scan(self, raw: bytes, envelope: Envelope | None = None, *, live: bool = False) -> Any:
+        """Scan without acting; returns the Decision. ``live``: as :func:`scan`."""
+        return self._call(self.gateway.scan(raw, envelope, live=live))
 
     def process(self, raw: bytes, envelope: Envelope | None = None) -> Any:
         """Scan, act (deliver to the Maildir, quarantine, ...) and record; returns the Outcome."""

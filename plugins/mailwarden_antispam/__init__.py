@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
+import functools
 import ipaddress
 import logging
 import time
@@ -26,7 +27,6 @@ from mailwarden_sdk import (
     Category,
     Finding,
     Host,
-    Matcher,
     ParsedMessage,
     Quarantine,
     ScanContext,
@@ -70,6 +70,9 @@ _BAND: StashKey[str] = StashKey("antispam bayes band")
 _SCANNED: StashKey[bool] = StashKey("antispam scanned")
 # The message's Bayes tokens as the scan computed them: autolearn's lesson reuses them.
 _TOKENS: StashKey[set[str]] = StashKey("antispam bayes tokens")
+# Its body text and URLs as the scan extracted them (every check reads them): so does
+# autolearn when the scan did not need the tokens.
+_TEXT: StashKey[tuple[str, list[str]]] = StashKey("antispam body text and urls")
 
 
 class AntispamConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -191,11 +194,10 @@ def _ip_in(networks: list[str], address: str | None) -> bool:
 class AntispamPlugin:
     """Emits scored antispam findings and turns the total score into a spam status."""
 
-    requires_sdk = ">=1.14,<2"  # shared_state
+    requires_sdk = ">=1.18,<2"  # ScanContext.live (shared_state: 1.14)
 
     def __init__(self) -> None:
         self.config = AntispamConfig()
-        self._matcher = Matcher([GTUBE])
         self.rules: RuleSet = RuleSet().compile()
         self._uses_relays = False
         self.resolver: Resolver | None = None
@@ -411,7 +413,8 @@ class AntispamPlugin:
             # Any decoded part, attachments included: a test message may carry the string in
             # a text file (SpamAssassin's extracttext test does), and it is never mail's own.
             for part in message.leaves():
-                if self._matcher.first(part.decoded()):
+                # bytes.find: a single literal, tens of times faster than a matcher call.
+                if GTUBE in part.decoded():
                     # GTUBE is decisive by definition: spam whatever the thresholds.
                     return [
                         spam_rule(
@@ -428,6 +431,9 @@ class AntispamPlugin:
         size = len(ctx.raw)
         extra: list[Finding] = []
         urls = message_urls(message)
+        # Fuzzy hashes, Bayes and the body rules all read the body text: extracted once.
+        body = await run_cpu_bound(size, body_text, message)
+        ctx.stash[_TEXT] = (body, urls)
         if self.resolver is not None and (cfg.authentication or cfg.dns_lists):
             dns = DnsBudget(self.resolver, cfg.dns_budget)
             checks = []
@@ -446,8 +452,9 @@ class AntispamPlugin:
             *heuristics.bulk_markers(message),
         ):
             hits.setdefault(code, details)
-        if self.fuzzy is not None:
-            fuzzy = await self.fuzzy.check(await run_cpu_bound(size, sketch, message))
+        if self.fuzzy is not None and self.fuzzy.may_match():
+            # With nothing reported there is nothing to compare with: no sketch to compute.
+            fuzzy = await self.fuzzy.check(await run_cpu_bound(size, sketch, message, body))
             if fuzzy is not None:
                 hits["FUZZY_SPAM"] = fuzzy
         if self.bayes is not None:
@@ -455,14 +462,14 @@ class AntispamPlugin:
             if self.bayes.shared is not None or min(self.bayes.counts()) >= cfg.bayes_min_learned:
                 # Once for the verdict and the lesson autolearn may draw from it; a store too
                 # new to classify leaves them to autolearn, in the hook thread, off the loop.
-                toks = ctx.stash[_TOKENS] = await run_cpu_bound(size, tokens, message)
+                toks = ctx.stash[_TOKENS] = await run_cpu_bound(size, tokens, message, body, urls)
             probability = await self.bayes.probability_async(
                 message, cfg.bayes_min_learned, size, toks
             )
             if probability is not None:
                 hits[band(probability)] = {"probability": f"{probability:.4f}"}
                 ctx.stash[_BAND] = band(probability)
-        targets = await run_cpu_bound(size, self._targets, ctx, urls)
+        targets = await run_cpu_bound(size, self._targets, ctx, urls, body)
         matched = await run_cpu_bound(size, self.rules.match, targets, set(hits))
         for rule in matched:
             hits.setdefault(rule.name, {"rule": rule.description[:120]} if rule.description else {})
@@ -494,19 +501,23 @@ class AntispamPlugin:
         targets = self._targets_of(message, mail_from, urls)
         return hits | {r.name for r in self.rules.match(targets, hits)}
 
-    def _targets(self, ctx: ScanContext, urls: list[str]) -> RuleTargets:
-        return self._targets_of(ctx.message, ctx.envelope.mail_from, urls)
+    def _targets(self, ctx: ScanContext, urls: list[str], body: str) -> RuleTargets:
+        return self._targets_of(ctx.message, ctx.envelope.mail_from, urls, body)
 
-    def _targets_of(self, message: ParsedMessage, mail_from: str, urls: list[str]) -> RuleTargets:
+    def _targets_of(
+        self, message: ParsedMessage, mail_from: str, urls: list[str], body: str | None = None
+    ) -> RuleTargets:
         headers: dict[str, list[str]] = {}
         lines = []
         for name, value in message.headers:
             headers.setdefault(name.lower(), []).append(value)
             lines.append(f"{name}: {value}")
-        for key in list(headers):
-            decoded = message.root.decoded_header(key)
-            if decoded is not None and len(headers[key]) == 1:
-                headers[key] = [decoded]
+        for key, values in headers.items():
+            # Only a value with an encoded word decodes to other text (decode_header_ex).
+            if len(values) == 1 and "=?" in values[0]:
+                decoded = message.root.decoded_header(key)
+                if decoded is not None:
+                    values[0] = decoded
         if mail_from:
             headers.setdefault("envelopefrom", [mail_from])
         received = headers.get("received", [])
@@ -515,7 +526,7 @@ class AntispamPlugin:
             headers.update(relay_headers(parse_received(received)))
         return RuleTargets(
             headers=headers,
-            body=body_text(message),
+            body=body_text(message) if body is None else body,
             rawbody=rawbody_text(message),
             uris=urls,
             full=message.raw.decode("utf-8", "replace"),
@@ -645,7 +656,8 @@ class AntispamPlugin:
         if self.quarantine is not None and verdict.spam.value in cfg.quarantine:
             # Kept once the rule has decided (mailwarden_action): not when it holds it itself.
             ctx.stash[KEEP] = True
-        if cfg.autolearn and self.bayes is not None:
+        # Only real mail teaches: an admin's `rules test` or `scan` of a sample must not.
+        if cfg.autolearn and self.bayes is not None and ctx.live:
             self._autolearn(ctx, verdict)
 
     def status_headers(self, verdict: Verdict) -> list[tuple[str, str]]:
@@ -710,7 +722,7 @@ class AntispamPlugin:
             # thread neither tokenises again nor waits for an fsync.
             toks = ctx.stash.get(_TOKENS, None)
             if toks is None:
-                toks = tokens(ctx.message)
+                toks = tokens(ctx.message, *ctx.stash.get(_TEXT, (None, None)))
             self.bayes.learn_later(ctx.raw, label, "autolearn", toks, ctx.message.message_id)
 
 
@@ -725,6 +737,7 @@ def _dns_unavailable(dns: DnsBudget) -> Finding:
     )
 
 
+@functools.lru_cache(maxsize=4096)
 def _code(name: str) -> str:
     code = "".join(c if c.isalnum() else "_" for c in name.upper()).strip("_")
     return code if code[:1].isalpha() else f"R_{code}"

@@ -124,19 +124,28 @@ _TAG_WORD = re.compile(r"<([a-z][a-z0-9]{0,9})\b([^>]{0,300})>", re.IGNORECASE)
 _ATTR = re.compile(r"([a-z-]{1,20})\s*=\s*[\"']?([^\s\"'>]{1,20})", re.IGNORECASE)
 
 
-def tokens(message: ParsedMessage) -> set[str]:
+def tokens(
+    message: ParsedMessage, text: str | None = None, urls: Sequence[str] | None = None
+) -> set[str]:
     """The message's tokens: words of the subject and text, sender domain, URL hosts, words
     of the headers that describe the sender and its mail program (prefixed with the header's
-    name), and the HTML tags and attribute values the message is built with."""
-    out: set[str] = set()
-    for word in _WORD.findall(body_text(message).lower()):
-        out.add(word)
-        if len(out) >= _MAX_TOKENS:
-            break
+    name), and the HTML tags and attribute values the message is built with. ``text`` and
+    ``urls``: the message's :func:`~.content.body_text` and :func:`~.content.message_urls`
+    (any limit from 50 up) when the caller has them."""
+    words = _WORD.findall((body_text(message) if text is None else text).lower())
+    out = set(words)
+    if len(out) >= _MAX_TOKENS:
+        # The first _MAX_TOKENS distinct words in text order, not any of them.
+        out = set()
+        for word in words:
+            out.add(word)
+            if len(out) >= _MAX_TOKENS:
+                break
     sender = (message.header("from") or "").lower()
     if "@" in sender:
         out.add("from:" + sender.rsplit("@", 1)[1].strip(" >"))
-    for url in message_urls(message, 50):
+    # The first 50 distinct URLs: the same whatever longer list they open.
+    for url in message_urls(message, 50) if urls is None else urls[:50]:
         host = url.split("/")[2] if url.count("/") >= 2 else url
         out.add("url:" + host)
     for name in _TOKEN_HEADERS:

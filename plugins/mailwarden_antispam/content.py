@@ -23,6 +23,7 @@ _ANCHOR = re.compile(
     re.IGNORECASE | re.DOTALL,
 )
 _TAG = re.compile(r"<[^>]*>")
+_PARAGRAPH = re.compile(r"\n\s*\n")
 _MAX_TEXT = 2_000_000  # characters of text per message the rules look at
 
 
@@ -52,7 +53,7 @@ def body_text(message: ParsedMessage) -> str:
     for part in message.leaves():
         if part.content_type in ("text/plain", "text/html") and part.disposition != "attachment":
             text = part.visible_text()
-            for para in re.split(r"\n\s*\n", text):
+            for para in _PARAGRAPH.split(text):
                 line = " ".join(para.split())
                 if line:
                     chunks.append(line)

@@ -35,6 +35,8 @@ _HIDDEN_STYLE = re.compile(
     re.IGNORECASE,
 )
 
+_MESSAGE_ID = re.compile(r"\s*<[^<>@\s]+@[^<>@\s]+>\s*")
+
 
 def _host(url: str) -> str:
     try:
@@ -118,7 +120,7 @@ def header_checks(message: ParsedMessage) -> list[tuple[str, dict[str, str]]]:
     mid = message.header("message-id")
     if mid is None:
         found.append(("MISSING_MESSAGE_ID", {}))
-    elif not re.fullmatch(r"\s*<[^<>@\s]+@[^<>@\s]+>\s*", mid):
+    elif not _MESSAGE_ID.fullmatch(mid):
         found.append(("INVALID_MESSAGE_ID", {}))
     if len(message.header_all("from")) > 1:
         found.append(("MULTIPLE_FROM", {}))

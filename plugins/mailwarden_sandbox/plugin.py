@@ -51,7 +51,7 @@ class SandboxPlugin:
     one so a 60 s timeout passes in a fraction of a second; the gateway always uses 1.
     """
 
-    requires_sdk = ">=1.8,<2"
+    requires_sdk = ">=1.18,<2"  # ScanContext.live
 
     def __init__(self, time_scale: float = 1.0) -> None:
         self.time_scale = time_scale
@@ -176,6 +176,8 @@ class SandboxPlugin:
         if not (policy.send_detected if others else policy.send_clean):
             return
         if policy.mode == "mirror":
+            if not ctx.live:
+                return  # an admin's look at a sample sends nothing to the analysis server
             if self.mirror is not None:
                 self.mirror.start(pending, policy, ctx.envelope.mail_from)
             verdict.findings.append(finding("SANDBOX_MIRRORED", "submitted"))

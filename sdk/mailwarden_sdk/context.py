@@ -78,9 +78,14 @@ class ScanContext:
     message (``Gateway.scan``, ``mailwarden rules test``, ``mailwarden scan``, replays, the
     scan services): a ``mailwarden_action`` implementation then keeps nothing (no copy in a
     quarantine), as the gateway keeps no backup.
+    ``live`` (SDK 1.18) is true when the message is real mail: an ingress that acts on it, or
+    a scan service (spamd, clamd, HTTP checks) whose MTA acts on the answer. It is false for
+    an admin's look at a message (``mailwarden scan``, ``mailwarden rules test``, replays,
+    ``mailwarden.testing.scan``): a plugin then changes no lasting state and sends nothing to
+    a third party: no Bayes autolearn, no sandbox submission. It defaults to ``not dry_run``.
     """
 
-    __slots__ = ("dry_run", "envelope", "message", "rule", "stash")
+    __slots__ = ("dry_run", "envelope", "live", "message", "rule", "stash")
 
     def __init__(
         self,
@@ -89,12 +94,14 @@ class ScanContext:
         rule: str = "default",
         *,
         dry_run: bool = False,
+        live: bool | None = None,
     ) -> None:
         self.envelope = envelope
         self.message = message
         self.rule = rule
         self.stash = Stash()
         self.dry_run = dry_run
+        self.live = not dry_run if live is None else live
 
     @property
     def raw(self) -> bytes:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -84,6 +85,19 @@ def test_hook_mailwarden_learn(served: Served) -> None:
     assert forgot.returncode == 0, forgot
     journal = served.cli("antispam", "journal").stdout
     assert any(" unlearn spam " in line for line in journal.splitlines()), journal
+
+
+def test_mail_checked_through_spamd_is_autolearned(served: Served) -> None:
+    """As SpamAssassin's spamd: what its MTA delivers on the answer is real mail, learned."""
+    message = build_message(subject="minutes of the meeting", body="see the attached notes\n")
+    assert spamc(served, message, "-c").returncode == 0
+    deadline = time.monotonic() + 20
+    while True:  # lessons are committed in groups, a fraction of a second later
+        journal = served.cli("antispam", "journal").stdout
+        if " autolearn learn ham " in journal or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert " autolearn learn ham " in journal, journal
 
 
 def test_compressed_request_and_ping(served: Served) -> None:

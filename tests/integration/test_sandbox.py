@@ -374,6 +374,23 @@ def test_mirror_never_delays_delivery(
     assert len(down.delivered()) == 1
 
 
+def test_an_admins_scan_of_a_sample_sends_nothing_to_the_sandbox(
+    gateway: Callable[..., GatewayRunner],
+) -> None:
+    # `mailwarden scan` / `rules test` is a look at a message, not mail: a copy sent to an
+    # external server from it would leave the site without a message having arrived.
+    with running_reference_server() as server:
+        runner = gateway(http_config(server, mode="mirror"), scale=1.0)
+        looked = runner.scan(make_message(subject="look", attachment=b"looked at"), ENVELOPE)
+        assert not any(f.code == "SANDBOX_MIRRORED" for f in looked.verdict.findings)
+        outcome = runner.process(make_message(subject="mail", attachment=b"real mail"), ENVELOPE)
+        assert outcome.reply_code == 250
+        sent = wait_until(lambda: [t for t in server.tasks() if t["finished"]])
+        # The scan came first; only the mail's object ever reached the server.
+        assert [t["sha256"] for t in server.tasks()] == [t["sha256"] for t in sent]
+        assert [t["sha256"] for t in sent] == [hashlib.sha256(b"real mail").hexdigest()]
+
+
 def test_what_is_sent_size_limit_and_the_verdict_cache(
     reference: ReferenceServer, gateway: Callable[..., GatewayRunner]
 ) -> None:

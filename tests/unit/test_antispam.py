@@ -442,7 +442,7 @@ def test_train_untrain_and_classify(tmp_path: Path, empty_dns: ZoneServer) -> No
     decision = scan(new_spam, plugins={"antispam": plugin}, config=config, home=home)
     assert {"BAYES_99", "BAYES_999"} & {f.code for f in decision.verdict.findings}
     new_ham = make_message(subject="notes", body="project meeting minutes and budget review\r\n")
-    decision = scan(new_ham, plugins={"antispam": plugin}, config=config, home=home)
+    decision = scan(new_ham, plugins={"antispam": plugin}, config=config, home=home, live=True)
     expect_finding(decision, "BAYES_00")
 
     result = runner.invoke(cli, ["antispam", "untrain", str(spam / "0.eml")], env=env)

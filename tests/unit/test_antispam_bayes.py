@@ -50,10 +50,35 @@ def test_autolearn_is_on_and_learns_spam_only_when_header_and_body_both_say_so(
     home = tmp_path / "home"
     spammy = make_message(subject="headerword offer", body="bodyword inside\n")
     # 20 points, all from one header rule: a forged or odd header alone teaches nothing.
-    scan(spammy, builtins=True, config=_config(tmp_path, 20.0, 0.5), home=home)
+    scan(spammy, builtins=True, config=_config(tmp_path, 20.0, 0.5), home=home, live=True)
     assert _journal(home) == []
     # 20 points from the header and 3 from the body: both sides agree, learned as spam.
-    scan(spammy, builtins=True, config=_config(tmp_path, 17.0, 3.0), home=home)
+    scan(spammy, builtins=True, config=_config(tmp_path, 17.0, 3.0), home=home, live=True)
+    assert _journal(home) == [("autolearn", "learn", "spam")]
+
+
+def test_an_admins_look_at_a_message_teaches_bayes_nothing(tmp_path: Path) -> None:
+    # `mailwarden rules test` and `mailwarden scan` of a sample are dry runs: autolearn would
+    # otherwise learn the admin's test messages (often the same one many times) as mail.
+    home = tmp_path / "home"
+    home.mkdir()
+    config = tmp_path / "mailwarden.toml"
+    config.write_text(f'[gateway]\nhome = "{home}"\n' + _config(tmp_path, 17.0, 3.0))
+    spammy = tmp_path / "spammy.eml"
+    spammy.write_bytes(make_message(subject="headerword offer", body="bodyword inside\n"))
+    for command in (["rules", "test", "--to", "bob@example.net"], ["scan"]):
+        result = CliRunner().invoke(cli, [*command, "--config", str(config), str(spammy)])
+        assert result.exit_code in (0, 1), result.output  # `scan` exits 1 on a detection
+    scan(spammy.read_bytes(), builtins=True, config=_config(tmp_path, 17.0, 3.0), home=home)
+    assert _journal(home) == []
+    # The same message as mail (an ingress or the spamd service) is learned.
+    scan(
+        spammy.read_bytes(),
+        builtins=True,
+        config=_config(tmp_path, 17.0, 3.0),
+        home=home,
+        live=True,
+    )
     assert _journal(home) == [("autolearn", "learn", "spam")]
 
 
@@ -66,6 +91,7 @@ def test_autolearn_learns_clean_mail_as_ham_but_not_mail_in_between(tmp_path: Pa
         builtins=True,
         config=config,
         home=home,
+        live=True,
     )
     assert _journal(home) == []
     scan(
@@ -73,6 +99,7 @@ def test_autolearn_learns_clean_mail_as_ham_but_not_mail_in_between(tmp_path: Pa
         builtins=True,
         config=config,
         home=home,
+        live=True,
     )
     assert _journal(home) == [("autolearn", "learn", "ham")]
 
@@ -93,6 +120,7 @@ def test_mail_the_antispam_scan_skipped_teaches_bayes_nothing(tmp_path: Path) ->
         builtins=True,
         config=config,
         home=home,
+        live=True,
     )
     assert _journal(home) == []
     # The same message from anyone else is scanned, and sure ham is learned as before.
@@ -102,6 +130,7 @@ def test_mail_the_antispam_scan_skipped_teaches_bayes_nothing(tmp_path: Path) ->
         builtins=True,
         config=config,
         home=home,
+        live=True,
     )
     assert _journal(home) == [("autolearn", "learn", "ham")]
 
@@ -123,7 +152,9 @@ def test_autolearn_leaves_mail_bayes_firmly_places_on_the_other_side(tmp_path: P
     # Scored as sure ham by the rules (no rule hits, 0 points) but Bayes says spam: the two
     # disagree, so neither teaches the other.
     message = make_message(subject="casino", body="casino pills casino pills\n")
-    decision = scan(message, builtins=True, config=_config(tmp_path, 17.0, 3.0), home=home)
+    decision = scan(
+        message, builtins=True, config=_config(tmp_path, 17.0, 3.0), home=home, live=True
+    )
     assert decision.verdict.spam_score == 0  # Bayes bands are unscored in this config
     assert len(_journal(home)) == before
     # The same kind of message Bayes does not know about is learned as ham.
@@ -132,6 +163,7 @@ def test_autolearn_leaves_mail_bayes_firmly_places_on_the_other_side(tmp_path: P
         builtins=True,
         config=_config(tmp_path, 17.0, 3.0),
         home=home,
+        live=True,
     )
     assert len(_journal(home)) == before + 1
 
@@ -200,7 +232,7 @@ def test_autolearn_lessons_of_concurrent_scans_are_all_committed_once(tmp_path: 
 
     async def run() -> tuple[int, int]:
         async with gateway:
-            await asyncio.gather(*(gateway.scan(m) for m in messages + messages))
+            await asyncio.gather(*(gateway.scan(m, live=True) for m in messages + messages))
             bayes = plugin.bayes
             assert bayes is not None
             # Committed within the batch window, without a flush or a close.
@@ -253,15 +285,15 @@ def test_an_autolearned_message_is_tokenised_once(
     calls: list[int] = []
     tokens = bayes_module.tokens
 
-    def counted(message: ParsedMessage) -> set[str]:
+    def counted(message: ParsedMessage, *given: Any) -> set[str]:
         calls.append(1)
-        return tokens(message)
+        return tokens(message, *given)
 
     monkeypatch.setattr(bayes_module, "tokens", counted)
     # Where the scan's own call goes (the old plugin tokenised inside Bayes alone).
     monkeypatch.setattr(antispam_module, "tokens", counted, raising=False)
     raw = make_message(subject="lunch", body="noon at the usual place\n")
-    scan(raw, builtins=True, config=_config(tmp_path, 17.0, 3.0), home=home)
+    scan(raw, builtins=True, config=_config(tmp_path, 17.0, 3.0), home=home, live=True)
     # Once for the probability, reused by the lesson (the old code tokenised it again).
     assert len(calls) == 1
     store = Bayes(home / "antispam" / "bayes")
@@ -270,3 +302,41 @@ def test_an_autolearned_message_is_tokenised_once(
         assert store.counts() == (12, 13)
     finally:
         store.close()
+
+
+_CAMPAIGN = (
+    "Dear friend, you have been selected to receive five thousand dollars from our annual "
+    "customer appreciation fund. To claim your prize send your full name, home address and "
+    "bank account number to the claims office today. This offer expires at midnight and "
+    "cannot be extended, so reply now to secure your payment before the deadline passes.\n"
+)
+
+
+def test_spam_a_person_reported_is_found_again_by_its_fuzzy_sketch_on_this_node(
+    tmp_path: Path,
+) -> None:
+    # One gateway, no cluster: the scan skips the sketch while nothing was reported, so the
+    # first report must make the very next scan of the same process compare sketches.
+    config = "[antispam]\nauthentication = false\n"  # the built-in rules score FUZZY_SPAM
+    gateway, plugin = _plugin_gateway(config, tmp_path / "home")
+    variant = _CAMPAIGN.replace("five thousand", "seven thousand").replace("today", "tonight")
+
+    async def run() -> tuple[set[str], dict[str, str], set[str]]:
+        async with gateway:
+            before = await gateway.scan(make_message(subject="you won", body=variant))
+            await plugin.mailwarden_learn(
+                make_message(subject="win big", body=_CAMPAIGN), "spam", "web:admin"
+            )
+            after = await gateway.scan(make_message(subject="you won", body=variant))
+            other = await gateway.scan(make_message(subject="lunch", body="noon at the place\n"))
+            found = {f.code: f.details for f in after.verdict.findings}
+            return (
+                {f.code for f in before.verdict.findings},
+                found.get("FUZZY_SPAM", {}),
+                {f.code for f in other.verdict.findings},
+            )
+
+    before, fuzzy, other = asyncio.run(run())
+    assert "FUZZY_SPAM" not in before
+    assert fuzzy.get("source") == "local" and float(fuzzy["similarity"]) >= 0.5, fuzzy
+    assert "FUZZY_SPAM" not in other

@@ -235,7 +235,8 @@ class HttpScanSession(ScanSession):
         if not request.body:
             raise HttpError(400, "no message in the body")
         began = time.perf_counter()
-        decision = await self.gateway.scan(request.body, self._envelope(request))
+        # Real mail its MTA acts on (rspamd's checkv2 learns from it too).
+        decision = await self.gateway.scan(request.body, self._envelope(request), live=True)
         required = required_score(self.gateway)
         result = rspamd_result(decision, required, time.perf_counter() - began)
         self.gateway.record(decision, ingress="http_scan", reply=result["action"])

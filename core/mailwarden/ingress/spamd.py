@@ -171,7 +171,8 @@ class SpamdSession(ScanSession):
             return await self._tell(request)
         user = request.headers.get("user", "")
         envelope = Envelope(rcpt_to=[user] if "@" in user else [], client_address=self.peer or None)
-        decision = await self.gateway.scan(request.body, envelope)
+        # Real mail its MTA delivers on this answer: learned from, as spamd's autolearn does.
+        decision = await self.gateway.scan(request.body, envelope, live=True)
         if decision.action.kind is ActionKind.TEMPFAIL:
             self.gateway.record(decision, ingress="spamd", reply="75 EX_TEMPFAIL")
             return f"{_VERSION} 75 EX_TEMPFAIL\r\n\r\n".encode()

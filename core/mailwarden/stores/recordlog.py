@@ -51,8 +51,9 @@ _U64 = struct.Struct(">Q")
 _MAX_TERM = 400
 # Rows removed per write transaction by age, so the writers of new records wait briefly.
 _REMOVE_BATCH = 5000
-# Cap trimming inside an append transaction removes at most this many records; the periodic
-# enforcement takes the rest (only after a cap was lowered can there be more).
+# Cap trimming inside an append transaction removes at most this many records more than it
+# appends (a group commit appends hundreds); the periodic enforcement takes the rest (only
+# after a cap was lowered can there be more).
 _TRIM_IN_APPEND = 64
 
 
@@ -178,7 +179,7 @@ class RecordLog(BoundedStore, Generic[R]):
             txn.put(b"seq", _U64.pack(seq), db=meta)
             txn.put(b"bytes", _U64.pack(weight), db=meta)
             if self.descriptor.when_full is WhenFull.REMOVE_OLDEST:
-                self.evictions += self._trim(txn, _TRIM_IN_APPEND)
+                self.evictions += self._trim(txn, _TRIM_IN_APPEND + len(prepared))
             return keys
 
         return self._write(work)

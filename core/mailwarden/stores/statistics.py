@@ -110,6 +110,11 @@ class Statistics:
 
     def _flush_later(self) -> None:
         self._timer = None
+        # In a thread: a second's counters of many senders are thousands of puts, and the
+        # event loop would wait for them (and for the environment's lock) meanwhile.
+        asyncio.get_running_loop().run_in_executor(None, self._flush_logged)
+
+    def _flush_logged(self) -> None:
         try:
             self.flush()
         except Exception:
