@@ -756,6 +756,10 @@ class PatternSet:
                 out.append(index)
         return out
 
+    def encode(self, text: str) -> bytes:
+        """``text`` as this set's rewrites scan it (see :func:`text_bytes`)."""
+        return text_bytes(text)
+
     def holds(self, index: int, text: str) -> bool:
         """Whether pattern ``index``'s ``re`` search finds ``text`` (a reported pattern's
         confirmation, for a caller that scanned several texts at once; no reversed starts)."""

@@ -42,7 +42,6 @@ from .fastmatch import (
     default_cache_dir,
     frame_tag,
     framed_rewrites,
-    text_bytes,
 )
 from .sa_evals import EVALS, EvalInput
 
@@ -477,19 +476,19 @@ class _HeaderScan:
     def match(self, targets: RuleTargets, hits: set[str]) -> None:
         texts: list[str | None] = [None] * len(self.keys)
         frames: list[bytes] = []
-        heads = self.heads
+        heads, encode = self.heads, self.patterns.encode
         # Only the names the message has: a dozen header fields, not the rules' 56 names.
         numbers = self.field_numbers
         for field_name, values in targets.headers.items():
             number = numbers.get(field_name)
             if number is not None and values:
                 text = texts[number] = "\n".join(values)
-                frames.append(heads[number] + text_bytes(text) + _FRAME_END)
+                frames.append(heads[number] + encode(text) + _FRAME_END)
         for number in self.derived:  # ALL, ToCc, MESSAGEID, :addr/:name
             read = _values_of(self.keys[number], targets)
             if read is not None:
                 text = texts[number] = "\n".join(read)
-                frames.append(heads[number] + text_bytes(text) + _FRAME_END)
+                frames.append(heads[number] + encode(text) + _FRAME_END)
         for number, absent in self.if_absent_of:
             if texts[number] is None:
                 for rule in absent:
