@@ -209,6 +209,13 @@ def main() -> int:
         "figures in one run",
     )
     parser.add_argument(
+        "--older-after",
+        action="store_true",
+        help="run each --compare-core row just after its own instead of just before: the "
+        "sink's folder grows, so a later row pays a little more for its polling; alternate "
+        "the two orders between rounds",
+    )
+    parser.add_argument(
         "--profile",
         type=Path,
         help="record py-spy collapsed stacks of mailwarden serve per row into this directory",
@@ -303,7 +310,8 @@ def main() -> int:
                     owner, _port = other[tag[1:]]
                     older = owner.port if tag.startswith("c") else ports[f"{tag}'"]
                     row = (f"({tag}') {name[name.index(')') + 2 :]}, {label}", older, owner)
-                    modes.insert(modes.index((name, port, _owner)), row)
+                    at = modes.index((name, port, _owner)) + (1 if args.older_after else 0)
+                    modes.insert(at, row)
             if "rspamd" in peer_ports:
                 modes.append(("(e) postfix + rspamd milter", ports["rspamd"], None))
             if "dkim" in peer_ports:

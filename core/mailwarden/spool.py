@@ -5,7 +5,9 @@ bytes, exactly as received) and ``ID.state`` (the decision's headers and the del
 ``ID.msg`` is written in ``tmp/``, fsynced, renamed into ``queue/`` and the directory fsynced, so
 after a crash a message is either fully spooled or absent. Its presence means "not yet
 delivered to the recipients the state does not list as done"; unlinking it (directory fsynced)
-is the durable record that the message left the spool.
+is the durable record that the message left the spool. After a delivery that record's sync is
+not waited for (the next batch's directory sync covers it): the ``D`` flag below, durable
+already, keeps a crash before it from delivering the message twice.
 
 The first byte of ``ID.msg`` is ``Q`` (queued) or ``D`` (in doubt): ``D`` is written, and
 fdatasynced, after the message body went to the next hop and before the final dot. A message
@@ -140,6 +142,24 @@ class _GroupSync:
         self._cond = threading.Condition()
         self._started = self._done = 0
         self._running = False
+        # The folder kept open: an open and a close per sync are two more system calls in a
+        # syncer thread, each handing the GIL to the event loop and back.
+        self._fd = -1
+        self._stale = False
+
+    def reopen(self) -> None:
+        """Open the folder again at the next sync (it was made anew)."""
+        self._stale = True
+
+    def _sync(self) -> None:
+        # One sync runs at a time (``_running``), so the descriptor has one user here.
+        if self._stale or self._fd < 0:
+            self._stale = False
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+            self._fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
+        os.fsync(self._fd)
 
     def __call__(self) -> None:
         with self._cond:
@@ -153,7 +173,7 @@ class _GroupSync:
                 generation = self._started
                 self._cond.release()
                 try:
-                    _fsync_dir(self.path)
+                    self._sync()
                     synced = True
                 finally:
                     self._cond.acquire()
@@ -164,6 +184,8 @@ class _GroupSync:
                     self._done = max(self._done, generation)
 
 
+# Seconds a removal waits for a batch's directory sync to cover it before it asks for one.
+_REMOVAL_SYNC_DELAY = 0.05
 # Seconds a syncer thread waits for work before it ends.
 _SYNCER_IDLE_EXIT = 10.0
 # A job for the syncer: run in a thread; "after" (its return, when callable) runs once the
@@ -190,6 +212,13 @@ class _Syncer:
         self._lock = threading.Lock()
         self._threads = 0
         self._idle = 0
+        # Removals made on the loop (counted there) and how many of them the last directory
+        # sync that started covered (set by the syncer thread just before it): ints, which
+        # the GIL reads and writes whole.
+        self._removals = 0
+        self._covered = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_loop: asyncio.AbstractEventLoop | None = None
 
     def run(self, job: Callable[[], Any], *, sync_dir: bool) -> asyncio.Future[Any]:
         """Run ``job`` in a syncer thread; with ``sync_dir`` the queue directory is synced
@@ -202,6 +231,21 @@ class _Syncer:
                 self._threads += 1
                 threading.Thread(target=self._work, name="spool-sync", daemon=True).start()
         return future
+
+    def sync_later(self) -> None:
+        """Count a removal whose directory entry must reach the disk: the next batch's sync
+        covers it; if none has started within :data:`_REMOVAL_SYNC_DELAY`, one is run."""
+        self._removals += 1
+        loop = asyncio.get_running_loop()
+        # A timer of a loop that has ended (a test's asyncio.run) never fires: not waited on.
+        if self._timer is None or self._timer_loop is not loop:
+            self._timer_loop = loop
+            self._timer = loop.call_later(_REMOVAL_SYNC_DELAY, self._sync_if_needed)
+
+    def _sync_if_needed(self) -> None:
+        self._timer = None
+        if self._covered < self._removals:
+            self.run(_nothing, sync_dir=True).add_done_callback(_log_failed_sync)
 
     def _work(self) -> None:
         jobs = self._jobs
@@ -241,10 +285,14 @@ class _Syncer:
             synced = [o for (*_, sync), o in zip(batch, outcomes, strict=True) if sync]
             if any(o[1] is None for o in synced):
                 failed: BaseException | None = None
+                # Every removal counted before this sync starts is covered by it.
+                removals = self._removals
                 try:
                     self._sync_dir()
                 except BaseException as exc:
                     failed = exc
+                if failed is None:
+                    self._covered = max(self._covered, removals)
                 for outcome in synced:
                     if outcome[1] is not None:
                         continue
@@ -265,6 +313,17 @@ class _Syncer:
                 except RuntimeError:
                     pass  # that loop is closed: nobody waits any more
             del by_loop
+
+
+def _nothing() -> None:
+    return None
+
+
+def _log_failed_sync(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        # The removals it covered reach the disk with a later sync; a crash before that
+        # finds them flagged in doubt and quarantines them.
+        log.warning("syncing the spool's queue directory failed: %s", future.exception())
 
 
 def _resolve(done: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
@@ -355,6 +414,9 @@ class Spool:
     def _ensure(self) -> None:
         self.tmp.mkdir(parents=True, exist_ok=True)
         self.queue.mkdir(parents=True, exist_ok=True)
+        if self._made:
+            # Made again under a running gateway: the folder held open is the removed one.
+            self._sync_queue.reopen()
         self._made = True
 
     def _create(self, path: str) -> int:
@@ -409,12 +471,12 @@ class Spool:
             return written[0]
 
         try:
-            entry: SpoolEntry = await self._syncer.run(job, sync_dir=True)
+            spooled: SpoolEntry = await self._syncer.run(job, sync_dir=True)
         except OSError as exc:
             # Only the shared directory sync raises OSError here: the entry is in queue/.
             self._undo_write(written[0])
             raise DeliveryError(f"cannot spool the message: {exc.strerror or exc}") from exc
-        return entry
+        return spooled
 
     def _undo_write(self, entry: SpoolEntry) -> None:
         # Its rename may have reached the disk: the client gets a 4xx and keeps the message,
@@ -602,18 +664,18 @@ class Spool:
         await self._syncer.run(lambda: self.mark_in_doubt(entry, in_doubt), sync_dir=False)
 
     async def remove_delivered(self, entry: SpoolEntry) -> None:
-        """:meth:`remove` from an event loop once the next hop took the message: unlink it
-        (the directory synced with its batch), then its state; the lock goes with them."""
+        """:meth:`remove` on an event loop once the next hop took the message: the unlink is
+        made durable by the queue directory's next sync, which the syncer runs with its next
+        batch (or within :data:`_REMOVAL_SYNC_DELAY` when no batch comes), not waited for.
 
-        def unlink() -> _After:
-            _unlink(f"{self._queue_s}{entry.id}.msg")
-            return after_sync
-
-        def after_sync() -> None:
-            entry.unlinked = True
-            self.remove(entry)
-
-        await self._syncer.run(unlink, sync_dir=True)
+        Waiting would protect nothing: the in-doubt flag was made durable before the final
+        dot, so a crash before the unlink reaches the disk finds the message flagged and
+        quarantines it instead of delivering it twice, whether or not anyone waited.
+        """
+        _unlink(f"{self._queue_s}{entry.id}.msg")
+        entry.unlinked = True
+        self.remove(entry)
+        self._syncer.sync_later()
 
     def in_doubt(self, entry: SpoolEntry) -> bool:
         """True when a delivery of ``entry`` was cut off before its outcome was recorded."""

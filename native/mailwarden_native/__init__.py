@@ -34,6 +34,7 @@ from ._errors import (
     NativeVersionError,
     strerror,
 )
+from ._fuzzy import shingle_sketch
 from ._matcher import Matcher
 from ._mime import MalformationFlag, ParsedMessage, ParseLimits, Part, parse
 from ._params import parse_params
@@ -98,5 +99,6 @@ __all__ = [
     "parse",
     "parse_params",
     "resolve_charset",
+    "shingle_sketch",
     "strerror",
 ]

@@ -305,6 +305,7 @@ class Part(msgspec.Struct, eq=False, gc=False):
     _visible: str | None = None
     _text_flags: TextFlag | None = None
     _detected_type: str | None = None
+    _urls: tuple[Url, ...] | None = None
 
     @property
     def flags(self) -> MalformationFlag:
@@ -570,10 +571,16 @@ class Part(msgspec.Struct, eq=False, gc=False):
         return visible
 
     def urls(self) -> list[Url]:
-        """URLs in this part's text (``text/*`` leaves only; HTML links included)."""
-        if not self.is_leaf or not self.content_type.startswith("text/"):
-            return []
-        return extract_urls(self.text(), html=self.content_type == "text/html")
+        """URLs in this part's text (``text/*`` leaves only; HTML links included); extracted
+        once, each call a new list (a caller may change its list, not the next caller's)."""
+        urls = self._urls
+        if urls is None:  # first call; antispam and reputation both read them
+            if not self.is_leaf or not self.content_type.startswith("text/"):
+                urls = ()
+            else:
+                urls = tuple(extract_urls(self.text(), html=self.content_type == "text/html"))
+            self._urls = urls
+        return list(urls)
 
     @property
     def detected_type(self) -> str:
@@ -696,6 +703,7 @@ class ParsedMessage(msgspec.Struct, eq=False):
     _budget: _Budget
     _cache: list[Part | None]
     _leaves: list[Part] | None = None
+    _urls: tuple[Url, ...] | None = None
 
     @property
     def parts(self) -> list[Part]:
@@ -758,16 +766,19 @@ class ParsedMessage(msgspec.Struct, eq=False):
 
     def urls(self) -> list[Url]:
         """Every distinct URL of the message (first occurrence wins): text and HTML leaves,
-        then the Subject."""
-        seen: dict[str, Url] = {}
-        for p in self.leaves():
-            for u in p.urls():
-                seen.setdefault(u.url, u)
-        subject = self.subject
-        if subject:
-            for u in extract_urls(subject):
-                seen.setdefault(u.url, u)
-        return list(seen.values())
+        then the Subject; found once, each call a new list (as :meth:`Part.urls`)."""
+        urls = self._urls
+        if urls is None:
+            seen: dict[str, Url] = {}
+            for p in self.leaves():
+                for u in p.urls():
+                    seen.setdefault(u.url, u)
+            subject = self.subject
+            if subject:
+                for u in extract_urls(subject):
+                    seen.setdefault(u.url, u)
+            urls = self._urls = tuple(seen.values())
+        return list(urls)
 
     def uuencoded(self) -> list[tuple[Part, UUFile]]:
         """uuencoded files in text leaves, with the part each was found in."""

@@ -29,7 +29,13 @@ from typing import Any
 
 import lmdb
 
-from mailwarden_sdk import ParsedMessage, SharedState, SharedStateUnavailable, parse
+from mailwarden_sdk import (
+    ParsedMessage,
+    SharedState,
+    SharedStateUnavailable,
+    parse,
+    shingle_sketch,
+)
 
 from .content import body_text
 
@@ -43,6 +49,7 @@ SKETCH = 24
 #: Hashes kept locally; the ones expiring first go above it.
 MAX_ENTRIES = 1_000_000
 _WORD = re.compile(r"[^\W_]{2,30}", re.UNICODE)
+_ASCII_WORD = re.compile(r"[a-z0-9]{2,30}", re.ASCII)
 _MAX_WORDS = 5000
 _ENTRY = struct.Struct(">d16s")  # expiry, the reported message's id
 _SHARED = "antispam:fuzzy:"
@@ -52,9 +59,23 @@ _blake2b = hashlib.blake2b
 def sketch(message: ParsedMessage, text: str | None = None) -> list[int]:
     """The message's bottom-k sketch (sorted), or ``[]`` when its text is too short;
     ``text`` the message's :func:`~.content.body_text` when the caller has it."""
-    words = _WORD.findall((body_text(message) if text is None else text).lower())[:_MAX_WORDS]
+    text = (body_text(message) if text is None else text).lower()
+    # On ASCII text (most mail) [^\W_] is [a-z0-9]: the ASCII pattern cuts the same words in
+    # 0.7x the time.
+    words = (_ASCII_WORD if text.isascii() else _WORD).findall(text)[:_MAX_WORDS]
     if len(words) < SHINGLE + SKETCH - 1:
         return []  # fewer shingles than a sketch holds
+    # Hashing and selection in the C core (0.3 ms per message in Python); the words are still
+    # cut here, as the C core has no Unicode tables for \w and str.lower().
+    hashes = shingle_sketch(words, SHINGLE, SKETCH)
+    return hashes if len(hashes) == SKETCH else []
+
+
+def sketch_python(words: list[str]) -> list[int]:
+    """:func:`sketch`'s hashing done in Python: the reference the native one must equal
+    bit for bit (stored sketches depend on the exact digests)."""
+    if len(words) < SHINGLE + SKETCH - 1:
+        return []
     # Each distinct shingle hashed once; the 8-byte digests order as their big-endian values,
     # so only the SKETCH smallest become ints.
     shingles = set(map(" ".join, zip(*(words[i:] for i in range(SHINGLE)), strict=False)))

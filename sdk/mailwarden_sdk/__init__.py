@@ -7,7 +7,8 @@ A plugin is a class (or module) with ``@hookimpl``-marked methods named after th
     mydetector = "my_package:MyDetector"
 
 The native MIME core and signature matcher are reached through this package too
-(:func:`parse`, :func:`detect_type`, :class:`Matcher`), so a plugin never imports the
+(:func:`parse`, :func:`detect_type`, :class:`Matcher`, and since SDK 1.18
+:func:`shingle_sketch` for MinHash sketches of text), so a plugin never imports the
 ``mailwarden`` core.
 A plugin that keeps messages of its own offers them to the web interface as a
 :class:`Quarantine` (:mod:`mailwarden_sdk.quarantines`).
@@ -22,7 +23,7 @@ A plugin that keeps state every node of a cluster should see asks :func:`shared_
 plugin states which SDK versions it works with (see :mod:`mailwarden_sdk.version`).
 """
 
-from mailwarden_native import Matcher, ParsedMessage, Part, detect_type, parse
+from mailwarden_native import Matcher, ParsedMessage, Part, detect_type, parse, shingle_sketch
 
 from . import files, findings
 from .context import (
@@ -113,4 +114,5 @@ __all__ = [
     "plugin_data_dir",
     "run_cpu_bound",
     "shared_state",
+    "shingle_sketch",
 ]

@@ -1,17 +1,16 @@
 """The antispam rules ship: a wheel installed into a fresh virtualenv loads them and flags spam.
 
-The wheel is built from the checkout (``pip wheel --no-deps``) and installed into a new
-virtualenv whose dependencies are the test environment's site-packages linked in one by one,
-without this checkout's editable install: nothing of the source tree is importable there, so
-every rule the installed plugin loads came out of the wheel. No SpamAssassin rules are loaded
-(``rule_files = []``).
+The wheel is built from a copy of the checkout (``pip wheel --no-deps``, ``built_wheel``) and
+installed into a new virtualenv whose dependencies are the test environment's site-packages
+linked in one by one, without this checkout's editable install: nothing of the source tree is
+importable there, so every rule the installed plugin loads came out of the wheel. No
+SpamAssassin rules are loaded (``rule_files = []``).
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import shutil
 import subprocess
 import sys
 import sysconfig
@@ -22,7 +21,6 @@ import pytest
 
 from mailwarden_antispam import BUILTIN_RULES
 from mailwarden_antispam.rules import load_rules
-from tests.conftest import ROOT
 
 pytestmark = pytest.mark.integration
 
@@ -75,31 +73,10 @@ def _flagged(mailwarden: list[str], config: Path, files: list[Path]) -> dict[str
     return out
 
 
-def test_wheel_install_loads_the_builtin_rules_and_flags_spam(corpus: Path, tmp_path: Path) -> None:
-    # From a copy of the source files alone: a build/ left in the checkout would lend the
-    # wheel files that the package data no longer names.
-    source = tmp_path / "source"
-    listed = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT,
-        capture_output=True,
-        check=True,
-    ).stdout.decode()
-    for name in filter(None, listed.split("\0")):
-        if (ROOT / name).is_file():
-            (source / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, source / name)
-    built = tmp_path / "wheel"
-    subprocess.run(
-        [
-            *(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation"),
-            *("-w", str(built), str(source)),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=600,
-    )
-    wheel = next(built.glob("mailwarden-*.whl"))
+def test_wheel_install_loads_the_builtin_rules_and_flags_spam(
+    corpus: Path, tmp_path: Path, built_wheel: tuple[Path, Path]
+) -> None:
+    source, wheel = built_wheel
     sdist_dir = tmp_path / "sdist"
     subprocess.run(
         [

@@ -134,7 +134,7 @@ allow_domains = ["ok.test", "blocked.test", "load.test"]
 enabled = true
 [ratelimit.sender]
 messages = 3
-window = 300.0
+window = 86400.0
 [cluster]
 name = "{name}"
 secret = "{SECRET}"

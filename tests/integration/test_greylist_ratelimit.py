@@ -125,7 +125,8 @@ def test_greylisting_defers_the_first_attempt_and_accepts_the_retry_on_a_second_
 def test_a_sender_over_its_rate_limit_is_refused_on_both_nodes_sharing_redis(
     redis: Redis, node: Callable[[str], GatewayRunner]
 ) -> None:
-    limits = "[ratelimit]\nenabled = true\n[ratelimit.sender]\nmessages = 3\nwindow = 60\n"
+    # Windows are aligned to the clock: a day's keeps a test's sends in one window.
+    limits = "[ratelimit]\nenabled = true\n[ratelimit.sender]\nmessages = 3\nwindow = 86400\n"
     config = BASE + limits + redis_section(redis)
     a, b = node(config), node(config)
     for runner in (a, b, a):
@@ -157,7 +158,7 @@ def test_bytes_per_client_are_limited_on_one_node_without_redis(
 def test_redis_killed_mid_run_mail_keeps_flowing_with_local_state(
     redis: Redis, node: Callable[[str], GatewayRunner], caplog: pytest.LogCaptureFixture
 ) -> None:
-    limits = "[ratelimit]\nenabled = true\n[ratelimit.sender]\nmessages = 2\nwindow = 60\n"
+    limits = "[ratelimit]\nenabled = true\n[ratelimit.sender]\nmessages = 2\nwindow = 86400\n"
     greylisting = GREYLISTING.replace("delay = 1.0", "delay = 0.5")
     config = BASE + greylisting + limits + redis_section(redis, "breaker_failures = 2\n")
     a = node(config)
@@ -303,7 +304,7 @@ def test_serve_with_two_workers_shares_limits_through_redis_and_reports_its_outa
         'workers = 2\ntrusted_networks = ["127.0.0.1/32"]\n'
         '[gateway]\nlocal_domains = ["example.org"]\n'
         f'[metrics]\nlisten = "127.0.0.1"\nport = {metrics_port}\n'
-        "[ratelimit]\nenabled = true\n[ratelimit.sender]\nmessages = 2\nwindow = 60\n"
+        "[ratelimit]\nenabled = true\n[ratelimit.sender]\nmessages = 2\nwindow = 86400\n"
         + redis_section(redis),
     ).start()
     try:

@@ -568,3 +568,25 @@ def test_a_large_message_is_sent_whole_before_the_dot(
     _run(cache.close())
     assert flagged == [0] and len(hop.received) == 1
     assert hop.received[0][1] == message
+
+
+@pytest.mark.parametrize("lines", [10, 5_000])
+def test_lines_that_start_with_a_dot_reach_the_next_hop_unchanged(
+    lines: int, hop_factory: Callable[..., tuple[Hop, int]]
+) -> None:
+    # A small body goes out with its dot in one write, a large one (5,000 lines: over
+    # 64 KiB) before it: both dot-stuffed, and the flag set before the dot either way.
+    hop, port = hop_factory(Hop(pipelining=True), data_size_limit=64 << 20)
+    body = b"".join(b".line %d\r\n..two dots\r\n.\r\nend.\r\n" % i for i in range(lines))
+    message = make_message(subject=f"dots {lines}") + body
+    flagged: list[int] = []
+
+    async def before_dot() -> None:
+        flagged.append(len(hop.received))
+
+    cache = ConnectionCache()
+    replies = _send(port, "bob@example.net", cache, before_dot=before_dot, message=message)
+    _run(cache.close())
+    assert replies["bob@example.net"][0] == 250
+    assert flagged == [0] and len(hop.received) == 1
+    assert hop.received[0][1] == message

@@ -1,11 +1,12 @@
 """The wheel as a user installs it: a fresh virtualenv, no checkout, `mailwarden serve` on its
 defaults, and a spam (GTUBE) and an EICAR message caught.
 
-The wheel is built once per session from a copy of the tracked files (a build/ or a compiled
-core left in the checkout cannot lend it anything). The virtualenv gets the wheel and, linked
-in from the test environment, exactly the distributions its runtime requirements name
-(transitively): no test extra, no editable install, nothing of the source tree. Only the
-netguard's sitecustomize is on PYTHONPATH, so the gateway's traffic is still watched.
+The wheel is built once per session from a copy of the checkout's files (``built_wheel``: a
+build/ or a compiled core left in the checkout cannot lend it anything). The virtualenv gets the
+wheel and, linked in from the test environment, exactly the distributions its runtime
+requirements name (transitively): no test extra, no editable install, nothing of the source
+tree. Only the netguard's sitecustomize is on PYTHONPATH, so the gateway's traffic is still
+watched.
 """
 
 from __future__ import annotations
@@ -32,31 +33,8 @@ GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
 
 
 @pytest.fixture(scope="session")
-def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    work = tmp_path_factory.mktemp("wheel")
-    source = work / "source"
-    source.mkdir()
-    tracked = subprocess.run(
-        ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True, timeout=60
-    ).stdout
-    for name in filter(None, tracked.decode().split("\0")):
-        origin = ROOT / name
-        if origin.is_file():
-            target = source / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(origin.read_bytes())
-    out = work / "dist"
-    subprocess.run(
-        [
-            *(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation"),
-            *("-w", str(out), str(source)),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
-    (built,) = out.glob("mailwarden-*.whl")
-    return built
+def wheel(built_wheel: tuple[Path, Path]) -> Path:
+    return built_wheel[1]
 
 
 def _runtime_distributions() -> set[str]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import shutil
 import subprocess
 import sys
 import time
@@ -189,3 +191,57 @@ def test_syncer_threads_end_when_idle_and_come_back_with_work(
             time.sleep(0.05)
         assert syncers() == 0
     assert spool.ids() == []
+
+
+def test_a_delivered_message_s_removal_reaches_the_disk_without_more_mail(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The removal after the next hop's 250 is not waited for: the directory sync of the next
+    # batch covers it, and with no next batch a sync of its own follows within moments.
+    spool = Spool(tmp_path / "spool")
+    envelope = Envelope(mail_from="alice@example.org", rcpt_to=["bob@example.net"])
+    synced: list[bool] = []
+    real = spool._syncer._sync_dir
+
+    def sync_dir() -> None:
+        # Whether the message file was still there when the queue directory's sync began.
+        present = (spool.queue / f"{entry.id}.msg").exists()
+        real()
+        synced.append(present)
+
+    async def main() -> None:
+        nonlocal entry
+        entry = await spool.write_async(make_message(), envelope)
+        await spool.mark_in_doubt_async(entry, True)
+        monkeypatch.setattr(spool._syncer, "_sync_dir", sync_dir)
+        await spool.remove_delivered(entry)
+        assert not entry.path.exists() and entry.fd == -1
+        deadline = time.monotonic() + 5
+        while False not in synced and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+
+    entry = None
+    asyncio.run(main())
+    # A sync of the queue directory that started after the unlink.
+    assert False in synced
+
+
+def test_a_spool_folder_made_again_under_a_running_gateway_is_the_one_synced(
+    tmp_path: Path,
+) -> None:
+    # The queue folder's descriptor is kept for its syncs; a folder removed and made again
+    # must be synced itself, not the removed one through a stale descriptor.
+    spool = Spool(tmp_path / "spool")
+    envelope = Envelope(mail_from="alice@example.org", rcpt_to=["bob@example.net"])
+
+    async def spool_one() -> None:
+        entry = await spool.write_async(make_message(), envelope)
+        assert entry.path.exists() and entry.raw() == make_message()
+        entry.release()
+
+    asyncio.run(spool_one())
+    shutil.rmtree(spool.root)
+    asyncio.run(spool_one())
+    kept = spool._sync_queue._fd
+    assert os.fstat(kept).st_ino == spool.queue.stat().st_ino
+    assert len(spool.ids()) == 1

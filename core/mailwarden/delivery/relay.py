@@ -19,6 +19,9 @@ __all__ = ["RelayResult", "parse_next_hop", "send"]
 log = logging.getLogger(__name__)
 
 _LEADING_DOT = re.compile(rb"(?m)^\.")
+# A body up to this size goes out with its final dot in one write, after the in-doubt flag;
+# a larger one is sent (and drained) first, so the flag waits only for the dot.
+_ONE_WRITE_MAX = 64 * 1024
 
 
 @dataclass
@@ -78,7 +81,8 @@ async def send(
 ) -> RelayResult:
     """Offer ``data`` to the next hop; connection-level problems become 4xx for everyone.
 
-    ``before_dot`` runs when the body is sent and only the final dot is missing; ``settled``
+    ``before_dot`` runs when only the final dot is missing (for a body up to 64 KiB, before
+    the body, which then goes out with the dot in one write); ``settled``
     runs as soon as the next hop answered the dot, before QUIT, so the caller records the
     outcome while the window in which a crash could cause a duplicate is smallest.
 
@@ -181,10 +185,18 @@ async def send(
             return result
         code, message = await client.command("DATA", timeout)
         if code == 354:
-            body = _LEADING_DOT.sub(b"..", data)
-            await client.send(body if body.endswith(b"\r\n") else body + b"\r\n", timeout)
-            await before_dot()
-            client.write(b".\r\n")
+            body = _LEADING_DOT.sub(b"..", data) if b"\n." in data or data[:1] == b"." else data
+            if not body.endswith(b"\r\n"):
+                body += b"\r\n"
+            if len(body) <= _ONE_WRITE_MAX:
+                # Flagged first, then the body and the dot in one write (one send instead of
+                # two): the next hop can take the message only once it has the dot either way.
+                await before_dot()
+                client.write(body + b".\r\n")
+            else:
+                await client.send(body, timeout)
+                await before_dot()
+                client.write(b".\r\n")
             # RFC 5321 4.5.3.2.6: wait up to 10 minutes for the answer to the dot; giving
             # up earlier turns a slow next hop into an in-doubt (quarantined) message.
             code, message = await client.reply(max(timeout, 600.0))

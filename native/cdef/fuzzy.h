@@ -1,0 +1,6 @@
+/* cffi declarations of mw_fuzzy.h: BLAKE2b-64 and the bottom-k shingle sketch. */
+#define MW_SKETCH_MAX_SHINGLE ...
+#define MW_SKETCH_MAX_K ...
+uint64_t mw_blake2b64(const uint8_t *src, size_t len);
+size_t mw_shingle_sketch(const uint8_t *words, size_t len, uint32_t shingle, uint32_t k,
+                         uint64_t *out);
