@@ -36,7 +36,7 @@ import re
 import threading
 import warnings
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -46,11 +46,17 @@ from mailwarden_sdk.files import atomic_write
 
 __all__ = [
     "CACHE_MAX_BYTES",
+    "FRAME_END",
+    "FRAME_RESERVE",
+    "FRAME_START",
     "HAVE_HYPERSCAN",
     "Alphabet",
     "PatternSet",
     "Untranslatable",
     "default_cache_dir",
+    "frame_tag",
+    "framed_rewrites",
+    "high_bytes",
     "rewrites",
     "text_bytes",
     "to_bytes_pattern",
@@ -274,12 +280,13 @@ class Alphabet:
     Past 128 classes, the sets named by the fewest items are left out: those items then take
     every class byte, as loose (their patterns are confirmed where such a byte occurs)."""
 
-    def __init__(self, named: Sequence[Intervals] = ()) -> None:
+    def __init__(self, named: Sequence[Intervals] = (), reserve: int = 0) -> None:
+        """``reserve``: how many of the top bytes (0xff down) no class may take."""
         uses = Counter(n for n in named if n)
         kept = sorted(uses, key=lambda n: (-uses[n], n))
         while True:
             bounds, classes, keys = _partition(kept)
-            if len(keys) <= _CLASSES:
+            if len(keys) <= _CLASSES - reserve:
                 break
             kept.pop()
         self.dropped = frozenset(uses) - frozenset(kept)
@@ -291,8 +298,9 @@ class Alphabet:
         self._table, self._latin, self._uniform, self._mixed_pages = _tables(bounds, classes)
 
     @classmethod
-    def for_patterns(cls, patterns: Iterable[re.Pattern[str]]) -> Alphabet:
-        """The alphabet that tells apart every character ``patterns`` tell apart."""
+    def for_patterns(cls, patterns: Iterable[re.Pattern[str]], reserve: int = 0) -> Alphabet:
+        """The alphabet that tells apart every character ``patterns`` tell apart (in at most
+        128 - ``reserve`` classes)."""
         named: list[Intervals] = []
         for pattern in patterns:
             try:
@@ -300,7 +308,7 @@ class Alphabet:
             except re.error:
                 continue
             _collect(tree.data, tree.state.flags, named)
-        return cls(named)
+        return cls(named, reserve)
 
     def char(self, op: Any, av: Any, flags: int) -> _Char:
         """The bytes one single-character item takes."""
@@ -436,6 +444,13 @@ class _Emitter:
         self.widen = widen
         # The pattern read backwards (for reversed text): where its matches start.
         self.reverse = reverse
+        # Framed (see framed_rewrites): hyperscan's ^ $ \A \z would be the block's, not the
+        # segment's, so none is emitted; a back-reference is its group's pattern once more.
+        self.framed = False
+        self.groups: dict[int, tuple[Any, int]] = {}
+        self.copying = 0
+        # Set by an anchor that places itself in the frame (see sequence).
+        self.placed = False
         # False once anything was dropped or widened in a way any text could notice.
         self.exact_on_ascii = True
         # Class bytes whose presence in a text makes the answer uncertain.
@@ -463,10 +478,16 @@ class _Emitter:
         for index in range(start, end):
             op, av = items[index]
             at_lead, at_tail = lead and index == start, tail and index == end - 1
+            self.placed = False
             if op is C.AT:
-                out.append(self.anchor(av, items, index, flags, at_lead, at_tail))
+                piece = self.anchor(av, items, index, flags, at_lead, at_tail)
             else:
-                out.append(self.item(op, av, flags, at_lead, at_tail))
+                piece = self.item(op, av, flags, at_lead, at_tail)
+            if self.framed and at_lead and not self.placed and not _frames_itself(op, av):
+                piece = _IN_FRAME + "*" + piece  # unanchored: anywhere after the tag
+            out.append(piece)
+        if self.framed and lead and start == end:
+            out.append(_IN_FRAME + "*")
         return "".join(reversed(out) if self.reverse else out)
 
     def item(self, op: Any, av: Any, flags: int, lead: bool = False, tail: bool = False) -> str:
@@ -501,6 +522,9 @@ class _Emitter:
                 if not self.widen and 1 <= low and ((one_char and low <= _MAX_CHAR_BOUND) or small):
                     high = low
                     limit = max(limit, low)
+                elif self.framed and not self.widen and 1 <= low <= _MAX_BOUND:
+                    # The header database is small: m copies, exact (one is a looser try).
+                    high = low
                 else:
                     low = high = 1
                     self.exact_on_ascii = False
@@ -519,6 +543,16 @@ class _Emitter:
         if op is C.ATOMIC_GROUP:
             self.exact_on_ascii = False
             return "(?:" + self.sequence(av, flags) + ")"
+        if op is C.GROUPREF and self.framed and av in self.groups:
+            # The text \N matches is one its group's pattern matched (case-folded if \N
+            # folds): that pattern again is a superset, minus assertions that held there.
+            self.exact_on_ascii = False
+            sub, group_flags = self.groups[av]
+            self.copying += 1
+            try:
+                return "(?:" + self.sequence(sub, group_flags | (flags & re.IGNORECASE)) + ")"
+            finally:
+                self.copying -= 1
         if op in (C.ASSERT, C.ASSERT_NOT):
             # Lookarounds only ever remove matches: without them, a superset.
             self.exact_on_ascii = False
@@ -534,10 +568,17 @@ class _Emitter:
         lead: bool,
         tail: bool,
     ) -> str:
-        same_mode = bool(flags & re.MULTILINE) == self.multiline
-        if at is C.AT_BEGINNING_STRING and lead:
+        same_mode = bool(flags & re.MULTILINE) == self.multiline and not self.framed
+        if self.copying:
+            self.exact_on_ascii = False
+            return ""
+        if self.framed and (lead or tail):
+            frame = _frame_anchor(at, bool(flags & re.MULTILINE), lead, tail)
+            if frame is not None:
+                return frame
+        if at is C.AT_BEGINNING_STRING and lead and not self.framed:
             return r"\A"
-        if at is C.AT_END_STRING and tail:
+        if at is C.AT_END_STRING and tail and not self.framed:
             return r"\z"
         if at is C.AT_BEGINNING and same_mode and lead:
             return "^"
@@ -551,6 +592,12 @@ class _Emitter:
             # the character beyond it being the other kind (or the text's end): consumed.
             side = self.kind(items, index + 1 if lead else index - 1, flags, lead)
             word = _WORD | self.alphabet.word_bytes
+            if side == "word" and lead and self.framed:
+                # Right after the tag (the text's start: the tag's own byte may be a
+                # letter's class byte) or after a non-letter in the frame.
+                self.placed = True
+                other = _byte_class(frozenset(range(FRAME_START)) - word)
+                return f"(?:{_IN_FRAME}*{other})?"
             if side == "word":
                 other = _byte_class(frozenset(range(256)) - word)
                 return f"(?:\\A|{other})" if lead else f"(?:{other}|\\z)"
@@ -616,6 +663,29 @@ class _Emitter:
         if not ascii_only and not char.ascii & _WORD and not char.high & self.alphabet.word_bytes:
             return "other"
         return ""
+
+
+def _frames_itself(op: Any, av: Any) -> bool:
+    """Whether a framed expression's first item places itself in the frame: a start anchor,
+    or a group or alternation, whose own first items do."""
+    if op is C.AT:
+        return av in (C.AT_BEGINNING, C.AT_BEGINNING_STRING)
+    return op in (C.BRANCH, C.SUBPATTERN)
+
+
+def _frame_anchor(at: Any, multiline: bool, lead: bool, tail: bool) -> str | None:
+    """^ \\A $ \\Z beginning or ending a framed expression, as the frame's ends."""
+    end = f"\\x{FRAME_END:02x}"
+    if lead and at is C.AT_BEGINNING_STRING:
+        return ""  # right after the tag
+    if lead and at is C.AT_BEGINNING:
+        return f"(?:{_IN_FRAME}*\\n)?" if multiline else ""
+    if tail and at is C.AT_END_STRING:
+        return end
+    if tail and at is C.AT_END:
+        # Python's $: before any "\\n" (multiline), else at the end or before a last "\\n".
+        return f"[\\n{end}]" if multiline else f"\\n?{end}"
+    return None
 
 
 def _optional(item: tuple[Any, Any]) -> bool:
@@ -718,6 +788,87 @@ def _emit(emitter: _Emitter, items: Sequence[tuple[Any, Any]], flags: int, whole
     return text
 
 
+# Framed scanning: several texts in one block, each as FRAME_START, a two-byte tag naming
+# the text, the text's bytes, FRAME_END. No rewritten class takes these bytes (text_bytes
+# never makes them), so no match crosses a frame, and a framed pattern starts at its own tag.
+FRAME_START = 0xFE
+FRAME_END = 0xFF
+# The alphabet of a framed set leaves the frame bytes free: two classes fewer.
+FRAME_RESERVE = 2
+_TAG_BASE = 0xC0
+_TAG_SPAN = FRAME_START - _TAG_BASE
+# What can lie inside a frame (a text's bytes, its tag): anything but the frame bytes.
+_IN_FRAME = r"[\x00-\xfd]"
+
+
+def frame_tag(number: int) -> bytes:
+    """The two tag bytes of the ``number``-th framed text (fewer than 62 x 62)."""
+    high, low = divmod(number, _TAG_SPAN)
+    if high >= _TAG_SPAN:
+        raise ValueError(f"too many framed texts: {number}")
+    return bytes((_TAG_BASE + high, _TAG_BASE + low))
+
+
+def framed_rewrites(pattern: re.Pattern[str], tag: bytes, alphabet: Alphabet) -> list[Rewrite]:
+    """Rewrites of ``pattern`` that find a match only inside the frame tagged ``tag`` of a
+    block of frames (see FRAME_START), the tightest first; ^ \\A $ \\z that begin or end the
+    pattern are the frame's start and end. Unlike :func:`rewrites`, a pattern that matches
+    the empty string is taken (the frame is not empty), and a back-reference is taken as its
+    group's pattern (never exact). ``alphabet`` (``reserve=FRAME_RESERVE``) must leave
+    the frame bytes to the frames.
+
+    Raises :class:`Untranslatable` for what has no rewrite.
+    """
+    if alphabet.bytes & {FRAME_START, FRAME_END}:
+        raise ValueError("the alphabet takes the frame bytes: build it with a reserve of 2")
+    tree = _parse(pattern.pattern, pattern.flags)
+    flags = tree.state.flags
+    if flags & re.LOCALE:
+        raise Untranslatable("LOCALE flag")
+    multiline = bool(flags & re.MULTILINE)
+    groups: dict[int, tuple[Any, int]] = {}
+    _collect_groups(tree.data, flags, groups)
+    prefix = "".join(f"\\x{b:02x}" for b in (FRAME_START, *tag))
+    single = _hs.HS_FLAG_SINGLEMATCH if _hs is not None else 0
+    out: list[Rewrite] = []
+    for widen in (False, True):
+        emitter = _Emitter(alphabet, multiline, widen)
+        emitter.framed, emitter.groups = True, groups
+        try:
+            body = emitter.sequence(tree.data, flags, lead=True, tail=True)
+        except (KeyError, TypeError, IndexError) as exc:
+            raise Untranslatable(str(exc)) from exc
+        if len(body) > _MAX_EXPRESSION:
+            raise Untranslatable(f"{len(body)} bytes rewritten")
+        exact, ambiguous = emitter.exact_on_ascii, frozenset(emitter.ambiguous)
+        out.append(Rewrite((prefix + body).encode("ascii"), single, exact, b"", ambiguous))
+    return out
+
+
+def _collect_groups(items: Any, flags: int, out: dict[int, tuple[Any, int]]) -> None:
+    """Every capturing group's items and the flags in force inside it."""
+    for op, av in items:
+        if op is C.SUBPATTERN:
+            group, add, remove, sub = av
+            inner = (flags | add) & ~remove
+            if group is not None:
+                out[group] = (sub, inner)
+            _collect_groups(sub, inner, out)
+        elif op is C.BRANCH:
+            for alt in av[1]:
+                _collect_groups(alt, flags, out)
+        elif op in _REPEATS:
+            _collect_groups(av[2], flags, out)
+        elif op is C.ATOMIC_GROUP:
+            _collect_groups(av, flags, out)
+        elif op in (C.ASSERT, C.ASSERT_NOT):
+            _collect_groups(av[1], flags, out)
+        elif op is C.GROUPREF_EXISTS:
+            _collect_groups(av[1], flags, out)
+            if av[2] is not None:
+                _collect_groups(av[2], flags, out)
+
+
 def default_cache_dir() -> Path | None:
     """Where compiled databases are kept: content-addressed, so one cache serves every home.
     None where the user has no home directory (then every start compiles)."""
@@ -771,7 +922,12 @@ class PatternSet:
         patterns: Sequence[re.Pattern[str]],
         cache: Path | None = None,
         compile_now: bool = True,
+        rewriter: Callable[[int, re.Pattern[str], Alphabet], list[Rewrite]] | None = None,
+        reserve: int = 0,
     ) -> None:
+        """``rewriter(index, pattern, alphabet)`` gives a pattern's rewrites (default
+        :func:`rewrites`); ``reserve``: top bytes the set's :class:`Alphabet` leaves free
+        (:data:`FRAME_RESERVE` for :func:`framed_rewrites`)."""
         self.size = len(patterns)
         # Set when ``compile_now`` is false and the cache did not hold the database.
         self.pending = False
@@ -803,11 +959,14 @@ class PatternSet:
         if _hs is None:
             self.rejected = set(range(len(patterns)))
             return
-        self.alphabet = alphabet = Alphabet.for_patterns(patterns)
+        self.alphabet = alphabet = Alphabet.for_patterns(patterns, reserve)
         candidates: dict[int, list[Rewrite]] = {}
         for index, pattern in enumerate(patterns):
             try:
-                candidates[index] = rewrites(pattern, alphabet)
+                if rewriter is not None:
+                    candidates[index] = rewriter(index, pattern, alphabet)
+                else:
+                    candidates[index] = rewrites(pattern, alphabet)
             except (Untranslatable, re.error) as exc:
                 log.debug("regex left to re: %r (%s)", pattern.pattern[:60], exc)
                 self.rejected.add(index)
@@ -953,7 +1112,7 @@ class PatternSet:
             if self.exact[index]:
                 ambiguous = self.ambiguous[index]
                 if ambiguous and present is None:
-                    present = _high_bytes(data)
+                    present = high_bytes(data)
                 if not ambiguous or ambiguous.isdisjoint(present or ()):
                     out.append(index)
                     continue
@@ -975,6 +1134,19 @@ class PatternSet:
             if hit:
                 out.append(index)
         return out
+
+    def final(self, index: int, present: frozenset[int]) -> bool:
+        """Whether hyperscan's report of pattern ``index`` is re's answer on a text whose
+        encoding holds the class bytes ``present`` (see :func:`high_bytes`)."""
+        return self.exact[index] and self.ambiguous[index].isdisjoint(present)
+
+    def holds(self, index: int, text: str) -> bool:
+        """Whether pattern ``index``'s ``re`` search finds ``text`` (a reported pattern's
+        confirmation, for a caller that scanned several texts at once; no reversed starts)."""
+        pattern = self.patterns[index]
+        if index in self._line_starts:
+            return _match_at_lines(pattern, text, self._line_starts[index])
+        return pattern.search(text) is not None
 
     def _scan_starts(self, backwards: bytes) -> dict[int, list[int]]:
         size = len(backwards)
@@ -1096,7 +1268,7 @@ def _accepted(candidates: dict[int, list[Rewrite]]) -> dict[int, tuple[Rewrite, 
     return out
 
 
-def _high_bytes(data: bytes) -> frozenset[int]:
+def high_bytes(data: bytes) -> frozenset[int]:
     """The distinct bytes of ``data`` from 0x80 up: one pass per distinct byte (a text has
     a few classes), at C speed."""
     rest = data.translate(None, _ASCII_BYTES)

@@ -28,12 +28,23 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from mailwarden_sdk import Matcher
 
-from .fastmatch import HAVE_HYPERSCAN, PatternSet, default_cache_dir
+from .fastmatch import (
+    FRAME_END,
+    FRAME_RESERVE,
+    FRAME_START,
+    HAVE_HYPERSCAN,
+    PatternSet,
+    default_cache_dir,
+    frame_tag,
+    framed_rewrites,
+    high_bytes,
+)
 from .sa_evals import EVALS, EvalInput
 
 __all__ = ["Rule", "RuleSet", "RuleTargets", "load_rules"]
@@ -92,8 +103,8 @@ class RuleTargets:
     full: str
     all_headers: str = ""
     facts: EvalInput | None = None
-    # The :addr/:name values already parsed for this message (many rules read From:addr).
-    parsed: dict[str, list[str]] = field(default_factory=dict)
+    # The (name, address) pairs of a header already parsed for :addr/:name, by header name.
+    parsed: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
     # Every header rule's values by its header name (with modifier), read once per message:
     # the stock rules read ~100 a message through ~20 names.
     values: dict[str, list[str] | None] = field(default_factory=dict)
@@ -281,7 +292,7 @@ class RuleSet:
         """The header, body, rawbody, URI and full rules (sub-rules included) that hit."""
         hits: set[str] = set()
         matching = self._matching  # read once: the compiling thread may swap it meanwhile
-        if matching.fast or matching.fast_headers:
+        if matching.fast or matching.headers is not None:
             self._match_fast(matching, targets, hits)
         else:
             self._match_re(matching, targets, hits)
@@ -300,18 +311,8 @@ class RuleSet:
             patterns, rules = matching.fast["uri"]
             for uri in targets.uris:
                 hits.update(r.name for r in _confirmed(patterns, rules, uri))
-        for group in matching.fast_headers.values():
-            values = _header_values(group.rules[0], targets)
-            if values is None:
-                for rule in group.if_absent:
-                    if _header_hit(rule, targets):
-                        hits.add(rule.name)  # if-unset text or a negation: re, on no text
-                continue
-            rules = group.rules
-            found = group.patterns.confirmed("\n".join(values))
-            hits.update(rules[i].name for i in found if not rules[i].negate)
-            if group.negated:
-                hits.update(r.name for i, r in group.negated if i not in found)
+        if matching.headers is not None:
+            matching.headers.match(targets, hits)
         for kind in ("body", "rawbody", "full"):
             text = getattr(targets, kind)
             for rule in self._candidates(matching, kind, text):
@@ -413,22 +414,117 @@ class _Matching:
     )
     # Per target ("body"...; "header" per header name): the database and its rules.
     fast: dict[str, tuple[PatternSet, list[Rule]]] = field(default_factory=dict)
-    fast_headers: dict[str, _HeaderGroup] = field(default_factory=dict)
+    headers: _HeaderScan | None = None
     slow_headers: list[Rule] = field(default_factory=list)
     # "exists:Name" rules on plain header names: (lowered name, rule name), a dict look-up.
     exists: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass
-class _HeaderGroup:
-    """The header rules on one header name in one database (none of its rejected)."""
+class _HeaderScan:
+    """Every header rule hyperscan takes in one database, answered by one scan a message.
+
+    The block scanned holds, per header name that rules read (``Subject``, ``From:addr``,
+    ``ALL``...), the text ``re`` would search (the values joined by newlines) in a frame of
+    its own, tagged with the name's number (:func:`~.fastmatch.framed_rewrites`): a rule's
+    rewrite matches only inside its name's frame, and its ^ and $ are that frame's ends. A
+    hit is final where the rewrite is exact and the text holds none of its ambiguous class
+    bytes (an ASCII text holds none), else its ``re`` confirms it.
+    """
 
     patterns: PatternSet
     rules: list[Rule]
-    # Hit where their pattern is not found (!~), by index.
+    # The header names (normalised, see _header_key), a frame each, by tag number...
+    keys: list[str]
+    # ...and each rule's name by its index.
+    key_of: list[int]
+    # Kept rules hit where their pattern is not found (!~), by index.
     negated: list[tuple[int, Rule]]
-    # What can hit when the header is absent: negations and [if-unset: TEXT] rules.
-    if_absent: list[Rule]
+    # Per name: what can hit when the header is absent (negations, [if-unset: TEXT]).
+    if_absent: list[list[Rule]]
+    # Per name: the bytes its frame starts with (the frame byte and its tag).
+    heads: list[bytes] = field(default_factory=list)
+    # The names that are one header field (lowered field name -> number), and the others
+    # (ALL, ToCc, MESSAGEID, :addr/:name: read by _read_header).
+    field_numbers: dict[str, int] = field(default_factory=dict)
+    derived: list[int] = field(default_factory=list)
+    # The names with rules that can hit when their header is absent, with those rules.
+    if_absent_of: list[tuple[int, list[Rule]]] = field(default_factory=list)
+
+    @classmethod
+    def build(cls, rules: list[Rule], cache: Path | None, compile_now: bool) -> _HeaderScan:
+        keys: dict[str, int] = {}
+        key_of = [keys.setdefault(_header_key(r.header), len(keys)) for r in rules]
+        tags = [frame_tag(n) for n in range(len(keys))]
+        patterns = PatternSet(
+            [r.pattern for r in rules if r.pattern],
+            cache,
+            compile_now,
+            rewriter=lambda i, pattern, alphabet: framed_rewrites(
+                pattern, tags[key_of[i]], alphabet
+            ),
+            reserve=FRAME_RESERVE,
+        )
+        kept = [(i, r) for i, r in enumerate(rules) if i not in patterns.rejected]
+        if_absent: list[list[Rule]] = [[] for _ in keys]
+        for i, rule in kept:
+            if rule.negate or rule.if_unset is not None:
+                if_absent[key_of[i]].append(rule)
+        negated = [(i, r) for i, r in kept if r.negate]
+        heads = [bytes((FRAME_START,)) + tag for tag in tags]
+        plain = {k: n for k, n in keys.items() if _NAME_ONLY.fullmatch(k) and k not in _PSEUDO}
+        derived = [n for n in keys.values() if n not in plain.values()]
+        absent = [(n, rules) for n, rules in enumerate(if_absent) if rules]
+        return cls(
+            patterns, rules, list(keys), key_of, negated, if_absent, heads, plain, derived, absent
+        )
+
+    def match(self, targets: RuleTargets, hits: set[str]) -> None:
+        texts: list[str | None] = [None] * len(self.keys)
+        encoded: list[bytes] = [b""] * len(self.keys)
+        frames: list[bytes] = []
+        heads, encode = self.heads, self.patterns.encode
+        # Only the names the message has: a dozen header fields, not the rules' 56 names.
+        numbers = self.field_numbers
+        for field_name, values in targets.headers.items():
+            number = numbers.get(field_name)
+            if number is not None and values:
+                text = texts[number] = "\n".join(values)
+                data = encoded[number] = encode(text)
+                frames.append(heads[number] + data + _FRAME_END)
+        for number in self.derived:  # ALL, ToCc, MESSAGEID, :addr/:name
+            read = _values_of(self.keys[number], targets)
+            if read is not None:
+                text = texts[number] = "\n".join(read)
+                data = encoded[number] = encode(text)
+                frames.append(heads[number] + data + _FRAME_END)
+        for number, absent in self.if_absent_of:
+            if texts[number] is None:
+                for rule in absent:
+                    if _header_hit(rule, targets):
+                        hits.add(rule.name)  # if-unset text or a negation: re, on no text
+        patterns, rules, key_of = self.patterns, self.rules, self.key_of
+        found: set[int] = set()
+        # Per name, the class bytes its text holds (none in an ASCII text): where a rule's
+        # ambiguous bytes are absent, an exact rewrite's report is final.
+        present: dict[int, frozenset[int]] = {}
+        for index in patterns.scan(b"".join(frames)):
+            number = key_of[index]
+            searched = texts[number]
+            if searched is None:  # cannot be: a rewrite matches in its own frame only
+                continue
+            if patterns.exact[index] and number not in present:
+                present[number] = _NONE if searched.isascii() else high_bytes(encoded[number])
+            if patterns.final(index, present.get(number, _NONE)) or patterns.holds(index, searched):
+                found.add(index)
+        hits.update(rules[i].name for i in found if not rules[i].negate)
+        for index, rule in self.negated:
+            if index not in found and texts[key_of[index]] is not None:
+                hits.add(rule.name)
+
+
+_FRAME_END = bytes((FRAME_END,))
+_NONE: frozenset[int] = frozenset()
 
 
 def _prefilters(
@@ -459,31 +555,25 @@ def _fast_matching(
         fast[kind] = (patterns, rules)
         sets.append(patterns)
         slow[kind] = [r for i, r in enumerate(rules) if i in patterns.rejected]
-    per_header: dict[str, list[Rule]] = {}
+    framed: list[Rule] = []
     slow_headers: list[Rule] = []
     exists: list[tuple[str, str]] = []
     for rule in by_kind["header"]:
         if rule.pattern is not None and not rule.exists:
-            per_header.setdefault(rule.header, []).append(rule)
+            framed.append(rule)
         elif rule.exists and _NAME_ONLY.fullmatch(rule.header) and rule.header not in _PSEUDO:
             exists.append((rule.header.lower(), rule.name))
         else:
             slow_headers.append(rule)
-    fast_headers: dict[str, _HeaderGroup] = {}
-    for header, rules in per_header.items():
-        patterns = PatternSet([r.pattern for r in rules if r.pattern], cache, compile_now)
-        kept = [(i, r) for i, r in enumerate(rules) if i not in patterns.rejected]
-        fast_headers[header] = _HeaderGroup(
-            patterns,
-            rules,
-            [(i, r) for i, r in kept if r.negate],
-            [r for _i, r in kept if r.negate or r.if_unset is not None],
-        )
-        sets.append(patterns)
-        slow_headers.extend(r for i, r in enumerate(rules) if i in patterns.rejected)
+    headers = None
+    if framed:
+        headers = _HeaderScan.build(framed, cache, compile_now)
+        sets.append(headers.patterns)
+        rejected = headers.patterns.rejected
+        slow_headers.extend(r for i, r in enumerate(framed) if i in rejected)
     if any(p.pending for p in sets):
         return None
-    return _Matching(_prefilters(slow), fast, fast_headers, slow_headers, exists)
+    return _Matching(_prefilters(slow), fast, headers, slow_headers, exists)
 
 
 @contextmanager
@@ -545,12 +635,23 @@ def _meta_python(expr: str) -> str:
 
 
 def _header_values(rule: Rule, targets: RuleTargets) -> list[str] | None:
-    name = rule.header
+    return _values_of(_header_key(rule.header), targets)
+
+
+def _values_of(key: str, targets: RuleTargets) -> list[str] | None:
     try:
-        return targets.values[name]
+        return targets.values[key]
     except KeyError:
-        values = targets.values[name] = _read_header(name, targets)
+        values = targets.values[key] = _read_header(key, targets)
         return values
+
+
+@lru_cache(maxsize=4096)
+def _header_key(name: str) -> str:
+    """One spelling per header name as rules read it ("Message-Id", "Message-ID": one):
+    field names fold case, SpamAssassin's pseudo-headers and the modifiers do not."""
+    base, colon, modifier = name.partition(":")
+    return (base if base in _PSEUDO else base.lower()) + colon + modifier
 
 
 def _read_header(name: str, targets: RuleTargets) -> list[str] | None:
@@ -572,14 +673,36 @@ def _read_header(name: str, targets: RuleTargets) -> list[str] | None:
         return None
     if modifier not in ("addr", "name"):
         return values
-    done = targets.parsed.get(name)
-    if done is None:
-        if modifier == "addr":
-            done = [a for _n, a in email.utils.getaddresses(values) if a] or [""]
-        else:
-            done = [n for n, _a in email.utils.getaddresses(values)] or [""]
-        targets.parsed[name] = done
-    return done
+    # One parse serves both modifiers (the stock rules read From:addr and From:name).
+    pairs = targets.parsed.get(base)
+    if pairs is None:
+        pairs = targets.parsed[base] = _addresses(values)
+    if modifier == "addr":
+        return [a for _n, a in pairs if a] or [""]
+    return [n for n, _a in pairs] or [""]
+
+
+# One address in the forms most headers hold ("a@b", "<a@b>", "Joe Bloggs <a@b>",
+# "\"Joe B.\" <a@b>"), with nothing email.utils would unquote, fold or decode: read here as
+# getaddresses reads it (tests/unit/test_antispam_fastmatch.py compares), at a tenth the cost.
+_ATOMS = r"[A-Za-z0-9_+=-]+(?:\.[A-Za-z0-9_+=-]+)*"
+_SIMPLE_ADDRESS = re.compile(
+    rf"[ \t]*(?:(?P<bare>{_ATOMS}@{_ATOMS})"
+    r"|(?:(?P<words>[A-Za-z0-9_+=-]+(?: [A-Za-z0-9_+=-]+)*)[ \t]*"
+    r'|"(?P<quoted>[A-Za-z0-9_+=. -]*)"[ \t]*)?'
+    rf"<(?P<angle>{_ATOMS}@{_ATOMS})>)[ \t]*"
+)
+
+
+def _addresses(values: list[str]) -> list[tuple[str, str]]:
+    """``email.utils.getaddresses(values)``, the common one-address forms read directly."""
+    if len(values) == 1:
+        simple = _SIMPLE_ADDRESS.fullmatch(values[0])
+        if simple is not None:
+            if simple["bare"]:
+                return [("", simple["bare"])]
+            return [(simple["words"] or simple["quoted"] or "", simple["angle"])]
+    return email.utils.getaddresses(values)
 
 
 def _confirmed(patterns: PatternSet, rules: list[Rule], text: str) -> list[Rule]:

@@ -7,6 +7,7 @@ texts, and on the shipped rules plus SpamAssassin's stock rules over the shared 
 
 from __future__ import annotations
 
+import email.utils
 import fcntl
 import os
 import re
@@ -29,7 +30,14 @@ from mailwarden_antispam.fastmatch import (
     to_bytes_pattern,
     trim_cache,
 )
-from mailwarden_antispam.rules import load_rules
+from mailwarden_antispam.rules import (
+    _SIMPLE_ADDRESS,
+    Rule,
+    RuleSet,
+    RuleTargets,
+    _addresses,
+    load_rules,
+)
 from mailwarden_sdk import parse
 from tests.conftest import need
 from tests.services import ensure_packages
@@ -355,3 +363,203 @@ def test_a_repeat_scanned_as_one_copy_is_skipped_only_where_no_copies_join(
     for words in texts:
         text = "".join(words)
         assert patterns.confirmed(text) == ([0] if pattern.search(text) else []), text
+
+
+# Header rules: one hyperscan scan over a block of framed texts, one frame per header name.
+_HEADER_NAMES = ["Subject", "subject", "From", "From:addr", "From:name", "To", "ToCc"]
+_HEADER_NAMES += ["MESSAGEID", "Message-Id", "ALL", "X-Mailer"]
+_FIELDS = ["Subject", "From", "To", "Cc", "Message-Id", "Resent-Message-Id", "X-Mailer"]
+# Back-references: hyperscan takes each as its group's pattern again, re decides.
+_BACKREFS = [r"(\w)\1", r"^(a|k)\s*\1", r"(?i:(s)\w*\1)$", r"(\w+) <\1@", r"(?:(a)|b)\1"]
+# Short anchored literals over a small alphabet: hits in one frame and not another are common.
+_SMALL = st.builds(
+    lambda start, text, end: start + text + end,
+    st.sampled_from(["", "^", r"\A"]),
+    st.text("ak \n", min_size=1, max_size=3),
+    st.sampled_from(["", "$", r"\Z"]),
+)
+_VALUES = st.one_of(
+    st.text(_ALPHABET, max_size=16),
+    st.text("ak \n", max_size=5),
+    st.text("ak ", min_size=1, max_size=3).map(lambda text: text + "\n"),  # Python's $
+    st.sampled_from(['"Joe K" <joe@a.b>', "a@b, Kim <k@s.i>", "<>", "", " \n ", "<a@b>"]),
+)
+
+
+@st.composite
+def _header_rule(draw: st.DrawFn, number: int, present: list[str]) -> Rule:
+    source = draw(st.one_of(_patterns(), st.sampled_from(_BACKREFS), _SMALL))
+    flags = draw(st.sampled_from([0, re.I, re.M, re.S, re.I | re.M]))
+    # Mostly on headers the message has (hits and misses in neighbouring frames).
+    header = draw(st.sampled_from(present + _HEADER_NAMES if present else _HEADER_NAMES))
+    return Rule(
+        f"R{number}",
+        "header",
+        "test",
+        pattern=re.compile(source, flags),
+        header=header,
+        negate=draw(st.sampled_from([False, False, True])),
+        if_unset=draw(st.sampled_from([None, None, None, "", "a k"])),
+    )
+
+
+def _header_targets(fields: list[tuple[str, str]]) -> RuleTargets:
+    headers: dict[str, list[str]] = {}
+    for name, value in fields:
+        headers.setdefault(name.lower(), []).append(value)
+    text = "\n".join(f"{name}: {value}" for name, value in fields)
+    return RuleTargets(headers=headers, body="", rawbody="", uris=[], full="", all_headers=text)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.sampled_from(_FIELDS), _VALUES), max_size=7), st.data())
+def test_header_rules_in_one_framed_scan_hit_as_re(
+    fields: list[tuple[str, str]], data: st.DataObject
+) -> None:
+    # Every header name's text in a frame of its own: ^ and $ are the frame's ends, a rule
+    # matches in its own name's frame only, several headers of a name are one text (joined
+    # by newlines), pseudo-headers and :addr/:name as re reads them, negations and
+    # [if-unset] where the header is absent.
+    pytest.importorskip("hyperscan")
+    present = sorted({name for name, _value in fields} | {"From:addr", "ToCc", "ALL"})
+    count = data.draw(st.integers(1, 6))
+    rules = [data.draw(_header_rule(i, present)) for i in range(count)]
+    fast = RuleSet(rules={r.name: r for r in rules}, cache=None).compile()
+    slow = RuleSet(rules={r.name: r for r in rules}, cache=None, engine="re").compile()
+    assert fast._matching.headers is not None
+    assert fast.regex_hits(_header_targets(fields)) == slow.regex_hits(_header_targets(fields))
+
+
+def _counting(monkeypatch: pytest.MonkeyPatch, name: str) -> list[int]:
+    """Calls of PatternSet.``name`` from now on (it still runs)."""
+    calls: list[int] = []
+    real = getattr(PatternSet, name)
+
+    def counted(self: PatternSet, *args: object) -> object:
+        calls.append(1)
+        return real(self, *args)
+
+    monkeypatch.setattr(PatternSet, name, counted)
+    return calls
+
+
+def test_header_rules_on_many_names_are_answered_by_one_scan(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("hyperscan")
+    rules = tmp_path / "headers.cf"
+    rules.write_text(
+        "header SUBJ_FREE Subject =~ /^free\\b/i\n"
+        "header FROM_BIZ From:addr =~ /\\.biz$/\n"
+        "header TO_LIST ToCc =~ /list@/\n"
+        "header NO_MAILER X-Mailer !~ /./\n"
+        "header MID_SHORT MESSAGEID =~ /^.{1,15}$|<.{0,4}\\@/\n"
+        "header ALL_PRECEDENCE ALL =~ /^Precedence: bulk$/m\n"
+    )
+    ruleset = load_rules([rules], cache=tmp_path / "cache")
+    message = (
+        b"From: Joe <joe@shop.biz>\r\nTo: a@b.example\r\nCc: list@b.example\r\n"
+        b"Subject: Free gift\r\nMessage-Id: <1@b>\r\nX-Mailer: \r\nPrecedence: bulk\r\n\r\nhi\r\n"
+    )
+    plugin = AntispamPlugin()
+    plugin.configure(AntispamConfig())
+    targets = plugin._targets_of(parse(message), "", [])
+    scans = _counting(monkeypatch, "_scan")
+    hits = ruleset.regex_hits(targets)
+    assert hits == {"SUBJ_FREE", "FROM_BIZ", "TO_LIST", "NO_MAILER", "MID_SHORT", "ALL_PRECEDENCE"}
+    assert len(scans) == 1, "one hyperscan scan for the header rules of six names"
+    reference = load_rules([rules], engine="re")
+    assert reference.regex_hits(plugin._targets_of(parse(message), "", [])) == hits
+
+
+def test_a_back_reference_header_rule_runs_re_only_where_hyperscan_reports_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # SpamAssassin's __0_TZ_* rules: hyperscan takes "\1" as "\w" again (a superset), so a
+    # From: with no quoted name is told it cannot match without running the regex.
+    pytest.importorskip("hyperscan")
+    rules = tmp_path / "backref.cf"
+    rules.write_text('header NAME_IS_USER From =~ /^"(\\w+)" <\\1@/\n')
+    ruleset = load_rules([rules], cache=tmp_path / "cache")
+    reference = load_rules([rules], engine="re")
+    plugin = AntispamPlugin()
+    plugin.configure(AntispamConfig())
+    confirmations = _counting(monkeypatch, "holds")
+    for sender, hit, confirmed in (
+        ('"joe" <joe@example.com>', True, 1),
+        ('"joe" <ann@example.com>', False, 1),
+        ("Joe <joe@example.com>", False, 0),
+    ):
+        raw = f"From: {sender}\r\nTo: a@b\r\nSubject: x\r\n\r\nbody\r\n".encode()
+        before = len(confirmations)
+        hits = ruleset.regex_hits(plugin._targets_of(parse(raw), "", []))
+        assert ("NAME_IS_USER" in hits) == hit, sender
+        assert hits == reference.regex_hits(plugin._targets_of(parse(raw), "", []))
+        assert len(confirmations) - before == confirmed, sender
+
+
+@settings(max_examples=1500, deadline=None)
+@given(
+    st.one_of(
+        st.from_regex(_SIMPLE_ADDRESS, fullmatch=True),
+        st.text(' \t"<>@.,;:()\\[]aZ9_+=-\xe9', max_size=30),
+        st.sampled_from(['"Joe" <a@b>', 'Joe "B" <a@b>', "a@b (Joe)", "<a@b>, c@d", "Joe <a@b"]),
+    )
+)
+def test_the_common_address_forms_read_as_email_utils_reads_them(value: str) -> None:
+    # From:addr and From:name are read directly in the common forms: as getaddresses would.
+    assert _addresses([value]) == email.utils.getaddresses([value])
+
+
+@pytest.mark.parametrize("source", [r"(?s)a.*b", r"a[^x]*b", r"a\W*b", r"a\S*b", r"a\D+b"])
+def test_a_header_rule_never_matches_across_two_headers(source: str) -> None:
+    # "a" ends the Subject and "b" starts X-Mailer: in the scanned block only the frame
+    # bytes between them, which no rewritten class may take (whatever "any character" is).
+    pytest.importorskip("hyperscan")
+    rules = [
+        Rule("SUBJ", "header", "test", pattern=re.compile(source), header="Subject"),
+        Rule("MAILER", "header", "test", pattern=re.compile("zz"), header="X-Mailer"),
+    ]
+    fast = RuleSet(rules={r.name: r for r in rules}, cache=None).compile()
+    targets = _header_targets([("Subject", "xa"), ("X-Mailer", "b\xe9")])
+    assert fast._matching.headers is not None
+    assert fast._matching.headers.patterns.exact[0], "hyperscan's answer is final here"
+    assert fast.regex_hits(targets) == set()
+    assert fast.regex_hits(_header_targets([("Subject", "xa-b"), ("X-Mailer", "b")])) == {"SUBJ"}
+
+
+# 240 letters named one by one: the header set's alphabet runs out of class bytes, so class
+# bytes reach the tag bytes (0xc0 up), which must never be read as a letter before a text.
+_MANY_LETTERS = "".join(chr(c) for c in range(0x100, 0x1E0))
+
+
+@pytest.mark.parametrize(
+    "subject", ["foo", "-foo", "x-foo", "\u0101foo", "\u0101-foo", "b\xe9 foo"]
+)
+def test_header_rules_over_a_full_alphabet_hit_as_re(subject: str) -> None:
+    pytest.importorskip("hyperscan")
+    rules = [
+        Rule("SUBJ_FOO", "header", "test", pattern=re.compile(r"\bfoo"), header="Subject"),
+        Rule("SUBJ_DASH", "header", "test", pattern=re.compile(r"\b-foo"), header="Subject"),
+        Rule("SUBJ_AB", "header", "test", pattern=re.compile(r"(?s)o.*b"), header="Subject"),
+        Rule("ANY", "header", "test", pattern=re.compile(f"[{_MANY_LETTERS}]z"), header="To"),
+    ]
+    rules += [
+        Rule(f"L{i}", "header", "test", pattern=re.compile(f"{c}q"), header="X-Mailer")
+        for i, c in enumerate(_MANY_LETTERS)
+    ]
+    fast = RuleSet(rules={r.name: r for r in rules}, cache=None).compile()
+    slow = RuleSet(rules={r.name: r for r in rules}, cache=None, engine="re").compile()
+    headers = fast._matching.headers
+    assert headers is not None and headers.patterns.alphabet is not None
+    classes = headers.patterns.alphabet.bytes
+    assert max(classes) < fastmatch.FRAME_START, "the frame bytes are left to the frames"
+    assert headers.heads[0][-1] in headers.patterns.alphabet.word_bytes, "a letter's byte"
+    assert not headers.patterns.rejected, "every rule is answered by the one scan"
+    for fields in (
+        [("Subject", subject), ("To", "\u0102z")],
+        [("Subject", subject), ("X-Mailer", "b\u01a0q")],
+        [("Subject", subject + "o"), ("To", "b")],
+    ):
+        targets = _header_targets(fields)
+        assert fast.regex_hits(targets) == slow.regex_hits(targets), fields
