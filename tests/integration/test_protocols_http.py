@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -55,6 +56,19 @@ def test_rspamc_gets_actions_scores_and_symbols(served: Served) -> None:
     assert infected["action"] == "reject"
     assert "signature=Eicar-Test-Signature" in infected["symbols"]["AV_INFECTED"]["options"]
     assert "Eicar-Test-Signature" in infected["messages"]["smtp_message"]
+
+
+def test_mail_checked_through_the_http_api_is_autolearned(served: Served) -> None:
+    """As rspamd's checkv2: what its MTA delivers on the answer is real mail, learned."""
+    message = build_message(subject="agenda for thursday", body="the agenda is attached\n")
+    assert rspamc(served, message)["action"] == "no action"
+    deadline = time.monotonic() + 20
+    while True:  # lessons are committed in groups, a fraction of a second later
+        journal = served.cli("antispam", "journal").stdout
+        if " autolearn learn ham " in journal or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert " autolearn learn ham " in journal, journal
 
 
 def test_rspamc_envelope_headers_reach_the_scan(served: Served) -> None:
