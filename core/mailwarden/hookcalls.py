@@ -16,6 +16,7 @@ Observers (``mailwarden_message_processed``) are not waited for at all: each run
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import queue
@@ -68,10 +69,9 @@ class _LoopCall:
             self.then()
 
     def _in_loop(self, callback: Callable[..., Any], *args: Any) -> None:
-        try:
+        # A closed loop raises RuntimeError: nobody waits for it any more.
+        with contextlib.suppress(RuntimeError):
             self.loop.call_soon_threadsafe(callback, *args)
-        except RuntimeError:
-            pass  # the loop is closed: nobody waits for it any more
 
     def _settle(self, result: Any, error: BaseException | None) -> None:
         if self.future.done():

@@ -35,6 +35,7 @@ same as in the synchronous methods: the caller resumes only after its sync retur
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import fcntl
 import itertools
@@ -308,10 +309,9 @@ class _Syncer:
                 by_loop.setdefault(loop, []).append((future, *outcome))
             del batch, outcomes, synced
             for loop, done in by_loop.items():
-                try:
+                # A closed loop raises RuntimeError: nobody waits there any more.
+                with contextlib.suppress(RuntimeError):
                     loop.call_soon_threadsafe(_resolve, done)
-                except RuntimeError:
-                    pass  # that loop is closed: nobody waits any more
             del by_loop
 
 

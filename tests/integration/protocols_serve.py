@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +50,16 @@ class Served:
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         return home_cli(self.home, *args)
+
+    def journal_with(self, text: str, limit: float = 20.0) -> str:
+        """The antispam journal once it holds ``text`` (lessons are committed in groups, a
+        fraction of a second after the scan), or as it is after ``limit`` seconds."""
+        deadline = time.monotonic() + limit
+        while True:
+            journal = self.cli("antispam", "journal").stdout
+            if text in journal or time.monotonic() > deadline:
+                return journal
+            time.sleep(0.2)
 
 
 @contextlib.contextmanager

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -91,12 +90,7 @@ def test_mail_checked_through_spamd_is_autolearned(served: Served) -> None:
     """As SpamAssassin's spamd: what its MTA delivers on the answer is real mail, learned."""
     message = build_message(subject="minutes of the meeting", body="see the attached notes\n")
     assert spamc(served, message, "-c").returncode == 0
-    deadline = time.monotonic() + 20
-    while True:  # lessons are committed in groups, a fraction of a second later
-        journal = served.cli("antispam", "journal").stdout
-        if " autolearn learn ham " in journal or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
+    journal = served.journal_with(" autolearn learn ham ")
     assert " autolearn learn ham " in journal, journal
 
 
