@@ -631,9 +631,12 @@ class RatelimitConfig(_Section):
 
     A message over any limit gets ``451 4.7.1`` naming the limit, at the end of DATA (SMTP
     gateway) or of the message (milter); it still counts, so a sender that keeps trying stays
-    refused until the window ends. The null sender is not limited by sender or domain;
-    clients in ``allow_networks`` are not limited. Counters are in Redis when ``[redis]`` is
-    enabled (shared by every node), else (and while Redis is down) in the local store.
+    refused. Windows slide: the count is the current window's plus the previous one's weighted
+    by how much of it lies in the last ``window`` seconds, so a burst of the limit at a window's
+    end is not followed by another at the next one's start. The null sender is not limited by
+    sender or domain; clients in ``allow_networks`` are not limited. Counters are in Redis when
+    ``[redis]`` is enabled (shared by every node), else (and while Redis is down) in the local
+    store.
     """
 
     enabled: bool = False

@@ -1,9 +1,16 @@
 """Rate limits: messages and bytes per window, per sender, sender domain, client and recipient.
 
-Fixed windows: a counter per (limit, who, window number) under ``rl:`` in the policy state,
-made with the window's length to live, so it is gone when its window is. Every counter a
-message touches moves in one call (one Redis round trip), and the message counts even when it
-is refused, so a sender that keeps trying stays refused until the window ends.
+Sliding windows, counted as Cloudflare's and Kong's sliding-window limits count them: a counter
+per (limit, who, window number) under ``rl:`` in the policy state, and a message is over the
+limit when the count of the current window plus the previous window's count, weighted by the
+share of that window still inside the last ``window`` seconds (rounded down), is over the cap.
+With fixed windows alone a sender could send the limit at the end of one window and the limit
+again at the start of the next, seconds later; now the second burst is refused, the previous
+window's share frees as it slides out, and a sender at a steady rate at the limit is never
+refused. Each counter lives two windows, so the previous one is there to read. Every counter a
+message touches moves, and the previous ones are read, in one call (one Redis round trip); the
+message counts even when it is refused, so a sender that keeps trying stays refused until its
+weighted count falls below the limit.
 """
 
 from __future__ import annotations
@@ -64,18 +71,25 @@ class RateLimiter:
             return None
         now = self.clock()
         increments: list[Increment] = []
-        checks: list[tuple[str, str, str, int, RateLimit]] = []
+        checks: list[tuple[str, str, str, int, RateLimit, float]] = []
         for kind, who, limit in subjects:
-            window = int(now // limit.window)
+            position = now / limit.window
+            window = int(position)
+            # The share of the previous window that still lies in the last ``window`` seconds.
+            weight = 1.0 - (position - window)
             digest = hashlib.blake2b(who.encode(), digest_size=12).hexdigest()
             for unit, amount, cap in (("m", 1, limit.messages), ("b", size, limit.bytes)):
                 if cap:
-                    key = f"rl:{kind}:{unit}:{limit.window:g}:{window}:{digest}"
-                    increments.append((key, amount, limit.window))
-                    checks.append((kind, who, unit, cap, limit))
+                    key = f"rl:{kind}:{unit}:{limit.window:g}:{{}}:{digest}"
+                    lifetime = 2 * limit.window
+                    increments.append((key.format(window), amount, lifetime))
+                    # Adding nothing reads the previous window's count in the same call.
+                    increments.append((key.format(window - 1), 0, lifetime))
+                    checks.append((kind, who, unit, cap, limit, weight))
         values = await self.state.add(increments)
-        for (kind, who, unit, cap, limit), value in zip(checks, values, strict=True):
-            if value > cap:
+        for index, (kind, who, unit, cap, limit, weight) in enumerate(checks):
+            current, previous = values[2 * index], values[2 * index + 1]
+            if current + int(previous * weight) > cap:
                 what = "messages" if unit == "m" else "bytes"
                 return (
                     f"451 4.7.1 Rate limit exceeded for {kind.replace('_', ' ')} {who}: more "

@@ -66,7 +66,8 @@ class StateBackend(abc.ABC):
 
     @abc.abstractmethod
     async def add(self, increments: Sequence[Increment]) -> list[int]:
-        """Add to each counter (made with its time to live when missing); the new values."""
+        """Add to each counter (made with its time to live when missing); the new values. An
+        amount of 0 reads a counter without making it (a missing one reads 0)."""
 
     @abc.abstractmethod
     async def get(self, key: str) -> str | None:
@@ -128,8 +129,9 @@ class LocalState(StateBackend, BoundedStore):
                 if raw is not None and _EXPIRY.unpack_from(raw)[0] > now:
                     expiry = _EXPIRY.unpack_from(raw)[0]
                     count = _COUNT.unpack_from(raw, _EXPIRY.size)[0]
-                count += amount
-                txn.put(key.encode(), _EXPIRY.pack(expiry) + _COUNT.pack(count), db=db)
+                if amount:
+                    count += amount
+                    txn.put(key.encode(), _EXPIRY.pack(expiry) + _COUNT.pack(count), db=db)
                 values.append(count)
             self._keep_cap(txn, now)
             return values
@@ -264,14 +266,20 @@ class RedisState(StateBackend):
         self._trip()
         async with asyncio.timeout(self.timeout):
             pipe = self.client.pipeline(transaction=True)
+            # Where each counter's value is among the replies.
+            answers: list[int] = []
             for key, amount, ttl in increments:
+                if not amount:
+                    answers.append(len(pipe))
+                    pipe.get(self.prefix + key)
+                    continue
                 pipe.set(self.prefix + key, 0, px=max(1, int(ttl * 1000)), nx=True)
+                answers.append(len(pipe))
                 pipe.incrby(self.prefix + key, amount)
                 if refresh:
                     pipe.pexpire(self.prefix + key, max(1, int(ttl * 1000)))
             replies = await pipe.execute()
-        step = 3 if refresh else 2
-        return [int(value) for value in replies[1::step]]
+        return [int(replies[at] or 0) for at in answers]
 
     async def get(self, key: str) -> str | None:
         self._trip()
