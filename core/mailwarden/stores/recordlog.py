@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import struct
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -101,7 +102,9 @@ class RecordLog(BoundedStore, Generic[R]):
         self.damaged = 0
         self._extra_weight = extra_weight
         self._on_removed = on_removed
-        self._removed: list[R] = []
+        # The records each thread's write transaction removed: per thread, since a write of
+        # another thread can begin between this one's commit and its hand-over to on_removed.
+        self._removals = threading.local()
         self.path = Path(descriptor.path)
         self.clock = clock
         self.evictions = 0
@@ -141,11 +144,12 @@ class RecordLog(BoundedStore, Generic[R]):
         """A write transaction; removed records are handed to ``on_removed`` after commit."""
 
         def attempt(txn: Any) -> T:
-            self._removed = []  # a retried attempt (map grown) starts over
+            self._removals.records = []  # a retried attempt (map grown) starts over
             return work(txn)
 
         result = self.env.write(attempt)
-        removed, self._removed = self._removed, []
+        removed: list[R] = self._removals.records
+        self._removals.records = []
         if removed and self._on_removed is not None:
             self._on_removed(removed)
         return result
@@ -206,7 +210,7 @@ class RecordLog(BoundedStore, Generic[R]):
             txn.delete(term, key, db=self.env.db(f"ix_{name}"))
         txn.delete(key, db=self.env.db("records"))
         if record is not None:
-            self._removed.append(record)
+            self._removals.records.append(record)
         meta = self.env.db("meta")
         cost = self._weight(value, terms, record) if record is not None else len(value)
         weight = _get_u64(txn, meta, b"bytes") - cost
