@@ -27,7 +27,16 @@ from collections.abc import Callable, Coroutine, Generator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
-__all__ = ["DaemonExecutor", "HookRunner", "ObserverLane", "call_impl", "hook_kwargs"]
+from mailwarden_sdk.hookspecs import NONBLOCKING
+
+__all__ = [
+    "DaemonExecutor",
+    "HookRunner",
+    "ObserverLane",
+    "call_impl",
+    "hook_kwargs",
+    "runs_inline",
+]
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +187,25 @@ class DaemonExecutor(ThreadPoolExecutor):
             stuck = [w.name for w in workers if w.is_alive()]
             if stuck:
                 log.warning("left %d busy thread(s) behind at shutdown: %s", len(stuck), stuck)
+
+
+def runs_inline(impls: list[Any], **available: Any) -> bool:
+    """Whether every one of ``impls`` is marked :func:`mailwarden_sdk.nonblocking` for a
+    call with these arguments: then they run on the loop's thread, without a hand-over to
+    a worker (SDK 1.19). A ``when`` that raises keeps the call in a worker thread."""
+    for impl in impls:
+        mark = getattr(impl.function, NONBLOCKING, None)
+        if mark is True:
+            continue
+        if mark is None or not callable(mark):
+            return False
+        try:
+            if not mark(**available):
+                return False
+        except Exception:
+            log.exception("the nonblocking check of %s failed", impl.plugin_name)
+            return False
+    return True
 
 
 def hook_kwargs(impl: Any, **available: Any) -> dict[str, Any]:
