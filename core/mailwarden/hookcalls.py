@@ -33,6 +33,7 @@ __all__ = [
     "DaemonExecutor",
     "HookRunner",
     "ObserverLane",
+    "Resumed",
     "call_impl",
     "hook_kwargs",
     "runs_inline",
@@ -261,6 +262,11 @@ class _Resumed:
                     waiting = coroutine.send(sent)
                 except StopIteration as done:
                     return done.value
+
+
+# For a caller that runs a coroutine's first step itself, as call_impl does (the milter's
+# decision: no keep-alive timer for one that does not wait).
+Resumed = _Resumed
 
 
 async def call_impl(
