@@ -151,17 +151,7 @@ async def decide(
         action = deciding.decide(folded, failed=True)
         changed = None
         if deciding.acting:
-            try:
-                changed = await call_impl(
-                    hook.mailwarden_action,
-                    {"ctx": ctx, "verdict": folded, "action": action},
-                    budgets.action,
-                    hooks.executor,
-                )
-            except TimeoutError:
-                _action_timed_out(hooks, budgets.action, folded)
-            except Exception:
-                log.exception("mailwarden_action failed")
+            changed = await _act(hook, hooks, budgets.action, ctx, folded, action, here=False)
         return folded, finished(action, changed)
     changed = None
     if not running.done():
@@ -184,25 +174,37 @@ async def _decide_inline(
     they run here, on the loop's thread, and so do the action hooks when they are too;
     otherwise the action hooks alone go to a worker, within their budget."""
     deciding.adjust()
-    verdict, action = deciding.verdict, deciding.action
+    ctx, verdict, action = deciding.ctx, deciding.verdict, deciding.action
     assert verdict is not None and action is not None
     changed = None
     if deciding.acting:
-        try:
-            if runs_inline(deciding.acting, ctx=deciding.ctx, verdict=verdict, action=action):
-                changed = deciding.act()
-            else:
-                changed = await call_impl(
-                    deciding.hook.mailwarden_action,
-                    {"ctx": deciding.ctx, "verdict": verdict, "action": action},
-                    budgets.action,
-                    hooks.executor,
-                )
-        except TimeoutError:
-            _action_timed_out(hooks, budgets.action, verdict)
-        except Exception:
-            log.exception("mailwarden_action failed")
+        here = runs_inline(deciding.acting, ctx=ctx, verdict=verdict, action=action)
+        changed = await _act(deciding.hook, hooks, budgets.action, ctx, verdict, action, here=here)
     return verdict, finished(action, changed)
+
+
+async def _act(
+    hook: Any,
+    hooks: HookRunner,
+    budget: float,
+    ctx: ScanContext,
+    verdict: Verdict,
+    action: Action,
+    *,
+    here: bool,
+) -> Any:
+    """The action hooks' answer on their own: ``here`` on the loop's thread, or in a worker
+    within ``budget`` seconds; ``None`` when they failed or ran out of time (recorded)."""
+    try:
+        if here:
+            return hook.mailwarden_action(ctx=ctx, verdict=verdict, action=action)
+        kwargs = {"ctx": ctx, "verdict": verdict, "action": action}
+        return await call_impl(hook.mailwarden_action, kwargs, budget, hooks.executor)
+    except TimeoutError:
+        _action_timed_out(hooks, budget, verdict)
+    except Exception:
+        log.exception("mailwarden_action failed")
+    return None
 
 
 def _action_timed_out(hooks: HookRunner, budget: float, verdict: Verdict) -> None:
