@@ -370,6 +370,19 @@ _FINAL = {
 _OPTNEG_REPLIES: dict[tuple[int, int, int], bytes] = {}
 
 
+# The same few macro names in every packet (Postfix's "{client_addr}"...), each with the key
+# it is stored under; bounded in count and size, as a peer chooses the names.
+_MACRO_KEYS: dict[str, str] = {}
+
+
+def _macro_key(name: str) -> str:
+    # Postfix sends "{name}" and Sendmail sometimes "name": store one form.
+    key = name[1:-1] if name.startswith("{") and name.endswith("}") else name
+    if len(_MACRO_KEYS) < 256 and len(name) <= 64:
+        _MACRO_KEYS[name] = key
+    return key
+
+
 def _macro_bytes(macros: dict[str, str]) -> int:
     return sum(map(len, macros)) + sum(map(len, macros.values()))
 
@@ -460,9 +473,11 @@ class _Session:
         macros = (self.connection if connection else self.message).macros
         message_macros = self.message.macros
         added = added_to_message = 0
+        keys = _MACRO_KEYS
         for name, value in zip(pairs[::2], pairs[1::2], strict=True):
-            # Postfix sends "{name}" and Sendmail sometimes "name": store one form.
-            key = name[1:-1] if name.startswith("{") and name.endswith("}") else name
+            key = keys.get(name)
+            if key is None:
+                key = _macro_key(name)
             size = len(key) + len(value)
             old = macros.get(key)
             added += size if old is None else size - len(key) - len(old)
