@@ -48,93 +48,76 @@ def _scan(gateway: Gateway, *raws: bytes) -> tuple[list[Any], int]:
     return asyncio.run(run())
 
 
-class Threads:
-    """Where each hook ran (thread ids, in call order)."""
+def _unmarked(function: Any) -> Any:
+    return function
 
-    def __init__(self) -> None:
-        self.verdict: list[int] = []
-        self.action: list[int] = []
+
+def _verdict_hook(seen: list[int], mark: Any = nonblocking, header: str = "X-Ran") -> Any:
+    """A plugin whose verdict hook, marked with ``mark``, notes its thread and a header."""
+
+    class VerdictHook:
+        @hookimpl
+        @mark
+        def mailwarden_verdict(self, ctx: ScanContext, verdict: Verdict) -> None:
+            seen.append(threading.get_ident())
+            verdict.headers.append((header, "yes"))
+
+    return VerdictHook
+
+
+def _action_hook(seen: list[int], mark: Any = nonblocking) -> Any:
+    """A plugin whose action hook, marked with ``mark``, notes its thread and tags."""
+
+    class ActionHook:
+        @hookimpl(tryfirst=True)
+        @mark
+        def mailwarden_action(self, ctx: ScanContext, verdict: Verdict, action: Action) -> Any:
+            seen.append(threading.get_ident())
+            return msgspec.structs.replace(action, subject_tag="[acted]")
+
+    return ActionHook
 
 
 def test_marked_verdict_and_action_hooks_run_on_the_loop_thread(tmp_path: Path) -> None:
-    seen = Threads()
-
-    class Quick:
-        @hookimpl
-        @nonblocking
-        def mailwarden_verdict(self, ctx: ScanContext, verdict: Verdict) -> None:
-            seen.verdict.append(threading.get_ident())
-            verdict.headers.append(("X-Quick", "yes"))
-
-        @hookimpl
-        @nonblocking
-        def mailwarden_action(self, ctx: ScanContext, verdict: Verdict, action: Action) -> Any:
-            seen.action.append(threading.get_ident())
-            return msgspec.structs.replace(action, subject_tag="[seen]")
-
-    (decision,), loop = _scan(_gateway(tmp_path, quick=Quick), make_message())
-    assert seen.verdict == [loop] and seen.action == [loop]
+    verdicts: list[int] = []
+    actions: list[int] = []
+    gateway = _gateway(tmp_path, v=_verdict_hook(verdicts), a=_action_hook(actions))
+    (decision,), loop = _scan(gateway, make_message())
+    assert verdicts == [loop] and actions == [loop]
     # Their work counts as a worker's would.
-    assert ("X-Quick", "yes") in decision.verdict.headers
-    assert decision.action.subject_tag == "[seen]"
+    assert ("X-Ran", "yes") in decision.verdict.headers
+    assert decision.action.subject_tag == "[acted]"
     assert decision.action.kind is ActionKind.DELIVER
 
 
 def test_one_unmarked_hook_keeps_them_all_in_a_worker(tmp_path: Path) -> None:
-    seen = Threads()
-
-    class Quick:
-        @hookimpl
-        @nonblocking
-        def mailwarden_verdict(self, ctx: ScanContext, verdict: Verdict) -> None:
-            seen.verdict.append(threading.get_ident())
-
-    class Slow:
-        @hookimpl
-        def mailwarden_verdict(self, ctx: ScanContext, verdict: Verdict) -> None:
-            seen.verdict.append(threading.get_ident())
-
-    (_decision,), loop = _scan(_gateway(tmp_path, quick=Quick, slow=Slow), make_message())
-    assert len(seen.verdict) == 2 and loop not in seen.verdict
+    seen: list[int] = []
+    quick, slow = _verdict_hook(seen), _verdict_hook(seen, _unmarked, "X-Slow")
+    (_decision,), loop = _scan(_gateway(tmp_path, quick=quick, slow=slow), make_message())
+    assert len(seen) == 2 and loop not in seen
 
 
 def test_when_decides_per_call_where_the_action_hooks_run(tmp_path: Path) -> None:
-    seen = Threads()
-
-    class Sometimes:
-        @hookimpl
-        @nonblocking
-        def mailwarden_verdict(self, ctx: ScanContext, verdict: Verdict) -> None:
-            seen.verdict.append(threading.get_ident())
-
-        @hookimpl
-        @nonblocking(when=lambda ctx, action, **_: b"BIG-JOB" not in ctx.raw)
-        def mailwarden_action(self, ctx: ScanContext, verdict: Verdict, action: Action) -> Any:
-            seen.action.append(threading.get_ident())
-            return msgspec.structs.replace(action, subject_tag="[acted]")
-
+    verdicts: list[int] = []
+    actions: list[int] = []
+    small_only = nonblocking(when=lambda ctx, action, **_: b"BIG-JOB" not in ctx.raw)
+    gateway = _gateway(tmp_path, v=_verdict_hook(verdicts), a=_action_hook(actions, small_only))
     raws = make_message(subject="small"), make_message(subject="BIG-JOB")
-    (small, big), loop = _scan(_gateway(tmp_path, sometimes=Sometimes), *raws)
-    assert seen.verdict == [loop, loop]
-    assert seen.action[0] == loop and seen.action[1] != loop
+    (small, big), loop = _scan(gateway, *raws)
+    assert verdicts == [loop, loop]
+    assert actions[0] == loop and actions[1] != loop
     assert small.action.subject_tag == big.action.subject_tag == "[acted]"
 
 
 def test_a_when_that_raises_sends_the_call_to_a_worker(tmp_path: Path) -> None:
-    seen = Threads()
+    seen: list[int] = []
 
     def broken(**_: Any) -> bool:
         raise KeyError("no such stash key")
 
-    class Careless:
-        @hookimpl
-        @nonblocking(when=broken)
-        def mailwarden_verdict(self, ctx: ScanContext, verdict: Verdict) -> None:
-            seen.verdict.append(threading.get_ident())
-            verdict.headers.append(("X-Ran", "yes"))
-
-    (decision,), loop = _scan(_gateway(tmp_path, careless=Careless), make_message())
-    assert len(seen.verdict) == 1 and seen.verdict[0] != loop
+    careless = _verdict_hook(seen, nonblocking(when=broken))
+    (decision,), loop = _scan(_gateway(tmp_path, careless=careless), make_message())
+    assert len(seen) == 1 and seen[0] != loop
     assert ("X-Ran", "yes") in decision.verdict.headers
 
 
@@ -167,25 +150,16 @@ def test_with_every_detector_off_the_builtin_hooks_stay_on_the_loop(tmp_path: Pa
     """The built-in plugins' verdict and action hooks, loaded but with nothing scanned, leave
     no message to a worker thread (the milter's and the SMTP gateway's bare path): a marked
     probe beside them runs on the loop only if every one of them is marked for the call."""
-    seen = Threads()
-
-    class Probe:
-        @hookimpl
-        @nonblocking
-        def mailwarden_verdict(self, ctx: ScanContext, verdict: Verdict) -> None:
-            seen.verdict.append(threading.get_ident())
-
-        @hookimpl(tryfirst=True)
-        @nonblocking
-        def mailwarden_action(self, ctx: ScanContext, verdict: Verdict, action: Action) -> Any:
-            seen.action.append(threading.get_ident())
+    verdicts: list[int] = []
+    actions: list[int] = []
+    probes = {"probe": _verdict_hook(verdicts), "probe_action": _action_hook(actions)}
 
     config = tmp_path / "mailwarden.toml"
     config.write_text(
         f'[gateway]\nhome = "{tmp_path}"\n[events]\nenabled = false\n'
         '[detectors]\ndisabled = ["antivirus", "antispam", "reputation", "sandbox"]\n'
     )
-    gateway = Gateway.from_file(str(config), extra_plugins={"probe": Probe})
+    gateway = Gateway.from_file(str(config), extra_plugins=probes)
     hook = gateway.plugins.pm.hook
     assert {"antispam", "sandbox"} <= {
         i.plugin_name for i in hook.mailwarden_verdict.get_hookimpls()
@@ -195,5 +169,5 @@ def test_with_every_detector_off_the_builtin_hooks_stay_on_the_loop(tmp_path: Pa
     }
 
     decisions, loop = _scan(gateway, *(make_message(subject=f"m{n}") for n in range(3)))
-    assert seen.verdict == [loop] * 3 and seen.action == [loop] * 3
+    assert verdicts == [loop] * 3 and actions == [loop] * 3
     assert all(d.action.kind is ActionKind.DELIVER for d in decisions)
