@@ -19,7 +19,7 @@ from mailwarden_sdk import Action, ActionKind, Envelope, Finding, ScanContext, V
 
 from .config import RuleConfig
 from .detect import TIMEOUT, error_finding
-from .hookcalls import call_impl
+from .hookcalls import call_impl, runs_inline
 from .policy import decide_action
 from .rewrite import header_text, prepend_headers, tag_subject
 
@@ -134,6 +134,8 @@ async def decide(
     deciding = Deciding(hook, ctx, rule, folded)
     if not (deciding.adjusting or deciding.acting):
         return folded, finished(deciding.decide(folded, failed=False), None)
+    if runs_inline(deciding.adjusting, ctx=ctx, verdict=folded):
+        return await _decide_inline(deciding, hooks, budgets)
     if hooks.executor is not None:
         running = hooks.executor.run_soon(deciding.run, deciding.wake)
     else:
@@ -149,17 +151,7 @@ async def decide(
         action = deciding.decide(folded, failed=True)
         changed = None
         if deciding.acting:
-            try:
-                changed = await call_impl(
-                    hook.mailwarden_action,
-                    {"ctx": ctx, "verdict": folded, "action": action},
-                    budgets.action,
-                    hooks.executor,
-                )
-            except TimeoutError:
-                _action_timed_out(hooks, budgets.action, folded)
-            except Exception:
-                log.exception("mailwarden_action failed")
+            changed = await _act(hook, hooks, budgets.action, ctx, folded, action, here=False)
         return folded, finished(action, changed)
     changed = None
     if not running.done():
@@ -173,6 +165,46 @@ async def decide(
     verdict = deciding.verdict or folded
     action = deciding.action or deciding.decide(verdict, failed=False)
     return verdict, finished(action, changed)
+
+
+async def _decide_inline(
+    deciding: Deciding, hooks: HookRunner, budgets: HooksConfig
+) -> tuple[Verdict, Action]:
+    """:func:`decide` when every verdict hook is non-blocking (``mailwarden_sdk.nonblocking``):
+    they run here, on the loop's thread, and so do the action hooks when they are too;
+    otherwise the action hooks alone go to a worker, within their budget."""
+    deciding.adjust()
+    ctx, verdict, action = deciding.ctx, deciding.verdict, deciding.action
+    assert verdict is not None and action is not None
+    changed = None
+    if deciding.acting:
+        here = runs_inline(deciding.acting, ctx=ctx, verdict=verdict, action=action)
+        changed = await _act(deciding.hook, hooks, budgets.action, ctx, verdict, action, here=here)
+    return verdict, finished(action, changed)
+
+
+async def _act(
+    hook: Any,
+    hooks: HookRunner,
+    budget: float,
+    ctx: ScanContext,
+    verdict: Verdict,
+    action: Action,
+    *,
+    here: bool,
+) -> Any:
+    """The action hooks' answer on their own: ``here`` on the loop's thread, or in a worker
+    within ``budget`` seconds; ``None`` when they failed or ran out of time (recorded)."""
+    try:
+        if here:
+            return hook.mailwarden_action(ctx=ctx, verdict=verdict, action=action)
+        kwargs = {"ctx": ctx, "verdict": verdict, "action": action}
+        return await call_impl(hook.mailwarden_action, kwargs, budget, hooks.executor)
+    except TimeoutError:
+        _action_timed_out(hooks, budget, verdict)
+    except Exception:
+        log.exception("mailwarden_action failed")
+    return None
 
 
 def _action_timed_out(hooks: HookRunner, budget: float, verdict: Verdict) -> None:
@@ -192,8 +224,9 @@ class Deciding:
 
     def __init__(self, hook: Any, ctx: ScanContext, rule: RuleConfig, folded: Verdict) -> None:
         self.hook, self.ctx, self.rule, self.folded = hook, ctx, rule, folded
-        self.adjusting = bool(hook.mailwarden_verdict.get_hookimpls())
-        self.acting = bool(hook.mailwarden_action.get_hookimpls())
+        #: The verdict and the action hooks' implementations (none: nothing to hand over).
+        self.adjusting: list[Any] = hook.mailwarden_verdict.get_hookimpls()
+        self.acting: list[Any] = hook.mailwarden_action.get_hookimpls()
         self._lock = threading.Lock()
         self._given_up = False
         #: The adjusted (or, when the hooks failed, the folded) verdict, once they are done.
@@ -268,6 +301,13 @@ class Deciding:
 
     def run(self) -> Any:
         """In the worker thread: verdict hooks, decision, action hooks (their answer)."""
+        if not self.adjust():
+            return None
+        return self.act()
+
+    def adjust(self) -> bool:
+        """The verdict hooks and the rule's decision (:attr:`verdict`, :attr:`action`);
+        False when the gateway gave up on them meanwhile."""
         verdict, error = self.folded, None
         if self.adjusting:
             work = msgspec.convert(msgspec.to_builtins(self.folded), Verdict)
@@ -280,15 +320,19 @@ class Deciding:
                 error = error_finding("verdict", "DETECTOR_ERROR", repr(exc))
         with self._lock:
             if self._given_up:
-                return None  # the folded verdict is the gateway's now
+                return False  # the folded verdict is the gateway's now
             if error is not None:
                 verdict_failed(self.folded, error)
             self.verdict = verdict
         action = self.decide(verdict, failed=error is not None)
         self.action, self.action_began = action, time.monotonic()
+        return True
+
+    def act(self) -> Any:
+        """The action hooks on what :meth:`adjust` decided (their answer)."""
         if not self.acting:
             return None
-        return self.hook.mailwarden_action(ctx=self.ctx, verdict=verdict, action=action)
+        return self.hook.mailwarden_action(ctx=self.ctx, verdict=self.verdict, action=self.action)
 
 
 def verdict_failed(verdict: Verdict, error: Finding) -> None:

@@ -27,7 +27,17 @@ from collections.abc import Callable, Coroutine, Generator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
-__all__ = ["DaemonExecutor", "HookRunner", "ObserverLane", "call_impl", "hook_kwargs"]
+from mailwarden_sdk.hookspecs import NONBLOCKING
+
+__all__ = [
+    "DaemonExecutor",
+    "HookRunner",
+    "ObserverLane",
+    "Resumed",
+    "call_impl",
+    "hook_kwargs",
+    "runs_inline",
+]
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +190,25 @@ class DaemonExecutor(ThreadPoolExecutor):
                 log.warning("left %d busy thread(s) behind at shutdown: %s", len(stuck), stuck)
 
 
+def runs_inline(impls: list[Any], **available: Any) -> bool:
+    """Whether every one of ``impls`` is marked :func:`mailwarden_sdk.nonblocking` for a
+    call with these arguments: then they run on the loop's thread, without a hand-over to
+    a worker (SDK 1.19). A ``when`` that raises keeps the call in a worker thread."""
+    for impl in impls:
+        mark = getattr(impl.function, NONBLOCKING, None)
+        if mark is True:
+            continue
+        if mark is None or not callable(mark):
+            return False
+        try:
+            if not mark(**available):
+                return False
+        except Exception:
+            log.exception("the nonblocking check of %s failed", impl.plugin_name)
+            return False
+    return True
+
+
 def hook_kwargs(impl: Any, **available: Any) -> dict[str, Any]:
     """The arguments ``impl`` takes (pluggy lets an implementation take fewer than its spec)."""
     return {name: available[name] for name in impl.argnames if name in available}
@@ -233,6 +262,11 @@ class _Resumed:
                     waiting = coroutine.send(sent)
                 except StopIteration as done:
                     return done.value
+
+
+# For a caller that runs a coroutine's first step itself, as call_impl does (the milter's
+# decision: no keep-alive timer for one that does not wait).
+Resumed = _Resumed
 
 
 async def call_impl(

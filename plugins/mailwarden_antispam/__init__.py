@@ -36,6 +36,7 @@ from mailwarden_sdk import (
     Verdict,
     WhenFull,
     hookimpl,
+    nonblocking,
     plugin_data_dir,
     run_cpu_bound,
     shared_state,
@@ -194,7 +195,7 @@ def _ip_in(networks: list[str], address: str | None) -> bool:
 class AntispamPlugin:
     """Emits scored antispam findings and turns the total score into a spam status."""
 
-    requires_sdk = ">=1.18,<2"  # ScanContext.live (shared_state: 1.14)
+    requires_sdk = ">=1.19,<2"  # nonblocking (ScanContext.live: 1.18, shared_state: 1.14)
 
     def __init__(self) -> None:
         self.config = AntispamConfig()
@@ -626,7 +627,9 @@ class AntispamPlugin:
 
     # ------------------------------------------------------------ deciding
 
+    # Only keeping a message in the spam quarantine writes (and syncs) the store.
     @hookimpl(wrapper=True)
+    @nonblocking(when=lambda ctx, **_: not ctx.stash.get(KEEP, False))
     def mailwarden_action(
         self, ctx: ScanContext, verdict: Verdict, action: Action
     ) -> Generator[None, Action | None, Action | None]:
@@ -637,7 +640,10 @@ class AntispamPlugin:
             return changed
         return keep(self.quarantine, ctx, verdict, changed or action) or changed
 
+    # Autolearn may tokenise and waits while the Bayes writer's queue is full: only a scanned
+    # live message is learned from; the rest is arithmetic on the verdict.
     @hookimpl(trylast=True)
+    @nonblocking(when=lambda ctx, **_: not (ctx.live and ctx.stash.get(_SCANNED, False)))
     def mailwarden_verdict(self, ctx: ScanContext, verdict: Verdict) -> None:
         cfg = self.config
         # Explicit statuses (the admin's block/allow lists, GTUBE) stand; otherwise the score

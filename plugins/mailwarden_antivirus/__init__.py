@@ -23,6 +23,7 @@ from mailwarden_sdk import (
     StoreDescriptor,
     Verdict,
     hookimpl,
+    nonblocking,
     plugin_data_dir,
     run_cpu_bound,
 )
@@ -76,7 +77,7 @@ class AntivirusConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 class AntivirusPlugin:
     """Scans each leaf part's decoded content and, optionally, the raw message."""
 
-    requires_sdk = ">=1.9,<2"
+    requires_sdk = ">=1.19,<2"  # nonblocking
 
     def __init__(self) -> None:
         self.config = AntivirusConfig()
@@ -203,7 +204,9 @@ class AntivirusPlugin:
             return []
         return [*self.signatures.scan_hashes(data), *self.signatures.scan_body(data)]
 
+    # Cutting parts out rebuilds the message (CPU work the size of the message): a worker's.
     @hookimpl
+    @nonblocking(when=lambda action, **_: not action.remove_parts)
     def mailwarden_action(
         self, ctx: ScanContext, verdict: Verdict, action: Action
     ) -> Action | None:

@@ -23,6 +23,7 @@ from mailwarden_sdk import (
     Verdict,
     WhenFull,
     hookimpl,
+    nonblocking,
     plugin_data_dir,
 )
 
@@ -51,7 +52,7 @@ class SandboxPlugin:
     one so a 60 s timeout passes in a fraction of a second; the gateway always uses 1.
     """
 
-    requires_sdk = ">=1.18,<2"  # ScanContext.live
+    requires_sdk = ">=1.19,<2"  # nonblocking (ScanContext.live: 1.18)
 
     def __init__(self, time_scale: float = 1.0) -> None:
         self.time_scale = time_scale
@@ -163,7 +164,9 @@ class SandboxPlugin:
                 ctx.stash[ROOM] = self.store.has_room(len(ctx.raw))
         return findings
 
+    # Reads what the scan stashed; a mirror copy is handed to the loop, never waited for.
     @hookimpl(trylast=True)
+    @nonblocking
     def mailwarden_verdict(self, ctx: ScanContext, verdict: Verdict) -> None:
         """Decide what is sent, now that the other detectors have spoken."""
         pending = ctx.stash.get(PENDING, [])

@@ -44,7 +44,7 @@ from .context import (
     config_option,
     plugin_data_dir,
 )
-from .hookspecs import PROJECT_NAME, hookimpl, hookspec
+from .hookspecs import PROJECT_NAME, hookimpl, hookspec, nonblocking
 from .offload import INLINE_MAX_BYTES, INLINE_MAX_FIELDS, INLINE_MAX_SECONDS, run_cpu_bound
 from .policy import PolicyAction, PolicyRequest, PolicyStage, PolicyVerdict
 from .quarantines import (
@@ -121,6 +121,7 @@ __all__ = [
     "findings",
     "hookimpl",
     "hookspec",
+    "nonblocking",
     "parse",
     "plugin_data_dir",
     "run_cpu_bound",

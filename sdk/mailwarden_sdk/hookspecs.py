@@ -27,8 +27,8 @@ for it and goes on, and the thread finishes on its own (it never holds the proce
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import pluggy
 
@@ -45,6 +45,46 @@ PROJECT_NAME = "mailwarden"
 
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+
+#: The attribute :func:`nonblocking` sets on an implementation: ``True`` or its ``when``.
+NONBLOCKING = "mailwarden_nonblocking"
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+@overload
+def nonblocking(function: _F, /) -> _F: ...
+
+
+@overload
+def nonblocking(*, when: Callable[..., bool]) -> Callable[[_F], _F]: ...
+
+
+def nonblocking(
+    function: _F | None = None, /, *, when: Callable[..., bool] | None = None
+) -> _F | Callable[[_F], _F]:
+    """Declare that a ``mailwarden_verdict`` or ``mailwarden_action`` implementation never
+    blocks: no I/O, no lock held by another thread, no wait, little CPU (SDK 1.19).
+
+    The gateway hands those hooks to a worker thread, whose hand-over and hand-back cost
+    more than a small hook's own work. When every implementation of the hook is marked, it
+    runs on the event loop's thread instead, without a budget: a marked hook that blocks
+    stops every message for as long as it blocks. With ``when``, a function called with the
+    hook's arguments as keywords (on the loop's thread, before the hook; it must be quick and
+    change nothing), the hook is non-blocking only for the calls where it returns true, for
+    an implementation that blocks only sometimes (``when=lambda action, **_: not
+    action.remove_parts``)::
+
+        @hookimpl
+        @nonblocking
+        def mailwarden_verdict(self, ctx, verdict): ...
+    """
+
+    def mark(implementation: _F) -> _F:
+        setattr(implementation, NONBLOCKING, True if when is None else when)
+        return implementation
+
+    return mark if function is None else mark(function)
 
 
 @hookspec

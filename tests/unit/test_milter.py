@@ -535,6 +535,22 @@ def test_encoded_commands_decode_to_themselves(case: tuple[Any, ...], split_at: 
         assert decoded.args == (first, second)
 
 
+_raw_strings = st.binary(max_size=30).map(lambda b: b.replace(b"\0", b""))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from("LMRH"), st.lists(_raw_strings, min_size=1, max_size=4))
+def test_eight_bit_strings_decode_to_their_exact_bytes(code: str, parts: list[bytes]) -> None:
+    """Header values and addresses in any 8-bit bytes (not UTF-8, cut multi-byte sequences
+    next to the NULs) come back byte for byte, as the reassembled message needs them."""
+    if code == "L":
+        parts = [*parts, b"v"][:2]
+    wire = encode_packet(code, b"".join(p + b"\0" for p in parts))
+    (packet,), _rest = split_packets(wire)
+    decoded = decode_command(*packet)
+    assert [a.encode("utf-8", "surrogateescape") for a in decoded.args] == parts
+
+
 def test_xtext_round_trip_for_xforward_values() -> None:
     from mailwarden.ingress.content_filter import xtext_decode, xtext_encode
 

@@ -279,7 +279,10 @@ def _cstrings(data: Data, what: str) -> list[str]:
         return []
     if data[-1]:
         raise MilterProtocolError(f"{what}: string not NUL-terminated")
-    return [str(part, "utf-8", _ESCAPE) for part in data[:-1].split(b"\0")]
+    # Decoded whole, then split: one string and the parts, not a slice and a bytes object
+    # per part as well. The same strings: a NUL byte is never inside a UTF-8 sequence, and
+    # surrogateescape decodes the bytes around it one by one when they are not UTF-8.
+    return str(data, "utf-8", _ESCAPE)[:-1].split("\0")
 
 
 def decode_optneg(data: Data) -> tuple[int, int, int]:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
 
+from ...hookcalls import Resumed
 from ..tcp import listening_socket, quick_ack, quickack_socket
 from .codec import (
     ABORT,
@@ -352,10 +353,34 @@ class MilterConnection(asyncio.Protocol):
 _BODY, _BODYEOB, _OPTNEG = ord(BODY), ord(BODYEOB), ord(OPTNEG)
 # Bytes kept unread while a message is decided before reading pauses: one largest packet.
 _HELD_WHILE_DECIDING = MAX_PACKET + 5
-_CONTINUE = encode_packet(R_CONTINUE)
+_CONTINUE, _PROGRESS = encode_packet(R_CONTINUE), encode_packet(R_PROGRESS)
+# The final replies without a code of ours, encoded once.
+_FINAL = {
+    reply: encode_packet(code)
+    for reply, code in (
+        ("accept", R_ACCEPT),
+        ("continue", R_CONTINUE),
+        ("reject", R_REJECT),
+        ("tempfail", R_TEMPFAIL),
+        ("discard", R_DISCARD),
+    )
+}
 
 
 _OPTNEG_REPLIES: dict[tuple[int, int, int], bytes] = {}
+
+
+# The same few macro names in every packet (Postfix's "{client_addr}"...), each with the key
+# it is stored under; bounded in count and size, as a peer chooses the names.
+_MACRO_KEYS: dict[str, str] = {}
+
+
+def _macro_key(name: str) -> str:
+    # Postfix sends "{name}" and Sendmail sometimes "name": store one form.
+    key = name[1:-1] if name.startswith("{") and name.endswith("}") else name
+    if len(_MACRO_KEYS) < 256 and len(name) <= 64:
+        _MACRO_KEYS[name] = key
+    return key
 
 
 def _macro_bytes(macros: dict[str, str]) -> int:
@@ -448,9 +473,11 @@ class _Session:
         macros = (self.connection if connection else self.message).macros
         message_macros = self.message.macros
         added = added_to_message = 0
+        keys = _MACRO_KEYS
         for name, value in zip(pairs[::2], pairs[1::2], strict=True):
-            # Postfix sends "{name}" and Sendmail sometimes "name": store one form.
-            key = name[1:-1] if name.startswith("{") and name.endswith("}") else name
+            key = keys.get(name)
+            if key is None:
+                key = _macro_key(name)
             size = len(key) + len(value)
             old = macros.get(key)
             added += size if old is None else size - len(key) - len(old)
@@ -580,19 +607,30 @@ class _Session:
             # Resets the MTA's timer (Postfix milter_content_timeout) while we scan.
             nonlocal timer
             if not self.transport.is_closing():
-                self.transport.write(encode_packet(R_PROGRESS))
+                self.transport.write(_PROGRESS)
             timer = loop.call_later(progress, keep_alive)
 
-        timer = loop.call_later(progress, keep_alive)
         try:
-            return await self.server.handler.end_of_message(message)
+            coroutine = self.server.handler.end_of_message(message)
+            try:
+                # Its first step, here: a decision with nothing to wait for (no detector that
+                # waits, the verdict hooks on the loop) needs no keep-alive timer to set and
+                # cancel. One that does not wait could not be interrupted to send one either.
+                waiting = coroutine.send(None)
+            except StopIteration as done:
+                result: MilterResult = done.value
+                return result
+            timer = loop.call_later(progress, keep_alive)
+            resumed: MilterResult = await Resumed(coroutine, waiting)
+            return resumed
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("milter: deciding about %s failed; tempfail", message.queue_id)
             return MilterResult("tempfail", 451, "4.3.0 Temporary content filter failure")
         finally:
-            timer.cancel()
+            if timer is not None:
+                timer.cancel()
 
     def _allowed(self, flag: int, what: str) -> bool:
         if self.actions & flag:
@@ -635,14 +673,7 @@ class _Session:
         if r.reply in ("reject", "tempfail") and r.code is not None:
             out.append(encode_replycode(r.code, r.text))
         else:
-            final = {
-                "accept": R_ACCEPT,
-                "continue": R_CONTINUE,
-                "reject": R_REJECT,
-                "tempfail": R_TEMPFAIL,
-                "discard": R_DISCARD,
-            }[r.reply]
-            out.append(encode_packet(final))
+            out.append(_FINAL[r.reply])
         self.transport.write(b"".join(out))
 
 
