@@ -381,6 +381,8 @@ class SpoolEntry:
         self._flag: bytes | None = None
         # No state written for it yet, neither in the file nor beside it (spooled here).
         self._stateless = False
+        # A ``.state`` file may exist beside it (unknown for one this process did not spool).
+        self._state_file = True
 
     @property
     def path(self) -> Path:
@@ -487,10 +489,22 @@ class Spool:
         """:meth:`write` from an event loop: the file work in a syncer thread, its directory
         sync shared with the other jobs of its batch."""
         written: list[SpoolEntry] = []
+        if state is None and len(raw) <= INLINE_READ_MAX:
+            # Creating, writing and locking a small file is page-cache work of microseconds,
+            # done here; the thread does only what waits for the disk (the sync, the rename
+            # after it): every system call it makes hands the GIL to this loop and back.
+            entry, tmp = self._open_file(raw, envelope)
+            written.append(entry)
 
-        def job() -> SpoolEntry:
-            written.append(self._write_file(raw, envelope, state))
-            return written[0]
+            def job() -> SpoolEntry:
+                self._commit_file(entry, tmp, None)
+                return entry
+
+        else:
+
+            def job() -> SpoolEntry:
+                written.append(self._write_file(raw, envelope, state))
+                return written[0]
 
         try:
             spooled: SpoolEntry = await self._syncer.run(job, sync_dir=True)
@@ -508,6 +522,12 @@ class Spool:
 
     def _write_file(self, raw: bytes, envelope: Envelope, state: SpoolState | None) -> SpoolEntry:
         """Everything of :meth:`write` before the queue directory's sync."""
+        entry, tmp = self._open_file(raw, envelope)
+        self._commit_file(entry, tmp, state)
+        return entry
+
+    def _open_file(self, raw: bytes, envelope: Envelope) -> tuple[SpoolEntry, str]:
+        """The message written (not synced) and locked in ``tmp/``: the entry and its path."""
         try:
             id = f"{time.time_ns():x}{_PID:x}{next(_counter):x}{os.urandom(3).hex()}"
             now, mono = time.time(), time.monotonic()
@@ -522,36 +542,12 @@ class Spool:
             )
             header = _QUEUED + meta + b"\n"
             tmp = f"{self._tmp_s}{id}.msg"
-            queued = f"{self._queue_s}{id}.msg"
             fd = self._create(tmp)
             try:
                 view = memoryview(header + raw)
                 while view:
                     view = view[os.write(fd, view) :]
-                os.fsync(fd)
                 fcntl.flock(fd, fcntl.LOCK_EX)
-                entry = SpoolEntry(
-                    self,
-                    id,
-                    fd,
-                    envelope,
-                    now,
-                    spooled_mono=mono,
-                    boot=BOOT_ID,
-                    start=len(header),
-                    size=len(raw),
-                )
-                entry._flag = _QUEUED
-                if len(raw) <= INLINE_READ_MAX:
-                    entry._data = raw
-                entry._stateless = state is None
-                if state is not None:
-                    self.save_state(entry, state, durable=True)
-                try:
-                    os.rename(tmp, queued)
-                except FileNotFoundError:
-                    self._ensure()
-                    os.rename(tmp, queued)
             except BaseException:
                 os.close(fd)
                 _unlink(tmp)
@@ -559,7 +555,43 @@ class Spool:
         except OSError as exc:
             # Full disk or permissions: the client keeps the message when answered 4xx.
             raise DeliveryError(f"cannot spool the message: {exc.strerror or exc}") from exc
-        return entry
+        entry = SpoolEntry(
+            self,
+            id,
+            fd,
+            envelope,
+            now,
+            spooled_mono=mono,
+            boot=BOOT_ID,
+            start=len(header),
+            size=len(raw),
+        )
+        entry._flag = _QUEUED
+        entry._state_file = False
+        if len(raw) <= INLINE_READ_MAX:
+            entry._data = raw
+        return entry, tmp
+
+    def _commit_file(self, entry: SpoolEntry, tmp: str, state: SpoolState | None) -> None:
+        """Sync the file written by :meth:`_open_file`, save ``state`` with it (durably) and
+        move it into ``queue/``; on a failure the file is gone and the entry released."""
+        try:
+            os.fsync(entry.fd)
+            entry._stateless = state is None
+            if state is not None:
+                self.save_state(entry, state, durable=True)
+            queued = f"{self._queue_s}{entry.id}.msg"
+            try:
+                os.rename(tmp, queued)
+            except FileNotFoundError:
+                self._ensure()
+                os.rename(tmp, queued)
+        except BaseException as exc:
+            entry.release()
+            _unlink(tmp)
+            if isinstance(exc, OSError):
+                raise DeliveryError(f"cannot spool the message: {exc.strerror or exc}") from exc
+            raise
 
     def ids(self) -> list[str]:
         """Ids of the spooled messages, oldest first (ids start with the spool time)."""
@@ -700,6 +732,7 @@ class Spool:
             # A state that may be lost (it saves a rescan) and that ``entry`` has none of yet
             # is written in place: a reader in between, or a crash, finds it unreadable, which
             # reads as "not decided", the same as no state (a rename less per message).
+            entry._state_file = True
             try:
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             except FileExistsError:
@@ -710,6 +743,7 @@ class Spool:
                 finally:
                     os.close(fd)
                 return
+        entry._state_file = True
         tmp = f"{self._queue_s}.{entry.id}.{_PID}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
@@ -731,8 +765,13 @@ class Spool:
         os.fdatasync(entry.fd)
 
     async def mark_in_doubt_async(self, entry: SpoolEntry, in_doubt: bool) -> None:
-        """:meth:`mark_in_doubt` from an event loop, in a syncer thread's batch."""
-        await self._syncer.run(lambda: self.mark_in_doubt(entry, in_doubt), sync_dir=False)
+        """:meth:`mark_in_doubt` from an event loop: the byte written here, its data sync in a
+        syncer thread's batch."""
+        flag = _IN_DOUBT if in_doubt else _QUEUED
+        os.pwrite(entry.fd, flag, 0)
+        entry._flag = flag
+        fd = entry.fd
+        await self._syncer.run(lambda: os.fdatasync(fd), sync_dir=False)
 
     async def remove_delivered(self, entry: SpoolEntry) -> None:
         """:meth:`remove` on an event loop once the next hop took the message: the unlink is
@@ -759,7 +798,8 @@ class Spool:
             if not entry.unlinked:
                 _unlink(f"{self._queue_s}{entry.id}.msg")
                 self._sync_queue()
-            _unlink(f"{self._queue_s}{entry.id}.state")
+            if entry._state_file:
+                _unlink(f"{self._queue_s}{entry.id}.state")
         finally:
             entry.release()
 
