@@ -86,10 +86,15 @@ _LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO}
 _aiosmtpd_sanitized_log = _aiosmtpd_smtp.sanitized_log
 
 
+_aiosmtpd_log = _aiosmtpd_smtp.log
+
+
 def _sanitized_log(func: Callable[..., None], msg: Any, *args: Any, **kw: Any) -> None:
     # aiosmtpd logs every command line twice (debug and info), matching each against its AUTH
     # pattern to hide passwords first, whether or not the level is on (it seldom is).
     logger = getattr(func, "__self__", None)
+    if logger is _aiosmtpd_log and not _aiosmtpd_log.isEnabledFor(logging.INFO):
+        return  # neither level is on (debug is below info): one cached look-up decides
     level = _LOG_LEVELS.get(getattr(func, "__name__", ""))
     if isinstance(logger, logging.Logger) and level is not None:
         if not logger.isEnabledFor(level):
