@@ -67,11 +67,15 @@ async def _ignore(_result: RelayResult) -> None:
 
 async def _no_message(
     client: Connection, data_reply: tuple[int, str] | None, timeout: float
-) -> None:
+) -> bool:
     """End a DATA that a server took although no recipient was (which RFC 2920 3.1 says it
-    must refuse): with an empty message, which it then refuses for want of recipients."""
-    if data_reply is not None and data_reply[0] == 354:
+    must refuse): with an empty message, which it then refuses for want of recipients.
+    True when DATA was answered 421: the server closes the connection."""
+    if data_reply is None:
+        return False
+    if data_reply[0] == 354:
         await client.command(".", timeout)
+    return data_reply[0] == 421
 
 
 async def send(
@@ -187,7 +191,7 @@ async def send(
                 result.replies[rcpt] = (code, _text(message))
             # A pipelined RCPT after a refused MAIL got its own (refusal) reply, read above.
             closing = code == 421 or any(c == 421 for c, _ in rcpt_replies)
-            await _no_message(client, data_reply, timeout)
+            closing = await _no_message(client, data_reply, timeout) or closing
             in_sync = not closing
             return result
         accepted = []
@@ -202,7 +206,7 @@ async def send(
             if code < 300:
                 accepted.append(rcpt)
         if not accepted:
-            await _no_message(client, data_reply, timeout)
+            closing = await _no_message(client, data_reply, timeout) or closing
             in_sync = not closing
             return result
         if data_reply is None:
