@@ -1,7 +1,10 @@
 """The durable spool: every message the gateway owns is here, fsynced, before the 250.
 
-One message is two files in ``queue/``: ``ID.msg`` (a JSON line with the envelope, then the raw
-bytes, exactly as received) and ``ID.state`` (the decision's headers and the delivery state).
+One message is ``ID.msg`` in ``queue/``: a JSON line with the envelope and the message's length,
+the raw bytes exactly as received, then, once decided, the state (the decision's headers and
+the delivery state) as written first, in the page cache only; every later state, and any
+that must be durable, is ``ID.state`` beside it, which takes precedence (a state that is lost
+only costs a scan).
 ``ID.msg`` is written in ``tmp/``, fsynced, renamed into ``queue/`` and the directory fsynced, so
 after a crash a message is either fully spooled or absent. Its presence means "not yet
 delivered to the recipients the state does not list as done"; unlinking it (directory fsynced)
@@ -128,6 +131,9 @@ class _Meta(msgspec.Struct, kw_only=True):
     # The monotonic clock at spooling, and its boot: the start of the message's age.
     spooled_mono: float = 0.0
     boot: str = ""
+    # The message's length in bytes: what follows it is the state written with the file
+    # (see Spool.save_state). -1 (files of older versions): the message runs to the end.
+    size: int = -1
 
 
 class _GroupSync:
@@ -353,6 +359,8 @@ class SpoolEntry:
         *,
         spooled_mono: float = 0.0,
         boot: str = "",
+        start: int = -1,
+        size: int = -1,
     ):
         self.spool = spool
         self.id = id
@@ -363,6 +371,18 @@ class SpoolEntry:
         self.boot = boot
         # remove_delivered() made the removal of the message file durable already.
         self.unlinked = False
+        # Where the message starts in the file and its length (-1: up to the end, a file of
+        # an older version); the state kept in the file starts right after it.
+        self._start = start
+        self._size = size
+        # Known to this process without reading the file: the message bytes (a small one
+        # this process spooled) and the first byte (Q or D) as last written here.
+        self._data: bytes | None = None
+        self._flag: bytes | None = None
+        # No state written for it yet, neither in the file nor beside it (spooled here).
+        self._stateless = False
+        # A ``.state`` file may exist beside it (unknown for one this process did not spool).
+        self._state_file = True
 
     @property
     def path(self) -> Path:
@@ -375,20 +395,24 @@ class SpoolEntry:
 
     def _raw(self, size: int) -> bytes:
         data = os.pread(self.fd, size, 0)
-        return data[data.index(b"\n") + 1 :]
+        start = data.index(b"\n") + 1
+        return data[start:] if self._size < 0 else data[start : start + self._size]
 
     def raw_if_small(self, limit: int = INLINE_READ_MAX) -> bytes | None:
         """The message bytes when the file holds at most ``limit`` bytes, else ``None``.
 
         A spooled message was just written (or its header line just read), so it is in the
         page cache: reading a small one costs microseconds, far less than a hop to a thread
-        and back, which is kept for large ones.
+        and back, which is kept for large ones. One this process spooled is not read at all.
         """
+        if self._data is not None:
+            return self._data
         size = os.fstat(self.fd).st_size
         return None if size > limit else self._raw(size)
 
     def release(self) -> None:
         """Give the message back to the spool (closing the descriptor drops the lock)."""
+        self._data = None
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
@@ -465,10 +489,22 @@ class Spool:
         """:meth:`write` from an event loop: the file work in a syncer thread, its directory
         sync shared with the other jobs of its batch."""
         written: list[SpoolEntry] = []
+        if state is None and len(raw) <= INLINE_READ_MAX:
+            # Creating, writing and locking a small file is page-cache work of microseconds,
+            # done here; the thread does only what waits for the disk (the sync, the rename
+            # after it): every system call it makes hands the GIL to this loop and back.
+            entry, tmp = self._open_file(raw, envelope)
+            written.append(entry)
 
-        def job() -> SpoolEntry:
-            written.append(self._write_file(raw, envelope, state))
-            return written[0]
+            def job() -> SpoolEntry:
+                self._commit_file(entry, tmp, None)
+                return entry
+
+        else:
+
+            def job() -> SpoolEntry:
+                written.append(self._write_file(raw, envelope, state))
+                return written[0]
 
         try:
             spooled: SpoolEntry = await self._syncer.run(job, sync_dir=True)
@@ -486,30 +522,32 @@ class Spool:
 
     def _write_file(self, raw: bytes, envelope: Envelope, state: SpoolState | None) -> SpoolEntry:
         """Everything of :meth:`write` before the queue directory's sync."""
+        entry, tmp = self._open_file(raw, envelope)
+        self._commit_file(entry, tmp, state)
+        return entry
+
+    def _open_file(self, raw: bytes, envelope: Envelope) -> tuple[SpoolEntry, str]:
+        """The message written (not synced) and locked in ``tmp/``: the entry and its path."""
         try:
             id = f"{time.time_ns():x}{_PID:x}{next(_counter):x}{os.urandom(3).hex()}"
             now, mono = time.time(), time.monotonic()
             meta = msgspec.json.encode(
-                _Meta(envelope=envelope, spooled_at=now, spooled_mono=mono, boot=BOOT_ID)
+                _Meta(
+                    envelope=envelope,
+                    spooled_at=now,
+                    spooled_mono=mono,
+                    boot=BOOT_ID,
+                    size=len(raw),
+                )
             )
             header = _QUEUED + meta + b"\n"
             tmp = f"{self._tmp_s}{id}.msg"
-            queued = f"{self._queue_s}{id}.msg"
             fd = self._create(tmp)
             try:
                 view = memoryview(header + raw)
                 while view:
                     view = view[os.write(fd, view) :]
-                os.fsync(fd)
                 fcntl.flock(fd, fcntl.LOCK_EX)
-                entry = SpoolEntry(self, id, fd, envelope, now, spooled_mono=mono, boot=BOOT_ID)
-                if state is not None:
-                    self.save_state(entry, state, durable=True)
-                try:
-                    os.rename(tmp, queued)
-                except FileNotFoundError:
-                    self._ensure()
-                    os.rename(tmp, queued)
             except BaseException:
                 os.close(fd)
                 _unlink(tmp)
@@ -517,7 +555,43 @@ class Spool:
         except OSError as exc:
             # Full disk or permissions: the client keeps the message when answered 4xx.
             raise DeliveryError(f"cannot spool the message: {exc.strerror or exc}") from exc
-        return entry
+        entry = SpoolEntry(
+            self,
+            id,
+            fd,
+            envelope,
+            now,
+            spooled_mono=mono,
+            boot=BOOT_ID,
+            start=len(header),
+            size=len(raw),
+        )
+        entry._flag = _QUEUED
+        entry._state_file = False
+        if len(raw) <= INLINE_READ_MAX:
+            entry._data = raw
+        return entry, tmp
+
+    def _commit_file(self, entry: SpoolEntry, tmp: str, state: SpoolState | None) -> None:
+        """Sync the file written by :meth:`_open_file`, save ``state`` with it (durably) and
+        move it into ``queue/``; on a failure the file is gone and the entry released."""
+        try:
+            os.fsync(entry.fd)
+            entry._stateless = state is None
+            if state is not None:
+                self.save_state(entry, state, durable=True)
+            queued = f"{self._queue_s}{entry.id}.msg"
+            try:
+                os.rename(tmp, queued)
+            except FileNotFoundError:
+                self._ensure()
+                os.rename(tmp, queued)
+        except BaseException as exc:
+            entry.release()
+            _unlink(tmp)
+            if isinstance(exc, OSError):
+                raise DeliveryError(f"cannot spool the message: {exc.strerror or exc}") from exc
+            raise
 
     def ids(self) -> list[str]:
         """Ids of the spooled messages, oldest first (ids start with the spool time)."""
@@ -569,6 +643,8 @@ class Spool:
             meta.spooled_at,
             spooled_mono=meta.spooled_mono,
             boot=meta.boot,
+            start=len(line),
+            size=meta.size,
         )
 
     def _set_aside(self, id: str, reason: str) -> None:
@@ -620,17 +696,43 @@ class Spool:
         """The state of ``id``; a missing or unreadable one means "not decided yet"."""
         try:
             return msgspec.json.decode((self.queue / f"{id}.state").read_bytes(), type=SpoolState)
+        except FileNotFoundError:
+            return self._state_in_file(id)
         except (OSError, msgspec.DecodeError, msgspec.ValidationError):
             # Rescanning is always safe, so an unreadable state only costs a scan.
+            return SpoolState()
+
+    def _state_in_file(self, id: str) -> SpoolState:
+        """The state written after the message in its own file (no ``.state`` beside it)."""
+        try:
+            with open(f"{self._queue_s}{id}.msg", "rb") as handle:
+                line = handle.readline()
+                meta = msgspec.json.decode(line[1:], type=_Meta)
+                if meta.size < 0:
+                    return SpoolState()
+                handle.seek(len(line) + meta.size)
+                tail = handle.read()
+            # Empty: none written yet; cut short by a crash: unreadable, so scanned again.
+            return msgspec.json.decode(tail, type=SpoolState) if tail else SpoolState()
+        except (OSError, msgspec.DecodeError, msgspec.ValidationError):
             return SpoolState()
 
     def save_state(self, entry: SpoolEntry, state: SpoolState, *, durable: bool) -> None:
         """Replace the state of ``entry`` atomically; ``durable`` fsyncs it before returning."""
         path = f"{self._queue_s}{entry.id}.state"
+        if not durable and entry._stateless and entry._size >= 0 and entry.fd >= 0:
+            # The first state of a message spooled here goes into its own file, after the
+            # message: one write in the page cache, where a file beside it cost a create, a
+            # write, a close and at removal an unlink (and the file system an inode each).
+            # A ``.state`` file, written from then on, takes precedence over it.
+            entry._stateless = False
+            os.pwrite(entry.fd, msgspec.json.encode(state), entry._start + entry._size)
+            return
         if not durable:
             # A state that may be lost (it saves a rescan) and that ``entry`` has none of yet
             # is written in place: a reader in between, or a crash, finds it unreadable, which
             # reads as "not decided", the same as no state (a rename less per message).
+            entry._state_file = True
             try:
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             except FileExistsError:
@@ -641,6 +743,7 @@ class Spool:
                 finally:
                     os.close(fd)
                 return
+        entry._state_file = True
         tmp = f"{self._queue_s}.{entry.id}.{_PID}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
@@ -655,13 +758,20 @@ class Spool:
 
     def mark_in_doubt(self, entry: SpoolEntry, in_doubt: bool) -> None:
         """Flag (or clear) "the next hop may have it": set just before the final dot."""
-        os.pwrite(entry.fd, _IN_DOUBT if in_doubt else _QUEUED, 0)
+        flag = _IN_DOUBT if in_doubt else _QUEUED
+        os.pwrite(entry.fd, flag, 0)
+        entry._flag = flag
         # The flag is one byte in place: a data sync, no directory sync, keeps it cheap.
         os.fdatasync(entry.fd)
 
     async def mark_in_doubt_async(self, entry: SpoolEntry, in_doubt: bool) -> None:
-        """:meth:`mark_in_doubt` from an event loop, in a syncer thread's batch."""
-        await self._syncer.run(lambda: self.mark_in_doubt(entry, in_doubt), sync_dir=False)
+        """:meth:`mark_in_doubt` from an event loop: the byte written here, its data sync in a
+        syncer thread's batch."""
+        flag = _IN_DOUBT if in_doubt else _QUEUED
+        os.pwrite(entry.fd, flag, 0)
+        entry._flag = flag
+        fd = entry.fd
+        await self._syncer.run(lambda: os.fdatasync(fd), sync_dir=False)
 
     async def remove_delivered(self, entry: SpoolEntry) -> None:
         """:meth:`remove` on an event loop once the next hop took the message: the unlink is
@@ -679,7 +789,8 @@ class Spool:
 
     def in_doubt(self, entry: SpoolEntry) -> bool:
         """True when a delivery of ``entry`` was cut off before its outcome was recorded."""
-        return os.pread(entry.fd, 1, 0) == _IN_DOUBT
+        flag = entry._flag
+        return (flag if flag is not None else os.pread(entry.fd, 1, 0)) == _IN_DOUBT
 
     def remove(self, entry: SpoolEntry) -> None:
         """The message left the spool: unlink it durably, then its state, then unlock."""
@@ -687,7 +798,8 @@ class Spool:
             if not entry.unlinked:
                 _unlink(f"{self._queue_s}{entry.id}.msg")
                 self._sync_queue()
-            _unlink(f"{self._queue_s}{entry.id}.state")
+            if entry._state_file:
+                _unlink(f"{self._queue_s}{entry.id}.state")
         finally:
             entry.release()
 

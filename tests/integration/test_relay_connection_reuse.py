@@ -280,8 +280,26 @@ def test_a_pipelining_next_hop_gets_rset_mail_and_rcpt_in_one_round_trip(
         assert _send(port, rcpt, cache)[rcpt][0] == 250
     _run(cache.close())
     assert len(hop.connections) == 1 and len(hop.received) == 3
-    # The commands after RSET and MAIL were already there when those were read (RFC 2920).
+    # The commands after RSET, MAIL and RCPT were already there when those were read (RFC
+    # 2920): DATA went with them, one round trip before the message instead of two.
     assert hop.pipelined.count("RSET") == 2 and hop.pipelined.count("MAIL") == 3
+    assert hop.pipelined.count("RCPT") == 3 and hop.commands("DATA") == [3]
+
+
+def test_a_pipelined_data_after_refused_recipients_sends_no_message(
+    hop_factory: Callable[..., tuple[Hop, int]],
+) -> None:
+    # Every recipient refused: the DATA sent with them is refused as well (503), the dialogue
+    # stays in step and the connection carries the next message.
+    hop, port = hop_factory(
+        Hop(pipelining=True, rcpt_reply={"nobody@example.net": "550 5.1.1 no such user"})
+    )
+    cache = ConnectionCache()
+    assert _send(port, "nobody@example.net", cache)["nobody@example.net"][0] == 550
+    assert _send(port, "bob@example.net", cache)["bob@example.net"][0] == 250
+    _run(cache.close())
+    assert len(hop.connections) == 1 and len(hop.received) == 1
+    assert hop.connections[0][:5] == ["EHLO", "MAIL", "RCPT", "DATA", "RSET"]
 
 
 def test_a_pipelining_connection_that_refuses_rset_is_replaced_before_the_message(
@@ -292,11 +310,12 @@ def test_a_pipelining_connection_that_refuses_rset_is_replaced_before_the_messag
     for _ in range(3):
         assert _send(port, "bob@example.net", cache)["bob@example.net"][0] == 250
     _run(cache.close())
-    # Each message went out once, on a new connection: no DATA after a refused RSET.
+    # Each message went out once, on a new connection: the DATA that went with a refused RSET
+    # got no message, and no QUIT (which a server waiting for one would take as its text).
     assert [n for n, _, _ in hop.received] == [0, 1, 2]
     for refused in hop.connections[:2]:
         assert refused[:4] == ["EHLO", "MAIL", "RCPT", "DATA"]
-        assert refused[4] == "RSET" and "DATA" not in refused[4:]
+        assert refused[4] == "RSET" and "QUIT" not in refused[4:]
 
 
 def test_a_connection_carries_at_most_reuse_limit_messages(

@@ -91,6 +91,58 @@ def test_a_state_that_may_be_lost_is_written_and_replaced_like_a_durable_one(
     assert list(spool.queue.iterdir()) == []
 
 
+def test_the_first_state_lives_in_the_message_file_and_survives_the_process(
+    tmp_path: Path,
+) -> None:
+    # The decision after the scan goes into the message's own file (no second file per
+    # message), and what a crashed process left there is found by the next one; the bytes
+    # relayed stay exactly the message, whether its state was written or cut short.
+    spool = Spool(tmp_path / "spool")
+    raw = make_message(subject="state inside")
+    entry = spool.write(raw, Envelope(rcpt_to=["b@example.net"]))
+    decided = SpoolState(decided=True, add_headers=[("X-Verdict", "clean")])
+    spool.save_state(entry, decided, durable=False)
+    assert sorted(p.name for p in spool.queue.iterdir()) == [f"{entry.id}.msg"]
+    entry.release()  # the process dies here: its lock goes, its page cache stays
+    after = Spool(tmp_path / "spool")
+    assert after.load_state(entry.id).add_headers == [("X-Verdict", "clean")]
+    again = after.claim(entry.id)
+    assert again is not None and again.raw() == raw and again.raw_if_small() == raw
+    # A later state is a file beside it, which wins over the one in the message file.
+    after.save_state(again, SpoolState(decided=True, attempts=2), durable=False)
+    assert after.load_state(again.id).attempts == 2
+    after.remove(again)
+    assert list(after.queue.iterdir()) == []
+    # Cut short by a crash in the middle of its write: unreadable, so scanned again.
+    cut = spool.write(raw, Envelope(rcpt_to=["b@example.net"]))
+    spool.save_state(cut, decided, durable=False)
+    size = cut.path.stat().st_size
+    os.truncate(cut.path, size - 5)
+    cut.release()
+    assert Spool(tmp_path / "spool").load_state(cut.id) == SpoolState()
+    claimed = spool.claim(cut.id)
+    assert claimed is not None and claimed.raw() == raw
+    spool.remove(claimed)
+
+
+def test_a_message_file_of_the_older_format_reads_to_its_end(tmp_path: Path) -> None:
+    # Spooled by a version that wrote no length: the message runs to the end of the file.
+    spool = Spool(tmp_path / "spool")
+    entry = spool.write(b"Subject: o\r\n\r\nold\r\n", Envelope(rcpt_to=["b@example.net"]))
+    entry.release()
+    data = entry.path.read_bytes()
+    line, rest = data.split(b"\n", 1)
+    line = line.replace(b',"size":' + str(len(rest)).encode(), b"")
+    assert b"size" not in line
+    entry.path.write_bytes(line + b"\n" + rest)
+    assert spool.load_state(entry.id) == SpoolState()
+    old = spool.claim(entry.id)
+    assert old is not None and old.raw() == b"Subject: o\r\n\r\nold\r\n"
+    spool.save_state(old, SpoolState(decided=True), durable=False)
+    assert spool.load_state(old.id).decided and old.raw() == rest
+    spool.remove(old)
+
+
 def test_an_unreadable_state_means_scan_again(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "spool")
     entry = spool.write(b"Subject: s\r\n\r\n", Envelope(rcpt_to=["b@example.net"]))

@@ -65,6 +65,19 @@ async def _ignore(_result: RelayResult) -> None:
     return None
 
 
+async def _no_message(
+    client: Connection, data_reply: tuple[int, str] | None, timeout: float
+) -> bool:
+    """End a DATA that a server took although no recipient was (which RFC 2920 3.1 says it
+    must refuse): with an empty message, which it then refuses for want of recipients.
+    True when DATA was answered 421: the server closes the connection."""
+    if data_reply is None:
+        return False
+    if data_reply[0] == 354:
+        await client.command(".", timeout)
+    return data_reply[0] == 421
+
+
 async def send(
     next_hop: str,
     mail_from: str,
@@ -90,8 +103,9 @@ async def send(
     RSET, and the connection goes back there afterwards when its dialogue is in sync; without,
     every call opens its own connection and ends it with QUIT.
 
-    On a connection that offers PIPELINING (RFC 2920), RSET (on a reused connection), MAIL
-    and every RCPT go out in one write and their replies are read after: one round trip.
+    On a connection that offers PIPELINING (RFC 2920), RSET (on a reused connection), MAIL,
+    every RCPT and DATA go out in one write and their replies are read after: one round trip
+    before the message.
     """
     host, port = parse_next_hop(next_hop)
     result = RelayResult()
@@ -101,6 +115,8 @@ async def send(
     in_sync = False
     reusable = connections
     session: Session | None = None
+    # The reply to a DATA sent with the envelope's commands (pipelining).
+    data_reply: tuple[int, str] | None = None
     try:
         while True:
             session = None
@@ -142,6 +158,10 @@ async def send(
                 break
             if reused:
                 lines.insert(0, "RSET\r\n")
+            # DATA goes with them, as the last command of the group (RFC 2920 3.1): one
+            # round trip less per message; the server answers it 503 or 554 when it took
+            # no recipient, else 354 and waits for the message.
+            lines.append("DATA\r\n")
             client.write("".join(lines).encode(encoding))
             if reused:
                 try:
@@ -150,16 +170,20 @@ async def send(
                     rset = 0  # gone while idle: nothing of the message was sent
                 if rset != 250:
                     # The idle connection did not answer RSET with 250 (what scache checks
-                    # itself without PIPELINING): a fresh one. The MAIL and RCPT that went
-                    # with the RSET may be answered, but no DATA follows them here.
+                    # itself without PIPELINING): a fresh one. The MAIL, RCPT and DATA that
+                    # went with the RSET may be answered, but no message follows them here,
+                    # and no QUIT either, which a server waiting for the message would take
+                    # as part of it: the connection is just closed.
                     log.debug("connection to %s:%d failed RSET; opening a new one", host, port)
-                    await close_session(session, quit=rset != 0)
+                    await close_session(session, quit=False)
                     session, reusable = None, None
                     continue
             code, message = await client.reply(timeout)
             rcpt_lines = None
             # The server closes after 421 (RFC 5321 3.8): nothing more will be answered.
             rcpt_replies = [] if code == 421 else [await client.reply(timeout) for _ in recipients]
+            if code != 421 and all(c != 421 for c, _ in rcpt_replies):
+                data_reply = await client.reply(timeout)
             break
         session.messages += 1
         if code >= 300:
@@ -167,6 +191,7 @@ async def send(
                 result.replies[rcpt] = (code, _text(message))
             # A pipelined RCPT after a refused MAIL got its own (refusal) reply, read above.
             closing = code == 421 or any(c == 421 for c, _ in rcpt_replies)
+            closing = await _no_message(client, data_reply, timeout) or closing
             in_sync = not closing
             return result
         accepted = []
@@ -181,9 +206,12 @@ async def send(
             if code < 300:
                 accepted.append(rcpt)
         if not accepted:
+            closing = await _no_message(client, data_reply, timeout) or closing
             in_sync = not closing
             return result
-        code, message = await client.command("DATA", timeout)
+        if data_reply is None:
+            data_reply = await client.command("DATA", timeout)
+        code, message = data_reply
         if code == 354:
             body = _LEADING_DOT.sub(b"..", data) if b"\n." in data or data[:1] == b"." else data
             if not body.endswith(b"\r\n"):
