@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import binascii
 import bz2
+import functools
 import importlib.util
 import io
 import json
@@ -288,6 +289,9 @@ class Unpacker:
         """
         flags = message.flags
         kinds = type(flags)  # the parser's MalformationFlag, reached through the SDK's parse()
+        # Every message comes here: one integer test (enum flag operations cost microseconds).
+        if not int(flags) & _limits_mask(kinds):
+            return
         for name, limit, what in _PARSER_LIMITS:
             if not flags & kinds[name]:
                 continue
@@ -649,6 +653,13 @@ _PARSER_LIMITS = (
     ("PART_LIMIT", "mime_max_parts", "more parts than the MIME parser's limit"),
     ("HEADER_LIMIT", "mime_max_header_bytes", "a header block over the MIME parser's limit"),
 )
+
+
+@functools.cache
+def _limits_mask(kinds: Any) -> int:
+    return sum(int(kinds[name]) for name, _limit, _what in _PARSER_LIMITS)
+
+
 # Lines of the base64 alphabet, one after the other (as an encoder writes them).
 _BASE64_BLOCK = re.compile(rb"(?m)(?:^[A-Za-z0-9+/]+={0,2}[ \t]*(?:\r\n|\n|\r|\Z))+")
 _BASE64_MIN = 16  # shorter runs are words on a line of their own, not encoded files
