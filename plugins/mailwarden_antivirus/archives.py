@@ -204,19 +204,28 @@ class Unpacker:
                 yield from self._message(parse(bytes(data)), f"{label}/", index, depth + 1)
         else:
             # uuencode and yEnc (in any part, whatever its declared encoding), an encrypted
-            # OLE2 document and every other format are found by the readers' sniffing
-            yield from self.walk(data, label, index, depth)
+            # OLE2 document and every other format are found by the readers' sniffing; the
+            # type of the decoded body the part knows already (the parser keeps it).
+            yield from self.walk(data, label, index, depth, kind=leaf.detected_type)
 
     def walk(
-        self, data: bytes | memoryview, label: str, part: int | None, depth: int = 0
+        self,
+        data: bytes | memoryview,
+        label: str,
+        part: int | None,
+        depth: int = 0,
+        *,
+        kind: str | None = None,
     ) -> Iterator[Item]:
-        """``data`` itself, then (when it is an archive or a message) what it holds."""
+        """``data`` itself, then (when it is an archive or a message) what it holds;
+        ``kind``: what :func:`detect_type` says of ``data``, when known."""
         if self.stopped:
             return
         yield Item(label, data, part, depth)
-        kind = "unknown"
+        known, kind = kind, kind or "unknown"
         try:
-            kind = detect_type(data) if len(data) else "unknown"
+            if known is None and len(data):
+                kind = detect_type(data)
             yield from self._inside(data, kind, label, part, depth)
         except Exception as exc:  # any reader failure: this object only
             self._broken(kind, exc, label, part)

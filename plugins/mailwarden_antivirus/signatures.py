@@ -342,7 +342,7 @@ class SignatureSet:
         if self._yara is not None:
             for match in self._yara.match(data=bytes(data)):
                 found.append(f"YARA.{match.rule}")
-        return list(dict.fromkeys(found))
+        return list(dict.fromkeys(found)) if len(found) > 1 else found
 
     def scan_hashes(self, data: bytes | memoryview) -> list[str]:
         """Names of the hash signatures matching ``data`` as a whole object."""
