@@ -126,14 +126,28 @@ class Detect:
             # Only the content rules: no tasks to start and gather.
             blocked = await self._check_content(message, rule, timings)
         else:
+            loop = asyncio.get_running_loop()
             with scanning(message):
                 # The detectors' tasks inherit the mark: a message of many fields or parts has
                 # its CPU work done in threads (run_cpu_bound), whatever its size.
-                detecting = asyncio.gather(
-                    *(self._run_detector(config, impl, ctx, timings) for impl in impls)
-                )
-            content = self._check_content(message, rule, timings)
-            blocked, results = await asyncio.gather(content, detecting)
+                tasks = [
+                    loop.create_task(self._run_detector(config, impl, ctx, timings))
+                    for impl in impls
+                ]
+            # Awaited one by one instead of through gather (its future and a done callback
+            # per detector): they ran concurrently all the same, and a detector never raises
+            # (_run_detector makes every failure a finding). Content rules that are off cost
+            # no task either.
+            try:
+                blocked = await self._check_content(message, rule, timings)
+                for task in tasks:
+                    results.append(await task)
+            except BaseException:
+                # Cancelled (the client went away, a shutdown): the detectors stop with it,
+                # as gather's children did.
+                for task in tasks:
+                    task.cancel()
+                raise
         results.append(blocked)
         results.append(mime_ambiguities(message))
         results.append(list(given))

@@ -666,8 +666,11 @@ class Gateway:
             timings_ms=decision.timings_ms,
         )
         # The writer thread stores it (the log on) and sends it out, in batches, off the loop;
-        # the mail is already durable (spool or queue), the event is its audit record.
-        self.events.write_later(event, keep=self.config.events.enabled)
+        # the mail is already durable (spool or queue), the event is its audit record. With
+        # the log off and nothing sent out the writer is not woken (about once a message).
+        keep = self.config.events.enabled
+        if keep or self.stores.exporting():
+            self.events.write_later(event, keep=keep)
         self.stores.observe(event)
         for lane in self._observers:
             lane.offer(event)

@@ -247,6 +247,10 @@ class CoreStores:
         self.metrics.sync_evictions()
         return removed
 
+    def exporting(self) -> bool:
+        """Whether a written event goes on somewhere (events out, traces) beside the log."""
+        return bool(self.sinks) or self.traces is not None
+
     def observe(self, event: MessageEvent) -> None:
         """What one recorded message adds in memory beside its event: counters, metrics."""
         try:

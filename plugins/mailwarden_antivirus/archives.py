@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import binascii
 import bz2
+import functools
 import importlib.util
 import io
 import json
@@ -203,19 +204,28 @@ class Unpacker:
                 yield from self._message(parse(bytes(data)), f"{label}/", index, depth + 1)
         else:
             # uuencode and yEnc (in any part, whatever its declared encoding), an encrypted
-            # OLE2 document and every other format are found by the readers' sniffing
-            yield from self.walk(data, label, index, depth)
+            # OLE2 document and every other format are found by the readers' sniffing; the
+            # type of the decoded body the part knows already (the parser keeps it).
+            yield from self.walk(data, label, index, depth, kind=leaf.detected_type)
 
     def walk(
-        self, data: bytes | memoryview, label: str, part: int | None, depth: int = 0
+        self,
+        data: bytes | memoryview,
+        label: str,
+        part: int | None,
+        depth: int = 0,
+        *,
+        kind: str | None = None,
     ) -> Iterator[Item]:
-        """``data`` itself, then (when it is an archive or a message) what it holds."""
+        """``data`` itself, then (when it is an archive or a message) what it holds;
+        ``kind``: what :func:`detect_type` says of ``data``, when known."""
         if self.stopped:
             return
         yield Item(label, data, part, depth)
-        kind = "unknown"
+        known, kind = kind, kind or "unknown"
         try:
-            kind = detect_type(data) if len(data) else "unknown"
+            if known is None and len(data):
+                kind = detect_type(data)
             yield from self._inside(data, kind, label, part, depth)
         except Exception as exc:  # any reader failure: this object only
             self._broken(kind, exc, label, part)
@@ -288,6 +298,9 @@ class Unpacker:
         """
         flags = message.flags
         kinds = type(flags)  # the parser's MalformationFlag, reached through the SDK's parse()
+        # Every message comes here: one integer test (enum flag operations cost microseconds).
+        if not int(flags) & _limits_mask(kinds):
+            return
         for name, limit, what in _PARSER_LIMITS:
             if not flags & kinds[name]:
                 continue
@@ -649,6 +662,13 @@ _PARSER_LIMITS = (
     ("PART_LIMIT", "mime_max_parts", "more parts than the MIME parser's limit"),
     ("HEADER_LIMIT", "mime_max_header_bytes", "a header block over the MIME parser's limit"),
 )
+
+
+@functools.cache
+def _limits_mask(kinds: Any) -> int:
+    return sum(int(kinds[name]) for name, _limit, _what in _PARSER_LIMITS)
+
+
 # Lines of the base64 alphabet, one after the other (as an encoder writes them).
 _BASE64_BLOCK = re.compile(rb"(?m)(?:^[A-Za-z0-9+/]+={0,2}[ \t]*(?:\r\n|\n|\r|\Z))+")
 _BASE64_MIN = 16  # shorter runs are words on a line of their own, not encoded files

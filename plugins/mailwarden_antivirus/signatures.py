@@ -90,12 +90,20 @@ _CONTAINER_KINDS = (".cvd", ".cld", ".cud")
 _YARA_KINDS = (".yar", ".yara")
 
 
+# The first bytes of the magics detect_targets looks for at offset 0.
+_MAGIC_FIRST = frozenset(b"M\xd0G\x89\xffB\x7f\xfe\xce\xcfFCZ\xca")
+
+
 def detect_targets(data: bytes | memoryview, *, mail: bool = False) -> set[int]:
     """ClamAV target types that ``data`` is, from its first bytes (0, "any", always applies)."""
     head = bytes(data[:1024])
-    found = {0}
-    if mail:
-        found.add(4)
+    found = {0, 4} if mail else {0}
+    if not head or head[0] not in _MAGIC_FIRST:
+        # Text and most parts start with none of the magics below: only the PDF marker,
+        # which may sit anywhere in the head, is left to look for.
+        if b"%PDF-" in head:
+            found.add(10)
+        return found
     if head[:2] == b"MZ" and len(head) >= 64:
         pe = int.from_bytes(head[60:64], "little")
         tail = bytes(data[pe : pe + 4]) if pe < len(data) else b""
@@ -334,7 +342,7 @@ class SignatureSet:
         if self._yara is not None:
             for match in self._yara.match(data=bytes(data)):
                 found.append(f"YARA.{match.rule}")
-        return list(dict.fromkeys(found))
+        return list(dict.fromkeys(found)) if len(found) > 1 else found
 
     def scan_hashes(self, data: bytes | memoryview) -> list[str]:
         """Names of the hash signatures matching ``data`` as a whole object."""

@@ -128,8 +128,12 @@ class SandboxPlugin:
     @hookimpl
     async def mailwarden_scan(self, ctx: ScanContext) -> list[Finding]:
         """Pick the objects to send, drop the too big ones, answer from the cache (a thread)."""
+        if self.cache is None or self.store is None:
+            # Enabled under no rule (the default): nothing opened at startup, and no Policy
+            # folded from the config for each message either.
+            return []
         policy = self.config.for_rule(ctx.rule)
-        if not policy.enabled or self.cache is None or self.store is None:
+        if not policy.enabled:
             # Decided on the event loop: under a rule without the sandbox a thread hand-off
             # per message would cost more than everything else this detector does.
             return []

@@ -631,3 +631,37 @@ def test_hook_mailwarden_action(tmp_path: Path) -> None:
     assert message.get_content().strip() == "in UPPER CASE"
     # parts to remove and nobody to cut them out: held, never delivered
     assert held.decision.action.kind.value == "quarantine"
+
+
+# -- target types -------------------------------------------------------------------------------
+
+# (ClamAV target type, the first bytes of an object of that type)
+_TYPED = [
+    (1, b"MZ" + bytes(58) + (64).to_bytes(4, "little") + b"PE\0\0"),
+    (2, b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"),
+    (5, b"GIF89a"),
+    (5, b"\x89PNG\r\n\x1a\n"),
+    (5, b"\xff\xd8\xff\xe0"),
+    (5, b"BM"),
+    (6, b"\x7fELF"),
+    (9, b"\xcf\xfa\xed\xfe"),
+    (9, b"\xfe\xed\xfa\xce"),
+    (10, b"junk before the marker %PDF-1.7"),
+    (11, b"CWS\x0a"),
+    (12, b"\xca\xfe\xba\xbe"),
+]
+
+
+@pytest.mark.parametrize(("target", "head"), _TYPED)
+def test_a_typed_signature_matches_only_objects_of_its_type(
+    tmp_path: Path, target: int, head: bytes
+) -> None:
+    from mailwarden_antivirus.signatures import load_signatures
+
+    (tmp_path / "t.ndb").write_text(f"Test.Typed:{target}:*:{b'typedpayload'.hex()}\n")
+    signatures = load_signatures([tmp_path], cache_dir=tmp_path / "cache")
+    body = b"\n" + b"x" * 100 + b"typedpayload" + b"y" * 100
+    assert signatures.scan_body(head + body) == ["Test.Typed"]
+    # Text is not of its type, nor is the magic one byte in (a PDF's marker may be anywhere).
+    assert signatures.scan_body(b"plain text " + body) == []
+    assert signatures.scan_body(b"\x00" + head + body) == ([] if target != 10 else ["Test.Typed"])

@@ -215,3 +215,29 @@ def test_serve_stopped_by_sigterm_writes_the_events_it_had_queued(tmp_path: Path
     )
     subjects = sorted(json.loads(line)["subject"] for line in listed.stdout.splitlines())
     assert subjects == [f"queued {n}" for n in range(5)]
+
+
+def test_with_the_log_off_events_still_go_out_and_else_no_writer_is_woken(
+    tmp_path: Path,
+) -> None:
+    envelope = Envelope(mail_from="alice@example.org", rcpt_to=["bob@example.net"])
+    exported = tmp_path / "out"
+    exported.mkdir()
+    quiet = tmp_path / "quiet"
+    quiet.mkdir()
+
+    async def run(home: Path, subject: str) -> bool:
+        gateway = Gateway.from_file(str(home))
+        async with gateway:
+            outcome = await gateway.process(make_message(subject=subject), envelope)
+            assert outcome.reply_code == 250
+            return any(t.name == "event-writer" for t in threading.enumerate())
+
+    # Off, but sent out as JSON lines: the writer thread still sends each event.
+    config = '[events]\nenabled = false\njson = "events.jsonl"\n'
+    assert asyncio.run(run(_home(exported, config), "exported"))
+    lines = (exported / "events.jsonl").read_text().splitlines()
+    assert [json.loads(line)["subject"] for line in lines] == ["exported"]
+    # Off and going nowhere: nothing is queued, no writer thread is started for it.
+    assert not asyncio.run(run(_home(quiet, "[events]\nenabled = false\n"), "quiet"))
+    assert not (quiet / "events.jsonl").exists()

@@ -267,6 +267,54 @@ def test_a_stuck_scan_is_cancelled_and_becomes_a_timeout(tmp_path: Path) -> None
     assert _errors(gateway, "hook timeout:mailwarden_scan:slow") == 1
 
 
+def test_a_scan_given_up_by_its_caller_stops_its_detectors(tmp_path: Path) -> None:
+    """A client that goes away cancels its message's scan: every detector still waiting
+    stops with it instead of running on (and holding its service) for nobody."""
+    started: dict[str, threading.Event] = {}
+    cancelled: dict[str, threading.Event] = {}
+
+    def slow(name: str) -> type:
+        started[name], cancelled[name] = threading.Event(), threading.Event()
+
+        class SlowScan:
+            @hookimpl
+            async def mailwarden_scan(self, ctx: ScanContext) -> list[Any]:
+                started[name].set()
+                try:
+                    await asyncio.sleep(STUCK)
+                except asyncio.CancelledError:
+                    cancelled[name].set()
+                    raise
+                return []
+
+        return SlowScan
+
+    class QuickScan:
+        @hookimpl
+        async def mailwarden_scan(self, ctx: ScanContext) -> list[Any]:
+            return []
+
+    gateway = _gateway(tmp_path, "", one=slow("one"), quick=QuickScan, two=slow("two"))
+
+    async def run() -> None:
+        async with gateway:
+            scan = asyncio.create_task(gateway.scan(make_message(), ENVELOPE))
+            for _ in range(200):
+                if all(event.is_set() for event in started.values()):
+                    break
+                await asyncio.sleep(0.01)
+            scan.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await scan
+            # A few rounds of the loop for the cancellation to reach the detectors' tasks;
+            # before the gateway stops (which would end any task left).
+            for _ in range(3):
+                await asyncio.sleep(0)
+            assert [name for name, event in cancelled.items() if event.is_set()] == ["one", "two"]
+
+    asyncio.run(run())
+
+
 def test_stuck_startup_fails_the_start_and_stuck_shutdown_is_left(
     tmp_path: Path, stuck: Stuck
 ) -> None:
