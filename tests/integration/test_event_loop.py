@@ -2,32 +2,15 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import smtplib
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import EICAR, free_port, make_message
-from tests.integration.test_smtp_serve import _wait_for_port
+from tests.conftest import EICAR, make_message
+from tests.integration.test_reload import RULES, Serve
 
 pytestmark = pytest.mark.integration
-
-
-def _wait_for_log(log: Path, process: subprocess.Popen[str], text: str, count: int) -> str:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        seen = log.read_text()
-        if seen.count(text) >= count:
-            return seen
-        assert process.poll() is None, seen
-        time.sleep(0.05)
-    raise AssertionError(f"{text!r} x{count} not in the log: {log.read_text()}")
-
 
 SHOWN = {"uvloop": "  loop     uvloop 0.", "asyncio": "  loop     asyncio\n"}
 
@@ -37,49 +20,24 @@ SHOWN = {"uvloop": "  loop     uvloop 0.", "asyncio": "  loop     asyncio\n"}
 def test_serve_runs_on_the_configured_loop_through_mail_signals_and_stop(
     tmp_path: Path, event_loop: str, workers: int
 ) -> None:
-    shown = SHOWN[event_loop]
-    home = tmp_path / "home"
-    home.mkdir()
-    port = free_port()
-    config = home / "mailwarden.toml"
-    head = f'[gateway]\nevent_loop = "{event_loop}"\n[smtp]\nport = {port}\nworkers = {workers}\n'
-    config.write_text(head)
-    log = tmp_path / "serve.log"
-    with log.open("w") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "mailwarden", "serve"],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env={**os.environ, "MAILWARDEN_HOME": str(home)},
-        )
+    serve = Serve(tmp_path, workers, f'[gateway]\nevent_loop = "{event_loop}"\n')
     try:
-        _wait_for_port(port, process, log)
-        seen = _wait_for_log(log, process, "ready", workers)
         # Every process that serves says which loop it runs, as the running loop reports it.
-        assert seen.count(shown) == workers, seen
+        seen = serve.wait_for_log("ready", count=workers)
+        assert seen.count(SHOWN[event_loop]) == workers, seen
         assert seen.count("  loop     ") == workers, seen
         # Mail, the verdict's answer and the spool's thread hops, on that loop.
-        with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+        with smtplib.SMTP("127.0.0.1", serve.port, timeout=30) as client:
             client.ehlo("client.example.org")
             assert client.sendmail("a@example.org", ["b@example.net"], make_message()) == {}
             with pytest.raises(smtplib.SMTPDataError) as rejected:
                 client.sendmail("a@example.org", ["b@example.net"], make_message(attachment=EICAR))
         assert rejected.value.smtp_code == 550
-        assert len(list((home / "maildir" / "new").iterdir())) == 1
+        assert len(list((serve.home / "maildir" / "new").iterdir())) == 1
         # The loop's signal handlers: SIGHUP reloads (in every worker), SIGTERM stops cleanly.
-        config.write_text(head + '[[rules]]\nname = "again"\n')
-        process.send_signal(signal.SIGHUP)
-        _wait_for_log(log, process, "reloaded rules: again", workers)
-        process.terminate()
-        assert process.wait(timeout=30) == 0, log.read_text()
-        assert "Traceback" not in log.read_text(), log.read_text()
+        serve.write(RULES.format(name="again", infected="reject"))
+        serve.reload("reloaded rules: again", count=workers)
     finally:
-        if process.poll() is None:
-            # SIGTERM first: the supervisor stops its workers, which a SIGKILL would orphan.
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=30)
+        if serve.process.poll() is None:
+            serve.stop()
+    assert "Traceback" not in serve.log.read_text(), serve.log.read_text()
