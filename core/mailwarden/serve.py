@@ -144,7 +144,7 @@ async def run(
         announce(f"mailwarden {__version__}")
         announce(f"  config   {cfg.source or '(embedded defaults)'}")
         running = loop_name(asyncio.get_running_loop())
-        if cfg.gateway.event_loop == "uvloop" and running == "asyncio":
+        if cfg.gateway.event_loop == "uvloop" and loop_factory(cfg) is None:
             running += " (uvloop is not installed)"
         announce(f"  loop     {running}")
         announce(f"  plugins  {', '.join(gateway.plugins.plugins) or '(none)'}")
