@@ -209,6 +209,17 @@ def main() -> int:
         "figures in one run",
     )
     parser.add_argument(
+        "--event-loop",
+        choices=("uvloop", "asyncio"),
+        help="[gateway] event_loop of the gateways measured (default: the config's default)",
+    )
+    parser.add_argument(
+        "--compare-loop",
+        choices=("uvloop", "asyncio"),
+        help="also run (b), (b0), (c) and (c0) on gateways with this [gateway] event_loop "
+        "(this checkout's code unless --compare-core): rows (b'), (b0'), (c') and (c0')",
+    )
+    parser.add_argument(
         "--older-after",
         action="store_true",
         help="run each --compare-core row just after its own instead of just before: the "
@@ -230,10 +241,15 @@ def main() -> int:
         f'[delivery]\nmode = "relay"\nnext_hop = "127.0.0.1:{sink.port}"\n'
         "queue_scan_interval = 1.0\n[events]\nenabled = false\n" + OFFLINE_ANTISPAM
     )
+
+    def loop_key(name: str | None) -> str:
+        return f'[gateway]\nevent_loop = "{name}"\n' if name else ""
+
     serve = Serve(
         work / "home",
         smtp,
         common
+        + loop_key(args.event_loop)
         + f"[milter]\nenabled = true\nport = {milter}\n"
         + f"[content_filter]\nenabled = true\nport = {content_filter}\n"
         + f'reinject = "127.0.0.1:{reinject}"\n',
@@ -241,15 +257,20 @@ def main() -> int:
     bare = Serve(
         work / "bare",
         bare_smtp,
-        common + f"[milter]\nenabled = true\nport = {bare_milter}\n" + _ALL_DETECTORS_OFF,
+        common
+        + loop_key(args.event_loop)
+        + f"[milter]\nenabled = true\nport = {bare_milter}\n"
+        + _ALL_DETECTORS_OFF,
     )
     # The same two gateways on another checkout's code, for before/after rows in one run:
     # "" with the detectors, "0" without; each serves a milter (b', b0') and SMTP (c', c0').
     other: dict[str, tuple[Serve, int]] = {}
-    if args.compare_core is not None:
+    compare = args.compare_core is not None or args.compare_loop is not None
+    if compare:
         for key, extra in (("", ""), ("0", _ALL_DETECTORS_OFF)):
             port = free_port()
-            config = common + f"[milter]\nenabled = true\nport = {port}\n" + extra
+            config = common + loop_key(args.compare_loop or args.event_loop)
+            config += f"[milter]\nenabled = true\nport = {port}\n" + extra
             other[key] = (Serve(work / f"other-{len(other)}", free_port(), config), port)
     postfix = Postfix(sink.port)
     ports = {name: free_port() for name in ("plain", "milter", "bare", "cf", "rspamd", "dkim")}
@@ -274,7 +295,7 @@ def main() -> int:
             serve.start(wait_port=milter)
             bare.start(wait_port=bare_milter)
             for key, (owner, port) in other.items():
-                with _pythonpath(args.compare_core):
+                with _pythonpath(args.compare_core or ROOT / "core"):
                     owner.start(wait_port=port)
                 postfix.add_smtpd(
                     ports[f"b{key}'"], f"b{key}x", smtpd_milters=f"inet:127.0.0.1:{port}"
@@ -300,9 +321,11 @@ def main() -> int:
                 ("(c0) smtp gateway, no detectors", bare_smtp, bare),
                 ("(d) postfix + content filter", ports["cf"], serve),
             ]
-            if args.compare_core is not None:
+            if compare:
                 # Each older row runs just before its own: the shared machine drifts in time.
-                label = args.compare_core.parent.name
+                labels = [args.compare_core.resolve().parent.name] if args.compare_core else []
+                labels += [f"loop {args.compare_loop}"] if args.compare_loop else []
+                label = ", ".join(labels)
                 for name, port, _owner in list(modes):
                     tag = name[1 : name.index(")")]
                     if tag not in ("b", "b0", "c", "c0"):
@@ -339,6 +362,9 @@ def main() -> int:
     first = results["(a) postfix alone"]
     base = {k: (first[k] + last[k]) / 2 for k in ("accept", "end_to_end")}
     print(f"{n} messages of {size} bytes, {s} sessions, {os.cpu_count()} cores")
+    if args.event_loop or args.compare_loop:
+        own = args.event_loop or "the default"
+        print(f"event loop: {own}; in the primed rows {args.compare_loop or own}")
     print(
         f"(a) postfix alone: {first['accept']:.0f} accept/s first, {last['accept']:.0f} last;"
         " ratios are to the mean"
@@ -371,6 +397,8 @@ def main() -> int:
             "size": size,
             "sessions": s,
             "cores": os.cpu_count(),
+            "event_loop": args.event_loop,
+            "compare_loop": args.compare_loop,
             "baseline": base,
             "postfix_alone_last": last,
             "modes": results,

@@ -76,6 +76,8 @@ class GatewayConfig(_Section):
     Started as root with ``user`` (and ``group``), ``serve`` binds its ports, gives the home
     to that account and runs as it. Memory dumps are off unless ``core_dumps``; then they go
     to ``core_dumps_path``, each dump and the folder at most ``core_dumps_max_bytes``.
+    ``event_loop``: what ``serve`` runs its event loop on: ``"uvloop"`` (libuv; asyncio's own
+    loop when uvloop is not installed) or ``"asyncio"`` (the standard library's).
     """
 
     home: str = ""
@@ -92,6 +94,7 @@ class GatewayConfig(_Section):
     core_dumps: bool = False
     core_dumps_path: str = "cores"
     core_dumps_max_bytes: Annotated[int, msgspec.Meta(gt=0)] = 1 << 30
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
 
 
 class SmtpConfig(_Section):

@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 from collections.abc import Callable
+from importlib.metadata import version
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,14 @@ _IO_THREADS = 32
 
 log = logging.getLogger(__name__)
 
-__all__ = ["default_config_text", "run", "serve_forever", "write_default_config"]
+__all__ = [
+    "default_config_text",
+    "loop_factory",
+    "loop_name",
+    "run",
+    "serve_forever",
+    "write_default_config",
+]
 
 
 def default_config_text() -> str:
@@ -58,6 +66,44 @@ def write_default_config(path: Path) -> bool:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(default_config_text(), encoding="utf-8")
     return True
+
+
+def loop_factory(config: Config) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop ``serve`` runs on (``[gateway] event_loop``); None: asyncio's own.
+
+    uvloop runs the loop's own work (polling, transports, timers, callbacks) in C on libuv.
+    It is a dependency on Linux and macOS only; elsewhere asyncio's loop runs and the
+    startup lines say so.
+    """
+    if config.gateway.event_loop != "uvloop":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
+def loop_name(loop: asyncio.AbstractEventLoop) -> str:
+    """What the startup lines call ``loop``: ``uvloop 0.23.0`` or ``asyncio``."""
+    if type(loop).__module__.partition(".")[0] == "uvloop":
+        return f"uvloop {version('uvloop')}"
+    return "asyncio"
+
+
+def _serve_on_loop(
+    gateway: Gateway,
+    announce: Callable[[str], None],
+    *,
+    recover_spool: bool = True,
+    shared_metrics: Path | None = None,
+) -> None:
+    # A runner with a loop factory rather than a global event loop policy: the loop choice
+    # stays with this process's gateway and never leaks into plugins' own loops.
+    with asyncio.Runner(loop_factory=loop_factory(gateway.config)) as runner:
+        runner.run(
+            run(gateway, announce, recover_spool=recover_spool, shared_metrics=shared_metrics)
+        )
 
 
 async def run(
@@ -97,6 +143,10 @@ async def run(
         )
         announce(f"mailwarden {__version__}")
         announce(f"  config   {cfg.source or '(embedded defaults)'}")
+        running = loop_name(asyncio.get_running_loop())
+        if cfg.gateway.event_loop == "uvloop" and loop_factory(cfg) is None:
+            running += " (uvloop is not installed)"
+        announce(f"  loop     {running}")
         announce(f"  plugins  {', '.join(gateway.plugins.plugins) or '(none)'}")
         for name, loaded in gateway.plugins.plugins.items():
             # a plugin's one-line state, e.g. the antivirus warning that only its test
@@ -328,7 +378,7 @@ def serve_forever(gateway: Gateway, announce: Callable[[str], None] = print) -> 
         announce(f"  cores    memory dumps on, into {cores}")
     check_store_modes(gateway, announce)
     if count <= 1:
-        asyncio.run(run(gateway, announce))
+        _serve_on_loop(gateway, announce)
         return
     gateway.spool.recover()
     clean_temp(gateway.stores.temp)
@@ -347,7 +397,7 @@ def serve_forever(gateway: Gateway, announce: Callable[[str], None] = print) -> 
     def worker() -> int:
         # Each worker builds its own gateway: plugin state and threads never cross a fork.
         own = Gateway.from_file(source)
-        asyncio.run(run(own, announce, recover_spool=False, shared_metrics=shared))
+        _serve_on_loop(own, announce, recover_spool=False, shared_metrics=shared)
         return 0
 
     run_workers(count, worker, announce, exited=exited)

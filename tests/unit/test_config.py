@@ -35,6 +35,7 @@ def schemas() -> dict:
         ),
         ("[[rules]]\nname = 'a'\n[[rules]]\nname = 'a'\n", "rules[1].name", 4, "duplicate rule"),
         ("[detectors]\ntimeouts = { antivirus = -1.0 }\n", "detectors.timeouts", 2, "> 0.0"),
+        ("[gateway]\n\nevent_loop = 'libuv'\n", "gateway.event_loop", 3, "libuv"),
         # Plugin-owned sections are validated by the plugin's own schema.
         ("[antispam]\nspam_score = 'high'\n", "antispam.spam_score", 2, "Expected `float`"),
         ("[antivirus]\nsignatures = '/tmp'\n", "antivirus.signatures", 2, "Expected `array`"),

@@ -54,7 +54,7 @@ from ..workers import worker_count
 from .connections import ConnectionLimits as _Limits
 from .connections import envelope_sender as _sender
 from .mailbox import split_path, valid_mailbox
-from .tcp import listening_socket
+from .tcp import listening_socket, stream_transport
 
 if TYPE_CHECKING:
     from ..accounts import Accounts
@@ -250,8 +250,9 @@ class GatewaySMTP(SMTP):
                 # Said before any SMTP state exists: the client retries later, as with a busy MX.
                 log.warning("refusing %s: connection limit reached", address)
                 self._refused = True
-                if isinstance(transport, asyncio.WriteTransport):
-                    transport.write(b"421 4.7.0 Too many connections, try again later\r\n")
+                stream_transport(transport).write(
+                    b"421 4.7.0 Too many connections, try again later\r\n"
+                )
                 transport.close()
                 return
             self._counted = address
@@ -305,8 +306,8 @@ class GatewaySMTP(SMTP):
 
     def _close_with(self, reply: str) -> None:
         if self.transport is not None and not self.transport.is_closing():
-            if reply and isinstance(self.transport, asyncio.WriteTransport):
-                self.transport.write(reply.encode("ascii") + b"\r\n")
+            if reply:
+                stream_transport(self.transport).write(reply.encode("ascii") + b"\r\n")
             self.transport.close()
 
     def eof_received(self) -> bool | None:

@@ -17,10 +17,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+from typing import cast
 
-__all__ = ["listening_socket", "prebind", "quick_ack", "quickack_socket"]
+__all__ = ["listening_socket", "prebind", "quick_ack", "quickack_socket", "stream_transport"]
 
 _QUICKACK = getattr(socket, "TCP_QUICKACK", None)
+
+
+def stream_transport(transport: asyncio.BaseTransport) -> asyncio.Transport:
+    """The transport a stream server's protocol is given, typed as the read-write one it is.
+
+    Not an ``isinstance`` check: uvloop's TCP and UNIX transports (``[gateway] event_loop``)
+    do not derive from ``asyncio.Transport``; such a check was false on them, so a refused
+    SMTP client got no 421 and the milter dropped every connection.
+    """
+    return cast(asyncio.Transport, transport)
 
 
 def quickack_socket(transport: asyncio.BaseTransport) -> socket.socket | None:

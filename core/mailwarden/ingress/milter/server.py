@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 from ...hookcalls import Resumed
-from ..tcp import listening_socket, quick_ack, quickack_socket
+from ..tcp import listening_socket, quick_ack, quickack_socket, stream_transport
 from .codec import (
     ABORT,
     BODY,
@@ -240,8 +240,7 @@ class MilterConnection(asyncio.Protocol):
     # -- asyncio.Protocol ----------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport = stream_transport(transport)
         self.peer = transport.get_extra_info("peername") or "unix"
         server = self.server
         if server.connections >= server.max_connections:
