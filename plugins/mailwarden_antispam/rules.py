@@ -46,7 +46,7 @@ from .fastmatch import (
     framed_rewrites,
     high_bytes,
 )
-from .sa_evals import EVALS, EvalInput
+from .sa_evals import EVALS, Check, EvalInput, bind
 
 __all__ = ["Rule", "RuleSet", "RuleTargets", "load_rules"]
 
@@ -135,6 +135,9 @@ class RuleSet:
     # The names match() reports (not sub-rules), and the eval rules with their arguments bound.
     _reported: frozenset[str] = frozenset()
     _evals: list[Rule] = field(default_factory=list)
+    # The eval rules' checks, their arguments read (none for a rule whose function refuses
+    # them: it never hits).
+    _checks: list[tuple[str, Check]] = field(default_factory=list)
     # "hyperscan" (when installed; the re path for what it cannot take) or "re" alone.
     engine: str = "hyperscan"
     cache: Path | None = None
@@ -196,6 +199,11 @@ class RuleSet:
         ]
         self._compile_meta_graph(cyclic)
         self._evals = [r for r in self.rules.values() if r.kind == "eval"]
+        self._checks = [
+            (rule.name, check)
+            for rule in self._evals
+            if (check := bind(rule.header, rule.eval_args)) is not None
+        ]
         return self
 
     def _compile_meta_graph(self, cyclic: set[str]) -> None:
@@ -292,14 +300,15 @@ class RuleSet:
         """
         given = set(extra)
         hits: set[str] = given | self.regex_hits(targets)
-        if targets.facts is not None:
-            for rule in self._evals:
+        facts = targets.facts
+        if facts is not None:
+            for name, check in self._checks:
                 try:
-                    hit = EVALS[rule.header](targets.facts, *rule.eval_args)
-                except (TypeError, ValueError):  # arguments the function does not take
+                    hit = check(facts)
+                except (TypeError, ValueError):  # e.g. a Date: the parser chokes on
                     hit = False
                 if hit:
-                    hits.add(rule.name)
+                    hits.add(name)
         self._resolve_metas(hits)
         rules = self.rules
         return [rules[n] for n in sorted((hits - given) & self._reported)]
