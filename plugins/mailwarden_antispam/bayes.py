@@ -305,6 +305,7 @@ class Bayes:
         # The counts the write transaction under way set, by token (None: start over).
         self._written: dict[str, tuple[int, int]] | None = None
         self._wiped = False
+        self._clues: tuple[tuple[int, int], dict[tuple[int, int], _Clue]] = ((-1, -1), {})
 
     def close(self) -> None:
         """Commit the queued lessons, stop the writer and close the store."""
@@ -615,7 +616,13 @@ class Bayes:
             if nspam < min_learned or nham < min_learned:
                 return None
             pairs = self._lookup(txn, tokens(message) if toks is None else toks)
-        return _combine(pairs, nspam, nham)
+        # Clues by counts, for as long as the message counts stay (read as one tuple: other
+        # threads may replace it).
+        counts, memo = self._clues
+        if counts != (nspam, nham) or len(memo) > _CACHE_MAX:
+            memo = {}
+            self._clues = ((nspam, nham), memo)
+        return _combine(pairs, nspam, nham, memo)
 
     def _lookup(self, txn: lmdb.Transaction, toks: Iterable[str]) -> list[tuple[int, int]]:
         """The (spam, ham) counts of ``toks`` in ``txn``'s snapshot ((0, 0) for a token the
@@ -659,25 +666,50 @@ def _token_key(token: str, label: str) -> str:
     return f"{_SHARED}t:{digest}:{label[0]}"
 
 
-def _combine(pairs: Sequence[tuple[int, int]], nspam: int, nham: int) -> float:
-    """Robinson/Fisher chi-square over the (spam, ham) counts of the message's known tokens."""
-    clues: list[float] = []
-    for s, h in pairs:
-        if not s and not h:
-            continue
-        spam_ratio, ham_ratio = s / nspam, h / nham
-        p = spam_ratio / (spam_ratio + ham_ratio) if spam_ratio + ham_ratio else 0.5
-        n = s + h
-        # Robinson's correction towards 0.5 for rarely seen tokens (s=1, x=0.5).
-        f = (0.5 + n * p) / (1 + n)
-        if abs(f - 0.5) > 0.1:
-            clues.append(min(max(f, 0.01), 0.99))
+# A token's clue: its order among clues (farthest from 0.5 first, then by value), its
+# probability f, log(1 - f) and log(f); () when the token is no clue.
+_Clue = tuple[float, float, float, float] | tuple[()]
+
+
+def _clue(s: int, h: int, nspam: int, nham: int) -> _Clue:
+    if not s and not h:
+        return ()
+    spam_ratio, ham_ratio = s / nspam, h / nham
+    p = spam_ratio / (spam_ratio + ham_ratio) if spam_ratio + ham_ratio else 0.5
+    n = s + h
+    # Robinson's correction towards 0.5 for rarely seen tokens (s=1, x=0.5).
+    f = (0.5 + n * p) / (1 + n)
+    if abs(f - 0.5) <= 0.1:
+        return ()
+    f = min(max(f, 0.01), 0.99)
+    return (-abs(f - 0.5), f, math.log(1 - f), math.log(f))
+
+
+def _combine(
+    pairs: Sequence[tuple[int, int]],
+    nspam: int,
+    nham: int,
+    memo: dict[tuple[int, int], _Clue] | None = None,
+) -> float:
+    """Robinson/Fisher chi-square over the (spam, ham) counts of the message's known tokens.
+    ``memo``: clues by counts already computed for these ``nspam`` and ``nham``."""
+    if memo is None:
+        memo = {}
+    # Tokens of a message share few distinct counts ((1, 0), (0, 1)...): each one's clue is
+    # computed once, and the loop over the tokens stays in C.
+    found = list(map(memo.get, pairs))
+    if None in found:
+        for i, clue in enumerate(found):
+            if clue is None:
+                pair = pairs[i]
+                found[i] = memo[pair] = _clue(pair[0], pair[1], nspam, nham)
+    # Ties broken by value (tuples compare so): the same clues, summed in the same order,
+    # whatever order the tokens came in.
+    clues = sorted(filter(None, found))[:150]
     if not clues:
         return 0.5
-    # Ties broken by value: the same clues whatever order the tokens came in.
-    clues = sorted(clues, key=lambda f: (-abs(f - 0.5), f))[:150]
-    ln_s = sum(math.log(1 - f) for f in clues)
-    ln_h = sum(math.log(f) for f in clues)
+    ln_s = sum(c[2] for c in clues)
+    ln_h = sum(c[3] for c in clues)
     s_val = 1 - _chi2q(-2 * ln_s, 2 * len(clues))
     h_val = 1 - _chi2q(-2 * ln_h, 2 * len(clues))
     return (1 + s_val - h_val) / 2

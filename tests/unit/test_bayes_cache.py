@@ -4,10 +4,12 @@ process's, which the cache cannot see being written."""
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -79,6 +81,7 @@ def test_probabilities_from_the_cache_equal_the_stores_after_every_lesson(
 _OTHER_PROCESS = """
 import sys
 from pathlib import Path
+from typing import Any
 from mailwarden_antispam.bayes import Bayes
 from tests.conftest import make_message
 store = Bayes(Path(sys.argv[1]))
@@ -140,3 +143,41 @@ def test_autolearn_batches_move_the_probability_the_cache_gives(tmp_path: Path) 
         assert after == _from_store(store, asked)
     finally:
         store.close()
+
+
+def _combine_one_by_one(pairs: list[tuple[int, int]], nspam: int, nham: int) -> float:
+    """Robinson/Fisher as first written here: every token's clue computed in turn."""
+    clues: list[float] = []
+    for s, h in pairs:
+        if not s and not h:
+            continue
+        spam_ratio, ham_ratio = s / nspam, h / nham
+        p = spam_ratio / (spam_ratio + ham_ratio) if spam_ratio + ham_ratio else 0.5
+        n = s + h
+        f = (0.5 + n * p) / (1 + n)
+        if abs(f - 0.5) > 0.1:
+            clues.append(min(max(f, 0.01), 0.99))
+    if not clues:
+        return 0.5
+    clues = sorted(clues, key=lambda f: (-abs(f - 0.5), f))[:150]
+    ln_s = sum(math.log(1 - f) for f in clues)
+    ln_h = sum(math.log(f) for f in clues)
+    s_val = 1 - bayes_module._chi2q(-2 * ln_s, 2 * len(clues))
+    h_val = 1 - bayes_module._chi2q(-2 * ln_h, 2 * len(clues))
+    return (1 + s_val - h_val) / 2
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 40), st.integers(0, 40)), max_size=400),
+    st.integers(1, 500),
+    st.integers(1, 500),
+)
+def test_clues_computed_once_per_count_give_the_same_probability_to_the_last_bit(
+    pairs: list[tuple[int, int]], nspam: int, nham: int
+) -> None:
+    # Many tokens share counts, and more than 150 clues are cut to the strongest 150.
+    expected = _combine_one_by_one(pairs, nspam, nham)
+    memo: dict[tuple[int, int], Any] = {}
+    assert _combine(pairs, nspam, nham, memo) == expected
+    assert _combine(list(reversed(pairs)), nspam, nham, memo) == expected  # memo filled
