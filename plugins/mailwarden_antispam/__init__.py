@@ -381,11 +381,22 @@ class AntispamPlugin:
 
     # ------------------------------------------------------------ scanning
 
-    def _finding(self, code: str, details: dict[str, str], part: int | None = None) -> Finding:
+    def _score(self, code: str) -> float:
         score = self.config.scores.get(code)
         if score is None:
             rule = self.rules.rules.get(code)
             score = self.rules.score_of(rule) if rule is not None else 0.0
+        return score
+
+    def _finding(
+        self,
+        code: str,
+        details: dict[str, str],
+        part: int | None = None,
+        score: float | None = None,
+    ) -> Finding:
+        if score is None:
+            score = self._score(code)
         return Finding(
             code=code,
             detector=DETECTOR,
@@ -474,10 +485,15 @@ class AntispamPlugin:
         matched = await run_cpu_bound(size, self.rules.match, targets, set(hits))
         for rule in matched:
             hits.setdefault(rule.name, {"rule": rule.description[:120]} if rule.description else {})
-        findings = [self._finding(_code(code), details) for code, details in sorted(hits.items())]
         # Zero-score results (SPF_NONE, ARC_PASS...) fed the metas and the
-        # Authentication-Results header; as findings they would read as detections.
-        findings = [f for f in findings if f.score or f.code in _KEEP_AT_ZERO]
+        # Authentication-Results header; as findings they would read as detections: none is
+        # built for them.
+        findings = []
+        for name, details in sorted(hits.items()):
+            code = _code(name)
+            score = self._score(code)
+            if score or code in _KEEP_AT_ZERO:
+                findings.append(self._finding(code, details, score=score))
         # One defect found by two rules (a heuristic and its stock twin) counts once. Only a
         # replacement that scores replaces: one the admin scored 0 leaves the code counting.
         scored = {f.code for f in (*findings, *extra) if f.score}

@@ -25,7 +25,8 @@ import re
 import struct
 import threading
 import time
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,11 @@ BATCH_LESSONS = 256
 BATCH_SECONDS = 0.2
 # Lessons queued beyond this make autolearn wait for the writer rather than grow memory.
 _QUEUE_MAX = 16 * BATCH_LESSONS
+# Token counts kept in memory (tokens not in the store too); past this the cache starts over.
+_CACHE_MAX = 100_000
+# Tokens this long or longer are not cached: one under 125 characters encodes to under 500
+# bytes, so its key is its own and no other (longer, truncated) token's write changes it.
+_CACHE_LEN = 125
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,6 +296,16 @@ class Bayes:
         self._queued = self._committed = self._flushing = 0
         self._closing = False
         self._writer: threading.Thread | None = None
+        # Token counts as of the store's transaction _cache_id (LMDB numbers every commit,
+        # any process's): a read of another snapshot starts the cache over; this process's
+        # own commits update it (_committing), so autolearn does not empty it.
+        self._cache: dict[str, tuple[int, int]] = {}
+        self._cache_id = -1
+        self._cache_lock = threading.Lock()
+        # The counts the write transaction under way set, by token (None: start over).
+        self._written: dict[str, tuple[int, int]] | None = None
+        self._wiped = False
+        self._clues: tuple[tuple[int, int], dict[tuple[int, int], _Clue]] = ((-1, -1), {})
 
     def close(self) -> None:
         """Commit the queued lessons, stop the writer and close the store."""
@@ -321,7 +337,7 @@ class Bayes:
         self.flush()
         message = parse(raw)
         lesson = _Lesson(_digest(raw), label, tokens(message), who, message.message_id)
-        with self.env.begin(write=True) as txn:
+        with self._committing() as txn:
             done = self._learn_in(txn, lesson)
         shared = self._shared_call(self._learn_shared(lesson.toks, lesson.digest, label))
         if label == "spam" and self.reported is not None and who != "autolearn":
@@ -385,7 +401,7 @@ class Bayes:
                 del self._queue[:BATCH_LESSONS]
                 self._cond.notify_all()
             try:
-                with self.env.begin(write=True) as txn:
+                with self._committing() as txn:
                     for lesson in batch:
                         self._learn_in(txn, lesson)
                 if self.shared is not None:
@@ -419,8 +435,9 @@ class Bayes:
         message = parse(raw)
         digest = _digest(raw)
         toks = tokens(message)
-        with self.env.begin(write=True) as txn:
-            previous = txn.get(digest.encode(), db=self._learned)
+        with self._committing() as txn:
+            found = txn.get(digest.encode(), db=self._learned)
+            previous = bytes(found) if found is not None else None
             if previous is not None:
                 self._apply(txn, toks, previous.decode(), -1)
                 txn.delete(digest.encode(), db=self._learned)
@@ -486,9 +503,37 @@ class Bayes:
                 return _combine(pairs, nspam, nham)
         return await run_cpu_bound(size, self.probability, message, min_learned, toks)
 
+    @contextmanager
+    def _committing(self) -> Iterator[lmdb.Transaction]:
+        """A write transaction; once it commits, the token cache takes what it wrote."""
+        with self.env.begin(write=True) as txn:
+            # Write transactions are serial (LMDB's lock): this one's marks are its own.
+            self._written, self._wiped = {}, False
+            try:
+                yield txn
+                written, wiped = self._written, self._wiped
+            finally:
+                self._written = None
+            # Counts changed, so this transaction commits as number txn.id(), right after
+            # the snapshot it wrote over.
+            committed = txn.id() if written or wiped else None
+        if committed is not None:
+            with self._cache_lock:
+                if wiped or self._cache_id not in (committed - 1, committed):
+                    # Expiry, or another process's commit in between: start over.
+                    self._cache.clear()
+                elif len(self._cache) + len(written) <= _CACHE_MAX:
+                    self._cache.update(written)
+                else:
+                    self._cache.clear()
+                self._cache_id = committed
+
     def _apply(self, txn: lmdb.Transaction, toks: Iterable[str], label: str, sign: int) -> None:
         idx = 0 if label == "spam" else 1
         today = int(time.time()) // _DAY
+        # Outside _committing nothing records the counts: the commit's number alone then
+        # tells the cache it is stale.
+        written = self._written if self._written is not None else {}
         for token in toks:
             key = token.encode("utf-8")[:500]
             s, h, day = _unpack(txn.get(key, db=self._tokens))
@@ -498,6 +543,8 @@ class Bayes:
                 txn.delete(key, db=self._tokens)
             else:
                 txn.put(key, _TOKEN.pack(*pair, today if sign > 0 else day), db=self._tokens)
+            if len(token) < _CACHE_LEN:
+                written[token] = (pair[0], pair[1])
         if sign > 0 and txn.stat(self._tokens)["entries"] > self.max_tokens:
             self._expire(txn)
         raw_n = txn.get(b"n", db=self._meta)
@@ -516,6 +563,7 @@ class Bayes:
         drop = days[: max(0, len(days) - keep)]
         for _day, key in drop:
             txn.delete(key, db=self._tokens)
+        self._wiped = True
         oldest_kept = days[len(drop)][0] if len(drop) < len(days) else 0
         self._record(
             txn, "expire", f"{len(drop)} tokens", f"before-day-{oldest_kept}", "expiry", None
@@ -561,17 +609,47 @@ class Bayes:
         """Spam probability 0..1, or None while fewer than ``min_learned`` of each class;
         ``toks`` the message's :func:`tokens` when the caller has them. Autolearn lessons
         still queued (:meth:`learn_later`) are not counted yet."""
-        nspam, nham = self.counts()
-        if nspam < min_learned or nham < min_learned:
-            return None
-        pairs: list[tuple[int, int]] = []
-        with self.env.begin(db=self._tokens) as txn:
-            for token in tokens(message) if toks is None else toks:
-                raw = txn.get(token.encode("utf-8")[:500])
-                if raw:
-                    s, h, _day = _unpack(raw)
-                    pairs.append((s, h))
-        return _combine(pairs, nspam, nham)
+        with self.env.begin() as txn:
+            # The message counts and the tokens' from one snapshot.
+            raw_n = txn.get(b"n", db=self._meta)
+            nspam, nham = _PAIR.unpack(raw_n) if raw_n else (0, 0)
+            if nspam < min_learned or nham < min_learned:
+                return None
+            pairs = self._lookup(txn, tokens(message) if toks is None else toks)
+        # Clues by counts, for as long as the message counts stay (read as one tuple: other
+        # threads may replace it).
+        counts, memo = self._clues
+        if counts != (nspam, nham) or len(memo) > _CACHE_MAX:
+            memo = {}
+            self._clues = ((nspam, nham), memo)
+        return _combine(pairs, nspam, nham, memo)
+
+    def _lookup(self, txn: lmdb.Transaction, toks: Iterable[str]) -> list[tuple[int, int]]:
+        """The (spam, ham) counts of ``toks`` in ``txn``'s snapshot ((0, 0) for a token the
+        store does not hold), from the cache where it holds that snapshot."""
+        snapshot = txn.id()
+        toks = list(toks)
+        with self._cache_lock:
+            cache = self._cache
+            if snapshot > self._cache_id:
+                cache.clear()
+                self._cache_id = snapshot
+            elif snapshot < self._cache_id:
+                cache = {}  # an older snapshot than the cache's (a commit since it began)
+            pairs = list(map(cache.get, toks))
+            if None not in pairs:
+                return pairs  # type: ignore[return-value]  # no None: all found
+            if len(cache) + len(toks) > _CACHE_MAX:
+                cache.clear()
+            tokens_db, get = self._tokens, txn.get
+            for i, pair in enumerate(pairs):
+                if pair is None:
+                    token = toks[i]
+                    s, h, _day = _unpack(get(token.encode("utf-8")[:500], db=tokens_db))
+                    pair = pairs[i] = (s, h)
+                    if len(token) < _CACHE_LEN:
+                        cache[token] = pair
+            return pairs  # type: ignore[return-value]  # every None replaced
 
 
 def _digest(raw: bytes) -> str:
@@ -588,25 +666,50 @@ def _token_key(token: str, label: str) -> str:
     return f"{_SHARED}t:{digest}:{label[0]}"
 
 
-def _combine(pairs: Sequence[tuple[int, int]], nspam: int, nham: int) -> float:
-    """Robinson/Fisher chi-square over the (spam, ham) counts of the message's known tokens."""
-    clues: list[float] = []
-    for s, h in pairs:
-        if not s and not h:
-            continue
-        spam_ratio, ham_ratio = s / nspam, h / nham
-        p = spam_ratio / (spam_ratio + ham_ratio) if spam_ratio + ham_ratio else 0.5
-        n = s + h
-        # Robinson's correction towards 0.5 for rarely seen tokens (s=1, x=0.5).
-        f = (0.5 + n * p) / (1 + n)
-        if abs(f - 0.5) > 0.1:
-            clues.append(min(max(f, 0.01), 0.99))
+# A token's clue: its order among clues (farthest from 0.5 first, then by value), its
+# probability f, log(1 - f) and log(f); () when the token is no clue.
+_Clue = tuple[float, float, float, float] | tuple[()]
+
+
+def _clue(s: int, h: int, nspam: int, nham: int) -> _Clue:
+    if not s and not h:
+        return ()
+    spam_ratio, ham_ratio = s / nspam, h / nham
+    p = spam_ratio / (spam_ratio + ham_ratio) if spam_ratio + ham_ratio else 0.5
+    n = s + h
+    # Robinson's correction towards 0.5 for rarely seen tokens (s=1, x=0.5).
+    f = (0.5 + n * p) / (1 + n)
+    if abs(f - 0.5) <= 0.1:
+        return ()
+    f = min(max(f, 0.01), 0.99)
+    return (-abs(f - 0.5), f, math.log(1 - f), math.log(f))
+
+
+def _combine(
+    pairs: Sequence[tuple[int, int]],
+    nspam: int,
+    nham: int,
+    memo: dict[tuple[int, int], _Clue] | None = None,
+) -> float:
+    """Robinson/Fisher chi-square over the (spam, ham) counts of the message's known tokens.
+    ``memo``: clues by counts already computed for these ``nspam`` and ``nham``."""
+    if memo is None:
+        memo = {}
+    # Tokens of a message share few distinct counts ((1, 0), (0, 1)...): each one's clue is
+    # computed once, and the loop over the tokens stays in C.
+    found = list(map(memo.get, pairs))
+    if None in found:
+        for i, clue in enumerate(found):
+            if clue is None:
+                pair = pairs[i]
+                found[i] = memo[pair] = _clue(pair[0], pair[1], nspam, nham)
+    # Ties broken by value (tuples compare so): the same clues, summed in the same order,
+    # whatever order the tokens came in.
+    clues = sorted(filter(None, found))[:150]
     if not clues:
         return 0.5
-    # Ties broken by value: the same clues whatever order the tokens came in.
-    clues = sorted(clues, key=lambda f: (-abs(f - 0.5), f))[:150]
-    ln_s = sum(math.log(1 - f) for f in clues)
-    ln_h = sum(math.log(f) for f in clues)
+    ln_s = sum(c[2] for c in clues)
+    ln_h = sum(c[3] for c in clues)
     s_val = 1 - _chi2q(-2 * ln_s, 2 * len(clues))
     h_val = 1 - _chi2q(-2 * ln_h, 2 * len(clues))
     return (1 + s_val - h_val) / 2

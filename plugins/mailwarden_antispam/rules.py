@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import email.utils
 import fcntl
+import heapq
 import logging
 import re
 import threading
@@ -45,7 +46,7 @@ from .fastmatch import (
     framed_rewrites,
     high_bytes,
 )
-from .sa_evals import EVALS, EvalInput
+from .sa_evals import EVALS, Check, EvalInput, bind
 
 __all__ = ["Rule", "RuleSet", "RuleTargets", "load_rules"]
 
@@ -124,10 +125,19 @@ class RuleSet:
     _metas: list[tuple[Rule, _Meta]] = field(default_factory=list)
     _readers: dict[str, list[int]] = field(default_factory=dict)
     _always: set[int] = field(default_factory=set)
-    # Per rule or meta name: every meta downstream of it (what a hit of it makes dirty).
-    _closure: dict[str, frozenset[int]] = field(default_factory=dict)
-    _baseline: set[str] = field(default_factory=set)
+    # Per rule or meta name: the metas off cycles that read it directly, by index.
+    _next: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    # Every meta's value when no rule hits, by index; the names of those off cycles it holds.
+    _base: list[bool] = field(default_factory=list)
+    _baseline: frozenset[str] = frozenset()
+    _meta_names: frozenset[str] = frozenset()
+    _cyclic: list[tuple[Rule, _Meta]] = field(default_factory=list)
+    # The names match() reports (not sub-rules), and the eval rules with their arguments bound.
+    _reported: frozenset[str] = frozenset()
     _evals: list[Rule] = field(default_factory=list)
+    # The eval rules' checks, their arguments read (none for a rule whose function refuses
+    # them: it never hits).
+    _checks: list[tuple[str, Check]] = field(default_factory=list)
     # "hyperscan" (when installed; the re path for what it cannot take) or "re" alone.
     engine: str = "hyperscan"
     cache: Path | None = None
@@ -189,15 +199,21 @@ class RuleSet:
         ]
         self._compile_meta_graph(cyclic)
         self._evals = [r for r in self.rules.values() if r.kind == "eval"]
+        self._checks = [
+            (rule.name, check)
+            for rule in self._evals
+            if (check := bind(rule.header, rule.eval_args)) is not None
+        ]
         return self
 
     def _compile_meta_graph(self, cyclic: set[str]) -> None:
         """Who reads whom, and every meta's value when no rule hits.
 
-        A meta none of whose inputs (rules and metas, followed through) hit on a message
-        has its no-hit value there too: only the metas downstream of the message's hits are
-        evaluated (a few dozen of the stock set's 1,200). Metas on a cycle, and what reads
-        them, are evaluated on every message, as all were before.
+        A meta none of whose inputs differ from their no-hit value keeps its own no-hit
+        value: a message's rules and metas that hit are propagated through the direct
+        readers in topological order, and only the metas an input changed for are evaluated
+        (a few dozen of the stock set's 1,200 a message). Metas on a cycle, and what reads
+        them, are evaluated on every message, to their fixpoint.
         """
         readers: dict[str, list[int]] = {}
         for index, (rule, _code) in enumerate(self._metas):
@@ -205,10 +221,21 @@ class RuleSet:
                 readers.setdefault(name, []).append(index)
         self._readers = readers
         self._always = self._downstream(cyclic, set())
-        self._closure = {name: frozenset(self._downstream([name], set())) for name in readers}
+        self._next = {
+            name: tuple(sorted(i for i in found if i not in self._always))
+            for name, found in readers.items()
+        }
+        self._cyclic = [self._metas[i] for i in sorted(self._always)]
         base: set[str] = set()
         self._fixpoint(base, self._metas)
-        self._baseline = base
+        self._base = [rule.name in base for rule, _code in self._metas]
+        self._baseline = frozenset(
+            rule.name
+            for i, (rule, _code) in enumerate(self._metas)
+            if self._base[i] and i not in self._always
+        )
+        self._meta_names = frozenset(rule.name for rule, _code in self._metas)
+        self._reported = frozenset(n for n, r in self.rules.items() if not r.sub_rule)
 
     def _downstream(self, names: Iterable[str], found: set[int]) -> set[int]:
         todo = list(names)
@@ -273,20 +300,18 @@ class RuleSet:
         """
         given = set(extra)
         hits: set[str] = given | self.regex_hits(targets)
-        if targets.facts is not None:
-            for rule in self._evals:
+        facts = targets.facts
+        if facts is not None:
+            for name, check in self._checks:
                 try:
-                    hit = EVALS[rule.header](targets.facts, *rule.eval_args)
-                except (TypeError, ValueError):  # arguments the function does not take
+                    hit = check(facts)
+                except (TypeError, ValueError):  # e.g. a Date: the parser chokes on
                     hit = False
                 if hit:
-                    hits.add(rule.name)
+                    hits.add(name)
         self._resolve_metas(hits)
-        return [
-            self.rules[n]
-            for n in sorted(hits - given)
-            if n in self.rules and not self.rules[n].sub_rule
-        ]
+        rules = self.rules
+        return [rules[n] for n in sorted((hits - given) & self._reported)]
 
     def regex_hits(self, targets: RuleTargets) -> set[str]:
         """The header, body, rawbody, URI and full rules (sub-rules included) that hit."""
@@ -367,20 +392,41 @@ class RuleSet:
         }
 
     def _resolve_metas(self, hits: set[str]) -> None:
-        dirty = set(self._always)
-        closure = self._closure
-        for name in hits & closure.keys():
-            dirty |= closure[name]
-        names = {self._metas[i][0].name for i in dirty}
-        hits.update(self._baseline - names)
-        ordered = sorted(dirty)
-        # A meta on no cycle reads rules and metas ordered before it: one pass in order
-        # settles them (the second pass of a fixpoint only confirmed it). Those on a cycle,
-        # and what reads them, then iterate to their fixpoint.
-        self._fixpoint(hits, [self._metas[i] for i in ordered if i not in self._always], 1)
-        cyclic = [self._metas[i] for i in ordered if i in self._always]
-        if cyclic:
-            self._fixpoint(hits, cyclic)
+        metas, following, base = self._metas, self._next, self._base
+        # Metas the caller's hits already name (a check's code) count as hit, unevaluated.
+        given = hits & self._meta_names
+        queue: list[int] = []
+        queued: set[int] = set()
+        for name in hits:
+            for index in following.get(name, ()):
+                if index not in queued:
+                    queued.add(index)
+                    queue.append(index)
+        hits.update(self._baseline)
+        # Readers come after what they read (compile() orders them), so the smallest index
+        # queued has its inputs final: each meta is evaluated once, when an input changed.
+        heapq.heapify(queue)
+        while queue:
+            index = heapq.heappop(queue)
+            rule, meta = metas[index]
+            name = rule.name
+            if name in given:
+                continue
+            try:
+                value = bool(meta(hits))
+            except Exception:  # a meta over a division by zero and the like: not hit
+                value = False
+            if value:
+                hits.add(name)
+            else:
+                hits.discard(name)
+            if value != base[index]:
+                for reader in following.get(name, ()):
+                    if reader not in queued:
+                        queued.add(reader)
+                        heapq.heappush(queue, reader)
+        if self._cyclic:
+            self._fixpoint(hits, self._cyclic)
 
     def _resolve_metas_everywhere(self, hits: set[str]) -> None:
         """Every meta evaluated (what :meth:`_resolve_metas` must equal; tests compare)."""

@@ -19,10 +19,10 @@ from __future__ import annotations
 import email.utils
 import ipaddress
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["EVALS", "EvalInput", "Relay", "parse_received", "relay_headers"]
+__all__ = ["EVALS", "EvalInput", "Relay", "bind", "parse_received", "relay_headers"]
 
 _IP = re.compile(r"\[(?:IPv6:)?([0-9A-Fa-f:.]+)\]|\((\d{1,3}(?:\.\d{1,3}){3})\)")
 _HELO_EXIM = re.compile(r"\bhelo=([^\s()\]]+)", re.IGNORECASE)
@@ -162,6 +162,7 @@ class EvalInput:
 
     def __post_init__(self) -> None:
         self._date_diff: float | None = None
+        self._alternative_difference: float | None = None
 
     def date_diff(self) -> float:
         """Seconds from the closest ``Received:`` time to the ``Date:`` (0 when unknown)."""
@@ -171,6 +172,19 @@ class EvalInput:
             if date is not None and self.received_times:
                 self._date_diff = min((date - t for t in self.received_times), key=abs)
         return self._date_diff
+
+    def alternative_difference(self) -> float:
+        """The largest share (percent) of an HTML alternative's words its text part lacks."""
+        if self._alternative_difference is None:
+            largest = 0.0
+            for text_words, html_words in self.alternatives:
+                html = set(html_words)
+                if not html:
+                    continue
+                missing = html - set(text_words)
+                largest = max(largest, 100.0 * len(missing) / len(html))
+            self._alternative_difference = largest
+        return self._alternative_difference
 
 
 def _timestamp(value: str) -> float | None:
@@ -196,33 +210,76 @@ def _bound(text: str) -> float | None:
     return None if text == "undef" else float(text)
 
 
+# An eval test with its rule's arguments read: the check of one message's facts. The stock
+# rules call one function with many argument pairs (12 date ranges): read once, at load.
+Check = Callable[[EvalInput], bool]
+
+
+def _shifted_date(low: str, high: str) -> Check:
+    lo, hi = _bound(low), _bound(high)
+    least = None if lo is None else lo * 3600
+    below = None if hi is None else hi * 3600
+
+    def check(facts: EvalInput) -> bool:
+        diff = facts.date_diff()
+        return (least is None or diff >= least) and (below is None or diff < below)
+
+    return check
+
+
+def _missing_to() -> Check:
+    def check(facts: EvalInput) -> bool:
+        values = facts.headers.get("to", []) + facts.headers.get("apparently-to", [])
+        return not any(v.strip() for v in values)
+
+    return check
+
+
+def _alternative_difference(low: str, high: str) -> Check:
+    least, below = float(low), float(high)
+    return lambda facts: least <= facts.alternative_difference() < below
+
+
+def _image_only(low: str, high: str) -> Check:
+    above, most = float(low), float(high)
+    return lambda facts: facts.html_has_image and above < facts.html_text_length <= most
+
+
+_BINDERS: dict[str, Callable[..., Check]] = {
+    "check_for_shifted_date": _shifted_date,
+    "check_for_missing_to_header": _missing_to,
+    "multipart_alternative_difference": _alternative_difference,
+    "html_image_only": _image_only,
+}
+
+
+def bind(name: str, args: Sequence[str]) -> Check | None:
+    """The eval test ``name`` (one of :data:`EVALS`) with a rule's arguments: None when it
+    does not take them (such a rule never hits, as a call of it that raised did not)."""
+    try:
+        return _BINDERS[name](*args)
+    except (TypeError, ValueError):
+        return None
+
+
 def check_for_shifted_date(facts: EvalInput, low: str, high: str) -> bool:
     """``Date:`` lies between ``low`` and ``high`` hours from the ``Received:`` time."""
-    diff, lo, hi = facts.date_diff(), _bound(low), _bound(high)
-    return (lo is None or diff >= lo * 3600) and (hi is None or diff < hi * 3600)
+    return _shifted_date(low, high)(facts)
 
 
 def check_for_missing_to_header(facts: EvalInput) -> bool:
     """Neither ``To:`` nor ``Apparently-To:`` holds anything."""
-    values = facts.headers.get("to", []) + facts.headers.get("apparently-to", [])
-    return not any(v.strip() for v in values)
+    return _missing_to()(facts)
 
 
 def multipart_alternative_difference(facts: EvalInput, low: str, high: str) -> bool:
     """The largest share (percent) of an HTML alternative's words its text part lacks."""
-    largest = 0.0
-    for text_words, html_words in facts.alternatives:
-        html = set(html_words)
-        if not html:
-            continue
-        missing = html - set(text_words)
-        largest = max(largest, 100.0 * len(missing) / len(html))
-    return float(low) <= largest < float(high)
+    return _alternative_difference(low, high)(facts)
 
 
 def html_image_only(facts: EvalInput, low: str, high: str) -> bool:
     """HTML with an image and only ``low`` < n <= ``high`` characters of text."""
-    return facts.html_has_image and float(low) < facts.html_text_length <= float(high)
+    return _image_only(low, high)(facts)
 
 
 #: Eval functions by SpamAssassin name; each takes the message's facts and the rule's arguments.
