@@ -517,7 +517,9 @@ def test_a_back_reference_header_rule_runs_re_only_where_hyperscan_reports_it(
         assert len(confirmations) - before == confirmed, sender
 
 
-@settings(max_examples=1500, deadline=None)
+# 500 examples: drawing from the regex is nearly all of the time (7 ms an example), and
+# planted bugs in _SIMPLE_ADDRESS that 1,500 examples caught were caught by 300 as well.
+@settings(max_examples=500, deadline=None)
 @given(
     st.one_of(
         st.from_regex(_SIMPLE_ADDRESS, fullmatch=True),
