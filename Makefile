@@ -59,8 +59,8 @@ serve: install-runtime av-packages
 # The fuzz step runs after the suite as its own command, not as a pytest test: it is a native
 # build plus a fixed-length run whose exit status and libFuzzer statistics are the result, CI
 # (.ci/run) reaches it through this target, and a plain `pytest` stays quick for developers.
-# Here FUZZ_SECONDS is the total, split between the two targets (parse, sigs); `make fuzz`
-# gives each target FUZZ_SECONDS. FUZZ_SECONDS=0 skips the step (libFuzzer would take a 0 s
+# Here FUZZ_SECONDS is the total, split between the two targets (parse, sigs), which run side
+# by side where there is a core for each (run.sh); `make fuzz` gives each target FUZZ_SECONDS. FUZZ_SECONDS=0 skips the step (libFuzzer would take a 0 s
 # budget as "no limit").
 test: install av-packages lint
 	$(BIN)/python -m pytest -q --durations=25 $(PYTEST_JOBS)
