@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import random
 import socket
 import tempfile
 from email.message import EmailMessage
@@ -107,8 +109,30 @@ def corpus() -> Path:
     return path
 
 
+# Not the module-level generator, which hypothesis seeds alike in every process.
+_PORTS = random.SystemRandom()
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    """A TCP port on 127.0.0.1 that was free a moment ago.
+
+    Drawn below the kernel's ephemeral range: a client socket (of this run, another worker of
+    it or another program) takes its port from that range, so it cannot take this one before
+    the test's server binds it (seen as "Address already in use" under pytest-xdist).
+    """
+    low = _ephemeral_low()
+    for _ in range(200) if low > 11000 else ():
+        port = _PORTS.randrange(10000, low)
+        with socket.socket() as sock, contextlib.suppress(OSError):
+            sock.bind(("127.0.0.1", port))
+            return port
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
