@@ -7,6 +7,10 @@ STAMP  := $(VENV)/.installed
 RUNTIME_STAMP := $(VENV)/.installed-runtime
 NATIVE := $(wildcard native/src/*.c native/src/*.h native/include/*.h native/cdef/*.h) native/build_native.py
 FUZZ_SECONDS ?= 60
+# PYTEST_WORKERS=2 runs the suite in that many pytest-xdist processes, each test file (and
+# the files sharing the wheel build) on one of them: see tests/conftest.py.
+PYTEST_WORKERS ?= 1
+PYTEST_JOBS := $(if $(filter-out 0 1,$(PYTEST_WORKERS)),-n $(PYTEST_WORKERS) --dist loadgroup)
 
 .PHONY: install install-runtime serve test lint fuzz bench clean av-packages
 
@@ -55,11 +59,11 @@ serve: install-runtime av-packages
 # The fuzz step runs after the suite as its own command, not as a pytest test: it is a native
 # build plus a fixed-length run whose exit status and libFuzzer statistics are the result, CI
 # (.ci/run) reaches it through this target, and a plain `pytest` stays quick for developers.
-# Here FUZZ_SECONDS is the total, split between the two targets (parse, sigs); `make fuzz`
-# gives each target FUZZ_SECONDS. FUZZ_SECONDS=0 skips the step (libFuzzer would take a 0 s
+# Here FUZZ_SECONDS is the total, split between the two targets (parse, sigs), which run side
+# by side where there is a core for each (run.sh); `make fuzz` gives each target FUZZ_SECONDS. FUZZ_SECONDS=0 skips the step (libFuzzer would take a 0 s
 # budget as "no limit").
 test: install av-packages lint
-	$(BIN)/python -m pytest -q --durations=25
+	$(BIN)/python -m pytest -q --durations=25 $(PYTEST_JOBS)
 	@if [ "$(FUZZ_SECONDS)" -gt 1 ]; then bash tests/fuzz/run.sh $$(( $(FUZZ_SECONDS) / 2 )) parse sigs; fi
 
 # lint-imports checks the layers (.importlinter): native <- sdk <- plugins, no cycles, ...

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import random
 import socket
 import tempfile
 from email.message import EmailMessage
@@ -17,10 +19,20 @@ REQUIRE_ALL = os.environ.get("MAILWARDEN_REQUIRE_ALL") == "1"
 
 # Traffic stays on 127.0.0.1, in this process and in every Python process a test starts (see
 # tests/netguard/sitecustomize.py); anything refused is listed at the end and fails the session.
-NETGUARD_LOG = Path(tempfile.mkdtemp(prefix="mailwarden-netguard-")) / "refused.log"
+# pytest-xdist workers (`make test PYTEST_WORKERS=2`) import this file again: they write to
+# the log of the run that started them, which reads it at the end.
+_INHERITED_LOG = (
+    os.environ.get("MAILWARDEN_NETGUARD_LOG") if os.environ.get("PYTEST_XDIST_WORKER") else None
+)
+NETGUARD_LOG = (
+    Path(_INHERITED_LOG)
+    if _INHERITED_LOG
+    else Path(tempfile.mkdtemp(prefix="mailwarden-netguard-")) / "refused.log"
+)
 os.environ["MAILWARDEN_NETGUARD_LOG"] = str(NETGUARD_LOG)
 _RESOLV = NETGUARD_LOG.with_name("resolv.conf")
-_RESOLV.write_text("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
+if not _INHERITED_LOG:
+    _RESOLV.write_text("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
 os.environ["MAILWARDEN_NETGUARD_RESOLV"] = str(_RESOLV)
 os.environ["PYTHONPATH"] = os.pathsep.join(
     p for p in (str(ROOT / "tests" / "netguard"), os.environ.get("PYTHONPATH", "")) if p
@@ -34,6 +46,19 @@ def pytest_configure(config: pytest.Config) -> None:
 
     server = ZoneServer({}).start()  # knows no names; daemon threads end with the session
     os.environ["MAILWARDEN_NETGUARD_DNS_PORT"] = str(server.port)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under ``--dist loadgroup`` (pytest-xdist) a file's tests run on one worker, so a module
+    fixture starts its service once; the files that install the wheel share its one build."""
+    if not config.getoption("loadgroup", default=False):
+        return
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            shared = "built_wheel" in getattr(item, "fixturenames", ())
+            group = "built_wheel" if shared else item.nodeid.split("::")[0]
+            item.add_marker(pytest.mark.xdist_group(group))
 
 
 def _refused_traffic() -> list[str]:
@@ -84,8 +109,30 @@ def corpus() -> Path:
     return path
 
 
+# Not the module-level generator, which hypothesis seeds alike in every process.
+_PORTS = random.SystemRandom()
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    """A TCP port on 127.0.0.1 that was free a moment ago.
+
+    Drawn below the kernel's ephemeral range: a client socket (of this run, another worker of
+    it or another program) takes its port from that range, so it cannot take this one before
+    the test's server binds it (seen as "Address already in use" under pytest-xdist).
+    """
+    low = _ephemeral_low()
+    for _ in range(200) if low > 11000 else ():
+        port = _PORTS.randrange(10000, low)
+        with socket.socket() as sock, contextlib.suppress(OSError):
+            sock.bind(("127.0.0.1", port))
+            return port
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])

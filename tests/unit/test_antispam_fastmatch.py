@@ -12,6 +12,7 @@ import fcntl
 import os
 import re
 import warnings
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -161,9 +162,25 @@ def _corpus_messages(corpus: Path) -> list[Path]:
     return files
 
 
+def _once_per_targets(regex_hits: Callable[[RuleTargets], set[str]]) -> Callable[..., set[str]]:
+    """``regex_hits`` run once for the same targets object (a copy of that answer again):
+    it is a function of the targets, and the re engine's pass over the stock set is most of
+    the engine comparison's time."""
+    last: list[tuple[RuleTargets, set[str]]] = []
+
+    def once(targets: RuleTargets) -> set[str]:
+        if not last or last[0][0] is not targets:
+            last[:] = [(targets, regex_hits(targets))]
+        return set(last[0][1])
+
+    return once
+
+
 # Compiling the stock set's databases takes minutes on 2 cores the first time (then cached).
 @pytest.mark.timeout(900)
-def test_hyperscan_and_re_give_the_same_hits_on_the_corpus(corpus: Path) -> None:
+def test_hyperscan_and_re_give_the_same_hits_on_the_corpus(
+    corpus: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     ensure_packages("spamassassin")
     need(STOCK.is_dir(), f"the spamassassin package left no rules in {STOCK}")
     files = _corpus_messages(corpus)
@@ -173,6 +190,8 @@ def test_hyperscan_and_re_give_the_same_hits_on_the_corpus(corpus: Path) -> None
         fast = load_rules([STOCK, BUILTIN_RULES])
         slow = load_rules([STOCK, BUILTIN_RULES], engine="re")
     assert fast._matching.fast, "hyperscan databases were built"
+    # match() below reuses the reference's regex pass over the same targets.
+    monkeypatch.setattr(slow, "regex_hits", _once_per_targets(slow.regex_hits))
     plugin = AntispamPlugin()
     plugin.configure(AntispamConfig(rule_files=[str(STOCK)]))
     compared = total = metas = 0
@@ -498,7 +517,9 @@ def test_a_back_reference_header_rule_runs_re_only_where_hyperscan_reports_it(
         assert len(confirmations) - before == confirmed, sender
 
 
-@settings(max_examples=1500, deadline=None)
+# 500 examples: drawing from the regex is nearly all of the time (7 ms an example), and
+# planted bugs in _SIMPLE_ADDRESS that 1,500 examples caught were caught by 300 as well.
+@settings(max_examples=500, deadline=None)
 @given(
     st.one_of(
         st.from_regex(_SIMPLE_ADDRESS, fullmatch=True),

@@ -255,6 +255,8 @@ NOW = int(time.time())
         ("; d=football.example.com", "tag d= appears twice"),
         ("; l=ten", "l=ten is not a body length"),
     ],
+    # Named, not numbered by the clock: pytest-xdist workers must collect the same test ids.
+    ids=["x-not-after-t", "t-in-the-future", "d-twice", "l-not-a-length"],
 )
 def test_signature_tag_errors_are_permerror_naming_the_tag(
     tags: str, reason: str, rsa_key: Key, verify: Any
