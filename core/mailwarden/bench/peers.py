@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["opendkim_milter", "rspamd_milter", "run_peers"]
+__all__ = ["opendkim_milter", "rspamd_milter", "run_peers", "spamd_check", "spamd_server"]
 
 # SpamAssassin is about 50 times slower than rspamd: it gets every 8th message, at most 250,
 # so a run stays within minutes; its rate is per message all the same.
@@ -223,18 +223,25 @@ def _rspamd_check(port: int) -> Callable[[bytes], None]:
 
 
 @contextmanager
-def _spamd(workers: int) -> Iterator[int]:
+def spamd_server(workers: int = 1) -> Iterator[int]:
+    """SpamAssassin's spamd (``workers`` children, network tests and Bayes off) on 127.0.0.1;
+    yields its port. Needs the ``spamd`` package and root (its children run as nobody)."""
     work = Path(tempfile.mkdtemp(prefix="mailwarden-bench-spamd-"))
-    # spamd's children run as nobody and must read the site config.
+    # spamd's children run as nobody and must read the site config. The CLI runs under umask
+    # 077, so every mode is set here: with the umask's, the children could not read their
+    # configuration, died, and each connection was reset.
     work.chmod(0o755)
     site = work / "site"
     site.mkdir()
+    site.chmod(0o755)
     for pre in Path("/etc/spamassassin").glob("*.pre"):
         shutil.copy(pre, site)
     (site / "local.cf").write_text(
         "use_bayes 0\nbayes_auto_learn 0\nskip_rbl_checks 1\ndns_available no\n"
         "use_razor2 0\nuse_pyzor 0\nuse_dcc 0\nuse_auto_whitelist 0\nuse_txrep 0\n"
     )
+    for config in site.iterdir():
+        config.chmod(0o644)
     port = _free_port()
     with _serving(
         [
@@ -256,7 +263,9 @@ def _spamd(workers: int) -> Iterator[int]:
         yield port
 
 
-def _spamd_check(port: int) -> Callable[[bytes], None]:
+def spamd_check(port: int) -> Callable[[bytes], None]:
+    """A function sending one message to spamd at ``port`` (CHECK); raises unless EX_OK."""
+
     def send(raw: bytes) -> None:
         with socket.create_connection(("127.0.0.1", port), timeout=120) as sock:
             head = f"CHECK SPAMC/1.5\r\nContent-length: {len(raw)}\r\nUser: nobody\r\n\r\n"
@@ -299,8 +308,8 @@ def run_peers(messages: list[bytes], workers: int) -> list[dict[str, Any]]:
         subset = messages[::_SPAMD_STRIDE][:_SPAMD_MAX]
         _say(f"SpamAssassin spamd, {workers} child(ren), {len(subset)} messages ...")
         try:
-            with _spamd(workers) as port:
-                rate = _drive(subset, threads, _spamd_check(port))
+            with spamd_server(workers) as port:
+                rate = _drive(subset, threads, spamd_check(port))
             results.append(
                 {
                     "name": f"SpamAssassin spamd, {workers} child(ren)",
