@@ -153,15 +153,19 @@ counter = open_counter()
 assert counter.measure in (INSTRUCTIONS, CPU_TIME)
 assert (counter.measure == CPU_TIME) == bool(counter.why)
 began = counter.read()
-worker = threading.Thread(target=lambda: sum(i * i for i in range(300_000)))
+worker = threading.Thread(target=lambda: sum(i * i for i in range(1_500_000)))
 worker.start()
 worker.join()
 in_thread = counter.read() - began
-began = counter.read()
-time.sleep(0.2)  # waiting is not work
-idle = counter.read() - began
+# Waiting is not work. On a VM the CPU clock bills a woken process for time the host took
+# (steal), a millisecond or two at a busy moment: the quietest of three waits is the floor.
+idle = []
+for _ in range(3):
+    began = counter.read()
+    time.sleep(0.1)
+    idle.append(counter.read() - began)
 counter.close()
-print(in_thread, idle)
+print(in_thread, min(idle))
 """
 
 
