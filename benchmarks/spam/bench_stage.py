@@ -234,19 +234,25 @@ def _labelled(count: int | None = None) -> list[tuple[bytes, str, str]]:
     return [((corpus / r["path"]).read_bytes(), r["label"], r["path"]) for r in rows]
 
 
-def _findings(out: Path, generated: list[bytes]) -> None:
+def _findings(out: Path, generated: list[bytes], rule_files: list[str]) -> None:
     messages = _labelled()
     messages += [(raw, "", f"generated-{i}") for i, raw in enumerate(generated)]
     with out.open("w") as sink:
         for trained in (False, True):
-            asyncio.run(_dump(sink, messages, trained))
+            asyncio.run(_dump(sink, messages, trained, rule_files))
 
 
-async def _dump(sink: Any, messages: list[tuple[bytes, str, str]], trained: bool) -> None:
+async def _dump(
+    sink: Any, messages: list[tuple[bytes, str, str]], trained: bool, rule_files: list[str]
+) -> None:
+    # --spam-rules loads beside the shipped rules, as in the timed passes.
+    extra = {"rule_files": rule_files} if rule_files else {}
     with tempfile.TemporaryDirectory(prefix="mailwarden-bench-stage-") as tmp:
         plugin = mailwarden_antispam.AntispamPlugin()
         plugin.configure(
-            mailwarden_antispam.AntispamConfig(authentication=False, dns_servers=["127.0.0.1"]),
+            mailwarden_antispam.AntispamConfig(
+                authentication=False, dns_servers=["127.0.0.1"], **extra
+            ),
             Path(tmp),
         )
         getattr(plugin.rules, "wait_ready", lambda: True)()
@@ -299,7 +305,7 @@ def main() -> None:
         found = load_directory(args.corpus)
         messages = [found[i % len(found)] for i in range(args.messages)]
     if args.findings is not None:
-        _findings(args.findings, messages)
+        _findings(args.findings, messages, args.spam_rules)
         return
     asyncio.run(_run(args, messages))
 
