@@ -233,8 +233,9 @@ def _is_async(function: Callable[..., Any]) -> bool:
     return found
 
 
-class _Resumed:
-    """Awaiting it goes on with ``coroutine``, whose first step yielded ``waiting``: what it
+class Resumed:
+    """Awaiting it goes on with ``coroutine``, whose first step the caller ran itself (as
+    call_impl and the milter's decision do) and which yielded ``waiting``: what it
     yields goes to the task running the awaiter, what that task sends or throws (a
     cancellation when the budget is spent) goes into it, as ``await coroutine`` would."""
 
@@ -264,11 +265,6 @@ class _Resumed:
                     return done.value
 
 
-# For a caller that runs a coroutine's first step itself, as call_impl does (the milter's
-# decision: no keep-alive timer for one that does not wait).
-Resumed = _Resumed
-
-
 async def call_impl(
     function: Callable[..., Any],
     kwargs: dict[str, Any],
@@ -293,7 +289,7 @@ async def call_impl(
         except StopIteration as done:
             return done.value
         async with asyncio.timeout(budget - (loop.time() - began)):
-            return await _Resumed(coroutine, waiting)
+            return await Resumed(coroutine, waiting)
     async with asyncio.timeout(budget):
         loop = asyncio.get_running_loop()
         result = await loop.run_in_executor(executor, lambda: function(**kwargs))
