@@ -17,6 +17,15 @@ fdatasynced, after the message body went to the next hop and before the final do
 found with ``D`` after a crash may or may not have been accepted, so it is quarantined for an
 admin rather than delivered a second time: exactly once, or in the quarantine.
 
+A delivered message's file is not unlinked but renamed into ``free/``, emptied, and kept open
+(up to :data:`FREE_MAX` files): the next message is written into it once the queue directory's
+sync that recorded the removal has run, then fsynced and renamed into ``queue/`` as a new file
+would be. Creating a file allocates an inode, which on this VM's ext4 (no journal) scans the
+inode table for recently deleted ones: a quarter of the event loop's CPU in ``perf``, and the
+last close of an unlinked file frees it again. Waiting for the removal's sync keeps a power
+loss from finding the old name in ``queue/`` with the new message in it. ``free/`` holds no
+message data (each file is emptied first) and is cleared at start like ``tmp/``.
+
 Whoever works on a message holds ``flock`` on its ``.msg`` file. Worker processes sharing the
 spool therefore never deliver the same message twice, and a killed process's locks vanish with
 it, so a restarted one picks its messages up.
@@ -38,6 +47,7 @@ same as in the synchronous methods: the caller resumes only after its sync retur
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import errno
 import fcntl
@@ -48,12 +58,14 @@ import queue
 import shutil
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
+import mailwarden_native as native
 from mailwarden_sdk import Envelope
 
 from .durable import fsync_dir as _fsync_dir
@@ -79,6 +91,8 @@ os.register_at_fork(after_in_child=_new_pid)
 _QUEUED, _IN_DOUBT = b"Q", b"D"
 #: Message files up to this size are read on the caller's thread (see SpoolEntry.raw_if_small).
 INLINE_READ_MAX = 256 * 1024
+#: Emptied files of delivered messages a spool keeps open for the next ones (see the docstring).
+FREE_MAX = 64
 #: What ``damaged/`` may hold before its oldest entries are removed (each one logged).
 DAMAGED_MAX_BYTES = 1 << 30
 # Errors that say the entry itself cannot be read; others (no descriptors left, no memory)
@@ -200,6 +214,30 @@ _SYNCER_IDLE_EXIT = 10.0
 _After = Callable[[], Any]
 
 
+class _FileJob:
+    """A syncer job the C core runs with the batch's other ones in one call without the GIL
+    (:func:`mailwarden_native.spool_batch`): ``op`` on ``fd`` (and ``src`` renamed to
+    ``dst``); ``finish`` gets its errno in the syncer thread and returns the job's result or
+    raises."""
+
+    __slots__ = ("dst", "fd", "finish", "op", "src")
+
+    def __init__(
+        self,
+        op: int,
+        fd: int,
+        finish: Callable[[int], Any],
+        src: bytes | None = None,
+        dst: bytes | None = None,
+    ) -> None:
+        self.op, self.fd, self.finish, self.src, self.dst = op, fd, finish, src, dst
+
+
+def _raise_errno(err: int) -> None:
+    if err:
+        raise OSError(err, os.strerror(err))
+
+
 class _Syncer:
     """Threads that run the spool's blocking file work for event loops, in batches.
 
@@ -210,11 +248,15 @@ class _Syncer:
     busy, and from then on each wake-up serves a batch.
     """
 
-    def __init__(self, sync_dir: Callable[[], None], threads: int = 4) -> None:
+    def __init__(self, sync_dir: Callable[[], None], directory: str, threads: int = 4) -> None:
         self._sync_dir = sync_dir
+        # The batches of file jobs sync it by its path in C (open, fsync, close: no GIL).
+        self._directory = os.fsencode(directory)
         self._max = threads
         self._jobs: queue.SimpleQueue[
-            tuple[asyncio.AbstractEventLoop, asyncio.Future[Any], Callable[[], Any], bool]
+            tuple[
+                asyncio.AbstractEventLoop, asyncio.Future[Any], Callable[[], Any] | _FileJob, bool
+            ]
         ] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._threads = 0
@@ -227,7 +269,7 @@ class _Syncer:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_loop: asyncio.AbstractEventLoop | None = None
 
-    def run(self, job: Callable[[], Any], *, sync_dir: bool) -> asyncio.Future[Any]:
+    def run(self, job: Callable[[], Any] | _FileJob, *, sync_dir: bool) -> asyncio.Future[Any]:
         """Run ``job`` in a syncer thread; with ``sync_dir`` the queue directory is synced
         after it (and before the callable it returns, if any, runs)."""
         loop = asyncio.get_running_loop()
@@ -239,15 +281,22 @@ class _Syncer:
                 threading.Thread(target=self._work, name="spool-sync", daemon=True).start()
         return future
 
-    def sync_later(self) -> None:
+    def sync_later(self) -> int:
         """Count a removal whose directory entry must reach the disk: the next batch's sync
-        covers it; if none has started within :data:`_REMOVAL_SYNC_DELAY`, one is run."""
+        covers it; if none has started within :data:`_REMOVAL_SYNC_DELAY`, one is run.
+        Returns the removal's number: it is on the disk once :meth:`covered` reaches it."""
         self._removals += 1
+        removal = self._removals
         loop = asyncio.get_running_loop()
         # A timer of a loop that has ended (a test's asyncio.run) never fires: not waited on.
         if self._timer is None or self._timer_loop is not loop:
             self._timer_loop = loop
             self._timer = loop.call_later(_REMOVAL_SYNC_DELAY, self._sync_if_needed)
+        return removal
+
+    def covered(self) -> int:
+        """How many removals counted by :meth:`sync_later` a finished directory sync covers."""
+        return self._covered
 
     def _sync_if_needed(self) -> None:
         self._timer = None
@@ -284,20 +333,33 @@ class _Syncer:
                     break
             # Per job: [result, exception]; filled in the order the jobs came.
             outcomes: list[list[Any]] = []
-            for _loop, _future, job, _sync in batch:
+            files: list[tuple[_FileJob, list[Any]]] = []
+            # A job run here that asked for the directory sync and succeeded.
+            needs_sync = False
+            for _loop, _future, job, sync in batch:
+                if isinstance(job, _FileJob):
+                    outcomes.append([None, None])
+                    files.append((job, outcomes[-1]))
+                    continue
                 try:
                     outcomes.append([job(), None])
+                    needs_sync = needs_sync or sync
                 except BaseException as exc:
                     outcomes.append([None, exc])
             synced = [o for (*_, sync), o in zip(batch, outcomes, strict=True) if sync]
-            if any(o[1] is None for o in synced):
-                failed: BaseException | None = None
-                # Every removal counted before this sync starts is covered by it.
-                removals = self._removals
+            # Every removal counted before this sync starts is covered by it.
+            removals = self._removals
+            failed: BaseException | None = None
+            dir_synced = False
+            if files:
+                failed, dir_synced = self._run_files(files, needs_sync, any(synced))
+            elif needs_sync:
                 try:
                     self._sync_dir()
+                    dir_synced = True
                 except BaseException as exc:
                     failed = exc
+            if dir_synced or failed is not None:
                 if failed is None:
                     self._covered = max(self._covered, removals)
                 for outcome in synced:
@@ -319,6 +381,36 @@ class _Syncer:
                 with contextlib.suppress(RuntimeError):
                     loop.call_soon_threadsafe(_resolve, done)
             del by_loop
+
+    def _run_files(
+        self, files: list[tuple[_FileJob, list[Any]]], needs_sync: bool, any_sync: bool
+    ) -> tuple[OSError | None, bool]:
+        """Run the batch's file jobs in one call into the C core, with the directory sync
+        when a job asked for one; fill their outcomes. Returns the sync's error and whether
+        it ran and succeeded."""
+        jobs = [job for job, _ in files]
+        if needs_sync:
+            dir_sync = native.SPOOL_DIR_ALWAYS
+        elif any_sync:
+            dir_sync = native.SPOOL_DIR_IF_COMMIT
+        else:
+            dir_sync = native.SPOOL_DIR_NONE
+        errs, synced = native.spool_batch(
+            [j.op for j in jobs],
+            [j.fd for j in jobs],
+            [j.src for j in jobs],
+            [j.dst for j in jobs],
+            self._directory,
+            dir_sync,
+        )
+        for (job, outcome), err in zip(files, errs, strict=True):
+            try:
+                outcome[0] = job.finish(err)
+            except BaseException as exc:
+                outcome[:] = [None, exc]
+        if synced > 0:
+            return OSError(synced, os.strerror(synced)), False
+        return None, synced == 0
 
 
 def _nothing() -> None:
@@ -426,18 +518,27 @@ class Spool:
         self.tmp = root / "tmp"
         self.queue = root / "queue"
         self.damaged = root / "damaged"
+        self.free = root / "free"
         self.damaged_max_bytes = damaged_max_bytes
         # The hot paths join strings: a pathlib join and its str() cost more than the
         # system call they feed (five or six per message).
         self._queue_s = f"{self.queue}{os.sep}"
         self._tmp_s = f"{self.tmp}{os.sep}"
+        self._free_s = f"{self.free}{os.sep}"
+        # Emptied files of delivered messages, locked and open, for the next messages: the
+        # descriptor, the path in free/ and the removal's number (reused once synced).
+        self._pool: collections.deque[tuple[int, str, int]] = collections.deque()
+        self._pool_pid = _PID
+        self._pool_lock = threading.Lock()
+        weakref.finalize(self, _close_pool, self._pool)
         self._sync_queue = _GroupSync(self.queue)
-        self._syncer = _Syncer(self._sync_queue)
+        self._syncer = _Syncer(self._sync_queue, str(self.queue))
         self._made = False
 
     def _ensure(self) -> None:
         self.tmp.mkdir(parents=True, exist_ok=True)
         self.queue.mkdir(parents=True, exist_ok=True)
+        self.free.mkdir(exist_ok=True)
         if self._made:
             # Made again under a running gateway: the folder held open is the removed one.
             self._sync_queue.reopen()
@@ -464,6 +565,9 @@ class Spool:
         for path in self.tmp.iterdir():
             path.unlink(missing_ok=True)
             removed += 1
+        # Emptied files kept for reuse, or a message cut off while written into one.
+        for path in self.free.iterdir():
+            path.unlink(missing_ok=True)
         for path in self.queue.glob(".*.tmp"):
             path.unlink(missing_ok=True)
             removed += 1
@@ -493,18 +597,23 @@ class Spool:
             # Creating, writing and locking a small file is page-cache work of microseconds,
             # done here; the thread does only what waits for the disk (the sync, the rename
             # after it): every system call it makes hands the GIL to this loop and back.
-            entry, tmp = self._open_file(raw, envelope)
+            entry, tmp = self._open_file(raw, envelope, pooled=True)
             written.append(entry)
-
-            def job() -> SpoolEntry:
-                self._commit_file(entry, tmp, None)
-                return entry
-
+            entry._stateless = True
+            job: Callable[[], SpoolEntry] | _FileJob = _FileJob(
+                native.SPOOL_COMMIT,
+                entry.fd,
+                lambda err: self._committed(entry, tmp, err),
+                os.fsencode(tmp),
+                os.fsencode(f"{self._queue_s}{entry.id}.msg"),
+            )
         else:
 
-            def job() -> SpoolEntry:
+            def write_job() -> SpoolEntry:
                 written.append(self._write_file(raw, envelope, state))
                 return written[0]
+
+            job = write_job
 
         try:
             spooled: SpoolEntry = await self._syncer.run(job, sync_dir=True)
@@ -526,8 +635,11 @@ class Spool:
         self._commit_file(entry, tmp, state)
         return entry
 
-    def _open_file(self, raw: bytes, envelope: Envelope) -> tuple[SpoolEntry, str]:
-        """The message written (not synced) and locked in ``tmp/``: the entry and its path."""
+    def _open_file(
+        self, raw: bytes, envelope: Envelope, *, pooled: bool = False
+    ) -> tuple[SpoolEntry, str]:
+        """The message written (not synced) and locked in ``tmp/``, or with ``pooled`` in a
+        file of the pool when one is ready: the entry and its path."""
         try:
             id = f"{time.time_ns():x}{_PID:x}{next(_counter):x}{os.urandom(3).hex()}"
             now, mono = time.time(), time.monotonic()
@@ -541,13 +653,21 @@ class Spool:
                 )
             )
             header = _QUEUED + meta + b"\n"
-            tmp = f"{self._tmp_s}{id}.msg"
-            fd = self._create(tmp)
+            reused = self._from_pool() if pooled else None
+            if reused is None:
+                tmp = f"{self._tmp_s}{id}.msg"
+                fd = self._create(tmp)
+            else:
+                # Empty, and locked since it was this process's message.
+                fd, tmp = reused
             try:
-                view = memoryview(header + raw)
+                # At offset 0: a file of the pool keeps the offset its last message left.
+                view, at = memoryview(header + raw), 0
                 while view:
-                    view = view[os.write(fd, view) :]
-                fcntl.flock(fd, fcntl.LOCK_EX)
+                    n = os.pwrite(fd, view, at)
+                    view, at = view[n:], at + n
+                if reused is None:
+                    fcntl.flock(fd, fcntl.LOCK_EX)
             except BaseException:
                 os.close(fd)
                 _unlink(tmp)
@@ -572,6 +692,74 @@ class Spool:
             entry._data = raw
         return entry, tmp
 
+    def _from_pool(self) -> tuple[int, str] | None:
+        """An emptied file of a delivered message whose removal is on the disk, or None."""
+        pool = self._pool
+        if not pool:
+            return None
+        with self._pool_lock:
+            if self._pool_pid != _PID:
+                # A forked worker shares the parent's descriptions (and their locks).
+                _close_pool(pool)
+                self._pool_pid = _PID
+                return None
+            if not pool or pool[0][2] > self._syncer.covered():
+                return None
+            fd, path, _ = pool.popleft()
+        return fd, path
+
+    def _to_pool(self, entry: SpoolEntry) -> bool:
+        """Move the delivered ``entry`` out of ``queue/`` into the pool; False when it cannot
+        be kept (the pool full, a failure: then it is still in ``queue/``)."""
+        if len(self._pool) >= FREE_MAX or self._pool_pid != _PID or entry.fd < 0:
+            return False
+        free = f"{self._free_s}{entry.id}"
+        try:
+            os.rename(f"{self._queue_s}{entry.id}.msg", free)
+        except OSError:
+            # free/ removed under a running gateway: made again for the next one.
+            with contextlib.suppress(OSError):
+                self.free.mkdir(exist_ok=True)
+            return False
+        fd = entry.fd
+        try:
+            # Renamed first: a crash in between leaves a whole message in free/, not an
+            # empty one in queue/ (read as damaged).
+            os.ftruncate(fd, 0)
+        except OSError:
+            _unlink(free)
+            entry.release()
+        else:
+            entry.fd = -1
+            entry._data = None
+            removal = self._syncer.sync_later()
+            with self._pool_lock:
+                self._pool.append((fd, free, removal))
+        return True
+
+    def _committed(self, entry: SpoolEntry, tmp: str, err: int) -> SpoolEntry:
+        """The end of a small message's :class:`_FileJob` (fsync, rename into ``queue/``),
+        given its errno: the entry, or on a failure the file gone, the entry released and
+        DeliveryError raised."""
+        if err == 0:
+            return entry
+        if err == native.SPOOL_AT_RENAME + errno.ENOENT:
+            # The folders were removed under a running gateway: what _commit_file does then.
+            try:
+                self._ensure()
+                if not os.path.lexists(tmp):
+                    tmp = self._rewrite(entry)
+                os.rename(tmp, f"{self._queue_s}{entry.id}.msg")
+                self._sync_queue()
+                return entry
+            except OSError as exc:
+                err = exc.errno or errno.EIO
+        entry.release()
+        _unlink(tmp)
+        raise DeliveryError(
+            f"cannot spool the message: {os.strerror(err % native.SPOOL_AT_RENAME)}"
+        )
+
     def _commit_file(self, entry: SpoolEntry, tmp: str, state: SpoolState | None) -> None:
         """Sync the file written by :meth:`_open_file`, save ``state`` with it (durably) and
         move it into ``queue/``; on a failure the file is gone and the entry released."""
@@ -585,6 +773,9 @@ class Spool:
                 os.rename(tmp, queued)
             except FileNotFoundError:
                 self._ensure()
+                if not os.path.lexists(tmp):
+                    # A file of the pool whose folder was removed meanwhile: written anew.
+                    tmp = self._rewrite(entry)
                 os.rename(tmp, queued)
         except BaseException as exc:
             entry.release()
@@ -592,6 +783,26 @@ class Spool:
             if isinstance(exc, OSError):
                 raise DeliveryError(f"cannot spool the message: {exc.strerror or exc}") from exc
             raise
+
+    def _rewrite(self, entry: SpoolEntry) -> str:
+        """Copy ``entry``'s file to a new one in ``tmp/`` (fsynced, locked), which it then
+        holds instead; the path of the copy."""
+        data = os.pread(entry.fd, os.fstat(entry.fd).st_size, 0)
+        tmp = f"{self._tmp_s}{entry.id}.msg"
+        fd = self._create(tmp)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            _unlink(tmp)
+            raise
+        os.close(entry.fd)
+        entry.fd = fd
+        return tmp
 
     def ids(self) -> list[str]:
         """Ids of the spooled messages, oldest first (ids start with the spool time)."""
@@ -770,8 +981,9 @@ class Spool:
         flag = _IN_DOUBT if in_doubt else _QUEUED
         os.pwrite(entry.fd, flag, 0)
         entry._flag = flag
-        fd = entry.fd
-        await self._syncer.run(lambda: os.fdatasync(fd), sync_dir=False)
+        await self._syncer.run(
+            _FileJob(native.SPOOL_DATASYNC, entry.fd, _raise_errno), sync_dir=False
+        )
 
     async def remove_delivered(self, entry: SpoolEntry) -> None:
         """:meth:`remove` on an event loop once the next hop took the message: the unlink is
@@ -782,6 +994,11 @@ class Spool:
         dot, so a crash before the unlink reaches the disk finds the message flagged and
         quarantines it instead of delivering it twice, whether or not anyone waited.
         """
+        if self._to_pool(entry):
+            entry.unlinked = True
+            if entry._state_file:
+                _unlink(f"{self._queue_s}{entry.id}.state")
+            return
         _unlink(f"{self._queue_s}{entry.id}.msg")
         entry.unlinked = True
         self.remove(entry)
@@ -802,6 +1019,13 @@ class Spool:
                 _unlink(f"{self._queue_s}{entry.id}.state")
         finally:
             entry.release()
+
+
+def _close_pool(pool: collections.deque[tuple[int, str, int]]) -> None:
+    # Closed, not unlinked: the files are empty and free/ is cleared at the next start.
+    while pool:
+        with contextlib.suppress(OSError):
+            os.close(pool.popleft()[0])
 
 
 def _unlink(path: str) -> None:

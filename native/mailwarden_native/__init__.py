@@ -50,6 +50,15 @@ from ._sigs import (
     SignatureError,
     SigScanner,
 )
+from ._spool import (
+    SPOOL_AT_RENAME,
+    SPOOL_COMMIT,
+    SPOOL_DATASYNC,
+    SPOOL_DIR_ALWAYS,
+    SPOOL_DIR_IF_COMMIT,
+    SPOOL_DIR_NONE,
+    spool_batch,
+)
 from ._version import check_core_version, core_version
 from ._words import ascii_words, unicode_words
 
@@ -63,6 +72,12 @@ __all__ = [
     "OFF_ABS",
     "OFF_ANY",
     "OFF_EOF",
+    "SPOOL_AT_RENAME",
+    "SPOOL_COMMIT",
+    "SPOOL_DATASYNC",
+    "SPOOL_DIR_ALWAYS",
+    "SPOOL_DIR_IF_COMMIT",
+    "SPOOL_DIR_NONE",
     "HeaderFlag",
     "MalformationFlag",
     "Matcher",
@@ -102,6 +117,7 @@ __all__ = [
     "parse_params",
     "resolve_charset",
     "shingle_sketch",
+    "spool_batch",
     "strerror",
     "unicode_words",
 ]

@@ -1,7 +1,7 @@
 # Types of the cffi-generated extension, kept in step with native/cdef/*.h (a test checks
 # that every declared function and constant is here).  cdata objects (pointers, arrays,
 # structs) are dynamic: their fields and items are typed where the binding reads them.
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from typing_extensions import Buffer
@@ -119,6 +119,12 @@ class _Lib:
     MW_URL_SRC_META: int
     MW_SKETCH_MAX_K: int
     MW_SKETCH_MAX_SHINGLE: int
+    MW_SPOOL_AT_RENAME: int
+    MW_SPOOL_COMMIT: int
+    MW_SPOOL_DATASYNC: int
+    MW_SPOOL_DIR_ALWAYS: int
+    MW_SPOOL_DIR_IF_COMMIT: int
+    MW_SPOOL_DIR_NONE: int
     MW_URL_SRC_SRC: int
     MW_URL_SRC_TEXT: int
     MW_URL_TRUNCATED: int
@@ -142,6 +148,18 @@ class _Lib:
     def mw_detect_type(self, buf: CData | bytes, len: int, /) -> int: ...
     def mw_type_name(self, type: int, /) -> CData: ...
     def mw_blake2b64(self, src: CData | bytes, len: int, /) -> int: ...
+    def mw_spool_batch(
+        self,
+        n: int,
+        ops: Sequence[int],
+        fds: Sequence[int],
+        srcs: Sequence[CData],
+        dsts: Sequence[CData],
+        errs: CData,
+        dir: CData | bytes,
+        dir_sync: int,
+        /,
+    ) -> int: ...
     def mw_shingle_sketch(
         self, words: CData | bytes, len: int, shingle: int, k: int, out: CData, /
     ) -> int: ...

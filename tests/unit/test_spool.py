@@ -281,8 +281,9 @@ def test_a_delivered_message_s_removal_reaches_the_disk_without_more_mail(
 def test_a_spool_folder_made_again_under_a_running_gateway_is_the_one_synced(
     tmp_path: Path,
 ) -> None:
-    # The queue folder's descriptor is kept for its syncs; a folder removed and made again
-    # must be synced itself, not the removed one through a stale descriptor.
+    # The queue folder's descriptor is kept for the synchronous syncs; a folder removed and
+    # made again must be synced itself, not the removed one through a stale descriptor. The
+    # event loop's batches sync it by its path.
     spool = Spool(tmp_path / "spool")
     envelope = Envelope(mail_from="alice@example.org", rcpt_to=["bob@example.net"])
 
@@ -291,9 +292,68 @@ def test_a_spool_folder_made_again_under_a_running_gateway_is_the_one_synced(
         assert entry.path.exists() and entry.raw() == make_message()
         entry.release()
 
-    asyncio.run(spool_one())
+    spool.write(make_message(), envelope).release()
     shutil.rmtree(spool.root)
-    asyncio.run(spool_one())
+    spool.write(make_message(), envelope).release()
     kept = spool._sync_queue._fd
     assert os.fstat(kept).st_ino == spool.queue.stat().st_ino
+    shutil.rmtree(spool.root)
+    asyncio.run(spool_one())
     assert len(spool.ids()) == 1
+
+
+def test_a_delivered_message_s_file_is_reused_once_its_removal_is_synced(
+    tmp_path: Path,
+) -> None:
+    # The file of a delivered message takes the next message (no inode to allocate) only
+    # after the queue directory's sync that recorded the removal, and then holds that message
+    # alone: not the longer one before it, its state or its in-doubt flag.
+    spool = Spool(tmp_path / "spool")
+    envelope = Envelope(mail_from="alice@example.org", rcpt_to=["bob@example.net"])
+    long, short = make_message(body="long " * 2000), make_message(subject="short")
+
+    async def main() -> None:
+        first = await spool.write_async(long, envelope)
+        spool.save_state(first, SpoolState(decided=True, add_headers=[("X-A", "1")]), durable=False)
+        await spool.mark_in_doubt_async(first, True)
+        reused = os.fstat(first.fd).st_ino
+        await spool.remove_delivered(first)
+        assert not first.path.exists() and first.fd == -1
+        # Spooled before any sync covered the removal: a new file.
+        second = await spool.write_async(short, envelope)
+        assert os.fstat(second.fd).st_ino != reused
+        third = await spool.write_async(short, envelope)
+        assert os.fstat(third.fd).st_ino == reused
+        assert spool.claim(third.id) is None  # locked
+        assert spool.load_state(third.id) == SpoolState()
+        with open(third.path, "rb") as handle:
+            line = handle.readline()
+            assert line[:1] == b"Q" and handle.read() == short
+        assert all(p.stat().st_size == 0 for p in spool.free.iterdir())
+        for entry in (second, third):
+            await spool.remove_delivered(entry)
+
+    asyncio.run(main())
+    assert spool.ids() == []
+    # A restart clears the kept files with the temp files.
+    Spool(spool.root).recover()
+    assert list(spool.free.iterdir()) == [] and list(spool.tmp.iterdir()) == []
+
+
+def test_a_message_written_into_a_kept_file_whose_folder_was_removed_is_spooled(
+    tmp_path: Path,
+) -> None:
+    spool = Spool(tmp_path / "spool")
+    envelope = Envelope(mail_from="alice@example.org", rcpt_to=["bob@example.net"])
+
+    async def main() -> None:
+        first = await spool.write_async(make_message(), envelope)
+        await spool.remove_delivered(first)
+        await spool.write_async(make_message(), envelope)  # its sync covers the removal
+        shutil.rmtree(spool.free)
+        entry = await spool.write_async(make_message(subject="after"), envelope)
+        assert entry.path.exists() and entry.raw() == make_message(subject="after")
+        assert spool.claim(entry.id) is None
+
+    asyncio.run(main())
+    assert len(spool.ids()) == 2
