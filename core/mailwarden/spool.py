@@ -23,8 +23,9 @@ sync that recorded the removal has run, then fsynced and renamed into ``queue/``
 would be. Creating a file allocates an inode, which on this VM's ext4 (no journal) scans the
 inode table for recently deleted ones: a quarter of the event loop's CPU in ``perf``, and the
 last close of an unlinked file frees it again. Waiting for the removal's sync keeps a power
-loss from finding the old name in ``queue/`` with the new message in it. ``free/`` holds no
-message data (each file is emptied first) and is cleared at start like ``tmp/``.
+loss from finding the old name in ``queue/`` with the new message in it. A file in ``free/`` is
+emptied by the syncer with its next batch (truncating waits for the file system, which the
+event loop must not) and ``free/`` is cleared at start like ``tmp/``.
 
 Whoever works on a message holds ``flock`` on its ``.msg`` file. Worker processes sharing the
 spool therefore never deliver the same message twice, and a killed process's locks vanish with
@@ -233,6 +234,18 @@ class _FileJob:
         self.op, self.fd, self.finish, self.src, self.dst = op, fd, finish, src, dst
 
 
+class _Kept:
+    """An emptied file of a delivered message kept for the next one (see the docstring)."""
+
+    __slots__ = ("fd", "path", "ready", "removal")
+
+    def __init__(self, fd: int, path: str, removal: int) -> None:
+        self.fd, self.path, self.removal = fd, path, removal
+        # Set by the syncer thread once the file is empty: True, or False when emptying
+        # failed (then it is not used again).
+        self.ready: bool | None = None
+
+
 def _raise_errno(err: int) -> None:
     if err:
         raise OSError(err, os.strerror(err))
@@ -268,6 +281,8 @@ class _Syncer:
         self._covered = 0
         self._timer: asyncio.TimerHandle | None = None
         self._timer_loop: asyncio.AbstractEventLoop | None = None
+        # Files of delivered messages to empty with the next batch (appended on the loop).
+        self._emptying: collections.deque[_Kept] = collections.deque()
 
     def run(self, job: Callable[[], Any] | _FileJob, *, sync_dir: bool) -> asyncio.Future[Any]:
         """Run ``job`` in a syncer thread; with ``sync_dir`` the queue directory is synced
@@ -280,6 +295,13 @@ class _Syncer:
                 self._threads += 1
                 threading.Thread(target=self._work, name="spool-sync", daemon=True).start()
         return future
+
+    def empty_later(self, kept: _Kept) -> int:
+        """Empty ``kept``'s file with the next batch, before its directory sync (truncating
+        waits for the file system, which the event loop must not), and count its removal
+        as :meth:`sync_later` does; returns the removal's number."""
+        self._emptying.append(kept)
+        return self.sync_later()
 
     def sync_later(self) -> int:
         """Count a removal whose directory entry must reach the disk: the next batch's sync
@@ -347,12 +369,17 @@ class _Syncer:
                 except BaseException as exc:
                     outcomes.append([None, exc])
             synced = [o for (*_, sync), o in zip(batch, outcomes, strict=True) if sync]
-            # Every removal counted before this sync starts is covered by it.
+            # Every removal counted before this sync starts is covered by it, and its file
+            # (appended before it was counted) emptied by this batch or an earlier one.
             removals = self._removals
+            emptying = []
+            with contextlib.suppress(IndexError):
+                while True:
+                    emptying.append(self._emptying.popleft())
             failed: BaseException | None = None
             dir_synced = False
-            if files:
-                failed, dir_synced = self._run_files(files, needs_sync, any(synced))
+            if files or emptying:
+                failed, dir_synced = self._run_files(files, emptying, needs_sync, any(synced))
             elif needs_sync:
                 try:
                     self._sync_dir()
@@ -383,12 +410,17 @@ class _Syncer:
             del by_loop
 
     def _run_files(
-        self, files: list[tuple[_FileJob, list[Any]]], needs_sync: bool, any_sync: bool
+        self,
+        files: list[tuple[_FileJob, list[Any]]],
+        emptying: list[_Kept],
+        needs_sync: bool,
+        any_sync: bool,
     ) -> tuple[OSError | None, bool]:
-        """Run the batch's file jobs in one call into the C core, with the directory sync
-        when a job asked for one; fill their outcomes. Returns the sync's error and whether
-        it ran and succeeded."""
+        """Run the batch's file jobs and empty the kept files in one call into the C core,
+        with the directory sync when a job asked for one; fill their outcomes. Returns the
+        sync's error and whether it ran and succeeded."""
         jobs = [job for job, _ in files]
+        jobs += [_FileJob(native.SPOOL_TRUNCATE, kept.fd, _raise_errno) for kept in emptying]
         if needs_sync:
             dir_sync = native.SPOOL_DIR_ALWAYS
         elif any_sync:
@@ -403,11 +435,13 @@ class _Syncer:
             self._directory,
             dir_sync,
         )
-        for (job, outcome), err in zip(files, errs, strict=True):
+        for (job, outcome), err in zip(files, errs, strict=False):
             try:
                 outcome[0] = job.finish(err)
             except BaseException as exc:
                 outcome[:] = [None, exc]
+        for kept, err in zip(emptying, errs[len(files) :], strict=True):
+            kept.ready = not err
         if synced > 0:
             return OSError(synced, os.strerror(synced)), False
         return None, synced == 0
@@ -527,7 +561,7 @@ class Spool:
         self._free_s = f"{self.free}{os.sep}"
         # Emptied files of delivered messages, locked and open, for the next messages: the
         # descriptor, the path in free/ and the removal's number (reused once synced).
-        self._pool: collections.deque[tuple[int, str, int]] = collections.deque()
+        self._pool: collections.deque[_Kept] = collections.deque()
         self._pool_pid = _PID
         self._pool_lock = threading.Lock()
         weakref.finalize(self, _close_pool, self._pool)
@@ -703,10 +737,14 @@ class Spool:
                 _close_pool(pool)
                 self._pool_pid = _PID
                 return None
-            if not pool or pool[0][2] > self._syncer.covered():
+            while pool and pool[0].ready is False:
+                spoiled = pool.popleft()
+                os.close(spoiled.fd)
+                _unlink(spoiled.path)
+            if not pool or not pool[0].ready or pool[0].removal > self._syncer.covered():
                 return None
-            fd, path, _ = pool.popleft()
-        return fd, path
+            kept = pool.popleft()
+        return kept.fd, kept.path
 
     def _to_pool(self, entry: SpoolEntry) -> bool:
         """Move the delivered ``entry`` out of ``queue/`` into the pool; False when it cannot
@@ -721,20 +759,14 @@ class Spool:
             with contextlib.suppress(OSError):
                 self.free.mkdir(exist_ok=True)
             return False
-        fd = entry.fd
-        try:
-            # Renamed first: a crash in between leaves a whole message in free/, not an
-            # empty one in queue/ (read as damaged).
-            os.ftruncate(fd, 0)
-        except OSError:
-            _unlink(free)
-            entry.release()
-        else:
-            entry.fd = -1
-            entry._data = None
-            removal = self._syncer.sync_later()
-            with self._pool_lock:
-                self._pool.append((fd, free, removal))
+        # Renamed first and emptied after (by the syncer): a crash in between leaves a whole
+        # message in free/, not an empty one in queue/ (read as damaged).
+        kept = _Kept(entry.fd, free, 0)
+        entry.fd = -1
+        entry._data = None
+        with self._pool_lock:
+            self._pool.append(kept)
+            kept.removal = self._syncer.empty_later(kept)
         return True
 
     def _committed(self, entry: SpoolEntry, tmp: str, err: int) -> SpoolEntry:
@@ -1021,11 +1053,11 @@ class Spool:
             entry.release()
 
 
-def _close_pool(pool: collections.deque[tuple[int, str, int]]) -> None:
-    # Closed, not unlinked: the files are empty and free/ is cleared at the next start.
+def _close_pool(pool: collections.deque[_Kept]) -> None:
+    # Closed, not unlinked: free/ is cleared at the next start.
     while pool:
         with contextlib.suppress(OSError):
-            os.close(pool.popleft()[0])
+            os.close(pool.popleft().fd)
 
 
 def _unlink(path: str) -> None:

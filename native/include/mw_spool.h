@@ -5,7 +5,8 @@
  * system call made from Python releases the GIL and takes it back, and under load taking it
  * back means waiting for the event loop to let go of it, a hand-over of two context
  * switches.  One call here runs a whole batch (the fsyncs and renames of new messages, the
- * in-doubt flags' data syncs and the queue directory's sync) with the GIL released once.
+ * in-doubt flags' data syncs, the emptying of delivered messages' files and the queue
+ * directory's sync) with the GIL released once.
  */
 #ifndef MW_SPOOL_H
 #define MW_SPOOL_H
@@ -19,6 +20,7 @@ extern "C" {
 /* What one operation does with its descriptor and paths. */
 #define MW_SPOOL_COMMIT 1   /* fsync(fd), then rename(src, dst) */
 #define MW_SPOOL_DATASYNC 2 /* fdatasync(fd) */
+#define MW_SPOOL_TRUNCATE 3 /* ftruncate(fd, 0): a delivered message's file emptied for reuse */
 
 /* When the directory is synced after the operations. */
 #define MW_SPOOL_DIR_NONE 0      /* never */

@@ -57,6 +57,7 @@ from ._spool import (
     SPOOL_DIR_ALWAYS,
     SPOOL_DIR_IF_COMMIT,
     SPOOL_DIR_NONE,
+    SPOOL_TRUNCATE,
     spool_batch,
 )
 from ._version import check_core_version, core_version
@@ -78,6 +79,7 @@ __all__ = [
     "SPOOL_DIR_ALWAYS",
     "SPOOL_DIR_IF_COMMIT",
     "SPOOL_DIR_NONE",
+    "SPOOL_TRUNCATE",
     "HeaderFlag",
     "MalformationFlag",
     "Matcher",

@@ -125,6 +125,7 @@ class _Lib:
     MW_SPOOL_DIR_ALWAYS: int
     MW_SPOOL_DIR_IF_COMMIT: int
     MW_SPOOL_DIR_NONE: int
+    MW_SPOOL_TRUNCATE: int
     MW_URL_SRC_SRC: int
     MW_URL_SRC_TEXT: int
     MW_URL_TRUNCATED: int

@@ -13,11 +13,13 @@ __all__ = [
     "SPOOL_DIR_ALWAYS",
     "SPOOL_DIR_IF_COMMIT",
     "SPOOL_DIR_NONE",
+    "SPOOL_TRUNCATE",
     "spool_batch",
 ]
 
 SPOOL_COMMIT = int(lib.MW_SPOOL_COMMIT)
 SPOOL_DATASYNC = int(lib.MW_SPOOL_DATASYNC)
+SPOOL_TRUNCATE = int(lib.MW_SPOOL_TRUNCATE)
 SPOOL_DIR_NONE = int(lib.MW_SPOOL_DIR_NONE)
 SPOOL_DIR_IF_COMMIT = int(lib.MW_SPOOL_DIR_IF_COMMIT)
 SPOOL_DIR_ALWAYS = int(lib.MW_SPOOL_DIR_ALWAYS)
@@ -37,8 +39,9 @@ def spool_batch(
     dir_sync: int = SPOOL_DIR_NONE,
 ) -> tuple[list[int], int]:
     """Run the operations ``ops[i]`` on ``fds[i]`` (:data:`SPOOL_COMMIT`: fsync, then rename
-    ``srcs[i]`` to ``dsts[i]``; :data:`SPOOL_DATASYNC`: fdatasync) in order,
-    then sync ``directory`` as ``dir_sync`` says, all in one call without the GIL.
+    ``srcs[i]`` to ``dsts[i]``; :data:`SPOOL_DATASYNC`: fdatasync; :data:`SPOOL_TRUNCATE`:
+    empty the file) in order, then sync ``directory`` as ``dir_sync`` says, all in one call
+    without the GIL.
 
     Returns each operation's errno (0: done; a rename's plus :data:`SPOOL_AT_RENAME`) and the
     directory sync's (0: synced, -1: not run).

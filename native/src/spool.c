@@ -40,6 +40,10 @@ int mw_spool_batch(size_t n, const int *ops, const int *fds, const char *const *
             if (fdatasync(fds[i]) != 0)
                 err = errno;
             break;
+        case MW_SPOOL_TRUNCATE:
+            if (ftruncate(fds[i], 0) != 0)
+                err = errno;
+            break;
         default:
             err = EINVAL;
             break;

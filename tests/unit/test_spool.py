@@ -10,10 +10,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import mailwarden.spool
+import mailwarden_native as native
 from mailwarden.spool import Spool, SpoolState
 from mailwarden_sdk import Envelope
 from tests.conftest import make_message
@@ -253,19 +255,21 @@ def test_a_delivered_message_s_removal_reaches_the_disk_without_more_mail(
     spool = Spool(tmp_path / "spool")
     envelope = Envelope(mail_from="alice@example.org", rcpt_to=["bob@example.net"])
     synced: list[bool] = []
-    real = spool._syncer._sync_dir
+    real = native.spool_batch
 
-    def sync_dir() -> None:
+    def spool_batch(*args: Any) -> tuple[list[int], int]:
         # Whether the message file was still there when the queue directory's sync began.
         present = (spool.queue / f"{entry.id}.msg").exists()
-        real()
-        synced.append(present)
+        errs, dir_synced = real(*args)
+        if dir_synced == 0:
+            synced.append(present)
+        return errs, dir_synced
 
     async def main() -> None:
         nonlocal entry
         entry = await spool.write_async(make_message(), envelope)
         await spool.mark_in_doubt_async(entry, True)
-        monkeypatch.setattr(spool._syncer, "_sync_dir", sync_dir)
+        monkeypatch.setattr(native, "spool_batch", spool_batch)
         await spool.remove_delivered(entry)
         assert not entry.path.exists() and entry.fd == -1
         deadline = time.monotonic() + 5

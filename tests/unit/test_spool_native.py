@@ -44,6 +44,9 @@ def test_a_batch_commits_syncs_and_reports_each_failure_on_its_own(tmp_path: Pat
             [0],
             errno.ENOENT,
         )
+        # Emptied in place (a delivered message's file kept for the next one).
+        assert native.spool_batch([native.SPOOL_TRUNCATE], [fds[0]], [None], [None]) == ([0], -1)
+        assert os.fstat(fds[0]).st_size == 0 and (queue / "a").read_bytes() == b""
     finally:
         for fd in fds:
             os.close(fd)
