@@ -7,8 +7,9 @@ that must be durable, is ``ID.state`` beside it, which takes precedence (a state
 only costs a scan).
 ``ID.msg`` is written in ``tmp/``, fsynced, renamed into ``queue/`` and the directory fsynced, so
 after a crash a message is either fully spooled or absent. Its presence means "not yet
-delivered to the recipients the state does not list as done"; unlinking it (directory fsynced)
-is the durable record that the message left the spool. After a delivery that record's sync is
+delivered to the recipients the state does not list as done"; its removal from ``queue/``
+(unlinked, or renamed into ``free/``; the directory fsynced) is the durable record that the
+message left the spool. After a delivery that record's sync is
 not waited for (the next batch's directory sync covers it): the ``D`` flag below, durable
 already, keeps a crash before it from delivering the message twice.
 
@@ -41,7 +42,9 @@ From the event loop the syncs go to :class:`_Syncer`, a few threads each taking 
 waiting when it wakes and syncing the queue directory once for all of them: under load a
 message costs a fraction of a thread hop per sync instead of one hop each, and the threads
 still sync in parallel, which the file system commits together (its journal's group commit;
-one thread syncing every file in turn was half as fast on this VM). The durability is the
+one thread syncing every file in turn was half as fast on this VM). A batch's file work
+(fsyncs and renames, data syncs, emptying kept files, the directory sync) is one call into the
+C core, which releases the GIL once instead of once per system call. The durability is the
 same as in the synchronous methods: the caller resumes only after its sync returned.
 """
 
