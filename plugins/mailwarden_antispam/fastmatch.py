@@ -44,6 +44,8 @@ from typing import Any
 
 from mailwarden_sdk.files import atomic_write
 
+from . import shapes
+
 __all__ = [
     "CACHE_MAX_BYTES",
     "FRAME_END",
@@ -952,6 +954,7 @@ class PatternSet:
         # __FROM_NAME_IN_MSG, a back-reference over the whole raw message): re tries them
         # only at those lines instead of at every offset of the text.
         self._line_starts: dict[int, str] = {}
+        self._shaped: list[tuple[int, shapes.Shape]] = []
         for index, pattern in enumerate(patterns):
             literal = _line_literal(pattern)
             if literal:
@@ -959,9 +962,19 @@ class PatternSet:
         if _hs is None:
             self.rejected = set(range(len(patterns)))
             return
+        # Patterns an exact test answers more cheaply than hyperscan (see .shapes); never
+        # framed ones, whose text is the frame's and not the caller's.
+        if rewriter is None:
+            for index, pattern in enumerate(patterns):
+                test = shapes.recognise(pattern)
+                if test is not None:
+                    self._shaped.append((index, test))
+        shaped = {index for index, _test in self._shaped}
         self.alphabet = alphabet = Alphabet.for_patterns(patterns, reserve)
         candidates: dict[int, list[Rewrite]] = {}
         for index, pattern in enumerate(patterns):
+            if index in shaped:
+                continue
             try:
                 if rewriter is not None:
                     candidates[index] = rewriter(index, pattern, alphabet)
@@ -1059,6 +1072,12 @@ class PatternSet:
             log.debug("hyperscan cache not written: %s", exc)
 
     @property
+    def shaped(self) -> frozenset[int]:
+        """Indices of the patterns an exact test of :mod:`.shapes` answers in
+        :meth:`confirmed` instead of the database (:meth:`scan` does not report them)."""
+        return frozenset(index for index, _test in self._shaped)
+
+    @property
     def active(self) -> bool:
         """Whether a database was built (some pattern is answered by hyperscan)."""
         return self._db is not None
@@ -1098,15 +1117,17 @@ class PatternSet:
         holds none of the pattern's ambiguous bytes; every other reported pattern is
         confirmed by its ``re`` pattern.
         """
-        if not text or self._db is None:
+        if not text:
             return []
+        out = [index for index, test in self._shaped if test(text)]
+        if self._db is None:
+            return out
         data = self.encode(text)
         ends: dict[int, set[int]] = {}
         found = self._scan(data, ends)
         if not found:
-            return []
+            return out
         present: frozenset[int] | None = frozenset() if text.isascii() else None
-        out = []
         starts: dict[int, list[int]] | None = None
         for index in found:
             if self.exact[index]:
