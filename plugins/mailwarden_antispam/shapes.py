@@ -7,10 +7,10 @@ takes stays with :class:`~.fastmatch.PatternSet`'s hyperscan database as before.
 The one shape so far is "a run of N characters outside a few excluded ones", at a line start
 (``^`` in multiline mode) or anywhere: SpamAssassin's ``__LONGLINE``, ``/^[^\\r\\n]{998}/m``,
 over the whole raw message. hyperscan's repeat engine runs over every byte of a 40 KB message
-(a third of the full database's time); here the text is read in aligned chunks of
-``(N + 1) // 2`` characters with ``str.find`` (memchr) per excluded character: every run of N
-such characters holds a whole chunk free of them, and only such a chunk is looked at further,
-by ``re`` itself at the one offset where a match holding it can start.
+(a third of the full database's time); here a window of N characters is read backwards with
+``str.rfind`` (memrchr): the last excluded character in it ends every run starting before it,
+so the walk jumps past it (about N characters a step over ordinary lines), and where a window
+holds none, ``re`` itself answers at the one offset a match can start there.
 """
 
 from __future__ import annotations
@@ -91,38 +91,33 @@ class _LongRun:
         self.run = run
         self.excluded = excluded
         self.anchored = anchored
-        # A run of `run` holds a whole chunk [k*c, (k+1)*c) when 2c - 1 <= run.
-        self.chunk = (run + 1) // 2
 
     def __call__(self, text: str) -> bool:
-        size = len(text)
-        run, chunk, excluded = self.run, self.chunk, self.excluded
-        if size < run:
-            return False
-        start = 0
-        last = size - chunk
-        while start <= last:
-            end = start + chunk
-            blocked = -1
-            for char in excluded:
-                blocked = text.rfind(char, start, end)
-                if blocked >= 0:
-                    break
-            if blocked >= 0:
-                # No run holding this chunk; the next candidate chunk lies past the block.
-                start = end
-                continue
-            if self._holds(text, start):
-                return True
-            start = end
-        return False
-
-    def _holds(self, text: str, at: int) -> bool:
-        """Whether a match contains the chunk at ``at`` (free of the excluded characters):
-        its run starts right after the last excluded character before ``at`` (after the
-        line's newline, anchored), the one offset re is asked about."""
+        # Every run starting before ``at`` is known to be short (unanchored: every start;
+        # anchored: every line start; ``at`` is one). The last excluded character of the
+        # window [at, at + N) ends every run starting up to it: the next start is past it.
+        run, match = self.run, self.pattern.match
+        last = len(text) - run
+        at = 0
         if self.anchored:
-            begin = text.rfind("\n", 0, at) + 1
-        else:
-            begin = max(text.rfind(char, 0, at) for char in self.excluded) + 1
-        return self.pattern.match(text, begin) is not None
+            while at <= last:
+                newline = text.rfind("\n", at, at + run)
+                if newline >= 0:
+                    at = newline + 1
+                    continue
+                # No newline: the line at ``at`` is long unless another excluded character
+                # ends its run; no line starts inside the window.
+                if match(text, at) is not None:
+                    return True
+                at = text.find("\n", at + run) + 1
+                if at == 0:
+                    return False
+            return False
+        excluded = self.excluded
+        while at <= last:
+            end = at + run
+            blocked = max(text.rfind(char, at, end) for char in excluded)
+            if blocked < 0:
+                return match(text, at) is not None
+            at = blocked + 1
+        return False
