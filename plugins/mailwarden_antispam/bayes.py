@@ -344,6 +344,11 @@ class Bayes:
             self.reported(raw)
         return done if shared is None else shared
 
+    def has_room(self) -> bool:
+        """Whether :meth:`learn_later` would queue a lesson now without waiting for the writer
+        (a racing caller may still take the last place)."""
+        return len(self._queue) < _QUEUE_MAX
+
     def learn_later(
         self, raw: bytes, label: str, who: str, toks: Collection[str], message_id: str | None
     ) -> None:
