@@ -36,7 +36,7 @@ def _lessons(spec: list[tuple[int, str, set[str]]]) -> list[bayes_module._Lesson
     ]
 
 
-@settings(max_examples=80, deadline=None)
+@settings(max_examples=50, deadline=None)
 @given(before=LESSONS, batch=LESSONS, forget=st.sets(WORDS))
 def test_a_batch_writes_what_its_lessons_one_by_one_write(
     before: list[tuple[int, str, set[str]]],
