@@ -42,6 +42,7 @@ from mailwarden_sdk import (
     shared_state,
 )
 from mailwarden_sdk.findings import spam_rule
+from mailwarden_sdk.offload import INLINE_MAX_BYTES, INLINE_MAX_FIELDS
 
 from . import auth, heuristics
 from .bayes import JOURNAL_MAX_ENTRIES, Bayes, band, tokens
@@ -74,6 +75,9 @@ _TOKENS: StashKey[set[str]] = StashKey("antispam bayes tokens")
 # Its body text and URLs as the scan extracted them (every check reads them): so does
 # autolearn when the scan did not need the tokens.
 _TEXT: StashKey[tuple[str, list[str]]] = StashKey("antispam body text and urls")
+# The Bayes store autolearn would queue this message's lesson in (set by the scan when
+# autolearn is on): the verdict hook's `nonblocking` check asks it for room.
+_LEARNER: StashKey[Bayes] = StashKey("antispam autolearn store")
 
 
 class AntispamConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -411,6 +415,8 @@ class AntispamPlugin:
     async def mailwarden_scan(self, ctx: ScanContext) -> list[Finding]:
         cfg = self.config
         ctx.stash[_SCANNED] = True
+        if cfg.autolearn and ctx.live and self.bayes is not None:
+            ctx.stash[_LEARNER] = self.bayes
         env = ctx.envelope
         message = ctx.message
         if _sender_matches(cfg.allowed_senders, env.mail_from) or _ip_in(
@@ -656,10 +662,8 @@ class AntispamPlugin:
             return changed
         return keep(self.quarantine, ctx, verdict, changed or action) or changed
 
-    # Autolearn may tokenise and waits while the Bayes writer's queue is full: only a scanned
-    # live message is learned from; the rest is arithmetic on the verdict.
     @hookimpl(trylast=True)
-    @nonblocking(when=lambda ctx, **_: not (ctx.live and ctx.stash.get(_SCANNED, False)))
+    @nonblocking(when=lambda ctx, **_: _verdict_runs_inline(ctx))
     def mailwarden_verdict(self, ctx: ScanContext, verdict: Verdict) -> None:
         cfg = self.config
         # Explicit statuses (the admin's block/allow lists, GTUBE) stand; otherwise the score
@@ -746,6 +750,29 @@ class AntispamPlugin:
             if toks is None:
                 toks = tokens(ctx.message, *ctx.stash.get(_TEXT, (None, None)))
             self.bayes.learn_later(ctx.raw, label, "autolearn", toks, ctx.message.message_id)
+
+
+def _verdict_runs_inline(ctx: ScanContext) -> bool:
+    """Whether the verdict hook cannot block for ``ctx``: the rest is arithmetic on the verdict,
+    but autolearn waits while the Bayes writer's queue is full, and tokenises a message the
+    scan did not (a store too new to classify), which for a large or many-part message is
+    work for a thread, as :func:`mailwarden_sdk.offload.run_cpu_bound` decides. Only a scanned
+    live message is learned from. Every message of a gateway that autolearns is such a
+    message, and a worker hand-off per message cost more than the hook (issue 24)."""
+    if not (ctx.live and ctx.stash.get(_SCANNED, False)):
+        return True
+    learner = ctx.stash.get(_LEARNER, None)
+    if learner is None:
+        return True
+    if not learner.has_room():
+        return False
+    if ctx.stash.get(_TOKENS, None) is not None:
+        return True
+    message = ctx.message
+    return (
+        len(ctx.raw) <= INLINE_MAX_BYTES
+        and len(message.parts) + len(message.root.headers) <= INLINE_MAX_FIELDS
+    )
 
 
 def _dns_unavailable(dns: DnsBudget) -> Finding:

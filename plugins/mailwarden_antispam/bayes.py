@@ -344,6 +344,11 @@ class Bayes:
             self.reported(raw)
         return done if shared is None else shared
 
+    def has_room(self) -> bool:
+        """Whether :meth:`learn_later` would queue a lesson now without waiting for the writer
+        (a racing caller may still take the last place)."""
+        return len(self._queue) < _QUEUE_MAX
+
     def learn_later(
         self, raw: bytes, label: str, who: str, toks: Collection[str], message_id: str | None
     ) -> None:
@@ -402,8 +407,7 @@ class Bayes:
                 self._cond.notify_all()
             try:
                 with self._committing() as txn:
-                    for lesson in batch:
-                        self._learn_in(txn, lesson)
+                    self._learn_batch_in(txn, batch)
                 if self.shared is not None:
                     for lesson in batch:
                         self._shared_call(
@@ -529,28 +533,80 @@ class Bayes:
                 self._cache_id = committed
 
     def _apply(self, txn: lmdb.Transaction, toks: Iterable[str], label: str, sign: int) -> None:
-        idx = 0 if label == "spam" else 1
+        step = (sign, 0) if label == "spam" else (0, sign)
+        self._add_counts(txn, dict.fromkeys(toks, step), step)
+
+    def _add_counts(
+        self,
+        txn: lmdb.Transaction,
+        steps: dict[str, tuple[int, int]],
+        messages: tuple[int, int],
+    ) -> None:
+        """Add each token's (spam, ham) step and the message counts' (never below 0)."""
         today = int(time.time()) // _DAY
         # Outside _committing nothing records the counts: the commit's number alone then
         # tells the cache it is stale.
         written = self._written if self._written is not None else {}
-        for token in toks:
+        grows = False
+        for token, (ds, dh) in steps.items():
             key = token.encode("utf-8")[:500]
             s, h, day = _unpack(txn.get(key, db=self._tokens))
-            pair = [s, h]
-            pair[idx] = max(0, pair[idx] + sign)
-            if pair == [0, 0]:
+            s, h = max(0, s + ds), max(0, h + dh)
+            if s == h == 0:
                 txn.delete(key, db=self._tokens)
             else:
-                txn.put(key, _TOKEN.pack(*pair, today if sign > 0 else day), db=self._tokens)
+                learned = ds > 0 or dh > 0
+                grows = grows or learned
+                txn.put(key, _TOKEN.pack(s, h, today if learned else day), db=self._tokens)
             if len(token) < _CACHE_LEN:
-                written[token] = (pair[0], pair[1])
-        if sign > 0 and txn.stat(self._tokens)["entries"] > self.max_tokens:
+                written[token] = (s, h)
+        if grows and txn.stat(self._tokens)["entries"] > self.max_tokens:
             self._expire(txn)
         raw_n = txn.get(b"n", db=self._meta)
-        n = list(_PAIR.unpack(raw_n)) if raw_n else [0, 0]
-        n[idx] = max(0, n[idx] + sign)
-        txn.put(b"n", _PAIR.pack(*n), db=self._meta)
+        n = _PAIR.unpack(raw_n) if raw_n else (0, 0)
+        txn.put(
+            b"n",
+            _PAIR.pack(max(0, n[0] + messages[0]), max(0, n[1] + messages[1])),
+            db=self._meta,
+        )
+
+    def _learn_batch_in(self, txn: lmdb.Transaction, batch: list[_Lesson]) -> None:
+        """Each lesson of ``batch`` as :meth:`_learn_in` would, in order; but the counts of
+        consecutive lessons of messages not learned before are summed and written once (a
+        read and a write per distinct token of the run, not per token of each message: a
+        batch's messages share most of their words). Adding never goes below zero, so the
+        sum is what the lessons one by one write; a lesson that moves a message from the
+        other class first writes the run before it, its subtraction may."""
+        steps: dict[str, tuple[int, int]] = {}
+        spam = ham = 0
+
+        def write_run() -> None:
+            nonlocal spam, ham
+            if spam or ham:
+                self._add_counts(txn, steps, (spam, ham))
+            steps.clear()
+            spam = ham = 0
+
+        for lesson in batch:
+            key = lesson.digest.encode()
+            found = txn.get(key, db=self._learned)
+            if found is not None:
+                write_run()
+                self._learn_in(txn, lesson)
+                continue
+            if lesson.label == "spam":
+                spam += 1
+                for token in lesson.toks:
+                    old = steps.get(token, (0, 0))
+                    steps[token] = (old[0] + 1, old[1])
+            else:
+                ham += 1
+                for token in lesson.toks:
+                    old = steps.get(token, (0, 0))
+                    steps[token] = (old[0], old[1] + 1)
+            txn.put(key, lesson.label.encode(), db=self._learned)
+            self._record(txn, "learn", lesson.label, lesson.digest, lesson.who, lesson.message_id)
+        write_run()
 
     def _expire(self, txn: lmdb.Transaction) -> None:
         """Drop the tokens learned longest ago until 3/4 of the cap remain (SpamAssassin's

@@ -27,6 +27,7 @@ hyperscan is imported lazily: without it (a platform with no wheel) every rule g
 from __future__ import annotations
 
 import array
+import bisect
 import hashlib
 import importlib
 import itertools
@@ -43,6 +44,8 @@ from pathlib import Path
 from typing import Any
 
 from mailwarden_sdk.files import atomic_write
+
+from . import shapes
 
 __all__ = [
     "CACHE_MAX_BYTES",
@@ -942,8 +945,10 @@ class PatternSet:
         # Scratch space is per scanning thread (rules run in worker threads at once).
         self._scratch = threading.local()
         self._loosened: set[int] = set()  # compiled in hyperscan's prefilter mode
-        # X{m} scanned as X reporting every end: index -> m.
+        # X{m} scanned as X reporting every end: index -> m, and the fewest characters a
+        # copy of X takes (in re).
         self._copies: dict[int, int] = {}
+        self._widths: dict[int, int] = {}
         # Counted whole-pattern repeats (X{m} scanned as X): where X may start, found by
         # scanning the reversed text, so re tries a match only there (not at every offset).
         self._starts_db: Any = None
@@ -952,6 +957,7 @@ class PatternSet:
         # __FROM_NAME_IN_MSG, a back-reference over the whole raw message): re tries them
         # only at those lines instead of at every offset of the text.
         self._line_starts: dict[int, str] = {}
+        self._shaped: list[tuple[int, shapes.Shape]] = []
         for index, pattern in enumerate(patterns):
             literal = _line_literal(pattern)
             if literal:
@@ -959,9 +965,19 @@ class PatternSet:
         if _hs is None:
             self.rejected = set(range(len(patterns)))
             return
+        # Patterns an exact test answers more cheaply than hyperscan (see .shapes); never
+        # framed ones, whose text is the frame's and not the caller's.
+        if rewriter is None:
+            for index, pattern in enumerate(patterns):
+                test = shapes.recognise(pattern)
+                if test is not None:
+                    self._shaped.append((index, test))
+        shaped = {index for index, _test in self._shaped}
         self.alphabet = alphabet = Alphabet.for_patterns(patterns, reserve)
         candidates: dict[int, list[Rewrite]] = {}
         for index, pattern in enumerate(patterns):
+            if index in shaped:
+                continue
             try:
                 if rewriter is not None:
                     candidates[index] = rewriter(index, pattern, alphabet)
@@ -997,6 +1013,7 @@ class PatternSet:
             self.ambiguous[index] = rewrite.ambiguous
             if rewrite.copies and not loose:
                 self._copies[index] = rewrite.copies
+                self._widths[index] = _copy_width(self.patterns[index])
             if loose:
                 self._loosened.add(index)
         if not loaded:
@@ -1059,6 +1076,12 @@ class PatternSet:
             log.debug("hyperscan cache not written: %s", exc)
 
     @property
+    def shaped(self) -> frozenset[int]:
+        """Indices of the patterns an exact test of :mod:`.shapes` answers in
+        :meth:`confirmed` instead of the database (:meth:`scan` does not report them)."""
+        return frozenset(index for index, _test in self._shaped)
+
+    @property
     def active(self) -> bool:
         """Whether a database was built (some pattern is answered by hyperscan)."""
         return self._db is not None
@@ -1098,15 +1121,17 @@ class PatternSet:
         holds none of the pattern's ambiguous bytes; every other reported pattern is
         confirmed by its ``re`` pattern.
         """
-        if not text or self._db is None:
+        if not text:
             return []
+        out = [index for index, test in self._shaped if test(text)]
+        if self._db is None:
+            return out
         data = self.encode(text)
         ends: dict[int, set[int]] = {}
         found = self._scan(data, ends)
         if not found:
-            return []
+            return out
         present: frozenset[int] | None = frozenset() if text.isascii() else None
-        out = []
         starts: dict[int, list[int]] | None = None
         for index in found:
             if self.exact[index]:
@@ -1122,11 +1147,13 @@ class PatternSet:
                     starts = self._scan_starts(data[::-1])
                 # Every match of the whole pattern starts where a copy of X does; and
                 # X{m} needs m - 1 offsets where a copy ends and the next one starts.
-                at_starts = set(starts.get(index, ()))
-                joins = len(at_starts & ends.get(index, at_starts))
-                hit = joins >= self._copies.get(index, 1) - 1 and any(
-                    pattern.match(text, at) for at in sorted(at_starts)
-                )
+                at_starts = sorted(starts.get(index, ()))
+                if index in self._copies:
+                    latest = _chain_start(
+                        at_starts, ends.get(index, ()), self._copies[index], self._widths[index]
+                    )
+                    at_starts = [at for at in at_starts if at <= latest]
+                hit = any(pattern.match(text, at) for at in at_starts)
             elif index in self._line_starts:
                 hit = _match_at_lines(pattern, text, self._line_starts[index])
             else:
@@ -1160,6 +1187,36 @@ class PatternSet:
 
         self._starts_db.scan(backwards, match_event_handler=on_match, scratch=scratch)
         return starts
+
+
+def _copy_width(pattern: re.Pattern[str]) -> int:
+    """The fewest characters one copy of X takes in re, for a pattern that is X{m,...}."""
+    items = list(_parse(pattern.pattern, pattern.flags).data)
+    while len(items) == 1 and items[0][0] is C.SUBPATTERN and items[0][1][1:3] == (0, 0):
+        items = list(items[0][1][3])
+    return int(items[0][1][2].getwidth()[0])
+
+
+def _chain_start(starts: Sequence[int], ends: Iterable[int], copies: int, width: int) -> int:
+    """The last offset where X{``copies``} can start: a match is a chain of copies of X, each
+    at least ``width`` long, each copy but the last ending where the next starts (an offset
+    in both ``starts`` and ``ends``, supersets of where re's copies start and end), the last
+    at one of ``ends``. Built backwards from the last end, each link the latest join that
+    fits; -1 when no chain fits (then X{m} is nowhere)."""
+    ended = set(ends)
+    if not ended:
+        return -1
+    if width < 1:
+        return max(starts, default=-1)  # empty copies may share an offset: no bound here
+    joins = sorted(ended.intersection(starts))
+    limit = max(ended) - width
+    for _link in range(copies - 1):
+        at = bisect.bisect_right(joins, limit) - 1
+        if at < 0:
+            return -1
+        limit = joins[at] - width
+        del joins[at:]
+    return limit
 
 
 def _line_literal(pattern: re.Pattern[str]) -> str:

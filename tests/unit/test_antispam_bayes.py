@@ -18,7 +18,7 @@ from mailwarden_antispam import AntispamPlugin
 from mailwarden_antispam import bayes as bayes_module
 from mailwarden_antispam.bayes import Bayes
 from mailwarden_antispam.quarantine import SpamQuarantine
-from mailwarden_sdk import Envelope, ParsedMessage, parse
+from mailwarden_sdk import Envelope, ParsedMessage, ScanContext, parse
 from tests.conftest import make_message
 
 RULES = """
@@ -340,3 +340,33 @@ def test_spam_a_person_reported_is_found_again_by_its_fuzzy_sketch_on_this_node(
     assert "FUZZY_SPAM" not in before
     assert fuzzy.get("source") == "local" and float(fuzzy["similarity"]) >= 0.5, fuzzy
     assert "FUZZY_SPAM" not in other
+
+
+def test_a_full_autolearn_queue_sends_the_verdict_hook_to_a_worker(tmp_path: Path) -> None:
+    """While the Bayes writer cannot commit (another writer holds the store), autolearn's
+    queue fills; the verdict hook, which would then wait for room, is no longer run on the
+    event loop's thread, and no queued lesson is lost once the store is free."""
+    store = Bayes(tmp_path / "bayes")
+    raw = make_message()
+    queued = 0
+    held = store.env.begin(write=True)
+    try:
+        while store.has_room():
+            store.learn_later(raw + b"%d" % queued, "ham", "autolearn", {"word"}, None)
+            queued += 1
+            assert queued <= bayes_module._QUEUE_MAX + bayes_module.BATCH_LESSONS
+        ctx = _live_context(raw, store)
+        assert not antispam_module._verdict_runs_inline(ctx)
+    finally:
+        held.abort()
+    store.flush()
+    assert store.counts() == (0, queued)
+    assert store.has_room() and antispam_module._verdict_runs_inline(_live_context(raw, store))
+    store.close()
+
+
+def _live_context(raw: bytes, store: Bayes) -> Any:
+    ctx = ScanContext(Envelope(), parse(raw), live=True)
+    ctx.stash[antispam_module._SCANNED] = True
+    ctx.stash[antispam_module._LEARNER] = store
+    return ctx

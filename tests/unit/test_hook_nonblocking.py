@@ -171,3 +171,33 @@ def test_with_every_detector_off_the_builtin_hooks_stay_on_the_loop(tmp_path: Pa
     decisions, loop = _scan(gateway, *(make_message(subject=f"m{n}") for n in range(3)))
     assert verdicts == [loop] * 3 and actions == [loop] * 3
     assert all(d.action.kind is ActionKind.DELIVER for d in decisions)
+
+
+def test_antispam_autolearns_without_a_worker_for_small_messages(tmp_path: Path) -> None:
+    """With antispam's Bayes autolearning (the default), every scanned live message is a
+    lesson to queue; a small one costs no hand-over to a worker (the lesson is queued from
+    the loop's thread), a large one the scan did not tokenise is tokenised in a worker. The
+    lessons are learned either way."""
+    seen: list[int] = []
+    config = tmp_path / "mailwarden.toml"
+    config.write_text(
+        f'[gateway]\nhome = "{tmp_path}"\n[events]\nenabled = false\n'
+        '[detectors]\ndisabled = ["antivirus", "reputation", "sandbox"]\n'
+    )
+    gateway = Gateway.from_file(str(config), extra_plugins={"probe": _verdict_hook(seen)})
+    antispam = gateway.plugins.pm.get_plugin("antispam")
+    large = make_message(subject="large", body="A long and clean message.\n" * 4000)
+    assert len(large) > 64 * 1024
+
+    async def run() -> tuple[int, tuple[int, int]]:
+        async with gateway:
+            for n in range(3):
+                await gateway.scan(make_message(subject=f"m{n}"), ENVELOPE, dry_run=False)
+            await gateway.scan(large, ENVELOPE, dry_run=False)
+            await asyncio.to_thread(antispam.bayes.flush)
+            return threading.get_ident(), antispam.bayes.counts()
+
+    loop, counts = asyncio.run(run())
+    assert seen[:3] == [loop] * 3
+    assert seen[3] != loop
+    assert counts == (0, 4)
