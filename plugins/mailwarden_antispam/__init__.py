@@ -204,6 +204,8 @@ class AntispamPlugin:
     def __init__(self) -> None:
         self.config = AntispamConfig()
         self.rules: RuleSet = RuleSet().compile()
+        # Also run the rules a score of 0 turns off: `antispam fit` learns their scores.
+        self.every_rule = False
         self._uses_relays = False
         self.resolver: Resolver | None = None
         self.bayes: Bayes | None = None
@@ -274,7 +276,7 @@ class AntispamPlugin:
         paths += [own] if own is not None else []
         # A cold cache (the stock set takes minutes to compile) must not hold up the start:
         # the rules answer on re meanwhile, the same answers.
-        return load_rules(paths, self.config.group_caps, background=True)
+        return load_rules(paths, self.config.group_caps, background=True, unscored=self.every_rule)
 
     async def _follow_updates(self) -> None:
         """Load the channel's rules once 'rules update' switched them (checked every 10 s)."""

@@ -144,6 +144,11 @@ class RuleSet:
     # Compile the hyperscan databases in a thread when the cache does not hold them: the
     # rules answer on the re path meanwhile (the same answers), then switch.
     background: bool = False
+    # Run the rules a score of 0 turns off too (`antispam fit` learns their scores).
+    unscored: bool = False
+    #: The rules not run: a score of 0 and no meta naming them (SpamAssassin's "a score of 0
+    #: disables the rule"); empty with ``unscored``.
+    disabled: frozenset[str] = frozenset()
     _matching: _Matching = field(default_factory=lambda: _Matching())
     _ready: threading.Event = field(default_factory=threading.Event)
 
@@ -157,9 +162,14 @@ class RuleSet:
 
     def compile(self) -> RuleSet:
         """Build the literal prefilter per target and order the metas; call after loading."""
+        self.disabled = frozenset() if self.unscored else self._zero_scored()
         by_kind: dict[str, list[Rule]] = {k: [] for k in KINDS}
         for rule in self.rules.values():
-            if rule.kind in by_kind and (rule.pattern is not None or rule.exists):
+            if (
+                rule.kind in by_kind
+                and (rule.pattern is not None or rule.exists)
+                and rule.name not in self.disabled
+            ):
                 by_kind[rule.kind].append(rule)
         self._ready.clear()
         matching = None
@@ -198,13 +208,29 @@ class RuleSet:
             (r, _meta_function(r)) for r in sorted(metas.values(), key=lambda r: depth_of(r.name))
         ]
         self._compile_meta_graph(cyclic)
-        self._evals = [r for r in self.rules.values() if r.kind == "eval"]
+        self._evals = [
+            r for r in self.rules.values() if r.kind == "eval" and r.name not in self.disabled
+        ]
         self._checks = [
             (rule.name, check)
             for rule in self._evals
             if (check := bind(rule.header, rule.eval_args)) is not None
         ]
         return self
+
+    def _zero_scored(self) -> frozenset[str]:
+        """The tests whose hit would change nothing: scored 0 (the stock set's score set 0
+        turns about 150 of its regex rules off so) and named by no meta. Their findings are
+        never built, so matching them was work for nothing."""
+        named = {n for r in self.rules.values() if r.kind == "meta" for n in _NAME.findall(r.meta)}
+        return frozenset(
+            name
+            for name, rule in self.rules.items()
+            if (rule.kind in KINDS or rule.kind == "eval")
+            and not rule.sub_rule
+            and name not in named
+            and self.score_of(rule) == 0
+        )
 
     def _compile_meta_graph(self, cyclic: set[str]) -> None:
         """Who reads whom, and every meta's value when no rule hits.
@@ -939,6 +965,7 @@ def load_rules(
     engine: str = "hyperscan",
     cache: Path | None = None,
     background: bool = False,
+    unscored: bool = False,
 ) -> RuleSet:
     """Load rule files (directories are read in name order, ``*.cf``) into a compiled set.
 
@@ -946,11 +973,14 @@ def load_rules(
     hyperscan databases are kept between starts (by default the user's cache directory).
     ``background``: databases the cache does not hold are compiled in a thread (one process
     at a time per cache) while the rules answer on the ``re`` path; :meth:`RuleSet.wait_ready`.
+    A rule scored 0 that no meta names is not run (:attr:`RuleSet.disabled`), as in
+    SpamAssassin, unless ``unscored``.
     """
     ruleset = RuleSet(
         engine=engine,
         cache=cache if cache is not None else default_cache_dir(),
         background=background,
+        unscored=unscored,
     )
     files: list[Path] = []
     for path in paths:
