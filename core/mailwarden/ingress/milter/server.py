@@ -328,10 +328,13 @@ class MilterConnection(asyncio.Protocol):
                         break
         except _Closed:
             transport.close()
+            # No quick ACK after QUIT: the FIN carries it (a system call per connection).
+            self.quickack = -1
         except MilterProtocolError as exc:
             log.warning("milter: closing the connection from %s: %s", self.peer, exc)
             buffer.clear()
             transport.close()
+            self.quickack = -1
         finally:
             del buffer[:offset]
         if done:
