@@ -59,6 +59,20 @@ RAW = (
     b"From: <alice@example.org>\r\nTo: <bob@example.net>\r\n"
     b"Date: Sun,  6 Dec 2026 19:21:44 +0000 (UTC)\r\nMessage-Id: <05dd.0003.0000@vm>\r\n\r\n"
 ) + BODY
+
+
+def _with_received(raw: bytes, extra: int) -> bytes:
+    """``raw`` with ``extra`` more Received fields on top, as a message that crossed that
+    many relays carries them (mail from outside has 5-15 such trace and signature fields)."""
+    trace = b"".join(
+        b"Received: from relay%d.example.net (relay%d.example.net [192.0.2.%d])\r\n"
+        b"\tby relay%d.example.org with ESMTPS id R%06d; Sun,  6 Dec 2026 19:21:%02d +0000\r\n"
+        % (i, i, i % 250 + 1, i + 1, i, i % 60)
+        for i in range(extra)
+    )
+    return trace + raw
+
+
 NO_DETECTORS = '[detectors]\ndisabled = ["antivirus", "antispam", "reputation", "sandbox"]\n'
 
 
@@ -196,7 +210,8 @@ def compare(args: argparse.Namespace, other: str) -> int:
     """Alternate this checkout's ``core/`` and ``other`` (one process per round and
     version); the min and median of each part's rounds and the ratio of the medians."""
     argv = [sys.executable, __file__, "--rounds", "1", "--messages", str(args.messages)]
-    argv += ["--parts", args.parts] + (["--detectors"] if args.detectors else [])
+    argv += ["--parts", args.parts, "--headers", str(args.headers)]
+    argv += ["--detectors"] if args.detectors else []
     got: dict[tuple[str, str], list[float]] = {}
     for _ in range(args.rounds):
         for version, path in (("other", other), ("this", "")):
@@ -221,6 +236,12 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="the best of this many rounds")
     parser.add_argument("--detectors", action="store_true", help="the four detectors on")
     parser.add_argument(
+        "--headers",
+        type=int,
+        default=0,
+        help="this many more header fields (Received lines) in the message, 6 without",
+    )
+    parser.add_argument(
         "--parts", default="protocol,pipeline,whole", help="which parts, comma-separated"
     )
     parser.add_argument(
@@ -229,6 +250,8 @@ def main() -> int:
         help="alternate with another checkout's core/ (a process per round and version)",
     )
     args = parser.parse_args()
+    global RAW
+    RAW = _with_received(RAW, args.headers)
     if args.compare_core:
         return compare(args, args.compare_core)
     parts = set(args.parts.split(","))

@@ -19,14 +19,15 @@ extern "C" {
 
 /* From buf[offset], while the next packet is complete, its length is 1..limit, its
  * command is 'L' and its data is exactly two NUL-terminated strings (name, value),
- * copies each packet's data to out, one after the other, and goes on after it.
- * Stops before anything else: an incomplete packet, a bad length, another command,
- * a malformed header packet (the caller's own codec then reports it).
- * out needs len - offset bytes. Sets *end to the offset after the last packet taken
- * and *count to the number of packets taken; returns the bytes written to out
- * (0 with *end == offset when the first packet is not taken). */
-size_t mw_milter_headers(const uint8_t *buf, size_t len, size_t offset, uint32_t limit,
-                         uint8_t *out, size_t *end, size_t *count);
+ * moves each packet's data down to buf[offset + written], one after the other (the
+ * packets taken are consumed: their bytes are overwritten, nothing after them is), and
+ * goes on after it. Stops before anything else: an incomplete packet, a bad length,
+ * another command, a malformed header packet (the caller's own codec then reports it).
+ * Returns the bytes of data now at buf[offset] (0 when the first packet is not taken);
+ * the packets taken are as many as the pairs of NUL bytes in them, and they ended at
+ * offset + written + 5 * that many. No output parameters: cffi releases the GIL for
+ * each call, so a buffer shared between calls would need a lock. */
+size_t mw_milter_headers(uint8_t *buf, size_t len, size_t offset, uint32_t limit);
 
 /* Sets TCP_QUICKACK on the socket fd (the acknowledgement of what was read leaves now
  * instead of up to 40 ms later). Returns 0, or errno when the kernel refused. */

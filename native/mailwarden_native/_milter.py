@@ -9,27 +9,25 @@ __all__ = ["milter_headers", "tcp_quickack"]
 
 _headers = lib.mw_milter_headers
 _quickack = lib.mw_milter_quickack
-_alloc = ffi.new_allocator(should_clear_after_alloc=False)
 _from_buffer = ffi.from_buffer
-_buffer = ffi.buffer
 
 
-def milter_headers(buffer: bytes | bytearray, offset: int, limit: int) -> tuple[int, int, str]:
+def milter_headers(buffer: bytearray, offset: int, limit: int) -> tuple[int, list[str]]:
     """The milter header packets (``L``) one after the other from ``buffer[offset]``:
-    ``(end, count, text)``, ``end`` the offset after the last one taken, ``count`` how many
-    were taken and ``text`` their data (``name NUL value NUL`` each) decoded as UTF-8 with
-    ``surrogateescape``, as the milter codec decodes each. Stops before an incomplete
-    packet, a length of 0 or above ``limit``, another command or a header packet that is
-    not exactly two NUL-terminated strings: those are the codec's to handle."""
+    ``(end, strings)``, ``end`` the offset after the last one taken and ``strings`` their
+    names and values, alternating, decoded as UTF-8 with ``surrogateescape`` as the milter
+    codec decodes each. Stops before an incomplete packet, a length of 0 or above
+    ``limit``, another command or a header packet that is not exactly two NUL-terminated
+    strings: those are the codec's to handle. The packets taken are consumed: the C core
+    packs their data in their place, so ``buffer[offset:end]`` is overwritten."""
     if not 0 <= offset <= len(buffer):
         raise ValueError("offset outside the buffer")
-    out = _alloc("uint8_t[]", len(buffer) - offset or 1)
-    ends = _alloc("size_t[2]")
-    data = _from_buffer("uint8_t[]", buffer)
-    written = _headers(data, len(buffer), offset, limit, out, ends, ends + 1)
+    written = _headers(_from_buffer("uint8_t[]", buffer), len(buffer), offset, limit)
     if not written:
-        return offset, 0, ""
-    return ends[0], ends[1], str(_buffer(out, written), "utf-8", "surrogateescape")
+        return offset, []
+    strings = str(buffer[offset : offset + written], "utf-8", "surrogateescape")[:-1].split("\0")
+    # Each packet: 4 bytes of length and 1 of command before its two strings.
+    return offset + written + 5 * (len(strings) // 2), strings
 
 
 def tcp_quickack(fd: int) -> int:

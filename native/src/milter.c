@@ -9,14 +9,13 @@
 #include <string.h>
 #include <sys/socket.h>
 
-size_t mw_milter_headers(const uint8_t *buf, size_t len, size_t offset, uint32_t limit,
-                         uint8_t *out, size_t *end, size_t *count) {
-    size_t written = 0, taken = 0;
-    while (offset <= len && len - offset >= 5) {
-        const uint8_t *p = buf + offset;
+size_t mw_milter_headers(uint8_t *buf, size_t len, size_t offset, uint32_t limit) {
+    size_t written = 0, at = offset;
+    while (at <= len && len - at >= 5) {
+        const uint8_t *p = buf + at;
         uint32_t length = (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 |
                           (uint32_t)p[3];
-        if (length < 1 || length > limit || p[4] != 'L' || len - offset - 4 < length)
+        if (length < 1 || length > limit || p[4] != 'L' || len - at - 4 < length)
             break;
         size_t size = length - 1;
         const uint8_t *data = p + 5;
@@ -26,13 +25,11 @@ size_t mw_milter_headers(const uint8_t *buf, size_t len, size_t offset, uint32_t
         const uint8_t *first = memchr(data, 0, size - 1);
         if (first == NULL || memchr(first + 1, 0, (size_t)(data + size - 1 - (first + 1))))
             break;
-        memcpy(out + written, data, size);
+        /* Down by 5 bytes per packet taken so far: never past what is still to be read. */
+        memmove(buf + offset + written, data, size);
         written += size;
-        offset += 4 + (size_t)length;
-        taken++;
+        at += 4 + (size_t)length;
     }
-    *end = offset;
-    *count = taken;
     return written;
 }
 

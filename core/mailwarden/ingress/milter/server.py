@@ -486,12 +486,12 @@ class _Session:
     def headers(self, buffer: bytearray, offset: int) -> int:
         """The well-formed header packets in a row from ``buffer[offset]``, taken in one
         call; the offset after them (``offset`` when the first is not taken)."""
-        end, count, text = milter_headers(buffer, offset, MAX_PACKET)
-        if not count:
+        end, parts = milter_headers(buffer, offset, MAX_PACKET)
+        if not parts:
             return offset
-        parts = text[:-1].split("\0")
+        count = len(parts) // 2
         # Each header counts as its name, value and ": " CR LF, as _header counts one.
-        self._count(len(text) + 2 * count)
+        self._count(sum(map(len, parts)) + 4 * count)
         if not self.message.oversized:
             self.message.headers += zip(parts[::2], parts[1::2], strict=True)
         if not self.protocol & NO_REPLY[HEADER]:
