@@ -556,6 +556,9 @@ def test_eight_bit_strings_decode_to_their_exact_bytes(code: str, parts: list[by
 # Packets as a hostile or broken MTA may send them: header packets of any data (one, two or
 # three strings, unterminated, empty), other commands, and lengths of 0 or past the limit.
 _header_data = st.one_of(
+    st.tuples(st.lists(_raw_strings, max_size=3), st.booleans()).map(
+        lambda t: b"".join(x + b"\0" for x in t[0])[: None if t[1] else -1]
+    ),
     st.lists(_raw_strings, min_size=2, max_size=2).map(lambda p: b"".join(x + b"\0" for x in p)),
     st.binary(max_size=12),
 )
@@ -572,9 +575,16 @@ _wire_packets = st.lists(
 
 
 @settings(max_examples=500, deadline=None)
-@given(_wire_packets, st.integers(min_value=0, max_value=12), st.integers(min_value=0, max_value=7))
+@given(
+    _wire_packets,
+    st.one_of(
+        st.integers(0, 8).map(lambda n: ("packets", n)),
+        st.integers(0, 60).map(lambda n: ("bytes", n)),
+    ),
+    st.integers(min_value=0, max_value=7),
+)
 def test_native_header_run_takes_what_the_codec_decodes(
-    packets: list[bytes], start: int, cut: int
+    packets: list[bytes], skip: tuple[str, int], cut: int
 ) -> None:
     """The server hands the header packets in a row to the C core in one call: on any
     stream, cut anywhere and read from any offset, it takes exactly the header packets the
@@ -582,7 +592,9 @@ def test_native_header_run_takes_what_the_codec_decodes(
     or malformed one, a bad length), and their names and values are the codec's."""
     wire = bytearray(b"".join(packets))
     wire = wire[: max(0, len(wire) - cut)]
-    start = min(start, len(wire))
+    # From the start of a packet (as the server calls it), or from any byte.
+    by, n = skip
+    start = min(sum(map(len, packets[:n])) if by == "packets" else n, len(wire))
     expected: list[tuple[str, ...]] = []
     offset = start
     while True:
