@@ -12,6 +12,9 @@ figures hold up on a shared machine where end-to-end rates do not.
   whole     both together: the connection's packets handled by ``GatewayMilter``, what
             ``mailwarden serve`` does per message but for the socket system calls
 
+``--native-headers`` alternates the protocol with and without the C core's header run in one
+process (``--headers 12`` for a message from outside).
+
 Compare two versions by running it with ``PYTHONPATH`` set to the other checkout's ``core/``:
 
     .venv/bin/python benchmarks/smtp/bench_milter_parts.py
@@ -59,6 +62,20 @@ RAW = (
     b"From: <alice@example.org>\r\nTo: <bob@example.net>\r\n"
     b"Date: Sun,  6 Dec 2026 19:21:44 +0000 (UTC)\r\nMessage-Id: <05dd.0003.0000@vm>\r\n\r\n"
 ) + BODY
+
+
+def _with_received(raw: bytes, extra: int) -> bytes:
+    """``raw`` with ``extra`` more Received fields on top, as a message that crossed that
+    many relays carries them (mail from outside has 5-15 such trace and signature fields)."""
+    trace = b"".join(
+        b"Received: from relay%d.example.net (relay%d.example.net [192.0.2.%d])\r\n"
+        b"\tby relay%d.example.org with ESMTPS id R%06d; Sun,  6 Dec 2026 19:21:%02d +0000\r\n"
+        % (i, i, i % 250 + 1, i + 1, i, i % 60)
+        for i in range(extra)
+    )
+    return trace + raw
+
+
 NO_DETECTORS = '[detectors]\ndisabled = ["antivirus", "antispam", "reputation", "sandbox"]\n'
 
 
@@ -118,6 +135,35 @@ async def protocol(n: int) -> float:
     for _ in range(n):
         await _connection(server, stream)
     return (time.thread_time() - began) * 1000 / n
+
+
+async def native_headers(rounds: int, n: int) -> None:
+    """The protocol with the C core's header run and with it off (each header packet through
+    the codec, as before it), interleaved in this process: the min and median of the rounds'
+    CPU per connection. Alternating in one process sees differences of a few microseconds
+    that separate processes on a shared machine do not."""
+    from mailwarden.ingress.milter import server as milter_server
+
+    stream = _stream()
+    server = MilterServer(_Accept())
+    got: dict[str, list[float]] = {"native": [], "codec": []}
+    header = milter_server._HEADER
+    try:
+        for _ in range(rounds):
+            for way in got:
+                # Off: no command byte matches the run's, so every packet takes the codec's path.
+                milter_server._HEADER = header if way == "native" else -1
+                began = time.thread_time()
+                for _ in range(n):
+                    await _connection(server, stream)
+                got[way].append((time.thread_time() - began) * 1e6 / n)
+    finally:
+        milter_server._HEADER = header
+    for way, values in got.items():
+        print(
+            f"header packets, {way + ':':7} {min(values):6.1f} us min, "
+            f"{statistics.median(values):6.1f} us median per connection"
+        )
 
 
 def _gateway(config: str, home: Path) -> Gateway:
@@ -196,7 +242,8 @@ def compare(args: argparse.Namespace, other: str) -> int:
     """Alternate this checkout's ``core/`` and ``other`` (one process per round and
     version); the min and median of each part's rounds and the ratio of the medians."""
     argv = [sys.executable, __file__, "--rounds", "1", "--messages", str(args.messages)]
-    argv += ["--parts", args.parts] + (["--detectors"] if args.detectors else [])
+    argv += ["--parts", args.parts, "--headers", str(args.headers)]
+    argv += ["--detectors"] if args.detectors else []
     got: dict[tuple[str, str], list[float]] = {}
     for _ in range(args.rounds):
         for version, path in (("other", other), ("this", "")):
@@ -221,7 +268,18 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="the best of this many rounds")
     parser.add_argument("--detectors", action="store_true", help="the four detectors on")
     parser.add_argument(
+        "--headers",
+        type=int,
+        default=0,
+        help="this many more header fields (Received lines) in the message, 6 without",
+    )
+    parser.add_argument(
         "--parts", default="protocol,pipeline,whole", help="which parts, comma-separated"
+    )
+    parser.add_argument(
+        "--native-headers",
+        action="store_true",
+        help="only the protocol, with the C core's header run and without, alternated",
     )
     parser.add_argument(
         "--compare-core",
@@ -229,8 +287,13 @@ def main() -> int:
         help="alternate with another checkout's core/ (a process per round and version)",
     )
     args = parser.parse_args()
+    global RAW
+    RAW = _with_received(RAW, args.headers)
     if args.compare_core:
         return compare(args, args.compare_core)
+    if args.native_headers:
+        asyncio.run(native_headers(args.rounds, args.messages))
+        return 0
     parts = set(args.parts.split(","))
     config = OFFLINE_ANTISPAM + ("" if args.detectors else NO_DETECTORS)
     what = "four detectors" if args.detectors else "no detectors"

@@ -36,6 +36,7 @@ from ._errors import (
 )
 from ._fuzzy import shingle_sketch
 from ._matcher import Matcher
+from ._milter import milter_headers, tcp_quickack
 from ._mime import MalformationFlag, ParsedMessage, ParseLimits, Part, parse
 from ._params import parse_params
 from ._sigs import (
@@ -115,11 +116,13 @@ __all__ = [
     "extract_urls",
     "find_uuencoded",
     "html_to_text",
+    "milter_headers",
     "parse",
     "parse_params",
     "resolve_charset",
     "shingle_sketch",
     "spool_batch",
     "strerror",
+    "tcp_quickack",
     "unicode_words",
 ]

@@ -35,9 +35,11 @@ from mailwarden.ingress.milter import (
     decode_command,
     encode_packet,
     encode_replycode,
+    next_packet,
     split_packets,
 )
 from mailwarden.testing import _gateway
+from mailwarden_native import milter_headers
 from tests.conftest import EICAR, make_message
 from tests.milter_mta import NO_REPLIES, MemoryTransport, Mta
 from tests.services.dns_zone import running_zone
@@ -549,6 +551,70 @@ def test_eight_bit_strings_decode_to_their_exact_bytes(code: str, parts: list[by
     (packet,), _rest = split_packets(wire)
     decoded = decode_command(*packet)
     assert [a.encode("utf-8", "surrogateescape") for a in decoded.args] == parts
+
+
+# Packets as a hostile or broken MTA may send them: header packets of any data (one, two or
+# three strings, unterminated, empty), other commands, and lengths of 0 or past the limit.
+_header_data = st.one_of(
+    st.tuples(st.lists(_raw_strings, max_size=3), st.booleans()).map(
+        lambda t: b"".join(x + b"\0" for x in t[0])[: None if t[1] else -1]
+    ),
+    st.lists(_raw_strings, min_size=2, max_size=2).map(lambda p: b"".join(x + b"\0" for x in p)),
+    st.binary(max_size=12),
+)
+_wire_packets = st.lists(
+    st.one_of(
+        st.tuples(st.just(HEADER), _header_data).map(lambda p: encode_packet(*p)),
+        st.tuples(st.sampled_from([BODY, MACRO, "Q", "\xff"]), st.binary(max_size=8)).map(
+            lambda p: encode_packet(*p)
+        ),
+        st.sampled_from([b"\0\0\0\0L", struct.pack("!I", 300) + b"L", b"\0\0\0"]),
+    ),
+    max_size=8,
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    _wire_packets,
+    st.one_of(
+        st.integers(0, 8).map(lambda n: ("packets", n)),
+        st.integers(0, 60).map(lambda n: ("bytes", n)),
+    ),
+    st.integers(min_value=0, max_value=7),
+)
+def test_native_header_run_takes_what_the_codec_decodes(
+    packets: list[bytes], skip: tuple[str, int], cut: int
+) -> None:
+    """The server hands the header packets in a row to the C core in one call: on any
+    stream, cut anywhere and read from any offset, it takes exactly the header packets the
+    codec decodes, up to the first the codec would not (another command, an incomplete
+    or malformed one, a bad length), and their names and values are the codec's."""
+    wire = bytearray(b"".join(packets))
+    wire = wire[: max(0, len(wire) - cut)]
+    # From the start of a packet (as the server calls it), or from any byte.
+    by, n = skip
+    start = min(sum(map(len, packets[:n])) if by == "packets" else n, len(wire))
+    expected: list[tuple[str, ...]] = []
+    offset = start
+    while True:
+        try:
+            packet = next_packet(wire, offset, 256)
+        except MilterProtocolError:
+            break
+        if packet is None or packet[0] != HEADER:
+            break
+        try:
+            expected.append(decode_command(HEADER, packet[1]).args)
+        except MilterProtocolError:
+            break
+        offset = packet[2]
+    rest = bytes(wire[offset:])
+    end, parts = milter_headers(wire, start, 256)
+    assert end == offset
+    assert list(zip(parts[::2], parts[1::2], strict=True)) == expected
+    # What the run did not take is left as it was, for the codec to read next.
+    assert wire[end:] == rest
 
 
 def test_xtext_round_trip_for_xforward_values() -> None:

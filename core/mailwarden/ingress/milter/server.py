@@ -7,15 +7,16 @@ import asyncio
 import contextlib
 import logging
 import os
-import socket
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
 
+from mailwarden_native import milter_headers, tcp_quickack
+
 from ...hookcalls import Resumed
-from ..tcp import listening_socket, quick_ack, quickack_socket, stream_transport
+from ..tcp import listening_socket, quickack_socket, stream_transport
 from .codec import (
     ABORT,
     BODY,
@@ -233,7 +234,10 @@ class MilterConnection(asyncio.Protocol):
         self.deciding: asyncio.Task[None] | None = None
         self.paused = False
         self.counted = False
-        self.quickack: socket.socket | None = None
+        # The socket's descriptor for TCP_QUICKACK (-1: not TCP): set through the C core, as
+        # a socket object per call (uvloop's transport socket makes one) also costs a
+        # getsockname system call.
+        self.quickack = -1
         self.last_seen = self.loop.time()
         self.idle_timer: asyncio.TimerHandle | None = None
 
@@ -251,7 +255,8 @@ class MilterConnection(asyncio.Protocol):
         server.connections += 1
         self.counted = True
         self.session = _Session(server, transport, self.loop)
-        self.quickack = quickack_socket(transport)
+        sock = quickack_socket(transport)
+        self.quickack = -1 if sock is None else sock.fileno()
         self.idle_timer = self.loop.call_at(self.last_seen + server.timeout, self._check_idle)
 
     def data_received(self, data: bytes) -> None:
@@ -261,15 +266,15 @@ class MilterConnection(asyncio.Protocol):
         if self.deciding is None and session is not None:
             session.answered = False
             self._process()
-            if self.quickack is not None and not (session.answered or self.deciding):
+            if self.quickack >= 0 and not (session.answered or self.deciding):
                 # With the NR_* flags the MTA writes several packets per stage without
                 # waiting for a reply: acknowledge at once so its next write does not wait
                 # (tcp.py). Not needed when we answered (the answer carries the ACK) or
                 # the message is being decided (the MTA waits for that answer): a system
                 # call fewer at the option negotiation and at the end of each message.
-                quick_ack(self.quickack)
-        elif self.quickack is not None:
-            quick_ack(self.quickack)
+                tcp_quickack(self.quickack)
+        elif self.quickack >= 0:
+            tcp_quickack(self.quickack)
         if self.deciding is not None and len(self.buffer) > _HELD_WHILE_DECIDING:
             if self.paused:
                 return
@@ -285,6 +290,8 @@ class MilterConnection(asyncio.Protocol):
             log.warning("milter: %s closed the connection inside a packet", self.peer)
         if self.idle_timer is not None:
             self.idle_timer.cancel()
+        # The descriptor is the transport's: closed now, and soon another connection's.
+        self.quickack = -1
         if self.counted:
             self.counted = False
             self.server.connections -= 1
@@ -304,7 +311,15 @@ class MilterConnection(asyncio.Protocol):
             # the message through a view, the other packets' data is one slice each.
             with memoryview(buffer) as view:
                 while (end := packet_end(buffer, offset)) >= 0:
-                    code, start, offset = buffer[offset + 4], offset + 5, end
+                    code, start = buffer[offset + 4], offset + 5
+                    if code == _HEADER and session.negotiated:
+                        # The headers in a row in one call to the C core (a message has a
+                        # dozen, each a packet); one it does not take goes the codec's way.
+                        taken = session.headers(buffer, offset)
+                        if taken > offset:
+                            offset = taken
+                            continue
+                    offset = end
                     if code == _BODY or code == _BODYEOB:
                         done = session.body(view, start, end, end_of_body=code == _BODYEOB)
                     else:
@@ -313,10 +328,13 @@ class MilterConnection(asyncio.Protocol):
                         break
         except _Closed:
             transport.close()
+            # No quick ACK after QUIT: the FIN carries it (a system call per connection).
+            self.quickack = -1
         except MilterProtocolError as exc:
             log.warning("milter: closing the connection from %s: %s", self.peer, exc)
             buffer.clear()
             transport.close()
+            self.quickack = -1
         finally:
             del buffer[:offset]
         if done:
@@ -349,7 +367,7 @@ class MilterConnection(asyncio.Protocol):
         self.idle_timer = self.loop.call_at(base + timeout, self._check_idle)
 
 
-_BODY, _BODYEOB, _OPTNEG = ord(BODY), ord(BODYEOB), ord(OPTNEG)
+_BODY, _BODYEOB, _HEADER, _OPTNEG = ord(BODY), ord(BODYEOB), ord(HEADER), ord(OPTNEG)
 # Bytes kept unread while a message is decided before reading pauses: one largest packet.
 _HELD_WHILE_DECIDING = MAX_PACKET + 5
 _CONTINUE, _PROGRESS = encode_packet(R_CONTINUE), encode_packet(R_PROGRESS)
@@ -464,6 +482,22 @@ class _Session:
         self.pending, self.message = self.message, self._new_message()
         self.in_message = False
         return True
+
+    def headers(self, buffer: bytearray, offset: int) -> int:
+        """The well-formed header packets in a row from ``buffer[offset]``, taken in one
+        call; the offset after them (``offset`` when the first is not taken)."""
+        end, parts = milter_headers(buffer, offset, MAX_PACKET)
+        if not parts:
+            return offset
+        count = len(parts) // 2
+        # Each header counts as its name, value and ": " CR LF, as _header counts one.
+        self._count(sum(map(len, parts)) + 4 * count)
+        if not self.message.oversized:
+            self.message.headers += zip(parts[::2], parts[1::2], strict=True)
+        if not self.protocol & NO_REPLY[HEADER]:
+            self.transport.write(_CONTINUE * count)
+            self.answered = True
+        return end
 
     def _macro(self, data: bytearray) -> bool:
         stage, pairs = decode_macros(data)
