@@ -677,7 +677,9 @@ class AntispamPlugin:
                 verdict.spam = SpamStatus.PROBABLE_SPAM
             elif any(f.code == "BULK_MAIL" and f.detector == DETECTOR for f in verdict.findings):
                 verdict.spam = SpamStatus.BULK
-        if cfg.add_headers:
+        # Mail antispam did not read (turned off, or left out by the message's rule) gets no
+        # X-Spam-Status: "No" would say it was judged clean.
+        if cfg.add_headers and ctx.stash.get(_SCANNED, False):
             verdict.headers.extend(self.status_headers(verdict))
             added: list[tuple[str, str]] = ctx.stash.get(_HEADERS, [])
             verdict.headers.extend(added)

@@ -476,3 +476,15 @@ def test_commands_use_the_folders_of_the_configured_gateway(tmp_path: Path) -> N
     )
     assert trained.exit_code == 0
     assert not (tmp_path / "not-here").exists()
+
+
+def test_mail_antispam_did_not_read_gets_no_spam_status_header() -> None:
+    """With antispam turned off the plugin's verdict hook still runs (its hooks are
+    loaded); an `X-Spam-Status: No` would then tell the recipient's filters the message was
+    judged clean when no rule read it."""
+    off = '[detectors]\ndisabled = ["antispam"]\n[events]\nenabled = false\n'
+    decision = scan(make_message(), builtins=True, config=off)
+    names = {name for name, _value in decision.action.add_headers}
+    assert "X-Spam-Status" not in names and "X-Spam-Score" not in names
+    on = scan(make_message(), builtins=True, config="[antispam]\nauthentication = false\n")
+    assert dict(on.action.add_headers)["X-Spam-Status"].startswith("No, score=")
