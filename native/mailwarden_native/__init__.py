@@ -51,7 +51,7 @@ from ._sigs import (
     SigScanner,
 )
 from ._version import check_core_version, core_version
-from ._words import ascii_words, unicode_words
+from ._words import ascii_words, paragraph_lines, unicode_words
 
 # A core from another build must not run under this Python code: refused at import.
 check_core_version()
@@ -98,6 +98,7 @@ __all__ = [
     "extract_urls",
     "find_uuencoded",
     "html_to_text",
+    "paragraph_lines",
     "parse",
     "parse_params",
     "resolve_charset",

@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from mailwarden_sdk import ParsedMessage
+from mailwarden_sdk import ParsedMessage, paragraph_lines
 
 from .sa_evals import EvalInput
 
@@ -23,7 +23,6 @@ _ANCHOR = re.compile(
     re.IGNORECASE | re.DOTALL,
 )
 _TAG = re.compile(r"<[^>]*>")
-_PARAGRAPH = re.compile(r"\n\s*\n")
 _MAX_TEXT = 2_000_000  # characters of text per message the rules look at
 
 
@@ -52,11 +51,10 @@ def body_text(message: ParsedMessage) -> str:
     chunks = [message.decoded_header("subject") or ""]
     for part in message.leaves():
         if part.content_type in ("text/plain", "text/html") and part.disposition != "attachment":
-            text = part.visible_text()
-            for para in _PARAGRAPH.split(text):
-                line = " ".join(para.split())
-                if line:
-                    chunks.append(line)
+            # Its paragraphs (split at blank lines) one a line, whitespace runs one space.
+            lines = paragraph_lines(part.visible_text())
+            if lines:
+                chunks.append(lines)
     return "\n".join(chunks)[:_MAX_TEXT]
 
 
