@@ -91,10 +91,12 @@ def message_facts(
         if part.content_type != "multipart/alternative":
             continue
         children = [message.parts[i] for i in part.children if message.parts[i].is_leaf]
-        words = {
-            kind: [w for p in children if p.content_type == kind for w in _words(p.visible_text())]
-            for kind in ("text/plain", "text/html")
-        }
+        words: dict[str, list[str]] = {"text/plain": [], "text/html": []}
+        for child in children:
+            # extend: a C loop over the words, not a comprehension step per word.
+            found = words.get(child.content_type)
+            if found is not None:
+                found.extend(_words(child.visible_text()))
         if words["text/plain"] or words["text/html"]:
             alternatives.append((words["text/plain"], words["text/html"]))
     html_parts = [p for p in message.leaves() if p.content_type == "text/html"]

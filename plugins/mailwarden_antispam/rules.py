@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import email.utils
 import fcntl
+import functools
 import heapq
 import logging
 import re
@@ -679,11 +680,21 @@ _Meta = Callable[[set[str]], Any]
 def _meta_function(rule: Rule) -> _Meta:
     source = f"lambda hits: ({_meta_python(rule.meta or '').strip()})"
     function: _Meta = eval(compile(source, rule.name, "eval"), {"__builtins__": {}})
+    # Names joined by && alone (half the stock set's metas) or by || alone, however
+    # parenthesised: a subset test or an intersection of the hit set, one C call with no
+    # Python frame (a message evaluates ~85 metas, each a cold function otherwise).
+    tokens = [t for t in _meta_tokens(rule.meta or "") if t not in ("(", ")")]
+    names, operators = tokens[0::2], set(tokens[1::2])
+    if len(tokens) % 2 and all(t[0].isalpha() or t[0] == "_" for t in names):
+        if operators <= {"&&"}:
+            return functools.partial(frozenset.issubset, frozenset(names))
+        if operators == {"||"}:
+            # Truthy (non-empty) exactly when one of the names hit.
+            return functools.partial(frozenset.intersection, frozenset(names))
     return function
 
 
-def _meta_python(expr: str) -> str:
-    """A meta expression as Python over a whitelist of tokens (names, numbers, operators)."""
+def _meta_tokens(expr: str) -> list[str]:
     out: list[str] = []
     pos = 0
     expr = expr.strip()
@@ -691,8 +702,15 @@ def _meta_python(expr: str) -> str:
         m = _META_TOKEN.match(expr, pos)
         if not m:
             raise ValueError(f"bad meta expression near {expr[pos : pos + 20]!r}")
-        tok = m.group(1)
+        out.append(m.group(1))
         pos = m.end()
+    return out
+
+
+def _meta_python(expr: str) -> str:
+    """A meta expression as Python over a whitelist of tokens (names, numbers, operators)."""
+    out: list[str] = []
+    for tok in _meta_tokens(expr):
         if tok == "&&":
             out.append(" and ")
         elif tok == "||":
