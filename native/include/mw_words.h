@@ -37,6 +37,13 @@ size_t mw_unicode_words(const uint32_t *src, size_t len, const uint32_t *word, s
                         const uint32_t *digit, size_t ndigit, uint32_t min_len,
                         uint32_t max_len, int amounts, uint32_t *out);
 
+/* The paragraphs of UTF-8 text src[0..len), one a line: written to out (len bytes are
+ * enough) with every run of whitespace (Python's str.isspace() characters) made one "\n"
+ * where it holds two line feeds (a blank line) and one " " elsewhere, none at either end.
+ * So Python's "\n".join(" ".join(p.split()) for p in re.split(r"\n\s*\n", text) if
+ * p.split()).  Returns the bytes written. */
+size_t mw_paragraph_lines(const uint8_t *src, size_t len, uint8_t *out);
+
 #ifdef __cplusplus
 }
 #endif

@@ -62,7 +62,7 @@ from ._spool import (
     spool_batch,
 )
 from ._version import check_core_version, core_version
-from ._words import ascii_words, unicode_words
+from ._words import ascii_words, paragraph_lines, unicode_words
 
 # A core from another build must not run under this Python code: refused at import.
 check_core_version()
@@ -117,6 +117,7 @@ __all__ = [
     "find_uuencoded",
     "html_to_text",
     "milter_headers",
+    "paragraph_lines",
     "parse",
     "parse_params",
     "resolve_charset",

@@ -306,6 +306,7 @@ class Part(msgspec.Struct, eq=False, gc=False):
     _text_flags: TextFlag | None = None
     _detected_type: str | None = None
     _urls: tuple[Url, ...] | None = None
+    _decoded_headers: dict[str, str | None] | None = None
 
     @property
     def flags(self) -> MalformationFlag:
@@ -537,9 +538,20 @@ class Part(msgspec.Struct, eq=False, gc=False):
         return kind != _KIND_MULTIPART and kind != _KIND_MESSAGE
 
     def decoded_header(self, name: str) -> str | None:
-        """First value of the named field with RFC 2047 encoded words decoded, or None."""
-        value = self.header(name)
-        return decode_header(value) if value is not None else None
+        """First value of the named field with RFC 2047 encoded words decoded, or None;
+        decoded once per name."""
+        # The Subject is read decoded by antispam's body text and rule targets, the URL
+        # walk, the decision and the event log: 10-15 us a decode of an encoded one.
+        cache = self._decoded_headers
+        if cache is None:
+            cache = self._decoded_headers = {}
+        key = name.lower()
+        try:
+            return cache[key]
+        except KeyError:
+            value = self.header(name)
+            decoded = cache[key] = decode_header(value) if value is not None else None
+            return decoded
 
     def text(self) -> str:
         """The decoded body as text, computed once and cached: transfer-decoded, then

@@ -477,18 +477,30 @@ static void token(mw_url_ctx *u, const uint8_t *t, size_t m, int source) {
     if (bare_host(h, hn)) emit_url(u, "http", h, hn, MW_URL_NO_SCHEME, source);
 }
 
+/* Bytes without which a token holds no URL: a scheme needs ':' ("[:]" too), "www." and a
+ * bare host a dot with more of the token after it (a token's last dot ends a sentence and
+ * is trimmed), plain or defanged ("[.]", "(dot)", "{.}"). */
+static const uint8_t MAY_LINK[256] = {[':'] = 1, ['['] = 1, ['('] = 1, ['{'] = 1};
+
 void mw_urls_in_text(mw_url_ctx *u, const uint8_t *s, size_t n, int source) {
     size_t i = 0;
     while (i < n && !u->nomem) {
         while (i < n && is_delim(s[i])) i++;
         size_t ts = i;
+        uint8_t may = 0;
         while (i < n && !is_delim(s[i])) {
             /* No-break space and ideographic space separate words too. */
             if (s[i] == 0xC2 && i + 1 < n && s[i + 1] == 0xA0) break;
             if (s[i] == 0xE3 && i + 2 < n && s[i + 1] == 0x80 && s[i + 2] == 0x80) break;
+            if (s[i] == '.')
+                may |= i + 1 < n && !is_delim(s[i + 1]);
+            else
+                may |= MAY_LINK[s[i]];
             i++;
         }
-        if (i > ts) token(u, s + ts, i - ts, source);
+        /* Most words hold none of them: token()'s bracket counts and trims were about two
+         * thirds of the extraction's time on plain text. */
+        if (may) token(u, s + ts, i - ts, source);
         if (i < n && s[i] == 0xC2) i += 2;
         else if (i < n && s[i] == 0xE3) i += 3;
     }

@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from mailwarden_sdk import ParsedMessage
+from mailwarden_sdk import ParsedMessage, paragraph_lines
 
 from .sa_evals import EvalInput
 
@@ -23,7 +23,8 @@ _ANCHOR = re.compile(
     re.IGNORECASE | re.DOTALL,
 )
 _TAG = re.compile(r"<[^>]*>")
-_PARAGRAPH = re.compile(r"\n\s*\n")
+# b"<img" in data.lower(): ASCII letters either case (a bytes pattern folds no others), no copy.
+_IMAGE = re.compile(rb"<img", re.IGNORECASE)
 _MAX_TEXT = 2_000_000  # characters of text per message the rules look at
 
 
@@ -52,11 +53,10 @@ def body_text(message: ParsedMessage) -> str:
     chunks = [message.decoded_header("subject") or ""]
     for part in message.leaves():
         if part.content_type in ("text/plain", "text/html") and part.disposition != "attachment":
-            text = part.visible_text()
-            for para in _PARAGRAPH.split(text):
-                line = " ".join(para.split())
-                if line:
-                    chunks.append(line)
+            # Its paragraphs (split at blank lines) one a line, whitespace runs one space.
+            lines = paragraph_lines(part.visible_text())
+            if lines:
+                chunks.append(lines)
     return "\n".join(chunks)[:_MAX_TEXT]
 
 
@@ -91,10 +91,12 @@ def message_facts(
         if part.content_type != "multipart/alternative":
             continue
         children = [message.parts[i] for i in part.children if message.parts[i].is_leaf]
-        words = {
-            kind: [w for p in children if p.content_type == kind for w in _words(p.visible_text())]
-            for kind in ("text/plain", "text/html")
-        }
+        words: dict[str, list[str]] = {"text/plain": [], "text/html": []}
+        for child in children:
+            # extend: a C loop over the words, not a comprehension step per word.
+            found = words.get(child.content_type)
+            if found is not None:
+                found.extend(_words(child.visible_text()))
         if words["text/plain"] or words["text/html"]:
             alternatives.append((words["text/plain"], words["text/html"]))
     html_parts = [p for p in message.leaves() if p.content_type == "text/html"]
@@ -103,7 +105,7 @@ def message_facts(
         received_times=received_times,
         alternatives=alternatives,
         html_text_length=sum(len(p.visible_text()) for p in html_parts),
-        html_has_image=any(b"<img" in p.decoded()[:_MAX_TEXT].lower() for p in html_parts),
+        html_has_image=any(_IMAGE.search(p.decoded(), 0, _MAX_TEXT) for p in html_parts),
     )
 
 

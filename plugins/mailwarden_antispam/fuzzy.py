@@ -33,8 +33,10 @@ from mailwarden_sdk import (
     ParsedMessage,
     SharedState,
     SharedStateUnavailable,
+    ascii_words,
     parse,
     shingle_sketch,
+    unicode_words,
 )
 
 from .content import body_text
@@ -49,7 +51,6 @@ SKETCH = 24
 #: Hashes kept locally; the ones expiring first go above it.
 MAX_ENTRIES = 1_000_000
 _WORD = re.compile(r"[^\W_]{2,30}", re.UNICODE)
-_ASCII_WORD = re.compile(r"[a-z0-9]{2,30}", re.ASCII)
 _MAX_WORDS = 5000
 _ENTRY = struct.Struct(">d16s")  # expiry, the reported message's id
 _SHARED = "antispam:fuzzy:"
@@ -60,9 +61,13 @@ def sketch(message: ParsedMessage, text: str | None = None) -> list[int]:
     """The message's bottom-k sketch (sorted), or ``[]`` when its text is too short;
     ``text`` the message's :func:`~.content.body_text` when the caller has it."""
     text = (body_text(message) if text is None else text).lower()
-    # On ASCII text (most mail) [^\W_] is [a-z0-9]: the ASCII pattern cuts the same words in
-    # 0.7x the time.
-    words = (_ASCII_WORD if text.isascii() else _WORD).findall(text)[:_MAX_WORDS]
+    # _WORD's words (findall over the lowered text), cut in the C core as the Bayes tokens'
+    # are: on ASCII text (most mail) [^\W_] is [a-z0-9], ascii_words' class.
+    if text.isascii():
+        words = ascii_words(text, 2, 30)
+    else:
+        words = unicode_words(text, 2, 30)
+    del words[_MAX_WORDS:]
     if len(words) < SHINGLE + SKETCH - 1:
         return []  # fewer shingles than a sketch holds
     # Hashing and selection in the C core (0.3 ms per message in Python); the words are still

@@ -9,7 +9,8 @@ A plugin is a class (or module) with ``@hookimpl``-marked methods named after th
 The native MIME core and signature matcher are reached through this package too
 (:func:`parse`, :func:`detect_type`, :class:`Matcher`, and since SDK 1.18
 :func:`shingle_sketch` for MinHash sketches of text and :func:`ascii_words` and
-:func:`unicode_words` for a tokenizer's words of text), so a plugin never imports the
+:func:`unicode_words` for a tokenizer's words of text, since 1.20 :func:`paragraph_lines`
+for text one paragraph a line), so a plugin never imports the
 ``mailwarden`` core.
 A plugin that keeps messages of its own offers them to the web interface as a
 :class:`Quarantine` (:mod:`mailwarden_sdk.quarantines`).
@@ -30,6 +31,7 @@ from mailwarden_native import (
     Part,
     ascii_words,
     detect_type,
+    paragraph_lines,
     parse,
     shingle_sketch,
     unicode_words,
@@ -122,6 +124,7 @@ __all__ = [
     "hookimpl",
     "hookspec",
     "nonblocking",
+    "paragraph_lines",
     "parse",
     "plugin_data_dir",
     "run_cpu_bound",
