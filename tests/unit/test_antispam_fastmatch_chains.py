@@ -13,6 +13,13 @@ from hypothesis import strategies as st
 
 from mailwarden_antispam import fastmatch
 from mailwarden_antispam.fastmatch import HAVE_HYPERSCAN, PatternSet
+from tests.conftest import need
+
+
+@pytest.fixture(scope="module")
+def hyperscan() -> None:
+    """The hyperscan wheel is a dependency: without it these skip, and fail in CI."""
+    need(HAVE_HYPERSCAN, "the hyperscan wheel is not installed")
 
 
 def _latest_by_search(starts: list[int], ends: set[int], copies: int, width: int) -> int:
@@ -55,7 +62,7 @@ _PATTERNS = [
 ]
 
 
-@pytest.mark.skipif(not HAVE_HYPERSCAN, reason="hyperscan wheel not installed")
+@pytest.mark.usefixtures("hyperscan")
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     st.sampled_from(_PATTERNS),

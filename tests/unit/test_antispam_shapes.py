@@ -13,6 +13,14 @@ from hypothesis import strategies as st
 from mailwarden_antispam import shapes
 from mailwarden_antispam.fastmatch import HAVE_HYPERSCAN, PatternSet
 from mailwarden_antispam.rules import RuleTargets, load_rules
+from tests.conftest import need
+
+
+@pytest.fixture(scope="module")
+def hyperscan() -> None:
+    """The hyperscan wheel is a dependency: without it these skip, and fail in CI."""
+    need(HAVE_HYPERSCAN, "the hyperscan wheel is not installed")
+
 
 # Every excluded set the recogniser takes, with the characters around them (CR without LF,
 # tabs, non-ASCII letters and spaces) that a chunk walk could get wrong.
@@ -78,7 +86,7 @@ def test_patterns_of_other_shapes_are_not_taken(source: str, flags: int) -> None
     assert shapes.recognise(re.compile(source, flags)) is None
 
 
-@pytest.mark.skipif(not HAVE_HYPERSCAN, reason="hyperscan wheel not installed")
+@pytest.mark.usefixtures("hyperscan")
 def test_a_pattern_set_answers_a_shaped_pattern_beside_its_database_as_re() -> None:
     patterns = [
         re.compile(r"^[^\r\n]{300}", re.MULTILINE),
@@ -102,7 +110,7 @@ def test_a_pattern_set_answers_a_shaped_pattern_beside_its_database_as_re() -> N
         assert sorted(matched.confirmed(text)) == expected, text
 
 
-@pytest.mark.skipif(not HAVE_HYPERSCAN, reason="hyperscan wheel not installed")
+@pytest.mark.usefixtures("hyperscan")
 def test_a_third_party_long_line_rule_takes_the_exact_test_and_hits_as_re(tmp_path: Path) -> None:
     rules_file = tmp_path / "local.cf"
     rules_file.write_text(
