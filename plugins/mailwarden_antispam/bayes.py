@@ -578,32 +578,26 @@ class Bayes:
         sum is what the lessons one by one write; a lesson that moves a message from the
         other class first writes the run before it, its subtraction may."""
         steps: dict[str, tuple[int, int]] = {}
-        spam = ham = 0
+        messages = (0, 0)
 
         def write_run() -> None:
-            nonlocal spam, ham
-            if spam or ham:
-                self._add_counts(txn, steps, (spam, ham))
+            nonlocal messages
+            if messages != (0, 0):
+                self._add_counts(txn, steps, messages)
             steps.clear()
-            spam = ham = 0
+            messages = (0, 0)
 
         for lesson in batch:
             key = lesson.digest.encode()
-            found = txn.get(key, db=self._learned)
-            if found is not None:
+            if txn.get(key, db=self._learned) is not None:
                 write_run()
                 self._learn_in(txn, lesson)
                 continue
-            if lesson.label == "spam":
-                spam += 1
-                for token in lesson.toks:
-                    old = steps.get(token, (0, 0))
-                    steps[token] = (old[0] + 1, old[1])
-            else:
-                ham += 1
-                for token in lesson.toks:
-                    old = steps.get(token, (0, 0))
-                    steps[token] = (old[0], old[1] + 1)
+            ds, dh = (1, 0) if lesson.label == "spam" else (0, 1)
+            messages = (messages[0] + ds, messages[1] + dh)
+            for token in lesson.toks:
+                s, h = steps.get(token, (0, 0))
+                steps[token] = (s + ds, h + dh)
             txn.put(key, lesson.label.encode(), db=self._learned)
             self._record(txn, "learn", lesson.label, lesson.digest, lesson.who, lesson.message_id)
         write_run()
