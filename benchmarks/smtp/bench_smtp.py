@@ -15,7 +15,9 @@ Postfix's ``smtp-source`` sends the same load (``--messages`` of ``--size`` byte
 For each it reports the accept rate (smtp-source finished: every message got its 250), the
 end-to-end rate (the sink holds every message), both as ratios to (a), and the CPU time
 ``mailwarden serve`` spent per message (and of it the system part) and its context switches
-per message. Antispam runs without DNS (as ``mailwarden bench`` runs
+per message; beside it the CPU per message of Postfix's own processes in every row, and of
+the peer milter's processes in (e) and (f), so that what each filter costs can be set against
+what the MTA itself costs. Antispam runs without DNS (as ``mailwarden bench`` runs
 it), so the machine's resolver is neither asked nor waited on. Everything shares the machine's
 cores, so the figures are only comparable within one run.
 
@@ -78,6 +80,48 @@ def _cpu_seconds(pids: list[int], field: int | None = None) -> float:
     return total / _TICK
 
 
+def _tree_cpu_seconds(root: int) -> float:
+    """User and system CPU of ``root`` and every process under it, including the children
+    they have reaped (Postfix's master and rspamd's main process restart their workers)."""
+    total = 0
+    for pid in _tree(root):
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += sum(int(f) for f in fields[11:15])
+    return total / _TICK
+
+
+def _listener(port: int) -> int | None:
+    """The top process of the program that listens on 127.0.0.1:``port`` (for rspamd, its
+    main process rather than the proxy worker that holds the socket), or None."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A":
+                    inodes.add(f"socket:[{fields[9]}]")
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
+                        return _program_root(int(pid))
+    return None
+
+
+def _program_root(pid: int) -> int:
+    def stat(p: int) -> tuple[str, int]:
+        name, rest = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)
+        return name.split("(", 1)[1][:6], int(rest.split()[1])
+
+    with contextlib.suppress(OSError):
+        name, parent = stat(pid)
+        while parent > 1 and stat(parent)[0] == name:
+            pid, parent = parent, stat(parent)[1]
+    return pid
+
+
 def _loop_seconds(pid: int) -> float:
     """User and system CPU of the process's main thread (the event loop's), in seconds."""
     with contextlib.suppress(OSError):
@@ -125,7 +169,10 @@ def _phase(
     size: int,
     serve: Serve | None,
     profile: Path | None = None,
+    mta: int | None = None,
+    peer: int | None = None,
 ) -> dict[str, float]:
+    """One row; ``mta`` is Postfix's master PID, ``peer`` a peer milter's main PID."""
     before = _count(sink)
     pids = _tree(serve.process.pid) if serve is not None and serve.process else []
     spy = None
@@ -154,6 +201,8 @@ def _phase(
     cpu_before, switches_before = _cpu_seconds(pids), _switches(pids)
     system_before = _cpu_seconds(pids, 1)
     loop_before = _loop_seconds(pids[0]) if pids else 0.0
+    others = {"postfix_cpu_ms": mta, "peer_cpu_ms": peer}
+    others_before = {k: _tree_cpu_seconds(pid) for k, pid in others.items() if pid}
     began = time.perf_counter()
     subprocess.run(
         [
@@ -182,6 +231,8 @@ def _phase(
         spy.send_signal(signal.SIGINT)
         spy.wait(timeout=60)
     result = {"accept": messages / accepted, "end_to_end": messages / delivered}
+    for key, cpu in others_before.items():
+        result[key] = (_tree_cpu_seconds(others[key] or 0) - cpu) * 1000 / messages
     if pids:
         result["serve_cpu_ms"] = (_cpu_seconds(pids) - cpu_before) * 1000 / messages
         result["serve_sys_ms"] = (_cpu_seconds(pids, 1) - system_before) * 1000 / messages
@@ -349,9 +400,12 @@ def main() -> int:
             for name, port, owner in modes:
                 tag = name[1 : name.index(")")]
                 out = args.profile / f"{tag}.txt" if args.profile is not None else None
-                results[name] = _phase(sink, port, n, s, size, owner, out)
+                named = {"e": "rspamd", "f": "dkim"}.get(tag)
+                peer = _listener(peer_ports[named]) if named else None
+                mta = postfix.master_pid()
+                results[name] = _phase(sink, port, n, s, size, owner, out, mta, peer)
             # Postfix alone once more: the machine is shared, the baseline is both runs' mean.
-            last = _phase(sink, ports["plain"], n, s, size, None)
+            last = _phase(sink, ports["plain"], n, s, size, None, mta=postfix.master_pid())
         finally:
             postfix.stop()
             serve.stop()
@@ -374,16 +428,19 @@ def main() -> int:
     print(
         header
         + f" {'serve CPU ms/msg':>17} {'of it system':>13} {'of it loop':>11} {'switches/msg':>13}"
+        + f" {'peer CPU ms/msg':>16} {'postfix CPU ms/msg':>19}"
     )
     for name, r in results.items():
         cpu = f"{r['serve_cpu_ms']:17.2f}" if "serve_cpu_ms" in r else f"{'-':>17}"
         system = f"{r['serve_sys_ms']:13.2f}" if "serve_sys_ms" in r else f"{'-':>13}"
         loop = f"{r['serve_loop_ms']:11.2f}" if "serve_loop_ms" in r else f"{'-':>11}"
         switches = f"{r['serve_switches']:13.1f}" if "serve_switches" in r else f"{'-':>13}"
+        peer_cpu = f"{r['peer_cpu_ms']:16.2f}" if "peer_cpu_ms" in r else f"{'-':>16}"
+        mta_cpu = f"{r['postfix_cpu_ms']:19.2f}" if "postfix_cpu_ms" in r else f"{'-':>19}"
         print(
             f"{name:{width}} {r['accept']:9.0f} {r['accept'] / base['accept']:6.2f}"
             f" {r['end_to_end']:13.0f} {r['end_to_end'] / base['end_to_end']:6.2f} {cpu}"
-            f" {system} {loop} {switches}"
+            f" {system} {loop} {switches} {peer_cpu} {mta_cpu}"
         )
     for name, r in results.items():
         if "serve_cpu_ms" in r and r["serve_cpu_ms"] == 0:
