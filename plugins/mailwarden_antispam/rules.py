@@ -872,6 +872,7 @@ def perl_regex(text: str, multiline: bool = False) -> tuple[re.Pattern[str], str
 def _perl_to_python(body: str) -> str:
     out = []
     i = 0
+    in_class = False
     while i < len(body):
         ch = body[i]
         if ch == "\\" and i + 1 < len(body):
@@ -881,7 +882,8 @@ def _perl_to_python(body: str) -> str:
             elif nxt == "Z":
                 out.append(r"(?=\n?\Z)")
             elif nxt == "h":
-                out.append(r"[ \t]")
+                # Inside a class a class of its own would nest: only its members there.
+                out.append(r" \t" if in_class else r"[ \t]")
             elif nxt == "x" and i + 2 < len(body) and body[i + 2] == "{":
                 end = body.index("}", i)
                 code = int(body[i + 3 : end], 16)
@@ -896,6 +898,30 @@ def _perl_to_python(body: str) -> str:
                 out.append(ch + nxt)
             i += 2
             continue
+        if in_class:
+            if ch == "]":
+                in_class = False
+            elif ch == "[" and body.startswith(":", i + 1):
+                # A POSIX class ([:xdigit:]) inside a bracket expression: Python's re has
+                # none and would read "[[:xdigit:]]" as the set "[:xdigt" then a literal "]".
+                end = body.find(":]", i + 2)
+                members = _POSIX_CLASSES.get(body[i + 2 : end]) if end > 0 else None
+                if members is None:
+                    raise ValueError(f"unsupported POSIX class {body[i : end + 2]!r}")
+                out.append(members)
+                i = end + 2
+                continue
+            out.append(ch)
+            i += 1
+            continue
+        if ch == "[":
+            in_class = True
+            # A "]" first (after an optional "^") is a member, not the end.
+            start = i + 1 + body.startswith("^", i + 1)
+            start += body.startswith("]", start)
+            out.append(body[i:start].replace("]", r"\]"))
+            i = start
+            continue
         if ch == "$" and i + 1 < len(body) and body[i + 1] not in ")|":
             out.append(r"\$")  # a Perl variable-looking "$" mid-pattern is a literal dollar
             i += 1
@@ -903,6 +929,25 @@ def _perl_to_python(body: str) -> str:
         out.append(ch)
         i += 1
     return "".join(out)
+
+
+# Perl's POSIX classes as they match ASCII text (no /u, no locale), as members of a Python
+# character class. "^" negated forms are refused at load rather than misread.
+_POSIX_CLASSES = {
+    "alpha": "A-Za-z",
+    "digit": "0-9",
+    "alnum": "A-Za-z0-9",
+    "xdigit": "0-9A-Fa-f",
+    "upper": "A-Z",
+    "lower": "a-z",
+    "word": "A-Za-z0-9_",
+    "space": r" \t\n\r\f\v",
+    "blank": r" \t",
+    "cntrl": r"\x00-\x1f\x7f",
+    "punct": r"!-/:-@\[-`{-~",
+    "print": r"\x20-\x7e",
+    "graph": r"\x21-\x7e",
+}
 
 
 _SPECIAL = set(".^$*+?{}[]()|")
@@ -982,6 +1027,12 @@ def _class_end(body: str, start: int) -> int:
         if body[i] == "\\":
             i += 2
             continue
+        if body.startswith("[:", i):
+            # A POSIX class inside ([[:xdigit:]]): its ":]" does not end the bracket.
+            end = body.find(":]", i + 2)
+            if end > 0:
+                i = end + 2
+                continue
         if body[i] == "]":
             return i
         i += 1
