@@ -126,6 +126,14 @@ def _thread_names(pid: int) -> dict[int, str]:
     return names
 
 
+def _comm(pid: int, tid: int) -> str:
+    """A thread's own name (the C core's threads name themselves); "gone" when it ended."""
+    try:
+        return Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
+    except OSError:
+        return "gone"
+
+
 def _by_thread(
     pid: int, before: dict[int, tuple[int, int]], after: dict[int, tuple[int, int]]
 ) -> dict[str, tuple[float, float]]:
@@ -135,7 +143,7 @@ def _by_thread(
     out: dict[str, tuple[float, float]] = {}
     for tid, (ticks, switches) in after.items():
         ticks0, switches0 = before.get(tid, (0, 0))
-        name = names.get(tid, "(unnamed: native or gone)")
+        name = names.get(tid) or _comm(pid, tid)
         cpu, sw = out.get(name, (0.0, 0.0))
         out[name] = (cpu + (ticks - ticks0) / _TICK, sw + switches - switches0)
     return out

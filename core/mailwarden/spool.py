@@ -38,14 +38,18 @@ moved to ``damaged/`` with an ``ID.reason`` file beside it, and logged once. Not
 deleted silently: past ``damaged_max_bytes`` the oldest entries go, each with a logged warning.
 ``mailwarden data-inventory`` lists the folder.
 
-From the event loop the syncs go to :class:`_Syncer`, a few threads each taking every job
-waiting when it wakes and syncing the queue directory once for all of them: under load a
-message costs a fraction of a thread hop per sync instead of one hop each, and the threads
-still sync in parallel, which the file system commits together (its journal's group commit;
-one thread syncing every file in turn was half as fast on this VM). A batch's file work
-(fsyncs and renames, data syncs, emptying kept files, the directory sync) is one call into the
-C core, which releases the GIL once instead of once per system call. The durability is the
-same as in the synchronous methods: the caller resumes only after its sync returned.
+From the event loop the syncs of a small message (its fsync and rename, the in-doubt flag's
+fdatasync, the removals' directory syncs, the emptying of kept files) go to
+:class:`_NativeSyncer`: a few C threads that never take the GIL, each taking every job waiting
+when it wakes (while no other thread is idle) and syncing the queue directory once for all of
+them; the loop learns of finished jobs on an eventfd it watches. Under load a message shares
+its syncs with the others of its batch, and the threads still sync in parallel, which
+the file system commits together (one thread syncing every file in turn was half as fast on
+this VM). A Python thread taking the GIL back after each batch cost the loop more than the
+batch (the handover waits while the loop runs Python: a scan's detectors made it wait the
+longer). The rest (a large message, one spooled with its state) goes to :class:`_Syncer`'s
+Python threads, batched alike. The durability is the same as in the synchronous methods: the
+caller resumes only after its sync returned.
 """
 
 from __future__ import annotations

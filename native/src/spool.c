@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/prctl.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -296,6 +297,8 @@ static void run_taken(mw_spool_q *q, int force_sync, struct job *jobs, size_t n,
 static void *worker(void *arg)
 {
     mw_spool_q *q = arg;
+    /* Named for ps, top and perf (Python's own threads all show as "python"). */
+    prctl(PR_SET_NAME, "mw-spool-sync", 0, 0, 0);
     pthread_mutex_lock(&q->mu);
     for (;;) {
         if (q->jobs.n == 0) {
