@@ -351,8 +351,9 @@ class _NativeSyncer:
     Python syncer's: the caller resumes only after its sync returned.
     """
 
-    def __init__(self, directory: str, threads: _Syncer) -> None:
+    def __init__(self, directory: str, threads: _Syncer, sync_dir: Callable[[], None]) -> None:
         self._directory = directory
+        self._sync_dir = sync_dir
         self._encoded = os.fsencode(directory)
         self._threads = threads
         self._queue: native.SpoolQueue | None = None
@@ -400,24 +401,27 @@ class _NativeSyncer:
         ``finish`` gets its errno (plus ``SPOOL_AT_DIR`` when the directory sync it needed
         failed) and returns the future's result or raises. On an errno it runs in a thread."""
         loop = asyncio.get_running_loop()
-        queue_ = self._owned(loop)
-        if queue_ is None:
-            return self._threads.run(
-                lambda: finish(self._run_here(op, fd, src, dst)), sync_dir=False
-            )
-        future = loop.create_future()
-        id = next(self._ids)
-        self._waiting[id] = (future, finish)
         try:
-            queue_.submit(
-                id, op, fd, os.fsencode(src) if src else None, os.fsencode(dst) if dst else None
-            )
+            queue_ = self._owned(loop)
+            if queue_ is not None:
+                future = loop.create_future()
+                id = next(self._ids)
+                self._waiting[id] = (future, finish)
+                try:
+                    queue_.submit(
+                        id,
+                        op,
+                        fd,
+                        os.fsencode(src) if src else None,
+                        os.fsencode(dst) if dst else None,
+                    )
+                except OSError:
+                    del self._waiting[id]
+                    raise
+                return future
         except OSError:
-            del self._waiting[id]
-            return self._threads.run(
-                lambda: finish(self._run_here(op, fd, src, dst)), sync_dir=False
-            )
-        return future
+            pass  # no queue or thread to be had (descriptors, memory): Python's threads
+        return self._threads.run(lambda: finish(self._run_here(op, fd, src, dst)), sync_dir=False)
 
     def _run_here(self, op: int, fd: int, src: str, dst: str) -> int:
         """A job run in the calling thread (a Python syncer's): its errno as the queue's."""
@@ -427,7 +431,14 @@ class _NativeSyncer:
             )
             if errs[0] or op != native.SPOOL_COMMIT:
                 return errs[0]
-        err = self._native().sync_now()
+        try:
+            err = self._native().sync_now()
+        except OSError:
+            try:
+                self._sync_dir()  # without the queue (its removals then wait for a later sync)
+                err = 0
+            except OSError as exc:
+                err = exc.errno or errno.EIO
         return native.SPOOL_AT_DIR + err if err else 0
 
     def _drain(self) -> None:
@@ -483,6 +494,10 @@ class _NativeSyncer:
         if self._timer is None or self._timer_loop is not loop:
             self._timer_loop = loop
             self._timer = loop.call_later(_REMOVAL_SYNC_DELAY, self._sync_if_needed)
+
+    def available(self) -> None:
+        """Raise OSError when the C queue cannot be had (no descriptor or memory left)."""
+        self._native()
 
     def threads(self) -> int:
         """The C threads running now (they end when idle)."""
@@ -542,6 +557,10 @@ def _pass_on(future: asyncio.Future[Any], inner: asyncio.Future[Any]) -> None:
         return
     exc = inner.exception()
     _resolve([(future, None if exc is not None else inner.result(), exc)])
+
+
+def _no_job() -> None:
+    return None
 
 
 def _log_failed_sync(future: asyncio.Future[Any]) -> None:
@@ -660,7 +679,7 @@ class Spool:
         weakref.finalize(self, _close_pool, self._pool)
         self._sync_queue = _GroupSync(self.queue)
         self._threads = _Syncer(self._sync_queue)
-        self._syncer = _NativeSyncer(str(self.queue), self._threads)
+        self._syncer = _NativeSyncer(str(self.queue), self._threads, self._sync_queue)
         weakref.finalize(self, self._syncer.close)
         self._made = False
 
@@ -843,6 +862,10 @@ class Spool:
         be kept (the pool full, a failure: then it is still in ``queue/``)."""
         if len(self._pool) >= FREE_MAX or self._pool_pid != _PID or entry.fd < 0:
             return False
+        try:
+            self._syncer.available()
+        except OSError:
+            return False  # no queue to empty it (out of descriptors): unlinked instead
         free = f"{self._free_s}{entry.id}"
         try:
             os.rename(f"{self._queue_s}{entry.id}.msg", free)
@@ -1131,7 +1154,11 @@ class Spool:
         _unlink(f"{self._queue_s}{entry.id}.msg")
         entry.unlinked = True
         self.remove(entry)
-        self._syncer.sync_later()
+        try:
+            self._syncer.sync_later()
+        except OSError:
+            # No C queue: a Python thread's directory sync records the removal soon.
+            self._threads.run(_no_job, sync_dir=True).add_done_callback(_log_failed_sync)
 
     def in_doubt(self, entry: SpoolEntry) -> bool:
         """True when a delivery of ``entry`` was cut off before its outcome was recorded."""

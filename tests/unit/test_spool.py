@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import shutil
 import subprocess
@@ -347,3 +348,28 @@ def test_a_message_written_into_a_kept_file_whose_folder_was_removed_is_spooled(
 
     asyncio.run(main())
     assert len(spool.ids()) == 2
+
+
+def test_without_its_c_queue_the_spool_still_syncs_in_python_threads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The C queue needs an eventfd: a process out of descriptors cannot make one. Mail is
+    # still spooled durably and its removal recorded, by the Python syncer threads.
+    def no_queue(*args: object) -> None:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(mailwarden.spool.native, "SpoolQueue", no_queue)
+    spool = Spool(tmp_path / "spool")
+    envelope = Envelope(mail_from="alice@example.org", rcpt_to=["bob@example.net"])
+
+    async def main() -> None:
+        entry = await spool.write_async(make_message(), envelope)
+        assert spool.ids() == [entry.id] and entry.raw() == make_message()
+        await spool.mark_in_doubt_async(entry, True)
+        assert spool.in_doubt(entry)
+        await spool.remove_delivered(entry)
+        assert spool.ids() == [] and entry.fd == -1
+        await asyncio.sleep(0.1)
+
+    asyncio.run(main())
+    assert spool._threads._threads > 0

@@ -9,6 +9,10 @@ import select
 import time
 from pathlib import Path
 
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 import mailwarden_native as native
 
 
@@ -120,3 +124,63 @@ def test_a_failed_directory_sync_fails_the_jobs_that_waited_for_it(tmp_path: Pat
     finally:
         queue.close()
         os.close(fd)
+
+
+_OPS = st.lists(
+    st.sampled_from(["commit", "commit-missing", "datasync", "dirsync", "empty", "removal"]),
+    min_size=1,
+    max_size=24,
+)
+
+
+@settings(max_examples=25, deadline=None)
+@given(ops=_OPS, threads=st.integers(1, 4))
+def test_every_queued_job_completes_once_with_its_own_outcome(
+    tmp_path_factory: pytest.TempPathFactory, ops: list[str], threads: int
+) -> None:
+    # However the threads cut the jobs into batches: each job is answered once, a commit's
+    # file is in the folder, a failed one reports its rename, and once a directory sync has
+    # run after the last removal every removal is covered.
+    root = tmp_path_factory.mktemp("q")
+    tmp, folder = root / "tmp", root / "queue"
+    tmp.mkdir()
+    folder.mkdir()
+    queue = native.SpoolQueue(str(folder), threads, 1000)
+    fds: list[int] = []
+    expected: dict[int, int] = {}
+    try:
+        for id, op in enumerate(ops, 1):
+            fd = os.open(tmp / str(id), os.O_RDWR | os.O_CREAT, 0o600)
+            os.write(fd, b"x")
+            fds.append(fd)
+            if op == "commit":
+                queue.submit(
+                    id, native.SPOOL_COMMIT, fd, bytes(tmp / str(id)), bytes(folder / str(id))
+                )
+            elif op == "commit-missing":
+                queue.submit(id, native.SPOOL_COMMIT, fd, bytes(tmp / "none"), bytes(folder / "x"))
+            elif op == "datasync":
+                queue.submit(id, native.SPOOL_DATASYNC, fd)
+            elif op == "dirsync":
+                queue.submit(id, native.SPOOL_DIRSYNC, -1)
+            elif op == "empty":
+                assert queue.empty_later(id, fd) > 0
+            else:
+                queue.count_removal()
+                continue
+            expected[id] = native.SPOOL_AT_RENAME + errno.ENOENT if op == "commit-missing" else 0
+        last = len(ops) + 1
+        queue.submit(last, native.SPOOL_DIRSYNC, -1)
+        expected[last] = 0
+        assert _wait_done(queue, len(expected)) == expected
+        assert queue.done() == []
+        assert queue.covered() == queue.removals() == ops.count("empty") + ops.count("removal")
+        committed = {str(i) for i, op in enumerate(ops, 1) if op == "commit"}
+        assert {p.name for p in folder.iterdir()} == committed
+        for i, op in enumerate(ops):
+            if op == "empty":
+                assert os.fstat(fds[i]).st_size == 0
+    finally:
+        queue.close()
+        for fd in fds:
+            os.close(fd)
