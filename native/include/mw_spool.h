@@ -57,6 +57,8 @@ int mw_spool_batch(size_t n, const int *ops, const int *fds, const char *const *
  * the next batch, before its directory sync (mw_spool_q_empty_later).
  */
 typedef struct mw_spool_q mw_spool_q;
+/* Every function below takes a NULL queue (one let go of) as one that does nothing: no job
+ * queued (EBADF), nothing counted or done. */
 
 /* A queue for the directory `dir` with up to `threads` threads, each ending after
  * `idle_ms` without work.  NULL when out of memory or descriptors (errno set). */

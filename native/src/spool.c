@@ -167,7 +167,7 @@ mw_spool_q *mw_spool_q_new(const char *dir, int threads, int idle_ms)
     return q;
 }
 
-int mw_spool_q_fd(const mw_spool_q *q) { return q->efd; }
+int mw_spool_q_fd(const mw_spool_q *q) { return q == NULL ? -1 : q->efd; }
 
 static void signal_done(mw_spool_q *q)
 {
@@ -369,6 +369,8 @@ static int start_thread(mw_spool_q *q)
 int mw_spool_q_submit(mw_spool_q *q, unsigned long long id, int op, int fd, const char *src,
                       const char *dst)
 {
+    if (q == NULL)
+        return EBADF;
     struct job j = {id, op, fd, NULL, NULL};
     if ((src != NULL && (j.src = strdup(src)) == NULL) ||
         (dst != NULL && (j.dst = strdup(dst)) == NULL)) {
@@ -397,6 +399,8 @@ int mw_spool_q_submit(mw_spool_q *q, unsigned long long id, int op, int fd, cons
 
 unsigned long long mw_spool_q_empty_later(mw_spool_q *q, unsigned long long id, int fd)
 {
+    if (q == NULL)
+        return 0;
     struct job j = {id, MW_SPOOL_TRUNCATE, fd, NULL, NULL};
     unsigned long long removal = 0;
     pthread_mutex_lock(&q->mu);
@@ -408,6 +412,8 @@ unsigned long long mw_spool_q_empty_later(mw_spool_q *q, unsigned long long id, 
 
 unsigned long long mw_spool_q_count_removal(mw_spool_q *q)
 {
+    if (q == NULL)
+        return 0;
     pthread_mutex_lock(&q->mu);
     unsigned long long removal = ++q->removals;
     pthread_mutex_unlock(&q->mu);
@@ -416,6 +422,8 @@ unsigned long long mw_spool_q_count_removal(mw_spool_q *q)
 
 unsigned long long mw_spool_q_removals(mw_spool_q *q)
 {
+    if (q == NULL)
+        return 0;
     pthread_mutex_lock(&q->mu);
     unsigned long long removals = q->removals;
     pthread_mutex_unlock(&q->mu);
@@ -424,6 +432,8 @@ unsigned long long mw_spool_q_removals(mw_spool_q *q)
 
 unsigned long long mw_spool_q_covered(mw_spool_q *q)
 {
+    if (q == NULL)
+        return 0;
     pthread_mutex_lock(&q->mu);
     unsigned long long covered = q->covered;
     pthread_mutex_unlock(&q->mu);
@@ -432,6 +442,8 @@ unsigned long long mw_spool_q_covered(mw_spool_q *q)
 
 size_t mw_spool_q_done(mw_spool_q *q, unsigned long long *ids, int *errs, size_t cap)
 {
+    if (q == NULL)
+        return 0;
     uint64_t count;
     /* Reset first: a completion added after the read below signals again. */
     while (read(q->efd, &count, sizeof count) < 0 && errno == EINTR)
@@ -451,6 +463,8 @@ size_t mw_spool_q_done(mw_spool_q *q, unsigned long long *ids, int *errs, size_t
 
 int mw_spool_q_threads(mw_spool_q *q)
 {
+    if (q == NULL)
+        return 0;
     pthread_mutex_lock(&q->mu);
     int threads = q->threads;
     pthread_mutex_unlock(&q->mu);
@@ -459,6 +473,8 @@ int mw_spool_q_threads(mw_spool_q *q)
 
 int mw_spool_q_sync_now(mw_spool_q *q)
 {
+    if (q == NULL)
+        return EBADF;
     struct job *jobs, *files;
     size_t n, nfiles;
     unsigned long long removals;
@@ -473,6 +489,8 @@ int mw_spool_q_sync_now(mw_spool_q *q)
 
 void mw_spool_q_close(mw_spool_q *q)
 {
+    if (q == NULL)
+        return;
     pthread_mutex_lock(&q->mu);
     q->closed = 1;
     pthread_cond_broadcast(&q->cv);
