@@ -410,34 +410,28 @@ unsigned long long mw_spool_q_empty_later(mw_spool_q *q, unsigned long long id, 
     return removal;
 }
 
+/* A counter of the queue read (and with `add` 1, incremented first) under its lock. */
+static unsigned long long counter(mw_spool_q *q, unsigned long long *value, int add)
+{
+    pthread_mutex_lock(&q->mu);
+    unsigned long long now = *value += (unsigned long long)add;
+    pthread_mutex_unlock(&q->mu);
+    return now;
+}
+
 unsigned long long mw_spool_q_count_removal(mw_spool_q *q)
 {
-    if (q == NULL)
-        return 0;
-    pthread_mutex_lock(&q->mu);
-    unsigned long long removal = ++q->removals;
-    pthread_mutex_unlock(&q->mu);
-    return removal;
+    return q == NULL ? 0 : counter(q, &q->removals, 1);
 }
 
 unsigned long long mw_spool_q_removals(mw_spool_q *q)
 {
-    if (q == NULL)
-        return 0;
-    pthread_mutex_lock(&q->mu);
-    unsigned long long removals = q->removals;
-    pthread_mutex_unlock(&q->mu);
-    return removals;
+    return q == NULL ? 0 : counter(q, &q->removals, 0);
 }
 
 unsigned long long mw_spool_q_covered(mw_spool_q *q)
 {
-    if (q == NULL)
-        return 0;
-    pthread_mutex_lock(&q->mu);
-    unsigned long long covered = q->covered;
-    pthread_mutex_unlock(&q->mu);
-    return covered;
+    return q == NULL ? 0 : counter(q, &q->covered, 0);
 }
 
 size_t mw_spool_q_done(mw_spool_q *q, unsigned long long *ids, int *errs, size_t cap)
