@@ -375,8 +375,8 @@ class GatewaySMTP(SMTP):
         # replies to a client's pipelined commands (RFC 2920): a final reply is held back
         # while the next command line is already here, and goes out with the next reply that
         # is not, one write for the group. What the client must see before it goes on
-        # (354, 334, 220: the greeting, STARTTLS's) and a reply before a close (221, 421) are
-        # never held.
+        # (354, 334, 220: the greeting, STARTTLS's) and a reply that may come before a close
+        # (_NEVER_HELD) are never held.
         self._proxy_header_pending = False
         if isinstance(status, str):
             if status[3:4] == "-":
@@ -858,8 +858,10 @@ _AUTH_WINDOW = 900.0
 _AUTH_ADDRESSES = 10_000
 _TRUSTED_KNOWN_MAX = 4096
 # Final replies push() never holds back: what a client waits for before it goes on (the
-# greeting, STARTTLS's go-ahead) and the last reply before we close.
-_NEVER_HELD = (b"220", b"221", b"421")
+# greeting, STARTTLS's go-ahead) and what may be the last reply before a close (aiosmtpd
+# closes the transport itself after its 502 for too many bogus commands and after the 500
+# for a failed TLS set-up).
+_NEVER_HELD = (b"220", b"221", b"421", b"500", b"502")
 _RECEIVED_RE = re.compile(rb"^received[ \t]*:", re.IGNORECASE | re.MULTILINE)
 
 
