@@ -130,6 +130,69 @@ def _loop_seconds(pid: int) -> float:
     return 0.0
 
 
+def _tasks(pids: list[int]) -> dict[int, tuple[int, int]]:
+    """Per thread of the processes: (user + system CPU in ticks, context switches)."""
+    found: dict[int, tuple[int, int]] = {}
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for task in os.listdir(f"/proc/{pid}/task"):
+                with contextlib.suppress(OSError):
+                    base = f"/proc/{pid}/task/{task}"
+                    fields = Path(f"{base}/stat").read_text().rsplit(")", 1)[1].split()
+                    switches = sum(
+                        int(line.split()[1])
+                        for line in Path(f"{base}/status").read_text().splitlines()
+                        if "ctxt_switches:" in line
+                    )
+                    found[int(task)] = (int(fields[11]) + int(fields[12]), switches)
+    return found
+
+
+def _thread_names(pid: int) -> dict[int, str]:
+    """Thread id -> Python thread name (from ``py-spy dump``; digits dropped, so a pool's
+    threads count together); empty without py-spy."""
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    try:
+        out = subprocess.run(
+            [py_spy, "dump", "--pid", str(pid), "--nonblocking"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    names = {}
+    for line in out.splitlines():
+        if line.startswith("Thread ") and '"' in line:
+            tid = line.split()[1]
+            if tid.isdigit():
+                names[int(tid)] = line.split('"')[1].rstrip("_0123456789") or "?"
+    return names
+
+
+def _comm(pid: int, tid: int) -> str:
+    """A thread's own name (the C core's threads name themselves); "gone" when it ended."""
+    try:
+        return Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
+    except OSError:
+        return "gone"
+
+
+def _by_thread(
+    pid: int, before: dict[int, tuple[int, int]], after: dict[int, tuple[int, int]]
+) -> dict[str, tuple[float, float]]:
+    """CPU seconds and context switches per thread name between two :func:`_tasks` readings
+    (threads that ended meanwhile are not seen; a thread started meanwhile counts whole)."""
+    names = _thread_names(pid)
+    out: dict[str, tuple[float, float]] = {}
+    for tid, (ticks, switches) in after.items():
+        ticks0, switches0 = before.get(tid, (0, 0))
+        name = names.get(tid) or _comm(pid, tid)
+        cpu, sw = out.get(name, (0.0, 0.0))
+        out[name] = (cpu + (ticks - ticks0) / _TICK, sw + switches - switches0)
+    return out
+
+
 def _switches(pids: list[int]) -> int:
     """Voluntary and involuntary context switches of every thread of the processes.
 
@@ -169,6 +232,8 @@ def _phase(
     size: int,
     serve: Serve | None,
     profile: Path | None = None,
+    threads: dict[str, dict[str, tuple[float, float]]] | None = None,
+    tag: str = "",
     mta: int | None = None,
     peer: int | None = None,
 ) -> dict[str, float]:
@@ -201,6 +266,7 @@ def _phase(
     cpu_before, switches_before = _cpu_seconds(pids), _switches(pids)
     system_before = _cpu_seconds(pids, 1)
     loop_before = _loop_seconds(pids[0]) if pids else 0.0
+    tasks_before = _tasks(pids) if threads is not None and pids else {}
     others = {"postfix_cpu_ms": mta, "peer_cpu_ms": peer}
     others_before = {k: _tree_cpu_seconds(pid) for k, pid in others.items() if pid}
     began = time.perf_counter()
@@ -238,6 +304,8 @@ def _phase(
         result["serve_sys_ms"] = (_cpu_seconds(pids, 1) - system_before) * 1000 / messages
         result["serve_loop_ms"] = (_loop_seconds(pids[0]) - loop_before) * 1000 / messages
         result["serve_switches"] = (_switches(pids) - switches_before) / messages
+        if threads is not None:
+            threads[tag] = _by_thread(pids[0], tasks_before, _tasks(pids))
     return result
 
 
@@ -281,6 +349,12 @@ def main() -> int:
         "--profile",
         type=Path,
         help="record py-spy collapsed stacks of mailwarden serve per row into this directory",
+    )
+    parser.add_argument(
+        "--threads",
+        action="store_true",
+        help="also print the serve process's CPU ms and switches per message by thread "
+        "(named with py-spy dump)",
     )
     args = parser.parse_args()
 
@@ -327,6 +401,7 @@ def main() -> int:
     ports = {name: free_port() for name in ("plain", "milter", "bare", "cf", "rspamd", "dkim")}
     ports |= {f"b{key}'": free_port() for key in other}
     results: dict[str, dict[str, float]] = {}
+    by_thread: dict[str, dict[str, tuple[float, float]]] | None = {} if args.threads else None
     skipped: dict[str, str] = {}
     n, s, size = args.messages, args.sessions, args.size
     with contextlib.ExitStack() as peers:
@@ -403,7 +478,9 @@ def main() -> int:
                 named = {"e": "rspamd", "f": "dkim"}.get(tag)
                 peer = _listener(peer_ports[named]) if named else None
                 mta = postfix.master_pid()
-                results[name] = _phase(sink, port, n, s, size, owner, out, mta, peer)
+                results[name] = _phase(
+                    sink, port, n, s, size, owner, out, by_thread, tag, mta=mta, peer=peer
+                )
             # Postfix alone once more: the machine is shared, the baseline is both runs' mean.
             last = _phase(sink, ports["plain"], n, s, size, None, mta=postfix.master_pid())
         finally:
@@ -442,6 +519,16 @@ def main() -> int:
             f" {r['end_to_end']:13.0f} {r['end_to_end'] / base['end_to_end']:6.2f} {cpu}"
             f" {system} {loop} {switches} {peer_cpu} {mta_cpu}"
         )
+    for tag, per in (by_thread or {}).items():
+        shown = sorted(per.items(), key=lambda item: -item[1][0])
+        print(
+            f"({tag}) by thread, CPU ms/msg (switches/msg): "
+            + ", ".join(
+                f"{name} {cpu * 1000 / n:.3f} ({sw / n:.1f})"
+                for name, (cpu, sw) in shown
+                if cpu or sw
+            )
+        )
     for name, r in results.items():
         if "serve_cpu_ms" in r and r["serve_cpu_ms"] == 0:
             # Postfix applies milter_default_action when it cannot reach the milter in time.
@@ -459,6 +546,7 @@ def main() -> int:
             "baseline": base,
             "postfix_alone_last": last,
             "modes": results,
+            "threads": by_thread,
             "skipped": skipped,
         }
         Path(args.json).write_text(json.dumps(report, indent=1))

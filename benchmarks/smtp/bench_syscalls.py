@@ -30,7 +30,7 @@ from tests.integration.test_gateway_relay import Sink, port_open, wait_until  # 
 
 SYSCALLS = (
     "write sendto recvfrom read openat close fsync fdatasync rename unlink flock pwrite64 "
-    "pread64 newfstat epoll_wait epoll_ctl futex accept4 getpid getsockname ftruncate"
+    "pread64 newfstat epoll_wait epoll_pwait epoll_ctl futex accept4 getpid getsockname ftruncate"
 ).split()
 _ALL_DETECTORS_OFF = '[detectors]\ndisabled = ["antivirus", "antispam", "reputation", "sandbox"]\n'
 

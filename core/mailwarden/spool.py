@@ -38,14 +38,18 @@ moved to ``damaged/`` with an ``ID.reason`` file beside it, and logged once. Not
 deleted silently: past ``damaged_max_bytes`` the oldest entries go, each with a logged warning.
 ``mailwarden data-inventory`` lists the folder.
 
-From the event loop the syncs go to :class:`_Syncer`, a few threads each taking every job
-waiting when it wakes and syncing the queue directory once for all of them: under load a
-message costs a fraction of a thread hop per sync instead of one hop each, and the threads
-still sync in parallel, which the file system commits together (its journal's group commit;
-one thread syncing every file in turn was half as fast on this VM). A batch's file work
-(fsyncs and renames, data syncs, emptying kept files, the directory sync) is one call into the
-C core, which releases the GIL once instead of once per system call. The durability is the
-same as in the synchronous methods: the caller resumes only after its sync returned.
+From the event loop the syncs of a small message (its fsync and rename, the in-doubt flag's
+fdatasync, the removals' directory syncs, the emptying of kept files) go to
+:class:`_NativeSyncer`: a few C threads that never take the GIL, each taking every job waiting
+when it wakes (while no other thread is idle) and syncing the queue directory once for all of
+them; the loop learns of finished jobs on an eventfd it watches. Under load a message shares
+its syncs with the others of its batch, and the threads still sync in parallel, which
+the file system commits together (one thread syncing every file in turn was half as fast on
+this VM). A Python thread taking the GIL back after each batch cost the loop more than the
+batch (the handover waits while the loop runs Python: a scan's detectors made it wait the
+longer). The rest (a large message, one spooled with its state) goes to :class:`_Syncer`'s
+Python threads, batched alike. The durability is the same as in the synchronous methods: the
+caller resumes only after its sync returned.
 """
 
 from __future__ import annotations
@@ -64,6 +68,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -213,28 +218,6 @@ class _GroupSync:
 _REMOVAL_SYNC_DELAY = 0.05
 # Seconds a syncer thread waits for work before it ends.
 _SYNCER_IDLE_EXIT = 10.0
-# A job for the syncer: run in a thread; "after" (its return, when callable) runs once the
-# queue directory has been synced for every job of the batch.
-_After = Callable[[], Any]
-
-
-class _FileJob:
-    """A syncer job the C core runs with the batch's other ones in one call without the GIL
-    (:func:`mailwarden_native.spool_batch`): ``op`` on ``fd`` (and ``src`` renamed to
-    ``dst``); ``finish`` gets its errno in the syncer thread and returns the job's result or
-    raises."""
-
-    __slots__ = ("dst", "fd", "finish", "op", "src")
-
-    def __init__(
-        self,
-        op: int,
-        fd: int,
-        finish: Callable[[int], Any],
-        src: bytes | None = None,
-        dst: bytes | None = None,
-    ) -> None:
-        self.op, self.fd, self.finish, self.src, self.dst = op, fd, finish, src, dst
 
 
 class _Kept:
@@ -244,8 +227,8 @@ class _Kept:
 
     def __init__(self, fd: int, path: str, removal: int) -> None:
         self.fd, self.path, self.removal = fd, path, removal
-        # Set by the syncer thread once the file is empty: True, or False when emptying
-        # failed (then it is not used again).
+        # Set on the event loop once the file is empty: True, or False when emptying failed
+        # (then it is not used again).
         self.ready: bool | None = None
 
 
@@ -255,7 +238,9 @@ def _raise_errno(err: int) -> None:
 
 
 class _Syncer:
-    """Threads that run the spool's blocking file work for event loops, in batches.
+    """Threads that run the spool's blocking Python file work for event loops, in batches
+    (a large message, one spooled with its state; the small ones' work goes to
+    :class:`_NativeSyncer`).
 
     A thread wakes on the first job and, while every other thread is busy, takes the jobs
     waiting then too; it runs them, syncs the queue directory once when any of them asked for
@@ -264,30 +249,17 @@ class _Syncer:
     busy, and from then on each wake-up serves a batch.
     """
 
-    def __init__(self, sync_dir: Callable[[], None], directory: str, threads: int = 4) -> None:
+    def __init__(self, sync_dir: Callable[[], None], threads: int = 4) -> None:
         self._sync_dir = sync_dir
-        # The batches of file jobs sync it by its path in C (open, fsync, close: no GIL).
-        self._directory = os.fsencode(directory)
         self._max = threads
         self._jobs: queue.SimpleQueue[
-            tuple[
-                asyncio.AbstractEventLoop, asyncio.Future[Any], Callable[[], Any] | _FileJob, bool
-            ]
+            tuple[asyncio.AbstractEventLoop, asyncio.Future[Any], Callable[[], Any], bool]
         ] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._threads = 0
         self._idle = 0
-        # Removals made on the loop (counted there) and how many of them the last directory
-        # sync that started covered (set by the syncer thread just before it): ints, which
-        # the GIL reads and writes whole.
-        self._removals = 0
-        self._covered = 0
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_loop: asyncio.AbstractEventLoop | None = None
-        # Files of delivered messages to empty with the next batch (appended on the loop).
-        self._emptying: collections.deque[_Kept] = collections.deque()
 
-    def run(self, job: Callable[[], Any] | _FileJob, *, sync_dir: bool) -> asyncio.Future[Any]:
+    def run(self, job: Callable[[], Any], *, sync_dir: bool) -> asyncio.Future[Any]:
         """Run ``job`` in a syncer thread; with ``sync_dir`` the queue directory is synced
         after it (and before the callable it returns, if any, runs)."""
         loop = asyncio.get_running_loop()
@@ -298,35 +270,6 @@ class _Syncer:
                 self._threads += 1
                 threading.Thread(target=self._work, name="spool-sync", daemon=True).start()
         return future
-
-    def empty_later(self, kept: _Kept) -> int:
-        """Empty ``kept``'s file with the next batch, before its directory sync (truncating
-        waits for the file system, which the event loop must not), and count its removal
-        as :meth:`sync_later` does; returns the removal's number."""
-        self._emptying.append(kept)
-        return self.sync_later()
-
-    def sync_later(self) -> int:
-        """Count a removal whose directory entry must reach the disk: the next batch's sync
-        covers it; if none has started within :data:`_REMOVAL_SYNC_DELAY`, one is run.
-        Returns the removal's number: it is on the disk once :meth:`covered` reaches it."""
-        self._removals += 1
-        removal = self._removals
-        loop = asyncio.get_running_loop()
-        # A timer of a loop that has ended (a test's asyncio.run) never fires: not waited on.
-        if self._timer is None or self._timer_loop is not loop:
-            self._timer_loop = loop
-            self._timer = loop.call_later(_REMOVAL_SYNC_DELAY, self._sync_if_needed)
-        return removal
-
-    def covered(self) -> int:
-        """How many removals counted by :meth:`sync_later` a finished directory sync covers."""
-        return self._covered
-
-    def _sync_if_needed(self) -> None:
-        self._timer = None
-        if self._covered < self._removals:
-            self.run(_nothing, sync_dir=True).add_done_callback(_log_failed_sync)
 
     def _work(self) -> None:
         jobs = self._jobs
@@ -358,40 +301,21 @@ class _Syncer:
                     break
             # Per job: [result, exception]; filled in the order the jobs came.
             outcomes: list[list[Any]] = []
-            files: list[tuple[_FileJob, list[Any]]] = []
             # A job run here that asked for the directory sync and succeeded.
             needs_sync = False
             for _loop, _future, job, sync in batch:
-                if isinstance(job, _FileJob):
-                    outcomes.append([None, None])
-                    files.append((job, outcomes[-1]))
-                    continue
                 try:
                     outcomes.append([job(), None])
                     needs_sync = needs_sync or sync
                 except BaseException as exc:
                     outcomes.append([None, exc])
             synced = [o for (*_, sync), o in zip(batch, outcomes, strict=True) if sync]
-            # Every removal counted before this sync starts is covered by it, and its file
-            # (appended before it was counted) emptied by this batch or an earlier one.
-            removals = self._removals
-            emptying = []
-            with contextlib.suppress(IndexError):
-                while True:
-                    emptying.append(self._emptying.popleft())
             failed: BaseException | None = None
-            dir_synced = False
-            if files or emptying:
-                failed, dir_synced = self._run_files(files, emptying, needs_sync, any(synced))
-            elif needs_sync:
+            if needs_sync:
                 try:
                     self._sync_dir()
-                    dir_synced = True
                 except BaseException as exc:
                     failed = exc
-            if dir_synced or failed is not None:
-                if failed is None:
-                    self._covered = max(self._covered, removals)
                 for outcome in synced:
                     if outcome[1] is not None:
                         continue
@@ -412,45 +336,230 @@ class _Syncer:
                     loop.call_soon_threadsafe(_resolve, done)
             del by_loop
 
-    def _run_files(
-        self,
-        files: list[tuple[_FileJob, list[Any]]],
-        emptying: list[_Kept],
-        needs_sync: bool,
-        any_sync: bool,
-    ) -> tuple[OSError | None, bool]:
-        """Run the batch's file jobs and empty the kept files in one call into the C core,
-        with the directory sync when a job asked for one; fill their outcomes. Returns the
-        sync's error and whether it ran and succeeded."""
-        jobs = [job for job, _ in files]
-        jobs += [_FileJob(native.SPOOL_TRUNCATE, kept.fd, _raise_errno) for kept in emptying]
-        if needs_sync:
-            dir_sync = native.SPOOL_DIR_ALWAYS
-        elif any_sync:
-            dir_sync = native.SPOOL_DIR_IF_COMMIT
-        else:
-            dir_sync = native.SPOOL_DIR_NONE
-        errs, synced = native.spool_batch(
-            [j.op for j in jobs],
-            [j.fd for j in jobs],
-            [j.src for j in jobs],
-            [j.dst for j in jobs],
-            self._directory,
-            dir_sync,
-        )
-        for (job, outcome), err in zip(files, errs, strict=False):
+
+class _NativeSyncer:
+    """The spool's file work that waits for the disk, run by C threads that never take the
+    GIL (:class:`mailwarden_native.SpoolQueue`): the fsync and rename of a new message, the
+    in-doubt flag's data sync, the emptying of kept files and the queue directory's syncs.
+
+    A job is one call from the event loop; its completion comes back on the queue's eventfd,
+    which the loop watches (``add_reader``): no Python thread wakes, takes the GIL or hands
+    it back, and no ``call_soon_threadsafe`` per batch. The loop that first submits owns the
+    eventfd; one that is closed hands it to the next. Jobs from another loop while the owner
+    runs (rare: embedders), and the work after a failure (which may wait for the file system
+    again), go to the Python syncer threads. The batches and their directory sync are the
+    Python syncer's: the caller resumes only after its sync returned.
+    """
+
+    def __init__(self, directory: str, threads: _Syncer, sync_dir: Callable[[], None]) -> None:
+        self._directory = directory
+        self._sync_dir = sync_dir
+        self._encoded = os.fsencode(directory)
+        self._threads = threads
+        self._queue: native.SpoolQueue | None = None
+        self._pid = _PID
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # Job id -> (its future, or None for an emptied file; what turns its errno into the
+        # result or raises).
+        self._waiting: dict[int, tuple[asyncio.Future[Any] | None, Callable[[int], Any]]] = {}
+        self._ids = itertools.count(1)
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_loop: asyncio.AbstractEventLoop | None = None
+        self._lock = threading.Lock()
+
+    def _native(self) -> native.SpoolQueue:
+        queue_ = self._queue
+        if queue_ is not None and self._pid == _PID:
+            return queue_
+        with self._lock:
+            if self._queue is None or self._pid != _PID:
+                # A forked worker: the parent's threads are not here (its queue is left).
+                self._pid = _PID
+                self._loop = None
+                self._waiting.clear()
+                self._queue = native.SpoolQueue(self._directory, 4, int(_SYNCER_IDLE_EXIT * 1000))
+            return self._queue
+
+    def _owned(self, loop: asyncio.AbstractEventLoop) -> native.SpoolQueue | None:
+        """The queue when ``loop`` reads its completions (made so when no open loop does)."""
+        queue_ = self._native()
+        owner = self._loop
+        if owner is loop:
+            return queue_
+        if owner is not None and not owner.is_closed():
+            return None
+        # Futures of a closed loop can be resolved no more; emptied files still count.
+        self._waiting = {k: v for k, v in self._waiting.items() if v[0] is None}
+        loop.add_reader(queue_.fd, self._drain)
+        self._loop = loop
+        return queue_
+
+    def run(
+        self, op: int, fd: int, finish: Callable[[int], Any], src: str = "", dst: str = ""
+    ) -> asyncio.Future[Any]:
+        """Run ``op`` (native.SPOOL_COMMIT, SPOOL_DATASYNC, SPOOL_DIRSYNC) on ``fd``;
+        ``finish`` gets its errno (plus ``SPOOL_AT_DIR`` when the directory sync it needed
+        failed) and returns the future's result or raises. On an errno it runs in a thread."""
+        loop = asyncio.get_running_loop()
+        try:
+            queue_ = self._owned(loop)
+            if queue_ is not None:
+                future = loop.create_future()
+                id = next(self._ids)
+                self._waiting[id] = (future, finish)
+                try:
+                    queue_.submit(
+                        id,
+                        op,
+                        fd,
+                        os.fsencode(src) if src else None,
+                        os.fsencode(dst) if dst else None,
+                    )
+                except OSError:
+                    del self._waiting[id]
+                    raise
+                return future
+        except OSError:
+            pass  # no queue or thread to be had (descriptors, memory): Python's threads
+        return self._threads.run(lambda: finish(self._run_here(op, fd, src, dst)), sync_dir=False)
+
+    def _run_here(self, op: int, fd: int, src: str, dst: str) -> int:
+        """A job run in the calling thread (a Python syncer's): its errno as the queue's."""
+        if op != native.SPOOL_DIRSYNC:
+            errs, _ = native.spool_batch(
+                [op], [fd], [os.fsencode(src) if src else None], [os.fsencode(dst) if dst else None]
+            )
+            if errs[0] or op != native.SPOOL_COMMIT:
+                return errs[0]
+        try:
+            err = self._native().sync_now()
+        except OSError:
             try:
-                outcome[0] = job.finish(err)
-            except BaseException as exc:
-                outcome[:] = [None, exc]
-        for kept, err in zip(emptying, errs[len(files) :], strict=True):
+                self._sync_dir()  # without the queue (its removals then wait for a later sync)
+                err = 0
+            except OSError as exc:
+                err = exc.errno or errno.EIO
+        return native.SPOOL_AT_DIR + err if err else 0
+
+    def _drain(self) -> None:
+        waiting = self._waiting
+        queue_ = self._queue
+        if queue_ is None:
+            return
+        for id, err in queue_.done():
+            item = waiting.pop(id, None)
+            if item is None:
+                continue
+            future, finish = item
+            if future is None:
+                finish(err)
+            elif err:
+                # Undoing may wait for the file system (a rename, a sync): not on the loop.
+                inner = self._threads.run(partial(finish, err), sync_dir=False)
+                inner.add_done_callback(partial(_pass_on, future))
+            else:
+                _resolve([(future, *_finished(finish, err))])
+
+    def empty_later(self, kept: _Kept) -> int:
+        """Empty ``kept``'s file with the next batch, before its directory sync (truncating
+        waits for the file system, which the event loop must not), and count its removal
+        as :meth:`sync_later` does; returns the removal's number. The file is marked ready
+        on the loop reading the completions."""
+        queue_ = self._native()
+        id = next(self._ids)
+
+        def emptied(err: int) -> None:
             kept.ready = not err
-        if synced > 0:
-            return OSError(synced, os.strerror(synced)), False
-        return None, synced == 0
+
+        self._waiting[id] = (None, emptied)
+        removal = queue_.empty_later(id, kept.fd)
+        if removal == 0:
+            del self._waiting[id]
+            kept.ready = False
+            removal = queue_.count_removal()
+        self._arm()
+        return removal
+
+    def sync_later(self) -> int:
+        """Count a removal whose directory entry must reach the disk: the next batch's sync
+        covers it; if none has started within :data:`_REMOVAL_SYNC_DELAY`, one is run.
+        Returns the removal's number: it is on the disk once :meth:`covered` reaches it."""
+        removal = self._native().count_removal()
+        self._arm()
+        return removal
+
+    def _arm(self) -> None:
+        loop = asyncio.get_running_loop()
+        # A timer of a loop that has ended (a test's asyncio.run) never fires: not waited on.
+        if self._timer is None or self._timer_loop is not loop:
+            self._timer_loop = loop
+            self._timer = loop.call_later(_REMOVAL_SYNC_DELAY, self._sync_if_needed)
+
+    def available(self) -> None:
+        """Raise OSError when the C queue cannot be had (no descriptor or memory left)."""
+        self._native()
+
+    def threads(self) -> int:
+        """The C threads running now (they end when idle)."""
+        queue_ = self._queue
+        return queue_.threads() if queue_ is not None and self._pid == _PID else 0
+
+    def covered(self) -> int:
+        """How many removals counted by :meth:`sync_later` a finished directory sync covers."""
+        queue_ = self._queue
+        return queue_.covered() if queue_ is not None and self._pid == _PID else 0
+
+    def _sync_if_needed(self) -> None:
+        self._timer = None
+        queue_ = self._native()
+        if queue_.covered() < queue_.removals():
+            self.run(native.SPOOL_DIRSYNC, -1, _raise_errno).add_done_callback(_log_failed_sync)
+
+    def close(self) -> None:
+        """Let the C threads go once their work is done (the spool is gone)."""
+        queue_, loop = self._queue, self._loop
+        if queue_ is None or self._pid != _PID:
+            return
+        self._queue = None
+        if loop is None or loop.is_closed():
+            queue_.close()
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            _stop_reading(loop, queue_)
+            return
+        try:
+            # The eventfd is closed only once the loop no longer watches it.
+            loop.call_soon_threadsafe(_stop_reading, loop, queue_)
+        except RuntimeError:
+            queue_.close()
 
 
-def _nothing() -> None:
+def _stop_reading(loop: asyncio.AbstractEventLoop, queue_: native.SpoolQueue) -> None:
+    with contextlib.suppress(RuntimeError, ValueError, OSError):
+        loop.remove_reader(queue_.fd)
+    queue_.close()
+
+
+def _finished(finish: Callable[[int], Any], err: int) -> tuple[Any, BaseException | None]:
+    try:
+        return finish(err), None
+    except BaseException as exc:
+        return None, exc
+
+
+def _pass_on(future: asyncio.Future[Any], inner: asyncio.Future[Any]) -> None:
+    if inner.cancelled():
+        future.cancel()
+        return
+    exc = inner.exception()
+    _resolve([(future, None if exc is not None else inner.result(), exc)])
+
+
+def _no_job() -> None:
     return None
 
 
@@ -569,7 +678,9 @@ class Spool:
         self._pool_lock = threading.Lock()
         weakref.finalize(self, _close_pool, self._pool)
         self._sync_queue = _GroupSync(self.queue)
-        self._syncer = _Syncer(self._sync_queue, str(self.queue))
+        self._threads = _Syncer(self._sync_queue)
+        self._syncer = _NativeSyncer(str(self.queue), self._threads, self._sync_queue)
+        weakref.finalize(self, self._syncer.close)
         self._made = False
 
     def _ensure(self) -> None:
@@ -629,31 +740,28 @@ class Spool:
     ) -> SpoolEntry:
         """:meth:`write` from an event loop: the file work in a syncer thread, its directory
         sync shared with the other jobs of its batch."""
-        written: list[SpoolEntry] = []
         if state is None and len(raw) <= INLINE_READ_MAX:
             # Creating, writing and locking a small file is page-cache work of microseconds,
-            # done here; the thread does only what waits for the disk (the sync, the rename
-            # after it): every system call it makes hands the GIL to this loop and back.
+            # done here; the C threads do only what waits for the disk (the sync, the rename
+            # after it, the directory's sync), without the GIL.
             entry, tmp = self._open_file(raw, envelope, pooled=True)
-            written.append(entry)
             entry._stateless = True
-            job: Callable[[], SpoolEntry] | _FileJob = _FileJob(
+            spooled: SpoolEntry = await self._syncer.run(
                 native.SPOOL_COMMIT,
                 entry.fd,
-                lambda err: self._committed(entry, tmp, err),
-                os.fsencode(tmp),
-                os.fsencode(f"{self._queue_s}{entry.id}.msg"),
+                partial(self._committed, entry, tmp),
+                tmp,
+                f"{self._queue_s}{entry.id}.msg",
             )
-        else:
+            return spooled
+        written: list[SpoolEntry] = []
 
-            def write_job() -> SpoolEntry:
-                written.append(self._write_file(raw, envelope, state))
-                return written[0]
-
-            job = write_job
+        def write_job() -> SpoolEntry:
+            written.append(self._write_file(raw, envelope, state))
+            return written[0]
 
         try:
-            spooled: SpoolEntry = await self._syncer.run(job, sync_dir=True)
+            spooled = await self._threads.run(write_job, sync_dir=True)
         except OSError as exc:
             # Only the shared directory sync raises OSError here: the entry is in queue/.
             self._undo_write(written[0])
@@ -754,6 +862,10 @@ class Spool:
         be kept (the pool full, a failure: then it is still in ``queue/``)."""
         if len(self._pool) >= FREE_MAX or self._pool_pid != _PID or entry.fd < 0:
             return False
+        try:
+            self._syncer.available()
+        except OSError:
+            return False  # no queue to empty it (out of descriptors): unlinked instead
         free = f"{self._free_s}{entry.id}"
         try:
             os.rename(f"{self._queue_s}{entry.id}.msg", free)
@@ -773,11 +885,18 @@ class Spool:
         return True
 
     def _committed(self, entry: SpoolEntry, tmp: str, err: int) -> SpoolEntry:
-        """The end of a small message's :class:`_FileJob` (fsync, rename into ``queue/``),
+        """The end of a small message's native job (fsync, rename into ``queue/``, sync),
         given its errno: the entry, or on a failure the file gone, the entry released and
         DeliveryError raised."""
         if err == 0:
             return entry
+        if err >= native.SPOOL_AT_DIR:
+            # Renamed into queue/, but the folder's sync failed: the client gets a 4xx and
+            # keeps the message, so the spooled copy goes.
+            self._undo_write(entry)
+            raise DeliveryError(
+                f"cannot spool the message: {os.strerror(err - native.SPOOL_AT_DIR)}"
+            )
         if err == native.SPOOL_AT_RENAME + errno.ENOENT:
             # The folders were removed under a running gateway: what _commit_file does then.
             try:
@@ -1016,9 +1135,7 @@ class Spool:
         flag = _IN_DOUBT if in_doubt else _QUEUED
         os.pwrite(entry.fd, flag, 0)
         entry._flag = flag
-        await self._syncer.run(
-            _FileJob(native.SPOOL_DATASYNC, entry.fd, _raise_errno), sync_dir=False
-        )
+        await self._syncer.run(native.SPOOL_DATASYNC, entry.fd, _raise_errno)
 
     async def remove_delivered(self, entry: SpoolEntry) -> None:
         """:meth:`remove` on an event loop once the next hop took the message: the unlink is
@@ -1037,7 +1154,11 @@ class Spool:
         _unlink(f"{self._queue_s}{entry.id}.msg")
         entry.unlinked = True
         self.remove(entry)
-        self._syncer.sync_later()
+        try:
+            self._syncer.sync_later()
+        except OSError:
+            # No C queue: a Python thread's directory sync records the removal soon.
+            self._threads.run(_no_job, sync_dir=True).add_done_callback(_log_failed_sync)
 
     def in_doubt(self, entry: SpoolEntry) -> bool:
         """True when a delivery of ``entry`` was cut off before its outcome was recorded."""

@@ -8,3 +8,18 @@
 #define MW_SPOOL_AT_RENAME ...
 int mw_spool_batch(size_t n, const int *ops, const int *fds, const char *const *srcs,
                    const char *const *dsts, int *errs, const char *dir, int dir_sync);
+#define MW_SPOOL_AT_DIR ...
+#define MW_SPOOL_DIRSYNC ...
+typedef struct mw_spool_q mw_spool_q;
+mw_spool_q *mw_spool_q_new(const char *dir, int threads, int idle_ms);
+int mw_spool_q_fd(const mw_spool_q *q);
+int mw_spool_q_submit(mw_spool_q *q, unsigned long long id, int op, int fd, const char *src,
+                      const char *dst);
+unsigned long long mw_spool_q_empty_later(mw_spool_q *q, unsigned long long id, int fd);
+unsigned long long mw_spool_q_count_removal(mw_spool_q *q);
+unsigned long long mw_spool_q_removals(mw_spool_q *q);
+unsigned long long mw_spool_q_covered(mw_spool_q *q);
+size_t mw_spool_q_done(mw_spool_q *q, unsigned long long *ids, int *errs, size_t cap);
+int mw_spool_q_threads(mw_spool_q *q);
+int mw_spool_q_sync_now(mw_spool_q *q);
+void mw_spool_q_close(mw_spool_q *q);

@@ -52,13 +52,16 @@ from ._sigs import (
     SigScanner,
 )
 from ._spool import (
+    SPOOL_AT_DIR,
     SPOOL_AT_RENAME,
     SPOOL_COMMIT,
     SPOOL_DATASYNC,
     SPOOL_DIR_ALWAYS,
     SPOOL_DIR_IF_COMMIT,
     SPOOL_DIR_NONE,
+    SPOOL_DIRSYNC,
     SPOOL_TRUNCATE,
+    SpoolQueue,
     spool_batch,
 )
 from ._version import check_core_version, core_version
@@ -74,9 +77,11 @@ __all__ = [
     "OFF_ABS",
     "OFF_ANY",
     "OFF_EOF",
+    "SPOOL_AT_DIR",
     "SPOOL_AT_RENAME",
     "SPOOL_COMMIT",
     "SPOOL_DATASYNC",
+    "SPOOL_DIRSYNC",
     "SPOOL_DIR_ALWAYS",
     "SPOOL_DIR_IF_COMMIT",
     "SPOOL_DIR_NONE",
@@ -100,6 +105,7 @@ __all__ = [
     "SignatureCompiler",
     "SignatureDB",
     "SignatureError",
+    "SpoolQueue",
     "TextFlag",
     "UUFile",
     "Url",

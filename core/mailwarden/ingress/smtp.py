@@ -157,6 +157,9 @@ class GatewaySMTP(SMTP):
     can succeed now; without it AUTH is never offered.
     """
 
+    #: Whether replies to pipelined commands go out together (see :meth:`push`).
+    cork_replies = True
+
     def __init__(
         self,
         *args: Any,
@@ -197,6 +200,8 @@ class GatewaySMTP(SMTP):
         self._previous_cr = False
         self.auth_failures = 0
         self._continued: list[str] = []
+        # Replies held back while the client's next command is already here (see push).
+        self._corked: list[bytes] = []
         # When the session last finished a command (None while one is being handled): the
         # listener closes the longest idle connection first when it must make room.
         self.idle_since: float | None = None
@@ -306,8 +311,12 @@ class GatewaySMTP(SMTP):
 
     def _close_with(self, reply: str) -> None:
         if self.transport is not None and not self.transport.is_closing():
-            if reply:
-                stream_transport(self.transport).write(reply.encode("ascii") + b"\r\n")
+            held = b"".join(self._corked)
+            self._corked.clear()
+            if reply or held:
+                stream_transport(self.transport).write(
+                    held + (reply.encode("ascii") + b"\r\n" if reply else b"")
+                )
             self.transport.close()
 
     def eof_received(self) -> bool | None:
@@ -316,8 +325,8 @@ class GatewaySMTP(SMTP):
         super().eof_received()
         # aiosmtpd cancels the session on EOF but leaves the socket half open when that
         # happens before its greeting, which would hold a connection slot until the timeout.
-        if self.transport is not None:
-            self.transport.close()
+        # Replies held back for commands already handled still go out first.
+        self._close_with("")
         return False
 
     def data_received(self, data: bytes) -> None:
@@ -362,19 +371,42 @@ class GatewaySMTP(SMTP):
 
     async def push(self, status: AnyStr) -> None:
         # A multi-line reply (EHLO's) goes out in one write: aiosmtpd sends each line with its
-        # own send(), eight system calls and as many segments for one EHLO.
+        # own send(), eight system calls and as many segments for one EHLO. And so do the
+        # replies to a client's pipelined commands (RFC 2920): a final reply is held back
+        # while the next command line is already here, and goes out with the next reply that
+        # is not, one write for the group. What the client must see before it goes on
+        # (354, 334, 220: the greeting, STARTTLS's) and a reply that may come before a close
+        # (_NEVER_HELD) are never held.
         self._proxy_header_pending = False
-        if isinstance(status, str) and status[3:4] == "-":
-            self._continued.append(status)
-            return
-        if self._continued:
-            text = status if isinstance(status, str) else status.decode("utf-8", "replace")
-            self._continued.append(text)
-            joined = "\r\n".join(self._continued)
-            self._continued.clear()
-            await super().push(joined)
+        if isinstance(status, str):
+            if status[3:4] == "-":
+                self._continued.append(status)
+                return
+            if self._continued:
+                self._continued.append(status)
+                status = "\r\n".join(self._continued)
+                self._continued.clear()
+            response = status.encode("utf-8" if self.enable_SMTPUTF8 else "ascii")
         else:
-            await super().push(status)
+            response = status
+            if self._continued:
+                text = response.decode("utf-8", "replace")
+                self._continued.append(text)
+                response = "\r\n".join(self._continued).encode("utf-8", "replace")
+                self._continued.clear()
+        if (
+            self.cork_replies
+            and response[:1] in (b"2", b"4", b"5")
+            and response[:3] not in _NEVER_HELD
+        ):
+            buffer = getattr(self._reader, "_buffer", None)
+            if buffer is not None and b"\n" in buffer and not self._reader.at_eof():
+                self._corked.append(response + b"\r\n")
+                return
+        if self._corked:
+            response = b"".join(self._corked) + response
+            self._corked.clear()
+        await super().push(response)
         self.idle_since = self.loop.time()
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
@@ -825,6 +857,11 @@ _AUTH_FAILURES_PER_ADDRESS = 20
 _AUTH_WINDOW = 900.0
 _AUTH_ADDRESSES = 10_000
 _TRUSTED_KNOWN_MAX = 4096
+# Final replies push() never holds back: what a client waits for before it goes on (the
+# greeting, STARTTLS's go-ahead) and what may be the last reply before a close (aiosmtpd
+# closes the transport itself after its 502 for too many bogus commands and after the 500
+# for a failed TLS set-up).
+_NEVER_HELD = (b"220", b"221", b"421", b"500", b"502")
 _RECEIVED_RE = re.compile(rb"^received[ \t]*:", re.IGNORECASE | re.MULTILINE)
 
 
