@@ -126,7 +126,7 @@ class Detect:
             # Only the content rules: no tasks to start and gather.
             blocked = await self._check_content(message, rule, timings)
         else:
-            loop = asyncio.get_running_loop()
+            loop = self.hooks.loop or asyncio.get_running_loop()
             with scanning(message):
                 # The detectors' tasks inherit the mark: a message of many fields or parts has
                 # its CPU work done in threads (run_cpu_bound), whatever its size.

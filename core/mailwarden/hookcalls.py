@@ -278,8 +278,9 @@ async def call_impl(
     Raises :class:`TimeoutError` when the budget is spent; exceptions of the hook propagate.
     """
     if _is_async(function):
-        loop = asyncio.get_running_loop()
-        began = loop.time()
+        # Not the loop's clock: asking for the loop is a getpid() system call, per detector
+        # and message, and most first steps finish (below) without needing it.
+        began = time.monotonic()
         coroutine = function(**kwargs)
         try:
             # Its first step, here: a hook with nothing to wait for (most scans of a small
@@ -288,7 +289,7 @@ async def call_impl(
             waiting = coroutine.send(None)
         except StopIteration as done:
             return done.value
-        async with asyncio.timeout(budget - (loop.time() - began)):
+        async with asyncio.timeout(budget - (time.monotonic() - began)):
             return await Resumed(coroutine, waiting)
     async with asyncio.timeout(budget):
         loop = asyncio.get_running_loop()
@@ -392,6 +393,9 @@ class HookRunner:
         self._count_error = count_error
         #: The worker threads, from start to stop (None: the loop's default executor).
         self.executor: DaemonExecutor | None = None
+        #: The event loop the gateway runs in, from start to stop: asked for once instead of
+        #: per message (``asyncio.get_running_loop()`` is a getpid() system call).
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     async def call(self, impl: Any, budget: float, **available: Any) -> Any:
         """One implementation, with the arguments it takes, within ``budget`` seconds."""

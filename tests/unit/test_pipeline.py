@@ -274,3 +274,31 @@ def test_split_tempfail_beside_an_accepting_rule_is_held_not_lost(tmp_path) -> N
         ActionKind.DELIVER,
     ]
     assert len(delivered) == 1 and len(held) == 1
+
+
+def test_decision_ids_are_uuid4_and_a_forked_worker_makes_its_own() -> None:
+    """Decision ids are taken from a batch of random bytes: each is a version 4 UUID's hex,
+    and a worker forked with part of a batch left never gives out its parent's."""
+    import os
+    import uuid
+
+    from mailwarden.pipeline import new_id
+
+    ids = [new_id() for _ in range(600)]  # more than one batch
+    assert len(set(ids)) == 600
+    for made in ids:
+        parsed = uuid.UUID(hex=made)
+        assert (parsed.hex, parsed.version, parsed.variant) == (made, 4, uuid.RFC_4122)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next ids, to the parent
+        try:
+            os.write(write, " ".join(new_id() for _ in range(10)).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        child = set(pipe.read().split())
+    os.waitpid(pid, 0)
+    assert len(child) == 10
+    assert not child & {new_id() for _ in range(10)}
