@@ -49,7 +49,11 @@ def checked_findings(detector: str, result: Any) -> list[Finding]:
         return []
     if isinstance(result, Finding):
         return [result]
-    if not isinstance(result, Iterable) or isinstance(result, (str, bytes)):
+    # A list or tuple (what detectors return) before the Iterable test: an ABC's
+    # isinstance is a Python call per detector and message.
+    if not isinstance(result, (list, tuple)) and (
+        not isinstance(result, Iterable) or isinstance(result, (str, bytes))
+    ):
         return [error_finding(detector, "DETECTOR_ERROR", f"returned {type(result).__name__}")]
     findings: list[Finding] = []
     for item in result:

@@ -65,10 +65,12 @@ def _key(event: MessageEvent) -> _Key:
         }
         found.update(verdict.virus_names)
         detections = tuple(sorted(found))
+    # The statuses as they are (str enums: their value when written), ``.value`` is a
+    # descriptor call each.
     return (
-        event.action.value,
-        verdict.antivirus.value,
-        verdict.spam.value,
+        event.action,
+        verdict.antivirus,
+        verdict.spam,
         verdict.reputation,
         verdict.sandbox,
         verdict.content,
@@ -80,7 +82,8 @@ def _key(event: MessageEvent) -> _Key:
 
 def _names(key: _Key) -> list[tuple[str, str]]:
     action, antivirus, spam, reputation, sandbox, content, sender, rcpt_to, detections = key
-    names = [("messages", ""), ("action", action), ("antivirus", antivirus), ("spam", spam)]
+    names = [("messages", ""), ("action", str(action))]
+    names += [("antivirus", str(antivirus)), ("spam", str(spam))]
     names += [(kind, s) for kind, s in (("reputation", reputation),
                                          ("sandbox", sandbox),
                                          ("content", content)) if s]  # fmt: skip
