@@ -36,6 +36,7 @@ __all__ = [
     "Resumed",
     "call_impl",
     "hook_kwargs",
+    "is_async",
     "runs_inline",
 ]
 
@@ -221,7 +222,8 @@ def hook_kwargs(impl: Any, **available: Any) -> dict[str, Any]:
 _ASYNC: dict[types.FunctionType, bool] = {}
 
 
-def _is_async(function: Callable[..., Any]) -> bool:
+def is_async(function: Callable[..., Any]) -> bool:
+    """Whether ``function`` is a coroutine function (kept per plain function)."""
     key = getattr(function, "__func__", function)
     if not isinstance(key, types.FunctionType):
         return inspect.iscoroutinefunction(function)
@@ -277,7 +279,7 @@ async def call_impl(
     function runs in ``executor`` (an awaitable it returns is awaited within the same budget).
     Raises :class:`TimeoutError` when the budget is spent; exceptions of the hook propagate.
     """
-    if _is_async(function):
+    if is_async(function):
         # Not the loop's clock: asking for the loop is a getpid() system call, per detector
         # and message, and most first steps finish (below) without needing it.
         began = time.monotonic()
