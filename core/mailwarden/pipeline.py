@@ -451,26 +451,27 @@ class Gateway:
         if not self._started:
             await self.start()
         envelope = envelope or Envelope()
-        timings: dict[str, float] = {}
-        began = time.perf_counter()
+        clock = time.perf_counter
+        began = clock()
         message = message if message is not None else parse(raw)
-        timings[Stage.PARSE] = elapsed_ms(began)
+        # What elapsed_ms gives, each stage's end the next one's start (a call fewer each).
+        timings: dict[str, float] = {Stage.PARSE: round((clock() - began) * 1000.0, 3)}
 
         if rule is None:
             first = envelope.rcpt_to[0] if envelope.rcpt_to else ""
             rule = self.rule_for(envelope.mail_from, first, client=envelope.client_address)
         ctx = ScanContext(envelope, message, rule.name, dry_run=dry_run, live=live)
 
-        began = time.perf_counter()
+        began = clock()
         found = await self.detect.findings(self.config, ctx, rule, findings, timings)
-        timings[Stage.DETECT] = elapsed_ms(began)
+        ended = clock()
+        timings[Stage.DETECT] = round((ended - began) * 1000.0, 3)
 
-        began = time.perf_counter()
         folded = fold_findings(found)
         verdict, action = await decide(
             self.plugins.pm.hook, self.hooks, self.config.hooks, ctx, rule, folded
         )
-        timings[Stage.DECIDE] = elapsed_ms(began)
+        timings[Stage.DECIDE] = round((clock() - ended) * 1000.0, 3)
         return Decision(new_id(), envelope, message, rule, verdict, action, timings, context=ctx)
 
     async def process(self, raw: bytes, envelope: Envelope, *, ingress: str = "library") -> Outcome:
