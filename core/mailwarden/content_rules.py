@@ -226,12 +226,17 @@ _AMBIGUOUS = (
 )
 
 
+_AMBIGUOUS_BITS = int(_AMBIGUOUS)
+
+
 def mime_ambiguities(message: ParsedMessage) -> list[Finding]:
     """One ``MIME_AMBIGUOUS`` finding (status ``malformed``) naming the ambiguous structures
     the parser flagged in ``message``; empty for a message every reader reads alike."""
-    flags = MalformationFlag(int(message.flags)) & _AMBIGUOUS
-    if not flags:
+    # As ints: the flag enum's & and call are the most of this for the many messages
+    # without any of them.
+    if not int(message.flags) & _AMBIGUOUS_BITS:
         return []
+    flags = MalformationFlag(int(message.flags)) & _AMBIGUOUS
     names = sorted(f.name or "" for f in MalformationFlag if f in _AMBIGUOUS and f & flags)
     return [
         Finding(

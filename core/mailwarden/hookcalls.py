@@ -36,6 +36,7 @@ __all__ = [
     "Resumed",
     "call_impl",
     "hook_kwargs",
+    "is_async",
     "runs_inline",
 ]
 
@@ -221,7 +222,8 @@ def hook_kwargs(impl: Any, **available: Any) -> dict[str, Any]:
 _ASYNC: dict[types.FunctionType, bool] = {}
 
 
-def _is_async(function: Callable[..., Any]) -> bool:
+def is_async(function: Callable[..., Any]) -> bool:
+    """Whether ``function`` is a coroutine function (kept per plain function)."""
     key = getattr(function, "__func__", function)
     if not isinstance(key, types.FunctionType):
         return inspect.iscoroutinefunction(function)
@@ -277,9 +279,10 @@ async def call_impl(
     function runs in ``executor`` (an awaitable it returns is awaited within the same budget).
     Raises :class:`TimeoutError` when the budget is spent; exceptions of the hook propagate.
     """
-    if _is_async(function):
-        loop = asyncio.get_running_loop()
-        began = loop.time()
+    if is_async(function):
+        # Not the loop's clock: asking for the loop is a getpid() system call, per detector
+        # and message, and most first steps finish (below) without needing it.
+        began = time.monotonic()
         coroutine = function(**kwargs)
         try:
             # Its first step, here: a hook with nothing to wait for (most scans of a small
@@ -288,7 +291,7 @@ async def call_impl(
             waiting = coroutine.send(None)
         except StopIteration as done:
             return done.value
-        async with asyncio.timeout(budget - (loop.time() - began)):
+        async with asyncio.timeout(budget - (time.monotonic() - began)):
             return await Resumed(coroutine, waiting)
     async with asyncio.timeout(budget):
         loop = asyncio.get_running_loop()
@@ -392,6 +395,9 @@ class HookRunner:
         self._count_error = count_error
         #: The worker threads, from start to stop (None: the loop's default executor).
         self.executor: DaemonExecutor | None = None
+        #: The event loop the gateway runs in, from start to stop: asked for once instead of
+        #: per message (``asyncio.get_running_loop()`` is a getpid() system call).
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     async def call(self, impl: Any, budget: float, **available: Any) -> Any:
         """One implementation, with the arguments it takes, within ``budget`` seconds."""

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
-import uuid
 from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -86,6 +86,32 @@ _RELOAD_SECTIONS = (
     "ratelimit",
     "redis",
 )
+
+
+# Decision ids are uuid4().hex strings (random, 122 bits). uuid4() reads 16 bytes with a
+# getrandom() system call per message and builds a UUID object; these are made from one
+# read per _IDS_AT_ONCE decisions, bit for bit as uuid4 makes them (version 4, RFC 4122
+# variant). A forked child starts with none of its parent's, so no two processes share one.
+_IDS_AT_ONCE = 256
+# What uuid4 does to bytes 6 (the version) and 8 (the variant) of its 16, as tables.
+_VERSION_4 = bytes(b & 0x0F | 0x40 for b in range(256))
+_RFC_4122 = bytes(b & 0x3F | 0x80 for b in range(256))
+_ids: list[str] = []
+os.register_at_fork(after_in_child=_ids.clear)
+
+
+def new_id() -> str:
+    """A new decision id: what ``uuid.uuid4().hex`` gives."""
+    try:
+        return _ids.pop()
+    except IndexError:
+        pass
+    raw = bytearray(os.urandom(16 * _IDS_AT_ONCE))
+    raw[6::16] = raw[6::16].translate(_VERSION_4)
+    raw[8::16] = raw[8::16].translate(_RFC_4122)
+    text = raw.hex()
+    _ids.extend(text[i : i + 32] for i in range(0, len(text), 32))
+    return _ids.pop()
 
 
 def _differs(a: object, b: object) -> bool:
@@ -233,8 +259,9 @@ class Gateway:
         if self._started:
             return
         self.hooks.executor = DaemonExecutor(_DETECTOR_THREADS, "detector")
+        self.hooks.loop = asyncio.get_running_loop()
         if self.policy_steps.shared is not None:
-            self.policy_steps.shared.bind(asyncio.get_running_loop())
+            self.policy_steps.shared.bind(self.hooks.loop)
         from .directory.service import open_directory
 
         # Opening may refresh an empty cache over the network, hence the thread; with the
@@ -295,6 +322,7 @@ class Gateway:
         if self.hooks.executor:
             self.hooks.executor.shutdown(wait=False, cancel_futures=True)
             self.hooks.executor = None
+        self.hooks.loop = None
         if self._directory_task is not None:
             self._directory_task.cancel()
             await asyncio.gather(self._directory_task, return_exceptions=True)
@@ -423,29 +451,28 @@ class Gateway:
         if not self._started:
             await self.start()
         envelope = envelope or Envelope()
-        timings: dict[str, float] = {}
-        began = time.perf_counter()
+        clock = time.perf_counter
+        began = clock()
         message = message if message is not None else parse(raw)
-        timings[Stage.PARSE] = elapsed_ms(began)
+        # What elapsed_ms gives, each stage's end the next one's start (a call fewer each).
+        timings: dict[str, float] = {Stage.PARSE: round((clock() - began) * 1000.0, 3)}
 
         if rule is None:
             first = envelope.rcpt_to[0] if envelope.rcpt_to else ""
             rule = self.rule_for(envelope.mail_from, first, client=envelope.client_address)
         ctx = ScanContext(envelope, message, rule.name, dry_run=dry_run, live=live)
 
-        began = time.perf_counter()
+        began = clock()
         found = await self.detect.findings(self.config, ctx, rule, findings, timings)
-        timings[Stage.DETECT] = elapsed_ms(began)
+        ended = clock()
+        timings[Stage.DETECT] = round((ended - began) * 1000.0, 3)
 
-        began = time.perf_counter()
         folded = fold_findings(found)
         verdict, action = await decide(
             self.plugins.pm.hook, self.hooks, self.config.hooks, ctx, rule, folded
         )
-        timings[Stage.DECIDE] = elapsed_ms(began)
-        return Decision(
-            uuid.uuid4().hex, envelope, message, rule, verdict, action, timings, context=ctx
-        )
+        timings[Stage.DECIDE] = round((clock() - ended) * 1000.0, 3)
+        return Decision(new_id(), envelope, message, rule, verdict, action, timings, context=ctx)
 
     async def process(self, raw: bytes, envelope: Envelope, *, ingress: str = "library") -> Outcome:
         """Spool, scan, act (queue for the next hop, deliver to the Maildir, quarantine, drop)

@@ -103,10 +103,14 @@ def direction_of(sender: str, recipient: str, local_domains: Sequence[str]) -> s
     Mail to a local recipient is internal when the sender is local too, else inbound (the null
     sender is not local); mail to any other recipient is outbound.
     """
-    local = [d.lower() for d in local_domains]
-    if not in_domains(domain_of(recipient.lower()), local):
+    return _direction(sender.lower(), recipient.lower(), [d.lower() for d in local_domains])
+
+
+def _direction(sender: str, recipient: str, local: Sequence[str]) -> str:
+    # direction_of for addresses and domains in lower case already (a rule set's).
+    if not in_domains(domain_of(recipient), local):
         return "outbound"
-    return "internal" if in_domains(domain_of(sender.lower()), local) else "inbound"
+    return "internal" if in_domains(domain_of(sender), local) else "inbound"
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +149,8 @@ class RuleSet:
 
     rules: tuple[_CompiledRule, ...]
     local_domains: tuple[str, ...] = ()
+    #: Whether a rule names a ``group:`` (only then is the directory asked).
+    groups: bool = True
 
     def match(
         self,
@@ -157,23 +163,27 @@ class RuleSet:
         """The first rule matching sender, recipient, client and direction, with the reasons."""
         sender = sender.lower()
         recipient = recipient.lower()
-        direction = direction_of(sender, recipient, self.local_domains)
+        direction = _direction(sender, recipient, self.local_domains)
         # Parsed when a rule names networks (most rule sets name none): a parse per message.
         client_ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
         parsed = False
-        # Directory answers are looked up at most once per address and call.
-        memo: dict[str, frozenset[str]] = {}
+        if self.groups:
+            # Directory answers are looked up at most once per address and call.
+            memo: dict[str, frozenset[str]] = {}
 
-        def groups_for(address: str) -> Callable[[], frozenset[str]]:
-            def lookup() -> frozenset[str]:
-                if address not in memo:
-                    memo[address] = _groups(directory, address)
-                return memo[address]
+            def groups_for(address: str) -> Callable[[], frozenset[str]]:
+                def lookup() -> frozenset[str]:
+                    if address not in memo:
+                        memo[address] = _groups(directory, address)
+                    return memo[address]
 
-            return lookup
+                return lookup
 
-        sender_groups = groups_for(sender)
-        recipient_groups = groups_for(recipient)
+            sender_groups = groups_for(sender)
+            recipient_groups = groups_for(recipient)
+        else:
+            # No group: pattern to ask for them (the lookups were two closures a call).
+            sender_groups = recipient_groups = _no_groups
         for compiled in self.rules:
             rule = compiled.rule
             if rule.direction != "any" and rule.direction != direction:
@@ -207,6 +217,10 @@ class RuleSet:
         return None
 
 
+def _no_groups() -> frozenset[str]:
+    return frozenset()
+
+
 def _client_ip(client: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     if not client:
         return None
@@ -236,7 +250,8 @@ def compile_rules(
         for rule, found in zip(rules, patterns, strict=True)
     ]
     domains = tuple(d.lower().lstrip("@") for d in local_domains)
-    return RuleSet(tuple(compiled), domains)
+    groups = any(p.kind == "group" for c in compiled for p in (*c.senders, *c.recipients))
+    return RuleSet(tuple(compiled), domains, groups)
 
 
 def rule_for(
@@ -324,6 +339,22 @@ def _worse(current: str | None, new: str) -> str:
     return new if rank(new, 0) > rank(current or "", 0) else current or new
 
 
+# Sets and a table instead of tuples of members and ActionKind(name): a member's lookup on
+# its class and an enum call cost more than the rest of deciding a clean message.
+_AV_QUIET = frozenset((AntivirusStatus.CLEAN, AntivirusStatus.ERROR))
+_SPAM_ACTED_ON = frozenset(
+    (SpamStatus.SPAM, SpamStatus.PROBABLE_SPAM, SpamStatus.BULK, SpamStatus.BLOCKED)
+)
+_SPAM_FLAGGED = frozenset((SpamStatus.SPAM, SpamStatus.PROBABLE_SPAM, SpamStatus.BLOCKED))
+_KINDS = {kind.value: kind for kind in ActionKind}
+_DELIVER, _QUARANTINE = ActionKind.DELIVER, ActionKind.QUARANTINE
+_REJECT, _TEMPFAIL, _DISCARD = ActionKind.REJECT, ActionKind.TEMPFAIL, ActionKind.DISCARD
+
+
+def _kind(name: str) -> ActionKind:
+    return _KINDS.get(name) or ActionKind(name)
+
+
 def decide_action(rule: RuleConfig, verdict: Verdict) -> Action:
     """Turn a verdict into the action ``rule`` prescribes, with the SMTP reply to give."""
     actions = rule.actions
@@ -331,16 +362,16 @@ def decide_action(rule: RuleConfig, verdict: Verdict) -> Action:
     remove_parts: list[int] = []
     av = verdict.antivirus
     av_choice = ""
-    if av not in (AntivirusStatus.CLEAN, AntivirusStatus.ERROR):
+    if av not in _AV_QUIET:
         names = f" ({', '.join(verdict.virus_names)})" if verdict.virus_names else ""
         av_choice = getattr(actions, av.value)
         av_kind, remove_parts = _av_kind(av_choice, av, verdict)
         candidates.append((av_kind, av.value, f"{av.value}{names}"))
     spam = verdict.spam
-    if spam in (SpamStatus.SPAM, SpamStatus.PROBABLE_SPAM, SpamStatus.BULK, SpamStatus.BLOCKED):
-        candidates.append((ActionKind(getattr(actions, spam.value)), spam.value, spam.value))
+    if spam in _SPAM_ACTED_ON:
+        candidates.append((_kind(getattr(actions, spam.value)), spam.value, spam.value))
     if "malicious" in (verdict.reputation, verdict.sandbox):
-        candidates.append((ActionKind(actions.malicious), "malicious", "malicious content"))
+        candidates.append((_kind(actions.malicious), "malicious", "malicious content"))
     if verdict.content == "blocked":
         what = sorted(
             {
@@ -350,34 +381,35 @@ def decide_action(rule: RuleConfig, verdict: Verdict) -> Action:
             }
         )
         detail = f"blocked content ({', '.join(what)})"
-        candidates.append((ActionKind(rule.content.action), "content", detail))
+        candidates.append((_kind(rule.content.action), "content", detail))
     ambiguous = [f for f in verdict.findings if f.code == "MIME_AMBIGUOUS"]
     if ambiguous:
         detail = f"ambiguous MIME structure ({ambiguous[0].details.get('flags', '')})"
-        candidates.append((ActionKind(actions.malformed), "malformed", detail))
+        candidates.append((_kind(actions.malformed), "malformed", detail))
     if verdict.sandbox == "deferred":
         # The sandbox could not take the message and its fallback is "retry later".
         candidates.append((ActionKind.TEMPFAIL, "sandbox", "sandbox quarantine full"))
     if verdict.errors:
         detail = f"scan error in {', '.join(verdict.errors)}"
-        candidates.append((ActionKind(actions.error), "error", detail))
+        candidates.append((_kind(actions.error), "error", detail))
     if not candidates:
-        candidates.append((ActionKind(actions.clean), "clean", "clean"))
-    kind, reason, text = max(candidates, key=lambda c: _ACTION_RANK[c[0]])
-    if verdict.sandbox == "hold" and kind is ActionKind.DELIVER:
+        kind, reason, text = _kind(actions.clean), "clean", "clean"
+    else:
+        kind, reason, text = max(candidates, key=lambda c: _ACTION_RANK[c[0]])
+    if verdict.sandbox == "hold" and kind is _DELIVER:
         # Waiting for the analysis: accepted now, handed to mailwarden_hold when acted on.
-        kind, reason = ActionKind.QUARANTINE, "hold"
+        kind, reason = _QUARANTINE, "hold"
 
     headers = [*_status_headers(verdict), *verdict.headers] if rule.add_headers else []
-    if kind is ActionKind.REJECT:
+    if kind is _REJECT:
         reply = (550, f"5.7.1 {rule.reject_text}: {text}")
-    elif kind is ActionKind.TEMPFAIL:
+    elif kind is _TEMPFAIL:
         reply = (451, f"4.7.1 Message not accepted now ({text}); try again later")
     else:
         reply = (250, "2.0.0 Ok")
-    keep_headers = kind in (ActionKind.DELIVER, ActionKind.QUARANTINE)
+    keep_headers = kind is _DELIVER or kind is _QUARANTINE
     by_av = reason == av.value and bool(av_choice)
-    rewritten = by_av and kind is ActionKind.DELIVER and av_choice in ("remove", "tag")
+    rewritten = by_av and kind is _DELIVER and av_choice in ("remove", "tag")
     return Action(
         kind=kind,
         reason=reason,
@@ -392,8 +424,8 @@ def decide_action(rule: RuleConfig, verdict: Verdict) -> Action:
         # malicious verdict (sandbox, reputation) brings other than plain delivery.
         backup=actions.backup
         and (
-            (by_av and (rewritten or kind in (ActionKind.DISCARD, ActionKind.REJECT)))
-            or (reason == "malicious" and kind is not ActionKind.DELIVER)
+            (by_av and (rewritten or kind is _DISCARD or kind is _REJECT))
+            or (reason == "malicious" and kind is not _DELIVER)
         ),
     )
 
@@ -424,11 +456,7 @@ def _status_headers(verdict: Verdict) -> list[tuple[str, str]]:
     av = verdict.antivirus.value
     if verdict.virus_names:
         av += f" ({', '.join(verdict.virus_names)})"
-    spam_flag = (
-        "yes"
-        if verdict.spam in (SpamStatus.SPAM, SpamStatus.PROBABLE_SPAM, SpamStatus.BLOCKED)
-        else "no"
-    )
+    spam_flag = "yes" if verdict.spam in _SPAM_FLAGGED else "no"
     headers = [
         ("X-Mailwarden-Virus", av),
         (

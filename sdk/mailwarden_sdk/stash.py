@@ -42,10 +42,9 @@ class Stash:
 
     def get(self, key: StashKey[T], default: D) -> T | D:
         """The value under ``key``, or ``default``."""
-        try:
-            return self[key]
-        except KeyError:
-            return default
+        # Not through __getitem__ and its KeyError: a miss (most asks, several per message
+        # on the decision path) cost a raised exception each.
+        return cast("T | D", self._data.get(key, default))
 
     def setdefault(self, key: StashKey[T], default: T) -> T:
         """The value under ``key``, storing ``default`` first if there is none."""

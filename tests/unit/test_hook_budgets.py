@@ -411,3 +411,68 @@ def test_inline_work_past_its_allowance_goes_to_threads(tmp_path: Path) -> None:
     _scan_once(_gateway(tmp_path, "", slow=Slow))
     # The first call used up the message's inline allowance (50 ms): the rest left the loop.
     assert where == [True, False, False]
+
+
+def test_async_detectors_that_finish_at_once_or_wait_each_keep_their_own_context(
+    tmp_path: Path,
+) -> None:
+    """Async detectors whose first step finishes, raises, waits and finishes, or waits past
+    its budget each give their own findings, in the order the detectors run; a context
+    variable one sets is not seen by the next, as when each ran in a task of its own."""
+    import contextvars
+
+    from mailwarden_sdk import Category, Finding
+
+    seen: contextvars.ContextVar[str] = contextvars.ContextVar("seen", default="unset")
+    saw: dict[str, str] = {}
+
+    def finding(code: str) -> Finding:
+        return Finding(code=code, detector="t", category=Category.OTHER, status="clean")
+
+    class AtOnce:
+        @hookimpl
+        async def mailwarden_scan(self, ctx: ScanContext) -> list[Any]:
+            saw["at once"] = seen.get()
+            seen.set("at once")
+            return [finding("AT_ONCE")]
+
+    class Waits:
+        @hookimpl
+        async def mailwarden_scan(self, ctx: ScanContext) -> list[Any]:
+            saw["waits"] = seen.get()
+            seen.set("waits")
+            await asyncio.sleep(0.05)
+            saw["waits, after"] = seen.get()
+            return [finding("WAITED")]
+
+    class Raises:
+        @hookimpl
+        async def mailwarden_scan(self, ctx: ScanContext) -> list[Any]:
+            saw["raises"] = seen.get()
+            raise RuntimeError("broken")
+
+    class TooSlow:
+        @hookimpl
+        async def mailwarden_scan(self, ctx: ScanContext) -> list[Any]:
+            await asyncio.sleep(STUCK)
+            return [finding("NEVER")]
+
+    gateway = _gateway(
+        tmp_path,
+        "[detectors]\ntimeouts = { tooslow = 0.3 }\n" + ERRORS_DELIVER,
+        atonce=AtOnce,
+        waits=Waits,
+        raises=Raises,
+        tooslow=TooSlow,
+    )
+    decision = _scan_once(gateway)
+    codes = {(f.detector, f.code) for f in decision.verdict.findings}
+    assert {("t", "AT_ONCE"), ("t", "WAITED"), ("raises", "DETECTOR_ERROR")} <= codes
+    assert ("tooslow", "DETECTOR_TIMEOUT") in codes
+    assert ("t", "NEVER") not in codes
+    assert saw == {"at once": "unset", "waits": "unset", "raises": "unset", "waits, after": "waits"}
+    assert seen.get() == "unset"
+    assert _errors(gateway, "hook timeout:mailwarden_scan:tooslow") == 1
+    for name in ("atonce", "waits", "raises", "tooslow"):
+        assert decision.timings_ms[f"detector.{name}"] >= 0
+    assert decision.timings_ms["detector.tooslow"] >= 300

@@ -274,3 +274,53 @@ def test_split_tempfail_beside_an_accepting_rule_is_held_not_lost(tmp_path) -> N
         ActionKind.DELIVER,
     ]
     assert len(delivered) == 1 and len(held) == 1
+
+
+def test_decision_ids_are_uuid4_and_a_forked_worker_makes_its_own() -> None:
+    """Decision ids are taken from a batch of random bytes: each is a version 4 UUID's hex,
+    and a worker forked with part of a batch left never gives out its parent's."""
+    import os
+    import uuid
+
+    from mailwarden.pipeline import new_id
+
+    ids = [new_id() for _ in range(600)]  # more than one batch
+    assert len(set(ids)) == 600
+    for made in ids:
+        parsed = uuid.UUID(hex=made)
+        assert (parsed.hex, parsed.version, parsed.variant) == (made, 4, uuid.RFC_4122)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next ids, to the parent
+        try:
+            os.write(write, " ".join(new_id() for _ in range(10)).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        child = set(pipe.read().split())
+    os.waitpid(pid, 0)
+    assert len(child) == 10
+    assert not child & {new_id() for _ in range(10)}
+
+
+def test_what_a_detector_returns_becomes_its_findings_or_an_error_finding() -> None:
+    """A list, a tuple, a generator or a set of findings are the findings; a string, a
+    number or an item that is not a Finding are error findings (the rule's error action)."""
+    from mailwarden.detect import checked_findings
+    from mailwarden_sdk import Category, Finding
+
+    found = [
+        Finding(code=f"F{n}", detector="d", category=Category.OTHER, status="clean")
+        for n in range(3)
+    ]
+
+    def codes(result: object) -> list[str]:
+        return [f.code for f in checked_findings("d", result)]
+
+    for given in (found, tuple(found), (f for f in found)):
+        assert codes(given) == ["F0", "F1", "F2"]
+    assert codes(found[0]) == ["F0"] and codes(None) == [] and codes([]) == []
+    for wrong in ("F0", b"F0", 3, {"code": "F0"}.items(), [found[0], "F1"], (found[1], None)):
+        assert "DETECTOR_ERROR" in codes(wrong), wrong
+    assert codes([found[0], "F1"])[0] == "F0"

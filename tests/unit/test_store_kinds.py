@@ -19,7 +19,7 @@ from mailwarden.stores.backup import BackupStore
 from mailwarden.stores.statistics import FLUSH_SECONDS, Statistics
 from mailwarden.stores.temp import clean_temp
 from mailwarden.stores.traces import TraceStreams
-from mailwarden_sdk import Finding
+from mailwarden_sdk import Finding, MessageEvent
 from mailwarden_sdk.types import Category
 from tests.unit.test_events import event
 
@@ -184,6 +184,55 @@ def test_statistics_waiting_in_memory_keep_each_message_in_its_own_hour_and_day(
     assert stats.counters("d", "20231114")["messages"] == {"": 2}
     assert stats.top("d", "20231115", "sender") == [("s0@example.org", 1), ("s1@example.org", 1)]
     stats.close()
+
+
+def test_statistics_waiting_in_memory_count_what_each_message_counted_when_it_came(
+    tmp_path: Path,
+) -> None:
+    """Messages alike wait as one count: the totals are those of counting each on its own,
+    with senders and recipients in any case, detections and virus names, and a finding an
+    observer changes after the message was counted."""
+
+    def messages() -> list[MessageEvent]:
+        made = []
+        for n in range(40):
+            e = event(NOW + n, f"m{n}", sender=["X@Example.org", "x@example.org", ""][n % 3])
+            e.rcpt_to = ["B@example.net", "b@example.net", "c@example.net"][: 1 + n % 3]
+            if n % 4 == 0:
+                e.verdict.findings.append(
+                    Finding(
+                        code="SIG",
+                        detector="antivirus",
+                        category=Category.ANTIVIRUS,
+                        status="infected",
+                        details={"signature": f"Virus.{n % 8}"},
+                    )
+                )
+                e.verdict.virus_names.append("Named.One")
+            e.verdict.reputation = "suspicious" if n % 5 == 0 else None
+            made.append(e)
+        return made
+
+    one_by_one = Statistics(tmp_path / "one")
+    for e in messages():
+        one_by_one.count(e)  # outside a loop: written at once
+    waiting = Statistics(tmp_path / "waiting")
+
+    async def main() -> None:
+        for e in messages():
+            waiting.count(e)
+            for finding in e.verdict.findings:
+                finding.details["signature"] = "changed later"
+
+    asyncio.run(main())
+    for period, bucket in (("h", "2023111422"), ("d", "20231114")):
+        expected = one_by_one.counters(period, bucket)
+        assert waiting.counters(period, bucket) == expected
+    assert expected["recipient"] == {"b@example.net": 66, "c@example.net": 13}
+    assert expected["sender"] == {"x@example.org": 27, "<>": 13}
+    assert expected["detection"] == {"Named.One": 10, "Virus.0": 5, "Virus.4": 5}
+    waiting.close()
+    one_by_one.close()
 
 
 def test_temp_files_removed_at_start(tmp_path: Path) -> None:

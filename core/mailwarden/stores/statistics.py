@@ -44,22 +44,51 @@ def bucket_of(period: Period, timestamp: float) -> str:
     return time.strftime("%Y%m%d%H" if period == "h" else "%Y%m%d", time.gmtime(timestamp))
 
 
-def _names(event: MessageEvent) -> list[tuple[str, str]]:
+# What one message counts, as one hashable key: counted per distinct key in memory (a dict
+# increment per message where the counters' names were a dozen tuples and a Counter update),
+# its names made when the counts are written (:func:`_names`).
+_Key = tuple[
+    str, str, str, str | None, str | None, str | None, str, tuple[str, ...], tuple[str, ...]
+]
+
+
+def _key(event: MessageEvent) -> _Key:
     verdict = event.verdict
-    names = [("messages", ""), ("action", event.action.value)]
-    names += [("antivirus", verdict.antivirus.value), ("spam", verdict.spam.value)]
-    names += [(kind, s) for kind, s in (("reputation", verdict.reputation),
-                                         ("sandbox", verdict.sandbox),
-                                         ("content", verdict.content)) if s]  # fmt: skip
-    names.append(("sender", event.mail_from.lower() or "<>"))
-    names += [("recipient", r.lower()) for r in dict.fromkeys(event.rcpt_to)]
-    # A detection is named by its signature when it has one (the virus name), else its code.
-    detections = {
-        f.details.get("signature") or f.code
-        for f in verdict.findings
-        if f.status not in ("clean", "error")
-    }
-    detections |= set(verdict.virus_names)
+    # Taken now: the findings are the event's, which observers hold meanwhile.
+    detections: tuple[str, ...] = ()
+    if verdict.findings or verdict.virus_names:
+        # A detection is named by its signature when it has one (the virus name), else its code.
+        found = {
+            f.details.get("signature") or f.code
+            for f in verdict.findings
+            if f.status not in ("clean", "error")
+        }
+        found.update(verdict.virus_names)
+        detections = tuple(sorted(found))
+    # The statuses as they are (str enums: their value when written), ``.value`` is a
+    # descriptor call each.
+    return (
+        event.action,
+        verdict.antivirus,
+        verdict.spam,
+        verdict.reputation,
+        verdict.sandbox,
+        verdict.content,
+        event.mail_from,
+        tuple(event.rcpt_to),
+        detections,
+    )
+
+
+def _names(key: _Key) -> list[tuple[str, str]]:
+    action, antivirus, spam, reputation, sandbox, content, sender, rcpt_to, detections = key
+    names = [("messages", ""), ("action", str(action))]
+    names += [("antivirus", str(antivirus)), ("spam", str(spam))]
+    names += [(kind, s) for kind, s in (("reputation", reputation),
+                                         ("sandbox", sandbox),
+                                         ("content", content)) if s]  # fmt: skip
+    names.append(("sender", sender.lower() or "<>"))
+    names += [("recipient", r.lower()) for r in dict.fromkeys(rcpt_to)]
     names += [("detection", d) for d in sorted(detections)]
     return names
 
@@ -71,9 +100,9 @@ class Statistics:
         self.root = root
         # Counters may lose the last transactions in a machine crash; no fsync per message.
         self.env = LmdbEnv(root, dbs={"counts": False}, sync=False)
-        # Counts by hour (seconds // 3600) and (kind, name); the keys are made when they are
-        # written, a few per flush instead of a dozen strings per message.
-        self._pending: dict[int, Counter[tuple[str, str]]] = {}
+        # Messages by hour (seconds // 3600) and what they count (_key); the counters' names
+        # and keys are made when they are written, once per distinct message key and flush.
+        self._pending: dict[int, dict[_Key, int]] = {}
         self._lock = threading.Lock()
         self._timer: asyncio.TimerHandle | None = None
         self.descriptor = StoreDescriptor(
@@ -87,13 +116,13 @@ class Statistics:
 
     def count(self, event: MessageEvent) -> None:
         """Add one message to the hour and day buckets of its time."""
-        names = _names(event)
+        key = _key(event)
         hour = int(event.time // 3600)
         with self._lock:
             counts = self._pending.get(hour)
             if counts is None:
-                counts = self._pending[hour] = Counter()
-            counts.update(names)
+                counts = self._pending[hour] = {}
+            counts[key] = counts.get(key, 0) + 1
         if self._timer is not None:
             return  # a flush is due already (asking for the loop is a system call)
         try:
@@ -124,8 +153,12 @@ class Statistics:
         keyed: Counter[bytes] = Counter()
         for hour, counts in pending.items():
             when = hour * 3600
+            named: Counter[tuple[str, str]] = Counter()
+            for key, n in counts.items():
+                for pair in _names(key):
+                    named[pair] += n
             for prefix in (f"h|{bucket_of('h', when)}|", f"d|{bucket_of('d', when)}|"):
-                for (kind, name), n in counts.items():
+                for (kind, name), n in named.items():
                     keyed[f"{prefix}{kind}|{name}".encode()[:500]] += n
 
         def work(txn: Any) -> None:
@@ -139,7 +172,9 @@ class Statistics:
         except BaseException:
             with self._lock:
                 for hour, counts in pending.items():
-                    self._pending.setdefault(hour, Counter()).update(counts)
+                    kept = self._pending.setdefault(hour, {})
+                    for key, n in counts.items():
+                        kept[key] = kept.get(key, 0) + n
             raise
 
     def counters(self, period: Period, bucket: str) -> dict[str, dict[str, int]]:

@@ -263,9 +263,11 @@ class GatewayMetrics:
     def observe(self, event: MessageEvent) -> None:
         """Count one recorded message."""
         verdict, counted = event.verdict, self._verdict
-        self._message(event.action.value).inc()
-        counted("antivirus", verdict.antivirus.value).inc()
-        counted("spam", verdict.spam.value).inc()
+        # The statuses are str enums: labels and children's keys as their values, without
+        # a ``.value`` descriptor call each.
+        self._message(event.action).inc()
+        counted("antivirus", verdict.antivirus).inc()
+        counted("spam", verdict.spam).inc()
         for kind, status in (
             ("reputation", verdict.reputation),
             ("sandbox", verdict.sandbox),

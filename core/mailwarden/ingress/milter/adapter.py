@@ -13,6 +13,7 @@ import msgspec
 
 from mailwarden_native import parse
 from mailwarden_sdk import ActionKind, Envelope, run_cpu_bound
+from mailwarden_sdk.offload import INLINE_MAX_BYTES
 
 from ...greylist import in_networks
 from ...pipeline import settle
@@ -84,7 +85,9 @@ class GatewayMilter:
         if refused is not None:
             return refused
         groups = gateway.split_recipients(envelope)
-        parsed = await run_cpu_bound(len(raw), parse, raw)
+        # run_cpu_bound's own test first: most messages are parsed here, without a coroutine.
+        size = len(raw)
+        parsed = parse(raw) if size <= INLINE_MAX_BYTES else await run_cpu_bound(size, parse, raw)
         decisions = [
             await gateway.scan(raw, env, message=parsed, rule=r, dry_run=False) for r, env in groups
         ]
