@@ -192,13 +192,16 @@ class MilterServer:
         self.progress_interval = progress_interval
         self.wanted_protocol = protocol
         self.connections = 0
+        # The loop the server listens on, for its connections: asking for the running loop
+        # per connection costs a getpid system call (Python 3.11 checks for a fork).
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     def _connection(self) -> MilterConnection:
         return MilterConnection(self)
 
     async def start(self, host: str, port: int, *, reuse_port: bool = False) -> asyncio.Server:
         """Listen on TCP ``host:port``."""
-        loop = asyncio.get_running_loop()
+        self.loop = loop = asyncio.get_running_loop()
         return await loop.create_server(
             self._connection, sock=listening_socket(host, port, reuse_port)
         )
@@ -208,7 +211,8 @@ class MilterServer:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        server = await asyncio.get_running_loop().create_unix_server(self._connection, path=path)
+        self.loop = loop = asyncio.get_running_loop()
+        server = await loop.create_unix_server(self._connection, path=path)
         # The MTA runs as its own user; the socket's directory is what protects it.
         os.chmod(path, 0o666)
         return server
@@ -226,7 +230,7 @@ class MilterConnection(asyncio.Protocol):
 
     def __init__(self, server: MilterServer) -> None:
         self.server = server
-        self.loop = asyncio.get_running_loop()
+        self.loop = server.loop or asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.session: _Session | None = None
         self.peer: object = "unix"
