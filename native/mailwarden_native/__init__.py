@@ -36,6 +36,7 @@ from ._errors import (
 )
 from ._fuzzy import shingle_sketch
 from ._matcher import Matcher
+from ._metas import OP, FlagExpressions
 from ._milter import milter_headers, tcp_quickack
 from ._mime import MalformationFlag, ParsedMessage, ParseLimits, Part, parse
 from ._params import parse_params
@@ -74,6 +75,7 @@ __all__ = [
     "OFF_ABS",
     "OFF_ANY",
     "OFF_EOF",
+    "OP",
     "SPOOL_AT_RENAME",
     "SPOOL_COMMIT",
     "SPOOL_DATASYNC",
@@ -81,6 +83,7 @@ __all__ = [
     "SPOOL_DIR_IF_COMMIT",
     "SPOOL_DIR_NONE",
     "SPOOL_TRUNCATE",
+    "FlagExpressions",
     "HeaderFlag",
     "MalformationFlag",
     "Matcher",

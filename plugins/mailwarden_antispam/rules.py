@@ -19,6 +19,7 @@ runs only when its literal occurs (or when it has none).
 
 from __future__ import annotations
 
+import ast
 import email.utils
 import fcntl
 import functools
@@ -34,7 +35,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from mailwarden_sdk import Matcher
+from mailwarden_sdk import OP, FlagExpressions, Matcher
 
 from .fastmatch import (
     FRAME_END,
@@ -138,6 +139,13 @@ class RuleSet:
     _baseline: frozenset[str] = frozenset()
     _meta_names: frozenset[str] = frozenset()
     _cyclic: list[tuple[Rule, _Meta]] = field(default_factory=list)
+    # The metas off cycles as one program of the C core (None: the Python functions run),
+    # each name they read or set as a flag number (from 1: 0 is no name), and by program
+    # index each meta's name and its value when no rule hits.
+    _program: FlagExpressions | None = None
+    _flag_of: dict[str, int] = field(default_factory=dict)
+    _program_names: list[str] = field(default_factory=list)
+    _program_base: tuple[bool, ...] = ()
     # The names match() reports (not sub-rules), and the eval rules with their arguments bound.
     _reported: frozenset[str] = frozenset()
     _evals: list[Rule] = field(default_factory=list)
@@ -271,6 +279,32 @@ class RuleSet:
         )
         self._meta_names = frozenset(rule.name for rule, _code in self._metas)
         self._reported = frozenset(n for n, r in self.rules.items() if not r.sub_rule)
+        self._compile_program()
+
+    def _compile_program(self) -> None:
+        """The metas off cycles as one C program (:class:`FlagExpressions`), their order
+        kept; left to the Python functions when a meta has what the program cannot say or
+        the two disagree on a meta's value when nothing hits."""
+        self._program = None
+        kept = [i for i in range(len(self._metas)) if i not in self._always]
+        flag_of: dict[str, int] = {}
+        programs: list[list[float]] = []
+        try:
+            for i in kept:
+                rule = self._metas[i][0]
+                tree = ast.parse(_meta_python(rule.meta or "").strip(), mode="eval")
+                programs.append(_program_of(tree.body, flag_of))
+            flags = [flag_of.setdefault(self._metas[i][0].name, len(flag_of) + 1) for i in kept]
+            program = FlagExpressions(programs, flags, len(flag_of) + 1)
+        except (ValueError, SyntaxError, RecursionError) as exc:
+            log.info("antispam: metas evaluated in Python (%s)", exc)
+            return
+        names = [self._metas[i][0].name for i in kept]
+        if program.base != tuple(self._base[i] for i in kept):
+            log.warning("antispam: metas evaluated in Python (the C core's no-hit values differ)")
+            return
+        self._program, self._flag_of = program, flag_of
+        self._program_names, self._program_base = names, program.base
 
     def _downstream(self, names: Iterable[str], found: set[int]) -> set[int]:
         todo = list(names)
@@ -433,6 +467,24 @@ class RuleSet:
         }
 
     def _resolve_metas(self, hits: set[str]) -> None:
+        program = self._program
+        if program is not None:
+            # Flag numbers start at 1: filter(None, ...) drops the names no meta reads.
+            changed = program.changed(filter(None, map(self._flag_of.get, hits)))
+            hits.update(self._baseline)
+            names, base = self._program_names, self._program_base
+            for index in changed:
+                if base[index]:
+                    hits.discard(names[index])
+                else:
+                    hits.add(names[index])
+            if self._cyclic:
+                self._fixpoint(hits, self._cyclic)
+            return
+        self._resolve_metas_python(hits)
+
+    def _resolve_metas_python(self, hits: set[str]) -> None:
+        """The metas resolved by their Python functions (the C program's reference)."""
         following, base = self._next, self._base
         names, functions, next_at = self._meta_name_at, self._meta_function_at, self._next_at
         # Metas the caller's hits already name (a check's code) count as hit, unevaluated.
@@ -718,6 +770,56 @@ def _meta_function(rule: Rule) -> _Meta:
             # Truthy (non-empty) exactly when one of the names hit.
             return functools.partial(frozenset.intersection, frozenset(names))
     return function
+
+
+_BINARY_OPS: dict[type, int] = {
+    ast.Add: OP.ADD,
+    ast.Sub: OP.SUB,
+    ast.Mult: OP.MUL,
+    ast.Div: OP.DIV,
+}
+_COMPARE_OPS: dict[type, int] = {
+    ast.Lt: OP.LT,
+    ast.LtE: OP.LE,
+    ast.Gt: OP.GT,
+    ast.GtE: OP.GE,
+    ast.Eq: OP.EQ,
+    ast.NotEq: OP.NE,
+}
+_UNARY_OPS: dict[type, int] = {ast.Not: OP.NOT, ast.USub: OP.NEG, ast.UAdd: OP.POS}
+
+
+def _program_of(node: ast.expr, flag_of: dict[str, int]) -> list[float]:
+    """A meta's Python expression (:func:`_meta_python`) as a :class:`FlagExpressions`
+    program, names numbered in ``flag_of`` (from 1); ValueError for anything else."""
+    if isinstance(node, ast.Compare) and len(node.ops) == 1 and isinstance(node.ops[0], ast.In):
+        name = node.left
+        if isinstance(name, ast.Constant) and isinstance(name.value, str):
+            return [OP.HIT, flag_of.setdefault(name.value, len(flag_of) + 1)]
+    if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
+        return [OP.CONST, float(node.value)]  # exact: the metas' numbers are small
+    if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY_OPS:
+        return [*_program_of(node.operand, flag_of), _UNARY_OPS[type(node.op)]]
+    if isinstance(node, ast.BinOp) and type(node.op) in _BINARY_OPS:
+        left, right = _program_of(node.left, flag_of), _program_of(node.right, flag_of)
+        return [*left, *right, _BINARY_OPS[type(node.op)]]
+    if isinstance(node, ast.BoolOp):
+        joined = OP.AND if isinstance(node.op, ast.And) else OP.OR
+        out = _program_of(node.values[0], flag_of)
+        for value in node.values[1:]:
+            out += [*_program_of(value, flag_of), joined]
+        return out
+    if isinstance(node, ast.Compare) and all(type(op) in _COMPARE_OPS for op in node.ops):
+        # a < b < c is (a < b) and (b < c), b evaluated once: no side effects, so twice here.
+        items = [node.left, *node.comparators]
+        out = []
+        for at, op in enumerate(node.ops):
+            pair = [*_program_of(items[at], flag_of), *_program_of(items[at + 1], flag_of)]
+            out += [*pair, _COMPARE_OPS[type(op)]]
+            if at:
+                out.append(OP.AND)
+        return out
+    raise ValueError(f"not a meta expression: {ast.dump(node)[:60]}")
 
 
 def _meta_tokens(expr: str) -> list[str]:
