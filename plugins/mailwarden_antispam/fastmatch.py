@@ -953,14 +953,15 @@ class PatternSet:
         # scanning the reversed text, so re tries a match only there (not at every offset).
         self._starts_db: Any = None
         self._starts: set[int] = set()
-        # Patterns that can only match at a line starting with a literal (SpamAssassin's
-        # __FROM_NAME_IN_MSG, a back-reference over the whole raw message): re tries them
-        # only at those lines instead of at every offset of the text.
+        # Patterns that can only match at a line start, by the literal the line starts with
+        # ("" for any line): re tries them only there instead of at every offset of the text
+        # (SpamAssassin's __FROM_NAME_IN_MSG over the whole raw message, or __RAND_HEADER's
+        # /^(?!...)/im over all the headers: re's search tests a multiline ^ at every offset).
         self._line_starts: dict[int, str] = {}
         self._shaped: list[tuple[int, shapes.Shape]] = []
         for index, pattern in enumerate(patterns):
             literal = _line_literal(pattern)
-            if literal:
+            if literal is not None:
                 self._line_starts[index] = literal
         if _hs is None:
             self.rejected = set(range(len(patterns)))
@@ -1219,25 +1220,43 @@ def _chain_start(starts: Sequence[int], ends: Iterable[int], copies: int, width:
     return limit
 
 
-def _line_literal(pattern: re.Pattern[str]) -> str:
-    """The literal every match starts a line with, for a multiline ``^literal...`` pattern
-    with no top-level alternation and no case folding; "" for any other pattern."""
-    if not pattern.flags & re.MULTILINE or pattern.flags & re.IGNORECASE:
-        return ""
+def _line_literal(pattern: re.Pattern[str]) -> str | None:
+    """For a multiline pattern starting with ``^`` (no top-level alternation), the literal
+    every match starts its line with ("" when there is none, or with case folding); None for
+    any other pattern."""
+    if not pattern.flags & re.MULTILINE:
+        return None  # a ^ at the text's start only: re's search tries that offset alone
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             items = list(P.parse(pattern.pattern, pattern.flags))
     except re.error:
-        return ""
+        return None
     if not items or items[0] != (C.AT, C.AT_BEGINNING):
+        return None
+    if pattern.flags & re.IGNORECASE:
         return ""
     literal = []
     for op, arg in items[1:]:
         if op is not C.LITERAL:
             break
         literal.append(chr(arg))
-    return "".join(literal) if len(literal) >= 3 else ""
+    return "".join(literal)
+
+
+@lru_cache(maxsize=1024)
+def _cached_line_literal(pattern: re.Pattern[str]) -> str | None:
+    return _line_literal(pattern)
+
+
+def found_in(pattern: re.Pattern[str], text: str) -> bool:
+    """``pattern.search(text) is not None``; a multiline ``^`` pattern is tried only at the
+    line starts (re's search tests a multiline ^ at every offset: the stock rawbody rule
+    SCC_SPECIAL_GUID 10.5 -> 4.8 us a generated message)."""
+    literal = _cached_line_literal(pattern)
+    if literal is None:
+        return pattern.search(text) is not None
+    return _match_at_lines(pattern, text, literal)
 
 
 def _match_at_lines(pattern: re.Pattern[str], text: str, literal: str) -> bool:

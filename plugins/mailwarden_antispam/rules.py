@@ -44,6 +44,7 @@ from .fastmatch import (
     HAVE_HYPERSCAN,
     PatternSet,
     default_cache_dir,
+    found_in,
     frame_tag,
     framed_rewrites,
     high_bytes,
@@ -416,7 +417,7 @@ class RuleSet:
         for kind in ("body", "rawbody", "full"):
             text = getattr(targets, kind)
             for rule in self._candidates(matching, kind, text):
-                if rule.pattern is not None and rule.pattern.search(text):
+                if rule.pattern is not None and found_in(rule.pattern, text):
                     hits.add(rule.name)
         if targets.uris:
             for rule in self._candidates(matching, "uri", "\n".join(targets.uris)):

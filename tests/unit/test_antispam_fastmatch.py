@@ -356,6 +356,56 @@ def test_a_line_anchored_pattern_tried_only_at_its_lines_answers_as_re(
     assert (patterns.confirmed(text) == [0]) == (pattern.search(text) is not None), text
 
 
+# Multiline patterns whose every match starts a line, as SpamAssassin's ALL rules
+# (__RAND_HEADER's /^(?!...)/ism): case folded, or with no literal after the ^.
+_CARET_PATTERNS = [
+    re.compile(
+        r"^(?!Content-|MIME-)(?:[a-z]{4,}-[a-z]{3,}|[a-z]{3,}-[a-z]{4,}):\s+\d(?=\S{6,}\s*$)"
+        r"[\da-f]*\s*$",
+        re.I | re.M | re.S,
+    ),
+    re.compile(r"^to:\s+<?[^@]+@([^.]+)\.(?:[^\n]+\n+)*^subject: \1", re.I | re.M | re.S),
+    re.compile(r"^(?!.*\b1\.0\b).+", re.M),
+    re.compile(r"^T(?=o:)", re.M),
+]
+
+
+@given(
+    st.lists(
+        st.sampled_from(
+            [
+                "Content-Length: 12345678",
+                "X-Trace-Id: 1abcdef0",
+                "x-trace-id: 1ab",
+                "MIME-Version: 1.0",
+                "To: <joe@example.org>",
+                "Subject: example offer",
+                "subject: EXAMPLE",
+                " folded",
+                "",
+            ]
+        ),
+        max_size=8,
+    ),
+    st.sampled_from(["\n", "\r\n"]),
+)
+@settings(max_examples=200, deadline=None)
+def test_a_multiline_caret_pattern_tried_only_at_line_starts_answers_as_re(
+    lines: list[str], newline: str
+) -> None:
+    patterns = PatternSet(_CARET_PATTERNS, cache=None)
+    # Tried at the line starts only (the literal where one is certain), not at every offset.
+    assert patterns._line_starts == {0: "", 1: "", 2: "", 3: "T"}
+    text = newline.join(lines)
+    expected = {i for i, p in enumerate(_CARET_PATTERNS) if p.search(text)}
+    # (confirmed() answers for what hyperscan took; the framed header scan takes the
+    # back-reference too and asks holds() for it.)
+    assert set(patterns.confirmed(text)) == expected - patterns.rejected, text
+    assert {i for i in range(len(_CARET_PATTERNS)) if patterns.holds(i, text)} == expected
+    # The re path's searches (rules hyperscan refused) walk the lines too.
+    assert {i for i, p in enumerate(_CARET_PATTERNS) if fastmatch.found_in(p, text)} == expected
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     st.lists(
