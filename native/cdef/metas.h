@@ -1,4 +1,5 @@
-/* cffi declarations of mw_metas.h: expressions over numbered flags (antispam metas). */
+/* cffi declarations of mw_metas.h: expressions over numbered flags (antispam metas), code
+   points as class bytes. */
 #define MW_OP_END ...
 #define MW_OP_HIT ...
 #define MW_OP_CONST ...
@@ -23,3 +24,5 @@ size_t mw_meta_changed(const int32_t *code, const uint32_t *entry, const uint32_
                        const uint32_t *readers, const uint32_t *reader_at,
                        const uint8_t *flag_base, size_t nflags, const uint32_t *set, size_t nset,
                        int every, uint32_t *changed);
+int mw_code_point_bytes(const uint32_t *src, size_t n, const uint8_t *table, size_t ntable,
+                        uint8_t *out);

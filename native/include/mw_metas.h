@@ -1,5 +1,6 @@
 /*
- * mailwarden native core: expressions over numbered flags (antispam metas).
+ * mailwarden native core: expressions over numbered flags (antispam metas), and
+ * text as the bytes of its characters' classes (the antispam pattern sets' alphabets).
  *
  * A SpamAssassin meta rule is an arithmetic and boolean expression over the
  * names of other rules (1 when the rule hit, 0 when not).  A set of them is
@@ -66,6 +67,12 @@ size_t mw_meta_changed(const int32_t *code, const uint32_t *entry, const uint32_
                        const uint32_t *readers, const uint32_t *reader_at,
                        const uint8_t *flag_base, size_t nflags, const uint32_t *set, size_t nset,
                        int every, uint32_t *changed);
+
+/* Each of the n code points src[i] (UTF-32, host order) as table[src[i]] in out[i]
+ * (n bytes): the antispam pattern sets' alphabets, one byte per character class.
+ * Returns 0, or -1 (out partly written) when a code point is not below ntable. */
+int mw_code_point_bytes(const uint32_t *src, size_t n, const uint8_t *table, size_t ntable,
+                        uint8_t *out);
 
 #ifdef __cplusplus
 }

@@ -36,7 +36,7 @@ from ._errors import (
 )
 from ._fuzzy import shingle_sketch
 from ._matcher import Matcher
-from ._metas import OP, FlagExpressions
+from ._metas import OP, FlagExpressions, code_point_bytes
 from ._milter import milter_headers, tcp_quickack
 from ._mime import MalformationFlag, ParsedMessage, ParseLimits, Part, parse
 from ._params import parse_params
@@ -108,6 +108,7 @@ __all__ = [
     "Url",
     "UrlFlag",
     "ascii_words",
+    "code_point_bytes",
     "core_version",
     "decode_base64",
     "decode_base64_ex",

@@ -1,8 +1,10 @@
-"""Expressions over numbered flags, resolved in the C core (the antispam metas)."""
+"""Expressions over numbered flags, resolved in the C core (the antispam metas); text as the
+bytes of its characters' classes (the antispam pattern sets' alphabets)."""
 
 from __future__ import annotations
 
 import array
+import sys
 from collections.abc import Iterable, Sequence
 
 from ._core import ffi, lib
@@ -10,6 +12,8 @@ from ._core import ffi, lib
 __all__ = ["OP", "FlagExpressions"]
 
 _changed = lib.mw_meta_changed
+_code_points = lib.mw_code_point_bytes
+_UTF32 = "utf-32-le" if sys.byteorder == "little" else "utf-32-be"
 _FAILED = int(ffi.cast("size_t", -1))
 # The C side writes what the caller reads of the output array: no clearing needed.
 _alloc = ffi.new_allocator(should_clear_after_alloc=False)
@@ -173,3 +177,17 @@ def _check(
         raise ValueError("a program leaves one value")
     code.append(int(lib.MW_OP_END))
     return read
+
+
+def code_point_bytes(text: str, table: bytes) -> bytes:
+    """``text`` one byte per character: ``table[ord(c)]`` for each character ``c`` (lone
+    surrogates included), in one pass in the C core. ``ValueError`` when a character's code
+    point is not below ``len(table)`` (a table of ``sys.maxunicode + 1`` bytes takes any)."""
+    count = len(text)
+    if not count:
+        return b""
+    data = text.encode(_UTF32, "surrogatepass")
+    out = _alloc("uint8_t[]", count)
+    if _code_points(ffi.from_buffer("uint32_t[]", data), count, table, len(table), out):
+        raise ValueError("a code point beyond the table")
+    return ffi.buffer(out, count)[:]

@@ -11,7 +11,8 @@ The native MIME core and signature matcher are reached through this package too
 :func:`shingle_sketch` for MinHash sketches of text and :func:`ascii_words` and
 :func:`unicode_words` for a tokenizer's words of text, since 1.20 :func:`paragraph_lines`
 for text one paragraph a line, since 1.21 :class:`FlagExpressions` for expressions over
-numbered flags, as antispam's metas), so a plugin never imports the
+numbered flags, as antispam's metas, and :func:`code_point_bytes` for text as a byte per
+character), so a plugin never imports the
 ``mailwarden`` core.
 A plugin that keeps messages of its own offers them to the web interface as a
 :class:`Quarantine` (:mod:`mailwarden_sdk.quarantines`).
@@ -33,6 +34,7 @@ from mailwarden_native import (
     ParsedMessage,
     Part,
     ascii_words,
+    code_point_bytes,
     detect_type,
     paragraph_lines,
     parse,
@@ -121,6 +123,7 @@ __all__ = [
     "__version__",
     "ascii_words",
     "check_compatible",
+    "code_point_bytes",
     "command_host",
     "config_option",
     "detect_type",
