@@ -638,13 +638,13 @@ class _HeaderScan:
             number = numbers.get(field_name)
             if number is not None and values:
                 text = texts[number] = values[0] if len(values) == 1 else "\n".join(values)
-                data = encoded[number] = encode(text)
+                data = encoded[number] = text.encode("ascii") if text.isascii() else encode(text)
                 pieces += (heads[number], data, _FRAME_END)
         for number in self.derived:  # ALL, ToCc, MESSAGEID, :addr/:name
             read = _values_of(self.keys[number], targets)
             if read is not None:
                 text = texts[number] = read[0] if len(read) == 1 else "\n".join(read)
-                data = encoded[number] = encode(text)
+                data = encoded[number] = text.encode("ascii") if text.isascii() else encode(text)
                 pieces += (heads[number], data, _FRAME_END)
         for number, absent in self.if_absent_of:
             if texts[number] is None:
@@ -865,11 +865,15 @@ def _header_values(rule: Rule, targets: RuleTargets) -> list[str] | None:
 
 
 def _values_of(key: str, targets: RuleTargets) -> list[str] | None:
-    try:
-        return targets.values[key]
-    except KeyError:
+    # A look-up, not try/except: the first read of each name in a message (a dozen) would
+    # raise KeyError, about a microsecond each.
+    values = targets.values.get(key, _UNREAD)
+    if values is _UNREAD:
         values = targets.values[key] = _read_header(key, targets)
-        return values
+    return values
+
+
+_UNREAD: list[str] = []  # a marker no read returns (an absent header reads as None)
 
 
 @lru_cache(maxsize=4096)
