@@ -72,6 +72,7 @@ log = logging.getLogger(__name__)
 # Python's own regex parser: the rewrite starts from the tree re itself compiles.
 C: Any = importlib.import_module("re._constants")
 P: Any = importlib.import_module("re._parser")
+_COMPILER: Any = importlib.import_module("re._compiler")
 # re's own case tables: what IGNORECASE equates.
 _SRE: Any = importlib.import_module("_sre")
 _EXTRA_CASES: dict[int, tuple[int, ...]] = importlib.import_module("re._casefix")._EXTRA_CASES
@@ -927,6 +928,9 @@ class PatternSet:
             literal = _line_literal(pattern)
             if literal is not None:
                 self._line_starts[index] = literal
+        # What re runs to confirm a report: each pattern, or the same regex in a form its
+        # engine answers faster (see _faster_form).
+        self._re = [_faster_form(pattern) or pattern for pattern in patterns]
         if _hs is None:
             self.rejected = set(range(len(patterns)))
             return
@@ -1106,7 +1110,7 @@ class PatternSet:
                 if not ambiguous or ambiguous.isdisjoint(present or ()):
                     out.append(index)
                     continue
-            pattern = self.patterns[index]
+            pattern = self._re[index]
             if index in self._starts:
                 if starts is None:
                     starts = self._scan_starts(data[::-1])
@@ -1135,7 +1139,7 @@ class PatternSet:
     def holds(self, index: int, text: str) -> bool:
         """Whether pattern ``index``'s ``re`` search finds ``text`` (a reported pattern's
         confirmation, for a caller that scanned several texts at once; no reversed starts)."""
-        pattern = self.patterns[index]
+        pattern = self._re[index]
         if index in self._line_starts:
             return _match_at_lines(pattern, text, self._line_starts[index])
         return pattern.search(text) is not None
@@ -1206,6 +1210,71 @@ def _line_literal(pattern: re.Pattern[str]) -> str | None:
             break
         literal.append(chr(arg))
     return "".join(literal)
+
+
+def _faster_form(pattern: re.Pattern[str]) -> re.Pattern[str] | None:
+    """``pattern`` with each ``.{a,b}^`` (a >= 1; ``.`` and ``^`` under global DOTALL and
+    MULTILINE, outside lookbehinds) compiled as ``.{a-1,b-1}\\n``, or None when it has none.
+
+    The two match at the same places: the ``^`` after at least one character of any kind
+    holds exactly where the last of them is a newline. re runs them differently: before
+    ``^`` its repeat backtracks one character at a time, each a full attempt of what
+    follows; before a literal it skips to that character (SpamAssassin's full rule
+    __FROM_NAME_IN_MSG, ``(?=.{1,2048}^\\1\\r?$)``: 30.6 -> 22.2 us a generated message).
+    """
+    wanted = re.DOTALL | re.MULTILINE
+    if pattern.flags & wanted != wanted:
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tree = P.parse(pattern.pattern, pattern.flags)
+    except re.error:
+        return None
+    if not _newline_repeats(tree.data):
+        return None
+    try:
+        faster: re.Pattern[str] = _COMPILER.compile(tree, tree.state.flags)
+    except (re.error, TypeError, ValueError):
+        return None
+    return faster
+
+
+def _newline_repeats(items: Any) -> bool:
+    """Rewrites in place each ``.{a,b}`` (a >= 1) followed by ``^`` in ``items`` as
+    ``.{a-1,b-1}`` followed by a newline; False when there is none, or when a group sets
+    flags of its own (then DOTALL or MULTILINE may not hold there)."""
+    changed = False
+    at = 0
+    while at < len(items):
+        op, av = items[at]
+        if op is C.SUBPATTERN:
+            if av[1] or av[2]:
+                return False
+            changed |= _newline_repeats(av[3].data)
+        elif op in (C.MAX_REPEAT, C.MIN_REPEAT):
+            low, high, body = av
+            if (
+                low >= 1
+                and list(body.data) == [(C.ANY, None)]
+                and at + 1 < len(items)
+                and items[at + 1] == (C.AT, C.AT_BEGINNING)
+            ):
+                down = high if high == C.MAXREPEAT else high - 1
+                items[at] = (op, (low - 1, down, body))
+                items[at + 1] = (C.LITERAL, ord("\n"))
+                changed = True
+            else:
+                changed |= _newline_repeats(body.data)
+        elif op is C.BRANCH:
+            for branch in av[1]:
+                changed |= _newline_repeats(branch.data)
+        elif op is C.ASSERT or op is C.ASSERT_NOT:
+            if av[0] < 0:
+                return False  # a lookbehind: left as it is
+            changed |= _newline_repeats(av[1].data)
+        at += 1
+    return changed
 
 
 @lru_cache(maxsize=1024)

@@ -356,6 +356,37 @@ def test_a_line_anchored_pattern_tried_only_at_its_lines_answers_as_re(
     assert (patterns.confirmed(text) == [0]) == (pattern.search(text) is not None), text
 
 
+# ".{a,b}^" under DOTALL and MULTILINE (SpamAssassin's __FROM_NAME_IN_MSG), which re runs
+# as ".{a-1,b-1}\n" (fastmatch._faster_form), greedy, lazy, nested, beside a back-reference.
+_NEWLINE_REPEATS = [
+    r"^From:\s+(\S+)\s(?=.{1,40}^\1\r?$)",
+    r"a.{2,6}^b",
+    r"a.{1,}?^b",
+    r"(?:x|a.+^b)c",
+    r"(?=.{1,3}^)\S",
+    r"(a(?:.{1,4}^From:)+)",
+]
+
+
+@given(st.lists(st.sampled_from(["a", "b", "c", "x", "\n", "\r", " ", "From: ", "From: ab"])))
+@settings(max_examples=300, deadline=None)
+def test_a_repeat_of_any_character_before_a_caret_is_run_as_one_before_a_newline(
+    pieces: list[str],
+) -> None:
+    text = "".join(pieces)
+    for source in _NEWLINE_REPEATS:
+        pattern = re.compile(source, re.S | re.M)
+        faster = fastmatch._faster_form(pattern)
+        assert faster is not None, source
+        expected, found = pattern.search(text), faster.search(text)
+        assert (found and (found.span(), found.groups())) == (
+            expected and (expected.span(), expected.groups())
+        ), (source, text)
+    # Without DOTALL (or MULTILINE) "." or "^" mean something else: left as they are.
+    assert fastmatch._faster_form(re.compile(r"a.{2,6}^b", re.M)) is None
+    assert fastmatch._faster_form(re.compile(r"a(?-s:.{2,6})^b", re.S | re.M)) is None
+
+
 # Multiline patterns whose every match starts a line, as SpamAssassin's ALL rules
 # (__RAND_HEADER's /^(?!...)/ism): case folded, or with no literal after the ^.
 _CARET_PATTERNS = [
