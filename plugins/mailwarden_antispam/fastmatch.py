@@ -1194,12 +1194,8 @@ def _line_literal(pattern: re.Pattern[str]) -> str | None:
     any other pattern."""
     if not pattern.flags & re.MULTILINE:
         return None  # a ^ at the text's start only: re's search tries that offset alone
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            items = list(P.parse(pattern.pattern, pattern.flags))
-    except re.error:
-        return None
+    tree = shapes.parsed(pattern)
+    items = list(tree.data) if tree is not None else []
     if not items or items[0] != (C.AT, C.AT_BEGINNING):
         return None
     if pattern.flags & re.IGNORECASE:
@@ -1225,13 +1221,8 @@ def _faster_form(pattern: re.Pattern[str]) -> re.Pattern[str] | None:
     wanted = re.DOTALL | re.MULTILINE
     if pattern.flags & wanted != wanted:
         return None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            tree = P.parse(pattern.pattern, pattern.flags)
-    except re.error:
-        return None
-    if not _newline_repeats(tree.data):
+    tree = shapes.parsed(pattern)
+    if tree is None or not _newline_repeats(tree.data):
         return None
     try:
         faster: re.Pattern[str] = _COMPILER.compile(tree, tree.state.flags)
