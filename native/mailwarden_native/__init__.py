@@ -36,6 +36,7 @@ from ._errors import (
 )
 from ._fuzzy import shingle_sketch
 from ._matcher import Matcher
+from ._metas import OP, FlagExpressions, code_point_bytes
 from ._milter import milter_headers, tcp_quickack
 from ._mime import MalformationFlag, ParsedMessage, ParseLimits, Part, parse
 from ._params import parse_params
@@ -77,6 +78,7 @@ __all__ = [
     "OFF_ABS",
     "OFF_ANY",
     "OFF_EOF",
+    "OP",
     "SPOOL_AT_DIR",
     "SPOOL_AT_RENAME",
     "SPOOL_COMMIT",
@@ -86,6 +88,7 @@ __all__ = [
     "SPOOL_DIR_IF_COMMIT",
     "SPOOL_DIR_NONE",
     "SPOOL_TRUNCATE",
+    "FlagExpressions",
     "HeaderFlag",
     "MalformationFlag",
     "Matcher",
@@ -111,6 +114,7 @@ __all__ = [
     "Url",
     "UrlFlag",
     "ascii_words",
+    "code_point_bytes",
     "core_version",
     "decode_base64",
     "decode_base64_ex",

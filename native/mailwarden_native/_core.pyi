@@ -83,6 +83,25 @@ class _Lib:
     MW_KIND_LEAF: int
     MW_KIND_MESSAGE: int
     MW_KIND_MULTIPART: int
+    MW_META_STACK: int
+    MW_OP_ADD: int
+    MW_OP_AND: int
+    MW_OP_CONST: int
+    MW_OP_DIV: int
+    MW_OP_END: int
+    MW_OP_EQ: int
+    MW_OP_GE: int
+    MW_OP_GT: int
+    MW_OP_HIT: int
+    MW_OP_LE: int
+    MW_OP_LT: int
+    MW_OP_MUL: int
+    MW_OP_NE: int
+    MW_OP_NEG: int
+    MW_OP_NOT: int
+    MW_OP_OR: int
+    MW_OP_POS: int
+    MW_OP_SUB: int
     MW_OK: int
     MW_PARAMS_CD_COMPLEX: int
     MW_PARAMS_CT_COMPLEX: int
@@ -207,6 +226,27 @@ class _Lib:
     def mw_milter_headers(self, buf: CData, len: int, offset: int, limit: int, /) -> int: ...
     def mw_milter_quickack(self, fd: int, /) -> int: ...
     def mw_paragraph_lines(self, src: CData | bytes, len: int, out: CData, /) -> int: ...
+    def mw_code_point_bytes(
+        self, src: CData, n: int, table: CData | bytes, ntable: int, out: CData, /
+    ) -> int: ...
+    def mw_meta_changed(
+        self,
+        code: CData,
+        entry: CData,
+        out_flag: CData,
+        base: CData,
+        nmeta: int,
+        constants: CData,
+        readers: CData,
+        reader_at: CData,
+        flag_base: CData,
+        nflags: int,
+        set: CData,
+        nset: int,
+        every: int,
+        changed: CData,
+        /,
+    ) -> int: ...
     def mw_content_type_name(self, code: int, /) -> CData: ...
     def mw_limits_default(self, limits: CData, /) -> None: ...
     def mw_parse(self, buf: CData | bytes, len: int, limits: CData, out: CData, /) -> int: ...

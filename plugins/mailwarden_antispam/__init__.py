@@ -199,7 +199,7 @@ def _ip_in(networks: list[str], address: str | None) -> bool:
 class AntispamPlugin:
     """Emits scored antispam findings and turns the total score into a spam status."""
 
-    requires_sdk = ">=1.20,<2"  # paragraph_lines (nonblocking: 1.19, ScanContext.live: 1.18)
+    requires_sdk = ">=1.21,<2"  # FlagExpressions (paragraph_lines: 1.20, nonblocking: 1.19)
 
     def __init__(self) -> None:
         self.config = AntispamConfig()

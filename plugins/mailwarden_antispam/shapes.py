@@ -34,14 +34,21 @@ _MAX_EXCLUDED = 3
 Shape = Callable[[str], bool]
 
 
-def recognise(pattern: re.Pattern[str]) -> Shape | None:
-    """An exact test equal to ``pattern.search(text) is not None`` on every ``str``, or None
-    when the pattern has no recognised shape."""
+def parsed(pattern: re.Pattern[str]) -> Any:
+    """A fresh parse tree of ``pattern`` (the caller may change it), or None."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            tree = P.parse(pattern.pattern, pattern.flags)
+            return P.parse(pattern.pattern, pattern.flags)
     except re.error:
+        return None
+
+
+def recognise(pattern: re.Pattern[str]) -> Shape | None:
+    """An exact test equal to ``pattern.search(text) is not None`` on every ``str``, or None
+    when the pattern has no recognised shape."""
+    tree = parsed(pattern)
+    if tree is None:
         return None
     flags = tree.state.flags
     items = list(tree.data)

@@ -10,7 +10,9 @@ The native MIME core and signature matcher are reached through this package too
 (:func:`parse`, :func:`detect_type`, :class:`Matcher`, and since SDK 1.18
 :func:`shingle_sketch` for MinHash sketches of text and :func:`ascii_words` and
 :func:`unicode_words` for a tokenizer's words of text, since 1.20 :func:`paragraph_lines`
-for text one paragraph a line), so a plugin never imports the
+for text one paragraph a line, since 1.21 :class:`FlagExpressions` for expressions over
+numbered flags, as antispam's metas, and :func:`code_point_bytes` for text as a byte per
+character), so a plugin never imports the
 ``mailwarden`` core.
 A plugin that keeps messages of its own offers them to the web interface as a
 :class:`Quarantine` (:mod:`mailwarden_sdk.quarantines`).
@@ -26,10 +28,13 @@ plugin states which SDK versions it works with (see :mod:`mailwarden_sdk.version
 """
 
 from mailwarden_native import (
+    OP,
+    FlagExpressions,
     Matcher,
     ParsedMessage,
     Part,
     ascii_words,
+    code_point_bytes,
     detect_type,
     paragraph_lines,
     parse,
@@ -79,6 +84,7 @@ __all__ = [
     "INLINE_MAX_BYTES",
     "INLINE_MAX_FIELDS",
     "INLINE_MAX_SECONDS",
+    "OP",
     "PROJECT_NAME",
     "QUARANTINE_ID",
     "SDK_VERSION",
@@ -88,6 +94,7 @@ __all__ = [
     "Category",
     "Envelope",
     "Finding",
+    "FlagExpressions",
     "Host",
     "HostLoader",
     "IncompatibleSdk",
@@ -116,6 +123,7 @@ __all__ = [
     "__version__",
     "ascii_words",
     "check_compatible",
+    "code_point_bytes",
     "command_host",
     "config_option",
     "detect_type",

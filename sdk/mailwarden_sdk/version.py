@@ -15,7 +15,7 @@ from packaging.version import Version
 __all__ = ["SDK_VERSION", "IncompatibleSdk", "check_compatible"]
 
 # What each version added: CHANGELOG.md at the top of the repository ("SDK" sections).
-SDK_VERSION = "1.20.0"
+SDK_VERSION = "1.21.0"
 
 
 class IncompatibleSdk(Exception):

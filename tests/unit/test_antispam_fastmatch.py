@@ -356,6 +356,87 @@ def test_a_line_anchored_pattern_tried_only_at_its_lines_answers_as_re(
     assert (patterns.confirmed(text) == [0]) == (pattern.search(text) is not None), text
 
 
+# ".{a,b}^" under DOTALL and MULTILINE (SpamAssassin's __FROM_NAME_IN_MSG), which re runs
+# as ".{a-1,b-1}\n" (fastmatch._faster_form), greedy, lazy, nested, beside a back-reference.
+_NEWLINE_REPEATS = [
+    r"^From:\s+(\S+)\s(?=.{1,40}^\1\r?$)",
+    r"a.{2,6}^b",
+    r"a.{1,}?^b",
+    r"(?:x|a.+^b)c",
+    r"(?=.{1,3}^)\S",
+    r"(a(?:.{1,4}^From:)+)",
+]
+
+
+@given(st.lists(st.sampled_from(["a", "b", "c", "x", "\n", "\r", " ", "From: ", "From: ab"])))
+@settings(max_examples=300, deadline=None)
+def test_a_repeat_of_any_character_before_a_caret_is_run_as_one_before_a_newline(
+    pieces: list[str],
+) -> None:
+    text = "".join(pieces)
+    for source in _NEWLINE_REPEATS:
+        pattern = re.compile(source, re.S | re.M)
+        faster = fastmatch._faster_form(pattern)
+        assert faster is not None, source
+        expected, found = pattern.search(text), faster.search(text)
+        assert (found and (found.span(), found.groups())) == (
+            expected and (expected.span(), expected.groups())
+        ), (source, text)
+    # Without DOTALL (or MULTILINE) "." or "^" mean something else: left as they are.
+    assert fastmatch._faster_form(re.compile(r"a.{2,6}^b", re.M)) is None
+    assert fastmatch._faster_form(re.compile(r"a(?-s:.{2,6})^b", re.S | re.M)) is None
+
+
+# Multiline patterns whose every match starts a line, as SpamAssassin's ALL rules
+# (__RAND_HEADER's /^(?!...)/ism): case folded, or with no literal after the ^.
+_CARET_PATTERNS = [
+    re.compile(
+        r"^(?!Content-|MIME-)(?:[a-z]{4,}-[a-z]{3,}|[a-z]{3,}-[a-z]{4,}):\s+\d(?=\S{6,}\s*$)"
+        r"[\da-f]*\s*$",
+        re.I | re.M | re.S,
+    ),
+    re.compile(r"^to:\s+<?[^@]+@([^.]+)\.(?:[^\n]+\n+)*^subject: \1", re.I | re.M | re.S),
+    re.compile(r"^(?!.*\b1\.0\b).+", re.M),
+    re.compile(r"^T(?=o:)", re.M),
+]
+
+
+@given(
+    st.lists(
+        st.sampled_from(
+            [
+                "Content-Length: 12345678",
+                "X-Trace-Id: 1abcdef0",
+                "x-trace-id: 1ab",
+                "MIME-Version: 1.0",
+                "To: <joe@example.org>",
+                "Subject: example offer",
+                "subject: EXAMPLE",
+                " folded",
+                "",
+            ]
+        ),
+        max_size=8,
+    ),
+    st.sampled_from(["\n", "\r\n"]),
+)
+@settings(max_examples=200, deadline=None)
+def test_a_multiline_caret_pattern_tried_only_at_line_starts_answers_as_re(
+    lines: list[str], newline: str
+) -> None:
+    patterns = PatternSet(_CARET_PATTERNS, cache=None)
+    # Tried at the line starts only (the literal where one is certain), not at every offset.
+    assert patterns._line_starts == {0: "", 1: "", 2: "", 3: "T"}
+    text = newline.join(lines)
+    expected = {i for i, p in enumerate(_CARET_PATTERNS) if p.search(text)}
+    # (confirmed() answers for what hyperscan took; the framed header scan takes the
+    # back-reference too and asks holds() for it.)
+    assert set(patterns.confirmed(text)) == expected - patterns.rejected, text
+    assert {i for i in range(len(_CARET_PATTERNS)) if patterns.holds(i, text)} == expected
+    # The re path's searches (rules hyperscan refused) walk the lines too.
+    assert {i for i, p in enumerate(_CARET_PATTERNS) if fastmatch.found_in(p, text)} == expected
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     st.lists(
