@@ -1,7 +1,7 @@
 """The antispam hyperscan databases scanned by two hyperscan builds: the wheel's and the system's.
 
 Usage: .venv/bin/python benchmarks/spam/bench_hs_build.py [--messages N] [--rounds R]
-[--spam-rules DIR] [--lib PATH] [--cache DIR]
+[--spam-rules DIR] [--lib PATH] [--cache DIR] [--only DATABASE] [--rank N]
 
 The ``hyperscan`` wheel bundles vectorscan built for one baseline target (its database info
 names no CPU feature); Debian's ``libhs.so.5`` is hyperscan built with FAT_RUNTIME: each scan
@@ -26,7 +26,10 @@ database (body, rawbody, full, uri, headers), the same bytes are scanned by
 Each variant's CPU time (``time.thread_time``) over every message, rounds interleaved in a
 rotating order; medians per message. The distinct ids and match events per message must
 be the same for every variant that reports them (printed as a check). Compiling the stock
-set with the system library takes minutes: those databases are kept in ``--cache``.
+set with the system library takes 13-18 s of CPU for body (1 s the others), twice (host and
+generic): those databases are kept in
+``--cache``. ``--rank N`` then times each expression alone (the wheel's library) and lists the
+N costliest per database, with the whole set's time without the costliest 1, 3, 10 and 30.
 """
 
 from __future__ import annotations
@@ -241,8 +244,11 @@ async def _record(rule_files: list[str], messages: list[bytes]) -> tuple[Any, li
         plugin.rules.wait_ready()
         matching = plugin.rules._matching
         sets = {name: matching.fast[name][0] for name in NAMES if name in matching.fast}
+        # The rule behind each pattern index (for --rank).
+        names = {n: [r.name for r in matching.fast[n][1]] for n in sets}
         if matching.headers is not None:
             sets["headers"] = matching.headers.patterns
+            names["headers"] = [r.name for r in matching.headers.rules]
         patched: Any = fastmatch.PatternSet
         patched._scan = recording
         try:
@@ -260,7 +266,11 @@ async def _record(rule_files: list[str], messages: list[bytes]) -> tuple[Any, li
                 plugin.bayes.close()
             if plugin.fuzzy is not None:
                 plugin.fuzzy.close()
-    found = {name: (s, chosen[id(s)]) for name, s in sets.items() if s.active and id(s) in chosen}
+    found = {
+        name: (s, chosen[id(s)], names[name])
+        for name, s in sets.items()
+        if s.active and id(s) in chosen
+    }
     return found, texts
 
 
@@ -409,6 +419,54 @@ def _time(variants: Any, texts: list[list[bytes]], rounds: int) -> dict[str, lis
     return per
 
 
+def _wheel_db(expressions: list[bytes], flags: list[int], ids: list[int]) -> Any:
+    db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
+    db.compile(expressions=expressions, ids=ids, elements=len(ids), flags=flags)
+    return db
+
+
+def _scan_cpu(db: Any, texts: list[list[bytes]], rounds: int) -> float:
+    """Median CPU us a message of ``db``'s scans of ``texts`` (wheel, no callback)."""
+    scratch = hyperscan.Scratch(db)
+    runs = []
+    for _round in range(rounds):
+        began = time.thread_time()
+        for message in texts:
+            for data in message:
+                db.scan(data, scratch=scratch)
+        runs.append((time.thread_time() - began) / len(texts) * 1e6)
+    return statistics.median(runs)
+
+
+def _rank(rules: list[str], inputs: Any, texts: list[list[bytes]], top: int, rounds: int) -> None:
+    """Each expression alone (the wheel's library): its scan CPU a message, the costliest
+    first; then the whole set without the costliest k, to see how much of the set's time
+    they hold (solo costs do not add up to the set's: literals are shared)."""
+    expressions, flags, ids = inputs
+    empty = _scan_cpu(_wheel_db([b"zqxjzqxj"], [0], [0]), texts, rounds)
+    solo = []
+    for at, pid in enumerate(ids):
+        try:
+            db = _wheel_db([expressions[at]], [flags[at]], [pid])
+        except hyperscan.error:
+            continue
+        solo.append((_scan_cpu(db, texts, rounds) - empty, at))
+    solo.sort(reverse=True)
+    print(f"  alone, less a one-literal database's {empty:.2f} us/msg (wheel, no callback):")
+    for cost, at in solo[:top]:
+        loose = " (prefilter mode)" if flags[at] & hyperscan.HS_FLAG_PREFILTER else ""
+        print(f"    {cost:8.2f} us  {rules[ids[at]]}{loose}")
+    whole = _scan_cpu(_wheel_db(expressions, flags, ids), texts, rounds)
+    print(f"  the whole set {whole:.2f} us/msg; sum of all alone {sum(c for c, _ in solo):.2f}")
+    for k in (k for k in (1, 3, 10, 30) if k < len(ids)):
+        drop = {at for _cost, at in solo[:k]}
+        kept = [at for at in range(len(ids)) if at not in drop]
+        db = _wheel_db(
+            [expressions[a] for a in kept], [flags[a] for a in kept], [ids[a] for a in kept]
+        )
+        print(f"  without the costliest {k:2}: {_scan_cpu(db, texts, rounds):.2f} us/msg")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=300)
@@ -424,6 +482,12 @@ def main() -> None:
         help="where the system library's compiled databases are kept",
     )
     parser.add_argument("--only", action="append", choices=NAMES, help="these databases only")
+    parser.add_argument(
+        "--rank",
+        type=int,
+        default=0,
+        help="also time each expression alone (wheel) and list the N costliest per database",
+    )
     args = parser.parse_args()
     warnings.simplefilter("ignore", FutureWarning)  # stock rules' "[[" classes
     print(f"load average at start: {os.getloadavg()}")
@@ -440,7 +504,7 @@ def main() -> None:
         for name in args.only or NAMES:
             if name not in sets:
                 continue
-            patterns, picked = sets[name]
+            patterns, picked, rules = sets[name]
             inputs = _inputs(picked)
             wheel_db = patterns._db
             host_db, host_took = _system_db(system, args.cache, name, inputs, generic=False)
@@ -477,6 +541,8 @@ def main() -> None:
                     f"  {variant:24} us/msg median {median:8.2f}  (min {min(values):8.2f},"
                     f" max {max(values):8.2f})  vs wheel {median / base:.2f}"
                 )
+            if args.rank:
+                _rank(rules, inputs, per_message, args.rank, 3)
     print(f"\nload average at end: {os.getloadavg()}")
 
 
