@@ -27,9 +27,9 @@ Each variant's CPU time (``time.thread_time``) over every message, rounds interl
 rotating order; medians per message. The distinct ids and match events per message must
 be the same for every variant that reports them (printed as a check). Compiling the stock
 set with the system library takes 13-18 s of CPU for body (1 s the others), twice (host and
-generic): those databases are kept in
-``--cache``. ``--rank N`` then times each expression alone (the wheel's library) and lists the
-N costliest per database, with the whole set's time without the costliest 1, 3, 10 and 30.
+generic): those databases are kept in ``--cache``. ``--rank N`` then times each expression
+alone (the wheel's library) and lists the N costliest per database, with the whole set's time
+without the costliest 1, 3, 10 and 30.
 """
 
 from __future__ import annotations
