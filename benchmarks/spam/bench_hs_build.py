@@ -438,12 +438,42 @@ def _scan_cpu(db: Any, texts: list[list[bytes]], rounds: int) -> float:
     return statistics.median(runs)
 
 
-def _rank(rules: list[str], inputs: Any, texts: list[list[bytes]], top: int, rounds: int) -> None:
+def _system_scan_cpu(
+    system: System,
+    expressions: list[bytes],
+    flags: list[int],
+    texts: list[list[bytes]],
+    rounds: int,
+) -> float:
+    """As :func:`_scan_cpu`, compiled and scanned by the system library (for this host)."""
+    db = system.compile(expressions, flags, list(range(len(expressions))), system.platform(False))
+    scratch = system.scratch(db)
+    scan, null = system.lib.hs_scan, system.ffi.NULL
+    runs = []
+    for _round in range(rounds):
+        began = time.thread_time()
+        for message in texts:
+            for data in message:
+                scan(db, data, len(data), 0, scratch, null, null)
+        runs.append((time.thread_time() - began) / len(texts) * 1e6)
+    return statistics.median(runs)
+
+
+def _rank(
+    system: System,
+    rules: list[str],
+    inputs: Any,
+    texts: list[list[bytes]],
+    top: int,
+    rounds: int,
+) -> None:
     """Each expression alone (the wheel's library): its scan CPU a message, the costliest
-    first; then the whole set without the costliest k, to see how much of the set's time
-    they hold (solo costs do not add up to the set's: literals are shared)."""
+    first (the system library's figure beside them); then the whole set without the
+    costliest k, to see how much of the set's time they hold (solo costs do not add up to
+    the set's: literals are shared)."""
     expressions, flags, ids = inputs
     empty = _scan_cpu(_wheel_db([b"zqxjzqxj"], [0], [0]), texts, rounds)
+    system_empty = _system_scan_cpu(system, [b"zqxjzqxj"], [0], texts, rounds)
     solo = []
     for at, pid in enumerate(ids):
         try:
@@ -452,10 +482,14 @@ def _rank(rules: list[str], inputs: Any, texts: list[list[bytes]], top: int, rou
             continue
         solo.append((_scan_cpu(db, texts, rounds) - empty, at))
     solo.sort(reverse=True)
-    print(f"  alone, less a one-literal database's {empty:.2f} us/msg (wheel, no callback):")
+    print(
+        f"  alone, less a one-literal database's {empty:.2f} / {system_empty:.2f} us/msg"
+        " (no callback), wheel / system:"
+    )
     for cost, at in solo[:top]:
         loose = " (prefilter mode)" if flags[at] & hyperscan.HS_FLAG_PREFILTER else ""
-        print(f"    {cost:8.2f} us  {rules[ids[at]]}{loose}")
+        other = _system_scan_cpu(system, [expressions[at]], [flags[at]], texts, rounds)
+        print(f"    {cost:8.2f} / {other - system_empty:8.2f} us  {rules[ids[at]]}{loose}")
     whole = _scan_cpu(_wheel_db(expressions, flags, ids), texts, rounds)
     print(f"  the whole set {whole:.2f} us/msg; sum of all alone {sum(c for c, _ in solo):.2f}")
     for k in (k for k in (1, 3, 10, 30) if k < len(ids)):
@@ -542,7 +576,7 @@ def main() -> None:
                     f" max {max(values):8.2f})  vs wheel {median / base:.2f}"
                 )
             if args.rank:
-                _rank(rules, inputs, per_message, args.rank, 3)
+                _rank(system, rules, inputs, per_message, args.rank, 3)
     print(f"\nload average at end: {os.getloadavg()}")
 
 
