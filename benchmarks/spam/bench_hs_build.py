@@ -365,7 +365,10 @@ def _variants(
 
         out["sys+c"] = (sys_c, c_found)
     for path in PATHS:
-        entry = getattr(lib, f"{path}_hs_scan")
+        try:
+            entry = getattr(lib, f"{path}_hs_scan")
+        except AttributeError:  # a build without this code path (or not FAT_RUNTIME)
+            continue
 
         def by_path(data: bytes, _entry: Any = entry, _path: str = path) -> None:
             err = _entry(generic_db, data, len(data), 0, generic_scratch, null, null)
