@@ -68,27 +68,24 @@ def _tree(pid: int) -> list[int]:
     return found
 
 
-def _cpu_seconds(pids: list[int], field: int | None = None) -> float:
+def _cpu_seconds(pids: list[int], field: int | None = None, reaped: bool = False) -> float:
     """User and system CPU of the processes (all their threads), in seconds; with ``field``
-    0 only the user time, 1 only the system time."""
+    0 only the user time, 1 only the system time; with ``reaped`` also the CPU of the
+    children they have reaped."""
     total = 0
     for pid in pids:
         with contextlib.suppress(OSError):
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
             user, system = int(fields[11]), int(fields[12])
             total += (user, system)[field] if field is not None else user + system
+            total += int(fields[13]) + int(fields[14]) if reaped else 0
     return total / _TICK
 
 
 def _tree_cpu_seconds(root: int) -> float:
-    """User and system CPU of ``root`` and every process under it, including the children
-    they have reaped (Postfix's master and rspamd's main process restart their workers)."""
-    total = 0
-    for pid in _tree(root):
-        with contextlib.suppress(OSError):
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += sum(int(f) for f in fields[11:15])
-    return total / _TICK
+    """CPU of ``root`` and every process under it, with the children they reaped (Postfix's
+    master and rspamd's main process restart their workers)."""
+    return _cpu_seconds(_tree(root), reaped=True)
 
 
 def _listener(port: int) -> int | None:
